@@ -1,0 +1,39 @@
+# The two commands: `make run` and `make test`. Both create .venv and install the
+# project into it when needed, so a fresh machine with Python 3.11 needs nothing else.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck pytest bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m central demo --data-dir var/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check central branch_agent protocol devices migrations bench tests
+	$(BIN)/ruff format --check central branch_agent protocol devices migrations bench tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	@for b in $$(ls bench/*.py | grep -v __init__ | sed 's#bench/##; s#\.py##'); do \
+		echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Backroom branch agent: the store's PC next to the tills, scales and fiscal printers."""

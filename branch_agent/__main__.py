@@ -1,0 +1,4 @@
+from branch_agent.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The transactional outbox: an event row written in the same transaction as its fact."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from branch_agent.models import Counter, OutboxEvent
+from protocol.codec import encode
+from protocol.events import BranchEvent, EventEnvelope, event_kind
+from protocol.ids import new_event_id
+from protocol.subjects import up_subject
+
+__all__ = [
+    "EVENT_SEQ",
+    "append_event",
+    "backlog",
+    "mark_unsent_from",
+    "next_counter",
+    "utc_offset_min",
+]
+
+EVENT_SEQ = "event_seq"
+
+
+async def next_counter(session: AsyncSession, name: str) -> int:
+    """Bump a gapless counter inside the caller's transaction (rolled back with it)."""
+    counter = await session.get(Counter, name)
+    if counter is None:
+        counter = Counter(name=name, value=0)
+        session.add(counter)
+    counter.value += 1
+    await session.flush()
+    return counter.value
+
+
+def utc_offset_min(timezone: str, at: datetime) -> int:
+    offset = at.astimezone(ZoneInfo(timezone)).utcoffset()
+    return int(offset.total_seconds() // 60) if offset else 0
+
+
+async def append_event(
+    session: AsyncSession,
+    *,
+    branch: str,
+    timezone: str,
+    body: BranchEvent,
+    occurred_at: datetime | None = None,
+) -> EventEnvelope:
+    occurred_at = occurred_at or datetime.now(UTC)
+    envelope = EventEnvelope(
+        event_id=new_event_id(),
+        branch=branch,
+        seq=await next_counter(session, EVENT_SEQ),
+        occurred_at=occurred_at,
+        utc_offset_min=utc_offset_min(timezone, occurred_at),
+        body=body,
+    )
+    session.add(
+        OutboxEvent(
+            seq=envelope.seq,
+            event_id=envelope.event_id,
+            subject=up_subject(branch, event_kind(body)),
+            kind=event_kind(body),
+            payload=encode(envelope),
+            created_at=occurred_at,
+        )
+    )
+    return envelope
+
+
+async def backlog(session: AsyncSession) -> int:
+    count = await session.scalar(
+        select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
+    )
+    return count or 0
+
+
+async def mark_unsent_from(session: AsyncSession, from_seq: int) -> int:
+    """Central asked for a resend: everything from ``from_seq`` goes out again (same ids)."""
+    result = await session.execute(
+        update(OutboxEvent).where(OutboxEvent.seq >= from_seq).values(sent_at=None)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

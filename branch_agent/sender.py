@@ -1,0 +1,148 @@
+"""The outbox sender: publishes unsent events in sequence order, marks them sent on ack.
+
+Each event is published with ``Nats-Msg-Id`` = its event id. A timeout does not
+mean "not stored", so a row stays unsent and is published again with the same id
+(JetStream answers ``duplicate``, central's unique keys are the guarantee). The
+sender never blocks a sale: it reads committed rows and works while the link is
+down by waiting with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from branch_agent.models import OutboxEvent
+
+__all__ = ["OutboxSender", "SenderState"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SenderState:
+    last_acked_seq: int = 0
+    last_sent_at: datetime | None = None
+    published: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    last_error: str = ""
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        write_lock: asyncio.Lock,
+        *,
+        batch: int = 500,
+        publish_timeout_s: float = 5.0,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._write_lock = write_lock
+        self.batch = batch
+        self.publish_timeout_s = publish_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.state = SenderState()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A new event was committed: send without waiting for the poll interval."""
+        self._wake.set()
+
+    async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                sent = await self.send_once(nc, js)
+            except Exception as exc:
+                self.state.failures += 1
+                self.state.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("outbox send failed, retrying in %.1fs: %s", backoff, exc)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            backoff = 0.2
+            if sent == 0:
+                self._wake.clear()
+                await _wait_any(self._wake, stop, seconds=1.0)
+
+    async def send_once(self, nc: Client, js: JetStreamContext) -> int:
+        """Publish one batch of unsent rows; returns how many were acked."""
+        if not nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        async with self._sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        OutboxEvent.seq,
+                        OutboxEvent.event_id,
+                        OutboxEvent.subject,
+                        OutboxEvent.payload,
+                    )
+                    .where(OutboxEvent.sent_at.is_(None))
+                    .order_by(OutboxEvent.seq)
+                    .limit(self.batch)
+                )
+            ).all()
+        if not rows:
+            return 0
+        # Publishes go out in sequence order; the acks are awaited together.
+        results = await asyncio.gather(
+            *(
+                js.publish(
+                    row.subject,
+                    row.payload,
+                    timeout=self.publish_timeout_s,
+                    headers={"Nats-Msg-Id": str(row.event_id)},
+                )
+                for row in rows
+            ),
+            return_exceptions=True,
+        )
+        acked: list[int] = []
+        first_error: BaseException | None = None
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                first_error = first_error or result
+                continue
+            acked.append(row.seq)
+            if result.duplicate:
+                self.state.duplicates += 1
+        if acked:
+            now = datetime.now(UTC)
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                await session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.seq.in_(acked))
+                    .values(sent_at=now, attempts=OutboxEvent.attempts + 1)
+                )
+            self.state.published += len(acked)
+            self.state.last_acked_seq = max(self.state.last_acked_seq, max(acked))
+            self.state.last_sent_at = now
+        if first_error is not None:
+            raise ConnectionError(f"{len(rows) - len(acked)} publishes not acked: {first_error}")
+        return len(acked)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,76 @@
+"""The agent's settings: one TOML file (see ``agent.example.toml``) plus ``BACKROOM_AGENT_*``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from protocol.config import load_settings_struct
+
+__all__ = ["AgentSettings", "DeviceConfig", "TillConfig", "load_settings"]
+
+
+class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # pyserial URL: /dev/ttyUSB0, socket://127.0.0.1:7001, rfc2217://..., loop://
+    port: str
+    protocol: str = ""
+    baudrate: int | None = None
+    timeout_s: float = 1.0
+
+
+class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    # The till's credential for the till API (sent as a bearer token).
+    token: str = ""
+    fiscal_printer: DeviceConfig | None = None
+    receipt_printer: DeviceConfig | None = None
+    scale: DeviceConfig | None = None
+    display: DeviceConfig | None = None
+    scanner: DeviceConfig | None = None
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+    branch: str
+    name: str = ""
+    # IANA zone of the store: local days, shift dates, times printed for people.
+    timezone: str = "UTC"
+    data_dir: str = "var/agent"
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str = ""
+    nats_user: str = ""
+    nats_password: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8100
+    outbox_batch: int = 500
+    outbox_publish_timeout_s: float = 5.0
+    heartbeat_interval_s: float = 5.0
+    currency: str = "EUR"
+    # Seed a small demo catalog on an empty database (make run).
+    demo_catalog: bool = False
+    tills: tuple[TillConfig, ...] = ()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_path / "agent.db"
+
+    def till(self, till_id: str) -> TillConfig | None:
+        return next((t for t in self.tills if t.id == till_id), None)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AgentSettings:
+    env = os.environ if env is None else env
+    path = config_file or env.get("BACKROOM_AGENT_CONFIG")
+    text = Path(path).read_text() if path else None
+    return load_settings_struct(
+        AgentSettings, toml_text=text, env=env, env_prefix="BACKROOM_AGENT_", section="agent"
+    )

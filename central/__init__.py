@@ -1,0 +1,1 @@
+"""Backroom central: the head-office service (web API, ingestion, master data)."""

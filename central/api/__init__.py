@@ -1,0 +1,1 @@
+"""Central's HTTP API: thin Litestar controllers over the services."""

@@ -1,0 +1,97 @@
+"""Every error of the web API as ``application/problem+json`` (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+from central.errors import DomainError
+from protocol.problems import FieldError, Problem
+
+__all__ = ["exception_handlers", "problem_response"]
+
+log = logging.getLogger(__name__)
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    422: "Invalid input",
+    429: "Too many requests",
+}
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        content=msgspec.json.encode(problem),
+        status_code=problem.status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def _field_errors(extra: Any) -> tuple[FieldError, ...]:
+    errors: list[FieldError] = []
+    if isinstance(extra, list):
+        for item in extra:
+            if isinstance(item, dict):
+                key = str(item.get("key") or item.get("source") or "body")
+                errors.append(FieldError(field=key, message=str(item.get("message", ""))))
+    return tuple(errors)
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    errors = _field_errors(exc.extra)
+    detail = exc.detail
+    if isinstance(exc, ValidationException):
+        status = 400 if not errors else 422
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
+    problem = Problem(
+        title=_TITLES.get(status, "Error"),
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        errors=errors,
+    )
+    return problem_response(problem, headers=exc.headers)
+
+
+def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
+    errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
+    problem = Problem(
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        instance=request.url.path,
+        errors=errors,
+    )
+    return problem_response(problem)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    problem = Problem(
+        title="Internal server error",
+        status=HTTP_500_INTERNAL_SERVER_ERROR,
+        detail="the server failed to handle this request; it has been logged",
+        instance=request.url.path,
+    )
+    return problem_response(problem)
+
+
+exception_handlers: ExceptionHandlersMap = {
+    HTTPException: _http_exception,
+    DomainError: _domain_error,
+    Exception: _internal_error,
+}

@@ -1,0 +1,86 @@
+"""HTTP bodies of the head-office API (msgspec Structs, shown in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Generic, TypeVar
+
+import msgspec
+
+__all__ = [
+    "DeadLetterOut",
+    "Health",
+    "Page",
+    "PaymentOut",
+    "ReceiptLineOut",
+    "ReceiptOut",
+]
+
+T = TypeVar("T")
+
+
+class Page(msgspec.Struct, Generic[T], kw_only=True):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    database: str
+    nats: str
+    ingest_workers: int
+
+
+class ReceiptLineOut(msgspec.Struct, kw_only=True):
+    line_no: int
+    sku: str
+    name: str
+    barcode: str | None
+    quantity: str  # decimal text, e.g. "1.234"
+    quantity_milli: int
+    unit_price: int
+    discount: int
+    vat_rate_bp: int
+    line_total: int
+
+
+class PaymentOut(msgspec.Struct, kw_only=True):
+    type: str
+    amount: int
+
+
+class ReceiptOut(msgspec.Struct, kw_only=True):
+    id: int
+    event_id: str
+    branch: str
+    till: str
+    shift_id: str
+    receipt_number: int
+    sale_id: str
+    cashier: str
+    occurred_at: datetime
+    # The branch's local time, for people reading it.
+    occurred_at_local: str
+    local_date: date
+    total: int
+    change: int
+    currency: str
+    fiscal_number: str | None
+    late: bool
+    negative_stock: bool
+    lines: list[ReceiptLineOut]
+    payments: list[PaymentOut]
+
+
+class DeadLetterOut(msgspec.Struct, kw_only=True):
+    id: int
+    subject: str
+    branch: str | None
+    reason: str
+    status: str
+    received_at: datetime
+    stream_seq: int | None
+    raw_base64: str
+    size: int

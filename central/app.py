@@ -1,0 +1,69 @@
+"""Central's composition root: ``create_app(settings)`` builds the Litestar app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.api.health import HealthController
+from central.api.problems import exception_handlers
+from central.api.receipts import DeadLetterController, ReceiptController
+from central.runtime import CentralRuntime
+from central.settings import CentralSettings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = None) -> Litestar:
+    """The head-office web app. Without a ``runtime`` it makes and owns one."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        own = runtime is None
+        rt = runtime or CentralRuntime(settings)
+        app.state.runtime = rt
+        if own:
+            await rt.start(ingest_workers=1 if settings.ingest_in_process else 0)
+        try:
+            yield
+        finally:
+            if own:
+                await rt.stop()
+
+    return Litestar(
+        route_handlers=[HealthController, ReceiptController, DeadLetterController],
+        dependencies={
+            "runtime": Provide(_provide_runtime, sync_to_thread=False),
+            "db_session": Provide(_provide_session),
+        },
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_request_body,
+        openapi_config=OpenAPIConfig(
+            title="Backroom head office API",
+            version="1.0.0",
+            description="Assortment, prices and the consolidated records of every branch.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )
+
+
+def _provide_runtime(state: State) -> CentralRuntime:
+    runtime: CentralRuntime = state.runtime
+    return runtime
+
+
+async def _provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """One session per request; write routes commit inside their service's unit of work."""
+    runtime: CentralRuntime = state.runtime
+    async with runtime.sessionmaker() as session:
+        yield session

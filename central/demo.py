@@ -1,0 +1,156 @@
+"""``make run``: the whole chain on one machine, on embedded defaults.
+
+Starts a nats-server (from the wheel), central on SQLite (API and an ingest
+worker), two demo branches with their agents and a till simulator each, as child
+processes. Prints where to look; Ctrl-C stops every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from central.embedded_nats import EmbeddedNats
+
+__all__ = ["run_demo"]
+
+DEMO_BRANCHES = (
+    ("B001", "Downtown", "Europe/Berlin", 8101),
+    ("B002", "Riverside", "Europe/Berlin", 8102),
+)
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) -> int:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    processes: list[subprocess.Popen[bytes]] = []
+    nats = EmbeddedNats(data_dir / "nats", port=nats_port)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log_file = (logs / f"{name}.log").open("ab")
+        processes.append(
+            subprocess.Popen(
+                [python, *args],
+                env={**os.environ, **(env or {})},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    central_env = {
+        "BACKROOM_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'central' / 'central.db'}",
+        "BACKROOM_DATA_DIR": str(data_dir / "central"),
+        "BACKROOM_HTTP_PORT": str(http_port),
+    }
+    try:
+        nats.start()
+        central_env["BACKROOM_NATS_URL"] = nats.url
+        subprocess.run(
+            [python, "-m", "central", "db", "upgrade"],
+            env={**os.environ, **central_env},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for code, name, tz, _port in DEMO_BRANCHES:
+            subprocess.run(
+                [
+                    python,
+                    "-m",
+                    "central",
+                    "branches",
+                    "add",
+                    code,
+                    "--name",
+                    name,
+                    "--timezone",
+                    tz,
+                ],
+                env={**os.environ, **central_env},
+                stdout=subprocess.DEVNULL,
+                check=False,
+            )
+        spawn("central", ["-m", "central", "serve"], central_env)
+        _wait_http(f"http://127.0.0.1:{http_port}/health")
+        for code, name, tz, port in DEMO_BRANCHES:
+            config = data_dir / f"agent-{code}.toml"
+            config.write_text(
+                "[agent]\n"
+                f'branch = "{code}"\nname = "{name}"\ntimezone = "{tz}"\n'
+                f'data_dir = "{data_dir / ("agent-" + code)}"\n'
+                f'nats_url = "{nats.url}"\nhttp_port = {port}\ndemo_catalog = true\n\n'
+                f'[[agent.tills]]\nid = "T1"\ntoken = "{code}-till-1-secret"\n'
+            )
+            spawn(f"agent-{code}", ["-m", "branch_agent", "--config", str(config), "run"])
+        for code, _name, _tz, port in DEMO_BRANCHES:
+            _wait_http(f"http://127.0.0.1:{port}/health")
+            spawn(
+                f"till-{code}",
+                [
+                    "-m",
+                    "branch_agent",
+                    "till-sim",
+                    "--url",
+                    f"http://127.0.0.1:{port}",
+                    "--token",
+                    f"{code}-till-1-secret",
+                    "--interval",
+                    "3",
+                ],
+            )
+        print(
+            json.dumps(
+                {
+                    "central_api": f"http://127.0.0.1:{http_port}",
+                    "openapi_docs": f"http://127.0.0.1:{http_port}/docs",
+                    "receipts": f"http://127.0.0.1:{http_port}/api/v1/receipts",
+                    "nats": nats.url,
+                    "agents": {
+                        code: f"http://127.0.0.1:{port}" for code, _n, _t, port in DEMO_BRANCHES
+                    },
+                    "data_dir": str(data_dir),
+                    "logs": str(logs),
+                },
+                indent=2,
+            )
+        )
+        print("Backroom is running. Ctrl-C stops every process it started.", flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        failed = [p.args for p in processes if p.poll() is not None]
+        print(f"a process stopped: {failed}; see {logs}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        nats.stop()

@@ -1,0 +1,30 @@
+"""Domain errors that the web API turns into RFC 9457 problem details."""
+
+from __future__ import annotations
+
+__all__ = ["ConflictError", "DomainError", "NotFoundError", "ValidationFailed"]
+
+
+class DomainError(Exception):
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class ValidationFailed(DomainError):
+    status = 422
+    title = "Invalid input"
+
+
+class NotFoundError(DomainError):
+    status = 404
+    title = "Not found"
+
+
+class ConflictError(DomainError):
+    status = 409
+    title = "Conflict"

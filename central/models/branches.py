@@ -1,0 +1,57 @@
+"""Branches (stores) and what central knows of each one's sync."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from central.models.base import Base, utcnow
+
+__all__ = ["Branch", "BranchStatus", "BranchSyncState"]
+
+
+class Branch(Base):
+    __tablename__ = "branches"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # IANA zone name: the branch's local day and the times shown to people.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    format_code: Mapped[str | None] = mapped_column(String(32), default=None)
+    price_zone: Mapped[str | None] = mapped_column(String(32), default=None)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BranchSyncState(Base):
+    """Per-branch sequence bookkeeping of the ingested events."""
+
+    __tablename__ = "branch_sync_state"
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Highest n such that events 1..n are all stored.
+    contiguous_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_event_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_received_at: Mapped[datetime | None] = mapped_column(default=None)
+    resend_requested_from: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    resend_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BranchStatus(Base):
+    """The latest heartbeat of each branch."""
+
+    __tablename__ = "branch_status"
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime] = mapped_column()
+    outbox_backlog: Mapped[int] = mapped_column(default=0)
+    last_acked_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_recorded_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    devices: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    agent_version: Mapped[str] = mapped_column(String(64), default="")

@@ -1,0 +1,81 @@
+"""Consolidated sales: receipts with their lines and payments."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from central.models.base import Base, BigIntPK
+
+__all__ = ["Receipt", "ReceiptLineRow", "ReceiptPaymentRow"]
+
+
+class Receipt(Base):
+    __tablename__ = "receipts"
+    __table_args__ = (
+        UniqueConstraint("branch", "sale_id"),
+        Index("ix_receipts_branch_local_date", "branch", "local_date"),
+        Index("ix_receipts_local_date", "local_date"),
+        Index("ix_receipts_fiscal_number", "fiscal_number"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    branch: Mapped[str] = mapped_column(String(32))
+    till: Mapped[str] = mapped_column(String(32))
+    shift_id: Mapped[str] = mapped_column(String(64))
+    receipt_number: Mapped[int] = mapped_column(BigInteger)
+    sale_id: Mapped[str] = mapped_column(String(64))
+    cashier: Mapped[str] = mapped_column(String(64), default="")
+    occurred_at: Mapped[datetime] = mapped_column()
+    utc_offset_min: Mapped[int] = mapped_column(default=0)
+    local_date: Mapped[date] = mapped_column()
+    total: Mapped[int] = mapped_column(BigInteger)
+    change: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Flags for the back office: accepted, never refused (a sale that happened).
+    late: Mapped[bool] = mapped_column(default=False)
+    negative_stock: Mapped[bool] = mapped_column(default=False)
+
+    lines: Mapped[list[ReceiptLineRow]] = relationship(
+        back_populates="receipt", order_by="ReceiptLineRow.line_no", lazy="raise"
+    )
+    payments: Mapped[list[ReceiptPaymentRow]] = relationship(back_populates="receipt", lazy="raise")
+
+
+class ReceiptLineRow(Base):
+    __tablename__ = "receipt_lines"
+    __table_args__ = (Index("ix_receipt_lines_sku", "sku"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    receipt_id: Mapped[int] = mapped_column(
+        ForeignKey("receipts.id", ondelete="CASCADE"), index=True
+    )
+    line_no: Mapped[int] = mapped_column()
+    sku: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    barcode: Mapped[str | None] = mapped_column(String(64), default=None)
+    quantity_milli: Mapped[int] = mapped_column(BigInteger)
+    unit_price: Mapped[int] = mapped_column(BigInteger)
+    discount: Mapped[int] = mapped_column(BigInteger, default=0)
+    vat_rate_bp: Mapped[int] = mapped_column()
+    line_total: Mapped[int] = mapped_column(BigInteger)
+
+    receipt: Mapped[Receipt] = relationship(back_populates="lines", lazy="raise")
+
+
+class ReceiptPaymentRow(Base):
+    __tablename__ = "receipt_payments"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    receipt_id: Mapped[int] = mapped_column(
+        ForeignKey("receipts.id", ondelete="CASCADE"), index=True
+    )
+    type: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+    receipt: Mapped[Receipt] = relationship(back_populates="payments", lazy="raise")

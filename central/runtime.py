@@ -1,0 +1,103 @@
+"""What a central process holds while it runs: database engine, NATS link, ingest workers.
+
+The API process (``create_app``) and a stand-alone ingest process
+(``python -m central ingest``) both build one of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from central.db import create_engine, create_sessionmaker
+from central.embedded_nats import EmbeddedNats
+from central.ingest.worker import IngestWorker
+from central.settings import CentralSettings
+from central.sync.jetstream import connect, ensure_ingest_consumer, ensure_streams
+
+__all__ = ["CentralRuntime"]
+
+log = logging.getLogger(__name__)
+
+
+class CentralRuntime:
+    def __init__(self, settings: CentralSettings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = create_engine(
+            settings.database_url, pool_size=settings.db_pool_size, echo=settings.sql_echo
+        )
+        self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.embedded_nats: EmbeddedNats | None = None
+        self.workers: list[IngestWorker] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.nats_ready = asyncio.Event()
+
+    @property
+    def nats_url(self) -> str:
+        if self.settings.nats_url:
+            return self.settings.nats_url
+        assert self.embedded_nats is not None
+        return self.embedded_nats.url
+
+    async def start(self, *, ingest_workers: int) -> None:
+        if not self.settings.nats_url:
+            self.embedded_nats = EmbeddedNats(self.settings.data_path / "nats", port=4222)
+            await asyncio.to_thread(self.embedded_nats.start)
+        # Connecting blocks until a server answers: never on the request path.
+        self._tasks.append(asyncio.create_task(self._connect_and_ingest(ingest_workers)))
+
+    async def _connect_and_ingest(self, ingest_workers: int) -> None:
+        self.nc = await connect(self.nats_url, creds=self.settings.nats_creds, name="central")
+        self.js = self.nc.jetstream()
+        while not self._stop.is_set():
+            try:
+                await ensure_streams(
+                    self.js,
+                    replicas=self.settings.up_stream_replicas,
+                    max_age_days=self.settings.up_stream_max_age_days,
+                    dedup_window_s=self.settings.dedup_window_s,
+                )
+                await ensure_ingest_consumer(self.js, ack_wait_s=self.settings.ingest_ack_wait_s)
+                break
+            except Exception as exc:
+                log.warning("JetStream set-up failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+        self.nats_ready.set()
+        for _ in range(ingest_workers):
+            worker = IngestWorker(
+                self.sessionmaker,
+                batch_size=self.settings.ingest_batch,
+                fetch_timeout_s=self.settings.ingest_fetch_timeout_s,
+            )
+            self.workers.append(worker)
+            self._tasks.append(asyncio.create_task(worker.run(self.js, self._stop)))
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self.nc = None
+        if self.embedded_nats is not None:
+            await asyncio.to_thread(self.embedded_nats.stop)
+        await self.engine.dispose()

@@ -1,0 +1,157 @@
+"""Reading consolidated receipts."""
+
+from __future__ import annotations
+
+import base64
+from datetime import date, timedelta, timezone
+from typing import TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from central.api.schemas import (
+    DeadLetterOut,
+    Page,
+    PaymentOut,
+    ReceiptLineOut,
+    ReceiptOut,
+)
+from central.errors import ValidationFailed
+from central.models import DeadLetter, Receipt, ReceiptLineRow
+from protocol.units import format_milli
+
+__all__ = ["ReceiptQuery", "list_dead_letters", "list_receipts", "receipt_out"]
+
+T = TypeVar("T")
+
+
+class ReceiptQuery:
+    def __init__(
+        self,
+        *,
+        branch: str | None = None,
+        till: str | None = None,
+        date_from: date | None = None,
+        date_to: date | None = None,
+        fiscal_number: str | None = None,
+        sku: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> None:
+        if date_from and date_to and date_from > date_to:
+            raise ValidationFailed("date_from is after date_to", field="date_from")
+        self.branch = branch
+        self.till = till
+        self.date_from = date_from
+        self.date_to = date_to
+        self.fiscal_number = fiscal_number
+        self.sku = sku
+        self.limit = limit
+        self.offset = offset
+
+    def where(self, stmt: Select[T]) -> Select[T]:
+        if self.branch:
+            stmt = stmt.where(Receipt.branch == self.branch)
+        if self.till:
+            stmt = stmt.where(Receipt.till == self.till)
+        if self.date_from:
+            stmt = stmt.where(Receipt.local_date >= self.date_from)
+        if self.date_to:
+            stmt = stmt.where(Receipt.local_date <= self.date_to)
+        if self.fiscal_number:
+            stmt = stmt.where(Receipt.fiscal_number == self.fiscal_number)
+        if self.sku:
+            stmt = stmt.where(
+                Receipt.id.in_(
+                    select(ReceiptLineRow.receipt_id).where(ReceiptLineRow.sku == self.sku)
+                )
+            )
+        return stmt
+
+
+def receipt_out(receipt: Receipt) -> ReceiptOut:
+    local = receipt.occurred_at.astimezone(timezone(timedelta(minutes=receipt.utc_offset_min)))
+    return ReceiptOut(
+        id=receipt.id,
+        event_id=str(receipt.event_id),
+        branch=receipt.branch,
+        till=receipt.till,
+        shift_id=receipt.shift_id,
+        receipt_number=receipt.receipt_number,
+        sale_id=receipt.sale_id,
+        cashier=receipt.cashier,
+        occurred_at=receipt.occurred_at,
+        occurred_at_local=local.isoformat(),
+        local_date=receipt.local_date,
+        total=receipt.total,
+        change=receipt.change,
+        currency=receipt.currency,
+        fiscal_number=receipt.fiscal_number,
+        late=receipt.late,
+        negative_stock=receipt.negative_stock,
+        lines=[
+            ReceiptLineOut(
+                line_no=line.line_no,
+                sku=line.sku,
+                name=line.name,
+                barcode=line.barcode,
+                quantity=format_milli(line.quantity_milli),
+                quantity_milli=line.quantity_milli,
+                unit_price=line.unit_price,
+                discount=line.discount,
+                vat_rate_bp=line.vat_rate_bp,
+                line_total=line.line_total,
+            )
+            for line in receipt.lines
+        ],
+        payments=[PaymentOut(type=p.type, amount=p.amount) for p in receipt.payments],
+    )
+
+
+async def list_receipts(session: AsyncSession, query: ReceiptQuery) -> Page[ReceiptOut]:
+    total = await session.scalar(query.where(select(func.count(Receipt.id))))
+    stmt = (
+        query.where(select(Receipt))
+        .options(selectinload(Receipt.lines), selectinload(Receipt.payments))
+        .order_by(Receipt.occurred_at, Receipt.id)
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    rows = (await session.scalars(stmt)).all()
+    return Page(
+        items=[receipt_out(r) for r in rows],
+        total=total or 0,
+        limit=query.limit,
+        offset=query.offset,
+    )
+
+
+async def list_dead_letters(
+    session: AsyncSession, *, status: str | None, limit: int, offset: int
+) -> Page[DeadLetterOut]:
+    base = select(DeadLetter)
+    count = select(func.count(DeadLetter.id))
+    if status:
+        base = base.where(DeadLetter.status == status)
+        count = count.where(DeadLetter.status == status)
+    rows = (await session.scalars(base.order_by(DeadLetter.id).limit(limit).offset(offset))).all()
+    return Page(
+        items=[
+            DeadLetterOut(
+                id=d.id,
+                subject=d.subject,
+                branch=d.branch,
+                reason=d.reason,
+                status=d.status,
+                received_at=d.received_at,
+                stream_seq=d.stream_seq,
+                raw_base64=base64.b64encode(d.raw).decode(),
+                size=len(d.raw),
+            )
+            for d in rows
+        ],
+        total=await session.scalar(count) or 0,
+        limit=limit,
+        offset=offset,
+    )

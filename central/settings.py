@@ -1,0 +1,55 @@
+"""Central's settings: read once from an optional TOML file and ``BACKROOM_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from protocol.config import load_settings_struct
+
+__all__ = ["CentralSettings", "load_settings"]
+
+
+class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
+    # SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...
+    database_url: str = "sqlite+aiosqlite:///var/central/central.db"
+    # Empty: start an embedded nats-server (data in data_dir/nats).
+    nats_url: str = ""
+    nats_creds: str = ""
+    data_dir: str = "var/central"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # Run an ingest worker inside the API process (embedded set-up); production runs
+    # ``python -m central ingest`` processes beside the API instead.
+    ingest_in_process: bool = True
+    ingest_batch: int = 500
+    ingest_fetch_timeout_s: float = 1.0
+    # Redelivery of an unacked message (a crashed worker's batch) after this long.
+    ingest_ack_wait_s: float = 30.0
+    up_stream_replicas: int = 1
+    up_stream_max_age_days: int = 30
+    dedup_window_s: int = 24 * 3600
+    max_request_body: int = 10 * 1024 * 1024
+    default_page_size: int = 100
+    max_page_size: int = 1000
+    db_pool_size: int = 10
+    sql_echo: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CentralSettings:
+    env = os.environ if env is None else env
+    path = config_file or env.get("BACKROOM_CENTRAL_CONFIG")
+    text = Path(path).read_text() if path else None
+    return load_settings_struct(
+        CentralSettings, toml_text=text, env=env, env_prefix="BACKROOM_", section="central"
+    )

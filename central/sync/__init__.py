@@ -1,0 +1,1 @@
+"""Central's side of NATS: streams, consumers, connections."""

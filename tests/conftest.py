@@ -1,0 +1,182 @@
+"""Shared fixtures: a real nats-server, real databases (SQLite files; PostgreSQL when
+``BACKROOM_TEST_PG_URL`` names a server, as ``.ci/run`` does), central and agents.
+
+Tests that take ``db_url`` run once per available database; the PostgreSQL runs
+carry the ``postgres`` marker so ``pytest -m postgres`` selects exactly them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from central.embedded_nats import EmbeddedNats
+
+PG_URL_ENV = "BACKROOM_TEST_PG_URL"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_url" in metafunc.fixturenames:
+        params: list[Any] = ["sqlite"]
+        if os.environ.get(PG_URL_ENV):
+            params.append(pytest.param("postgresql", marks=pytest.mark.postgres))
+        metafunc.parametrize("db_kind", params, indirect=True)
+
+
+@pytest.fixture
+def db_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+async def _create_pg_database(admin_url: str) -> str:
+    import asyncpg
+
+    name = f"backroom_test_{uuid.uuid4().hex[:12]}"
+    url = make_url(admin_url)
+    conn = await asyncpg.connect(
+        user=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+    )
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def _drop_pg_database(admin_url: str, db_url: str) -> None:
+    import asyncpg
+
+    url = make_url(admin_url)
+    name = make_url(db_url).database
+    conn = await asyncpg.connect(
+        user=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, migrated central database."""
+    from central.db import upgrade
+
+    if db_kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+        await upgrade(url)
+        yield url
+        return
+    admin = os.environ[PG_URL_ENV]
+    url = await _create_pg_database(admin)
+    try:
+        await upgrade(url)
+        yield url
+    finally:
+        await _drop_pg_database(admin, url)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, interval: float = 0.1
+) -> None:
+    """Poll an async condition; fail with a clear message when it never holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if await predicate():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def central_settings(db_url: str, nats_url: str, **overrides: Any) -> Any:
+    from central.settings import CentralSettings
+
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "nats_url": nats_url,
+        "ingest_fetch_timeout_s": 0.2,
+        "ingest_ack_wait_s": 5.0,
+    }
+    values.update(overrides)
+    return CentralSettings(**values)
+
+
+@pytest.fixture
+async def central(db_url: str, nats_server: EmbeddedNats) -> AsyncIterator[Any]:
+    """Central (a CentralRuntime) with one in-process ingest worker."""
+    from central.runtime import CentralRuntime
+
+    runtime = CentralRuntime(central_settings(db_url, nats_server.url))
+    await runtime.start(ingest_workers=1)
+    await asyncio.wait_for(runtime.nats_ready.wait(), 20)
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def register_branch(runtime: Any, code: str, **kwargs: Any) -> None:
+    from central.services.branches import add_branch
+
+    async with runtime.sessionmaker() as session, session.begin():
+        await add_branch(session, code=code, name=code, **kwargs)
+
+
+def agent_settings(tmp_path: Path, branch: str, nats_url: str, **overrides: Any) -> Any:
+    from branch_agent.settings import AgentSettings, TillConfig
+
+    values: dict[str, Any] = {
+        "branch": branch,
+        "data_dir": str(tmp_path / f"agent-{branch}"),
+        "nats_url": nats_url,
+        "demo_catalog": True,
+        "heartbeat_interval_s": 0.5,
+        "tills": (TillConfig(id="T1", token=f"{branch}-till-1"),),
+    }
+    values.update(overrides)
+    return AgentSettings(**values)
+
+
+@pytest.fixture
+async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Factory of started in-process agents; all are stopped at the end."""
+    from branch_agent.agent import Agent
+
+    agents: list[Agent] = []
+
+    async def factory(branch: str, nats_url: str, **overrides: Any) -> Agent:
+        agent = Agent(agent_settings(tmp_path, branch, nats_url, **overrides))
+        await agent.start()
+        agents.append(agent)
+        return agent
+
+    yield factory
+    for agent in agents:
+        await agent.stop()
