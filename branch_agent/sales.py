@@ -8,13 +8,15 @@ idempotent: posting the same sale again returns the original receipt.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from branch_agent.catalog import CatalogItem, find_product
 from branch_agent.errors import Rejected
-from branch_agent.models import Product, ProductBarcode, Sale
+from branch_agent.models import Sale
 from branch_agent.outbox import append_event, next_counter
 from branch_agent.schemas import PaymentIn, SaleIn, SaleLineOut, SaleOut
 from branch_agent.settings import AgentSettings
@@ -71,6 +73,7 @@ class SaleService:
 
     async def _price(self, session: AsyncSession, till: str, sale: SaleIn) -> ReceiptRecorded:
         lines: list[ReceiptLine] = []
+        price_version = 0
         for index, line_in in enumerate(sale.lines):
             field = f"lines[{index}]"
             product = await self._product(session, line_in.sku, line_in.barcode, field)
@@ -85,6 +88,7 @@ class SaleService:
                     f"{product.sku} is sold by the piece: whole quantities only",
                     field=f"{field}.quantity",
                 )
+            price_version = max(price_version, product.price_version)
             gross = line_amount(product.price, quantity)
             if line_in.manual_discount > gross:
                 raise Rejected("discount exceeds the line amount", field=f"{field}.manual_discount")
@@ -126,24 +130,20 @@ class SaleService:
             total=total,
             change=change,
             currency=self._settings.currency,
+            price_version=price_version,
         )
 
     async def _product(
         self, session: AsyncSession, sku: str | None, barcode: str | None, field: str
-    ) -> Product:
-        if barcode:
-            found_sku = await session.scalar(
-                select(ProductBarcode.sku).where(ProductBarcode.barcode == barcode)
-            )
-            if found_sku is None:
-                raise Rejected(f"unknown barcode {barcode!r}", field=f"{field}.barcode")
-            sku = found_sku
-        if not sku:
+    ) -> CatalogItem:
+        if not sku and not barcode:
             raise Rejected("a line needs a sku or a barcode", field=field)
-        product = await session.get(Product, sku)
-        if product is None or not product.active:
+        item = await find_product(session, sku=sku, barcode=barcode, at=datetime.now(UTC))
+        if item is None:
+            if barcode:
+                raise Rejected(f"unknown barcode {barcode!r}", field=f"{field}.barcode")
             raise Rejected(f"unknown product {sku!r}", field=f"{field}.sku")
-        return product
+        return item
 
 
 def sale_out(row: Sale) -> SaleOut:

@@ -180,3 +180,14 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
     yield factory
     for agent in agents:
         await agent.stop()
+
+
+@pytest.fixture
+async def central_client(central: Any) -> AsyncIterator[Any]:
+    """An HTTP client of the head-office API of ``central`` (authenticated once auth exists)."""
+    from litestar.testing import AsyncTestClient
+
+    from central.app import create_app
+
+    async with AsyncTestClient(create_app(central.settings, runtime=central)) as client:
+        yield client
