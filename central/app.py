@@ -44,6 +44,8 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
             "db_session": Provide(_provide_session),
         },
         lifespan=[lifespan],
+        # With a runtime given (tests, embedding) the app works without its lifespan too.
+        state=State({"runtime": runtime}) if runtime is not None else None,
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_request_body,
         openapi_config=OpenAPIConfig(

@@ -185,9 +185,16 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
 @pytest.fixture
 async def central_client(central: Any) -> AsyncIterator[Any]:
     """An HTTP client of the head-office API of ``central`` (authenticated once auth exists)."""
-    from litestar.testing import AsyncTestClient
-
     from central.app import create_app
 
-    async with AsyncTestClient(create_app(central.settings, runtime=central)) as client:
+    async with asgi_client(create_app(central.settings, runtime=central)) as client:
         yield client
+
+
+def asgi_client(app: Any, **kwargs: Any) -> Any:
+    """An httpx client calling an ASGI app in this event loop (database pools are per loop)."""
+    import httpx
+
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver", **kwargs
+    )

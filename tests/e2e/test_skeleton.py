@@ -6,13 +6,12 @@ import asyncio
 from typing import Any
 
 import httpx
-from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
 from central.app import create_app
 from central.embedded_nats import EmbeddedNats
 from central.models import DeadLetter, Receipt
-from tests.conftest import register_branch, wait_until
+from tests.conftest import asgi_client, register_branch, wait_until
 
 
 def sale(sale_id: str, *, cash: int = 1000) -> dict[str, Any]:
@@ -29,7 +28,7 @@ def sale(sale_id: str, *, cash: int = 1000) -> dict[str, Any]:
 
 
 async def post_sale(agent: Any, body: dict[str, Any], token: str) -> httpx.Response:
-    async with AsyncTestClient(agent.app) as client:
+    async with asgi_client(agent.app) as client:
         return await client.post(
             "/api/v1/sales", json=body, headers={"Authorization": f"Bearer {token}"}
         )
@@ -70,8 +69,7 @@ async def test_sales_at_two_agents_reach_central_exactly_once(
     assert sorted(await receipts_at_central(central)) == expected
 
     # And it is readable through the head-office API.
-    app = create_app(central.settings, runtime=central)
-    async with AsyncTestClient(app) as client:
+    async with asgi_client(create_app(central.settings, runtime=central)) as client:
         page = (await client.get("/api/v1/receipts", params={"branch": "B1"})).json()
         assert page["total"] == 2
         assert page["items"][0]["lines"][1]["quantity"] == "0.754"
