@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from branch_agent.api import AgentHealth, create_till_app
 from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.demo_catalog import seed_demo_catalog
+from branch_agent.downstream import DownstreamReader
 from branch_agent.outbox import backlog
 from branch_agent.sales import SaleService
 from branch_agent.sender import OutboxSender
@@ -42,6 +43,8 @@ class Agent:
             batch=settings.outbox_batch,
             publish_timeout_s=settings.outbox_publish_timeout_s,
         )
+        # Handlers per down-stream kind are registered by the parts that own them.
+        self.downstream = DownstreamReader(settings.branch)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._stop = asyncio.Event()
@@ -66,6 +69,7 @@ class Agent:
         self.nc = await nats.connect(**self._nats_options())
         self.js = self.nc.jetstream()
         self._tasks.append(asyncio.create_task(self._heartbeats()))
+        self._tasks.append(asyncio.create_task(self.downstream.run(self.js, self._stop)))
         await self.sender.run(self.nc, self.js, self._stop)
 
     def _nats_options(self) -> dict[str, Any]:

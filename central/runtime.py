@@ -12,13 +12,20 @@ import logging
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.ingest.worker import IngestWorker
+from central.models import Branch
 from central.settings import CentralSettings
-from central.sync.jetstream import connect, ensure_ingest_consumer, ensure_streams
+from central.sync.jetstream import (
+    connect,
+    ensure_branch_consumer,
+    ensure_ingest_consumer,
+    ensure_streams,
+)
 
 __all__ = ["CentralRuntime"]
 
@@ -71,6 +78,7 @@ class CentralRuntime:
                 log.warning("JetStream set-up failed, retrying: %s", exc)
                 await asyncio.sleep(1.0)
         self.nats_ready.set()
+        self._tasks.append(asyncio.create_task(self._keep_branch_consumers()))
         for _ in range(ingest_workers):
             worker = IngestWorker(
                 self.sessionmaker,
@@ -79,6 +87,25 @@ class CentralRuntime:
             )
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(self.js, self._stop)))
+
+    async def _keep_branch_consumers(self) -> None:
+        """Every registered branch has its durable down-stream consumer (idempotent)."""
+        known: set[tuple[str, str | None, str | None]] = set()
+        while not self._stop.is_set():
+            try:
+                async with self.sessionmaker() as session:
+                    branches = (await session.scalars(select(Branch).where(Branch.active))).all()
+                for b in branches:
+                    key = (b.code, b.format_code, b.price_zone)
+                    if key not in known and self.js is not None:
+                        await ensure_branch_consumer(
+                            self.js, b.code, format_code=b.format_code, price_zone=b.price_zone
+                        )
+                        known.add(key)
+            except Exception as exc:
+                log.warning("branch consumers not ensured yet: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 2.0)
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()

@@ -6,12 +6,15 @@ import re
 
 __all__ = [
     "COMMAND_KIND",
+    "DOWN_SCOPES",
     "DOWN_STREAM",
     "HEARTBEAT_KIND",
     "INGEST_DURABLE",
     "UP_STREAM",
     "down_branch_subject",
     "down_consumer_name",
+    "down_subject",
+    "parse_down_subject",
     "parse_up_subject",
     "up_subject",
     "validate_branch_code",
@@ -54,7 +57,32 @@ def parse_up_subject(subject: str) -> tuple[str, str]:
 
 
 def down_branch_subject(branch: str, kind: str, key: str) -> str:
-    return f"down.branch.{validate_branch_code(branch)}.{kind}.{key}"
+    return down_subject("branch", validate_branch_code(branch), kind, key)
+
+
+DOWN_SCOPES = ("all", "format", "zone", "branch")
+
+
+def down_subject(scope: str, scope_id: str | None, kind: str, key: str) -> str:
+    """``down.all.<kind>.<key>`` or ``down.<format|zone|branch>.<id>.<kind>.<key>``."""
+    if scope not in DOWN_SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+    for token in (kind, key, *([scope_id] if scope != "all" else [])):
+        if not token or not _TOKEN_RE.fullmatch(token):
+            raise ValueError(f"bad subject token {token!r}")
+    if scope == "all":
+        return f"down.all.{kind}.{key}"
+    return f"down.{scope}.{scope_id}.{kind}.{key}"
+
+
+def parse_down_subject(subject: str) -> tuple[str, str | None, str, str]:
+    """-> (scope, scope_id or None for "all", kind, key); ValueError for anything else."""
+    parts = subject.split(".")
+    if len(parts) == 4 and parts[:2] == ["down", "all"]:
+        return "all", None, parts[2], parts[3]
+    if len(parts) == 5 and parts[0] == "down" and parts[1] in DOWN_SCOPES[1:]:
+        return parts[1], parts[2], parts[3], parts[4]
+    raise ValueError(f"not a down-stream subject: {subject!r}")
 
 
 def down_consumer_name(branch: str) -> str:
