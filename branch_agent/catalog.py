@@ -14,7 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.models import Product, ProductBarcode
 
-__all__ = ["CatalogItem", "find_product", "search_products"]
+__all__ = [
+    "BasketLine",
+    "CatalogItem",
+    "LineDiscount",
+    "find_product",
+    "promotion_discounts",
+    "search_products",
+]
 
 
 class CatalogItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,3 +80,29 @@ async def search_products(
         .limit(limit)
     )
     return [_item(p) for p in rows]
+
+
+class BasketLine(msgspec.Struct, frozen=True, kw_only=True):
+    """A priced line before promotions, as the sale service sees it."""
+
+    sku: str
+    category: str | None
+    quantity_milli: int
+    unit_price: int
+    gross: int
+
+
+class LineDiscount(msgspec.Struct, frozen=True, kw_only=True):
+    amount: int = 0
+    promotion_id: str | None = None
+
+
+async def promotion_discounts(
+    session: AsyncSession, lines: list[BasketLine], *, at: datetime
+) -> list[LineDiscount]:
+    """Discount per line from the promotions in force at ``at`` (one entry per line).
+
+    The master-data part of the agent replaces the body with the promotions it has
+    applied from central, evaluated by the rules shared with central in ``protocol``.
+    """
+    return [LineDiscount() for _ in lines]
