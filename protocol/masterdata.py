@@ -1,0 +1,210 @@
+"""Master data on the down stream: catalog, prices and promotions, versioned.
+
+Central keeps one global, monotonically increasing master-data version (one per
+change record). Products and prices are published per *bucket*: all SKUs of one
+bucket (``bucket_of(sku)``) at one scope form one message whose value is the full
+current state of that bucket at that scope, on the subject
+``down.<scope>[.<id>].<kind>.b<NNN>``. The down stream keeps the latest message per
+subject, so:
+
+- a change is one message for its bucket at the scope head office defined it
+  (a chain-wide price is one message, not one per branch);
+- a deletion, an archival or an assortment removal is simply the absence of the
+  SKU in the bucket's next message (no tombstone can be lost);
+- replaying the stream from its start is a complete snapshot;
+- 100,000 price changes become at most ``BUCKETS`` messages per scope, so a branch
+  applies them in a few hundred transactions instead of 100,000.
+
+Promotions are one message per promotion (``down.<scope>.promo.<id>``, a
+``deleted`` record replaces a withdrawn one). A ``VersionMark`` on
+``down.all.version.current`` follows every published batch: a branch that has
+applied it has applied everything central had published up to that version.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Annotated, Literal
+
+import msgspec
+
+from protocol.events import UtcDateTime
+
+__all__ = [
+    "BUCKETS",
+    "KIND_PRICE",
+    "KIND_PRODUCT",
+    "KIND_PROMOTION",
+    "KIND_VERSION",
+    "VERSION_KEY",
+    "BarcodeKind",
+    "MasterDataMessage",
+    "PriceBucket",
+    "PriceEntry",
+    "ProductBucket",
+    "ProductRecord",
+    "PromotionRecord",
+    "VersionMark",
+    "barcode_kind",
+    "bucket_key",
+    "bucket_of",
+    "decode_masterdata",
+    "encode_masterdata",
+    "parse_bucket_key",
+    "validate_barcode",
+]
+
+BUCKETS = 256
+KIND_PRODUCT = "product"
+KIND_PRICE = "price"
+KIND_PROMOTION = "promo"
+KIND_VERSION = "version"
+VERSION_KEY = "current"
+
+BarcodeKind = Literal["ean13", "ean8", "upca", "internal"]
+Scope = Literal["all", "format", "zone", "branch"]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def bucket_of(sku: str) -> int:
+    """Stable bucket of a SKU (CRC-32, identical on every platform and Python)."""
+    return zlib.crc32(sku.encode()) % BUCKETS
+
+
+def bucket_key(bucket: int) -> str:
+    return f"b{bucket:03d}"
+
+
+def parse_bucket_key(key: str) -> int:
+    if len(key) != 4 or key[0] != "b" or not key[1:].isdigit():
+        raise ValueError(f"not a bucket key: {key!r}")
+    bucket = int(key[1:])
+    if bucket >= BUCKETS:
+        raise ValueError(f"bucket out of range: {key!r}")
+    return bucket
+
+
+def _gtin_check_digit_ok(code: str) -> bool:
+    digits = [int(c) for c in code]
+    body, check = digits[:-1], digits[-1]
+    # Weights 3,1,3,... from the digit next to the check digit (GS1 rule).
+    total = sum(d * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return (10 - total % 10) % 10 == check
+
+
+def barcode_kind(code: str) -> BarcodeKind:
+    """EAN-13, EAN-8 or UPC-A by length of an all-digit code; anything else is internal."""
+    if code.isdigit() and len(code) in (8, 12, 13):
+        return {8: "ean8", 12: "upca", 13: "ean13"}[len(code)]  # type: ignore[return-value]
+    return "internal"
+
+
+def validate_barcode(code: str, kind: BarcodeKind | None = None) -> BarcodeKind:
+    """The kind of a valid barcode; ValueError naming the fault otherwise.
+
+    8, 12 and 13 digit codes must carry a correct GS1 check digit. Internal codes
+    (store-assigned, e.g. "INT-0042") are 1-64 visible ASCII characters without
+    spaces; declared as internal, a numeric code is not check-digit tested.
+    """
+    if not code or len(code) > 64 or not code.isascii() or not code.isprintable() or " " in code:
+        raise ValueError(f"barcode {code!r}: 1-64 visible ASCII characters without spaces")
+    detected = barcode_kind(code)
+    if kind == "internal":
+        return "internal"
+    if kind is not None and kind != detected:
+        raise ValueError(f"barcode {code!r} is not a valid {kind}")
+    if detected != "internal" and not _gtin_check_digit_ok(code):
+        raise ValueError(f"barcode {code!r}: wrong check digit")
+    return detected
+
+
+class _Wire(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of master-data wire Structs: immutable, keyword-only."""
+
+
+class ProductRecord(_Wire, frozen=True, kw_only=True):
+    sku: str
+    name: str
+    unit: str = "pcs"
+    weighed: bool = False
+    scale_plu: int | None = None
+    barcodes: tuple[str, ...] = ()
+    category: str | None = None
+    # Root-to-leaf category codes: promotions on a category reach its subtree.
+    category_path: tuple[str, ...] = ()
+    vat_rate_bp: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 0
+    vat_group: str = "A"
+    version: NonNegative = 0
+
+
+class ProductBucket(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="product_bucket"):
+    """Every product of one bucket at one scope that the scope's branches sell."""
+
+    scope: Scope
+    scope_id: str | None = None
+    bucket: Annotated[int, msgspec.Meta(ge=0)]
+    version: NonNegative
+    products: tuple[ProductRecord, ...] = ()
+
+
+class PriceEntry(_Wire, frozen=True, kw_only=True):
+    sku: str
+    price: NonNegative
+    # UTC moment from which this price applies (computed from the branch's or the
+    # zone's local time at central when head office gave a local time).
+    effective_at: UtcDateTime
+    version: NonNegative = 0
+
+
+class PriceBucket(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="price_bucket"):
+    """The price schedule of one bucket at one scope: the current entry of each SKU
+    and every future one (so a scheduled price takes effect without a new message)."""
+
+    scope: Scope
+    scope_id: str | None = None
+    bucket: Annotated[int, msgspec.Meta(ge=0)]
+    version: NonNegative
+    entries: tuple[PriceEntry, ...] = ()
+
+
+class PromotionRecord(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="promotion"):
+    promotion_id: str
+    version: NonNegative
+    deleted: bool = False
+    name: str = ""
+    type: Literal["percent", "amount", "n_for_m"] = "percent"
+    percent_bp: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 0
+    # Amount off per unit (per piece, or per kg/litre of a weighed product).
+    amount: NonNegative = 0
+    # Buy n, pay m (n > m >= 1).
+    n: NonNegative = 0
+    m: NonNegative = 0
+    skus: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    starts_at: UtcDateTime | None = None
+    ends_at: UtcDateTime | None = None
+
+
+class VersionMark(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="version_mark"):
+    version: NonNegative
+    published_at: UtcDateTime
+
+
+MasterDataMessage = ProductBucket | PriceBucket | PromotionRecord | VersionMark
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(MasterDataMessage)
+
+
+def encode_masterdata(message: MasterDataMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_masterdata(data: bytes) -> MasterDataMessage:
+    """ValueError (WireDecodeError) for bytes that are not a master-data message."""
+    from protocol.codec import WireDecodeError
+
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise WireDecodeError(str(exc)) from exc
