@@ -205,6 +205,7 @@ def decode_masterdata(data: bytes) -> MasterDataMessage:
     from protocol.codec import WireDecodeError
 
     try:
-        return _decoder.decode(data)
+        message: MasterDataMessage = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise WireDecodeError(str(exc)) from exc
+    return message

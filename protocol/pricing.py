@@ -45,8 +45,14 @@ class PriceCandidate:
     scope_id: str | None = None
 
 
-def _rank(candidate: PriceCandidate) -> tuple[int, datetime, int]:
-    return (SCOPE_RANK[candidate.scope], candidate.effective_at, candidate.version)
+def _rank(candidate: PriceCandidate) -> tuple[int, datetime, int, int]:
+    # Versions are unique at central; the price only settles malformed ties deterministically.
+    return (
+        SCOPE_RANK[candidate.scope],
+        candidate.effective_at,
+        candidate.version,
+        -candidate.price,
+    )
 
 
 def resolve_price(candidates: Iterable[PriceCandidate], at: datetime) -> PriceCandidate | None:
@@ -70,9 +76,10 @@ def prune_schedule(candidates: Iterable[PriceCandidate], now: datetime) -> list[
     for candidate in candidates:
         if candidate.effective_at > now:
             future.append(candidate)
-        elif current is None or (candidate.effective_at, candidate.version) > (
+        elif current is None or (candidate.effective_at, candidate.version, -candidate.price) > (
             current.effective_at,
             current.version,
+            -current.price,
         ):
             current = candidate
     future.sort(key=lambda c: (c.effective_at, c.version))
