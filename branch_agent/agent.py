@@ -12,18 +12,26 @@ import nats
 from litestar import Litestar
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from sqlalchemy import func, select
 
 from branch_agent.api import AgentHealth, create_till_app
 from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.demo_catalog import seed_demo_catalog
-from branch_agent.downstream import DownstreamReader
-from branch_agent.outbox import backlog
+from branch_agent.devices import TillDevices
+from branch_agent.downstream import DownMessage, DownstreamReader
+from branch_agent.fiscal import Fiscalizer
+from branch_agent.models import Counter, OutboxEvent
+from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.sales import SaleService
+from branch_agent.schemas import SaleIn, SaleOut
 from branch_agent.sender import OutboxSender
 from branch_agent.settings import AgentSettings
-from protocol.codec import encode
+from branch_agent.shifts import ShiftService
+from branch_agent.status import AgentStatus, build_status
+from branch_agent.stock import StockService
+from protocol.codec import decode_resend, encode
 from protocol.messages import BranchHeartbeat
-from protocol.subjects import HEARTBEAT_KIND, up_subject
+from protocol.subjects import COMMAND_KIND, HEARTBEAT_KIND, up_subject
 
 __all__ = ["Agent"]
 
@@ -43,8 +51,16 @@ class Agent:
             batch=settings.outbox_batch,
             publish_timeout_s=settings.outbox_publish_timeout_s,
         )
+        self.devices = TillDevices(settings)
+        self.fiscal = Fiscalizer(
+            settings, self.sessionmaker, self.write_lock, self.devices, self.sender.wake
+        )
+        self.shifts = ShiftService(settings, self.sessionmaker, self.write_lock, self.devices)
+        self.stock = StockService(settings, self.sessionmaker, self.write_lock)
         # Handlers per down-stream kind are registered by the parts that own them.
         self.downstream = DownstreamReader(settings.branch)
+        self.downstream.register(COMMAND_KIND, self._on_command)
+        self.resends = 0
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._stop = asyncio.Event()
@@ -62,8 +78,77 @@ class Agent:
         if self.settings.demo_catalog:
             async with self.write_lock, self.sessionmaker() as session, session.begin():
                 await seed_demo_catalog(session)
+        # Sales left pending by a crash or an absent printer are reconciled first, then
+        # retried in the background while the till API already serves.
+        self._tasks.append(asyncio.create_task(self.fiscal.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self._probe_devices()))
+        self.devices.start_scanners()
         # Connecting blocks until a server answers: the store trades meanwhile.
         self._tasks.append(asyncio.create_task(self._sync()))
+
+    async def record_sale(self, till: str, data: SaleIn) -> tuple[SaleOut, bool]:
+        """Commit, fiscalize (when the till has a fiscal printer), show, open the drawer."""
+        out, created = await self.sales.record_sale(till, data)
+        if out.status == "pending_fiscal":
+            await self.fiscal.process_till(till)
+            event_seq = out.event_seq
+            out = await self.sales.get_sale(till, data.sale_id)
+            out.event_seq = event_seq
+        if created:
+            self.sender.wake()
+            cash = any(p.type == "cash" for p in out.payments)
+            await self.fiscal.present(till, out.total, out.change, cash)
+        return out, created
+
+    async def _on_command(self, message: DownMessage) -> None:
+        if message.key != "resend":
+            log.info("unknown command %s ignored", message.subject)
+            return
+        request = decode_resend(message.data)
+        if request.branch != self.settings.branch:
+            log.warning("resend for %s reached %s: ignored", request.branch, self.settings.branch)
+            return
+        async with self.write_lock, self.sessionmaker() as session, session.begin():
+            count = await mark_unsent_from(session, request.from_seq)
+        self.resends += 1
+        log.info("central asked for events from %d: %d queued again", request.from_seq, count)
+        self.sender.wake()
+
+    async def _probe_devices(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.devices.probe_all()
+            except Exception:
+                log.exception("device probe failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.device_poll_interval_s)
+
+    def applied_version(self) -> int:
+        """The master-data version the agent has applied (0 until master data arrives)."""
+        applier = getattr(self, "masterdata", None)
+        version = getattr(applier, "applied_version", 0) if applier is not None else 0
+        if callable(version):
+            version = version()
+        return version if isinstance(version, int) else 0
+
+    async def last_recorded_seq(self) -> int:
+        async with self.sessionmaker() as session:
+            counter = await session.get(Counter, EVENT_SEQ)
+        return counter.value if counter is not None else 0
+
+    async def last_acked_seq(self) -> int:
+        """Every event up to this sequence number has a JetStream ack."""
+        async with self.sessionmaker() as session:
+            first_unsent = await session.scalar(
+                select(func.min(OutboxEvent.seq)).where(OutboxEvent.sent_at.is_(None))
+            )
+            if first_unsent is not None:
+                return int(first_unsent) - 1
+            last = await session.scalar(select(func.max(OutboxEvent.seq)))
+        return int(last or 0)
+
+    async def status(self) -> AgentStatus:
+        return await build_status(self)
 
     async def _sync(self) -> None:
         self.nc = await nats.connect(**self._nats_options())
@@ -108,11 +193,16 @@ class Agent:
     async def heartbeat(self) -> BranchHeartbeat:
         async with self.sessionmaker() as session:
             pending = await backlog(session)
+        now = datetime.now(UTC)
         return BranchHeartbeat(
             branch=self.settings.branch,
-            sent_at=datetime.now(UTC),
+            sent_at=now,
+            utc_offset_min=utc_offset_min(self.settings.timezone, now),
             outbox_backlog=pending,
-            last_acked_seq=self.sender.state.last_acked_seq,
+            last_acked_seq=await self.last_acked_seq(),
+            last_recorded_seq=await self.last_recorded_seq(),
+            applied_version=self.applied_version(),
+            devices=self.devices.statuses(),
         )
 
     async def publish_heartbeat(self) -> None:
@@ -146,6 +236,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.nc.close()
             self.nc = None
+        await asyncio.to_thread(self.devices.close)
         await self.engine.dispose()
 
     async def serve(self) -> None:

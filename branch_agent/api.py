@@ -12,12 +12,32 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.types import ExceptionHandlersMap
 
 from branch_agent.errors import AgentError
-from branch_agent.schemas import SaleIn, SaleOut
+from branch_agent.schemas import (
+    CashMoveIn,
+    CashMoveOut,
+    ProductOut,
+    ReturnIn,
+    ReturnOut,
+    SaleIn,
+    SaleOut,
+    ShiftCloseOut,
+    ShiftOpenIn,
+    ShiftOut,
+    WeightOut,
+    XReportOut,
+)
 from branch_agent.settings import TillConfig
+from branch_agent.status import AgentStatus
+from branch_agent.stock import BalanceOut, CountSheetIn, StockDocumentIn, StockDocumentOut
+from branch_agent.till_api import (
+    StocktakeOpenIn,
+    TillApi,
+    UnfiscalIn,
+)
 from protocol.problems import FieldError, Problem
 
 if TYPE_CHECKING:
@@ -56,6 +76,31 @@ def _authenticated_till(
     raise NotAuthorizedException("unknown till token")
 
 
+def _manager(
+    state: State,
+    authorization: Annotated[
+        str | None, HeaderParameter(name="Authorization", required=False)
+    ] = None,
+) -> str:
+    agent = _agent(state)
+    scheme, _, token = (authorization or "").partition(" ")
+    expected = agent.settings.manager_token
+    if scheme.lower() != "bearer" or not token or not expected:
+        raise NotAuthorizedException("the store manager's token is required")
+    if not hmac.compare_digest(expected.encode(), token.encode()):
+        raise NotAuthorizedException("unknown manager token")
+    return "manager"
+
+
+def _api(state: State) -> TillApi:
+    return TillApi(_agent(state))
+
+
+TillId = Annotated[str, PathParameter(description="the till")]
+SaleId = Annotated[str, PathParameter(description="the till's sale id")]
+DocumentId = Annotated[str, PathParameter(description="stock document id")]
+
+
 class SaleController(Controller):
     path = "/api/v1/sales"
     tags = ["sales"]
@@ -65,12 +110,258 @@ class SaleController(Controller):
         "/",
         operation_id="recordSale",
         summary="Record a sale (idempotent on the till's sale_id): 201 new, 200 repeat",
+        description="The answer's status is fiscalized, recorded (no fiscal printer) or "
+        "pending_fiscal: the sale is safe and is completed once the printer is back.",
     )
     async def record_sale(
         self, state: State, till: NamedDependency[TillConfig], data: JSONBody[SaleIn]
     ) -> Response[SaleOut]:
-        sale, created = await _agent(state).sales.record_sale(till.id, data)
+        sale, created = await _agent(state).record_sale(till.id, data)
         return Response(sale, status_code=201 if created else 200)
+
+    @get(
+        "/pending",
+        operation_id="listPendingSales",
+        summary="This till's sales waiting for the printer",
+    )
+    async def pending(self, state: State, till: NamedDependency[TillConfig]) -> list[SaleOut]:
+        return await _agent(state).sales.pending_sales(till.id)
+
+    @get("/{sale_id:str}", operation_id="getSale", summary="One sale of this till")
+    async def get_sale(
+        self, state: State, till: NamedDependency[TillConfig], sale_id: SaleId
+    ) -> SaleOut:
+        return await _agent(state).sales.get_sale(till.id, sale_id)
+
+    @post(
+        "/fiscalize",
+        operation_id="retryFiscal",
+        summary="Send this till's pending sales to the fiscal printer now",
+        status_code=200,
+    )
+    async def fiscalize(self, state: State, till: NamedDependency[TillConfig]) -> list[SaleOut]:
+        return await _api(state).fiscalize(till.id)
+
+
+class ReturnController(Controller):
+    path = "/api/v1/returns"
+    tags = ["returns"]
+    dependencies = {"till": Provide(_authenticated_till, sync_to_thread=False)}
+
+    @post(
+        "/",
+        operation_id="recordReturn",
+        summary="A customer return against a receipt (idempotent on return_id)",
+    )
+    async def record_return(
+        self, state: State, till: NamedDependency[TillConfig], data: JSONBody[ReturnIn]
+    ) -> Response[ReturnOut]:
+        ret, created = await _agent(state).sales.record_return(till.id, data)
+        _agent(state).sender.wake()
+        return Response(ret, status_code=201 if created else 200)
+
+
+class ProductController(Controller):
+    path = "/api/v1/products"
+    tags = ["products"]
+    dependencies = {"till": Provide(_authenticated_till, sync_to_thread=False)}
+
+    @get(
+        "/by-barcode/{code:str}",
+        operation_id="lookupBarcode",
+        summary="Product by barcode (weight-embedded codes too), with price and promotion",
+    )
+    async def by_barcode(
+        self,
+        state: State,
+        till: NamedDependency[TillConfig],
+        code: Annotated[str, PathParameter(description="scanned code", max_length=64)],
+    ) -> ProductOut:
+        return await _api(state).lookup_barcode(code)
+
+    @get("/", operation_id="searchProducts", summary="Products whose name or SKU contains the text")
+    async def search(
+        self,
+        state: State,
+        till: NamedDependency[TillConfig],
+        q: Annotated[str, QueryParameter(min_length=1, max_length=100)],
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> list[ProductOut]:
+        return await _api(state).search(q, limit)
+
+
+class DeviceController(Controller):
+    path = "/api/v1/devices"
+    tags = ["devices"]
+    dependencies = {"till": Provide(_authenticated_till, sync_to_thread=False)}
+
+    @get(
+        "/scale/weight", operation_id="readWeight", summary="The stable weight on this till's scale"
+    )
+    async def weight(self, state: State, till: NamedDependency[TillConfig]) -> WeightOut:
+        return await _api(state).read_weight(till.id)
+
+    @get(
+        "/scanner/next",
+        operation_id="nextScan",
+        summary="The next code read by this till's serial scanner, resolved to a product",
+    )
+    async def next_scan(
+        self,
+        state: State,
+        till: NamedDependency[TillConfig],
+        wait_s: Annotated[float, QueryParameter(ge=0, le=30)] = 5.0,
+    ) -> ProductOut:
+        return await _api(state).next_scan(till.id, wait_s)
+
+
+class ShiftController(Controller):
+    path = "/api/v1/shifts"
+    tags = ["shifts"]
+    dependencies = {"till": Provide(_authenticated_till, sync_to_thread=False)}
+
+    @post("/", operation_id="openShift", summary="Open a shift at this till (repeat: 200)")
+    async def open_shift(
+        self, state: State, till: NamedDependency[TillConfig], data: JSONBody[ShiftOpenIn]
+    ) -> Response[ShiftOut]:
+        shift, created = await _agent(state).shifts.open_shift(till.id, data)
+        _agent(state).sender.wake()
+        return Response(shift, status_code=201 if created else 200)
+
+    @get("/current", operation_id="currentShift", summary="The open shift with the agent's totals")
+    async def current(self, state: State, till: NamedDependency[TillConfig]) -> ShiftOut:
+        return await _agent(state).shifts.current(till.id)
+
+    @post(
+        "/current/x-report",
+        operation_id="xReport",
+        summary="X report: the printer's and the agent's totals, shift stays open",
+        status_code=200,
+    )
+    async def x_report(self, state: State, till: NamedDependency[TillConfig]) -> XReportOut:
+        return await _agent(state).shifts.x_report(till.id)
+
+    @post(
+        "/current/close",
+        operation_id="closeShift",
+        summary="Close the shift with the fiscal printer's Z report",
+        status_code=200,
+    )
+    async def close(self, state: State, till: NamedDependency[TillConfig]) -> ShiftCloseOut:
+        closed = await _agent(state).shifts.close_shift(till.id)
+        _agent(state).sender.wake()
+        return closed
+
+
+class CashController(Controller):
+    path = "/api/v1/cash-moves"
+    tags = ["shifts"]
+    dependencies = {"till": Provide(_authenticated_till, sync_to_thread=False)}
+
+    @post("/", operation_id="moveCash", summary="Cash in or out of this till's drawer")
+    async def move_cash(
+        self, state: State, till: NamedDependency[TillConfig], data: JSONBody[CashMoveIn]
+    ) -> Response[CashMoveOut]:
+        move, created = await _agent(state).shifts.move_cash(till.id, data)
+        _agent(state).sender.wake()
+        return Response(move, status_code=201 if created else 200)
+
+
+class StockController(Controller):
+    path = "/api/v1/stock"
+    tags = ["stock"]
+    dependencies = {"manager": Provide(_manager, sync_to_thread=False)}
+
+    @post(
+        "/documents",
+        operation_id="postStockDocument",
+        summary="Post a goods receipt, write-off, transfer out/in or supplier return",
+    )
+    async def post_document(
+        self, state: State, manager: NamedDependency[str], data: JSONBody[StockDocumentIn]
+    ) -> Response[StockDocumentOut]:
+        doc, created = await _agent(state).stock.post_document(data)
+        _agent(state).sender.wake()
+        return Response(doc, status_code=201 if created else 200)
+
+    @get("/documents/{document_id:str}", operation_id="getStockDocument", summary="One document")
+    async def get_document(
+        self, state: State, manager: NamedDependency[str], document_id: DocumentId
+    ) -> StockDocumentOut:
+        return await _agent(state).stock.get_document(document_id)
+
+    @post("/stocktakes", operation_id="openStocktake", summary="Start a stocktake (draft)")
+    async def open_stocktake(
+        self, state: State, manager: NamedDependency[str], data: JSONBody[StocktakeOpenIn]
+    ) -> StockDocumentOut:
+        return await _agent(state).stock.open_stocktake(data.document_id, data.author, data.reason)
+
+    @post(
+        "/stocktakes/{document_id:str}/sheets",
+        operation_id="addCountSheet",
+        summary="Record a count sheet (the same sheet again replaces it)",
+        status_code=200,
+    )
+    async def add_sheet(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        document_id: DocumentId,
+        data: JSONBody[CountSheetIn],
+    ) -> dict[str, int]:
+        return {"products": await _agent(state).stock.add_count_sheet(document_id, data)}
+
+    @post(
+        "/stocktakes/{document_id:str}/post",
+        operation_id="postStocktake",
+        summary="Post the differences between counted and booked stock",
+        status_code=200,
+    )
+    async def post_stocktake(
+        self, state: State, manager: NamedDependency[str], document_id: DocumentId
+    ) -> StockDocumentOut:
+        doc = await _agent(state).stock.post_stocktake(document_id)
+        _agent(state).sender.wake()
+        return doc
+
+    @get("/balances", operation_id="stockBalances", summary="Stock on hand")
+    async def balances(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        sku: Annotated[list[str] | None, QueryParameter(required=False)] = None,
+    ) -> list[BalanceOut]:
+        return await _agent(state).stock.stock_on_hand(sku)
+
+
+class ManagerSalesController(Controller):
+    path = "/api/v1/manager/sales"
+    tags = ["sales"]
+    dependencies = {"manager": Provide(_manager, sync_to_thread=False)}
+
+    @get(
+        "/pending",
+        operation_id="allPendingSales",
+        summary="Sales of every till waiting for a printer",
+    )
+    async def pending(self, state: State, manager: NamedDependency[str]) -> list[SaleOut]:
+        return await _agent(state).sales.pending_sales()
+
+    @post(
+        "/{till_id:str}/{sale_id:str}/complete-unfiscal",
+        operation_id="completeUnfiscal",
+        summary="The till's fiscal printer is gone for good: send the sale up unfiscalized",
+        status_code=200,
+    )
+    async def complete_unfiscal(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        till_id: TillId,
+        sale_id: SaleId,
+        data: JSONBody[UnfiscalIn],
+    ) -> SaleOut:
+        return await _api(state).complete_unfiscal(till_id, sale_id, data.reason)
 
 
 class HealthController(Controller):
@@ -80,6 +371,14 @@ class HealthController(Controller):
     @get("/", operation_id="getAgentHealth", summary="Liveness of the agent and its NATS link")
     async def health(self, state: State) -> AgentHealth:
         return await _agent(state).health()
+
+    @get(
+        "/status",
+        operation_id="getAgentStatus",
+        summary="Link, backlog, last sync, applied version, each device's state",
+    )
+    async def status(self, state: State) -> AgentStatus:
+        return await _agent(state).status()
 
 
 def _problem(
@@ -127,7 +426,17 @@ _handlers: ExceptionHandlersMap = {
 
 def create_till_app(agent: Agent) -> Litestar:
     return Litestar(
-        route_handlers=[SaleController, HealthController],
+        route_handlers=[
+            SaleController,
+            ReturnController,
+            ProductController,
+            DeviceController,
+            ShiftController,
+            CashController,
+            StockController,
+            ManagerSalesController,
+            HealthController,
+        ],
         state=State({"agent": agent}),
         exception_handlers=_handlers,
         request_max_body_size=1024 * 1024,

@@ -1,4 +1,4 @@
-"""``python -m branch_agent``: run the agent, and a technician's view of it."""
+"""``python -m branch_agent``: run the agent, and a technician's and manager's view of it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from branch_agent.settings import load_settings
+from branch_agent.settings import AgentSettings, load_settings
 
 __all__ = ["main"]
+
+_DOC_TYPES = ("goods_receipt", "write_off", "transfer_out", "transfer_in", "supplier_return")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,13 +24,152 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the till API and sync until stopped")
     sub.add_parser("db-upgrade", help="migrate the local database")
+    status = sub.add_parser("status", help="link, backlog, last sync, versions, devices")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
     sim = sub.add_parser("till-sim", help="simulate a till posting sales to an agent")
     sim.add_argument(
         "--url", required=True, help="the agent's till API, e.g. http://127.0.0.1:8101"
     )
     sim.add_argument("--token", required=True)
     sim.add_argument("--interval", type=float, default=3.0, help="seconds between sales")
+    sim.add_argument("--seed", type=int, default=None)
+
+    stock = sub.add_parser("stock", help="store stock documents (through the running agent)")
+    stock_sub = stock.add_subparsers(dest="stock_command", required=True)
+    post = stock_sub.add_parser("post", help="post a document from a JSON file ('-': stdin)")
+    post.add_argument("file", help='{"doc_type": "goods_receipt", "supplier": ..., "lines": [...]}')
+    for doc_type in _DOC_TYPES:
+        one = stock_sub.add_parser(
+            doc_type.replace("_", "-"), help=f"post a {doc_type.replace('_', ' ')}"
+        )
+        one.add_argument(
+            "lines", nargs="+", help="SKU=QUANTITY or SKU=QUANTITY@UNIT_COST (cost in cents)"
+        )
+        one.add_argument("--id", dest="document_id", default=None, help="document id (idempotent)")
+        one.add_argument("--supplier")
+        one.add_argument("--branch", dest="counterpart_branch", help="the other branch")
+        one.add_argument("--ref", dest="transfer_ref", help="the sending branch's transfer out")
+        one.add_argument("--reason")
+        one.add_argument("--author", default="")
+    take = stock_sub.add_parser("stocktake", help="open, count, post a stocktake")
+    take_sub = take.add_subparsers(dest="stocktake_command", required=True)
+    opened = take_sub.add_parser("open")
+    opened.add_argument("--id", dest="document_id", default=None)
+    opened.add_argument("--author", default="")
+    count = take_sub.add_parser("count", help="record a count sheet")
+    count.add_argument("document_id")
+    count.add_argument("sheet")
+    count.add_argument("lines", nargs="+", help="SKU=COUNTED")
+    posted = take_sub.add_parser("post")
+    posted.add_argument("document_id")
+    bal = stock_sub.add_parser("balances", help="stock on hand")
+    bal.add_argument("sku", nargs="*")
     return parser
+
+
+def _lines(specs: list[str], key: str) -> list[dict[str, Any]]:
+    lines = []
+    for spec in specs:
+        sku, sep, rest = spec.partition("=")
+        if not sep or not sku or not rest:
+            raise SystemExit(f"bad line {spec!r}: SKU=QUANTITY[@UNIT_COST]")
+        quantity, _, cost = rest.partition("@")
+        line: dict[str, Any] = {"sku": sku, key: quantity}
+        if cost:
+            line["unit_cost"] = int(cost)
+        lines.append(line)
+    return lines
+
+
+def _agent_url(settings: AgentSettings) -> str:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    return f"http://{host}:{settings.http_port}"
+
+
+def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {settings.manager_token}"}
+    method, path, body = "POST", "", None
+    if args.stock_command == "post":
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        path, body = "/api/v1/stock/documents", json.loads(text)
+    elif args.stock_command == "balances":
+        method, path = "GET", "/api/v1/stock/balances"
+    elif args.stock_command == "stocktake":
+        if args.stocktake_command == "open":
+            path, body = (
+                "/api/v1/stock/stocktakes",
+                {
+                    "document_id": args.document_id,
+                    "author": args.author,
+                },
+            )
+        elif args.stocktake_command == "count":
+            path = f"/api/v1/stock/stocktakes/{args.document_id}/sheets"
+            body = {"sheet": args.sheet, "lines": _lines(args.lines, "counted")}
+        else:
+            path = f"/api/v1/stock/stocktakes/{args.document_id}/post"
+    else:
+        path = "/api/v1/stock/documents"
+        body = {
+            "doc_type": args.stock_command.replace("-", "_"),
+            "lines": _lines(args.lines, "quantity"),
+        }
+        for key in ("document_id", "supplier", "counterpart_branch", "transfer_ref", "reason"):
+            if getattr(args, key):
+                body[key] = getattr(args, key)
+        body["author"] = args.author
+    params = [("sku", s) for s in getattr(args, "sku", [])]
+    response = httpx.request(
+        method, _agent_url(settings) + path, json=body, headers=headers, params=params, timeout=30
+    )
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.is_success else 1
+
+
+def _status(settings: AgentSettings, as_json: bool) -> int:
+    import httpx
+    import msgspec
+
+    from branch_agent.status import AgentStatus, format_status
+
+    try:
+        response = httpx.get(_agent_url(settings) + "/health/status", timeout=5)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"the agent at {_agent_url(settings)} does not answer: {exc}", file=sys.stderr)
+        return _offline_status(settings, as_json)
+    if as_json:
+        print(response.text)
+    else:
+        print(format_status(msgspec.json.decode(response.content, type=AgentStatus)))
+    return 0
+
+
+def _offline_status(settings: AgentSettings, as_json: bool) -> int:
+    """The agent is not running: what its database says."""
+    import sqlite3
+
+    path = settings.database_path
+    if not path.exists():
+        print(f"no database at {path}", file=sys.stderr)
+        return 2
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        backlog = db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        last_sync = db.execute("SELECT max(sent_at) FROM outbox").fetchone()[0]
+        pending = db.execute(
+            "SELECT count(*) FROM sales WHERE status = 'pending_fiscal'"
+        ).fetchone()[0]
+    info = {
+        "branch": settings.branch,
+        "link": "agent not running",
+        "outbox_backlog": backlog,
+        "last_sync_at": last_sync,
+        "pending_fiscal": pending,
+    }
+    print(json.dumps(info) if as_json else "\n".join(f"{k:<16} {v}" for k, v in info.items()))
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -34,13 +177,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if args.command == "till-sim":
         from branch_agent.till_sim import TillSimulator
 
         stop = asyncio.Event()
         try:
-            asyncio.run(TillSimulator(args.url, args.token).run(args.interval, stop))
+            asyncio.run(
+                TillSimulator(args.url, args.token, seed=args.seed).run(args.interval, stop)
+            )
         except KeyboardInterrupt:
             pass
         sys.exit(0)
@@ -54,4 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         asyncio.run(upgrade(settings.database_path))
         print(json.dumps({"database": str(settings.database_path), "upgraded": True}))
+    elif args.command == "status":
+        sys.exit(_status(settings, args.json))
+    elif args.command == "stock":
+        sys.exit(_stock(settings, args))
     sys.exit(0)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "Conflict", "NotFound", "Rejected"]
+__all__ = [
+    "AgentError",
+    "Conflict",
+    "DeviceFailed",
+    "NotFound",
+    "Rejected",
+    "StorageFull",
+]
 
 
 class AgentError(Exception):
@@ -28,3 +35,21 @@ class NotFound(AgentError):
 class Conflict(AgentError):
     status = 409
     title = "Conflict"
+
+
+class StorageFull(AgentError):
+    """The local database cannot grow: new facts are refused, recorded ones stay intact."""
+
+    status = 507
+    title = "Storage full"
+
+
+class DeviceFailed(AgentError):
+    """A device the operation needs did not do it (the condition is in the detail)."""
+
+    status = 503
+    title = "Device unavailable"
+
+    def __init__(self, detail: str, *, condition: str = "", field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.condition = condition

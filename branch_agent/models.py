@@ -23,11 +23,18 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "AgentBase",
+    "CashMove",
     "Counter",
+    "CustomerReturn",
     "OutboxEvent",
     "Product",
     "ProductBarcode",
     "Sale",
+    "Shift",
+    "StockBalance",
+    "StockDocument",
+    "StockMove",
+    "StocktakeCount",
     "UTCDateTime",
     "utcnow",
 ]
@@ -112,12 +119,21 @@ class Sale(AgentBase):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     total: Mapped[int] = mapped_column(BigInteger)
     change: Mapped[int] = mapped_column(BigInteger, default=0)
-    # recorded -> fiscalized; pending_fiscal while the printer could not finish it.
+    # recorded (no fiscal printer) | pending_fiscal -> fiscalized | completed_unfiscal
+    # (a manager closed it without the printer, which is gone for good).
     status: Mapped[str] = mapped_column(String(16), default="recorded")
     fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
     # The priced receipt (protocol ReceiptRecorded, as JSON) returned to a retrying till.
     receipt: Mapped[dict[str, Any]] = mapped_column(JSON)
     event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    # The exact job for the fiscal printer, so every retry sends the identical receipt.
+    print_job: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The printer's last receipt number before this sale was first sent to it (the
+    # idempotence hint: a retry reconciles against it instead of printing again).
+    fiscal_hint: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
+    fiscal_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class OutboxEvent(AgentBase):
@@ -134,3 +150,110 @@ class OutboxEvent(AgentBase):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(default=0)
+
+
+class CustomerReturn(AgentBase):
+    """Goods a customer brought back, against a receipt of this branch."""
+
+    __tablename__ = "customer_returns"
+    __table_args__ = (UniqueConstraint("till", "return_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    till: Mapped[str] = mapped_column(String(32))
+    return_id: Mapped[str] = mapped_column(String(64))
+    original_sale_id: Mapped[str] = mapped_column(String(64), index=True)
+    shift_id: Mapped[str] = mapped_column(String(64))
+    return_number: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # protocol CustomerReturnRecorded as JSON
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Shift(AgentBase):
+    """A till session: opened by a cashier, closed with the fiscal printer's Z report."""
+
+    __tablename__ = "shifts"
+
+    shift_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    till: Mapped[str] = mapped_column(String(32), index=True)
+    cashier: Mapped[str] = mapped_column(String(64), default="")
+    opening_float: Mapped[int] = mapped_column(BigInteger, default=0)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # protocol ShiftClosed as JSON once closed (agent totals beside the Z report's).
+    closing: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class CashMove(AgentBase):
+    __tablename__ = "cash_moves"
+    __table_args__ = (UniqueConstraint("till", "move_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    till: Mapped[str] = mapped_column(String(32))
+    move_id: Mapped[str] = mapped_column(String(64))
+    shift_id: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    cashier: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StockDocument(AgentBase):
+    """A store stock document; posted ones are immutable and went up as events."""
+
+    __tablename__ = "stock_documents"
+
+    document_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    doc_type: Mapped[str] = mapped_column(String(32))
+    number: Mapped[str] = mapped_column(String(32))
+    # draft (stocktake being counted) | posted
+    status: Mapped[str] = mapped_column(String(16), default="posted")
+    supplier: Mapped[str | None] = mapped_column(String(64), default=None)
+    counterpart_branch: Mapped[str | None] = mapped_column(String(32), default=None)
+    transfer_ref: Mapped[str | None] = mapped_column(String(64), default=None)
+    reason: Mapped[str | None] = mapped_column(String(200), default=None)
+    author: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    posted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # protocol StockDocumentLine list as JSON, once posted
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class StocktakeCount(AgentBase):
+    """One count of one product on one count sheet of a stocktake (sheets add up)."""
+
+    __tablename__ = "stocktake_counts"
+    __table_args__ = (UniqueConstraint("document_id", "sheet", "sku"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(String(64), index=True)
+    sheet: Mapped[str] = mapped_column(String(32))
+    sku: Mapped[str] = mapped_column(String(64))
+    counted_milli: Mapped[int] = mapped_column(BigInteger)
+
+
+class StockMove(AgentBase):
+    """The append-only stock ledger: every change of stock on hand, signed."""
+
+    __tablename__ = "stock_ledger"
+    __table_args__ = (Index("ix_stock_ledger_sku_id", "sku", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity_milli: Mapped[int] = mapped_column(BigInteger)
+    unit_cost: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # sale, customer_return, or a stock document type
+    source: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StockBalance(AgentBase):
+    """Stock on hand per product: a projection of the ledger, rebuildable from it."""
+
+    __tablename__ = "stock_balances"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    quantity_milli: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,29 +1,54 @@
-"""Recording a sale: price it from the local catalog, commit it with its outbox event.
+"""Recording a sale: price it from the local catalog, commit it, fiscalize it.
 
-The sale and its event are one SQLite transaction, so a sale the till was told
-about is never lost and never sent twice. The till's sale id makes the call
-idempotent: posting the same sale again returns the original receipt.
+A sale is durable before it reaches the fiscal printer (DESIGN rule 8). On a till
+with a fiscal printer the sale is committed as ``pending_fiscal`` with the exact
+printer job, then printed (see :mod:`branch_agent.fiscal`); the fiscal number, the
+``fiscalized`` status and the ``ReceiptRecorded`` outbox event are written in one
+transaction afterwards. On a till without one, the event is written with the sale.
+Stock leaves the ledger at commit either way: the goods left the store.
+
+The till's sale id makes the call idempotent: posting the same sale again returns
+the original receipt (and nudges a pending one through the printer).
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from branch_agent.catalog import CatalogItem, find_product
-from branch_agent.errors import Rejected
-from branch_agent.models import Sale
+from branch_agent.catalog import BasketLine, CatalogItem, find_product, promotion_discounts
+from branch_agent.errors import Conflict, NotFound, Rejected, StorageFull
+from branch_agent.lookup import BadCode, resolve_code, weight_layout
+from branch_agent.models import CustomerReturn, Sale, Shift
 from branch_agent.outbox import append_event, next_counter
-from branch_agent.schemas import PaymentIn, SaleIn, SaleLineOut, SaleOut
+from branch_agent.schemas import (
+    PaymentIn,
+    ReturnIn,
+    ReturnOut,
+    SaleIn,
+    SaleLineOut,
+    SaleOut,
+)
 from branch_agent.settings import AgentSettings
-from protocol.events import Payment, ReceiptLine, ReceiptRecorded
+from branch_agent.stock import apply_moves
+from protocol.events import CustomerReturnRecorded, Payment, ReceiptLine, ReceiptRecorded
 from protocol.units import format_milli, line_amount, parse_milli
 
-__all__ = ["SaleService", "sale_out"]
+__all__ = ["FISCAL_PAYMENT_TYPES", "SaleService", "is_storage_full", "return_out", "sale_out"]
+
+# What the fiscal printer driver can register (Datecs PaidMode 0..2).
+FISCAL_PAYMENT_TYPES = frozenset({"cash", "credit_card", "debit_card"})
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database or disk is full" in text or "disk i/o error" in text
 
 
 class SaleService:
@@ -37,22 +62,32 @@ class SaleService:
         self._sessionmaker = sessionmaker
         # One writer at a time: SQLite would otherwise answer "database is locked".
         self._write_lock = write_lock
+        self._layout = weight_layout(settings.weight_barcode_layout)
+
+    def _has_fiscal(self, till: str) -> bool:
+        config = self._settings.till(till)
+        return config is not None and config.fiscal_printer is not None
 
     async def record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
-        """Returns the receipt and whether it was created now (False: a repeat)."""
+        """Commit the sale; returns the receipt and whether it was created now."""
+        try:
+            return await self._record_sale(till, sale)
+        except OperationalError as exc:
+            if is_storage_full(exc):
+                raise StorageFull(
+                    "the agent's storage is full: no new sale can be recorded"
+                ) from exc
+            raise
+
+    async def _record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
+        fiscal = self._has_fiscal(till)
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             existing = await session.scalar(
                 select(Sale).where(Sale.till == till, Sale.sale_id == sale.sale_id)
             )
             if existing is not None:
                 return sale_out(existing), False
-            receipt = await self._price(session, till, sale)
-            envelope = await append_event(
-                session,
-                branch=self._settings.branch,
-                timezone=self._settings.timezone,
-                body=receipt,
-            )
+            receipt, job = await self._price(session, till, sale, fiscal=fiscal)
             row = Sale(
                 till=till,
                 sale_id=sale.sale_id,
@@ -61,50 +96,113 @@ class SaleService:
                 cashier=sale.cashier,
                 total=receipt.total,
                 change=receipt.change,
-                status="recorded",
+                status="pending_fiscal" if fiscal else "recorded",
                 receipt=msgspec.to_builtins(receipt),
-                event_id=envelope.event_id,
+                print_job=job if fiscal else None,
             )
+            seq = None
+            if not fiscal:
+                envelope = await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=receipt,
+                )
+                row.event_id = envelope.event_id
+                seq = envelope.seq
             session.add(row)
+            await apply_moves(
+                session,
+                ((line.sku, -line.quantity_milli, None) for line in receipt.lines),
+                source="sale",
+                source_id=f"{till}/{sale.sale_id}",
+            )
             await session.flush()
             out = sale_out(row)
-            out.event_seq = envelope.seq
+            out.event_seq = seq
             return out, True
 
-    async def _price(self, session: AsyncSession, till: str, sale: SaleIn) -> ReceiptRecorded:
-        lines: list[ReceiptLine] = []
+    async def get_sale(self, till: str, sale_id: str) -> SaleOut:
+        async with self._sessionmaker() as session:
+            row = await session.scalar(
+                select(Sale).where(Sale.till == till, Sale.sale_id == sale_id)
+            )
+            if row is None:
+                raise NotFound(f"no sale {sale_id} at till {till}")
+            return sale_out(row)
+
+    async def pending_sales(self, till: str | None = None) -> list[SaleOut]:
+        async with self._sessionmaker() as session:
+            query = select(Sale).where(Sale.status == "pending_fiscal").order_by(Sale.id)
+            if till is not None:
+                query = query.where(Sale.till == till)
+            return [sale_out(row) for row in await session.scalars(query)]
+
+    async def _open_shift_id(self, session: AsyncSession, till: str) -> str:
+        shift_id = await session.scalar(
+            select(Shift.shift_id)
+            .where(Shift.till == till, Shift.closed_at.is_(None))
+            .order_by(Shift.opened_at.desc())
+            .limit(1)
+        )
+        return shift_id or ""
+
+    async def _price(
+        self, session: AsyncSession, till: str, sale: SaleIn, *, fiscal: bool
+    ) -> tuple[ReceiptRecorded, dict[str, Any]]:
+        now = datetime.now(UTC)
+        priced: list[tuple[CatalogItem, int, str | None, int]] = []
         price_version = 0
         for index, line_in in enumerate(sale.lines):
             field = f"lines[{index}]"
-            product = await self._product(session, line_in.sku, line_in.barcode, field)
-            try:
-                quantity = parse_milli(line_in.quantity)
-            except ValueError as exc:
-                raise Rejected(str(exc), field=f"{field}.quantity") from exc
-            if quantity <= 0:
-                raise Rejected("quantity must be positive in a sale", field=f"{field}.quantity")
-            if not product.weighed and quantity % 1000:
-                raise Rejected(
-                    f"{product.sku} is sold by the piece: whole quantities only",
-                    field=f"{field}.quantity",
-                )
-            price_version = max(price_version, product.price_version)
-            gross = line_amount(product.price, quantity)
+            item, embedded = await self._product(session, line_in.sku, line_in.barcode, field, now)
+            quantity = self._quantity(item, line_in.quantity, embedded, field)
+            price_version = max(price_version, item.price_version)
+            gross = line_amount(item.price, quantity)
             if line_in.manual_discount > gross:
                 raise Rejected("discount exceeds the line amount", field=f"{field}.manual_discount")
+            priced.append((item, quantity, line_in.barcode, line_in.manual_discount))
+        basket = [
+            BasketLine(
+                sku=item.sku,
+                category=item.category,
+                quantity_milli=quantity,
+                unit_price=item.price,
+                gross=line_amount(item.price, quantity) - manual,
+            )
+            for item, quantity, _, manual in priced
+        ]
+        promotions = await promotion_discounts(session, basket, at=now)
+        lines: list[ReceiptLine] = []
+        job_lines: list[dict[str, Any]] = []
+        for index, ((item, quantity, barcode, manual), base, promo) in enumerate(
+            zip(priced, basket, promotions, strict=True)
+        ):
+            promo_amount = min(max(promo.amount, 0), base.gross)
+            discount = manual + promo_amount
             lines.append(
                 ReceiptLine(
                     line_no=index + 1,
-                    sku=product.sku,
-                    name=product.name,
-                    barcode=line_in.barcode,
+                    sku=item.sku,
+                    name=item.name,
+                    barcode=barcode,
                     quantity_milli=quantity,
-                    unit_price=product.price,
-                    discount=line_in.manual_discount,
-                    manual_discount=line_in.manual_discount > 0,
-                    vat_rate_bp=product.vat_rate_bp,
-                    line_total=gross - line_in.manual_discount,
+                    unit_price=item.price,
+                    discount=discount,
+                    manual_discount=manual > 0,
+                    promotion_id=promo.promotion_id if promo_amount else None,
+                    vat_rate_bp=item.vat_rate_bp,
+                    line_total=base.gross + manual - discount,
                 )
+            )
+            job_lines.append(
+                {
+                    "name": item.name[:72],
+                    "vat_group": item.vat_group,
+                    "price": item.price,
+                    "quantity_milli": quantity,
+                    "discount": discount,
+                }
             )
         total = sum(line.line_total for line in lines)
         if sale.expected_total is not None and sale.expected_total != total:
@@ -112,6 +210,8 @@ class SaleService:
                 f"the till's total {sale.expected_total} differs from the agent's {total}",
                 field="expected_total",
             )
+        if total <= 0:
+            raise Rejected("a sale's total must be positive", field="lines")
         paid = sum(p.amount for p in sale.payments)
         if paid < total:
             raise Rejected(f"payments {paid} are short of the total {total}", field="payments")
@@ -119,9 +219,17 @@ class SaleService:
         change = paid - total
         if change and non_cash > total:
             raise Rejected("only cash can be overpaid (change is given in cash)", field="payments")
-        return ReceiptRecorded(
+        if fiscal:
+            for index, payment in enumerate(sale.payments):
+                if payment.type not in FISCAL_PAYMENT_TYPES:
+                    raise Rejected(
+                        f"the fiscal printer cannot register {payment.type!r} payments",
+                        field=f"payments[{index}].type",
+                    )
+        shift_id = sale.shift_id or await self._open_shift_id(session, till)
+        receipt = ReceiptRecorded(
             till=till,
-            shift_id=sale.shift_id or "",
+            shift_id=shift_id,
             receipt_number=await next_counter(session, f"receipt_number:{till}"),
             sale_id=sale.sale_id,
             cashier=sale.cashier,
@@ -132,18 +240,192 @@ class SaleService:
             currency=self._settings.currency,
             price_version=price_version,
         )
+        job = {
+            "lines": job_lines,
+            "payments": [{"type": p.type, "amount": p.amount} for p in sale.payments],
+        }
+        return receipt, job
+
+    def _quantity(
+        self, item: CatalogItem, text: str | None, embedded: int | None, field: str
+    ) -> int:
+        if text is None:
+            quantity = embedded if embedded is not None else 1000
+        else:
+            try:
+                quantity = parse_milli(text)
+            except ValueError as exc:
+                raise Rejected(str(exc), field=f"{field}.quantity") from exc
+            if embedded is not None and quantity != embedded:
+                raise Rejected(
+                    f"the label says {format_milli(embedded)}, the till {text}",
+                    field=f"{field}.quantity",
+                )
+        if quantity <= 0:
+            raise Rejected("quantity must be positive in a sale", field=f"{field}.quantity")
+        if not item.weighed and quantity % 1000:
+            raise Rejected(
+                f"{item.sku} is sold by the piece: whole quantities only",
+                field=f"{field}.quantity",
+            )
+        return quantity
 
     async def _product(
-        self, session: AsyncSession, sku: str | None, barcode: str | None, field: str
-    ) -> CatalogItem:
+        self,
+        session: AsyncSession,
+        sku: str | None,
+        barcode: str | None,
+        field: str,
+        at: datetime,
+    ) -> tuple[CatalogItem, int | None]:
         if not sku and not barcode:
             raise Rejected("a line needs a sku or a barcode", field=field)
-        item = await find_product(session, sku=sku, barcode=barcode, at=datetime.now(UTC))
-        if item is None:
-            if barcode:
+        if barcode:
+            try:
+                scanned = await resolve_code(session, barcode, layout=self._layout, at=at)
+            except BadCode as exc:
+                raise Rejected(str(exc), field=f"{field}.barcode") from exc
+            if scanned is None:
                 raise Rejected(f"unknown barcode {barcode!r}", field=f"{field}.barcode")
+            return scanned.item, scanned.embedded_milli
+        item = await find_product(session, sku=sku, at=at)
+        if item is None:
             raise Rejected(f"unknown product {sku!r}", field=f"{field}.sku")
-        return item
+        return item, None
+
+    # customer returns --------------------------------------------------------------------
+    async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
+        try:
+            return await self._record_return(till, data)
+        except OperationalError as exc:
+            if is_storage_full(exc):
+                raise StorageFull("the agent's storage is full") from exc
+            raise
+
+    async def _record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            existing = await session.scalar(
+                select(CustomerReturn).where(
+                    CustomerReturn.till == till, CustomerReturn.return_id == data.return_id
+                )
+            )
+            if existing is not None:
+                return return_out(existing), False
+            original = await session.scalar(
+                select(Sale).where(
+                    Sale.sale_id == data.original_sale_id,
+                    *((Sale.till == data.original_till,) if data.original_till else ()),
+                )
+            )
+            if original is None:
+                raise Rejected(
+                    f"no receipt {data.original_sale_id!r} at this branch",
+                    field="original_sale_id",
+                )
+            if original.status == "pending_fiscal":
+                raise Conflict(
+                    "the original receipt is not fiscalized yet", field="original_sale_id"
+                )
+            sold = msgspec.convert(original.receipt, ReceiptRecorded)
+            already = await self._returned_quantities(session, original.sale_id)
+            by_no = {line.line_no: line for line in sold.lines}
+            lines: list[ReceiptLine] = []
+            seen: set[int] = set()
+            for index, line_in in enumerate(data.lines):
+                field = f"lines[{index}]"
+                if line_in.line_no in seen:
+                    raise Rejected("each receipt line once per return", field=f"{field}.line_no")
+                seen.add(line_in.line_no)
+                line = by_no.get(line_in.line_no)
+                if line is None:
+                    raise Rejected(f"the receipt has no line {line_in.line_no}", field=field)
+                try:
+                    quantity = parse_milli(line_in.quantity)
+                except ValueError as exc:
+                    raise Rejected(str(exc), field=f"{field}.quantity") from exc
+                if quantity <= 0:
+                    raise Rejected("quantity must be positive", field=f"{field}.quantity")
+                left = line.quantity_milli - already.get(line.line_no, 0)
+                if quantity > left:
+                    raise Rejected(
+                        f"only {format_milli(left)} of line {line.line_no} can still be returned",
+                        field=f"{field}.quantity",
+                    )
+                already[line.line_no] = already.get(line.line_no, 0) + quantity
+                # The refund is the paid line total in proportion (half-up to the cent).
+                refund = _proportional(line.line_total, quantity, line.quantity_milli)
+                lines.append(
+                    ReceiptLine(
+                        # A return line keeps the original receipt's line number.
+                        line_no=line.line_no,
+                        sku=line.sku,
+                        name=line.name,
+                        barcode=line.barcode,
+                        quantity_milli=quantity,
+                        unit_price=line.unit_price,
+                        discount=0,
+                        vat_rate_bp=line.vat_rate_bp,
+                        line_total=refund,
+                    )
+                )
+            total = sum(line.line_total for line in lines)
+            refund_type = data.refund_type or (
+                "cash" if any(p.type == "cash" for p in sold.payments) else sold.payments[0].type
+            )
+            refunds = (Payment(type=refund_type, amount=total),) if total > 0 else ()
+            shift_id = data.shift_id or await self._open_shift_id(session, till)
+            body = CustomerReturnRecorded(
+                till=till,
+                shift_id=shift_id,
+                return_number=await next_counter(session, f"return_number:{till}"),
+                return_id=data.return_id,
+                original_sale_id=original.sale_id,
+                original_receipt_number=original.receipt_number,
+                cashier=data.cashier,
+                lines=tuple(lines),
+                refunds=refunds,
+                total=total,
+                currency=self._settings.currency,
+                reason=data.reason,
+            )
+            await append_event(
+                session, branch=self._settings.branch, timezone=self._settings.timezone, body=body
+            )
+            row = CustomerReturn(
+                till=till,
+                return_id=data.return_id,
+                original_sale_id=original.sale_id,
+                shift_id=shift_id,
+                return_number=body.return_number,
+                total=total,
+                body=msgspec.to_builtins(body),
+            )
+            session.add(row)
+            await apply_moves(
+                session,
+                ((line.sku, line.quantity_milli, None) for line in lines),
+                source="customer_return",
+                source_id=f"{till}/{data.return_id}",
+            )
+            await session.flush()
+            return return_out(row), True
+
+    async def _returned_quantities(self, session: AsyncSession, sale_id: str) -> dict[int, int]:
+        """Quantity already returned per original line number."""
+        done: dict[int, int] = {}
+        rows = await session.scalars(
+            select(CustomerReturn.body).where(CustomerReturn.original_sale_id == sale_id)
+        )
+        for body in rows:
+            for line in msgspec.convert(body, CustomerReturnRecorded).lines:
+                done[line.line_no] = done.get(line.line_no, 0) + line.quantity_milli
+        return done
+
+
+def _proportional(amount: int, part: int, whole: int) -> int:
+    """amount x part / whole, rounded half-up (integers only)."""
+    numerator = 2 * amount * part + whole
+    return numerator // (2 * whole)
 
 
 def sale_out(row: Sale) -> SaleOut:
@@ -155,6 +437,7 @@ def sale_out(row: Sale) -> SaleOut:
         receipt_number=row.receipt_number,
         status=row.status,
         fiscal_number=row.fiscal_number,
+        fiscal_error=row.fiscal_error,
         total=row.total,
         change=row.change,
         lines=[
@@ -165,6 +448,7 @@ def sale_out(row: Sale) -> SaleOut:
                 quantity=format_milli(line.quantity_milli),
                 unit_price=line.unit_price,
                 discount=line.discount,
+                promotion_id=line.promotion_id,
                 vat_rate_bp=line.vat_rate_bp,
                 line_total=line.line_total,
             )
@@ -172,4 +456,30 @@ def sale_out(row: Sale) -> SaleOut:
         ],
         payments=[PaymentIn(type=p.type, amount=p.amount) for p in receipt.payments],
         event_seq=None,
+    )
+
+
+def return_out(row: CustomerReturn) -> ReturnOut:
+    body = msgspec.convert(row.body, CustomerReturnRecorded)
+    return ReturnOut(
+        return_id=row.return_id,
+        till=row.till,
+        original_sale_id=row.original_sale_id,
+        return_number=row.return_number,
+        total=row.total,
+        lines=[
+            SaleLineOut(
+                line_no=line.line_no,
+                sku=line.sku,
+                name=line.name,
+                quantity=format_milli(line.quantity_milli),
+                unit_price=line.unit_price,
+                discount=line.discount,
+                promotion_id=None,
+                vat_rate_bp=line.vat_rate_bp,
+                line_total=line.line_total,
+            )
+            for line in body.lines
+        ],
+        refunds=[PaymentIn(type=p.type, amount=p.amount) for p in body.refunds],
     )

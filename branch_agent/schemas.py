@@ -8,14 +8,34 @@ import msgspec
 
 from protocol.events import PaymentType
 
-__all__ = ["PaymentIn", "SaleIn", "SaleLineIn", "SaleOut"]
+__all__ = [
+    "CashMoveIn",
+    "CashMoveOut",
+    "PaymentIn",
+    "ProductOut",
+    "ReturnIn",
+    "ReturnLineIn",
+    "ReturnOut",
+    "SaleIn",
+    "SaleLineIn",
+    "SaleLineOut",
+    "SaleOut",
+    "ShiftCloseOut",
+    "ShiftOpenIn",
+    "ShiftOut",
+    "WeightOut",
+    "XReportOut",
+]
+
+QuantityText = Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")]
 
 
 class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
     sku: str | None = None
     barcode: str | None = None
-    # Decimal text in the product's unit: "2" pieces, "0.754" kg.
-    quantity: Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")] = "1"
+    # Decimal text in the product's unit: "2" pieces, "0.754" kg. Omitted: 1 piece, or
+    # the weight a weight-embedded barcode carries.
+    quantity: QuantityText | None = None
     manual_discount: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
@@ -27,6 +47,7 @@ class PaymentIn(msgspec.Struct, frozen=True, kw_only=True):
 class SaleIn(msgspec.Struct, frozen=True, kw_only=True):
     # The till's own id of this sale: posting it again returns the original receipt.
     sale_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    # Empty: the till's open shift.
     shift_id: str = ""
     cashier: str = ""
     lines: Annotated[list[SaleLineIn], msgspec.Meta(min_length=1, max_length=500)]
@@ -44,6 +65,7 @@ class SaleLineOut(msgspec.Struct, kw_only=True):
     discount: int
     vat_rate_bp: int
     line_total: int
+    promotion_id: str | None = None
 
 
 class SaleOut(msgspec.Struct, kw_only=True):
@@ -51,10 +73,122 @@ class SaleOut(msgspec.Struct, kw_only=True):
     till: str
     shift_id: str
     receipt_number: int
-    status: Literal["recorded", "pending_fiscal", "fiscalized"] | str
+    # recorded (no fiscal printer), fiscalized, pending_fiscal (the printer could not
+    # finish it yet: it is safe and will be completed once), completed_unfiscal.
+    status: Literal["recorded", "pending_fiscal", "fiscalized", "completed_unfiscal"] | str
     fiscal_number: str | None
     total: int
     change: int
     lines: list[SaleLineOut]
     payments: list[PaymentIn]
     event_seq: int | None
+    fiscal_error: str | None = None
+
+
+class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True):
+    # The line number on the original receipt.
+    line_no: Annotated[int, msgspec.Meta(ge=1)]
+    quantity: QuantityText
+
+
+class ReturnIn(msgspec.Struct, frozen=True, kw_only=True):
+    return_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    original_sale_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    # The till the original sale was made at (sale ids are unique per till).
+    original_till: str | None = None
+    shift_id: str = ""
+    cashier: str = ""
+    lines: Annotated[list[ReturnLineIn], msgspec.Meta(min_length=1, max_length=500)]
+    # Default: cash if the customer paid any cash, else the original payment type.
+    refund_type: PaymentType | None = None
+    reason: str = ""
+
+
+class ReturnOut(msgspec.Struct, kw_only=True):
+    return_id: str
+    till: str
+    original_sale_id: str
+    return_number: int
+    total: int
+    lines: list[SaleLineOut]
+    refunds: list[PaymentIn]
+
+
+class ProductOut(msgspec.Struct, kw_only=True):
+    sku: str
+    name: str
+    unit: str
+    weighed: bool
+    price: int
+    vat_rate_bp: int
+    category: str | None
+    # From a weight-embedded code: the weight it carries, and that weight's price.
+    quantity: str | None = None
+    amount: int | None = None
+    promotion_id: str | None = None
+    # The promotion's discount on one unit (or on the embedded quantity).
+    promotion_discount: int = 0
+
+
+class WeightOut(msgspec.Struct, kw_only=True):
+    quantity: str
+    quantity_milli: int
+    net: bool
+
+
+class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True):
+    # Empty: the agent names it "<till>-<n>".
+    shift_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    cashier: str = ""
+    opening_float: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class ShiftOut(msgspec.Struct, kw_only=True):
+    shift_id: str
+    till: str
+    cashier: str
+    opening_float: int
+    opened_at: str
+    closed_at: str | None
+    receipts_count: int
+    sales_total: int
+    returns_total: int
+    payments_by_type: dict[str, int]
+    cash_in: int
+    cash_out: int
+    # Cash that should be in the drawer: float + cash taken - change - refunds +/- moves.
+    expected_cash: int
+
+
+class XReportOut(msgspec.Struct, kw_only=True):
+    shift: ShiftOut
+    # What the fiscal printer counted (None on a till without one).
+    fiscal_turnover_by_vat_group: dict[str, int] | None = None
+    fiscal_report_number: int | None = None
+
+
+class ShiftCloseOut(msgspec.Struct, kw_only=True):
+    shift: ShiftOut
+    z_report_number: int | None
+    z_turnover_by_vat_group: dict[str, int]
+    z_storno_by_vat_group: dict[str, int]
+    # The agent's own turnover per VAT group beside the printer's, and whether they agree.
+    agent_turnover_by_vat_group: dict[str, int]
+    matches_fiscal: bool | None
+
+
+class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True):
+    move_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    direction: Literal["in", "out"]
+    amount: Annotated[int, msgspec.Meta(gt=0)]
+    reason: str = ""
+    cashier: str = ""
+
+
+class CashMoveOut(msgspec.Struct, kw_only=True):
+    move_id: str
+    till: str
+    shift_id: str
+    direction: str
+    amount: int
+    reason: str

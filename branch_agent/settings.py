@@ -16,6 +16,8 @@ __all__ = ["AgentSettings", "DeviceConfig", "TillConfig", "load_settings"]
 class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
     # pyserial URL: /dev/ttyUSB0, socket://127.0.0.1:7001, rfc2217://..., loop://
     port: str
+    # datecs-x (fiscal), escpos (receipt printer + drawer), toledo-8217 (scale),
+    # epson-display (2x20 pole display), serial (scanner); empty: the default per role.
     protocol: str = ""
     baudrate: int | None = None
     timeout_s: float = 1.0
@@ -30,6 +32,17 @@ class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
     scale: DeviceConfig | None = None
     display: DeviceConfig | None = None
     scanner: DeviceConfig | None = None
+    # The till number printed by the fiscal printer (1..99999); default: digits of id.
+    fiscal_till_number: int | None = None
+    # Cash drawer connector pin on the receipt printer (2 or 5).
+    drawer_pin: int = 2
+
+    @property
+    def printer_till_number(self) -> int:
+        if self.fiscal_till_number is not None:
+            return self.fiscal_till_number
+        digits = "".join(c for c in self.id if c.isdigit())
+        return int(digits[-5:]) if digits and int(digits[-5:]) > 0 else 1
 
 
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +61,13 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_publish_timeout_s: float = 5.0
     heartbeat_interval_s: float = 5.0
     currency: str = "EUR"
+    # Bearer token of the store manager: stock documents, completing stuck sales.
+    manager_token: str = ""
+    # Layout of weight-embedded EAN-13 codes from label scales (devices.scanner.WeightLayout).
+    weight_barcode_layout: str = "2XPPPPPWWWWWC"
+    # How often pending fiscal receipts are retried and devices are probed.
+    fiscal_retry_interval_s: float = 5.0
+    device_poll_interval_s: float = 15.0
     # Seed a small demo catalog on an empty database (make run).
     demo_catalog: bool = False
     tills: tuple[TillConfig, ...] = ()

@@ -1,0 +1,291 @@
+"""The tills' devices as the agent drives them: one driver per configured device.
+
+Drivers in ``devices/`` are blocking pyserial code; every call runs in a worker
+thread (``asyncio.to_thread``) behind one asyncio lock per device, so the event
+loop never waits on a serial port and two requests never interleave on a wire.
+Each call's outcome updates the device's state (``ok`` or the driver's condition
+name), which the heartbeat and ``python -m branch_agent status`` report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
+from devices.display import CustomerDisplay
+from devices.errors import DeviceError
+from devices.escpos import EscPosPrinter
+from devices.fiscal_datecs import (
+    DatecsFiscalPrinter,
+    FiscalReceipt,
+    FiscalResult,
+    ReportResult,
+    TransactionStatus,
+)
+from devices.scale_toledo import ToledoScale, WeightReading
+from devices.scanner import SerialScanner
+from protocol.messages import DeviceStatus
+
+__all__ = ["DeviceState", "DeviceUnavailable", "TillDeviceSet", "TillDevices"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ROLES = ("fiscal", "printer", "scale", "display", "scanner")
+_PROTOCOLS = {
+    "fiscal": ("", "datecs-x"),
+    "printer": ("", "escpos"),
+    "scale": ("", "toledo-8217"),
+    "display": ("", "epson-display"),
+    "scanner": ("", "serial"),
+}
+
+
+class DeviceUnavailable(Exception):
+    """The till has no such device configured."""
+
+
+@dataclass(slots=True)
+class DeviceState:
+    till: str
+    role: str
+    port: str
+    state: str = "unknown"
+    detail: str = ""
+    changed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def set(self, state: str, detail: str = "") -> None:
+        if (state, detail) != (self.state, self.detail):
+            self.state, self.detail = state, detail
+            self.changed_at = datetime.now(UTC)
+
+    def as_status(self) -> DeviceStatus:
+        return DeviceStatus(till=self.till, device=self.role, state=self.state, detail=self.detail)
+
+
+class _Device:
+    """One driver object, its lock and its state."""
+
+    def __init__(self, till: str, role: str, config: DeviceConfig, driver: Any) -> None:
+        self.driver = driver
+        self.lock = asyncio.Lock()
+        self.state = DeviceState(till=till, role=role, port=config.port)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self.lock:
+            try:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+            except DeviceError as exc:
+                self.state.set(exc.condition, exc.message[:200])
+                raise
+            except Exception as exc:
+                # A driver bug or an OS error the driver did not wrap (termios.error on
+                # an odd port): still a device failure for the caller, never a crash.
+                self.state.set("port_unavailable", f"{type(exc).__name__}: {exc}"[:200])
+                raise DeviceError("port_unavailable", str(exc)) from exc
+            self.state.set("ok")
+            return result
+
+
+def _build(role: str, config: DeviceConfig) -> Any:
+    if config.protocol not in _PROTOCOLS[role]:
+        raise ValueError(
+            f"{role}: unsupported protocol {config.protocol!r}; known: {_PROTOCOLS[role][1]}"
+        )
+    kwargs: dict[str, Any] = {}
+    if config.baudrate is not None:
+        kwargs["baudrate"] = config.baudrate
+    if role == "fiscal":
+        return DatecsFiscalPrinter(config.port, **kwargs)
+    if role == "printer":
+        return EscPosPrinter(config.port, timeout=config.timeout_s, **kwargs)
+    if role == "scale":
+        return ToledoScale(config.port, timeout=config.timeout_s)
+    if role == "display":
+        return CustomerDisplay(config.port, timeout=config.timeout_s, **kwargs)
+    return SerialScanner(config.port, **kwargs)
+
+
+class TillDeviceSet:
+    """The devices attached to one till."""
+
+    def __init__(self, till: TillConfig) -> None:
+        self.till = till
+        self.devices: dict[str, _Device] = {}
+        for role, config in (
+            ("fiscal", till.fiscal_printer),
+            ("printer", till.receipt_printer),
+            ("scale", till.scale),
+            ("display", till.display),
+            ("scanner", till.scanner),
+        ):
+            if config is not None:
+                self.devices[role] = _Device(till.id, role, config, _build(role, config))
+        # Fiscal receipts of one till go out one at a time and in order.
+        self.fiscal_queue = asyncio.Lock()
+        self.scanned: queue.Queue[str] = queue.Queue(maxsize=100)
+
+    @property
+    def has_fiscal(self) -> bool:
+        return "fiscal" in self.devices
+
+    def _device(self, role: str) -> _Device:
+        device = self.devices.get(role)
+        if device is None:
+            raise DeviceUnavailable(f"till {self.till.id} has no {role} configured")
+        return device
+
+    # fiscal printer ------------------------------------------------------------------
+    async def fiscal_transaction_status(self) -> TransactionStatus:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.transaction_status)
+
+    async def fiscal_cancel_open(self) -> None:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        await device.call(printer.cancel_receipt)
+
+    async def print_fiscal(self, receipt: FiscalReceipt) -> FiscalResult:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.print_receipt, receipt)
+
+    async def fiscal_report(self, kind: str) -> ReportResult:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.report, kind)
+
+    async def fiscal_cash(self, amount: Decimal, *, out: bool) -> None:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        await device.call(printer.cash_in_out, amount, out=out)
+
+    # receipt printer, drawer, display, scale ---------------------------------------------
+    async def print_text(self, text: str) -> None:
+        device = self._device("printer")
+        printer: EscPosPrinter = device.driver
+        await device.call(printer.print_text, text)
+
+    async def open_drawer(self) -> None:
+        device = self._device("printer")
+        printer: EscPosPrinter = device.driver
+        await device.call(printer.kick_drawer, self.till.drawer_pin)
+
+    async def show(self, line1: str, line2: str = "") -> None:
+        device = self._device("display")
+        display: CustomerDisplay = device.driver
+        await device.call(display.show, line1[:20], line2[:20])
+
+    async def read_weight(self) -> WeightReading:
+        device = self._device("scale")
+        scale: ToledoScale = device.driver
+        return await device.call(scale.read_weight)
+
+    async def probe(self) -> None:
+        """Ask each device how it is (display: nothing to ask, it is write-only)."""
+        for role, device in self.devices.items():
+            with contextlib.suppress(DeviceError, DeviceUnavailable):
+                if role == "fiscal":
+                    await device.call(device.driver.status)
+                    await self._fiscal_paper_state(device)
+                elif role == "printer":
+                    status = await device.call(device.driver.status)
+                    if status.problem is not None:
+                        device.state.set(str(status.problem))
+                elif role == "scale":
+                    await device.call(device.driver.probe)
+
+    async def _fiscal_paper_state(self, device: _Device) -> None:
+        from devices.fiscal_datecs import StatusBit
+
+        status = device.driver.last_status
+        if status is None:
+            return
+        for flag, name in (
+            (StatusBit.PAPER_END, "paper_end"),
+            (StatusBit.COVER_OPEN, "cover_open"),
+            (StatusBit.MECHANISM_FAILURE, "mechanism_failure"),
+        ):
+            if flag in status:
+                device.state.set(name)
+                return
+
+    def close(self) -> None:
+        for device in self.devices.values():
+            with contextlib.suppress(Exception):
+                device.driver.close()
+
+
+class TillDevices:
+    """Every till's device set, and a scanner reader thread per scanner."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.tills = {till.id: TillDeviceSet(till) for till in settings.tills}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def for_till(self, till: str) -> TillDeviceSet:
+        return self.tills[till]
+
+    def statuses(self) -> tuple[DeviceStatus, ...]:
+        return tuple(
+            device.state.as_status()
+            for devices in self.tills.values()
+            for device in devices.devices.values()
+        )
+
+    def states(self) -> list[DeviceState]:
+        return [
+            device.state for devices in self.tills.values() for device in devices.devices.values()
+        ]
+
+    def start_scanners(self) -> None:
+        for devices in self.tills.values():
+            scanner = devices.devices.get("scanner")
+            if scanner is None:
+                continue
+            thread = threading.Thread(
+                target=self._read_scanner,
+                args=(devices, scanner),
+                name=f"scanner-{devices.till.id}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _read_scanner(self, devices: TillDeviceSet, scanner: _Device) -> None:
+        driver: SerialScanner = scanner.driver
+        while not self._stop.is_set():
+            try:
+                code = driver.read_code(timeout=0.5)
+            except DeviceError as exc:
+                scanner.state.set(exc.condition, exc.message[:200])
+                self._stop.wait(1.0)
+                continue
+            scanner.state.set("ok")
+            if code:
+                with contextlib.suppress(queue.Full):
+                    devices.scanned.put_nowait(code)
+
+    async def probe_all(self) -> None:
+        for devices in self.tills.values():
+            await devices.probe()
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(2)
+        self._threads.clear()
+        for devices in self.tills.values():
+            devices.close()

@@ -1,0 +1,353 @@
+"""Till shifts: open, X report, close with the fiscal printer's Z report; cash in and out.
+
+The agent keeps its own totals of a shift (from the sales, returns and cash moves it
+recorded) and records the Z report's totals beside them, so a difference between
+what the printer counted and what the agent counted is visible, not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from branch_agent.devices import TillDevices
+from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
+from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
+from branch_agent.outbox import append_event, next_counter
+from branch_agent.sales import is_storage_full
+from branch_agent.schemas import (
+    CashMoveIn,
+    CashMoveOut,
+    ShiftCloseOut,
+    ShiftOpenIn,
+    ShiftOut,
+    XReportOut,
+)
+from branch_agent.settings import AgentSettings
+from devices.errors import DeviceError
+from devices.fiscal_datecs import ReportResult
+from protocol.events import (
+    CashMoved,
+    CustomerReturnRecorded,
+    ReceiptRecorded,
+    ShiftClosed,
+    ShiftOpened,
+    ZReportTotals,
+)
+
+__all__ = ["ShiftService"]
+
+VAT_LETTERS = "ABCDEFGH"
+
+
+def _minor(value: Decimal) -> int:
+    return int((value * 100).to_integral_value())
+
+
+def _by_group(values: tuple[Decimal, ...]) -> dict[str, int]:
+    return {
+        letter: _minor(value) for letter, value in zip(VAT_LETTERS, values, strict=False) if value
+    }
+
+
+class ShiftService:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        write_lock: asyncio.Lock,
+        devices: TillDevices,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._write_lock = write_lock
+        self._devices = devices
+        self._zone = ZoneInfo(settings.timezone)
+
+    async def _current(self, session: AsyncSession, till: str) -> Shift | None:
+        result: Shift | None = await session.scalar(
+            select(Shift)
+            .where(Shift.till == till, Shift.closed_at.is_(None))
+            .order_by(Shift.opened_at.desc())
+            .limit(1)
+        )
+        return result
+
+    async def open_shift(self, till: str, data: ShiftOpenIn) -> tuple[ShiftOut, bool]:
+        try:
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                current = await self._current(session, till)
+                if current is not None:
+                    if data.shift_id in ("", current.shift_id):
+                        return await self._summary(session, current), False
+                    raise Conflict(
+                        f"shift {current.shift_id} is still open at till {till}", field="shift_id"
+                    )
+                shift_id = data.shift_id or f"{till}-{await next_counter(session, f'shift:{till}')}"
+                if await session.get(Shift, shift_id) is not None:
+                    raise Conflict(f"shift {shift_id} was already used", field="shift_id")
+                shift = Shift(
+                    shift_id=shift_id,
+                    till=till,
+                    cashier=data.cashier,
+                    opening_float=data.opening_float,
+                )
+                session.add(shift)
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=ShiftOpened(
+                        till=till,
+                        shift_id=shift_id,
+                        cashier=data.cashier,
+                        opening_float=data.opening_float,
+                    ),
+                )
+                await session.flush()
+                return await self._summary(session, shift), True
+        except OperationalError as exc:
+            if is_storage_full(exc):
+                raise StorageFull("the agent's storage is full") from exc
+            raise
+
+    async def current(self, till: str) -> ShiftOut:
+        async with self._sessionmaker() as session:
+            shift = await self._current(session, till)
+            if shift is None:
+                raise NotFound(f"no open shift at till {till}")
+            return await self._summary(session, shift)
+
+    async def _totals(self, session: AsyncSession, shift: Shift) -> dict[str, Any]:
+        sales = (
+            await session.scalars(
+                select(Sale).where(Sale.till == shift.till, Sale.shift_id == shift.shift_id)
+            )
+        ).all()
+        returns = (
+            await session.scalars(
+                select(CustomerReturn).where(
+                    CustomerReturn.till == shift.till, CustomerReturn.shift_id == shift.shift_id
+                )
+            )
+        ).all()
+        moves = (
+            await session.execute(
+                select(CashMove.direction, func.sum(CashMove.amount))
+                .where(CashMove.till == shift.till, CashMove.shift_id == shift.shift_id)
+                .group_by(CashMove.direction)
+            )
+        ).all()
+        cash_moves = {direction: int(total) for direction, total in moves}
+        payments: dict[str, int] = defaultdict(int)
+        by_group: dict[str, int] = defaultdict(int)
+        for sale in sales:
+            receipt = msgspec.convert(sale.receipt, ReceiptRecorded)
+            for payment in receipt.payments:
+                payments[payment.type] += payment.amount
+            payments["cash"] -= receipt.change
+            for job_line, line in zip(
+                (sale.print_job or {}).get("lines", []), receipt.lines, strict=False
+            ):
+                by_group[job_line["vat_group"]] += line.line_total
+        refunds: dict[str, int] = defaultdict(int)
+        for ret in returns:
+            body = msgspec.convert(ret.body, CustomerReturnRecorded)
+            for refund in body.refunds:
+                refunds[refund.type] += refund.amount
+        return {
+            "receipts_count": len(sales),
+            "sales_total": sum(s.total for s in sales),
+            "returns_total": sum(r.total for r in returns),
+            "payments_by_type": {k: v for k, v in payments.items() if v},
+            "cash_in": cash_moves.get("in", 0),
+            "cash_out": cash_moves.get("out", 0),
+            "cash_refunds": refunds.get("cash", 0),
+            "by_group": dict(by_group),
+            "pending": sum(1 for s in sales if s.status == "pending_fiscal"),
+        }
+
+    async def _summary(self, session: AsyncSession, shift: Shift) -> ShiftOut:
+        t = await self._totals(session, shift)
+        return self._out(shift, t)
+
+    def _out(self, shift: Shift, t: dict[str, Any]) -> ShiftOut:
+        def local(at: datetime | None) -> str | None:
+            return at.astimezone(self._zone).isoformat() if at else None
+
+        expected = (
+            shift.opening_float
+            + t["payments_by_type"].get("cash", 0)
+            - t["cash_refunds"]
+            + t["cash_in"]
+            - t["cash_out"]
+        )
+        return ShiftOut(
+            shift_id=shift.shift_id,
+            till=shift.till,
+            cashier=shift.cashier,
+            opening_float=shift.opening_float,
+            opened_at=local(shift.opened_at) or "",
+            closed_at=local(shift.closed_at),
+            receipts_count=t["receipts_count"],
+            sales_total=t["sales_total"],
+            returns_total=t["returns_total"],
+            payments_by_type=t["payments_by_type"],
+            cash_in=t["cash_in"],
+            cash_out=t["cash_out"],
+            expected_cash=expected,
+        )
+
+    async def x_report(self, till: str) -> XReportOut:
+        summary = await self.current(till)
+        devices = self._devices.tills.get(till)
+        if devices is None or not devices.has_fiscal:
+            return XReportOut(shift=summary)
+        try:
+            report = await devices.fiscal_report("x")
+        except DeviceError as exc:
+            raise DeviceFailed(
+                f"the fiscal printer did not print the X report: {exc.message}",
+                condition=exc.condition,
+            ) from exc
+        return XReportOut(
+            shift=summary,
+            fiscal_turnover_by_vat_group=_by_group(report.totals),
+            fiscal_report_number=report.report_number,
+        )
+
+    async def close_shift(self, till: str, shift_id: str | None = None) -> ShiftCloseOut:
+        """Z report first (the printer's day closes), then the shift with both totals."""
+        devices = self._devices.tills.get(till)
+        async with self._sessionmaker() as session:
+            shift = await self._current(session, till)
+            if shift is None or (shift_id and shift.shift_id != shift_id):
+                raise NotFound(f"no open shift {shift_id or ''} at till {till}".replace("  ", " "))
+            totals = await self._totals(session, shift)
+        if totals["pending"]:
+            raise Conflict(
+                f"{totals['pending']} sale(s) of this shift still wait for the fiscal printer",
+                field="shift",
+            )
+        report: ReportResult | None = None
+        if devices is not None and devices.has_fiscal:
+            async with devices.fiscal_queue:
+                try:
+                    report = await devices.fiscal_report("z")
+                except DeviceError as exc:
+                    raise DeviceFailed(
+                        f"the fiscal printer did not print the Z report: {exc.message}",
+                        condition=exc.condition,
+                    ) from exc
+        z = None
+        if report is not None:
+            z = ZReportTotals(
+                report_number=report.report_number,
+                turnover_by_vat_group=_by_group(report.totals),
+                storno_by_vat_group=_by_group(report.storno_totals),
+            )
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(Shift, shift.shift_id)
+            assert row is not None
+            totals = await self._totals(session, row)
+            closed = ShiftClosed(
+                till=till,
+                shift_id=row.shift_id,
+                cashier=row.cashier,
+                receipts_count=totals["receipts_count"],
+                sales_total=totals["sales_total"],
+                returns_total=totals["returns_total"],
+                payments_by_type=totals["payments_by_type"],
+                cash_in=totals["cash_in"],
+                cash_out=totals["cash_out"],
+                z_report=z,
+            )
+            row.closed_at = datetime.now(UTC)
+            row.closing = msgspec.to_builtins(closed)
+            await append_event(
+                session, branch=self._settings.branch, timezone=self._settings.timezone, body=closed
+            )
+            out = self._out(row, totals)
+        agent_groups = {k: v for k, v in totals["by_group"].items() if v}
+        return ShiftCloseOut(
+            shift=out,
+            z_report_number=z.report_number if z else None,
+            z_turnover_by_vat_group=dict(z.turnover_by_vat_group) if z else {},
+            z_storno_by_vat_group=dict(z.storno_by_vat_group) if z else {},
+            agent_turnover_by_vat_group=agent_groups,
+            matches_fiscal=(dict(z.turnover_by_vat_group) == agent_groups) if z else None,
+        )
+
+    async def move_cash(self, till: str, data: CashMoveIn) -> tuple[CashMoveOut, bool]:
+        """Cash in / out: the fiscal printer's service document first, then the record."""
+        async with self._sessionmaker() as session:
+            existing = await session.scalar(
+                select(CashMove).where(CashMove.till == till, CashMove.move_id == data.move_id)
+            )
+            if existing is not None:
+                return _cash_out(existing), False
+            shift = await self._current(session, till)
+            if shift is None:
+                raise Conflict("open a shift before moving cash", field="shift")
+        devices = self._devices.tills.get(till)
+        if devices is not None and devices.has_fiscal:
+            async with devices.fiscal_queue:
+                try:
+                    await devices.fiscal_cash(
+                        Decimal(data.amount) / 100, out=data.direction == "out"
+                    )
+                except DeviceError as exc:
+                    raise DeviceFailed(
+                        f"the fiscal printer did not register the cash move: {exc.message}",
+                        condition=exc.condition,
+                    ) from exc
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = CashMove(
+                till=till,
+                move_id=data.move_id,
+                shift_id=shift.shift_id,
+                direction=data.direction,
+                amount=data.amount,
+                reason=data.reason,
+                cashier=data.cashier,
+            )
+            session.add(row)
+            await append_event(
+                session,
+                branch=self._settings.branch,
+                timezone=self._settings.timezone,
+                body=CashMoved(
+                    till=till,
+                    shift_id=shift.shift_id,
+                    direction=data.direction,
+                    amount=data.amount,
+                    reason=data.reason,
+                    cashier=data.cashier,
+                ),
+            )
+        if devices is not None and "printer" in devices.devices:
+            try:
+                await devices.open_drawer()
+            except DeviceError:
+                pass  # reported in the device state; the move is recorded
+        return _cash_out(row), True
+
+
+def _cash_out(row: CashMove) -> CashMoveOut:
+    return CashMoveOut(
+        move_id=row.move_id,
+        till=row.till,
+        shift_id=row.shift_id,
+        direction=row.direction,
+        amount=row.amount,
+        reason=row.reason,
+    )

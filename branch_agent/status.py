@@ -1,0 +1,97 @@
+"""What a technician needs to see of a running agent (``python -m branch_agent status``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+from sqlalchemy import func, select
+
+from branch_agent.models import OutboxEvent, Sale
+from branch_agent.outbox import backlog
+
+if TYPE_CHECKING:
+    from branch_agent.agent import Agent
+
+__all__ = ["AgentStatus", "DeviceStateOut", "build_status", "format_status"]
+
+
+class DeviceStateOut(msgspec.Struct, kw_only=True):
+    till: str
+    device: str
+    port: str
+    state: str
+    detail: str
+    since: str
+
+
+class AgentStatus(msgspec.Struct, kw_only=True):
+    branch: str
+    # connected | disconnected
+    link: str
+    outbox_backlog: int
+    last_recorded_seq: int
+    last_acked_seq: int
+    # When the sender last had an ack (this run), and when the newest acked event was sent.
+    last_sync_at: str | None
+    last_sync_error: str
+    applied_version: int
+    pending_fiscal: int
+    downstream_last_seq: int
+    devices: list[DeviceStateOut]
+
+
+async def build_status(agent: Agent) -> AgentStatus:
+    async with agent.sessionmaker() as session:
+        pending = await backlog(session)
+        last_sent = await session.scalar(select(func.max(OutboxEvent.sent_at)))
+        pending_fiscal = await session.scalar(
+            select(func.count()).select_from(Sale).where(Sale.status == "pending_fiscal")
+        )
+    connected = agent.nc is not None and agent.nc.is_connected
+    return AgentStatus(
+        branch=agent.settings.branch,
+        link="connected" if connected else "disconnected",
+        outbox_backlog=pending,
+        last_recorded_seq=await agent.last_recorded_seq(),
+        last_acked_seq=await agent.last_acked_seq(),
+        last_sync_at=last_sent.isoformat() if last_sent else None,
+        last_sync_error=agent.sender.state.last_error,
+        applied_version=agent.applied_version(),
+        pending_fiscal=pending_fiscal or 0,
+        downstream_last_seq=agent.downstream.state.last_stream_seq,
+        devices=[
+            DeviceStateOut(
+                till=state.till,
+                device=state.role,
+                port=state.port,
+                state=state.state,
+                detail=state.detail,
+                since=state.changed_at.isoformat(),
+            )
+            for state in agent.devices.states()
+        ],
+    )
+
+
+def format_status(status: AgentStatus) -> str:
+    """A plain-text page for a person at the store PC."""
+    lines = [
+        f"branch           {status.branch}",
+        f"link to central  {status.link}"
+        + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else ""),
+        f"outbox backlog   {status.outbox_backlog} event(s) not yet acknowledged",
+        f"sequence         recorded {status.last_recorded_seq}, acked {status.last_acked_seq}",
+        f"last sync        {status.last_sync_at or 'never'}",
+        f"master data      version {status.applied_version}",
+        f"pending fiscal   {status.pending_fiscal} sale(s) waiting for a fiscal printer",
+        "devices:",
+    ]
+    if not status.devices:
+        lines.append("  (none configured)")
+    for device in status.devices:
+        detail = f" - {device.detail}" if device.detail else ""
+        lines.append(
+            f"  {device.till:<6} {device.device:<8} {device.state:<16} {device.port}{detail}"
+        )
+    return "\n".join(lines)

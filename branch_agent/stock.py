@@ -1,0 +1,445 @@
+"""Store stock: an append-only ledger, a balance projection, and the stock documents.
+
+Every change of stock on hand is a ledger row (signed quantity) written in the
+same transaction as the fact that caused it (a sale, a customer return, a posted
+document) and added to ``stock_balances``; the balances can be rebuilt from the
+ledger at any time (:func:`rebuild_balances`). A posted document is immutable and
+goes up to central as one ``StockDocumentPosted`` event in that transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from branch_agent.catalog import find_product
+from branch_agent.errors import Conflict, NotFound, Rejected
+from branch_agent.models import (
+    StockBalance,
+    StockDocument,
+    StockMove,
+    StocktakeCount,
+)
+from branch_agent.outbox import append_event, next_counter
+from branch_agent.settings import AgentSettings
+from protocol.events import StockDocumentLine, StockDocumentPosted
+from protocol.subjects import validate_branch_code
+from protocol.units import format_milli, parse_milli
+
+__all__ = [
+    "CountSheetIn",
+    "StockDocumentIn",
+    "StockDocumentOut",
+    "StockService",
+    "apply_moves",
+    "balances",
+    "rebuild_balances",
+]
+
+DocType = Literal["goods_receipt", "write_off", "transfer_out", "transfer_in", "supplier_return"]
+# Which way each document moves stock (stocktakes are signed per line).
+_DIRECTION: dict[str, int] = {
+    "goods_receipt": 1,
+    "transfer_in": 1,
+    "write_off": -1,
+    "transfer_out": -1,
+    "supplier_return": -1,
+}
+_PREFIX = {
+    "goods_receipt": "GR",
+    "write_off": "WO",
+    "transfer_out": "TO",
+    "transfer_in": "TI",
+    "supplier_return": "SR",
+    "stocktake": "ST",
+}
+Quantity = Annotated[str, msgspec.Meta(pattern=r"^\d{1,7}(\.\d{1,3})?$")]
+
+
+class StockLineIn(msgspec.Struct, frozen=True, kw_only=True):
+    sku: str
+    # Decimal text in the product's unit, always positive: the document type gives the sign.
+    quantity: Quantity
+    # Minor units per whole unit; required on goods receipts.
+    unit_cost: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
+    # The caller's id of the document: posting it again returns the original.
+    document_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    doc_type: DocType
+    lines: Annotated[list[StockLineIn], msgspec.Meta(min_length=1, max_length=2000)]
+    supplier: str | None = None
+    counterpart_branch: str | None = None
+    transfer_ref: str | None = None
+    reason: str | None = None
+    author: str = ""
+
+
+class CountLineIn(msgspec.Struct, frozen=True, kw_only=True):
+    sku: str
+    counted: Quantity
+
+
+class CountSheetIn(msgspec.Struct, frozen=True, kw_only=True):
+    sheet: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    lines: Annotated[list[CountLineIn], msgspec.Meta(min_length=1, max_length=5000)]
+
+
+class StockDocumentLineOut(msgspec.Struct, kw_only=True):
+    sku: str
+    quantity: str
+    quantity_milli: int
+    unit_cost: int | None = None
+    expected_milli: int | None = None
+    counted_milli: int | None = None
+
+
+class StockDocumentOut(msgspec.Struct, kw_only=True):
+    document_id: str
+    doc_type: str
+    number: str
+    status: str
+    supplier: str | None
+    counterpart_branch: str | None
+    transfer_ref: str | None
+    reason: str | None
+    author: str
+    lines: list[StockDocumentLineOut]
+
+
+class BalanceOut(msgspec.Struct, kw_only=True):
+    sku: str
+    quantity: str
+    quantity_milli: int
+
+
+async def apply_moves(
+    session: AsyncSession,
+    moves: Iterable[tuple[str, int, int | None]],
+    *,
+    source: str,
+    source_id: str,
+) -> None:
+    """Append ledger rows (sku, signed quantity_milli, unit cost) and update balances."""
+    totals: dict[str, int] = {}
+    for sku, quantity_milli, unit_cost in moves:
+        if quantity_milli == 0:
+            continue
+        session.add(
+            StockMove(
+                sku=sku,
+                quantity_milli=quantity_milli,
+                unit_cost=unit_cost,
+                source=source,
+                source_id=source_id,
+            )
+        )
+        totals[sku] = totals.get(sku, 0) + quantity_milli
+    for sku, delta in totals.items():
+        balance = await session.get(StockBalance, sku)
+        if balance is None:
+            session.add(StockBalance(sku=sku, quantity_milli=delta))
+        else:
+            balance.quantity_milli += delta
+
+
+async def balances(session: AsyncSession, skus: list[str] | None = None) -> dict[str, int]:
+    query = select(StockBalance.sku, StockBalance.quantity_milli)
+    if skus is not None:
+        query = query.where(StockBalance.sku.in_(skus))
+    return {row.sku: row.quantity_milli for row in await session.execute(query)}
+
+
+async def rebuild_balances(session: AsyncSession) -> int:
+    """Recompute every balance from the ledger (the ledger is the truth)."""
+    await session.execute(delete(StockBalance))
+    rows = await session.execute(
+        select(StockMove.sku, func.sum(StockMove.quantity_milli)).group_by(StockMove.sku)
+    )
+    count = 0
+    for sku, total in rows:
+        session.add(StockBalance(sku=sku, quantity_milli=int(total)))
+        count += 1
+    return count
+
+
+def _out(doc: StockDocument) -> StockDocumentOut:
+    lines = [msgspec.convert(line, StockDocumentLine) for line in doc.lines]
+    return StockDocumentOut(
+        document_id=doc.document_id,
+        doc_type=doc.doc_type,
+        number=doc.number,
+        status=doc.status,
+        supplier=doc.supplier,
+        counterpart_branch=doc.counterpart_branch,
+        transfer_ref=doc.transfer_ref,
+        reason=doc.reason,
+        author=doc.author,
+        lines=[
+            StockDocumentLineOut(
+                sku=line.sku,
+                quantity=format_milli(line.quantity_milli),
+                quantity_milli=line.quantity_milli,
+                unit_cost=line.unit_cost,
+                expected_milli=line.expected_milli,
+                counted_milli=line.counted_milli,
+            )
+            for line in lines
+        ],
+    )
+
+
+class StockService:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        write_lock: asyncio.Lock,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._write_lock = write_lock
+
+    async def post_document(self, doc: StockDocumentIn) -> tuple[StockDocumentOut, bool]:
+        """Validate, post and send up a document; (document, created now)."""
+        document_id = doc.document_id or str(uuid.uuid4())
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            existing = await session.get(StockDocument, document_id)
+            if existing is not None:
+                if existing.doc_type != doc.doc_type:
+                    raise Conflict(
+                        f"document {document_id} exists as a {existing.doc_type}",
+                        field="document_id",
+                    )
+                return _out(existing), False
+            self._check_header(doc)
+            sign = _DIRECTION[doc.doc_type]
+            lines: list[StockDocumentLine] = []
+            seen: set[str] = set()
+            now = datetime.now(UTC)
+            for index, line in enumerate(doc.lines):
+                field = f"lines[{index}]"
+                quantity = await self._quantity(session, line.sku, line.quantity, field, now)
+                if line.sku in seen:
+                    raise Rejected(f"{line.sku} appears twice", field=f"{field}.sku")
+                seen.add(line.sku)
+                if doc.doc_type == "goods_receipt" and line.unit_cost is None:
+                    raise Rejected(
+                        "a goods receipt needs the unit cost", field=f"{field}.unit_cost"
+                    )
+                lines.append(
+                    StockDocumentLine(
+                        sku=line.sku, quantity_milli=sign * quantity, unit_cost=line.unit_cost
+                    )
+                )
+            row = await self._post(session, document_id, doc.doc_type, doc, lines, now)
+            return _out(row), True
+
+    def _check_header(self, doc: StockDocumentIn) -> None:
+        if doc.doc_type in ("goods_receipt", "supplier_return") and not doc.supplier:
+            raise Rejected(f"a {doc.doc_type} needs the supplier", field="supplier")
+        if doc.doc_type in ("transfer_out", "transfer_in"):
+            if not doc.counterpart_branch:
+                raise Rejected("a transfer needs the other branch", field="counterpart_branch")
+            try:
+                validate_branch_code(doc.counterpart_branch)
+            except ValueError as exc:
+                raise Rejected(str(exc), field="counterpart_branch") from exc
+            if doc.counterpart_branch == self._settings.branch:
+                raise Rejected("a transfer goes to another branch", field="counterpart_branch")
+        if doc.doc_type == "transfer_in" and not doc.transfer_ref:
+            raise Rejected(
+                "a transfer in names the sending branch's transfer out", field="transfer_ref"
+            )
+        if doc.doc_type == "write_off" and not doc.reason:
+            raise Rejected("a write-off needs a reason", field="reason")
+
+    async def _quantity(
+        self, session: AsyncSession, sku: str, text: str, field: str, now: datetime
+    ) -> int:
+        item = await find_product(session, sku=sku, at=now)
+        if item is None:
+            raise Rejected(f"unknown product {sku!r}", field=f"{field}.sku")
+        quantity = parse_milli(text)
+        if quantity <= 0:
+            raise Rejected("quantity must be positive", field=f"{field}.quantity")
+        if not item.weighed and quantity % 1000:
+            raise Rejected(
+                f"{sku} is counted in pieces: whole quantities only", field=f"{field}.quantity"
+            )
+        return quantity
+
+    async def _post(
+        self,
+        session: AsyncSession,
+        document_id: str,
+        doc_type: str,
+        doc: StockDocumentIn | None,
+        lines: list[StockDocumentLine],
+        now: datetime,
+        row: StockDocument | None = None,
+    ) -> StockDocument:
+        if row is None:
+            number = await next_counter(session, f"stock_doc:{doc_type}")
+            assert doc is not None
+            row = StockDocument(
+                document_id=document_id,
+                doc_type=doc_type,
+                number=f"{self._settings.branch}-{_PREFIX[doc_type]}-{number}",
+                supplier=doc.supplier,
+                counterpart_branch=doc.counterpart_branch,
+                # An outbound transfer is its own reference: the receiving branch quotes it.
+                transfer_ref=doc.transfer_ref
+                or (document_id if doc_type == "transfer_out" else None),
+                reason=doc.reason,
+                author=doc.author,
+                created_at=now,
+            )
+            session.add(row)
+        row.status = "posted"
+        row.posted_at = now
+        row.lines = [msgspec.to_builtins(line) for line in lines]
+        await apply_moves(
+            session,
+            ((line.sku, line.quantity_milli, line.unit_cost) for line in lines),
+            source=doc_type,
+            source_id=document_id,
+        )
+        await append_event(
+            session,
+            branch=self._settings.branch,
+            timezone=self._settings.timezone,
+            occurred_at=now,
+            body=StockDocumentPosted(
+                document_id=document_id,
+                doc_type=doc_type,  # type: ignore[arg-type]
+                number=row.number,
+                lines=tuple(lines),
+                supplier=row.supplier,
+                counterpart_branch=row.counterpart_branch,
+                transfer_ref=row.transfer_ref,
+                reason=row.reason,
+                author=row.author,
+            ),
+        )
+        await session.flush()
+        return row
+
+    # stocktake -------------------------------------------------------------------------
+    async def open_stocktake(
+        self, document_id: str | None, author: str, reason: str | None
+    ) -> StockDocumentOut:
+        document_id = document_id or str(uuid.uuid4())
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            existing = await session.get(StockDocument, document_id)
+            if existing is not None:
+                if existing.doc_type != "stocktake":
+                    raise Conflict(
+                        f"document {document_id} is not a stocktake", field="document_id"
+                    )
+                return _out(existing)
+            number = await next_counter(session, "stock_doc:stocktake")
+            row = StockDocument(
+                document_id=document_id,
+                doc_type="stocktake",
+                number=f"{self._settings.branch}-ST-{number}",
+                status="draft",
+                author=author,
+                reason=reason,
+            )
+            session.add(row)
+            await session.flush()
+            return _out(row)
+
+    async def _draft(self, session: AsyncSession, document_id: str) -> StockDocument:
+        row = await session.get(StockDocument, document_id)
+        if row is None or row.doc_type != "stocktake":
+            raise NotFound(f"no stocktake {document_id}")
+        if row.status != "draft":
+            raise Conflict(f"stocktake {document_id} is already posted")
+        return row
+
+    async def add_count_sheet(self, document_id: str, sheet: CountSheetIn) -> int:
+        """Record one count sheet (sending the same sheet again replaces it)."""
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            await self._draft(session, document_id)
+            now = datetime.now(UTC)
+            counts: dict[str, int] = {}
+            for index, line in enumerate(sheet.lines):
+                field = f"lines[{index}]"
+                try:
+                    counted = parse_milli(line.counted)
+                except ValueError as exc:
+                    raise Rejected(str(exc), field=f"{field}.counted") from exc
+                item = await find_product(session, sku=line.sku, at=now)
+                if item is None:
+                    raise Rejected(f"unknown product {line.sku!r}", field=f"{field}.sku")
+                if not item.weighed and counted % 1000:
+                    raise Rejected("whole pieces only", field=f"{field}.counted")
+                counts[line.sku] = counts.get(line.sku, 0) + counted
+            await session.execute(
+                delete(StocktakeCount).where(
+                    StocktakeCount.document_id == document_id,
+                    StocktakeCount.sheet == sheet.sheet,
+                )
+            )
+            for sku, counted in counts.items():
+                session.add(
+                    StocktakeCount(
+                        document_id=document_id, sheet=sheet.sheet, sku=sku, counted_milli=counted
+                    )
+                )
+            return len(counts)
+
+    async def post_stocktake(self, document_id: str) -> StockDocumentOut:
+        """Post the differences between counted and booked stock as adjustments.
+
+        Products not on any sheet are left alone (a partial stocktake counts what it
+        counts); a counted product's booked quantity is read now, under the write lock.
+        """
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await self._draft(session, document_id)
+            counted_rows = await session.execute(
+                select(StocktakeCount.sku, func.sum(StocktakeCount.counted_milli))
+                .where(StocktakeCount.document_id == document_id)
+                .group_by(StocktakeCount.sku)
+            )
+            counted = {sku: int(total) for sku, total in counted_rows}
+            if not counted:
+                raise Rejected("no count sheet was recorded", field="sheets")
+            booked = await balances(session, list(counted))
+            lines = [
+                StockDocumentLine(
+                    sku=sku,
+                    quantity_milli=quantity - booked.get(sku, 0),
+                    expected_milli=booked.get(sku, 0),
+                    counted_milli=quantity,
+                )
+                for sku, quantity in sorted(counted.items())
+            ]
+            now = datetime.now(UTC)
+            row = await self._post(session, document_id, "stocktake", None, lines, now, row)
+            return _out(row)
+
+    async def get_document(self, document_id: str) -> StockDocumentOut:
+        async with self._sessionmaker() as session:
+            row = await session.get(StockDocument, document_id)
+            if row is None:
+                raise NotFound(f"no stock document {document_id}")
+            return _out(row)
+
+    async def stock_on_hand(self, skus: list[str] | None = None) -> list[BalanceOut]:
+        async with self._sessionmaker() as session:
+            found = await balances(session, skus)
+        return [
+            BalanceOut(sku=sku, quantity=format_milli(q), quantity_milli=q)
+            for sku, q in sorted(found.items())
+        ]
