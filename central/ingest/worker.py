@@ -1,17 +1,24 @@
 """The ingest worker: a durable pull consumer shared by any number of workers.
 
-Per fetched batch: decode, drop what is already stored (unique event id and unique
-(branch, seq) in the database are the guarantee, JetStream dedup only a help),
-store the rest with their effects in one transaction, then ack. If a concurrent
-worker stored one of them first (a redelivery race), the batch is rolled back and
-retried message by message. Anything that cannot be processed becomes a dead letter
-and is acked, so one bad message never blocks the others.
+Per fetched batch, in one database transaction: decode, drop what is already stored
+(unique event id and unique (branch, seq) in the database are the guarantee,
+JetStream dedup only a help), store the rest and apply their effects (the registered
+handlers, in bulk), advance each branch's sequence state, commit, then ack.
+
+- A concurrent worker stored one of them first (a redelivery race): IntegrityError,
+  the batch is rolled back and retried message by message.
+- A lock conflict (deadlock, serialization failure, SQLite busy): the whole batch is
+  retried; good messages are never dead-lettered for it.
+- Anything that cannot be processed becomes a dead letter (reason and raw bytes) and
+  is acked, so one bad message never blocks the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,20 +27,25 @@ from datetime import UTC, date, datetime, timedelta
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.ingest.handlers import EventContext, handler_for
+from central.ingest.bulk import dialect_insert, insert_rows, is_retryable, table_of
+from central.ingest.handlers import EventContext, IngestBatch, apply_handlers
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from protocol.codec import WireDecodeError, decode_envelope, decode_heartbeat
 from protocol.events import EventEnvelope, event_kind
 from protocol.messages import BranchHeartbeat
 from protocol.subjects import HEARTBEAT_KIND, INGEST_DURABLE, UP_STREAM, parse_up_subject
 
-__all__ = ["IngestStats", "IngestWorker", "MessageIn", "local_date_of"]
+__all__ = ["CRASH_EXIT_CODE", "IngestStats", "IngestWorker", "MessageIn", "local_date_of"]
 
 log = logging.getLogger(__name__)
+
+# Exit status of the fault-injection crash between commit and ack (tests only).
+CRASH_EXIT_CODE = 86
+_MAX_ATTEMPTS = 8
 
 
 @dataclass(slots=True)
@@ -44,6 +56,8 @@ class MessageIn:
     data: bytes
     headers: dict[str, str] = field(default_factory=dict)
     stream_seq: int | None = None
+    # Set when replaying a stored dead letter: a new failure updates that row.
+    dead_letter_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -53,6 +67,11 @@ class IngestStats:
     dead_letters: int = 0
     heartbeats: int = 0
     batches: int = 0
+    retries: int = 0
+
+    def add(self, other: IngestStats) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class _Rejected(Exception):
@@ -76,10 +95,17 @@ class IngestWorker:
         *,
         batch_size: int = 500,
         fetch_timeout_s: float = 1.0,
+        crash_after_commit: bool = False,
+        branch_cache_s: float = 5.0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.batch_size = batch_size
         self.fetch_timeout_s = fetch_timeout_s
+        # Fault injection for the kill test: exit between the commit and the ack.
+        self.crash_after_commit = crash_after_commit
+        self.branch_cache_s = branch_cache_s
+        self._branches: dict[str, bool] = {}
+        self._branches_loaded = -1e9
         self.stats = IngestStats()
 
     # --- the NATS loop -----------------------------------------------------------
@@ -112,6 +138,9 @@ class IngestWorker:
                     log.exception("ingest batch failed; it will be redelivered")
                     await asyncio.sleep(1.0)
                     continue
+                if self.crash_after_commit:
+                    log.error("fault injection: exiting after commit, before ack")
+                    os._exit(CRASH_EXIT_CODE)
                 for m in msgs:
                     try:
                         await m.ack()
@@ -124,61 +153,101 @@ class IngestWorker:
 
     async def process(self, batch: Sequence[MessageIn]) -> IngestStats:
         """Store a batch; returns what this call did. Safe to call again with the same batch."""
-        stats = IngestStats(batches=1)
         try:
-            async with self._sessionmaker() as session, session.begin():
-                await self._process_in(session, batch, stats)
+            stats = await self._attempt(batch)
         except IntegrityError:
             # Another worker stored some of these first. One by one, so each message
             # is either found as a duplicate or stored.
             stats = IngestStats(batches=1)
             for message in batch:
-                async with self._sessionmaker() as session, session.begin():
-                    await self._process_in(session, [message], stats)
-        self._add(stats)
+                try:
+                    stats.add(await self._attempt([message]))
+                except IntegrityError as exc:
+                    # Still conflicting on its own (e.g. a sale id already stored under
+                    # another event id): not a race, a bad message.
+                    stats.add(await self._reject_alone(message, exc))
+            stats.batches = 1
+        self.stats.add(stats)
         return stats
 
-    def _add(self, stats: IngestStats) -> None:
-        for name in ("stored", "duplicates", "dead_letters", "heartbeats", "batches"):
-            setattr(self.stats, name, getattr(self.stats, name) + getattr(stats, name))
+    async def _attempt(self, batch: Sequence[MessageIn]) -> IngestStats:
+        """One transaction, retried on lock conflicts; IntegrityError goes to the caller."""
+        delay = 0.05
+        retries = 0
+        while True:
+            stats = IngestStats(batches=1, retries=retries)
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await self._process_in(session, batch, stats)
+                return stats
+            except IntegrityError:
+                raise
+            except Exception as exc:
+                if not is_retryable(exc) or retries >= _MAX_ATTEMPTS:
+                    raise
+                retries += 1
+                log.info("ingest batch hit a lock conflict (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _reject_alone(self, message: MessageIn, exc: IntegrityError) -> IngestStats:
+        stats = IngestStats()
+        async with self._sessionmaker() as session, session.begin():
+            await self._dead_letter(
+                session, message, f"conflicts with a stored record: {exc.orig or exc}"
+            )
+        stats.dead_letters = 1
+        return stats
 
     async def _process_in(
         self, session: AsyncSession, batch: Sequence[MessageIn], stats: IngestStats
     ) -> None:
-        branches = await self._branches(session)
         decoded: list[_Decoded] = []
+        heartbeats: dict[str, BranchHeartbeat] = {}
         for index, message in enumerate(batch):
             try:
-                envelope = self._decode(message, branches)
+                envelope = await self._decode(session, message)
             except _Rejected as exc:
-                self._dead_letter(session, message, str(exc))
+                await self._dead_letter(session, message, str(exc))
                 stats.dead_letters += 1
                 continue
             if isinstance(envelope, BranchHeartbeat):
-                await self._heartbeat(session, envelope)
                 stats.heartbeats += 1
+                latest = heartbeats.get(envelope.branch)
+                if latest is None or envelope.sent_at > latest.sent_at:
+                    heartbeats[envelope.branch] = envelope
             else:
                 decoded.append(_Decoded(index, envelope))
+            if message.dead_letter_id is not None:
+                await self._resolve_dead_letter(session, message.dead_letter_id)
         if decoded:
             await self._store(session, batch, decoded, stats)
+        for branch in sorted(heartbeats):
+            await self._heartbeat(session, heartbeats[branch])
 
-    async def _branches(self, session: AsyncSession) -> dict[str, Branch]:
-        rows = await session.scalars(select(Branch))
-        return {b.code: b for b in rows}
+    async def _known_branches(self, session: AsyncSession, *, reload: bool) -> dict[str, bool]:
+        now = time.monotonic()
+        if reload or now - self._branches_loaded > self.branch_cache_s:
+            rows = await session.execute(select(Branch.code, Branch.active))
+            self._branches = {r.code: r.active for r in rows}
+            self._branches_loaded = now
+        return self._branches
 
-    def _decode(
-        self,
-        message: MessageIn,
-        branches: dict[str, Branch],
+    async def _decode(
+        self, session: AsyncSession, message: MessageIn
     ) -> EventEnvelope | BranchHeartbeat:
         try:
             branch, kind = parse_up_subject(message.subject)
         except ValueError as exc:
             raise _Rejected(str(exc)) from exc
-        known = branches.get(branch)
-        if known is None:
+        branches = await self._known_branches(session, reload=message.dead_letter_id is not None)
+        if branch not in branches:
+            # Registered since the cache was filled?
+            branches = await self._known_branches(session, reload=True)
+        active = branches.get(branch)
+        if active is None:
             raise _Rejected(f"unknown branch {branch!r}")
-        if not known.active:
+        if not active:
             raise _Rejected(f"branch {branch!r} is revoked")
         if kind == HEARTBEAT_KIND:
             try:
@@ -202,20 +271,26 @@ class IngestWorker:
 
     async def _heartbeat(self, session: AsyncSession, heartbeat: BranchHeartbeat) -> None:
         """Latest heartbeat wins: one row per branch, never replaced by an older one."""
-        row = await session.get(BranchStatus, heartbeat.branch)
-        if row is None:
-            row = BranchStatus(branch=heartbeat.branch, sent_at=heartbeat.sent_at)
-            session.add(row)
-        elif row.sent_at > heartbeat.sent_at:
-            return
-        row.sent_at = heartbeat.sent_at
-        row.received_at = datetime.now(UTC)
-        row.outbox_backlog = heartbeat.outbox_backlog
-        row.last_acked_seq = heartbeat.last_acked_seq
-        row.last_recorded_seq = heartbeat.last_recorded_seq
-        row.applied_version = heartbeat.applied_version
-        row.devices = [msgspec.to_builtins(d) for d in heartbeat.devices]
-        row.agent_version = heartbeat.agent_version
+        table = table_of(BranchStatus)
+        stmt = dialect_insert(session, table)
+        values = {
+            "branch": heartbeat.branch,
+            "sent_at": heartbeat.sent_at,
+            "received_at": datetime.now(UTC),
+            "outbox_backlog": heartbeat.outbox_backlog,
+            "last_acked_seq": heartbeat.last_acked_seq,
+            "last_recorded_seq": heartbeat.last_recorded_seq,
+            "applied_version": heartbeat.applied_version,
+            "devices": [msgspec.to_builtins(d) for d in heartbeat.devices],
+            "agent_version": heartbeat.agent_version,
+        }
+        await session.execute(
+            stmt.values(**values).on_conflict_do_update(
+                index_elements=["branch"],
+                set_={k: stmt.excluded[k] for k in values if k != "branch"},
+                where=table.c.sent_at < stmt.excluded.sent_at,
+            )
+        )
 
     async def _store(
         self,
@@ -226,22 +301,22 @@ class IngestWorker:
     ) -> None:
         ids = [d.envelope.event_id for d in decoded]
         keys = [(d.envelope.branch, d.envelope.seq) for d in decoded]
-        existing_ids: set[uuid.UUID] = set(
-            await session.scalars(
-                select(IngestedEvent.event_id).where(IngestedEvent.event_id.in_(ids))
-            )
-        )
-        existing_keys: dict[tuple[str, int], uuid.UUID] = {
-            (row.branch, row.seq): row.event_id
-            for row in await session.execute(
-                select(IngestedEvent.branch, IngestedEvent.seq, IngestedEvent.event_id).where(
-                    tuple_(IngestedEvent.branch, IngestedEvent.seq).in_(keys)
+        existing_ids: set[uuid.UUID] = set()
+        existing_keys: set[tuple[str, int]] = set()
+        # One query for both unique keys of the whole batch.
+        for row in await session.execute(
+            select(IngestedEvent.event_id, IngestedEvent.branch, IngestedEvent.seq).where(
+                or_(
+                    IngestedEvent.event_id.in_(ids),
+                    tuple_(IngestedEvent.branch, IngestedEvent.seq).in_(keys),
                 )
             )
-        }
+        ):
+            existing_ids.add(row.event_id)
+            existing_keys.add((row.branch, row.seq))
         seen_ids: set[uuid.UUID] = set()
         seen_keys: set[tuple[str, int]] = set()
-        touched: dict[str, list[EventEnvelope]] = {}
+        new: list[EventContext] = []
         for item in decoded:
             envelope = item.envelope
             key = (envelope.branch, envelope.seq)
@@ -249,7 +324,7 @@ class IngestWorker:
                 stats.duplicates += 1
                 continue
             if key in existing_keys or key in seen_keys:
-                self._dead_letter(
+                await self._dead_letter(
                     session,
                     batch[item.index],
                     f"sequence {envelope.seq} of branch {envelope.branch!r} is already used "
@@ -259,60 +334,140 @@ class IngestWorker:
                 continue
             seen_ids.add(envelope.event_id)
             seen_keys.add(key)
-            ctx = EventContext(envelope=envelope, local_date=local_date_of(envelope))
-            session.add(
-                IngestedEvent(
-                    event_id=envelope.event_id,
-                    branch=envelope.branch,
-                    seq=envelope.seq,
-                    kind=event_kind(envelope.body),
-                    occurred_at=envelope.occurred_at,
-                    utc_offset_min=envelope.utc_offset_min,
-                    local_date=ctx.local_date,
-                    schema_version=envelope.schema_version,
-                )
-            )
-            handler = handler_for(envelope.body)
-            if handler is not None:
-                await handler(session, ctx)
-            touched.setdefault(envelope.branch, []).append(envelope)
-            stats.stored += 1
-        await session.flush()
-        for branch, envelopes in touched.items():
-            await self._advance_sequence(session, branch, envelopes)
+            new.append(EventContext(envelope=envelope, local_date=local_date_of(envelope)))
+        if not new:
+            return
+        # Effects in each branch's own order (moving average cost depends on it).
+        new.sort(key=lambda c: (c.envelope.branch, c.envelope.seq))
+        received_at = datetime.now(UTC)
+        await insert_rows(
+            session,
+            table_of(IngestedEvent),
+            [
+                {
+                    "event_id": c.envelope.event_id,
+                    "branch": c.envelope.branch,
+                    "seq": c.envelope.seq,
+                    "kind": event_kind(c.envelope.body),
+                    "occurred_at": c.envelope.occurred_at,
+                    "utc_offset_min": c.envelope.utc_offset_min,
+                    "local_date": c.local_date,
+                    "received_at": received_at,
+                    "schema_version": c.envelope.schema_version,
+                }
+                for c in new
+            ],
+        )
+        await apply_handlers(session, IngestBatch(events=new, received_at=received_at))
+        stats.stored += len(new)
+        await self._advance_sequences(session, new, received_at)
 
-    async def _advance_sequence(
-        self, session: AsyncSession, branch: str, envelopes: list[EventEnvelope]
+    async def _advance_sequences(
+        self, session: AsyncSession, new: list[EventContext], received_at: datetime
     ) -> None:
-        state = await session.get(BranchSyncState, branch, with_for_update=True)
-        if state is None:
-            state = BranchSyncState(branch=branch, contiguous_seq=0, max_seq=0)
-            session.add(state)
-        state.max_seq = max(state.max_seq or 0, *(e.seq for e in envelopes))
-        latest = max(e.occurred_at for e in envelopes)
-        if state.last_event_at is None or latest > state.last_event_at:
-            state.last_event_at = latest
-        state.last_received_at = datetime.now(UTC)
-        contiguous = state.contiguous_seq or 0
-        if state.max_seq > contiguous:
+        """One lock and one update per branch per batch, branches in sorted order."""
+        by_branch: dict[str, list[EventEnvelope]] = {}
+        for ctx in new:
+            by_branch.setdefault(ctx.envelope.branch, []).append(ctx.envelope)
+        branches = sorted(by_branch)
+        table = table_of(BranchSyncState)
+        await session.execute(
+            dialect_insert(session, table)
+            .values([{"branch": b, "contiguous_seq": 0, "max_seq": 0} for b in branches])
+            .on_conflict_do_nothing(index_elements=["branch"])
+        )
+        states = {
+            row.branch: row
+            for row in await session.execute(
+                select(
+                    BranchSyncState.branch,
+                    BranchSyncState.contiguous_seq,
+                    BranchSyncState.max_seq,
+                    BranchSyncState.last_event_at,
+                )
+                .where(BranchSyncState.branch.in_(branches))
+                .order_by(BranchSyncState.branch)
+                .with_for_update()
+            )
+        }
+        updates: list[dict[str, object]] = []
+        for branch in branches:
+            envelopes = by_branch[branch]  # sorted by seq
+            state = states[branch]
+            contiguous = state.contiguous_seq
+            max_before = state.max_seq
+            seqs = [e.seq for e in envelopes]
+            if max_before <= contiguous and seqs == list(
+                range(contiguous + 1, contiguous + 1 + len(seqs))
+            ):
+                # The usual case: this batch continues the branch exactly.
+                contiguous = seqs[-1]
+            else:
+                contiguous = await self._contiguous_from(session, branch, contiguous)
+            latest = max(e.occurred_at for e in envelopes)
+            last_event_at = state.last_event_at
+            updates.append(
+                {
+                    "k_branch": branch,
+                    "v_contiguous": contiguous,
+                    "v_max": max(max_before, seqs[-1]),
+                    "v_last_event_at": latest
+                    if last_event_at is None or latest > last_event_at
+                    else last_event_at,
+                    "v_received": received_at,
+                }
+            )
+        await session.execute(
+            update(table)
+            .where(table.c.branch == bindparam("k_branch"))
+            .values(
+                contiguous_seq=bindparam("v_contiguous"),
+                max_seq=bindparam("v_max"),
+                last_event_at=bindparam("v_last_event_at", type_=table.c.last_event_at.type),
+                last_received_at=bindparam("v_received", type_=table.c.last_received_at.type),
+            ),
+            updates,
+        )
+
+    async def _contiguous_from(self, session: AsyncSession, branch: str, contiguous: int) -> int:
+        """The highest n with 1..n all stored, scanning only forward from the known run."""
+        following = await session.scalars(
+            select(IngestedEvent.seq)
+            .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
+            .order_by(IngestedEvent.seq)
+            .limit(5000)
+        )
+        while True:
+            advanced = contiguous
+            for seq in following:
+                if seq != advanced + 1:
+                    return advanced
+                advanced = seq
+            if advanced == contiguous:
+                return contiguous
+            contiguous = advanced
             following = await session.scalars(
                 select(IngestedEvent.seq)
                 .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
                 .order_by(IngestedEvent.seq)
+                .limit(5000)
             )
-            for seq in following:
-                if seq != contiguous + 1:
-                    break
-                contiguous = seq
-        state.contiguous_seq = contiguous
 
-    def _dead_letter(self, session: AsyncSession, message: MessageIn, reason: str) -> None:
+    async def _dead_letter(self, session: AsyncSession, message: MessageIn, reason: str) -> None:
+        log.warning("dead letter on %s: %s", message.subject, reason)
+        if message.dead_letter_id is not None:
+            # A replay that failed again: the letter stays open with the new reason.
+            await session.execute(
+                update(DeadLetter)
+                .where(DeadLetter.id == message.dead_letter_id)
+                .values(reason=reason, attempts=DeadLetter.attempts + 1, status="open")
+            )
+            return
         branch: str | None
         try:
             branch = parse_up_subject(message.subject)[0]
         except ValueError:
             branch = None
-        log.warning("dead letter on %s: %s", message.subject, reason)
         session.add(
             DeadLetter(
                 subject=message.subject[:255],
@@ -321,5 +476,16 @@ class IngestWorker:
                 raw=message.data,
                 headers=message.headers,
                 stream_seq=message.stream_seq,
+            )
+        )
+
+    async def _resolve_dead_letter(self, session: AsyncSession, dead_letter_id: int) -> None:
+        await session.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id == dead_letter_id)
+            .values(
+                status="replayed",
+                resolved_at=datetime.now(UTC),
+                attempts=DeadLetter.attempts + 1,
             )
         )

@@ -20,6 +20,8 @@ class Receipt(Base):
         Index("ix_receipts_branch_local_date", "branch", "local_date"),
         Index("ix_receipts_local_date", "local_date"),
         Index("ix_receipts_fiscal_number", "fiscal_number"),
+        # Shift totals beside the Z report.
+        Index("ix_receipts_branch_shift_id", "branch", "shift_id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

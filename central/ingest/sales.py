@@ -1,0 +1,172 @@
+"""Sales and customer returns: stored in bulk, flagged late or negative-stock, never refused."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date
+
+import msgspec
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.ingest.bulk import allocate_ids, insert_rows, table_of
+from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.models import (
+    ClosedDay,
+    CustomerReturn,
+    CustomerReturnLineRow,
+    Receipt,
+    ReceiptLineRow,
+    ReceiptPaymentRow,
+    Shift,
+)
+from protocol.events import CustomerReturnRecorded, ReceiptRecorded
+
+__all__ = ["late_events"]
+
+
+async def late_events(session: AsyncSession, contexts: Sequence[EventContext]) -> set[uuid.UUID]:
+    """Events filed into a shift or a local day that central had already closed."""
+    shift_keys: set[tuple[str, str]] = set()
+    day_keys: set[tuple[str, date]] = set()
+    for ctx in contexts:
+        body = ctx.envelope.body
+        assert isinstance(body, ReceiptRecorded | CustomerReturnRecorded)
+        shift_keys.add((ctx.envelope.branch, body.shift_id))
+        day_keys.add((ctx.envelope.branch, ctx.local_date))
+    closed_shifts = {
+        (r.branch, r.shift_id)
+        for r in await session.execute(
+            select(Shift.branch, Shift.shift_id).where(
+                tuple_(Shift.branch, Shift.shift_id).in_(shift_keys),
+                Shift.close_received_at.is_not(None),
+            )
+        )
+    }
+    closed_days = {
+        (r.branch, r.local_date)
+        for r in await session.execute(
+            select(ClosedDay.branch, ClosedDay.local_date).where(
+                tuple_(ClosedDay.branch, ClosedDay.local_date).in_(day_keys)
+            )
+        )
+    }
+    late: set[uuid.UUID] = set()
+    for ctx in contexts:
+        body = ctx.envelope.body
+        assert isinstance(body, ReceiptRecorded | CustomerReturnRecorded)
+        if (ctx.envelope.branch, body.shift_id) in closed_shifts or (
+            ctx.envelope.branch,
+            ctx.local_date,
+        ) in closed_days:
+            late.add(ctx.envelope.event_id)
+    return late
+
+
+@register_batch_handler(ReceiptRecorded, stage=20)
+async def store_receipts(
+    session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
+) -> None:
+    late = await late_events(session, contexts)
+    negative: set[uuid.UUID] = batch.notes.get("negative_stock", set())
+    ids = await allocate_ids(session, table_of(Receipt), len(contexts))
+    receipts: list[dict[str, object]] = []
+    lines: list[dict[str, object]] = []
+    payments: list[dict[str, object]] = []
+    for receipt_id, ctx in zip(ids, contexts, strict=True):
+        env = ctx.envelope
+        body = env.body
+        assert isinstance(body, ReceiptRecorded)
+        receipts.append(
+            {
+                "id": receipt_id,
+                "event_id": env.event_id,
+                "branch": env.branch,
+                "till": body.till,
+                "shift_id": body.shift_id,
+                "receipt_number": body.receipt_number,
+                "sale_id": body.sale_id,
+                "cashier": body.cashier,
+                "occurred_at": env.occurred_at,
+                "utc_offset_min": env.utc_offset_min,
+                "local_date": ctx.local_date,
+                "total": body.total,
+                "change": body.change,
+                "currency": body.currency,
+                "fiscal_number": body.fiscal_number,
+                "late": env.event_id in late,
+                "negative_stock": env.event_id in negative,
+            }
+        )
+        lines.extend(
+            {
+                "receipt_id": receipt_id,
+                "line_no": line.line_no,
+                "sku": line.sku,
+                "name": line.name,
+                "barcode": line.barcode,
+                "quantity_milli": line.quantity_milli,
+                "unit_price": line.unit_price,
+                "discount": line.discount,
+                "vat_rate_bp": line.vat_rate_bp,
+                "line_total": line.line_total,
+            }
+            for line in body.lines
+        )
+        payments.extend(
+            {"receipt_id": receipt_id, "type": p.type, "amount": p.amount} for p in body.payments
+        )
+    await insert_rows(session, table_of(Receipt), receipts)
+    await insert_rows(session, table_of(ReceiptLineRow), lines)
+    await insert_rows(session, table_of(ReceiptPaymentRow), payments)
+
+
+@register_batch_handler(CustomerReturnRecorded, stage=20)
+async def store_customer_returns(
+    session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
+) -> None:
+    late = await late_events(session, contexts)
+    returns: list[dict[str, object]] = []
+    lines: list[dict[str, object]] = []
+    for ctx in contexts:
+        env = ctx.envelope
+        body = env.body
+        assert isinstance(body, CustomerReturnRecorded)
+        returns.append(
+            {
+                "event_id": env.event_id,
+                "branch": env.branch,
+                "till": body.till,
+                "shift_id": body.shift_id,
+                "return_number": body.return_number,
+                "return_id": body.return_id,
+                "original_sale_id": body.original_sale_id,
+                "cashier": body.cashier,
+                "occurred_at": env.occurred_at,
+                "utc_offset_min": env.utc_offset_min,
+                "local_date": ctx.local_date,
+                "total": body.total,
+                "currency": body.currency,
+                "fiscal_number": body.fiscal_number,
+                "reason": body.reason,
+                "refunds": msgspec.to_builtins(body.refunds),
+                "late": env.event_id in late,
+            }
+        )
+        lines.extend(
+            {
+                "event_id": env.event_id,
+                "line_no": line.line_no,
+                "sku": line.sku,
+                "name": line.name,
+                "quantity_milli": line.quantity_milli,
+                "unit_price": line.unit_price,
+                "discount": line.discount,
+                "vat_rate_bp": line.vat_rate_bp,
+                "line_total": line.line_total,
+            }
+            for line in body.lines
+        )
+    await insert_rows(session, table_of(CustomerReturn), returns)
+    await insert_rows(session, table_of(CustomerReturnLineRow), lines)

@@ -1,0 +1,314 @@
+"""Stock effects of sales, customer returns and stock documents: the ledger and balances.
+
+Movements of one batch are applied in (branch, seq, line) order. The balances they
+touch are locked first, in (branch, sku) order (``SELECT ... FOR UPDATE`` on
+PostgreSQL; SQLite has one writer anyway), so concurrent workers neither lose an
+update nor deadlock on each other; then the ledger rows go in with one COPY and the
+balances are written back with one executemany.
+
+Valuation: moving average cost per branch and product. Incoming goods with a cost
+(goods receipts, transfers in) add ``quantity x cost`` to the stock value; incoming
+goods without one (customer returns, stocktake surplus) come in at the current
+average; outgoing goods leave at the average (the proportional share of the value,
+so selling everything leaves exactly zero). While stock is zero or negative the last
+average is kept; a sale is never refused, it is flagged when it drives stock negative.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.ingest.bulk import dialect_insert, insert_rows, table_of
+from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.models import StockBalance, StockMovement, StockTransferLine
+from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
+
+__all__ = [
+    "Movement",
+    "Valued",
+    "apply_movement",
+    "div_half_up",
+    "post_movements",
+    "transfer_ref_of",
+]
+
+_KEY_CHUNK = 2000
+
+
+def div_half_up(numerator: int, denominator: int) -> int:
+    """Integer division rounded half away from zero (denominator > 0)."""
+    assert denominator > 0
+    if numerator >= 0:
+        return (2 * numerator + denominator) // (2 * denominator)
+    return -((-2 * numerator + denominator) // (2 * denominator))
+
+
+@dataclass(slots=True)
+class Movement:
+    branch: str
+    sku: str
+    quantity_milli: int
+    # Cost per whole unit when the document carries one; None: at moving average.
+    unit_cost: int | None
+    doc_type: str
+    doc_ref: str
+    event_id: uuid.UUID
+    line_no: int
+    occurred_at: datetime
+    local_date: date
+
+
+@dataclass(slots=True)
+class Valued:
+    unit_cost: int
+    value: int
+    quantity_after: int
+    value_after: int
+    avg_cost_after: int
+
+    @property
+    def negative(self) -> bool:
+        return self.quantity_after < 0
+
+
+def apply_movement(
+    quantity: int, value: int, avg_cost: int, delta_milli: int, unit_cost: int | None
+) -> Valued:
+    """Value one movement against a balance; returns the movement's cost and the new balance.
+
+    Invariant (what the rebuild checks): ``value_after == value + result.value``.
+    """
+    if delta_milli >= 0:
+        cost = avg_cost if unit_cost is None else unit_cost
+        moved = div_half_up(delta_milli * cost, 1000)
+    else:
+        out = -delta_milli
+        cost = avg_cost
+        if quantity > 0 and out <= quantity:
+            moved = -value if out == quantity else -div_half_up(value * out, quantity)
+        elif quantity > 0:
+            moved = -value - div_half_up((out - quantity) * avg_cost, 1000)
+        else:
+            moved = -div_half_up(out * avg_cost, 1000)
+    quantity_after = quantity + delta_milli
+    value_after = value + moved
+    if quantity_after > 0:
+        avg_after = div_half_up(value_after * 1000, quantity_after)
+    elif delta_milli > 0 and unit_cost is not None:
+        avg_after = unit_cost
+    else:
+        avg_after = avg_cost
+    return Valued(cost, moved, quantity_after, value_after, avg_after)
+
+
+def transfer_ref_of(body: StockDocumentPosted) -> str:
+    """Transfers are matched by the ref; an outbound one without it is its own ref."""
+    return body.transfer_ref or body.document_id
+
+
+async def _lock_balances(
+    session: AsyncSession, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], StockBalance]:
+    table = table_of(StockBalance)
+    found: dict[tuple[str, str], StockBalance] = {}
+    for start in range(0, len(keys), _KEY_CHUNK):
+        chunk = keys[start : start + _KEY_CHUNK]
+        # New products first (sorted, so two workers take the same order), then lock all.
+        await session.execute(
+            dialect_insert(session, table)
+            .values(
+                [
+                    {
+                        "branch": b,
+                        "sku": s,
+                        "quantity_milli": 0,
+                        "value": 0,
+                        "avg_cost": 0,
+                        "movements": 0,
+                    }
+                    for b, s in chunk
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["branch", "sku"])
+        )
+        rows = await session.execute(
+            select(
+                StockBalance.branch,
+                StockBalance.sku,
+                StockBalance.quantity_milli,
+                StockBalance.value,
+                StockBalance.avg_cost,
+                StockBalance.movements,
+            )
+            .where(tuple_(StockBalance.branch, StockBalance.sku).in_(chunk))
+            .order_by(StockBalance.branch, StockBalance.sku)
+            .with_for_update()
+        )
+        for row in rows:
+            found[(row.branch, row.sku)] = StockBalance(
+                branch=row.branch,
+                sku=row.sku,
+                quantity_milli=row.quantity_milli,
+                value=row.value,
+                avg_cost=row.avg_cost,
+                movements=row.movements,
+            )
+    return found
+
+
+async def _sent_costs(session: AsyncSession, refs: set[str]) -> dict[tuple[str, str], int]:
+    """Unit cost at which already-stored outbound transfers left the sender."""
+    if not refs:
+        return {}
+    rows = await session.execute(
+        select(
+            StockTransferLine.transfer_ref,
+            StockTransferLine.sku,
+            StockTransferLine.sent_milli,
+            StockTransferLine.sent_value,
+        ).where(StockTransferLine.transfer_ref.in_(refs), StockTransferLine.sent_milli > 0)
+    )
+    return {(r.transfer_ref, r.sku): div_half_up(r.sent_value * 1000, r.sent_milli) for r in rows}
+
+
+async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -> list[Valued]:
+    """Append movements to the ledger and update the balances; results in input order."""
+    if not movements:
+        return []
+    keys = sorted({(m.branch, m.sku) for m in movements})
+    balances = await _lock_balances(session, keys)
+    results: list[Valued] = []
+    ledger: list[dict[str, object]] = []
+    for m in movements:
+        bal = balances[(m.branch, m.sku)]
+        valued = apply_movement(
+            bal.quantity_milli, bal.value, bal.avg_cost, m.quantity_milli, m.unit_cost
+        )
+        bal.quantity_milli = valued.quantity_after
+        bal.value = valued.value_after
+        bal.avg_cost = valued.avg_cost_after
+        bal.movements += 1
+        results.append(valued)
+        ledger.append(
+            {
+                "branch": m.branch,
+                "sku": m.sku,
+                "doc_type": m.doc_type,
+                "doc_ref": m.doc_ref,
+                "event_id": m.event_id,
+                "line_no": m.line_no,
+                "quantity_milli": m.quantity_milli,
+                "unit_cost": valued.unit_cost,
+                "value": valued.value,
+                "quantity_after": valued.quantity_after,
+                "value_after": valued.value_after,
+                "avg_cost_after": valued.avg_cost_after,
+                "occurred_at": m.occurred_at,
+                "local_date": m.local_date,
+            }
+        )
+    await insert_rows(session, table_of(StockMovement), ledger)
+    table = table_of(StockBalance)
+    await session.execute(
+        update(table)
+        .where(table.c.branch == bindparam("k_branch"), table.c.sku == bindparam("k_sku"))
+        .values(
+            quantity_milli=bindparam("v_quantity"),
+            value=bindparam("v_value"),
+            avg_cost=bindparam("v_avg"),
+            movements=bindparam("v_movements"),
+        ),
+        [
+            {
+                "k_branch": b.branch,
+                "k_sku": b.sku,
+                "v_quantity": b.quantity_milli,
+                "v_value": b.value,
+                "v_avg": b.avg_cost,
+                "v_movements": b.movements,
+            }
+            for b in (balances[k] for k in keys)
+        ],
+    )
+    return results
+
+
+@register_batch_handler(ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted, stage=10)
+async def apply_stock(
+    session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
+) -> None:
+    """Post the batch's stock movements; leave per-line values and negative flags in notes."""
+    movements: list[Movement] = []
+    inbound_refs: set[str] = set()
+    for ctx in contexts:
+        body = ctx.envelope.body
+        if isinstance(body, StockDocumentPosted) and body.doc_type == "transfer_in":
+            inbound_refs.add(transfer_ref_of(body))
+    sent_costs = await _sent_costs(session, inbound_refs)
+    for ctx in contexts:
+        env = ctx.envelope
+        body = env.body
+        common: dict[str, Any] = {
+            "branch": env.branch,
+            "event_id": env.event_id,
+            "occurred_at": env.occurred_at,
+            "local_date": ctx.local_date,
+        }
+        if isinstance(body, ReceiptRecorded):
+            movements.extend(
+                Movement(
+                    sku=line.sku,
+                    quantity_milli=-line.quantity_milli,
+                    unit_cost=None,
+                    doc_type="sale",
+                    doc_ref=body.sale_id,
+                    line_no=line.line_no,
+                    **common,
+                )
+                for line in body.lines
+            )
+        elif isinstance(body, CustomerReturnRecorded):
+            movements.extend(
+                Movement(
+                    sku=line.sku,
+                    quantity_milli=line.quantity_milli,
+                    unit_cost=None,
+                    doc_type="customer_return",
+                    doc_ref=body.return_id,
+                    line_no=line.line_no,
+                    **common,
+                )
+                for line in body.lines
+            )
+        elif isinstance(body, StockDocumentPosted):
+            ref = transfer_ref_of(body)
+            for line_no, line in enumerate(body.lines, start=1):
+                unit_cost = line.unit_cost if line.quantity_milli > 0 else None
+                if body.doc_type == "transfer_in" and unit_cost is None:
+                    # Received at the cost at which the sender let it go, when known.
+                    unit_cost = sent_costs.get((ref, line.sku))
+                movements.append(
+                    Movement(
+                        sku=line.sku,
+                        quantity_milli=line.quantity_milli,
+                        unit_cost=unit_cost,
+                        doc_type=body.doc_type,
+                        doc_ref=body.document_id,
+                        line_no=line_no,
+                        **common,
+                    )
+                )
+    results = await post_movements(session, movements)
+    values: dict[tuple[uuid.UUID, int], int] = batch.notes.setdefault("stock_values", {})
+    negative: set[uuid.UUID] = batch.notes.setdefault("negative_stock", set())
+    for movement, valued in zip(movements, results, strict=True):
+        values[(movement.event_id, movement.line_no)] = valued.value
+        if valued.negative and movement.quantity_milli < 0:
+            negative.add(movement.event_id)

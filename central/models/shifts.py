@@ -1,0 +1,77 @@
+"""Till shifts with the fiscal printer's Z totals, cash moves, and days closed at central."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import JSON, BigInteger, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from central.models.base import Base, utcnow
+
+__all__ = ["CashMovement", "ClosedDay", "Shift"]
+
+
+class Shift(Base):
+    """One till session. Opened and closed events may arrive in either order."""
+
+    __tablename__ = "shifts"
+    __table_args__ = (Index("ix_shifts_branch_local_date", "branch", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shift_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    till: Mapped[str] = mapped_column(String(32))
+    cashier: Mapped[str] = mapped_column(String(64), default="")
+    # Local day of the opening (of the closing while the opening has not arrived).
+    local_date: Mapped[date] = mapped_column()
+    utc_offset_min: Mapped[int] = mapped_column(default=0)
+    opened_at: Mapped[datetime | None] = mapped_column(default=None)
+    opening_float: Mapped[int] = mapped_column(BigInteger, default=0)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When central learned of the close: sales stored after it are late.
+    close_received_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the agent counted at close.
+    receipts_count: Mapped[int | None] = mapped_column(default=None)
+    sales_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    returns_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    payments_by_type: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    cash_in: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    cash_out: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # What the fiscal printer counted (Z report).
+    z_report_number: Mapped[int | None] = mapped_column(default=None)
+    z_turnover_by_vat_group: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    z_storno_by_vat_group: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    z_receipts_count: Mapped[int | None] = mapped_column(default=None)
+    open_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    close_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+
+
+class CashMovement(Base):
+    __tablename__ = "cash_movements"
+    __table_args__ = (
+        Index("ix_cash_movements_branch_shift_id", "branch", "shift_id"),
+        Index("ix_cash_movements_branch_local_date", "branch", "local_date"),
+    )
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    branch: Mapped[str] = mapped_column(String(32))
+    till: Mapped[str] = mapped_column(String(32))
+    shift_id: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    cashier: Mapped[str] = mapped_column(String(64), default="")
+    occurred_at: Mapped[datetime] = mapped_column()
+    local_date: Mapped[date] = mapped_column()
+
+
+class ClosedDay(Base):
+    """A branch's business day closed by head office: sales filed into it later are late."""
+
+    __tablename__ = "closed_days"
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    closed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_by: Mapped[str] = mapped_column(String(64), default="")
