@@ -1,0 +1,493 @@
+"""Simulated Datecs "X" protocol fiscal printer (DEVICES.md §2).
+
+It follows the framing rules (NAK on a bad frame, SYN every 60 ms while busy, the
+previous answer repeated for a frame with the same SEQ) and keeps a fiscal journal that
+tests assert on: :attr:`FiscalSimulator.receipts` holds every fiscalized (closed)
+receipt, :attr:`cancelled` the cancelled ones.
+
+Fault injection (all thread-safe):
+
+- :meth:`nak_next` (n frames answered with NAK, not executed)
+- :meth:`slow_command` (SYN every 60 ms for some seconds before the answer)
+- :attr:`paper_end`, :attr:`paper_near_end`, :attr:`cover_open` (print commands refused,
+  state unchanged), :meth:`at_command` to change them mid-receipt
+- :meth:`lose_answers` (the command is executed, its answer never sent; replays of it
+  count too)
+- :meth:`power_loss` (deaf for some seconds; the open receipt survives, the SEQ memory
+  does not)
+- :meth:`at_command` (a callback when the n-th frame of a command arrives, e.g. to
+  drop the TCP link; return ``"drop"`` to ignore that frame entirely)
+
+Error codes are the simulator's own negative numbers; drivers must (and ours do) decide
+what went wrong from the status bits, not from the codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from devices.fiscal_datecs import (
+    CMD_CANCEL_RECEIPT,
+    CMD_CASH_IN_OUT,
+    CMD_CLOSE_RECEIPT,
+    CMD_FREE_TEXT,
+    CMD_LAST_DOCUMENT,
+    CMD_OPEN_RECEIPT,
+    CMD_PAYMENT,
+    CMD_REPORT,
+    CMD_SALE,
+    CMD_STATUS,
+    CMD_SUBTOTAL,
+    CMD_TRANSACTION_STATUS,
+    ETX,
+    NAK,
+    PREAMBLE,
+    SYN,
+    FiscalStatus,
+    StatusBit,
+    build_answer,
+    encode_params,
+    parse_request,
+    split_params,
+)
+from devices.sim.base import DeviceSimulator, Emit
+
+__all__ = ["FISCAL_FAULTS", "FiscalSimulator", "SimLine", "SimReceipt"]
+
+ERR_SYNTAX = -100001
+ERR_INVALID_COMMAND = -100002
+ERR_NOT_PERMITTED = -111003
+ERR_PAPER_END = -112001
+ERR_COVER_OPEN = -112002
+ERR_OVERFLOW = -111018
+
+SYN_INTERVAL = 0.06
+CENT = Decimal("0.01")
+PRINTING = frozenset(
+    {
+        CMD_OPEN_RECEIPT,
+        CMD_SALE,
+        CMD_SUBTOTAL,
+        CMD_PAYMENT,
+        CMD_FREE_TEXT,
+        CMD_CLOSE_RECEIPT,
+        CMD_CANCEL_RECEIPT,
+        CMD_REPORT,
+        CMD_CASH_IN_OUT,
+    }
+)
+FISCAL_FAULTS = (
+    "nak",
+    "slow",
+    "paper_end",
+    "paper_near_end",
+    "cover_open",
+    "lose_answer",
+    "power_loss",
+)
+_ERROR_BITS = frozenset(
+    {
+        StatusBit.SYNTAX_ERROR,
+        StatusBit.INVALID_COMMAND,
+        StatusBit.MECHANISM_FAILURE,
+        StatusBit.COVER_OPEN,
+        StatusBit.OVERFLOW,
+        StatusBit.NOT_PERMITTED,
+        StatusBit.PAPER_END,
+    }
+)
+
+
+@dataclass
+class SimLine:
+    name: str
+    vat_group: int
+    price: Decimal
+    quantity: Decimal
+    amount: Decimal
+
+
+@dataclass
+class SimReceipt:
+    number: int
+    operator: int
+    till: int
+    lines: list[SimLine] = field(default_factory=list)
+    payments: list[tuple[int, Decimal]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def amount(self) -> Decimal:
+        return sum((line.amount for line in self.lines), Decimal("0.00"))
+
+    @property
+    def paid(self) -> Decimal:
+        return sum((amount for _, amount in self.payments), Decimal("0.00"))
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, bit: StatusBit) -> None:
+        self.code = code
+        self.bit = bit
+
+
+def _money(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR) from exc
+    if not value.is_finite():
+        raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+    return value
+
+
+class FiscalSimulator(DeviceSimulator):
+    kind = "fiscal"
+
+    def __init__(self, first_receipt_number: int = 0) -> None:
+        super().__init__()
+        self._buf = bytearray()
+        self.last_seq: int | None = None
+        self.last_answer: bytes = b""
+        self.last_cmd: int | None = None
+        self.receipt_number = first_receipt_number  # last receipt number handed out
+        self.document_number = first_receipt_number
+        self.z_number = 0
+        self.open_receipt: SimReceipt | None = None
+        self.last_receipt: SimReceipt | None = None
+        self.last_cancelled = False
+        self.receipts: list[SimReceipt] = []
+        self.cancelled: list[SimReceipt] = []
+        self.reports: list[tuple[str, int]] = []
+        self.cash_moves: list[tuple[int, Decimal]] = []
+        self.cash = Decimal("0.00")
+        self.day_totals = [Decimal("0.00")] * 8
+        self.executed: list[int] = []  # command codes executed, in order (not replays)
+        self.paper_end = False
+        self.paper_near_end = False
+        self.cover_open = False
+        self._transient: set[StatusBit] = set()
+        self._naks = 0
+        self._slow: dict[int, float] = {}
+        self._lose: dict[int | None, int] = {}
+        self._hooks: dict[int, list[tuple[int, Callable[[FiscalSimulator], str | None]]]] = {}
+        self._seen: dict[int, int] = {}
+        self._power_cycled = False
+        self.syn_interval = SYN_INTERVAL
+
+    # -- fault injection ---------------------------------------------------------------
+    def nak_next(self, count: int = 1) -> None:
+        with self.lock:
+            self._naks = count
+
+    def slow_command(self, cmd: int, seconds: float) -> None:
+        """Keep the host waiting with SYN for ``seconds`` before answering ``cmd``."""
+        with self.lock:
+            self._slow[cmd] = seconds
+
+    def lose_answers(self, cmd: int | None = None, count: int = 1) -> None:
+        """Execute ``cmd`` (any command if ``None``) but drop ``count`` of its answers."""
+        with self.lock:
+            self._lose[cmd] = count
+
+    def power_loss(self, seconds: float) -> None:
+        """Deaf for ``seconds``; the open receipt survives, the last SEQ is forgotten."""
+        with self.lock:
+            self._power_cycled = True
+            self.go_deaf(seconds)
+
+    def at_command(
+        self, cmd: int, callback: Callable[[FiscalSimulator], str | None], nth: int = 1
+    ) -> None:
+        """Call ``callback(sim)`` when the ``nth`` new frame of ``cmd`` arrives, before it
+        is executed. If it returns ``"drop"`` the frame is ignored (lost on the wire)."""
+        with self.lock:
+            self._hooks.setdefault(cmd, []).append((self._seen.get(cmd, 0) + nth, callback))
+
+    def set_fault(self, fault: str, on: bool = True) -> None:
+        """Simple switches for the CLI: paper_end, paper_near_end, cover_open."""
+        with self.lock:
+            if fault in ("paper_end", "paper_near_end", "cover_open"):
+                setattr(self, fault, on)
+            elif fault == "nak":
+                self._naks = 1 if on else 0
+            elif fault == "lose_answer":
+                self._lose[CMD_CLOSE_RECEIPT] = 1 if on else 0
+            elif fault == "slow":
+                self._slow[CMD_REPORT] = 1.0 if on else 0.0
+            else:
+                raise ValueError(f"unknown fiscal fault {fault!r}; known: {FISCAL_FAULTS}")
+
+    def on_deaf(self) -> None:
+        self._buf.clear()
+
+    # -- status --------------------------------------------------------------------------
+    def status_bytes(self) -> bytes:
+        flags = set(self._transient) | {StatusBit.FISCALIZED, StatusBit.VAT_RATES_SET}
+        if self.cover_open:
+            flags.add(StatusBit.COVER_OPEN)
+        if self.paper_end:
+            flags.add(StatusBit.PAPER_END)
+        if self.paper_near_end:
+            flags.add(StatusBit.PAPER_NEAR_END)
+        if self.open_receipt is not None:
+            flags.add(StatusBit.FISCAL_RECEIPT_OPEN)
+        if flags & _ERROR_BITS:
+            flags.add(StatusBit.GENERAL_ERROR)
+        return FiscalStatus.encode(flags)
+
+    # -- wire ----------------------------------------------------------------------------
+    def handle(self, data: bytes) -> list[Emit]:
+        if self._power_cycled:
+            self._power_cycled = False
+            self.last_seq = None  # RAM lost with the power
+            self.last_answer = b""
+        self._buf += data
+        out: list[Emit] = []
+        while True:
+            start = self._buf.find(bytes([PREAMBLE]))
+            if start < 0:
+                self._buf.clear()
+                break
+            del self._buf[:start]
+            end = self._buf.find(bytes([ETX]))
+            if end < 0:
+                break
+            frame = bytes(self._buf[: end + 1])
+            del self._buf[: end + 1]
+            out += self._frame(frame)
+        return out
+
+    def _frame(self, frame: bytes) -> list[Emit]:
+        try:
+            request = parse_request(frame)
+        except ValueError:
+            return [(0.0, bytes([NAK]))]
+        if self._naks > 0:
+            self._naks -= 1
+            return [(0.0, bytes([NAK]))]
+        if request.seq == self.last_seq and self.last_answer:
+            # same SEQ as the previous frame: not executed again, answer repeated
+            return self._send(request.cmd, self.last_answer, 0.0)
+        self._seen[request.cmd] = self._seen.get(request.cmd, 0) + 1
+        for hook in list(self._hooks.get(request.cmd, [])):
+            nth, callback = hook
+            if nth == self._seen[request.cmd]:
+                self._hooks[request.cmd].remove(hook)
+                if callback(self) == "drop":
+                    return []
+        self._transient.clear()
+        try:
+            fields = self._execute(request.cmd, split_params(request.data))
+            code = 0
+        except _Refused as refused:
+            self._transient.add(refused.bit)
+            fields, code = [], refused.code
+        except (ValueError, UnicodeDecodeError):
+            self._transient.add(StatusBit.SYNTAX_ERROR)
+            fields, code = [], ERR_SYNTAX
+        self.executed.append(request.cmd)
+        params: list[str | bytes] = [str(code), *fields]
+        if request.cmd == CMD_STATUS and code == 0:
+            params.append(self.status_bytes())  # raw bytes: bit 7 set, not text
+        data = encode_params(params)
+        answer = build_answer(request.seq, request.cmd, data, self.status_bytes())
+        self.last_seq, self.last_answer, self.last_cmd = request.seq, answer, request.cmd
+        return self._send(request.cmd, answer, self._slow.pop(request.cmd, 0.0))
+
+    def _send(self, cmd: int, answer: bytes, busy: float) -> list[Emit]:
+        out: list[Emit] = []
+        waited = 0.0
+        while waited < busy:
+            out.append((self.syn_interval, bytes([SYN])))
+            waited += self.syn_interval
+        for key in (cmd, None):
+            if self._lose.get(key, 0) > 0:
+                self._lose[key] -= 1
+                return out
+        out.append((0.0, answer))
+        return out
+
+    # -- commands ----------------------------------------------------------------------
+    def _execute(self, cmd: int, params: list[str]) -> list[str]:
+        if cmd in PRINTING and not (cmd == CMD_CASH_IN_OUT and params[1:2] == ["0"]):
+            if self.cover_open:
+                raise _Refused(ERR_COVER_OPEN, StatusBit.COVER_OPEN)
+            if self.paper_end:
+                raise _Refused(ERR_PAPER_END, StatusBit.PAPER_END)
+        handler = {
+            CMD_OPEN_RECEIPT: self._open,
+            CMD_SALE: self._sale,
+            CMD_SUBTOTAL: self._subtotal,
+            CMD_PAYMENT: self._payment,
+            CMD_FREE_TEXT: self._free_text,
+            CMD_CLOSE_RECEIPT: self._close,
+            CMD_CANCEL_RECEIPT: self._cancel,
+            CMD_REPORT: self._report,
+            CMD_CASH_IN_OUT: self._cash,
+            CMD_STATUS: self._status,
+            CMD_TRANSACTION_STATUS: self._transaction,
+            CMD_LAST_DOCUMENT: self._last_document,
+        }.get(cmd)
+        if handler is None:
+            raise _Refused(ERR_INVALID_COMMAND, StatusBit.INVALID_COMMAND)
+        return handler(params)
+
+    def _need(self, params: list[str], count: int) -> None:
+        if len(params) < count:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+
+    def _receipt(self) -> SimReceipt:
+        if self.open_receipt is None:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        return self.open_receipt
+
+    def _open(self, params: list[str]) -> list[str]:
+        self._need(params, 4)
+        if self.open_receipt is not None:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        operator, till = int(params[0]), int(params[2])
+        if not 1 <= operator <= 30 or not 1 <= till <= 99999:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        self.receipt_number += 1
+        self.document_number += 1
+        self.open_receipt = SimReceipt(self.receipt_number, operator, till)
+        return [str(self.receipt_number)]
+
+    def _sale(self, params: list[str]) -> list[str]:
+        self._need(params, 7)
+        receipt = self._receipt()
+        if receipt.payments:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        name, tax, price_s, qty_s, dtype, dvalue, dept = params[:7]
+        if not name or len(name) > 72 or tax not in "12345678" or len(tax) != 1:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        if not 0 <= int(dept or "0") <= 99:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        price = _money(price_s)
+        quantity = _money(qty_s or "1.000")
+        amount = (price * quantity).quantize(CENT, ROUND_HALF_UP)
+        if dtype in ("1", "2", "3", "4"):
+            value = _money(dvalue)
+            if dtype in ("1", "2"):
+                delta = (amount * value / 100).quantize(CENT, ROUND_HALF_UP)
+            else:
+                delta = value.quantize(CENT, ROUND_HALF_UP)
+            amount = amount + delta if dtype in ("1", "3") else amount - delta
+        elif dtype not in ("", "0"):
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        receipt.lines.append(SimLine(name, int(tax), price, quantity, amount))
+        self.day_totals[int(tax) - 1] += amount
+        return [str(receipt.number)]
+
+    def _subtotal(self, params: list[str]) -> list[str]:
+        receipt = self._receipt()
+        turnovers = [Decimal("0.00")] * 8
+        for line in receipt.lines:
+            turnovers[line.vat_group - 1] += line.amount
+        return [str(receipt.number), str(receipt.amount), *(str(t) for t in turnovers)]
+
+    def _payment(self, params: list[str]) -> list[str]:
+        self._need(params, 2)
+        receipt = self._receipt()
+        if not receipt.lines:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        mode = int(params[0])
+        amount = _money(params[1])
+        if not 0 <= mode <= 5 or amount <= 0:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        if receipt.paid >= receipt.amount:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        receipt.payments.append((mode, amount))
+        if mode == 0:
+            self.cash += amount
+        if receipt.paid >= receipt.amount:
+            change = receipt.paid - receipt.amount
+            self.cash -= change
+            return ["R", str(change)]
+        return ["D", str(receipt.amount - receipt.paid)]
+
+    def _free_text(self, params: list[str]) -> list[str]:
+        self._need(params, 1)
+        self._receipt().texts.append(params[0])
+        return []
+
+    def _close(self, params: list[str]) -> list[str]:
+        receipt = self._receipt()
+        if not receipt.lines or receipt.paid < receipt.amount:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        self.receipts.append(receipt)
+        self.open_receipt = None
+        self.last_receipt = receipt
+        self.last_cancelled = False
+        return [str(receipt.number)]
+
+    def _cancel(self, params: list[str]) -> list[str]:
+        receipt = self._receipt()
+        if receipt.payments:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        for line in receipt.lines:
+            self.day_totals[line.vat_group - 1] -= line.amount
+        self.cancelled.append(receipt)
+        self.open_receipt = None
+        self.last_receipt = receipt
+        self.last_cancelled = True
+        return []
+
+    def _report(self, params: list[str]) -> list[str]:
+        self._need(params, 1)
+        kind = params[0]
+        if kind not in ("X", "Z"):
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        if self.open_receipt is not None:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        self.document_number += 1
+        totals = [str(t) for t in self.day_totals]
+        if kind == "Z":
+            self.z_number += 1
+            self.day_totals = [Decimal("0.00")] * 8
+        number = self.z_number if kind == "Z" else self.z_number + 1
+        self.reports.append((kind, number))
+        return [str(number), *totals, *(["0.00"] * 8)]
+
+    def _cash(self, params: list[str]) -> list[str]:
+        self._need(params, 2)
+        if self.open_receipt is not None:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        kind, amount = params[0], _money(params[1])
+        if kind not in ("0", "1") or amount < 0:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        if amount == 0:
+            return []
+        if kind == "1" and amount > self.cash:
+            raise _Refused(ERR_OVERFLOW, StatusBit.OVERFLOW)
+        self.cash += amount if kind == "0" else -amount
+        self.cash_moves.append((int(kind), amount))
+        self.document_number += 1
+        return []
+
+    def _status(self, params: list[str]) -> list[str]:
+        return []  # the 8 status bytes are appended raw by _frame
+
+    def _transaction(self, params: list[str]) -> list[str]:
+        receipt = self.open_receipt
+        if receipt is not None:
+            return [
+                "1",
+                str(receipt.number),
+                str(len(receipt.lines)),
+                str(receipt.amount),
+                str(receipt.paid),
+            ]
+        last = self.last_receipt
+        if last is None:
+            return ["0", str(self.receipt_number), "0", "0.00", "0.00"]
+        if self.last_cancelled:
+            # a cancelled receipt leaves nothing fiscalized behind
+            return ["0", str(last.number), "0", "0.00", "0.00"]
+        return ["0", str(last.number), str(len(last.lines)), str(last.amount), str(last.paid)]
+
+    def _last_document(self, params: list[str]) -> list[str]:
+        return [str(self.document_number)]
