@@ -1,0 +1,207 @@
+"""Summary tables behind the head-office reports.
+
+Every table here is a projection: kept up to date inside the ingest transaction by
+``central.reports.projections`` (additive upserts, one per key and batch) and
+rebuildable from the raw records with ``python -m central reports rebuild``.
+Money in integer minor units, quantities in thousandths, like the raw tables.
+
+Sales measures (the same columns on every sales table):
+``receipts`` distinct receipts of the group (for product rows: receipts holding the
+product), ``qty_milli``, ``revenue`` (line totals incl. VAT, after discounts),
+``vat`` (per line, half-up, see ``central.reports.money.vat_of``), ``discounts``,
+``cost`` (cost of goods sold at moving average cost); ``returns`` (customer return
+documents), ``returns_qty_milli``, ``returns_amount``, ``returns_vat``,
+``returns_cost`` the same for goods customers brought back.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from central.models.base import Base
+
+__all__ = [
+    "SALES_MEASURES",
+    "LastSellingPrice",
+    "PaymentsDaily",
+    "SalesBranchDaily",
+    "SalesCashierDaily",
+    "SalesHourly",
+    "SalesProductDaily",
+    "SalesProductDailyChain",
+    "ShiftPaymentTotals",
+    "ShiftTotals",
+    "StockMovementDaily",
+]
+
+SALES_MEASURES = (
+    "receipts",
+    "qty_milli",
+    "revenue",
+    "vat",
+    "discounts",
+    "cost",
+    "returns",
+    "returns_qty_milli",
+    "returns_amount",
+    "returns_vat",
+    "returns_cost",
+)
+
+
+def _amount() -> Mapped[int]:
+    return mapped_column(BigInteger, default=0, server_default="0")
+
+
+def _count() -> Mapped[int]:
+    return mapped_column(Integer, default=0, server_default="0")
+
+
+class _SalesMeasures:
+    receipts: Mapped[int] = _count()
+    qty_milli: Mapped[int] = _amount()
+    revenue: Mapped[int] = _amount()
+    vat: Mapped[int] = _amount()
+    discounts: Mapped[int] = _amount()
+    cost: Mapped[int] = _amount()
+    returns: Mapped[int] = _count()
+    returns_qty_milli: Mapped[int] = _amount()
+    returns_amount: Mapped[int] = _amount()
+    returns_vat: Mapped[int] = _amount()
+    returns_cost: Mapped[int] = _amount()
+
+
+class SalesBranchDaily(_SalesMeasures, Base):
+    """Per branch and local day: the morning report's rows."""
+
+    __tablename__ = "rpt_sales_branch_daily"
+    __table_args__ = (Index("ix_rpt_sales_branch_daily_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+
+
+class SalesHourly(_SalesMeasures, Base):
+    """Per branch, local day and local hour (0-23) of the receipt."""
+
+    __tablename__ = "rpt_sales_hourly"
+    __table_args__ = (Index("ix_rpt_sales_hourly_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class SalesCashierDaily(_SalesMeasures, Base):
+    """Per branch, local day and cashier, with the loss-prevention counters."""
+
+    __tablename__ = "rpt_sales_cashier_daily"
+    __table_args__ = (Index("ix_rpt_sales_cashier_daily_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    cashier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    voided_lines: Mapped[int] = _count()
+    manual_discount_lines: Mapped[int] = _count()
+    manual_discount_amount: Mapped[int] = _amount()
+
+
+class SalesProductDaily(_SalesMeasures, Base):
+    """Per branch, local day and product."""
+
+    __tablename__ = "rpt_sales_product_daily"
+    __table_args__ = (Index("ix_rpt_sales_product_daily_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class SalesProductDailyChain(_SalesMeasures, Base):
+    """Per local day and product over the whole chain (chain-wide product reports
+    read ~100x fewer rows than from the per-branch table)."""
+
+    __tablename__ = "rpt_sales_product_daily_chain"
+
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class PaymentsDaily(Base):
+    """Per branch, local day and payment type. Cash is net of the change handed back,
+    so the amounts of a day add up to its revenue."""
+
+    __tablename__ = "rpt_payments_daily"
+    __table_args__ = (Index("ix_rpt_payments_daily_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    payment_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    receipts: Mapped[int] = _count()
+    amount: Mapped[int] = _amount()
+    refunds: Mapped[int] = _count()
+    refunds_amount: Mapped[int] = _amount()
+
+
+class StockMovementDaily(Base):
+    """The stock ledger summed per branch, local day, product and kind of movement
+    (its ``doc_type``: goods_receipt, transfer_in, transfer_out, sale, customer_return,
+    supplier_return, write_off, stocktake); write-offs also per reason. Quantities and
+    cost values are signed (+ in, - out), so opening + movements = closing."""
+
+    __tablename__ = "rpt_stock_movement_daily"
+    __table_args__ = (Index("ix_rpt_stock_movement_daily_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    local_date: Mapped[date] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    movement: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Write-off reason; "" for every other movement.
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
+    qty_milli: Mapped[int] = _amount()
+    cost_value: Mapped[int] = _amount()
+
+
+class LastSellingPrice(Base):
+    """The latest unit price each branch sold each product at: stock on hand is valued
+    at retail with it (what the shelf price was when the product last sold)."""
+
+    __tablename__ = "rpt_last_selling_price"
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unit_price: Mapped[int] = _amount()
+    sold_at: Mapped[datetime] = mapped_column()
+
+
+class ShiftTotals(Base):
+    """Per shift: what its receipts and returns recorded (the Z report's other side;
+    the closing's own figures are on ``shifts``)."""
+
+    __tablename__ = "rpt_shifts"
+    __table_args__ = (Index("ix_rpt_shifts_local_date", "local_date"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shift_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    till: Mapped[str] = mapped_column(String(32), default="")
+    # Local day of the shift's earliest receipt or return.
+    local_date: Mapped[date] = mapped_column()
+    receipts: Mapped[int] = _count()
+    sales: Mapped[int] = _amount()
+    returns: Mapped[int] = _count()
+    returns_total: Mapped[int] = _amount()
+
+
+class ShiftPaymentTotals(Base):
+    """Per shift and payment type: recorded payments (cash net of change) and refunds."""
+
+    __tablename__ = "rpt_shift_payments"
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shift_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payment_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    amount: Mapped[int] = _amount()
+    refunds: Mapped[int] = _amount()

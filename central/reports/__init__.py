@@ -1,0 +1,1 @@
+"""Head-office reports: summary-table projections, report queries, CSV output."""

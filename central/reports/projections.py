@@ -1,0 +1,459 @@
+"""Summary-table projections, applied inside the ingest batch's transaction.
+
+One batch handler sums the contributions of every new event of the batch in Python
+(:class:`SummaryDelta`), then writes one additive upsert per summary row
+(``x = x + excluded.x``), tables in a fixed order and keys sorted, so two ingest
+workers touching the same rows only wait on each other's row locks and never
+deadlock. It runs in the batch's transaction: an event and its summary
+contribution are stored exactly once, together.
+
+Costs come from the stock ledger (``stock_ledger``, moving average cost), which the
+stock handlers append in the same transaction: at flush time the ledger rows of the
+batch's events are read once and filed into the movement and margin columns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, and_, case, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.models.reports import (
+    LastSellingPrice,
+    PaymentsDaily,
+    SalesBranchDaily,
+    SalesCashierDaily,
+    SalesHourly,
+    SalesProductDaily,
+    SalesProductDailyChain,
+    ShiftPaymentTotals,
+    ShiftTotals,
+    StockMovementDaily,
+)
+from central.models.stock import StockMovement
+from central.reports.money import vat_of
+from protocol.events import (
+    CustomerReturnRecorded,
+    EventEnvelope,
+    Payment,
+    ReceiptRecorded,
+    StockDocumentPosted,
+)
+
+__all__ = [
+    "SummaryDelta",
+    "cash_net_of_change",
+    "flush_delta",
+    "local_hour",
+    "project_summaries",
+    "upsert_additive",
+]
+
+
+def _t(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+# Order in which tables are written (and so locked): the same in every worker.
+_TABLE_ORDER: tuple[Table, ...] = tuple(
+    _t(m)
+    for m in (
+        SalesBranchDaily,
+        SalesHourly,
+        SalesCashierDaily,
+        SalesProductDaily,
+        SalesProductDailyChain,
+        PaymentsDaily,
+        StockMovementDaily,
+        ShiftTotals,
+        ShiftPaymentTotals,
+    )
+)
+
+
+def _pk(table: Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.primary_key.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class _SaleKeys:
+    """Where the cost of one sale or return event is filed."""
+
+    returned: bool
+    branch: str
+    local_date: date
+    hour: int
+    cashier: str
+
+
+@dataclass(slots=True)
+class SummaryDelta:
+    """Contributions of a set of events to the summary tables, not yet written."""
+
+    # table name -> primary key -> column -> amount to add
+    add: dict[str, dict[tuple[Any, ...], dict[str, int]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    # (branch, sku) -> (sold_at, unit price) of the latest sale seen
+    last_price: dict[tuple[str, str], tuple[datetime, int]] = field(default_factory=dict)
+    # (branch, shift) -> (till, earliest local day)
+    shifts: dict[tuple[str, str], tuple[str, date]] = field(default_factory=dict)
+    # Events whose ledger rows are filed at flush time: sales, returns, stock documents.
+    sale_events: dict[uuid.UUID, _SaleKeys] = field(default_factory=dict)
+    # event id -> write-off reason (every stock-moving event is listed, reason or "").
+    ledger_events: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    def bump(self, table: Table, key: tuple[Any, ...], **amounts: int) -> None:
+        row = self.add[table.name].get(key)
+        if row is None:
+            self.add[table.name][key] = dict(amounts)
+            return
+        for name, value in amounts.items():
+            row[name] = row.get(name, 0) + value
+
+    def is_empty(self) -> bool:
+        return not (self.add or self.last_price or self.shifts or self.ledger_events)
+
+    # --- what each event contributes ---------------------------------------------
+
+    def add_event(self, envelope: EventEnvelope, local_date: date) -> None:
+        body = envelope.body
+        if isinstance(body, ReceiptRecorded):
+            self.receipt(
+                envelope.event_id,
+                envelope.branch,
+                local_date,
+                envelope.occurred_at,
+                envelope.utc_offset_min,
+                body,
+            )
+        elif isinstance(body, CustomerReturnRecorded):
+            self.customer_return(
+                envelope.event_id,
+                envelope.branch,
+                local_date,
+                envelope.occurred_at,
+                envelope.utc_offset_min,
+                body,
+            )
+        elif isinstance(body, StockDocumentPosted):
+            self.stock_document(envelope.event_id, body)
+
+    def receipt(
+        self,
+        event_id: uuid.UUID,
+        branch: str,
+        local_date: date,
+        occurred_at: datetime,
+        utc_offset_min: int,
+        body: ReceiptRecorded,
+    ) -> None:
+        hour = local_hour(occurred_at, utc_offset_min)
+        per_sku = _per_sku(body)
+        totals = {
+            "receipts": 1,
+            "qty_milli": sum(a["qty_milli"] for a in per_sku.values()),
+            "revenue": sum(a["revenue"] for a in per_sku.values()),
+            "vat": sum(a["vat"] for a in per_sku.values()),
+            "discounts": sum(a["discounts"] for a in per_sku.values()),
+        }
+        self.bump(_t(SalesBranchDaily), (branch, local_date), **totals)
+        self.bump(_t(SalesHourly), (branch, local_date, hour), **totals)
+        manual = [line for line in body.lines if line.manual_discount]
+        self.bump(
+            _t(SalesCashierDaily),
+            (branch, local_date, body.cashier),
+            **totals,
+            voided_lines=body.voided_lines,
+            manual_discount_lines=len(manual),
+            manual_discount_amount=sum(line.discount for line in manual),
+        )
+        for sku, amounts in per_sku.items():
+            self.bump(_t(SalesProductDaily), (branch, local_date, sku), receipts=1, **amounts)
+            self.bump(_t(SalesProductDailyChain), (local_date, sku), receipts=1, **amounts)
+        for line in body.lines:
+            key = (branch, line.sku)
+            candidate = (occurred_at, line.unit_price)
+            # Latest sale wins; ties go to the higher price, so any arrival order agrees.
+            seen = self.last_price.get(key)
+            if seen is None or candidate > seen:
+                self.last_price[key] = candidate
+        for payment_type, amount in cash_net_of_change(body.payments, body.change).items():
+            self.bump(
+                _t(PaymentsDaily), (branch, local_date, payment_type), receipts=1, amount=amount
+            )
+            self.bump(_t(ShiftPaymentTotals), (branch, body.shift_id, payment_type), amount=amount)
+        self.bump(_t(ShiftTotals), (branch, body.shift_id), receipts=1, sales=totals["revenue"])
+        self._shift_seen(branch, body.shift_id, body.till, local_date)
+        self.sale_events[event_id] = _SaleKeys(False, branch, local_date, hour, body.cashier)
+        self.ledger_events[event_id] = ""
+
+    def customer_return(
+        self,
+        event_id: uuid.UUID,
+        branch: str,
+        local_date: date,
+        occurred_at: datetime,
+        utc_offset_min: int,
+        body: CustomerReturnRecorded,
+    ) -> None:
+        hour = local_hour(occurred_at, utc_offset_min)
+        per_sku = _per_sku(body)
+        totals = {
+            "returns": 1,
+            "returns_qty_milli": sum(a["qty_milli"] for a in per_sku.values()),
+            "returns_amount": sum(a["revenue"] for a in per_sku.values()),
+            "returns_vat": sum(a["vat"] for a in per_sku.values()),
+        }
+        self.bump(_t(SalesBranchDaily), (branch, local_date), **totals)
+        self.bump(_t(SalesHourly), (branch, local_date, hour), **totals)
+        self.bump(_t(SalesCashierDaily), (branch, local_date, body.cashier), **totals)
+        for sku, amounts in per_sku.items():
+            product = {
+                "returns": 1,
+                "returns_qty_milli": amounts["qty_milli"],
+                "returns_amount": amounts["revenue"],
+                "returns_vat": amounts["vat"],
+            }
+            self.bump(_t(SalesProductDaily), (branch, local_date, sku), **product)
+            self.bump(_t(SalesProductDailyChain), (local_date, sku), **product)
+        for refund in body.refunds:
+            self.bump(
+                _t(PaymentsDaily),
+                (branch, local_date, refund.type),
+                refunds=1,
+                refunds_amount=refund.amount,
+            )
+            self.bump(
+                _t(ShiftPaymentTotals), (branch, body.shift_id, refund.type), refunds=refund.amount
+            )
+        self.bump(
+            _t(ShiftTotals),
+            (branch, body.shift_id),
+            returns=1,
+            returns_total=totals["returns_amount"],
+        )
+        self._shift_seen(branch, body.shift_id, body.till, local_date)
+        self.sale_events[event_id] = _SaleKeys(True, branch, local_date, hour, body.cashier)
+        self.ledger_events[event_id] = ""
+
+    def stock_document(self, event_id: uuid.UUID, body: StockDocumentPosted) -> None:
+        reason = (body.reason or "") if body.doc_type == "write_off" else ""
+        self.ledger_events[event_id] = reason[:64]
+
+    def _shift_seen(self, branch: str, shift_id: str, till: str, local_date: date) -> None:
+        seen = self.shifts.get((branch, shift_id))
+        if seen is None or local_date < seen[1]:
+            self.shifts[(branch, shift_id)] = (till, local_date)
+
+    # --- costs from the ledger ------------------------------------------------------
+
+    def file_ledger_rows(self, rows: Iterable[Any]) -> None:
+        """File ledger sums (event_id, branch, local_date, sku, doc_type, qty, value)."""
+        for row in rows:
+            reason = self.ledger_events.get(row.event_id, "")
+            self.bump(
+                _t(StockMovementDaily),
+                (row.branch, row.local_date, row.sku, row.doc_type, reason),
+                qty_milli=int(row.qty),
+                cost_value=int(row.value),
+            )
+            keys = self.sale_events.get(row.event_id)
+            if keys is None:
+                continue
+            # Outgoing sale value is negative in the ledger; cost of goods sold is positive.
+            column = "returns_cost" if keys.returned else "cost"
+            amount = int(row.value) if keys.returned else -int(row.value)
+            date_key = keys.local_date
+            self.bump(_t(SalesBranchDaily), (keys.branch, date_key), **{column: amount})
+            self.bump(_t(SalesHourly), (keys.branch, date_key, keys.hour), **{column: amount})
+            self.bump(
+                _t(SalesCashierDaily), (keys.branch, date_key, keys.cashier), **{column: amount}
+            )
+            self.bump(_t(SalesProductDaily), (keys.branch, date_key, row.sku), **{column: amount})
+            self.bump(_t(SalesProductDailyChain), (date_key, row.sku), **{column: amount})
+
+
+def cash_net_of_change(payments: Sequence[Payment], change: int) -> dict[str, int]:
+    """Amounts per payment type, the change taken off cash (else off the last payment),
+    so that they add up to what the customer paid for the goods."""
+    amounts: dict[str, int] = {}
+    if not payments:
+        return amounts
+    for payment in payments:
+        amounts[payment.type] = amounts.get(payment.type, 0) + payment.amount
+    if change:
+        payer = "cash" if "cash" in amounts else payments[-1].type
+        amounts[payer] = amounts.get(payer, 0) - change
+    return amounts
+
+
+def _per_sku(body: ReceiptRecorded | CustomerReturnRecorded) -> dict[str, dict[str, int]]:
+    per: dict[str, dict[str, int]] = {}
+    for line in body.lines:
+        amounts = per.setdefault(line.sku, {"qty_milli": 0, "revenue": 0, "vat": 0, "discounts": 0})
+        amounts["qty_milli"] += line.quantity_milli
+        amounts["revenue"] += line.line_total
+        amounts["vat"] += vat_of(line.line_total, line.vat_rate_bp)
+        amounts["discounts"] += line.discount
+    return per
+
+
+def local_hour(occurred_at: datetime, utc_offset_min: int) -> int:
+    """The hour (0-23) on the branch's clock."""
+    return (occurred_at + timedelta(minutes=utc_offset_min)).hour
+
+
+# --- ingestion hooks -------------------------------------------------------------------
+
+
+@register_batch_handler(ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted)
+async def project_summaries(
+    session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
+) -> None:
+    """One batch's contribution, written after central's own handlers (default stage),
+    so the stock ledger rows of the same events are there to take costs from."""
+    delta = SummaryDelta()
+    for ctx in contexts:
+        delta.add_event(ctx.envelope, ctx.local_date)
+    if not delta.is_empty():
+        await session.run_sync(flush_delta, delta)
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _ledger_rows(session: Session, event_ids: Sequence[uuid.UUID]) -> list[Any]:
+    m = StockMovement
+    rows: list[Any] = []
+    for start in range(0, len(event_ids), 1000):
+        part = event_ids[start : start + 1000]
+        rows.extend(
+            session.execute(
+                select(
+                    m.event_id,
+                    m.branch,
+                    m.local_date,
+                    m.sku,
+                    m.doc_type,
+                    func.sum(m.quantity_milli).label("qty"),
+                    func.sum(m.value).label("value"),
+                )
+                .where(m.event_id.in_(part))
+                .group_by(m.event_id, m.branch, m.local_date, m.sku, m.doc_type)
+            )
+        )
+    return rows
+
+
+def _insert(dialect: str, table: Table) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"summary upserts are not written for {dialect!r}")
+
+
+def upsert_additive(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    additive: Sequence[str] | None = None,
+    merge: Any = None,
+    chunk: int = 300,
+) -> None:
+    """INSERT rows, or add their ``additive`` amounts to the existing rows of the same
+    key; ``merge(excluded)`` gives the SET clauses of the other columns."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    keys = list(_pk(table))
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        # Every row of one statement must name the same columns.
+        columns = sorted({name for row in part for name in row})
+        values = [{name: row.get(name, 0) for name in columns} for row in part]
+        stmt = _insert(dialect, table).values(values)
+        excluded = stmt.excluded
+        names = additive if additive is not None else [c for c in columns if c not in keys]
+        set_: dict[str, Any] = {name: table.c[name] + excluded[name] for name in names}
+        if merge is not None:
+            set_.update(merge(table, excluded))
+        session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=set_))
+
+
+def _merge_shift(table: Table, excluded: Any) -> dict[str, Any]:
+    c = table.c
+    return {
+        "till": case((c.till == "", excluded.till), else_=c.till),
+        "local_date": case(
+            (excluded.local_date < c.local_date, excluded.local_date), else_=c.local_date
+        ),
+    }
+
+
+def _merge_price(table: Table, excluded: Any) -> dict[str, Any]:
+    c = table.c
+    newer = or_(
+        excluded.sold_at > c.sold_at,
+        and_(excluded.sold_at == c.sold_at, excluded.unit_price > c.unit_price),
+    )
+    return {
+        "unit_price": case((newer, excluded.unit_price), else_=c.unit_price),
+        "sold_at": case((newer, excluded.sold_at), else_=c.sold_at),
+    }
+
+
+def flush_delta(session: Session, delta: SummaryDelta) -> None:
+    """Write a delta: ledger costs first read, then every table in the fixed order."""
+    if delta.ledger_events:
+        delta.file_ledger_rows(_ledger_rows(session, sorted(delta.ledger_events)))
+    for table in _TABLE_ORDER:
+        rows = delta.add.get(table.name, {})
+        keys = _pk(table)
+        if table.name == ShiftTotals.__tablename__:
+            shift_keys = sorted(set(rows) | set(delta.shifts))
+            upsert_additive(
+                session,
+                table,
+                [
+                    {
+                        "branch": k[0],
+                        "shift_id": k[1],
+                        "till": delta.shifts[k][0],
+                        "local_date": delta.shifts[k][1],
+                        **rows.get(k, {}),
+                    }
+                    for k in shift_keys
+                ],
+                additive=("receipts", "sales", "returns", "returns_total"),
+                merge=_merge_shift,
+            )
+            continue
+        upsert_additive(
+            session,
+            table,
+            [dict(zip(keys, key, strict=True), **rows[key]) for key in sorted(rows)],
+        )
+    prices = delta.last_price
+    upsert_additive(
+        session,
+        _t(LastSellingPrice),
+        [
+            {"branch": k[0], "sku": k[1], "sold_at": prices[k][0], "unit_price": prices[k][1]}
+            for k in sorted(prices)
+        ],
+        additive=(),
+        merge=_merge_price,
+    )
