@@ -30,6 +30,8 @@ async def seed_demo_catalog(session: AsyncSession) -> int:
                 name=name,
                 unit=unit,
                 weighed=weighed,
+                # Label scales print weight-embedded codes 2 0 PPPPP WWWWW C with this PLU.
+                scale_plu=int(barcode[2:7]) if weighed else None,
                 vat_rate_bp=vat,
                 vat_group=group,
                 price=price,

@@ -1,0 +1,103 @@
+"""A store: an in-process agent whose till T1 has every device, each a simulator
+reached through a pyserial URL (pty pairs; the scale over socket:// because 7E1 line
+settings cannot be applied to a pty)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from devices.sim import SimulatorHandle, start_simulator, start_simulator_pty
+from devices.scanner import ean_check_digit
+from sqlalchemy import select
+
+from branch_agent.agent import Agent
+from branch_agent.models import OutboxEvent
+from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
+from protocol.codec import decode_envelope
+from protocol.events import EventEnvelope
+from tests.conftest import asgi_client
+
+TILL = {"Authorization": "Bearer till-1-secret"}
+TILL2 = {"Authorization": "Bearer till-2-secret"}
+MANAGER = {"Authorization": "Bearer manager-secret"}
+
+
+def embedded_code(plu: int, grams: int) -> str:
+    body = f"20{plu:05d}{grams:05d}"
+    return body + str(ean_check_digit(body))
+
+
+@dataclass
+class Store:
+    agent: Agent
+    client: httpx.AsyncClient
+    fiscal: SimulatorHandle
+    printer: SimulatorHandle
+    display: SimulatorHandle
+    scale: SimulatorHandle
+    scanner: SimulatorHandle
+
+    async def events(self, kind: str | None = None) -> list[EventEnvelope]:
+        async with self.agent.sessionmaker() as session:
+            query = select(OutboxEvent.payload).order_by(OutboxEvent.seq)
+            if kind:
+                query = query.where(OutboxEvent.kind == kind)
+            return [decode_envelope(p) for p in await session.scalars(query)]
+
+    async def sale(self, body: dict[str, Any], headers: dict[str, str] = TILL) -> Any:
+        return await self.client.post("/api/v1/sales", json=body, headers=headers)
+
+
+def store_settings(tmp_path: Path, handles: dict[str, SimulatorHandle], **extra: Any) -> Any:
+    values: dict[str, Any] = {
+        "branch": "B1",
+        "data_dir": str(tmp_path / "agent"),
+        # Nothing listens there: the store trades without central.
+        "nats_url": "nats://127.0.0.1:9",
+        "demo_catalog": True,
+        "manager_token": "manager-secret",
+        "timezone": "Europe/Berlin",
+        "fiscal_retry_interval_s": 3600.0,
+        "device_poll_interval_s": 3600.0,
+        "tills": (
+            TillConfig(
+                id="T1",
+                token="till-1-secret",
+                fiscal_printer=DeviceConfig(port=handles["fiscal"].url, protocol="datecs-x"),
+                receipt_printer=DeviceConfig(port=handles["printer"].url, protocol="escpos"),
+                display=DeviceConfig(port=handles["display"].url),
+                scale=DeviceConfig(port=handles["scale"].url, protocol="toledo-8217"),
+                scanner=DeviceConfig(port=handles["scanner"].url),
+            ),
+            TillConfig(id="T2", token="till-2-secret"),
+        ),
+    }
+    values.update(extra)
+    return AgentSettings(**values)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    handles = {
+        kind: start_simulator_pty(kind) for kind in ("fiscal", "printer", "display", "scanner")
+    }
+    handles["scale"] = start_simulator("scale")
+    agent = Agent(store_settings(tmp_path, handles))
+    try:
+        await agent.start()
+        async with asgi_client(agent.app) as client:
+            yield Store(agent, client, **handles)
+    finally:
+        await agent.stop()
+        for handle in handles.values():
+            handle.stop()
+
+
+def to_builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)

@@ -1,0 +1,249 @@
+"""Sales at a till with real drivers against device simulators over pty / socket URLs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from devices.fiscal_datecs import CMD_CLOSE_RECEIPT, CMD_SALE
+from sqlalchemy import func, select
+
+from branch_agent.models import OutboxEvent, Sale, StockMove
+from branch_agent.stock import balances
+from protocol.events import ReceiptRecorded
+from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store, embedded_code
+from tests.conftest import wait_until
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def basket(sale_id: str, *, cash: int = 1000, **extra: Any) -> dict[str, Any]:
+    return {
+        "sale_id": sale_id,
+        "cashier": "anna",
+        "lines": [
+            {"barcode": "4006381333931", "quantity": "2"},
+            {"sku": "APPLE-KG", "quantity": "0.754"},
+        ],
+        "payments": [{"type": "cash", "amount": cash}],
+        **extra,
+    }
+
+
+async def test_a_cash_sale_is_fiscalized_shown_and_opens_the_drawer(store: Store) -> None:
+    response = await store.sale(basket("s-1"))
+    assert response.status_code == 201, response.text
+    sale = response.json()
+    assert (sale["status"], sale["total"], sale["change"]) == ("fiscalized", 463, 537)
+    journal = store.fiscal.sim.receipts
+    assert len(journal) == 1
+    assert str(journal[0].number) == sale["fiscal_number"]
+    assert journal[0].amount == Decimal("4.63")
+    assert [line.quantity for line in journal[0].lines] == [Decimal("2.000"), Decimal("0.754")]
+    # The simulators take the bytes a moment after the driver wrote them.
+    await wait_until(lambda: _true("4.63" in store.display.sim.lines[0]), timeout=5)
+    await wait_until(lambda: _true(len(store.printer.sim.kicks) == 1), timeout=5)
+    (event,) = await store.events("receipt_recorded")
+    assert isinstance(event.body, ReceiptRecorded)
+    assert event.body.fiscal_number == sale["fiscal_number"]
+    async with store.agent.sessionmaker() as session:
+        assert await balances(session) == {"MILK-1L": -2000, "APPLE-KG": -754}
+    # The till did not hear back and posts again: the same receipt, nothing printed.
+    again = await store.sale(basket("s-1"))
+    assert again.status_code == 200
+    assert again.json()["fiscal_number"] == sale["fiscal_number"]
+    assert len(store.fiscal.sim.receipts) == 1
+    assert len(await store.events("receipt_recorded")) == 1
+
+
+async def test_a_card_sale_keeps_the_drawer_shut(store: Store) -> None:
+    body = basket("card-1") | {"payments": [{"type": "debit_card", "amount": 463}]}
+    response = await store.sale(body)
+    assert response.json()["status"] == "fiscalized"
+    assert store.printer.sim.kicks == []
+    assert store.fiscal.sim.receipts[0].payments == [(2, Decimal("4.63"))]
+
+
+async def test_paper_out_mid_receipt_leaves_the_sale_pending_then_prints_it_once(
+    store: Store,
+) -> None:
+    fiscal = store.fiscal.sim
+
+    def paper_runs_out(sim: Any) -> None:
+        sim.paper_end = True
+
+    # The paper ends as the second line is printed: the receipt stays open on the printer.
+    fiscal.at_command(CMD_SALE, paper_runs_out, nth=2)
+    response = await store.sale(basket("s-paper"))
+    assert response.status_code == 201
+    sale = response.json()
+    assert sale["status"] == "pending_fiscal"
+    assert sale["fiscal_number"] is None
+    assert "paper_end" in sale["fiscal_error"]
+    assert fiscal.receipts == []
+    # Durable and visible, but not sent up until it has its fiscal number.
+    assert await store.events("receipt_recorded") == []
+    pending = await store.client.get("/api/v1/sales/pending", headers=TILL)
+    assert [s["sale_id"] for s in pending.json()] == ["s-paper"]
+    status = (await store.client.get("/health/status")).json()
+    assert status["pending_fiscal"] == 1
+    fiscal_state = next(d for d in status["devices"] if d["device"] == "fiscal")
+    assert fiscal_state["state"] == "paper_end"
+    # A later sale queues behind it (receipts of a till go out in order).
+    later = await store.sale(basket("s-later"))
+    assert later.json()["status"] == "pending_fiscal"
+    assert fiscal.receipts == []
+
+    fiscal.paper_end = False
+    retried = await store.client.post("/api/v1/sales/fiscalize", headers=TILL)
+    assert retried.status_code == 200
+    assert retried.json() == []
+    assert len(fiscal.receipts) == 2
+    assert [r.amount for r in fiscal.receipts] == [Decimal("4.63"), Decimal("4.63")]
+    first = (await store.client.get("/api/v1/sales/s-paper", headers=TILL)).json()
+    assert first["status"] == "fiscalized"
+    assert first["fiscal_number"] == str(fiscal.receipts[0].number)
+    # Asking again prints nothing more.
+    await store.client.post("/api/v1/sales/fiscalize", headers=TILL)
+    await store.agent.fiscal.process_all()
+    assert len(fiscal.receipts) == 2
+    events = await store.events("receipt_recorded")
+    assert [e.body.sale_id for e in events] == ["s-paper", "s-later"]  # type: ignore[union-attr]
+
+
+async def test_a_lost_answer_to_close_is_reconciled_not_printed_again(store: Store) -> None:
+    store.fiscal.sim.lose_answers(CMD_CLOSE_RECEIPT, count=10)
+    response = await store.sale(basket("s-lost"))
+    assert response.status_code == 201
+    sale = response.json()
+    assert len(store.fiscal.sim.receipts) == 1
+    if sale["status"] == "pending_fiscal":
+        # The driver gave up before learning the outcome: the retry asks the printer.
+        await store.agent.fiscal.process_till("T1")
+        sale = (await store.client.get("/api/v1/sales/s-lost", headers=TILL)).json()
+    assert sale["status"] == "fiscalized"
+    assert sale["fiscal_number"] == str(store.fiscal.sim.receipts[0].number)
+    assert len(store.fiscal.sim.receipts) == 1
+
+
+async def test_a_printer_gone_for_good_is_completed_by_the_manager_unfiscalized(
+    store: Store,
+) -> None:
+    store.fiscal.stop()  # the printer is dead: its port is gone
+    response = await store.sale(basket("s-dead"))
+    assert response.json()["status"] == "pending_fiscal"
+    url = "/api/v1/manager/sales/T1/s-dead/complete-unfiscal"
+    assert (await store.client.post(url, json={"reason": "x"}, headers=TILL)).status_code == 401
+    done = await store.client.post(url, json={"reason": "printer broken"}, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "completed_unfiscal"
+    (event,) = await store.events("receipt_recorded")
+    assert event.body.fiscal_number is None  # type: ignore[union-attr]
+    again = await store.client.post(url, json={"reason": "printer broken"}, headers=MANAGER)
+    assert again.status_code == 409
+    assert len(await store.events("receipt_recorded")) == 1
+
+
+async def test_a_till_without_fiscal_printer_records_and_sends_at_commit(store: Store) -> None:
+    body = basket("t2-1") | {"payments": [{"type": "voucher", "amount": 463}]}
+    response = await store.sale(body, headers=TILL2)
+    assert response.status_code == 201
+    assert response.json()["status"] == "recorded"
+    assert response.json()["event_seq"] == 1
+    assert len(await store.events("receipt_recorded")) == 1
+
+
+async def test_weight_embedded_barcodes_and_the_scale(store: Store) -> None:
+    code = embedded_code(101, 754)
+    found = await store.client.get(f"/api/v1/products/by-barcode/{code}", headers=TILL)
+    assert found.status_code == 200, found.text
+    product = found.json()
+    assert (product["sku"], product["quantity"], product["amount"]) == ("APPLE-KG", "0.754", 225)
+    store.scale.sim.set_weight("1.250")
+    weight = await store.client.get("/api/v1/devices/scale/weight", headers=TILL)
+    assert weight.json()["quantity_milli"] == 1250
+    no_scale = await store.client.get("/api/v1/devices/scale/weight", headers=TILL2)
+    assert no_scale.status_code == 404
+    store.scale.sim.set_fault("motion")
+    moving = await store.client.get("/api/v1/devices/scale/weight", headers=TILL)
+    assert moving.status_code == 503
+    devices = (await store.client.get("/health/status")).json()["devices"]
+    assert next(d for d in devices if d["device"] == "scale")["state"] == "motion"
+    store.scale.sim.clear_faults()
+    body = {
+        "sale_id": "w-1",
+        "lines": [{"barcode": code}, {"sku": "CHEESE-KG", "quantity": "1.250"}],
+        "payments": [{"type": "cash", "amount": 2000}],
+    }
+    sale = (await store.sale(body)).json()
+    assert [line["quantity"] for line in sale["lines"]] == ["0.754", "1.250"]
+    assert sale["total"] == 225 + 1613  # 1.25 x 12.90 = 16.125 -> 16.13
+    search = await store.client.get("/api/v1/products", params={"q": "chees"}, headers=TILL)
+    assert [p["sku"] for p in search.json()] == ["CHEESE-KG"]
+
+
+async def test_a_scanned_code_reaches_the_till(store: Store) -> None:
+    store.scanner.sim.scan("4006381333931", split=4)
+    scanned = await store.client.get(
+        "/api/v1/devices/scanner/next", params={"wait_s": 5}, headers=TILL
+    )
+    assert scanned.status_code == 200, scanned.text
+    assert scanned.json()["sku"] == "MILK-1L"
+
+
+async def test_bad_sales_get_a_clear_problem_and_record_nothing(store: Store) -> None:
+    cases = [
+        (basket("x1") | {"lines": [{"barcode": "4006381333932"}]}, "lines[0].barcode"),
+        (basket("x2") | {"lines": [{"barcode": "0000000000017"}]}, "lines[0].barcode"),
+        (basket("x3") | {"lines": [{"sku": "MILK-1L", "quantity": "-1"}]}, "lines[0].quantity"),
+        (basket("x4") | {"expected_total": 464}, "expected_total"),
+        (basket("x5", cash=462), "payments"),
+        (basket("x6") | {"payments": [{"type": "voucher", "amount": 463}]}, "payments[0].type"),
+        (
+            basket("x7") | {"lines": [{"barcode": embedded_code(101, 754), "quantity": "1"}]},
+            "lines[0].quantity",
+        ),
+        (basket("x8") | {"lines": [{"sku": "MILK-1L", "quantity": "0"}]}, "lines[0].quantity"),
+    ]
+    for body, field in cases:
+        response = await store.sale(body)
+        assert response.status_code == 422, (field, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == field
+    unauthenticated = await store.client.post("/api/v1/sales", json=basket("x9"))
+    assert unauthenticated.status_code == 401
+    async with store.agent.sessionmaker() as session:
+        for model in (Sale, OutboxEvent, StockMove):
+            assert await session.scalar(select(func.count()).select_from(model)) == 0
+    assert store.fiscal.sim.receipts == []
+
+
+async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> None:
+    assert (await store.sale(basket("before-full"))).status_code == 201
+    engine = store.agent.engine
+    async with engine.connect() as connection:
+        pages = (await connection.exec_driver_sql("PRAGMA page_count")).scalar_one()
+
+    from sqlalchemy import event
+
+    def cap(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.cursor().execute(f"PRAGMA max_page_count = {pages}")
+
+    event.listen(engine.sync_engine, "connect", cap)
+    await engine.dispose()  # every new connection gets the cap: the "disk" is full
+    big = basket("too-much") | {
+        "cashier": "x" * 60,
+        "lines": [{"sku": "MILK-1L", "quantity": "1"}] * 400,
+        "payments": [{"type": "cash", "amount": 100000}],
+    }
+    refused = await store.sale(big)
+    assert refused.status_code == 507, refused.text
+    assert refused.json()["title"] == "Storage full"
+    event.remove(engine.sync_engine, "connect", cap)
+    await engine.dispose()
+    kept = await store.client.get("/api/v1/sales/before-full", headers=TILL)
+    assert kept.json()["status"] == "fiscalized"
+    async with store.agent.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Sale)) == 1
