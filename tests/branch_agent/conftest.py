@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from devices.sim import SimulatorHandle, start_simulator, start_simulator_pty
-from devices.scanner import ean_check_digit
 from sqlalchemy import select
 
 from branch_agent.agent import Agent
 from branch_agent.models import OutboxEvent
 from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
+from devices.scanner import ean_check_digit
+from devices.sim import SimulatorHandle, start_simulator, start_simulator_pty
 from protocol.codec import decode_envelope
 from protocol.events import EventEnvelope
 from tests.conftest import asgi_client

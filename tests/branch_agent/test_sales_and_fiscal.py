@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from devices.fiscal_datecs import CMD_CLOSE_RECEIPT, CMD_SALE
 from sqlalchemy import func, select
 
 from branch_agent.models import OutboxEvent, Sale, StockMove
 from branch_agent.stock import balances
+from devices.fiscal_datecs import CMD_CLOSE_RECEIPT, CMD_SALE
 from protocol.events import ReceiptRecorded
 from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store, embedded_code
 from tests.conftest import wait_until
