@@ -529,6 +529,10 @@ class ReportResult:
 # ---------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------
+class _Mismatch(Exception):
+    """The open receipt is not what the commands sent so far should have made."""
+
+
 class _Transport(Exception):
     """Outcome of one command unknown: no answer, link lost, or unreadable answers."""
 
@@ -584,6 +588,7 @@ class DatecsFiscalPrinter:
         self.codepage = codepage
         self._seq = SEQ_MIN - 1
         self._inflight: tuple[FiscalReceipt, int] | None = None
+        self.last_exchange_uncertain = False
         self.last_status: FiscalStatus | None = None
 
     def close(self) -> None:
@@ -638,6 +643,9 @@ class DatecsFiscalPrinter:
         seq = self._next_seq()
         frame = build_request(seq, cmd, data)
         last_error: DeviceError = DeviceError(Condition.NO_ANSWER)
+        # a resend after a lost answer may be executed twice by a printer that lost its
+        # SEQ memory (power cycle); callers check the effect when this is set
+        self.last_exchange_uncertain = False
         with self.port.lock:
             for _attempt in range(self.resends + 1):
                 try:
@@ -650,6 +658,7 @@ class DatecsFiscalPrinter:
                     if exc.condition == Condition.LINK_LOST:
                         time.sleep(self.reopen_delay)
                     last_error = exc
+                    self.last_exchange_uncertain = True
                     continue
                 if isinstance(got, Answer):
                     return got
@@ -772,7 +781,17 @@ class DatecsFiscalPrinter:
 
     # -- receipts --------------------------------------------------------------------------
     def print_receipt(self, receipt: FiscalReceipt) -> FiscalResult:
-        """Print and fiscalize ``receipt`` exactly once (see the module docstring)."""
+        """Print and fiscalize ``receipt`` exactly once (see the module docstring).
+
+        Raises ``FiscalError`` (with ``previous_receipt_number``) when the receipt could
+        not be printed or its outcome could not be established; calling again with the
+        same receipt (and that hint) is safe."""
+        result = self._print_receipt(receipt)
+        # done: an equal receipt printed later is a new sale, not a retry of this one
+        self._inflight = None
+        return result
+
+    def _print_receipt(self, receipt: FiscalReceipt) -> FiscalResult:
         receipt.validate()
         total = receipt.total()
         previous = receipt.previous_receipt_number
@@ -793,6 +812,8 @@ class DatecsFiscalPrinter:
                 return self._reconcile(receipt, total, previous, ts)
             except _Transport as exc:
                 last_error = exc.error
+            except _Mismatch as exc:
+                last_error = FiscalError(Condition.UNKNOWN_STATE, str(exc))
             except FiscalError as exc:
                 if (
                     exc.condition in _TRANSPORT_CONDITIONS
@@ -881,7 +902,7 @@ class DatecsFiscalPrinter:
                     "I" if receipt.invoice else "",
                 ],
             )
-        for line in receipt.lines[lines_done:]:
+        for index, line in enumerate(receipt.lines[lines_done:], start=lines_done):
             kind, value = line.discount()
             self._command(
                 CMD_SALE,
@@ -895,6 +916,9 @@ class DatecsFiscalPrinter:
                     str(line.department),
                 ],
             )
+            if self.last_exchange_uncertain:
+                expected = sum((line_amount(li) for li in receipt.lines[: index + 1]), Decimal(0))
+                self._verify(index + 1, expected, Decimal(0))
         change = Decimal("0.00")
         paid_so_far = Decimal(0)
         for payment in receipt.payments:
@@ -911,6 +935,8 @@ class DatecsFiscalPrinter:
                 CMD_PAYMENT, [str(PAYMENT_MODES[payment.type]), format_amount(amount), ""]
             )
             paid_so_far += amount
+            if self.last_exchange_uncertain:
+                self._verify(len(receipt.lines), total, paid_so_far)
             if len(fields) >= 2 and fields[0] == "R":
                 change = Decimal(fields[1])
         fields = self._command(CMD_CLOSE_RECEIPT)
@@ -918,8 +944,16 @@ class DatecsFiscalPrinter:
             slip = int(fields[0])
         except (IndexError, ValueError) as exc:
             raise FiscalError(Condition.BAD_FRAME, f"bad close answer {fields!r}") from exc
-        self._inflight = None
         return FiscalResult(slip, total, previous, reconciled=is_open, change=change)
+
+    def _verify(self, items: int, amount: Decimal, paid: Decimal) -> None:
+        """After a resent command, check the open receipt holds exactly what was sent."""
+        ts = self.transaction_status()
+        if ts.is_open != 1 or ts.items != items or ts.amount != amount or ts.paid != paid:
+            raise _Mismatch(
+                f"open receipt has {ts.items} items, {ts.amount} due, {ts.paid} paid;"
+                f" expected {items}, {amount}, {paid}"
+            )
 
     def subtotal(self) -> Decimal:
         """Subtotal of the open receipt (0x33), printed."""

@@ -24,6 +24,7 @@ what went wrong from the status bits, not from the codes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -295,6 +296,8 @@ class FiscalSimulator(DeviceSimulator):
         data = encode_params(params)
         answer = build_answer(request.seq, request.cmd, data, self.status_bytes())
         self.last_seq, self.last_answer, self.last_cmd = request.seq, answer, request.cmd
+        if time.monotonic() < self.deaf_until:
+            return []  # a hook cut the power after the command was executed
         return self._send(request.cmd, answer, self._slow.pop(request.cmd, 0.0))
 
     def _send(self, cmd: int, answer: bytes, busy: float) -> list[Emit]:
