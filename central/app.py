@@ -10,11 +10,16 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.audit import AuditController
+from central.api.branches import BranchController
 from central.api.health import HealthController
 from central.api.problems import exception_handlers
 from central.api.receipts import DeadLetterController, ReceiptController
+from central.api.users import UserController
+from central.auth import ApiAuthMiddleware, authorize
 from central.runtime import CentralRuntime
 from central.settings import CentralSettings
 
@@ -38,7 +43,18 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
                 await rt.stop()
 
     return Litestar(
-        route_handlers=[HealthController, ReceiptController, DeadLetterController],
+        route_handlers=[
+            HealthController,
+            ReceiptController,
+            DeadLetterController,
+            UserController,
+            AuditController,
+            BranchController,
+        ],
+        # Every route: a bearer token (401), then the role its group requires (403);
+        # see central/auth/roles.py and README "Security".
+        middleware=[ApiAuthMiddleware()],
+        guards=[authorize],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "db_session": Provide(_provide_session),
@@ -54,6 +70,10 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
             description="Assortment, prices and the consolidated records of every branch.",
             path="/docs",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
         ),
         debug=False,
     )

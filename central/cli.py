@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from central.settings import CentralSettings, load_settings
@@ -39,7 +41,12 @@ def _serve(settings: CentralSettings) -> None:
         host=settings.http_host,
         port=settings.http_port,
         log_level="info",
-        timeout_keep_alive=15,
+        timeout_keep_alive=settings.http_timeout_keep_alive_s,
+        # HTTPS when configured (README "Security"); bounded concurrency and headers.
+        ssl_certfile=settings.http_tls_cert or None,
+        ssl_keyfile=settings.http_tls_key or None,
+        limit_concurrency=1000,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 
@@ -58,28 +65,127 @@ async def _ingest(settings: CentralSettings, workers: int) -> None:
 
 
 async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> int:
+    """Register a branch and print its NATS credentials (a .creds file) as JSON."""
     from central.db import create_engine, create_sessionmaker
     from central.errors import DomainError
-    from central.services.branches import add_branch
+    from central.services.nats_auth import issuer_for, register_branch, write_branch_creds
 
+    issuer = issuer_for(settings)
     engine = create_engine(settings.database_url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
-            branch = await add_branch(
+            reg = await register_branch(
                 session,
+                issuer,
                 code=args.code,
                 name=args.name or args.code,
                 timezone=args.timezone,
                 format_code=args.format,
                 price_zone=args.zone,
             )
-        _print({"branch": branch.code, "name": branch.name, "timezone": branch.timezone})
+        creds_file = write_branch_creds(issuer, reg.branch.code, reg.user)
+        _print(
+            {
+                "branch": reg.branch.code,
+                "name": reg.branch.name,
+                "timezone": reg.branch.timezone,
+                "nats_url": _branch_nats_url(settings),
+                "creds_file": str(creds_file.resolve()),
+            }
+        )
         return 0
     except DomainError as exc:
         _print({"error": exc.detail, "field": exc.field})
         return 1
     finally:
         await engine.dispose()
+
+
+def _branch_nats_url(settings: CentralSettings) -> str:
+    return settings.nats_public_url or settings.nats_url or "nats://127.0.0.1:4222"
+
+
+async def _branches_revoke(settings: CentralSettings, args: argparse.Namespace) -> int:
+    from central.db import create_engine, create_sessionmaker
+    from central.errors import DomainError
+    from central.services.nats_auth import (
+        client_tls_options,
+        issuer_for,
+        push_account_jwt,
+        revoke_branch,
+    )
+
+    issuer = issuer_for(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            account_jwt = await revoke_branch(session, issuer, args.code)
+        pushed = await push_account_jwt(
+            issuer, _branch_nats_url(settings), account_jwt, **client_tls_options(settings)
+        )
+        _print({"branch": args.code, "revoked": True, "pushed_to_nats": pushed})
+        return 0
+    except DomainError as exc:
+        _print({"error": exc.detail, "field": exc.field})
+        return 1
+    finally:
+        await engine.dispose()
+
+
+async def _users(settings: CentralSettings, args: argparse.Namespace) -> int:
+    """``users add|token|revoke|list``: a token is printed once, never stored."""
+    from central.db import create_engine, create_sessionmaker
+    from central.errors import DomainError
+    from central.services import users
+
+    days = args.expires_in_days if hasattr(args, "expires_in_days") else None
+    if days is None:
+        days = settings.api_token_ttl_days or None
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            if args.users_command == "add":
+                issued = await users.create_user(
+                    session, name=args.name, role=args.role, expires_in_days=days
+                )
+            elif args.users_command == "token":
+                issued = await users.issue_token(session, name=args.name, expires_in_days=days)
+            elif args.users_command == "revoke":
+                user = await users.revoke_user(session, name=args.name)
+                _print({"user": user.name, "revoked_at": user.revoked_at})
+                return 0
+            else:
+                rows, _total = await users.list_users(session, limit=10000)
+                for row in rows:
+                    _print({"user": row.name, "role": row.role, "revoked_at": row.revoked_at})
+                return 0
+        _print(
+            {
+                "user": issued.user.name,
+                "role": issued.user.role,
+                "token": issued.token,
+                "expires_at": issued.expires_at,
+            }
+        )
+        return 0
+    except DomainError as exc:
+        _print({"error": exc.detail, "field": exc.field})
+        return 1
+    finally:
+        await engine.dispose()
+
+
+def _nats_server_config(settings: CentralSettings, resolver_dir: str) -> None:
+    """The operator/resolver block to put into the config of production nats-servers."""
+    from central.services.nats_auth import issuer_for
+
+    issuer = issuer_for(settings)
+    print(issuer.server_config(Path(resolver_dir)))
+    print(f"# central's credentials: {issuer.central_creds_file().resolve()}", file=sys.stderr)
+
+
+# Written by `make run` (central demo); the admin commands use it when no config is given.
+DEMO_SETTINGS = Path("var/demo/central.toml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--timezone", default="UTC")
     add.add_argument("--format", default=None, help="store format, e.g. minimarket")
     add.add_argument("--zone", default=None, help="price zone")
+    revoke = br_sub.add_parser("revoke", help="revoke a branch (NATS and central refuse it)")
+    revoke.add_argument("code")
+
+    users = sub.add_parser("users", help="API users and tokens")
+    us_sub = users.add_subparsers(dest="users_command", required=True)
+    uadd = us_sub.add_parser("add", help="create a user and print its token once")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", required=True, choices=["admin", "merchandiser", "analyst"])
+    uadd.add_argument("--expires-in-days", type=int, default=None)
+    utok = us_sub.add_parser("token", help="print one more token of a user")
+    utok.add_argument("name")
+    utok.add_argument("--expires-in-days", type=int, default=None)
+    urev = us_sub.add_parser("revoke", help="revoke a user and all its tokens")
+    urev.add_argument("name")
+    us_sub.add_parser("list", help="list users")
+
+    nats_cmd = sub.add_parser("nats", help="NATS auth of the servers")
+    nats_sub = nats_cmd.add_subparsers(dest="nats_command", required=True)
+    conf = nats_sub.add_parser("server-config", help="print the operator/resolver config block")
+    conf.add_argument("--resolver-dir", default="/var/lib/nats/resolver")
     return parser
 
 
@@ -118,12 +244,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from pathlib import Path
-
         from central.demo import run_demo
 
         sys.exit(run_demo(Path(args.data_dir), http_port=args.port))
-    settings = load_settings(args.config)
+    config = args.config
+    if (
+        config is None
+        and args.command in ("branches", "users", "nats")
+        and "BACKROOM_CENTRAL_CONFIG" not in os.environ
+        and DEMO_SETTINGS.exists()
+    ):
+        # Run from the project root while `make run` is up: administer that chain.
+        config = str(DEMO_SETTINGS)
+    settings = load_settings(config)
     code = 0
     if args.command == "db":
         asyncio.run(_db_upgrade(settings, args.revision))
@@ -131,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _serve(settings)
     elif args.command == "ingest":
         asyncio.run(_ingest(settings, args.workers))
+    elif args.command == "branches" and args.branches_command == "revoke":
+        code = asyncio.run(_branches_revoke(settings, args))
     elif args.command == "branches":
         code = asyncio.run(_branches_add(settings, args))
+    elif args.command == "users":
+        code = asyncio.run(_users(settings, args))
+    elif args.command == "nats":
+        _nats_server_config(settings, args.resolver_dir)
     sys.exit(code)

@@ -48,7 +48,8 @@ class EmbeddedNats:
     """One nats-server process; a context manager that starts and stops it.
 
     ``extra_config`` is appended to the generated config (authorization,
-    operator/resolver blocks, TLS). ``sync_always`` makes JetStream fsync every
+    operator/resolver blocks: ``central.sync.nats_auth.NatsIssuer.server_config``);
+    ``tls`` adds a ``tls {}`` block. ``sync_always`` makes JetStream fsync every
     write, so an acknowledged message survives an OS crash of this single node.
     """
 
@@ -62,6 +63,7 @@ class EmbeddedNats:
         sync_always: bool = False,
         max_payload: int = 1024 * 1024,
         log_file: Path | None = None,
+        tls: dict[str, str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
@@ -70,11 +72,14 @@ class EmbeddedNats:
         self.sync_always = sync_always
         self.max_payload = max_payload
         self.log_file = log_file or self.store_dir / "nats-server.log"
+        # cert_file, key_file and optionally ca_file (then clients must present a cert).
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        scheme = "tls" if self.tls else "nats"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -102,6 +107,11 @@ class EmbeddedNats:
         if self.monitor_port is not None:
             lines.append(f"http: 127.0.0.1:{self.monitor_port}")
         lines.append(f'log_file: "{self.log_file}"')
+        if self.tls:
+            tls_lines = [f'  {key}: "{value}"' for key, value in self.tls.items()]
+            if "ca_file" in self.tls:
+                tls_lines.append("  verify: true")
+            lines += ["tls {", *tls_lines, "  timeout: 2", "}"]
         lines.append(self.extra_config)
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.ingest.worker import IngestWorker
+from central.services.masterdata_publisher import MasterDataPublisher
 from central.models import Branch
 from central.settings import CentralSettings
 from central.sync.jetstream import (
@@ -43,9 +44,12 @@ class CentralRuntime:
         self.js: JetStreamContext | None = None
         self.embedded_nats: EmbeddedNats | None = None
         self.workers: list[IngestWorker] = []
+        # Publishes committed master-data changes to the down stream (outbox-driven).
+        self.publisher = MasterDataPublisher(self.sessionmaker)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.nats_ready = asyncio.Event()
+        self._nats_creds = settings.nats_creds
 
     @property
     def nats_url(self) -> str:
@@ -56,13 +60,26 @@ class CentralRuntime:
 
     async def start(self, *, ingest_workers: int) -> None:
         if not self.settings.nats_url:
-            self.embedded_nats = EmbeddedNats(self.settings.data_path / "nats", port=4222)
+            from central.services.nats_auth import embedded_nats_server
+
+            # The embedded server runs with central's issuer auth on, never open.
+            self.embedded_nats, creds = embedded_nats_server(
+                self.settings, self.settings.data_path / "nats", port=4222
+            )
+            self._nats_creds = str(creds)
             await asyncio.to_thread(self.embedded_nats.start)
         # Connecting blocks until a server answers: never on the request path.
         self._tasks.append(asyncio.create_task(self._connect_and_ingest(ingest_workers)))
 
     async def _connect_and_ingest(self, ingest_workers: int) -> None:
-        self.nc = await connect(self.nats_url, creds=self.settings.nats_creds, name="central")
+        from central.services.nats_auth import client_tls_options
+
+        self.nc = await connect(
+            self.nats_url,
+            creds=self._nats_creds,
+            name="central",
+            **client_tls_options(self.settings),
+        )
         self.js = self.nc.jetstream()
         while not self._stop.is_set():
             try:
@@ -79,6 +96,7 @@ class CentralRuntime:
                 await asyncio.sleep(1.0)
         self.nats_ready.set()
         self._tasks.append(asyncio.create_task(self._keep_branch_consumers()))
+        self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
         for _ in range(ingest_workers):
             worker = IngestWorker(
                 self.sessionmaker,

@@ -37,6 +37,25 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_page_size: int = 1000
     db_pool_size: int = 10
     sql_echo: bool = False
+    # --- security (README "Security") ---
+    # Operator/account keys that sign NATS credentials; empty: <data_dir>/nats-issuer.
+    nats_issuer_dir: str = ""
+    # The NATS URL given to branches with their credentials; empty: nats_url.
+    nats_public_url: str = ""
+    # TLS to the NATS servers: CA bundle, and a client certificate if they verify clients.
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
+    # TLS of the embedded nats-server (when nats_url is empty).
+    nats_server_tls_cert: str = ""
+    nats_server_tls_key: str = ""
+    nats_max_payload: int = 1024 * 1024
+    # HTTPS of the API (uvicorn); both or neither.
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
+    http_timeout_keep_alive_s: int = 15
+    # Expiry of API tokens issued without an explicit one (0: no expiry).
+    api_token_ttl_days: int = 365
 
     @property
     def data_path(self) -> Path:

@@ -182,13 +182,48 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
         await agent.stop()
 
 
+async def create_api_token(runtime: Any, role: str, name: str | None = None) -> str:
+    """A new API user with ``role`` (admin, merchandiser, analyst); returns its bearer token."""
+    from central.services.users import create_user
+
+    async with runtime.sessionmaker() as session, session.begin():
+        issued = await create_user(
+            session, name=name or f"test-{role}-{uuid.uuid4().hex[:8]}", role=role
+        )
+    return issued.token
+
+
 @pytest.fixture
 async def central_client(central: Any) -> AsyncIterator[Any]:
-    """An HTTP client of the head-office API of ``central`` (authenticated once auth exists)."""
+    """An HTTP client of the head-office API of ``central``, authenticated as an admin."""
     from central.app import create_app
 
-    async with asgi_client(create_app(central.settings, runtime=central)) as client:
+    token = await create_api_token(central, "admin")
+    async with asgi_client(
+        create_app(central.settings, runtime=central),
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
         yield client
+
+
+@pytest.fixture
+async def client_as(central: Any) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Factory: ``await client_as("analyst")`` is an API client with a token of that role
+    (``await client_as(None)`` one without credentials); all are closed at the end."""
+    from contextlib import AsyncExitStack
+
+    from central.app import create_app
+
+    app = create_app(central.settings, runtime=central)
+    async with AsyncExitStack() as stack:
+
+        async def factory(role: str | None) -> Any:
+            headers = {}
+            if role is not None:
+                headers["Authorization"] = f"Bearer {await create_api_token(central, role)}"
+            return await stack.enter_async_context(asgi_client(app, headers=headers))
+
+        yield factory
 
 
 def asgi_client(app: Any, **kwargs: Any) -> Any:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from central.app import create_app
 from central.embedded_nats import EmbeddedNats
 from central.models import DeadLetter, Receipt
-from tests.conftest import asgi_client, register_branch, wait_until
+from tests.conftest import asgi_client, create_api_token, register_branch, wait_until
 
 
 def sale(sale_id: str, *, cash: int = 1000) -> dict[str, Any]:
@@ -69,7 +69,11 @@ async def test_sales_at_two_agents_reach_central_exactly_once(
     assert sorted(await receipts_at_central(central)) == expected
 
     # And it is readable through the head-office API.
-    async with asgi_client(create_app(central.settings, runtime=central)) as client:
+    token = await create_api_token(central, "analyst")
+    async with asgi_client(
+        create_app(central.settings, runtime=central),
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
         page = (await client.get("/api/v1/receipts", params={"branch": "B1"})).json()
         assert page["total"] == 2
         assert page["items"][0]["lines"][1]["quantity"] == "0.754"

@@ -1,0 +1,165 @@
+"""Branches: list (every role), register and revoke (admin); credentials are shown once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.api.pagination import Limit, Offset
+from central.api.schemas import Page
+from central.models import Branch
+from central.runtime import CentralRuntime
+from central.services.nats_auth import (
+    client_tls_options,
+    issue_branch_credentials,
+    issuer_for,
+    push_account_jwt,
+    register_branch,
+    revoke_branch,
+)
+
+__all__ = ["BranchController"]
+
+
+class BranchOut(msgspec.Struct, kw_only=True):
+    code: str
+    name: str
+    timezone: str
+    format_code: str | None
+    price_zone: str | None
+    active: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class BranchIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] = "UTC"
+    format_code: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    price_zone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+
+
+class BranchCredentialsOut(msgspec.Struct, kw_only=True):
+    branch: str
+    nats_url: str
+    # The NATS .creds file of the branch's agent: shown only here.
+    creds: str
+    nats_user: str
+
+
+class BranchRevokedOut(msgspec.Struct, kw_only=True):
+    branch: str
+    revoked_at: datetime | None
+    # Whether the running NATS servers took the revocation now (else at their next update).
+    pushed_to_nats: bool
+
+
+def _out(b: Branch) -> BranchOut:
+    return BranchOut(
+        code=b.code,
+        name=b.name,
+        timezone=b.timezone,
+        format_code=b.format_code,
+        price_zone=b.price_zone,
+        active=b.active,
+        created_at=b.created_at,
+        revoked_at=b.revoked_at,
+    )
+
+
+def _nats_url(runtime: CentralRuntime) -> str:
+    return runtime.settings.nats_public_url or runtime.nats_url
+
+
+BranchCode = Annotated[str, PathParameter(name="code", max_length=32)]
+
+
+class BranchController(Controller):
+    path = "/api/v1/branches"
+    tags = ["branches"]
+
+    @get("/", operation_id="listBranches", summary="Registered branches")
+    async def list_branches(
+        self, db_session: NamedDependency[AsyncSession], limit: Limit = 100, offset: Offset = 0
+    ) -> Page[BranchOut]:
+        total = await db_session.scalar(select(func.count()).select_from(Branch))
+        rows = await db_session.scalars(
+            select(Branch).order_by(Branch.code).limit(limit).offset(offset)
+        )
+        return Page(items=[_out(b) for b in rows], total=int(total or 0), limit=limit, offset=offset)
+
+    @post("/", operation_id="addBranch", summary="Register a branch; returns its NATS credentials once")
+    async def add_branch(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        runtime: NamedDependency[CentralRuntime],
+        data: JSONBody[BranchIn],
+    ) -> Response[BranchCredentialsOut]:
+        issuer = issuer_for(runtime.settings)
+        async with db_session.begin():
+            reg = await register_branch(
+                db_session,
+                issuer,
+                code=data.code,
+                name=data.name or data.code,
+                timezone=data.timezone,
+                format_code=data.format_code,
+                price_zone=data.price_zone,
+            )
+        out = BranchCredentialsOut(
+            branch=reg.branch.code,
+            nats_url=_nats_url(runtime),
+            creds=reg.user.creds,
+            nats_user=reg.user.public_key,
+        )
+        return Response(out, status_code=201)
+
+    @post(
+        "/{code:str}/credentials",
+        operation_id="issueBranchCredentials",
+        summary="New NATS credentials of a branch (shown once)",
+    )
+    async def issue_credentials(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        runtime: NamedDependency[CentralRuntime],
+        code: BranchCode,
+    ) -> Response[BranchCredentialsOut]:
+        issuer = issuer_for(runtime.settings)
+        async with db_session.begin():
+            user = await issue_branch_credentials(db_session, issuer, code)
+        out = BranchCredentialsOut(
+            branch=code, nats_url=_nats_url(runtime), creds=user.creds, nats_user=user.public_key
+        )
+        return Response(out, status_code=201)
+
+    @post(
+        "/{code:str}/revoke",
+        operation_id="revokeBranch",
+        summary="Revoke a branch: NATS refuses its credentials, central its events",
+        status_code=200,
+    )
+    async def revoke(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        runtime: NamedDependency[CentralRuntime],
+        code: BranchCode,
+    ) -> BranchRevokedOut:
+        issuer = issuer_for(runtime.settings)
+        async with db_session.begin():
+            account_jwt = await revoke_branch(db_session, issuer, code)
+            branch = await db_session.get(Branch, code)
+        pushed = await push_account_jwt(
+            issuer, runtime.nats_url, account_jwt, **client_tls_options(runtime.settings)
+        )
+        return BranchRevokedOut(
+            branch=code, revoked_at=branch.revoked_at if branch else None, pushed_to_nats=pushed
+        )

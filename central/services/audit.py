@@ -1,0 +1,88 @@
+"""The audit log: ``record_change`` in the same transaction as the change itself.
+
+Services call ``record_change(session, action=..., target=..., before=..., after=...)``
+with JSON-able snapshots. The actor, method and path come from the request the API
+middleware is serving (``cli:<user>`` from the command line). A successful write
+request for which no service recorded anything still gets a generic entry from the
+middleware (the request body as ``after``), so nothing escapes the log.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.auth.context import RequestAudit, current_request_audit
+from central.models import AuditEntry
+
+__all__ = ["AuditQuery", "cli_actor", "list_audit", "record_change"]
+
+
+def cli_actor() -> RequestAudit:
+    """The actor of changes made with ``python -m central`` on the server."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return RequestAudit(actor=f"cli:{user}", actor_role="admin", method="CLI", path="")
+
+
+async def record_change(
+    session: AsyncSession,
+    *,
+    action: str,
+    target: str,
+    before: Any = None,
+    after: Any = None,
+    actor: RequestAudit | None = None,
+) -> AuditEntry:
+    who = actor or current_request_audit.get() or cli_actor()
+    entry = AuditEntry(
+        actor=who.actor,
+        actor_role=who.actor_role,
+        method=who.method,
+        path=who.path[:500],
+        action=action,
+        target=target[:200],
+        before=before,
+        after=after,
+    )
+    session.add(entry)
+    who.entries += 1
+    await session.flush()
+    return entry
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+async def list_audit(session: AsyncSession, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+    stmt = select(AuditEntry)
+    if query.actor:
+        stmt = stmt.where(AuditEntry.actor == query.actor)
+    if query.action:
+        stmt = stmt.where(AuditEntry.action == query.action)
+    if query.target:
+        stmt = stmt.where(AuditEntry.target == query.target)
+    if query.since:
+        stmt = stmt.where(AuditEntry.at >= query.since)
+    if query.until:
+        stmt = stmt.where(AuditEntry.at < query.until)
+    total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
+    rows = await session.scalars(
+        stmt.order_by(AuditEntry.id.desc()).limit(query.limit).offset(query.offset)
+    )
+    return list(rows), int(total or 0)

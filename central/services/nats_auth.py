@@ -1,0 +1,228 @@
+"""Branch NATS credentials: issued at registration, revoked at run time without a restart.
+
+The issuer keys (``central.sync.nats_auth.NatsIssuer``) live in
+``settings.nats_issuer_dir`` (default ``<data_dir>/nats-issuer``). The database keeps
+which user keys each branch was given and which are revoked; the account JWT pushed
+to the servers is derived from it, so any central process can rebuild it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.embedded_nats import EmbeddedNats
+from central.errors import ConflictError, NotFoundError
+from central.models import Branch, BranchCredential
+from central.services.audit import record_change
+from central.services.branches import add_branch
+from central.settings import CentralSettings
+from central.sync.nats_auth import IssuedUser, NatsIssuer, account_claims_update
+
+__all__ = [
+    "BranchRegistration",
+    "account_jwt_from_db",
+    "client_tls_options",
+    "embedded_nats_server",
+    "issue_branch_credentials",
+    "issuer_for",
+    "push_account_jwt",
+    "register_branch",
+    "revoke_branch",
+    "write_branch_creds",
+]
+
+log = logging.getLogger(__name__)
+
+
+def issuer_for(settings: CentralSettings) -> NatsIssuer:
+    directory = Path(settings.nats_issuer_dir or settings.data_path / "nats-issuer")
+    return NatsIssuer.load_or_create(directory)
+
+
+def client_tls_options(settings: CentralSettings) -> dict[str, Any]:
+    """``nats.connect`` options for TLS to the servers (empty when not configured)."""
+    if not (settings.nats_tls_ca or settings.nats_tls_cert):
+        return {}
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca or None
+    )
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key or None)
+    return {"tls": context}
+
+
+def embedded_nats_server(
+    settings: CentralSettings, store_dir: Path, *, port: int = 4222
+) -> tuple[EmbeddedNats, Path]:
+    """The embedded nats-server with the issuer's auth on, and central's creds file."""
+    issuer = issuer_for(settings)
+    tls: dict[str, str] | None = None
+    if settings.nats_server_tls_cert:
+        tls = {"cert_file": settings.nats_server_tls_cert, "key_file": settings.nats_server_tls_key}
+        if settings.nats_tls_ca:
+            tls["ca_file"] = settings.nats_tls_ca
+    server = EmbeddedNats(
+        store_dir,
+        port=port,
+        extra_config=issuer.server_config(store_dir / "resolver"),
+        max_payload=settings.nats_max_payload,
+        tls=tls,
+    )
+    return server, issuer.central_creds_file()
+
+
+@dataclass(frozen=True, slots=True)
+class BranchRegistration:
+    branch: Branch
+    user: IssuedUser
+
+
+def branch_snapshot(branch: Branch) -> dict[str, object]:
+    return {
+        "code": branch.code,
+        "name": branch.name,
+        "timezone": branch.timezone,
+        "format_code": branch.format_code,
+        "price_zone": branch.price_zone,
+        "active": branch.active,
+    }
+
+
+async def issue_branch_credentials(
+    session: AsyncSession, issuer: NatsIssuer, code: str
+) -> IssuedUser:
+    """New NATS credentials of an active branch (earlier ones stay valid until revoked)."""
+    branch = await session.get(Branch, code)
+    if branch is None:
+        raise NotFoundError(f"no branch {code!r}", field="code")
+    if not branch.active:
+        raise ConflictError(f"branch {code!r} is revoked", field="code")
+    user = issuer.branch_user(code)
+    session.add(BranchCredential(branch=code, public_key=user.public_key))
+    await session.flush()
+    await record_change(
+        session,
+        action="branch.credentials",
+        target=f"branch:{code}",
+        after={"nats_user": user.public_key},
+    )
+    return user
+
+
+async def register_branch(
+    session: AsyncSession,
+    issuer: NatsIssuer,
+    *,
+    code: str,
+    name: str,
+    timezone: str = "UTC",
+    format_code: str | None = None,
+    price_zone: str | None = None,
+) -> BranchRegistration:
+    """The branch row and its first NATS credentials, in one transaction."""
+    branch = await add_branch(
+        session,
+        code=code,
+        name=name,
+        timezone=timezone,
+        format_code=format_code,
+        price_zone=price_zone,
+    )
+    await record_change(
+        session, action="branch.add", target=f"branch:{code}", after=branch_snapshot(branch)
+    )
+    user = await issue_branch_credentials(session, issuer, code)
+    return BranchRegistration(branch=branch, user=user)
+
+
+async def account_jwt_from_db(session: AsyncSession, issuer: NatsIssuer) -> str:
+    """The account JWT with every revoked branch user listed."""
+    revoked = await session.scalars(
+        select(BranchCredential).where(BranchCredential.revoked_at.is_not(None))
+    )
+    revocations = {
+        c.public_key: int(c.revoked_at.timestamp()) + 1 for c in revoked if c.revoked_at
+    }
+    return issuer.account_jwt(revocations)
+
+
+async def revoke_branch(session: AsyncSession, issuer: NatsIssuer, code: str) -> str:
+    """Mark the branch and its credentials revoked; return the account JWT to push."""
+    branch = await session.get(Branch, code)
+    if branch is None:
+        raise NotFoundError(f"no branch {code!r}", field="code")
+    before = branch_snapshot(branch)
+    now = datetime.now(UTC)
+    branch.active = False
+    if branch.revoked_at is None:
+        branch.revoked_at = now
+    creds = await session.scalars(
+        select(BranchCredential).where(
+            BranchCredential.branch == code, BranchCredential.revoked_at.is_(None)
+        )
+    )
+    for credential in creds:
+        credential.revoked_at = now
+    await session.flush()
+    await record_change(
+        session,
+        action="branch.revoke",
+        target=f"branch:{code}",
+        before=before,
+        after=branch_snapshot(branch),
+    )
+    return await account_jwt_from_db(session, issuer)
+
+
+async def push_account_jwt(
+    issuer: NatsIssuer, nats_url: str, account_jwt: str, *, timeout: float = 5.0, **tls: Any
+) -> bool:
+    """Store the account JWT for the next server start and push it to the running servers.
+
+    False when no server could be reached (it is pushed on the next revocation, and
+    a restarted embedded server preloads the stored one).
+    """
+    issuer.store_account_jwt(account_jwt)
+
+    async def quiet(_exc: Exception) -> None:
+        return None
+
+    try:
+        nc = await nats.connect(
+            servers=[u.strip() for u in nats_url.split(",")],
+            user_credentials=str(issuer.system_creds_file()),
+            name="central-issuer",
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=timeout,
+            error_cb=quiet,
+            **tls,
+        )
+    except Exception as exc:
+        log.warning("account update not pushed to %s: %s", nats_url, exc)
+        return False
+    try:
+        reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=timeout)
+        account_claims_update(reply.data)
+        return True
+    except Exception as exc:
+        # A server without operator auth has no system account to answer.
+        log.warning("account update not taken by %s: %s", nats_url, exc)
+        return False
+    finally:
+        await nc.close()
+
+
+def write_branch_creds(issuer: NatsIssuer, code: str, user: IssuedUser) -> Path:
+    """``<issuer dir>/branches/<code>.creds`` (0600): what the branch's agent is given."""
+    (issuer.directory / "branches").mkdir(exist_ok=True)
+    return issuer.write_secret(f"branches/{code}.creds", user.creds)
