@@ -1,7 +1,6 @@
 """Central's SQLAlchemy models; importing this package registers every table."""
 
 from central.models.audit import AuditEntry
-from central.models.audit import AuditEntry
 from central.models.base import Base, BigIntPK, UTCDateTime, utcnow
 from central.models.branches import Branch, BranchStatus, BranchSyncState
 from central.models.catalog import (
@@ -27,7 +26,6 @@ from central.models.documents import (
 )
 from central.models.events import DeadLetter, IngestedEvent
 from central.models.receipts import Receipt, ReceiptLineRow, ReceiptPaymentRow
-from central.models.users import ApiToken, ApiUser, BranchCredential
 from central.models.reports import (
     LastSellingPrice,
     PaymentsDaily,
@@ -47,15 +45,11 @@ from central.models.users import ApiToken, ApiUser, BranchCredential
 __all__ = [
     "ApiToken",
     "ApiUser",
-    "AuditEntry",
-    "ApiToken",
-    "ApiUser",
     "AssortmentException",
     "AuditEntry",
     "Base",
     "BigIntPK",
     "Branch",
-    "BranchCredential",
     "BranchCredential",
     "BranchStatus",
     "BranchSyncState",
