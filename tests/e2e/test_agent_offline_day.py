@@ -169,12 +169,12 @@ async def test_a_day_offline_then_central_has_exactly_the_branch_books(
 
     async def synced() -> bool:
         books = await central_books(central, "B1")
-        return sum(books["kinds"].values()) == sum(expected["kinds"].values())
+        return bool(books["kinds"].total() == expected["kinds"].total())
 
     await wait_until(synced, timeout=60)
 
     async def drained() -> bool:
-        return (await agent.health()).outbox_backlog == 0
+        return bool((await agent.health()).outbox_backlog == 0)
 
     await wait_until(drained, timeout=20)
     await asyncio.sleep(0.5)
