@@ -22,6 +22,16 @@ import serial
 
 from devices.errors import Condition, DeviceError
 
+try:
+    import termios
+
+    # pyserial lets termios.error (not an OSError) escape from tcdrain/tcsetattr on a
+    # device that vanished
+    _IO_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
+except ImportError:  # pragma: no cover - not POSIX
+    _IO_ERRORS = (serial.SerialException, OSError)
+_OPEN_ERRORS: tuple[type[BaseException], ...] = (*_IO_ERRORS, ValueError)
+
 __all__ = ["Port", "SerialSettings", "is_device_path", "port_lock"]
 
 _LOCKS: dict[str, threading.RLock] = {}
@@ -99,7 +109,7 @@ class Port:
                 )
             try:
                 self._serial = serial.serial_for_url(self.url, **kwargs)
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except _OPEN_ERRORS as exc:
                 raise DeviceError(
                     Condition.PORT_UNAVAILABLE, f"cannot open {self.url}: {exc}", port=self.url
                 ) from exc
@@ -112,7 +122,7 @@ class Port:
             if ser is not None:
                 try:
                     ser.close()
-                except (serial.SerialException, OSError):
+                except _IO_ERRORS:
                     pass  # the device is already gone; nothing left to release
 
     def reopen(self, attempts: int = 1, delay: float = 0.1) -> None:
@@ -157,7 +167,7 @@ class Port:
                 raise DeviceError(
                     Condition.NO_ANSWER, f"write to {self.url} timed out", port=self.url
                 ) from exc
-            except (serial.SerialException, OSError) as exc:
+            except _IO_ERRORS as exc:
                 raise self._lost(exc) from exc
 
     def read_some(self, max_bytes: int, timeout: float) -> bytes:
@@ -174,7 +184,7 @@ class Port:
                 waiting: int = ser.in_waiting  # type: ignore[attr-defined]
                 got: bytes = ser.read(max(1, min(max_bytes, waiting)))
                 return got
-            except (serial.SerialException, OSError) as exc:
+            except _IO_ERRORS as exc:
                 raise self._lost(exc) from exc
 
     def read_until(self, terminator: bytes, timeout: float, max_bytes: int = 4096) -> bytes:
@@ -215,7 +225,7 @@ class Port:
                 waiting: int = ser.in_waiting  # type: ignore[attr-defined]
                 if waiting:
                     got += ser.read(waiting)
-            except (serial.SerialException, OSError) as exc:
+            except _IO_ERRORS as exc:
                 raise self._lost(exc) from exc
             if quiet > 0:
                 while True:

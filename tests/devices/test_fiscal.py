@@ -97,7 +97,8 @@ def test_receipt_happy_path(fiscal: Any) -> None:
 def test_status_and_transaction_status(fiscal: Any) -> None:
     _, sim, printer = fiscal
     status = printer.status()
-    assert StatusBit.FISCALIZED in status and StatusBit.VAT_RATES_SET in status
+    assert StatusBit.FISCALIZED in status
+    assert StatusBit.VAT_RATES_SET in status
     sim.paper_near_end = True
     sim.cover_open = True
     status = printer.status()
@@ -178,7 +179,8 @@ def test_cover_open_refuses_and_prints_nothing(fiscal: Any) -> None:
     with pytest.raises(FiscalError) as info:
         printer.print_receipt(RECEIPT)
     assert info.value.condition == "cover_open"
-    assert sim.receipts == [] and sim.open_receipt is None
+    assert sim.receipts == []
+    assert sim.open_receipt is None
     sim.cover_open = False
     assert printer.print_receipt(RECEIPT).slip_number == 1
     assert_printed_once(sim)
@@ -196,7 +198,8 @@ def test_paper_end_mid_receipt_then_retry_prints_once(fiscal: Any) -> None:
     assert info.value.condition == "paper_end"
     assert info.value.previous_receipt_number == 0
     assert sim.receipts == []
-    assert sim.open_receipt is not None and len(sim.open_receipt.lines) == 1
+    assert sim.open_receipt is not None
+    assert len(sim.open_receipt.lines) == 1
     sim.paper_end = False  # paper replaced
     # a fresh driver (the agent restarted) with the hint the error carried
     retry = dataclasses.replace(RECEIPT, previous_receipt_number=0)
@@ -329,7 +332,8 @@ def test_x_z_reports_and_cash(fiscal: Any) -> None:
     _, sim, printer = fiscal
     printer.print_receipt(RECEIPT)
     x = printer.report("x")
-    assert x.totals[0] == Decimal("3.58") and x.totals[1] == Decimal("5.22")
+    assert x.totals[0] == Decimal("3.58")
+    assert x.totals[1] == Decimal("5.22")
     printer.cash_in_out(Decimal("50.00"))
     printer.cash_in_out(Decimal("20.00"), out=True)
     assert sim.cash_moves == [(0, Decimal("50.00")), (1, Decimal("20.00"))]

@@ -216,9 +216,9 @@ def test_datecs_over_loop_url() -> None:
 
 def test_datecs_no_answer_on_loop_is_bad_frame_or_no_answer() -> None:
     """On loop:// the printer 'answers' with our own request, which is not an answer."""
-    with DatecsFiscalPrinter("loop://", answer_timeout=0.05, resends=1) as printer:
-        with pytest.raises(DeviceError) as info:
-            printer.status()
+    printer = DatecsFiscalPrinter("loop://", answer_timeout=0.05, resends=1)
+    with printer, pytest.raises(DeviceError) as info:
+        printer.status()
     assert info.value.condition in ("bad_frame", "no_answer")
 
 
@@ -240,13 +240,15 @@ def test_escpos_status_examples() -> None:
     assert not valid_status_byte(0x00)
     assert not valid_status_byte(0x92)
     ok = parse_status(bytes([0x12, 0x12, 0x12, 0x12]))
-    assert ok.online and ok.problem is None
+    assert ok.online
+    assert ok.problem is None
     drawer = parse_status(bytes([0x16, 0x12, 0x12, 0x12]))
     assert drawer.drawer_open
     offline = parse_status(bytes([0x1A, 0x12, 0x12, 0x12]))
     assert offline.problem == "offline"
     near = parse_status(bytes([0x12, 0x12, 0x12, 0x1E]))
-    assert near.paper_near_end and near.problem is None
+    assert near.paper_near_end
+    assert near.problem is None
     for paper in (0x72, 0x7E):
         assert parse_status(bytes([0x1A, 0x32, 0x12, paper])).problem == "paper_end"
     assert parse_status(bytes([0x1A, 0x16, 0x12, 0x12])).problem == "cover_open"
