@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.api.audit import AuditController
 from central.api.branches import BranchController
 from central.api.health import HealthController
+from central.api.masterdata import MASTER_DATA_CONTROLLERS
 from central.api.problems import exception_handlers
 from central.api.receipts import DeadLetterController, ReceiptController
 from central.api.users import UserController
@@ -50,6 +51,7 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
             UserController,
             AuditController,
             BranchController,
+            *MASTER_DATA_CONTROLLERS,
         ],
         # Every route: a bearer token (401), then the role its group requires (403);
         # see central/auth/roles.py and README "Security".

@@ -20,6 +20,7 @@ from central.embedded_nats import EmbeddedNats
 from central.ingest.worker import IngestWorker
 from central.services.masterdata_publisher import MasterDataPublisher
 from central.models import Branch
+from central.services.masterdata_publisher import MasterDataPublisher
 from central.settings import CentralSettings
 from central.sync.jetstream import (
     connect,
@@ -44,6 +45,8 @@ class CentralRuntime:
         self.js: JetStreamContext | None = None
         self.embedded_nats: EmbeddedNats | None = None
         self.workers: list[IngestWorker] = []
+        # Publishes committed master-data changes to the down stream (outbox-driven).
+        self.publisher = MasterDataPublisher(self.sessionmaker)
         # Publishes committed master-data changes to the down stream (outbox-driven).
         self.publisher = MasterDataPublisher(self.sessionmaker)
         self._stop = asyncio.Event()
@@ -96,6 +99,7 @@ class CentralRuntime:
                 await asyncio.sleep(1.0)
         self.nats_ready.set()
         self._tasks.append(asyncio.create_task(self._keep_branch_consumers()))
+        self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
         self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
         for _ in range(ingest_workers):
             worker = IngestWorker(

@@ -154,6 +154,10 @@ class PriceEntry(_Wire, frozen=True, kw_only=True):
     # zone's local time at central when head office gave a local time).
     effective_at: UtcDateTime
     version: NonNegative = 0
+    # Set when head office gave a wall-clock time ("06:00 in every store"): each
+    # branch takes it in its own time zone (protocol.pricing.entry_moment);
+    # effective_at is then the earliest such moment among the branches reached.
+    effective_local: str | None = None
 
 
 class PriceBucket(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="price_bucket"):

@@ -28,6 +28,7 @@ __all__ = [
     "SCOPE_RANK",
     "PriceCandidate",
     "branch_scopes",
+    "entry_moment",
     "local_to_utc",
     "prune_schedule",
     "resolve_price",
@@ -43,6 +44,7 @@ class PriceCandidate:
     effective_at: datetime
     version: int = 0
     scope_id: str | None = None
+    effective_local: str | None = None
 
 
 def _rank(candidate: PriceCandidate) -> tuple[int, datetime, int, int]:
@@ -105,3 +107,11 @@ def local_to_utc(local: datetime, timezone: str) -> datetime:
     if local.tzinfo is not None:
         return local.astimezone(UTC)
     return local.replace(tzinfo=zone).astimezone(UTC)
+
+
+def entry_moment(effective_at: datetime, effective_local: str | None, timezone: str) -> datetime:
+    """When an entry takes effect at a branch in ``timezone``: its local wall-clock time
+    there if it was given as one, else its UTC moment."""
+    if effective_local:
+        return local_to_utc(datetime.fromisoformat(effective_local), timezone)
+    return effective_at

@@ -119,7 +119,10 @@ class PriceEntryRow(Base):
     sku: Mapped[str] = mapped_column(String(64))
     bucket: Mapped[int] = mapped_column(Integer)
     price: Mapped[int] = mapped_column(BigInteger)
+    # The earliest UTC moment among the branches reached (exact when given in UTC).
     effective_at: Mapped[datetime] = mapped_column()
+    # Wall-clock "YYYY-MM-DDTHH:MM:SS" when given in the branches' local time.
+    effective_local: Mapped[str | None] = mapped_column(String(19), default=None)
     version: Mapped[int] = mapped_column(BigInteger)
     # A withdrawn override: kept for history, no longer published.
     withdrawn: Mapped[bool] = mapped_column(default=False)
@@ -136,6 +139,7 @@ class RepricingDocument(Base):
     scope: Mapped[str] = mapped_column(String(8))
     scope_id: Mapped[str] = mapped_column(String(32), default="")
     effective_at: Mapped[datetime] = mapped_column()
+    effective_local: Mapped[str | None] = mapped_column(String(19), default=None)
     note: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     approved_at: Mapped[datetime | None] = mapped_column(default=None)

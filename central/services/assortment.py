@@ -1,0 +1,211 @@
+"""Assortment: store formats (clusters), the products each sells, per-branch exceptions.
+
+A branch sells its format's products plus its own inclusions minus its own
+exclusions, and receives exactly those product records on the down stream: a
+product some branch of a format excludes is published per branch to the others
+instead of once for the format (``masterdata_publisher.product_targets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.models import AssortmentException, Branch, FormatProduct, Product, StoreFormat
+from central.services.catalog import CODE_RE, unit_of_work
+from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
+
+__all__ = [
+    "AssortmentChange",
+    "AssortmentExceptionIn",
+    "FormatIn",
+    "branch_assortment",
+    "change_format_products",
+    "create_format",
+    "list_formats",
+    "remove_exception",
+    "set_exception",
+]
+
+
+class FormatIn(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    name: str
+
+
+class AssortmentChange(msgspec.Struct, frozen=True, kw_only=True):
+    add: list[str] = msgspec.field(default_factory=list)
+    remove: list[str] = msgspec.field(default_factory=list)
+
+
+class AssortmentExceptionIn(msgspec.Struct, frozen=True, kw_only=True):
+    sku: str
+    # true: the branch sells it although its format does not; false: it does not sell it.
+    include: bool
+
+
+async def create_format(session: AsyncSession, data: FormatIn) -> FormatIn:
+    async with unit_of_work(session):
+        if not CODE_RE.fullmatch(data.code):
+            raise ValidationFailed("format code: 1-32 letters, digits, '-' or '_'", field="code")
+        if await session.get(StoreFormat, data.code) is not None:
+            raise ConflictError(f"format {data.code} exists", field="code")
+        session.add(StoreFormat(code=data.code, name=data.name))
+        return data
+
+
+async def list_formats(session: AsyncSession) -> list[FormatIn]:
+    rows = await session.scalars(select(StoreFormat).order_by(StoreFormat.code))
+    return [FormatIn(code=f.code, name=f.name) for f in rows]
+
+
+async def _known_skus(session: AsyncSession, skus: Sequence[str], field: str) -> None:
+    found: set[str] = set()
+    for start in range(0, len(skus), 2000):
+        found.update(
+            (
+                await session.scalars(
+                    select(Product.sku).where(Product.sku.in_(skus[start : start + 2000]))
+                )
+            ).all()
+        )
+    for i, sku in enumerate(skus):
+        if sku not in found:
+            raise ValidationFailed(f"unknown product {sku!r}", field=f"{field}[{i}]")
+
+
+async def change_format_products(
+    session: AsyncSession, format_code: str, change: AssortmentChange
+) -> int:
+    """Add and remove products of a format's assortment; returns the new size."""
+    async with unit_of_work(session):
+        if await session.get(StoreFormat, format_code) is None:
+            raise NotFoundError(f"no format {format_code}", field="format")
+        await _known_skus(session, change.add, "add")
+        await _known_skus(session, change.remove, "remove")
+        both = set(change.add) & set(change.remove)
+        if both:
+            raise ValidationFailed(f"{sorted(both)[0]} both added and removed", field="remove")
+        touched = list(dict.fromkeys([*change.add, *change.remove]))
+        before = await product_targets(session, touched)
+        existing: set[str] = set()
+        for start in range(0, len(change.add), 2000):
+            existing.update(
+                (
+                    await session.scalars(
+                        select(FormatProduct.sku).where(
+                            FormatProduct.format_code == format_code,
+                            FormatProduct.sku.in_(change.add[start : start + 2000]),
+                        )
+                    )
+                ).all()
+            )
+        new = [
+            {"format_code": format_code, "sku": s}
+            for s in dict.fromkeys(change.add)
+            if s not in existing
+        ]
+        for start in range(0, len(new), 5000):
+            await session.execute(insert(FormatProduct), new[start : start + 5000])
+        for start in range(0, len(change.remove), 2000):
+            await session.execute(
+                delete(FormatProduct).where(
+                    FormatProduct.format_code == format_code,
+                    FormatProduct.sku.in_(change.remove[start : start + 2000]),
+                )
+            )
+        after = await product_targets(session, touched)
+        version = await allocate_versions(session)
+        await enqueue(session, version, sorted(before | after))
+        return len(
+            (
+                await session.scalars(
+                    select(FormatProduct.sku).where(FormatProduct.format_code == format_code)
+                )
+            ).all()
+        )
+
+
+async def _branch(session: AsyncSession, code: str) -> Branch:
+    branch = await session.get(Branch, code)
+    if branch is None:
+        raise NotFoundError(f"no branch {code}", field="branch")
+    return branch
+
+
+async def set_exception(
+    session: AsyncSession, branch_code: str, data: AssortmentExceptionIn
+) -> AssortmentExceptionIn:
+    async with unit_of_work(session):
+        await _branch(session, branch_code)
+        if await session.get(Product, data.sku) is None:
+            raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
+        before = await product_targets(session, [data.sku])
+        row = await session.get(AssortmentException, (branch_code, data.sku))
+        if row is None:
+            session.add(AssortmentException(branch=branch_code, sku=data.sku, include=data.include))
+        else:
+            row.include = data.include
+        await session.flush()
+        after = await product_targets(session, [data.sku])
+        version = await allocate_versions(session)
+        await enqueue(session, version, sorted(before | after))
+        return data
+
+
+async def remove_exception(session: AsyncSession, branch_code: str, sku: str) -> None:
+    async with unit_of_work(session):
+        row = await session.get(AssortmentException, (branch_code, sku))
+        if row is None:
+            raise NotFoundError(f"no exception for {sku} at {branch_code}", field="sku")
+        before = await product_targets(session, [sku])
+        await session.delete(row)
+        await session.flush()
+        after = await product_targets(session, [sku])
+        version = await allocate_versions(session)
+        await enqueue(session, version, sorted(before | after))
+
+
+async def branch_assortment(session: AsyncSession, branch_code: str) -> list[str]:
+    """The active SKUs a branch sells, sorted."""
+    branch = await _branch(session, branch_code)
+    skus: set[str] = set()
+    if branch.format_code:
+        skus.update(
+            (
+                await session.scalars(
+                    select(FormatProduct.sku).where(FormatProduct.format_code == branch.format_code)
+                )
+            ).all()
+        )
+    exceptions = (
+        await session.execute(
+            select(AssortmentException.sku, AssortmentException.include).where(
+                AssortmentException.branch == branch_code
+            )
+        )
+    ).all()
+    for sku, include in exceptions:
+        if include:
+            skus.add(sku)
+        else:
+            skus.discard(sku)
+    if not skus:
+        return []
+    active: set[str] = set()
+    ordered = sorted(skus)
+    for start in range(0, len(ordered), 2000):
+        active.update(
+            (
+                await session.scalars(
+                    select(Product.sku).where(
+                        Product.sku.in_(ordered[start : start + 2000]), Product.active
+                    )
+                )
+            ).all()
+        )
+    return sorted(active)

@@ -1,0 +1,446 @@
+"""CSV import and export of products and prices (how chains feed catalogs from an ERP).
+
+An import first validates every row (the dry run reports each bad row with its
+line number, field and reason) and applies nothing unless the whole file is
+good; the apply then writes in chunks with bulk upserts inside one transaction,
+so a file is taken entirely or not at all.
+
+Products CSV (header required, column order free)::
+
+    sku,name,unit,weighed,scale_plu,barcodes,category,vat_rate_bp,vat_group,active
+    MILK-1L,Milk 1L,pcs,false,,4006381333931|INT-7,dairy,1000,B,true
+
+``barcodes`` are separated by ``|``; ``active`` false archives the product.
+
+Prices CSV::
+
+    sku,price,scope,scope_id,effective_at,effective_local
+    MILK-1L,1.19,all,,,
+    MILK-1L,1.09,zone,north,2026-12-01T05:00:00+00:00,
+
+``price`` is decimal text in the currency unit (at most two decimals).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+
+import msgspec
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import DomainError
+from central.models import (
+    Branch,
+    Category,
+    PriceEntryRow,
+    PriceZone,
+    Product,
+    ProductBarcode,
+    StoreFormat,
+)
+from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
+from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
+from central.services.pricing import PAST_GRACE, set_prices_bulk
+from protocol.masterdata import bucket_of
+from protocol.units import format_minor, parse_minor
+
+__all__ = [
+    "PRICE_COLUMNS",
+    "PRODUCT_COLUMNS",
+    "ImportReport",
+    "RowError",
+    "export_prices_csv",
+    "export_products_csv",
+    "import_prices",
+    "import_products",
+]
+
+PRODUCT_COLUMNS = (
+    "sku",
+    "name",
+    "unit",
+    "weighed",
+    "scale_plu",
+    "barcodes",
+    "category",
+    "vat_rate_bp",
+    "vat_group",
+    "active",
+)
+PRICE_COLUMNS = ("sku", "price", "scope", "scope_id", "effective_at", "effective_local")
+_CHUNK = 5000
+MAX_REPORTED_ERRORS = 10000
+
+Progress = Callable[[str, int, int], None]
+
+
+class RowError(msgspec.Struct, frozen=True, kw_only=True):
+    line: int
+    field: str
+    message: str
+
+
+class ImportReport(msgspec.Struct, kw_only=True):
+    kind: str
+    dry_run: bool
+    rows: int
+    created: int = 0
+    updated: int = 0
+    archived: int = 0
+    prices: int = 0
+    applied: bool = False
+    errors: list[RowError] = msgspec.field(default_factory=list)
+    error_count: int = 0
+
+
+def _rows(text: Iterable[str], required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    reader = csv.DictReader(text)
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DomainError(f"CSV header lacks column(s): {', '.join(missing)}", field="header")
+    for row in reader:
+        # line_num is the physical line of the row's end (quoted newlines count).
+        yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
+
+
+def _bool(text: str, default: bool) -> bool:
+    if text == "":
+        return default
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "y"):
+        return True
+    if lowered in ("0", "false", "no", "n"):
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
+def _add_error(report: ImportReport, line: int, field: str, message: str) -> None:
+    report.error_count += 1
+    if len(report.errors) < MAX_REPORTED_ERRORS:
+        report.errors.append(RowError(line=line, field=field, message=message))
+
+
+async def import_products(
+    session: AsyncSession,
+    text: Iterable[str],
+    *,
+    dry_run: bool,
+    progress: Progress | None = None,
+) -> ImportReport:
+    report = ImportReport(kind="products", dry_run=dry_run, rows=0)
+    categories = set((await session.scalars(select(Category.code))).all())
+    parsed: list[dict[str, object]] = []
+    barcodes_of: dict[str, list[tuple[str, str]]] = {}
+    seen_sku: dict[str, int] = {}
+    seen_code: dict[str, tuple[str, int]] = {}
+    seen_plu: dict[int, tuple[str, int]] = {}
+    for line, row in _rows(text, ("sku", "name", "vat_rate_bp")):
+        report.rows += 1
+        sku = row.get("sku", "")
+        try:
+            try:
+                weighed = _bool(row.get("weighed", ""), False)
+            except ValueError as exc:
+                raise DomainError(str(exc), field="weighed") from exc
+            try:
+                active = _bool(row.get("active", ""), True)
+            except ValueError as exc:
+                raise DomainError(str(exc), field="active") from exc
+            try:
+                plu = int(row["scale_plu"]) if row.get("scale_plu") else None
+            except ValueError as exc:
+                raise DomainError("scale_plu must be a whole number", field="scale_plu") from exc
+            try:
+                vat = int(row["vat_rate_bp"])
+            except ValueError as exc:
+                raise DomainError(
+                    "vat_rate_bp must be a whole number", field="vat_rate_bp"
+                ) from exc
+            codes_in = [BarcodeIn(code=c) for c in row.get("barcodes", "").split("|") if c]
+            codes = validate_product_fields(
+                sku=sku,
+                name=row.get("name", ""),
+                unit=row.get("unit") or "pcs",
+                weighed=weighed,
+                scale_plu=plu,
+                vat_rate_bp=vat,
+                vat_group=row.get("vat_group") or "A",
+                barcodes=codes_in,
+            )
+            category = row.get("category") or None
+            if category is not None and category not in categories:
+                raise DomainError(f"unknown category {category!r}", field="category")
+            if sku in seen_sku:
+                raise DomainError(f"SKU repeated (first on line {seen_sku[sku]})", field="sku")
+            for code, _ in codes:
+                if code in seen_code:
+                    raise DomainError(
+                        f"barcode {code} also on line {seen_code[code][1]}", field="barcodes"
+                    )
+            if plu is not None and active and plu in seen_plu:
+                raise DomainError(f"scale PLU also on line {seen_plu[plu][1]}", field="scale_plu")
+        except DomainError as exc:
+            _add_error(report, line, (exc.field or "row").split("[")[0], exc.detail)
+            continue
+        seen_sku[sku] = line
+        for code, _ in codes:
+            seen_code[code] = (sku, line)
+        if plu is not None and active:
+            seen_plu[plu] = (sku, line)
+        barcodes_of[sku] = codes
+        parsed.append(
+            {
+                "sku": sku,
+                "name": row["name"].strip(),
+                "unit": row.get("unit") or "pcs",
+                "weighed": weighed,
+                "scale_plu": plu,
+                "category_code": category,
+                "vat_rate_bp": vat,
+                "vat_group": row.get("vat_group") or "A",
+                "active": active,
+                "bucket": bucket_of(sku),
+                "_line": line,
+            }
+        )
+        if progress and report.rows % 20000 == 0:
+            progress("validated", report.rows, 0)
+    # Barcodes and PLUs already owned by products that are not in this file.
+    existing_codes = dict(
+        (await session.execute(select(ProductBarcode.barcode, ProductBarcode.sku))).all()
+    )
+    for code, (sku, line) in seen_code.items():
+        owner = existing_codes.get(code)
+        if owner is not None and owner != sku and owner not in seen_sku:
+            _add_error(report, line, "barcodes", f"barcode {code} belongs to product {owner}")
+    plu_owners = dict(
+        (
+            await session.execute(
+                select(Product.scale_plu, Product.sku).where(
+                    Product.scale_plu.is_not(None), Product.active
+                )
+            )
+        ).all()
+    )
+    for plu, (sku, line) in seen_plu.items():
+        owner = plu_owners.get(plu)
+        if owner is not None and owner != sku and owner not in seen_sku:
+            _add_error(report, line, "scale_plu", f"scale PLU {plu} belongs to {owner}")
+    report.errors.sort(key=lambda e: e.line)
+    existing = set((await session.scalars(select(Product.sku))).all())
+    report.created = sum(1 for p in parsed if p["sku"] not in existing)
+    report.updated = len(parsed) - report.created
+    report.archived = sum(1 for p in parsed if not p["active"])
+    if dry_run or report.error_count:
+        return report
+    await _apply_products(session, parsed, barcodes_of, progress)
+    report.applied = True
+    return report
+
+
+async def _apply_products(
+    session: AsyncSession,
+    parsed: list[dict[str, object]],
+    barcodes_of: dict[str, list[tuple[str, str]]],
+    progress: Progress | None,
+) -> None:
+    dialect = session.get_bind().dialect.name
+    upsert_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    async with unit_of_work(session):
+        last = await allocate_versions(session, max(len(parsed), 1))
+        first = last - len(parsed) + 1
+        now = datetime.now(UTC)
+        skus = [str(p["sku"]) for p in parsed]
+        for start in range(0, len(parsed), _CHUNK):
+            chunk = parsed[start : start + _CHUNK]
+            rows = [
+                {k: v for k, v in p.items() if k != "_line"}
+                | {"version": first + start + i, "updated_at": now, "created_at": now}
+                for i, p in enumerate(chunk)
+            ]
+            stmt = upsert_insert(Product)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[Product.sku],
+                set_={
+                    c: getattr(stmt.excluded, c)
+                    for c in (
+                        "name",
+                        "unit",
+                        "weighed",
+                        "scale_plu",
+                        "category_code",
+                        "vat_rate_bp",
+                        "vat_group",
+                        "active",
+                        "version",
+                        "updated_at",
+                    )
+                },
+            )
+            await session.execute(stmt, rows)
+            chunk_skus = [str(p["sku"]) for p in chunk]
+            await session.execute(delete(ProductBarcode).where(ProductBarcode.sku.in_(chunk_skus)))
+            codes = [
+                {"barcode": code, "sku": sku, "kind": kind}
+                for sku in chunk_skus
+                for code, kind in barcodes_of[sku]
+            ]
+            if codes:
+                # A barcode moving between two products of this file: free it first.
+                await session.execute(
+                    delete(ProductBarcode).where(
+                        ProductBarcode.barcode.in_([c["barcode"] for c in codes])
+                    )
+                )
+                await session.execute(insert(ProductBarcode), codes)
+            if progress:
+                progress("applied", min(start + _CHUNK, len(parsed)), len(parsed))
+        keys = await product_targets(session, skus)
+        archived = [str(p["sku"]) for p in parsed if not p["active"]]
+        if archived:
+            keys |= await price_targets(session, archived)
+        await enqueue(session, last, sorted(keys))
+
+
+async def import_prices(
+    session: AsyncSession,
+    text: Iterable[str],
+    *,
+    dry_run: bool,
+    progress: Progress | None = None,
+) -> ImportReport:
+    report = ImportReport(kind="prices", dry_run=dry_run, rows=0)
+    active = set((await session.scalars(select(Product.sku).where(Product.active))).all())
+    scope_ids = {
+        "format": set((await session.scalars(select(StoreFormat.code))).all()),
+        "zone": set((await session.scalars(select(PriceZone.code))).all()),
+        "branch": set((await session.scalars(select(Branch.code))).all()),
+    }
+    now = datetime.now(UTC)
+    groups: dict[tuple[str, str, datetime | None, str | None], dict[str, int]] = defaultdict(dict)
+    for line, row in _rows(text, ("sku", "price")):
+        report.rows += 1
+        try:
+            sku = row["sku"]
+            if sku not in active:
+                raise DomainError(f"unknown or archived product {sku!r}", field="sku")
+            try:
+                price = parse_minor(row["price"])
+            except ValueError as exc:
+                raise DomainError(str(exc), field="price") from exc
+            if price < 0:
+                raise DomainError("a price cannot be negative", field="price")
+            scope = row.get("scope") or "all"
+            scope_id = row.get("scope_id") or ""
+            if scope == "all":
+                if scope_id:
+                    raise DomainError("the chain scope takes no scope_id", field="scope_id")
+            elif scope not in scope_ids:
+                raise DomainError("scope is all, format, zone or branch", field="scope")
+            elif scope_id not in scope_ids[scope]:
+                raise DomainError(f"unknown {scope} {scope_id!r}", field="scope_id")
+            moment: datetime | None = None
+            local = row.get("effective_local") or None
+            if row.get("effective_at"):
+                try:
+                    moment = datetime.fromisoformat(row["effective_at"])
+                except ValueError as exc:
+                    raise DomainError("not an ISO date-time", field="effective_at") from exc
+                if moment.tzinfo is None:
+                    raise DomainError("effective_at needs a UTC offset", field="effective_at")
+                if moment < now - PAST_GRACE:
+                    raise DomainError(
+                        "a price change cannot take effect in the past", field="effective_at"
+                    )
+            if local is not None:
+                try:
+                    datetime.fromisoformat(local)
+                except ValueError as exc:
+                    raise DomainError("not an ISO date-time", field="effective_local") from exc
+            group = groups[(scope, scope_id, moment, local)]
+            if sku in group:
+                raise DomainError("same product, scope and moment twice", field="sku")
+            group[sku] = price
+        except DomainError as exc:
+            _add_error(report, line, exc.field or "row", exc.detail)
+    report.prices = report.rows - report.error_count
+    if dry_run or report.error_count:
+        return report
+    async with unit_of_work(session):
+        done = 0
+        for (scope, scope_id, moment, local), prices in groups.items():
+            try:
+                await set_prices_bulk(
+                    session,
+                    list(prices.items()),
+                    scope=scope,
+                    scope_id=scope_id or None,
+                    effective_at=moment,
+                    effective_local=local,
+                )
+            except DomainError as exc:
+                # Local-time moments are checked per reached branch here.
+                _add_error(report, 0, exc.field or "row", exc.detail)
+                raise
+            done += len(prices)
+            if progress:
+                progress("applied", done, report.prices)
+    report.applied = True
+    return report
+
+
+async def export_products_csv(session: AsyncSession) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PRODUCT_COLUMNS)
+    codes: dict[str, list[str]] = defaultdict(list)
+    for sku, code in await session.execute(
+        select(ProductBarcode.sku, ProductBarcode.barcode).order_by(ProductBarcode.barcode)
+    ):
+        codes[sku].append(code)
+    for p in await session.scalars(select(Product).order_by(Product.sku)):
+        writer.writerow(
+            [
+                p.sku,
+                p.name,
+                p.unit,
+                "true" if p.weighed else "false",
+                p.scale_plu if p.scale_plu is not None else "",
+                "|".join(codes.get(p.sku, [])),
+                p.category_code or "",
+                p.vat_rate_bp,
+                p.vat_group,
+                "true" if p.active else "false",
+            ]
+        )
+    return out.getvalue()
+
+
+async def export_prices_csv(session: AsyncSession) -> str:
+    """Every price entry not withdrawn (history included), in the import format."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PRICE_COLUMNS)
+    rows = await session.scalars(
+        select(PriceEntryRow)
+        .where(PriceEntryRow.withdrawn.is_(False))
+        .order_by(PriceEntryRow.sku, PriceEntryRow.effective_at, PriceEntryRow.version)
+    )
+    for r in rows:
+        writer.writerow(
+            [
+                r.sku,
+                format_minor(r.price),
+                r.scope,
+                r.scope_id,
+                "" if r.effective_local else r.effective_at.isoformat(),
+                r.effective_local or "",
+            ]
+        )
+    return out.getvalue()

@@ -1,0 +1,203 @@
+"""Shelf labels to print at a branch after prices change: printable HTML.
+
+One label per product of the branch's assortment whose price for that branch
+changes in the window (by default: changed during the last day, or changing
+within the next day, so the night shift can print tomorrow's labels). Each label
+shows the name, the price that applies from the change, the unit price, and the
+barcode as an SVG (EAN-13 and EAN-8 drawn here; other codes as text).
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import NotFoundError, ValidationFailed
+from central.models import Branch, PriceEntryRow, Product, ProductBarcode
+from central.services.assortment import branch_assortment
+from central.services.pricing import expected_prices
+from protocol.pricing import branch_scopes, entry_moment
+from protocol.units import format_minor
+
+__all__ = ["ean_svg", "price_tag_items", "render_price_tags"]
+
+_L = (
+    "0001101",
+    "0011001",
+    "0010011",
+    "0111101",
+    "0100011",
+    "0110001",
+    "0101111",
+    "0111011",
+    "0110111",
+    "0001011",
+)
+_G = tuple("".join("1" if b == "0" else "0" for b in code)[::-1] for code in _L)
+_R = tuple("".join("1" if b == "0" else "0" for b in code) for code in _L)
+_PARITY = (
+    "LLLLLL",
+    "LLGLGG",
+    "LLGGLG",
+    "LLGGGL",
+    "LGLLGG",
+    "LGGLLG",
+    "LGGGLL",
+    "LGLGLG",
+    "LGLGGL",
+    "LGGLGL",
+)
+
+
+def _ean_bits(code: str) -> str | None:
+    if not code.isdigit():
+        return None
+    if len(code) == 13:
+        parity = _PARITY[int(code[0])]
+        left = "".join(
+            (_L if p == "L" else _G)[int(d)] for p, d in zip(parity, code[1:7], strict=True)
+        )
+        right = "".join(_R[int(d)] for d in code[7:])
+        return "101" + left + "01010" + right + "101"
+    if len(code) == 8:
+        left = "".join(_L[int(d)] for d in code[:4])
+        right = "".join(_R[int(d)] for d in code[4:])
+        return "101" + left + "01010" + right + "101"
+    return None
+
+
+def ean_svg(code: str, *, module: float = 1.5, height: float = 40.0) -> str:
+    """An EAN-13/EAN-8 barcode as inline SVG with the digits under it; other codes as text."""
+    bits = _ean_bits(code)
+    if bits is None:
+        return f'<div class="code">{html.escape(code)}</div>'
+    quiet = 9 * module
+    width = quiet * 2 + len(bits) * module
+    bars = []
+    x = quiet
+    for bit in bits:
+        if bit == "1":
+            bars.append(f'<rect x="{x:.2f}" y="0" width="{module:.2f}" height="{height:.0f}"/>')
+        x += module
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height + 12:.0f}" '
+        f'viewBox="0 0 {width:.2f} {height + 12:.0f}" role="img" aria-label="{code}">'
+        + "".join(bars)
+        + f'<text x="{width / 2:.1f}" y="{height + 11:.0f}" font-size="10" '
+        f'text-anchor="middle" font-family="monospace">{code}</text></svg>'
+    )
+
+
+async def price_tag_items(
+    session: AsyncSession,
+    branch_code: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, object]]:
+    branch = await session.get(Branch, branch_code)
+    if branch is None:
+        raise NotFoundError(f"no branch {branch_code}", field="branch")
+    now = datetime.now(UTC)
+    since = since or now - timedelta(days=1)
+    until = until or now + timedelta(days=1)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ValidationFailed("since/until need a UTC offset", field="since")
+    scopes = {
+        (s, sid or "")
+        for s, sid in branch_scopes(branch.code, branch.format_code, branch.price_zone)
+    }
+    sold = set(await branch_assortment(session, branch_code))
+    rows = await session.execute(
+        select(
+            PriceEntryRow.sku,
+            PriceEntryRow.scope,
+            PriceEntryRow.scope_id,
+            PriceEntryRow.effective_at,
+            PriceEntryRow.effective_local,
+        ).where(
+            PriceEntryRow.withdrawn.is_(False),
+            # Local-time entries differ by up to a day between zones: filtered exactly below.
+            PriceEntryRow.effective_at >= since - timedelta(days=1),
+            PriceEntryRow.effective_at <= until,
+        )
+    )
+    changed: dict[str, datetime] = {}
+    for sku, scope, scope_id, effective_at, local in rows:
+        if (scope, scope_id) not in scopes or sku not in sold:
+            continue
+        moment = entry_moment(effective_at, local, branch.timezone)
+        if since <= moment <= until:
+            changed[sku] = max(changed.get(sku, moment), moment)
+    items: list[dict[str, object]] = []
+    for sku in sorted(changed):
+        at = max(changed[sku], now)
+        price = (await expected_prices(session, branch, [sku], at)).get(sku)
+        product = await session.get(Product, sku)
+        if price is None or product is None or not product.active:
+            continue
+        code = await session.scalar(
+            select(ProductBarcode.barcode)
+            .where(ProductBarcode.sku == sku)
+            .order_by(ProductBarcode.kind != "ean13", ProductBarcode.barcode)
+            .limit(1)
+        )
+        items.append(
+            {
+                "sku": sku,
+                "name": product.name,
+                "price": price.price,
+                "unit": product.unit,
+                "valid_from": at,
+                "barcode": code,
+            }
+        )
+    return items
+
+
+_CSS = """
+body{font-family:sans-serif;margin:8mm}
+.tags{display:flex;flex-wrap:wrap;gap:4mm}
+.tag{border:1px solid #000;width:62mm;height:38mm;padding:2mm;box-sizing:border-box;
+     page-break-inside:avoid;display:flex;flex-direction:column;justify-content:space-between}
+.name{font-size:11pt;font-weight:bold;overflow:hidden;max-height:10mm}
+.price{font-size:22pt;font-weight:bold;text-align:right}
+.unit{font-size:8pt}
+.code{font-family:monospace;font-size:9pt}
+@media print{body{margin:0}}
+"""
+
+_UNIT_LABEL = {"kg": "per kg", "g": "per g", "l": "per litre", "ml": "per ml", "m": "per metre"}
+
+
+async def render_price_tags(
+    session: AsyncSession,
+    branch_code: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> str:
+    items = await price_tag_items(session, branch_code, since, until)
+    tags = []
+    for item in items:
+        price = format_minor(int(str(item["price"])))
+        unit = str(item["unit"])
+        unit_text = f"{price} {_UNIT_LABEL[unit]}" if unit in _UNIT_LABEL else f"{price} per piece"
+        valid_from = item["valid_from"]
+        assert isinstance(valid_from, datetime)
+        tags.append(
+            '<div class="tag">'
+            f'<div class="name">{html.escape(str(item["name"]))}</div>'
+            f'<div class="price">{price}</div>'
+            f'<div class="unit">unit price: {html.escape(unit_text)} · SKU {html.escape(str(item["sku"]))}'
+            f" · from {valid_from:%Y-%m-%d %H:%M} UTC</div>"
+            + (ean_svg(str(item["barcode"])) if item["barcode"] else "")
+            + "</div>"
+        )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Price tags {html.escape(branch_code)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>Price tags for {html.escape(branch_code)} ({len(items)})</h1>"
+        f'<div class="tags">{"".join(tags)}</div></body></html>'
+    )

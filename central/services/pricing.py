@@ -1,0 +1,727 @@
+"""Prices: chain base prices, price zones, branch overrides, scheduled changes,
+repricing documents, and what each branch should sell at (``protocol.pricing``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.models import (
+    Branch,
+    BranchStatus,
+    PriceEntryRow,
+    PriceZone,
+    Product,
+    Receipt,
+    ReceiptLineRow,
+    RepricingDocument,
+    RepricingLine,
+    StoreFormat,
+)
+from central.services.catalog import CODE_RE, unit_of_work
+from central.services.masterdata_publisher import (
+    allocate_versions,
+    current_version,
+    enqueue,
+    published_version,
+)
+from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
+from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
+from protocol.units import line_amount
+
+__all__ = [
+    "PAST_GRACE",
+    "BranchSyncOut",
+    "ExpectedPrice",
+    "PriceChangeIn",
+    "PriceEntryOut",
+    "PriceMismatchOut",
+    "PriceZoneIn",
+    "RepricingDocumentIn",
+    "RepricingDocumentOut",
+    "RepricingLineIn",
+    "RepricingLineOut",
+    "approve_repricing",
+    "branch_sync_status",
+    "create_price_zone",
+    "create_repricing",
+    "expected_price",
+    "expected_prices",
+    "get_repricing",
+    "list_price_zones",
+    "list_prices",
+    "price_mismatches",
+    "set_price",
+    "set_prices_bulk",
+    "withdraw_override",
+]
+
+# A moment this far in the past still counts as "now" (clock skew of the caller).
+PAST_GRACE = timedelta(seconds=60)
+SCOPES = ("all", "format", "zone", "branch")
+
+
+class PriceChangeIn(msgspec.Struct, frozen=True, kw_only=True):
+    sku: str
+    price: int
+    scope: str = "all"
+    scope_id: str | None = None
+    # When it takes effect: a UTC moment, or a wall-clock time in the branches'
+    # local time ("2026-12-01T06:00:00"); neither: now.
+    effective_at: datetime | None = None
+    effective_local: str | None = None
+
+
+class PriceEntryOut(msgspec.Struct, kw_only=True):
+    id: int
+    sku: str
+    price: int
+    scope: str
+    scope_id: str | None
+    effective_at: datetime
+    effective_local: str | None
+    version: int
+    withdrawn: bool
+    document_id: int | None
+
+
+class ExpectedPrice(msgspec.Struct, kw_only=True):
+    branch: str
+    sku: str
+    at: datetime
+    price: int | None
+    scope: str | None
+    version: int | None
+
+
+class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    name: str
+    timezone: str = "UTC"
+
+
+class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True):
+    sku: str
+    new_price: int
+    # Stock on hand to revalue (thousandths); central's stock balance when absent.
+    stock_milli: int | None = None
+
+
+class RepricingDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
+    scope: str = "all"
+    scope_id: str | None = None
+    effective_at: datetime | None = None
+    effective_local: str | None = None
+    note: str = ""
+    lines: list[RepricingLineIn]
+
+
+class RepricingLineOut(msgspec.Struct, kw_only=True):
+    sku: str
+    new_price: int
+    old_price: int | None
+    stock_milli: int
+    old_value: int
+    new_value: int
+    revaluation: int
+
+
+class RepricingDocumentOut(msgspec.Struct, kw_only=True):
+    id: int
+    status: str
+    scope: str
+    scope_id: str | None
+    effective_at: datetime
+    effective_local: str | None
+    note: str
+    created_at: datetime
+    approved_at: datetime | None
+    lines: list[RepricingLineOut]
+    total_revaluation: int
+
+
+class BranchSyncOut(msgspec.Struct, kw_only=True):
+    branch: str
+    applied_version: int
+    central_version: int
+    published_version: int
+    up_to_date: bool
+    last_heartbeat_at: datetime | None
+
+
+class PriceMismatchOut(msgspec.Struct, kw_only=True):
+    sku: str
+    till_price: int
+    expected_price: int | None
+    sold_at: datetime
+    receipt_id: int
+
+
+async def _check_scope(session: AsyncSession, scope: str, scope_id: str | None) -> str:
+    if scope not in SCOPES:
+        raise ValidationFailed(f"scope must be one of {', '.join(SCOPES)}", field="scope")
+    if scope == "all":
+        if scope_id:
+            raise ValidationFailed("the chain scope takes no scope_id", field="scope_id")
+        return ""
+    if not scope_id:
+        raise ValidationFailed(f"scope {scope} needs a scope_id", field="scope_id")
+    model = {"format": StoreFormat, "zone": PriceZone, "branch": Branch}[scope]
+    if await session.get(model, scope_id) is None:
+        raise ValidationFailed(f"unknown {scope} {scope_id!r}", field="scope_id")
+    return scope_id
+
+
+async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
+    query = select(Branch.timezone).where(Branch.active).distinct()
+    if scope == "format":
+        query = query.where(Branch.format_code == scope_id)
+    elif scope == "zone":
+        query = query.where(Branch.price_zone == scope_id)
+    elif scope == "branch":
+        query = query.where(Branch.code == scope_id)
+    zones = list((await session.scalars(query)).all())
+    if not zones and scope == "zone":
+        zone = await session.get(PriceZone, scope_id)
+        zones = [zone.timezone] if zone else []
+    return zones or ["UTC"]
+
+
+async def _moment(
+    session: AsyncSession,
+    scope: str,
+    scope_id: str,
+    effective_at: datetime | None,
+    effective_local: str | None,
+    now: datetime,
+    field_prefix: str = "",
+) -> tuple[datetime, str | None]:
+    """(earliest UTC moment, normalized local text); refuses a moment in the past."""
+    if effective_at is not None and effective_local is not None:
+        raise ValidationFailed(
+            "give effective_at or effective_local, not both", field=f"{field_prefix}effective_local"
+        )
+    if effective_local is not None:
+        try:
+            local = datetime.fromisoformat(effective_local)
+        except ValueError as exc:
+            raise ValidationFailed(
+                "effective_local is a local date-time like 2026-12-01T06:00:00",
+                field=f"{field_prefix}effective_local",
+            ) from exc
+        if local.tzinfo is not None:
+            raise ValidationFailed(
+                "effective_local carries no zone (use effective_at for a UTC moment)",
+                field=f"{field_prefix}effective_local",
+            )
+        text = local.replace(microsecond=0).isoformat()
+        moments = [
+            entry_moment(now, text, tz) for tz in await _reached_timezones(session, scope, scope_id)
+        ]
+        if min(moments) < now - PAST_GRACE:
+            raise ValidationFailed(
+                "a price change cannot take effect in the past (in some branch's local time)",
+                field=f"{field_prefix}effective_local",
+            )
+        return min(moments), text
+    if effective_at is None:
+        return now, None
+    if effective_at.tzinfo is None:
+        raise ValidationFailed(
+            "effective_at needs a time zone (UTC)", field=f"{field_prefix}effective_at"
+        )
+    if effective_at < now - PAST_GRACE:
+        raise ValidationFailed(
+            "a price change cannot take effect in the past", field=f"{field_prefix}effective_at"
+        )
+    return max(effective_at.astimezone(UTC), now), None
+
+
+def _check_price(price: int, field: str) -> None:
+    if price < 0:
+        raise ValidationFailed("a price cannot be negative", field=field)
+    if price > 10**12:
+        raise ValidationFailed("price out of range", field=field)
+
+
+async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut:
+    """One price decision at one scope, effective now or scheduled."""
+    async with unit_of_work(session):
+        now = datetime.now(UTC)
+        scope_id = await _check_scope(session, data.scope, data.scope_id)
+        _check_price(data.price, "price")
+        product = await session.get(Product, data.sku)
+        if product is None:
+            raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
+        if not product.active:
+            raise ValidationFailed(f"product {data.sku} is archived", field="sku")
+        moment, local = await _moment(
+            session, data.scope, scope_id, data.effective_at, data.effective_local, now
+        )
+        version = await allocate_versions(session)
+        row = PriceEntryRow(
+            scope=data.scope,
+            scope_id=scope_id,
+            sku=data.sku,
+            bucket=product.bucket,
+            price=data.price,
+            effective_at=moment,
+            effective_local=local,
+            version=version,
+            withdrawn=False,
+        )
+        session.add(row)
+        await session.flush()
+        await enqueue(
+            session, version, [(KIND_PRICE, data.scope, scope_id, bucket_key(product.bucket))]
+        )
+        return _entry_out(row)
+
+
+async def set_prices_bulk(
+    session: AsyncSession,
+    changes: Sequence[tuple[str, int]],
+    *,
+    scope: str = "all",
+    scope_id: str | None = None,
+    effective_at: datetime | None = None,
+    effective_local: str | None = None,
+    document_id: int | None = None,
+) -> int:
+    """Many prices at one scope and moment (import, repricing): one version each, one
+    outbox row per touched bucket. The caller has validated SKUs and prices."""
+    async with unit_of_work(session):
+        now = datetime.now(UTC)
+        sid = await _check_scope(session, scope, scope_id)
+        moment, local = await _moment(session, scope, sid, effective_at, effective_local, now)
+        if not changes:
+            return 0
+        last = await allocate_versions(session, len(changes))
+        first = last - len(changes) + 1
+        rows = []
+        buckets: set[int] = set()
+        for i, (sku, price) in enumerate(changes):
+            bucket = bucket_of(sku)
+            buckets.add(bucket)
+            rows.append(
+                {
+                    "scope": scope,
+                    "scope_id": sid,
+                    "sku": sku,
+                    "bucket": bucket,
+                    "price": price,
+                    "effective_at": moment,
+                    "effective_local": local,
+                    "version": first + i,
+                    "withdrawn": False,
+                    "document_id": document_id,
+                    "created_at": now,
+                }
+            )
+        for start in range(0, len(rows), 5000):
+            await session.execute(insert(PriceEntryRow), rows[start : start + 5000])
+        await enqueue(
+            session, last, [(KIND_PRICE, scope, sid, bucket_key(b)) for b in sorted(buckets)]
+        )
+        return len(rows)
+
+
+async def withdraw_override(session: AsyncSession, *, scope: str, scope_id: str, sku: str) -> int:
+    """The zone/format/branch price of a product no longer applies (the chain's does)."""
+    async with unit_of_work(session):
+        if scope == "all":
+            raise ValidationFailed(
+                "the chain price is changed, not withdrawn; archive the product instead",
+                field="scope",
+            )
+        sid = await _check_scope(session, scope, scope_id)
+        count = await session.scalar(
+            select(func.count())
+            .select_from(PriceEntryRow)
+            .where(
+                PriceEntryRow.scope == scope,
+                PriceEntryRow.scope_id == sid,
+                PriceEntryRow.sku == sku,
+                PriceEntryRow.withdrawn.is_(False),
+            )
+        )
+        if not count:
+            raise NotFoundError(f"no {scope} price of {sku} at {sid}", field="sku")
+        version = await allocate_versions(session)
+        await session.execute(
+            update(PriceEntryRow)
+            .where(
+                PriceEntryRow.scope == scope,
+                PriceEntryRow.scope_id == sid,
+                PriceEntryRow.sku == sku,
+            )
+            .values(withdrawn=True)
+        )
+        await enqueue(session, version, [(KIND_PRICE, scope, sid, bucket_key(bucket_of(sku)))])
+        return int(count)
+
+
+def _entry_out(row: PriceEntryRow) -> PriceEntryOut:
+    return PriceEntryOut(
+        id=row.id,
+        sku=row.sku,
+        price=row.price,
+        scope=row.scope,
+        scope_id=row.scope_id or None,
+        effective_at=row.effective_at,
+        effective_local=row.effective_local,
+        version=row.version,
+        withdrawn=row.withdrawn,
+        document_id=row.document_id,
+    )
+
+
+async def list_prices(
+    session: AsyncSession,
+    *,
+    sku: str | None = None,
+    scope: str | None = None,
+    scope_id: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[PriceEntryOut], int]:
+    query = select(PriceEntryRow)
+    if sku:
+        query = query.where(PriceEntryRow.sku == sku)
+    if scope:
+        query = query.where(PriceEntryRow.scope == scope)
+    if scope_id is not None:
+        query = query.where(PriceEntryRow.scope_id == scope_id)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(
+        query.order_by(PriceEntryRow.sku, PriceEntryRow.effective_at, PriceEntryRow.version)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [_entry_out(r) for r in rows], int(total or 0)
+
+
+async def _branch(session: AsyncSession, code: str) -> Branch:
+    branch = await session.get(Branch, code)
+    if branch is None:
+        raise NotFoundError(f"no branch {code}", field="branch")
+    return branch
+
+
+async def expected_prices(
+    session: AsyncSession, branch: Branch, skus: Sequence[str], at: datetime
+) -> dict[str, PriceCandidate]:
+    """What the branch's tills must charge at ``at``: the shared resolution rules."""
+    scopes = branch_scopes(branch.code, branch.format_code, branch.price_zone)
+    candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
+    for start in range(0, len(skus), 2000):
+        rows = await session.execute(
+            select(PriceEntryRow).where(
+                PriceEntryRow.sku.in_(skus[start : start + 2000]),
+                PriceEntryRow.withdrawn.is_(False),
+            )
+        )
+        for (row,) in rows:
+            if (row.scope, row.scope_id or None) not in scopes:
+                continue
+            candidates[row.sku].append(
+                PriceCandidate(
+                    row.scope,
+                    row.price,
+                    entry_moment(row.effective_at, row.effective_local, branch.timezone),
+                    row.version,
+                )
+            )
+    out: dict[str, PriceCandidate] = {}
+    for sku, entries in candidates.items():
+        got = resolve_price(entries, at)
+        if got is not None:
+            out[sku] = got
+    return out
+
+
+async def expected_price(
+    session: AsyncSession, branch_code: str, sku: str, at: datetime | None = None
+) -> ExpectedPrice:
+    branch = await _branch(session, branch_code)
+    if await session.get(Product, sku) is None:
+        raise NotFoundError(f"no product {sku}", field="sku")
+    moment = at or datetime.now(UTC)
+    got = (await expected_prices(session, branch, [sku], moment)).get(sku)
+    return ExpectedPrice(
+        branch=branch_code,
+        sku=sku,
+        at=moment,
+        price=got.price if got else None,
+        scope=got.scope if got else None,
+        version=got.version if got else None,
+    )
+
+
+async def create_price_zone(session: AsyncSession, data: PriceZoneIn) -> PriceZoneIn:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    async with unit_of_work(session):
+        if not CODE_RE.fullmatch(data.code):
+            raise ValidationFailed("zone code: 1-32 letters, digits, '-' or '_'", field="code")
+        try:
+            ZoneInfo(data.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValidationFailed(
+                f"unknown time zone {data.timezone!r}", field="timezone"
+            ) from exc
+        if await session.get(PriceZone, data.code) is not None:
+            raise ConflictError(f"price zone {data.code} exists", field="code")
+        session.add(PriceZone(code=data.code, name=data.name, timezone=data.timezone))
+        return data
+
+
+async def list_price_zones(session: AsyncSession) -> list[PriceZoneIn]:
+    rows = await session.scalars(select(PriceZone).order_by(PriceZone.code))
+    return [PriceZoneIn(code=z.code, name=z.name, timezone=z.timezone) for z in rows]
+
+
+# --- repricing documents ------------------------------------------------------------
+
+
+async def create_repricing(
+    session: AsyncSession, data: RepricingDocumentIn
+) -> RepricingDocumentOut:
+    async with unit_of_work(session):
+        now = datetime.now(UTC)
+        sid = await _check_scope(session, data.scope, data.scope_id)
+        moment, local = await _moment(
+            session, data.scope, sid, data.effective_at, data.effective_local, now
+        )
+        if not data.lines:
+            raise ValidationFailed("a repricing document needs lines", field="lines")
+        skus = [line.sku for line in data.lines]
+        known = set(
+            (
+                await session.scalars(
+                    select(Product.sku).where(Product.sku.in_(skus), Product.active)
+                )
+            ).all()
+        )
+        seen: set[str] = set()
+        for i, line in enumerate(data.lines):
+            if line.sku not in known:
+                raise ValidationFailed(f"unknown product {line.sku!r}", field=f"lines[{i}].sku")
+            if line.sku in seen:
+                raise ValidationFailed(f"{line.sku} appears twice", field=f"lines[{i}].sku")
+            seen.add(line.sku)
+            _check_price(line.new_price, f"lines[{i}].new_price")
+            if line.stock_milli is not None and line.stock_milli < 0:
+                raise ValidationFailed("stock cannot be negative", field=f"lines[{i}].stock_milli")
+        doc = RepricingDocument(
+            status="draft",
+            scope=data.scope,
+            scope_id=sid,
+            effective_at=moment,
+            effective_local=local,
+            note=data.note,
+        )
+        session.add(doc)
+        await session.flush()
+        session.add_all(
+            RepricingLine(
+                document_id=doc.id,
+                sku=line.sku,
+                new_price=line.new_price,
+                stock_milli=line.stock_milli or 0,
+            )
+            for line in data.lines
+        )
+        await session.flush()
+        return await _repricing_out(session, doc)
+
+
+async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> RepricingDocumentOut:
+    lines = (
+        await session.scalars(
+            select(RepricingLine)
+            .where(RepricingLine.document_id == doc.id)
+            .order_by(RepricingLine.id)
+        )
+    ).all()
+    status = doc.status
+    if status == "approved" and doc.effective_at <= datetime.now(UTC):
+        status = "effective"
+    out_lines = [
+        RepricingLineOut(
+            sku=ln.sku,
+            new_price=ln.new_price,
+            old_price=ln.old_price,
+            stock_milli=ln.stock_milli,
+            old_value=ln.old_value,
+            new_value=ln.new_value,
+            revaluation=ln.new_value - ln.old_value,
+        )
+        for ln in lines
+    ]
+    return RepricingDocumentOut(
+        id=doc.id,
+        status=status,
+        scope=doc.scope,
+        scope_id=doc.scope_id or None,
+        effective_at=doc.effective_at,
+        effective_local=doc.effective_local,
+        note=doc.note,
+        created_at=doc.created_at,
+        approved_at=doc.approved_at,
+        lines=out_lines,
+        total_revaluation=sum(ln.revaluation for ln in out_lines),
+    )
+
+
+async def get_repricing(session: AsyncSession, document_id: int) -> RepricingDocumentOut:
+    doc = await session.get(RepricingDocument, document_id)
+    if doc is None:
+        raise NotFoundError(f"no repricing document {document_id}", field="id")
+    return await _repricing_out(session, doc)
+
+
+async def _scope_price_before(
+    session: AsyncSession, scope: str, scope_id: str, skus: Sequence[str], before: datetime
+) -> dict[str, int]:
+    """The price in force just before ``before`` at this scope (the scope's own
+    entries, falling back to the chain price), per SKU."""
+    rows = await session.execute(
+        select(PriceEntryRow).where(
+            PriceEntryRow.sku.in_(skus),
+            PriceEntryRow.withdrawn.is_(False),
+            PriceEntryRow.effective_at < before,
+        )
+    )
+    candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
+    for (row,) in rows:
+        if (row.scope, row.scope_id) in ((scope, scope_id), ("all", "")):
+            candidates[row.sku].append(
+                PriceCandidate(row.scope, row.price, row.effective_at, row.version)
+            )
+    out: dict[str, int] = {}
+    for sku, entries in candidates.items():
+        got = resolve_price(entries, before - timedelta(microseconds=1))
+        if got is not None:
+            out[sku] = got.price
+    return out
+
+
+async def approve_repricing(session: AsyncSession, document_id: int) -> RepricingDocumentOut:
+    """Draft -> approved: the new prices are scheduled and the stock revaluation recorded."""
+    async with unit_of_work(session):
+        doc = await session.get(RepricingDocument, document_id, with_for_update=True)
+        if doc is None:
+            raise NotFoundError(f"no repricing document {document_id}", field="id")
+        if doc.status != "draft":
+            raise ConflictError(f"document is {doc.status}, not draft", field="status")
+        now = datetime.now(UTC)
+        if doc.effective_at < now - PAST_GRACE:
+            raise ValidationFailed(
+                "the document's effective moment has passed; create a new one",
+                field="effective_at",
+            )
+        lines = (
+            await session.scalars(select(RepricingLine).where(RepricingLine.document_id == doc.id))
+        ).all()
+        old = await _scope_price_before(
+            session, doc.scope, doc.scope_id, [ln.sku for ln in lines], max(doc.effective_at, now)
+        )
+        for ln in lines:
+            ln.old_price = old.get(ln.sku)
+            ln.old_value = line_amount(ln.old_price or 0, ln.stock_milli)
+            ln.new_value = line_amount(ln.new_price, ln.stock_milli)
+        await set_prices_bulk(
+            session,
+            [(ln.sku, ln.new_price) for ln in lines],
+            scope=doc.scope,
+            scope_id=doc.scope_id or None,
+            effective_at=None if doc.effective_local else max(doc.effective_at, now),
+            effective_local=doc.effective_local,
+            document_id=doc.id,
+        )
+        doc.status = "approved"
+        doc.approved_at = now
+        await session.flush()
+        return await _repricing_out(session, doc)
+
+
+# --- what the branches have applied ------------------------------------------------
+
+
+async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
+    central = await current_version(session)
+    published = await published_version(session)
+    rows = await session.execute(
+        select(Branch.code, BranchStatus.applied_version, BranchStatus.received_at)
+        .outerjoin(BranchStatus, BranchStatus.branch == Branch.code)
+        .where(Branch.active)
+        .order_by(Branch.code)
+    )
+    return [
+        BranchSyncOut(
+            branch=code,
+            applied_version=int(applied or 0),
+            central_version=central,
+            published_version=published,
+            up_to_date=int(applied or 0) >= published,
+            last_heartbeat_at=received,
+        )
+        for code, applied, received in rows
+    ]
+
+
+async def price_mismatches(
+    session: AsyncSession, branch_code: str, *, limit: int = 100
+) -> list[PriceMismatchOut]:
+    """Products whose latest till price at this branch (from its receipts) differs from
+    the price head office's rules give for that branch at that moment."""
+    branch = await _branch(session, branch_code)
+    latest = (
+        select(
+            ReceiptLineRow.sku.label("sku"),
+            func.max(Receipt.occurred_at).label("sold_at"),
+        )
+        .join(Receipt, Receipt.id == ReceiptLineRow.receipt_id)
+        .where(Receipt.branch == branch_code)
+        .group_by(ReceiptLineRow.sku)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(ReceiptLineRow.sku, ReceiptLineRow.unit_price, Receipt.occurred_at, Receipt.id)
+            .join(Receipt, Receipt.id == ReceiptLineRow.receipt_id)
+            .join(
+                latest,
+                (latest.c.sku == ReceiptLineRow.sku) & (latest.c.sold_at == Receipt.occurred_at),
+            )
+            .where(Receipt.branch == branch_code)
+            .order_by(ReceiptLineRow.sku)
+        )
+    ).all()
+    out: list[PriceMismatchOut] = []
+    seen: set[str] = set()
+    for sku, unit_price, sold_at, receipt_id in rows:
+        if sku in seen:
+            continue
+        seen.add(sku)
+        expected = (await expected_prices(session, branch, [sku], sold_at)).get(sku)
+        if expected is None or expected.price != unit_price:
+            out.append(
+                PriceMismatchOut(
+                    sku=sku,
+                    till_price=unit_price,
+                    expected_price=expected.price if expected else None,
+                    sold_at=sold_at,
+                    receipt_id=receipt_id,
+                )
+            )
+            if len(out) >= limit:
+                break
+    return out

@@ -1,0 +1,209 @@
+"""Promotions: percent or amount off, or N-for-M, for products or categories, for
+chosen branches (or the whole chain) and a time window. Evaluated at the till by
+``protocol.promotions`` with the same rules central documents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.models import Branch, Category, Product, Promotion
+from central.services.catalog import CODE_RE, unit_of_work
+from central.services.masterdata_publisher import DownKey, allocate_versions, enqueue
+from protocol.masterdata import KIND_PROMOTION
+
+__all__ = [
+    "PromotionIn",
+    "PromotionOut",
+    "create_promotion",
+    "get_promotion",
+    "list_promotions",
+    "withdraw_promotion",
+]
+
+TYPES = ("percent", "amount", "n_for_m")
+
+
+class PromotionIn(msgspec.Struct, frozen=True, kw_only=True):
+    promotion_id: str
+    name: str = ""
+    type: str
+    percent_bp: int = 0
+    amount: int = 0
+    n: int = 0
+    m: int = 0
+    skus: list[str] = msgspec.field(default_factory=list)
+    categories: list[str] = msgspec.field(default_factory=list)
+    # Empty: every branch.
+    branches: list[str] = msgspec.field(default_factory=list)
+    starts_at: datetime
+    ends_at: datetime
+
+
+class PromotionOut(msgspec.Struct, kw_only=True):
+    promotion_id: str
+    name: str
+    type: str
+    percent_bp: int
+    amount: int
+    n: int
+    m: int
+    skus: list[str]
+    categories: list[str]
+    branches: list[str]
+    starts_at: datetime
+    ends_at: datetime
+    active: bool
+    version: int
+
+
+def _out(p: Promotion) -> PromotionOut:
+    return PromotionOut(
+        promotion_id=p.promotion_id,
+        name=p.name,
+        type=p.type,
+        percent_bp=p.percent_bp,
+        amount=p.amount,
+        n=p.n,
+        m=p.m,
+        skus=list(p.skus),
+        categories=list(p.categories),
+        branches=list(p.branches),
+        starts_at=p.starts_at,
+        ends_at=p.ends_at,
+        active=p.active,
+        version=p.version,
+    )
+
+
+def _keys(promotion_id: str, branches: list[str]) -> list[DownKey]:
+    if not branches:
+        return [(KIND_PROMOTION, "all", "", promotion_id)]
+    return [(KIND_PROMOTION, "branch", b, promotion_id) for b in branches]
+
+
+def _check_fields(data: PromotionIn, now: datetime) -> None:
+    if not CODE_RE.fullmatch(data.promotion_id):
+        raise ValidationFailed(
+            "promotion id: 1-32 letters, digits, '-' or '_'", field="promotion_id"
+        )
+    if data.type not in TYPES:
+        raise ValidationFailed(f"type is one of {', '.join(TYPES)}", field="type")
+    if data.type == "percent" and not 0 < data.percent_bp <= 10000:
+        raise ValidationFailed("percent_bp is 1..10000 (100 = 1 %)", field="percent_bp")
+    if data.type == "amount" and data.amount <= 0:
+        raise ValidationFailed("amount off must be positive", field="amount")
+    if data.type == "n_for_m" and not data.n > data.m >= 1:
+        raise ValidationFailed("N-for-M needs n > m >= 1", field="n")
+    if not data.skus and not data.categories:
+        raise ValidationFailed("a promotion needs products or categories", field="skus")
+    if data.starts_at.tzinfo is None or data.ends_at.tzinfo is None:
+        raise ValidationFailed("times need a time zone (UTC)", field="starts_at")
+    if data.ends_at <= data.starts_at:
+        raise ValidationFailed("ends_at must be after starts_at", field="ends_at")
+    if data.ends_at <= now:
+        raise ValidationFailed("the promotion would already be over", field="ends_at")
+
+
+async def _check_references(session: AsyncSession, data: PromotionIn) -> None:
+    for field, model, values in (
+        ("skus", Product, data.skus),
+        ("categories", Category, data.categories),
+        ("branches", Branch, data.branches),
+    ):
+        for i, value in enumerate(values):
+            row = await session.get(model, value)
+            if row is None or (isinstance(row, Product) and not row.active):
+                raise ValidationFailed(f"unknown {field[:-1]} {value!r}", field=f"{field}[{i}]")
+
+
+async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
+    """One product (or category) has at most one promotion at a time in a branch."""
+    others = (
+        await session.scalars(
+            select(Promotion).where(
+                Promotion.active,
+                Promotion.starts_at < data.ends_at,
+                Promotion.ends_at > data.starts_at,
+                Promotion.promotion_id != data.promotion_id,
+            )
+        )
+    ).all()
+    for other in others:
+        if data.branches and other.branches and not set(data.branches) & set(other.branches):
+            continue
+        for field, mine, theirs in (
+            ("skus", data.skus, other.skus),
+            ("categories", data.categories, other.categories),
+        ):
+            for i, value in enumerate(mine):
+                if value in theirs:
+                    raise ConflictError(
+                        f"{value} is already in promotion {other.promotion_id} at that time",
+                        field=f"{field}[{i}]",
+                    )
+
+
+async def create_promotion(session: AsyncSession, data: PromotionIn) -> PromotionOut:
+    async with unit_of_work(session):
+        _check_fields(data, datetime.now(UTC))
+        if await session.get(Promotion, data.promotion_id) is not None:
+            raise ConflictError(f"promotion {data.promotion_id} exists", field="promotion_id")
+        await _check_references(session, data)
+        await _check_overlap(session, data)
+        version = await allocate_versions(session)
+        promo = Promotion(
+            promotion_id=data.promotion_id,
+            name=data.name,
+            type=data.type,
+            percent_bp=data.percent_bp,
+            amount=data.amount,
+            n=data.n,
+            m=data.m,
+            skus=sorted(set(data.skus)),
+            categories=sorted(set(data.categories)),
+            branches=sorted(set(data.branches)),
+            starts_at=data.starts_at.astimezone(UTC),
+            ends_at=data.ends_at.astimezone(UTC),
+            active=True,
+            version=version,
+        )
+        session.add(promo)
+        await session.flush()
+        await enqueue(session, version, _keys(promo.promotion_id, promo.branches))
+        return _out(promo)
+
+
+async def withdraw_promotion(session: AsyncSession, promotion_id: str) -> PromotionOut:
+    async with unit_of_work(session):
+        promo = await session.get(Promotion, promotion_id)
+        if promo is None:
+            raise NotFoundError(f"no promotion {promotion_id}", field="promotion_id")
+        version = await allocate_versions(session)
+        promo.active = False
+        promo.version = version
+        await session.flush()
+        await enqueue(session, version, _keys(promo.promotion_id, promo.branches))
+        return _out(promo)
+
+
+async def get_promotion(session: AsyncSession, promotion_id: str) -> PromotionOut:
+    promo = await session.get(Promotion, promotion_id)
+    if promo is None:
+        raise NotFoundError(f"no promotion {promotion_id}", field="promotion_id")
+    return _out(promo)
+
+
+async def list_promotions(
+    session: AsyncSession, *, active: bool | None = None, limit: int = 100, offset: int = 0
+) -> tuple[list[PromotionOut], int]:
+    query = select(Promotion)
+    if active is not None:
+        query = query.where(Promotion.active.is_(active))
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(Promotion.promotion_id).limit(limit).offset(offset))
+    return [_out(p) for p in rows], int(total or 0)

@@ -1,0 +1,245 @@
+"""Head-office catalog, prices, assortment and promotions through the web API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from central.models import MasterDataOutbox, PriceEntryRow, Product
+from tests.conftest import register_branch
+
+
+async def _setup(client: Any) -> None:
+    r = await client.post("/api/v1/categories", json={"code": "food", "name": "Food"})
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/api/v1/categories", json={"code": "dairy", "name": "Dairy", "parent": "food"}
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/api/v1/products",
+        json={
+            "sku": "MILK-1L",
+            "name": "Milk 1L",
+            "unit": "pcs",
+            "barcodes": [{"code": "4006381333931"}, {"code": "INT-1", "kind": "internal"}],
+            "category": "dairy",
+            "vat_rate_bp": 1000,
+            "vat_group": "B",
+        },
+    )
+    assert r.status_code == 201, r.text
+
+
+def _problem_field(response: Any) -> str:
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["errors"], body
+    field: str = body["errors"][0]["field"]
+    return field
+
+
+async def _counts(central: Any) -> tuple[int, int, int]:
+    async with central.sessionmaker() as s:
+        return (
+            int(await s.scalar(select(func.count()).select_from(Product)) or 0),
+            int(await s.scalar(select(func.count()).select_from(PriceEntryRow)) or 0),
+            int(await s.scalar(select(func.count()).select_from(MasterDataOutbox)) or 0),
+        )
+
+
+async def test_product_crud_search_and_archive(central: Any, central_client: Any) -> None:
+    client = central_client
+    await _setup(client)
+    r = await client.get("/api/v1/products", params={"q": "milk"})
+    assert [p["sku"] for p in r.json()["items"]] == ["MILK-1L"]
+    r = await client.get("/api/v1/products", params={"q": "4006381333931"})
+    assert r.json()["total"] == 1
+    r = await client.get("/api/v1/products", params={"barcode": "INT-1"})
+    assert r.json()["items"][0]["barcodes"] == [
+        {"code": "4006381333931", "kind": "ean13"},
+        {"code": "INT-1", "kind": "internal"},
+    ]
+    r = await client.patch("/api/v1/products/MILK-1L", json={"name": "Whole milk 1L"})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "Whole milk 1L"
+    version = r.json()["version"]
+    r = await client.post("/api/v1/products/MILK-1L/archive")
+    assert r.status_code == 200
+    assert r.json()["active"] is False
+    assert r.json()["version"] > version
+    r = await client.get("/api/v1/products", params={"active": "true"})
+    assert r.json()["total"] == 0
+    r = await client.get("/api/v1/products/NOPE")
+    assert r.status_code == 404
+
+
+async def test_bad_input_names_the_field_and_changes_nothing(
+    central: Any, central_client: Any
+) -> None:
+    client = central_client
+    await _setup(client)
+    await register_branch(central, "B1")
+    before = await _counts(central)
+    cases = [
+        (
+            "/api/v1/products",
+            {"sku": "X", "name": "X", "vat_rate_bp": 0, "barcodes": [{"code": "4006381333932"}]},
+            "barcodes[0].code",
+        ),
+        ("/api/v1/prices", {"sku": "NOPE", "price": 100}, "sku"),
+        ("/api/v1/prices", {"sku": "MILK-1L", "price": -1}, "price"),
+        (
+            "/api/v1/prices",
+            {
+                "sku": "MILK-1L",
+                "price": 100,
+                "effective_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+            },
+            "effective_at",
+        ),
+        (
+            "/api/v1/prices",
+            {"sku": "MILK-1L", "price": 100, "effective_local": "2001-01-01T06:00:00"},
+            "effective_local",
+        ),
+        (
+            "/api/v1/prices",
+            {"sku": "MILK-1L", "price": 100, "scope": "zone", "scope_id": "x"},
+            "scope_id",
+        ),
+    ]
+    for path, body, field in cases:
+        r = await client.post(path, json=body)
+        assert r.status_code in (409, 422), (path, body, r.text)
+        assert _problem_field(r) == field
+    assert await _counts(central) == before
+
+
+async def test_overlapping_promotions_are_refused(central: Any, central_client: Any) -> None:
+    client = central_client
+    await _setup(client)
+    now = datetime.now(UTC)
+    body = {
+        "promotion_id": "P1",
+        "type": "percent",
+        "percent_bp": 1000,
+        "skus": ["MILK-1L"],
+        "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(days=7)).isoformat(),
+    }
+    r = await client.post("/api/v1/promotions", json=body)
+    assert r.status_code == 201, r.text
+    before = await _counts(central)
+    overlapping = body | {
+        "promotion_id": "P2",
+        "type": "n_for_m",
+        "n": 3,
+        "m": 2,
+        "starts_at": (now + timedelta(days=6)).isoformat(),
+        "ends_at": (now + timedelta(days=8)).isoformat(),
+    }
+    r = await client.post("/api/v1/promotions", json=overlapping)
+    assert r.status_code == 409
+    assert _problem_field(r) == "skus[0]"
+    assert await _counts(central) == before
+    # Right after the first one ends, it is fine.
+    later = overlapping | {
+        "starts_at": (now + timedelta(days=7)).isoformat(),
+        "ends_at": (now + timedelta(days=9)).isoformat(),
+    }
+    r = await client.post("/api/v1/promotions", json=later)
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/promotions/P1/withdraw")
+    assert r.json()["active"] is False
+
+
+async def test_price_precedence_schedule_and_repricing(central: Any, central_client: Any) -> None:
+    client = central_client
+    await _setup(client)
+    assert (
+        await client.post("/api/v1/zones", json={"code": "north", "name": "North"})
+    ).status_code == 201
+    await register_branch(central, "B1", price_zone="north", timezone="Europe/Berlin")
+    await register_branch(central, "B2")
+    assert (
+        await client.post("/api/v1/prices", json={"sku": "MILK-1L", "price": 119})
+    ).status_code == 201
+    r = await client.post(
+        "/api/v1/prices",
+        json={"sku": "MILK-1L", "price": 109, "scope": "zone", "scope_id": "north"},
+    )
+    assert r.status_code == 201, r.text
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    r = await client.post(
+        "/api/v1/prices",
+        json={
+            "sku": "MILK-1L",
+            "price": 99,
+            "scope": "branch",
+            "scope_id": "B1",
+            "effective_at": soon.isoformat(),
+        },
+    )
+    assert r.status_code == 201, r.text
+
+    async def expected(branch: str, at: datetime | None = None) -> int:
+        params = {"at": at.isoformat()} if at else {}
+        r = await client.get(f"/api/v1/prices/branches/{branch}/products/MILK-1L", params=params)
+        assert r.status_code == 200, r.text
+        price: int = r.json()["price"]
+        return price
+
+    assert await expected("B1") == 109
+    assert await expected("B2") == 119
+    assert await expected("B1", soon + timedelta(seconds=1)) == 99
+    # Withdrawing the zone price: B1 falls back to the chain price (until its override).
+    r = await client.post(
+        "/api/v1/prices/withdraw", params={"scope": "zone", "scope_id": "north", "sku": "MILK-1L"}
+    )
+    assert r.status_code == 200, r.text
+    assert await expected("B1") == 119
+
+    # A repricing document: draft -> approved -> effective, with the stock revaluation.
+    r = await client.post(
+        "/api/v1/repricing",
+        json={
+            "lines": [{"sku": "MILK-1L", "new_price": 129, "stock_milli": 10000}],
+            "note": "dairy",
+        },
+    )
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    assert doc["status"] == "draft"
+    assert await expected("B2") == 119
+    r = await client.post(f"/api/v1/repricing/{doc['id']}/approve")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["status"] == "effective"
+    assert doc["lines"][0]["old_price"] == 119
+    assert doc["lines"][0]["old_value"] == 1190
+    assert doc["lines"][0]["new_value"] == 1290
+    assert doc["total_revaluation"] == 100
+    assert await expected("B2") == 129
+    r = await client.post(f"/api/v1/repricing/{doc['id']}/approve")
+    assert r.status_code == 409
+
+
+async def test_price_tags_html(central: Any, central_client: Any) -> None:
+    client = central_client
+    await _setup(client)
+    await client.post("/api/v1/formats", json={"code": "mini", "name": "Minimarket"})
+    await register_branch(central, "B1", format_code="mini")
+    r = await client.post("/api/v1/formats/mini/products", json={"add": ["MILK-1L"]})
+    assert r.status_code == 200, r.text
+    await client.post("/api/v1/prices", json={"sku": "MILK-1L", "price": 119})
+    r = await client.get("/api/v1/price-tags/B1")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert "Whole" not in r.text
+    assert "Milk 1L" in r.text
+    assert "1.19" in r.text
+    assert "<svg" in r.text
+    assert 'aria-label="4006381333931"' in r.text
