@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import dialect_insert, insert_rows, table_of
+from central.ingest.bulk import dialect_insert, insert_rows, is_postgresql, table_of
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
 from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
@@ -113,54 +113,111 @@ def transfer_ref_of(body: StockDocumentPosted) -> str:
     return body.transfer_ref or body.document_id
 
 
+_PG_ENSURE = text(
+    "INSERT INTO stock_balances (branch, sku, quantity_milli, value, avg_cost, movements) "
+    "SELECT k.b, k.s, 0, 0, 0, 0 "
+    "FROM unnest(CAST(:branches AS text[]), CAST(:skus AS text[])) AS k(b, s) ORDER BY k.b, k.s "
+    "ON CONFLICT (branch, sku) DO NOTHING"
+)
+_PG_LOCK = text(
+    "SELECT t.branch, t.sku, t.quantity_milli, t.value, t.avg_cost, t.movements "
+    "FROM stock_balances AS t "
+    "JOIN unnest(CAST(:branches AS text[]), CAST(:skus AS text[])) AS k(b, s) "
+    "ON t.branch = k.b AND t.sku = k.s "
+    "ORDER BY t.branch, t.sku FOR UPDATE OF t"
+)
+_PG_WRITE = text(
+    "UPDATE stock_balances AS t SET quantity_milli = u.q, value = u.v, avg_cost = u.a, "
+    "movements = u.m "
+    "FROM unnest(CAST(:branches AS text[]), CAST(:skus AS text[]), CAST(:q AS bigint[]), "
+    "CAST(:v AS bigint[]), CAST(:a AS bigint[]), CAST(:m AS bigint[])) AS u(b, s, q, v, a, m) "
+    "WHERE t.branch = u.b AND t.sku = u.s"
+)
+
+
 async def _lock_balances(
     session: AsyncSession, keys: list[tuple[str, str]]
 ) -> dict[tuple[str, str], StockBalance]:
-    table = table_of(StockBalance)
+    """Create missing balances, then lock all of them, in (branch, sku) order."""
     found: dict[tuple[str, str], StockBalance] = {}
-    for start in range(0, len(keys), _KEY_CHUNK):
-        chunk = keys[start : start + _KEY_CHUNK]
-        # New products first (sorted, so two workers take the same order), then lock all.
+    if is_postgresql(session):
+        # Arrays instead of thousands of bind parameters: one cached statement each.
+        params = {"branches": [b for b, _ in keys], "skus": [s for _, s in keys]}
+        await session.execute(_PG_ENSURE, params)
+        rows: Any = await session.execute(_PG_LOCK, params)
+    else:
+        table = table_of(StockBalance)
         await session.execute(
-            dialect_insert(session, table)
-            .values(
-                [
-                    {
-                        "branch": b,
-                        "sku": s,
-                        "quantity_milli": 0,
-                        "value": 0,
-                        "avg_cost": 0,
-                        "movements": 0,
-                    }
-                    for b, s in chunk
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["branch", "sku"])
+            dialect_insert(session, table).on_conflict_do_nothing(index_elements=["branch", "sku"]),
+            [
+                {"branch": b, "sku": s, "quantity_milli": 0, "value": 0, "avg_cost": 0}
+                | {"movements": 0}
+                for b, s in keys
+            ],
         )
-        rows = await session.execute(
-            select(
-                StockBalance.branch,
-                StockBalance.sku,
-                StockBalance.quantity_milli,
-                StockBalance.value,
-                StockBalance.avg_cost,
-                StockBalance.movements,
+        rows = []
+        for start in range(0, len(keys), _KEY_CHUNK):
+            chunk = keys[start : start + _KEY_CHUNK]
+            rows.extend(
+                await session.execute(
+                    select(
+                        StockBalance.branch,
+                        StockBalance.sku,
+                        StockBalance.quantity_milli,
+                        StockBalance.value,
+                        StockBalance.avg_cost,
+                        StockBalance.movements,
+                    ).where(tuple_(StockBalance.branch, StockBalance.sku).in_(chunk))
+                )
             )
-            .where(tuple_(StockBalance.branch, StockBalance.sku).in_(chunk))
-            .order_by(StockBalance.branch, StockBalance.sku)
-            .with_for_update()
+    for row in rows:
+        found[(row.branch, row.sku)] = StockBalance(
+            branch=row.branch,
+            sku=row.sku,
+            quantity_milli=row.quantity_milli,
+            value=row.value,
+            avg_cost=row.avg_cost,
+            movements=row.movements,
         )
-        for row in rows:
-            found[(row.branch, row.sku)] = StockBalance(
-                branch=row.branch,
-                sku=row.sku,
-                quantity_milli=row.quantity_milli,
-                value=row.value,
-                avg_cost=row.avg_cost,
-                movements=row.movements,
-            )
     return found
+
+
+async def _write_balances(session: AsyncSession, balances: list[StockBalance]) -> None:
+    if is_postgresql(session):
+        await session.execute(
+            _PG_WRITE,
+            {
+                "branches": [b.branch for b in balances],
+                "skus": [b.sku for b in balances],
+                "q": [b.quantity_milli for b in balances],
+                "v": [b.value for b in balances],
+                "a": [b.avg_cost for b in balances],
+                "m": [b.movements for b in balances],
+            },
+        )
+        return
+    table = table_of(StockBalance)
+    await session.execute(
+        update(table)
+        .where(table.c.branch == bindparam("k_branch"), table.c.sku == bindparam("k_sku"))
+        .values(
+            quantity_milli=bindparam("v_quantity"),
+            value=bindparam("v_value"),
+            avg_cost=bindparam("v_avg"),
+            movements=bindparam("v_movements"),
+        ),
+        [
+            {
+                "k_branch": b.branch,
+                "k_sku": b.sku,
+                "v_quantity": b.quantity_milli,
+                "v_value": b.value,
+                "v_avg": b.avg_cost,
+                "v_movements": b.movements,
+            }
+            for b in balances
+        ],
+    )
 
 
 async def _sent_costs(session: AsyncSession, refs: set[str]) -> dict[tuple[str, str], int]:
@@ -215,28 +272,7 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
             }
         )
     await insert_rows(session, table_of(StockMovement), ledger)
-    table = table_of(StockBalance)
-    await session.execute(
-        update(table)
-        .where(table.c.branch == bindparam("k_branch"), table.c.sku == bindparam("k_sku"))
-        .values(
-            quantity_milli=bindparam("v_quantity"),
-            value=bindparam("v_value"),
-            avg_cost=bindparam("v_avg"),
-            movements=bindparam("v_movements"),
-        ),
-        [
-            {
-                "k_branch": b.branch,
-                "k_sku": b.sku,
-                "v_quantity": b.quantity_milli,
-                "v_value": b.value,
-                "v_avg": b.avg_cost,
-                "v_movements": b.movements,
-            }
-            for b in (balances[k] for k in keys)
-        ],
-    )
+    await _write_balances(session, [balances[k] for k in keys])
     return results
 
 

@@ -23,15 +23,22 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from sqlalchemy import bindparam, or_, select, tuple_, update
+from sqlalchemy import bindparam, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.ingest.bulk import dialect_insert, insert_rows, is_retryable, table_of
+from central.ingest.bulk import (
+    dialect_insert,
+    insert_rows,
+    is_postgresql,
+    is_retryable,
+    table_of,
+)
 from central.ingest.handlers import EventContext, IngestBatch, apply_handlers
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from protocol.codec import WireDecodeError, decode_envelope, decode_heartbeat
@@ -46,6 +53,15 @@ log = logging.getLogger(__name__)
 # Exit status of the fault-injection crash between commit and ack (tests only).
 CRASH_EXIT_CODE = 86
 _MAX_ATTEMPTS = 8
+# Arrays, not thousands of bind parameters: one cached statement per batch.
+_PG_EXISTING = text(
+    "SELECT event_id, branch, seq FROM ingested_events "
+    "WHERE event_id = ANY(CAST(:ids AS uuid[])) "
+    "UNION "
+    "SELECT e.event_id, e.branch, e.seq FROM ingested_events AS e "
+    "JOIN unnest(CAST(:branches AS text[]), CAST(:seqs AS bigint[])) AS k(b, s) "
+    "ON e.branch = k.b AND e.seq = k.s"
+)
 
 
 @dataclass(slots=True)
@@ -304,14 +320,21 @@ class IngestWorker:
         existing_ids: set[uuid.UUID] = set()
         existing_keys: set[tuple[str, int]] = set()
         # One query for both unique keys of the whole batch.
-        for row in await session.execute(
-            select(IngestedEvent.event_id, IngestedEvent.branch, IngestedEvent.seq).where(
-                or_(
-                    IngestedEvent.event_id.in_(ids),
-                    tuple_(IngestedEvent.branch, IngestedEvent.seq).in_(keys),
+        if is_postgresql(session):
+            found: Any = await session.execute(
+                _PG_EXISTING,
+                {"ids": ids, "branches": [b for b, _ in keys], "seqs": [q for _, q in keys]},
+            )
+        else:
+            found = await session.execute(
+                select(IngestedEvent.event_id, IngestedEvent.branch, IngestedEvent.seq).where(
+                    or_(
+                        IngestedEvent.event_id.in_(ids),
+                        tuple_(IngestedEvent.branch, IngestedEvent.seq).in_(keys),
+                    )
                 )
             )
-        ):
+        for row in found:
             existing_ids.add(row.event_id)
             existing_keys.add((row.branch, row.seq))
         seen_ids: set[uuid.UUID] = set()
