@@ -19,6 +19,7 @@ from central.api.health import HealthController
 from central.api.masterdata import MASTER_DATA_CONTROLLERS
 from central.api.problems import exception_handlers
 from central.api.receipts import DeadLetterController, ReceiptController
+from central.api.reports import ReportController
 from central.api.users import UserController
 from central.auth import ApiAuthMiddleware, authorize
 from central.runtime import CentralRuntime
@@ -48,6 +49,7 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
             HealthController,
             ReceiptController,
             DeadLetterController,
+            ReportController,
             UserController,
             AuditController,
             BranchController,

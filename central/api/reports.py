@@ -1,0 +1,358 @@
+"""Head-office reports under /api/v1/reports: JSON, or CSV with ``?format=csv`` or
+``Accept: text/csv``. Every route is one call into ``central.reports.service``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import ValidationFailed
+from central.reports import service
+from central.reports.csv_out import report_csv
+from central.reports.schemas import (
+    AbcReport,
+    LossPreventionReport,
+    MarginReport,
+    SalesReport,
+    ShiftReconciliationReport,
+    ShrinkageReport,
+    StockMovementReport,
+    StockOnHandReport,
+    SyncHealthReport,
+    WriteOffReport,
+)
+
+__all__ = ["ReportController"]
+
+DateFrom = Annotated[
+    date | None, QueryParameter(name="date_from", description="First local day, inclusive")
+]
+DateTo = Annotated[
+    date | None, QueryParameter(name="date_to", description="Last local day, inclusive")
+]
+BranchParam = Annotated[
+    str | None, QueryParameter(name="branch", description="Branch code; all branches if absent")
+]
+FormatParam = Annotated[
+    str | None,
+    QueryParameter(name="format", description="json (default) or csv; Accept: text/csv works too"),
+]
+
+
+def _wants_csv(request: Request[Any, Any, Any], fmt: str | None) -> bool:
+    if fmt is not None:
+        if fmt not in ("json", "csv"):
+            raise ValidationFailed("format must be json or csv", field="format")
+        return fmt == "csv"
+    return "text/csv" in request.headers.get("accept", "")
+
+
+def _respond(
+    request: Request[Any, Any, Any], fmt: str | None, report: Any, rows: list[Any], name: str
+) -> Any:
+    """The report itself (JSON), or its rows as a CSV download."""
+    if not _wants_csv(request, fmt):
+        return report
+    return Response(
+        content=report_csv(rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+    )
+
+
+def _max_span(request: Request[Any, Any, Any]) -> int:
+    settings = request.app.state.runtime.settings
+    return int(getattr(settings, "report_max_span_days", service.DEFAULT_MAX_SPAN_DAYS))
+
+
+class ReportController(Controller):
+    path = "/api/v1/reports"
+    tags = ["reports"]
+
+    @get(
+        "/sales",
+        operation_id="salesReport",
+        summary="Sales by branch, day, hour, cashier, product, category or payment type",
+    )
+    async def sales(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        group_by: Annotated[
+            str | None,
+            QueryParameter(
+                name="group_by",
+                description="Comma-separated: branch, day and at most one of hour, cashier, "
+                "product, category, payment_type (default branch)",
+            ),
+        ] = None,
+        compare: Annotated[
+            bool, QueryParameter(name="compare", description="Add the previous period")
+        ] = True,
+        fmt: FormatParam = None,
+    ) -> SalesReport:
+        report = await service.sales_report(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            group_by=group_by,
+            compare=compare,
+            max_span_days=_max_span(request),
+        )
+        result: SalesReport = _respond(request, fmt, report, report.rows, "sales")
+        return result
+
+    @get(
+        "/stock-on-hand",
+        operation_id="stockOnHandReport",
+        summary="Stock on hand by branch and product, at cost and at retail",
+    )
+    async def stock_on_hand(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        branch: BranchParam = None,
+        sku: Annotated[str | None, QueryParameter(name="sku")] = None,
+        group_by: Annotated[
+            str | None,
+            QueryParameter(
+                name="group_by", description="branch,product (default), branch or product"
+            ),
+        ] = None,
+        fmt: FormatParam = None,
+    ) -> StockOnHandReport:
+        report = await service.stock_on_hand(db_session, branch=branch, group_by=group_by, sku=sku)
+        result: StockOnHandReport = _respond(request, fmt, report, report.rows, "stock-on-hand")
+        return result
+
+    @get(
+        "/stock-movement",
+        operation_id="stockMovementReport",
+        summary="Opening, receipts, transfers, sales, returns, write-offs, stocktakes, closing",
+    )
+    async def stock_movement(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        sku: Annotated[str | None, QueryParameter(name="sku")] = None,
+        group_by: Annotated[
+            str | None,
+            QueryParameter(
+                name="group_by",
+                description="product (default with a branch), branch (default without), or both",
+            ),
+        ] = None,
+        fmt: FormatParam = None,
+    ) -> StockMovementReport:
+        report = await service.stock_movement(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            group_by=group_by,
+            sku=sku,
+            max_span_days=_max_span(request),
+        )
+        result: StockMovementReport = _respond(request, fmt, report, report.rows, "stock-movement")
+        return result
+
+    @get(
+        "/gross-margin",
+        operation_id="grossMarginReport",
+        summary="Net sales minus cost of goods sold (moving average) by branch, category, product",
+    )
+    async def gross_margin(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        group_by: Annotated[
+            str | None,
+            QueryParameter(name="group_by", description="branch (default), category, product"),
+        ] = None,
+        fmt: FormatParam = None,
+    ) -> MarginReport:
+        report = await service.gross_margin(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            group_by=group_by,
+            max_span_days=_max_span(request),
+        )
+        result: MarginReport = _respond(request, fmt, report, report.rows, "gross-margin")
+        return result
+
+    @get(
+        "/abc",
+        operation_id="abcReport",
+        summary="ABC analysis of products by revenue or margin, per branch or chain",
+    )
+    async def abc(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        measure: Annotated[
+            str, QueryParameter(name="measure", description="revenue (default) or margin")
+        ] = "revenue",
+        a_pct: Annotated[int, QueryParameter(name="a_pct", description="Share of class A")] = 80,
+        b_pct: Annotated[
+            int, QueryParameter(name="b_pct", description="Share of classes A and B")
+        ] = 95,
+        fmt: FormatParam = None,
+    ) -> AbcReport:
+        report = await service.abc_analysis(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            measure=measure,
+            a_pct=a_pct,
+            b_pct=b_pct,
+            max_span_days=_max_span(request),
+        )
+        result: AbcReport = _respond(request, fmt, report, report.rows, "abc")
+        return result
+
+    @get("/write-offs", operation_id="writeOffReport", summary="Write-offs by reason")
+    async def write_offs(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        group_by: Annotated[
+            str | None,
+            QueryParameter(name="group_by", description="reason (default), branch, product"),
+        ] = None,
+        fmt: FormatParam = None,
+    ) -> WriteOffReport:
+        report = await service.write_offs(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            group_by=group_by,
+            max_span_days=_max_span(request),
+        )
+        result: WriteOffReport = _respond(request, fmt, report, report.rows, "write-offs")
+        return result
+
+    @get("/shrinkage", operation_id="shrinkageReport", summary="Stocktake differences")
+    async def shrinkage(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        group_by: Annotated[
+            str | None, QueryParameter(name="group_by", description="branch (default), product")
+        ] = None,
+        fmt: FormatParam = None,
+    ) -> ShrinkageReport:
+        report = await service.shrinkage(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            group_by=group_by,
+            max_span_days=_max_span(request),
+        )
+        result: ShrinkageReport = _respond(request, fmt, report, report.rows, "shrinkage")
+        return result
+
+    @get(
+        "/shifts",
+        operation_id="shiftReconciliationReport",
+        summary="Per shift: Z totals and the till's closing beside the recorded receipts",
+    )
+    async def shifts(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        only_differences: Annotated[
+            bool, QueryParameter(name="only_differences", description="Only shifts that differ")
+        ] = False,
+        fmt: FormatParam = None,
+    ) -> ShiftReconciliationReport:
+        report = await service.shift_reconciliation(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            only_differences=only_differences,
+            max_span_days=_max_span(request),
+        )
+        result: ShiftReconciliationReport = _respond(request, fmt, report, report.rows, "shifts")
+        return result
+
+    @get(
+        "/loss-prevention",
+        operation_id="lossPreventionReport",
+        summary="Cashiers with unusual rates of voids, returns or manual discounts",
+    )
+    async def loss_prevention(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        branch: BranchParam = None,
+        factor: Annotated[
+            int, QueryParameter(name="factor", description="Flag at this multiple of the median")
+        ] = 3,
+        min_count: Annotated[
+            int, QueryParameter(name="min_count", description="Fewer events are never flagged")
+        ] = 3,
+        fmt: FormatParam = None,
+    ) -> LossPreventionReport:
+        report = await service.loss_prevention(
+            db_session,
+            date_from=date_from,
+            date_to=date_to,
+            branch=branch,
+            factor=factor,
+            min_count=min_count,
+            max_span_days=_max_span(request),
+        )
+        result: LossPreventionReport = _respond(
+            request, fmt, report, report.rows, "loss-prevention"
+        )
+        return result
+
+    @get(
+        "/sync-health",
+        operation_id="syncHealthReport",
+        summary="Per branch: last event, lag, outbox backlog, applied version, dead letters",
+    )
+    async def sync_health(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        fmt: FormatParam = None,
+    ) -> SyncHealthReport:
+        report = await service.sync_health(db_session)
+        result: SyncHealthReport = _respond(request, fmt, report, report.rows, "sync-health")
+        return result

@@ -1,0 +1,315 @@
+"""Bodies of the report routes (msgspec Structs, shown in the OpenAPI schema).
+
+Money in integer minor units, quantities in integer thousandths (``*_milli``),
+percentages as decimal text. The CSV form of each report has the same columns.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import msgspec
+
+__all__ = [
+    "AbcReport",
+    "AbcRow",
+    "LossPreventionReport",
+    "LossPreventionRow",
+    "MarginFigures",
+    "MarginReport",
+    "MarginRow",
+    "SalesFigures",
+    "SalesReport",
+    "SalesRow",
+    "ShiftDifference",
+    "ShiftReconciliationReport",
+    "ShiftRow",
+    "ShrinkageReport",
+    "ShrinkageRow",
+    "StockMovementReport",
+    "StockMovementRow",
+    "StockOnHandReport",
+    "StockOnHandRow",
+    "SyncHealthReport",
+    "SyncHealthRow",
+    "WriteOffReport",
+    "WriteOffRow",
+]
+
+
+class SalesFigures(msgspec.Struct, kw_only=True):
+    # Receipts of the group; for a product: receipts holding it. None where it cannot
+    # be told from the group (a category, a payment type's goods).
+    receipts: int | None
+    # revenue / receipts, half-up.
+    avg_basket: int | None
+    qty_milli: int | None
+    # Line totals including VAT, after discounts.
+    revenue: int
+    vat: int | None
+    # revenue - vat
+    net_of_vat: int | None
+    discounts: int | None
+    returns: int
+    returns_amount: int
+    returns_vat: int | None
+    # revenue - returns_amount
+    net_sales: int
+
+
+class SalesRow(msgspec.Struct, kw_only=True):
+    branch: str | None = None
+    local_date: date | None = None
+    hour: int | None = None
+    cashier: str | None = None
+    sku: str | None = None
+    category: str | None = None
+    payment_type: str | None = None
+    figures: SalesFigures
+    # The same group in the previous period (same length, immediately before).
+    previous: SalesFigures | None = None
+
+
+class SalesReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    previous_from: date | None
+    previous_to: date | None
+    branch: str | None
+    group_by: list[str]
+    rows: list[SalesRow]
+    totals: SalesFigures
+    previous_totals: SalesFigures | None
+
+
+class StockOnHandRow(msgspec.Struct, kw_only=True):
+    branch: str | None = None
+    sku: str | None = None
+    qty_milli: int
+    value_at_cost: int
+    # qty x the branch's last selling price, half-up per branch and product.
+    value_at_retail: int
+    unit_price: int | None = None
+
+
+class StockOnHandReport(msgspec.Struct, kw_only=True):
+    branch: str | None
+    group_by: list[str]
+    rows: list[StockOnHandRow]
+    totals: StockOnHandRow
+
+
+class StockMovementRow(msgspec.Struct, kw_only=True):
+    """opening + goods_received + transfers_in + customer_returns - transfers_out - sales
+    - supplier_returns - write_offs + stocktake_difference + other = closing."""
+
+    branch: str | None = None
+    sku: str | None = None
+    opening_milli: int
+    goods_received_milli: int
+    transfers_in_milli: int
+    customer_returns_milli: int
+    transfers_out_milli: int
+    sales_milli: int
+    supplier_returns_milli: int
+    write_offs_milli: int
+    stocktake_difference_milli: int
+    other_milli: int
+    closing_milli: int
+    opening_value: int
+    goods_received_value: int
+    transfers_in_value: int
+    customer_returns_value: int
+    transfers_out_value: int
+    sales_value: int
+    supplier_returns_value: int
+    write_offs_value: int
+    stocktake_difference_value: int
+    other_value: int
+    closing_value: int
+
+
+class StockMovementReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    group_by: list[str]
+    rows: list[StockMovementRow]
+    totals: StockMovementRow
+
+
+class MarginFigures(msgspec.Struct, kw_only=True):
+    # Sales net of VAT and of customer returns.
+    net_sales: int
+    # Cost of goods sold at moving average cost, net of returned goods.
+    cost_of_goods_sold: int
+    margin: int
+    # margin / net_sales x 100, two decimals.
+    margin_pct: str | None
+
+
+class MarginRow(msgspec.Struct, kw_only=True):
+    branch: str | None = None
+    category: str | None = None
+    sku: str | None = None
+    figures: MarginFigures
+
+
+class MarginReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    group_by: list[str]
+    rows: list[MarginRow]
+    totals: MarginFigures
+
+
+class AbcRow(msgspec.Struct, kw_only=True):
+    sku: str
+    value: int
+    share_pct: str | None
+    cumulative_pct: str | None
+    abc_class: str
+
+
+class AbcReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    measure: str
+    a_pct: int
+    b_pct: int
+    total: int
+    rows: list[AbcRow]
+
+
+class WriteOffRow(msgspec.Struct, kw_only=True):
+    branch: str | None = None
+    reason: str | None = None
+    sku: str | None = None
+    qty_milli: int
+    value: int
+
+
+class WriteOffReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    group_by: list[str]
+    rows: list[WriteOffRow]
+    totals: WriteOffRow
+
+
+class ShrinkageRow(msgspec.Struct, kw_only=True):
+    branch: str | None = None
+    sku: str | None = None
+    # Counted below the books (positive numbers), counted above, and the net.
+    loss_milli: int
+    loss_value: int
+    gain_milli: int
+    gain_value: int
+    net_milli: int
+    net_value: int
+
+
+class ShrinkageReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    group_by: list[str]
+    rows: list[ShrinkageRow]
+    totals: ShrinkageRow
+
+
+class ShiftDifference(msgspec.Struct, kw_only=True):
+    # receipts, sales, returns, payment:<type>
+    field: str
+    # agent (the till's closing count) or fiscal_printer (the Z report)
+    source: str
+    recorded: int | None
+    reported: int | None
+    # reported - recorded
+    difference: int | None
+
+
+class ShiftRow(msgspec.Struct, kw_only=True):
+    branch: str
+    shift_id: str
+    till: str
+    cashier: str
+    local_date: date | None
+    closed: bool
+    z_report_number: int | None
+    recorded_receipts: int
+    recorded_sales: int
+    recorded_returns_total: int
+    reported_receipts: int | None
+    reported_sales: int | None
+    reported_returns_total: int | None
+    z_receipts: int | None
+    z_turnover: int | None
+    z_storno: int | None
+    differences: list[ShiftDifference]
+
+
+class ShiftReconciliationReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    shifts: int
+    shifts_with_differences: int
+    rows: list[ShiftRow]
+
+
+class LossPreventionRow(msgspec.Struct, kw_only=True):
+    branch: str
+    cashier: str
+    receipts: int
+    voided_lines: int
+    returns: int
+    returns_amount: int
+    manual_discount_lines: int
+    manual_discount_amount: int
+    # Per 100 receipts, two decimals.
+    voided_lines_rate: str | None
+    returns_rate: str | None
+    manual_discounts_rate: str | None
+    # voided_lines, returns, manual_discounts: the rates at least factor x the median.
+    flags: list[str]
+
+
+class LossPreventionReport(msgspec.Struct, kw_only=True):
+    date_from: date
+    date_to: date
+    branch: str | None
+    factor: int
+    min_count: int
+    median_voided_lines_rate: str | None
+    median_returns_rate: str | None
+    median_manual_discounts_rate: str | None
+    rows: list[LossPreventionRow]
+
+
+class SyncHealthRow(msgspec.Struct, kw_only=True):
+    branch: str
+    name: str
+    active: bool
+    last_event_at: datetime | None
+    last_received_at: datetime | None
+    # Seconds since central last stored an event of the branch.
+    receive_age_s: int | None
+    contiguous_seq: int
+    max_seq: int
+    # Events the branch has recorded that central has not stored in order yet.
+    seq_lag: int | None
+    heartbeat_at: datetime | None
+    heartbeat_age_s: int | None
+    outbox_backlog: int | None
+    applied_version: int | None
+    agent_version: str | None
+    open_dead_letters: int
+
+
+class SyncHealthReport(msgspec.Struct, kw_only=True):
+    generated_at: datetime
+    rows: list[SyncHealthRow]

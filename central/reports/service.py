@@ -1,0 +1,1075 @@
+"""The reports: queries over the summary tables (never over every receipt line).
+
+Periods are in the branches' local days, both ends inclusive, at most
+``max_span_days`` long. Bad parameters raise ``ValidationFailed``/``NotFoundError``
+naming the field, which the API turns into RFC 9457 problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.errors import NotFoundError, ValidationFailed
+from central.models import (
+    Branch,
+    BranchStatus,
+    BranchSyncState,
+    DeadLetter,
+    Product,
+    Shift,
+    StockBalance,
+)
+from central.models.reports import (
+    LastSellingPrice,
+    PaymentsDaily,
+    SalesBranchDaily,
+    SalesCashierDaily,
+    SalesHourly,
+    SalesProductDaily,
+    SalesProductDailyChain,
+    ShiftPaymentTotals,
+    ShiftTotals,
+    StockMovementDaily,
+)
+from central.reports.money import ratio_text, rounded_div
+from central.reports.schemas import (
+    AbcReport,
+    AbcRow,
+    LossPreventionReport,
+    LossPreventionRow,
+    MarginFigures,
+    MarginReport,
+    MarginRow,
+    SalesFigures,
+    SalesReport,
+    SalesRow,
+    ShiftDifference,
+    ShiftReconciliationReport,
+    ShiftRow,
+    ShrinkageReport,
+    ShrinkageRow,
+    StockMovementReport,
+    StockMovementRow,
+    StockOnHandReport,
+    StockOnHandRow,
+    SyncHealthReport,
+    SyncHealthRow,
+    WriteOffReport,
+    WriteOffRow,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SPAN_DAYS",
+    "SALES_GROUPS",
+    "Period",
+    "abc_analysis",
+    "gross_margin",
+    "loss_prevention",
+    "parse_group_by",
+    "sales_report",
+    "shift_reconciliation",
+    "shrinkage",
+    "stock_movement",
+    "stock_on_hand",
+    "sync_health",
+    "validate_period",
+    "write_offs",
+]
+
+DEFAULT_MAX_SPAN_DAYS = 366
+SALES_GROUPS = ("branch", "day", "hour", "cashier", "product", "category", "payment_type")
+_SALES_DETAIL = ("hour", "cashier", "product", "category", "payment_type")
+
+
+def _t(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+# --- parameters ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    date_from: date
+    date_to: date
+
+    @property
+    def days(self) -> int:
+        return (self.date_to - self.date_from).days + 1
+
+    def previous(self) -> Period:
+        """The period of the same length immediately before this one."""
+        return Period(
+            self.date_from - timedelta(days=self.days), self.date_from - timedelta(days=1)
+        )
+
+
+def validate_period(
+    date_from: date | None, date_to: date | None, max_span_days: int = DEFAULT_MAX_SPAN_DAYS
+) -> Period:
+    if date_from is None:
+        raise ValidationFailed("date_from is required", field="date_from")
+    if date_to is None:
+        raise ValidationFailed("date_to is required", field="date_to")
+    if date_from > date_to:
+        raise ValidationFailed(
+            f"date_from {date_from} is after date_to {date_to}", field="date_from"
+        )
+    period = Period(date_from, date_to)
+    if period.days > max_span_days:
+        raise ValidationFailed(
+            f"the period has {period.days} days; at most {max_span_days} are allowed",
+            field="date_to",
+        )
+    return period
+
+
+def parse_group_by(text: str | None, allowed: Sequence[str], default: str) -> tuple[str, ...]:
+    raw = [part.strip() for part in (text if text is not None else default).split(",")]
+    groups = tuple(part for part in raw if part)
+    if not groups:
+        raise ValidationFailed("group_by names no grouping", field="group_by")
+    for group in groups:
+        if group not in allowed:
+            raise ValidationFailed(
+                f"unknown grouping {group!r}; use {', '.join(allowed)}", field="group_by"
+            )
+    if len(set(groups)) != len(groups):
+        raise ValidationFailed("group_by names a grouping twice", field="group_by")
+    return groups
+
+
+async def _check_branch(session: AsyncSession, branch: str | None) -> None:
+    if branch is not None and await session.get(Branch, branch) is None:
+        raise NotFoundError(f"unknown branch {branch!r}", field="branch")
+
+
+def _in_period(column: Any, period: Period) -> ColumnElement[bool]:
+    return and_(column >= period.date_from, column <= period.date_to)
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+# --- sales -----------------------------------------------------------------------------
+
+
+def _sales_source(groups: tuple[str, ...], branch: str | None) -> Table:
+    detail = [g for g in groups if g in _SALES_DETAIL]
+    if len(detail) > 1:
+        raise ValidationFailed(
+            "group_by may combine branch and day with at most one of " + ", ".join(_SALES_DETAIL),
+            field="group_by",
+        )
+    kind = detail[0] if detail else ""
+    if kind == "hour":
+        return _t(SalesHourly)
+    if kind == "cashier":
+        return _t(SalesCashierDaily)
+    if kind == "payment_type":
+        return _t(PaymentsDaily)
+    if kind in ("product", "category"):
+        per_branch = branch is not None or "branch" in groups
+        return _t(SalesProductDaily if per_branch else SalesProductDailyChain)
+    return _t(SalesBranchDaily)
+
+
+def _figures(row: Any, *, payments: bool, receipts_known: bool) -> SalesFigures:
+    if payments:
+        revenue = _int(row.amount)
+        returns_amount = _int(row.refunds_amount)
+        receipts = _int(row.receipts)
+        return SalesFigures(
+            receipts=receipts,
+            avg_basket=rounded_div(revenue, receipts) if receipts else None,
+            qty_milli=None,
+            revenue=revenue,
+            vat=None,
+            net_of_vat=None,
+            discounts=None,
+            returns=_int(row.refunds),
+            returns_amount=returns_amount,
+            returns_vat=None,
+            net_sales=revenue - returns_amount,
+        )
+    revenue = _int(row.revenue)
+    vat = _int(row.vat)
+    returns_amount = _int(row.returns_amount)
+    known: int | None = _int(row.receipts) if receipts_known else None
+    return SalesFigures(
+        receipts=known,
+        avg_basket=rounded_div(revenue, known) if known else None,
+        qty_milli=_int(row.qty_milli),
+        revenue=revenue,
+        vat=vat,
+        net_of_vat=revenue - vat,
+        discounts=_int(row.discounts),
+        returns=_int(row.returns),
+        returns_amount=returns_amount,
+        returns_vat=_int(row.returns_vat),
+        net_sales=revenue - returns_amount,
+    )
+
+
+_SALES_SUMS = (
+    "receipts",
+    "qty_milli",
+    "revenue",
+    "vat",
+    "discounts",
+    "returns",
+    "returns_amount",
+    "returns_vat",
+)
+_PAYMENT_SUMS = ("receipts", "amount", "refunds", "refunds_amount")
+
+
+def _sales_select(
+    table: Table, groups: tuple[str, ...], period: Period, branch: str | None
+) -> tuple[Select[Any], list[str]]:
+    columns: list[ColumnElement[Any]] = []
+    names: list[str] = []
+    joins: list[Any] = []
+    for group in groups:
+        if group == "branch":
+            columns.append(table.c.branch.label("branch"))
+        elif group == "day":
+            columns.append(table.c.local_date.label("local_date"))
+        elif group == "hour":
+            columns.append(table.c.hour.label("hour"))
+        elif group == "cashier":
+            columns.append(table.c.cashier.label("cashier"))
+        elif group == "product":
+            columns.append(table.c.sku.label("sku"))
+        elif group == "category":
+            columns.append(func.coalesce(Product.category_code, "").label("category"))
+            joins.append(Product)
+        elif group == "payment_type":
+            columns.append(table.c.payment_type.label("payment_type"))
+        names.append(columns[-1].name)
+    payments = table.name == PaymentsDaily.__tablename__
+    sums = _PAYMENT_SUMS if payments else _SALES_SUMS
+    stmt = select(*columns, *[func.sum(table.c[n]).label(n) for n in sums]).select_from(table)
+    for _ in joins:
+        stmt = stmt.outerjoin(Product.__table__, Product.sku == table.c.sku)
+    stmt = stmt.where(_in_period(table.c.local_date, period))
+    if branch is not None:
+        stmt = stmt.where(table.c.branch == branch)
+    if columns:
+        stmt = stmt.group_by(*columns).order_by(*columns)
+    return stmt, names
+
+
+async def _sales_rows(
+    session: AsyncSession,
+    table: Table,
+    groups: tuple[str, ...],
+    period: Period,
+    branch: str | None,
+) -> dict[tuple[Any, ...], SalesFigures]:
+    stmt, names = _sales_select(table, groups, period, branch)
+    payments = table.name == PaymentsDaily.__tablename__
+    receipts_known = "category" not in groups
+    out: dict[tuple[Any, ...], SalesFigures] = {}
+    for row in await session.execute(stmt):
+        key = tuple(getattr(row, n) for n in names)
+        out[key] = _figures(row, payments=payments, receipts_known=receipts_known)
+    return out
+
+
+async def _sales_totals(session: AsyncSession, period: Period, branch: str | None) -> SalesFigures:
+    stmt, _ = _sales_select(_t(SalesBranchDaily), (), period, branch)
+    row = (await session.execute(stmt)).one()
+    return _figures(row, payments=False, receipts_known=True)
+
+
+async def sales_report(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    group_by: str | None = None,
+    compare: bool = True,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> SalesReport:
+    """Sales of a period grouped by any of branch, day and one of hour, cashier, product,
+    category or payment type; with the previous period of the same length beside."""
+    period = validate_period(date_from, date_to, max_span_days)
+    groups = parse_group_by(group_by, SALES_GROUPS, "branch")
+    table = _sales_source(groups, branch)
+    await _check_branch(session, branch)
+    current = await _sales_rows(session, table, groups, period, branch)
+    previous: dict[tuple[Any, ...], SalesFigures] = {}
+    prev_period = period.previous() if compare else None
+    if prev_period is not None:
+        previous = await _sales_rows(session, table, groups, prev_period, branch)
+    names = _names(groups)
+    day_index = names.index("local_date") if "local_date" in names else None
+
+    def previous_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+        if day_index is None:
+            return key
+        shifted = list(key)
+        shifted[day_index] = key[day_index] - timedelta(days=period.days)
+        return tuple(shifted)
+
+    rows = [
+        SalesRow(
+            **dict(zip(names, key, strict=True)),
+            figures=figures,
+            previous=previous.get(previous_key(key)) if compare else None,
+        )
+        for key, figures in current.items()
+    ]
+    return SalesReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        previous_from=prev_period.date_from if prev_period else None,
+        previous_to=prev_period.date_to if prev_period else None,
+        branch=branch,
+        group_by=list(groups),
+        rows=rows,
+        totals=await _sales_totals(session, period, branch),
+        previous_totals=(
+            await _sales_totals(session, prev_period, branch) if prev_period else None
+        ),
+    )
+
+
+def _names(groups: tuple[str, ...]) -> list[str]:
+    rename = {"day": "local_date", "product": "sku"}
+    return [rename.get(g, g) for g in groups]
+
+
+# --- stock on hand ---------------------------------------------------------------------
+
+
+async def stock_on_hand(
+    session: AsyncSession,
+    *,
+    branch: str | None = None,
+    group_by: str | None = None,
+    sku: str | None = None,
+) -> StockOnHandReport:
+    """Quantity on hand per branch and product, valued at moving average cost (the stock
+    balance) and at retail (the branch's last selling price of the product)."""
+    groups = parse_group_by(group_by, ("branch", "product"), "branch,product")
+    await _check_branch(session, branch)
+    b, p = StockBalance, LastSellingPrice
+    stmt = select(b.branch, b.sku, b.quantity_milli, b.value, p.unit_price).select_from(
+        b.__table__.outerjoin(p.__table__, and_(p.branch == b.branch, p.sku == b.sku))
+    )
+    if branch is not None:
+        stmt = stmt.where(b.branch == branch)
+    if sku is not None:
+        stmt = stmt.where(b.sku == sku)
+    per_key: dict[tuple[Any, ...], list[int]] = {}
+    prices: dict[tuple[Any, ...], int | None] = {}
+    for row in await session.execute(stmt):
+        retail = rounded_div(_int(row.quantity_milli) * _int(row.unit_price), 1000)
+        key = tuple(row.branch if g == "branch" else row.sku for g in groups)
+        acc = per_key.setdefault(key, [0, 0, 0])
+        acc[0] += _int(row.quantity_milli)
+        acc[1] += _int(row.value)
+        acc[2] += retail
+        if groups == ("branch", "product") or groups == ("product", "branch"):
+            prices[key] = row.unit_price
+    rows = []
+    for key in sorted(per_key):
+        qty, cost, retail = per_key[key]
+        named = dict(zip(["branch" if g == "branch" else "sku" for g in groups], key, strict=True))
+        rows.append(
+            StockOnHandRow(
+                **named,
+                qty_milli=qty,
+                value_at_cost=cost,
+                value_at_retail=retail,
+                unit_price=prices.get(key),
+            )
+        )
+    return StockOnHandReport(
+        branch=branch,
+        group_by=list(groups),
+        rows=rows,
+        totals=StockOnHandRow(
+            qty_milli=sum(r.qty_milli for r in rows),
+            value_at_cost=sum(r.value_at_cost for r in rows),
+            value_at_retail=sum(r.value_at_retail for r in rows),
+        ),
+    )
+
+
+# --- stock movement, write-offs, shrinkage ----------------------------------------------
+
+# Movement kind -> (report column, sign shown: ins positive, outs positive).
+_MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
+    "goods_receipt": ("goods_received", 1),
+    "transfer_in": ("transfers_in", 1),
+    "customer_return": ("customer_returns", 1),
+    "transfer_out": ("transfers_out", -1),
+    "sale": ("sales", -1),
+    "supplier_return": ("supplier_returns", -1),
+    "write_off": ("write_offs", -1),
+    "stocktake": ("stocktake_difference", 1),
+}
+_MOVEMENT_FIELDS = (
+    "goods_received",
+    "transfers_in",
+    "customer_returns",
+    "transfers_out",
+    "sales",
+    "supplier_returns",
+    "write_offs",
+    "stocktake_difference",
+    "other",
+)
+
+
+def _movement_key_columns(table: Table, groups: tuple[str, ...]) -> list[ColumnElement[Any]]:
+    return [table.c.branch if g == "branch" else table.c.sku for g in groups]
+
+
+async def stock_movement(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    group_by: str | None = None,
+    sku: str | None = None,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> StockMovementReport:
+    """Opening, every kind of movement, closing; opening + ins - outs = closing."""
+    period = validate_period(date_from, date_to, max_span_days)
+    groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
+    await _check_branch(session, branch)
+    t = _t(StockMovementDaily)
+    keys = _movement_key_columns(t, groups)
+
+    def filtered(stmt: Select[Any]) -> Select[Any]:
+        if branch is not None:
+            stmt = stmt.where(t.c.branch == branch)
+        if sku is not None:
+            stmt = stmt.where(t.c.sku == sku)
+        return stmt
+
+    opening_stmt = filtered(
+        select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
+        .where(t.c.local_date < period.date_from)
+        .group_by(*keys)
+    )
+    moves_stmt = filtered(
+        select(*keys, t.c.movement, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
+        .where(_in_period(t.c.local_date, period))
+        .group_by(*keys, t.c.movement)
+    )
+    n = len(keys)
+    acc: dict[tuple[Any, ...], dict[str, int]] = {}
+
+    def entry(key: tuple[Any, ...]) -> dict[str, int]:
+        found = acc.get(key)
+        if found is None:
+            found = acc[key] = {}
+        return found
+
+    for row in await session.execute(opening_stmt):
+        e = entry(tuple(row[:n]))
+        e["opening_milli"] = _int(row[n])
+        e["opening_value"] = _int(row[n + 1])
+    for row in await session.execute(moves_stmt):
+        e = entry(tuple(row[:n]))
+        column, sign = _MOVEMENT_COLUMNS.get(row[n], ("other", 1))
+        e[f"{column}_milli"] = e.get(f"{column}_milli", 0) + sign * _int(row[n + 1])
+        e[f"{column}_value"] = e.get(f"{column}_value", 0) + sign * _int(row[n + 2])
+    rows = [_movement_row(groups, key, acc[key]) for key in sorted(acc)]
+    total: dict[str, int] = {}
+    for r in rows:
+        for name, value in _movement_values(r).items():
+            total[name] = total.get(name, 0) + value
+    return StockMovementReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        group_by=list(groups),
+        rows=rows,
+        totals=_movement_row((), (), total),
+    )
+
+
+def _movement_values(row: StockMovementRow) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for unit in ("milli", "value"):
+        for name in ("opening", *_MOVEMENT_FIELDS):
+            out[f"{name}_{unit}"] = getattr(row, f"{name}_{unit}")
+    return out
+
+
+def _movement_row(
+    groups: tuple[str, ...], key: tuple[Any, ...], values: dict[str, int]
+) -> StockMovementRow:
+    fields: dict[str, Any] = {
+        ("branch" if g == "branch" else "sku"): k for g, k in zip(groups, key, strict=True)
+    }
+    for unit in ("milli", "value"):
+        opening = values.get(f"opening_{unit}", 0)
+        fields[f"opening_{unit}"] = opening
+        closing = opening
+        for name in _MOVEMENT_FIELDS:
+            amount = values.get(f"{name}_{unit}", 0)
+            fields[f"{name}_{unit}"] = amount
+            outgoing = name in ("transfers_out", "sales", "supplier_returns", "write_offs")
+            closing += -amount if outgoing else amount
+        fields[f"closing_{unit}"] = closing
+    return StockMovementRow(**fields)
+
+
+async def write_offs(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    group_by: str | None = None,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> WriteOffReport:
+    """Goods written off, by reason (and branch or product); quantities and values at
+    cost shown as positive numbers."""
+    period = validate_period(date_from, date_to, max_span_days)
+    groups = parse_group_by(group_by, ("reason", "branch", "product"), "reason")
+    await _check_branch(session, branch)
+    t = _t(StockMovementDaily)
+    column_of = {"reason": t.c.reason, "branch": t.c.branch, "product": t.c.sku}
+    keys = [column_of[g] for g in groups]
+    stmt = (
+        select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
+        .where(t.c.movement == "write_off", _in_period(t.c.local_date, period))
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    if branch is not None:
+        stmt = stmt.where(t.c.branch == branch)
+    names = ["sku" if g == "product" else g for g in groups]
+    n = len(keys)
+    rows = [
+        WriteOffRow(
+            **dict(zip(names, row[:n], strict=True)),
+            qty_milli=-_int(row[n]),
+            value=-_int(row[n + 1]),
+        )
+        for row in await session.execute(stmt)
+    ]
+    return WriteOffReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        group_by=list(groups),
+        rows=rows,
+        totals=WriteOffRow(
+            qty_milli=sum(r.qty_milli for r in rows), value=sum(r.value for r in rows)
+        ),
+    )
+
+
+async def shrinkage(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    group_by: str | None = None,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> ShrinkageReport:
+    """Stocktake differences: what was counted below the books (loss) or above (gain),
+    per product and day netted, then summed per group."""
+    period = validate_period(date_from, date_to, max_span_days)
+    groups = parse_group_by(group_by, ("branch", "product"), "branch")
+    await _check_branch(session, branch)
+    t = _t(StockMovementDaily)
+    stmt = select(t.c.branch, t.c.sku, t.c.qty_milli, t.c.cost_value).where(
+        t.c.movement == "stocktake", _in_period(t.c.local_date, period)
+    )
+    if branch is not None:
+        stmt = stmt.where(t.c.branch == branch)
+    acc: dict[tuple[Any, ...], list[int]] = {}
+    for row in await session.execute(stmt):
+        key = tuple(row.branch if g == "branch" else row.sku for g in groups)
+        a = acc.setdefault(key, [0, 0, 0, 0])
+        qty, value = _int(row.qty_milli), _int(row.cost_value)
+        if qty < 0 or (qty == 0 and value < 0):
+            a[0] += -qty
+            a[1] += -value
+        else:
+            a[2] += qty
+            a[3] += value
+    names = ["sku" if g == "product" else g for g in groups]
+
+    def make(named: dict[str, Any], a: Sequence[int]) -> ShrinkageRow:
+        return ShrinkageRow(
+            **named,
+            loss_milli=a[0],
+            loss_value=a[1],
+            gain_milli=a[2],
+            gain_value=a[3],
+            net_milli=a[2] - a[0],
+            net_value=a[3] - a[1],
+        )
+
+    rows = [make(dict(zip(names, key, strict=True)), acc[key]) for key in sorted(acc)]
+    totals = [sum(acc[k][i] for k in acc) for i in range(4)]
+    return ShrinkageReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        group_by=list(groups),
+        rows=rows,
+        totals=make({}, totals),
+    )
+
+
+# --- gross margin and ABC ----------------------------------------------------------------
+
+
+def _margin(net_sales: int, cogs: int) -> MarginFigures:
+    margin = net_sales - cogs
+    return MarginFigures(
+        net_sales=net_sales,
+        cost_of_goods_sold=cogs,
+        margin=margin,
+        margin_pct=ratio_text(margin * 100, net_sales),
+    )
+
+
+def _margin_sums(table: Table) -> list[ColumnElement[Any]]:
+    c = table.c
+    net = func.sum(c.revenue - c.vat - c.returns_amount + c.returns_vat)
+    cogs = func.sum(c.cost - c.returns_cost)
+    return [net.label("net_sales"), cogs.label("cogs")]
+
+
+async def gross_margin(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    group_by: str | None = None,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> MarginReport:
+    """Net sales (without VAT, after returns) minus cost of goods sold at moving average
+    cost, by branch, category or product."""
+    period = validate_period(date_from, date_to, max_span_days)
+    groups = parse_group_by(group_by, ("branch", "category", "product"), "branch")
+    await _check_branch(session, branch)
+    product_level = "category" in groups or "product" in groups
+    if product_level:
+        per_branch = branch is not None or "branch" in groups
+        table = _t(SalesProductDaily if per_branch else SalesProductDailyChain)
+    else:
+        table = _t(SalesBranchDaily)
+    keys: list[ColumnElement[Any]] = []
+    names: list[str] = []
+    for g in groups:
+        if g == "branch":
+            keys.append(table.c.branch)
+            names.append("branch")
+        elif g == "product":
+            keys.append(table.c.sku)
+            names.append("sku")
+        else:
+            keys.append(func.coalesce(Product.category_code, ""))
+            names.append("category")
+    stmt = select(*keys, *_margin_sums(table)).select_from(table)
+    if "category" in groups:
+        stmt = stmt.outerjoin(Product.__table__, Product.sku == table.c.sku)
+    stmt = stmt.where(_in_period(table.c.local_date, period))
+    if branch is not None:
+        stmt = stmt.where(table.c.branch == branch)
+    stmt = stmt.group_by(*keys).order_by(*keys)
+    n = len(keys)
+    rows = [
+        MarginRow(
+            **dict(zip(names, row[:n], strict=True)),
+            figures=_margin(_int(row[n]), _int(row[n + 1])),
+        )
+        for row in await session.execute(stmt)
+    ]
+    return MarginReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        group_by=list(groups),
+        rows=rows,
+        totals=_margin(
+            sum(r.figures.net_sales for r in rows),
+            sum(r.figures.cost_of_goods_sold for r in rows),
+        ),
+    )
+
+
+async def abc_analysis(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    measure: str = "revenue",
+    a_pct: int = 80,
+    b_pct: int = 95,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> AbcReport:
+    """Products ranked by net revenue or margin: A until ``a_pct`` % of the total is
+    reached, then B until ``b_pct`` %, then C (a product counts in the class where the
+    cumulative share before it falls). Products with no positive value are C."""
+    period = validate_period(date_from, date_to, max_span_days)
+    if measure not in ("revenue", "margin"):
+        raise ValidationFailed("measure must be revenue or margin", field="measure")
+    if not 0 < a_pct < b_pct < 100:
+        raise ValidationFailed("need 0 < a_pct < b_pct < 100", field="a_pct")
+    await _check_branch(session, branch)
+    table = _t(SalesProductDaily if branch is not None else SalesProductDailyChain)
+    c = table.c
+    if measure == "revenue":
+        value = func.sum(c.revenue - c.returns_amount)
+    else:
+        value = func.sum(
+            c.revenue - c.vat - c.returns_amount + c.returns_vat - c.cost + c.returns_cost
+        )
+    stmt = select(c.sku, value.label("value")).where(_in_period(c.local_date, period))
+    if branch is not None:
+        stmt = stmt.where(c.branch == branch)
+    stmt = stmt.group_by(c.sku)
+    items = sorted(
+        ((row.sku, _int(row.value)) for row in await session.execute(stmt)),
+        key=lambda item: (-item[1], item[0]),
+    )
+    total = sum(v for _, v in items if v > 0)
+    rows: list[AbcRow] = []
+    before = 0
+    for sku, v in items:
+        if v <= 0 or total == 0:
+            abc = "C"
+        elif before * 100 < a_pct * total:
+            abc = "A"
+        elif before * 100 < b_pct * total:
+            abc = "B"
+        else:
+            abc = "C"
+        after = before + max(v, 0)
+        rows.append(
+            AbcRow(
+                sku=sku,
+                value=v,
+                share_pct=ratio_text(v * 100, total),
+                cumulative_pct=ratio_text(after * 100, total),
+                abc_class=abc,
+            )
+        )
+        before = after
+    return AbcReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        measure=measure,
+        a_pct=a_pct,
+        b_pct=b_pct,
+        total=total,
+        rows=rows,
+    )
+
+
+# --- shifts and Z reports ----------------------------------------------------------------
+
+
+def _difference(
+    field: str, source: str, recorded: int | None, reported: int | None
+) -> ShiftDifference | None:
+    if reported is None or recorded == reported:
+        return None
+    return ShiftDifference(
+        field=field,
+        source=source,
+        recorded=recorded,
+        reported=reported,
+        difference=None if recorded is None else reported - recorded,
+    )
+
+
+async def shift_reconciliation(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    only_differences: bool = False,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> ShiftReconciliationReport:
+    """Per shift: the receipts and returns central recorded beside the till's closing
+    counts and the fiscal printer's Z totals, with every difference listed."""
+    period = validate_period(date_from, date_to, max_span_days)
+    await _check_branch(session, branch)
+    s, t = Shift, _t(ShiftTotals)
+    closed_stmt = select(s).where(_in_period(s.local_date, period))
+    recorded_stmt = select(t).where(_in_period(t.c.local_date, period))
+    if branch is not None:
+        closed_stmt = closed_stmt.where(s.branch == branch)
+        recorded_stmt = recorded_stmt.where(t.c.branch == branch)
+    shifts = {(x.branch, x.shift_id): x for x in await session.scalars(closed_stmt)}
+    recorded = {(r.branch, r.shift_id): r for r in await session.execute(recorded_stmt)}
+    keys = sorted(set(shifts) | set(recorded))
+    # Recorded totals of shifts filed under another day than central's shift row.
+    missing = [k for k in keys if k not in recorded]
+    for k in missing:
+        row = (
+            await session.execute(select(t).where(t.c.branch == k[0], t.c.shift_id == k[1]))
+        ).first()
+        if row is not None:
+            recorded[k] = row
+    payments: dict[tuple[str, str], dict[str, int]] = {}
+    if keys:
+        sp = _t(ShiftPaymentTotals)
+        pay_stmt = select(sp).where(sp.c.shift_id.in_(sorted({k[1] for k in keys})))
+        for p in await session.execute(pay_stmt):
+            if (p.branch, p.shift_id) in recorded or (p.branch, p.shift_id) in shifts:
+                # The till reports payments net of change, refunds apart.
+                payments.setdefault((p.branch, p.shift_id), {})[p.payment_type] = _int(p.amount)
+    rows: list[ShiftRow] = []
+    for key in keys:
+        shift = shifts.get(key)
+        rec = recorded.get(key)
+        rec_receipts = _int(rec.receipts) if rec is not None else 0
+        rec_sales = _int(rec.sales) if rec is not None else 0
+        rec_returns = _int(rec.returns_total) if rec is not None else 0
+        closed = shift is not None and shift.closed_at is not None
+        z_turnover = (
+            sum(shift.z_turnover_by_vat_group.values())
+            if shift is not None and shift.z_report_number is not None
+            else None
+        )
+        z_storno = (
+            sum(shift.z_storno_by_vat_group.values())
+            if shift is not None and shift.z_report_number is not None
+            else None
+        )
+        diffs: list[ShiftDifference | None] = []
+        if closed and shift is not None:
+            diffs += [
+                _difference("receipts", "agent", rec_receipts, shift.receipts_count),
+                _difference("sales", "agent", rec_sales, shift.sales_total),
+                _difference("returns", "agent", rec_returns, shift.returns_total),
+                _difference("receipts", "fiscal_printer", rec_receipts, shift.z_receipts_count),
+                _difference("sales", "fiscal_printer", rec_sales, z_turnover),
+                _difference("returns", "fiscal_printer", rec_returns, z_storno),
+            ]
+            recorded_payments = payments.get(key, {})
+            reported_payments = shift.payments_by_type or {}
+            for payment_type in sorted(set(recorded_payments) | set(reported_payments)):
+                diffs.append(
+                    _difference(
+                        f"payment:{payment_type}",
+                        "agent",
+                        recorded_payments.get(payment_type, 0),
+                        int(reported_payments.get(payment_type, 0)),
+                    )
+                )
+        differences = [d for d in diffs if d is not None]
+        if only_differences and not differences:
+            continue
+        rows.append(
+            ShiftRow(
+                branch=key[0],
+                shift_id=key[1],
+                till=(shift.till if shift is not None else "")
+                or (rec.till if rec is not None else ""),
+                cashier=shift.cashier if shift is not None else "",
+                local_date=shift.local_date
+                if shift is not None
+                else (rec.local_date if rec is not None else None),
+                closed=closed,
+                z_report_number=shift.z_report_number if shift is not None else None,
+                recorded_receipts=rec_receipts,
+                recorded_sales=rec_sales,
+                recorded_returns_total=rec_returns,
+                reported_receipts=shift.receipts_count if shift is not None else None,
+                reported_sales=shift.sales_total if shift is not None else None,
+                reported_returns_total=shift.returns_total if shift is not None else None,
+                z_receipts=shift.z_receipts_count if shift is not None else None,
+                z_turnover=z_turnover,
+                z_storno=z_storno,
+                differences=differences,
+            )
+        )
+    return ShiftReconciliationReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        shifts=len(rows),
+        shifts_with_differences=sum(1 for r in rows if r.differences),
+        rows=rows,
+    )
+
+
+# --- loss prevention -------------------------------------------------------------------------
+
+
+def _median_rate(values: list[tuple[int, int]]) -> Fraction | None:
+    """Median of the rates count / receipts, exact."""
+    rates = sorted(Fraction(n, d) for n, d in values if d > 0)
+    if not rates:
+        return None
+    middle = len(rates) // 2
+    if len(rates) % 2:
+        return rates[middle]
+    return (rates[middle - 1] + rates[middle]) / 2
+
+
+async def loss_prevention(
+    session: AsyncSession,
+    *,
+    date_from: date | None,
+    date_to: date | None,
+    branch: str | None = None,
+    factor: int = 3,
+    min_count: int = 3,
+    max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+) -> LossPreventionReport:
+    """Cashiers whose rate of voided lines, returns or manual discounts per receipt is at
+    least ``factor`` times the median cashier's (and at least ``min_count`` events)."""
+    period = validate_period(date_from, date_to, max_span_days)
+    if factor < 1:
+        raise ValidationFailed("factor must be at least 1", field="factor")
+    if min_count < 0:
+        raise ValidationFailed("min_count must not be negative", field="min_count")
+    await _check_branch(session, branch)
+    t = _t(SalesCashierDaily)
+    c = t.c
+    stmt = (
+        select(
+            c.branch,
+            c.cashier,
+            func.sum(c.receipts).label("receipts"),
+            func.sum(c.voided_lines).label("voided_lines"),
+            func.sum(c.returns).label("returns"),
+            func.sum(c.returns_amount).label("returns_amount"),
+            func.sum(c.manual_discount_lines).label("manual_discount_lines"),
+            func.sum(c.manual_discount_amount).label("manual_discount_amount"),
+        )
+        .where(_in_period(c.local_date, period))
+        .group_by(c.branch, c.cashier)
+        .order_by(c.branch, c.cashier)
+    )
+    if branch is not None:
+        stmt = stmt.where(c.branch == branch)
+    data = [r for r in await session.execute(stmt)]
+    metrics = (
+        ("voided_lines", "voided_lines"),
+        ("returns", "returns"),
+        ("manual_discounts", "manual_discount_lines"),
+    )
+    medians = {
+        name: _median_rate([(_int(getattr(r, col)), _int(r.receipts)) for r in data])
+        for name, col in metrics
+    }
+    rows: list[LossPreventionRow] = []
+    for r in data:
+        receipts = _int(r.receipts)
+        flags = []
+        for name, col in metrics:
+            count = _int(getattr(r, col))
+            median = medians[name]
+            if receipts == 0 or count < min_count or count == 0:
+                continue
+            if median is None or median == 0 or Fraction(count, receipts) >= factor * median:
+                flags.append(name)
+        rows.append(
+            LossPreventionRow(
+                branch=r.branch,
+                cashier=r.cashier,
+                receipts=receipts,
+                voided_lines=_int(r.voided_lines),
+                returns=_int(r.returns),
+                returns_amount=_int(r.returns_amount),
+                manual_discount_lines=_int(r.manual_discount_lines),
+                manual_discount_amount=_int(r.manual_discount_amount),
+                voided_lines_rate=ratio_text(_int(r.voided_lines) * 100, receipts),
+                returns_rate=ratio_text(_int(r.returns) * 100, receipts),
+                manual_discounts_rate=ratio_text(_int(r.manual_discount_lines) * 100, receipts),
+                flags=flags,
+            )
+        )
+
+    def median_text(name: str) -> str | None:
+        m = medians[name]
+        return None if m is None else ratio_text(m.numerator * 100, m.denominator)
+
+    return LossPreventionReport(
+        date_from=period.date_from,
+        date_to=period.date_to,
+        branch=branch,
+        factor=factor,
+        min_count=min_count,
+        median_voided_lines_rate=median_text("voided_lines"),
+        median_returns_rate=median_text("returns"),
+        median_manual_discounts_rate=median_text("manual_discounts"),
+        rows=rows,
+    )
+
+
+# --- sync health -------------------------------------------------------------------------------
+
+
+async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> SyncHealthReport:
+    """Per branch: the last event received, how far behind it is, the outbox backlog and
+    applied master-data version from its heartbeat, and its open dead letters."""
+    now = now or datetime.now(UTC)
+    branches = list(await session.scalars(select(Branch).order_by(Branch.code)))
+    states = {s.branch: s for s in await session.scalars(select(BranchSyncState))}
+    statuses = {s.branch: s for s in await session.scalars(select(BranchStatus))}
+    letters = {
+        row[0]: int(row[1])
+        for row in await session.execute(
+            select(DeadLetter.branch, func.count())
+            .where(DeadLetter.status == "open")
+            .group_by(DeadLetter.branch)
+        )
+    }
+
+    def age(at: datetime | None) -> int | None:
+        return None if at is None else max(0, int((now - at).total_seconds()))
+
+    rows = []
+    for b in branches:
+        state = states.get(b.code)
+        status = statuses.get(b.code)
+        contiguous = state.contiguous_seq if state is not None else 0
+        rows.append(
+            SyncHealthRow(
+                branch=b.code,
+                name=b.name,
+                active=b.active,
+                last_event_at=state.last_event_at if state else None,
+                last_received_at=state.last_received_at if state else None,
+                receive_age_s=age(state.last_received_at if state else None),
+                contiguous_seq=contiguous,
+                max_seq=state.max_seq if state is not None else 0,
+                seq_lag=(
+                    max(0, status.last_recorded_seq - contiguous) if status is not None else None
+                ),
+                heartbeat_at=status.sent_at if status else None,
+                heartbeat_age_s=age(status.received_at if status else None),
+                outbox_backlog=status.outbox_backlog if status else None,
+                applied_version=status.applied_version if status else None,
+                agent_version=status.agent_version if status else None,
+                open_dead_letters=letters.get(b.code, 0),
+            )
+        )
+    return SyncHealthReport(generated_at=now, rows=rows)

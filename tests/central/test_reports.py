@@ -1,0 +1,410 @@
+"""Reports over a known chain history, checked to the cent (figures in reports_history)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from central.db import create_engine, create_sessionmaker
+from central.errors import NotFoundError, ValidationFailed
+from central.ingest.registry import _REGISTRY, register_batch_handler
+from central.ingest.worker import IngestWorker
+from central.models import Category, Product
+from central.reports import service
+from central.reports.rebuild import SUMMARY_TABLES, rebuild_summaries
+from central.services.branches import add_branch
+from protocol.events import CustomerReturnRecorded, ReceiptRecorded
+from protocol.masterdata import bucket_of
+from tests.central.reports_history import build_history
+
+D2, D3 = date(2026, 11, 2), date(2026, 11, 3)
+
+
+async def _catalog(session: AsyncSession) -> None:
+    session.add_all(
+        [Category(code="DAIRY", name="Dairy"), Category(code="FRUIT", name="Fruit")]
+        + [
+            Product(sku=sku, name=sku, category_code=cat, vat_rate_bp=vat, bucket=bucket_of(sku))
+            for sku, cat, vat in (("A", "DAIRY", 2000), ("B", "DAIRY", 1000), ("W", "FRUIT", 1000))
+        ]
+    )
+
+
+@pytest.fixture
+async def chain(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The history ingested in batches of 4 (so summaries are updated incrementally)."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
+        await add_branch(session, code="B2", name="Station")
+        await _catalog(session)
+    worker = IngestWorker(sessionmaker)
+    history = build_history()
+    for batch in history.batches(4):
+        stats = await worker.process(batch)
+        assert stats.dead_letters == 0
+    try:
+        yield sessionmaker
+    finally:
+        await engine.dispose()
+
+
+async def test_sales_by_branch_with_previous_period(
+    chain: async_sessionmaker[AsyncSession],
+) -> None:
+    async with chain() as s:
+        report = await service.sales_report(s, date_from=D2, date_to=D3)
+    assert (report.previous_from, report.previous_to) == (date(2026, 10, 31), date(2026, 11, 1))
+    rows = {r.branch: r for r in report.rows}
+    b1 = rows["B1"].figures
+    assert (b1.receipts, b1.revenue, b1.vat, b1.discounts, b1.qty_milli) == (3, 3065, 335, 60, 7754)
+    assert (b1.returns, b1.returns_amount, b1.returns_vat, b1.net_sales) == (1, 450, 41, 2615)
+    assert b1.avg_basket == 1022  # 30.65 / 3 = 10.2166.. -> 10.22
+    assert b1.net_of_vat == 2730
+    prev = rows["B1"].previous
+    assert prev is not None
+    assert (prev.receipts, prev.revenue, prev.vat) == (1, 398, 66)
+    b2 = rows["B2"].figures
+    assert (b2.receipts, b2.revenue, b2.vat) == (1, 249, 42)  # 0.415 rounds half-up
+    assert rows["B2"].previous is None
+    t = report.totals
+    assert (t.receipts, t.revenue, t.vat, t.returns_amount, t.net_sales, t.avg_basket) == (
+        4,
+        3314,
+        377,
+        450,
+        2864,
+        829,
+    )
+    assert report.previous_totals is not None
+    assert report.previous_totals.revenue == 398
+
+
+async def test_sales_by_day_hour_cashier_payment_product_category(
+    chain: async_sessionmaker[AsyncSession],
+) -> None:
+    async with chain() as s:
+        by_day = await service.sales_report(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="day"
+        )
+        by_hour = await service.sales_report(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="day,hour"
+        )
+        by_cashier = await service.sales_report(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="cashier", compare=False
+        )
+        by_payment = await service.sales_report(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="payment_type"
+        )
+        by_product = await service.sales_report(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="product"
+        )
+        by_category = await service.sales_report(s, date_from=D2, date_to=D3, group_by="category")
+    # r3 at 23:30 local is the 2nd; r4 at 00:30 local already the 3rd.
+    assert [(r.local_date, r.figures.receipts, r.figures.revenue) for r in by_day.rows] == [
+        (D2, 2, 2866),
+        (D3, 1, 199),
+    ]
+    # Day-grouped rows compare with the same day of the previous period (2 days back).
+    assert by_day.rows[0].previous is None
+    assert [
+        (r.local_date, r.hour, r.figures.receipts, r.figures.revenue, r.figures.returns_amount)
+        for r in by_hour.rows
+    ] == [(D2, 9, 1, 1966, 0), (D2, 23, 1, 900, 0), (D3, 0, 1, 199, 0), (D3, 11, 0, 0, 450)]
+    cashiers = {r.cashier: r.figures for r in by_cashier.rows}
+    assert (cashiers["ann"].receipts, cashiers["ann"].revenue, cashiers["ann"].returns) == (
+        1,
+        1966,
+        1,
+    )
+    assert (cashiers["bob"].receipts, cashiers["bob"].revenue) == (2, 1099)
+    payments = {r.payment_type: r.figures for r in by_payment.rows}
+    # Cash is net of change: 10.00 - 1.00 + 1.99.
+    assert (payments["cash"].receipts, payments["cash"].revenue) == (2, 1099)
+    assert (payments["cash"].returns, payments["cash"].returns_amount) == (1, 450)
+    assert (payments["credit_card"].receipts, payments["credit_card"].revenue) == (1, 1966)
+    assert sum(f.revenue for f in payments.values()) == by_payment.totals.revenue
+    products = {r.sku: r.figures for r in by_product.rows}
+    assert (products["A"].receipts, products["A"].qty_milli, products["A"].revenue) == (
+        2,
+        4000,
+        736,
+    )
+    assert (products["A"].vat, products["A"].discounts) == (123, 60)
+    assert (products["B"].revenue, products["B"].vat, products["B"].returns_amount) == (
+        1350,
+        123,
+        450,
+    )
+    assert (products["W"].qty_milli, products["W"].revenue, products["W"].vat) == (754, 979, 89)
+    categories = {r.category: r.figures for r in by_category.rows}
+    # Chain-wide: B2 sold one A too.
+    assert categories["DAIRY"].revenue == 736 + 249 + 1350
+    assert categories["FRUIT"].revenue == 979
+    assert categories["DAIRY"].receipts is None  # not additive over products
+
+
+async def test_stock_movement_identity_and_stock_on_hand(
+    chain: async_sessionmaker[AsyncSession],
+) -> None:
+    async with chain() as s:
+        movement = await service.stock_movement(s, date_from=D2, date_to=D3, branch="B1")
+        on_hand = await service.stock_on_hand(s, branch="B1")
+        chain_on_hand = await service.stock_on_hand(s, group_by="branch")
+        by_branch = await service.stock_movement(s, date_from=D2, date_to=D3)
+    rows = {r.sku: r for r in movement.rows}
+    a = rows["A"]
+    assert (a.opening_milli, a.sales_milli, a.write_offs_milli, a.transfers_out_milli) == (
+        8000,
+        4000,
+        1000,
+        2000,
+    )
+    assert (a.closing_milli, a.opening_value, a.sales_value, a.closing_value) == (
+        1000,
+        960,
+        480,
+        120,
+    )
+    b = rows["B"]
+    assert (b.opening_milli, b.sales_milli, b.customer_returns_milli) == (5000, 3000, 1000)
+    assert (b.stocktake_difference_milli, b.supplier_returns_milli, b.closing_milli) == (
+        -1000,
+        1000,
+        1000,
+    )
+    assert (b.sales_value, b.customer_returns_value, b.stocktake_difference_value) == (
+        900,
+        300,
+        -300,
+    )
+    assert b.closing_value == 300
+    w = rows["W"]
+    assert (w.opening_milli, w.sales_milli, w.closing_milli, w.closing_value) == (
+        2000,
+        754,
+        1246,
+        561,
+    )
+    for row in [*movement.rows, *by_branch.rows, movement.totals]:
+        for unit in ("milli", "value"):
+            ins = sum(
+                getattr(row, f"{n}_{unit}")
+                for n in ("goods_received", "transfers_in", "customer_returns")
+            )
+            outs = sum(
+                getattr(row, f"{n}_{unit}")
+                for n in ("transfers_out", "sales", "supplier_returns", "write_offs")
+            )
+            adjust = getattr(row, f"stocktake_difference_{unit}") + getattr(row, f"other_{unit}")
+            opening = getattr(row, f"opening_{unit}")
+            assert opening + ins - outs + adjust == getattr(row, f"closing_{unit}")
+    branches = {r.branch: r for r in by_branch.rows}
+    assert branches["B2"].transfers_in_milli == 2000
+    assert branches["B2"].transfers_in_value == 240  # at the sender's average cost
+    # Closing of the movement report = stock on hand today.
+    hand = {r.sku: r for r in on_hand.rows}
+    assert {k: (v.qty_milli, v.value_at_cost) for k, v in hand.items()} == {
+        "A": (1000, 120),
+        "B": (1000, 300),
+        "W": (1246, 561),
+    }
+    # At retail: the last selling price; W 1.246 kg x 12.99 = 16.18554 -> 16.19.
+    assert {k: v.value_at_retail for k, v in hand.items()} == {"A": 199, "B": 450, "W": 1619}
+    assert (on_hand.totals.value_at_cost, on_hand.totals.value_at_retail) == (981, 2268)
+    per_branch = {r.branch: r for r in chain_on_hand.rows}
+    assert (per_branch["B2"].qty_milli, per_branch["B2"].value_at_cost) == (1000, 120)
+    assert per_branch["B2"].value_at_retail == 249
+
+
+async def test_margin_abc_write_offs_shrinkage(chain: async_sessionmaker[AsyncSession]) -> None:
+    async with chain() as s:
+        by_branch = await service.gross_margin(s, date_from=D2, date_to=D3)
+        by_product = await service.gross_margin(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="product"
+        )
+        by_category = await service.gross_margin(
+            s, date_from=D2, date_to=D3, branch="B1", group_by="category"
+        )
+        abc = await service.abc_analysis(
+            s, date_from=D2, date_to=D3, branch="B1", a_pct=50, b_pct=80
+        )
+        abc_margin = await service.abc_analysis(s, date_from=D2, date_to=D3, measure="margin")
+        offs = await service.write_offs(s, date_from=D2, date_to=D3)
+        shrink = await service.shrinkage(s, date_from=D2, date_to=D3, branch="B1")
+    branches = {r.branch: r.figures for r in by_branch.rows}
+    b1 = branches["B1"]
+    assert (b1.net_sales, b1.cost_of_goods_sold, b1.margin, b1.margin_pct) == (
+        2321,
+        1419,
+        902,
+        "38.86",
+    )
+    assert (branches["B2"].net_sales, branches["B2"].cost_of_goods_sold) == (207, 120)
+    assert by_branch.totals.margin == 902 + 87
+    products = {r.sku: r.figures for r in by_product.rows}
+    assert {k: (v.net_sales, v.cost_of_goods_sold, v.margin) for k, v in products.items()} == {
+        "A": (613, 480, 133),
+        "B": (818, 600, 218),
+        "W": (890, 339, 551),
+    }
+    categories = {r.category: r.figures.margin for r in by_category.rows}
+    assert categories == {"DAIRY": 351, "FRUIT": 551}
+    assert [(r.sku, r.value, r.share_pct, r.cumulative_pct, r.abc_class) for r in abc.rows] == [
+        ("W", 979, "37.44", "37.44", "A"),
+        ("B", 900, "34.42", "71.85", "A"),
+        ("A", 736, "28.15", "100.00", "B"),
+    ]
+    assert abc.total == 2615
+    # Chain-wide margin: A 133 + 87 (B2) = 220, B 218, W 551.
+    assert [(r.sku, r.value) for r in abc_margin.rows] == [("W", 551), ("A", 220), ("B", 218)]
+    assert [(r.reason, r.qty_milli, r.value) for r in offs.rows] == [("damaged", 1000, 120)]
+    assert [(r.branch, r.loss_milli, r.loss_value, r.net_value) for r in shrink.rows] == [
+        ("B1", 1000, 300, -300)
+    ]
+
+
+async def test_shift_and_z_reconciliation_lists_every_difference(
+    chain: async_sessionmaker[AsyncSession],
+) -> None:
+    async with chain() as s:
+        report = await service.shift_reconciliation(s, date_from=D2, date_to=D3, branch="B1")
+        only = await service.shift_reconciliation(
+            s, date_from=D2, date_to=D3, branch="B1", only_differences=True
+        )
+    rows = {r.shift_id: r for r in report.rows}
+    assert set(rows) == {"S2", "S3", "S4"}
+    assert rows["S2"].differences == []
+    assert (rows["S2"].z_turnover, rows["S2"].recorded_sales) == (1966, 1966)
+    s3 = rows["S3"]
+    assert (s3.recorded_receipts, s3.recorded_sales, s3.z_report_number) == (2, 1099, 8)
+    assert [(d.field, d.source, d.recorded, d.reported, d.difference) for d in s3.differences] == [
+        ("receipts", "fiscal_printer", 2, 1, -1),
+        ("sales", "fiscal_printer", 1099, 1000, -99),
+        ("payment:cash", "agent", 1099, 1000, -99),
+    ]
+    assert rows["S4"].closed is False
+    assert rows["S4"].recorded_returns_total == 450
+    assert (report.shifts, report.shifts_with_differences) == (3, 1)
+    assert [r.shift_id for r in only.rows] == ["S3"]
+
+
+async def test_loss_prevention_flags_unusual_cashiers(
+    chain: async_sessionmaker[AsyncSession],
+) -> None:
+    async with chain() as s:
+        report = await service.loss_prevention(
+            s, date_from=D2, date_to=D3, branch="B1", factor=2, min_count=1
+        )
+        strict = await service.loss_prevention(
+            s, date_from=D2, date_to=D3, branch="B1", factor=2, min_count=2
+        )
+    rows = {r.cashier: r for r in report.rows}
+    ann = rows["ann"]
+    assert (ann.receipts, ann.voided_lines, ann.returns, ann.manual_discount_lines) == (1, 1, 1, 1)
+    assert (ann.manual_discount_amount, ann.voided_lines_rate) == (60, "100.00")
+    assert ann.flags == ["voided_lines", "returns", "manual_discounts"]
+    assert rows["bob"].flags == []
+    assert report.median_voided_lines_rate == "50.00"
+    assert all(r.flags == [] for r in strict.rows)
+
+
+async def test_sync_health_per_branch(chain: async_sessionmaker[AsyncSession]) -> None:
+    async with chain() as s:
+        report = await service.sync_health(s)
+    rows = {r.branch: r for r in report.rows}
+    assert (rows["B1"].contiguous_seq, rows["B1"].max_seq, rows["B1"].open_dead_letters) == (
+        12,
+        12,
+        0,
+    )
+    assert rows["B2"].contiguous_seq == 2
+    assert rows["B1"].last_event_at is not None
+    assert rows["B1"].heartbeat_at is None  # no heartbeat received yet
+
+
+async def _dump(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    async with sessionmaker() as session:
+        for table in SUMMARY_TABLES:
+            rows = (await session.execute(select(table))).all()
+            out[table.name] = sorted(tuple(r) for r in rows)
+    return out
+
+
+async def test_rebuild_equals_incremental(chain: async_sessionmaker[AsyncSession]) -> None:
+    incremental = await _dump(chain)
+    assert incremental["rpt_sales_branch_daily"]
+    async with chain() as session, session.begin():
+        counts = await rebuild_summaries(session)
+    rebuilt = await _dump(chain)
+    assert counts["rpt_sales_branch_daily"] == len(incremental["rpt_sales_branch_daily"])
+    for name, rows in incremental.items():
+        assert rebuilt[name] == rows, name
+
+
+async def test_redelivery_and_a_crash_before_commit_count_once(db_url: str) -> None:
+    """A batch that fails after the projection ran (a later handler, the database) is
+    rolled back with its summary rows; its redelivery, and duplicates, count once."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="B1", name="B1")
+        await add_branch(session, code="B2", name="B2")
+    crashes = {"left": 1}
+
+    @register_batch_handler(ReceiptRecorded, CustomerReturnRecorded, stage=1000)
+    async def crash_once(session: Any, batch: Any, contexts: Any) -> None:
+        if crashes["left"]:
+            crashes["left"] -= 1
+            raise ConnectionError("database connection lost")
+
+    worker = IngestWorker(sessionmaker)
+    history = build_history()
+    messages = history.messages()
+    try:
+        with pytest.raises(ConnectionError):
+            await worker.process(messages[:6])
+        await worker.process(messages[:6])
+        await worker.process(messages)  # the first six again, then the rest
+        await worker.process(messages[3:9])
+        async with sessionmaker() as s:
+            report = await service.sales_report(s, date_from=D2, date_to=D3, compare=False)
+        totals = report.totals
+        assert (totals.receipts, totals.revenue, totals.vat, totals.returns_amount) == (
+            4,
+            3314,
+            377,
+            450,
+        )
+    finally:
+        _REGISTRY[:] = [r for r in _REGISTRY if r.handler is not crash_once]
+        await engine.dispose()
+
+
+async def test_bad_parameters_name_the_field(chain: async_sessionmaker[AsyncSession]) -> None:
+    async with chain() as s:
+        with pytest.raises(NotFoundError) as unknown:
+            await service.sales_report(s, date_from=D2, date_to=D3, branch="NOPE")
+        assert unknown.value.field == "branch"
+        with pytest.raises(ValidationFailed) as reversed_dates:
+            await service.sales_report(s, date_from=D3, date_to=D2)
+        assert reversed_dates.value.field == "date_from"
+        with pytest.raises(ValidationFailed) as too_long:
+            await service.stock_movement(s, date_from=date(2025, 1, 1), date_to=D3)
+        assert too_long.value.field == "date_to"
+        with pytest.raises(ValidationFailed) as grouping:
+            await service.sales_report(s, date_from=D2, date_to=D3, group_by="branch,weather")
+        assert grouping.value.field == "group_by"
+        with pytest.raises(ValidationFailed) as two_details:
+            await service.sales_report(s, date_from=D2, date_to=D3, group_by="hour,cashier")
+        assert two_details.value.field == "group_by"
+        with pytest.raises(ValidationFailed) as measure:
+            await service.abc_analysis(s, date_from=D2, date_to=D3, measure="weight")
+        assert measure.value.field == "measure"
