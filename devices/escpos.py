@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devices.errors import Condition, PrinterError
+from devices.errors import Condition, DeviceError, PrinterError
 from devices.ports import Port, SerialSettings
 
 __all__ = [
@@ -153,6 +153,14 @@ class EscPosPrinter:
 
     def status(self) -> PrinterStatus:
         """Ask the four real-time statuses."""
+        try:
+            return self._status()
+        except PrinterError:
+            raise
+        except DeviceError as exc:  # port trouble, reported as the printer's
+            raise PrinterError(exc.condition, exc.message, **exc.details) from exc
+
+    def _status(self) -> PrinterStatus:
         with self.port.lock:
             self.port.drain_input()
             raw = bytearray()
@@ -175,7 +183,10 @@ class EscPosPrinter:
         """Send raw ESC/POS bytes between two status checks; returns the status after."""
         with self.port.lock:
             self._check("before")
-            self.port.write(data)
+            try:
+                self.port.write(data)
+            except DeviceError as exc:
+                raise PrinterError(exc.condition, exc.message, **exc.details) from exc
             return self._check("after")
 
     def print_text(self, text: str, *, cut: bool = True) -> PrinterStatus:

@@ -13,12 +13,14 @@ process, so two drivers on one wire never interleave their bytes.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import serial
+from serial.urlhandler import protocol_socket
 
 from devices.errors import Condition, DeviceError
 
@@ -34,6 +36,7 @@ _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_IO_ERRORS, ValueError)
 
 __all__ = ["Port", "SerialSettings", "is_device_path", "port_lock"]
 
+_POLL = 0.02  # seconds one low-level read may block
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -94,13 +97,17 @@ class Port:
         with self.lock:
             if self._serial is not None:
                 return
-            kwargs: dict[str, Any] = {"timeout": self.timeout, "write_timeout": self.write_timeout}
+            # reads poll in short slices so a per-call timeout never needs a tcsetattr
+            kwargs: dict[str, Any] = {"timeout": _POLL, "write_timeout": self.write_timeout}
             if is_device_path(self.url):
                 s = self.settings
+                pty = os.path.realpath(self.url).startswith("/dev/pts/")
                 kwargs.update(
                     baudrate=s.baudrate,
-                    bytesize=s.bytesize,
-                    parity=s.parity,
+                    # Linux ptys only carry 8N1 (and refuse to be set otherwise); a pty
+                    # is a simulator's wire, where parity means nothing
+                    bytesize=serial.EIGHTBITS if pty else s.bytesize,
+                    parity=serial.PARITY_NONE if pty else s.parity,
                     stopbits=s.stopbits,
                     rtscts=s.rtscts,
                     dsrdtr=s.dsrdtr,
@@ -119,11 +126,21 @@ class Port:
         with self.lock:
             ser, self._serial = self._serial, None
             self._pending.clear()
-            if ser is not None:
-                try:
-                    ser.close()
-                except _IO_ERRORS:
-                    pass  # the device is already gone; nothing left to release
+            if ser is None:
+                return
+            if isinstance(ser, protocol_socket.Serial):
+                # pyserial's socket:// close() leaks the socket when shutdown() fails (the
+                # peer is gone) and then sleeps 0.3 s; close the socket ourselves
+                sock = getattr(ser, "_socket", None)
+                ser._socket = None  # type: ignore[attr-defined]
+                ser.is_open = False
+                if sock is not None:
+                    sock.close()
+                return
+            try:
+                ser.close()
+            except _IO_ERRORS:
+                pass  # the device is already gone; nothing left to release
 
     def reopen(self, attempts: int = 1, delay: float = 0.1) -> None:
         """Close and open again, trying ``attempts`` times ``delay`` seconds apart."""
@@ -178,12 +195,13 @@ class Port:
                 del self._pending[:max_bytes]
                 return data
             ser = self._ser()
+            deadline = time.monotonic() + timeout
             try:
-                if ser.timeout != timeout:
-                    ser.timeout = timeout
-                waiting: int = ser.in_waiting  # type: ignore[attr-defined]
-                got: bytes = ser.read(max(1, min(max_bytes, waiting)))
-                return got
+                while True:
+                    waiting: int = ser.in_waiting  # type: ignore[attr-defined]
+                    got: bytes = ser.read(max(1, min(max_bytes, waiting)))
+                    if got or time.monotonic() >= deadline:
+                        return got
             except _IO_ERRORS as exc:
                 raise self._lost(exc) from exc
 

@@ -183,10 +183,15 @@ class ToledoScale:
         self.close()
 
     def _command(self, command: bytes, timeout: float | None = None) -> WeightReading | ScaleStatus:
-        with self.port.lock:
-            self.port.drain_input()  # a late answer to an earlier command is not ours
-            self.port.write(command)
-            frame = self.port.read_until(bytes([CR]), timeout or self.timeout, max_bytes=64)
+        try:
+            with self.port.lock:
+                self.port.drain_input()  # a late answer to an earlier command is not ours
+                self.port.write(command)
+                frame = self.port.read_until(bytes([CR]), timeout or self.timeout, max_bytes=64)
+        except ScaleError:
+            raise
+        except DeviceError as exc:  # port trouble, reported as the scale's
+            raise ScaleError(exc.condition, exc.message, **exc.details) from exc
         if not frame:
             raise ScaleError(Condition.NO_ANSWER, f"no answer to {command!r}", port=self.port.url)
         start = frame.find(bytes([STX]))

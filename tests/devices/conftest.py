@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,3 +39,11 @@ def closing(start_sim: StartSim) -> Iterator[Callable[[Any], Any]]:
     yield register
     for driver in drivers:
         driver.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 2.0) -> None:
+    """Poll until ``predicate()`` is true (write-only devices give no answer to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
