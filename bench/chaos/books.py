@@ -47,6 +47,8 @@ class SaleRecord:
     change: int
     fiscal_number: str | None
     event_id: uuid.UUID | None
+    # Agent side only: recorded, pending_fiscal, fiscalized, completed_unfiscal.
+    status: str = ""
 
 
 @dataclass(slots=True)
@@ -54,6 +56,8 @@ class OutboxProgress:
     max_seq: int
     events: int
     unsent: int
+    # Sales waiting for the fiscal printer: their event is written once printed.
+    pending_fiscal: int = 0
 
 
 @dataclass(slots=True)
@@ -69,6 +73,10 @@ class AgentBooks:
     # sku -> quantity_milli; None when this agent keeps no stock balances yet.
     stock: dict[str, int] | None = None
     tables: frozenset[str] = frozenset()
+    # SQLite's own verdict on the file: "ok" or the first damage found.
+    integrity: str = ""
+    # Posted stock documents: document id -> doc type.
+    documents: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -96,9 +104,14 @@ def read_outbox_progress(path: Path) -> OutboxProgress:
         max_seq, events, unsent = conn.execute(
             "SELECT coalesce(max(seq), 0), count(*), coalesce(sum(sent_at IS NULL), 0) FROM outbox"
         ).fetchone()
+        (pending,) = conn.execute(
+            "SELECT count(*) FROM sales WHERE status = 'pending_fiscal'"
+        ).fetchone()
     finally:
         conn.close()
-    return OutboxProgress(max_seq=int(max_seq), events=int(events), unsent=int(unsent))
+    return OutboxProgress(
+        max_seq=int(max_seq), events=int(events), unsent=int(unsent), pending_fiscal=int(pending)
+    )
 
 
 def read_agent_books(branch: str, path: Path) -> AgentBooks:
@@ -117,9 +130,9 @@ def read_agent_books(branch: str, path: Path) -> AgentBooks:
         revenue: Counter[str] = Counter()
         for row in conn.execute(
             'SELECT till, sale_id, receipt_number, total, "change", fiscal_number, event_id, '
-            "receipt FROM sales"
+            "receipt, status FROM sales"
         ):
-            till, sale_id, number, total, change, fiscal, event_id, receipt = row
+            till, sale_id, number, total, change, fiscal, event_id, receipt, status = row
             books.sales.append(
                 SaleRecord(
                     till=till,
@@ -129,12 +142,21 @@ def read_agent_books(branch: str, path: Path) -> AgentBooks:
                     change=int(change),
                     fiscal_number=fiscal,
                     event_id=as_uuid(event_id) if event_id is not None else None,
+                    status=str(status),
                 )
             )
             for payment in json.loads(receipt).get("payments", []):
                 revenue[payment["type"]] += int(payment["amount"])
             revenue["cash"] -= int(change)
         books.revenue = {k: v for k, v in revenue.items() if v}
+        books.integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        if "stock_documents" in tables:
+            books.documents = {
+                doc_id: doc_type
+                for doc_id, doc_type in conn.execute(
+                    "SELECT document_id, doc_type FROM stock_documents WHERE status = 'posted'"
+                )
+            }
         if "stock_balances" in tables:
             books.stock = {
                 sku: int(q)

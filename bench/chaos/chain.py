@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import random
+import resource
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,17 +31,28 @@ from bench.chaos.books import (
     read_central_progress,
     read_outbox_progress,
 )
+from bench.chaos.clerks import Clerk, ClerkStats
 from bench.chaos.processes import ManagedProcess, wait_http_ok
 from bench.chaos.proxy import LinkProxy
 from bench.chaos.tills import Till
 from bench.chaos.verify import Verdict, compare
 from central.embedded_nats import EmbeddedNats, free_port
+from devices.sim import SimulatorHandle, start_simulator
 
 __all__ = ["FAULT_KINDS", "AgentHandle", "Chain", "ChaosConfig", "ChaosReport", "run_chaos"]
 
 log_prefix = "chaos"
 
-FAULT_KINDS = ("agent_kill", "ingest_kill", "api_kill", "nats_restart", "branch_cut")
+FAULT_KINDS = (
+    "agent_kill",
+    "ingest_kill",
+    "api_kill",
+    "nats_restart",
+    "branch_cut",
+    "fiscal_answer_lost",
+    "paper_out",
+    "disk_full",
+)
 
 
 @dataclass(slots=True)
@@ -55,6 +67,8 @@ class ChaosConfig:
     # Central's database; empty: a SQLite file in work_dir.
     database_url: str = ""
     sale_interval_s: float = 0.3
+    # Each branch's back office posts a stock document about this often.
+    document_interval_s: float = 2.0
     fault_kinds: tuple[str, ...] = FAULT_KINDS
     # Faults of each kind; None: one per ``mean_fault_gap_s`` spread over the kinds.
     faults_per_kind: int | None = None
@@ -63,6 +77,8 @@ class ChaosConfig:
     min_cut_s: float = 3.0
     max_cut_s: float = 15.0
     converge_timeout_s: float = 180.0
+    # A simulated fiscal printer (Datecs X, over TCP) at every till.
+    fiscal_printers: bool = True
     # Print progress lines (the bench); tests stay quiet.
     verbose: bool = False
 
@@ -86,6 +102,7 @@ class ChaosReport:
     events_at_central: int
     load_s: float
     tills: list[Till]
+    clerks: list[Clerk] = field(default_factory=list)
     incidents: list[str] = field(default_factory=list)
     reader_errors: int = 0
 
@@ -118,6 +135,8 @@ class ChaosReport:
             "till_retries": sum(t.stats.retries for t in self.tills),
             "till_server_errors": sum(t.stats.server_errors for t in self.tills),
             "repeats_checked": sum(t.stats.repeats_checked for t in self.tills),
+            "documents_acked": sum(len(s.acked) for c in self.clerks for s in c.stats.values()),
+            "documents_refused": sum(len(s.refused) for c in self.clerks for s in c.stats.values()),
             "head_office_reads_failed": self.reader_errors,
             "checks": sorted(self.verdict.checks),
             "not_compared": sorted(self.verdict.not_compared),
@@ -141,6 +160,8 @@ class AgentHandle:
     http_port: int
     data_dir: Path
     tokens: dict[str, str]
+    # till -> its simulated fiscal printer
+    printers: dict[str, SimulatorHandle] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -168,6 +189,7 @@ class Chain:
         # Processes a fault has taken down on purpose; the watchdog leaves them alone.
         self.down: set[str] = set()
         self.incidents: list[str] = []
+        self.api_token = ""
 
     # --- start and stop -------------------------------------------------------------
 
@@ -225,10 +247,18 @@ class Chain:
         from central.services.branches import add_branch
 
         assert self.engine is not None
+        from central.services.users import create_user
+
         for code in codes:
             with contextlib.suppress(ConflictError):
                 async with create_sessionmaker(self.engine)() as session, session.begin():
                     await add_branch(session, code=code, name=f"Chaos {code}")
+        # Head office reads the consolidated records as an analyst.
+        async with create_sessionmaker(self.engine)() as session, session.begin():
+            issued = await create_user(
+                session, name=f"chaos-reader-{os.getpid()}-{time.time_ns()}", role="analyst"
+            )
+        self.api_token = issued.token
 
     async def _make_agent(self, code: str) -> AgentHandle:
         proxy = LinkProxy(self.nats.port, name=code)
@@ -239,16 +269,24 @@ class Chain:
             f"T{i}": f"{code}-till-{i}-secret" for i in range(1, self.config.tills_per_branch + 1)
         }
         config = self.work_dir / f"agent-{code}.toml"
-        tills = "".join(
-            f'\n[[agent.tills]]\nid = "{till}"\ntoken = "{token}"\n'
-            for till, token in tokens.items()
-        )
+        printers: dict[str, SimulatorHandle] = {}
+        tills = ""
+        for till, token in tokens.items():
+            tills += f'\n[[agent.tills]]\nid = "{till}"\ntoken = "{token}"\n'
+            if self.config.fiscal_printers:
+                printers[till] = start_simulator("fiscal")
+                tills += (
+                    "[agent.tills.fiscal_printer]\n"
+                    f'port = "{printers[till].url}"\nprotocol = "datecs-x"\n'
+                )
         config.write_text(
             "[agent]\n"
             f'branch = "{code}"\nname = "Chaos {code}"\ntimezone = "Europe/Berlin"\n'
             f'data_dir = "{data_dir}"\nnats_url = "{proxy.url}"\n'
             f'http_host = "127.0.0.1"\nhttp_port = {port}\ndemo_catalog = true\n'
-            "heartbeat_interval_s = 1.0\noutbox_publish_timeout_s = 2.0\n" + tills
+            "heartbeat_interval_s = 1.0\noutbox_publish_timeout_s = 2.0\n"
+            "fiscal_retry_interval_s = 1.0\ndevice_poll_interval_s = 2.0\n"
+            f'manager_token = "{code}-manager-secret"\n' + tills
         )
         process = ManagedProcess(
             f"agent-{code}",
@@ -257,7 +295,7 @@ class Chain:
             log_path=self.logs / f"agent-{code}.log",
             cwd=self.work_dir,
         )
-        return AgentHandle(code, process, proxy, port, data_dir, tokens)
+        return AgentHandle(code, process, proxy, port, data_dir, tokens, printers)
 
     async def start_agent(self, code: str) -> None:
         agent = self.agents[code]
@@ -270,6 +308,8 @@ class Chain:
             await asyncio.to_thread(agent.process.stop)
         for agent in self.agents.values():
             await agent.proxy.close()
+            for printer in agent.printers.values():
+                await asyncio.to_thread(printer.stop)
         for worker in self.workers:
             await asyncio.to_thread(worker.stop)
         if self.api is not None:
@@ -313,15 +353,36 @@ class Chain:
             stored += counts.get(code, 0)
             if (
                 outbox.unsent
+                or outbox.pending_fiscal
                 or contiguous.get(code, 0) != outbox.max_seq
                 or counts.get(code, 0) != outbox.events
             ):
                 converged = False
         return converged, produced, stored
 
+    @property
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"}
+
+    def printed(self) -> dict[str, dict[str, list[tuple[int, int]]]] | None:
+        """Each printer's journal: (fiscal number, amount in cents) of every closed receipt."""
+        if not self.config.fiscal_printers:
+            return None
+        journals: dict[str, dict[str, list[tuple[int, int]]]] = {}
+        for code, agent in self.agents.items():
+            journals[code] = {}
+            for till, printer in agent.printers.items():
+                with printer.sim.lock:
+                    journals[code][till] = [
+                        (r.number, int(r.amount * 100)) for r in printer.sim.receipts
+                    ]
+        return journals
+
     async def api_receipt_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=self.api_url, timeout=30, headers=self.api_headers
+        ) as client:
             for code in self.agents:
                 response = await client.get("/api/v1/receipts", params={"branch": code, "limit": 1})
                 response.raise_for_status()
@@ -390,7 +451,65 @@ async def fault_branch_cut(chain: Chain, rng: random.Random, record: FaultRecord
         await proxy.restore()
 
 
+# Datecs commands whose answer the printer may lose: open, sale line, payment, close.
+_FISCAL_COMMANDS = (0x30, 0x31, 0x35, 0x38)
+
+
+def _printer(chain: Chain, target: str) -> SimulatorHandle:
+    code, till = target.split("/")
+    return chain.agents[code].printers[till]
+
+
+async def fault_fiscal_answer_lost(chain: Chain, rng: random.Random, record: FaultRecord) -> None:
+    """The printer executes the next such command but its answer never arrives."""
+    cmd = rng.choice(_FISCAL_COMMANDS)
+    count = rng.randint(1, 3)
+    record.detail = f"command 0x{cmd:02X} x{count}"
+    _printer(chain, record.target).sim.lose_answers(cmd, count)
+
+
+async def fault_paper_out(chain: Chain, rng: random.Random, record: FaultRecord) -> None:
+    sim = _printer(chain, record.target).sim
+    seconds = rng.uniform(2.0, 8.0)
+    record.detail = f"for {seconds:.1f}s"
+    sim.set_fault("paper_end", True)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        sim.set_fault("paper_end", False)
+
+
+async def fault_disk_full(chain: Chain, rng: random.Random, record: FaultRecord) -> None:
+    """The agent's disk fills up: its files cannot grow past their present size.
+
+    Done with the kernel's file-size limit on the running agent (RLIMIT_FSIZE; Python
+    ignores SIGXFSZ, so a write past it fails with EFBIG, as a full disk fails one with
+    ENOSPC): SQLite's own error path, no hook in the agent. Freed again after a while.
+    """
+    agent = chain.agents[record.target]
+    pid = agent.process.pid
+    if pid is None:
+        return
+    sizes = [
+        p.stat().st_size
+        for p in (agent.database_path, agent.database_path.with_name("agent.db-wal"))
+        if p.exists()
+    ]
+    seconds = rng.uniform(3.0, 10.0)
+    record.detail = f"at {max(sizes, default=0)} bytes for {seconds:.1f}s"
+    unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (max(sizes, default=0), resource.RLIM_INFINITY))
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
+
+
 FAULTS: dict[str, FaultFn] = {
+    "fiscal_answer_lost": fault_fiscal_answer_lost,
+    "paper_out": fault_paper_out,
+    "disk_full": fault_disk_full,
     "agent_kill": fault_agent_kill,
     "ingest_kill": fault_ingest_kill,
     "api_kill": fault_api_kill,
@@ -400,8 +519,10 @@ FAULTS: dict[str, FaultFn] = {
 
 
 def _targets(chain: Chain, kind: str) -> list[str]:
-    if kind in ("agent_kill", "branch_cut"):
+    if kind in ("agent_kill", "branch_cut", "disk_full"):
         return sorted(chain.agents)
+    if kind in ("fiscal_answer_lost", "paper_out"):
+        return sorted(f"{c}/{t}" for c, a in chain.agents.items() for t in a.printers)
     if kind == "ingest_kill":
         return [w.name for w in chain.workers]
     return [kind]
@@ -409,7 +530,11 @@ def _targets(chain: Chain, kind: str) -> list[str]:
 
 def plan_faults(config: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]:
     """(seconds after start, kind): random moments inside the fault window."""
-    kinds = [k for k in config.fault_kinds if k in FAULTS]
+    kinds = [
+        k
+        for k in config.fault_kinds
+        if k in FAULTS and (config.fiscal_printers or k not in ("fiscal_answer_lost", "paper_out"))
+    ]
     window_end = max(config.warmup_s + 1.0, config.duration_s - config.max_cut_s - 3.0)
     if config.faults_per_kind is not None:
         chosen = [k for k in kinds for _ in range(config.faults_per_kind)]
@@ -424,7 +549,9 @@ def plan_faults(config: ChaosConfig, rng: random.Random) -> list[tuple[float, st
 
 async def _head_office_reader(chain: Chain, stop: asyncio.Event, errors: list[int]) -> None:
     """Head office reading receipts while the API is being killed: failures are counted."""
-    async with httpx.AsyncClient(base_url=chain.api_url, timeout=5) as client:
+    async with httpx.AsyncClient(
+        base_url=chain.api_url, timeout=5, headers=chain.api_headers
+    ) as client:
         while not stop.is_set():
             try:
                 response = await client.get("/api/v1/receipts", params={"limit": 5})
@@ -461,6 +588,22 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
                         interval_s=config.sale_interval_s,
                     )
                 )
+        clerks: list[Clerk] = []
+        for code, agent in chain.agents.items():
+            clerks.append(
+                Clerk(
+                    branch=code,
+                    base_url=agent.url,
+                    token=f"{code}-manager-secret",
+                    peers={
+                        other: (a.url, f"{other}-manager-secret")
+                        for other, a in chain.agents.items()
+                        if other != code
+                    },
+                    rng=random.Random(rng.getrandbits(64)),
+                    interval_s=config.document_interval_s,
+                )
+            )
         plan = plan_faults(config, rng)
         say(
             f"chain up; {len(tills)} tills selling for {config.duration_s:.0f}s, {len(plan)} faults planned"
@@ -469,6 +612,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         reader_errors = [0]
         started = time.monotonic()
         till_tasks = [asyncio.create_task(t.run(stop_sales, hard_stop)) for t in tills]
+        till_tasks += [asyncio.create_task(c.run(stop_sales, hard_stop)) for c in clerks]
         background = [
             asyncio.create_task(chain.watchdog(stop_watch)),
             asyncio.create_task(_head_office_reader(chain, stop_watch, reader_errors)),
@@ -478,7 +622,10 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         async def inflict(at: float, kind: str) -> None:
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))
             target = rng.choice(_targets(chain, kind))
-            lock_key = f"agent:{target}" if kind == "agent_kill" else f"{kind}:{target}"
+            # A crash, a full disk: one at a time per agent (a restart frees the disk).
+            lock_key = (
+                f"agent:{target}" if kind in ("agent_kill", "disk_full") else f"{kind}:{target}"
+            )
             async with locks.setdefault(lock_key, asyncio.Lock()):
                 record = FaultRecord(kind, target, "", time.monotonic() - started)
                 faults.append(record)
@@ -534,7 +681,11 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         by_branch: dict[str, list[Till]] = {}
         for till in tills:
             by_branch.setdefault(till.branch, []).append(till)
-        verdict = compare(agents, central, by_branch, api_totals)
+        documents: dict[str, list[ClerkStats]] = {}
+        for clerk in clerks:
+            for code, stats in clerk.stats.items():
+                documents.setdefault(code, []).append(stats)
+        verdict = compare(agents, central, by_branch, api_totals, chain.printed(), documents)
         return ChaosReport(
             config=config,
             verdict=verdict,
@@ -544,6 +695,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             events_at_central=sum(len(v) for v in central.events.values()),
             load_s=load_s,
             tills=tills,
+            clerks=clerks,
             incidents=chain.incidents,
             reader_errors=reader_errors[0],
         )

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -39,7 +40,11 @@ def wait_http_ok(url: str, timeout: float = 60.0, process: ManagedProcess | None
 
 
 class ManagedProcess:
-    """``python -m <args>`` restartable any number of times, output appended to one log."""
+    """``python -m <args>`` restartable any number of times, output appended to one log.
+
+    Output goes through a pipe that a thread copies into the log, so a process whose
+    file-size limit is lowered (the full-disk fault) still gets its log lines out.
+    """
 
     def __init__(
         self, name: str, args: list[str], *, env: dict[str, str], log_path: Path, cwd: Path
@@ -53,6 +58,8 @@ class ManagedProcess:
         self.kills = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._copier: threading.Thread | None = None
+        self._last_returncode: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -60,7 +67,7 @@ class ManagedProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode if self._process is not None else None
+        return self._process.returncode if self._process is not None else self._last_returncode
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -78,10 +85,14 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
-            stdout=self._log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self._copier = threading.Thread(
+            target=_copy, args=(self._process.stdout, self._log), daemon=True
+        )
+        self._copier.start()
         self.starts += 1
 
     def kill(self) -> None:
@@ -110,7 +121,22 @@ class ManagedProcess:
 
     def _reap(self) -> None:
         if self._process is not None and self._process.poll() is not None:
+            self._last_returncode = self._process.returncode
+            if self._copier is not None:
+                self._copier.join(10)
+                self._copier = None
+            if self._process.stdout is not None:
+                self._process.stdout.close()
             self._process = None
         if self._process is None and self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _copy(source: IO[bytes] | None, sink: IO[bytes]) -> None:
+    if source is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        for line in iter(source.readline, b""):
+            sink.write(line)
+            sink.flush()

@@ -9,9 +9,10 @@ payment type or stock per product that differs.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.chaos.books import AgentBooks, CentralBooks, SaleRecord
+from bench.chaos.clerks import ClerkStats
 from bench.chaos.tills import Till
 
 __all__ = ["BranchTotals", "Verdict", "compare"]
@@ -31,6 +32,7 @@ class BranchTotals:
     refused_to_tills: int = 0
     revenue: dict[str, int] = field(default_factory=dict)
     stock_skus: int | None = None
+    documents_acked: int = 0
     fiscalized: int | None = None
 
 
@@ -60,7 +62,11 @@ def compare(
     central: CentralBooks,
     tills: dict[str, list[Till]],
     api_receipt_totals: dict[str, int] | None = None,
+    printed: dict[str, dict[str, list[tuple[int, int]]]] | None = None,
+    documents: dict[str, list[ClerkStats]] | None = None,
 ) -> Verdict:
+    """``printed``: per branch and till, the fiscal printer's journal of closed receipts
+    as (fiscal number, amount in minor units); None when the run had no printers."""
     verdict = Verdict()
     if central.dead_letters:
         verdict.fail(f"central holds {central.dead_letters} dead letters")
@@ -88,7 +94,19 @@ def compare(
                 f"central {central_revenue}"
             )
         _check_stock(verdict, branch, agent, central, totals)
-        _check_fiscal(verdict, branch, agent, central.receipts.get(branch, []), totals)
+        _check_fiscal(
+            verdict,
+            branch,
+            agent,
+            central.receipts.get(branch, []),
+            None if printed is None else printed.get(branch, {}),
+            totals,
+        )
+        if documents is not None:
+            _check_documents(verdict, branch, agent, documents.get(branch, []), totals)
+        verdict.checks.add("agent database integrity")
+        if agent.integrity != "ok":
+            verdict.fail(f"{branch}: the agent's database is damaged: {agent.integrity}")
     extra = set(central.events) - set(agents)
     for branch in sorted(extra):
         verdict.unexpected += len(central.events[branch])
@@ -210,7 +228,7 @@ def _check_receipts(
             if sale.event_id not in agent.events:
                 verdict.fail(f"{branch}: sale {sale.sale_id} has no event in the agent's outbox")
             continue  # counted as missing through its event
-        if stored != sale:
+        if stored != replace(sale, status=""):
             verdict.fail(
                 f"{branch}: sale {sale.sale_id} is {sale} at the agent, {stored} at central"
             )
@@ -240,21 +258,76 @@ def _check_fiscal(
     branch: str,
     agent: AgentBooks,
     receipts: list[SaleRecord],
+    printed: dict[str, list[tuple[int, int]]] | None,
     totals: BranchTotals,
 ) -> None:
-    fiscal_numbers = [s.fiscal_number for s in agent.sales if s.fiscal_number]
-    if not fiscal_numbers and not any(r.fiscal_number for r in receipts):
+    """Each printed receipt belongs to exactly one sale of the same amount, each
+    fiscalized sale was printed once, and central knows the same fiscal numbers."""
+    if printed is None:
         verdict.not_compared.add("fiscal receipts printed (no fiscal printers in this run)")
         return
     verdict.checks.add("fiscal receipts printed")
-    totals.fiscalized = len(fiscal_numbers)
-    central_numbers = [r.fiscal_number for r in receipts if r.fiscal_number]
-    for number, n in Counter(fiscal_numbers).items():
-        if n > 1:
-            verdict.duplicated += n - 1
-            verdict.fail(f"{branch}: fiscal number {number} used by {n} sales at the agent")
-    if Counter(central_numbers) != Counter(fiscal_numbers):
-        verdict.fail(
-            f"{branch}: {len(fiscal_numbers)} fiscalized sales at the agent, "
-            f"{len(central_numbers)} with a fiscal number at central"
+    totals.fiscalized = 0
+    for sale in agent.sales:
+        if sale.status == "pending_fiscal":
+            verdict.fail(
+                f"{branch}/{sale.till}: sale {sale.sale_id} is still waiting for the printer"
+            )
+    tills = {s.till for s in agent.sales} | set(printed)
+    for till in sorted(tills):
+        journal = printed.get(till, [])
+        fiscalized = {s.fiscal_number: s for s in agent.sales if s.till == till and s.fiscal_number}
+        totals.fiscalized += len(fiscalized)
+        numbers = Counter(str(number) for number, _amount in journal)
+        for number, n in numbers.items():
+            if n > 1:
+                verdict.fail(f"{branch}/{till}: the printer closed receipt {number} {n} times")
+        agent_numbers = Counter(
+            s.fiscal_number for s in agent.sales if s.till == till and s.fiscal_number
         )
+        for number, n in agent_numbers.items():
+            if n > 1:
+                verdict.duplicated += n - 1
+                verdict.fail(f"{branch}/{till}: fiscal number {number} is on {n} sales")
+        if len(journal) != len(fiscalized):
+            verdict.fail(
+                f"{branch}/{till}: the printer closed {len(journal)} receipts, "
+                f"the agent has {len(fiscalized)} fiscalized sales"
+            )
+        for printed_number, amount in journal:
+            owner = fiscalized.get(str(printed_number))
+            if owner is None:
+                verdict.fail(
+                    f"{branch}/{till}: printed receipt {printed_number} belongs to no sale"
+                )
+            elif owner.total != amount:
+                verdict.fail(
+                    f"{branch}/{till}: printed receipt {printed_number} is for {amount}, "
+                    f"its sale {owner.sale_id} for {owner.total}"
+                )
+        central_numbers = Counter(
+            r.fiscal_number for r in receipts if r.till == till and r.fiscal_number
+        )
+        if central_numbers != agent_numbers:
+            verdict.fail(f"{branch}/{till}: central's fiscal numbers differ from the agent's")
+
+
+def _check_documents(
+    verdict: Verdict,
+    branch: str,
+    agent: AgentBooks,
+    clerks: list[ClerkStats],
+    totals: BranchTotals,
+) -> None:
+    verdict.checks.add("stock documents acknowledged at the agent")
+    for stats in clerks:
+        totals.documents_acked += len(stats.acked)
+        for msg in stats.wrong_answers:
+            verdict.fail(f"{branch}: wrong answer to a clerk: {msg}")
+        for doc_id, doc_type in stats.acked.items():
+            if agent.documents.get(doc_id) != doc_type:
+                verdict.missing += 1
+                verdict.fail(f"{branch}: acknowledged {doc_type} {doc_id} is not at the agent")
+        for doc_id in stats.refused:
+            if doc_id in agent.documents:
+                verdict.fail(f"{branch}: refused document {doc_id} was posted by the agent")

@@ -1,10 +1,13 @@
 """The CI-sized fault run: the whole chain as real processes, every fault kind twice.
 
-Two branches with two tills each sell for about a minute while agents, ingest
-workers and the API process are SIGKILLed, the nats-server is killed or stopped and
-restarted, and branches lose their link (reset or silently stalled). Afterwards
-central must hold exactly the agents' books: every event once, every receipt once,
-the same revenue per payment type; every sale a till was told about exists.
+Two branches with two tills each (each till with a simulated fiscal printer) sell,
+and their back offices post goods receipts, write-offs and transfers, for about a
+minute while agents, ingest workers and the API process are SIGKILLed, the
+nats-server is killed or stopped and restarted, branches lose their link (reset or
+silently stalled), printers lose answers or run out of paper and an agent's disk
+fills up. Afterwards central must hold exactly the agents' books: every event once,
+every receipt once, the same revenue per payment type and stock per product; every
+sale a till was told about exists, every printed receipt belongs to one sale.
 
 The seed is random per run and printed on failure; re-run one with
 ``BACKROOM_CHAOS_SEED=<seed>`` (or at length with ``python -m bench.chaos --seed``).
@@ -27,7 +30,7 @@ async def test_books_agree_after_crashes_and_outages(db_url: str, tmp_path: Path
         branches=2,
         tills_per_branch=2,
         ingest_workers=2,
-        duration_s=50.0,
+        duration_s=60.0,
         seed=seed,
         database_url=db_url,
         sale_interval_s=0.3,
@@ -50,6 +53,9 @@ async def test_books_agree_after_crashes_and_outages(db_url: str, tmp_path: Path
     assert summary["events_at_central"] == summary["events_produced"], explain
     assert summary["events_produced"] >= summary["sales_acked"], explain
     assert summary["repeats_checked"] > 0, explain
+    assert summary["documents_acked"] > 10, explain
+    assert "fiscal receipts printed" in summary["checks"], explain
+    assert "stock balance per product" in summary["checks"], explain
     for totals in report.verdict.branches.values():
         assert totals.receipts_agent == totals.receipts_central == totals.receipts_api, explain
         assert totals.acked_by_tills <= totals.receipts_agent, explain
