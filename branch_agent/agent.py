@@ -20,6 +20,7 @@ from branch_agent.demo_catalog import seed_demo_catalog
 from branch_agent.devices import TillDevices
 from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.fiscal import Fiscalizer
+from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.sales import SaleService
@@ -60,6 +61,11 @@ class Agent:
         # Handlers per down-stream kind are registered by the parts that own them.
         self.downstream = DownstreamReader(settings.branch)
         self.downstream.register(COMMAND_KIND, self._on_command)
+        # Catalog, prices and promotions from central (applied in stream order).
+        self.masterdata = MasterDataApplier(
+            self.sessionmaker, self.write_lock, timezone=settings.timezone
+        )
+        self.masterdata.register(self.downstream)
         self.resends = 0
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -75,6 +81,7 @@ class Agent:
 
     async def start(self) -> None:
         await upgrade(self.settings.database_path)
+        await self.masterdata.load()
         if self.settings.demo_catalog:
             async with self.write_lock, self.sessionmaker() as session, session.begin():
                 await seed_demo_catalog(session)

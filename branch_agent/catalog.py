@@ -2,6 +2,13 @@
 
 Sales pricing and the till's product lookup go through these functions only, so
 the way master data is stored and resolved can change behind them.
+
+The catalog is head office's master data as applied from the down stream
+(``branch_agent.masterdata``, tables in ``masterdata_models``); the price at a
+moment is resolved from the entries of every scope the branch belongs to with
+``protocol.pricing`` (the rules central uses), promotions with
+``protocol.promotions``. Until the first master data has arrived, the local demo
+catalog (``products``/``product_barcodes``, ``make run``) is used instead.
 """
 
 from __future__ import annotations
@@ -9,19 +16,37 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from branch_agent.masterdata_models import MdBarcode, MdPrice, MdProduct, MdPromotion
 from branch_agent.models import Product, ProductBarcode
+from protocol.masterdata import PromotionRecord, decode_masterdata
+from protocol.pricing import PriceCandidate, entry_moment, resolve_price
+from protocol.promotions import PromoLine, evaluate_promotions
 
 __all__ = [
     "BasketLine",
     "CatalogItem",
     "LineDiscount",
     "find_product",
+    "local_timezone",
     "promotion_discounts",
     "search_products",
+    "set_local_timezone",
+    "sku_for_scale_plu",
 ]
+
+_timezone = {"name": "UTC"}
+
+
+def set_local_timezone(name: str) -> None:
+    """The branch's IANA zone: prices head office gave in local time take effect in it."""
+    _timezone["name"] = name
+
+
+def local_timezone() -> str:
+    return _timezone["name"]
 
 
 class CatalogItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +64,7 @@ class CatalogItem(msgspec.Struct, frozen=True, kw_only=True):
     price_version: int = 0
 
 
-def _item(product: Product) -> CatalogItem:
+def _demo_item(product: Product) -> CatalogItem:
     return CatalogItem(
         sku=product.sku,
         name=product.name,
@@ -53,10 +78,64 @@ def _item(product: Product) -> CatalogItem:
     )
 
 
+async def _has_master_data(session: AsyncSession) -> bool:
+    return (await session.scalar(select(MdProduct.sku).limit(1))) is not None
+
+
+async def _price(session: AsyncSession, sku: str, at: datetime) -> PriceCandidate | None:
+    rows = await session.execute(
+        select(
+            MdPrice.scope,
+            MdPrice.price,
+            MdPrice.effective_at,
+            MdPrice.effective_local,
+            MdPrice.version,
+        ).where(MdPrice.sku == sku)
+    )
+    tz = local_timezone()
+    return resolve_price(
+        (
+            PriceCandidate(scope, price, entry_moment(effective_at, local, tz), version)
+            for scope, price, effective_at, local, version in rows
+        ),
+        at,
+    )
+
+
+async def _md_item(session: AsyncSession, sku: str, at: datetime) -> CatalogItem | None:
+    product = await session.scalar(select(MdProduct).where(MdProduct.sku == sku).limit(1))
+    if product is None:
+        return None
+    price = await _price(session, sku, at)
+    if price is None:
+        # Listed but not priced (yet): not sellable.
+        return None
+    return CatalogItem(
+        sku=product.sku,
+        name=product.name,
+        unit=product.unit,
+        weighed=product.weighed,
+        scale_plu=product.scale_plu,
+        vat_rate_bp=product.vat_rate_bp,
+        vat_group=product.vat_group,
+        category=product.category,
+        price=price.price,
+        price_version=price.version,
+    )
+
+
 async def find_product(
     session: AsyncSession, *, sku: str | None = None, barcode: str | None = None, at: datetime
 ) -> CatalogItem | None:
     """The sellable product with this SKU or barcode, priced at ``at``; None if not sold here."""
+    if await _has_master_data(session):
+        if barcode:
+            sku = await session.scalar(
+                select(MdBarcode.sku).where(MdBarcode.barcode == barcode).limit(1)
+            )
+        if not sku:
+            return None
+        return await _md_item(session, sku, at)
     if barcode:
         sku = await session.scalar(
             select(ProductBarcode.sku).where(ProductBarcode.barcode == barcode)
@@ -66,20 +145,52 @@ async def find_product(
     product = await session.get(Product, sku)
     if product is None or not product.active:
         return None
-    return _item(product)
+    return _demo_item(product)
+
+
+async def sku_for_scale_plu(session: AsyncSession, plu: int) -> str | None:
+    """The product a label scale's PLU stands for."""
+    if await _has_master_data(session):
+        return await session.scalar(
+            select(MdProduct.sku).where(MdProduct.scale_plu == plu).limit(1)
+        )
+    return await session.scalar(select(Product.sku).where(Product.scale_plu == plu).limit(1))
 
 
 async def search_products(
     session: AsyncSession, text: str, *, at: datetime, limit: int = 20
 ) -> list[CatalogItem]:
-    pattern = f"%{text}%"
+    pattern = f"%{text.lower()}%"
+    if await _has_master_data(session):
+        skus = (
+            await session.scalars(
+                select(MdProduct.sku)
+                .where(
+                    or_(
+                        func.lower(MdProduct.name).like(pattern),
+                        func.lower(MdProduct.sku).like(pattern),
+                    )
+                )
+                .group_by(MdProduct.sku)
+                .order_by(func.min(MdProduct.name), MdProduct.sku)
+                .limit(limit * 2)
+            )
+        ).all()
+        items = []
+        for sku in skus:
+            item = await _md_item(session, sku, at)
+            if item is not None:
+                items.append(item)
+            if len(items) >= limit:
+                break
+        return items
     rows = await session.scalars(
         select(Product)
         .where(Product.active, (Product.name.ilike(pattern)) | (Product.sku.ilike(pattern)))
         .order_by(Product.name)
         .limit(limit)
     )
-    return [_item(p) for p in rows]
+    return [_demo_item(p) for p in rows]
 
 
 class BasketLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,9 +211,42 @@ class LineDiscount(msgspec.Struct, frozen=True, kw_only=True):
 async def promotion_discounts(
     session: AsyncSession, lines: list[BasketLine], *, at: datetime
 ) -> list[LineDiscount]:
-    """Discount per line from the promotions in force at ``at`` (one entry per line).
-
-    The master-data part of the agent replaces the body with the promotions it has
-    applied from central, evaluated by the rules shared with central in ``protocol``.
-    """
-    return [LineDiscount() for _ in lines]
+    """Discount per line from the promotions in force at ``at`` (one entry per line),
+    evaluated by ``protocol.promotions`` with the rules central uses."""
+    if not lines:
+        return []
+    bodies = (
+        await session.scalars(
+            select(MdPromotion.body).where(
+                or_(MdPromotion.ends_at.is_(None), MdPromotion.ends_at > at)
+            )
+        )
+    ).all()
+    if not bodies:
+        return [LineDiscount() for _ in lines]
+    promotions: dict[str, PromotionRecord] = {}
+    for body in bodies:
+        record = decode_masterdata(body)
+        if isinstance(record, PromotionRecord):
+            promotions[record.promotion_id] = record
+    skus = sorted({line.sku for line in lines})
+    paths = dict(
+        (
+            await session.execute(
+                select(MdProduct.sku, MdProduct.category_path).where(MdProduct.sku.in_(skus))
+            )
+        ).all()
+    )
+    promo_lines = [
+        PromoLine(
+            sku=line.sku,
+            quantity_milli=line.quantity_milli,
+            unit_price=line.unit_price,
+            gross=line.gross,
+            category_path=tuple(p for p in (paths.get(line.sku) or "").split("/") if p)
+            or ((line.category,) if line.category else ()),
+        )
+        for line in lines
+    ]
+    results = evaluate_promotions(list(promotions.values()), promo_lines, at)
+    return [LineDiscount(amount=r.amount, promotion_id=r.promotion_id) for r in results]

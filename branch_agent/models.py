@@ -257,3 +257,7 @@ class StockBalance(AgentBase):
 
     sku: Mapped[str] = mapped_column(String(64), primary_key=True)
     quantity_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# The master-data replica tables share this metadata (migrations and their checks see them).
+import branch_agent.masterdata_models  # noqa: E402, F401

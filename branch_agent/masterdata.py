@@ -1,0 +1,277 @@
+"""The applier of master data from central: catalog, prices, promotions, versions.
+
+Registered on the agent's down-stream reader for the master-data kinds. Each
+message is applied in one SQLite transaction (under the agent's write lock) and
+acked by the reader afterwards, so a crash re-delivers it; applying is
+idempotent because a bucket message *replaces* its bucket's rows at its scope,
+and a per-subject version guard skips an older message redelivered after a newer
+one. A ``VersionMark`` sets the applied version that the heartbeat reports.
+
+Catching up: the durable consumer resumes where it stopped; the down stream keeps
+only the latest message per subject, so an agent that was offline for weeks gets
+exactly the current value of every key, never the intermediate ones. When the
+agent lost its database (or is new on an old consumer), central notices from the
+heartbeat that the consumer is drained while the applied version lags, and
+recreates the consumer from the stream's start: a full replay is a snapshot
+(``central.services.masterdata_publisher.BranchResync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+
+from branch_agent.catalog import set_local_timezone
+from branch_agent.downstream import DownMessage, DownstreamReader
+from branch_agent.masterdata_models import (
+    MdAppliedKey,
+    MdBarcode,
+    MdPrice,
+    MdProduct,
+    MdPromotion,
+    MdState,
+)
+from protocol.codec import WireDecodeError
+from protocol.masterdata import (
+    KIND_PRICE,
+    KIND_PRODUCT,
+    KIND_PROMOTION,
+    KIND_VERSION,
+    MasterDataMessage,
+    PriceBucket,
+    ProductBucket,
+    PromotionRecord,
+    VersionMark,
+    decode_masterdata,
+    encode_masterdata,
+)
+
+__all__ = ["MasterDataApplier", "MasterDataStats"]
+
+log = logging.getLogger(__name__)
+
+APPLIED_VERSION = "applied_version"
+LAST_STREAM_SEQ = "last_stream_seq"
+
+
+@dataclass(slots=True)
+class MasterDataStats:
+    applied: int = 0
+    stale_skipped: int = 0
+    rejected: int = 0
+    last_rejection: str = ""
+
+
+class MasterDataApplier:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        write_lock: asyncio.Lock,
+        *,
+        timezone: str = "UTC",
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._write_lock = write_lock
+        self.timezone = timezone
+        self.applied_version = 0
+        self.stats = MasterDataStats()
+        set_local_timezone(timezone)
+
+    def register(self, reader: DownstreamReader) -> None:
+        for kind in (KIND_PRODUCT, KIND_PRICE, KIND_PROMOTION, KIND_VERSION):
+            reader.register(kind, self.handle)
+
+    async def load(self) -> int:
+        """The applied version kept in the database (after a restart)."""
+        async with self._sessionmaker() as session:
+            value = await session.scalar(
+                select(MdState.value).where(MdState.name == APPLIED_VERSION)
+            )
+        self.applied_version = int(value or 0)
+        return self.applied_version
+
+    async def handle(self, message: DownMessage) -> None:
+        try:
+            decoded = decode_masterdata(message.data)
+            self._check_scope(message, decoded)
+        except (WireDecodeError, ValueError) as exc:
+            # A malformed message must not block the stream: counted, logged, acked.
+            self.stats.rejected += 1
+            self.stats.last_rejection = f"{message.subject}: {exc}"
+            log.error("rejected down-stream message %s: %s", message.subject, exc)
+            return
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            conn = await session.connection()
+            applied = await self._apply(conn, message, decoded)
+        if applied:
+            self.stats.applied += 1
+            if isinstance(decoded, VersionMark):
+                self.applied_version = max(self.applied_version, decoded.version)
+        else:
+            self.stats.stale_skipped += 1
+
+    @staticmethod
+    def _check_scope(message: DownMessage, decoded: MasterDataMessage) -> None:
+        if isinstance(decoded, ProductBucket | PriceBucket) and (
+            decoded.scope != message.scope or (decoded.scope_id or None) != message.scope_id
+        ):
+            raise ValueError("payload scope differs from the subject's")
+        expected = {
+            ProductBucket: KIND_PRODUCT,
+            PriceBucket: KIND_PRICE,
+            PromotionRecord: KIND_PROMOTION,
+            VersionMark: KIND_VERSION,
+        }[type(decoded)]
+        if expected != message.kind:
+            raise ValueError(f"a {type(decoded).__name__} on a {message.kind} subject")
+
+    async def _apply(
+        self, conn: AsyncConnection, message: DownMessage, decoded: MasterDataMessage
+    ) -> bool:
+        stored = (
+            await conn.execute(
+                select(MdAppliedKey.version).where(MdAppliedKey.subject == message.subject)
+            )
+        ).scalar()
+        if stored is not None and stored > decoded.version:
+            return False
+        scope_id = message.scope_id or ""
+        if isinstance(decoded, ProductBucket):
+            await _replace_products(conn, decoded, scope_id)
+        elif isinstance(decoded, PriceBucket):
+            await _replace_prices(conn, decoded, scope_id)
+        elif isinstance(decoded, PromotionRecord):
+            await _replace_promotion(conn, decoded, message.scope, scope_id)
+        else:
+            await _set_state(conn, APPLIED_VERSION, decoded.version, keep_max=True)
+        await conn.execute(
+            sqlite_insert(MdAppliedKey)
+            .values(subject=message.subject, version=decoded.version, stream_seq=message.stream_seq)
+            .on_conflict_do_update(
+                index_elements=[MdAppliedKey.subject],
+                set_={"version": decoded.version, "stream_seq": message.stream_seq},
+            )
+        )
+        await _set_state(conn, LAST_STREAM_SEQ, message.stream_seq, keep_max=True)
+        return True
+
+
+async def _set_state(conn: AsyncConnection, name: str, value: int, *, keep_max: bool) -> None:
+    stmt = sqlite_insert(MdState).values(name=name, value=value)
+    new_value: Any = stmt.excluded.value
+    if keep_max:
+        from sqlalchemy import func
+
+        new_value = func.max(MdState.value, stmt.excluded.value)
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=[MdState.name], set_={"value": new_value})
+    )
+
+
+async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_id: str) -> None:
+    where = (
+        (MdProduct.scope == bucket.scope)
+        & (MdProduct.scope_id == scope_id)
+        & (MdProduct.bucket == bucket.bucket)
+    )
+    await conn.execute(delete(MdProduct).where(where))
+    await conn.execute(
+        delete(MdBarcode).where(
+            (MdBarcode.scope == bucket.scope)
+            & (MdBarcode.scope_id == scope_id)
+            & (MdBarcode.bucket == bucket.bucket)
+        )
+    )
+    if not bucket.products:
+        return
+    await conn.execute(
+        insert(MdProduct),
+        [
+            {
+                "scope": bucket.scope,
+                "scope_id": scope_id,
+                "sku": p.sku,
+                "bucket": bucket.bucket,
+                "name": p.name,
+                "unit": p.unit,
+                "weighed": p.weighed,
+                "scale_plu": p.scale_plu,
+                "category": p.category,
+                "category_path": "/".join(p.category_path),
+                "vat_rate_bp": p.vat_rate_bp,
+                "vat_group": p.vat_group,
+                "version": p.version,
+            }
+            for p in bucket.products
+        ],
+    )
+    codes = [
+        {
+            "scope": bucket.scope,
+            "scope_id": scope_id,
+            "barcode": code,
+            "sku": p.sku,
+            "bucket": bucket.bucket,
+        }
+        for p in bucket.products
+        for code in dict.fromkeys(p.barcodes)
+    ]
+    if codes:
+        await conn.execute(insert(MdBarcode), codes)
+
+
+async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: str) -> None:
+    await conn.execute(
+        delete(MdPrice).where(
+            (MdPrice.scope == bucket.scope)
+            & (MdPrice.scope_id == scope_id)
+            & (MdPrice.bucket == bucket.bucket)
+        )
+    )
+    if bucket.entries:
+        await conn.execute(
+            insert(MdPrice),
+            [
+                {
+                    "scope": bucket.scope,
+                    "scope_id": scope_id,
+                    "bucket": bucket.bucket,
+                    "sku": e.sku,
+                    "price": e.price,
+                    "effective_at": e.effective_at,
+                    "effective_local": e.effective_local,
+                    "version": e.version,
+                }
+                for e in bucket.entries
+            ],
+        )
+
+
+async def _replace_promotion(
+    conn: AsyncConnection, record: PromotionRecord, scope: str, scope_id: str
+) -> None:
+    await conn.execute(
+        delete(MdPromotion).where(
+            (MdPromotion.scope == scope)
+            & (MdPromotion.scope_id == scope_id)
+            & (MdPromotion.promotion_id == record.promotion_id)
+        )
+    )
+    if record.deleted:
+        return
+    await conn.execute(
+        insert(MdPromotion).values(
+            scope=scope,
+            scope_id=scope_id,
+            promotion_id=record.promotion_id,
+            version=record.version,
+            ends_at=record.ends_at,
+            body=encode_masterdata(record),
+        )
+    )

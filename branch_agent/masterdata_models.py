@@ -1,0 +1,107 @@
+"""The agent's replica of head office's master data, as received on the down stream.
+
+Rows keep the scope they came from (chain ``all`` with scope_id "", format, zone,
+branch) so one bucket message replaces exactly its own rows, and the effective
+price is resolved at lookup time with ``protocol.pricing`` (the same rules as
+central).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from branch_agent.models import AgentBase
+
+__all__ = ["MdAppliedKey", "MdBarcode", "MdPrice", "MdProduct", "MdPromotion", "MdState"]
+
+
+class MdProduct(AgentBase):
+    __tablename__ = "md_products"
+    __table_args__ = (
+        Index("ix_md_products_sku", "sku"),
+        Index("ix_md_products_scope_bucket", "scope", "scope_id", "bucket"),
+        Index("ix_md_products_scale_plu", "scale_plu"),
+        Index("ix_md_products_name", "name"),
+    )
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    unit: Mapped[str] = mapped_column(String(16))
+    weighed: Mapped[bool] = mapped_column()
+    scale_plu: Mapped[int | None] = mapped_column(Integer, default=None)
+    category: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Root-to-leaf category codes joined by "/".
+    category_path: Mapped[str] = mapped_column(String(400), default="")
+    vat_rate_bp: Mapped[int] = mapped_column(Integer)
+    vat_group: Mapped[str] = mapped_column(String(1))
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class MdBarcode(AgentBase):
+    __tablename__ = "md_barcodes"
+    __table_args__ = (
+        Index("ix_md_barcodes_barcode", "barcode"),
+        Index("ix_md_barcodes_scope_bucket", "scope", "scope_id", "bucket"),
+    )
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    barcode: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    bucket: Mapped[int] = mapped_column(Integer)
+
+
+class MdPrice(AgentBase):
+    __tablename__ = "md_prices"
+    __table_args__ = (
+        Index("ix_md_prices_sku", "sku"),
+        Index("ix_md_prices_scope_bucket", "scope", "scope_id", "bucket"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    scope_id: Mapped[str] = mapped_column(String(32))
+    bucket: Mapped[int] = mapped_column(Integer)
+    sku: Mapped[str] = mapped_column(String(64))
+    price: Mapped[int] = mapped_column(BigInteger)
+    effective_at: Mapped[datetime] = mapped_column()
+    effective_local: Mapped[str | None] = mapped_column(String(19), default=None)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class MdPromotion(AgentBase):
+    __tablename__ = "md_promotions"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    promotion_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    ends_at: Mapped[datetime | None] = mapped_column(default=None)
+    # protocol.masterdata.PromotionRecord, MessagePack.
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MdAppliedKey(AgentBase):
+    """The version last applied per down-stream subject: an older message redelivered
+    after a newer one (a lost ack) is skipped instead of rolling the value back."""
+
+    __tablename__ = "md_applied_keys"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    stream_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class MdState(AgentBase):
+    """applied_version (the last version mark applied), last_stream_seq."""
+
+    __tablename__ = "md_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
