@@ -188,6 +188,21 @@ def _nats_server_config(settings: CentralSettings, resolver_dir: str) -> None:
 DEMO_SETTINGS = Path("var/demo/central.toml")
 
 
+async def _reports_rebuild(settings: CentralSettings) -> int:
+    """Recompute the report summary tables from the raw records in one transaction."""
+    from central.db import create_engine, create_sessionmaker
+    from central.reports.rebuild import rebuild_summaries
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            counts = await rebuild_summaries(session)
+        _print({"rebuilt": counts})
+        return 0
+    finally:
+        await engine.dispose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m central", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (section [central])")
@@ -234,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     nats_sub = nats_cmd.add_subparsers(dest="nats_command", required=True)
     conf = nats_sub.add_parser("server-config", help="print the operator/resolver config block")
     conf.add_argument("--resolver-dir", default="/var/lib/nats/resolver")
+
+    reports = sub.add_parser("reports", help="report summary tables")
+    rep_sub = reports.add_subparsers(dest="reports_command", required=True)
+    rep_sub.add_parser("rebuild", help="recompute the summary tables from the raw records")
     return parser
 
 
@@ -272,4 +291,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = asyncio.run(_users(settings, args))
     elif args.command == "nats":
         _nats_server_config(settings, args.resolver_dir)
+    elif args.command == "reports":
+        code = asyncio.run(_reports_rebuild(settings))
     sys.exit(code)
