@@ -1,0 +1,320 @@
+"""Each branch is only itself on NATS: credentials issued by central, checked by a real
+nats-server running with operator/JWT auth, and revocation without a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import StreamConfig
+from sqlalchemy import select
+
+from branch_agent.downstream import DownMessage
+from central.embedded_nats import EmbeddedNats
+from central.models import BranchStatus, DeadLetter, Receipt
+from central.runtime import CentralRuntime
+from central.services.nats_auth import (
+    push_account_jwt,
+    register_branch,
+    revoke_branch,
+    write_branch_creds,
+)
+from central.sync.nats_auth import NatsIssuer
+from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
+from protocol.subjects import DOWN_STREAM, down_subject, up_subject
+from tests.conftest import central_settings, wait_until
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> NatsIssuer:
+    return NatsIssuer.create(tmp_path / "issuer")
+
+
+@pytest.fixture
+def secure_nats(tmp_path: Path, issuer: NatsIssuer) -> Iterator[EmbeddedNats]:
+    store = tmp_path / "secure-nats"
+    server = EmbeddedNats(store, extra_config=issuer.server_config(store / "resolver"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def secure_central(
+    db_url: str, secure_nats: EmbeddedNats, issuer: NatsIssuer
+) -> AsyncIterator[CentralRuntime]:
+    runtime = CentralRuntime(
+        central_settings(
+            db_url,
+            secure_nats.url,
+            nats_creds=str(issuer.central_creds_file()),
+            nats_issuer_dir=str(issuer.directory),
+        )
+    )
+    await runtime.start(ingest_workers=1)
+    await asyncio.wait_for(runtime.nats_ready.wait(), 20)
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def add_branch_with_creds(runtime: CentralRuntime, issuer: NatsIssuer, code: str) -> Path:
+    async with runtime.sessionmaker() as session, session.begin():
+        reg = await register_branch(session, issuer, code=code, name=code)
+    return write_branch_creds(issuer, code, reg.user)
+
+
+class Client:
+    """A raw NATS client holding a branch's credentials; records denied operations."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Any = None
+        self.closed = asyncio.Event()
+
+    async def connect(self, url: str, creds: Path, branch: str) -> Client:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        async def on_closed() -> None:
+            self.closed.set()
+
+        # Kept before connecting so a refused connection can still be closed.
+        self.nc = NATS()
+        await self.nc.connect(
+            url,
+            user_credentials=str(creds),
+            inbox_prefix=f"_INBOX.{branch}".encode(),
+            error_cb=on_error,
+            closed_cb=on_closed,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+        )
+        return self
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+
+def receipt(branch: str, seq: int) -> bytes:
+    return encode(
+        EventEnvelope(
+            event_id=new_event_id(),
+            branch=branch,
+            seq=seq,
+            occurred_at=datetime(2026, 11, 27, 12, 0, tzinfo=UTC),
+            utc_offset_min=60,
+            body=ReceiptRecorded(
+                till="T1",
+                shift_id="S1",
+                receipt_number=seq,
+                sale_id=f"{branch}-{seq}",
+                lines=(
+                    ReceiptLine(
+                        line_no=1,
+                        sku="MILK",
+                        quantity_milli=1000,
+                        unit_price=100,
+                        vat_rate_bp=1000,
+                        line_total=100,
+                    ),
+                ),
+                payments=(Payment(type="cash", amount=100),),
+                total=100,
+            ),
+        )
+    )
+
+
+async def branch_consumers_ready(runtime: CentralRuntime, *codes: str) -> None:
+    assert runtime.js is not None
+    js = runtime.js
+
+    async def ready() -> bool:
+        try:
+            for code in codes:
+                await js.consumer_info(DOWN_STREAM, f"branch-{code}")
+        except Exception:
+            return False
+        return True
+
+    await wait_until(ready)
+
+
+async def test_branch_credentials_reach_only_the_branchs_own_subjects(
+    secure_central: CentralRuntime, secure_nats: EmbeddedNats, issuer: NatsIssuer
+) -> None:
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    await add_branch_with_creds(secure_central, issuer, "BB")
+    await branch_consumers_ready(secure_central, "BA", "BB")
+    assert secure_central.js is not None
+    await secure_central.js.publish(down_subject("branch", "BB", "probe", "k"), b"for-BB")
+    await secure_central.js.publish(down_subject("branch", "BA", "probe", "k"), b"for-BA")
+
+    a = await Client().connect(secure_nats.url, creds_a, "BA")
+    try:
+        # Short API timeouts: a denied request is never answered.
+        js = a.nc.jetstream(timeout=0.5)
+        # Its own: publish up, read its down consumer.
+        ack = await js.publish(up_subject("BA", "probe"), b"mine", timeout=3)
+        assert ack.stream == "BACKROOM_UP"
+        own = await js.pull_subscribe_bind("branch-BA", stream=DOWN_STREAM)
+        [msg] = await own.fetch(1, timeout=3)
+        assert msg.data == b"for-BA"
+        await msg.ack()
+
+        # Another branch's up subject.
+        with pytest.raises(NatsTimeoutError):
+            await js.publish(up_subject("BB", "probe"), b"forged", timeout=0.5)
+        # Another branch's down consumer.
+        other = await js.pull_subscribe_bind("branch-BB", stream=DOWN_STREAM)
+        with pytest.raises(NatsTimeoutError):
+            await other.fetch(1, timeout=0.5)
+        # Stream administration.
+        with pytest.raises(NatsTimeoutError):
+            await js.add_stream(StreamConfig(name="EVIL", subjects=["evil.>"]))
+        with pytest.raises(NatsTimeoutError):
+            await js.delete_stream("BACKROOM_UP")
+        with pytest.raises(NatsTimeoutError):
+            await js.delete_consumer(DOWN_STREAM, "branch-BB")
+        # Listening to the raw streams or to other inboxes.
+        await a.nc.subscribe("up.>")
+        await a.nc.subscribe("_INBOX.BB.>")
+        await a.nc.flush(timeout=2)
+        await asyncio.sleep(0.3)
+    finally:
+        await a.close()
+
+    denied = " ".join(a.errors)
+    for subject in (
+        'publish to "up.bb.probe"',
+        'publish to "$js.api.consumer.msg.next.backroom_down.branch-bb"',
+        'publish to "$js.api.stream.create.evil"',
+        'publish to "$js.api.stream.delete.backroom_up"',
+        'publish to "$js.api.consumer.delete.backroom_down.branch-bb"',
+        'subscription to "up.>"',
+        'subscription to "_inbox.bb.>"',
+    ):
+        assert subject in denied, (subject, a.errors)
+
+    # Nothing of BA's forgery reached the up stream as BB's; BB's message is unread.
+    info = await secure_central.js.consumer_info(DOWN_STREAM, "branch-BB")
+    assert info.num_pending == 1
+    assert (await secure_central.js.stream_info("BACKROOM_UP")).state.messages == 1
+
+
+async def test_agent_with_issued_credentials_syncs_both_ways(
+    secure_central: CentralRuntime,
+    secure_nats: EmbeddedNats,
+    issuer: NatsIssuer,
+    make_agent: Any,
+) -> None:
+    creds = await add_branch_with_creds(secure_central, issuer, "B1")
+    await branch_consumers_ready(secure_central, "B1")
+    agent = await make_agent("B1", secure_nats.url, nats_creds=str(creds))
+    got: list[bytes] = []
+
+    async def on_probe(message: DownMessage) -> None:
+        got.append(message.data)
+
+    agent.downstream.register("probe", on_probe)
+    assert secure_central.js is not None
+    await secure_central.js.publish(down_subject("branch", "B1", "probe", "x"), b"down-ok")
+
+    async def synced() -> bool:
+        async with secure_central.sessionmaker() as session:
+            status = await session.get(BranchStatus, "B1")
+        return status is not None and got == [b"down-ok"]
+
+    # Heartbeats up (JetStream acks back through the branch's own inbox), probe down.
+    await wait_until(synced, timeout=30)
+
+
+async def test_payload_naming_another_branch_is_dead_lettered(
+    secure_central: CentralRuntime, secure_nats: EmbeddedNats, issuer: NatsIssuer
+) -> None:
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    await add_branch_with_creds(secure_central, issuer, "BB")
+    a = await Client().connect(secure_nats.url, creds_a, "BA")
+    try:
+        js = a.nc.jetstream()
+        # On its own subject (NATS allows it) but claiming to be BB.
+        await js.publish(up_subject("BA", "receipt_recorded"), receipt("BB", 1), timeout=3)
+        await js.publish(up_subject("BA", "receipt_recorded"), receipt("BA", 1), timeout=3)
+    finally:
+        await a.close()
+
+    async def settled() -> bool:
+        async with secure_central.sessionmaker() as session:
+            letters = (await session.scalars(select(DeadLetter))).all()
+            receipts = (await session.scalars(select(Receipt))).all()
+        return len(letters) == 1 and len(receipts) == 1
+
+    await wait_until(settled)
+    async with secure_central.sessionmaker() as session:
+        [letter] = (await session.scalars(select(DeadLetter))).all()
+        [stored] = (await session.scalars(select(Receipt))).all()
+    assert letter.subject == "up.BA.receipt_recorded"
+    assert "BB" in letter.reason
+    assert stored.branch == "BA"
+
+
+async def test_revoked_branch_is_refused_without_restarting_nats(
+    secure_central: CentralRuntime, secure_nats: EmbeddedNats, issuer: NatsIssuer
+) -> None:
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    creds_b = await add_branch_with_creds(secure_central, issuer, "BB")
+    pid = secure_nats.pid
+    a = await Client().connect(secure_nats.url, creds_a, "BA")
+    try:
+        ack = await a.nc.jetstream().publish(up_subject("BA", "probe"), b"before", timeout=3)
+        assert ack.seq >= 1
+
+        async with secure_central.sessionmaker() as session, session.begin():
+            account_jwt = await revoke_branch(session, issuer, "BA")
+        assert await push_account_jwt(issuer, secure_nats.url, account_jwt)
+
+        # The live connection is cut, and the credentials no longer open one.
+        await asyncio.wait_for(a.closed.wait(), 10)
+        refused_client = Client()
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await refused_client.connect(secure_nats.url, creds_a, "BA")
+        await refused_client.close()
+        # Same server process; the other branch is unaffected.
+        assert secure_nats.pid == pid
+        assert secure_nats.is_running()
+        b = await Client().connect(secure_nats.url, creds_b, "BB")
+        try:
+            await b.nc.jetstream().publish(up_subject("BB", "probe"), b"still-fine", timeout=3)
+        finally:
+            await b.close()
+    finally:
+        await a.close()
+
+    # An event of the revoked branch still in the stream is refused by central. (The
+    # worker caches the branch list for branch_cache_s, 5 s by default: that bounds how
+    # late a revocation takes effect at central; here it reads the list every time.)
+    for worker in secure_central.workers:
+        worker.branch_cache_s = 0.0
+    assert secure_central.js is not None
+    await secure_central.js.publish(up_subject("BA", "receipt_recorded"), receipt("BA", 1))
+
+    async def refused() -> bool:
+        async with secure_central.sessionmaker() as session:
+            letters = (await session.scalars(select(DeadLetter))).all()
+        return any("revoked" in d.reason for d in letters)
+
+    await wait_until(refused)
+    async with secure_central.sessionmaker() as session:
+        assert (await session.scalars(select(Receipt))).all() == []
