@@ -533,6 +533,10 @@ class _Mismatch(Exception):
     """The open receipt is not what the commands sent so far should have made."""
 
 
+class _SeqCollision(Exception):
+    """The printer replayed another command's answer for our SEQ."""
+
+
 class _Transport(Exception):
     """Outcome of one command unknown: no answer, link lost, or unreadable answers."""
 
@@ -589,6 +593,7 @@ class DatecsFiscalPrinter:
         self._seq = SEQ_MIN - 1
         self._inflight: tuple[FiscalReceipt, int] | None = None
         self.last_exchange_uncertain = False
+        self._synced = False
         self.last_status: FiscalStatus | None = None
 
     def close(self) -> None:
@@ -630,7 +635,11 @@ class DatecsFiscalPrinter:
             if not rest.endswith(bytes([ETX])):
                 raise DeviceError(Condition.BAD_FRAME, "answer cut short")
             answer = parse_answer(first + rest)
-            if answer.seq != seq or answer.cmd != cmd:
+            if answer.seq == seq and answer.cmd != cmd:
+                # the printer took our SEQ for a repeat of an earlier frame (another host
+                # or an earlier run used it last) and replayed that answer: ours was not run
+                raise _SeqCollision()
+            if answer.seq != seq:
                 # a late answer to an earlier frame: ours is still to come
                 deadline = time.monotonic() + self.answer_timeout
                 continue
@@ -639,6 +648,31 @@ class DatecsFiscalPrinter:
     def _exchange(self, cmd: int, params: Sequence[str] = ()) -> Answer:
         """Send one command; resend the same frame (same SEQ) on NAK, timeout, garbage or
         a lost link. Raises ``_Transport`` when the outcome stays unknown."""
+        with self.port.lock:
+            if not self._synced:
+                self._sync()
+            return self._exchange_once(cmd, params)
+
+    def _sync(self) -> None:
+        """Get our SEQ out of step with the printer's memory before the first real command.
+
+        The printer replays its last answer for a frame carrying the last SEQ it saw, and
+        that SEQ may come from an earlier run of this program. Two status reads with
+        consecutive SEQs guarantee the second is fresh, whatever the printer remembers;
+        a replayed status is harmless."""
+        self._exchange_once(CMD_STATUS, ())
+        self._exchange_once(CMD_STATUS, ())
+        self._synced = True
+
+    def _exchange_once(self, cmd: int, params: Sequence[str]) -> Answer:
+        for _collision in range(3):
+            try:
+                return self._exchange_seq(cmd, params)
+            except _SeqCollision:
+                continue
+        raise _Transport(DeviceError(Condition.BAD_FRAME, "printer keeps replaying old answers"))
+
+    def _exchange_seq(self, cmd: int, params: Sequence[str]) -> Answer:
         data = encode_params(params, self.codepage)
         seq = self._next_seq()
         frame = build_request(seq, cmd, data)

@@ -1,0 +1,252 @@
+"""``python -m devices`` run as a subprocess against in-process simulators on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices.cli import run
+from tests.devices.conftest import StartSim, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RECEIPT = {
+    "operator": 1,
+    "password": "1",
+    "till": 1,
+    "lines": [
+        {
+            "name": "Milk 1L",
+            "vat_group": "A",
+            "price": "1.99",
+            "quantity": "2.000",
+            "discount_percent": "10.00",
+        }
+    ],
+    "payments": [{"type": "cash", "amount": "5.00"}],
+}
+
+
+def cli(*args: str, stdin: str = "") -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "devices", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    return proc.returncode, json.loads(lines[0])
+
+
+@pytest.fixture
+def inproc(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, dict[str, Any]]]:
+    """The same CLI run in this process (cheaper than a subprocess per call)."""
+
+    def run_cli(*args: str, stdin: str = "") -> tuple[int, dict[str, Any]]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = run(list(args))
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1, lines
+        return code, json.loads(lines[0])
+
+    return run_cli
+
+
+def test_scale_read(start_sim: StartSim) -> None:
+    handle = start_sim("scale")
+    handle.sim.set_weight("1.234")
+    code, out = cli("scale", "read", "--protocol", "toledo8217", "--port", handle.url)
+    assert code == 0
+    assert out["weight_kg"] == "1.234"
+    assert out["stable"] is True
+    assert out["net"] is False
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("motion", "motion"), ("over_capacity", "over_capacity"), ("negative", "under_zero")],
+)
+def test_scale_read_faults(
+    inproc: Callable[..., tuple[int, dict[str, Any]]], start_sim: StartSim, fault: str, error: str
+) -> None:
+    handle = start_sim("scale")
+    handle.sim.set_fault(fault)
+    code, out = inproc("scale", "read", "--port", handle.url, "--timeout", "0.3")
+    assert code != 0
+    assert out["error"] == error
+
+
+def test_scale_no_answer_and_probe(
+    inproc: Callable[..., tuple[int, dict[str, Any]]], start_sim: StartSim
+) -> None:
+    handle = start_sim("scale")
+    code, out = inproc("scale", "probe", "--port", handle.url, "--timeout", "0.3")
+    assert (code, out["ok"]) == (0, True)
+    handle.sim.set_fault("no_answer")
+    code, out = inproc("scale", "read", "--port", handle.url, "--timeout", "0.2")
+    assert (code, out["error"]) == (1, "no_answer")
+
+
+def test_fiscal_receipt_status_report(start_sim: StartSim) -> None:
+    handle = start_sim("fiscal")
+    code, out = cli("fiscal", "status", "--protocol", "datecs-x", "--port", handle.url)
+    assert code == 0
+    assert "fiscalized" in out["status"]
+    code, out = cli(
+        "fiscal", "receipt", "--protocol", "datecs-x", "--port", handle.url,
+        stdin=json.dumps(RECEIPT),
+    )  # fmt: skip
+    assert code == 0, out
+    assert out["slip_number"] == 1
+    assert out["total"] == "3.58"
+    assert len(handle.sim.receipts) == 1
+    code, out = cli(
+        "fiscal", "report", "--protocol", "datecs-x", "--port", handle.url, "--type", "z"
+    )
+    assert code == 0
+    assert out["report_number"] == 1
+    code, out = cli("fiscal", "last-document", "--port", handle.url)
+    assert out["number"] == 2
+
+
+def test_fiscal_errors(
+    inproc: Callable[..., tuple[int, dict[str, Any]]], start_sim: StartSim
+) -> None:
+    handle = start_sim("fiscal")
+    handle.sim.paper_end = True
+    code, out = inproc("fiscal", "receipt", "--port", handle.url, stdin=json.dumps(RECEIPT))
+    assert (code, out["error"]) == (1, "paper_end")
+    handle.sim.paper_end = False
+    handle.sim.cover_open = True
+    code, out = inproc("fiscal", "report", "--port", handle.url, "--type", "x")
+    assert (code, out["error"]) == (1, "cover_open")
+    handle.sim.cover_open = False
+    code, out = inproc("fiscal", "receipt", "--port", handle.url, stdin='{"lines": []}')
+    assert (code, out["error"]) == (2, "bad_input")
+
+
+def test_fiscal_receipt_open(start_sim: StartSim) -> None:
+    handle = start_sim("fiscal")
+    sim = handle.sim
+    # the line dies as close is sent: the receipt stays open, and paid
+    sim.at_command(0x38, lambda s: s.go_deaf(1.5) or "drop")
+    code, out = cli("fiscal", "receipt", "--port", handle.url, "--timeout", "0.05",
+                    stdin=json.dumps(RECEIPT))  # fmt: skip
+    assert (code, out["error"]) == (1, "no_answer")
+    assert out["previous_receipt_number"] == 0
+    wait_for(lambda: time.monotonic() > sim.deaf_until, timeout=3)
+    # a retry without the hint cannot know the open, paid receipt is its own
+    code, out = cli("fiscal", "receipt", "--port", handle.url, stdin=json.dumps(RECEIPT))
+    assert (code, out["error"]) == (1, "receipt_open")
+    # with the hint it finishes the receipt: still one fiscal receipt
+    code, out = cli("fiscal", "receipt", "--port", handle.url,
+                    stdin=json.dumps({**RECEIPT, "previous_receipt_number": 0}))  # fmt: skip
+    assert code == 0, out
+    assert out["slip_number"] == 1
+    assert len(sim.receipts) == 1
+
+
+def test_printer_drawer_display(
+    inproc: Callable[..., tuple[int, dict[str, Any]]], start_sim: StartSim
+) -> None:
+    printer = start_sim("printer")
+    code, out = inproc("printer", "print", "--port", printer.url, stdin="Hello\nWorld\n")
+    assert (code, out["ok"]) == (0, True)
+    assert printer.sim.jobs == ["Hello\nWorld\n"]
+    code, out = inproc("drawer", "open", "--port", printer.url, "--pin", "5")
+    assert code == 0
+    wait_for(lambda: printer.sim.kicks == [(5, 25, 25)])
+    printer.sim.paper_end = True
+    code, out = inproc("printer", "status", "--port", printer.url)
+    assert (code, out["paper_end"]) == (0, True)
+    code, out = inproc("printer", "print", "--port", printer.url, "--text", "x")
+    assert (code, out["error"]) == (1, "paper_end")
+    printer.sim.paper_end = False
+    printer.sim.cover_open = True
+    code, out = inproc("printer", "print", "--port", printer.url, "--text", "x")
+    assert (code, out["error"]) == (1, "cover_open")
+    display = start_sim("display")
+    code, out = inproc(
+        "display", "show", "--port", display.url, "--line1", "Hi", "--line2", "there"
+    )
+    assert code == 0
+    wait_for(lambda: display.sim.lines == ("Hi".ljust(20), "there".ljust(20)))
+
+
+def test_probe_and_list(
+    inproc: Callable[..., tuple[int, dict[str, Any]]], start_sim: StartSim
+) -> None:
+    for kind, protocol in (("fiscal", "datecs-x"), ("printer", "escpos"), ("scale", "toledo8217")):
+        handle = start_sim(kind)
+        code, out = inproc("probe", "--port", handle.url, "--timeout", "0.2")
+        assert code == 0, out
+        assert out["protocol"] == protocol
+    silent = start_sim("display")  # write-only: nothing positive to find
+    code, out = inproc("probe", "--port", silent.url, "--timeout", "0.2")
+    assert (code, out["error"]) == (1, "no_answer")
+    code, out = inproc("list")
+    assert code == 0
+    assert isinstance(out["ports"], list)
+
+
+def test_usage_error_is_json(inproc: Callable[..., tuple[int, dict[str, Any]]]) -> None:
+    code, out = inproc("scale", "weigh", "--port", "loop://")
+    assert (code, out["error"]) == (2, "usage")
+
+
+def test_simulate_subprocess() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devices", "simulate", "scale", "--listen", "127.0.0.1:0",
+         "--weight", "0.750"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["url"].startswith("socket://127.0.0.1:")
+        code, out = cli("scale", "read", "--port", info["url"])
+        assert (code, out["weight_kg"]) == (0, "0.750")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == 0
+
+
+def test_simulate_pty_subprocess() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devices", "simulate", "fiscal", "--pty"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert os.path.exists(info["url"])
+        code, out = cli("fiscal", "status", "--port", info["url"])
+        assert code == 0, out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
