@@ -15,11 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.audit import AuditController
 from central.api.branches import BranchController
+from central.api.branches_sync import BranchSyncController
+from central.api.dead_letters import DeadLetterController
+from central.api.documents import CustomerReturnController, DocumentController
 from central.api.health import HealthController
 from central.api.masterdata import MASTER_DATA_CONTROLLERS
 from central.api.problems import exception_handlers
-from central.api.receipts import DeadLetterController, ReceiptController
+from central.api.receipts import ReceiptController
 from central.api.reports import ReportController
+from central.api.shifts import ShiftController
+from central.api.stock import StockController
 from central.api.users import UserController
 from central.auth import ApiAuthMiddleware, authorize
 from central.runtime import CentralRuntime
@@ -54,6 +59,11 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
             AuditController,
             BranchController,
             *MASTER_DATA_CONTROLLERS,
+            StockController,
+            DocumentController,
+            CustomerReturnController,
+            ShiftController,
+            BranchSyncController,
         ],
         # Every route: a bearer token (401), then the role its group requires (403);
         # see central/auth/roles.py and README "Security".

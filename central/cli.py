@@ -203,6 +203,56 @@ async def _reports_rebuild(settings: CentralSettings) -> int:
         await engine.dispose()
 
 
+async def _stock_rebuild(settings: CentralSettings, verify_only: bool) -> int:
+    from central.db import create_engine, create_sessionmaker
+    from central.services.stock import rebuild_balances
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            report = await rebuild_balances(session, verify_only=verify_only)
+        _print(
+            {
+                "balances": report.balances,
+                "movements": report.movements,
+                "agree": report.agree,
+                "rebuilt": report.rebuilt,
+                "mismatches": [
+                    {"branch": b, "sku": s, "field": f, "projection": p, "ledger": ledger}
+                    for b, s, f, p, ledger in report.mismatches[:100]
+                ],
+            }
+        )
+        # --verify: non-zero when the projection disagrees with the ledger.
+        return 1 if verify_only and not report.agree else 0
+    finally:
+        await engine.dispose()
+
+
+async def _dead_letters_replay(settings: CentralSettings, args: argparse.Namespace) -> int:
+    from central.db import create_engine, create_sessionmaker
+    from central.errors import DomainError
+    from central.services.dead_letters import replay_all, replay_dead_letter
+
+    engine = create_engine(settings.database_url)
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        if args.all:
+            results = await replay_all(sessionmaker)
+        elif args.id is not None:
+            results = [await replay_dead_letter(sessionmaker, args.id)]
+        else:
+            _print({"error": "give a dead letter id or --all"})
+            return 2
+        _print([{"id": r.id, "status": r.status, "reason": r.reason} for r in results])
+        return 0 if all(r.status == "replayed" for r in results) else 1
+    except DomainError as exc:
+        _print({"error": exc.detail, "field": exc.field})
+        return 1
+    finally:
+        await engine.dispose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m central", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (section [central])")
@@ -253,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     reports = sub.add_parser("reports", help="report summary tables")
     rep_sub = reports.add_subparsers(dest="reports_command", required=True)
     rep_sub.add_parser("rebuild", help="recompute the summary tables from the raw records")
+
+    stock = sub.add_parser("stock", help="the stock ledger and its balance projection")
+    stock_sub = stock.add_subparsers(dest="stock_command", required=True)
+    rebuild = stock_sub.add_parser("rebuild", help="rebuild the balances from the ledger")
+    rebuild.add_argument(
+        "--verify",
+        action="store_true",
+        help="only compare the balances with the ledger (exit 1 when they disagree)",
+    )
+
+    letters = sub.add_parser("dead-letters", help="messages that could not be ingested")
+    dl_sub = letters.add_subparsers(dest="dead_letters_command", required=True)
+    replay = dl_sub.add_parser("replay", help="process stored dead letters again after a fix")
+    replay.add_argument("id", type=int, nargs="?")
+    replay.add_argument("--all", action="store_true", help="every open dead letter")
     return parser
 
 
@@ -293,4 +358,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _nats_server_config(settings, args.resolver_dir)
     elif args.command == "reports":
         code = asyncio.run(_reports_rebuild(settings))
+    elif args.command == "stock":
+        code = asyncio.run(_stock_rebuild(settings, args.verify))
+    elif args.command == "dead-letters":
+        code = asyncio.run(_dead_letters_replay(settings, args))
     sys.exit(code)

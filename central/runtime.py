@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
+from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
-from central.services.masterdata_publisher import MasterDataPublisher
 from central.models import Branch
 from central.services.masterdata_publisher import MasterDataPublisher
 from central.settings import CentralSettings
@@ -45,8 +45,7 @@ class CentralRuntime:
         self.js: JetStreamContext | None = None
         self.embedded_nats: EmbeddedNats | None = None
         self.workers: list[IngestWorker] = []
-        # Publishes committed master-data changes to the down stream (outbox-driven).
-        self.publisher = MasterDataPublisher(self.sessionmaker)
+        self.gap_monitor: GapMonitor | None = None
         # Publishes committed master-data changes to the down stream (outbox-driven).
         self.publisher = MasterDataPublisher(self.sessionmaker)
         self._stop = asyncio.Event()
@@ -100,15 +99,28 @@ class CentralRuntime:
         self.nats_ready.set()
         self._tasks.append(asyncio.create_task(self._keep_branch_consumers()))
         self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
-        self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
         for _ in range(ingest_workers):
             worker = IngestWorker(
                 self.sessionmaker,
                 batch_size=self.settings.ingest_batch,
                 fetch_timeout_s=self.settings.ingest_fetch_timeout_s,
+                crash_after_commit=self.settings.fault_crash_after_commit,
             )
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(self.js, self._stop)))
+        if ingest_workers:
+            self.gap_monitor = GapMonitor(
+                self.sessionmaker,
+                self._publish_down,
+                gap_after_s=self.settings.resend_gap_after_s,
+                retry_s=self.settings.resend_retry_s,
+            )
+            self._tasks.append(asyncio.create_task(self.gap_monitor.run(self._stop)))
+
+    async def _publish_down(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        """A JetStream publish on the down stream (commands to branches)."""
+        assert self.js is not None
+        await self.js.publish(subject, payload, timeout=10, headers=headers)
 
     async def _keep_branch_consumers(self) -> None:
         """Every registered branch has its durable down-stream consumer (idempotent)."""

@@ -32,6 +32,13 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     up_stream_replicas: int = 1
     up_stream_max_age_days: int = 30
     dedup_window_s: int = 24 * 3600
+    # A sequence gap that persists this long makes central ask the branch to resend.
+    resend_gap_after_s: float = 5.0
+    # ... and ask again for the same gap only after this long.
+    resend_retry_s: float = 60.0
+    # FAULT INJECTION, tests only: an ingest worker exits right after its first
+    # committed batch, before acking it (BACKROOM_FAULT_CRASH_AFTER_COMMIT=1).
+    fault_crash_after_commit: bool = False
     max_request_body: int = 10 * 1024 * 1024
     default_page_size: int = 100
     max_page_size: int = 1000

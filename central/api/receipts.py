@@ -9,10 +9,10 @@ from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.pagination import Limit, Offset
-from central.api.schemas import DeadLetterOut, Page, ReceiptOut
-from central.services.receipts import ReceiptQuery, list_dead_letters, list_receipts
+from central.api.schemas import Page, ReceiptOut
+from central.services.receipts import ReceiptQuery, list_receipts
 
-__all__ = ["DeadLetterController", "ReceiptController"]
+__all__ = ["ReceiptController"]
 
 
 class ReceiptController(Controller):
@@ -57,20 +57,3 @@ class ReceiptController(Controller):
                 offset=offset,
             ),
         )
-
-
-class DeadLetterController(Controller):
-    path = "/api/v1/dead-letters"
-    tags = ["sync"]
-
-    @get("/", operation_id="listDeadLetters", summary="Messages that could not be ingested")
-    async def list_dead_letters(
-        self,
-        db_session: NamedDependency[AsyncSession],
-        limit: Limit = 100,
-        offset: Offset = 0,
-        status: Annotated[
-            str | None, QueryParameter(name="status", description="open, replayed or discarded")
-        ] = None,
-    ) -> Page[DeadLetterOut]:
-        return await list_dead_letters(db_session, status=status, limit=limit, offset=offset)

@@ -1,0 +1,126 @@
+"""Gap detection: ask a branch to resend from the first sequence central is missing.
+
+A branch's events can arrive out of order (several workers, redeliveries), so a gap
+is only acted on when it persists for ``gap_after_s``. The request
+(:class:`protocol.messages.ResendRequested` on ``down.branch.<b>.command.resend``) is
+remembered in ``branch_sync_state`` and repeated only when the gap moved or after
+``retry_s``; the conditional UPDATE makes exactly one of several ingest processes
+send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from central.models import BranchSyncState
+from protocol.codec import encode
+from protocol.messages import ResendRequested
+from protocol.subjects import down_branch_subject
+
+__all__ = ["GapMonitor", "Publish"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
+
+
+class GapMonitor:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        publish: Publish,
+        *,
+        gap_after_s: float = 5.0,
+        retry_s: float = 60.0,
+        interval_s: float = 1.0,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._publish = publish
+        self.gap_after_s = gap_after_s
+        self.retry_s = retry_s
+        self.interval_s = interval_s
+        # branch -> (contiguous seq when the gap was first seen, monotonic time)
+        self._seen: dict[str, tuple[int, float]] = {}
+        self.requested = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check()
+            except Exception as exc:  # database or NATS away: try again next round
+                log.warning("gap check failed: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+
+    async def check(self) -> list[ResendRequested]:
+        """One round: request resends for gaps that persisted; returns what was sent."""
+        now = time.monotonic()
+        async with self._sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(BranchSyncState.branch, BranchSyncState.contiguous_seq).where(
+                        BranchSyncState.max_seq > BranchSyncState.contiguous_seq
+                    )
+                )
+            ).all()
+        gaps = {r.branch: r.contiguous_seq for r in rows}
+        for branch in list(self._seen):
+            if branch not in gaps:
+                del self._seen[branch]
+        sent: list[ResendRequested] = []
+        for branch, contiguous in sorted(gaps.items()):
+            first = self._seen.get(branch)
+            if first is None or first[0] != contiguous:
+                self._seen[branch] = (contiguous, now)
+                continue
+            if now - first[1] < self.gap_after_s:
+                continue
+            request = await self._claim(branch, contiguous + 1)
+            if request is not None:
+                await self._publish(
+                    down_branch_subject(branch, "command", "resend"),
+                    encode(request),
+                    {"Nats-Msg-Id": request.request_id},
+                )
+                log.info("asked branch %s to resend from %d", branch, request.from_seq)
+                self.requested += 1
+                sent.append(request)
+        return sent
+
+    async def _claim(self, branch: str, from_seq: int) -> ResendRequested | None:
+        """Record the request unless one for the same gap is recent (any process)."""
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.retry_s)
+        async with self._sessionmaker() as session, session.begin():
+            result = await session.execute(
+                update(BranchSyncState)
+                .where(
+                    BranchSyncState.branch == branch,
+                    BranchSyncState.contiguous_seq == from_seq - 1,
+                    or_(
+                        BranchSyncState.resend_requested_from.is_(None),
+                        BranchSyncState.resend_requested_from != from_seq,
+                        BranchSyncState.resend_requested_at.is_(None),
+                        BranchSyncState.resend_requested_at < cutoff,
+                    ),
+                )
+                .values(resend_requested_from=from_seq, resend_requested_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        if getattr(result, "rowcount", 0) != 1:
+            return None
+        return ResendRequested(
+            branch=branch,
+            from_seq=from_seq,
+            requested_at=now,
+            request_id=f"resend-{branch}-{from_seq}-{int(now.timestamp())}",
+        )

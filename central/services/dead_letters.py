@@ -1,0 +1,151 @@
+"""Dead letters: list, replay through the ingest path after a fix, or discard."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import msgspec
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from central.api.schemas import DeadLetterOut, Page
+from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.ingest.worker import IngestWorker, MessageIn
+from central.models import DeadLetter
+
+__all__ = [
+    "DEAD_LETTER_STATUSES",
+    "ReplayOut",
+    "discard_dead_letter",
+    "get_dead_letter",
+    "list_dead_letters",
+    "replay_all",
+    "replay_dead_letter",
+]
+
+DEAD_LETTER_STATUSES = ("open", "replayed", "discarded")
+
+
+class ReplayOut(msgspec.Struct, kw_only=True):
+    id: int
+    status: str  # replayed (stored, or found already stored) or open (failed again)
+    reason: str
+    attempts: int
+
+
+def dead_letter_out(d: DeadLetter) -> DeadLetterOut:
+    return DeadLetterOut(
+        id=d.id,
+        subject=d.subject,
+        branch=d.branch,
+        reason=d.reason,
+        status=d.status,
+        received_at=d.received_at,
+        stream_seq=d.stream_seq,
+        raw_base64=base64.b64encode(d.raw).decode(),
+        size=len(d.raw),
+    )
+
+
+async def list_dead_letters(
+    session: AsyncSession,
+    *,
+    status: str | None,
+    branch: str | None = None,
+    limit: int,
+    offset: int,
+) -> Page[DeadLetterOut]:
+    if status and status not in DEAD_LETTER_STATUSES:
+        raise ValidationFailed(
+            f"status must be one of {', '.join(DEAD_LETTER_STATUSES)}", field="status"
+        )
+    conditions = []
+    if status:
+        conditions.append(DeadLetter.status == status)
+    if branch:
+        conditions.append(DeadLetter.branch == branch)
+    rows = (
+        await session.scalars(
+            select(DeadLetter)
+            .where(*conditions)
+            .order_by(DeadLetter.id)
+            .limit(limit)
+            .offset(offset)
+        )
+    ).all()
+    total = await session.scalar(select(func.count(DeadLetter.id)).where(*conditions))
+    return Page(
+        items=[dead_letter_out(d) for d in rows], total=total or 0, limit=limit, offset=offset
+    )
+
+
+async def get_dead_letter(session: AsyncSession, dead_letter_id: int) -> DeadLetterOut:
+    row = await session.get(DeadLetter, dead_letter_id)
+    if row is None:
+        raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
+    return dead_letter_out(row)
+
+
+async def replay_dead_letter(
+    sessionmaker: async_sessionmaker[AsyncSession], dead_letter_id: int
+) -> ReplayOut:
+    """Process the stored subject and raw bytes again, through the ingest worker's path.
+
+    Stored (or found already stored): the letter is marked replayed in the same
+    transaction. Failing again: it stays open with the new reason.
+    """
+    async with sessionmaker() as session:
+        row = await session.get(DeadLetter, dead_letter_id)
+        if row is None:
+            raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
+        if row.status != "open":
+            raise ConflictError(
+                f"dead letter {dead_letter_id} is {row.status}, not open", field="id"
+            )
+        message = MessageIn(
+            subject=row.subject,
+            data=row.raw,
+            headers=dict(row.headers or {}),
+            stream_seq=row.stream_seq,
+            dead_letter_id=row.id,
+        )
+    await IngestWorker(sessionmaker).process([message])
+    async with sessionmaker() as session:
+        row = await session.get(DeadLetter, dead_letter_id)
+        assert row is not None
+        return ReplayOut(id=row.id, status=row.status, reason=row.reason, attempts=row.attempts)
+
+
+async def replay_all(
+    sessionmaker: async_sessionmaker[AsyncSession], *, branch: str | None = None
+) -> list[ReplayOut]:
+    async with sessionmaker() as session:
+        stmt = select(DeadLetter.id).where(DeadLetter.status == "open").order_by(DeadLetter.id)
+        if branch:
+            stmt = stmt.where(DeadLetter.branch == branch)
+        ids = list(await session.scalars(stmt))
+    results = []
+    for dead_letter_id in ids:
+        try:
+            results.append(await replay_dead_letter(sessionmaker, dead_letter_id))
+        except ConflictError:
+            continue  # replayed meanwhile by someone else
+    return results
+
+
+async def discard_dead_letter(session: AsyncSession, dead_letter_id: int) -> DeadLetterOut:
+    """A person decided the message is not to be stored (kept for the record)."""
+    result = await session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == dead_letter_id, DeadLetter.status == "open")
+        .values(status="discarded", resolved_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        row = await session.get(DeadLetter, dead_letter_id)
+        if row is None:
+            raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
+        raise ConflictError(f"dead letter {dead_letter_id} is {row.status}, not open", field="id")
+    await session.commit()
+    return await get_dead_letter(session, dead_letter_id)

@@ -1,0 +1,288 @@
+"""Reading stock documents and customer returns as the branches posted them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.api.schemas import Page
+from central.errors import NotFoundError, ValidationFailed
+from central.models import (
+    CustomerReturn,
+    CustomerReturnLineRow,
+    StockDocument,
+    StockDocumentLineRow,
+)
+from protocol.units import format_milli
+
+__all__ = [
+    "DOCUMENT_TYPES",
+    "CustomerReturnOut",
+    "StockDocumentOut",
+    "get_document",
+    "list_customer_returns",
+    "list_documents",
+]
+
+DOCUMENT_TYPES = (
+    "goods_receipt",
+    "write_off",
+    "transfer_out",
+    "transfer_in",
+    "supplier_return",
+    "stocktake",
+)
+
+
+class DocumentLineOut(msgspec.Struct, kw_only=True):
+    line_no: int
+    sku: str
+    quantity: str
+    quantity_milli: int
+    unit_cost: int | None
+    expected_milli: int | None
+    counted_milli: int | None
+    # Cost value of the line in the ledger (signed).
+    value: int
+
+
+class StockDocumentOut(msgspec.Struct, kw_only=True):
+    event_id: str
+    branch: str
+    document_id: str
+    doc_type: str
+    number: str
+    supplier: str | None
+    counterpart_branch: str | None
+    transfer_ref: str | None
+    reason: str | None
+    author: str
+    occurred_at: datetime
+    local_date: date
+    value: int
+    negative_stock: bool
+    lines: list[DocumentLineOut]
+
+
+class ReturnLineOut(msgspec.Struct, kw_only=True):
+    line_no: int
+    sku: str
+    name: str
+    quantity: str
+    quantity_milli: int
+    unit_price: int
+    discount: int
+    vat_rate_bp: int
+    line_total: int
+
+
+class CustomerReturnOut(msgspec.Struct, kw_only=True):
+    event_id: str
+    branch: str
+    till: str
+    shift_id: str
+    return_number: int
+    return_id: str
+    original_sale_id: str
+    cashier: str
+    occurred_at: datetime
+    local_date: date
+    total: int
+    currency: str
+    fiscal_number: str | None
+    reason: str
+    refunds: list[dict[str, Any]]
+    late: bool
+    lines: list[ReturnLineOut]
+
+
+def _dates(date_from: date | None, date_to: date | None) -> None:
+    if date_from and date_to and date_from > date_to:
+        raise ValidationFailed("date_from is after date_to", field="date_from")
+
+
+async def list_documents(
+    session: AsyncSession,
+    *,
+    branch: str | None,
+    doc_type: str | None,
+    date_from: date | None,
+    date_to: date | None,
+    sku: str | None,
+    limit: int,
+    offset: int,
+) -> Page[StockDocumentOut]:
+    _dates(date_from, date_to)
+    if doc_type and doc_type not in DOCUMENT_TYPES:
+        raise ValidationFailed(
+            f"doc_type must be one of {', '.join(DOCUMENT_TYPES)}", field="doc_type"
+        )
+    d = StockDocument
+    conditions: list[Any] = []
+    if branch:
+        conditions.append(d.branch == branch)
+    if doc_type:
+        conditions.append(d.doc_type == doc_type)
+    if date_from:
+        conditions.append(d.local_date >= date_from)
+    if date_to:
+        conditions.append(d.local_date <= date_to)
+    if sku:
+        conditions.append(
+            d.event_id.in_(
+                select(StockDocumentLineRow.event_id).where(StockDocumentLineRow.sku == sku)
+            )
+        )
+    docs = (
+        await session.scalars(
+            select(d)
+            .where(*conditions)
+            .order_by(d.occurred_at, d.event_id)
+            .limit(limit)
+            .offset(offset)
+        )
+    ).all()
+    total = await session.scalar(select(func.count()).select_from(d).where(*conditions))
+    return Page(
+        items=await _with_lines(session, list(docs)), total=total or 0, limit=limit, offset=offset
+    )
+
+
+async def get_document(session: AsyncSession, branch: str, document_id: str) -> StockDocumentOut:
+    doc = await session.scalar(
+        select(StockDocument).where(
+            StockDocument.branch == branch, StockDocument.document_id == document_id
+        )
+    )
+    if doc is None:
+        raise NotFoundError(
+            f"document {document_id!r} of {branch!r} not found", field="document_id"
+        )
+    return (await _with_lines(session, [doc]))[0]
+
+
+async def _with_lines(session: AsyncSession, docs: list[StockDocument]) -> list[StockDocumentOut]:
+    lines: dict[uuid.UUID, list[DocumentLineOut]] = {}
+    if docs:
+        for line in await session.scalars(
+            select(StockDocumentLineRow)
+            .where(StockDocumentLineRow.event_id.in_([x.event_id for x in docs]))
+            .order_by(StockDocumentLineRow.event_id, StockDocumentLineRow.line_no)
+        ):
+            lines.setdefault(line.event_id, []).append(
+                DocumentLineOut(
+                    line_no=line.line_no,
+                    sku=line.sku,
+                    quantity=format_milli(line.quantity_milli),
+                    quantity_milli=line.quantity_milli,
+                    unit_cost=line.unit_cost,
+                    expected_milli=line.expected_milli,
+                    counted_milli=line.counted_milli,
+                    value=line.value,
+                )
+            )
+    return [
+        StockDocumentOut(
+            event_id=str(x.event_id),
+            branch=x.branch,
+            document_id=x.document_id,
+            doc_type=x.doc_type,
+            number=x.number,
+            supplier=x.supplier,
+            counterpart_branch=x.counterpart_branch,
+            transfer_ref=x.transfer_ref,
+            reason=x.reason,
+            author=x.author,
+            occurred_at=x.occurred_at,
+            local_date=x.local_date,
+            value=x.value,
+            negative_stock=x.negative_stock,
+            lines=lines.get(x.event_id, []),
+        )
+        for x in docs
+    ]
+
+
+async def list_customer_returns(
+    session: AsyncSession,
+    *,
+    branch: str | None,
+    date_from: date | None,
+    date_to: date | None,
+    original_sale_id: str | None,
+    limit: int,
+    offset: int,
+) -> Page[CustomerReturnOut]:
+    _dates(date_from, date_to)
+    r = CustomerReturn
+    conditions: list[Any] = []
+    if branch:
+        conditions.append(r.branch == branch)
+    if date_from:
+        conditions.append(r.local_date >= date_from)
+    if date_to:
+        conditions.append(r.local_date <= date_to)
+    if original_sale_id:
+        conditions.append(r.original_sale_id == original_sale_id)
+    rows = (
+        await session.scalars(
+            select(r)
+            .where(*conditions)
+            .order_by(r.occurred_at, r.event_id)
+            .limit(limit)
+            .offset(offset)
+        )
+    ).all()
+    total = await session.scalar(select(func.count()).select_from(r).where(*conditions))
+    lines: dict[uuid.UUID, list[ReturnLineOut]] = {}
+    if rows:
+        for line in await session.scalars(
+            select(CustomerReturnLineRow)
+            .where(CustomerReturnLineRow.event_id.in_([x.event_id for x in rows]))
+            .order_by(CustomerReturnLineRow.event_id, CustomerReturnLineRow.line_no)
+        ):
+            lines.setdefault(line.event_id, []).append(
+                ReturnLineOut(
+                    line_no=line.line_no,
+                    sku=line.sku,
+                    name=line.name,
+                    quantity=format_milli(line.quantity_milli),
+                    quantity_milli=line.quantity_milli,
+                    unit_price=line.unit_price,
+                    discount=line.discount,
+                    vat_rate_bp=line.vat_rate_bp,
+                    line_total=line.line_total,
+                )
+            )
+    return Page(
+        items=[
+            CustomerReturnOut(
+                event_id=str(x.event_id),
+                branch=x.branch,
+                till=x.till,
+                shift_id=x.shift_id,
+                return_number=x.return_number,
+                return_id=x.return_id,
+                original_sale_id=x.original_sale_id,
+                cashier=x.cashier,
+                occurred_at=x.occurred_at,
+                local_date=x.local_date,
+                total=x.total,
+                currency=x.currency,
+                fiscal_number=x.fiscal_number,
+                reason=x.reason,
+                refunds=list(x.refunds),
+                late=x.late,
+                lines=lines.get(x.event_id, []),
+            )
+            for x in rows
+        ],
+        total=total or 0,
+        limit=limit,
+        offset=offset,
+    )

@@ -1,0 +1,206 @@
+"""Shifts with the fiscal printer's Z totals beside what central recorded; closing days."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import msgspec
+from sqlalchemy import case, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.api.schemas import Page
+from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
+
+__all__ = ["ClosedDayOut", "ShiftOut", "ShiftTotals", "close_day", "list_shifts"]
+
+
+class ShiftTotals(msgspec.Struct, kw_only=True):
+    receipts_count: int | None
+    sales_total: int | None
+    returns_total: int | None
+    cash_in: int | None
+    cash_out: int | None
+
+
+class ShiftOut(msgspec.Struct, kw_only=True):
+    branch: str
+    shift_id: str
+    till: str
+    cashier: str
+    local_date: date
+    opened_at: datetime | None
+    closed_at: datetime | None
+    status: str  # open, closed, closed_unopened (the close arrived, the opening not yet)
+    opening_float: int
+    # What the agent counted at close.
+    reported: ShiftTotals
+    # What the fiscal printer counted (Z report); turnover per VAT group letter.
+    z_report_number: int | None
+    z_turnover_by_vat_group: dict[str, int]
+    z_storno_by_vat_group: dict[str, int]
+    z_turnover_total: int | None
+    z_receipts_count: int | None
+    # What central holds for the shift (late sales included).
+    recorded: ShiftTotals
+    late_receipts: int
+    # Recorded sales equal the Z turnover and the Z receipt count (None: no Z yet).
+    z_matches: bool | None
+
+
+class ClosedDayOut(msgspec.Struct, kw_only=True):
+    branch: str
+    local_date: date
+    closed_at: datetime
+    closed_by: str
+
+
+async def list_shifts(
+    session: AsyncSession,
+    *,
+    branch: str | None,
+    till: str | None,
+    date_from: date | None,
+    date_to: date | None,
+    limit: int,
+    offset: int,
+) -> Page[ShiftOut]:
+    if date_from and date_to and date_from > date_to:
+        raise ValidationFailed("date_from is after date_to", field="date_from")
+    conditions = []
+    if branch:
+        conditions.append(Shift.branch == branch)
+    if till:
+        conditions.append(Shift.till == till)
+    if date_from:
+        conditions.append(Shift.local_date >= date_from)
+    if date_to:
+        conditions.append(Shift.local_date <= date_to)
+    shifts = (
+        await session.scalars(
+            select(Shift)
+            .where(*conditions)
+            .order_by(Shift.local_date, Shift.branch, Shift.till, Shift.shift_id)
+            .limit(limit)
+            .offset(offset)
+        )
+    ).all()
+    total = await session.scalar(select(func.count()).select_from(Shift).where(*conditions))
+    keys = [(s.branch, s.shift_id) for s in shifts]
+    sales: dict[tuple[str, str], tuple[int, int, int]] = {}
+    returns: dict[tuple[str, str], int] = {}
+    cash: dict[tuple[str, str], tuple[int, int]] = {}
+    if keys:
+        for r in await session.execute(
+            select(
+                Receipt.branch,
+                Receipt.shift_id,
+                func.count(Receipt.id),
+                func.coalesce(func.sum(Receipt.total), 0),
+                func.coalesce(func.sum(case((Receipt.late, 1), else_=0)), 0),
+            )
+            .where(tuple_(Receipt.branch, Receipt.shift_id).in_(keys))
+            .group_by(Receipt.branch, Receipt.shift_id)
+        ):
+            sales[(r[0], r[1])] = (int(r[2]), int(r[3]), int(r[4]))
+        for r in await session.execute(
+            select(
+                CustomerReturn.branch,
+                CustomerReturn.shift_id,
+                func.coalesce(func.sum(CustomerReturn.total), 0),
+            )
+            .where(tuple_(CustomerReturn.branch, CustomerReturn.shift_id).in_(keys))
+            .group_by(CustomerReturn.branch, CustomerReturn.shift_id)
+        ):
+            returns[(r[0], r[1])] = int(r[2])
+        for r in await session.execute(
+            select(
+                CashMovement.branch,
+                CashMovement.shift_id,
+                func.coalesce(
+                    func.sum(case((CashMovement.direction == "in", CashMovement.amount), else_=0)),
+                    0,
+                ),
+                func.coalesce(
+                    func.sum(case((CashMovement.direction == "out", CashMovement.amount), else_=0)),
+                    0,
+                ),
+            )
+            .where(tuple_(CashMovement.branch, CashMovement.shift_id).in_(keys))
+            .group_by(CashMovement.branch, CashMovement.shift_id)
+        ):
+            cash[(r[0], r[1])] = (int(r[2]), int(r[3]))
+    items = []
+    for s in shifts:
+        key = (s.branch, s.shift_id)
+        count, sales_total, late = sales.get(key, (0, 0, 0))
+        cash_in, cash_out = cash.get(key, (0, 0))
+        z_total = sum(s.z_turnover_by_vat_group.values()) if s.z_report_number is not None else None
+        z_matches = (
+            None
+            if z_total is None
+            else z_total == sales_total
+            and (s.z_receipts_count is None or s.z_receipts_count == count)
+        )
+        if s.closed_at is None:
+            status = "open"
+        elif s.opened_at is None:
+            status = "closed_unopened"
+        else:
+            status = "closed"
+        items.append(
+            ShiftOut(
+                branch=s.branch,
+                shift_id=s.shift_id,
+                till=s.till,
+                cashier=s.cashier,
+                local_date=s.local_date,
+                opened_at=s.opened_at,
+                closed_at=s.closed_at,
+                status=status,
+                opening_float=s.opening_float,
+                reported=ShiftTotals(
+                    receipts_count=s.receipts_count,
+                    sales_total=s.sales_total,
+                    returns_total=s.returns_total,
+                    cash_in=s.cash_in,
+                    cash_out=s.cash_out,
+                ),
+                z_report_number=s.z_report_number,
+                z_turnover_by_vat_group=s.z_turnover_by_vat_group,
+                z_storno_by_vat_group=s.z_storno_by_vat_group,
+                z_turnover_total=z_total,
+                z_receipts_count=s.z_receipts_count,
+                recorded=ShiftTotals(
+                    receipts_count=count,
+                    sales_total=sales_total,
+                    returns_total=returns.get(key, 0),
+                    cash_in=cash_in,
+                    cash_out=cash_out,
+                ),
+                late_receipts=late,
+                z_matches=z_matches,
+            )
+        )
+    return Page(items=items, total=total or 0, limit=limit, offset=offset)
+
+
+async def close_day(
+    session: AsyncSession, *, branch: str, local_date: date, closed_by: str = ""
+) -> ClosedDayOut:
+    """Close a branch's local day at central: sales filed into it afterwards are flagged late."""
+    if await session.get(Branch, branch) is None:
+        raise NotFoundError(f"branch {branch!r} not found", field="branch")
+    if await session.get(ClosedDay, (branch, local_date)) is not None:
+        raise ConflictError(f"{local_date} is already closed at {branch!r}", field="local_date")
+    row = ClosedDay(
+        branch=branch, local_date=local_date, closed_at=datetime.now(UTC), closed_by=closed_by
+    )
+    session.add(row)
+    await session.commit()
+    return ClosedDayOut(
+        branch=row.branch,
+        local_date=row.local_date,
+        closed_at=row.closed_at,
+        closed_by=row.closed_by,
+    )

@@ -1,0 +1,171 @@
+"""Builders of branch events as an agent would send them (a per-branch gapless sequence)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from central.ingest.worker import MessageIn
+from protocol import (
+    CashMoved,
+    CustomerReturnRecorded,
+    EventEnvelope,
+    Payment,
+    ReceiptLine,
+    ReceiptRecorded,
+    ShiftClosed,
+    ShiftOpened,
+    StockDocumentLine,
+    StockDocumentPosted,
+    ZReportTotals,
+    encode,
+    event_kind,
+    new_event_id,
+    up_subject,
+)
+from protocol.events import BranchEvent
+
+
+def message(envelope: EventEnvelope) -> MessageIn:
+    return MessageIn(
+        subject=up_subject(envelope.branch, event_kind(envelope.body)), data=encode(envelope)
+    )
+
+
+@dataclass
+class BranchBooks:
+    """One branch's outbox: every event it recorded, and its own totals to compare."""
+
+    branch: str
+    start: datetime = field(default_factory=lambda: datetime(2026, 11, 27, 9, 0, tzinfo=UTC))
+    events: list[EventEnvelope] = field(default_factory=list)
+    sales_total: int = 0
+    returns_total: int = 0
+    sold_milli: dict[str, int] = field(default_factory=dict)
+    stock_milli: dict[str, int] = field(default_factory=dict)
+    receipts: int = 0
+
+    def _add(self, body: BranchEvent) -> EventEnvelope:
+        envelope = EventEnvelope(
+            event_id=new_event_id(),
+            branch=self.branch,
+            seq=len(self.events) + 1,
+            occurred_at=self.start + timedelta(minutes=len(self.events)),
+            utc_offset_min=60,
+            body=body,
+        )
+        self.events.append(envelope)
+        return envelope
+
+    def _move(self, sku: str, milli: int) -> None:
+        self.stock_milli[sku] = self.stock_milli.get(sku, 0) + milli
+
+    def open_shift(self, shift: str = "S1") -> EventEnvelope:
+        return self._add(ShiftOpened(till="T1", shift_id=shift, cashier="anna", opening_float=5000))
+
+    def sale(self, items: list[tuple[str, int, int]], shift: str = "S1") -> EventEnvelope:
+        """items: (sku, quantity_milli, unit_price)."""
+        lines = []
+        for n, (sku, qty, price) in enumerate(items, start=1):
+            total = price * qty // 1000
+            lines.append(
+                ReceiptLine(
+                    line_no=n,
+                    sku=sku,
+                    quantity_milli=qty,
+                    unit_price=price,
+                    vat_rate_bp=1900,
+                    line_total=total,
+                )
+            )
+            self.sold_milli[sku] = self.sold_milli.get(sku, 0) + qty
+            self._move(sku, -qty)
+        total = sum(line.line_total for line in lines)
+        self.sales_total += total
+        self.receipts += 1
+        return self._add(
+            ReceiptRecorded(
+                till="T1",
+                shift_id=shift,
+                receipt_number=self.receipts,
+                sale_id=f"{self.branch}-sale-{len(self.events) + 1}",
+                lines=tuple(lines),
+                payments=(Payment(type="cash", amount=total),),
+                total=total,
+                fiscal_number=f"F{len(self.events) + 1}",
+            )
+        )
+
+    def customer_return(self, sku: str, qty: int, price: int, original: str) -> EventEnvelope:
+        total = price * qty // 1000
+        self.returns_total += total
+        self._move(sku, qty)
+        return self._add(
+            CustomerReturnRecorded(
+                till="T1",
+                shift_id="S1",
+                return_number=len(self.events) + 1,
+                return_id=f"{self.branch}-ret-{len(self.events) + 1}",
+                original_sale_id=original,
+                lines=(
+                    ReceiptLine(
+                        line_no=1,
+                        sku=sku,
+                        quantity_milli=qty,
+                        unit_price=price,
+                        vat_rate_bp=1900,
+                        line_total=total,
+                    ),
+                ),
+                refunds=(Payment(type="cash", amount=total),),
+                total=total,
+            )
+        )
+
+    def document(
+        self,
+        doc_type: str,
+        lines: list[tuple[str, int, int | None]],
+        *,
+        counterpart: str | None = None,
+        transfer_ref: str | None = None,
+        document_id: str | None = None,
+    ) -> EventEnvelope:
+        """lines: (sku, signed quantity_milli, unit_cost or None)."""
+        for sku, qty, _ in lines:
+            self._move(sku, qty)
+        return self._add(
+            StockDocumentPosted(
+                document_id=document_id or f"{self.branch}-doc-{len(self.events) + 1}",
+                doc_type=doc_type,  # type: ignore[arg-type]
+                lines=tuple(
+                    StockDocumentLine(sku=sku, quantity_milli=qty, unit_cost=cost)
+                    for sku, qty, cost in lines
+                ),
+                counterpart_branch=counterpart,
+                transfer_ref=transfer_ref,
+            )
+        )
+
+    def cash(self, direction: str, amount: int) -> EventEnvelope:
+        return self._add(
+            CashMoved(till="T1", shift_id="S1", direction=direction, amount=amount)  # type: ignore[arg-type]
+        )
+
+    def close_shift(self, shift: str = "S1", *, z_total: int | None = None) -> EventEnvelope:
+        total = self.sales_total if z_total is None else z_total
+        return self._add(
+            ShiftClosed(
+                till="T1",
+                shift_id=shift,
+                receipts_count=self.receipts,
+                sales_total=self.sales_total,
+                returns_total=self.returns_total,
+                payments_by_type={"cash": self.sales_total},
+                z_report=ZReportTotals(
+                    report_number=1,
+                    turnover_by_vat_group={"B": total},
+                    receipts_count=self.receipts,
+                ),
+            )
+        )
