@@ -88,7 +88,8 @@ def test_receipt_happy_path(fiscal: Any) -> None:
     line = sim.receipts[0].lines[2]
     assert (line.vat_group, line.price, line.quantity) == (2, Decimal("12.49"), Decimal("0.347"))
     assert sim.receipts[0].payments == [(1, Decimal("5.00")), (0, Decimal("10.00"))]
-    assert sim.executed[:2] == [CMD_TRANSACTION_STATUS, CMD_OPEN_RECEIPT]
+    # two status reads put our SEQ out of step with the printer's memory, then 0x4C
+    assert sim.executed[:4] == [0x4A, 0x4A, CMD_TRANSACTION_STATUS, CMD_OPEN_RECEIPT]
     # and the next receipt is a new one
     assert printer.print_receipt(RECEIPT).slip_number == 2
     assert len(sim.receipts) == 2
@@ -163,6 +164,16 @@ def test_duplicate_seq_is_replayed_not_executed() -> None:
     assert sim.receipt_number == 1  # opened once
     other = sim.receive(build_request(0x26, CMD_OPEN_RECEIPT, encode_params(["1", "1", "1", ""])))
     assert int(parse_answer(other[-1][1]).params[0]) < 0  # a new SEQ is executed (refused)
+
+
+def test_new_driver_after_old_one_does_not_get_a_stale_replay(fiscal: Any) -> None:
+    """A second process starts its SEQ where the first did; the printer would replay."""
+    handle, sim, printer = fiscal
+    assert printer.print_receipt(RECEIPT).slip_number == 1
+    printer.close()
+    with make_printer(handle.url) as second:
+        assert second.print_receipt(RECEIPT).slip_number == 2
+    assert len(sim.receipts) == 2
 
 
 def test_bad_frame_gets_nak() -> None:
