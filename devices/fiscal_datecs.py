@@ -91,6 +91,7 @@ __all__ = [
     "line_amount",
     "parse_answer",
     "parse_request",
+    "replace_hint",
     "split_params",
     "status_error",
     "unescape",
