@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from branch_agent.catalog import CatalogItem, find_product
-from branch_agent.models import Product
+from branch_agent.catalog import CatalogItem, find_product, sku_for_scale_plu
 from devices.errors import DeviceError
 from devices.scanner import WeightLayout, decode_weight_embedded
 
@@ -58,9 +56,7 @@ async def resolve_code(
         return None
     item = await find_product(session, barcode=normalized_embedded_code(code, layout), at=at)
     if item is None:
-        sku = await session.scalar(
-            select(Product.sku).where(Product.scale_plu == int(embedded.plu)).limit(1)
-        )
+        sku = await sku_for_scale_plu(session, int(embedded.plu))
         if sku is not None:
             item = await find_product(session, sku=sku, at=at)
     if item is None or not item.weighed:
