@@ -94,13 +94,27 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
         spawn("central", ["-m", "central", "serve"], central_env)
         _wait_http(f"http://127.0.0.1:{http_port}/health")
         for code, name, tz, port in DEMO_BRANCHES:
+            # Till T1's devices: simulators over TCP, as a serial-over-TCP bridge would be.
+            devices = {}
+            for offset, kind in enumerate(("fiscal", "printer", "display", "scale")):
+                device_port = 20000 + (port % 1000) * 10 + offset
+                spawn(
+                    f"device-{code}-{kind}",
+                    ["-m", "devices", "simulate", kind, "--listen", f"127.0.0.1:{device_port}"],
+                )
+                devices[kind] = f"socket://127.0.0.1:{device_port}"
             config = data_dir / f"agent-{code}.toml"
             config.write_text(
                 "[agent]\n"
                 f'branch = "{code}"\nname = "{name}"\ntimezone = "{tz}"\n'
                 f'data_dir = "{data_dir / ("agent-" + code)}"\n'
-                f'nats_url = "{nats.url}"\nhttp_port = {port}\ndemo_catalog = true\n\n'
+                f'nats_url = "{nats.url}"\nhttp_port = {port}\ndemo_catalog = true\n'
+                f'manager_token = "{code}-manager-secret"\n\n'
                 f'[[agent.tills]]\nid = "T1"\ntoken = "{code}-till-1-secret"\n'
+                f'fiscal_printer = {{ port = "{devices["fiscal"]}", protocol = "datecs-x" }}\n'
+                f'receipt_printer = {{ port = "{devices["printer"]}", protocol = "escpos" }}\n'
+                f'display = {{ port = "{devices["display"]}" }}\n'
+                f'scale = {{ port = "{devices["scale"]}", protocol = "toledo-8217" }}\n'
             )
             spawn(f"agent-{code}", ["-m", "branch_agent", "--config", str(config), "run"])
         for code, _name, _tz, port in DEMO_BRANCHES:
