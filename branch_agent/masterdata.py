@@ -106,8 +106,9 @@ class MasterDataApplier:
             self.stats.last_rejection = f"{message.subject}: {exc}"
             log.error("rejected down-stream message %s: %s", message.subject, exc)
             return
-        async with self._write_lock, self._sessionmaker() as session, session.begin():
-            conn = await session.connection()
+        engine = self._sessionmaker.kw["bind"]
+        # Core statements on one connection: a bucket is thousands of rows, no ORM needed.
+        async with self._write_lock, engine.begin() as conn:
             applied = await self._apply(conn, message, decoded)
         if applied:
             self.stats.applied += 1

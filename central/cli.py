@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = dl_sub.add_parser("replay", help="process stored dead letters again after a fix")
     replay.add_argument("id", type=int, nargs="?")
     replay.add_argument("--all", action="store_true", help="every open dead letter")
+    from central.masterdata_cli import add_masterdata_commands
+
+    add_masterdata_commands(sub)
     return parser
 
 
@@ -352,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = asyncio.run(_branches_revoke(settings, args))
     elif args.command == "branches":
         code = asyncio.run(_branches_add(settings, args))
+    elif args.command in ("import", "export"):
+        from central.masterdata_cli import run_masterdata_command
+
+        code = run_masterdata_command(settings, args)
     elif args.command == "users":
         code = asyncio.run(_users(settings, args))
     elif args.command == "nats":

@@ -13,7 +13,7 @@ subject, so:
   SKU in the bucket's next message (no tombstone can be lost);
 - replaying the stream from its start is a complete snapshot;
 - 100,000 price changes become at most ``BUCKETS`` messages per scope, so a branch
-  applies them in a few hundred transactions instead of 100,000.
+  applies them in a few dozen transactions instead of 100,000.
 
 Promotions are one message per promotion (``down.<scope>.promo.<id>``, a
 ``deleted`` record replaces a withdrawn one). A ``VersionMark`` on
@@ -54,7 +54,9 @@ __all__ = [
     "validate_barcode",
 ]
 
-BUCKETS = 256
+# 64 buckets: 100,000 price changes are 64 messages per scope; a bucket of a 200,000
+# product catalog is ~3,100 products (~300 KB, under NATS's 1 MB payload limit).
+BUCKETS = 64
 KIND_PRODUCT = "product"
 KIND_PRICE = "price"
 KIND_PROMOTION = "promo"

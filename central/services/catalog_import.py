@@ -239,6 +239,8 @@ async def import_products(
     report.archived = sum(1 for p in parsed if not p["active"])
     if dry_run or report.error_count:
         return report
+    # End the validation's read transaction: the apply is its own unit of work.
+    await session.commit()
     await _apply_products(session, parsed, barcodes_of, progress)
     report.applied = True
     return report
@@ -372,6 +374,7 @@ async def import_prices(
     report.prices = report.rows - report.error_count
     if dry_run or report.error_count:
         return report
+    await session.commit()
     async with unit_of_work(session):
         done = 0
         for (scope, scope_id, moment, local), prices in groups.items():

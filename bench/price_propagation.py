@@ -1,0 +1,203 @@
+"""Price propagation: 100,000 price changes from head office to 10 branch agents.
+
+Everything on this machine: a nats-server from the wheel, central on SQLite, and
+10 in-process agents (each its own SQLite file and durable consumer). Measures
+
+- ``all_applied_s``: from the commit of 100,000 chain-wide price changes (one
+  repricing-style bulk write) until every agent has applied them (its applied
+  version reached the published one);
+- ``single_p99_ms``: p99 of single price changes, commit -> applied at all agents;
+- ``raw_roundtrip_p99_ms``: p99 of a plain NATS request/reply on the same server,
+  the floor under any propagation.
+
+Targets: all applied within 10 s; single change p99 under 500 ms.
+Usage: ``python -m bench.price_propagation [--changes N] [--agents N] [--singles N]``.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.99 * len(ordered)) - 1))]
+
+
+async def _raw_roundtrip(url: str, count: int) -> list[float]:
+    from central.sync.jetstream import connect
+
+    nc = await connect(url, name="bench-raw")
+    try:
+
+        async def echo(msg: Any) -> None:
+            await msg.respond(msg.data)
+
+        sub = await nc.subscribe("bench.echo", cb=echo)
+        samples = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            await nc.request("bench.echo", b"x" * 200, timeout=5)
+            samples.append((time.perf_counter() - t0) * 1000)
+        await sub.unsubscribe()
+        return samples
+    finally:
+        await nc.close()
+
+
+async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
+    from branch_agent.agent import Agent
+    from branch_agent.settings import AgentSettings
+    from central.db import upgrade
+    from central.embedded_nats import EmbeddedNats
+    from central.runtime import CentralRuntime
+    from central.services.assortment import AssortmentChange, FormatIn
+    from central.services.assortment import change_format_products, create_format
+    from central.services.branches import add_branch
+    from central.services.catalog_import import import_products
+    from central.services.masterdata_publisher import published_version
+    from central.services.pricing import PriceChangeIn, set_price, set_prices_bulk
+    from central.settings import CentralSettings
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prices-"))
+    nats = EmbeddedNats(tmp / "nats")
+    nats.start()
+    url = f"sqlite+aiosqlite:///{tmp / 'central.db'}"
+    await upgrade(url)
+    runtime = CentralRuntime(
+        CentralSettings(database_url=url, nats_url=nats.url, ingest_fetch_timeout_s=0.2)
+    )
+    agents: list[Agent] = []
+    try:
+        await runtime.start(ingest_workers=1)
+        await asyncio.wait_for(runtime.nats_ready.wait(), 30)
+        skus = [f"P{i:06d}" for i in range(changes)]
+        csv_text = "sku,name,vat_rate_bp\n" + "".join(f"{s},Product {s},2000\n" for s in skus)
+        t0 = time.perf_counter()
+        async with runtime.sessionmaker() as s:
+            await create_format(s, FormatIn(code="mini", name="Minimarket"))
+            await s.commit()
+        async with runtime.sessionmaker() as s:
+            await import_products(s, io.StringIO(csv_text), dry_run=False)
+        async with runtime.sessionmaker() as s:
+            await change_format_products(s, "mini", AssortmentChange(add=skus))
+            await set_prices_bulk(s, [(sku, 100) for sku in skus])
+            await s.commit()
+        for i in range(agent_count):
+            async with runtime.sessionmaker() as s, s.begin():
+                await add_branch(s, code=f"B{i:02d}", name=f"B{i:02d}", format_code="mini")
+        print(f"central catalog of {changes} products: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+        async def target() -> int:
+            async with runtime.sessionmaker() as s:
+                return await published_version(s)
+
+        async def all_applied(version: int) -> bool:
+            return all(a.masterdata.applied_version >= version for a in agents)
+
+        async def wait_all(version: int, timeout: float) -> None:
+            deadline = time.perf_counter() + timeout
+            while not await all_applied(version):
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"agents did not reach version {version}")
+                await asyncio.sleep(0.002)
+
+        t0 = time.perf_counter()
+        for i in range(agent_count):
+            agent = Agent(
+                AgentSettings(
+                    branch=f"B{i:02d}",
+                    data_dir=str(tmp / f"agent-{i:02d}"),
+                    nats_url=nats.url,
+                    heartbeat_interval_s=1.0,
+                )
+            )
+            await agent.start()
+            agents.append(agent)
+        async with runtime.sessionmaker() as s:
+            current = (await s.execute(__import__("sqlalchemy").text("select value from masterdata_counter"))).scalar_one()
+        while await target() < current:
+            await asyncio.sleep(0.05)
+        await wait_all(await target(), 600)
+        first_sync_s = time.perf_counter() - t0
+        print(f"first full sync of {agent_count} agents: {first_sync_s:.1f} s", file=sys.stderr)
+
+        # The measured bulk: every product gets a new chain price in one commit.
+        t0 = time.perf_counter()
+        async with runtime.sessionmaker() as s:
+            await set_prices_bulk(s, [(sku, 150 + i % 100) for i, sku in enumerate(skus)])
+            await s.commit()
+            after = (await s.execute(__import__("sqlalchemy").text("select value from masterdata_counter"))).scalar_one()
+        commit_s = time.perf_counter() - t0
+        while await target() < after:
+            await asyncio.sleep(0.005)
+        await wait_all(after, 120)
+        all_applied_s = time.perf_counter() - t0
+        print(
+            f"{changes} changes: committed in {commit_s:.2f} s, all {agent_count} agents "
+            f"applied after {all_applied_s:.2f} s",
+            file=sys.stderr,
+        )
+
+        samples: list[float] = []
+        for i in range(singles):
+            t0 = time.perf_counter()
+            async with runtime.sessionmaker() as s:
+                out = await set_price(s, PriceChangeIn(sku=skus[i * 7 % len(skus)], price=500 + i))
+                await s.commit()
+            await wait_all(out.version, 30)
+            samples.append((time.perf_counter() - t0) * 1000)
+        raw = await _raw_roundtrip(nats.url, 1000)
+        # Spot check: the till price at an agent is the new one.
+        from branch_agent.catalog import find_product
+
+        async with agents[-1].sessionmaker() as s:
+            item = await find_product(s, sku=skus[0], at=datetime.now(UTC))
+        assert item is not None and item.price == 500, item
+        return {
+            "bench": "price_propagation",
+            "changes": changes,
+            "agents": agent_count,
+            "first_sync_s": round(first_sync_s, 2),
+            "commit_s": round(commit_s, 2),
+            "all_applied_s": round(all_applied_s, 2),
+            "single_changes": singles,
+            "single_p50_ms": round(statistics.median(samples), 1),
+            "single_p99_ms": round(_p99(samples), 1),
+            "raw_roundtrip_p50_ms": round(statistics.median(raw), 3),
+            "raw_roundtrip_p99_ms": round(_p99(raw), 3),
+            "targets": {"all_applied_s": 10, "single_p99_ms": 500},
+            "ok": all_applied_s <= 10 and _p99(samples) <= 500,
+        }
+    finally:
+        for agent in agents:
+            await agent.stop()
+        await runtime.stop()
+        nats.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--changes", type=int, default=100_000)
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--singles", type=int, default=100)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    result = asyncio.run(run(args.changes, args.agents, args.singles))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
