@@ -132,8 +132,8 @@ class IngestWorker:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
-                except NatsTimeoutError:
-                    continue
+                except (NatsTimeoutError, TimeoutError):
+                    continue  # nothing to fetch
                 except Exception as exc:  # link down, server restarting: keep trying
                     log.warning("ingest fetch failed: %s", exc)
                     await asyncio.sleep(0.5)
@@ -176,12 +176,7 @@ class IngestWorker:
             # is either found as a duplicate or stored.
             stats = IngestStats(batches=1)
             for message in batch:
-                try:
-                    stats.add(await self._attempt([message]))
-                except IntegrityError as exc:
-                    # Still conflicting on its own (e.g. a sale id already stored under
-                    # another event id): not a race, a bad message.
-                    stats.add(await self._reject_alone(message, exc))
+                stats.add(await self._process_alone(message))
             stats.batches = 1
         self.stats.add(stats)
         return stats
@@ -205,6 +200,20 @@ class IngestWorker:
                 log.info("ingest batch hit a lock conflict (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _process_alone(self, message: MessageIn) -> IngestStats:
+        """One message; a conflict with a concurrent worker's uncommitted batch shows up
+        as IntegrityError once that batch commits, and as a duplicate on the next try."""
+        for attempt in range(3):
+            try:
+                return await self._attempt([message])
+            except IntegrityError as exc:
+                if attempt == 2:
+                    # Still conflicting on its own (e.g. a sale id already stored under
+                    # another event id): not a race, a bad message.
+                    return await self._reject_alone(message, exc)
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _reject_alone(self, message: MessageIn, exc: IntegrityError) -> IngestStats:
         stats = IngestStats()

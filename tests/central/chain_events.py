@@ -169,3 +169,41 @@ class BranchBooks:
                 ),
             )
         )
+
+
+def ingest_env(db_url: str, nats_url: str, tmp: str, **extra: str) -> dict[str, str]:
+    """Environment of a ``python -m central ingest`` process for the tests."""
+    import os
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("BACKROOM_") or k == "BACKROOM_TEST_PG_URL"
+    }
+    env.update(
+        {
+            "BACKROOM_DATABASE_URL": db_url,
+            "BACKROOM_NATS_URL": nats_url,
+            "BACKROOM_DATA_DIR": tmp,
+            "BACKROOM_INGEST_FETCH_TIMEOUT_S": "0.2",
+            "BACKROOM_INGEST_ACK_WAIT_S": "2",
+            "BACKROOM_RESEND_GAP_AFTER_S": "3600",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+async def publish_raw(nats_url: str, items: list[tuple[str, bytes, str]]) -> None:
+    """JetStream publishes (subject, payload, Nats-Msg-Id), acked one by one."""
+    from central.sync.jetstream import connect, ensure_ingest_consumer, ensure_streams
+
+    nc = await connect(nats_url, name="test-branches")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await ensure_ingest_consumer(js, ack_wait_s=2.0)
+        for subject, payload, msg_id in items:
+            await js.publish(subject, payload, timeout=10, headers={"Nats-Msg-Id": msg_id})
+    finally:
+        await nc.drain()

@@ -1,0 +1,87 @@
+"""An ingest worker SIGKILLed between its database commit and its ack: JetStream
+redelivers the batch to the restarted worker, and nothing is counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from asyncio.subprocess import DEVNULL
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from central.db import create_engine, create_sessionmaker
+from central.embedded_nats import EmbeddedNats
+from central.ingest.worker import CRASH_EXIT_CODE
+from central.models import IngestedEvent, Receipt, StockBalance
+from central.services.branches import add_branch
+from protocol import encode, event_kind, up_subject
+from tests.central.chain_events import BranchBooks, ingest_env, publish_raw
+from tests.conftest import wait_until
+
+INGEST = (sys.executable, "-m", "central", "ingest")
+
+
+async def test_crash_after_commit_before_ack_doubles_nothing(
+    db_url: str, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="K1", name="K1")
+    books = BranchBooks("K1")
+    books.document("goods_receipt", [("MILK", 100_000, 100)])
+    for n in range(60):
+        books.sale([("MILK", 1_000 + n, 199)])
+    await publish_raw(
+        nats_server.url,
+        [
+            (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
+            for e in books.events
+        ],
+    )
+    env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="25")
+    log = (tmp_path / "worker.log").open("wb")
+    try:
+        crashing = await asyncio.create_subprocess_exec(
+            *INGEST,
+            env={**env, "BACKROOM_FAULT_CRASH_AFTER_COMMIT": "1"},
+            stdout=DEVNULL,
+            stderr=log,
+        )
+        # It dies the hard way (os._exit, as a SIGKILL would leave it) right after commit.
+        assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
+        async with sessionmaker() as session:
+            committed = await session.scalar(select(func.count()).select_from(IngestedEvent))
+        assert committed is not None
+        assert 0 < committed <= 25  # one batch stored, never acked
+
+        restarted = await asyncio.create_subprocess_exec(
+            *INGEST, env=env, stdout=DEVNULL, stderr=log
+        )
+        try:
+
+            async def drained() -> bool:
+                async with sessionmaker() as session:
+                    n = await session.scalar(select(func.count()).select_from(IngestedEvent))
+                return n == len(books.events)
+
+            await wait_until(drained, timeout=60)
+            # Past the ack wait: the crashed batch's redelivery has come and gone.
+            async with sessionmaker() as session:
+                before = await session.scalar(select(func.count(Receipt.id)))
+            await asyncio.sleep(3)
+        finally:
+            restarted.terminate()
+            await asyncio.wait_for(restarted.wait(), 20)
+    finally:
+        log.close()
+    async with sessionmaker() as session:
+        receipts = await session.scalar(select(func.count(Receipt.id)))
+        sales = await session.scalar(select(func.sum(Receipt.total)))
+        milk = await session.get(StockBalance, ("K1", "MILK"))
+    assert receipts == before == 60
+    assert sales == books.sales_total
+    assert milk is not None
+    assert milk.quantity_milli == books.stock_milli["MILK"]
+    await engine.dispose()
