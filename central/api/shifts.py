@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.pagination import Limit, Offset
@@ -59,7 +59,7 @@ class ShiftController(Controller):
         summary="Close a branch's local day: sales filed into it later are flagged late",
     )
     async def close_day(
-        self, db_session: NamedDependency[AsyncSession], data: CloseDayIn
+        self, db_session: NamedDependency[AsyncSession], data: JSONBody[CloseDayIn]
     ) -> ClosedDayOut:
         return await close_day(
             db_session, branch=data.branch, local_date=data.local_date, closed_by=data.closed_by
