@@ -1,0 +1,62 @@
+"""The agent's command line against a real agent process: stock documents and status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from central.embedded_nats import EmbeddedNats
+from tests.e2e.test_agent_kill import REPO, AgentProcess, free_port, wait_healthy
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "branch_agent", "--config", str(config), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "B7"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'nats_url = "{nats_server.url}"\nhttp_port = {port}\n'
+        'demo_catalog = true\nmanager_token = "boss"\n'
+        '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}")
+        received = cli(config, "stock", "goods-receipt", "MILK-1L=24@70", "--supplier", "DAIRY")
+        assert received.returncode == 0, received.stdout + received.stderr
+        assert json.loads(received.stdout)["lines"][0]["quantity_milli"] == 24000
+        refused = cli(config, "stock", "write-off", "MILK-1L=2")  # no reason given
+        assert refused.returncode == 1
+        assert json.loads(refused.stdout)["errors"][0]["field"] == "reason"
+        cli(config, "stock", "stocktake", "open", "--id", "ST-1")
+        cli(config, "stock", "stocktake", "count", "ST-1", "shelf", "MILK-1L=20")
+        posted = cli(config, "stock", "stocktake", "post", "ST-1")
+        assert json.loads(posted.stdout)["lines"][0]["quantity_milli"] == -4000
+        stock = cli(config, "stock", "balances", "MILK-1L")
+        assert json.loads(stock.stdout) == [
+            {"sku": "MILK-1L", "quantity": "20.000", "quantity_milli": 20000}
+        ]
+        status = cli(config, "status")
+        assert status.returncode == 0, status.stderr
+        assert "branch           B7" in status.stdout
+        assert "link to central  connected" in status.stdout
+        assert "master data      version 0" in status.stdout
+        as_json = json.loads(cli(config, "status", "--json").stdout)
+        assert as_json["last_recorded_seq"] == 2
+    finally:
+        agent.stop()
+    offline = cli(config, "status", "--json")
+    assert offline.returncode == 1
+    assert json.loads(offline.stdout)["link"] == "agent not running"
