@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -191,40 +192,42 @@ async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_
     )
     if not bucket.products:
         return
-    await conn.execute(
-        insert(MdProduct),
+    # Straight to the driver's executemany: a bucket is thousands of rows and
+    # SQLAlchemy's per-row compilation would dominate the apply time.
+    await conn.exec_driver_sql(
+        "INSERT INTO md_products (scope, scope_id, sku, bucket, name, unit, weighed, "
+        "scale_plu, category, category_path, vat_rate_bp, vat_group, version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            {
-                "scope": bucket.scope,
-                "scope_id": scope_id,
-                "sku": p.sku,
-                "bucket": bucket.bucket,
-                "name": p.name,
-                "unit": p.unit,
-                "weighed": p.weighed,
-                "scale_plu": p.scale_plu,
-                "category": p.category,
-                "category_path": "/".join(p.category_path),
-                "vat_rate_bp": p.vat_rate_bp,
-                "vat_group": p.vat_group,
-                "version": p.version,
-            }
+            (
+                bucket.scope,
+                scope_id,
+                p.sku,
+                bucket.bucket,
+                p.name,
+                p.unit,
+                1 if p.weighed else 0,
+                p.scale_plu,
+                p.category,
+                "/".join(p.category_path),
+                p.vat_rate_bp,
+                p.vat_group,
+                p.version,
+            )
             for p in bucket.products
         ],
     )
     codes = [
-        {
-            "scope": bucket.scope,
-            "scope_id": scope_id,
-            "barcode": code,
-            "sku": p.sku,
-            "bucket": bucket.bucket,
-        }
+        (bucket.scope, scope_id, code, p.sku, bucket.bucket)
         for p in bucket.products
         for code in dict.fromkeys(p.barcodes)
     ]
     if codes:
-        await conn.execute(insert(MdBarcode), codes)
+        await conn.exec_driver_sql(
+            "INSERT INTO md_barcodes (scope, scope_id, barcode, sku, bucket) "
+            "VALUES (?, ?, ?, ?, ?)",
+            codes,
+        )
 
 
 async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: str) -> None:
@@ -236,22 +239,28 @@ async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: 
         )
     )
     if bucket.entries:
-        await conn.execute(
-            insert(MdPrice),
+        await conn.exec_driver_sql(
+            "INSERT INTO md_prices (scope, scope_id, bucket, sku, price, effective_at, "
+            "effective_local, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                {
-                    "scope": bucket.scope,
-                    "scope_id": scope_id,
-                    "bucket": bucket.bucket,
-                    "sku": e.sku,
-                    "price": e.price,
-                    "effective_at": e.effective_at,
-                    "effective_local": e.effective_local,
-                    "version": e.version,
-                }
+                (
+                    bucket.scope,
+                    scope_id,
+                    bucket.bucket,
+                    e.sku,
+                    e.price,
+                    _sqlite_utc(e.effective_at),
+                    e.effective_local,
+                    e.version,
+                )
                 for e in bucket.entries
             ],
         )
+
+
+def _sqlite_utc(moment: datetime) -> str:
+    """The text SQLAlchemy's SQLite DateTime stores (naive UTC), so the ORM reads it back."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 async def _replace_promotion(
