@@ -9,11 +9,10 @@ one. A ``VersionMark`` sets the applied version that the heartbeat reports.
 
 Catching up: the durable consumer resumes where it stopped; the down stream keeps
 only the latest message per subject, so an agent that was offline for weeks gets
-exactly the current value of every key, never the intermediate ones. When the
-agent lost its database (or is new on an old consumer), central notices from the
-heartbeat that the consumer is drained while the applied version lags, and
-recreates the consumer from the stream's start: a full replay is a snapshot
-(``central.services.masterdata_publisher.BranchResync``).
+exactly the current value of every key, never the intermediate ones. An agent
+that lost its database (or a new agent on an existing consumer) needs its consumer
+rewound to the stream's start, which replays the latest value of every key: a full
+snapshot. Central does not yet do that rewind automatically (see docs/masterdata.md).
 """
 
 from __future__ import annotations
