@@ -63,11 +63,15 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
     from central.db import upgrade
     from central.embedded_nats import EmbeddedNats
     from central.runtime import CentralRuntime
-    from central.services.assortment import AssortmentChange, FormatIn
-    from central.services.assortment import change_format_products, create_format
+    from central.services.assortment import (
+        AssortmentChange,
+        FormatIn,
+        change_format_products,
+        create_format,
+    )
     from central.services.branches import add_branch
     from central.services.catalog_import import import_products
-    from central.services.masterdata_publisher import published_version
+    from central.services.masterdata_publisher import current_version, published_version
     from central.services.pricing import PriceChangeIn, set_price, set_prices_bulk
     from central.settings import CentralSettings
 
@@ -98,7 +102,10 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
         for i in range(agent_count):
             async with runtime.sessionmaker() as s, s.begin():
                 await add_branch(s, code=f"B{i:02d}", name=f"B{i:02d}", format_code="mini")
-        print(f"central catalog of {changes} products: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"central catalog of {changes} products: {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
 
         async def target() -> int:
             async with runtime.sessionmaker() as s:
@@ -106,6 +113,13 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
 
         async def all_applied(version: int) -> bool:
             return all(a.masterdata.applied_version >= version for a in agents)
+
+        async def wait_published(version: int, timeout: float) -> None:
+            deadline = time.perf_counter() + timeout
+            while await target() < version:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"central did not publish version {version}")
+                await asyncio.sleep(0.005)
 
         async def wait_all(version: int, timeout: float) -> None:
             deadline = time.perf_counter() + timeout
@@ -127,10 +141,9 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             await agent.start()
             agents.append(agent)
         async with runtime.sessionmaker() as s:
-            current = (await s.execute(__import__("sqlalchemy").text("select value from masterdata_counter"))).scalar_one()
-        while await target() < current:
-            await asyncio.sleep(0.05)
-        await wait_all(await target(), 600)
+            current = await current_version(s)
+        await wait_published(current, 600)
+        await wait_all(current, 600)
         first_sync_s = time.perf_counter() - t0
         print(f"first full sync of {agent_count} agents: {first_sync_s:.1f} s", file=sys.stderr)
 
@@ -139,10 +152,9 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
         async with runtime.sessionmaker() as s:
             await set_prices_bulk(s, [(sku, 150 + i % 100) for i, sku in enumerate(skus)])
             await s.commit()
-            after = (await s.execute(__import__("sqlalchemy").text("select value from masterdata_counter"))).scalar_one()
+            after = await current_version(s)
         commit_s = time.perf_counter() - t0
-        while await target() < after:
-            await asyncio.sleep(0.005)
+        await wait_published(after, 120)
         await wait_all(after, 120)
         all_applied_s = time.perf_counter() - t0
         print(
@@ -165,7 +177,8 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
 
         async with agents[-1].sessionmaker() as s:
             item = await find_product(s, sku=skus[0], at=datetime.now(UTC))
-        assert item is not None and item.price == 500, item
+        if item is None or item.price != 500:
+            raise AssertionError(f"till price after the last change: {item}")
         return {
             "bench": "price_propagation",
             "changes": changes,
