@@ -8,6 +8,7 @@ to the servers is derived from it, so any central process can rebuild it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
+from nats.aio.client import Client as NATS
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -149,9 +150,7 @@ async def account_jwt_from_db(session: AsyncSession, issuer: NatsIssuer) -> str:
     revoked = await session.scalars(
         select(BranchCredential).where(BranchCredential.revoked_at.is_not(None))
     )
-    revocations = {
-        c.public_key: int(c.revoked_at.timestamp()) + 1 for c in revoked if c.revoked_at
-    }
+    revocations = {c.public_key: int(c.revoked_at.timestamp()) + 1 for c in revoked if c.revoked_at}
     return issuer.account_jwt(revocations)
 
 
@@ -196,19 +195,25 @@ async def push_account_jwt(
     async def quiet(_exc: Exception) -> None:
         return None
 
+    nc = NATS()
     try:
-        nc = await nats.connect(
-            servers=[u.strip() for u in nats_url.split(",")],
-            user_credentials=str(issuer.system_creds_file()),
-            name="central-issuer",
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            connect_timeout=timeout,
-            error_cb=quiet,
-            **tls,
+        # nats-py retries a refused first connect regardless of allow_reconnect: bound it.
+        await asyncio.wait_for(
+            nc.connect(
+                servers=[u.strip() for u in nats_url.split(",")],
+                user_credentials=str(issuer.system_creds_file()),
+                name="central-issuer",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=max(1, int(timeout)),
+                error_cb=quiet,
+                **tls,
+            ),
+            timeout,
         )
     except Exception as exc:
         log.warning("account update not pushed to %s: %s", nats_url, exc)
+        await nc.close()
         return False
     try:
         reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=timeout)
