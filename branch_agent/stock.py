@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.catalog import find_product
@@ -128,27 +129,38 @@ async def apply_moves(
     source: str,
     source_id: str,
 ) -> None:
-    """Append ledger rows (sku, signed quantity_milli, unit cost) and update balances."""
+    """Append ledger rows (sku, signed quantity_milli, unit cost) and update balances.
+
+    Two statements whatever the number of lines (an executemany insert and an
+    executemany UPSERT), so a sale's stock costs two round trips."""
+    rows: list[dict[str, object]] = []
     totals: dict[str, int] = {}
+    now = datetime.now(UTC)
     for sku, quantity_milli, unit_cost in moves:
         if quantity_milli == 0:
             continue
-        session.add(
-            StockMove(
-                sku=sku,
-                quantity_milli=quantity_milli,
-                unit_cost=unit_cost,
-                source=source,
-                source_id=source_id,
-            )
+        rows.append(
+            {
+                "sku": sku,
+                "quantity_milli": quantity_milli,
+                "unit_cost": unit_cost,
+                "source": source,
+                "source_id": source_id,
+                "created_at": now,
+            }
         )
         totals[sku] = totals.get(sku, 0) + quantity_milli
-    for sku, delta in totals.items():
-        balance = await session.get(StockBalance, sku)
-        if balance is None:
-            session.add(StockBalance(sku=sku, quantity_milli=delta))
-        else:
-            balance.quantity_milli += delta
+    if not rows:
+        return
+    await session.execute(insert(StockMove), rows)
+    upsert = sqlite_insert(StockBalance)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[StockBalance.sku],
+        set_={"quantity_milli": StockBalance.quantity_milli + upsert.excluded.quantity_milli},
+    )
+    await session.execute(
+        upsert, [{"sku": sku, "quantity_milli": delta} for sku, delta in totals.items()]
+    )
 
 
 async def balances(session: AsyncSession, skus: list[str] | None = None) -> dict[str, int]:
