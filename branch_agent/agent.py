@@ -96,7 +96,9 @@ class Agent:
     async def record_sale(self, till: str, data: SaleIn) -> tuple[SaleOut, bool]:
         """Commit, fiscalize (when the till has a fiscal printer), show, open the drawer."""
         out, created = await self.sales.record_sale(till, data)
-        if out.status == "pending_fiscal":
+        # Right after a printer failure the till is answered at once (pending); the
+        # background retry prints it when the printer is back.
+        if out.status == "pending_fiscal" and not self.fiscal.recently_failed(till):
             await self.fiscal.process_till(till)
             event_seq = out.event_seq
             out = await self.sales.get_sale(till, data.sale_id)

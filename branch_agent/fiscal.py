@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -86,6 +87,15 @@ class Fiscalizer:
         self._write_lock = write_lock
         self._devices = devices
         self._on_event = on_event
+        # When a till's printer last failed (monotonic): a sale right after it does not
+        # wait for another attempt; the background retry takes it.
+        self._failed_at: dict[str, float] = {}
+
+    def recently_failed(self, till: str) -> bool:
+        failed_at = self._failed_at.get(till)
+        if failed_at is None:
+            return False
+        return time.monotonic() - failed_at < self._settings.fiscal_retry_interval_s
 
     async def process_till(self, till: str) -> int:
         """Print the till's pending sales in order; stops at the first that fails."""
@@ -105,7 +115,9 @@ class Fiscalizer:
                 if sale is None:
                     return done
                 if not await self._fiscalize(devices, sale):
+                    self._failed_at[till] = time.monotonic()
                     return done
+                self._failed_at.pop(till, None)
                 done += 1
 
     async def process_all(self) -> int:
