@@ -190,13 +190,12 @@ DEMO_SETTINGS = Path("var/demo/central.toml")
 
 async def _reports_rebuild(settings: CentralSettings) -> int:
     """Recompute the report summary tables from the raw records in one transaction."""
-    from central.db import create_engine, create_sessionmaker
-    from central.reports.rebuild import rebuild_summaries
+    from central.db import create_engine
+    from central.reports.rebuild import rebuild
 
     engine = create_engine(settings.database_url)
     try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            counts = await rebuild_summaries(session)
+        counts = await rebuild(engine)
         _print({"rebuilt": counts})
         return 0
     finally:

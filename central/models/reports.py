@@ -112,8 +112,8 @@ class SalesCashierDaily(_SalesMeasures, Base):
 class SalesProductDaily(_SalesMeasures, Base):
     """Per branch, local day and product."""
 
+    # Always read with a branch (the key's prefix); chain-wide reads use the chain table.
     __tablename__ = "rpt_sales_product_daily"
-    __table_args__ = (Index("ix_rpt_sales_product_daily_local_date", "local_date"),)
 
     branch: Mapped[str] = mapped_column(String(32), primary_key=True)
     local_date: Mapped[date] = mapped_column(primary_key=True)
@@ -153,7 +153,10 @@ class StockMovementDaily(Base):
     cost values are signed (+ in, - out), so opening + movements = closing."""
 
     __tablename__ = "rpt_stock_movement_daily"
-    __table_args__ = (Index("ix_rpt_stock_movement_daily_local_date", "local_date"),)
+    # Chain-wide write-offs and stocktakes of a period without reading every sale row.
+    __table_args__ = (
+        Index("ix_rpt_stock_movement_daily_movement_local_date", "movement", "local_date"),
+    )
 
     branch: Mapped[str] = mapped_column(String(32), primary_key=True)
     local_date: Mapped[date] = mapped_column(primary_key=True)

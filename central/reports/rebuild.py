@@ -2,8 +2,14 @@
 
 Set-based SQL (``INSERT ... SELECT ... GROUP BY``) over receipts, receipt lines and
 payments, customer returns and the stock ledger, with the same arithmetic as the
-ingest projection (VAT per line half-up, cash net of change, costs from the ledger),
-so a rebuilt table equals the incrementally kept one row for row.
+ingest projection (VAT per line half-up, cash net of change, costs from the ledger
+rows of each event), so a rebuilt table equals the incrementally kept one row for row.
+
+Few passes over the big tables: the ledger is summed per day, product and kind
+(the movement table, which also gives the products' costs) and per sale or return;
+receipt lines once per receipt (into a temporary table that the per-branch, hourly,
+cashier and shift tables are grouped from) and once per receipt and product (the
+per-product table, from which the chain-wide one is grouped).
 
 Two loss-prevention counters are not in the raw records yet (voided lines per
 receipt, the manual-discount flag per line): the rebuild keeps what ingestion counted
@@ -16,25 +22,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Column,
     ColumnElement,
+    Date,
     Integer,
-    Select,
+    MetaData,
     String,
     Table,
     and_,
     case,
     cast,
     delete,
-    exists,
     func,
     literal,
     literal_column,
     select,
+    text,
     union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, aliased
 
 from central.models import (
@@ -60,13 +69,18 @@ from central.models.reports import (
     StockMovementDaily,
 )
 from central.reports.money import vat_sql
-from central.reports.projections import cash_net_of_change, upsert_additive
-from protocol.events import Payment
+from central.reports.projections import upsert_additive
 
-__all__ = ["SUMMARY_TABLES", "local_hour_sql", "rebuild_summaries"]
+__all__ = ["SUMMARY_TABLES", "local_hour_sql", "rebuild", "rebuild_summaries"]
+
+
+def _t(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
 
 SUMMARY_TABLES: tuple[Table, ...] = tuple(
-    m.__table__  # type: ignore[misc]
+    _t(m)
     for m in (
         SalesBranchDaily,
         SalesHourly,
@@ -80,6 +94,7 @@ SUMMARY_TABLES: tuple[Table, ...] = tuple(
         LastSellingPrice,
     )
 )
+_NAMES = list(SALES_MEASURES)
 
 
 def local_hour_sql(dialect: str, occurred_at: Any, utc_offset_min: Any) -> ColumnElement[int]:
@@ -94,207 +109,322 @@ def local_hour_sql(dialect: str, occurred_at: Any, utc_offset_min: Any) -> Colum
     return cast(func.strftime("%H", occurred_at, modifier), Integer)
 
 
-def _source(
-    keys: Sequence[tuple[str, ColumnElement[Any]]],
-    measures: dict[str, ColumnElement[Any]],
-    names: Sequence[str],
-) -> Select[Any]:
-    columns: list[ColumnElement[Any]] = [expr.label(name) for name, expr in keys]
-    columns += [measures.get(name, literal(0)).label(name) for name in names]
-    return select(*columns)
+def _documents_table() -> Table:
+    """Temporary: one row per receipt or customer return with its sums."""
+    return Table(
+        "rpt_rebuild_documents",
+        MetaData(),
+        Column("branch", String(32)),
+        Column("shift_id", String(64)),
+        Column("till", String(32)),
+        Column("local_date", Date),
+        Column("hour", Integer),
+        Column("cashier", String(64)),
+        *[Column(n, BigInteger) for n in _NAMES],
+        prefixes=["TEMPORARY"],
+    )
 
 
-def _insert_sum(
-    session: Session,
-    table: Table,
-    key_names: Sequence[str],
-    names: Sequence[str],
-    sources: list[Select[Any]],
-) -> None:
-    """INSERT INTO table the per-key sums of the union of ``sources``."""
-    union = union_all(*sources).subquery()
-    stmt = select(
-        *[union.c[k] for k in key_names],
-        *[cast(func.sum(union.c[n]), table.c[n].type).label(n) for n in names],
-    ).group_by(*[union.c[k] for k in key_names])
-    session.execute(table.insert().from_select([*key_names, *names], stmt))
-
-
-def _sales_sources(
-    dialect: str, level: str, names: Sequence[str]
-) -> tuple[list[str], list[Select[Any]]]:
-    """The sources of one sales table; ``level`` is branch, hour, cashier, product or chain."""
-    r, line = Receipt, ReceiptLineRow
-    cr, crl = CustomerReturn, CustomerReturnLineRow
-    ledger = StockMovement
-
-    def keys(doc: Any, sku: Any = None) -> list[tuple[str, ColumnElement[Any]]]:
-        base: list[tuple[str, ColumnElement[Any]]] = [("local_date", doc.local_date)]
-        if level != "chain":
-            base.insert(0, ("branch", doc.branch))
-        if level == "hour":
-            base.append(("hour", local_hour_sql(dialect, doc.occurred_at, doc.utc_offset_min)))
-        if level == "cashier":
-            base.append(("cashier", doc.cashier))
-        if level in ("product", "chain"):
-            base.append(("sku", sku))
-        return base
-
-    by_product = level in ("product", "chain")
-    lines_join = line.__table__.join(r.__table__, line.receipt_id == r.id)
-    returns_join = crl.__table__.join(cr.__table__, crl.event_id == cr.event_id)
-    sale_cost_join = ledger.__table__.join(r.__table__, ledger.event_id == r.event_id)
-    return_cost_join = ledger.__table__.join(cr.__table__, ledger.event_id == cr.event_id)
-
-    sources: list[Select[Any]] = []
-    # Receipts and return documents counted once per group.
-    if by_product:
-        k = keys(r, line.sku)
-        sources.append(
-            _source(k, {"receipts": func.count(func.distinct(r.id))}, names)
-            .select_from(lines_join)
-            .group_by(*[e for _, e in k])
-        )
-        k = keys(cr, crl.sku)
-        sources.append(
-            _source(k, {"returns": func.count(func.distinct(cr.event_id))}, names)
-            .select_from(returns_join)
-            .group_by(*[e for _, e in k])
-        )
+def _clear(session: Session, table: Table) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"TRUNCATE {table.name}"))
     else:
-        k = keys(r)
-        sources.append(
-            _source(k, {"receipts": func.count()}, names)
-            .select_from(r)
-            .group_by(*[e for _, e in k])
-        )
-        k = keys(cr)
-        sources.append(
-            _source(k, {"returns": func.count()}, names)
-            .select_from(cr)
-            .group_by(*[e for _, e in k])
-        )
-    k = keys(r, line.sku)
-    sources.append(
-        _source(
-            k,
-            {
-                "qty_milli": func.sum(line.quantity_milli),
-                "revenue": func.sum(line.line_total),
-                "vat": func.sum(vat_sql(line.line_total, line.vat_rate_bp)),
-                "discounts": func.sum(line.discount),
-            },
-            names,
-        )
-        .select_from(lines_join)
-        .group_by(*[e for _, e in k])
-    )
-    k = keys(cr, crl.sku)
-    sources.append(
-        _source(
-            k,
-            {
-                "returns_qty_milli": func.sum(crl.quantity_milli),
-                "returns_amount": func.sum(crl.line_total),
-                "returns_vat": func.sum(vat_sql(crl.line_total, crl.vat_rate_bp)),
-            },
-            names,
-        )
-        .select_from(returns_join)
-        .group_by(*[e for _, e in k])
-    )
-    k = keys(r, ledger.sku)
-    sources.append(
-        _source(k, {"cost": -func.sum(ledger.value)}, names)
-        .select_from(sale_cost_join)
-        .group_by(*[e for _, e in k])
-    )
-    k = keys(cr, ledger.sku)
-    sources.append(
-        _source(k, {"returns_cost": func.sum(ledger.value)}, names)
-        .select_from(return_cost_join)
-        .group_by(*[e for _, e in k])
-    )
-    return [name for name, _ in keys(r, line.sku)], sources
-
-
-def _rebuild_sales(session: Session, dialect: str) -> None:
-    names = list(SALES_MEASURES)
-    for level, model in (
-        ("branch", SalesBranchDaily),
-        ("hour", SalesHourly),
-        ("product", SalesProductDaily),
-        ("chain", SalesProductDailyChain),
-    ):
-        table: Table = model.__table__  # type: ignore[assignment]
-        key_names, sources = _sales_sources(dialect, level, names)
         session.execute(delete(table))
-        _insert_sum(session, table, key_names, names, sources)
-    _rebuild_cashier(session, dialect, names)
 
 
-def _rebuild_cashier(session: Session, dialect: str, names: list[str]) -> None:
-    """Zero the measures, add the rebuilt ones, keep the counters only ingestion knows."""
-    table: Table = SalesCashierDaily.__table__  # type: ignore[assignment]
-    session.execute(update(table).values({n: 0 for n in names}))
-    key_names, sources = _sales_sources(dialect, "cashier", names)
-    union = union_all(*sources).subquery()
-    stmt = select(
-        *[union.c[k] for k in key_names],
-        *[cast(func.sum(union.c[n]), table.c[n].type).label(n) for n in names],
-    ).group_by(*[union.c[k] for k in key_names])
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    ins = insert.from_select([*key_names, *names], stmt)
-    session.execute(
-        ins.on_conflict_do_update(
-            index_elements=key_names, set_={n: ins.excluded[n] for n in names}
+def _zero(name: str) -> ColumnElement[Any]:
+    return literal(0, BigInteger).label(name)
+
+
+def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
+    r, line, cr, crl, ledger = (
+        Receipt,
+        ReceiptLineRow,
+        CustomerReturn,
+        CustomerReturnLineRow,
+        StockMovement,
+    )
+    # The ledger value of every event (sales go out negative, returns come in positive).
+    values = (
+        select(ledger.event_id, func.sum(ledger.value).label("value"))
+        .where(ledger.doc_type.in_(("sale", "customer_return")))
+        .group_by(ledger.event_id)
+        .subquery()
+    )
+    sums = (
+        select(
+            line.receipt_id,
+            func.sum(line.quantity_milli).label("qty"),
+            func.sum(line.line_total).label("revenue"),
+            func.sum(vat_sql(line.line_total, line.vat_rate_bp)).label("vat"),
+            func.sum(line.discount).label("discounts"),
         )
+        .group_by(line.receipt_id)
+        .subquery()
+    )
+    sales = select(
+        r.branch,
+        r.shift_id,
+        r.till,
+        r.local_date,
+        local_hour_sql(dialect, r.occurred_at, r.utc_offset_min),
+        r.cashier,
+        literal(1, BigInteger).label("receipts"),
+        func.coalesce(sums.c.qty, 0),
+        func.coalesce(sums.c.revenue, 0),
+        func.coalesce(sums.c.vat, 0),
+        func.coalesce(sums.c.discounts, 0),
+        -func.coalesce(values.c.value, 0),
+        *[_zero(n) for n in _NAMES[6:]],
+    ).select_from(
+        _t(r)
+        .outerjoin(sums, sums.c.receipt_id == r.id)
+        .outerjoin(values, values.c.event_id == r.event_id)
+    )
+    session.execute(docs.insert().from_select([c.name for c in docs.columns], sales))
+    returned = (
+        select(
+            crl.event_id,
+            func.sum(crl.quantity_milli).label("qty"),
+            func.sum(crl.line_total).label("amount"),
+            func.sum(vat_sql(crl.line_total, crl.vat_rate_bp)).label("vat"),
+        )
+        .group_by(crl.event_id)
+        .subquery()
+    )
+    returns = select(
+        cr.branch,
+        cr.shift_id,
+        cr.till,
+        cr.local_date,
+        local_hour_sql(dialect, cr.occurred_at, cr.utc_offset_min),
+        cr.cashier,
+        *[_zero(n) for n in _NAMES[:6]],
+        literal(1, BigInteger).label("returns"),
+        func.coalesce(returned.c.qty, 0),
+        func.coalesce(returned.c.amount, 0),
+        func.coalesce(returned.c.vat, 0),
+        func.coalesce(values.c.value, 0),
+    ).select_from(
+        _t(cr)
+        .outerjoin(returned, returned.c.event_id == cr.event_id)
+        .outerjoin(values, values.c.event_id == cr.event_id)
+    )
+    session.execute(docs.insert().from_select([c.name for c in docs.columns], returns))
+
+
+def _group_into(
+    session: Session, target: Table, source: Any, keys: Sequence[str], names: Sequence[str]
+) -> None:
+    key_cols = [source.c[k] for k in keys]
+    stmt = select(
+        *key_cols, *[cast(func.sum(source.c[n]), target.c[n].type) for n in names]
+    ).group_by(*key_cols)
+    session.execute(target.insert().from_select([*keys, *names], stmt))
+
+
+def _rebuild_from_documents(session: Session, dialect: str) -> None:
+    docs = _documents_table()
+    conn = session.connection()
+    docs.drop(conn, checkfirst=True)
+    docs.create(conn)
+    try:
+        _fill_documents(session, dialect, docs)
+        for model, keys in (
+            (SalesBranchDaily, ("branch", "local_date")),
+            (SalesHourly, ("branch", "local_date", "hour")),
+        ):
+            _clear(session, _t(model))
+            _group_into(session, _t(model), docs, keys, _NAMES)
+        _rebuild_cashier(session, dialect, docs)
+        shifts = _t(ShiftTotals)
+        _clear(session, shifts)
+        stmt = select(
+            docs.c.branch,
+            docs.c.shift_id,
+            func.max(docs.c.till),
+            func.min(docs.c.local_date),
+            cast(func.sum(docs.c.receipts), shifts.c.receipts.type),
+            cast(func.sum(docs.c.revenue), shifts.c.sales.type),
+            cast(func.sum(docs.c.returns), shifts.c.returns.type),
+            cast(func.sum(docs.c.returns_amount), shifts.c.returns_total.type),
+        ).group_by(docs.c.branch, docs.c.shift_id)
+        session.execute(
+            shifts.insert().from_select(
+                [
+                    "branch",
+                    "shift_id",
+                    "till",
+                    "local_date",
+                    "receipts",
+                    "sales",
+                    "returns",
+                    "returns_total",
+                ],
+                stmt,
+            )
+        )
+    finally:
+        docs.drop(conn)
+
+
+def _rebuild_cashier(session: Session, dialect: str, docs: Table) -> None:
+    """Zero the measures, add the rebuilt ones, keep the counters only ingestion knows."""
+    table = _t(SalesCashierDaily)
+    session.execute(update(table).values({n: 0 for n in _NAMES}))
+    keys = ["branch", "local_date", "cashier"]
+    stmt = select(
+        *[docs.c[k] for k in keys],
+        *[cast(func.sum(docs.c[n]), table.c[n].type).label(n) for n in _NAMES],
+    ).group_by(*[docs.c[k] for k in keys])
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    ins = insert.from_select([*keys, *_NAMES], stmt)
+    session.execute(
+        ins.on_conflict_do_update(index_elements=keys, set_={n: ins.excluded[n] for n in _NAMES})
     )
     counters = ("voided_lines", "manual_discount_lines", "manual_discount_amount")
-    session.execute(delete(table).where(and_(*[table.c[n] == 0 for n in (*names, *counters)])))
+    session.execute(delete(table).where(and_(*[table.c[n] == 0 for n in (*_NAMES, *counters)])))
+
+
+def _padded(keys: Sequence[Any], measures: dict[str, ColumnElement[Any]]) -> list[Any]:
+    return [*keys, *[measures.get(n, _zero(n)).label(n) for n in _NAMES]]
+
+
+def _rebuild_products(session: Session) -> None:
+    r, line, cr, crl = Receipt, ReceiptLineRow, CustomerReturn, CustomerReturnLineRow
+    table = _t(SalesProductDaily)
+    _clear(session, table)
+    # Per receipt and product first: a product on two lines of a receipt counts once.
+    per_receipt = (
+        select(
+            line.receipt_id,
+            line.sku,
+            func.sum(line.quantity_milli).label("qty"),
+            func.sum(line.line_total).label("revenue"),
+            func.sum(vat_sql(line.line_total, line.vat_rate_bp)).label("vat"),
+            func.sum(line.discount).label("discounts"),
+        )
+        .group_by(line.receipt_id, line.sku)
+        .subquery()
+    )
+    k = [r.branch.label("branch"), r.local_date.label("local_date"), per_receipt.c.sku.label("sku")]
+    sales = (
+        select(
+            *_padded(
+                k,
+                {
+                    "receipts": func.count(),
+                    "qty_milli": func.sum(per_receipt.c.qty),
+                    "revenue": func.sum(per_receipt.c.revenue),
+                    "vat": func.sum(per_receipt.c.vat),
+                    "discounts": func.sum(per_receipt.c.discounts),
+                },
+            )
+        )
+        .select_from(per_receipt.join(_t(r), r.id == per_receipt.c.receipt_id))
+        .group_by(r.branch, r.local_date, per_receipt.c.sku)
+    )
+    per_return = (
+        select(
+            crl.event_id,
+            crl.sku,
+            func.sum(crl.quantity_milli).label("qty"),
+            func.sum(crl.line_total).label("amount"),
+            func.sum(vat_sql(crl.line_total, crl.vat_rate_bp)).label("vat"),
+        )
+        .group_by(crl.event_id, crl.sku)
+        .subquery()
+    )
+    k = [
+        cr.branch.label("branch"),
+        cr.local_date.label("local_date"),
+        per_return.c.sku.label("sku"),
+    ]
+    returns = (
+        select(
+            *_padded(
+                k,
+                {
+                    "returns": func.count(),
+                    "returns_qty_milli": func.sum(per_return.c.qty),
+                    "returns_amount": func.sum(per_return.c.amount),
+                    "returns_vat": func.sum(per_return.c.vat),
+                },
+            )
+        )
+        .select_from(per_return.join(_t(cr), cr.event_id == per_return.c.event_id))
+        .group_by(cr.branch, cr.local_date, per_return.c.sku)
+    )
+    # Costs: the ledger summed per day and kind is already in the movement table
+    # (rebuilt first); sales go out negative, returns come in positive.
+    mv = _t(StockMovementDaily)
+    mk: list[Any] = [mv.c.branch, mv.c.local_date, mv.c.sku]
+    sale_costs = (
+        select(*_padded(mk, {"cost": -func.sum(mv.c.cost_value)}))
+        .where(mv.c.movement == "sale")
+        .group_by(*mk)
+    )
+    return_costs = (
+        select(*_padded(mk, {"returns_cost": func.sum(mv.c.cost_value)}))
+        .where(mv.c.movement == "customer_return")
+        .group_by(*mk)
+    )
+    union = union_all(sales, returns, sale_costs, return_costs).subquery()
+    _group_into(session, table, union, ("branch", "local_date", "sku"), _NAMES)
+    chain = _t(SalesProductDailyChain)
+    _clear(session, chain)
+    _group_into(session, chain, table, ("local_date", "sku"), _NAMES)
 
 
 def _rebuild_payments(session: Session) -> None:
     r, p = Receipt, ReceiptPaymentRow
-    other = aliased(ReceiptPaymentRow)
-    has_cash = exists().where(other.receipt_id == r.id, other.type == "cash")
-    last_type = (
-        select(other.type)
-        .where(other.receipt_id == r.id)
-        .order_by(other.id.desc())
-        .limit(1)
-        .scalar_subquery()
+    per_type = (
+        select(p.receipt_id, p.type, func.sum(p.amount).label("amount"))
+        .group_by(p.receipt_id, p.type)
+        .subquery()
     )
-    payer = case((r.change == 0, literal(None, String)), (has_cash, "cash"), else_=last_type)
+    # Who takes the change: cash if the receipt has it, else its last payment.
+    info = (
+        select(
+            p.receipt_id,
+            func.max(case((p.type == "cash", 1), else_=0)).label("has_cash"),
+            func.max(p.id).label("last_id"),
+        )
+        .group_by(p.receipt_id)
+        .subquery()
+    )
+    last = aliased(ReceiptPaymentRow)
+    payer = case((info.c.has_cash == 1, "cash"), else_=last.type)
+    amount = per_type.c.amount - case(
+        (and_(r.change != 0, per_type.c.type == payer), r.change), else_=0
+    )
     per_receipt = (
         select(
             r.branch,
             r.local_date,
             r.shift_id,
-            r.id.label("receipt_id"),
-            p.type.label("payment_type"),
-            (func.sum(p.amount) - case((p.type == payer, r.change), else_=0)).label("amount"),
+            per_type.c.type.label("payment_type"),
+            amount.label("amount"),
         )
-        .select_from(p.__table__.join(r.__table__, p.receipt_id == r.id))
-        .group_by(r.branch, r.local_date, r.shift_id, r.id, p.type, r.change)
+        .select_from(
+            per_type.join(_t(r), r.id == per_type.c.receipt_id)
+            .join(info, info.c.receipt_id == per_type.c.receipt_id)
+            .join(last, last.id == info.c.last_id)
+        )
         .subquery()
     )
     for model, keys in (
         (PaymentsDaily, ("branch", "local_date", "payment_type")),
         (ShiftPaymentTotals, ("branch", "shift_id", "payment_type")),
     ):
-        table: Table = model.__table__  # type: ignore[assignment]
-        session.execute(delete(table))
+        table = _t(model)
+        _clear(session, table)
         key_cols = [per_receipt.c[k] for k in keys]
+        measures: list[ColumnElement[Any]] = [func.sum(per_receipt.c.amount).label("amount")]
+        names = ["amount"]
         if model is PaymentsDaily:
-            measures = [
-                func.count().label("receipts"),
-                func.sum(per_receipt.c.amount).label("amount"),
-            ]
-            names = ["receipts", "amount"]
-        else:
-            measures = [func.sum(per_receipt.c.amount).label("amount")]
-            names = ["amount"]
+            measures.insert(0, func.count().label("receipts"))
+            names.insert(0, "receipts")
         session.execute(
             table.insert().from_select(
                 [*keys, *names], select(*key_cols, *measures).group_by(*key_cols)
@@ -303,25 +433,18 @@ def _rebuild_payments(session: Session) -> None:
     # Refunds live in a JSON list per return: few rows, summed here and added.
     daily: dict[tuple[Any, ...], dict[str, int]] = {}
     per_shift: dict[tuple[Any, ...], dict[str, int]] = {}
-    for row in session.execute(
-        select(
-            CustomerReturn.branch,
-            CustomerReturn.local_date,
-            CustomerReturn.shift_id,
-            CustomerReturn.refunds,
-        )
-    ):
+    cr = CustomerReturn
+    for row in session.execute(select(cr.branch, cr.local_date, cr.shift_id, cr.refunds)):
         for refund in row.refunds or []:
             key = (row.branch, row.local_date, str(refund["type"]))
             entry = daily.setdefault(key, {"refunds": 0, "refunds_amount": 0})
             entry["refunds"] += 1
             entry["refunds_amount"] += int(refund["amount"])
             skey = (row.branch, row.shift_id, str(refund["type"]))
-            sentry = per_shift.setdefault(skey, {"refunds": 0})
-            sentry["refunds"] += int(refund["amount"])
+            per_shift.setdefault(skey, {"refunds": 0})["refunds"] += int(refund["amount"])
     upsert_additive(
         session,
-        PaymentsDaily.__table__,  # type: ignore[arg-type]
+        _t(PaymentsDaily),
         [
             {"branch": k[0], "local_date": k[1], "payment_type": k[2], **daily[k]}
             for k in sorted(daily)
@@ -329,132 +452,99 @@ def _rebuild_payments(session: Session) -> None:
     )
     upsert_additive(
         session,
-        ShiftPaymentTotals.__table__,  # type: ignore[arg-type]
+        _t(ShiftPaymentTotals),
         [
             {"branch": k[0], "shift_id": k[1], "payment_type": k[2], **per_shift[k]}
             for k in sorted(per_shift)
         ],
     )
-    _ = (cash_net_of_change, Payment)  # the Python twin of the SQL above
-
-
-def _rebuild_shifts(session: Session) -> None:
-    table: Table = ShiftTotals.__table__  # type: ignore[assignment]
-    session.execute(delete(table))
-    r, line, cr = Receipt, ReceiptLineRow, CustomerReturn
-    names = ["receipts", "sales", "returns", "returns_total"]
-    revenue = (
-        select(line.receipt_id, func.sum(line.line_total).label("revenue"))
-        .group_by(line.receipt_id)
-        .subquery()
-    )
-    crl = CustomerReturnLineRow
-    returned = (
-        select(crl.event_id, func.sum(crl.line_total).label("amount"))
-        .group_by(crl.event_id)
-        .subquery()
-    )
-    sales = select(
-        r.branch.label("branch"),
-        r.shift_id.label("shift_id"),
-        r.till.label("till"),
-        r.local_date.label("local_date"),
-        literal(1).label("receipts"),
-        func.coalesce(revenue.c.revenue, 0).label("sales"),
-        literal(0).label("returns"),
-        literal(0).label("returns_total"),
-    ).select_from(r.__table__.outerjoin(revenue, revenue.c.receipt_id == r.id))
-    returns = select(
-        cr.branch.label("branch"),
-        cr.shift_id.label("shift_id"),
-        cr.till.label("till"),
-        cr.local_date.label("local_date"),
-        literal(0).label("receipts"),
-        literal(0).label("sales"),
-        literal(1).label("returns"),
-        func.coalesce(returned.c.amount, 0).label("returns_total"),
-    ).select_from(cr.__table__.outerjoin(returned, returned.c.event_id == cr.event_id))
-    union = union_all(sales, returns).subquery()
-    stmt = select(
-        union.c.branch,
-        union.c.shift_id,
-        func.max(union.c.till),
-        func.min(union.c.local_date),
-        *[cast(func.sum(union.c[n]), table.c[n].type) for n in names],
-    ).group_by(union.c.branch, union.c.shift_id)
-    session.execute(
-        table.insert().from_select(["branch", "shift_id", "till", "local_date", *names], stmt)
-    )
 
 
 def _rebuild_stock(session: Session) -> None:
-    table: Table = StockMovementDaily.__table__  # type: ignore[assignment]
-    session.execute(delete(table))
+    table = _t(StockMovementDaily)
+    _clear(session, table)
     m, d = StockMovement, StockDocument
-    reason = case(
-        (d.doc_type == "write_off", func.coalesce(func.substr(d.reason, 1, 64), "")), else_=""
+    keys = [m.branch, m.local_date, m.sku, m.doc_type]
+    sums = [
+        cast(func.sum(m.quantity_milli), table.c.qty_milli.type),
+        cast(func.sum(m.value), table.c.cost_value.type),
+    ]
+    others = (
+        select(*keys, literal("").label("reason"), *sums)
+        .where(m.doc_type != "write_off")
+        .group_by(*keys)
     )
-    stmt = (
-        select(
-            m.branch,
-            m.local_date,
-            m.sku,
-            m.doc_type,
-            reason.label("reason"),
-            cast(func.sum(m.quantity_milli), table.c.qty_milli.type),
-            cast(func.sum(m.value), table.c.cost_value.type),
-        )
-        .select_from(m.__table__.outerjoin(d.__table__, d.event_id == m.event_id))
-        .group_by(m.branch, m.local_date, m.sku, m.doc_type, reason)
+    reason = func.coalesce(func.substr(d.reason, 1, 64), "")
+    write_offs = (
+        select(*keys, reason.label("reason"), *sums)
+        .select_from(_t(m).outerjoin(_t(d), d.event_id == m.event_id))
+        .where(m.doc_type == "write_off")
+        .group_by(*keys, reason)
     )
-    session.execute(
-        table.insert().from_select(
-            ["branch", "local_date", "sku", "movement", "reason", "qty_milli", "cost_value"], stmt
-        )
-    )
+    columns = ["branch", "local_date", "sku", "movement", "reason", "qty_milli", "cost_value"]
+    session.execute(table.insert().from_select(columns, others))
+    session.execute(table.insert().from_select(columns, write_offs))
 
 
 def _rebuild_prices(session: Session) -> None:
-    table: Table = LastSellingPrice.__table__  # type: ignore[assignment]
-    session.execute(delete(table))
+    table = _t(LastSellingPrice)
+    _clear(session, table)
     r, line = Receipt, ReceiptLineRow
-    lines_join = line.__table__.join(r.__table__, line.receipt_id == r.id)
-    latest = (
-        select(r.branch, line.sku, func.max(r.occurred_at).label("sold_at"))
-        .select_from(lines_join)
-        .group_by(r.branch, line.sku)
+    ranked = (
+        select(
+            r.branch,
+            line.sku,
+            r.occurred_at,
+            line.unit_price,
+            func.row_number()
+            .over(
+                partition_by=(r.branch, line.sku),
+                order_by=(r.occurred_at.desc(), line.unit_price.desc()),
+            )
+            .label("rank"),
+        )
+        .select_from(_t(line).join(_t(r), line.receipt_id == r.id))
         .subquery()
     )
-    stmt = (
-        select(r.branch, line.sku, latest.c.sold_at, func.max(line.unit_price))
-        .select_from(
-            lines_join.join(
-                latest,
-                and_(
-                    latest.c.branch == r.branch,
-                    latest.c.sku == line.sku,
-                    latest.c.sold_at == r.occurred_at,
-                ),
-            )
-        )
-        .group_by(r.branch, line.sku, latest.c.sold_at)
+    stmt = select(ranked.c.branch, ranked.c.sku, ranked.c.occurred_at, ranked.c.unit_price).where(
+        ranked.c.rank == 1
     )
     session.execute(table.insert().from_select(["branch", "sku", "sold_at", "unit_price"], stmt))
 
 
 def _rebuild_all(session: Session) -> None:
     dialect = session.get_bind().dialect.name
-    _rebuild_sales(session, dialect)
-    _rebuild_payments(session)
-    _rebuild_shifts(session)
+    if dialect == "postgresql":
+        # Big sorts and hashes in memory rather than on disk, for this transaction only.
+        session.execute(text("SET LOCAL work_mem = '512MB'"))
+        # Before the first query (so a REPEATABLE READ snapshot starts after it): ingest
+        # workers wait for the rebuild, then add their events to the rebuilt rows.
+        names = ", ".join(t.name for t in SUMMARY_TABLES)
+        session.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
     _rebuild_stock(session)
+    _rebuild_from_documents(session, dialect)
+    _rebuild_products(session)
+    _rebuild_payments(session)
     _rebuild_prices(session)
 
 
 async def rebuild_summaries(session: AsyncSession) -> dict[str, int]:
-    """Recompute every summary table in the session's transaction; rows per table."""
+    """Recompute every summary table in the session's transaction; rows per table.
+
+    On PostgreSQL the transaction should be REPEATABLE READ (see :func:`rebuild`), so
+    every statement reads the raw tables as of one moment while ingestion goes on."""
     await session.run_sync(_rebuild_all)
     counts: dict[str, int] = {}
     for table in SUMMARY_TABLES:
         counts[table.name] = int(await session.scalar(select(func.count()).select_from(table)) or 0)
     return counts
+
+
+async def rebuild(engine: AsyncEngine) -> dict[str, int]:
+    """Rebuild in a transaction of its own, consistent while ingest workers run: the
+    summary tables are locked first, then read in one REPEATABLE READ snapshot."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with AsyncSession(bind=conn, expire_on_commit=False) as session, session.begin():
+            return await rebuild_summaries(session)

@@ -7,7 +7,7 @@ naming the field, which the API turns into RFC 9457 problems.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -463,11 +463,6 @@ async def stock_movement(
             stmt = stmt.where(t.c.sku == sku)
         return stmt
 
-    opening_stmt = filtered(
-        select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
-        .where(t.c.local_date < period.date_from)
-        .group_by(*keys)
-    )
     moves_stmt = filtered(
         select(*keys, t.c.movement, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
         .where(_in_period(t.c.local_date, period))
@@ -475,22 +470,31 @@ async def stock_movement(
     )
     n = len(keys)
     acc: dict[tuple[Any, ...], dict[str, int]] = {}
+    in_period: set[tuple[Any, ...]] = set()
 
     def entry(key: tuple[Any, ...]) -> dict[str, int]:
         found = acc.get(key)
         if found is None:
-            found = acc[key] = {}
+            found = acc[key] = {"opening_milli": 0, "opening_value": 0}
         return found
 
-    for row in await session.execute(opening_stmt):
-        e = entry(tuple(row[:n]))
-        e["opening_milli"] = _int(row[n])
-        e["opening_value"] = _int(row[n + 1])
+    for key, qty, value in await _openings(session, t, groups, period, filtered, branch, sku):
+        e = entry(key)
+        e["opening_milli"] += qty
+        e["opening_value"] += value
     for row in await session.execute(moves_stmt):
-        e = entry(tuple(row[:n]))
+        key = tuple(row[:n])
+        in_period.add(key)
+        e = entry(key)
         column, sign = _MOVEMENT_COLUMNS.get(row[n], ("other", 1))
         e[f"{column}_milli"] = e.get(f"{column}_milli", 0) + sign * _int(row[n + 1])
         e[f"{column}_value"] = e.get(f"{column}_value", 0) + sign * _int(row[n + 2])
+    # Products with nothing on hand and nothing moving are left out.
+    acc = {
+        k: v
+        for k, v in acc.items()
+        if k in in_period or v["opening_milli"] != 0 or v["opening_value"] != 0
+    }
     rows = [_movement_row(groups, key, acc[key]) for key in sorted(acc)]
     total: dict[str, int] = {}
     for r in rows:
@@ -504,6 +508,49 @@ async def stock_movement(
         rows=rows,
         totals=_movement_row((), (), total),
     )
+
+
+async def _openings(
+    session: AsyncSession,
+    t: Table,
+    groups: tuple[str, ...],
+    period: Period,
+    filtered: Callable[[Select[Any]], Select[Any]],
+    branch: str | None,
+    sku: str | None,
+) -> list[tuple[tuple[Any, ...], int, int]]:
+    """Stock at the start of the period per group: the movements before it, or, when
+    fewer days follow the period's start than precede it, today's stock balance minus
+    the movements since (both are projections of the same ledger)."""
+    bounds = filtered(select(func.min(t.c.local_date), func.max(t.c.local_date)))
+    first, last = (await session.execute(bounds)).one()
+    if first is None or first >= period.date_from:
+        return []
+    keys = _movement_key_columns(t, groups)
+    if (last - period.date_from) >= (period.date_from - first):
+        before = filtered(
+            select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
+            .where(t.c.local_date < period.date_from)
+            .group_by(*keys)
+        )
+        return [(tuple(r[:-2]), _int(r[-2]), _int(r[-1])) for r in await session.execute(before)]
+    b = StockBalance
+    balance_keys = [b.branch if g == "branch" else b.sku for g in groups]
+    now = select(*balance_keys, func.sum(b.quantity_milli), func.sum(b.value)).group_by(
+        *balance_keys
+    )
+    if branch is not None:
+        now = now.where(b.branch == branch)
+    if sku is not None:
+        now = now.where(b.sku == sku)
+    since = filtered(
+        select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
+        .where(t.c.local_date >= period.date_from)
+        .group_by(*keys)
+    )
+    out = [(tuple(r[:-2]), _int(r[-2]), _int(r[-1])) for r in await session.execute(now)]
+    out += [(tuple(r[:-2]), -_int(r[-2]), -_int(r[-1])) for r in await session.execute(since)]
+    return out
 
 
 def _movement_values(row: StockMovementRow) -> dict[str, int]:
