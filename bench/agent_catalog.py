@@ -203,8 +203,10 @@ def bare_rss_mb() -> float:
         [
             sys.executable,
             "-c",
-            "import branch_agent.agent, resource;"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+            # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec.
+            "import branch_agent.agent, pathlib;"
+            "print(next(l.split()[1] for l in pathlib.Path('/proc/self/status').read_text()"
+            ".splitlines() if l.startswith('VmHWM:')))",
         ],
         cwd=REPO,
         capture_output=True,

@@ -51,7 +51,9 @@ class DownstreamState:
 
 
 class DownstreamReader:
-    def __init__(self, branch: str, *, batch: int = 256, fetch_timeout_s: float = 1.0) -> None:
+    # A master-data bucket is up to ~1 MB and a fetch holds its whole batch in memory:
+    # 32 keeps a full catalog sync well inside the agent's memory budget.
+    def __init__(self, branch: str, *, batch: int = 32, fetch_timeout_s: float = 1.0) -> None:
         self.branch = branch
         self.batch = batch
         self.fetch_timeout_s = fetch_timeout_s
