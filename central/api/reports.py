@@ -26,6 +26,7 @@ from central.reports.schemas import (
     SyncHealthReport,
     WriteOffReport,
 )
+from central.settings import CentralSettings
 
 __all__ = ["ReportController"]
 
@@ -66,8 +67,8 @@ def _respond(
 
 
 def _max_span(request: Request[Any, Any, Any]) -> int:
-    settings = request.app.state.runtime.settings
-    return int(getattr(settings, "report_max_span_days", service.DEFAULT_MAX_SPAN_DAYS))
+    settings: CentralSettings = request.app.state.runtime.settings
+    return settings.report_max_span_days
 
 
 class ReportController(Controller):
