@@ -1,6 +1,5 @@
 """A store: an in-process agent whose till T1 has every device, each a simulator
-reached through a pyserial URL (pty pairs; the scale over socket:// because 7E1 line
-settings cannot be applied to a pty)."""
+reached through a pyserial URL (pty pairs, as a USB-serial adapter would be)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from branch_agent.agent import Agent
 from branch_agent.models import OutboxEvent
 from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
 from devices.scanner import ean_check_digit
-from devices.sim import SimulatorHandle, start_simulator, start_simulator_pty
+from devices.sim import SimulatorHandle, start_simulator_pty
 from protocol.codec import decode_envelope
 from protocol.events import EventEnvelope
 from tests.conftest import asgi_client
@@ -85,9 +84,9 @@ def store_settings(tmp_path: Path, handles: dict[str, SimulatorHandle], **extra:
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     handles = {
-        kind: start_simulator_pty(kind) for kind in ("fiscal", "printer", "display", "scanner")
+        kind: start_simulator_pty(kind)
+        for kind in ("fiscal", "printer", "display", "scanner", "scale")
     }
-    handles["scale"] = start_simulator("scale")
     agent = Agent(store_settings(tmp_path, handles))
     try:
         await agent.start()

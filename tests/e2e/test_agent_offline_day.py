@@ -19,7 +19,7 @@ from branch_agent.stock import balances
 from branch_agent.till_sim import TillSimulator
 from central.embedded_nats import EmbeddedNats
 from central.models import IngestedEvent, Receipt, StockBalance
-from devices.sim import SimulatorHandle, start_simulator, start_simulator_pty
+from devices.sim import SimulatorHandle, start_simulator_pty
 from tests.conftest import asgi_client, register_branch, wait_until
 
 MANAGER = {"Authorization": "Bearer boss"}
@@ -27,8 +27,9 @@ MANAGER = {"Authorization": "Bearer boss"}
 
 @pytest.fixture
 def till_devices() -> Iterator[dict[str, SimulatorHandle]]:
-    handles = {kind: start_simulator_pty(kind) for kind in ("fiscal", "printer", "display")}
-    handles["scale"] = start_simulator("scale")
+    handles = {
+        kind: start_simulator_pty(kind) for kind in ("fiscal", "printer", "display", "scale")
+    }
     try:
         yield handles
     finally:
@@ -99,7 +100,11 @@ async def test_a_day_offline_then_central_has_exactly_the_branch_books(
         device_poll_interval_s=0.5,
     )
     fiscal = till_devices["fiscal"].sim
-    till_1 = TillSimulator("http://testserver", "t1", seed=11, shift_sales=12, return_rate=0.15)
+    # Till 1 weighs loose goods on its scale; till 2 scans label-scale codes.
+    till_devices["scale"].sim.set_weight("0.875")
+    till_1 = TillSimulator(
+        "http://testserver", "t1", seed=11, shift_sales=12, return_rate=0.15, use_scale=True
+    )
     till_2 = TillSimulator(
         "http://testserver", "t2", seed=22, shift_sales=30, return_rate=0.15, use_scale=False
     )
