@@ -59,7 +59,7 @@ async def chain(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
         await engine.dispose()
 
 
-async def test_sales_by_branch_with_previous_period(
+async def _sales_by_branch_with_previous_period(
     chain: async_sessionmaker[AsyncSession],
 ) -> None:
     async with chain() as s:
@@ -90,7 +90,7 @@ async def test_sales_by_branch_with_previous_period(
     assert report.previous_totals.revenue == 398
 
 
-async def test_sales_by_day_hour_cashier_payment_product_category(
+async def _sales_by_day_hour_cashier_payment_product_category(
     chain: async_sessionmaker[AsyncSession],
 ) -> None:
     async with chain() as s:
@@ -154,7 +154,7 @@ async def test_sales_by_day_hour_cashier_payment_product_category(
     assert categories["DAIRY"].receipts is None  # not additive over products
 
 
-async def test_stock_movement_identity_and_stock_on_hand(
+async def _stock_movement_identity_and_stock_on_hand(
     chain: async_sessionmaker[AsyncSession],
 ) -> None:
     async with chain() as s:
@@ -236,7 +236,7 @@ async def test_stock_movement_identity_and_stock_on_hand(
     assert per_branch["B2"].value_at_retail == 249
 
 
-async def test_margin_abc_write_offs_shrinkage(chain: async_sessionmaker[AsyncSession]) -> None:
+async def _margin_abc_write_offs_shrinkage(chain: async_sessionmaker[AsyncSession]) -> None:
     async with chain() as s:
         by_branch = await service.gross_margin(s, date_from=D2, date_to=D3)
         by_product = await service.gross_margin(
@@ -283,7 +283,7 @@ async def test_margin_abc_write_offs_shrinkage(chain: async_sessionmaker[AsyncSe
     ]
 
 
-async def test_shift_and_z_reconciliation_lists_every_difference(
+async def _shift_and_z_reconciliation_lists_every_difference(
     chain: async_sessionmaker[AsyncSession],
 ) -> None:
     async with chain() as s:
@@ -308,7 +308,7 @@ async def test_shift_and_z_reconciliation_lists_every_difference(
     assert [r.shift_id for r in only.rows] == ["S3"]
 
 
-async def test_loss_prevention_flags_unusual_cashiers(
+async def _loss_prevention_flags_unusual_cashiers(
     chain: async_sessionmaker[AsyncSession],
 ) -> None:
     async with chain() as s:
@@ -328,7 +328,7 @@ async def test_loss_prevention_flags_unusual_cashiers(
     assert all(r.flags == [] for r in strict.rows)
 
 
-async def test_sync_health_per_branch(chain: async_sessionmaker[AsyncSession]) -> None:
+async def _sync_health_per_branch(chain: async_sessionmaker[AsyncSession]) -> None:
     async with chain() as s:
         report = await service.sync_health(s)
     rows = {r.branch: r for r in report.rows}
@@ -423,7 +423,7 @@ async def test_redelivery_and_a_crash_before_commit_count_once(db_url: str) -> N
         await engine.dispose()
 
 
-async def test_bad_parameters_name_the_field(chain: async_sessionmaker[AsyncSession]) -> None:
+async def _bad_parameters_name_the_field(chain: async_sessionmaker[AsyncSession]) -> None:
     async with chain() as s:
         with pytest.raises(NotFoundError) as unknown:
             await service.sales_report(s, date_from=D2, date_to=D3, branch="NOPE")
@@ -443,3 +443,15 @@ async def test_bad_parameters_name_the_field(chain: async_sessionmaker[AsyncSess
         with pytest.raises(ValidationFailed) as measure:
             await service.abc_analysis(s, date_from=D2, date_to=D3, measure="weight")
         assert measure.value.field == "measure"
+
+
+async def test_every_report_over_a_known_history(chain: async_sessionmaker[AsyncSession]) -> None:
+    """One chain history (ingesting it is the slow part), every report checked on it."""
+    await _sales_by_branch_with_previous_period(chain)
+    await _sales_by_day_hour_cashier_payment_product_category(chain)
+    await _stock_movement_identity_and_stock_on_hand(chain)
+    await _margin_abc_write_offs_shrinkage(chain)
+    await _shift_and_z_reconciliation_lists_every_difference(chain)
+    await _loss_prevention_flags_unusual_cashiers(chain)
+    await _sync_health_per_branch(chain)
+    await _bad_parameters_name_the_field(chain)
