@@ -18,7 +18,7 @@ from branch_agent.settings import DeviceConfig, TillConfig
 from branch_agent.stock import balances
 from branch_agent.till_sim import TillSimulator
 from central.embedded_nats import EmbeddedNats
-from central.models import IngestedEvent, Receipt, StockBalance
+from central.models import BranchStatus, IngestedEvent, Receipt, StockBalance
 from devices.sim import SimulatorHandle, start_simulator_pty
 from tests.conftest import asgi_client, register_branch, wait_until
 
@@ -193,3 +193,24 @@ async def test_a_day_offline_then_central_has_exactly_the_branch_books(
         assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == sum(
             books["kinds"].values()
         )
+
+    # Central knows how the branch is: its heartbeat after the catch-up.
+    total = books["kinds"].total()
+
+    async def heartbeat_caught_up() -> bool:
+        async with central.sessionmaker() as session:
+            row = await session.get(BranchStatus, "B1", populate_existing=True)
+        return row is not None and (row.outbox_backlog, row.last_acked_seq) == (0, total)
+
+    await wait_until(heartbeat_caught_up, timeout=20)
+    async with central.sessionmaker() as session:
+        row = await session.get(BranchStatus, "B1")
+    assert row is not None
+    assert row.last_recorded_seq == total
+    states = {(d["till"], d["device"]): d["state"] for d in row.devices}
+    assert states == {
+        ("T1", "fiscal"): "ok",
+        ("T1", "printer"): "ok",
+        ("T1", "display"): "ok",
+        ("T1", "scale"): "ok",
+    }
