@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from central.embedded_nats import EmbeddedNats
+from central.sync.nats_auth import NatsIssuer
 
 __all__ = ["run_demo"]
 
@@ -38,12 +39,45 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout}s")
 
 
+def _write_settings(path: Path, env: dict[str, str], http_port: int) -> None:
+    """The demo's settings as a TOML file: `python -m central branches add|revoke` and
+    `users add` run from the project root read it (README "Security")."""
+    lines = ["[central]"]
+    for key, value in env.items():
+        if key != "BACKROOM_HTTP_PORT":
+            lines.append(f'{key.removeprefix("BACKROOM_").lower()} = "{value}"')
+    lines.append(f"http_port = {http_port}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _admin_token(python: str, env: dict[str, str]) -> str:
+    """A token of the demo's admin user (made on the first run, another one later)."""
+    for args in (["add", "demo-admin", "--role", "admin"], ["token", "demo-admin"]):
+        out = subprocess.run(
+            [python, "-m", "central", "users", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode == 0:
+            token: str = json.loads(out.stdout.strip().splitlines()[-1])["token"]
+            return token
+    return ""
+
+
 def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     processes: list[subprocess.Popen[bytes]] = []
-    nats = EmbeddedNats(data_dir / "nats", port=nats_port)
+    # NATS runs with central's JWT auth: each agent gets only its own branch's creds.
+    issuer = NatsIssuer.load_or_create(data_dir / "central" / "nats-issuer")
+    nats = EmbeddedNats(
+        data_dir / "nats",
+        port=nats_port,
+        extra_config=issuer.server_config(data_dir / "nats" / "resolver"),
+    )
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -63,18 +97,22 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
         "BACKROOM_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'central' / 'central.db'}",
         "BACKROOM_DATA_DIR": str(data_dir / "central"),
         "BACKROOM_HTTP_PORT": str(http_port),
+        "BACKROOM_NATS_CREDS": str(issuer.central_creds_file().resolve()),
     }
     try:
         nats.start()
         central_env["BACKROOM_NATS_URL"] = nats.url
+        _write_settings(data_dir / "central.toml", central_env, http_port)
+        central_run = {**os.environ, **central_env, "BACKROOM_CENTRAL_CONFIG": ""}
         subprocess.run(
             [python, "-m", "central", "db", "upgrade"],
             env={**os.environ, **central_env},
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        creds: dict[str, str] = {}
         for code, name, tz, _port in DEMO_BRANCHES:
-            subprocess.run(
+            out = subprocess.run(
                 [
                     python,
                     "-m",
@@ -87,10 +125,17 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     "--timezone",
                     tz,
                 ],
-                env={**os.environ, **central_env},
-                stdout=subprocess.DEVNULL,
+                env=central_run,
+                capture_output=True,
+                text=True,
                 check=False,
             )
+            result = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+            # Registered on an earlier run: its creds file is still there.
+            creds[code] = result.get("creds_file") or str(
+                (issuer.directory / "branches" / f"{code}.creds").resolve()
+            )
+        admin = _admin_token(python, central_run)
         spawn("central", ["-m", "central", "serve"], central_env)
         _wait_http(f"http://127.0.0.1:{http_port}/health")
         for code, name, tz, port in DEMO_BRANCHES:
@@ -108,7 +153,8 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                 "[agent]\n"
                 f'branch = "{code}"\nname = "{name}"\ntimezone = "{tz}"\n'
                 f'data_dir = "{data_dir / ("agent-" + code)}"\n'
-                f'nats_url = "{nats.url}"\nhttp_port = {port}\ndemo_catalog = true\n'
+                f'nats_url = "{nats.url}"\nnats_creds = "{creds[code]}"\n'
+                f"http_port = {port}\ndemo_catalog = true\n"
                 f'manager_token = "{code}-manager-secret"\n\n'
                 f'[[agent.tills]]\nid = "T1"\ntoken = "{code}-till-1-secret"\n'
                 f'fiscal_printer = {{ port = "{devices["fiscal"]}", protocol = "datecs-x" }}\n'
@@ -144,6 +190,8 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                         code: f"http://127.0.0.1:{port}" for code, _n, _t, port in DEMO_BRANCHES
                     },
                     "data_dir": str(data_dir),
+                    "admin_token": admin,
+                    "settings_file": str(data_dir / "central.toml"),
                     "logs": str(logs),
                 },
                 indent=2,
