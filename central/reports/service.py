@@ -7,13 +7,24 @@ naming the field, which the API turns into RFC 9457 problems.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Select,
+    Table,
+    and_,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import NotFoundError, ValidationFailed
@@ -422,6 +433,9 @@ _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "write_off": ("write_offs", -1),
     "stocktake": ("stocktake_difference", 1),
 }
+_OUTGOING = frozenset({"transfers_out", "sales", "supplier_returns", "write_offs"})
+# Marks stock-balance rows in the movement query (never a movement kind).
+_BALANCE = "~balance"
 _MOVEMENT_FIELDS = (
     "goods_received",
     "transfers_in",
@@ -435,10 +449,6 @@ _MOVEMENT_FIELDS = (
 )
 
 
-def _movement_key_columns(table: Table, groups: tuple[str, ...]) -> list[ColumnElement[Any]]:
-    return [table.c.branch if g == "branch" else table.c.sku for g in groups]
-
-
 async def stock_movement(
     session: AsyncSession,
     *,
@@ -449,53 +459,90 @@ async def stock_movement(
     sku: str | None = None,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
 ) -> StockMovementReport:
-    """Opening, every kind of movement, closing; opening + ins - outs = closing."""
+    """Opening, every kind of movement, closing; opening + ins - outs = closing.
+
+    One aggregate query. The opening is the sum of the movements before the period,
+    or, when fewer days follow the period's start than precede it, today's stock
+    balance minus the movements since (both are projections of the same ledger)."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
     await _check_branch(session, branch)
-    t = _t(StockMovementDaily)
-    keys = _movement_key_columns(t, groups)
+    t, b = _t(StockMovementDaily), _t(StockBalance)
+    names = ["branch" if g == "branch" else "sku" for g in groups]
 
-    def filtered(stmt: Select[Any]) -> Select[Any]:
+    def filtered(stmt: Select[Any], table: Table) -> Select[Any]:
         if branch is not None:
-            stmt = stmt.where(t.c.branch == branch)
+            stmt = stmt.where(table.c.branch == branch)
         if sku is not None:
-            stmt = stmt.where(t.c.sku == sku)
+            stmt = stmt.where(table.c.sku == sku)
         return stmt
 
-    moves_stmt = filtered(
-        select(*keys, t.c.movement, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
-        .where(_in_period(t.c.local_date, period))
-        .group_by(*keys, t.c.movement)
+    first, last = (
+        await session.execute(
+            filtered(select(func.min(t.c.local_date), func.max(t.c.local_date)), t)
+        )
+    ).one()
+    from_balance = (
+        first is not None
+        and first < period.date_from
+        and (last - period.date_from) < (period.date_from - first)
     )
-    n = len(keys)
-    acc: dict[tuple[Any, ...], dict[str, int]] = {}
-    in_period: set[tuple[Any, ...]] = set()
-
-    def entry(key: tuple[Any, ...]) -> dict[str, int]:
-        found = acc.get(key)
-        if found is None:
-            found = acc[key] = {"opening_milli": 0, "opening_value": 0}
-        return found
-
-    for key, qty, value in await _openings(session, t, groups, period, filtered, branch, sku):
-        e = entry(key)
-        e["opening_milli"] += qty
-        e["opening_value"] += value
-    for row in await session.execute(moves_stmt):
-        key = tuple(row[:n])
-        in_period.add(key)
-        e = entry(key)
-        column, sign = _MOVEMENT_COLUMNS.get(row[n], ("other", 1))
-        e[f"{column}_milli"] = e.get(f"{column}_milli", 0) + sign * _int(row[n + 1])
-        e[f"{column}_value"] = e.get(f"{column}_value", 0) + sign * _int(row[n + 2])
-    # Products with nothing on hand and nothing moving are left out.
-    acc = {
-        k: v
-        for k, v in acc.items()
-        if k in in_period or v["opening_milli"] != 0 or v["opening_value"] != 0
-    }
-    rows = [_movement_row(groups, key, acc[key]) for key in sorted(acc)]
+    moves = select(
+        *[t.c[n] for n in names],
+        t.c.movement.label("movement"),
+        t.c.local_date.label("local_date"),
+        t.c.qty_milli.label("qty"),
+        t.c.cost_value.label("value"),
+    )
+    if from_balance:
+        balances = select(
+            *[b.c[n] for n in names],
+            literal(_BALANCE).label("movement"),
+            literal(None, Date).label("local_date"),
+            b.c.quantity_milli.label("qty"),
+            b.c.value.label("value"),
+        )
+        later = filtered(moves.where(t.c.local_date >= period.date_from), t)
+        source = union_all(filtered(balances, b), later).subquery()
+    else:
+        source = filtered(moves.where(t.c.local_date <= period.date_to), t).subquery()
+    c = source.c
+    inside = and_(c.local_date >= period.date_from, c.local_date <= period.date_to)
+    opening_sign: Any
+    if from_balance:
+        opening_sign = case((c.movement == _BALANCE, 1), else_=-1)
+    else:
+        opening_sign = case((c.local_date < period.date_from, 1), else_=0)
+    known = [*_MOVEMENT_COLUMNS, _BALANCE]
+    columns: list[Any] = [c[n] for n in names]
+    for unit in ("qty", "value"):
+        columns.append(func.sum(opening_sign * c[unit]))
+        for field in _MOVEMENT_FIELDS:
+            kinds = [k for k, (f, _) in _MOVEMENT_COLUMNS.items() if f == field]
+            match = c.movement.in_(kinds) if kinds else c.movement.not_in(known)
+            columns.append(func.sum(case((and_(inside, match), c[unit]), else_=0)))
+    columns.append(func.max(case((inside, 1), else_=0)))
+    key_cols = [c[n] for n in names]
+    stmt = select(*columns).group_by(*key_cols).order_by(*key_cols)
+    n = len(names)
+    width = 1 + len(_MOVEMENT_FIELDS)
+    rows: list[StockMovementRow] = []
+    for row in await session.execute(stmt):
+        # Products with nothing on hand and nothing moving are left out.
+        if not row[-1] and _int(row[n]) == 0 and _int(row[n + width]) == 0:
+            continue
+        fields: dict[str, Any] = dict(zip(names, row[:n], strict=True))
+        for offset, unit in ((n, "milli"), (n + width, "value")):
+            opening = _int(row[offset])
+            fields[f"opening_{unit}"] = opening
+            closing = opening
+            for i, field in enumerate(_MOVEMENT_FIELDS, start=1):
+                signed = _int(row[offset + i])
+                # Outgoing kinds are shown as positive amounts.
+                fields[f"{field}_{unit}"] = -signed if field in _OUTGOING else signed
+                closing += signed
+            fields[f"closing_{unit}"] = closing
+        rows.append(StockMovementRow(**fields))
     total: dict[str, int] = {}
     for r in rows:
         for name, value in _movement_values(r).items():
@@ -508,49 +555,6 @@ async def stock_movement(
         rows=rows,
         totals=_movement_row((), (), total),
     )
-
-
-async def _openings(
-    session: AsyncSession,
-    t: Table,
-    groups: tuple[str, ...],
-    period: Period,
-    filtered: Callable[[Select[Any]], Select[Any]],
-    branch: str | None,
-    sku: str | None,
-) -> list[tuple[tuple[Any, ...], int, int]]:
-    """Stock at the start of the period per group: the movements before it, or, when
-    fewer days follow the period's start than precede it, today's stock balance minus
-    the movements since (both are projections of the same ledger)."""
-    bounds = filtered(select(func.min(t.c.local_date), func.max(t.c.local_date)))
-    first, last = (await session.execute(bounds)).one()
-    if first is None or first >= period.date_from:
-        return []
-    keys = _movement_key_columns(t, groups)
-    if (last - period.date_from) >= (period.date_from - first):
-        before = filtered(
-            select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
-            .where(t.c.local_date < period.date_from)
-            .group_by(*keys)
-        )
-        return [(tuple(r[:-2]), _int(r[-2]), _int(r[-1])) for r in await session.execute(before)]
-    b = StockBalance
-    balance_keys = [b.branch if g == "branch" else b.sku for g in groups]
-    now = select(*balance_keys, func.sum(b.quantity_milli), func.sum(b.value)).group_by(
-        *balance_keys
-    )
-    if branch is not None:
-        now = now.where(b.branch == branch)
-    if sku is not None:
-        now = now.where(b.sku == sku)
-    since = filtered(
-        select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
-        .where(t.c.local_date >= period.date_from)
-        .group_by(*keys)
-    )
-    out = [(tuple(r[:-2]), _int(r[-2]), _int(r[-1])) for r in await session.execute(now)]
-    out += [(tuple(r[:-2]), -_int(r[-2]), -_int(r[-1])) for r in await session.execute(since)]
-    return out
 
 
 def _movement_values(row: StockMovementRow) -> dict[str, int]:
