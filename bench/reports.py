@@ -420,7 +420,7 @@ def _cases() -> list[tuple[str, Any, Any]]:
 
     async def hourly(s: AsyncSession) -> Any:
         r = await service.sales_report(
-            s, date_from=MONTH[0], date_to=MONTH[1], branch=BRANCH, group_by="hour", compare=False
+            s, date_from=MONTH[0], date_to=MONTH[1], group_by="hour", compare=False
         )
         return {x.hour: (x.figures.receipts, x.figures.revenue) for x in r.rows}
 
@@ -431,8 +431,7 @@ def _cases() -> list[tuple[str, Any, Any]]:
                               + r.utc_offset_min * interval '1 minute')::int,
                       count(DISTINCT r.id), sum(l.line_total)
                FROM receipts r JOIN receipt_lines l ON l.receipt_id = r.id
-               WHERE r.branch = :b AND r.local_date BETWEEN :d1 AND :d2 GROUP BY 1""",
-            b=BRANCH,
+               WHERE r.local_date BETWEEN :d1 AND :d2 GROUP BY 1""",
             **_p(MONTH),
         )
         return {int(x[0]): (int(x[1]), int(x[2])) for x in rows}
@@ -554,7 +553,7 @@ def _cases() -> list[tuple[str, Any, Any]]:
         ("daily_sales_month", daily_sales, daily_sales_sql),
         ("stock_on_hand_branch", on_hand, on_hand_sql),
         ("sales_by_product_month", by_product, by_product_sql),
-        ("sales_by_hour_branch_month", hourly, hourly_sql),
+        ("sales_by_hour_month", hourly, hourly_sql),
         ("sales_by_cashier_month", cashiers, cashiers_sql),
         ("payments_month", payments, payments_sql),
         ("gross_margin_category_month", margin, margin_sql),

@@ -384,30 +384,37 @@ async def stock_on_hand(
         stmt = stmt.where(b.branch == branch)
     if sku is not None:
         stmt = stmt.where(b.sku == sku)
+    names = ["branch" if g == "branch" else "sku" for g in groups]
+    per_row = set(groups) == {"branch", "product"}
+    branch_first = groups[0] == "branch"
     per_key: dict[tuple[Any, ...], list[int]] = {}
     prices: dict[tuple[Any, ...], int | None] = {}
-    for row in await session.execute(stmt):
-        retail = rounded_div(_int(row.quantity_milli) * _int(row.unit_price), 1000)
-        key = tuple(row.branch if g == "branch" else row.sku for g in groups)
-        acc = per_key.setdefault(key, [0, 0, 0])
-        acc[0] += _int(row.quantity_milli)
-        acc[1] += _int(row.value)
-        acc[2] += retail
-        if groups == ("branch", "product") or groups == ("product", "branch"):
-            prices[key] = row.unit_price
-    rows = []
-    for key in sorted(per_key):
-        qty, cost, retail = per_key[key]
-        named = dict(zip(["branch" if g == "branch" else "sku" for g in groups], key, strict=True))
-        rows.append(
-            StockOnHandRow(
-                **named,
-                qty_milli=qty,
-                value_at_cost=cost,
-                value_at_retail=retail,
-                unit_price=prices.get(key),
-            )
+    for row_branch, row_sku, qty_value, cost_value, price in await session.execute(stmt):
+        qty = int(qty_value)
+        retail = rounded_div(qty * int(price or 0), 1000)
+        if per_row:
+            key: tuple[Any, ...] = (row_branch, row_sku) if branch_first else (row_sku, row_branch)
+            per_key[key] = [qty, int(cost_value), retail]
+            prices[key] = price
+            continue
+        key = (row_branch,) if groups[0] == "branch" else (row_sku,)
+        acc = per_key.get(key)
+        if acc is None:
+            per_key[key] = [qty, int(cost_value), retail]
+        else:
+            acc[0] += qty
+            acc[1] += int(cost_value)
+            acc[2] += retail
+    rows = [
+        StockOnHandRow(
+            **dict(zip(names, key, strict=True)),
+            qty_milli=per_key[key][0],
+            value_at_cost=per_key[key][1],
+            value_at_retail=per_key[key][2],
+            unit_price=prices.get(key),
         )
+        for key in sorted(per_key)
+    ]
     return StockOnHandReport(
         branch=branch,
         group_by=list(groups),
