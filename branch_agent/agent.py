@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,13 @@ from protocol.subjects import COMMAND_KIND, HEARTBEAT_KIND, up_subject
 __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
+
+
+def _agent_version() -> str:
+    try:
+        return importlib.metadata.version("backroom")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 class Agent:
@@ -212,6 +220,7 @@ class Agent:
             last_recorded_seq=await self.last_recorded_seq(),
             applied_version=self.applied_version(),
             devices=self.devices.statuses(),
+            agent_version=_agent_version(),
         )
 
     async def publish_heartbeat(self) -> None:

@@ -88,6 +88,10 @@ class _Device:
             except DeviceError as exc:
                 self.state.set(exc.condition, exc.message[:200])
                 raise
+            except ValueError as exc:
+                # The driver refused the job itself (e.g. a receipt it cannot print).
+                self.state.set("bad_request", str(exc)[:200])
+                raise DeviceError("bad_request", str(exc)) from exc
             except Exception as exc:
                 # A driver bug or an OS error the driver did not wrap (termios.error on
                 # an odd port): still a device failure for the caller, never a crash.
