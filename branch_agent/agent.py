@@ -107,7 +107,12 @@ class Agent:
         # Right after a printer failure the till is answered at once (pending); the
         # background retry prints it when the printer is back.
         if out.status == "pending_fiscal" and not self.fiscal.recently_failed(till):
-            await self.fiscal.process_till(till)
+            try:
+                await self.fiscal.process_till(till)
+            except Exception:
+                # The sale is safe as pending (e.g. the disk filled up after printing:
+                # the retry reconciles with the printer instead of printing again).
+                log.exception("fiscalizing %s/%s failed", till, data.sale_id)
             event_seq = out.event_seq
             out = await self.sales.get_sale(till, data.sale_id)
             out.event_seq = event_seq

@@ -48,7 +48,7 @@ FISCAL_PAYMENT_TYPES = frozenset({"cash", "credit_card", "debit_card"})
 
 def is_storage_full(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return "database or disk is full" in text or "disk i/o error" in text
+    return "database or disk is full" in text
 
 
 class SaleService:
