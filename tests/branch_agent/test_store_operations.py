@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from branch_agent.downstream import DownMessage
 from branch_agent.models import OutboxEvent, StockBalance, StockMove, utcnow
 from branch_agent.stock import balances, rebuild_balances
 from protocol.codec import encode
@@ -18,6 +19,7 @@ from protocol.events import (
     event_kind,
 )
 from protocol.messages import ResendRequested
+from protocol.subjects import COMMAND_KIND
 from tests.branch_agent.conftest import MANAGER, TILL, Store
 
 
@@ -288,6 +290,13 @@ async def test_stock_documents_move_stock_and_go_up_as_events(store: Store) -> N
         assert await session.scalar(select(func.count()).select_from(StockBalance)) == 3
 
 
+async def deliver_command(store: Store, data: bytes) -> None:
+    """What the down-stream reader does with a message on the resend command subject."""
+    subject = "down.branch.B1.command.resend"
+    handler = store.agent.downstream.state.handlers[COMMAND_KIND]
+    await handler(DownMessage(subject, "branch", "B1", COMMAND_KIND, "resend", data, 1))
+
+
 async def test_a_resend_command_queues_events_again(store: Store) -> None:
     for n in range(3):
         await store.sale(sale(f"s{n}", [{"type": "cash", "amount": 2000}]))
@@ -295,13 +304,12 @@ async def test_a_resend_command_queues_events_again(store: Store) -> None:
     async with store.agent.write_lock, store.agent.sessionmaker() as session, session.begin():
         await session.execute(update(OutboxEvent).values(sent_at=utcnow()))
     assert (await store.agent.health()).outbox_backlog == 0
-    subject = "down.branch.B1.command.resend"
     request = ResendRequested(branch="B1", from_seq=2, requested_at=datetime.now(UTC))
-    await store.agent.downstream._dispatch(subject, encode(request), 1)
+    await deliver_command(store, encode(request))
     assert (await store.agent.health()).outbox_backlog == 2
     assert await store.agent.last_acked_seq() == 1
     # Delivered twice (a redelivery): the same result.
-    await store.agent.downstream._dispatch(subject, encode(request), 1)
+    await deliver_command(store, encode(request))
     assert (await store.agent.health()).outbox_backlog == 2
     heartbeat = await store.agent.heartbeat()
     assert (heartbeat.last_recorded_seq, heartbeat.last_acked_seq) == (3, 1)
@@ -313,5 +321,5 @@ async def test_a_resend_request_for_another_branch_changes_nothing(store: Store)
     async with store.agent.write_lock, store.agent.sessionmaker() as session, session.begin():
         await session.execute(update(OutboxEvent).values(sent_at=utcnow()))
     other = ResendRequested(branch="B9", from_seq=1, requested_at=datetime.now(UTC))
-    await store.agent.downstream._dispatch("down.branch.B1.command.resend", encode(other), 2)
+    await deliver_command(store, encode(other))
     assert (await store.agent.health()).outbox_backlog == 0

@@ -1,0 +1,38 @@
+"""Central asks a branch to resend from a sequence number: the events go out again with
+their ids, JetStream and central recognise them, and nothing is stored twice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from central.embedded_nats import EmbeddedNats
+from protocol.codec import encode
+from protocol.messages import ResendRequested
+from protocol.subjects import down_branch_subject
+from tests.conftest import register_branch, wait_until
+from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
+
+
+async def test_a_resend_request_reaches_the_agent_and_doubles_nothing(
+    central: Any, nats_server: EmbeddedNats, make_agent: Any
+) -> None:
+    await register_branch(central, "B1")
+    agent = await make_agent("B1", nats_server.url)
+    for n in range(3):
+        assert (await post_sale(agent, sale(f"s{n}"), "B1-till-1")).status_code == 201
+
+    async def three_at_central() -> bool:
+        return len(await receipts_at_central(central)) == 3
+
+    await wait_until(three_at_central)
+    request = ResendRequested(branch="B1", from_seq=2, requested_at=datetime.now(UTC))
+    assert central.js is not None
+    await central.js.publish(down_branch_subject("B1", "command", "resend"), encode(request))
+
+    async def resent() -> bool:
+        return agent.resends == 1 and agent.sender.state.duplicates >= 2
+
+    await wait_until(resent, timeout=30)
+    assert (await agent.health()).outbox_backlog == 0
+    assert len(await receipts_at_central(central)) == 3
