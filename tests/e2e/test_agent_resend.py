@@ -31,7 +31,7 @@ async def test_a_resend_request_reaches_the_agent_and_doubles_nothing(
     await central.js.publish(down_branch_subject("B1", "command", "resend"), encode(request))
 
     async def resent() -> bool:
-        return agent.resends == 1 and agent.sender.state.duplicates >= 2
+        return bool(agent.resends == 1 and agent.sender.state.duplicates >= 2)
 
     await wait_until(resent, timeout=30)
     assert (await agent.health()).outbox_backlog == 0
