@@ -9,6 +9,7 @@ to the servers is derived from it, so any central process can rebuild it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
@@ -213,7 +214,9 @@ async def push_account_jwt(
         )
     except Exception as exc:
         log.warning("account update not pushed to %s: %s", nats_url, exc)
-        await nc.close()
+        # nats-py's close can hang after a failed first connect: bounded.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout)
         return False
     try:
         reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=timeout)

@@ -1,0 +1,85 @@
+"""TLS to NATS: the embedded server with a throwaway self-signed certificate and auth."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from central.embedded_nats import EmbeddedNats
+from central.services.nats_auth import client_tls_options
+from central.settings import CentralSettings
+from central.sync.nats_auth import NatsIssuer
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_central_talks_tls_to_nats_and_plain_text_is_refused(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    issuer = NatsIssuer.create(tmp_path / "issuer")
+    server = EmbeddedNats(
+        tmp_path / "nats",
+        extra_config=issuer.server_config(tmp_path / "nats" / "resolver"),
+        tls={"cert_file": str(cert), "key_file": str(key)},
+    )
+    server.start()
+    try:
+        assert server.url.startswith("tls://")
+        settings = CentralSettings(nats_tls_ca=str(cert))
+        nc = await asyncio.wait_for(
+            nats.connect(
+                server.url,
+                user_credentials=str(issuer.central_creds_file()),
+                allow_reconnect=False,
+                **client_tls_options(settings),
+            ),
+            10,
+        )
+        try:
+            reply = await nc.jetstream().account_info()
+            assert reply.limits is not None
+            assert nc.connected_url is not None
+            assert nc._transport is not None  # connected over the TLS transport
+        finally:
+            await nc.close()
+
+        async def quiet(_exc: Exception) -> None:
+            return None
+
+        # The server requires TLS; a client that does not trust its CA cannot connect.
+        plain = NATS()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - nats-py raises several kinds
+            # nats-py retries a refused first connect: bound it.
+            await asyncio.wait_for(
+                plain.connect(
+                    f"nats://127.0.0.1:{server.port}",
+                    user_credentials=str(issuer.central_creds_file()),
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    connect_timeout=2,
+                    error_cb=quiet,
+                ),
+                3,
+            )
+        # nats-py's close can hang after a failed TLS handshake: bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(plain.close(), 2)
+    finally:
+        server.stop()
