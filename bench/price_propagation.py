@@ -155,6 +155,8 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             after = await current_version(s)
         commit_s = time.perf_counter() - t0
         await wait_published(after, 120)
+        published_s = time.perf_counter() - t0
+        print(f"published by central after {published_s:.2f} s", file=sys.stderr)
         await wait_all(after, 120)
         all_applied_s = time.perf_counter() - t0
         print(
@@ -185,6 +187,7 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             "agents": agent_count,
             "first_sync_s": round(first_sync_s, 2),
             "commit_s": round(commit_s, 2),
+            "published_s": round(published_s, 2),
             "all_applied_s": round(all_applied_s, 2),
             "single_changes": singles,
             "single_p50_ms": round(statistics.median(samples), 1),

@@ -11,9 +11,11 @@ an older agent skips kinds a newer central publishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -21,7 +23,13 @@ from nats.js.errors import NotFoundError
 
 from protocol.subjects import DOWN_STREAM, down_consumer_name, parse_down_subject
 
-__all__ = ["DownMessage", "DownstreamReader", "DownstreamState"]
+__all__ = [
+    "DownBatchHandler",
+    "DownHandler",
+    "DownMessage",
+    "DownstreamReader",
+    "DownstreamState",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,8 @@ class DownMessage:
 
 
 DownHandler = Callable[[DownMessage], Awaitable[None]]
+# Applies a run of consecutive messages of its kinds at once (one transaction).
+DownBatchHandler = Callable[[list[DownMessage]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -48,6 +58,7 @@ class DownstreamState:
     failures: int = 0
     last_error: str = ""
     handlers: dict[str, DownHandler] = field(default_factory=dict)
+    batch_handlers: dict[str, DownBatchHandler] = field(default_factory=dict)
 
 
 class DownstreamReader:
@@ -61,6 +72,23 @@ class DownstreamReader:
 
     def register(self, kind: str, handler: DownHandler) -> None:
         self.state.handlers[kind] = handler
+
+    def register_batch(self, kinds: tuple[str, ...], handler: DownBatchHandler) -> None:
+        """Consecutive messages of these kinds in one fetch go to ``handler`` together."""
+        for kind in kinds:
+            self.state.batch_handlers[kind] = handler
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        """Wait for the first message, then take what is there already.
+
+        nats-py's ``fetch(n)`` on an idle stream lingers until n messages or the
+        timeout, which would delay a single price change by the whole timeout.
+        """
+        msgs: list[Any] = await sub.fetch(1, timeout=self.fetch_timeout_s)
+        if self.batch > 1:
+            with contextlib.suppress(NatsTimeoutError):
+                msgs += await sub.fetch(self.batch - 1, timeout=0.02)
+        return msgs
 
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         sub = None
@@ -76,41 +104,68 @@ class DownstreamReader:
                     await _pause(stop, 2.0)
                     continue
             try:
-                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
+                msgs = await self._fetch(sub)
             except NatsTimeoutError:
                 continue
             except Exception as exc:
                 log.warning("down-stream fetch failed: %s", exc)
                 await _pause(stop, 1.0)
                 continue
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream if msg.metadata else 0
+            for group in self._groups(msgs):
                 try:
-                    await self._dispatch(msg.subject, msg.data, seq)
+                    await self._dispatch_group(group)
                 except Exception as exc:
                     # Not acked: redelivered after ack_wait; later messages wait for it
                     # because order matters for master data.
                     self.state.failures += 1
                     self.state.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("down-stream message %s failed", msg.subject)
+                    log.exception("down-stream message %s failed", group[0][0].subject)
                     await _pause(stop, 1.0)
                     break
-                await msg.ack()
-                self.state.last_stream_seq = max(self.state.last_stream_seq, seq)
+                for msg, down in group:
+                    await msg.ack()
+                    if down is not None:
+                        self.state.last_stream_seq = max(
+                            self.state.last_stream_seq, down.stream_seq
+                        )
         if sub is not None:
             await sub.unsubscribe()
 
-    async def _dispatch(self, subject: str, data: bytes, stream_seq: int) -> None:
-        try:
-            scope, scope_id, kind, key = parse_down_subject(subject)
-        except ValueError:
-            self.state.skipped += 1
+    def _groups(self, msgs: list[Any]) -> list[list[tuple[Any, DownMessage | None]]]:
+        """Split a fetch into runs: consecutive messages of one batch handler stay together."""
+        groups: list[list[tuple[Any, DownMessage | None]]] = []
+        current_handler: object = None
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream if msg.metadata else 0
+            down: DownMessage | None
+            try:
+                scope, scope_id, kind, key = parse_down_subject(msg.subject)
+                down = DownMessage(msg.subject, scope, scope_id, kind, key, msg.data, seq)
+            except ValueError:
+                down = None
+            handler = self.state.batch_handlers.get(down.kind) if down else None
+            if handler is not None and handler is current_handler and groups:
+                groups[-1].append((msg, down))
+            else:
+                groups.append([(msg, down)])
+            current_handler = handler
+        return groups
+
+    async def _dispatch_group(self, group: list[tuple[Any, DownMessage | None]]) -> None:
+        downs = [d for _, d in group if d is not None]
+        if len(downs) < len(group) or not downs:
+            self.state.skipped += 1  # a subject that is not a down-stream subject
             return
-        handler = self.state.handlers.get(kind)
+        batch_handler = self.state.batch_handlers.get(downs[0].kind)
+        if batch_handler is not None:
+            await batch_handler(downs)
+            self.state.applied += len(downs)
+            return
+        handler = self.state.handlers.get(downs[0].kind)
         if handler is None:
             self.state.skipped += 1
             return
-        await handler(DownMessage(subject, scope, scope_id, kind, key, data, stream_seq))
+        await handler(downs[0])
         self.state.applied += 1
 
 

@@ -54,9 +54,10 @@ __all__ = [
     "validate_barcode",
 ]
 
-# 64 buckets: 100,000 price changes are 64 messages per scope; a bucket of a 200,000
-# product catalog is ~3,100 products (~300 KB, under NATS's 1 MB payload limit).
-BUCKETS = 64
+# 256 buckets: 100,000 price changes are 256 messages per scope; a bucket of a 200,000
+# product catalog is ~800 products (~80 KB, well under NATS's 1 MB payload limit), and a
+# single change republishes only its bucket.
+BUCKETS = 256
 KIND_PRODUCT = "product"
 KIND_PRICE = "price"
 KIND_PROMOTION = "promo"

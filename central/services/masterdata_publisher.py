@@ -345,7 +345,8 @@ class MasterDataPublisher:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
-        batch: int = 2000,
+        # The whole backlog in one pass: repeated changes of a bucket coalesce into one message.
+        batch: int = 200_000,
         window: int = 256,
         ack_timeout_s: float = 10.0,
         poll_interval_s: float = 0.05,
