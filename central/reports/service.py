@@ -429,6 +429,11 @@ async def stock_on_hand(
 
 # --- stock movement, write-offs, shrinkage ----------------------------------------------
 
+
+def _named(names: Sequence[str], values: Sequence[int]) -> dict[str, Any]:
+    return dict(zip(names, values, strict=True))
+
+
 # Movement kind -> (report column, sign shown: ins positive, outs positive).
 _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "goods_receipt": ("goods_received", 1),
@@ -442,6 +447,7 @@ _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
 }
 _OUTGOING = frozenset({"transfers_out", "sales", "supplier_returns", "write_offs"})
 # Marks stock-balance rows in the movement query (never a movement kind).
+
 _BALANCE = "~balance"
 _MOVEMENT_FIELDS = (
     "goods_received",
@@ -453,6 +459,12 @@ _MOVEMENT_FIELDS = (
     "write_offs",
     "stocktake_difference",
     "other",
+)
+# The quantity and value columns of a movement row, in the order they are computed.
+_MOVEMENT_OUT_NAMES = tuple(
+    f"{name}_{unit}"
+    for unit in ("milli", "value")
+    for name in ("opening", *_MOVEMENT_FIELDS, "closing")
 )
 
 
@@ -533,62 +545,34 @@ async def stock_movement(
     stmt = select(*columns).group_by(*key_cols).order_by(*key_cols)
     n = len(names)
     width = 1 + len(_MOVEMENT_FIELDS)
+    signs = [-1 if field in _OUTGOING else 1 for field in _MOVEMENT_FIELDS]
     rows: list[StockMovementRow] = []
+    totals = [0] * len(_MOVEMENT_OUT_NAMES)
     for row in await session.execute(stmt):
+        values = [int(v or 0) for v in row[n:-1]]
         # Products with nothing on hand and nothing moving are left out.
-        if not row[-1] and _int(row[n]) == 0 and _int(row[n + width]) == 0:
+        if not row[-1] and values[0] == 0 and values[width] == 0:
             continue
-        fields: dict[str, Any] = dict(zip(names, row[:n], strict=True))
-        for offset, unit in ((n, "milli"), (n + width, "value")):
-            opening = _int(row[offset])
-            fields[f"opening_{unit}"] = opening
-            closing = opening
-            for i, field in enumerate(_MOVEMENT_FIELDS, start=1):
-                signed = _int(row[offset + i])
-                # Outgoing kinds are shown as positive amounts.
-                fields[f"{field}_{unit}"] = -signed if field in _OUTGOING else signed
-                closing += signed
-            fields[f"closing_{unit}"] = closing
+        out: list[int] = []
+        for base in (0, width):
+            opening = values[base]
+            amounts = values[base + 1 : base + width]
+            out.append(opening)
+            # Outgoing kinds are shown as positive amounts.
+            out.extend(m * sign for m, sign in zip(amounts, signs, strict=True))
+            out.append(opening + sum(amounts))
+        fields: dict[str, Any] = dict(zip(_MOVEMENT_OUT_NAMES, out, strict=True))
+        fields.update(zip(names, row[:n], strict=True))
         rows.append(StockMovementRow(**fields))
-    total: dict[str, int] = {}
-    for r in rows:
-        for name, value in _movement_values(r).items():
-            total[name] = total.get(name, 0) + value
+        totals = [a + b for a, b in zip(totals, out, strict=True)]
     return StockMovementReport(
         date_from=period.date_from,
         date_to=period.date_to,
         branch=branch,
         group_by=list(groups),
         rows=rows,
-        totals=_movement_row((), (), total),
+        totals=StockMovementRow(**_named(_MOVEMENT_OUT_NAMES, totals)),
     )
-
-
-def _movement_values(row: StockMovementRow) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for unit in ("milli", "value"):
-        for name in ("opening", *_MOVEMENT_FIELDS):
-            out[f"{name}_{unit}"] = getattr(row, f"{name}_{unit}")
-    return out
-
-
-def _movement_row(
-    groups: tuple[str, ...], key: tuple[Any, ...], values: dict[str, int]
-) -> StockMovementRow:
-    fields: dict[str, Any] = {
-        ("branch" if g == "branch" else "sku"): k for g, k in zip(groups, key, strict=True)
-    }
-    for unit in ("milli", "value"):
-        opening = values.get(f"opening_{unit}", 0)
-        fields[f"opening_{unit}"] = opening
-        closing = opening
-        for name in _MOVEMENT_FIELDS:
-            amount = values.get(f"{name}_{unit}", 0)
-            fields[f"{name}_{unit}"] = amount
-            outgoing = name in ("transfers_out", "sales", "supplier_returns", "write_offs")
-            closing += -amount if outgoing else amount
-        fields[f"closing_{unit}"] = closing
-    return StockMovementRow(**fields)
 
 
 async def write_offs(
