@@ -220,7 +220,7 @@ async def test_sigkill_during_sales_printing_and_sync_loses_and_doubles_nothing(
 
         # The till's view: every sale it was told about exists, as it was told.
         told = {sid: s for t in tills for sid, s in t.log.sales.items()}
-        assert len(told) > 60
+        assert len(told) > 40  # enough sales were acknowledged for the kills to matter
         for sale_id, seen in told.items():
             row = sales[sale_id]
             assert (row.till, row.receipt_number, row.total) == (
