@@ -13,13 +13,14 @@ catalog (``products``/``product_barcodes``, ``make run``) is used instead.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
-from sqlalchemy import func, or_, select
+from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from branch_agent.masterdata_models import MdBarcode, MdPrice, MdProduct, MdPromotion
+from branch_agent.masterdata_models import MdPrice, MdProduct, MdPromotion
 from branch_agent.models import Product, ProductBarcode
 from protocol.masterdata import PromotionRecord, decode_masterdata
 from protocol.pricing import PriceCandidate, entry_moment, resolve_price
@@ -78,8 +79,84 @@ def _demo_item(product: Product) -> CatalogItem:
     )
 
 
+# Databases known to hold master data: once central's catalog has arrived it never
+# goes back to the demo seed, so the check costs one query per process, not per lookup.
+_with_master_data: set[str] = set()
+
+
 async def _has_master_data(session: AsyncSession) -> bool:
-    return (await session.scalar(select(MdProduct.sku).limit(1))) is not None
+    bind = session.get_bind()
+    key = str(bind.url if isinstance(bind, Engine) else bind.engine.url)
+    if key in _with_master_data:
+        return True
+    found = (await session.scalar(select(MdProduct.sku).limit(1))) is not None
+    if found:
+        _with_master_data.add(key)
+    return found
+
+
+# One round trip for a till lookup: the product (its most specific scope first) and
+# every price entry of it, resolved in Python by the shared rules.
+_ITEM_BY_BARCODE = text(
+    "SELECT p.sku, p.name, p.unit, p.weighed, p.scale_plu, p.vat_rate_bp, p.vat_group, "
+    "p.category, pr.scope, pr.price, pr.effective_at, pr.effective_local, pr.version "
+    "FROM md_products AS p LEFT JOIN md_prices AS pr ON pr.sku = p.sku "
+    "WHERE p.sku = (SELECT b.sku FROM md_barcodes AS b WHERE b.barcode = :code LIMIT 1) "
+    "ORDER BY CASE p.scope WHEN 'branch' THEN 0 WHEN 'zone' THEN 1 WHEN 'format' THEN 2 "
+    "ELSE 3 END"
+)
+_ITEM_BY_SKU = text(
+    "SELECT p.sku, p.name, p.unit, p.weighed, p.scale_plu, p.vat_rate_bp, p.vat_group, "
+    "p.category, pr.scope, pr.price, pr.effective_at, pr.effective_local, pr.version "
+    "FROM md_products AS p LEFT JOIN md_prices AS pr ON pr.sku = p.sku "
+    "WHERE p.sku = :code "
+    "ORDER BY CASE p.scope WHEN 'branch' THEN 0 WHEN 'zone' THEN 1 WHEN 'format' THEN 2 "
+    "ELSE 3 END"
+)
+
+
+def _sqlite_moment(value: Any) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+async def _md_item_one_query(
+    session: AsyncSession, code: str, at: datetime, *, by_barcode: bool
+) -> CatalogItem | None:
+    rows = (
+        await session.execute(_ITEM_BY_BARCODE if by_barcode else _ITEM_BY_SKU, {"code": code})
+    ).all()
+    if not rows:
+        return None
+    first = rows[0]
+    tz = local_timezone()
+    candidates = {
+        (r.scope, r.price, r.effective_at, r.effective_local, r.version)
+        for r in rows
+        if r.scope is not None and r.sku == first.sku
+    }
+    price = resolve_price(
+        (
+            PriceCandidate(scope, amount, entry_moment(_sqlite_moment(eff), local, tz), version)
+            for scope, amount, eff, local, version in sorted(candidates, key=str)
+        ),
+        at,
+    )
+    if price is None:
+        # Listed but not priced (yet): not sellable.
+        return None
+    return CatalogItem(
+        sku=first.sku,
+        name=first.name,
+        unit=first.unit,
+        weighed=bool(first.weighed),
+        scale_plu=first.scale_plu,
+        vat_rate_bp=first.vat_rate_bp,
+        vat_group=first.vat_group,
+        category=first.category,
+        price=price.price,
+        price_version=price.version,
+    )
 
 
 async def _price(session: AsyncSession, sku: str, at: datetime) -> PriceCandidate | None:
@@ -130,12 +207,10 @@ async def find_product(
     """The sellable product with this SKU or barcode, priced at ``at``; None if not sold here."""
     if await _has_master_data(session):
         if barcode:
-            sku = await session.scalar(
-                select(MdBarcode.sku).where(MdBarcode.barcode == barcode).limit(1)
-            )
+            return await _md_item_one_query(session, barcode, at, by_barcode=True)
         if not sku:
             return None
-        return await _md_item(session, sku, at)
+        return await _md_item_one_query(session, sku, at, by_barcode=False)
     if barcode:
         sku = await session.scalar(
             select(ProductBarcode.sku).where(ProductBarcode.barcode == barcode)
