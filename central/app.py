@@ -27,6 +27,7 @@ from central.api.shifts import ShiftController
 from central.api.stock import StockController
 from central.api.users import UserController
 from central.auth import ApiAuthMiddleware, authorize
+from central.auth.limits import bounded_path_ints
 from central.runtime import CentralRuntime
 from central.settings import CentralSettings
 
@@ -68,7 +69,7 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
         # Every route: a bearer token (401), then the role its group requires (403);
         # see central/auth/roles.py and README "Security".
         middleware=[ApiAuthMiddleware()],
-        guards=[authorize],
+        guards=[authorize, bounded_path_ints],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "db_session": Provide(_provide_session),
