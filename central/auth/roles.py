@@ -79,9 +79,7 @@ def route_group(path: str) -> str:
     return ""
 
 
-def required_roles(
-    method: str, path: str, opt: Mapping[str, Any] | None = None
-) -> frozenset[Role]:
+def required_roles(method: str, path: str, opt: Mapping[str, Any] | None = None) -> frozenset[Role]:
     """The roles allowed to call ``method path``; a declared ``opt["roles"]`` wins."""
     declared: Iterable[Role | str] | None = (opt or {}).get("roles")
     if declared is not None:
