@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import ssl
 from datetime import UTC, datetime
 from typing import Any
 
@@ -196,6 +197,15 @@ class Agent:
             # Confined to its own inbox prefix so no other branch's replies are readable.
             "inbox_prefix": f"_INBOX.{self.settings.branch}".encode(),
         }
+        if self.settings.nats_tls_ca or self.settings.nats_tls_cert:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=self.settings.nats_tls_ca or None
+            )
+            if self.settings.nats_tls_cert:
+                context.load_cert_chain(
+                    self.settings.nats_tls_cert, self.settings.nats_tls_key or None
+                )
+            options["tls"] = context
         if self.settings.nats_creds:
             options["user_credentials"] = self.settings.nats_creds
         if self.settings.nats_user:
@@ -274,6 +284,8 @@ class Agent:
                 port=self.settings.http_port,
                 log_level="warning",
                 timeout_keep_alive=30,
+                ssl_certfile=self.settings.http_tls_cert or None,
+                ssl_keyfile=self.settings.http_tls_key or None,
             )
         )
         try:

@@ -55,6 +55,14 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_creds: str = ""
     nats_user: str = ""
     nats_password: str = ""
+    # TLS to the NATS servers: the CA that signed them (empty: the system's trust store
+    # when the URL is tls://), and an optional client certificate and key.
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
+    # HTTPS for the till API on the store LAN (both files, or neither).
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8100
     outbox_batch: int = 500

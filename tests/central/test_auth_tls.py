@@ -83,3 +83,63 @@ async def test_central_talks_tls_to_nats_and_plain_text_is_refused(tmp_path: Pat
             await asyncio.wait_for(plain.close(), 2)
     finally:
         server.stop()
+
+
+async def test_an_agent_publishes_over_tls_with_its_own_ca_and_branch_credentials(
+    tmp_path: Path,
+) -> None:
+    from branch_agent.agent import Agent
+    from central.sync.jetstream import ensure_streams
+    from protocol.subjects import UP_STREAM
+    from tests.conftest import agent_settings, asgi_client, wait_until
+
+    cert, key = self_signed(tmp_path)
+    issuer = NatsIssuer.create(tmp_path / "issuer")
+    server = EmbeddedNats(
+        tmp_path / "nats",
+        extra_config=issuer.server_config(tmp_path / "nats" / "resolver"),
+        tls={"cert_file": str(cert), "key_file": str(key)},
+    )
+    server.start()
+    central_nc: NATS | None = None
+    agent: Agent | None = None
+    try:
+        central_nc = await nats.connect(
+            server.url,
+            user_credentials=str(issuer.central_creds_file()),
+            allow_reconnect=False,
+            **client_tls_options(CentralSettings(nats_tls_ca=str(cert))),
+        )
+        js = central_nc.jetstream()
+        await ensure_streams(js)
+        creds = issuer.write_secret("B1.creds", issuer.branch_user("B1").creds)
+        agent = Agent(
+            agent_settings(tmp_path, "B1", server.url, nats_creds=str(creds), nats_tls_ca=str(cert))
+        )
+        await agent.start()
+        async with asgi_client(agent.app) as client:
+            response = await client.post(
+                "/api/v1/sales",
+                json={
+                    "sale_id": "tls-1",
+                    "lines": [{"sku": "MILK-1L", "quantity": "1"}],
+                    "payments": [{"type": "cash", "amount": 500}],
+                },
+                headers={"Authorization": "Bearer B1-till-1"},
+            )
+        assert response.status_code == 201, response.text
+
+        async def stored() -> bool:
+            info = await js.stream_info(UP_STREAM, subjects_filter="up.B1.receipt_recorded")
+            return (info.state.subjects or {}).get("up.B1.receipt_recorded") == 1
+
+        try:
+            await wait_until(stored, timeout=20)
+        except AssertionError:
+            raise AssertionError(f"not stored; sender: {agent.sender.state}") from None
+    finally:
+        if agent is not None:
+            await agent.stop()
+        if central_nc is not None:
+            await central_nc.close()
+        server.stop()
