@@ -408,7 +408,11 @@ def _cases() -> list[tuple[str, Any, Any]]:
                    WHERE r.branch = :b
                    ORDER BY l.sku, r.occurred_at DESC, l.unit_price DESC)
                SELECT stock.sku, q, v,
-                      (2 * q * coalesce(unit_price, 0) + 1000) / 2000
+                      -- half-up, away from zero for negative stock (integer division
+                      -- truncates towards zero)
+                      CASE WHEN q < 0
+                           THEN -((-2 * q * coalesce(unit_price, 0) + 1000) / 2000)
+                           ELSE (2 * q * coalesce(unit_price, 0) + 1000) / 2000 END
                FROM stock LEFT JOIN price ON price.sku = stock.sku""",
             b=BRANCH,
         )
@@ -627,6 +631,7 @@ async def run(pg_url: str, lines: int, repeat: int) -> dict[str, Any]:
             "rebuild_s": round(rebuild_s, 1),
         }
         speedups: list[float] = []
+        different: list[str] = []
         print(f"{'report':32} {'summary ms':>11} {'plain SQL ms':>13} {'speedup':>8}  answer")
         for case, report, plain in _cases():
             report_ms, report_answer = await _time(sessionmaker, report, repeat)
@@ -641,14 +646,16 @@ async def run(pg_url: str, lines: int, repeat: int) -> dict[str, Any]:
                 flush=True,
             )
             if not same:
-                raise SystemExit(f"{case}: the report and its plain-SQL twin disagree")
+                different.append(case)
             result[f"{case}_ms"] = round(report_ms, 2)
             result[f"{case}_plain_sql_ms"] = round(plain_ms, 2)
         result["min_speedup_vs_plain_sql"] = round(min(speedups), 1)
+        result["answers_differ"] = different
         result["targets"] = {
             "daily_sales_month_under_300ms": result["daily_sales_month_ms"] < 300,
             "stock_on_hand_branch_under_200ms": result["stock_on_hand_branch_ms"] < 200,
             "every_report_10x_plain_sql": min(speedups) >= 10,
+            "every_answer_equal_to_plain_sql": not different,
         }
         return result
     finally:
