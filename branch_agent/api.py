@@ -16,6 +16,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.types import ExceptionHandlersMap
 
 from branch_agent.errors import AgentError
+from branch_agent.sales import is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
     CashMoveOut,
@@ -411,6 +412,16 @@ def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Respons
 
 
 def _on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if is_storage_full(exc):
+        # Any write route (documents, counts, shifts) refuses clearly when the disk is
+        # full; the transaction was rolled back, so nothing half-written remains.
+        log.error("storage full on %s: %s", request.url.path, exc)
+        return _problem(
+            507,
+            "Storage full",
+            "the agent's storage is full: nothing was recorded",
+            request.url.path,
+        )
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return _problem(
         500, "Internal server error", "the agent failed to handle this request", request.url.path

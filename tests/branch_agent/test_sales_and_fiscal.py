@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from branch_agent.demo_catalog import DEMO_PRODUCTS
 from branch_agent.models import OutboxEvent, Sale, StockMove
 from branch_agent.stock import balances
 from devices.fiscal_datecs import CMD_CLOSE_RECEIPT, CMD_SALE
@@ -241,6 +242,16 @@ async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> 
     refused = await store.sale(big)
     assert refused.status_code == 507, refused.text
     assert refused.json()["title"] == "Storage full"
+    # Every write route refuses the same way, not only sales.
+    document = {
+        "document_id": "gr-full",
+        "doc_type": "goods_receipt",
+        "supplier": "S" * 50_000,  # more than the free space left in the file
+        "lines": [{"sku": sku, "quantity": "1", "unit_cost": 50} for sku, *_ in DEMO_PRODUCTS],
+    }
+    refused_doc = await store.client.post("/api/v1/stock/documents", json=document, headers=MANAGER)
+    assert refused_doc.status_code == 507, refused_doc.text
+    assert refused_doc.json()["title"] == "Storage full"
     event.remove(engine.sync_engine, "connect", cap)
     await engine.dispose()
     kept = await store.client.get("/api/v1/sales/before-full", headers=TILL)
