@@ -66,7 +66,15 @@ def _admin_token(python: str, env: dict[str, str]) -> str:
     return ""
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) -> int:
+    # Ctrl-C, and also SIGTERM (a service manager, `kill`), or SIGINT even when the
+    # shell started us with it ignored: every child is stopped in the finally below.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
