@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.pagination import Limit, Offset
 from central.api.schemas import DeadLetterOut, Page
+from central.auth.roles import Role, allow
 from central.runtime import CentralRuntime
 from central.services.dead_letters import (
     ReplayOut,
@@ -56,6 +57,8 @@ class DeadLetterController(Controller):
         operation_id="replayDeadLetter",
         summary="Process the stored message again (after a fix); it stays open if it fails again",
         status_code=200,
+        # Operations on the sync pipeline: admins only (analysts read dead letters).
+        opt=allow(Role.ADMIN),
     )
     async def replay(
         self, runtime: NamedDependency[CentralRuntime], dead_letter_id: DeadLetterId
@@ -67,6 +70,7 @@ class DeadLetterController(Controller):
         operation_id="replayOpenDeadLetters",
         summary="Replay every open dead letter (of one branch)",
         status_code=200,
+        opt=allow(Role.ADMIN),
     )
     async def replay_open(
         self,
@@ -80,6 +84,7 @@ class DeadLetterController(Controller):
         operation_id="discardDeadLetter",
         summary="Decide not to store the message (kept for the record)",
         status_code=200,
+        opt=allow(Role.ADMIN),
     )
     async def discard(
         self, db_session: NamedDependency[AsyncSession], dead_letter_id: DeadLetterId

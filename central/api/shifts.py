@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
+from central.auth.roles import Role, allow
 from central.services.shifts import ClosedDayOut, ShiftOut, close_day, list_shifts
 
 __all__ = ["CloseDayIn", "ShiftController"]
@@ -57,6 +58,8 @@ class ShiftController(Controller):
         "/closed-days",
         operation_id="closeDay",
         summary="Close a branch's local day: sales filed into it later are flagged late",
+        # Closing a day changes how later sales are filed: admins only.
+        opt=allow(Role.ADMIN),
     )
     async def close_day(
         self, db_session: NamedDependency[AsyncSession], data: JSONBody[CloseDayIn]

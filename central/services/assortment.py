@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import AssortmentException, Branch, FormatProduct, Product, StoreFormat
+from central.services.audit import bulk_summary, record_change
 from central.services.catalog import CODE_RE, unit_of_work
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
 
@@ -55,6 +56,10 @@ async def create_format(session: AsyncSession, data: FormatIn) -> FormatIn:
         if await session.get(StoreFormat, data.code) is not None:
             raise ConflictError(f"format {data.code} exists", field="code")
         session.add(StoreFormat(code=data.code, name=data.name))
+        await session.flush()
+        await record_change(
+            session, action="format.create", target=f"format:{data.code}", after=data
+        )
         return data
 
 
@@ -91,6 +96,7 @@ async def change_format_products(
         if both:
             raise ValidationFailed(f"{sorted(both)[0]} both added and removed", field="remove")
         touched = list(dict.fromkeys([*change.add, *change.remove]))
+        size_before = await _format_size(session, format_code)
         before = await product_targets(session, touched)
         existing: set[str] = set()
         for start in range(0, len(change.add), 2000):
@@ -121,13 +127,31 @@ async def change_format_products(
         after = await product_targets(session, touched)
         version = await allocate_versions(session)
         await enqueue(session, version, sorted(before | after))
-        return len(
-            (
-                await session.scalars(
-                    select(FormatProduct.sku).where(FormatProduct.format_code == format_code)
-                )
-            ).all()
+        size = await _format_size(session, format_code)
+        # Possibly thousands of SKUs: counts and the first keys of each list.
+        await record_change(
+            session,
+            action="format.products",
+            target=f"format:{format_code}",
+            before={"products": size_before},
+            after={
+                "products": size,
+                "added": bulk_summary(s["sku"] for s in new),
+                "removed": bulk_summary(dict.fromkeys(change.remove)),
+            },
         )
+        return size
+
+
+async def _format_size(session: AsyncSession, format_code: str) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(FormatProduct)
+            .where(FormatProduct.format_code == format_code)
+        )
+        or 0
+    )
 
 
 async def _branch(session: AsyncSession, code: str) -> Branch:
@@ -146,6 +170,7 @@ async def set_exception(
             raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
         before = await product_targets(session, [data.sku])
         row = await session.get(AssortmentException, (branch_code, data.sku))
+        previous = None if row is None else {"sku": row.sku, "include": row.include}
         if row is None:
             session.add(AssortmentException(branch=branch_code, sku=data.sku, include=data.include))
         else:
@@ -154,6 +179,13 @@ async def set_exception(
         after = await product_targets(session, [data.sku])
         version = await allocate_versions(session)
         await enqueue(session, version, sorted(before | after))
+        await record_change(
+            session,
+            action="assortment.set_exception",
+            target=f"assortment:{branch_code}:{data.sku}",
+            before=previous,
+            after=data,
+        )
         return data
 
 
@@ -163,11 +195,19 @@ async def remove_exception(session: AsyncSession, branch_code: str, sku: str) ->
         if row is None:
             raise NotFoundError(f"no exception for {sku} at {branch_code}", field="sku")
         before = await product_targets(session, [sku])
+        previous = {"sku": row.sku, "include": row.include}
         await session.delete(row)
         await session.flush()
         after = await product_targets(session, [sku])
         version = await allocate_versions(session)
         await enqueue(session, version, sorted(before | after))
+        await record_change(
+            session,
+            action="assortment.remove_exception",
+            target=f"assortment:{branch_code}:{sku}",
+            before=previous,
+            after=None,
+        )
 
 
 async def branch_assortment(session: AsyncSession, branch_code: str) -> list[str]:

@@ -10,17 +10,50 @@ middleware (the request body as ``after``), so nothing escapes the log.
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.auth.context import RequestAudit, current_request_audit
 from central.models import AuditEntry
 
-__all__ = ["AuditQuery", "cli_actor", "list_audit", "record_change"]
+__all__ = [
+    "SUMMARY_KEYS",
+    "AuditQuery",
+    "bulk_summary",
+    "cli_actor",
+    "list_audit",
+    "record_change",
+    "snapshot",
+]
+
+# A bulk change (CSV import, repricing) is recorded as counts and this many keys,
+# not row by row: the audit line stays small whatever the size of the change.
+SUMMARY_KEYS = 20
+
+
+def snapshot(value: Any) -> Any:
+    """A JSON-able copy of a record (msgspec Struct, dict, list...) for ``before``/``after``:
+    datetimes and dates as ISO text, money and quantities as the integers they are."""
+    if value is None:
+        return None
+    return msgspec.to_builtins(value)
+
+
+def bulk_summary(keys: Iterable[str], **counts: int) -> dict[str, Any]:
+    """``{"count": n, "keys": [first SUMMARY_KEYS], **counts}`` for a change of many rows."""
+    listed: list[str] = []
+    count = 0
+    for key in keys:
+        if count < SUMMARY_KEYS:
+            listed.append(key)
+        count += 1
+    return {"count": count, "keys": listed, **counts}
 
 
 def cli_actor() -> RequestAudit:
@@ -49,8 +82,8 @@ async def record_change(
         path=who.path[:500],
         action=action,
         target=target[:200],
-        before=before,
-        after=after,
+        before=snapshot(before),
+        after=snapshot(after),
     )
     session.add(entry)
     who.entries += 1

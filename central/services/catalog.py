@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Category, PriceEntryRow, Product, ProductBarcode
+from central.services.audit import record_change
 from central.services.masterdata_publisher import (
     DownKey,
     allocate_versions,
@@ -284,7 +285,11 @@ async def create_product(session: AsyncSession, data: ProductIn) -> ProductOut:
         await session.flush()
         session.add_all(ProductBarcode(barcode=c, sku=data.sku, kind=k) for c, k in codes)
         await _publish_product(session, product, prices=False)
-        return await _out(session, product)
+        out = await _out(session, product)
+        await record_change(
+            session, action="product.create", target=f"product:{data.sku}", after=out
+        )
+        return out
 
 
 async def _get(session: AsyncSession, sku: str) -> Product:
@@ -339,18 +344,27 @@ async def update_product(session: AsyncSession, sku: str, patch: ProductPatch) -
             await session.execute(delete(ProductBarcode).where(ProductBarcode.sku == sku))
             session.add_all(ProductBarcode(barcode=c, sku=sku, kind=k) for c, k in codes)
         await _publish_product(session, product, prices=False)
-        return await _out(session, product)
+        out = await _out(session, product)
+        await record_change(
+            session, action="product.update", target=f"product:{sku}", before=current, after=out
+        )
+        return out
 
 
 async def archive_product(session: AsyncSession, sku: str) -> ProductOut:
     """No longer sold anywhere: it leaves every branch's catalog and price list."""
     async with unit_of_work(session):
         product = await _get(session, sku)
-        if not product.active:
-            return await _out(session, product)
-        product.active = False
-        await _publish_product(session, product, prices=True)
-        return await _out(session, product)
+        before = await _out(session, product)
+        if product.active:
+            product.active = False
+            await _publish_product(session, product, prices=True)
+        out = await _out(session, product)
+        # Recorded even when it was archived already: the request is on file either way.
+        await record_change(
+            session, action="product.archive", target=f"product:{sku}", before=before, after=out
+        )
+        return out
 
 
 async def list_products(
@@ -408,7 +422,11 @@ async def create_category(session: AsyncSession, data: CategoryIn) -> CategoryOu
             raise ValidationFailed(f"unknown parent category {data.parent!r}", field="parent")
         session.add(Category(code=data.code, name=data.name.strip(), parent_code=data.parent))
         await session.flush()
-        return CategoryOut(code=data.code, name=data.name.strip(), parent=data.parent)
+        out = CategoryOut(code=data.code, name=data.name.strip(), parent=data.parent)
+        await record_change(
+            session, action="category.create", target=f"category:{data.code}", after=out
+        )
+        return out
 
 
 async def list_categories(session: AsyncSession) -> list[CategoryOut]:

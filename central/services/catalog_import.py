@@ -44,6 +44,7 @@ from central.models import (
     ProductBarcode,
     StoreFormat,
 )
+from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
 from central.services.pricing import PAST_GRACE, set_prices_bulk
@@ -241,7 +242,7 @@ async def import_products(
         return report
     # End the validation's read transaction: the apply is its own unit of work.
     await session.commit()
-    await _apply_products(session, parsed, barcodes_of, progress)
+    await _apply_products(session, parsed, barcodes_of, progress, existing)
     report.applied = True
     return report
 
@@ -251,6 +252,7 @@ async def _apply_products(
     parsed: list[dict[str, object]],
     barcodes_of: dict[str, list[tuple[str, str]]],
     progress: Progress | None,
+    existing: set[str],
 ) -> None:
     dialect = session.get_bind().dialect.name
     upsert_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -308,6 +310,19 @@ async def _apply_products(
         if archived:
             keys |= await price_targets(session, archived)
         await enqueue(session, last, sorted(keys))
+        # Up to hundreds of thousands of rows: the audit line is a summary.
+        await record_change(
+            session,
+            action="product.import",
+            target="products:csv",
+            before=bulk_summary(s for s in skus if s in existing),
+            after={
+                **bulk_summary(skus),
+                "created": sum(1 for s in skus if s not in existing),
+                "updated": sum(1 for s in skus if s in existing),
+                "archived": bulk_summary(archived),
+            },
+        )
 
 
 async def import_prices(
@@ -394,6 +409,18 @@ async def import_prices(
             done += len(prices)
             if progress:
                 progress("applied", done, report.prices)
+        await record_change(
+            session,
+            action="price.import",
+            target="prices:csv",
+            after={
+                **bulk_summary(sku for prices in groups.values() for sku in prices),
+                "groups": [
+                    {"scope": scope, "scope_id": scope_id, "prices": len(prices)}
+                    for (scope, scope_id, _m, _l), prices in list(groups.items())[:SUMMARY_KEYS]
+                ],
+            },
+        )
     report.applied = True
     return report
 

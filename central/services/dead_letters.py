@@ -13,6 +13,7 @@ from central.api.schemas import DeadLetterOut, Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import DeadLetter
+from central.services.audit import record_change
 
 __all__ = [
     "DEAD_LETTER_STATUSES",
@@ -32,6 +33,20 @@ class ReplayOut(msgspec.Struct, kw_only=True):
     status: str  # replayed (stored, or found already stored) or open (failed again)
     reason: str
     attempts: int
+
+
+def _state(d: DeadLetter) -> dict[str, object]:
+    """A dead letter for the audit log: its state, not its (possibly large) payload."""
+    return {
+        "id": d.id,
+        "subject": d.subject,
+        "branch": d.branch,
+        "status": d.status,
+        "reason": d.reason,
+        "attempts": d.attempts,
+        "size": len(d.raw),
+        "resolved_at": d.resolved_at,
+    }
 
 
 def dead_letter_out(d: DeadLetter) -> DeadLetterOut:
@@ -103,6 +118,7 @@ async def replay_dead_letter(
             raise ConflictError(
                 f"dead letter {dead_letter_id} is {row.status}, not open", field="id"
             )
+        before = _state(row)
         message = MessageIn(
             subject=row.subject,
             data=row.raw,
@@ -111,9 +127,18 @@ async def replay_dead_letter(
             dead_letter_id=row.id,
         )
     await IngestWorker(sessionmaker).process([message])
-    async with sessionmaker() as session:
+    # The ingest worker commits the replay in its own transaction; the audit line
+    # follows in the next one (the outcome is only known afterwards).
+    async with sessionmaker() as session, session.begin():
         row = await session.get(DeadLetter, dead_letter_id)
         assert row is not None
+        await record_change(
+            session,
+            action="dead_letter.replay",
+            target=f"dead_letter:{dead_letter_id}",
+            before=before,
+            after=_state(row),
+        )
         return ReplayOut(id=row.id, status=row.status, reason=row.reason, attempts=row.attempts)
 
 
@@ -136,6 +161,8 @@ async def replay_all(
 
 async def discard_dead_letter(session: AsyncSession, dead_letter_id: int) -> DeadLetterOut:
     """A person decided the message is not to be stored (kept for the record)."""
+    current = await session.get(DeadLetter, dead_letter_id)
+    before = None if current is None else _state(current)
     result = await session.execute(
         update(DeadLetter)
         .where(DeadLetter.id == dead_letter_id, DeadLetter.status == "open")
@@ -147,5 +174,14 @@ async def discard_dead_letter(session: AsyncSession, dead_letter_id: int) -> Dea
         if row is None:
             raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
         raise ConflictError(f"dead letter {dead_letter_id} is {row.status}, not open", field="id")
+    row = await session.get(DeadLetter, dead_letter_id, populate_existing=True)
+    assert row is not None
+    await record_change(
+        session,
+        action="dead_letter.discard",
+        target=f"dead_letter:{dead_letter_id}",
+        before=before,
+        after=_state(row),
+    )
     await session.commit()
     return await get_dead_letter(session, dead_letter_id)

@@ -24,6 +24,7 @@ from central.models import (
     RepricingLine,
     StoreFormat,
 )
+from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import CODE_RE, unit_of_work
 from central.services.masterdata_publisher import (
     allocate_versions,
@@ -264,6 +265,19 @@ async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut
         moment, local = await _moment(
             session, data.scope, scope_id, data.effective_at, data.effective_local, now
         )
+        # Before: the entry in force at this scope at the new price's moment (if any).
+        previous = await session.scalar(
+            select(PriceEntryRow)
+            .where(
+                PriceEntryRow.scope == data.scope,
+                PriceEntryRow.scope_id == scope_id,
+                PriceEntryRow.sku == data.sku,
+                PriceEntryRow.withdrawn.is_(False),
+                PriceEntryRow.effective_at <= moment,
+            )
+            .order_by(PriceEntryRow.effective_at.desc(), PriceEntryRow.version.desc())
+            .limit(1)
+        )
         version = await allocate_versions(session)
         row = PriceEntryRow(
             scope=data.scope,
@@ -281,7 +295,15 @@ async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut
         await enqueue(
             session, version, [(KIND_PRICE, data.scope, scope_id, bucket_key(product.bucket))]
         )
-        return _entry_out(row)
+        out = _entry_out(row)
+        await record_change(
+            session,
+            action="price.set",
+            target=f"price:{data.sku}@{data.scope}{':' + scope_id if scope_id else ''}",
+            before=_entry_out(previous) if previous is not None else None,
+            after=out,
+        )
+        return out
 
 
 async def set_prices_bulk(
@@ -353,6 +375,23 @@ async def withdraw_override(session: AsyncSession, *, scope: str, scope_id: str,
         )
         if not count:
             raise NotFoundError(f"no {scope} price of {sku} at {sid}", field="sku")
+        entries = (
+            await session.scalars(
+                select(PriceEntryRow)
+                .where(
+                    PriceEntryRow.scope == scope,
+                    PriceEntryRow.scope_id == sid,
+                    PriceEntryRow.sku == sku,
+                    PriceEntryRow.withdrawn.is_(False),
+                )
+                .order_by(PriceEntryRow.effective_at, PriceEntryRow.version)
+                .limit(SUMMARY_KEYS)
+            )
+        ).all()
+        before = {
+            "count": int(count),
+            "entries": [msgspec.to_builtins(_entry_out(e)) for e in entries],
+        }
         version = await allocate_versions(session)
         await session.execute(
             update(PriceEntryRow)
@@ -364,6 +403,13 @@ async def withdraw_override(session: AsyncSession, *, scope: str, scope_id: str,
             .values(withdrawn=True)
         )
         await enqueue(session, version, [(KIND_PRICE, scope, sid, bucket_key(bucket_of(sku)))])
+        await record_change(
+            session,
+            action="price.withdraw",
+            target=f"price:{sku}@{scope}:{sid}",
+            before=before,
+            after={"count": 0, "withdrawn": int(count)},
+        )
         return int(count)
 
 
@@ -479,6 +525,8 @@ async def create_price_zone(session: AsyncSession, data: PriceZoneIn) -> PriceZo
         if await session.get(PriceZone, data.code) is not None:
             raise ConflictError(f"price zone {data.code} exists", field="code")
         session.add(PriceZone(code=data.code, name=data.name, timezone=data.timezone))
+        await session.flush()
+        await record_change(session, action="zone.create", target=f"zone:{data.code}", after=data)
         return data
 
 
@@ -539,7 +587,25 @@ async def create_repricing(
             for line in data.lines
         )
         await session.flush()
-        return await _repricing_out(session, doc)
+        out = await _repricing_out(session, doc)
+        await record_change(
+            session,
+            action="repricing.create",
+            target=f"repricing:{doc.id}",
+            after=_repricing_summary(out),
+        )
+        return out
+
+
+def _repricing_summary(doc: RepricingDocumentOut) -> dict[str, object]:
+    """A repricing document for the audit log: its header, counts, the first lines."""
+    header = msgspec.to_builtins(doc)
+    header.pop("lines")
+    return {
+        **header,
+        "lines": bulk_summary(line.sku for line in doc.lines),
+        "first_lines": [msgspec.to_builtins(line) for line in doc.lines[:SUMMARY_KEYS]],
+    }
 
 
 async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> RepricingDocumentOut:
@@ -630,6 +696,7 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
         lines = (
             await session.scalars(select(RepricingLine).where(RepricingLine.document_id == doc.id))
         ).all()
+        before = _repricing_summary(await _repricing_out(session, doc))
         old = await _scope_price_before(
             session, doc.scope, doc.scope_id, [ln.sku for ln in lines], max(doc.effective_at, now)
         )
@@ -649,7 +716,15 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
         doc.status = "approved"
         doc.approved_at = now
         await session.flush()
-        return await _repricing_out(session, doc)
+        out = await _repricing_out(session, doc)
+        await record_change(
+            session,
+            action="repricing.approve",
+            target=f"repricing:{doc.id}",
+            before=before,
+            after=_repricing_summary(out),
+        )
+        return out
 
 
 # --- what the branches have applied ------------------------------------------------

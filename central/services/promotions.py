@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, Category, Product, Promotion
+from central.services.audit import record_change
 from central.services.catalog import CODE_RE, unit_of_work
 from central.services.masterdata_publisher import DownKey, allocate_versions, enqueue
 from protocol.masterdata import KIND_PROMOTION
@@ -175,7 +176,11 @@ async def create_promotion(session: AsyncSession, data: PromotionIn) -> Promotio
         session.add(promo)
         await session.flush()
         await enqueue(session, version, _keys(promo.promotion_id, promo.branches))
-        return _out(promo)
+        out = _out(promo)
+        await record_change(
+            session, action="promotion.create", target=f"promotion:{promo.promotion_id}", after=out
+        )
+        return out
 
 
 async def withdraw_promotion(session: AsyncSession, promotion_id: str) -> PromotionOut:
@@ -183,12 +188,21 @@ async def withdraw_promotion(session: AsyncSession, promotion_id: str) -> Promot
         promo = await session.get(Promotion, promotion_id)
         if promo is None:
             raise NotFoundError(f"no promotion {promotion_id}", field="promotion_id")
+        before = _out(promo)
         version = await allocate_versions(session)
         promo.active = False
         promo.version = version
         await session.flush()
         await enqueue(session, version, _keys(promo.promotion_id, promo.branches))
-        return _out(promo)
+        out = _out(promo)
+        await record_change(
+            session,
+            action="promotion.withdraw",
+            target=f"promotion:{promotion_id}",
+            before=before,
+            after=out,
+        )
+        return out
 
 
 async def get_promotion(session: AsyncSession, promotion_id: str) -> PromotionOut:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.api.schemas import Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
+from central.services.audit import record_change
 
 __all__ = ["ClosedDayOut", "ShiftOut", "ShiftTotals", "close_day", "list_shifts"]
 
@@ -197,10 +198,18 @@ async def close_day(
         branch=branch, local_date=local_date, closed_at=datetime.now(UTC), closed_by=closed_by
     )
     session.add(row)
-    await session.commit()
-    return ClosedDayOut(
+    out = ClosedDayOut(
         branch=row.branch,
         local_date=row.local_date,
         closed_at=row.closed_at,
         closed_by=row.closed_by,
     )
+    await record_change(
+        session,
+        action="shift.close_day",
+        target=f"closed_day:{branch}:{local_date.isoformat()}",
+        before=None,
+        after=out,
+    )
+    await session.commit()
+    return out
