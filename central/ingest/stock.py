@@ -31,6 +31,7 @@ from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
 
 __all__ = [
+    "LEDGER_SUMS",
     "Movement",
     "Valued",
     "apply_movement",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 _KEY_CHUNK = 2000
+# Key in IngestBatch.notes of the batch's ledger rows summed per event, branch, local
+# day, sku and document type (what the summary projection needs of them).
+LEDGER_SUMS = "stock_ledger_sums"
 
 
 def div_half_up(numerator: int, denominator: int) -> int:
@@ -137,62 +141,58 @@ _PG_WRITE = text(
 
 async def _lock_balances(
     session: AsyncSession, keys: list[tuple[str, str]]
-) -> dict[tuple[str, str], StockBalance]:
-    """Create missing balances, then lock all of them, in (branch, sku) order."""
-    found: dict[tuple[str, str], StockBalance] = {}
+) -> dict[tuple[str, str], list[int]]:
+    """Create missing balances, then lock all of them, in (branch, sku) order.
+
+    Each balance is a plain ``[quantity_milli, value, avg_cost, movements]`` list:
+    thousands of ORM objects per batch cost more than the SQL around them.
+    """
     if is_postgresql(session):
         # Arrays instead of thousands of bind parameters: one cached statement each.
         params = {"branches": [b for b, _ in keys], "skus": [s for _, s in keys]}
         await session.execute(_PG_ENSURE, params)
         rows: Any = await session.execute(_PG_LOCK, params)
-    else:
-        table = table_of(StockBalance)
-        await session.execute(
-            dialect_insert(session, table).on_conflict_do_nothing(index_elements=["branch", "sku"]),
-            [
-                {"branch": b, "sku": s, "quantity_milli": 0, "value": 0, "avg_cost": 0}
-                | {"movements": 0}
-                for b, s in keys
-            ],
-        )
-        rows = []
-        for start in range(0, len(keys), _KEY_CHUNK):
-            chunk = keys[start : start + _KEY_CHUNK]
-            rows.extend(
-                await session.execute(
-                    select(
-                        StockBalance.branch,
-                        StockBalance.sku,
-                        StockBalance.quantity_milli,
-                        StockBalance.value,
-                        StockBalance.avg_cost,
-                        StockBalance.movements,
-                    ).where(tuple_(StockBalance.branch, StockBalance.sku).in_(chunk))
-                )
-            )
-    for row in rows:
-        found[(row.branch, row.sku)] = StockBalance(
-            branch=row.branch,
-            sku=row.sku,
-            quantity_milli=row.quantity_milli,
-            value=row.value,
-            avg_cost=row.avg_cost,
-            movements=row.movements,
-        )
+        return {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
+    table = table_of(StockBalance)
+    await session.execute(
+        dialect_insert(session, table).on_conflict_do_nothing(index_elements=["branch", "sku"]),
+        [
+            {"branch": b, "sku": s, "quantity_milli": 0, "value": 0, "avg_cost": 0}
+            | {"movements": 0}
+            for b, s in keys
+        ],
+    )
+    found: dict[tuple[str, str], list[int]] = {}
+    for start in range(0, len(keys), _KEY_CHUNK):
+        chunk = keys[start : start + _KEY_CHUNK]
+        for r in await session.execute(
+            select(
+                StockBalance.branch,
+                StockBalance.sku,
+                StockBalance.quantity_milli,
+                StockBalance.value,
+                StockBalance.avg_cost,
+                StockBalance.movements,
+            ).where(tuple_(StockBalance.branch, StockBalance.sku).in_(chunk))
+        ):
+            found[(r[0], r[1])] = [r[2], r[3], r[4], r[5]]
     return found
 
 
-async def _write_balances(session: AsyncSession, balances: list[StockBalance]) -> None:
+async def _write_balances(
+    session: AsyncSession, keys: list[tuple[str, str]], balances: dict[tuple[str, str], list[int]]
+) -> None:
+    rows = [balances[k] for k in keys]
     if is_postgresql(session):
         await session.execute(
             _PG_WRITE,
             {
-                "branches": [b.branch for b in balances],
-                "skus": [b.sku for b in balances],
-                "q": [b.quantity_milli for b in balances],
-                "v": [b.value for b in balances],
-                "a": [b.avg_cost for b in balances],
-                "m": [b.movements for b in balances],
+                "branches": [k[0] for k in keys],
+                "skus": [k[1] for k in keys],
+                "q": [r[0] for r in rows],
+                "v": [r[1] for r in rows],
+                "a": [r[2] for r in rows],
+                "m": [r[3] for r in rows],
             },
         )
         return
@@ -208,14 +208,14 @@ async def _write_balances(session: AsyncSession, balances: list[StockBalance]) -
         ),
         [
             {
-                "k_branch": b.branch,
-                "k_sku": b.sku,
-                "v_quantity": b.quantity_milli,
-                "v_value": b.value,
-                "v_avg": b.avg_cost,
-                "v_movements": b.movements,
+                "k_branch": k[0],
+                "k_sku": k[1],
+                "v_quantity": r[0],
+                "v_value": r[1],
+                "v_avg": r[2],
+                "v_movements": r[3],
             }
-            for b in balances
+            for k, r in zip(keys, rows, strict=True)
         ],
     )
 
@@ -245,13 +245,11 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
     ledger: list[dict[str, object]] = []
     for m in movements:
         bal = balances[(m.branch, m.sku)]
-        valued = apply_movement(
-            bal.quantity_milli, bal.value, bal.avg_cost, m.quantity_milli, m.unit_cost
-        )
-        bal.quantity_milli = valued.quantity_after
-        bal.value = valued.value_after
-        bal.avg_cost = valued.avg_cost_after
-        bal.movements += 1
+        valued = apply_movement(bal[0], bal[1], bal[2], m.quantity_milli, m.unit_cost)
+        bal[0] = valued.quantity_after
+        bal[1] = valued.value_after
+        bal[2] = valued.avg_cost_after
+        bal[3] += 1
         results.append(valued)
         ledger.append(
             {
@@ -272,7 +270,7 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
             }
         )
     await insert_rows(session, table_of(StockMovement), ledger)
-    await _write_balances(session, [balances[k] for k in keys])
+    await _write_balances(session, keys, balances)
     return results
 
 
@@ -344,7 +342,23 @@ async def apply_stock(
     results = await post_movements(session, movements)
     values: dict[tuple[uuid.UUID, int], int] = batch.notes.setdefault("stock_values", {})
     negative: set[uuid.UUID] = batch.notes.setdefault("negative_stock", set())
+    # The ledger rows just written, summed as the report projection files them, so it
+    # need not read them back: (event_id, branch, local_date, sku, doc_type) -> [qty, value].
+    sums: dict[tuple[Any, ...], list[int]] = batch.notes.setdefault(LEDGER_SUMS, {})
     for movement, valued in zip(movements, results, strict=True):
         values[(movement.event_id, movement.line_no)] = valued.value
         if valued.negative and movement.quantity_milli < 0:
             negative.add(movement.event_id)
+        key = (
+            movement.event_id,
+            movement.branch,
+            movement.local_date,
+            movement.sku,
+            movement.doc_type,
+        )
+        summed = sums.get(key)
+        if summed is None:
+            sums[key] = [movement.quantity_milli, valued.value]
+        else:
+            summed[0] += movement.quantity_milli
+            summed[1] += valued.value

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.ingest.stock import LEDGER_SUMS
 from central.models.reports import (
     LastSellingPrice,
     PaymentsDaily,
@@ -112,6 +113,8 @@ class SummaryDelta:
     sale_events: dict[uuid.UUID, _SaleKeys] = field(default_factory=dict)
     # event id -> write-off reason (every stock-moving event is listed, reason or "").
     ledger_events: dict[uuid.UUID, str] = field(default_factory=dict)
+    # True once the ledger rows were filed from the batch itself (not read back).
+    ledger_filed: bool = False
 
     def bump(self, table: Table, key: tuple[Any, ...], **amounts: int) -> None:
         row = self.add[table.name].get(key)
@@ -258,30 +261,42 @@ class SummaryDelta:
 
     # --- costs from the ledger ------------------------------------------------------
 
-    def file_ledger_rows(self, rows: Iterable[Any]) -> None:
+    def file_ledger_rows(self, rows: Iterable[Sequence[Any]]) -> None:
         """File ledger sums (event_id, branch, local_date, sku, doc_type, qty, value)."""
-        for row in rows:
-            reason = self.ledger_events.get(row.event_id, "")
-            self.bump(
-                _t(StockMovementDaily),
-                (row.branch, row.local_date, row.sku, row.doc_type, reason),
-                qty_milli=int(row.qty),
-                cost_value=int(row.value),
-            )
-            keys = self.sale_events.get(row.event_id)
+        movement = self.add[_t(StockMovementDaily).name]
+        branch_daily = self.add[_t(SalesBranchDaily).name]
+        hourly = self.add[_t(SalesHourly).name]
+        cashier = self.add[_t(SalesCashierDaily).name]
+        product = self.add[_t(SalesProductDaily).name]
+        chain = self.add[_t(SalesProductDailyChain).name]
+        for event_id, branch, local_date, sku, doc_type, qty, value in rows:
+            qty = int(qty)
+            value = int(value)
+            reason = self.ledger_events.get(event_id, "")
+            _add_to(movement, (branch, local_date, sku, doc_type, reason), "qty_milli", qty)
+            _add_to(movement, (branch, local_date, sku, doc_type, reason), "cost_value", value)
+            keys = self.sale_events.get(event_id)
             if keys is None:
                 continue
             # Outgoing sale value is negative in the ledger; cost of goods sold is positive.
             column = "returns_cost" if keys.returned else "cost"
-            amount = int(row.value) if keys.returned else -int(row.value)
+            amount = value if keys.returned else -value
             date_key = keys.local_date
-            self.bump(_t(SalesBranchDaily), (keys.branch, date_key), **{column: amount})
-            self.bump(_t(SalesHourly), (keys.branch, date_key, keys.hour), **{column: amount})
-            self.bump(
-                _t(SalesCashierDaily), (keys.branch, date_key, keys.cashier), **{column: amount}
-            )
-            self.bump(_t(SalesProductDaily), (keys.branch, date_key, row.sku), **{column: amount})
-            self.bump(_t(SalesProductDailyChain), (date_key, row.sku), **{column: amount})
+            _add_to(branch_daily, (keys.branch, date_key), column, amount)
+            _add_to(hourly, (keys.branch, date_key, keys.hour), column, amount)
+            _add_to(cashier, (keys.branch, date_key, keys.cashier), column, amount)
+            _add_to(product, (keys.branch, date_key, sku), column, amount)
+            _add_to(chain, (date_key, sku), column, amount)
+
+
+def _add_to(
+    rows: dict[tuple[Any, ...], dict[str, int]], key: tuple[Any, ...], name: str, amount: int
+) -> None:
+    row = rows.get(key)
+    if row is None:
+        rows[key] = {name: amount}
+    else:
+        row[name] = row.get(name, 0) + amount
 
 
 def cash_net_of_change(payments: Sequence[Payment], change: int) -> dict[str, int]:
@@ -326,8 +341,19 @@ async def project_summaries(
     delta = SummaryDelta()
     for ctx in contexts:
         delta.add_event(ctx.envelope, ctx.local_date)
-    if not delta.is_empty():
-        await session.run_sync(flush_delta, delta)
+    if delta.is_empty():
+        return
+    sums: dict[tuple[Any, ...], list[int]] | None = batch.notes.get(LEDGER_SUMS)
+    if sums is not None:
+        # The stock handler (same event types, earlier stage) left this batch's ledger
+        # rows summed: no need to read them back.
+        delta.file_ledger_rows(
+            (*key, qty, value)
+            for key, (qty, value) in sums.items()
+            if key[0] in delta.ledger_events
+        )
+        delta.ledger_filed = True
+    await session.run_sync(flush_delta, delta)
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -433,7 +459,7 @@ def _merge_price(table: Table, excluded: Any) -> dict[str, Any]:
 
 def flush_delta(session: Session, delta: SummaryDelta) -> None:
     """Write a delta: ledger costs first read, then every table in the fixed order."""
-    if delta.ledger_events:
+    if delta.ledger_events and not delta.ledger_filed:
         delta.file_ledger_rows(_ledger_rows(session, sorted(delta.ledger_events)))
     for table in _TABLE_ORDER:
         rows = delta.add.get(table.name, {})
