@@ -27,7 +27,7 @@ from central.api.shifts import ShiftController
 from central.api.stock import StockController
 from central.api.users import UserController
 from central.auth import ApiAuthMiddleware, authorize
-from central.auth.limits import bounded_path_ints
+from central.auth.limits import bounded_path_ints, text_without_nul
 from central.runtime import CentralRuntime
 from central.settings import CentralSettings
 
@@ -69,7 +69,7 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
         # Every route: a bearer token (401), then the role its group requires (403);
         # see central/auth/roles.py and README "Security".
         middleware=[ApiAuthMiddleware()],
-        guards=[authorize, bounded_path_ints],
+        guards=[authorize, bounded_path_ints, text_without_nul],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "db_session": Provide(_provide_session),

@@ -13,7 +13,7 @@ from central.api.schemas import DeadLetterOut, Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import DeadLetter
-from central.services.audit import record_change
+from central.services.audit import bulk_summary, record_change
 
 __all__ = [
     "DEAD_LETTER_STATUSES",
@@ -156,6 +156,18 @@ async def replay_all(
             results.append(await replay_dead_letter(sessionmaker, dead_letter_id))
         except ConflictError:
             continue  # replayed meanwhile by someone else
+    # Each replay has its own entry; this one says what was asked and what came of it.
+    async with sessionmaker() as session, session.begin():
+        await record_change(
+            session,
+            action="dead_letter.replay_all",
+            target=f"dead_letters:{branch or '*'}",
+            before=bulk_summary(str(i) for i in ids),
+            after={
+                "replayed": bulk_summary(str(r.id) for r in results if r.status == "replayed"),
+                "still_open": bulk_summary(str(r.id) for r in results if r.status == "open"),
+            },
+        )
     return results
 
 
