@@ -64,7 +64,9 @@ class AssortmentController(Controller):
         operation_id="getBranchAssortment",
         summary="The SKUs a branch sells (its format's, with its exceptions)",
     )
-    async def get_one(self, db_session: NamedDependency[AsyncSession], branch: BranchCode) -> list[str]:
+    async def get_one(
+        self, db_session: NamedDependency[AsyncSession], branch: BranchCode
+    ) -> list[str]:
         return await branch_assortment(db_session, branch)
 
     @put(

@@ -48,7 +48,8 @@ class AuditController(Controller):
             str | None, QueryParameter(name="action", max_length=100, description="e.g. branch.add")
         ] = None,
         target: Annotated[
-            str | None, QueryParameter(name="target", max_length=200, description="e.g. branch:B001")
+            str | None,
+            QueryParameter(name="target", max_length=200, description="e.g. branch:B001"),
         ] = None,
         since: Annotated[datetime | None, QueryParameter(name="since")] = None,
         until: Annotated[datetime | None, QueryParameter(name="until")] = None,

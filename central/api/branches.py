@@ -94,9 +94,15 @@ class BranchController(Controller):
         rows = await db_session.scalars(
             select(Branch).order_by(Branch.code).limit(limit).offset(offset)
         )
-        return Page(items=[_out(b) for b in rows], total=int(total or 0), limit=limit, offset=offset)
+        return Page(
+            items=[_out(b) for b in rows], total=int(total or 0), limit=limit, offset=offset
+        )
 
-    @post("/", operation_id="addBranch", summary="Register a branch; returns its NATS credentials once")
+    @post(
+        "/",
+        operation_id="addBranch",
+        summary="Register a branch; returns its NATS credentials once",
+    )
     async def add_branch(
         self,
         db_session: NamedDependency[AsyncSession],

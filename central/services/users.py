@@ -144,7 +144,11 @@ async def revoke_user(session: AsyncSession, *, name: str) -> ApiUser:
         token.revoked_at = now
     await session.flush()
     await record_change(
-        session, action="user.revoke", target=f"user:{name}", before=before, after=user_snapshot(user)
+        session,
+        action="user.revoke",
+        target=f"user:{name}",
+        before=before,
+        after=user_snapshot(user),
     )
     return user
 
