@@ -3,7 +3,14 @@
 Several handlers may be registered for one event type; they run by ``stage``, then in
 registration order. Central's own effects use stages 10-40 (stock first: it leaves
 values and negative-stock flags for the others); the default stage 100 puts
-projections such as report summaries after them. Two kinds:
+projections such as report summaries after them.
+
+Lock order: rows that concurrent workers share (stock balances from stage 10 on,
+report summaries, each branch's sync state last) stay locked until the commit, so
+whatever needs no shared row lock runs before them, at ``EARLY_STAGE``: inserts of
+new rows (receipts, returns) and pure computation. Every worker then takes the shared
+locks in the same order (stage by stage, keys sorted within one), so they wait on each
+other only for the short end of the transaction and never deadlock. Two kinds:
 
 - ``@register_handler(EventType)``: ``async def h(session, ctx)``, called once per new
   event. Simple, but one call per event.
@@ -27,6 +34,7 @@ from protocol.events import BranchEvent, EventEnvelope
 
 __all__ = [
     "DEFAULT_STAGE",
+    "EARLY_STAGE",
     "BatchHandler",
     "EventContext",
     "EventHandler",
@@ -80,6 +88,8 @@ _REGISTRY: list[_Registration] = []
 
 
 DEFAULT_STAGE = 100
+# Before any handler that locks rows other workers also write (see the module doc).
+EARLY_STAGE = 5
 
 
 def _add(registration: _Registration) -> None:

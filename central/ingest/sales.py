@@ -7,11 +7,16 @@ from collections.abc import Sequence
 from datetime import date
 
 import msgspec
-from sqlalchemy import select, tuple_
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import allocate_ids, insert_rows, table_of
-from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.ingest.bulk import allocate_ids, insert_rows, is_postgresql, table_of
+from central.ingest.registry import (
+    EARLY_STAGE,
+    EventContext,
+    IngestBatch,
+    register_batch_handler,
+)
 from central.models import (
     ClosedDay,
     CustomerReturn,
@@ -64,12 +69,13 @@ async def late_events(session: AsyncSession, contexts: Sequence[EventContext]) -
     return late
 
 
-@register_batch_handler(ReceiptRecorded, stage=20)
+@register_batch_handler(ReceiptRecorded, stage=EARLY_STAGE)
 async def store_receipts(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
 ) -> None:
+    """Stored before the stock handler takes its balance locks (nothing here waits on
+    another worker), with ``negative_stock`` set afterwards by :func:`flag_negative_stock`."""
     late = await late_events(session, contexts)
-    negative: set[uuid.UUID] = batch.notes.get("negative_stock", set())
     ids = await allocate_ids(session, table_of(Receipt), len(contexts))
     receipts: list[dict[str, object]] = []
     lines: list[dict[str, object]] = []
@@ -96,7 +102,7 @@ async def store_receipts(
                 "currency": body.currency,
                 "fiscal_number": body.fiscal_number,
                 "late": env.event_id in late,
-                "negative_stock": env.event_id in negative,
+                "negative_stock": False,
             }
         )
         lines.extend(
@@ -122,7 +128,33 @@ async def store_receipts(
     await insert_rows(session, table_of(ReceiptPaymentRow), payments)
 
 
-@register_batch_handler(CustomerReturnRecorded, stage=20)
+_PG_FLAG_NEGATIVE = text(
+    "UPDATE receipts SET negative_stock = true WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
+@register_batch_handler(ReceiptRecorded, stage=15)
+async def flag_negative_stock(
+    session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
+) -> None:
+    """Flag the receipts of this batch that drove a stock balance negative (the stock
+    handler, stage 10, found them; the receipts were stored before it)."""
+    negative: set[uuid.UUID] = batch.notes.get("negative_stock", set())
+    ids = [c.envelope.event_id for c in contexts if c.envelope.event_id in negative]
+    if not ids:
+        return
+    if is_postgresql(session):
+        await session.execute(_PG_FLAG_NEGATIVE, {"ids": ids})
+        return
+    for start in range(0, len(ids), 500):
+        await session.execute(
+            update(Receipt)
+            .where(Receipt.event_id.in_(ids[start : start + 500]))
+            .values(negative_stock=True)
+        )
+
+
+@register_batch_handler(CustomerReturnRecorded, stage=EARLY_STAGE)
 async def store_customer_returns(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
 ) -> None:

@@ -16,6 +16,7 @@ handlers, in bulk), advance each branch's sequence state, commit, then ack.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -131,7 +132,7 @@ class IngestWorker:
         try:
             while not stop.is_set():
                 try:
-                    msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+                    msgs = await self._fetch(sub)
                 except (NatsTimeoutError, TimeoutError):
                     continue  # nothing to fetch
                 except Exception as exc:  # link down, server restarting: keep trying
@@ -164,6 +165,18 @@ class IngestWorker:
                         log.warning("ack failed: %s", exc)
         finally:
             await sub.unsubscribe()
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        """Wait for the first message, then take what is there already.
+
+        nats-py's ``fetch(n)`` on a quiet stream lingers until n messages or the
+        timeout: the tail of a burst would wait the whole timeout before it is stored.
+        """
+        msgs: list[Any] = await sub.fetch(1, timeout=self.fetch_timeout_s)
+        if self.batch_size > 1:
+            with contextlib.suppress(NatsTimeoutError, TimeoutError):
+                msgs += await sub.fetch(self.batch_size - 1, timeout=0.02)
+        return msgs
 
     # --- processing ----------------------------------------------------------------
 

@@ -26,7 +26,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.ingest.registry import (
+    EARLY_STAGE,
+    EventContext,
+    IngestBatch,
+    register_batch_handler,
+)
 from central.ingest.stock import LEDGER_SUMS
 from central.models.reports import (
     LastSellingPrice,
@@ -332,15 +337,33 @@ def local_hour(occurred_at: datetime, utc_offset_min: int) -> int:
 # --- ingestion hooks -------------------------------------------------------------------
 
 
+_DELTA_NOTE = "report_summary_delta"
+
+
+@register_batch_handler(
+    ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted, stage=EARLY_STAGE
+)
+async def prepare_summaries(
+    session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
+) -> None:
+    """The batch's contribution, summed in Python before any shared row is locked."""
+    delta = SummaryDelta()
+    for ctx in contexts:
+        delta.add_event(ctx.envelope, ctx.local_date)
+    batch.notes[_DELTA_NOTE] = delta
+
+
 @register_batch_handler(ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted)
 async def project_summaries(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
 ) -> None:
     """One batch's contribution, written after central's own handlers (default stage),
     so the stock ledger rows of the same events are there to take costs from."""
-    delta = SummaryDelta()
-    for ctx in contexts:
-        delta.add_event(ctx.envelope, ctx.local_date)
+    delta: SummaryDelta | None = batch.notes.pop(_DELTA_NOTE, None)
+    if delta is None:
+        delta = SummaryDelta()
+        for ctx in contexts:
+            delta.add_event(ctx.envelope, ctx.local_date)
     if delta.is_empty():
         return
     sums: dict[tuple[Any, ...], list[int]] | None = batch.notes.get(LEDGER_SUMS)
@@ -409,30 +432,71 @@ def upsert_additive(
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    keys = list(_pk(table))
     # Every row must name the same columns.
     columns = sorted({name for row in rows for name in row})
     if dialect == "postgresql":
-        pg = postgresql.insert(table)
-        arrays = [
-            bindparam(f"a_{name}", type_=postgresql.ARRAY(table.c[name].type)) for name in columns
-        ]
-        source = select(func.unnest(*arrays).table_valued(*columns).render_derived(name="u"))
-        stmt = pg.from_select(columns, source)
-        params = {f"a_{name}": [row.get(name, 0) for row in rows] for name in columns}
-    else:
-        stmt = _insert(dialect, table)
-        params = None
+        arrays = {name: [row.get(name, 0) for row in rows] for name in columns}
+        _upsert_arrays(session, table, arrays, additive=additive, merge=merge)
+        return
+    keys = list(_pk(table))
+    stmt = _insert(dialect, table)
     excluded = stmt.excluded
     names = additive if additive is not None else [c for c in columns if c not in keys]
     set_: dict[str, Any] = {name: table.c[name] + excluded[name] for name in names}
     if merge is not None:
         set_.update(merge(table, excluded))
     upsert = stmt.on_conflict_do_update(index_elements=keys, set_=set_)
-    if params is not None:
-        session.execute(upsert, params)
-    else:
-        session.execute(upsert, [{name: row.get(name, 0) for name in columns} for row in rows])
+    session.execute(upsert, [{name: row.get(name, 0) for name in columns} for row in rows])
+
+
+def _upsert_arrays(
+    session: Session,
+    table: Table,
+    arrays: dict[str, list[Any]],
+    *,
+    additive: Sequence[str] | None = None,
+    merge: Any = None,
+) -> None:
+    """PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT`` for all rows."""
+    keys = list(_pk(table))
+    columns = sorted(arrays)
+    pg = postgresql.insert(table)
+    binds = [bindparam(f"a_{name}", type_=postgresql.ARRAY(table.c[name].type)) for name in columns]
+    source = select(func.unnest(*binds).table_valued(*columns).render_derived(name="u"))
+    stmt = pg.from_select(columns, source)
+    excluded = stmt.excluded
+    names = additive if additive is not None else [c for c in columns if c not in keys]
+    set_: dict[str, Any] = {name: table.c[name] + excluded[name] for name in names}
+    if merge is not None:
+        set_.update(merge(table, excluded))
+    upsert = stmt.on_conflict_do_update(index_elements=keys, set_=set_)
+    session.execute(upsert, {f"a_{name}": arrays[name] for name in columns})
+
+
+def _upsert_delta(
+    session: Session, table: Table, rows: dict[tuple[Any, ...], dict[str, int]]
+) -> None:
+    """Additive upsert of one table's part of a delta, keys sorted (the lock order)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        keys = _pk(table)
+        upsert_additive(
+            session,
+            table,
+            [dict(zip(keys, key, strict=True), **rows[key]) for key in sorted(rows)],
+        )
+        return
+    ordered = sorted(rows)
+    amounts = [rows[key] for key in ordered]
+    names = sorted({name for row in amounts for name in row})
+    # Columns straight from the delta: no per-row dicts on the hot path.
+    arrays: dict[str, list[Any]] = {
+        name: [key[i] for key in ordered] for i, name in enumerate(_pk(table))
+    }
+    for name in names:
+        arrays[name] = [row.get(name, 0) for row in amounts]
+    _upsert_arrays(session, table, arrays)
 
 
 def _merge_shift(table: Table, excluded: Any) -> dict[str, Any]:
@@ -463,7 +527,6 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
         delta.file_ledger_rows(_ledger_rows(session, sorted(delta.ledger_events)))
     for table in _TABLE_ORDER:
         rows = delta.add.get(table.name, {})
-        keys = _pk(table)
         if table.name == ShiftTotals.__tablename__:
             shift_keys = sorted(set(rows) | set(delta.shifts))
             upsert_additive(
@@ -483,11 +546,7 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
                 merge=_merge_shift,
             )
             continue
-        upsert_additive(
-            session,
-            table,
-            [dict(zip(keys, key, strict=True), **rows[key]) for key in sorted(rows)],
-        )
+        _upsert_delta(session, table, rows)
     prices = delta.last_price
     upsert_additive(
         session,
