@@ -1,7 +1,10 @@
 """Price propagation: 100,000 price changes from head office to 10 branch agents.
 
-Everything on this machine: a nats-server from the wheel, central on SQLite, and
-10 in-process agents (each its own SQLite file and durable consumer). Measures
+Everything on this machine: a nats-server from the wheel, central on SQLite in this
+process, and 10 agents, each in its own process (as in a chain, where every store
+runs its agent on its own PC) with its own SQLite file and durable consumer. An
+agent's progress is read from its own database (``md_state.applied_version``, the
+version mark it committed), read-only from this process. Measures
 
 - ``all_applied_s``: from the commit of 100,000 chain-wide price changes (one
   repricing-style bulk write) until every agent has applied them (its applied
@@ -19,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
+import signal
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -57,8 +64,54 @@ async def _raw_roundtrip(url: str, count: int) -> list[float]:
         await nc.close()
 
 
-async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
+async def _agent_process(settings_json: str) -> None:
+    """Child mode: one agent until SIGTERM."""
+    import msgspec
+
     from branch_agent.agent import Agent
+    from branch_agent.settings import AgentSettings
+
+    agent = Agent(msgspec.json.decode(settings_json, type=AgentSettings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
+
+
+class _AgentProbe:
+    """Reads an agent's committed applied version from its SQLite file (read-only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def applied_version(self) -> int:
+        try:
+            if self._conn is None:
+                if not self.path.exists():
+                    return 0
+                self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            row = self._conn.execute(
+                "SELECT value FROM md_state WHERE name = 'applied_version'"
+            ).fetchone()
+        except sqlite3.Error:
+            return 0  # not migrated yet
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
+    import msgspec
+
+    from branch_agent.catalog import find_product
+    from branch_agent.db import create_engine, create_sessionmaker
     from branch_agent.settings import AgentSettings
     from central.db import upgrade
     from central.embedded_nats import EmbeddedNats
@@ -83,7 +136,8 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
     runtime = CentralRuntime(
         CentralSettings(database_url=url, nats_url=nats.url, ingest_fetch_timeout_s=0.2)
     )
-    agents: list[Agent] = []
+    agents: list[asyncio.subprocess.Process] = []
+    probes: list[_AgentProbe] = []
     try:
         await runtime.start(ingest_workers=1)
         await asyncio.wait_for(runtime.nats_ready.wait(), 30)
@@ -112,7 +166,10 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
                 return await published_version(s)
 
         async def all_applied(version: int) -> bool:
-            return all(a.masterdata.applied_version >= version for a in agents)
+            for agent in agents:
+                if agent.returncode is not None:
+                    raise RuntimeError(f"an agent process exited with {agent.returncode}")
+            return all(p.applied_version() >= version for p in probes)
 
         async def wait_published(version: int, timeout: float) -> None:
             deadline = time.perf_counter() + timeout
@@ -130,16 +187,19 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         for i in range(agent_count):
-            agent = Agent(
-                AgentSettings(
-                    branch=f"B{i:02d}",
-                    data_dir=str(tmp / f"agent-{i:02d}"),
-                    nats_url=nats.url,
-                    heartbeat_interval_s=1.0,
+            settings = AgentSettings(
+                branch=f"B{i:02d}",
+                data_dir=str(tmp / f"agent-{i:02d}"),
+                nats_url=nats.url,
+                heartbeat_interval_s=1.0,
+            )
+            env = {**os.environ, "BENCH_AGENT_SETTINGS": msgspec.json.encode(settings).decode()}
+            agents.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bench.price_propagation", "--agent-process", env=env
                 )
             )
-            await agent.start()
-            agents.append(agent)
+            probes.append(_AgentProbe(settings.database_path))
         async with runtime.sessionmaker() as s:
             current = await current_version(s)
         await wait_published(current, 600)
@@ -175,10 +235,12 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             samples.append((time.perf_counter() - t0) * 1000)
         raw = await _raw_roundtrip(nats.url, 1000)
         # Spot check: the till price at an agent is the new one.
-        from branch_agent.catalog import find_product
-
-        async with agents[-1].sessionmaker() as s:
-            item = await find_product(s, sku=skus[0], at=datetime.now(UTC))
+        engine = create_engine(probes[-1].path)
+        try:
+            async with create_sessionmaker(engine)() as s:
+                item = await find_product(s, sku=skus[0], at=datetime.now(UTC))
+        finally:
+            await engine.dispose()
         if item is None or item.price != 500:
             raise AssertionError(f"till price after the last change: {item}")
         return {
@@ -198,8 +260,17 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             "ok": all_applied_s <= 10 and _p99(samples) <= 500,
         }
     finally:
+        for probe in probes:
+            probe.close()
         for agent in agents:
-            await agent.stop()
+            if agent.returncode is None:
+                agent.terminate()
+        for agent in agents:
+            try:
+                await asyncio.wait_for(agent.wait(), 30)
+            except TimeoutError:
+                agent.kill()
+                await agent.wait()
         await runtime.stop()
         nats.stop()
 
@@ -209,8 +280,13 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--agents", type=int, default=10)
     parser.add_argument("--singles", type=int, default=100)
+    parser.add_argument("--agent-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.agent_process:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_agent_process(os.environ["BENCH_AGENT_SETTINGS"]))
+        return
     result = asyncio.run(run(args.changes, args.agents, args.singles))
     print(json.dumps(result))
 

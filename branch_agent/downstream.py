@@ -86,7 +86,10 @@ class DownstreamReader:
         """
         msgs: list[Any] = await sub.fetch(1, timeout=self.fetch_timeout_s)
         if self.batch > 1:
-            with contextlib.suppress(NatsTimeoutError):
+            # nats-py raises the builtin TimeoutError (not its own) when the short
+            # deadline has passed before its second pull: the message in hand must
+            # still be handled, or it waits for the consumer's ack_wait (30 s).
+            with contextlib.suppress(NatsTimeoutError, TimeoutError):
                 msgs += await sub.fetch(self.batch - 1, timeout=0.02)
         return msgs
 

@@ -121,6 +121,9 @@ class MasterDataApplier:
         # Core statements on one connection: a bucket is thousands of rows, no ORM needed;
         # one commit (one fsync) for the whole run instead of one per message.
         async with self._write_lock, engine.begin() as conn:
+            # A bucket run rewrites up to ~100,000 rows in three b-trees: SQLite's
+            # default 2 MB page cache would spill mid-transaction. Per connection.
+            await conn.exec_driver_sql("PRAGMA cache_size=-32768")
             for message, decoded in decoded_messages:
                 results.append((decoded, await self._apply(conn, message, decoded)))
         for decoded, applied in results:
@@ -252,6 +255,8 @@ async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: 
         )
     )
     if bucket.entries:
+        # Most entries of a bucket share a few moments: format each moment once.
+        moments: dict[datetime, str] = {}
         await conn.exec_driver_sql(
             "INSERT INTO md_prices (scope, scope_id, bucket, sku, price, effective_at, "
             "effective_local, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -262,13 +267,18 @@ async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: 
                     bucket.bucket,
                     e.sku,
                     e.price,
-                    _sqlite_utc(e.effective_at),
+                    moments.get(e.effective_at) or _moment(moments, e.effective_at),
                     e.effective_local,
                     e.version,
                 )
                 for e in bucket.entries
             ],
         )
+
+
+def _moment(cache: dict[datetime, str], moment: datetime) -> str:
+    text = cache[moment] = _sqlite_utc(moment)
+    return text
 
 
 def _sqlite_utc(moment: datetime) -> str:
