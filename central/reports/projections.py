@@ -548,12 +548,30 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
             continue
         _upsert_delta(session, table, rows)
     prices = delta.last_price
+    if not prices:
+        return
+    ordered = sorted(prices)
+    if session.get_bind().dialect.name == "postgresql":
+        seen = [prices[k] for k in ordered]
+        _upsert_arrays(
+            session,
+            _t(LastSellingPrice),
+            {
+                "branch": [k[0] for k in ordered],
+                "sku": [k[1] for k in ordered],
+                "sold_at": [p[0] for p in seen],
+                "unit_price": [p[1] for p in seen],
+            },
+            additive=(),
+            merge=_merge_price,
+        )
+        return
     upsert_additive(
         session,
         _t(LastSellingPrice),
         [
             {"branch": k[0], "sku": k[1], "sold_at": prices[k][0], "unit_price": prices[k][1]}
-            for k in sorted(prices)
+            for k in ordered
         ],
         additive=(),
         merge=_merge_price,
