@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -30,9 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from branch_agent.catalog import set_local_timezone
 from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.masterdata_models import (
-    MdAppliedKey,
     MdBarcode,
-    MdPrice,
     MdProduct,
     MdPromotion,
     MdState,
@@ -121,11 +120,42 @@ class MasterDataApplier:
         # Core statements on one connection: a bucket is thousands of rows, no ORM needed;
         # one commit (one fsync) for the whole run instead of one per message.
         async with self._write_lock, engine.begin() as conn:
-            # A bucket run rewrites up to ~100,000 rows in three b-trees: SQLite's
-            # default 2 MB page cache would spill mid-transaction. Per connection.
+            # A bucket run writes up to ~100,000 rows: SQLite's default 2 MB page cache
+            # would spill mid-transaction. Per connection.
             await conn.exec_driver_sql("PRAGMA cache_size=-32768")
+            subjects = list(dict.fromkeys(m.subject for m, _ in decoded_messages))
+            # The per-subject guard, read and written once per run (not per message).
+            known: dict[str, int] = {}
+            for start in range(0, len(subjects), 500):
+                chunk = subjects[start : start + 500]
+                known.update(
+                    (
+                        await conn.exec_driver_sql(
+                            "SELECT subject, version FROM md_applied_keys WHERE subject IN "
+                            f"({', '.join('?' * len(chunk))})",
+                            tuple(chunk),
+                        )
+                    ).all()
+                )
+            written: dict[str, tuple[int, int]] = {}
             for message, decoded in decoded_messages:
-                results.append((decoded, await self._apply(conn, message, decoded)))
+                stored = known.get(message.subject)
+                if stored is not None and stored > decoded.version:
+                    results.append((decoded, False))
+                    continue
+                await self._apply(conn, message, decoded)
+                known[message.subject] = decoded.version
+                written[message.subject] = (decoded.version, message.stream_seq)
+                results.append((decoded, True))
+            if written:
+                await conn.exec_driver_sql(
+                    "INSERT INTO md_applied_keys (subject, version, stream_seq) VALUES (?, ?, ?) "
+                    "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
+                    "stream_seq = excluded.stream_seq",
+                    [(subject, v, seq) for subject, (v, seq) in written.items()],
+                )
+                last_seq = max(seq for _, seq in written.values())
+                await _set_state(conn, LAST_STREAM_SEQ, last_seq, keep_max=True)
         for decoded, applied in results:
             if applied:
                 self.stats.applied += 1
@@ -151,14 +181,7 @@ class MasterDataApplier:
 
     async def _apply(
         self, conn: AsyncConnection, message: DownMessage, decoded: MasterDataMessage
-    ) -> bool:
-        stored = (
-            await conn.execute(
-                select(MdAppliedKey.version).where(MdAppliedKey.subject == message.subject)
-            )
-        ).scalar()
-        if stored is not None and stored > decoded.version:
-            return False
+    ) -> None:
         scope_id = message.scope_id or ""
         if isinstance(decoded, ProductBucket):
             await _replace_products(conn, decoded, scope_id)
@@ -168,16 +191,6 @@ class MasterDataApplier:
             await _replace_promotion(conn, decoded, message.scope, scope_id)
         else:
             await _set_state(conn, APPLIED_VERSION, decoded.version, keep_max=True)
-        await conn.execute(
-            sqlite_insert(MdAppliedKey)
-            .values(subject=message.subject, version=decoded.version, stream_seq=message.stream_seq)
-            .on_conflict_do_update(
-                index_elements=[MdAppliedKey.subject],
-                set_={"version": decoded.version, "stream_seq": message.stream_seq},
-            )
-        )
-        await _set_state(conn, LAST_STREAM_SEQ, message.stream_seq, keep_max=True)
-        return True
 
 
 async def _set_state(conn: AsyncConnection, name: str, value: int, *, keep_max: bool) -> None:
@@ -247,32 +260,42 @@ async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_
 
 
 async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: str) -> None:
-    await conn.execute(
-        delete(MdPrice).where(
-            (MdPrice.scope == bucket.scope)
-            & (MdPrice.scope_id == scope_id)
-            & (MdPrice.bucket == bucket.bucket)
-        )
+    """Make the bucket's rows at this scope exactly the message's entries.
+
+    Written as a difference: a bucket message repeats every entry still in force, so
+    a change of one price is one inserted row (and the superseded entry, once
+    pruned, one deleted row) instead of rewriting the bucket's hundreds of rows.
+    """
+    existing = await conn.exec_driver_sql(
+        "SELECT id, sku, price, effective_at, effective_local, version FROM md_prices "
+        "WHERE scope = ? AND scope_id = ? AND bucket = ?",
+        (bucket.scope, scope_id, bucket.bucket),
     )
-    if bucket.entries:
-        # Most entries of a bucket share a few moments: format each moment once.
-        moments: dict[datetime, str] = {}
+    # Rows as they are stored: identical ones are kept (with their multiplicity).
+    moments: dict[datetime, str] = {}
+    wanted: dict[tuple[str, int, str, str | None, int], int] = defaultdict(int)
+    for e in bucket.entries:
+        text = moments.get(e.effective_at) or _moment(moments, e.effective_at)
+        wanted[(e.sku, e.price, text, e.effective_local, e.version)] += 1
+    stale: list[tuple[int]] = []
+    for row in cast("list[tuple[Any, ...]]", existing.all()):
+        key = (row[1], row[2], row[3], row[4], row[5])
+        if wanted.get(key, 0) > 0:
+            wanted[key] -= 1
+        else:
+            stale.append((row[0],))
+    if stale:
+        await conn.exec_driver_sql("DELETE FROM md_prices WHERE id = ?", stale)
+    rows = [
+        (bucket.scope, scope_id, bucket.bucket, sku, price, text, local, version)
+        for (sku, price, text, local, version), count in wanted.items()
+        for _ in range(count)
+    ]
+    if rows:
         await conn.exec_driver_sql(
             "INSERT INTO md_prices (scope, scope_id, bucket, sku, price, effective_at, "
             "effective_local, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    bucket.scope,
-                    scope_id,
-                    bucket.bucket,
-                    e.sku,
-                    e.price,
-                    moments.get(e.effective_at) or _moment(moments, e.effective_at),
-                    e.effective_local,
-                    e.version,
-                )
-                for e in bucket.entries
-            ],
+            rows,
         )
 
 
