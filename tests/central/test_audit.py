@@ -207,3 +207,91 @@ async def test_a_dead_letter_replay_is_audited_with_its_outcome(central: Any) ->
         assert entry["after"]["status"] == "open"
         assert entry["after"]["reason"] != "bad"
         assert await _entries(c["admin"], action="request") == []
+
+
+async def test_every_other_master_data_and_records_write_is_audited(central: Any) -> None:
+    await register_branch(central, "B1")
+    async with _clients(central) as c:
+        merch, admin = c["merchandiser"], c["admin"]
+        product = {"sku": "TEA", "name": "Tea", "vat_rate_bp": 700}
+        assert (await merch.post("/api/v1/products", json=product)).status_code == 201
+        r = await merch.post("/api/v1/zones", json={"code": "Z1", "name": "North"})
+        assert r.status_code == 201, r.text
+        price = {"sku": "TEA", "price": 300, "scope": "branch", "scope_id": "B1"}
+        assert (await merch.post("/api/v1/prices", json=price)).status_code == 201
+        r = await merch.post(
+            "/api/v1/prices/withdraw", params={"scope": "branch", "scope_id": "B1", "sku": "TEA"}
+        )
+        assert r.status_code == 200, r.text
+        doc = {"lines": [{"sku": "TEA", "new_price": 350, "stock_milli": 2000}]}
+        r = await merch.post("/api/v1/repricing", json=doc)
+        assert r.status_code == 201, r.text
+        doc_id = r.json()["id"]
+        r = await merch.post(f"/api/v1/repricing/{doc_id}/approve")
+        assert r.status_code == 200, r.text
+        approved_status = r.json()["status"]  # approved, or effective once its moment came
+        assert approved_status in ("approved", "effective")
+        exception = {"sku": "TEA", "include": True}
+        r = await merch.put("/api/v1/assortment/branches/B1/exceptions", json=exception)
+        assert r.status_code == 200, r.text
+        r = await merch.delete("/api/v1/assortment/branches/B1/exceptions/TEA")
+        assert r.status_code == 204, r.text
+        now = datetime.now(UTC)
+        promotion = {
+            "promotion_id": "P2",
+            "type": "amount",
+            "amount": 50,
+            "skus": ["TEA"],
+            "starts_at": now.isoformat(),
+            "ends_at": (now + timedelta(days=1)).isoformat(),
+        }
+        assert (await merch.post("/api/v1/promotions", json=promotion)).status_code == 201
+        assert (await merch.post("/api/v1/promotions/P2/withdraw")).status_code == 200
+        assert (await merch.post("/api/v1/products/TEA/archive")).status_code == 200
+        day = {"branch": "B1", "local_date": "2026-11-01", "closed_by": "ops"}
+        assert (await merch.post("/api/v1/shifts/closed-days", json=day)).status_code == 403
+        assert (await admin.post("/api/v1/shifts/closed-days", json=day)).status_code == 201
+
+        def by_action(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {e["action"]: e for e in items}
+
+        merch_entries = by_action(await _entries(admin, actor="audit-merchandiser"))
+        assert set(merch_entries) == {
+            "product.create",
+            "zone.create",
+            "price.set",
+            "price.withdraw",
+            "repricing.create",
+            "repricing.approve",
+            "assortment.set_exception",
+            "assortment.remove_exception",
+            "promotion.create",
+            "promotion.withdraw",
+            "product.archive",
+        }
+        withdrawn = merch_entries["price.withdraw"]
+        assert withdrawn["target"] == "price:TEA@branch:B1"
+        assert withdrawn["before"]["count"] == 1
+        assert withdrawn["before"]["entries"][0]["price"] == 300
+        assert withdrawn["after"] == {"count": 0, "withdrawn": 1}
+        approved = merch_entries["repricing.approve"]
+        assert approved["target"] == f"repricing:{doc_id}"
+        assert approved["before"]["status"] == "draft"
+        assert approved["after"]["status"] == approved_status
+        assert approved["after"]["approved_at"] is not None
+        assert approved["after"]["lines"] == {"count": 1, "keys": ["TEA"]}
+        assert approved["after"]["first_lines"][0]["new_price"] == 350
+        removed = merch_entries["assortment.remove_exception"]
+        assert removed["before"] == {"sku": "TEA", "include": True}
+        assert removed["after"] is None
+        promo = merch_entries["promotion.withdraw"]
+        assert promo["before"]["active"] is True
+        assert promo["after"]["active"] is False
+        archived = merch_entries["product.archive"]
+        assert archived["before"]["active"] is True
+        assert archived["after"]["active"] is False
+        closed = _one(await _entries(admin, action="shift.close_day"))
+        _check_who_when(closed, "admin", "POST", "/api/v1/shifts/closed-days")
+        assert closed["target"] == "closed_day:B1:2026-11-01"
+        assert closed["after"]["closed_by"] == "ops"
+        assert await _entries(admin, action="request") == []
