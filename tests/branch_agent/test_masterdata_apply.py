@@ -1,0 +1,101 @@
+"""Applying a price bucket leaves exactly the message's entries, whatever was stored."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from branch_agent.db import create_engine, create_sessionmaker, upgrade
+from branch_agent.downstream import DownMessage
+from branch_agent.masterdata import MasterDataApplier
+from protocol.masterdata import PriceBucket, PriceEntry, encode_masterdata
+
+T0 = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+
+
+def _message(seq: int, version: int, entries: list[PriceEntry], bucket: int = 7) -> DownMessage:
+    data = encode_masterdata(
+        PriceBucket(scope="all", bucket=bucket, version=version, entries=tuple(entries))
+    )
+    subject = f"down.all.price.b{bucket:03d}"
+    return DownMessage(subject, "all", None, "price", f"b{bucket:03d}", data, seq)
+
+
+async def _rows(applier_path: Path) -> list[tuple[object, ...]]:
+    engine = create_engine(applier_path)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql(
+                "SELECT bucket, sku, price, effective_at, effective_local, version "
+                "FROM md_prices ORDER BY bucket, sku, effective_at, version, price"
+            )
+            return [tuple(r) for r in result]
+    finally:
+        await engine.dispose()
+
+
+async def test_bucket_rows_follow_each_message_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engine = create_engine(path)
+    applier = MasterDataApplier(create_sessionmaker(engine), asyncio.Lock())
+    later = T0 + timedelta(days=1)
+    try:
+        other = _message(1, 1, [PriceEntry(sku="Z", price=9, effective_at=T0, version=1)], 8)
+        first = _message(
+            2,
+            2,
+            [
+                PriceEntry(sku="A", price=100, effective_at=T0, version=1),
+                PriceEntry(sku="B", price=200, effective_at=T0, version=2),
+                PriceEntry(sku="C", price=300, effective_at=T0, version=2),
+            ],
+        )
+        await applier.handle_batch([other, first])
+        # A changed (new entry beside the old), B's price corrected under the same
+        # moment and version, C withdrawn, D new, a wall-clock entry, a duplicate.
+        second = _message(
+            3,
+            5,
+            [
+                PriceEntry(sku="A", price=100, effective_at=T0, version=1),
+                PriceEntry(sku="A", price=110, effective_at=later, version=5),
+                PriceEntry(sku="B", price=210, effective_at=T0, version=2),
+                PriceEntry(
+                    sku="D",
+                    price=400,
+                    effective_at=later,
+                    version=5,
+                    effective_local="2026-01-06T06:00:00",
+                ),
+                PriceEntry(
+                    sku="D",
+                    price=400,
+                    effective_at=later,
+                    version=5,
+                    effective_local="2026-01-06T06:00:00",
+                ),
+            ],
+        )
+        await applier.handle_batch([second])
+        stamp = "2026-01-05 06:00:00.000000"
+        stamp_later = "2026-01-06 06:00:00.000000"
+        expected = [
+            (7, "A", 100, stamp, None, 1),
+            (7, "A", 110, stamp_later, None, 5),
+            (7, "B", 210, stamp, None, 2),
+            (7, "D", 400, stamp_later, "2026-01-06T06:00:00", 5),
+            (7, "D", 400, stamp_later, "2026-01-06T06:00:00", 5),
+            (8, "Z", 9, stamp, None, 1),
+        ]
+        assert await _rows(path) == expected
+        # Redelivered older message: skipped by the version guard, rows unchanged.
+        await applier.handle_batch([first])
+        assert applier.stats.stale_skipped == 1
+        assert await _rows(path) == expected
+        # An empty bucket clears it.
+        await applier.handle_batch([_message(4, 6, [])])
+        assert await _rows(path) == [(8, "Z", 9, stamp, None, 1)]
+    finally:
+        await engine.dispose()
