@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -288,6 +289,7 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
                 await agent.wait()
         await runtime.stop()
         nats.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
