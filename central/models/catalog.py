@@ -109,7 +109,9 @@ class PriceEntryRow(Base):
     __tablename__ = "price_entries"
     __table_args__ = (
         Index("ix_price_entries_scope_bucket", "scope", "scope_id", "bucket"),
-        Index("ix_price_entries_sku", "sku"),
+        # The entry in force for a SKU at a scope and moment: one index range, whatever
+        # the planner's statistics say (SQLite without ANALYZE picked the bucket index).
+        Index("ix_price_entries_sku_scope_moment", "sku", "scope", "scope_id", "effective_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
