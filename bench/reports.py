@@ -22,24 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bench.pg import throwaway_postgres
 from central.db import create_engine, create_sessionmaker, upgrade
-from central.embedded_nats import free_port
 from central.models import Receipt, ReceiptLineRow, ReceiptPaymentRow, StockMovement
 from central.reports import service
 from central.reports.rebuild import rebuild_summaries
@@ -60,64 +54,11 @@ BRANCH = "B042"
 VAT_SQL = "((2 * {t} * {r} + (10000 + {r})) / (2 * (10000 + {r})))"
 
 
-@contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A private cluster on 127.0.0.1, removed at the end (fsync off: data is scratch)."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        raise SystemExit("PostgreSQL server binaries not found; pass --pg-url")
-    pg_bin = bins[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="backroom-bench-reports."))
-    port = free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    try:
-        subprocess.run(
-            [
-                *as_postgres,
-                str(pg_bin / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
-            "-c shared_buffers=1GB -c work_mem=64MB -c maintenance_work_mem=512MB "
-            "-c max_wal_size=8GB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        subprocess.run(
-            [
-                *as_postgres,
-                str(pg_bin / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(root / "log"),
-                "-w",
-                "-o",
-                options,
-                "start",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+# Server options of this benchmark's throwaway cluster (fsync off: the data is scratch).
+PG_OPTIONS = (
+    "-c shared_buffers=1GB -c work_mem=64MB -c maintenance_work_mem=512MB "
+    "-c max_wal_size=8GB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+)
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -674,7 +615,7 @@ def main() -> None:
     if args.pg_url:
         result = asyncio.run(run(args.pg_url, args.lines, args.repeat))
     else:
-        with throwaway_postgres() as url:
+        with throwaway_postgres("reports", PG_OPTIONS) as url:
             result = asyncio.run(run(url, args.lines, args.repeat))
     print(json.dumps(result))
 

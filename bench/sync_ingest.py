@@ -34,8 +34,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,9 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
+from bench.pg import throwaway_postgres
 from central.db import create_engine, create_sessionmaker, upgrade
-from central.embedded_nats import EmbeddedNats, free_port
+from central.embedded_nats import EmbeddedNats
 from protocol.codec import decode_envelope, encode
 from protocol.events import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded
 from protocol.ids import new_event_id
@@ -61,63 +62,8 @@ RAW_DURABLE = "bench-raw"
 # --- PostgreSQL ------------------------------------------------------------------
 
 
-@contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A private cluster on 127.0.0.1 (as .ci/run starts one), removed at the end."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        raise SystemExit("PostgreSQL server binaries not found; pass --pg-url")
-    pg_bin = bins[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="backroom-bench-pg."))
-    port = free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    try:
-        subprocess.run(
-            [
-                *as_postgres,
-                str(pg_bin / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
-            "-c shared_buffers=256MB -c max_wal_size=2GB -c synchronous_commit=on"
-        )
-        subprocess.run(
-            [
-                *as_postgres,
-                str(pg_bin / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(root / "log"),
-                "-w",
-                "-o",
-                options,
-                "start",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+# Server options of this benchmark's throwaway cluster (durable like production).
+PG_OPTIONS = "-c shared_buffers=256MB -c max_wal_size=2GB -c synchronous_commit=on"
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -569,7 +515,7 @@ def main() -> None:
     if args.pg_url:
         result = asyncio.run(run(args, args.pg_url))
     else:
-        with throwaway_postgres() as server_url:
+        with throwaway_postgres("pg", PG_OPTIONS) as server_url:
             result = asyncio.run(run(args, server_url))
     print(
         f"central:   {result['receipts_per_s']:>10,.0f} receipts/s  "
