@@ -36,11 +36,13 @@ printing. A failed call raises :class:`~devices.errors.FiscalError` carrying
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from enum import Enum
+from enum import Enum, IntEnum
 
 from devices.errors import Condition, DeviceError, FiscalError
 from devices.ports import Port, SerialSettings
@@ -51,9 +53,12 @@ __all__ = [
     "CMD_CANCEL_RECEIPT",
     "CMD_CASH_IN_OUT",
     "CMD_CLOSE_RECEIPT",
+    "CMD_DIAGNOSTIC",
     "CMD_FREE_TEXT",
     "CMD_LAST_DOCUMENT",
+    "CMD_LAST_FISCAL_ENTRY",
     "CMD_OPEN_RECEIPT",
+    "CMD_OPEN_STORNO",
     "CMD_PAYMENT",
     "CMD_REPORT",
     "CMD_SALE",
@@ -70,7 +75,10 @@ __all__ = [
     "SYN",
     "VAT_GROUPS",
     "Answer",
+    "CashState",
     "DatecsFiscalPrinter",
+    "DiagnosticInfo",
+    "FiscalEntry",
     "FiscalReceipt",
     "FiscalResult",
     "FiscalStatus",
@@ -79,6 +87,8 @@ __all__ = [
     "Request",
     "SaleLine",
     "StatusBit",
+    "StornoReason",
+    "StornoReference",
     "TransactionStatus",
     "build_answer",
     "build_request",
@@ -87,13 +97,17 @@ __all__ = [
     "encode_params",
     "escape",
     "format_amount",
+    "format_fiscal_datetime",
     "format_quantity",
     "line_amount",
     "parse_answer",
     "parse_request",
+    "parse_storno_open",
     "replace_hint",
     "split_params",
     "status_error",
+    "storno_open_params",
+    "storno_open_request",
     "unescape",
 ]
 
@@ -109,6 +123,7 @@ ACK_BYTES = frozenset({NAK, SYN})
 MAX_DATA = 213
 SEQ_MIN = 0x20
 
+CMD_OPEN_STORNO = 0x2B  # from the vendor's programmer's manual, not in DEVICES.md
 CMD_OPEN_RECEIPT = 0x30
 CMD_SALE = 0x31
 CMD_SUBTOTAL = 0x33
@@ -116,14 +131,17 @@ CMD_PAYMENT = 0x35
 CMD_FREE_TEXT = 0x36
 CMD_CLOSE_RECEIPT = 0x38
 CMD_CANCEL_RECEIPT = 0x3C
+CMD_LAST_FISCAL_ENTRY = 0x40  # vendor manual: the last Z report in fiscal memory
 CMD_REPORT = 0x45
 CMD_CASH_IN_OUT = 0x46
 CMD_STATUS = 0x4A
 CMD_TRANSACTION_STATUS = 0x4C
+CMD_DIAGNOSTIC = 0x5A  # vendor manual: name, firmware, serial and fiscal memory number
 CMD_LAST_DOCUMENT = 0x71
 
 STATE_CHANGING = frozenset(
     {
+        CMD_OPEN_STORNO,
         CMD_OPEN_RECEIPT,
         CMD_SALE,
         CMD_SUBTOTAL,
@@ -137,7 +155,15 @@ STATE_CHANGING = frozenset(
 )
 
 VAT_GROUPS = {letter: str(i + 1) for i, letter in enumerate("ABCDEFGH")}
-PAYMENT_MODES = {"cash": 0, "credit_card": 1, "debit_card": 2}
+# PaidMode of 0x35; 3..5 are the printer's "other" payment kinds (vouchers, ...).
+PAYMENT_MODES = {
+    "cash": 0,
+    "credit_card": 1,
+    "debit_card": 2,
+    "other_3": 3,
+    "other_4": 4,
+    "other_5": 5,
+}
 CODEPAGE = "cp1251"
 CENT = Decimal("0.01")
 MILLI = Decimal("0.001")
@@ -451,6 +477,120 @@ class Payment:
     amount: Decimal
 
 
+# ---------------------------------------------------------------------------------------
+# storno (refund) receipts: command 0x2B from the vendor's programmer's manual
+# ---------------------------------------------------------------------------------------
+class StornoReason(IntEnum):
+    """``Storno`` parameter of 0x2B; 0x4C then reports ``IsOpen`` = 2 + this value."""
+
+    OPERATOR_ERROR = 0
+    REFUND = 1
+    TAX_BASE_REDUCTION = 2
+
+
+_NSALE = re.compile(r"^[A-Z]{2}\d{6}-[0-9A-Za-z]{4}-\d{7}$")
+_FM_NUMBER = re.compile(r"^\d{8}$")
+
+
+def format_fiscal_datetime(moment: datetime) -> str:
+    """``DD-MM-YY hh:mm:ss`` plus `` DST`` when summer time is in force (an aware datetime
+    in the printer's zone says so; a naive one never does)."""
+    text = moment.strftime("%d-%m-%y %H:%M:%S")
+    dst = moment.dst()
+    return f"{text} DST" if dst is not None and dst != timedelta(0) else text
+
+
+@dataclass(frozen=True, slots=True)
+class StornoReference:
+    """The original fiscal document a storno receipt reverses (0x2B's mandatory fields).
+
+    ``document_number``: the original's number (DocNum, 1..9999999); ``document_time``:
+    when it was issued, in the printer's local time; ``fiscal_memory_number``: the 8-digit
+    fiscal memory number of the device that issued it (0x5A answers it);
+    ``unique_sale_number``: NSale (``LLDDDDDD-CCCC-DDDDDDD``) when the original had one."""
+
+    document_number: int
+    document_time: datetime
+    fiscal_memory_number: str
+    reason: StornoReason = StornoReason.REFUND
+    unique_sale_number: str = ""
+
+    def validate(self) -> None:
+        if not 1 <= self.document_number <= 9_999_999:
+            raise ValueError("storno: the original document number must be 1..9999999")
+        if not _FM_NUMBER.match(self.fiscal_memory_number):
+            raise ValueError("storno: the fiscal memory number has 8 digits")
+        if self.unique_sale_number and not _NSALE.match(self.unique_sale_number):
+            raise ValueError("storno: NSale must look like LLDDDDDD-CCCC-DDDDDDD")
+        StornoReason(self.reason)
+
+    @property
+    def open_state(self) -> int:
+        """``IsOpen`` of 0x4C while this storno receipt is open."""
+        return 2 + int(self.reason)
+
+
+def storno_open_params(
+    operator: int, password: str, till: int, reference: StornoReference
+) -> list[str]:
+    """0x2B's parameters: OpCode, OpPwd, TillNmb, Storno, DocNum, DateTime, FMNumber,
+    Invoice, ToInvoice, Reason, NSale (invoice stornos are not issued: those three empty)."""
+    reference.validate()
+    return [
+        str(operator),
+        password,
+        str(till),
+        str(int(reference.reason)),
+        str(reference.document_number),
+        format_fiscal_datetime(reference.document_time),
+        reference.fiscal_memory_number,
+        "",
+        "",
+        "",
+        reference.unique_sale_number,
+    ]
+
+
+def storno_open_request(
+    seq: int,
+    reference: StornoReference,
+    *,
+    operator: int = 1,
+    password: str = "1",
+    till: int = 1,
+    codepage: str = CODEPAGE,
+) -> bytes:
+    """The whole host frame that opens a storno receipt."""
+    params = storno_open_params(operator, password, till, reference)
+    return build_request(seq, CMD_OPEN_STORNO, encode_params(params, codepage))
+
+
+def parse_storno_open(data: bytes) -> tuple[int, str, int, StornoReference]:
+    """Inverse of :func:`storno_open_params` on the wire data of a 0x2B frame:
+    (operator, password, till, reference); ``ValueError`` when it is not a valid one."""
+    params = split_params(data)
+    if len(params) < 7:
+        raise ValueError("0x2B needs OpCode, OpPwd, TillNmb, Storno, DocNum, DateTime, FMNumber")
+    params += [""] * (11 - len(params))
+    operator, password, till, kind, number, when, fm_number = params[:7]
+    invoice, to_invoice, invoice_reason, nsale = params[7:11]
+    if invoice not in ("", "I") or (not invoice and (to_invoice or invoice_reason)):
+        raise ValueError("ToInvoice and Reason belong to invoice stornos only")
+    text = when.removesuffix(" DST")
+    moment = datetime.strptime(text, "%d-%m-%y %H:%M:%S")
+    reference = StornoReference(
+        document_number=int(number),
+        document_time=moment,
+        fiscal_memory_number=fm_number,
+        reason=StornoReason(int(kind)),
+        unique_sale_number=nsale,
+    )
+    reference.validate()
+    if not password.isdigit() or not 1 <= len(password) <= 8:
+        raise ValueError("OpPwd is 1..8 digits")
+    return int(operator), password, int(till), reference
+
+
 @dataclass(frozen=True, slots=True)
 class FiscalReceipt:
     """A whole receipt. ``previous_receipt_number`` is the idempotence hint: the printer's
@@ -463,6 +603,13 @@ class FiscalReceipt:
     till: int = 1
     invoice: bool = False
     previous_receipt_number: int | None = None
+    # Set: a storno (refund) receipt reversing this original document, opened with 0x2B.
+    storno: StornoReference | None = None
+
+    @property
+    def open_state(self) -> int:
+        """``IsOpen`` of 0x4C while this receipt is open: 1, or 2..4 for a storno."""
+        return 1 if self.storno is None else self.storno.open_state
 
     def total(self) -> Decimal:
         return sum((line_amount(line) for line in self.lines), Decimal("0.00"))
@@ -470,6 +617,10 @@ class FiscalReceipt:
     def validate(self) -> None:
         if not self.lines:
             raise ValueError("a receipt needs at least one line")
+        if self.storno is not None:
+            if self.invoice:
+                raise ValueError("invoice stornos are not supported")
+            self.storno.validate()
         if not 1 <= self.operator <= 30:
             raise ValueError("operator must be 1..30")
         if not 1 <= self.till <= 99999:
@@ -525,6 +676,34 @@ class ReportResult:
     report_number: int
     totals: tuple[Decimal, ...]
     storno_totals: tuple[Decimal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CashState:
+    """Answer of 0x46: cash in the drawer by the printer's count, service cash in / out."""
+
+    cash: Decimal
+    cash_in: Decimal
+    cash_out: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class FiscalEntry:
+    """Answer of 0x40: the last Z report written to fiscal memory (number 0: none yet)."""
+
+    report_number: int
+    totals: tuple[Decimal, ...]
+    date: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticInfo:
+    """Answer of 0x5A (the fields a storno reference and a technician need)."""
+
+    name: str
+    firmware: str
+    serial_number: str
+    fiscal_memory_number: str
 
 
 # ---------------------------------------------------------------------------------------
@@ -792,11 +971,14 @@ class DatecsFiscalPrinter:
             raise FiscalError(exc.error.condition, exc.error.message) from exc
 
     def report(self, kind: str) -> ReportResult:
-        """X (``"x"``) or Z (``"z"``, closes the day) report (0x45)."""
+        """X (``"x"``) or Z (``"z"``, closes the day) report (0x45). A Z report whose
+        answer was lost is read back from fiscal memory (0x40)."""
         letter = kind.upper()
         if letter not in ("X", "Z"):
             raise ValueError("report kind is 'x' or 'z'")
         fields = self._with_document_check(CMD_REPORT, [letter])
+        if not fields and letter == "Z":
+            return self.last_z_report()
         if not fields:
             return ReportResult(report_number=-1, totals=(), storno_totals=())
         try:
@@ -808,13 +990,60 @@ class DatecsFiscalPrinter:
         except (ValueError, ArithmeticError) as exc:
             raise FiscalError(Condition.BAD_FRAME, f"bad report answer {fields!r}") from exc
 
-    def cash_in_out(self, amount: Decimal, *, out: bool = False) -> None:
-        """Service cash in (or out with ``out=True``) of ``amount`` (0x46)."""
+    def cash_in_out(self, amount: Decimal, *, out: bool = False) -> CashState | None:
+        """Service cash in (or out with ``out=True``) of ``amount`` (0x46); the printer's
+        cash counters after it (``None`` when it was executed but its answer was lost)."""
         if amount <= 0:
             raise ValueError("amount must be positive")
-        self._with_document_check(CMD_CASH_IN_OUT, ["1" if out else "0", format_amount(amount)])
+        fields = self._with_document_check(
+            CMD_CASH_IN_OUT, ["1" if out else "0", format_amount(amount)]
+        )
+        return _cash_state(fields) if fields else None
+
+    def cash_state(self) -> CashState:
+        """The printer's cash counters (0x46 with Amount 0: nothing is printed)."""
+        return _cash_state(self._call(CMD_CASH_IN_OUT, ["0", "0.00"]))
+
+    def last_fiscal_entry(self, storno: bool = False) -> FiscalEntry:
+        """The last Z report in fiscal memory (0x40): turnover per VAT group, or the storno
+        turnover with ``storno=True``."""
+        fields = self._call(CMD_LAST_FISCAL_ENTRY, ["2" if storno else "0"])
+        try:
+            return FiscalEntry(
+                report_number=int(fields[0]),
+                totals=tuple(Decimal(v) for v in fields[1:9]),
+                date=fields[9] if len(fields) > 9 else "",
+            )
+        except (IndexError, ValueError, ArithmeticError) as exc:
+            raise FiscalError(Condition.BAD_FRAME, f"bad 0x40 answer {fields!r}") from exc
+
+    def last_z_report(self) -> ReportResult:
+        """The last Z report's number and totals, as fiscal memory holds them."""
+        sales = self.last_fiscal_entry()
+        stornos = self.last_fiscal_entry(storno=True)
+        if stornos.report_number != sales.report_number:
+            raise FiscalError(Condition.UNKNOWN_STATE, "fiscal memory changed while read")
+        return ReportResult(sales.report_number, sales.totals, stornos.totals)
+
+    def diagnostic(self) -> DiagnosticInfo:
+        """Device name, firmware, serial number and fiscal memory number (0x5A)."""
+        fields = self._call(CMD_DIAGNOSTIC, [""])
+        if len(fields) < 8:
+            raise FiscalError(Condition.BAD_FRAME, f"bad 0x5A answer {fields!r}")
+        return DiagnosticInfo(
+            name=fields[0],
+            firmware=f"{fields[1]} {fields[2]} {fields[3]}",
+            serial_number=fields[6],
+            fiscal_memory_number=fields[7],
+        )
 
     # -- receipts --------------------------------------------------------------------------
+    def print_storno(self, receipt: FiscalReceipt, reference: StornoReference) -> FiscalResult:
+        """Print a storno (refund) receipt reversing ``reference``: opened with 0x2B, then
+        lines, payments (the money handed back) and close as a sale; exactly once, like
+        :meth:`print_receipt` (0x4C reports it open with ``IsOpen`` 2..4)."""
+        return self.print_receipt(dataclasses.replace(receipt, storno=reference))
+
     def print_receipt(self, receipt: FiscalReceipt) -> FiscalResult:
         """Print and fiscalize ``receipt`` exactly once (see the module docstring).
 
@@ -905,7 +1134,7 @@ class DatecsFiscalPrinter:
                 f" printed after {previous}",
                 previous_receipt_number=previous,
             )
-        ours = ts.is_open == 1 and ts.number == previous + 1
+        ours = ts.is_open == receipt.open_state and ts.number == previous + 1
         if ours and ts.paid == 0 and ts.items <= len(receipt.lines):
             done = sum((line_amount(li) for li in receipt.lines[: ts.items]), Decimal("0.00"))
             if done == ts.amount:
@@ -927,7 +1156,14 @@ class DatecsFiscalPrinter:
         paid: Decimal,
         is_open: bool,
     ) -> FiscalResult:
-        if not is_open:
+        if not is_open and receipt.storno is not None:
+            self._command(
+                CMD_OPEN_STORNO,
+                storno_open_params(
+                    receipt.operator, receipt.password, receipt.till, receipt.storno
+                ),
+            )
+        elif not is_open:
             self._command(
                 CMD_OPEN_RECEIPT,
                 [
@@ -953,7 +1189,7 @@ class DatecsFiscalPrinter:
             )
             if self.last_exchange_uncertain:
                 expected = sum((line_amount(li) for li in receipt.lines[: index + 1]), Decimal(0))
-                self._verify(index + 1, expected, Decimal(0))
+                self._verify(receipt, index + 1, expected, Decimal(0))
         change = Decimal("0.00")
         paid_so_far = Decimal(0)
         for payment in receipt.payments:
@@ -971,7 +1207,7 @@ class DatecsFiscalPrinter:
             )
             paid_so_far += amount
             if self.last_exchange_uncertain:
-                self._verify(len(receipt.lines), total, paid_so_far)
+                self._verify(receipt, len(receipt.lines), total, paid_so_far)
             if len(fields) >= 2 and fields[0] == "R":
                 change = Decimal(fields[1])
         fields = self._command(CMD_CLOSE_RECEIPT)
@@ -981,10 +1217,15 @@ class DatecsFiscalPrinter:
             raise FiscalError(Condition.BAD_FRAME, f"bad close answer {fields!r}") from exc
         return FiscalResult(slip, total, previous, reconciled=is_open, change=change)
 
-    def _verify(self, items: int, amount: Decimal, paid: Decimal) -> None:
+    def _verify(self, receipt: FiscalReceipt, items: int, amount: Decimal, paid: Decimal) -> None:
         """After a resent command, check the open receipt holds exactly what was sent."""
         ts = self.transaction_status()
-        if ts.is_open != 1 or ts.items != items or ts.amount != amount or ts.paid != paid:
+        if (
+            ts.is_open != receipt.open_state
+            or ts.items != items
+            or ts.amount != amount
+            or ts.paid != paid
+        ):
             raise _Mismatch(
                 f"open receipt has {ts.items} items, {ts.amount} due, {ts.paid} paid;"
                 f" expected {items}, {amount}, {paid}"
@@ -997,6 +1238,14 @@ class DatecsFiscalPrinter:
             return Decimal(fields[1])
         except (IndexError, ValueError, ArithmeticError) as exc:
             raise FiscalError(Condition.BAD_FRAME, f"bad subtotal answer {fields!r}") from exc
+
+
+def _cash_state(fields: list[str]) -> CashState:
+    try:
+        cash, cash_in, cash_out = (Decimal(v).quantize(CENT) for v in fields[:3])
+    except (ValueError, ArithmeticError) as exc:
+        raise FiscalError(Condition.BAD_FRAME, f"bad 0x46 answer {fields!r}") from exc
+    return CashState(cash, cash_in, cash_out)
 
 
 def replace_hint(receipt: FiscalReceipt, previous_receipt_number: int | None) -> FiscalReceipt:

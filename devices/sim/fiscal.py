@@ -18,24 +18,35 @@ Fault injection (all thread-safe):
 - :meth:`at_command` (a callback when the n-th frame of a command arrives, e.g. to
   drop the TCP link; return ``"drop"`` to ignore that frame entirely)
 
+Storno (refund) receipts are opened with 0x2B (from the vendor's programmer's manual,
+not DEVICES.md); closed ones go to :attr:`storno_receipts`, their lines to the eight
+storno totals of the X/Z report, and 0x4C answers ``IsOpen`` 2..4 while one is open.
+0x46 answers the cash counters (CashSum, CashIn, CashOut), 0x40 the last Z report in
+fiscal memory, 0x5A the device's identity with its fiscal memory number.
+
 Error codes are the simulator's own negative numbers; drivers must (and ours do) decide
 what went wrong from the status bits, not from the codes.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from devices.fiscal_datecs import (
     CMD_CANCEL_RECEIPT,
     CMD_CASH_IN_OUT,
     CMD_CLOSE_RECEIPT,
+    CMD_DIAGNOSTIC,
     CMD_FREE_TEXT,
     CMD_LAST_DOCUMENT,
+    CMD_LAST_FISCAL_ENTRY,
     CMD_OPEN_RECEIPT,
+    CMD_OPEN_STORNO,
     CMD_PAYMENT,
     CMD_REPORT,
     CMD_SALE,
@@ -55,7 +66,7 @@ from devices.fiscal_datecs import (
 )
 from devices.sim.base import DeviceSimulator, Emit
 
-__all__ = ["FISCAL_FAULTS", "FiscalSimulator", "SimLine", "SimReceipt"]
+__all__ = ["FISCAL_FAULTS", "FiscalSimulator", "SimLine", "SimReceipt", "SimStorno"]
 
 ERR_SYNTAX = -100001
 ERR_INVALID_COMMAND = -100002
@@ -68,6 +79,7 @@ SYN_INTERVAL = 0.06
 CENT = Decimal("0.01")
 PRINTING = frozenset(
     {
+        CMD_OPEN_STORNO,
         CMD_OPEN_RECEIPT,
         CMD_SALE,
         CMD_SUBTOTAL,
@@ -111,11 +123,23 @@ class SimLine:
 
 
 @dataclass
+class SimStorno:
+    """What a 0x2B frame carried: the reason (0..2) and the original document."""
+
+    reason: int
+    document_number: int
+    document_time: str
+    fiscal_memory_number: str
+    unique_sale_number: str
+
+
+@dataclass
 class SimReceipt:
     number: int
     operator: int
     till: int
     lines: list[SimLine] = field(default_factory=list)
+    storno: SimStorno | None = None
     payments: list[tuple[int, Decimal]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
@@ -162,6 +186,14 @@ class FiscalSimulator(DeviceSimulator):
         self.receipts: list[SimReceipt] = []
         self.cancelled: list[SimReceipt] = []
         self.reports: list[tuple[str, int]] = []
+        self.storno_receipts: list[SimReceipt] = []
+        self.storno_totals = [Decimal("0.00")] * 8
+        self.cash_in_total = Decimal("0.00")
+        self.cash_out_total = Decimal("0.00")
+        # Z reports in fiscal memory: (number, totals, storno totals, DD-MM-YY)
+        self.fiscal_memory: list[tuple[int, list[Decimal], list[Decimal], str]] = []
+        self.fiscal_memory_number = "02345678"
+        self.serial_number = "DT123456"
         self.cash_moves: list[tuple[int, Decimal]] = []
         self.cash = Decimal("0.00")
         self.day_totals = [Decimal("0.00")] * 8
@@ -315,13 +347,14 @@ class FiscalSimulator(DeviceSimulator):
 
     # -- commands ----------------------------------------------------------------------
     def _execute(self, cmd: int, params: list[str]) -> list[str]:
-        if cmd in PRINTING and not (cmd == CMD_CASH_IN_OUT and params[1:2] == ["0"]):
+        if cmd in PRINTING and not (cmd == CMD_CASH_IN_OUT and _zero(params[1:2])):
             if self.cover_open:
                 raise _Refused(ERR_COVER_OPEN, StatusBit.COVER_OPEN)
             if self.paper_end:
                 raise _Refused(ERR_PAPER_END, StatusBit.PAPER_END)
         handler = {
             CMD_OPEN_RECEIPT: self._open,
+            CMD_OPEN_STORNO: self._open_storno,
             CMD_SALE: self._sale,
             CMD_SUBTOTAL: self._subtotal,
             CMD_PAYMENT: self._payment,
@@ -333,6 +366,8 @@ class FiscalSimulator(DeviceSimulator):
             CMD_STATUS: self._status,
             CMD_TRANSACTION_STATUS: self._transaction,
             CMD_LAST_DOCUMENT: self._last_document,
+            CMD_LAST_FISCAL_ENTRY: self._last_fiscal_entry,
+            CMD_DIAGNOSTIC: self._diagnostic,
         }.get(cmd)
         if handler is None:
             raise _Refused(ERR_INVALID_COMMAND, StatusBit.INVALID_COMMAND)
@@ -382,7 +417,7 @@ class FiscalSimulator(DeviceSimulator):
         elif dtype not in ("", "0"):
             raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
         receipt.lines.append(SimLine(name, int(tax), price, quantity, amount))
-        self.day_totals[int(tax) - 1] += amount
+        self._totals_of(receipt)[int(tax) - 1] += amount
         return [str(receipt.number)]
 
     def _subtotal(self, params: list[str]) -> list[str]:
@@ -404,11 +439,13 @@ class FiscalSimulator(DeviceSimulator):
         if receipt.paid >= receipt.amount:
             raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
         receipt.payments.append((mode, amount))
+        # a storno receipt's payments are money handed back to the customer
+        sign = -1 if receipt.storno is not None else 1
         if mode == 0:
-            self.cash += amount
+            self.cash += sign * amount
         if receipt.paid >= receipt.amount:
             change = receipt.paid - receipt.amount
-            self.cash -= change
+            self.cash -= sign * change
             return ["R", str(change)]
         return ["D", str(receipt.amount - receipt.paid)]
 
@@ -421,7 +458,7 @@ class FiscalSimulator(DeviceSimulator):
         receipt = self._receipt()
         if not receipt.lines or receipt.paid < receipt.amount:
             raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
-        self.receipts.append(receipt)
+        (self.receipts if receipt.storno is None else self.storno_receipts).append(receipt)
         self.open_receipt = None
         self.last_receipt = receipt
         self.last_cancelled = False
@@ -432,7 +469,7 @@ class FiscalSimulator(DeviceSimulator):
         if receipt.payments:
             raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
         for line in receipt.lines:
-            self.day_totals[line.vat_group - 1] -= line.amount
+            self._totals_of(receipt)[line.vat_group - 1] -= line.amount
         self.cancelled.append(receipt)
         self.open_receipt = None
         self.last_receipt = receipt
@@ -448,12 +485,23 @@ class FiscalSimulator(DeviceSimulator):
             raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
         self.document_number += 1
         totals = [str(t) for t in self.day_totals]
+        stornos = [str(t) for t in self.storno_totals]
         if kind == "Z":
             self.z_number += 1
+            self.fiscal_memory.append(
+                (
+                    self.z_number,
+                    list(self.day_totals),
+                    list(self.storno_totals),
+                    datetime.now().strftime("%d-%m-%y"),
+                )
+            )
             self.day_totals = [Decimal("0.00")] * 8
+            self.storno_totals = [Decimal("0.00")] * 8
+            self.cash_in_total = self.cash_out_total = Decimal("0.00")
         number = self.z_number if kind == "Z" else self.z_number + 1
         self.reports.append((kind, number))
-        return [str(number), *totals, *(["0.00"] * 8)]
+        return [str(number), *totals, *stornos]
 
     def _cash(self, params: list[str]) -> list[str]:
         self._need(params, 2)
@@ -462,14 +510,17 @@ class FiscalSimulator(DeviceSimulator):
         kind, amount = params[0], _money(params[1])
         if kind not in ("0", "1") or amount < 0:
             raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
-        if amount == 0:
-            return []
-        if kind == "1" and amount > self.cash:
-            raise _Refused(ERR_OVERFLOW, StatusBit.OVERFLOW)
-        self.cash += amount if kind == "0" else -amount
-        self.cash_moves.append((int(kind), amount))
-        self.document_number += 1
-        return []
+        if amount != 0:
+            if kind == "1" and amount > self.cash:
+                raise _Refused(ERR_OVERFLOW, StatusBit.OVERFLOW)
+            self.cash += amount if kind == "0" else -amount
+            if kind == "0":
+                self.cash_in_total += amount
+            else:
+                self.cash_out_total += amount
+            self.cash_moves.append((int(kind), amount))
+            self.document_number += 1
+        return [str(self.cash), str(self.cash_in_total), str(self.cash_out_total)]
 
     def _status(self, params: list[str]) -> list[str]:
         return []  # the 8 status bytes are appended raw by _frame
@@ -478,7 +529,7 @@ class FiscalSimulator(DeviceSimulator):
         receipt = self.open_receipt
         if receipt is not None:
             return [
-                "1",
+                "1" if receipt.storno is None else str(2 + receipt.storno.reason),
                 str(receipt.number),
                 str(len(receipt.lines)),
                 str(receipt.amount),
@@ -494,3 +545,72 @@ class FiscalSimulator(DeviceSimulator):
 
     def _last_document(self, params: list[str]) -> list[str]:
         return [str(self.document_number)]
+
+    def _totals_of(self, receipt: SimReceipt) -> list[Decimal]:
+        return self.day_totals if receipt.storno is None else self.storno_totals
+
+    def _open_storno(self, params: list[str]) -> list[str]:
+        """0x2B: OpCode, OpPwd, TillNmb, Storno, DocNum, DateTime, FMNumber, Invoice,
+        ToInvoice, Reason, NSale (the manual's order; checked here on its own, not with
+        the driver's code, so a driver bug cannot hide behind a shared parser)."""
+        self._need(params, 7)
+        if self.open_receipt is not None:
+            raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
+        params = params + [""] * (11 - len(params))
+        operator, password, till = int(params[0]), params[1], int(params[2])
+        reason, number, when, fm_number = params[3], int(params[4]), params[5], params[6]
+        invoice, to_invoice, invoice_reason, nsale = params[7:11]
+        ok = (
+            1 <= operator <= 30
+            and re.fullmatch(r"\d{1,8}", password) is not None
+            and 1 <= till <= 99999
+            and reason in ("0", "1", "2")
+            and 1 <= number <= 9_999_999
+            and re.fullmatch(r"\d{2}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}( DST)?", when) is not None
+            and re.fullmatch(r"\d{8}", fm_number) is not None
+            and invoice in ("", "I")
+            and (invoice == "I" or not (to_invoice or invoice_reason))
+            and (not nsale or re.fullmatch(r"[A-Z]{2}\d{6}-[0-9A-Za-z]{4}-\d{7}", nsale))
+        )
+        if not ok:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        datetime.strptime(when.removesuffix(" DST"), "%d-%m-%y %H:%M:%S")  # a real date
+        self.receipt_number += 1
+        self.document_number += 1
+        self.open_receipt = SimReceipt(
+            self.receipt_number,
+            operator,
+            till,
+            storno=SimStorno(int(reason), number, when, fm_number, nsale),
+        )
+        return [str(self.receipt_number)]
+
+    def _last_fiscal_entry(self, params: list[str]) -> list[str]:
+        kind = (params[:1] or ["0"])[0] or "0"
+        if kind not in ("0", "2"):
+            # 1 and 3 are VAT amounts: the simulator keeps no VAT rates
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        if not self.fiscal_memory:
+            return ["0", *(["0.00"] * 8), ""]
+        number, totals, stornos, date = self.fiscal_memory[-1]
+        values = totals if kind == "0" else stornos
+        return [str(number), *(str(v) for v in values), date]
+
+    def _diagnostic(self, params: list[str]) -> list[str]:
+        return [
+            "FP-700X SIM",
+            "1.00BG",
+            "01Jan24",
+            "1200",
+            "ABCD",
+            "00000000",
+            self.serial_number,
+            self.fiscal_memory_number,
+        ]
+
+
+def _zero(texts: list[str]) -> bool:
+    try:
+        return bool(texts) and Decimal(texts[0]) == 0
+    except InvalidOperation:
+        return False
