@@ -111,7 +111,11 @@ def test_a_storno_receipt_is_printed_once_and_counted_as_storno(fiscal: Any) -> 
     _, sim, printer = fiscal
     sold = printer.print_receipt(RECEIPT)  # 5.00 card + 3.80 cash
     seen_open: list[int] = []
-    sim.at_command(CMD_SALE, lambda s: seen_open.append(int(s._transaction([])[0])) or None, nth=2)
+
+    def note_open_state(s: FiscalSimulator) -> None:
+        seen_open.append(int(s._transaction([])[0]))
+
+    sim.at_command(CMD_SALE, note_open_state, nth=2)
     reference = dataclasses.replace(ORIGINAL, document_number=sold.slip_number)
     result = printer.print_storno(REFUND, reference)
     assert result.slip_number == 2
