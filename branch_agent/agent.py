@@ -26,7 +26,7 @@ from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.sales import SaleService
-from branch_agent.schemas import SaleIn, SaleOut
+from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
 from branch_agent.sender import OutboxSender
 from branch_agent.settings import AgentSettings
 from branch_agent.shifts import ShiftService
@@ -121,6 +121,17 @@ class Agent:
             self.sender.wake()
             cash = any(p.type == "cash" for p in out.payments)
             await self.fiscal.present(till, out.total, out.change, cash)
+        return out, created
+
+    async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
+        """Commit a customer return, then print its storno receipt (fiscal tills)."""
+        out, created = await self.sales.record_return(till, data)
+        if out.status == "pending_fiscal" and not self.fiscal.recently_failed(till):
+            try:
+                await self.fiscal.process_till(till)
+            except Exception:
+                log.exception("storno for %s/%s failed", till, data.return_id)
+            out = await self.sales.get_return(till, data.return_id)
         return out, created
 
     async def _on_command(self, message: DownMessage) -> None:

@@ -157,7 +157,7 @@ class ReturnController(Controller):
     async def record_return(
         self, state: State, till: NamedDependency[TillConfig], data: JSONBody[ReturnIn]
     ) -> Response[ReturnOut]:
-        ret, created = await _agent(state).sales.record_return(till.id, data)
+        ret, created = await _agent(state).record_return(till.id, data)
         _agent(state).sender.wake()
         return Response(ret, status_code=201 if created else 200)
 

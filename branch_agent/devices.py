@@ -25,7 +25,9 @@ from devices.display import CustomerDisplay
 from devices.errors import DeviceError
 from devices.escpos import EscPosPrinter
 from devices.fiscal_datecs import (
+    CashState,
     DatecsFiscalPrinter,
+    DiagnosticInfo,
     FiscalReceipt,
     FiscalResult,
     ReportResult,
@@ -170,10 +172,30 @@ class TillDeviceSet:
         printer: DatecsFiscalPrinter = device.driver
         return await device.call(printer.report, kind)
 
-    async def fiscal_cash(self, amount: Decimal, *, out: bool) -> None:
+    async def fiscal_cash(self, amount: Decimal, *, out: bool) -> CashState | None:
         device = self._device("fiscal")
         printer: DatecsFiscalPrinter = device.driver
-        await device.call(printer.cash_in_out, amount, out=out)
+        return await device.call(printer.cash_in_out, amount, out=out)
+
+    async def fiscal_cash_state(self) -> CashState:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.cash_state)
+
+    async def fiscal_last_document(self) -> int:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.last_document_number)
+
+    async def fiscal_last_z(self) -> ReportResult:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.last_z_report)
+
+    async def fiscal_diagnostic(self) -> DiagnosticInfo:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.diagnostic)
 
     # receipt printer, drawer, display, scale ---------------------------------------------
     async def print_text(self, text: str) -> None:

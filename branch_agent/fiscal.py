@@ -13,6 +13,21 @@ A sale whose printer is gone for good (broken, replaced) stays pending and visib
 until a manager completes it without a fiscal number (``complete_unfiscal``); it
 then goes up with ``fiscal_number`` empty and the back office sees it. It is never
 dropped.
+
+Customer returns at a till with a fiscal printer are storno (refund) receipts, opened
+with the Datecs command 0x2B that names the original receipt (its fiscal number, the
+time it was fiscalized in the store's zone, the fiscal memory number of the printer
+that printed it). They queue with the till's sales, in the order recorded, under the
+same exactly-once rules: committed pending first, hint stored, reconciled after any
+failure, event written with the storno's fiscal number.
+
+Cash in / out is record-first too (:class:`CashIntents`): the move is committed as
+``pending`` with the printer's last document number and cash sum read just before,
+then printed, then marked ``done`` with its event. A pending move (crash, lost link)
+is settled before anything else is printed on that till, by comparing the printer's
+document number and cash sum with the recorded ones: printed -> done, not printed ->
+failed (the till may post the same move again), anything else -> left pending and
+reported. The background loop only settles; it never prints a cash move by itself.
 """
 
 from __future__ import annotations
@@ -24,6 +39,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import select
@@ -31,16 +48,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, NotFound
-from branch_agent.models import Sale
+from branch_agent.models import CashMove, CustomerReturn, Sale
 from branch_agent.outbox import append_event
 from branch_agent.settings import AgentSettings
-from devices.errors import DeviceError
-from devices.fiscal_datecs import FiscalReceipt, SaleLine
+from devices.errors import Condition, DeviceError
+from devices.fiscal_datecs import FiscalReceipt, SaleLine, StornoReason, StornoReference
 from devices.fiscal_datecs import Payment as FiscalPayment
-from protocol.events import ReceiptRecorded
+from protocol.events import CashMoved, CustomerReturnRecorded, ReceiptRecorded
 from protocol.units import format_minor
 
-__all__ = ["Fiscalizer", "fiscal_receipt"]
+__all__ = ["CashIntents", "Fiscalizer", "fiscal_receipt", "storno_receipt"]
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +65,153 @@ _CENT = Decimal("0.01")
 _MILLI = Decimal("0.001")
 
 
-def fiscal_receipt(sale: Sale, till_number: int) -> FiscalReceipt:
-    """The printer job of a sale, always built the same way from what was stored."""
-    job = sale.print_job or {}
-    lines = tuple(
+def _job_lines(job: dict[str, Any]) -> tuple[SaleLine, ...]:
+    return tuple(
         SaleLine(
             name=line["name"],
             vat_group=line["vat_group"],
             price=Decimal(line["price"]) * _CENT,
             quantity=Decimal(line["quantity_milli"]) * _MILLI,
             discount_amount=(Decimal(line["discount"]) * _CENT) if line["discount"] else None,
+            surcharge_amount=(
+                (Decimal(line["surcharge"]) * _CENT) if line.get("surcharge") else None
+            ),
         )
         for line in job.get("lines", [])
     )
-    payments = tuple(
+
+
+def _job_payments(job: dict[str, Any]) -> tuple[FiscalPayment, ...]:
+    return tuple(
         FiscalPayment(type=p["type"], amount=Decimal(p["amount"]) * _CENT)
         for p in job.get("payments", [])
     )
+
+
+def fiscal_receipt(sale: Sale, till_number: int) -> FiscalReceipt:
+    """The printer job of a sale, always built the same way from what was stored."""
+    job = sale.print_job or {}
     return FiscalReceipt(
-        lines=lines,
-        payments=payments,
+        lines=_job_lines(job),
+        payments=_job_payments(job),
         till=till_number,
         previous_receipt_number=sale.fiscal_hint,
     )
+
+
+def storno_receipt(
+    ret: CustomerReturn, till_number: int, zone: ZoneInfo, fallback_fm_number: str
+) -> FiscalReceipt:
+    """The storno job of a return: its lines and refunds, and the original's reference
+    (the original's local fiscalization time; the fiscal memory number recorded with it,
+    or the printer's own for a sale fiscalized before those were recorded)."""
+    job = ret.print_job or {}
+    original = job["storno"]
+    reference = StornoReference(
+        document_number=int(original["document_number"]),
+        document_time=datetime.fromisoformat(original["document_time"]).astimezone(zone),
+        fiscal_memory_number=original.get("fiscal_memory_number") or fallback_fm_number,
+        reason=StornoReason.REFUND,
+    )
+    return FiscalReceipt(
+        lines=_job_lines(job),
+        payments=_job_payments(job),
+        till=till_number,
+        previous_receipt_number=ret.fiscal_hint,
+        storno=reference,
+    )
+
+
+def _minor(value: Decimal) -> int:
+    return int((value * 100).to_integral_value())
+
+
+class CashIntents:
+    """Settles cash moves left pending on a till (see the module docstring). Callers
+    hold the till's ``fiscal_queue``."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        write_lock: asyncio.Lock,
+        on_event: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._write_lock = write_lock
+        self._on_event = on_event
+
+    async def settle_till(self, devices: TillDeviceSet) -> None:
+        """Settle every pending move of the till, oldest first; raises ``DeviceError``
+        when one cannot be settled now (then nothing else may print on this till)."""
+        async with self._sessionmaker() as session:
+            pending = (
+                await session.scalars(
+                    select(CashMove)
+                    .where(CashMove.till == devices.till.id, CashMove.status == "pending")
+                    .order_by(CashMove.id)
+                )
+            ).all()
+        for move in pending:
+            await self.settle(devices, move)
+
+    async def settle(self, devices: TillDeviceSet, move: CashMove) -> str:
+        """Compare the printer with what was read before printing: ``done`` or ``failed``;
+        ``DeviceError`` when the printer cannot be asked or its state explains neither."""
+        document = await devices.fiscal_last_document()
+        cash = _minor((await devices.fiscal_cash_state()).cash)
+        before_document = move.printer_document_before
+        before_cash = move.printer_cash_before
+        if before_document is None or before_cash is None:
+            # the intent was committed but never printed (no state was read): not printed
+            await self.fail(move.id, "not printed")
+            return "failed"
+        delta = move.amount if move.direction == "in" else -move.amount
+        if document == before_document and cash == before_cash:
+            await self.fail(move.id, "not printed")
+            return "failed"
+        if document == before_document + 1 and cash - before_cash == delta:
+            await self.complete(move.id)
+            return "done"
+        raise DeviceError(
+            Condition.UNKNOWN_STATE,
+            f"cash move {move.move_id}: printer at document {document} with {cash} in the "
+            f"drawer, expected {before_document} or {before_document + 1} and "
+            f"{before_cash} or {before_cash + delta}; a person must check the journal",
+        )
+
+    async def complete(self, move_pk: int) -> CashMove:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(CashMove, move_pk)
+            assert row is not None
+            if row.status != "done":
+                row.status = "done"
+                row.fiscal_error = None
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=CashMoved(
+                        till=row.till,
+                        shift_id=row.shift_id,
+                        direction="in" if row.direction == "in" else "out",
+                        amount=row.amount,
+                        reason=row.reason,
+                        cashier=row.cashier,
+                    ),
+                    occurred_at=row.created_at,
+                )
+        self._on_event()
+        return row
+
+    async def fail(self, move_pk: int, error: str) -> None:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(CashMove, move_pk)
+            assert row is not None
+            if row.status == "pending":
+                row.status = "failed"
+                row.fiscal_error = error[:200]
 
 
 class Fiscalizer:
@@ -90,6 +231,10 @@ class Fiscalizer:
         # When a till's printer last failed (monotonic): a sale right after it does not
         # wait for another attempt; the background retry takes it.
         self._failed_at: dict[str, float] = {}
+        self._zone = ZoneInfo(settings.timezone)
+        # Fiscal memory number per till's printer, read once (0x5A).
+        self._fm_numbers: dict[str, str] = {}
+        self.cash = CashIntents(settings, sessionmaker, write_lock, on_event)
 
     def recently_failed(self, till: str) -> bool:
         failed_at = self._failed_at.get(till)
@@ -98,58 +243,132 @@ class Fiscalizer:
         return time.monotonic() - failed_at < self._settings.fiscal_retry_interval_s
 
     async def process_till(self, till: str) -> int:
-        """Print the till's pending sales in order; stops at the first that fails."""
+        """Print the till's pending sales and returns in the order they were recorded;
+        stops at the first that fails. Pending cash moves are settled first."""
         devices = self._devices.tills.get(till)
         if devices is None or not devices.has_fiscal:
             return 0
         done = 0
         async with devices.fiscal_queue:
+            try:
+                await self.cash.settle_till(devices)
+            except DeviceError as exc:
+                log.warning("till %s: pending cash move not settled: %s", till, exc)
+                self._failed_at[till] = time.monotonic()
+                return done
             while True:
-                async with self._sessionmaker() as session:
-                    sale = await session.scalar(
-                        select(Sale)
-                        .where(Sale.till == till, Sale.status == "pending_fiscal")
-                        .order_by(Sale.id)
-                        .limit(1)
-                    )
-                if sale is None:
+                document = await self._next_pending(till)
+                if document is None:
                     return done
-                if not await self._fiscalize(devices, sale):
+                if not await self._fiscalize(devices, document):
                     self._failed_at[till] = time.monotonic()
                     return done
                 self._failed_at.pop(till, None)
                 done += 1
 
+    async def _next_pending(self, till: str) -> Sale | CustomerReturn | None:
+        """The oldest pending document of the till (sale or storno)."""
+        async with self._sessionmaker() as session:
+            sale = await session.scalar(
+                select(Sale)
+                .where(Sale.till == till, Sale.status == "pending_fiscal")
+                .order_by(Sale.id)
+                .limit(1)
+            )
+            ret = await session.scalar(
+                select(CustomerReturn)
+                .where(CustomerReturn.till == till, CustomerReturn.status == "pending_fiscal")
+                .order_by(CustomerReturn.id)
+                .limit(1)
+            )
+        if sale is None or ret is None:
+            return sale or ret
+        return sale if sale.created_at <= ret.created_at else ret
+
     async def process_all(self) -> int:
         done = 0
         async with self._sessionmaker() as session:
-            tills = (
-                await session.scalars(
-                    select(Sale.till).where(Sale.status == "pending_fiscal").distinct()
-                )
-            ).all()
-        for till in tills:
+            tills = set(
+                (
+                    await session.scalars(
+                        select(Sale.till).where(Sale.status == "pending_fiscal").distinct()
+                    )
+                ).all()
+            )
+            tills.update(
+                (
+                    await session.scalars(
+                        select(CustomerReturn.till)
+                        .where(CustomerReturn.status == "pending_fiscal")
+                        .distinct()
+                    )
+                ).all()
+            )
+            tills.update(
+                (
+                    await session.scalars(
+                        select(CashMove.till).where(CashMove.status == "pending").distinct()
+                    )
+                ).all()
+            )
+        for till in sorted(tills):
             done += await self.process_till(till)
         return done
 
-    async def _fiscalize(self, devices: TillDeviceSet, sale: Sale) -> bool:
+    async def _fiscalize(self, devices: TillDeviceSet, document: Sale | CustomerReturn) -> bool:
+        model = type(document)
         try:
-            if sale.fiscal_hint is None:
-                sale.fiscal_hint = await self._hint(devices)
-                await self._update(sale.id, fiscal_hint=sale.fiscal_hint)
-            result = await devices.print_fiscal(
-                fiscal_receipt(sale, devices.till.printer_till_number)
-            )
+            fm_number = await self._fm_number(devices)
+            if document.fiscal_hint is None:
+                document.fiscal_hint = await self._hint(devices)
+                await self._update(document.id, model=model, fiscal_hint=document.fiscal_hint)
+            if isinstance(document, Sale):
+                job = fiscal_receipt(document, devices.till.printer_till_number)
+            else:
+                job = storno_receipt(
+                    document, devices.till.printer_till_number, self._zone, fm_number or ""
+                )
+            result = await devices.print_fiscal(job)
         except DeviceError as exc:
-            log.warning("sale %s/%s not fiscalized: %s", sale.till, sale.sale_id, exc)
+            name = document.sale_id if isinstance(document, Sale) else document.return_id
+            log.warning("%s/%s not fiscalized: %s", document.till, name, exc)
             await self._update(
-                sale.id,
+                document.id,
+                model=model,
                 fiscal_error=f"{exc.condition}: {exc.message}"[:200],
-                fiscal_attempts=sale.fiscal_attempts + 1,
+                fiscal_attempts=document.fiscal_attempts + 1,
             )
             return False
-        await self._complete(sale.id, str(result.slip_number), "fiscalized")
+        except (KeyError, ValueError) as exc:
+            # A stored job the driver cannot print (e.g. a storno whose original lacks a
+            # fiscal memory number and the printer gave none): kept pending, reported.
+            await self._update(
+                document.id,
+                model=model,
+                fiscal_error=f"bad_request: {exc}"[:200],
+                fiscal_attempts=document.fiscal_attempts + 1,
+            )
+            return False
+        if isinstance(document, Sale):
+            await self._complete(document.id, str(result.slip_number), "fiscalized", fm_number)
+        else:
+            await self._complete_return(document.id, str(result.slip_number), "fiscalized")
         return True
+
+    async def _fm_number(self, devices: TillDeviceSet) -> str | None:
+        """The printer's fiscal memory number (recorded with each sale for later stornos);
+        a printer that cannot tell it does not stop sales."""
+        till = devices.till.id
+        if till not in self._fm_numbers:
+            try:
+                info = await devices.fiscal_diagnostic()
+            except DeviceError as exc:
+                if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
+                    raise
+                self._fm_numbers[till] = ""  # this printer does not tell: do not ask again
+                return None
+            self._fm_numbers[till] = info.fiscal_memory_number
+        return self._fm_numbers[till] or None
 
     async def _hint(self, devices: TillDeviceSet) -> int:
         """The printer's last receipt number, with no receipt left open before ours."""
@@ -165,14 +384,67 @@ class Fiscalizer:
             )
         return status.number
 
-    async def _update(self, sale_pk: int, **values: object) -> None:
+    async def _update(
+        self, pk: int, *, model: type[Sale] | type[CustomerReturn] = Sale, **values: object
+    ) -> None:
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            row = await session.get(Sale, sale_pk)
+            row = await session.get(model, pk)
             assert row is not None
             for key, value in values.items():
                 setattr(row, key, value)
 
-    async def _complete(self, sale_pk: int, fiscal_number: str | None, status: str) -> None:
+    async def _complete_return(self, pk: int, fiscal_number: str | None, status: str) -> None:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(CustomerReturn, pk)
+            assert row is not None
+            if row.status != "pending_fiscal":
+                return
+            body = msgspec.convert(row.body, CustomerReturnRecorded)
+            body = msgspec.structs.replace(body, fiscal_number=fiscal_number)
+            envelope = await append_event(
+                session,
+                branch=self._settings.branch,
+                timezone=self._settings.timezone,
+                body=body,
+                occurred_at=row.created_at,
+            )
+            row.body = msgspec.to_builtins(body)
+            row.status = status
+            row.fiscal_number = fiscal_number
+            row.fiscal_error = None
+            row.fiscalized_at = datetime.now(UTC)
+            row.event_id = envelope.event_id
+        self._on_event()
+
+    async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> None:
+        """A manager's decision for a pending return whose printer is gone for good."""
+        devices = self._devices.tills.get(till)
+        lock = devices.fiscal_queue if devices is not None else asyncio.Lock()
+        async with lock:
+            async with self._sessionmaker() as session:
+                row = await session.scalar(
+                    select(CustomerReturn).where(
+                        CustomerReturn.till == till, CustomerReturn.return_id == return_id
+                    )
+                )
+            if row is None:
+                raise NotFound(f"no return {return_id} at till {till}")
+            if row.status != "pending_fiscal":
+                raise Conflict(f"return {return_id} is {row.status}, not pending")
+            await self._update(
+                row.id,
+                model=CustomerReturn,
+                fiscal_error=f"completed without printer: {reason}"[:200],
+            )
+            await self._complete_return(row.id, None, "completed_unfiscal")
+
+    async def _complete(
+        self,
+        sale_pk: int,
+        fiscal_number: str | None,
+        status: str,
+        fiscal_memory_number: str | None = None,
+    ) -> None:
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row = await session.get(Sale, sale_pk)
             assert row is not None
@@ -193,6 +465,7 @@ class Fiscalizer:
             row.fiscal_number = fiscal_number
             row.fiscal_error = None
             row.fiscalized_at = datetime.now(UTC)
+            row.fiscal_memory_number = fiscal_memory_number
             row.event_id = envelope.event_id
         self._on_event()
 

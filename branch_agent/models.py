@@ -134,6 +134,9 @@ class Sale(AgentBase):
     fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
     fiscal_attempts: Mapped[int] = mapped_column(Integer, default=0)
     fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The fiscal memory number of the printer that fiscalized it: a storno receipt for a
+    # return names the original document by number, time and this.
+    fiscal_memory_number: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class OutboxEvent(AgentBase):
@@ -168,6 +171,18 @@ class CustomerReturn(AgentBase):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # protocol CustomerReturnRecorded as JSON
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # recorded (no storno printed: a till without fiscal printer, or an original that
+    # was never fiscalized) | pending_fiscal -> fiscalized (storno receipt printed) |
+    # completed_unfiscal. The outbox event is written with the final state, like a sale's.
+    status: Mapped[str] = mapped_column(String(16), default="recorded")
+    fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The storno job for the fiscal printer (lines, refunds, the original's reference).
+    print_job: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    fiscal_hint: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
+    fiscal_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
+    event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
 
 
 class Shift(AgentBase):
@@ -183,6 +198,11 @@ class Shift(AgentBase):
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     # protocol ShiftClosed as JSON once closed (agent totals beside the Z report's).
     closing: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The Z report's intent, committed before it is printed: "pending" with the number of
+    # the last Z report in the printer's fiscal memory read just before; a retry compares
+    # it with the printer's instead of printing a second (zero) Z report.
+    z_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    z_before_number: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class CashMove(AgentBase):
@@ -198,6 +218,14 @@ class CashMove(AgentBase):
     reason: Mapped[str] = mapped_column(String(200), default="")
     cashier: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # On a till with a fiscal printer the move is an intent first: pending (committed
+    # with the printer's last document number and cash sum read just before printing)
+    # -> done (printed, event written) | failed (known not printed; the same move_id
+    # may be posted again). Without a printer it is done at once.
+    status: Mapped[str] = mapped_column(String(16), default="done")
+    printer_document_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    printer_cash_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class StockDocument(AgentBase):

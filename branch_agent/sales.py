@@ -40,9 +40,13 @@ from branch_agent.stock import apply_moves
 from protocol.events import CustomerReturnRecorded, Payment, ReceiptLine, ReceiptRecorded
 from protocol.units import format_milli, line_amount, parse_milli
 
+# Statuses of a sale that carry a fiscal number a storno receipt can refer to.
+_FISCALIZED = "fiscalized"
+
 __all__ = ["FISCAL_PAYMENT_TYPES", "SaleService", "is_storage_full", "return_out", "sale_out"]
 
-# What the fiscal printer driver can register (Datecs PaidMode 0..2).
+# What the fiscal printer registers without configuration (Datecs PaidMode 0..2);
+# vouchers and "other" map to PaidMode 3..5 per till (TillConfig.fiscal_payment_type).
 FISCAL_PAYMENT_TYPES = frozenset({"cash", "credit_card", "debit_card"})
 
 
@@ -219,13 +223,18 @@ class SaleService:
         change = paid - total
         if change and non_cash > total:
             raise Rejected("only cash can be overpaid (change is given in cash)", field="payments")
+        fiscal_types: list[str] = []
         if fiscal:
+            config = self._settings.till(till)
+            assert config is not None
             for index, payment in enumerate(sale.payments):
-                if payment.type not in FISCAL_PAYMENT_TYPES:
+                fiscal_type = config.fiscal_payment_type(payment.type)
+                if fiscal_type is None:
                     raise Rejected(
                         f"the fiscal printer cannot register {payment.type!r} payments",
                         field=f"payments[{index}].type",
                     )
+                fiscal_types.append(fiscal_type)
         shift_id = sale.shift_id or await self._open_shift_id(session, till)
         receipt = ReceiptRecorded(
             till=till,
@@ -240,9 +249,15 @@ class SaleService:
             currency=self._settings.currency,
             price_version=price_version,
         )
+        # The printer's payment kinds are fixed at commit: every retry sends the same job.
         job = {
             "lines": job_lines,
-            "payments": [{"type": p.type, "amount": p.amount} for p in sale.payments],
+            "payments": [
+                {"type": t, "amount": p.amount}
+                for t, p in zip(
+                    fiscal_types or [p.type for p in sale.payments], sale.payments, strict=True
+                )
+            ],
         }
         return receipt, job
 
@@ -327,6 +342,18 @@ class SaleService:
                     "the original receipt is not fiscalized yet", field="original_sale_id"
                 )
             sold = msgspec.convert(original.receipt, ReceiptRecorded)
+            # A storno receipt on this till's printer when it has one and the original
+            # is a fiscal receipt; otherwise the return is recorded as before.
+            storno = (
+                self._has_fiscal(till)
+                and original.status == _FISCALIZED
+                and bool(original.fiscal_number)
+                and (original.fiscal_number or "").isdigit()
+            )
+            sold_groups = [
+                line["vat_group"] for line in (original.print_job or {}).get("lines", [])
+            ]
+            job_lines: list[dict[str, Any]] = []
             already = await self._returned_quantities(session, original.sale_id)
             by_no = {line.line_no: line for line in sold.lines}
             lines: list[ReceiptLine] = []
@@ -354,6 +381,22 @@ class SaleService:
                 already[line.line_no] = already.get(line.line_no, 0) + quantity
                 # The refund is the paid line total in proportion (half-up to the cent).
                 refund = _proportional(line.line_total, quantity, line.quantity_milli)
+                gross = line_amount(line.unit_price, quantity)
+                job_lines.append(
+                    {
+                        "name": line.name[:72],
+                        "vat_group": (
+                            sold_groups[line.line_no - 1]
+                            if line.line_no <= len(sold_groups)
+                            else "A"
+                        ),
+                        "price": line.unit_price,
+                        "quantity_milli": quantity,
+                        # the printed line comes to exactly the refund
+                        "discount": max(gross - refund, 0),
+                        "surcharge": max(refund - gross, 0),
+                    }
+                )
                 lines.append(
                     ReceiptLine(
                         # A return line keeps the original receipt's line number.
@@ -373,6 +416,25 @@ class SaleService:
                 "cash" if any(p.type == "cash" for p in sold.payments) else sold.payments[0].type
             )
             refunds = (Payment(type=refund_type, amount=total),) if total > 0 else ()
+            job: dict[str, Any] | None = None
+            if storno and total > 0:
+                config = self._settings.till(till)
+                assert config is not None
+                fiscal_type = config.fiscal_payment_type(refund_type)
+                if fiscal_type is None:
+                    raise Rejected(
+                        f"the fiscal printer cannot refund {refund_type!r}", field="refund_type"
+                    )
+                fiscalized_at = original.fiscalized_at or original.created_at
+                job = {
+                    "lines": job_lines,
+                    "payments": [{"type": fiscal_type, "amount": total}],
+                    "storno": {
+                        "document_number": int(original.fiscal_number or "0"),
+                        "document_time": fiscalized_at.isoformat(),
+                        "fiscal_memory_number": original.fiscal_memory_number,
+                    },
+                }
             shift_id = data.shift_id or await self._open_shift_id(session, till)
             body = CustomerReturnRecorded(
                 till=till,
@@ -388,9 +450,6 @@ class SaleService:
                 currency=self._settings.currency,
                 reason=data.reason,
             )
-            await append_event(
-                session, branch=self._settings.branch, timezone=self._settings.timezone, body=body
-            )
             row = CustomerReturn(
                 till=till,
                 return_id=data.return_id,
@@ -399,7 +458,19 @@ class SaleService:
                 return_number=body.return_number,
                 total=total,
                 body=msgspec.to_builtins(body),
+                # A storno is durable before it is printed; its event goes up with the
+                # storno's fiscal number once printed (branch_agent.fiscal).
+                status="pending_fiscal" if job is not None else "recorded",
+                print_job=job,
             )
+            if job is None:
+                envelope = await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=body,
+                )
+                row.event_id = envelope.event_id
             session.add(row)
             await apply_moves(
                 session,
@@ -409,6 +480,17 @@ class SaleService:
             )
             await session.flush()
             return return_out(row), True
+
+    async def get_return(self, till: str, return_id: str) -> ReturnOut:
+        async with self._sessionmaker() as session:
+            row = await session.scalar(
+                select(CustomerReturn).where(
+                    CustomerReturn.till == till, CustomerReturn.return_id == return_id
+                )
+            )
+            if row is None:
+                raise NotFound(f"no return {return_id} at till {till}")
+            return return_out(row)
 
     async def _returned_quantities(self, session: AsyncSession, sale_id: str) -> dict[int, int]:
         """Quantity already returned per original line number."""
@@ -482,4 +564,7 @@ def return_out(row: CustomerReturn) -> ReturnOut:
             for line in body.lines
         ],
         refunds=[PaymentIn(type=p.type, amount=p.amount) for p in body.refunds],
+        status=row.status,
+        fiscal_number=row.fiscal_number,
+        fiscal_error=row.fiscal_error,
     )

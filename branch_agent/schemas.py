@@ -112,6 +112,11 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     total: int
     lines: list[SaleLineOut]
     refunds: list[PaymentIn]
+    # recorded (no storno printed), pending_fiscal (safe; the storno receipt is printed
+    # once the printer is back), fiscalized (fiscal_number: the storno's), completed_unfiscal.
+    status: str = "recorded"
+    fiscal_number: str | None = None
+    fiscal_error: str | None = None
 
 
 class ProductOut(msgspec.Struct, kw_only=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -36,6 +37,20 @@ class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
     fiscal_till_number: int | None = None
     # Cash drawer connector pin on the receipt printer (2 or 5).
     drawer_pin: int = 2
+    # The fiscal printer's "other" payment kind (Datecs PaidMode 3..5) that registers
+    # gift vouchers, and the one for payments of type "other" (None: refused).
+    voucher_paid_mode: Annotated[int, msgspec.Meta(ge=3, le=5)] = 3
+    other_paid_mode: Annotated[int, msgspec.Meta(ge=3, le=5)] | None = None
+
+    def fiscal_payment_type(self, payment_type: str) -> str | None:
+        """The fiscal driver's payment type for a till payment type (None: refused)."""
+        if payment_type in ("cash", "credit_card", "debit_card"):
+            return payment_type
+        if payment_type == "voucher":
+            return f"other_{self.voucher_paid_mode}"
+        if payment_type == "other" and self.other_paid_mode is not None:
+            return f"other_{self.other_paid_mode}"
+        return None
 
     @property
     def printer_till_number(self) -> int:

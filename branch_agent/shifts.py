@@ -3,6 +3,15 @@
 The agent keeps its own totals of a shift (from the sales, returns and cash moves it
 recorded) and records the Z report's totals beside them, so a difference between
 what the printer counted and what the agent counted is visible, not hidden.
+
+Cash moves and the Z report are recorded before they are printed (a crash between
+printing and recording, then a retry, must not print a second cash document or a
+zero Z report): a cash move is committed ``pending`` with the printer's document
+number and cash sum read just before (see :class:`branch_agent.fiscal.CashIntents`);
+the Z report's intent is committed on the shift with the number of the last Z report
+in fiscal memory. A retry with the same move id, or a second close of the same shift,
+asks the printer what happened instead of printing again; a Z report whose answer was
+lost is read back from fiscal memory (0x40).
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from branch_agent.devices import TillDevices
+from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
+from branch_agent.fiscal import CashIntents
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
 from branch_agent.outbox import append_event, next_counter
 from branch_agent.sales import is_storage_full
@@ -72,6 +82,7 @@ class ShiftService:
         self._write_lock = write_lock
         self._devices = devices
         self._zone = ZoneInfo(settings.timezone)
+        self._cash = CashIntents(settings, sessionmaker, write_lock)
 
     async def _current(self, session: AsyncSession, till: str) -> Shift | None:
         result: Shift | None = await session.scalar(
@@ -140,10 +151,15 @@ class ShiftService:
                 )
             )
         ).all()
+        pending_returns = sum(1 for r in returns if r.status == "pending_fiscal")
         moves = (
             await session.execute(
                 select(CashMove.direction, func.sum(CashMove.amount))
-                .where(CashMove.till == shift.till, CashMove.shift_id == shift.shift_id)
+                .where(
+                    CashMove.till == shift.till,
+                    CashMove.shift_id == shift.shift_id,
+                    CashMove.status == "done",
+                )
                 .group_by(CashMove.direction)
             )
         ).all()
@@ -173,7 +189,7 @@ class ShiftService:
             "cash_out": cash_moves.get("out", 0),
             "cash_refunds": refunds.get("cash", 0),
             "by_group": dict(by_group),
-            "pending": sum(1 for s in sales if s.status == "pending_fiscal"),
+            "pending": sum(1 for s in sales if s.status == "pending_fiscal") + pending_returns,
         }
 
     async def _summary(self, session: AsyncSession, shift: Shift) -> ShiftOut:
@@ -213,7 +229,11 @@ class ShiftService:
         if devices is None or not devices.has_fiscal:
             return XReportOut(shift=summary)
         try:
-            report = await devices.fiscal_report("x")
+            async with devices.fiscal_queue:
+                # an unsettled cash move must be compared with the printer first: the X
+                # report is a document too
+                await self._cash.settle_till(devices)
+                report = await devices.fiscal_report("x")
         except DeviceError as exc:
             raise DeviceFailed(
                 f"the fiscal printer did not print the X report: {exc.message}",
@@ -235,14 +255,15 @@ class ShiftService:
             totals = await self._totals(session, shift)
         if totals["pending"]:
             raise Conflict(
-                f"{totals['pending']} sale(s) of this shift still wait for the fiscal printer",
+                f"{totals['pending']} sale(s) or return(s) of this shift still wait for the"
+                " fiscal printer",
                 field="shift",
             )
         report: ReportResult | None = None
         if devices is not None and devices.has_fiscal:
             async with devices.fiscal_queue:
                 try:
-                    report = await devices.fiscal_report("z")
+                    report = await self._z_report(devices, shift.shift_id)
                 except DeviceError as exc:
                     raise DeviceFailed(
                         f"the fiscal printer did not print the Z report: {exc.message}",
@@ -271,8 +292,12 @@ class ShiftService:
                 cash_out=totals["cash_out"],
                 z_report=z,
             )
+            if row.closed_at is not None:
+                raise NotFound(f"shift {row.shift_id} is already closed")
             row.closed_at = datetime.now(UTC)
             row.closing = msgspec.to_builtins(closed)
+            if row.z_status is not None:
+                row.z_status = "done"
             await append_event(
                 session, branch=self._settings.branch, timezone=self._settings.timezone, body=closed
             )
@@ -287,9 +312,137 @@ class ShiftService:
             matches_fiscal=(dict(z.turnover_by_vat_group) == agent_groups) if z else None,
         )
 
-    async def move_cash(self, till: str, data: CashMoveIn) -> tuple[CashMoveOut, bool]:
-        """Cash in / out: the fiscal printer's service document first, then the record."""
+    async def _z_report(self, devices: TillDeviceSet, shift_id: str) -> ReportResult:
+        """Print the Z report once for this shift: intent first, then the report; a
+        pending intent (crash, lost answer, retry) is settled with the printer's fiscal
+        memory. Called with the till's fiscal queue held."""
+        await self._cash.settle_till(devices)
         async with self._sessionmaker() as session:
+            shift = await session.get(Shift, shift_id)
+            assert shift is not None
+            if shift.closed_at is not None:
+                # a second close of the same shift raced the first: never a second Z
+                raise NotFound(f"shift {shift_id} is already closed")
+            pending, before = shift.z_status == "pending", shift.z_before_number
+        if pending and before is not None:
+            last = await devices.fiscal_last_z()
+            if last.report_number > before:
+                return last  # printed before the crash or the lost answer: read back
+        else:
+            before = (await devices.fiscal_last_z()).report_number
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                row = await session.get(Shift, shift_id)
+                assert row is not None
+                row.z_status, row.z_before_number = "pending", before
+        try:
+            report = await devices.fiscal_report("z")
+        except DeviceError:
+            # the driver already compared document numbers; make sure from fiscal memory
+            last = await devices.fiscal_last_z()
+            if last.report_number > before:
+                return last
+            raise
+        if report.report_number <= before:
+            raise DeviceError("unknown_state", f"Z report {report.report_number} after {before}")
+        return report
+
+    async def move_cash(self, till: str, data: CashMoveIn) -> tuple[CashMoveOut, bool]:
+        """Cash in / out, idempotent on ``move_id``. On a till with a fiscal printer the
+        move is recorded as an intent first, printed, then completed (module docstring)."""
+        devices = self._devices.tills.get(till)
+        if devices is None or not devices.has_fiscal:
+            return await self._move_cash_unfiscal(till, data)
+        async with devices.fiscal_queue:
+            async with self._sessionmaker() as session:
+                existing = await session.scalar(
+                    select(CashMove).where(CashMove.till == till, CashMove.move_id == data.move_id)
+                )
+                shift = await self._current(session, till)
+            try:
+                # older pending moves first: the printer's counters must be explained
+                # in order before anything else is printed
+                await self._cash.settle_till(devices)
+            except DeviceError as exc:
+                raise DeviceFailed(
+                    f"a cash move at this till is still unsettled: {exc.message}",
+                    condition=exc.condition,
+                ) from exc
+            if existing is not None:
+                async with self._sessionmaker() as session:
+                    existing = await session.get(CashMove, existing.id)
+                assert existing is not None
+                if existing.status == "done":
+                    return _cash_out(existing), False
+                # failed: known not printed; the till asks again with the same id
+            elif shift is None:
+                raise Conflict("open a shift before moving cash", field="shift")
+            try:
+                document = await devices.fiscal_last_document()
+                cash = _minor((await devices.fiscal_cash_state()).cash)
+            except DeviceError as exc:
+                raise DeviceFailed(
+                    f"the fiscal printer did not answer: {exc.message}", condition=exc.condition
+                ) from exc
+            move_pk = await self._cash_intent(till, data, existing, shift, document, cash)
+            try:
+                await devices.fiscal_cash(Decimal(data.amount) / 100, out=data.direction == "out")
+            except DeviceError as exc:
+                async with self._sessionmaker() as session:
+                    intent = await session.get(CashMove, move_pk)
+                assert intent is not None
+                try:
+                    outcome = await self._cash.settle(devices, intent)
+                except DeviceError:
+                    outcome = "pending"
+                if outcome != "done":
+                    raise DeviceFailed(
+                        f"the fiscal printer did not register the cash move: {exc.message}"
+                        + (" (kept pending: post it again)" if outcome == "pending" else ""),
+                        condition=exc.condition,
+                    ) from exc
+            row = await self._cash.complete(move_pk)
+        if "printer" in devices.devices:
+            try:
+                await devices.open_drawer()
+            except DeviceError:
+                pass  # reported in the device state; the move is recorded
+        return _cash_out(row), existing is None
+
+    async def _cash_intent(
+        self,
+        till: str,
+        data: CashMoveIn,
+        existing: CashMove | None,
+        shift: Shift | None,
+        document: int,
+        cash: int,
+    ) -> int:
+        """Commit the intent (or re-arm a failed one) with the printer's state before."""
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            if existing is not None:
+                row = await session.get(CashMove, existing.id)
+                assert row is not None
+            else:
+                assert shift is not None
+                row = CashMove(
+                    till=till,
+                    move_id=data.move_id,
+                    shift_id=shift.shift_id,
+                    direction=data.direction,
+                    amount=data.amount,
+                    reason=data.reason,
+                    cashier=data.cashier,
+                )
+                session.add(row)
+            row.status = "pending"
+            row.printer_document_before = document
+            row.printer_cash_before = cash
+            row.fiscal_error = None
+            await session.flush()
+            return row.id
+
+    async def _move_cash_unfiscal(self, till: str, data: CashMoveIn) -> tuple[CashMoveOut, bool]:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
             existing = await session.scalar(
                 select(CashMove).where(CashMove.till == till, CashMove.move_id == data.move_id)
             )
@@ -298,19 +451,6 @@ class ShiftService:
             shift = await self._current(session, till)
             if shift is None:
                 raise Conflict("open a shift before moving cash", field="shift")
-        devices = self._devices.tills.get(till)
-        if devices is not None and devices.has_fiscal:
-            async with devices.fiscal_queue:
-                try:
-                    await devices.fiscal_cash(
-                        Decimal(data.amount) / 100, out=data.direction == "out"
-                    )
-                except DeviceError as exc:
-                    raise DeviceFailed(
-                        f"the fiscal printer did not register the cash move: {exc.message}",
-                        condition=exc.condition,
-                    ) from exc
-        async with self._write_lock, self._sessionmaker() as session, session.begin():
             row = CashMove(
                 till=till,
                 move_id=data.move_id,
@@ -319,6 +459,7 @@ class ShiftService:
                 amount=data.amount,
                 reason=data.reason,
                 cashier=data.cashier,
+                status="done",
             )
             session.add(row)
             await append_event(
@@ -334,6 +475,7 @@ class ShiftService:
                     cashier=data.cashier,
                 ),
             )
+        devices = self._devices.tills.get(till)
         if devices is not None and "printer" in devices.devices:
             try:
                 await devices.open_drawer()
