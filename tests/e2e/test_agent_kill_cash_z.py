@@ -1,0 +1,144 @@
+"""SIGKILL of the agent process at the worst points of a cash move and a Z report: as
+the printer executes the command (printed, never recorded as done), and as the command
+is lost on the wire (intent recorded, nothing printed). After a restart and a retry
+with the same id, the printer's journal holds exactly one cash document and one Z
+report, and the agent's records and events agree with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from branch_agent.db import create_engine, create_sessionmaker
+from branch_agent.models import CashMove, OutboxEvent, Shift
+from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
+from devices.sim import SimulatorHandle
+from protocol.codec import decode_envelope
+from protocol.events import ShiftClosed
+from tests.e2e.test_agent_kill import (
+    AgentProcess,
+    fiscal_printer,  # noqa: F401
+    free_port,
+    wait_healthy,
+    write_config,
+)
+
+T1 = {"Authorization": "Bearer t1"}
+
+
+async def post_until_answered(client: httpx.AsyncClient, url: str, body: Any) -> httpx.Response:
+    for _ in range(100):
+        try:
+            return await client.post(url, json=body, headers=T1)
+        except httpx.HTTPError:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"no answer from {url}")
+
+
+async def test_sigkill_around_cash_moves_and_the_z_report_prints_each_once(
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # No NATS: the store trades offline; what matters here is the printer and the records.
+    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+
+    def kill_as_printed(_sim: Any) -> None:
+        agent.kill_from_thread()
+        killed.set()
+
+    def kill_and_lose_the_frame(_sim: Any) -> str:
+        agent.kill_from_thread()
+        killed.set()
+        return "drop"
+
+    async def crash_during(path: str, body: Any, cmd: int, hook: Any, nth: int) -> None:
+        killed.clear()
+        sim.at_command(cmd, hook, nth=nth)
+        async with httpx.AsyncClient(timeout=30) as client:
+            try:
+                await client.post(f"{url}{path}", json=body, headers=T1)
+            except httpx.HTTPError:
+                pass  # the agent died under the request
+        assert killed.is_set()
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            opened = await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)
+            assert opened.status_code == 201, opened.text
+            sale = {
+                "sale_id": "cash-sale",
+                "lines": [{"sku": "COFFEE-250", "quantity": "3"}],
+                "payments": [{"type": "cash", "amount": 5000}],
+            }
+            assert (await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)).json()[
+                "status"
+            ] == "fiscalized"
+        # 0x46 frames of a move: #1 reads the cash sum before, #2 is the move itself.
+        out = {"move_id": "out-1", "direction": "out", "amount": 1000}
+        await crash_during("/api/v1/cash-moves", out, CMD_CASH_IN_OUT, kill_as_printed, 2)
+        into = {"move_id": "in-1", "direction": "in", "amount": 2500}
+        await crash_during("/api/v1/cash-moves", into, CMD_CASH_IN_OUT, kill_and_lose_the_frame, 2)
+        async with httpx.AsyncClient(timeout=30) as client:
+            # The tills post the same moves again.
+            again_out = await post_until_answered(client, f"{url}/api/v1/cash-moves", out)
+            again_in = await post_until_answered(client, f"{url}/api/v1/cash-moves", into)
+            assert again_out.status_code in (200, 201), again_out.text
+            assert again_in.status_code in (200, 201), again_in.text
+        assert sim.cash_moves == [(1, Decimal("10.00")), (0, Decimal("25.00"))]
+
+        # The Z report: killed as the printer closes the day.
+        await crash_during("/api/v1/shifts/current/close", {}, CMD_REPORT, kill_as_printed, 1)
+        async with httpx.AsyncClient(timeout=30) as client:
+            closed = await post_until_answered(client, f"{url}/api/v1/shifts/current/close", {})
+        assert closed.status_code == 200, closed.text
+        assert sim.reports == [("Z", 1)]
+        z = closed.json()
+        assert z["z_report_number"] == 1
+        assert z["z_turnover_by_vat_group"] == {"A": 2097}
+        assert z["matches_fiscal"] is True
+        assert z["shift"]["cash_in"] == 2500
+        assert z["shift"]["cash_out"] == 1000
+    finally:
+        agent.stop()
+
+    engine = create_engine(tmp_path / "agent" / "agent.db")
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        async with sessionmaker() as session:
+            moves = {m.move_id: m.status for m in await session.scalars(select(CashMove))}
+            shifts = list(await session.scalars(select(Shift)))
+            events = [
+                decode_envelope(e.payload)
+                for e in await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq))
+            ]
+    finally:
+        await engine.dispose()
+    assert moves == {"out-1": "done", "in-1": "done"}
+    (shift,) = shifts
+    assert shift.closed_at is not None
+    assert shift.z_status == "done"
+    kinds = [type(e.body).__name__ for e in events]
+    assert kinds.count("CashMoved") == 2
+    assert kinds.count("ShiftClosed") == 1
+    (closing,) = [e.body for e in events if isinstance(e.body, ShiftClosed)]
+    assert closing.z_report is not None
+    assert closing.z_report.report_number == 1
+    assert closing.z_report.turnover_by_vat_group == {"A": 2097}
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
