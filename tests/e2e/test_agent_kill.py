@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from branch_agent.db import create_engine, create_sessionmaker
-from branch_agent.models import OutboxEvent, Sale
+from branch_agent.models import CustomerReturn, OutboxEvent, Sale
 from branch_agent.stock import balances
 from branch_agent.till_sim import TillSimulator
 from central.embedded_nats import EmbeddedNats
@@ -205,14 +205,20 @@ async def test_sigkill_during_sales_printing_and_sync_loses_and_doubles_nothing(
                     pending = await session.scalar(
                         select(Sale.id).where(Sale.status == "pending_fiscal").limit(1)
                     )
+                    pending_return = await session.scalar(
+                        select(CustomerReturn.id)
+                        .where(CustomerReturn.status == "pending_fiscal")
+                        .limit(1)
+                    )
                     unsent = await session.scalar(
                         select(OutboxEvent.seq).where(OutboxEvent.sent_at.is_(None)).limit(1)
                     )
-                return pending is None and unsent is None
+                return pending is None and pending_return is None and unsent is None
 
             await wait_until(settled, timeout=60)
             async with sessionmaker() as session:
                 sales = {s.sale_id: s for s in await session.scalars(select(Sale))}
+                returns = list(await session.scalars(select(CustomerReturn)))
                 events = list(await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)))
                 stock = {k: v for k, v in (await balances(session)).items() if v}
         finally:
@@ -234,6 +240,13 @@ async def test_sigkill_during_sales_printing_and_sync_loses_and_doubles_nothing(
         t1 = [s for s in sales.values() if s.till == "T1"]
         assert sorted(r.number for r in journal) == sorted(int(s.fiscal_number or 0) for s in t1)
         assert len({r.number for r in journal}) == len(journal) == len(t1)
+        # Each return of a T1 fiscal receipt made at T1 is one storno receipt, printed once.
+        stornos = fiscal_printer.sim.storno_receipts
+        printed = [r for r in returns if r.till == "T1" and r.status == "fiscalized"]
+        assert sorted(r.number for r in stornos) == sorted(
+            int(r.fiscal_number or 0) for r in printed
+        )
+        assert len({r.number for r in stornos}) == len(stornos)
         # A gapless sequence, one receipt event per sale.
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         kinds = Counter(e.kind for e in events)
