@@ -35,6 +35,7 @@ __all__ = [
     "ShiftPaymentTotals",
     "ShiftTotals",
     "StockMovementDaily",
+    "StockMovementMonthly",
 ]
 
 SALES_MEASURES = (
@@ -164,6 +165,25 @@ class StockMovementDaily(Base):
     movement: Mapped[str] = mapped_column(String(32), primary_key=True)
     # Write-off reason; "" for every other movement.
     reason: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
+    qty_milli: Mapped[int] = _amount()
+    cost_value: Mapped[int] = _amount()
+
+
+class StockMovementMonthly(Base):
+    """The stock ledger summed per branch, calendar month (its first day), product and
+    kind of movement: the daily table rolled up, so the stock movement report takes the
+    stock before a period, and the full months inside it, from a dozen rows a year per
+    product instead of a row per day. Signed like the daily table."""
+
+    __tablename__ = "rpt_stock_movement_monthly"
+    # Chain-wide reads of a month range (the key starts with the branch).
+    __table_args__ = (Index("ix_rpt_stock_movement_monthly_month", "month"),)
+
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # First day of the branch's local calendar month.
+    month: Mapped[date] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    movement: Mapped[str] = mapped_column(String(32), primary_key=True)
     qty_milli: Mapped[int] = _amount()
     cost_value: Mapped[int] = _amount()
 

@@ -44,6 +44,7 @@ from central.models.reports import (
     ShiftPaymentTotals,
     ShiftTotals,
     StockMovementDaily,
+    StockMovementMonthly,
 )
 from central.models.stock import StockMovement
 from central.reports.money import vat_of
@@ -60,6 +61,7 @@ __all__ = [
     "cash_net_of_change",
     "flush_delta",
     "local_hour",
+    "month_of",
     "project_summaries",
     "upsert_additive",
 ]
@@ -81,6 +83,7 @@ _TABLE_ORDER: tuple[Table, ...] = tuple(
         SalesProductDailyChain,
         PaymentsDaily,
         StockMovementDaily,
+        StockMovementMonthly,
         ShiftTotals,
         ShiftPaymentTotals,
     )
@@ -269,6 +272,7 @@ class SummaryDelta:
     def file_ledger_rows(self, rows: Iterable[Sequence[Any]]) -> None:
         """File ledger sums (event_id, branch, local_date, sku, doc_type, qty, value)."""
         movement = self.add[_t(StockMovementDaily).name]
+        monthly = self.add[_t(StockMovementMonthly).name]
         branch_daily = self.add[_t(SalesBranchDaily).name]
         hourly = self.add[_t(SalesHourly).name]
         cashier = self.add[_t(SalesCashierDaily).name]
@@ -280,6 +284,9 @@ class SummaryDelta:
             reason = self.ledger_events.get(event_id, "")
             _add_to(movement, (branch, local_date, sku, doc_type, reason), "qty_milli", qty)
             _add_to(movement, (branch, local_date, sku, doc_type, reason), "cost_value", value)
+            month_key = (branch, month_of(local_date), sku, doc_type)
+            _add_to(monthly, month_key, "qty_milli", qty)
+            _add_to(monthly, month_key, "cost_value", value)
             keys = self.sale_events.get(event_id)
             if keys is None:
                 continue
@@ -327,6 +334,11 @@ def _per_sku(body: ReceiptRecorded | CustomerReturnRecorded) -> dict[str, dict[s
         amounts["vat"] += vat_of(line.line_total, line.vat_rate_bp)
         amounts["discounts"] += line.discount
     return per
+
+
+def month_of(day: date) -> date:
+    """The first day of the calendar month of ``day`` (the monthly summaries' key)."""
+    return day.replace(day=1)
 
 
 def local_hour(occurred_at: datetime, utc_offset_min: int) -> int:

@@ -67,11 +67,18 @@ from central.models.reports import (
     ShiftPaymentTotals,
     ShiftTotals,
     StockMovementDaily,
+    StockMovementMonthly,
 )
 from central.reports.money import vat_sql
 from central.reports.projections import upsert_additive
 
-__all__ = ["SUMMARY_TABLES", "local_hour_sql", "rebuild", "rebuild_summaries"]
+__all__ = [
+    "SUMMARY_TABLES",
+    "local_hour_sql",
+    "month_start_sql",
+    "rebuild",
+    "rebuild_summaries",
+]
 
 
 def _t(model: Any) -> Table:
@@ -89,6 +96,7 @@ SUMMARY_TABLES: tuple[Table, ...] = tuple(
         SalesProductDailyChain,
         PaymentsDaily,
         StockMovementDaily,
+        StockMovementMonthly,
         ShiftTotals,
         ShiftPaymentTotals,
         LastSellingPrice,
@@ -107,6 +115,14 @@ def local_hour_sql(dialect: str, occurred_at: Any, utc_offset_min: Any) -> Colum
     # SQLite keeps UTC as naive text; strftime applies the offset as a modifier.
     modifier = func.printf("%+d minutes", utc_offset_min)
     return cast(func.strftime("%H", occurred_at, modifier), Integer)
+
+
+def month_start_sql(dialect: str, day: Any) -> ColumnElement[Any]:
+    """The first day of the month of a stored local date, in SQL."""
+    if dialect == "postgresql":
+        return cast(func.date_trunc("month", day), Date)
+    # SQLite keeps dates as ISO text, which date(..., 'start of month') keeps.
+    return func.date(day, "start of month")
 
 
 def _documents_table() -> Table:
@@ -486,6 +502,22 @@ def _rebuild_stock(session: Session) -> None:
     session.execute(table.insert().from_select(columns, write_offs))
 
 
+def _rebuild_stock_monthly(session: Session, dialect: str) -> None:
+    """The daily movement table (rebuilt first) rolled up per month."""
+    table = _t(StockMovementMonthly)
+    _clear(session, table)
+    daily = _t(StockMovementDaily)
+    month = month_start_sql(dialect, daily.c.local_date)
+    keys: list[Any] = [daily.c.branch, month, daily.c.sku, daily.c.movement]
+    stmt = select(
+        *keys,
+        cast(func.sum(daily.c.qty_milli), table.c.qty_milli.type),
+        cast(func.sum(daily.c.cost_value), table.c.cost_value.type),
+    ).group_by(*keys)
+    columns = ["branch", "month", "sku", "movement", "qty_milli", "cost_value"]
+    session.execute(table.insert().from_select(columns, stmt))
+
+
 def _rebuild_prices(session: Session) -> None:
     table = _t(LastSellingPrice)
     _clear(session, table)
@@ -522,6 +554,7 @@ def _rebuild_all(session: Session) -> None:
         names = ", ".join(t.name for t in SUMMARY_TABLES)
         session.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
     _rebuild_stock(session)
+    _rebuild_stock_monthly(session, dialect)
     _rebuild_from_documents(session, dialect)
     _rebuild_products(session)
     _rebuild_payments(session)

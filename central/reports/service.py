@@ -13,13 +13,14 @@ from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
-    Date,
     Select,
     Table,
     and_,
-    case,
+    cast,
     func,
     literal,
     select,
@@ -48,6 +49,7 @@ from central.models.reports import (
     ShiftPaymentTotals,
     ShiftTotals,
     StockMovementDaily,
+    StockMovementMonthly,
 )
 from central.reports.money import ratio_text, rounded_div
 from central.reports.schemas import (
@@ -468,6 +470,44 @@ _MOVEMENT_OUT_NAMES = tuple(
 )
 
 
+def _month_last(day: date) -> date:
+    """The last day of the calendar month of ``day``."""
+    following = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return following - timedelta(days=1)
+
+
+def _months_between(first: date, last: date) -> int:
+    return (last.year - first.year) * 12 + last.month - first.month
+
+
+# Which summary rows cover a range of local days: ("monthly" | "daily", from, to), both
+# ends inclusive, None open.
+_Piece = tuple[str, date | None, date | None]
+
+
+def _pieces(start: date | None, end: date | None) -> list[_Piece]:
+    """A range of days as the full calendar months inside it (monthly rows) and the
+    partial months at its ends (daily rows)."""
+    if start is not None and end is not None and start > end:
+        return []
+    pieces: list[_Piece] = []
+    if start is not None and start.day != 1:
+        head_last = _month_last(start)
+        if end is not None and end <= head_last:
+            return [("daily", start, end)]
+        pieces.append(("daily", start, head_last))
+        start = head_last + timedelta(days=1)
+    tail: _Piece | None = None
+    if end is not None and end != _month_last(end):
+        tail = ("daily", end.replace(day=1), end)
+        end = end.replace(day=1) - timedelta(days=1)
+    if start is None or end is None or start <= end:
+        pieces.append(("monthly", start, end))
+    if tail is not None:
+        pieces.append(tail)
+    return pieces
+
+
 async def stock_movement(
     session: AsyncSession,
     *,
@@ -480,13 +520,16 @@ async def stock_movement(
 ) -> StockMovementReport:
     """Opening, every kind of movement, closing; opening + ins - outs = closing.
 
-    One aggregate query. The opening is the sum of the movements before the period,
-    or, when fewer days follow the period's start than precede it, today's stock
-    balance minus the movements since (both are projections of the same ledger)."""
+    Read from the movement summaries: full calendar months from the monthly table,
+    partial ones from the daily table. The opening is the sum of the movements before
+    the period, or, when fewer months follow the period than precede it, today's stock
+    balance minus the movements since its start (both are projections of the same
+    ledger). One aggregate query per key, kind of movement and part of the timeline;
+    the columns are laid out here."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
     await _check_branch(session, branch)
-    t, b = _t(StockMovementDaily), _t(StockBalance)
+    daily, monthly, b = _t(StockMovementDaily), _t(StockMovementMonthly), _t(StockBalance)
     names = ["branch" if g == "branch" else "sku" for g in groups]
 
     def filtered(stmt: Select[Any], table: Table) -> Select[Any]:
@@ -498,73 +541,118 @@ async def stock_movement(
 
     first, last = (
         await session.execute(
-            filtered(select(func.min(t.c.local_date), func.max(t.c.local_date)), t)
+            filtered(select(func.min(monthly.c.month), func.max(monthly.c.month)), monthly)
         )
     ).one()
-    from_balance = (
-        first is not None
-        and first < period.date_from
-        and (last - period.date_from) < (period.date_from - first)
-    )
-    moves = select(
-        *[t.c[n] for n in names],
-        t.c.movement.label("movement"),
-        t.c.local_date.label("local_date"),
-        t.c.qty_milli.label("qty"),
-        t.c.cost_value.label("value"),
-    )
-    if from_balance:
-        balances = select(
-            *[b.c[n] for n in names],
-            literal(_BALANCE).label("movement"),
-            literal(None, Date).label("local_date"),
-            b.c.quantity_milli.label("qty"),
-            b.c.value.label("value"),
-        )
-        later = filtered(moves.where(t.c.local_date >= period.date_from), t)
-        source = union_all(filtered(balances, b), later).subquery()
-    else:
-        source = filtered(moves.where(t.c.local_date <= period.date_to), t).subquery()
-    c = source.c
-    inside = and_(c.local_date >= period.date_from, c.local_date <= period.date_to)
-    opening_sign: Any
-    if from_balance:
-        opening_sign = case((c.movement == _BALANCE, 1), else_=-1)
-    else:
-        opening_sign = case((c.local_date < period.date_from, 1), else_=0)
-    known = [*_MOVEMENT_COLUMNS, _BALANCE]
-    columns: list[Any] = [c[n] for n in names]
-    for unit in ("qty", "value"):
-        columns.append(func.sum(opening_sign * c[unit]))
-        for field in _MOVEMENT_FIELDS:
-            kinds = [k for k, (f, _) in _MOVEMENT_COLUMNS.items() if f == field]
-            match = c.movement.in_(kinds) if kinds else c.movement.not_in(known)
-            columns.append(func.sum(case((and_(inside, match), c[unit]), else_=0)))
-    columns.append(func.max(case((inside, 1), else_=0)))
-    key_cols = [c[n] for n in names]
-    stmt = select(*columns).group_by(*key_cols).order_by(*key_cols)
-    n = len(names)
-    width = 1 + len(_MOVEMENT_FIELDS)
-    signs = [-1 if field in _OUTGOING else 1 for field in _MOVEMENT_FIELDS]
-    rows: list[StockMovementRow] = []
-    totals = [0] * len(_MOVEMENT_OUT_NAMES)
-    for row in await session.execute(stmt):
-        values = [int(v or 0) for v in row[n:-1]]
+    parts: list[Select[Any]] = []
+
+    def add(segment: str, start: date | None, end: date | None) -> None:
+        for kind, lo, hi in _pieces(start, end):
+            table, day = (
+                (monthly, monthly.c.month) if kind == "monthly" else (daily, daily.c.local_date)
+            )
+            stmt = select(
+                *[table.c[n] for n in names],
+                table.c.movement.label("movement"),
+                literal(segment).label("segment"),
+                table.c.qty_milli.label("qty"),
+                table.c.cost_value.label("value"),
+            )
+            if lo is not None:
+                stmt = stmt.where(day >= lo)
+            if hi is not None:
+                stmt = stmt.where(day <= hi)
+            parts.append(filtered(stmt, table))
+
+    from_balance = False
+    if first is not None:
+        month_from = period.date_from.replace(day=1)
+        before = _months_between(first, month_from)
+        after = _months_between(period.date_to.replace(day=1), last)
+        # The balances cost about a month of rows of their own.
+        from_balance = before > 0 and after + 1 < before
+        add("inside", period.date_from, period.date_to)
+        if from_balance:
+            add("after", period.date_to + timedelta(days=1), None)
+            parts.append(
+                filtered(
+                    select(
+                        *[b.c[n] for n in names],
+                        literal(_BALANCE).label("movement"),
+                        literal("balance").label("segment"),
+                        b.c.quantity_milli.label("qty"),
+                        b.c.value.label("value"),
+                    ),
+                    b,
+                )
+            )
+        else:
+            add("before", None, period.date_from - timedelta(days=1))
+    # key -> [opening qty, opening value, net qty, net value, seen inside, then per
+    # field its qty and value as shown (outgoing kinds positive)]
+    width = len(_MOVEMENT_FIELDS)
+    per_key: dict[tuple[Any, ...], list[int]] = {}
+    if parts:
+        source = union_all(*parts).subquery()
+        c = source.c
+        keys = [c[n] for n in names]
+        stmt = select(
+            c.movement,
+            c.segment,
+            cast(func.sum(c.qty), BigInteger),
+            cast(func.sum(c.value), BigInteger),
+            *keys,
+        ).group_by(c.movement, c.segment, *keys)
+        # Kind of movement -> (position of its quantity in the accumulator, sign shown).
+        slots = {
+            kind: (5 + 2 * _MOVEMENT_FIELDS.index(field), -1 if field in _OUTGOING else 1)
+            for kind, (field, _) in _MOVEMENT_COLUMNS.items()
+        }
+        other = (5 + 2 * _MOVEMENT_FIELDS.index("other"), 1)
+        blank = [0] * (5 + 2 * width)
+        for row in (await session.execute(stmt)).all():
+            movement, segment, qty, value = row[:4]
+            key = row[4:]
+            acc = per_key.get(key)
+            if acc is None:
+                acc = per_key[key] = blank.copy()
+            if segment == "inside":
+                at, sign = slots.get(movement, other)
+                acc[at] += sign * qty
+                acc[at + 1] += sign * value
+                acc[2] += qty
+                acc[3] += value
+                acc[4] = 1
+            elif segment == "after":
+                # Taken off today's balance.
+                acc[0] -= qty
+                acc[1] -= value
+            else:  # before the period, or today's balance
+                acc[0] += qty
+                acc[1] += value
+        if from_balance:
+            # Today's balance holds the period's movements too.
+            for acc in per_key.values():
+                acc[0] -= acc[2]
+                acc[1] -= acc[3]
+    outs: list[list[Any]] = []
+    for key in sorted(per_key):
+        acc = per_key[key]
         # Products with nothing on hand and nothing moving are left out.
-        if not row[-1] and values[0] == 0 and values[width] == 0:
+        if not acc[4] and acc[0] == 0 and acc[1] == 0:
             continue
-        out: list[int] = []
-        for base in (0, width):
-            opening = values[base]
-            amounts = values[base + 1 : base + width]
-            out.append(opening)
-            # Outgoing kinds are shown as positive amounts.
-            out.extend(m * sign for m, sign in zip(amounts, signs, strict=True))
-            out.append(opening + sum(amounts))
-        fields: dict[str, Any] = dict(zip(_MOVEMENT_OUT_NAMES, out, strict=True))
-        fields.update(zip(names, row[:n], strict=True))
-        rows.append(StockMovementRow(**fields))
-        totals = [a + b for a, b in zip(totals, out, strict=True)]
+        outs.append(
+            [*key, acc[0], *acc[5::2], acc[0] + acc[2], acc[1], *acc[6::2], acc[1] + acc[3]]
+        )
+    columns = (*names, *_MOVEMENT_OUT_NAMES)
+    # One conversion of plain dicts: several times faster than a Struct call per row.
+    rows = msgspec.convert(
+        [dict(zip(columns, out, strict=True)) for out in outs], list[StockMovementRow]
+    )
+    outs = [out[len(names) :] for out in outs]
+    totals = [sum(column) for column in zip(*outs, strict=True)] if outs else []
+    if not totals:
+        totals = [0] * len(_MOVEMENT_OUT_NAMES)
     return StockMovementReport(
         date_from=period.date_from,
         date_to=period.date_to,
