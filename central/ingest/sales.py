@@ -103,6 +103,7 @@ async def store_receipts(
                 "fiscal_number": body.fiscal_number,
                 "late": env.event_id in late,
                 "negative_stock": False,
+                "voided_lines": body.voided_lines,
             }
         )
         lines.extend(
@@ -117,6 +118,8 @@ async def store_receipts(
                 "discount": line.discount,
                 "vat_rate_bp": line.vat_rate_bp,
                 "line_total": line.line_total,
+                "manual_discount": line.manual_discount,
+                "promotion_id": line.promotion_id,
             }
             for line in body.lines
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from central.models.base import Base, BigIntPK
@@ -42,6 +42,9 @@ class Receipt(Base):
     # Flags for the back office: accepted, never refused (a sale that happened).
     late: Mapped[bool] = mapped_column(default=False)
     negative_stock: Mapped[bool] = mapped_column(default=False)
+    # Lines voided before the receipt closed (loss prevention). None: stored before
+    # central kept it (migration 1102).
+    voided_lines: Mapped[int | None] = mapped_column(Integer, default=0)
 
     lines: Mapped[list[ReceiptLineRow]] = relationship(
         back_populates="receipt", order_by="ReceiptLineRow.line_no", lazy="raise"
@@ -66,6 +69,10 @@ class ReceiptLineRow(Base):
     discount: Mapped[int] = mapped_column(BigInteger, default=0)
     vat_rate_bp: Mapped[int] = mapped_column()
     line_total: Mapped[int] = mapped_column(BigInteger)
+    # The discount was keyed in by the cashier (loss prevention). None: stored before
+    # central kept it (migration 1102).
+    manual_discount: Mapped[bool | None] = mapped_column(default=False)
+    promotion_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
     receipt: Mapped[Receipt] = relationship(back_populates="lines", lazy="raise")
 

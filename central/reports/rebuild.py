@@ -11,9 +11,9 @@ receipt lines once per receipt (into a temporary table that the per-branch, hour
 cashier and shift tables are grouped from) and once per receipt and product (the
 per-product table, from which the chain-wide one is grouped).
 
-Two loss-prevention counters are not in the raw records yet (voided lines per
-receipt, the manual-discount flag per line): the rebuild keeps what ingestion counted
-for them.
+The loss-prevention counters come from the raw rows too (voided lines per receipt,
+the manual-discount flag per line); only cashier-days holding receipts stored before
+central kept those (NULL there, migration 1102) keep what ingestion counted.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    tuple_,
     union_all,
     update,
 )
@@ -103,6 +104,8 @@ SUMMARY_TABLES: tuple[Table, ...] = tuple(
     )
 )
 _NAMES = list(SALES_MEASURES)
+# Loss-prevention counters of the cashier table, from the raw receipts and lines.
+_COUNTERS = ("voided_lines", "manual_discount_lines", "manual_discount_amount")
 
 
 def local_hour_sql(dialect: str, occurred_at: Any, utc_offset_min: Any) -> ColumnElement[int]:
@@ -137,6 +140,9 @@ def _documents_table() -> Table:
         Column("hour", Integer),
         Column("cashier", String(64)),
         *[Column(n, BigInteger) for n in _NAMES],
+        *[Column(n, BigInteger) for n in _COUNTERS],
+        # 1: a receipt stored before central kept its loss-prevention fields.
+        Column("legacy", Integer),
         prefixes=["TEMPORARY"],
     )
 
@@ -167,6 +173,7 @@ def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
         .group_by(ledger.event_id)
         .subquery()
     )
+    manual = line.manual_discount.is_(True)
     sums = (
         select(
             line.receipt_id,
@@ -174,6 +181,8 @@ def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
             func.sum(line.line_total).label("revenue"),
             func.sum(vat_sql(line.line_total, line.vat_rate_bp)).label("vat"),
             func.sum(line.discount).label("discounts"),
+            func.sum(case((manual, 1), else_=0)).label("manual_lines"),
+            func.sum(case((manual, line.discount), else_=0)).label("manual_amount"),
         )
         .group_by(line.receipt_id)
         .subquery()
@@ -192,6 +201,10 @@ def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
         func.coalesce(sums.c.discounts, 0),
         -func.coalesce(values.c.value, 0),
         *[_zero(n) for n in _NAMES[6:]],
+        func.coalesce(r.voided_lines, 0),
+        func.coalesce(sums.c.manual_lines, 0),
+        func.coalesce(sums.c.manual_amount, 0),
+        case((r.voided_lines.is_(None), 1), else_=0),
     ).select_from(
         _t(r)
         .outerjoin(sums, sums.c.receipt_id == r.id)
@@ -221,6 +234,8 @@ def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
         func.coalesce(returned.c.amount, 0),
         func.coalesce(returned.c.vat, 0),
         func.coalesce(values.c.value, 0),
+        *[_zero(n) for n in _COUNTERS],
+        literal(0, Integer).label("legacy"),
     ).select_from(
         _t(cr)
         .outerjoin(returned, returned.c.event_id == cr.event_id)
@@ -285,21 +300,34 @@ def _rebuild_from_documents(session: Session, dialect: str) -> None:
 
 
 def _rebuild_cashier(session: Session, dialect: str, docs: Table) -> None:
-    """Zero the measures, add the rebuilt ones, keep the counters only ingestion knows."""
+    """Measures and loss-prevention counters from the raw records. A cashier-day holding
+    receipts stored before central kept voided lines and manual discounts (migration
+    1102) keeps the counters ingestion counted for it."""
     table = _t(SalesCashierDaily)
-    session.execute(update(table).values({n: 0 for n in _NAMES}))
     keys = ["branch", "local_date", "cashier"]
+    legacy_keys = select(*[docs.c[k] for k in keys]).where(docs.c.legacy == 1)
+    session.execute(update(table).values({n: 0 for n in _NAMES}))
+    if session.execute(select(legacy_keys.exists())).scalar():
+        recomputed = tuple_(*[table.c[k] for k in keys]).not_in(legacy_keys)
+        session.execute(update(table).where(recomputed).values({n: 0 for n in _COUNTERS}))
+    else:
+        session.execute(update(table).values({n: 0 for n in _COUNTERS}))
+    legacy = func.max(docs.c.legacy) == 1
     stmt = select(
         *[docs.c[k] for k in keys],
         *[cast(func.sum(docs.c[n]), table.c[n].type).label(n) for n in _NAMES],
+        *[
+            cast(case((legacy, 0), else_=func.sum(docs.c[n])), table.c[n].type).label(n)
+            for n in _COUNTERS
+        ],
     ).group_by(*[docs.c[k] for k in keys])
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    ins = insert.from_select([*keys, *_NAMES], stmt)
-    session.execute(
-        ins.on_conflict_do_update(index_elements=keys, set_={n: ins.excluded[n] for n in _NAMES})
-    )
-    counters = ("voided_lines", "manual_discount_lines", "manual_discount_amount")
-    session.execute(delete(table).where(and_(*[table.c[n] == 0 for n in (*_NAMES, *counters)])))
+    ins = insert.from_select([*keys, *_NAMES, *_COUNTERS], stmt)
+    set_: dict[str, Any] = {n: ins.excluded[n] for n in _NAMES}
+    # Kept counters were not zeroed and their groups add 0.
+    set_.update({n: table.c[n] + ins.excluded[n] for n in _COUNTERS})
+    session.execute(ins.on_conflict_do_update(index_elements=keys, set_=set_))
+    session.execute(delete(table).where(and_(*[table.c[n] == 0 for n in (*_NAMES, *_COUNTERS)])))
 
 
 def _padded(keys: Sequence[Any], measures: dict[str, ColumnElement[Any]]) -> list[Any]:

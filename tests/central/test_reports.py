@@ -11,14 +11,20 @@ from datetime import date
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.db import create_engine, create_sessionmaker
 from central.errors import NotFoundError, ValidationFailed
 from central.ingest.registry import _REGISTRY, register_batch_handler
 from central.ingest.worker import IngestWorker
-from central.models import Category, Product, SalesBranchDaily, SalesProductDaily
+from central.models import (
+    Category,
+    Product,
+    SalesBranchDaily,
+    SalesCashierDaily,
+    SalesProductDaily,
+)
 from central.reports import service
 from central.reports.rebuild import SUMMARY_TABLES, rebuild_summaries
 from central.services.branches import add_branch
@@ -505,5 +511,188 @@ async def test_concurrent_workers_add_up_exactly(db_url: str) -> None:
         async with sessionmaker() as session, session.begin():
             await rebuild_summaries(session)
         assert await _dump(sessionmaker) == incremental
+    finally:
+        await engine.dispose()
+
+
+async def _loss_prevention_rows(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> tuple[Any, list[Any]]:
+    async with sessionmaker() as s:
+        report = await service.loss_prevention(
+            s, date_from=date(2026, 11, 1), date_to=D3, factor=2, min_count=1
+        )
+        cashier_rows = sorted(
+            tuple(r) for r in (await s.execute(select(SalesCashierDaily.__table__))).all()
+        )
+    return report, cashier_rows
+
+
+def _loss_history() -> Any:
+    """Four cashiers over two days: voids, manual discounts, promotions, returns."""
+    from protocol import Payment, ReceiptLine
+    from tests.central.reports_history import History, sale
+
+    h = History()
+    n = 0
+    # cashier: [(voided lines, manual discounts (amount per line), promoted lines)]
+    plan: dict[str, list[tuple[int, list[int], int]]] = {
+        "ann": [(0, [], 1), (1, [], 0), (0, [], 0)],
+        "bob": [(2, [40], 0), (3, [25, 15], 1), (0, [], 0)],
+        "cy": [(0, [], 0), (0, [10], 2)],
+        "dee": [(1, [], 0)],
+    }
+    for cashier, receipts in plan.items():
+        for k, (voided, manual, promoted) in enumerate(receipts):
+            n += 1
+            lines = []
+            for no, discount in enumerate(manual, start=1):
+                lines.append(
+                    ReceiptLine(
+                        line_no=no,
+                        sku="A",
+                        quantity_milli=1000,
+                        unit_price=300,
+                        discount=discount,
+                        manual_discount=True,
+                        vat_rate_bp=2000,
+                        line_total=300 - discount,
+                    )
+                )
+            for p in range(promoted):
+                lines.append(
+                    ReceiptLine(
+                        line_no=len(lines) + 1,
+                        sku="B",
+                        quantity_milli=2000,
+                        unit_price=100,
+                        discount=50,
+                        promotion_id=f"PROMO{p}",
+                        vat_rate_bp=1000,
+                        line_total=150,
+                    )
+                )
+            lines.append(
+                ReceiptLine(
+                    line_no=len(lines) + 1,
+                    sku="W",
+                    quantity_milli=500,
+                    unit_price=1000,
+                    vat_rate_bp=1000,
+                    line_total=500,
+                )
+            )
+            total = sum(x.line_total for x in lines)
+            h.add(
+                "B1",
+                f"2026-11-0{2 + k % 2}T1{k}:0{n % 10}:00",
+                sale(
+                    f"r{n}",
+                    f"S{cashier}",
+                    cashier,
+                    tuple(lines),
+                    (Payment(type="cash", amount=total),),
+                    voided=voided,
+                ),
+            )
+    h.add(
+        "B1",
+        "2026-11-03T15:00:00",
+        CustomerReturnRecorded(
+            till="T1",
+            shift_id="Sdee",
+            return_number=1,
+            return_id="cr1",
+            original_sale_id="r9",
+            cashier="dee",
+            lines=(
+                ReceiptLine(
+                    line_no=1,
+                    sku="W",
+                    quantity_milli=500,
+                    unit_price=1000,
+                    vat_rate_bp=1000,
+                    line_total=500,
+                ),
+            ),
+            refunds=(Payment(type="cash", amount=500),),
+            total=500,
+        ),
+    )
+    return h
+
+
+async def test_rebuild_recomputes_loss_prevention_from_raw_rows(db_url: str) -> None:
+    """Voided lines, manual discounts and promotions are stored on the raw rows; a rebuild
+    of the cashier summary from scratch gives exactly the report ingestion produced."""
+    from central.models import Receipt, ReceiptLineRow
+
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        async with sessionmaker() as session, session.begin():
+            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
+        worker = IngestWorker(sessionmaker)
+        for batch in _loss_history().batches(3):
+            assert (await worker.process(batch)).dead_letters == 0
+        ingested, ingested_rows = await _loss_prevention_rows(sessionmaker)
+        rows = {r.cashier: r for r in ingested.rows}
+        assert {
+            c: (r.receipts, r.voided_lines, r.manual_discount_lines, r.manual_discount_amount)
+            for c, r in rows.items()
+        } == {"ann": (3, 1, 0, 0), "bob": (3, 5, 3, 80), "cy": (2, 0, 1, 10), "dee": (1, 1, 0, 0)}
+        assert rows["dee"].returns == 1
+        assert rows["bob"].flags == ["voided_lines", "manual_discounts"]
+        async with sessionmaker() as s:
+            stored = (
+                await s.execute(select(Receipt.sale_id, Receipt.voided_lines).order_by(Receipt.id))
+            ).all()
+            flagged = (
+                await s.execute(
+                    select(
+                        ReceiptLineRow.manual_discount, ReceiptLineRow.promotion_id, func.count()
+                    )
+                    .group_by(ReceiptLineRow.manual_discount, ReceiptLineRow.promotion_id)
+                    .order_by(ReceiptLineRow.manual_discount, ReceiptLineRow.promotion_id)
+                )
+            ).all()
+        assert [v for _, v in stored] == [0, 1, 0, 2, 3, 0, 0, 0, 1]
+        assert sorted(((bool(m), p or "", int(c)) for m, p, c in flagged)) == [
+            (False, "", 9),
+            (False, "PROMO0", 3),
+            (False, "PROMO1", 1),
+            (True, "", 4),
+        ]
+        # The cashier summary lost entirely, then rebuilt from the raw rows alone.
+        async with sessionmaker() as session, session.begin():
+            await session.execute(delete(SalesCashierDaily))
+        async with sessionmaker() as session, session.begin():
+            await rebuild_summaries(session)
+        rebuilt, rebuilt_rows = await _loss_prevention_rows(sessionmaker)
+        assert rebuilt == ingested
+        assert rebuilt_rows == ingested_rows
+        # A receipt stored before central kept these fields (NULL, as migration 1102
+        # leaves older rows): its cashier-day keeps what ingestion counted; every other
+        # cashier-day is recomputed (a damaged counter is repaired).
+        async with sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Receipt).where(Receipt.sale_id == "r4").values(voided_lines=None)
+            )
+            await session.execute(
+                update(ReceiptLineRow)
+                .where(
+                    ReceiptLineRow.receipt_id.in_(select(Receipt.id).where(Receipt.sale_id == "r4"))
+                )
+                .values(manual_discount=None)
+            )
+            await session.execute(
+                update(SalesCashierDaily)
+                .where(SalesCashierDaily.cashier == "cy")
+                .values(voided_lines=7, manual_discount_lines=9)
+            )
+            await rebuild_summaries(session)
+        kept, kept_rows = await _loss_prevention_rows(sessionmaker)
+        assert kept == ingested
+        assert kept_rows == ingested_rows
     finally:
         await engine.dispose()
