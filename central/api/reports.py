@@ -115,7 +115,8 @@ class ReportController(Controller):
     @get(
         "/stock-on-hand",
         operation_id="stockOnHandReport",
-        summary="Stock on hand by branch and product, at cost and at retail",
+        summary="Stock on hand by branch and product, at cost and at retail (head office's "
+        "price in force, else the last selling price)",
     )
     async def stock_on_hand(
         self,

@@ -87,9 +87,13 @@ class StockOnHandRow(msgspec.Struct, kw_only=True):
     sku: str | None = None
     qty_milli: int
     value_at_cost: int
-    # qty x the branch's last selling price, half-up per branch and product.
+    # qty x the retail unit price, half-up per branch and product.
     value_at_retail: int
     unit_price: int | None = None
+    # head_office: head office's selling price in force for the branch; last_sale: the
+    # branch's last selling price (head office has none); mixed: both, over the rows
+    # summed here; None: no price known.
+    retail_price_source: str | None = None
 
 
 class StockOnHandReport(msgspec.Struct, kw_only=True):

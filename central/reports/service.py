@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    tuple_,
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +35,7 @@ from central.models import (
     BranchStatus,
     BranchSyncState,
     DeadLetter,
+    PriceEntryRow,
     Product,
     Shift,
     StockBalance,
@@ -77,13 +79,18 @@ from central.reports.schemas import (
     WriteOffReport,
     WriteOffRow,
 )
+from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
     "DEFAULT_MAX_SPAN_DAYS",
+    "RETAIL_HEAD_OFFICE",
+    "RETAIL_LAST_SALE",
+    "RETAIL_MIXED",
     "SALES_GROUPS",
     "Period",
     "abc_analysis",
     "gross_margin",
+    "head_office_prices",
     "loss_prevention",
     "parse_group_by",
     "sales_report",
@@ -367,56 +374,152 @@ def _names(groups: tuple[str, ...]) -> list[str]:
 # --- stock on hand ---------------------------------------------------------------------
 
 
+# Where the retail value of stock on hand comes from.
+RETAIL_HEAD_OFFICE = "head_office"
+RETAIL_LAST_SALE = "last_sale"
+# Aggregated rows whose products were valued on different bases.
+RETAIL_MIXED = "mixed"
+# Local-time price entries take effect at a branch up to a day after (or before) their
+# stored UTC moment: entries this far ahead are read and resolved exactly.
+_LOCAL_MOMENT_SLACK = timedelta(days=2)
+
+
+async def head_office_prices(
+    session: AsyncSession, branches: Sequence[Branch], sku: str | None, at: datetime
+) -> dict[tuple[str, str], int]:
+    """The selling price head office has in force at ``at`` per (branch, sku), by the
+    rules the tills and central share (``protocol.pricing``): the most specific scope
+    with an entry in effect (branch > zone > format > chain), within it the latest
+    entry; withdrawn overrides do not count. Products without one are left out."""
+    if not branches:
+        return {}
+    scopes = {
+        b.code: [
+            (scope, scope_id or "")
+            for scope, scope_id in branch_scopes(b.code, b.format_code, b.price_zone)
+        ]
+        for b in branches
+    }
+    wanted = sorted({pair for pairs in scopes.values() for pair in pairs})
+    e = PriceEntryRow
+    stmt = select(
+        e.scope, e.scope_id, e.sku, e.price, e.effective_at, e.effective_local, e.version
+    ).where(e.withdrawn.is_(False), e.effective_at <= at + _LOCAL_MOMENT_SLACK)
+    if len(branches) == 1:
+        stmt = stmt.where(tuple_(e.scope, e.scope_id).in_(wanted))
+    if sku is not None:
+        stmt = stmt.where(e.sku == sku)
+    # (scope, scope id, timezone) -> sku -> the scope's entries
+    entries: dict[tuple[str, str], dict[str, list[Any]]] = {}
+    for row in await session.execute(stmt):
+        entries.setdefault((row.scope, row.scope_id or ""), {}).setdefault(row.sku, []).append(row)
+    # The entry in force at each scope, per time zone (local-time entries differ by zone).
+    in_force: dict[tuple[str, str, str], dict[str, PriceCandidate]] = {}
+
+    def scope_prices(scope: tuple[str, str], timezone: str) -> dict[str, PriceCandidate]:
+        key = (*scope, timezone)
+        got = in_force.get(key)
+        if got is None:
+            got = in_force[key] = {}
+            for item_sku, rows in entries.get(scope, {}).items():
+                best = resolve_price(
+                    (
+                        PriceCandidate(
+                            r.scope,
+                            int(r.price),
+                            entry_moment(r.effective_at, r.effective_local, timezone),
+                            int(r.version),
+                        )
+                        for r in rows
+                    ),
+                    at,
+                )
+                if best is not None:
+                    got[item_sku] = best
+        return got
+
+    out: dict[tuple[str, str], int] = {}
+    for b in branches:
+        per_scope = [scope_prices(pair, b.timezone) for pair in scopes[b.code]]
+        for item_sku in {s for prices in per_scope for s in prices}:
+            best = resolve_price((p[item_sku] for p in per_scope if item_sku in p), at)
+            if best is not None:
+                out[(b.code, item_sku)] = best.price
+    return out
+
+
 async def stock_on_hand(
     session: AsyncSession,
     *,
     branch: str | None = None,
     group_by: str | None = None,
     sku: str | None = None,
+    at: datetime | None = None,
 ) -> StockOnHandReport:
     """Quantity on hand per branch and product, valued at moving average cost (the stock
-    balance) and at retail (the branch's last selling price of the product)."""
+    balance) and at retail: head office's selling price in force for the branch
+    (``retail_price_source`` "head_office"), else the branch's last selling price of the
+    product ("last_sale"); neither: no retail value."""
     groups = parse_group_by(group_by, ("branch", "product"), "branch,product")
     await _check_branch(session, branch)
+    moment = at or datetime.now(UTC)
     b, p = StockBalance, LastSellingPrice
     stmt = select(b.branch, b.sku, b.quantity_milli, b.value, p.unit_price).select_from(
         b.__table__.outerjoin(p.__table__, and_(p.branch == b.branch, p.sku == b.sku))
     )
+    branch_stmt = select(Branch)
     if branch is not None:
         stmt = stmt.where(b.branch == branch)
+        branch_stmt = branch_stmt.where(Branch.code == branch)
     if sku is not None:
         stmt = stmt.where(b.sku == sku)
+    balances = (await session.execute(stmt)).all()
+    present = {row[0] for row in balances}
+    branches = [x for x in await session.scalars(branch_stmt) if x.code in present]
+    head_office = await head_office_prices(session, branches, sku, moment)
     names = ["branch" if g == "branch" else "sku" for g in groups]
     per_row = set(groups) == {"branch", "product"}
     branch_first = groups[0] == "branch"
+    # key -> [qty, value at cost, value at retail]; unit price and its source
     per_key: dict[tuple[Any, ...], list[int]] = {}
     prices: dict[tuple[Any, ...], int | None] = {}
-    for row_branch, row_sku, qty_value, cost_value, price in await session.execute(stmt):
+    sources: dict[tuple[Any, ...], str | None] = {}
+    for row_branch, row_sku, qty_value, cost_value, last_price in balances:
         qty = int(qty_value)
-        retail = rounded_div(qty * int(price or 0), 1000)
+        price = head_office.get((row_branch, row_sku))
+        source: str | None = RETAIL_HEAD_OFFICE
+        if price is None:
+            price = None if last_price is None else int(last_price)
+            source = None if price is None else RETAIL_LAST_SALE
+        retail = rounded_div(qty * (price or 0), 1000)
         if per_row:
             key: tuple[Any, ...] = (row_branch, row_sku) if branch_first else (row_sku, row_branch)
             per_key[key] = [qty, int(cost_value), retail]
             prices[key] = price
+            sources[key] = source
             continue
         key = (row_branch,) if groups[0] == "branch" else (row_sku,)
         acc = per_key.get(key)
         if acc is None:
             per_key[key] = [qty, int(cost_value), retail]
+            sources[key] = source
         else:
             acc[0] += qty
             acc[1] += int(cost_value)
             acc[2] += retail
-    rows = [
-        StockOnHandRow(
-            **dict(zip(names, key, strict=True)),
-            qty_milli=per_key[key][0],
-            value_at_cost=per_key[key][1],
-            value_at_retail=per_key[key][2],
-            unit_price=prices.get(key),
-        )
-        for key in sorted(per_key)
-    ]
+            if sources[key] != source:
+                sources[key] = RETAIL_MIXED
+    columns = (*names, "qty_milli", "value_at_cost", "value_at_retail", "unit_price")
+    rows = msgspec.convert(
+        [
+            {
+                **dict(zip(columns, (*key, *per_key[key], prices.get(key)), strict=True)),
+                "retail_price_source": sources[key],
+            }
+            for key in sorted(per_key)
+        ],
+        list[StockOnHandRow],
+    )
     return StockOnHandReport(
         branch=branch,
         group_by=list(groups),

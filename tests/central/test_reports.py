@@ -236,6 +236,7 @@ async def _stock_movement_identity_and_stock_on_hand(
     }
     # At retail: the last selling price; W 1.246 kg x 12.99 = 16.18554 -> 16.19.
     assert {k: v.value_at_retail for k, v in hand.items()} == {"A": 199, "B": 450, "W": 1619}
+    assert {v.retail_price_source for v in hand.values()} == {"last_sale"}
     assert (on_hand.totals.value_at_cost, on_hand.totals.value_at_retail) == (981, 2268)
     per_branch = {r.branch: r for r in chain_on_hand.rows}
     assert (per_branch["B2"].qty_milli, per_branch["B2"].value_at_cost) == (1000, 120)
@@ -696,3 +697,79 @@ async def test_rebuild_recomputes_loss_prevention_from_raw_rows(db_url: str) -> 
         assert kept_rows == ingested_rows
     finally:
         await engine.dispose()
+
+
+async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[AsyncSession]) -> None:
+    """Retail value at head office's price in force for each branch (branch > zone >
+    chain, scheduled and local-time entries, withdrawn overrides), else the last
+    selling price; every row says which."""
+    from datetime import UTC, datetime, timedelta
+
+    from central.models import Branch
+    from central.services.pricing import (
+        PriceChangeIn,
+        PriceZoneIn,
+        create_price_zone,
+        set_price,
+        withdraw_override,
+    )
+    from protocol.pricing import local_to_utc
+
+    now = datetime.now(UTC)
+    day = (now + timedelta(days=2)).date().isoformat()
+    wall_clock = f"{day}T00:30:00"
+    async with chain() as s:
+        await create_price_zone(s, PriceZoneIn(code="Z1", name="North", timezone="Europe/Berlin"))
+        await s.execute(update(Branch).where(Branch.code == "B1").values(price_zone="Z1"))
+        await s.commit()
+        for change in (
+            PriceChangeIn(sku="A", price=229),
+            # Half past midnight on each branch's own clock: Berlin's comes first.
+            PriceChangeIn(sku="A", price=239, effective_local=wall_clock),
+            PriceChangeIn(sku="A", price=249, scope="branch", scope_id="B2"),
+            PriceChangeIn(sku="B", price=499, effective_at=now + timedelta(days=30)),
+            PriceChangeIn(sku="W", price=1499),
+            PriceChangeIn(sku="W", price=1349, scope="zone", scope_id="Z1"),
+            PriceChangeIn(sku="W", price=1249, scope="branch", scope_id="B1"),
+        ):
+            await set_price(s, change)
+        await withdraw_override(s, scope="branch", scope_id="B1", sku="W")
+    utc_moment = local_to_utc(datetime.fromisoformat(wall_clock), "UTC")
+    at = utc_moment - timedelta(minutes=1)
+    assert local_to_utc(datetime.fromisoformat(wall_clock), "Europe/Berlin") < at
+    async with chain() as s:
+        later = await service.stock_on_hand(s, at=at)
+        today = await service.stock_on_hand(s, branch="B1")
+        by_branch = await service.stock_on_hand(s, group_by="branch", at=at)
+        by_product = await service.stock_on_hand(s, group_by="product", at=at)
+    rows = {(r.branch, r.sku): r for r in later.rows}
+    assert {
+        k: (r.qty_milli, r.unit_price, r.value_at_retail, r.retail_price_source)
+        for k, r in rows.items()
+    } == {
+        # The chain's local-time price is in force in Berlin, not yet in UTC.
+        ("B1", "A"): (1000, 239, 239, "head_office"),
+        # Head office's price for B starts next month: the last selling price.
+        ("B1", "B"): (1000, 450, 450, "last_sale"),
+        # The branch override was withdrawn: the zone's price beats the chain's.
+        # 1.246 kg x 13.49 = 16.80854 -> 16.81.
+        ("B1", "W"): (1246, 1349, 1681, "head_office"),
+        # B2's own override beats the chain.
+        ("B2", "A"): (1000, 249, 249, "head_office"),
+    }
+    assert later.totals.value_at_retail == 239 + 450 + 1681 + 249
+    assert later.totals.value_at_cost == 981 + 120  # at cost nothing changes
+    assert {r.sku: (r.unit_price, r.value_at_retail) for r in today.rows} == {
+        "A": (229, 229),  # before half past midnight in Berlin: the chain's price
+        "B": (450, 450),
+        "W": (1349, 1681),
+    }
+    assert {r.branch: (r.value_at_retail, r.retail_price_source) for r in by_branch.rows} == {
+        "B1": (2370, "mixed"),
+        "B2": (249, "head_office"),
+    }
+    assert {r.sku: (r.value_at_retail, r.retail_price_source) for r in by_product.rows} == {
+        "A": (488, "head_office"),
+        "B": (450, "last_sale"),
+        "W": (1681, "head_office"),
+    }

@@ -73,6 +73,12 @@ async def test_reports_as_json_and_csv_for_an_analyst(
         for suffix in ("", "&format=csv" if "?" in path else "?format=csv"):
             got = await analyst.get(f"/api/v1/reports/{path}{suffix}")
             assert got.status_code == 200, (path, suffix, got.text)
+    on_hand = await analyst.get("/api/v1/reports/stock-on-hand?branch=B1&format=csv")
+    hand = {r["sku"]: r for r in _rows(on_hand.text)}
+    assert (hand["W"]["value_at_retail"], hand["W"]["retail_price_source"]) == (
+        "16.19",
+        "last_sale",
+    )
     shifts = await analyst.get(f"/api/v1/reports/shifts?{PERIOD}&only_differences=true")
     assert [r["shift_id"] for r in shifts.json()["rows"]] == ["S3"]
 
