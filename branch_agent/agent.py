@@ -191,6 +191,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.downstream.run(self.js, self._stop)))
         await self.sender.run(self.nc, self.js, self._stop)
 
+        # Reports the master-data position to central (a snapshot when it is not usable).
+        self._tasks.append(asyncio.create_task(self.masterdata.keep_position(self.nc, self._stop)))
     def _nats_options(self) -> dict[str, Any]:
         async def on_error(exc: Exception) -> None:
             log.warning("nats: %s", exc)

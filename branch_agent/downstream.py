@@ -69,6 +69,12 @@ class DownstreamReader:
         self.batch = batch
         self.fetch_timeout_s = fetch_timeout_s
         self.state = DownstreamState()
+        # Hooks of the master-data part: the position of acked messages no batch handler
+        # recorded (commands), fetch failures (a deleted consumer), and a wait before
+        # the first fetch (until central has seen the branch's position).
+        self.on_position: Callable[[int], Awaitable[None]] | None = None
+        self.on_fetch_error: Callable[[BaseException], None] | None = None
+        self.before_first_fetch: Callable[[], Awaitable[None]] | None = None
 
     def register(self, kind: str, handler: DownHandler) -> None:
         self.state.handlers[kind] = handler
@@ -95,6 +101,8 @@ class DownstreamReader:
 
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         sub = None
+        if self.before_first_fetch is not None:
+            await self.before_first_fetch()
         while not stop.is_set():
             if sub is None:
                 try:
@@ -112,6 +120,8 @@ class DownstreamReader:
                 continue
             except Exception as exc:
                 log.warning("down-stream fetch failed: %s", exc)
+                if self.on_fetch_error is not None:
+                    self.on_fetch_error(exc)
                 await _pause(stop, 1.0)
                 continue
             for group in self._groups(msgs):
@@ -131,6 +141,15 @@ class DownstreamReader:
                         self.state.last_stream_seq = max(
                             self.state.last_stream_seq, down.stream_seq
                         )
+                batch_handled = group[0][1] is not None and (
+                    group[0][1].kind in self.state.batch_handlers
+                )
+                if not batch_handled and self.on_position is not None:
+                    seq = max((m.metadata.sequence.stream if m.metadata else 0) for m, _ in group)
+                    try:
+                        await self.on_position(seq)
+                    except Exception as exc:
+                        log.warning("down-stream position not recorded: %s", exc)
         if sub is not None:
             await sub.unsubscribe()
 

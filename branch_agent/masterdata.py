@@ -9,10 +9,15 @@ one. A ``VersionMark`` sets the applied version that the heartbeat reports.
 
 Catching up: the durable consumer resumes where it stopped; the down stream keeps
 only the latest message per subject, so an agent that was offline for weeks gets
-exactly the current value of every key, never the intermediate ones. An agent
-that lost its database (or a new agent on an existing consumer) needs its consumer
-rewound to the stream's start, which replays the latest value of every key: a full
-snapshot. Central does not yet do that rewind automatically (see docs/masterdata.md).
+exactly the current value of every key, never the intermediate ones. When the
+position is not usable (the database was lost, history aged out of the stream, the
+consumer was deleted) the agent gets a full snapshot of its scopes: its
+``SnapshotRequester`` (branch_agent/masterdata_snapshot.py) reports the position to
+central, which decides and publishes the snapshot in the down stream, in order
+with every other change; the applier applies its parts like any message and at its
+end drops every key the snapshot did not refresh. While a promised snapshot is
+outstanding the applied version stays where it was (the replica is not central's
+state yet).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -41,22 +47,36 @@ from protocol.masterdata import (
     KIND_PRICE,
     KIND_PRODUCT,
     KIND_PROMOTION,
+    KIND_SNAPSHOT,
     KIND_VERSION,
+    VERSION_KEY,
     MasterDataMessage,
     PriceBucket,
     ProductBucket,
     PromotionRecord,
+    SnapshotMark,
+    SnapshotPart,
     VersionMark,
+    bucket_key,
     decode_masterdata,
     encode_masterdata,
 )
+from protocol.subjects import down_subject, parse_down_subject
 
-__all__ = ["MasterDataApplier", "MasterDataStats"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+    from branch_agent.masterdata_snapshot import SnapshotRequester
+
+__all__ = ["MasterDataApplier", "MasterDataStats", "SnapshotState"]
 
 log = logging.getLogger(__name__)
 
 APPLIED_VERSION = "applied_version"
 LAST_STREAM_SEQ = "last_stream_seq"
+SNAPSHOT_PENDING = "snapshot_pending"
+SNAPSHOT_INCOMPLETE = "snapshot_incomplete"
+_VERSION_SUBJECT = down_subject("all", None, KIND_VERSION, VERSION_KEY)
 
 
 @dataclass(slots=True)
@@ -65,6 +85,37 @@ class MasterDataStats:
     stale_skipped: int = 0
     rejected: int = 0
     last_rejection: str = ""
+    snapshots_completed: int = 0
+    snapshots_incomplete: int = 0
+
+
+@dataclass(slots=True)
+class SnapshotState:
+    """The down-stream position and snapshot progress, kept in ``md_state``."""
+
+    last_stream_seq: int = 0
+    # Promised by central and not yet complete (0: none).
+    pending: int = 0
+    # The snapshot being received: its id, the stream sequence of its begin mark, the
+    # next part expected, and whether a part was missing on the way.
+    current: int = 0
+    begin_seq: int = 0
+    next_part: int = 0
+    broken: bool = False
+    # The last snapshot that ended with parts missing, and the last one complete.
+    incomplete: int = 0
+    completed: int = 0
+
+
+_SNAPSHOT_FIELDS = (
+    (SNAPSHOT_PENDING, "pending"),
+    ("snapshot_current", "current"),
+    ("snapshot_begin_seq", "begin_seq"),
+    ("snapshot_next_part", "next_part"),
+    ("snapshot_broken", "broken"),
+    (SNAPSHOT_INCOMPLETE, "incomplete"),
+    ("snapshot_completed", "completed"),
+)
 
 
 class MasterDataApplier:
@@ -80,24 +131,65 @@ class MasterDataApplier:
         self.timezone = timezone
         self.applied_version = 0
         self.stats = MasterDataStats()
+        self.snapshot = SnapshotState()
+        self.requester: SnapshotRequester | None = None
+        self._on_snapshot_end: Callable[[], None] | None = None
         set_local_timezone(timezone)
 
     def register(self, reader: DownstreamReader) -> None:
+        from branch_agent.masterdata_snapshot import SnapshotRequester
+
         reader.register_batch(
-            (KIND_PRODUCT, KIND_PRICE, KIND_PROMOTION, KIND_VERSION), self.handle_batch
+            (KIND_PRODUCT, KIND_PRICE, KIND_PROMOTION, KIND_VERSION, KIND_SNAPSHOT),
+            self.handle_batch,
         )
+        self.requester = SnapshotRequester(reader.branch, self)
+        self._on_snapshot_end = self.requester.poke
+        reader.on_position = self.note_position
+        reader.on_fetch_error = self.requester.on_fetch_error
+        reader.before_first_fetch = self.requester.wait_first_check
+
+    async def keep_position(self, nc: Client, stop: asyncio.Event) -> None:
+        """Report the position to central and take the snapshots it decides on."""
+        if self.requester is not None:
+            await self.requester.run(nc, stop)
 
     async def load(self) -> int:
-        """The applied version kept in the database (after a restart)."""
+        """The applied version and snapshot state kept in the database (after a restart)."""
         async with self._sessionmaker() as session:
-            value = await session.scalar(
-                select(MdState.value).where(MdState.name == APPLIED_VERSION)
-            )
-        self.applied_version = int(value or 0)
+            values = dict((await session.execute(select(MdState.name, MdState.value))).all())
+        self.applied_version = int(values.get(APPLIED_VERSION) or 0)
+        snap = SnapshotState(last_stream_seq=int(values.get(LAST_STREAM_SEQ) or 0))
+        for name, attr in _SNAPSHOT_FIELDS:
+            value = int(values.get(name) or 0)
+            setattr(snap, attr, bool(value) if attr == "broken" else value)
+        self.snapshot = snap
         return self.applied_version
 
     async def handle(self, message: DownMessage) -> None:
         await self.handle_batch([message])
+
+    async def note_position(self, stream_seq: int) -> None:
+        """Messages of other kinds (commands) were acked up to ``stream_seq``: kept, so
+        central can tell the branch's position from a lost one (see ``SnapshotRequest``)."""
+        if stream_seq <= self.snapshot.last_stream_seq:
+            return
+        engine = self._sessionmaker.kw["bind"]
+        async with self._write_lock, engine.begin() as conn:
+            await _set_state(conn, LAST_STREAM_SEQ, stream_seq, keep_max=True)
+        self.snapshot.last_stream_seq = max(self.snapshot.last_stream_seq, stream_seq)
+
+    async def set_pending_snapshot(self, snapshot_id: int) -> None:
+        """Central promised snapshot ``snapshot_id``: the applied version is held until
+        it is complete (the replica is not central's state before)."""
+        if snapshot_id <= self.snapshot.completed or snapshot_id <= self.snapshot.pending:
+            return
+        engine = self._sessionmaker.kw["bind"]
+        async with self._write_lock, engine.begin() as conn:
+            await _set_state(conn, SNAPSHOT_PENDING, snapshot_id, keep_max=False)
+            await _set_state(conn, SNAPSHOT_INCOMPLETE, 0, keep_max=False)
+        self.snapshot.pending = snapshot_id
+        self.snapshot.incomplete = 0
 
     async def handle_batch(self, messages: list[DownMessage]) -> None:
         """Apply a run of messages in stream order, in one SQLite transaction."""
@@ -113,17 +205,25 @@ class MasterDataApplier:
                 log.error("rejected down-stream message %s: %s", message.subject, exc)
                 continue
             decoded_messages.append((message, decoded))
-        if not decoded_messages:
-            return
+        # Every message of the run is acked after it: the position covers them all.
+        last_seq = max((m.stream_seq for m in messages), default=0)
         engine = self._sessionmaker.kw["bind"]
-        results: list[tuple[MasterDataMessage, bool]] = []
+        snap = replace(self.snapshot)
+        applied_version = self.applied_version
+        applied = stale = 0
+        finished: list[str] = []
         # Core statements on one connection: a bucket is thousands of rows, no ORM needed;
         # one commit (one fsync) for the whole run instead of one per message.
         async with self._write_lock, engine.begin() as conn:
             # A bucket run writes up to ~100,000 rows: a larger page cache than the 2 MB default
             # spills less mid-transaction; 8 MB keeps the agent inside its memory budget.
             await conn.exec_driver_sql("PRAGMA cache_size=-8192")
-            subjects = list(dict.fromkeys(m.subject for m, _ in decoded_messages))
+            subjects = list(
+                dict.fromkeys(
+                    d.subject if isinstance(d, SnapshotPart) else m.subject
+                    for m, d in decoded_messages
+                )
+            )
             # The per-subject guard, read and written once per run (not per message).
             known: dict[str, int] = {}
             for start in range(0, len(subjects), 500):
@@ -139,36 +239,106 @@ class MasterDataApplier:
                 )
             written: dict[str, tuple[int, int]] = {}
             for message, decoded in decoded_messages:
-                stored = known.get(message.subject)
-                if stored is not None and stored > decoded.version:
-                    results.append((decoded, False))
+                if isinstance(decoded, SnapshotMark):
+                    if decoded.phase == "begin":
+                        snap.current, snap.begin_seq = decoded.snapshot_id, message.stream_seq
+                        snap.next_part, snap.broken = 1, False
+                    else:
+                        await _write_applied_keys(conn, written)
+                        written.clear()
+                        outcome = await self._end_snapshot(conn, snap, decoded)
+                        if outcome == "complete":
+                            applied_version = max(applied_version, decoded.version)
+                        finished.append(outcome)
+                    applied += 1
                     continue
-                await self._apply(conn, message, decoded)
-                known[message.subject] = decoded.version
-                written[message.subject] = (decoded.version, message.stream_seq)
-                results.append((decoded, True))
-            if written:
-                await conn.exec_driver_sql(
-                    "INSERT INTO md_applied_keys (subject, version, stream_seq) VALUES (?, ?, ?) "
-                    "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
-                    "stream_seq = excluded.stream_seq",
-                    [(subject, v, seq) for subject, (v, seq) in written.items()],
-                )
-                last_seq = max(seq for _, seq in written.values())
+                target, subject = message, message.subject
+                value: ProductBucket | PriceBucket | PromotionRecord | VersionMark
+                if isinstance(decoded, SnapshotPart):
+                    if decoded.snapshot_id == snap.current:
+                        if decoded.part < snap.next_part:
+                            stale += 1  # redelivered after a lost ack: applied already
+                            continue
+                        snap.broken |= decoded.part > snap.next_part
+                        snap.next_part = decoded.part + 1
+                    subject, value = decoded.subject, decoded.message
+                    scope, scope_id, kind, key = parse_down_subject(subject)
+                    target = DownMessage(
+                        subject, scope, scope_id, kind, key, b"", message.stream_seq
+                    )
+                else:
+                    value = decoded
+                stored = known.get(subject)
+                if stored is not None and stored > value.version:
+                    stale += 1
+                    # Still refreshed by a snapshot: a newer value is applied already.
+                    written[subject] = (stored, message.stream_seq)
+                    continue
+                if isinstance(value, VersionMark):
+                    if not snap.pending:
+                        # While a snapshot is awaited the replica is not central's state:
+                        # its end sets the applied version instead.
+                        await _set_state(conn, APPLIED_VERSION, value.version, keep_max=True)
+                        applied_version = max(applied_version, value.version)
+                else:
+                    await self._apply(conn, target, value)
+                known[subject] = value.version
+                written[subject] = (value.version, message.stream_seq)
+                applied += 1
+            await _write_applied_keys(conn, written)
+            if last_seq:
                 await _set_state(conn, LAST_STREAM_SEQ, last_seq, keep_max=True)
+                snap.last_stream_seq = max(snap.last_stream_seq, last_seq)
+            if snap != self.snapshot:
+                await _write_snapshot_state(conn, snap)
             # Back to SQLite's default: the pooled connection would otherwise keep a
             # larger cache each (with 32 MB the resident memory grew by ~90 MB).
             await conn.exec_driver_sql("PRAGMA cache_size=-2000")
-        for decoded, applied in results:
-            if applied:
-                self.stats.applied += 1
-                if isinstance(decoded, VersionMark):
-                    self.applied_version = max(self.applied_version, decoded.version)
-            else:
-                self.stats.stale_skipped += 1
+        self.snapshot = snap
+        self.applied_version = applied_version
+        self.stats.applied += applied
+        self.stats.stale_skipped += stale
+        for outcome in finished:
+            self.stats.snapshots_completed += outcome == "complete"
+            self.stats.snapshots_incomplete += outcome == "incomplete"
+        if finished and self._on_snapshot_end is not None:
+            self._on_snapshot_end()
+
+    async def _end_snapshot(
+        self, conn: AsyncConnection, snap: SnapshotState, mark: SnapshotMark
+    ) -> str:
+        """At a snapshot's end: drop what it did not refresh (complete), or ask again."""
+        if snap.current != mark.snapshot_id or snap.broken or snap.next_part != mark.parts + 1:
+            log.warning(
+                "master-data snapshot %s incomplete (%s of %s parts in order)",
+                mark.snapshot_id,
+                snap.next_part - 1 if snap.current == mark.snapshot_id else 0,
+                mark.parts,
+            )
+            snap.current = 0
+            if snap.pending and mark.snapshot_id >= snap.pending:
+                snap.incomplete = mark.snapshot_id
+            return "incomplete"
+        await _drop_unrefreshed(conn, snap.begin_seq)
+        snap.current = 0
+        snap.completed = max(snap.completed, mark.snapshot_id)
+        if snap.pending <= mark.snapshot_id:
+            snap.pending = 0
+        snap.incomplete = 0
+        await _set_state(conn, APPLIED_VERSION, mark.version, keep_max=True)
+        log.info("master-data snapshot %s applied (%s parts)", mark.snapshot_id, mark.parts)
+        return "complete"
 
     @staticmethod
     def _check_scope(message: DownMessage, decoded: MasterDataMessage) -> None:
+        if isinstance(decoded, SnapshotMark | SnapshotPart):
+            if message.kind != KIND_SNAPSHOT or message.scope != "branch":
+                raise ValueError(f"a {type(decoded).__name__} outside a branch's snapshot")
+            if isinstance(decoded, SnapshotPart):
+                scope, scope_id, kind, key = parse_down_subject(decoded.subject)
+                inner = DownMessage(decoded.subject, scope, scope_id, kind, key, b"", 0)
+                MasterDataApplier._check_scope(inner, decoded.message)
+            return
         if isinstance(decoded, ProductBucket | PriceBucket) and (
             decoded.scope != message.scope or (decoded.scope_id or None) != message.scope_id
         ):
@@ -183,17 +353,82 @@ class MasterDataApplier:
             raise ValueError(f"a {type(decoded).__name__} on a {message.kind} subject")
 
     async def _apply(
-        self, conn: AsyncConnection, message: DownMessage, decoded: MasterDataMessage
+        self,
+        conn: AsyncConnection,
+        message: DownMessage,
+        decoded: ProductBucket | PriceBucket | PromotionRecord,
     ) -> None:
         scope_id = message.scope_id or ""
         if isinstance(decoded, ProductBucket):
             await _replace_products(conn, decoded, scope_id)
         elif isinstance(decoded, PriceBucket):
             await _replace_prices(conn, decoded, scope_id)
-        elif isinstance(decoded, PromotionRecord):
-            await _replace_promotion(conn, decoded, message.scope, scope_id)
         else:
-            await _set_state(conn, APPLIED_VERSION, decoded.version, keep_max=True)
+            await _replace_promotion(conn, decoded, message.scope, scope_id)
+
+
+async def _write_applied_keys(conn: AsyncConnection, written: dict[str, tuple[int, int]]) -> None:
+    if written:
+        await conn.exec_driver_sql(
+            "INSERT INTO md_applied_keys (subject, version, stream_seq) VALUES (?, ?, ?) "
+            "ON CONFLICT (subject) DO UPDATE SET version = excluded.version, "
+            "stream_seq = excluded.stream_seq",
+            [(subject, v, seq) for subject, (v, seq) in written.items()],
+        )
+
+
+async def _write_snapshot_state(conn: AsyncConnection, snap: SnapshotState) -> None:
+    await conn.exec_driver_sql(
+        "INSERT INTO md_state (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [(name, int(getattr(snap, attr))) for name, attr in _SNAPSHOT_FIELDS],
+    )
+
+
+async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
+    """Delete every replica key a complete snapshot did not refresh (a product or price
+    bucket of a scope the branch no longer reads, a promotion withdrawn while its
+    withdrawal aged out of the stream...), so the replica is exactly central's."""
+    kept = {
+        row[0]
+        for row in await conn.exec_driver_sql(
+            "SELECT subject FROM md_applied_keys WHERE stream_seq >= ?", (begin_seq,)
+        )
+    }
+    kept.add(_VERSION_SUBJECT)
+    for table, kind in (
+        ("md_products", KIND_PRODUCT),
+        ("md_barcodes", KIND_PRODUCT),
+        ("md_prices", KIND_PRICE),
+    ):
+        keys = await conn.exec_driver_sql(f"SELECT DISTINCT scope, scope_id, bucket FROM {table}")
+        gone = [
+            (scope, scope_id, bucket)
+            for scope, scope_id, bucket in cast("list[tuple[str, str, int]]", keys.all())
+            if down_subject(scope, scope_id or None, kind, bucket_key(bucket)) not in kept
+        ]
+        if gone:
+            await conn.exec_driver_sql(
+                f"DELETE FROM {table} WHERE scope = ? AND scope_id = ? AND bucket = ?",
+                gone,
+            )
+    promotions = await conn.exec_driver_sql(
+        "SELECT scope, scope_id, promotion_id FROM md_promotions"
+    )
+    gone_promotions = [
+        (scope, scope_id, promotion_id)
+        for scope, scope_id, promotion_id in cast("list[tuple[str, str, str]]", promotions.all())
+        if down_subject(scope, scope_id or None, KIND_PROMOTION, promotion_id) not in kept
+    ]
+    if gone_promotions:
+        await conn.exec_driver_sql(
+            "DELETE FROM md_promotions WHERE scope = ? AND scope_id = ? AND promotion_id = ?",
+            gone_promotions,
+        )
+    await conn.exec_driver_sql(
+        "DELETE FROM md_applied_keys WHERE stream_seq < ? AND subject != ?",
+        (begin_seq, _VERSION_SUBJECT),
+    )
 
 
 async def _set_state(conn: AsyncConnection, name: str, value: int, *, keep_max: bool) -> None:

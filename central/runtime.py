@@ -21,6 +21,7 @@ from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
 from central.models import Branch
 from central.services.masterdata_publisher import MasterDataPublisher
+from central.services.masterdata_snapshot import SnapshotService
 from central.settings import CentralSettings
 from central.sync.jetstream import (
     connect,
@@ -48,6 +49,7 @@ class CentralRuntime:
         self.gap_monitor: GapMonitor | None = None
         # Publishes committed master-data changes to the down stream (outbox-driven).
         self.publisher = MasterDataPublisher(self.sessionmaker)
+        self.snapshots = SnapshotService(self.sessionmaker, self.publisher)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.nats_ready = asyncio.Event()
@@ -99,6 +101,8 @@ class CentralRuntime:
         self.nats_ready.set()
         self._tasks.append(asyncio.create_task(self._keep_branch_consumers()))
         self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
+        # Branches' master-data position reports: a snapshot when a position is not usable.
+        self._tasks.append(asyncio.create_task(self.snapshots.run(self.nc, self.js, self._stop)))
         for _ in range(ingest_workers):
             worker = IngestWorker(
                 self.sessionmaker,

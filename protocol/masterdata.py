@@ -19,6 +19,15 @@ Promotions are one message per promotion (``down.<scope>.promo.<id>``, a
 ``deleted`` record replaces a withdrawn one). A ``VersionMark`` on
 ``down.all.version.current`` follows every published batch: a branch that has
 applied it has applied everything central had published up to that version.
+
+Snapshots: a branch whose position is unusable (lost database, history aged out of
+the stream, consumer recreated) asks central over NATS request/reply
+(``SnapshotRequest`` on ``rpc.<branch>.md_snapshot``). Central then publishes, in the
+down stream and in order with every other change, the current value of every key
+of that branch's scopes wrapped in ``SnapshotPart`` messages between a ``begin`` and
+an ``end`` ``SnapshotMark`` on ``down.branch.<code>.snapshot.<begin|pNNNNNN|end>``,
+which only that branch's consumer delivers. At ``end`` the branch drops every key
+the snapshot did not refresh, so its replica is exactly central's.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ __all__ = [
     "KIND_PRICE",
     "KIND_PRODUCT",
     "KIND_PROMOTION",
+    "KIND_SNAPSHOT",
     "KIND_VERSION",
+    "SNAPSHOT_REQUEST_SUBJECTS",
     "VERSION_KEY",
     "BarcodeKind",
     "MasterDataMessage",
@@ -44,13 +55,24 @@ __all__ = [
     "ProductBucket",
     "ProductRecord",
     "PromotionRecord",
+    "SnapshotMark",
+    "SnapshotPart",
+    "SnapshotReply",
+    "SnapshotRequest",
+    "SnapshotValue",
     "VersionMark",
     "barcode_kind",
     "bucket_key",
     "bucket_of",
     "decode_masterdata",
+    "decode_snapshot_reply",
+    "decode_snapshot_request",
     "encode_masterdata",
+    "encode_snapshot_rpc",
     "parse_bucket_key",
+    "parse_snapshot_request_subject",
+    "snapshot_request_subject",
+    "snapshot_subject",
     "validate_barcode",
 ]
 
@@ -62,7 +84,10 @@ KIND_PRODUCT = "product"
 KIND_PRICE = "price"
 KIND_PROMOTION = "promo"
 KIND_VERSION = "version"
+KIND_SNAPSHOT = "snapshot"
 VERSION_KEY = "current"
+# Core request/reply, outside the up stream (whose subjects the ingest worker owns).
+SNAPSHOT_REQUEST_SUBJECTS = "rpc.*.md_snapshot"
 
 BarcodeKind = Literal["ean13", "ean8", "upca", "internal"]
 Scope = Literal["all", "format", "zone", "branch"]
@@ -197,10 +222,108 @@ class VersionMark(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="versi
     published_at: UtcDateTime
 
 
-MasterDataMessage = ProductBucket | PriceBucket | PromotionRecord | VersionMark
+class SnapshotMark(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_mark"):
+    """Opens (``begin``) or closes (``end``) one branch's snapshot.
+
+    ``snapshot_id`` is the version of central's publication pass that built it; every
+    part carries it, and ``parts`` lets the branch check at ``end`` that it got all.
+    """
+
+    snapshot_id: Annotated[int, msgspec.Meta(ge=1)]
+    phase: Literal["begin", "end"]
+    parts: NonNegative
+    # The branch has applied everything central had published up to this version
+    # once it applied the complete snapshot.
+    version: NonNegative
+
+
+# What a snapshot part may carry: the value of one key of the branch's scopes.
+SnapshotValue = ProductBucket | PriceBucket | PromotionRecord
+
+
+class SnapshotPart(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_part"):
+    """The current value of one down-stream key, as if it came on ``subject``."""
+
+    snapshot_id: Annotated[int, msgspec.Meta(ge=1)]
+    part: Annotated[int, msgspec.Meta(ge=1)]
+    subject: str
+    message: SnapshotValue
+
+
+MasterDataMessage = (
+    ProductBucket | PriceBucket | PromotionRecord | VersionMark | SnapshotMark | SnapshotPart
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MasterDataMessage)
+
+
+def snapshot_subject(branch: str, key: str) -> str:
+    """``down.branch.<code>.snapshot.<key>``: only that branch's consumer delivers it."""
+    return f"down.branch.{branch}.{KIND_SNAPSHOT}.{key}"
+
+
+def snapshot_request_subject(branch: str) -> str:
+    return f"rpc.{branch}.md_snapshot"
+
+
+def parse_snapshot_request_subject(subject: str) -> str:
+    """The branch code of ``rpc.<branch>.md_snapshot``; ValueError for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "rpc" or parts[2] != "md_snapshot" or not parts[1]:
+        raise ValueError(f"not a snapshot request subject: {subject!r}")
+    return parts[1]
+
+
+class SnapshotRequest(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_request"):
+    """A branch's position, sent when it starts, when its consumer is gone, after a
+    snapshot (complete or not), and now and then: central decides whether it needs a
+    snapshot (it alone sees the stream's first sequence and the consumer's acks)."""
+
+    branch: str
+    # The highest down-stream sequence the branch has durably applied (0: none).
+    last_stream_seq: NonNegative = 0
+    applied_version: NonNegative = 0
+    # A snapshot central promised and the branch has not completed yet (0: none).
+    pending_snapshot: NonNegative = 0
+    # A snapshot that ended with parts missing: the branch needs a new one.
+    incomplete_snapshot: NonNegative = 0
+    # A snapshot the branch applied completely: central may drop its parts.
+    completed_snapshot: NonNegative = 0
+
+
+class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_reply"):
+    # "none": the position is usable; "snapshot": snapshot ``snapshot_id`` is on its way.
+    action: Literal["none", "snapshot"]
+    snapshot_id: NonNegative = 0
+    reason: str = ""
+    error: str = ""
+
+
+_request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)
+_reply_decoder = msgspec.msgpack.Decoder(SnapshotReply)
+
+
+def encode_snapshot_rpc(message: SnapshotRequest | SnapshotReply) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_snapshot_request(data: bytes) -> SnapshotRequest:
+    from protocol.codec import WireDecodeError
+
+    try:
+        return _request_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise WireDecodeError(str(exc)) from exc
+
+
+def decode_snapshot_reply(data: bytes) -> SnapshotReply:
+    from protocol.codec import WireDecodeError
+
+    try:
+        return _reply_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise WireDecodeError(str(exc)) from exc
 
 
 def encode_masterdata(message: MasterDataMessage) -> bytes:

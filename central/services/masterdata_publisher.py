@@ -16,13 +16,15 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import and_, exists, func, insert, select, true, update
+from sqlalchemy import and_, exists, func, insert, select, true, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
+from sqlalchemy.types import NullType
 
 from central.models import (
     AssortmentException,
@@ -37,9 +39,11 @@ from central.models import (
     Promotion,
 )
 from protocol.masterdata import (
+    BUCKETS,
     KIND_PRICE,
     KIND_PRODUCT,
     KIND_PROMOTION,
+    KIND_SNAPSHOT,
     KIND_VERSION,
     VERSION_KEY,
     MasterDataMessage,
@@ -48,22 +52,31 @@ from protocol.masterdata import (
     ProductBucket,
     ProductRecord,
     PromotionRecord,
+    SnapshotMark,
+    SnapshotPart,
+    SnapshotValue,
     VersionMark,
     bucket_key,
     encode_masterdata,
     parse_bucket_key,
+    snapshot_subject,
 )
-from protocol.pricing import PriceCandidate, prune_schedule
-from protocol.subjects import down_subject
+from protocol.pricing import PriceCandidate, branch_scopes, prune_schedule
+from protocol.subjects import DOWN_STREAM, down_subject
 
 __all__ = [
+    "SNAPSHOT_KEY",
     "DownKey",
     "MasterDataPublisher",
     "allocate_versions",
     "build_message",
+    "build_messages",
+    "build_snapshot",
     "category_paths",
     "current_version",
     "enqueue",
+    "enqueue_snapshot",
+    "pending_snapshot",
     "product_targets",
     "published_version",
 ]
@@ -74,6 +87,8 @@ log = logging.getLogger(__name__)
 DownKey = tuple[str, str, str, str]
 _CHUNK = 2000
 _PRUNE_MARGIN = timedelta(days=2)
+# The outbox key of a branch's snapshot: (KIND_SNAPSHOT, "branch", code, SNAPSHOT_KEY).
+SNAPSHOT_KEY = "full"
 
 
 async def allocate_versions(session: AsyncSession, count: int = 1) -> int:
@@ -116,6 +131,30 @@ async def enqueue(session: AsyncSession, version: int, keys: Iterable[DownKey]) 
     for start in range(0, len(rows), _CHUNK):
         await session.execute(insert(MasterDataOutbox), rows[start : start + _CHUNK])
     return len(rows)
+
+
+async def pending_snapshot(session: AsyncSession, branch: str) -> int | None:
+    """The version of a snapshot of ``branch`` committed but not yet published."""
+    value = await session.scalar(
+        select(func.max(MasterDataOutbox.version)).where(
+            MasterDataOutbox.kind == KIND_SNAPSHOT,
+            MasterDataOutbox.scope_id == branch,
+            MasterDataOutbox.published_at.is_(None),
+        )
+    )
+    return int(value) if value is not None else None
+
+
+async def enqueue_snapshot(session: AsyncSession, branch: str) -> int:
+    """Queue a full snapshot for ``branch`` (one outbox row; the publisher expands it in
+    order with every other change). A snapshot already queued is not queued twice.
+    Returns the version of the queued row; the snapshot carries its pass's version."""
+    queued = await pending_snapshot(session, branch)
+    if queued is not None:
+        return queued
+    version = await allocate_versions(session)
+    await enqueue(session, version, [(KIND_SNAPSHOT, "branch", branch, SNAPSHOT_KEY)])
+    return version
 
 
 async def product_targets(session: AsyncSession, skus: Sequence[str]) -> set[DownKey]:
@@ -174,10 +213,45 @@ def _excluded_in_format(format_code: str) -> object:
     )
 
 
-async def _product_bucket(
-    session: AsyncSession, scope: str, scope_id: str, bucket: int, version: int
-) -> ProductBucket:
-    query = select(Product).where(Product.bucket == bucket, Product.active)
+def _utc(value: Any, cache: dict[str, datetime]) -> datetime:
+    """A stored moment as aware UTC. SQLite gives the text SQLAlchemy stored (naive UTC,
+    parsed once per distinct value: a bulk change shares one moment); PostgreSQL a datetime."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    moment = cache.get(value)
+    if moment is None:
+        moment = cache[value] = datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return moment
+
+
+def _bucket_filter(column: Any, buckets: Collection[int] | None) -> Any:
+    if buckets is None or len(buckets) >= BUCKETS:
+        return true()
+    return column.in_(sorted(buckets))
+
+
+async def _product_buckets(
+    session: AsyncSession,
+    scope: str,
+    scope_id: str,
+    buckets: Collection[int] | None,
+    version: int,
+    paths: dict[str, tuple[str, ...]] | None = None,
+) -> dict[int, ProductBucket]:
+    """The product buckets of one scope (all of them when ``buckets`` is None; then only
+    the non-empty ones), each built with one query for the whole set."""
+    query = select(
+        Product.bucket,
+        Product.sku,
+        Product.name,
+        Product.unit,
+        Product.weighed,
+        Product.scale_plu,
+        Product.category_code,
+        Product.vat_rate_bp,
+        Product.vat_group,
+        Product.version,
+    ).where(_bucket_filter(Product.bucket, buckets), Product.active)
     in_format = exists().where(FormatProduct.sku == Product.sku)
     if scope == "format":
         query = query.where(
@@ -209,24 +283,22 @@ async def _product_bucket(
             query = query.where(included)
     else:
         query = query.where(true().is_(False))
-    products = (await session.scalars(query.order_by(Product.sku))).all()
+    products = (await session.execute(query.order_by(Product.bucket, Product.sku))).all()
     codes: dict[str, list[str]] = defaultdict(list)
     if products:
         barcode_rows = await session.execute(
             select(ProductBarcode.sku, ProductBarcode.barcode)
             .join(Product, Product.sku == ProductBarcode.sku)
-            .where(Product.bucket == bucket)
+            .where(_bucket_filter(Product.bucket, buckets))
             .order_by(ProductBarcode.barcode)
         )
         for sku, code in barcode_rows:
             codes[sku].append(code)
-    paths = await category_paths(session) if products else {}
-    return ProductBucket(
-        scope=scope,  # type: ignore[arg-type]
-        scope_id=scope_id or None,
-        bucket=bucket,
-        version=version,
-        products=tuple(
+        if paths is None:
+            paths = await category_paths(session)
+    records: dict[int, list[ProductRecord]] = {b: [] for b in buckets or ()}
+    for p in products:
+        records.setdefault(p.bucket, []).append(
             ProductRecord(
                 sku=p.sku,
                 name=p.name,
@@ -235,24 +307,47 @@ async def _product_bucket(
                 scale_plu=p.scale_plu,
                 barcodes=tuple(codes.get(p.sku, ())),
                 category=p.category_code,
-                category_path=paths.get(p.category_code, ()) if p.category_code else (),
+                category_path=(paths or {}).get(p.category_code, ()) if p.category_code else (),
                 vat_rate_bp=p.vat_rate_bp,
                 vat_group=p.vat_group,
                 version=p.version,
             )
-            for p in products
-        ),
-    )
+        )
+    return {
+        bucket: ProductBucket(
+            scope=scope,  # type: ignore[arg-type]
+            scope_id=scope_id or None,
+            bucket=bucket,
+            version=version,
+            products=tuple(items),
+        )
+        for bucket, items in records.items()
+    }
 
 
-async def _price_bucket(
-    session: AsyncSession, scope: str, scope_id: str, bucket: int, version: int, now: datetime
-) -> PriceBucket:
+async def _product_bucket(
+    session: AsyncSession, scope: str, scope_id: str, bucket: int, version: int
+) -> ProductBucket:
+    return (await _product_buckets(session, scope, scope_id, (bucket,), version))[bucket]
+
+
+async def _price_buckets(
+    session: AsyncSession,
+    scope: str,
+    scope_id: str,
+    buckets: Collection[int] | None,
+    version: int,
+    now: datetime,
+) -> dict[int, PriceBucket]:
+    """The price buckets of one scope, from one query (all non-empty ones when
+    ``buckets`` is None). The moments are read raw and parsed once per distinct value:
+    SQLAlchemy's per-row datetime processing dominated a bulk publication."""
     rows = await session.execute(
         select(
+            PriceEntryRow.bucket,
             PriceEntryRow.sku,
             PriceEntryRow.price,
-            PriceEntryRow.effective_at,
+            type_coerce(PriceEntryRow.effective_at, NullType()),
             PriceEntryRow.version,
             PriceEntryRow.effective_local,
         )
@@ -260,48 +355,58 @@ async def _price_bucket(
         .where(
             PriceEntryRow.scope == scope,
             PriceEntryRow.scope_id == scope_id,
-            PriceEntryRow.bucket == bucket,
+            _bucket_filter(PriceEntryRow.bucket, buckets),
             PriceEntryRow.withdrawn.is_(False),
             Product.active,
         )
     )
-    by_sku: dict[str, list[PriceCandidate]] = defaultdict(list)
-    for sku, price, effective_at, entry_version, local in rows:
-        by_sku[sku].append(
-            PriceCandidate(scope, price, effective_at, entry_version, effective_local=local)
+    moments: dict[str, datetime] = {}
+    by_bucket: dict[int, dict[str, list[PriceCandidate]]] = {b: {} for b in buckets or ()}
+    for bucket, sku, price, effective_at, entry_version, local in rows:
+        skus = by_bucket.get(bucket)
+        if skus is None:
+            skus = by_bucket[bucket] = {}
+        candidates = skus.get(sku)
+        if candidates is None:
+            candidates = skus[sku] = []
+        candidates.append(
+            PriceCandidate(
+                scope, price, _utc(effective_at, moments), entry_version, effective_local=local
+            )
         )
-    entries: list[PriceEntry] = []
     # Pruned with a margin: a local-time entry takes effect up to ~26 h apart across zones.
     horizon = now - _PRUNE_MARGIN
-    for sku in sorted(by_sku):
-        for c in prune_schedule(by_sku[sku], horizon):
-            entries.append(
-                PriceEntry(
-                    sku=sku,
-                    price=c.price,
-                    effective_at=c.effective_at,
-                    version=c.version,
-                    effective_local=c.effective_local,
+    out: dict[int, PriceBucket] = {}
+    for bucket, skus in by_bucket.items():
+        entries: list[PriceEntry] = []
+        for sku in sorted(skus):
+            for c in prune_schedule(skus[sku], horizon):
+                entries.append(
+                    PriceEntry(
+                        sku=sku,
+                        price=c.price,
+                        effective_at=c.effective_at,
+                        version=c.version,
+                        effective_local=c.effective_local,
+                    )
                 )
-            )
-    return PriceBucket(
-        scope=scope,  # type: ignore[arg-type]
-        scope_id=scope_id or None,
-        bucket=bucket,
-        version=version,
-        entries=tuple(entries),
-    )
+        out[bucket] = PriceBucket(
+            scope=scope,  # type: ignore[arg-type]
+            scope_id=scope_id or None,
+            bucket=bucket,
+            version=version,
+            entries=tuple(entries),
+        )
+    return out
 
 
-async def _promotion(
-    session: AsyncSession, scope: str, scope_id: str, promotion_id: str, version: int
-) -> PromotionRecord:
-    promo = await session.get(Promotion, promotion_id)
-    reaches = promo is not None and promo.active
-    if promo is not None and reaches:
-        reaches = (not promo.branches) if scope == "all" else scope_id in promo.branches
-    if promo is None or not reaches:
-        return PromotionRecord(promotion_id=promotion_id, version=version, deleted=True)
+async def _price_bucket(
+    session: AsyncSession, scope: str, scope_id: str, bucket: int, version: int, now: datetime
+) -> PriceBucket:
+    return (await _price_buckets(session, scope, scope_id, (bucket,), version, now))[bucket]
+
+
+def _promotion_record(promo: Promotion) -> PromotionRecord:
     return PromotionRecord(
         promotion_id=promo.promotion_id,
         version=promo.version,
@@ -316,6 +421,18 @@ async def _promotion(
         starts_at=promo.starts_at,
         ends_at=promo.ends_at,
     )
+
+
+async def _promotion(
+    session: AsyncSession, scope: str, scope_id: str, promotion_id: str, version: int
+) -> PromotionRecord:
+    promo = await session.get(Promotion, promotion_id)
+    reaches = promo is not None and promo.active
+    if promo is not None and reaches:
+        reaches = (not promo.branches) if scope == "all" else scope_id in promo.branches
+    if promo is None or not reaches:
+        return PromotionRecord(promotion_id=promotion_id, version=version, deleted=True)
+    return _promotion_record(promo)
 
 
 async def build_message(
@@ -335,6 +452,97 @@ async def build_message(
     if kind == KIND_PROMOTION:
         return subject, await _promotion(session, scope, scope_id, k, version)
     raise ValueError(f"unknown master-data kind {kind!r}")
+
+
+async def build_snapshot(
+    session: AsyncSession, branch_code: str, version: int, now: datetime
+) -> list[tuple[str, MasterDataMessage]]:
+    """One branch's snapshot: begin mark, the current value of every non-empty key of
+    its scopes (as ``SnapshotPart``), end mark. Empty for an unknown or revoked branch."""
+    branch = await session.get(Branch, branch_code)
+    if branch is None or not branch.active:
+        return []
+    values: list[tuple[str, SnapshotValue]] = []
+    paths = await category_paths(session)
+    product_scopes = [("format", branch.format_code)] if branch.format_code else []
+    for scope, sid in [*product_scopes, ("branch", branch.code)]:
+        products = await _product_buckets(session, scope, sid, None, version, paths)
+        for bucket, message in sorted(products.items()):
+            if message.products:
+                values.append((down_subject(scope, sid, KIND_PRODUCT, bucket_key(bucket)), message))
+    for scope, scope_id in branch_scopes(branch.code, branch.format_code, branch.price_zone):
+        prices = await _price_buckets(session, scope, scope_id or "", None, version, now)
+        for bucket, price_message in sorted(prices.items()):
+            if price_message.entries:
+                values.append(
+                    (down_subject(scope, scope_id, KIND_PRICE, bucket_key(bucket)), price_message)
+                )
+    promotions = await session.scalars(
+        select(Promotion).where(Promotion.active).order_by(Promotion.promotion_id)
+    )
+    for promo in promotions:
+        if not promo.branches:
+            subject = down_subject("all", None, KIND_PROMOTION, promo.promotion_id)
+        elif branch.code in promo.branches:
+            subject = down_subject("branch", branch.code, KIND_PROMOTION, promo.promotion_id)
+        else:
+            continue
+        values.append((subject, _promotion_record(promo)))
+    messages: list[tuple[str, MasterDataMessage]] = [
+        (
+            snapshot_subject(branch.code, "begin"),
+            SnapshotMark(snapshot_id=version, phase="begin", parts=len(values), version=version),
+        )
+    ]
+    messages.extend(
+        (
+            snapshot_subject(branch.code, f"p{part:06d}"),
+            SnapshotPart(snapshot_id=version, part=part, subject=subject, message=value),
+        )
+        for part, (subject, value) in enumerate(values, start=1)
+    )
+    messages.append(
+        (
+            snapshot_subject(branch.code, "end"),
+            SnapshotMark(snapshot_id=version, phase="end", parts=len(values), version=version),
+        )
+    )
+    return messages
+
+
+async def build_messages(
+    session: AsyncSession, keys: Sequence[DownKey], version: int, now: datetime
+) -> list[tuple[str, MasterDataMessage]]:
+    """The messages of a publication pass, in the order of ``keys``: buckets of one
+    kind and scope come from one query each; a snapshot key expands to its messages."""
+    wanted: dict[tuple[str, str, str], set[int]] = defaultdict(set)
+    for kind, scope, scope_id, k in keys:
+        if kind in (KIND_PRODUCT, KIND_PRICE):
+            wanted[(kind, scope, scope_id)].add(parse_bucket_key(k))
+    built: dict[tuple[str, str, str], dict[int, ProductBucket] | dict[int, PriceBucket]] = {}
+    paths: dict[str, tuple[str, ...]] | None = None
+    for (kind, scope, scope_id), buckets in wanted.items():
+        if kind == KIND_PRODUCT:
+            if paths is None:
+                paths = await category_paths(session)
+            built[(kind, scope, scope_id)] = await _product_buckets(
+                session, scope, scope_id, buckets, version, paths
+            )
+        else:
+            built[(kind, scope, scope_id)] = await _price_buckets(
+                session, scope, scope_id, buckets, version, now
+            )
+    out: list[tuple[str, MasterDataMessage]] = []
+    for key in keys:
+        kind, scope, scope_id, k = key
+        if kind in (KIND_PRODUCT, KIND_PRICE):
+            subject = down_subject(scope, scope_id or None, kind, k)
+            out.append((subject, built[(kind, scope, scope_id)][parse_bucket_key(k)]))
+        elif kind == KIND_SNAPSHOT:
+            out.extend(await build_snapshot(session, scope_id, version, now))
+        else:
+            out.append(await build_message(session, key, version, now))
+    return out
 
 
 class MasterDataPublisher:
@@ -407,17 +615,23 @@ class MasterDataPublisher:
             version = max(r.version for r in rows)
             now = datetime.now(UTC)
             keys = list(dict.fromkeys((r.kind, r.scope, r.scope_id, r.key) for r in rows))
-            messages = [await build_message(session, key, version, now) for key in keys]
+            built = await build_messages(session, keys, version, now)
+            messages = [(subject, encode_masterdata(m)) for subject, m in built]
+            del built
             messages.append(
                 (
                     down_subject("all", None, KIND_VERSION, VERSION_KEY),
-                    VersionMark(version=version, published_at=now),
+                    encode_masterdata(VersionMark(version=version, published_at=now)),
                 )
             )
+            snapshots = sorted({sid for kind, _, sid, _ in keys if kind == KIND_SNAPSHOT})
             if not postgres:
                 # End SQLite's read snapshot: a write on a stale snapshot would fail busy.
                 await session.rollback()
-            await self._publish(js, [(s, encode_masterdata(m)) for s, m in messages])
+            for branch in snapshots:
+                # One snapshot per branch in the stream: the parts of an older one go.
+                await js.purge_stream(DOWN_STREAM, subject=snapshot_subject(branch, ">"))
+            await self._publish(js, messages)
             ids = [r.id for r in rows]
             for start in range(0, len(ids), _CHUNK):
                 await session.execute(
@@ -429,6 +643,25 @@ class MasterDataPublisher:
         self.published_messages += len(messages)
         self.last_version = version
         return len(rows)
+
+    async def drop_snapshot(self, js: JetStreamContext, branch: str, snapshot_id: int) -> bool:
+        """Purge a branch's snapshot parts from the stream once it applied them, unless a
+        newer snapshot for it is queued or published (under the publication lock, so a
+        pass publishing a newer one cannot interleave)."""
+        async with self._lock, self._sessionmaker() as session:
+            newer = await session.scalar(
+                select(func.count())
+                .select_from(MasterDataOutbox)
+                .where(
+                    MasterDataOutbox.kind == KIND_SNAPSHOT,
+                    MasterDataOutbox.scope_id == branch,
+                    MasterDataOutbox.version > snapshot_id,
+                )
+            )
+            if newer:
+                return False
+            await js.purge_stream(DOWN_STREAM, subject=snapshot_subject(branch, ">"))
+            return True
 
     async def _publish(self, js: JetStreamContext, messages: list[tuple[str, bytes]]) -> None:
         """Publish in windows; the version mark (last) only after all others are acked."""

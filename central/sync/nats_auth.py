@@ -55,6 +55,8 @@ BRANCH_PERMISSION_TEMPLATE: dict[str, Any] = {
             f"$JS.API.CONSUMER.MSG.NEXT.{DOWN_STREAM}.branch-{{{{name()}}}}",
             f"$JS.API.CONSUMER.INFO.{DOWN_STREAM}.branch-{{{{name()}}}}",
             f"$JS.ACK.{DOWN_STREAM}.branch-{{{{name()}}}}.>",
+            # Its master-data position report to central (request/reply, no stream).
+            "rpc.{{name()}}.md_snapshot",
         ]
     },
     "sub": {"allow": ["_INBOX.{{name()}}.>"]},

@@ -1,0 +1,155 @@
+"""The agent's side of master-data snapshots: reporting its position to central.
+
+A branch cannot tell by itself whether its position in the down stream is still
+usable: only central sees the stream's first sequence (history aged out under a
+``max_age``/``max_msgs`` limit), the consumer's acknowledgements (the database was
+lost or restored from an older copy) and whether the consumer exists at all. So the
+agent reports its position (``SnapshotRequest`` over NATS request/reply on
+``rpc.<branch>.md_snapshot``) when it starts, when its consumer is gone, after a
+snapshot ended (complete, or with parts missing) and every few minutes; central
+answers whether a snapshot is on its way. The first report happens before the
+down-stream reader fetches anything, so a lost database never reports a version it
+does not hold. Requests are idempotent: asking again while a snapshot is queued or
+still being delivered returns the same one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+from protocol.masterdata import (
+    SnapshotReply,
+    SnapshotRequest,
+    decode_snapshot_reply,
+    encode_snapshot_rpc,
+    snapshot_request_subject,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+    from branch_agent.masterdata import MasterDataApplier
+
+__all__ = ["SnapshotRequester"]
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotRequester:
+    def __init__(
+        self,
+        branch: str,
+        applier: MasterDataApplier,
+        *,
+        interval_s: float = 300.0,
+        timeout_s: float = 10.0,
+        retry_s: float = 2.0,
+        first_check_timeout_s: float = 15.0,
+        pending_timeout_s: float = 3600.0,
+    ) -> None:
+        self.branch = branch
+        self.applier = applier
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.first_check_timeout_s = first_check_timeout_s
+        self.pending_timeout_s = pending_timeout_s
+        self.requests = 0
+        self.failures = 0
+        self.last_reply: SnapshotReply | None = None
+        self._wake = asyncio.Event()
+        self._first_check = asyncio.Event()
+        self._reported_completed = 0
+        self._pending_since: float | None = None
+
+    def poke(self) -> None:
+        """Report soon (a snapshot ended, the consumer is gone)."""
+        self._wake.set()
+
+    def on_fetch_error(self, exc: BaseException) -> None:
+        # A deleted consumer answers pulls with "no responders" (503) or 404.
+        if isinstance(exc, ServiceUnavailableError | NotFoundError):
+            self.poke()
+
+    async def wait_first_check(self) -> None:
+        """Hold the reader until central has seen the position once (bounded: an
+        unreachable central must not stop the branch from taking what the stream has)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_check.wait(), self.first_check_timeout_s)
+
+    def _request(self) -> SnapshotRequest:
+        snap = self.applier.snapshot
+        now = time.monotonic()
+        if snap.pending:
+            if self._pending_since is None:
+                self._pending_since = now
+        else:
+            self._pending_since = None
+        incomplete = snap.incomplete
+        if (
+            snap.pending
+            and not incomplete
+            and self._pending_since is not None
+            and now - self._pending_since > self.pending_timeout_s
+        ):
+            # Promised long ago and never ended: its parts are gone, ask for a new one.
+            incomplete = snap.pending
+        return SnapshotRequest(
+            branch=self.branch,
+            last_stream_seq=snap.last_stream_seq,
+            applied_version=self.applier.applied_version,
+            pending_snapshot=snap.pending,
+            incomplete_snapshot=incomplete,
+            completed_snapshot=snap.completed if snap.completed > self._reported_completed else 0,
+        )
+
+    async def check(self, nc: Client) -> SnapshotReply:
+        """One report; raises when central did not answer."""
+        request = self._request()
+        self.requests += 1
+        msg = await nc.request(
+            snapshot_request_subject(self.branch),
+            encode_snapshot_rpc(request),
+            timeout=self.timeout_s,
+        )
+        reply = decode_snapshot_reply(msg.data)
+        if reply.error:
+            raise RuntimeError(f"central refused the position report: {reply.error}")
+        self._reported_completed = max(self._reported_completed, request.completed_snapshot)
+        if reply.action == "snapshot" and reply.snapshot_id:
+            log.warning(
+                "master-data position not usable (%s): snapshot %s on its way",
+                reply.reason,
+                reply.snapshot_id,
+            )
+            await self.applier.set_pending_snapshot(reply.snapshot_id)
+            self._pending_since = time.monotonic()
+        self.last_reply = reply
+        return reply
+
+    async def run(self, nc: Client, stop: asyncio.Event) -> None:
+        delay = 0.0
+        while not stop.is_set():
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                if stop.is_set():
+                    return
+            self._wake.clear()
+            try:
+                await self.check(nc)
+            except Exception as exc:
+                self.failures += 1
+                log.info("master-data position not reported: %s", exc)
+                delay = self.retry_s
+                continue
+            finally:
+                # Also after a failure: the reader waits once, not on every retry.
+                self._first_check.set()
+            delay = self.interval_s

@@ -1,0 +1,183 @@
+"""Central's side of master-data snapshots: deciding from a branch's position report.
+
+A branch reports its position (``SnapshotRequest``, NATS request/reply on
+``rpc.<branch>.md_snapshot``; the branch is taken from the subject). Central alone can
+judge it, with the stream and the branch's durable consumer in view:
+
+- the consumer is gone: it is created again (``DeliverPolicy.ALL``);
+- the branch lost what its consumer already delivered and it acknowledged (database
+  lost, or restored from an older copy): a message of the branch's scopes lies above
+  the branch's position but at or below the consumer's acknowledged floor;
+- history aged out: on a stream that drops messages by age, count or size, the
+  branch's position lies below the stream's first sequence (without such limits the
+  stream keeps the latest value of every key forever, and nothing can be lost);
+- the branch's last snapshot ended with parts missing.
+
+Then a snapshot is queued in the master-data outbox (``enqueue_snapshot``), so the
+publisher builds it from the database and publishes it in order with every other
+change: the branch's consumer delivers it after what it already had pending, and
+every change after it follows it, so nothing made during the snapshot is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from central.models import Branch
+from central.services.masterdata_publisher import (
+    MasterDataPublisher,
+    enqueue_snapshot,
+    pending_snapshot,
+)
+from central.sync.jetstream import down_filter_subjects, ensure_branch_consumer
+from protocol.codec import WireDecodeError
+from protocol.masterdata import (
+    SNAPSHOT_REQUEST_SUBJECTS,
+    SnapshotReply,
+    SnapshotRequest,
+    decode_snapshot_request,
+    encode_snapshot_rpc,
+    parse_snapshot_request_subject,
+)
+from protocol.subjects import DOWN_STREAM, down_consumer_name
+
+__all__ = ["PositionFacts", "SnapshotService", "snapshot_reason"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionFacts:
+    """What the stream and the branch's consumer say about a branch's position."""
+
+    # The consumer's acknowledged floor (stream sequence; 0 for a new consumer).
+    ack_floor: int
+    # The first stream sequence above the branch's position on one of its subjects.
+    first_missing: int | None
+    # The stream's first sequence, and whether it drops messages by age/count/size.
+    first_seq: int
+    lossy: bool
+
+
+def snapshot_reason(request: SnapshotRequest, facts: PositionFacts) -> str | None:
+    """Why the branch needs a snapshot, or None when its position is usable."""
+    if request.incomplete_snapshot:
+        return "the last snapshot ended with parts missing"
+    if facts.first_missing is not None and facts.first_missing <= facts.ack_floor:
+        return "the replica lacks messages its consumer acknowledged (database lost or restored)"
+    if facts.lossy and request.last_stream_seq + 1 < facts.first_seq:
+        return "history above the branch's position aged out of the stream"
+    return None
+
+
+def _lossy(config: Any) -> bool:
+    # max_msgs_per_subject only replaces a key's value by a newer one: not a loss.
+    return bool(
+        (config.max_age or 0) > 0 or (config.max_msgs or -1) > 0 or (config.max_bytes or -1) > 0
+    )
+
+
+class SnapshotService:
+    """Answers branches' position reports; one subscription per central process (a
+    queue group, so several central processes share the reports)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        publisher: MasterDataPublisher,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._publisher = publisher
+        self.requests = 0
+        self.snapshots = 0
+        self.refused = 0
+
+    async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event) -> None:
+        async def on_request(msg: Any) -> None:
+            reply = await self.answer(js, msg.subject, msg.data)
+            if msg.reply:
+                await msg.respond(encode_snapshot_rpc(reply))
+
+        sub = await nc.subscribe(SNAPSHOT_REQUEST_SUBJECTS, queue="central-md", cb=on_request)
+        try:
+            await stop.wait()
+        finally:
+            await sub.unsubscribe()
+
+    async def answer(self, js: JetStreamContext, subject: str, data: bytes) -> SnapshotReply:
+        self.requests += 1
+        try:
+            branch_code = parse_snapshot_request_subject(subject)
+            request = decode_snapshot_request(data)
+        except (ValueError, WireDecodeError) as exc:
+            self.refused += 1
+            return SnapshotReply(action="none", error=f"bad position report: {exc}")
+        if request.branch != branch_code:
+            # Permissions cover subjects only: the subject names the branch.
+            self.refused += 1
+            return SnapshotReply(
+                action="none", error=f"report names {request.branch!r} on {branch_code!r}'s subject"
+            )
+        try:
+            return await self._decide(js, branch_code, request)
+        except Exception as exc:
+            log.warning("position report of %s not answered: %s", branch_code, exc)
+            return SnapshotReply(action="none", error=f"central could not decide: {exc}")
+
+    async def _decide(
+        self, js: JetStreamContext, branch_code: str, request: SnapshotRequest
+    ) -> SnapshotReply:
+        async with self._sessionmaker() as session:
+            branch = await session.get(Branch, branch_code)
+            queued = await pending_snapshot(session, branch_code)
+        if branch is None or not branch.active:
+            self.refused += 1
+            return SnapshotReply(action="none", error=f"unknown or revoked branch {branch_code!r}")
+        if request.completed_snapshot:
+            await self._publisher.drop_snapshot(js, branch_code, request.completed_snapshot)
+        if queued is not None:
+            return SnapshotReply(action="snapshot", snapshot_id=queued, reason="queued")
+        facts = await self._facts(js, branch, request.last_stream_seq)
+        reason = snapshot_reason(request, facts)
+        if reason is None:
+            return SnapshotReply(action="none")
+        async with self._sessionmaker() as session, session.begin():
+            snapshot_id = await enqueue_snapshot(session, branch_code)
+        self._publisher.wake()
+        self.snapshots += 1
+        log.warning("master-data snapshot %s for %s: %s", snapshot_id, branch_code, reason)
+        return SnapshotReply(action="snapshot", snapshot_id=snapshot_id, reason=reason)
+
+    async def _facts(self, js: JetStreamContext, branch: Branch, position: int) -> PositionFacts:
+        durable = down_consumer_name(branch.code)
+        try:
+            info = await js.consumer_info(DOWN_STREAM, durable)
+        except NotFoundError:
+            log.warning("down consumer of %s was gone: created again", branch.code)
+            await ensure_branch_consumer(
+                js, branch.code, format_code=branch.format_code, price_zone=branch.price_zone
+            )
+            info = await js.consumer_info(DOWN_STREAM, durable)
+        stream = await js.stream_info(DOWN_STREAM)
+        first_missing: int | None = None
+        for subject in down_filter_subjects(branch.code, branch.format_code, branch.price_zone):
+            try:
+                found = await js.get_msg(DOWN_STREAM, seq=position + 1, subject=subject, next=True)
+            except NotFoundError:
+                continue
+            if found.seq is not None and (first_missing is None or found.seq < first_missing):
+                first_missing = found.seq
+        return PositionFacts(
+            ack_floor=(info.ack_floor.stream_seq if info.ack_floor else 0) or 0,
+            first_missing=first_missing,
+            first_seq=stream.state.first_seq,
+            lossy=_lossy(stream.config),
+        )
