@@ -49,6 +49,9 @@ YEAR_START = date(2025, 1, 1)
 MONTH = (date(2025, 11, 1), date(2025, 11, 30))
 LAST_MONTH = (date(2025, 12, 1), date(2025, 12, 31))
 QUARTER = (date(2025, 10, 1), date(2025, 12, 31))
+# Mid-month to mid-month, half a year of history before it (the opening from the
+# monthly summary, not from today's balance).
+MIDYEAR = (date(2025, 6, 15), date(2025, 7, 14))
 BRANCH = "B042"
 # VAT of a line, half-up, as the reports compute it (central.reports.money.vat_of).
 VAT_SQL = "((2 * {t} * {r} + (10000 + {r})) / (2 * (10000 + {r})))"
@@ -129,11 +132,35 @@ def _generation(receipts: int) -> list[tuple[str, str]]:
             """,
         ),
         (
+            "head office prices",
+            # Chain prices for nine products in ten (one at the start of the year, a
+            # change in July, one scheduled far ahead), overrides for one product in
+            # twenty at each branch (every third one withdrawn).
+            f"""
+            INSERT INTO price_entries (scope, scope_id, sku, bucket, price, effective_at,
+                                       effective_local, version, withdrawn, created_at)
+            SELECT 'all', '', pg_temp.b_sku_code(s), 0, pg_temp.b_price(s) + k * 10,
+                   timestamp '{YEAR_START}' AT TIME ZONE 'UTC'
+                     + (ARRAY[interval '0 days', interval '181 days', interval '100 years'])[k + 1],
+                   NULL, s * 4 + k, false, now()
+            FROM generate_series(1, {PRODUCTS}) s, generate_series(0, 2) k
+            WHERE s % 10 <> 0;
+            INSERT INTO price_entries (scope, scope_id, sku, bucket, price, effective_at,
+                                       effective_local, version, withdrawn, created_at)
+            SELECT 'branch', pg_temp.b_code(b), pg_temp.b_sku_code(s), 0,
+                   pg_temp.b_price(s) + 5,
+                   timestamp '{YEAR_START}' AT TIME ZONE 'UTC' + b * interval '1 day',
+                   NULL, 100000 + b * {PRODUCTS} + s, (s / 20) % 3 = 0, now()
+            FROM generate_series(1, {BRANCHES}) b, generate_series(1, {PRODUCTS}) s
+            WHERE s % 20 = b % 20;
+            """,
+        ),
+        (
             "receipts",
             f"""
             INSERT INTO receipts (id, event_id, branch, till, shift_id, receipt_number, sale_id,
                                   cashier, occurred_at, utc_offset_min, local_date, total, change,
-                                  currency, late, negative_stock)
+                                  currency, late, negative_stock, voided_lines)
             SELECT x.id, gen_random_uuid(), pg_temp.b_code(x.b), 'T' || (x.id % 3 + 1),
                    'S' || x.day || '-' || (x.id % 3 + 1), x.id, 'R' || x.id,
                    'C' || x.b || '-' || (x.id / 700 % 6),
@@ -143,7 +170,8 @@ def _generation(receipts: int) -> list[tuple[str, str]]:
                    60, date '{YEAR_START}' + x.day,
                    t.total,
                    CASE WHEN x.id % 2 = 0 THEN (100 - t.total % 100) % 100 ELSE 0 END,
-                   'EUR', false, false
+                   'EUR', false, false,
+                   CASE WHEN x.id % 23 = 0 THEN 1 + (x.id / 23) % 3 ELSE 0 END
             FROM (SELECT {receipt_cols} FROM generate_series(1, {receipts}) g) x,
             LATERAL (SELECT sum(pg_temp.b_total(x.id, n)) AS total
                      FROM generate_series(1, {LINES_PER_RECEIPT}) n) t
@@ -153,10 +181,14 @@ def _generation(receipts: int) -> list[tuple[str, str]]:
             "receipt lines",
             f"""
             INSERT INTO receipt_lines (id, receipt_id, line_no, sku, name, quantity_milli,
-                                       unit_price, discount, vat_rate_bp, line_total)
+                                       unit_price, discount, vat_rate_bp, line_total,
+                                       manual_discount, promotion_id)
             SELECT (g - 1) * {LINES_PER_RECEIPT} + n, g, n, pg_temp.b_sku_code(s), '',
                    pg_temp.b_qty(g, n), pg_temp.b_price(s), pg_temp.b_disc(g, n),
-                   CASE WHEN s % 3 = 0 THEN 2000 ELSE 1000 END, pg_temp.b_total(g, n)
+                   CASE WHEN s % 3 = 0 THEN 2000 ELSE 1000 END, pg_temp.b_total(g, n),
+                   -- A discount is keyed in by hand on one receipt in four, else a promotion.
+                   pg_temp.b_disc(g, n) > 0 AND g % 4 = 0,
+                   CASE WHEN pg_temp.b_disc(g, n) > 0 AND g % 4 <> 0 THEN 'PROMO' || s % 10 END
             FROM generate_series(1, {receipts}) g, generate_series(1, {LINES_PER_RECEIPT}) n,
             LATERAL (SELECT pg_temp.b_sku(g, n) AS s) k
             """,
@@ -335,7 +367,10 @@ def _cases() -> list[tuple[str, Any, Any]]:
 
     async def on_hand(s: AsyncSession) -> Any:
         r = await service.stock_on_hand(s, branch=BRANCH)
-        return {x.sku: (x.qty_milli, x.value_at_cost, x.value_at_retail) for x in r.rows}
+        return {
+            x.sku: (x.qty_milli, x.value_at_cost, x.value_at_retail, x.retail_price_source)
+            for x in r.rows
+        }
 
     async def on_hand_sql(s: AsyncSession) -> Any:
         rows = await _rows(
@@ -343,21 +378,37 @@ def _cases() -> list[tuple[str, Any, Any]]:
             """WITH stock AS (
                    SELECT sku, sum(quantity_milli) AS q, sum(value) AS v
                    FROM stock_ledger WHERE branch = :b GROUP BY sku),
-               price AS (
+               last_sale AS (
                    SELECT DISTINCT ON (l.sku) l.sku, l.unit_price
                    FROM receipt_lines l JOIN receipts r ON r.id = l.receipt_id
                    WHERE r.branch = :b
-                   ORDER BY l.sku, r.occurred_at DESC, l.unit_price DESC)
+                   ORDER BY l.sku, r.occurred_at DESC, l.unit_price DESC),
+               -- Head office's price in force (the bench's branches have no zone or
+               -- format, and no entry in local time): the branch's own, else the chain's.
+               head_office AS (
+                   SELECT DISTINCT ON (sku) sku, price
+                   FROM price_entries
+                   WHERE NOT withdrawn AND effective_at <= now()
+                     AND (scope = 'all' OR (scope = 'branch' AND scope_id = :b))
+                   ORDER BY sku, scope = 'branch' DESC, effective_at DESC, version DESC,
+                            price),
+               price AS (
+                   SELECT stock.sku, coalesce(h.price, s.unit_price, 0) AS unit_price,
+                          CASE WHEN h.price IS NOT NULL THEN 'head_office'
+                               WHEN s.unit_price IS NOT NULL THEN 'last_sale' END AS source
+                   FROM stock LEFT JOIN head_office h ON h.sku = stock.sku
+                   LEFT JOIN last_sale s ON s.sku = stock.sku)
                SELECT stock.sku, q, v,
                       -- half-up, away from zero for negative stock (integer division
                       -- truncates towards zero)
                       CASE WHEN q < 0
-                           THEN -((-2 * q * coalesce(unit_price, 0) + 1000) / 2000)
-                           ELSE (2 * q * coalesce(unit_price, 0) + 1000) / 2000 END
-               FROM stock LEFT JOIN price ON price.sku = stock.sku""",
+                           THEN -((-2 * q * unit_price + 1000) / 2000)
+                           ELSE (2 * q * unit_price + 1000) / 2000 END,
+                      source
+               FROM stock JOIN price ON price.sku = stock.sku""",
             b=BRANCH,
         )
-        return {x[0]: (int(x[1]), int(x[2]), int(x[3])) for x in rows}
+        return {x[0]: (int(x[1]), int(x[2]), int(x[3]), x[4]) for x in rows}
 
     async def by_product(s: AsyncSession) -> Any:
         r = await service.sales_report(
@@ -478,37 +529,73 @@ def _cases() -> list[tuple[str, Any, Any]]:
             before += max(v, 0)
         return out
 
-    async def movement(s: AsyncSession) -> Any:
-        r = await service.stock_movement(
-            s, date_from=LAST_MONTH[0], date_to=LAST_MONTH[1], branch=BRANCH
-        )
+    def movement(period: tuple[date, date]) -> Any:
+        async def report(s: AsyncSession) -> Any:
+            r = await service.stock_movement(
+                s, date_from=period[0], date_to=period[1], branch=BRANCH
+            )
+            return {
+                x.sku: (
+                    x.opening_milli,
+                    x.sales_milli,
+                    x.write_offs_milli,
+                    x.closing_milli,
+                    x.closing_value,
+                )
+                for x in r.rows
+            }
+
+        return report
+
+    def movement_sql(period: tuple[date, date]) -> Any:
+        async def plain(s: AsyncSession) -> Any:
+            rows = await _rows(
+                s,
+                """SELECT sku,
+                          sum(quantity_milli) FILTER (WHERE local_date < :d1),
+                          -sum(quantity_milli) FILTER (WHERE local_date BETWEEN :d1 AND :d2
+                                                       AND doc_type = 'sale'),
+                          -sum(quantity_milli) FILTER (WHERE local_date BETWEEN :d1 AND :d2
+                                                       AND doc_type = 'write_off'),
+                          sum(quantity_milli) FILTER (WHERE local_date <= :d2),
+                          sum(value) FILTER (WHERE local_date <= :d2)
+                   FROM stock_ledger WHERE branch = :b AND local_date <= :d2 GROUP BY sku""",
+                b=BRANCH,
+                **_p(period),
+            )
+            return {x[0]: tuple(int(v or 0) for v in x[1:]) for x in rows}
+
+        return plain
+
+    async def loss_prevention(s: AsyncSession) -> Any:
+        r = await service.loss_prevention(s, date_from=MONTH[0], date_to=MONTH[1])
         return {
-            x.sku: (
-                x.opening_milli,
-                x.sales_milli,
-                x.write_offs_milli,
-                x.closing_milli,
-                x.closing_value,
+            (x.branch, x.cashier): (
+                x.receipts,
+                x.voided_lines,
+                x.manual_discount_lines,
+                x.manual_discount_amount,
             )
             for x in r.rows
         }
 
-    async def movement_sql(s: AsyncSession) -> Any:
+    async def loss_prevention_sql(s: AsyncSession) -> Any:
         rows = await _rows(
             s,
-            """SELECT sku,
-                      sum(quantity_milli) FILTER (WHERE local_date < :d1),
-                      -sum(quantity_milli) FILTER (WHERE local_date BETWEEN :d1 AND :d2
-                                                   AND doc_type = 'sale'),
-                      -sum(quantity_milli) FILTER (WHERE local_date BETWEEN :d1 AND :d2
-                                                   AND doc_type = 'write_off'),
-                      sum(quantity_milli) FILTER (WHERE local_date <= :d2),
-                      sum(value) FILTER (WHERE local_date <= :d2)
-               FROM stock_ledger WHERE branch = :b AND local_date <= :d2 GROUP BY sku""",
-            b=BRANCH,
-            **_p(LAST_MONTH),
+            """WITH per_receipt AS (
+                   SELECT r.branch, r.cashier, r.voided_lines,
+                          count(*) FILTER (WHERE l.manual_discount) AS manual,
+                          coalesce(sum(l.discount) FILTER (WHERE l.manual_discount), 0)
+                            AS manual_amount
+                   FROM receipts r JOIN receipt_lines l ON l.receipt_id = r.id
+                   WHERE r.local_date BETWEEN :d1 AND :d2
+                   GROUP BY r.id, r.branch, r.cashier, r.voided_lines)
+               SELECT branch, cashier, count(*), sum(voided_lines), sum(manual),
+                      sum(manual_amount)
+               FROM per_receipt GROUP BY 1, 2""",
+            **_p(MONTH),
         )
-        return {x[0]: tuple(int(v or 0) for v in x[1:]) for x in rows}
+        return {(x[0], x[1]): tuple(int(v) for v in x[2:]) for x in rows}
 
     return [
         ("daily_sales_month", daily_sales, daily_sales_sql),
@@ -519,7 +606,9 @@ def _cases() -> list[tuple[str, Any, Any]]:
         ("payments_month", payments, payments_sql),
         ("gross_margin_category_month", margin, margin_sql),
         ("abc_revenue_quarter", abc, abc_sql),
-        ("stock_movement_branch_month", movement, movement_sql),
+        ("stock_movement_branch_month", movement(LAST_MONTH), movement_sql(LAST_MONTH)),
+        ("stock_movement_branch_midyear", movement(MIDYEAR), movement_sql(MIDYEAR)),
+        ("loss_prevention_month", loss_prevention, loss_prevention_sql),
     ]
 
 

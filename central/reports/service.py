@@ -402,49 +402,75 @@ async def head_office_prices(
     }
     wanted = sorted({pair for pairs in scopes.values() for pair in pairs})
     e = PriceEntryRow
-    stmt = select(
-        e.scope, e.scope_id, e.sku, e.price, e.effective_at, e.effective_local, e.version
-    ).where(e.withdrawn.is_(False), e.effective_at <= at + _LOCAL_MOMENT_SLACK)
-    if len(branches) == 1:
-        stmt = stmt.where(tuple_(e.scope, e.scope_id).in_(wanted))
-    if sku is not None:
-        stmt = stmt.where(e.sku == sku)
-    # (scope, scope id, timezone) -> sku -> the scope's entries
+
+    def narrowed(stmt: Any) -> Any:
+        stmt = stmt.where(e.withdrawn.is_(False))
+        if len(branches) == 1:
+            stmt = stmt.where(tuple_(e.scope, e.scope_id).in_(wanted))
+        if sku is not None:
+            stmt = stmt.where(e.sku == sku)
+        return stmt
+
+    columns = (e.scope, e.scope_id, e.sku, e.price, e.effective_at, e.effective_local, e.version)
+    # Entries given as a UTC moment take effect at that moment everywhere: of those the
+    # database keeps only the latest in force per scope and product (history of years
+    # stays in the database), ranked like protocol.pricing (moment, version, -price).
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(e.scope, e.scope_id, e.sku),
+            order_by=(e.effective_at.desc(), e.version.desc(), e.price.asc()),
+        )
+        .label("rank")
+    )
+    ranked = narrowed(
+        select(*columns, rank).where(e.effective_local.is_(None), e.effective_at <= at)
+    ).subquery()
+    latest = select(*[ranked.c[c.key] for c in columns]).where(ranked.c.rank == 1)
+    # Entries given in local time take effect at a different moment in each time zone:
+    # every one that may be in force is resolved below.
+    local = narrowed(
+        select(*columns).where(
+            e.effective_local.is_not(None), e.effective_at <= at + _LOCAL_MOMENT_SLACK
+        )
+    )
+    # (scope, scope id) -> sku -> the scope's candidate entries
     entries: dict[tuple[str, str], dict[str, list[Any]]] = {}
-    for row in await session.execute(stmt):
-        entries.setdefault((row.scope, row.scope_id or ""), {}).setdefault(row.sku, []).append(row)
+    for stmt in (latest, local):
+        for row in (await session.execute(stmt)).all():
+            entries.setdefault((row[0], row[1] or ""), {}).setdefault(row[2], []).append(row)
     # The entry in force at each scope, per time zone (local-time entries differ by zone).
     in_force: dict[tuple[str, str, str], dict[str, PriceCandidate]] = {}
 
     def scope_prices(scope: tuple[str, str], timezone: str) -> dict[str, PriceCandidate]:
         key = (*scope, timezone)
         got = in_force.get(key)
-        if got is None:
-            got = in_force[key] = {}
-            for item_sku, rows in entries.get(scope, {}).items():
-                best = resolve_price(
-                    (
-                        PriceCandidate(
-                            r.scope,
-                            int(r.price),
-                            entry_moment(r.effective_at, r.effective_local, timezone),
-                            int(r.version),
-                        )
-                        for r in rows
-                    ),
-                    at,
-                )
-                if best is not None:
-                    got[item_sku] = best
+        if got is not None:
+            return got
+        got = in_force[key] = {}
+        for item_sku, rows in entries.get(scope, {}).items():
+            candidates = [
+                PriceCandidate(r[0], int(r[3]), entry_moment(r[4], r[5], timezone), int(r[6]))
+                for r in rows
+            ]
+            best = candidates[0] if len(rows) == 1 and rows[0][5] is None else None
+            if best is None:
+                best = resolve_price(candidates, at)
+            if best is not None:
+                got[item_sku] = best
         return got
 
     out: dict[tuple[str, str], int] = {}
     for b in branches:
         per_scope = [scope_prices(pair, b.timezone) for pair in scopes[b.code]]
-        for item_sku in {s for prices in per_scope for s in prices}:
-            best = resolve_price((p[item_sku] for p in per_scope if item_sku in p), at)
-            if best is not None:
-                out[(b.code, item_sku)] = best.price
+        seen: dict[str, list[PriceCandidate]] = {}
+        for prices in per_scope:
+            for item_sku, candidate in prices.items():
+                seen.setdefault(item_sku, []).append(candidate)
+        for item_sku, candidates in seen.items():
+            winner = candidates[0] if len(candidates) == 1 else resolve_price(candidates, at)
+            if winner is not None:
+                out[(b.code, item_sku)] = winner.price
     return out
 
 

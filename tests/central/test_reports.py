@@ -705,7 +705,7 @@ async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[Asy
     selling price; every row says which."""
     from datetime import UTC, datetime, timedelta
 
-    from central.models import Branch
+    from central.models import Branch, PriceEntryRow
     from central.services.pricing import (
         PriceChangeIn,
         PriceZoneIn,
@@ -734,6 +734,20 @@ async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[Asy
         ):
             await set_price(s, change)
         await withdraw_override(s, scope="branch", scope_id="B1", sku="W")
+        # Older chain prices (history is kept): superseded by the later entries.
+        for sku, price in (("A", 199), ("W", 999)):
+            s.add(
+                PriceEntryRow(
+                    scope="all",
+                    scope_id="",
+                    sku=sku,
+                    bucket=bucket_of(sku),
+                    price=price,
+                    effective_at=now - timedelta(days=10),
+                    version=1,
+                )
+            )
+        await s.commit()
     utc_moment = local_to_utc(datetime.fromisoformat(wall_clock), "UTC")
     at = utc_moment - timedelta(minutes=1)
     assert local_to_utc(datetime.fromisoformat(wall_clock), "Europe/Berlin") < at
