@@ -8,7 +8,9 @@
    (``INSERT ... SELECT`` over ``generate_series``): receipts of 5 lines (product
    popularity skewed), one payment each (cash with change, or card), the stock ledger
    (a goods receipt per branch and product, every sale at cost, daily write-offs,
-   monthly stocktakes) and the stock balances.
+   monthly stocktakes), the stock balances, and head office's price entries (chain
+   prices with history and a change scheduled far ahead, branch overrides, some
+   withdrawn) for nine products in ten.
 3. The summary tables built by the rebuild path (``central.reports.rebuild``).
 4. Each main report timed through the same service function the API calls, beside a
    plain SQL query over the raw tables giving the same answer, checked equal in the run.
