@@ -29,6 +29,24 @@ async def _db_upgrade(settings: CentralSettings, revision: str) -> None:
     _print({"database": settings.database_url.split("@")[-1], "upgraded_to": revision})
 
 
+async def _db_partitions(settings: CentralSettings, args: argparse.Namespace) -> int:
+    """Create the months ahead of the partitioned tables; report rows in DEFAULT."""
+    from central.db import create_engine
+    from central.partitions import maintain_partitions
+
+    engine = create_engine(settings.database_url)
+    try:
+        statuses = await maintain_partitions(
+            engine, ahead=args.ahead, move_default=args.move_default
+        )
+        for status in statuses:
+            _print(status.as_dict())
+        # Non-zero while rows sit in DEFAULT, so a scheduled run can raise an alarm.
+        return 1 if any(s.default_rows for s in statuses) else 0
+    finally:
+        await engine.dispose()
+
+
 def _serve(settings: CentralSettings) -> None:
     import uvicorn
 
@@ -261,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="migrate to the newest schema")
     up.add_argument("revision", nargs="?", default="heads")
+    parts = db_sub.add_parser(
+        "partitions", help="create monthly partitions ahead, report rows in DEFAULT (PostgreSQL)"
+    )
+    parts.add_argument("--ahead", type=int, default=3, help="months after this one (default 3)")
+    parts.add_argument(
+        "--move-default",
+        action="store_true",
+        help="also create the months whose rows sit in DEFAULT and move those rows there",
+    )
 
     sub.add_parser("serve", help="run the web API (and an ingest worker if configured)")
     ingest = sub.add_parser("ingest", help="run ingest workers (no web API)")
@@ -344,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = str(DEMO_SETTINGS)
     settings = load_settings(config)
     code = 0
-    if args.command == "db":
+    if args.command == "db" and args.db_command == "partitions":
+        code = asyncio.run(_db_partitions(settings, args))
+    elif args.command == "db":
         asyncio.run(_db_upgrade(settings, args.revision))
     elif args.command == "serve":
         _serve(settings)

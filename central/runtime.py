@@ -74,6 +74,8 @@ class CentralRuntime:
             await asyncio.to_thread(self.embedded_nats.start)
         # Connecting blocks until a server answers: never on the request path.
         self._tasks.append(asyncio.create_task(self._connect_and_ingest(ingest_workers)))
+        if ingest_workers:
+            self._tasks.append(asyncio.create_task(self._keep_partitions()))
 
     async def _connect_and_ingest(self, ingest_workers: int) -> None:
         from central.services.nats_auth import client_tls_options
@@ -144,6 +146,19 @@ class CentralRuntime:
                 log.warning("branch consumers not ensured yet: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 2.0)
+
+    async def _keep_partitions(self) -> None:
+        """Monthly partitions ahead (PostgreSQL), at start and twice a day, by the
+        processes that write; idempotent and serialised across processes."""
+        from central.partitions import maintain_partitions
+
+        while not self._stop.is_set():
+            try:
+                await maintain_partitions(self.engine)
+            except Exception as exc:
+                log.warning("partitions not maintained (retried later): %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 12 * 3600)
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()

@@ -27,6 +27,11 @@ class StockMovement(Base):
         # The ledger of one product at one branch, in posting order.
         Index("ix_stock_ledger_branch_sku_id", "branch", "sku", "id"),
         Index("ix_stock_ledger_event_id", "event_id"),
+        # Monthly partitions of the branch's local day on PostgreSQL (migration 1301,
+        # central/partitions.py). There the primary key is (id, local_date), as
+        # PostgreSQL wants the partition key in it; id alone stays unique (one
+        # sequence) and is the ORM identity.
+        {"postgresql_partition_by": "RANGE (local_date)"},
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

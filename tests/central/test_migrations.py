@@ -10,10 +10,14 @@ from sqlalchemy.engine import Connection
 
 from central.db import create_engine, upgrade
 from central.models import Base
+from central.partitions import include_name
 
 
 def _diff(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    # The same filter as migrations/central/env.py: child partitions are not models.
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": include_name}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 
