@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import sqlite3
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import aiosqlite
+import msgspec
 from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -238,12 +241,14 @@ class MasterDataApplier:
                     ).all()
                 )
             written: dict[str, tuple[int, int]] = {}
+            prices = _PriceWriter()
             for message, decoded in decoded_messages:
                 if isinstance(decoded, SnapshotMark):
                     if decoded.phase == "begin":
                         snap.current, snap.begin_seq = decoded.snapshot_id, message.stream_seq
                         snap.next_part, snap.broken = 1, False
                     else:
+                        await _replace_price_buckets(conn, prices.take(), prices)
                         await _write_applied_keys(conn, written)
                         written.clear()
                         outcome = await self._end_snapshot(conn, snap, decoded)
@@ -281,10 +286,11 @@ class MasterDataApplier:
                         await _set_state(conn, APPLIED_VERSION, value.version, keep_max=True)
                         applied_version = max(applied_version, value.version)
                 else:
-                    await self._apply(conn, target, value)
+                    await self._apply(conn, target, value, prices)
                 known[subject] = value.version
                 written[subject] = (value.version, message.stream_seq)
                 applied += 1
+            await _replace_price_buckets(conn, prices.take(), prices)
             await _write_applied_keys(conn, written)
             if last_seq:
                 await _set_state(conn, LAST_STREAM_SEQ, last_seq, keep_max=True)
@@ -357,12 +363,14 @@ class MasterDataApplier:
         conn: AsyncConnection,
         message: DownMessage,
         decoded: ProductBucket | PriceBucket | PromotionRecord,
+        prices: _PriceWriter,
     ) -> None:
         scope_id = message.scope_id or ""
         if isinstance(decoded, ProductBucket):
             await _replace_products(conn, decoded, scope_id)
         elif isinstance(decoded, PriceBucket):
-            await _replace_prices(conn, decoded, scope_id)
+            # Queued: applied together in the driver's thread (see _replace_price_buckets).
+            prices.pending.append((decoded, scope_id))
         else:
             await _replace_promotion(conn, decoded, message.scope, scope_id)
 
@@ -399,7 +407,7 @@ async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
     for table, kind in (
         ("md_products", KIND_PRODUCT),
         ("md_barcodes", KIND_PRODUCT),
-        ("md_prices", KIND_PRICE),
+        ("md_price_buckets", KIND_PRICE),
     ):
         keys = await conn.exec_driver_sql(f"SELECT DISTINCT scope, scope_id, bucket FROM {table}")
         gone = [
@@ -412,6 +420,12 @@ async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
                 f"DELETE FROM {table} WHERE scope = ? AND scope_id = ? AND bucket = ?",
                 gone,
             )
+    # Price rows follow their buckets' values: any row no bucket lists goes (one pass,
+    # without an index on the bucket; a snapshot is rare).
+    await conn.exec_driver_sql(
+        "DELETE FROM md_prices WHERE id NOT IN (SELECT value FROM md_price_buckets, "
+        "json_each(md_price_buckets.rows, '$.ids'))"
+    )
     promotions = await conn.exec_driver_sql(
         "SELECT scope, scope_id, promotion_id FROM md_promotions"
     )
@@ -497,49 +511,154 @@ async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_
         )
 
 
-async def _replace_prices(conn: AsyncConnection, bucket: PriceBucket, scope_id: str) -> None:
+# (sku, price, effective_at as stored, effective_local, version)
+_PriceRow = tuple[str, int, str, str | None, int]
+
+
+class _StoredBucket(msgspec.Struct, gc=False):
+    """``md_price_buckets.rows``: the ids of a bucket's rows and their values."""
+
+    ids: list[int]
+    rows: list[_PriceRow]
+
+
+_stored_bucket_decoder = msgspec.json.Decoder(_StoredBucket)
+_stored_bucket_encoder = msgspec.json.Encoder()
+
+
+class _MomentTexts(dict[datetime, str]):
+    """A UTC moment -> its stored text, formatted once per distinct moment."""
+
+    def __missing__(self, moment: datetime) -> str:
+        text = self[moment] = _sqlite_utc(moment)
+        return text
+
+
+@dataclass(slots=True)
+class _PriceWriter:
+    """State shared by the price buckets of one transaction."""
+
+    moments: _MomentTexts = field(default_factory=_MomentTexts)
+    # The next md_prices id (read once per transaction: only the applier writes
+    # md_prices, under the agent's write lock).
+    next_id: int = 0
+    # Buckets waiting to be applied, in stream order.
+    pending: list[tuple[PriceBucket, str]] = field(default_factory=list)
+
+    def take(self) -> list[tuple[PriceBucket, str]]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
+async def _replace_price_buckets(
+    conn: AsyncConnection, buckets: list[tuple[PriceBucket, str]], writer: _PriceWriter
+) -> None:
+    """Apply price buckets (in order) in the driver's thread in one call.
+
+    Through the async engine every statement is a hop to aiosqlite's thread and back
+    (~0.2 ms of CPU each, a third of a bulk's apply cost); a bucket is three
+    statements. Same connection, so same transaction as the rest of the run.
+    """
+    if not buckets:
+        return
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    db = cast("sqlite3.Connection", driver._conn)  # type: ignore[union-attr]
+    if isinstance(driver, aiosqlite.Connection):
+        await driver._execute(_replace_prices_sync, db, buckets, writer)  # type: ignore[no-untyped-call]
+    else:  # the inline engine: its calls run in this thread anyway
+        _replace_prices_sync(db, buckets, writer)
+
+
+def _replace_prices_sync(
+    db: sqlite3.Connection, buckets: list[tuple[PriceBucket, str]], writer: _PriceWriter
+) -> None:
+    for bucket, scope_id in buckets:
+        _replace_prices(db, bucket, scope_id, writer)
+
+
+def _replace_prices(
+    db: sqlite3.Connection, bucket: PriceBucket, scope_id: str, writer: _PriceWriter
+) -> None:
     """Make the bucket's rows at this scope exactly the message's entries.
 
     Written as a difference: a bucket message repeats every entry still in force, so
     a change of one price is one inserted row (and the superseded entry, once
-    pruned, one deleted row) instead of rewriting the bucket's hundreds of rows.
+    pruned, one deleted row) instead of rewriting the bucket's hundreds of rows. The
+    rows stored are compared as tuples with the message's, from the bucket's one
+    ``md_price_buckets`` value (no per-row read).
     """
-    existing = await conn.exec_driver_sql(
-        "SELECT id, sku, price, effective_at, effective_local, version FROM md_prices "
-        "WHERE scope = ? AND scope_id = ? AND bucket = ?",
-        (bucket.scope, scope_id, bucket.bucket),
-    )
-    # Rows as they are stored: identical ones are kept (with their multiplicity).
-    moments: dict[datetime, str] = {}
-    wanted: dict[tuple[str, int, str, str | None, int], int] = defaultdict(int)
-    for e in bucket.entries:
-        text = moments.get(e.effective_at) or _moment(moments, e.effective_at)
-        wanted[(e.sku, e.price, text, e.effective_local, e.version)] += 1
-    stale: list[tuple[int]] = []
-    for row in cast("list[tuple[Any, ...]]", existing.all()):
-        key = (row[1], row[2], row[3], row[4], row[5])
-        if wanted.get(key, 0) > 0:
-            wanted[key] -= 1
-        else:
-            stale.append((row[0],))
-    if stale:
-        await conn.exec_driver_sql("DELETE FROM md_prices WHERE id = ?", stale)
-    rows = [
-        (bucket.scope, scope_id, bucket.bucket, sku, price, text, local, version)
-        for (sku, price, text, local, version), count in wanted.items()
-        for _ in range(count)
+    key = (bucket.scope, scope_id, bucket.bucket)
+    found = db.execute(
+        "SELECT rows FROM md_price_buckets WHERE scope = ? AND scope_id = ? AND bucket = ?", key
+    ).fetchone()
+    stored = _stored_bucket_decoder.decode(found[0]) if found is not None else _StoredBucket([], [])
+    moments = writer.moments
+    wanted = [
+        (e.sku, e.price, moments[e.effective_at], e.effective_local, e.version)
+        for e in bucket.entries
     ]
+    current = dict(zip(stored.rows, stored.ids, strict=True))
+    wanted_set = set(wanted)
+    if len(current) == len(stored.ids) and len(wanted_set) == len(wanted):
+        # No identical entries twice (the usual case): plain set differences.
+        added = [row for row in wanted if row not in current]
+        stale = [current.pop(row) for row in current.keys() - wanted_set]
+        ids, rows = list(current.values()), list(current.keys())
+    else:
+        added, stale, ids, rows = _difference_with_repeats(stored, wanted)
+    if stale:
+        db.executemany("DELETE FROM md_prices WHERE id = ?", [(i,) for i in stale])
+    if added:
+        if not writer.next_id:
+            top = db.execute("SELECT max(id) FROM md_prices").fetchone()[0]
+            writer.next_id = int(top or 0) + 1
+        first = writer.next_id
+        writer.next_id += len(added)
+        new_ids = range(first, writer.next_id)
+        db.executemany(
+            "INSERT INTO md_prices (id, scope, scope_id, bucket, sku, price, effective_at, "
+            "effective_local, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(i, *key, *row) for i, row in zip(new_ids, added, strict=True)],
+        )
+        ids.extend(new_ids)
+        rows.extend(added)
+    if not stale and not added:
+        return
     if rows:
-        await conn.exec_driver_sql(
-            "INSERT INTO md_prices (scope, scope_id, bucket, sku, price, effective_at, "
-            "effective_local, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+        db.execute(
+            "INSERT INTO md_price_buckets (scope, scope_id, bucket, rows) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (scope, scope_id, bucket) DO UPDATE SET rows = excluded.rows",
+            (*key, _stored_bucket_encoder.encode(_StoredBucket(ids, rows)).decode()),
+        )
+    else:
+        db.execute(
+            "DELETE FROM md_price_buckets WHERE scope = ? AND scope_id = ? AND bucket = ?", key
         )
 
 
-def _moment(cache: dict[datetime, str], moment: datetime) -> str:
-    text = cache[moment] = _sqlite_utc(moment)
-    return text
+def _difference_with_repeats(
+    stored: _StoredBucket, wanted: list[_PriceRow]
+) -> tuple[list[_PriceRow], list[int], list[int], list[_PriceRow]]:
+    """The difference when an entry occurs more than once: kept with its multiplicity.
+
+    Returns the rows to add, the ids to delete, and the ids and rows kept."""
+    have: dict[_PriceRow, list[int]] = {}
+    for row_id, row in zip(stored.ids, stored.rows, strict=True):
+        have.setdefault(row, []).append(row_id)
+    need = Counter(wanted)
+    added: list[_PriceRow] = []
+    stale: list[int] = []
+    ids: list[int] = []
+    rows: list[_PriceRow] = []
+    for row, row_ids in have.items():
+        keep = min(len(row_ids), need.get(row, 0))
+        stale.extend(row_ids[keep:])
+        ids.extend(row_ids[:keep])
+        rows.extend([row] * keep)
+    for row, count in need.items():
+        added.extend([row] * (count - min(count, len(have.get(row, ())))))
+    return added, stale, ids, rows
 
 
 def _sqlite_utc(moment: datetime) -> str:

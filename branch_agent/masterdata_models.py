@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from branch_agent.models import AgentBase
 
-__all__ = ["MdAppliedKey", "MdBarcode", "MdPrice", "MdProduct", "MdPromotion", "MdState"]
+__all__ = [
+    "MdAppliedKey",
+    "MdBarcode",
+    "MdPrice",
+    "MdPriceBucket",
+    "MdProduct",
+    "MdPromotion",
+    "MdState",
+]
 
 
 class MdProduct(AgentBase):
@@ -58,11 +66,11 @@ class MdBarcode(AgentBase):
 
 
 class MdPrice(AgentBase):
+    """One price entry. Only the till's lookup by SKU is indexed: the applier finds a
+    bucket's rows through ``MdPriceBucket`` (a second index cost every insert more)."""
+
     __tablename__ = "md_prices"
-    __table_args__ = (
-        Index("ix_md_prices_sku", "sku"),
-        Index("ix_md_prices_scope_bucket", "scope", "scope_id", "bucket"),
-    )
+    __table_args__ = (Index("ix_md_prices_sku", "sku"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(8))
@@ -73,6 +81,25 @@ class MdPrice(AgentBase):
     effective_at: Mapped[datetime] = mapped_column()
     effective_local: Mapped[str | None] = mapped_column(String(19), default=None)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class MdPriceBucket(AgentBase):
+    """The rows of ``md_prices`` of one bucket at one scope, as JSON
+    ``{"ids": [id, ...], "rows": [[sku, price, effective_at, effective_local, version], ...]}``
+    (``effective_at`` as stored in ``md_prices``), written in the same transaction as
+    those rows.
+
+    Applying a bucket message compares it with this one value instead of reading the
+    bucket's rows through an index on (scope, scope_id, bucket) that every insert
+    would have to maintain; stale rows are deleted by their ids.
+    """
+
+    __tablename__ = "md_price_buckets"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rows: Mapped[str] = mapped_column(Text)
 
 
 class MdPromotion(AgentBase):

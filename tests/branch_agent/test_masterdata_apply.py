@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.downstream import DownMessage
@@ -99,3 +102,116 @@ async def test_bucket_rows_follow_each_message_exactly(tmp_path: Path) -> None:
         assert await _rows(path) == [(8, "Z", 9, stamp, None, 1)]
     finally:
         await engine.dispose()
+
+
+def _upgrade_to(path: Path, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent / "agent"))
+    config.set_main_option("sqlalchemy.url", f"sqlite+aiosqlite:///{path}")
+    command.upgrade(config, revision)
+
+
+async def test_migration_keeps_existing_price_rows_and_applying_goes_on_from_them(
+    tmp_path: Path,
+) -> None:
+    """A replica filled before md_price_buckets existed: rows kept (same ids), each
+    bucket's value built from them, and the next message changes only what differs."""
+    path = tmp_path / "agent.db"
+    await asyncio.to_thread(_upgrade_to, path, "a1001")
+    stamp = "2026-01-05 06:00:00.000000"
+    old_rows = [
+        (1, "all", "", 7, "A", 100, stamp, None, 1),
+        (2, "all", "", 7, "B", 200, stamp, None, 2),
+        (3, "all", "", 7, "D", 400, stamp, "2026-01-05T06:00:00", 2),
+        (4, "all", "", 7, "D", 400, stamp, "2026-01-05T06:00:00", 2),
+        (5, "zone", "north", 7, "A", 90, stamp, None, 3),
+    ]
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO md_prices (id, scope, scope_id, bucket, sku, price, effective_at, "
+            "effective_local, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            old_rows,
+        )
+    db.close()
+    await upgrade(path)
+
+    def stored() -> tuple[list[tuple[object, ...]], dict[tuple[str, str, int], Any], list[str]]:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT * FROM md_prices ORDER BY id").fetchall()
+            buckets = {
+                (scope, scope_id, bucket): json.loads(value)
+                for scope, scope_id, bucket, value in db.execute(
+                    "SELECT scope, scope_id, bucket, rows FROM md_price_buckets"
+                )
+            }
+            indexes = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = 'md_prices' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
+        db.close()
+        return rows, buckets, indexes
+
+    rows, buckets, indexes = stored()
+    assert rows == old_rows
+    assert indexes == ["ix_md_prices_sku"]
+    assert buckets == {
+        ("all", "", 7): {
+            "ids": [1, 2, 3, 4],
+            "rows": [
+                ["A", 100, stamp, None, 1],
+                ["B", 200, stamp, None, 2],
+                ["D", 400, stamp, "2026-01-05T06:00:00", 2],
+                ["D", 400, stamp, "2026-01-05T06:00:00", 2],
+            ],
+        },
+        ("zone", "north", 7): {"ids": [5], "rows": [["A", 90, stamp, None, 3]]},
+    }
+
+    engine = create_engine(path)
+    applier = MasterDataApplier(create_sessionmaker(engine), asyncio.Lock())
+    later = T0 + timedelta(days=1)
+    try:
+        # A kept, B withdrawn, one of the two D entries gone, E new.
+        await applier.handle_batch(
+            [
+                _message(
+                    10,
+                    6,
+                    [
+                        PriceEntry(sku="A", price=100, effective_at=T0, version=1),
+                        PriceEntry(
+                            sku="D",
+                            price=400,
+                            effective_at=T0,
+                            version=2,
+                            effective_local="2026-01-05T06:00:00",
+                        ),
+                        PriceEntry(sku="E", price=500, effective_at=later, version=6),
+                    ],
+                )
+            ]
+        )
+    finally:
+        await engine.dispose()
+    rows, buckets, _ = stored()
+    stamp_later = "2026-01-06 06:00:00.000000"
+    assert rows == [
+        (1, "all", "", 7, "A", 100, stamp, None, 1),
+        (3, "all", "", 7, "D", 400, stamp, "2026-01-05T06:00:00", 2),
+        (5, "zone", "north", 7, "A", 90, stamp, None, 3),
+        (6, "all", "", 7, "E", 500, stamp_later, None, 6),
+    ]
+    kept = buckets[("all", "", 7)]
+    assert sorted(zip(kept["ids"], kept["rows"], strict=True)) == [
+        (1, ["A", 100, stamp, None, 1]),
+        (3, ["D", 400, stamp, "2026-01-05T06:00:00", 2]),
+        (6, ["E", 500, stamp_later, None, 6]),
+    ]
