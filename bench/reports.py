@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bench.pg import throwaway_postgres
 from central.db import create_engine, create_sessionmaker, upgrade
 from central.models import Receipt, ReceiptLineRow, ReceiptPaymentRow, StockMovement
+from central.partitions import maintain_partitions
 from central.reports import service
 from central.reports.rebuild import rebuild_summaries
 
@@ -184,14 +185,16 @@ def _generation(receipts: int) -> list[tuple[str, str]]:
             f"""
             INSERT INTO receipt_lines (id, receipt_id, line_no, sku, name, quantity_milli,
                                        unit_price, discount, vat_rate_bp, line_total,
-                                       manual_discount, promotion_id)
+                                       manual_discount, promotion_id, local_date)
             SELECT (g - 1) * {LINES_PER_RECEIPT} + n, g, n, pg_temp.b_sku_code(s), '',
                    pg_temp.b_qty(g, n), pg_temp.b_price(s), pg_temp.b_disc(g, n),
                    CASE WHEN s % 3 = 0 THEN 2000 ELSE 1000 END, pg_temp.b_total(g, n),
                    -- A discount is keyed in by hand on one receipt in four, else a promotion.
                    pg_temp.b_disc(g, n) > 0 AND g % 4 = 0,
-                   CASE WHEN pg_temp.b_disc(g, n) > 0 AND g % 4 <> 0 THEN 'PROMO' || s % 10 END
-            FROM generate_series(1, {receipts}) g, generate_series(1, {LINES_PER_RECEIPT}) n,
+                   CASE WHEN pg_temp.b_disc(g, n) > 0 AND g % 4 <> 0 THEN 'PROMO' || s % 10 END,
+                   r.local_date
+            FROM generate_series(1, {receipts}) g JOIN receipts r ON r.id = g,
+            generate_series(1, {LINES_PER_RECEIPT}) n,
             LATERAL (SELECT pg_temp.b_sku(g, n) AS s) k
             """,
         ),
@@ -637,6 +640,8 @@ async def run(pg_url: str, lines: int, repeat: int) -> dict[str, Any]:
     result: dict[str, Any] = {"lines": 0}
     try:
         await upgrade(url)
+        # The year's monthly partitions of the ledger and the lines (PostgreSQL).
+        await maintain_partitions(engine, since=YEAR_START)
         sessionmaker = create_sessionmaker(engine)
         print(f"generating {lines:,} receipt lines ({BRANCHES} branches, {PRODUCTS} products)")
         started = time.perf_counter()

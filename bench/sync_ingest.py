@@ -416,6 +416,7 @@ async def raw_database(db_url: str, rows: list[tuple[str, str, bytes]], batch: i
                                 "discount": line.discount,
                                 "vat_rate_bp": line.vat_rate_bp,
                                 "line_total": line.line_total,
+                                "local_date": day,
                             }
                         )
                         ledger.append(

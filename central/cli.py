@@ -31,13 +31,16 @@ async def _db_upgrade(settings: CentralSettings, revision: str) -> None:
 
 async def _db_partitions(settings: CentralSettings, args: argparse.Namespace) -> int:
     """Create the months ahead of the partitioned tables; report rows in DEFAULT."""
+    from datetime import date
+
     from central.db import create_engine
     from central.partitions import maintain_partitions
 
     engine = create_engine(settings.database_url)
     try:
+        since = date.fromisoformat(f"{args.since}-01") if args.since else None
         statuses = await maintain_partitions(
-            engine, ahead=args.ahead, move_default=args.move_default
+            engine, ahead=args.ahead, move_default=args.move_default, since=since
         )
         for status in statuses:
             _print(status.as_dict())
@@ -288,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also create the months whose rows sit in DEFAULT and move those rows there",
     )
+    parts.add_argument("--since", help="first month to create, YYYY-MM (before loading history)")
 
     sub.add_parser("serve", help="run the web API (and an ingest worker if configured)")
     ingest = sub.add_parser("ingest", help="run ingest workers (no web API)")

@@ -1,6 +1,7 @@
 """Monthly range partitions of the append-only tables that grow without bound (PostgreSQL).
 
-The stock ledger is partitioned by month of the branch's local day (``local_date``):
+The stock ledger and the receipt lines are partitioned by month of the branch's local
+day (``local_date``):
 old months can be detached and archived whole, and a date-bounded query reads only
 the months in range. Each partitioned table has a ``DEFAULT`` partition, so an insert
 never fails for want of a month (a branch with a wrong clock, maintenance not run);
@@ -8,7 +9,8 @@ never fails for want of a month (a branch with a wrong clock, maintenance not ru
 ``DEFAULT`` and, when asked, moves it into its month's partition.
 
 SQLite stores these tables unpartitioned; everything here does nothing there.
-Migration 1301 builds the partitions; its SQL mirrors the names used here.
+Migrations 1301 (ledger) and 1302 (lines) build them; their SQL mirrors the names
+used here.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Partitioned table -> its partition key (a DATE column: the branch's local day).
-PARTITIONED_TABLES: dict[str, str] = {"stock_ledger": "local_date"}
+PARTITIONED_TABLES: dict[str, str] = {"stock_ledger": "local_date", "receipt_lines": "local_date"}
 DEFAULT_AHEAD_MONTHS = 3
 # Serialises maintainers (several central processes may start at once).
 _ADVISORY_LOCK_KEY = 0x6272_7061_7274  # "brpart"
@@ -191,10 +193,12 @@ async def maintain_partitions(
     ahead: int = DEFAULT_AHEAD_MONTHS,
     move_default: bool = False,
     today: date | None = None,
+    since: date | None = None,
     tables: Sequence[str] | None = None,
 ) -> list[PartitionStatus]:
-    """Make sure every partitioned table has its months from last month to ``ahead``
-    months after this one; report the rows sitting in DEFAULT.
+    """Make sure every partitioned table has its months from last month (or the month
+    of ``since``, e.g. before loading history) to ``ahead`` months after this one;
+    report the rows sitting in DEFAULT.
 
     Idempotent; one short transaction per created month. A month whose rows already
     sit in DEFAULT cannot simply be created (PostgreSQL refuses while DEFAULT holds
@@ -208,7 +212,12 @@ async def maintain_partitions(
         raise ValueError("ahead must be >= 0")
     this_month = month_start(today or datetime.now(UTC).date())
     # Last month too: branches behind UTC are still in it on the 1st.
-    wanted = [add_months(this_month, n) for n in range(-1, ahead + 1)]
+    first = add_months(this_month, -1)
+    if since is not None:
+        first = min(first, month_start(since))
+    wanted = [first]
+    while wanted[-1] < add_months(this_month, ahead):
+        wanted.append(add_months(wanted[-1], 1))
     statuses: list[PartitionStatus] = []
     for table, key in PARTITIONED_TABLES.items():
         if tables is not None and table not in tables:

@@ -120,6 +120,7 @@ async def store_receipts(
                 "line_total": line.line_total,
                 "manual_discount": line.manual_discount,
                 "promotion_id": line.promotion_id,
+                "local_date": ctx.local_date,
             }
             for line in body.lines
         )

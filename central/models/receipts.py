@@ -54,7 +54,13 @@ class Receipt(Base):
 
 class ReceiptLineRow(Base):
     __tablename__ = "receipt_lines"
-    __table_args__ = (Index("ix_receipt_lines_sku", "sku"),)
+    __table_args__ = (
+        Index("ix_receipt_lines_sku", "sku"),
+        # Monthly partitions of the receipt's local day on PostgreSQL (migration 1302,
+        # central/partitions.py); the primary key there is (id, local_date), id alone
+        # stays unique (one sequence) and is the ORM identity.
+        {"postgresql_partition_by": "RANGE (local_date)"},
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     receipt_id: Mapped[int] = mapped_column(
@@ -73,6 +79,8 @@ class ReceiptLineRow(Base):
     # central kept it (migration 1102).
     manual_discount: Mapped[bool | None] = mapped_column(default=False)
     promotion_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The receipt's local day, repeated on the line: the partition key (migration 1302).
+    local_date: Mapped[date] = mapped_column()
 
     receipt: Mapped[Receipt] = relationship(back_populates="lines", lazy="raise")
 

@@ -62,11 +62,14 @@ class ReceiptQuery:
         if self.fiscal_number:
             stmt = stmt.where(Receipt.fiscal_number == self.fiscal_number)
         if self.sku:
-            stmt = stmt.where(
-                Receipt.id.in_(
-                    select(ReceiptLineRow.receipt_id).where(ReceiptLineRow.sku == self.sku)
-                )
-            )
+            lines = select(ReceiptLineRow.receipt_id).where(ReceiptLineRow.sku == self.sku)
+            # Lines carry their receipt's local day: only the months in range are read
+            # (monthly partitions on PostgreSQL).
+            if self.date_from:
+                lines = lines.where(ReceiptLineRow.local_date >= self.date_from)
+            if self.date_to:
+                lines = lines.where(ReceiptLineRow.local_date <= self.date_to)
+            stmt = stmt.where(Receipt.id.in_(lines))
         return stmt
 
 

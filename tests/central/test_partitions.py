@@ -1,11 +1,13 @@
-"""Monthly partitions of the stock ledger on PostgreSQL (central/partitions.py, migration
-1301): rows land in their month, outliers in DEFAULT (reported, movable), the
-maintenance command is idempotent, date-bounded ledger queries read only their months,
-and the migration converts a populated ledger and back. SQLite keeps a plain table."""
+"""Monthly partitions of the stock ledger and the receipt lines on PostgreSQL
+(central/partitions.py, migrations 1301 and 1302): ingested rows land in their month,
+outliers in DEFAULT (reported, movable), the maintenance command is idempotent,
+date-bounded ledger and receipt queries read only their months, and the migrations
+convert populated tables and back. SQLite keeps plain tables."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import alembic_config, create_engine, create_sessionmaker, upgrade
 from central.ingest.worker import IngestWorker
-from central.models import StockMovement
+from central.models import ReceiptLineRow, StockMovement
 from central.partitions import (
     add_months,
     include_name,
@@ -29,13 +31,17 @@ from central.partitions import (
     partition_name,
 )
 from central.services.branches import add_branch
+from central.services.receipts import ReceiptQuery, list_receipts
 from central.services.stock import list_ledger, rebuild_balances
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import PG_URL_ENV, _create_pg_database, _drop_pg_database
 
 THIS_MONTH = month_start(datetime.now(UTC).date())
 LAST_MONTH = add_months(THIS_MONTH, -1)
-FAR_MONTH = add_months(THIS_MONTH, 40)  # beyond what the migration created
+FAR_MONTH = add_months(THIS_MONTH, 40)  # beyond what the migrations created
+TABLES = ("stock_ledger", "receipt_lines")
+
+no_pg = pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
 
 
 async def _engine_with_branch(url: str) -> AsyncEngine:
@@ -76,10 +82,8 @@ async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def _books(month: date, days: int = 14) -> BranchBooks:
-    return BranchBooks(
-        "B1", start=datetime.combine(month, datetime.min.time(), UTC) + timedelta(days=days)
-    )
+def _at(month: date, days: int) -> datetime:
+    return datetime.combine(month, datetime.min.time(), UTC) + timedelta(days=days)
 
 
 async def _ingest(engine: AsyncEngine, books: BranchBooks, first: int = 0) -> None:
@@ -89,8 +93,8 @@ async def _ingest(engine: AsyncEngine, books: BranchBooks, first: int = 0) -> No
 
 
 def _chain() -> BranchBooks:
-    """Goods in and sales on three local months: last month, this month, far ahead."""
-    books = _books(LAST_MONTH)
+    """Last month: goods in (2 ledger rows), a shift, a sale of 2 lines (2 rows each)."""
+    books = BranchBooks("B1", start=_at(LAST_MONTH, 14))
     books.document("goods_receipt", [("MILK", 50_000, 100), ("BREAD", 20_000, 80)])
     books.open_shift()
     books.sale([("MILK", 2_000, 199), ("BREAD", 1_000, 129)])
@@ -98,18 +102,17 @@ def _chain() -> BranchBooks:
 
 
 def _continue(books: BranchBooks, month: date) -> None:
-    books.start = datetime.combine(month, datetime.min.time(), UTC) + timedelta(
-        days=3, minutes=-len(books.events)
-    )
+    """A sale of one line and a write-off on the 4th of ``month`` (local day)."""
+    books.start = _at(month, 3) - timedelta(minutes=len(books.events))
     books.sale([("MILK", 1_000, 199)])
     books.document("write_off", [("BREAD", -500, None)])
 
 
-async def _where(engine: AsyncEngine) -> dict[str, int]:
-    """Ledger rows per physical table (partition) they are stored in."""
+async def _where(engine: AsyncEngine, table: str) -> dict[str, int]:
+    """Rows per physical table (partition) they are stored in."""
     async with engine.connect() as connection:
         rows = await connection.execute(
-            text("SELECT tableoid::regclass::text, count(*) FROM stock_ledger GROUP BY 1")
+            text(f"SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1")
         )
         return {r[0]: r[1] for r in rows}
 
@@ -122,43 +125,56 @@ async def test_ingested_rows_land_in_their_month_and_outliers_in_default(
     _continue(books, FAR_MONTH)
     await _ingest(engine, books)
     if db_kind == "sqlite":
-        # SQLite: one plain table, nothing to maintain, same totals.
+        # SQLite: plain tables, nothing to maintain; the lines carry their local day.
         assert await maintain_partitions(engine) == []
-        async with engine.connect() as connection:
-            count = await connection.scalar(select(func.count()).select_from(StockMovement))
+        async with create_sessionmaker(engine)() as session:
+            count = await session.scalar(select(func.count()).select_from(StockMovement))
+            days = (await session.scalars(select(ReceiptLineRow.local_date))).all()
         assert count == 8
+        assert sorted(days) == [_at(LAST_MONTH, 14).date()] * 2 + [
+            _at(THIS_MONTH, 3).date(),
+            _at(FAR_MONTH, 3).date(),
+        ]
         return
-    assert await _where(engine) == {
+    assert await _where(engine, "stock_ledger") == {
         partition_name("stock_ledger", LAST_MONTH): 4,
         partition_name("stock_ledger", THIS_MONTH): 2,
         "stock_ledger_default": 2,
     }
+    assert await _where(engine, "receipt_lines") == {
+        partition_name("receipt_lines", LAST_MONTH): 2,
+        partition_name("receipt_lines", THIS_MONTH): 1,
+        "receipt_lines_default": 1,
+    }
     far = FAR_MONTH.strftime("%Y-%m")
 
     # Report only: DEFAULT's month is not created (PostgreSQL would refuse), rows stay.
-    first = await maintain_partitions(engine)
-    assert len(first) == 1
-    assert first[0].table == "stock_ledger"
-    assert first[0].created == []
-    assert first[0].blocked == []
-    assert first[0].default_rows == {far: 2}
+    first = {s.table: s for s in await maintain_partitions(engine)}
+    assert set(first) == set(TABLES)
+    assert [s.created for s in first.values()] == [[], []]
+    assert [s.blocked for s in first.values()] == [[], []]
+    assert first["stock_ledger"].default_rows == {far: 2}
+    assert first["receipt_lines"].default_rows == {far: 1}
     # Further ahead: the months in between are created, DEFAULT's month is blocked.
     ahead = (FAR_MONTH.year - THIS_MONTH.year) * 12 + FAR_MONTH.month - THIS_MONTH.month
-    wide = (await maintain_partitions(engine, ahead=ahead))[0]
-    assert len(wide.created) == ahead - 3 - 1  # 3 were made by the migration
-    assert wide.blocked == [far]
-    assert wide.default_rows == {far: 2}
-    again = (await maintain_partitions(engine, ahead=ahead))[0]
-    assert again.created == []
-    assert again.partitions == wide.partitions
+    wide = {s.table: s for s in await maintain_partitions(engine, ahead=ahead)}
+    for status in wide.values():
+        assert len(status.created) == ahead - 3 - 1  # 3 were made by the migration
+        assert status.blocked == [far]
+    again = {s.table: s for s in await maintain_partitions(engine, ahead=ahead)}
+    for table in TABLES:
+        assert again[table].created == []
+        assert again[table].partitions == wide[table].partitions
 
     # Moved out of DEFAULT into the new month, in one transaction; nothing lost.
     async with create_sessionmaker(engine)() as session:
         before = (await session.execute(select(func.sum(StockMovement.value)))).scalar_one()
-    moved = (await maintain_partitions(engine, move_default=True))[0]
-    assert moved.created == [partition_name("stock_ledger", FAR_MONTH)]
-    assert (moved.moved_rows, moved.default_rows) == (2, {})
-    assert await _where(engine) == {
+    moved = {s.table: s for s in await maintain_partitions(engine, move_default=True)}
+    for table, rows in (("stock_ledger", 2), ("receipt_lines", 1)):
+        assert moved[table].created == [partition_name(table, FAR_MONTH)]
+        assert moved[table].moved_rows == rows
+        assert moved[table].default_rows == {}
+    assert await _where(engine, "stock_ledger") == {
         partition_name("stock_ledger", LAST_MONTH): 4,
         partition_name("stock_ledger", THIS_MONTH): 2,
         partition_name("stock_ledger", FAR_MONTH): 2,
@@ -170,30 +186,28 @@ async def test_ingested_rows_land_in_their_month_and_outliers_in_default(
         assert report.agree
         assert report.movements == 8
 
-    # Ingestion goes on into the moved month's partition (ids from the same sequence).
+    # Ingestion goes on into the moved month's partitions (ids from the same sequences).
     books.sale([("MILK", 1_000, 199)])
     await _ingest(engine, books, first=len(books.events) - 1)
-    assert (await _where(engine))[partition_name("stock_ledger", FAR_MONTH)] == 3
+    assert (await _where(engine, "stock_ledger"))[partition_name("stock_ledger", FAR_MONTH)] == 3
+    assert (await _where(engine, "receipt_lines"))[partition_name("receipt_lines", FAR_MONTH)] == 2
     async with engine.connect() as connection:
         ids = (await connection.execute(text("SELECT id FROM stock_ledger"))).scalars().all()
     assert len(set(ids)) == len(ids) == 9
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
+@no_pg
 async def test_partitions_command_reports_default_rows_and_is_idempotent(
     pg_engine: AsyncEngine, pg_url: str
 ) -> None:
-    engine, db_url = pg_engine, pg_url
-    books = _books(FAR_MONTH)
+    books = BranchBooks("B1", start=_at(FAR_MONTH, 3))
     books.document("goods_receipt", [("MILK", 5_000, 100)])
-    await _ingest(engine, books)
+    await _ingest(pg_engine, books)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
-    env["BACKROOM_DATABASE_URL"] = db_url
+    env["BACKROOM_DATABASE_URL"] = pg_url
 
-    def run(*args: str) -> tuple[int, dict[str, Any]]:
-        import json
-
+    def run(*args: str) -> tuple[int, dict[str, dict[str, Any]]]:
         done = subprocess.run(
             [sys.executable, "-m", "central", "db", "partitions", *args],
             env=env,
@@ -202,72 +216,107 @@ async def test_partitions_command_reports_default_rows_and_is_idempotent(
             timeout=60,
             check=False,
         )
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        assert len(lines) == 1, done.stdout + done.stderr
-        return done.returncode, json.loads(lines[0])
+        found = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+        assert len(found) == len(TABLES), done.stdout + done.stderr
+        return done.returncode, {s["table"]: s for s in found}
 
     code, out = await asyncio.to_thread(run, "--ahead", "5")
     # Rows in DEFAULT: reported, exit 1 (for a scheduled run's alarm).
     assert code == 1
-    assert out["default_rows"] == {FAR_MONTH.strftime("%Y-%m"): 1}
-    assert out["created"] == [
-        partition_name("stock_ledger", add_months(THIS_MONTH, 4)),
-        partition_name("stock_ledger", add_months(THIS_MONTH, 5)),
-    ]
+    assert out["stock_ledger"]["default_rows"] == {FAR_MONTH.strftime("%Y-%m"): 1}
+    assert out["receipt_lines"]["default_rows"] == {}
+    for table in TABLES:
+        assert out[table]["created"] == [
+            partition_name(table, add_months(THIS_MONTH, 4)),
+            partition_name(table, add_months(THIS_MONTH, 5)),
+        ]
     code, again = await asyncio.to_thread(run, "--ahead", "5")
     assert code == 1
-    assert again["created"] == []
-    assert again["partitions"] == out["partitions"]
+    for table in TABLES:
+        assert again[table]["created"] == []
+        assert again[table]["partitions"] == out[table]["partitions"]
     code, moved = await asyncio.to_thread(run, "--move-default")
     assert code == 0
-    assert moved["moved_rows"] == 1
-    assert moved["default_rows"] == {}
-    assert await _where(engine) == {partition_name("stock_ledger", FAR_MONTH): 1}
+    assert moved["stock_ledger"]["moved_rows"] == 1
+    assert moved["stock_ledger"]["default_rows"] == {}
+    assert await _where(pg_engine, "stock_ledger") == {partition_name("stock_ledger", FAR_MONTH): 1}
+    # History to load: its months are made first.
+    code, since = await asyncio.to_thread(run, "--since", "2024-01")
+    assert code == 0
+    assert partition_name("receipt_lines", date(2024, 1, 1)) in since["receipt_lines"]["created"]
+
+
+async def _plans(engine: AsyncEngine, statements: list[tuple[str, Any]]) -> list[str]:
+    async with engine.connect() as connection:
+        return [
+            "\n".join(r[0] for r in await connection.exec_driver_sql(f"EXPLAIN {sql}", params))
+            for sql, params in statements
+        ]
+
+
+def _reads_only(plan: str, table: str, month: date) -> None:
+    assert partition_name(table, month) in plan, plan
+    for other in (LAST_MONTH, add_months(THIS_MONTH, 1), add_months(THIS_MONTH, 2)):
+        if other != month:
+            assert partition_name(table, other) not in plan, plan
+    assert f"{table}_default" not in plan, plan
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
-async def test_a_date_bounded_ledger_query_reads_only_its_months(pg_engine: AsyncEngine) -> None:
-    engine = pg_engine
+@no_pg
+async def test_date_bounded_ledger_and_receipt_queries_read_only_their_months(
+    pg_engine: AsyncEngine,
+) -> None:
     books = _chain()
     _continue(books, THIS_MONTH)
     _continue(books, add_months(THIS_MONTH, 1))
-    await _ingest(engine, books)
+    await _ingest(pg_engine, books)
     statements: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if "FROM stock_ledger" in statement:
+        if "FROM stock_ledger" in statement or "receipt_lines.sku =" in statement:
             statements.append((statement, params))
 
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    month_end = add_months(THIS_MONTH, 1) - timedelta(days=1)
+    event.listen(pg_engine.sync_engine, "before_cursor_execute", capture)
     try:
-        async with create_sessionmaker(engine)() as session:
-            page = await list_ledger(
+        async with create_sessionmaker(pg_engine)() as session:
+            ledger = await list_ledger(
                 session,
                 branch="B1",
                 sku="MILK",
                 date_from=THIS_MONTH,
-                date_to=add_months(THIS_MONTH, 1) - timedelta(days=1),
+                date_to=month_end,
                 limit=100,
                 offset=0,
             )
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
-    assert page.total == 1
-    assert len(page.items) == 1
-    assert len(statements) == 2  # the page and its count
-    async with engine.connect() as connection:
-        for statement, params in statements:
-            plan = "\n".join(
-                r[0] for r in await connection.exec_driver_sql(f"EXPLAIN {statement}", params)
+            receipts = await list_receipts(
+                session, ReceiptQuery(sku="MILK", date_from=THIS_MONTH, date_to=month_end)
             )
-            assert partition_name("stock_ledger", THIS_MONTH) in plan, plan
-            others = [LAST_MONTH, add_months(THIS_MONTH, 1), add_months(THIS_MONTH, 2)]
-            for month in others:
-                assert partition_name("stock_ledger", month) not in plan, plan
-            assert "stock_ledger_default" not in plan, plan
+    finally:
+        event.remove(pg_engine.sync_engine, "before_cursor_execute", capture)
+    assert ledger.total == 1
+    assert [r.local_date for r in receipts.items] == [_at(THIS_MONTH, 3).date()]
+    assert len(receipts.items[0].lines) == 1
+    # The ledger page and its count, the receipt search and its count.
+    assert len(statements) == 4
+    plans = await _plans(pg_engine, statements)
+    _reads_only(plans[0], "stock_ledger", THIS_MONTH)
+    _reads_only(plans[1], "stock_ledger", THIS_MONTH)
+    _reads_only(plans[2], "receipt_lines", THIS_MONTH)
+    _reads_only(plans[3], "receipt_lines", THIS_MONTH)
 
 
+_RECEIPT = (
+    "INSERT INTO receipts (event_id, branch, till, shift_id, receipt_number, sale_id, "
+    "cashier, occurred_at, utc_offset_min, local_date, total, change, currency, late, "
+    "negative_stock) VALUES (gen_random_uuid(), 'B1', 'T1', 'S1', 1, :sale, '', now(), 0, "
+    ":d, 100, 0, 'EUR', false, false) RETURNING id"
+)
+_LINE = (
+    "INSERT INTO receipt_lines (receipt_id, line_no, sku, name, quantity_milli, unit_price, "
+    "discount, vat_rate_bp, line_total) VALUES (:r, :n, 'MILK', '', 1000, 50, 0, 1900, 50)"
+)
 _LEDGER_ROW = (
     "INSERT INTO stock_ledger (branch, sku, doc_type, doc_ref, event_id, line_no, "
     "quantity_milli, unit_cost, value, quantity_after, value_after, avg_cost_after, "
@@ -276,68 +325,111 @@ _LEDGER_ROW = (
 )
 
 
+async def _children(engine: AsyncEngine, table: str) -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = CAST(:t AS regclass)"
+            ),
+            {"t": table},
+        )
+        return {r[0] for r in rows}
+
+
 @pytest.mark.postgres
-@pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
-async def test_migration_converts_a_populated_ledger_and_back(bare_pg_url: str) -> None:
+@no_pg
+async def test_migrations_convert_populated_tables_and_back(bare_pg_url: str) -> None:
     old_month = date(2024, 2, 1)
     days = [date(2024, 2, 29), LAST_MONTH + timedelta(days=3), THIS_MONTH, date(2099, 1, 1)]
     await upgrade(bare_pg_url, "1102")
     engine = create_engine(bare_pg_url)
     try:
         async with engine.begin() as connection:
-            ids = [
-                (await connection.execute(text(_LEDGER_ROW), {"d": d})).scalar_one() for d in days
-            ]
-        await upgrade(bare_pg_url, "1301")
-        assert await _where(engine) == {
-            partition_name("stock_ledger", old_month): 1,
-            partition_name("stock_ledger", LAST_MONTH): 1,
-            partition_name("stock_ledger", THIS_MONTH): 1,
-            "stock_ledger_default": 1,
-        }
+            await connection.execute(
+                text(
+                    "INSERT INTO branches (code, name, timezone, active, created_at) "
+                    "VALUES ('B1', 'B1', 'UTC', true, now())"
+                )
+            )
+            ids = []
+            for n, day in enumerate(days):
+                ids.append((await connection.execute(text(_LEDGER_ROW), {"d": day})).scalar_one())
+                receipt = (
+                    await connection.execute(text(_RECEIPT), {"sale": f"s{n}", "d": day})
+                ).scalar_one()
+                for line_no in (1, 2):
+                    await connection.execute(text(_LINE), {"r": receipt, "n": line_no})
+        await upgrade(bare_pg_url, "1302")
+        for table, per_row in (("stock_ledger", 1), ("receipt_lines", 2)):
+            assert await _where(engine, table) == {
+                partition_name(table, old_month): per_row,
+                partition_name(table, LAST_MONTH): per_row,
+                partition_name(table, THIS_MONTH): per_row,
+                f"{table}_default": per_row,
+            }
+            # Every month from the earliest row's to three months ahead, and DEFAULT.
+            month, expected = old_month, {f"{table}_default"}
+            while month <= add_months(THIS_MONTH, 3):
+                expected.add(partition_name(table, month))
+                month = add_months(month, 1)
+            children = await _children(engine, table)
+            assert children == expected
+            assert not any(include_name(c, "table", {}) for c in children)
         async with engine.begin() as connection:
-            children = (
+            # Each line got its receipt's local day.
+            mismatched = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM receipt_lines l JOIN receipts r "
+                    "ON r.id = l.receipt_id WHERE l.local_date <> r.local_date"
+                )
+            )
+            assert mismatched == 0
+            kept = await connection.execute(text("SELECT id FROM stock_ledger ORDER BY id"))
+            assert kept.scalars().all() == ids
+            # The sequence moved with the table: new ids continue after the old ones.
+            new_id = (await connection.execute(text(_LEDGER_ROW), {"d": THIS_MONTH})).scalar_one()
+            assert new_id > max(ids)
+            keys = dict(
                 (
                     await connection.execute(
                         text(
-                            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                            "WHERE i.inhparent = 'stock_ledger'::regclass"
+                            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                            "WHERE conname IN ('pk_stock_ledger', 'pk_receipt_lines', "
+                            "'fk_receipt_lines_receipt_id_receipts')"
+                        )
+                    )
+                ).all()
+            )
+            assert keys == {
+                "pk_stock_ledger": "PRIMARY KEY (id, local_date)",
+                "pk_receipt_lines": "PRIMARY KEY (id, local_date)",
+                "fk_receipt_lines_receipt_id_receipts": (
+                    "FOREIGN KEY (receipt_id) REFERENCES receipts(id) ON DELETE CASCADE"
+                ),
+            }
+
+        await asyncio.to_thread(command.downgrade, alembic_config(bare_pg_url), "1102")
+        assert await _where(engine, "stock_ledger") == {"stock_ledger": 5}
+        assert await _where(engine, "receipt_lines") == {"receipt_lines": 8}
+        async with engine.begin() as connection:
+            kinds = (
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT relkind::text FROM pg_class "
+                            "WHERE relname IN ('stock_ledger', 'receipt_lines')"
                         )
                     )
                 )
                 .scalars()
                 .all()
             )
-            # Every month from the earliest row's to three months ahead, and DEFAULT.
-            month, expected = old_month, {"stock_ledger_default"}
-            while month <= add_months(THIS_MONTH, 3):
-                expected.add(partition_name("stock_ledger", month))
-                month = add_months(month, 1)
-            assert set(children) == expected
-            assert all(not include_name(c, "table", {}) for c in children)
-            kept = await connection.execute(text("SELECT id FROM stock_ledger ORDER BY id"))
-            assert kept.scalars().all() == ids
-            # The sequence moved with the table: new ids continue after the old ones.
-            new_id = (await connection.execute(text(_LEDGER_ROW), {"d": THIS_MONTH})).scalar_one()
-            assert new_id > max(ids)
-            key = await connection.scalar(
-                text(
-                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-                    "WHERE conname = 'pk_stock_ledger'"
-                )
-            )
-            assert key == "PRIMARY KEY (id, local_date)"
-
-        await asyncio.to_thread(command.downgrade, alembic_config(bare_pg_url), "1102")
-        assert await _where(engine) == {"stock_ledger": 5}
-        async with engine.begin() as connection:
-            kind = await connection.scalar(
-                text("SELECT relkind::text FROM pg_class WHERE relname = 'stock_ledger'")
-            )
-            assert kind == "r"
+            assert kinds == ["r", "r"]
             after = (await connection.execute(text(_LEDGER_ROW), {"d": THIS_MONTH})).scalar_one()
             assert after > new_id
-        await upgrade(bare_pg_url, "1301")
-        assert sum((await _where(engine)).values()) == 6
+        await upgrade(bare_pg_url, "1302")
+        assert sum((await _where(engine, "stock_ledger")).values()) == 6
+        assert sum((await _where(engine, "receipt_lines")).values()) == 8
     finally:
         await engine.dispose()
