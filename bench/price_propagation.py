@@ -11,7 +11,10 @@ version mark it committed), read-only from this process. Measures
   version reached the published one);
 - ``single_p99_ms``: p99 of single price changes, commit -> applied at all agents;
 - ``raw_roundtrip_p99_ms``: p99 of a plain NATS request/reply on the same server,
-  the floor under any propagation.
+  the floor under any propagation;
+- ``agent_cpu_mean_s``/``agent_cpu_max_s``: CPU time (all threads) each agent process
+  used from the bulk's commit until all had applied it (from ``/proc``, Linux); times
+  the agents over ``cores`` is the floor under ``all_applied_s`` on this machine.
 
 Targets: all applied within 10 s; single change p99 under 500 ms.
 Usage: ``python -m bench.price_propagation [--changes N] [--agents N] [--singles N]``.
@@ -81,6 +84,16 @@ async def _agent_process(settings_json: str) -> None:
         await stop.wait()
     finally:
         await agent.stop()
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system, all threads) a process used so far; 0 where /proc is
+    not there (the figure is then left out)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _AgentProbe:
@@ -216,6 +229,7 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
         print(f"first full sync of {agent_count} agents: {first_sync_s:.1f} s", file=sys.stderr)
 
         # The measured bulk: every product gets a new chain price in one commit.
+        cpu_before = [_cpu_s(agent.pid) for agent in agents]
         t0 = time.perf_counter()
         async with runtime.sessionmaker() as s:
             await set_prices_bulk(s, [(sku, 150 + i % 100) for i, sku in enumerate(skus)])
@@ -227,9 +241,14 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
         print(f"published by central after {published_s:.2f} s", file=sys.stderr)
         await wait_all(after, 120)
         all_applied_s = time.perf_counter() - t0
+        # What each agent spent on the bulk (receiving and applying it): with more agents
+        # than cores, this over the cores is the floor under all_applied_s.
+        agent_cpu = [_cpu_s(a.pid) - b for a, b in zip(agents, cpu_before, strict=True)]
         print(
             f"{changes} changes: committed in {commit_s:.2f} s, all {agent_count} agents "
-            f"applied after {all_applied_s:.2f} s",
+            f"applied after {all_applied_s:.2f} s; agent CPU per agent "
+            f"mean {statistics.mean(agent_cpu):.2f} s, max {max(agent_cpu):.2f} s "
+            f"({os.cpu_count()} cores)",
             file=sys.stderr,
         )
 
@@ -265,6 +284,9 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             "commit_s": round(commit_s, 2),
             "published_s": round(published_s, 2),
             "all_applied_s": round(all_applied_s, 2),
+            "agent_cpu_mean_s": round(statistics.mean(agent_cpu), 2),
+            "agent_cpu_max_s": round(max(agent_cpu), 2),
+            "cores": os.cpu_count(),
             "single_changes": singles,
             "single_p50_ms": round(statistics.median(samples), 1),
             "single_p99_ms": round(_p99(samples), 1),
