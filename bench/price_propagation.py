@@ -14,7 +14,8 @@ version mark it committed), read-only from this process. Measures
   the floor under any propagation;
 - ``agent_cpu_mean_s``/``agent_cpu_max_s``: CPU time (all threads) each agent process
   used from the bulk's commit until all had applied it (from ``/proc``, Linux); times
-  the agents over ``cores`` is the floor under ``all_applied_s`` on this machine.
+  the agents over ``cores`` is the floor under ``all_applied_s`` on this machine;
+  ``agent_idle_cpu_per_s``: what an idle agent uses per second (measured just before).
 
 Targets: all applied within 10 s; single change p99 under 500 ms.
 Usage: ``python -m bench.price_propagation [--changes N] [--agents N] [--singles N]``.
@@ -228,6 +229,10 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
         first_sync_s = time.perf_counter() - t0
         print(f"first full sync of {agent_count} agents: {first_sync_s:.1f} s", file=sys.stderr)
 
+        # What an idle agent uses (heartbeats, polling loops), to tell it from the apply.
+        idle_before = [_cpu_s(agent.pid) for agent in agents]
+        await asyncio.sleep(2.0)
+        idle_cpu = [(_cpu_s(a.pid) - b) / 2.0 for a, b in zip(agents, idle_before, strict=True)]
         # The measured bulk: every product gets a new chain price in one commit.
         cpu_before = [_cpu_s(agent.pid) for agent in agents]
         t0 = time.perf_counter()
@@ -248,7 +253,7 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             f"{changes} changes: committed in {commit_s:.2f} s, all {agent_count} agents "
             f"applied after {all_applied_s:.2f} s; agent CPU per agent "
             f"mean {statistics.mean(agent_cpu):.2f} s, max {max(agent_cpu):.2f} s "
-            f"({os.cpu_count()} cores)",
+            f"(idle: {statistics.mean(idle_cpu):.3f} s per s; {os.cpu_count()} cores)",
             file=sys.stderr,
         )
 
@@ -286,6 +291,7 @@ async def run(changes: int, agent_count: int, singles: int) -> dict[str, Any]:
             "all_applied_s": round(all_applied_s, 2),
             "agent_cpu_mean_s": round(statistics.mean(agent_cpu), 2),
             "agent_cpu_max_s": round(max(agent_cpu), 2),
+            "agent_idle_cpu_per_s": round(statistics.mean(idle_cpu), 3),
             "cores": os.cpu_count(),
             "single_changes": singles,
             "single_p50_ms": round(statistics.median(samples), 1),

@@ -9,10 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from branch_agent import masterdata
 from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.downstream import DownMessage
 from branch_agent.masterdata import MasterDataApplier
-from protocol.masterdata import PriceBucket, PriceEntry, encode_masterdata
+from protocol.masterdata import PriceBucket, PriceEntry, VersionMark, encode_masterdata
 
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 
@@ -215,3 +218,131 @@ async def test_migration_keeps_existing_price_rows_and_applying_goes_on_from_the
         (3, ["D", 400, stamp, "2026-01-05T06:00:00", 2]),
         (6, ["E", 500, stamp_later, None, 6]),
     ]
+
+
+def _replica(path: Path) -> list[tuple[object, ...]]:
+    """md_prices rows (with ids), after checking that md_price_buckets lists exactly them."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT id, scope, scope_id, bucket, sku, price, effective_at, effective_local, "
+            "version FROM md_prices ORDER BY id"
+        ).fetchall()
+        listed = sorted(
+            (row_id, scope, scope_id, bucket, *values)
+            for scope, scope_id, bucket, value in db.execute(
+                "SELECT scope, scope_id, bucket, rows FROM md_price_buckets"
+            )
+            for row_id, values in zip(
+                json.loads(value)["ids"], json.loads(value)["rows"], strict=True
+            )
+        )
+    db.close()
+    assert listed == rows
+    return rows
+
+
+def _bulk(seq: int, version: int, price: int, skus: int = 40) -> list[DownMessage]:
+    """One message per bucket (as central publishes a bulk), each SKU's entry in force
+    before and its new one, then the version mark."""
+    later = T0 + timedelta(hours=version)
+    messages = [
+        _message(
+            seq + bucket,
+            version,
+            [
+                entry
+                for i in range(bucket, skus, 4)
+                for entry in (
+                    PriceEntry(sku=f"S{i:03d}", price=100, effective_at=T0, version=1),
+                    PriceEntry(
+                        sku=f"S{i:03d}", price=price + i, effective_at=later, version=version
+                    ),
+                )
+            ],
+            bucket,
+        )
+        for bucket in range(4)
+    ]
+    mark = encode_masterdata(VersionMark(version=version, published_at=T0))
+    messages.append(
+        DownMessage("down.all.version.current", "all", None, "version", "current", mark, seq + 4)
+    )
+    return messages
+
+
+async def test_crash_between_commit_and_ack_redelivers_without_doubling(tmp_path: Path) -> None:
+    """The run was committed but its acks were lost (the process died): the restarted
+    agent gets the same messages again, then the next ones; nothing doubled, nothing
+    rewritten, the applied version goes on."""
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    first, second = _bulk(1, 2, 200), _bulk(10, 3, 300)
+    engine = create_engine(path)
+    try:
+        applier = MasterDataApplier(create_sessionmaker(engine), asyncio.Lock())
+        await applier.handle_batch(first)
+        after_first = _replica(path)
+        assert len(after_first) == 80
+    finally:
+        await engine.dispose()  # the crash: nothing acked
+    engine = create_engine(path)
+    try:
+        applier = MasterDataApplier(create_sessionmaker(engine), asyncio.Lock())
+        assert await applier.load() == 2
+        await applier.handle_batch(first)  # redelivered: same rows, same ids
+        assert _replica(path) == after_first
+        await applier.handle_batch(second[:2])
+        await applier.handle_batch(second[2:])
+        await applier.handle_batch(second[2:])  # a second redelivery of the tail
+        rows = _replica(path)
+        assert applier.applied_version == 3
+    finally:
+        await engine.dispose()
+    # Each SKU: the old entry (kept under its id) and the latest one; version 2's gone.
+    assert len(rows) == 80
+    kept = {r[0] for r in after_first if r[5] == 100}
+    assert kept <= {r[0] for r in rows}
+    assert sorted((r[4], r[5]) for r in rows if r[5] != 100) == [
+        (f"S{i:03d}", 300 + i) for i in range(40)
+    ]
+
+
+async def test_failure_in_the_middle_of_a_run_leaves_nothing_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run fails after some buckets were written in the driver's thread: all of it is
+    rolled back (rows, bucket values, versions), and its redelivery applies it exactly."""
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    first, second = _bulk(1, 2, 200), _bulk(10, 3, 300)
+    engine = create_engine(path)
+    try:
+        applier = MasterDataApplier(create_sessionmaker(engine), asyncio.Lock())
+        await applier.handle_batch(first)
+        before = _replica(path)
+        calls = 0
+        real = masterdata._replace_prices
+
+        def failing(*args: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise sqlite3.OperationalError("disk I/O error")
+            real(*args)
+
+        monkeypatch.setattr(masterdata, "_replace_prices", failing)
+        with pytest.raises(sqlite3.OperationalError):
+            await applier.handle_batch(second)
+        assert calls == 3
+        assert _replica(path) == before
+        assert applier.applied_version == 2
+        monkeypatch.setattr(masterdata, "_replace_prices", real)
+        await applier.handle_batch(second)
+        assert applier.applied_version == 3
+        rows = _replica(path)
+    finally:
+        await engine.dispose()
+    assert sorted((r[4], r[5]) for r in rows if r[5] != 100) == [
+        (f"S{i:03d}", 300 + i) for i in range(40)
+    ]
+    assert applier.stats.stale_skipped == 0

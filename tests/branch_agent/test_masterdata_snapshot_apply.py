@@ -21,6 +21,7 @@ from protocol.masterdata import (
     encode_masterdata,
 )
 from protocol.subjects import parse_down_subject
+from tests.branch_agent.test_masterdata_apply import _replica
 
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 
@@ -36,7 +37,7 @@ def _prices(bucket: int, version: int, price: int, sku: str) -> PriceBucket:
 
 
 def _snapshot(snapshot_id: int, seq: int) -> list[DownMessage]:
-    values = [
+    values: list[tuple[str, PriceBucket | PromotionRecord]] = [
         ("down.all.price.b001", _prices(1, snapshot_id, 150, "A")),
         ("down.all.promo.KEEP", PromotionRecord(promotion_id="KEEP", version=3, percent_bp=100)),
     ]
@@ -120,6 +121,8 @@ async def test_snapshot_replaces_a_stale_replica_exactly(tmp_path: Path) -> None
         assert applier.snapshot.pending == 0
         # Bucket 2 and the promotion GONE were not in the snapshot: dropped.
         assert await _state(path) == ([(1, "A", 150)], ["KEEP"])
+        # The bucket values the applier diffs against hold exactly the rows left.
+        assert [row[4] for row in _replica(path)] == ["A"]
         # The state survives a restart.
         again = MasterDataApplier(applier._sessionmaker, asyncio.Lock())
         assert await again.load() == 9
