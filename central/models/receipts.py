@@ -46,8 +46,14 @@ class Receipt(Base):
     # central kept it (migration 1102).
     voided_lines: Mapped[int | None] = mapped_column(Integer, default=0)
 
+    # Joined on the local day too: loading a receipt's lines then reads only its
+    # month's partition of receipt_lines (PostgreSQL), not every month's index.
     lines: Mapped[list[ReceiptLineRow]] = relationship(
-        back_populates="receipt", order_by="ReceiptLineRow.line_no", lazy="raise"
+        back_populates="receipt",
+        primaryjoin="and_(Receipt.id == foreign(ReceiptLineRow.receipt_id), "
+        "Receipt.local_date == foreign(ReceiptLineRow.local_date))",
+        order_by="ReceiptLineRow.line_no",
+        lazy="raise",
     )
     payments: Mapped[list[ReceiptPaymentRow]] = relationship(back_populates="receipt", lazy="raise")
 
@@ -82,7 +88,12 @@ class ReceiptLineRow(Base):
     # The receipt's local day, repeated on the line: the partition key (migration 1302).
     local_date: Mapped[date] = mapped_column()
 
-    receipt: Mapped[Receipt] = relationship(back_populates="lines", lazy="raise")
+    receipt: Mapped[Receipt] = relationship(
+        back_populates="lines",
+        primaryjoin="and_(Receipt.id == foreign(ReceiptLineRow.receipt_id), "
+        "Receipt.local_date == foreign(ReceiptLineRow.local_date))",
+        lazy="raise",
+    )
 
 
 class ReceiptPaymentRow(Base):
