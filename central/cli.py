@@ -44,8 +44,9 @@ async def _db_partitions(settings: CentralSettings, args: argparse.Namespace) ->
         )
         for status in statuses:
             _print(status.as_dict())
-        # Non-zero while rows sit in DEFAULT, so a scheduled run can raise an alarm.
-        return 1 if any(s.default_rows for s in statuses) else 0
+        # Non-zero while rows sit in DEFAULT or a month could not be made (lock not
+        # granted in time), so a scheduled run can raise an alarm.
+        return 1 if any(s.default_rows or s.lock_timeouts for s in statuses) else 0
     finally:
         await engine.dispose()
 

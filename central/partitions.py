@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = [
@@ -44,6 +45,7 @@ PARTITIONED_TABLES: dict[str, str] = {"stock_ledger": "local_date", "receipt_lin
 DEFAULT_AHEAD_MONTHS = 3
 # Serialises maintainers (several central processes may start at once).
 _ADVISORY_LOCK_KEY = 0x6272_7061_7274  # "brpart"
+_LOCK_NOT_AVAILABLE = "55P03"
 _PARTITION_RE = re.compile(r"^(?P<table>[a-z_]+)_(?:y\d{4}m\d{2}|default)$")
 
 
@@ -94,6 +96,9 @@ class PartitionStatus:
     default_rows: dict[str, int] = field(default_factory=dict)
     # Months not created because DEFAULT holds rows of them (run with move_default).
     blocked: list[str] = field(default_factory=list)
+    # Months not created this time: the table's lock was not granted within the
+    # lock timeout (long transactions); the next pass tries again.
+    lock_timeouts: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -104,7 +109,17 @@ class PartitionStatus:
             "default_rows": self.default_rows,
             "default_rows_total": sum(self.default_rows.values()),
             "blocked_months": self.blocked,
+            "lock_timeouts": self.lock_timeouts,
         }
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig: object = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    cause = getattr(orig, "__cause__", None)
+    if code is None and cause is not None:
+        code = getattr(cause, "sqlstate", None)
+    return str(code) if code is not None else None
 
 
 async def _is_partitioned(connection: AsyncConnection, table: str) -> bool:
@@ -140,10 +155,10 @@ async def _default_months(connection: AsyncConnection, table: str, key: str) -> 
     return {r[0]: int(r[1]) for r in rows}
 
 
-async def _lock(connection: AsyncConnection) -> None:
+async def _lock(connection: AsyncConnection, lock_timeout_s: float) -> None:
     # A DDL waiting behind a long ingest batch must not queue every other writer for
     # long: give up after a while and report (the next pass tries again).
-    await connection.execute(text("SET LOCAL lock_timeout = '15s'"))
+    await connection.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'"))
     await connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_KEY})
 
 
@@ -195,6 +210,7 @@ async def maintain_partitions(
     today: date | None = None,
     since: date | None = None,
     tables: Sequence[str] | None = None,
+    lock_timeout_s: float = 15.0,
 ) -> list[PartitionStatus]:
     """Make sure every partitioned table has its months from last month (or the month
     of ``since``, e.g. before loading history) to ``ahead`` months after this one;
@@ -234,20 +250,29 @@ async def maintain_partitions(
             name = partition_name(table, month)
             if name in existing:
                 continue
-            async with engine.begin() as connection:
-                await _lock(connection)
-                if name in await _child_names(connection, table):
-                    continue  # another process made it meanwhile
-                rows_now = (await _default_months(connection, table, key)).get(month, 0)
-                if rows_now and not move_default:
-                    status.blocked.append(month.strftime("%Y-%m"))
-                    continue
-                if rows_now:
-                    status.moved_rows += await _move_month(connection, table, key, month)
-                else:
-                    await _create_month(connection, table, month)
+            try:
+                async with engine.begin() as connection:
+                    await _lock(connection, lock_timeout_s)
+                    if name in await _child_names(connection, table):
+                        continue  # another process made it meanwhile
+                    rows_now = (await _default_months(connection, table, key)).get(month, 0)
+                    if rows_now and not move_default:
+                        status.blocked.append(month.strftime("%Y-%m"))
+                        continue
+                    if rows_now:
+                        moved = await _move_month(connection, table, key, month)
+                    else:
+                        moved = 0
+                        await _create_month(connection, table, month)
+            except DBAPIError as exc:
+                if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+                    raise
+                status.lock_timeouts.append(month.strftime("%Y-%m"))
+                log.warning("partition %s not created: lock not granted in time", name)
+                continue
+            status.moved_rows += moved
             status.created.append(name)
-            log.info("partition %s created", name)
+            log.info("partition %s created (%d rows moved from DEFAULT)", name, moved)
         async with engine.connect() as connection:
             status.default_rows = {
                 m.strftime("%Y-%m"): n

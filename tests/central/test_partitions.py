@@ -433,3 +433,31 @@ async def test_migrations_convert_populated_tables_and_back(bare_pg_url: str) ->
         assert sum((await _where(engine, "receipt_lines")).values()) == 8
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+@no_pg
+async def test_a_month_waiting_on_a_long_transaction_is_reported_and_made_next_time(
+    pg_engine: AsyncEngine,
+) -> None:
+    # A reader inside a long transaction holds the ledger; creating a partition needs
+    # the table to itself, so the pass gives up after the lock timeout, says so, and
+    # leaves everything else as it was.
+    month = add_months(THIS_MONTH, 4)
+    async with pg_engine.connect() as reader:
+        await reader.execute(text("SELECT count(*) FROM stock_ledger"))
+        statuses = {
+            s.table: s
+            for s in await maintain_partitions(
+                pg_engine, ahead=4, tables=["stock_ledger"], lock_timeout_s=0.3
+            )
+        }
+        assert statuses["stock_ledger"].lock_timeouts == [month.strftime("%Y-%m")]
+        assert statuses["stock_ledger"].created == []
+        assert partition_name("stock_ledger", month) not in await _children(
+            pg_engine, "stock_ledger"
+        )
+        await reader.rollback()
+    again = (await maintain_partitions(pg_engine, ahead=4, tables=["stock_ledger"]))[0]
+    assert again.created == [partition_name("stock_ledger", month)]
+    assert again.lock_timeouts == []
