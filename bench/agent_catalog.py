@@ -10,9 +10,11 @@
    version (start-up and migrations included; the time from "healthy" is printed too).
    Then lookups and sales through its HTTP till API; its peak resident memory (VmHWM)
    covers the sync and that load.
-3. In process, on the synced database: the agent's barcode lookup (``resolve_code``,
-   one session per lookup as the API does) and sale commit (``SaleService``, a till
-   without fiscal printer: printer excluded), each timed call by call.
+3. In process, on the synced database, with the agent's own engines: the barcode
+   lookup (``resolve_code``, one session per lookup as the API does; its reads go to
+   the engine's plain sqlite3 read connection) and the sale commit (``SaleService`` on
+   the inline sale engine, a till without fiscal printer: printer excluded), each
+   timed call by call.
 
 Raw limits measured in the same run sit beside each figure: one indexed SQLite row
 read, one synchronous=FULL SQLite commit, fetching every catalog message from NATS
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -311,7 +314,9 @@ async def run(products: int, lookups: int, sales: int) -> dict[str, Any]:
 
             await timed(200, lookup)  # warm the page cache like a store's first minutes
             lookup_ms = await timed(lookups, lookup)
-            service = SaleService(settings, sessionmaker, asyncio.Lock())
+            # The agent's sale engine (SQLite calls in the loop's thread, see db.py).
+            sale_engine = create_engine(db_path, inline=True)
+            service = SaleService(settings, create_sessionmaker(sale_engine), asyncio.Lock())
 
             async def commit(i: int) -> None:
                 sale = SaleIn(
@@ -322,7 +327,10 @@ async def run(products: int, lookups: int, sales: int) -> dict[str, Any]:
                 _, created = await service.record_sale("T2", sale)
                 assert created
 
-            commit_ms = await timed(sales, commit)
+            try:
+                commit_ms = await timed(sales, commit)
+            finally:
+                await sale_engine.dispose()
         finally:
             await engine.dispose()
         raw_read_ms, raw_commit_ms = raw_sqlite_ms(db_path, 2000)
@@ -332,6 +340,7 @@ async def run(products: int, lookups: int, sales: int) -> dict[str, Any]:
             proc.kill()
             proc.wait(10)
         nats_server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     result = {
         "products": products,

@@ -54,7 +54,9 @@ class Agent:
         self.engine = create_engine(settings.database_path)
         self.sessionmaker = create_sessionmaker(self.engine)
         self.write_lock = asyncio.Lock()
-        self.sales = SaleService(settings, self.sessionmaker, self.write_lock)
+        # Sales on an engine without aiosqlite's thread hops (the till waits on them).
+        self.sale_engine = create_engine(settings.database_path, inline=True)
+        self.sales = SaleService(settings, create_sessionmaker(self.sale_engine), self.write_lock)
         self.sender = OutboxSender(
             self.sessionmaker,
             self.write_lock,
@@ -189,10 +191,10 @@ class Agent:
         self.js = self.nc.jetstream()
         self._tasks.append(asyncio.create_task(self._heartbeats()))
         self._tasks.append(asyncio.create_task(self.downstream.run(self.js, self._stop)))
-        await self.sender.run(self.nc, self.js, self._stop)
-
         # Reports the master-data position to central (a snapshot when it is not usable).
         self._tasks.append(asyncio.create_task(self.masterdata.keep_position(self.nc, self._stop)))
+        await self.sender.run(self.nc, self.js, self._stop)
+
     def _nats_options(self) -> dict[str, Any]:
         async def on_error(exc: Exception) -> None:
             log.warning("nats: %s", exc)
@@ -283,6 +285,7 @@ class Agent:
                 await self.nc.close()
             self.nc = None
         await asyncio.to_thread(self.devices.close)
+        await self.sale_engine.dispose()
         await self.engine.dispose()
 
     async def serve(self) -> None:

@@ -13,6 +13,7 @@ catalog (``products``/``product_barcodes``, ``make run``) is used instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import msgspec
 from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from branch_agent.db import read_connection
 from branch_agent.masterdata_models import MdPrice, MdProduct, MdPromotion
 from branch_agent.models import Product, ProductBarcode
 from protocol.masterdata import PromotionRecord, decode_masterdata
@@ -89,7 +91,11 @@ async def _has_master_data(session: AsyncSession) -> bool:
     key = str(bind.url if isinstance(bind, Engine) else bind.engine.url)
     if key in _with_master_data:
         return True
-    found = (await session.scalar(select(MdProduct.sku).limit(1))) is not None
+    reader = read_connection(bind)
+    if reader is not None:
+        found = bool(reader.fetch("SELECT 1 FROM md_products LIMIT 1"))
+    else:
+        found = (await session.scalar(select(MdProduct.sku).limit(1))) is not None
     if found:
         _with_master_data.add(key)
     return found
@@ -97,22 +103,20 @@ async def _has_master_data(session: AsyncSession) -> bool:
 
 # One round trip for a till lookup: the product (its most specific scope first) and
 # every price entry of it, resolved in Python by the shared rules.
-_ITEM_BY_BARCODE = text(
+_ITEM_COLUMNS = (
     "SELECT p.sku, p.name, p.unit, p.weighed, p.scale_plu, p.vat_rate_bp, p.vat_group, "
     "p.category, pr.scope, pr.price, pr.effective_at, pr.effective_local, pr.version "
     "FROM md_products AS p LEFT JOIN md_prices AS pr ON pr.sku = p.sku "
-    "WHERE p.sku = (SELECT b.sku FROM md_barcodes AS b WHERE b.barcode = :code LIMIT 1) "
-    "ORDER BY CASE p.scope WHEN 'branch' THEN 0 WHEN 'zone' THEN 1 WHEN 'format' THEN 2 "
-    "ELSE 3 END"
 )
-_ITEM_BY_SKU = text(
-    "SELECT p.sku, p.name, p.unit, p.weighed, p.scale_plu, p.vat_rate_bp, p.vat_group, "
-    "p.category, pr.scope, pr.price, pr.effective_at, pr.effective_local, pr.version "
-    "FROM md_products AS p LEFT JOIN md_prices AS pr ON pr.sku = p.sku "
-    "WHERE p.sku = :code "
-    "ORDER BY CASE p.scope WHEN 'branch' THEN 0 WHEN 'zone' THEN 1 WHEN 'format' THEN 2 "
-    "ELSE 3 END"
+_SCOPE_ORDER = (
+    " ORDER BY CASE p.scope WHEN 'branch' THEN 0 WHEN 'zone' THEN 1 WHEN 'format' THEN 2 ELSE 3 END"
 )
+_ITEM_BY_BARCODE = (
+    _ITEM_COLUMNS
+    + "WHERE p.sku = (SELECT b.sku FROM md_barcodes AS b WHERE b.barcode = ? LIMIT 1)"
+    + _SCOPE_ORDER
+)
+_ITEM_BY_SKU = _ITEM_COLUMNS + "WHERE p.sku = ?" + _SCOPE_ORDER
 
 
 def _sqlite_moment(value: Any) -> datetime:
@@ -123,18 +127,25 @@ def _sqlite_moment(value: Any) -> datetime:
 async def _md_item_one_query(
     session: AsyncSession, code: str, at: datetime, *, by_barcode: bool
 ) -> CatalogItem | None:
-    rows = (
-        await session.execute(_ITEM_BY_BARCODE if by_barcode else _ITEM_BY_SKU, {"code": code})
-    ).all()
+    sql = _ITEM_BY_BARCODE if by_barcode else _ITEM_BY_SKU
+    reader = read_connection(session.get_bind())
+    rows: Sequence[Sequence[Any]]
+    if reader is not None:
+        rows = reader.fetch(sql, (code,))
+    else:
+        rows = (await session.execute(text(sql.replace("?", ":code")), {"code": code})).all()
+    return _item_from_rows(rows, at)
+
+
+def _item_from_rows(rows: Sequence[Sequence[Any]], at: datetime) -> CatalogItem | None:
+    """(product columns, price entry columns) rows of one product -> the priced item."""
     if not rows:
         return None
     first = rows[0]
+    sku = first[0]
     tz = local_timezone()
-    candidates = {
-        (r.scope, r.price, r.effective_at, r.effective_local, r.version)
-        for r in rows
-        if r.scope is not None and r.sku == first.sku
-    }
+    # (scope, price, effective_at, effective_local, version) of each entry, once.
+    candidates = {tuple(r[8:13]) for r in rows if r[8] is not None and r[0] == sku}
     price = resolve_price(
         (
             PriceCandidate(scope, amount, entry_moment(_sqlite_moment(eff), local, tz), version)
@@ -146,14 +157,14 @@ async def _md_item_one_query(
         # Listed but not priced (yet): not sellable.
         return None
     return CatalogItem(
-        sku=first.sku,
-        name=first.name,
-        unit=first.unit,
-        weighed=bool(first.weighed),
-        scale_plu=first.scale_plu,
-        vat_rate_bp=first.vat_rate_bp,
-        vat_group=first.vat_group,
-        category=first.category,
+        sku=sku,
+        name=first[1],
+        unit=first[2],
+        weighed=bool(first[3]),
+        scale_plu=first[4],
+        vat_rate_bp=first[5],
+        vat_group=first[6],
+        category=first[7],
         price=price.price,
         price_version=price.version,
     )
@@ -226,6 +237,10 @@ async def find_product(
 async def sku_for_scale_plu(session: AsyncSession, plu: int) -> str | None:
     """The product a label scale's PLU stands for."""
     if await _has_master_data(session):
+        reader = read_connection(session.get_bind())
+        if reader is not None:
+            found = reader.fetch("SELECT sku FROM md_products WHERE scale_plu = ? LIMIT 1", (plu,))
+            return str(found[0][0]) if found else None
         return await session.scalar(
             select(MdProduct.sku).where(MdProduct.scale_plu == plu).limit(1)
         )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from branch_agent.db import table_of
 from branch_agent.models import Counter, OutboxEvent
 from protocol.codec import encode
 from protocol.events import BranchEvent, EventEnvelope, event_kind
@@ -27,17 +28,25 @@ __all__ = [
 EVENT_SEQ = "event_seq"
 
 
+_counters = table_of(Counter)
+# Built once (the sale path bumps two counters per sale).
+_BUMP_COUNTER = (
+    sqlite_insert(_counters)
+    .values(name=bindparam("name"), value=1)
+    .on_conflict_do_update(index_elements=["name"], set_={"value": _counters.c.value + 1})
+    .returning(_counters.c.value)
+)
+
+
+# A Core insert: no ORM object to flush for a row nobody reads back in this transaction.
+_INSERT_OUTBOX = insert(table_of(OutboxEvent))
+
+
 async def next_counter(session: AsyncSession, name: str) -> int:
     """Bump a gapless counter inside the caller's transaction (rolled back with it).
 
     One UPSERT ... RETURNING statement: on the sale path every round trip counts."""
-    bump = (
-        sqlite_insert(Counter)
-        .values(name=name, value=1)
-        .on_conflict_do_update(index_elements=[Counter.name], set_={"value": Counter.value + 1})
-        .returning(Counter.value)
-    )
-    value: int = (await session.execute(bump)).scalar_one()
+    value: int = (await session.execute(_BUMP_COUNTER, {"name": name})).scalar_one()
     return value
 
 
@@ -63,15 +72,17 @@ async def append_event(
         utc_offset_min=utc_offset_min(timezone, occurred_at),
         body=body,
     )
-    session.add(
-        OutboxEvent(
-            seq=envelope.seq,
-            event_id=envelope.event_id,
-            subject=up_subject(branch, event_kind(body)),
-            kind=event_kind(body),
-            payload=encode(envelope),
-            created_at=occurred_at,
-        )
+    await session.execute(
+        _INSERT_OUTBOX,
+        {
+            "seq": envelope.seq,
+            "event_id": envelope.event_id,
+            "subject": up_subject(branch, event_kind(body)),
+            "kind": event_kind(body),
+            "payload": encode(envelope),
+            "created_at": occurred_at,
+            "attempts": 0,
+        },
     )
     return envelope
 

@@ -55,6 +55,10 @@ def is_storage_full(exc: BaseException) -> bool:
     return "database or disk is full" in text
 
 
+def is_database_locked(exc: BaseException) -> bool:
+    return "database is locked" in str(exc).lower()
+
+
 class SaleService:
     def __init__(
         self,
@@ -74,14 +78,22 @@ class SaleService:
 
     async def record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
         """Commit the sale; returns the receipt and whether it was created now."""
-        try:
-            return await self._record_sale(till, sale)
-        except OperationalError as exc:
-            if is_storage_full(exc):
-                raise StorageFull(
-                    "the agent's storage is full: no new sale can be recorded"
-                ) from exc
-            raise
+        delay = 0.01
+        while True:
+            try:
+                return await self._record_sale(till, sale)
+            except OperationalError as exc:
+                if is_storage_full(exc):
+                    raise StorageFull(
+                        "the agent's storage is full: no new sale can be recorded"
+                    ) from exc
+                if not is_database_locked(exc) or delay > 5:
+                    raise
+            # Another process holds SQLite's write lock: wait here, not in the loop's
+            # thread (the sale engine's busy timeout is short); the whole unit of work
+            # was rolled back and runs again.
+            await asyncio.sleep(delay)
+            delay *= 2
 
     async def _record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
         fiscal = self._has_fiscal(till)

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.catalog import find_product
+from branch_agent.db import table_of
 from branch_agent.errors import Conflict, NotFound, Rejected
 from branch_agent.models import (
     StockBalance,
@@ -152,15 +153,23 @@ async def apply_moves(
         totals[sku] = totals.get(sku, 0) + quantity_milli
     if not rows:
         return
-    await session.execute(insert(StockMove), rows)
-    upsert = sqlite_insert(StockBalance)
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[StockBalance.sku],
-        set_={"quantity_milli": StockBalance.quantity_milli + upsert.excluded.quantity_milli},
-    )
+    await session.execute(_INSERT_MOVES, rows)
     await session.execute(
-        upsert, [{"sku": sku, "quantity_milli": delta} for sku, delta in totals.items()]
+        _ADD_TO_BALANCE, [{"sku": sku, "quantity_milli": delta} for sku, delta in totals.items()]
     )
+
+
+# Core statements built once: on the sale path the ORM's bulk machinery and a fresh
+# statement per call cost more than SQLite's work.
+_INSERT_MOVES = insert(table_of(StockMove))
+_balance_upsert = sqlite_insert(table_of(StockBalance))
+_ADD_TO_BALANCE = _balance_upsert.on_conflict_do_update(
+    index_elements=["sku"],
+    set_={
+        "quantity_milli": table_of(StockBalance).c.quantity_milli
+        + _balance_upsert.excluded.quantity_milli
+    },
+)
 
 
 async def balances(session: AsyncSession, skus: list[str] | None = None) -> dict[str, int]:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from branch_agent.demo_catalog import DEMO_PRODUCTS
 from branch_agent.models import OutboxEvent, Sale, StockMove
@@ -222,6 +223,18 @@ async def test_bad_sales_get_a_clear_problem_and_record_nothing(store: Store) ->
     assert store.fiscal.sim.receipts == []
 
 
+async def dispose_when_idle(engine: AsyncEngine) -> None:
+    """Dispose once the agent's background loops hold no connection: a connection
+    checked out during dispose() is orphaned and only closed by the GC (a warning)."""
+    pool: Any = engine.sync_engine.pool
+
+    async def idle() -> bool:
+        return bool(pool.checkedout() == 0)
+
+    await wait_until(idle, timeout=10, interval=0.005)
+    await engine.dispose()
+
+
 async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> None:
     assert (await store.sale(basket("before-full"))).status_code == 201
     engine = store.agent.engine
@@ -233,8 +246,10 @@ async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> 
     def cap(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.cursor().execute(f"PRAGMA max_page_count = {pages}")
 
-    event.listen(engine.sync_engine, "connect", cap)
-    await engine.dispose()  # every new connection gets the cap: the "disk" is full
+    engines = (engine, store.agent.sale_engine)  # sales have their own engine
+    for each in engines:
+        event.listen(each.sync_engine, "connect", cap)
+        await dispose_when_idle(each)  # every new connection gets the cap: the "disk" is full
     big = basket("too-much") | {
         "cashier": "x" * 60,
         "lines": [{"sku": "MILK-1L", "quantity": "1"}] * 400,
@@ -253,8 +268,9 @@ async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> 
     refused_doc = await store.client.post("/api/v1/stock/documents", json=document, headers=MANAGER)
     assert refused_doc.status_code == 507, refused_doc.text
     assert refused_doc.json()["title"] == "Storage full"
-    event.remove(engine.sync_engine, "connect", cap)
-    await engine.dispose()
+    for each in engines:
+        event.remove(each.sync_engine, "connect", cap)
+        await dispose_when_idle(each)
     kept = await store.client.get("/api/v1/sales/before-full", headers=TILL)
     assert kept.json()["status"] == "fiscalized"
     async with store.agent.sessionmaker() as session:
