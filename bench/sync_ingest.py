@@ -14,7 +14,7 @@ What it does, in one run:
    concurrent publishes); timed from the first publish to the last receipt stored.
 4. **Raw limits**, same machine, same run: (a) JetStream publish + consume (fetch,
    ack, decode) of the same messages by W consumer processes, no database; (b) a bulk
-   insert (COPY, one transaction per 500 receipts) of the same rows central writes
+   insert (COPY, one transaction per batch, 2,000 receipts by default) of the same rows central writes
    (event log, receipts, lines, payments, stock ledger), no NATS. The raw limit is the
    slower of the two; the ratio is central's rate over it.
 
@@ -506,7 +506,7 @@ def main() -> None:
     parser.add_argument("--receipts", type=int, default=50_000)
     parser.add_argument("--branches", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--raw-consumer", default="", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
