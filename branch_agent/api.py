@@ -365,6 +365,36 @@ class ManagerSalesController(Controller):
         return await _api(state).complete_unfiscal(till_id, sale_id, data.reason)
 
 
+class ManagerReturnsController(Controller):
+    path = "/api/v1/manager/returns"
+    tags = ["returns"]
+    dependencies = {"manager": Provide(_manager, sync_to_thread=False)}
+
+    @get(
+        "/pending",
+        operation_id="allPendingReturns",
+        summary="Customer returns of every till whose storno receipt waits for a printer",
+    )
+    async def pending(self, state: State, manager: NamedDependency[str]) -> list[ReturnOut]:
+        return await _agent(state).sales.pending_returns()
+
+    @post(
+        "/{till_id:str}/{return_id:str}/complete-unfiscal",
+        operation_id="completeReturnUnfiscal",
+        summary="The till's fiscal printer is gone for good: send the return up without storno",
+        status_code=200,
+    )
+    async def complete_unfiscal(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        till_id: TillId,
+        return_id: Annotated[str, PathParameter(description="the till's return id")],
+        data: JSONBody[UnfiscalIn],
+    ) -> ReturnOut:
+        return await _api(state).complete_return_unfiscal(till_id, return_id, data.reason)
+
+
 class HealthController(Controller):
     path = "/health"
     tags = ["operations"]
@@ -446,6 +476,7 @@ def create_till_app(agent: Agent) -> Litestar:
             CashController,
             StockController,
             ManagerSalesController,
+            ManagerReturnsController,
             HealthController,
         ],
         state=State({"agent": agent}),

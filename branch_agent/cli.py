@@ -161,12 +161,16 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
         pending = db.execute(
             "SELECT count(*) FROM sales WHERE status = 'pending_fiscal'"
         ).fetchone()[0]
+        pending_returns = db.execute(
+            "SELECT count(*) FROM customer_returns WHERE status = 'pending_fiscal'"
+        ).fetchone()[0]
     info = {
         "branch": settings.branch,
         "link": "agent not running",
         "outbox_backlog": backlog,
         "last_sync_at": last_sync,
         "pending_fiscal": pending,
+        "pending_fiscal_returns": pending_returns,
     }
     print(json.dumps(info) if as_json else "\n".join(f"{k:<16} {v}" for k, v in info.items()))
     return 1

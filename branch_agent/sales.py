@@ -14,8 +14,9 @@ the original receipt (and nudges a pending one through the printer).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import select
@@ -55,8 +56,31 @@ def is_storage_full(exc: BaseException) -> bool:
     return "database or disk is full" in text
 
 
+T = TypeVar("T")
+
+
 def is_database_locked(exc: BaseException) -> bool:
     return "database is locked" in str(exc).lower()
+
+
+async def _when_unlocked(unit_of_work: Callable[[], Awaitable[T]], *, full: str) -> T:
+    """Run a unit of work of the sale engine; a full disk becomes StorageFull.
+
+    When another process holds SQLite's write lock, wait here with asyncio sleeps,
+    not in the loop's thread (the sale engine's busy timeout is short); the unit of
+    work was rolled back and runs again whole.
+    """
+    delay = 0.01
+    while True:
+        try:
+            return await unit_of_work()
+        except OperationalError as exc:
+            if is_storage_full(exc):
+                raise StorageFull(full) from exc
+            if not is_database_locked(exc) or delay > 5:
+                raise
+        await asyncio.sleep(delay)
+        delay *= 2
 
 
 class SaleService:
@@ -78,22 +102,10 @@ class SaleService:
 
     async def record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
         """Commit the sale; returns the receipt and whether it was created now."""
-        delay = 0.01
-        while True:
-            try:
-                return await self._record_sale(till, sale)
-            except OperationalError as exc:
-                if is_storage_full(exc):
-                    raise StorageFull(
-                        "the agent's storage is full: no new sale can be recorded"
-                    ) from exc
-                if not is_database_locked(exc) or delay > 5:
-                    raise
-            # Another process holds SQLite's write lock: wait here, not in the loop's
-            # thread (the sale engine's busy timeout is short); the whole unit of work
-            # was rolled back and runs again.
-            await asyncio.sleep(delay)
-            delay *= 2
+        return await _when_unlocked(
+            lambda: self._record_sale(till, sale),
+            full="the agent's storage is full: no new sale can be recorded",
+        )
 
     async def _record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
         fiscal = self._has_fiscal(till)
@@ -146,6 +158,17 @@ class SaleService:
             if row is None:
                 raise NotFound(f"no sale {sale_id} at till {till}")
             return sale_out(row)
+
+    async def pending_returns(self, till: str | None = None) -> list[ReturnOut]:
+        async with self._sessionmaker() as session:
+            query = (
+                select(CustomerReturn)
+                .where(CustomerReturn.status == "pending_fiscal")
+                .order_by(CustomerReturn.id)
+            )
+            if till is not None:
+                query = query.where(CustomerReturn.till == till)
+            return [return_out(row) for row in await session.scalars(query)]
 
     async def pending_sales(self, till: str | None = None) -> list[SaleOut]:
         async with self._sessionmaker() as session:
@@ -322,12 +345,9 @@ class SaleService:
 
     # customer returns --------------------------------------------------------------------
     async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
-        try:
-            return await self._record_return(till, data)
-        except OperationalError as exc:
-            if is_storage_full(exc):
-                raise StorageFull("the agent's storage is full") from exc
-            raise
+        return await _when_unlocked(
+            lambda: self._record_return(till, data), full="the agent's storage is full"
+        )
 
     async def _record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
         async with self._write_lock, self._sessionmaker() as session, session.begin():

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from sqlalchemy import func, select
 
-from branch_agent.models import OutboxEvent, Sale
+from branch_agent.models import CustomerReturn, OutboxEvent, Sale
 from branch_agent.outbox import backlog
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     applied_version: int
     pending_fiscal: int
     downstream_last_seq: int
+    # Customer returns whose storno receipt waits for a fiscal printer.
+    pending_fiscal_returns: int = 0
     devices: list[DeviceStateOut]
 
 
@@ -47,6 +49,11 @@ async def build_status(agent: Agent) -> AgentStatus:
         last_sent = await session.scalar(select(func.max(OutboxEvent.sent_at)))
         pending_fiscal = await session.scalar(
             select(func.count()).select_from(Sale).where(Sale.status == "pending_fiscal")
+        )
+        pending_returns = await session.scalar(
+            select(func.count())
+            .select_from(CustomerReturn)
+            .where(CustomerReturn.status == "pending_fiscal")
         )
     connected = agent.nc is not None and agent.nc.is_connected
     return AgentStatus(
@@ -59,6 +66,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         last_sync_error=agent.sender.state.last_error,
         applied_version=agent.applied_version(),
         pending_fiscal=pending_fiscal or 0,
+        pending_fiscal_returns=pending_returns or 0,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -84,7 +92,8 @@ def format_status(status: AgentStatus) -> str:
         f"sequence         recorded {status.last_recorded_seq}, acked {status.last_acked_seq}",
         f"last sync        {status.last_sync_at or 'never'}",
         f"master data      version {status.applied_version}",
-        f"pending fiscal   {status.pending_fiscal} sale(s) waiting for a fiscal printer",
+        f"pending fiscal   {status.pending_fiscal} sale(s) and "
+        f"{status.pending_fiscal_returns} return(s) waiting for a fiscal printer",
         "devices:",
     ]
     if not status.devices:

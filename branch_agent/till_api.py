@@ -14,7 +14,7 @@ from branch_agent.devices import DeviceUnavailable
 from branch_agent.errors import DeviceFailed, NotFound, Rejected
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.sales import sale_out
-from branch_agent.schemas import ProductOut, SaleOut, WeightOut
+from branch_agent.schemas import ProductOut, ReturnOut, SaleOut, WeightOut
 from devices.errors import DeviceError
 from protocol.units import format_milli, line_amount
 
@@ -117,3 +117,8 @@ class TillApi:
     async def complete_unfiscal(self, till: str, sale_id: str, reason: str) -> SaleOut:
         row = await self.agent.fiscal.complete_unfiscal(till, sale_id, reason)
         return sale_out(row)
+
+    async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> ReturnOut:
+        await self.agent.fiscal.complete_return_unfiscal(till, return_id, reason)
+        self.agent.sender.wake()
+        return await self.agent.sales.get_return(till, return_id)

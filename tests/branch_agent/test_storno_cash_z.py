@@ -15,7 +15,7 @@ from branch_agent.models import CashMove, Sale, Shift
 from branch_agent.settings import TillConfig
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT, CMD_SALE
 from protocol.events import CashMoved, CustomerReturnRecorded, ShiftClosed
-from tests.branch_agent.conftest import TILL, Store
+from tests.branch_agent.conftest import MANAGER, TILL, Store
 from tests.branch_agent.test_sales_and_fiscal import basket
 
 
@@ -220,3 +220,33 @@ async def test_a_z_report_whose_answer_is_lost_is_read_back_not_printed_twice(
         404
     )
     assert sim.reports == [("Z", 1)]
+
+
+async def test_a_manager_completes_a_stuck_return_without_its_printer(store: Store) -> None:
+    await store.sale(basket("s-9"))
+    store.fiscal.sim.paper_end = True
+    ret = (await post_return(store, return_body("r-9", "s-9", (1, "1")))).json()
+    assert ret["status"] == "pending_fiscal"
+    status = (await store.client.get("/health/status")).json()
+    assert status["pending_fiscal_returns"] == 1
+    pending = await store.client.get("/api/v1/manager/returns/pending", headers=MANAGER)
+    assert [r["return_id"] for r in pending.json()] == ["r-9"]
+    # A till cannot decide this; an unknown return is a 404.
+    url = "/api/v1/manager/returns/T1/r-9/complete-unfiscal"
+    body = {"reason": "printer replaced"}
+    assert (await store.client.post(url, json=body, headers=TILL)).status_code == 401
+    missing = "/api/v1/manager/returns/T1/nope/complete-unfiscal"
+    assert (await store.client.post(missing, json=body, headers=MANAGER)).status_code == 404
+    done = await store.client.post(url, json=body, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "completed_unfiscal"
+    # Goes up once, without a storno number; never printed later.
+    (event,) = await store.events("customer_return_recorded")
+    assert isinstance(event.body, CustomerReturnRecorded)
+    assert event.body.fiscal_number is None
+    store.fiscal.sim.paper_end = False
+    await store.agent.fiscal.process_all()
+    assert store.fiscal.sim.storno_receipts == []
+    again = await store.client.post(url, json=body, headers=MANAGER)
+    assert again.status_code == 409
+    assert (await store.client.get("/health/status")).json()["pending_fiscal_returns"] == 0
