@@ -18,6 +18,13 @@ with every other change; the applier applies its parts like any message and at i
 end drops every key the snapshot did not refresh. While a promised snapshot is
 outstanding the applied version stays where it was (the replica is not central's
 state yet).
+
+Prices, the bulk of it (a repricing of the whole catalog is ~200,000 entries per
+agent): a price bucket is written as a difference against the bucket's previous rows,
+which ``md_price_buckets`` keeps as one JSON value per bucket (row ids and values),
+so neither an index on the bucket nor a per-row read is needed, and the run's price
+buckets are applied in aiosqlite's thread in one call instead of one thread hop per
+statement. ``md_prices`` is indexed by SKU only, for the till's lookup.
 """
 
 from __future__ import annotations
