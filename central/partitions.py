@@ -46,6 +46,7 @@ DEFAULT_AHEAD_MONTHS = 3
 # Serialises maintainers (several central processes may start at once).
 _ADVISORY_LOCK_KEY = 0x6272_7061_7274  # "brpart"
 _LOCK_NOT_AVAILABLE = "55P03"
+_CHECK_VIOLATION = "23514"
 _PARTITION_RE = re.compile(r"^(?P<table>[a-z_]+)_(?:y\d{4}m\d{2}|default)$")
 
 
@@ -265,7 +266,13 @@ async def maintain_partitions(
                         moved = 0
                         await _create_month(connection, table, month)
             except DBAPIError as exc:
-                if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+                state = _sqlstate(exc)
+                if state == _CHECK_VIOLATION and not move_default:
+                    # A row of that month reached DEFAULT between the look and the
+                    # CREATE (PostgreSQL refused, nothing changed).
+                    status.blocked.append(month.strftime("%Y-%m"))
+                    continue
+                if state != _LOCK_NOT_AVAILABLE:
                     raise
                 status.lock_timeouts.append(month.strftime("%Y-%m"))
                 log.warning("partition %s not created: lock not granted in time", name)

@@ -461,3 +461,24 @@ async def test_a_month_waiting_on_a_long_transaction_is_reported_and_made_next_t
     again = (await maintain_partitions(pg_engine, ahead=4, tables=["stock_ledger"]))[0]
     assert again.created == [partition_name("stock_ledger", month)]
     assert again.lock_timeouts == []
+
+
+@pytest.mark.postgres
+@no_pg
+async def test_creating_a_month_that_default_holds_rows_of_is_refused_and_classified(
+    pg_engine: AsyncEngine,
+) -> None:
+    # The race maintain_partitions covers (a row of the month reaching DEFAULT between
+    # its look and its CREATE) ends in this refusal, which it reports as blocked.
+    from sqlalchemy.exc import DBAPIError
+
+    from central.partitions import _CHECK_VIOLATION, _create_month, _sqlstate
+
+    books = BranchBooks("B1", start=_at(FAR_MONTH, 3))
+    books.document("goods_receipt", [("MILK", 5_000, 100)])
+    await _ingest(pg_engine, books)
+    with pytest.raises(DBAPIError) as refused:
+        async with pg_engine.begin() as connection:
+            await _create_month(connection, "stock_ledger", FAR_MONTH)
+    assert _sqlstate(refused.value) == _CHECK_VIOLATION
+    assert await _where(pg_engine, "stock_ledger") == {"stock_ledger_default": 1}
