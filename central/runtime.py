@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -87,6 +88,8 @@ class CentralRuntime:
             **client_tls_options(self.settings),
         )
         self.js = self.nc.jetstream()
+        if self._nats_creds:
+            await self._refresh_account_jwt()
         while not self._stop.is_set():
             try:
                 await ensure_streams(
@@ -122,6 +125,30 @@ class CentralRuntime:
                 retry_s=self.settings.resend_retry_s,
             )
             self._tasks.append(asyncio.create_task(self.gap_monitor.run(self._stop)))
+
+    async def _refresh_account_jwt(self) -> None:
+        """Servers running with an older account JWT (an upgrade changed what a branch
+        may do) get the current one; a failure only logs (branches keep what they had)."""
+        from central.services.nats_auth import (
+            client_tls_options,
+            issuer_for,
+            refresh_account_jwt,
+        )
+        from central.sync.nats_auth import ISSUER_FILE
+
+        directory = Path(self.settings.nats_issuer_dir or self.settings.data_path / "nats-issuer")
+        if not (directory / ISSUER_FILE).exists():
+            return  # central does not issue this deployment's NATS credentials
+        try:
+            issuer = issuer_for(self.settings)
+            async with self.sessionmaker() as session:
+                pushed = await refresh_account_jwt(
+                    session, issuer, self.nats_url, **client_tls_options(self.settings)
+                )
+            if pushed:
+                log.info("account JWT pushed to the NATS servers (its claims had changed)")
+        except Exception:
+            log.exception("account JWT refresh failed")
 
     async def _publish_down(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """A JetStream publish on the down stream (commands to branches)."""

@@ -27,7 +27,12 @@ from central.models import Branch, BranchCredential
 from central.services.audit import record_change
 from central.services.branches import add_branch
 from central.settings import CentralSettings
-from central.sync.nats_auth import IssuedUser, NatsIssuer, account_claims_update
+from central.sync.nats_auth import (
+    IssuedUser,
+    NatsIssuer,
+    account_claims_update,
+    decode_jwt_claims,
+)
 
 __all__ = [
     "BranchRegistration",
@@ -37,6 +42,7 @@ __all__ = [
     "issue_branch_credentials",
     "issuer_for",
     "push_account_jwt",
+    "refresh_account_jwt",
     "register_branch",
     "revoke_branch",
     "write_branch_creds",
@@ -228,6 +234,32 @@ async def push_account_jwt(
         return False
     finally:
         await nc.close()
+
+
+def _account_claims(token: str) -> Any:
+    """What the servers enforce of an account JWT (not its iat/jti)."""
+    return decode_jwt_claims(token).get("nats")
+
+
+async def refresh_account_jwt(
+    session: AsyncSession, issuer: NatsIssuer, nats_url: str, **tls: Any
+) -> bool:
+    """Push the account JWT when what it grants differs from the stored one.
+
+    An upgrade that changes the branch permission template (e.g. a new subject the
+    agent needs) must reach servers that run with the old account JWT; central calls
+    this at start. False when nothing had to change or no server took it (the stored
+    JWT is then left as it was, so the next start tries again).
+    """
+    current = await account_jwt_from_db(session, issuer)
+    path = issuer.directory / "account.jwt"
+    stored = path.read_text().strip() if path.exists() else ""
+    if stored and _account_claims(stored) == _account_claims(current):
+        return False
+    pushed = await push_account_jwt(issuer, nats_url, current, **tls)
+    if not pushed and stored:
+        issuer.store_account_jwt(stored)
+    return pushed
 
 
 def write_branch_creds(issuer: NatsIssuer, code: str, user: IssuedUser) -> Path:

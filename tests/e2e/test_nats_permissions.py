@@ -318,3 +318,65 @@ async def test_revoked_branch_is_refused_without_restarting_nats(
     await wait_until(refused)
     async with secure_central.sessionmaker() as session:
         assert (await session.scalars(select(Receipt))).all() == []
+
+
+async def test_central_pushes_an_account_jwt_whose_branch_permissions_changed(
+    db_url: str, tmp_path: Path, issuer: NatsIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server still running with an older account JWT (before the branch template
+    allowed the master-data position report) is brought up to date when central starts."""
+    from central.sync import nats_auth as auth
+
+    allowed = auth.BRANCH_PERMISSION_TEMPLATE["pub"]["allow"]
+    monkeypatch.setitem(
+        auth.BRANCH_PERMISSION_TEMPLATE["pub"],
+        "allow",
+        [s for s in allowed if not s.startswith("rpc.")],
+    )
+    issuer.store_account_jwt(issuer.account_jwt())
+    monkeypatch.undo()
+    store = tmp_path / "old-nats"
+    server = EmbeddedNats(store, extra_config=issuer.server_config(store / "resolver"))
+    server.start()
+    try:
+        runtime = CentralRuntime(
+            central_settings(
+                db_url,
+                server.url,
+                nats_creds=str(issuer.central_creds_file()),
+                nats_issuer_dir=str(issuer.directory),
+            )
+        )
+        async with runtime.sessionmaker() as session, session.begin():
+            reg = await register_branch(session, issuer, code="B7", name="B7")
+        creds = write_branch_creds(issuer, "B7", reg.user)
+        before = await Client().connect(server.url, creds, "B7")
+        try:
+            await before.nc.publish("rpc.B7.md_snapshot", b"{}")
+            await before.nc.flush()
+
+            async def denied() -> bool:
+                return bool(before.errors)
+
+            await wait_until(denied, timeout=5, interval=0.05)
+            assert "permissions violation" in before.errors[0].lower()
+        finally:
+            await before.close()
+
+        await runtime.start(ingest_workers=0)
+        try:
+            await asyncio.wait_for(runtime.nats_ready.wait(), 20)
+            stored = (issuer.directory / "account.jwt").read_text()
+            assert "rpc.{{name()}}.md_snapshot" in str(auth.decode_jwt_claims(stored))
+            after = await Client().connect(server.url, creds, "B7")
+            try:
+                await after.nc.publish("rpc.B7.md_snapshot", b"{}")
+                await after.nc.flush()
+                await asyncio.sleep(0.3)
+                assert after.errors == []
+            finally:
+                await after.close()
+        finally:
+            await runtime.stop()
+    finally:
+        server.stop()
