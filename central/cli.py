@@ -44,6 +44,8 @@ async def _db_partitions(settings: CentralSettings, args: argparse.Namespace) ->
         )
         for status in statuses:
             _print(status.as_dict())
+        if not statuses:
+            _print({"partitioned_tables": [], "database": engine.dialect.name})
         # Non-zero while rows sit in DEFAULT or a month could not be made (lock not
         # granted in time), so a scheduled run can raise an alarm.
         return 1 if any(s.default_rows or s.lock_timeouts for s in statuses) else 0
