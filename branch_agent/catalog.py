@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Engine, func, or_, select, text
+from sqlalchemy import Engine, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.db import read_connection
@@ -298,6 +298,12 @@ class LineDiscount(msgspec.Struct, frozen=True, kw_only=True):
     promotion_id: str | None = None
 
 
+# Built once (every sale asks).
+_PROMOTIONS_IN_FORCE = select(MdPromotion.body).where(
+    or_(MdPromotion.ends_at.is_(None), MdPromotion.ends_at > bindparam("at"))
+)
+
+
 async def promotion_discounts(
     session: AsyncSession, lines: list[BasketLine], *, at: datetime
 ) -> list[LineDiscount]:
@@ -305,13 +311,7 @@ async def promotion_discounts(
     evaluated by ``protocol.promotions`` with the rules central uses."""
     if not lines:
         return []
-    bodies = (
-        await session.scalars(
-            select(MdPromotion.body).where(
-                or_(MdPromotion.ends_at.is_(None), MdPromotion.ends_at > at)
-            )
-        )
-    ).all()
+    bodies = (await session.scalars(_PROMOTIONS_IN_FORCE, {"at": at})).all()
     if not bodies:
         return [LineDiscount() for _ in lines]
     promotions: dict[str, PromotionRecord] = {}

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -57,6 +57,17 @@ def is_storage_full(exc: BaseException) -> bool:
 
 
 T = TypeVar("T")
+
+# Built once: on the sale path, building a statement costs more than running it.
+_SALE_BY_ID = select(Sale).where(
+    Sale.till == bindparam("till"), Sale.sale_id == bindparam("sale_id")
+)
+_OPEN_SHIFT_OF_TILL = (
+    select(Shift.shift_id)
+    .where(Shift.till == bindparam("till"), Shift.closed_at.is_(None))
+    .order_by(Shift.opened_at.desc())
+    .limit(1)
+)
 
 
 def is_database_locked(exc: BaseException) -> bool:
@@ -110,9 +121,7 @@ class SaleService:
     async def _record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
         fiscal = self._has_fiscal(till)
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            existing = await session.scalar(
-                select(Sale).where(Sale.till == till, Sale.sale_id == sale.sale_id)
-            )
+            existing = await session.scalar(_SALE_BY_ID, {"till": till, "sale_id": sale.sale_id})
             if existing is not None:
                 return sale_out(existing), False
             receipt, job = await self._price(session, till, sale, fiscal=fiscal)
@@ -178,12 +187,7 @@ class SaleService:
             return [sale_out(row) for row in await session.scalars(query)]
 
     async def _open_shift_id(self, session: AsyncSession, till: str) -> str:
-        shift_id = await session.scalar(
-            select(Shift.shift_id)
-            .where(Shift.till == till, Shift.closed_at.is_(None))
-            .order_by(Shift.opened_at.desc())
-            .limit(1)
-        )
+        shift_id = await session.scalar(_OPEN_SHIFT_OF_TILL, {"till": till})
         return shift_id or ""
 
     async def _price(
