@@ -34,6 +34,7 @@ __all__ = [
     "SalesProductDailyChain",
     "ShiftPaymentTotals",
     "ShiftTotals",
+    "StockClosingMonthly",
     "StockMovementDaily",
     "StockMovementMonthly",
 ]
@@ -186,6 +187,25 @@ class StockMovementMonthly(Base):
     movement: Mapped[str] = mapped_column(String(32), primary_key=True)
     qty_milli: Mapped[int] = _amount()
     cost_value: Mapped[int] = _amount()
+
+
+class StockClosingMonthly(Base):
+    """The stock of a product at a branch at the end of a calendar month, one row per
+    month in which it moved (a month without movement has no row: its closing is that
+    of the latest earlier row). The movement report takes a period's opening from one
+    row per product (the latest before the period's month) instead of summing every
+    month before it. Kept at ingestion (a late movement is also added to the rows of
+    the later months) and rebuilt as a running sum of the monthly movements."""
+
+    __tablename__ = "rpt_stock_closing_monthly"
+
+    # The key is the index the "latest month before" lookups walk backwards.
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # First day of the branch's local calendar month.
+    month: Mapped[date] = mapped_column(primary_key=True)
+    qty_milli: Mapped[int] = _amount()
+    value: Mapped[int] = _amount()
 
 
 class LastSellingPrice(Base):

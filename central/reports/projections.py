@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, func, or_, select
+from sqlalchemy import Date, Table, and_, bindparam, case, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -43,6 +43,7 @@ from central.models.reports import (
     SalesProductDailyChain,
     ShiftPaymentTotals,
     ShiftTotals,
+    StockClosingMonthly,
     StockMovementDaily,
     StockMovementMonthly,
 )
@@ -59,11 +60,13 @@ from protocol.events import (
 __all__ = [
     "SummaryDelta",
     "cash_net_of_change",
+    "closing_deltas",
     "flush_delta",
     "local_hour",
     "month_of",
     "project_summaries",
     "upsert_additive",
+    "write_closing",
 ]
 
 
@@ -559,6 +562,8 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
             )
             continue
         _upsert_delta(session, table, rows)
+        if table.name == StockMovementMonthly.__tablename__:
+            write_closing(session, closing_deltas(rows))
     prices = delta.last_price
     if not prices:
         return
@@ -588,3 +593,107 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
         additive=(),
         merge=_merge_price,
     )
+
+
+# --- closing stock per month ----------------------------------------------------------------
+#
+# rpt_stock_closing_monthly holds, per (branch, sku), the closing of every month in which
+# the product moved. A batch's movements of month m change the closing of m and of every
+# later month that has a row. Two statements per batch, whatever its size:
+#   1. the row of (branch, sku, m): the latest row at or before m (the row itself when
+#      it exists, else the closing carried over from an earlier month, else 0) + delta;
+#   2. every existing row of (branch, sku) with month > m: + delta (late or out-of-order
+#      events).
+# Both read rows of the same (branch, sku) before writing them, which is safe because
+# the stock handler (stage 10, earlier in this transaction) holds the FOR UPDATE lock
+# of every (branch, sku) balance row this batch moves until commit: no two workers
+# ever touch the closing rows of one (branch, sku) at the same time. This projection
+# must therefore keep running after the stock handler (it does: default stage).
+
+_CLOSING = StockClosingMonthly.__tablename__
+_PG_UNNEST = (
+    "unnest(CAST(:branches AS text[]), CAST(:skus AS text[]), CAST(:months AS date[]), "
+    "CAST(:dq AS bigint[]), CAST(:dv AS bigint[])) AS u(branch, sku, month, dq, dv)"
+)
+# One statement, one snapshot: every row reads the table as it was before the batch,
+# and step 2 (next statement) then adds the earlier months' deltas to the rows of later
+# months, new ones included.
+_PG_CLOSING_UPSERT = text(
+    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
+    "SELECT u.branch, u.sku, u.month, coalesce(p.qty_milli, 0) + u.dq, "
+    "coalesce(p.value, 0) + u.dv "
+    f"FROM {_PG_UNNEST} "
+    "LEFT JOIN LATERAL (SELECT c.qty_milli, c.value "
+    f"  FROM {_CLOSING} AS c "
+    "  WHERE c.branch = u.branch AND c.sku = u.sku AND c.month <= u.month "
+    "  ORDER BY c.month DESC LIMIT 1) AS p ON true "
+    "ORDER BY u.branch, u.sku, u.month "
+    "ON CONFLICT (branch, sku, month) DO UPDATE "
+    "SET qty_milli = excluded.qty_milli, value = excluded.value"
+)
+_PG_CLOSING_LATER = text(
+    f"UPDATE {_CLOSING} AS t SET qty_milli = t.qty_milli + d.dq, value = t.value + d.dv "
+    "FROM (SELECT c.branch, c.sku, c.month, "
+    "      CAST(sum(u.dq) AS bigint) AS dq, CAST(sum(u.dv) AS bigint) AS dv "
+    f"      FROM {_PG_UNNEST} "
+    f"      JOIN {_CLOSING} AS c "
+    "        ON c.branch = u.branch AND c.sku = u.sku AND c.month > u.month "
+    "      GROUP BY c.branch, c.sku, c.month) AS d "
+    "WHERE t.branch = d.branch AND t.sku = d.sku AND t.month = d.month"
+)
+# SQLite runs each statement row by row (executemany), each row seeing the previous
+# ones: later rows first (step 2 on the rows as they were), then the batch's months in
+# ascending order, each reading the latest row at or before it, already up to date.
+_SQLITE_CLOSING_LATER = text(
+    f"UPDATE {_CLOSING} SET qty_milli = qty_milli + :dq, value = value + :dv "
+    "WHERE branch = :branch AND sku = :sku AND month > :month"
+).bindparams(bindparam("month", type_=Date))
+_SQLITE_CLOSING_UPSERT = text(
+    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
+    "SELECT :branch, :sku, :month, coalesce(max(p.qty_milli), 0) + :dq, "
+    "coalesce(max(p.value), 0) + :dv "
+    f"FROM (SELECT c.qty_milli, c.value FROM {_CLOSING} AS c "
+    "      WHERE c.branch = :branch AND c.sku = :sku AND c.month <= :month "
+    "      ORDER BY c.month DESC LIMIT 1) AS p "
+    # WHERE true: SQLite's parser needs it between INSERT ... SELECT and ON CONFLICT.
+    "WHERE true "
+    "ON CONFLICT (branch, sku, month) DO UPDATE "
+    "SET qty_milli = excluded.qty_milli, value = excluded.value"
+).bindparams(bindparam("month", type_=Date))
+
+
+def closing_deltas(
+    monthly: dict[tuple[Any, ...], dict[str, int]],
+) -> dict[tuple[str, str, date], tuple[int, int]]:
+    """The monthly movement delta ((branch, month, sku, kind) -> amounts) summed per
+    (branch, sku, month): what the batch adds to that month's closing (qty, value)."""
+    out: dict[tuple[str, str, date], tuple[int, int]] = {}
+    for (branch, month, sku, _kind), amounts in monthly.items():
+        key = (branch, sku, month)
+        qty, value = out.get(key, (0, 0))
+        out[key] = (qty + amounts.get("qty_milli", 0), value + amounts.get("cost_value", 0))
+    return out
+
+
+def write_closing(session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]]) -> None:
+    """Add a batch's movements to the monthly closing stock (see the note above)."""
+    if not deltas:
+        return
+    keys = sorted(deltas)
+    if session.get_bind().dialect.name == "postgresql":
+        params = {
+            "branches": [k[0] for k in keys],
+            "skus": [k[1] for k in keys],
+            "months": [k[2] for k in keys],
+            "dq": [deltas[k][0] for k in keys],
+            "dv": [deltas[k][1] for k in keys],
+        }
+        session.execute(_PG_CLOSING_UPSERT, params)
+        session.execute(_PG_CLOSING_LATER, params)
+        return
+    rows = [
+        {"branch": k[0], "sku": k[1], "month": k[2], "dq": deltas[k][0], "dv": deltas[k][1]}
+        for k in keys
+    ]
+    session.execute(_SQLITE_CLOSING_LATER, rows)
+    session.execute(_SQLITE_CLOSING_UPSERT, rows)

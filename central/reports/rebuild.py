@@ -67,6 +67,7 @@ from central.models.reports import (
     SalesProductDailyChain,
     ShiftPaymentTotals,
     ShiftTotals,
+    StockClosingMonthly,
     StockMovementDaily,
     StockMovementMonthly,
 )
@@ -98,6 +99,7 @@ SUMMARY_TABLES: tuple[Table, ...] = tuple(
         PaymentsDaily,
         StockMovementDaily,
         StockMovementMonthly,
+        StockClosingMonthly,
         ShiftTotals,
         ShiftPaymentTotals,
         LastSellingPrice,
@@ -546,6 +548,28 @@ def _rebuild_stock_monthly(session: Session, dialect: str) -> None:
     session.execute(table.insert().from_select(columns, stmt))
 
 
+def _rebuild_stock_closing(session: Session) -> None:
+    """The closing stock of every month a product moved in: the ledger's monthly sums
+    (the monthly table, rebuilt from it first) added up month after month."""
+    table = _t(StockClosingMonthly)
+    _clear(session, table)
+    monthly = _t(StockMovementMonthly)
+    keys: list[Any] = [monthly.c.branch, monthly.c.sku, monthly.c.month]
+    partition: list[Any] = [monthly.c.branch, monthly.c.sku]
+
+    def running(column: Any) -> Any:
+        return func.sum(func.sum(column)).over(partition_by=partition, order_by=monthly.c.month)
+
+    stmt = select(
+        *keys,
+        cast(running(monthly.c.qty_milli), table.c.qty_milli.type),
+        cast(running(monthly.c.cost_value), table.c.value.type),
+    ).group_by(*keys)
+    session.execute(
+        table.insert().from_select(["branch", "sku", "month", "qty_milli", "value"], stmt)
+    )
+
+
 def _rebuild_prices(session: Session) -> None:
     table = _t(LastSellingPrice)
     _clear(session, table)
@@ -583,6 +607,7 @@ def _rebuild_all(session: Session) -> None:
         session.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
     _rebuild_stock(session)
     _rebuild_stock_monthly(session, dialect)
+    _rebuild_stock_closing(session)
     _rebuild_from_documents(session, dialect)
     _rebuild_products(session)
     _rebuild_payments(session)

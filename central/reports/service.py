@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    true,
     tuple_,
     union_all,
 )
@@ -50,6 +51,7 @@ from central.models.reports import (
     SalesProductDailyChain,
     ShiftPaymentTotals,
     ShiftTotals,
+    StockClosingMonthly,
     StockMovementDaily,
     StockMovementMonthly,
 )
@@ -577,9 +579,8 @@ _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "stocktake": ("stocktake_difference", 1),
 }
 _OUTGOING = frozenset({"transfers_out", "sales", "supplier_returns", "write_offs"})
-# Marks stock-balance rows in the movement query (never a movement kind).
-
-_BALANCE = "~balance"
+# Marks the closing-stock rows in the movement query (never a movement kind).
+_CLOSING = "~closing"
 _MOVEMENT_FIELDS = (
     "goods_received",
     "transfers_in",
@@ -603,10 +604,6 @@ def _month_last(day: date) -> date:
     """The last day of the calendar month of ``day``."""
     following = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
     return following - timedelta(days=1)
-
-
-def _months_between(first: date, last: date) -> int:
-    return (last.year - first.year) * 12 + last.month - first.month
 
 
 # Which summary rows cover a range of local days: ("monthly" | "daily", from, to), both
@@ -637,6 +634,53 @@ def _pieces(start: date | None, end: date | None) -> list[_Piece]:
     return pieces
 
 
+def _closing_before(
+    session: AsyncSession, month: date, names: Sequence[str], filtered: Any
+) -> Select[Any]:
+    """Per branch and product the closing of the latest month before ``month`` in which
+    it moved, as rows of the movement query (segment "before")."""
+    c = _t(StockClosingMonthly)
+    if session.get_bind().dialect.name == "postgresql":
+        # One backward step down the (branch, sku, month) key per product on hand or
+        # ever moved (every one has a balance row): O(products), not O(months).
+        b = _t(StockBalance)
+        latest = (
+            select(c.c.qty_milli, c.c.value)
+            .where(c.c.branch == b.c.branch, c.c.sku == b.c.sku, c.c.month < month)
+            .order_by(c.c.month.desc())
+            .limit(1)
+            .lateral("latest")
+        )
+        stmt = select(
+            *[b.c[n] for n in names],
+            literal(_CLOSING).label("movement"),
+            literal("before").label("segment"),
+            latest.c.qty_milli.label("qty"),
+            latest.c.value.label("value"),
+        ).select_from(b.join(latest, true()))
+        result: Select[Any] = filtered(stmt, b)
+        return result
+    last = filtered(
+        select(c.c.branch, c.c.sku, func.max(c.c.month).label("month"))
+        .where(c.c.month < month)
+        .group_by(c.c.branch, c.c.sku),
+        c,
+    ).subquery()
+    stmt = select(
+        *[c.c[n] for n in names],
+        literal(_CLOSING).label("movement"),
+        literal("before").label("segment"),
+        c.c.qty_milli.label("qty"),
+        c.c.value.label("value"),
+    ).select_from(
+        c.join(
+            last,
+            and_(c.c.branch == last.c.branch, c.c.sku == last.c.sku, c.c.month == last.c.month),
+        )
+    )
+    return stmt
+
+
 async def stock_movement(
     session: AsyncSession,
     *,
@@ -650,15 +694,16 @@ async def stock_movement(
     """Opening, every kind of movement, closing; opening + ins - outs = closing.
 
     Read from the movement summaries: full calendar months from the monthly table,
-    partial ones from the daily table. The opening is the sum of the movements before
-    the period, or, when fewer months follow the period than precede it, today's stock
-    balance minus the movements since its start (both are projections of the same
-    ledger). One aggregate query per key, kind of movement and part of the timeline;
-    the columns are laid out here."""
+    partial ones from the daily table. The opening is one row per product and branch,
+    the closing of the latest month before the period's first month in which the
+    product moved (``rpt_stock_closing_monthly``), plus the daily rows of that first
+    month before the period starts: its cost does not grow with the months of history.
+    One aggregate query per key, kind of movement and part of the timeline; the
+    columns are laid out here."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
     await _check_branch(session, branch)
-    daily, monthly, b = _t(StockMovementDaily), _t(StockMovementMonthly), _t(StockBalance)
+    daily, monthly = _t(StockMovementDaily), _t(StockMovementMonthly)
     names = ["branch" if g == "branch" else "sku" for g in groups]
 
     def filtered(stmt: Select[Any], table: Table) -> Select[Any]:
@@ -668,11 +713,6 @@ async def stock_movement(
             stmt = stmt.where(table.c.sku == sku)
         return stmt
 
-    first, last = (
-        await session.execute(
-            filtered(select(func.min(monthly.c.month), func.max(monthly.c.month)), monthly)
-        )
-    ).one()
     parts: list[Select[Any]] = []
 
     def add(segment: str, start: date | None, end: date | None) -> None:
@@ -693,35 +733,17 @@ async def stock_movement(
                 stmt = stmt.where(day <= hi)
             parts.append(filtered(stmt, table))
 
-    from_balance = False
-    if first is not None:
-        month_from = period.date_from.replace(day=1)
-        before = _months_between(first, month_from)
-        after = _months_between(period.date_to.replace(day=1), last)
-        # The balances cost about a month of rows of their own.
-        from_balance = before > 0 and after + 1 < before
-        add("inside", period.date_from, period.date_to)
-        if from_balance:
-            add("after", period.date_to + timedelta(days=1), None)
-            parts.append(
-                filtered(
-                    select(
-                        *[b.c[n] for n in names],
-                        literal(_BALANCE).label("movement"),
-                        literal("balance").label("segment"),
-                        b.c.quantity_milli.label("qty"),
-                        b.c.value.label("value"),
-                    ),
-                    b,
-                )
-            )
-        else:
-            add("before", None, period.date_from - timedelta(days=1))
+    month_from = period.date_from.replace(day=1)
+    add("inside", period.date_from, period.date_to)
+    # Opening: the closing carried into the period's first month, then that month's
+    # days before the period (daily rows; none when the period starts on the 1st).
+    parts.append(_closing_before(session, month_from, names, filtered))
+    add("before", month_from, period.date_from - timedelta(days=1))
     # key -> [opening qty, opening value, net qty, net value, seen inside, then per
     # field its qty and value as shown (outgoing kinds positive)]
     width = len(_MOVEMENT_FIELDS)
     per_key: dict[tuple[Any, ...], list[int]] = {}
-    if parts:
+    if parts:  # always: the opening part at least
         source = union_all(*parts).subquery()
         c = source.c
         keys = [c[n] for n in names]
@@ -752,18 +774,9 @@ async def stock_movement(
                 acc[2] += qty
                 acc[3] += value
                 acc[4] = 1
-            elif segment == "after":
-                # Taken off today's balance.
-                acc[0] -= qty
-                acc[1] -= value
-            else:  # before the period, or today's balance
+            else:  # before the period
                 acc[0] += qty
                 acc[1] += value
-        if from_balance:
-            # Today's balance holds the period's movements too.
-            for acc in per_key.values():
-                acc[0] -= acc[2]
-                acc[1] -= acc[3]
     outs: list[list[Any]] = []
     for key in sorted(per_key):
         acc = per_key[key]

@@ -4,25 +4,29 @@ exactly what the stock ledger says, and the monthly rollup equals its rebuild.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import random
+from collections.abc import AsyncIterator, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.db import create_engine, create_sessionmaker
-from central.ingest.worker import IngestWorker
+from central.db import create_engine, create_sessionmaker, upgrade
+from central.ingest.worker import IngestWorker, MessageIn
 from central.models import StockMovement
-from central.models.reports import StockMovementMonthly
+from central.models.reports import StockClosingMonthly, StockMovementMonthly
 from central.reports import service
+from central.reports.projections import write_closing
 from central.reports.rebuild import rebuild_summaries
 from central.reports.service import _pieces
 from central.services.branches import add_branch
 from protocol import Payment
 from protocol.events import CustomerReturnRecorded, StockDocumentLine
-from tests.central.reports_history import History, doc, line, sale
+from tests.central.reports_history import History, at, doc, line, sale
+from tests.conftest import PG_URL_ENV, _create_pg_database, _drop_pg_database
 
 KINDS = {
     "goods_receipt": ("goods_received", 1),
@@ -232,21 +236,26 @@ PERIODS = [
 ]
 
 
-async def test_every_period_matches_the_ledger(
-    long_chain: async_sessionmaker[AsyncSession],
-) -> None:
-    async with long_chain() as s:
+async def _check_periods(
+    sessionmaker: async_sessionmaker[AsyncSession], periods: list[tuple[date, date]]
+) -> list[Any]:
+    """Every period, grouped every way (one branch by product, the chain by branch, by
+    branch and product, one product across the chain), equals the ledger; returns it."""
+    async with sessionmaker() as s:
         ledger = list((await s.execute(select(StockMovement))).scalars())
     by_product = lambda r: r.sku  # noqa: E731
     by_branch = lambda r: r.branch  # noqa: E731
-    for d1, d2 in PERIODS:
-        async with long_chain() as s:
+    for d1, d2 in periods:
+        async with sessionmaker() as s:
             products = await service.stock_movement(s, date_from=d1, date_to=d2, branch="B1")
             branches = await service.stock_movement(s, date_from=d1, date_to=d2)
             both = await service.stock_movement(
                 s, date_from=d1, date_to=d2, group_by="branch,product"
             )
             one = await service.stock_movement(s, date_from=d1, date_to=d2, sku="A")
+            one_here = await service.stock_movement(
+                s, date_from=d1, date_to=d2, branch="B1", sku="A"
+            )
         b1 = [r for r in ledger if r.branch == "B1"]
         assert _got(products.rows, by_product) == _expected(b1, d1, d2, by_product), (d1, d2)
         assert _got(branches.rows, by_branch) == _expected(ledger, d1, d2, by_branch), (d1, d2)
@@ -254,6 +263,8 @@ async def test_every_period_matches_the_ledger(
         assert _got(both.rows, pair) == _expected(ledger, d1, d2, pair), (d1, d2)
         only_a = [r for r in ledger if r.sku == "A"]
         assert _got(one.rows, by_branch) == _expected(only_a, d1, d2, by_branch), (d1, d2)
+        a_here = [r for r in b1 if r.sku == "A"]
+        assert _got(one_here.rows, by_product) == _expected(a_here, d1, d2, by_product), (d1, d2)
         for row in [*products.rows, *branches.rows, products.totals]:
             for unit in ("milli", "value"):
                 moved = sum(
@@ -262,6 +273,13 @@ async def test_every_period_matches_the_ledger(
                 assert getattr(row, f"opening_{unit}") + moved + getattr(
                     row, f"other_{unit}"
                 ) == getattr(row, f"closing_{unit}")
+    return ledger
+
+
+async def test_every_period_matches_the_ledger(
+    long_chain: async_sessionmaker[AsyncSession],
+) -> None:
+    ledger = await _check_periods(long_chain, PERIODS)
     # Sanity of the fixture: the late sales of each month land on the next month's 1st.
     jan = [r for r in ledger if r.local_date == date(2026, 1, 1) and r.doc_type == "sale"]
     assert [(r.branch, r.sku, r.quantity_milli) for r in jan] == [("B1", "A", -1000)]
@@ -324,3 +342,192 @@ def test_a_period_splits_into_whole_months_and_partial_days() -> None:
         ("monthly", d(2026, 2, 1), None),
     ]
     assert _pieces(d(2026, 1, 2), d(2026, 1, 1)) == []
+
+
+# --- closing stock per month ----------------------------------------------------------------
+
+Closing = tuple[str, str, date, int, int]
+
+
+def _closing_from_ledger(ledger: list[Any]) -> list[Closing]:
+    """(branch, sku, month, qty, value) for every month a product moved in: the running
+    sum of its ledger up to that month's end."""
+    moved: dict[tuple[str, str], dict[date, list[int]]] = {}
+    for r in ledger:
+        sums = moved.setdefault((r.branch, r.sku), {}).setdefault(
+            r.local_date.replace(day=1), [0, 0]
+        )
+        sums[0] += r.quantity_milli
+        sums[1] += r.value
+    out: list[Closing] = []
+    for (branch, sku), months in moved.items():
+        qty = value = 0
+        for month in sorted(months):
+            qty += months[month][0]
+            value += months[month][1]
+            out.append((branch, sku, month, qty, value))
+    return sorted(out)
+
+
+async def _closing_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Closing]:
+    async with sessionmaker() as s:
+        rows = await s.execute(select(StockClosingMonthly.__table__))
+        return sorted((r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows)
+
+
+async def _ledger(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Any]:
+    async with sessionmaker() as s:
+        return list((await s.execute(select(StockMovement))).scalars())
+
+
+async def test_closing_rows_follow_the_ledger_and_their_rebuild(
+    long_chain: async_sessionmaker[AsyncSession],
+) -> None:
+    incremental = await _closing_rows(long_chain)
+    assert incremental == _closing_from_ledger(await _ledger(long_chain))
+    # At B1, A moves in 16 months (the last evening sale lands on 1 February 2027), B
+    # in 15; B2 gets A four times.
+    assert len(incremental) == 16 + 15 + 4
+    async with long_chain() as session, session.begin():
+        await rebuild_summaries(session)
+    assert await _closing_rows(long_chain) == incremental
+
+
+async def _ingest(
+    sessionmaker: async_sessionmaker[AsyncSession], messages: Sequence[MessageIn], size: int
+) -> None:
+    worker = IngestWorker(sessionmaker)
+    for start in range(0, len(messages), size):
+        stats = await worker.process(list(messages[start : start + size]))
+        assert stats.dead_letters == 0
+
+
+async def test_late_and_out_of_order_events_keep_the_closing_exact(db_url: str) -> None:
+    """The first three months arrive last (newest first), everything else shuffled, so
+    batches hold several months of one product and earlier months land after later
+    months have closing rows: every closing row, every report and the rebuild still
+    agree with the ledger."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        async with sessionmaker() as session, session.begin():
+            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
+            await add_branch(session, code="B2", name="Station")
+        h = build_long_history()
+        late = [e for e in h.events if e.occurred_at < at("2026-02-01T00:00:00")]
+        rest = [e for e in h.events if e.occurred_at >= at("2026-02-01T00:00:00")]
+        random.Random(6).shuffle(rest)
+        await _ingest(sessionmaker, h.messages(rest), 9)
+        before_late = await _closing_rows(sessionmaker)
+        assert before_late == _closing_from_ledger(await _ledger(sessionmaker))
+        assert min(r[2] for r in before_late) == date(2026, 2, 1)
+        await _ingest(sessionmaker, h.messages(late[::-1]), 4)
+        ledger = await _ledger(sessionmaker)
+        incremental = await _closing_rows(sessionmaker)
+        assert incremental == _closing_from_ledger(ledger)
+        assert min(r[2] for r in incremental) == date(2025, 11, 1)
+        await _check_periods(sessionmaker, PERIODS)
+        async with sessionmaker() as session, session.begin():
+            await rebuild_summaries(session)
+        assert await _closing_rows(sessionmaker) == incremental
+    finally:
+        await engine.dispose()
+
+
+async def test_one_batch_over_several_months_around_existing_rows(db_url: str) -> None:
+    """Rows Jan 10, Feb 15, Apr 20; one batch adds 1 in January and 2 in March: January
+    gets its 1, February the 1 before it, March (new) February's closing + 1 + 2, April
+    both. A new product moving in May and July: July carries May's stock."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    d = date
+    try:
+        async with sessionmaker() as session, session.begin():
+            await session.execute(
+                insert(StockClosingMonthly),
+                [
+                    {"branch": "B1", "sku": "A", "month": d(2026, m, 1)}
+                    | {"qty_milli": q, "value": 10 * q}
+                    for m, q in ((1, 10), (2, 15), (4, 20))
+                ]
+                + [
+                    {"branch": "B1", "sku": "Z", "month": d(2026, 2, 1), "qty_milli": 5, "value": 7}
+                ],
+            )
+            deltas = {
+                ("B1", "A", d(2026, 1, 1)): (1, 10),
+                ("B1", "A", d(2026, 3, 1)): (2, 20),
+                # A new product's first two months, and a month before any row.
+                ("B1", "N", d(2026, 5, 1)): (4, 40),
+                ("B1", "N", d(2026, 7, 1)): (3, 30),
+                ("B1", "Z", d(2026, 1, 1)): (-1, -1),
+            }
+            await session.run_sync(write_closing, deltas)
+        assert await _closing_rows(sessionmaker) == [
+            ("B1", "A", d(2026, 1, 1), 11, 110),
+            ("B1", "A", d(2026, 2, 1), 16, 160),
+            ("B1", "A", d(2026, 3, 1), 18, 180),
+            ("B1", "A", d(2026, 4, 1), 23, 230),
+            ("B1", "N", d(2026, 5, 1), 4, 40),
+            ("B1", "N", d(2026, 7, 1), 7, 70),
+            ("B1", "Z", d(2026, 1, 1), -1, -1),
+            ("B1", "Z", d(2026, 2, 1), 4, 6),
+        ]
+    finally:
+        await engine.dispose()
+
+
+_KINDS: list[Any] = ["sqlite"]
+if os.environ.get(PG_URL_ENV):
+    _KINDS.append(pytest.param("postgresql", marks=pytest.mark.postgres))
+
+
+@pytest.fixture(params=_KINDS)
+async def unmigrated_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+        return
+    admin = os.environ[PG_URL_ENV]
+    url = await _create_pg_database(admin)
+    try:
+        yield url
+    finally:
+        await _drop_pg_database(admin, url)
+
+
+async def test_migration_fills_the_closing_from_the_monthly_movements(
+    unmigrated_url: str,
+) -> None:
+    await upgrade(unmigrated_url, "1302")
+    engine = create_engine(unmigrated_url)
+    sessionmaker = create_sessionmaker(engine)
+    d = date
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO rpt_stock_movement_monthly "
+                    "(branch, month, sku, movement, qty_milli, cost_value) "
+                    "VALUES (:b, :m, :s, :k, :q, :v)"
+                ),
+                [
+                    {"b": b, "m": m, "s": s, "k": k, "q": q, "v": v}
+                    for b, m, s, k, q, v in (
+                        ("B1", d(2026, 1, 1), "A", "goods_receipt", 5000, 500),
+                        ("B1", d(2026, 1, 1), "A", "sale", -1000, -100),
+                        ("B1", d(2026, 3, 1), "A", "sale", -2000, -200),
+                        ("B1", d(2026, 3, 1), "A", "write_off", -500, -50),
+                        ("B1", d(2026, 2, 1), "B", "goods_receipt", 1000, 70),
+                        ("B2", d(2026, 1, 1), "A", "transfer_in", 700, 77),
+                    )
+                ],
+            )
+        await upgrade(unmigrated_url, "1401")
+        assert await _closing_rows(sessionmaker) == [
+            ("B1", "A", d(2026, 1, 1), 4000, 400),
+            ("B1", "A", d(2026, 3, 1), 1500, 150),
+            ("B1", "B", d(2026, 2, 1), 1000, 70),
+            ("B2", "A", d(2026, 1, 1), 700, 77),
+        ]
+    finally:
+        await engine.dispose()
