@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -99,6 +100,34 @@ class DownstreamReader:
                 msgs += await sub.fetch(self.batch - 1, timeout=0.02)
         return msgs
 
+    async def wait_for_unacked(self, js: JetStreamContext, stop: asyncio.Event) -> float:
+        """Hold the first fetch while messages handed to a previous process (killed
+        before it acked them) are not due for redelivery; returns the seconds waited.
+
+        JetStream gives them out again only after the consumer's ack_wait, and a fetch
+        before that returns the *later* messages: a version mark would then be applied
+        (and reported) while an older bucket message is still outstanding.
+        """
+        try:
+            info = await js.consumer_info(DOWN_STREAM, down_consumer_name(self.branch))
+        except Exception as exc:
+            log.debug("down consumer info not available: %s", exc)
+            return 0.0
+        if not info.num_ack_pending:
+            return 0.0
+        ack_wait = float(info.config.ack_wait or 30.0)
+        last = info.delivered.last_active
+        elapsed = (datetime.now(UTC) - last).total_seconds() if last is not None else 0.0
+        wait = min(ack_wait, max(0.0, ack_wait - elapsed)) + 0.5
+        log.warning(
+            "%s down-stream messages delivered before and not acked: waiting %.1f s for "
+            "their redelivery to keep stream order",
+            info.num_ack_pending,
+            wait,
+        )
+        await _pause(stop, wait)
+        return wait
+
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         sub = None
         if self.before_first_fetch is not None:
@@ -114,6 +143,7 @@ class DownstreamReader:
                     log.debug("down consumer not available yet: %s", exc)
                     await _pause(stop, 2.0)
                     continue
+                await self.wait_for_unacked(js, stop)
             try:
                 msgs = await self._fetch(sub)
             except NatsTimeoutError:
@@ -124,15 +154,18 @@ class DownstreamReader:
                     self.on_fetch_error(exc)
                 await _pause(stop, 1.0)
                 continue
-            for group in self._groups(msgs):
+            groups = self._groups(msgs)
+            for index, group in enumerate(groups):
                 try:
                     await self._dispatch_group(group)
                 except Exception as exc:
-                    # Not acked: redelivered after ack_wait; later messages wait for it
-                    # because order matters for master data.
                     self.state.failures += 1
                     self.state.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("down-stream message %s failed", group[0][0].subject)
+                    # Order matters for master data: this group and the rest of the fetch
+                    # are handed out again at once (a nak), ahead of any later message;
+                    # left unacked, the next fetch would return later messages first.
+                    await _nak([m for g in groups[index:] for m, _ in g])
                     await _pause(stop, 1.0)
                     break
                 for msg, down in group:
@@ -189,6 +222,15 @@ class DownstreamReader:
             return
         await handler(downs[0])
         self.state.applied += 1
+
+
+async def _nak(msgs: list[Any]) -> None:
+    for msg in msgs:
+        try:
+            await msg.nak()
+        except Exception as exc:
+            # Then it comes back after ack_wait instead.
+            log.warning("down-stream nak failed: %s", exc)
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
