@@ -26,9 +26,7 @@ def run_migrations(
     url = context.config.get_main_option("sqlalchemy.url")
     assert url, "sqlalchemy.url is not set"
     if context.is_offline_mode():
-        context.configure(
-            url=url, target_metadata=target_metadata, literal_binds=True, **options
-        )
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True, **options)
         with context.begin_transaction():
             context.run_migrations()
         return
