@@ -10,6 +10,7 @@ import io
 import json
 import random
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,28 @@ from central.services.assortment import (
 from central.services.catalog_import import import_products
 from central.services.masterdata_publisher import published_version
 from central.services.pricing import set_prices_bulk
-from tests.conftest import register_branch, wait_until
+from tests.conftest import central_settings, register_branch, wait_until
 from tests.e2e.test_agent_kill import AgentProcess, free_port
 
 SKUS = [f"K{i:05d}" for i in range(4000)]
 
 
 @pytest.fixture
-def db_kind() -> str:
+async def sqlite_central(tmp_path: Path, nats_server: EmbeddedNats) -> AsyncIterator[Any]:
     """Central on SQLite only: what is tested is the agent's replica (and the test waits
     out the consumer's ack_wait, ~30 s, once per kill that left messages unacked)."""
-    return "sqlite"
+    from central.db import upgrade
+    from central.runtime import CentralRuntime
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+    await upgrade(url)
+    runtime = CentralRuntime(central_settings(url, nats_server.url))
+    await runtime.start(ingest_workers=1)
+    await asyncio.wait_for(runtime.nats_ready.wait(), 20)
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
 
 
 class _Replica:
@@ -104,8 +116,9 @@ async def _published(central: Any) -> int:
 
 @pytest.mark.slow
 async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
-    central: Any, nats_server: EmbeddedNats, tmp_path: Path
+    sqlite_central: Any, nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
+    central = sqlite_central
     rng = random.Random(11)
     async with central.sessionmaker() as s:
         await create_format(s, FormatIn(code="mini", name="Minimarket"))
