@@ -28,6 +28,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import NotFoundError, ValidationFailed
@@ -635,31 +636,50 @@ def _pieces(start: date | None, end: date | None) -> list[_Piece]:
 
 
 def _closing_before(
-    session: AsyncSession, month: date, names: Sequence[str], filtered: Any
+    session: AsyncSession, month: date, names: Sequence[str], filtered: Any, *, narrow: bool
 ) -> Select[Any]:
     """Per branch and product the closing of the latest month before ``month`` in which
-    it moved, as rows of the movement query (segment "before")."""
+    it moved, as rows of the movement query (segment "before"). ``narrow``: one branch
+    or one product, not the whole chain."""
     c = _t(StockClosingMonthly)
     if session.get_bind().dialect.name == "postgresql":
-        # One backward step down the (branch, sku, month) key per product on hand or
-        # ever moved (every one has a balance row): O(products), not O(months).
-        b = _t(StockBalance)
-        latest = (
-            select(c.c.qty_milli, c.c.value)
-            .where(c.c.branch == b.c.branch, c.c.sku == b.c.sku, c.c.month < month)
-            .order_by(c.c.month.desc())
-            .limit(1)
-            .lateral("latest")
+        if narrow:
+            # One backward step down the (branch, sku, month) key per product of the
+            # branch (or branch of the product) that ever moved, found through its
+            # balance row: O(products), however many months of history.
+            b = _t(StockBalance)
+            latest = (
+                select(c.c.qty_milli, c.c.value)
+                .where(c.c.branch == b.c.branch, c.c.sku == b.c.sku, c.c.month < month)
+                .order_by(c.c.month.desc())
+                .limit(1)
+                .lateral("latest")
+            )
+            stmt = select(
+                *[b.c[n] for n in names],
+                literal(_CLOSING).label("movement"),
+                literal("before").label("segment"),
+                latest.c.qty_milli.label("qty"),
+                latest.c.value.label("value"),
+            ).select_from(b.join(latest, true()))
+            result: Select[Any] = filtered(stmt, b)
+            return result
+        # The whole chain: hundreds of thousands of index probes cost more than one
+        # ordered pass over the key, keeping each (branch, sku)'s last month.
+        last = (
+            select(c)
+            .ext(distinct_on(c.c.branch, c.c.sku))
+            .where(c.c.month < month)
+            .order_by(c.c.branch.desc(), c.c.sku.desc(), c.c.month.desc())
+            .subquery()
         )
-        stmt = select(
-            *[b.c[n] for n in names],
+        return select(
+            *[last.c[n] for n in names],
             literal(_CLOSING).label("movement"),
             literal("before").label("segment"),
-            latest.c.qty_milli.label("qty"),
-            latest.c.value.label("value"),
-        ).select_from(b.join(latest, true()))
-        result: Select[Any] = filtered(stmt, b)
-        return result
+            last.c.qty_milli.label("qty"),
+            last.c.value.label("value"),
+        )
     last = filtered(
         select(c.c.branch, c.c.sku, func.max(c.c.month).label("month"))
         .where(c.c.month < month)
@@ -737,7 +757,8 @@ async def stock_movement(
     add("inside", period.date_from, period.date_to)
     # Opening: the closing carried into the period's first month, then that month's
     # days before the period (daily rows; none when the period starts on the 1st).
-    parts.append(_closing_before(session, month_from, names, filtered))
+    narrow = branch is not None or sku is not None
+    parts.append(_closing_before(session, month_from, names, filtered, narrow=narrow))
     add("before", month_from, period.date_from - timedelta(days=1))
     # key -> [opening qty, opening value, net qty, net value, seen inside, then per
     # field its qty and value as shown (outgoing kinds positive)]
