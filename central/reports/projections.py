@@ -631,16 +631,28 @@ _PG_CLOSING_UPSERT = text(
     "ON CONFLICT (branch, sku, month) DO UPDATE "
     "SET qty_milli = excluded.qty_milli, value = excluded.value"
 )
+# Step 2 as an upsert of rows that all exist: each (branch, sku) range of later months
+# is walked through its key by a lateral subquery (OFFSET 0 keeps it from being
+# flattened into a join the planner could answer with a scan of the whole table),
+# and every row found is written back by its key. The ranges of one (branch, sku)
+# are disjoint, (month of the batch, next month of the batch], each adding the
+# batch's movements up to and including its lower end: a row is written once.
 _PG_CLOSING_LATER = text(
-    f"UPDATE {_CLOSING} AS t SET qty_milli = t.qty_milli + d.dq, value = t.value + d.dv "
-    "FROM (SELECT c.branch, c.sku, c.month, "
-    "      CAST(sum(u.dq) AS bigint) AS dq, CAST(sum(u.dv) AS bigint) AS dv "
-    f"      FROM {_PG_UNNEST} "
-    f"      JOIN {_CLOSING} AS c "
-    "        ON c.branch = u.branch AND c.sku = u.sku AND c.month > u.month "
-    "      GROUP BY c.branch, c.sku, c.month) AS d "
-    "WHERE t.branch = d.branch AND t.sku = d.sku AND t.month = d.month"
+    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
+    "SELECT u.branch, u.sku, c.month, c.qty_milli + u.cq, c.value + u.cv "
+    "FROM unnest(CAST(:branches AS text[]), CAST(:skus AS text[]), CAST(:after AS date[]), "
+    "CAST(:until AS date[]), CAST(:cq AS bigint[]), CAST(:cv AS bigint[])) "
+    "AS u(branch, sku, after, until, cq, cv) "
+    "CROSS JOIN LATERAL (SELECT c.month, c.qty_milli, c.value "
+    f"  FROM {_CLOSING} AS c "
+    "  WHERE c.branch = u.branch AND c.sku = u.sku AND c.month > u.after "
+    "  AND c.month <= u.until OFFSET 0) AS c "
+    "ORDER BY u.branch, u.sku, c.month "
+    "ON CONFLICT (branch, sku, month) DO UPDATE "
+    "SET qty_milli = excluded.qty_milli, value = excluded.value"
 )
+# Upper end of the last range of a product: every later month.
+_NO_END = date(9999, 12, 31)
 # SQLite runs each statement row by row (executemany), each row seeing the previous
 # ones: later rows first (step 2 on the rows as they were), then the batch's months in
 # ascending order, each reading the latest row at or before it, already up to date.
@@ -675,6 +687,31 @@ def closing_deltas(
     return out
 
 
+def _later_ranges(
+    keys: list[tuple[str, str, date]], deltas: dict[tuple[str, str, date], tuple[int, int]]
+) -> dict[str, list[Any]]:
+    """Per (branch, sku) of the sorted keys: the months after each month of the batch
+    up to its next one, and the batch's movements up to that month (step 2's input)."""
+    ranges: dict[str, list[Any]] = {
+        name: [] for name in ("branches", "skus", "after", "until", "cq", "cv")
+    }
+    qty = value = 0
+    for i, (branch, sku, month) in enumerate(keys):
+        if i == 0 or keys[i - 1][:2] != (branch, sku):
+            qty = value = 0
+        qty += deltas[(branch, sku, month)][0]
+        value += deltas[(branch, sku, month)][1]
+        following = keys[i + 1] if i + 1 < len(keys) else None
+        same = following is not None and following[:2] == (branch, sku)
+        ranges["branches"].append(branch)
+        ranges["skus"].append(sku)
+        ranges["after"].append(month)
+        ranges["until"].append(following[2] if same and following else _NO_END)
+        ranges["cq"].append(qty)
+        ranges["cv"].append(value)
+    return ranges
+
+
 def write_closing(session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]]) -> None:
     """Add a batch's movements to the monthly closing stock (see the note above)."""
     if not deltas:
@@ -689,7 +726,7 @@ def write_closing(session: Session, deltas: dict[tuple[str, str, date], tuple[in
             "dv": [deltas[k][1] for k in keys],
         }
         session.execute(_PG_CLOSING_UPSERT, params)
-        session.execute(_PG_CLOSING_LATER, params)
+        session.execute(_PG_CLOSING_LATER, _later_ranges(keys, deltas))
         return
     rows = [
         {"branch": k[0], "sku": k[1], "month": k[2], "dq": deltas[k][0], "dv": deltas[k][1]}
