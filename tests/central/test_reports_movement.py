@@ -18,7 +18,7 @@ from central.db import create_engine, create_sessionmaker, upgrade
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import StockMovement
 from central.models.reports import StockClosingMonthly, StockMovementMonthly
-from central.reports import service
+from central.reports import projections, service
 from central.reports.projections import write_closing
 from central.reports.rebuild import rebuild_summaries
 from central.reports.service import _pieces
@@ -529,5 +529,42 @@ async def test_migration_fills_the_closing_from_the_monthly_movements(
             ("B1", "B", d(2026, 2, 1), 1000, 70),
             ("B2", "A", d(2026, 1, 1), 700, 77),
         ]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_batch_failing_after_the_closing_upkeep_leaves_nothing_behind(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops right after both closing statements ran: the batch rolls
+    back with them, and the redelivered batch is counted once."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        async with sessionmaker() as session, session.begin():
+            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
+            await add_branch(session, code="B2", name="Station")
+        messages = build_long_history().messages()
+        first, rest = messages[:40], messages[40:]
+        await _ingest(sessionmaker, first, 40)
+        kept = await _closing_rows(sessionmaker)
+        real = projections.write_closing
+
+        def then_fail(session: Any, deltas: Any) -> None:
+            real(session, deltas)
+            raise ConnectionResetError("link dropped after the closing upkeep")
+
+        monkeypatch.setattr(projections, "write_closing", then_fail)
+        with pytest.raises(ConnectionResetError):
+            await IngestWorker(sessionmaker).process(rest)
+        assert await _closing_rows(sessionmaker) == kept
+        monkeypatch.setattr(projections, "write_closing", real)
+        await _ingest(sessionmaker, messages, 25)  # redelivered, first part included
+        assert await _closing_rows(sessionmaker) == _closing_from_ledger(
+            await _ledger(sessionmaker)
+        )
+        # Every ledger row once: as many as the lines of the history's events.
+        ledger = await _ledger(sessionmaker)
+        assert len({(r.event_id, r.line_no) for r in ledger}) == len(ledger)
     finally:
         await engine.dispose()
