@@ -394,27 +394,9 @@ class Fiscalizer:
                 setattr(row, key, value)
 
     async def _complete_return(self, pk: int, fiscal_number: str | None, status: str) -> None:
-        async with self._write_lock, self._sessionmaker() as session, session.begin():
-            row = await session.get(CustomerReturn, pk)
-            assert row is not None
-            if row.status != "pending_fiscal":
-                return
-            body = msgspec.convert(row.body, CustomerReturnRecorded)
-            body = msgspec.structs.replace(body, fiscal_number=fiscal_number)
-            envelope = await append_event(
-                session,
-                branch=self._settings.branch,
-                timezone=self._settings.timezone,
-                body=body,
-                occurred_at=row.created_at,
-            )
-            row.body = msgspec.to_builtins(body)
-            row.status = status
-            row.fiscal_number = fiscal_number
-            row.fiscal_error = None
-            row.fiscalized_at = datetime.now(UTC)
-            row.event_id = envelope.event_id
-        self._on_event()
+        await self._finish(
+            CustomerReturn, pk, "body", CustomerReturnRecorded, fiscal_number, status
+        )
 
     async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> None:
         """A manager's decision for a pending return whose printer is gone for good."""
@@ -445,28 +427,51 @@ class Fiscalizer:
         status: str,
         fiscal_memory_number: str | None = None,
     ) -> None:
+        await self._finish(
+            Sale,
+            sale_pk,
+            "receipt",
+            ReceiptRecorded,
+            fiscal_number,
+            status,
+            fiscal_memory_number=fiscal_memory_number,
+        )
+
+    async def _finish(
+        self,
+        model: type[Sale] | type[CustomerReturn],
+        pk: int,
+        payload: str,
+        event_type: type[ReceiptRecorded] | type[CustomerReturnRecorded],
+        fiscal_number: str | None,
+        status: str,
+        **columns: Any,
+    ) -> None:
+        """A pending sale or return is done: its event (with the fiscal number, if any)
+        goes into the outbox in the same transaction as the new status."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            row = await session.get(Sale, sale_pk)
+            row: Sale | CustomerReturn | None = await session.get(model, pk)
             assert row is not None
             if row.status != "pending_fiscal":
                 return
-            receipt = msgspec.convert(row.receipt, ReceiptRecorded)
-            receipt = msgspec.structs.replace(receipt, fiscal_number=fiscal_number)
+            body = msgspec.convert(getattr(row, payload), event_type)
+            body = msgspec.structs.replace(body, fiscal_number=fiscal_number)
             envelope = await append_event(
                 session,
                 branch=self._settings.branch,
                 timezone=self._settings.timezone,
-                body=receipt,
-                # The sale happened when it was recorded, not when the printer caught up.
+                body=body,
+                # It happened when it was recorded, not when the printer caught up.
                 occurred_at=row.created_at,
             )
-            row.receipt = msgspec.to_builtins(receipt)
+            setattr(row, payload, msgspec.to_builtins(body))
             row.status = status
             row.fiscal_number = fiscal_number
             row.fiscal_error = None
             row.fiscalized_at = datetime.now(UTC)
-            row.fiscal_memory_number = fiscal_memory_number
             row.event_id = envelope.event_id
+            for name, value in columns.items():
+                setattr(row, name, value)
         self._on_event()
 
     async def present(self, till: str, total: int, change: int, cash: bool) -> None:
