@@ -316,7 +316,7 @@ async def run(products: int, lookups: int, sales: int) -> dict[str, Any]:
             lookup_ms = await timed(lookups, lookup)
             # The agent's sale engine (SQLite calls in the loop's thread, see db.py).
             sale_engine = create_engine(db_path, inline=True)
-            service = SaleService(settings, create_sessionmaker(sale_engine), asyncio.Lock())
+            service = SaleService(settings, sale_engine, asyncio.Lock())
 
             async def commit(i: int) -> None:
                 sale = SaleIn(

@@ -56,7 +56,7 @@ class Agent:
         self.write_lock = asyncio.Lock()
         # Sales on an engine without aiosqlite's thread hops (the till waits on them).
         self.sale_engine = create_engine(settings.database_path, inline=True)
-        self.sales = SaleService(settings, create_sessionmaker(self.sale_engine), self.write_lock)
+        self.sales = SaleService(settings, self.sale_engine, self.write_lock)
         self.sender = OutboxSender(
             self.sessionmaker,
             self.write_lock,

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.db import read_connection
+from branch_agent.direct_sql import DirectStatement
 from branch_agent.masterdata_models import MdPrice, MdProduct, MdPromotion
 from branch_agent.models import Product, ProductBarcode
 from protocol.masterdata import PromotionRecord, decode_masterdata
@@ -299,19 +300,38 @@ class LineDiscount(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Built once (every sale asks).
-_PROMOTIONS_IN_FORCE = select(MdPromotion.body).where(
-    or_(MdPromotion.ends_at.is_(None), MdPromotion.ends_at > bindparam("at"))
+_PROMOTIONS_IN_FORCE = DirectStatement(
+    select(MdPromotion.body).where(
+        or_(MdPromotion.ends_at.is_(None), MdPromotion.ends_at > bindparam("at"))
+    )
 )
+
+
+async def _category_paths(session: AsyncSession, skus: list[str]) -> dict[str, str | None]:
+    reader = read_connection(session.get_bind())
+    if reader is not None:
+        marks = ", ".join("?" * len(skus))
+        sql = f"SELECT sku, category_path FROM md_products WHERE sku IN ({marks})"
+        return {sku: path for sku, path in reader.fetch(sql, skus)}
+    query = select(MdProduct.sku, MdProduct.category_path).where(MdProduct.sku.in_(skus))
+    return {sku: path for sku, path in (await session.execute(query)).all()}
 
 
 async def promotion_discounts(
     session: AsyncSession, lines: list[BasketLine], *, at: datetime
 ) -> list[LineDiscount]:
     """Discount per line from the promotions in force at ``at`` (one entry per line),
-    evaluated by ``protocol.promotions`` with the rules central uses."""
+    evaluated by ``protocol.promotions`` with the rules central uses. Master data is
+    read on the engine's plain reader when it has one (committed data, no hop)."""
     if not lines:
         return []
-    bodies = (await session.scalars(_PROMOTIONS_IN_FORCE, {"at": at})).all()
+    reader = read_connection(session.get_bind())
+    if reader is not None:
+        statement = _PROMOTIONS_IN_FORCE
+        found = reader.fetch(statement.sql, statement.parameters({"at": at}))
+        bodies = [statement.row(row)[0] for row in found]
+    else:
+        bodies = list((await session.scalars(_PROMOTIONS_IN_FORCE.statement, {"at": at})).all())
     if not bodies:
         return [LineDiscount() for _ in lines]
     promotions: dict[str, PromotionRecord] = {}
@@ -319,14 +339,7 @@ async def promotion_discounts(
         record = decode_masterdata(body)
         if isinstance(record, PromotionRecord):
             promotions[record.promotion_id] = record
-    skus = sorted({line.sku for line in lines})
-    paths = dict(
-        (
-            await session.execute(
-                select(MdProduct.sku, MdProduct.category_path).where(MdProduct.sku.in_(skus))
-            )
-        ).all()
-    )
+    paths = await _category_paths(session, sorted({line.sku for line in lines}))
     promo_lines = [
         PromoLine(
             sku=line.sku,

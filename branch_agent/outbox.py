@@ -10,6 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.db import table_of
+from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.models import Counter, OutboxEvent
 from protocol.codec import encode
 from protocol.events import BranchEvent, EventEnvelope, event_kind
@@ -30,7 +31,7 @@ EVENT_SEQ = "event_seq"
 
 _counters = table_of(Counter)
 # Built once (the sale path bumps two counters per sale).
-_BUMP_COUNTER = (
+_BUMP_COUNTER = DirectStatement(
     sqlite_insert(_counters)
     .values(name=bindparam("name"), value=1)
     .on_conflict_do_update(index_elements=["name"], set_={"value": _counters.c.value + 1})
@@ -39,15 +40,21 @@ _BUMP_COUNTER = (
 
 
 # A Core insert: no ORM object to flush for a row nobody reads back in this transaction.
-_INSERT_OUTBOX = insert(table_of(OutboxEvent))
+_outbox = table_of(OutboxEvent)
+_INSERT_OUTBOX = DirectStatement(
+    insert(_outbox).values(
+        {c: bindparam(c) for c in ("seq", "event_id", "subject", "kind", "payload", "created_at")}
+    ),
+    _outbox,
+)
 
 
-async def next_counter(session: AsyncSession, name: str) -> int:
+async def next_counter(db: AsyncSession | DirectUnit, name: str) -> int:
     """Bump a gapless counter inside the caller's transaction (rolled back with it).
 
     One UPSERT ... RETURNING statement: on the sale path every round trip counts."""
-    value: int = (await session.execute(_BUMP_COUNTER, {"name": name})).scalar_one()
-    return value
+    ((value,),) = await run(db, _BUMP_COUNTER, {"name": name})
+    return int(value)
 
 
 def utc_offset_min(timezone: str, at: datetime) -> int:
@@ -56,7 +63,7 @@ def utc_offset_min(timezone: str, at: datetime) -> int:
 
 
 async def append_event(
-    session: AsyncSession,
+    db: AsyncSession | DirectUnit,
     *,
     branch: str,
     timezone: str,
@@ -67,12 +74,13 @@ async def append_event(
     envelope = EventEnvelope(
         event_id=new_event_id(),
         branch=branch,
-        seq=await next_counter(session, EVENT_SEQ),
+        seq=await next_counter(db, EVENT_SEQ),
         occurred_at=occurred_at,
         utc_offset_min=utc_offset_min(timezone, occurred_at),
         body=body,
     )
-    await session.execute(
+    await run(
+        db,
         _INSERT_OUTBOX,
         {
             "seq": envelope.seq,
@@ -81,7 +89,6 @@ async def append_event(
             "kind": event_kind(body),
             "payload": encode(envelope),
             "created_at": occurred_at,
-            "attempts": 0,
         },
     )
     return envelope

@@ -14,6 +14,7 @@ the original receipt (and nudges a pending one through the printer).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -21,10 +22,11 @@ from typing import Any, TypeVar
 import msgspec
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from branch_agent.catalog import BasketLine, CatalogItem, find_product, promotion_discounts
-from branch_agent.db import table_of
+from branch_agent.db import create_sessionmaker, table_of
+from branch_agent.direct_sql import DirectStatement, DirectUnit, direct_unit, run
 from branch_agent.errors import Conflict, NotFound, Rejected, StorageFull
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.models import CustomerReturn, Sale, Shift, utcnow
@@ -59,12 +61,32 @@ def is_storage_full(exc: BaseException) -> bool:
 
 T = TypeVar("T")
 
-# Built once: on the sale path, building a statement costs more than running it.
+# Built once: on the sale path, building a statement costs more than running it; the
+# sale's own transaction runs them on the sqlite3 connection (branch_agent.direct_sql).
 _SALE_BY_ID = select(Sale).where(
     Sale.till == bindparam("till"), Sale.sale_id == bindparam("sale_id")
 )
-_INSERT_SALE = insert(table_of(Sale))
-_OPEN_SHIFT_OF_TILL = (
+_SALE_EXISTS = DirectStatement(
+    select(Sale.id).where(Sale.till == bindparam("till"), Sale.sale_id == bindparam("sale_id"))
+)
+_SALE_COLUMNS = (
+    "till",
+    "sale_id",
+    "shift_id",
+    "receipt_number",
+    "cashier",
+    "created_at",
+    "total",
+    "change",
+    "status",
+    "receipt",
+    "print_job",
+    "event_id",
+)
+_INSERT_SALE = DirectStatement(
+    insert(table_of(Sale)).values({c: bindparam(c) for c in _SALE_COLUMNS}), table_of(Sale)
+)
+_OPEN_SHIFT_OF_TILL = DirectStatement(
     select(Shift.shift_id)
     .where(Shift.till == bindparam("till"), Shift.closed_at.is_(None))
     .order_by(Shift.opened_at.desc())
@@ -77,7 +99,8 @@ def is_database_locked(exc: BaseException) -> bool:
 
 
 async def _when_unlocked(unit_of_work: Callable[[], Awaitable[T]], *, full: str) -> T:
-    """Run a unit of work of the sale engine; a full disk becomes StorageFull.
+    """Run a unit of work of the sale engine (through SQLAlchemy or straight on
+    sqlite3: both errors are handled); a full disk becomes StorageFull.
 
     When another process holds SQLite's write lock, wait here with asyncio sleeps,
     not in the loop's thread (the sale engine's busy timeout is short); the unit of
@@ -87,7 +110,7 @@ async def _when_unlocked(unit_of_work: Callable[[], Awaitable[T]], *, full: str)
     while True:
         try:
             return await unit_of_work()
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:
             if is_storage_full(exc):
                 raise StorageFull(full) from exc
             if not is_database_locked(exc) or delay > 5:
@@ -100,11 +123,13 @@ class SaleService:
     def __init__(
         self,
         settings: AgentSettings,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        sale_engine: AsyncEngine,
         write_lock: asyncio.Lock,
     ) -> None:
+        """``sale_engine``: the inline engine (``create_engine(path, inline=True)``)."""
         self._settings = settings
-        self._sessionmaker = sessionmaker
+        self._engine = sale_engine
+        self._sessionmaker = create_sessionmaker(sale_engine)
         # One writer at a time: SQLite would otherwise answer "database is locked".
         self._write_lock = write_lock
         self._layout = weight_layout(settings.weight_barcode_layout)
@@ -122,46 +147,53 @@ class SaleService:
 
     async def _record_sale(self, till: str, sale: SaleIn) -> tuple[SaleOut, bool]:
         fiscal = self._has_fiscal(till)
-        async with self._write_lock, self._sessionmaker() as session, session.begin():
-            existing = await session.scalar(_SALE_BY_ID, {"till": till, "sale_id": sale.sale_id})
-            if existing is not None:
-                return sale_out(existing), False
-            receipt, job = await self._price(session, till, sale, fiscal=fiscal)
-            values: dict[str, Any] = {
-                "till": till,
-                "sale_id": sale.sale_id,
-                "shift_id": receipt.shift_id,
-                "receipt_number": receipt.receipt_number,
-                "cashier": sale.cashier,
-                "created_at": utcnow(),
-                "total": receipt.total,
-                "change": receipt.change,
-                "status": "pending_fiscal" if fiscal else "recorded",
-                "receipt": msgspec.to_builtins(receipt),
-                "print_job": job if fiscal else None,
-                "event_id": None,
-            }
-            seq = None
-            if not fiscal:
-                envelope = await append_event(
-                    session,
-                    branch=self._settings.branch,
-                    timezone=self._settings.timezone,
-                    body=receipt,
-                )
-                values["event_id"] = envelope.event_id
-                seq = envelope.seq
-            # A Core insert: the ORM unit of work cost more than SQLite's work here.
-            await session.execute(_INSERT_SALE, values)
-            await apply_moves(
-                session,
-                ((line.sku, -line.quantity_milli, None) for line in receipt.lines),
-                source="sale",
-                source_id=f"{till}/{sale.sale_id}",
+        key = {"till": till, "sale_id": sale.sale_id}
+        # The session only reads the catalog (on the engine's plain reader); the sale's
+        # transaction is a direct unit on the sqlite3 connection.
+        async with self._write_lock, self._sessionmaker() as session:
+            async with direct_unit(self._engine) as db:
+                exists = bool(db.execute(_SALE_EXISTS, key))
+                if not exists:
+                    return await self._commit_sale(session, db, till, sale, fiscal=fiscal), True
+            existing = await session.scalar(_SALE_BY_ID, key)
+            assert existing is not None
+            return sale_out(existing), False
+
+    async def _commit_sale(
+        self, session: AsyncSession, db: DirectUnit, till: str, sale: SaleIn, *, fiscal: bool
+    ) -> SaleOut:
+        receipt, job = await self._price(session, db, till, sale, fiscal=fiscal)
+        values: dict[str, Any] = {
+            "till": till,
+            "sale_id": sale.sale_id,
+            "shift_id": receipt.shift_id,
+            "receipt_number": receipt.receipt_number,
+            "cashier": sale.cashier,
+            "created_at": utcnow(),
+            "total": receipt.total,
+            "change": receipt.change,
+            "status": "pending_fiscal" if fiscal else "recorded",
+            "receipt": msgspec.to_builtins(receipt),
+            "print_job": job if fiscal else None,
+            "event_id": None,
+        }
+        seq = None
+        if not fiscal:
+            envelope = await append_event(
+                db, branch=self._settings.branch, timezone=self._settings.timezone, body=receipt
             )
-            out = sale_out(Sale(**values))
-            out.event_seq = seq
-            return out, True
+            values["event_id"] = envelope.event_id
+            seq = envelope.seq
+        db.execute(_INSERT_SALE, values)
+        await apply_moves(
+            db,
+            ((line.sku, -line.quantity_milli, None) for line in receipt.lines),
+            source="sale",
+            source_id=f"{till}/{sale.sale_id}",
+        )
+        out = sale_out(Sale(**values))
+        out.event_seq = seq
+        return out
 
     async def get_sale(self, till: str, sale_id: str) -> SaleOut:
         async with self._sessionmaker() as session:
@@ -190,12 +222,12 @@ class SaleService:
                 query = query.where(Sale.till == till)
             return [sale_out(row) for row in await session.scalars(query)]
 
-    async def _open_shift_id(self, session: AsyncSession, till: str) -> str:
-        shift_id = await session.scalar(_OPEN_SHIFT_OF_TILL, {"till": till})
-        return shift_id or ""
+    async def _open_shift_id(self, db: AsyncSession | DirectUnit, till: str) -> str:
+        found = await run(db, _OPEN_SHIFT_OF_TILL, {"till": till})
+        return str(found[0][0]) if found else ""
 
     async def _price(
-        self, session: AsyncSession, till: str, sale: SaleIn, *, fiscal: bool
+        self, session: AsyncSession, db: DirectUnit, till: str, sale: SaleIn, *, fiscal: bool
     ) -> tuple[ReceiptRecorded, dict[str, Any]]:
         now = datetime.now(UTC)
         priced: list[tuple[CatalogItem, int, str | None, int]] = []
@@ -278,11 +310,11 @@ class SaleService:
                         field=f"payments[{index}].type",
                     )
                 fiscal_types.append(fiscal_type)
-        shift_id = sale.shift_id or await self._open_shift_id(session, till)
+        shift_id = sale.shift_id or await self._open_shift_id(db, till)
         receipt = ReceiptRecorded(
             till=till,
             shift_id=shift_id,
-            receipt_number=await next_counter(session, f"receipt_number:{till}"),
+            receipt_number=await next_counter(db, f"receipt_number:{till}"),
             sale_id=sale.sale_id,
             cashier=sale.cashier,
             lines=tuple(lines),

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.catalog import find_product
 from branch_agent.db import table_of
+from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.errors import Conflict, NotFound, Rejected
 from branch_agent.models import (
     StockBalance,
@@ -124,7 +125,7 @@ class BalanceOut(msgspec.Struct, kw_only=True):
 
 
 async def apply_moves(
-    session: AsyncSession,
+    db: AsyncSession | DirectUnit,
     moves: Iterable[tuple[str, int, int | None]],
     *,
     source: str,
@@ -153,22 +154,32 @@ async def apply_moves(
         totals[sku] = totals.get(sku, 0) + quantity_milli
     if not rows:
         return
-    await session.execute(_INSERT_MOVES, rows)
-    await session.execute(
-        _ADD_TO_BALANCE, [{"sku": sku, "quantity_milli": delta} for sku, delta in totals.items()]
+    await run(db, _INSERT_MOVES, rows)
+    await run(
+        db,
+        _ADD_TO_BALANCE,
+        [{"sku": sku, "quantity_milli": delta} for sku, delta in totals.items()],
     )
 
 
 # Core statements built once: on the sale path the ORM's bulk machinery and a fresh
 # statement per call cost more than SQLite's work.
-_INSERT_MOVES = insert(table_of(StockMove))
-_balance_upsert = sqlite_insert(table_of(StockBalance))
-_ADD_TO_BALANCE = _balance_upsert.on_conflict_do_update(
-    index_elements=["sku"],
-    set_={
-        "quantity_milli": table_of(StockBalance).c.quantity_milli
-        + _balance_upsert.excluded.quantity_milli
-    },
+_MOVE_COLUMNS = ("sku", "quantity_milli", "unit_cost", "source", "source_id", "created_at")
+_INSERT_MOVES = DirectStatement(
+    insert(table_of(StockMove)).values({c: bindparam(c) for c in _MOVE_COLUMNS}),
+    table_of(StockMove),
+)
+_balance_upsert = sqlite_insert(table_of(StockBalance)).values(
+    sku=bindparam("sku"), quantity_milli=bindparam("quantity_milli")
+)
+_ADD_TO_BALANCE = DirectStatement(
+    _balance_upsert.on_conflict_do_update(
+        index_elements=["sku"],
+        set_={
+            "quantity_milli": table_of(StockBalance).c.quantity_milli
+            + _balance_upsert.excluded.quantity_milli
+        },
+    )
 )
 
 
