@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = [
     "allocate_ids",
+    "copy_records",
     "dialect_insert",
     "insert_rows",
     "is_postgresql",
@@ -75,8 +76,6 @@ async def insert_rows(
     if not is_postgresql(session):
         await session.execute(insert(table), list(rows))
         return
-    import asyncpg  # type: ignore[import-untyped,unused-ignore]
-
     columns = _complete(table, rows)
     defaults = {c: _default(table, c) for c in columns if c not in rows[0]}
     json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
@@ -92,6 +91,16 @@ async def insert_rows(
         ]
     else:
         records = [tuple(row.values()) for row in rows]
+    await copy_records(session, table.name, columns, records)
+
+
+async def copy_records(
+    session: AsyncSession, table: str, columns: Sequence[str], records: Iterable[tuple[Any, ...]]
+) -> None:
+    """PostgreSQL: COPY tuples (values in ``columns`` order) into ``table``, inside the
+    session's transaction."""
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
@@ -101,11 +110,11 @@ async def insert_rows(
         await connection.execute(text("SELECT 1"))
     driver: Any = raw.driver_connection
     try:
-        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        await driver.copy_records_to_table(table, records=records, columns=list(columns))
     except asyncpg.IntegrityConstraintViolationError as exc:
-        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+        raise IntegrityError(f"COPY {table}", None, exc) from exc
     except asyncpg.PostgresError as exc:
-        raise DBAPIError(f"COPY {table.name}", None, exc) from exc
+        raise DBAPIError(f"COPY {table}", None, exc) from exc
 
 
 async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[int]:

@@ -126,6 +126,13 @@ class SummaryDelta:
     ledger_events: dict[uuid.UUID, str] = field(default_factory=dict)
     # True once the ledger rows were filed from the batch itself (not read back).
     ledger_filed: bool = False
+    # PostgreSQL ingest: the per-product tables (product day, chain product day, last
+    # selling price) are summed by the database from the batch's staged lines, so
+    # only each event's per-product line sums are kept here:
+    # event id -> sku -> [qty_milli, revenue, vat, discounts, highest unit price].
+    staged: bool = False
+    sku_lines: dict[uuid.UUID, dict[str, list[int]]] = field(default_factory=dict)
+    sold_at: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
     def bump(self, table: Table, key: tuple[Any, ...], **amounts: int) -> None:
         row = self.add[table.name].get(key)
@@ -192,16 +199,20 @@ class SummaryDelta:
             manual_discount_lines=len(manual),
             manual_discount_amount=sum(line.discount for line in manual),
         )
-        for sku, amounts in per_sku.items():
-            self.bump(_t(SalesProductDaily), (branch, local_date, sku), receipts=1, **amounts)
-            self.bump(_t(SalesProductDailyChain), (local_date, sku), receipts=1, **amounts)
-        for line in body.lines:
-            key = (branch, line.sku)
-            candidate = (occurred_at, line.unit_price)
-            # Latest sale wins; ties go to the higher price, so any arrival order agrees.
-            seen = self.last_price.get(key)
-            if seen is None or candidate > seen:
-                self.last_price[key] = candidate
+        if self.staged:
+            self.sku_lines[event_id] = _staged_lines(body, per_sku)
+            self.sold_at[event_id] = occurred_at
+        else:
+            for sku, amounts in per_sku.items():
+                self.bump(_t(SalesProductDaily), (branch, local_date, sku), receipts=1, **amounts)
+                self.bump(_t(SalesProductDailyChain), (local_date, sku), receipts=1, **amounts)
+            for line in body.lines:
+                key = (branch, line.sku)
+                candidate = (occurred_at, line.unit_price)
+                # Latest sale wins; ties go to the higher price, so any arrival order agrees.
+                seen = self.last_price.get(key)
+                if seen is None or candidate > seen:
+                    self.last_price[key] = candidate
         for payment_type, amount in cash_net_of_change(body.payments, body.change).items():
             self.bump(
                 _t(PaymentsDaily), (branch, local_date, payment_type), receipts=1, amount=amount
@@ -232,15 +243,18 @@ class SummaryDelta:
         self.bump(_t(SalesBranchDaily), (branch, local_date), **totals)
         self.bump(_t(SalesHourly), (branch, local_date, hour), **totals)
         self.bump(_t(SalesCashierDaily), (branch, local_date, body.cashier), **totals)
-        for sku, amounts in per_sku.items():
-            product = {
-                "returns": 1,
-                "returns_qty_milli": amounts["qty_milli"],
-                "returns_amount": amounts["revenue"],
-                "returns_vat": amounts["vat"],
-            }
-            self.bump(_t(SalesProductDaily), (branch, local_date, sku), **product)
-            self.bump(_t(SalesProductDailyChain), (local_date, sku), **product)
+        if self.staged:
+            self.sku_lines[event_id] = _staged_lines(body, per_sku)
+        else:
+            for sku, amounts in per_sku.items():
+                product = {
+                    "returns": 1,
+                    "returns_qty_milli": amounts["qty_milli"],
+                    "returns_amount": amounts["revenue"],
+                    "returns_vat": amounts["vat"],
+                }
+                self.bump(_t(SalesProductDaily), (branch, local_date, sku), **product)
+                self.bump(_t(SalesProductDailyChain), (local_date, sku), **product)
         for refund in body.refunds:
             self.bump(
                 _t(PaymentsDaily),
@@ -339,6 +353,24 @@ def _per_sku(body: ReceiptRecorded | CustomerReturnRecorded) -> dict[str, dict[s
     return per
 
 
+_NO_PRICE = -(1 << 62)
+
+
+def _staged_lines(
+    body: ReceiptRecorded | CustomerReturnRecorded, per_sku: dict[str, dict[str, int]]
+) -> dict[str, list[int]]:
+    """Per sku: [qty_milli, revenue, vat, discounts, highest unit price] of the event."""
+    out = {
+        sku: [a["qty_milli"], a["revenue"], a["vat"], a["discounts"], _NO_PRICE]
+        for sku, a in per_sku.items()
+    }
+    for line in body.lines:
+        row = out[line.sku]
+        if line.unit_price > row[4]:
+            row[4] = line.unit_price
+    return out
+
+
 def month_of(day: date) -> date:
     """The first day of the calendar month of ``day`` (the monthly summaries' key)."""
     return day.replace(day=1)
@@ -362,7 +394,7 @@ async def prepare_summaries(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
 ) -> None:
     """The batch's contribution, summed in Python before any shared row is locked."""
-    delta = SummaryDelta()
+    delta = SummaryDelta(staged=session.get_bind().dialect.name == "postgresql")
     for ctx in contexts:
         delta.add_event(ctx.envelope, ctx.local_date)
     batch.notes[_DELTA_NOTE] = delta
@@ -382,6 +414,13 @@ async def project_summaries(
     if delta.is_empty():
         return
     sums: dict[tuple[Any, ...], list[int]] | None = batch.notes.get(LEDGER_SUMS)
+    if delta.staged:
+        if sums is None:
+            # No stock handler ran before (not in central's own setup): read them back.
+            rows = await session.run_sync(_ledger_rows, sorted(delta.ledger_events))
+            sums = {tuple(r[:5]): [int(r[5]), int(r[6])] for r in rows}
+        await _flush_staged(session, delta, sums)
+        return
     if sums is not None:
         # The stock handler (same event types, earlier stage) left this batch's ledger
         # rows summed: no need to read them back.
@@ -392,6 +431,205 @@ async def project_summaries(
         )
         delta.ledger_filed = True
     await session.run_sync(flush_delta, delta)
+
+
+# --- PostgreSQL: per-product tables summed by the database ---------------------------------
+#
+# The batch's ledger sums (one row per event, sku and document type, with the event's
+# line sums of that sku beside) go into a temporary table with one COPY; each
+# per-product summary is then one INSERT ... SELECT ... GROUP BY ... ORDER BY key ...
+# ON CONFLICT DO UPDATE from it. Same rows, same sums and the same key (lock) order as
+# the Python delta, without summing tens of thousands of rows in Python or sending
+# them as arrays. The table lives per connection; ON COMMIT DELETE ROWS empties it
+# at every commit (and a rollback takes its rows with it).
+
+_STAGE = "ingest_summary_stage"
+_STAGE_COLUMNS = (
+    "branch",
+    "local_date",
+    "month",
+    "sku",
+    "doc_type",
+    "reason",
+    "kind",
+    "qty",
+    "value",
+    "lq",
+    "revenue",
+    "vat",
+    "discounts",
+    "sold_at",
+    "price",
+)
+# kind: 0 stock document, 1 sale (receipt), 2 customer return.
+_KIND_DOCUMENT, _KIND_SALE, _KIND_RETURN = 0, 1, 2
+_PG_STAGE_CREATE = text(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
+    "branch text NOT NULL, local_date date NOT NULL, month date NOT NULL, "
+    "sku text NOT NULL, doc_type text NOT NULL, reason text NOT NULL, "
+    "kind smallint NOT NULL, qty bigint NOT NULL, value bigint NOT NULL, "
+    "lq bigint NOT NULL, revenue bigint NOT NULL, vat bigint NOT NULL, "
+    "discounts bigint NOT NULL, sold_at timestamptz, price bigint"
+    ") ON COMMIT DELETE ROWS"
+)
+
+
+def _staged_product_sql(table: str, keys: str) -> Any:
+    sale = f"FILTER (WHERE kind = {_KIND_SALE})"
+    ret = f"FILTER (WHERE kind = {_KIND_RETURN})"
+    amounts = {
+        "receipts": f"count(*) {sale}",
+        "qty_milli": f"coalesce(sum(lq) {sale}, 0)",
+        "revenue": f"coalesce(sum(revenue) {sale}, 0)",
+        "vat": f"coalesce(sum(vat) {sale}, 0)",
+        "discounts": f"coalesce(sum(discounts) {sale}, 0)",
+        # Outgoing sale value is negative in the ledger; cost of goods sold is positive.
+        "cost": f"coalesce(-sum(value) {sale}, 0)",
+        "returns": f"count(*) {ret}",
+        "returns_qty_milli": f"coalesce(sum(lq) {ret}, 0)",
+        "returns_amount": f"coalesce(sum(revenue) {ret}, 0)",
+        "returns_vat": f"coalesce(sum(vat) {ret}, 0)",
+        "returns_cost": f"coalesce(sum(value) {ret}, 0)",
+    }
+    return text(
+        f"INSERT INTO {table} AS t ({keys}, {', '.join(amounts)}) "
+        f"SELECT {keys}, {', '.join(amounts.values())} FROM {_STAGE} "
+        f"WHERE kind <> {_KIND_DOCUMENT} GROUP BY {keys} ORDER BY {keys} "
+        f"ON CONFLICT ({keys}) DO UPDATE SET "
+        + ", ".join(f"{n} = t.{n} + excluded.{n}" for n in amounts)
+    )
+
+
+def _staged_movement_sql(table: str, keys: str, staged_keys: str) -> Any:
+    return text(
+        f"INSERT INTO {table} AS t ({keys}, qty_milli, cost_value) "
+        f"SELECT {staged_keys}, sum(qty), sum(value) FROM {_STAGE} "
+        f"GROUP BY {staged_keys} ORDER BY {staged_keys} "
+        f"ON CONFLICT ({keys}) DO UPDATE SET qty_milli = t.qty_milli + excluded.qty_milli, "
+        "cost_value = t.cost_value + excluded.cost_value"
+    )
+
+
+_PG_STAGED: dict[str, Any] = {
+    SalesProductDaily.__tablename__: _staged_product_sql(
+        SalesProductDaily.__tablename__, "branch, local_date, sku"
+    ),
+    SalesProductDailyChain.__tablename__: _staged_product_sql(
+        SalesProductDailyChain.__tablename__, "local_date, sku"
+    ),
+    StockMovementDaily.__tablename__: _staged_movement_sql(
+        StockMovementDaily.__tablename__,
+        "branch, local_date, sku, movement, reason",
+        "branch, local_date, sku, doc_type, reason",
+    ),
+    StockMovementMonthly.__tablename__: _staged_movement_sql(
+        StockMovementMonthly.__tablename__,
+        "branch, month, sku, movement",
+        "branch, month, sku, doc_type",
+    ),
+}
+# Latest sale wins; ties go to the higher price (as the Python delta's last_price).
+_PG_STAGED_PRICE = text(
+    f"INSERT INTO {LastSellingPrice.__tablename__} AS t (branch, sku, sold_at, unit_price) "
+    "SELECT DISTINCT ON (branch, sku) branch, sku, sold_at, price "
+    f"FROM {_STAGE} WHERE kind = {_KIND_SALE} "
+    "ORDER BY branch, sku, sold_at DESC, price DESC "
+    "ON CONFLICT (branch, sku) DO UPDATE SET "
+    "unit_price = CASE WHEN excluded.sold_at > t.sold_at OR (excluded.sold_at = t.sold_at "
+    "AND excluded.unit_price > t.unit_price) THEN excluded.unit_price ELSE t.unit_price END, "
+    "sold_at = CASE WHEN excluded.sold_at > t.sold_at OR (excluded.sold_at = t.sold_at "
+    "AND excluded.unit_price > t.unit_price) THEN excluded.sold_at ELSE t.sold_at END"
+)
+
+
+async def _flush_staged(
+    session: AsyncSession, delta: SummaryDelta, sums: dict[tuple[Any, ...], list[int]]
+) -> None:
+    """PostgreSQL: stage the batch's ledger sums, then write every table in the fixed
+    order (per-product tables from the stage, the others from the delta)."""
+    from central.ingest.bulk import copy_records
+
+    records: list[tuple[Any, ...]] = []
+    closing: dict[tuple[str, str, date], tuple[int, int]] = {}
+    event_cost: dict[uuid.UUID, int] = {}
+    months: dict[date, date] = {}
+    no_lines = (0, 0, 0, 0, None)
+    sku_lines = delta.sku_lines
+    ledger_events = delta.ledger_events
+    sale_events = delta.sale_events
+    sold_ats = delta.sold_at
+    for (event_id, branch, local_date, sku, doc_type), (qty, value) in sums.items():
+        if event_id not in ledger_events:
+            continue
+        month = months.get(local_date)
+        if month is None:
+            month = months[local_date] = month_of(local_date)
+        keys = sale_events.get(event_id)
+        if keys is None:
+            kind = _KIND_DOCUMENT
+            line: Sequence[Any] = no_lines
+            sold_at = None
+        else:
+            kind = _KIND_RETURN if keys.returned else _KIND_SALE
+            line = sku_lines[event_id].get(sku, no_lines)
+            sold_at = sold_ats.get(event_id)
+            event_cost[event_id] = event_cost.get(event_id, 0) + (
+                value if keys.returned else -value
+            )
+        records.append(
+            (
+                branch,
+                local_date,
+                month,
+                sku,
+                doc_type,
+                ledger_events[event_id],
+                kind,
+                qty,
+                value,
+                line[0],
+                line[1],
+                line[2],
+                line[3],
+                sold_at,
+                line[4] if kind == _KIND_SALE else None,
+            )
+        )
+        ckey = (branch, sku, month)
+        seen = closing.get(ckey)
+        closing[ckey] = (qty, value) if seen is None else (seen[0] + qty, seen[1] + value)
+    # Costs of the per-event tables: one sum per event, filed three times.
+    branch_daily = delta.add[_t(SalesBranchDaily).name]
+    hourly = delta.add[_t(SalesHourly).name]
+    cashier = delta.add[_t(SalesCashierDaily).name]
+    for event_id, amount in event_cost.items():
+        keys = sale_events[event_id]
+        column = "returns_cost" if keys.returned else "cost"
+        _add_to(branch_daily, (keys.branch, keys.local_date), column, amount)
+        _add_to(hourly, (keys.branch, keys.local_date, keys.hour), column, amount)
+        _add_to(cashier, (keys.branch, keys.local_date, keys.cashier), column, amount)
+    delta.ledger_filed = True
+    await session.execute(_PG_STAGE_CREATE)
+    await copy_records(session, _STAGE, _STAGE_COLUMNS, records)
+    await session.run_sync(_write_staged, delta, closing)
+
+
+def _write_staged(
+    session: Session, delta: SummaryDelta, closing: dict[tuple[str, str, date], tuple[int, int]]
+) -> None:
+    for table in _TABLE_ORDER:
+        staged = _PG_STAGED.get(table.name)
+        if staged is not None:
+            session.execute(staged)
+            if table.name == StockMovementMonthly.__tablename__:
+                write_closing(session, closing)
+            continue
+        rows = delta.add.get(table.name, {})
+        if table.name == ShiftTotals.__tablename__:
+            _write_shifts(session, table, delta, rows)
+            continue
+        _upsert_delta(session, table, rows)
+    session.execute(_PG_STAGED_PRICE)
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -536,6 +774,31 @@ def _merge_price(table: Table, excluded: Any) -> dict[str, Any]:
     }
 
 
+def _write_shifts(
+    session: Session,
+    table: Table,
+    delta: SummaryDelta,
+    rows: dict[tuple[Any, ...], dict[str, int]],
+) -> None:
+    shift_keys = sorted(set(rows) | set(delta.shifts))
+    upsert_additive(
+        session,
+        table,
+        [
+            {
+                "branch": k[0],
+                "shift_id": k[1],
+                "till": delta.shifts[k][0],
+                "local_date": delta.shifts[k][1],
+                **rows.get(k, {}),
+            }
+            for k in shift_keys
+        ],
+        additive=("receipts", "sales", "returns", "returns_total"),
+        merge=_merge_shift,
+    )
+
+
 def flush_delta(session: Session, delta: SummaryDelta) -> None:
     """Write a delta: ledger costs first read, then every table in the fixed order."""
     if delta.ledger_events and not delta.ledger_filed:
@@ -543,23 +806,7 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
     for table in _TABLE_ORDER:
         rows = delta.add.get(table.name, {})
         if table.name == ShiftTotals.__tablename__:
-            shift_keys = sorted(set(rows) | set(delta.shifts))
-            upsert_additive(
-                session,
-                table,
-                [
-                    {
-                        "branch": k[0],
-                        "shift_id": k[1],
-                        "till": delta.shifts[k][0],
-                        "local_date": delta.shifts[k][1],
-                        **rows.get(k, {}),
-                    }
-                    for k in shift_keys
-                ],
-                additive=("receipts", "sales", "returns", "returns_total"),
-                merge=_merge_shift,
-            )
+            _write_shifts(session, table, delta, rows)
             continue
         _upsert_delta(session, table, rows)
         if table.name == StockMovementMonthly.__tablename__:
