@@ -20,15 +20,20 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    case,
     cast,
+    collate,
     func,
-    literal,
+    literal_column,
+    or_,
     select,
     true,
     tuple_,
+    type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
+from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import NotFoundError, ValidationFailed
@@ -580,8 +585,10 @@ _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "stocktake": ("stocktake_difference", 1),
 }
 _OUTGOING = frozenset({"transfers_out", "sales", "supplier_returns", "write_offs"})
-# Marks the closing-stock rows in the movement query (never a movement kind).
-_CLOSING = "~closing"
+# The kind of movement the report shows as "other", and the marker of movement rows
+# that add to the opening (neither is ever a movement kind).
+_OTHER = "~other"
+_OPENING = "~opening"
 _MOVEMENT_FIELDS = (
     "goods_received",
     "transfers_in",
@@ -635,20 +642,93 @@ def _pieces(start: date | None, end: date | None) -> list[_Piece]:
     return pieces
 
 
+# Compiled movement statements by their SQLAlchemy cache key (the statement's shape;
+# its values are bound per call): compiling one costs several milliseconds.
+_COMPILED: dict[Any, Any] = {}
+
+
+async def _fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[Sequence[Any]]:
+    """The rows of a statement; on PostgreSQL straight from the driver (asyncpg) in the
+    session's transaction: building SQLAlchemy rows of thousands of report rows costs
+    more than the query itself."""
+    conn = await session.connection()
+    if conn.dialect.name != "postgresql":
+        found: Sequence[Sequence[Any]] = (await conn.execute(stmt)).all()
+        return found
+    key = stmt._generate_cache_key()
+    compiled = _COMPILED.get(key.key) if key is not None else None
+    if compiled is None:
+        compiled = conn.dialect.statement_compiler(conn.dialect, stmt, cache_key=key)
+        if key is not None:
+            if len(_COMPILED) >= 256:
+                _COMPILED.clear()
+            _COMPILED[key.key] = compiled
+    values = compiled.construct_params(
+        extracted_parameters=key.bindparams if key is not None else None
+    )
+    params = [values[name] for name in compiled.positiontup or ()]
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    # Small reads: starting parallel workers costs more than they save here.
+    await driver.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    try:
+        rows: Sequence[Sequence[Any]] = await driver.fetch(compiled.string, *params)
+    finally:
+        await driver.execute("RESET max_parallel_workers_per_gather")
+    return rows
+
+
+def _months_between(first: date, last: date) -> int:
+    """Calendar months from the month of ``first`` to that of ``last`` (0: the same)."""
+    return (last.year - first.year) * 12 + last.month - first.month
+
+
+# The opening scans every closing row of a branch before the period (one hash pass, no
+# index step per product) while its history is at most this many months long; longer
+# histories take one index step backwards per product instead.
+_CLOSING_SCAN_MONTHS = 13
+
+
 def _closing_before(
-    session: AsyncSession, month: date, names: Sequence[str], filtered: Any, *, narrow: bool
+    session: AsyncSession,
+    month: date,
+    names: Sequence[str],
+    filtered: Any,
+    *,
+    narrow: bool,
+    scan: bool,
 ) -> Select[Any]:
     """Per branch and product the closing of the latest month before ``month`` in which
-    it moved, as rows of the movement query (segment "before"). ``narrow``: one branch
-    or one product, not the whole chain."""
+    it moved: rows (*names, qty, value). ``narrow``: one branch or one product, not the
+    whole chain; ``scan``: every closing row before ``month`` may be read (short
+    history)."""
     c = _t(StockClosingMonthly)
     if session.get_bind().dialect.name == "postgresql":
+        if narrow and scan:
+            # One pass over the branch's closing rows, keeping each product's latest
+            # month: the greatest [month, qty, value] array (months differ per product).
+            latest = (
+                filtered(
+                    select(
+                        c.c.branch,
+                        c.c.sku,
+                        func.max(
+                            pg_array([c.c.month - date(2000, 1, 1), c.c.qty_milli, c.c.value])
+                        ).label("m"),
+                    ).where(c.c.month < month),
+                    c,
+                )
+                .group_by(c.c.branch, c.c.sku)
+                .subquery("latest")
+            )
+            m = type_coerce(latest.c.m, ARRAY(BigInteger))
+            return select(*[latest.c[n] for n in names], m[2].label("qty"), m[3].label("value"))
         if narrow:
             # One backward step down the (branch, sku, month) key per product of the
             # branch (or branch of the product) that ever moved, found through its
             # balance row: O(products), however many months of history.
             b = _t(StockBalance)
-            latest = (
+            step = (
                 select(c.c.qty_milli, c.c.value)
                 .where(c.c.branch == b.c.branch, c.c.sku == b.c.sku, c.c.month < month)
                 .order_by(c.c.month.desc())
@@ -657,11 +737,9 @@ def _closing_before(
             )
             stmt = select(
                 *[b.c[n] for n in names],
-                literal(_CLOSING).label("movement"),
-                literal("before").label("segment"),
-                latest.c.qty_milli.label("qty"),
-                latest.c.value.label("value"),
-            ).select_from(b.join(latest, true()))
+                step.c.qty_milli.label("qty"),
+                step.c.value.label("value"),
+            ).select_from(b.join(step, true()))
             result: Select[Any] = filtered(stmt, b)
             return result
         # The whole chain: hundreds of thousands of index probes cost more than one
@@ -674,31 +752,26 @@ def _closing_before(
             .subquery()
         )
         return select(
-            *[last.c[n] for n in names],
-            literal(_CLOSING).label("movement"),
-            literal("before").label("segment"),
-            last.c.qty_milli.label("qty"),
-            last.c.value.label("value"),
+            *[last.c[n] for n in names], last.c.qty_milli.label("qty"), last.c.value.label("value")
         )
-    last = filtered(
+    last_month = filtered(
         select(c.c.branch, c.c.sku, func.max(c.c.month).label("month"))
         .where(c.c.month < month)
         .group_by(c.c.branch, c.c.sku),
         c,
     ).subquery()
-    stmt = select(
-        *[c.c[n] for n in names],
-        literal(_CLOSING).label("movement"),
-        literal("before").label("segment"),
-        c.c.qty_milli.label("qty"),
-        c.c.value.label("value"),
+    return select(
+        *[c.c[n] for n in names], c.c.qty_milli.label("qty"), c.c.value.label("value")
     ).select_from(
         c.join(
-            last,
-            and_(c.c.branch == last.c.branch, c.c.sku == last.c.sku, c.c.month == last.c.month),
+            last_month,
+            and_(
+                c.c.branch == last_month.c.branch,
+                c.c.sku == last_month.c.sku,
+                c.c.month == last_month.c.month,
+            ),
         )
     )
-    return stmt
 
 
 async def stock_movement(
@@ -714,17 +787,19 @@ async def stock_movement(
     """Opening, every kind of movement, closing; opening + ins - outs = closing.
 
     Read from the movement summaries: full calendar months from the monthly table,
-    partial ones from the daily table. The opening is one row per product and branch,
-    the closing of the latest month before the period's first month in which the
-    product moved (``rpt_stock_closing_monthly``), plus the daily rows of that first
-    month before the period starts: its cost does not grow with the months of history.
-    One aggregate query per key, kind of movement and part of the timeline; the
-    columns are laid out here."""
+    partial ones from the daily table. The opening is either today's stock balance
+    minus the movements since the period starts, when nothing moved after the period's
+    last month (the usual "this month" report: no history read), or one row per
+    product and branch, the closing of the latest month before the period's first
+    month in which the product moved (``rpt_stock_closing_monthly``), plus the daily
+    rows of that first month before the period starts. One query returns the report's
+    rows: the movements pivoted per key in the database, the opening joined beside."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
     await _check_branch(session, branch)
     daily, monthly = _t(StockMovementDaily), _t(StockMovementMonthly)
     names = ["branch" if g == "branch" else "sku" for g in groups]
+    postgres = session.get_bind().dialect.name == "postgresql"
 
     def filtered(stmt: Select[Any], table: Table) -> Select[Any]:
         if branch is not None:
@@ -733,96 +808,165 @@ async def stock_movement(
             stmt = stmt.where(table.c.sku == sku)
         return stmt
 
-    parts: list[Select[Any]] = []
-
-    def add(segment: str, start: date | None, end: date | None) -> None:
+    def rows(
+        start: date | None, end: date | None, *, sign: int = 1, marker: str = ""
+    ) -> list[Select[Any]]:
+        """The movement rows of a range of days: (*names, movement, qty, value); the
+        movement is ``marker`` if given."""
+        out = []
         for kind, lo, hi in _pieces(start, end):
             table, day = (
                 (monthly, monthly.c.month) if kind == "monthly" else (daily, daily.c.local_date)
             )
+            qty, value = table.c.qty_milli, table.c.cost_value
             stmt = select(
                 *[table.c[n] for n in names],
-                table.c.movement.label("movement"),
-                literal(segment).label("segment"),
-                table.c.qty_milli.label("qty"),
-                table.c.cost_value.label("value"),
+                (literal_column(f"'{marker}'") if marker else table.c.movement).label("movement"),
+                (qty if sign > 0 else -qty).label("qty"),
+                (value if sign > 0 else -value).label("value"),
             )
             if lo is not None:
                 stmt = stmt.where(day >= lo)
             if hi is not None:
                 stmt = stmt.where(day <= hi)
-            parts.append(filtered(stmt, table))
+            out.append(filtered(stmt, table))
+        return out
 
+    # The months with movements (of the branch, else of the chain: a wider range only
+    # costs speed, never exactness): they choose where the opening comes from.
+    span = select(func.min(monthly.c.month), func.max(monthly.c.month))
+    if branch is not None:
+        span = span.where(monthly.c.branch == branch)
+    first_month, last_month = (await session.execute(span)).one()
     month_from = period.date_from.replace(day=1)
-    add("inside", period.date_from, period.date_to)
-    # Opening: the closing carried into the period's first month, then that month's
-    # days before the period (daily rows; none when the period starts on the 1st).
-    narrow = branch is not None or sku is not None
-    parts.append(_closing_before(session, month_from, names, filtered, narrow=narrow))
-    add("before", month_from, period.date_from - timedelta(days=1))
-    # key -> [opening qty, opening value, net qty, net value, seen inside, then per
-    # field its qty and value as shown (outgoing kinds positive)]
-    width = len(_MOVEMENT_FIELDS)
-    per_key: dict[tuple[Any, ...], list[int]] = {}
-    if parts:  # always: the opening part at least
-        source = union_all(*parts).subquery()
-        c = source.c
-        keys = [c[n] for n in names]
-        stmt = select(
-            c.movement,
-            c.segment,
-            cast(func.sum(c.qty), BigInteger),
-            cast(func.sum(c.value), BigInteger),
-            *keys,
-        ).group_by(c.movement, c.segment, *keys)
-        # Kind of movement -> (position of its quantity in the accumulator, sign shown).
-        slots = {
-            kind: (5 + 2 * _MOVEMENT_FIELDS.index(field), -1 if field in _OUTGOING else 1)
-            for kind, (field, _) in _MOVEMENT_COLUMNS.items()
-        }
-        other = (5 + 2 * _MOVEMENT_FIELDS.index("other"), 1)
-        blank = [0] * (5 + 2 * width)
-        for row in (await session.execute(stmt)).all():
-            movement, segment, qty, value = row[:4]
-            key = row[4:]
-            acc = per_key.get(key)
-            if acc is None:
-                acc = per_key[key] = blank.copy()
-            if segment == "inside":
-                at, sign = slots.get(movement, other)
-                acc[at] += sign * qty
-                acc[at + 1] += sign * value
-                acc[2] += qty
-                acc[3] += value
-                acc[4] = 1
-            else:  # before the period
-                acc[0] += qty
-                acc[1] += value
-    outs: list[list[Any]] = []
-    for key in sorted(per_key):
-        acc = per_key[key]
-        # Products with nothing on hand and nothing moving are left out.
-        if not acc[4] and acc[0] == 0 and acc[1] == 0:
-            continue
-        outs.append(
-            [*key, acc[0], *acc[5::2], acc[0] + acc[2], acc[1], *acc[6::2], acc[1] + acc[3]]
+    from_balance = last_month is None or last_month <= period.date_to.replace(day=1)
+    # The opening's one source: (*names, qty, value) rows.
+    if from_balance:
+        # Today's balance less every movement from the period's start: the period's own
+        # (taken off below) and any after it (none when chosen, unless one arrived
+        # since the months were read: read anyway, an index probe).
+        b = _t(StockBalance)
+        source = filtered(
+            select(
+                *[b.c[n] for n in names], b.c.quantity_milli.label("qty"), b.c.value.label("value")
+            ),
+            b,
         )
+        # Movement rows that add to the opening (here: taken off it).
+        extra = rows(period.date_to + timedelta(days=1), None, sign=-1, marker=_OPENING)
+    else:
+        scan = first_month is not None and _months_between(first_month, month_from) <= (
+            _CLOSING_SCAN_MONTHS
+        )
+        source = _closing_before(
+            session,
+            month_from,
+            names,
+            filtered,
+            narrow=branch is not None or sku is not None,
+            scan=scan and branch is not None,
+        )
+        # That month's days before the period (none when it starts on the 1st).
+        extra = rows(month_from, period.date_from - timedelta(days=1), marker=_OPENING)
+    # The source's rows are one per key when the key (with the filters) names a branch
+    # and a product; else they are summed per key.
+    if all(n in names or fixed is not None for n, fixed in (("branch", branch), ("sku", sku))):
+        o = source.subquery("o")
+    else:
+        u = source.subquery("u")
+        o = (
+            select(
+                *[u.c[n] for n in names],
+                cast(func.sum(u.c.qty), BigInteger).label("qty"),
+                cast(func.sum(u.c.value), BigInteger).label("value"),
+            )
+            .group_by(*[u.c[n] for n in names])
+            .subquery("o")
+        )
+    # The movements, the period's and those adding to the opening: summed per key and
+    # kind (unknown kinds as "other", opening ones as _OPENING), then one column per
+    # kind (each (key, kind) is one row there: max picks it).
+    parts = [*rows(period.date_from, period.date_to), *extra]
+    known = [*_MOVEMENT_COLUMNS, _OPENING]
+    src = union_all(*parts).subquery("src") if len(parts) > 1 else parts[0].subquery("src")
+    kind = case(
+        (src.c.movement.in_([literal_column(f"'{m}'") for m in known]), src.c.movement),
+        else_=literal_column(f"'{_OTHER}'"),
+    ).label("kind")
+    per_kind = (
+        select(
+            *[src.c[n] for n in names],
+            kind,
+            cast(func.sum(src.c.qty), BigInteger).label("qty"),
+            cast(func.sum(src.c.value), BigInteger).label("value"),
+        )
+        .group_by(*[src.c[n] for n in names], kind)
+        .subquery("per_kind")
+    )
+    k = per_kind.c
+    moved = k.kind != literal_column(f"'{_OPENING}'")
+    pivot_columns: list[ColumnElement[Any]] = []
+    for unit in ("qty", "value"):
+        for field in _MOVEMENT_FIELDS:
+            kinds = [m for m, (f, _) in _MOVEMENT_COLUMNS.items() if f == field] or [_OTHER]
+            shown = func.coalesce(
+                func.max(k[unit]).filter(k.kind == literal_column(f"'{kinds[0]}'")), 0
+            )
+            pivot_columns.append((-shown if field in _OUTGOING else shown).label(f"{field}_{unit}"))
+        pivot_columns.append(cast(func.sum(k[unit]).filter(moved), BigInteger).label(f"net_{unit}"))
+        pivot_columns.append(
+            func.max(k[unit])
+            .filter(k.kind == literal_column(f"'{_OPENING}'"))
+            .label(f"extra_{unit}")
+        )
+    pivot_columns.append(func.count().filter(moved).label("moved"))
+    i = (
+        select(*[k[n] for n in names], *pivot_columns)
+        .group_by(*[k[n] for n in names])
+        .subquery("i")
+    )
+    keys = [func.coalesce(o.c[n], i.c[n]).label(n) for n in names]
+    out: list[ColumnElement[Any]] = []
+    openings: list[ColumnElement[Any]] = []
+    for unit, suffix in (("qty", "milli"), ("value", "value")):
+        net = func.coalesce(i.c[f"net_{unit}"], 0)
+        opened: ColumnElement[Any] = func.coalesce(o.c[unit], 0) + func.coalesce(
+            i.c[f"extra_{unit}"], 0
+        )
+        if from_balance:
+            opened = opened - net
+        openings.append(opened)
+        out.append(opened.label(f"opening_{suffix}"))
+        out += [
+            func.coalesce(i.c[f"{field}_{unit}"], 0).label(f"{field}_{suffix}")
+            for field in _MOVEMENT_FIELDS
+        ]
+        out.append((opened + net).label(f"closing_{suffix}"))
+    stmt = (
+        select(*keys, *out)
+        .select_from(o.join(i, and_(*[o.c[n] == i.c[n] for n in names]), full=True))
+        # Products with nothing on hand and nothing moving are left out.
+        .where(or_(i.c.moved > 0, *[x != 0 for x in openings]))
+        # Python's order of the keys (code points): PostgreSQL's "C" collation.
+        .order_by(*[collate(key, "C") if postgres else key for key in keys])
+    )
+    result = await _fetch(session, stmt)
     columns = (*names, *_MOVEMENT_OUT_NAMES)
     # One conversion of plain dicts: several times faster than a Struct call per row.
-    rows = msgspec.convert(
-        [dict(zip(columns, out, strict=True)) for out in outs], list[StockMovementRow]
+    report_rows = msgspec.convert(
+        [dict(zip(columns, row, strict=True)) for row in result], list[StockMovementRow]
     )
-    outs = [out[len(names) :] for out in outs]
-    totals = [sum(column) for column in zip(*outs, strict=True)] if outs else []
-    if not totals:
-        totals = [0] * len(_MOVEMENT_OUT_NAMES)
+    width = len(names)
+    totals = [sum(column) for column in list(zip(*result, strict=True))[width:]] if result else []
     return StockMovementReport(
         date_from=period.date_from,
         date_to=period.date_to,
         branch=branch,
         group_by=list(groups),
-        rows=rows,
-        totals=StockMovementRow(**_named(_MOVEMENT_OUT_NAMES, totals)),
+        rows=report_rows,
+        totals=StockMovementRow(
+            **_named(_MOVEMENT_OUT_NAMES, totals or [0] * len(_MOVEMENT_OUT_NAMES))
+        ),
     )
 
 
