@@ -647,10 +647,16 @@ def _pieces(start: date | None, end: date | None) -> list[_Piece]:
 _COMPILED: dict[Any, Any] = {}
 
 
-async def _fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[Sequence[Any]]:
+_PARALLEL = "max_parallel_workers_per_gather"
+
+
+async def _fetch(
+    session: AsyncSession, stmt: Select[Any], *, restore: str | None
+) -> Sequence[Sequence[Any]]:
     """The rows of a statement; on PostgreSQL straight from the driver (asyncpg) in the
     session's transaction: building SQLAlchemy rows of thousands of report rows costs
-    more than the query itself."""
+    more than the query itself. ``restore``: the parallel-workers setting to put back
+    after it."""
     conn = await session.connection()
     if conn.dialect.name != "postgresql":
         found: Sequence[Sequence[Any]] = (await conn.execute(stmt)).all()
@@ -669,12 +675,12 @@ async def _fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[Sequence[
     params = [values[name] for name in compiled.positiontup or ()]
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
-    # Small reads: starting parallel workers costs more than they save here.
-    await driver.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     try:
         rows: Sequence[Sequence[Any]] = await driver.fetch(compiled.string, *params)
     finally:
-        await driver.execute("RESET max_parallel_workers_per_gather")
+        if restore is not None:
+            # The caller's setting back for the rest of the transaction.
+            await driver.execute(f"SELECT set_config('{_PARALLEL}', $1, true)", restore)
     return rows
 
 
@@ -796,7 +802,6 @@ async def stock_movement(
     rows: the movements pivoted per key in the database, the opening joined beside."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
-    await _check_branch(session, branch)
     daily, monthly = _t(StockMovementDaily), _t(StockMovementMonthly)
     names = ["branch" if g == "branch" else "sku" for g in groups]
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -834,10 +839,25 @@ async def stock_movement(
 
     # The months with movements (of the branch, else of the chain: a wider range only
     # costs speed, never exactness): they choose where the opening comes from.
-    span = select(func.min(monthly.c.month), func.max(monthly.c.month))
+    span = select(
+        func.min(monthly.c.month),
+        func.max(monthly.c.month),
+        # The branch checked in the same round trip.
+        select(func.count()).where(Branch.code == branch).scalar_subquery(),
+    )
     if branch is not None:
         span = span.where(monthly.c.branch == branch)
-    first_month, last_month = (await session.execute(span)).one()
+    if postgres:
+        # Small reads: starting parallel workers costs more than they save here (this
+        # transaction's setting, reset after the report's query).
+        span = span.add_columns(
+            func.current_setting(_PARALLEL), func.set_config(_PARALLEL, "0", true())
+        )
+    found: tuple[Any, ...] = tuple((await session.execute(span)).one())
+    first_month, last_month, known_branch = found[:3]
+    parallel: str | None = found[3] if postgres else None
+    if branch is not None and not known_branch:
+        raise NotFoundError(f"unknown branch {branch!r}", field="branch")
     month_from = period.date_from.replace(day=1)
     from_balance = last_month is None or last_month <= period.date_to.replace(day=1)
     # The opening's one source: (*names, qty, value) rows.
@@ -950,7 +970,7 @@ async def stock_movement(
         # Python's order of the keys (code points): PostgreSQL's "C" collation.
         .order_by(*[collate(key, "C") if postgres else key for key in keys])
     )
-    result = await _fetch(session, stmt)
+    result = await _fetch(session, stmt, restore=parallel)
     columns = (*names, *_MOVEMENT_OUT_NAMES)
     # One conversion of plain dicts: several times faster than a Struct call per row.
     report_rows = msgspec.convert(

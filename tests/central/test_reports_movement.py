@@ -15,6 +15,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.db import create_engine, create_sessionmaker, upgrade
+from central.errors import NotFoundError
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import StockMovement
 from central.models.reports import StockClosingMonthly, StockMovementMonthly
@@ -283,6 +284,37 @@ async def test_every_period_matches_the_ledger(
     # Sanity of the fixture: the late sales of each month land on the next month's 1st.
     jan = [r for r in ledger if r.local_date == date(2026, 1, 1) and r.doc_type == "sale"]
     assert [(r.branch, r.sku, r.quantity_milli) for r in jan] == [("B1", "A", -1000)]
+
+
+async def test_every_period_matches_the_ledger_with_an_index_step_per_product(
+    long_chain: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way to the latest closing row (a long history): the same answers."""
+    monkeypatch.setattr(service, "_CLOSING_SCAN_MONTHS", 0)
+    await _check_periods(long_chain, PERIODS)
+
+
+async def test_an_unknown_branch_is_named_and_the_session_keeps_its_settings(
+    long_chain: async_sessionmaker[AsyncSession],
+) -> None:
+    async with long_chain() as s:
+        with pytest.raises(NotFoundError) as unknown:
+            await service.stock_movement(
+                s, date_from=date(2026, 1, 1), date_to=date(2026, 1, 31), branch="NOPE"
+            )
+        assert unknown.value.field == "branch"
+    async with long_chain() as s:
+        postgres = s.get_bind().dialect.name == "postgresql"
+        if postgres:
+            before = (await s.execute(text("SHOW max_parallel_workers_per_gather"))).scalar()
+        report = await service.stock_movement(
+            s, date_from=date(2026, 2, 15), date_to=date(2026, 5, 14), branch="B1"
+        )
+        assert report.rows
+        if postgres:
+            # The report turns parallel workers off for its query only.
+            after = (await s.execute(text("SHOW max_parallel_workers_per_gather"))).scalar()
+            assert after == before
 
 
 async def test_spot_figures_to_the_cent(long_chain: async_sessionmaker[AsyncSession]) -> None:
