@@ -19,6 +19,7 @@ __all__ = [
     "copy_records",
     "dialect_insert",
     "insert_rows",
+    "insert_tuples",
     "is_postgresql",
     "is_retryable",
     "table_of",
@@ -92,6 +93,18 @@ async def insert_rows(
     else:
         records = [tuple(row.values()) for row in rows]
     await copy_records(session, table.name, columns, records)
+
+
+async def insert_tuples(
+    session: AsyncSession, table: Table, columns: Sequence[str], records: list[tuple[Any, ...]]
+) -> None:
+    """Insert rows given as tuples in ``columns`` order (no per-row dicts on PostgreSQL)."""
+    if not records:
+        return
+    if is_postgresql(session):
+        await copy_records(session, table.name, columns, records)
+        return
+    await session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in records])
 
 
 async def copy_records(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 import msgspec
 from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import allocate_ids, insert_rows, is_postgresql, table_of
+from central.ingest.bulk import allocate_ids, insert_rows, insert_tuples, is_postgresql, table_of
 from central.ingest.registry import (
     EARLY_STAGE,
     EventContext,
@@ -69,6 +70,44 @@ async def late_events(session: AsyncSession, contexts: Sequence[EventContext]) -
     return late
 
 
+_RECEIPT_COLUMNS = (
+    "id",
+    "event_id",
+    "branch",
+    "till",
+    "shift_id",
+    "receipt_number",
+    "sale_id",
+    "cashier",
+    "occurred_at",
+    "utc_offset_min",
+    "local_date",
+    "total",
+    "change",
+    "currency",
+    "fiscal_number",
+    "late",
+    "negative_stock",
+    "voided_lines",
+)
+_LINE_COLUMNS = (
+    "receipt_id",
+    "line_no",
+    "sku",
+    "name",
+    "barcode",
+    "quantity_milli",
+    "unit_price",
+    "discount",
+    "vat_rate_bp",
+    "line_total",
+    "manual_discount",
+    "promotion_id",
+    "local_date",
+)
+_PAYMENT_COLUMNS = ("receipt_id", "type", "amount")
+
+
 @register_batch_handler(ReceiptRecorded, stage=EARLY_STAGE)
 async def store_receipts(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
@@ -77,59 +116,59 @@ async def store_receipts(
     another worker), with ``negative_stock`` set afterwards by :func:`flag_negative_stock`."""
     late = await late_events(session, contexts)
     ids = await allocate_ids(session, table_of(Receipt), len(contexts))
-    receipts: list[dict[str, object]] = []
-    lines: list[dict[str, object]] = []
-    payments: list[dict[str, object]] = []
+    # Tuples in the column orders below: no per-row dicts on the hot path.
+    receipts: list[tuple[Any, ...]] = []
+    lines: list[tuple[Any, ...]] = []
+    payments: list[tuple[Any, ...]] = []
     for receipt_id, ctx in zip(ids, contexts, strict=True):
         env = ctx.envelope
         body = env.body
         assert isinstance(body, ReceiptRecorded)
+        day = ctx.local_date
         receipts.append(
-            {
-                "id": receipt_id,
-                "event_id": env.event_id,
-                "branch": env.branch,
-                "till": body.till,
-                "shift_id": body.shift_id,
-                "receipt_number": body.receipt_number,
-                "sale_id": body.sale_id,
-                "cashier": body.cashier,
-                "occurred_at": env.occurred_at,
-                "utc_offset_min": env.utc_offset_min,
-                "local_date": ctx.local_date,
-                "total": body.total,
-                "change": body.change,
-                "currency": body.currency,
-                "fiscal_number": body.fiscal_number,
-                "late": env.event_id in late,
-                "negative_stock": False,
-                "voided_lines": body.voided_lines,
-            }
+            (
+                receipt_id,
+                env.event_id,
+                env.branch,
+                body.till,
+                body.shift_id,
+                body.receipt_number,
+                body.sale_id,
+                body.cashier,
+                env.occurred_at,
+                env.utc_offset_min,
+                day,
+                body.total,
+                body.change,
+                body.currency,
+                body.fiscal_number,
+                env.event_id in late,
+                False,
+                body.voided_lines,
+            )
         )
         lines.extend(
-            {
-                "receipt_id": receipt_id,
-                "line_no": line.line_no,
-                "sku": line.sku,
-                "name": line.name,
-                "barcode": line.barcode,
-                "quantity_milli": line.quantity_milli,
-                "unit_price": line.unit_price,
-                "discount": line.discount,
-                "vat_rate_bp": line.vat_rate_bp,
-                "line_total": line.line_total,
-                "manual_discount": line.manual_discount,
-                "promotion_id": line.promotion_id,
-                "local_date": ctx.local_date,
-            }
+            (
+                receipt_id,
+                line.line_no,
+                line.sku,
+                line.name,
+                line.barcode,
+                line.quantity_milli,
+                line.unit_price,
+                line.discount,
+                line.vat_rate_bp,
+                line.line_total,
+                line.manual_discount,
+                line.promotion_id,
+                day,
+            )
             for line in body.lines
         )
-        payments.extend(
-            {"receipt_id": receipt_id, "type": p.type, "amount": p.amount} for p in body.payments
-        )
-    await insert_rows(session, table_of(Receipt), receipts)
-    await insert_rows(session, table_of(ReceiptLineRow), lines)
-    await insert_rows(session, table_of(ReceiptPaymentRow), payments)
+        payments.extend((receipt_id, p.type, p.amount) for p in body.payments)
+    await insert_tuples(session, table_of(Receipt), _RECEIPT_COLUMNS, receipts)
+    await insert_tuples(session, table_of(ReceiptLineRow), _LINE_COLUMNS, lines)
+    await insert_tuples(session, table_of(ReceiptPaymentRow), _PAYMENT_COLUMNS, payments)
 
 
 _PG_FLAG_NEGATIVE = text(

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import dialect_insert, insert_rows, is_postgresql, table_of
+from central.ingest.bulk import dialect_insert, insert_tuples, is_postgresql, table_of
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
 from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
@@ -44,6 +44,8 @@ _KEY_CHUNK = 2000
 # Key in IngestBatch.notes of the batch's ledger rows summed per event, branch, local
 # day, sku and document type (what the summary projection needs of them).
 LEDGER_SUMS = "stock_ledger_sums"
+# Ledger document types of sales and customer returns (not stock documents).
+_SALE_DOC_TYPES = frozenset({"sale", "customer_return"})
 
 
 def div_half_up(numerator: int, denominator: int) -> int:
@@ -149,10 +151,20 @@ async def _lock_balances(
     """
     if is_postgresql(session):
         # Arrays instead of thousands of bind parameters: one cached statement each.
+        # Lock the existing balances first and create only the missing ones (most
+        # batches have none: a no-op insert of every key cost as much as the lock).
+        # Keys that appear between the two steps are locked after the others; two
+        # workers caught in that window can deadlock, and the worker retries the batch.
         params = {"branches": [b for b, _ in keys], "skus": [s for _, s in keys]}
-        await session.execute(_PG_ENSURE, params)
         rows: Any = await session.execute(_PG_LOCK, params)
-        return {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
+        found = {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
+        if len(found) < len(keys):
+            missing = [k for k in keys if k not in found]
+            params = {"branches": [b for b, _ in missing], "skus": [s for _, s in missing]}
+            await session.execute(_PG_ENSURE, params)
+            rows = await session.execute(_PG_LOCK, params)
+            found.update({(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows})
+        return found
     table = table_of(StockBalance)
     await session.execute(
         dialect_insert(session, table).on_conflict_do_nothing(index_elements=["branch", "sku"]),
@@ -235,6 +247,24 @@ async def _sent_costs(session: AsyncSession, refs: set[str]) -> dict[tuple[str, 
     return {(r.transfer_ref, r.sku): div_half_up(r.sent_value * 1000, r.sent_milli) for r in rows}
 
 
+_LEDGER_COLUMNS = (
+    "branch",
+    "sku",
+    "doc_type",
+    "doc_ref",
+    "event_id",
+    "line_no",
+    "quantity_milli",
+    "unit_cost",
+    "value",
+    "quantity_after",
+    "value_after",
+    "avg_cost_after",
+    "occurred_at",
+    "local_date",
+)
+
+
 async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -> list[Valued]:
     """Append movements to the ledger and update the balances; results in input order."""
     if not movements:
@@ -242,7 +272,8 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
     keys = sorted({(m.branch, m.sku) for m in movements})
     balances = await _lock_balances(session, keys)
     results: list[Valued] = []
-    ledger: list[dict[str, object]] = []
+    # Ledger rows as tuples in _LEDGER_COLUMNS order (COPY takes them as they are).
+    ledger: list[tuple[Any, ...]] = []
     for m in movements:
         bal = balances[(m.branch, m.sku)]
         valued = apply_movement(bal[0], bal[1], bal[2], m.quantity_milli, m.unit_cost)
@@ -252,24 +283,24 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
         bal[3] += 1
         results.append(valued)
         ledger.append(
-            {
-                "branch": m.branch,
-                "sku": m.sku,
-                "doc_type": m.doc_type,
-                "doc_ref": m.doc_ref,
-                "event_id": m.event_id,
-                "line_no": m.line_no,
-                "quantity_milli": m.quantity_milli,
-                "unit_cost": valued.unit_cost,
-                "value": valued.value,
-                "quantity_after": valued.quantity_after,
-                "value_after": valued.value_after,
-                "avg_cost_after": valued.avg_cost_after,
-                "occurred_at": m.occurred_at,
-                "local_date": m.local_date,
-            }
+            (
+                m.branch,
+                m.sku,
+                m.doc_type,
+                m.doc_ref,
+                m.event_id,
+                m.line_no,
+                m.quantity_milli,
+                valued.unit_cost,
+                valued.value,
+                valued.quantity_after,
+                valued.value_after,
+                valued.avg_cost_after,
+                m.occurred_at,
+                m.local_date,
+            )
         )
-    await insert_rows(session, table_of(StockMovement), ledger)
+    await insert_tuples(session, table_of(StockMovement), _LEDGER_COLUMNS, ledger)
     await _write_balances(session, keys, balances)
     return results
 
@@ -346,8 +377,10 @@ async def apply_stock(
     # need not read them back: (event_id, branch, local_date, sku, doc_type) -> [qty, value].
     sums: dict[tuple[Any, ...], list[int]] = batch.notes.setdefault(LEDGER_SUMS, {})
     for movement, valued in zip(movements, results, strict=True):
-        values[(movement.event_id, movement.line_no)] = valued.value
-        if valued.negative and movement.quantity_milli < 0:
+        if movement.doc_type not in _SALE_DOC_TYPES:
+            # Only stock documents read their lines' values back.
+            values[(movement.event_id, movement.line_no)] = valued.value
+        if valued.quantity_after < 0 and movement.quantity_milli < 0:
             negative.add(movement.event_id)
         key = (
             movement.event_id,
