@@ -174,7 +174,7 @@ async def _lock_balances(
             for b, s in keys
         ],
     )
-    found: dict[tuple[str, str], list[int]] = {}
+    locked: dict[tuple[str, str], list[int]] = {}
     for start in range(0, len(keys), _KEY_CHUNK):
         chunk = keys[start : start + _KEY_CHUNK]
         for r in await session.execute(
@@ -187,8 +187,8 @@ async def _lock_balances(
                 StockBalance.movements,
             ).where(tuple_(StockBalance.branch, StockBalance.sku).in_(chunk))
         ):
-            found[(r[0], r[1])] = [r[2], r[3], r[4], r[5]]
-    return found
+            locked[(r[0], r[1])] = [r[2], r[3], r[4], r[5]]
+    return locked
 
 
 async def _write_balances(
