@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import dialect_insert, insert_tuples, is_postgresql, table_of
+from central.ingest.bulk import Stage, dialect_insert, insert_tuples, is_postgresql, table_of
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
 from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
@@ -132,12 +132,30 @@ _PG_LOCK = text(
     "ON t.branch = k.b AND t.sku = k.s "
     "ORDER BY t.branch, t.sku FOR UPDATE OF t"
 )
-_PG_WRITE = text(
+# The batch's keys and new balances, COPYed (see Stage): arrays of ~13,000 keys cost
+# several times as much to send.
+_KEYS_STAGE = Stage("ingest_balance_keys", (("branch", "text"), ("sku", "text")))
+_VALUES_STAGE = Stage(
+    "ingest_balance_values",
+    (
+        ("branch", "text"),
+        ("sku", "text"),
+        ("q", "bigint"),
+        ("v", "bigint"),
+        ("a", "bigint"),
+        ("m", "bigint"),
+    ),
+)
+_PG_LOCK_STAGED = text(
+    "SELECT t.branch, t.sku, t.quantity_milli, t.value, t.avg_cost, t.movements "
+    f"FROM stock_balances AS t JOIN {_KEYS_STAGE.name} AS k "
+    "ON t.branch = k.branch AND t.sku = k.sku "
+    "ORDER BY t.branch, t.sku FOR UPDATE OF t"
+)
+_PG_WRITE_STAGED = text(
     "UPDATE stock_balances AS t SET quantity_milli = u.q, value = u.v, avg_cost = u.a, "
-    "movements = u.m "
-    "FROM unnest(CAST(:branches AS text[]), CAST(:skus AS text[]), CAST(:q AS bigint[]), "
-    "CAST(:v AS bigint[]), CAST(:a AS bigint[]), CAST(:m AS bigint[])) AS u(b, s, q, v, a, m) "
-    "WHERE t.branch = u.b AND t.sku = u.s"
+    f"movements = u.m FROM {_VALUES_STAGE.name} AS u "
+    "WHERE t.branch = u.branch AND t.sku = u.sku"
 )
 
 
@@ -155,8 +173,8 @@ async def _lock_balances(
         # batches have none: a no-op insert of every key cost as much as the lock).
         # Keys that appear between the two steps are locked after the others; two
         # workers caught in that window can deadlock, and the worker retries the batch.
-        params = {"branches": [b for b, _ in keys], "skus": [s for _, s in keys]}
-        rows: Any = await session.execute(_PG_LOCK, params)
+        await _KEYS_STAGE.fill(session, keys)
+        rows: Any = await session.execute(_PG_LOCK_STAGED)
         found = {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
         if len(found) < len(keys):
             missing = [k for k in keys if k not in found]
@@ -196,17 +214,10 @@ async def _write_balances(
 ) -> None:
     rows = [balances[k] for k in keys]
     if is_postgresql(session):
-        await session.execute(
-            _PG_WRITE,
-            {
-                "branches": [k[0] for k in keys],
-                "skus": [k[1] for k in keys],
-                "q": [r[0] for r in rows],
-                "v": [r[1] for r in rows],
-                "a": [r[2] for r in rows],
-                "m": [r[3] for r in rows],
-            },
+        await _VALUES_STAGE.fill(
+            session, [(k[0], k[1], r[0], r[1], r[2], r[3]) for k, r in zip(keys, rows, strict=True)]
         )
+        await session.execute(_PG_WRITE_STAGED)
         return
     table = table_of(StockBalance)
     await session.execute(

@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from central.ingest.bulk import Stage
 from central.ingest.registry import (
     EARLY_STAGE,
     EventContext,
@@ -440,38 +441,31 @@ async def project_summaries(
 # per-product summary is then one INSERT ... SELECT ... GROUP BY ... ORDER BY key ...
 # ON CONFLICT DO UPDATE from it. Same rows, same sums and the same key (lock) order as
 # the Python delta, without summing tens of thousands of rows in Python or sending
-# them as arrays. The table lives per connection; ON COMMIT DELETE ROWS empties it
-# at every commit (and a rollback takes its rows with it).
+# them as arrays.
 
-_STAGE = "ingest_summary_stage"
-_STAGE_COLUMNS = (
-    "branch",
-    "local_date",
-    "month",
-    "sku",
-    "doc_type",
-    "reason",
-    "kind",
-    "qty",
-    "value",
-    "lq",
-    "revenue",
-    "vat",
-    "discounts",
-    "sold_at",
-    "price",
+_SUMMARY_STAGE = Stage(
+    "ingest_summary_stage",
+    (
+        ("branch", "text"),
+        ("local_date", "date"),
+        ("month", "date"),
+        ("sku", "text"),
+        ("doc_type", "text"),
+        ("reason", "text"),
+        # 0 stock document, 1 sale (receipt), 2 customer return.
+        ("kind", "smallint"),
+        ("qty", "bigint"),
+        ("value", "bigint"),
+        ("lq", "bigint"),
+        ("revenue", "bigint"),
+        ("vat", "bigint"),
+        ("discounts", "bigint"),
+        ("sold_at", "timestamptz"),
+        ("price", "bigint"),
+    ),
 )
-# kind: 0 stock document, 1 sale (receipt), 2 customer return.
+_STAGE = _SUMMARY_STAGE.name
 _KIND_DOCUMENT, _KIND_SALE, _KIND_RETURN = 0, 1, 2
-_PG_STAGE_CREATE = text(
-    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
-    "branch text NOT NULL, local_date date NOT NULL, month date NOT NULL, "
-    "sku text NOT NULL, doc_type text NOT NULL, reason text NOT NULL, "
-    "kind smallint NOT NULL, qty bigint NOT NULL, value bigint NOT NULL, "
-    "lq bigint NOT NULL, revenue bigint NOT NULL, vat bigint NOT NULL, "
-    "discounts bigint NOT NULL, sold_at timestamptz, price bigint"
-    ") ON COMMIT DELETE ROWS"
-)
 
 
 def _staged_product_sql(table: str, keys: str) -> Any:
@@ -547,8 +541,6 @@ async def _flush_staged(
 ) -> None:
     """PostgreSQL: stage the batch's ledger sums, then write every table in the fixed
     order (per-product tables from the stage, the others from the delta)."""
-    from central.ingest.bulk import copy_records
-
     records: list[tuple[Any, ...]] = []
     closing: dict[tuple[str, str, date], tuple[int, int]] = {}
     event_cost: dict[uuid.UUID, int] = {}
@@ -609,8 +601,7 @@ async def _flush_staged(
         _add_to(hourly, (keys.branch, keys.local_date, keys.hour), column, amount)
         _add_to(cashier, (keys.branch, keys.local_date, keys.cashier), column, amount)
     delta.ledger_filed = True
-    await session.execute(_PG_STAGE_CREATE)
-    await copy_records(session, _STAGE, _STAGE_COLUMNS, records)
+    await _SUMMARY_STAGE.fill(session, records)
     await session.run_sync(_write_staged, delta, closing)
 
 
@@ -858,46 +849,6 @@ def flush_delta(session: Session, delta: SummaryDelta) -> None:
 # must therefore keep running after the stock handler (it does: default stage).
 
 _CLOSING = StockClosingMonthly.__tablename__
-_PG_UNNEST = (
-    "unnest(CAST(:branches AS text[]), CAST(:skus AS text[]), CAST(:months AS date[]), "
-    "CAST(:dq AS bigint[]), CAST(:dv AS bigint[])) AS u(branch, sku, month, dq, dv)"
-)
-# One statement, one snapshot: every row reads the table as it was before the batch,
-# and step 2 (next statement) then adds the earlier months' deltas to the rows of later
-# months, new ones included.
-_PG_CLOSING_UPSERT = text(
-    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
-    "SELECT u.branch, u.sku, u.month, coalesce(p.qty_milli, 0) + u.dq, "
-    "coalesce(p.value, 0) + u.dv "
-    f"FROM {_PG_UNNEST} "
-    "LEFT JOIN LATERAL (SELECT c.qty_milli, c.value "
-    f"  FROM {_CLOSING} AS c "
-    "  WHERE c.branch = u.branch AND c.sku = u.sku AND c.month <= u.month "
-    "  ORDER BY c.month DESC LIMIT 1) AS p ON true "
-    "ORDER BY u.branch, u.sku, u.month "
-    "ON CONFLICT (branch, sku, month) DO UPDATE "
-    "SET qty_milli = excluded.qty_milli, value = excluded.value"
-)
-# Step 2 as an upsert of rows that all exist: each (branch, sku) range of later months
-# is walked through its key by a lateral subquery (OFFSET 0 keeps it from being
-# flattened into a join the planner could answer with a scan of the whole table),
-# and every row found is written back by its key. The ranges of one (branch, sku)
-# are disjoint, (month of the batch, next month of the batch], each adding the
-# batch's movements up to and including its lower end: a row is written once.
-_PG_CLOSING_LATER = text(
-    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
-    "SELECT u.branch, u.sku, c.month, c.qty_milli + u.cq, c.value + u.cv "
-    "FROM unnest(CAST(:branches AS text[]), CAST(:skus AS text[]), CAST(:after AS date[]), "
-    "CAST(:until AS date[]), CAST(:cq AS bigint[]), CAST(:cv AS bigint[])) "
-    "AS u(branch, sku, after, until, cq, cv) "
-    "CROSS JOIN LATERAL (SELECT c.month, c.qty_milli, c.value "
-    f"  FROM {_CLOSING} AS c "
-    "  WHERE c.branch = u.branch AND c.sku = u.sku AND c.month > u.after "
-    "  AND c.month <= u.until OFFSET 0) AS c "
-    "ORDER BY u.branch, u.sku, c.month "
-    "ON CONFLICT (branch, sku, month) DO UPDATE "
-    "SET qty_milli = excluded.qty_milli, value = excluded.value"
-)
 # Upper end of the last range of a product: every later month.
 _NO_END = date(9999, 12, 31)
 # SQLite runs each statement row by row (executemany), each row seeing the previous
@@ -921,6 +872,60 @@ _SQLITE_CLOSING_UPSERT = text(
 ).bindparams(bindparam("month", type_=Date))
 
 
+# PostgreSQL: the batch's deltas per (branch, sku, month) are COPYed into a staged
+# table (see Stage) that both statements read.
+_CLOSING_STAGE = Stage(
+    "ingest_closing_stage",
+    (
+        ("branch", "text"),
+        ("sku", "text"),
+        ("month", "date"),
+        ("dq", "bigint"),
+        ("dv", "bigint"),
+    ),
+)
+# One statement, one snapshot: every row reads the table as it was before the batch,
+# and step 2 (next statement) then adds the earlier months' deltas to the rows of later
+# months, new ones included.
+_PG_CLOSING_UPSERT_STAGED = text(
+    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
+    "SELECT u.branch, u.sku, u.month, coalesce(p.qty_milli, 0) + u.dq, "
+    "coalesce(p.value, 0) + u.dv "
+    f"FROM {_CLOSING_STAGE.name} AS u "
+    "LEFT JOIN LATERAL (SELECT c.qty_milli, c.value "
+    f"  FROM {_CLOSING} AS c "
+    "  WHERE c.branch = u.branch AND c.sku = u.sku AND c.month <= u.month "
+    "  ORDER BY c.month DESC LIMIT 1) AS p ON true "
+    "ORDER BY u.branch, u.sku, u.month "
+    "ON CONFLICT (branch, sku, month) DO UPDATE "
+    "SET qty_milli = excluded.qty_milli, value = excluded.value"
+)
+# Step 2 as an upsert of rows that all exist: each (branch, sku) range of later months
+# is walked through its key by a lateral subquery (OFFSET 0 keeps it from being
+# flattened into a join the planner could answer with a scan of the whole table),
+# and every row found is written back by its key. The ranges of one (branch, sku)
+# are disjoint, (month of the batch, next month of the batch] (lead() over the
+# product's months), each adding the batch's movements up to and including its lower
+# end (a running sum): a row is written once.
+_PG_CLOSING_LATER_STAGED = text(
+    f"INSERT INTO {_CLOSING} (branch, sku, month, qty_milli, value) "
+    "SELECT u.branch, u.sku, c.month, c.qty_milli + u.cq, c.value + u.cv "
+    "FROM (SELECT s.branch, s.sku, s.month AS after, "
+    f"  coalesce(lead(s.month) OVER w, DATE '{_NO_END.isoformat()}') AS until, "
+    "  CAST(sum(s.dq) OVER w AS bigint) AS cq, CAST(sum(s.dv) OVER w AS bigint) AS cv "
+    f"  FROM {_CLOSING_STAGE.name} AS s "
+    "  WINDOW w AS (PARTITION BY s.branch, s.sku ORDER BY s.month "
+    "  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS u "
+    "CROSS JOIN LATERAL (SELECT c.month, c.qty_milli, c.value "
+    f"  FROM {_CLOSING} AS c "
+    "  WHERE c.branch = u.branch AND c.sku = u.sku AND c.month > u.after "
+    "  AND c.month <= u.until OFFSET 0) AS c "
+    "ORDER BY u.branch, u.sku, c.month "
+    "ON CONFLICT (branch, sku, month) DO UPDATE "
+    "SET qty_milli = excluded.qty_milli, value = excluded.value"
+)
+
+
 def closing_deltas(
     monthly: dict[tuple[Any, ...], dict[str, int]],
 ) -> dict[tuple[str, str, date], tuple[int, int]]:
@@ -934,46 +939,15 @@ def closing_deltas(
     return out
 
 
-def _later_ranges(
-    keys: list[tuple[str, str, date]], deltas: dict[tuple[str, str, date], tuple[int, int]]
-) -> dict[str, list[Any]]:
-    """Per (branch, sku) of the sorted keys: the months after each month of the batch
-    up to its next one, and the batch's movements up to that month (step 2's input)."""
-    ranges: dict[str, list[Any]] = {
-        name: [] for name in ("branches", "skus", "after", "until", "cq", "cv")
-    }
-    qty = value = 0
-    for i, (branch, sku, month) in enumerate(keys):
-        if i == 0 or keys[i - 1][:2] != (branch, sku):
-            qty = value = 0
-        qty += deltas[(branch, sku, month)][0]
-        value += deltas[(branch, sku, month)][1]
-        following = keys[i + 1] if i + 1 < len(keys) else None
-        same = following is not None and following[:2] == (branch, sku)
-        ranges["branches"].append(branch)
-        ranges["skus"].append(sku)
-        ranges["after"].append(month)
-        ranges["until"].append(following[2] if same and following else _NO_END)
-        ranges["cq"].append(qty)
-        ranges["cv"].append(value)
-    return ranges
-
-
 def write_closing(session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]]) -> None:
     """Add a batch's movements to the monthly closing stock (see the note above)."""
     if not deltas:
         return
     keys = sorted(deltas)
     if session.get_bind().dialect.name == "postgresql":
-        params = {
-            "branches": [k[0] for k in keys],
-            "skus": [k[1] for k in keys],
-            "months": [k[2] for k in keys],
-            "dq": [deltas[k][0] for k in keys],
-            "dv": [deltas[k][1] for k in keys],
-        }
-        session.execute(_PG_CLOSING_UPSERT, params)
-        session.execute(_PG_CLOSING_LATER, _later_ranges(keys, deltas))
+        _CLOSING_STAGE.fill_sync(session, [(*k, *deltas[k]) for k in keys])
+        session.execute(_PG_CLOSING_UPSERT_STAGED)
+        session.execute(_PG_CLOSING_LATER_STAGED)
         return
     rows = [
         {"branch": k[0], "sku": k[1], "month": k[2], "dq": deltas[k][0], "dv": deltas[k][1]}
