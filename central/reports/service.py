@@ -20,7 +20,6 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    case,
     cast,
     collate,
     func,
@@ -585,9 +584,7 @@ _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "stocktake": ("stocktake_difference", 1),
 }
 _OUTGOING = frozenset({"transfers_out", "sales", "supplier_returns", "write_offs"})
-# The kind of movement the report shows as "other", and the marker of movement rows
-# that add to the opening (neither is ever a movement kind).
-_OTHER = "~other"
+# Marks the movement rows that add to the opening (never a movement kind).
 _OPENING = "~opening"
 _MOVEMENT_FIELDS = (
     "goods_received",
@@ -903,16 +900,12 @@ async def stock_movement(
             .group_by(*[u.c[n] for n in names])
             .subquery("o")
         )
-    # The movements, the period's and those adding to the opening: summed per key and
-    # kind (unknown kinds as "other", opening ones as _OPENING), then one column per
-    # kind (each (key, kind) is one row there: max picks it).
+    # The movements, the period's and those adding to the opening (kind _OPENING):
+    # summed per key and kind, then one column per kind (each (key, kind) is one row
+    # there: max picks it), unknown kinds summed as "other".
     parts = [*rows(period.date_from, period.date_to), *extra]
-    known = [*_MOVEMENT_COLUMNS, _OPENING]
     src = union_all(*parts).subquery("src") if len(parts) > 1 else parts[0].subquery("src")
-    kind = case(
-        (src.c.movement.in_([literal_column(f"'{m}'") for m in known]), src.c.movement),
-        else_=literal_column(f"'{_OTHER}'"),
-    ).label("kind")
+    kind = src.c.movement.label("kind")
     per_kind = (
         select(
             *[src.c[n] for n in names],
@@ -928,10 +921,20 @@ async def stock_movement(
     pivot_columns: list[ColumnElement[Any]] = []
     for unit in ("qty", "value"):
         for field in _MOVEMENT_FIELDS:
-            kinds = [m for m, (f, _) in _MOVEMENT_COLUMNS.items() if f == field] or [_OTHER]
-            shown = func.coalesce(
-                func.max(k[unit]).filter(k.kind == literal_column(f"'{kinds[0]}'")), 0
-            )
+            kinds = [m for m, (f, _) in _MOVEMENT_COLUMNS.items() if f == field]
+            one: ColumnElement[Any]
+            if kinds:
+                one = func.max(k[unit]).filter(k.kind == literal_column(f"'{kinds[0]}'"))
+            else:
+                one = cast(
+                    func.sum(k[unit]).filter(
+                        k.kind.not_in(
+                            [literal_column(f"'{m}'") for m in (*_MOVEMENT_COLUMNS, _OPENING)]
+                        )
+                    ),
+                    BigInteger,
+                )
+            shown = func.coalesce(one, 0)
             pivot_columns.append((-shown if field in _OUTGOING else shown).label(f"{field}_{unit}"))
         pivot_columns.append(cast(func.sum(k[unit]).filter(moved), BigInteger).label(f"net_{unit}"))
         pivot_columns.append(

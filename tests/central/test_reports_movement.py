@@ -317,6 +317,45 @@ async def test_an_unknown_branch_is_named_and_the_session_keeps_its_settings(
             assert after == before
 
 
+async def test_a_kind_of_movement_the_report_does_not_know_is_shown_as_other(
+    long_chain: async_sessionmaker[AsyncSession],
+) -> None:
+    periods = [(date(2026, 3, 1), date(2026, 3, 31)), (date(2026, 3, 5), date(2026, 4, 20))]
+
+    async def reports() -> list[Any]:
+        async with long_chain() as s:
+            return [
+                (
+                    await service.stock_movement(s, date_from=d1, date_to=d2, branch="B1", sku="A")
+                ).rows[0]
+                for d1, d2 in periods
+            ]
+
+    before = await reports()
+    async with long_chain() as s, s.begin():
+        for table, day in (
+            ("rpt_stock_movement_daily", "local_date"),
+            ("rpt_stock_movement_monthly", "month"),
+        ):
+            await s.execute(
+                text(
+                    f"INSERT INTO {table} (branch, {day}, sku, movement, qty_milli, cost_value"
+                    + (", reason" if day == "local_date" else "")
+                    + ") VALUES ('B1', :d, 'A', 'adjustment', 500, 55"
+                    + (", ''" if day == "local_date" else "")
+                    + ")"
+                ),
+                {"d": date(2026, 3, 10) if day == "local_date" else date(2026, 3, 1)},
+            )
+    for old, new in zip(before, await reports(), strict=True):
+        assert (new.other_milli, new.other_value) == (500, 55)
+        assert (new.opening_milli, new.opening_value) == (old.opening_milli, old.opening_value)
+        assert (new.closing_milli, new.closing_value) == (
+            old.closing_milli + 500,
+            old.closing_value + 55,
+        )
+
+
 async def test_spot_figures_to_the_cent(long_chain: async_sessionmaker[AsyncSession]) -> None:
     """One period checked by hand: 2025-12-20 .. 2026-01-10 at B1, product B."""
     async with long_chain() as s:
