@@ -119,19 +119,6 @@ def transfer_ref_of(body: StockDocumentPosted) -> str:
     return body.transfer_ref or body.document_id
 
 
-_PG_ENSURE = text(
-    "INSERT INTO stock_balances (branch, sku, quantity_milli, value, avg_cost, movements) "
-    "SELECT k.b, k.s, 0, 0, 0, 0 "
-    "FROM unnest(CAST(:branches AS text[]), CAST(:skus AS text[])) AS k(b, s) ORDER BY k.b, k.s "
-    "ON CONFLICT (branch, sku) DO NOTHING"
-)
-_PG_LOCK = text(
-    "SELECT t.branch, t.sku, t.quantity_milli, t.value, t.avg_cost, t.movements "
-    "FROM stock_balances AS t "
-    "JOIN unnest(CAST(:branches AS text[]), CAST(:skus AS text[])) AS k(b, s) "
-    "ON t.branch = k.b AND t.sku = k.s "
-    "ORDER BY t.branch, t.sku FOR UPDATE OF t"
-)
 # The batch's keys and new balances, COPYed (see Stage): arrays of ~13,000 keys cost
 # several times as much to send.
 _KEYS_STAGE = Stage("ingest_balance_keys", (("branch", "text"), ("sku", "text")))
@@ -145,6 +132,11 @@ _VALUES_STAGE = Stage(
         ("a", "bigint"),
         ("m", "bigint"),
     ),
+)
+_PG_ENSURE_STAGED = text(
+    "INSERT INTO stock_balances (branch, sku, quantity_milli, value, avg_cost, movements) "
+    f"SELECT k.branch, k.sku, 0, 0, 0, 0 FROM {_KEYS_STAGE.name} AS k "
+    "ORDER BY k.branch, k.sku ON CONFLICT (branch, sku) DO NOTHING"
 )
 _PG_LOCK_STAGED = text(
     "SELECT t.branch, t.sku, t.quantity_milli, t.value, t.avg_cost, t.movements "
@@ -168,21 +160,13 @@ async def _lock_balances(
     thousands of ORM objects per batch cost more than the SQL around them.
     """
     if is_postgresql(session):
-        # Arrays instead of thousands of bind parameters: one cached statement each.
-        # Lock the existing balances first and create only the missing ones (most
-        # batches have none: a no-op insert of every key cost as much as the lock).
-        # Keys that appear between the two steps are locked after the others; two
-        # workers caught in that window can deadlock, and the worker retries the batch.
+        # Missing ones created first, then every key locked, both in key order (locking
+        # the existing ones first and creating the rest after let two workers that
+        # both met new keys deadlock).
         await _KEYS_STAGE.fill(session, keys)
+        await session.execute(_PG_ENSURE_STAGED)
         rows: Any = await session.execute(_PG_LOCK_STAGED)
-        found = {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
-        if len(found) < len(keys):
-            missing = [k for k in keys if k not in found]
-            params = {"branches": [b for b, _ in missing], "skus": [s for _, s in missing]}
-            await session.execute(_PG_ENSURE, params)
-            rows = await session.execute(_PG_LOCK, params)
-            found.update({(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows})
-        return found
+        return {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
     table = table_of(StockBalance)
     await session.execute(
         dialect_insert(session, table).on_conflict_do_nothing(index_elements=["branch", "sku"]),
