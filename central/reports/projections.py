@@ -33,7 +33,7 @@ from central.ingest.registry import (
     IngestBatch,
     register_batch_handler,
 )
-from central.ingest.stock import LEDGER_SUMS
+from central.ingest.stock import LEDGER_SUMS, LedgerSums
 from central.models.reports import (
     LastSellingPrice,
     PaymentsDaily,
@@ -414,21 +414,25 @@ async def project_summaries(
             delta.add_event(ctx.envelope, ctx.local_date)
     if delta.is_empty():
         return
-    sums: dict[tuple[Any, ...], list[int]] | None = batch.notes.get(LEDGER_SUMS)
+    sums: LedgerSums | None = batch.notes.get(LEDGER_SUMS)
     if delta.staged:
         if sums is None:
             # No stock handler ran before (not in central's own setup): read them back.
             rows = await session.run_sync(_ledger_rows, sorted(delta.ledger_events))
-            sums = {tuple(r[:5]): [int(r[5]), int(r[6])] for r in rows}
+            sums = {}
+            for event_id, branch, local_date, sku, doc_type, qty, value in rows:
+                entry = sums.setdefault(event_id, (branch, local_date, doc_type, {}))
+                entry[3][sku] = [int(qty), int(value)]
         await _flush_staged(session, delta, sums)
         return
     if sums is not None:
         # The stock handler (same event types, earlier stage) left this batch's ledger
         # rows summed: no need to read them back.
         delta.file_ledger_rows(
-            (*key, qty, value)
-            for key, (qty, value) in sums.items()
-            if key[0] in delta.ledger_events
+            (event_id, branch, local_date, sku, doc_type, qty, value)
+            for event_id, (branch, local_date, doc_type, skus) in sums.items()
+            if event_id in delta.ledger_events
+            for sku, (qty, value) in skus.items()
         )
         delta.ledger_filed = True
     await session.run_sync(flush_delta, delta)
@@ -536,60 +540,60 @@ _PG_STAGED_PRICE = text(
 )
 
 
-async def _flush_staged(
-    session: AsyncSession, delta: SummaryDelta, sums: dict[tuple[Any, ...], list[int]]
-) -> None:
+async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: LedgerSums) -> None:
     """PostgreSQL: stage the batch's ledger sums, then write every table in the fixed
     order (per-product tables from the stage, the others from the delta)."""
     records: list[tuple[Any, ...]] = []
     closing: dict[tuple[str, str, date], tuple[int, int]] = {}
     event_cost: dict[uuid.UUID, int] = {}
     months: dict[date, date] = {}
-    no_lines = (0, 0, 0, 0, None)
-    sku_lines = delta.sku_lines
+    no_lines: dict[str, list[int]] = {}
+    nothing = (0, 0, 0, 0, None)
     ledger_events = delta.ledger_events
     sale_events = delta.sale_events
-    sold_ats = delta.sold_at
-    for (event_id, branch, local_date, sku, doc_type), (qty, value) in sums.items():
-        if event_id not in ledger_events:
+    for event_id, (branch, local_date, doc_type, skus) in sums.items():
+        reason = ledger_events.get(event_id)
+        if reason is None:
             continue
         month = months.get(local_date)
         if month is None:
             month = months[local_date] = month_of(local_date)
         keys = sale_events.get(event_id)
         if keys is None:
-            kind = _KIND_DOCUMENT
-            line: Sequence[Any] = no_lines
-            sold_at = None
+            kind, lines, sold_at, cost = _KIND_DOCUMENT, no_lines, None, 0
         else:
             kind = _KIND_RETURN if keys.returned else _KIND_SALE
-            line = sku_lines[event_id].get(sku, no_lines)
-            sold_at = sold_ats.get(event_id)
-            event_cost[event_id] = event_cost.get(event_id, 0) + (
-                value if keys.returned else -value
+            lines = delta.sku_lines.get(event_id, no_lines)
+            sold_at = delta.sold_at.get(event_id)
+            cost = 0
+        for sku, (qty, value) in skus.items():
+            line: Sequence[Any] = lines.get(sku, nothing)
+            records.append(
+                (
+                    branch,
+                    local_date,
+                    month,
+                    sku,
+                    doc_type,
+                    reason,
+                    kind,
+                    qty,
+                    value,
+                    line[0],
+                    line[1],
+                    line[2],
+                    line[3],
+                    sold_at,
+                    line[4] if kind == _KIND_SALE else None,
+                )
             )
-        records.append(
-            (
-                branch,
-                local_date,
-                month,
-                sku,
-                doc_type,
-                ledger_events[event_id],
-                kind,
-                qty,
-                value,
-                line[0],
-                line[1],
-                line[2],
-                line[3],
-                sold_at,
-                line[4] if kind == _KIND_SALE else None,
-            )
-        )
-        ckey = (branch, sku, month)
-        seen = closing.get(ckey)
-        closing[ckey] = (qty, value) if seen is None else (seen[0] + qty, seen[1] + value)
+            cost += value
+            ckey = (branch, sku, month)
+            seen = closing.get(ckey)
+            closing[ckey] = (qty, value) if seen is None else (seen[0] + qty, seen[1] + value)
+        if keys is not None:
+            # Outgoing sale value is negative in the ledger; cost of goods sold is positive.
+            event_cost[event_id] = event_cost.get(event_id, 0) + (cost if keys.returned else -cost)
     # Costs of the per-event tables: one sum per event, filed three times.
     branch_daily = delta.add[_t(SalesBranchDaily).name]
     hourly = delta.add[_t(SalesHourly).name]
