@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import JSON, Table, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -116,8 +116,6 @@ async def copy_records(
 ) -> None:
     """PostgreSQL: COPY tuples (values in ``columns`` order) into ``table``, inside the
     session's transaction."""
-    import asyncpg  # type: ignore[import-untyped,unused-ignore]
-
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
@@ -128,20 +126,19 @@ async def copy_records(
     driver: Any = raw.driver_connection
     try:
         await driver.copy_records_to_table(table, records=records, columns=list(columns))
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise IntegrityError(f"COPY {table}", None, exc) from exc
-    except asyncpg.PostgresError as exc:
-        raise DBAPIError(f"COPY {table}", None, exc) from exc
+    except Exception as exc:
+        _raise_copy_error(table, exc)
 
 
-def _copy_error(table: str, exc: Exception) -> Exception:
+def _raise_copy_error(table: str, exc: Exception) -> NoReturn:
+    """asyncpg's errors as SQLAlchemy's, so callers' retry and dead-letter rules apply."""
     import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-        return IntegrityError(f"COPY {table}", None, exc)
+        raise IntegrityError(f"COPY {table}", None, exc) from exc
     if isinstance(exc, asyncpg.PostgresError):
-        return DBAPIError(f"COPY {table}", None, exc)
-    return exc
+        raise DBAPIError(f"COPY {table}", None, exc) from exc
+    raise exc
 
 
 @dataclass(frozen=True)
@@ -189,10 +186,7 @@ class Stage:
                 driver.copy_records_to_table(self.name, records=records, columns=self.column_names)
             )
         except Exception as exc:
-            mapped = _copy_error(self.name, exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            _raise_copy_error(self.name, exc)
 
 
 async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[int]:
