@@ -17,6 +17,7 @@ import msgspec
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    FromClause,
     Select,
     Table,
     and_,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     true,
     tuple_,
     type_coerce,
+    union,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
@@ -948,7 +950,20 @@ async def stock_movement(
         .group_by(*[k[n] for n in names])
         .subquery("i")
     )
-    keys = [func.coalesce(o.c[n], i.c[n]).label(n) for n in names]
+    joined: FromClause
+    if postgres:
+        keys = [func.coalesce(o.c[n], i.c[n]).label(n) for n in names]
+        joined = o.join(i, and_(*[o.c[n] == i.c[n] for n in names]), full=True)
+    else:
+        # SQLite has FULL JOIN only from 3.39 (Ubuntu 22.04's is 3.37): every key of
+        # either side, then both sides joined to it.
+        every = union(select(*[o.c[n] for n in names]), select(*[i.c[n] for n in names])).subquery(
+            "every"
+        )
+        keys = [every.c[n].label(n) for n in names]
+        joined = every.outerjoin(o, and_(*[o.c[n] == every.c[n] for n in names])).outerjoin(
+            i, and_(*[i.c[n] == every.c[n] for n in names])
+        )
     out: list[ColumnElement[Any]] = []
     openings: list[ColumnElement[Any]] = []
     for unit, suffix in (("qty", "milli"), ("value", "value")):
@@ -967,7 +982,7 @@ async def stock_movement(
         out.append((opened + net).label(f"closing_{suffix}"))
     stmt = (
         select(*keys, *out)
-        .select_from(o.join(i, and_(*[o.c[n] == i.c[n] for n in names]), full=True))
+        .select_from(joined)
         # Products with nothing on hand and nothing moving are left out.
         .where(or_(i.c.moved > 0, *[x != 0 for x in openings]))
         # Python's order of the keys (code points): PostgreSQL's "C" collation.

@@ -639,3 +639,37 @@ async def test_a_batch_failing_after_the_closing_upkeep_leaves_nothing_behind(
         assert len({(r.event_id, r.line_no) for r in ledger}) == len(ledger)
     finally:
         await engine.dispose()
+
+
+async def test_the_embedded_database_needs_no_full_join(tmp_path: Any) -> None:
+    """SQLite has FULL JOIN only from 3.39 (Ubuntu 22.04's Python links 3.37): the
+    movement report on the embedded database must give its answer without one."""
+    from sqlalchemy import event
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    statements: list[str] = []
+    event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, sql, *_rest: statements.append(sql),
+    )
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session, session.begin():
+            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
+            await add_branch(session, code="B2", name="Station")
+        worker = IngestWorker(sessionmaker)
+        for batch in build_long_history().batches(7):
+            assert (await worker.process(batch)).dead_letters == 0
+        statements.clear()
+        async with sessionmaker() as s:
+            report = await service.stock_movement(
+                s, date_from=date(2026, 2, 15), date_to=date(2026, 5, 14), branch="B1"
+            )
+        assert report.rows
+        assert any("stock_movement" in sql for sql in statements)
+        assert not [sql for sql in statements if "FULL" in sql.upper()]
+    finally:
+        await engine.dispose()
