@@ -674,12 +674,12 @@ async def _fetch(
     params = [values[name] for name in compiled.positiontup or ()]
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
-    try:
-        rows: Sequence[Sequence[Any]] = await driver.fetch(compiled.string, *params)
-    finally:
-        if restore is not None:
-            # The caller's setting back for the rest of the transaction.
-            await driver.execute(f"SELECT set_config('{_PARALLEL}', $1, true)", restore)
+    rows: Sequence[Sequence[Any]] = await driver.fetch(compiled.string, *params)
+    if restore is not None:
+        # The caller's setting back for the rest of the transaction (after an error the
+        # transaction is aborted and rolled back, setting and all: nothing to restore,
+        # and trying would hide the error).
+        await driver.execute(f"SELECT set_config('{_PARALLEL}', $1, true)", restore)
     return rows
 
 
