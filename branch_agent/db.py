@@ -40,8 +40,10 @@ def database_url(path: Path) -> str:
 
 
 # The inline engine must not sleep in the event loop waiting for another process's
-# write lock: it gives up quickly and the caller retries with an asyncio sleep.
-INLINE_BUSY_TIMEOUT_MS = 50
+# write lock: it gives up quickly and the caller retries with an asyncio sleep. A few
+# ms absorb SQLite's brief busy moments (WAL recovery, a checkpoint restart) without
+# rerunning the sale; each retry blocks the loop for at most that.
+INLINE_BUSY_TIMEOUT_MS = 5
 
 
 def create_engine(path: Path, *, inline: bool = False) -> AsyncEngine:
