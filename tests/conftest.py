@@ -11,6 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +74,29 @@ async def _drop_pg_database(admin_url: str, db_url: str) -> None:
         await conn.close()
 
 
+@asynccontextmanager
+async def empty_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty, unmigrated central database: a SQLite file, or a throwaway PostgreSQL
+    database on the server named by ``BACKROOM_TEST_PG_URL`` (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+        return
+    admin = os.environ[PG_URL_ENV]
+    url = await _create_pg_database(admin)
+    try:
+        yield url
+    finally:
+        await _drop_pg_database(admin, url)
+
+
 @pytest.fixture
 async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh, migrated central database."""
     from central.db import upgrade
 
-    if db_kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
+    async with empty_database(db_kind, tmp_path) as url:
         await upgrade(url)
         yield url
-        return
-    admin = os.environ[PG_URL_ENV]
-    url = await _create_pg_database(admin)
-    try:
-        await upgrade(url)
-        yield url
-    finally:
-        await _drop_pg_database(admin, url)
 
 
 @pytest.fixture
@@ -128,18 +135,25 @@ def central_settings(db_url: str, nats_url: str, **overrides: Any) -> Any:
     return CentralSettings(**values)
 
 
-@pytest.fixture
-async def central(db_url: str, nats_server: EmbeddedNats) -> AsyncIterator[Any]:
-    """Central (a CentralRuntime) with one in-process ingest worker."""
+@asynccontextmanager
+async def running_central(settings: Any) -> AsyncIterator[Any]:
+    """A started CentralRuntime with one in-process ingest worker, connected to NATS."""
     from central.runtime import CentralRuntime
 
-    runtime = CentralRuntime(central_settings(db_url, nats_server.url))
+    runtime = CentralRuntime(settings)
     await runtime.start(ingest_workers=1)
-    await asyncio.wait_for(runtime.nats_ready.wait(), 20)
     try:
+        await asyncio.wait_for(runtime.nats_ready.wait(), 20)
         yield runtime
     finally:
         await runtime.stop()
+
+
+@pytest.fixture
+async def central(db_url: str, nats_server: EmbeddedNats) -> AsyncIterator[Any]:
+    """Central (a CentralRuntime) with one in-process ingest worker."""
+    async with running_central(central_settings(db_url, nats_server.url)) as runtime:
+        yield runtime
 
 
 async def register_branch(runtime: Any, code: str, **kwargs: Any) -> None:

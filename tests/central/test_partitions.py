@@ -34,7 +34,7 @@ from central.services.branches import add_branch
 from central.services.receipts import ReceiptQuery, list_receipts
 from central.services.stock import list_ledger, rebuild_balances
 from tests.central.chain_events import BranchBooks, message
-from tests.conftest import PG_URL_ENV, _create_pg_database, _drop_pg_database
+from tests.conftest import PG_URL_ENV, empty_database
 
 THIS_MONTH = month_start(datetime.now(UTC).date())
 LAST_MONTH = add_months(THIS_MONTH, -1)
@@ -59,14 +59,10 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def bare_pg_url() -> AsyncIterator[str]:
+async def bare_pg_url(tmp_path: Any) -> AsyncIterator[str]:
     """An empty PostgreSQL database (not migrated)."""
-    admin = os.environ[PG_URL_ENV]
-    url = await _create_pg_database(admin)
-    try:
+    async with empty_database("postgresql", tmp_path) as url:
         yield url
-    finally:
-        await _drop_pg_database(admin, url)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from central.services.branches import add_branch
 from protocol import Payment
 from protocol.events import CustomerReturnRecorded, StockDocumentLine
 from tests.central.reports_history import History, at, doc, line, sale
-from tests.conftest import PG_URL_ENV, _create_pg_database, _drop_pg_database
+from tests.conftest import PG_URL_ENV, empty_database
 
 KINDS = {
     "goods_receipt": ("goods_received", 1),
@@ -168,13 +168,17 @@ def build_long_history() -> History:
     return h
 
 
+async def add_two_branches(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
+        await add_branch(session, code="B2", name="Station")
+
+
 @pytest.fixture
 async def long_chain(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     engine = create_engine(db_url)
     sessionmaker = create_sessionmaker(engine)
-    async with sessionmaker() as session, session.begin():
-        await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
-        await add_branch(session, code="B2", name="Station")
+    await add_two_branches(sessionmaker)
     worker = IngestWorker(sessionmaker)
     for batch in build_long_history().batches(7):
         stats = await worker.process(batch)
@@ -481,9 +485,7 @@ async def test_late_and_out_of_order_events_keep_the_closing_exact(db_url: str) 
     engine = create_engine(db_url)
     sessionmaker = create_sessionmaker(engine)
     try:
-        async with sessionmaker() as session, session.begin():
-            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
-            await add_branch(session, code="B2", name="Station")
+        await add_two_branches(sessionmaker)
         h = build_long_history()
         late = [e for e in h.events if e.occurred_at < at("2026-02-01T00:00:00")]
         rest = [e for e in h.events if e.occurred_at >= at("2026-02-01T00:00:00")]
@@ -555,15 +557,8 @@ if os.environ.get(PG_URL_ENV):
 
 @pytest.fixture(params=_KINDS)
 async def unmigrated_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
-        return
-    admin = os.environ[PG_URL_ENV]
-    url = await _create_pg_database(admin)
-    try:
+    async with empty_database(request.param, tmp_path) as url:
         yield url
-    finally:
-        await _drop_pg_database(admin, url)
 
 
 async def test_migration_fills_the_closing_from_the_monthly_movements(
@@ -612,9 +607,7 @@ async def test_a_batch_failing_after_the_closing_upkeep_leaves_nothing_behind(
     engine = create_engine(db_url)
     sessionmaker = create_sessionmaker(engine)
     try:
-        async with sessionmaker() as session, session.begin():
-            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
-            await add_branch(session, code="B2", name="Station")
+        await add_two_branches(sessionmaker)
         messages = build_long_history().messages()
         first, rest = messages[:40], messages[40:]
         await _ingest(sessionmaker, first, 40)
@@ -657,9 +650,7 @@ async def test_the_embedded_database_needs_no_full_join(tmp_path: Any) -> None:
     )
     try:
         sessionmaker = create_sessionmaker(engine)
-        async with sessionmaker() as session, session.begin():
-            await add_branch(session, code="B1", name="Harbour", timezone="Europe/Berlin")
-            await add_branch(session, code="B2", name="Station")
+        await add_two_branches(sessionmaker)
         worker = IngestWorker(sessionmaker)
         for batch in build_long_history().batches(7):
             assert (await worker.process(batch)).dead_letters == 0

@@ -28,7 +28,7 @@ from central.services.assortment import (
 from central.services.catalog_import import import_products
 from central.services.masterdata_publisher import published_version
 from central.services.pricing import set_prices_bulk
-from tests.conftest import central_settings, register_branch, wait_until
+from tests.conftest import central_settings, register_branch, running_central, wait_until
 from tests.e2e.test_agent_kill import AgentProcess, free_port
 
 SKUS = [f"K{i:05d}" for i in range(4000)]
@@ -39,17 +39,11 @@ async def sqlite_central(tmp_path: Path, nats_server: EmbeddedNats) -> AsyncIter
     """Central on SQLite only: what is tested is the agent's replica (and the test waits
     out the consumer's ack_wait, ~30 s, once per kill that left messages unacked)."""
     from central.db import upgrade
-    from central.runtime import CentralRuntime
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
     await upgrade(url)
-    runtime = CentralRuntime(central_settings(url, nats_server.url))
-    await runtime.start(ingest_workers=1)
-    await asyncio.wait_for(runtime.nats_ready.wait(), 20)
-    try:
+    async with running_central(central_settings(url, nats_server.url)) as runtime:
         yield runtime
-    finally:
-        await runtime.stop()
 
 
 class _Replica:

@@ -29,7 +29,7 @@ from central.services.nats_auth import (
 from central.sync.nats_auth import NatsIssuer
 from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
 from protocol.subjects import DOWN_STREAM, down_subject, up_subject
-from tests.conftest import central_settings, wait_until
+from tests.conftest import central_settings, running_central, wait_until
 
 
 @pytest.fixture
@@ -52,20 +52,14 @@ def secure_nats(tmp_path: Path, issuer: NatsIssuer) -> Iterator[EmbeddedNats]:
 async def secure_central(
     db_url: str, secure_nats: EmbeddedNats, issuer: NatsIssuer
 ) -> AsyncIterator[CentralRuntime]:
-    runtime = CentralRuntime(
-        central_settings(
-            db_url,
-            secure_nats.url,
-            nats_creds=str(issuer.central_creds_file()),
-            nats_issuer_dir=str(issuer.directory),
-        )
+    settings = central_settings(
+        db_url,
+        secure_nats.url,
+        nats_creds=str(issuer.central_creds_file()),
+        nats_issuer_dir=str(issuer.directory),
     )
-    await runtime.start(ingest_workers=1)
-    await asyncio.wait_for(runtime.nats_ready.wait(), 20)
-    try:
+    async with running_central(settings) as runtime:
         yield runtime
-    finally:
-        await runtime.stop()
 
 
 async def add_branch_with_creds(runtime: CentralRuntime, issuer: NatsIssuer, code: str) -> Path:
