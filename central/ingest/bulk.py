@@ -22,6 +22,7 @@ __all__ = [
     "allocate_ids",
     "copy_records",
     "dialect_insert",
+    "fetch_records",
     "insert_rows",
     "insert_tuples",
     "is_postgresql",
@@ -116,28 +117,45 @@ async def copy_records(
 ) -> None:
     """PostgreSQL: COPY tuples (values in ``columns`` order) into ``table``, inside the
     session's transaction."""
+    driver = await _driver_in_transaction(session)
+    try:
+        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+    except Exception as exc:
+        _raise_driver_error(f"COPY {table}", exc)
+
+
+async def fetch_records(session: AsyncSession, sql: str) -> list[Any]:
+    """PostgreSQL: the rows of a parameterless query, straight from the driver, inside
+    the session's transaction: thousands of SQLAlchemy result rows cost more than the
+    query."""
+    driver = await _driver_in_transaction(session)
+    try:
+        rows: list[Any] = await driver.fetch(sql)
+    except Exception as exc:
+        _raise_driver_error(sql, exc)
+    return rows
+
+
+async def _driver_in_transaction(session: AsyncSession) -> Any:
+    """The session's asyncpg connection, its transaction begun."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     if getattr(adapted, "_transaction", None) is None:
         # The adapter begins its transaction lazily, on the first statement: make sure
-        # the COPY is inside it, not in autocommit.
+        # what the driver runs is inside it, not in autocommit.
         await connection.execute(text("SELECT 1"))
-    driver: Any = raw.driver_connection
-    try:
-        await driver.copy_records_to_table(table, records=records, columns=list(columns))
-    except Exception as exc:
-        _raise_copy_error(table, exc)
+    return raw.driver_connection
 
 
-def _raise_copy_error(table: str, exc: Exception) -> NoReturn:
+def _raise_driver_error(statement: str, exc: Exception) -> NoReturn:
     """asyncpg's errors as SQLAlchemy's, so callers' retry and dead-letter rules apply."""
     import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-        raise IntegrityError(f"COPY {table}", None, exc) from exc
+        raise IntegrityError(statement, None, exc) from exc
     if isinstance(exc, asyncpg.PostgresError):
-        raise DBAPIError(f"COPY {table}", None, exc) from exc
+        raise DBAPIError(statement, None, exc) from exc
     raise exc
 
 
@@ -186,7 +204,7 @@ class Stage:
                 driver.copy_records_to_table(self.name, records=records, columns=self.column_names)
             )
         except Exception as exc:
-            _raise_copy_error(self.name, exc)
+            _raise_driver_error(f"COPY {self.name}", exc)
 
 
 async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[int]:

@@ -25,7 +25,14 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import Stage, dialect_insert, insert_tuples, is_postgresql, table_of
+from central.ingest.bulk import (
+    Stage,
+    dialect_insert,
+    fetch_records,
+    insert_tuples,
+    is_postgresql,
+    table_of,
+)
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
 from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
@@ -141,7 +148,7 @@ _PG_ENSURE_STAGED = text(
     f"SELECT k.branch, k.sku, 0, 0, 0, 0 FROM {_KEYS_STAGE.name} AS k "
     "ORDER BY k.branch, k.sku ON CONFLICT (branch, sku) DO NOTHING"
 )
-_PG_LOCK_STAGED = text(
+_PG_LOCK_STAGED = (
     "SELECT t.branch, t.sku, t.quantity_milli, t.value, t.avg_cost, t.movements "
     f"FROM stock_balances AS t JOIN {_KEYS_STAGE.name} AS k "
     "ON t.branch = k.branch AND t.sku = k.sku "
@@ -168,7 +175,7 @@ async def _lock_balances(
         # both met new keys deadlock).
         await _KEYS_STAGE.fill(session, keys)
         await session.execute(_PG_ENSURE_STAGED)
-        rows: Any = await session.execute(_PG_LOCK_STAGED)
+        rows = await fetch_records(session, _PG_LOCK_STAGED)
         return {(r[0], r[1]): [r[2], r[3], r[4], r[5]] for r in rows}
     table = table_of(StockBalance)
     await session.execute(

@@ -16,7 +16,6 @@ handlers, in bulk), advance each branch's sequence state, commit, then ack.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -54,6 +53,8 @@ log = logging.getLogger(__name__)
 # Exit status of the fault-injection crash between commit and ack (tests only).
 CRASH_EXIT_CODE = 86
 _MAX_ATTEMPTS = 8
+# How long a batch keeps pulling once its first message is in.
+_LINGER_S = 0.2
 # Arrays, not thousands of bind parameters: one cached statement per batch.
 _PG_EXISTING = text(
     "SELECT event_id, branch, seq FROM ingested_events "
@@ -173,9 +174,18 @@ class IngestWorker:
         timeout: the tail of a burst would wait the whole timeout before it is stored.
         """
         msgs: list[Any] = await sub.fetch(1, timeout=self.fetch_timeout_s)
-        if self.batch_size > 1:
-            with contextlib.suppress(NatsTimeoutError, TimeoutError):
-                msgs += await sub.fetch(self.batch_size - 1, timeout=0.02)
+        # One pull returns what arrives within its 20 ms, the rest of a backlog comes on
+        # the next: pull again while messages keep coming (a small batch costs nearly
+        # as much as a full one), for at most _LINGER_S.
+        lingering_until = time.monotonic() + _LINGER_S
+        while len(msgs) < self.batch_size and time.monotonic() < lingering_until:
+            try:
+                more = await sub.fetch(self.batch_size - len(msgs), timeout=0.02)
+            except (NatsTimeoutError, TimeoutError):
+                break
+            if not more:
+                break
+            msgs += more
         return msgs
 
     # --- processing ----------------------------------------------------------------
