@@ -125,6 +125,8 @@ class IngestWorker:
         self._branches: dict[str, bool] = {}
         self._branches_loaded = -1e9
         self.stats = IngestStats()
+        # Messages pulled beyond the batch size, first in the next batch.
+        self._overflow: list[Any] = []
 
     # --- the NATS loop -----------------------------------------------------------
 
@@ -173,7 +175,9 @@ class IngestWorker:
         nats-py's ``fetch(n)`` on a quiet stream lingers until n messages or the
         timeout: the tail of a burst would wait the whole timeout before it is stored.
         """
-        msgs: list[Any] = await sub.fetch(1, timeout=self.fetch_timeout_s)
+        msgs, self._overflow = self._overflow, []
+        if not msgs:
+            msgs = await sub.fetch(1, timeout=self.fetch_timeout_s)
         # One pull returns what arrives within its 20 ms, the rest of a backlog comes on
         # the next: pull again while messages keep coming (a small batch costs nearly
         # as much as a full one), for at most _LINGER_S.
@@ -186,7 +190,10 @@ class IngestWorker:
             if not more:
                 break
             msgs += more
-        return msgs
+        # A pull also hands over what arrived late for earlier pulls, beyond what it
+        # asked for: the excess starts the next batch (unacked until then).
+        self._overflow = msgs[self.batch_size :]
+        return msgs[: self.batch_size]
 
     # --- processing ----------------------------------------------------------------
 
