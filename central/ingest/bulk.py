@@ -194,10 +194,15 @@ class Stage:
         await session.execute(self._clear)
         await copy_records(session, self.name, self.column_names, records)
 
-    def fill_sync(self, session: Session, records: list[tuple[Any, ...]]) -> None:
-        """:meth:`fill` from synchronous code under ``AsyncSession.run_sync``."""
+    def clear_sync(self, session: Session) -> None:
+        """Create it if need be and empty it, from synchronous code (``run_sync``): for
+        a fill by an ``INSERT ... SELECT`` of the caller's."""
         session.execute(self._create)
         session.execute(self._clear)
+
+    def fill_sync(self, session: Session, records: list[tuple[Any, ...]]) -> None:
+        """:meth:`fill` from synchronous code under ``AsyncSession.run_sync``."""
+        self.clear_sync(session)
         driver: Any = session.connection().connection.driver_connection
         try:
             await_only(

@@ -544,7 +544,6 @@ async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: Ledger
     """PostgreSQL: stage the batch's ledger sums, then write every table in the fixed
     order (per-product tables from the stage, the others from the delta)."""
     records: list[tuple[Any, ...]] = []
-    closing: dict[tuple[str, str, date], tuple[int, int]] = {}
     event_cost: dict[uuid.UUID, int] = {}
     months: dict[date, date] = {}
     no_lines: dict[str, list[int]] = {}
@@ -588,9 +587,6 @@ async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: Ledger
                 )
             )
             cost += value
-            ckey = (branch, sku, month)
-            seen = closing.get(ckey)
-            closing[ckey] = (qty, value) if seen is None else (seen[0] + qty, seen[1] + value)
         if keys is not None:
             # Outgoing sale value is negative in the ledger; cost of goods sold is positive.
             event_cost[event_id] = event_cost.get(event_id, 0) + (cost if keys.returned else -cost)
@@ -606,18 +602,16 @@ async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: Ledger
         _add_to(cashier, (keys.branch, keys.local_date, keys.cashier), column, amount)
     delta.ledger_filed = True
     await _SUMMARY_STAGE.fill(session, records)
-    await session.run_sync(_write_staged, delta, closing)
+    await session.run_sync(_write_staged, delta)
 
 
-def _write_staged(
-    session: Session, delta: SummaryDelta, closing: dict[tuple[str, str, date], tuple[int, int]]
-) -> None:
+def _write_staged(session: Session, delta: SummaryDelta) -> None:
     for table in _TABLE_ORDER:
         staged = _PG_STAGED.get(table.name)
         if staged is not None:
             session.execute(staged)
             if table.name == StockMovementMonthly.__tablename__:
-                write_closing(session, closing)
+                write_closing(session, None)
             continue
         rows = delta.add.get(table.name, {})
         if table.name == ShiftTotals.__tablename__:
@@ -930,6 +924,14 @@ _PG_CLOSING_LATER_STAGED = text(
 )
 
 
+# The summary stage's rows summed per (branch, sku, month), without a round trip.
+_PG_CLOSING_FROM_SUMMARY = text(
+    f"INSERT INTO {_CLOSING_STAGE.name} (branch, sku, month, dq, dv) "
+    "SELECT branch, sku, month, CAST(sum(qty) AS bigint), CAST(sum(value) AS bigint) "
+    f"FROM {_STAGE} GROUP BY branch, sku, month"
+)
+
+
 def closing_deltas(
     monthly: dict[tuple[Any, ...], dict[str, int]],
 ) -> dict[tuple[str, str, date], tuple[int, int]]:
@@ -943,16 +945,30 @@ def closing_deltas(
     return out
 
 
-def write_closing(session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]]) -> None:
-    """Add a batch's movements to the monthly closing stock (see the note above)."""
-    if not deltas:
+def write_closing(
+    session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]] | None
+) -> None:
+    """Add a batch's movements to the monthly closing stock (see the note above):
+    ``deltas`` per (branch, sku, month), or None (PostgreSQL) for the batch's summary
+    stage summed per (branch, sku, month) in the database."""
+    if deltas is None:
+        _CLOSING_STAGE.clear_sync(session)
+        session.execute(_PG_CLOSING_FROM_SUMMARY)
+    elif not deltas:
         return
+    elif session.get_bind().dialect.name == "postgresql":
+        _CLOSING_STAGE.fill_sync(session, [(*k, *deltas[k]) for k in sorted(deltas)])
+    else:
+        _write_closing_sqlite(session, deltas)
+        return
+    session.execute(_PG_CLOSING_UPSERT_STAGED)
+    session.execute(_PG_CLOSING_LATER_STAGED)
+
+
+def _write_closing_sqlite(
+    session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]]
+) -> None:
     keys = sorted(deltas)
-    if session.get_bind().dialect.name == "postgresql":
-        _CLOSING_STAGE.fill_sync(session, [(*k, *deltas[k]) for k in keys])
-        session.execute(_PG_CLOSING_UPSERT_STAGED)
-        session.execute(_PG_CLOSING_LATER_STAGED)
-        return
     rows = [
         {"branch": k[0], "sku": k[1], "month": k[2], "dq": deltas[k][0], "dv": deltas[k][1]}
         for k in keys
