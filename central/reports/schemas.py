@@ -103,12 +103,16 @@ class StockOnHandReport(msgspec.Struct, kw_only=True):
     totals: StockOnHandRow
 
 
-class StockMovementRow(msgspec.Struct, kw_only=True):
+class StockMovementRow(msgspec.Struct):
     """opening + goods_received + transfers_in + customer_returns - transfers_out - sales
-    - supplier_returns - write_offs + stocktake_difference + other = closing."""
+    - supplier_returns - write_offs + stocktake_difference + other = closing.
 
-    branch: str | None = None
-    sku: str | None = None
+    Positional (not keyword-only) so the report builds its thousands of rows straight
+    from the query's; ``branch`` or ``sku`` is null when the report is not grouped by it.
+    """
+
+    branch: str | None
+    sku: str | None
     opening_milli: int
     goods_received_milli: int
     transfers_in_milli: int

@@ -19,12 +19,14 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Select,
+    String,
     Table,
     and_,
     cast,
     collate,
     func,
     literal_column,
+    null,
     or_,
     select,
     true,
@@ -570,10 +572,6 @@ async def stock_on_hand(
 # --- stock movement, write-offs, shrinkage ----------------------------------------------
 
 
-def _named(names: Sequence[str], values: Sequence[int]) -> dict[str, Any]:
-    return dict(zip(names, values, strict=True))
-
-
 # Movement kind -> (report column, sign shown: ins positive, outs positive).
 _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "goods_receipt": ("goods_received", 1),
@@ -980,8 +978,12 @@ async def stock_movement(
             for field in _MOVEMENT_FIELDS
         ]
         out.append((opened + net).label(f"closing_{suffix}"))
+    # Both key columns, the one not grouped by as NULL: rows come out in the field order
+    # of StockMovementRow and are built positionally.
+    by_name = dict(zip(names, keys, strict=True))
+    both_keys = [by_name.get(n, cast(null(), String).label(n)) for n in ("branch", "sku")]
     stmt = (
-        select(*keys, *out)
+        select(*both_keys, *out)
         .select_from(joined)
         # Products with nothing on hand and nothing moving are left out.
         .where(or_(i.c.moved > 0, *[x != 0 for x in openings]))
@@ -989,22 +991,17 @@ async def stock_movement(
         .order_by(*[collate(key, "C") if postgres else key for key in keys])
     )
     result = await _fetch(session, stmt, restore=parallel)
-    columns = (*names, *_MOVEMENT_OUT_NAMES)
-    # One conversion of plain dicts: several times faster than a Struct call per row.
-    report_rows = msgspec.convert(
-        [dict(zip(columns, row, strict=True)) for row in result], list[StockMovementRow]
-    )
-    width = len(names)
-    totals = [sum(column) for column in list(zip(*result, strict=True))[width:]] if result else []
+    # Positional construction: a dict per row and one msgspec.convert took a fifth of
+    # a branch's 5,000-row report.
+    report_rows = [StockMovementRow(*row) for row in result]
+    totals = [sum(column) for column in list(zip(*result, strict=True))[2:]] if result else []
     return StockMovementReport(
         date_from=period.date_from,
         date_to=period.date_to,
         branch=branch,
         group_by=list(groups),
         rows=report_rows,
-        totals=StockMovementRow(
-            **_named(_MOVEMENT_OUT_NAMES, totals or [0] * len(_MOVEMENT_OUT_NAMES))
-        ),
+        totals=StockMovementRow(None, None, *(totals or [0] * len(_MOVEMENT_OUT_NAMES))),
     )
 
 
