@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from sqlalchemy import JSON, Table, func, insert, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
@@ -25,6 +25,7 @@ __all__ = [
     "fetch_records",
     "insert_rows",
     "insert_tuples",
+    "is_fault_of_message",
     "is_postgresql",
     "is_retryable",
     "table_of",
@@ -32,6 +33,11 @@ __all__ = [
 
 # PostgreSQL: serialization failure, deadlock detected.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# SQLSTATE classes that say the database or the link failed, not the statement's data:
+# connection exception, transaction rollback, insufficient resources, object not in
+# prerequisite state (lock not available), operator intervention, system error,
+# configuration file error, internal error.
+_INFRASTRUCTURE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "F0", "XX"})
 
 
 def table_of(model: type[Any]) -> Table:
@@ -234,17 +240,47 @@ async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[
     return list(range(start + 1, start + 1 + count))
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """A lock conflict that a retry of the whole batch resolves (not a bad message)."""
-    seen: set[int] = set()
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception, then what it wraps (a DBAPI error's ``orig``) or was raised from."""
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if sqlstate in _RETRYABLE_SQLSTATES:
-            return True
-        if "database is locked" in str(current):
-            return True
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
         orig = getattr(current, "orig", None) if isinstance(current, DBAPIError) else None
         current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
+    return chain
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A lock conflict that a retry of the whole batch resolves (not a bad message)."""
+    return any(
+        _sqlstate(e) in _RETRYABLE_SQLSTATES or "database is locked" in str(e) for e in _causes(exc)
+    )
+
+
+def is_fault_of_message(exc: BaseException) -> bool:
+    """Whether storing failed because of what a message holds, so that it fails again on
+    every retry (a number out of the column's range, a text too long for it, a case
+    the code does not handle), rather than because the database or the link is down
+    or busy, when the batch must wait for redelivery and nothing may be dead-lettered."""
+    chain = _causes(exc)
+    for e in chain:
+        state = _sqlstate(e)
+        if state is not None:
+            return state[:2] not in _INFRASTRUCTURE_SQLSTATE_CLASSES
+    if any("database is locked" in str(e) for e in chain):
+        return False
+    # The driver refusing a value it was handed (asyncpg's DataError is a ValueError,
+    # sqlite3 raises OverflowError for integers beyond 64 bits).
+    if any(isinstance(e, ValueError | ArithmeticError | TypeError) for e in chain):
+        return True
+    infrastructure = (OSError, TimeoutError, OperationalError, InterfaceError)
+    return not any(
+        isinstance(e, infrastructure) or (isinstance(e, DBAPIError) and e.connection_invalidated)
+        for e in chain
+    )

@@ -29,12 +29,13 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from sqlalchemy import bindparam, or_, select, text, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.ingest.bulk import (
     dialect_insert,
     insert_rows,
+    is_fault_of_message,
     is_postgresql,
     is_retryable,
     table_of,
@@ -198,18 +199,39 @@ class IngestWorker:
     # --- processing ----------------------------------------------------------------
 
     async def process(self, batch: Sequence[MessageIn]) -> IngestStats:
-        """Store a batch; returns what this call did. Safe to call again with the same batch."""
+        """Store a batch; returns what this call did. Safe to call again with the same batch.
+
+        Raises when the database cannot be used (the batch is then left for redelivery);
+        a message that cannot be stored because of what it holds becomes a dead letter
+        and the rest of its batch is stored."""
+        stats = await self._store_or_split(batch)
+        stats.batches = 1
+        self.stats.add(stats)
+        return stats
+
+    async def _store_or_split(self, batch: Sequence[MessageIn]) -> IngestStats:
         try:
-            stats = await self._attempt(batch)
+            return await self._attempt(batch)
         except IntegrityError:
             # Another worker stored some of these first. One by one, so each message
             # is either found as a duplicate or stored.
-            stats = IngestStats(batches=1)
+            stats = IngestStats()
             for message in batch:
                 stats.add(await self._process_alone(message))
-            stats.batches = 1
-        self.stats.add(stats)
-        return stats
+            return stats
+        except Exception as exc:
+            if not is_fault_of_message(exc):
+                raise
+            if len(batch) == 1:
+                return await self._reject_alone(batch[0], exc)
+            # Some message in the batch fails every time (e.g. a number beyond its
+            # column's range): halves, in order, until it stands alone, so one bad
+            # message costs a few more transactions and never holds back the others.
+            log.warning("a batch of %d failed on its content (%s); splitting it", len(batch), exc)
+            middle = len(batch) // 2
+            stats = await self._store_or_split(batch[:middle])
+            stats.add(await self._store_or_split(batch[middle:]))
+            return stats
 
     async def _attempt(self, batch: Sequence[MessageIn]) -> IngestStats:
         """One transaction, retried on lock conflicts; IntegrityError goes to the caller."""
@@ -243,14 +265,23 @@ class IngestWorker:
                     # another event id): not a race, a bad message.
                     return await self._reject_alone(message, exc)
                 await asyncio.sleep(0.05 * (attempt + 1))
+            except Exception as exc:
+                if not is_fault_of_message(exc):
+                    raise
+                return await self._reject_alone(message, exc)
         raise AssertionError("unreachable")
 
-    async def _reject_alone(self, message: MessageIn, exc: IntegrityError) -> IngestStats:
+    async def _reject_alone(self, message: MessageIn, exc: Exception) -> IngestStats:
+        """A dead letter for a message that failed on its own, in a transaction of its
+        own (if the database is down after all, this raises and nothing is lost)."""
+        if isinstance(exc, IntegrityError):
+            reason = f"conflicts with a stored record: {exc.orig or exc}"
+        else:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            reason = f"could not be stored: {type(cause).__name__}: {cause}"
         stats = IngestStats()
         async with self._sessionmaker() as session, session.begin():
-            await self._dead_letter(
-                session, message, f"conflicts with a stored record: {exc.orig or exc}"
-            )
+            await self._dead_letter(session, message, reason[:2000])
         stats.dead_letters = 1
         return stats
 

@@ -1,0 +1,185 @@
+"""A message that fails every time it is stored (not a malformed one: one that decodes
+but that the database or the code refuses) becomes a dead letter and its batch flows;
+a database that is down or drops the link dead-letters nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from central.db import create_engine, create_sessionmaker, upgrade
+from central.ingest.bulk import is_fault_of_message
+from central.ingest.worker import IngestWorker
+from central.models import BranchSyncState, DeadLetter, Receipt, StockBalance
+from central.services.branches import add_branch
+from tests.central.test_ingest import message, receipt_event
+from tests.conftest import PG_URL_ENV, empty_database
+
+
+def _poisoned(branch: str, seq: int, **changes: Any) -> Any:
+    event = receipt_event(branch, seq)
+    return msgspec.structs.replace(event, body=msgspec.structs.replace(event.body, **changes))
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        await add_branch(session, code="B1", name="B1")
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_message_refused_by_the_database_is_dead_lettered_and_the_rest_stored(
+    engine: AsyncEngine,
+) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    worker = IngestWorker(sessionmaker)
+    # Receipt 5's number does not fit a 64-bit column: every attempt to store it fails.
+    events = [
+        _poisoned("B1", s, receipt_number=2**63) if s == 5 else receipt_event("B1", s)
+        for s in range(1, 10)
+    ]
+    stats = await worker.process([message(e) for e in events])
+    assert (stats.stored, stats.dead_letters, stats.batches) == (8, 1, 1)
+    async with sessionmaker() as session:
+        numbers = sorted((await session.scalars(select(Receipt.receipt_number))).all())
+        letters = (await session.scalars(select(DeadLetter))).all()
+        state = await session.get(BranchSyncState, "B1")
+        on_hand = await session.scalar(
+            select(StockBalance.quantity_milli).where(StockBalance.sku == "MILK")
+        )
+    assert numbers == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert on_hand == -8 * 2000  # the eight stored sales, once each
+    assert len(letters) == 1
+    assert letters[0].raw == message(events[4]).data
+    assert letters[0].reason.startswith("could not be stored: ")
+    assert state is not None
+    assert (state.contiguous_seq, state.max_seq) == (4, 9)
+    # Redelivered (the ack was lost): nothing doubled, no second letter.
+    again = await worker.process([message(e) for e in events])
+    assert (again.stored, again.duplicates, again.dead_letters) == (0, 8, 1)
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count(Receipt.id))) == 8
+        # The redelivered poison fails again on its own: a second letter, same raw bytes
+        # (the first one is not silently overwritten: each delivery is on record).
+        raws = (await session.scalars(select(DeadLetter.raw))).all()
+    assert set(raws) == {message(events[4]).data}
+
+
+async def _refusal_of(url: str, sql: str, **params: Any) -> BaseException:
+    engine = create_engine(url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            await session.execute(text(sql), params)
+    except Exception as exc:
+        return exc
+    finally:
+        await engine.dispose()
+    raise AssertionError(f"{sql} did not fail")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_what_counts_as_the_message_s_fault(db_url: str, tmp_path: Path) -> None:
+    # The message's: a value the driver or the server refuses.
+    too_big = await _refusal_of(db_url, "UPDATE branches SET name = 'x' WHERE code = :n", n=2**63)
+    assert is_fault_of_message(too_big)
+    # Not the message's: a database that cannot be opened or reached.
+    (tmp_path / "a-directory").mkdir()
+    unopenable = f"sqlite+aiosqlite:///{tmp_path}/a-directory"
+    assert not is_fault_of_message(await _refusal_of(unopenable, "SELECT 1"))
+    refused = f"postgresql+asyncpg://postgres@127.0.0.1:{_closed_port()}/postgres"
+    assert not is_fault_of_message(await _refusal_of(refused, "SELECT 1"))
+    if db_url.startswith("postgresql"):
+        # A data exception raised by the server (SQLSTATE class 22).
+        assert is_fault_of_message(await _refusal_of(db_url, "SELECT 1 / 0"))
+        # The server dropping the connection (admin shutdown, 57P01).
+        dropped = await _refusal_of(db_url, "SELECT pg_terminate_backend(pg_backend_pid())")
+        assert not is_fault_of_message(dropped)
+
+
+@pytest.fixture
+async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with empty_database("postgresql", tmp_path) as url:
+        await upgrade(url)
+        engine = create_engine(url)
+        async with create_sessionmaker(engine)() as session, session.begin():
+            await add_branch(session, code="B1", name="B1")
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
+async def test_a_link_dropped_mid_batch_dead_letters_nothing_and_redelivery_stores_once(
+    pg_engine: AsyncEngine,
+) -> None:
+    sessionmaker = create_sessionmaker(pg_engine)
+    worker = IngestWorker(sessionmaker)
+    events = [receipt_event("B1", s) for s in range(1, 21)]
+    batch = [message(e) for e in events]
+    async with pg_engine.connect() as blocker:
+        # The worker writes its event log and receipts, then waits for the balances.
+        await blocker.execute(text("LOCK TABLE stock_balances IN EXCLUSIVE MODE"))
+        processing = asyncio.create_task(worker.process(batch))
+        async with pg_engine.connect() as watcher:
+            for _ in range(200):
+                pids = (
+                    (
+                        await watcher.execute(
+                            text(
+                                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                            )
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                if pids:
+                    break
+                await asyncio.sleep(0.05)
+            activity = (
+                await watcher.execute(
+                    text(
+                        "SELECT pid, state, wait_event_type, left(query, 60) FROM pg_stat_activity"
+                    )
+                )
+            ).all()
+            assert len(pids) == 1, f"the worker never waited on the lock: {activity}"
+            # The link drops in the middle of the batch's transaction.
+            await watcher.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pids[0]})
+        with pytest.raises(DBAPIError) as failed:
+            await processing
+        assert not is_fault_of_message(failed.value)
+        await blocker.rollback()
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count(Receipt.id))) == 0
+        assert await session.scalar(select(func.count(DeadLetter.id))) == 0
+    # JetStream redelivers the unacked batch: stored once, whole.
+    stats = await worker.process(batch)
+    assert (stats.stored, stats.dead_letters) == (20, 0)
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count(Receipt.id))) == 20
+        on_hand = await session.scalar(
+            select(StockBalance.quantity_milli).where(StockBalance.sku == "MILK")
+        )
+    assert on_hand == -20 * 2000
