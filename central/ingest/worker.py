@@ -548,11 +548,23 @@ class IngestWorker:
 
     async def _dead_letter(self, session: AsyncSession, message: MessageIn, reason: str) -> None:
         log.warning("dead letter on %s: %s", message.subject, reason)
-        if message.dead_letter_id is not None:
-            # A replay that failed again: the letter stays open with the new reason.
+        letter_id = message.dead_letter_id
+        if letter_id is None and message.stream_seq is not None:
+            # JetStream redelivering a message already dead-lettered (its batch's ack
+            # was lost): the same letter, not a second one.
+            letter_id = await session.scalar(
+                select(DeadLetter.id).where(
+                    DeadLetter.stream_seq == message.stream_seq,
+                    DeadLetter.subject == message.subject[:255],
+                    DeadLetter.status == "open",
+                )
+            )
+        if letter_id is not None:
+            # A replay or redelivery that failed again: the letter stays open with the
+            # new reason.
             await session.execute(
                 update(DeadLetter)
-                .where(DeadLetter.id == message.dead_letter_id)
+                .where(DeadLetter.id == letter_id)
                 .values(reason=reason, attempts=DeadLetter.attempts + 1, status="open")
             )
             return
