@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -317,6 +318,15 @@ async def _sales_rows(
     return out
 
 
+# A group without sales: every sum zero.
+_NO_SALES = SimpleNamespace(**dict.fromkeys((*_SALES_SUMS, *_PAYMENT_SUMS), 0))
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """Rows in key order, an unknown (None) part after every known one."""
+    return tuple((part is None, "" if part is None else part) for part in key)
+
+
 async def _sales_totals(session: AsyncSession, period: Period, branch: str | None) -> SalesFigures:
     stmt, _ = _sales_select(_t(SalesBranchDaily), (), period, branch)
     row = (await session.execute(stmt)).one()
@@ -347,20 +357,31 @@ async def sales_report(
     names = _names(groups)
     day_index = names.index("local_date") if "local_date" in names else None
 
-    def previous_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    def shifted(key: tuple[Any, ...], days: int) -> tuple[Any, ...]:
         if day_index is None:
             return key
-        shifted = list(key)
-        shifted[day_index] = key[day_index] - timedelta(days=period.days)
-        return tuple(shifted)
+        moved = list(key)
+        moved[day_index] = key[day_index] + timedelta(days=days)
+        return tuple(moved)
 
+    # Groups that sold only in the previous period are rows too, with nothing sold now
+    # (a product or branch that stopped selling is what a comparison is for).
+    figures_of = dict(current)
+    nothing = _figures(
+        _NO_SALES,
+        payments=table.name == PaymentsDaily.__tablename__,
+        receipts_known="category" not in groups,
+    )
+    for key in previous:
+        figures_of.setdefault(shifted(key, period.days), nothing)
     rows = [
         SalesRow(
             **dict(zip(names, key, strict=True)),
-            figures=figures,
-            previous=previous.get(previous_key(key)) if compare else None,
+            figures=figures_of[key],
+            previous=previous.get(shifted(key, -period.days)) if compare else None,
         )
-        for key, figures in current.items()
+        # Code-point order of the keys, the same on every database.
+        for key in sorted(figures_of, key=_sort_key)
     ]
     return SalesReport(
         date_from=period.date_from,

@@ -126,7 +126,18 @@ async def _sales_by_day_hour_cashier_payment_product_category(
     assert [
         (r.local_date, r.hour, r.figures.receipts, r.figures.revenue, r.figures.returns_amount)
         for r in by_hour.rows
-    ] == [(D2, 9, 1, 1966, 0), (D2, 23, 1, 900, 0), (D3, 0, 1, 199, 0), (D3, 11, 0, 0, 450)]
+    ] == [
+        (D2, 9, 1, 1966, 0),
+        (D2, 23, 1, 900, 0),
+        (D3, 0, 1, 199, 0),
+        # Nothing sold at 10 on the 3rd, but the same hour two days earlier did: a row
+        # of zeros beside the previous period's figures.
+        (D3, 10, 0, 0, 0),
+        (D3, 11, 0, 0, 450),
+    ]
+    quiet = by_hour.rows[3]
+    assert quiet.previous is not None
+    assert (quiet.previous.receipts, quiet.previous.revenue) == (1, 398)
     cashiers = {r.cashier: r.figures for r in by_cashier.rows}
     assert (cashiers["ann"].receipts, cashiers["ann"].revenue, cashiers["ann"].returns) == (
         1,
