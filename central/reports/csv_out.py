@@ -72,9 +72,19 @@ def _text(name: str, value: Any) -> Any:
 
 
 def _item_text(value: Any) -> str:
-    if isinstance(value, dict):
-        return " ".join(f"{k}={'' if v is None else v}" for k, v in value.items())
-    return str(value)
+    """One item of a list cell (a shift's differences): ``key=value`` pairs, amounts as
+    decimal text unless the item is about a count (``field=receipts``)."""
+    if not isinstance(value, dict):
+        return str(value)
+    counts = value.get("field") in COUNT_FIELDS
+    parts = []
+    for key, item in value.items():
+        if isinstance(item, int) and not isinstance(item, bool):
+            shown: Any = item if counts or key in COUNT_FIELDS else format_minor(item)
+        else:
+            shown = "" if item is None else item
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
 
 
 def _flatten(row: dict[str, Any]) -> dict[str, Any]:

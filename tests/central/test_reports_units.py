@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
 from central.reports.csv_out import report_csv
 from central.reports.money import ratio_text, rounded_div, vat_of
 from central.reports.projections import cash_net_of_change
-from central.reports.schemas import SalesFigures, SalesRow
+from central.reports.schemas import SalesFigures, SalesRow, ShiftDifference, ShiftRow
 from protocol.events import Payment
 
 
@@ -63,3 +65,40 @@ def test_csv_money_and_quantities_are_exact_decimal_text() -> None:
     )
     assert "previous_revenue" not in values
     assert "hour" not in values
+
+
+def test_csv_shift_differences_show_money_as_decimal_text_and_counts_as_counts() -> None:
+    row = ShiftRow(
+        branch="B1",
+        shift_id="S1",
+        till="T1",
+        cashier="ann",
+        local_date=date(2026, 11, 2),
+        closed=True,
+        z_report_number=7,
+        recorded_receipts=3,
+        recorded_sales=1099,
+        recorded_returns_total=0,
+        reported_receipts=4,
+        reported_sales=1000,
+        reported_returns_total=0,
+        z_receipts=None,
+        z_turnover=None,
+        z_storno=None,
+        differences=[
+            ShiftDifference(field="receipts", source="agent", recorded=3, reported=4, difference=1),
+            ShiftDifference(
+                field="sales", source="agent", recorded=1099, reported=1000, difference=-99
+            ),
+            ShiftDifference(
+                field="payment:card", source="agent", recorded=None, reported=5, difference=None
+            ),
+        ],
+    )
+    rows = list(csv.DictReader(io.StringIO(report_csv([row]).decode())))
+    assert rows[0]["recorded_sales"] == "10.99"
+    assert rows[0]["differences"] == (
+        "field=receipts source=agent recorded=3 reported=4 difference=1; "
+        "field=sales source=agent recorded=10.99 reported=10.00 difference=-0.99; "
+        "field=payment:card source=agent recorded= reported=0.05 difference="
+    )
