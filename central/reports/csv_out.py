@@ -76,7 +76,8 @@ def _item_text(value: Any) -> str:
     decimal text unless the item is about a count (``field=receipts``)."""
     if not isinstance(value, dict):
         return str(value)
-    counts = value.get("field") in COUNT_FIELDS
+    # Of a shift's differences only the receipts' are counts (returns: their amount).
+    counts = value.get("field") == "receipts"
     parts = []
     for key, item in value.items():
         if isinstance(item, int) and not isinstance(item, bool):

@@ -1318,23 +1318,37 @@ async def shift_reconciliation(
         recorded_stmt = recorded_stmt.where(t.c.branch == branch)
     shifts = {(x.branch, x.shift_id): x for x in await session.scalars(closed_stmt)}
     recorded = {(r.branch, r.shift_id): r for r in await session.execute(recorded_stmt)}
+    # Recorded totals of the period's shifts filed under another day (the day of a
+    # shift's first receipt need not be the day central files the shift under): one
+    # join, not a query per shift.
+    on_shift = and_(t.c.branch == s.branch, t.c.shift_id == s.shift_id)
+    elsewhere = (
+        select(t)
+        .join(s, on_shift)
+        .where(_in_period(s.local_date, period), ~_in_period(t.c.local_date, period))
+    )
+    if branch is not None:
+        elsewhere = elsewhere.where(s.branch == branch)
+    for row in await session.execute(elsewhere):
+        recorded[(row.branch, row.shift_id)] = row
     keys = sorted(set(shifts) | set(recorded))
-    # Recorded totals of shifts filed under another day than central's shift row.
-    missing = [k for k in keys if k not in recorded]
-    for k in missing:
-        row = (
-            await session.execute(select(t).where(t.c.branch == k[0], t.c.shift_id == k[1]))
-        ).first()
-        if row is not None:
-            recorded[k] = row
+    # Payments of every shift of either kind, by joins (a chain's year of shifts is
+    # too many for an IN list).
+    sp = _t(ShiftPaymentTotals)
     payments: dict[tuple[str, str], dict[str, int]] = {}
-    if keys:
-        sp = _t(ShiftPaymentTotals)
-        pay_stmt = select(sp).where(sp.c.shift_id.in_(sorted({k[1] for k in keys})))
+    for pay_stmt in (
+        select(sp)
+        .join(t, and_(sp.c.branch == t.c.branch, sp.c.shift_id == t.c.shift_id))
+        .where(_in_period(t.c.local_date, period)),
+        select(sp)
+        .join(s, and_(sp.c.branch == s.branch, sp.c.shift_id == s.shift_id))
+        .where(_in_period(s.local_date, period)),
+    ):
+        if branch is not None:
+            pay_stmt = pay_stmt.where(sp.c.branch == branch)
         for p in await session.execute(pay_stmt):
-            if (p.branch, p.shift_id) in recorded or (p.branch, p.shift_id) in shifts:
-                # The till reports payments net of change, refunds apart.
-                payments.setdefault((p.branch, p.shift_id), {})[p.payment_type] = _int(p.amount)
+            # The till reports payments net of change, refunds apart.
+            payments.setdefault((p.branch, p.shift_id), {})[p.payment_type] = _int(p.amount)
     rows: list[ShiftRow] = []
     for key in keys:
         shift = shifts.get(key)

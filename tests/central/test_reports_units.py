@@ -91,6 +91,9 @@ def test_csv_shift_differences_show_money_as_decimal_text_and_counts_as_counts()
                 field="sales", source="agent", recorded=1099, reported=1000, difference=-99
             ),
             ShiftDifference(
+                field="returns", source="fiscal_printer", recorded=450, reported=0, difference=-450
+            ),
+            ShiftDifference(
                 field="payment:card", source="agent", recorded=None, reported=5, difference=None
             ),
         ],
@@ -100,5 +103,6 @@ def test_csv_shift_differences_show_money_as_decimal_text_and_counts_as_counts()
     assert rows[0]["differences"] == (
         "field=receipts source=agent recorded=3 reported=4 difference=1; "
         "field=sales source=agent recorded=10.99 reported=10.00 difference=-0.99; "
+        "field=returns source=fiscal_printer recorded=4.50 reported=0.00 difference=-4.50; "
         "field=payment:card source=agent recorded= reported=0.05 difference="
     )
