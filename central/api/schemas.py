@@ -84,3 +84,7 @@ class DeadLetterOut(msgspec.Struct, kw_only=True):
     stream_seq: int | None
     raw_base64: str
     size: int
+    # The branch's sequence number of the event, when it decoded; a gap at this number
+    # is held by this letter (no resend is asked for it).
+    seq: int | None = None
+    attempts: int = 1

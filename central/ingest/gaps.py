@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.models import BranchSyncState
+from central.models import BranchSyncState, DeadLetter
 from protocol.codec import encode
 from protocol.messages import ResendRequested
 from protocol.subjects import down_branch_subject
@@ -49,6 +49,8 @@ class GapMonitor:
         # branch -> (contiguous seq when the gap was first seen, monotonic time)
         self._seen: dict[str, tuple[int, float]] = {}
         self.requested = 0
+        # Branches whose gap is an open dead letter (no resend asked).
+        self.held_by_dead_letter: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -72,7 +74,29 @@ class GapMonitor:
                     )
                 )
             ).all()
-        gaps = {r.branch: r.contiguous_seq for r in rows}
+            gaps = {r.branch: r.contiguous_seq for r in rows}
+            # A gap whose next event sits in a dead letter (open, or discarded by a
+            # person) is not lost: a resend would only bring the same bytes again (the
+            # agent re-publishing its whole tail every retry_s). It stays a gap, shown
+            # in sync health, until the letter is replayed.
+            held: set[tuple[str | None, int | None]] = set()
+            if gaps:
+                held = {
+                    (r.branch, r.seq)
+                    for r in await session.execute(
+                        select(DeadLetter.branch, DeadLetter.seq).where(
+                            DeadLetter.status != "replayed",
+                            DeadLetter.branch.in_(sorted(gaps)),
+                            DeadLetter.seq.is_not(None),
+                        )
+                    )
+                }
+        for branch, contiguous in list(gaps.items()):
+            if (branch, contiguous + 1) in held:
+                del gaps[branch]
+                self.held_by_dead_letter.add(branch)
+            else:
+                self.held_by_dead_letter.discard(branch)
         for branch in list(self._seen):
             if branch not in gaps:
                 del self._seen[branch]

@@ -573,10 +573,19 @@ class IngestWorker:
             branch = parse_up_subject(message.subject)[0]
         except ValueError:
             branch = None
+        seq: int | None = None
+        try:
+            envelope = decode_envelope(message.data)
+        except WireDecodeError:
+            pass
+        else:
+            # Only a sequence of the subject's own branch fills a gap of that branch.
+            seq = envelope.seq if envelope.branch == branch else None
         session.add(
             DeadLetter(
                 subject=message.subject[:255],
                 branch=branch,
+                seq=seq,
                 reason=reason,
                 raw=message.data,
                 headers=message.headers,

@@ -34,7 +34,10 @@ class DeadLetter(Base):
     """A message that could not be processed, kept whole so it can be replayed."""
 
     __tablename__ = "dead_letters"
-    __table_args__ = (Index("ix_dead_letters_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_dead_letters_status_id", "status", "id"),
+        Index("ix_dead_letters_branch_seq", "branch", "seq"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     subject: Mapped[str] = mapped_column(String(255))
@@ -43,6 +46,8 @@ class DeadLetter(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     stream_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The branch's sequence number of the event, when its envelope decoded.
+    seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # open -> replayed (stored after a fix) or discarded (by a person)
     status: Mapped[str] = mapped_column(String(16), default="open")

@@ -60,6 +60,8 @@ def dead_letter_out(d: DeadLetter) -> DeadLetterOut:
         stream_seq=d.stream_seq,
         raw_base64=base64.b64encode(d.raw).decode(),
         size=len(d.raw),
+        seq=d.seq,
+        attempts=d.attempts,
     )
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_engine, create_sessionmaker, upgrade
 from central.ingest.bulk import is_fault_of_message
+from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
 from central.models import BranchSyncState, DeadLetter, Receipt, StockBalance
 from central.services.branches import add_branch
@@ -185,3 +186,35 @@ async def test_a_link_dropped_mid_batch_dead_letters_nothing_and_redelivery_stor
             select(StockBalance.quantity_milli).where(StockBalance.sku == "MILK")
         )
     assert on_hand == -20 * 2000
+
+
+async def test_a_gap_held_by_a_dead_letter_asks_no_resend(engine: AsyncEngine) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="B2", name="B2")
+    # B1's event 2 is at central, as a dead letter; B2's event 2 never arrived.
+    b1 = [
+        _poisoned("B1", s, receipt_number=2**63) if s == 2 else receipt_event("B1", s)
+        for s in (1, 2, 3)
+    ]
+    b2 = [receipt_event("B2", s) for s in (1, 3)]
+    await IngestWorker(sessionmaker).process([message(e) for e in (*b1, *b2)])
+    sent: list[str] = []
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sent.append(subject)
+
+    monitor = GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=0.0)
+    await monitor.check()  # first sighting
+    requested = await monitor.check()
+    # Only the lost event is asked for; a resend of B1's would bring the same bytes.
+    assert [(r.branch, r.from_seq) for r in requested] == [("B2", 2)]
+    assert sent == ["down.branch.B2.command.resend"]
+    assert monitor.held_by_dead_letter == {"B1"}
+    async with sessionmaker() as session:
+        letter = (await session.scalars(select(DeadLetter))).one()
+    assert (letter.branch, letter.seq) == ("B1", 2)
+    # Discarded by a person: still no resend (the same bytes would fail again).
+    async with sessionmaker() as session, session.begin():
+        await session.execute(update(DeadLetter).values(status="discarded"))
+    assert [r.branch for r in await monitor.check()] == ["B2"]
