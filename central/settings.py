@@ -42,8 +42,6 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     # committed batch, before acking it (BACKROOM_FAULT_CRASH_AFTER_COMMIT=1).
     fault_crash_after_commit: bool = False
     max_request_body: int = 10 * 1024 * 1024
-    default_page_size: int = 100
-    max_page_size: int = 1000
     # Longest period (days) a report may cover in one request.
     report_max_span_days: int = 366
     db_pool_size: int = 10

@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.auth.roles import Role, allow
-from central.services.shifts import ClosedDayOut, ShiftOut, close_day, list_shifts
+from central.services.shifts import (
+    ClosedDayOut,
+    ShiftOut,
+    close_day,
+    list_closed_days,
+    list_shifts,
+)
 
 __all__ = ["CloseDayIn", "ShiftController"]
 
@@ -48,6 +54,29 @@ class ShiftController(Controller):
             db_session,
             branch=branch,
             till=till,
+            date_from=date_from,
+            date_to=date_to,
+            limit=limit,
+            offset=offset,
+        )
+
+    @get(
+        "/closed-days",
+        operation_id="listClosedDays",
+        summary="Days head office closed, latest first",
+    )
+    async def list_closed_days(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        limit: Limit = 100,
+        offset: Offset = 0,
+        branch: Annotated[str | None, QueryParameter(name="branch")] = None,
+        date_from: Annotated[date | None, QueryParameter(name="date_from")] = None,
+        date_to: Annotated[date | None, QueryParameter(name="date_to")] = None,
+    ) -> Page[ClosedDayOut]:
+        return await list_closed_days(
+            db_session,
+            branch=branch,
             date_from=date_from,
             date_to=date_to,
             limit=limit,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import date, timedelta, timezone
 from typing import TypeVar
 
@@ -11,17 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from central.api.schemas import (
-    DeadLetterOut,
     Page,
     PaymentOut,
     ReceiptLineOut,
     ReceiptOut,
 )
 from central.errors import ValidationFailed
-from central.models import DeadLetter, Receipt, ReceiptLineRow
+from central.models import Receipt, ReceiptLineRow
 from protocol.units import format_milli
 
-__all__ = ["ReceiptQuery", "list_dead_letters", "list_receipts", "receipt_out"]
+__all__ = ["ReceiptQuery", "list_receipts", "receipt_out"]
 
 T = TypeVar("T")
 
@@ -127,34 +125,4 @@ async def list_receipts(session: AsyncSession, query: ReceiptQuery) -> Page[Rece
         total=total or 0,
         limit=query.limit,
         offset=query.offset,
-    )
-
-
-async def list_dead_letters(
-    session: AsyncSession, *, status: str | None, limit: int, offset: int
-) -> Page[DeadLetterOut]:
-    base = select(DeadLetter)
-    count = select(func.count(DeadLetter.id))
-    if status:
-        base = base.where(DeadLetter.status == status)
-        count = count.where(DeadLetter.status == status)
-    rows = (await session.scalars(base.order_by(DeadLetter.id).limit(limit).offset(offset))).all()
-    return Page(
-        items=[
-            DeadLetterOut(
-                id=d.id,
-                subject=d.subject,
-                branch=d.branch,
-                reason=d.reason,
-                status=d.status,
-                received_at=d.received_at,
-                stream_seq=d.stream_seq,
-                raw_base64=base64.b64encode(d.raw).decode(),
-                size=len(d.raw),
-            )
-            for d in rows
-        ],
-        total=await session.scalar(count) or 0,
-        limit=limit,
-        offset=offset,
     )

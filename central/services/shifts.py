@@ -13,7 +13,14 @@ from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
 from central.services.audit import record_change
 
-__all__ = ["ClosedDayOut", "ShiftOut", "ShiftTotals", "close_day", "list_shifts"]
+__all__ = [
+    "ClosedDayOut",
+    "ShiftOut",
+    "ShiftTotals",
+    "close_day",
+    "list_closed_days",
+    "list_shifts",
+]
 
 
 class ShiftTotals(msgspec.Struct, kw_only=True):
@@ -184,6 +191,49 @@ async def list_shifts(
             )
         )
     return Page(items=items, total=total or 0, limit=limit, offset=offset)
+
+
+async def list_closed_days(
+    session: AsyncSession,
+    *,
+    branch: str | None,
+    date_from: date | None,
+    date_to: date | None,
+    limit: int,
+    offset: int,
+) -> Page[ClosedDayOut]:
+    """The days head office closed, latest first."""
+    conditions = []
+    if branch is not None:
+        conditions.append(ClosedDay.branch == branch)
+    if date_from is not None:
+        conditions.append(ClosedDay.local_date >= date_from)
+    if date_to is not None:
+        conditions.append(ClosedDay.local_date <= date_to)
+    rows = (
+        await session.scalars(
+            select(ClosedDay)
+            .where(*conditions)
+            .order_by(ClosedDay.local_date.desc(), ClosedDay.branch)
+            .limit(limit)
+            .offset(offset)
+        )
+    ).all()
+    total = await session.scalar(select(func.count()).select_from(ClosedDay).where(*conditions))
+    return Page(
+        items=[
+            ClosedDayOut(
+                branch=r.branch,
+                local_date=r.local_date,
+                closed_at=r.closed_at,
+                closed_by=r.closed_by,
+            )
+            for r in rows
+        ],
+        total=total or 0,
+        limit=limit,
+        offset=offset,
+    )
 
 
 async def close_day(

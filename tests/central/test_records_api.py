@@ -61,3 +61,11 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
         "/api/v1/shifts/closed-days", json={"branch": "A1", "local_date": shift["local_date"]}
     )
     assert closed.status_code == 201, closed.text
+    listed = (
+        await central_client.get("/api/v1/shifts/closed-days", params={"branch": "A1"})
+    ).json()
+    assert [(d["branch"], d["local_date"]) for d in listed["items"]] == [
+        ("A1", shift["local_date"])
+    ]
+    elsewhere = await central_client.get("/api/v1/shifts/closed-days", params={"branch": "B9"})
+    assert elsewhere.json()["total"] == 0
