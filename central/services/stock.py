@@ -6,8 +6,20 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import msgspec
-from sqlalchemy import delete, func, select
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from central.api.schemas import Page
 from central.errors import ValidationFailed
@@ -261,19 +273,17 @@ async def rebuild_balances(session: AsyncSession, *, verify_only: bool) -> Rebui
     """Recompute every balance from the ledger; compare, and (unless verifying) replace.
 
     Quantity, value and movement count are sums over the ledger; the average cost is
-    the one the last movement left. Run inside the caller's transaction; the balance
-    table is locked against concurrent ingestion on PostgreSQL.
+    the one the last movement left. The comparison is one statement (one snapshot of
+    ledger and balances, both written by the same ingest transactions) that returns
+    only the disagreeing balances, so verifying neither blocks ingestion nor holds a
+    chain's balances in memory. Rebuilding locks the balance table against ingestion
+    (PostgreSQL) and replaces it with one INSERT ... SELECT. Runs in the caller's
+    transaction.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy import text
-
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres and not verify_only:
         await session.execute(text("LOCK TABLE stock_balances IN EXCLUSIVE MODE"))
-    m = StockMovement
-    last = (
-        select(m.branch, m.sku, func.max(m.id).label("last_id"))
-        .group_by(m.branch, m.sku)
-        .subquery()
-    )
+    m, b = StockMovement, StockBalance
     sums = (
         select(
             m.branch,
@@ -281,50 +291,87 @@ async def rebuild_balances(session: AsyncSession, *, verify_only: bool) -> Rebui
             func.sum(m.quantity_milli).label("quantity"),
             func.sum(m.value).label("value"),
             func.count(m.id).label("movements"),
+            func.max(m.id).label("last_id"),
         )
         .group_by(m.branch, m.sku)
-        .subquery()
+        .subquery("sums")
     )
-    rows = await session.execute(
-        select(sums, m.avg_cost_after)
-        .join(last, (last.c.branch == sums.c.branch) & (last.c.sku == sums.c.sku))
-        .join(m, m.id == last.c.last_id)
+    last = aliased(StockMovement, name="last_movement")
+    ledger = (
+        select(
+            sums.c.branch,
+            sums.c.sku,
+            sums.c.quantity,
+            sums.c.value,
+            last.avg_cost_after.label("avg_cost"),
+            sums.c.movements,
+        )
+        .join(last, last.id == sums.c.last_id)
+        .subquery("ledger")
     )
-    from_ledger = {
-        (r.branch, r.sku): (int(r.quantity), int(r.value), int(r.avg_cost_after), int(r.movements))
-        for r in rows
-    }
-    projection = {
-        (b.branch, b.sku): (b.quantity_milli, b.value, b.avg_cost, b.movements)
-        for b in await session.scalars(select(StockBalance))
-    }
-    report = RebuildReport(
-        balances=len(from_ledger), movements=sum(v[3] for v in from_ledger.values())
+    differs = or_(
+        b.branch.is_(None),
+        b.quantity_milli != ledger.c.quantity,
+        b.value != ledger.c.value,
+        b.avg_cost != ledger.c.avg_cost,
+        b.movements != ledger.c.movements,
     )
+    null = literal(None, BigInteger)
+    # Balances the ledger disagrees with or lacks, then balances without any movement
+    # (an all-zero one is left over from a rolled-back batch's creation: empty, fine).
+    mismatching = union_all(
+        select(
+            ledger.c.branch,
+            ledger.c.sku,
+            b.quantity_milli,
+            b.value,
+            b.avg_cost,
+            b.movements,
+            ledger.c.quantity,
+            ledger.c.value,
+            ledger.c.avg_cost,
+            ledger.c.movements,
+        )
+        .select_from(ledger)
+        .outerjoin(b, and_(b.branch == ledger.c.branch, b.sku == ledger.c.sku))
+        .where(differs),
+        select(
+            b.branch,
+            b.sku,
+            b.quantity_milli,
+            b.value,
+            b.avg_cost,
+            b.movements,
+            null,
+            null,
+            null,
+            null,
+        ).where(
+            ~select(m.id).where(m.branch == b.branch, m.sku == b.sku).exists(),
+            or_(b.quantity_milli != 0, b.value != 0, b.avg_cost != 0, b.movements != 0),
+        ),
+    ).subquery("mismatching")
+    rows = (
+        await session.execute(select(mismatching).order_by(mismatching.c[0], mismatching.c[1]))
+    ).all()
+    counts = (
+        await session.execute(select(func.count(), func.coalesce(func.sum(ledger.c.movements), 0)))
+    ).one()
+    report = RebuildReport(balances=int(counts[0]), movements=int(counts[1]))
     names = ("quantity_milli", "value", "avg_cost", "movements")
-    for key in sorted(set(from_ledger) | set(projection)):
-        want = from_ledger.get(key)
-        have = projection.get(key)
-        if want is None and have is not None and have == (0, 0, 0, 0):
-            continue  # created for a batch that was then rolled back elsewhere: empty
+    for row in rows:
         for i, name in enumerate(names):
-            a = have[i] if have else None
-            b = want[i] if want else None
-            if a != b:
-                report.mismatches.append((key[0], key[1], name, a, b))
+            have = None if row[2 + i] is None else int(row[2 + i])
+            want = None if row[6 + i] is None else int(row[6 + i])
+            if have != want:
+                report.mismatches.append((row[0], row[1], name, have, want))
     if not verify_only:
         await session.execute(delete(StockBalance))
-        session.add_all(
-            StockBalance(
-                branch=branch,
-                sku=sku,
-                quantity_milli=q,
-                value=v,
-                avg_cost=a,
-                movements=n,
+        await session.execute(
+            insert(StockBalance).from_select(
+                ["branch", "sku", "quantity_milli", "value", "avg_cost", "movements"],
+                select(ledger),
             )
-            for (branch, sku), (q, v, a, n) in from_ledger.items()
         )
-        await session.flush()
         report.rebuilt = True
     return report

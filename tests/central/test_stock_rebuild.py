@@ -1,0 +1,114 @@
+"""The balance projection checked against and rebuilt from the ledger: only the
+disagreeing balances come back, verifying does not wait for ingestion."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from central.db import create_engine, create_sessionmaker, upgrade
+from central.ingest.worker import IngestWorker
+from central.models import StockBalance
+from central.services.branches import add_branch
+from central.services.stock import rebuild_balances
+from tests.central.chain_events import BranchBooks, message
+from tests.conftest import PG_URL_ENV, empty_database
+
+
+async def _books(engine: AsyncEngine) -> None:
+    """B1: a goods receipt and two sales, ingested."""
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="B1", name="B1")
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("MILK", 10_000, 100), ("BREAD", 5_000, 80)])
+    books.sale([("MILK", 2_000, 150)])
+    books.sale([("BREAD", 1_000, 120), ("MILK", 1_000, 150)])
+    await IngestWorker(sessionmaker).process([message(e) for e in books.events])
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    await _books(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def test_only_disagreeing_balances_are_reported_and_a_rebuild_mends_them(
+    engine: AsyncEngine,
+) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        report = await rebuild_balances(session, verify_only=True)
+    assert (report.agree, report.balances, report.movements) == (True, 2, 5)
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(StockBalance).where(StockBalance.sku == "BREAD").values(avg_cost=81)
+        )
+        session.add_all(
+            [
+                # Left by a rolled-back batch's creation: empty, not a disagreement.
+                StockBalance(branch="B1", sku="EMPTY", quantity_milli=0, value=0, avg_cost=0),
+                # Stock the ledger never saw.
+                StockBalance(branch="B1", sku="GHOST", quantity_milli=3_000, value=30),
+            ]
+        )
+    async with sessionmaker() as session, session.begin():
+        report = await rebuild_balances(session, verify_only=True)
+    assert report.mismatches == [
+        ("B1", "BREAD", "avg_cost", 81, 80),
+        ("B1", "GHOST", "quantity_milli", 3_000, None),
+        ("B1", "GHOST", "value", 30, None),
+        ("B1", "GHOST", "avg_cost", 0, None),
+        ("B1", "GHOST", "movements", 0, None),
+    ]
+    assert not report.rebuilt
+    async with sessionmaker() as session, session.begin():
+        rebuilt = await rebuild_balances(session, verify_only=False)
+    assert rebuilt.rebuilt
+    async with sessionmaker() as session:
+        balances = (
+            await session.execute(
+                select(
+                    StockBalance.sku,
+                    StockBalance.quantity_milli,
+                    StockBalance.value,
+                    StockBalance.avg_cost,
+                    StockBalance.movements,
+                ).order_by(StockBalance.sku)
+            )
+        ).all()
+    assert [tuple(b) for b in balances] == [
+        ("BREAD", 4_000, 320, 80, 2),
+        ("MILK", 7_000, 700, 100, 3),
+    ]
+    async with sessionmaker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
+async def test_verifying_does_not_wait_for_a_batch_in_progress(tmp_path: Path) -> None:
+    async with empty_database("postgresql", tmp_path) as url:
+        await upgrade(url)
+        engine = create_engine(url)
+        try:
+            await _books(engine)
+            sessionmaker = create_sessionmaker(engine)
+            async with sessionmaker() as batch, batch.begin():
+                # An ingest batch holding its balance locks, not yet committed.
+                await batch.execute(
+                    text("SELECT * FROM stock_balances WHERE branch = 'B1' FOR UPDATE")
+                )
+                async with sessionmaker() as session, session.begin():
+                    await session.execute(text("SET LOCAL lock_timeout = '2s'"))
+                    report = await rebuild_balances(session, verify_only=True)
+                assert report.agree
+        finally:
+            await engine.dispose()
