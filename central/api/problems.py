@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -40,6 +41,9 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     )
 
 
+_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+
+
 def _field_errors(extra: Any) -> tuple[FieldError, ...]:
     errors: list[FieldError] = []
     if isinstance(extra, list):
@@ -57,6 +61,14 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if isinstance(exc, ValidationException):
         status = 400 if not errors else 422
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
+        missing = _MISSING_PARAMETER.match(str(exc.detail))
+        if missing is not None and not errors:
+            # Litestar names a missing required parameter only in its message.
+            errors = (
+                FieldError(
+                    field=missing["name"], message=f"missing required {missing['kind']} parameter"
+                ),
+            )
     problem = Problem(
         title=_TITLES.get(status, "Error"),
         status=status,

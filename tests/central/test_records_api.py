@@ -33,6 +33,10 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
     ]
     missing = await central_client.get("/api/v1/stock/ledger", params={"branch": "A1"})
     assert missing.status_code == 400
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert missing.json()["errors"] == [
+        {"field": "sku", "message": "missing required query parameter"}
+    ]
     doc = (await central_client.get("/api/v1/documents/A1/GR-1")).json()
     assert (doc["doc_type"], doc["value"], doc["lines"][0]["unit_cost"]) == (
         "goods_receipt",
