@@ -22,6 +22,8 @@ class Receipt(Base):
         Index("ix_receipts_fiscal_number", "fiscal_number"),
         # Shift totals beside the Z report.
         Index("ix_receipts_branch_shift_id", "branch", "shift_id"),
+        # The receipt list's order.
+        Index("ix_receipts_occurred_at_id", "occurred_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
