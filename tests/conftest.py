@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.embedded_nats import EmbeddedNats
 
@@ -97,6 +98,25 @@ async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
     async with empty_database(db_kind, tmp_path) as url:
         await upgrade(url)
         yield url
+
+
+@pytest.fixture
+async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A fresh, migrated PostgreSQL database with branch B1, for tests of what only
+    PostgreSQL does (row locks, dropped connections); such tests are marked
+    ``postgres`` and skipped without ``BACKROOM_TEST_PG_URL``."""
+    from central.db import create_engine, create_sessionmaker, upgrade
+    from central.services.branches import add_branch
+
+    async with empty_database("postgresql", tmp_path) as url:
+        await upgrade(url)
+        engine = create_engine(url)
+        try:
+            async with create_sessionmaker(engine)() as session, session.begin():
+                await add_branch(session, code="B1", name="B1")
+            yield engine
+        finally:
+            await engine.dispose()
 
 
 @pytest.fixture

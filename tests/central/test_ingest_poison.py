@@ -18,14 +18,14 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from central.db import create_engine, create_sessionmaker, upgrade
+from central.db import create_engine, create_sessionmaker
 from central.ingest.bulk import is_fault_of_message
 from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
 from central.models import BranchSyncState, DeadLetter, Receipt, StockBalance
 from central.services.branches import add_branch
 from tests.central.test_ingest import message, receipt_event
-from tests.conftest import PG_URL_ENV, empty_database
+from tests.conftest import PG_URL_ENV
 
 
 def _poisoned(branch: str, seq: int, **changes: Any) -> Any:
@@ -115,19 +115,6 @@ async def test_what_counts_as_the_message_s_fault(db_url: str, tmp_path: Path) -
         # The server dropping the connection (admin shutdown, 57P01).
         dropped = await _refusal_of(db_url, "SELECT pg_terminate_backend(pg_backend_pid())")
         assert not is_fault_of_message(dropped)
-
-
-@pytest.fixture
-async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with empty_database("postgresql", tmp_path) as url:
-        await upgrade(url)
-        engine = create_engine(url)
-        async with create_sessionmaker(engine)() as session, session.begin():
-            await add_branch(session, code="B1", name="B1")
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
 
 
 @pytest.mark.postgres

@@ -8,17 +8,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from central.db import create_engine, create_sessionmaker, upgrade
+from central.db import create_engine, create_sessionmaker
 from central.ingest.stock import Movement, post_movements
 from central.models import StockBalance, StockMovement
 from central.services.branches import add_branch
-from tests.conftest import PG_URL_ENV, empty_database
+from tests.conftest import PG_URL_ENV
 
 AT = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 DAY = date(2026, 11, 2)
@@ -83,19 +82,6 @@ async def test_existing_and_new_balances_in_one_batch(engine: AsyncEngine) -> No
     async with create_sessionmaker(engine)() as session:
         ledger = (await session.execute(select(StockMovement.sku))).scalars().all()
     assert sorted(ledger) == ["A", "A", "A", "B", "B", "C", "C", "D"]
-
-
-@pytest.fixture
-async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with empty_database("postgresql", tmp_path) as url:
-        await upgrade(url)
-        engine = create_engine(url)
-        async with create_sessionmaker(engine)() as session, session.begin():
-            await add_branch(session, code="B1", name="B1")
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
 
 
 @pytest.mark.postgres

@@ -5,26 +5,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from central.db import create_engine, create_sessionmaker, upgrade
+from central.db import create_engine, create_sessionmaker
 from central.ingest.worker import IngestWorker
 from central.models import StockBalance
 from central.services.branches import add_branch
 from central.services.stock import rebuild_balances
 from tests.central.chain_events import BranchBooks, message
-from tests.conftest import PG_URL_ENV, empty_database
+from tests.conftest import PG_URL_ENV
 
 
-async def _books(engine: AsyncEngine) -> None:
+async def _books(engine: AsyncEngine, *, add_b1: bool = True) -> None:
     """B1: a goods receipt and two sales, ingested."""
     sessionmaker = create_sessionmaker(engine)
-    async with sessionmaker() as session, session.begin():
-        await add_branch(session, code="B1", name="B1")
+    if add_b1:
+        async with sessionmaker() as session, session.begin():
+            await add_branch(session, code="B1", name="B1")
     books = BranchBooks("B1")
     books.document("goods_receipt", [("MILK", 10_000, 100), ("BREAD", 5_000, 80)])
     books.sale([("MILK", 2_000, 150)])
@@ -94,21 +94,13 @@ async def test_only_disagreeing_balances_are_reported_and_a_rebuild_mends_them(
 
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
-async def test_verifying_does_not_wait_for_a_batch_in_progress(tmp_path: Path) -> None:
-    async with empty_database("postgresql", tmp_path) as url:
-        await upgrade(url)
-        engine = create_engine(url)
-        try:
-            await _books(engine)
-            sessionmaker = create_sessionmaker(engine)
-            async with sessionmaker() as batch, batch.begin():
-                # An ingest batch holding its balance locks, not yet committed.
-                await batch.execute(
-                    text("SELECT * FROM stock_balances WHERE branch = 'B1' FOR UPDATE")
-                )
-                async with sessionmaker() as session, session.begin():
-                    await session.execute(text("SET LOCAL lock_timeout = '2s'"))
-                    report = await rebuild_balances(session, verify_only=True)
-                assert report.agree
-        finally:
-            await engine.dispose()
+async def test_verifying_does_not_wait_for_a_batch_in_progress(pg_engine: AsyncEngine) -> None:
+    await _books(pg_engine, add_b1=False)
+    sessionmaker = create_sessionmaker(pg_engine)
+    async with sessionmaker() as batch, batch.begin():
+        # An ingest batch holding its balance locks, not yet committed.
+        await batch.execute(text("SELECT * FROM stock_balances WHERE branch = 'B1' FOR UPDATE"))
+        async with sessionmaker() as session, session.begin():
+            await session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            report = await rebuild_balances(session, verify_only=True)
+        assert report.agree
