@@ -203,8 +203,10 @@ async def list_transfers(
     if in_transit_only:
         stmt = stmt.where(
             StockTransfer.transfer_ref.in_(
+                # Goods that left and have not (all) arrived; a receipt central holds
+                # before the sender's record (received, not yet "sent") is not.
                 select(StockTransferLine.transfer_ref).where(
-                    StockTransferLine.sent_milli != StockTransferLine.received_milli
+                    StockTransferLine.sent_milli > StockTransferLine.received_milli
                 )
             )
         )
