@@ -1,6 +1,7 @@
 """Effects of each event kind, applied in the ingesting transaction.
 
-Importing this module registers central's own handlers, which run by stage: stock
+Importing this module registers central's own handlers, which run by stage: the wait
+for earlier batches of the same branches (``central.ingest.ordering``), stock
 (ledger and balances; leaves values and negative-stock flags for the others), sales
 and customer returns, stock documents and transfers, shifts and cash. Projections
 registered with the default stage (e.g. report summaries) run after them in the same
@@ -11,6 +12,7 @@ See :mod:`central.ingest.registry` for the two handler kinds.
 from __future__ import annotations
 
 import central.ingest.documents
+import central.ingest.ordering
 import central.ingest.sales
 import central.ingest.shifts
 import central.ingest.stock  # noqa: F401

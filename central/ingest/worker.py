@@ -41,6 +41,7 @@ from central.ingest.bulk import (
     table_of,
 )
 from central.ingest.handlers import EventContext, IngestBatch, apply_handlers
+from central.ingest.ordering import TICKET_NOTE, hold_ticket
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from protocol.codec import WireDecodeError, decode_envelope, decode_heartbeat
 from protocol.events import EventEnvelope, event_kind
@@ -385,6 +386,12 @@ class IngestWorker:
         decoded: list[_Decoded],
         stats: IngestStats,
     ) -> None:
+        # The batch's place in stream order, held from the start of its transaction (see
+        # central.ingest.ordering); none when a message has no stream sequence.
+        stream_seqs = [m.stream_seq for m in batch]
+        ticket = None if None in stream_seqs else min(s for s in stream_seqs if s is not None)
+        if ticket is not None:
+            await hold_ticket(session, ticket, {d.envelope.branch for d in decoded})
         ids = [d.envelope.event_id for d in decoded]
         keys = [(d.envelope.branch, d.envelope.seq) for d in decoded]
         existing_ids: set[uuid.UUID] = set()
@@ -451,7 +458,10 @@ class IngestWorker:
                 for c in new
             ],
         )
-        await apply_handlers(session, IngestBatch(events=new, received_at=received_at))
+        await apply_handlers(
+            session,
+            IngestBatch(events=new, received_at=received_at, notes={TICKET_NOTE: ticket}),
+        )
         stats.stored += len(new)
         await self._advance_sequences(session, new, received_at)
 
