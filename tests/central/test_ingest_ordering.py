@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from asyncio import Task
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -77,16 +79,23 @@ async def _books_of(engine: AsyncEngine) -> tuple[int | None, bool | None, tuple
     return cost, flagged, (balance[0], balance[1])
 
 
+async def _race(engine: AsyncEngine, gate: Gate) -> tuple[Task[Any], Task[Any], MessageIn]:
+    """Worker one takes B1's goods receipt (stream sequence 1) and stops at the gate;
+    worker two then takes the sale that follows it (stream sequence 2)."""
+    sessionmaker = create_sessionmaker(engine)
+    books = BranchBooks("B1")
+    receipt = message(books.document("goods_receipt", [("MILK", 10_000, 100)]))
+    sale = message(books.sale([("MILK", 2_000, 150)]))
+    first = asyncio.create_task(IngestWorker(sessionmaker).process(_delivered(receipt, 1)))
+    await asyncio.wait_for(gate.reached.wait(), 10)
+    second = asyncio.create_task(IngestWorker(sessionmaker).process(_delivered(sale, 2)))
+    return first, second, receipt
+
+
 async def test_the_later_batch_waits_and_the_sale_is_costed_in_the_branch_s_order(
     pg_engine: AsyncEngine, gate: Gate
 ) -> None:
-    sessionmaker = create_sessionmaker(pg_engine)
-    books = BranchBooks("B1")
-    receipt = books.document("goods_receipt", [("MILK", 10_000, 100)])
-    sale = books.sale([("MILK", 2_000, 150)])
-    first = asyncio.create_task(IngestWorker(sessionmaker).process(_delivered(message(receipt), 1)))
-    await asyncio.wait_for(gate.reached.wait(), 10)
-    second = asyncio.create_task(IngestWorker(sessionmaker).process(_delivered(message(sale), 2)))
+    first, second, _ = await _race(pg_engine, gate)
     # Unordered, the sale would be stored now, at a cost of 0 and flagged negative.
     done, _ = await asyncio.wait({second}, timeout=1.0)
     assert not done, "the later batch did not wait for the earlier one"
@@ -99,13 +108,7 @@ async def test_the_later_batch_waits_and_the_sale_is_costed_in_the_branch_s_orde
 async def test_an_earlier_batch_whose_link_dies_does_not_hold_up_the_later_one(
     pg_engine: AsyncEngine, gate: Gate
 ) -> None:
-    sessionmaker = create_sessionmaker(pg_engine)
-    books = BranchBooks("B1")
-    receipt = books.document("goods_receipt", [("MILK", 10_000, 100)])
-    sale = books.sale([("MILK", 2_000, 150)])
-    first = asyncio.create_task(IngestWorker(sessionmaker).process(_delivered(message(receipt), 1)))
-    await asyncio.wait_for(gate.reached.wait(), 10)
-    second = asyncio.create_task(IngestWorker(sessionmaker).process(_delivered(message(sale), 2)))
+    first, second, receipt = await _race(pg_engine, gate)
     done, _ = await asyncio.wait({second}, timeout=0.5)
     assert not done
     # The first worker's connection drops while it holds its ticket.
@@ -127,7 +130,8 @@ async def test_an_earlier_batch_whose_link_dies_does_not_hold_up_the_later_one(
     # The sale went first after all: stored, costed at the empty balance, flagged.
     assert await _books_of(pg_engine) == (0, True, (-2_000, 0))
     # JetStream redelivers the unacked goods receipt: stored once, nothing lost.
-    stats = await IngestWorker(sessionmaker).process(_delivered(message(receipt), 1))
+    sessionmaker = create_sessionmaker(pg_engine)
+    stats = await IngestWorker(sessionmaker).process(_delivered(receipt, 1))
     assert stats.stored == 1
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count(StockMovement.id))) == 2
