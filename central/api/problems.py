@@ -59,7 +59,6 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     errors = _field_errors(exc.extra)
     detail = exc.detail
     if isinstance(exc, ValidationException):
-        status = 400 if not errors else 422
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
         missing = _MISSING_PARAMETER.match(str(exc.detail))
         if missing is not None and not errors:
@@ -69,6 +68,8 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
                     field=missing["name"], message=f"missing required {missing['kind']} parameter"
                 ),
             )
+        # A field at fault is 422 (unprocessable), like every other invalid field.
+        status = 400 if not errors else 422
     problem = Problem(
         title=_TITLES.get(status, "Error"),
         status=status,

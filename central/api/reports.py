@@ -30,12 +30,11 @@ from central.settings import CentralSettings
 
 __all__ = ["ReportController"]
 
+# Required: the schema says so, and a missing one is a 400 naming it.
 DateFrom = Annotated[
-    date | None, QueryParameter(name="date_from", description="First local day, inclusive")
+    date, QueryParameter(name="date_from", description="First local day, inclusive")
 ]
-DateTo = Annotated[
-    date | None, QueryParameter(name="date_to", description="Last local day, inclusive")
-]
+DateTo = Annotated[date, QueryParameter(name="date_to", description="Last local day, inclusive")]
 BranchParam = Annotated[
     str | None, QueryParameter(name="branch", description="Branch code; all branches if absent")
 ]
@@ -84,8 +83,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         group_by: Annotated[
             str | None,
@@ -145,8 +144,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         sku: Annotated[str | None, QueryParameter(name="sku")] = None,
         group_by: Annotated[
@@ -179,8 +178,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         group_by: Annotated[
             str | None,
@@ -208,8 +207,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         measure: Annotated[
             str, QueryParameter(name="measure", description="revenue (default) or margin")
@@ -238,8 +237,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         group_by: Annotated[
             str | None,
@@ -263,8 +262,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         group_by: Annotated[
             str | None, QueryParameter(name="group_by", description="branch (default), product")
@@ -291,8 +290,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         only_differences: Annotated[
             bool, QueryParameter(name="only_differences", description="Only shifts that differ")
@@ -319,8 +318,8 @@ class ReportController(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        date_from: DateFrom = None,
-        date_to: DateTo = None,
+        date_from: DateFrom,
+        date_to: DateTo,
         branch: BranchParam = None,
         factor: Annotated[
             int, QueryParameter(name="factor", description="Flag at this multiple of the median")

@@ -32,7 +32,7 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
         ("sale", -2_000, -200),
     ]
     missing = await central_client.get("/api/v1/stock/ledger", params={"branch": "A1"})
-    assert missing.status_code == 400
+    assert missing.status_code == 422
     assert missing.headers["content-type"].startswith("application/problem+json")
     assert missing.json()["errors"] == [
         {"field": "sku", "message": "missing required query parameter"}
