@@ -82,7 +82,8 @@ class DeadLetterOut(msgspec.Struct, kw_only=True):
     status: str
     received_at: datetime
     stream_seq: int | None
-    raw_base64: str
+    # The raw bytes: on GET /dead-letters/{id} (and replays), not in the list.
+    raw_base64: str | None
     size: int
     # The branch's sequence number of the event, when it decoded; a gap at this number
     # is held by this letter (no resend is asked for it).

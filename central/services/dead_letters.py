@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import defer
 
 from central.api.schemas import DeadLetterOut, Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
@@ -49,7 +50,9 @@ def _state(d: DeadLetter) -> dict[str, object]:
     }
 
 
-def dead_letter_out(d: DeadLetter) -> DeadLetterOut:
+def dead_letter_out(d: DeadLetter, *, size: int | None = None) -> DeadLetterOut:
+    """The letter; its raw bytes only when ``size`` is not given (a list leaves them
+    out: a page of 1,000 letters of up to 1 MiB each is no response)."""
     return DeadLetterOut(
         id=d.id,
         subject=d.subject,
@@ -58,8 +61,8 @@ def dead_letter_out(d: DeadLetter) -> DeadLetterOut:
         status=d.status,
         received_at=d.received_at,
         stream_seq=d.stream_seq,
-        raw_base64=base64.b64encode(d.raw).decode(),
-        size=len(d.raw),
+        raw_base64=None if size is not None else base64.b64encode(d.raw).decode(),
+        size=size if size is not None else len(d.raw),
         seq=d.seq,
         attempts=d.attempts,
     )
@@ -83,8 +86,9 @@ async def list_dead_letters(
     if branch:
         conditions.append(DeadLetter.branch == branch)
     rows = (
-        await session.scalars(
-            select(DeadLetter)
+        await session.execute(
+            select(DeadLetter, func.length(DeadLetter.raw))
+            .options(defer(DeadLetter.raw))
             .where(*conditions)
             .order_by(DeadLetter.id)
             .limit(limit)
@@ -93,7 +97,10 @@ async def list_dead_letters(
     ).all()
     total = await session.scalar(select(func.count(DeadLetter.id)).where(*conditions))
     return Page(
-        items=[dead_letter_out(d) for d in rows], total=total or 0, limit=limit, offset=offset
+        items=[dead_letter_out(d, size=int(size or 0)) for d, size in rows],
+        total=total or 0,
+        limit=limit,
+        offset=offset,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from central.ingest.worker import IngestWorker, MessageIn
@@ -55,6 +56,11 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
     assert (sync["contiguous_seq"], sync["max_seq"], sync["open_dead_letters"]) == (4, 4, 1)
     letters = (await central_client.get("/api/v1/dead-letters", params={"status": "open"})).json()
     letter_id = letters["items"][0]["id"]
+    # The list leaves the raw bytes out (only their size); the letter itself has them.
+    assert letters["items"][0]["raw_base64"] is None
+    one = (await central_client.get(f"/api/v1/dead-letters/{letter_id}")).json()
+    assert len(base64.b64decode(one["raw_base64"])) == one["size"] == letters["items"][0]["size"]
+    assert one["size"] > 0
     replay = (await central_client.post(f"/api/v1/dead-letters/{letter_id}/replay")).json()
     assert replay["status"] == "open"
     discarded = await central_client.post(f"/api/v1/dead-letters/{letter_id}/discard")
