@@ -68,7 +68,7 @@ class DeadLetterController(Controller):
     @post(
         "/replay",
         operation_id="replayOpenDeadLetters",
-        summary="Replay every open dead letter (of one branch)",
+        summary="Replay the open dead letters (of one branch), oldest first, up to limit",
         status_code=200,
         opt=allow(Role.ADMIN),
     )
@@ -76,8 +76,9 @@ class DeadLetterController(Controller):
         self,
         runtime: NamedDependency[CentralRuntime],
         branch: Annotated[str | None, QueryParameter(name="branch")] = None,
+        limit: Limit = 100,
     ) -> list[ReplayOut]:
-        return await replay_all(runtime.sessionmaker, branch=branch)
+        return await replay_all(runtime.sessionmaker, branch=branch, limit=limit)
 
     @post(
         "/{dead_letter_id:int}/discard",

@@ -14,8 +14,9 @@ roll back); one with no such gap waits for nothing.
 What it does not order: a batch that starts its transaction after a later batch
 already passed this point, a batch retried after a rollback, an event lost and
 resent later, a dead letter replayed later. Those keep central's order of applying
-(see README "Stock ledger"). Messages without a stream sequence (replays, tests)
-take no ticket. SQLite runs one writer at a time: nothing to do.
+(see README "Stock ledger"). A replayed dead letter takes the ticket of its old
+place in the stream; messages without a stream sequence (tests) take none. SQLite
+runs one writer at a time: nothing to do.
 """
 
 from __future__ import annotations

@@ -152,10 +152,20 @@ async def replay_dead_letter(
 
 
 async def replay_all(
-    sessionmaker: async_sessionmaker[AsyncSession], *, branch: str | None = None
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    branch: str | None = None,
+    limit: int | None = None,
 ) -> list[ReplayOut]:
+    """Replay the open letters (of one branch), oldest first; at most ``limit`` of them
+    (the API's request does a page at a time; the CLI's ``--all`` does every one)."""
     async with sessionmaker() as session:
-        stmt = select(DeadLetter.id).where(DeadLetter.status == "open").order_by(DeadLetter.id)
+        stmt = (
+            select(DeadLetter.id)
+            .where(DeadLetter.status == "open")
+            .order_by(DeadLetter.id)
+            .limit(limit)
+        )
         if branch:
             stmt = stmt.where(DeadLetter.branch == branch)
         ids = list(await session.scalars(stmt))
