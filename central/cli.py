@@ -259,16 +259,44 @@ async def _stock_rebuild(settings: CentralSettings, verify_only: bool) -> int:
         await engine.dispose()
 
 
-async def _dead_letters_replay(settings: CentralSettings, args: argparse.Namespace) -> int:
+async def _dead_letters(settings: CentralSettings, args: argparse.Namespace) -> int:
+    import msgspec
+
     from central.db import create_engine, create_sessionmaker
     from central.errors import DomainError
-    from central.services.dead_letters import replay_all, replay_dead_letter
+    from central.services.dead_letters import (
+        discard_dead_letter,
+        list_dead_letters,
+        replay_all,
+        replay_dead_letter,
+    )
 
     engine = create_engine(settings.database_url)
     try:
         sessionmaker = create_sessionmaker(engine)
+        if args.dead_letters_command == "list":
+            async with sessionmaker() as session:
+                page = await list_dead_letters(
+                    session,
+                    status=args.status or None,
+                    branch=args.branch,
+                    limit=args.limit,
+                    offset=0,
+                )
+            _print(
+                {
+                    "total": page.total,
+                    "items": [msgspec.to_builtins(item) for item in page.items],
+                }
+            )
+            return 0
+        if args.dead_letters_command == "discard":
+            async with sessionmaker() as session:
+                letter = await discard_dead_letter(session, args.id)
+            _print({"id": letter.id, "status": letter.status})
+            return 0
         if args.all:
-            results = await replay_all(sessionmaker)
+            results = await replay_all(sessionmaker, branch=args.branch)
         elif args.id is not None:
             results = [await replay_dead_letter(sessionmaker, args.id)]
         else:
@@ -355,9 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     letters = sub.add_parser("dead-letters", help="messages that could not be ingested")
     dl_sub = letters.add_subparsers(dest="dead_letters_command", required=True)
+    listing = dl_sub.add_parser("list", help="the dead letters, oldest first (no raw bytes)")
+    listing.add_argument("--status", default="open", help="open (default), replayed, discarded")
+    listing.add_argument("--branch")
+    listing.add_argument("--limit", type=int, default=100)
     replay = dl_sub.add_parser("replay", help="process stored dead letters again after a fix")
     replay.add_argument("id", type=int, nargs="?")
     replay.add_argument("--all", action="store_true", help="every open dead letter")
+    replay.add_argument("--branch", help="with --all: only this branch's letters")
+    discard = dl_sub.add_parser("discard", help="decide not to store a message (kept)")
+    discard.add_argument("id", type=int)
     from central.masterdata_cli import add_masterdata_commands
 
     add_masterdata_commands(sub)
@@ -410,5 +445,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "stock":
         code = asyncio.run(_stock_rebuild(settings, args.verify))
     elif args.command == "dead-letters":
-        code = asyncio.run(_dead_letters_replay(settings, args))
+        code = asyncio.run(_dead_letters(settings, args))
     sys.exit(code)

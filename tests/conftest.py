@@ -267,3 +267,29 @@ def asgi_client(app: Any, **kwargs: Any) -> Any:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver", **kwargs
     )
+
+
+def central_cli(db_url: str, tmp_path: Path, *args: str, exit_code: int = 0) -> Any:
+    """Run ``python -m central ARGS`` against a database; its last output line as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "BACKROOM_DATABASE_URL": db_url,
+        "BACKROOM_DATA_DIR": str(tmp_path / "central"),
+        "BACKROOM_NATS_URL": "nats://127.0.0.1:1",
+        "BACKROOM_CENTRAL_CONFIG": "",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "central", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == exit_code, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import os
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,7 @@ from central.app import create_app
 from central.auth import ApiAuthMiddleware, Role, authorize, required_roles
 from central.models import ApiToken, ApiUser, AuditEntry
 from central.services.users import revoke_user
-from tests.conftest import asgi_client, create_api_token
+from tests.conftest import asgi_client, central_cli, create_api_token
 
 ADMIN = {"admin"}
 WRITERS = {"admin", "merchandiser"}
@@ -499,44 +495,23 @@ async def test_oversize_body_gets_413_problem_and_changes_nothing(central: Any) 
         assert await session.scalar(select(ApiUser).where(ApiUser.name == "big")) is None
 
 
-def _cli(db_url: str, tmp_path: Path, *args: str) -> Any:
-    env = {
-        **os.environ,
-        "BACKROOM_DATABASE_URL": db_url,
-        "BACKROOM_DATA_DIR": str(tmp_path / "central"),
-        "BACKROOM_NATS_URL": "nats://127.0.0.1:1",
-        "BACKROOM_CENTRAL_CONFIG": "",
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "central", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 async def test_cli_prints_a_token_once_and_branch_credentials(
     db_url: str, tmp_path: Path, central: Any
 ) -> None:
-    user = _cli(db_url, tmp_path, "users", "add", "ops", "--role", "analyst")
+    user = central_cli(db_url, tmp_path, "users", "add", "ops", "--role", "analyst")
     assert user["role"] == "analyst"
     token = user["token"]
     app = create_app(central.settings, runtime=central)
     async with asgi_client(app, headers={"Authorization": f"Bearer {token}"}) as client:
         assert (await client.get("/api/v1/receipts")).status_code == 200
         assert (await client.get("/api/v1/audit")).status_code == 403
-    branch = _cli(db_url, tmp_path, "branches", "add", "B9", "--name", "Nine")
+    branch = central_cli(db_url, tmp_path, "branches", "add", "B9", "--name", "Nine")
     assert set(branch) >= {"branch", "nats_url", "creds_file"}
     creds = Path(branch["creds_file"])
     text, mode = await asyncio.to_thread(lambda: (creds.read_text(), creds.stat().st_mode))
     assert "BEGIN USER NKEY SEED" in text
     assert oct(mode & 0o777) == "0o600"
-    revoked = _cli(db_url, tmp_path, "branches", "revoke", "B9")
+    revoked = central_cli(db_url, tmp_path, "branches", "revoke", "B9")
     assert revoked["revoked"] is True
     assert revoked["pushed_to_nats"] is False  # no server at nats://127.0.0.1:1
 

@@ -25,7 +25,7 @@ from central.ingest.worker import IngestWorker
 from central.models import BranchSyncState, DeadLetter, Receipt, StockBalance
 from central.services.branches import add_branch
 from tests.central.test_ingest import message, receipt_event
-from tests.conftest import PG_URL_ENV
+from tests.conftest import PG_URL_ENV, central_cli
 
 
 def _poisoned(branch: str, seq: int, **changes: Any) -> Any:
@@ -205,3 +205,39 @@ async def test_a_gap_held_by_a_dead_letter_asks_no_resend(engine: AsyncEngine) -
     async with sessionmaker() as session, session.begin():
         await session.execute(update(DeadLetter).values(status="discarded"))
     assert [r.branch for r in await monitor.check()] == ["B2"]
+
+
+async def test_the_cli_lists_replays_and_discards_dead_letters(
+    db_url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    # Two events of a branch not registered yet, one of another.
+    await IngestWorker(sessionmaker).process(
+        [message(receipt_event(b, s)) for b, s in (("B7", 1), ("B7", 2), ("B8", 1))]
+    )
+    listed = await asyncio.to_thread(central_cli, db_url, tmp_path, "dead-letters", "list")
+    assert listed["total"] == 3
+    assert [(d["branch"], d["seq"], d["raw_base64"]) for d in listed["items"]] == [
+        ("B7", 1, None),
+        ("B7", 2, None),
+        ("B8", 1, None),
+    ]
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="B7", name="B7")
+    replayed = await asyncio.to_thread(
+        central_cli, db_url, tmp_path, "dead-letters", "replay", "--all", "--branch", "B7"
+    )
+    assert [r["status"] for r in replayed] == ["replayed", "replayed"]
+    b8 = listed["items"][2]["id"]
+    discarded = await asyncio.to_thread(
+        central_cli, db_url, tmp_path, "dead-letters", "discard", str(b8)
+    )
+    assert discarded == {"id": b8, "status": "discarded"}
+    again = await asyncio.to_thread(
+        central_cli, db_url, tmp_path, "dead-letters", "discard", str(b8), exit_code=1
+    )
+    assert again["field"] == "id"
+    still_open = await asyncio.to_thread(central_cli, db_url, tmp_path, "dead-letters", "list")
+    assert still_open["total"] == 0
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count(Receipt.id))) == 2
