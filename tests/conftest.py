@@ -100,20 +100,36 @@ async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
         yield url
 
 
+async def engine_with_branch(url: str) -> AsyncEngine:
+    """An engine on a migrated central database, with branch B1 registered."""
+    from central.db import create_engine, create_sessionmaker
+    from central.services.branches import add_branch
+
+    engine = create_engine(url)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        await add_branch(session, code="B1", name="B1")
+    return engine
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """``db_url``'s database (SQLite, and PostgreSQL when configured) with branch B1."""
+    engine = await engine_with_branch(db_url)
+    yield engine
+    await engine.dispose()
+
+
 @pytest.fixture
 async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """A fresh, migrated PostgreSQL database with branch B1, for tests of what only
     PostgreSQL does (row locks, dropped connections); such tests are marked
     ``postgres`` and skipped without ``BACKROOM_TEST_PG_URL``."""
-    from central.db import create_engine, create_sessionmaker, upgrade
-    from central.services.branches import add_branch
+    from central.db import upgrade
 
     async with empty_database("postgresql", tmp_path) as url:
         await upgrade(url)
-        engine = create_engine(url)
+        engine = await engine_with_branch(url)
         try:
-            async with create_sessionmaker(engine)() as session, session.begin():
-                await add_branch(session, code="B1", name="B1")
             yield engine
         finally:
             await engine.dispose()

@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,6 @@ from tests.conftest import PG_URL_ENV, central_cli
 def _poisoned(branch: str, seq: int, **changes: Any) -> Any:
     event = receipt_event(branch, seq)
     return msgspec.structs.replace(event, body=msgspec.structs.replace(event.body, **changes))
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        await add_branch(session, code="B1", name="B1")
-    yield engine
-    await engine.dispose()
 
 
 async def test_a_message_refused_by_the_database_is_dead_lettered_and_the_rest_stored(

@@ -30,11 +30,10 @@ from central.partitions import (
     month_start,
     partition_name,
 )
-from central.services.branches import add_branch
 from central.services.receipts import ReceiptQuery, list_receipts
 from central.services.stock import list_ledger, rebuild_balances
 from tests.central.chain_events import BranchBooks, message
-from tests.conftest import PG_URL_ENV, empty_database
+from tests.conftest import PG_URL_ENV, empty_database, engine_with_branch
 
 THIS_MONTH = month_start(datetime.now(UTC).date())
 LAST_MONTH = add_months(THIS_MONTH, -1)
@@ -42,20 +41,6 @@ FAR_MONTH = add_months(THIS_MONTH, 40)  # beyond what the migrations created
 TABLES = ("stock_ledger", "receipt_lines")
 
 no_pg = pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
-
-
-async def _engine_with_branch(url: str) -> AsyncEngine:
-    engine = create_engine(url)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        await add_branch(session, code="B1", name="B1")
-    return engine
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = await _engine_with_branch(db_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -73,7 +58,7 @@ async def pg_url(bare_pg_url: str) -> str:
 
 @pytest.fixture
 async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = await _engine_with_branch(pg_url)
+    engine = await engine_with_branch(pg_url)
     yield engine
     await engine.dispose()
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from central.db import create_engine, create_sessionmaker
+from central.db import create_sessionmaker
 from central.ingest.stock import Movement, post_movements
 from central.models import StockBalance, StockMovement
-from central.services.branches import add_branch
 from tests.conftest import PG_URL_ENV
 
 AT = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -56,15 +54,6 @@ async def _post(engine: AsyncEngine, movements: list[Movement], hold_s: float = 
         await post_movements(session, movements)
         # Keep the locks a while before committing: the other transaction must wait.
         await asyncio.sleep(hold_s)
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        await add_branch(session, code="B1", name="B1")
-    yield engine
-    await engine.dispose()
 
 
 async def test_existing_and_new_balances_in_one_batch(engine: AsyncEngine) -> None:

@@ -4,46 +4,38 @@ disagreeing balances come back, verifying does not wait for ingestion."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from central.db import create_engine, create_sessionmaker
+from central.db import create_sessionmaker
 from central.ingest.worker import IngestWorker
 from central.models import StockBalance
-from central.services.branches import add_branch
 from central.services.stock import rebuild_balances
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import PG_URL_ENV
 
 
-async def _books(engine: AsyncEngine, *, add_b1: bool = True) -> None:
-    """B1: a goods receipt and two sales, ingested."""
-    sessionmaker = create_sessionmaker(engine)
-    if add_b1:
-        async with sessionmaker() as session, session.begin():
-            await add_branch(session, code="B1", name="B1")
+async def _books(engine: AsyncEngine) -> None:
+    """B1 (registered): a goods receipt and two sales, ingested."""
     books = BranchBooks("B1")
     books.document("goods_receipt", [("MILK", 10_000, 100), ("BREAD", 5_000, 80)])
     books.sale([("MILK", 2_000, 150)])
     books.sale([("BREAD", 1_000, 120), ("MILK", 1_000, 150)])
-    await IngestWorker(sessionmaker).process([message(e) for e in books.events])
+    await IngestWorker(create_sessionmaker(engine)).process([message(e) for e in books.events])
 
 
 @pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
+async def books(engine: AsyncEngine) -> AsyncEngine:
     await _books(engine)
-    yield engine
-    await engine.dispose()
+    return engine
 
 
 async def test_only_disagreeing_balances_are_reported_and_a_rebuild_mends_them(
-    engine: AsyncEngine,
+    books: AsyncEngine,
 ) -> None:
-    sessionmaker = create_sessionmaker(engine)
+    sessionmaker = create_sessionmaker(books)
     async with sessionmaker() as session, session.begin():
         report = await rebuild_balances(session, verify_only=True)
     assert (report.agree, report.balances, report.movements) == (True, 2, 5)
@@ -95,7 +87,7 @@ async def test_only_disagreeing_balances_are_reported_and_a_rebuild_mends_them(
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
 async def test_verifying_does_not_wait_for_a_batch_in_progress(pg_engine: AsyncEngine) -> None:
-    await _books(pg_engine, add_b1=False)
+    await _books(pg_engine)
     sessionmaker = create_sessionmaker(pg_engine)
     async with sessionmaker() as batch, batch.begin():
         # An ingest batch holding its balance locks, not yet committed.
