@@ -1311,44 +1311,33 @@ async def shift_reconciliation(
     period = validate_period(date_from, date_to, max_span_days)
     await _check_branch(session, branch)
     s, t = Shift, _t(ShiftTotals)
-    closed_stmt = select(s).where(_in_period(s.local_date, period))
-    recorded_stmt = select(t).where(_in_period(t.c.local_date, period))
+    # The period's shifts as central files them, and as their receipts are filed.
+    filed = [_in_period(s.local_date, period)]
+    sold = [_in_period(t.c.local_date, period)]
     if branch is not None:
-        closed_stmt = closed_stmt.where(s.branch == branch)
-        recorded_stmt = recorded_stmt.where(t.c.branch == branch)
-    shifts = {(x.branch, x.shift_id): x for x in await session.scalars(closed_stmt)}
-    recorded = {(r.branch, r.shift_id): r for r in await session.execute(recorded_stmt)}
+        filed.append(s.branch == branch)
+        sold.append(t.c.branch == branch)
+    shifts = {(x.branch, x.shift_id): x for x in await session.scalars(select(s).where(*filed))}
+    recorded = {(r.branch, r.shift_id): r for r in await session.execute(select(t).where(*sold))}
     # Recorded totals of the period's shifts filed under another day (the day of a
     # shift's first receipt need not be the day central files the shift under): one
     # join, not a query per shift.
     on_shift = and_(t.c.branch == s.branch, t.c.shift_id == s.shift_id)
-    elsewhere = (
-        select(t)
-        .join(s, on_shift)
-        .where(_in_period(s.local_date, period), ~_in_period(t.c.local_date, period))
-    )
-    if branch is not None:
-        elsewhere = elsewhere.where(s.branch == branch)
+    elsewhere = select(t).join(s, on_shift).where(*filed, ~_in_period(t.c.local_date, period))
     for row in await session.execute(elsewhere):
         recorded[(row.branch, row.shift_id)] = row
     keys = sorted(set(shifts) | set(recorded))
-    # Payments of every shift of either kind, by joins (a chain's year of shifts is
-    # too many for an IN list).
+    # Payments of every shift of either kind, read once through a subquery of their
+    # keys (a chain's year of shifts is too many for an IN list of values).
     sp = _t(ShiftPaymentTotals)
+    shift_keys = union(
+        select(t.c.branch, t.c.shift_id).where(*sold), select(s.branch, s.shift_id).where(*filed)
+    )
+    pay_stmt = select(sp).where(tuple_(sp.c.branch, sp.c.shift_id).in_(shift_keys))
     payments: dict[tuple[str, str], dict[str, int]] = {}
-    for pay_stmt in (
-        select(sp)
-        .join(t, and_(sp.c.branch == t.c.branch, sp.c.shift_id == t.c.shift_id))
-        .where(_in_period(t.c.local_date, period)),
-        select(sp)
-        .join(s, and_(sp.c.branch == s.branch, sp.c.shift_id == s.shift_id))
-        .where(_in_period(s.local_date, period)),
-    ):
-        if branch is not None:
-            pay_stmt = pay_stmt.where(sp.c.branch == branch)
-        for p in await session.execute(pay_stmt):
-            # The till reports payments net of change, refunds apart.
-            payments.setdefault((p.branch, p.shift_id), {})[p.payment_type] = _int(p.amount)
+    for p in await session.execute(pay_stmt):
+        # The till reports payments net of change, refunds apart.
+        payments.setdefault((p.branch, p.shift_id), {})[p.payment_type] = _int(p.amount)
     rows: list[ShiftRow] = []
     for key in keys:
         shift = shifts.get(key)
