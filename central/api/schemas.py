@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
 
@@ -21,9 +21,18 @@ T = TypeVar("T")
 
 class Page(msgspec.Struct, Generic[T], kw_only=True):
     items: list[T]
-    total: int
+    total: Annotated[
+        int,
+        msgspec.Meta(
+            description="Matching rows; counted at most 10,000 past the page on lists of "
+            "receipts, documents, returns, shifts, stock and dead letters (then a lower bound)"
+        ),
+    ]
     limit: int
     offset: int
+    total_exact: Annotated[
+        bool, msgspec.Meta(description="false: total is a lower bound; more rows follow")
+    ] = True
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
@@ -18,6 +18,7 @@ from central.models import (
     StockDocument,
     StockDocumentLineRow,
 )
+from central.services.paging import page_total
 from protocol.units import format_milli
 
 __all__ = [
@@ -147,9 +148,15 @@ async def list_documents(
             .offset(offset)
         )
     ).all()
-    total = await session.scalar(select(func.count()).select_from(d).where(*conditions))
+    total = await page_total(
+        session, select(d.event_id).where(*conditions), limit=limit, offset=offset, found=len(docs)
+    )
     return Page(
-        items=await _with_lines(session, list(docs)), total=total or 0, limit=limit, offset=offset
+        items=await _with_lines(session, list(docs)),
+        total=total.total,
+        total_exact=total.exact,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -238,7 +245,9 @@ async def list_customer_returns(
             .offset(offset)
         )
     ).all()
-    total = await session.scalar(select(func.count()).select_from(r).where(*conditions))
+    total = await page_total(
+        session, select(r.event_id).where(*conditions), limit=limit, offset=offset, found=len(rows)
+    )
     lines: dict[uuid.UUID, list[ReturnLineOut]] = {}
     if rows:
         for line in await session.scalars(
@@ -282,7 +291,8 @@ async def list_customer_returns(
             )
             for x in rows
         ],
-        total=total or 0,
+        total=total.total,
+        total_exact=total.exact,
         limit=limit,
         offset=offset,
     )

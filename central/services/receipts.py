@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta, timezone
 from typing import TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -17,6 +17,7 @@ from central.api.schemas import (
 )
 from central.errors import ValidationFailed
 from central.models import Receipt, ReceiptLineRow
+from central.services.paging import page_total
 from protocol.units import format_milli
 
 __all__ = ["ReceiptQuery", "list_receipts", "receipt_out"]
@@ -111,18 +112,26 @@ def receipt_out(receipt: Receipt) -> ReceiptOut:
 
 
 async def list_receipts(session: AsyncSession, query: ReceiptQuery) -> Page[ReceiptOut]:
-    total = await session.scalar(query.where(select(func.count(Receipt.id))))
     stmt = (
         query.where(select(Receipt))
         .options(selectinload(Receipt.lines), selectinload(Receipt.payments))
-        .order_by(Receipt.occurred_at, Receipt.id)
+        # By the branches' local day, then time: a range of days is one index range.
+        .order_by(Receipt.local_date, Receipt.occurred_at, Receipt.id)
         .limit(query.limit)
         .offset(query.offset)
     )
     rows = (await session.scalars(stmt)).all()
+    total = await page_total(
+        session,
+        query.where(select(Receipt.id)),
+        limit=query.limit,
+        offset=query.offset,
+        found=len(rows),
+    )
     return Page(
         items=[receipt_out(r) for r in rows],
-        total=total or 0,
+        total=total.total,
+        total_exact=total.exact,
         limit=query.limit,
         offset=query.offset,
     )

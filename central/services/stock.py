@@ -24,6 +24,7 @@ from sqlalchemy.orm import aliased
 from central.api.schemas import Page
 from central.errors import ValidationFailed
 from central.models import StockBalance, StockMovement, StockTransfer, StockTransferLine
+from central.services.paging import page_total
 from protocol.units import format_milli
 
 __all__ = [
@@ -109,7 +110,6 @@ async def list_balances(
     offset: int,
 ) -> Page[StockBalanceOut]:
     stmt = select(StockBalance)
-    count = select(func.count()).select_from(StockBalance)
     conditions = []
     if branch:
         conditions.append(StockBalance.branch == branch)
@@ -118,15 +118,22 @@ async def list_balances(
     if negative_only:
         conditions.append(StockBalance.quantity_milli < 0)
     stmt = stmt.where(*conditions)
-    count = count.where(*conditions)
     rows = (
         await session.scalars(
             stmt.order_by(StockBalance.branch, StockBalance.sku).limit(limit).offset(offset)
         )
     ).all()
+    total = await page_total(
+        session,
+        select(StockBalance.branch).where(*conditions),
+        limit=limit,
+        offset=offset,
+        found=len(rows),
+    )
     return Page(
         items=[_balance_out(b) for b in rows],
-        total=await session.scalar(count) or 0,
+        total=total.total,
+        total_exact=total.exact,
         limit=limit,
         offset=offset,
     )
@@ -158,7 +165,13 @@ async def list_ledger(
             .offset(offset)
         )
     ).all()
-    total = await session.scalar(select(func.count(StockMovement.id)).where(*conditions))
+    total = await page_total(
+        session,
+        select(StockMovement.id).where(*conditions),
+        limit=limit,
+        offset=offset,
+        found=len(rows),
+    )
     return Page(
         items=[
             StockMovementOut(
@@ -181,7 +194,8 @@ async def list_ledger(
             )
             for m in rows
         ],
-        total=total or 0,
+        total=total.total,
+        total_exact=total.exact,
         limit=limit,
         offset=offset,
     )

@@ -1,0 +1,37 @@
+"""The ``total`` of a list page, bounded: counting every matching row of a chain's
+receipts or ledger costs seconds, a page milliseconds."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = ["COUNT_AHEAD", "PageTotal", "page_total"]
+
+# Rows counted past the end of the page before the total becomes a lower bound: enough
+# for a person paging through, cheap enough (an index range) for every request.
+COUNT_AHEAD = 10_000
+
+
+class PageTotal(NamedTuple):
+    total: int
+    exact: bool
+
+
+async def page_total(
+    session: AsyncSession, matching: Select[Any], *, limit: int, offset: int, found: int
+) -> PageTotal:
+    """How many rows ``matching`` (the list's filtered statement, narrow, unordered,
+    unpaged) has: exact while at most :data:`COUNT_AHEAD` lie past the page, else a
+    lower bound (one row more than that, ``exact`` false). ``found``: rows on the page;
+    a page that is short and not past the end closes the list, so it needs no count."""
+    if found < limit and (found > 0 or offset == 0):
+        return PageTotal(offset + found, True)
+    bound = offset + limit + COUNT_AHEAD
+    counted = int(
+        await session.scalar(select(func.count()).select_from(matching.limit(bound + 1).subquery()))
+        or 0
+    )
+    return PageTotal(counted, counted <= bound)
