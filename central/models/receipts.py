@@ -17,13 +17,19 @@ class Receipt(Base):
     __tablename__ = "receipts"
     __table_args__ = (
         UniqueConstraint("branch", "sale_id"),
-        Index("ix_receipts_branch_local_date", "branch", "local_date"),
-        Index("ix_receipts_local_date", "local_date"),
+        # The receipt list's order (local day, time, id) after its date range, with or
+        # without a branch: one index range gives a page.
+        Index(
+            "ix_receipts_branch_local_date_occurred_at_id",
+            "branch",
+            "local_date",
+            "occurred_at",
+            "id",
+        ),
+        Index("ix_receipts_local_date_occurred_at_id", "local_date", "occurred_at", "id"),
         Index("ix_receipts_fiscal_number", "fiscal_number"),
         # Shift totals beside the Z report.
         Index("ix_receipts_branch_shift_id", "branch", "shift_id"),
-        # The receipt list's order.
-        Index("ix_receipts_occurred_at_id", "occurred_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
