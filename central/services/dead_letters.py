@@ -15,7 +15,7 @@ from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import DeadLetter
 from central.services.audit import bulk_summary, record_change
-from central.services.paging import page_total
+from central.services.paging import paged
 
 __all__ = [
     "DEAD_LETTER_STATUSES",
@@ -96,17 +96,10 @@ async def list_dead_letters(
             .offset(offset)
         )
     ).all()
-    total = await page_total(
+    return await paged(
         session,
+        [dead_letter_out(d, size=int(size or 0)) for d, size in rows],
         select(DeadLetter.id).where(*conditions),
-        limit=limit,
-        offset=offset,
-        found=len(rows),
-    )
-    return Page(
-        items=[dead_letter_out(d, size=int(size or 0)) for d, size in rows],
-        total=total.total,
-        total_exact=total.exact,
         limit=limit,
         offset=offset,
     )

@@ -18,7 +18,7 @@ from central.models import (
     StockDocument,
     StockDocumentLineRow,
 )
-from central.services.paging import page_total
+from central.services.paging import paged
 from protocol.units import format_milli
 
 __all__ = [
@@ -148,13 +148,10 @@ async def list_documents(
             .offset(offset)
         )
     ).all()
-    total = await page_total(
-        session, select(d.event_id).where(*conditions), limit=limit, offset=offset, found=len(docs)
-    )
-    return Page(
-        items=await _with_lines(session, list(docs)),
-        total=total.total,
-        total_exact=total.exact,
+    return await paged(
+        session,
+        await _with_lines(session, list(docs)),
+        select(d.event_id).where(*conditions),
         limit=limit,
         offset=offset,
     )
@@ -245,9 +242,6 @@ async def list_customer_returns(
             .offset(offset)
         )
     ).all()
-    total = await page_total(
-        session, select(r.event_id).where(*conditions), limit=limit, offset=offset, found=len(rows)
-    )
     lines: dict[uuid.UUID, list[ReturnLineOut]] = {}
     if rows:
         for line in await session.scalars(
@@ -268,8 +262,9 @@ async def list_customer_returns(
                     line_total=line.line_total,
                 )
             )
-    return Page(
-        items=[
+    return await paged(
+        session,
+        [
             CustomerReturnOut(
                 event_id=str(x.event_id),
                 branch=x.branch,
@@ -291,8 +286,7 @@ async def list_customer_returns(
             )
             for x in rows
         ],
-        total=total.total,
-        total_exact=total.exact,
+        select(r.event_id).where(*conditions),
         limit=limit,
         offset=offset,
     )

@@ -3,12 +3,16 @@ receipts or ledger costs seconds, a page milliseconds."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["COUNT_AHEAD", "PageTotal", "page_total"]
+from central.api.schemas import Page
+
+__all__ = ["COUNT_AHEAD", "PageTotal", "page_total", "paged"]
+
+T = TypeVar("T")
 
 # Rows counted past the end of the page before the total becomes a lower bound: enough
 # for a person paging through, cheap enough (an index range) for every request.
@@ -35,3 +39,12 @@ async def page_total(
         or 0
     )
     return PageTotal(counted, counted <= bound)
+
+
+async def paged(
+    session: AsyncSession, items: list[T], matching: Select[Any], *, limit: int, offset: int
+) -> Page[T]:
+    """A list page of ``items`` (the page's rows, one item each) with the bounded total
+    of ``matching`` (see :func:`page_total`)."""
+    total = await page_total(session, matching, limit=limit, offset=offset, found=len(items))
+    return Page(items=items, total=total.total, total_exact=total.exact, limit=limit, offset=offset)

@@ -17,7 +17,7 @@ from central.api.schemas import (
 )
 from central.errors import ValidationFailed
 from central.models import Receipt, ReceiptLineRow
-from central.services.paging import page_total
+from central.services.paging import paged
 from protocol.units import format_milli
 
 __all__ = ["ReceiptQuery", "list_receipts", "receipt_out"]
@@ -121,17 +121,10 @@ async def list_receipts(session: AsyncSession, query: ReceiptQuery) -> Page[Rece
         .offset(query.offset)
     )
     rows = (await session.scalars(stmt)).all()
-    total = await page_total(
+    return await paged(
         session,
+        [receipt_out(r) for r in rows],
         query.where(select(Receipt.id)),
-        limit=query.limit,
-        offset=query.offset,
-        found=len(rows),
-    )
-    return Page(
-        items=[receipt_out(r) for r in rows],
-        total=total.total,
-        total_exact=total.exact,
         limit=query.limit,
         offset=query.offset,
     )

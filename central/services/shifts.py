@@ -12,7 +12,7 @@ from central.api.schemas import Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
 from central.services.audit import record_change
-from central.services.paging import page_total
+from central.services.paging import paged
 
 __all__ = [
     "ClosedDayOut",
@@ -94,13 +94,6 @@ async def list_shifts(
             .offset(offset)
         )
     ).all()
-    total = await page_total(
-        session,
-        select(Shift.branch).where(*conditions),
-        limit=limit,
-        offset=offset,
-        found=len(shifts),
-    )
     keys = [(s.branch, s.shift_id) for s in shifts]
     sales: dict[tuple[str, str], tuple[int, int, int]] = {}
     returns: dict[tuple[str, str], int] = {}
@@ -197,7 +190,13 @@ async def list_shifts(
                 z_matches=z_matches,
             )
         )
-    return Page(items=items, total=total.total, total_exact=total.exact, limit=limit, offset=offset)
+    return await paged(
+        session,
+        items,
+        select(Shift.branch).where(*conditions),
+        limit=limit,
+        offset=offset,
+    )
 
 
 async def list_closed_days(

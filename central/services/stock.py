@@ -24,7 +24,7 @@ from sqlalchemy.orm import aliased
 from central.api.schemas import Page
 from central.errors import ValidationFailed
 from central.models import StockBalance, StockMovement, StockTransfer, StockTransferLine
-from central.services.paging import page_total
+from central.services.paging import paged
 from protocol.units import format_milli
 
 __all__ = [
@@ -123,17 +123,10 @@ async def list_balances(
             stmt.order_by(StockBalance.branch, StockBalance.sku).limit(limit).offset(offset)
         )
     ).all()
-    total = await page_total(
+    return await paged(
         session,
+        [_balance_out(b) for b in rows],
         select(StockBalance.branch).where(*conditions),
-        limit=limit,
-        offset=offset,
-        found=len(rows),
-    )
-    return Page(
-        items=[_balance_out(b) for b in rows],
-        total=total.total,
-        total_exact=total.exact,
         limit=limit,
         offset=offset,
     )
@@ -165,15 +158,9 @@ async def list_ledger(
             .offset(offset)
         )
     ).all()
-    total = await page_total(
+    return await paged(
         session,
-        select(StockMovement.id).where(*conditions),
-        limit=limit,
-        offset=offset,
-        found=len(rows),
-    )
-    return Page(
-        items=[
+        [
             StockMovementOut(
                 id=m.id,
                 branch=m.branch,
@@ -194,8 +181,7 @@ async def list_ledger(
             )
             for m in rows
         ],
-        total=total.total,
-        total_exact=total.exact,
+        select(StockMovement.id).where(*conditions),
         limit=limit,
         offset=offset,
     )
