@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    case,
     cast,
     collate,
     func,
@@ -1083,27 +1084,31 @@ async def shrinkage(
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
 ) -> ShrinkageReport:
     """Stocktake differences: what was counted below the books (loss) or above (gain),
-    per product and day netted, then summed per group."""
+    per product and day netted, then summed per group (in the database: a year of a
+    chain's stocktakes is millions of product-days for a row per branch)."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "branch")
     await _check_branch(session, branch)
     t = _t(StockMovementDaily)
-    stmt = select(t.c.branch, t.c.sku, t.c.qty_milli, t.c.cost_value).where(
-        t.c.movement == "stocktake", _in_period(t.c.local_date, period)
+    qty, value = t.c.qty_milli, t.c.cost_value
+    # A product-day counted below the books (or at no quantity, below in value).
+    loss = or_(qty < 0, and_(qty == 0, value < 0))
+    keys = [t.c.branch if g == "branch" else t.c.sku for g in groups]
+    stmt = (
+        select(
+            *keys,
+            func.sum(case((loss, -qty), else_=0)),
+            func.sum(case((loss, -value), else_=0)),
+            func.sum(case((loss, 0), else_=qty)),
+            func.sum(case((loss, 0), else_=value)),
+        )
+        .where(t.c.movement == "stocktake", _in_period(t.c.local_date, period))
+        .group_by(*keys)
     )
     if branch is not None:
         stmt = stmt.where(t.c.branch == branch)
-    acc: dict[tuple[Any, ...], list[int]] = {}
-    for row in await session.execute(stmt):
-        key = tuple(row.branch if g == "branch" else row.sku for g in groups)
-        a = acc.setdefault(key, [0, 0, 0, 0])
-        qty, value = _int(row.qty_milli), _int(row.cost_value)
-        if qty < 0 or (qty == 0 and value < 0):
-            a[0] += -qty
-            a[1] += -value
-        else:
-            a[2] += qty
-            a[3] += value
+    n = len(keys)
+    acc = {tuple(row[:n]): [_int(x) for x in row[n:]] for row in await session.execute(stmt)}
     names = ["sku" if g == "product" else g for g in groups]
 
     def make(named: dict[str, Any], a: Sequence[int]) -> ShrinkageRow:
