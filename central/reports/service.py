@@ -7,7 +7,7 @@ naming the field, which the API turns into RFC 9457 problems.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -424,8 +424,22 @@ async def head_office_prices(
     rules the tills and central share (``protocol.pricing``): the most specific scope
     with an entry in effect (branch > zone > format > chain), within it the latest
     entry; withdrawn overrides do not count. Products without one are left out."""
+    prices_of = await _price_book(session, branches, sku, at)
+    return prices_of(branches)
+
+
+_PriceBook = Callable[[Sequence[Branch]], dict[tuple[str, str], int]]
+
+
+async def _price_book(
+    session: AsyncSession, branches: Sequence[Branch], sku: str | None, at: datetime
+) -> _PriceBook:
+    """Head office's price entries of ``branches`` read once; the returned function
+    gives the prices in force (``head_office_prices``) at any of those branches, a few
+    at a time if need be (the entries are per scope, the prices per branch and
+    product: a chain's whole price list at every branch at once can be millions)."""
     if not branches:
-        return {}
+        return lambda _: {}
     scopes = {
         b.code: [
             (scope, scope_id or "")
@@ -493,18 +507,21 @@ async def head_office_prices(
                 got[item_sku] = best
         return got
 
-    out: dict[tuple[str, str], int] = {}
-    for b in branches:
-        per_scope = [scope_prices(pair, b.timezone) for pair in scopes[b.code]]
-        seen: dict[str, list[PriceCandidate]] = {}
-        for prices in per_scope:
-            for item_sku, candidate in prices.items():
-                seen.setdefault(item_sku, []).append(candidate)
-        for item_sku, candidates in seen.items():
-            winner = candidates[0] if len(candidates) == 1 else resolve_price(candidates, at)
-            if winner is not None:
-                out[(b.code, item_sku)] = winner.price
-    return out
+    def prices_of(some: Sequence[Branch]) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for b in some:
+            per_scope = [scope_prices(pair, b.timezone) for pair in scopes[b.code]]
+            seen: dict[str, list[PriceCandidate]] = {}
+            for prices in per_scope:
+                for item_sku, candidate in prices.items():
+                    seen.setdefault(item_sku, []).append(candidate)
+            for item_sku, candidates in seen.items():
+                winner = candidates[0] if len(candidates) == 1 else resolve_price(candidates, at)
+                if winner is not None:
+                    out[(b.code, item_sku)] = winner.price
+        return out
+
+    return prices_of
 
 
 async def stock_on_hand(
