@@ -44,6 +44,9 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_body: int = 10 * 1024 * 1024
     # Longest period (days) a report may cover in one request.
     report_max_span_days: int = 366
+    # Most rows one report may have; a bigger one is a 422 problem asking for a shorter
+    # period, one branch or a coarser grouping (the rows are built in this process).
+    report_max_rows: int = 100_000
     db_pool_size: int = 10
     sql_echo: bool = False
     # --- security (README "Security") ---

@@ -65,9 +65,18 @@ def _respond(
     )
 
 
-def _max_span(request: Request[Any, Any, Any]) -> int:
+def _settings(request: Request[Any, Any, Any]) -> CentralSettings:
     settings: CentralSettings = request.app.state.runtime.settings
-    return settings.report_max_span_days
+    return settings
+
+
+def _max_span(request: Request[Any, Any, Any]) -> int:
+    return _settings(request).report_max_span_days
+
+
+def _max_rows(request: Request[Any, Any, Any]) -> int:
+    """Most rows of one report (more: a 422 problem naming the parameter to narrow)."""
+    return _settings(request).report_max_rows
 
 
 class ReportController(Controller):
@@ -107,6 +116,7 @@ class ReportController(Controller):
             group_by=group_by,
             compare=compare,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: SalesReport = _respond(request, fmt, report, report.rows, "sales")
         return result
@@ -131,7 +141,9 @@ class ReportController(Controller):
         ] = None,
         fmt: FormatParam = None,
     ) -> StockOnHandReport:
-        report = await service.stock_on_hand(db_session, branch=branch, group_by=group_by, sku=sku)
+        report = await service.stock_on_hand(
+            db_session, branch=branch, group_by=group_by, sku=sku, max_rows=_max_rows(request)
+        )
         result: StockOnHandReport = _respond(request, fmt, report, report.rows, "stock-on-hand")
         return result
 
@@ -165,6 +177,7 @@ class ReportController(Controller):
             group_by=group_by,
             sku=sku,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: StockMovementReport = _respond(request, fmt, report, report.rows, "stock-movement")
         return result
@@ -194,6 +207,7 @@ class ReportController(Controller):
             branch=branch,
             group_by=group_by,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: MarginReport = _respond(request, fmt, report, report.rows, "gross-margin")
         return result
@@ -228,6 +242,7 @@ class ReportController(Controller):
             a_pct=a_pct,
             b_pct=b_pct,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: AbcReport = _respond(request, fmt, report, report.rows, "abc")
         return result
@@ -253,6 +268,7 @@ class ReportController(Controller):
             branch=branch,
             group_by=group_by,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: WriteOffReport = _respond(request, fmt, report, report.rows, "write-offs")
         return result
@@ -277,6 +293,7 @@ class ReportController(Controller):
             branch=branch,
             group_by=group_by,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: ShrinkageReport = _respond(request, fmt, report, report.rows, "shrinkage")
         return result
@@ -305,6 +322,7 @@ class ReportController(Controller):
             branch=branch,
             only_differences=only_differences,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: ShiftReconciliationReport = _respond(request, fmt, report, report.rows, "shifts")
         return result
@@ -337,6 +355,7 @@ class ReportController(Controller):
             factor=factor,
             min_count=min_count,
             max_span_days=_max_span(request),
+            max_rows=_max_rows(request),
         )
         result: LossPreventionReport = _respond(
             request, fmt, report, report.rows, "loss-prevention"
@@ -354,6 +373,7 @@ class ReportController(Controller):
         db_session: NamedDependency[AsyncSession],
         fmt: FormatParam = None,
     ) -> SyncHealthReport:
+        # One row per branch: not capped (see service.sync_health).
         report = await service.sync_health(db_session)
         result: SyncHealthReport = _respond(request, fmt, report, report.rows, "sync-health")
         return result

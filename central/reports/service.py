@@ -3,11 +3,17 @@
 Periods are in the branches' local days, both ends inclusive, at most
 ``max_span_days`` long. Bad parameters raise ``ValidationFailed``/``NotFoundError``
 naming the field, which the API turns into RFC 9457 problems.
+
+A report has at most ``max_rows`` rows (the ``report_max_rows`` setting): each query
+that yields the report's rows fetches at most ``max_rows + 1`` of them (a LIMIT in
+SQL, so neither the driver nor this process holds more), and one more than the cap
+fails the request (``ReportTooLarge``, a 422 naming the parameter to change) rather
+than answering with a truncated report or totals of one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -95,12 +101,14 @@ from central.reports.schemas import (
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
+    "DEFAULT_MAX_ROWS",
     "DEFAULT_MAX_SPAN_DAYS",
     "RETAIL_HEAD_OFFICE",
     "RETAIL_LAST_SALE",
     "RETAIL_MIXED",
     "SALES_GROUPS",
     "Period",
+    "ReportTooLarge",
     "abc_analysis",
     "gross_margin",
     "head_office_prices",
@@ -117,6 +125,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SPAN_DAYS = 366
+DEFAULT_MAX_ROWS = 100_000
 SALES_GROUPS = ("branch", "day", "hour", "cashier", "product", "category", "payment_type")
 _SALES_DETAIL = ("hour", "cashier", "product", "category", "payment_type")
 
@@ -183,6 +192,49 @@ def parse_group_by(text: str | None, allowed: Sequence[str], default: str) -> tu
 async def _check_branch(session: AsyncSession, branch: str | None) -> None:
     if branch is not None and await session.get(Branch, branch) is None:
         raise NotFoundError(f"unknown branch {branch!r}", field="branch")
+
+
+class ReportTooLarge(ValidationFailed):
+    """The report would have more rows than allowed (``report_max_rows``)."""
+
+    title = "Report too large"
+
+
+def _too_large(max_rows: int, field: str, *narrower: str) -> ReportTooLarge:
+    """The problem of a report over the cap: the parameter to change (``field``), and
+    the ways to narrow the report, that one's first ("" when not applicable)."""
+    ways = [w for w in narrower if w] or ["narrower parameters"]
+    how = ", ".join(ways[:-1]) + f" or {ways[-1]}" if len(ways) > 1 else ways[0]
+    return ReportTooLarge(
+        f"the report has more than {max_rows} rows, the most one report may have; narrow it: {how}",
+        field=field,
+    )
+
+
+def _capped(rows: Sized, max_rows: int, field: str, *narrower: str) -> None:
+    """Fail when a query limited to ``max_rows + 1`` rows returned that many (``rows``:
+    what was made of them, one each)."""
+    if len(rows) > max_rows:
+        raise _too_large(max_rows, field, *narrower)
+
+
+# Ways to narrow a report, for its problem detail ("" when not applicable).
+_SHORTER = "a shorter period (date_from, date_to)"
+_COARSER = "a coarser grouping (group_by)"
+
+
+def _one_branch(branch: str | None) -> str:
+    return "one branch (branch)" if branch is None else ""
+
+
+def _stock_narrower(groups: tuple[str, ...], branch: str | None, sku: str | None) -> list[str]:
+    """How to narrow a stock report grouped by branch and/or product."""
+    coarser = ""
+    if len(groups) > 1:
+        coarser = "a coarser grouping (group_by=branch or product)"
+    elif groups == ("product",):
+        coarser = "a coarser grouping (group_by=branch)"
+    return [coarser, _one_branch(branch), "one product (sku)" if sku is None else ""]
 
 
 def _in_period(column: Any, period: Period) -> ColumnElement[bool]:
@@ -308,14 +360,17 @@ async def _sales_rows(
     groups: tuple[str, ...],
     period: Period,
     branch: str | None,
+    max_rows: int,
 ) -> dict[tuple[Any, ...], SalesFigures]:
+    """The groups of a period: at most ``max_rows``, else ``ReportTooLarge``."""
     stmt, names = _sales_select(table, groups, period, branch)
     payments = table.name == PaymentsDaily.__tablename__
     receipts_known = "category" not in groups
     out: dict[tuple[Any, ...], SalesFigures] = {}
-    for row in await session.execute(stmt):
+    for row in await session.execute(stmt.limit(max_rows + 1)):
         key = tuple(getattr(row, n) for n in names)
         out[key] = _figures(row, payments=payments, receipts_known=receipts_known)
+    _capped(out, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     return out
 
 
@@ -343,18 +398,21 @@ async def sales_report(
     group_by: str | None = None,
     compare: bool = True,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> SalesReport:
     """Sales of a period grouped by any of branch, day and one of hour, cashier, product,
-    category or payment type; with the previous period of the same length beside."""
+    category or payment type; with the previous period of the same length beside.
+    At most ``max_rows`` rows, counting the groups sold only in the previous period."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, SALES_GROUPS, "branch")
     table = _sales_source(groups, branch)
     await _check_branch(session, branch)
-    current = await _sales_rows(session, table, groups, period, branch)
+    current = await _sales_rows(session, table, groups, period, branch, max_rows)
     previous: dict[tuple[Any, ...], SalesFigures] = {}
     prev_period = period.previous() if compare else None
     if prev_period is not None:
-        previous = await _sales_rows(session, table, groups, prev_period, branch)
+        # More previous groups than the cap: more rows than it too (each is a row).
+        previous = await _sales_rows(session, table, groups, prev_period, branch, max_rows)
     names = _names(groups)
     day_index = names.index("local_date") if "local_date" in names else None
 
@@ -375,6 +433,8 @@ async def sales_report(
     )
     for key in previous:
         figures_of.setdefault(shifted(key, period.days), nothing)
+    if len(figures_of) > max_rows:
+        raise _too_large(max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     rows = [
         SalesRow(
             **dict(zip(names, key, strict=True)),
@@ -531,60 +591,102 @@ async def stock_on_hand(
     group_by: str | None = None,
     sku: str | None = None,
     at: datetime | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> StockOnHandReport:
     """Quantity on hand per branch and product, valued at moving average cost (the stock
     balance) and at retail: head office's selling price in force for the branch
     (``retail_price_source`` "head_office"), else the branch's last selling price of the
-    product ("last_sale"); neither: no retail value."""
+    product ("last_sale"); neither: no retail value.
+
+    By branch and product each balance is a row: at most ``max_rows`` of them. By branch
+    or by product alone the balances are summed here, read ``max_rows`` at a time in
+    (branch, sku) order and each page valued at its own branches' prices, so no more of
+    them (and of their prices) are held at once however big the chain is."""
     groups = parse_group_by(group_by, ("branch", "product"), "branch,product")
     await _check_branch(session, branch)
     moment = at or datetime.now(UTC)
     b, p = StockBalance, LastSellingPrice
-    stmt = select(b.branch, b.sku, b.quantity_milli, b.value, p.unit_price).select_from(
-        b.__table__.outerjoin(p.__table__, and_(p.branch == b.branch, p.sku == b.sku))
-    )
+
+    def page_after(after: tuple[str, str] | None) -> Select[str, str, int, int, int]:
+        """The next max_rows + 1 balances after ``after`` (both sides of the join start
+        there: a merge join along both keys, no rereading of the pages before)."""
+        on = and_(p.branch == b.branch, p.sku == b.sku)
+        where: list[ColumnElement[bool]] = []
+        if after is not None:
+            on = and_(on, tuple_(p.branch, p.sku) > after)
+            where.append(tuple_(b.branch, b.sku) > after)
+        if branch is not None:
+            where.append(b.branch == branch)
+        if sku is not None:
+            where.append(b.sku == sku)
+        return (
+            select(b.branch, b.sku, b.quantity_milli, b.value, p.unit_price)
+            .select_from(b.__table__.outerjoin(p.__table__, on))
+            .where(*where)
+            .order_by(b.branch, b.sku)
+            .limit(max_rows + 1)
+        )
+
     branch_stmt = select(Branch)
     if branch is not None:
-        stmt = stmt.where(b.branch == branch)
         branch_stmt = branch_stmt.where(Branch.code == branch)
-    if sku is not None:
-        stmt = stmt.where(b.sku == sku)
-    balances = (await session.execute(stmt)).all()
-    present = {row[0] for row in balances}
-    branches = [x for x in await session.scalars(branch_stmt) if x.code in present]
-    head_office = await head_office_prices(session, branches, sku, moment)
+    branch_of = {x.code: x for x in await session.scalars(branch_stmt)}
+    prices_of: _PriceBook | None = None
     names = ["branch" if g == "branch" else "sku" for g in groups]
     per_row = set(groups) == {"branch", "product"}
     branch_first = groups[0] == "branch"
+    narrower = _stock_narrower(groups, branch, sku)
     # key -> [qty, value at cost, value at retail]; unit price and its source
     per_key: dict[tuple[Any, ...], list[int]] = {}
     prices: dict[tuple[Any, ...], int | None] = {}
     sources: dict[tuple[Any, ...], str | None] = {}
-    for row_branch, row_sku, qty_value, cost_value, last_price in balances:
-        qty = int(qty_value)
-        price = head_office.get((row_branch, row_sku))
-        source: str | None = RETAIL_HEAD_OFFICE
-        if price is None:
-            price = None if last_price is None else int(last_price)
-            source = None if price is None else RETAIL_LAST_SALE
-        retail = rounded_div(qty * (price or 0), 1000)
+    after: tuple[str, str] | None = None
+    while True:
+        page = (await session.execute(page_after(after))).all()
         if per_row:
-            key: tuple[Any, ...] = (row_branch, row_sku) if branch_first else (row_sku, row_branch)
-            per_key[key] = [qty, int(cost_value), retail]
-            prices[key] = price
-            sources[key] = source
-            continue
-        key = (row_branch,) if groups[0] == "branch" else (row_sku,)
-        acc = per_key.get(key)
-        if acc is None:
-            per_key[key] = [qty, int(cost_value), retail]
-            sources[key] = source
-        else:
-            acc[0] += qty
-            acc[1] += int(cost_value)
-            acc[2] += retail
-            if sources[key] != source:
-                sources[key] = RETAIL_MIXED
+            _capped(page, max_rows, "group_by", *narrower)
+        balances = page[:max_rows]
+        present = {row[0] for row in balances}
+        if prices_of is None:
+            # Read once: the entries of the branches holding stock when one page holds
+            # it all (one branch: only its scopes are read), else of every branch.
+            holding = [x for code, x in branch_of.items() if code in present]
+            prices_of = await _price_book(
+                session, holding if len(page) <= max_rows else list(branch_of.values()), sku, moment
+            )
+        head_office = prices_of([x for code, x in branch_of.items() if code in present])
+        for row_branch, row_sku, qty_value, cost_value, last_price in balances:
+            qty = int(qty_value)
+            price = head_office.get((row_branch, row_sku))
+            source: str | None = RETAIL_HEAD_OFFICE
+            if price is None:
+                price = None if last_price is None else int(last_price)
+                source = None if price is None else RETAIL_LAST_SALE
+            retail = rounded_div(qty * (price or 0), 1000)
+            if per_row:
+                key: tuple[Any, ...] = (
+                    (row_branch, row_sku) if branch_first else (row_sku, row_branch)
+                )
+                per_key[key] = [qty, int(cost_value), retail]
+                prices[key] = price
+                sources[key] = source
+                continue
+            key = (row_branch,) if groups[0] == "branch" else (row_sku,)
+            acc = per_key.get(key)
+            if acc is None:
+                per_key[key] = [qty, int(cost_value), retail]
+                sources[key] = source
+            else:
+                acc[0] += qty
+                acc[1] += int(cost_value)
+                acc[2] += retail
+                if sources[key] != source:
+                    sources[key] = RETAIL_MIXED
+        if len(per_key) > max_rows:
+            raise _too_large(max_rows, "group_by", *narrower)
+        if len(page) <= max_rows:
+            break
+        after = (balances[-1][0], balances[-1][1])
     columns = (*names, "qty_milli", "value_at_cost", "value_at_retail", "unit_price")
     rows = msgspec.convert(
         [
@@ -825,6 +927,7 @@ async def stock_movement(
     group_by: str | None = None,
     sku: str | None = None,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> StockMovementReport:
     """Opening, every kind of movement, closing; opening + ins - outs = closing.
 
@@ -835,7 +938,10 @@ async def stock_movement(
     product and branch, the closing of the latest month before the period's first
     month in which the product moved (``rpt_stock_closing_monthly``), plus the daily
     rows of that first month before the period starts. One query returns the report's
-    rows: the movements pivoted per key in the database, the opening joined beside."""
+    rows: the movements pivoted per key in the database, the opening joined beside.
+
+    At most ``max_rows`` rows (the LIMIT stops only the rows sent: the database still
+    sums and sorts every key before it, e.g. the whole chain by branch and product)."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
     daily, monthly = _t(StockMovementDaily), _t(StockMovementMonthly)
@@ -1028,8 +1134,10 @@ async def stock_movement(
         .where(or_(i.c.moved > 0, *[x != 0 for x in openings]))
         # Python's order of the keys (code points): PostgreSQL's "C" collation.
         .order_by(*[collate(key, "C") if postgres else key for key in keys])
+        .limit(max_rows + 1)
     )
     result = await _fetch(session, stmt, restore=parallel)
+    _capped(result, max_rows, "group_by", *_stock_narrower(groups, branch, sku))
     # Positional construction: a dict per row and one msgspec.convert took a fifth of
     # a branch's 5,000-row report.
     report_rows = [StockMovementRow(*row) for row in result]
@@ -1052,6 +1160,7 @@ async def write_offs(
     branch: str | None = None,
     group_by: str | None = None,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> WriteOffReport:
     """Goods written off, by reason (and branch or product); quantities and values at
     cost shown as positive numbers."""
@@ -1077,8 +1186,9 @@ async def write_offs(
             qty_milli=-_int(row[n]),
             value=-_int(row[n + 1]),
         )
-        for row in await session.execute(stmt)
+        for row in await session.execute(stmt.limit(max_rows + 1))
     ]
+    _capped(rows, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     return WriteOffReport(
         date_from=period.date_from,
         date_to=period.date_to,
@@ -1099,6 +1209,7 @@ async def shrinkage(
     branch: str | None = None,
     group_by: str | None = None,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> ShrinkageReport:
     """Stocktake differences: what was counted below the books (loss) or above (gain),
     per product and day netted, then summed per group (in the database: a year of a
@@ -1121,11 +1232,13 @@ async def shrinkage(
         )
         .where(t.c.movement == "stocktake", _in_period(t.c.local_date, period))
         .group_by(*keys)
+        .limit(max_rows + 1)
     )
     if branch is not None:
         stmt = stmt.where(t.c.branch == branch)
     n = len(keys)
     acc = {tuple(row[:n]): [_int(x) for x in row[n:]] for row in await session.execute(stmt)}
+    _capped(acc, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     names = ["sku" if g == "product" else g for g in groups]
 
     def make(named: dict[str, Any], a: Sequence[int]) -> ShrinkageRow:
@@ -1179,6 +1292,7 @@ async def gross_margin(
     branch: str | None = None,
     group_by: str | None = None,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> MarginReport:
     """Net sales (without VAT, after returns) minus cost of goods sold at moving average
     cost, by branch, category or product."""
@@ -1209,7 +1323,7 @@ async def gross_margin(
     stmt = stmt.where(_in_period(table.c.local_date, period))
     if branch is not None:
         stmt = stmt.where(table.c.branch == branch)
-    stmt = stmt.group_by(*keys).order_by(*keys)
+    stmt = stmt.group_by(*keys).order_by(*keys).limit(max_rows + 1)
     n = len(keys)
     rows = [
         MarginRow(
@@ -1218,6 +1332,7 @@ async def gross_margin(
         )
         for row in await session.execute(stmt)
     ]
+    _capped(rows, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     return MarginReport(
         date_from=period.date_from,
         date_to=period.date_to,
@@ -1241,6 +1356,7 @@ async def abc_analysis(
     a_pct: int = 80,
     b_pct: int = 95,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> AbcReport:
     """Products ranked by net revenue or margin: A until ``a_pct`` % of the total is
     reached, then B until ``b_pct`` %, then C (a product counts in the class where the
@@ -1262,11 +1378,15 @@ async def abc_analysis(
     stmt = select(c.sku, value.label("value")).where(_in_period(c.local_date, period))
     if branch is not None:
         stmt = stmt.where(c.branch == branch)
-    stmt = stmt.group_by(c.sku)
+    # Ranked here: any max_rows + 1 products tell that there are too many.
+    stmt = stmt.group_by(c.sku).limit(max_rows + 1)
     items = sorted(
         ((row.sku, _int(row.value)) for row in await session.execute(stmt)),
         key=lambda item: (-item[1], item[0]),
     )
+    # No grouping to coarsen: a branch sells fewer products than the chain.
+    field = "branch" if branch is None else "date_to"
+    _capped(items, max_rows, field, _one_branch(branch), _SHORTER)
     total = sum(v for _, v in items if v > 0)
     rows: list[AbcRow] = []
     before = 0
@@ -1327,9 +1447,13 @@ async def shift_reconciliation(
     branch: str | None = None,
     only_differences: bool = False,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> ShiftReconciliationReport:
     """Per shift: the receipts and returns central recorded beside the till's closing
-    counts and the fiscal printer's Z totals, with every difference listed."""
+    counts and the fiscal printer's Z totals, with every difference listed.
+
+    At most ``max_rows`` shifts are reconciled (``only_differences`` or not: every
+    shift is read and compared here to find the differing ones)."""
     period = validate_period(date_from, date_to, max_span_days)
     await _check_branch(session, branch)
     s, t = Shift, _t(ShiftTotals)
@@ -1339,18 +1463,28 @@ async def shift_reconciliation(
     if branch is not None:
         filed.append(s.branch == branch)
         sold.append(t.c.branch == branch)
-    shifts = {(x.branch, x.shift_id): x for x in await session.scalars(select(s).where(*filed))}
-    recorded = {(r.branch, r.shift_id): r for r in await session.execute(select(t).where(*sold))}
+    field = "branch" if branch is None else "date_to"
+    narrower = (_one_branch(branch), _SHORTER)
+    # Each query's shifts are rows (or the rows' figures): at most max_rows + 1 read.
+    found_shifts = (await session.scalars(select(s).where(*filed).limit(max_rows + 1))).all()
+    _capped(found_shifts, max_rows, field, *narrower)
+    found_recorded = (await session.execute(select(t).where(*sold).limit(max_rows + 1))).all()
+    _capped(found_recorded, max_rows, field, *narrower)
+    shifts = {(x.branch, x.shift_id): x for x in found_shifts}
+    recorded = {(r.branch, r.shift_id): r for r in found_recorded}
     # Recorded totals of the period's shifts filed under another day (the day of a
     # shift's first receipt need not be the day central files the shift under): one
-    # join, not a query per shift.
+    # join, not a query per shift (at most one per shift read above: no limit needed).
     on_shift = and_(t.c.branch == s.branch, t.c.shift_id == s.shift_id)
     elsewhere = select(t).join(s, on_shift).where(*filed, ~_in_period(t.c.local_date, period))
     for row in await session.execute(elsewhere):
         recorded[(row.branch, row.shift_id)] = row
     keys = sorted(set(shifts) | set(recorded))
+    if len(keys) > max_rows:
+        raise _too_large(max_rows, field, *narrower)
     # Payments of every shift of either kind, read once through a subquery of their
-    # keys (a chain's year of shifts is too many for an IN list of values).
+    # keys (a chain's year of shifts is too many for an IN list of values): a few per
+    # shift (one per payment type), of at most max_rows shifts.
     sp = _t(ShiftPaymentTotals)
     shift_keys = union(
         select(t.c.branch, t.c.shift_id).where(*sold), select(s.branch, s.shift_id).where(*filed)
@@ -1459,6 +1593,7 @@ async def loss_prevention(
     factor: int = 3,
     min_count: int = 3,
     max_span_days: int = DEFAULT_MAX_SPAN_DAYS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> LossPreventionReport:
     """Cashiers whose rate of voided lines, returns or manual discounts per receipt is at
     least ``factor`` times the median cashier's (and at least ``min_count`` events)."""
@@ -1487,7 +1622,11 @@ async def loss_prevention(
     )
     if branch is not None:
         stmt = stmt.where(c.branch == branch)
-    data = [r for r in await session.execute(stmt)]
+    data = (await session.execute(stmt.limit(max_rows + 1))).all()
+    # The medians are of every cashier: fail rather than compare with some of them.
+    _capped(
+        data, max_rows, "branch" if branch is None else "date_to", _one_branch(branch), _SHORTER
+    )
     metrics = (
         ("voided_lines", "voided_lines"),
         ("returns", "returns"),
@@ -1547,7 +1686,10 @@ async def loss_prevention(
 
 async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> SyncHealthReport:
     """Per branch: the last event received, how far behind it is, the outbox backlog and
-    applied master-data version from its heartbeat, and its open dead letters."""
+    applied master-data version from its heartbeat, and its open dead letters.
+
+    Not capped by ``max_rows``: one row per branch (and each query reads at most one row
+    per branch), as many as the chain has stores."""
     now = now or datetime.now(UTC)
     branches = list(await session.scalars(select(Branch).order_by(Branch.code)))
     states = {s.branch: s for s in await session.scalars(select(BranchSyncState))}
