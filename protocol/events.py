@@ -9,6 +9,9 @@ Money is in integer minor units (cents), quantities in integer thousandths of th
 product's unit (grams for kg, millilitres for litres, 1000 per piece), VAT rates
 in basis points (2000 = 20.00 %). No floats cross the wire.
 
+Every text and integer field carries the limit of the central column that stores it
+(:mod:`protocol.limits`): a message that breaks one is refused when it is decoded.
+
 Evolution: Structs only ever gain fields with defaults; decoders ignore fields
 they do not know, so an older central reads a newer agent's message.
 """
@@ -20,6 +23,19 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
+
+from protocol.limits import (
+    Code32,
+    Code64,
+    CurrencyCode,
+    Int64,
+    NonNegativeInt32,
+    NonNegativeInt64,
+    PositiveInt32,
+    PositiveInt64,
+    Text64,
+    Text200,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,8 +59,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 UtcDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
-MinorUnits = int
-NonNegativeMinorUnits = Annotated[int, msgspec.Meta(ge=0)]
+VatRate = Annotated[int, msgspec.Meta(ge=0, le=10000)]
 BranchCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
 PaymentType = Literal["cash", "credit_card", "debit_card", "voucher", "other"]
 
@@ -54,43 +69,43 @@ class _Wire(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReceiptLine(_Wire, frozen=True, kw_only=True):
-    line_no: Annotated[int, msgspec.Meta(ge=1)]
-    sku: str
-    name: str = ""
-    barcode: str | None = None
-    quantity_milli: Annotated[int, msgspec.Meta(gt=0)]
-    unit_price: NonNegativeMinorUnits
+    line_no: PositiveInt32
+    sku: Code64
+    name: Text200 = ""
+    barcode: Code64 | None = None
+    quantity_milli: PositiveInt64
+    unit_price: NonNegativeInt64
     # Total discount on the line (promotion or manual), already subtracted from line_total.
-    discount: NonNegativeMinorUnits = 0
+    discount: NonNegativeInt64 = 0
     manual_discount: bool = False
-    promotion_id: str | None = None
-    vat_rate_bp: Annotated[int, msgspec.Meta(ge=0, le=10000)]
-    line_total: NonNegativeMinorUnits
+    promotion_id: Code64 | None = None
+    vat_rate_bp: VatRate
+    line_total: NonNegativeInt64
     # Cost at the till is unknown; central values stock at moving average cost.
 
 
 class Payment(_Wire, frozen=True, kw_only=True):
     type: PaymentType
-    amount: Annotated[int, msgspec.Meta(gt=0)]
+    amount: PositiveInt64
 
 
 class ReceiptRecorded(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="receipt_recorded"):
     """A fiscalized (or pending-fiscal) sale at a till."""
 
-    till: str
-    shift_id: str
-    receipt_number: int
-    sale_id: str
-    cashier: str = ""
+    till: Code32
+    shift_id: Code64
+    receipt_number: NonNegativeInt64
+    sale_id: Code64
+    cashier: Text64 = ""
     lines: tuple[ReceiptLine, ...]
     payments: tuple[Payment, ...]
-    total: NonNegativeMinorUnits
+    total: NonNegativeInt64
     # Change handed back in cash; payments minus change equals total.
-    change: NonNegativeMinorUnits = 0
-    currency: str = "EUR"
-    fiscal_number: str | None = None
-    voided_lines: int = 0
-    price_version: int = 0
+    change: NonNegativeInt64 = 0
+    currency: CurrencyCode = "EUR"
+    fiscal_number: Code64 | None = None
+    voided_lines: NonNegativeInt32 = 0
+    price_version: NonNegativeInt64 = 0
 
 
 class CustomerReturnRecorded(
@@ -98,58 +113,61 @@ class CustomerReturnRecorded(
 ):
     """Goods brought back by a customer, referencing the original sale."""
 
-    till: str
-    shift_id: str
-    return_number: int
-    return_id: str
-    original_sale_id: str
-    original_receipt_number: int | None = None
-    cashier: str = ""
+    till: Code32
+    shift_id: Code64
+    return_number: NonNegativeInt64
+    return_id: Code64
+    original_sale_id: Code64
+    original_receipt_number: NonNegativeInt64 | None = None
+    cashier: Text64 = ""
     lines: tuple[ReceiptLine, ...]
     refunds: tuple[Payment, ...]
-    total: NonNegativeMinorUnits
-    currency: str = "EUR"
-    fiscal_number: str | None = None
+    total: NonNegativeInt64
+    currency: CurrencyCode = "EUR"
+    fiscal_number: Code64 | None = None
+    # Stored as unbounded text.
     reason: str = ""
 
 
 class ShiftOpened(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift_opened"):
-    till: str
-    shift_id: str
-    cashier: str = ""
-    opening_float: NonNegativeMinorUnits = 0
+    till: Code32
+    shift_id: Code64
+    cashier: Text64 = ""
+    opening_float: NonNegativeInt64 = 0
 
 
 class ZReportTotals(_Wire, frozen=True, kw_only=True):
     """What the fiscal printer itself counted for the shift."""
 
-    report_number: int
-    # Turnover per VAT group letter (A..H), minor units.
+    report_number: NonNegativeInt32
+    # Turnover per VAT group letter (A..H), minor units (stored as JSON).
     turnover_by_vat_group: dict[str, int] = {}
     storno_by_vat_group: dict[str, int] = {}
-    receipts_count: int | None = None
+    receipts_count: NonNegativeInt32 | None = None
 
 
 class ShiftClosed(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift_closed"):
-    till: str
-    shift_id: str
-    cashier: str = ""
-    receipts_count: int
-    sales_total: NonNegativeMinorUnits
-    returns_total: NonNegativeMinorUnits = 0
+    till: Code32
+    shift_id: Code64
+    cashier: Text64 = ""
+    receipts_count: NonNegativeInt32
+    sales_total: NonNegativeInt64
+    returns_total: NonNegativeInt64 = 0
+    # Stored as JSON.
     payments_by_type: dict[str, int] = {}
-    cash_in: NonNegativeMinorUnits = 0
-    cash_out: NonNegativeMinorUnits = 0
+    cash_in: NonNegativeInt64 = 0
+    cash_out: NonNegativeInt64 = 0
     z_report: ZReportTotals | None = None
 
 
 class CashMoved(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="cash_moved"):
-    till: str
-    shift_id: str
+    till: Code32
+    shift_id: Code64
     direction: Literal["in", "out"]
-    amount: Annotated[int, msgspec.Meta(gt=0)]
+    amount: PositiveInt64
+    # Stored as unbounded text.
     reason: str = ""
-    cashier: str = ""
+    cashier: Text64 = ""
 
 
 StockDocumentType = Literal[
@@ -163,29 +181,30 @@ StockDocumentType = Literal[
 
 
 class StockDocumentLine(_Wire, frozen=True, kw_only=True):
-    sku: str
+    sku: Code64
     # Signed: the direction of the move in the branch's stock (+ in, - out).
-    quantity_milli: int
+    quantity_milli: Int64
     # Unit cost in minor units per whole unit; known for goods receipts and transfers.
-    unit_cost: NonNegativeMinorUnits | None = None
+    unit_cost: NonNegativeInt64 | None = None
     # Stocktake only: what the books said and what was counted.
-    expected_milli: int | None = None
-    counted_milli: int | None = None
+    expected_milli: Int64 | None = None
+    counted_milli: Int64 | None = None
 
 
 class StockDocumentPosted(
     _Wire, frozen=True, kw_only=True, tag_field="kind", tag="stock_document_posted"
 ):
-    document_id: str
+    document_id: Code64
     doc_type: StockDocumentType
-    number: str = ""
+    number: Code64 = ""
     lines: tuple[StockDocumentLine, ...]
-    supplier: str | None = None
+    supplier: Text200 | None = None
     # Transfers: the other branch, and the transfer-out document an inbound one matches.
-    counterpart_branch: str | None = None
-    transfer_ref: str | None = None
+    counterpart_branch: Code32 | None = None
+    transfer_ref: Code64 | None = None
+    # Stored as unbounded text (a write-off's reason is grouped by its first 64 characters).
     reason: str | None = None
-    author: str = ""
+    author: Text64 = ""
 
 
 BranchEvent = (
@@ -203,10 +222,10 @@ class EventEnvelope(_Wire, frozen=True, kw_only=True):
 
     event_id: uuid.UUID
     branch: BranchCode
-    seq: Annotated[int, msgspec.Meta(ge=1)]
+    seq: PositiveInt64
     occurred_at: UtcDateTime
     utc_offset_min: Annotated[int, msgspec.Meta(ge=-14 * 60, le=14 * 60)] = 0
-    schema_version: int = SCHEMA_VERSION
+    schema_version: NonNegativeInt32 = SCHEMA_VERSION
     body: BranchEvent
 
 

@@ -28,6 +28,10 @@ of that branch's scopes wrapped in ``SnapshotPart`` messages between a ``begin``
 an ``end`` ``SnapshotMark`` on ``down.branch.<code>.snapshot.<begin|pNNNNNN|end>``,
 which only that branch's consumer delivers. At ``end`` the branch drops every key
 the snapshot did not refresh, so its replica is exactly central's.
+
+Texts and integers carry the limits of central's columns they come from (and of the
+agent's replica, the same sizes; :mod:`protocol.limits`): a message that breaks one
+does not decode, and the agent counts it as rejected instead of applying it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ from typing import Annotated, Literal
 import msgspec
 
 from protocol.events import UtcDateTime
+from protocol.limits import (
+    Code32,
+    Code64,
+    NonNegativeInt32,
+    NonNegativeInt64,
+    PositiveInt64,
+    Text200,
+)
 
 __all__ = [
     "BUCKETS",
@@ -91,7 +103,11 @@ SNAPSHOT_REQUEST_SUBJECTS = "rpc.*.md_snapshot"
 
 BarcodeKind = Literal["ean13", "ean8", "upca", "internal"]
 Scope = Literal["all", "format", "zone", "branch"]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+NonNegative = NonNegativeInt64
+# products.unit String(16), vat_group String(1), price_entries.effective_local String(19).
+_Unit = Annotated[str, msgspec.Meta(max_length=16)]
+_VatGroup = Annotated[str, msgspec.Meta(max_length=1)]
+_LocalTime = Annotated[str, msgspec.Meta(max_length=19)]
 
 
 def bucket_of(sku: str) -> int:
@@ -151,17 +167,17 @@ class _Wire(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProductRecord(_Wire, frozen=True, kw_only=True):
-    sku: str
-    name: str
-    unit: str = "pcs"
+    sku: Code64
+    name: Text200
+    unit: _Unit = "pcs"
     weighed: bool = False
-    scale_plu: int | None = None
-    barcodes: tuple[str, ...] = ()
-    category: str | None = None
+    scale_plu: NonNegativeInt32 | None = None
+    barcodes: tuple[Code64, ...] = ()
+    category: Code32 | None = None
     # Root-to-leaf category codes: promotions on a category reach its subtree.
-    category_path: tuple[str, ...] = ()
+    category_path: tuple[Code32, ...] = ()
     vat_rate_bp: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 0
-    vat_group: str = "A"
+    vat_group: _VatGroup = "A"
     version: NonNegative = 0
 
 
@@ -169,14 +185,14 @@ class ProductBucket(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="pro
     """Every product of one bucket at one scope that the scope's branches sell."""
 
     scope: Scope
-    scope_id: str | None = None
-    bucket: Annotated[int, msgspec.Meta(ge=0)]
+    scope_id: Code32 | None = None
+    bucket: NonNegativeInt32
     version: NonNegative
     products: tuple[ProductRecord, ...] = ()
 
 
 class PriceEntry(_Wire, frozen=True, kw_only=True):
-    sku: str
+    sku: Code64
     price: NonNegative
     # UTC moment from which this price applies (computed from the branch's or the
     # zone's local time at central when head office gave a local time).
@@ -185,7 +201,7 @@ class PriceEntry(_Wire, frozen=True, kw_only=True):
     # Set when head office gave a wall-clock time ("06:00 in every store"): each
     # branch takes it in its own time zone (protocol.pricing.entry_moment);
     # effective_at is then the earliest such moment among the branches reached.
-    effective_local: str | None = None
+    effective_local: _LocalTime | None = None
 
 
 class PriceBucket(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="price_bucket"):
@@ -193,26 +209,26 @@ class PriceBucket(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="price
     and every future one (so a scheduled price takes effect without a new message)."""
 
     scope: Scope
-    scope_id: str | None = None
-    bucket: Annotated[int, msgspec.Meta(ge=0)]
+    scope_id: Code32 | None = None
+    bucket: NonNegativeInt32
     version: NonNegative
     entries: tuple[PriceEntry, ...] = ()
 
 
 class PromotionRecord(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="promotion"):
-    promotion_id: str
+    promotion_id: Code64
     version: NonNegative
     deleted: bool = False
-    name: str = ""
+    name: Text200 = ""
     type: Literal["percent", "amount", "n_for_m"] = "percent"
     percent_bp: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 0
     # Amount off per unit (per piece, or per kg/litre of a weighed product).
     amount: NonNegative = 0
     # Buy n, pay m (n > m >= 1).
-    n: NonNegative = 0
-    m: NonNegative = 0
-    skus: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
+    n: NonNegativeInt32 = 0
+    m: NonNegativeInt32 = 0
+    skus: tuple[Code64, ...] = ()
+    categories: tuple[Code32, ...] = ()
     starts_at: UtcDateTime | None = None
     ends_at: UtcDateTime | None = None
 
@@ -229,7 +245,7 @@ class SnapshotMark(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snap
     part carries it, and ``parts`` lets the branch check at ``end`` that it got all.
     """
 
-    snapshot_id: Annotated[int, msgspec.Meta(ge=1)]
+    snapshot_id: PositiveInt64
     phase: Literal["begin", "end"]
     parts: NonNegative
     # The branch has applied everything central had published up to this version
@@ -244,8 +260,8 @@ SnapshotValue = ProductBucket | PriceBucket | PromotionRecord
 class SnapshotPart(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_part"):
     """The current value of one down-stream key, as if it came on ``subject``."""
 
-    snapshot_id: Annotated[int, msgspec.Meta(ge=1)]
-    part: Annotated[int, msgspec.Meta(ge=1)]
+    snapshot_id: PositiveInt64
+    part: PositiveInt64
     subject: str
     message: SnapshotValue
 

@@ -43,7 +43,12 @@ from central.ingest.bulk import (
 from central.ingest.handlers import EventContext, IngestBatch, apply_handlers
 from central.ingest.ordering import TICKET_NOTE, hold_ticket
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
-from protocol.codec import WireDecodeError, decode_envelope, decode_heartbeat
+from protocol.codec import (
+    WireDecodeError,
+    decode_envelope,
+    decode_envelope_seq,
+    decode_heartbeat,
+)
 from protocol.events import EventEnvelope, event_kind
 from protocol.messages import BranchHeartbeat
 from protocol.subjects import HEARTBEAT_KIND, INGEST_DURABLE, UP_STREAM, parse_up_subject
@@ -583,14 +588,11 @@ class IngestWorker:
             branch = parse_up_subject(message.subject)[0]
         except ValueError:
             branch = None
-        seq: int | None = None
-        try:
-            envelope = decode_envelope(message.data)
-        except WireDecodeError:
-            pass
-        else:
-            # Only a sequence of the subject's own branch fills a gap of that branch.
-            seq = envelope.seq if envelope.branch == branch else None
+        # Read even when the body breaks a limit: the letter then holds its branch's gap
+        # (a resend would bring the same bytes). Only a sequence of the subject's own
+        # branch fills a gap of that branch.
+        head = decode_envelope_seq(message.data)
+        seq = head[1] if head is not None and head[0] == branch else None
         session.add(
             DeadLetter(
                 subject=message.subject[:255],

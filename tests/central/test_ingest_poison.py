@@ -1,6 +1,7 @@
 """A message that fails every time it is stored (not a malformed one: one that decodes
 but that the database or the code refuses) becomes a dead letter and its batch flows;
-a database that is down or drops the link dead-letters nothing."""
+a database that is down or drops the link dead-letters nothing. (A value beyond its
+column's limit does not decode: tests/central/test_ingest_limits.py.)"""
 
 from __future__ import annotations
 
@@ -32,16 +33,25 @@ def _poisoned(branch: str, seq: int, **changes: Any) -> Any:
     return msgspec.structs.replace(event, body=msgspec.structs.replace(event.body, **changes))
 
 
+def _overflowing(branch: str, seq: int) -> Any:
+    """A receipt within every limit whose two lines' totals add up beyond 64 bits: the
+    day's revenue in the report summaries cannot be stored, on either database."""
+    event = receipt_event(branch, seq)
+    line = event.body.lines[0]
+    lines = (
+        msgspec.structs.replace(line, line_total=2**62),
+        msgspec.structs.replace(line, line_no=2, line_total=2**62),
+    )
+    return _poisoned(branch, seq, lines=lines)
+
+
 async def test_a_message_refused_by_the_database_is_dead_lettered_and_the_rest_stored(
     engine: AsyncEngine,
 ) -> None:
     sessionmaker = create_sessionmaker(engine)
     worker = IngestWorker(sessionmaker)
-    # Receipt 5's number does not fit a 64-bit column: every attempt to store it fails.
-    events = [
-        _poisoned("B1", s, receipt_number=2**63) if s == 5 else receipt_event("B1", s)
-        for s in range(1, 10)
-    ]
+    # Receipt 5's revenue does not fit a 64-bit column: every attempt to store it fails.
+    events = [_overflowing("B1", s) if s == 5 else receipt_event("B1", s) for s in range(1, 10)]
     # As JetStream hands them over: each with its stream sequence.
     batch = [dataclasses.replace(message(e), stream_seq=n) for n, e in enumerate(events, start=1)]
     stats = await worker.process(batch)

@@ -1,0 +1,54 @@
+"""Limits of wire values: the size of the central column that stores each one.
+
+Central stores every text of a branch event in a column of fixed size and every
+integer in a 32-bit (INTEGER) or 64-bit (BIGINT) column. PostgreSQL refuses a longer
+text or a larger number, SQLite keeps it: the limits are declared here, on the wire
+Structs' fields, so a message that breaks one is refused when it is decoded (a dead
+letter at central, a 422 at the agent's API) on either database.
+
+Structs only gain fields with defaults; a limit is tightened only where central
+could never store the longer value anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+__all__ = [
+    "INT32_MAX",
+    "INT64_MAX",
+    "INT64_MIN",
+    "Code32",
+    "Code64",
+    "CurrencyCode",
+    "Int64",
+    "NonNegativeInt32",
+    "NonNegativeInt64",
+    "PositiveInt32",
+    "PositiveInt64",
+    "Text64",
+    "Text200",
+]
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+# Identifiers and codes: till ids, SKUs, barcodes, sale and document ids.
+Code32 = Annotated[str, msgspec.Meta(max_length=32)]
+Code64 = Annotated[str, msgspec.Meta(max_length=64)]
+# Text for people: cashier and author names, product names, suppliers.
+Text64 = Annotated[str, msgspec.Meta(max_length=64)]
+Text200 = Annotated[str, msgspec.Meta(max_length=200)]
+# ISO 4217, e.g. EUR.
+CurrencyCode = Annotated[str, msgspec.Meta(max_length=3)]
+
+# INTEGER columns: counts, line numbers, report numbers.
+NonNegativeInt32 = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
+# BIGINT columns: money (minor units), quantities (thousandths), numbers, versions.
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+NonNegativeInt64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+PositiveInt64 = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
