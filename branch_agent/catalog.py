@@ -13,6 +13,7 @@ catalog (``products``/``product_barcodes``, ``make run``) is used instead.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from branch_agent.db import read_connection
 from branch_agent.direct_sql import DirectStatement
 from branch_agent.masterdata_models import MdPrice, MdProduct, MdPromotion
 from branch_agent.models import Product, ProductBarcode
+from protocol.codec import WireDecodeError
 from protocol.masterdata import PromotionRecord, decode_masterdata
 from protocol.pricing import PriceCandidate, entry_moment, resolve_price
 from protocol.promotions import PromoLine, evaluate_promotions
@@ -40,6 +42,8 @@ __all__ = [
     "set_local_timezone",
     "sku_for_scale_plu",
 ]
+
+log = logging.getLogger(__name__)
 
 _timezone = {"name": "UTC"}
 
@@ -336,7 +340,13 @@ async def promotion_discounts(
         return [LineDiscount() for _ in lines]
     promotions: dict[str, PromotionRecord] = {}
     for body in bodies:
-        record = decode_masterdata(body)
+        try:
+            record = decode_masterdata(body)
+        except WireDecodeError as exc:
+            # Stored before its limits were declared, and refused now: the sale goes on
+            # without it (the applier would refuse it too).
+            log.warning("a stored promotion does not decode and is left out: %s", exc)
+            continue
         if isinstance(record, PromotionRecord):
             promotions[record.promotion_id] = record
     paths = await _category_paths(session, sorted({line.sku for line in lines}))

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
+from branch_agent.errors import Rejected
 from branch_agent.models import Counter, OutboxEvent
-from protocol.codec import encode
+from protocol.codec import WireDecodeError, check, decode_envelope, encode
 from protocol.events import BranchEvent, EventEnvelope, event_kind
 from protocol.ids import new_event_id
 from protocol.subjects import up_subject
@@ -21,6 +22,7 @@ __all__ = [
     "EVENT_SEQ",
     "append_event",
     "backlog",
+    "check_event",
     "mark_unsent_from",
     "next_counter",
     "utc_offset_min",
@@ -62,6 +64,25 @@ def utc_offset_min(timezone: str, at: datetime) -> int:
     return int(offset.total_seconds() // 60) if offset else 0
 
 
+def _refused(exc: WireDecodeError) -> Rejected:
+    field = exc.field
+    if field is not None and field.startswith("body."):
+        field = field.removeprefix("body.")
+    return Rejected(f"central would refuse it: {exc}", field=field)
+
+
+def check_event(body: BranchEvent) -> None:
+    """Rejected (422, naming the field) when central would refuse this event: a value
+    beyond a limit of its wire Struct, whether it came from the till, the catalog, a
+    device or the agent's own arithmetic. For a fact whose event is written only later
+    (once the fiscal printer has printed it): refused before anything is recorded.
+    :func:`append_event` checks every event it writes the same way."""
+    try:
+        check(body)
+    except WireDecodeError as exc:
+        raise _refused(exc) from exc
+
+
 async def append_event(
     db: AsyncSession | DirectUnit,
     *,
@@ -79,6 +100,13 @@ async def append_event(
         utc_offset_min=utc_offset_min(timezone, occurred_at),
         body=body,
     )
+    payload = encode(envelope)
+    try:
+        # What central will decode: an event it would refuse is never written (the
+        # caller's transaction, with the fact, is rolled back).
+        decode_envelope(payload)
+    except WireDecodeError as exc:
+        raise _refused(exc) from exc
     await run(
         db,
         _INSERT_OUTBOX,
@@ -87,7 +115,7 @@ async def append_event(
             "event_id": envelope.event_id,
             "subject": up_subject(branch, event_kind(body)),
             "kind": event_kind(body),
-            "payload": encode(envelope),
+            "payload": payload,
             "created_at": occurred_at,
         },
     )

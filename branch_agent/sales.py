@@ -30,7 +30,7 @@ from branch_agent.direct_sql import DirectStatement, DirectUnit, direct_unit, ru
 from branch_agent.errors import Conflict, NotFound, Rejected, StorageFull
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.models import CustomerReturn, Sale, Shift, utcnow
-from branch_agent.outbox import append_event, next_counter
+from branch_agent.outbox import append_event, check_event, next_counter
 from branch_agent.schemas import (
     PaymentIn,
     ReturnIn,
@@ -184,6 +184,10 @@ class SaleService:
             )
             values["event_id"] = envelope.event_id
             seq = envelope.seq
+        else:
+            # Its event is written once printed: a receipt central would refuse is
+            # refused now, before it is recorded or printed.
+            check_event(receipt)
         db.execute(_INSERT_SALE, values)
         await apply_moves(
             db,
@@ -543,6 +547,8 @@ class SaleService:
                     body=body,
                 )
                 row.event_id = envelope.event_id
+            else:
+                check_event(body)
             session.add(row)
             await apply_moves(
                 session,

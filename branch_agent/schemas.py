@@ -1,4 +1,9 @@
-"""Bodies of the till API (msgspec Structs; money in integer minor units)."""
+"""Bodies of the till API (msgspec Structs; money in integer minor units).
+
+What goes up to central in an event carries the limit of the wire field it ends in
+(:mod:`protocol.limits`): a value central would refuse is a 422 naming the field here,
+and nothing is recorded.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,14 @@ from typing import Annotated, Literal
 import msgspec
 
 from protocol.events import PaymentType
+from protocol.limits import (
+    Code32,
+    Code64,
+    NonNegativeInt64,
+    PositiveInt32,
+    PositiveInt64,
+    Text64,
+)
 
 __all__ = [
     "CashMoveIn",
@@ -31,25 +44,25 @@ QuantityText = Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")]
 
 
 class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
-    sku: str | None = None
-    barcode: str | None = None
+    sku: Code64 | None = None
+    barcode: Code64 | None = None
     # Decimal text in the product's unit: "2" pieces, "0.754" kg. Omitted: 1 piece, or
     # the weight a weight-embedded barcode carries.
     quantity: QuantityText | None = None
-    manual_discount: Annotated[int, msgspec.Meta(ge=0)] = 0
+    manual_discount: NonNegativeInt64 = 0
 
 
 class PaymentIn(msgspec.Struct, frozen=True, kw_only=True):
     type: PaymentType
-    amount: Annotated[int, msgspec.Meta(gt=0)]
+    amount: PositiveInt64
 
 
 class SaleIn(msgspec.Struct, frozen=True, kw_only=True):
     # The till's own id of this sale: posting it again returns the original receipt.
-    sale_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     # Empty: the till's open shift.
-    shift_id: str = ""
-    cashier: str = ""
+    shift_id: Code64 = ""
+    cashier: Text64 = ""
     lines: Annotated[list[SaleLineIn], msgspec.Meta(min_length=1, max_length=500)]
     payments: Annotated[list[PaymentIn], msgspec.Meta(min_length=1, max_length=10)]
     # What the till displayed; a mismatch means the till's prices are stale: refused.
@@ -87,17 +100,17 @@ class SaleOut(msgspec.Struct, kw_only=True):
 
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True):
     # The line number on the original receipt.
-    line_no: Annotated[int, msgspec.Meta(ge=1)]
+    line_no: PositiveInt32
     quantity: QuantityText
 
 
 class ReturnIn(msgspec.Struct, frozen=True, kw_only=True):
-    return_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    original_sale_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    return_id: Annotated[Code64, msgspec.Meta(min_length=1)]
+    original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     # The till the original sale was made at (sale ids are unique per till).
-    original_till: str | None = None
-    shift_id: str = ""
-    cashier: str = ""
+    original_till: Code32 | None = None
+    shift_id: Code64 = ""
+    cashier: Text64 = ""
     lines: Annotated[list[ReturnLineIn], msgspec.Meta(min_length=1, max_length=500)]
     # Default: cash if the customer paid any cash, else the original payment type.
     refund_type: PaymentType | None = None
@@ -143,9 +156,9 @@ class WeightOut(msgspec.Struct, kw_only=True):
 
 class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True):
     # Empty: the agent names it "<till>-<n>".
-    shift_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
-    cashier: str = ""
-    opening_float: Annotated[int, msgspec.Meta(ge=0)] = 0
+    shift_id: Code64 = ""
+    cashier: Text64 = ""
+    opening_float: NonNegativeInt64 = 0
 
 
 class ShiftOut(msgspec.Struct, kw_only=True):
@@ -183,11 +196,11 @@ class ShiftCloseOut(msgspec.Struct, kw_only=True):
 
 
 class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True):
-    move_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    move_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     direction: Literal["in", "out"]
-    amount: Annotated[int, msgspec.Meta(gt=0)]
+    amount: PositiveInt64
     reason: str = ""
-    cashier: str = ""
+    cashier: Text64 = ""
 
 
 class CashMoveOut(msgspec.Struct, kw_only=True):

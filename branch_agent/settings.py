@@ -10,6 +10,7 @@ from typing import Annotated
 import msgspec
 
 from protocol.config import load_settings_struct
+from protocol.limits import Code32, CurrencyCode
 
 __all__ = ["AgentSettings", "DeviceConfig", "TillConfig", "load_settings"]
 
@@ -25,7 +26,8 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
+    # Goes up in every event of the till (central stores 32 characters).
+    id: Code32
     # The till's credential for the till API (sent as a bearer token).
     token: str = ""
     fiscal_printer: DeviceConfig | None = None
@@ -83,7 +85,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_batch: int = 500
     outbox_publish_timeout_s: float = 5.0
     heartbeat_interval_s: float = 5.0
-    currency: str = "EUR"
+    # ISO 4217, in every receipt and return.
+    currency: CurrencyCode = "EUR"
     # Bearer token of the store manager: stock documents, completing stuck sales.
     manager_token: str = ""
     # Layout of weight-embedded EAN-13 codes from label scales (devices.scanner.WeightLayout).

@@ -33,6 +33,7 @@ from branch_agent.models import (
 from branch_agent.outbox import append_event, next_counter
 from branch_agent.settings import AgentSettings
 from protocol.events import StockDocumentLine, StockDocumentPosted
+from protocol.limits import Code32, Code64, NonNegativeInt64, Text64, Text200
 from protocol.subjects import validate_branch_code
 from protocol.units import format_milli, parse_milli
 
@@ -67,27 +68,27 @@ Quantity = Annotated[str, msgspec.Meta(pattern=r"^\d{1,7}(\.\d{1,3})?$")]
 
 
 class StockLineIn(msgspec.Struct, frozen=True, kw_only=True):
-    sku: str
+    sku: Code64
     # Decimal text in the product's unit, always positive: the document type gives the sign.
     quantity: Quantity
     # Minor units per whole unit; required on goods receipts.
-    unit_cost: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    unit_cost: NonNegativeInt64 | None = None
 
 
 class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
     # The caller's id of the document: posting it again returns the original.
-    document_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    document_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
     doc_type: DocType
     lines: Annotated[list[StockLineIn], msgspec.Meta(min_length=1, max_length=2000)]
-    supplier: str | None = None
-    counterpart_branch: str | None = None
-    transfer_ref: str | None = None
+    supplier: Text200 | None = None
+    counterpart_branch: Code32 | None = None
+    transfer_ref: Code64 | None = None
     reason: str | None = None
-    author: str = ""
+    author: Text64 = ""
 
 
 class CountLineIn(msgspec.Struct, frozen=True, kw_only=True):
-    sku: str
+    sku: Code64
     counted: Quantity
 
 

@@ -16,6 +16,7 @@ from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.sales import sale_out
 from branch_agent.schemas import ProductOut, ReturnOut, SaleOut, WeightOut
 from devices.errors import DeviceError
+from protocol.limits import Code64, Text64
 from protocol.units import format_milli, line_amount
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ __all__ = ["StocktakeOpenIn", "TillApi", "UnfiscalIn"]
 
 
 class StocktakeOpenIn(msgspec.Struct, frozen=True, kw_only=True):
-    document_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    author: str = ""
+    document_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
+    author: Text64 = ""
     reason: str | None = None
 
 
@@ -73,6 +74,11 @@ class TillApi:
         )
 
     async def lookup_barcode(self, code: str) -> ProductOut:
+        try:
+            # A scanner may send anything: no barcode of the catalog is longer.
+            msgspec.convert(code, Code64)
+        except msgspec.ValidationError as exc:
+            raise Rejected(f"not a barcode: {exc}", field="code") from exc
         layout = weight_layout(self.agent.settings.weight_barcode_layout)
         async with self.agent.sessionmaker() as session:
             try:

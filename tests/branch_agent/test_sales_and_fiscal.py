@@ -262,7 +262,8 @@ async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> 
     document = {
         "document_id": "gr-full",
         "doc_type": "goods_receipt",
-        "supplier": "S" * 50_000,  # more than the free space left in the file
+        "supplier": "DAIRY",
+        "reason": "S" * 50_000,  # more than the free space left in the file
         "lines": [{"sku": sku, "quantity": "1", "unit_cost": 50} for sku, *_ in DEMO_PRODUCTS],
     }
     refused_doc = await store.client.post("/api/v1/stock/documents", json=document, headers=MANAGER)

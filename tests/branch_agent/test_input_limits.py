@@ -1,0 +1,241 @@
+"""The agent never records a fact whose event central would refuse: what the till or
+the manager sends carries the limits of the wire fields it ends in (422 naming the
+field, nothing recorded), and a value from elsewhere (the catalog, the agent's own
+arithmetic) is checked against them before anything is written."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from branch_agent.db import create_engine, create_sessionmaker, upgrade
+from branch_agent.downstream import DownMessage
+from branch_agent.masterdata import MasterDataApplier
+from branch_agent.masterdata_models import MdProduct, MdPromotion
+from branch_agent.models import (
+    CashMove,
+    CustomerReturn,
+    OutboxEvent,
+    Product,
+    Sale,
+    Shift,
+    StockDocument,
+    StockMove,
+)
+from protocol.limits import INT64_MAX
+from protocol.masterdata import ProductBucket, ProductRecord, PromotionRecord, encode_masterdata
+from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store
+
+_RECORDS = (OutboxEvent, Sale, CustomerReturn, Shift, CashMove, StockDocument, StockMove)
+
+
+async def _counts(store: Store) -> dict[str, int]:
+    async with store.agent.sessionmaker() as session:
+        return {
+            model.__name__: await session.scalar(select(func.count()).select_from(model)) or 0
+            for model in _RECORDS
+        }
+
+
+def _sale(sale_id: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "sale_id": sale_id,
+        "cashier": "anna",
+        "lines": [{"sku": "MILK-1L", "quantity": "1"}],
+        "payments": [{"type": "cash", "amount": 200}],
+        **changes,
+    }
+
+
+def _return(**changes: Any) -> dict[str, Any]:
+    return {
+        "return_id": "r-1",
+        "original_sale_id": "orig",
+        "lines": [{"line_no": 1, "quantity": "1"}],
+        **changes,
+    }
+
+
+_RECEIPT = {
+    "document_id": "gr-1",
+    "doc_type": "goods_receipt",
+    "supplier": "DAIRY",
+    "lines": [{"sku": "MILK-1L", "quantity": "2", "unit_cost": 70}],
+}
+_TRANSFER_IN = {
+    "document_id": "ti-1",
+    "doc_type": "transfer_in",
+    "counterpart_branch": "B3",
+    "transfer_ref": "B3-to-1",
+    "lines": [{"sku": "MILK-1L", "quantity": "2", "unit_cost": 70}],
+}
+
+# (route, credentials, body, the field at fault)
+CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
+    ("/api/v1/sales", TILL, _sale("s1", cashier="c" * 65), "cashier"),
+    ("/api/v1/sales", TILL2, _sale("s2", shift_id="s" * 65), "shift_id"),
+    ("/api/v1/sales", TILL2, _sale("x" * 65), "sale_id"),
+    ("/api/v1/sales", TILL, _sale("s4", lines=[{"barcode": "4" * 65}]), "lines[0].barcode"),
+    ("/api/v1/sales", TILL2, _sale("s5", lines=[{"sku": "K" * 65}]), "lines[0].sku"),
+    (
+        "/api/v1/sales",
+        TILL2,
+        _sale("s6", payments=[{"type": "cash", "amount": INT64_MAX + 1}]),
+        "payments[0].amount",
+    ),
+    (
+        "/api/v1/sales",
+        TILL2,
+        _sale("s7", lines=[{"sku": "MILK-1L", "manual_discount": INT64_MAX + 1}]),
+        "lines[0].manual_discount",
+    ),
+    ("/api/v1/returns", TILL, _return(cashier="c" * 65), "cashier"),
+    ("/api/v1/returns", TILL, _return(original_till="T" * 33), "original_till"),
+    ("/api/v1/returns", TILL, _return(shift_id="s" * 65), "shift_id"),
+    ("/api/v1/shifts", TILL2, {"cashier": "c" * 65}, "cashier"),
+    ("/api/v1/shifts", TILL2, {"opening_float": INT64_MAX + 1}, "opening_float"),
+    (
+        "/api/v1/cash-moves",
+        TILL2,
+        {"move_id": "m1", "direction": "in", "amount": INT64_MAX + 1},
+        "amount",
+    ),
+    (
+        "/api/v1/cash-moves",
+        TILL2,
+        {"move_id": "m1", "direction": "in", "amount": 100, "cashier": "c" * 65},
+        "cashier",
+    ),
+    ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"supplier": "p" * 201}, "supplier"),
+    ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"author": "a" * 65}, "author"),
+    (
+        "/api/v1/stock/documents",
+        MANAGER,
+        _RECEIPT | {"lines": [{"sku": "K" * 65, "quantity": "1", "unit_cost": 1}]},
+        "lines[0].sku",
+    ),
+    (
+        "/api/v1/stock/documents",
+        MANAGER,
+        _RECEIPT | {"lines": [{"sku": "MILK-1L", "quantity": "1", "unit_cost": INT64_MAX + 1}]},
+        "lines[0].unit_cost",
+    ),
+    ("/api/v1/stock/documents", MANAGER, _TRANSFER_IN | {"transfer_ref": "r" * 65}, "transfer_ref"),
+    ("/api/v1/stock/stocktakes", MANAGER, {"author": "a" * 65}, "author"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "headers", "body", "field"), CASES, ids=[f"{r}:{f}" for r, _, _, f in CASES]
+)
+async def test_a_value_beyond_its_limit_is_refused_at_the_api_and_nothing_is_recorded(
+    store: Store, route: str, headers: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    if route == "/api/v1/returns":
+        original = await store.sale(_sale("orig"))
+        assert original.status_code == 201, original.text
+    if route in ("/api/v1/sales", "/api/v1/cash-moves"):
+        opened = await store.client.post("/api/v1/shifts", json={}, headers=headers)
+        assert opened.status_code == 201, opened.text
+    before = await _counts(store)
+    printed = len(store.fiscal.sim.receipts)
+    response = await store.client.post(route, json=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    # Refused where the input is read, before anything is priced, counted or printed.
+    assert problem["detail"].startswith("Validation failed"), problem
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert "Expected `" in problem["errors"][0]["message"]
+    assert await _counts(store) == before
+    assert len(store.fiscal.sim.receipts) == printed
+
+
+async def test_a_scanned_code_longer_than_any_barcode_is_refused(store: Store) -> None:
+    store.scanner.sim.scan("4" * 65)
+    scanned = await store.client.get(
+        "/api/v1/devices/scanner/next", params={"wait_s": 5}, headers=TILL
+    )
+    assert scanned.status_code == 422, scanned.text
+    assert scanned.json()["errors"][0]["field"] == "code"
+
+
+@pytest.mark.parametrize("headers", [TILL, TILL2], ids=["fiscal-till", "till-without-printer"])
+async def test_a_catalog_value_beyond_a_limit_refuses_the_sale_and_records_nothing(
+    store: Store, headers: dict[str, str]
+) -> None:
+    """A product whose name central could not store (the local catalog takes any):
+    the sale is refused before it is recorded or printed, naming the receipt's field."""
+    async with store.agent.sessionmaker() as session, session.begin():
+        await session.execute(
+            insert(Product).values(
+                sku="LONG-NAME", name="n" * 201, unit="pcs", vat_rate_bp=1000, price=100
+            )
+        )
+    before = await _counts(store)
+    printed = len(store.fiscal.sim.receipts)
+    response = await store.sale(
+        _sale("long-1", lines=[{"sku": "LONG-NAME", "quantity": "1"}]), headers=headers
+    )
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"][0]["field"] == "lines[0].name"
+    assert "length <= 200" in problem["detail"]
+    assert await _counts(store) == before
+    assert len(store.fiscal.sim.receipts) == printed
+    # The catalog's other products still sell.
+    assert (await store.sale(_sale("fine-1"), headers=headers)).status_code == 201
+
+
+def _bucket_message(seq: int, products: tuple[ProductRecord, ...]) -> DownMessage:
+    data = encode_masterdata(ProductBucket(scope="all", bucket=3, version=seq, products=products))
+    return DownMessage("down.all.product.b003", "all", None, "product", "b003", data, seq)
+
+
+async def test_master_data_beyond_a_limit_is_rejected_and_the_stream_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engine = create_engine(path)
+    applier = MasterDataApplier(create_sessionmaker(engine), asyncio.Lock())
+    try:
+        fine = ProductRecord(sku="MILK", name="Milk", vat_rate_bp=1000, version=1)
+        too_long = ProductRecord(sku="BREAD", name="b" * 201, vat_rate_bp=1000, version=2)
+        # Counted and logged, not applied, not raised: the down stream keeps flowing.
+        await applier.handle_batch([_bucket_message(1, (fine, too_long))])
+        assert applier.stats.rejected == 1
+        assert "products[1].name" in applier.stats.last_rejection
+        await applier.handle_batch([_bucket_message(2, (fine,))])
+        async with engine.connect() as conn:
+            skus = (await conn.execute(select(MdProduct.sku))).scalars().all()
+        assert skus == ["MILK"]
+        assert applier.stats.applied == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_stored_promotion_beyond_a_limit_does_not_stop_sales(store: Store) -> None:
+    """Kept from before the limits were declared: left out of pricing, logged."""
+    record = PromotionRecord(
+        promotion_id="P1", version=1, name="p" * 201, percent_bp=5000, skus=("MILK-1L",)
+    )
+    async with store.agent.sessionmaker() as session, session.begin():
+        await session.execute(
+            insert(MdPromotion).values(
+                scope="all",
+                scope_id="",
+                promotion_id="P1",
+                version=1,
+                ends_at=datetime.now(UTC) + timedelta(days=1),
+                body=encode_masterdata(record),
+            )
+        )
+    sold = await store.sale(_sale("promo-1"), headers=TILL2)
+    assert sold.status_code == 201, sold.text
+    assert sold.json()["lines"][0]["discount"] == 0
