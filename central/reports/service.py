@@ -366,11 +366,13 @@ async def _sales_rows(
     stmt, names = _sales_select(table, groups, period, branch)
     payments = table.name == PaymentsDaily.__tablename__
     receipts_known = "category" not in groups
+    found = (await session.execute(stmt.limit(max_rows + 1))).all()
+    # Checked before the figures are made: over the cap they would be a second away.
+    _capped(found, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     out: dict[tuple[Any, ...], SalesFigures] = {}
-    for row in await session.execute(stmt.limit(max_rows + 1)):
+    for row in found:
         key = tuple(getattr(row, n) for n in names)
         out[key] = _figures(row, payments=payments, receipts_known=receipts_known)
-    _capped(out, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
     return out
 
 
