@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -43,10 +44,10 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     fault_crash_after_commit: bool = False
     max_request_body: int = 10 * 1024 * 1024
     # Longest period (days) a report may cover in one request.
-    report_max_span_days: int = 366
+    report_max_span_days: Annotated[int, msgspec.Meta(ge=1)] = 366
     # Most rows one report may have; a bigger one is a 422 problem asking for a shorter
     # period, one branch or a coarser grouping (the rows are built in this process).
-    report_max_rows: int = 100_000
+    report_max_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     db_pool_size: int = 10
     sql_echo: bool = False
     # --- security (README "Security") ---
