@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 
 from protocol.events import SCHEMA_VERSION, UtcDateTime
+from protocol.limits import Code64, NonNegativeInt32, NonNegativeInt64
 
 __all__ = ["BranchHeartbeat", "DeviceStatus", "ResendRequested"]
 
@@ -21,17 +22,19 @@ class DeviceStatus(msgspec.Struct, frozen=True, kw_only=True):
 class BranchHeartbeat(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="branch_heartbeat"
 ):
-    """Sent every few seconds on ``up.<branch>.heartbeat``; latest one wins at central."""
+    """Sent every few seconds on ``up.<branch>.heartbeat``; latest one wins at central
+    (``branch_status``: its numbers and version carry that table's limits)."""
 
     branch: str
     sent_at: UtcDateTime
     utc_offset_min: int = 0
-    outbox_backlog: Annotated[int, msgspec.Meta(ge=0)] = 0
-    last_acked_seq: int = 0
-    last_recorded_seq: int = 0
-    applied_version: int = 0
+    outbox_backlog: NonNegativeInt32 = 0
+    last_acked_seq: NonNegativeInt64 = 0
+    last_recorded_seq: NonNegativeInt64 = 0
+    applied_version: NonNegativeInt64 = 0
+    # Stored as JSON.
     devices: tuple[DeviceStatus, ...] = ()
-    agent_version: str = ""
+    agent_version: Code64 = ""
     schema_version: int = SCHEMA_VERSION
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_sessionmaker
 from central.ingest.worker import IngestWorker, MessageIn
-from central.models import Base, BranchSyncState, DeadLetter, IngestedEvent
+from central.models import Base, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from protocol.events import (
     CashMoved,
     CustomerReturnRecorded,
@@ -32,6 +32,8 @@ from protocol.events import (
     ZReportTotals,
 )
 from protocol.limits import INT32_MAX, INT64_MAX, INT64_MIN
+from protocol.messages import BranchHeartbeat
+from protocol.subjects import up_subject
 from tests.central.chain_events import BranchBooks, message
 
 # The batch: one event of every kind, and where each kind sits in it.
@@ -138,6 +140,30 @@ async def test_a_value_beyond_its_limit_is_one_dead_letter_and_the_batch_flows(
     assert stored == set(range(1, 10)) - {bad_seq}
     assert state is not None
     assert state.contiguous_seq == bad_seq - 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("agent_version", "v" * 65), ("outbox_backlog", INT32_MAX + 1), ("applied_version", -1)],
+    ids=["agent_version", "outbox_backlog", "applied_version"],
+)
+async def test_a_heartbeat_beyond_a_limit_is_a_dead_letter_and_the_batch_flows(
+    engine: AsyncEngine, name: str, value: Any
+) -> None:
+    """Heartbeats are stored too (``branch_status``), with the same rule."""
+    sessionmaker = create_sessionmaker(engine)
+    heartbeat = BranchHeartbeat(branch="B1", sent_at=datetime(2026, 11, 27, 9, 0, tzinfo=UTC))
+    raw = msgspec.to_builtins(heartbeat, builtin_types=(datetime,))
+    raw[name] = value
+    beat = MessageIn(subject=up_subject("B1", "heartbeat"), data=msgspec.msgpack.encode(raw))
+    events = _books().events
+    stats = await IngestWorker(sessionmaker).process([beat, *map(message, events)])
+    assert (stats.stored, stats.dead_letters, stats.heartbeats) == (9, 1, 0)
+    async with sessionmaker() as session:
+        letter = (await session.scalars(select(DeadLetter))).one()
+        assert await session.get(BranchStatus, "B1") is None
+    assert letter.reason.startswith("malformed heartbeat: "), letter.reason
+    assert f"`$.{name}`" in letter.reason
 
 
 async def test_a_message_at_every_limit_is_stored(engine: AsyncEngine) -> None:
@@ -302,6 +328,11 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (StockDocumentLine, "unit_cost"): ("stock_document_lines.unit_cost",),
     (StockDocumentLine, "expected_milli"): ("stock_document_lines.expected_milli",),
     (StockDocumentLine, "counted_milli"): ("stock_document_lines.counted_milli",),
+    (BranchHeartbeat, "outbox_backlog"): ("branch_status.outbox_backlog",),
+    (BranchHeartbeat, "last_acked_seq"): ("branch_status.last_acked_seq",),
+    (BranchHeartbeat, "last_recorded_seq"): ("branch_status.last_recorded_seq",),
+    (BranchHeartbeat, "applied_version"): ("branch_status.applied_version",),
+    (BranchHeartbeat, "agent_version"): ("branch_status.agent_version",),
 }
 
 
@@ -350,8 +381,8 @@ def test_each_wire_field_has_the_limit_of_its_columns(
             raise AssertionError(f"{where}: no rule for {column.type!r}")
 
 
-def test_every_text_and_integer_field_of_an_event_is_mapped() -> None:
-    """A new field of an event must be added to STORED_IN (with its limit)."""
+def test_every_stored_text_and_integer_field_is_mapped() -> None:
+    """A new field of an event or a heartbeat must be added to STORED_IN (with its limit)."""
     structs = {s for s, _ in STORED_IN}
     # Not stored in a sized column: JSON, literals, flags, times, nested Structs, the
     # branch (a pattern), the event id; the original receipt number, the price version
@@ -359,6 +390,11 @@ def test_every_text_and_integer_field_of_an_event_is_mapped() -> None:
     unsized = {
         (EventEnvelope, "branch"),
         (EventEnvelope, "utc_offset_min"),
+        # Equal to the subject's branch (a branch code), the offset and the version of
+        # a heartbeat are not stored.
+        (BranchHeartbeat, "branch"),
+        (BranchHeartbeat, "utc_offset_min"),
+        (BranchHeartbeat, "schema_version"),
         (ReceiptRecorded, "price_version"),
         (CustomerReturnRecorded, "original_receipt_number"),
     }
