@@ -15,6 +15,7 @@ from central.models import Branch, Category, Product, Promotion
 from central.services.audit import record_change
 from central.services.catalog import CODE_RE, unit_of_work
 from central.services.masterdata_publisher import DownKey, allocate_versions, enqueue
+from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PROMOTION
 
 __all__ = [
@@ -30,17 +31,18 @@ TYPES = ("percent", "amount", "n_for_m")
 
 
 class PromotionIn(msgspec.Struct, frozen=True, kw_only=True):
-    promotion_id: str
-    name: str = ""
+    # The wire limits of the agents' promotions (and of central's columns).
+    promotion_id: Code64
+    name: Text200 = ""
     type: str
     percent_bp: int = 0
     amount: int = 0
     n: int = 0
     m: int = 0
-    skus: list[str] = msgspec.field(default_factory=list)
-    categories: list[str] = msgspec.field(default_factory=list)
+    skus: list[Code64] = msgspec.field(default_factory=list)
+    categories: list[Code32] = msgspec.field(default_factory=list)
     # Empty: every branch.
-    branches: list[str] = msgspec.field(default_factory=list)
+    branches: list[Code32] = msgspec.field(default_factory=list)
     starts_at: datetime
     ends_at: datetime
 

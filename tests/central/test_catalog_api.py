@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from central.models import MasterDataOutbox, PriceEntryRow, Product
@@ -243,3 +244,35 @@ async def test_price_tags_html(central: Any, central_client: Any) -> None:
     assert "1.19" in r.text
     assert "<svg" in r.text
     assert 'aria-label="4006381333931"' in r.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("promotion_id", "P" * 65),
+        ("name", "n" * 201),
+        ("skus", ["S" * 65]),
+        ("categories", ["c" * 33]),
+        ("branches", ["B" * 33]),
+    ],
+)
+async def test_a_promotion_field_beyond_its_column_is_refused(
+    central: Any, central_client: Any, field: str, value: Any
+) -> None:
+    # The agents decode promotions with the wire limits: one they would refuse is
+    # refused here, on SQLite too (PostgreSQL would fail storing it).
+    await _setup(central_client)
+    now = datetime.now(UTC)
+    body = {
+        "promotion_id": "P1",
+        "type": "percent",
+        "percent_bp": 1000,
+        "skus": ["MILK-1L"],
+        "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(days=7)).isoformat(),
+    }
+    before = await _counts(central)
+    r = await central_client.post("/api/v1/promotions", json=body | {field: value})
+    assert r.status_code in (400, 422), r.text
+    assert field in r.text
+    assert await _counts(central) == before
