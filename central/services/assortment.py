@@ -19,6 +19,7 @@ from central.models import AssortmentException, Branch, FormatProduct, Product, 
 from central.services.audit import bulk_summary, record_change
 from central.services.catalog import CODE_RE, unit_of_work
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
+from protocol.limits import Code32, Text200
 
 __all__ = [
     "AssortmentChange",
@@ -34,8 +35,9 @@ __all__ = [
 
 
 class FormatIn(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    name: str
+    # Longer than their columns: a 500 on PostgreSQL before.
+    code: Code32
+    name: Text200
 
 
 class AssortmentChange(msgspec.Struct, frozen=True, kw_only=True):

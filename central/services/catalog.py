@@ -25,6 +25,7 @@ from central.services.masterdata_publisher import (
     enqueue,
     product_targets,
 )
+from protocol.limits import Code32, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of, validate_barcode
 
 __all__ = [
@@ -118,9 +119,9 @@ class ProductPage(msgspec.Struct, kw_only=True):
 
 
 class CategoryIn(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    name: str
-    parent: str | None = None
+    code: Code32
+    name: Text200
+    parent: Code32 | None = None
 
 
 class CategoryOut(msgspec.Struct, kw_only=True):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 import msgspec
 from sqlalchemy import func, insert, select, update
@@ -32,6 +33,7 @@ from central.services.masterdata_publisher import (
     enqueue,
     published_version,
 )
+from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 from protocol.units import line_amount
@@ -102,9 +104,9 @@ class ExpectedPrice(msgspec.Struct, kw_only=True):
 
 
 class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    name: str
-    timezone: str = "UTC"
+    code: Code32
+    name: Text200
+    timezone: Code64 = "UTC"
 
 
 class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,7 +121,7 @@ class RepricingDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
     scope_id: str | None = None
     effective_at: datetime | None = None
     effective_local: str | None = None
-    note: str = ""
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
     lines: list[RepricingLineIn]
 
 

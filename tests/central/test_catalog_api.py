@@ -276,3 +276,41 @@ async def test_a_promotion_field_beyond_its_column_is_refused(
     assert r.status_code in (400, 422), r.text
     assert field in r.text
     assert await _counts(central) == before
+
+
+_PRODUCT = {"sku": "X-1", "name": "X", "category": "dairy", "vat_rate_bp": 1000, "vat_group": "B"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/categories", {"code": "c" * 33, "name": "C"}, "code"),
+        ("/api/v1/categories", {"code": "cc", "name": "n" * 201}, "name"),
+        ("/api/v1/categories", {"code": "cd", "name": "N", "parent": "p" * 33}, "parent"),
+        ("/api/v1/products", _PRODUCT | {"sku": "S" * 65}, "sku"),
+        ("/api/v1/products", _PRODUCT | {"unit": "u" * 17}, "unit"),
+        ("/api/v1/zones", {"code": "z" * 33, "name": "Z"}, "code"),
+        ("/api/v1/zones", {"code": "zz", "name": "n" * 201}, "name"),
+        ("/api/v1/zones", {"code": "zy", "name": "N", "timezone": "t" * 65}, "timezone"),
+        ("/api/v1/formats", {"code": "f" * 33, "name": "F"}, "code"),
+        ("/api/v1/formats", {"code": "ff", "name": "n" * 201}, "name"),
+        (
+            "/api/v1/repricing",
+            {"note": "n" * 501, "lines": [{"sku": "MILK-1L", "new_price": 5}]},
+            "note",
+        ),
+    ],
+)
+async def test_master_data_beyond_its_columns_is_refused(
+    central: Any, central_client: Any, path: str, body: dict[str, Any], field: str
+) -> None:
+    # Names, notes and codes longer than their columns were 500s (and on SQLite some
+    # were stored, then refused by every agent).
+    await _setup(central_client)
+    before = await _counts(central)
+    r = await central_client.post(path, json=body)
+    assert r.status_code in (400, 422), r.text
+    assert field in r.text
+    assert await _counts(central) == before
+    listed = await central_client.get(path.replace("/repricing", "/prices"))
+    assert body.get("code", body.get("sku", "?")) not in listed.text
