@@ -119,11 +119,9 @@ async def test_bad_input_names_the_field_and_changes_nothing(
     assert await _counts(central) == before
 
 
-async def test_overlapping_promotions_are_refused(central: Any, central_client: Any) -> None:
-    client = central_client
-    await _setup(client)
-    now = datetime.now(UTC)
-    body = {
+def _promotion(now: datetime) -> dict[str, Any]:
+    """Ten percent off MILK-1L for a week from ``now``."""
+    return {
         "promotion_id": "P1",
         "type": "percent",
         "percent_bp": 1000,
@@ -131,6 +129,13 @@ async def test_overlapping_promotions_are_refused(central: Any, central_client: 
         "starts_at": now.isoformat(),
         "ends_at": (now + timedelta(days=7)).isoformat(),
     }
+
+
+async def test_overlapping_promotions_are_refused(central: Any, central_client: Any) -> None:
+    client = central_client
+    await _setup(client)
+    now = datetime.now(UTC)
+    body = _promotion(now)
     r = await client.post("/api/v1/promotions", json=body)
     assert r.status_code == 201, r.text
     before = await _counts(central)
@@ -263,14 +268,7 @@ async def test_a_promotion_field_beyond_its_column_is_refused(
     # refused here, on SQLite too (PostgreSQL would fail storing it).
     await _setup(central_client)
     now = datetime.now(UTC)
-    body = {
-        "promotion_id": "P1",
-        "type": "percent",
-        "percent_bp": 1000,
-        "skus": ["MILK-1L"],
-        "starts_at": now.isoformat(),
-        "ends_at": (now + timedelta(days=7)).isoformat(),
-    }
+    body = _promotion(now)
     before = await _counts(central)
     r = await central_client.post("/api/v1/promotions", json=body | {field: value})
     assert r.status_code in (400, 422), r.text
