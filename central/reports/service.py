@@ -227,6 +227,11 @@ def _one_branch(branch: str | None) -> str:
     return "one branch (branch)" if branch is None else ""
 
 
+def _grouped_narrower(branch: str | None) -> tuple[str, ...]:
+    """How to narrow a grouped report of the period (a branch's, or the chain's)."""
+    return _COARSER, _one_branch(branch), _SHORTER
+
+
 def _stock_narrower(groups: tuple[str, ...], branch: str | None, sku: str | None) -> list[str]:
     """How to narrow a stock report grouped by branch and/or product."""
     coarser = ""
@@ -368,7 +373,7 @@ async def _sales_rows(
     receipts_known = "category" not in groups
     found = (await session.execute(stmt.limit(max_rows + 1))).all()
     # Checked before the figures are made: over the cap they would be a second away.
-    _capped(found, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
+    _capped(found, max_rows, "group_by", *_grouped_narrower(branch))
     out: dict[tuple[Any, ...], SalesFigures] = {}
     for row in found:
         key = tuple(getattr(row, n) for n in names)
@@ -436,7 +441,7 @@ async def sales_report(
     for key in previous:
         figures_of.setdefault(shifted(key, period.days), nothing)
     if len(figures_of) > max_rows:
-        raise _too_large(max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
+        raise _too_large(max_rows, "group_by", *_grouped_narrower(branch))
     rows = [
         SalesRow(
             **dict(zip(names, key, strict=True)),
@@ -1190,7 +1195,7 @@ async def write_offs(
         )
         for row in await session.execute(stmt.limit(max_rows + 1))
     ]
-    _capped(rows, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
+    _capped(rows, max_rows, "group_by", *_grouped_narrower(branch))
     return WriteOffReport(
         date_from=period.date_from,
         date_to=period.date_to,
@@ -1240,7 +1245,7 @@ async def shrinkage(
         stmt = stmt.where(t.c.branch == branch)
     n = len(keys)
     acc = {tuple(row[:n]): [_int(x) for x in row[n:]] for row in await session.execute(stmt)}
-    _capped(acc, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
+    _capped(acc, max_rows, "group_by", *_grouped_narrower(branch))
     names = ["sku" if g == "product" else g for g in groups]
 
     def make(named: dict[str, Any], a: Sequence[int]) -> ShrinkageRow:
@@ -1334,7 +1339,7 @@ async def gross_margin(
         )
         for row in await session.execute(stmt)
     ]
-    _capped(rows, max_rows, "group_by", _COARSER, _one_branch(branch), _SHORTER)
+    _capped(rows, max_rows, "group_by", *_grouped_narrower(branch))
     return MarginReport(
         date_from=period.date_from,
         date_to=period.date_to,
