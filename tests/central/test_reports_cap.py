@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,7 +21,6 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.reports import service
 from central.reports.service import ReportTooLarge
@@ -33,17 +32,6 @@ D2, D3, D4, D5, D6 = (date(2026, 11, day) for day in (2, 3, 4, 5, 6))
 UNCAPPED = 1_000_000
 
 Report = Callable[[AsyncSession, int], Awaitable[Any]]
-
-
-@pytest.fixture
-async def chain(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(db_url)
-    sessionmaker = create_sessionmaker(engine)
-    try:
-        await load(sessionmaker)
-        yield sessionmaker
-    finally:
-        await engine.dispose()
 
 
 async def _at_and_over_the_cap(

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.db import create_engine, create_sessionmaker
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import BranchStatus
 from central.reports import service
@@ -182,17 +180,6 @@ async def load(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         assert (await worker.process(batch)).dead_letters == 0
     stats = await worker.process(sync_messages())
     assert (stats.heartbeats, stats.dead_letters) == (1, 3)
-
-
-@pytest.fixture
-async def chain(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(db_url)
-    sessionmaker = create_sessionmaker(engine)
-    try:
-        await load(sessionmaker)
-        yield sessionmaker
-    finally:
-        await engine.dispose()
 
 
 def fig(f: SalesFigures | None) -> tuple[Any, ...] | None:
