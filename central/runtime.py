@@ -21,6 +21,7 @@ from central.embedded_nats import EmbeddedNats
 from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
 from central.models import Branch
+from central.reports.backlog import SummaryApplier
 from central.services.masterdata_publisher import MasterDataPublisher
 from central.services.masterdata_snapshot import SnapshotService
 from central.settings import CentralSettings
@@ -48,6 +49,7 @@ class CentralRuntime:
         self.embedded_nats: EmbeddedNats | None = None
         self.workers: list[IngestWorker] = []
         self.gap_monitor: GapMonitor | None = None
+        self.summary_applier: SummaryApplier | None = None
         # Publishes committed master-data changes to the down stream (outbox-driven).
         self.publisher = MasterDataPublisher(self.sessionmaker)
         self.snapshots = SnapshotService(self.sessionmaker, self.publisher)
@@ -108,12 +110,21 @@ class CentralRuntime:
         self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
         # Branches' master-data position reports: a snapshot when a position is not usable.
         self._tasks.append(asyncio.create_task(self.snapshots.run(self.nc, self.js, self._stop)))
+        if ingest_workers:
+            self.summary_applier = SummaryApplier(
+                self.engine,
+                interval_s=self.settings.summary_interval_s,
+                crash_before_commit=self.settings.fault_crash_in_summary_apply,
+            )
+            self._tasks.append(asyncio.create_task(self.summary_applier.run(self._stop)))
         for _ in range(ingest_workers):
             worker = IngestWorker(
                 self.sessionmaker,
                 batch_size=self.settings.ingest_batch,
                 fetch_timeout_s=self.settings.ingest_fetch_timeout_s,
                 crash_after_commit=self.settings.fault_crash_after_commit,
+                # Nothing to fetch: a good moment to apply the summary backlog.
+                on_idle=self.summary_applier.wake if self.summary_applier else None,
             )
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(self.js, self._stop)))

@@ -42,6 +42,14 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     # FAULT INJECTION, tests only: an ingest worker exits right after its first
     # committed batch, before acking it (BACKROOM_FAULT_CRASH_AFTER_COMMIT=1).
     fault_crash_after_commit: bool = False
+    # PostgreSQL: how often an ingest process adds the summary backlog (per-product
+    # report rows stored by ingestion) to the report tables; also whenever the up
+    # stream is drained, and reports apply it before reading. Longer: bigger, cheaper
+    # chunks while a backlog of events pours in.
+    summary_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # FAULT INJECTION, tests only: exit with a backlog chunk applied but uncommitted
+    # (BACKROOM_FAULT_CRASH_IN_SUMMARY_APPLY=1).
+    fault_crash_in_summary_apply: bool = False
     max_request_body: int = 10 * 1024 * 1024
     # Longest period (days) a report may cover in one request.
     report_max_span_days: Annotated[int, msgspec.Meta(ge=1)] = 366

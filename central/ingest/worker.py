@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -122,6 +122,7 @@ class IngestWorker:
         fetch_timeout_s: float = 1.0,
         crash_after_commit: bool = False,
         branch_cache_s: float = 5.0,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.batch_size = batch_size
@@ -129,6 +130,8 @@ class IngestWorker:
         # Fault injection for the kill test: exit between the commit and the ack.
         self.crash_after_commit = crash_after_commit
         self.branch_cache_s = branch_cache_s
+        # Called when a fetch found nothing (the up stream is drained).
+        self.on_idle = on_idle
         self._branches: dict[str, bool] = {}
         self._branches_loaded = -1e9
         self.stats = IngestStats()
@@ -143,8 +146,10 @@ class IngestWorker:
             while not stop.is_set():
                 try:
                     msgs = await self._fetch(sub)
-                except (NatsTimeoutError, TimeoutError):
-                    continue  # nothing to fetch
+                except (NatsTimeoutError, TimeoutError):  # nothing to fetch
+                    if self.on_idle is not None:
+                        self.on_idle()
+                    continue
                 except Exception as exc:  # link down, server restarting: keep trying
                     log.warning("ingest fetch failed: %s", exc)
                     await asyncio.sleep(0.5)

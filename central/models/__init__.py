@@ -37,6 +37,7 @@ from central.models.reports import (
     ShiftPaymentTotals,
     ShiftTotals,
     StockMovementDaily,
+    SummaryBacklog,
 )
 from central.models.shifts import CashMovement, ClosedDay, Shift
 from central.models.stock import StockBalance, StockMovement, StockTransfer, StockTransferLine
@@ -91,6 +92,7 @@ __all__ = [
     "StockTransfer",
     "StockTransferLine",
     "StoreFormat",
+    "SummaryBacklog",
     "UTCDateTime",
     "utcnow",
 ]

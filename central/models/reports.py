@@ -21,7 +21,7 @@ from datetime import date, datetime
 from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from central.models.base import Base
+from central.models.base import Base, BigIntPK
 
 __all__ = [
     "SALES_MEASURES",
@@ -37,6 +37,7 @@ __all__ = [
     "StockClosingMonthly",
     "StockMovementDaily",
     "StockMovementMonthly",
+    "SummaryBacklog",
 ]
 
 SALES_MEASURES = (
@@ -248,3 +249,38 @@ class ShiftPaymentTotals(Base):
     payment_type: Mapped[str] = mapped_column(String(32), primary_key=True)
     amount: Mapped[int] = _amount()
     refunds: Mapped[int] = _amount()
+
+
+class SummaryBacklog(Base):
+    """PostgreSQL: the per-product summary rows ingestion has stored but not yet added
+    to their tables (product-day, chain product-day, movement day and month, monthly
+    closing, last selling price).
+
+    An ingest batch COPYs one row per event, product and ledger document type here, in
+    its own transaction (so a stored event always has its row), instead of upserting
+    ~13,000 summary rows under the other workers' noses; one applier at a time
+    (``central.reports.backlog``) takes rows out and adds them to the tables in one
+    transaction, every second and before each report that reads them. Columns as the
+    ingest summary stage."""
+
+    __tablename__ = "rpt_summary_backlog"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    branch: Mapped[str] = mapped_column(String(32))
+    local_date: Mapped[date] = mapped_column()
+    month: Mapped[date] = mapped_column()
+    sku: Mapped[str] = mapped_column(String(64))
+    doc_type: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(64))
+    # 0 stock document, 1 sale (receipt), 2 customer return.
+    kind: Mapped[int] = mapped_column(Integer)
+    # The ledger's quantity and value of the event for the product.
+    qty: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[int] = mapped_column(BigInteger)
+    # The event's line sums of the product (receipts and returns; 0 for documents).
+    lq: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[int] = mapped_column(BigInteger)
+    vat: Mapped[int] = mapped_column(BigInteger)
+    discounts: Mapped[int] = mapped_column(BigInteger)
+    sold_at: Mapped[datetime | None] = mapped_column()
+    price: Mapped[int | None] = mapped_column(BigInteger)

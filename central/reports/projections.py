@@ -7,6 +7,12 @@ workers touching the same rows only wait on each other's row locks and never
 deadlock. It runs in the batch's transaction: an event and its summary
 contribution are stored exactly once, together.
 
+On PostgreSQL the per-product tables (product-day, chain product-day, movement day
+and month, monthly closing, last selling price) are the exception: the batch stores
+its contribution as rows of ``rpt_summary_backlog`` (one COPY, same transaction), and
+:func:`apply_backlog` adds them to the tables later, in bigger chunks, one applier at
+a time (see ``central.reports.backlog``).
+
 Costs come from the stock ledger (``stock_ledger``, moving average cost), which the
 stock handlers append in the same transaction: at flush time the ledger rows of the
 batch's events are read once and filed into the movement and margin columns.
@@ -23,10 +29,11 @@ from typing import Any
 
 from sqlalchemy import Date, Table, and_, bindparam, case, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from central.ingest.bulk import Stage
+from central.ingest.bulk import Stage, copy_records
 from central.ingest.registry import (
     EARLY_STAGE,
     EventContext,
@@ -47,6 +54,7 @@ from central.models.reports import (
     StockClosingMonthly,
     StockMovementDaily,
     StockMovementMonthly,
+    SummaryBacklog,
 )
 from central.models.stock import StockMovement
 from central.reports.money import vat_of
@@ -59,7 +67,10 @@ from protocol.events import (
 )
 
 __all__ = [
+    "BACKLOG_TABLES",
+    "BacklogBusy",
     "SummaryDelta",
+    "apply_backlog",
     "cash_net_of_change",
     "closing_deltas",
     "flush_delta",
@@ -128,7 +139,7 @@ class SummaryDelta:
     # True once the ledger rows were filed from the batch itself (not read back).
     ledger_filed: bool = False
     # PostgreSQL ingest: the per-product tables (product day, chain product day, last
-    # selling price) are summed by the database from the batch's staged lines, so
+    # selling price) are summed by the database from the batch's backlog rows, so
     # only each event's per-product line sums are kept here:
     # event id -> sku -> [qty_milli, revenue, vat, discounts, highest unit price].
     staged: bool = False
@@ -440,35 +451,33 @@ async def project_summaries(
 
 # --- PostgreSQL: per-product tables summed by the database ---------------------------------
 #
-# The batch's ledger sums (one row per event, sku and document type, with the event's
-# line sums of that sku beside) go into a temporary table with one COPY; each
-# per-product summary is then one INSERT ... SELECT ... GROUP BY ... ORDER BY key ...
-# ON CONFLICT DO UPDATE from it. Same rows, same sums and the same key (lock) order as
-# the Python delta, without summing tens of thousands of rows in Python or sending
-# them as arrays.
+# Each batch COPYs its ledger sums (one row per event, sku and document type, with the
+# event's line sums of that sku beside) into the backlog table; the applier then
+# writes each per-product summary as one INSERT ... SELECT ... GROUP BY ... ORDER BY
+# key ... ON CONFLICT DO UPDATE over a chunk of it (ids up to :upto). Same rows and
+# sums as the Python delta, without summing them in Python or sending them as arrays.
 
-_SUMMARY_STAGE = Stage(
-    "ingest_summary_stage",
-    (
-        ("branch", "text"),
-        ("local_date", "date"),
-        ("month", "date"),
-        ("sku", "text"),
-        ("doc_type", "text"),
-        ("reason", "text"),
-        # 0 stock document, 1 sale (receipt), 2 customer return.
-        ("kind", "smallint"),
-        ("qty", "bigint"),
-        ("value", "bigint"),
-        ("lq", "bigint"),
-        ("revenue", "bigint"),
-        ("vat", "bigint"),
-        ("discounts", "bigint"),
-        ("sold_at", "timestamptz"),
-        ("price", "bigint"),
-    ),
+_BACKLOG = SummaryBacklog.__tablename__
+# COPY order of the backlog rows.
+_BACKLOG_COLUMNS = (
+    "branch",
+    "local_date",
+    "month",
+    "sku",
+    "doc_type",
+    "reason",
+    # 0 stock document, 1 sale (receipt), 2 customer return.
+    "kind",
+    "qty",
+    "value",
+    "lq",
+    "revenue",
+    "vat",
+    "discounts",
+    "sold_at",
+    "price",
 )
-_STAGE = _SUMMARY_STAGE.name
+_CHUNK = "id <= :upto"
 _KIND_DOCUMENT, _KIND_SALE, _KIND_RETURN = 0, 1, 2
 
 
@@ -491,8 +500,8 @@ def _staged_product_sql(table: str, keys: str) -> Any:
     }
     return text(
         f"INSERT INTO {table} AS t ({keys}, {', '.join(amounts)}) "
-        f"SELECT {keys}, {', '.join(amounts.values())} FROM {_STAGE} "
-        f"WHERE kind <> {_KIND_DOCUMENT} GROUP BY {keys} ORDER BY {keys} "
+        f"SELECT {keys}, {', '.join(amounts.values())} FROM {_BACKLOG} "
+        f"WHERE {_CHUNK} AND kind <> {_KIND_DOCUMENT} GROUP BY {keys} ORDER BY {keys} "
         f"ON CONFLICT ({keys}) DO UPDATE SET "
         + ", ".join(f"{n} = t.{n} + excluded.{n}" for n in amounts)
     )
@@ -501,8 +510,8 @@ def _staged_product_sql(table: str, keys: str) -> Any:
 def _staged_movement_sql(table: str, keys: str, staged_keys: str) -> Any:
     return text(
         f"INSERT INTO {table} AS t ({keys}, qty_milli, cost_value) "
-        f"SELECT {staged_keys}, sum(qty), sum(value) FROM {_STAGE} "
-        f"GROUP BY {staged_keys} ORDER BY {staged_keys} "
+        f"SELECT {staged_keys}, sum(qty), sum(value) FROM {_BACKLOG} "
+        f"WHERE {_CHUNK} GROUP BY {staged_keys} ORDER BY {staged_keys} "
         f"ON CONFLICT ({keys}) DO UPDATE SET qty_milli = t.qty_milli + excluded.qty_milli, "
         "cost_value = t.cost_value + excluded.cost_value"
     )
@@ -530,7 +539,7 @@ _PG_STAGED: dict[str, Any] = {
 _PG_STAGED_PRICE = text(
     f"INSERT INTO {LastSellingPrice.__tablename__} AS t (branch, sku, sold_at, unit_price) "
     "SELECT DISTINCT ON (branch, sku) branch, sku, sold_at, price "
-    f"FROM {_STAGE} WHERE kind = {_KIND_SALE} "
+    f"FROM {_BACKLOG} WHERE {_CHUNK} AND kind = {_KIND_SALE} "
     "ORDER BY branch, sku, sold_at DESC, price DESC "
     "ON CONFLICT (branch, sku) DO UPDATE SET "
     "unit_price = CASE WHEN excluded.sold_at > t.sold_at OR (excluded.sold_at = t.sold_at "
@@ -541,8 +550,8 @@ _PG_STAGED_PRICE = text(
 
 
 async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: LedgerSums) -> None:
-    """PostgreSQL: stage the batch's ledger sums, then write every table in the fixed
-    order (per-product tables from the stage, the others from the delta)."""
+    """PostgreSQL: the batch's ledger sums (with its line sums) into the backlog for
+    the per-product tables, then the per-event tables from the delta."""
     records: list[tuple[Any, ...]] = []
     event_cost: dict[uuid.UUID, int] = {}
     months: dict[date, date] = {}
@@ -601,24 +610,81 @@ async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: Ledger
         _add_to(hourly, (keys.branch, keys.local_date, keys.hour), column, amount)
         _add_to(cashier, (keys.branch, keys.local_date, keys.cashier), column, amount)
     delta.ledger_filed = True
-    await _SUMMARY_STAGE.fill(session, records)
-    await session.run_sync(_write_staged, delta)
+    # The per-product rows wait in the backlog for the applier (first: the rebuild
+    # locks the backlog before the summary tables, so must every writer).
+    await copy_records(session, _BACKLOG, _BACKLOG_COLUMNS, records)
+    await session.run_sync(_write_per_event, delta)
 
 
-def _write_staged(session: Session, delta: SummaryDelta) -> None:
+def _write_per_event(session: Session, delta: SummaryDelta) -> None:
+    """The tables summed per event (branch-day, hour, cashier, payments, shifts): a few
+    rows per branch and batch, written in the batch's own transaction."""
     for table in _TABLE_ORDER:
-        staged = _PG_STAGED.get(table.name)
-        if staged is not None:
-            session.execute(staged)
-            if table.name == StockMovementMonthly.__tablename__:
-                write_closing(session, None)
+        if table.name in _PG_STAGED:
             continue
         rows = delta.add.get(table.name, {})
         if table.name == ShiftTotals.__tablename__:
             _write_shifts(session, table, delta, rows)
             continue
         _upsert_delta(session, table, rows)
-    session.execute(_PG_STAGED_PRICE)
+
+
+# --- PostgreSQL: the backlog applied -------------------------------------------------------
+#
+# One applier at a time (a self-conflicting lock on the backlog, which ingestion's
+# inserts do not wait for) adds a chunk of the backlog to the per-product tables and
+# deletes it, in one REPEATABLE READ transaction: every statement, the DELETE included,
+# sees the same rows (batches committing meanwhile wait for the next chunk), and a
+# crash anywhere leaves the tables and the backlog as they were. Being the only writer
+# of these tables (besides the rebuild, which locks the backlog first) is also what
+# keeps the read-then-write statements of the monthly closing right.
+
+# The tables that lag ingestion by the backlog.
+BACKLOG_TABLES = frozenset(
+    [*_PG_STAGED, StockClosingMonthly.__tablename__, LastSellingPrice.__tablename__]
+)
+# Taken before the transaction's first query, so its snapshot starts after the lock.
+_LOCK_BACKLOG = f"LOCK TABLE {_BACKLOG} IN SHARE UPDATE EXCLUSIVE MODE"
+_FIRST = text(f"SELECT id FROM {_BACKLOG} ORDER BY id LIMIT 1")
+# The first id past the chunk.
+_PAST_CHUNK = text(f"SELECT id FROM {_BACKLOG} ORDER BY id OFFSET :size LIMIT 1")
+_DELETE_CHUNK = text(f"DELETE FROM {_BACKLOG} WHERE {_CHUNK}")
+_WHOLE = 2**63 - 1
+# lock_not_available
+_LOCK_BUSY = "55P03"
+
+
+class BacklogBusy(Exception):
+    """Another applier (or a rebuild) holds the backlog."""
+
+
+def apply_backlog(session: Session, *, limit: int, wait: bool) -> int:
+    """Add up to ``limit`` backlog rows to the per-product tables and delete them, in
+    the session's transaction, which must be REPEATABLE READ and not have run a query
+    yet; returns how many. Raises :class:`BacklogBusy` when another applier is at work
+    and ``wait`` is false (the transaction is then unusable: roll it back)."""
+    try:
+        session.execute(text(_LOCK_BACKLOG if wait else _LOCK_BACKLOG + " NOWAIT"))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _LOCK_BUSY:
+            raise BacklogBusy from exc
+        raise
+    if session.execute(_FIRST).scalar() is None:
+        return 0
+    past = session.execute(_PAST_CHUNK, {"size": limit}).scalar()
+    chunk = {"upto": _WHOLE if past is None else int(past) - 1}
+    # Big chunks (a backlog after a burst) group in memory rather than on disk.
+    session.execute(text("SET LOCAL work_mem = '64MB'"))
+    for table in _TABLE_ORDER:
+        staged = _PG_STAGED.get(table.name)
+        if staged is None:
+            continue
+        session.execute(staged, chunk)
+        if table.name == StockMovementMonthly.__tablename__:
+            write_closing(session, None, upto=chunk["upto"])
+    session.execute(_PG_STAGED_PRICE, chunk)
+    result: Any = session.execute(_DELETE_CHUNK, chunk)
+    return int(result.rowcount or 0)
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -928,7 +994,7 @@ _PG_CLOSING_LATER_STAGED = text(
 _PG_CLOSING_FROM_SUMMARY = text(
     f"INSERT INTO {_CLOSING_STAGE.name} (branch, sku, month, dq, dv) "
     "SELECT branch, sku, month, CAST(sum(qty) AS bigint), CAST(sum(value) AS bigint) "
-    f"FROM {_STAGE} GROUP BY branch, sku, month"
+    f"FROM {_BACKLOG} WHERE {_CHUNK} GROUP BY branch, sku, month"
 )
 
 
@@ -946,14 +1012,17 @@ def closing_deltas(
 
 
 def write_closing(
-    session: Session, deltas: dict[tuple[str, str, date], tuple[int, int]] | None
+    session: Session,
+    deltas: dict[tuple[str, str, date], tuple[int, int]] | None,
+    *,
+    upto: int = 0,
 ) -> None:
     """Add a batch's movements to the monthly closing stock (see the note above):
-    ``deltas`` per (branch, sku, month), or None (PostgreSQL) for the batch's summary
-    stage summed per (branch, sku, month) in the database."""
+    ``deltas`` per (branch, sku, month), or None (PostgreSQL) for the backlog's rows
+    with ids up to ``upto`` summed per (branch, sku, month) in the database."""
     if deltas is None:
         _CLOSING_STAGE.clear_sync(session)
-        session.execute(_PG_CLOSING_FROM_SUMMARY)
+        session.execute(_PG_CLOSING_FROM_SUMMARY, {"upto": upto})
     elif not deltas:
         return
     elif session.get_bind().dialect.name == "postgresql":

@@ -321,3 +321,6 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
 class SyncHealthReport(msgspec.Struct, kw_only=True):
     generated_at: datetime
     rows: list[SyncHealthRow]
+    # PostgreSQL: per-product summary rows stored by ingestion, not yet in the report
+    # tables (applied every few seconds and before each report; 0 on SQLite).
+    summary_backlog: int = 0

@@ -71,8 +71,11 @@ from central.models.reports import (
     StockClosingMonthly,
     StockMovementDaily,
     StockMovementMonthly,
+    SummaryBacklog,
 )
+from central.reports.backlog import summaries_current
 from central.reports.money import ratio_text, rounded_div
+from central.reports.projections import BACKLOG_TABLES
 from central.reports.schemas import (
     AbcReport,
     AbcRow,
@@ -414,6 +417,8 @@ async def sales_report(
     groups = parse_group_by(group_by, SALES_GROUPS, "branch")
     table = _sales_source(groups, branch)
     await _check_branch(session, branch)
+    if table.name in BACKLOG_TABLES:
+        await summaries_current(session)
     current = await _sales_rows(session, table, groups, period, branch, max_rows)
     previous: dict[tuple[Any, ...], SalesFigures] = {}
     prev_period = period.previous() if compare else None
@@ -611,6 +616,7 @@ async def stock_on_hand(
     them (and of their prices) are held at once however big the chain is."""
     groups = parse_group_by(group_by, ("branch", "product"), "branch,product")
     await _check_branch(session, branch)
+    await summaries_current(session)
     moment = at or datetime.now(UTC)
     b, p = StockBalance, LastSellingPrice
 
@@ -951,6 +957,7 @@ async def stock_movement(
     sums and sorts every key before it, e.g. the whole chain by branch and product)."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "product" if branch else "branch")
+    await summaries_current(session)
     daily, monthly = _t(StockMovementDaily), _t(StockMovementMonthly)
     names = ["branch" if g == "branch" else "sku" for g in groups]
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -1023,6 +1030,17 @@ async def stock_movement(
         )
         # Movement rows that add to the opening (here: taken off it).
         extra = rows(period.date_to + timedelta(days=1), None, sign=-1, marker=_OPENING)
+        if postgres:
+            # Stored since the backlog was applied above, so in the balance but not yet
+            # in the movement tables: taken off too (the query reads one snapshot).
+            q = _t(SummaryBacklog)
+            pending = select(
+                *[q.c[n] for n in names],
+                literal_column(f"'{_OPENING}'").label("movement"),
+                (-q.c.qty).label("qty"),
+                (-q.c.value).label("value"),
+            )
+            extra.append(filtered(pending, q))
     else:
         scan = first_month is not None and _months_between(first_month, month_from) <= (
             _CLOSING_SCAN_MONTHS
@@ -1174,6 +1192,7 @@ async def write_offs(
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("reason", "branch", "product"), "reason")
     await _check_branch(session, branch)
+    await summaries_current(session)
     t = _t(StockMovementDaily)
     column_of = {"reason": t.c.reason, "branch": t.c.branch, "product": t.c.sku}
     keys = [column_of[g] for g in groups]
@@ -1224,6 +1243,7 @@ async def shrinkage(
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "product"), "branch")
     await _check_branch(session, branch)
+    await summaries_current(session)
     t = _t(StockMovementDaily)
     qty, value = t.c.qty_milli, t.c.cost_value
     # A product-day counted below the books (or at no quantity, below in value).
@@ -1306,6 +1326,7 @@ async def gross_margin(
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "category", "product"), "branch")
     await _check_branch(session, branch)
+    await summaries_current(session)
     product_level = "category" in groups or "product" in groups
     if product_level:
         per_branch = branch is not None or "branch" in groups
@@ -1374,6 +1395,7 @@ async def abc_analysis(
     if not 0 < a_pct < b_pct < 100:
         raise ValidationFailed("need 0 < a_pct < b_pct < 100", field="a_pct")
     await _check_branch(session, branch)
+    await summaries_current(session)
     table = _t(SalesProductDaily if branch is not None else SalesProductDailyChain)
     c = table.c
     if measure == "revenue":
@@ -1739,4 +1761,5 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                 open_dead_letters=letters.get(b.code, 0),
             )
         )
-    return SyncHealthReport(generated_at=now, rows=rows)
+    backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))
+    return SyncHealthReport(generated_at=now, rows=rows, summary_backlog=int(backlog or 0))

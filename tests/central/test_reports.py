@@ -24,13 +24,16 @@ from central.models import (
     SalesBranchDaily,
     SalesCashierDaily,
     SalesProductDaily,
+    SummaryBacklog,
 )
 from central.reports import service
-from central.reports.rebuild import SUMMARY_TABLES, rebuild_summaries
+from central.reports.backlog import apply_summary_backlog
+from central.reports.rebuild import rebuild_summaries
 from central.services.branches import add_branch
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded
 from protocol.masterdata import bucket_of
 from tests.central.reports_history import build_history
+from tests.central.summaries import summary_rows
 
 D2, D3 = date(2026, 11, 2), date(2026, 11, 3)
 
@@ -360,24 +363,43 @@ async def _sync_health_per_branch(chain: async_sessionmaker[AsyncSession]) -> No
     assert rows["B1"].heartbeat_at is None  # no heartbeat received yet
 
 
-async def _dump(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
+async def _backlog(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     async with sessionmaker() as session:
-        for table in SUMMARY_TABLES:
-            rows = (await session.execute(select(table))).all()
-            out[table.name] = sorted(tuple(r) for r in rows)
-    return out
+        return int(await session.scalar(select(func.count()).select_from(SummaryBacklog)) or 0)
+
+
+async def test_rebuild_takes_the_backlog(
+    db_url: str, chain: async_sessionmaker[AsyncSession]
+) -> None:
+    """A rebuild while rows wait in the backlog: they are the summaries of raw records
+    the rebuild reads, so it empties the backlog and nothing is counted twice."""
+    engine = chain.kw["bind"]
+    assert (await _backlog(chain) > 0) == (engine.dialect.name == "postgresql")
+    async with chain() as session, session.begin():
+        await rebuild_summaries(session)
+    assert await _backlog(chain) == 0
+    rebuilt = await summary_rows(chain)
+    assert rebuilt["rpt_sales_product_daily"]
+    assert await apply_summary_backlog(engine) == 0
+    assert await summary_rows(chain) == rebuilt
 
 
 async def test_rebuild_equals_incremental(
     db_url: str, chain: async_sessionmaker[AsyncSession]
 ) -> None:
-    incremental = await _dump(chain)
+    engine = chain.kw["bind"]
+    postgres = engine.dialect.name == "postgresql"
+    # PostgreSQL leaves the per-product rows in the backlog; SQLite writes them at once.
+    assert (await _backlog(chain) > 0) == postgres
+    assert (await apply_summary_backlog(engine) > 0) == postgres
+    assert await _backlog(chain) == 0
+    incremental = await summary_rows(chain)
     assert incremental["rpt_sales_branch_daily"]
+    assert incremental["rpt_sales_product_daily"]
     async with chain() as session, session.begin():
         counts = await rebuild_summaries(session)
     assert counts["rpt_sales_branch_daily"] == len(incremental["rpt_sales_branch_daily"])
-    for name, rows in (await _dump(chain)).items():
+    for name, rows in (await summary_rows(chain)).items():
         assert rows == incremental[name], name
     # Damaged summaries are repaired by the command line.
     async with chain() as session, session.begin():
@@ -398,7 +420,7 @@ async def test_rebuild_equals_incremental(
     assert json.loads(out)["rebuilt"]["rpt_sales_product_daily"] == len(
         incremental["rpt_sales_product_daily"]
     )
-    for name, rows in (await _dump(chain)).items():
+    for name, rows in (await summary_rows(chain)).items():
         assert rows == incremental[name], name
 
 
@@ -519,10 +541,10 @@ async def test_concurrent_workers_add_up_exactly(db_url: str) -> None:
             4000,
         )
         assert report.totals.receipts == 40
-        incremental = await _dump(sessionmaker)
+        incremental = await summary_rows(sessionmaker)
         async with sessionmaker() as session, session.begin():
             await rebuild_summaries(session)
-        assert await _dump(sessionmaker) == incremental
+        assert await summary_rows(sessionmaker) == incremental
     finally:
         await engine.dispose()
 

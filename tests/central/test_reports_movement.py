@@ -20,6 +20,7 @@ from central.ingest.worker import IngestWorker, MessageIn
 from central.models import StockMovement
 from central.models.reports import StockClosingMonthly, StockMovementMonthly
 from central.reports import projections, service
+from central.reports.backlog import apply_summary_backlog
 from central.reports.projections import write_closing
 from central.reports.rebuild import rebuild_summaries
 from central.reports.service import _pieces
@@ -183,6 +184,7 @@ async def long_chain(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSessi
     for batch in build_long_history().batches(7):
         stats = await worker.process(batch)
         assert stats.dead_letters == 0
+    await apply_summary_backlog(engine)
     try:
         yield sessionmaker
     finally:
@@ -475,6 +477,7 @@ async def _ingest(
     for start in range(0, len(messages), size):
         stats = await worker.process(list(messages[start : start + size]))
         assert stats.dead_letters == 0
+    await apply_summary_backlog(sessionmaker.kw["bind"])
 
 
 async def test_late_and_out_of_order_events_keep_the_closing_exact(db_url: str) -> None:
@@ -602,8 +605,9 @@ async def test_migration_fills_the_closing_from_the_monthly_movements(
 async def test_a_batch_failing_after_the_closing_upkeep_leaves_nothing_behind(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The connection drops right after both closing statements ran: the batch rolls
-    back with them, and the redelivered batch is counted once."""
+    """The connection drops right after both closing statements ran (in the batch on
+    SQLite, in the backlog's applier on PostgreSQL): that transaction rolls back with
+    them, and the redelivered batch (or the backlog, applied again) is counted once."""
     engine = create_engine(db_url)
     sessionmaker = create_sessionmaker(engine)
     try:
@@ -614,13 +618,18 @@ async def test_a_batch_failing_after_the_closing_upkeep_leaves_nothing_behind(
         kept = await _closing_rows(sessionmaker)
         real = projections.write_closing
 
-        def then_fail(session: Any, deltas: Any) -> None:
-            real(session, deltas)
+        def then_fail(session: Any, deltas: Any, **chunk: Any) -> None:
+            real(session, deltas, **chunk)
             raise ConnectionResetError("link dropped after the closing upkeep")
 
         monkeypatch.setattr(projections, "write_closing", then_fail)
-        with pytest.raises(ConnectionResetError):
+
+        async def store_and_apply() -> None:
             await IngestWorker(sessionmaker).process(rest)
+            await apply_summary_backlog(engine)
+
+        with pytest.raises(ConnectionResetError):
+            await store_and_apply()
         assert await _closing_rows(sessionmaker) == kept
         monkeypatch.setattr(projections, "write_closing", real)
         await _ingest(sessionmaker, messages, 25)  # redelivered, first part included

@@ -1,0 +1,52 @@
+"""rpt_summary_backlog: per-product summary rows stored by ingestion and added to their
+tables by one applier in bigger, later transactions (PostgreSQL), so ingest workers no
+longer upsert ~13,000 shared summary rows per batch under each other's locks
+
+Revision ID: 1601
+Revises: 1503
+Create Date: 2026-11-28 10:30:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import central.models.base
+
+revision: str = "1601"
+down_revision: str | Sequence[str] | None = "1503"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "rpt_summary_backlog",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("branch", sa.String(length=32), nullable=False),
+        sa.Column("local_date", sa.Date(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("sku", sa.String(length=64), nullable=False),
+        sa.Column("doc_type", sa.String(length=32), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.Integer(), nullable=False),
+        sa.Column("qty", sa.BigInteger(), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.Column("lq", sa.BigInteger(), nullable=False),
+        sa.Column("revenue", sa.BigInteger(), nullable=False),
+        sa.Column("vat", sa.BigInteger(), nullable=False),
+        sa.Column("discounts", sa.BigInteger(), nullable=False),
+        sa.Column("sold_at", central.models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("price", sa.BigInteger(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rpt_summary_backlog")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("rpt_summary_backlog")

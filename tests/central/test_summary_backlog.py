@@ -1,0 +1,151 @@
+"""The summary backlog (PostgreSQL): the per-product report rows an ingest batch stores
+and one applier at a time adds to their tables later, and every report before it
+reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import date
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from central.db import create_sessionmaker
+from central.ingest.worker import IngestWorker
+from central.models import SalesProductDaily, SummaryBacklog
+from central.reports import service
+from central.reports.backlog import apply_summary_backlog
+from tests.central.chain_events import BranchBooks, message
+from tests.central.summaries import assert_kept_equals_rebuilt
+from tests.conftest import PG_URL_ENV
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}"),
+]
+
+NOV_1, NOV_30 = date(2026, 11, 1), date(2026, 11, 30)
+
+
+def _history(books: BranchBooks, sales: int) -> None:
+    for n in range(sales):
+        books.sale([("MILK", 1_000 + n, 199), ("BREAD", 500, 320)])
+
+
+async def _ingest(engine: AsyncEngine, books: BranchBooks, start: int = 0) -> None:
+    worker = IngestWorker(create_sessionmaker(engine))
+    events = books.events[start:]
+    for first in range(0, len(events), 5):
+        stats = await worker.process([message(e) for e in events[first : first + 5]])
+        assert stats.dead_letters == 0
+
+
+async def _waiting(engine: AsyncEngine) -> int:
+    async with create_sessionmaker(engine)() as session:
+        return int(await session.scalar(select(func.count()).select_from(SummaryBacklog)) or 0)
+
+
+async def _health(engine: AsyncEngine) -> Any:
+    async with create_sessionmaker(engine)() as session:
+        return await service.sync_health(session)
+
+
+async def _sold(engine: AsyncEngine) -> dict[str, int]:
+    async with create_sessionmaker(engine)() as session:
+        rows = await session.execute(
+            select(SalesProductDaily.sku, func.sum(SalesProductDaily.qty_milli)).group_by(
+                SalesProductDaily.sku
+            )
+        )
+        return {sku: int(qty) for sku, qty in rows}
+
+
+async def _stocked_books() -> BranchBooks:
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("MILK", 500_000, 100), ("BREAD", 100_000, 150)])
+    return books
+
+
+async def test_batches_leave_their_rows_and_applying_adds_them_once(
+    pg_engine: AsyncEngine,
+) -> None:
+    books = await _stocked_books()
+    _history(books, 30)
+    await _ingest(pg_engine, books)
+    waiting = await _waiting(pg_engine)
+    # One row per event and product: the goods receipt's two, each sale's two.
+    assert waiting == 2 + 30 * 2
+    assert await _sold(pg_engine) == {}
+    assert (await _health(pg_engine)).summary_backlog == waiting
+    assert await apply_summary_backlog(pg_engine) == waiting
+    assert await _waiting(pg_engine) == 0
+    assert (await _health(pg_engine)).summary_backlog == 0
+    assert await _sold(pg_engine) == books.sold_milli
+    assert await apply_summary_backlog(pg_engine) == 0
+    assert await _sold(pg_engine) == books.sold_milli
+    await assert_kept_equals_rebuilt(create_sessionmaker(pg_engine))
+
+
+async def test_appliers_at_once_apply_every_row_once(pg_engine: AsyncEngine) -> None:
+    books = await _stocked_books()
+    _history(books, 40)
+    await _ingest(pg_engine, books)
+    waiting = await _waiting(pg_engine)
+    applied = await asyncio.gather(
+        apply_summary_backlog(pg_engine, wait=True, chunk=9),
+        apply_summary_backlog(pg_engine, wait=True, chunk=9),
+        apply_summary_backlog(pg_engine, chunk=9),
+    )
+    assert sum(applied) == waiting
+    assert await _waiting(pg_engine) == 0
+    assert await _sold(pg_engine) == books.sold_milli
+    await assert_kept_equals_rebuilt(create_sessionmaker(pg_engine))
+
+
+async def test_reports_include_the_rows_still_waiting(pg_engine: AsyncEngine) -> None:
+    books = await _stocked_books()
+    _history(books, 12)
+    await _ingest(pg_engine, books)
+    assert await _waiting(pg_engine) > 0
+    async with create_sessionmaker(pg_engine)() as session:
+        report = await service.sales_report(
+            session, date_from=NOV_1, date_to=NOV_30, group_by="product"
+        )
+    assert {r.sku: r.figures.qty_milli for r in report.rows} == books.sold_milli
+    assert await _waiting(pg_engine) == 0
+
+
+async def test_stock_movement_is_one_moment_while_rows_wait(
+    pg_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows stored after the report applied the backlog are in today's balance, not
+    yet in the movement tables: the report takes them off the balance too, so it shows
+    the moment its movements describe (not an opening off by those sales)."""
+    books = await _stocked_books()
+    _history(books, 10)
+    await _ingest(pg_engine, books)
+    sessionmaker = create_sessionmaker(pg_engine)
+
+    async def movement() -> Any:
+        async with sessionmaker() as session:
+            return await service.stock_movement(
+                session, date_from=NOV_1, date_to=NOV_30, branch="B1"
+            )
+
+    before = await movement()
+    stored = len(books.events)
+    _history(books, 5)
+    await _ingest(pg_engine, books, start=stored)
+
+    async def not_applied(session: Any) -> None:
+        return None
+
+    monkeypatch.setattr(service, "summaries_current", not_applied)
+    assert (await movement()).rows == before.rows
+    monkeypatch.undo()
+    after = await movement()
+    assert {r.sku: r.closing_milli for r in after.rows} == books.stock_milli
+    assert {r.sku: r.opening_milli for r in after.rows} == {"MILK": 0, "BREAD": 0}

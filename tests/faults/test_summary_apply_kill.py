@@ -1,0 +1,110 @@
+"""An ingest process killed while its applier adds the summary backlog to the report
+tables, before that transaction commits (PostgreSQL): the restarted process applies
+the backlog once, and the report tables hold every sale exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from asyncio.subprocess import DEVNULL
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from central.db import create_sessionmaker
+from central.embedded_nats import EmbeddedNats
+from central.ingest.worker import CRASH_EXIT_CODE
+from central.models import IngestedEvent, SalesProductDaily, StockBalance, SummaryBacklog
+from protocol import encode, event_kind, up_subject
+from tests.central.chain_events import BranchBooks, ingest_env, publish_raw
+from tests.central.summaries import assert_kept_equals_rebuilt
+from tests.conftest import PG_URL_ENV, wait_until
+
+INGEST = (sys.executable, "-m", "central", "ingest")
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}"),
+]
+
+
+async def test_applier_killed_before_its_commit_counts_nothing_twice(
+    pg_engine: AsyncEngine, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    sessionmaker = create_sessionmaker(pg_engine)
+    db_url = pg_engine.url.render_as_string(hide_password=False)
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("MILK", 200_000, 100), ("BREAD", 50_000, 150)])
+    for n in range(80):
+        books.sale([("MILK", 1_000 + n, 199), ("BREAD", 500, 320)])
+    await publish_raw(
+        nats_server.url,
+        [
+            (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
+            for e in books.events
+        ],
+    )
+    env = ingest_env(
+        db_url,
+        nats_server.url,
+        str(tmp_path),
+        BACKROOM_INGEST_BATCH="20",
+        BACKROOM_SUMMARY_INTERVAL_S="0.3",
+    )
+
+    async def count(what: type) -> int:
+        async with sessionmaker() as session:
+            return int(await session.scalar(select(func.count()).select_from(what)) or 0)
+
+    log = (tmp_path / "ingest.log").open("wb")
+    try:
+        crashing = await asyncio.create_subprocess_exec(
+            *INGEST,
+            env={**env, "BACKROOM_FAULT_CRASH_IN_SUMMARY_APPLY": "1"},
+            stdout=DEVNULL,
+            stderr=log,
+        )
+        # It stores batches, then dies the hard way inside its first applying
+        # transaction that took rows (os._exit, as a SIGKILL would leave it).
+        assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
+        assert await count(IngestedEvent) > 0
+        assert await count(SummaryBacklog) > 0
+        assert await count(SalesProductDaily) == 0  # the applied chunk rolled back
+
+        restarted = await asyncio.create_subprocess_exec(
+            *INGEST, env=env, stdout=DEVNULL, stderr=log
+        )
+        try:
+
+            async def caught_up() -> bool:
+                return (
+                    await count(IngestedEvent) == len(books.events)
+                    and await count(SummaryBacklog) == 0
+                )
+
+            await wait_until(caught_up, timeout=60)
+        finally:
+            restarted.terminate()
+            await asyncio.wait_for(restarted.wait(), 20)
+    finally:
+        log.close()
+
+    async with sessionmaker() as session:
+        sold = dict(
+            (
+                await session.execute(
+                    select(SalesProductDaily.sku, func.sum(SalesProductDaily.qty_milli)).group_by(
+                        SalesProductDaily.sku
+                    )
+                )
+            ).all()
+        )
+        milk = await session.get(StockBalance, ("B1", "MILK"))
+    assert {sku: int(qty) for sku, qty in sold.items()} == books.sold_milli
+    assert milk is not None
+    assert milk.quantity_milli == books.stock_milli["MILK"]
+    # Every summary row as the raw records give it: nothing applied twice or lost.
+    await assert_kept_equals_rebuilt(sessionmaker)
