@@ -3,8 +3,8 @@
 ``python -m bench.reports [--pg-url URL] [--lines N] [--repeat R] [--db NAME] [--only TEXT]``
 
 ``--db NAME`` (with ``--pg-url``) keeps the generated database under that name, and a
-later run with the same name reuses it (no generation, no rebuild) to iterate quickly;
-``--only`` times just the reports whose name contains the text.
+later run with the same name migrates it and reuses it (no generation, no rebuild) to
+iterate quickly; ``--only`` times just the reports whose name contains the text.
 
 1. A PostgreSQL database (``--pg-url`` of a server, admin URL; or a throwaway cluster
    it starts itself with initdb/pg_ctl on 127.0.0.1, removed at the end), migrated.
@@ -660,10 +660,11 @@ async def run(
     engine = create_engine(url, pool_size=2)
     result: dict[str, Any] = {"lines": 0}
     try:
-        if reuse:
-            # A database kept by an earlier run: time the reports on it as it is.
-            return await _reports(create_sessionmaker(engine), repeat, only, {})
         await upgrade(url)
+        if reuse:
+            # A database kept by an earlier run (migrated to this schema): time the
+            # reports on it as it is.
+            return await _reports(create_sessionmaker(engine), repeat, only, {})
         # The year's monthly partitions of the ledger and the lines (PostgreSQL).
         await maintain_partitions(engine, since=YEAR_START)
         sessionmaker = create_sessionmaker(engine)
