@@ -123,8 +123,8 @@ class CentralRuntime:
                 batch_size=self.settings.ingest_batch,
                 fetch_timeout_s=self.settings.ingest_fetch_timeout_s,
                 crash_after_commit=self.settings.fault_crash_after_commit,
-                # Nothing to fetch: a good moment to apply the summary backlog.
-                on_idle=self.summary_applier.wake if self.summary_applier else None,
+                # The stream drained: a good moment to apply the summary backlog.
+                on_caught_up=self.summary_applier.wake if self.summary_applier else None,
             )
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(self.js, self._stop)))

@@ -122,7 +122,7 @@ class IngestWorker:
         fetch_timeout_s: float = 1.0,
         crash_after_commit: bool = False,
         branch_cache_s: float = 5.0,
-        on_idle: Callable[[], None] | None = None,
+        on_caught_up: Callable[[], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.batch_size = batch_size
@@ -130,8 +130,10 @@ class IngestWorker:
         # Fault injection for the kill test: exit between the commit and the ack.
         self.crash_after_commit = crash_after_commit
         self.branch_cache_s = branch_cache_s
-        # Called when a fetch found nothing (the up stream is drained).
-        self.on_idle = on_idle
+        # Called when a fetch found nothing: the up stream is drained (a time to apply
+        # the summary backlog). Not after each short batch: while ingestion keeps pace
+        # with a busy stream every batch is short, and so would every chunk be.
+        self.on_caught_up = on_caught_up
         self._branches: dict[str, bool] = {}
         self._branches_loaded = -1e9
         self.stats = IngestStats()
@@ -147,8 +149,8 @@ class IngestWorker:
                 try:
                     msgs = await self._fetch(sub)
                 except (NatsTimeoutError, TimeoutError):  # nothing to fetch
-                    if self.on_idle is not None:
-                        self.on_idle()
+                    if self.on_caught_up is not None:
+                        self.on_caught_up()
                     continue
                 except Exception as exc:  # link down, server restarting: keep trying
                     log.warning("ingest fetch failed: %s", exc)

@@ -14,13 +14,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_sessionmaker
+from central.embedded_nats import EmbeddedNats
 from central.ingest.worker import IngestWorker
 from central.models import SalesProductDaily, SummaryBacklog
 from central.reports import service
 from central.reports.backlog import apply_summary_backlog
-from tests.central.chain_events import BranchBooks, message
+from protocol import encode, event_kind, up_subject
+from tests.central.chain_events import BranchBooks, message, publish_raw
 from tests.central.summaries import assert_kept_equals_rebuilt
-from tests.conftest import PG_URL_ENV
+from tests.conftest import PG_URL_ENV, central_settings, running_central, wait_until
 
 pytestmark = [
     pytest.mark.postgres,
@@ -149,3 +151,31 @@ async def test_stock_movement_is_one_moment_while_rows_wait(
     after = await movement()
     assert {r.sku: r.closing_milli for r in after.rows} == books.stock_milli
     assert {r.sku: r.opening_milli for r in after.rows} == {"MILK": 0, "BREAD": 0}
+
+
+async def test_central_applies_the_backlog_once_the_stream_is_drained(
+    pg_engine: AsyncEngine, nats_server: EmbeddedNats
+) -> None:
+    """No timer (an hour): the in-process worker's applier runs when the worker has
+    stored what there was."""
+    books = await _stocked_books()
+    _history(books, 25)
+    settings = central_settings(
+        pg_engine.url.render_as_string(hide_password=False),
+        nats_server.url,
+        summary_interval_s=3600.0,
+    )
+    async with running_central(settings):
+        await publish_raw(
+            nats_server.url,
+            [
+                (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
+                for e in books.events
+            ],
+        )
+
+        async def applied() -> bool:
+            return await _sold(pg_engine) == books.sold_milli
+
+        await wait_until(applied, timeout=20)
+    assert await _waiting(pg_engine) == 0
