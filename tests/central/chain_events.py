@@ -194,6 +194,19 @@ def ingest_env(db_url: str, nats_url: str, tmp: str, **extra: str) -> dict[str, 
     return env
 
 
+def outbox_items(*books: BranchBooks) -> list[tuple[str, bytes, str]]:
+    """What the branches' senders publish: (subject, payload, Nats-Msg-Id = event id)."""
+    return [
+        (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
+        for b in books
+        for e in b.events
+    ]
+
+
+async def publish_books(nats_url: str, *books: BranchBooks) -> None:
+    await publish_raw(nats_url, outbox_items(*books))
+
+
 async def publish_raw(nats_url: str, items: list[tuple[str, bytes, str]]) -> None:
     """JetStream publishes (subject, payload, Nats-Msg-Id), acked one by one."""
     from central.sync.jetstream import connect, ensure_ingest_consumer, ensure_streams

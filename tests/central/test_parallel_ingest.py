@@ -27,8 +27,8 @@ from central.models import (
 )
 from central.services.branches import add_branch
 from central.services.stock import rebuild_balances
-from protocol import BranchHeartbeat, encode, event_kind, up_subject
-from tests.central.chain_events import BranchBooks, ingest_env, publish_raw
+from protocol import BranchHeartbeat, encode, up_subject
+from tests.central.chain_events import BranchBooks, ingest_env, outbox_items, publish_raw
 from tests.conftest import wait_until
 
 BRANCHES = [f"P{n}" for n in range(1, 6)]
@@ -59,11 +59,7 @@ async def test_two_workers_store_every_branch_event_exactly_once(
     books = {code: BranchBooks(code) for code in BRANCHES}
     for i, code in enumerate(BRANCHES):
         branch_day(books[code], rng, BRANCHES[(i + 1) % len(BRANCHES)])
-    items = [
-        (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
-        for b in books.values()
-        for e in b.events
-    ]
+    items = outbox_items(*books.values())
     # Duplicates past JetStream's dedup (another msg id, e.g. after the window) ...
     duplicates = rng.sample(items, 20)
     items += [(s, p, f"{m}-again") for s, p, m in duplicates]

@@ -19,8 +19,7 @@ from central.ingest.worker import IngestWorker
 from central.models import SalesProductDaily, SummaryBacklog
 from central.reports import service
 from central.reports.backlog import apply_summary_backlog
-from protocol import encode, event_kind, up_subject
-from tests.central.chain_events import BranchBooks, message, publish_raw
+from tests.central.chain_events import BranchBooks, message, publish_books
 from tests.central.summaries import assert_kept_equals_rebuilt
 from tests.conftest import PG_URL_ENV, central_settings, running_central, wait_until
 
@@ -166,13 +165,7 @@ async def test_central_applies_the_backlog_once_the_stream_is_drained(
         summary_interval_s=3600.0,
     )
     async with running_central(settings):
-        await publish_raw(
-            nats_server.url,
-            [
-                (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
-                for e in books.events
-            ],
-        )
+        await publish_books(nats_server.url, books)
 
         async def applied() -> bool:
             return await _sold(pg_engine) == books.sold_milli

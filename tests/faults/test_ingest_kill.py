@@ -4,22 +4,17 @@ redelivers the batch to the restarted worker, and nothing is counted twice."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from asyncio.subprocess import DEVNULL
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
-from central.ingest.worker import CRASH_EXIT_CODE
 from central.models import IngestedEvent, Receipt, StockBalance
 from central.services.branches import add_branch
-from protocol import encode, event_kind, up_subject
-from tests.central.chain_events import BranchBooks, ingest_env, publish_raw
+from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.conftest import wait_until
-
-INGEST = (sys.executable, "-m", "central", "ingest")
+from tests.faults.ingest_process import ingest_until_crash, start_ingest
 
 
 async def test_crash_after_commit_before_ack_doubles_nothing(
@@ -33,32 +28,18 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     books.document("goods_receipt", [("MILK", 100_000, 100)])
     for n in range(60):
         books.sale([("MILK", 1_000 + n, 199)])
-    await publish_raw(
-        nats_server.url,
-        [
-            (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
-            for e in books.events
-        ],
-    )
+    await publish_books(nats_server.url, books)
     env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="25")
     log = (tmp_path / "worker.log").open("wb")
     try:
-        crashing = await asyncio.create_subprocess_exec(
-            *INGEST,
-            env={**env, "BACKROOM_FAULT_CRASH_AFTER_COMMIT": "1"},
-            stdout=DEVNULL,
-            stderr=log,
-        )
-        # It dies the hard way (os._exit, as a SIGKILL would leave it) right after commit.
-        assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
+        # It dies right after its first commit, before the ack.
+        await ingest_until_crash(env, "BACKROOM_FAULT_CRASH_AFTER_COMMIT", log)
         async with sessionmaker() as session:
             committed = await session.scalar(select(func.count()).select_from(IngestedEvent))
         assert committed is not None
         assert 0 < committed <= 25  # one batch stored, never acked
 
-        restarted = await asyncio.create_subprocess_exec(
-            *INGEST, env=env, stdout=DEVNULL, stderr=log
-        )
+        restarted = await start_ingest(env, log)
         try:
 
             async def drained() -> bool:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-from asyncio.subprocess import DEVNULL
 from pathlib import Path
 
 import pytest
@@ -16,14 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_sessionmaker
 from central.embedded_nats import EmbeddedNats
-from central.ingest.worker import CRASH_EXIT_CODE
 from central.models import IngestedEvent, SalesProductDaily, StockBalance, SummaryBacklog
-from protocol import encode, event_kind, up_subject
-from tests.central.chain_events import BranchBooks, ingest_env, publish_raw
+from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.central.summaries import assert_kept_equals_rebuilt
 from tests.conftest import PG_URL_ENV, wait_until
-
-INGEST = (sys.executable, "-m", "central", "ingest")
+from tests.faults.ingest_process import ingest_until_crash, start_ingest
 
 pytestmark = [
     pytest.mark.postgres,
@@ -40,13 +35,7 @@ async def test_applier_killed_before_its_commit_counts_nothing_twice(
     books.document("goods_receipt", [("MILK", 200_000, 100), ("BREAD", 50_000, 150)])
     for n in range(80):
         books.sale([("MILK", 1_000 + n, 199), ("BREAD", 500, 320)])
-    await publish_raw(
-        nats_server.url,
-        [
-            (up_subject(e.branch, event_kind(e.body)), encode(e), str(e.event_id))
-            for e in books.events
-        ],
-    )
+    await publish_books(nats_server.url, books)
     env = ingest_env(
         db_url,
         nats_server.url,
@@ -61,22 +50,14 @@ async def test_applier_killed_before_its_commit_counts_nothing_twice(
 
     log = (tmp_path / "ingest.log").open("wb")
     try:
-        crashing = await asyncio.create_subprocess_exec(
-            *INGEST,
-            env={**env, "BACKROOM_FAULT_CRASH_IN_SUMMARY_APPLY": "1"},
-            stdout=DEVNULL,
-            stderr=log,
-        )
-        # It stores batches, then dies the hard way inside its first applying
-        # transaction that took rows (os._exit, as a SIGKILL would leave it).
-        assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
+        # It stores batches, then dies inside its first applying transaction that
+        # took rows.
+        await ingest_until_crash(env, "BACKROOM_FAULT_CRASH_IN_SUMMARY_APPLY", log)
         assert await count(IngestedEvent) > 0
         assert await count(SummaryBacklog) > 0
         assert await count(SalesProductDaily) == 0  # the applied chunk rolled back
 
-        restarted = await asyncio.create_subprocess_exec(
-            *INGEST, env=env, stdout=DEVNULL, stderr=log
-        )
+        restarted = await start_ingest(env, log)
         try:
 
             async def caught_up() -> bool:

@@ -1,0 +1,26 @@
+"""``python -m central ingest`` as a separate process, for the kill tests."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from asyncio.subprocess import DEVNULL
+from typing import IO
+
+from central.ingest.worker import CRASH_EXIT_CODE
+
+INGEST = (sys.executable, "-m", "central", "ingest")
+
+
+async def ingest_until_crash(env: dict[str, str], fault: str, log: IO[bytes]) -> None:
+    """Run an ingest process with the fault injection ``fault`` (its environment
+    variable) on, until it dies the hard way (``os._exit``, as a SIGKILL would leave
+    it) at that point."""
+    crashing = await asyncio.create_subprocess_exec(
+        *INGEST, env={**env, fault: "1"}, stdout=DEVNULL, stderr=log
+    )
+    assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
+
+
+async def start_ingest(env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*INGEST, env=env, stdout=DEVNULL, stderr=log)
