@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from asyncio.subprocess import DEVNULL
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import IO
 
 from central.ingest.worker import CRASH_EXIT_CODE
@@ -22,5 +24,12 @@ async def ingest_until_crash(env: dict[str, str], fault: str, log: IO[bytes]) ->
     assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
 
 
-async def start_ingest(env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(*INGEST, env=env, stdout=DEVNULL, stderr=log)
+@asynccontextmanager
+async def running_ingest(env: dict[str, str], log: IO[bytes]) -> AsyncIterator[None]:
+    """An ingest process for the block, terminated at its end."""
+    process = await asyncio.create_subprocess_exec(*INGEST, env=env, stdout=DEVNULL, stderr=log)
+    try:
+        yield
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)

@@ -14,7 +14,7 @@ from central.models import IngestedEvent, Receipt, StockBalance
 from central.services.branches import add_branch
 from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.conftest import wait_until
-from tests.faults.ingest_process import ingest_until_crash, start_ingest
+from tests.faults.ingest_process import ingest_until_crash, running_ingest
 
 
 async def test_crash_after_commit_before_ack_doubles_nothing(
@@ -39,8 +39,7 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
         assert committed is not None
         assert 0 < committed <= 25  # one batch stored, never acked
 
-        restarted = await start_ingest(env, log)
-        try:
+        async with running_ingest(env, log):
 
             async def drained() -> bool:
                 async with sessionmaker() as session:
@@ -52,9 +51,6 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
             async with sessionmaker() as session:
                 before = await session.scalar(select(func.count(Receipt.id)))
             await asyncio.sleep(3)
-        finally:
-            restarted.terminate()
-            await asyncio.wait_for(restarted.wait(), 20)
     finally:
         log.close()
     async with sessionmaker() as session:

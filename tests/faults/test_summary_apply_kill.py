@@ -4,7 +4,6 @@ the backlog once, and the report tables hold every sale exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from central.models import IngestedEvent, SalesProductDaily, StockBalance, Summa
 from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.central.summaries import assert_kept_equals_rebuilt
 from tests.conftest import PG_URL_ENV, wait_until
-from tests.faults.ingest_process import ingest_until_crash, start_ingest
+from tests.faults.ingest_process import ingest_until_crash, running_ingest
 
 pytestmark = [
     pytest.mark.postgres,
@@ -57,8 +56,7 @@ async def test_applier_killed_before_its_commit_counts_nothing_twice(
         assert await count(SummaryBacklog) > 0
         assert await count(SalesProductDaily) == 0  # the applied chunk rolled back
 
-        restarted = await start_ingest(env, log)
-        try:
+        async with running_ingest(env, log):
 
             async def caught_up() -> bool:
                 return (
@@ -67,9 +65,6 @@ async def test_applier_killed_before_its_commit_counts_nothing_twice(
                 )
 
             await wait_until(caught_up, timeout=60)
-        finally:
-            restarted.terminate()
-            await asyncio.wait_for(restarted.wait(), 20)
     finally:
         log.close()
 
