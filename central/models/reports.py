@@ -1,8 +1,10 @@
 """Summary tables behind the head-office reports.
 
-Every table here is a projection: kept up to date inside the ingest transaction by
-``central.reports.projections`` (additive upserts, one per key and batch) and
-rebuildable from the raw records with ``python -m central reports rebuild``.
+Every table here is a projection: kept up to date at ingestion by
+``central.reports.projections`` (additive upserts, one per key and batch; on
+PostgreSQL the per-product tables through ``rpt_summary_backlog``, applied seconds
+later and before every report) and rebuildable from the raw records with
+``python -m central reports rebuild``.
 Money in integer minor units, quantities in thousandths, like the raw tables.
 
 Sales measures (the same columns on every sales table):

@@ -20,3 +20,11 @@ def test_a_report_limit_below_one_is_refused_by_name(name: str, value: str) -> N
     # Zero would refuse every report with a 422 instead of failing at start-up.
     with pytest.raises(SettingsError, match=name):
         load_settings(env={f"BACKROOM_{name.upper()}": value})
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_summary_interval_not_above_zero_is_refused(value: str) -> None:
+    # Zero would make each ingest process apply the summary backlog in a busy loop.
+    with pytest.raises(SettingsError, match="summary_interval_s"):
+        load_settings(env={"BACKROOM_SUMMARY_INTERVAL_S": value})
+    assert load_settings(env={"BACKROOM_SUMMARY_INTERVAL_S": "0.5"}).summary_interval_s == 0.5
