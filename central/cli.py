@@ -219,15 +219,20 @@ def _nats_server_config(settings: CentralSettings, resolver_dir: str) -> None:
 DEMO_SETTINGS = Path("var/demo/central.toml")
 
 
-async def _reports_rebuild(settings: CentralSettings) -> int:
-    """Recompute the report summary tables from the raw records in one transaction."""
+async def _reports(settings: CentralSettings, command: str) -> int:
+    """``rebuild``: recompute the report summary tables from the raw records in one
+    transaction. ``apply-backlog``: add the summary backlog to them now (PostgreSQL;
+    after any applier at work)."""
     from central.db import create_engine
+    from central.reports.backlog import apply_summary_backlog
     from central.reports.rebuild import rebuild
 
     engine = create_engine(settings.database_url)
     try:
-        counts = await rebuild(engine)
-        _print({"rebuilt": counts})
+        if command == "apply-backlog":
+            _print({"applied": await apply_summary_backlog(engine, wait=True)})
+        else:
+            _print({"rebuilt": await rebuild(engine)})
         return 0
     finally:
         await engine.dispose()
@@ -371,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     reports = sub.add_parser("reports", help="report summary tables")
     rep_sub = reports.add_subparsers(dest="reports_command", required=True)
     rep_sub.add_parser("rebuild", help="recompute the summary tables from the raw records")
+    rep_sub.add_parser(
+        "apply-backlog", help="add the summary backlog to the tables now (PostgreSQL)"
+    )
 
     stock = sub.add_parser("stock", help="the stock ledger and its balance projection")
     stock_sub = stock.add_subparsers(dest="stock_command", required=True)
@@ -441,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "nats":
         _nats_server_config(settings, args.resolver_dir)
     elif args.command == "reports":
-        code = asyncio.run(_reports_rebuild(settings))
+        code = asyncio.run(_reports(settings, args.reports_command))
     elif args.command == "stock":
         code = asyncio.run(_stock_rebuild(settings, args.verify))
     elif args.command == "dead-letters":

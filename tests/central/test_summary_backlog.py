@@ -5,7 +5,9 @@ reads them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 from datetime import date
 from typing import Any
 
@@ -172,3 +174,25 @@ async def test_central_applies_the_backlog_once_the_stream_is_drained(
 
         await wait_until(applied, timeout=20)
     assert await _waiting(pg_engine) == 0
+
+
+async def test_the_command_line_applies_the_backlog(pg_engine: AsyncEngine) -> None:
+    books = await _stocked_books()
+    _history(books, 6)
+    await _ingest(pg_engine, books)
+    waiting = await _waiting(pg_engine)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "central",
+        "reports",
+        "apply-backlog",
+        env={**os.environ, "BACKROOM_DATABASE_URL": pg_engine.url.render_as_string(False)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == {"applied": waiting}
+    assert await _waiting(pg_engine) == 0
+    assert await _sold(pg_engine) == books.sold_milli
