@@ -38,6 +38,7 @@ from central.models.reports import (
     ShiftTotals,
     StockMovementDaily,
     SummaryBacklog,
+    SummaryRejected,
 )
 from central.models.shifts import CashMovement, ClosedDay, Shift
 from central.models.stock import StockBalance, StockMovement, StockTransfer, StockTransferLine
@@ -93,6 +94,7 @@ __all__ = [
     "StockTransferLine",
     "StoreFormat",
     "SummaryBacklog",
+    "SummaryRejected",
     "UTCDateTime",
     "utcnow",
 ]

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from central.models.base import Base, BigIntPK
+from central.models.base import Base, BigIntPK, utcnow
 
 __all__ = [
     "SALES_MEASURES",
@@ -40,6 +40,7 @@ __all__ = [
     "StockMovementDaily",
     "StockMovementMonthly",
     "SummaryBacklog",
+    "SummaryRejected",
 ]
 
 SALES_MEASURES = (
@@ -286,3 +287,32 @@ class SummaryBacklog(Base):
     discounts: Mapped[int] = mapped_column(BigInteger)
     sold_at: Mapped[datetime | None] = mapped_column()
     price: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class SummaryRejected(Base):
+    """Backlog rows the applier could not add to their tables (a sum beyond 64 bits):
+    set aside one by one, so they never hold up the rows after them or the reports.
+    Their events are stored; the reports leave these rows out (sync health counts
+    them). Columns as the backlog's, with the database's error and when."""
+
+    __tablename__ = "rpt_summary_rejected"
+
+    # The row's id in the backlog.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    branch: Mapped[str] = mapped_column(String(32))
+    local_date: Mapped[date] = mapped_column()
+    month: Mapped[date] = mapped_column()
+    sku: Mapped[str] = mapped_column(String(64))
+    doc_type: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(Integer)
+    qty: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[int] = mapped_column(BigInteger)
+    lq: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[int] = mapped_column(BigInteger)
+    vat: Mapped[int] = mapped_column(BigInteger)
+    discounts: Mapped[int] = mapped_column(BigInteger)
+    sold_at: Mapped[datetime | None] = mapped_column()
+    price: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str] = mapped_column(Text)
+    rejected_at: Mapped[datetime] = mapped_column(default=utcnow)

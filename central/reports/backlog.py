@@ -20,13 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from central.models.reports import SummaryBacklog
-from central.reports.projections import BacklogBusy, apply_backlog
+from central.reports.projections import BacklogBusy, apply_backlog, set_aside_first
 
 __all__ = [
     "BACKLOG_CHUNK",
@@ -36,6 +41,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Rows per applying transaction (about 30,000 receipts of 8 lines): a long backlog is
 # applied in several commits rather than one transaction holding everything.
@@ -53,29 +59,57 @@ async def apply_summary_backlog(
 
     ``wait``: wait for another applier to finish, then apply what is left (reports);
     otherwise return 0 at once when one is at work (the periodic appliers).
+    A chunk the database refuses for its data (a sum beyond 64 bits) is halved until
+    the row at fault stands alone, which is set aside in ``rpt_summary_rejected``
+    (logged, counted by sync health): one bad row never holds up the others.
     ``crash_before_commit``: fault injection for the kill test (exit with the chunk
     applied but not committed)."""
     if engine.dialect.name != "postgresql":
         return 0
     total = 0
+    size = chunk
     while True:
-        async with engine.connect() as plain:
-            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
-            try:
-                async with AsyncSession(bind=conn) as session, session.begin():
-                    taken = await session.run_sync(
-                        lambda s: apply_backlog(s, limit=chunk, wait=wait)
-                    )
-                    if taken and crash_before_commit:
-                        from central.ingest.worker import CRASH_EXIT_CODE
-
-                        log.error("fault injection: exiting with the backlog applied, uncommitted")
-                        os._exit(CRASH_EXIT_CODE)
-            except BacklogBusy:
-                return total
-        total += taken
-        if taken < chunk:
+        try:
+            taken = await _in_transaction(
+                engine, partial(apply_backlog, limit=size, wait=wait), crash_before_commit
+            )
+        except BacklogBusy:
             return total
+        except DBAPIError as exc:
+            if not _data_error(exc):
+                raise
+            if size > 1:
+                size //= 2
+                continue
+            error = str(exc.orig)[:2000]
+            moved = await _in_transaction(engine, partial(set_aside_first, error=error), False)
+            log.error("summary backlog row %s set aside, it cannot be added: %s", moved, error)
+            size = chunk
+            continue
+        total += taken
+        if taken < size:
+            return total
+
+
+def _data_error(exc: DBAPIError) -> bool:
+    # SQLSTATE class 22, data exception (22003: a bigint sum out of range).
+    return str(getattr(exc.orig, "sqlstate", "")).startswith("22")
+
+
+async def _in_transaction(
+    engine: AsyncEngine, work: Callable[[Session], T], crash_before_commit: bool
+) -> T:
+    """``work`` in a REPEATABLE READ transaction of its own, committed."""
+    async with engine.connect() as plain:
+        conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+        async with AsyncSession(bind=conn) as session, session.begin():
+            result = await session.run_sync(work)
+            if result and crash_before_commit:
+                from central.ingest.worker import CRASH_EXIT_CODE
+
+                log.error("fault injection: exiting with the backlog applied, uncommitted")
+                os._exit(CRASH_EXIT_CODE)
+            return result
 
 
 async def summaries_current(session: AsyncSession) -> None:

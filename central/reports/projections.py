@@ -55,6 +55,7 @@ from central.models.reports import (
     StockMovementDaily,
     StockMovementMonthly,
     SummaryBacklog,
+    SummaryRejected,
 )
 from central.models.stock import StockMovement
 from central.reports.money import vat_of
@@ -77,6 +78,7 @@ __all__ = [
     "local_hour",
     "month_of",
     "project_summaries",
+    "set_aside_first",
     "upsert_additive",
     "write_closing",
 ]
@@ -685,6 +687,24 @@ def apply_backlog(session: Session, *, limit: int, wait: bool) -> int:
     session.execute(_PG_STAGED_PRICE, chunk)
     result: Any = session.execute(_DELETE_CHUNK, chunk)
     return int(result.rowcount or 0)
+
+
+_SET_ASIDE = text(
+    f"WITH moved AS (DELETE FROM {_BACKLOG} WHERE id = (SELECT min(id) FROM {_BACKLOG}) "
+    f"RETURNING id, {', '.join(_BACKLOG_COLUMNS)}) "
+    f"INSERT INTO {SummaryRejected.__tablename__} "
+    f"(id, {', '.join(_BACKLOG_COLUMNS)}, error, rejected_at) "
+    f"SELECT id, {', '.join(_BACKLOG_COLUMNS)}, :error, now() FROM moved RETURNING id"
+)
+
+
+def set_aside_first(session: Session, error: str) -> int | None:
+    """Move the backlog's first row to ``rpt_summary_rejected`` (it cannot be added
+    alone); its id, or None when the backlog is empty. Same transaction rules as
+    :func:`apply_backlog` (waits for an applier at work)."""
+    session.execute(text(_LOCK_BACKLOG))
+    moved = session.execute(_SET_ASIDE, {"error": error}).scalar()
+    return None if moved is None else int(moved)
 
 
 # --- writing ----------------------------------------------------------------------------

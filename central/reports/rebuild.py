@@ -71,6 +71,7 @@ from central.models.reports import (
     StockMovementDaily,
     StockMovementMonthly,
     SummaryBacklog,
+    SummaryRejected,
 )
 from central.reports.money import vat_sql
 from central.reports.projections import upsert_additive
@@ -604,11 +605,14 @@ def _rebuild_all(session: Session) -> None:
         session.execute(text("SET LOCAL work_mem = '512MB'"))
         # Before the first query (so a REPEATABLE READ snapshot starts after it): ingest
         # workers wait for the rebuild, then add their events to the rebuilt rows.
-        # The backlog first, as every writer takes it first: its rows are the summary
-        # effects of raw records this snapshot holds, recomputed below; they go.
-        names = ", ".join(t.name for t in (_t(SummaryBacklog), *SUMMARY_TABLES))
+        # The backlog first, as every writer takes it first: its rows (and those set
+        # aside) are the summary effects of raw records this snapshot holds,
+        # recomputed below; they go.
+        pending = (_t(SummaryBacklog), _t(SummaryRejected))
+        names = ", ".join(t.name for t in (*pending, *SUMMARY_TABLES))
         session.execute(text(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))
-        session.execute(delete(_t(SummaryBacklog)))
+        for table in pending:
+            session.execute(delete(table))
     _rebuild_stock(session)
     _rebuild_stock_monthly(session, dialect)
     _rebuild_stock_closing(session)

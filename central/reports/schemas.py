@@ -324,3 +324,6 @@ class SyncHealthReport(msgspec.Struct, kw_only=True):
     # PostgreSQL: per-product summary rows stored by ingestion, not yet in the report
     # tables (applied every few seconds and before each report; 0 on SQLite).
     summary_backlog: int = 0
+    # Backlog rows set aside because they could not be added (a sum beyond 64 bits):
+    # their events are stored, the reports leave them out (rpt_summary_rejected).
+    summary_rejected: int = 0

@@ -72,6 +72,7 @@ from central.models.reports import (
     StockMovementDaily,
     StockMovementMonthly,
     SummaryBacklog,
+    SummaryRejected,
 )
 from central.reports.backlog import summaries_current
 from central.reports.money import ratio_text, rounded_div
@@ -1762,4 +1763,10 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
             )
         )
     backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))
-    return SyncHealthReport(generated_at=now, rows=rows, summary_backlog=int(backlog or 0))
+    rejected = await session.scalar(select(func.count()).select_from(SummaryRejected))
+    return SyncHealthReport(
+        generated_at=now,
+        rows=rows,
+        summary_backlog=int(backlog or 0),
+        summary_rejected=int(rejected or 0),
+    )

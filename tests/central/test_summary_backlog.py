@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from central.db import create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.ingest.worker import IngestWorker
-from central.models import SalesProductDaily, SummaryBacklog
+from central.models import SalesProductDaily, SummaryBacklog, SummaryRejected
 from central.reports import service
 from central.reports.backlog import apply_summary_backlog
 from tests.central.chain_events import BranchBooks, message, publish_books
@@ -196,3 +196,37 @@ async def test_the_command_line_applies_the_backlog(pg_engine: AsyncEngine) -> N
     assert json.loads(out) == {"applied": waiting}
     assert await _waiting(pg_engine) == 0
     assert await _sold(pg_engine) == books.sold_milli
+
+
+async def test_a_row_that_cannot_be_added_is_set_aside_and_holds_up_nothing(
+    pg_engine: AsyncEngine,
+) -> None:
+    """Goods received twice in one day, each 2^62 thousandths (a write-off between, so
+    the balance stays in range): their day's sum is beyond 64 bits. The applier halves
+    its chunk until that row stands alone, sets it aside, and applies every other row;
+    reports keep working."""
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("BREAD", 100_000, 150)])
+    huge = 2**62
+    books.document("goods_receipt", [("SALT", huge, 0)])
+    books.document("write_off", [("SALT", -huge, None)])
+    _history(books, 3)
+    books.document("goods_receipt", [("SALT", huge, 0)])
+    _history(books, 4)
+    await _ingest(pg_engine, books)
+    waiting = await _waiting(pg_engine)
+    assert await apply_summary_backlog(pg_engine, chunk=8) == waiting - 1
+    assert await _waiting(pg_engine) == 0
+    health = await _health(pg_engine)
+    assert (health.summary_backlog, health.summary_rejected) == (0, 1)
+    async with create_sessionmaker(pg_engine)() as session:
+        (rejected,) = (await session.execute(select(SummaryRejected))).scalars().all()
+        assert (rejected.sku, rejected.doc_type, rejected.qty) == ("SALT", "goods_receipt", huge)
+        assert "out of range" in rejected.error
+        report = await service.stock_movement(
+            session, date_from=NOV_1, date_to=NOV_30, branch="B1", sku="BREAD"
+        )
+    # Everything else is in the tables: BREAD's sales to the last one.
+    assert await _sold(pg_engine) == books.sold_milli
+    (bread,) = report.rows
+    assert bread.closing_milli == books.stock_milli["BREAD"]

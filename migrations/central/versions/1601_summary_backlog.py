@@ -1,6 +1,7 @@
 """rpt_summary_backlog: per-product summary rows stored by ingestion and added to their
 tables by one applier in bigger, later transactions (PostgreSQL), so ingest workers no
-longer upsert ~13,000 shared summary rows per batch under each other's locks
+longer upsert ~13,000 shared summary rows per batch under each other's locks;
+rpt_summary_rejected: the rows it could not add, set aside
 
 Revision ID: 1601
 Revises: 1503
@@ -48,5 +49,31 @@ def upgrade() -> None:
     )
 
 
+    # Backlog rows the applier could not add (a sum beyond 64 bits), set aside.
+    op.create_table(
+        "rpt_summary_rejected",
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("branch", sa.String(length=32), nullable=False),
+        sa.Column("local_date", sa.Date(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("sku", sa.String(length=64), nullable=False),
+        sa.Column("doc_type", sa.String(length=32), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.Integer(), nullable=False),
+        sa.Column("qty", sa.BigInteger(), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.Column("lq", sa.BigInteger(), nullable=False),
+        sa.Column("revenue", sa.BigInteger(), nullable=False),
+        sa.Column("vat", sa.BigInteger(), nullable=False),
+        sa.Column("discounts", sa.BigInteger(), nullable=False),
+        sa.Column("sold_at", central.models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("price", sa.BigInteger(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("rejected_at", central.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rpt_summary_rejected")),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("rpt_summary_rejected")
     op.drop_table("rpt_summary_backlog")
