@@ -254,21 +254,9 @@ class ShiftPaymentTotals(Base):
     refunds: Mapped[int] = _amount()
 
 
-class SummaryBacklog(Base):
-    """PostgreSQL: the per-product summary rows ingestion has stored but not yet added
-    to their tables (product-day, chain product-day, movement day and month, monthly
-    closing, last selling price).
+class _SummaryRow:
+    """A per-product summary row as ingestion stores it in the backlog."""
 
-    An ingest batch COPYs one row per event, product and ledger document type here, in
-    its own transaction (so a stored event always has its row), instead of upserting
-    ~13,000 summary rows under the other workers' noses; one applier at a time
-    (``central.reports.backlog``) takes rows out and adds them to the tables in one
-    transaction, every second and before each report that reads them. Columns as the
-    ingest summary stage."""
-
-    __tablename__ = "rpt_summary_backlog"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     branch: Mapped[str] = mapped_column(String(32))
     local_date: Mapped[date] = mapped_column()
     month: Mapped[date] = mapped_column()
@@ -289,7 +277,23 @@ class SummaryBacklog(Base):
     price: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class SummaryRejected(Base):
+class SummaryBacklog(_SummaryRow, Base):
+    """PostgreSQL: the per-product summary rows ingestion has stored but not yet added
+    to their tables (product-day, chain product-day, movement day and month, monthly
+    closing, last selling price).
+
+    An ingest batch COPYs one row per event, product and ledger document type here, in
+    its own transaction (so a stored event always has its row), instead of upserting
+    ~13,000 summary rows under the other workers' noses; one applier at a time
+    (``central.reports.backlog``) takes rows out and adds them to the tables in one
+    transaction, every few seconds and before each report that reads them."""
+
+    __tablename__ = "rpt_summary_backlog"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+
+
+class SummaryRejected(_SummaryRow, Base):
     """Backlog rows the applier could not add to their tables (a sum beyond 64 bits):
     set aside one by one, so they never hold up the rows after them or the reports.
     Their events are stored; the reports leave these rows out (sync health counts
@@ -299,20 +303,5 @@ class SummaryRejected(Base):
 
     # The row's id in the backlog.
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    branch: Mapped[str] = mapped_column(String(32))
-    local_date: Mapped[date] = mapped_column()
-    month: Mapped[date] = mapped_column()
-    sku: Mapped[str] = mapped_column(String(64))
-    doc_type: Mapped[str] = mapped_column(String(32))
-    reason: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[int] = mapped_column(Integer)
-    qty: Mapped[int] = mapped_column(BigInteger)
-    value: Mapped[int] = mapped_column(BigInteger)
-    lq: Mapped[int] = mapped_column(BigInteger)
-    revenue: Mapped[int] = mapped_column(BigInteger)
-    vat: Mapped[int] = mapped_column(BigInteger)
-    discounts: Mapped[int] = mapped_column(BigInteger)
-    sold_at: Mapped[datetime | None] = mapped_column()
-    price: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str] = mapped_column(Text)
     rejected_at: Mapped[datetime] = mapped_column(default=utcnow)

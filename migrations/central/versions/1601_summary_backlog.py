@@ -9,6 +9,7 @@ Create Date: 2026-11-28 10:30:00
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -21,6 +22,27 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _summary_row() -> list[sa.Column[Any]]:
+    """The columns of a per-product summary row as ingestion stores it."""
+    return [
+        sa.Column("branch", sa.String(length=32), nullable=False),
+        sa.Column("local_date", sa.Date(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("sku", sa.String(length=64), nullable=False),
+        sa.Column("doc_type", sa.String(length=32), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.Integer(), nullable=False),
+        sa.Column("qty", sa.BigInteger(), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.Column("lq", sa.BigInteger(), nullable=False),
+        sa.Column("revenue", sa.BigInteger(), nullable=False),
+        sa.Column("vat", sa.BigInteger(), nullable=False),
+        sa.Column("discounts", sa.BigInteger(), nullable=False),
+        sa.Column("sold_at", central.models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("price", sa.BigInteger(), nullable=True),
+    ]
+
+
 def upgrade() -> None:
     op.create_table(
         "rpt_summary_backlog",
@@ -30,44 +52,14 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("branch", sa.String(length=32), nullable=False),
-        sa.Column("local_date", sa.Date(), nullable=False),
-        sa.Column("month", sa.Date(), nullable=False),
-        sa.Column("sku", sa.String(length=64), nullable=False),
-        sa.Column("doc_type", sa.String(length=32), nullable=False),
-        sa.Column("reason", sa.String(length=64), nullable=False),
-        sa.Column("kind", sa.Integer(), nullable=False),
-        sa.Column("qty", sa.BigInteger(), nullable=False),
-        sa.Column("value", sa.BigInteger(), nullable=False),
-        sa.Column("lq", sa.BigInteger(), nullable=False),
-        sa.Column("revenue", sa.BigInteger(), nullable=False),
-        sa.Column("vat", sa.BigInteger(), nullable=False),
-        sa.Column("discounts", sa.BigInteger(), nullable=False),
-        sa.Column("sold_at", central.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("price", sa.BigInteger(), nullable=True),
+        *_summary_row(),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rpt_summary_backlog")),
     )
-
-
     # Backlog rows the applier could not add (a sum beyond 64 bits), set aside.
     op.create_table(
         "rpt_summary_rejected",
         sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column("branch", sa.String(length=32), nullable=False),
-        sa.Column("local_date", sa.Date(), nullable=False),
-        sa.Column("month", sa.Date(), nullable=False),
-        sa.Column("sku", sa.String(length=64), nullable=False),
-        sa.Column("doc_type", sa.String(length=32), nullable=False),
-        sa.Column("reason", sa.String(length=64), nullable=False),
-        sa.Column("kind", sa.Integer(), nullable=False),
-        sa.Column("qty", sa.BigInteger(), nullable=False),
-        sa.Column("value", sa.BigInteger(), nullable=False),
-        sa.Column("lq", sa.BigInteger(), nullable=False),
-        sa.Column("revenue", sa.BigInteger(), nullable=False),
-        sa.Column("vat", sa.BigInteger(), nullable=False),
-        sa.Column("discounts", sa.BigInteger(), nullable=False),
-        sa.Column("sold_at", central.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("price", sa.BigInteger(), nullable=True),
+        *_summary_row(),
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("rejected_at", central.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rpt_summary_rejected")),
