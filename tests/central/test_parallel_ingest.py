@@ -24,11 +24,13 @@ from central.models import (
     Receipt,
     ReceiptLineRow,
     StockBalance,
+    SummaryBacklog,
 )
 from central.services.branches import add_branch
 from central.services.stock import rebuild_balances
 from protocol import BranchHeartbeat, encode, up_subject
 from tests.central.chain_events import BranchBooks, ingest_env, outbox_items, publish_raw
+from tests.central.summaries import assert_kept_equals_rebuilt
 from tests.conftest import wait_until
 
 BRANCHES = [f"P{n}" for n in range(1, 6)]
@@ -94,7 +96,9 @@ async def test_two_workers_store_every_branch_event_exactly_once(
                 stored = await session.scalar(select(func.count()).select_from(IngestedEvent))
                 letters = await session.scalar(select(func.count(DeadLetter.id)))
                 beats = await session.scalar(select(func.count()).select_from(BranchStatus))
-            return (stored, letters, beats) == (total_events, 1, len(BRANCHES))
+                # PostgreSQL: the workers' appliers have added every summary row.
+                waiting = await session.scalar(select(func.count()).select_from(SummaryBacklog))
+            return (stored, letters, beats, waiting) == (total_events, 1, len(BRANCHES), 0)
 
         await wait_until(all_in, timeout=90)
     finally:
@@ -159,4 +163,6 @@ async def test_two_workers_store_every_branch_event_exactly_once(
         assert "malformed event" in letter.reason
     async with sessionmaker() as session, session.begin():
         assert (await rebuild_balances(session, verify_only=True)).agree
+    # Every report summary, kept by two workers (and their appliers), once.
+    await assert_kept_equals_rebuilt(sessionmaker)
     await engine.dispose()
