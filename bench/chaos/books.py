@@ -90,6 +90,9 @@ class CentralBooks:
     stock: dict[str, dict[str, int]] | None = None
     dead_letters: int = 0
     tables: frozenset[str] = frozenset()
+    # Report summary tables whose rows differ from their rebuild from the raw records
+    # (None: not compared, the schema has none).
+    summaries_differ: list[str] | None = None
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
@@ -243,4 +246,31 @@ async def read_central_books(engine: AsyncEngine) -> CentralBooks:
                 if quantity:
                     stock[branch][sku] = int(quantity)
             books.stock = stock
+    if "rpt_sales_branch_daily" in books.tables:
+        books.summaries_differ = await _summaries_differ(engine)
     return books
+
+
+async def _summaries_differ(engine: AsyncEngine) -> list[str]:
+    """The summary tables as kept (the backlog applied first) against their rebuild,
+    computed in a transaction that is rolled back: the database is left as it was."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from central.reports.backlog import apply_summary_backlog
+    from central.reports.rebuild import SUMMARY_TABLES, rebuild_summaries
+
+    await apply_summary_backlog(engine, wait=True)
+    async with AsyncSession(engine) as session, session.begin():
+
+        async def rows() -> dict[str, list[Any]]:
+            return {
+                t.name: sorted(tuple(r) for r in (await session.execute(select(t))).all())
+                for t in SUMMARY_TABLES
+            }
+
+        kept = await rows()
+        await rebuild_summaries(session)
+        rebuilt = await rows()
+        await session.rollback()
+    return [name for name in kept if kept[name] != rebuilt[name]]

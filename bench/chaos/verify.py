@@ -107,6 +107,12 @@ def compare(
         verdict.checks.add("agent database integrity")
         if agent.integrity != "ok":
             verdict.fail(f"{branch}: the agent's database is damaged: {agent.integrity}")
+    if central.summaries_differ is None:
+        verdict.not_compared.add("report summaries")
+    else:
+        verdict.checks.add("report summaries equal their rebuild from the raw records")
+        for name in central.summaries_differ:
+            verdict.fail(f"report summary table {name} differs from its rebuild")
     extra = set(central.events) - set(agents)
     for branch in sorted(extra):
         verdict.unexpected += len(central.events[branch])

@@ -56,6 +56,7 @@ async def test_books_agree_after_crashes_and_outages(db_url: str, tmp_path: Path
     assert summary["documents_acked"] > 10, explain
     assert "fiscal receipts printed" in summary["checks"], explain
     assert "stock balance per product" in summary["checks"], explain
+    assert "report summaries equal their rebuild from the raw records" in summary["checks"], explain
     for totals in report.verdict.branches.values():
         assert totals.receipts_agent == totals.receipts_central == totals.receipts_api, explain
         assert totals.acked_by_tills <= totals.receipts_agent, explain
