@@ -254,23 +254,15 @@ async def read_central_books(engine: AsyncEngine) -> CentralBooks:
 async def _summaries_differ(engine: AsyncEngine) -> list[str]:
     """The summary tables as kept (the backlog applied first) against their rebuild,
     computed in a transaction that is rolled back: the database is left as it was."""
-    from sqlalchemy import select
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from central.reports.backlog import apply_summary_backlog
-    from central.reports.rebuild import SUMMARY_TABLES, rebuild_summaries
+    from central.reports.rebuild import rebuild_summaries, summary_rows
 
     await apply_summary_backlog(engine, wait=True)
     async with AsyncSession(engine) as session, session.begin():
-
-        async def rows() -> dict[str, list[Any]]:
-            return {
-                t.name: sorted(tuple(r) for r in (await session.execute(select(t))).all())
-                for t in SUMMARY_TABLES
-            }
-
-        kept = await rows()
+        kept = await summary_rows(session)
         await rebuild_summaries(session)
-        rebuilt = await rows()
+        rebuilt = await summary_rows(session)
         await session.rollback()
     return [name for name in kept if kept[name] != rebuilt[name]]

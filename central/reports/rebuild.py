@@ -82,6 +82,7 @@ __all__ = [
     "month_start_sql",
     "rebuild",
     "rebuild_summaries",
+    "summary_rows",
 ]
 
 
@@ -632,6 +633,15 @@ async def rebuild_summaries(session: AsyncSession) -> dict[str, int]:
     for table in SUMMARY_TABLES:
         counts[table.name] = int(await session.scalar(select(func.count()).select_from(table)) or 0)
     return counts
+
+
+async def summary_rows(session: AsyncSession) -> dict[str, list[tuple[Any, ...]]]:
+    """Every summary table's rows, sorted: to compare the kept tables with a rebuild."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for table in SUMMARY_TABLES:
+        rows = (await session.execute(select(table))).all()
+        out[table.name] = sorted(tuple(r) for r in rows)
+    return out
 
 
 async def rebuild(engine: AsyncEngine) -> dict[str, int]:

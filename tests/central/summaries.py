@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.reports.rebuild import SUMMARY_TABLES, rebuild_summaries
+from central.reports import rebuild
 
 
 async def summary_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, list[Any]]:
     """Every summary table's rows, sorted."""
-    out: dict[str, list[Any]] = {}
     async with sessionmaker() as session:
-        for table in SUMMARY_TABLES:
-            rows = (await session.execute(select(table))).all()
-            out[table.name] = sorted(tuple(r) for r in rows)
-    return out
+        return await rebuild.summary_rows(session)
 
 
 async def assert_kept_equals_rebuilt(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     """The summaries as kept equal those rebuilt from the raw records, row for row."""
     kept = await summary_rows(sessionmaker)
     async with sessionmaker() as session, session.begin():
-        await rebuild_summaries(session)
+        await rebuild.rebuild_summaries(session)
     assert await summary_rows(sessionmaker) == kept
