@@ -16,6 +16,7 @@ from branch_agent.models import Counter, OutboxEvent
 from protocol.codec import WireDecodeError, check, decode_envelope, encode
 from protocol.events import BranchEvent, EventEnvelope, event_kind
 from protocol.ids import new_event_id
+from protocol.limits import MAX_EVENT_BYTES
 from protocol.subjects import up_subject
 
 __all__ = [
@@ -71,6 +72,20 @@ def _refused(exc: WireDecodeError) -> Rejected:
     return Rejected(f"central would refuse it: {exc}", field=field)
 
 
+# What an envelope adds to its body: ids, branch, sequence, times (~120 bytes).
+_ENVELOPE_BYTES = 512
+
+
+def _check_size(size: int) -> None:
+    """An event too big for one NATS message could never be sent, and would hold every
+    event after it in the outbox: refused before anything is recorded."""
+    if size > MAX_EVENT_BYTES:
+        raise Rejected(
+            f"the event would take {size:,} bytes, more than the {MAX_EVENT_BYTES:,} one "
+            "message may carry: shorten its texts or post fewer lines"
+        )
+
+
 def check_event(body: BranchEvent) -> None:
     """Rejected (422, naming the field) when central would refuse this event: a value
     beyond a limit of its wire Struct, whether it came from the till, the catalog, a
@@ -81,6 +96,7 @@ def check_event(body: BranchEvent) -> None:
         check(body)
     except WireDecodeError as exc:
         raise _refused(exc) from exc
+    _check_size(len(encode(body)) + _ENVELOPE_BYTES)
 
 
 async def append_event(
@@ -107,6 +123,7 @@ async def append_event(
         decode_envelope(payload)
     except WireDecodeError as exc:
         raise _refused(exc) from exc
+    _check_size(len(payload))
     await run(
         db,
         _INSERT_OUTBOX,

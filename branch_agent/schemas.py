@@ -26,6 +26,7 @@ __all__ = [
     "CashMoveOut",
     "PaymentIn",
     "ProductOut",
+    "ReasonText",
     "ReturnIn",
     "ReturnLineIn",
     "ReturnOut",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 QuantityText = Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")]
+# Why a return, cash move or write-off happened, as a person typed it. Central keeps it
+# whole; the bound keeps every event well inside one NATS message.
+ReasonText = Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,7 +118,7 @@ class ReturnIn(msgspec.Struct, frozen=True, kw_only=True):
     lines: Annotated[list[ReturnLineIn], msgspec.Meta(min_length=1, max_length=500)]
     # Default: cash if the customer paid any cash, else the original payment type.
     refund_type: PaymentType | None = None
-    reason: str = ""
+    reason: ReasonText = ""
 
 
 class ReturnOut(msgspec.Struct, kw_only=True):
@@ -199,7 +203,7 @@ class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True):
     move_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     direction: Literal["in", "out"]
     amount: PositiveInt64
-    reason: str = ""
+    reason: ReasonText = ""
     cashier: Text64 = ""
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +36,9 @@ class SenderState:
     duplicates: int = 0
     failures: int = 0
     last_error: str = ""
+    # Rows bigger than the server lets a message be (seq -> bytes): set aside so the
+    # rows after them still go, and sent once the server's max_payload allows them.
+    held: dict[int, int] = field(default_factory=dict)
 
 
 class OutboxSender:
@@ -80,20 +84,17 @@ class OutboxSender:
         """Publish one batch of unsent rows; returns how many were acked."""
         if not nc.is_connected:
             raise ConnectionError("not connected to NATS")
+        held = self.state.held
+        for seq, size in list(held.items()):
+            if size <= nc.max_payload:
+                del held[seq]
+        query = select(
+            OutboxEvent.seq, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload
+        ).where(OutboxEvent.sent_at.is_(None))
+        if held:
+            query = query.where(OutboxEvent.seq.not_in(sorted(held)))
         async with self._sessionmaker() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        OutboxEvent.seq,
-                        OutboxEvent.event_id,
-                        OutboxEvent.subject,
-                        OutboxEvent.payload,
-                    )
-                    .where(OutboxEvent.sent_at.is_(None))
-                    .order_by(OutboxEvent.seq)
-                    .limit(self.batch)
-                )
-            ).all()
+            rows = (await session.execute(query.order_by(OutboxEvent.seq).limit(self.batch))).all()
         if not rows:
             return 0
         # Publishes go out in sequence order; the acks are awaited together.
@@ -112,6 +113,15 @@ class OutboxSender:
         acked: list[int] = []
         first_error: BaseException | None = None
         for row, result in zip(rows, results, strict=True):
+            if isinstance(result, MaxPayloadError):
+                # Retrying cannot help, and it must not hold the events after it.
+                held[row.seq] = len(row.payload)
+                self.state.last_error = (
+                    f"event {row.seq} ({len(row.payload):,} bytes) is bigger than the NATS "
+                    f"server's max_payload ({nc.max_payload:,}): held until it is raised"
+                )
+                log.error("outbox: %s", self.state.last_error)
+                continue
             if isinstance(result, BaseException):
                 first_error = first_error or result
                 continue

@@ -40,6 +40,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     downstream_last_seq: int
     # Customer returns whose storno receipt waits for a fiscal printer.
     pending_fiscal_returns: int = 0
+    # Outbox events bigger than the NATS server's max_payload, held (the rest still go).
+    outbox_held: list[int] = []
     devices: list[DeviceStateOut]
 
 
@@ -67,6 +69,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         applied_version=agent.applied_version(),
         pending_fiscal=pending_fiscal or 0,
         pending_fiscal_returns=pending_returns or 0,
+        outbox_held=sorted(agent.sender.state.held),
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -88,7 +91,12 @@ def format_status(status: AgentStatus) -> str:
         f"branch           {status.branch}",
         f"link to central  {status.link}"
         + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else ""),
-        f"outbox backlog   {status.outbox_backlog} event(s) not yet acknowledged",
+        f"outbox backlog   {status.outbox_backlog} event(s) not yet acknowledged"
+        + (
+            f"; held, too big for the NATS server: seq {', '.join(map(str, status.outbox_held))}"
+            if status.outbox_held
+            else ""
+        ),
         f"sequence         recorded {status.last_recorded_seq}, acked {status.last_acked_seq}",
         f"last sync        {status.last_sync_at or 'never'}",
         f"master data      version {status.applied_version}",

@@ -31,9 +31,17 @@ from branch_agent.models import (
     StocktakeCount,
 )
 from branch_agent.outbox import append_event, next_counter
+from branch_agent.schemas import ReasonText
 from branch_agent.settings import AgentSettings
 from protocol.events import StockDocumentLine, StockDocumentPosted
-from protocol.limits import Code32, Code64, NonNegativeInt64, Text64, Text200
+from protocol.limits import (
+    STOCK_DOCUMENT_PART_LINES,
+    Code32,
+    Code64,
+    NonNegativeInt64,
+    Text64,
+    Text200,
+)
 from protocol.subjects import validate_branch_code
 from protocol.units import format_milli, parse_milli
 
@@ -83,7 +91,7 @@ class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
     supplier: Text200 | None = None
     counterpart_branch: Code32 | None = None
     transfer_ref: Code64 | None = None
-    reason: str | None = None
+    reason: ReasonText | None = None
     author: Text64 = ""
 
 
@@ -346,23 +354,31 @@ class StockService:
             source=doc_type,
             source_id=document_id,
         )
-        await append_event(
-            session,
-            branch=self._settings.branch,
-            timezone=self._settings.timezone,
-            occurred_at=now,
-            body=StockDocumentPosted(
-                document_id=document_id,
-                doc_type=doc_type,  # type: ignore[arg-type]
-                number=row.number,
-                lines=tuple(lines),
-                supplier=row.supplier,
-                counterpart_branch=row.counterpart_branch,
-                transfer_ref=row.transfer_ref,
-                reason=row.reason,
-                author=row.author,
-            ),
-        )
+        # One event, or (a whole store's stocktake) one per part of the lines: each
+        # must fit in one NATS message. The parts are written together, in order.
+        size = STOCK_DOCUMENT_PART_LINES
+        parts = max(1, -(-len(lines) // size))
+        for part in range(1, parts + 1):
+            await append_event(
+                session,
+                branch=self._settings.branch,
+                timezone=self._settings.timezone,
+                occurred_at=now,
+                body=StockDocumentPosted(
+                    document_id=document_id,
+                    doc_type=doc_type,  # type: ignore[arg-type]
+                    number=row.number,
+                    lines=tuple(lines[(part - 1) * size : part * size]),
+                    supplier=row.supplier,
+                    counterpart_branch=row.counterpart_branch,
+                    transfer_ref=row.transfer_ref,
+                    reason=row.reason,
+                    author=row.author,
+                    part=part,
+                    parts=parts,
+                    first_line_no=(part - 1) * size + 1,
+                ),
+            )
         await session.flush()
         return row
 

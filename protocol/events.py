@@ -205,6 +205,17 @@ class StockDocumentPosted(
     # Stored as unbounded text (a write-off's reason is grouped by its first 64 characters).
     reason: str | None = None
     author: Text64 = ""
+    # A document of more lines than one message may carry (a whole store's stocktake)
+    # travels as ``parts`` events, each with the header and up to
+    # STOCK_DOCUMENT_PART_LINES of the lines; ``first_line_no`` is the document's
+    # number of this part's first line.
+    part: PositiveInt32 = 1
+    parts: PositiveInt32 = 1
+    first_line_no: PositiveInt32 = 1
+
+    def __post_init__(self) -> None:
+        if self.part > self.parts:
+            raise ValueError(f"part {self.part} of {self.parts}: beyond the document's parts")
 
 
 BranchEvent = (

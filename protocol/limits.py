@@ -20,6 +20,8 @@ __all__ = [
     "INT32_MAX",
     "INT64_MAX",
     "INT64_MIN",
+    "MAX_EVENT_BYTES",
+    "STOCK_DOCUMENT_PART_LINES",
     "Code32",
     "Code64",
     "CurrencyCode",
@@ -33,6 +35,14 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
+
+# The largest encoded event a branch writes to its outbox: NATS's default max_payload
+# (1 MiB, which every server of the chain keeps or raises) less room for the headers.
+# A bigger one could never be published and would hold its branch's queue.
+MAX_EVENT_BYTES = 1024 * 1024 - 4096
+# Lines per event of a stock document sent in parts: at most ~160 bytes a line with
+# every field at its limit, 5,000 lines stay well under MAX_EVENT_BYTES.
+STOCK_DOCUMENT_PART_LINES = 5000
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 

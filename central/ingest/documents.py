@@ -55,12 +55,15 @@ async def store_stock_documents(
                 "local_date": ctx.local_date,
                 "value": sum(line_values),
                 "negative_stock": env.event_id in negative,
+                "part": body.part,
+                "parts": body.parts,
             }
         )
         lines.extend(
             {
                 "event_id": env.event_id,
-                "line_no": n,
+                # The document's line number (parts after the first start further on).
+                "line_no": body.first_line_no + n - 1,
                 "sku": line.sku,
                 "quantity_milli": line.quantity_milli,
                 "unit_cost": line.unit_cost,

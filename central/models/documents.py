@@ -23,7 +23,7 @@ __all__ = [
 class StockDocument(Base):
     __tablename__ = "stock_documents"
     __table_args__ = (
-        UniqueConstraint("branch", "document_id"),
+        UniqueConstraint("branch", "document_id", "part"),
         Index("ix_stock_documents_branch_local_date", "branch", "local_date"),
         Index("ix_stock_documents_transfer_ref", "transfer_ref"),
     )
@@ -44,6 +44,9 @@ class StockDocument(Base):
     # Sum of the lines' cost values (signed, minor units).
     value: Mapped[int] = mapped_column(BigInteger, default=0)
     negative_stock: Mapped[bool] = mapped_column(default=False)
+    # A document sent in parts (more lines than one message carries): one row per part.
+    part: Mapped[int] = mapped_column(default=1, server_default="1")
+    parts: Mapped[int] = mapped_column(default=1, server_default="1")
 
 
 class StockDocumentLineRow(Base):

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
@@ -68,6 +68,13 @@ class StockDocumentOut(msgspec.Struct, kw_only=True):
     value: int
     negative_stock: bool
     lines: list[DocumentLineOut]
+    # A document sent in parts (more lines than one message carries, e.g. a whole
+    # store's stocktake): the list shows each part (``part``), the document's own
+    # address all of them together (``part`` null, every line, values summed).
+    # ``parts_received`` below ``parts``: the rest are still on their way.
+    part: int | None = 1
+    parts: int = 1
+    parts_received: int = 1
 
 
 class ReturnLineOut(msgspec.Struct, kw_only=True):
@@ -158,20 +165,41 @@ async def list_documents(
 
 
 async def get_document(session: AsyncSession, branch: str, document_id: str) -> StockDocumentOut:
-    doc = await session.scalar(
-        select(StockDocument).where(
-            StockDocument.branch == branch, StockDocument.document_id == document_id
+    """The whole document: every part received, lines in the document's order."""
+    docs = (
+        await session.scalars(
+            select(StockDocument)
+            .where(StockDocument.branch == branch, StockDocument.document_id == document_id)
+            .order_by(StockDocument.part)
         )
-    )
-    if doc is None:
+    ).all()
+    if not docs:
         raise NotFoundError(
             f"document {document_id!r} of {branch!r} not found", field="document_id"
         )
-    return (await _with_lines(session, [doc]))[0]
+    parts = await _with_lines(session, list(docs))
+    whole = parts[0]
+    whole.part = None
+    whole.value = sum(x.value for x in parts)
+    whole.negative_stock = any(x.negative_stock for x in parts)
+    whole.lines = [line for x in parts for line in x.lines]
+    return whole
 
 
 async def _with_lines(session: AsyncSession, docs: list[StockDocument]) -> list[StockDocumentOut]:
     lines: dict[uuid.UUID, list[DocumentLineOut]] = {}
+    received: dict[tuple[str, str], int] = {}
+    several = {(x.branch, x.document_id) for x in docs if x.parts > 1}
+    if several:
+        d = StockDocument
+        received = {
+            (branch, document_id): count
+            for branch, document_id, count in await session.execute(
+                select(d.branch, d.document_id, func.count())
+                .where(tuple_(d.branch, d.document_id).in_(sorted(several)))
+                .group_by(d.branch, d.document_id)
+            )
+        }
     if docs:
         for line in await session.scalars(
             select(StockDocumentLineRow)
@@ -207,6 +235,9 @@ async def _with_lines(session: AsyncSession, docs: list[StockDocument]) -> list[
             value=x.value,
             negative_stock=x.negative_stock,
             lines=lines.get(x.event_id, []),
+            part=x.part,
+            parts=x.parts,
+            parts_received=received.get((x.branch, x.document_id), 1),
         )
         for x in docs
     ]

@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select
 
 from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.downstream import DownMessage
+from branch_agent.errors import Rejected
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.masterdata_models import MdProduct, MdPromotion
 from branch_agent.models import (
@@ -27,7 +28,9 @@ from branch_agent.models import (
     StockDocument,
     StockMove,
 )
-from protocol.limits import INT64_MAX
+from branch_agent.outbox import append_event, check_event
+from protocol.events import StockDocumentLine, StockDocumentPosted
+from protocol.limits import INT64_MAX, MAX_EVENT_BYTES
 from protocol.masterdata import ProductBucket, ProductRecord, PromotionRecord, encode_masterdata
 from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store
 
@@ -127,6 +130,15 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
     ),
     ("/api/v1/stock/documents", MANAGER, _TRANSFER_IN | {"transfer_ref": "r" * 65}, "transfer_ref"),
     ("/api/v1/stock/stocktakes", MANAGER, {"author": "a" * 65}, "author"),
+    # Reasons are kept whole at central; the bound keeps each event inside one message.
+    ("/api/v1/returns", TILL, _return(reason="r" * 1001), "reason"),
+    (
+        "/api/v1/cash-moves",
+        TILL2,
+        {"move_id": "m1", "direction": "in", "amount": 100, "reason": "r" * 1001},
+        "reason",
+    ),
+    ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"reason": "r" * 1001}, "reason"),
 ]
 
 
@@ -239,3 +251,22 @@ async def test_a_stored_promotion_beyond_a_limit_does_not_stop_sales(store: Stor
     sold = await store.sale(_sale("promo-1"), headers=TILL2)
     assert sold.status_code == 201, sold.text
     assert sold.json()["lines"][0]["discount"] == 0
+
+
+async def test_an_event_bigger_than_one_message_is_refused_and_nothing_is_written(
+    store: Store,
+) -> None:
+    """Whatever builds it: an event NATS could not carry would never leave the outbox."""
+    before = await _counts(store)
+    body = StockDocumentPosted(
+        document_id="huge",
+        doc_type="write_off",
+        lines=(StockDocumentLine(sku="MILK-1L", quantity_milli=-1000),),
+        reason="r" * MAX_EVENT_BYTES,
+    )
+    with pytest.raises(Rejected, match=r"more than the .* one message may carry"):
+        check_event(body)
+    with pytest.raises(Rejected, match=r"more than the .* one message may carry"):
+        async with store.agent.sessionmaker() as session, session.begin():
+            await append_event(session, branch="B1", timezone="UTC", body=body)
+    assert await _counts(store) == before

@@ -5,11 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from branch_agent.demo_catalog import DEMO_PRODUCTS
-from branch_agent.models import OutboxEvent, Sale, StockMove
+from branch_agent.models import OutboxEvent, Product, Sale, StockMove
 from branch_agent.stock import balances
 from devices.fiscal_datecs import CMD_CLOSE_RECEIPT, CMD_SALE
 from protocol.events import ReceiptRecorded
@@ -237,6 +236,12 @@ async def dispose_when_idle(engine: AsyncEngine) -> None:
 
 async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> None:
     assert (await store.sale(basket("before-full"))).status_code == 201
+    # A catalog big enough for a document of 2,000 lines (written before the disk fills).
+    filler = [f"FILL-{n:04d}" for n in range(2000)]
+    async with store.agent.sessionmaker() as session, session.begin():
+        await session.execute(
+            insert(Product), [{"sku": s, "name": s, "vat_rate_bp": 0, "price": 1} for s in filler]
+        )
     engine = store.agent.engine
     async with engine.connect() as connection:
         pages = (await connection.exec_driver_sql("PRAGMA page_count")).scalar_one()
@@ -263,8 +268,8 @@ async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> 
         "document_id": "gr-full",
         "doc_type": "goods_receipt",
         "supplier": "DAIRY",
-        "reason": "S" * 50_000,  # more than the free space left in the file
-        "lines": [{"sku": sku, "quantity": "1", "unit_cost": 50} for sku, *_ in DEMO_PRODUCTS],
+        # More than the free space left in the file.
+        "lines": [{"sku": sku, "quantity": "1", "unit_cost": 50} for sku in filler],
     }
     refused_doc = await store.client.post("/api/v1/stock/documents", json=document, headers=MANAGER)
     assert refused_doc.status_code == 507, refused_doc.text

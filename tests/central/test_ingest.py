@@ -9,13 +9,16 @@ from sqlalchemy import func, select
 
 from central.db import create_engine, create_sessionmaker
 from central.ingest.worker import IngestWorker, MessageIn
-from central.models import BranchSyncState, DeadLetter, Receipt, ReceiptLineRow
+from central.models import BranchSyncState, DeadLetter, Receipt, ReceiptLineRow, StockBalance
 from central.services.branches import add_branch
+from central.services.documents import get_document
 from protocol import (
     EventEnvelope,
     Payment,
     ReceiptLine,
     ReceiptRecorded,
+    StockDocumentLine,
+    StockDocumentPosted,
     encode,
     new_event_id,
     up_subject,
@@ -139,5 +142,60 @@ async def test_bad_messages_become_dead_letters_and_the_rest_flows(db_url: str) 
         assert "'receipt_recorded' on a 'shift_opened' subject" in reasons[3]
         assert "already used by another event" in reasons[4]
         assert letters[0].raw == b"\x93garbage"
+    finally:
+        await engine.dispose()
+
+
+def stocktake_part(seq: int, part: int, *, parts: int = 3) -> EventEnvelope:
+    """Part ``part`` of a stocktake of 2 lines a part (lines 2k-1 and 2k)."""
+    first = 2 * part - 1
+    return EventEnvelope(
+        event_id=new_event_id(),
+        branch="B1",
+        seq=seq,
+        occurred_at=datetime(2026, 11, 28, 9, 0, tzinfo=UTC),
+        body=StockDocumentPosted(
+            document_id="ST-1",
+            doc_type="stocktake",
+            number="B1-ST-000001",
+            lines=tuple(
+                StockDocumentLine(
+                    sku=f"SKU{n}", quantity_milli=1000 * n, expected_milli=0, counted_milli=1000 * n
+                )
+                for n in (first, first + 1)
+            ),
+            part=part,
+            parts=parts,
+            first_line_no=first,
+        ),
+    )
+
+
+async def test_a_document_in_parts_is_whole_once_every_part_arrived(db_url: str) -> None:
+    engine, sessionmaker = await _setup(db_url, "B1")
+    worker = IngestWorker(sessionmaker)
+    p1, p2, p3 = (stocktake_part(seq, seq) for seq in (1, 2, 3))
+    kind = "stock_document_posted"
+    try:
+        # Out of order, one part still on its way.
+        await worker.process(
+            [message(p3, up_subject("B1", kind)), message(p1, up_subject("B1", kind))]
+        )
+        async with sessionmaker() as session:
+            partial = await get_document(session, "B1", "ST-1")
+        assert (partial.parts, partial.parts_received) == (3, 2)
+        assert [x.line_no for x in partial.lines] == [1, 2, 5, 6]
+        # The last part, a redelivery of the first, and another event claiming part 2.
+        forged = stocktake_part(4, 2)
+        stats = await worker.process([message(e, up_subject("B1", kind)) for e in (p2, p1, forged)])
+        async with sessionmaker() as session:
+            whole = await get_document(session, "B1", "ST-1")
+            stock = {b.sku: b.quantity_milli for b in await session.scalars(select(StockBalance))}
+            letters = (await session.scalars(select(DeadLetter))).all()
+        assert (stats.stored, stats.duplicates, stats.dead_letters) == (1, 1, 1)
+        assert (whole.part, whole.parts, whole.parts_received) == (None, 3, 3)
+        assert [(x.line_no, x.sku) for x in whole.lines] == [(n, f"SKU{n}") for n in range(1, 7)]
+        assert stock == {f"SKU{n}": 1000 * n for n in range(1, 7)}
+        assert [x.seq for x in letters] == [4]
     finally:
         await engine.dispose()

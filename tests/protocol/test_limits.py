@@ -10,7 +10,7 @@ import pytest
 
 from protocol import limits
 from protocol.codec import WireDecodeError, check, decode_envelope, decode_envelope_seq, encode
-from protocol.events import CashMoved, EventEnvelope
+from protocol.events import CashMoved, EventEnvelope, StockDocumentPosted
 from protocol.ids import new_event_id
 from protocol.limits import INT32_MAX, INT64_MAX, INT64_MIN
 
@@ -90,3 +90,30 @@ def test_check_refuses_what_a_receiver_would() -> None:
     with pytest.raises(WireDecodeError) as refused:
         check(_cash(amount=INT64_MAX + 1).body)
     assert refused.value.field == "amount"
+
+
+def test_a_stock_document_part_beyond_its_parts_is_refused_and_one_part_is_the_default() -> None:
+    def envelope(**parts: int) -> bytes:
+        body = {"kind": "stock_document_posted", "document_id": "d", "doc_type": "stocktake"}
+        body |= {"lines": [{"sku": "S", "quantity_milli": 1000}], **parts}
+        return msgspec.msgpack.encode(
+            {
+                "event_id": str(new_event_id()),
+                "branch": "B1",
+                "seq": 1,
+                "occurred_at": datetime(2026, 11, 28, tzinfo=UTC),
+                "body": body,
+            }
+        )
+
+    # A message from before parts existed: the whole document, one part.
+    body = decode_envelope(envelope()).body
+    assert isinstance(body, StockDocumentPosted)
+    assert (body.part, body.parts, body.first_line_no) == (1, 1, 1)
+    body = decode_envelope(envelope(part=2, parts=2, first_line_no=5001)).body
+    assert isinstance(body, StockDocumentPosted)
+    assert (body.part, body.parts, body.first_line_no) == (2, 2, 5001)
+    with pytest.raises(WireDecodeError, match="part 3 of 2"):
+        decode_envelope(envelope(part=3, parts=2))
+    with pytest.raises(WireDecodeError, match=r"body\.part"):
+        decode_envelope(envelope(part=0, parts=2))
