@@ -315,6 +315,10 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     ),
     (StockDocumentPosted, "reason"): ("stock_documents.reason",),
     (StockDocumentPosted, "author"): ("stock_documents.author",),
+    (StockDocumentPosted, "part"): ("stock_documents.part",),
+    (StockDocumentPosted, "parts"): ("stock_documents.parts",),
+    # The first line's number; the part's lines follow it.
+    (StockDocumentPosted, "first_line_no"): ("stock_document_lines.line_no",),
     (StockDocumentLine, "sku"): (
         "stock_document_lines.sku",
         "stock_transfer_lines.sku",
