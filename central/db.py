@@ -8,8 +8,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,7 +20,20 @@ from sqlalchemy.ext.asyncio import (
 
 import migrations
 
-__all__ = ["alembic_config", "create_engine", "create_sessionmaker", "is_sqlite", "upgrade"]
+__all__ = [
+    "QUERY_CANCELED",
+    "alembic_config",
+    "create_engine",
+    "create_sessionmaker",
+    "error_chain",
+    "is_sqlite",
+    "limit_statement_time",
+    "sqlstate_of",
+    "upgrade",
+]
+
+# SQLSTATE of a statement the server cancelled (statement_timeout, pg_cancel_backend).
+QUERY_CANCELED = "57014"
 
 
 def is_sqlite(url: str) -> bool:
@@ -50,6 +64,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def limit_statement_time(session: AsyncSession, seconds: float) -> None:
+    """PostgreSQL: every later statement of the session's transaction may run at most
+    ``seconds`` (lock waits included), then the server cancels it (SQLSTATE 57014).
+    Local to the transaction, so the pooled connection keeps none of it. 0: no limit;
+    SQLite (the embedded, one-store database) has none."""
+    if seconds <= 0 or session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(
+        text("SELECT set_config('statement_timeout', :limit, true)"),
+        {"limit": f"{max(1, round(seconds * 1000))}ms"},
+    )
+
+
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """The exception, then what it wraps (a DBAPI error's ``orig``) or was raised from."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        orig = getattr(current, "orig", None) if isinstance(current, DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return chain
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (from the driver's exception in the chain)."""
+    for e in error_chain(exc):
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
 
 
 def alembic_config(url: str) -> Config:

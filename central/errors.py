@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "DomainError", "NotFoundError", "ValidationFailed"]
+__all__ = ["ConflictError", "DomainError", "NotFoundError", "ReportTooSlow", "ValidationFailed"]
 
 
 class DomainError(Exception):
@@ -28,3 +28,10 @@ class NotFoundError(DomainError):
 class ConflictError(DomainError):
     status = 409
     title = "Conflict"
+
+
+class ReportTooSlow(DomainError):
+    """The database cancelled a report's statement at ``report_statement_timeout_s``."""
+
+    status = 503
+    title = "Report took too long"

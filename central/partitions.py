@@ -25,6 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from central.db import sqlstate_of
+
 __all__ = [
     "DEFAULT_AHEAD_MONTHS",
     "PARTITIONED_TABLES",
@@ -112,15 +114,6 @@ class PartitionStatus:
             "blocked_months": self.blocked,
             "lock_timeouts": self.lock_timeouts,
         }
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig: object = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    cause = getattr(orig, "__cause__", None)
-    if code is None and cause is not None:
-        code = getattr(cause, "sqlstate", None)
-    return str(code) if code is not None else None
 
 
 async def _is_partitioned(connection: AsyncConnection, table: str) -> bool:
@@ -266,7 +259,7 @@ async def maintain_partitions(
                         moved = 0
                         await _create_month(connection, table, month)
             except DBAPIError as exc:
-                state = _sqlstate(exc)
+                state = sqlstate_of(exc)
                 if state == _CHECK_VIOLATION and not move_default:
                     # A row of that month reached DEFAULT between the look and the
                     # CREATE (PostgreSQL refused, nothing changed).

@@ -56,6 +56,9 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Most rows one report may have; a bigger one is a 422 problem asking for a shorter
     # period, one branch or a coarser grouping (the rows are built in this process).
     report_max_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    # PostgreSQL: longest a report's statement may run (waiting for locks included)
+    # before the database cancels it and the API answers 503; 0: no limit.
+    report_statement_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     db_pool_size: int = 10
     sql_echo: bool = False
     # --- security (README "Security") ---

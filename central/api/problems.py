@@ -11,8 +11,10 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import DBAPIError
 
-from central.errors import DomainError
+from central.db import QUERY_CANCELED, sqlstate_of
+from central.errors import DomainError, ReportTooSlow
 from protocol.problems import FieldError, Problem
 
 __all__ = ["exception_handlers", "problem_response"]
@@ -103,8 +105,25 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return problem_response(problem)
 
 
+def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
+    """A report the database cancelled at its statement timeout is the caller's to
+    narrow (503, nothing changed: reports only read); any other database error is a 500."""
+    if sqlstate_of(exc) == QUERY_CANCELED and request.url.path.startswith("/api/v1/reports"):
+        limit = request.app.state.runtime.settings.report_statement_timeout_s
+        return _domain_error(
+            request,
+            ReportTooSlow(
+                f"the database stopped the report after {limit:g} s "
+                "(report_statement_timeout_s): ask for a shorter period, one branch or a "
+                "coarser grouping, or try again when the database is less busy"
+            ),
+        )
+    return _internal_error(request, exc)
+
+
 exception_handlers: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     DomainError: _domain_error,
+    DBAPIError: _database_error,
     Exception: _internal_error,
 }

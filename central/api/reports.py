@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import date
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
-from litestar.di import NamedDependency
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.db import limit_statement_time
 from central.errors import ValidationFailed
 from central.reports import service
 from central.reports.csv_out import report_csv
@@ -65,6 +68,15 @@ def _respond(
     )
 
 
+async def _report_session(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """A report's session: each of its statements may run ``report_statement_timeout_s``
+    (PostgreSQL; longer, a 503 problem), so one report cannot hold the database."""
+    runtime = state.runtime
+    async with runtime.sessionmaker() as session:
+        await limit_statement_time(session, runtime.settings.report_statement_timeout_s)
+        yield session
+
+
 def _settings(request: Request[Any, Any, Any]) -> CentralSettings:
     settings: CentralSettings = request.app.state.runtime.settings
     return settings
@@ -82,6 +94,7 @@ def _max_rows(request: Request[Any, Any, Any]) -> int:
 class ReportController(Controller):
     path = "/api/v1/reports"
     tags = ["reports"]
+    dependencies = {"db_session": Provide(_report_session)}
 
     @get(
         "/sales",

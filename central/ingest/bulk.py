@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
+from central.db import error_chain, sqlstate_of
+
 __all__ = [
     "Stage",
     "allocate_ids",
@@ -240,26 +242,10 @@ async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[
     return list(range(start + 1, start + 1 + count))
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception, then what it wraps (a DBAPI error's ``orig``) or was raised from."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        orig = getattr(current, "orig", None) if isinstance(current, DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return chain
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-    return state if isinstance(state, str) else None
-
-
 def is_retryable(exc: BaseException) -> bool:
     """A lock conflict that a retry of the whole batch resolves (not a bad message)."""
-    return any(
-        _sqlstate(e) in _RETRYABLE_SQLSTATES or "database is locked" in str(e) for e in _causes(exc)
+    return sqlstate_of(exc) in _RETRYABLE_SQLSTATES or any(
+        "database is locked" in str(e) for e in error_chain(exc)
     )
 
 
@@ -268,11 +254,10 @@ def is_fault_of_message(exc: BaseException) -> bool:
     every retry (a number out of the column's range, a text too long for it, a case
     the code does not handle), rather than because the database or the link is down
     or busy, when the batch must wait for redelivery and nothing may be dead-lettered."""
-    chain = _causes(exc)
-    for e in chain:
-        state = _sqlstate(e)
-        if state is not None:
-            return state[:2] not in _INFRASTRUCTURE_SQLSTATE_CLASSES
+    state = sqlstate_of(exc)
+    if state is not None:
+        return state[:2] not in _INFRASTRUCTURE_SQLSTATE_CLASSES
+    chain = error_chain(exc)
     if any("database is locked" in str(e) for e in chain):
         return False
     # The driver refusing a value it was handed (asyncpg's DataError is a ValueError,

@@ -455,7 +455,8 @@ async def test_creating_a_month_that_default_holds_rows_of_is_refused_and_classi
     # its look and its CREATE) ends in this refusal, which it reports as blocked.
     from sqlalchemy.exc import DBAPIError
 
-    from central.partitions import _CHECK_VIOLATION, _create_month, _sqlstate
+    from central.db import sqlstate_of
+    from central.partitions import _CHECK_VIOLATION, _create_month
 
     books = BranchBooks("B1", start=_at(FAR_MONTH, 3))
     books.document("goods_receipt", [("MILK", 5_000, 100)])
@@ -463,5 +464,5 @@ async def test_creating_a_month_that_default_holds_rows_of_is_refused_and_classi
     with pytest.raises(DBAPIError) as refused:
         async with pg_engine.begin() as connection:
             await _create_month(connection, "stock_ledger", FAR_MONTH)
-    assert _sqlstate(refused.value) == _CHECK_VIOLATION
+    assert sqlstate_of(refused.value) == _CHECK_VIOLATION
     assert await _where(pg_engine, "stock_ledger") == {"stock_ledger_default": 1}

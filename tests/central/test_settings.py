@@ -28,3 +28,11 @@ def test_a_summary_interval_not_above_zero_is_refused(value: str) -> None:
     with pytest.raises(SettingsError, match="summary_interval_s"):
         load_settings(env={"BACKROOM_SUMMARY_INTERVAL_S": value})
     assert load_settings(env={"BACKROOM_SUMMARY_INTERVAL_S": "0.5"}).summary_interval_s == 0.5
+
+
+def test_the_report_statement_timeout_is_read_and_zero_turns_it_off() -> None:
+    assert load_settings(env={}).report_statement_timeout_s == 60.0
+    env = {"BACKROOM_REPORT_STATEMENT_TIMEOUT_S": "0"}
+    assert load_settings(env=env).report_statement_timeout_s == 0.0
+    with pytest.raises(SettingsError, match="report_statement_timeout_s"):
+        load_settings(env={"BACKROOM_REPORT_STATEMENT_TIMEOUT_S": "-1"})
