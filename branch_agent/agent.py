@@ -251,6 +251,7 @@ class Agent:
             applied_version=self.applied_version(),
             devices=self.devices.statuses(),
             agent_version=_agent_version(),
+            outbox_held=tuple(sorted(self.sender.state.held)[:100]),
         )
 
     async def publish_heartbeat(self) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 
 from protocol.events import SCHEMA_VERSION, UtcDateTime
-from protocol.limits import Code64, NonNegativeInt32, NonNegativeInt64
+from protocol.limits import Code64, NonNegativeInt32, NonNegativeInt64, PositiveInt64
 
 __all__ = ["BranchHeartbeat", "DeviceStatus", "ResendRequested"]
 
@@ -36,6 +36,9 @@ class BranchHeartbeat(
     devices: tuple[DeviceStatus, ...] = ()
     agent_version: Code64 = ""
     schema_version: int = SCHEMA_VERSION
+    # Outbox events too big for the NATS server, held at the branch (the first 100;
+    # stored as JSON): central does not ask for them again, it shows them.
+    outbox_held: Annotated[tuple[PositiveInt64, ...], msgspec.Meta(max_length=100)] = ()
 
 
 class ResendRequested(

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from central.models import BranchSyncState, DeadLetter
+from central.models import BranchStatus, BranchSyncState, DeadLetter
 from protocol.codec import encode
 from protocol.messages import ResendRequested
 from protocol.subjects import down_branch_subject
@@ -51,6 +51,9 @@ class GapMonitor:
         self.requested = 0
         # Branches whose gap is an open dead letter (no resend asked).
         self.held_by_dead_letter: set[str] = set()
+        # Branches whose gap is an event the branch holds, too big for its NATS server
+        # (from its heartbeat): a resend would bring only the events after it, again.
+        self.held_at_branch: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -80,6 +83,7 @@ class GapMonitor:
             # agent re-publishing its whole tail every retry_s). It stays a gap, shown
             # in sync health, until the letter is replayed.
             held: set[tuple[str | None, int | None]] = set()
+            at_branch: set[tuple[str, int]] = set()
             if gaps:
                 held = {
                     (r.branch, r.seq)
@@ -91,12 +95,26 @@ class GapMonitor:
                         )
                     )
                 }
+                at_branch = {
+                    (r.branch, int(seq))
+                    for r in await session.execute(
+                        select(BranchStatus.branch, BranchStatus.outbox_held).where(
+                            BranchStatus.branch.in_(sorted(gaps))
+                        )
+                    )
+                    for seq in r.outbox_held or ()
+                }
         for branch, contiguous in list(gaps.items()):
             if (branch, contiguous + 1) in held:
                 del gaps[branch]
                 self.held_by_dead_letter.add(branch)
             else:
                 self.held_by_dead_letter.discard(branch)
+            if (branch, contiguous + 1) in at_branch:
+                gaps.pop(branch, None)
+                self.held_at_branch.add(branch)
+            else:
+                self.held_at_branch.discard(branch)
         for branch in list(self._seen):
             if branch not in gaps:
                 del self._seen[branch]

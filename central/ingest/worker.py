@@ -382,6 +382,7 @@ class IngestWorker:
             "applied_version": heartbeat.applied_version,
             "devices": [msgspec.to_builtins(d) for d in heartbeat.devices],
             "agent_version": heartbeat.agent_version,
+            "outbox_held": list(heartbeat.outbox_held),
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(

@@ -55,3 +55,5 @@ class BranchStatus(Base):
     applied_version: Mapped[int] = mapped_column(BigInteger, default=0)
     devices: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     agent_version: Mapped[str] = mapped_column(String(64), default="")
+    # Events too big for the NATS server, held at the branch (their sequence numbers).
+    outbox_held: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")

@@ -316,6 +316,9 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     applied_version: int | None
     agent_version: str | None
     open_dead_letters: int
+    # Events the branch holds because they are bigger than its NATS server's
+    # max_payload (sequence numbers, from the heartbeat): raise the server's limit.
+    outbox_held: list[int] = []
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

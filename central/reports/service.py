@@ -1760,6 +1760,7 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                 applied_version=status.applied_version if status else None,
                 agent_version=status.agent_version if status else None,
                 open_dead_letters=letters.get(b.code, 0),
+                outbox_held=list(status.outbox_held) if status else [],
             )
         )
     backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))

@@ -30,6 +30,8 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     heartbeat_sent_at: datetime | None
     last_recorded_seq: int | None
     outbox_backlog: int | None
+    # Events held at the branch, too big for its NATS server (not asked for again).
+    outbox_held: list[int] = []
 
 
 async def list_branch_sync(
@@ -100,6 +102,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 heartbeat_sent_at=status.sent_at if status else None,
                 last_recorded_seq=status.last_recorded_seq if status else None,
                 outbox_backlog=status.outbox_backlog if status else None,
+                outbox_held=list(status.outbox_held) if status else [],
             )
         )
     return out

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from central.db import create_engine, create_sessionmaker
 from central.ingest.bulk import is_fault_of_message
 from central.ingest.gaps import GapMonitor
-from central.ingest.worker import IngestWorker
+from central.ingest.worker import IngestWorker, MessageIn
 from central.models import BranchSyncState, DeadLetter, Receipt, StockBalance
+from central.reports import service
 from central.services.branches import add_branch
+from central.services.sync_state import get_branch_sync
+from protocol import HEARTBEAT_KIND, BranchHeartbeat, encode, up_subject
 from tests.central.test_ingest import message, receipt_event
 from tests.conftest import PG_URL_ENV, central_cli
 
@@ -205,6 +209,46 @@ async def test_a_gap_held_by_a_dead_letter_asks_no_resend(engine: AsyncEngine) -
     async with sessionmaker() as session, session.begin():
         await session.execute(update(DeadLetter).values(status="discarded"))
     assert [r.branch for r in await monitor.check()] == ["B2"]
+
+
+async def test_a_gap_held_at_the_branch_asks_no_resend_and_shows_in_sync_health(
+    engine: AsyncEngine,
+) -> None:
+    """An event too big for the branch's NATS server, held there: its heartbeat says so,
+    and central does not ask for the tail again every minute."""
+    sessionmaker = create_sessionmaker(engine)
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(receipt_event("B1", s)) for s in (1, 3)])
+
+    def heartbeat(minute: int, held: tuple[int, ...]) -> MessageIn:
+        beat = BranchHeartbeat(
+            branch="B1",
+            sent_at=datetime(2026, 11, 28, 9, minute, tzinfo=UTC),
+            last_recorded_seq=3,
+            outbox_held=held,
+        )
+        return MessageIn(subject=up_subject("B1", HEARTBEAT_KIND), data=encode(beat))
+
+    await worker.process([heartbeat(0, (2,))])
+    sent: list[str] = []
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sent.append(subject)
+
+    monitor = GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=0.0)
+    await monitor.check()  # first sighting
+    assert await monitor.check() == []
+    assert (sent, monitor.held_at_branch) == ([], {"B1"})
+    async with sessionmaker() as session:
+        health = await service.sync_health(session)
+        sync = await get_branch_sync(session, "B1")
+    assert [(r.branch, r.outbox_held) for r in health.rows] == [("B1", [2])]
+    assert sync.outbox_held == [2]
+    # The branch no longer holds it (its server was raised) but it is still missing.
+    await worker.process([heartbeat(1, ())])
+    assert await monitor.check() == []  # a gap seen anew waits gap_after_s first
+    assert [(r.branch, r.from_seq) for r in await monitor.check()] == [("B1", 2)]
+    assert monitor.held_at_branch == set()
 
 
 async def test_the_cli_lists_replays_and_discards_dead_letters(

@@ -161,6 +161,8 @@ def sync_messages() -> list[MessageIn]:
         last_recorded_seq=22,
         applied_version=42,
         agent_version="1.4.2",
+        # Two events too big for the branch's NATS server, held there.
+        outbox_held=(20, 21),
     )
     return [
         MessageIn(subject=up_subject("B1", HEARTBEAT_KIND), data=encode(heartbeat)),
@@ -353,12 +355,14 @@ async def test_sync_health_every_field(chain: async_sessionmaker[AsyncSession]) 
     assert 85 <= b1.heartbeat_age_s <= 90  # received with the last batch, just after
     # Two undecodable messages on B1's subject; the one of an unknown branch is nobody's.
     assert b1.open_dead_letters == 2
+    assert b1.outbox_held == [20, 21]
     assert (b2.name, b2.contiguous_seq, b2.max_seq) == ("Station", 4, 4)
     assert b2.last_event_at == at("2026-11-06T10:00:00")
     # No heartbeat from B2: what only a heartbeat tells is unknown, not zero.
     assert (b2.heartbeat_at, b2.heartbeat_age_s, b2.seq_lag) == (None, None, None)
     assert (b2.outbox_backlog, b2.applied_version, b2.agent_version) == (None, None, None)
     assert b2.open_dead_letters == 0
+    assert b2.outbox_held == []
 
 
 async def test_closed_shift_with_returns_and_a_differing_z(
@@ -531,7 +535,7 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,name,active,last_event_at,last_received_at,receive_age_s,contiguous_seq,"
         "max_seq,seq_lag,heartbeat_at,heartbeat_age_s,outbox_backlog,applied_version,"
-        "agent_version,open_dead_letters"
+        "agent_version,open_dead_letters,outbox_held"
     )
     b1, b2 = rows
     assert (b1["branch"], b1["name"], b1["active"]) == ("B1", "Harbour", "true")
@@ -543,6 +547,7 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
         "42",
     )
     assert (b1["agent_version"], b1["open_dead_letters"]) == ("1.4.2", "2")
+    assert (b1["outbox_held"], b2["outbox_held"]) == ("20; 21", "")
     assert b1["receive_age_s"].isdigit()
     assert b1["heartbeat_age_s"].isdigit()
     assert [b2[k] for k in ("branch", "seq_lag", "outbox_backlog", "open_dead_letters")] == [

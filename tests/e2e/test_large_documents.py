@@ -13,7 +13,7 @@ from branch_agent.models import OutboxEvent, Product
 from branch_agent.status import AgentStatus, format_status
 from branch_agent.stock import balances
 from central.embedded_nats import EmbeddedNats
-from central.models import StockBalance, StockDocument
+from central.models import BranchStatus, StockBalance, StockDocument
 from central.services.documents import get_document, list_documents
 from protocol.codec import decode_envelope
 from protocol.events import StockDocumentPosted
@@ -199,6 +199,14 @@ async def test_an_event_too_big_for_the_server_is_held_and_the_rest_flow(
         async with central.sessionmaker() as session:
             stored = set((await session.scalars(select(StockDocument.document_id))).all())
         assert big not in stored
+
+        # Head office sees it in sync health (from the heartbeat), and asks no resend.
+        async def central_knows() -> bool:
+            async with central.sessionmaker() as session:
+                row = await session.get(BranchStatus, "B1", populate_existing=True)
+            return row is not None and row.outbox_held == [big_seq]
+
+        await wait_until(central_knows, timeout=10)
 
         # The technician raises the server's limit; the link drops and comes back.
         nats_server.stop()
