@@ -13,6 +13,7 @@ import msgspec
 
 from protocol.events import PaymentType
 from protocol.limits import (
+    NO_NUL,
     Code32,
     Code64,
     NonNegativeInt64,
@@ -44,7 +45,7 @@ __all__ = [
 QuantityText = Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")]
 # Why a return, cash move or write-off happened, as a person typed it. Central keeps it
 # whole; the bound keeps every event well inside one NATS message.
-ReasonText = Annotated[str, msgspec.Meta(max_length=1000)]
+ReasonText = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)]
 
 
 class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,9 +14,9 @@ from branch_agent.devices import DeviceUnavailable
 from branch_agent.errors import DeviceFailed, NotFound, Rejected
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.sales import sale_out
-from branch_agent.schemas import ProductOut, ReturnOut, SaleOut, WeightOut
+from branch_agent.schemas import ProductOut, ReasonText, ReturnOut, SaleOut, WeightOut
 from devices.errors import DeviceError
-from protocol.limits import Code64, Text64
+from protocol.limits import NO_NUL, Code64, Text64
 from protocol.units import format_milli, line_amount
 
 if TYPE_CHECKING:
@@ -28,12 +28,12 @@ __all__ = ["StocktakeOpenIn", "TillApi", "UnfiscalIn"]
 class StocktakeOpenIn(msgspec.Struct, frozen=True, kw_only=True):
     document_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
     author: Text64 = ""
-    reason: str | None = None
+    reason: ReasonText | None = None
 
 
 class UnfiscalIn(msgspec.Struct, frozen=True, kw_only=True):
     # Why the printer cannot fiscalize it any more (kept with the sale, shown centrally).
-    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=150)]
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=150, pattern=NO_NUL)]
 
 
 class TillApi:

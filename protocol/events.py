@@ -33,6 +33,7 @@ from protocol.limits import (
     NonNegativeInt64,
     PositiveInt32,
     PositiveInt64,
+    Text,
     Text64,
     Text200,
 )
@@ -126,7 +127,7 @@ class CustomerReturnRecorded(
     currency: CurrencyCode = "EUR"
     fiscal_number: Code64 | None = None
     # Stored as unbounded text.
-    reason: str = ""
+    reason: Text = ""
 
 
 class ShiftOpened(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift_opened"):
@@ -166,7 +167,7 @@ class CashMoved(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="cash_mo
     direction: Literal["in", "out"]
     amount: PositiveInt64
     # Stored as unbounded text.
-    reason: str = ""
+    reason: Text = ""
     cashier: Text64 = ""
 
 
@@ -203,7 +204,7 @@ class StockDocumentPosted(
     counterpart_branch: Code32 | None = None
     transfer_ref: Code64 | None = None
     # Stored as unbounded text (a write-off's reason is grouped by its first 64 characters).
-    reason: str | None = None
+    reason: Text | None = None
     author: Text64 = ""
     # A document of more lines than one message may carry (a whole store's stocktake)
     # travels as ``parts`` events, each with the header and up to

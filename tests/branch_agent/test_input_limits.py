@@ -139,6 +139,11 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
         "reason",
     ),
     ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"reason": "r" * 1001}, "reason"),
+    # A C till padding a name with NULs: central's PostgreSQL could not store it.
+    ("/api/v1/sales", TILL, _sale("s8", cashier="anna\x00\x00"), "cashier"),
+    ("/api/v1/returns", TILL, _return(reason="wrong size\x00"), "reason"),
+    ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"reason": "\x00"}, "reason"),
+    ("/api/v1/stock/stocktakes", MANAGER, {"reason": "r" * 1001}, "reason"),
 ]
 
 

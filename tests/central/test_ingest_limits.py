@@ -99,6 +99,10 @@ CASES = [
     ("stock_document_posted", ("body", "counterpart_branch"), "b" * 33),
     ("stock_document_posted", ("body", "transfer_ref"), "r" * 65),
     ("stock_document_posted", ("schema_version",), INT32_MAX + 1),
+    # NUL: a text PostgreSQL cannot store (SQLite could): refused on either database.
+    ("receipt_recorded", ("body", "cashier"), "anna\x00\x00\x00"),
+    ("cash_moved", ("body", "reason"), "float\x00"),
+    ("stock_document_posted", ("body", "lines", 0, "sku"), "MILK\x00"),
 ]
 
 
