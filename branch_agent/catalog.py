@@ -13,6 +13,7 @@ catalog (``products``/``product_barcodes``, ``make run``) is used instead.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ __all__ = [
     "CatalogItem",
     "LineDiscount",
     "find_product",
+    "find_products",
     "local_timezone",
     "promotion_discounts",
     "search_products",
@@ -237,6 +239,46 @@ async def find_product(
     if product is None or not product.active:
         return None
     return _demo_item(product)
+
+
+# SKUs per lookup query (SQLite binds at most 32,766 parameters).
+_LOOKUP_CHUNK = 500
+
+
+async def find_products(
+    session: AsyncSession, skus: Sequence[str], *, at: datetime
+) -> dict[str, CatalogItem]:
+    """:func:`find_product` for many SKUs (a count sheet, a stock document): one query
+    per 500, not one per line. Products not sold here are left out."""
+    wanted = sorted(set(skus))
+    found: dict[str, CatalogItem] = {}
+    master_data = await _has_master_data(session)
+    reader = read_connection(session.get_bind())
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[start : start + _LOOKUP_CHUNK]
+        if not master_data:
+            products = await session.scalars(
+                select(Product).where(Product.sku.in_(chunk), Product.active)
+            )
+            found.update((p.sku, _demo_item(p)) for p in products)
+            continue
+        where = f"WHERE p.sku IN ({', '.join('?' * len(chunk))})"
+        sql = _ITEM_COLUMNS + where + _SCOPE_ORDER.replace(" ORDER BY", " ORDER BY p.sku,")
+        rows: Sequence[Sequence[Any]]
+        if reader is not None:
+            rows = reader.fetch(sql, tuple(chunk))
+        else:
+            names = [f"s{n}" for n in range(len(chunk))]
+            for name in names:
+                sql = sql.replace("?", f":{name}", 1)
+            params = dict(zip(names, chunk, strict=True))
+            rows = (await session.execute(text(sql), params)).all()
+        # Rows come grouped by SKU, the most specific scope first within each.
+        for _, group in itertools.groupby(rows, key=lambda r: r[0]):
+            item = _item_from_rows(list(group), at)
+            if item is not None:
+                found[item.sku] = item
+    return found
 
 
 async def sku_for_scale_plu(session: AsyncSession, plu: int) -> str | None:

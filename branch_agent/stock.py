@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from branch_agent.catalog import find_product
+from branch_agent.catalog import CatalogItem, find_products
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.errors import Conflict, NotFound, Rejected
@@ -266,9 +266,10 @@ class StockService:
             lines: list[StockDocumentLine] = []
             seen: set[str] = set()
             now = datetime.now(UTC)
+            catalog = await find_products(session, [line.sku for line in doc.lines], at=now)
             for index, line in enumerate(doc.lines):
                 field = f"lines[{index}]"
-                quantity = await self._quantity(session, line.sku, line.quantity, field, now)
+                quantity = self._quantity(catalog.get(line.sku), line.sku, line.quantity, field)
                 if line.sku in seen:
                     raise Rejected(f"{line.sku} appears twice", field=f"{field}.sku")
                 seen.add(line.sku)
@@ -303,10 +304,8 @@ class StockService:
         if doc.doc_type == "write_off" and not doc.reason:
             raise Rejected("a write-off needs a reason", field="reason")
 
-    async def _quantity(
-        self, session: AsyncSession, sku: str, text: str, field: str, now: datetime
-    ) -> int:
-        item = await find_product(session, sku=sku, at=now)
+    @staticmethod
+    def _quantity(item: CatalogItem | None, sku: str, text: str, field: str) -> int:
         if item is None:
             raise Rejected(f"unknown product {sku!r}", field=f"{field}.sku")
         quantity = parse_milli(text)
@@ -422,13 +421,14 @@ class StockService:
             await self._draft(session, document_id)
             now = datetime.now(UTC)
             counts: dict[str, int] = {}
+            catalog = await find_products(session, [line.sku for line in sheet.lines], at=now)
             for index, line in enumerate(sheet.lines):
                 field = f"lines[{index}]"
                 try:
                     counted = parse_milli(line.counted)
                 except ValueError as exc:
                     raise Rejected(str(exc), field=f"{field}.counted") from exc
-                item = await find_product(session, sku=line.sku, at=now)
+                item = catalog.get(line.sku)
                 if item is None:
                     raise Rejected(f"unknown product {line.sku!r}", field=f"{field}.sku")
                 if not item.weighed and counted % 1000:
@@ -440,12 +440,19 @@ class StockService:
                     StocktakeCount.sheet == sheet.sheet,
                 )
             )
-            for sku, counted in counts.items():
-                session.add(
-                    StocktakeCount(
-                        document_id=document_id, sheet=sheet.sheet, sku=sku, counted_milli=counted
-                    )
-                )
+            # One executemany: no ORM object per counted line.
+            await session.execute(
+                insert(StocktakeCount),
+                [
+                    {
+                        "document_id": document_id,
+                        "sheet": sheet.sheet,
+                        "sku": sku,
+                        "counted_milli": counted,
+                    }
+                    for sku, counted in counts.items()
+                ],
+            )
             return len(counts)
 
     async def post_stocktake(self, document_id: str) -> StockDocumentOut:

@@ -1,0 +1,120 @@
+"""Looking up many SKUs at once (count sheets, stock documents) gives exactly what
+looking each one up gives: the most specific scope's product, the price in force, and
+nothing for products not sold here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from branch_agent.catalog import CatalogItem, find_product, find_products
+from branch_agent.db import create_engine, create_sessionmaker, database_url, upgrade
+from branch_agent.masterdata_models import MdPrice, MdProduct
+from branch_agent.models import Product
+
+T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+AT = T0 + timedelta(days=1)
+# Beyond two lookup chunks.
+MANY = 1_200
+
+
+def _product(scope: str, sku: str, name: str, *, weighed: bool = False) -> dict[str, object]:
+    return {
+        "scope": scope,
+        "scope_id": "" if scope == "all" else "B1",
+        "sku": sku,
+        "bucket": 0,
+        "name": name,
+        "unit": "kg" if weighed else "pcs",
+        "weighed": weighed,
+        "vat_rate_bp": 2000,
+        "vat_group": "A",
+        "version": 1,
+    }
+
+
+def _price(scope: str, sku: str, price: int, at: datetime) -> dict[str, object]:
+    return {
+        "scope": scope,
+        "scope_id": "" if scope == "all" else "B1",
+        "bucket": 0,
+        "sku": sku,
+        "price": price,
+        "effective_at": at,
+        "version": 1,
+    }
+
+
+async def _one_by_one(engine: AsyncEngine, skus: list[str]) -> dict[str, CatalogItem]:
+    async with create_sessionmaker(engine)() as session:
+        found = {s: await find_product(session, sku=s, at=AT) for s in skus}
+    return {s: item for s, item in found.items() if item is not None}
+
+
+async def _at_once(engine: AsyncEngine, skus: list[str]) -> dict[str, CatalogItem]:
+    async with create_sessionmaker(engine)() as session:
+        return await find_products(session, skus, at=AT)
+
+
+async def test_master_data_many_at_once_equal_one_by_one(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engine = create_engine(path)
+    # Without the agent's direct reader: the same lookups through the session.
+    plain = create_async_engine(database_url(path))
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            products = [
+                _product("all", "A", "apples"),
+                # The branch's own record of A wins over the chain's.
+                _product("branch", "A", "apples (local)", weighed=True),
+                _product("all", "B", "bread"),
+                _product("all", "C", "coffee"),  # priced only from next week
+                _product("all", "D", "dates"),  # never priced
+                *(_product("all", f"N{n:04d}", f"item {n}") for n in range(MANY)),
+            ]
+            await session.execute(insert(MdProduct), products)
+            prices = [
+                _price("all", "A", 300, T0),
+                _price("branch", "A", 280, T0),
+                _price("all", "B", 250, T0),
+                _price("all", "B", 260, AT + timedelta(hours=1)),
+                _price("all", "C", 700, T0 + timedelta(days=7)),
+                *(_price("all", f"N{n:04d}", 100 + n, T0) for n in range(MANY)),
+            ]
+            await session.execute(insert(MdPrice), prices)
+        asked = ["A", "B", "C", "D", "UNKNOWN", "A", *(f"N{n:04d}" for n in range(MANY))]
+        expected = await _one_by_one(engine, sorted(set(asked)))
+        assert set(expected) == {"A", "B"} | {f"N{n:04d}" for n in range(MANY)}
+        assert (expected["A"].name, expected["A"].weighed) == ("apples (local)", True)
+        assert (expected["A"].price, expected["B"].price) == (280, 250)
+        assert await _at_once(engine, asked) == expected
+        assert await _at_once(plain, asked) == expected
+    finally:
+        await plain.dispose()
+        await engine.dispose()
+
+
+async def test_demo_catalog_many_at_once_equal_one_by_one(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engine = create_engine(path)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            await session.execute(
+                insert(Product),
+                [
+                    {"sku": f"P{n:04d}", "name": f"p{n}", "vat_rate_bp": 0, "price": n + 1}
+                    | ({"active": False} if n % 10 == 0 else {})
+                    for n in range(MANY)
+                ],
+            )
+        asked = [f"P{n:04d}" for n in range(MANY)] + ["NOPE"]
+        expected = await _one_by_one(engine, asked)
+        assert len(expected) == MANY - MANY // 10
+        assert await _at_once(engine, asked) == expected
+    finally:
+        await engine.dispose()
