@@ -147,6 +147,32 @@ class BranchBooks:
             )
         )
 
+    def document_in_parts(
+        self, doc_type: str, lines: list[tuple[str, int, int | None]], *, per_part: int
+    ) -> list[EventEnvelope]:
+        """A document sent as the agent sends one too big for a message: the header in
+        every part, ``per_part`` lines each, numbered across the document."""
+        for sku, qty, _ in lines:
+            self._move(sku, qty)
+        document_id = f"{self.branch}-doc-{len(self.events) + 1}"
+        parts = -(-len(lines) // per_part)
+        return [
+            self._add(
+                StockDocumentPosted(
+                    document_id=document_id,
+                    doc_type=doc_type,  # type: ignore[arg-type]
+                    lines=tuple(
+                        StockDocumentLine(sku=sku, quantity_milli=qty, unit_cost=cost)
+                        for sku, qty, cost in lines[(k - 1) * per_part : k * per_part]
+                    ),
+                    part=k,
+                    parts=parts,
+                    first_line_no=(k - 1) * per_part + 1,
+                )
+            )
+            for k in range(1, parts + 1)
+        ]
+
     def cash(self, direction: str, amount: int) -> EventEnvelope:
         return self._add(
             CashMoved(till="T1", shift_id="S1", direction=direction, amount=amount)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.models import IngestedEvent, Receipt, StockBalance
 from central.services.branches import add_branch
+from central.services.documents import get_document
 from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.conftest import wait_until
 from tests.faults.ingest_process import ingest_until_crash, running_ingest
@@ -28,6 +29,13 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     books.document("goods_receipt", [("MILK", 100_000, 100)])
     for n in range(60):
         books.sale([("MILK", 1_000 + n, 199)])
+        if n == 22:
+            # A stocktake too big for one message, its parts at the end of the first
+            # batch of 25 (committed, never acked) and the start of the next.
+            stocktake = [(f"ITEM{k:03d}", 1_000 * (k % 5 + 1), None) for k in range(30)]
+            parts = books.document_in_parts("stocktake", stocktake, per_part=20)
+            assert [e.seq for e in parts] == [25, 26]
+            stocktake_id = f"K1-doc-{parts[0].seq}"
     await publish_books(nats_server.url, books)
     env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="25")
     log = (tmp_path / "worker.log").open("wb")
@@ -61,4 +69,13 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     assert sales == books.sales_total
     assert milk is not None
     assert milk.quantity_milli == books.stock_milli["MILK"]
+    async with sessionmaker() as session:
+        document = await get_document(session, "K1", stocktake_id)
+        stock = {
+            b.sku: b.quantity_milli
+            for b in await session.scalars(select(StockBalance).where(StockBalance.branch == "K1"))
+        }
+    assert (document.parts, document.parts_received) == (2, 2)
+    assert [x.line_no for x in document.lines] == list(range(1, 31))
+    assert stock == books.stock_milli
     await engine.dispose()
