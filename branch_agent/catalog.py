@@ -144,8 +144,11 @@ async def _md_item_one_query(
     return _item_from_rows(rows, at)
 
 
-def _item_from_rows(rows: Sequence[Sequence[Any]], at: datetime) -> CatalogItem | None:
-    """(product columns, price entry columns) rows of one product -> the priced item."""
+def _item_from_rows(
+    rows: Sequence[Sequence[Any]], at: datetime, *, priced: bool = True
+) -> CatalogItem | None:
+    """(product columns, price entry columns) rows of one product -> the priced item
+    (``priced=False``: also a product without a price in force, at price 0)."""
     if not rows:
         return None
     first = rows[0]
@@ -160,7 +163,7 @@ def _item_from_rows(rows: Sequence[Sequence[Any]], at: datetime) -> CatalogItem 
         ),
         at,
     )
-    if price is None:
+    if price is None and priced:
         # Listed but not priced (yet): not sellable.
         return None
     return CatalogItem(
@@ -172,8 +175,8 @@ def _item_from_rows(rows: Sequence[Sequence[Any]], at: datetime) -> CatalogItem 
         vat_rate_bp=first[5],
         vat_group=first[6],
         category=first[7],
-        price=price.price,
-        price_version=price.version,
+        price=price.price if price else 0,
+        price_version=price.version if price else 0,
     )
 
 
@@ -246,10 +249,12 @@ _LOOKUP_CHUNK = 500
 
 
 async def find_products(
-    session: AsyncSession, skus: Sequence[str], *, at: datetime
+    session: AsyncSession, skus: Sequence[str], *, at: datetime, priced: bool = True
 ) -> dict[str, CatalogItem]:
     """:func:`find_product` for many SKUs (a count sheet, a stock document): one query
-    per 500, not one per line. Products not sold here are left out."""
+    per 500, not one per line. Products not sold here are left out; with
+    ``priced=False`` a product of the branch's assortment without a price in force yet
+    is in (price 0): goods arrive and are counted before they go on sale."""
     wanted = sorted(set(skus))
     found: dict[str, CatalogItem] = {}
     master_data = await _has_master_data(session)
@@ -275,7 +280,7 @@ async def find_products(
             rows = (await session.execute(text(sql), params)).all()
         # Rows come grouped by SKU, the most specific scope first within each.
         for _, group in itertools.groupby(rows, key=lambda r: r[0]):
-            item = _item_from_rows(list(group), at)
+            item = _item_from_rows(list(group), at, priced=priced)
             if item is not None:
                 found[item.sku] = item
     return found

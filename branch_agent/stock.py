@@ -266,7 +266,9 @@ class StockService:
             lines: list[StockDocumentLine] = []
             seen: set[str] = set()
             now = datetime.now(UTC)
-            catalog = await find_products(session, [line.sku for line in doc.lines], at=now)
+            catalog = await find_products(
+                session, [line.sku for line in doc.lines], at=now, priced=False
+            )
             for index, line in enumerate(doc.lines):
                 field = f"lines[{index}]"
                 quantity = self._quantity(catalog.get(line.sku), line.sku, line.quantity, field)
@@ -421,7 +423,9 @@ class StockService:
             await self._draft(session, document_id)
             now = datetime.now(UTC)
             counts: dict[str, int] = {}
-            catalog = await find_products(session, [line.sku for line in sheet.lines], at=now)
+            catalog = await find_products(
+                session, [line.sku for line in sheet.lines], at=now, priced=False
+            )
             for index, line in enumerate(sheet.lines):
                 field = f"lines[{index}]"
                 try:

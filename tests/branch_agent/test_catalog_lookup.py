@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -14,6 +15,7 @@ from branch_agent.catalog import CatalogItem, find_product, find_products
 from branch_agent.db import create_engine, create_sessionmaker, database_url, upgrade
 from branch_agent.masterdata_models import MdPrice, MdProduct
 from branch_agent.models import Product
+from tests.conftest import asgi_client
 
 T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 AT = T0 + timedelta(days=1)
@@ -93,6 +95,12 @@ async def test_master_data_many_at_once_equal_one_by_one(tmp_path: Path) -> None
         assert (expected["A"].price, expected["B"].price) == (280, 250)
         assert await _at_once(engine, asked) == expected
         assert await _at_once(plain, asked) == expected
+        # For stock (goods arrive and are counted before they go on sale): the branch's
+        # assortment, priced or not.
+        async with create_sessionmaker(engine)() as session:
+            stock = await find_products(session, asked, at=AT, priced=False)
+        assert set(stock) == set(expected) | {"C", "D"}
+        assert (stock["C"].price, stock["D"].price, stock["A"]) == (0, 0, expected["A"])
     finally:
         await plain.dispose()
         await engine.dispose()
@@ -118,3 +126,38 @@ async def test_demo_catalog_many_at_once_equal_one_by_one(tmp_path: Path) -> Non
         assert await _at_once(engine, asked) == expected
     finally:
         await engine.dispose()
+
+
+async def test_goods_of_a_product_not_priced_yet_are_received_but_not_sold(
+    make_agent: Any,
+) -> None:
+    agent = await make_agent("B1", "nats://127.0.0.1:9", demo_catalog=False, manager_token="m")
+    async with agent.sessionmaker() as session, session.begin():
+        await session.execute(insert(MdProduct), [_product("all", "NEW", "new in range")])
+        # On sale from next week.
+        next_week = datetime.now(UTC) + timedelta(days=7)
+        await session.execute(insert(MdPrice), [_price("all", "NEW", 990, next_week)])
+    manager = {"Authorization": "Bearer m"}
+    till = {"Authorization": "Bearer B1-till-1"}
+    receipt = {
+        "doc_type": "goods_receipt",
+        "supplier": "ACME",
+        "lines": [{"sku": "NEW", "quantity": "24", "unit_cost": 500}],
+    }
+    async with asgi_client(agent.app) as client:
+        received = await client.post("/api/v1/stock/documents", json=receipt, headers=manager)
+        assert received.status_code == 201, received.text
+        unknown = receipt | {"lines": [{"sku": "NOT-LISTED", "quantity": "1", "unit_cost": 1}]}
+        refused = await client.post("/api/v1/stock/documents", json=unknown, headers=manager)
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["field"] == "lines[0].sku"
+        assert (await client.post("/api/v1/shifts", json={}, headers=till)).status_code == 201
+        sale = {
+            "sale_id": "s1",
+            "lines": [{"sku": "NEW", "quantity": "1"}],
+            "payments": [{"type": "cash", "amount": 1000}],
+        }
+        not_yet = await client.post("/api/v1/sales", json=sale, headers=till)
+        assert not_yet.status_code == 422, not_yet.text
+        stock = await client.get("/api/v1/stock/balances", headers=manager)
+    assert {b["sku"]: b["quantity_milli"] for b in stock.json()} == {"NEW": 24000}
