@@ -244,7 +244,7 @@ async def find_product(
     return _demo_item(product)
 
 
-# SKUs per lookup query (SQLite binds at most 32,766 parameters).
+# SKUs per lookup query (SQLite builds other than Debian's bind at most 32,766).
 _LOOKUP_CHUNK = 500
 
 

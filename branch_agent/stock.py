@@ -192,11 +192,20 @@ _ADD_TO_BALANCE = DirectStatement(
 )
 
 
+# SKUs per IN list: SQLite builds other than Debian's bind at most 32,766 parameters,
+# and a whole store's stocktake can count more products than that.
+_IN_CHUNK = 500
+
+
 async def balances(session: AsyncSession, skus: list[str] | None = None) -> dict[str, int]:
     query = select(StockBalance.sku, StockBalance.quantity_milli)
-    if skus is not None:
-        query = query.where(StockBalance.sku.in_(skus))
-    return {row.sku: row.quantity_milli for row in await session.execute(query)}
+    if skus is None:
+        return {row.sku: row.quantity_milli for row in await session.execute(query)}
+    found: dict[str, int] = {}
+    for start in range(0, len(skus), _IN_CHUNK):
+        chunk = query.where(StockBalance.sku.in_(skus[start : start + _IN_CHUNK]))
+        found.update((row.sku, row.quantity_milli) for row in await session.execute(chunk))
+    return found
 
 
 async def rebuild_balances(session: AsyncSession) -> int:

@@ -4,17 +4,21 @@ nothing for products not sold here."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+import pytest
+from sqlalchemy import event, insert, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from branch_agent.catalog import CatalogItem, find_product, find_products
 from branch_agent.db import create_engine, create_sessionmaker, database_url, upgrade
 from branch_agent.masterdata_models import MdPrice, MdProduct
-from branch_agent.models import Product
+from branch_agent.models import Product, StockBalance
+from branch_agent.stock import balances
 from tests.conftest import asgi_client
 
 T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -161,3 +165,35 @@ async def test_goods_of_a_product_not_priced_yet_are_received_but_not_sold(
         assert not_yet.status_code == 422, not_yet.text
         stock = await client.get("/api/v1/stock/balances", headers=manager)
     assert {b["sku"]: b["quantity_milli"] for b in stock.json()} == {"NEW": 24000}
+
+
+async def test_lookups_of_a_whole_store_fit_any_sqlite_bind_limit(tmp_path: Path) -> None:
+    """SQLite's default build binds at most 32,766 parameters (Debian's 250,000): a
+    stocktake counting more products must not put them all in one IN list. Here the
+    limit is lowered to 999 on the agent's connections, and 3,000 SKUs are asked."""
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engine = create_engine(path, inline=True)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def low_limit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.driver_connection.sqlite.setlimit(
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999
+        )
+
+    skus = [f"S{n:05d}" for n in range(3000)]
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            await session.execute(
+                insert(StockBalance), [{"sku": s, "quantity_milli": 1000} for s in skus[::2]]
+            )
+            await session.execute(
+                insert(Product), [{"sku": s, "name": s, "vat_rate_bp": 0, "price": 1} for s in skus]
+            )
+            with pytest.raises(OperationalError, match="too many SQL variables"):
+                await session.execute(select(Product.sku).where(Product.sku.in_(skus)))
+        async with create_sessionmaker(engine)() as session:
+            assert await balances(session, skus) == {s: 1000 for s in skus[::2]}
+            assert set(await find_products(session, skus, at=AT, priced=False)) == set(skus)
+    finally:
+        await engine.dispose()
