@@ -27,6 +27,9 @@ __all__ = ["OutboxSender", "SenderState"]
 
 log = logging.getLogger(__name__)
 
+# Room for a message's headers (Nats-Msg-Id and the protocol line's share): ~70 bytes.
+_HEADER_BYTES = 256
+
 
 @dataclass(slots=True)
 class SenderState:
@@ -85,8 +88,14 @@ class OutboxSender:
         if not nc.is_connected:
             raise ConnectionError("not connected to NATS")
         held = self.state.held
+
+        def too_big(size: int) -> bool:
+            # The server counts the headers too, and closes the connection of a client
+            # that sends more than its max_payload: never sent, held instead.
+            return size + _HEADER_BYTES > nc.max_payload
+
         for seq, size in list(held.items()):
-            if size <= nc.max_payload:
+            if not too_big(size):
                 del held[seq]
         query = select(
             OutboxEvent.seq, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload
@@ -95,7 +104,15 @@ class OutboxSender:
             query = query.where(OutboxEvent.seq.not_in(sorted(held)))
         async with self._sessionmaker() as session:
             rows = (await session.execute(query.order_by(OutboxEvent.seq).limit(self.batch))).all()
-        if not rows:
+        # Retrying a row too big for the server cannot help, and it must not hold the
+        # rows after it.
+        sendable = []
+        for row in rows:
+            if too_big(len(row.payload)):
+                self._hold(row.seq, len(row.payload), nc.max_payload)
+            else:
+                sendable.append(row)
+        if not sendable:
             return 0
         # Publishes go out in sequence order; the acks are awaited together.
         results = await asyncio.gather(
@@ -106,21 +123,15 @@ class OutboxSender:
                     timeout=self.publish_timeout_s,
                     headers={"Nats-Msg-Id": str(row.event_id)},
                 )
-                for row in rows
+                for row in sendable
             ),
             return_exceptions=True,
         )
         acked: list[int] = []
         first_error: BaseException | None = None
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, MaxPayloadError):
-                # Retrying cannot help, and it must not hold the events after it.
-                held[row.seq] = len(row.payload)
-                self.state.last_error = (
-                    f"event {row.seq} ({len(row.payload):,} bytes) is bigger than the NATS "
-                    f"server's max_payload ({nc.max_payload:,}): held until it is raised"
-                )
-                log.error("outbox: %s", self.state.last_error)
+        for row, result in zip(sendable, results, strict=True):
+            if isinstance(result, MaxPayloadError):  # the server's limit just changed
+                self._hold(row.seq, len(row.payload), nc.max_payload)
                 continue
             if isinstance(result, BaseException):
                 first_error = first_error or result
@@ -140,8 +151,18 @@ class OutboxSender:
             self.state.last_acked_seq = max(self.state.last_acked_seq, max(acked))
             self.state.last_sent_at = now
         if first_error is not None:
-            raise ConnectionError(f"{len(rows) - len(acked)} publishes not acked: {first_error}")
+            raise ConnectionError(
+                f"{len(sendable) - len(acked)} publishes not acked: {first_error}"
+            )
         return len(acked)
+
+    def _hold(self, seq: int, size: int, max_payload: int) -> None:
+        self.state.held[seq] = size
+        self.state.last_error = (
+            f"event {seq} ({size:,} bytes) is bigger than the NATS server's max_payload "
+            f"({max_payload:,}) allows: held until it is raised"
+        )
+        log.error("outbox: %s", self.state.last_error)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
