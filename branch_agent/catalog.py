@@ -246,6 +246,14 @@ async def find_product(
 
 # SKUs per lookup query (SQLite builds other than Debian's bind at most 32,766).
 _LOOKUP_CHUNK = 500
+# Many products' rows at once, grouped by SKU (most specific scope first in each): the
+# direct reader fills in "(?, ?, ...)", the session an expanding parameter.
+_ITEMS_BY_SKUS = (
+    _ITEM_COLUMNS + "WHERE p.sku IN {} " + _SCOPE_ORDER.replace(" ORDER BY", " ORDER BY p.sku,")
+)
+_ITEMS_BY_SKUS_STMT = text(_ITEMS_BY_SKUS.format(":skus")).bindparams(
+    bindparam("skus", expanding=True)
+)
 
 
 async def find_products(
@@ -267,18 +275,12 @@ async def find_products(
             )
             found.update((p.sku, _demo_item(p)) for p in products)
             continue
-        where = f"WHERE p.sku IN ({', '.join('?' * len(chunk))})"
-        sql = _ITEM_COLUMNS + where + _SCOPE_ORDER.replace(" ORDER BY", " ORDER BY p.sku,")
         rows: Sequence[Sequence[Any]]
         if reader is not None:
-            rows = reader.fetch(sql, tuple(chunk))
+            marks = f"({', '.join('?' * len(chunk))})"
+            rows = reader.fetch(_ITEMS_BY_SKUS.format(marks), tuple(chunk))
         else:
-            names = [f"s{n}" for n in range(len(chunk))]
-            for name in names:
-                sql = sql.replace("?", f":{name}", 1)
-            params = dict(zip(names, chunk, strict=True))
-            rows = (await session.execute(text(sql), params)).all()
-        # Rows come grouped by SKU, the most specific scope first within each.
+            rows = (await session.execute(_ITEMS_BY_SKUS_STMT, {"skus": chunk})).all()
         for _, group in itertools.groupby(rows, key=lambda r: r[0]):
             item = _item_from_rows(list(group), at, priced=priced)
             if item is not None:
