@@ -3,7 +3,7 @@ reached through a pyserial URL (pty pairs, as a USB-serial adapter would be)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,10 @@ import httpx
 import msgspec
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from branch_agent.agent import Agent
+from branch_agent.db import create_engine, database_url, upgrade
 from branch_agent.models import OutboxEvent
 from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
 from devices.scanner import ean_check_digit
@@ -100,3 +102,26 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 def to_builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
+
+
+@pytest.fixture
+async def agent_engine(tmp_path: Path) -> AsyncIterator[Callable[..., AsyncEngine]]:
+    """Engines on one migrated agent database, all disposed at the end:
+    ``agent_engine()`` as the agent opens it, ``inline=True`` as its sale path does,
+    ``reader=False`` without the agent's direct reader (lookups go through the session)."""
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engines: list[AsyncEngine] = []
+
+    def factory(*, inline: bool = False, reader: bool = True) -> AsyncEngine:
+        engine = (
+            create_engine(path, inline=inline)
+            if reader
+            else create_async_engine(database_url(path))
+        )
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in engines:
+        await engine.dispose()

@@ -5,17 +5,17 @@ nothing for products not sold here."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from branch_agent.catalog import CatalogItem, find_product, find_products
-from branch_agent.db import create_engine, create_sessionmaker, database_url, upgrade
+from branch_agent.db import create_sessionmaker
 from branch_agent.masterdata_models import MdPrice, MdProduct
 from branch_agent.models import Product, StockBalance
 from branch_agent.stock import balances
@@ -65,71 +65,64 @@ async def _at_once(engine: AsyncEngine, skus: list[str]) -> dict[str, CatalogIte
         return await find_products(session, skus, at=AT)
 
 
-async def test_master_data_many_at_once_equal_one_by_one(tmp_path: Path) -> None:
-    path = tmp_path / "agent.db"
-    await upgrade(path)
-    engine = create_engine(path)
+async def test_master_data_many_at_once_equal_one_by_one(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
     # Without the agent's direct reader: the same lookups through the session.
-    plain = create_async_engine(database_url(path))
-    try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            products = [
-                _product("all", "A", "apples"),
-                # The branch's own record of A wins over the chain's.
-                _product("branch", "A", "apples (local)", weighed=True),
-                _product("all", "B", "bread"),
-                _product("all", "C", "coffee"),  # priced only from next week
-                _product("all", "D", "dates"),  # never priced
-                *(_product("all", f"N{n:04d}", f"item {n}") for n in range(MANY)),
-            ]
-            await session.execute(insert(MdProduct), products)
-            prices = [
-                _price("all", "A", 300, T0),
-                _price("branch", "A", 280, T0),
-                _price("all", "B", 250, T0),
-                _price("all", "B", 260, AT + timedelta(hours=1)),
-                _price("all", "C", 700, T0 + timedelta(days=7)),
-                *(_price("all", f"N{n:04d}", 100 + n, T0) for n in range(MANY)),
-            ]
-            await session.execute(insert(MdPrice), prices)
-        asked = ["A", "B", "C", "D", "UNKNOWN", "A", *(f"N{n:04d}" for n in range(MANY))]
-        expected = await _one_by_one(engine, sorted(set(asked)))
-        assert set(expected) == {"A", "B"} | {f"N{n:04d}" for n in range(MANY)}
-        assert (expected["A"].name, expected["A"].weighed) == ("apples (local)", True)
-        assert (expected["A"].price, expected["B"].price) == (280, 250)
-        assert await _at_once(engine, asked) == expected
-        assert await _at_once(plain, asked) == expected
-        # For stock (goods arrive and are counted before they go on sale): the branch's
-        # assortment, priced or not.
-        async with create_sessionmaker(engine)() as session:
-            stock = await find_products(session, asked, at=AT, priced=False)
-        assert set(stock) == set(expected) | {"C", "D"}
-        assert (stock["C"].price, stock["D"].price, stock["A"]) == (0, 0, expected["A"])
-    finally:
-        await plain.dispose()
-        await engine.dispose()
+    plain = agent_engine(reader=False)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        products = [
+            _product("all", "A", "apples"),
+            # The branch's own record of A wins over the chain's.
+            _product("branch", "A", "apples (local)", weighed=True),
+            _product("all", "B", "bread"),
+            _product("all", "C", "coffee"),  # priced only from next week
+            _product("all", "D", "dates"),  # never priced
+            *(_product("all", f"N{n:04d}", f"item {n}") for n in range(MANY)),
+        ]
+        await session.execute(insert(MdProduct), products)
+        prices = [
+            _price("all", "A", 300, T0),
+            _price("branch", "A", 280, T0),
+            _price("all", "B", 250, T0),
+            _price("all", "B", 260, AT + timedelta(hours=1)),
+            _price("all", "C", 700, T0 + timedelta(days=7)),
+            *(_price("all", f"N{n:04d}", 100 + n, T0) for n in range(MANY)),
+        ]
+        await session.execute(insert(MdPrice), prices)
+    asked = ["A", "B", "C", "D", "UNKNOWN", "A", *(f"N{n:04d}" for n in range(MANY))]
+    expected = await _one_by_one(engine, sorted(set(asked)))
+    assert set(expected) == {"A", "B"} | {f"N{n:04d}" for n in range(MANY)}
+    assert (expected["A"].name, expected["A"].weighed) == ("apples (local)", True)
+    assert (expected["A"].price, expected["B"].price) == (280, 250)
+    assert await _at_once(engine, asked) == expected
+    assert await _at_once(plain, asked) == expected
+    # For stock (goods arrive and are counted before they go on sale): the branch's
+    # assortment, priced or not.
+    async with create_sessionmaker(engine)() as session:
+        stock = await find_products(session, asked, at=AT, priced=False)
+    assert set(stock) == set(expected) | {"C", "D"}
+    assert (stock["C"].price, stock["D"].price, stock["A"]) == (0, 0, expected["A"])
 
 
-async def test_demo_catalog_many_at_once_equal_one_by_one(tmp_path: Path) -> None:
-    path = tmp_path / "agent.db"
-    await upgrade(path)
-    engine = create_engine(path)
-    try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            await session.execute(
-                insert(Product),
-                [
-                    {"sku": f"P{n:04d}", "name": f"p{n}", "vat_rate_bp": 0, "price": n + 1}
-                    | ({"active": False} if n % 10 == 0 else {})
-                    for n in range(MANY)
-                ],
-            )
-        asked = [f"P{n:04d}" for n in range(MANY)] + ["NOPE"]
-        expected = await _one_by_one(engine, asked)
-        assert len(expected) == MANY - MANY // 10
-        assert await _at_once(engine, asked) == expected
-    finally:
-        await engine.dispose()
+async def test_demo_catalog_many_at_once_equal_one_by_one(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
+    async with create_sessionmaker(engine)() as session, session.begin():
+        await session.execute(
+            insert(Product),
+            [
+                {"sku": f"P{n:04d}", "name": f"p{n}", "vat_rate_bp": 0, "price": n + 1}
+                | ({"active": False} if n % 10 == 0 else {})
+                for n in range(MANY)
+            ],
+        )
+    asked = [f"P{n:04d}" for n in range(MANY)] + ["NOPE"]
+    expected = await _one_by_one(engine, asked)
+    assert len(expected) == MANY - MANY // 10
+    assert await _at_once(engine, asked) == expected
 
 
 async def test_goods_of_a_product_not_priced_yet_are_received_but_not_sold(
@@ -167,13 +160,13 @@ async def test_goods_of_a_product_not_priced_yet_are_received_but_not_sold(
     assert {b["sku"]: b["quantity_milli"] for b in stock.json()} == {"NEW": 24000}
 
 
-async def test_lookups_of_a_whole_store_fit_any_sqlite_bind_limit(tmp_path: Path) -> None:
+async def test_lookups_of_a_whole_store_fit_any_sqlite_bind_limit(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
     """SQLite's default build binds at most 32,766 parameters (Debian's 250,000): a
     stocktake counting more products must not put them all in one IN list. Here the
     limit is lowered to 999 on the agent's connections, and 3,000 SKUs are asked."""
-    path = tmp_path / "agent.db"
-    await upgrade(path)
-    engine = create_engine(path, inline=True)
+    engine = agent_engine(inline=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def low_limit(dbapi_connection: Any, _record: Any) -> None:
@@ -182,18 +175,15 @@ async def test_lookups_of_a_whole_store_fit_any_sqlite_bind_limit(tmp_path: Path
         )
 
     skus = [f"S{n:05d}" for n in range(3000)]
-    try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            await session.execute(
-                insert(StockBalance), [{"sku": s, "quantity_milli": 1000} for s in skus[::2]]
-            )
-            await session.execute(
-                insert(Product), [{"sku": s, "name": s, "vat_rate_bp": 0, "price": 1} for s in skus]
-            )
-            with pytest.raises(OperationalError, match="too many SQL variables"):
-                await session.execute(select(Product.sku).where(Product.sku.in_(skus)))
-        async with create_sessionmaker(engine)() as session:
-            assert await balances(session, skus) == {s: 1000 for s in skus[::2]}
-            assert set(await find_products(session, skus, at=AT, priced=False)) == set(skus)
-    finally:
-        await engine.dispose()
+    async with create_sessionmaker(engine)() as session, session.begin():
+        await session.execute(
+            insert(StockBalance), [{"sku": s, "quantity_milli": 1000} for s in skus[::2]]
+        )
+        await session.execute(
+            insert(Product), [{"sku": s, "name": s, "vat_rate_bp": 0, "price": 1} for s in skus]
+        )
+        with pytest.raises(OperationalError, match="too many SQL variables"):
+            await session.execute(select(Product.sku).where(Product.sku.in_(skus)))
+    async with create_sessionmaker(engine)() as session:
+        assert await balances(session, skus) == {s: 1000 for s in skus[::2]}
+        assert set(await find_products(session, skus, at=AT, priced=False)) == set(skus)

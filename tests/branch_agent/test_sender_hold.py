@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from branch_agent.db import create_engine, create_sessionmaker, upgrade
+from branch_agent.db import create_sessionmaker
 from branch_agent.models import OutboxEvent
 from branch_agent.sender import OutboxSender
 
@@ -31,12 +32,9 @@ class FakeNats:
 
 
 async def test_a_row_within_the_header_room_of_the_limit_is_held_not_sent(
-    tmp_path: Path,
+    agent_engine: Callable[..., AsyncEngine],
 ) -> None:
-    path = tmp_path / "agent.db"
-    await upgrade(path)
-    engine = create_engine(path)
-    sessionmaker = create_sessionmaker(engine)
+    sessionmaker = create_sessionmaker(agent_engine())
     # Seq 2 is below max_payload by itself, but not with its headers.
     sizes = {1: 100, 2: 990, 3: 100}
     async with sessionmaker() as session, session.begin():
@@ -55,21 +53,18 @@ async def test_a_row_within_the_header_room_of_the_limit_is_held_not_sent(
         )
     nats = FakeNats(max_payload=1000)
     sender = OutboxSender(sessionmaker, asyncio.Lock())
-    try:
-        assert await sender.send_once(nats, nats) == 2  # type: ignore[arg-type]
-        assert [p[0] for p in nats.published] == [1, 3]
-        assert sender.state.held == {2: 990}
-        assert "event 2 (990 bytes)" in sender.state.last_error
-        assert await sender.send_once(nats, nats) == 0  # type: ignore[arg-type]
-        # The server's limit is raised (a reconnect reads it): the held row goes.
-        nats.max_payload = 1024 * 1024
-        assert await sender.send_once(nats, nats) == 1  # type: ignore[arg-type]
-        assert [p[0] for p in nats.published] == [1, 3, 2]
-        assert sender.state.held == {}
-        async with sessionmaker() as session:
-            unsent = (
-                await session.scalars(select(OutboxEvent.seq).where(OutboxEvent.sent_at.is_(None)))
-            ).all()
-        assert unsent == []
-    finally:
-        await engine.dispose()
+    assert await sender.send_once(nats, nats) == 2  # type: ignore[arg-type]
+    assert [p[0] for p in nats.published] == [1, 3]
+    assert sender.state.held == {2: 990}
+    assert "event 2 (990 bytes)" in sender.state.last_error
+    assert await sender.send_once(nats, nats) == 0  # type: ignore[arg-type]
+    # The server's limit is raised (a reconnect reads it): the held row goes.
+    nats.max_payload = 1024 * 1024
+    assert await sender.send_once(nats, nats) == 1  # type: ignore[arg-type]
+    assert [p[0] for p in nats.published] == [1, 3, 2]
+    assert sender.state.held == {}
+    async with sessionmaker() as session:
+        unsent = (
+            await session.scalars(select(OutboxEvent.seq).where(OutboxEvent.sent_at.is_(None)))
+        ).all()
+    assert unsent == []
