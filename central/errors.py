@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "DomainError", "NotFoundError", "ReportTooSlow", "ValidationFailed"]
+__all__ = [
+    "ConflictError",
+    "DomainError",
+    "NotFoundError",
+    "ReportTooSlow",
+    "SummariesBehind",
+    "ValidationFailed",
+]
 
 
 class DomainError(Exception):
@@ -35,3 +42,11 @@ class ReportTooSlow(DomainError):
 
     status = 503
     title = "Report took too long"
+
+
+class SummariesBehind(DomainError):
+    """A report's summary tables were still taking in stored events when its time
+    limit (``report_statement_timeout_s``) ran out; what was added is kept."""
+
+    status = 503
+    title = "Report summaries are catching up"

@@ -20,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Interval, cast, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from central.errors import SummariesBehind
 from central.models.reports import SummaryBacklog
 from central.reports.projections import BacklogBusy, apply_backlog, set_aside_first
 
@@ -54,11 +56,17 @@ async def apply_summary_backlog(
     wait: bool = False,
     chunk: int = BACKLOG_CHUNK,
     crash_before_commit: bool = False,
+    time_limit_s: float = 0,
 ) -> int:
     """Apply the whole backlog, a chunk per transaction; the rows applied.
 
     ``wait``: wait for another applier to finish, then apply what is left (reports);
     otherwise return 0 at once when one is at work (the periodic appliers).
+    ``time_limit_s`` (a report's own limit; 0: none): every statement may run that
+    long, the wait for another applier included, then the database cancels it
+    (SQLSTATE 57014); and once that much time has passed with rows still waiting,
+    :class:`SummariesBehind` is raised. The chunks applied by then stay committed, so
+    the next report (or the periodic applier) goes on from there.
     A chunk the database refuses for its data (a sum beyond 64 bits) is halved until
     the row at fault stands alone, which is set aside in ``rpt_summary_rejected``
     (logged, counted by sync health): one bad row never holds up the others.
@@ -68,10 +76,14 @@ async def apply_summary_backlog(
         return 0
     total = 0
     size = chunk
+    started = time.monotonic()
     while True:
         try:
             taken = await _in_transaction(
-                engine, partial(apply_backlog, limit=size, wait=wait), crash_before_commit
+                engine,
+                partial(apply_backlog, limit=size, wait=wait),
+                crash_before_commit,
+                time_limit_s,
             )
         except BacklogBusy:
             return total
@@ -89,6 +101,12 @@ async def apply_summary_backlog(
         total += taken
         if taken < size:
             return total
+        if time_limit_s > 0 and time.monotonic() - started >= time_limit_s:
+            raise SummariesBehind(
+                f"the report summaries are still taking in stored events (a backlog after "
+                f"a burst or an outage): {total:,} rows were added in {time_limit_s:g} s "
+                "(report_statement_timeout_s) and are kept; try again in a minute"
+            )
 
 
 def _data_error(exc: DBAPIError) -> bool:
@@ -97,12 +115,20 @@ def _data_error(exc: DBAPIError) -> bool:
 
 
 async def _in_transaction(
-    engine: AsyncEngine, work: Callable[[Session], T], crash_before_commit: bool
+    engine: AsyncEngine,
+    work: Callable[[Session], T],
+    crash_before_commit: bool,
+    time_limit_s: float = 0,
 ) -> T:
-    """``work`` in a REPEATABLE READ transaction of its own, committed."""
+    """``work`` in a REPEATABLE READ transaction of its own, committed; each statement
+    limited to ``time_limit_s`` (0: not limited)."""
     async with engine.connect() as plain:
         conn = await plain.execution_options(isolation_level="REPEATABLE READ")
         async with AsyncSession(bind=conn) as session, session.begin():
+            if time_limit_s > 0:
+                # SET takes no snapshot: ``work`` still locks before its first read.
+                milliseconds = max(1, round(time_limit_s * 1000))
+                await session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
             result = await session.run_sync(work)
             if result and crash_before_commit:
                 from central.ingest.worker import CRASH_EXIT_CODE
@@ -113,14 +139,18 @@ async def _in_transaction(
 
 
 async def summaries_current(session: AsyncSession) -> None:
-    """Before a report reads the per-product tables: apply what is waiting (in a
-    transaction of its own; nothing to do, one index probe)."""
+    """Before a report reads the per-product tables: apply what is waiting (in
+    transactions of their own; nothing to do, one index probe), within the report's
+    own statement timeout (:func:`central.db.limit_statement_time`), which bounds the
+    whole applying too (:class:`SummariesBehind` beyond it)."""
     engine = session.bind
     if not isinstance(engine, AsyncEngine) or engine.dialect.name != "postgresql":
         return
-    waiting = await session.scalar(select(SummaryBacklog.id).order_by(SummaryBacklog.id).limit(1))
+    first = select(SummaryBacklog.id).order_by(SummaryBacklog.id).limit(1).scalar_subquery()
+    limit = func.extract("epoch", cast(func.current_setting("statement_timeout"), Interval))
+    waiting, limit_s = (await session.execute(select(first, limit))).one()
     if waiting is not None:
-        await apply_summary_backlog(engine, wait=True)
+        await apply_summary_backlog(engine, wait=True, time_limit_s=float(limit_s))
 
 
 class SummaryApplier:

@@ -8,15 +8,18 @@ import asyncio
 import json
 import os
 import sys
+import time
 from datetime import date
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from central.db import create_sessionmaker
+from central.db import QUERY_CANCELED, create_sessionmaker, limit_statement_time, sqlstate_of
 from central.embedded_nats import EmbeddedNats
+from central.errors import SummariesBehind
 from central.ingest.worker import IngestWorker
 from central.models import SalesProductDaily, SummaryBacklog, SummaryRejected
 from central.reports import service
@@ -230,3 +233,60 @@ async def test_a_row_that_cannot_be_added_is_set_aside_and_holds_up_nothing(
     assert await _sold(pg_engine) == books.sold_milli
     (bread,) = report.rows
     assert bread.closing_milli == books.stock_milli["BREAD"]
+
+
+async def test_a_report_waits_for_another_applier_no_longer_than_its_limit(
+    pg_engine: AsyncEngine,
+) -> None:
+    """The report session's statement timeout bounds the applying it does first: another
+    applier holding the backlog (a long chunk) makes it wait 0.5 s, not for ever."""
+    books = await _stocked_books()
+    _history(books, 5)
+    await _ingest(pg_engine, books)
+    waiting = await _waiting(pg_engine)
+    async with pg_engine.connect() as applier:
+        await applier.execute(text(_LOCK_AS_APPLIER))
+        async with create_sessionmaker(pg_engine)() as session:
+            await limit_statement_time(session, 0.5)
+            started = time.monotonic()
+            with pytest.raises(DBAPIError) as cancelled:
+                async with asyncio.timeout(10):  # without the limit: waits for the lock
+                    await service.sales_report(
+                        session, date_from=NOV_1, date_to=NOV_30, group_by="product"
+                    )
+            assert sqlstate_of(cancelled.value) == QUERY_CANCELED
+            assert 0.5 <= time.monotonic() - started < 5
+        await applier.rollback()
+    assert await _waiting(pg_engine) == waiting
+    async with create_sessionmaker(pg_engine)() as session:
+        await limit_statement_time(session, 30)
+        report = await service.sales_report(
+            session, date_from=NOV_1, date_to=NOV_30, group_by="product"
+        )
+    assert {r.sku: r.figures.qty_milli for r in report.rows} == books.sold_milli
+
+
+async def test_applying_for_a_report_stops_at_its_limit_and_keeps_what_it_added(
+    pg_engine: AsyncEngine,
+) -> None:
+    """A backlog longer than a report's time limit (after an outage): the report gets a
+    clear error once the limit has passed, the chunks added by then stay, and the next
+    applier goes on from there to the same totals."""
+    books = await _stocked_books()
+    _history(books, 150)
+    await _ingest(pg_engine, books)
+    waiting = await _waiting(pg_engine)
+    with pytest.raises(SummariesBehind) as behind:
+        # One row a transaction: some 300 transactions, far beyond 0.2 s.
+        await apply_summary_backlog(pg_engine, wait=True, chunk=1, time_limit_s=0.2)
+    left = await _waiting(pg_engine)
+    assert 0 < left < waiting
+    assert f"{waiting - left:,} rows were added in 0.2 s" in behind.value.detail
+    assert behind.value.status == 503
+    assert await apply_summary_backlog(pg_engine) == left
+    assert await _sold(pg_engine) == books.sold_milli
+    await assert_kept_equals_rebuilt(create_sessionmaker(pg_engine))
+
+
+# What an applier at work holds (central.reports.projections).
+_LOCK_AS_APPLIER = "LOCK TABLE rpt_summary_backlog IN SHARE UPDATE EXCLUSIVE MODE"
