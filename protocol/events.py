@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from protocol.limits import (
+    INT32_MAX,
     Code32,
     Code64,
     CurrencyCode,
@@ -217,6 +218,9 @@ class StockDocumentPosted(
     def __post_init__(self) -> None:
         if self.part > self.parts:
             raise ValueError(f"part {self.part} of {self.parts}: beyond the document's parts")
+        # Each line's number is stored as a 32-bit integer.
+        if self.first_line_no + len(self.lines) - 1 > INT32_MAX:
+            raise ValueError(f"lines from {self.first_line_no}: line numbers beyond {INT32_MAX}")
 
 
 BranchEvent = (

@@ -109,9 +109,9 @@ def test_check_refuses_what_a_receiver_would() -> None:
 
 
 def test_a_stock_document_part_beyond_its_parts_is_refused_and_one_part_is_the_default() -> None:
-    def envelope(**parts: int) -> bytes:
+    def envelope(lines: int = 1, **parts: int) -> bytes:
         body = {"kind": "stock_document_posted", "document_id": "d", "doc_type": "stocktake"}
-        body |= {"lines": [{"sku": "S", "quantity_milli": 1000}], **parts}
+        body |= {"lines": [{"sku": "S", "quantity_milli": 1000}] * lines, **parts}
         return msgspec.msgpack.encode(
             {
                 "event_id": str(new_event_id()),
@@ -133,3 +133,8 @@ def test_a_stock_document_part_beyond_its_parts_is_refused_and_one_part_is_the_d
         decode_envelope(envelope(part=3, parts=2))
     with pytest.raises(WireDecodeError, match=r"body\.part"):
         decode_envelope(envelope(part=0, parts=2))
+    # Line numbers are 32-bit: the last one may be 2^31 - 1, not beyond.
+    body = decode_envelope(envelope(first_line_no=INT32_MAX)).body
+    assert isinstance(body, StockDocumentPosted)
+    with pytest.raises(WireDecodeError, match="line numbers beyond"):
+        decode_envelope(envelope(first_line_no=INT32_MAX, lines=2))
