@@ -30,6 +30,13 @@ async def _db_upgrade(settings: CentralSettings, revision: str) -> None:
     _print({"database": settings.database_url.split("@")[-1], "upgraded_to": revision})
 
 
+async def _db_downgrade(settings: CentralSettings, revision: str) -> None:
+    from central.db import downgrade
+
+    await downgrade(settings.database_url, revision)
+    _print({"database": settings.database_url.split("@")[-1], "downgraded_to": revision})
+
+
 async def _db_partitions(settings: CentralSettings, args: argparse.Namespace) -> int:
     """Create the months ahead of the partitioned tables; report rows in DEFAULT."""
     from datetime import date
@@ -325,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="migrate to the newest schema")
     up.add_argument("revision", nargs="?", default="heads")
+    down = db_sub.add_parser(
+        "downgrade", help="migrate back to an older schema (rolling a release back)"
+    )
+    down.add_argument("revision", help="the older release's revision, e.g. 1601")
     parts = db_sub.add_parser(
         "partitions", help="create monthly partitions ahead, report rows in DEFAULT (PostgreSQL)"
     )
@@ -430,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     code = 0
     if args.command == "db" and args.db_command == "partitions":
         code = asyncio.run(_db_partitions(settings, args))
+    elif args.command == "db" and args.db_command == "downgrade":
+        asyncio.run(_db_downgrade(settings, args.revision))
     elif args.command == "db":
         asyncio.run(_db_upgrade(settings, args.revision))
     elif args.command == "serve":

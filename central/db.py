@@ -25,6 +25,7 @@ __all__ = [
     "alembic_config",
     "create_engine",
     "create_sessionmaker",
+    "downgrade",
     "error_chain",
     "is_sqlite",
     "limit_statement_time",
@@ -118,3 +119,9 @@ def _upgrade_sync(url: str, revision: str) -> None:
 async def upgrade(url: str, revision: str = "heads") -> None:
     """Migrate the database to ``revision``; alembic's env runs its own event loop."""
     await asyncio.to_thread(_upgrade_sync, url, revision)
+
+
+async def downgrade(url: str, revision: str) -> None:
+    """Migrate the database back to ``revision`` (rolling a release back: run the
+    older release's processes only after this)."""
+    await asyncio.to_thread(command.downgrade, alembic_config(url), revision)

@@ -1,4 +1,5 @@
-"""The migrations build exactly the schema the models describe (never recreated)."""
+"""The migrations build exactly the schema the models describe (never recreated), and
+roll back (a release rolled back) with the records kept."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from central.db import create_engine, upgrade
+from central.db import create_engine, create_sessionmaker, downgrade, upgrade
+from central.ingest.worker import IngestWorker
 from central.models import Base
 from central.partitions import include_name
+from central.services.documents import get_document
+from tests.central.chain_events import BranchBooks, message
+from tests.conftest import central_cli, engine_with_branch
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -34,3 +40,63 @@ async def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
     await upgrade(url)
     await upgrade(url)
+
+
+async def test_every_migration_rolls_back_and_forward(db_url: str, tmp_path: Path) -> None:
+    """Through the command line, as an operator rolls a release back."""
+    assert central_cli(db_url, tmp_path, "db", "downgrade", "base")["downgraded_to"] == "base"
+    assert central_cli(db_url, tmp_path, "db", "upgrade")["upgraded_to"] == "heads"
+    await test_migrated_schema_matches_the_models(db_url)
+
+
+async def test_rolling_parts_back_keeps_each_document_whole(db_url: str) -> None:
+    """Before 1701 a document was one row: rolled back, a document received in parts is
+    the row of its first part with every line and the value of all; upgraded again, it
+    reads the same."""
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("MILK", 9_000, 100)])
+    books.document_in_parts(
+        "stocktake",
+        [("MILK", -1_000, None), ("BREAD", 2_000, None), ("SALT", 3_000, None)],
+        per_part=2,
+    )
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        stats = await IngestWorker(sessionmaker).process([message(e) for e in books.events])
+        assert stats.dead_letters == 0
+        async with sessionmaker() as session:
+            before = await get_document(session, "B1", "B1-doc-2")
+        assert (before.parts, before.parts_received, len(before.lines)) == (2, 2, 3)
+        await engine.dispose()
+        await downgrade(db_url, "1601")
+        async with engine.connect() as connection:
+            documents = (
+                await connection.execute(
+                    text("SELECT document_id, event_id, value FROM stock_documents ORDER BY 1")
+                )
+            ).all()
+            assert [(d, v) for d, _, v in documents] == [
+                ("B1-doc-1", 900),
+                ("B1-doc-2", before.value),
+            ]
+            lines = (
+                await connection.execute(
+                    text(
+                        "SELECT event_id, line_no, sku FROM stock_document_lines "
+                        "WHERE event_id = :kept ORDER BY line_no"
+                    ),
+                    {"kept": documents[1][1]},
+                )
+            ).all()
+            assert [(n, sku) for _, n, sku in lines] == [(1, "MILK"), (2, "BREAD"), (3, "SALT")]
+        await engine.dispose()
+        await upgrade(db_url)
+        async with sessionmaker() as session:
+            after = await get_document(session, "B1", "B1-doc-2")
+        assert (after.parts, after.parts_received, after.value) == (1, 1, before.value)
+        assert [(x.line_no, x.sku, x.quantity_milli) for x in after.lines] == [
+            (x.line_no, x.sku, x.quantity_milli) for x in before.lines
+        ]
+    finally:
+        await engine.dispose()

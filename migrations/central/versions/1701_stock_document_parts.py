@@ -28,8 +28,32 @@ def upgrade() -> None:
         )
 
 
+# The other rows of the same document.
+_SAME = (
+    "FROM stock_documents o WHERE o.branch = stock_documents.branch "
+    "AND o.document_id = stock_documents.document_id"
+)
+
+
 def downgrade() -> None:
-    # Refused while a document has several parts (the old key cannot hold them).
+    # The old key holds one row per document: a document received in parts becomes the
+    # row of its lowest part received, with every part's lines (their numbers are the
+    # document's own, so they stay unique) and the parts' values summed.
+    op.execute(
+        "UPDATE stock_document_lines SET event_id = ("
+        "SELECT k.event_id FROM stock_documents d JOIN stock_documents k "
+        "ON k.branch = d.branch AND k.document_id = d.document_id "
+        "WHERE d.event_id = stock_document_lines.event_id ORDER BY k.part LIMIT 1) "
+        "WHERE event_id IN (SELECT event_id FROM stock_documents WHERE parts > 1)"
+    )
+    op.execute(
+        f"UPDATE stock_documents SET value = (SELECT sum(o.value) {_SAME}), "
+        f"negative_stock = EXISTS (SELECT 1 {_SAME} AND o.negative_stock) "
+        f"WHERE parts > 1 AND part = (SELECT min(o.part) {_SAME})"
+    )
+    op.execute(
+        f"DELETE FROM stock_documents WHERE parts > 1 AND part > (SELECT min(o.part) {_SAME})"
+    )
     with op.batch_alter_table("stock_documents") as batch:
         batch.drop_constraint("uq_stock_documents_branch_document_id_part", type_="unique")
         batch.create_unique_constraint(
