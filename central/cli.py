@@ -30,11 +30,16 @@ async def _db_upgrade(settings: CentralSettings, revision: str) -> None:
     _print({"database": settings.database_url.split("@")[-1], "upgraded_to": revision})
 
 
-async def _db_downgrade(settings: CentralSettings, revision: str) -> None:
+async def _db_downgrade(settings: CentralSettings, revision: str) -> int:
     from central.db import downgrade
 
-    await downgrade(settings.database_url, revision)
+    try:
+        await downgrade(settings.database_url, revision)
+    except RuntimeError as refused:  # a migration that would lose records says why
+        _print({"error": str(refused)})
+        return 1
     _print({"database": settings.database_url.split("@")[-1], "downgraded_to": revision})
+    return 0
 
 
 async def _db_partitions(settings: CentralSettings, args: argparse.Namespace) -> int:
@@ -442,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "db" and args.db_command == "partitions":
         code = asyncio.run(_db_partitions(settings, args))
     elif args.command == "db" and args.db_command == "downgrade":
-        asyncio.run(_db_downgrade(settings, args.revision))
+        code = asyncio.run(_db_downgrade(settings, args.revision))
     elif args.command == "db":
         asyncio.run(_db_upgrade(settings, args.revision))
     elif args.command == "serve":

@@ -3,12 +3,15 @@ roll back (a release rolled back) with the records kept."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_engine, create_sessionmaker, downgrade, upgrade
 from central.ingest.worker import IngestWorker
@@ -16,7 +19,7 @@ from central.models import Base
 from central.partitions import include_name
 from central.services.documents import get_document
 from tests.central.chain_events import BranchBooks, message
-from tests.conftest import central_cli, engine_with_branch
+from tests.conftest import PG_URL_ENV, central_cli, engine_with_branch
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -100,3 +103,29 @@ async def test_rolling_parts_back_keeps_each_document_whole(db_url: str) -> None
         ]
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"needs {PG_URL_ENV}")
+async def test_rolling_the_backlog_back_waits_until_it_is_applied(
+    pg_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Before 1601 ingestion wrote the summaries itself: rows still in the backlog would
+    be lost to the older release's reports, so going back is refused until they are
+    applied."""
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("MILK", 9_000, 100)])
+    books.sale([("MILK", 1_000, 199)])
+    stats = await IngestWorker(create_sessionmaker(pg_engine)).process(
+        [message(e) for e in books.events]
+    )
+    assert stats.dead_letters == 0
+    url = pg_engine.url.render_as_string(hide_password=False)
+    await pg_engine.dispose()
+    refused = central_cli(url, tmp_path, "db", "downgrade", "1503", exit_code=1)
+    assert "apply-backlog" in refused["error"]
+    assert central_cli(url, tmp_path, "reports", "apply-backlog")["applied"] == 2
+    assert central_cli(url, tmp_path, "db", "downgrade", "1503")["downgraded_to"] == "1503"
+    async with pg_engine.connect() as connection:
+        sold = await connection.scalar(text("SELECT sum(qty_milli) FROM rpt_sales_product_daily"))
+    assert sold == 1_000

@@ -67,5 +67,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Rows still waiting are in no summary table yet: dropped, the older release's
+    # reports would lack their events.
+    if op.get_bind().scalar(sa.text("SELECT 1 FROM rpt_summary_backlog LIMIT 1")):
+        raise RuntimeError(
+            "the summary backlog still holds rows the report tables lack: stop the ingest "
+            "processes, run `python -m central reports apply-backlog`, then downgrade again"
+        )
     op.drop_table("rpt_summary_rejected")
     op.drop_table("rpt_summary_backlog")
