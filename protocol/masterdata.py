@@ -306,6 +306,10 @@ class SnapshotRequest(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="s
     incomplete_snapshot: NonNegative = 0
     # A snapshot the branch applied completely: central may drop its parts.
     completed_snapshot: NonNegative = 0
+    # A new agent database (a store's server replaced, its disk lost): its id, while
+    # its events still wait for central to say where their numbering starts ("": the
+    # numbering is settled). The branch's earlier agent used numbers from 1 on.
+    anchor_instance: Code64 = ""
 
 
 class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_reply"):
@@ -314,6 +318,9 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     snapshot_id: NonNegative = 0
     reason: str = ""
     error: str = ""
+    # Answer to ``anchor_instance``: the number of that database's first event (0: not
+    # asked); the same answer every time the same database asks.
+    event_seq_start: NonNegative = 0
 
 
 _request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)

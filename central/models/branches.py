@@ -39,6 +39,15 @@ class BranchSyncState(Base):
     last_received_at: Mapped[datetime | None] = mapped_column(default=None)
     resend_requested_from: Mapped[int | None] = mapped_column(BigInteger, default=None)
     resend_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The branch's agent database whose numbering central set last (a new database,
+    # e.g. the store's server replaced): its id, its first number, when; and the
+    # numbers the earlier database had used without central receiving them, given up
+    # as lost with it (from the contiguous run to its last recorded one).
+    agent_instance: Mapped[str | None] = mapped_column(String(64), default=None)
+    restarted_at_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    restarted_at: Mapped[datetime | None] = mapped_column(default=None)
+    lost_from_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    lost_to_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class BranchStatus(Base):

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -37,6 +38,7 @@ from central.services.masterdata_publisher import (
     enqueue_snapshot,
     pending_snapshot,
 )
+from central.services.sync_state import anchor_event_sequence
 from central.sync.jetstream import down_filter_subjects, ensure_branch_consumer
 from protocol.codec import WireDecodeError
 from protocol.masterdata import (
@@ -127,7 +129,21 @@ class SnapshotService:
                 action="none", error=f"report names {request.branch!r} on {branch_code!r}'s subject"
             )
         try:
-            return await self._decide(js, branch_code, request)
+            reply = await self._decide(js, branch_code, request)
+            if request.anchor_instance and not reply.error:
+                async with self._sessionmaker() as session, session.begin():
+                    start = await anchor_event_sequence(
+                        session, branch_code, request.anchor_instance
+                    )
+                if start > 1:
+                    log.warning(
+                        "branch %s has a new agent database (%s): its events start at %d",
+                        branch_code,
+                        request.anchor_instance,
+                        start,
+                    )
+                reply = msgspec.structs.replace(reply, event_seq_start=start)
+            return reply
         except Exception as exc:
             log.warning("position report of %s not answered: %s", branch_code, exc)
             return SnapshotReply(action="none", error=f"central could not decide: {exc}")

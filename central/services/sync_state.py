@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
+from central.auth.context import RequestAudit
 from central.errors import NotFoundError
+from central.ingest.bulk import dialect_insert, table_of
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
+from central.services.audit import record_change
 
-__all__ = ["BranchSyncOut", "get_branch_sync", "list_branch_sync"]
+__all__ = [
+    "BranchSyncOut",
+    "anchor_event_sequence",
+    "get_branch_sync",
+    "list_branch_sync",
+]
 
 
 class BranchSyncOut(msgspec.Struct, kw_only=True):
@@ -32,6 +40,14 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     outbox_backlog: int | None
     # Events held at the branch, too big for its NATS server (not asked for again).
     outbox_held: list[int] = []
+    # The branch's agent database was replaced (restarted_at_seq: its first event):
+    # the numbers from lost_from_seq to lost_to_seq the earlier one had used are given
+    # up, lost_events of them never reached central.
+    restarted_at_seq: int | None = None
+    restarted_at: datetime | None = None
+    lost_from_seq: int | None = None
+    lost_to_seq: int | None = None
+    lost_events: int = 0
 
 
 async def list_branch_sync(
@@ -83,6 +99,17 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             .group_by(IngestedEvent.branch)
         )
     )
+    lost: dict[str, int] = {}
+    for code, restarted in states.items():
+        if restarted.lost_from_seq is not None and restarted.lost_to_seq is not None:
+            received = await session.scalar(
+                select(func.count()).where(
+                    IngestedEvent.branch == code,
+                    IngestedEvent.seq.between(restarted.lost_from_seq, restarted.lost_to_seq),
+                )
+            )
+            span = restarted.lost_to_seq - restarted.lost_from_seq + 1
+            lost[code] = span - int(received or 0)
     out = []
     for code in branches:
         state = states.get(code)
@@ -103,6 +130,62 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 last_recorded_seq=status.last_recorded_seq if status else None,
                 outbox_backlog=status.outbox_backlog if status else None,
                 outbox_held=list(status.outbox_held) if status else [],
+                restarted_at_seq=state.restarted_at_seq if state else None,
+                restarted_at=state.restarted_at if state else None,
+                lost_from_seq=state.lost_from_seq if state else None,
+                lost_to_seq=state.lost_to_seq if state else None,
+                lost_events=lost.get(code, 0),
             )
         )
     return out
+
+
+async def anchor_event_sequence(session: AsyncSession, branch: str, instance: str) -> int:
+    """The number of the first event of agent database ``instance`` of ``branch``, in
+    the caller's transaction: the same answer whenever the same database asks.
+
+    A new database (the store's server replaced, its disk lost) would number its events
+    from 1 again, numbers central already holds from the earlier one: it starts after
+    the highest number central knows of instead (stored, or recorded by the branch's
+    latest heartbeat). The earlier database's numbers central never received are given
+    up as lost with it (the gap monitor stops asking for them; sync health counts them).
+    """
+    table = table_of(BranchSyncState)
+    await session.execute(
+        dialect_insert(session, table)
+        .values(branch=branch, contiguous_seq=0, max_seq=0)
+        .on_conflict_do_nothing(index_elements=["branch"])
+    )
+    state = (
+        await session.execute(
+            select(BranchSyncState).where(BranchSyncState.branch == branch).with_for_update()
+        )
+    ).scalar_one()
+    if state.agent_instance == instance and state.restarted_at_seq is not None:
+        return state.restarted_at_seq
+    status = await session.get(BranchStatus, branch)
+    high = max(state.max_seq, status.last_recorded_seq if status else 0)
+    start = high + 1
+    before = {"agent_instance": state.agent_instance, "contiguous_seq": state.contiguous_seq}
+    if high > state.contiguous_seq:
+        state.lost_from_seq, state.lost_to_seq = state.contiguous_seq + 1, high
+        state.contiguous_seq = high
+    state.agent_instance = instance
+    state.restarted_at_seq = start
+    state.restarted_at = datetime.now(UTC)
+    state.resend_requested_from = None
+    if high:
+        await record_change(
+            session,
+            action="branch.agent_replaced",
+            target=branch,
+            before=before,
+            after={
+                "agent_instance": instance,
+                "first_seq": start,
+                "lost_from_seq": state.lost_from_seq,
+                "lost_to_seq": state.lost_to_seq,
+            },
+            actor=RequestAudit(actor=f"branch:{branch}", actor_role="branch", method="NATS"),
+        )
+    return start
