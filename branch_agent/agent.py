@@ -24,6 +24,7 @@ from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.fiscal import Fiscalizer
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
+from branch_agent.numbering import EventNumbering
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.sales import SaleService
 from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
@@ -77,6 +78,11 @@ class Agent:
             self.sessionmaker, self.write_lock, timezone=settings.timezone
         )
         self.masterdata.register(self.downstream)
+        # A new database's events wait until central says where their numbers start.
+        self.numbering = EventNumbering(self.sessionmaker, self.write_lock, self.sender.wake)
+        self.sender.numbering = self.numbering
+        if self.masterdata.requester is not None:
+            self.masterdata.requester.numbering = self.numbering
         self.resends = 0
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -92,6 +98,7 @@ class Agent:
 
     async def start(self) -> None:
         await upgrade(self.settings.database_path)
+        await self.numbering.load()
         await self.masterdata.load()
         if self.settings.demo_catalog:
             async with self.write_lock, self.sessionmaker() as session, session.begin():
@@ -143,6 +150,10 @@ class Agent:
         request = decode_resend(message.data)
         if request.branch != self.settings.branch:
             log.warning("resend for %s reached %s: ignored", request.branch, self.settings.branch)
+            return
+        if not self.numbering.settled:
+            # Numbers of the branch's earlier database: none of them is here.
+            log.info("resend from %d ignored: numbering not settled yet", request.from_seq)
             return
         async with self.write_lock, self.sessionmaker() as session, session.begin():
             count = await mark_unsent_from(session, request.from_seq)
@@ -256,6 +267,9 @@ class Agent:
 
     async def publish_heartbeat(self) -> None:
         if self.js is None or self.nc is None or not self.nc.is_connected:
+            return
+        if not self.numbering.settled:
+            # Its sequence numbers would not be central's yet.
             return
         beat = await self.heartbeat()
         await self.js.publish(

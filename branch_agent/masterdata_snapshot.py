@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
 
     from branch_agent.masterdata import MasterDataApplier
+    from branch_agent.numbering import EventNumbering
 
 __all__ = ["SnapshotRequester"]
 
@@ -67,6 +68,8 @@ class SnapshotRequester:
         self._first_check = asyncio.Event()
         self._reported_completed = 0
         self._pending_since: float | None = None
+        # Set by the agent: a new database asks where its event numbers start.
+        self.numbering: EventNumbering | None = None
 
     def poke(self) -> None:
         """Report soon (a snapshot ended, the consumer is gone)."""
@@ -107,6 +110,7 @@ class SnapshotRequester:
             pending_snapshot=snap.pending,
             incomplete_snapshot=incomplete,
             completed_snapshot=snap.completed if snap.completed > self._reported_completed else 0,
+            anchor_instance=self.numbering.wanted() if self.numbering is not None else "",
         )
 
     async def check(self, nc: Client) -> SnapshotReply:
@@ -131,6 +135,11 @@ class SnapshotRequester:
             await self.applier.set_pending_snapshot(reply.snapshot_id)
             self._pending_since = time.monotonic()
         self.last_reply = reply
+        if request.anchor_instance and self.numbering is not None:
+            if reply.event_seq_start:
+                await self.numbering.settle(reply.event_seq_start)
+            else:  # a central from before numbering (upgrade central first)
+                log.warning("central did not number this new database's events: they wait")
         return reply
 
     async def run(self, nc: Client, stop: asyncio.Event) -> None:
@@ -152,4 +161,5 @@ class SnapshotRequester:
             finally:
                 # Also after a failure: the reader waits once, not on every retry.
                 self._first_check.set()
-            delay = self.interval_s
+            unsettled = self.numbering is not None and not self.numbering.settled
+            delay = min(self.interval_s, 30.0) if unsettled else self.interval_s

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
@@ -22,6 +23,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.models import OutboxEvent
+
+if TYPE_CHECKING:
+    from branch_agent.numbering import EventNumbering
 
 __all__ = ["OutboxSender", "SenderState"]
 
@@ -61,6 +65,8 @@ class OutboxSender:
         self.max_backoff_s = max_backoff_s
         self.state = SenderState()
         self._wake = asyncio.Event()
+        # Set by the agent: nothing goes out before central has numbered a new database.
+        self.numbering: EventNumbering | None = None
 
     def wake(self) -> None:
         """A new event was committed: send without waiting for the poll interval."""
@@ -87,6 +93,8 @@ class OutboxSender:
         """Publish one batch of unsent rows; returns how many were acked."""
         if not nc.is_connected:
             raise ConnectionError("not connected to NATS")
+        if self.numbering is not None and not self.numbering.settled:
+            return 0
         held = self.state.held
 
         def too_big(size: int) -> bool:

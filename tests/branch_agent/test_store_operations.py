@@ -300,6 +300,15 @@ async def deliver_command(store: Store, data: bytes) -> None:
 async def test_a_resend_command_queues_events_again(store: Store) -> None:
     for n in range(3):
         await store.sale(sale(f"s{n}", [{"type": "cash", "amount": 2000}]))
+    # A new database takes no resend before central has numbered its events (it
+    # would name numbers of the branch's earlier database).
+    request = ResendRequested(branch="B1", from_seq=1, requested_at=datetime.now(UTC))
+    async with store.agent.write_lock, store.agent.sessionmaker() as session, session.begin():
+        await session.execute(update(OutboxEvent).values(sent_at=utcnow()))
+    await deliver_command(store, encode(request))
+    assert (await store.agent.health()).outbox_backlog == 0
+    # Central answered: from 1 (no earlier database).
+    await store.agent.numbering.settle(1)
     # As if central had acked them all.
     async with store.agent.write_lock, store.agent.sessionmaker() as session, session.begin():
         await session.execute(update(OutboxEvent).values(sent_at=utcnow()))

@@ -1,0 +1,122 @@
+"""A store's server replaced (its disk lost): the new agent database numbers its events
+after the branch's earlier ones, as central says, so none is taken for a duplicate of
+the old database's; the old database's unsent events are given up, counted, and not
+asked for again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bench.chaos.proxy import LinkProxy
+from branch_agent.models import OutboxEvent
+from central.embedded_nats import EmbeddedNats
+from central.models import BranchStatus, DeadLetter, IngestedEvent
+from central.services.sync_state import get_branch_sync
+from protocol.codec import decode_envelope
+from tests.conftest import register_branch, wait_until
+from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
+
+TOKEN = "B1-till-1"
+
+
+async def _outbox_seqs(agent: Any) -> list[tuple[int, int]]:
+    """(row number, the number inside its payload) of every outbox event."""
+    async with agent.sessionmaker() as session:
+        rows = (await session.execute(select(OutboxEvent.seq, OutboxEvent.payload))).all()
+    return sorted((seq, decode_envelope(payload).seq) for seq, payload in rows)
+
+
+async def test_a_new_agent_database_numbers_after_the_old_one_and_loses_nothing_it_had(
+    central: Any, nats_server: EmbeddedNats, make_agent: Any, tmp_path: Path
+) -> None:
+    await register_branch(central, "B1")
+    old = await make_agent("B1", nats_server.url)
+    for n in range(4):
+        assert (await post_sale(old, sale(f"old-{n}"), TOKEN)).status_code == 201
+
+    async def at_central(count: int) -> bool:
+        return len(await receipts_at_central(central)) == count
+
+    await wait_until(lambda: at_central(4))
+
+    # Its outbox stops sending (fault injected: events recorded, not sent); two more
+    # sales are recorded, and the heartbeats tell central about them.
+    async def stuck(*_: Any) -> int:
+        return 0
+
+    old.sender.send_once = stuck
+    for n in range(4, 6):
+        assert (await post_sale(old, sale(f"old-{n}"), TOKEN)).status_code == 201
+
+    async def heard_of_six() -> bool:
+        async with central.sessionmaker() as session:
+            status = await session.get(BranchStatus, "B1")
+        return status is not None and status.last_recorded_seq == 6
+
+    await wait_until(heard_of_six)
+    # Then the server dies with its disk; a technician installs a new one, and the
+    # store sells on it while its link to head office is still down: its events wait,
+    # numbered from 1 for now.
+    await old.stop()
+    link = LinkProxy(nats_server.port)
+    await link.start()
+    try:
+        await _replacement(central, make_agent, link, tmp_path)
+    finally:
+        await link.close()
+
+
+async def _replacement(central: Any, make_agent: Any, link: LinkProxy, tmp_path: Path) -> None:
+    async def at_central(count: int) -> bool:
+        return len(await receipts_at_central(central)) == count
+
+    await link.cut("reset")
+    new = await make_agent("B1", link.url, data_dir=str(tmp_path / "replacement"))
+    for n in range(3):
+        assert (await post_sale(new, sale(f"new-{n}"), TOKEN)).status_code == 201
+    assert await _outbox_seqs(new) == [(1, 1), (2, 2), (3, 3)]
+    assert not new.numbering.settled
+    await link.restore()
+    await wait_until(lambda: at_central(7), timeout=30)
+    assert new.numbering.settled
+    assert new.numbering.start == 7
+    # Renumbered where they waited: row and payload agree, 7.. after the old 1..6.
+    assert await _outbox_seqs(new) == [(7, 7), (8, 8), (9, 9)]
+    assert await new.last_recorded_seq() == 9
+    receipts = await receipts_at_central(central)
+    assert sorted(sale_id for _, sale_id in receipts) == sorted(
+        [f"old-{n}" for n in range(4)] + [f"new-{n}" for n in range(3)]
+    )
+    async with central.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(DeadLetter)) == 0
+        seqs = list(
+            await session.scalars(
+                select(IngestedEvent.seq)
+                .where(IngestedEvent.branch == "B1", IngestedEvent.kind == "receipt_recorded")
+                .order_by(IngestedEvent.seq)
+            )
+        )
+        assert seqs == [1, 2, 3, 4, 7, 8, 9]
+
+    async def settled_at_central() -> bool:
+        async with central.sessionmaker() as session:
+            sync = await get_branch_sync(session, "B1")
+        return sync.contiguous_seq == 9 and sync.last_recorded_seq == 9
+
+    await wait_until(settled_at_central)
+    async with central.sessionmaker() as session:
+        sync = await get_branch_sync(session, "B1")
+    assert (sync.restarted_at_seq, sync.lost_from_seq, sync.lost_to_seq) == (7, 5, 6)
+    assert (sync.lost_events, sync.missing, sync.resend_requested_from) == (2, 2, None)
+
+    # The new agent restarts: the same database, numbered already: nothing moves.
+    await new.stop()
+    again = await make_agent("B1", link.url, data_dir=str(tmp_path / "replacement"))
+    assert again.numbering.settled
+    assert again.numbering.start == 7
+    assert (await post_sale(again, sale("new-3"), TOKEN)).status_code == 201
+    await wait_until(lambda: at_central(8))
+    assert await _outbox_seqs(again) == [(7, 7), (8, 8), (9, 9), (10, 10)]
