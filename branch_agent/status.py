@@ -42,6 +42,10 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     pending_fiscal_returns: int = 0
     # Outbox events bigger than the NATS server's max_payload, held (the rest still go).
     outbox_held: list[int] = []
+    # False for a new database until central has said where its event numbers start
+    # (its events wait, unsent); first_event_seq: that start.
+    numbering_settled: bool = True
+    first_event_seq: int = 0
     devices: list[DeviceStateOut]
 
 
@@ -70,6 +74,8 @@ async def build_status(agent: Agent) -> AgentStatus:
         pending_fiscal=pending_fiscal or 0,
         pending_fiscal_returns=pending_returns or 0,
         outbox_held=sorted(agent.sender.state.held),
+        numbering_settled=agent.numbering.settled,
+        first_event_seq=agent.numbering.start,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -97,7 +103,12 @@ def format_status(status: AgentStatus) -> str:
             if status.outbox_held
             else ""
         ),
-        f"sequence         recorded {status.last_recorded_seq}, acked {status.last_acked_seq}",
+        f"sequence         recorded {status.last_recorded_seq}, acked {status.last_acked_seq}"
+        + (
+            ""
+            if status.numbering_settled
+            else "; new database: waiting for central to number its events (nothing sent yet)"
+        ),
         f"last sync        {status.last_sync_at or 'never'}",
         f"master data      version {status.applied_version}",
         f"pending fiscal   {status.pending_fiscal} sale(s) and "

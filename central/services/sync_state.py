@@ -167,9 +167,9 @@ async def anchor_event_sequence(session: AsyncSession, branch: str, instance: st
     high = max(state.max_seq, status.last_recorded_seq if status else 0)
     start = high + 1
     before = {"agent_instance": state.agent_instance, "contiguous_seq": state.contiguous_seq}
-    if high > state.contiguous_seq:
-        state.lost_from_seq, state.lost_to_seq = state.contiguous_seq + 1, high
-        state.contiguous_seq = high
+    lost = (state.contiguous_seq + 1, high) if high > state.contiguous_seq else (None, None)
+    state.lost_from_seq, state.lost_to_seq = lost
+    state.contiguous_seq = max(state.contiguous_seq, high)
     state.agent_instance = instance
     state.restarted_at_seq = start
     state.restarted_at = datetime.now(UTC)

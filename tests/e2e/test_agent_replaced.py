@@ -78,11 +78,12 @@ async def _replacement(central: Any, make_agent: Any, link: LinkProxy, tmp_path:
     for n in range(3):
         assert (await post_sale(new, sale(f"new-{n}"), TOKEN)).status_code == 201
     assert await _outbox_seqs(new) == [(1, 1), (2, 2), (3, 3)]
-    assert not new.numbering.settled
+    waiting = await new.status()
+    assert (waiting.numbering_settled, waiting.outbox_backlog) == (False, 3)
     await link.restore()
     await wait_until(lambda: at_central(7), timeout=30)
-    assert new.numbering.settled
-    assert new.numbering.start == 7
+    settled = await new.status()
+    assert (settled.numbering_settled, settled.first_event_seq) == (True, 7)
     # Renumbered where they waited: row and payload agree, 7.. after the old 1..6.
     assert await _outbox_seqs(new) == [(7, 7), (8, 8), (9, 9)]
     assert await new.last_recorded_seq() == 9

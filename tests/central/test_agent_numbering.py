@@ -1,0 +1,90 @@
+"""Central numbers a branch's new agent database (its store server replaced) after
+every event number it knows of, the same answer each time that database asks; the
+numbers the earlier database never delivered are given up and counted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+from sqlalchemy import func, select
+
+from central.db import create_sessionmaker
+from central.ingest.worker import IngestWorker
+from central.models import AuditEntry, BranchStatus
+from central.services.sync_state import anchor_event_sequence, get_branch_sync
+from tests.central.chain_events import BranchBooks, message
+from tests.conftest import engine_with_branch
+
+
+async def test_a_new_database_starts_after_what_central_knows_and_asking_again_changes_nothing(
+    db_url: str,
+) -> None:
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    worker = IngestWorker(sessionmaker)
+    books = BranchBooks("B1")
+    for n in range(7):
+        books.sale([("MILK", 1_000 + n, 199)])
+    try:
+        # 1-5 and 7 arrived, 6 not; the last heartbeat said 9 were recorded.
+        stats = await worker.process([message(e) for e in books.events if e.seq != 6])
+        assert stats.stored == 6
+        async with sessionmaker() as session, session.begin():
+            session.add(BranchStatus(branch="B1", sent_at=datetime.now(UTC), last_recorded_seq=9))
+
+        async def anchor(instance: str) -> int:
+            async with sessionmaker() as session, session.begin():
+                return await anchor_event_sequence(session, "B1", instance)
+
+        async def sync() -> tuple[int, int | None, int | None, int | None, int]:
+            async with sessionmaker() as session:
+                s = await get_branch_sync(session, "B1")
+            return (
+                s.contiguous_seq,
+                s.restarted_at_seq,
+                s.lost_from_seq,
+                s.lost_to_seq,
+                s.lost_events,
+            )
+
+        assert await anchor("a1") == 10
+        assert await sync() == (9, 10, 6, 9, 3)
+        # The reply was lost and the database asks again after 6 turned up late: the
+        # same start, and 6 is no longer counted lost.
+        late = [e for e in books.events if e.seq == 6]
+        assert (await worker.process([message(late[0])])).stored == 1
+        assert await anchor("a1") == 10
+        assert await sync() == (9, 10, 6, 9, 2)
+        # The new database's events continue the run.
+        for n in range(2):
+            books.sale([("MILK", 2_000 + n, 199)])
+        new = [e for e in books.events if e.seq > 7]
+        # Numbered by the new database from 10 (the books number on from 8).
+        renumbered = [message(msgspec.structs.replace(e, seq=e.seq + 2)) for e in new]
+        assert (await worker.process(renumbered)).stored == 2
+        assert (await sync())[0] == 11
+        # Replaced again: after 11, nothing lost this time.
+        assert await anchor("b2") == 12
+        assert await sync() == (11, 12, None, None, 0)
+        async with sessionmaker() as session:
+            audited = await session.scalar(
+                select(func.count()).where(AuditEntry.action == "branch.agent_replaced")
+            )
+        assert audited == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_the_first_database_of_a_branch_starts_at_one(db_url: str) -> None:
+    engine = await engine_with_branch(db_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            assert await anchor_event_sequence(session, "B1", "first") == 1
+        async with create_sessionmaker(engine)() as session:
+            sync = await get_branch_sync(session, "B1")
+            audited = await session.scalar(select(func.count()).select_from(AuditEntry))
+        assert (sync.contiguous_seq, sync.restarted_at_seq, sync.lost_events) == (0, 1, 0)
+        assert audited == 0
+    finally:
+        await engine.dispose()
