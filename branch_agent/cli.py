@@ -164,6 +164,10 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
         pending_returns = db.execute(
             "SELECT count(*) FROM customer_returns WHERE status = 'pending_fiscal'"
         ).fetchone()[0]
+        # A new database waits for central to number its events (branch_agent.numbering).
+        settled = db.execute(
+            "SELECT count(*) FROM counters WHERE name = 'event_seq_settled'"
+        ).fetchone()[0]
     info = {
         "branch": settings.branch,
         "link": "agent not running",
@@ -171,6 +175,7 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
         "last_sync_at": last_sync,
         "pending_fiscal": pending,
         "pending_fiscal_returns": pending_returns,
+        "numbering_settled": bool(settled),
     }
     print(json.dumps(info) if as_json else "\n".join(f"{k:<16} {v}" for k, v in info.items()))
     return 1

@@ -53,10 +53,13 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
         assert "branch           B7" in status.stdout
         assert "link to central  connected" in status.stdout
         assert "master data      version 0" in status.stdout
+        # No central on this NATS: the new database's events wait to be numbered.
+        assert "waiting for central to number its events" in status.stdout
         as_json = json.loads(cli(config, "status", "--json").stdout)
-        assert as_json["last_recorded_seq"] == 2
+        assert (as_json["last_recorded_seq"], as_json["numbering_settled"]) == (2, False)
     finally:
         agent.stop()
     offline = cli(config, "status", "--json")
     assert offline.returncode == 1
     assert json.loads(offline.stdout)["link"] == "agent not running"
+    assert json.loads(offline.stdout)["numbering_settled"] is False
