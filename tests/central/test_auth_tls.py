@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -90,6 +91,7 @@ async def test_an_agent_publishes_over_tls_with_its_own_ca_and_branch_credential
 ) -> None:
     from branch_agent.agent import Agent
     from central.sync.jetstream import ensure_streams
+    from protocol.masterdata import SnapshotReply, encode_snapshot_rpc, snapshot_request_subject
     from protocol.subjects import UP_STREAM
     from tests.conftest import agent_settings, asgi_client, wait_until
 
@@ -112,6 +114,13 @@ async def test_an_agent_publishes_over_tls_with_its_own_ca_and_branch_credential
         )
         js = central_nc.jetstream()
         await ensure_streams(js)
+
+        # Central's part in the agent's position report (a new database asks where its
+        # event numbers start): answered over the same TLS link.
+        async def answer(msg: Any) -> None:
+            await msg.respond(encode_snapshot_rpc(SnapshotReply(action="none", event_seq_start=1)))
+
+        await central_nc.subscribe(snapshot_request_subject("B1"), cb=answer)
         creds = issuer.write_secret("B1.creds", issuer.branch_user("B1").creds)
         agent = Agent(
             agent_settings(tmp_path, "B1", server.url, nats_creds=str(creds), nats_tls_ca=str(cert))
