@@ -41,6 +41,7 @@ COUNT_FIELDS = frozenset(
         "open_dead_letters",
         "receive_age_s",
         "heartbeat_age_s",
+        "lost_events",
     }
 )
 

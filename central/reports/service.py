@@ -102,6 +102,7 @@ from central.reports.schemas import (
     WriteOffReport,
     WriteOffRow,
 )
+from central.services.sync_state import lost_events
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
@@ -1733,6 +1734,8 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
         )
     }
 
+    lost = await lost_events(session, list(states.values()))
+
     def age(at: datetime | None) -> int | None:
         return None if at is None else max(0, int((now - at).total_seconds()))
 
@@ -1761,6 +1764,11 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                 agent_version=status.agent_version if status else None,
                 open_dead_letters=letters.get(b.code, 0),
                 outbox_held=list(status.outbox_held) if status else [],
+                # Only a replacement of a database that had numbered events (start > 1).
+                agent_replaced_at=(
+                    state.restarted_at if state and (state.restarted_at_seq or 0) > 1 else None
+                ),
+                lost_events=lost.get(b.code, 0),
             )
         )
     backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))

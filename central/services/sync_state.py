@@ -20,6 +20,7 @@ __all__ = [
     "anchor_event_sequence",
     "get_branch_sync",
     "list_branch_sync",
+    "lost_events",
 ]
 
 
@@ -99,17 +100,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             .group_by(IngestedEvent.branch)
         )
     )
-    lost: dict[str, int] = {}
-    for code, restarted in states.items():
-        if restarted.lost_from_seq is not None and restarted.lost_to_seq is not None:
-            received = await session.scalar(
-                select(func.count()).where(
-                    IngestedEvent.branch == code,
-                    IngestedEvent.seq.between(restarted.lost_from_seq, restarted.lost_to_seq),
-                )
-            )
-            span = restarted.lost_to_seq - restarted.lost_from_seq + 1
-            lost[code] = span - int(received or 0)
+    lost = await lost_events(session, list(states.values()))
     out = []
     for code in branches:
         state = states.get(code)
@@ -138,6 +129,23 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             )
         )
     return out
+
+
+async def lost_events(session: AsyncSession, states: list[BranchSyncState]) -> dict[str, int]:
+    """Per branch whose agent database was replaced: how many of the numbers given up
+    with the earlier one never reached central (one count per such branch)."""
+    lost: dict[str, int] = {}
+    for state in states:
+        if state.lost_from_seq is not None and state.lost_to_seq is not None:
+            received = await session.scalar(
+                select(func.count()).where(
+                    IngestedEvent.branch == state.branch,
+                    IngestedEvent.seq.between(state.lost_from_seq, state.lost_to_seq),
+                )
+            )
+            span = state.lost_to_seq - state.lost_from_seq + 1
+            lost[state.branch] = span - int(received or 0)
+    return lost
 
 
 async def anchor_event_sequence(session: AsyncSession, branch: str, instance: str) -> int:

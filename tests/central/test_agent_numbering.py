@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from central.db import create_sessionmaker
 from central.ingest.worker import IngestWorker
 from central.models import AuditEntry, BranchStatus
+from central.reports.service import sync_health
 from central.services.sync_state import anchor_event_sequence, get_branch_sync
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import engine_with_branch
@@ -50,6 +51,10 @@ async def test_a_new_database_starts_after_what_central_knows_and_asking_again_c
 
         assert await anchor("a1") == 10
         assert await sync() == (9, 10, 6, 9, 3)
+        async with sessionmaker() as session:
+            (row,) = (await sync_health(session)).rows
+        assert row.agent_replaced_at is not None
+        assert row.lost_events == 3
         # The reply was lost and the database asks again after 6 turned up late: the
         # same start, and 6 is no longer counted lost.
         late = [e for e in books.events if e.seq == 6]
@@ -85,6 +90,10 @@ async def test_the_first_database_of_a_branch_starts_at_one(db_url: str) -> None
             sync = await get_branch_sync(session, "B1")
             audited = await session.scalar(select(func.count()).select_from(AuditEntry))
         assert (sync.contiguous_seq, sync.restarted_at_seq, sync.lost_events) == (0, 1, 0)
+        async with create_sessionmaker(engine)() as session:
+            (row,) = (await sync_health(session)).rows
+        # A branch's first database is no replacement.
+        assert (row.agent_replaced_at, row.lost_events) == (None, 0)
         assert audited == 0
     finally:
         await engine.dispose()

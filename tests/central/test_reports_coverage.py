@@ -535,7 +535,7 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,name,active,last_event_at,last_received_at,receive_age_s,contiguous_seq,"
         "max_seq,seq_lag,heartbeat_at,heartbeat_age_s,outbox_backlog,applied_version,"
-        "agent_version,open_dead_letters,outbox_held"
+        "agent_version,open_dead_letters,outbox_held,lost_events"
     )
     b1, b2 = rows
     assert (b1["branch"], b1["name"], b1["active"]) == ("B1", "Harbour", "true")
@@ -548,6 +548,8 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     )
     assert (b1["agent_version"], b1["open_dead_letters"]) == ("1.4.2", "2")
     assert (b1["outbox_held"], b2["outbox_held"]) == ("20; 21", "")
+    # No agent database replaced (its time column, empty everywhere, is left out).
+    assert (b1["lost_events"], b2["lost_events"]) == ("0", "0")
     assert b1["receive_age_s"].isdigit()
     assert b1["heartbeat_age_s"].isdigit()
     assert [b2[k] for k in ("branch", "seq_lag", "outbox_backlog", "open_dead_letters")] == [

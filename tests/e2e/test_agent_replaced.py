@@ -14,6 +14,7 @@ from bench.chaos.proxy import LinkProxy
 from branch_agent.models import OutboxEvent
 from central.embedded_nats import EmbeddedNats
 from central.models import BranchStatus, DeadLetter, IngestedEvent
+from central.reports.service import sync_health
 from central.services.sync_state import get_branch_sync
 from protocol.codec import decode_envelope
 from tests.conftest import register_branch, wait_until
@@ -112,6 +113,11 @@ async def _replacement(central: Any, make_agent: Any, link: LinkProxy, tmp_path:
         sync = await get_branch_sync(session, "B1")
     assert (sync.restarted_at_seq, sync.lost_from_seq, sync.lost_to_seq) == (7, 5, 6)
     assert (sync.lost_events, sync.missing, sync.resend_requested_from) == (2, 2, None)
+    # Head office's sync health report says so too.
+    async with central.sessionmaker() as session:
+        (row,) = (await sync_health(session)).rows
+    assert row.agent_replaced_at is not None
+    assert (row.lost_events, row.contiguous_seq) == (2, 9)
 
     # The new agent restarts: the same database, numbered already: nothing moves.
     await new.stop()
