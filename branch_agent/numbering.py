@@ -71,15 +71,19 @@ class EventNumbering:
         self._write_lock = write_lock
         self._on_settled = on_settled
         self.instance = ""
-        self.settled = True
+        # The number of the database's first event once central has said it (0: not yet).
         self.start = 0
+
+    @property
+    def settled(self) -> bool:
+        """Central has numbered this database (or it has no id: nothing to ask)."""
+        return self.start > 0 or not self.instance
 
     async def load(self) -> None:
         async with self._sessionmaker() as session:
             instance = await session.get(Counter, AGENT_INSTANCE)
             settled = await session.get(Counter, EVENT_SEQ_SETTLED)
         self.instance = f"{instance.value:016x}" if instance is not None else ""
-        self.settled = settled is not None or not self.instance
         self.start = settled.value if settled is not None else 0
 
     def wanted(self) -> str:
@@ -93,7 +97,7 @@ class EventNumbering:
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             moved = await renumber_outbox(session, start)
             session.add(Counter(name=EVENT_SEQ_SETTLED, value=start))
-        self.settled, self.start = True, start
+        self.start = start
         if start > 1:
             log.warning(
                 "new agent database: central numbers its events from %d (%d renumbered)",
