@@ -26,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("db-upgrade", help="migrate the local database")
     status = sub.add_parser("status", help="link, backlog, last sync, versions, devices")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    backup = sub.add_parser(
+        "backup", help="copy the database to a new file (safe while the agent runs)"
+    )
+    backup.add_argument("dest", type=Path, help="the backup file to write (must not exist)")
+    restore = sub.add_parser(
+        "restore", help="put a backup in place of the database (the agent stopped)"
+    )
+    restore.add_argument("backup", type=Path, help="a file written by 'backup'")
     sim = sub.add_parser("till-sim", help="simulate a till posting sales to an agent")
     sim.add_argument(
         "--url", required=True, help="the agent's till API, e.g. http://127.0.0.1:8101"
@@ -181,6 +189,30 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
     return 1
 
 
+def _backup(settings: AgentSettings, args: argparse.Namespace) -> int:
+    """``backup`` and ``restore``: one JSON line, exit 1 with the reason when refused."""
+    import httpx
+
+    from branch_agent.backup import BackupError, backup_database, restore_database
+
+    try:
+        if args.command == "backup":
+            done = backup_database(settings.database_path, args.dest)
+        else:
+            try:
+                httpx.get(_agent_url(settings) + "/health", timeout=2)
+            except httpx.HTTPError:
+                pass  # not running: the database may be replaced
+            else:
+                raise BackupError(f"the agent at {_agent_url(settings)} is running: stop it first")
+            done = restore_database(args.backup, settings.database_path, branch=settings.branch)
+    except BackupError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    print(json.dumps(done))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -213,4 +245,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_status(settings, args.json))
     elif args.command == "stock":
         sys.exit(_stock(settings, args))
+    elif args.command in ("backup", "restore"):
+        sys.exit(_backup(settings, args))
     sys.exit(0)

@@ -110,7 +110,7 @@ class SnapshotRequester:
             pending_snapshot=snap.pending,
             incomplete_snapshot=incomplete,
             completed_snapshot=snap.completed if snap.completed > self._reported_completed else 0,
-            anchor_instance=self.numbering.wanted() if self.numbering is not None else "",
+            **(self.numbering.report() if self.numbering is not None else {}),
         )
 
     async def check(self, nc: Client) -> SnapshotReply:
@@ -135,10 +135,13 @@ class SnapshotRequester:
             await self.applier.set_pending_snapshot(reply.snapshot_id)
             self._pending_since = time.monotonic()
         self.last_reply = reply
-        if request.anchor_instance and self.numbering is not None:
-            if reply.event_seq_start:
+        if self.numbering is not None:
+            if reply.event_seq_start and (request.anchor_instance or request.settled_instance):
                 await self.numbering.settle(reply.event_seq_start)
-            else:  # a central from before numbering (upgrade central first)
+            elif request.settled_instance:
+                # A central from before this check: it cannot tell, the numbers go on.
+                await self.numbering.settle(request.settled_last_seq + 1)
+            elif request.anchor_instance:  # a central from before numbering
                 log.warning("central did not number this new database's events: they wait")
         return reply
 

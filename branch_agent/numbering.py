@@ -1,4 +1,4 @@
-"""Where this agent database's event numbers start.
+"""Where this agent database's event numbers start, and go on.
 
 Central keeps each branch's events by number and takes a number it holds already for
 a duplicate. A new agent database (the store's server replaced, its disk lost) would
@@ -8,6 +8,13 @@ recorded as usual (the store keeps trading), not sent, no heartbeat, no resend t
 Then, in one transaction under the write lock, they are renumbered from that start
 (each payload re-encoded with its number) and the counter follows. A database that
 numbered events before this existed is settled as it is (migration a1701).
+
+A numbered database asks too, at every start: restored from a backup (or an earlier
+server put back), it would reuse the numbers it gave after the backup, which central
+holds with other sales. It reports the highest number it had given when it started
+(kept in the database until answered, so a crash while asking asks the same); the
+events recorded since wait as above, the earlier ones go; central's answer is the
+number the first of them takes, and they move there if it is higher.
 """
 
 from __future__ import annotations
@@ -15,33 +22,45 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.outbox import EVENT_SEQ
 from protocol.codec import decode_envelope, encode
 
-__all__ = ["AGENT_INSTANCE", "EVENT_SEQ_SETTLED", "EventNumbering", "renumber_outbox"]
+__all__ = [
+    "AGENT_INSTANCE",
+    "EVENT_SEQ_CHECKED",
+    "EVENT_SEQ_SETTLED",
+    "EventNumbering",
+    "renumber_outbox",
+]
 
 log = logging.getLogger(__name__)
 
 AGENT_INSTANCE = "agent_instance"
 # The number of the database's first event, once central has said it.
 EVENT_SEQ_SETTLED = "event_seq_settled"
+# The highest number a numbered database had given when it started, until central has
+# answered for it (then removed).
+EVENT_SEQ_CHECKED = "event_seq_checked"
 
 
-async def renumber_outbox(session: AsyncSession, start: int) -> int:
-    """Shift every outbox event (and the counter) so the first is numbered ``start``;
-    how many moved. In the caller's transaction."""
-    offset = start - 1
+async def renumber_outbox(session: AsyncSession, start: int, *, after: int = 0) -> int:
+    """Shift the outbox events numbered above ``after`` (and the counter) so the first
+    of them is numbered ``start``; how many moved. In the caller's transaction."""
+    offset = start - (after + 1)
     if offset <= 0:
         return 0
     rows = (
         await session.execute(
-            select(OutboxEvent.seq, OutboxEvent.payload).order_by(OutboxEvent.seq.desc())
+            select(OutboxEvent.seq, OutboxEvent.payload)
+            .where(OutboxEvent.seq > after)
+            .order_by(OutboxEvent.seq.desc())
         )
     ).all()
     # Highest first: a number is free before the row below moves onto it.
@@ -54,7 +73,7 @@ async def renumber_outbox(session: AsyncSession, start: int) -> int:
         )
     counter = await session.get(Counter, EVENT_SEQ)
     if counter is None:
-        session.add(Counter(name=EVENT_SEQ, value=offset))
+        session.add(Counter(name=EVENT_SEQ, value=after + offset))
     else:
         counter.value += offset
     return len(rows)
@@ -73,35 +92,74 @@ class EventNumbering:
         self.instance = ""
         # The number of the database's first event once central has said it (0: not yet).
         self.start = 0
+        # Events numbered up to this one were recorded before this run asked central;
+        # those above it wait for the answer (a new database: all of them).
+        self.checked = 0
+        self.confirmed = False
 
     @property
     def settled(self) -> bool:
-        """Central has numbered this database (or it has no id: nothing to ask)."""
-        return self.start > 0 or not self.instance
+        """Central has answered for this run's numbers (or the database has no id:
+        nothing to ask): events, heartbeats and resends may go."""
+        return self.confirmed or not self.instance
+
+    @property
+    def sendable_through(self) -> int | None:
+        """The highest event number that may be sent now (None: any)."""
+        return None if self.settled else self.checked
 
     async def load(self) -> None:
-        async with self._sessionmaker() as session:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
             instance = await session.get(Counter, AGENT_INSTANCE)
             settled = await session.get(Counter, EVENT_SEQ_SETTLED)
-        self.instance = f"{instance.value:016x}" if instance is not None else ""
-        self.start = settled.value if settled is not None else 0
+            self.instance = f"{instance.value:016x}" if instance is not None else ""
+            self.start = settled.value if settled is not None else 0
+            self.confirmed = False
+            if not self.instance or not self.start:
+                self.checked = 0
+                return
+            checked = await session.get(Counter, EVENT_SEQ_CHECKED)
+            if checked is None:
+                counter = await session.get(Counter, EVENT_SEQ)
+                checked = Counter(name=EVENT_SEQ_CHECKED, value=counter.value if counter else 0)
+                session.add(checked)
+            self.checked = checked.value
 
-    def wanted(self) -> str:
-        """The database's id while central has not numbered it yet, else ""."""
-        return "" if self.settled else self.instance
+    def report(self) -> dict[str, Any]:
+        """The position report's numbering fields while central has not answered."""
+        if self.settled:
+            return {}
+        if not self.start:
+            return {"anchor_instance": self.instance}
+        return {"settled_instance": self.instance, "settled_last_seq": self.checked}
 
     async def settle(self, start: int) -> None:
         """Central's answer: renumber what waits from ``start``, then let it go."""
         if self.settled:
             return
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            moved = await renumber_outbox(session, start)
-            session.add(Counter(name=EVENT_SEQ_SETTLED, value=start))
-        self.start = start
-        if start > 1:
+            moved = await renumber_outbox(session, start, after=self.checked)
+            if self.start:
+                await session.execute(delete(Counter).where(Counter.name == EVENT_SEQ_CHECKED))
+            else:
+                session.add(Counter(name=EVENT_SEQ_SETTLED, value=start))
+        if not self.start:
+            self.start = start
+            if start > 1:
+                log.warning(
+                    "new agent database: central numbers its events from %d (%d renumbered)",
+                    start,
+                    moved,
+                )
+        elif start > self.checked + 1:
             log.warning(
-                "new agent database: central numbers its events from %d (%d renumbered)",
+                "this agent database went back in time (restored from a backup?): central "
+                "holds the branch's events to %d, it had numbered to %d; its events since "
+                "continue from %d (%d renumbered)",
+                start - 1,
+                self.checked,
                 start,
                 moved,
             )
+        self.confirmed = True
         self._on_settled()

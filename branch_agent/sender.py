@@ -93,7 +93,10 @@ class OutboxSender:
         """Publish one batch of unsent rows; returns how many were acked."""
         if not nc.is_connected:
             raise ConnectionError("not connected to NATS")
-        if self.numbering is not None and not self.numbering.settled:
+        # Until central has answered for this run's numbers, only the events recorded
+        # before it asked go (a new database: none).
+        through = self.numbering.sendable_through if self.numbering is not None else None
+        if through == 0:
             return 0
         held = self.state.held
 
@@ -110,6 +113,8 @@ class OutboxSender:
         ).where(OutboxEvent.sent_at.is_(None))
         if held:
             query = query.where(OutboxEvent.seq.not_in(sorted(held)))
+        if through is not None:
+            query = query.where(OutboxEvent.seq <= through)
         async with self._sessionmaker() as session:
             rows = (await session.execute(query.order_by(OutboxEvent.seq).limit(self.batch))).all()
         # Retrying a row too big for the server cannot help, and it must not hold the

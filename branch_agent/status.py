@@ -42,8 +42,9 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     pending_fiscal_returns: int = 0
     # Outbox events bigger than the NATS server's max_payload, held (the rest still go).
     outbox_held: list[int] = []
-    # False for a new database until central has said where its event numbers start
-    # (its events wait, unsent); first_event_seq: that start.
+    # False after each start until central has answered for the event numbering (a
+    # new database: where its numbers start; events recorded since the start wait,
+    # unsent); first_event_seq: the database's first number (0: not said yet).
     numbering_settled: bool = True
     first_event_seq: int = 0
     devices: list[DeviceStateOut]
@@ -107,7 +108,7 @@ def format_status(status: AgentStatus) -> str:
         + (
             ""
             if status.numbering_settled
-            else "; new database: waiting for central to number its events (nothing sent yet)"
+            else "; waiting for central to confirm the event numbering (new events not sent yet)"
         ),
         f"last sync        {status.last_sync_at or 'never'}",
         f"master data      version {status.applied_version}",

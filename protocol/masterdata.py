@@ -310,6 +310,13 @@ class SnapshotRequest(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="s
     # its events still wait for central to say where their numbering starts ("": the
     # numbering is settled). The branch's earlier agent used numbers from 1 on.
     anchor_instance: Code64 = ""
+    # A numbered agent database, at each start until central answers: its id and the
+    # highest event number it had given when it started. Central holds higher numbers
+    # of the branch only if the database went back in time (restored from a backup, an
+    # earlier server back in service): its events after ``settled_last_seq`` then
+    # continue after central's (``event_seq_start``) instead of reusing them.
+    settled_instance: Code64 = ""
+    settled_last_seq: NonNegative = 0
 
 
 class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_reply"):
@@ -318,8 +325,10 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     snapshot_id: NonNegative = 0
     reason: str = ""
     error: str = ""
-    # Answer to ``anchor_instance``: the number of that database's first event (0: not
-    # asked); the same answer every time the same database asks.
+    # Answer to ``anchor_instance``: the number of that database's first event; to
+    # ``settled_instance``: the number of its first event after ``settled_last_seq``
+    # (that number plus one unless the database went back in time). 0: not asked. The
+    # same answer every time the same database asks the same.
     event_seq_start: NonNegative = 0
 
 

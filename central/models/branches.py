@@ -40,7 +40,8 @@ class BranchSyncState(Base):
     resend_requested_from: Mapped[int | None] = mapped_column(BigInteger, default=None)
     resend_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     # The branch's agent database whose numbering central set last (a new database,
-    # e.g. the store's server replaced): its id, its first number, when; and the
+    # e.g. the store's server replaced, or one restored from a backup): its id, its
+    # first number, when; and the
     # numbers the earlier database had used without central receiving them, given up
     # as lost with it (from the contiguous run to its last recorded one).
     agent_instance: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -48,6 +49,9 @@ class BranchSyncState(Base):
     restarted_at: Mapped[datetime | None] = mapped_column(default=None)
     lost_from_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     lost_to_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Why the numbering restarted: "new_database", or "restored_database" (a database
+    # that went back in time: its later numbers were central's already).
+    restart_reason: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class BranchStatus(Base):

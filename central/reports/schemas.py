@@ -319,10 +319,13 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     # Events the branch holds because they are bigger than its NATS server's
     # max_payload (sequence numbers, from the heartbeat): raise the server's limit.
     outbox_held: list[int] = []
-    # The branch's agent database was last replaced then (its server, its disk), and
-    # this many events of the earlier one never reached central (lost with it).
+    # The branch's agent database was last replaced then (its server, its disk), or
+    # restored from a backup (agent_restart_reason "new_database" or
+    # "restored_database"), and this many events of the earlier one never reached
+    # central (lost with it).
     agent_replaced_at: datetime | None = None
     lost_events: int = 0
+    agent_restart_reason: str | None = None
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

@@ -1769,6 +1769,9 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                     state.restarted_at if state and (state.restarted_at_seq or 0) > 1 else None
                 ),
                 lost_events=lost.get(b.code, 0),
+                agent_restart_reason=(
+                    state.restart_reason if state and (state.restarted_at_seq or 0) > 1 else None
+                ),
             )
         )
     backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))

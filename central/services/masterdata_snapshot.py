@@ -17,6 +17,10 @@ Then a snapshot is queued in the master-data outbox (``enqueue_snapshot``), so t
 publisher builds it from the database and publishes it in order with every other
 change: the branch's consumer delivers it after what it already had pending, and
 every change after it follows it, so nothing made during the snapshot is missed.
+
+The same report carries the agent database's numbering question (a new database:
+where its event numbers start; a numbered one, at each start: whether it went back in
+time): ``central.services.sync_state`` answers it, in ``event_seq_start``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from central.services.masterdata_publisher import (
     enqueue_snapshot,
     pending_snapshot,
 )
-from central.services.sync_state import anchor_event_sequence
+from central.services.sync_state import anchor_event_sequence, confirm_event_sequence
 from central.sync.jetstream import down_filter_subjects, ensure_branch_consumer
 from protocol.codec import WireDecodeError
 from protocol.masterdata import (
@@ -130,11 +134,19 @@ class SnapshotService:
             )
         try:
             reply = await self._decide(js, branch_code, request)
-            if request.anchor_instance and not reply.error:
-                async with self._sessionmaker() as session, session.begin():
-                    start = await anchor_event_sequence(
-                        session, branch_code, request.anchor_instance
-                    )
+            if (request.anchor_instance or request.settled_instance) and not reply.error:
+                start = await self._number(branch_code, request)
+                reply = msgspec.structs.replace(reply, event_seq_start=start)
+            return reply
+        except Exception as exc:
+            log.warning("position report of %s not answered: %s", branch_code, exc)
+            return SnapshotReply(action="none", error=f"central could not decide: {exc}")
+
+    async def _number(self, branch_code: str, request: SnapshotRequest) -> int:
+        """Where the reporting agent database's events (go on to) be numbered."""
+        async with self._sessionmaker() as session, session.begin():
+            if request.anchor_instance:
+                start = await anchor_event_sequence(session, branch_code, request.anchor_instance)
                 if start > 1:
                     log.warning(
                         "branch %s has a new agent database (%s): its events start at %d",
@@ -142,11 +154,20 @@ class SnapshotService:
                         request.anchor_instance,
                         start,
                     )
-                reply = msgspec.structs.replace(reply, event_seq_start=start)
-            return reply
-        except Exception as exc:
-            log.warning("position report of %s not answered: %s", branch_code, exc)
-            return SnapshotReply(action="none", error=f"central could not decide: {exc}")
+                return start
+            start = await confirm_event_sequence(
+                session, branch_code, request.settled_instance, request.settled_last_seq
+            )
+        if start > request.settled_last_seq + 1:
+            log.warning(
+                "branch %s: its agent database (%s) went back in time (restored from a "
+                "backup?) to event %d: its events since continue from %d",
+                branch_code,
+                request.settled_instance,
+                request.settled_last_seq,
+                start,
+            )
+        return start
 
     async def _decide(
         self, js: JetStreamContext, branch_code: str, request: SnapshotRequest

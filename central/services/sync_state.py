@@ -16,8 +16,11 @@ from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, In
 from central.services.audit import record_change
 
 __all__ = [
+    "NEW_DATABASE",
+    "RESTORED_DATABASE",
     "BranchSyncOut",
     "anchor_event_sequence",
+    "confirm_event_sequence",
     "get_branch_sync",
     "list_branch_sync",
     "lost_events",
@@ -41,11 +44,13 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     outbox_backlog: int | None
     # Events held at the branch, too big for its NATS server (not asked for again).
     outbox_held: list[int] = []
-    # The branch's agent database was replaced (restarted_at_seq: its first event):
-    # the numbers from lost_from_seq to lost_to_seq the earlier one had used are given
-    # up, lost_events of them never reached central.
+    # The branch's agent database was replaced, or restored from a backup
+    # (restart_reason "new_database" or "restored_database"; restarted_at_seq: its
+    # first event after): the numbers from lost_from_seq to lost_to_seq the earlier one
+    # had used are given up, lost_events of them never reached central.
     restarted_at_seq: int | None = None
     restarted_at: datetime | None = None
+    restart_reason: str | None = None
     lost_from_seq: int | None = None
     lost_to_seq: int | None = None
     lost_events: int = 0
@@ -123,6 +128,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 outbox_held=list(status.outbox_held) if status else [],
                 restarted_at_seq=state.restarted_at_seq if state else None,
                 restarted_at=state.restarted_at if state else None,
+                restart_reason=state.restart_reason if state else None,
                 lost_from_seq=state.lost_from_seq if state else None,
                 lost_to_seq=state.lost_to_seq if state else None,
                 lost_events=lost.get(code, 0),
@@ -148,31 +154,33 @@ async def lost_events(session: AsyncSession, states: list[BranchSyncState]) -> d
     return lost
 
 
-async def anchor_event_sequence(session: AsyncSession, branch: str, instance: str) -> int:
-    """The number of the first event of agent database ``instance`` of ``branch``, in
-    the caller's transaction: the same answer whenever the same database asks.
-
-    A new database (the store's server replaced, its disk lost) would number its events
-    from 1 again, numbers central already holds from the earlier one: it starts after
-    the highest number central knows of instead (stored, or recorded by the branch's
-    latest heartbeat). The earlier database's numbers central never received are given
-    up as lost with it (the gap monitor stops asking for them; sync health counts them).
-    """
+async def _locked_state(session: AsyncSession, branch: str) -> BranchSyncState:
     table = table_of(BranchSyncState)
     await session.execute(
         dialect_insert(session, table)
         .values(branch=branch, contiguous_seq=0, max_seq=0)
         .on_conflict_do_nothing(index_elements=["branch"])
     )
-    state = (
+    return (
         await session.execute(
             select(BranchSyncState).where(BranchSyncState.branch == branch).with_for_update()
         )
     ).scalar_one()
-    if state.agent_instance == instance and state.restarted_at_seq is not None:
-        return state.restarted_at_seq
-    status = await session.get(BranchStatus, branch)
-    high = max(state.max_seq, status.last_recorded_seq if status else 0)
+
+
+async def _highest_known(session: AsyncSession, state: BranchSyncState) -> int:
+    """The highest event number of the branch central knows of: stored, or recorded by
+    the branch's latest heartbeat."""
+    status = await session.get(BranchStatus, state.branch)
+    return max(state.max_seq, status.last_recorded_seq if status else 0)
+
+
+async def _restart_after(
+    session: AsyncSession, state: BranchSyncState, instance: str, high: int, reason: str
+) -> int:
+    """Agent database ``instance`` numbers on after ``high``: the numbers up to it that
+    central never received are given up as lost (the gap monitor stops asking for them;
+    sync health counts them); audited when the branch had numbered events."""
     start = high + 1
     before = {"agent_instance": state.agent_instance, "contiguous_seq": state.contiguous_seq}
     lost = (state.contiguous_seq + 1, high) if high > state.contiguous_seq else (None, None)
@@ -181,12 +189,13 @@ async def anchor_event_sequence(session: AsyncSession, branch: str, instance: st
     state.agent_instance = instance
     state.restarted_at_seq = start
     state.restarted_at = datetime.now(UTC)
+    state.restart_reason = reason
     state.resend_requested_from = None
     if high:
         await record_change(
             session,
-            action="branch.agent_replaced",
-            target=branch,
+            action=_RESTART_ACTIONS[reason],
+            target=state.branch,
             before=before,
             after={
                 "agent_instance": instance,
@@ -194,6 +203,63 @@ async def anchor_event_sequence(session: AsyncSession, branch: str, instance: st
                 "lost_from_seq": state.lost_from_seq,
                 "lost_to_seq": state.lost_to_seq,
             },
-            actor=RequestAudit(actor=f"branch:{branch}", actor_role="branch", method="NATS"),
+            actor=RequestAudit(actor=f"branch:{state.branch}", actor_role="branch", method="NATS"),
         )
     return start
+
+
+NEW_DATABASE = "new_database"
+RESTORED_DATABASE = "restored_database"
+_RESTART_ACTIONS = {
+    NEW_DATABASE: "branch.agent_replaced",
+    RESTORED_DATABASE: "branch.agent_restored",
+}
+
+
+async def anchor_event_sequence(session: AsyncSession, branch: str, instance: str) -> int:
+    """The number of the first event of agent database ``instance`` of ``branch``, in
+    the caller's transaction: the same answer whenever the same database asks.
+
+    A new database (the store's server replaced, its disk lost) would number its events
+    from 1 again, numbers central already holds from the earlier one: it starts after
+    the highest number central knows of instead (stored, or recorded by the branch's
+    latest heartbeat). The earlier database's numbers central never received are given
+    up as lost with it. (The same database asking after central received numbers from
+    it: a copy of it from before its first answer, restored from a backup.)
+    """
+    state = await _locked_state(session, branch)
+    high = await _highest_known(session, state)
+    same = state.agent_instance == instance and state.restarted_at_seq is not None
+    if same and state.restarted_at_seq is not None and high < state.restarted_at_seq:
+        return state.restarted_at_seq
+    return await _restart_after(
+        session, state, instance, high, RESTORED_DATABASE if same else NEW_DATABASE
+    )
+
+
+async def confirm_event_sequence(
+    session: AsyncSession, branch: str, instance: str, last_seq: int
+) -> int:
+    """The number of the next event of numbered agent database ``instance`` of
+    ``branch``, which had numbered its events up to ``last_seq`` when it started; in
+    the caller's transaction.
+
+    Normally ``last_seq + 1``. If central holds (or the latest heartbeat recorded)
+    higher numbers, the database went back in time: restored from a backup, or an
+    earlier server put back in service. Its numbers after ``last_seq`` are central's
+    already, with other sales; its events continue after the highest instead, and the
+    numbers up to it that central never received are given up as lost, as for a new
+    database. Asked again before anything arrived since, the same answer.
+    """
+    state = await _locked_state(session, branch)
+    high = await _highest_known(session, state)
+    if last_seq >= high:
+        state.agent_instance = instance
+        return last_seq + 1
+    if (
+        state.agent_instance == instance
+        and state.restart_reason == RESTORED_DATABASE
+        and state.restarted_at_seq == high + 1
+    ):
+        return high + 1
+    return await _restart_after(session, state, instance, high, RESTORED_DATABASE)

@@ -61,22 +61,32 @@ async def test_a_new_database_renumbers_what_it_recorded_once_central_answers(
     numbering = _numbering(engine, settled)
     await numbering.load()
     assert not numbering.settled
-    assert len(numbering.wanted()) == 16
+    asked = numbering.report()
+    assert list(asked) == ["anchor_instance"]
+    assert len(asked["anchor_instance"]) == 16
+    # Nothing of a new database goes before the answer.
+    assert numbering.sendable_through == 0
     await _record(engine, 3)
     assert await _outbox(engine) == [(1, 1, "S0"), (2, 2, "S1"), (3, 3, "S2")]
 
     await numbering.settle(101)
-    assert (numbering.settled, numbering.wanted(), settled) == (True, "", [1])
+    assert (numbering.settled, numbering.report(), settled) == (True, {}, [1])
+    assert numbering.sendable_through is None
     assert await _outbox(engine) == [(101, 101, "S0"), (102, 102, "S1"), (103, 103, "S2")]
     await _record(engine, 1)
     assert (await _outbox(engine))[-1] == (104, 104, "S0")
     # A second answer (a late duplicate reply) changes nothing.
     await numbering.settle(500)
     assert [row[0] for row in await _outbox(engine)] == [101, 102, 103, 104]
-    # After a restart the database knows it is settled.
+    # After a restart the database knows its start, and asks central to confirm where
+    # it stands (its events to 104 may go meanwhile).
     again = _numbering(engine, [])
     await again.load()
-    assert (again.settled, again.start) == (True, 101)
+    assert (again.settled, again.start, again.sendable_through) == (False, 101, 104)
+    assert again.report() == {
+        "settled_instance": asked["anchor_instance"],
+        "settled_last_seq": 104,
+    }
 
 
 async def test_two_new_databases_have_different_ids(tmp_path: Path) -> None:
@@ -86,7 +96,7 @@ async def test_two_new_databases_have_different_ids(tmp_path: Path) -> None:
         engine = create_engine(tmp_path / name)
         numbering = _numbering(engine, [])
         await numbering.load()
-        ids.append(numbering.wanted())
+        ids.append(numbering.report()["anchor_instance"])
         await engine.dispose()
     assert ids[0] != ids[1]
     assert all(ids)
@@ -107,8 +117,12 @@ async def test_a_database_that_numbered_events_before_is_settled_by_the_upgrade(
         await upgrade(path)
         numbering = _numbering(engine, [])
         await numbering.load()
-        assert (numbering.settled, numbering.wanted()) == (True, "")
+        assert numbering.start == 1
+        assert numbering.report()["settled_last_seq"] == 2
         await _record(engine, 1)
+        # Central confirms: the numbers go on where they were.
+        await numbering.settle(3)
+        assert numbering.settled
         assert [row[0] for row in await _outbox(engine)] == [1, 2, 3]
         async with engine.connect() as connection:
             names = set(await connection.scalars(text("SELECT name FROM counters")))
@@ -165,5 +179,92 @@ async def test_an_agent_killed_while_renumbering_renumbers_all_or_nothing(tmp_pa
         assert await _outbox(engine) == [(1, 1, "S0"), (2, 2, "S1"), (3, 3, "S2")]
         await numbering.settle(101)
         assert await _outbox(engine) == [(101, 101, "S0"), (102, 102, "S1"), (103, 103, "S2")]
+    finally:
+        await engine.dispose()
+
+
+async def _numbered(engine: AsyncEngine, start: int, events: int) -> None:
+    """A database central numbered from ``start``, with ``events`` recorded since."""
+    numbering = _numbering(engine, [])
+    await numbering.load()
+    await numbering.settle(start)
+    await _record(engine, events)
+
+
+async def test_a_database_restored_from_a_backup_moves_its_new_events_after_centrals(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
+    # Restored from a backup with events 1..3 (central holds the branch's to 20).
+    await _numbered(engine, 1, 3)
+    numbering = _numbering(engine, [])
+    await numbering.load()
+    assert numbering.report()["settled_last_seq"] == 3
+    # The store sells while central has not answered: those wait, 1..3 may go.
+    await _record(engine, 2)
+    assert numbering.sendable_through == 3
+    await numbering.settle(21)
+    assert numbering.settled
+    assert await _outbox(engine) == [
+        (1, 1, "S0"),
+        (2, 2, "S1"),
+        (3, 3, "S2"),
+        (21, 21, "S0"),
+        (22, 22, "S1"),
+    ]
+    await _record(engine, 1)
+    assert (await _outbox(engine))[-1] == (23, 23, "S0")
+    # Asked once per start: the next one reports where it is now.
+    again = _numbering(engine, [])
+    await again.load()
+    assert again.report()["settled_last_seq"] == 23
+
+
+async def test_a_crash_before_centrals_answer_asks_the_same_again(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
+    await _numbered(engine, 1, 3)
+    first = _numbering(engine, [])
+    await first.load()
+    # Two sales, then the agent dies before central answered.
+    await _record(engine, 2)
+    second = _numbering(engine, [])
+    await second.load()
+    # It reports the start of the run that asked first: 4 and 5 are still unconfirmed.
+    assert (second.report()["settled_last_seq"], second.sendable_through) == (3, 3)
+    await second.settle(11)
+    assert [row[0] for row in await _outbox(engine)] == [1, 2, 3, 11, 12]
+
+
+async def test_a_restored_database_killed_while_renumbering_renumbers_all_or_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.db"
+    await upgrade(path)
+    engine = create_engine(path)
+    try:
+        await _numbered(engine, 1, 3)
+        numbering = _numbering(engine, [])
+        await numbering.load()
+        await _record(engine, 3)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _KILLED_WHILE_RENUMBERING, str(path), cwd=REPO
+        )
+        assert await process.wait() == -signal.SIGKILL
+        # Nothing moved, and it still asks from 3.
+        again = _numbering(engine, [])
+        await again.load()
+        assert again.report()["settled_last_seq"] == 3
+        assert [row[0] for row in await _outbox(engine)] == [1, 2, 3, 4, 5, 6]
+        await again.settle(101)
+        assert [row[:2] for row in await _outbox(engine)] == [
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (101, 101),
+            (102, 102),
+            (103, 103),
+        ]
     finally:
         await engine.dispose()

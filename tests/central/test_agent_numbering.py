@@ -13,7 +13,11 @@ from central.db import create_sessionmaker
 from central.ingest.worker import IngestWorker
 from central.models import AuditEntry, BranchStatus
 from central.reports.service import sync_health
-from central.services.sync_state import anchor_event_sequence, get_branch_sync
+from central.services.sync_state import (
+    anchor_event_sequence,
+    confirm_event_sequence,
+    get_branch_sync,
+)
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import engine_with_branch
 
@@ -95,5 +99,89 @@ async def test_the_first_database_of_a_branch_starts_at_one(db_url: str) -> None
         # A branch's first database is no replacement.
         assert (row.agent_replaced_at, row.lost_events) == (None, 0)
         assert audited == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_gone_back_in_time_continues_after_central_and_asking_again_is_the_same(
+    db_url: str,
+) -> None:
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    worker = IngestWorker(sessionmaker)
+    books = BranchBooks("B1")
+    for n in range(8):
+        books.sale([("MILK", 1_000 + n, 199)])
+    try:
+        # 1-6 and 8 arrived; the last heartbeat recorded 9.
+        assert (await worker.process([message(e) for e in books.events if e.seq != 7])).stored == 7
+        async with sessionmaker() as session, session.begin():
+            session.add(BranchStatus(branch="B1", sent_at=datetime.now(UTC), last_recorded_seq=9))
+
+        async def confirm(last_seq: int) -> int:
+            async with sessionmaker() as session, session.begin():
+                return await confirm_event_sequence(session, "B1", "db1", last_seq)
+
+        async def sync() -> tuple[int, int | None, str | None, int | None, int | None, int]:
+            async with sessionmaker() as session:
+                s = await get_branch_sync(session, "B1")
+            return (
+                s.contiguous_seq,
+                s.restarted_at_seq,
+                s.restart_reason,
+                s.lost_from_seq,
+                s.lost_to_seq,
+                s.lost_events,
+            )
+
+        # A database where it was, or ahead: its numbers go on, nothing recorded.
+        assert await confirm(9) == 10
+        assert await confirm(12) == 13
+        assert await sync() == (6, None, None, None, None, 0)
+        # Restored from a backup taken at 4: its next events continue after 9; 7 and 9
+        # were lost with the database it replaced.
+        assert await confirm(4) == 10
+        assert await sync() == (9, 10, "restored_database", 7, 9, 2)
+        # Asked again (its answer lost, or it crashed before renumbering): the same.
+        assert await confirm(4) == 10
+        assert await sync() == (9, 10, "restored_database", 7, 9, 2)
+        async with sessionmaker() as session:
+            (row,) = (await sync_health(session)).rows
+            audited = await session.scalar(
+                select(func.count()).where(AuditEntry.action == "branch.agent_restored")
+            )
+        assert (row.agent_restart_reason, row.lost_events) == ("restored_database", 2)
+        assert row.agent_replaced_at is not None
+        assert audited == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_new_database_restored_from_before_its_first_answer_starts_after_its_own_events(
+    db_url: str,
+) -> None:
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    worker = IngestWorker(sessionmaker)
+    books = BranchBooks("B1")
+    for n in range(3):
+        books.sale([("MILK", 1_000 + n, 199)])
+    try:
+
+        async def anchor() -> int:
+            async with sessionmaker() as session, session.begin():
+                return await anchor_event_sequence(session, "B1", "db1")
+
+        assert await anchor() == 1
+        assert (await worker.process([message(e) for e in books.events])).stored == 3
+        # A copy of it from before it was numbered asks again: after its own 1..3.
+        assert await anchor() == 4
+        async with sessionmaker() as session:
+            sync = await get_branch_sync(session, "B1")
+        assert (sync.restarted_at_seq, sync.restart_reason, sync.lost_events) == (
+            4,
+            "restored_database",
+            0,
+        )
     finally:
         await engine.dispose()

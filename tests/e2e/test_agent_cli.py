@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from central.embedded_nats import EmbeddedNats
@@ -54,7 +57,7 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
         assert "link to central  connected" in status.stdout
         assert "master data      version 0" in status.stdout
         # No central on this NATS: the new database's events wait to be numbered.
-        assert "waiting for central to number its events" in status.stdout
+        assert "waiting for central to confirm the event numbering" in status.stdout
         as_json = json.loads(cli(config, "status", "--json").stdout)
         assert (as_json["last_recorded_seq"], as_json["numbering_settled"]) == (2, False)
     finally:
@@ -63,3 +66,55 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
     assert offline.returncode == 1
     assert json.loads(offline.stdout)["link"] == "agent not running"
     assert json.loads(offline.stdout)["numbering_settled"] is False
+
+
+async def test_backup_while_running_and_restore_when_stopped(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    data = tmp_path / "agent"
+    config.write_text(
+        f'[agent]\nbranch = "B7"\ndata_dir = "{data}"\n'
+        f'nats_url = "{nats_server.url}"\nhttp_port = {port}\n'
+        'demo_catalog = true\nmanager_token = "boss"\n'
+    )
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text().replace('"B7"', '"B8"'))
+    backup = tmp_path / "nightly.db"
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}")
+        cli(config, "stock", "goods-receipt", "MILK-1L=24@70", "--supplier", "DAIRY")
+        taken = cli(config, "backup", str(backup))
+        assert taken.returncode == 0, taken.stdout + taken.stderr
+        assert json.loads(taken.stdout)["last_event_seq"] == 1
+        assert json.loads(taken.stdout)["branch"] == "B7"
+        again = cli(config, "backup", str(backup))
+        assert again.returncode == 1
+        assert "exists already" in json.loads(again.stdout)["error"]
+        cli(config, "stock", "goods-receipt", "MILK-1L=6@70", "--supplier", "DAIRY")
+        running = cli(config, "restore", str(backup))
+        assert running.returncode == 1
+        assert "stop it first" in json.loads(running.stdout)["error"]
+    finally:
+        agent.stop()
+    # Another store's backup, and a file that is no database, change nothing.
+    wrong = cli(other, "restore", str(backup))
+    assert wrong.returncode == 1
+    assert "branch 'B7', not 'B8'" in json.loads(wrong.stdout)["error"]
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 100)
+    refused = cli(config, "restore", str(junk))
+    assert refused.returncode == 1
+    assert "not a readable SQLite database" in json.loads(refused.stdout)["error"]
+    assert not [name for name in os.listdir(data) if "before-restore" in name]
+    restored = cli(config, "restore", str(backup))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    kept = Path(json.loads(restored.stdout)["kept"])
+    with closing(sqlite3.connect(data / "agent.db")) as db:
+        assert db.execute("SELECT max(seq) FROM outbox").fetchone()[0] == 1
+    # The replaced database is kept, with its WAL: both of its events.
+    with closing(sqlite3.connect(kept)) as db:
+        assert db.execute("SELECT max(seq) FROM outbox").fetchone()[0] == 2

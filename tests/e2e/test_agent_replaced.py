@@ -30,6 +30,25 @@ async def _outbox_seqs(agent: Any) -> list[tuple[int, int]]:
     return sorted((seq, decode_envelope(payload).seq) for seq, payload in rows)
 
 
+async def sell_unsent(central: Any, agent: Any, sale_ids: list[str], *, recorded: int) -> None:
+    """``agent``'s outbox stops sending (fault injected); it records the sales, and its
+    heartbeats tell central it has recorded ``recorded`` events."""
+
+    async def stuck(*_: Any) -> int:
+        return 0
+
+    agent.sender.send_once = stuck
+    for sale_id in sale_ids:
+        assert (await post_sale(agent, sale(sale_id), TOKEN)).status_code == 201
+
+    async def heard() -> bool:
+        async with central.sessionmaker() as session:
+            status = await session.get(BranchStatus, "B1")
+        return status is not None and status.last_recorded_seq == recorded
+
+    await wait_until(heard)
+
+
 async def test_a_new_agent_database_numbers_after_the_old_one_and_loses_nothing_it_had(
     central: Any, nats_server: EmbeddedNats, make_agent: Any, tmp_path: Path
 ) -> None:
@@ -45,19 +64,7 @@ async def test_a_new_agent_database_numbers_after_the_old_one_and_loses_nothing_
 
     # Its outbox stops sending (fault injected: events recorded, not sent); two more
     # sales are recorded, and the heartbeats tell central about them.
-    async def stuck(*_: Any) -> int:
-        return 0
-
-    old.sender.send_once = stuck
-    for n in range(4, 6):
-        assert (await post_sale(old, sale(f"old-{n}"), TOKEN)).status_code == 201
-
-    async def heard_of_six() -> bool:
-        async with central.sessionmaker() as session:
-            status = await session.get(BranchStatus, "B1")
-        return status is not None and status.last_recorded_seq == 6
-
-    await wait_until(heard_of_six)
+    await sell_unsent(central, old, ["old-4", "old-5"], recorded=6)
     # Then the server dies with its disk; a technician installs a new one, and the
     # store sells on it while its link to head office is still down: its events wait,
     # numbered from 1 for now.
@@ -119,11 +126,16 @@ async def _replacement(central: Any, make_agent: Any, link: LinkProxy, tmp_path:
     assert row.agent_replaced_at is not None
     assert (row.lost_events, row.contiguous_seq) == (2, 9)
 
-    # The new agent restarts: the same database, numbered already: nothing moves.
+    # The new agent restarts: the same database, numbered already: central confirms
+    # where it stands, nothing moves.
     await new.stop()
     again = await make_agent("B1", link.url, data_dir=str(tmp_path / "replacement"))
-    assert again.numbering.settled
     assert again.numbering.start == 7
+
+    async def confirmed() -> bool:
+        return bool(again.numbering.settled)
+
+    await wait_until(confirmed)
     assert (await post_sale(again, sale("new-3"), TOKEN)).status_code == 201
     await wait_until(lambda: at_central(8))
     assert await _outbox_seqs(again) == [(7, 7), (8, 8), (9, 9), (10, 10)]

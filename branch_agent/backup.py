@@ -1,0 +1,113 @@
+"""Backing up the agent database and putting a backup back (the technician's commands).
+
+A backup is SQLite's online backup (consistent while the agent runs and writes; a plain
+copy of ``agent.db`` under a running agent can miss what is still in its WAL file). A
+restore refuses a file that is not a sound agent database of this branch, and moves
+the database it replaces aside (with its WAL) instead of deleting it. The restored
+database asks central where its numbering stands at its next start
+(``branch_agent.numbering``): sales it numbers after the backup's do not reuse numbers
+central holds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from protocol.codec import decode_envelope_seq
+
+__all__ = ["BackupError", "backup_database", "restore_database"]
+
+_SIDECARS = ("-wal", "-shm")
+
+
+class BackupError(Exception):
+    """The backup or restore was refused; nothing was changed."""
+
+
+def _facts(path: Path) -> dict[str, Any]:
+    """Integrity and contents of an agent database; raises BackupError if unsound."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            check = db.execute("PRAGMA integrity_check").fetchone()[0]
+            if check != "ok":
+                raise BackupError(f"{path} fails SQLite's integrity check: {check}")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if not {"outbox", "counters", "alembic_version"} <= tables:
+                raise BackupError(f"{path} is not a Backroom agent database")
+            last = db.execute("SELECT seq, payload FROM outbox ORDER BY seq DESC LIMIT 1")
+            row = last.fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters"))
+            revision = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{path} is not a readable SQLite database: {exc}") from exc
+    head = decode_envelope_seq(row[1]) if row else None
+    return {
+        "branch": head[0] if head else None,
+        "last_event_seq": int(counters.get("event_seq", 0)),
+        "revision": revision[0] if revision else None,
+    }
+
+
+def backup_database(database: Path, dest: Path) -> dict[str, Any]:
+    """Copy ``database`` to ``dest`` (which must not exist) with SQLite's online backup,
+    check the copy, and say what it holds."""
+    if not database.exists():
+        raise BackupError(f"no database at {database}")
+    if dest.exists():
+        raise BackupError(f"{dest} exists already: choose a new name")
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        with (
+            closing(sqlite3.connect(database)) as source,
+            closing(sqlite3.connect(partial)) as copy,
+        ):
+            source.backup(copy)
+        facts = _facts(partial)
+        # Only a complete, checked copy gets the name asked for.
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {"backup": str(dest), "bytes": dest.stat().st_size, **facts}
+
+
+def restore_database(backup: Path, database: Path, *, branch: str) -> dict[str, Any]:
+    """Put ``backup`` in place of ``database`` (the agent must be stopped): refused
+    unless it is a sound agent database of ``branch``; the replaced database and its
+    WAL are kept beside it, renamed."""
+    if not backup.exists():
+        raise BackupError(f"no backup at {backup}")
+    facts = _facts(backup)
+    if facts["branch"] not in (None, branch):
+        raise BackupError(f"{backup} is a backup of branch {facts['branch']!r}, not {branch!r}")
+    kept = None
+    if database.exists():
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = database.with_name(f"{database.name}.before-restore-{stamp}")
+        # The WAL goes with its database: SQLite finds it by the database's name.
+        for suffix in ("", *_SIDECARS):
+            old = Path(f"{database}{suffix}")
+            if old.exists():
+                os.replace(old, Path(f"{kept}{suffix}"))
+    else:
+        for suffix in _SIDECARS:
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    partial = database.with_name(database.name + ".partial")
+    with (
+        closing(sqlite3.connect(f"file:{backup}?mode=ro", uri=True)) as source,
+        closing(sqlite3.connect(partial)) as copy,
+    ):
+        source.backup(copy)
+    os.replace(partial, database)
+    return {
+        "restored": str(database),
+        "from": str(backup),
+        "kept": str(kept) if kept else None,
+        **facts,
+    }
