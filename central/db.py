@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "create_sessionmaker",
     "downgrade",
     "error_chain",
+    "is_interrupted",
     "is_sqlite",
     "limit_statement_time",
     "sqlstate_of",
@@ -68,15 +70,52 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 async def limit_statement_time(session: AsyncSession, seconds: float) -> None:
-    """PostgreSQL: every later statement of the session's transaction may run at most
-    ``seconds`` (lock waits included), then the server cancels it (SQLSTATE 57014).
-    Local to the transaction, so the pooled connection keeps none of it. 0: no limit;
-    SQLite (the embedded, one-store database) has none."""
-    if seconds <= 0 or session.get_bind().dialect.name != "postgresql":
+    """Every later statement of the session may run at most ``seconds``, 0: no limit.
+
+    PostgreSQL: lock waits included, then the server cancels it (SQLSTATE 57014); set
+    for the session's transaction, so the pooled connection keeps none of it. SQLite:
+    the statement is interrupted (``sqlite3.Connection.interrupt``, made to be called
+    from another thread than the one running it: aiosqlite's), an "interrupted"
+    OperationalError (:func:`is_interrupted`); the timers are the session's
+    connection's own, gone with it."""
+    if seconds <= 0:
         return
-    await session.execute(
-        text("SELECT set_config('statement_timeout', :limit, true)"),
-        {"limit": f"{max(1, round(seconds * 1000))}ms"},
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT set_config('statement_timeout', :limit, true)"),
+            {"limit": f"{max(1, round(seconds * 1000))}ms"},
+        )
+        return
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    # aiosqlite's Connection keeps the sqlite3 one as _conn (SQLAlchemy's adapter
+    # reaches it the same way).
+    sqlite = raw.driver_connection._conn  # type: ignore[union-attr]
+    timers: list[asyncio.TimerHandle] = []
+
+    def disarm(*_: Any) -> None:
+        while timers:
+            timers.pop().cancel()
+
+    def arm(*_: Any) -> None:
+        disarm()
+        timers.append(asyncio.get_running_loop().call_later(seconds, sqlite.interrupt))
+
+    sync = connection.sync_connection
+    assert sync is not None
+    event.listen(sync, "before_cursor_execute", arm)
+    event.listen(sync, "after_cursor_execute", disarm)
+    # A failed statement has no "after": its timer goes with the transaction, before
+    # the connection returns to the pool (where it would interrupt another's statement).
+    event.listen(sync, "rollback", disarm)
+    event.listen(sync, "commit", disarm)
+
+
+def is_interrupted(exc: BaseException) -> bool:
+    """A SQLite statement interrupted at its time limit (:func:`limit_statement_time`)."""
+    return any(
+        isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted"
+        for e in error_chain(exc)
     )
 
 

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError
 
-from central.db import QUERY_CANCELED, sqlstate_of
+from central.db import QUERY_CANCELED, is_interrupted, sqlstate_of
 from central.errors import DomainError, ReportTooSlow
 from protocol.problems import FieldError, Problem
 
@@ -108,7 +108,8 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
     """A report the database cancelled at its statement timeout is the caller's to
     narrow (503, nothing changed: reports only read); any other database error is a 500."""
-    if sqlstate_of(exc) == QUERY_CANCELED and request.url.path.startswith("/api/v1/reports"):
+    stopped = sqlstate_of(exc) == QUERY_CANCELED or is_interrupted(exc)
+    if stopped and request.url.path.startswith("/api/v1/reports"):
         limit = request.app.state.runtime.settings.report_statement_timeout_s
         return _domain_error(
             request,
