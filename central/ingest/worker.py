@@ -441,7 +441,8 @@ class IngestWorker:
                     session,
                     batch[item.index],
                     f"sequence {envelope.seq} of branch {envelope.branch!r} is already used "
-                    "by another event",
+                    "by another event (two agent databases numbering the branch at once? "
+                    "e.g. an old server still running beside its replacement)",
                 )
                 stats.dead_letters += 1
                 continue
