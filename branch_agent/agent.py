@@ -263,7 +263,13 @@ class Agent:
             devices=self.devices.statuses(),
             agent_version=_agent_version(),
             outbox_held=tuple(sorted(self.sender.state.held)[:100]),
+            clock_offset_ms=self.clock_offset_ms(),
         )
+
+    def clock_offset_ms(self) -> int | None:
+        """This server's clock against central's, as last measured (None: not yet)."""
+        requester = self.masterdata.requester
+        return requester.clock_offset_ms if requester is not None else None
 
     async def publish_heartbeat(self) -> None:
         if self.js is None or self.nc is None or not self.nc.is_connected:

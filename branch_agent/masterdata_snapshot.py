@@ -11,6 +11,11 @@ answers whether a snapshot is on its way. The first report happens before the
 down-stream reader fetches anything, so a lost database never reports a version it
 does not hold. Requests are idempotent: asking again while a snapshot is queued or
 still being delivered returns the same one.
+
+Each answer also carries central's clock: the agent measures its own against it (the
+middle of the round trip against the middle of central's handling, as NTP does,
+within half the round trip) and warns when the store server's clock is off by more
+than ``CLOCK_WARN_S``: sales are dated, and put in days, by it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from nats.js.errors import NotFoundError, ServiceUnavailableError
@@ -37,9 +44,25 @@ if TYPE_CHECKING:
     from branch_agent.masterdata import MasterDataApplier
     from branch_agent.numbering import EventNumbering
 
-__all__ = ["SnapshotRequester"]
+__all__ = ["CLOCK_WARN_S", "SnapshotRequester", "clock_offset_ms"]
 
 log = logging.getLogger(__name__)
+
+# A store clock off by more than this is worth a technician's visit (a minute moves a
+# sale made just before midnight into the wrong day; NTP keeps clocks within ms).
+CLOCK_WARN_S = 60.0
+
+
+def clock_offset_ms(sent: datetime, received: datetime, central: datetime) -> int:
+    """How far this clock is ahead of central's (ms; negative: behind): a request sent
+    at ``sent`` and answered at ``received`` (this clock), central's time ``central``
+    taken in the middle of its handling."""
+    middle = sent + (received - sent) / 2
+    return round((middle - central).total_seconds() * 1000)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class SnapshotRequester:
@@ -70,6 +93,9 @@ class SnapshotRequester:
         self._pending_since: float | None = None
         # Set by the agent: a new database asks where its event numbers start.
         self.numbering: EventNumbering | None = None
+        # This clock against central's, from the latest answer (None: not measured).
+        self.clock: Callable[[], datetime] = _utc_now
+        self.clock_offset_ms: int | None = None
 
     def poke(self) -> None:
         """Report soon (a snapshot ended, the consumer is gone)."""
@@ -117,12 +143,16 @@ class SnapshotRequester:
         """One report; raises when central did not answer."""
         request = self._request()
         self.requests += 1
+        sent = self.clock()
         msg = await nc.request(
             snapshot_request_subject(self.branch),
             encode_snapshot_rpc(request),
             timeout=self.timeout_s,
         )
+        received = self.clock()
         reply = decode_snapshot_reply(msg.data)
+        if reply.central_time is not None:
+            self._clock_measured(clock_offset_ms(sent, received, reply.central_time))
         if reply.error:
             raise RuntimeError(f"central refused the position report: {reply.error}")
         self._reported_completed = max(self._reported_completed, request.completed_snapshot)
@@ -144,6 +174,22 @@ class SnapshotRequester:
             elif request.anchor_instance:  # a central from before numbering
                 log.warning("central did not number this new database's events: they wait")
         return reply
+
+    def _clock_measured(self, offset_ms: int) -> None:
+        off = abs(offset_ms) > CLOCK_WARN_S * 1000
+        was_off = self.clock_offset_ms is not None and (
+            abs(self.clock_offset_ms) > CLOCK_WARN_S * 1000
+        )
+        self.clock_offset_ms = offset_ms
+        if off:
+            log.warning(
+                "this server's clock is %.0f s %s central's: sales are dated by it; "
+                "fix its time synchronisation (NTP)",
+                abs(offset_ms) / 1000,
+                "ahead of" if offset_ms > 0 else "behind",
+            )
+        elif was_off:
+            log.warning("this server's clock is in step with central's again")
 
     async def run(self, nc: Client, stop: asyncio.Event) -> None:
         delay = 0.0

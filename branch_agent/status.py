@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from sqlalchemy import func, select
 
+from branch_agent.masterdata_snapshot import CLOCK_WARN_S
 from branch_agent.models import CustomerReturn, OutboxEvent, Sale
 from branch_agent.outbox import backlog
 
@@ -47,6 +48,9 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # unsent); first_event_seq: the database's first number (0: not said yet).
     numbering_settled: bool = True
     first_event_seq: int = 0
+    # This server's clock ahead of central's (ms; negative: behind), as last measured
+    # on a request to central (None: not yet).
+    clock_offset_ms: int | None = None
     devices: list[DeviceStateOut]
 
 
@@ -77,6 +81,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         outbox_held=sorted(agent.sender.state.held),
         numbering_settled=agent.numbering.settled,
         first_event_seq=agent.numbering.start,
+        clock_offset_ms=agent.clock_offset_ms(),
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -89,6 +94,18 @@ async def build_status(agent: Agent) -> AgentStatus:
             )
             for state in agent.devices.states()
         ],
+    )
+
+
+def _clock_text(offset_ms: int | None) -> str:
+    if offset_ms is None:
+        return "not compared with central yet"
+    if abs(offset_ms) <= CLOCK_WARN_S * 1000:
+        return f"in step with central ({offset_ms / 1000:+.1f} s)"
+    way = "ahead of" if offset_ms > 0 else "behind"
+    return (
+        f"{abs(offset_ms) / 1000:.0f} s {way} central: sales are dated by it, "
+        "fix the server's time synchronisation (NTP)"
     )
 
 
@@ -111,6 +128,7 @@ def format_status(status: AgentStatus) -> str:
             else "; waiting for central to confirm the event numbering (new events not sent yet)"
         ),
         f"last sync        {status.last_sync_at or 'never'}",
+        f"clock            {_clock_text(status.clock_offset_ms)}",
         f"master data      version {status.applied_version}",
         f"pending fiscal   {status.pending_fiscal} sale(s) and "
         f"{status.pending_fiscal_returns} return(s) waiting for a fiscal printer",

@@ -330,6 +330,9 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     # (that number plus one unless the database went back in time). 0: not asked. The
     # same answer every time the same database asks the same.
     event_seq_start: NonNegative = 0
+    # Central's clock when it answered: the branch measures its own clock against it
+    # (None: a central from before).
+    central_time: UtcDateTime | None = None
 
 
 _request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)

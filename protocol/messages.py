@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 
 from protocol.events import SCHEMA_VERSION, UtcDateTime
-from protocol.limits import Code64, NonNegativeInt32, NonNegativeInt64, PositiveInt64
+from protocol.limits import Code64, Int64, NonNegativeInt32, NonNegativeInt64, PositiveInt64
 
 __all__ = ["BranchHeartbeat", "DeviceStatus", "ResendRequested"]
 
@@ -39,6 +39,9 @@ class BranchHeartbeat(
     # Outbox events too big for the NATS server, held at the branch (the first 100;
     # stored as JSON): central does not ask for them again, it shows them.
     outbox_held: Annotated[tuple[PositiveInt64, ...], msgspec.Meta(max_length=100)] = ()
+    # How far the store server's clock is ahead of central's (negative: behind), in ms,
+    # as the agent last measured it on a request to central (None: not measured).
+    clock_offset_ms: Int64 | None = None
 
 
 class ResendRequested(

@@ -62,6 +62,9 @@ CRASH_EXIT_CODE = 86
 _MAX_ATTEMPTS = 8
 # How long a batch keeps pulling once its first message is in.
 _LINGER_S = 0.2
+# A kept heartbeat sent further ahead of central's clock than this came from a wrong
+# store clock: any later heartbeat replaces it.
+_FUTURE_HEARTBEAT = timedelta(minutes=5)
 # Arrays, not thousands of bind parameters: one cached statement per batch.
 _PG_EXISTING = text(
     "SELECT event_id, branch, seq FROM ingested_events "
@@ -369,13 +372,16 @@ class IngestWorker:
         return envelope
 
     async def _heartbeat(self, session: AsyncSession, heartbeat: BranchHeartbeat) -> None:
-        """Latest heartbeat wins: one row per branch, never replaced by an older one."""
+        """Latest heartbeat wins: one row per branch, never replaced by an older one,
+        unless the one kept was sent "in the future" (a store clock that was ahead and
+        has been put right would otherwise have its heartbeats ignored until then)."""
         table = table_of(BranchStatus)
         stmt = dialect_insert(session, table)
+        now = datetime.now(UTC)
         values = {
             "branch": heartbeat.branch,
             "sent_at": heartbeat.sent_at,
-            "received_at": datetime.now(UTC),
+            "received_at": now,
             "outbox_backlog": heartbeat.outbox_backlog,
             "last_acked_seq": heartbeat.last_acked_seq,
             "last_recorded_seq": heartbeat.last_recorded_seq,
@@ -383,12 +389,16 @@ class IngestWorker:
             "devices": [msgspec.to_builtins(d) for d in heartbeat.devices],
             "agent_version": heartbeat.agent_version,
             "outbox_held": list(heartbeat.outbox_held),
+            "clock_offset_ms": heartbeat.clock_offset_ms,
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(
                 index_elements=["branch"],
                 set_={k: stmt.excluded[k] for k in values if k != "branch"},
-                where=table.c.sent_at < stmt.excluded.sent_at,
+                where=or_(
+                    table.c.sent_at < stmt.excluded.sent_at,
+                    table.c.sent_at > now + _FUTURE_HEARTBEAT,
+                ),
             )
         )
 

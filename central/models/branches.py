@@ -70,3 +70,6 @@ class BranchStatus(Base):
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     # Events too big for the NATS server, held at the branch (their sequence numbers).
     outbox_held: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
+    # The store server's clock ahead of central's (ms; negative: behind), as the agent
+    # measured it (None: not measured, or an agent from before).
+    clock_offset_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)

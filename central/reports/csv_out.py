@@ -42,6 +42,7 @@ COUNT_FIELDS = frozenset(
         "receive_age_s",
         "heartbeat_age_s",
         "lost_events",
+        "clock_offset_ms",
     }
 )
 

@@ -326,6 +326,10 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     agent_replaced_at: datetime | None = None
     lost_events: int = 0
     agent_restart_reason: str | None = None
+    # The store server's clock ahead of central's (ms; negative: behind), as its agent
+    # last measured it; clock_off: by more than a minute (its sales are dated by it).
+    clock_offset_ms: int | None = None
+    clock_off: bool = False
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

@@ -131,6 +131,9 @@ __all__ = [
 
 DEFAULT_MAX_SPAN_DAYS = 366
 DEFAULT_MAX_ROWS = 100_000
+# A store clock off by more than this is flagged in sync health (its sales are dated,
+# and put in days, by it; the agent warns at the same limit).
+CLOCK_OFF_MS = 60_000
 SALES_GROUPS = ("branch", "day", "hour", "cashier", "product", "category", "payment_type")
 _SALES_DETAIL = ("hour", "cashier", "product", "category", "payment_type")
 
@@ -1771,6 +1774,12 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                 lost_events=lost.get(b.code, 0),
                 agent_restart_reason=(
                     state.restart_reason if state and (state.restarted_at_seq or 0) > 1 else None
+                ),
+                clock_offset_ms=status.clock_offset_ms if status else None,
+                clock_off=bool(
+                    status
+                    and status.clock_offset_ms is not None
+                    and abs(status.clock_offset_ms) > CLOCK_OFF_MS
                 ),
             )
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -108,7 +109,14 @@ class SnapshotService:
 
     async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event) -> None:
         async def on_request(msg: Any) -> None:
+            received = datetime.now(UTC)
             reply = await self.answer(js, msg.subject, msg.data)
+            # The middle of its stay here: the branch takes the middle of its round trip
+            # for the same moment (NTP's offset, the answer's time taken out).
+            answered = datetime.now(UTC)
+            reply = msgspec.structs.replace(
+                reply, central_time=received + (answered - received) / 2
+            )
             if msg.reply:
                 await msg.respond(encode_snapshot_rpc(reply))
 

@@ -44,6 +44,9 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     outbox_backlog: int | None
     # Events held at the branch, too big for its NATS server (not asked for again).
     outbox_held: list[int] = []
+    # The store server's clock ahead of central's (ms; negative: behind), as its agent
+    # last measured it (None: not measured).
+    clock_offset_ms: int | None = None
     # The branch's agent database was replaced, or restored from a backup
     # (restart_reason "new_database" or "restored_database"; restarted_at_seq: its
     # first event after): the numbers from lost_from_seq to lost_to_seq the earlier one
@@ -126,6 +129,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 last_recorded_seq=status.last_recorded_seq if status else None,
                 outbox_backlog=status.outbox_backlog if status else None,
                 outbox_held=list(status.outbox_held) if status else [],
+                clock_offset_ms=status.clock_offset_ms if status else None,
                 restarted_at_seq=state.restarted_at_seq if state else None,
                 restarted_at=state.restarted_at if state else None,
                 restart_reason=state.restart_reason if state else None,

@@ -163,6 +163,8 @@ def sync_messages() -> list[MessageIn]:
         agent_version="1.4.2",
         # Two events too big for the branch's NATS server, held there.
         outbox_held=(20, 21),
+        # The store server's clock a minute and a half behind central's.
+        clock_offset_ms=-95_000,
     )
     return [
         MessageIn(subject=up_subject("B1", HEARTBEAT_KIND), data=encode(heartbeat)),
@@ -356,6 +358,7 @@ async def test_sync_health_every_field(chain: async_sessionmaker[AsyncSession]) 
     # Two undecodable messages on B1's subject; the one of an unknown branch is nobody's.
     assert b1.open_dead_letters == 2
     assert b1.outbox_held == [20, 21]
+    assert (b1.clock_offset_ms, b1.clock_off) == (-95_000, True)
     assert (b2.name, b2.contiguous_seq, b2.max_seq) == ("Station", 4, 4)
     assert b2.last_event_at == at("2026-11-06T10:00:00")
     # No heartbeat from B2: what only a heartbeat tells is unknown, not zero.
@@ -363,6 +366,7 @@ async def test_sync_health_every_field(chain: async_sessionmaker[AsyncSession]) 
     assert (b2.outbox_backlog, b2.applied_version, b2.agent_version) == (None, None, None)
     assert b2.open_dead_letters == 0
     assert b2.outbox_held == []
+    assert (b2.clock_offset_ms, b2.clock_off) == (None, False)
 
 
 async def test_closed_shift_with_returns_and_a_differing_z(
@@ -535,7 +539,7 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,name,active,last_event_at,last_received_at,receive_age_s,contiguous_seq,"
         "max_seq,seq_lag,heartbeat_at,heartbeat_age_s,outbox_backlog,applied_version,"
-        "agent_version,open_dead_letters,outbox_held,lost_events"
+        "agent_version,open_dead_letters,outbox_held,lost_events,clock_offset_ms,clock_off"
     )
     b1, b2 = rows
     assert (b1["branch"], b1["name"], b1["active"]) == ("B1", "Harbour", "true")
@@ -548,6 +552,8 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     )
     assert (b1["agent_version"], b1["open_dead_letters"]) == ("1.4.2", "2")
     assert (b1["outbox_held"], b2["outbox_held"]) == ("20; 21", "")
+    assert (b1["clock_offset_ms"], b1["clock_off"]) == ("-95000", "true")
+    assert (b2["clock_offset_ms"], b2["clock_off"]) == ("", "false")
     # No agent database replaced (its time column, empty everywhere, is left out).
     assert (b1["lost_events"], b2["lost_events"]) == ("0", "0")
     assert b1["receive_age_s"].isdigit()
