@@ -339,6 +339,7 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (BranchHeartbeat, "outbox_backlog"): ("branch_status.outbox_backlog",),
     (BranchHeartbeat, "last_acked_seq"): ("branch_status.last_acked_seq",),
     (BranchHeartbeat, "last_recorded_seq"): ("branch_status.last_recorded_seq",),
+    (BranchHeartbeat, "clock_offset_ms"): ("branch_status.clock_offset_ms",),
     (BranchHeartbeat, "applied_version"): ("branch_status.applied_version",),
     (BranchHeartbeat, "agent_version"): ("branch_status.agent_version",),
 }
