@@ -248,7 +248,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval_s)
 
-    async def heartbeat(self) -> BranchHeartbeat:
+    async def heartbeat(self, *, stopping: bool = False) -> BranchHeartbeat:
         async with self.sessionmaker() as session:
             pending = await backlog(session)
         now = datetime.now(UTC)
@@ -264,6 +264,8 @@ class Agent:
             agent_version=_agent_version(),
             outbox_held=tuple(sorted(self.sender.state.held)[:100]),
             clock_offset_ms=self.clock_offset_ms(),
+            agent_instance=self.numbering.instance,
+            stopping=stopping,
         )
 
     def clock_offset_ms(self) -> int | None:
@@ -271,13 +273,13 @@ class Agent:
         requester = self.masterdata.requester
         return requester.clock_offset_ms if requester is not None else None
 
-    async def publish_heartbeat(self) -> None:
+    async def publish_heartbeat(self, *, stopping: bool = False) -> None:
         if self.js is None or self.nc is None or not self.nc.is_connected:
             return
         if not self.numbering.settled:
             # Its sequence numbers would not be central's yet.
             return
-        beat = await self.heartbeat()
+        beat = await self.heartbeat(stopping=stopping)
         await self.js.publish(
             up_subject(self.settings.branch, HEARTBEAT_KIND), encode(beat), timeout=2.0
         )
@@ -302,6 +304,10 @@ class Agent:
                 await task
         self._tasks.clear()
         if self.nc is not None:
+            # Central may number another database of the branch at once (a replacement
+            # started while this one still ran waits until this one is gone).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publish_heartbeat(stopping=True), 3.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
             self.nc = None

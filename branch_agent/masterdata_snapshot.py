@@ -166,7 +166,14 @@ class SnapshotRequester:
             self._pending_since = time.monotonic()
         self.last_reply = reply
         if self.numbering is not None:
-            if reply.event_seq_start and (request.anchor_instance or request.settled_instance):
+            if reply.numbering_refused and (request.anchor_instance or request.settled_instance):
+                if reply.numbering_refused != self.numbering.refused:
+                    log.warning(
+                        "central does not number this database's events yet: %s; they wait",
+                        reply.numbering_refused,
+                    )
+                self.numbering.refused = reply.numbering_refused
+            elif reply.event_seq_start and (request.anchor_instance or request.settled_instance):
                 await self.numbering.settle(reply.event_seq_start)
             elif request.settled_instance:
                 # A central from before this check: it cannot tell, the numbers go on.

@@ -96,6 +96,8 @@ class EventNumbering:
         # those above it wait for the answer (a new database: all of them).
         self.checked = 0
         self.confirmed = False
+        # Why central does not answer yet (another agent database of the branch runs).
+        self.refused = ""
 
     @property
     def settled(self) -> bool:
@@ -162,4 +164,5 @@ class EventNumbering:
                 moved,
             )
         self.confirmed = True
+        self.refused = ""
         self._on_settled()

@@ -51,6 +51,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # This server's clock ahead of central's (ms; negative: behind), as last measured
     # on a request to central (None: not yet).
     clock_offset_ms: int | None = None
+    # Why central does not confirm the numbering yet ("": it has, or has not said).
+    numbering_refused: str = ""
     devices: list[DeviceStateOut]
 
 
@@ -82,6 +84,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         numbering_settled=agent.numbering.settled,
         first_event_seq=agent.numbering.start,
         clock_offset_ms=agent.clock_offset_ms(),
+        numbering_refused=agent.numbering.refused,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -126,6 +129,7 @@ def format_status(status: AgentStatus) -> str:
             ""
             if status.numbering_settled
             else "; waiting for central to confirm the event numbering (new events not sent yet)"
+            + (f": {status.numbering_refused}" if status.numbering_refused else "")
         ),
         f"last sync        {status.last_sync_at or 'never'}",
         f"clock            {_clock_text(status.clock_offset_ms)}",

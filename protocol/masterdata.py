@@ -333,6 +333,10 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     # Central's clock when it answered: the branch measures its own clock against it
     # (None: a central from before).
     central_time: UtcDateTime | None = None
+    # Central does not answer the numbering question now, and why: another agent
+    # database of the branch is running (its events would collide). The database
+    # waits, sending nothing, and asks again.
+    numbering_refused: str = ""
 
 
 _request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)

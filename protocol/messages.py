@@ -42,6 +42,10 @@ class BranchHeartbeat(
     # How far the store server's clock is ahead of central's (negative: behind), in ms,
     # as the agent last measured it on a request to central (None: not measured).
     clock_offset_ms: Int64 | None = None
+    # The agent database's id (central numbers one running database per branch), and
+    # whether this is its last heartbeat before the agent stops.
+    agent_instance: Code64 = ""
+    stopping: bool = False
 
 
 class ResendRequested(

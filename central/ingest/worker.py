@@ -390,6 +390,8 @@ class IngestWorker:
             "agent_version": heartbeat.agent_version,
             "outbox_held": list(heartbeat.outbox_held),
             "clock_offset_ms": heartbeat.clock_offset_ms,
+            "agent_instance": heartbeat.agent_instance or None,
+            "agent_stopped": heartbeat.stopping,
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, String
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from central.models.base import Base, utcnow
@@ -52,6 +53,10 @@ class BranchSyncState(Base):
     # Why the numbering restarted: "new_database", or "restored_database" (a database
     # that went back in time: its later numbers were central's already).
     restart_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Another agent database of the branch asked to be numbered while this one ran:
+    # refused (its events would collide); its id, and when it last asked.
+    refused_instance: Mapped[str | None] = mapped_column(String(64), default=None)
+    refused_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BranchStatus(Base):
@@ -73,3 +78,6 @@ class BranchStatus(Base):
     # The store server's clock ahead of central's (ms; negative: behind), as the agent
     # measured it (None: not measured, or an agent from before).
     clock_offset_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The agent database that sent it, and whether it was its last before stopping.
+    agent_instance: Mapped[str | None] = mapped_column(String(64), default=None)
+    agent_stopped: Mapped[bool] = mapped_column(default=False, server_default=sa_false())

@@ -330,6 +330,10 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     # last measured it; clock_off: by more than a minute (its sales are dated by it).
     clock_offset_ms: int | None = None
     clock_off: bool = False
+    # Another agent database of the branch asked to be numbered while one ran, last
+    # then (within the last two minutes: it still waits, sending nothing); two servers
+    # of one store running at once.
+    agent_conflict_at: datetime | None = None
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

@@ -102,7 +102,7 @@ from central.reports.schemas import (
     WriteOffReport,
     WriteOffRow,
 )
-from central.services.sync_state import lost_events
+from central.services.sync_state import LIVE_AGENT, lost_events
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
@@ -1776,6 +1776,11 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                     state.restart_reason if state and (state.restarted_at_seq or 0) > 1 else None
                 ),
                 clock_offset_ms=status.clock_offset_ms if status else None,
+                agent_conflict_at=(
+                    state.refused_at
+                    if state and state.refused_at and state.refused_at > now - 2 * LIVE_AGENT
+                    else None
+                ),
                 clock_off=bool(
                     status
                     and status.clock_offset_ms is not None

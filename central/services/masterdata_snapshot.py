@@ -43,7 +43,11 @@ from central.services.masterdata_publisher import (
     enqueue_snapshot,
     pending_snapshot,
 )
-from central.services.sync_state import anchor_event_sequence, confirm_event_sequence
+from central.services.sync_state import (
+    anchor_event_sequence,
+    confirm_event_sequence,
+    other_running_agent,
+)
 from central.sync.jetstream import down_filter_subjects, ensure_branch_consumer
 from protocol.codec import WireDecodeError
 from protocol.masterdata import (
@@ -143,16 +147,33 @@ class SnapshotService:
         try:
             reply = await self._decide(js, branch_code, request)
             if (request.anchor_instance or request.settled_instance) and not reply.error:
-                start = await self._number(branch_code, request)
-                reply = msgspec.structs.replace(reply, event_seq_start=start)
+                start, refused = await self._number(branch_code, request)
+                reply = msgspec.structs.replace(
+                    reply, event_seq_start=start, numbering_refused=refused
+                )
             return reply
         except Exception as exc:
             log.warning("position report of %s not answered: %s", branch_code, exc)
             return SnapshotReply(action="none", error=f"central could not decide: {exc}")
 
-    async def _number(self, branch_code: str, request: SnapshotRequest) -> int:
-        """Where the reporting agent database's events (go on to) be numbered."""
+    async def _number(self, branch_code: str, request: SnapshotRequest) -> tuple[int, str]:
+        """Where the reporting agent database's events (go on to) be numbered, or why
+        not now: (start, "") or (0, the reason)."""
+        instance = request.anchor_instance or request.settled_instance
         async with self._sessionmaker() as session, session.begin():
+            other = await other_running_agent(session, branch_code, instance)
+            if other is not None:
+                log.error(
+                    "branch %s: agent database %s asks to be numbered while %s runs: "
+                    "refused (their events would collide); stop one of them",
+                    branch_code,
+                    instance,
+                    other,
+                )
+                return 0, (
+                    f"another agent database of branch {branch_code} ({other}) is running: "
+                    "stop one of them (this one sends once the other has stopped)"
+                )
             if request.anchor_instance:
                 start = await anchor_event_sequence(session, branch_code, request.anchor_instance)
                 if start > 1:
@@ -162,7 +183,7 @@ class SnapshotService:
                         request.anchor_instance,
                         start,
                     )
-                return start
+                return start, ""
             start = await confirm_event_sequence(
                 session, branch_code, request.settled_instance, request.settled_last_seq
             )
@@ -175,7 +196,7 @@ class SnapshotService:
                 request.settled_last_seq,
                 start,
             )
-        return start
+        return start, ""
 
     async def _decide(
         self, js: JetStreamContext, branch_code: str, request: SnapshotRequest

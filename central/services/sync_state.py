@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy import func, select
@@ -24,6 +24,7 @@ __all__ = [
     "get_branch_sync",
     "list_branch_sync",
     "lost_events",
+    "other_running_agent",
 ]
 
 
@@ -54,6 +55,10 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     restarted_at_seq: int | None = None
     restarted_at: datetime | None = None
     restart_reason: str | None = None
+    # Another agent database of the branch (refused_instance) asked to be numbered
+    # while this one ran, last at refused_at: it waits, sending nothing.
+    refused_instance: str | None = None
+    refused_at: datetime | None = None
     lost_from_seq: int | None = None
     lost_to_seq: int | None = None
     lost_events: int = 0
@@ -133,6 +138,8 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 restarted_at_seq=state.restarted_at_seq if state else None,
                 restarted_at=state.restarted_at if state else None,
                 restart_reason=state.restart_reason if state else None,
+                refused_instance=state.refused_instance if state else None,
+                refused_at=state.refused_at if state else None,
                 lost_from_seq=state.lost_from_seq if state else None,
                 lost_to_seq=state.lost_to_seq if state else None,
                 lost_events=lost.get(code, 0),
@@ -179,6 +186,11 @@ async def _highest_known(session: AsyncSession, state: BranchSyncState) -> int:
     return max(state.max_seq, status.last_recorded_seq if status else 0)
 
 
+def _answered(state: BranchSyncState, instance: str) -> None:
+    if state.refused_instance == instance:
+        state.refused_instance = state.refused_at = None
+
+
 async def _restart_after(
     session: AsyncSession, state: BranchSyncState, instance: str, high: int, reason: str
 ) -> int:
@@ -195,6 +207,7 @@ async def _restart_after(
     state.restarted_at = datetime.now(UTC)
     state.restart_reason = reason
     state.resend_requested_from = None
+    _answered(state, instance)
     if high:
         await record_change(
             session,
@@ -210,6 +223,33 @@ async def _restart_after(
             actor=RequestAudit(actor=f"branch:{state.branch}", actor_role="branch", method="NATS"),
         )
     return start
+
+
+# Heartbeats come every few seconds: one this recent from another agent database of
+# the branch (not its last) means that database runs.
+LIVE_AGENT = timedelta(seconds=60)
+
+
+async def other_running_agent(
+    session: AsyncSession, branch: str, instance: str, *, now: datetime | None = None
+) -> str | None:
+    """The id of another agent database of ``branch`` that is running (its latest
+    heartbeat recent, and not its last), else None; recorded as a refusal of
+    ``instance`` (in the caller's transaction), which numbering it later clears."""
+    status = await session.get(BranchStatus, branch)
+    now = now or datetime.now(UTC)
+    if (
+        status is None
+        or not status.agent_instance
+        or status.agent_instance == instance
+        or status.agent_stopped
+        or status.received_at < now - LIVE_AGENT
+    ):
+        return None
+    state = await _locked_state(session, branch)
+    state.refused_instance = instance
+    state.refused_at = now
+    return status.agent_instance
 
 
 NEW_DATABASE = "new_database"
@@ -235,6 +275,7 @@ async def anchor_event_sequence(session: AsyncSession, branch: str, instance: st
     high = await _highest_known(session, state)
     same = state.agent_instance == instance and state.restarted_at_seq is not None
     if same and state.restarted_at_seq is not None and high < state.restarted_at_seq:
+        _answered(state, instance)
         return state.restarted_at_seq
     return await _restart_after(
         session, state, instance, high, RESTORED_DATABASE if same else NEW_DATABASE
@@ -259,11 +300,13 @@ async def confirm_event_sequence(
     high = await _highest_known(session, state)
     if last_seq >= high:
         state.agent_instance = instance
+        _answered(state, instance)
         return last_seq + 1
     if (
         state.agent_instance == instance
         and state.restart_reason == RESTORED_DATABASE
         and state.restarted_at_seq == high + 1
     ):
+        _answered(state, instance)
         return high + 1
     return await _restart_after(session, state, instance, high, RESTORED_DATABASE)

@@ -4,7 +4,7 @@ numbers the earlier database never delivered are given up and counted."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy import func, select
@@ -17,6 +17,7 @@ from central.services.sync_state import (
     anchor_event_sequence,
     confirm_event_sequence,
     get_branch_sync,
+    other_running_agent,
 )
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import engine_with_branch
@@ -183,5 +184,47 @@ async def test_a_new_database_restored_from_before_its_first_answer_starts_after
             "restored_database",
             0,
         )
+    finally:
+        await engine.dispose()
+
+
+async def test_another_database_counts_as_running_while_its_heartbeats_are_recent(
+    db_url: str,
+) -> None:
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        received = datetime.now(UTC)
+        async with sessionmaker() as session, session.begin():
+            session.add(
+                BranchStatus(
+                    branch="B1", sent_at=received, received_at=received, agent_instance="old"
+                )
+            )
+
+        async def running(instance: str, seconds_later: float) -> str | None:
+            async with sessionmaker() as session, session.begin():
+                return await other_running_agent(
+                    session, "B1", instance, now=received + timedelta(seconds=seconds_later)
+                )
+
+        assert await running("old", 1) is None  # itself, restarted
+        assert await running("new", 30) == "old"
+        async with sessionmaker() as session:
+            sync = await get_branch_sync(session, "B1")
+        assert sync.refused_instance == "new"
+        # Gone quiet for more than a minute (a dead server): no longer running.
+        assert await running("new", 61) is None
+        # Numbering it clears the refusal.
+        async with sessionmaker() as session, session.begin():
+            assert await anchor_event_sequence(session, "B1", "new") == 1
+        async with sessionmaker() as session:
+            assert (await get_branch_sync(session, "B1")).refused_instance is None
+        # A last heartbeat ("stopping") ends it at once.
+        async with sessionmaker() as session, session.begin():
+            status = await session.get(BranchStatus, "B1")
+            assert status is not None
+            status.agent_stopped = True
+        assert await running("new", 1) is None
     finally:
         await engine.dispose()

@@ -30,6 +30,20 @@ async def _outbox_seqs(agent: Any) -> list[tuple[int, int]]:
     return sorted((seq, decode_envelope(payload).seq) for seq, payload in rows)
 
 
+async def receipts_and_dead_letters(central: Any) -> tuple[list[int], int]:
+    """The event numbers of B1's receipts at central, and how many dead letters."""
+    async with central.sessionmaker() as session:
+        letters = await session.scalar(select(func.count()).select_from(DeadLetter))
+        seqs = list(
+            await session.scalars(
+                select(IngestedEvent.seq)
+                .where(IngestedEvent.branch == "B1", IngestedEvent.kind == "receipt_recorded")
+                .order_by(IngestedEvent.seq)
+            )
+        )
+    return seqs, int(letters or 0)
+
+
 async def sell_unsent(central: Any, agent: Any, sale_ids: list[str], *, recorded: int) -> None:
     """``agent``'s outbox stops sending (fault injected); it records the sales, and its
     heartbeats tell central it has recorded ``recorded`` events."""
@@ -99,16 +113,9 @@ async def _replacement(central: Any, make_agent: Any, link: LinkProxy, tmp_path:
     assert sorted(sale_id for _, sale_id in receipts) == sorted(
         [f"old-{n}" for n in range(4)] + [f"new-{n}" for n in range(3)]
     )
-    async with central.sessionmaker() as session:
-        assert await session.scalar(select(func.count()).select_from(DeadLetter)) == 0
-        seqs = list(
-            await session.scalars(
-                select(IngestedEvent.seq)
-                .where(IngestedEvent.branch == "B1", IngestedEvent.kind == "receipt_recorded")
-                .order_by(IngestedEvent.seq)
-            )
-        )
-        assert seqs == [1, 2, 3, 4, 7, 8, 9]
+    seqs, letters = await receipts_and_dead_letters(central)
+    assert letters == 0
+    assert seqs == [1, 2, 3, 4, 7, 8, 9]
 
     async def settled_at_central() -> bool:
         async with central.sessionmaker() as session:

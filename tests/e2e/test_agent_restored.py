@@ -8,16 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from bench.chaos.proxy import LinkProxy
 from branch_agent.backup import backup_database, restore_database
 from central.embedded_nats import EmbeddedNats
-from central.models import DeadLetter, IngestedEvent
 from central.reports.service import sync_health
 from central.services.sync_state import get_branch_sync
 from tests.conftest import register_branch, wait_until
-from tests.e2e.test_agent_replaced import _outbox_seqs, sell_unsent
+from tests.e2e.test_agent_replaced import _outbox_seqs, receipts_and_dead_letters, sell_unsent
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 TOKEN = "B1-till-1"
@@ -80,15 +77,8 @@ async def test_a_database_restored_from_a_backup_sells_on_after_centrals_numbers
         + [f"after-{n}" for n in range(3)]
         + [f"restored-{n}" for n in range(2)]
     )
-    async with central.sessionmaker() as session:
-        assert await session.scalar(select(func.count()).select_from(DeadLetter)) == 0
-        seqs = list(
-            await session.scalars(
-                select(IngestedEvent.seq)
-                .where(IngestedEvent.branch == "B1", IngestedEvent.kind == "receipt_recorded")
-                .order_by(IngestedEvent.seq)
-            )
-        )
+    seqs, letters = await receipts_and_dead_letters(central)
+    assert letters == 0
     assert seqs == [1, 2, 3, 4, 5, 6, 8, 9]
     async with central.sessionmaker() as session:
         sync = await get_branch_sync(session, "B1")
