@@ -165,20 +165,20 @@ class SnapshotRequester:
             await self.applier.set_pending_snapshot(reply.snapshot_id)
             self._pending_since = time.monotonic()
         self.last_reply = reply
-        if self.numbering is not None:
-            if reply.numbering_refused and (request.anchor_instance or request.settled_instance):
+        if self.numbering is not None and (request.anchor_instance or request.settled_instance):
+            if reply.numbering_refused:
                 if reply.numbering_refused != self.numbering.refused:
                     log.warning(
                         "central does not number this database's events yet: %s; they wait",
                         reply.numbering_refused,
                     )
                 self.numbering.refused = reply.numbering_refused
-            elif reply.event_seq_start and (request.anchor_instance or request.settled_instance):
+            elif reply.event_seq_start:
                 await self.numbering.settle(reply.event_seq_start)
             elif request.settled_instance:
                 # A central from before this check: it cannot tell, the numbers go on.
                 await self.numbering.settle(request.settled_last_seq + 1)
-            elif request.anchor_instance:  # a central from before numbering
+            else:  # a new database and a central from before numbering
                 log.warning("central did not number this new database's events: they wait")
         return reply
 

@@ -5,6 +5,7 @@ numbers the earlier database never delivered are given up and counted."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 from sqlalchemy import func, select
@@ -23,21 +24,34 @@ from tests.central.chain_events import BranchBooks, message
 from tests.conftest import engine_with_branch
 
 
+def _sold(count: int) -> BranchBooks:
+    """Branch B1's books with ``count`` sales (events 1..count)."""
+    books = BranchBooks("B1")
+    for n in range(count):
+        books.sale([("MILK", 1_000 + n, 199)])
+    return books
+
+
+async def _heard_of(sessionmaker: Any, recorded: int) -> None:
+    """B1's latest heartbeat: ``recorded`` events recorded."""
+    async with sessionmaker() as session, session.begin():
+        session.add(
+            BranchStatus(branch="B1", sent_at=datetime.now(UTC), last_recorded_seq=recorded)
+        )
+
+
 async def test_a_new_database_starts_after_what_central_knows_and_asking_again_changes_nothing(
     db_url: str,
 ) -> None:
     engine = await engine_with_branch(db_url)
     sessionmaker = create_sessionmaker(engine)
     worker = IngestWorker(sessionmaker)
-    books = BranchBooks("B1")
-    for n in range(7):
-        books.sale([("MILK", 1_000 + n, 199)])
+    books = _sold(7)
     try:
         # 1-5 and 7 arrived, 6 not; the last heartbeat said 9 were recorded.
         stats = await worker.process([message(e) for e in books.events if e.seq != 6])
         assert stats.stored == 6
-        async with sessionmaker() as session, session.begin():
-            session.add(BranchStatus(branch="B1", sent_at=datetime.now(UTC), last_recorded_seq=9))
+        await _heard_of(sessionmaker, 9)
 
         async def anchor(instance: str) -> int:
             async with sessionmaker() as session, session.begin():
@@ -110,14 +124,11 @@ async def test_a_database_gone_back_in_time_continues_after_central_and_asking_a
     engine = await engine_with_branch(db_url)
     sessionmaker = create_sessionmaker(engine)
     worker = IngestWorker(sessionmaker)
-    books = BranchBooks("B1")
-    for n in range(8):
-        books.sale([("MILK", 1_000 + n, 199)])
+    books = _sold(8)
     try:
         # 1-6 and 8 arrived; the last heartbeat recorded 9.
         assert (await worker.process([message(e) for e in books.events if e.seq != 7])).stored == 7
-        async with sessionmaker() as session, session.begin():
-            session.add(BranchStatus(branch="B1", sent_at=datetime.now(UTC), last_recorded_seq=9))
+        await _heard_of(sessionmaker, 9)
 
         async def confirm(last_seq: int) -> int:
             async with sessionmaker() as session, session.begin():
@@ -164,9 +175,7 @@ async def test_a_new_database_restored_from_before_its_first_answer_starts_after
     engine = await engine_with_branch(db_url)
     sessionmaker = create_sessionmaker(engine)
     worker = IngestWorker(sessionmaker)
-    books = BranchBooks("B1")
-    for n in range(3):
-        books.sale([("MILK", 1_000 + n, 199)])
+    books = _sold(3)
     try:
 
         async def anchor() -> int:
