@@ -24,7 +24,7 @@ from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.fiscal import Fiscalizer
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
-from branch_agent.numbering import EventNumbering
+from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.sales import SaleService
 from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
@@ -79,7 +79,12 @@ class Agent:
         )
         self.masterdata.register(self.downstream)
         # A new database's events wait until central says where their numbers start.
-        self.numbering = EventNumbering(self.sessionmaker, self.write_lock, self.sender.wake)
+        self.numbering = EventNumbering(
+            self.sessionmaker,
+            self.write_lock,
+            self.sender.wake,
+            server=server_id(settings.server_id),
+        )
         self.sender.numbering = self.numbering
         if self.masterdata.requester is not None:
             self.masterdata.requester.numbering = self.numbering
@@ -266,6 +271,7 @@ class Agent:
             clock_offset_ms=self.clock_offset_ms(),
             agent_instance=self.numbering.instance,
             stopping=stopping,
+            agent_server=self.numbering.server,
         )
 
     def clock_offset_ms(self) -> int | None:

@@ -15,12 +15,18 @@ holds with other sales. It reports the highest number it had given when it start
 (kept in the database until answered, so a crash while asking asks the same); the
 events recorded since wait as above, the earlier ones go; central's answer is the
 number the first of them takes, and they move there if it is higher.
+
+Each report and heartbeat also names the server the agent runs on (``server_id``):
+a copy of the database running on a second server at once (a cloned disk) has the
+same id, and only the server tells them apart. A restart on the same server is not
+a second one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +44,7 @@ __all__ = [
     "EVENT_SEQ_SETTLED",
     "EventNumbering",
     "renumber_outbox",
+    "server_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,26 @@ EVENT_SEQ_SETTLED = "event_seq_settled"
 # The highest number a numbered database had given when it started, until central has
 # answered for it (then removed).
 EVENT_SEQ_CHECKED = "event_seq_checked"
+
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def server_id(configured: str = "") -> str:
+    """This server as central tells agents apart: ``configured`` (the ``server_id``
+    setting), else its host name and boot id (64 characters at most).
+
+    The boot id is Linux's, new at every boot and never on disk, so a cloned disk
+    does not carry it; a restart of the agent keeps it. Without one, the host name.
+    """
+    if configured:
+        return configured[:64]
+    try:
+        with open(_BOOT_ID, encoding="ascii") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    host = socket.gethostname()
+    return f"{host[: 63 - len(boot)]}/{boot}" if boot else host[:64]
 
 
 async def renumber_outbox(session: AsyncSession, start: int, *, after: int = 0) -> int:
@@ -85,11 +112,14 @@ class EventNumbering:
         sessionmaker: async_sessionmaker[AsyncSession],
         write_lock: asyncio.Lock,
         on_settled: Callable[[], None],
+        server: str = "",
     ) -> None:
         self._sessionmaker = sessionmaker
         self._write_lock = write_lock
         self._on_settled = on_settled
         self.instance = ""
+        # The server this run is on (see server_id).
+        self.server = server
         # The number of the database's first event once central has said it (0: not yet).
         self.start = 0
         # Events numbered up to this one were recorded before this run asked central;
@@ -132,8 +162,12 @@ class EventNumbering:
         if self.settled:
             return {}
         if not self.start:
-            return {"anchor_instance": self.instance}
-        return {"settled_instance": self.instance, "settled_last_seq": self.checked}
+            return {"anchor_instance": self.instance, "agent_server": self.server}
+        return {
+            "settled_instance": self.instance,
+            "settled_last_seq": self.checked,
+            "agent_server": self.server,
+        }
 
     async def settle(self, start: int) -> None:
         """Central's answer: renumber what waits from ``start``, then let it go."""

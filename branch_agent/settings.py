@@ -96,6 +96,10 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     device_poll_interval_s: float = 15.0
     # Seed a small demo catalog on an empty database (make run).
     demo_catalog: bool = False
+    # This server as central tells agents apart (empty: host name and boot id). Two
+    # servers running copies of one agent database are refused; set it when the host
+    # name and boot id do not tell servers apart (e.g. containers sharing a host name).
+    server_id: str = ""
     tills: tuple[TillConfig, ...] = ()
 
     @property

@@ -317,6 +317,9 @@ class SnapshotRequest(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="s
     # continue after central's (``event_seq_start``) instead of reusing them.
     settled_instance: Code64 = ""
     settled_last_seq: NonNegative = 0
+    # The server the agent runs on (host name and boot id), with either question: the
+    # same database running on two servers at once (a cloned disk) is refused.
+    agent_server: Code64 = ""
 
 
 class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_reply"):
@@ -334,8 +337,8 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     # (None: a central from before).
     central_time: UtcDateTime | None = None
     # Central does not answer the numbering question now, and why: another agent
-    # database of the branch is running (its events would collide). The database
-    # waits, sending nothing, and asks again.
+    # database of the branch, or a copy of this one on another server, is running
+    # (their events would collide). The database waits, sending nothing, and asks again.
     numbering_refused: str = ""
 
 

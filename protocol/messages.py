@@ -46,6 +46,9 @@ class BranchHeartbeat(
     # whether this is its last heartbeat before the agent stops.
     agent_instance: Code64 = ""
     stopping: bool = False
+    # The server the agent runs on (host name and boot id): a copy of the database on a
+    # second server (a cloned disk) has the same ``agent_instance``.
+    agent_server: Code64 = ""
 
 
 class ResendRequested(

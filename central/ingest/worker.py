@@ -392,6 +392,7 @@ class IngestWorker:
             "clock_offset_ms": heartbeat.clock_offset_ms,
             "agent_instance": heartbeat.agent_instance or None,
             "agent_stopped": heartbeat.stopping,
+            "agent_server": heartbeat.agent_server or None,
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(

@@ -54,9 +54,11 @@ class BranchSyncState(Base):
     # that went back in time: its later numbers were central's already).
     restart_reason: Mapped[str | None] = mapped_column(String(32), default=None)
     # Another agent database of the branch asked to be numbered while this one ran:
-    # refused (its events would collide); its id, and when it last asked.
+    # refused (its events would collide); its id, and when it last asked; its server
+    # (a copy of the running database on another server has the running one's id).
     refused_instance: Mapped[str | None] = mapped_column(String(64), default=None)
     refused_at: Mapped[datetime | None] = mapped_column(default=None)
+    refused_server: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class BranchStatus(Base):
@@ -81,3 +83,5 @@ class BranchStatus(Base):
     # The agent database that sent it, and whether it was its last before stopping.
     agent_instance: Mapped[str | None] = mapped_column(String(64), default=None)
     agent_stopped: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    # The server the agent runs on (host name and boot id; None: an agent from before).
+    agent_server: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -44,6 +44,7 @@ from central.services.masterdata_publisher import (
     pending_snapshot,
 )
 from central.services.sync_state import (
+    RunningAgent,
     anchor_event_sequence,
     confirm_event_sequence,
     other_running_agent,
@@ -87,6 +88,36 @@ def snapshot_reason(request: SnapshotRequest, facts: PositionFacts) -> str | Non
     if facts.lossy and request.last_stream_seq + 1 < facts.first_seq:
         return "history above the branch's position aged out of the stream"
     return None
+
+
+def _refusal(branch: str, instance: str, server: str, running: RunningAgent) -> str:
+    """Why agent database ``instance`` on ``server`` is not numbered now (logged)."""
+    if running.instance == instance:
+        log.error(
+            "branch %s: agent database %s asks to be numbered from server %s while it "
+            "runs on server %s: a copy of it (a cloned disk?); refused (their events "
+            "would collide); stop one of them",
+            branch,
+            instance,
+            server,
+            running.server,
+        )
+        return (
+            f"this agent database of branch {branch} ({instance}) is running on another "
+            f"server ({running.server}): a copy of its disk? stop one of them (this one "
+            "sends once the other has stopped)"
+        )
+    log.error(
+        "branch %s: agent database %s asks to be numbered while %s runs: "
+        "refused (their events would collide); stop one of them",
+        branch,
+        instance,
+        running.instance,
+    )
+    return (
+        f"another agent database of branch {branch} ({running.instance}) is running: "
+        "stop one of them (this one sends once the other has stopped)"
+    )
 
 
 def _lossy(config: Any) -> bool:
@@ -160,22 +191,15 @@ class SnapshotService:
         """Where the reporting agent database's events (go on to) be numbered, or why
         not now: (start, "") or (0, the reason)."""
         instance = request.anchor_instance or request.settled_instance
+        server = request.agent_server
         async with self._sessionmaker() as session, session.begin():
-            other = await other_running_agent(session, branch_code, instance)
+            other = await other_running_agent(session, branch_code, instance, server=server)
             if other is not None:
-                log.error(
-                    "branch %s: agent database %s asks to be numbered while %s runs: "
-                    "refused (their events would collide); stop one of them",
-                    branch_code,
-                    instance,
-                    other,
-                )
-                return 0, (
-                    f"another agent database of branch {branch_code} ({other}) is running: "
-                    "stop one of them (this one sends once the other has stopped)"
-                )
+                return 0, _refusal(branch_code, instance, server, other)
             if request.anchor_instance:
-                start = await anchor_event_sequence(session, branch_code, request.anchor_instance)
+                start = await anchor_event_sequence(
+                    session, branch_code, request.anchor_instance, server=server
+                )
                 if start > 1:
                     log.warning(
                         "branch %s has a new agent database (%s): its events start at %d",
@@ -185,7 +209,11 @@ class SnapshotService:
                     )
                 return start, ""
             start = await confirm_event_sequence(
-                session, branch_code, request.settled_instance, request.settled_last_seq
+                session,
+                branch_code,
+                request.settled_instance,
+                request.settled_last_seq,
+                server=server,
             )
         if start > request.settled_last_seq + 1:
             log.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import msgspec
 from sqlalchemy import func, select
@@ -19,6 +20,7 @@ __all__ = [
     "NEW_DATABASE",
     "RESTORED_DATABASE",
     "BranchSyncOut",
+    "RunningAgent",
     "anchor_event_sequence",
     "confirm_event_sequence",
     "get_branch_sync",
@@ -55,10 +57,16 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     restarted_at_seq: int | None = None
     restarted_at: datetime | None = None
     restart_reason: str | None = None
-    # Another agent database of the branch (refused_instance) asked to be numbered
-    # while this one ran, last at refused_at: it waits, sending nothing.
+    # Another agent database of the branch (refused_instance, on server
+    # refused_server) asked to be numbered while this one ran, last at refused_at: it
+    # waits, sending nothing. The same id as the running one: a copy of its database
+    # on a second server (a cloned disk).
     refused_instance: str | None = None
     refused_at: datetime | None = None
+    refused_server: str | None = None
+    # From the latest heartbeat: the agent database that sent it, and its server.
+    agent_instance: str | None = None
+    agent_server: str | None = None
     lost_from_seq: int | None = None
     lost_to_seq: int | None = None
     lost_events: int = 0
@@ -140,6 +148,9 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 restart_reason=state.restart_reason if state else None,
                 refused_instance=state.refused_instance if state else None,
                 refused_at=state.refused_at if state else None,
+                refused_server=state.refused_server if state else None,
+                agent_instance=status.agent_instance if status else None,
+                agent_server=status.agent_server if status else None,
                 lost_from_seq=state.lost_from_seq if state else None,
                 lost_to_seq=state.lost_to_seq if state else None,
                 lost_events=lost.get(code, 0),
@@ -186,13 +197,22 @@ async def _highest_known(session: AsyncSession, state: BranchSyncState) -> int:
     return max(state.max_seq, status.last_recorded_seq if status else 0)
 
 
-def _answered(state: BranchSyncState, instance: str) -> None:
-    if state.refused_instance == instance:
-        state.refused_instance = state.refused_at = None
+def _answered(state: BranchSyncState, instance: str, server: str) -> None:
+    """Numbering ``instance`` on ``server`` ends a refusal of it (not one of a copy of
+    it on another server)."""
+    if state.refused_instance == instance and (
+        not (state.refused_server and server) or state.refused_server == server
+    ):
+        state.refused_instance = state.refused_at = state.refused_server = None
 
 
 async def _restart_after(
-    session: AsyncSession, state: BranchSyncState, instance: str, high: int, reason: str
+    session: AsyncSession,
+    state: BranchSyncState,
+    instance: str,
+    high: int,
+    reason: str,
+    server: str,
 ) -> int:
     """Agent database ``instance`` numbers on after ``high``: the numbers up to it that
     central never received are given up as lost (the gap monitor stops asking for them;
@@ -207,7 +227,7 @@ async def _restart_after(
     state.restarted_at = datetime.now(UTC)
     state.restart_reason = reason
     state.resend_requested_from = None
-    _answered(state, instance)
+    _answered(state, instance, server)
     if high:
         await record_change(
             session,
@@ -230,26 +250,48 @@ async def _restart_after(
 LIVE_AGENT = timedelta(seconds=60)
 
 
+class RunningAgent(NamedTuple):
+    """The agent database of a branch that runs, and its server (None: not said)."""
+
+    instance: str
+    server: str | None
+
+
 async def other_running_agent(
-    session: AsyncSession, branch: str, instance: str, *, now: datetime | None = None
-) -> str | None:
-    """The id of another agent database of ``branch`` that is running (its latest
-    heartbeat recent, and not its last), else None; recorded as a refusal of
-    ``instance`` (in the caller's transaction), which numbering it later clears."""
+    session: AsyncSession,
+    branch: str,
+    instance: str,
+    *,
+    server: str = "",
+    now: datetime | None = None,
+) -> RunningAgent | None:
+    """Another agent database of ``branch`` that is running (its latest heartbeat
+    recent, and not its last), or the same database ``instance`` running on another
+    server than ``server`` (a copy of it: a cloned disk), else None; recorded as a
+    refusal of ``instance`` on ``server`` (in the caller's transaction), which
+    numbering it later clears.
+
+    The same database on the same server is a restart, and an agent from before
+    servers were named (no server on either side) is taken as one.
+    """
     status = await session.get(BranchStatus, branch)
     now = now or datetime.now(UTC)
     if (
         status is None
         or not status.agent_instance
-        or status.agent_instance == instance
         or status.agent_stopped
         or status.received_at < now - LIVE_AGENT
+    ):
+        return None
+    if status.agent_instance == instance and (
+        not (status.agent_server and server) or status.agent_server == server
     ):
         return None
     state = await _locked_state(session, branch)
     state.refused_instance = instance
     state.refused_at = now
-    return status.agent_instance
+    state.refused_server = server or None
+    return RunningAgent(status.agent_instance, status.agent_server)
 
 
 NEW_DATABASE = "new_database"
@@ -260,7 +302,9 @@ _RESTART_ACTIONS = {
 }
 
 
-async def anchor_event_sequence(session: AsyncSession, branch: str, instance: str) -> int:
+async def anchor_event_sequence(
+    session: AsyncSession, branch: str, instance: str, *, server: str = ""
+) -> int:
     """The number of the first event of agent database ``instance`` of ``branch``, in
     the caller's transaction: the same answer whenever the same database asks.
 
@@ -275,15 +319,15 @@ async def anchor_event_sequence(session: AsyncSession, branch: str, instance: st
     high = await _highest_known(session, state)
     same = state.agent_instance == instance and state.restarted_at_seq is not None
     if same and state.restarted_at_seq is not None and high < state.restarted_at_seq:
-        _answered(state, instance)
+        _answered(state, instance, server)
         return state.restarted_at_seq
     return await _restart_after(
-        session, state, instance, high, RESTORED_DATABASE if same else NEW_DATABASE
+        session, state, instance, high, RESTORED_DATABASE if same else NEW_DATABASE, server
     )
 
 
 async def confirm_event_sequence(
-    session: AsyncSession, branch: str, instance: str, last_seq: int
+    session: AsyncSession, branch: str, instance: str, last_seq: int, *, server: str = ""
 ) -> int:
     """The number of the next event of numbered agent database ``instance`` of
     ``branch``, which had numbered its events up to ``last_seq`` when it started; in
@@ -300,13 +344,13 @@ async def confirm_event_sequence(
     high = await _highest_known(session, state)
     if last_seq >= high:
         state.agent_instance = instance
-        _answered(state, instance)
+        _answered(state, instance, server)
         return last_seq + 1
     if (
         state.agent_instance == instance
         and state.restart_reason == RESTORED_DATABASE
         and state.restarted_at_seq == high + 1
     ):
-        _answered(state, instance)
+        _answered(state, instance, server)
         return high + 1
-    return await _restart_after(session, state, instance, high, RESTORED_DATABASE)
+    return await _restart_after(session, state, instance, high, RESTORED_DATABASE, server)

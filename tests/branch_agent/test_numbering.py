@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import migrations
 from branch_agent.db import create_engine, create_sessionmaker, database_url, upgrade
 from branch_agent.models import OutboxEvent
-from branch_agent.numbering import EventNumbering
+from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import append_event
 from protocol.codec import decode_envelope
 from protocol.events import ShiftOpened
@@ -27,7 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _numbering(engine: AsyncEngine, settled: list[int]) -> EventNumbering:
-    return EventNumbering(create_sessionmaker(engine), asyncio.Lock(), lambda: settled.append(1))
+    return EventNumbering(
+        create_sessionmaker(engine), asyncio.Lock(), lambda: settled.append(1), server="srv-a"
+    )
 
 
 async def _record(engine: AsyncEngine, count: int) -> None:
@@ -62,7 +65,8 @@ async def test_a_new_database_renumbers_what_it_recorded_once_central_answers(
     await numbering.load()
     assert not numbering.settled
     asked = numbering.report()
-    assert list(asked) == ["anchor_instance"]
+    assert list(asked) == ["anchor_instance", "agent_server"]
+    assert asked["agent_server"] == "srv-a"
     assert len(asked["anchor_instance"]) == 16
     # Nothing of a new database goes before the answer.
     assert numbering.sendable_through == 0
@@ -86,6 +90,7 @@ async def test_a_new_database_renumbers_what_it_recorded_once_central_answers(
     assert again.report() == {
         "settled_instance": asked["anchor_instance"],
         "settled_last_seq": 104,
+        "agent_server": "srv-a",
     }
 
 
@@ -268,3 +273,23 @@ async def test_a_restored_database_killed_while_renumbering_renumbers_all_or_not
         ]
     finally:
         await engine.dispose()
+
+
+def test_the_server_is_named_by_host_and_boot_so_a_cloned_disk_is_another_server(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    boot = tmp_path / "boot_id"
+    boot.write_text("5f0c9a1e-2b7d-4c1a-9e0f-0123456789ab\n", encoding="ascii")
+    monkeypatch.setattr("branch_agent.numbering._BOOT_ID", str(boot))
+    monkeypatch.setattr("branch_agent.numbering.socket.gethostname", lambda: "store-7-" + "x" * 60)
+    named = server_id()
+    assert len(named) == 64
+    assert named.endswith("/5f0c9a1e-2b7d-4c1a-9e0f-0123456789ab")
+    assert named.startswith("store-7-")
+    # Another boot (another server with the same disk, or a reboot) is another name.
+    boot.write_text("00000000-0000-4000-8000-000000000000\n", encoding="ascii")
+    assert server_id() != named
+    # Without a boot id: the host name; configured: as configured.
+    monkeypatch.setattr("branch_agent.numbering._BOOT_ID", str(tmp_path / "absent"))
+    assert server_id() == ("store-7-" + "x" * 60)[:64]
+    assert server_id("container-3") == "container-3"

@@ -18,6 +18,7 @@ from central.services.sync_state import (
     anchor_event_sequence,
     confirm_event_sequence,
     get_branch_sync,
+    RunningAgent,
     other_running_agent,
 )
 from tests.central.chain_events import BranchBooks, message
@@ -218,7 +219,7 @@ async def test_another_database_counts_as_running_while_its_heartbeats_are_recen
                 )
 
         assert await running("old", 1) is None  # itself, restarted
-        assert await running("new", 30) == "old"
+        assert await running("new", 30) == RunningAgent("old", None)
         async with sessionmaker() as session:
             sync = await get_branch_sync(session, "B1")
         assert sync.refused_instance == "new"
@@ -235,5 +236,58 @@ async def test_another_database_counts_as_running_while_its_heartbeats_are_recen
             assert status is not None
             status.agent_stopped = True
         assert await running("new", 1) is None
+    finally:
+        await engine.dispose()
+
+
+async def test_a_copy_of_the_running_database_on_another_server_counts_as_running(
+    db_url: str,
+) -> None:
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        received = datetime.now(UTC)
+        async with sessionmaker() as session, session.begin():
+            session.add(
+                BranchStatus(
+                    branch="B1",
+                    sent_at=received,
+                    received_at=received,
+                    agent_instance="db1",
+                    agent_server="till-server/boot-a",
+                )
+            )
+
+        async def running(server: str, seconds_later: float = 1) -> RunningAgent | None:
+            async with sessionmaker() as session, session.begin():
+                return await other_running_agent(
+                    session,
+                    "B1",
+                    "db1",
+                    server=server,
+                    now=received + timedelta(seconds=seconds_later),
+                )
+
+        async def refused() -> tuple[str | None, str | None]:
+            async with sessionmaker() as session:
+                sync = await get_branch_sync(session, "B1")
+            return sync.refused_instance, sync.refused_server
+
+        # Restarted on its own server, or an agent that does not name its server.
+        assert await running("till-server/boot-a") is None
+        assert await running("") is None
+        assert await refused() == (None, None)
+        # The same database on a second server (a cloned disk): refused while it runs.
+        assert await running("new-server/boot-b") == RunningAgent("db1", "till-server/boot-a")
+        assert await refused() == ("db1", "new-server/boot-b")
+        # The running one restarting and numbered on its own server leaves the refusal
+        # of its copy standing; the copy numbered once the other went quiet clears it.
+        async with sessionmaker() as session, session.begin():
+            await confirm_event_sequence(session, "B1", "db1", 0, server="till-server/boot-a")
+        assert await refused() == ("db1", "new-server/boot-b")
+        assert await running("new-server/boot-b", seconds_later=61) is None
+        async with sessionmaker() as session, session.begin():
+            await confirm_event_sequence(session, "B1", "db1", 0, server="new-server/boot-b")
+        assert await refused() == (None, None)
     finally:
         await engine.dispose()

@@ -341,6 +341,7 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (BranchHeartbeat, "last_recorded_seq"): ("branch_status.last_recorded_seq",),
     (BranchHeartbeat, "clock_offset_ms"): ("branch_status.clock_offset_ms",),
     (BranchHeartbeat, "agent_instance"): ("branch_status.agent_instance",),
+    (BranchHeartbeat, "agent_server"): ("branch_status.agent_server",),
     (BranchHeartbeat, "applied_version"): ("branch_status.applied_version",),
     (BranchHeartbeat, "agent_version"): ("branch_status.agent_version",),
 }
