@@ -147,7 +147,8 @@ async def backlog(session: AsyncSession) -> int:
 
 
 async def mark_unsent_from(session: AsyncSession, from_seq: int) -> int:
-    """Central asked for a resend: everything from ``from_seq`` goes out again (same ids)."""
+    """Central asked for a resend: everything from ``from_seq`` goes out again (the same
+    event ids; a new message id for the stream, see ``branch_agent.sender``)."""
     result = await session.execute(
         update(OutboxEvent).where(OutboxEvent.seq >= from_seq).values(sent_at=None)
     )

@@ -2,7 +2,11 @@
 
 Each event is published with ``Nats-Msg-Id`` = its event id. A timeout does not
 mean "not stored", so a row stays unsent and is published again with the same id
-(JetStream answers ``duplicate``, central's unique keys are the guarantee). The
+(JetStream answers ``duplicate``, central's unique keys are the guarantee). An event
+central asked for again (a resend: central lacks it, e.g. its database was restored
+from a backup) was acked before, and the stream's duplicate window (a day) would drop
+it under its old id: it goes with the id and the count of its earlier acks
+(``<event id>.<n>``), so the resend is stored and a retry of the resend is not. The
 sender never blocks a sale: it reads committed rows and works while the link is
 down by waiting with backoff.
 """
@@ -27,7 +31,7 @@ from branch_agent.models import OutboxEvent
 if TYPE_CHECKING:
     from branch_agent.numbering import EventNumbering
 
-__all__ = ["OutboxSender", "SenderState"]
+__all__ = ["OutboxSender", "SenderState", "message_id"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,11 @@ class SenderState:
     # Rows bigger than the server lets a message be (seq -> bytes): set aside so the
     # rows after them still go, and sent once the server's max_payload allows them.
     held: dict[int, int] = field(default_factory=dict)
+
+
+def message_id(event_id: object, acks: int) -> str:
+    """The ``Nats-Msg-Id`` of an event acked ``acks`` times before (see above)."""
+    return f"{event_id}.{acks}" if acks else str(event_id)
 
 
 class OutboxSender:
@@ -109,7 +118,11 @@ class OutboxSender:
             if not too_big(size):
                 del held[seq]
         query = select(
-            OutboxEvent.seq, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload
+            OutboxEvent.seq,
+            OutboxEvent.event_id,
+            OutboxEvent.subject,
+            OutboxEvent.payload,
+            OutboxEvent.attempts,
         ).where(OutboxEvent.sent_at.is_(None))
         if held:
             query = query.where(OutboxEvent.seq.not_in(sorted(held)))
@@ -134,7 +147,7 @@ class OutboxSender:
                     row.subject,
                     row.payload,
                     timeout=self.publish_timeout_s,
-                    headers={"Nats-Msg-Id": str(row.event_id)},
+                    headers={"Nats-Msg-Id": message_id(row.event_id, row.attempts)},
                 )
                 for row in sendable
             ),
