@@ -20,12 +20,15 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from sqlalchemy import and_, exists, func, insert, select, true, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import NullType
 
+from central.auth.context import RequestAudit
 from central.models import (
     AssortmentException,
     Branch,
@@ -38,6 +41,7 @@ from central.models import (
     ProductBarcode,
     Promotion,
 )
+from central.services.audit import record_change
 from protocol.masterdata import (
     BUCKETS,
     KIND_PRICE,
@@ -57,6 +61,7 @@ from protocol.masterdata import (
     SnapshotValue,
     VersionMark,
     bucket_key,
+    decode_masterdata,
     encode_masterdata,
     parse_bucket_key,
     snapshot_subject,
@@ -487,7 +492,12 @@ async def build_snapshot(
             subject = down_subject("branch", branch.code, KIND_PROMOTION, promo.promotion_id)
         else:
             continue
-        values.append((subject, _promotion_record(promo)))
+        # At the snapshot's version, not the row's: a branch may hold a later change
+        # central lost (its database restored from a backup); the snapshot replaces it.
+        record = _promotion_record(promo)
+        values.append(
+            (subject, msgspec.structs.replace(record, version=max(promo.version, version)))
+        )
     messages: list[tuple[str, MasterDataMessage]] = [
         (
             snapshot_subject(branch.code, "begin"),
@@ -569,8 +579,79 @@ class MasterDataPublisher:
         self.published_messages = 0
         self.last_version = 0
 
+        # Whether this process has compared the database's version with the stream's.
+        self._stream_checked = False
+        self.restored_from = 0
+
     def wake(self) -> None:
         self._wake.set()
+
+    async def check_stream_version(self, js: JetStreamContext) -> int:
+        """Compare the database's master-data version with the last one published to
+        the stream (its version mark); once per process, before the first pass.
+
+        The stream holds a higher one only when the database went back in time: restored
+        from a backup, losing changes that branches already applied. Versions would then
+        be given again, lower than the branches hold, and their version guard would skip
+        every later change of those buckets (stale prices at the tills). So the counter
+        jumps past the stream's, what waits in the outbox takes a version above it, and
+        every active branch gets a snapshot of central's state, which replaces whatever
+        the lost changes left at the branch. Returns the stream's version when it did
+        that, else 0. Idempotent: a second check finds the counter caught up."""
+        async with self._lock, self._sessionmaker() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                got = await session.scalar(select(func.pg_try_advisory_xact_lock(0x6D64_7075_626C)))
+                if not got:
+                    return 0  # another process publishes: it checks
+            try:
+                last = await js.get_last_msg(
+                    DOWN_STREAM, down_subject("all", None, KIND_VERSION, VERSION_KEY)
+                )
+            except NotFoundError:
+                self._stream_checked = True
+                return 0
+            mark = decode_masterdata(last.data or b"")
+            ours = await current_version(session)
+            if not isinstance(mark, VersionMark) or mark.version <= ours:
+                self._stream_checked = True
+                return 0
+            await session.execute(
+                update(MasterDataCounter)
+                .where(MasterDataCounter.name == "version")
+                .values(value=mark.version)
+            )
+            version = await allocate_versions(session)
+            await session.execute(
+                update(MasterDataOutbox)
+                .where(MasterDataOutbox.published_at.is_(None))
+                .values(version=version)
+            )
+            branches = list(
+                await session.scalars(
+                    select(Branch.code).where(Branch.active).order_by(Branch.code)
+                )
+            )
+            for code in branches:
+                await enqueue_snapshot(session, code)
+            await record_change(
+                session,
+                action="masterdata.database_behind_stream",
+                target="masterdata",
+                before={"version": ours},
+                after={"version": version, "stream_version": mark.version, "snapshots": branches},
+                actor=RequestAudit(actor="central", actor_role="system", method="NATS"),
+            )
+        log.error(
+            "the database's master-data version (%d) is behind the stream's (%d): restored "
+            "from a backup? versions go on from %d and %d branches get a snapshot",
+            ours,
+            mark.version,
+            version,
+            len(branches),
+        )
+        self._stream_checked = True
+        self.restored_from = mark.version
+        return mark.version
 
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -589,6 +670,8 @@ class MasterDataPublisher:
 
     async def publish_pending(self, js: JetStreamContext) -> int:
         """One batch: returns how many outbox rows were published."""
+        if not self._stream_checked:
+            await self.check_stream_version(js)
         async with self._lock, self._sessionmaker() as session:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:

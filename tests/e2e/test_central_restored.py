@@ -1,0 +1,173 @@
+"""Central's database restored from a backup (disaster recovery): the sales and
+master-data changes after the backup are gone from it, while the branches and the
+streams hold them.
+
+- The branches' events central lost come back: the next event shows the gap, central
+  asks for a resend, and the resend is stored although JetStream saw those events
+  within its duplicate window. Nothing is doubled.
+- Master data: central's versions went back, below what the branches applied, so
+  their version guard would skip later changes (stale prices at the tills). Central
+  sees its version behind the stream's, jumps past it and sends every branch a
+  snapshot: the tills have central's state again, and later changes arrive.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from branch_agent.catalog import BasketLine, find_product, promotion_discounts
+from central.embedded_nats import EmbeddedNats
+from central.models import AuditEntry, Branch, DeadLetter, IngestedEvent
+from central.services.masterdata_publisher import current_version
+from central.services.pricing import expected_prices
+from tests.conftest import central_settings, running_central, wait_until
+from tests.e2e.test_masterdata_snapshot import SKUS, _offline_changes, _price, _setup, _synced
+from tests.e2e.test_skeleton import post_sale, receipts_at_central
+
+TOKEN = "B1-till-1"
+
+
+def _sale(sale_id: str) -> dict[str, Any]:
+    return {
+        "sale_id": sale_id,
+        "shift_id": "S1",
+        "cashier": "anna",
+        "lines": [{"sku": "SKU001", "quantity": "1"}],
+        "payments": [{"type": "cash", "amount": 1000}],
+    }
+
+
+async def _pg(url: str, sql: str) -> None:
+    admin = make_url(url).set(database="postgres")
+    conn = await asyncpg.connect(
+        user=admin.username,
+        password=admin.password,
+        host=admin.host,
+        port=admin.port,
+        database=admin.database,
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def backup_of(db_url: str, tmp_path: Path) -> Callable[[], Awaitable[None]]:
+    """Back up central's (stopped) database; returns what restores it."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        live, copy = Path(str(url.database)), tmp_path / "central-backup.db"
+        with sqlite3.connect(live) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+
+        async def restore_sqlite() -> None:
+            for stale in live.parent.glob(live.name + "-*"):
+                stale.unlink()  # its WAL and shared memory belong to the lost database
+            shutil.copyfile(copy, live)
+
+        return restore_sqlite
+    name, copy_name = url.database, f"{url.database}_backup"
+    await _pg(db_url, f'CREATE DATABASE "{copy_name}" TEMPLATE "{name}"')
+
+    async def restore_pg() -> None:
+        await _pg(db_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+        await _pg(db_url, f'CREATE DATABASE "{name}" TEMPLATE "{copy_name}"')
+        await _pg(db_url, f'DROP DATABASE "{copy_name}"')
+
+    return restore_pg
+
+
+async def _tills_have_centrals_state(central: Any, agent: Any) -> None:
+    now = datetime.now(UTC)
+    async with central.sessionmaker() as s:
+        branch = await s.get(Branch, "B1")
+        assert branch is not None
+        expected = await expected_prices(s, branch, SKUS, now)
+    async with agent.sessionmaker() as s:
+        for sku in SKUS:
+            item = await find_product(s, sku=sku, at=now)
+            assert (item.price if item else None) == expected[sku].price, sku
+        lines = [
+            BasketLine(sku=sku, category=None, quantity_milli=1000, unit_price=100, gross=100)
+            for sku in ("SKU010", "SKU011")
+        ]
+        discounts = await promotion_discounts(s, lines, at=now)
+    # Both promotions run again: the withdrawal of GONE was lost with the database.
+    assert [(d.amount, d.promotion_id) for d in discounts] == [(50, "KEEP"), (50, "GONE")]
+
+
+async def test_central_restored_from_a_backup_gets_its_sales_back_and_the_tills_its_prices(
+    db_url: str, nats_server: EmbeddedNats, make_agent: Any, tmp_path: Path
+) -> None:
+    settings = central_settings(db_url, nats_server.url)
+
+    async def at_central(central: Any, count: int) -> bool:
+        return len(await receipts_at_central(central)) == count
+
+    async with running_central(settings) as central:
+        await _setup(central)
+        agent = await make_agent("B1", nats_server.url, demo_catalog=False)
+        await _synced(central, agent)
+        for n in range(2):
+            assert (await post_sale(agent, _sale(f"s-{n}"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(central, 2))
+    restore = await backup_of(db_url, tmp_path)
+
+    # After the backup: three sales and master-data changes reach central and the till.
+    async with running_central(settings) as central:
+        for n in range(2, 5):
+            assert (await post_sale(agent, _sale(f"s-{n}"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(central, 5))
+        await _offline_changes(central)
+        lost_version = await _synced(central, agent)
+    await restore()
+
+    async with running_central(settings) as central:
+        assert len(await receipts_at_central(central)) == 2
+        async with central.sessionmaker() as s:
+            assert await current_version(s) < lost_version
+
+        # Master data: central catches up with the stream and snapshots the branch.
+        async def caught_up() -> bool:
+            return bool(central.publisher.restored_from == lost_version)
+
+        await wait_until(caught_up, timeout=30)
+        await _synced(central, agent)
+        assert agent.masterdata.stats.snapshots_completed == 1
+        await _tills_have_centrals_state(central, agent)
+        # A change now reaches the till (its version above what the till held).
+        await _price(central, "SKU000", 777)
+        await _synced(central, agent)
+        async with agent.sessionmaker() as s:
+            item = await find_product(s, sku="SKU000", at=datetime.now(UTC))
+        assert item is not None
+        assert item.price == 777
+
+        # Sales: the next one shows the gap; the resend brings the lost three.
+        assert (await post_sale(agent, _sale("s-5"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(central, 6), timeout=60)
+        async with central.sessionmaker() as s:
+            seqs = list(
+                await s.scalars(
+                    select(IngestedEvent.seq)
+                    .where(IngestedEvent.kind == "receipt_recorded")
+                    .order_by(IngestedEvent.seq)
+                )
+            )
+            letters = await s.scalar(select(func.count()).select_from(DeadLetter))
+            audited = await s.scalar(
+                select(func.count()).where(AuditEntry.action == "masterdata.database_behind_stream")
+            )
+        assert sorted(sale_id for _, sale_id in await receipts_at_central(central)) == [
+            f"s-{n}" for n in range(6)
+        ]
+        assert (len(seqs), len(set(seqs)), letters, audited) == (6, 6, 0, 1)
