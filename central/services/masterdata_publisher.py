@@ -610,7 +610,12 @@ class MasterDataPublisher:
             except NotFoundError:
                 self._stream_checked = True
                 return 0
-            mark = decode_masterdata(last.data or b"")
+            try:
+                mark = decode_masterdata(last.data or b"")
+            except ValueError as exc:
+                # Not ours to judge by (only central publishes there): publishing goes on.
+                log.warning("the stream's last version mark does not decode: %s", exc)
+                mark = None
             ours = await current_version(session)
             if not isinstance(mark, VersionMark) or mark.version <= ours:
                 self._stream_checked = True
