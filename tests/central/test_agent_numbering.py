@@ -15,10 +15,10 @@ from central.ingest.worker import IngestWorker
 from central.models import AuditEntry, BranchStatus
 from central.reports.service import sync_health
 from central.services.sync_state import (
+    RunningAgent,
     anchor_event_sequence,
     confirm_event_sequence,
     get_branch_sync,
-    RunningAgent,
     other_running_agent,
 )
 from tests.central.chain_events import BranchBooks, message
