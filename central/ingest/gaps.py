@@ -6,6 +6,12 @@ is only acted on when it persists for ``gap_after_s``. The request
 remembered in ``branch_sync_state`` and repeated only when the gap moved or after
 ``retry_s``; the conditional UPDATE makes exactly one of several ingest processes
 send it.
+
+A gap at the tail counts too: events the branch's latest heartbeat says JetStream
+acked (``last_acked_seq``) that central does not hold, with nothing after them to
+show a gap (central's database restored from a backup while the store sends nothing,
+e.g. closed for the night). The heartbeat follows those events in the stream, so
+normally they are stored within a batch or two; ``gap_after_s`` covers the rest.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from central.ingest.bulk import dialect_insert, table_of
 from central.models import BranchStatus, BranchSyncState, DeadLetter
 from protocol.codec import encode
 from protocol.messages import ResendRequested
@@ -69,11 +76,18 @@ class GapMonitor:
     async def check(self) -> list[ResendRequested]:
         """One round: request resends for gaps that persisted; returns what was sent."""
         now = time.monotonic()
+        await self._track_heard_of()
         async with self._sessionmaker() as session:
             rows = (
                 await session.execute(
-                    select(BranchSyncState.branch, BranchSyncState.contiguous_seq).where(
-                        BranchSyncState.max_seq > BranchSyncState.contiguous_seq
+                    select(BranchSyncState.branch, BranchSyncState.contiguous_seq)
+                    .outerjoin(BranchStatus, BranchStatus.branch == BranchSyncState.branch)
+                    .where(
+                        or_(
+                            BranchSyncState.max_seq > BranchSyncState.contiguous_seq,
+                            func.coalesce(BranchStatus.last_acked_seq, 0)
+                            > BranchSyncState.contiguous_seq,
+                        )
                     )
                 )
             ).all()
@@ -137,6 +151,28 @@ class GapMonitor:
                 self.requested += 1
                 sent.append(request)
         return sent
+
+    async def _track_heard_of(self) -> None:
+        """A branch central holds no event of but heard of in a heartbeat (acked events,
+        all lost with central's database) gets its sequence row, so its gap counts."""
+        async with self._sessionmaker() as session:
+            unknown = list(
+                await session.scalars(
+                    select(BranchStatus.branch)
+                    .outerjoin(BranchSyncState, BranchSyncState.branch == BranchStatus.branch)
+                    .where(BranchSyncState.branch.is_(None), BranchStatus.last_acked_seq > 0)
+                )
+            )
+        if not unknown:
+            return
+        table = table_of(BranchSyncState)
+        async with self._sessionmaker() as session, session.begin():
+            for branch in unknown:
+                await session.execute(
+                    dialect_insert(session, table)
+                    .values(branch=branch, contiguous_seq=0, max_seq=0)
+                    .on_conflict_do_nothing(index_elements=["branch"])
+                )
 
     async def _claim(self, branch: str, from_seq: int) -> ResendRequested | None:
         """Record the request unless one for the same gap is recent (any process)."""

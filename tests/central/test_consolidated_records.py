@@ -4,6 +4,7 @@ shifts with Z totals, transfers in transit, dead-letter replay, gap resend reque
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -32,7 +33,15 @@ from central.services.branches import add_branch
 from central.services.dead_letters import replay_dead_letter
 from central.services.shifts import close_day, list_shifts
 from central.services.stock import list_transfers, rebuild_balances
-from protocol import ReceiptRecorded, ResendRequested, decode_resend
+from protocol import (
+    BranchHeartbeat,
+    ReceiptRecorded,
+    ResendRequested,
+    decode_resend,
+    encode,
+    up_subject,
+)
+from protocol.subjects import HEARTBEAT_KIND
 from tests.central.chain_events import BranchBooks, message
 
 
@@ -273,6 +282,47 @@ async def test_several_handlers_per_event_type_run_in_stage_order(
         ]
     # The early one before central's own; the default-stage one after the receipt is stored.
     assert calls == ["early:2", "event:1", "event:1"]
+
+
+def _heartbeat(branch: str, acked: int) -> MessageIn:
+    beat = BranchHeartbeat(
+        branch=branch, sent_at=datetime.now(UTC), last_acked_seq=acked, last_recorded_seq=acked
+    )
+    return MessageIn(subject=up_subject(branch, HEARTBEAT_KIND), data=encode(beat))
+
+
+async def test_events_the_heartbeat_says_were_acked_but_central_lacks_are_asked_for(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A gap at the tail (central's database restored, the store sending nothing more):
+    only the heartbeat shows it. B2's first events were all lost."""
+    books = BranchBooks("B1")
+    for _ in range(3):
+        books.sale([("MILK", 1_000, 100)])
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(books.events[0]), _heartbeat("B1", 3), _heartbeat("B2", 2)])
+    sent: list[ResendRequested] = []
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sent.append(decode_resend(payload))
+
+    monitor = GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=3600)
+    await monitor.check()  # first sighting
+    await monitor.check()
+    assert sorted((r.branch, r.from_seq) for r in sent) == [("B1", 2), ("B2", 1)]
+    # Once B1's are stored, only B2's gap is left (asked for, not asked again yet).
+    await worker.process([message(e) for e in books.events[1:]])
+    async with sessionmaker() as session:
+        state = await session.get(BranchSyncState, "B1")
+        b2 = await session.get(BranchSyncState, "B2")
+    assert state is not None
+    assert b2 is not None
+    assert (state.contiguous_seq, state.max_seq) == (3, 3)
+    assert (b2.contiguous_seq, b2.resend_requested_from) == (0, 1)
+    sent.clear()
+    await monitor.check()
+    await monitor.check()
+    assert sent == []
 
 
 async def test_a_persisting_gap_asks_the_branch_to_resend_once(
