@@ -578,9 +578,9 @@ class MasterDataPublisher:
         self._wake = asyncio.Event()
         self.published_messages = 0
         self.last_version = 0
-
         # Whether this process has compared the database's version with the stream's.
         self._stream_checked = False
+        # The stream's version when this process found the database behind it (0: not).
         self.restored_from = 0
 
     def wake(self) -> None:
