@@ -16,7 +16,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.types import ExceptionHandlersMap
 
 from branch_agent.errors import AgentError
-from branch_agent.sales import is_storage_full
+from branch_agent.sales import is_storage_failure, is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
     CashMoveOut,
@@ -450,6 +450,17 @@ def _on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes
             507,
             "Storage full",
             "the agent's storage is full: nothing was recorded",
+            request.url.path,
+        )
+    if is_storage_failure(exc):
+        # The write may or may not have reached the disk: the request's own id (sale,
+        # return, document, move) makes sending it again safe, and it says what was kept.
+        log.error("storage failed on %s: %s", request.url.path, exc)
+        return _problem(
+            500,
+            "Storage error",
+            "the agent could not write to its disk (disk I/O error): whether this was "
+            "recorded is not known; send the same request again, with the same id",
             request.url.path,
         )
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)

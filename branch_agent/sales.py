@@ -47,7 +47,14 @@ from protocol.units import format_milli, line_amount, parse_milli
 # Statuses of a sale that carry a fiscal number a storno receipt can refer to.
 _FISCALIZED = "fiscalized"
 
-__all__ = ["FISCAL_PAYMENT_TYPES", "SaleService", "is_storage_full", "return_out", "sale_out"]
+__all__ = [
+    "FISCAL_PAYMENT_TYPES",
+    "SaleService",
+    "is_storage_failure",
+    "is_storage_full",
+    "return_out",
+    "sale_out",
+]
 
 # What the fiscal printer registers without configuration (Datecs PaidMode 0..2);
 # vouchers and "other" map to PaidMode 3..5 per till (TillConfig.fiscal_payment_type).
@@ -57,6 +64,11 @@ FISCAL_PAYMENT_TYPES = frozenset({"cash", "credit_card", "debit_card"})
 def is_storage_full(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "database or disk is full" in text
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """SQLite could not read or write its files (a failing disk, a file-size limit)."""
+    return "disk i/o error" in str(exc).lower()
 
 
 T = TypeVar("T")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -232,6 +234,24 @@ async def dispose_when_idle(engine: AsyncEngine) -> None:
 
     await wait_until(idle, timeout=10, interval=0.005)
     await engine.dispose()
+
+
+async def test_a_failing_disk_is_a_storage_problem_and_the_sale_can_be_sent_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def disk_fails(till: str, data: Any) -> Any:
+        # What SQLite raises when a write meets EIO, or a file-size limit (EFBIG).
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store.agent, "record_sale", disk_fails)
+        failed = await store.sale(basket("io-error"))
+    assert failed.status_code == 500, failed.text
+    assert failed.headers["content-type"].startswith("application/problem+json")
+    assert failed.json()["title"] == "Storage error"
+    assert "send the same request again" in failed.json()["detail"]
+    assert (await store.sale(basket("io-error"))).status_code == 201
+    assert (await store.sale(basket("io-error"))).status_code == 200
 
 
 async def test_a_full_disk_refuses_new_sales_and_keeps_the_old(store: Store) -> None:
