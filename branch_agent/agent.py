@@ -272,6 +272,7 @@ class Agent:
             agent_instance=self.numbering.instance,
             stopping=stopping,
             agent_server=self.numbering.server,
+            first_seq=self.numbering.start,
         )
 
     def clock_offset_ms(self) -> int | None:

@@ -49,6 +49,10 @@ class BranchHeartbeat(
     # The server the agent runs on (host name and boot id): a copy of the database on a
     # second server (a cloned disk) has the same ``agent_instance``.
     agent_server: Code64 = ""
+    # The number of this agent database's first event (1: the branch's first database;
+    # higher: a replacement, numbered by central after the earlier one's). Numbers
+    # below it are not at the branch: a resend cannot bring them (0: not said).
+    first_seq: NonNegativeInt64 = 0
 
 
 class ResendRequested(

@@ -12,6 +12,12 @@ acked (``last_acked_seq``) that central does not hold, with nothing after them t
 show a gap (central's database restored from a backup while the store sends nothing,
 e.g. closed for the night). The heartbeat follows those events in the stream, so
 normally they are stored within a batch or two; ``gap_after_s`` covers the rest.
+
+Numbers below the first of the agent database that heartbeats (``first_seq``: a
+replacement, numbered after the earlier database) cannot be resent by it: central
+gave them up when it numbered that database, and knows it unless its own database
+went back to before then (restored from a backup). Such a gap is given up again, as
+lost (the range ``lost_from_seq``..``lost_to_seq``), instead of asking forever.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from central.auth.context import RequestAudit
 from central.ingest.bulk import dialect_insert, table_of
+from central.ingest.worker import contiguous_from
 from central.models import BranchStatus, BranchSyncState, DeadLetter
+from central.services.audit import record_change
 from protocol.codec import encode
 from protocol.messages import ResendRequested
 from protocol.subjects import down_branch_subject
@@ -92,6 +101,19 @@ class GapMonitor:
                 )
             ).all()
             gaps = {r.branch: r.contiguous_seq for r in rows}
+            firsts = {
+                r.branch: r.first_seq
+                for r in await session.execute(
+                    select(BranchStatus.branch, BranchStatus.first_seq).where(
+                        BranchStatus.branch.in_(sorted(gaps))
+                    )
+                )
+            }
+        for branch, contiguous in list(gaps.items()):
+            if contiguous + 1 < firsts.get(branch, 0):
+                await self._give_up_below(branch, firsts[branch])
+                del gaps[branch]  # what is left of it, if anything, next round
+        async with self._sessionmaker() as session:
             # A gap whose next event sits in a dead letter (open, or discarded by a
             # person) is not lost: a resend would only bring the same bytes again (the
             # agent re-publishing its whole tail every retry_s). It stays a gap, shown
@@ -151,6 +173,54 @@ class GapMonitor:
                 self.requested += 1
                 sent.append(request)
         return sent
+
+    async def _give_up_below(self, branch: str, first_seq: int) -> None:
+        """The numbers from the contiguous run up to ``first_seq`` - 1 are not at the
+        branch: given up as lost (merged with an earlier lost range), audited."""
+        async with self._sessionmaker() as session, session.begin():
+            state = (
+                await session.execute(
+                    select(BranchSyncState)
+                    .where(BranchSyncState.branch == branch)
+                    .with_for_update()
+                )
+            ).scalar_one()
+            if state.contiguous_seq + 1 >= first_seq:
+                return  # another process did it
+            given_up_from = state.contiguous_seq + 1
+            before = {
+                "contiguous_seq": state.contiguous_seq,
+                "lost_from_seq": state.lost_from_seq,
+                "lost_to_seq": state.lost_to_seq,
+            }
+            lost_from, lost_to = state.contiguous_seq + 1, first_seq - 1
+            if state.lost_from_seq is not None and state.lost_to_seq is not None:
+                lost_from = min(lost_from, state.lost_from_seq)
+                lost_to = max(lost_to, state.lost_to_seq)
+            state.lost_from_seq, state.lost_to_seq = lost_from, lost_to
+            state.contiguous_seq = await contiguous_from(session, branch, first_seq - 1)
+            state.resend_requested_from = None
+            await record_change(
+                session,
+                action="branch.events_given_up",
+                target=branch,
+                before=before,
+                after={
+                    "contiguous_seq": state.contiguous_seq,
+                    "lost_from_seq": lost_from,
+                    "lost_to_seq": lost_to,
+                    "first_seq": first_seq,
+                },
+                actor=RequestAudit(actor="central", actor_role="system", method="NATS"),
+            )
+        log.warning(
+            "branch %s: events %d to %d are not at the branch (its agent database starts "
+            "at %d): given up as lost",
+            branch,
+            given_up_from,
+            first_seq - 1,
+            first_seq,
+        )
 
     async def _track_heard_of(self) -> None:
         """A branch central holds no event of but heard of in a heartbeat (acked events,

@@ -53,7 +53,14 @@ from protocol.events import EventEnvelope, event_kind
 from protocol.messages import BranchHeartbeat
 from protocol.subjects import HEARTBEAT_KIND, INGEST_DURABLE, UP_STREAM, parse_up_subject
 
-__all__ = ["CRASH_EXIT_CODE", "IngestStats", "IngestWorker", "MessageIn", "local_date_of"]
+__all__ = [
+    "CRASH_EXIT_CODE",
+    "IngestStats",
+    "IngestWorker",
+    "MessageIn",
+    "contiguous_from",
+    "local_date_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +121,31 @@ class _Decoded:
 
 def local_date_of(envelope: EventEnvelope) -> date:
     return (envelope.occurred_at + timedelta(minutes=envelope.utc_offset_min)).date()
+
+
+async def contiguous_from(session: AsyncSession, branch: str, contiguous: int) -> int:
+    """The highest n with 1..n all stored, scanning only forward from the known run."""
+    following = await session.scalars(
+        select(IngestedEvent.seq)
+        .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
+        .order_by(IngestedEvent.seq)
+        .limit(5000)
+    )
+    while True:
+        advanced = contiguous
+        for seq in following:
+            if seq != advanced + 1:
+                return advanced
+            advanced = seq
+        if advanced == contiguous:
+            return contiguous
+        contiguous = advanced
+        following = await session.scalars(
+            select(IngestedEvent.seq)
+            .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
+            .order_by(IngestedEvent.seq)
+            .limit(5000)
+        )
 
 
 class IngestWorker:
@@ -393,6 +425,7 @@ class IngestWorker:
             "agent_instance": heartbeat.agent_instance or None,
             "agent_stopped": heartbeat.stopping,
             "agent_server": heartbeat.agent_server or None,
+            "first_seq": heartbeat.first_seq,
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(
@@ -533,7 +566,7 @@ class IngestWorker:
                 # The usual case: this batch continues the branch exactly.
                 contiguous = seqs[-1]
             else:
-                contiguous = await self._contiguous_from(session, branch, contiguous)
+                contiguous = await contiguous_from(session, branch, contiguous)
             latest = max(e.occurred_at for e in envelopes)
             last_event_at = state.last_event_at
             updates.append(
@@ -558,30 +591,6 @@ class IngestWorker:
             ),
             updates,
         )
-
-    async def _contiguous_from(self, session: AsyncSession, branch: str, contiguous: int) -> int:
-        """The highest n with 1..n all stored, scanning only forward from the known run."""
-        following = await session.scalars(
-            select(IngestedEvent.seq)
-            .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
-            .order_by(IngestedEvent.seq)
-            .limit(5000)
-        )
-        while True:
-            advanced = contiguous
-            for seq in following:
-                if seq != advanced + 1:
-                    return advanced
-                advanced = seq
-            if advanced == contiguous:
-                return contiguous
-            contiguous = advanced
-            following = await session.scalars(
-                select(IngestedEvent.seq)
-                .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
-                .order_by(IngestedEvent.seq)
-                .limit(5000)
-            )
 
     async def _dead_letter(self, session: AsyncSession, message: MessageIn, reason: str) -> None:
         log.warning("dead letter on %s: %s", message.subject, reason)

@@ -85,3 +85,6 @@ class BranchStatus(Base):
     agent_stopped: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
     # The server the agent runs on (host name and boot id; None: an agent from before).
     agent_server: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The number of that database's first event (0: not said); numbers below it cannot
+    # be resent by it.
+    first_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

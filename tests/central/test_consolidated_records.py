@@ -23,12 +23,14 @@ from central.ingest.handlers import (
 from central.ingest.stock import apply_movement, div_half_up
 from central.ingest.worker import IngestWorker, MessageIn
 from central.models import (
+    AuditEntry,
     BranchSyncState,
     DeadLetter,
     Receipt,
     StockBalance,
     StockMovement,
 )
+from central.reports.service import sync_health
 from central.services.branches import add_branch
 from central.services.dead_letters import replay_dead_letter
 from central.services.shifts import close_day, list_shifts
@@ -284,9 +286,13 @@ async def test_several_handlers_per_event_type_run_in_stage_order(
     assert calls == ["early:2", "event:1", "event:1"]
 
 
-def _heartbeat(branch: str, acked: int) -> MessageIn:
+def _heartbeat(branch: str, acked: int, first: int = 1) -> MessageIn:
     beat = BranchHeartbeat(
-        branch=branch, sent_at=datetime.now(UTC), last_acked_seq=acked, last_recorded_seq=acked
+        branch=branch,
+        sent_at=datetime.now(UTC),
+        last_acked_seq=acked,
+        last_recorded_seq=acked,
+        first_seq=first,
     )
     return MessageIn(subject=up_subject(branch, HEARTBEAT_KIND), data=encode(beat))
 
@@ -323,6 +329,46 @@ async def test_events_the_heartbeat_says_were_acked_but_central_lacks_are_asked_
     await monitor.check()
     await monitor.check()
     assert sent == []
+
+
+async def test_numbers_below_the_branch_databases_first_are_given_up_not_asked_for(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Central restored to before it numbered a replacement database from 10: the
+    numbers 3..9 of the earlier database, given up then, are a gap again. The
+    replacement cannot resend them (its heartbeat says it starts at 10)."""
+    books = BranchBooks("B1")
+    for _ in range(11):
+        books.sale([("MILK", 1_000, 100)])
+    held = [books.events[i] for i in (0, 1, 9, 10)]
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in held] + [_heartbeat("B1", 11, first=10)])
+    sent: list[ResendRequested] = []
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sent.append(decode_resend(payload))
+
+    monitor = GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=3600)
+    for _ in range(3):
+        await monitor.check()
+    assert sent == []
+    async with sessionmaker() as session:
+        row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
+        state = await session.get(BranchSyncState, "B1")
+        audited = list(
+            await session.scalars(
+                select(AuditEntry.after).where(AuditEntry.action == "branch.events_given_up")
+            )
+        )
+    assert state is not None
+    assert (state.contiguous_seq, state.lost_from_seq, state.lost_to_seq) == (11, 3, 9)
+    assert row.lost_events == 7
+    assert len(audited) == 1
+    # One of them turns up after all (a copy from elsewhere): stored, one fewer lost.
+    await worker.process([message(books.events[4])])
+    async with sessionmaker() as session:
+        row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
+    assert row.lost_events == 6
 
 
 async def test_a_persisting_gap_asks_the_branch_to_resend_once(

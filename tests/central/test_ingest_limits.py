@@ -342,6 +342,7 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (BranchHeartbeat, "clock_offset_ms"): ("branch_status.clock_offset_ms",),
     (BranchHeartbeat, "agent_instance"): ("branch_status.agent_instance",),
     (BranchHeartbeat, "agent_server"): ("branch_status.agent_server",),
+    (BranchHeartbeat, "first_seq"): ("branch_status.first_seq",),
     (BranchHeartbeat, "applied_version"): ("branch_status.applied_version",),
     (BranchHeartbeat, "agent_version"): ("branch_status.agent_version",),
 }

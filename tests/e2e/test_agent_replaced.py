@@ -120,7 +120,10 @@ async def _replacement(central: Any, make_agent: Any, link: LinkProxy, tmp_path:
     async def settled_at_central() -> bool:
         async with central.sessionmaker() as session:
             sync = await get_branch_sync(session, "B1")
-        return sync.contiguous_seq == 9 and sync.last_recorded_seq == 9
+            status = await session.get(BranchStatus, "B1")
+        # Its heartbeat says where its numbers start (below: not at the branch).
+        first = status.first_seq if status else 0
+        return sync.contiguous_seq == 9 and sync.last_recorded_seq == 9 and first == 7
 
     await wait_until(settled_at_central)
     async with central.sessionmaker() as session:
