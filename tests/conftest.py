@@ -38,41 +38,34 @@ def db_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-async def _create_pg_database(admin_url: str) -> str:
+async def pg_admin_execute(url: str, sql: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) on the server of ``url``, connected to
+    the database ``url`` names."""
     import asyncpg
 
-    name = f"backroom_test_{uuid.uuid4().hex[:12]}"
-    url = make_url(admin_url)
+    parsed = make_url(url)
     conn = await asyncpg.connect(
-        user=url.username,
-        password=url.password,
-        host=url.host,
-        port=url.port,
-        database=url.database,
+        user=parsed.username,
+        password=parsed.password,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
     )
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(sql)
     finally:
         await conn.close()
-    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def _create_pg_database(admin_url: str) -> str:
+    name = f"backroom_test_{uuid.uuid4().hex[:12]}"
+    await pg_admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 async def _drop_pg_database(admin_url: str, db_url: str) -> None:
-    import asyncpg
-
-    url = make_url(admin_url)
     name = make_url(db_url).database
-    conn = await asyncpg.connect(
-        user=url.username,
-        password=url.password,
-        host=url.host,
-        port=url.port,
-        database=url.database,
-    )
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await pg_admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @asynccontextmanager

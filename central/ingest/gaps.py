@@ -101,14 +101,18 @@ class GapMonitor:
                 )
             ).all()
             gaps = {r.branch: r.contiguous_seq for r in rows}
-            firsts = {
-                r.branch: r.first_seq
-                for r in await session.execute(
-                    select(BranchStatus.branch, BranchStatus.first_seq).where(
-                        BranchStatus.branch.in_(sorted(gaps))
+            firsts = (
+                {
+                    r.branch: r.first_seq
+                    for r in await session.execute(
+                        select(BranchStatus.branch, BranchStatus.first_seq).where(
+                            BranchStatus.branch.in_(sorted(gaps))
+                        )
                     )
-                )
-            }
+                }
+                if gaps
+                else {}
+            )
         for branch, contiguous in list(gaps.items()):
             if contiguous + 1 < firsts.get(branch, 0):
                 await self._give_up_below(branch, firsts[branch])

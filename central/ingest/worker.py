@@ -125,27 +125,20 @@ def local_date_of(envelope: EventEnvelope) -> date:
 
 async def contiguous_from(session: AsyncSession, branch: str, contiguous: int) -> int:
     """The highest n with 1..n all stored, scanning only forward from the known run."""
-    following = await session.scalars(
-        select(IngestedEvent.seq)
-        .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
-        .order_by(IngestedEvent.seq)
-        .limit(5000)
-    )
     while True:
         advanced = contiguous
-        for seq in following:
+        for seq in await session.scalars(
+            select(IngestedEvent.seq)
+            .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
+            .order_by(IngestedEvent.seq)
+            .limit(5000)
+        ):
             if seq != advanced + 1:
                 return advanced
             advanced = seq
         if advanced == contiguous:
             return contiguous
         contiguous = advanced
-        following = await session.scalars(
-            select(IngestedEvent.seq)
-            .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
-            .order_by(IngestedEvent.seq)
-            .limit(5000)
-        )
 
 
 class IngestWorker:

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped,unused-ignore]
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -29,7 +28,7 @@ from central.embedded_nats import EmbeddedNats
 from central.models import AuditEntry, Branch, DeadLetter, IngestedEvent
 from central.services.masterdata_publisher import current_version
 from central.services.pricing import expected_prices
-from tests.conftest import central_settings, running_central, wait_until
+from tests.conftest import central_settings, pg_admin_execute, running_central, wait_until
 from tests.e2e.test_masterdata_snapshot import SKUS, _offline_changes, _price, _setup, _synced
 from tests.e2e.test_skeleton import post_sale, receipts_at_central
 
@@ -47,18 +46,9 @@ def _sale(sale_id: str) -> dict[str, Any]:
 
 
 async def _pg(url: str, sql: str) -> None:
-    admin = make_url(url).set(database="postgres")
-    conn = await asyncpg.connect(
-        user=admin.username,
-        password=admin.password,
-        host=admin.host,
-        port=admin.port,
-        database=admin.database,
+    await pg_admin_execute(
+        make_url(url).set(database="postgres").render_as_string(hide_password=False), sql
     )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def backup_of(db_url: str, tmp_path: Path) -> Callable[[], Awaitable[None]]:
