@@ -273,6 +273,7 @@ class Agent:
             stopping=stopping,
             agent_server=self.numbering.server,
             first_seq=self.numbering.start,
+            skipped_seqs=self.numbering.skipped[-100:],
         )
 
     def clock_offset_ms(self) -> int | None:

@@ -16,6 +16,11 @@ holds with other sales. It reports the highest number it had given when it start
 events recorded since wait as above, the earlier ones go; central's answer is the
 number the first of them takes, and they move there if it is higher.
 
+The numbers such a database skips (those it gave after the backup) are not in it: its
+heartbeat lists them (``skipped_seqs``), so central, if it ever lacks them (its own
+database restored to before then), gives them up instead of asking for a resend that
+could only bring the events after them, again and again.
+
 Each report and heartbeat also names the server the agent runs on (``server_id``):
 a copy of the database running on a second server at once (a cloned disk) has the
 same id, and only the server tells them apart. A restart on the same server is not
@@ -31,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.models import Counter, OutboxEvent
@@ -45,6 +50,7 @@ __all__ = [
     "EventNumbering",
     "renumber_outbox",
     "server_id",
+    "skipped_ranges",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,30 @@ async def renumber_outbox(session: AsyncSession, start: int, *, after: int = 0) 
     return len(rows)
 
 
+# Each run of numbers missing between two outbox events (from the database's first).
+_HOLES = text(
+    "SELECT prev + 1, seq - 1 FROM ("
+    " SELECT seq, LAG(seq, 1, :start - 1) OVER (ORDER BY seq) AS prev"
+    " FROM outbox WHERE seq >= :start"
+    ") WHERE seq > prev + 1 ORDER BY seq"
+)
+
+
+async def skipped_ranges(session: AsyncSession, start: int) -> tuple[tuple[int, int], ...]:
+    """The numbers from ``start`` to the counter that no event of this database has,
+    as (first, last) ranges, lowest first. The outbox keeps every event, so a missing
+    number was skipped: renumbered past after a restore from a backup."""
+    if start < 1:
+        return ()
+    holes = [(int(r[0]), int(r[1])) for r in await session.execute(_HOLES, {"start": start})]
+    counter = await session.get(Counter, EVENT_SEQ)
+    highest = await session.scalar(select(func.max(OutboxEvent.seq)))
+    last = max(highest or 0, start - 1)
+    if counter is not None and counter.value > last:
+        holes.append((last + 1, counter.value))
+    return tuple(holes)
+
+
 class EventNumbering:
     def __init__(
         self,
@@ -128,6 +158,8 @@ class EventNumbering:
         self.confirmed = False
         # Why central does not answer yet (another agent database of the branch runs).
         self.refused = ""
+        # Numbers this database skipped (see skipped_ranges), for the heartbeat.
+        self.skipped: tuple[tuple[int, int], ...] = ()
 
     @property
     def settled(self) -> bool:
@@ -147,6 +179,7 @@ class EventNumbering:
             self.instance = f"{instance.value:016x}" if instance is not None else ""
             self.start = settled.value if settled is not None else 0
             self.confirmed = False
+            self.skipped = await skipped_ranges(session, self.start)
             if not self.instance or not self.start:
                 self.checked = 0
                 return
@@ -179,6 +212,8 @@ class EventNumbering:
                 await session.execute(delete(Counter).where(Counter.name == EVENT_SEQ_CHECKED))
             else:
                 session.add(Counter(name=EVENT_SEQ_SETTLED, value=start))
+            await session.flush()
+            self.skipped = await skipped_ranges(session, self.start or start)
         if not self.start:
             self.start = start
             if start > 1:

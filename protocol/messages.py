@@ -53,6 +53,13 @@ class BranchHeartbeat(
     # higher: a replacement, numbered by central after the earlier one's). Numbers
     # below it are not at the branch: a resend cannot bring them (0: not said).
     first_seq: NonNegativeInt64 = 0
+    # Numbers between ``first_seq`` and the last recorded that this database never had,
+    # as (first, last) ranges, lowest first (the latest 100; stored as JSON): a database
+    # restored from a backup continues after central's numbers, skipping those it gave
+    # after the backup. A resend cannot bring them either.
+    skipped_seqs: Annotated[
+        tuple[tuple[PositiveInt64, PositiveInt64], ...], msgspec.Meta(max_length=100)
+    ] = ()
 
 
 class ResendRequested(

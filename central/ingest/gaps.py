@@ -17,7 +17,10 @@ Numbers below the first of the agent database that heartbeats (``first_seq``: a
 replacement, numbered after the earlier database) cannot be resent by it: central
 gave them up when it numbered that database, and knows it unless its own database
 went back to before then (restored from a backup). Such a gap is given up again, as
-lost (the range ``lost_from_seq``..``lost_to_seq``), instead of asking forever.
+lost (the range ``lost_from_seq``..``lost_to_seq``), instead of asking forever. So is
+a gap in numbers that database skipped (``skipped_seqs``: restored from a backup, it
+continued after central's numbers); the resend would bring only the events after
+them, every ``retry_s``.
 """
 
 from __future__ import annotations
@@ -101,21 +104,23 @@ class GapMonitor:
                 )
             ).all()
             gaps = {r.branch: r.contiguous_seq for r in rows}
-            firsts = (
+            not_held = (
                 {
-                    r.branch: r.first_seq
+                    r.branch: (r.first_seq, r.skipped_seqs or [])
                     for r in await session.execute(
-                        select(BranchStatus.branch, BranchStatus.first_seq).where(
-                            BranchStatus.branch.in_(sorted(gaps))
-                        )
+                        select(
+                            BranchStatus.branch, BranchStatus.first_seq, BranchStatus.skipped_seqs
+                        ).where(BranchStatus.branch.in_(sorted(gaps)))
                     )
                 }
                 if gaps
                 else {}
             )
         for branch, contiguous in list(gaps.items()):
-            if contiguous + 1 < firsts.get(branch, 0):
-                await self._give_up_below(branch, firsts[branch])
+            first_seq, skipped = not_held.get(branch, (0, []))
+            through = _not_at_branch_through(contiguous + 1, first_seq, skipped)
+            if through is not None:
+                await self._give_up_through(branch, through, first_seq=first_seq)
                 del gaps[branch]  # what is left of it, if anything, next round
         async with self._sessionmaker() as session:
             # A gap whose next event sits in a dead letter (open, or discarded by a
@@ -178,9 +183,9 @@ class GapMonitor:
                 sent.append(request)
         return sent
 
-    async def _give_up_below(self, branch: str, first_seq: int) -> None:
-        """The numbers from the contiguous run up to ``first_seq`` - 1 are not at the
-        branch: given up as lost (merged with an earlier lost range), audited."""
+    async def _give_up_through(self, branch: str, last: int, *, first_seq: int) -> None:
+        """The numbers from the contiguous run up to ``last`` are not at the branch:
+        given up as lost (merged with an earlier lost range), audited."""
         async with self._sessionmaker() as session, session.begin():
             state = (
                 await session.execute(
@@ -189,7 +194,7 @@ class GapMonitor:
                     .with_for_update()
                 )
             ).scalar_one()
-            if state.contiguous_seq + 1 >= first_seq:
+            if state.contiguous_seq >= last:
                 return  # another process did it
             given_up_from = state.contiguous_seq + 1
             before = {
@@ -197,12 +202,12 @@ class GapMonitor:
                 "lost_from_seq": state.lost_from_seq,
                 "lost_to_seq": state.lost_to_seq,
             }
-            lost_from, lost_to = state.contiguous_seq + 1, first_seq - 1
+            lost_from, lost_to = state.contiguous_seq + 1, last
             if state.lost_from_seq is not None and state.lost_to_seq is not None:
                 lost_from = min(lost_from, state.lost_from_seq)
                 lost_to = max(lost_to, state.lost_to_seq)
             state.lost_from_seq, state.lost_to_seq = lost_from, lost_to
-            state.contiguous_seq = await contiguous_from(session, branch, first_seq - 1)
+            state.contiguous_seq = await contiguous_from(session, branch, last)
             state.resend_requested_from = None
             await record_change(
                 session,
@@ -214,15 +219,16 @@ class GapMonitor:
                     "lost_from_seq": lost_from,
                     "lost_to_seq": lost_to,
                     "first_seq": first_seq,
+                    "given_up": [given_up_from, last],
                 },
                 actor=RequestAudit(actor="central", actor_role="system", method="NATS"),
             )
         log.warning(
             "branch %s: events %d to %d are not at the branch (its agent database starts "
-            "at %d): given up as lost",
+            "at %d, or skipped them): given up as lost",
             branch,
             given_up_from,
-            first_seq - 1,
+            last,
             first_seq,
         )
 
@@ -276,3 +282,14 @@ class GapMonitor:
             requested_at=now,
             request_id=f"resend-{branch}-{from_seq}-{int(now.timestamp())}",
         )
+
+
+def _not_at_branch_through(missing: int, first_seq: int, skipped: list[list[int]]) -> int | None:
+    """The last of the numbers from ``missing`` on that the branch's agent database
+    does not have (below its first, or a run it skipped); None: it has ``missing``."""
+    if missing < first_seq:
+        return first_seq - 1
+    for pair in skipped:
+        if len(pair) == 2 and pair[0] <= missing <= pair[1]:
+            return int(pair[1])
+    return None

@@ -419,6 +419,7 @@ class IngestWorker:
             "agent_stopped": heartbeat.stopping,
             "agent_server": heartbeat.agent_server or None,
             "first_seq": heartbeat.first_seq,
+            "skipped_seqs": [list(r) for r in heartbeat.skipped_seqs],
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(

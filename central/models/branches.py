@@ -88,3 +88,6 @@ class BranchStatus(Base):
     # The number of that database's first event (0: not said); numbers below it cannot
     # be resent by it.
     first_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Numbers that database skipped (restored from a backup), [first, last] pairs: a
+    # resend cannot bring them either.
+    skipped_seqs: Mapped[list[list[int]]] = mapped_column(JSON, default=list, server_default="[]")

@@ -77,6 +77,8 @@ async def test_a_new_database_renumbers_what_it_recorded_once_central_answers(
     assert (numbering.settled, numbering.report(), settled) == (True, {}, [1])
     assert numbering.sendable_through is None
     assert await _outbox(engine) == [(101, 101, "S0"), (102, 102, "S1"), (103, 103, "S2")]
+    # Numbered from 101 by central: 1..100 were the earlier database's, none skipped.
+    assert numbering.skipped == ()
     await _record(engine, 1)
     assert (await _outbox(engine))[-1] == (104, 104, "S0")
     # A second answer (a late duplicate reply) changes nothing.
@@ -217,12 +219,36 @@ async def test_a_database_restored_from_a_backup_moves_its_new_events_after_cent
         (21, 21, "S0"),
         (22, 22, "S1"),
     ]
+    # 4..20 are not in this database: its heartbeat says so (a resend cannot bring them).
+    assert numbering.skipped == ((4, 20),)
     await _record(engine, 1)
     assert (await _outbox(engine))[-1] == (23, 23, "S0")
     # Asked once per start: the next one reports where it is now.
     again = _numbering(engine, [])
     await again.load()
     assert again.report()["settled_last_seq"] == 23
+    assert again.skipped == ((4, 20),)
+
+
+async def test_a_restored_database_with_nothing_recorded_since_skips_to_centrals_numbers(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
+    await _numbered(engine, 1, 3)
+    first = _numbering(engine, [])
+    await first.load()
+    assert first.skipped == ()
+    await first.settle(11)
+    # Its next event will be 11: 4..10 are skipped although no event follows them yet.
+    assert first.skipped == ((4, 10),)
+    # Restored again, later: a second run of numbers skipped above the first.
+    await _record(engine, 2)
+    second = _numbering(engine, [])
+    await second.load()
+    await second.settle(31)
+    await _record(engine, 1)
+    assert second.skipped == ((4, 10), (13, 30))
+    assert [row[0] for row in await _outbox(engine)] == [1, 2, 3, 11, 12, 31]
 
 
 async def test_a_crash_before_centrals_answer_asks_the_same_again(

@@ -286,15 +286,30 @@ async def test_several_handlers_per_event_type_run_in_stage_order(
     assert calls == ["early:2", "event:1", "event:1"]
 
 
-def _heartbeat(branch: str, acked: int, first: int = 1) -> MessageIn:
+def _heartbeat(
+    branch: str, acked: int, first: int = 1, skipped: tuple[tuple[int, int], ...] = ()
+) -> MessageIn:
     beat = BranchHeartbeat(
         branch=branch,
         sent_at=datetime.now(UTC),
         last_acked_seq=acked,
         last_recorded_seq=acked,
         first_seq=first,
+        skipped_seqs=skipped,
     )
     return MessageIn(subject=up_subject(branch, HEARTBEAT_KIND), data=encode(beat))
+
+
+def _recording_monitor(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> tuple[GapMonitor, list[ResendRequested]]:
+    """A gap monitor acting on the second sighting, asking once an hour; what it asks."""
+    sent: list[ResendRequested] = []
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sent.append(decode_resend(payload))
+
+    return GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=3600), sent
 
 
 async def test_events_the_heartbeat_says_were_acked_but_central_lacks_are_asked_for(
@@ -307,12 +322,7 @@ async def test_events_the_heartbeat_says_were_acked_but_central_lacks_are_asked_
         books.sale([("MILK", 1_000, 100)])
     worker = IngestWorker(sessionmaker)
     await worker.process([message(books.events[0]), _heartbeat("B1", 3), _heartbeat("B2", 2)])
-    sent: list[ResendRequested] = []
-
-    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        sent.append(decode_resend(payload))
-
-    monitor = GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=3600)
+    monitor, sent = _recording_monitor(sessionmaker)
     await monitor.check()  # first sighting
     await monitor.check()
     assert sorted((r.branch, r.from_seq) for r in sent) == [("B1", 2), ("B2", 1)]
@@ -343,12 +353,7 @@ async def test_numbers_below_the_branch_databases_first_are_given_up_not_asked_f
     held = [books.events[i] for i in (0, 1, 9, 10)]
     worker = IngestWorker(sessionmaker)
     await worker.process([message(e) for e in held] + [_heartbeat("B1", 11, first=10)])
-    sent: list[ResendRequested] = []
-
-    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        sent.append(decode_resend(payload))
-
-    monitor = GapMonitor(sessionmaker, publish, gap_after_s=0.0, retry_s=3600)
+    monitor, sent = _recording_monitor(sessionmaker)
     for _ in range(3):
         await monitor.check()
     assert sent == []
@@ -369,6 +374,44 @@ async def test_numbers_below_the_branch_databases_first_are_given_up_not_asked_f
     async with sessionmaker() as session:
         row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
     assert row.lost_events == 6
+
+
+async def test_numbers_the_branch_database_skipped_are_given_up_the_rest_asked_for(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The branch's database was restored from a backup holding 1..2 and continued at
+    11 (central then held 3..10); later central's own database went back to before 3.
+    3..8 are a run the branch skipped: given up at once. 9 and 10 are not in that run
+    (here: a narrower run, as if 9..10 were the branch's): asked for."""
+    books = BranchBooks("B1")
+    for _ in range(12):
+        books.sale([("MILK", 1_000, 100)])
+    held = [books.events[i] for i in (0, 1, 10, 11)]
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in held] + [_heartbeat("B1", 12, skipped=((3, 8),))])
+    monitor, sent = _recording_monitor(sessionmaker)
+    for _ in range(3):
+        await monitor.check()
+    assert [(r.branch, r.from_seq) for r in sent] == [("B1", 9)]
+    async with sessionmaker() as session:
+        state = await session.get(BranchSyncState, "B1")
+        row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
+    assert state is not None
+    assert (state.contiguous_seq, state.lost_from_seq, state.lost_to_seq) == (8, 3, 8)
+    assert row.lost_events == 6
+    # The branch's next heartbeat names 3..10 (the run it really skipped): the rest of
+    # the gap goes too, and the branch is not asked again.
+    await worker.process([_heartbeat("B1", 12, skipped=((3, 10),))])
+    sent.clear()
+    for _ in range(3):
+        await monitor.check()
+    assert sent == []
+    async with sessionmaker() as session:
+        state = await session.get(BranchSyncState, "B1")
+        row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
+    assert state is not None
+    assert (state.contiguous_seq, state.lost_from_seq, state.lost_to_seq) == (12, 3, 10)
+    assert row.lost_events == 8
 
 
 async def test_a_persisting_gap_asks_the_branch_to_resend_once(

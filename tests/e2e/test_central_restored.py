@@ -13,6 +13,7 @@ streams hold them.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -23,14 +24,23 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from branch_agent.backup import backup_database, restore_database
 from branch_agent.catalog import BasketLine, find_product, promotion_discounts
 from central.embedded_nats import EmbeddedNats
 from central.models import AuditEntry, Branch, DeadLetter, IngestedEvent
+from central.reports.service import sync_health
 from central.services.masterdata_publisher import current_version
 from central.services.pricing import expected_prices
-from tests.conftest import central_settings, pg_admin_execute, running_central, wait_until
+from central.services.sync_state import get_branch_sync
+from tests.conftest import (
+    central_settings,
+    pg_admin_execute,
+    register_branch,
+    running_central,
+    wait_until,
+)
 from tests.e2e.test_masterdata_snapshot import SKUS, _offline_changes, _price, _setup, _synced
-from tests.e2e.test_skeleton import post_sale, receipts_at_central
+from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 TOKEN = "B1-till-1"
 
@@ -163,3 +173,66 @@ async def test_central_restored_from_a_backup_gets_its_sales_back_and_the_tills_
             f"s-{n}" for n in range(6)
         ]
         assert (len(seqs), len(set(seqs)), letters, audited) == (6, 6, 0, 1)
+
+
+async def test_a_store_restored_from_its_backup_then_central_from_its_own(
+    db_url: str, nats_server: EmbeddedNats, make_agent: Any, tmp_path: Path
+) -> None:
+    """Both went back: the store's database continued after central's numbers,
+    skipping those it gave after its backup (3..5, central held them); then central's
+    database went back to before them. The store cannot resend 3..5: central gives
+    them up once, as lost, instead of asking every ``resend_retry_s`` (each answer
+    re-sending the store's whole tail after them), and gets the store's later sale."""
+    settings = central_settings(db_url, nats_server.url, resend_gap_after_s=0.3, resend_retry_s=0.5)
+    store = tmp_path / "store"
+    store_backup = tmp_path / "store-backup.db"
+
+    async def at_central(central: Any, count: int) -> bool:
+        return len(await receipts_at_central(central)) == count
+
+    async with running_central(settings) as central:
+        await register_branch(central, "B1")
+        agent = await make_agent("B1", nats_server.url, data_dir=str(store))
+        for n in range(2):
+            assert (await post_sale(agent, sale(f"before-{n}"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(central, 2))
+    restore_central = await backup_of(db_url, tmp_path)
+    assert backup_database(store / "agent.db", store_backup)["last_event_seq"] == 2
+
+    async with running_central(settings) as central:
+        for n in range(3):
+            assert (await post_sale(agent, sale(f"after-{n}"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(central, 5))
+        await agent.stop()
+        restore_database(store_backup, store / "agent.db", branch="B1")
+        restored = await make_agent("B1", nats_server.url, data_dir=str(store))
+        assert (await post_sale(restored, sale("restored-0"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(central, 6), timeout=30)
+        assert restored.numbering.skipped == ((3, 5),)
+    await restore_central()
+
+    async with running_central(settings) as central:
+        assert len(await receipts_at_central(central)) == 2
+
+        async def settled() -> bool:
+            async with central.sessionmaker() as session:
+                sync = await get_branch_sync(session, "B1")
+            return sync.contiguous_seq == 6
+
+        # The store's sale after its restore (6) comes back by a resend; 3..5 do not.
+        await wait_until(settled, timeout=30)
+        await wait_until(lambda: at_central(central, 3), timeout=30)
+        resends = restored.resends
+        await asyncio.sleep(2.0)  # four retry periods: no more requests
+        assert restored.resends == resends <= 2
+        async with central.sessionmaker() as session:
+            sync = await get_branch_sync(session, "B1")
+            (row,) = (await sync_health(session)).rows
+            letters = await session.scalar(select(func.count()).select_from(DeadLetter))
+        assert (sync.lost_from_seq, sync.lost_to_seq, row.lost_events) == (3, 5, 3)
+        assert letters == 0
+        assert sorted(sale_id for _, sale_id in await receipts_at_central(central)) == [
+            "before-0",
+            "before-1",
+            "restored-0",
+        ]
