@@ -1513,6 +1513,16 @@ async def shift_reconciliation(
     elsewhere = select(t).join(s, on_shift).where(*filed, ~_in_period(t.c.local_date, period))
     for row in await session.execute(elsewhere):
         recorded[(row.branch, row.shift_id)] = row
+    # And the other way round: receipts of the period whose shift central files under
+    # another day (opened before midnight, first sale after it) belong to that day's
+    # report, not to a second row here showing the shift as never closed.
+    filed_elsewhere = (
+        select(s.branch, s.shift_id)
+        .join(t, on_shift)
+        .where(*sold, ~_in_period(s.local_date, period))
+    )
+    for row in await session.execute(filed_elsewhere):
+        recorded.pop((row.branch, row.shift_id), None)
     keys = sorted(set(shifts) | set(recorded))
     if len(keys) > max_rows:
         raise _too_large(max_rows, field, *narrower)
