@@ -7,6 +7,7 @@ import contextlib
 import importlib.metadata
 import logging
 import ssl
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -327,8 +328,21 @@ class Agent:
         """Run until SIGINT/SIGTERM: the till API on the store LAN and the sync loops."""
         import uvicorn
 
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # uvicorn raises the captured SIGTERM/SIGINT again once it stops
+                # serving, which ends the process before the agent's own stop: no last
+                # heartbeat (a replacement server then waits out central's minute),
+                # devices and database left unclosed. The signal only asks to stop.
+                with super().capture_signals():
+                    try:
+                        yield
+                    finally:
+                        self._captured_signals.clear()
+
         await self.start()
-        server = uvicorn.Server(
+        server = _Server(
             uvicorn.Config(
                 self.app,
                 host=self.settings.http_host,
