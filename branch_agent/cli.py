@@ -89,9 +89,30 @@ def _lines(specs: list[str], key: str) -> list[dict[str, Any]]:
     return lines
 
 
+def _agent_host(settings: AgentSettings) -> str:
+    return "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+
+
 def _agent_url(settings: AgentSettings) -> str:
-    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
-    return f"http://{host}:{settings.http_port}"
+    scheme = "https" if settings.http_tls_cert else "http"
+    return f"{scheme}://{_agent_host(settings)}:{settings.http_port}"
+
+
+def _agent_client_options(settings: AgentSettings) -> dict[str, Any]:
+    # The agent's own port on this machine: its certificate names the store server,
+    # not 127.0.0.1, so it is not verified here.
+    return {"verify": False} if settings.http_tls_cert else {}
+
+
+def _agent_listening(settings: AgentSettings) -> bool:
+    """Whether anything answers on the agent's port (HTTP, HTTPS or otherwise)."""
+    import socket
+
+    try:
+        with socket.create_connection((_agent_host(settings), settings.http_port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
@@ -130,7 +151,13 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
         body["author"] = args.author
     params = [("sku", s) for s in getattr(args, "sku", [])]
     response = httpx.request(
-        method, _agent_url(settings) + path, json=body, headers=headers, params=params, timeout=30
+        method,
+        _agent_url(settings) + path,
+        json=body,
+        headers=headers,
+        params=params,
+        timeout=30,
+        **_agent_client_options(settings),
     )
     print(json.dumps(response.json(), indent=2))
     return 0 if response.is_success else 1
@@ -143,7 +170,9 @@ def _status(settings: AgentSettings, as_json: bool) -> int:
     from branch_agent.status import AgentStatus, format_status
 
     try:
-        response = httpx.get(_agent_url(settings) + "/health/status", timeout=5)
+        response = httpx.get(
+            _agent_url(settings) + "/health/status", timeout=5, **_agent_client_options(settings)
+        )
         response.raise_for_status()
     except httpx.HTTPError as exc:
         print(f"the agent at {_agent_url(settings)} does not answer: {exc}", file=sys.stderr)
@@ -191,19 +220,15 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
 
 def _backup(settings: AgentSettings, args: argparse.Namespace) -> int:
     """``backup`` and ``restore``: one JSON line, exit 1 with the reason when refused."""
-    import httpx
-
     from branch_agent.backup import BackupError, backup_database, restore_database
 
     try:
         if args.command == "backup":
             done = backup_database(settings.database_path, args.dest)
         else:
-            try:
-                httpx.get(_agent_url(settings) + "/health", timeout=2)
-            except httpx.HTTPError:
-                pass  # not running: the database may be replaced
-            else:
+            # Anything answering on its port counts as running (an HTTPS port answers
+            # plain HTTP with an error, which once read as "not running").
+            if _agent_listening(settings):
                 raise BackupError(f"the agent at {_agent_url(settings)} is running: stop it first")
             done = restore_database(args.backup, settings.database_path, branch=settings.branch)
     except BackupError as exc:

@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 
 from central.embedded_nats import EmbeddedNats
+from tests.central.test_auth_tls import self_signed
 from tests.e2e.test_agent_kill import REPO, AgentProcess, free_port, wait_healthy
 
 
@@ -118,3 +119,35 @@ async def test_backup_while_running_and_restore_when_stopped(
     # The replaced database is kept, with its WAL: both of its events.
     with closing(sqlite3.connect(kept)) as db:
         assert db.execute("SELECT max(seq) FROM outbox").fetchone()[0] == 2
+
+
+async def test_an_agent_serving_https_is_seen_running_by_the_cli(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """With the till API on HTTPS, the technician's commands talk HTTPS to it, and
+    restore refuses to replace the database under it (it used to take the HTTPS
+    port's refusal of plain HTTP for "not running")."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "B7"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'nats_url = "{nats_server.url}"\nhttp_port = {port}\n'
+        f'demo_catalog = true\nmanager_token = "boss"\n'
+        f'http_tls_cert = "{cert}"\nhttp_tls_key = "{key}"\n'
+    )
+    backup = tmp_path / "nightly.db"
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    try:
+        await wait_healthy(f"https://127.0.0.1:{port}", verify=False)
+        received = cli(config, "stock", "goods-receipt", "MILK-1L=24@70", "--supplier", "DAIRY")
+        assert received.returncode == 0, received.stdout + received.stderr
+        status = cli(config, "status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert cli(config, "backup", str(backup)).returncode == 0
+        running = cli(config, "restore", str(backup))
+        assert running.returncode == 1, running.stdout
+        assert "stop it first" in json.loads(running.stdout)["error"]
+    finally:
+        agent.stop()

@@ -128,8 +128,8 @@ token = "t2"
     return config
 
 
-async def wait_healthy(url: str, timeout: float = 30) -> None:
-    async with httpx.AsyncClient(timeout=2) as client:
+async def wait_healthy(url: str, timeout: float = 30, *, verify: bool = True) -> None:
+    async with httpx.AsyncClient(timeout=2, verify=verify) as client:
 
         async def up() -> bool:
             with contextlib.suppress(httpx.HTTPError):
