@@ -141,6 +141,7 @@ class CentralRuntime:
         """Servers running with an older account JWT (an upgrade changed what a branch
         may do) get the current one; a failure only logs (branches keep what they had)."""
         from central.services.nats_auth import (
+            carry_back_revocations,
             client_tls_options,
             issuer_for,
             refresh_account_jwt,
@@ -152,6 +153,13 @@ class CentralRuntime:
             return  # central does not issue this deployment's NATS credentials
         try:
             issuer = issuer_for(self.settings)
+            async with self.sessionmaker() as session, session.begin():
+                again = await carry_back_revocations(session, issuer)
+            if again:
+                log.error(
+                    "branches %s were revoked after this database's backup: revoked again",
+                    ", ".join(again),
+                )
             async with self.sessionmaker() as session:
                 pushed = await refresh_account_jwt(
                     session, issuer, self.nats_url, **client_tls_options(self.settings)

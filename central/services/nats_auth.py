@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.auth.context import RequestAudit
 from central.embedded_nats import EmbeddedNats
 from central.errors import ConflictError, NotFoundError
 from central.models import Branch, BranchCredential
@@ -152,13 +153,66 @@ async def register_branch(
     return BranchRegistration(branch=branch, user=user)
 
 
+def stored_revocations(issuer: NatsIssuer) -> dict[str, int]:
+    """The revocations of the account JWT last stored (and pushed) by central."""
+    path = issuer.directory / "account.jwt"
+    if not path.exists():
+        return {}
+    claims = _account_claims(path.read_text().strip()) or {}
+    return {str(k): int(v) for k, v in (claims.get("revocations") or {}).items()}
+
+
 async def account_jwt_from_db(session: AsyncSession, issuer: NatsIssuer) -> str:
-    """The account JWT with every revoked branch user listed."""
+    """The account JWT with every revoked branch user listed: those central's database
+    holds, and those of the account JWT it stored last. A revocation is never undone
+    (new credentials are a new key), so a database restored from a backup taken before
+    a revocation does not let the revoked branch back in."""
     revoked = await session.scalars(
         select(BranchCredential).where(BranchCredential.revoked_at.is_not(None))
     )
-    revocations = {c.public_key: int(c.revoked_at.timestamp()) + 1 for c in revoked if c.revoked_at}
+    revocations = stored_revocations(issuer)
+    for c in revoked:
+        if c.revoked_at is not None:
+            at = int(c.revoked_at.timestamp()) + 1
+            revocations[c.public_key] = max(at, revocations.get(c.public_key, 0))
     return issuer.account_jwt(revocations)
+
+
+async def carry_back_revocations(session: AsyncSession, issuer: NatsIssuer) -> list[str]:
+    """Branches whose credentials the stored account JWT revokes while central's
+    database still has them valid (the database restored from a backup taken before
+    the revocation): revoked again in the database, audited; their codes."""
+    revoked = stored_revocations(issuer)
+    if not revoked:
+        return []
+    creds = (
+        await session.scalars(
+            select(BranchCredential).where(
+                BranchCredential.public_key.in_(sorted(revoked)),
+                BranchCredential.revoked_at.is_(None),
+            )
+        )
+    ).all()
+    codes: list[str] = []
+    for credential in creds:
+        credential.revoked_at = datetime.fromtimestamp(revoked[credential.public_key], UTC)
+        branch = await session.get(Branch, credential.branch)
+        if branch is None or not branch.active:
+            continue
+        before = branch_snapshot(branch)
+        branch.active = False
+        branch.revoked_at = credential.revoked_at
+        codes.append(branch.code)
+        await record_change(
+            session,
+            action="branch.revocation_restored",
+            target=f"branch:{branch.code}",
+            before=before,
+            after=branch_snapshot(branch),
+            actor=RequestAudit(actor="central", actor_role="system", method="start"),
+        )
+    await session.flush()
+    return codes
 
 
 async def revoke_branch(session: AsyncSession, issuer: NatsIssuer, code: str) -> str:

@@ -14,11 +14,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from branch_agent.downstream import DownMessage
 from central.embedded_nats import EmbeddedNats
-from central.models import BranchStatus, DeadLetter, Receipt
+from central.models import AuditEntry, Branch, BranchStatus, DeadLetter, Receipt
 from central.runtime import CentralRuntime
 from central.services.nats_auth import (
     push_account_jwt,
@@ -374,3 +374,41 @@ async def test_central_pushes_an_account_jwt_whose_branch_permissions_changed(
             await runtime.stop()
     finally:
         server.stop()
+
+
+async def test_a_revocation_outlives_a_restore_of_centrals_database(
+    db_url: str, secure_nats: EmbeddedNats, issuer: NatsIssuer, tmp_path: Path
+) -> None:
+    """Central's database restored from a backup taken before a branch was revoked:
+    at its start central re-signed the account from the database (no revocation) and
+    pushed it, letting the branch connect again. The revocation stays (the account
+    JWT central stored last keeps it), and the database has the branch revoked again."""
+    from tests.e2e.test_central_restored import backup_of
+
+    settings = central_settings(
+        db_url,
+        secure_nats.url,
+        nats_creds=str(issuer.central_creds_file()),
+        nats_issuer_dir=str(issuer.directory),
+    )
+    async with running_central(settings) as central:
+        creds = await add_branch_with_creds(central, issuer, "BA")
+    restore = await backup_of(db_url, tmp_path)
+    async with running_central(settings) as central:
+        async with central.sessionmaker() as session, session.begin():
+            account_jwt = await revoke_branch(session, issuer, "BA")
+        assert await push_account_jwt(issuer, secure_nats.url, account_jwt)
+    await restore()
+
+    async with running_central(settings) as central:
+        refused = Client()
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await refused.connect(secure_nats.url, creds, "BA")
+        await refused.close()
+        async with central.sessionmaker() as session:
+            branch = await session.get(Branch, "BA")
+            audited = await session.scalar(
+                select(func.count()).where(AuditEntry.action == "branch.revocation_restored")
+            )
+        assert branch is not None
+        assert (branch.active, branch.revoked_at is not None, audited) == (False, True, 1)
