@@ -1,12 +1,14 @@
-"""Branches: list (every role), register and revoke (admin); credentials are shown once."""
+"""Branches: list (every role), register, change and revoke (admin); credentials are
+shown once."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter
 from sqlalchemy import func, select
@@ -16,6 +18,7 @@ from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.models import Branch
 from central.runtime import CentralRuntime
+from central.services.branches import BranchPatch, update_branch
 from central.services.nats_auth import (
     client_tls_options,
     issue_branch_credentials,
@@ -24,8 +27,11 @@ from central.services.nats_auth import (
     register_branch,
     revoke_branch,
 )
+from central.sync.jetstream import ensure_branch_consumer
 
 __all__ = ["BranchController"]
+
+log = logging.getLogger(__name__)
 
 
 class BranchOut(msgspec.Struct, kw_only=True):
@@ -127,6 +133,46 @@ class BranchController(Controller):
             nats_user=reg.user.public_key,
         )
         return Response(out, status_code=201)
+
+    @patch(
+        "/{code:str}",
+        operation_id="updateBranch",
+        summary="Change a branch's name, time zone, format or price zone",
+        description=(
+            "Absent fields stay as they are; `null` clears the format or price zone. "
+            "A new format or price zone queues a master-data snapshot for the branch, "
+            "so its agent ends with exactly its new scopes' products and prices."
+        ),
+    )
+    async def update(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        runtime: NamedDependency[CentralRuntime],
+        code: BranchCode,
+        data: JSONBody[BranchPatch],
+    ) -> BranchOut:
+        async with db_session.begin():
+            change = await update_branch(db_session, code, data)
+            branch = change.branch
+            if change.snapshot is not None and runtime.js is not None:
+                # The consumer reads the new scopes before the snapshot can be published
+                # (it is queued in this transaction): a change of the new scope made
+                # after the snapshot was built is then delivered, not skipped by a
+                # consumer still filtered to the old one. Should this fail, every
+                # central process's consumer keeper applies the new filter within
+                # seconds.
+                try:
+                    await ensure_branch_consumer(
+                        runtime.js,
+                        branch.code,
+                        format_code=branch.format_code,
+                        price_zone=branch.price_zone,
+                    )
+                except Exception as exc:
+                    log.warning("down consumer of %s not updated yet: %s", branch.code, exc)
+        if change.snapshot is not None:
+            runtime.publisher.wake()
+        return _out(branch)
 
     @post(
         "/{code:str}/credentials",

@@ -26,6 +26,7 @@ __all__ = [
     "AssortmentExceptionIn",
     "FormatIn",
     "branch_assortment",
+    "branch_carries",
     "change_format_products",
     "create_format",
     "list_formats",
@@ -251,3 +252,19 @@ async def branch_assortment(session: AsyncSession, branch_code: str) -> list[str
             ).all()
         )
     return sorted(active)
+
+
+async def branch_carries(session: AsyncSession, branch: Branch, sku: str) -> bool:
+    """Whether ``branch`` sells ``sku`` (``branch_assortment`` for one product): an
+    active product of its format that it does not exclude, or one it includes. A branch
+    without a format carries only its inclusions: products reach a branch only at its
+    format's or its own scope, and an agent sells only products whose record it has."""
+    product = await session.get(Product, sku)
+    if product is None or not product.active:
+        return False
+    exception = await session.get(AssortmentException, (branch.code, sku))
+    if exception is not None:
+        return exception.include
+    if not branch.format_code:
+        return False
+    return await session.get(FormatProduct, (branch.format_code, sku)) is not None

@@ -1,16 +1,38 @@
-"""Registering branches: the row, and the JetStream consumer of their down stream."""
+"""Registering and changing branches: the row, its scopes (format, price zone) and
+the master data a change of scope makes the branch need."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.errors import ConflictError, ValidationFailed
-from central.models import Branch
+from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.models import Branch, PriceZone, StoreFormat
+from central.services.audit import record_change
+from central.services.masterdata_publisher import enqueue_snapshot
 from protocol.subjects import validate_branch_code
 
-__all__ = ["add_branch"]
+__all__ = ["BranchPatch", "BranchUpdate", "add_branch", "check_branch_scopes", "update_branch"]
+
+
+async def check_branch_scopes(
+    session: AsyncSession, *, format_code: str | None, price_zone: str | None
+) -> None:
+    """A branch's format and price zone must exist: they decide which master data its
+    consumer reads (``down.format.<fmt>.>``, ``down.zone.<zone>.>``), so a misspelt one
+    would leave the branch silently without its assortment or its zone's prices."""
+    if format_code is not None and await session.get(StoreFormat, format_code) is None:
+        raise ValidationFailed(
+            f"unknown format {format_code!r} (POST /api/v1/formats first)", field="format_code"
+        )
+    if price_zone is not None and await session.get(PriceZone, price_zone) is None:
+        raise ValidationFailed(
+            f"unknown price zone {price_zone!r} (POST /api/v1/zones first)", field="price_zone"
+        )
 
 
 async def add_branch(
@@ -30,6 +52,7 @@ async def add_branch(
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValidationFailed(f"unknown time zone {timezone!r}", field="timezone") from exc
+    await check_branch_scopes(session, format_code=format_code, price_zone=price_zone)
     if await session.get(Branch, code) is not None:
         raise ConflictError(f"branch {code!r} already exists", field="code")
     branch = Branch(
@@ -43,3 +66,78 @@ async def add_branch(
     session.add(branch)
     await session.flush()
     return branch
+
+
+class BranchPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Fields to change; absent fields stay as they are (``null`` clears a scope)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | msgspec.UnsetType = msgspec.UNSET
+    format_code: Annotated[str, msgspec.Meta(max_length=32)] | msgspec.UnsetType | None = (
+        msgspec.UNSET
+    )
+    price_zone: Annotated[str, msgspec.Meta(max_length=32)] | msgspec.UnsetType | None = (
+        msgspec.UNSET
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BranchUpdate:
+    branch: Branch
+    # The format or price zone changed: the branch's consumer must read the new scopes.
+    scopes_changed: bool
+    # The version of the snapshot queued for the branch (None: none was needed).
+    snapshot: int | None
+
+
+async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) -> BranchUpdate:
+    """Change a branch's name, time zone, format or price zone (validated as on
+    registration), audited. A new format or price zone changes which master data the
+    branch must hold: its replica has the old scope's products and prices, and its
+    consumer never delivered the new scope's messages already in the stream. So a
+    snapshot of the branch is queued in the same transaction (the path a branch that
+    lost its database takes): the publisher builds it from the database and the agent
+    ends with exactly its new scopes' data, the old scope's keys deleted at its end."""
+    from central.services.nats_auth import branch_snapshot  # nats_auth imports this module
+
+    branch = await session.get(Branch, code)
+    if branch is None:
+        raise NotFoundError(f"no branch {code!r}", field="code")
+    if patch.timezone is not msgspec.UNSET:
+        try:
+            ZoneInfo(patch.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValidationFailed(
+                f"unknown time zone {patch.timezone!r}", field="timezone"
+            ) from exc
+    format_code = branch.format_code if patch.format_code is msgspec.UNSET else patch.format_code
+    price_zone = branch.price_zone if patch.price_zone is msgspec.UNSET else patch.price_zone
+    await check_branch_scopes(
+        session,
+        format_code=None if patch.format_code is msgspec.UNSET else format_code,
+        price_zone=None if patch.price_zone is msgspec.UNSET else price_zone,
+    )
+    before = branch_snapshot(branch)
+    scopes_changed = (format_code, price_zone) != (branch.format_code, branch.price_zone)
+    if patch.name is not msgspec.UNSET:
+        branch.name = patch.name
+    if patch.timezone is not msgspec.UNSET:
+        branch.timezone = patch.timezone
+    branch.format_code = format_code
+    branch.price_zone = price_zone
+    await session.flush()
+    snapshot = None
+    if scopes_changed and branch.active:
+        snapshot = await enqueue_snapshot(session, code)
+    after = branch_snapshot(branch)
+    if after != before:
+        await record_change(
+            session,
+            action="branch.update",
+            target=f"branch:{code}",
+            before=before,
+            after={**after, "snapshot": snapshot} if snapshot is not None else after,
+        )
+    return BranchUpdate(branch=branch, scopes_changed=scopes_changed, snapshot=snapshot)

@@ -25,6 +25,7 @@ from central.models import (
     RepricingLine,
     StoreFormat,
 )
+from central.services.assortment import branch_carries
 from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import CODE_RE, unit_of_work
 from central.services.masterdata_publisher import (
@@ -101,6 +102,10 @@ class ExpectedPrice(msgspec.Struct, kw_only=True):
     price: int | None
     scope: str | None
     version: int | None
+    # False: the branch does not carry the product (not in its format, excluded, or no
+    # format and not included), so its agent has no record of it and its tills cannot
+    # sell it; ``price`` is what head office's rules would give if it did.
+    in_assortment: bool
 
 
 class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -566,6 +571,7 @@ async def expected_price(
         price=got.price if got else None,
         scope=got.scope if got else None,
         version=got.version if got else None,
+        in_assortment=await branch_carries(session, branch, sku),
     )
 
 

@@ -14,7 +14,12 @@ from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, Category, Product, Promotion
 from central.services.audit import record_change
 from central.services.catalog import CODE_RE, unit_of_work
-from central.services.masterdata_publisher import DownKey, allocate_versions, enqueue
+from central.services.masterdata_publisher import (
+    DownKey,
+    allocate_versions,
+    category_paths,
+    enqueue,
+)
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PROMOTION
 
@@ -125,7 +130,11 @@ async def _check_references(session: AsyncSession, data: PromotionIn) -> None:
 
 
 async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
-    """One product (or category) has at most one promotion at a time in a branch."""
+    """One product has at most one promotion at a time in a branch. A category promotion
+    reaches its whole subtree (``protocol.promotions``), so it overlaps a promotion of a
+    product of that subtree and a promotion of the category itself, of an ancestor or
+    of a descendant: the till would otherwise pick one of them silently (the best for
+    the customer), which head office did not decide."""
     others = (
         await session.scalars(
             select(Promotion).where(
@@ -136,19 +145,59 @@ async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
             )
         )
     ).all()
+    others = [
+        o
+        for o in others
+        if not (data.branches and o.branches and not set(data.branches) & set(o.branches))
+    ]
+    if not others:
+        return
+    paths = await category_paths(session)
+    skus = set(data.skus).union(*(o.skus for o in others))
+    product_category = dict(
+        (
+            await session.execute(
+                select(Product.sku, Product.category_code).where(Product.sku.in_(sorted(skus)))
+            )
+        ).all()
+    )
+
+    def lineage(category: str | None) -> tuple[str, ...]:
+        """The category and its ancestors (root first); empty without a category."""
+        if category is None:
+            return ()
+        return paths.get(category, (category,))
+
     for other in others:
-        if data.branches and other.branches and not set(data.branches) & set(other.branches):
-            continue
-        for field, mine, theirs in (
-            ("skus", data.skus, other.skus),
-            ("categories", data.categories, other.categories),
-        ):
-            for i, value in enumerate(mine):
-                if value in theirs:
-                    raise ConflictError(
-                        f"{value} is already in promotion {other.promotion_id} at that time",
-                        field=f"{field}[{i}]",
-                    )
+        theirs_skus = set(other.skus)
+        theirs_categories = set(other.categories)
+        # The categories whose promotions reach the other's products.
+        theirs_reached = {c for s in other.skus for c in lineage(product_category.get(s))}
+        for i, sku in enumerate(data.skus):
+            covering = theirs_categories.intersection(lineage(product_category.get(sku)))
+            if sku in theirs_skus or covering:
+                via = f" (category {sorted(covering)[0]})" if sku not in theirs_skus else ""
+                raise ConflictError(
+                    f"{sku} is already in promotion {other.promotion_id}{via} at that time",
+                    field=f"skus[{i}]",
+                )
+        for i, category in enumerate(data.categories):
+            related = {
+                c for c in theirs_categories if category in lineage(c) or c in lineage(category)
+            }
+            if related:
+                raise ConflictError(
+                    f"category {category} overlaps category {sorted(related)[0]} of promotion "
+                    f"{other.promotion_id} at that time",
+                    field=f"categories[{i}]",
+                )
+            if category in theirs_reached:
+                sku = next(s for s in other.skus if category in lineage(product_category.get(s)))
+                raise ConflictError(
+                    f"category {category} holds {sku}, already in promotion "
+                    f"{other.promotion_id} at that time",
+                    field=f"categories[{i}]",
+                )
 
 
 async def create_promotion(session: AsyncSession, data: PromotionIn) -> PromotionOut:

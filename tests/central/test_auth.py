@@ -102,6 +102,7 @@ ROUTE_TABLE: list[tuple[str, str, str, Any, set[str]]] = [
     ("GET", "/api/v1/branches", "/api/v1/branches", None, EVERYONE),
     ("POST", "/api/v1/branches", "/api/v1/branches", {"code": "bad code!"}, ADMIN),
     ("POST", "/api/v1/branches/{code:str}/revoke", "/api/v1/branches/NOPE/revoke", None, ADMIN),
+    ("PATCH", "/api/v1/branches/{code:str}", "/api/v1/branches/NOPE", {"name": "x"}, ADMIN),
     (
         "POST",
         "/api/v1/branches/{code:str}/credentials",

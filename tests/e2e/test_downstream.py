@@ -6,6 +6,7 @@ from typing import Any
 
 from branch_agent.downstream import DownMessage
 from central.embedded_nats import EmbeddedNats
+from central.services.pricing import PriceZoneIn, create_price_zone
 from protocol.subjects import down_subject
 from tests.conftest import register_branch, wait_until
 
@@ -13,6 +14,10 @@ from tests.conftest import register_branch, wait_until
 async def test_each_branch_reads_its_scopes_only_in_order(
     central: Any, nats_server: EmbeddedNats, make_agent: Any
 ) -> None:
+    for zone in ("north", "south"):
+        async with central.sessionmaker() as s:
+            await create_price_zone(s, PriceZoneIn(code=zone, name=zone))
+            await s.commit()
     await register_branch(central, "B1", price_zone="north")
     await register_branch(central, "B2", price_zone="south")
     received: dict[str, list[tuple[str, bytes]]] = {"B1": [], "B2": []}

@@ -68,9 +68,9 @@ async def _published(central: Any) -> int:
 async def test_price_change_reaches_two_agents_at_its_moment(
     central: Any, nats_server: EmbeddedNats, make_agent: Any
 ) -> None:
+    await _catalog(central, ["MILK", "BREAD"])
     await register_branch(central, "B1", format_code="mini", timezone="Europe/Berlin")
     await register_branch(central, "B2", format_code="mini", timezone="America/New_York")
-    await _catalog(central, ["MILK", "BREAD"])
     await _price(central, "MILK", 100)
     agents = [
         await make_agent(code, nats_server.url, demo_catalog=False, timezone=tz)
@@ -110,9 +110,9 @@ async def test_price_change_reaches_two_agents_at_its_moment(
 async def test_offline_agent_catches_up_to_central_exactly(
     central: Any, nats_server: EmbeddedNats, make_agent: Any
 ) -> None:
-    await register_branch(central, "B1", format_code="mini")
     skus = [f"SKU{i:03d}" for i in range(40)]
     await _catalog(central, skus)
+    await register_branch(central, "B1", format_code="mini")
     for i, sku in enumerate(skus):
         await _price(central, sku, 100 + i)
     agent = await make_agent("B1", nats_server.url, demo_catalog=False)
@@ -217,11 +217,11 @@ async def test_a_branch_never_receives_products_outside_its_assortment(
     central: Any, nats_server: EmbeddedNats
 ) -> None:
     # B1, B2: minimarkets; B3: a hypermarket. B2 excludes MINI-2, B3 adds MINI-3.
+    await _catalog(central, ["MINI-1", "MINI-2", "MINI-3"], fmt="mini")
+    await _catalog(central, ["HYPER-1"], fmt="hyper")
     await register_branch(central, "B1", format_code="mini")
     await register_branch(central, "B2", format_code="mini")
     await register_branch(central, "B3", format_code="hyper")
-    await _catalog(central, ["MINI-1", "MINI-2", "MINI-3"], fmt="mini")
-    await _catalog(central, ["HYPER-1"], fmt="hyper")
     async with central.sessionmaker() as s:
         await set_exception(s, "B2", AssortmentExceptionIn(sku="MINI-2", include=False))
         await set_exception(s, "B3", AssortmentExceptionIn(sku="MINI-3", include=True))

@@ -30,10 +30,10 @@ SKUS = [f"SKU{i:03d}" for i in range(30)]
 
 
 async def _setup(central: Any) -> None:
-    await register_branch(central, "B1", format_code="mini")
     async with central.sessionmaker() as s:
         await create_format(s, FormatIn(code="mini", name="mini"))
         await s.commit()
+    await register_branch(central, "B1", format_code="mini")
     for sku in SKUS:
         async with central.sessionmaker() as s:
             await create_product(s, ProductIn(sku=sku, name=f"Product {sku}", vat_rate_bp=2000))
