@@ -18,7 +18,7 @@ from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.models import Branch
 from central.runtime import CentralRuntime
-from central.services.branches import BranchPatch, update_branch
+from central.services.branches import BranchPatch, change_branch
 from central.services.nats_auth import (
     client_tls_options,
     issue_branch_credentials,
@@ -27,7 +27,6 @@ from central.services.nats_auth import (
     register_branch,
     revoke_branch,
 )
-from central.sync.jetstream import ensure_branch_consumer
 
 __all__ = ["BranchController"]
 
@@ -151,28 +150,10 @@ class BranchController(Controller):
         code: BranchCode,
         data: JSONBody[BranchPatch],
     ) -> BranchOut:
-        async with db_session.begin():
-            change = await update_branch(db_session, code, data)
-            branch = change.branch
-            if change.snapshot is not None and runtime.js is not None:
-                # The consumer reads the new scopes before the snapshot can be published
-                # (it is queued in this transaction): a change of the new scope made
-                # after the snapshot was built is then delivered, not skipped by a
-                # consumer still filtered to the old one. Should this fail, every
-                # central process's consumer keeper applies the new filter within
-                # seconds.
-                try:
-                    await ensure_branch_consumer(
-                        runtime.js,
-                        branch.code,
-                        format_code=branch.format_code,
-                        price_zone=branch.price_zone,
-                    )
-                except Exception as exc:
-                    log.warning("down consumer of %s not updated yet: %s", branch.code, exc)
+        change = await change_branch(db_session, runtime.js, code, data)
         if change.snapshot is not None:
             runtime.publisher.wake()
-        return _out(branch)
+        return _out(change.branch)
 
     @post(
         "/{code:str}/credentials",

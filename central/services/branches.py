@@ -3,18 +3,24 @@ the master data a change of scope makes the branch need."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
+from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, PriceZone, StoreFormat
 from central.services.audit import record_change
 from central.services.masterdata_publisher import enqueue_snapshot
+from central.sync.jetstream import ensure_branch_consumer
 from protocol.subjects import validate_branch_code
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BranchPatch", "BranchUpdate", "add_branch", "check_branch_scopes", "update_branch"]
 
@@ -90,6 +96,8 @@ class BranchUpdate:
     scopes_changed: bool
     # The version of the snapshot queued for the branch (None: none was needed).
     snapshot: int | None
+    # The scopes before the change (format, price zone).
+    previous_scopes: tuple[str | None, str | None] = (None, None)
 
 
 async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) -> BranchUpdate:
@@ -120,7 +128,8 @@ async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) ->
         price_zone=None if patch.price_zone is msgspec.UNSET else price_zone,
     )
     before = branch_snapshot(branch)
-    scopes_changed = (format_code, price_zone) != (branch.format_code, branch.price_zone)
+    previous_scopes = (branch.format_code, branch.price_zone)
+    scopes_changed = (format_code, price_zone) != previous_scopes
     if patch.name is not msgspec.UNSET:
         branch.name = patch.name
     if patch.timezone is not msgspec.UNSET:
@@ -140,4 +149,46 @@ async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) ->
             before=before,
             after={**after, "snapshot": snapshot} if snapshot is not None else after,
         )
-    return BranchUpdate(branch=branch, scopes_changed=scopes_changed, snapshot=snapshot)
+    return BranchUpdate(
+        branch=branch,
+        scopes_changed=scopes_changed,
+        snapshot=snapshot,
+        previous_scopes=previous_scopes,
+    )
+
+
+async def change_branch(
+    session: AsyncSession, js: JetStreamContext | None, code: str, patch: BranchPatch
+) -> BranchUpdate:
+    """``update_branch`` in its own transaction. With a snapshot queued, the branch's
+    down consumer reads the new scopes before the commit (the snapshot can only be
+    published after it): a change of the new scope made after the snapshot was built
+    is then delivered, not skipped by a consumer still filtered to the old one. If
+    the commit fails, the consumer is put back (the keeper of consumers only acts on
+    what it sees change in the database, so it would not)."""
+    switched_from: tuple[str | None, str | None] | None = None
+    try:
+        async with session.begin():
+            change = await update_branch(session, code, patch)
+            branch = change.branch
+            if change.snapshot is not None and js is not None:
+                try:
+                    await ensure_branch_consumer(
+                        js,
+                        branch.code,
+                        format_code=branch.format_code,
+                        price_zone=branch.price_zone,
+                    )
+                    switched_from = change.previous_scopes
+                except Exception as exc:
+                    # The keeper in every central process applies the new filter within
+                    # seconds of the commit.
+                    log.warning("down consumer of %s not updated yet: %s", branch.code, exc)
+    except Exception:
+        if switched_from is not None and js is not None:
+            with contextlib.suppress(Exception):
+                await ensure_branch_consumer(
+                    js, code, format_code=switched_from[0], price_zone=switched_from[1]
+                )
+        raise
+    return change

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import SessionTransaction
 
-from central.models import Branch, MasterDataOutbox
+from central.models import Branch, MasterDataOutbox, PriceZone
 from protocol.masterdata import KIND_SNAPSHOT
 
 
@@ -135,3 +136,45 @@ async def test_change_is_audited_and_a_new_scope_queues_a_snapshot(
     assert first["after"]["format_code"] == "mini"
     assert first["after"]["snapshot"] is not None
     assert "snapshot" not in updates[0]["after"]
+
+
+async def test_a_failed_commit_puts_the_branch_consumer_back(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer reads the new scopes before the commit; when the commit fails it
+    is put back on the old ones (nothing else would: the keeper of consumers acts on
+    changes it sees in the database)."""
+    from central.db import create_sessionmaker
+    from central.services import branches as service
+    from central.services.branches import BranchPatch, change_branch
+
+    async with create_sessionmaker(engine)() as session, session.begin():
+        session.add_all(
+            [PriceZone(code="NORTH", name="North"), PriceZone(code="SOUTH", name="South")]
+        )
+        branch = await session.get(Branch, "B1")
+        assert branch is not None
+        branch.price_zone = "NORTH"
+    switched: list[str | None] = []
+
+    async def consumer(js: Any, code: str, *, format_code: Any, price_zone: Any) -> None:
+        switched.append(price_zone)
+
+    commit = SessionTransaction.commit
+
+    def refused_commit(self: Any, _to_root: bool = False) -> None:
+        if self.nested or self._parent is not None:
+            return commit(self, _to_root)  # savepoints inside the unit of work
+        raise OSError("database went away")
+
+    monkeypatch.setattr(service, "ensure_branch_consumer", consumer)
+    monkeypatch.setattr(SessionTransaction, "commit", refused_commit)
+    async with create_sessionmaker(engine)() as session:
+        with pytest.raises(OSError, match="went away"):
+            await change_branch(session, object(), "B1", BranchPatch(price_zone="SOUTH"))
+    monkeypatch.undo()
+    assert switched == ["SOUTH", "NORTH"]
+    async with create_sessionmaker(engine)() as session:
+        branch = await session.get(Branch, "B1")
+    assert branch is not None
+    assert branch.price_zone == "NORTH"
