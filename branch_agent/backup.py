@@ -60,6 +60,8 @@ def backup_database(database: Path, dest: Path) -> dict[str, Any]:
         raise BackupError(f"no database at {database}")
     if dest.exists():
         raise BackupError(f"{dest} exists already: choose a new name")
+    if not dest.parent.is_dir():
+        raise BackupError(f"no directory {dest.parent}: create it first")
     partial = dest.with_name(dest.name + ".partial")
     partial.unlink(missing_ok=True)
     try:

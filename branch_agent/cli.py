@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from branch_agent.settings import AgentSettings, load_settings
+from protocol.config import SettingsError
 
 __all__ = ["main"]
 
@@ -118,6 +119,9 @@ def _agent_listening(settings: AgentSettings) -> bool:
 def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
     import httpx
 
+    if not settings.manager_token:
+        print("stock commands need the agent's manager_token (the manager API is off)")
+        return 2
     headers = {"Authorization": f"Bearer {settings.manager_token}"}
     method, path, body = "POST", "", None
     if args.stock_command == "post":
@@ -150,15 +154,19 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
                 body[key] = getattr(args, key)
         body["author"] = args.author
     params = [("sku", s) for s in getattr(args, "sku", [])]
-    response = httpx.request(
-        method,
-        _agent_url(settings) + path,
-        json=body,
-        headers=headers,
-        params=params,
-        timeout=30,
-        **_agent_client_options(settings),
-    )
+    try:
+        response = httpx.request(
+            method,
+            _agent_url(settings) + path,
+            json=body,
+            headers=headers,
+            params=params,
+            timeout=30,
+            **_agent_client_options(settings),
+        )
+    except httpx.HTTPError as exc:
+        print(f"the agent at {_agent_url(settings)} does not answer: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(response.json(), indent=2))
     return 0 if response.is_success else 1
 
@@ -256,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         sys.exit(0)
-    settings = load_settings(args.config)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"settings: {exc} (a --config FILE, or BACKROOM_AGENT_* variables)", file=sys.stderr)
+        sys.exit(2)
     if args.command == "run":
         from branch_agent.agent import Agent
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from central.settings import CentralSettings, load_settings
+from protocol.config import SettingsError
 
 __all__ = ["main"]
 
@@ -442,7 +443,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         # Run from the project root while `make run` is up: administer that chain.
         config = str(DEMO_SETTINGS)
-    settings = load_settings(config)
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        print(f"settings: {exc} (a --config FILE, or BACKROOM_* variables)", file=sys.stderr)
+        sys.exit(2)
     code = 0
     if args.command == "db" and args.db_command == "partitions":
         code = asyncio.run(_db_partitions(settings, args))

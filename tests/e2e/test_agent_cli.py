@@ -151,3 +151,36 @@ async def test_an_agent_serving_https_is_seen_running_by_the_cli(
         assert "stop it first" in json.loads(running.stdout)["error"]
     finally:
         agent.stop()
+
+
+def test_the_technicians_mistakes_get_a_reason_not_a_traceback(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens: the agent is stopped
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "B7"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'http_port = {port}\nmanager_token = "boss"\n'
+    )
+    no_manager = tmp_path / "no-manager.toml"
+    no_manager.write_text(config.read_text().replace('manager_token = "boss"\n', ""))
+    assert cli(config, "db-upgrade").returncode == 0
+
+    missing_dir = cli(config, "backup", str(tmp_path / "no-such-dir" / "agent.db"))
+    assert missing_dir.returncode == 1
+    assert "create it first" in json.loads(missing_dir.stdout)["error"]
+    off = cli(no_manager, "stock", "balances")
+    assert (off.returncode, "manager_token" in off.stdout) == (2, True)
+    stopped = cli(config, "stock", "balances")
+    assert stopped.returncode == 1
+    assert "does not answer" in stopped.stderr
+    no_config = subprocess.run(
+        [sys.executable, "-m", "branch_agent", "status"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_AGENT_")},
+    )
+    assert no_config.returncode == 2
+    assert "missing required field `branch`" in no_config.stderr
+    for result in (missing_dir, off, stopped, no_config):
+        assert "Traceback" not in result.stdout + result.stderr
