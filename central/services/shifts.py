@@ -14,7 +14,7 @@ from central.auth.context import current_request_audit
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
 from central.services.audit import cli_actor, record_change
-from central.services.paging import paged
+from central.services.paging import check_branch, paged
 
 __all__ = [
     "ClosedDayOut",
@@ -76,6 +76,7 @@ async def list_shifts(
     limit: int,
     offset: int,
 ) -> Page[ShiftOut]:
+    await check_branch(session, branch)
     if date_from and date_to and date_from > date_to:
         raise ValidationFailed("date_from is after date_to", field="date_from")
     conditions = []
@@ -211,6 +212,7 @@ async def list_closed_days(
     offset: int,
 ) -> Page[ClosedDayOut]:
     """The days head office closed, latest first."""
+    await check_branch(session, branch)
     conditions = []
     if branch is not None:
         conditions.append(ClosedDay.branch == branch)
