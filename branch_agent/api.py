@@ -441,6 +441,19 @@ def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Respons
     return _problem(exc.status, exc.title, exc.detail, request.url.path, errors)
 
 
+def _on_not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[bytes]:
+    # msgspec raises UnicodeDecodeError (not its DecodeError, which Litestar makes a 400)
+    # for a JSON string holding bytes that are not UTF-8: the till's fault, nothing parsed
+    # and so nothing recorded; no route decodes other bytes as UTF-8 strictly.
+    return _problem(
+        400,
+        "Bad request",
+        "request body is not valid UTF-8 JSON",
+        request.url.path,
+        (FieldError(field="body", message="not valid UTF-8"),),
+    )
+
+
 def _on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if is_storage_full(exc):
         # Any write route (documents, counts, shifts) refuses clearly when the disk is
@@ -472,6 +485,7 @@ def _on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes
 _handlers: ExceptionHandlersMap = {
     HTTPException: _on_http,
     AgentError: _on_agent_error,
+    UnicodeDecodeError: _on_not_utf8,
     Exception: _on_crash,
 }
 

@@ -304,15 +304,17 @@ async def sku_for_scale_plu(session: AsyncSession, plu: int) -> str | None:
 async def search_products(
     session: AsyncSession, text: str, *, at: datetime, limit: int = 20
 ) -> list[CatalogItem]:
-    pattern = f"%{text.lower()}%"
+    # The typed text is matched literally: its own % and _ are not wildcards.
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
     if await _has_master_data(session):
         skus = (
             await session.scalars(
                 select(MdProduct.sku)
                 .where(
                     or_(
-                        func.lower(MdProduct.name).like(pattern),
-                        func.lower(MdProduct.sku).like(pattern),
+                        func.lower(MdProduct.name).like(pattern, escape="\\"),
+                        func.lower(MdProduct.sku).like(pattern, escape="\\"),
                     )
                 )
                 .group_by(MdProduct.sku)
@@ -330,7 +332,10 @@ async def search_products(
         return items
     rows = await session.scalars(
         select(Product)
-        .where(Product.active, (Product.name.ilike(pattern)) | (Product.sku.ilike(pattern)))
+        .where(
+            Product.active,
+            (Product.name.ilike(pattern, escape="\\")) | (Product.sku.ilike(pattern, escape="\\")),
+        )
         .order_by(Product.name)
         .limit(limit)
     )

@@ -50,6 +50,14 @@ def _write_settings(path: Path, env: dict[str, str], http_port: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _till_token(code: str) -> str:
+    return f"{code}-till-1-secret"
+
+
+def _manager_token(code: str) -> str:
+    return f"{code}-manager-secret"
+
+
 def _admin_token(python: str, env: dict[str, str]) -> str:
     """A token of the demo's admin user (made on the first run, another one later)."""
     for args in (["add", "demo-admin", "--role", "admin"], ["token", "demo-admin"]):
@@ -163,8 +171,8 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                 f'data_dir = "{data_dir / ("agent-" + code)}"\n'
                 f'nats_url = "{nats.url}"\nnats_creds = "{creds[code]}"\n'
                 f"http_port = {port}\ndemo_catalog = true\n"
-                f'manager_token = "{code}-manager-secret"\n\n'
-                f'[[agent.tills]]\nid = "T1"\ntoken = "{code}-till-1-secret"\n'
+                f'manager_token = "{_manager_token(code)}"\n\n'
+                f'[[agent.tills]]\nid = "T1"\ntoken = "{_till_token(code)}"\n'
                 f'fiscal_printer = {{ port = "{devices["fiscal"]}", protocol = "datecs-x" }}\n'
                 f'receipt_printer = {{ port = "{devices["printer"]}", protocol = "escpos" }}\n'
                 f'display = {{ port = "{devices["display"]}" }}\n'
@@ -182,7 +190,7 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     "--url",
                     f"http://127.0.0.1:{port}",
                     "--token",
-                    f"{code}-till-1-secret",
+                    _till_token(code),
                     "--interval",
                     "3",
                 ],
@@ -199,6 +207,11 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     },
                     "data_dir": str(data_dir),
                     "admin_token": admin,
+                    # The demo agents' till API tokens (also in agent-<code>.toml).
+                    "agent_tokens": {
+                        code: {"till_T1": _till_token(code), "manager": _manager_token(code)}
+                        for code, _n, _t, _p in DEMO_BRANCHES
+                    },
                     "settings_file": str(data_dir / "central.toml"),
                     "logs": str(logs),
                 },

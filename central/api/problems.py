@@ -105,6 +105,21 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return problem_response(problem)
 
 
+def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[bytes]:
+    """msgspec raises UnicodeDecodeError (not its DecodeError, which Litestar turns into
+    a 400) for a JSON string holding bytes that are not UTF-8, so such a body escaped as a
+    500. No route decodes other bytes as UTF-8 strictly, so the error is the client's:
+    nothing was parsed, hence nothing recorded."""
+    problem = Problem(
+        title=_TITLES[400],
+        status=400,
+        detail="request body is not valid UTF-8 JSON",
+        instance=request.url.path,
+        errors=(FieldError(field="body", message="not valid UTF-8"),),
+    )
+    return problem_response(problem)
+
+
 def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
     """A report the database cancelled at its statement timeout is the caller's to
     narrow (503, nothing changed: reports only read); any other database error is a 500."""
@@ -125,6 +140,7 @@ def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Respons
 exception_handlers: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     DomainError: _domain_error,
+    UnicodeDecodeError: _not_utf8,
     DBAPIError: _database_error,
     Exception: _internal_error,
 }

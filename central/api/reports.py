@@ -63,7 +63,8 @@ def _respond(
         return report
     return Response(
         content=report_csv(rows),
-        media_type="text/csv; charset=utf-8",
+        # Litestar adds "; charset=utf-8" to a text/* type itself (twice if named here).
+        media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
     )
 

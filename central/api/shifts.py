@@ -21,6 +21,7 @@ from central.services.shifts import (
     list_closed_days,
     list_shifts,
 )
+from protocol.limits import Text64
 
 __all__ = ["CloseDayIn", "ShiftController"]
 
@@ -28,7 +29,8 @@ __all__ = ["CloseDayIn", "ShiftController"]
 class CloseDayIn(msgspec.Struct, kw_only=True):
     branch: str
     local_date: date
-    closed_by: str = ""
+    # Who closed it; absent: the user of the request.
+    closed_by: Text64 | None = None
 
 
 class ShiftController(Controller):

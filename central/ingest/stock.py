@@ -79,6 +79,9 @@ class Movement:
     line_no: int
     occurred_at: datetime
     local_date: date
+    # Value of incoming goods when it is known as a whole (a transfer received: its
+    # share of what left the sender); None: quantity x unit_cost (or the average).
+    value: int | None = None
 
 
 @dataclass(slots=True)
@@ -95,15 +98,24 @@ class Valued:
 
 
 def apply_movement(
-    quantity: int, value: int, avg_cost: int, delta_milli: int, unit_cost: int | None
+    quantity: int,
+    value: int,
+    avg_cost: int,
+    delta_milli: int,
+    unit_cost: int | None,
+    in_value: int | None = None,
 ) -> Valued:
     """Value one movement against a balance; returns the movement's cost and the new balance.
+
+    ``in_value``: the value of incoming goods when known as a whole (``unit_cost`` is
+    then only what the ledger shows per unit); rounding a unit cost first and
+    multiplying after would change the value by the rounding times the quantity.
 
     Invariant (what the rebuild checks): ``value_after == value + result.value``.
     """
     if delta_milli >= 0:
         cost = avg_cost if unit_cost is None else unit_cost
-        moved = div_half_up(delta_milli * cost, 1000)
+        moved = div_half_up(delta_milli * cost, 1000) if in_value is None else in_value
     else:
         out = -delta_milli
         cost = avg_cost
@@ -237,8 +249,10 @@ async def _write_balances(
     )
 
 
-async def _sent_costs(session: AsyncSession, refs: set[str]) -> dict[tuple[str, str], int]:
-    """Unit cost at which already-stored outbound transfers left the sender."""
+async def _sent_costs(
+    session: AsyncSession, refs: set[str]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(quantity_milli, value) with which already-stored outbound transfers left the sender."""
     if not refs:
         return {}
     rows = await session.execute(
@@ -249,7 +263,7 @@ async def _sent_costs(session: AsyncSession, refs: set[str]) -> dict[tuple[str, 
             StockTransferLine.sent_value,
         ).where(StockTransferLine.transfer_ref.in_(refs), StockTransferLine.sent_milli > 0)
     )
-    return {(r.transfer_ref, r.sku): div_half_up(r.sent_value * 1000, r.sent_milli) for r in rows}
+    return {(r.transfer_ref, r.sku): (r.sent_milli, r.sent_value) for r in rows}
 
 
 _LEDGER_COLUMNS = (
@@ -281,7 +295,7 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
     ledger: list[tuple[Any, ...]] = []
     for m in movements:
         bal = balances[(m.branch, m.sku)]
-        valued = apply_movement(bal[0], bal[1], bal[2], m.quantity_milli, m.unit_cost)
+        valued = apply_movement(bal[0], bal[1], bal[2], m.quantity_milli, m.unit_cost, m.value)
         bal[0] = valued.quantity_after
         bal[1] = valued.value_after
         bal[2] = valued.avg_cost_after
@@ -365,9 +379,16 @@ async def apply_stock(
             ref = transfer_ref_of(body)
             for line_no, line in enumerate(body.lines, start=1):
                 unit_cost = line.unit_cost if line.quantity_milli > 0 else None
-                if body.doc_type == "transfer_in" and unit_cost is None:
-                    # Received at the cost at which the sender let it go, when known.
-                    unit_cost = sent_costs.get((ref, line.sku))
+                in_value: int | None = None
+                sent = sent_costs.get((ref, line.sku))
+                if body.doc_type == "transfer_in" and unit_cost is None and sent is not None:
+                    # Received at the value with which the sender let it go, when known:
+                    # its share of the sent value, rounded once (all of it when all
+                    # arrives), so a transfer moves value between branches, creating
+                    # none; the ledger's unit cost is the rounded one.
+                    sent_milli, sent_value = sent
+                    unit_cost = div_half_up(sent_value * 1000, sent_milli)
+                    in_value = div_half_up(sent_value * line.quantity_milli, sent_milli)
                 movements.append(
                     Movement(
                         branch=branch,
@@ -380,6 +401,7 @@ async def apply_stock(
                         line_no=line_no,
                         occurred_at=at,
                         local_date=day,
+                        value=in_value,
                     )
                 )
     results = await post_movements(session, movements)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.auth.context import RequestAudit, current_request_audit
+from central.errors import ValidationFailed
 from central.models import AuditEntry
 
 __all__ = [
@@ -102,7 +103,14 @@ class AuditQuery:
     offset: int = 0
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 async def list_audit(session: AsyncSession, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+    # A reversed range would answer an empty page that looks like "nothing happened".
+    if query.since and query.until and _aware(query.since) > _aware(query.until):
+        raise ValidationFailed(f"since {query.since} is after until {query.until}", field="since")
     stmt = select(AuditEntry)
     if query.actor:
         stmt = stmt.where(AuditEntry.actor == query.actor)

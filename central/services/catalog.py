@@ -381,11 +381,13 @@ async def list_products(
 ) -> ProductPage:
     query = select(Product)
     if q:
-        pattern = f"%{q.lower()}%"
+        # The user's text is matched literally: its own % and _ are not wildcards.
+        escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
         query = query.where(
             or_(
-                func.lower(Product.name).like(pattern),
-                func.lower(Product.sku).like(pattern),
+                func.lower(Product.name).like(pattern, escape="\\"),
+                func.lower(Product.sku).like(pattern, escape="\\"),
                 Product.sku.in_(select(ProductBarcode.sku).where(ProductBarcode.barcode == q)),
             )
         )

@@ -18,7 +18,7 @@ from central.models import (
     StockDocument,
     StockDocumentLineRow,
 )
-from central.services.paging import paged
+from central.services.paging import check_branch, paged
 from protocol.units import format_milli
 
 __all__ = [
@@ -125,6 +125,7 @@ async def list_documents(
     limit: int,
     offset: int,
 ) -> Page[StockDocumentOut]:
+    await check_branch(session, branch)
     _dates(date_from, date_to)
     if doc_type and doc_type not in DOCUMENT_TYPES:
         raise ValidationFailed(
@@ -253,6 +254,7 @@ async def list_customer_returns(
     limit: int,
     offset: int,
 ) -> Page[CustomerReturnOut]:
+    await check_branch(session, branch)
     _dates(date_from, date_to)
     r = CustomerReturn
     conditions: list[Any] = []

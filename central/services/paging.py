@@ -9,8 +9,10 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
+from central.errors import NotFoundError
+from central.models import Branch
 
-__all__ = ["COUNT_AHEAD", "PageTotal", "page_total", "paged"]
+__all__ = ["COUNT_AHEAD", "PageTotal", "check_branch", "page_total", "paged"]
 
 T = TypeVar("T")
 
@@ -48,3 +50,10 @@ async def paged(
     of ``matching`` (see :func:`page_total`)."""
     total = await page_total(session, matching, limit=limit, offset=offset, found=len(items))
     return Page(items=items, total=total.total, total_exact=total.exact, limit=limit, offset=offset)
+
+
+async def check_branch(session: AsyncSession, branch: str | None) -> None:
+    """A records list filtered by a branch central does not know is a 404 naming
+    ``branch`` (as the reports answer), not an empty page that reads "no records"."""
+    if branch and await session.get(Branch, branch) is None:
+        raise NotFoundError(f"unknown branch {branch!r}", field="branch")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -105,6 +106,9 @@ async def price_tag_items(
     until = until or now + timedelta(days=1)
     if since.tzinfo is None or until.tzinfo is None:
         raise ValidationFailed("since/until need a UTC offset", field="since")
+    if since > until:
+        raise ValidationFailed(f"since {since} is after until {until}", field="since")
+    zone = ZoneInfo(branch.timezone)
     scopes = {
         (s, sid or "")
         for s, sid in branch_scopes(branch.code, branch.format_code, branch.price_zone)
@@ -150,7 +154,8 @@ async def price_tag_items(
                 "name": product.name,
                 "price": price.price,
                 "unit": product.unit,
-                "valid_from": at,
+                # The shelf shows the branch's wall clock (with its zone), not UTC.
+                "valid_from": at.astimezone(zone),
                 "barcode": code,
             }
         )
@@ -191,7 +196,7 @@ async def render_price_tags(
             f'<div class="name">{html.escape(str(item["name"]))}</div>'
             f'<div class="price">{price}</div>'
             f'<div class="unit">unit price: {html.escape(unit_text)} · SKU {html.escape(str(item["sku"]))}'
-            f" · from {valid_from:%Y-%m-%d %H:%M} UTC</div>"
+            f" · from {valid_from:%Y-%m-%d %H:%M %Z}</div>"
             + (ean_svg(str(item["barcode"])) if item["barcode"] else "")
             + "</div>"
         )

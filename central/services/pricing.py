@@ -23,6 +23,7 @@ from central.models import (
     ReceiptLineRow,
     RepricingDocument,
     RepricingLine,
+    StockBalance,
     StoreFormat,
 )
 from central.services.assortment import branch_carries
@@ -117,7 +118,8 @@ class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True):
 class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True):
     sku: str
     new_price: int
-    # Stock on hand to revalue (thousandths); central's stock balance when absent.
+    # Stock on hand to revalue (thousandths); when absent, central's stock balances in
+    # the branches the document's scope reaches, when the draft is created.
     stock_milli: int | None = None
 
 
@@ -603,6 +605,26 @@ async def list_price_zones(session: AsyncSession) -> list[PriceZoneIn]:
 # --- repricing documents ------------------------------------------------------------
 
 
+async def _stock_in_scope(
+    session: AsyncSession, scope: str, scope_id: str, skus: Sequence[str]
+) -> dict[str, int]:
+    """Central's stock on hand per SKU in the active branches the scope reaches (a
+    branch's negative balance holds nothing to revalue, so it counts as zero)."""
+    query = (
+        select(StockBalance.sku, func.sum(StockBalance.quantity_milli))
+        .join(Branch, Branch.code == StockBalance.branch)
+        .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli > 0)
+        .group_by(StockBalance.sku)
+    )
+    if scope == "format":
+        query = query.where(Branch.format_code == scope_id)
+    elif scope == "zone":
+        query = query.where(Branch.price_zone == scope_id)
+    elif scope == "branch":
+        query = query.where(Branch.code == scope_id)
+    return {sku: int(total) for sku, total in await session.execute(query)}
+
+
 async def create_repricing(
     session: AsyncSession, data: RepricingDocumentIn
 ) -> RepricingDocumentOut:
@@ -642,12 +664,17 @@ async def create_repricing(
         )
         session.add(doc)
         await session.flush()
+        # A line without stock revalues what central holds in the scope now: the draft
+        # shows it, and approval revalues it (a count of the store's own may differ).
+        held = await _stock_in_scope(
+            session, data.scope, sid, [ln.sku for ln in data.lines if ln.stock_milli is None]
+        )
         session.add_all(
             RepricingLine(
                 document_id=doc.id,
                 sku=line.sku,
                 new_price=line.new_price,
-                stock_milli=line.stock_milli or 0,
+                stock_milli=held.get(line.sku, 0) if line.stock_milli is None else line.stock_milli,
             )
             for line in data.lines
         )

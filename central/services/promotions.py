@@ -126,7 +126,8 @@ async def _check_references(session: AsyncSession, data: PromotionIn) -> None:
         for i, value in enumerate(values):
             row = await session.get(model, value)
             if row is None or (isinstance(row, Product) and not row.active):
-                raise ValidationFailed(f"unknown {field[:-1]} {value!r}", field=f"{field}[{i}]")
+                noun = {"skus": "sku", "categories": "category", "branches": "branch"}[field]
+                raise ValidationFailed(f"unknown {noun} {value!r}", field=f"{field}[{i}]")
 
 
 async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:

@@ -17,7 +17,7 @@ from central.api.schemas import (
 )
 from central.errors import ValidationFailed
 from central.models import Receipt, ReceiptLineRow
-from central.services.paging import paged
+from central.services.paging import check_branch, paged
 from protocol.units import format_milli
 
 __all__ = ["ReceiptQuery", "list_receipts", "receipt_out"]
@@ -112,6 +112,7 @@ def receipt_out(receipt: Receipt) -> ReceiptOut:
 
 
 async def list_receipts(session: AsyncSession, query: ReceiptQuery) -> Page[ReceiptOut]:
+    await check_branch(session, query.branch)
     stmt = (
         query.where(select(Receipt))
         .options(selectinload(Receipt.lines), selectinload(Receipt.payments))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
+from central.auth.context import current_request_audit
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
-from central.services.audit import record_change
-from central.services.paging import paged
+from central.services.audit import cli_actor, record_change
+from central.services.paging import check_branch, paged
 
 __all__ = [
     "ClosedDayOut",
@@ -74,6 +76,7 @@ async def list_shifts(
     limit: int,
     offset: int,
 ) -> Page[ShiftOut]:
+    await check_branch(session, branch)
     if date_from and date_to and date_from > date_to:
         raise ValidationFailed("date_from is after date_to", field="date_from")
     conditions = []
@@ -209,6 +212,7 @@ async def list_closed_days(
     offset: int,
 ) -> Page[ClosedDayOut]:
     """The days head office closed, latest first."""
+    await check_branch(session, branch)
     conditions = []
     if branch is not None:
         conditions.append(ClosedDay.branch == branch)
@@ -243,11 +247,25 @@ async def list_closed_days(
 
 
 async def close_day(
-    session: AsyncSession, *, branch: str, local_date: date, closed_by: str = ""
+    session: AsyncSession, *, branch: str, local_date: date, closed_by: str | None = None
 ) -> ClosedDayOut:
-    """Close a branch's local day at central: sales filed into it afterwards are flagged late."""
-    if await session.get(Branch, branch) is None:
+    """Close a branch's local day at central: sales filed into it afterwards are flagged late.
+
+    ``closed_by``: who closed it; by default the user of the request (as in the audit log).
+    """
+    found = await session.get(Branch, branch)
+    if found is None:
         raise NotFoundError(f"branch {branch!r} not found", field="branch")
+    # A closed day is never reopened: closing one that has not begun would flag every
+    # sale of that whole day late.
+    today = datetime.now(ZoneInfo(found.timezone)).date()
+    if local_date > today:
+        raise ValidationFailed(
+            f"{local_date} has not begun at {branch!r} (its local day is {today})",
+            field="local_date",
+        )
+    if closed_by is None:
+        closed_by = (current_request_audit.get() or cli_actor()).actor[:64]
     if await session.get(ClosedDay, (branch, local_date)) is not None:
         raise ConflictError(f"{local_date} is already closed at {branch!r}", field="local_date")
     row = ClosedDay(

@@ -24,7 +24,7 @@ from sqlalchemy.orm import aliased
 from central.api.schemas import Page
 from central.errors import ValidationFailed
 from central.models import StockBalance, StockMovement, StockTransfer, StockTransferLine
-from central.services.paging import paged
+from central.services.paging import check_branch, paged
 from protocol.units import format_milli
 
 __all__ = [
@@ -109,6 +109,7 @@ async def list_balances(
     limit: int,
     offset: int,
 ) -> Page[StockBalanceOut]:
+    await check_branch(session, branch)
     stmt = select(StockBalance)
     conditions = []
     if branch:
@@ -142,6 +143,7 @@ async def list_ledger(
     limit: int,
     offset: int,
 ) -> Page[StockMovementOut]:
+    await check_branch(session, branch)
     if date_from and date_to and date_from > date_to:
         raise ValidationFailed("date_from is after date_to", field="date_from")
     conditions = [StockMovement.branch == branch, StockMovement.sku == sku]
@@ -195,6 +197,7 @@ async def list_transfers(
     limit: int,
     offset: int,
 ) -> Page[TransferOut]:
+    await check_branch(session, branch)
     stmt = select(StockTransfer)
     if branch:
         stmt = stmt.where(

@@ -225,6 +225,58 @@ async def test_transfers_match_out_and_in_in_either_order(
     assert by_ref["T-200"].lines[0].in_transit_milli == 0
 
 
+async def test_a_transfer_received_in_full_moves_its_value_to_the_cent(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """3 units worth 319 leave at 106.33 a unit: the receiver's value was 3 x 106 = 318
+    (the unit cost rounded first), a cent lost to the chain by a transfer."""
+    b1, b2 = BranchBooks("B1"), BranchBooks("B2")
+    b1.document("goods_receipt", [("MILK", 1_000, 99)])
+    b1.document("goods_receipt", [("MILK", 2_000, 110)])
+    out = b1.document("transfer_out", [("MILK", -3_000, None)], counterpart="B2", document_id="T-1")
+    inbound = b2.document(
+        "transfer_in", [("MILK", 3_000, None)], counterpart="B1", transfer_ref="T-1"
+    )
+
+    async def chain_value() -> int:
+        async with sessionmaker() as session:
+            return int(await session.scalar(select(func.sum(StockBalance.value))) or 0)
+
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in b1.events[:2]])
+    assert await chain_value() == 319
+    await worker.process([message(out)])
+    await worker.process([message(inbound)])
+    async with sessionmaker() as session:
+        page = await list_transfers(session, branch="B2", in_transit_only=False, limit=10, offset=0)
+        b2_balance = await session.get(StockBalance, ("B2", "MILK"))
+    line = page.items[0].lines[0]
+    assert (line.sent_value, line.received_value) == (319, 319)
+    assert await chain_value() == 319
+    assert b2_balance is not None
+    assert (b2_balance.quantity_milli, b2_balance.value, b2_balance.avg_cost) == (3_000, 319, 106)
+    # The rebuild from the ledger agrees with the balances.
+    async with sessionmaker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
+
+
+async def test_a_transfer_received_in_part_takes_its_share_of_the_value(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    b1, b2 = BranchBooks("B1"), BranchBooks("B2")
+    b1.document("goods_receipt", [("MILK", 1_000, 99)])
+    b1.document("goods_receipt", [("MILK", 2_000, 110)])
+    b1.document("transfer_out", [("MILK", -3_000, None)], counterpart="B2", document_id="T-2")
+    b2.document("transfer_in", [("MILK", 2_000, None)], counterpart="B1", transfer_ref="T-2")
+    await IngestWorker(sessionmaker).process([message(e) for e in b1.events])
+    await IngestWorker(sessionmaker).process([message(e) for e in b2.events])
+    async with sessionmaker() as session:
+        b2_balance = await session.get(StockBalance, ("B2", "MILK"))
+    assert b2_balance is not None
+    # 319 x 2/3 = 212.67, rounded once.
+    assert (b2_balance.quantity_milli, b2_balance.value) == (2_000, 213)
+
+
 async def test_dead_letter_replay_after_the_fix(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:

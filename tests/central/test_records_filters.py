@@ -114,8 +114,10 @@ async def test_receipts_by_till_fiscal_number_and_product(
     assert await sales(c, sku="EGGS") == [r5]
     assert await sales(c, sku="MILK", branch="A1") == [r1, r3, r4]
     assert await sales(c, sku="NOPE") == []
-    # An unknown branch is not validated: it matches nothing (not everything).
-    assert await sales(c, branch="ZZ") == []
+    # An unknown branch is a 404 naming it (as in the reports), not an empty page.
+    r = await c.get("/api/v1/receipts", params={"branch": "ZZ"})
+    assert r.status_code == 404, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["branch"]
 
 
 async def test_receipts_by_local_date_range(central: Any, central_client: Any) -> None:
@@ -189,7 +191,9 @@ async def test_transfers_in_transit(central: Any, central_client: Any) -> None:
     assert await transfers(in_transit="true") == [out1]
     assert await transfers(in_transit="true", branch="B1") == [out1]
     assert await transfers(in_transit="false", branch="A1") == [out1, out2]
-    assert await transfers(branch="C9") == []
+    # An unknown branch is a 404 naming it, not an empty list.
+    r = await central_client.get("/api/v1/stock/transfers", params={"branch": "C9"})
+    assert problem(r, 404)["errors"][0]["field"] == "branch"
 
 
 async def test_transfer_received_before_it_was_sent_is_not_in_transit(
@@ -275,7 +279,8 @@ async def test_dead_letter_replay_stores_the_event_once_the_branch_exists(
     failed = (await c.post(f"/api/v1/dead-letters/{letter}/replay")).json()
     assert (failed["status"], failed["attempts"]) == ("open", 2)
     assert "unknown branch 'B9'" in failed["reason"]
-    assert await sales(c, branch="B9") == []
+    # Not registered: the records lists do not know it (404), nothing was stored.
+    assert problem(await c.get("/api/v1/receipts", params={"branch": "B9"}), 404)
 
     await register_branch(central, "B9")
     replayed = await c.post(f"/api/v1/dead-letters/{letter}/replay")
