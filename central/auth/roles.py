@@ -43,7 +43,6 @@ MASTER_DATA_GROUPS = frozenset(
     {
         "products",
         "prices",
-        "price-lists",
         "promotions",
         "assortment",
         "price-tags",
@@ -51,12 +50,10 @@ MASTER_DATA_GROUPS = frozenset(
         "formats",
         "zones",
         "repricing",
-        "vat-rates",
-        "barcodes",
     }
 )
 # Liveness and the OpenAPI docs need no credentials.
-PUBLIC_PATH_PATTERNS = ("^/health/?$", "^/docs(/|$)", "^/schema(/|$)")
+PUBLIC_PATH_PATTERNS = ("^/health/?$", "^/docs(/|$)")
 _PUBLIC_RE = re.compile("|".join(PUBLIC_PATH_PATTERNS))
 
 PUBLIC: dict[str, Any] = {"public": True}
