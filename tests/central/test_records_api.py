@@ -78,4 +78,5 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
         ("A1", shift["local_date"])
     ]
     elsewhere = await central_client.get("/api/v1/shifts/closed-days", params={"branch": "B9"})
-    assert elsewhere.json()["total"] == 0
+    assert elsewhere.status_code == 404  # an unknown branch, named
+    assert elsewhere.json()["errors"][0]["field"] == "branch"
