@@ -281,11 +281,19 @@ async def run(products: int, lookups: int, sales: int) -> dict[str, Any]:
                 assert r.status_code == 200, r.text
 
             http_lookup_ms = await timed(min(lookups, 5000), http_lookup)
+            # Sales go into the till's open shift (this one stays open for the commits
+            # measured below, on the same database).
+            opened = await client.post(f"{url}/api/v1/shifts", json={}, headers=headers)
+            assert opened.status_code in (200, 201), opened.text
 
             async def http_sale(i: int) -> None:
                 body = {
                     "sale_id": f"http-{i}",
-                    "lines": [{"barcode": codes[(i * 3 + k) % len(codes)]} for k in range(3)],
+                    # A weighed item needs its quantity (1 kg here, as 1 piece of the rest).
+                    "lines": [
+                        {"barcode": codes[(i * 3 + k) % len(codes)], "quantity": "1"}
+                        for k in range(3)
+                    ],
                     "payments": [{"type": "cash", "amount": 100000}],
                 }
                 r = await client.post(f"{url}/api/v1/sales", json=body, headers=headers)
@@ -321,7 +329,10 @@ async def run(products: int, lookups: int, sales: int) -> dict[str, Any]:
             async def commit(i: int) -> None:
                 sale = SaleIn(
                     sale_id=f"bench-{i}",
-                    lines=[SaleLineIn(barcode=codes[(i * 7 + k) % len(codes)]) for k in range(3)],
+                    lines=[
+                        SaleLineIn(barcode=codes[(i * 7 + k) % len(codes)], quantity="1")
+                        for k in range(3)
+                    ],
                     payments=[PaymentIn(type="cash", amount=100000)],
                 )
                 _, created = await service.record_sale("T2", sale)

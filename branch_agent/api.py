@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -421,19 +422,41 @@ def _problem(
     )
 
 
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    422: "Invalid input",
+}
+
+_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+
+
 def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     errors: tuple[FieldError, ...] = ()
     status = exc.status_code
-    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
-        errors = tuple(
-            FieldError(field=str(e.get("key", "body")), message=str(e.get("message", "")))
-            for e in exc.extra
-            if isinstance(e, dict)
-        )
+    if isinstance(exc, ValidationException):
+        if isinstance(exc.extra, list):
+            errors = tuple(
+                FieldError(field=str(e.get("key", "body")), message=str(e.get("message", "")))
+                for e in exc.extra
+                if isinstance(e, dict)
+            )
+        missing = _MISSING_PARAMETER.match(str(exc.detail))
+        if missing is not None and not errors:
+            # Litestar names a missing required parameter only in its message (as
+            # central's API does: the till is told which field, like any other).
+            errors = (
+                FieldError(
+                    field=missing["name"], message=f"missing required {missing['kind']} parameter"
+                ),
+            )
         status = 422 if errors else 400
-    return _problem(
-        status, "Invalid input" if status == 422 else "Error", exc.detail, request.url.path, errors
-    )
+    return _problem(status, _TITLES.get(status, "Error"), exc.detail, request.url.path, errors)
 
 
 def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Response[bytes]:

@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from branch_agent.settings import AgentSettings, load_settings
 from protocol.config import SettingsError
@@ -76,15 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _usage_error(message: str) -> NoReturn:
+    """A mistake on the command line: said on stderr, exit 2 (as argparse does)."""
+    print(f"python -m branch_agent: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _lines(specs: list[str], key: str) -> list[dict[str, Any]]:
     lines = []
     for spec in specs:
         sku, sep, rest = spec.partition("=")
         if not sep or not sku or not rest:
-            raise SystemExit(f"bad line {spec!r}: SKU=QUANTITY[@UNIT_COST]")
+            _usage_error(f"bad line {spec!r}: SKU=QUANTITY[@UNIT_COST]")
         quantity, _, cost = rest.partition("@")
         line: dict[str, Any] = {"sku": sku, key: quantity}
         if cost:
+            # Whole cents, as the API takes it. "0.33" is refused rather than read as
+            # euros: "@70" is 70 cents, and "@70.00" meaning 100 times more is a trap.
+            if not cost.isascii() or not cost.isdigit():
+                _usage_error(
+                    f"bad unit cost {cost!r} in {spec!r}: a whole number of cents (0.33 is @33)"
+                )
             line["unit_cost"] = int(cost)
         lines.append(line)
     return lines
@@ -188,7 +200,8 @@ def _status(settings: AgentSettings, as_json: bool) -> int:
     if as_json:
         print(response.text)
     else:
-        print(format_status(msgspec.json.decode(response.content, type=AgentStatus)))
+        status = msgspec.json.decode(response.content, type=AgentStatus)
+        print(format_status(status, settings.timezone))
     return 0
 
 
@@ -222,7 +235,13 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
         "pending_fiscal_returns": pending_returns,
         "numbering_settled": bool(settled),
     }
-    print(json.dumps(info) if as_json else "\n".join(f"{k:<16} {v}" for k, v in info.items()))
+    if as_json:
+        print(json.dumps(info))
+    else:
+        from branch_agent.status import local_time
+
+        info["last_sync_at"] = local_time(last_sync, settings.timezone)
+        print("\n".join(f"{k:<16} {v}" for k, v in info.items()))
     return 1
 
 

@@ -9,14 +9,15 @@ from branch_agent.models import Product, ProductBarcode
 
 __all__ = ["DEMO_PRODUCTS", "seed_demo_catalog"]
 
-# sku, name, unit, weighed, vat bp, vat group, price, barcode
+# sku, name, unit, weighed, vat bp, vat group, price, barcode (every one a valid EAN-13:
+# the weighed goods' are their label code with weight 0; labels are found by scale PLU)
 DEMO_PRODUCTS: tuple[tuple[str, str, str, bool, int, str, int, str], ...] = (
     ("MILK-1L", "Milk 1L", "pcs", False, 1000, "B", 119, "4006381333931"),
     ("BREAD-500", "Rye bread 500g", "pcs", False, 1000, "B", 249, "4001686301265"),
-    ("APPLE-KG", "Apples", "kg", True, 1000, "B", 299, "2000101000000"),
+    ("APPLE-KG", "Apples", "kg", True, 1000, "B", 299, "2000101000006"),
     ("COFFEE-250", "Coffee beans 250g", "pcs", False, 2000, "A", 699, "8711000530085"),
     ("WATER-15", "Mineral water 1.5L", "pcs", False, 2000, "A", 89, "5449000000996"),
-    ("CHEESE-KG", "Gouda cheese", "kg", True, 1000, "B", 1290, "2000202000008"),
+    ("CHEESE-KG", "Gouda cheese", "kg", True, 1000, "B", 1290, "2000202000004"),
 )
 
 

@@ -24,7 +24,13 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from branch_agent.catalog import BasketLine, CatalogItem, find_product, promotion_discounts
+from branch_agent.catalog import (
+    BasketLine,
+    CatalogItem,
+    find_product,
+    find_products,
+    promotion_discounts,
+)
 from branch_agent.db import create_sessionmaker, table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, direct_unit, run
 from branch_agent.errors import Conflict, NotFound, Rejected, StorageFull
@@ -99,7 +105,7 @@ _INSERT_SALE = DirectStatement(
     insert(table_of(Sale)).values({c: bindparam(c) for c in _SALE_COLUMNS}), table_of(Sale)
 )
 _OPEN_SHIFT_OF_TILL = DirectStatement(
-    select(Shift.shift_id)
+    select(Shift.shift_id, Shift.cashier)
     .where(Shift.till == bindparam("till"), Shift.closed_at.is_(None))
     .order_by(Shift.opened_at.desc())
     .limit(1)
@@ -174,13 +180,14 @@ class SaleService:
     async def _commit_sale(
         self, session: AsyncSession, db: DirectUnit, till: str, sale: SaleIn, *, fiscal: bool
     ) -> SaleOut:
-        receipt, job = await self._price(session, db, till, sale, fiscal=fiscal)
+        shift = await self._open_shift(db, till, sale.shift_id)
+        receipt, job = await self._price(session, db, till, sale, shift, fiscal=fiscal)
         values: dict[str, Any] = {
             "till": till,
             "sale_id": sale.sale_id,
             "shift_id": receipt.shift_id,
             "receipt_number": receipt.receipt_number,
-            "cashier": sale.cashier,
+            "cashier": receipt.cashier,
             "created_at": utcnow(),
             "total": receipt.total,
             "change": receipt.change,
@@ -238,12 +245,36 @@ class SaleService:
                 query = query.where(Sale.till == till)
             return [sale_out(row) for row in await session.scalars(query)]
 
-    async def _open_shift_id(self, db: AsyncSession | DirectUnit, till: str) -> str:
+    async def _open_shift(
+        self, db: AsyncSession | DirectUnit, till: str, given: str
+    ) -> tuple[str, str]:
+        """The till's open shift (id, cashier) a new sale or return goes into.
+
+        A receipt belongs to the shift whose Z report will count it: none open, or a
+        shift id the till holds from before (closed, or another till's), would put it
+        in a shift that is never closed or already reported. Checked before anything
+        is recorded or printed; a retry of a recorded id never gets here.
+        """
         found = await run(db, _OPEN_SHIFT_OF_TILL, {"till": till})
-        return str(found[0][0]) if found else ""
+        if not found:
+            raise Conflict(f"no open shift at till {till}: open one first", field="shift_id")
+        shift_id, cashier = str(found[0][0]), str(found[0][1])
+        if given and given != shift_id:
+            raise Conflict(
+                f"shift {given!r} is not the open shift of till {till} ({shift_id})",
+                field="shift_id",
+            )
+        return shift_id, cashier
 
     async def _price(
-        self, session: AsyncSession, db: DirectUnit, till: str, sale: SaleIn, *, fiscal: bool
+        self,
+        session: AsyncSession,
+        db: DirectUnit,
+        till: str,
+        sale: SaleIn,
+        shift: tuple[str, str],
+        *,
+        fiscal: bool,
     ) -> tuple[ReceiptRecorded, dict[str, Any]]:
         now = datetime.now(UTC)
         priced: list[tuple[CatalogItem, int, str | None, int]] = []
@@ -326,13 +357,15 @@ class SaleService:
                         field=f"payments[{index}].type",
                     )
                 fiscal_types.append(fiscal_type)
-        shift_id = sale.shift_id or await self._open_shift_id(db, till)
+        shift_id, shift_cashier = shift
         receipt = ReceiptRecorded(
             till=till,
             shift_id=shift_id,
             receipt_number=await next_counter(db, f"receipt_number:{till}"),
             sale_id=sale.sale_id,
-            cashier=sale.cashier,
+            # A till that does not name the cashier sells as the shift's.
+            cashier=sale.cashier or shift_cashier,
+            voided_lines=sale.voided_lines,
             lines=tuple(lines),
             payments=tuple(Payment(type=p.type, amount=p.amount) for p in sale.payments),
             total=total,
@@ -356,6 +389,12 @@ class SaleService:
         self, item: CatalogItem, text: str | None, embedded: int | None, field: str
     ) -> int:
         if text is None:
+            if embedded is None and item.weighed:
+                # Never a guess at a weight: 1 kg of cheese is not what was on the scale.
+                raise Rejected(
+                    f"{item.sku} is weighed: send its quantity (or scan its label)",
+                    field=f"{field}.quantity",
+                )
             quantity = embedded if embedded is not None else 1000
         else:
             try:
@@ -393,6 +432,13 @@ class SaleService:
                 raise Rejected(str(exc), field=f"{field}.barcode") from exc
             if scanned is None:
                 raise Rejected(f"unknown barcode {barcode!r}", field=f"{field}.barcode")
+            if sku and scanned.item.sku != sku:
+                # The till thinks it sells one product, the code says another: which one
+                # went over the counter is not for the agent to guess.
+                raise Rejected(
+                    f"barcode {barcode!r} is {scanned.item.sku}, not {sku}",
+                    field=f"{field}.barcode",
+                )
             return scanned.item, scanned.embedded_milli
         item = await find_product(session, sku=sku, at=at)
         if item is None:
@@ -414,6 +460,7 @@ class SaleService:
             )
             if existing is not None:
                 return return_out(existing), False
+            shift_id, shift_cashier = await self._open_shift(session, till, data.shift_id)
             original = await session.scalar(
                 select(Sale).where(
                     Sale.sale_id == data.original_sale_id,
@@ -444,6 +491,11 @@ class SaleService:
             job_lines: list[dict[str, Any]] = []
             already = await self._returned_quantities(session, original.sale_id)
             by_no = {line.line_no: line for line in sold.lines}
+            # Whether a line is weighed, from the catalog (priced or not); a product no
+            # longer listed is taken as weighed only if it was sold in a fraction.
+            listed = await find_products(
+                session, [line.sku for line in sold.lines], at=datetime.now(UTC), priced=False
+            )
             lines: list[ReceiptLine] = []
             seen: set[int] = set()
             for index, line_in in enumerate(data.lines):
@@ -460,6 +512,13 @@ class SaleService:
                     raise Rejected(str(exc), field=f"{field}.quantity") from exc
                 if quantity <= 0:
                     raise Rejected("quantity must be positive", field=f"{field}.quantity")
+                product = listed.get(line.sku)
+                weighed = product.weighed if product else bool(line.quantity_milli % 1000)
+                if not weighed and quantity % 1000:
+                    raise Rejected(
+                        f"{line.sku} is sold by the piece: whole quantities only",
+                        field=f"{field}.quantity",
+                    )
                 left = line.quantity_milli - already.get(line.line_no, 0)
                 if quantity > left:
                     raise Rejected(
@@ -523,7 +582,6 @@ class SaleService:
                         "fiscal_memory_number": original.fiscal_memory_number,
                     },
                 }
-            shift_id = data.shift_id or await self._open_shift_id(session, till)
             body = CustomerReturnRecorded(
                 till=till,
                 shift_id=shift_id,
@@ -531,7 +589,7 @@ class SaleService:
                 return_id=data.return_id,
                 original_sale_id=original.sale_id,
                 original_receipt_number=original.receipt_number,
-                cashier=data.cashier,
+                cashier=data.cashier or shift_cashier,
                 lines=tuple(lines),
                 refunds=refunds,
                 total=total,

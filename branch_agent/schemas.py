@@ -14,8 +14,10 @@ import msgspec
 from protocol.events import PaymentType
 from protocol.limits import (
     NO_NUL,
+    CashMoveAmount,
     Code32,
     Code64,
+    NonNegativeInt32,
     NonNegativeInt64,
     PositiveInt32,
     PositiveInt64,
@@ -52,7 +54,7 @@ class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
     sku: Code64 | None = None
     barcode: Code64 | None = None
     # Decimal text in the product's unit: "2" pieces, "0.754" kg. Omitted: 1 piece, or
-    # the weight a weight-embedded barcode carries.
+    # the weight a weight-embedded barcode carries (a weighed item needs one or the other).
     quantity: QuantityText | None = None
     manual_discount: NonNegativeInt64 = 0
 
@@ -65,13 +67,16 @@ class PaymentIn(msgspec.Struct, frozen=True, kw_only=True):
 class SaleIn(msgspec.Struct, frozen=True, kw_only=True):
     # The till's own id of this sale: posting it again returns the original receipt.
     sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
-    # Empty: the till's open shift.
+    # Empty: the till's open shift; another id (closed, another till's) is refused.
     shift_id: Code64 = ""
+    # Empty: the open shift's cashier.
     cashier: Text64 = ""
     lines: Annotated[list[SaleLineIn], msgspec.Meta(min_length=1, max_length=500)]
     payments: Annotated[list[PaymentIn], msgspec.Meta(min_length=1, max_length=10)]
     # What the till displayed; a mismatch means the till's prices are stale: refused.
     expected_total: int | None = None
+    # Lines the cashier scanned and voided before payment (central's loss prevention).
+    voided_lines: NonNegativeInt32 = 0
 
 
 class SaleLineOut(msgspec.Struct, kw_only=True):
@@ -114,7 +119,9 @@ class ReturnIn(msgspec.Struct, frozen=True, kw_only=True):
     original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     # The till the original sale was made at (sale ids are unique per till).
     original_till: Code32 | None = None
+    # As in a sale: empty is the till's open shift, another id is refused.
     shift_id: Code64 = ""
+    # Empty: the open shift's cashier.
     cashier: Text64 = ""
     lines: Annotated[list[ReturnLineIn], msgspec.Meta(min_length=1, max_length=500)]
     # Default: cash if the customer paid any cash, else the original payment type.
@@ -203,8 +210,10 @@ class ShiftCloseOut(msgspec.Struct, kw_only=True):
 class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True):
     move_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     direction: Literal["in", "out"]
-    amount: PositiveInt64
+    # At most 10,000,000.00: a shift's moves add up without overflowing 64 bits.
+    amount: CashMoveAmount
     reason: ReasonText = ""
+    # Empty: the open shift's cashier.
     cashier: Text64 = ""
 
 

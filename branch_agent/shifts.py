@@ -63,6 +63,11 @@ def _minor(value: Decimal) -> int:
     return int((value * 100).to_integral_value())
 
 
+def _money(minor: int) -> str:
+    sign, minor = ("-" if minor < 0 else ""), abs(minor)
+    return f"{sign}{minor // 100}.{minor % 100:02d}"
+
+
 def _by_group(values: tuple[Decimal, ...]) -> dict[str, int]:
     return {
         letter: _minor(value) for letter, value in zip(VAT_LETTERS, values, strict=False) if value
@@ -383,6 +388,14 @@ class ShiftService:
                 raise DeviceFailed(
                     f"the fiscal printer did not answer: {exc.message}", condition=exc.condition
                 ) from exc
+            if data.direction == "out" and data.amount > cash:
+                # The printer refuses a cash-out beyond its cash count (a bare "command
+                # failed", which read as a device fault): said plainly, nothing recorded.
+                raise Conflict(
+                    f"not enough cash in the drawer: {_money(cash)} by the fiscal printer's"
+                    f" count, {_money(data.amount)} asked",
+                    field="amount",
+                )
             move_pk = await self._cash_intent(till, data, existing, shift, document, cash)
             try:
                 await devices.fiscal_cash(Decimal(data.amount) / 100, out=data.direction == "out")
@@ -431,7 +444,7 @@ class ShiftService:
                     direction=data.direction,
                     amount=data.amount,
                     reason=data.reason,
-                    cashier=data.cashier,
+                    cashier=data.cashier or shift.cashier,
                 )
                 session.add(row)
             row.status = "pending"
@@ -458,7 +471,7 @@ class ShiftService:
                 direction=data.direction,
                 amount=data.amount,
                 reason=data.reason,
-                cashier=data.cashier,
+                cashier=data.cashier or shift.cashier,
                 status="done",
             )
             session.add(row)
@@ -472,7 +485,7 @@ class ShiftService:
                     direction=data.direction,
                     amount=data.amount,
                     reason=data.reason,
-                    cashier=data.cashier,
+                    cashier=row.cashier,
                 ),
             )
         devices = self._devices.tills.get(till)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import func, select
@@ -14,7 +16,7 @@ from branch_agent.outbox import backlog
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
 
-__all__ = ["AgentStatus", "DeviceStateOut", "build_status", "format_status"]
+__all__ = ["AgentStatus", "DeviceStateOut", "build_status", "format_status", "local_time"]
 
 
 class DeviceStateOut(msgspec.Struct, kw_only=True):
@@ -112,8 +114,20 @@ def _clock_text(offset_ms: int | None) -> str:
     )
 
 
-def format_status(status: AgentStatus) -> str:
-    """A plain-text page for a person at the store PC."""
+def local_time(value: str | None, timezone: str) -> str:
+    """A stored time (UTC; naive as SQLite keeps it) in the branch's local time with
+    its offset: times shown to people are the store's wall clock."""
+    if not value:
+        return "never"
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(ZoneInfo(timezone)).isoformat(sep=" ", timespec="seconds")
+
+
+def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
+    """A plain-text page for a person at the store PC (times in ``timezone``, the
+    branch's)."""
     lines = [
         f"branch           {status.branch}",
         f"link to central  {status.link}"
@@ -131,7 +145,7 @@ def format_status(status: AgentStatus) -> str:
             else "; waiting for central to confirm the event numbering (new events not sent yet)"
             + (f": {status.numbering_refused}" if status.numbering_refused else "")
         ),
-        f"last sync        {status.last_sync_at or 'never'}",
+        f"last sync        {local_time(status.last_sync_at, timezone)}",
         f"clock            {_clock_text(status.clock_offset_ms)}",
         f"master data      version {status.applied_version}",
         f"pending fiscal   {status.pending_fiscal} sale(s) and "

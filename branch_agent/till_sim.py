@@ -41,10 +41,10 @@ class SimItem:
 DEMO_ITEMS: tuple[SimItem, ...] = (
     SimItem("4006381333931"),
     SimItem("4001686301265"),
-    SimItem("2000101000000", weighed=True, scale_plu=101),
+    SimItem("2000101000006", weighed=True, scale_plu=101),
     SimItem("8711000530085"),
     SimItem("5449000000996"),
-    SimItem("2000202000008", weighed=True, scale_plu=202),
+    SimItem("2000202000004", weighed=True, scale_plu=202),
 )
 
 

@@ -17,12 +17,14 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
+    "CASH_MOVE_MAX",
     "INT32_MAX",
     "INT64_MAX",
     "INT64_MIN",
     "MAX_EVENT_BYTES",
     "NO_NUL",
     "STOCK_DOCUMENT_PART_LINES",
+    "CashMoveAmount",
     "Code32",
     "Code64",
     "CurrencyCode",
@@ -71,3 +73,11 @@ PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 NonNegativeInt64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 PositiveInt64 = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+
+# One cash move typed at a till (minor units: 10,000,000.00). A shift's moves are
+# summed in 64-bit integers (SQLite's SUM, the shift's totals, the fiscal printer's
+# cash counters read back): at INT64_MAX per move the second one overflowed. At this
+# bound it takes over 9 billion moves. Only the till API takes it: the wire field
+# (CashMoved.amount) keeps its BIGINT limit, so events already recorded still go up.
+CASH_MOVE_MAX = 10**9
+CashMoveAmount = Annotated[int, msgspec.Meta(ge=1, le=CASH_MOVE_MAX)]

@@ -123,6 +123,7 @@ class Till:
         async with httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=self.timeout_s
         ) as client:
+            await self._open_shift(client, stop)
             while not stop.is_set():
                 if self.acked and self.rng.random() < 0.03:
                     await self._check_repeat(client)
@@ -131,6 +132,20 @@ class Till:
                 pause = self.rng.uniform(0.5, 1.5) * self.interval_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)
+
+    async def _open_shift(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        """Open the shift the sales name (the agent takes sales only into the till's
+        open shift); again until the agent answers (it may be starting or killed)."""
+        body = {"shift_id": f"{self.branch}-{self.till_id}", "cashier": "anna"}
+        while not stop.is_set():
+            try:
+                response = await client.post("/api/v1/shifts", json=body)
+            except httpx.HTTPError:
+                response = None
+            if response is not None and response.status_code in (200, 201):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
 
     async def _settle(
         self, client: httpx.AsyncClient, body: dict[str, Any], hard_stop: asyncio.Event

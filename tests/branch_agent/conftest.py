@@ -52,7 +52,16 @@ class Store:
             return [decode_envelope(p) for p in await session.scalars(query)]
 
     async def sale(self, body: dict[str, Any], headers: dict[str, str] = TILL) -> Any:
+        """Sell as a till does: into its open shift, opened first if there is none
+        (the agent refuses a sale outside the till's open shift)."""
+        await self.open_shift(headers)
         return await self.client.post("/api/v1/sales", json=body, headers=headers)
+
+    async def open_shift(self, headers: dict[str, str] = TILL, **body: Any) -> Any:
+        """The till's open shift (POST /api/v1/shifts: the open one again, 200, or a new one)."""
+        opened = await self.client.post("/api/v1/shifts", json=body, headers=headers)
+        assert opened.status_code in (200, 201), opened.text
+        return opened.json()
 
 
 def store_settings(tmp_path: Path, handles: dict[str, SimulatorHandle], **extra: Any) -> Any:

@@ -30,7 +30,7 @@ from branch_agent.models import (
 )
 from branch_agent.outbox import append_event, check_event
 from protocol.events import StockDocumentLine, StockDocumentPosted
-from protocol.limits import INT64_MAX, MAX_EVENT_BYTES
+from protocol.limits import CASH_MOVE_MAX, INT64_MAX, MAX_EVENT_BYTES
 from protocol.masterdata import ProductBucket, ProductRecord, PromotionRecord, encode_masterdata
 from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store
 
@@ -106,6 +106,13 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
         "/api/v1/cash-moves",
         TILL2,
         {"move_id": "m1", "direction": "in", "amount": INT64_MAX + 1},
+        "amount",
+    ),
+    # A shift's moves add up in 64 bits: one move is at most 10,000,000.00.
+    (
+        "/api/v1/cash-moves",
+        TILL2,
+        {"move_id": "m1", "direction": "out", "amount": CASH_MOVE_MAX + 1},
         "amount",
     ),
     (
@@ -188,6 +195,7 @@ async def test_a_catalog_value_beyond_a_limit_refuses_the_sale_and_records_nothi
 ) -> None:
     """A product whose name central could not store (the local catalog takes any):
     the sale is refused before it is recorded or printed, naming the receipt's field."""
+    await store.open_shift(headers)
     async with store.agent.sessionmaker() as session, session.begin():
         await session.execute(
             insert(Product).values(

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from branch_agent.models import OutboxEvent, Product, Sale, StockMove
+from branch_agent.models import Product, Sale, StockMove
 from branch_agent.stock import balances
 from devices.fiscal_datecs import CMD_CLOSE_RECEIPT, CMD_SALE
 from protocol.events import ReceiptRecorded
@@ -154,7 +154,7 @@ async def test_a_till_without_fiscal_printer_records_and_sends_at_commit(store: 
     response = await store.sale(body, headers=TILL2)
     assert response.status_code == 201
     assert response.json()["status"] == "recorded"
-    assert response.json()["event_seq"] == 1
+    assert response.json()["event_seq"] == 2  # after its shift's opening
     assert len(await store.events("receipt_recorded")) == 1
 
 
@@ -197,6 +197,7 @@ async def test_a_scanned_code_reaches_the_till(store: Store) -> None:
 
 
 async def test_bad_sales_get_a_clear_problem_and_record_nothing(store: Store) -> None:
+    await store.open_shift()
     cases = [
         (basket("x1") | {"lines": [{"barcode": "4006381333932"}]}, "lines[0].barcode"),
         (basket("x2") | {"lines": [{"barcode": "0000000000017"}]}, "lines[0].barcode"),
@@ -219,8 +220,9 @@ async def test_bad_sales_get_a_clear_problem_and_record_nothing(store: Store) ->
     unauthenticated = await store.client.post("/api/v1/sales", json=basket("x9"))
     assert unauthenticated.status_code == 401
     async with store.agent.sessionmaker() as session:
-        for model in (Sale, OutboxEvent, StockMove):
+        for model in (Sale, StockMove):
             assert await session.scalar(select(func.count()).select_from(model)) == 0
+    assert [type(e.body).__name__ for e in await store.events()] == ["ShiftOpened"]
     assert store.fiscal.sim.receipts == []
 
 

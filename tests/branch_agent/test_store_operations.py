@@ -313,15 +313,16 @@ async def test_a_resend_command_queues_events_again(store: Store) -> None:
     async with store.agent.write_lock, store.agent.sessionmaker() as session, session.begin():
         await session.execute(update(OutboxEvent).values(sent_at=utcnow()))
     assert (await store.agent.health()).outbox_backlog == 0
+    # 1 is the shift's opening, 2..4 the sales
     request = ResendRequested(branch="B1", from_seq=2, requested_at=datetime.now(UTC))
     await deliver_command(store, encode(request))
-    assert (await store.agent.health()).outbox_backlog == 2
+    assert (await store.agent.health()).outbox_backlog == 3
     assert await store.agent.last_acked_seq() == 1
     # Delivered twice (a redelivery): the same result.
     await deliver_command(store, encode(request))
-    assert (await store.agent.health()).outbox_backlog == 2
+    assert (await store.agent.health()).outbox_backlog == 3
     heartbeat = await store.agent.heartbeat()
-    assert (heartbeat.last_recorded_seq, heartbeat.last_acked_seq) == (3, 1)
+    assert (heartbeat.last_recorded_seq, heartbeat.last_acked_seq) == (4, 1)
     assert {(d.device, d.state) for d in heartbeat.devices} >= {("fiscal", "ok")}
 
 

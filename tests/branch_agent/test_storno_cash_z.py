@@ -29,6 +29,7 @@ def return_body(return_id: str, original: str, *lines: tuple[int, str]) -> dict[
 
 
 async def post_return(store: Store, body: dict[str, Any]) -> Any:
+    await store.open_shift()  # a return goes into the till's open shift, as a sale
     return await store.client.post("/api/v1/returns", json=body, headers=TILL)
 
 
@@ -178,13 +179,15 @@ async def test_a_cash_move_whose_answer_is_lost_is_settled_not_printed_again(
     assert event.body.amount == 300
     shift = (await store.client.get("/api/v1/shifts/current", headers=TILL)).json()
     assert shift["cash_out"] == 300
-    # A move refused by the printer (more than the drawer holds) records nothing done.
+    # More than the drawer holds (the printer would refuse it): said so, not "device
+    # unavailable", and nothing recorded or sent to the printer.
     refused = await cash_move(store, "out-2", "out", 100_000)
-    assert refused.status_code == 503
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["errors"][0]["field"] == "amount"
+    assert "not enough cash in the drawer: 1.63" in refused.json()["detail"]
     async with store.agent.sessionmaker() as session:
         failed = await session.scalar(select(CashMove).where(CashMove.move_id == "out-2"))
-    assert failed is not None
-    assert failed.status == "failed"
+    assert failed is None
     assert len(sim.cash_moves) == 1
     assert (await store.client.get("/api/v1/shifts/current", headers=TILL)).json()[
         "cash_out"

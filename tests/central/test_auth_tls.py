@@ -127,6 +127,10 @@ async def test_an_agent_publishes_over_tls_with_its_own_ca_and_branch_credential
         )
         await agent.start()
         async with asgi_client(agent.app) as client:
+            opened = await client.post(
+                "/api/v1/shifts", json={}, headers={"Authorization": "Bearer B1-till-1"}
+            )
+            assert opened.status_code == 201, opened.text
             response = await client.post(
                 "/api/v1/sales",
                 json={
