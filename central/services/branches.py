@@ -41,6 +41,14 @@ async def check_branch_scopes(
         )
 
 
+def check_timezone(name: str, field: str = "timezone") -> None:
+    """An IANA time zone this machine knows, or a 422 naming ``field``."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationFailed(f"unknown time zone {name!r}", field=field) from exc
+
+
 async def add_branch(
     session: AsyncSession,
     *,
@@ -54,10 +62,7 @@ async def add_branch(
         validate_branch_code(code)
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="code") from exc
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValidationFailed(f"unknown time zone {timezone!r}", field="timezone") from exc
+    check_timezone(timezone)
     await check_branch_scopes(session, format_code=format_code, price_zone=price_zone)
     if await session.get(Branch, code) is not None:
         raise ConflictError(f"branch {code!r} already exists", field="code")
@@ -114,12 +119,7 @@ async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) ->
     if branch is None:
         raise NotFoundError(f"no branch {code!r}", field="code")
     if patch.timezone is not msgspec.UNSET:
-        try:
-            ZoneInfo(patch.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValidationFailed(
-                f"unknown time zone {patch.timezone!r}", field="timezone"
-            ) from exc
+        check_timezone(patch.timezone)
     format_code = branch.format_code if patch.format_code is msgspec.UNSET else patch.format_code
     price_zone = branch.price_zone if patch.price_zone is msgspec.UNSET else patch.price_zone
     await check_branch_scopes(

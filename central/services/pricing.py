@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
@@ -188,14 +188,19 @@ async def _check_scope(session: AsyncSession, scope: str, scope_id: str | None) 
     return scope_id
 
 
-async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
-    query = select(Branch.timezone).where(Branch.active).distinct()
+def _reached_by(scope: str, scope_id: str) -> ColumnElement[bool]:
+    """The branches a price scope reaches (chain: all), as a condition on ``Branch``."""
     if scope == "format":
-        query = query.where(Branch.format_code == scope_id)
-    elif scope == "zone":
-        query = query.where(Branch.price_zone == scope_id)
-    elif scope == "branch":
-        query = query.where(Branch.code == scope_id)
+        return Branch.format_code == scope_id
+    if scope == "zone":
+        return Branch.price_zone == scope_id
+    if scope == "branch":
+        return Branch.code == scope_id
+    return true()
+
+
+async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
+    query = select(Branch.timezone).where(Branch.active, _reached_by(scope, scope_id)).distinct()
     zones = list((await session.scalars(query)).all())
     if not zones and scope == "zone":
         zone = await session.get(PriceZone, scope_id)
@@ -578,17 +583,12 @@ async def expected_price(
 
 
 async def create_price_zone(session: AsyncSession, data: PriceZoneIn) -> PriceZoneIn:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from central.services.branches import check_timezone
 
     async with unit_of_work(session):
         if not CODE_RE.fullmatch(data.code):
             raise ValidationFailed("zone code: 1-32 letters, digits, '-' or '_'", field="code")
-        try:
-            ZoneInfo(data.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValidationFailed(
-                f"unknown time zone {data.timezone!r}", field="timezone"
-            ) from exc
+        check_timezone(data.timezone)
         if await session.get(PriceZone, data.code) is not None:
             raise ConflictError(f"price zone {data.code} exists", field="code")
         session.add(PriceZone(code=data.code, name=data.name, timezone=data.timezone))
@@ -616,13 +616,10 @@ async def _stock_in_scope(
         .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli > 0)
         .group_by(StockBalance.sku)
     )
-    if scope == "format":
-        query = query.where(Branch.format_code == scope_id)
-    elif scope == "zone":
-        query = query.where(Branch.price_zone == scope_id)
-    elif scope == "branch":
-        query = query.where(Branch.code == scope_id)
-    return {sku: int(total) for sku, total in await session.execute(query)}
+    return {
+        sku: int(total)
+        for sku, total in await session.execute(query.where(_reached_by(scope, scope_id)))
+    }
 
 
 async def create_repricing(
