@@ -428,6 +428,17 @@ async def test_numbers_below_the_branch_databases_first_are_given_up_not_asked_f
     assert row.lost_events == 6
 
 
+async def _given_up(
+    sessionmaker: async_sessionmaker[AsyncSession], branch: str
+) -> tuple[int, int | None, int | None, int]:
+    """A branch's contiguous sequence, lost range and lost events (sync health)."""
+    async with sessionmaker() as session:
+        state = await session.get(BranchSyncState, branch)
+        row = next(r for r in (await sync_health(session)).rows if r.branch == branch)
+    assert state is not None
+    return state.contiguous_seq, state.lost_from_seq, state.lost_to_seq, row.lost_events
+
+
 async def test_numbers_the_branch_database_skipped_are_given_up_the_rest_asked_for(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -445,12 +456,7 @@ async def test_numbers_the_branch_database_skipped_are_given_up_the_rest_asked_f
     for _ in range(3):
         await monitor.check()
     assert [(r.branch, r.from_seq) for r in sent] == [("B1", 9)]
-    async with sessionmaker() as session:
-        state = await session.get(BranchSyncState, "B1")
-        row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
-    assert state is not None
-    assert (state.contiguous_seq, state.lost_from_seq, state.lost_to_seq) == (8, 3, 8)
-    assert row.lost_events == 6
+    assert await _given_up(sessionmaker, "B1") == (8, 3, 8, 6)
     # The branch's next heartbeat names 3..10 (the run it really skipped): the rest of
     # the gap goes too, and the branch is not asked again.
     await worker.process([_heartbeat("B1", 12, skipped=((3, 10),))])
@@ -458,12 +464,7 @@ async def test_numbers_the_branch_database_skipped_are_given_up_the_rest_asked_f
     for _ in range(3):
         await monitor.check()
     assert sent == []
-    async with sessionmaker() as session:
-        state = await session.get(BranchSyncState, "B1")
-        row = next(r for r in (await sync_health(session)).rows if r.branch == "B1")
-    assert state is not None
-    assert (state.contiguous_seq, state.lost_from_seq, state.lost_to_seq) == (12, 3, 10)
-    assert row.lost_events == 8
+    assert await _given_up(sessionmaker, "B1") == (12, 3, 10, 8)
 
 
 async def test_a_persisting_gap_asks_the_branch_to_resend_once(

@@ -52,14 +52,18 @@ def secure_nats(tmp_path: Path, issuer: NatsIssuer) -> Iterator[EmbeddedNats]:
 async def secure_central(
     db_url: str, secure_nats: EmbeddedNats, issuer: NatsIssuer
 ) -> AsyncIterator[CentralRuntime]:
-    settings = central_settings(
+    async with running_central(secure_settings(db_url, secure_nats, issuer)) as runtime:
+        yield runtime
+
+
+def secure_settings(db_url: str, server: EmbeddedNats, issuer: NatsIssuer) -> Any:
+    """Central on ``server`` with the issuer's credentials, issuing the branches'."""
+    return central_settings(
         db_url,
-        secure_nats.url,
+        server.url,
         nats_creds=str(issuer.central_creds_file()),
         nats_issuer_dir=str(issuer.directory),
     )
-    async with running_central(settings) as runtime:
-        yield runtime
 
 
 async def add_branch_with_creds(runtime: CentralRuntime, issuer: NatsIssuer, code: str) -> Path:
@@ -333,14 +337,7 @@ async def test_central_pushes_an_account_jwt_whose_branch_permissions_changed(
     server = EmbeddedNats(store, extra_config=issuer.server_config(store / "resolver"))
     server.start()
     try:
-        runtime = CentralRuntime(
-            central_settings(
-                db_url,
-                server.url,
-                nats_creds=str(issuer.central_creds_file()),
-                nats_issuer_dir=str(issuer.directory),
-            )
-        )
+        runtime = CentralRuntime(secure_settings(db_url, server, issuer))
         async with runtime.sessionmaker() as session, session.begin():
             reg = await register_branch(session, issuer, code="B7", name="B7")
         creds = write_branch_creds(issuer, "B7", reg.user)
@@ -385,12 +382,7 @@ async def test_a_revocation_outlives_a_restore_of_centrals_database(
     JWT central stored last keeps it), and the database has the branch revoked again."""
     from tests.e2e.test_central_restored import backup_of
 
-    settings = central_settings(
-        db_url,
-        secure_nats.url,
-        nats_creds=str(issuer.central_creds_file()),
-        nats_issuer_dir=str(issuer.directory),
-    )
+    settings = secure_settings(db_url, secure_nats, issuer)
     async with running_central(settings) as central:
         creds = await add_branch_with_creds(central, issuer, "BA")
     restore = await backup_of(db_url, tmp_path)
