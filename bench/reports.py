@@ -507,10 +507,15 @@ def _cases() -> list[tuple[str, Any, Any]]:
                    LEFT JOIN products p ON p.sku = l.sku
                    WHERE r.local_date BETWEEN :d1 AND :d2 GROUP BY 1),
                cost AS (
-                   SELECT coalesce(p.category_code, '') AS category, -sum(m.value) AS cogs
-                   FROM receipts r JOIN stock_ledger m ON m.event_id = r.event_id
-                   LEFT JOIN products p ON p.sku = m.sku
-                   WHERE r.local_date BETWEEN :d1 AND :d2 GROUP BY 1)
+                   SELECT coalesce(p.category_code, '') AS category, -sum(c.value) AS cogs
+                   FROM (SELECT m.sku, m.value
+                         FROM receipts r JOIN stock_ledger m ON m.event_id = r.event_id
+                         WHERE r.local_date BETWEEN :d1 AND :d2
+                         UNION ALL
+                         SELECT sku, value FROM stock_ledger
+                         WHERE doc_type = 'cost_correction'
+                           AND local_date BETWEEN :d1 AND :d2) AS c
+                   LEFT JOIN products p ON p.sku = c.sku GROUP BY 1)
                SELECT sales.category, net, coalesce(cogs, 0), net - coalesce(cogs, 0)
                FROM sales LEFT JOIN cost ON cost.category = sales.category""",
             **_p(MONTH),

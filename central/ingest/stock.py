@@ -12,6 +12,13 @@ goods without one (customer returns, stocktake surplus) come in at the current
 average; outgoing goods leave at the average (the proportional share of the value,
 so selling everything leaves exactly zero). While stock is zero or negative the last
 average is kept; a sale is never refused, it is flagged when it drives stock negative.
+
+Goods with a cost arriving on a negative balance first revalue the units they cover
+(sold before they were received, at whatever average there was, 0 if none) at the
+incoming cost: a ``cost_correction`` ledger row of quantity 0 whose value is the
+difference, charged to the cost of goods sold (the gross margin report adds it). So
+the goods received stay at their invoice value and the stock after them is at their
+cost, not blended with the units that left at the old average.
 """
 
 from __future__ import annotations
@@ -38,22 +45,27 @@ from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
 
 __all__ = [
+    "COST_CORRECTION",
     "LEDGER_SUMS",
     "LedgerSums",
     "Movement",
     "Valued",
     "apply_movement",
+    "cover_correction",
     "div_half_up",
     "post_movements",
     "transfer_ref_of",
 ]
 
 _KEY_CHUNK = 2000
-# Key in IngestBatch.notes of the batch's ledger rows summed per event and sku (what the
-# summary projection needs of them): event id -> (branch, local day, document type,
-# sku -> [quantity_milli, value]); an event has one branch, day and document type.
+# Key in IngestBatch.notes of the batch's ledger rows summed per event, document type
+# and sku (what the summary projection needs of them): (event id, document type) ->
+# (branch, local day, sku -> [quantity_milli, value]); an event has one branch and day,
+# and one document type besides its cost corrections.
 LEDGER_SUMS = "stock_ledger_sums"
-LedgerSums = dict[uuid.UUID, tuple[str, date, str, dict[str, list[int]]]]
+LedgerSums = dict[tuple[uuid.UUID, str], tuple[str, date, dict[str, list[int]]]]
+# Ledger document type of the revaluation of units sold below zero (see above).
+COST_CORRECTION = "cost_correction"
 # Ledger document types of sales and customer returns (not stock documents).
 _SALE_DOC_TYPES = frozenset({"sale", "customer_return"})
 
@@ -91,6 +103,8 @@ class Valued:
     quantity_after: int
     value_after: int
     avg_cost_after: int
+    # The cost correction posted just before this movement, if it covered negative stock.
+    correction: Valued | None = None
 
     @property
     def negative(self) -> bool:
@@ -134,6 +148,29 @@ def apply_movement(
     else:
         avg_after = avg_cost
     return Valued(cost, moved, quantity_after, value_after, avg_after)
+
+
+def cover_correction(
+    quantity: int, value: int, delta_milli: int, unit_cost: int | None, in_value: int | None
+) -> int:
+    """The revaluation of the units incoming goods with a cost cover on a negative
+    balance: their share of the balance's value brought to the incoming cost.
+
+    Added to the balance before the incoming movement (same arguments as
+    :func:`apply_movement`), it leaves the stock after that movement at the incoming
+    cost when all the negative units are covered, and the rest of a negative balance at
+    its own cost per unit when not. 0 when there is nothing to revalue.
+    """
+    if delta_milli <= 0 or quantity >= 0 or unit_cost is None:
+        return 0
+    covered = min(delta_milli, -quantity)
+    incoming = div_half_up(delta_milli * unit_cost, 1000) if in_value is None else in_value
+    covered_in = (
+        incoming if covered == delta_milli else div_half_up(incoming * covered, delta_milli)
+    )
+    share = value if covered == -quantity else div_half_up(value * covered, -quantity)
+    # The covered units hold -covered_in at the incoming cost, ``share`` now.
+    return -covered_in - share
 
 
 def transfer_ref_of(body: StockDocumentPosted) -> str:
@@ -285,7 +322,8 @@ _LEDGER_COLUMNS = (
 
 
 async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -> list[Valued]:
-    """Append movements to the ledger and update the balances; results in input order."""
+    """Append movements to the ledger and update the balances; results in input order
+    (a movement's cost correction, when it needed one, in its ``correction``)."""
     if not movements:
         return []
     keys = sorted({(m.branch, m.sku) for m in movements})
@@ -295,7 +333,32 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
     ledger: list[tuple[Any, ...]] = []
     for m in movements:
         bal = balances[(m.branch, m.sku)]
+        correction = cover_correction(bal[0], bal[1], m.quantity_milli, m.unit_cost, m.value)
+        corrected: Valued | None = None
+        if correction:
+            bal[1] += correction
+            bal[3] += 1
+            corrected = Valued(m.unit_cost or 0, correction, bal[0], bal[1], bal[2])
+            ledger.append(
+                (
+                    m.branch,
+                    m.sku,
+                    COST_CORRECTION,
+                    m.doc_ref,
+                    m.event_id,
+                    m.line_no,
+                    0,
+                    corrected.unit_cost,
+                    correction,
+                    bal[0],
+                    bal[1],
+                    bal[2],
+                    m.occurred_at,
+                    m.local_date,
+                )
+            )
         valued = apply_movement(bal[0], bal[1], bal[2], m.quantity_milli, m.unit_cost, m.value)
+        valued.correction = corrected
         bal[0] = valued.quantity_after
         bal[1] = valued.value_after
         bal[2] = valued.avg_cost_after
@@ -322,6 +385,22 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
     await insert_tuples(session, table_of(StockMovement), _LEDGER_COLUMNS, ledger)
     await _write_balances(session, keys, balances)
     return results
+
+
+def _sums_of(sums: LedgerSums, movement: Movement, doc_type: str) -> dict[str, list[int]]:
+    entry = sums.get((movement.event_id, doc_type))
+    if entry is None:
+        entry = sums[(movement.event_id, doc_type)] = (movement.branch, movement.local_date, {})
+    return entry[2]
+
+
+def _add_sum(per_sku: dict[str, list[int]], sku: str, quantity_milli: int, value: int) -> None:
+    summed = per_sku.get(sku)
+    if summed is None:
+        per_sku[sku] = [quantity_milli, value]
+    else:
+        summed[0] += quantity_milli
+        summed[1] += value
 
 
 @register_batch_handler(ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted, stage=10)
@@ -419,22 +498,15 @@ async def apply_stock(
                 negative.add(current)
             current = movement.event_id
             went_negative = False
-            entry = sums.get(current)
-            if entry is None:
-                per_sku = {}
-                sums[current] = (movement.branch, movement.local_date, movement.doc_type, per_sku)
-            else:
-                per_sku = entry[3]
+            per_sku = _sums_of(sums, movement, movement.doc_type)
         if movement.doc_type not in _SALE_DOC_TYPES:
             # Only stock documents read their lines' values back.
             values[(movement.event_id, movement.line_no)] = valued.value
         if valued.quantity_after < 0 and movement.quantity_milli < 0:
             went_negative = True
-        summed = per_sku.get(movement.sku)
-        if summed is None:
-            per_sku[movement.sku] = [movement.quantity_milli, valued.value]
-        else:
-            summed[0] += movement.quantity_milli
-            summed[1] += valued.value
+        _add_sum(per_sku, movement.sku, movement.quantity_milli, valued.value)
+        if valued.correction is not None:
+            corrections = _sums_of(sums, movement, COST_CORRECTION)
+            _add_sum(corrections, movement.sku, 0, valued.correction.value)
     if went_negative and current is not None:
         negative.add(current)

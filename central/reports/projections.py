@@ -434,8 +434,8 @@ async def project_summaries(
             rows = await session.run_sync(_ledger_rows, sorted(delta.ledger_events))
             sums = {}
             for event_id, branch, local_date, sku, doc_type, qty, value in rows:
-                entry = sums.setdefault(event_id, (branch, local_date, doc_type, {}))
-                entry[3][sku] = [int(qty), int(value)]
+                entry = sums.setdefault((event_id, doc_type), (branch, local_date, {}))
+                entry[2][sku] = [int(qty), int(value)]
         await _flush_staged(session, delta, sums)
         return
     if sums is not None:
@@ -443,7 +443,7 @@ async def project_summaries(
         # rows summed: no need to read them back.
         delta.file_ledger_rows(
             (event_id, branch, local_date, sku, doc_type, qty, value)
-            for event_id, (branch, local_date, doc_type, skus) in sums.items()
+            for (event_id, doc_type), (branch, local_date, skus) in sums.items()
             if event_id in delta.ledger_events
             for sku, (qty, value) in skus.items()
         )
@@ -561,7 +561,7 @@ async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: Ledger
     nothing = (0, 0, 0, 0, None)
     ledger_events = delta.ledger_events
     sale_events = delta.sale_events
-    for event_id, (branch, local_date, doc_type, skus) in sums.items():
+    for (event_id, doc_type), (branch, local_date, skus) in sums.items():
         reason = ledger_events.get(event_id)
         if reason is None:
             continue

@@ -105,7 +105,9 @@ class StockOnHandReport(msgspec.Struct, kw_only=True):
 
 class StockMovementRow(msgspec.Struct):
     """opening + goods_received + transfers_in + customer_returns - transfers_out - sales
-    - supplier_returns - write_offs + stocktake_difference + other = closing.
+    - supplier_returns - write_offs + stocktake_difference + cost_corrections + other =
+    closing. Cost corrections change only values (their quantity is always 0): units sold
+    while stock was negative, revalued at the cost of the goods that later covered them.
 
     Positional (not keyword-only) so the report builds its thousands of rows straight
     from the query's; ``branch`` or ``sku`` is null when the report is not grouped by it.
@@ -122,6 +124,7 @@ class StockMovementRow(msgspec.Struct):
     supplier_returns_milli: int
     write_offs_milli: int
     stocktake_difference_milli: int
+    cost_corrections_milli: int
     other_milli: int
     closing_milli: int
     opening_value: int
@@ -133,6 +136,7 @@ class StockMovementRow(msgspec.Struct):
     supplier_returns_value: int
     write_offs_value: int
     stocktake_difference_value: int
+    cost_corrections_value: int
     other_value: int
     closing_value: int
 
@@ -149,11 +153,15 @@ class StockMovementReport(msgspec.Struct, kw_only=True):
 class MarginFigures(msgspec.Struct, kw_only=True):
     # Sales net of VAT and of customer returns.
     net_sales: int
-    # Cost of goods sold at moving average cost, net of returned goods.
+    # Cost of goods sold at moving average cost, net of returned goods, plus the cost
+    # corrections below.
     cost_of_goods_sold: int
     margin: int
     # margin / net_sales x 100, two decimals.
     margin_pct: str | None
+    # Part of cost_of_goods_sold: goods sold while stock was negative (at the average
+    # of the time, 0 if none), revalued at the cost of the goods received after them.
+    cost_corrections: int = 0
 
 
 class MarginRow(msgspec.Struct, kw_only=True):

@@ -48,6 +48,7 @@ from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import NotFoundError, ValidationFailed
+from central.ingest.stock import COST_CORRECTION
 from central.models import (
     Branch,
     BranchStatus,
@@ -741,6 +742,8 @@ _MOVEMENT_COLUMNS: dict[str, tuple[str, int]] = {
     "supplier_return": ("supplier_returns", -1),
     "write_off": ("write_offs", -1),
     "stocktake": ("stocktake_difference", 1),
+    # Value only: units sold below zero revalued at the cost of the goods covering them.
+    "cost_correction": ("cost_corrections", 1),
 }
 _OUTGOING = frozenset({"transfers_out", "sales", "supplier_returns", "write_offs"})
 # Marks the movement rows that add to the opening (never a movement kind).
@@ -754,6 +757,7 @@ _MOVEMENT_FIELDS = (
     "supplier_returns",
     "write_offs",
     "stocktake_difference",
+    "cost_corrections",
     "other",
 )
 # The quantity and value columns of a movement row, in the order they are computed.
@@ -1299,13 +1303,14 @@ async def shrinkage(
 # --- gross margin and ABC ----------------------------------------------------------------
 
 
-def _margin(net_sales: int, cogs: int) -> MarginFigures:
+def _margin(net_sales: int, cogs: int, corrections: int = 0) -> MarginFigures:
     margin = net_sales - cogs
     return MarginFigures(
         net_sales=net_sales,
         cost_of_goods_sold=cogs,
         margin=margin,
         margin_pct=ratio_text(margin * 100, net_sales),
+        cost_corrections=corrections,
     )
 
 
@@ -1314,6 +1319,33 @@ def _margin_sums(table: Table) -> list[ColumnElement[Any]]:
     net = func.sum(c.revenue - c.vat - c.returns_amount + c.returns_vat)
     cogs = func.sum(c.cost - c.returns_cost)
     return [net.label("net_sales"), cogs.label("cogs")]
+
+
+async def _cost_corrections(
+    session: AsyncSession, period: Period, branch: str | None, groups: Sequence[str]
+) -> dict[tuple[Any, ...], int]:
+    """The period's cost corrections (units sold below zero revalued when goods covered
+    them) as cost of goods sold, per group key (branch, category, product as in
+    ``groups``). Few rows: read through the (movement, local_date) index."""
+    t = _t(StockMovementDaily)
+    keys: list[ColumnElement[Any]] = []
+    for g in groups:
+        if g == "branch":
+            keys.append(t.c.branch)
+        elif g == "product":
+            keys.append(t.c.sku)
+        else:
+            keys.append(func.coalesce(Product.category_code, ""))
+    stmt = select(*keys, func.sum(-t.c.cost_value)).select_from(t)
+    if "category" in groups:
+        stmt = stmt.outerjoin(Product.__table__, Product.sku == t.c.sku)
+    stmt = stmt.where(t.c.movement == COST_CORRECTION, _in_period(t.c.local_date, period)).group_by(
+        *keys
+    )
+    if branch is not None:
+        stmt = stmt.where(t.c.branch == branch)
+    n = len(keys)
+    return {tuple(row[:n]): _int(row[n]) for row in await session.execute(stmt)}
 
 
 async def gross_margin(
@@ -1327,7 +1359,8 @@ async def gross_margin(
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> MarginReport:
     """Net sales (without VAT, after returns) minus cost of goods sold at moving average
-    cost, by branch, category or product."""
+    cost, by branch, category or product; the cost includes the period's cost
+    corrections (goods sold before they were received, revalued at their cost)."""
     period = validate_period(date_from, date_to, max_span_days)
     groups = parse_group_by(group_by, ("branch", "category", "product"), "branch")
     await _check_branch(session, branch)
@@ -1356,14 +1389,20 @@ async def gross_margin(
     stmt = stmt.where(_in_period(table.c.local_date, period))
     if branch is not None:
         stmt = stmt.where(table.c.branch == branch)
-    stmt = stmt.group_by(*keys).order_by(*keys).limit(max_rows + 1)
+    stmt = stmt.group_by(*keys).limit(max_rows + 1)
     n = len(keys)
+    sums: dict[tuple[Any, ...], list[int]] = {
+        tuple(row[:n]): [_int(row[n]), _int(row[n + 1]), 0] for row in await session.execute(stmt)
+    }
+    _capped(sums, max_rows, "group_by", *_grouped_narrower(branch))
+    for key, amount in (await _cost_corrections(session, period, branch, groups)).items():
+        figures = sums.setdefault(key, [0, 0, 0])
+        figures[1] += amount
+        figures[2] += amount
+    # Keys in code point order (as PostgreSQL's "C" collation, on either database).
     rows = [
-        MarginRow(
-            **dict(zip(names, row[:n], strict=True)),
-            figures=_margin(_int(row[n]), _int(row[n + 1])),
-        )
-        for row in await session.execute(stmt)
+        MarginRow(**dict(zip(names, key, strict=True)), figures=_margin(*sums[key]))
+        for key in sorted(sums)
     ]
     _capped(rows, max_rows, "group_by", *_grouped_narrower(branch))
     return MarginReport(
@@ -1375,6 +1414,7 @@ async def gross_margin(
         totals=_margin(
             sum(r.figures.net_sales for r in rows),
             sum(r.figures.cost_of_goods_sold for r in rows),
+            sum(r.figures.cost_corrections for r in rows),
         ),
     )
 
@@ -1414,10 +1454,12 @@ async def abc_analysis(
         stmt = stmt.where(c.branch == branch)
     # Ranked here: any max_rows + 1 products tell that there are too many.
     stmt = stmt.group_by(c.sku).limit(max_rows + 1)
-    items = sorted(
-        ((row.sku, _int(row.value)) for row in await session.execute(stmt)),
-        key=lambda item: (-item[1], item[0]),
-    )
+    values = {row.sku: _int(row.value) for row in await session.execute(stmt)}
+    if measure == "margin" and len(values) <= max_rows:
+        corrections = await _cost_corrections(session, period, branch, ("product",))
+        for (sku,), amount in corrections.items():
+            values[sku] = values.get(sku, 0) - amount
+    items = sorted(values.items(), key=lambda item: (-item[1], item[0]))
     # No grouping to coarsen: a branch sells fewer products than the chain.
     field = "branch" if branch is None else "date_to"
     _capped(items, max_rows, field, _one_branch(branch), _SHORTER)

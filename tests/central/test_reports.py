@@ -235,7 +235,10 @@ async def _stock_movement_identity_and_stock_on_hand(
                 getattr(row, f"{n}_{unit}")
                 for n in ("transfers_out", "sales", "supplier_returns", "write_offs")
             )
-            adjust = getattr(row, f"stocktake_difference_{unit}") + getattr(row, f"other_{unit}")
+            adjust = sum(
+                getattr(row, f"{n}_{unit}")
+                for n in ("stocktake_difference", "cost_corrections", "other")
+            )
             opening = getattr(row, f"opening_{unit}")
             assert opening + ins - outs + adjust == getattr(row, f"closing_{unit}")
     branches = {r.branch: r for r in by_branch.rows}

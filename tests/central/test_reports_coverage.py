@@ -481,7 +481,14 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     client = await client_as("analyst")
 
     header, rows = await _csv(client, f"gross-margin?{PERIOD}")
-    assert header == ["branch", "net_sales", "cost_of_goods_sold", "margin", "margin_pct"]
+    assert header == [
+        "branch",
+        "net_sales",
+        "cost_of_goods_sold",
+        "margin",
+        "margin_pct",
+        "cost_corrections",
+    ]
     # B1: 30.65 - 3.35 VAT - 4.50 returned + 0.41 = 23.21; cost 14.19; 9.02 / 23.21.
     assert rows[0] == {
         "branch": "B1",
@@ -489,6 +496,7 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
         "cost_of_goods_sold": "14.19",
         "margin": "9.02",
         "margin_pct": "38.86",
+        "cost_corrections": "0.00",
     }
     assert rows[1]["branch"] == "B2"
     assert (rows[1]["net_sales"], rows[1]["margin"]) == ("2.07", "0.87")

@@ -39,6 +39,7 @@ KINDS = {
     "supplier_return": ("supplier_returns", -1),
     "write_off": ("write_offs", -1),
     "stocktake": ("stocktake_difference", 1),
+    "cost_correction": ("cost_corrections", 1),
 }
 FIELDS = [f for f, _ in KINDS.values()] + ["other"]
 

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
-from central.models import IngestedEvent, Receipt, StockBalance
+from central.ingest.stock import COST_CORRECTION
+from central.models import IngestedEvent, Receipt, StockBalance, StockMovement
 from central.services.branches import add_branch
 from central.services.documents import get_document
 from tests.central.chain_events import BranchBooks, ingest_env, publish_books
@@ -29,7 +30,13 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     books.document("goods_receipt", [("MILK", 100_000, 100)])
     for n in range(60):
         books.sale([("MILK", 1_000 + n, 199)])
-        if n == 22:
+        if n == 3:
+            # WATER sold before it was ever received, then received in the same batch:
+            # the receipt's cost correction must not be posted again on redelivery.
+            books.sale([("WATER", 10_000, 99)])
+        if n == 10:
+            books.document("goods_receipt", [("WATER", 20_000, 33)])
+        if n == 20:
             # A stocktake too big for one message, its parts at the end of the first
             # batch of 25 (committed, never acked) and the start of the next.
             stocktake = [(f"ITEM{k:03d}", 1_000 * (k % 5 + 1), None) for k in range(30)]
@@ -65,10 +72,18 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
         receipts = await session.scalar(select(func.count(Receipt.id)))
         sales = await session.scalar(select(func.sum(Receipt.total)))
         milk = await session.get(StockBalance, ("K1", "MILK"))
-    assert receipts == before == 60
+    assert receipts == before == 61
     assert sales == books.sales_total
     assert milk is not None
     assert milk.quantity_milli == books.stock_milli["MILK"]
+    async with sessionmaker() as session:
+        water = await session.get(StockBalance, ("K1", "WATER"))
+        corrections = await session.scalar(
+            select(func.count()).where(StockMovement.doc_type == COST_CORRECTION)
+        )
+    # 20 received at 0.33 cover 10 sold at 0: the 10 left are worth 3.30, once.
+    assert water is not None
+    assert (water.quantity_milli, water.value, water.avg_cost, corrections) == (10_000, 330, 33, 1)
     async with sessionmaker() as session:
         document = await get_document(session, "K1", stocktake_id)
         stock = {
