@@ -134,8 +134,10 @@ async def test_an_earlier_batch_whose_link_dies_does_not_hold_up_the_later_one(
     stats = await IngestWorker(sessionmaker).process(_delivered(receipt, 1))
     assert stats.stored == 1
     async with sessionmaker() as session:
-        assert await session.scalar(select(func.count(StockMovement.id))) == 2
-    # The goods came in at their own cost; the sale before them took none.
-    assert (await _books_of(pg_engine))[2] == (8_000, 1_000)
+        # The sale, the receipt and its cost correction, each once.
+        assert await session.scalar(select(func.count(StockMovement.id))) == 3
+    # The sale before the goods took no cost; the receipt's cost correction charges the
+    # 2 sold at its cost, so the 8 left are at it too.
+    assert (await _books_of(pg_engine))[2] == (8_000, 800)
     async with sessionmaker() as session, session.begin():
         assert (await rebuild_balances(session, verify_only=True)).agree

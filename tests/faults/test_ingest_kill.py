@@ -94,3 +94,50 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     assert [x.line_no for x in document.lines] == list(range(1, 31))
     assert stock == books.stock_milli
     await engine.dispose()
+
+
+async def test_crash_after_commit_with_a_transfer_out_and_in_in_the_batch(
+    db_url: str, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The crashed (committed, never acked) batch holds a transfer out and its in: the
+    in is valued from the out in the same batch, and the redelivery changes nothing."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        for code in ("K1", "K2"):
+            await add_branch(session, code=code, name=code)
+    sender, receiver = BranchBooks("K1"), BranchBooks("K2")
+    sender.document("goods_receipt", [("COFFEE", 10_000, 300)])
+    sender.document("transfer_out", [("COFFEE", -4_000, None)], counterpart="K2", document_id="T1")
+    receiver.document("transfer_in", [("COFFEE", 4_000, None)], counterpart="K1", transfer_ref="T1")
+    receiver.open_shift()
+    for _ in range(30):
+        receiver.sale([("COFFEE", 100, 450)])
+    await publish_books(nats_server.url, sender, receiver)
+    env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="10")
+    log = (tmp_path / "worker.log").open("wb")
+    total = len(sender.events) + len(receiver.events)
+    try:
+        await ingest_until_crash(env, "BACKROOM_FAULT_CRASH_AFTER_COMMIT", log)
+        async with running_ingest(env, log):
+
+            async def drained() -> bool:
+                async with sessionmaker() as session:
+                    n = await session.scalar(select(func.count()).select_from(IngestedEvent))
+                return n == total
+
+            await wait_until(drained, timeout=60)
+            await asyncio.sleep(3)  # past the ack wait: the redelivery has come and gone
+    finally:
+        log.close()
+    async with sessionmaker() as session:
+        k1 = await session.get(StockBalance, ("K1", "COFFEE"))
+        k2 = await session.get(StockBalance, ("K2", "COFFEE"))
+        receipts = await session.scalar(select(func.count(Receipt.id)))
+    assert k1 is not None
+    assert k2 is not None
+    assert receipts == 30
+    # 4 left K1 at 3.00 (12.00); K2 received them at that and sold 3 at 3.00.
+    assert (k1.quantity_milli, k1.value) == (6_000, 1_800)
+    assert (k2.quantity_milli, k2.value, k2.avg_cost) == (1_000, 300, 300)
+    await engine.dispose()

@@ -1,0 +1,121 @@
+"""A transfer in is received at the value with which its transfer out left the sender,
+also when both arrive in one batch (in either branch order), and whatever cost the
+receiver typed; a batch where two branches each receive what the other sends later
+still posts everything."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from central.db import create_sessionmaker
+from central.ingest.worker import IngestWorker
+from central.models import StockBalance
+from central.services.branches import add_branch
+from central.services.stock import list_transfers, rebuild_balances
+from tests.central.chain_events import BranchBooks, message
+
+
+@pytest.fixture
+async def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    maker = create_sessionmaker(engine)
+    async with maker() as session, session.begin():
+        for code in ("B2", "B3"):
+            await add_branch(session, code=code, name=code)
+    return maker
+
+
+async def _balance(maker: async_sessionmaker[AsyncSession], branch: str, sku: str) -> list[int]:
+    async with maker() as session:
+        b = await session.get(StockBalance, (branch, sku))
+        assert b is not None
+        return [b.quantity_milli, b.value, b.avg_cost]
+
+
+async def _chain_value(maker: async_sessionmaker[AsyncSession]) -> int:
+    async with maker() as session:
+        return int(await session.scalar(select(func.sum(StockBalance.value))) or 0)
+
+
+async def _received(maker: async_sessionmaker[AsyncSession], ref: str) -> list[tuple[int, int]]:
+    async with maker() as session:
+        page = await list_transfers(session, branch=None, in_transit_only=False, limit=50, offset=0)
+    transfer = next(t for t in page.items if t.transfer_ref == ref)
+    return [(line.sent_value, line.received_value) for line in transfer.lines]
+
+
+@pytest.mark.parametrize("receiver_first", [False, True])
+async def test_out_and_in_in_one_batch(
+    sessionmaker: async_sessionmaker[AsyncSession], receiver_first: bool
+) -> None:
+    # B3 sends to B1 (the receiver's events come first in the batch) or B1 to B2.
+    sender, receiver = ("B3", "B1") if receiver_first else ("B1", "B2")
+    out_books, in_books = BranchBooks(sender), BranchBooks(receiver)
+    out_books.document("goods_receipt", [("COFFEE", 4_000, 300), ("BREAD", 5_000, 150)])
+    out_books.document(
+        "transfer_out",
+        [("COFFEE", -2_000, None), ("BREAD", -5_000, None)],
+        counterpart=receiver,
+        document_id="TO-1",
+    )
+    # The receiver had coffee at another cost; it types a cost of its own on the bread.
+    in_books.document("goods_receipt", [("COFFEE", 1_000, 500)])
+    in_books.document(
+        "transfer_in",
+        [("COFFEE", 2_000, None), ("BREAD", 5_000, 9_999)],
+        counterpart=sender,
+        transfer_ref="TO-1",
+    )
+    in_books.open_shift()
+    in_books.sale([("BREAD", 1_000, 250)])
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in [*out_books.events, *in_books.events]])
+
+    assert await _received(sessionmaker, "TO-1") == [(750, 750), (600, 600)]
+    # 1 coffee at 5.00 and 2 at 3.00; 4 loaves left of 5 at 1.50.
+    assert await _balance(sessionmaker, receiver, "COFFEE") == [3_000, 1_100, 367]
+    assert await _balance(sessionmaker, receiver, "BREAD") == [4_000, 600, 150]
+    # A transfer creates no value: the chain holds what was bought less the loaf sold.
+    assert await _chain_value(sessionmaker) == 1200 + 750 + 500 - 150
+    async with sessionmaker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
+
+
+async def test_crossing_transfers_in_one_batch(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """B1 receives from B2 before it sends to B2, and B2 the other way round: each in
+    waits for an out that comes after the other branch's in. Nothing is lost: the
+    earlier in (B1's) goes first at what is known (no soap there: 0), which lets B1's
+    out go, so B2's in is received at the value B1's tea left at."""
+    b1, b2 = BranchBooks("B1"), BranchBooks("B2")
+    b1.document("goods_receipt", [("TEA", 2_000, 100)])
+    b2.document("goods_receipt", [("SOAP", 2_000, 200)])
+    b1.document("transfer_in", [("SOAP", 1_000, None)], counterpart="B2", transfer_ref="X-2")
+    b1.document("transfer_out", [("TEA", -1_000, None)], counterpart="B2", document_id="X-1")
+    b2.document("transfer_in", [("TEA", 1_000, None)], counterpart="B1", transfer_ref="X-1")
+    b2.document("transfer_out", [("SOAP", -1_000, None)], counterpart="B1", document_id="X-2")
+    worker = IngestWorker(sessionmaker)
+    result = await worker.process([message(e) for e in [*b1.events, *b2.events]])
+    assert result.stored == 6
+    assert (await _balance(sessionmaker, "B1", "SOAP"))[0] == 1_000
+    assert await _balance(sessionmaker, "B2", "TEA") == [1_000, 100, 100]
+    assert (await _balance(sessionmaker, "B2", "SOAP"))[0] == 1_000
+    async with sessionmaker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
+
+
+async def test_in_before_out_in_separate_batches_keeps_the_typed_cost_only_without_sender(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The out already at central: the receiver's typed cost does not count."""
+    b1, b2 = BranchBooks("B1"), BranchBooks("B2")
+    b1.document("goods_receipt", [("MILK", 2_000, 80)])
+    b1.document("transfer_out", [("MILK", -2_000, None)], counterpart="B2", document_id="M-1")
+    b2.document("transfer_in", [("MILK", 2_000, 5_000)], counterpart="B1", transfer_ref="M-1")
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in b1.events])
+    await worker.process([message(e) for e in b2.events])
+    assert await _received(sessionmaker, "M-1") == [(160, 160)]
+    assert await _balance(sessionmaker, "B2", "MILK") == [2_000, 160, 80]
