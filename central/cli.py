@@ -219,6 +219,27 @@ async def _users(settings: CentralSettings, args: argparse.Namespace) -> int:
         await engine.dispose()
 
 
+async def _seed_demo(settings: CentralSettings, branches: Sequence[str]) -> int:
+    """``seed-demo``: the demo catalog, format and prices at central (``central.demo_seed``)."""
+    import msgspec
+
+    from central.db import create_engine, create_sessionmaker
+    from central.demo_seed import seed_demo
+    from central.errors import DomainError
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            report = await seed_demo(session, branches=branches)
+        _print({**msgspec.to_builtins(report), "changed": report.changed})
+        return 0
+    except DomainError as exc:
+        _print({"error": exc.detail, "field": exc.field})
+        return 1
+    finally:
+        await engine.dispose()
+
+
 def _nats_server_config(settings: CentralSettings, resolver_dir: str) -> None:
     """The operator/resolver block to put into the config of production nats-servers."""
     from central.services.nats_auth import issuer_for
@@ -360,6 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole chain on embedded defaults (make run)")
     demo.add_argument("--data-dir", default="var/demo")
     demo.add_argument("--port", type=int, default=8000)
+    seed = sub.add_parser(
+        "seed-demo",
+        help="give central the demo catalog: products, format demo, chain prices (make run)",
+    )
+    seed.add_argument(
+        "--branch",
+        action="append",
+        default=[],
+        help="a branch registered without a format to move into format demo (repeatable)",
+    )
 
     branches = sub.add_parser("branches", help="administer branches")
     br_sub = branches.add_subparsers(dest="branches_command", required=True)
@@ -463,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = asyncio.run(_branches_revoke(settings, args))
     elif args.command == "branches":
         code = asyncio.run(_branches_add(settings, args))
+    elif args.command == "seed-demo":
+        code = asyncio.run(_seed_demo(settings, args.branch))
     elif args.command in ("import", "export"):
         from central.masterdata_cli import run_masterdata_command
 

@@ -1,8 +1,9 @@
 """``make run``: the whole chain on one machine, on embedded defaults.
 
 Starts a nats-server (from the wheel), central on SQLite (API and an ingest
-worker), two demo branches with their agents and a till simulator each, as child
-processes. Prints where to look; Ctrl-C stops every process it started.
+worker) seeded with the demo catalog (``python -m central seed-demo``: products,
+format ``demo``, chain prices), two demo branches in that format with their agents
+and a till simulator each, as child processes. Prints where to look; Ctrl-C stops every process it started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from central.demo_seed import DEMO_FORMAT
 from central.embedded_nats import EmbeddedNats
 from central.sync.nats_auth import NatsIssuer
 
@@ -126,6 +128,28 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        # Head office's demo catalog, format and prices (the same products the agents
+        # start with); demo branches registered by an older run without a format are
+        # moved into it. Idempotent: a later run creates only what is missing.
+        seeded = subprocess.run(
+            [
+                python,
+                "-m",
+                "central",
+                "seed-demo",
+                *(arg for code, *_ in DEMO_BRANCHES for arg in ("--branch", code)),
+            ],
+            env=central_run,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if seeded.returncode != 0:
+            print(
+                f"seeding the demo catalog failed:\n{seeded.stdout}{seeded.stderr}",
+                file=sys.stderr,
+            )
+            return 1
         creds: dict[str, str] = {}
         for code, name, tz, _port in DEMO_BRANCHES:
             out = subprocess.run(
@@ -140,6 +164,8 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     name,
                     "--timezone",
                     tz,
+                    "--format",
+                    DEMO_FORMAT,
                 ],
                 env=central_run,
                 capture_output=True,
@@ -207,6 +233,8 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     },
                     "data_dir": str(data_dir),
                     "admin_token": admin,
+                    # Central's demo catalog: `GET /api/v1/products`, `GET /api/v1/prices`.
+                    "demo_format": DEMO_FORMAT,
                     # The demo agents' till API tokens (also in agent-<code>.toml).
                     "agent_tokens": {
                         code: {"till_T1": _till_token(code), "manager": _manager_token(code)}

@@ -62,17 +62,15 @@ class Clerk:
 
     def _lines(self, *, cost: bool) -> list[dict[str, Any]]:
         lines = []
-        for sku, _n, _u, weighed, _v, _g, price, _b in self.rng.sample(
-            DEMO_PRODUCTS, self.rng.randint(1, 3)
-        ):
+        for product in self.rng.sample(DEMO_PRODUCTS, self.rng.randint(1, 3)):
             quantity = (
                 f"{self.rng.randint(500, 20000) / 1000:.3f}"
-                if weighed
+                if product.weighed
                 else str(self.rng.randint(1, 24))
             )
-            line: dict[str, Any] = {"sku": sku, "quantity": quantity}
+            line: dict[str, Any] = {"sku": product.sku, "quantity": quantity}
             if cost:
-                line["unit_cost"] = price * 6 // 10
+                line["unit_cost"] = product.price * 6 // 10
             lines.append(line)
         return lines
 

@@ -85,16 +85,14 @@ class Till:
         rng = self.rng
         lines: list[dict[str, Any]] = []
         total = 0
-        for sku, _name, _unit, weighed, _vat, _grp, price, barcode in rng.sample(
-            DEMO_PRODUCTS, rng.randint(1, 4)
-        ):
-            if weighed:
+        for product in rng.sample(DEMO_PRODUCTS, rng.randint(1, 4)):
+            if product.weighed:
                 quantity_milli = rng.randint(150, 2500)
-                lines.append({"sku": sku, "quantity": f"{quantity_milli / 1000:.3f}"})
+                lines.append({"sku": product.sku, "quantity": f"{quantity_milli / 1000:.3f}"})
             else:
                 quantity_milli = rng.randint(1, 4) * 1000
-                lines.append({"barcode": barcode, "quantity": str(quantity_milli // 1000)})
-            total += line_amount(price, quantity_milli)
+                lines.append({"barcode": product.barcode, "quantity": str(quantity_milli // 1000)})
+            total += line_amount(product.price, quantity_milli)
         way = rng.random()
         if way < 0.45:
             # Cash, rounded up to the next 5.00: the agent gives the change.

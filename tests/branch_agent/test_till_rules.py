@@ -257,7 +257,7 @@ def test_the_cli_refuses_a_unit_cost_that_is_not_whole_cents(
 
 
 def test_the_demo_catalogs_barcodes_are_valid_ean13() -> None:
-    codes = [barcode for *_, barcode in DEMO_PRODUCTS] + [item.barcode for item in DEMO_ITEMS]
+    codes = [p.barcode for p in DEMO_PRODUCTS] + [item.barcode for item in DEMO_ITEMS]
     for code in codes:
         assert len(code) == 13, code
         assert ean_check_digit(code[:12]) == int(code[12]), code
