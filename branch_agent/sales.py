@@ -489,7 +489,7 @@ class SaleService:
                 line["vat_group"] for line in (original.print_job or {}).get("lines", [])
             ]
             job_lines: list[dict[str, Any]] = []
-            already = await self._returned_quantities(session, original.sale_id)
+            already = await self._returned(session, original.sale_id)
             by_no = {line.line_no: line for line in sold.lines}
             # Whether a line is weighed, from the catalog (priced or not); a product no
             # longer listed is taken as weighed only if it was sold in a fraction.
@@ -519,16 +519,26 @@ class SaleService:
                         f"{line.sku} is sold by the piece: whole quantities only",
                         field=f"{field}.quantity",
                     )
-                left = line.quantity_milli - already.get(line.line_no, 0)
+                done_qty, done_amount = already.get(line.line_no, (0, 0))
+                left = line.quantity_milli - done_qty
                 if quantity > left:
                     raise Rejected(
                         f"only {format_milli(left)} of line {line.line_no} can still be returned",
                         field=f"{field}.quantity",
                     )
-                already[line.line_no] = already.get(line.line_no, 0) + quantity
-                # The refund is the paid line total in proportion (half-up to the cent).
-                refund = _proportional(line.line_total, quantity, line.quantity_milli)
+                # The refund is the paid line total in proportion, cumulatively: what
+                # this line comes to with everything returned of it so far, less what
+                # earlier returns of it refunded (half-up to the cent), so the parts of
+                # a line add up to its line total exactly. The discount is the rest of
+                # the price: unit_price x quantity - discount = line_total.
+                refund = max(
+                    _proportional(line.line_total, done_qty + quantity, line.quantity_milli)
+                    - done_amount,
+                    0,
+                )
+                already[line.line_no] = (done_qty + quantity, done_amount + refund)
                 gross = line_amount(line.unit_price, quantity)
+                discount = max(gross - refund, 0)
                 job_lines.append(
                     {
                         "name": line.name[:72],
@@ -540,7 +550,7 @@ class SaleService:
                         "price": line.unit_price,
                         "quantity_milli": quantity,
                         # the printed line comes to exactly the refund
-                        "discount": max(gross - refund, 0),
+                        "discount": discount,
                         "surcharge": max(refund - gross, 0),
                     }
                 )
@@ -553,7 +563,10 @@ class SaleService:
                         barcode=line.barcode,
                         quantity_milli=quantity,
                         unit_price=line.unit_price,
-                        discount=0,
+                        discount=discount,
+                        # The original's discount kind, on the share of it returned.
+                        manual_discount=line.manual_discount and discount > 0,
+                        promotion_id=line.promotion_id if discount else None,
                         vat_rate_bp=line.vat_rate_bp,
                         line_total=refund,
                     )
@@ -640,15 +653,16 @@ class SaleService:
                 raise NotFound(f"no return {return_id} at till {till}")
             return return_out(row)
 
-    async def _returned_quantities(self, session: AsyncSession, sale_id: str) -> dict[int, int]:
-        """Quantity already returned per original line number."""
-        done: dict[int, int] = {}
+    async def _returned(self, session: AsyncSession, sale_id: str) -> dict[int, tuple[int, int]]:
+        """Per original line number: the quantity already returned and the amount refunded."""
+        done: dict[int, tuple[int, int]] = {}
         rows = await session.scalars(
             select(CustomerReturn.body).where(CustomerReturn.original_sale_id == sale_id)
         )
         for body in rows:
             for line in msgspec.convert(body, CustomerReturnRecorded).lines:
-                done[line.line_no] = done.get(line.line_no, 0) + line.quantity_milli
+                qty, amount = done.get(line.line_no, (0, 0))
+                done[line.line_no] = (qty + line.quantity_milli, amount + line.line_total)
         return done
 
 
@@ -705,7 +719,7 @@ def return_out(row: CustomerReturn) -> ReturnOut:
                 quantity=format_milli(line.quantity_milli),
                 unit_price=line.unit_price,
                 discount=line.discount,
-                promotion_id=None,
+                promotion_id=line.promotion_id,
                 vat_rate_bp=line.vat_rate_bp,
                 line_total=line.line_total,
             )
