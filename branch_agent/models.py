@@ -250,7 +250,15 @@ class StockDocument(AgentBase):
 
 
 class StocktakeCount(AgentBase):
-    """One count of one product on one count sheet of a stocktake (sheets add up)."""
+    """One count of one product on one count sheet of a stocktake (sheets add up).
+
+    ``book_milli`` is the product's stock on the books when the sheet was recorded
+    (read in the transaction that recorded it): posting compares the count with the
+    book of the product's first sheet, not with the stock at posting. Rows are
+    recorded in ``id`` order (a sheet sent again gets new rows, after the others).
+    Counts recorded before migration a1802 have no ``recorded_at``, and the book at
+    the upgrade as ``book_milli`` (drafts only; NULL on posted stocktakes).
+    """
 
     __tablename__ = "stocktake_counts"
     __table_args__ = (UniqueConstraint("document_id", "sheet", "sku"),)
@@ -260,6 +268,8 @@ class StocktakeCount(AgentBase):
     sheet: Mapped[str] = mapped_column(String(32))
     sku: Mapped[str] = mapped_column(String(64))
     counted_milli: Mapped[int] = mapped_column(BigInteger)
+    book_milli: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    recorded_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class StockMove(AgentBase):

@@ -427,7 +427,11 @@ class StockService:
         return row
 
     async def add_count_sheet(self, document_id: str, sheet: CountSheetIn) -> int:
-        """Record one count sheet (sending the same sheet again replaces it)."""
+        """Record one count sheet (sending the same sheet again replaces it).
+
+        Each line keeps the product's book quantity of this moment, read in the same
+        transaction under the write lock: what the count is compared with at posting.
+        """
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             await self._draft(session, document_id)
             now = datetime.now(UTC)
@@ -447,6 +451,7 @@ class StockService:
                 if not item.weighed and counted % 1000:
                     raise Rejected("whole pieces only", field=f"{field}.counted")
                 counts[line.sku] = counts.get(line.sku, 0) + counted
+            booked = await balances(session, list(counts))
             await session.execute(
                 delete(StocktakeCount).where(
                     StocktakeCount.document_id == document_id,
@@ -462,6 +467,8 @@ class StockService:
                         "sheet": sheet.sheet,
                         "sku": sku,
                         "counted_milli": counted,
+                        "book_milli": booked.get(sku, 0),
+                        "recorded_at": now,
                     }
                     for sku, counted in counts.items()
                 ],
@@ -469,31 +476,52 @@ class StockService:
             return len(counts)
 
     async def post_stocktake(self, document_id: str) -> StockDocumentOut:
-        """Post the differences between counted and booked stock as adjustments.
+        """Book the differences between counted and booked stock, as of counting.
 
-        Products not on any sheet are left alone (a partial stocktake counts what it
-        counts); a counted product's booked quantity is read now, under the write lock.
+        Per counted product: counted = the sum of its sheets; expected = the book when
+        the first of its sheets was recorded (in the order the agent recorded them; a
+        sheet sent again counts from its new recording); the line's quantity, the
+        difference counted - expected, is added to the stock of now. So every movement
+        after the product's first count (a sale, receipt or write-off between two
+        sheets or before posting) is kept, on top of the count: goods received while
+        the product is being counted are not counted on a later sheet. Counts left by
+        an agent before migration a1802 carry the book at the upgrade; a count without
+        a book at all is compared with the stock at posting, as that release did.
+
+        Products on no sheet are not part of the stocktake: their stock is kept as it
+        is (a partial stocktake counts what it counts; count a product as 0 to book it
+        empty).
         """
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row = await self._draft(session, document_id)
-            counted_rows = await session.execute(
-                select(StocktakeCount.sku, func.sum(StocktakeCount.counted_milli))
+            count_rows = await session.execute(
+                select(StocktakeCount.sku, StocktakeCount.counted_milli, StocktakeCount.book_milli)
                 .where(StocktakeCount.document_id == document_id)
-                .group_by(StocktakeCount.sku)
+                .order_by(StocktakeCount.id)
             )
-            counted = {sku: int(total) for sku, total in counted_rows}
+            counted: dict[str, int] = {}
+            expected: dict[str, int | None] = {}
+            for sku, quantity, book in count_rows:
+                counted[sku] = counted.get(sku, 0) + quantity
+                # The first sheet of the product (the rows come in recording order).
+                expected.setdefault(sku, book)
             if not counted:
                 raise Rejected("no count sheet was recorded", field="sheets")
-            booked = await balances(session, list(counted))
-            lines = [
-                StockDocumentLine(
-                    sku=sku,
-                    quantity_milli=quantity - booked.get(sku, 0),
-                    expected_milli=booked.get(sku, 0),
-                    counted_milli=quantity,
+            unknown = [sku for sku, book in expected.items() if book is None]
+            now_booked = await balances(session, unknown) if unknown else {}
+            lines = []
+            for sku, quantity in sorted(counted.items()):
+                book = expected[sku]
+                if book is None:
+                    book = now_booked.get(sku, 0)
+                lines.append(
+                    StockDocumentLine(
+                        sku=sku,
+                        quantity_milli=quantity - book,
+                        expected_milli=book,
+                        counted_milli=quantity,
+                    )
                 )
-                for sku, quantity in sorted(counted.items())
-            ]
             now = datetime.now(UTC)
             row = await self._post(session, document_id, "stocktake", None, lines, now, row)
             return _out(row)
