@@ -93,6 +93,8 @@ class CentralBooks:
     # Report summary tables whose rows differ from their rebuild from the raw records
     # (None: not compared, the schema has none).
     summaries_differ: list[str] | None = None
+    # Transfers central flagged (ref: what), None: the schema predates them (1710).
+    transfer_discrepancies: dict[str, list[str]] | None = None
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
@@ -246,6 +248,20 @@ async def read_central_books(engine: AsyncEngine) -> CentralBooks:
                 if quantity:
                     stock[branch][sku] = int(quantity)
             books.stock = stock
+        if "stock_transfer_discrepancies" in books.tables:
+            flagged: dict[str, list[str]] = defaultdict(list)
+            for ref, kind, branch, document_id in await conn.execute(
+                text(
+                    "SELECT transfer_ref, kind, branch, document_id "
+                    "FROM stock_transfer_discrepancies"
+                )
+            ):
+                flagged[ref].append(f"{kind} ({branch}/{document_id})")
+            for (ref,) in await conn.execute(
+                text("SELECT transfer_ref FROM stock_transfers WHERE has_discrepancies")
+            ):
+                flagged[ref] = flagged.get(ref) or ["a line received short or over"]
+            books.transfer_discrepancies = dict(flagged)
     if "rpt_sales_branch_daily" in books.tables:
         books.summaries_differ = await _summaries_differ(engine)
     return books

@@ -113,6 +113,14 @@ def compare(
         verdict.checks.add("report summaries equal their rebuild from the raw records")
         for name in central.summaries_differ:
             verdict.fail(f"report summary table {name} differs from its rebuild")
+    if central.transfer_discrepancies is None:
+        verdict.not_compared.add("transfer discrepancies")
+    else:
+        # The clerks receive what was sent, once: a document retried or an event
+        # redelivered is the same document, never a second receipt.
+        verdict.checks.add("transfers received as sent, once")
+        for ref, what in sorted(central.transfer_discrepancies.items()):
+            verdict.fail(f"transfer {ref}: {', '.join(what)}")
     extra = set(central.events) - set(agents)
     for branch in sorted(extra):
         verdict.unexpected += len(central.events[branch])

@@ -1,4 +1,5 @@
-"""Stock: balances, the ledger of a product at a branch, transfers in transit."""
+"""Stock: balances, the ledger of a product at a branch, transfers (in transit, with
+their discrepancies)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ class StockController(Controller):
     @get(
         "/transfers",
         operation_id="listStockTransfers",
-        summary="Transfers between branches, matched out and in, with goods in transit",
+        summary="Transfers between branches, matched out and in: goods in transit, "
+        "differences and discrepancies",
     )
     async def transfers(
         self,
@@ -84,8 +86,27 @@ class StockController(Controller):
         limit: Limit = 100,
         offset: Offset = 0,
         branch: Annotated[str | None, QueryParameter(name="branch")] = None,
-        in_transit: Annotated[bool, QueryParameter(name="in_transit")] = False,
+        in_transit: Annotated[
+            bool,
+            QueryParameter(
+                name="in_transit", description="Only goods sent and not received by a receiver"
+            ),
+        ] = False,
+        discrepancies: Annotated[
+            bool,
+            QueryParameter(
+                name="discrepancies",
+                description="Only transfers with a discrepancy: a line received short, over "
+                "or not sent, a wrong receiver or sender, received or sent twice, an "
+                "unknown branch",
+            ),
+        ] = False,
     ) -> Page[TransferOut]:
         return await list_transfers(
-            db_session, branch=branch, in_transit_only=in_transit, limit=limit, offset=offset
+            db_session,
+            branch=branch,
+            in_transit_only=in_transit,
+            discrepancies_only=discrepancies,
+            limit=limit,
+            offset=offset,
         )

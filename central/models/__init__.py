@@ -41,7 +41,13 @@ from central.models.reports import (
     SummaryRejected,
 )
 from central.models.shifts import CashMovement, ClosedDay, Shift
-from central.models.stock import StockBalance, StockMovement, StockTransfer, StockTransferLine
+from central.models.stock import (
+    StockBalance,
+    StockMovement,
+    StockTransfer,
+    StockTransferDiscrepancy,
+    StockTransferLine,
+)
 from central.models.users import ApiToken, ApiUser, BranchCredential
 
 __all__ = [
@@ -91,6 +97,7 @@ __all__ = [
     "StockMovement",
     "StockMovementDaily",
     "StockTransfer",
+    "StockTransferDiscrepancy",
     "StockTransferLine",
     "StoreFormat",
     "SummaryBacklog",

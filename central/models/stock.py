@@ -6,11 +6,18 @@ import uuid
 from datetime import date, datetime
 
 from sqlalchemy import BigInteger, Index, String
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from central.models.base import Base, BigIntPK, utcnow
 
-__all__ = ["StockBalance", "StockMovement", "StockTransfer", "StockTransferLine"]
+__all__ = [
+    "StockBalance",
+    "StockMovement",
+    "StockTransfer",
+    "StockTransferDiscrepancy",
+    "StockTransferLine",
+]
 
 
 class StockMovement(Base):
@@ -72,7 +79,13 @@ class StockBalance(Base):
 class StockTransfer(Base):
     """A transfer between branches, matched out (sender) and in (receiver) by its ref.
 
-    Either side may arrive first; until both are in, the goods are in transit.
+    Either side may arrive first. The transfer's out is the first transfer-out document
+    stored for the ref (all its parts); it is received by the first transfer-in
+    document of the branch the out names (all its parts), or, while the out is not at
+    central, of any branch (re-filed as a wrong receiver's if the out then names
+    another). Every other document quoting the ref is a discrepancy
+    (:class:`StockTransferDiscrepancy`), never merged into the lines. ``from_branch``
+    and ``to_branch`` are the out's when it is in, else what the receipt says.
     """
 
     __tablename__ = "stock_transfers"
@@ -89,6 +102,47 @@ class StockTransfer(Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     received_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The transfer-out document (its branch is from_branch) and its parts at central.
+    out_document_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    out_parts: Mapped[int] = mapped_column(default=0, server_default="0")
+    out_parts_received: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The transfer-in document that received it: its branch, the sender it named, parts.
+    in_branch: Mapped[str | None] = mapped_column(String(32), default=None)
+    in_counterpart: Mapped[str | None] = mapped_column(String(32), default=None)
+    in_document_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    in_parts: Mapped[int] = mapped_column(default=0, server_default="0")
+    in_parts_received: Mapped[int] = mapped_column(default=0, server_default="0")
+    # A discrepancy row exists, or both documents are whole and a line differs.
+    has_discrepancies: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+
+
+class StockTransferDiscrepancy(Base):
+    """Something about a transfer that head office must see, stored when central sees it.
+
+    One row per transfer, kind and document (the parts of a document add up into its
+    row): ``wrong_receiver`` (a transfer in from a branch the out does not name),
+    ``wrong_sender`` (the receipt names another sender than the out's branch),
+    ``received_twice`` (another transfer-in document after the one that received it),
+    ``sent_twice`` (another transfer-out document under the same ref),
+    ``unknown_branch`` (the document names a branch central does not know, or none).
+    The goods of a document kept apart (wrong receiver, received or sent twice) are
+    summed here, not on the transfer's lines; their stock effects stand (never refused).
+    """
+
+    __tablename__ = "stock_transfer_discrepancies"
+
+    transfer_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The branch whose document it is, and the document.
+    branch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The other branch the document names, and what central expected there.
+    counterpart: Mapped[str | None] = mapped_column(String(32), default=None)
+    expected: Mapped[str | None] = mapped_column(String(64), default=None)
+    quantity_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_id: Mapped[uuid.UUID] = mapped_column()
+    detected_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class StockTransferLine(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import msgspec
 from sqlalchemy import (
@@ -23,7 +23,15 @@ from sqlalchemy.orm import aliased
 
 from central.api.schemas import Page
 from central.errors import ValidationFailed
-from central.models import StockBalance, StockMovement, StockTransfer, StockTransferLine
+from central.ingest.documents import is_whole
+from central.ingest.stock import div_half_up
+from central.models import (
+    StockBalance,
+    StockMovement,
+    StockTransfer,
+    StockTransferDiscrepancy,
+    StockTransferLine,
+)
 from central.services.paging import check_branch, paged
 from protocol.units import format_milli
 
@@ -31,12 +39,14 @@ __all__ = [
     "RebuildReport",
     "StockBalanceOut",
     "StockMovementOut",
+    "TransferDiscrepancyOut",
     "TransferLineOut",
     "TransferOut",
     "list_balances",
     "list_ledger",
     "list_transfers",
     "rebuild_balances",
+    "transfer_status",
 ]
 
 
@@ -73,19 +83,53 @@ class TransferLineOut(msgspec.Struct, kw_only=True):
     sku: str
     sent_milli: int
     received_milli: int
+    # Sent and not received by the receiver yet (0 once the transfer is received:
+    # what did not arrive is then a difference).
     in_transit_milli: int
     sent_value: int
     received_value: int
+    # received - sent once both documents are whole at central (else null): negative
+    # short, positive over (or not sent at all); its value at the value it left with
+    # (the received value for goods never sent).
+    difference_milli: int | None = None
+    difference_value: int | None = None
+
+
+class TransferDiscrepancyOut(msgspec.Struct, kw_only=True):
+    # wrong_receiver, wrong_sender, received_twice, sent_twice, unknown_branch (stored
+    # when central saw them), short, over, not_sent (a line's difference).
+    kind: str
+    # The document at fault (its branch and id; null for a line's difference).
+    branch: str | None = None
+    document_id: str | None = None
+    # The branch the document names, and what central expected instead.
+    counterpart: str | None = None
+    expected: str | None = None
+    sku: str | None = None
+    # The goods of a document kept apart from the transfer's lines, or a line's
+    # difference (signed).
+    quantity_milli: int = 0
+    value: int = 0
+    detected_at: datetime | None = None
 
 
 class TransferOut(msgspec.Struct, kw_only=True):
     transfer_ref: str
     from_branch: str | None
     to_branch: str | None
-    status: str  # in_transit, received, received_unsent (the inbound side came first)
+    # in_transit (sent, not received), received, received_with_differences (a line's
+    # received differs from its sent), receiving (both sides in, a document's parts
+    # still arriving), received_unsent (the receipt came first).
+    status: str
     sent_at: datetime | None
     received_at: datetime | None
+    # The documents: the transfer out, and the transfer in that received it.
+    out_document_id: str | None = None
+    in_document_id: str | None = None
+    # Whole days since the first side was recorded at its store, while one is missing.
+    waiting_days: int | None = None
     lines: list[TransferLineOut]
+    discrepancies: list[TransferDiscrepancyOut] = msgspec.field(default_factory=list)
 
 
 def _balance_out(b: StockBalance) -> StockBalanceOut:
@@ -189,11 +233,64 @@ async def list_ledger(
     )
 
 
+def transfer_status(t: StockTransfer, differs: bool) -> str:
+    if t.in_document_id is None:
+        return "in_transit"
+    if t.out_document_id is None:
+        return "received_unsent"
+    if not is_whole({c: getattr(t, c) for c in _WHOLE_COLUMNS}):
+        return "receiving"
+    return "received_with_differences" if differs else "received"
+
+
+_WHOLE_COLUMNS = (
+    "out_document_id",
+    "in_document_id",
+    "out_parts",
+    "out_parts_received",
+    "in_parts",
+    "in_parts_received",
+)
+
+
+def _line_out(line: StockTransferLine, status: str, whole: bool) -> TransferLineOut:
+    out = TransferLineOut(
+        sku=line.sku,
+        sent_milli=line.sent_milli,
+        received_milli=line.received_milli,
+        in_transit_milli=line.sent_milli if status == "in_transit" else 0,
+        sent_value=line.sent_value,
+        received_value=line.received_value,
+    )
+    if whole:
+        out.difference_milli = line.received_milli - line.sent_milli
+        out.difference_value = (
+            div_half_up(line.sent_value * out.difference_milli, line.sent_milli)
+            if line.sent_milli > 0
+            else line.received_value
+        )
+    return out
+
+
+def _line_discrepancy(line: TransferLineOut) -> TransferDiscrepancyOut | None:
+    if not line.difference_milli:
+        return None
+    kinds = ("short", "over") if line.sent_milli else ("not_sent", "not_sent")
+    kind = kinds[0] if line.difference_milli < 0 else kinds[1]
+    return TransferDiscrepancyOut(
+        kind=kind,
+        sku=line.sku,
+        quantity_milli=line.difference_milli,
+        value=line.difference_value or 0,
+    )
+
+
 async def list_transfers(
     session: AsyncSession,
     *,
     branch: str | None,
     in_transit_only: bool,
+    discrepancies_only: bool = False,
     limit: int,
     offset: int,
 ) -> Page[TransferOut]:
@@ -201,18 +298,23 @@ async def list_transfers(
     stmt = select(StockTransfer)
     if branch:
         stmt = stmt.where(
-            (StockTransfer.from_branch == branch) | (StockTransfer.to_branch == branch)
-        )
-    if in_transit_only:
-        stmt = stmt.where(
-            StockTransfer.transfer_ref.in_(
-                # Goods that left and have not (all) arrived; a receipt central holds
-                # before the sender's record (received, not yet "sent") is not.
-                select(StockTransferLine.transfer_ref).where(
-                    StockTransferLine.sent_milli > StockTransferLine.received_milli
+            (StockTransfer.from_branch == branch)
+            | (StockTransfer.to_branch == branch)
+            # A branch whose document was kept apart (a wrong receiver, a second one).
+            | StockTransfer.transfer_ref.in_(
+                select(StockTransferDiscrepancy.transfer_ref).where(
+                    StockTransferDiscrepancy.branch == branch
                 )
             )
         )
+    if in_transit_only:
+        # Goods that left and no receiver has taken in; a receipt central holds before
+        # the sender's record (received, not yet "sent") is not, nor a short one.
+        stmt = stmt.where(
+            StockTransfer.out_document_id.is_not(None), StockTransfer.in_document_id.is_(None)
+        )
+    if discrepancies_only:
+        stmt = stmt.where(StockTransfer.has_discrepancies)
     total = await session.scalar(select(func.count()).select_from(stmt.subquery()))
     transfers = (
         await session.scalars(
@@ -222,31 +324,47 @@ async def list_transfers(
         )
     ).all()
     refs = [t.transfer_ref for t in transfers]
-    lines: dict[str, list[TransferLineOut]] = {}
+    lines: dict[str, list[StockTransferLine]] = {}
+    found: dict[str, list[TransferDiscrepancyOut]] = {}
     if refs:
         for line in await session.scalars(
             select(StockTransferLine)
             .where(StockTransferLine.transfer_ref.in_(refs))
             .order_by(StockTransferLine.sku)
         ):
-            lines.setdefault(line.transfer_ref, []).append(
-                TransferLineOut(
-                    sku=line.sku,
-                    sent_milli=line.sent_milli,
-                    received_milli=line.received_milli,
-                    in_transit_milli=line.sent_milli - line.received_milli,
-                    sent_value=line.sent_value,
-                    received_value=line.received_value,
+            lines.setdefault(line.transfer_ref, []).append(line)
+        for d in await session.scalars(
+            select(StockTransferDiscrepancy)
+            .where(StockTransferDiscrepancy.transfer_ref.in_(refs))
+            .order_by(StockTransferDiscrepancy.detected_at, StockTransferDiscrepancy.kind)
+        ):
+            found.setdefault(d.transfer_ref, []).append(
+                TransferDiscrepancyOut(
+                    kind=d.kind,
+                    branch=d.branch,
+                    document_id=d.document_id,
+                    counterpart=d.counterpart,
+                    expected=d.expected,
+                    quantity_milli=d.quantity_milli,
+                    value=d.value,
+                    detected_at=d.detected_at,
                 )
             )
+    now = datetime.now(UTC)
     items = []
     for t in transfers:
-        if t.in_event_id is None:
-            status = "in_transit"
-        elif t.out_event_id is None:
-            status = "received_unsent"
-        else:
-            status = "received"
+        stored = lines.get(t.transfer_ref, [])
+        whole = is_whole({c: getattr(t, c) for c in _WHOLE_COLUMNS})
+        differs = whole and any(x.sent_milli != x.received_milli for x in stored)
+        status = transfer_status(t, differs)
+        out_lines = [_line_out(x, status, whole) for x in stored]
+        listed = found.get(t.transfer_ref, [])
+        listed += [d for d in map(_line_discrepancy, out_lines) if d is not None]
+        waiting = None
+        if status in ("in_transit", "received_unsent"):
+            since = t.sent_at if status == "in_transit" else t.received_at
+            if since is not None:
+                waiting = max(0, (now - since).days)
         items.append(
             TransferOut(
                 transfer_ref=t.transfer_ref,
@@ -255,7 +373,11 @@ async def list_transfers(
                 status=status,
                 sent_at=t.sent_at,
                 received_at=t.received_at,
-                lines=lines.get(t.transfer_ref, []),
+                out_document_id=t.out_document_id,
+                in_document_id=t.in_document_id,
+                waiting_days=waiting,
+                lines=out_lines,
+                discrepancies=listed,
             )
         )
     return Page(items=items, total=total or 0, limit=limit, offset=offset)

@@ -148,13 +148,20 @@ class BranchBooks:
         )
 
     def document_in_parts(
-        self, doc_type: str, lines: list[tuple[str, int, int | None]], *, per_part: int
+        self,
+        doc_type: str,
+        lines: list[tuple[str, int, int | None]],
+        *,
+        per_part: int,
+        counterpart: str | None = None,
+        transfer_ref: str | None = None,
+        document_id: str | None = None,
     ) -> list[EventEnvelope]:
         """A document sent as the agent sends one too big for a message: the header in
         every part, ``per_part`` lines each, numbered across the document."""
         for sku, qty, _ in lines:
             self._move(sku, qty)
-        document_id = f"{self.branch}-doc-{len(self.events) + 1}"
+        document_id = document_id or f"{self.branch}-doc-{len(self.events) + 1}"
         parts = -(-len(lines) // per_part)
         return [
             self._add(
@@ -165,6 +172,8 @@ class BranchBooks:
                         StockDocumentLine(sku=sku, quantity_milli=qty, unit_cost=cost)
                         for sku, qty, cost in lines[(k - 1) * per_part : k * per_part]
                     ),
+                    counterpart_branch=counterpart,
+                    transfer_ref=transfer_ref,
                     part=k,
                     parts=parts,
                     first_line_no=(k - 1) * per_part + 1,

@@ -205,8 +205,16 @@ async def test_transfers_match_out_and_in_in_either_order(
         page = await list_transfers(session, branch=None, in_transit_only=False, limit=10, offset=0)
         b2_balance = await session.get(StockBalance, ("B2", "MILK"))
     transfer = page.items[0]
-    # 3 of 4 arrived: one still in transit; received at the sender's cost.
-    assert (transfer.status, transfer.lines[0].in_transit_milli) == ("received", 1_000)
+    # 3 of 4 arrived: received short by one (no longer in transit: a difference, at
+    # the value it left with); received at the sender's cost.
+    assert (transfer.status, transfer.lines[0].in_transit_milli) == (
+        "received_with_differences",
+        0,
+    )
+    assert (transfer.lines[0].difference_milli, transfer.lines[0].difference_value) == (
+        -1_000,
+        -120,
+    )
     assert b2_balance is not None
     assert (b2_balance.quantity_milli, b2_balance.avg_cost) == (
         3_000,

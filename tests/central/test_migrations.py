@@ -17,7 +17,9 @@ from central.db import create_engine, create_sessionmaker, downgrade, upgrade
 from central.ingest.worker import IngestWorker
 from central.models import Base
 from central.partitions import include_name
+from central.services.branches import add_branch
 from central.services.documents import get_document
+from central.services.stock import list_transfers
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import PG_URL_ENV, central_cli, engine_with_branch
 
@@ -101,6 +103,69 @@ async def test_rolling_parts_back_keeps_each_document_whole(db_url: str) -> None
         assert [(x.line_no, x.sku, x.quantity_milli) for x in after.lines] == [
             (x.line_no, x.sku, x.quantity_milli) for x in before.lines
         ]
+    finally:
+        await engine.dispose()
+
+
+async def test_transfers_before_1710_get_their_documents_and_differences(db_url: str) -> None:
+    """Rolled back to 1709 and upgraded again, the transfers stored find their out and
+    in documents (parts counted) in stock_documents and read as before: the one received
+    short is flagged, the one in transit is in transit (discrepancy rows are not
+    rebuilt for them: only their line differences are flagged)."""
+    sender, receiver = BranchBooks("B1"), BranchBooks("B2")
+    sender.document("goods_receipt", [("MILK", 9_000, 100), ("SALT", 9_000, 10)])
+    sender.document_in_parts(
+        "transfer_out",
+        [("MILK", -2_000, None), ("SALT", -3_000, None)],
+        per_part=1,
+        counterpart="B2",
+        document_id="TO-1",
+    )
+    sender.document("transfer_out", [("MILK", -1_000, None)], counterpart="B2", document_id="TO-2")
+    receiver.document_in_parts(
+        "transfer_in",
+        [("MILK", 2_000, None), ("SALT", 1_000, None)],
+        per_part=1,
+        counterpart="B1",
+        transfer_ref="TO-1",
+    )
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+
+    async def listed() -> list[tuple[str, str, str | None, list[int | None]]]:
+        async with sessionmaker() as session:
+            page = await list_transfers(
+                session, branch=None, in_transit_only=False, limit=10, offset=0
+            )
+            flagged = await list_transfers(
+                session,
+                branch=None,
+                in_transit_only=False,
+                discrepancies_only=True,
+                limit=10,
+                offset=0,
+            )
+        assert [t.transfer_ref for t in flagged.items] == ["TO-1"]
+        return [
+            (t.transfer_ref, t.status, t.in_document_id, [x.difference_milli for x in t.lines])
+            for t in page.items
+        ]
+
+    try:
+        async with sessionmaker() as session, session.begin():
+            await add_branch(session, code="B2", name="B2")
+        worker = IngestWorker(sessionmaker)
+        assert (await worker.process([message(e) for e in sender.events])).dead_letters == 0
+        assert (await worker.process([message(e) for e in receiver.events])).dead_letters == 0
+        before = await listed()
+        assert before == [
+            ("TO-1", "received_with_differences", "B2-doc-1", [0, -2_000]),
+            ("TO-2", "in_transit", None, [None]),
+        ]
+        await engine.dispose()
+        await downgrade(db_url, "1709")
+        await upgrade(db_url)
+        assert await listed() == before
     finally:
         await engine.dispose()
 

@@ -1,5 +1,6 @@
 """An ingest worker SIGKILLed between its database commit and its ack: JetStream
-redelivers the batch to the restarted worker, and nothing is counted twice."""
+redelivers the batch to the restarted worker, and nothing is counted twice (a
+redelivered transfer document is not a second receipt)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ from sqlalchemy import func, select
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.ingest.stock import COST_CORRECTION
-from central.models import IngestedEvent, Receipt, StockBalance, StockMovement
+from central.models import (
+    IngestedEvent,
+    Receipt,
+    StockBalance,
+    StockMovement,
+    StockTransferDiscrepancy,
+)
 from central.services.branches import add_branch
 from central.services.documents import get_document
+from central.services.stock import list_transfers
 from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.conftest import wait_until
 from tests.faults.ingest_process import ingest_until_crash, running_ingest
@@ -26,7 +34,8 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     sessionmaker = create_sessionmaker(engine)
     async with sessionmaker() as session, session.begin():
         await add_branch(session, code="K1", name="K1")
-    books = BranchBooks("K1")
+        await add_branch(session, code="K2", name="K2")
+    books, other = BranchBooks("K1"), BranchBooks("K2")
     books.document("goods_receipt", [("MILK", 100_000, 100)])
     for n in range(60):
         books.sale([("MILK", 1_000 + n, 199)])
@@ -34,16 +43,42 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
             # WATER sold before it was ever received, then received in the same batch:
             # the receipt's cost correction must not be posted again on redelivery.
             books.sale([("WATER", 10_000, 99)])
+        if n == 5:
+            # Transfers in the batch committed and redelivered: a receipt in two parts
+            # (before K2's out reaches central) and an out K2 receives in two parts
+            # later; redelivered, neither is received twice nor counted again.
+            books.document_in_parts(
+                "transfer_in",
+                [("SALT", 3_000, 20), ("SUGAR", 2_000, 50)],
+                per_part=1,
+                counterpart="K2",
+                transfer_ref="TK-1",
+            )
+        if n == 7:
+            books.document("transfer_out", [("MILK", -5_000, None)], counterpart="K2")
+            out_ref = books.events[-1].body.document_id  # type: ignore[union-attr]
         if n == 10:
             books.document("goods_receipt", [("WATER", 20_000, 33)])
-        if n == 20:
+        if n == 17:
             # A stocktake too big for one message, its parts at the end of the first
             # batch of 25 (committed, never acked) and the start of the next.
-            stocktake = [(f"ITEM{k:03d}", 1_000 * (k % 5 + 1), None) for k in range(30)]
+            stocktake: list[tuple[str, int, int | None]] = [
+                (f"ITEM{k:03d}", 1_000 * (k % 5 + 1), None) for k in range(30)
+            ]
             parts = books.document_in_parts("stocktake", stocktake, per_part=20)
             assert [e.seq for e in parts] == [25, 26]
             stocktake_id = f"K1-doc-{parts[0].seq}"
-    await publish_books(nats_server.url, books)
+    other.document("goods_receipt", [("SALT", 9_000, 20), ("SUGAR", 9_000, 50)])
+    other.document(
+        "transfer_out",
+        [("SALT", -3_000, None), ("SUGAR", -2_000, None)],
+        counterpart="K1",
+        document_id="TK-1",
+    )
+    other.document_in_parts(
+        "transfer_in", [("MILK", 5_000, None)], per_part=1, counterpart="K1", transfer_ref=out_ref
+    )
+    await publish_books(nats_server.url, books, other)
     env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="25")
     log = (tmp_path / "worker.log").open("wb")
     try:
@@ -59,7 +94,7 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
             async def drained() -> bool:
                 async with sessionmaker() as session:
                     n = await session.scalar(select(func.count()).select_from(IngestedEvent))
-                return n == len(books.events)
+                return n == len(books.events) + len(other.events)
 
             await wait_until(drained, timeout=60)
             # Past the ack wait: the crashed batch's redelivery has come and gone.
@@ -93,6 +128,26 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
     assert (document.parts, document.parts_received) == (2, 2)
     assert [x.line_no for x in document.lines] == list(range(1, 31))
     assert stock == books.stock_milli
+    async with sessionmaker() as session:
+        transfers = await list_transfers(
+            session, branch=None, in_transit_only=False, limit=10, offset=0
+        )
+        discrepancies = await session.scalar(
+            select(func.count()).select_from(StockTransferDiscrepancy)
+        )
+    by_ref = {t.transfer_ref: t for t in transfers.items}
+    assert {ref: (t.status, t.discrepancies) for ref, t in by_ref.items()} == {
+        "TK-1": ("received", []),
+        out_ref: ("received", []),
+    }
+    assert [(x.sku, x.sent_milli, x.received_milli) for x in by_ref["TK-1"].lines] == [
+        ("SALT", 3_000, 3_000),
+        ("SUGAR", 2_000, 2_000),
+    ]
+    assert [(x.sku, x.sent_milli, x.received_milli) for x in by_ref[out_ref].lines] == [
+        ("MILK", 5_000, 5_000)
+    ]
+    assert discrepancies == 0
     await engine.dispose()
 
 
