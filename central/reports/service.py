@@ -103,6 +103,7 @@ from central.reports.schemas import (
     WriteOffReport,
     WriteOffRow,
 )
+from central.services.pricing import not_withdrawn_at
 from central.services.sync_state import LIVE_AGENT, lost_events
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
@@ -501,7 +502,7 @@ async def head_office_prices(
     """The selling price head office has in force at ``at`` per (branch, sku), by the
     rules the tills and central share (``protocol.pricing``): the most specific scope
     with an entry in effect (branch > zone > format > chain), within it the latest
-    entry; withdrawn overrides do not count. Products without one are left out."""
+    entry; overrides withdrawn by then do not count. Products without one are left out."""
     prices_of = await _price_book(session, branches, sku, at)
     return prices_of(branches)
 
@@ -529,7 +530,7 @@ async def _price_book(
     e = PriceEntryRow
 
     def narrowed(stmt: Any) -> Any:
-        stmt = stmt.where(e.withdrawn.is_(False))
+        stmt = stmt.where(not_withdrawn_at(at))
         if len(branches) == 1:
             stmt = stmt.where(tuple_(e.scope, e.scope_id).in_(wanted))
         if sku is not None:

@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from sqlalchemy import ColumnElement, func, insert, select, true, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import (
     Branch,
+    BranchScopeHistory,
     BranchStatus,
     PriceEntryRow,
     PriceZone,
@@ -61,7 +62,9 @@ __all__ = [
     "get_repricing",
     "list_price_zones",
     "list_prices",
+    "not_withdrawn_at",
     "price_mismatches",
+    "scopes_at",
     "set_price",
     "set_prices_bulk",
     "withdraw_override",
@@ -93,6 +96,9 @@ class PriceEntryOut(msgspec.Struct, kw_only=True):
     effective_local: str | None
     version: int
     withdrawn: bool
+    # When it was withdrawn (it was in force before); None: not withdrawn, or
+    # withdrawn before central recorded when.
+    withdrawn_at: datetime | None
     document_id: int | None
 
 
@@ -464,14 +470,16 @@ async def withdraw_override(session: AsyncSession, *, scope: str, scope_id: str,
             "entries": [msgspec.to_builtins(_entry_out(e)) for e in entries],
         }
         version = await allocate_versions(session)
+        # Only the entries in force until now: an entry withdrawn earlier keeps its moment.
         await session.execute(
             update(PriceEntryRow)
             .where(
                 PriceEntryRow.scope == scope,
                 PriceEntryRow.scope_id == sid,
                 PriceEntryRow.sku == sku,
+                PriceEntryRow.withdrawn.is_(False),
             )
-            .values(withdrawn=True)
+            .values(withdrawn=True, withdrawn_at=datetime.now(UTC))
         )
         await enqueue(session, version, [(KIND_PRICE, scope, sid, bucket_key(bucket_of(sku)))])
         await record_change(
@@ -495,6 +503,7 @@ def _entry_out(row: PriceEntryRow) -> PriceEntryOut:
         effective_local=row.effective_local,
         version=row.version,
         withdrawn=row.withdrawn,
+        withdrawn_at=row.withdrawn_at,
         document_id=row.document_id,
     )
 
@@ -531,17 +540,51 @@ async def _branch(session: AsyncSession, code: str) -> Branch:
     return branch
 
 
+def not_withdrawn_at(at: datetime) -> ColumnElement[bool]:
+    """Price entries not withdrawn at ``at`` (an override withdrawn later was in force
+    then; one withdrawn before central recorded when counts at no moment)."""
+    return or_(PriceEntryRow.withdrawn.is_(False), PriceEntryRow.withdrawn_at > at)
+
+
+async def scopes_at(
+    session: AsyncSession, branch: Branch, at: datetime
+) -> tuple[str | None, str | None]:
+    """The branch's (format, price zone) in force at ``at``: its scope history's latest
+    row from before ``at``; before its first row, the first row (prices set before a
+    branch was registered reached it by its first scopes); no history: its current."""
+    history = select(BranchScopeHistory.format_code, BranchScopeHistory.price_zone).where(
+        BranchScopeHistory.branch == branch.code
+    )
+    row = (
+        await session.execute(
+            history.where(BranchScopeHistory.valid_from <= at)
+            .order_by(BranchScopeHistory.valid_from.desc(), BranchScopeHistory.id.desc())
+            .limit(1)
+        )
+    ).first() or (
+        await session.execute(
+            history.order_by(BranchScopeHistory.valid_from, BranchScopeHistory.id).limit(1)
+        )
+    ).first()
+    if row is None:
+        return branch.format_code, branch.price_zone
+    return row[0], row[1]
+
+
 async def expected_prices(
     session: AsyncSession, branch: Branch, skus: Sequence[str], at: datetime
 ) -> dict[str, PriceCandidate]:
-    """What the branch's tills must charge at ``at``: the shared resolution rules."""
-    scopes = branch_scopes(branch.code, branch.format_code, branch.price_zone)
+    """What the branch's tills must charge at ``at``: the shared resolution rules, over
+    the entries in force then (withdrawn later or not at all) at the scopes the branch
+    had then."""
+    format_code, price_zone = await scopes_at(session, branch, at)
+    scopes = branch_scopes(branch.code, format_code, price_zone)
     candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
     for start in range(0, len(skus), 2000):
         rows = await session.execute(
             select(PriceEntryRow).where(
                 PriceEntryRow.sku.in_(skus[start : start + 2000]),
-                PriceEntryRow.withdrawn.is_(False),
+                not_withdrawn_at(at),
             )
         )
         for (row,) in rows:
