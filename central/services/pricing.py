@@ -12,7 +12,7 @@ import msgspec
 from sqlalchemy import ColumnElement, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.errors import ConflictError, NotFoundError, ValidationFailed, check_aware
 from central.models import (
     Branch,
     BranchScopeHistory,
@@ -253,10 +253,7 @@ async def _moment(
         return min(moments), text
     if effective_at is None:
         return now, None
-    if effective_at.tzinfo is None:
-        raise ValidationFailed(
-            "effective_at needs a time zone (UTC)", field=f"{field_prefix}effective_at"
-        )
+    check_aware(effective_at, f"{field_prefix}effective_at")
     if effective_at < now - PAST_GRACE:
         raise ValidationFailed(
             "a price change cannot take effect in the past", field=f"{field_prefix}effective_at"
@@ -609,6 +606,7 @@ async def expected_prices(
 async def expected_price(
     session: AsyncSession, branch_code: str, sku: str, at: datetime | None = None
 ) -> ExpectedPrice:
+    check_aware(at, "at")
     branch = await _branch(session, branch_code)
     if await session.get(Product, sku) is None:
         raise NotFoundError(f"no product {sku}", field="sku")

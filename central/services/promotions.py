@@ -10,7 +10,7 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.errors import ConflictError, NotFoundError, ValidationFailed, check_aware
 from central.models import Branch, Category, Product, Promotion
 from central.services.audit import record_change
 from central.services.catalog import CODE_RE, unit_of_work
@@ -109,8 +109,8 @@ def _check_fields(data: PromotionIn, now: datetime) -> None:
         raise ValidationFailed("N-for-M needs n > m >= 1", field="n")
     if not data.skus and not data.categories:
         raise ValidationFailed("a promotion needs products or categories", field="skus")
-    if data.starts_at.tzinfo is None or data.ends_at.tzinfo is None:
-        raise ValidationFailed("times need a time zone (UTC)", field="starts_at")
+    check_aware(data.starts_at, "starts_at")
+    check_aware(data.ends_at, "ends_at")
     if data.ends_at <= data.starts_at:
         raise ValidationFailed("ends_at must be after starts_at", field="ends_at")
     if data.ends_at <= now:
