@@ -57,6 +57,7 @@ __all__ = [
     "branch_sync_status",
     "create_price_zone",
     "create_repricing",
+    "effective_moment",
     "expected_price",
     "expected_prices",
     "get_repricing",
@@ -214,7 +215,7 @@ async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -
     return zones or ["UTC"]
 
 
-async def _moment(
+async def effective_moment(
     session: AsyncSession,
     scope: str,
     scope_id: str,
@@ -223,7 +224,9 @@ async def _moment(
     now: datetime,
     field_prefix: str = "",
 ) -> tuple[datetime, str | None]:
-    """(earliest UTC moment, normalized local text); refuses a moment in the past."""
+    """(earliest UTC moment, normalized local text); refuses a moment in the past (a
+    local time: in any branch the scope reaches), or both ways of giving it. The CSV
+    import checks its rows with it too, so its dry run refuses what the apply would."""
     if effective_at is not None and effective_local is not None:
         raise ValidationFailed(
             "give effective_at or effective_local, not both", field=f"{field_prefix}effective_local"
@@ -279,7 +282,7 @@ async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut
             raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
         if not product.active:
             raise ValidationFailed(f"product {data.sku} is archived", field="sku")
-        moment, local = await _moment(
+        moment, local = await effective_moment(
             session, data.scope, scope_id, data.effective_at, data.effective_local, now
         )
         # Before: the entry in force at this scope at the new price's moment (if any).
@@ -338,7 +341,7 @@ async def set_prices_bulk(
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, scope, scope_id)
-        moment, local = await _moment(session, scope, sid, effective_at, effective_local, now)
+        moment, local = await effective_moment(session, scope, sid, effective_at, effective_local, now)
         if not changes:
             return 0
         last = await allocate_versions(session, len(changes))
@@ -669,7 +672,7 @@ async def create_repricing(
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, data.scope, data.scope_id)
-        moment, local = await _moment(
+        moment, local = await effective_moment(
             session, data.scope, sid, data.effective_at, data.effective_local, now
         )
         if not data.lines:
