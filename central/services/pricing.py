@@ -63,6 +63,7 @@ __all__ = [
     "get_repricing",
     "list_price_zones",
     "list_prices",
+    "lowest_prices_in_force",
     "not_withdrawn_at",
     "price_mismatches",
     "scopes_at",
@@ -341,7 +342,9 @@ async def set_prices_bulk(
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, scope, scope_id)
-        moment, local = await effective_moment(session, scope, sid, effective_at, effective_local, now)
+        moment, local = await effective_moment(
+            session, scope, sid, effective_at, effective_local, now
+        )
         if not changes:
             return 0
         last = await allocate_versions(session, len(changes))
@@ -603,6 +606,38 @@ async def expected_prices(
         got = resolve_price(entries, at)
         if got is not None:
             out[sku] = got
+    return out
+
+
+async def lowest_prices_in_force(
+    session: AsyncSession, skus: Sequence[str], at: datetime
+) -> dict[str, int]:
+    """Per SKU, the lowest price in force at ``at`` at any scope (the chain's, and each
+    format's, zone's and branch's own): what some branch may be selling it at. SKUs
+    without a price in force are left out."""
+    latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
+    for start in range(0, len(skus), 2000):
+        rows = await session.execute(
+            select(
+                PriceEntryRow.sku,
+                PriceEntryRow.scope,
+                PriceEntryRow.scope_id,
+                PriceEntryRow.effective_at,
+                PriceEntryRow.version,
+                PriceEntryRow.price,
+            ).where(
+                PriceEntryRow.sku.in_(skus[start : start + 2000]),
+                PriceEntryRow.effective_at <= at,
+                not_withdrawn_at(at),
+            )
+        )
+        for sku, scope, scope_id, effective_at, version, price in rows:
+            key = (sku, scope, scope_id)
+            if key not in latest or (effective_at, version) > latest[key][:2]:
+                latest[key] = (effective_at, version, price)
+    out: dict[str, int] = {}
+    for (sku, _scope, _sid), (_at, _version, price) in latest.items():
+        out[sku] = min(out.get(sku, price), price)
     return out
 
 

@@ -20,8 +20,10 @@ from central.services.masterdata_publisher import (
     category_paths,
     enqueue,
 )
+from central.services.pricing import lowest_prices_in_force
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PROMOTION
+from protocol.units import format_minor
 
 __all__ = [
     "PromotionIn",
@@ -130,6 +132,43 @@ async def _check_references(session: AsyncSession, data: PromotionIn) -> None:
                 raise ValidationFailed(f"unknown {noun} {value!r}", field=f"{field}[{i}]")
 
 
+async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime) -> None:
+    """An amount off must be below the price of every product it reaches, or the till
+    gives the product away: the lowest price in force now at any scope (chain, format,
+    zone, branch), for the products it names and for every active product of its
+    categories' subtrees (a category promotion reaches them all). A product without a
+    price in force cannot be sold and is not checked; a price lowered later, or a
+    product moved into the category later, is not checked either: the till never
+    discounts a line by more than its price (``protocol.promotions``)."""
+    if data.type != "amount":
+        return
+    skus = list(dict.fromkeys(data.skus))
+    if data.categories:
+        paths = await category_paths(session)
+        wanted = set(data.categories)
+        subtree = [code for code, path in paths.items() if wanted.intersection(path)]
+        skus += [
+            sku
+            for sku in (
+                await session.scalars(
+                    select(Product.sku)
+                    .where(Product.active, Product.category_code.in_(subtree))
+                    .order_by(Product.sku)
+                )
+            ).all()
+            if sku not in skus
+        ]
+    prices = await lowest_prices_in_force(session, skus, now)
+    for sku in skus:
+        price = prices.get(sku)
+        if price is not None and data.amount >= price:
+            raise ValidationFailed(
+                f"amount off {format_minor(data.amount)} is not below the price of {sku} "
+                f"in force now ({format_minor(price)})",
+                field="amount",
+            )
+
+
 async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
     """One product has at most one promotion at a time in a branch. A category promotion
     reaches its whole subtree (``protocol.promotions``), so it overlaps a promotion of a
@@ -203,10 +242,12 @@ async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
 
 async def create_promotion(session: AsyncSession, data: PromotionIn) -> PromotionOut:
     async with unit_of_work(session):
-        _check_fields(data, datetime.now(UTC))
+        now = datetime.now(UTC)
+        _check_fields(data, now)
         if await session.get(Promotion, data.promotion_id) is not None:
             raise ConflictError(f"promotion {data.promotion_id} exists", field="promotion_id")
         await _check_references(session, data)
+        await _check_amount(session, data, now)
         await _check_overlap(session, data)
         version = await allocate_versions(session)
         promo = Promotion(
