@@ -50,7 +50,7 @@ from central.models import (
 from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
-from central.services.pricing import effective_moment, set_prices_bulk
+from central.services.pricing import check_price, effective_moment, set_prices_bulk
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
 
@@ -355,8 +355,7 @@ async def import_prices(
                 price = parse_minor(row["price"])
             except ValueError as exc:
                 raise DomainError(str(exc), field="price") from exc
-            if price < 0:
-                raise DomainError("a price cannot be negative", field="price")
+            check_price(price, "price")
             scope = row.get("scope") or "all"
             scope_id = row.get("scope_id") or ""
             if scope == "all":

@@ -55,6 +55,7 @@ __all__ = [
     "RepricingLineOut",
     "approve_repricing",
     "branch_sync_status",
+    "check_price",
     "create_price_zone",
     "create_repricing",
     "effective_moment",
@@ -74,6 +75,7 @@ __all__ = [
 
 # A moment this far in the past still counts as "now" (clock skew of the caller).
 PAST_GRACE = timedelta(seconds=60)
+MAX_PRICE = 10**12
 SCOPES = ("all", "format", "zone", "branch")
 
 
@@ -265,10 +267,12 @@ async def effective_moment(
     return max(effective_at.astimezone(UTC), now), None
 
 
-def _check_price(price: int, field: str) -> None:
-    if price < 0:
-        raise ValidationFailed("a price cannot be negative", field=field)
-    if price > 10**12:
+def check_price(price: int, field: str) -> None:
+    """A selling price is positive (0 would give the product away at every till; a
+    free item is a promotion's decision) and in range. The CSV import uses it too."""
+    if price <= 0:
+        raise ValidationFailed("a price must be positive (0 gives the product away)", field=field)
+    if price > MAX_PRICE:
         raise ValidationFailed("price out of range", field=field)
 
 
@@ -277,7 +281,7 @@ async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut
     async with unit_of_work(session):
         now = datetime.now(UTC)
         scope_id = await _check_scope(session, data.scope, data.scope_id)
-        _check_price(data.price, "price")
+        check_price(data.price, "price")
         product = await session.get(Product, data.sku)
         if product is None:
             raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
@@ -727,7 +731,7 @@ async def create_repricing(
             if line.sku in seen:
                 raise ValidationFailed(f"{line.sku} appears twice", field=f"lines[{i}].sku")
             seen.add(line.sku)
-            _check_price(line.new_price, f"lines[{i}].new_price")
+            check_price(line.new_price, f"lines[{i}].new_price")
             if line.stock_milli is not None and line.stock_milli < 0:
                 raise ValidationFailed("stock cannot be negative", field=f"lines[{i}].stock_milli")
         doc = RepricingDocument(

@@ -92,6 +92,12 @@ async def test_bad_input_names_the_field_and_changes_nothing(
         ),
         ("/api/v1/prices", {"sku": "NOPE", "price": 100}, "sku"),
         ("/api/v1/prices", {"sku": "MILK-1L", "price": -1}, "price"),
+        ("/api/v1/prices", {"sku": "MILK-1L", "price": 0}, "price"),
+        (
+            "/api/v1/repricing",
+            {"lines": [{"sku": "MILK-1L", "new_price": 0, "stock_milli": 0}]},
+            "lines[0].new_price",
+        ),
         (
             "/api/v1/prices",
             {

@@ -75,13 +75,14 @@ async def test_products_and_prices_import_export(db_url: str) -> None:
         async with sm() as s:
             exported = await export_products_csv(s)
         assert "MILK,Milk 1L,pcs,false,,4006381333931|INT-1,dairy,1000,B,true" in exported
-        prices = "sku,price,scope,scope_id\nMILK,1.19,all,\nAPPLE,2.99,,\nNOPE,1.00,,\nMILK,-1.00,,\nMILK,1.999,,\n"
+        prices = "sku,price,scope,scope_id\nMILK,1.19,all,\nAPPLE,2.99,,\nNOPE,1.00,,\nMILK,-1.00,,\nMILK,1.999,,\nAPPLE,0.00,,\n"
         async with sm() as s:
             report = await import_prices(s, io.StringIO(prices), dry_run=True)
         assert [(e.line, e.field) for e in report.errors] == [
             (4, "sku"),
             (5, "price"),
             (6, "price"),
+            (7, "price"),
         ]
         good = "sku,price\nMILK,1.19\nAPPLE,2.99\n"
         async with sm() as s:
