@@ -334,6 +334,10 @@ async def update_product(session: AsyncSession, sku: str, patch: ProductPatch) -
             barcodes=barcodes,
         )
         await _check_references(session, sku, category, codes, scale_plu)
+        if category != product.category_code:
+            from central.services.promotions import check_category_change  # imports this
+
+            await check_category_change(session, sku, category)
         product.name = name.strip()
         product.unit = unit
         product.weighed = weighed

@@ -4,6 +4,7 @@ chosen branches (or the whole chain) and a time window. Evaluated at the till by
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -28,6 +29,7 @@ from protocol.units import format_minor
 __all__ = [
     "PromotionIn",
     "PromotionOut",
+    "check_category_change",
     "create_promotion",
     "get_promotion",
     "list_promotions",
@@ -169,12 +171,15 @@ async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime)
             )
 
 
-async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
+async def _check_overlap(
+    session: AsyncSession, data: PromotionIn, moved: Mapping[str, str | None] | None = None
+) -> None:
     """One product has at most one promotion at a time in a branch. A category promotion
     reaches its whole subtree (``protocol.promotions``), so it overlaps a promotion of a
     product of that subtree and a promotion of the category itself, of an ancestor or
     of a descendant: the till would otherwise pick one of them silently (the best for
-    the customer), which head office did not decide."""
+    the customer), which head office did not decide. ``moved``: products whose category
+    is about to change (SKU -> new category), checked as if it had."""
     others = (
         await session.scalars(
             select(Promotion).where(
@@ -201,6 +206,7 @@ async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
             )
         ).all()
     )
+    product_category.update(moved or {})
 
     def lineage(category: str | None) -> tuple[str, ...]:
         """The category and its ancestors (root first); empty without a category."""
@@ -238,6 +244,43 @@ async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
                     f"{other.promotion_id} at that time",
                     field=f"categories[{i}]",
                 )
+
+
+async def check_category_change(session: AsyncSession, sku: str, category: str | None) -> None:
+    """Moving a product into ``category`` must not put it in two promotions at once: each
+    running or future promotion naming the product is checked, from now on, with the
+    overlap rules of creating it (``_check_overlap``) as if the product had moved. A 409
+    naming ``category``."""
+    now = datetime.now(UTC)
+    own = [
+        p
+        for p in (
+            await session.scalars(
+                select(Promotion)
+                .where(Promotion.active, Promotion.ends_at > now)
+                .order_by(Promotion.promotion_id)
+            )
+        ).all()
+        if sku in p.skus
+    ]
+    for promo in own:
+        window = PromotionIn(
+            promotion_id=promo.promotion_id,
+            type=promo.type,
+            skus=list(promo.skus),
+            categories=list(promo.categories),
+            branches=list(promo.branches),
+            starts_at=max(promo.starts_at, now),
+            ends_at=promo.ends_at,
+        )
+        try:
+            await _check_overlap(session, window, moved={sku: category})
+        except ConflictError as exc:
+            raise ConflictError(
+                f"moving {sku} into category {category} would put it in two promotions at "
+                f"once ({promo.promotion_id} names it): {exc.detail}",
+                field="category",
+            ) from exc
 
 
 async def create_promotion(session: AsyncSession, data: PromotionIn) -> PromotionOut:

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from central.models import AuditEntry, MasterDataOutbox
 from tests.conftest import register_branch
 
 NOW = datetime.now(UTC) + timedelta(hours=1)
@@ -120,3 +122,35 @@ async def test_no_overlap_in_other_branches_periods_or_categories(
     r = await central_client.post("/api/v1/promotions/P-DAIRY10/withdraw")
     assert r.status_code == 200, r.text
     await _accepted(central_client, _promo("P-CHEESE", skus=["CHEESE-KG"]))
+
+
+async def test_moving_a_product_into_a_promoted_category_is_refused_as_an_overlap(
+    central: Any, central_client: Any
+) -> None:
+    """The overlap creating either promotion would refuse cannot be made by moving the
+    product afterwards (PATCH category): 409 naming category, nothing changed."""
+    client = central_client
+    await _setup(central, client)
+    await _accepted(client, _promo("P-TOYS", categories=["TOYS"]))
+    await _accepted(client, _promo("P-MILK", skus=["MILK-1L"]))
+    async with central.sessionmaker() as s:
+        before = (
+            await s.scalar(select(func.count()).select_from(AuditEntry)),
+            await s.scalar(select(func.count()).select_from(MasterDataOutbox)),
+        )
+    r = await client.patch("/api/v1/products/MILK-1L", json={"category": "TOYS"})
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"][0]["field"] == "category"
+    assert (await client.get("/api/v1/products/MILK-1L")).json()["category"] == "DAIRY"
+    async with central.sessionmaker() as s:
+        after = (
+            await s.scalar(select(func.count()).select_from(AuditEntry)),
+            await s.scalar(select(func.count()).select_from(MasterDataOutbox)),
+        )
+    assert after == before
+    # No overlap: into a category without a promotion, or a product without its own.
+    r = await client.patch("/api/v1/products/MILK-1L", json={"category": "BAKERY"})
+    assert r.status_code == 200, r.text
+    r = await client.patch("/api/v1/products/CHEESE-KG", json={"category": "TOYS"})
+    assert r.status_code == 200, r.text
