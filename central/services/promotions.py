@@ -320,11 +320,24 @@ async def create_promotion(session: AsyncSession, data: PromotionIn) -> Promotio
 
 
 async def withdraw_promotion(session: AsyncSession, promotion_id: str) -> PromotionOut:
+    """The promotion no longer applies anywhere. Withdrawing one already withdrawn is a
+    no-op answering its state (a client retrying after a lost answer gets the same one,
+    as archiving an archived product does): no new version, nothing published; the
+    request is on file in the audit log (before = after), as every write request is."""
     async with unit_of_work(session):
         promo = await session.get(Promotion, promotion_id)
         if promo is None:
             raise NotFoundError(f"no promotion {promotion_id}", field="promotion_id")
         before = _out(promo)
+        if not promo.active:
+            await record_change(
+                session,
+                action="promotion.withdraw",
+                target=f"promotion:{promotion_id}",
+                before=before,
+                after=before,
+            )
+            return before
         version = await allocate_versions(session)
         promo.active = False
         promo.version = version

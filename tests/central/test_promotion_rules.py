@@ -97,3 +97,28 @@ async def test_an_amount_off_must_be_below_every_price_it_reaches(
     ):
         r = await client.post("/api/v1/promotions", json=body)
         assert r.status_code == 201, r.text
+
+
+async def test_withdrawing_a_withdrawn_promotion_changes_nothing(
+    central: Any, central_client: Any
+) -> None:
+    """Idempotent: a retry after a lost answer gets the same state back; nothing is
+    versioned or published again (the request itself is on file in the audit log)."""
+    client = central_client
+    await _setup(central, client)
+    r = await client.post("/api/v1/promotions", json=_promo("P1", amount=10, skus=["MILK"]))
+    assert r.status_code == 201, r.text
+    first = await client.post("/api/v1/promotions/P1/withdraw")
+    assert first.status_code == 200, first.text
+    assert first.json()["active"] is False
+    before = await _counts(central)
+    again = await client.post("/api/v1/promotions/P1/withdraw")
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()  # same version: nothing new for the branches
+    audit_rows, outbox_rows = before
+    assert await _counts(central) == (audit_rows + 1, outbox_rows)
+    r = await client.get("/api/v1/audit", params={"target": "promotion:P1"})
+    latest = r.json()["items"][0]
+    assert latest["action"] == "promotion.withdraw"
+    assert latest["before"] == latest["after"]
+    assert (await client.post("/api/v1/promotions/NOPE/withdraw")).status_code == 404
