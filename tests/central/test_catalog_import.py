@@ -43,6 +43,7 @@ BAD-EAN,Bad,pcs,false,,4006381333932,,1000,A,true
 BAD-CAT,Bad,pcs,false,,,nope,1000,A,true
 BAD-VAT,Bad,pcs,false,,,,x,A,true
 OK1,Again,pcs,false,,,,1000,A,true
+BAD-PLU,Bad,kg,true,999999,,,1000,A,true
 """
 
 
@@ -55,13 +56,14 @@ async def test_products_and_prices_import_export(db_url: str) -> None:
             await s.commit()
         async with sm() as s:
             report = await import_products(s, io.StringIO(BAD), dry_run=True)
-        assert report.error_count == 5
+        assert report.error_count == 6
         assert [(e.line, e.field) for e in report.errors] == [
             (3, "sku"),
             (4, "barcodes"),
             (5, "category"),
             (6, "vat_rate_bp"),
             (7, "sku"),
+            (8, "scale_plu"),
         ]
         # Not applied even without --dry-run: the file is taken whole or not at all.
         async with sm() as s:
