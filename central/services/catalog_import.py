@@ -51,6 +51,7 @@ from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
 from central.services.pricing import check_price, effective_moment, set_prices_bulk
+from central.services.promotions import check_category_change, promoted_skus
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
 
@@ -236,6 +237,30 @@ async def import_products(
         owner = plu_owners.get(plu)
         if owner is not None and owner != sku and owner not in seen_sku:
             _add_error(report, line, "scale_plu", f"scale PLU {plu} belongs to {owner}")
+    # A product with its own promotion moved into a promoted category: the overlap
+    # PATCH /products refuses (promotions.check_category_change), for the few promoted.
+    promoted = await promoted_skus(session)
+    if promoted:
+        moving = [p for p in parsed if p["sku"] in promoted]
+        current = dict(
+            (
+                await session.execute(
+                    select(Product.sku, Product.category_code).where(
+                        Product.sku.in_([str(p["sku"]) for p in moving])
+                    )
+                )
+            ).all()
+        )
+        for item in moving:
+            moved, new_category, at_line = item["sku"], item["category_code"], item["_line"]
+            assert isinstance(moved, str)
+            assert isinstance(at_line, int)
+            assert new_category is None or isinstance(new_category, str)
+            if new_category != current.get(moved):
+                try:
+                    await check_category_change(session, moved, new_category)
+                except DomainError as exc:
+                    _add_error(report, at_line, "category", exc.detail)
     report.errors.sort(key=lambda e: e.line)
     existing = set((await session.scalars(select(Product.sku))).all())
     report.created = sum(1 for p in parsed if p["sku"] not in existing)

@@ -33,6 +33,7 @@ __all__ = [
     "create_promotion",
     "get_promotion",
     "list_promotions",
+    "promoted_skus",
     "withdraw_promotion",
 ]
 
@@ -244,6 +245,14 @@ async def _check_overlap(
                     f"{other.promotion_id} at that time",
                     field=f"categories[{i}]",
                 )
+
+
+async def promoted_skus(session: AsyncSession) -> set[str]:
+    """The products named by an active promotion that has not ended."""
+    rows = await session.scalars(
+        select(Promotion.skus).where(Promotion.active, Promotion.ends_at > datetime.now(UTC))
+    )
+    return {sku for skus in rows for sku in skus}
 
 
 async def check_category_change(session: AsyncSession, sku: str, category: str | None) -> None:

@@ -4,6 +4,7 @@ of its products, of itself, of its ancestors and of its descendants."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from central.models import AuditEntry, MasterDataOutbox
+from central.services.catalog_import import import_products
 from tests.conftest import register_branch
 
 NOW = datetime.now(UTC) + timedelta(hours=1)
@@ -154,3 +156,22 @@ async def test_moving_a_product_into_a_promoted_category_is_refused_as_an_overla
     assert r.status_code == 200, r.text
     r = await client.patch("/api/v1/products/CHEESE-KG", json={"category": "TOYS"})
     assert r.status_code == 200, r.text
+
+
+async def test_the_products_import_refuses_the_same_move(central: Any, central_client: Any) -> None:
+    """The products CSV changes categories too: the same check, reported on its line."""
+    client = central_client
+    await _setup(central, client)
+    await _accepted(client, _promo("P-TOYS", categories=["TOYS"]))
+    await _accepted(client, _promo("P-MILK", skus=["MILK-1L"]))
+    rows = (
+        "sku,name,unit,category,vat_rate_bp\n"
+        "BREAD,BREAD,pcs,TOYS,1000\n"
+        "MILK-1L,MILK-1L,pcs,TOYS,1000\n"
+    )
+    for dry_run in (True, False):
+        async with central.sessionmaker() as s:
+            report = await import_products(s, io.StringIO(rows), dry_run=dry_run)
+        assert [(e.line, e.field) for e in report.errors] == [(3, "category")]
+        assert not report.applied
+    assert (await client.get("/api/v1/products/MILK-1L")).json()["category"] == "DAIRY"
