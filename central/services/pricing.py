@@ -554,28 +554,29 @@ def not_withdrawn_at(at: datetime) -> ColumnElement[bool]:
 
 
 async def scopes_at(
-    session: AsyncSession, branch: Branch, at: datetime
-) -> tuple[str | None, str | None]:
-    """The branch's (format, price zone) in force at ``at``: its scope history's latest
-    row from before ``at``; before its first row, the first row (prices set before a
-    branch was registered reached it by its first scopes); no history: its current."""
-    history = select(BranchScopeHistory.format_code, BranchScopeHistory.price_zone).where(
-        BranchScopeHistory.branch == branch.code
-    )
-    row = (
-        await session.execute(
-            history.where(BranchScopeHistory.valid_from <= at)
-            .order_by(BranchScopeHistory.valid_from.desc(), BranchScopeHistory.id.desc())
-            .limit(1)
-        )
-    ).first() or (
-        await session.execute(
-            history.order_by(BranchScopeHistory.valid_from, BranchScopeHistory.id).limit(1)
-        )
-    ).first()
-    if row is None:
-        return branch.format_code, branch.price_zone
-    return row[0], row[1]
+    session: AsyncSession, branches: Sequence[Branch], at: datetime
+) -> dict[str, tuple[str | None, str | None]]:
+    """Per branch code, the (format, price zone) in force at ``at``: its scope history's
+    latest row from before ``at``; before its first row, the first row (prices set before
+    a branch was registered reached it by its first scopes); no history: its current."""
+    query = select(
+        BranchScopeHistory.branch,
+        BranchScopeHistory.valid_from,
+        BranchScopeHistory.format_code,
+        BranchScopeHistory.price_zone,
+    ).order_by(BranchScopeHistory.branch, BranchScopeHistory.valid_from, BranchScopeHistory.id)
+    if len(branches) <= 500:
+        query = query.where(BranchScopeHistory.branch.in_([b.code for b in branches]))
+    first: dict[str, tuple[str | None, str | None]] = {}
+    then: dict[str, tuple[str | None, str | None]] = {}
+    for code, valid_from, format_code, price_zone in await session.execute(query):
+        first.setdefault(code, (format_code, price_zone))
+        if valid_from <= at:
+            then[code] = (format_code, price_zone)
+    return {
+        b.code: then.get(b.code) or first.get(b.code) or (b.format_code, b.price_zone)
+        for b in branches
+    }
 
 
 async def expected_prices(
@@ -584,7 +585,7 @@ async def expected_prices(
     """What the branch's tills must charge at ``at``: the shared resolution rules, over
     the entries in force then (withdrawn later or not at all) at the scopes the branch
     had then."""
-    format_code, price_zone = await scopes_at(session, branch, at)
+    format_code, price_zone = (await scopes_at(session, [branch], at))[branch.code]
     scopes = branch_scopes(branch.code, format_code, price_zone)
     candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
     for start in range(0, len(skus), 2000):

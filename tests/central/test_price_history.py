@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from central.ingest.worker import IngestWorker
+from central.models import Branch
+from central.reports.service import head_office_prices
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import register_branch
 
@@ -140,3 +142,11 @@ async def test_a_branch_moved_to_another_zone_keeps_its_old_zones_past(
     assert await _expected(client, "B2", "BREAD", bread_sold) == 250
     assert await _expected(client, "B2", "MILK") == 80
     assert await _expected(client, "B2", "BREAD") == 200
+    # The reports' head-office prices (stock at retail) of a past moment agree.
+    async with central.sessionmaker() as session:
+        branch = await session.get(Branch, "B2")
+        assert branch is not None
+        then = await head_office_prices(session, [branch], None, bread_sold)
+        now = await head_office_prices(session, [branch], None, datetime.now(UTC))
+    assert then == {("B2", "MILK"): 90, ("B2", "BREAD"): 250}
+    assert now == {("B2", "MILK"): 80, ("B2", "BREAD"): 200}
