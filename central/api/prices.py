@@ -99,7 +99,7 @@ class PriceController(Controller):
     @get(
         "/branches/{branch:str}/mismatches",
         operation_id="listPriceMismatches",
-        summary="Products whose latest till price at the branch differs from head office's",
+        summary="Products whose latest till price differs from head office's price then",
     )
     async def mismatches(
         self,
