@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "ConflictError",
     "DomainError",
@@ -9,6 +11,7 @@ __all__ = [
     "ReportTooSlow",
     "SummariesBehind",
     "ValidationFailed",
+    "check_aware",
 ]
 
 
@@ -50,3 +53,14 @@ class SummariesBehind(DomainError):
 
     status = 503
     title = "Report summaries are catching up"
+
+
+def check_aware(moment: datetime | None, field: str) -> None:
+    """A moment given to the API (body or query) must say its UTC offset: a bare
+    wall-clock time is a different moment in each branch's zone. A 422 naming ``field``
+    (never a 500 from comparing it with the stored, aware moments)."""
+    if moment is not None and moment.tzinfo is None:
+        raise ValidationFailed(
+            f"{field} needs a time zone (an offset or Z, e.g. 2026-12-01T06:00:00Z)",
+            field=field,
+        )

@@ -22,6 +22,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "MAX_EVENT_BYTES",
+    "MAX_SCALE_PLU",
     "NO_NUL",
     "STOCK_DOCUMENT_PART_LINES",
     "CashMoveAmount",
@@ -39,6 +40,11 @@ __all__ = [
 ]
 
 INT32_MAX = 2**31 - 1
+
+# The largest PLU a label scale's weight-embedded barcode can carry: the layout
+# 2 X PPPPP WWWWW C (DEVICES.md; devices.scanner's default WeightLayout) has five PLU
+# digits. A larger PLU is on no label, so no scanned item could find its product.
+MAX_SCALE_PLU = 99_999
 
 # The largest encoded event a branch writes to its outbox: NATS's default max_payload
 # (1 MiB, which every server of the chain keeps or raises) less room for the headers.

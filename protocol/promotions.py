@@ -11,7 +11,9 @@ Rules (exact, deterministic):
   discount; on a tie the smallest ``promotion_id`` wins.
 - ``percent``: ``percent_bp`` of each line's gross, half-up to the cent.
 - ``amount``: ``amount`` off per unit (per piece, or per kg/litre for weighed
-  goods, half-up), never more than the line's gross.
+  goods, half-up).
+- Whatever the record says, a line's discount is never more than the line's gross
+  and never negative.
 - ``n_for_m``: of every ``n`` whole pieces the customer pays ``m``; the free
   pieces are the cheapest ones (lowest unit price first, then line order).
   Fractional quantities never count toward N-for-M.
@@ -58,17 +60,24 @@ def _applies(promotion: PromotionRecord, line: PromoLine) -> bool:
     return any(code in promotion.categories for code in line.category_path)
 
 
+def _bounded(discount: int, gross: int) -> int:
+    """A line's discount is between nothing and the whole line: never more than its
+    price (an amount off above it, from a record central would refuse now), never a
+    surcharge (a negative amount or percentage from a malformed record)."""
+    return max(0, min(gross, discount))
+
+
 def _discounts(
     promotion: PromotionRecord, lines: Sequence[PromoLine], indexes: list[int]
 ) -> dict[int, int]:
     out: dict[int, int] = {}
     if promotion.type == "percent":
         for i in indexes:
-            out[i] = min(lines[i].gross, percent_of(lines[i].gross, promotion.percent_bp))
+            out[i] = _bounded(percent_of(lines[i].gross, promotion.percent_bp), lines[i].gross)
     elif promotion.type == "amount":
         for i in indexes:
             off = line_amount(promotion.amount, lines[i].quantity_milli)
-            out[i] = min(lines[i].gross, off)
+            out[i] = _bounded(off, lines[i].gross)
     elif promotion.type == "n_for_m" and promotion.n > promotion.m >= 1:
         pieces = {
             i: lines[i].quantity_milli // 1000
@@ -80,7 +89,7 @@ def _discounts(
             if free <= 0:
                 break
             units = min(free, pieces[i])
-            out[i] = min(lines[i].gross, units * lines[i].unit_price)
+            out[i] = _bounded(units * lines[i].unit_price, lines[i].gross)
             free -= units
     return out
 

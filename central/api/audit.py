@@ -51,8 +51,16 @@ class AuditController(Controller):
             str | None,
             QueryParameter(name="target", max_length=200, description="e.g. branch:B001"),
         ] = None,
-        since: Annotated[datetime | None, QueryParameter(name="since")] = None,
-        until: Annotated[datetime | None, QueryParameter(name="until")] = None,
+        since: Annotated[
+            datetime | None,
+            QueryParameter(
+                name="since", description="From this moment, with its zone (Z or +hh:mm)"
+            ),
+        ] = None,
+        until: Annotated[
+            datetime | None,
+            QueryParameter(name="until", description="Before this moment, with its zone"),
+        ] = None,
     ) -> Page[AuditEntryOut]:
         rows, total = await list_audit(
             db_session,

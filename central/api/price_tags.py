@@ -31,11 +31,15 @@ class PriceTagController(Controller):
         branch: Annotated[str, PathParameter(name="branch", description="Branch code")],
         since: Annotated[
             datetime | None,
-            QueryParameter(name="since", description="Window start (default: a day ago)"),
+            QueryParameter(
+                name="since", description="Window start, with its zone (default: a day ago)"
+            ),
         ] = None,
         until: Annotated[
             datetime | None,
-            QueryParameter(name="until", description="Window end (default: a day ahead)"),
+            QueryParameter(
+                name="until", description="Window end, with its zone (default: a day ahead)"
+            ),
         ] = None,
     ) -> Response[str]:
         return Response(

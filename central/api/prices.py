@@ -99,7 +99,7 @@ class PriceController(Controller):
     @get(
         "/branches/{branch:str}/mismatches",
         operation_id="listPriceMismatches",
-        summary="Products whose latest till price at the branch differs from head office's",
+        summary="Products whose latest till price differs from head office's price then",
     )
     async def mismatches(
         self,
@@ -119,7 +119,13 @@ class PriceController(Controller):
         db_session: NamedDependency[AsyncSession],
         branch: BranchCode,
         sku: Annotated[str, PathParameter(name="sku")],
-        at: Annotated[datetime | None, QueryParameter(name="at")] = None,
+        at: Annotated[
+            datetime | None,
+            QueryParameter(
+                name="at",
+                description="A moment with its zone (2026-11-29T10:00:00Z); default now",
+            ),
+        ] = None,
     ) -> ExpectedPrice:
         return await expected_price(db_session, branch, sku, at)
 

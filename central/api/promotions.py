@@ -56,6 +56,10 @@ class PromotionController(Controller):
         "/{promotion_id:str}/withdraw",
         operation_id="withdrawPromotion",
         summary="End a promotion now (the tills stop applying it)",
+        description=(
+            "Withdrawing a promotion already withdrawn changes nothing (no new version, "
+            "nothing published; the request is audited) and answers its state."
+        ),
         status_code=200,
     )
     async def withdraw(

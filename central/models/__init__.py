@@ -2,7 +2,7 @@
 
 from central.models.audit import AuditEntry
 from central.models.base import Base, BigIntPK, UTCDateTime, utcnow
-from central.models.branches import Branch, BranchStatus, BranchSyncState
+from central.models.branches import Branch, BranchScopeHistory, BranchStatus, BranchSyncState
 from central.models.catalog import (
     AssortmentException,
     Category,
@@ -59,6 +59,7 @@ __all__ = [
     "BigIntPK",
     "Branch",
     "BranchCredential",
+    "BranchScopeHistory",
     "BranchStatus",
     "BranchSyncState",
     "CashMovement",

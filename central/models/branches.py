@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, String
+from sqlalchemy import JSON, BigInteger, Index, String
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column
 
-from central.models.base import Base, utcnow
+from central.models.base import Base, BigIntPK, utcnow
 
-__all__ = ["Branch", "BranchStatus", "BranchSyncState"]
+__all__ = ["Branch", "BranchScopeHistory", "BranchStatus", "BranchSyncState"]
 
 
 class Branch(Base):
@@ -25,6 +25,21 @@ class Branch(Base):
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BranchScopeHistory(Base):
+    """A branch's format and price zone from ``valid_from`` on (until the next row of
+    the branch): which prices reached it at a past moment (expected price, till-price
+    mismatches). A row per registration and per change of either."""
+
+    __tablename__ = "branch_scope_history"
+    __table_args__ = (Index("ix_branch_scope_history_branch_from", "branch", "valid_from"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    branch: Mapped[str] = mapped_column(String(32))
+    valid_from: Mapped[datetime] = mapped_column()
+    format_code: Mapped[str | None] = mapped_column(String(32), default=None)
+    price_zone: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class BranchSyncState(Base):

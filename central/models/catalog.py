@@ -126,8 +126,12 @@ class PriceEntryRow(Base):
     # Wall-clock "YYYY-MM-DDTHH:MM:SS" when given in the branches' local time.
     effective_local: Mapped[str | None] = mapped_column(String(19), default=None)
     version: Mapped[int] = mapped_column(BigInteger)
-    # A withdrawn override: kept for history, no longer published.
+    # A withdrawn override: kept for history, no longer published. ``withdrawn_at``:
+    # when (it was in force before that moment: the expected price of a past moment,
+    # the till-price mismatches). None on a withdrawn entry: withdrawn before this was
+    # recorded and no audit row said when (it counts at no moment, as it used to).
     withdrawn: Mapped[bool] = mapped_column(default=False)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
     document_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -103,6 +103,7 @@ from central.reports.schemas import (
     WriteOffReport,
     WriteOffRow,
 )
+from central.services.pricing import not_withdrawn_at, scopes_at
 from central.services.sync_state import LIVE_AGENT, lost_events
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
@@ -500,8 +501,9 @@ async def head_office_prices(
 ) -> dict[tuple[str, str], int]:
     """The selling price head office has in force at ``at`` per (branch, sku), by the
     rules the tills and central share (``protocol.pricing``): the most specific scope
-    with an entry in effect (branch > zone > format > chain), within it the latest
-    entry; withdrawn overrides do not count. Products without one are left out."""
+    with an entry in effect (branch > zone > format > chain) among the scopes the branch
+    had then, within it the latest entry; overrides withdrawn by then do not count.
+    Products without one are left out."""
     prices_of = await _price_book(session, branches, sku, at)
     return prices_of(branches)
 
@@ -518,10 +520,13 @@ async def _price_book(
     product: a chain's whole price list at every branch at once can be millions)."""
     if not branches:
         return lambda _: {}
+    # The scopes each branch had at ``at`` (a branch moved to another zone since kept
+    # its old zone's prices until the move).
+    scopes_then = await scopes_at(session, branches, at)
     scopes = {
         b.code: [
             (scope, scope_id or "")
-            for scope, scope_id in branch_scopes(b.code, b.format_code, b.price_zone)
+            for scope, scope_id in branch_scopes(b.code, *scopes_then[b.code])
         ]
         for b in branches
     }
@@ -529,7 +534,7 @@ async def _price_book(
     e = PriceEntryRow
 
     def narrowed(stmt: Any) -> Any:
-        stmt = stmt.where(e.withdrawn.is_(False))
+        stmt = stmt.where(not_withdrawn_at(at))
         if len(branches) == 1:
             stmt = stmt.where(tuple_(e.scope, e.scope_id).in_(wanted))
         if sku is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.auth.context import RequestAudit, current_request_audit
-from central.errors import ValidationFailed
+from central.errors import ValidationFailed, check_aware
 from central.models import AuditEntry
 
 __all__ = [
@@ -103,13 +103,11 @@ class AuditQuery:
     offset: int = 0
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 async def list_audit(session: AsyncSession, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+    check_aware(query.since, "since")
+    check_aware(query.until, "until")
     # A reversed range would answer an empty page that looks like "nothing happened".
-    if query.since and query.until and _aware(query.since) > _aware(query.until):
+    if query.since and query.until and query.since > query.until:
         raise ValidationFailed(f"since {query.since} is after until {query.until}", field="since")
     stmt = select(AuditEntry)
     if query.actor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -14,7 +15,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
-from central.models import Branch, PriceZone, StoreFormat
+from central.models import Branch, BranchScopeHistory, PriceZone, StoreFormat
 from central.services.audit import record_change
 from central.services.masterdata_publisher import enqueue_snapshot
 from central.sync.jetstream import ensure_branch_consumer
@@ -76,7 +77,22 @@ async def add_branch(
     )
     session.add(branch)
     await session.flush()
+    _record_scopes(session, branch, branch.created_at)
+    await session.flush()
     return branch
+
+
+def _record_scopes(session: AsyncSession, branch: Branch, valid_from: datetime) -> None:
+    """The branch's format and price zone from ``valid_from`` on (a past moment of the
+    branch is priced with the scopes it had then: ``pricing.scopes_at``)."""
+    session.add(
+        BranchScopeHistory(
+            branch=branch.code,
+            valid_from=valid_from,
+            format_code=branch.format_code,
+            price_zone=branch.price_zone,
+        )
+    )
 
 
 class BranchPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,6 +152,8 @@ async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) ->
         branch.timezone = patch.timezone
     branch.format_code = format_code
     branch.price_zone = price_zone
+    if scopes_changed:
+        _record_scopes(session, branch, datetime.now(UTC))
     await session.flush()
     snapshot = None
     if scopes_changed and branch.active:

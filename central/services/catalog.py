@@ -25,7 +25,7 @@ from central.services.masterdata_publisher import (
     enqueue,
     product_targets,
 )
-from protocol.limits import Code32, Text200
+from protocol.limits import MAX_SCALE_PLU, Code32, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of, validate_barcode
 
 __all__ = [
@@ -153,8 +153,11 @@ def validate_product_fields(
         raise ValidationFailed(f"unit must be one of {', '.join(UNITS)}", field="unit")
     if weighed and unit not in ("kg", "g", "l", "ml", "m"):
         raise ValidationFailed("a weighed product is sold by kg, g, l, ml or m", field="weighed")
-    if scale_plu is not None and not 1 <= scale_plu <= 999999:
-        raise ValidationFailed("scale PLU must be 1..999999", field="scale_plu")
+    if scale_plu is not None and not 1 <= scale_plu <= MAX_SCALE_PLU:
+        raise ValidationFailed(
+            f"scale PLU must be 1..{MAX_SCALE_PLU} (five digits on the label barcode)",
+            field="scale_plu",
+        )
     if scale_plu is not None and not weighed:
         raise ValidationFailed("only weighed products have a scale PLU", field="scale_plu")
     if not 0 <= vat_rate_bp <= 10000:
@@ -334,6 +337,10 @@ async def update_product(session: AsyncSession, sku: str, patch: ProductPatch) -
             barcodes=barcodes,
         )
         await _check_references(session, sku, category, codes, scale_plu)
+        if category != product.category_code:
+            from central.services.promotions import check_category_change  # imports this
+
+            await check_category_change(session, sku, category)
         product.name = name.strip()
         product.unit = unit
         product.weighed = weighed

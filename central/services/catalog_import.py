@@ -18,7 +18,10 @@ Prices CSV::
     MILK-1L,1.19,all,,,
     MILK-1L,1.09,zone,north,2026-12-01T05:00:00+00:00,
 
-``price`` is decimal text in the currency unit (at most two decimals).
+``price`` is decimal text in the currency unit (at most two decimals). A row's moment
+(``effective_at`` with its UTC offset, or ``effective_local`` in the reached branches'
+local time, not both) is checked as ``POST /api/v1/prices`` checks it, so the dry run
+refuses every row the apply would (e.g. a local time already past in some branch).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from central.models import (
 from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
-from central.services.pricing import PAST_GRACE, set_prices_bulk
+from central.services.pricing import check_price, effective_moment, set_prices_bulk
+from central.services.promotions import check_category_change, promoted_skus
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
 
@@ -233,6 +237,30 @@ async def import_products(
         owner = plu_owners.get(plu)
         if owner is not None and owner != sku and owner not in seen_sku:
             _add_error(report, line, "scale_plu", f"scale PLU {plu} belongs to {owner}")
+    # A product with its own promotion moved into a promoted category: the overlap
+    # PATCH /products refuses (promotions.check_category_change), for the few promoted.
+    promoted = await promoted_skus(session)
+    if promoted:
+        moving = [p for p in parsed if p["sku"] in promoted]
+        current = dict(
+            (
+                await session.execute(
+                    select(Product.sku, Product.category_code).where(
+                        Product.sku.in_([str(p["sku"]) for p in moving])
+                    )
+                )
+            ).all()
+        )
+        for item in moving:
+            moved, new_category, at_line = item["sku"], item["category_code"], item["_line"]
+            assert isinstance(moved, str)
+            assert isinstance(at_line, int)
+            assert new_category is None or isinstance(new_category, str)
+            if new_category != current.get(moved):
+                try:
+                    await check_category_change(session, moved, new_category)
+                except DomainError as exc:
+                    _add_error(report, at_line, "category", exc.detail)
     report.errors.sort(key=lambda e: e.line)
     existing = set((await session.scalars(select(Product.sku))).all())
     report.created = sum(1 for p in parsed if p["sku"] not in existing)
@@ -341,6 +369,7 @@ async def import_prices(
     }
     now = datetime.now(UTC)
     groups: dict[tuple[str, str, datetime | None, str | None], dict[str, int]] = defaultdict(dict)
+    moments: dict[tuple[str, str, str, str], DomainError | None] = {}
     for line, row in _rows(text, ("sku", "price")):
         report.rows += 1
         try:
@@ -351,8 +380,7 @@ async def import_prices(
                 price = parse_minor(row["price"])
             except ValueError as exc:
                 raise DomainError(str(exc), field="price") from exc
-            if price < 0:
-                raise DomainError("a price cannot be negative", field="price")
+            check_price(price, "price")
             scope = row.get("scope") or "all"
             scope_id = row.get("scope_id") or ""
             if scope == "all":
@@ -369,17 +397,18 @@ async def import_prices(
                     moment = datetime.fromisoformat(row["effective_at"])
                 except ValueError as exc:
                     raise DomainError("not an ISO date-time", field="effective_at") from exc
-                if moment.tzinfo is None:
-                    raise DomainError("effective_at needs a UTC offset", field="effective_at")
-                if moment < now - PAST_GRACE:
-                    raise DomainError(
-                        "a price change cannot take effect in the past", field="effective_at"
-                    )
-            if local is not None:
+            # The apply's own check (set_prices_bulk): zone, past in some reached
+            # branch's local time, both given; once per scope and moment text.
+            key = (scope, scope_id, row.get("effective_at", ""), local or "")
+            if key not in moments:
                 try:
-                    datetime.fromisoformat(local)
-                except ValueError as exc:
-                    raise DomainError("not an ISO date-time", field="effective_local") from exc
+                    await effective_moment(session, scope, scope_id, moment, local, now)
+                    moments[key] = None
+                except DomainError as exc:
+                    moments[key] = exc
+            refused = moments[key]
+            if refused is not None:
+                raise DomainError(refused.detail, field=refused.field)
             group = groups[(scope, scope_id, moment, local)]
             if sku in group:
                 raise DomainError("same product, scope and moment twice", field="sku")

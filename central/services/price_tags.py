@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.errors import NotFoundError, ValidationFailed
+from central.errors import NotFoundError, ValidationFailed, check_aware
 from central.models import Branch, PriceEntryRow, Product, ProductBarcode
 from central.services.assortment import branch_assortment
 from central.services.pricing import expected_prices
@@ -104,8 +104,8 @@ async def price_tag_items(
     now = datetime.now(UTC)
     since = since or now - timedelta(days=1)
     until = until or now + timedelta(days=1)
-    if since.tzinfo is None or until.tzinfo is None:
-        raise ValidationFailed("since/until need a UTC offset", field="since")
+    check_aware(since, "since")
+    check_aware(until, "until")
     if since > until:
         raise ValidationFailed(f"since {since} is after until {until}", field="since")
     zone = ZoneInfo(branch.timezone)

@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from sqlalchemy import ColumnElement, func, insert, select, true, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.errors import ConflictError, NotFoundError, ValidationFailed, check_aware
 from central.models import (
     Branch,
+    BranchScopeHistory,
     BranchStatus,
     PriceEntryRow,
     PriceZone,
@@ -54,14 +55,19 @@ __all__ = [
     "RepricingLineOut",
     "approve_repricing",
     "branch_sync_status",
+    "check_price",
     "create_price_zone",
     "create_repricing",
+    "effective_moment",
     "expected_price",
     "expected_prices",
     "get_repricing",
     "list_price_zones",
     "list_prices",
+    "lowest_prices_in_force",
+    "not_withdrawn_at",
     "price_mismatches",
+    "scopes_at",
     "set_price",
     "set_prices_bulk",
     "withdraw_override",
@@ -69,6 +75,7 @@ __all__ = [
 
 # A moment this far in the past still counts as "now" (clock skew of the caller).
 PAST_GRACE = timedelta(seconds=60)
+MAX_PRICE = 10**12
 SCOPES = ("all", "format", "zone", "branch")
 
 
@@ -93,6 +100,9 @@ class PriceEntryOut(msgspec.Struct, kw_only=True):
     effective_local: str | None
     version: int
     withdrawn: bool
+    # When it was withdrawn (it was in force before); None: not withdrawn, or
+    # withdrawn before central recorded when.
+    withdrawn_at: datetime | None
     document_id: int | None
 
 
@@ -208,7 +218,7 @@ async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -
     return zones or ["UTC"]
 
 
-async def _moment(
+async def effective_moment(
     session: AsyncSession,
     scope: str,
     scope_id: str,
@@ -217,7 +227,9 @@ async def _moment(
     now: datetime,
     field_prefix: str = "",
 ) -> tuple[datetime, str | None]:
-    """(earliest UTC moment, normalized local text); refuses a moment in the past."""
+    """(earliest UTC moment, normalized local text); refuses a moment in the past (a
+    local time: in any branch the scope reaches), or both ways of giving it. The CSV
+    import checks its rows with it too, so its dry run refuses what the apply would."""
     if effective_at is not None and effective_local is not None:
         raise ValidationFailed(
             "give effective_at or effective_local, not both", field=f"{field_prefix}effective_local"
@@ -247,10 +259,7 @@ async def _moment(
         return min(moments), text
     if effective_at is None:
         return now, None
-    if effective_at.tzinfo is None:
-        raise ValidationFailed(
-            "effective_at needs a time zone (UTC)", field=f"{field_prefix}effective_at"
-        )
+    check_aware(effective_at, f"{field_prefix}effective_at")
     if effective_at < now - PAST_GRACE:
         raise ValidationFailed(
             "a price change cannot take effect in the past", field=f"{field_prefix}effective_at"
@@ -258,10 +267,12 @@ async def _moment(
     return max(effective_at.astimezone(UTC), now), None
 
 
-def _check_price(price: int, field: str) -> None:
-    if price < 0:
-        raise ValidationFailed("a price cannot be negative", field=field)
-    if price > 10**12:
+def check_price(price: int, field: str) -> None:
+    """A selling price is positive (0 would give the product away at every till; a
+    free item is a promotion's decision) and in range. The CSV import uses it too."""
+    if price <= 0:
+        raise ValidationFailed("a price must be positive (0 gives the product away)", field=field)
+    if price > MAX_PRICE:
         raise ValidationFailed("price out of range", field=field)
 
 
@@ -270,13 +281,13 @@ async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut
     async with unit_of_work(session):
         now = datetime.now(UTC)
         scope_id = await _check_scope(session, data.scope, data.scope_id)
-        _check_price(data.price, "price")
+        check_price(data.price, "price")
         product = await session.get(Product, data.sku)
         if product is None:
             raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
         if not product.active:
             raise ValidationFailed(f"product {data.sku} is archived", field="sku")
-        moment, local = await _moment(
+        moment, local = await effective_moment(
             session, data.scope, scope_id, data.effective_at, data.effective_local, now
         )
         # Before: the entry in force at this scope at the new price's moment (if any).
@@ -335,7 +346,9 @@ async def set_prices_bulk(
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, scope, scope_id)
-        moment, local = await _moment(session, scope, sid, effective_at, effective_local, now)
+        moment, local = await effective_moment(
+            session, scope, sid, effective_at, effective_local, now
+        )
         if not changes:
             return 0
         last = await allocate_versions(session, len(changes))
@@ -464,14 +477,16 @@ async def withdraw_override(session: AsyncSession, *, scope: str, scope_id: str,
             "entries": [msgspec.to_builtins(_entry_out(e)) for e in entries],
         }
         version = await allocate_versions(session)
+        # Only the entries in force until now: an entry withdrawn earlier keeps its moment.
         await session.execute(
             update(PriceEntryRow)
             .where(
                 PriceEntryRow.scope == scope,
                 PriceEntryRow.scope_id == sid,
                 PriceEntryRow.sku == sku,
+                PriceEntryRow.withdrawn.is_(False),
             )
-            .values(withdrawn=True)
+            .values(withdrawn=True, withdrawn_at=datetime.now(UTC))
         )
         await enqueue(session, version, [(KIND_PRICE, scope, sid, bucket_key(bucket_of(sku)))])
         await record_change(
@@ -495,6 +510,7 @@ def _entry_out(row: PriceEntryRow) -> PriceEntryOut:
         effective_local=row.effective_local,
         version=row.version,
         withdrawn=row.withdrawn,
+        withdrawn_at=row.withdrawn_at,
         document_id=row.document_id,
     )
 
@@ -531,17 +547,52 @@ async def _branch(session: AsyncSession, code: str) -> Branch:
     return branch
 
 
+def not_withdrawn_at(at: datetime) -> ColumnElement[bool]:
+    """Price entries not withdrawn at ``at`` (an override withdrawn later was in force
+    then; one withdrawn before central recorded when counts at no moment)."""
+    return or_(PriceEntryRow.withdrawn.is_(False), PriceEntryRow.withdrawn_at > at)
+
+
+async def scopes_at(
+    session: AsyncSession, branches: Sequence[Branch], at: datetime
+) -> dict[str, tuple[str | None, str | None]]:
+    """Per branch code, the (format, price zone) in force at ``at``: its scope history's
+    latest row from before ``at``; before its first row, the first row (prices set before
+    a branch was registered reached it by its first scopes); no history: its current."""
+    query = select(
+        BranchScopeHistory.branch,
+        BranchScopeHistory.valid_from,
+        BranchScopeHistory.format_code,
+        BranchScopeHistory.price_zone,
+    ).order_by(BranchScopeHistory.branch, BranchScopeHistory.valid_from, BranchScopeHistory.id)
+    if len(branches) <= 500:
+        query = query.where(BranchScopeHistory.branch.in_([b.code for b in branches]))
+    first: dict[str, tuple[str | None, str | None]] = {}
+    then: dict[str, tuple[str | None, str | None]] = {}
+    for code, valid_from, format_code, price_zone in await session.execute(query):
+        first.setdefault(code, (format_code, price_zone))
+        if valid_from <= at:
+            then[code] = (format_code, price_zone)
+    return {
+        b.code: then.get(b.code) or first.get(b.code) or (b.format_code, b.price_zone)
+        for b in branches
+    }
+
+
 async def expected_prices(
     session: AsyncSession, branch: Branch, skus: Sequence[str], at: datetime
 ) -> dict[str, PriceCandidate]:
-    """What the branch's tills must charge at ``at``: the shared resolution rules."""
-    scopes = branch_scopes(branch.code, branch.format_code, branch.price_zone)
+    """What the branch's tills must charge at ``at``: the shared resolution rules, over
+    the entries in force then (withdrawn later or not at all) at the scopes the branch
+    had then."""
+    format_code, price_zone = (await scopes_at(session, [branch], at))[branch.code]
+    scopes = branch_scopes(branch.code, format_code, price_zone)
     candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
     for start in range(0, len(skus), 2000):
         rows = await session.execute(
             select(PriceEntryRow).where(
                 PriceEntryRow.sku.in_(skus[start : start + 2000]),
-                PriceEntryRow.withdrawn.is_(False),
+                not_withdrawn_at(at),
             )
         )
         for (row,) in rows:
@@ -563,9 +614,42 @@ async def expected_prices(
     return out
 
 
+async def lowest_prices_in_force(
+    session: AsyncSession, skus: Sequence[str], at: datetime
+) -> dict[str, int]:
+    """Per SKU, the lowest price in force at ``at`` at any scope (the chain's, and each
+    format's, zone's and branch's own): what some branch may be selling it at. SKUs
+    without a price in force are left out."""
+    latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
+    for start in range(0, len(skus), 2000):
+        rows = await session.execute(
+            select(
+                PriceEntryRow.sku,
+                PriceEntryRow.scope,
+                PriceEntryRow.scope_id,
+                PriceEntryRow.effective_at,
+                PriceEntryRow.version,
+                PriceEntryRow.price,
+            ).where(
+                PriceEntryRow.sku.in_(skus[start : start + 2000]),
+                PriceEntryRow.effective_at <= at,
+                not_withdrawn_at(at),
+            )
+        )
+        for sku, scope, scope_id, effective_at, version, price in rows:
+            key = (sku, scope, scope_id)
+            if key not in latest or (effective_at, version) > latest[key][:2]:
+                latest[key] = (effective_at, version, price)
+    out: dict[str, int] = {}
+    for (sku, _scope, _sid), (_at, _version, price) in latest.items():
+        out[sku] = min(out.get(sku, price), price)
+    return out
+
+
 async def expected_price(
     session: AsyncSession, branch_code: str, sku: str, at: datetime | None = None
 ) -> ExpectedPrice:
+    check_aware(at, "at")
     branch = await _branch(session, branch_code)
     if await session.get(Product, sku) is None:
         raise NotFoundError(f"no product {sku}", field="sku")
@@ -628,7 +712,7 @@ async def create_repricing(
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, data.scope, data.scope_id)
-        moment, local = await _moment(
+        moment, local = await effective_moment(
             session, data.scope, sid, data.effective_at, data.effective_local, now
         )
         if not data.lines:
@@ -648,7 +732,7 @@ async def create_repricing(
             if line.sku in seen:
                 raise ValidationFailed(f"{line.sku} appears twice", field=f"lines[{i}].sku")
             seen.add(line.sku)
-            _check_price(line.new_price, f"lines[{i}].new_price")
+            check_price(line.new_price, f"lines[{i}].new_price")
             if line.stock_milli is not None and line.stock_milli < 0:
                 raise ValidationFailed("stock cannot be negative", field=f"lines[{i}].stock_milli")
         doc = RepricingDocument(

@@ -4,13 +4,14 @@ chosen branches (or the whole chain) and a time window. Evaluated at the till by
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.errors import ConflictError, NotFoundError, ValidationFailed
+from central.errors import ConflictError, NotFoundError, ValidationFailed, check_aware
 from central.models import Branch, Category, Product, Promotion
 from central.services.audit import record_change
 from central.services.catalog import CODE_RE, unit_of_work
@@ -20,15 +21,19 @@ from central.services.masterdata_publisher import (
     category_paths,
     enqueue,
 )
+from central.services.pricing import lowest_prices_in_force
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PROMOTION
+from protocol.units import format_minor
 
 __all__ = [
     "PromotionIn",
     "PromotionOut",
+    "check_category_change",
     "create_promotion",
     "get_promotion",
     "list_promotions",
+    "promoted_skus",
     "withdraw_promotion",
 ]
 
@@ -109,8 +114,8 @@ def _check_fields(data: PromotionIn, now: datetime) -> None:
         raise ValidationFailed("N-for-M needs n > m >= 1", field="n")
     if not data.skus and not data.categories:
         raise ValidationFailed("a promotion needs products or categories", field="skus")
-    if data.starts_at.tzinfo is None or data.ends_at.tzinfo is None:
-        raise ValidationFailed("times need a time zone (UTC)", field="starts_at")
+    check_aware(data.starts_at, "starts_at")
+    check_aware(data.ends_at, "ends_at")
     if data.ends_at <= data.starts_at:
         raise ValidationFailed("ends_at must be after starts_at", field="ends_at")
     if data.ends_at <= now:
@@ -130,12 +135,52 @@ async def _check_references(session: AsyncSession, data: PromotionIn) -> None:
                 raise ValidationFailed(f"unknown {noun} {value!r}", field=f"{field}[{i}]")
 
 
-async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
+async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime) -> None:
+    """An amount off must be below the price of every product it reaches, or the till
+    gives the product away: the lowest price in force now at any scope (chain, format,
+    zone, branch), for the products it names and for every active product of its
+    categories' subtrees (a category promotion reaches them all). A product without a
+    price in force cannot be sold and is not checked; a price lowered later, or a
+    product moved into the category later, is not checked either: the till never
+    discounts a line by more than its price (``protocol.promotions``)."""
+    if data.type != "amount":
+        return
+    skus = list(dict.fromkeys(data.skus))
+    if data.categories:
+        paths = await category_paths(session)
+        wanted = set(data.categories)
+        subtree = [code for code, path in paths.items() if wanted.intersection(path)]
+        skus += [
+            sku
+            for sku in (
+                await session.scalars(
+                    select(Product.sku)
+                    .where(Product.active, Product.category_code.in_(subtree))
+                    .order_by(Product.sku)
+                )
+            ).all()
+            if sku not in skus
+        ]
+    prices = await lowest_prices_in_force(session, skus, now)
+    for sku in skus:
+        price = prices.get(sku)
+        if price is not None and data.amount >= price:
+            raise ValidationFailed(
+                f"amount off {format_minor(data.amount)} is not below the price of {sku} "
+                f"in force now ({format_minor(price)})",
+                field="amount",
+            )
+
+
+async def _check_overlap(
+    session: AsyncSession, data: PromotionIn, moved: Mapping[str, str | None] | None = None
+) -> None:
     """One product has at most one promotion at a time in a branch. A category promotion
     reaches its whole subtree (``protocol.promotions``), so it overlaps a promotion of a
     product of that subtree and a promotion of the category itself, of an ancestor or
     of a descendant: the till would otherwise pick one of them silently (the best for
-    the customer), which head office did not decide."""
+    the customer), which head office did not decide. ``moved``: products whose category
+    is about to change (SKU -> new category), checked as if it had."""
     others = (
         await session.scalars(
             select(Promotion).where(
@@ -162,6 +207,7 @@ async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
             )
         ).all()
     )
+    product_category.update(moved or {})
 
     def lineage(category: str | None) -> tuple[str, ...]:
         """The category and its ancestors (root first); empty without a category."""
@@ -201,12 +247,59 @@ async def _check_overlap(session: AsyncSession, data: PromotionIn) -> None:
                 )
 
 
+async def promoted_skus(session: AsyncSession) -> set[str]:
+    """The products named by an active promotion that has not ended."""
+    rows = await session.scalars(
+        select(Promotion.skus).where(Promotion.active, Promotion.ends_at > datetime.now(UTC))
+    )
+    return {sku for skus in rows for sku in skus}
+
+
+async def check_category_change(session: AsyncSession, sku: str, category: str | None) -> None:
+    """Moving a product into ``category`` must not put it in two promotions at once: each
+    running or future promotion naming the product is checked, from now on, with the
+    overlap rules of creating it (``_check_overlap``) as if the product had moved. A 409
+    naming ``category``."""
+    now = datetime.now(UTC)
+    own = [
+        p
+        for p in (
+            await session.scalars(
+                select(Promotion)
+                .where(Promotion.active, Promotion.ends_at > now)
+                .order_by(Promotion.promotion_id)
+            )
+        ).all()
+        if sku in p.skus
+    ]
+    for promo in own:
+        window = PromotionIn(
+            promotion_id=promo.promotion_id,
+            type=promo.type,
+            skus=list(promo.skus),
+            categories=list(promo.categories),
+            branches=list(promo.branches),
+            starts_at=max(promo.starts_at, now),
+            ends_at=promo.ends_at,
+        )
+        try:
+            await _check_overlap(session, window, moved={sku: category})
+        except ConflictError as exc:
+            raise ConflictError(
+                f"moving {sku} into category {category} would put it in two promotions at "
+                f"once ({promo.promotion_id} names it): {exc.detail}",
+                field="category",
+            ) from exc
+
+
 async def create_promotion(session: AsyncSession, data: PromotionIn) -> PromotionOut:
     async with unit_of_work(session):
-        _check_fields(data, datetime.now(UTC))
+        now = datetime.now(UTC)
+        _check_fields(data, now)
         if await session.get(Promotion, data.promotion_id) is not None:
             raise ConflictError(f"promotion {data.promotion_id} exists", field="promotion_id")
         await _check_references(session, data)
+        await _check_amount(session, data, now)
         await _check_overlap(session, data)
         version = await allocate_versions(session)
         promo = Promotion(
@@ -236,11 +329,24 @@ async def create_promotion(session: AsyncSession, data: PromotionIn) -> Promotio
 
 
 async def withdraw_promotion(session: AsyncSession, promotion_id: str) -> PromotionOut:
+    """The promotion no longer applies anywhere. Withdrawing one already withdrawn is a
+    no-op answering its state (a client retrying after a lost answer gets the same one,
+    as archiving an archived product does): no new version, nothing published; the
+    request is on file in the audit log (before = after), as every write request is."""
     async with unit_of_work(session):
         promo = await session.get(Promotion, promotion_id)
         if promo is None:
             raise NotFoundError(f"no promotion {promotion_id}", field="promotion_id")
         before = _out(promo)
+        if not promo.active:
+            await record_change(
+                session,
+                action="promotion.withdraw",
+                target=f"promotion:{promotion_id}",
+                before=before,
+                after=before,
+            )
+            return before
         version = await allocate_versions(session)
         promo.active = False
         promo.version = version

@@ -90,8 +90,38 @@ async def test_bad_input_names_the_field_and_changes_nothing(
             {"sku": "X", "name": "X", "vat_rate_bp": 0, "barcodes": [{"code": "4006381333932"}]},
             "barcodes[0].code",
         ),
+        (
+            "/api/v1/products",
+            {
+                "sku": "Y",
+                "name": "Y",
+                "vat_rate_bp": 0,
+                "unit": "kg",
+                "weighed": True,
+                "scale_plu": 999999,
+            },
+            "scale_plu",
+        ),
+        (
+            "/api/v1/products",
+            {
+                "sku": "Y",
+                "name": "Y",
+                "vat_rate_bp": 0,
+                "unit": "kg",
+                "weighed": True,
+                "scale_plu": 100000,
+            },
+            "scale_plu",
+        ),
         ("/api/v1/prices", {"sku": "NOPE", "price": 100}, "sku"),
         ("/api/v1/prices", {"sku": "MILK-1L", "price": -1}, "price"),
+        ("/api/v1/prices", {"sku": "MILK-1L", "price": 0}, "price"),
+        (
+            "/api/v1/repricing",
+            {"lines": [{"sku": "MILK-1L", "new_price": 0, "stock_milli": 0}]},
+            "lines[0].new_price",
+        ),
         (
             "/api/v1/prices",
             {

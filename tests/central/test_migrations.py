@@ -4,18 +4,19 @@ roll back (a release rolled back) with the records kept."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_engine, create_sessionmaker, downgrade, upgrade
 from central.ingest.worker import IngestWorker
-from central.models import Base
+from central.models import Base, BranchScopeHistory, PriceEntryRow
 from central.partitions import include_name
 from central.services.branches import add_branch
 from central.services.documents import get_document
@@ -194,3 +195,61 @@ async def test_rolling_the_backlog_back_waits_until_it_is_applied(
     async with pg_engine.connect() as connection:
         sold = await connection.scalar(text("SELECT sum(qty_milli) FROM rpt_sales_product_daily"))
     assert sold == 1_000
+
+
+async def test_1711_backfills_withdrawal_moments_and_branch_scopes(db_url: str) -> None:
+    """Upgrading to 1711: an override withdrawn before it gets the moment of the audit
+    log's first price.withdraw of its key after its creation (none: left empty, it
+    counts at no moment as before); each branch its current scopes from registration."""
+    engine = create_engine(db_url)
+    try:
+        await downgrade(db_url, "1709")
+        created = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+        withdrawn = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO branches (code, name, timezone, format_code, price_zone, "
+                    "active, created_at) VALUES ('B2', 'B2', 'UTC', NULL, 'south', true, :at)"
+                ),
+                {"at": created},
+            )
+            for sku, price, at in (("MILK", 99, created), ("SALT", 10, created)):
+                await connection.execute(
+                    text(
+                        "INSERT INTO price_entries (scope, scope_id, sku, bucket, price, "
+                        "effective_at, version, withdrawn, created_at) VALUES "
+                        "('branch', 'B2', :sku, 1, :price, :at, 1, true, :at)"
+                    ),
+                    {"sku": sku, "price": price, "at": at},
+                )
+            # An earlier withdrawal of MILK (before this entry existed) and its own.
+            for at in (created - timedelta(days=5), withdrawn, withdrawn + timedelta(days=1)):
+                await connection.execute(
+                    text(
+                        "INSERT INTO audit_log (at, actor, actor_role, method, path, action, "
+                        "target) VALUES (:at, 'mia', 'admin', 'POST', '/', 'price.withdraw', "
+                        "'price:MILK@branch:B2')"
+                    ),
+                    {"at": at},
+                )
+        await engine.dispose()
+        await upgrade(db_url)
+        async with create_sessionmaker(engine)() as session:
+            moments = dict(
+                (await session.execute(select(PriceEntryRow.sku, PriceEntryRow.withdrawn_at))).all()
+            )
+            history = (
+                await session.execute(
+                    select(
+                        BranchScopeHistory.branch,
+                        BranchScopeHistory.valid_from,
+                        BranchScopeHistory.format_code,
+                        BranchScopeHistory.price_zone,
+                    ).where(BranchScopeHistory.branch == "B2")
+                )
+            ).all()
+        assert moments == {"MILK": withdrawn, "SALT": None}
+        assert [tuple(r) for r in history] == [("B2", created, None, "south")]
+    finally:
+        await engine.dispose()

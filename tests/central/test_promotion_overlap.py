@@ -4,11 +4,15 @@ of its products, of itself, of its ancestors and of its descendants."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from central.models import AuditEntry, MasterDataOutbox
+from central.services.catalog_import import import_products
 from tests.conftest import register_branch
 
 NOW = datetime.now(UTC) + timedelta(hours=1)
@@ -120,3 +124,54 @@ async def test_no_overlap_in_other_branches_periods_or_categories(
     r = await central_client.post("/api/v1/promotions/P-DAIRY10/withdraw")
     assert r.status_code == 200, r.text
     await _accepted(central_client, _promo("P-CHEESE", skus=["CHEESE-KG"]))
+
+
+async def test_moving_a_product_into_a_promoted_category_is_refused_as_an_overlap(
+    central: Any, central_client: Any
+) -> None:
+    """The overlap creating either promotion would refuse cannot be made by moving the
+    product afterwards (PATCH category): 409 naming category, nothing changed."""
+    client = central_client
+    await _setup(central, client)
+    await _accepted(client, _promo("P-TOYS", categories=["TOYS"]))
+    await _accepted(client, _promo("P-MILK", skus=["MILK-1L"]))
+    async with central.sessionmaker() as s:
+        before = (
+            await s.scalar(select(func.count()).select_from(AuditEntry)),
+            await s.scalar(select(func.count()).select_from(MasterDataOutbox)),
+        )
+    r = await client.patch("/api/v1/products/MILK-1L", json={"category": "TOYS"})
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"][0]["field"] == "category"
+    assert (await client.get("/api/v1/products/MILK-1L")).json()["category"] == "DAIRY"
+    async with central.sessionmaker() as s:
+        after = (
+            await s.scalar(select(func.count()).select_from(AuditEntry)),
+            await s.scalar(select(func.count()).select_from(MasterDataOutbox)),
+        )
+    assert after == before
+    # No overlap: into a category without a promotion, or a product without its own.
+    r = await client.patch("/api/v1/products/MILK-1L", json={"category": "BAKERY"})
+    assert r.status_code == 200, r.text
+    r = await client.patch("/api/v1/products/CHEESE-KG", json={"category": "TOYS"})
+    assert r.status_code == 200, r.text
+
+
+async def test_the_products_import_refuses_the_same_move(central: Any, central_client: Any) -> None:
+    """The products CSV changes categories too: the same check, reported on its line."""
+    client = central_client
+    await _setup(central, client)
+    await _accepted(client, _promo("P-TOYS", categories=["TOYS"]))
+    await _accepted(client, _promo("P-MILK", skus=["MILK-1L"]))
+    rows = (
+        "sku,name,unit,category,vat_rate_bp\n"
+        "BREAD,BREAD,pcs,TOYS,1000\n"
+        "MILK-1L,MILK-1L,pcs,TOYS,1000\n"
+    )
+    for dry_run in (True, False):
+        async with central.sessionmaker() as s:
+            report = await import_products(s, io.StringIO(rows), dry_run=dry_run)
+        assert [(e.line, e.field) for e in report.errors] == [(3, "category")]
+        assert not report.applied
+    assert (await client.get("/api/v1/products/MILK-1L")).json()["category"] == "DAIRY"

@@ -741,7 +741,8 @@ async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[Asy
     selling price; every row says which."""
     from datetime import UTC, datetime, timedelta
 
-    from central.models import Branch, PriceEntryRow
+    from central.models import PriceEntryRow
+    from central.services.branches import BranchPatch, update_branch
     from central.services.pricing import (
         PriceChangeIn,
         PriceZoneIn,
@@ -756,7 +757,9 @@ async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[Asy
     wall_clock = f"{day}T00:30:00"
     async with chain() as s:
         await create_price_zone(s, PriceZoneIn(code="Z1", name="North", timezone="Europe/Berlin"))
-        await s.execute(update(Branch).where(Branch.code == "B1").values(price_zone="Z1"))
+        # Through the service: it keeps the branch's scope history (prices of a moment
+        # are resolved with the zone the branch had then).
+        await update_branch(s, "B1", BranchPatch(price_zone="Z1"))
         await s.commit()
         for change in (
             PriceChangeIn(sku="A", price=229),

@@ -202,6 +202,21 @@ def test_percent_amount_and_category_promotions() -> None:
     assert [(r.amount, r.promotion_id) for r in got] == [(20, "P1"), (38, "P2"), (0, None)]
 
 
+def test_a_discount_is_never_more_than_the_line_nor_negative() -> None:
+    """An amount off above the price (central refuses it now, an agent may hold an older
+    one) takes the line to zero, never below; a malformed negative one is no surcharge."""
+    lines = [line("A", 2000, 129), line("W", 500, 129)]
+    got = evaluate_promotions(
+        [promo("BIG", type="amount", amount=100_000, skus=("A", "W"))], lines, T0
+    )
+    assert [r.amount for r in got] == [258, 65]
+    for bad in (
+        promo("NEG", type="amount", amount=-50, skus=("A", "W")),
+        promo("NEGP", type="percent", percent_bp=-1000, skus=("A", "W")),
+    ):
+        assert [r.amount for r in evaluate_promotions([bad], lines, T0)] == [0, 0]
+
+
 def test_n_for_m_takes_cheapest_and_ignores_fractions() -> None:
     p = promo("3for2", type="n_for_m", n=3, m=2, skus=("A", "W"))
     got = evaluate_promotions([p], [line("A", 2000, 100), line("A", 1000, 100)], T0)
