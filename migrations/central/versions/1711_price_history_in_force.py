@@ -6,7 +6,7 @@ withdrawal of their key after they were created (none: left empty, they count at
 moment, as before); each branch gets its current scopes from its registration on.
 
 Revision ID: 1711
-Revises: 1709
+Revises: 1710
 Create Date: 2026-11-29 04:30:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 import central.models.base
 
 revision: str = "1711"
-down_revision: str | Sequence[str] | None = "1709"
+down_revision: str | Sequence[str] | None = "1710"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
