@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.db import read_connection
 from branch_agent.direct_sql import DirectStatement
-from branch_agent.masterdata_models import MdPrice, MdProduct, MdPromotion
+from branch_agent.masterdata_models import FormerProduct, MdPrice, MdProduct, MdPromotion
 from branch_agent.models import Product, ProductBarcode
 from protocol.codec import WireDecodeError
 from protocol.masterdata import PromotionRecord, decode_masterdata
@@ -35,7 +35,9 @@ from protocol.promotions import PromoLine, evaluate_promotions
 __all__ = [
     "BasketLine",
     "CatalogItem",
+    "FormerItem",
     "LineDiscount",
+    "find_former_products",
     "find_product",
     "find_products",
     "local_timezone",
@@ -285,6 +287,45 @@ async def find_products(
             item = _item_from_rows(list(group), at, priced=priced)
             if item is not None:
                 found[item.sku] = item
+    return found
+
+
+class FormerItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A product that is not in the branch's assortment any more, as it last was."""
+
+    sku: str
+    name: str
+    unit: str
+    weighed: bool
+
+
+async def find_former_products(session: AsyncSession, skus: Sequence[str]) -> dict[str, FormerItem]:
+    """Products of ``skus`` that left the branch's assortment (removed at central,
+    archived): what the applier kept of them in ``former_products`` when their last
+    replica row went; before master data, the demo catalog's inactive products.
+    Products never seen here are left out. Stock of them may still be in the store:
+    the stock documents that take it out need to know pieces from weighed."""
+    wanted = sorted(set(skus))
+    found: dict[str, FormerItem] = {}
+    master_data = await _has_master_data(session)
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[start : start + _LOOKUP_CHUNK]
+        if master_data:
+            rows = await session.execute(
+                select(
+                    FormerProduct.sku, FormerProduct.name, FormerProduct.unit, FormerProduct.weighed
+                ).where(FormerProduct.sku.in_(chunk))
+            )
+        else:
+            rows = await session.execute(
+                select(Product.sku, Product.name, Product.unit, Product.weighed).where(
+                    Product.sku.in_(chunk), ~Product.active
+                )
+            )
+        found.update(
+            (sku, FormerItem(sku=sku, name=name, unit=unit, weighed=bool(weighed)))
+            for sku, name, unit, weighed in rows
+        )
     return found
 
 

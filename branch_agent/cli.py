@@ -179,8 +179,28 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"the agent at {_agent_url(settings)} does not answer: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.is_success else 1
+    answer = response.json()
+    print(json.dumps(answer, indent=2))
+    if not response.is_success:
+        # The problem details go to stdout (for scripts); a person reads this line.
+        print(f"refused: {_problem_line(response.status_code, answer)}", file=sys.stderr)
+        return 1
+    if response.status_code == 200 and path == "/api/v1/stock/documents":
+        print(
+            f"document {answer.get('document_id')} was already posted with this content:"
+            " the original is shown, nothing new was recorded",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _problem_line(status: int, problem: Any) -> str:
+    """One line from an RFC 9457 problem: status, title, detail and the fields at fault."""
+    if not isinstance(problem, dict):
+        return f"HTTP {status}"
+    fields = [str(e.get("field")) for e in problem.get("errors") or () if isinstance(e, dict)]
+    named = f" [{', '.join(fields)}]" if fields else ""
+    return f"{status} {problem.get('title', '')}: {problem.get('detail', '')}{named}"
 
 
 def _status(settings: AgentSettings, as_json: bool) -> int:

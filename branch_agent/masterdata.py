@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from branch_agent.catalog import set_local_timezone
 from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.masterdata_models import (
+    FormerProduct,
     MdBarcode,
     MdProduct,
     MdPromotion,
@@ -423,10 +424,21 @@ async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
             if down_subject(scope, scope_id or None, kind, bucket_key(bucket)) not in kept
         ]
         if gone:
+            dropped: list[tuple[Any, ...]] = []
+            if table == "md_products":
+                for key in gone:
+                    rows = await conn.exec_driver_sql(
+                        f"SELECT {_FACTS} FROM md_products "
+                        "WHERE scope = ? AND scope_id = ? AND bucket = ?",
+                        key,
+                    )
+                    dropped.extend(tuple(row) for row in rows)
             await conn.exec_driver_sql(
                 f"DELETE FROM {table} WHERE scope = ? AND scope_id = ? AND bucket = ?",
                 gone,
             )
+            if dropped:
+                await _remember_former(conn, dropped)
     # Price rows follow their buckets' values: any row no bucket lists goes (one pass,
     # without an index on the bucket; a snapshot is rare).
     await conn.exec_driver_sql(
@@ -464,12 +476,64 @@ async def _set_state(conn: AsyncConnection, name: str, value: int, *, keep_max: 
     )
 
 
+# The facts of a product kept when it leaves the assortment (former_products).
+_FACTS = "sku, name, unit, weighed"
+
+
+async def _remember_former(conn: AsyncConnection, dropped: list[tuple[Any, ...]]) -> None:
+    """Keep the facts of dropped ``md_products`` rows whose product has no row left at
+    any scope: it left the branch's assortment, and its stock must still go out."""
+    facts = {row[0]: row for row in dropped}
+    still: set[str] = set()
+    skus = sorted(facts)
+    for start in range(0, len(skus), 500):
+        chunk = skus[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found = await conn.exec_driver_sql(
+            f"SELECT DISTINCT sku FROM md_products WHERE sku IN ({marks})", tuple(chunk)
+        )
+        still.update(row[0] for row in found)
+    gone = [facts[sku] for sku in skus if sku not in still]
+    if gone:
+        left_at = datetime.now(UTC)
+        upsert = sqlite_insert(FormerProduct)
+        columns = ("name", "unit", "weighed", "left_at", "facts")
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[FormerProduct.sku],
+                set_={c: upsert.excluded[c] for c in columns},
+            ),
+            [
+                {
+                    "sku": sku,
+                    "name": name,
+                    "unit": unit,
+                    "weighed": bool(weighed),
+                    "left_at": left_at,
+                    "facts": "master_data",
+                }
+                for sku, name, unit, weighed in gone
+            ],
+        )
+
+
 async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_id: str) -> None:
     where = (
         (MdProduct.scope == bucket.scope)
         & (MdProduct.scope_id == scope_id)
         & (MdProduct.bucket == bucket.bucket)
     )
+    key = (bucket.scope, scope_id, bucket.bucket)
+    listed = {p.sku for p in bucket.products}
+    # Rows this message drops (their products may have left the assortment).
+    dropped = [
+        tuple(row)
+        for row in await conn.exec_driver_sql(
+            f"SELECT {_FACTS} FROM md_products WHERE scope = ? AND scope_id = ? AND bucket = ?",
+            key,
+        )
+        if row[0] not in listed
+    ]
     await conn.execute(delete(MdProduct).where(where))
     await conn.execute(
         delete(MdBarcode).where(
@@ -478,6 +542,8 @@ async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_
             & (MdBarcode.bucket == bucket.bucket)
         )
     )
+    if dropped:
+        await _remember_former(conn, dropped)
     if not bucket.products:
         return
     # Straight to the driver's executemany: a bucket is thousands of rows and
@@ -516,6 +582,12 @@ async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_
             "VALUES (?, ?, ?, ?, ?)",
             codes,
         )
+    # A product back in the assortment is no former product any more.
+    await conn.exec_driver_sql(
+        "DELETE FROM former_products WHERE sku IN (SELECT sku FROM md_products "
+        "WHERE scope = ? AND scope_id = ? AND bucket = ?)",
+        key,
+    )
 
 
 # (sku, price, effective_at as stored, effective_local, version)

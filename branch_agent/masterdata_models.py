@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from branch_agent.models import AgentBase
 
 __all__ = [
+    "FormerProduct",
     "MdAppliedKey",
     "MdBarcode",
     "MdPrice",
@@ -132,3 +133,27 @@ class MdState(AgentBase):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class FormerProduct(AgentBase):
+    """A product that left this branch's assortment (removed at central, archived, or
+    deleted): its facts as the replica last had them, kept when the applier drops its
+    last ``md_products`` row and forgotten when it comes back.
+
+    Not part of the replica (a snapshot never drops it): the store may still hold stock
+    of the product, and stock documents that take goods out (write-off, supplier return,
+    transfer out) and stocktake counts need to know whether it is counted in pieces or
+    weighed (``branch_agent.catalog.find_former_products``). ``facts`` says where they
+    came from: ``master_data`` (the replica's row), or ``ledger`` for a product that had
+    left before this table existed (the upgrade a1801 infers ``weighed`` from its stock
+    moves: a fractional move means weighed, otherwise pieces; the name is the SKU).
+    """
+
+    __tablename__ = "former_products"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit: Mapped[str] = mapped_column(String(16))
+    weighed: Mapped[bool] = mapped_column()
+    left_at: Mapped[datetime] = mapped_column()
+    facts: Mapped[str] = mapped_column(String(16), default="master_data")

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from branch_agent.catalog import CatalogItem, find_products
+from branch_agent.catalog import find_former_products, find_products
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.errors import Conflict, NotFound, Rejected
@@ -63,6 +63,14 @@ _DIRECTION: dict[str, int] = {
     "write_off": -1,
     "transfer_out": -1,
     "supplier_return": -1,
+}
+# Documents whose lines carry no unit cost: central values goods going out at its moving
+# average, and a transfer in at the cost the sending branch's transfer out went at.
+_NO_UNIT_COST = {
+    "write_off": "central values a write-off at the moving average cost",
+    "supplier_return": "central values a supplier return at the moving average cost",
+    "transfer_out": "central values a transfer out at the moving average cost",
+    "transfer_in": "central values a transfer in at the cost the sending branch sent it at",
 }
 _PREFIX = {
     "goods_receipt": "GR",
@@ -247,6 +255,70 @@ def _out(doc: StockDocument) -> StockDocumentOut:
     )
 
 
+async def _weighed(
+    session: AsyncSession, skus: list[str], *, takes_out: bool, at: datetime
+) -> dict[str, bool | str]:
+    """Per SKU: whether it is weighed (True) or counted in pieces (False), or why a
+    document may not name it (text); SKUs never seen here are left out.
+
+    Any product of the branch's assortment, priced or not (goods arrive and are counted
+    before they go on sale). A product that left the assortment (removed at central,
+    archived: ``find_former_products``) only for documents that take goods out and for
+    stocktake counts (``takes_out``), and only when the branch has stock history of it
+    (a balance, which every ledger row of it makes): its stock must be able to leave."""
+    catalog = await find_products(session, skus, at=at, priced=False)
+    found: dict[str, bool | str] = {sku: item.weighed for sku, item in catalog.items()}
+    missing = [sku for sku in dict.fromkeys(skus) if sku not in catalog]
+    if not missing:
+        return found
+    former = await find_former_products(session, missing)
+    held = set(await balances(session, list(former))) if takes_out and former else set()
+    for sku, item in former.items():
+        if sku in held:
+            found[sku] = item.weighed
+        elif takes_out:
+            found[sku] = (
+                f"{sku} is not in this branch's assortment any more and the branch has no "
+                "stock history of it"
+            )
+        else:
+            found[sku] = (
+                f"{sku} is not in this branch's assortment (removed or archived at head "
+                "office): it cannot come in"
+            )
+    return found
+
+
+def _difference(existing: StockDocument, doc: StockDocumentIn, reason: str | None) -> str | None:
+    """What differs between a posted document and a new post of its id (None: a retry)."""
+    transfer_ref = doc.transfer_ref
+    if doc.doc_type == "transfer_out" and transfer_ref is None:
+        transfer_ref = existing.document_id
+    header = (
+        ("supplier", existing.supplier, doc.supplier),
+        ("counterpart_branch", existing.counterpart_branch, doc.counterpart_branch),
+        ("transfer_ref", existing.transfer_ref, transfer_ref),
+        # Stored before blanks were stripped, a reason is compared stripped too.
+        ("reason", (existing.reason or "").strip() or None, reason),
+        ("author", existing.author, doc.author),
+    )
+    for name, before, now in header:
+        if before != now:
+            return f"{name} {before!r}, now {now!r}"
+    sign = _DIRECTION[doc.doc_type]
+    stored = {
+        line["sku"]: (line["quantity_milli"], line.get("unit_cost")) for line in existing.lines
+    }
+    posted: dict[str, tuple[int, int | None]] = {}
+    for line in doc.lines:
+        if line.sku in posted:
+            return f"{line.sku} twice"
+        posted[line.sku] = (sign * parse_milli(line.quantity), line.unit_cost)
+    if stored != posted:
+        return "the lines"
+    return None
+
+
 class StockService:
     def __init__(
         self,
@@ -259,8 +331,13 @@ class StockService:
         self._write_lock = write_lock
 
     async def post_document(self, doc: StockDocumentIn) -> tuple[StockDocumentOut, bool]:
-        """Validate, post and send up a document; (document, created now)."""
+        """Validate, post and send up a document; (document, created now).
+
+        A ``document_id`` posted before gets the original back when the content is the
+        same (a retry), and a 409 naming ``document_id`` when it is not: a second,
+        different document under the same id is never taken for the first."""
         document_id = doc.document_id or str(uuid.uuid4())
+        reason = (doc.reason or "").strip() or None
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             existing = await session.get(StockDocument, document_id)
             if existing is not None:
@@ -269,18 +346,25 @@ class StockService:
                         f"document {document_id} exists as a {existing.doc_type}",
                         field="document_id",
                     )
+                difference = _difference(existing, doc, reason)
+                if difference is not None:
+                    raise Conflict(
+                        f"document {document_id} was posted with other content ({difference}):"
+                        " a different document needs its own id",
+                        field="document_id",
+                    )
                 return _out(existing), False
-            self._check_header(doc)
+            self._check_header(doc, reason)
             sign = _DIRECTION[doc.doc_type]
             lines: list[StockDocumentLine] = []
             seen: set[str] = set()
             now = datetime.now(UTC)
-            catalog = await find_products(
-                session, [line.sku for line in doc.lines], at=now, priced=False
+            weighed = await _weighed(
+                session, [line.sku for line in doc.lines], takes_out=sign < 0, at=now
             )
             for index, line in enumerate(doc.lines):
                 field = f"lines[{index}]"
-                quantity = self._quantity(catalog.get(line.sku), line.sku, line.quantity, field)
+                quantity = self._quantity(weighed, line.sku, line.quantity, field)
                 if line.sku in seen:
                     raise Rejected(f"{line.sku} appears twice", field=f"{field}.sku")
                 seen.add(line.sku)
@@ -288,15 +372,20 @@ class StockService:
                     raise Rejected(
                         "a goods receipt needs the unit cost", field=f"{field}.unit_cost"
                     )
+                if doc.doc_type in _NO_UNIT_COST and line.unit_cost is not None:
+                    raise Rejected(
+                        f"a {doc.doc_type} takes no unit cost: {_NO_UNIT_COST[doc.doc_type]}",
+                        field=f"{field}.unit_cost",
+                    )
                 lines.append(
                     StockDocumentLine(
                         sku=line.sku, quantity_milli=sign * quantity, unit_cost=line.unit_cost
                     )
                 )
-            row = await self._post(session, document_id, doc.doc_type, doc, lines, now)
+            row = await self._post(session, document_id, doc.doc_type, doc, lines, now, reason)
             return _out(row), True
 
-    def _check_header(self, doc: StockDocumentIn) -> None:
+    def _check_header(self, doc: StockDocumentIn, reason: str | None) -> None:
         if doc.doc_type in ("goods_receipt", "supplier_return") and not doc.supplier:
             raise Rejected(f"a {doc.doc_type} needs the supplier", field="supplier")
         if doc.doc_type in ("transfer_out", "transfer_in"):
@@ -312,17 +401,20 @@ class StockService:
             raise Rejected(
                 "a transfer in names the sending branch's transfer out", field="transfer_ref"
             )
-        if doc.doc_type == "write_off" and not doc.reason:
+        if doc.doc_type == "write_off" and reason is None:
             raise Rejected("a write-off needs a reason", field="reason")
 
     @staticmethod
-    def _quantity(item: CatalogItem | None, sku: str, text: str, field: str) -> int:
-        if item is None:
+    def _quantity(weighed: dict[str, bool | str], sku: str, text: str, field: str) -> int:
+        facts = weighed.get(sku)
+        if facts is None:
             raise Rejected(f"unknown product {sku!r}", field=f"{field}.sku")
+        if isinstance(facts, str):
+            raise Rejected(facts, field=f"{field}.sku")
         quantity = parse_milli(text)
         if quantity <= 0:
             raise Rejected("quantity must be positive", field=f"{field}.quantity")
-        if not item.weighed and quantity % 1000:
+        if not facts and quantity % 1000:
             raise Rejected(
                 f"{sku} is counted in pieces: whole quantities only", field=f"{field}.quantity"
             )
@@ -336,6 +428,7 @@ class StockService:
         doc: StockDocumentIn | None,
         lines: list[StockDocumentLine],
         now: datetime,
+        reason: str | None = None,
         row: StockDocument | None = None,
     ) -> StockDocument:
         if row is None:
@@ -350,7 +443,7 @@ class StockService:
                 # An outbound transfer is its own reference: the receiving branch quotes it.
                 transfer_ref=doc.transfer_ref
                 or (document_id if doc_type == "transfer_out" else None),
-                reason=doc.reason,
+                reason=reason,
                 author=doc.author,
                 created_at=now,
             )
@@ -436,8 +529,8 @@ class StockService:
             await self._draft(session, document_id)
             now = datetime.now(UTC)
             counts: dict[str, int] = {}
-            catalog = await find_products(
-                session, [line.sku for line in sheet.lines], at=now, priced=False
+            weighed = await _weighed(
+                session, [line.sku for line in sheet.lines], takes_out=True, at=now
             )
             for index, line in enumerate(sheet.lines):
                 field = f"lines[{index}]"
@@ -445,10 +538,12 @@ class StockService:
                     counted = parse_milli(line.counted)
                 except ValueError as exc:
                     raise Rejected(str(exc), field=f"{field}.counted") from exc
-                item = catalog.get(line.sku)
-                if item is None:
+                facts = weighed.get(line.sku)
+                if facts is None:
                     raise Rejected(f"unknown product {line.sku!r}", field=f"{field}.sku")
-                if not item.weighed and counted % 1000:
+                if isinstance(facts, str):
+                    raise Rejected(facts, field=f"{field}.sku")
+                if not facts and counted % 1000:
                     raise Rejected("whole pieces only", field=f"{field}.counted")
                 counts[line.sku] = counts.get(line.sku, 0) + counted
             booked = await balances(session, list(counts))
@@ -523,7 +618,7 @@ class StockService:
                     )
                 )
             now = datetime.now(UTC)
-            row = await self._post(session, document_id, "stocktake", None, lines, now, row)
+            row = await self._post(session, document_id, "stocktake", None, lines, now, row=row)
             return _out(row)
 
     async def get_document(self, document_id: str) -> StockDocumentOut:

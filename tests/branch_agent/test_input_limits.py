@@ -75,7 +75,7 @@ _TRANSFER_IN = {
     "doc_type": "transfer_in",
     "counterpart_branch": "B3",
     "transfer_ref": "B3-to-1",
-    "lines": [{"sku": "MILK-1L", "quantity": "2", "unit_cost": 70}],
+    "lines": [{"sku": "MILK-1L", "quantity": "2"}],
 }
 
 # (route, credentials, body, the field at fault)

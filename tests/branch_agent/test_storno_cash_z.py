@@ -237,7 +237,7 @@ async def test_a_manager_completes_a_stuck_return_without_its_printer(store: Sto
     # A till cannot decide this; an unknown return is a 404.
     url = "/api/v1/manager/returns/T1/r-9/complete-unfiscal"
     body = {"reason": "printer replaced"}
-    assert (await store.client.post(url, json=body, headers=TILL)).status_code == 401
+    assert (await store.client.post(url, json=body, headers=TILL)).status_code == 403
     missing = "/api/v1/manager/returns/T1/nope/complete-unfiscal"
     assert (await store.client.post(missing, json=body, headers=MANAGER)).status_code == 404
     done = await store.client.post(url, json=body, headers=MANAGER)

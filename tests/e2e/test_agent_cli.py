@@ -44,10 +44,30 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
         refused = cli(config, "stock", "write-off", "MILK-1L=2")  # no reason given
         assert refused.returncode == 1
         assert json.loads(refused.stdout)["errors"][0]["field"] == "reason"
+        assert "refused: 422" in refused.stderr
+        assert "[reason]" in refused.stderr
+        # One id, one document: a retry gets the original (exit 0), other content under
+        # the same id is refused (exit 1, 409 naming document_id), nothing recorded.
+        write_off = ("stock", "write-off", "--id", "WO-1", "--reason", "broken")
+        first = cli(config, *write_off, "MILK-1L=1")
+        assert first.returncode == 0, first.stdout + first.stderr
+        retry = cli(config, *write_off, "MILK-1L=1")
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        assert json.loads(retry.stdout) == json.loads(first.stdout)
+        assert "already posted with this content" in retry.stderr
+        other = cli(config, *write_off, "MILK-1L=3")
+        assert other.returncode == 1, other.stdout + other.stderr
+        assert json.loads(other.stdout)["status"] == 409
+        assert json.loads(other.stdout)["errors"][0]["field"] == "document_id"
+        assert "refused: 409 Conflict: document WO-1 was posted with other content" in (
+            other.stderr
+        )
+        assert "[document_id]" in other.stderr
         cli(config, "stock", "stocktake", "open", "--id", "ST-1")
         cli(config, "stock", "stocktake", "count", "ST-1", "shelf", "MILK-1L=20")
+        # 24 received, 1 written off: 23 booked.
         posted = cli(config, "stock", "stocktake", "post", "ST-1")
-        assert json.loads(posted.stdout)["lines"][0]["quantity_milli"] == -4000
+        assert json.loads(posted.stdout)["lines"][0]["quantity_milli"] == -3000
         stock = cli(config, "stock", "balances", "MILK-1L")
         assert json.loads(stock.stdout) == [
             {"sku": "MILK-1L", "quantity": "20.000", "quantity_milli": 20000}
@@ -60,7 +80,7 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
         # No central on this NATS: the new database's events wait to be numbered.
         assert "waiting for central to confirm the event numbering" in status.stdout
         as_json = json.loads(cli(config, "status", "--json").stdout)
-        assert (as_json["last_recorded_seq"], as_json["numbering_settled"]) == (2, False)
+        assert (as_json["last_recorded_seq"], as_json["numbering_settled"]) == (3, False)
     finally:
         agent.stop()
     offline = cli(config, "status", "--json")

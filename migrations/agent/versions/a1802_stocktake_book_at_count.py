@@ -10,7 +10,7 @@ from the count; those after it are kept); ``recorded_at`` stays NULL (not known)
 Counts of posted stocktakes keep NULL: their document's lines say what was booked.
 
 Revision ID: a1802
-Revises: a1701
+Revises: a1801
 Create Date: 2026-12-02 10:00:00
 """
 
@@ -22,7 +22,7 @@ from alembic import op
 import branch_agent.models
 
 revision: str = "a1802"
-down_revision: str | Sequence[str] | None = "a1701"
+down_revision: str | Sequence[str] | None = "a1801"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
