@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import msgspec
@@ -45,7 +44,7 @@ from branch_agent.till_api import (
     TillApi,
     UnfiscalIn,
 )
-from protocol.problems import FieldError, Problem
+from protocol.problems import FieldError, Problem, validation_errors
 
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
@@ -474,28 +473,13 @@ _TITLES = {
     422: "Invalid input",
 }
 
-_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
-
 
 def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     errors: tuple[FieldError, ...] = ()
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        if isinstance(exc.extra, list):
-            errors = tuple(
-                FieldError(field=str(e.get("key", "body")), message=str(e.get("message", "")))
-                for e in exc.extra
-                if isinstance(e, dict)
-            )
-        missing = _MISSING_PARAMETER.match(str(exc.detail))
-        if missing is not None and not errors:
-            # Litestar names a missing required parameter only in its message (as
-            # central's API does: the till is told which field, like any other).
-            errors = (
-                FieldError(
-                    field=missing["name"], message=f"missing required {missing['kind']} parameter"
-                ),
-            )
+        # The same fields at fault as central's API names.
+        errors = validation_errors(exc.extra, str(exc.detail))
         status = 422 if errors else 400
     return _problem(status, _TITLES.get(status, "Error"), exc.detail, request.url.path, errors)
 

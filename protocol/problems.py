@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 
-__all__ = ["FieldError", "Problem"]
+__all__ = ["FieldError", "Problem", "validation_errors"]
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -24,3 +25,36 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     instance: str | None = None
     errors: tuple[FieldError, ...] = ()
     extra: dict[str, Any] | None = None
+
+
+_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
+# What the web framework calls the body itself when the fault is at its top level.
+_WHOLE_BODY = frozenset({"data", "body"})
+
+
+def validation_errors(extra: Any, detail: str) -> tuple[FieldError, ...]:
+    """The fields at fault of a request the web framework refused: its ``extra`` list
+    (``key`` or ``source``, ``message``), with an unknown field named by itself (not by
+    the object holding it, "data" at the top level), and a missing parameter, which the
+    framework names only in ``detail``."""
+    errors: list[FieldError] = []
+    if isinstance(extra, list):
+        for item in extra:
+            if not isinstance(item, dict):
+                continue
+            key = str(item.get("key") or item.get("source") or "body")
+            message = str(item.get("message", ""))
+            unknown = _UNKNOWN_FIELD.search(message)
+            if unknown is not None:
+                name = unknown["name"]
+                key = name if key in _WHOLE_BODY else f"{key}.{name}"
+            errors.append(FieldError(field=key, message=message))
+    missing = _MISSING_PARAMETER.match(detail)
+    if missing is not None and not errors:
+        errors.append(
+            FieldError(
+                field=missing["name"], message=f"missing required {missing['kind']} parameter"
+            )
+        )
+    return tuple(errors)

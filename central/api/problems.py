@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import msgspec
@@ -15,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from central.db import QUERY_CANCELED, is_interrupted, sqlstate_of
 from central.errors import DomainError, ReportTooSlow
-from protocol.problems import FieldError, Problem
+from protocol.problems import FieldError, Problem, validation_errors
 
 __all__ = ["exception_handlers", "problem_response"]
 
@@ -43,33 +42,13 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     )
 
 
-_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
-
-
-def _field_errors(extra: Any) -> tuple[FieldError, ...]:
-    errors: list[FieldError] = []
-    if isinstance(extra, list):
-        for item in extra:
-            if isinstance(item, dict):
-                key = str(item.get("key") or item.get("source") or "body")
-                errors.append(FieldError(field=key, message=str(item.get("message", ""))))
-    return tuple(errors)
-
-
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
-    errors = _field_errors(exc.extra)
+    errors: tuple[FieldError, ...] = ()
     detail = exc.detail
     if isinstance(exc, ValidationException):
+        errors = validation_errors(exc.extra, str(exc.detail))
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
-        missing = _MISSING_PARAMETER.match(str(exc.detail))
-        if missing is not None and not errors:
-            # Litestar names a missing required parameter only in its message.
-            errors = (
-                FieldError(
-                    field=missing["name"], message=f"missing required {missing['kind']} parameter"
-                ),
-            )
         # A field at fault is 422 (unprocessable), like every other invalid field.
         status = 400 if not errors else 422
     problem = Problem(

@@ -101,3 +101,14 @@ async def test_an_unknown_branch_of_a_promotion_is_named_in_plain_words(
     r = await central_client.post("/api/v1/promotions", json=body)
     assert _fields(r, 422) == ["branches[0]"]
     assert r.json()["detail"] == "unknown branch 'NOPE'"
+
+
+async def test_an_unknown_field_is_named_by_itself(central: Any, central_client: Any) -> None:
+    """A body with a field the route does not take names that field (the framework
+    calls the top-level object "data"); nothing is registered."""
+    r = await central_client.post("/api/v1/branches", json={"code": "B7", "format": "city"})
+    assert _fields(r, 422) == ["format"]
+    assert "unknown field `format`" in r.json()["detail"]
+    r = await central_client.get("/api/v1/branches")
+    assert r.status_code == 200, r.text
+    assert [b["code"] for b in r.json()["items"]] == []

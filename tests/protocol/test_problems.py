@@ -1,0 +1,31 @@
+"""The fields at fault of a request the web framework refused, as both APIs name them."""
+
+from __future__ import annotations
+
+from protocol.problems import FieldError, validation_errors
+
+
+def test_unknown_fields_are_named_by_themselves() -> None:
+    extra = [
+        {"key": "data", "message": "Object contains unknown field `format`"},
+        {"key": "lines", "message": "Object contains unknown field `qty` - at `$.lines[0]`"},
+        {"key": "price", "message": "Expected `int`, got `str` - at `$.price`"},
+        {"source": "query", "message": "bad"},
+        "not a dict",
+    ]
+    assert validation_errors(extra, "Validation failed for POST /x") == (
+        FieldError(field="format", message="Object contains unknown field `format`"),
+        FieldError(
+            field="lines.qty", message="Object contains unknown field `qty` - at `$.lines[0]`"
+        ),
+        FieldError(field="price", message="Expected `int`, got `str` - at `$.price`"),
+        FieldError(field="query", message="bad"),
+    )
+
+
+def test_a_missing_parameter_is_named_from_the_detail() -> None:
+    detail = "Missing required query parameter 'q' for path /api/v1/products/search"
+    assert validation_errors(None, detail) == (
+        FieldError(field="q", message="missing required query parameter"),
+    )
+    assert validation_errors([], "Validation failed") == ()
