@@ -41,7 +41,7 @@ from central.ingest.bulk import (
     table_of,
 )
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
-from central.models import StockBalance, StockMovement, StockTransferLine
+from central.models import StockBalance, StockMovement, StockTransfer, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
 
 __all__ = [
@@ -321,13 +321,21 @@ _LEDGER_COLUMNS = (
 )
 
 
-async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -> list[Valued]:
+async def post_movements(
+    session: AsyncSession,
+    movements: Sequence[Movement],
+    *,
+    locked: dict[tuple[str, str], list[int]] | None = None,
+) -> list[Valued]:
     """Append movements to the ledger and update the balances; results in input order
-    (a movement's cost correction, when it needed one, in its ``correction``)."""
+    (a movement's cost correction, when it needed one, in its ``correction``).
+
+    ``locked``: the balances of every movement's key, already locked by the caller
+    (see :func:`_lock_balances`); they are updated in place."""
     if not movements:
         return []
     keys = sorted({(m.branch, m.sku) for m in movements})
-    balances = await _lock_balances(session, keys)
+    balances = locked if locked is not None else await _lock_balances(session, keys)
     results: list[Valued] = []
     # Ledger rows as tuples in _LEDGER_COLUMNS order (COPY takes them as they are).
     ledger: list[tuple[Any, ...]] = []
@@ -392,6 +400,33 @@ async def post_movements(session: AsyncSession, movements: Sequence[Movement]) -
     return results
 
 
+def _batch_keys(contexts: Sequence[EventContext]) -> list[tuple[str, str]]:
+    """The (branch, sku) of every stock movement of the batch, in key order."""
+    keys: set[tuple[str, str]] = set()
+    for ctx in contexts:
+        body = ctx.envelope.body
+        if isinstance(body, ReceiptRecorded | CustomerReturnRecorded | StockDocumentPosted):
+            branch = ctx.envelope.branch
+            keys.update((branch, line.sku) for line in body.lines)
+    return sorted(keys)
+
+
+async def _stored_outs(session: AsyncSession, refs: set[str]) -> dict[str, tuple[str, str]]:
+    """(branch, document id) of the transfer out central holds for each ref."""
+    if not refs:
+        return {}
+    rows = await session.execute(
+        select(
+            StockTransfer.transfer_ref, StockTransfer.from_branch, StockTransfer.out_document_id
+        ).where(
+            StockTransfer.transfer_ref.in_(refs),
+            StockTransfer.out_document_id.is_not(None),
+            StockTransfer.from_branch.is_not(None),
+        )
+    )
+    return {ref: (str(branch), str(document)) for ref, branch, document in rows}
+
+
 def _sums_of(sums: LedgerSums, movement: Movement, doc_type: str) -> dict[str, list[int]]:
     entry = sums.get((movement.event_id, doc_type))
     if entry is None:
@@ -422,24 +457,31 @@ async def apply_stock(
     batch) is broken by taking the earliest waiting in at what is known, as when its
     out has not reached central at all.
     """
-    inbound_refs: set[str] = set()
-    outbound_refs: set[str] = set()
-    for ctx in contexts:
-        body = ctx.envelope.body
-        if isinstance(body, StockDocumentPosted):
-            if body.doc_type == "transfer_in":
-                inbound_refs.add(transfer_ref_of(body))
-            elif body.doc_type == "transfer_out":
-                outbound_refs.add(transfer_ref_of(body))
+    inbound_refs = {
+        transfer_ref_of(ctx.envelope.body)
+        for ctx in contexts
+        if isinstance(ctx.envelope.body, StockDocumentPosted)
+        and ctx.envelope.body.doc_type == "transfer_in"
+    }
     sent_costs = await _sent_costs(session, inbound_refs)
+    # The transfer's out of each ref an in of the batch quotes, (branch, document): the
+    # one central holds, else the batch's first, as the transfer matching files them;
+    # another out under the ref is a discrepancy (sent twice) and values nothing.
+    real_out = await _stored_outs(session, inbound_refs)
     # Refs whose transfer out (some part of it) is in this batch and not yet posted.
     unposted_outs: dict[str, int] = {}
     for ctx in contexts:
         body = ctx.envelope.body
         if isinstance(body, StockDocumentPosted) and body.doc_type == "transfer_out":
             ref = transfer_ref_of(body)
-            if ref in inbound_refs:
+            sender = (ctx.envelope.branch, body.document_id)
+            if ref in inbound_refs and real_out.setdefault(ref, sender) == sender:
                 unposted_outs[ref] = unposted_outs.get(ref, 0) + 1
+    # Every balance of the batch locked at once, in key order, even when it is posted
+    # in rounds: locking each round's keys would take them out of order across rounds
+    # and let two workers deadlock.
+    keys = _batch_keys(contexts)
+    locked = await _lock_balances(session, keys) if keys else {}
     movements: list[Movement] = []
     results: list[Valued] = []
     waiting = list(contexts)
@@ -463,14 +505,17 @@ async def apply_stock(
             # known (as if its out had not reached central), which may free the rest.
             now, later = later[:1], later[1:]
         round_movements = [m for ctx in now for m in _movements(ctx, sent_costs)]
-        round_results = await post_movements(session, round_movements)
+        round_results = await post_movements(session, round_movements, locked=locked)
         # What the round's transfers out that an in of this batch waits for let go.
         awaited: dict[uuid.UUID, str] = {}
         for ctx in now:
             body = ctx.envelope.body
             if isinstance(body, StockDocumentPosted) and body.doc_type == "transfer_out":
                 ref = transfer_ref_of(body)
-                if ref in unposted_outs:
+                if ref in unposted_outs and real_out[ref] == (
+                    ctx.envelope.branch,
+                    body.document_id,
+                ):
                     unposted_outs[ref] -= 1
                     awaited[ctx.envelope.event_id] = ref
         for movement, valued in zip(round_movements, round_results, strict=True):

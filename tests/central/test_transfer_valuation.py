@@ -119,3 +119,29 @@ async def test_in_before_out_in_separate_batches_keeps_the_typed_cost_only_witho
     await worker.process([message(e) for e in b2.events])
     assert await _received(sessionmaker, "M-1") == [(160, 160)]
     assert await _balance(sessionmaker, "B2", "MILK") == [2_000, 160, 80]
+
+
+async def test_a_second_out_under_the_ref_values_nothing(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """B1's out T is at central; one batch then brings B3's out under the same ref (a
+    discrepancy: sent twice) and B2's in: the in is valued at B1's out alone, as it
+    would be in a batch of its own."""
+    b1, b2, b3 = BranchBooks("B1"), BranchBooks("B2"), BranchBooks("B3")
+    b1.document("goods_receipt", [("TEA", 10_000, 100)])
+    b1.document("transfer_out", [("TEA", -10_000, None)], counterpart="B2", document_id="T")
+    b3.document("goods_receipt", [("TEA", 10_000, 500)])
+    b3.document(
+        "transfer_out",
+        [("TEA", -10_000, None)],
+        counterpart="B2",
+        document_id="D2",
+        transfer_ref="T",
+    )
+    b2.document("transfer_in", [("TEA", 10_000, None)], counterpart="B1", transfer_ref="T")
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in b1.events])
+    await worker.process([message(e) for e in [*b2.events, *b3.events]])
+    assert await _balance(sessionmaker, "B2", "TEA") == [10_000, 1_000, 100]
+    async with sessionmaker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
