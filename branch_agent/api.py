@@ -103,13 +103,13 @@ def _authenticated_till(
     token = _bearer_token(authorization)
     if token is None:
         raise NotAuthorizedException("a till token is required: Authorization: Bearer <token>")
-    for till in agent.settings.tills:
-        if till.token and hmac.compare_digest(till.token.encode(), token.encode()):
-            return till
     found = _role_of(agent, token)
     if found is None:
         raise NotAuthorizedException("unknown token")
-    _forbidden(request, found[0], "till")
+    role, till = found
+    if till is None:
+        _forbidden(request, role, "till")
+    return till
 
 
 def _manager(

@@ -427,12 +427,7 @@ async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
             dropped: list[tuple[Any, ...]] = []
             if table == "md_products":
                 for key in gone:
-                    rows = await conn.exec_driver_sql(
-                        f"SELECT {_FACTS} FROM md_products "
-                        "WHERE scope = ? AND scope_id = ? AND bucket = ?",
-                        key,
-                    )
-                    dropped.extend(tuple(row) for row in rows)
+                    dropped.extend(await _bucket_facts(conn, key))
             await conn.exec_driver_sql(
                 f"DELETE FROM {table} WHERE scope = ? AND scope_id = ? AND bucket = ?",
                 gone,
@@ -517,6 +512,14 @@ async def _remember_former(conn: AsyncConnection, dropped: list[tuple[Any, ...]]
         )
 
 
+async def _bucket_facts(conn: AsyncConnection, key: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The product facts (``_FACTS``) of one bucket's rows: (scope, scope_id, bucket)."""
+    rows = await conn.exec_driver_sql(
+        f"SELECT {_FACTS} FROM md_products WHERE scope = ? AND scope_id = ? AND bucket = ?", key
+    )
+    return [tuple(row) for row in rows]
+
+
 async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_id: str) -> None:
     where = (
         (MdProduct.scope == bucket.scope)
@@ -526,14 +529,7 @@ async def _replace_products(conn: AsyncConnection, bucket: ProductBucket, scope_
     key = (bucket.scope, scope_id, bucket.bucket)
     listed = {p.sku for p in bucket.products}
     # Rows this message drops (their products may have left the assortment).
-    dropped = [
-        tuple(row)
-        for row in await conn.exec_driver_sql(
-            f"SELECT {_FACTS} FROM md_products WHERE scope = ? AND scope_id = ? AND bucket = ?",
-            key,
-        )
-        if row[0] not in listed
-    ]
+    dropped = [row for row in await _bucket_facts(conn, key) if row[0] not in listed]
     await conn.execute(delete(MdProduct).where(where))
     await conn.execute(
         delete(MdBarcode).where(

@@ -233,12 +233,13 @@ async def list_ledger(
     )
 
 
-def transfer_status(t: StockTransfer, differs: bool) -> str:
+def transfer_status(t: StockTransfer, whole: bool, differs: bool) -> str:
+    """``whole``: both documents at central with all their parts (:func:`is_whole`)."""
     if t.in_document_id is None:
         return "in_transit"
     if t.out_document_id is None:
         return "received_unsent"
-    if not is_whole({c: getattr(t, c) for c in _WHOLE_COLUMNS}):
+    if not whole:
         return "receiving"
     return "received_with_differences" if differs else "received"
 
@@ -356,7 +357,7 @@ async def list_transfers(
         stored = lines.get(t.transfer_ref, [])
         whole = is_whole({c: getattr(t, c) for c in _WHOLE_COLUMNS})
         differs = whole and any(x.sent_milli != x.received_milli for x in stored)
-        status = transfer_status(t, differs)
+        status = transfer_status(t, whole, differs)
         out_lines = [_line_out(x, status, whole) for x in stored]
         listed = found.get(t.transfer_ref, [])
         listed += [d for d in map(_line_discrepancy, out_lines) if d is not None]
