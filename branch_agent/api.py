@@ -44,7 +44,7 @@ from branch_agent.till_api import (
     TillApi,
     UnfiscalIn,
 )
-from protocol.problems import FieldError, Problem, validation_errors
+from protocol.problems import FieldError, Problem, problem_title, validation_errors
 
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
@@ -462,18 +462,6 @@ def _problem(
     )
 
 
-_TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Request body too large",
-    422: "Invalid input",
-}
-
-
 def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     errors: tuple[FieldError, ...] = ()
     status = exc.status_code
@@ -481,7 +469,7 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
         # The same fields at fault as central's API names.
         errors = validation_errors(exc.extra, str(exc.detail))
         status = 422 if errors else 400
-    return _problem(status, _TITLES.get(status, "Error"), exc.detail, request.url.path, errors)
+    return _problem(status, problem_title(status), exc.detail, request.url.path, errors)
 
 
 def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Response[bytes]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["FieldError", "Problem", "validation_errors"]
+__all__ = ["FieldError", "Problem", "problem_title", "validation_errors"]
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,3 +58,21 @@ def validation_errors(extra: Any, detail: str) -> tuple[FieldError, ...]:
             )
         )
     return tuple(errors)
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    422: "Invalid input",
+    429: "Too many requests",
+}
+
+
+def problem_title(status: int) -> str:
+    """The short title both APIs give a problem of this HTTP status."""
+    return _TITLES.get(status, "Error")

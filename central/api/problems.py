@@ -14,23 +14,11 @@ from sqlalchemy.exc import DBAPIError
 
 from central.db import QUERY_CANCELED, is_interrupted, sqlstate_of
 from central.errors import DomainError, ReportTooSlow
-from protocol.problems import FieldError, Problem, validation_errors
+from protocol.problems import FieldError, Problem, problem_title, validation_errors
 
 __all__ = ["exception_handlers", "problem_response"]
 
 log = logging.getLogger(__name__)
-
-_TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Request body too large",
-    422: "Invalid input",
-    429: "Too many requests",
-}
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -52,7 +40,7 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         # A field at fault is 422 (unprocessable), like every other invalid field.
         status = 400 if not errors else 422
     problem = Problem(
-        title=_TITLES.get(status, "Error"),
+        title=problem_title(status),
         status=status,
         detail=detail,
         instance=request.url.path,
@@ -90,7 +78,7 @@ def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Respo
     500. No route decodes other bytes as UTF-8 strictly, so the error is the client's:
     nothing was parsed, hence nothing recorded."""
     problem = Problem(
-        title=_TITLES[400],
+        title=problem_title(400),
         status=400,
         detail="request body is not valid UTF-8 JSON",
         instance=request.url.path,

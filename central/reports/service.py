@@ -1399,7 +1399,6 @@ async def gross_margin(
     sums: dict[tuple[Any, ...], list[int]] = {
         tuple(row[:n]): [_int(row[n]), _int(row[n + 1]), 0] for row in await session.execute(stmt)
     }
-    _capped(sums, max_rows, "group_by", *_grouped_narrower(branch))
     for key, amount in (await _cost_corrections(session, period, branch, groups)).items():
         figures = sums.setdefault(key, [0, 0, 0])
         figures[1] += amount
