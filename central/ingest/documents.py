@@ -21,9 +21,15 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.ingest.bulk import dialect_insert, insert_rows, is_postgresql, table_of
+from central.ingest.bulk import dialect_insert, insert_rows, table_of
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
-from central.ingest.stock import transfer_ref_of
+from central.ingest.transfers import (
+    HEADER_STATE,
+    TRANSFER_DOC_TYPES,
+    TRANSFER_HEADERS,
+    lock_transfer_headers,
+    transfer_ref_of,
+)
 from central.models import (
     Branch,
     StockDocument,
@@ -95,12 +101,12 @@ async def store_stock_documents(
             }
             for n, line in enumerate(body.lines, start=1)
         )
-        if body.doc_type in ("transfer_out", "transfer_in"):
+        if body.doc_type in TRANSFER_DOC_TYPES:
             transfers.append((ctx, body, line_values))
     await insert_rows(session, table_of(StockDocument), documents)
     await insert_rows(session, table_of(StockDocumentLineRow), lines)
     if transfers:
-        await _match_transfers(session, transfers)
+        await _match_transfers(session, transfers, batch.notes.get(TRANSFER_HEADERS))
 
 
 # Kinds of StockTransferDiscrepancy rows (line differences are read off the lines).
@@ -109,24 +115,6 @@ WRONG_SENDER = "wrong_sender"
 RECEIVED_TWICE = "received_twice"
 SENT_TWICE = "sent_twice"
 UNKNOWN_BRANCH = "unknown_branch"
-
-_HEADER_STATE = (
-    "from_branch",
-    "to_branch",
-    "out_event_id",
-    "in_event_id",
-    "sent_at",
-    "received_at",
-    "out_document_id",
-    "out_parts",
-    "out_parts_received",
-    "in_branch",
-    "in_counterpart",
-    "in_document_id",
-    "in_parts",
-    "in_parts_received",
-    "has_discrepancies",
-)
 
 
 def is_whole(transfer: dict[str, Any]) -> bool:
@@ -407,9 +395,9 @@ class _Matcher:
         await session.execute(
             update(table)
             .where(table.c.transfer_ref == bindparam("ref"))
-            .values({name: bindparam(f"v_{name}") for name in _HEADER_STATE}),
+            .values({name: bindparam(f"v_{name}") for name in HEADER_STATE}),
             [
-                {"ref": ref} | {f"v_{name}": t[name] for name in _HEADER_STATE}
+                {"ref": ref} | {f"v_{name}": t[name] for name in HEADER_STATE}
                 for ref, t in sorted(self.headers.items())
             ],
         )
@@ -418,24 +406,13 @@ class _Matcher:
 async def _match_transfers(
     session: AsyncSession,
     transfers: list[tuple[EventContext, StockDocumentPosted, list[int]]],
+    headers: dict[str, dict[str, Any]] | None,
 ) -> None:
-    """Either side may come first. The batch's transfers are created if new, then locked
-    in ref order (as every worker takes them, so none waits on another in a cycle)."""
-    refs = sorted({transfer_ref_of(body) for _, body, _ in transfers})
-    table = table_of(StockTransfer)
-    now = utcnow()
-    await session.execute(
-        dialect_insert(session, table).on_conflict_do_nothing(index_elements=["transfer_ref"]),
-        [{"transfer_ref": ref, "created_at": now} for ref in refs],
-    )
-    stmt = (
-        select(table.c.transfer_ref, *(table.c[name] for name in _HEADER_STATE))
-        .where(table.c.transfer_ref.in_(refs))
-        .order_by(table.c.transfer_ref)
-    )
-    if is_postgresql(session):
-        stmt = stmt.with_for_update()
-    headers = {row.transfer_ref: dict(row._mapping) for row in await session.execute(stmt)}
+    """Either side may come first. The batch's transfers were created if new and locked
+    in ref order by the stock stage (``headers``); locked here when it did not run."""
+    refs = {transfer_ref_of(body) for _, body, _ in transfers}
+    if headers is None or not refs <= headers.keys():
+        headers = await lock_transfer_headers(session, refs)
     named = {body.counterpart_branch for _, body, _ in transfers} - {None}
     known = set(await session.scalars(select(Branch.code).where(Branch.code.in_(named))))
     matcher = _Matcher(session, headers, known)

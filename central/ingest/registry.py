@@ -5,8 +5,8 @@ registration order. Central's own effects use stages 10-40 (stock first: it leav
 values and negative-stock flags for the others); the default stage 100 puts
 projections such as report summaries after them.
 
-Lock order: rows that concurrent workers share (stock balances from stage 10 on,
-report summaries, each branch's sync state last) stay locked until the commit, so
+Lock order: rows that concurrent workers share (transfers, then stock balances, from
+stage 10 on, report summaries, each branch's sync state last) stay locked until the commit, so
 whatever needs no shared row lock runs before them, at ``EARLY_STAGE``: inserts of
 new rows (receipts, returns) and pure computation. Every worker then takes the shared
 locks in the same order (stage by stage, keys sorted within one), so they wait on each

@@ -41,7 +41,13 @@ from central.ingest.bulk import (
     table_of,
 )
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
-from central.models import StockBalance, StockMovement, StockTransfer, StockTransferLine
+from central.ingest.transfers import (
+    TRANSFER_DOC_TYPES,
+    TRANSFER_HEADERS,
+    lock_transfer_headers,
+    transfer_ref_of,
+)
+from central.models import StockBalance, StockMovement, StockTransferLine
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
 
 __all__ = [
@@ -171,11 +177,6 @@ def cover_correction(
     share = value if covered == -quantity else div_half_up(value * covered, -quantity)
     # The covered units hold -covered_in at the incoming cost, ``share`` now.
     return -covered_in - share
-
-
-def transfer_ref_of(body: StockDocumentPosted) -> str:
-    """Transfers are matched by the ref; an outbound one without it is its own ref."""
-    return body.transfer_ref or body.document_id
 
 
 # The batch's keys and new balances, COPYed (see Stage): arrays of ~13,000 keys cost
@@ -411,22 +412,6 @@ def _batch_keys(contexts: Sequence[EventContext]) -> list[tuple[str, str]]:
     return sorted(keys)
 
 
-async def _stored_outs(session: AsyncSession, refs: set[str]) -> dict[str, tuple[str, str]]:
-    """(branch, document id) of the transfer out central holds for each ref."""
-    if not refs:
-        return {}
-    rows = await session.execute(
-        select(
-            StockTransfer.transfer_ref, StockTransfer.from_branch, StockTransfer.out_document_id
-        ).where(
-            StockTransfer.transfer_ref.in_(refs),
-            StockTransfer.out_document_id.is_not(None),
-            StockTransfer.from_branch.is_not(None),
-        )
-    )
-    return {ref: (str(branch), str(document)) for ref, branch, document in rows}
-
-
 def _sums_of(sums: LedgerSums, movement: Movement, doc_type: str) -> dict[str, list[int]]:
     entry = sums.get((movement.event_id, doc_type))
     if entry is None:
@@ -443,6 +428,158 @@ def _add_sum(per_sku: dict[str, list[int]], sku: str, quantity_milli: int, value
         summed[1] += value
 
 
+@dataclass(slots=True)
+class _EarlyReceipt:
+    """A transfer's receipt valued before the transfer's out reached central."""
+
+    branch: str
+    document_id: str
+    occurred_at: datetime
+    local_date: date
+    # sku -> (quantity_milli received, value it came in at), of the skus nothing of
+    # which had been sent (at central) when it came in.
+    lines: dict[str, tuple[int, int]]
+
+
+async def _early_receipts(
+    session: AsyncSession,
+    headers: dict[str, dict[str, Any]],
+    outs: dict[str, tuple[str, str, str | None]],
+) -> dict[str, _EarlyReceipt]:
+    """The receipts, by ref, that the transfer outs of this batch (``outs``: ref ->
+    (branch, document id, receiver named) of the batch's first out) will revalue: the
+    transfer's receipt by the branch the out names, stored before any of the out's
+    goods of a sku were (the out not at central, or only other parts of it)."""
+    found: dict[str, dict[str, Any]] = {}
+    for ref, (branch, document_id, receiver) in outs.items():
+        t = headers.get(ref)
+        if t is None or t["in_document_id"] is None or t["in_event_id"] is None:
+            continue
+        if t["out_document_id"] is not None and (t["from_branch"], t["out_document_id"]) != (
+            branch,
+            document_id,
+        ):
+            continue  # the transfer's out is another document: this one is sent twice
+        if t["in_branch"] == receiver:
+            found[ref] = t
+    if not found:
+        return {}
+    line_table = table_of(StockTransferLine)
+    lines: dict[str, dict[str, tuple[int, int]]] = {}
+    for ref, sku, quantity, value in await session.execute(
+        select(
+            line_table.c.transfer_ref,
+            line_table.c.sku,
+            line_table.c.received_milli,
+            line_table.c.received_value,
+        ).where(
+            line_table.c.transfer_ref.in_(sorted(found)),
+            line_table.c.sent_milli == 0,
+            line_table.c.received_milli > 0,
+        )
+    ):
+        lines.setdefault(ref, {})[sku] = (int(quantity), int(value))
+    if not lines:
+        return {}
+    # The receipt's day and time: its (first part's) ledger rows'.
+    event_ids = {found[ref]["in_event_id"] for ref in lines}
+    moments = {
+        r[0]: (r[1], r[2])
+        for r in await session.execute(
+            select(StockMovement.event_id, StockMovement.occurred_at, StockMovement.local_date)
+            .where(StockMovement.event_id.in_(event_ids))
+            .distinct()
+        )
+    }
+    early: dict[str, _EarlyReceipt] = {}
+    for ref, per_sku in lines.items():
+        t = found[ref]
+        moment = moments.get(t["in_event_id"])
+        if moment is not None:
+            early[ref] = _EarlyReceipt(
+                t["in_branch"], t["in_document_id"], moment[0], moment[1], per_sku
+            )
+    return early
+
+
+def _revaluations(
+    early: dict[str, _EarlyReceipt],
+    sent_costs: dict[tuple[str, str], tuple[int, int]],
+    posted_outs: dict[str, tuple[uuid.UUID, dict[str, int]]],
+    balances: dict[tuple[str, str], list[int]],
+) -> list[Movement]:
+    """Receipts valued before their out arrived, brought to what the sender let go.
+
+    The difference is a ``transfer_in`` row of quantity 0 on the receipt's day, so the
+    transfer moves the sender's value whichever side central saw first. The share of
+    it that belongs to units no longer on hand (sold, written off: they left at the
+    old cost) is cost of goods sold: a ``cost_correction`` row taking it out again.
+    ``posted_outs``: ref -> (event id of the out, sku -> its first line number).
+    """
+    out: list[Movement] = []
+    for ref, receipt in early.items():
+        posted = posted_outs.get(ref)
+        if posted is None:
+            continue
+        event_id, line_nos = posted
+        for sku, (received, booked) in receipt.lines.items():
+            sent_milli, sent_value = sent_costs.get((ref, sku), (0, 0))
+            if sent_milli <= 0 or sku not in line_nos:
+                continue
+            difference = div_half_up(sent_value * received, sent_milli) - booked
+            if not difference:
+                continue
+            on_hand = balances[(receipt.branch, sku)][0]
+            if on_hand >= received:
+                kept = difference
+            else:
+                kept = div_half_up(difference * on_hand, received) if on_hand > 0 else 0
+            for doc_type, value in (
+                ("transfer_in", difference),
+                (COST_CORRECTION, kept - difference),
+            ):
+                if value:
+                    out.append(
+                        Movement(
+                            branch=receipt.branch,
+                            sku=sku,
+                            quantity_milli=0,
+                            unit_cost=div_half_up(sent_value * 1000, sent_milli),
+                            doc_type=doc_type,
+                            doc_ref=receipt.document_id,
+                            event_id=event_id,
+                            line_no=line_nos[sku],
+                            occurred_at=receipt.occurred_at,
+                            local_date=receipt.local_date,
+                            value=value,
+                        )
+                    )
+    return out
+
+
+async def _revalue_lines(
+    session: AsyncSession, early: dict[str, _EarlyReceipt], revalued: Sequence[Movement]
+) -> None:
+    """The transfers' received values follow their receipts' revaluation."""
+    ref_of = {receipt.document_id: ref for ref, receipt in early.items()}
+    rows = [
+        {"k_ref": ref_of[m.doc_ref], "k_sku": m.sku, "v_difference": m.value}
+        for m in revalued
+        if m.doc_type == "transfer_in"
+    ]
+    if rows:
+        line_table = table_of(StockTransferLine)
+        await session.execute(
+            update(line_table)
+            .where(
+                line_table.c.transfer_ref == bindparam("k_ref"),
+                line_table.c.sku == bindparam("k_sku"),
+            )
+            .values(received_value=line_table.c.received_value + bindparam("v_difference")),
+            rows,
+        )
+
+
 @register_batch_handler(ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted, stage=10)
 async def apply_stock(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]
@@ -455,35 +592,67 @@ async def apply_stock(
     this batch) has not been valued yet; the outs valued in a round value the ins of
     the next. A cycle (two branches each receiving what the other sends later in the
     batch) is broken by taking the earliest waiting in at what is known, as when its
-    out has not reached central at all.
+    out has not reached central at all. An in that central received before its out (in
+    an earlier batch: the sender was offline) is revalued when the out is posted (see
+    :func:`_revaluations`).
     """
-    inbound_refs = {
-        transfer_ref_of(ctx.envelope.body)
+    transfer_docs = [
+        (ctx, body)
         for ctx in contexts
-        if isinstance(ctx.envelope.body, StockDocumentPosted)
-        and ctx.envelope.body.doc_type == "transfer_in"
+        if isinstance(body := ctx.envelope.body, StockDocumentPosted)
+        and body.doc_type in TRANSFER_DOC_TYPES
+    ]
+    # Locked before any balance (see central.ingest.transfers); the matching takes them.
+    headers = await lock_transfer_headers(
+        session, {transfer_ref_of(body) for _, body in transfer_docs}
+    )
+    if headers:
+        batch.notes[TRANSFER_HEADERS] = headers
+    inbound_refs = {
+        transfer_ref_of(body) for _, body in transfer_docs if body.doc_type == "transfer_in"
     }
+    # The batch's first out of each ref: (branch, document, receiver it names).
+    first_outs: dict[str, tuple[str, str, str | None]] = {}
+    for ctx, body in transfer_docs:
+        if body.doc_type == "transfer_out":
+            first_outs.setdefault(
+                transfer_ref_of(body),
+                (ctx.envelope.branch, body.document_id, body.counterpart_branch),
+            )
+    early = await _early_receipts(session, headers, first_outs)
     sent_costs = await _sent_costs(session, inbound_refs)
-    # The transfer's out of each ref an in of the batch quotes, (branch, document): the
-    # one central holds, else the batch's first, as the transfer matching files them;
-    # another out under the ref is a discrepancy (sent twice) and values nothing.
-    real_out = await _stored_outs(session, inbound_refs)
+    # The transfer's out of each ref an in of the batch quotes or an early receipt
+    # waits for, (branch, document): the one central holds, else the batch's first, as
+    # the transfer matching files them; another out under the ref is a discrepancy
+    # (sent twice) and values nothing.
+    tracked = inbound_refs | early.keys()
+    real_out = {
+        ref: (str(t["from_branch"]), str(t["out_document_id"]))
+        for ref, t in headers.items()
+        if ref in tracked and t["out_document_id"] is not None and t["from_branch"] is not None
+    }
+    for ref, (branch, document_id, _) in first_outs.items():
+        if ref in tracked:
+            real_out.setdefault(ref, (branch, document_id))
     # Refs whose transfer out (some part of it) is in this batch and not yet posted.
     unposted_outs: dict[str, int] = {}
-    for ctx in contexts:
-        body = ctx.envelope.body
-        if isinstance(body, StockDocumentPosted) and body.doc_type == "transfer_out":
+    for ctx, body in transfer_docs:
+        if body.doc_type == "transfer_out":
             ref = transfer_ref_of(body)
-            sender = (ctx.envelope.branch, body.document_id)
-            if ref in inbound_refs and real_out.setdefault(ref, sender) == sender:
+            if ref in inbound_refs and real_out[ref] == (ctx.envelope.branch, body.document_id):
                 unposted_outs[ref] = unposted_outs.get(ref, 0) + 1
     # Every balance of the batch locked at once, in key order, even when it is posted
     # in rounds: locking each round's keys would take them out of order across rounds
     # and let two workers deadlock.
-    keys = _batch_keys(contexts)
+    keys = sorted(
+        set(_batch_keys(contexts))
+        | {(receipt.branch, sku) for receipt in early.values() for sku in receipt.lines}
+    )
     locked = await _lock_balances(session, keys) if keys else {}
     movements: list[Movement] = []
     results: list[Valued] = []
+    # ref -> (event id, sku -> first line number) of the transfer's out posted here.
+    posted_outs: dict[str, tuple[uuid.UUID, dict[str, int]]] = {}
     waiting = list(contexts)
     while waiting:
         now: list[EventContext] = []
@@ -512,11 +681,9 @@ async def apply_stock(
             body = ctx.envelope.body
             if isinstance(body, StockDocumentPosted) and body.doc_type == "transfer_out":
                 ref = transfer_ref_of(body)
-                if ref in unposted_outs and real_out[ref] == (
-                    ctx.envelope.branch,
-                    body.document_id,
-                ):
-                    unposted_outs[ref] -= 1
+                if real_out.get(ref) == (ctx.envelope.branch, body.document_id):
+                    if ref in unposted_outs:
+                        unposted_outs[ref] -= 1
                     awaited[ctx.envelope.event_id] = ref
         for movement, valued in zip(round_movements, round_results, strict=True):
             ref_of_out = awaited.get(movement.event_id)
@@ -525,9 +692,14 @@ async def apply_stock(
                 sent_milli, sent_value = sent_costs.get(key, (0, 0))
                 # Outgoing: negative quantity and value.
                 sent_costs[key] = (sent_milli - movement.quantity_milli, sent_value - valued.value)
+                _, line_nos = posted_outs.setdefault(ref_of_out, (movement.event_id, {}))
+                line_nos.setdefault(movement.sku, movement.line_no)
         movements.extend(round_movements)
         results.extend(round_results)
         waiting = later
+    revalued = _revaluations(early, sent_costs, posted_outs, locked)
+    revalued_results = await post_movements(session, revalued, locked=locked)
+    await _revalue_lines(session, early, revalued)
     values: dict[tuple[uuid.UUID, int], int] = batch.notes.setdefault("stock_values", {})
     negative: set[uuid.UUID] = batch.notes.setdefault("negative_stock", set())
     # The ledger rows just written, summed as the report projection files them, so it
@@ -554,6 +726,10 @@ async def apply_stock(
             _add_sum(corrections, movement.sku, 0, valued.correction.value)
     if went_negative and current is not None:
         negative.add(current)
+    # Revaluations: filed under the out's event, at the receiver on the receipt's day
+    # (one receiver per out), not among the out's line values.
+    for movement, valued in zip(revalued, revalued_results, strict=True):
+        _add_sum(_sums_of(sums, movement, movement.doc_type), movement.sku, 0, valued.value)
 
 
 def _movements(

@@ -1,20 +1,27 @@
 """A transfer in is received at the value with which its transfer out left the sender,
-also when both arrive in one batch (in either branch order), and whatever cost the
-receiver typed; a batch where two branches each receive what the other sends later
-still posts everything."""
+also when both arrive in one batch (in either branch order), when the in reaches
+central first (revalued when the out comes), and whatever cost the receiver typed; a
+batch where two branches each receive what the other sends later still posts
+everything."""
 
 from __future__ import annotations
+
+from datetime import date
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from central.db import create_sessionmaker
+from central.ingest.stock import COST_CORRECTION
 from central.ingest.worker import IngestWorker
-from central.models import StockBalance
+from central.models import StockBalance, StockMovement
+from central.reports import service
+from central.reports.backlog import apply_summary_backlog
 from central.services.branches import add_branch
 from central.services.stock import list_transfers, rebuild_balances
 from tests.central.chain_events import BranchBooks, message
+from tests.central.summaries import assert_kept_equals_rebuilt
 
 
 @pytest.fixture
@@ -145,3 +152,88 @@ async def test_a_second_out_under_the_ref_values_nothing(
     assert await _balance(sessionmaker, "B2", "TEA") == [10_000, 1_000, 100]
     async with sessionmaker() as session, session.begin():
         assert (await rebuild_balances(session, verify_only=True)).agree
+
+
+@pytest.mark.parametrize(("typed_cost", "booked"), [(None, 0), (5_000, 20_000)])
+async def test_in_before_out_is_revalued_when_the_out_arrives(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    typed_cost: int | None,
+    booked: int,
+) -> None:
+    """B1 is offline: B2's receipt of 4 milks and its sale of one reach central first,
+    the milk coming in at B2's average (none: 0) or at a cost B2 typed (50.00). When
+    B1's out arrives (4 at 0.80), the receipt is brought to 3.20 on its own day: the 3
+    still on hand to 0.80 each, the one sold (it left at the wrong cost) into cost of
+    goods sold. Redelivered, nothing changes again."""
+    b1, b2 = BranchBooks("B1"), BranchBooks("B2")
+    b1.document("goods_receipt", [("MILK", 4_000, 80)])
+    b1.document("transfer_out", [("MILK", -4_000, None)], counterpart="B2", document_id="M-2")
+    received = b2.document(
+        "transfer_in", [("MILK", 4_000, typed_cost)], counterpart="B1", transfer_ref="M-2"
+    )
+    b2.open_shift()
+    b2.sale([("MILK", 1_000, 119)])
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in b2.events])
+    assert (await _balance(sessionmaker, "B2", "MILK"))[:2] == [3_000, booked * 3 // 4]
+    out_batch = [message(e) for e in b1.events]
+    await worker.process(out_batch)
+    assert (await worker.process(out_batch)).stored == 0
+    await apply_summary_backlog(engine)
+
+    difference = 320 - booked
+    kept = difference * 3 // 4
+    assert await _received(sessionmaker, "M-2") == [(320, 320)]
+    assert await _balance(sessionmaker, "B2", "MILK") == [3_000, 240, 80]
+    # The chain holds what B1 bought less the milk sold at its cost.
+    assert await _chain_value(sessionmaker) == 320 - 80
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(
+                    StockMovement.branch,
+                    StockMovement.doc_type,
+                    StockMovement.doc_ref,
+                    StockMovement.quantity_milli,
+                    StockMovement.value,
+                    StockMovement.value_after,
+                    StockMovement.occurred_at,
+                )
+                .where(StockMovement.branch == "B2", StockMovement.quantity_milli == 0)
+                .order_by(StockMovement.id)
+            )
+        ).all()
+    document = received.body.document_id  # type: ignore[union-attr]
+    assert [tuple(r) for r in rows] == [
+        (
+            "B2",
+            "transfer_in",
+            document,
+            0,
+            difference,
+            booked * 3 // 4 + difference,
+            received.occurred_at,
+        ),
+        ("B2", COST_CORRECTION, document, 0, kept - difference, 240, received.occurred_at),
+    ]
+    async with sessionmaker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
+    await assert_kept_equals_rebuilt(sessionmaker)
+
+    day = date(2026, 11, 27)
+    async with sessionmaker() as session:
+        movement = await service.stock_movement(
+            session, date_from=day, date_to=day, branch=None, group_by="branch"
+        )
+        margin = await service.gross_margin(
+            session, date_from=day, date_to=day, branch="B2", group_by="product"
+        )
+    by_branch = {r.branch: r for r in movement.rows}
+    # What left B1 came into B2, whichever side central saw first.
+    assert by_branch["B1"].transfers_out_value == by_branch["B2"].transfers_in_value == 320
+    assert by_branch["B2"].cost_corrections_value == kept - difference
+    assert by_branch["B2"].closing_value == 240
+    milk = margin.rows[0].figures
+    # The milk sold cost 0.80: what it left at plus the correction.
+    assert (milk.cost_of_goods_sold, milk.cost_corrections) == (80, difference - kept)

@@ -196,3 +196,62 @@ async def test_crash_after_commit_with_a_transfer_out_and_in_in_the_batch(
     assert (k1.quantity_milli, k1.value) == (6_000, 1_800)
     assert (k2.quantity_milli, k2.value, k2.avg_cost) == (1_000, 300, 300)
     await engine.dispose()
+
+
+async def test_crash_after_commit_of_an_out_that_revalues_an_earlier_in(
+    db_url: str, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The receiver's in and sales reach central first (the sender was offline); the
+    worker that then commits the sender's out, and with it the in's revaluation, dies
+    before its ack. The redelivered out revalues nothing a second time."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        for code in ("K1", "K2"):
+            await add_branch(session, code=code, name=code)
+    sender, receiver = BranchBooks("K1"), BranchBooks("K2")
+    sender.document("goods_receipt", [("COFFEE", 10_000, 300)])
+    sender.document("transfer_out", [("COFFEE", -4_000, None)], counterpart="K2", document_id="T2")
+    for _ in range(8):
+        sender.document("write_off", [("COFFEE", -100, None)])
+    receiver.document("transfer_in", [("COFFEE", 4_000, None)], counterpart="K1", transfer_ref="T2")
+    receiver.open_shift()
+    receiver.sale([("COFFEE", 1_000, 450)])
+    env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="5")
+    log = (tmp_path / "worker.log").open("wb")
+
+    async def holds(n: int) -> bool:
+        async with sessionmaker() as session:
+            return await session.scalar(select(func.count()).select_from(IngestedEvent)) == n
+
+    try:
+        await publish_books(nats_server.url, receiver)
+        async with running_ingest(env, log):
+            await wait_until(lambda: holds(len(receiver.events)), timeout=60)
+        await publish_books(nats_server.url, sender)
+        # The first batch (goods receipt, out, three write-offs) commits, then the crash.
+        await ingest_until_crash(env, "BACKROOM_FAULT_CRASH_AFTER_COMMIT", log)
+        async with running_ingest(env, log):
+            await wait_until(lambda: holds(len(receiver.events) + len(sender.events)), timeout=60)
+            await asyncio.sleep(3)  # past the ack wait: the redelivery has come and gone
+    finally:
+        log.close()
+    async with sessionmaker() as session:
+        k1 = await session.get(StockBalance, ("K1", "COFFEE"))
+        k2 = await session.get(StockBalance, ("K2", "COFFEE"))
+        revaluations = (
+            await session.execute(
+                select(StockMovement.doc_type, StockMovement.value)
+                .where(StockMovement.branch == "K2", StockMovement.quantity_milli == 0)
+                .order_by(StockMovement.id)
+            )
+        ).all()
+    assert k1 is not None
+    assert k2 is not None
+    # K1: 10 at 3.00, 4 sent (12.00), 0.8 written off (2.40).
+    assert (k1.quantity_milli, k1.value) == (5_200, 1_560)
+    # K2 received 4 at 0 (no average yet) and sold one; revalued once: 3 at 3.00 on
+    # hand, the one sold charged 3.00 more.
+    assert [tuple(r) for r in revaluations] == [("transfer_in", 1_200), (COST_CORRECTION, -300)]
+    assert (k2.quantity_milli, k2.value, k2.avg_cost) == (3_000, 900, 300)
+    await engine.dispose()
