@@ -89,12 +89,22 @@ class Agent:
         self.sender.numbering = self.numbering
         if self.masterdata.requester is not None:
             self.masterdata.requester.numbering = self.numbering
+            # While central numbers another database of the branch (the old server
+            # still runs), that one reads the branch's down stream alone; this one
+            # asks for a whole snapshot once it may read.
+            self.downstream.hold = self._down_stream_hold
+            self.downstream.on_hold = self.masterdata.requester.hold_began
+            self.downstream.on_release = self.masterdata.requester.hold_ended
         self.resends = 0
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._app: Litestar | None = None
+
+    def _down_stream_hold(self) -> str:
+        refused = self.numbering.refused
+        return f"another database of the branch runs ({refused})" if refused else ""
 
     @property
     def app(self) -> Litestar:

@@ -76,6 +76,14 @@ class DownstreamReader:
         self.on_position: Callable[[int], Awaitable[None]] | None = None
         self.on_fetch_error: Callable[[BaseException], None] | None = None
         self.before_first_fetch: Callable[[], Awaitable[None]] | None = None
+        # Why this database must not read now ("": it may), and what to do once it may
+        # again: another database of the branch runs and reads the same durable
+        # consumer; reading both would split the stream (a snapshot's parts, price
+        # changes) between two servers.
+        self.hold: Callable[[], str] | None = None
+        self.on_hold: Callable[[], None] | None = None
+        self.on_release: Callable[[], None] | None = None
+        self.held = ""
 
     def register(self, kind: str, handler: DownHandler) -> None:
         self.state.handlers[kind] = handler
@@ -133,6 +141,20 @@ class DownstreamReader:
         if self.before_first_fetch is not None:
             await self.before_first_fetch()
         while not stop.is_set():
+            reason = self.hold() if self.hold is not None else ""
+            if reason:
+                if not self.held:
+                    log.warning("down stream not read while %s", reason)
+                    if self.on_hold is not None:
+                        self.on_hold()
+                self.held = reason
+                await _pause(stop, 1.0)
+                continue
+            if self.held:
+                self.held = ""
+                log.warning("down stream read again")
+                if self.on_release is not None:
+                    self.on_release()
             if sub is None:
                 try:
                     sub = await js.pull_subscribe_bind(

@@ -91,6 +91,10 @@ class SnapshotRequester:
         self._first_check = asyncio.Event()
         self._reported_completed = 0
         self._pending_since: float | None = None
+        # A snapshot pending while the down stream was held: its parts may have gone to
+        # another server (see hold_began).
+        self._held_snapshot = 0
+        self._lost_snapshot = 0
         # Set by the agent: a new database asks where its event numbers start.
         self.numbering: EventNumbering | None = None
         # This clock against central's, from the latest answer (None: not measured).
@@ -100,6 +104,16 @@ class SnapshotRequester:
     def poke(self) -> None:
         """Report soon (a snapshot ended, the consumer is gone)."""
         self._wake.set()
+
+    def hold_began(self) -> None:
+        """The down stream is not read for a while (another database of the branch reads
+        it): the snapshot pending now may never end here."""
+        self._held_snapshot = self.applier.snapshot.pending
+
+    def hold_ended(self) -> None:
+        """Read again: a snapshot pending since the hold began is asked for anew."""
+        self._lost_snapshot, self._held_snapshot = self._held_snapshot, 0
+        self.poke()
 
     def on_fetch_error(self, exc: BaseException) -> None:
         # A deleted consumer answers pulls with "no responders" (503) or 404.
@@ -125,9 +139,13 @@ class SnapshotRequester:
             snap.pending
             and not incomplete
             and self._pending_since is not None
-            and now - self._pending_since > self.pending_timeout_s
+            and (
+                snap.pending == self._lost_snapshot
+                or now - self._pending_since > self.pending_timeout_s
+            )
         ):
-            # Promised long ago and never ended: its parts are gone, ask for a new one.
+            # Promised long ago and never ended, or read by another server: its parts
+            # are gone, ask for a new one.
             incomplete = snap.pending
         return SnapshotRequest(
             branch=self.branch,
@@ -156,6 +174,8 @@ class SnapshotRequester:
         if reply.error:
             raise RuntimeError(f"central refused the position report: {reply.error}")
         self._reported_completed = max(self._reported_completed, request.completed_snapshot)
+        if request.incomplete_snapshot == self._lost_snapshot:
+            self._lost_snapshot = 0
         if reply.action == "snapshot" and reply.snapshot_id:
             log.warning(
                 "master-data position not usable (%s): snapshot %s on its way",

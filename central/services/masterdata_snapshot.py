@@ -176,9 +176,14 @@ class SnapshotService:
                 action="none", error=f"report names {request.branch!r} on {branch_code!r}'s subject"
             )
         try:
-            reply = await self._decide(js, branch_code, request)
-            if (request.anchor_instance or request.settled_instance) and not reply.error:
-                start, refused = await self._number(branch_code, request)
+            numbered = bool(request.anchor_instance or request.settled_instance)
+            # Another database of the branch runs: this one is not the branch's reader
+            # now (it holds its down stream), so its position decides no snapshot; one
+            # would only be read by the running database.
+            held = await self._held(branch_code, request) if numbered else ""
+            reply = await self._decide(js, branch_code, request, position=not held)
+            if numbered and not reply.error:
+                start, refused = (0, held) if held else await self._number(branch_code, request)
                 reply = msgspec.structs.replace(
                     reply, event_seq_start=start, numbering_refused=refused
                 )
@@ -186,6 +191,16 @@ class SnapshotService:
         except Exception as exc:
             log.warning("position report of %s not answered: %s", branch_code, exc)
             return SnapshotReply(action="none", error=f"central could not decide: {exc}")
+
+    async def _held(self, branch_code: str, request: SnapshotRequest) -> str:
+        """Why the reporting database is not numbered now ("": nothing against it);
+        a refusal is recorded (see other_running_agent)."""
+        instance = request.anchor_instance or request.settled_instance
+        async with self._sessionmaker() as session, session.begin():
+            other = await other_running_agent(
+                session, branch_code, instance, server=request.agent_server
+            )
+        return _refusal(branch_code, instance, request.agent_server, other) if other else ""
 
     async def _number(self, branch_code: str, request: SnapshotRequest) -> tuple[int, str]:
         """Where the reporting agent database's events (go on to) be numbered, or why
@@ -227,7 +242,7 @@ class SnapshotService:
         return start, ""
 
     async def _decide(
-        self, js: JetStreamContext, branch_code: str, request: SnapshotRequest
+        self, js: JetStreamContext, branch_code: str, request: SnapshotRequest, *, position: bool
     ) -> SnapshotReply:
         async with self._sessionmaker() as session:
             branch = await session.get(Branch, branch_code)
@@ -237,6 +252,8 @@ class SnapshotService:
             return SnapshotReply(action="none", error=f"unknown or revoked branch {branch_code!r}")
         if request.completed_snapshot:
             await self._publisher.drop_snapshot(js, branch_code, request.completed_snapshot)
+        if not position:
+            return SnapshotReply(action="none")
         if queued is not None:
             return SnapshotReply(action="snapshot", snapshot_id=queued, reason="queued")
         facts = await self._facts(js, branch, request.last_stream_seq)

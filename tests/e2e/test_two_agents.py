@@ -6,10 +6,12 @@ cloned disk). Nothing collides, nothing is lost."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from branch_agent.backup import backup_database
+from branch_agent.catalog import find_product
 from central.embedded_nats import EmbeddedNats
 from central.models import BranchStatus
 from central.reports.service import sync_health
@@ -156,3 +158,92 @@ async def test_a_copy_of_the_running_database_on_a_second_server_waits_for_the_f
     assert sorted(sale_id for _, sale_id in await receipts_at_central(central)) == sorted(
         [f"first-{n}" for n in range(4)] + [f"second-{n}" for n in range(3)]
     )
+
+
+async def test_the_new_server_reads_master_data_only_once_the_old_one_has_stopped(
+    central: Any, nats_server: EmbeddedNats, make_agent: Any, central_client: Any, tmp_path: Path
+) -> None:
+    """Both servers of a branch pull the branch's one durable down-stream consumer: read
+    by both, a price change reaches one of them and a snapshot for the new, empty
+    database is split between them (it never ends at the new one). The new one reads
+    nothing while central numbers the old one; then it asks for a whole snapshot."""
+    client = central_client
+
+    async def ok(response: Any, status: int = 201) -> None:
+        assert response.status_code == status, response.text
+
+    await ok(await client.post("/api/v1/formats", json={"code": "mini", "name": "mini"}))
+    for n in range(40):
+        sku = f"SKU-{n}"
+        await ok(
+            await client.post("/api/v1/products", json={"sku": sku, "name": sku, "vat_rate_bp": 0})
+        )
+        await ok(await client.post("/api/v1/prices", json={"sku": sku, "price": 100 + n}))
+    await ok(
+        await client.post(
+            "/api/v1/formats/mini/products", json={"add": [f"SKU-{n}" for n in range(40)]}
+        ),
+        status=200,
+    )
+    await ok(await client.post("/api/v1/branches", json={"code": "B1", "format_code": "mini"}))
+    first = await make_agent(
+        "B1", nats_server.url, data_dir=str(tmp_path / "first"), demo_catalog=False
+    )
+
+    async def price(agent: Any, sku: str) -> int | None:
+        async with agent.sessionmaker() as s:
+            item = await find_product(s, sku=sku, at=datetime.now(UTC))
+        return item.price if item else None
+
+    async def sells(agent: Any, sku: str, expected: int) -> bool:
+        return await price(agent, sku) == expected
+
+    await wait_until(lambda: sells(first, "SKU-39", 139), timeout=30)
+
+    async def heartbeat_of_first() -> bool:
+        async with central.sessionmaker() as session:
+            status = await session.get(BranchStatus, "B1")
+        return status is not None and status.agent_instance == first.numbering.instance
+
+    await wait_until(heartbeat_of_first)
+    second = await make_agent(
+        "B1", nats_server.url, data_dir=str(tmp_path / "second"), demo_catalog=False
+    )
+    await wait_until(lambda: _refused(second))
+    # Changed while both run: every one reaches the old server, which still sells.
+    for n in range(5):
+        await ok(await client.post("/api/v1/prices", json={"sku": f"SKU-{n}", "price": 500 + n}))
+    for n in range(5):
+        await wait_until(lambda n=n: sells(first, f"SKU-{n}", 500 + n), timeout=30)
+    assert second.masterdata.applied_version == 0
+    assert second.downstream.held
+    # Nor is a snapshot made for it meanwhile (the old server would read it).
+    assert second.masterdata.snapshot.pending == 0
+
+    await first.stop()
+
+    async def first_stopped() -> bool:
+        async with central.sessionmaker() as session:
+            status = await session.get(BranchStatus, "B1")
+        return status is not None and status.agent_stopped
+
+    await wait_until(first_stopped)
+    second.masterdata.requester.poke()
+    # The new one reads now: a whole snapshot, every price as head office set it (after
+    # up to the consumer's ack wait, 30 s: what the old server fetched and did not ack
+    # when it stopped is handed out again first).
+    for n in (0, 4, 39):
+        await wait_until(
+            lambda n=n: sells(second, f"SKU-{n}", 500 + n if n < 5 else 139), timeout=60
+        )
+    assert not second.downstream.held
+
+    async def up_to_date() -> bool:
+        rows = (await client.get("/api/v1/prices/branches")).json()
+        return any(r["branch"] == "B1" and r["up_to_date"] for r in rows)
+
+    await wait_until(up_to_date, timeout=30)
+
+
+async def _refused(agent: Any) -> bool:
+    return "is running" in agent.numbering.refused
