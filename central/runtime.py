@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,6 +32,7 @@ from central.sync.jetstream import (
     ensure_ingest_consumer,
     ensure_streams,
 )
+from protocol.subjects import DOWN_STREAM, INGEST_DURABLE, UP_STREAM
 
 __all__ = ["CentralRuntime"]
 
@@ -56,6 +58,9 @@ class CentralRuntime:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.nats_ready = asyncio.Event()
+        # The streams and consumers central owns: "connecting", "ready", or "error: ..."
+        # while setting them up fails (shown by /health).
+        self.jetstream = "connecting"
         self._nats_creds = settings.nats_creds
 
     @property
@@ -93,18 +98,9 @@ class CentralRuntime:
         if self._nats_creds:
             await self._refresh_account_jwt()
         while not self._stop.is_set():
-            try:
-                await ensure_streams(
-                    self.js,
-                    replicas=self.settings.up_stream_replicas,
-                    max_age_days=self.settings.up_stream_max_age_days,
-                    dedup_window_s=self.settings.dedup_window_s,
-                )
-                await ensure_ingest_consumer(self.js, ack_wait_s=self.settings.ingest_ack_wait_s)
+            if await self._set_up_streams():
                 break
-            except Exception as exc:
-                log.warning("JetStream set-up failed, retrying: %s", exc)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
         self.nats_ready.set()
         self._tasks.append(asyncio.create_task(self._keep_branch_consumers()))
         self._tasks.append(asyncio.create_task(self.publisher.run(self.js, self._stop)))
@@ -136,6 +132,38 @@ class CentralRuntime:
                 retry_s=self.settings.resend_retry_s,
             )
             self._tasks.append(asyncio.create_task(self.gap_monitor.run(self._stop)))
+
+    async def _set_up_streams(self) -> bool:
+        """Create or update the streams and the ingest consumer; False on failure."""
+        assert self.js is not None
+        try:
+            await ensure_streams(
+                self.js,
+                replicas=self.settings.up_stream_replicas,
+                max_age_days=self.settings.up_stream_max_age_days,
+                dedup_window_s=self.settings.dedup_window_s,
+            )
+            await ensure_ingest_consumer(self.js, ack_wait_s=self.settings.ingest_ack_wait_s)
+        except Exception as exc:
+            log.warning("JetStream set-up failed, retrying: %s", exc)
+            self.jetstream = f"error: {type(exc).__name__}: {exc}"
+            return False
+        self.jetstream = "ready"
+        return True
+
+    async def _streams_gone(self) -> bool:
+        """A stream or the ingest consumer is missing (the NATS server lost its store,
+        or someone deleted them): nothing would flow until they exist again."""
+        assert self.js is not None
+        try:
+            await self.js.stream_info(UP_STREAM)
+            await self.js.stream_info(DOWN_STREAM)
+            await self.js.consumer_info(UP_STREAM, INGEST_DURABLE)
+        except NotFoundError:
+            return True
+        except Exception:
+            return False  # not connected: the link's state says so, nothing is gone
+        return False
 
     async def _refresh_account_jwt(self) -> None:
         """Servers running with an older account JWT (an upgrade changed what a branch
@@ -175,9 +203,18 @@ class CentralRuntime:
         await self.js.publish(subject, payload, timeout=10, headers=headers)
 
     async def _keep_branch_consumers(self) -> None:
-        """Every registered branch has its durable down-stream consumer (idempotent)."""
+        """The streams, the ingest consumer and every registered branch's durable
+        down-stream consumer exist (idempotent; created again when they are gone)."""
         known: set[tuple[str, str | None, str | None]] = set()
         while not self._stop.is_set():
+            if self.js is not None and (self.jetstream != "ready" or await self._streams_gone()):
+                if self.jetstream == "ready":
+                    log.error(
+                        "JetStream streams or consumers are gone (the NATS server lost its "
+                        "store?): creating them again"
+                    )
+                if await self._set_up_streams():
+                    known.clear()  # the branches' consumers went with them
             try:
                 async with self.sessionmaker() as session:
                     branches = (await session.scalars(select(Branch).where(Branch.active))).all()

@@ -36,9 +36,13 @@ class Page(msgspec.Struct, Generic[T], kw_only=True):
 
 
 class Health(msgspec.Struct, kw_only=True):
+    # "ok", or "degraded" when the database does not answer or central's streams
+    # cannot be set up (nothing flows between branches and central then).
     status: str
     database: str
     nats: str
+    # "ready", "connecting" (NATS not reached yet), or "error: ..." (set-up failing).
+    jetstream: str
     ingest_workers: int
 
 

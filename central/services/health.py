@@ -18,9 +18,11 @@ async def health_of(runtime: CentralRuntime) -> Health:
     except Exception as exc:
         database = f"error: {type(exc).__name__}"
     nats = "connected" if runtime.nc is not None and runtime.nc.is_connected else "disconnected"
+    jetstream = runtime.jetstream
     return Health(
-        status="ok" if database == "ok" else "degraded",
+        status="ok" if database == "ok" and not jetstream.startswith("error") else "degraded",
         database=database,
         nats=nats,
+        jetstream=jetstream,
         ingest_workers=len(runtime.workers),
     )
