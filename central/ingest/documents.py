@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.ingest.bulk import dialect_insert, insert_rows, table_of
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
+from central.ingest.sales import closed_days_of
 from central.ingest.transfers import (
     HEADER_STATE,
     TRANSFER_DOC_TYPES,
@@ -58,6 +59,7 @@ async def store_stock_documents(
 ) -> None:
     values: dict[tuple[uuid.UUID, int], int] = batch.notes.get("stock_values", {})
     negative: set[uuid.UUID] = batch.notes.get("negative_stock", set())
+    closed = await closed_days_of(session, {(c.envelope.branch, c.local_date) for c in contexts})
     documents: list[dict[str, object]] = []
     lines: list[dict[str, object]] = []
     transfers: list[tuple[EventContext, StockDocumentPosted, list[int]]] = []
@@ -83,6 +85,7 @@ async def store_stock_documents(
                 "local_date": ctx.local_date,
                 "value": sum(line_values),
                 "negative_stock": env.event_id in negative,
+                "late": (env.branch, ctx.local_date) in closed,
                 "part": body.part,
                 "parts": body.parts,
             }

@@ -29,7 +29,23 @@ from central.models import (
 )
 from protocol.events import CustomerReturnRecorded, ReceiptRecorded
 
-__all__ = ["late_events"]
+__all__ = ["closed_days_of", "late_events"]
+
+
+async def closed_days_of(
+    session: AsyncSession, day_keys: set[tuple[str, date]]
+) -> set[tuple[str, date]]:
+    """The (branch, local day) of ``day_keys`` that head office has closed."""
+    if not day_keys:
+        return set()
+    return {
+        (r.branch, r.local_date)
+        for r in await session.execute(
+            select(ClosedDay.branch, ClosedDay.local_date).where(
+                tuple_(ClosedDay.branch, ClosedDay.local_date).in_(day_keys)
+            )
+        )
+    }
 
 
 async def late_events(session: AsyncSession, contexts: Sequence[EventContext]) -> set[uuid.UUID]:
@@ -50,14 +66,7 @@ async def late_events(session: AsyncSession, contexts: Sequence[EventContext]) -
             )
         )
     }
-    closed_days = {
-        (r.branch, r.local_date)
-        for r in await session.execute(
-            select(ClosedDay.branch, ClosedDay.local_date).where(
-                tuple_(ClosedDay.branch, ClosedDay.local_date).in_(day_keys)
-            )
-        )
-    }
+    closed_days = await closed_days_of(session, day_keys)
     late: set[uuid.UUID] = set()
     for ctx in contexts:
         body = ctx.envelope.body

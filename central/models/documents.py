@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Index, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from central.models.base import Base
@@ -44,6 +45,8 @@ class StockDocument(Base):
     # Sum of the lines' cost values (signed, minor units).
     value: Mapped[int] = mapped_column(BigInteger, default=0)
     negative_stock: Mapped[bool] = mapped_column(default=False)
+    # Filed into a local day head office had already closed (stored anyway).
+    late: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
     # A document sent in parts (more lines than one message carries): one row per part.
     part: Mapped[int] = mapped_column(default=1, server_default="1")
     parts: Mapped[int] = mapped_column(default=1, server_default="1")

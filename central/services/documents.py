@@ -67,6 +67,8 @@ class StockDocumentOut(msgspec.Struct, kw_only=True):
     local_date: date
     value: int
     negative_stock: bool
+    # Filed into a local day head office had already closed (see closed days).
+    late: bool = False
     lines: list[DocumentLineOut]
     # A document sent in parts (more lines than one message carries, e.g. a whole
     # store's stocktake): the list shows each part (``part``), the document's own
@@ -183,6 +185,7 @@ async def get_document(session: AsyncSession, branch: str, document_id: str) -> 
     whole.part = None
     whole.value = sum(x.value for x in parts)
     whole.negative_stock = any(x.negative_stock for x in parts)
+    whole.late = any(x.late for x in parts)
     whole.lines = [line for x in parts for line in x.lines]
     return whole
 
@@ -235,6 +238,7 @@ async def _with_lines(session: AsyncSession, docs: list[StockDocument]) -> list[
             local_date=x.local_date,
             value=x.value,
             negative_stock=x.negative_stock,
+            late=x.late,
             lines=lines.get(x.event_id, []),
             part=x.part,
             parts=x.parts,

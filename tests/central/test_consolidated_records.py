@@ -33,6 +33,7 @@ from central.models import (
 from central.reports.service import sync_health
 from central.services.branches import add_branch
 from central.services.dead_letters import replay_dead_letter
+from central.services.documents import get_document
 from central.services.shifts import close_day, list_shifts
 from central.services.stock import list_transfers, rebuild_balances
 from protocol import (
@@ -179,9 +180,22 @@ async def test_late_sales_are_stored_flagged_and_counted_in_their_shift(
     async with sessionmaker() as session:
         await close_day(session, branch="B1", local_date=shift.local_date)
     after = books.sale([("MILK", 1_000, 200)], shift="S2")
-    await worker.process([message(after)])
+    # So is a stock document (a write-off changes the closed day's figures too).
+    written_off = books.document("write_off", [("MILK", -1_000, None)])
+    await worker.process([message(after), message(written_off)])
     async with sessionmaker() as session:
         assert await session.scalar(select(Receipt.late).where(Receipt.event_id == after.event_id))
+        document = await get_document(
+            session,
+            "B1",
+            written_off.body.document_id,  # type: ignore[union-attr]
+        )
+        earlier = await get_document(
+            session,
+            "B1",
+            books.events[0].body.document_id,  # type: ignore[union-attr]
+        )
+    assert (document.late, earlier.late) == (True, False)
 
 
 async def test_transfers_match_out_and_in_in_either_order(
