@@ -948,7 +948,10 @@ async def _prices_at_branches(
     branches = list((await session.scalars(select(Branch).where(Branch.code.in_(codes)))).all())
     scopes = await scopes_at(session, branches, moment)
     skus = sorted(new_prices)
-    entries: dict[str, list[PriceEntryRow]] = defaultdict(list)
+    # Per SKU and (scope, scope id): a branch reads only the four scopes reaching it.
+    entries: dict[str, dict[tuple[str, str | None], list[PriceEntryRow]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for start in range(0, len(skus), 2000):
         rows = await session.execute(
             select(PriceEntryRow).where(
@@ -957,7 +960,7 @@ async def _prices_at_branches(
             )
         )
         for (row,) in rows:
-            entries[row.sku].append(row)
+            entries[row.sku][(row.scope, row.scope_id or None)].append(row)
     own = (doc.scope, doc.scope_id or None)
     out: dict[tuple[str, str], tuple[int | None, int | None, bool]] = {}
     for branch in branches:
@@ -971,8 +974,8 @@ async def _prices_at_branches(
                     entry_moment(e.effective_at, e.effective_local, branch.timezone),
                     e.version,
                 )
-                for e in entries[sku]
-                if (e.scope, e.scope_id or None) in reach
+                for scope in reach
+                for e in entries[sku].get(scope, ())
             ]
             before = resolve_price(candidates, at - timedelta(microseconds=1))
             mine = PriceCandidate(doc.scope, new_prices[sku], at, _DOCUMENT_VERSION)
