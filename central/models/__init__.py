@@ -16,6 +16,7 @@ from central.models.catalog import (
     Promotion,
     RepricingDocument,
     RepricingLine,
+    RepricingLineBranch,
     StoreFormat,
 )
 from central.models.documents import (
@@ -84,6 +85,7 @@ __all__ = [
     "ReceiptPaymentRow",
     "RepricingDocument",
     "RepricingLine",
+    "RepricingLineBranch",
     "SalesBranchDaily",
     "SalesCashierDaily",
     "SalesHourly",

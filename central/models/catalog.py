@@ -23,6 +23,7 @@ __all__ = [
     "Promotion",
     "RepricingDocument",
     "RepricingLine",
+    "RepricingLineBranch",
     "StoreFormat",
 ]
 
@@ -160,9 +161,39 @@ class RepricingLine(Base):
     )
     sku: Mapped[str] = mapped_column(String(64))
     new_price: Mapped[int] = mapped_column(BigInteger)
-    # Filled on approval: the price in force before, stock on hand and its revaluation.
-    old_price: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The stock the line covers (given, or central's in the scope at the draft).
     stock_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Filled on approval. old_price: the scope's own price before (its entries, else the
+    # chain's; a branch scope: the branch's). The stock is split three ways: revalued
+    # (the document's price replaces an old one: old_value -> new_value), unaffected
+    # (another price stays in force there) and unpriced (no price before: it gains a
+    # retail value, unpriced_value, which is no revaluation).
+    old_price: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    old_value: Mapped[int] = mapped_column(BigInteger, default=0)
+    new_value: Mapped[int] = mapped_column(BigInteger, default=0)
+    revalued_stock_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    unaffected_stock_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_stock_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RepricingLineBranch(Base):
+    """A line's stock at one branch (taken with the draft) and, on approval, what the
+    document does to it there."""
+
+    __tablename__ = "repricing_line_branches"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    line_id: Mapped[int] = mapped_column(
+        ForeignKey("repricing_lines.id", ondelete="CASCADE"), index=True
+    )
+    branch: Mapped[str] = mapped_column(String(32))
+    stock_milli: Mapped[int] = mapped_column(BigInteger)
+    # draft | revalued | unaffected | unpriced
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    # The branch's price just before the document's moment and from it on.
+    old_price: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    new_price: Mapped[int | None] = mapped_column(BigInteger, default=None)
     old_value: Mapped[int] = mapped_column(BigInteger, default=0)
     new_value: Mapped[int] = mapped_column(BigInteger, default=0)
 

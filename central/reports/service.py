@@ -157,8 +157,11 @@ class Period:
     def days(self) -> int:
         return (self.date_to - self.date_from).days + 1
 
-    def previous(self) -> Period:
-        """The period of the same length immediately before this one."""
+    def previous(self) -> Period | None:
+        """The period of the same length immediately before this one; None when the
+        calendar (``date.min``, 0001-01-01) has no such days."""
+        if (self.date_from - date.min).days < self.days:
+            return None
         return Period(
             self.date_from - timedelta(days=self.days), self.date_from - timedelta(days=1)
         )
@@ -429,6 +432,9 @@ async def sales_report(
     current = await _sales_rows(session, table, groups, period, branch, max_rows)
     previous: dict[tuple[Any, ...], SalesFigures] = {}
     prev_period = period.previous() if compare else None
+    # A period whose previous one would begin before the calendar: compared with an
+    # empty previous period (no dates, zero totals), not a 500.
+    no_previous = compare and prev_period is None
     if prev_period is not None:
         # More previous groups than the cap: more rows than it too (each is a row).
         previous = await _sales_rows(session, table, groups, prev_period, branch, max_rows)
@@ -458,7 +464,7 @@ async def sales_report(
         SalesRow(
             **dict(zip(names, key, strict=True)),
             figures=figures_of[key],
-            previous=previous.get(shifted(key, -period.days)) if compare else None,
+            previous=previous.get(shifted(key, -period.days)) if prev_period else None,
         )
         # Code-point order of the keys, the same on every database.
         for key in sorted(figures_of, key=_sort_key)
@@ -473,7 +479,11 @@ async def sales_report(
         rows=rows,
         totals=await _sales_totals(session, period, branch),
         previous_totals=(
-            await _sales_totals(session, prev_period, branch) if prev_period else None
+            await _sales_totals(session, prev_period, branch)
+            if prev_period
+            else _figures(_NO_SALES, payments=False, receipts_known=True)
+            if no_previous
+            else None
         ),
     )
 
@@ -775,6 +785,9 @@ _MOVEMENT_OUT_NAMES = tuple(
 
 def _month_last(day: date) -> date:
     """The last day of the calendar month of ``day``."""
+    if day.month == 12:
+        # December's last without the next month (there is none after 9999-12).
+        return day.replace(day=31)
     following = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
     return following - timedelta(days=1)
 
@@ -795,10 +808,15 @@ def _pieces(start: date | None, end: date | None) -> list[_Piece]:
         if end is not None and end <= head_last:
             return [("daily", start, end)]
         pieces.append(("daily", start, head_last))
+        if head_last == date.max:
+            return pieces
         start = head_last + timedelta(days=1)
     tail: _Piece | None = None
     if end is not None and end != _month_last(end):
         tail = ("daily", end.replace(day=1), end)
+        if end.replace(day=1) == date.min:
+            # No month before the calendar's first (start, if any, is its first day).
+            return [*pieces, tail]
         end = end.replace(day=1) - timedelta(days=1)
     if start is None or end is None or start <= end:
         pieces.append(("monthly", start, end))
@@ -1043,7 +1061,12 @@ async def stock_movement(
             b,
         )
         # Movement rows that add to the opening (here: taken off it).
-        extra = rows(period.date_to + timedelta(days=1), None, sign=-1, marker=_OPENING)
+        # (None after the calendar's last day.)
+        extra = (
+            rows(period.date_to + timedelta(days=1), None, sign=-1, marker=_OPENING)
+            if period.date_to < date.max
+            else []
+        )
         if postgres:
             # Stored since the backlog was applied above, so in the balance but not yet
             # in the movement tables: taken off too (the query reads one snapshot).
@@ -1068,7 +1091,11 @@ async def stock_movement(
             scan=scan and branch is not None,
         )
         # That month's days before the period (none when it starts on the 1st).
-        extra = rows(month_from, period.date_from - timedelta(days=1), marker=_OPENING)
+        extra = (
+            rows(month_from, period.date_from - timedelta(days=1), marker=_OPENING)
+            if period.date_from > month_from
+            else []
+        )
     # The source's rows are one per key when the key (with the filters) names a branch
     # and a product; else they are summed per key.
     if all(n in names or fixed is not None for n, fixed in (("branch", branch), ("sku", sku))):

@@ -24,6 +24,7 @@ from central.models import (
     ReceiptLineRow,
     RepricingDocument,
     RepricingLine,
+    RepricingLineBranch,
     StockBalance,
     StoreFormat,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "PriceEntryOut",
     "PriceMismatchOut",
     "PriceZoneIn",
+    "RepricingBranchOut",
     "RepricingDocumentIn",
     "RepricingDocumentOut",
     "RepricingLineIn",
@@ -142,14 +144,40 @@ class RepricingDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
     lines: list[RepricingLineIn]
 
 
-class RepricingLineOut(msgspec.Struct, kw_only=True):
-    sku: str
-    new_price: int
-    old_price: int | None
+class RepricingBranchOut(msgspec.Struct, kw_only=True):
+    """A line's stock at one branch and what the document does to it there: ``draft``
+    (not approved yet), ``revalued`` (the document's price replaces ``old_price``),
+    ``unaffected`` (another price stays in force there, ``new_price``: nothing is
+    revalued) or ``unpriced`` (no price before: the stock gains ``new_value`` of retail
+    value, which is no revaluation)."""
+
+    branch: str
     stock_milli: int
+    status: str
+    old_price: int | None
+    new_price: int | None
     old_value: int
     new_value: int
     revaluation: int
+
+
+class RepricingLineOut(msgspec.Struct, kw_only=True):
+    sku: str
+    new_price: int
+    # The scope's own price before (its entries, else the chain's; a branch: its own).
+    old_price: int | None
+    # All the stock the line covers = revalued + unaffected + unpriced (once approved).
+    stock_milli: int
+    revalued_stock_milli: int
+    # old_value, new_value and revaluation: of the revalued stock only.
+    old_value: int
+    new_value: int
+    revaluation: int
+    unaffected_stock_milli: int
+    unpriced_stock_milli: int
+    unpriced_value: int
+    # Empty when the stock was given on the line for a scope of several branches.
+    branches: list[RepricingBranchOut]
 
 
 class RepricingDocumentOut(msgspec.Struct, kw_only=True):
@@ -164,6 +192,7 @@ class RepricingDocumentOut(msgspec.Struct, kw_only=True):
     approved_at: datetime | None
     lines: list[RepricingLineOut]
     total_revaluation: int
+    total_unpriced_value: int
 
 
 class BranchSyncOut(msgspec.Struct, kw_only=True):
@@ -691,19 +720,19 @@ async def list_price_zones(session: AsyncSession) -> list[PriceZoneIn]:
 
 async def _stock_in_scope(
     session: AsyncSession, scope: str, scope_id: str, skus: Sequence[str]
-) -> dict[str, int]:
-    """Central's stock on hand per SKU in the active branches the scope reaches (a
-    branch's negative balance holds nothing to revalue, so it counts as zero)."""
+) -> dict[str, dict[str, int]]:
+    """Central's stock on hand per SKU and branch, in the active branches the scope
+    reaches (a branch's negative balance holds nothing to revalue, so it is left out)."""
     query = (
-        select(StockBalance.sku, func.sum(StockBalance.quantity_milli))
+        select(StockBalance.sku, StockBalance.branch, StockBalance.quantity_milli)
         .join(Branch, Branch.code == StockBalance.branch)
         .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli > 0)
-        .group_by(StockBalance.sku)
+        .order_by(StockBalance.sku, StockBalance.branch)
     )
-    return {
-        sku: int(total)
-        for sku, total in await session.execute(query.where(_reached_by(scope, scope_id)))
-    }
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for sku, branch, qty in await session.execute(query.where(_reached_by(scope, scope_id))):
+        out[sku][branch] = int(qty)
+    return out
 
 
 async def create_repricing(
@@ -745,19 +774,36 @@ async def create_repricing(
         )
         session.add(doc)
         await session.flush()
-        # A line without stock revalues what central holds in the scope now: the draft
-        # shows it, and approval revalues it (a count of the store's own may differ).
+        # A line without stock revalues what central holds in the scope now, branch by
+        # branch: the draft shows it, and approval revalues it at each branch's own
+        # prices (a count of the store's own may differ). A stock given for one branch
+        # is that branch's; for several it cannot be split.
         held = await _stock_in_scope(
             session, data.scope, sid, [ln.sku for ln in data.lines if ln.stock_milli is None]
         )
-        session.add_all(
-            RepricingLine(
+        rows = []
+        for line in data.lines:
+            if line.stock_milli is None:
+                per_branch = held.get(line.sku, {})
+            elif data.scope == "branch":
+                per_branch = {sid: line.stock_milli}
+            else:
+                per_branch = {}
+            row = RepricingLine(
                 document_id=doc.id,
                 sku=line.sku,
                 new_price=line.new_price,
-                stock_milli=held.get(line.sku, 0) if line.stock_milli is None else line.stock_milli,
+                stock_milli=(
+                    sum(per_branch.values()) if line.stock_milli is None else line.stock_milli
+                ),
             )
-            for line in data.lines
+            rows.append((row, per_branch))
+        session.add_all(row for row, _ in rows)
+        await session.flush()
+        session.add_all(
+            RepricingLineBranch(line_id=row.id, branch=code, stock_milli=qty, status="draft")
+            for row, per_branch in rows
+            for code, qty in sorted(per_branch.items())
         )
         await session.flush()
         out = await _repricing_out(session, doc)
@@ -771,13 +817,17 @@ async def create_repricing(
 
 
 def _repricing_summary(doc: RepricingDocumentOut) -> dict[str, object]:
-    """A repricing document for the audit log: its header, counts, the first lines."""
+    """A repricing document for the audit log: its header, counts, the first lines
+    (without their branches: a chain's document would list every branch per line)."""
     header = msgspec.to_builtins(doc)
     header.pop("lines")
+    first = [msgspec.to_builtins(line) for line in doc.lines[:SUMMARY_KEYS]]
+    for line in first:
+        line.pop("branches")
     return {
         **header,
         "lines": bulk_summary(line.sku for line in doc.lines),
-        "first_lines": [msgspec.to_builtins(line) for line in doc.lines[:SUMMARY_KEYS]],
+        "first_lines": first,
     }
 
 
@@ -789,6 +839,26 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
             .order_by(RepricingLine.id)
         )
     ).all()
+    per_line: dict[int, list[RepricingBranchOut]] = defaultdict(list)
+    branch_rows = await session.scalars(
+        select(RepricingLineBranch)
+        .join(RepricingLine, RepricingLine.id == RepricingLineBranch.line_id)
+        .where(RepricingLine.document_id == doc.id)
+        .order_by(RepricingLineBranch.line_id, RepricingLineBranch.branch)
+    )
+    for b in branch_rows:
+        per_line[b.line_id].append(
+            RepricingBranchOut(
+                branch=b.branch,
+                stock_milli=b.stock_milli,
+                status=b.status,
+                old_price=b.old_price,
+                new_price=b.new_price,
+                old_value=b.old_value,
+                new_value=b.new_value,
+                revaluation=b.new_value - b.old_value if b.status == "revalued" else 0,
+            )
+        )
     status = doc.status
     if status == "approved" and doc.effective_at <= datetime.now(UTC):
         status = "effective"
@@ -798,9 +868,14 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
             new_price=ln.new_price,
             old_price=ln.old_price,
             stock_milli=ln.stock_milli,
+            revalued_stock_milli=ln.revalued_stock_milli,
             old_value=ln.old_value,
             new_value=ln.new_value,
             revaluation=ln.new_value - ln.old_value,
+            unaffected_stock_milli=ln.unaffected_stock_milli,
+            unpriced_stock_milli=ln.unpriced_stock_milli,
+            unpriced_value=ln.unpriced_value,
+            branches=per_line.get(ln.id, []),
         )
         for ln in lines
     ]
@@ -816,6 +891,7 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
         approved_at=doc.approved_at,
         lines=out_lines,
         total_revaluation=sum(ln.revaluation for ln in out_lines),
+        total_unpriced_value=sum(ln.unpriced_value for ln in out_lines),
     )
 
 
@@ -852,6 +928,105 @@ async def _scope_price_before(
     return out
 
 
+# Outranks every stored version: the document's entry, written on approval, is head
+# office's latest decision at its scope and moment.
+_DOCUMENT_VERSION = 2**62
+
+
+async def _prices_at_branches(
+    session: AsyncSession,
+    doc: RepricingDocument,
+    new_prices: dict[str, int],
+    codes: Sequence[str],
+    moment: datetime,
+) -> dict[tuple[str, str], tuple[int | None, int | None, bool]]:
+    """Per (SKU, branch): the branch's price just before the document takes effect
+    there, its price from then on, and whether that is the document's (a more specific
+    scope's price, or the scope no longer reaching the branch, leaves it unaffected).
+    Entries scheduled before the document's moment count; the branch's scopes and its
+    local time are those of that moment."""
+    branches = list((await session.scalars(select(Branch).where(Branch.code.in_(codes)))).all())
+    scopes = await scopes_at(session, branches, moment)
+    skus = sorted(new_prices)
+    # Per SKU and (scope, scope id): a branch reads only the four scopes reaching it.
+    entries: dict[str, dict[tuple[str, str | None], list[PriceEntryRow]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for start in range(0, len(skus), 2000):
+        rows = await session.execute(
+            select(PriceEntryRow).where(
+                PriceEntryRow.sku.in_(skus[start : start + 2000]),
+                PriceEntryRow.withdrawn.is_(False),
+            )
+        )
+        for (row,) in rows:
+            entries[row.sku][(row.scope, row.scope_id or None)].append(row)
+    own = (doc.scope, doc.scope_id or None)
+    out: dict[tuple[str, str], tuple[int | None, int | None, bool]] = {}
+    for branch in branches:
+        reach = branch_scopes(branch.code, *scopes[branch.code])
+        at = entry_moment(moment, doc.effective_local, branch.timezone)
+        for sku in skus:
+            candidates = [
+                PriceCandidate(
+                    e.scope,
+                    e.price,
+                    entry_moment(e.effective_at, e.effective_local, branch.timezone),
+                    e.version,
+                )
+                for scope in reach
+                for e in entries[sku].get(scope, ())
+            ]
+            before = resolve_price(candidates, at - timedelta(microseconds=1))
+            mine = PriceCandidate(doc.scope, new_prices[sku], at, _DOCUMENT_VERSION)
+            after = resolve_price([*candidates, mine] if own in reach else candidates, at)
+            out[(sku, branch.code)] = (
+                before.price if before else None,
+                after.price if after else None,
+                after is mine,
+            )
+    return out
+
+
+def _revalue_line(
+    ln: RepricingLine,
+    rows: Sequence[RepricingLineBranch],
+    prices: dict[tuple[str, str], tuple[int | None, int | None, bool]],
+) -> None:
+    """Fill a line and its branch rows: only stock whose price the document changes is
+    revalued, each branch's at its own old price."""
+    ln.old_value = ln.new_value = ln.revalued_stock_milli = 0
+    ln.unaffected_stock_milli = ln.unpriced_stock_milli = ln.unpriced_value = 0
+    if not rows:
+        # A stock given for several branches: at the scope's own old price.
+        if ln.old_price is None:
+            ln.unpriced_stock_milli = ln.stock_milli
+            ln.unpriced_value = line_amount(ln.new_price, ln.stock_milli)
+        else:
+            ln.revalued_stock_milli = ln.stock_milli
+            ln.old_value = line_amount(ln.old_price, ln.stock_milli)
+            ln.new_value = line_amount(ln.new_price, ln.stock_milli)
+        return
+    for b in rows:
+        b.old_price, b.new_price, applies = prices.get((ln.sku, b.branch), (None, None, False))
+        b.old_value = b.new_value = 0
+        if not applies:
+            b.status = "unaffected"
+            ln.unaffected_stock_milli += b.stock_milli
+        elif b.old_price is None:
+            b.status = "unpriced"
+            b.new_value = line_amount(ln.new_price, b.stock_milli)
+            ln.unpriced_stock_milli += b.stock_milli
+            ln.unpriced_value += b.new_value
+        else:
+            b.status = "revalued"
+            b.old_value = line_amount(b.old_price, b.stock_milli)
+            b.new_value = line_amount(ln.new_price, b.stock_milli)
+            ln.revalued_stock_milli += b.stock_milli
+            ln.old_value += b.old_value
+            ln.new_value += b.new_value
+
+
 async def approve_repricing(session: AsyncSession, document_id: int) -> RepricingDocumentOut:
     """Draft -> approved: the new prices are scheduled and the stock revaluation recorded."""
     async with unit_of_work(session):
@@ -870,13 +1045,31 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
             await session.scalars(select(RepricingLine).where(RepricingLine.document_id == doc.id))
         ).all()
         before = _repricing_summary(await _repricing_out(session, doc))
+        # Prices as they stand at approval, for the moment the document takes effect
+        # (changes made after the draft count; changes after approval do not revise it).
+        moment = max(doc.effective_at, now)
+        by_line: dict[int, list[RepricingLineBranch]] = defaultdict(list)
+        for b in await session.scalars(
+            select(RepricingLineBranch)
+            .where(RepricingLineBranch.line_id.in_([ln.id for ln in lines]))
+            .order_by(RepricingLineBranch.id)
+        ):
+            by_line[b.line_id].append(b)
+        codes = {b.branch for rows in by_line.values() for b in rows}
+        if doc.scope == "branch":
+            codes.add(doc.scope_id)
+        prices = await _prices_at_branches(
+            session, doc, {ln.sku: ln.new_price for ln in lines}, sorted(codes), moment
+        )
         old = await _scope_price_before(
-            session, doc.scope, doc.scope_id, [ln.sku for ln in lines], max(doc.effective_at, now)
+            session, doc.scope, doc.scope_id, [ln.sku for ln in lines], moment
         )
         for ln in lines:
-            ln.old_price = old.get(ln.sku)
-            ln.old_value = line_amount(ln.old_price or 0, ln.stock_milli)
-            ln.new_value = line_amount(ln.new_price, ln.stock_milli)
+            if doc.scope == "branch":
+                ln.old_price = prices.get((ln.sku, doc.scope_id), (None, None, False))[0]
+            else:
+                ln.old_price = old.get(ln.sku)
+            _revalue_line(ln, by_line.get(ln.id, []), prices)
         await set_prices_bulk(
             session,
             [(ln.sku, ln.new_price) for ln in lines],

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from central.db import create_engine, create_sessionmaker, downgrade, upgrade
 from central.ingest.worker import IngestWorker
-from central.models import Base, BranchScopeHistory, PriceEntryRow
+from central.models import Base, BranchScopeHistory, PriceEntryRow, RepricingLine
 from central.partitions import include_name
 from central.services.branches import add_branch
 from central.services.documents import get_document
@@ -251,5 +251,51 @@ async def test_1711_backfills_withdrawal_moments_and_branch_scopes(db_url: str) 
             ).all()
         assert moments == {"MILK": withdrawn, "SALT": None}
         assert [tuple(r) for r in history] == [("B2", created, None, "south")]
+    finally:
+        await engine.dispose()
+
+
+async def test_1715_counts_the_stock_of_approved_repricing_lines_as_revalued(
+    db_url: str,
+) -> None:
+    """Upgrading to 1715: a line approved before revalued its whole stock, so it is all
+    revalued (its figures kept); a draft's line waits for its approval."""
+    engine = create_engine(db_url)
+    try:
+        await downgrade(db_url, "1711")
+        at = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+        async with engine.begin() as connection:
+            for doc_id, status in ((1, "approved"), (2, "draft")):
+                await connection.execute(
+                    text(
+                        "INSERT INTO repricing_documents (id, status, scope, scope_id, "
+                        "effective_at, note, created_at) VALUES (:id, :status, 'all', '', "
+                        ":at, '', :at)"
+                    ),
+                    {"id": doc_id, "status": status, "at": at},
+                )
+                await connection.execute(
+                    text(
+                        "INSERT INTO repricing_lines (document_id, sku, new_price, old_price, "
+                        "stock_milli, old_value, new_value) VALUES (:id, 'MILK', 129, 119, "
+                        "10000, 1190, 1290)"
+                    ),
+                    {"id": doc_id},
+                )
+        await engine.dispose()
+        await upgrade(db_url)
+        async with create_sessionmaker(engine)() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        RepricingLine.document_id,
+                        RepricingLine.revalued_stock_milli,
+                        RepricingLine.old_value,
+                        RepricingLine.new_value,
+                        RepricingLine.unpriced_stock_milli,
+                    ).order_by(RepricingLine.document_id)
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [(1, 10_000, 1190, 1290, 0), (2, 0, 1190, 1290, 0)]
     finally:
         await engine.dispose()

@@ -50,7 +50,9 @@ async def test_a_line_without_stock_takes_centrals_stock_in_the_scope(
     assert doc["lines"][0]["stock_milli"] == 10_000
     doc = await reprice({"lines": [{"sku": "MILK-1L", "new_price": 149}]})
     assert doc["lines"][0]["stock_milli"] == 14_000
-    assert doc["total_revaluation"] == 14 * (149 - 119)
+    # B1 keeps the zone's 139 (in force over the chain's): only B2's stock is revalued.
+    assert doc["lines"][0]["revalued_stock_milli"] == 4_000
+    assert doc["total_revaluation"] == 4 * (149 - 119)
     # A stock given on the line is taken as given, zero included.
     doc = await reprice({"lines": [{"sku": "MILK-1L", "new_price": 159, "stock_milli": 0}]})
     assert (doc["lines"][0]["stock_milli"], doc["total_revaluation"]) == (0, 0)
