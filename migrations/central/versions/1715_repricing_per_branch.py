@@ -5,7 +5,7 @@ stock and the retail value of the unpriced part. Lines approved before keep thei
 figures: they revalued their whole stock, so it is all counted as revalued.
 
 Revision ID: 1715
-Revises: 1711
+Revises: 1717
 Create Date: 2026-11-29 07:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "1715"
-down_revision: str | Sequence[str] | None = "1711"
+down_revision: str | Sequence[str] | None = "1717"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
