@@ -25,6 +25,7 @@ from branch_agent.sales import is_storage_failure, is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
     CashMoveOut,
+    FiscalInterventionOut,
     ProductOut,
     ReturnIn,
     ReturnOut,
@@ -406,6 +407,28 @@ class ManagerSalesController(Controller):
         return await _api(state).complete_unfiscal(till_id, sale_id, data.reason)
 
 
+class ManagerTillsController(Controller):
+    path = "/api/v1/manager/tills"
+    tags = ["sales"]
+    dependencies = {"manager": Provide(_manager, sync_to_thread=False)}
+
+    @post(
+        "/{till_id:str}/fiscal/finish-open-receipt",
+        operation_id="finishOpenReceipt",
+        summary="Finish the receipt left open on the till's fiscal printer (cancelled if "
+        "nothing was paid, else the rest paid in cash and closed)",
+        status_code=200,
+    )
+    async def finish_open_receipt(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        till_id: TillId,
+        data: JSONBody[UnfiscalIn],
+    ) -> list[FiscalInterventionOut]:
+        return await _api(state).finish_open_receipt(till_id, data.reason)
+
+
 class ManagerReturnsController(Controller):
     path = "/api/v1/manager/returns"
     tags = ["returns"]
@@ -538,6 +561,7 @@ def create_till_app(agent: Agent) -> Litestar:
             StockController,
             ManagerSalesController,
             ManagerReturnsController,
+            ManagerTillsController,
             HealthController,
         ],
         state=State({"agent": agent}),

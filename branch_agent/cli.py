@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--interval", type=float, default=3.0, help="seconds between sales")
     sim.add_argument("--seed", type=int, default=None)
 
+    fiscal = sub.add_parser("fiscal", help="a till's fiscal printer (through the running agent)")
+    fiscal_sub = fiscal.add_subparsers(dest="fiscal_command", required=True)
+    finish = fiscal_sub.add_parser(
+        "finish-open",
+        help="finish the receipt left open on the till's printer (cancelled if nothing was"
+        " paid, else the rest paid in cash and closed); recorded",
+    )
+    finish.add_argument("till")
+    finish.add_argument("--reason", required=True)
     stock = sub.add_parser("stock", help="store stock documents (through the running agent)")
     stock_sub = stock.add_subparsers(dest="stock_command", required=True)
     post = stock_sub.add_parser("post", help="post a document from a JSON file ('-': stdin)")
@@ -129,12 +138,9 @@ def _agent_listening(settings: AgentSettings) -> bool:
 
 
 def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
-    import httpx
-
     if not settings.manager_token:
         print("stock commands need the agent's manager_token (the manager API is off)")
         return 2
-    headers = {"Authorization": f"Bearer {settings.manager_token}"}
     method, path, body = "POST", "", None
     if args.stock_command == "post":
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -165,7 +171,41 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
             if getattr(args, key):
                 body[key] = getattr(args, key)
         body["author"] = args.author
-    params = [("sku", s) for s in getattr(args, "sku", [])]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("sku", s) for s in getattr(args, "sku", [])
+    ]
+    code, response = _call_agent(settings, method, path, body, params)
+    if code == 0 and response.status_code == 200 and path == "/api/v1/stock/documents":
+        print(
+            f"document {response.json().get('document_id')} was already posted with this"
+            " content: the original is shown, nothing new was recorded",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _fiscal(settings: AgentSettings, args: argparse.Namespace) -> int:
+    """``fiscal finish-open TILL --reason TEXT``: the manager route, through the agent
+    (it holds the printer's port and records what was done)."""
+    if not settings.manager_token:
+        print("fiscal commands need the agent's manager_token (the manager API is off)")
+        return 2
+    path = f"/api/v1/manager/tills/{args.till}/fiscal/finish-open-receipt"
+    code, _response = _call_agent(settings, "POST", path, {"reason": args.reason}, [])
+    return code
+
+
+def _call_agent(
+    settings: AgentSettings,
+    method: str,
+    path: str,
+    body: Any,
+    params: list[tuple[str, str | int | float | bool | None]],
+) -> tuple[int, Any]:
+    """One request to the running agent with the manager token; the answer printed."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {settings.manager_token}"}
     try:
         response = httpx.request(
             method,
@@ -178,20 +218,14 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
         )
     except httpx.HTTPError as exc:
         print(f"the agent at {_agent_url(settings)} does not answer: {exc}", file=sys.stderr)
-        return 1
+        return 1, None
     answer = response.json()
     print(json.dumps(answer, indent=2))
     if not response.is_success:
         # The problem details go to stdout (for scripts); a person reads this line.
         print(f"refused: {_problem_line(response.status_code, answer)}", file=sys.stderr)
-        return 1
-    if response.status_code == 200 and path == "/api/v1/stock/documents":
-        print(
-            f"document {answer.get('document_id')} was already posted with this content:"
-            " the original is shown, nothing new was recorded",
-            file=sys.stderr,
-        )
-    return 0
+        return 1, response
+    return 0, response
 
 
 def _problem_line(status: int, problem: Any) -> str:
@@ -321,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_status(settings, args.json))
     elif args.command == "stock":
         sys.exit(_stock(settings, args))
+    elif args.command == "fiscal":
+        sys.exit(_fiscal(settings, args))
     elif args.command in ("backup", "restore"):
         sys.exit(_backup(settings, args))
     sys.exit(0)

@@ -28,10 +28,13 @@ from devices.fiscal_datecs import (
     CashState,
     DatecsFiscalPrinter,
     DiagnosticInfo,
+    FinishedReceipt,
     FiscalReceipt,
     FiscalResult,
     ReportResult,
+    StatusBit,
     TransactionStatus,
+    blocked_reason,
 )
 from devices.scale_toledo import ToledoScale, WeightReading
 from devices.scanner import SerialScanner
@@ -42,6 +45,19 @@ __all__ = ["DeviceState", "DeviceUnavailable", "TillDeviceSet", "TillDevices"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Conditions of a command the printer refused: a receipt left open by one may block it.
+_REFUSALS = frozenset(
+    {
+        "receipt_open",
+        "syntax_error",
+        "invalid_command",
+        "command_failed",
+        "not_permitted",
+        "unknown_state",
+        "bad_request",
+    }
+)
 
 ROLES = ("fiscal", "printer", "scale", "display", "scanner")
 _PROTOCOLS = {
@@ -162,6 +178,31 @@ class TillDeviceSet:
         printer: DatecsFiscalPrinter = device.driver
         await device.call(printer.cancel_receipt)
 
+    async def fiscal_finish_open(self) -> FinishedReceipt | None:
+        device = self._device("fiscal")
+        printer: DatecsFiscalPrinter = device.driver
+        return await device.call(printer.finish_open_receipt)
+
+    async def fiscal_mark_blocked(self) -> str | None:
+        """Ask the printer whether a receipt open with money paid keeps it from taking
+        any other (it refuses to cancel one); if so the state says ``blocked`` and why.
+        A state already naming a cause (paper end, cover open, no answer) is kept."""
+        device = self._device("fiscal")
+        if device.state.state not in _REFUSALS | {"ok", "unknown", "blocked"}:
+            return None
+        printer: DatecsFiscalPrinter = device.driver
+        async with device.lock:
+            try:
+                ts = await asyncio.to_thread(printer.transaction_status)
+            except Exception:  # a question only: the caller's own failure was reported
+                return None
+        reason = blocked_reason(ts)
+        if reason is not None:
+            device.state.set("blocked", reason[:200])
+        elif device.state.state == "blocked":
+            device.state.set("ok")
+        return reason
+
     async def print_fiscal(self, receipt: FiscalReceipt) -> FiscalResult:
         device = self._device("fiscal")
         printer: DatecsFiscalPrinter = device.driver
@@ -225,6 +266,9 @@ class TillDeviceSet:
                 if role == "fiscal":
                     await device.call(device.driver.status)
                     await self._fiscal_paper_state(device)
+                    status = device.driver.last_status
+                    if status is not None and StatusBit.FISCAL_RECEIPT_OPEN in status:
+                        await self.fiscal_mark_blocked()
                 elif role == "printer":
                     status = await device.call(device.driver.status)
                     if status.problem is not None:
@@ -233,8 +277,6 @@ class TillDeviceSet:
                     await device.call(device.driver.probe)
 
     async def _fiscal_paper_state(self, device: _Device) -> None:
-        from devices.fiscal_datecs import StatusBit
-
         status = device.driver.last_status
         if status is None:
             return

@@ -262,6 +262,8 @@ class Fiscalizer:
                     return done
                 if not await self._fiscalize(devices, document):
                     self._failed_at[till] = time.monotonic()
+                    # a receipt left open with money paid: status says blocked, and why
+                    await devices.fiscal_mark_blocked()
                     return done
                 self._failed_at.pop(till, None)
                 done += 1

@@ -228,6 +228,27 @@ class CashMove(AgentBase):
     fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
+class FiscalIntervention(AgentBase):
+    """A receipt a manager had finished on a till's fiscal printer because it was left
+    open and nothing else could print (a payment refused after another was taken):
+    what the printer did, for the journal and the back office."""
+
+    __tablename__ = "fiscal_interventions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    till: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    receipt_number: Mapped[int] = mapped_column(BigInteger)
+    # cancelled (nothing was paid) | closed (fiscalized: the rest paid in cash)
+    action: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    paid_before: Mapped[int] = mapped_column(BigInteger)
+    cash_added: Mapped[int] = mapped_column(BigInteger)
+    # The till's sale or return the receipt was printed for ("" when not ours).
+    document: Mapped[str] = mapped_column(String(80), default="")
+    reason: Mapped[str] = mapped_column(String(200), default="")
+
+
 class StockDocument(AgentBase):
     """A store stock document; posted ones are immutable and went up as events."""
 

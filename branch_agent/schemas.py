@@ -27,6 +27,7 @@ from protocol.limits import (
 __all__ = [
     "CashMoveIn",
     "CashMoveOut",
+    "FiscalInterventionOut",
     "PaymentIn",
     "ProductOut",
     "ReasonText",
@@ -89,6 +90,21 @@ class SaleLineOut(msgspec.Struct, kw_only=True):
     vat_rate_bp: int
     line_total: int
     promotion_id: str | None = None
+
+
+class FiscalInterventionOut(msgspec.Struct, kw_only=True):
+    """A receipt a manager had finished on a till's fiscal printer (amounts in cents)."""
+
+    till: str
+    receipt_number: int
+    # cancelled (nothing was paid) | closed (fiscalized, the rest paid in cash)
+    action: str
+    amount: int
+    paid_before: int
+    cash_added: int
+    # the till's sale or return it was printed for ("sale s-1"), "" if none
+    document: str
+    reason: str
 
 
 class SaleOut(msgspec.Struct, kw_only=True):

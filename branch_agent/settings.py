@@ -43,16 +43,23 @@ class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
     # gift vouchers, and the one for payments of type "other" (None: refused).
     voucher_paid_mode: Annotated[int, msgspec.Meta(ge=3, le=5)] = 3
     other_paid_mode: Annotated[int, msgspec.Meta(ge=3, le=5)] | None = None
+    # The PaidModes programmed on the fiscal printer (0 cash, 1 credit card, 2 debit
+    # card, 3..5 other). A payment in another is refused before it is recorded: the
+    # printer would refuse it mid-receipt, after an earlier payment was taken.
+    fiscal_paid_modes: frozenset[Annotated[int, msgspec.Meta(ge=0, le=5)]] = frozenset(
+        {0, 1, 2, 3, 4, 5}
+    )
 
     def fiscal_payment_type(self, payment_type: str) -> str | None:
         """The fiscal driver's payment type for a till payment type (None: refused)."""
-        if payment_type in ("cash", "credit_card", "debit_card"):
-            return payment_type
+        mode = {"cash": 0, "credit_card": 1, "debit_card": 2}.get(payment_type)
         if payment_type == "voucher":
-            return f"other_{self.voucher_paid_mode}"
-        if payment_type == "other" and self.other_paid_mode is not None:
-            return f"other_{self.other_paid_mode}"
-        return None
+            mode = self.voucher_paid_mode
+        elif payment_type == "other":
+            mode = self.other_paid_mode
+        if mode is None or mode not in self.fiscal_paid_modes:
+            return None
+        return payment_type if mode < 3 else f"other_{mode}"
 
     @property
     def printer_till_number(self) -> int:

@@ -12,9 +12,17 @@ import msgspec
 from branch_agent.catalog import BasketLine, CatalogItem, promotion_discounts, search_products
 from branch_agent.devices import DeviceUnavailable
 from branch_agent.errors import DeviceFailed, NotFound, Rejected
+from branch_agent.fiscal_finish import finish_open_receipt
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.sales import sale_out
-from branch_agent.schemas import ProductOut, ReasonText, ReturnOut, SaleOut, WeightOut
+from branch_agent.schemas import (
+    FiscalInterventionOut,
+    ProductOut,
+    ReasonText,
+    ReturnOut,
+    SaleOut,
+    WeightOut,
+)
 from devices.errors import DeviceError
 from protocol.limits import NO_NUL, Code64, Text64
 from protocol.units import format_milli, line_amount
@@ -123,6 +131,35 @@ class TillApi:
     async def complete_unfiscal(self, till: str, sale_id: str, reason: str) -> SaleOut:
         row = await self.agent.fiscal.complete_unfiscal(till, sale_id, reason)
         return sale_out(row)
+
+    async def finish_open_receipt(self, till: str, reason: str) -> list[FiscalInterventionOut]:
+        """Finish what the till's printer holds open, then print the till's queue."""
+        devices = self.agent.devices.tills.get(till)
+        if devices is None or not devices.has_fiscal:
+            raise NotFound(f"till {till} has no fiscal printer")
+        try:
+            rows = await finish_open_receipt(
+                self.agent.sessionmaker, self.agent.write_lock, devices, reason
+            )
+        except DeviceError as exc:
+            raise DeviceFailed(
+                f"the fiscal printer did not finish the receipt: {exc.message}",
+                condition=exc.condition,
+            ) from exc
+        await self.agent.fiscal.process_till(till)
+        return [
+            FiscalInterventionOut(
+                till=row.till,
+                receipt_number=row.receipt_number,
+                action=row.action,
+                amount=row.amount,
+                paid_before=row.paid_before,
+                cash_added=row.cash_added,
+                document=row.document,
+                reason=row.reason,
+            )
+            for row in rows
+        ]
 
     async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> ReturnOut:
         await self.agent.fiscal.complete_return_unfiscal(till, return_id, reason)

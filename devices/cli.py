@@ -13,6 +13,7 @@ non-zero with ``{"error": "<condition>", "message": "..."}`` where the condition
     python -m devices fiscal receipt --protocol datecs-x --port URL < receipt.json
     python -m devices fiscal report --protocol datecs-x --port URL --type x|z
     python -m devices fiscal cash --port URL --amount 10.00 [--out]
+    python -m devices fiscal finish-open --port URL   # cancel, or pay the rest in cash and close
     python -m devices printer print|status --port URL [--text TEXT]   (print reads stdin)
     python -m devices drawer open --port URL --pin 2|5
     python -m devices display show --port URL --line1 TEXT [--line2 TEXT]
@@ -170,6 +171,19 @@ def _fiscal(args: argparse.Namespace) -> dict[str, Any]:
                 "amount": str(ts.amount),
                 "paid": str(ts.paid),
             }
+        if args.action == "finish-open":
+            finished = printer.finish_open_receipt()
+            if finished is None:
+                return {"finished": None}
+            return {
+                "finished": {
+                    "number": finished.number,
+                    "action": finished.action,
+                    "amount": str(finished.amount),
+                    "paid_before": str(finished.paid_before),
+                    "cash_added": str(finished.cash_added),
+                }
+            }
         if args.action == "last-document":
             return {"number": printer.last_document_number()}
         if args.action == "report":
@@ -323,7 +337,16 @@ def _parser() -> _Parser:
 
     fiscal = sub.add_parser("fiscal")
     fiscal.add_argument(
-        "action", choices=["status", "transaction", "last-document", "receipt", "report", "cash"]
+        "action",
+        choices=[
+            "status",
+            "transaction",
+            "last-document",
+            "receipt",
+            "report",
+            "cash",
+            "finish-open",
+        ],
     )
     fiscal.add_argument("--protocol", choices=FISCAL_PROTOCOLS, default="datecs-x")
     fiscal.add_argument("--type", choices=["x", "z"], default="x")

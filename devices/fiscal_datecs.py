@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -78,6 +79,7 @@ __all__ = [
     "CashState",
     "DatecsFiscalPrinter",
     "DiagnosticInfo",
+    "FinishedReceipt",
     "FiscalEntry",
     "FiscalReceipt",
     "FiscalResult",
@@ -90,6 +92,7 @@ __all__ = [
     "StornoReason",
     "StornoReference",
     "TransactionStatus",
+    "blocked_reason",
     "build_answer",
     "build_request",
     "decode_nibbles",
@@ -103,6 +106,8 @@ __all__ = [
     "parse_answer",
     "parse_request",
     "parse_storno_open",
+    "plu_name",
+    "printable_text",
     "replace_hint",
     "split_params",
     "status_error",
@@ -165,6 +170,7 @@ PAYMENT_MODES = {
     "other_5": 5,
 }
 CODEPAGE = "cp1251"
+PLU_NAME_MAX = 72  # PluName of 0x31
 CENT = Decimal("0.01")
 MILLI = Decimal("0.001")
 
@@ -212,6 +218,75 @@ def unescape(raw: bytes) -> bytes:
         else:
             out.append(b)
     return bytes(out)
+
+
+# Letters NFKD does not take apart (not a base letter plus a mark), spelt as people do.
+_TRANSLITERATION = {
+    "ß": "ss",
+    "ẞ": "SS",
+    "æ": "ae",
+    "Æ": "AE",
+    "œ": "oe",
+    "Œ": "OE",
+    "ø": "o",
+    "Ø": "O",
+    "ł": "l",
+    "Ł": "L",
+    "đ": "d",
+    "Đ": "D",
+    "ð": "d",
+    "Ð": "D",
+    "þ": "th",
+    "Þ": "Th",
+    "ħ": "h",
+    "Ħ": "H",
+    "ı": "i",
+}
+
+
+def _encodable(text: str, codepage: str) -> bool:
+    try:
+        text.encode(codepage)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable_char(char: str, codepage: str) -> str:
+    if char < " " or char == "\x7f" or unicodedata.category(char) in ("Zl", "Zp"):
+        return " "  # a line break or control byte would break the printed line
+    if unicodedata.category(char) == "Cf":
+        return ""  # invisible (zero-width joiners, direction marks)
+    if _encodable(char, codepage):
+        return char
+    known = _TRANSLITERATION.get(char)
+    if known is not None and _encodable(known, codepage):
+        return known
+    out = []
+    for part in unicodedata.normalize("NFKD", char):
+        if unicodedata.combining(part) or unicodedata.category(part) == "Mn":
+            continue  # "ä" is "a" plus a diaeresis: the letter stays, the mark goes
+        if _encodable(part, codepage):
+            out.append(part)
+        else:
+            out.append(_TRANSLITERATION.get(part, "?"))
+    return "".join(out) if any(p != "?" for p in out) else "?"
+
+
+def printable_text(text: str, limit: int | None = None, codepage: str = CODEPAGE) -> str:
+    """``text`` as the printer can print it, never failing: characters of its code page
+    stay, others are transliterated ("Käse" -> "Kase", "ß" -> "ss", "ﬁ" -> "fi"), what
+    has no spelling in it becomes "?", control characters become spaces; then cut to
+    ``limit`` characters (the code pages of these printers have one byte a character)."""
+    result = "".join(_printable_char(char, codepage) for char in text)
+    if not _encodable(result, codepage):  # a transliteration the code page lacks
+        result = result.encode(codepage, errors="replace").decode(codepage)
+    return result if limit is None else result[:limit]
+
+
+def plu_name(name: str, codepage: str = CODEPAGE) -> str:
+    """A sale line's PluName as sent: printable, at most 72 characters, never empty."""
+    return printable_text(name, PLU_NAME_MAX, codepage).strip() or "?"
 
 
 def encode_params(params: Sequence[str | bytes], codepage: str = CODEPAGE) -> bytes:
@@ -628,8 +703,9 @@ class FiscalReceipt:
         for line in self.lines:
             if line.vat_group not in VAT_GROUPS:
                 raise ValueError(f"line {line.name!r}: VAT group must be A..H")
-            if not line.name or len(line.name) > 72:
-                raise ValueError(f"line {line.name!r}: name must be 1..72 characters")
+            if not line.name:
+                # longer names are cut to PluName's 72 characters when sent (plu_name)
+                raise ValueError("a line needs a name")
             if line.quantity <= 0:
                 raise ValueError(f"line {line.name!r}: quantity must be positive")
             if not 0 <= line.department <= 99:
@@ -669,6 +745,32 @@ class TransactionStatus:
     amount: Decimal
     paid: Decimal
     status: FiscalStatus
+
+
+def blocked_reason(ts: TransactionStatus) -> str | None:
+    """Why the printer takes no new receipt, or ``None``: a receipt open with money
+    paid cannot be cancelled (0x3C is refused once a payment was made), so nothing
+    else prints until someone finishes it (:meth:`DatecsFiscalPrinter.finish_open_receipt`)."""
+    if not ts.is_open or ts.paid <= 0:
+        return None
+    kind = "storno receipt" if ts.is_open >= 2 else "receipt"
+    return (
+        f"{kind} {ts.number} is open on the printer with {ts.paid} of {ts.amount} paid"
+        " and cannot be cancelled; finish it (the rest paid in cash, then closed)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedReceipt:
+    """What :meth:`DatecsFiscalPrinter.finish_open_receipt` did to the open receipt:
+    ``action`` ``cancelled`` (nothing was paid) or ``closed`` (fiscalized, with
+    ``cash_added`` paid in cash on top of ``paid_before``)."""
+
+    number: int
+    action: str
+    amount: Decimal
+    paid_before: Decimal
+    cash_added: Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -853,7 +955,11 @@ class DatecsFiscalPrinter:
         raise _Transport(DeviceError(Condition.BAD_FRAME, "printer keeps replaying old answers"))
 
     def _exchange_seq(self, cmd: int, params: Sequence[str]) -> Answer:
-        data = encode_params(params, self.codepage)
+        # every text goes through printable_text: a character outside the printer's code
+        # page must never make a command (and the receipt queued behind it) unsendable
+        data = encode_params(
+            [printable_text(p, None, self.codepage) for p in params], self.codepage
+        )
         seq = self._next_seq()
         frame = build_request(seq, cmd, data)
         last_error: DeviceError = DeviceError(Condition.NO_ANSWER)
@@ -947,6 +1053,51 @@ class DatecsFiscalPrinter:
     def cancel_receipt(self) -> None:
         """Cancel the open fiscal receipt (0x3C); refused once a payment was made."""
         self._call(CMD_CANCEL_RECEIPT)
+
+    def finish_open_receipt(self) -> FinishedReceipt | None:
+        """Finish whatever receipt is open on the printer, the only ways the protocol
+        allows: cancel it (0x3C) when nothing is paid; otherwise pay what is still due
+        in cash (0x35, PaidMode 0) and close it (0x38). ``None``: nothing was open.
+
+        Each step is chosen from the transaction status (0x4C) read just before it, and
+        after a lost answer the status is read again, so a step is never done twice."""
+        first = self.transaction_status()
+        if not first.is_open:
+            return None
+        ts = first
+        for _step in range(8):
+            try:
+                if ts.paid == 0:
+                    self._command(CMD_CANCEL_RECEIPT)
+                elif ts.paid < ts.amount:
+                    self._command(CMD_PAYMENT, ["0", format_amount(ts.amount - ts.paid), ""])
+                else:
+                    self._command(CMD_CLOSE_RECEIPT)
+            except _Transport:
+                pass  # outcome unknown: the status read next tells
+            except FiscalError as exc:
+                if exc.condition != Condition.NOT_PERMITTED:
+                    raise  # paper, cover...: a person must fix that first
+                # a resend executed twice by a printer that lost its SEQ memory
+            ts = self.transaction_status()
+            if not ts.is_open:
+                break
+            if ts.number != first.number:
+                raise FiscalError(
+                    Condition.UNKNOWN_STATE, f"receipt {ts.number} opened while finishing"
+                )
+        else:
+            raise FiscalError(
+                Condition.UNKNOWN_STATE, f"receipt {first.number} could not be finished"
+            )
+        closed = ts.number == first.number and ts.paid > 0
+        return FinishedReceipt(
+            number=first.number,
+            action="closed" if closed else "cancelled",
+            amount=first.amount,
+            paid_before=first.paid,
+            cash_added=(ts.paid - first.paid) if closed else Decimal("0.00"),
+        )
 
     def free_text(self, text: str) -> None:
         """Free text line inside an open fiscal receipt (0x36)."""
@@ -1178,7 +1329,7 @@ class DatecsFiscalPrinter:
             self._command(
                 CMD_SALE,
                 [
-                    line.name,
+                    plu_name(line.name, self.codepage),
                     VAT_GROUPS[line.vat_group],
                     format_amount(line.price),
                     format_quantity(line.quantity),

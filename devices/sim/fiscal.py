@@ -15,6 +15,7 @@ Fault injection (all thread-safe):
   count too)
 - :meth:`power_loss` (deaf for some seconds; the open receipt survives, the SEQ memory
   does not)
+- :attr:`paid_modes` (the PaidModes programmed; a payment in another is refused)
 - :meth:`at_command` (a callback when the n-th frame of a command arrives, e.g. to
   drop the TCP link; return ``"drop"`` to ignore that frame entirely)
 
@@ -74,6 +75,7 @@ ERR_NOT_PERMITTED = -111003
 ERR_PAPER_END = -112001
 ERR_COVER_OPEN = -112002
 ERR_OVERFLOW = -111018
+ERR_PAID_MODE = -111021
 
 SYN_INTERVAL = 0.06
 CENT = Decimal("0.01")
@@ -209,6 +211,8 @@ class FiscalSimulator(DeviceSimulator):
         self._seen: dict[int, int] = {}
         self._power_cycled = False
         self.syn_interval = SYN_INTERVAL
+        # PaidModes programmed on this printer; a payment in any other is refused.
+        self.paid_modes: set[int] = {0, 1, 2, 3, 4, 5}
 
     # -- fault injection ---------------------------------------------------------------
     def nak_next(self, count: int = 1) -> None:
@@ -436,6 +440,8 @@ class FiscalSimulator(DeviceSimulator):
         amount = _money(params[1])
         if not 0 <= mode <= 5 or amount <= 0:
             raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
+        if mode not in self.paid_modes:
+            raise _Refused(ERR_PAID_MODE, StatusBit.SYNTAX_ERROR)
         if receipt.paid >= receipt.amount:
             raise _Refused(ERR_NOT_PERMITTED, StatusBit.NOT_PERMITTED)
         receipt.payments.append((mode, amount))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,35 @@ def test_simulate_pty_subprocess() -> None:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_fiscal_finish_open(
+    start_sim: StartSim, inproc: Callable[..., tuple[int, dict[str, Any]]]
+) -> None:
+    handle = start_sim("fiscal")
+    sim = handle.sim
+    sim.paid_modes = {0}  # the card payment after the cash is refused
+    receipt = {
+        **RECEIPT,
+        "payments": [
+            {"type": "cash", "amount": "1.00"},
+            {"type": "credit_card", "amount": "2.58"},
+        ],
+    }
+    code, out = inproc("fiscal", "receipt", "--port", handle.url, stdin=json.dumps(receipt))
+    assert (code, out["error"]) == (1, "syntax_error")
+    code, out = inproc("fiscal", "receipt", "--port", handle.url, stdin=json.dumps(RECEIPT))
+    assert (code, out["error"]) == (1, "receipt_open")  # blocked: cancel is refused
+    code, out = inproc("fiscal", "finish-open", "--port", handle.url)
+    assert code == 0, out
+    assert out["finished"] == {
+        "number": 1,
+        "action": "closed",
+        "amount": "3.58",
+        "paid_before": "1.00",
+        "cash_added": "2.58",
+    }
+    assert inproc("fiscal", "finish-open", "--port", handle.url) == (0, {"finished": None})
+    code, out = inproc("fiscal", "receipt", "--port", handle.url, stdin=json.dumps(RECEIPT))
+    assert (code, out["slip_number"]) == (0, 2)
+    assert [r.paid for r in sim.receipts] == [Decimal("3.58"), Decimal("5.00")]
