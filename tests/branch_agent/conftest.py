@@ -94,8 +94,11 @@ def store_settings(tmp_path: Path, handles: dict[str, SimulatorHandle], **extra:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    # Behind symlinks that go with the simulator when it stops: a stopped device's
+    # /dev/pts number can be handed to another process's pty at once, and the driver
+    # reopening it would talk to that one.
     handles = {
-        kind: start_simulator_pty(kind)
+        kind: start_simulator_pty(kind, link_path=str(tmp_path / f"{kind}.tty"))
         for kind in ("fiscal", "printer", "display", "scanner", "scale")
     }
     agent = Agent(store_settings(tmp_path, handles))
