@@ -338,6 +338,16 @@ class ShiftService:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 row = await session.get(Shift, shift_id)
                 assert row is not None
+                # Sales commit under the same write lock and are refused once the
+                # intent is on the shift; one recorded since the caller's check still
+                # waits for this queue and would print after the Z: not this time.
+                waiting = await _waiting_for_printer(session, row)
+                if waiting:
+                    raise Conflict(
+                        f"{waiting} sale(s) or return(s) of this shift still wait for the"
+                        " fiscal printer",
+                        field="shift",
+                    )
                 row.z_status, row.z_before_number = "pending", before
         try:
             report = await devices.fiscal_report("z")
@@ -381,6 +391,13 @@ class ShiftService:
                 # failed: known not printed; the till asks again with the same id
             elif shift is None:
                 raise Conflict("open a shift before moving cash", field="shift")
+            elif shift.z_status is not None:
+                # its Z report is printing: the move would come after the Z counted it
+                raise Conflict(
+                    f"shift {shift.shift_id} is being closed (Z report): move cash in the"
+                    " next shift",
+                    field="shift",
+                )
             try:
                 document = await devices.fiscal_last_document()
                 cash = _minor((await devices.fiscal_cash_state()).cash)
@@ -495,6 +512,25 @@ class ShiftService:
             except DeviceError:
                 pass  # reported in the device state; the move is recorded
         return _cash_out(row), True
+
+
+async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:
+    """How many sales and returns of the shift are still to be printed."""
+    count = 0
+    for model in (Sale, CustomerReturn):
+        count += int(
+            await session.scalar(
+                select(func.count())
+                .select_from(model)
+                .where(
+                    model.till == shift.till,
+                    model.shift_id == shift.shift_id,
+                    model.status == "pending_fiscal",
+                )
+            )
+            or 0
+        )
+    return count
 
 
 def _cash_out(row: CashMove) -> CashMoveOut:
