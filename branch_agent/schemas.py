@@ -188,6 +188,9 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     cash_out: int
     # Cash that should be in the drawer: float + cash taken - change - refunds +/- moves.
     expected_cash: int
+    # The opening float's deposit on the fiscal printer: "done", "pending" (the printer
+    # was away: it goes before the till's next print), None (no float or no printer).
+    float_deposit: str | None = None
 
 
 class XReportOut(msgspec.Struct, kw_only=True):

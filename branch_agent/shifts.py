@@ -17,6 +17,7 @@ lost is read back from fiscal memory (0x40).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -55,6 +56,8 @@ from protocol.events import (
 )
 
 __all__ = ["ShiftService"]
+
+log = logging.getLogger(__name__)
 
 VAT_LETTERS = "ABCDEFGH"
 
@@ -99,6 +102,28 @@ class ShiftService:
         return result
 
     async def open_shift(self, till: str, data: ShiftOpenIn) -> tuple[ShiftOut, bool]:
+        """Record the shift, then deposit its float on the fiscal printer (cash in): the
+        printer's cash count is what a cash-out is checked against and what its Z report
+        says. The deposit is recorded pending with the shift, so a printer that is away,
+        or a crash before it, leaves it to the next print on the till (it goes first)
+        or the background retry; never twice (:meth:`CashIntents.deposit_floats`)."""
+        out, created = await self._record_shift(till, data)
+        if out.float_deposit == "pending":
+            devices = self._devices.tills[till]
+            try:
+                async with devices.fiscal_queue:
+                    await self._cash.settle_till(devices)
+            except DeviceError as exc:
+                log.warning("till %s: opening float not deposited yet: %s", till, exc)
+            async with self._sessionmaker() as session:
+                shift = await session.get(Shift, out.shift_id)
+                assert shift is not None
+                out = await self._summary(session, shift)
+        return out, created
+
+    async def _record_shift(self, till: str, data: ShiftOpenIn) -> tuple[ShiftOut, bool]:
+        devices = self._devices.tills.get(till)
+        fiscal = devices is not None and devices.has_fiscal
         try:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 current = await self._current(session, till)
@@ -116,6 +141,8 @@ class ShiftService:
                     till=till,
                     cashier=data.cashier,
                     opening_float=data.opening_float,
+                    # 0 would only ask the printer's cash sum: nothing to deposit
+                    float_status="pending" if fiscal and data.opening_float > 0 else None,
                 )
                 session.add(shift)
                 await append_event(
@@ -226,6 +253,7 @@ class ShiftService:
             cash_in=t["cash_in"],
             cash_out=t["cash_out"],
             expected_cash=expected,
+            float_deposit=shift.float_status,
         )
 
     async def x_report(self, till: str) -> XReportOut:
@@ -245,7 +273,7 @@ class ShiftService:
                 condition=exc.condition,
             ) from exc
         return XReportOut(
-            shift=summary,
+            shift=await self.current(till),  # as of now: a float may have just gone in
             fiscal_turnover_by_vat_group=_by_group(report.totals),
             fiscal_report_number=report.report_number,
         )

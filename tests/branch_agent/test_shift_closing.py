@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 
 from branch_agent.models import CashMove, CustomerReturn, Sale
-from devices.fiscal_datecs import CMD_REPORT
+from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT, CMD_SALE
 from tests.branch_agent.conftest import TILL, Store
 from tests.branch_agent.test_sales_and_fiscal import basket
+from tests.branch_agent.test_storno_cash_z import power_cut
 
 
 async def test_sales_returns_and_cash_moves_while_the_z_prints_are_refused(
@@ -71,3 +73,72 @@ async def test_sales_returns_and_cash_moves_while_the_z_prints_are_refused(
         if total != Decimal("0.00")
     }
     assert second.json()["shift"]["receipts_count"] == 1
+
+
+async def current_shift(store: Store) -> Any:
+    return (await store.client.get("/api/v1/shifts/current", headers=TILL)).json()
+
+
+async def test_the_opening_float_is_deposited_on_the_fiscal_printer(store: Store) -> None:
+    sim = store.fiscal.sim
+    opened = await store.open_shift(cashier="anna", opening_float=20000)
+    assert opened["float_deposit"] == "done"
+    assert sim.cash_moves == [(0, Decimal("200.00"))]
+    # A cash-out within the float: the printer counts the float too.
+    out = await store.client.post(
+        "/api/v1/cash-moves",
+        json={"move_id": "out-1", "direction": "out", "amount": 5000},
+        headers=TILL,
+    )
+    assert out.status_code == 201, out.text
+    await store.sale(basket("f-1"))  # 10.00 cash, 5.37 change
+    shift = await current_shift(store)
+    assert shift["expected_cash"] == 20000 - 5000 + 463
+    assert sim.cash == Decimal(shift["expected_cash"]) / 100
+    # The float is not a cash move of the shift: neither in its totals nor sent up.
+    assert shift["cash_in"] == 0
+    assert [e.body.amount for e in await store.events("cash_moved")] == [5000]
+    # Opening it again is the same shift: no second deposit.
+    assert (await store.open_shift(cashier="anna", opening_float=20000))["float_deposit"] == "done"
+    assert sim.cash_moves == [(0, Decimal("200.00")), (1, Decimal("50.00"))]
+
+
+async def test_a_float_the_printer_could_not_take_goes_before_the_next_print(
+    store: Store,
+) -> None:
+    sim = store.fiscal.sim
+    sim.paper_end = True
+    opened = await store.client.post(
+        "/api/v1/shifts", json={"cashier": "anna", "opening_float": 10000}, headers=TILL
+    )
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["float_deposit"] == "pending"
+    assert sim.cash_moves == []
+    sim.paper_end = False
+    sale = await store.sale(basket("f-2"))
+    assert sale.json()["status"] == "fiscalized"
+    assert sim.cash_moves == [(0, Decimal("100.00"))]
+    assert sim.executed.index(CMD_CASH_IN_OUT) < sim.executed.index(CMD_SALE)
+    shift = await current_shift(store)
+    assert shift["float_deposit"] == "done"
+    assert sim.cash == Decimal(shift["expected_cash"]) / 100
+
+
+async def test_a_float_deposit_whose_answer_was_lost_is_not_deposited_twice(
+    store: Store,
+) -> None:
+    sim = store.fiscal.sim
+    # 0x46 #1 reads the cash sum before; #2 is the deposit, executed, its answer lost
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    opened = await store.client.post(
+        "/api/v1/shifts", json={"cashier": "anna", "opening_float": 10000}, headers=TILL
+    )
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["float_deposit"] == "pending"
+    assert sim.cash_moves == [(0, Decimal("100.00"))]
+    sim.deaf_until = 0.0  # the printer is back
+    x = await store.client.post("/api/v1/shifts/current/x-report", headers=TILL)
+    assert x.status_code == 200, x.text
+    assert x.json()["shift"]["float_deposit"] == "done"
+    assert sim.cash_moves == [(0, Decimal("100.00"))]
+    assert sim.cash == Decimal("100.00")

@@ -204,3 +204,67 @@ async def test_a_shift_killed_mid_close_still_refuses_sales_after_the_restart(
     (z_number, turnover, _storno, _date) = sim.fiscal_memory[0]
     assert z_number == 1
     assert sum(turnover) == Decimal(first.json()["total"]) / 100
+
+
+async def test_sigkill_around_the_opening_float_deposits_it_once(
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Killed as the printer takes the float (printed, not recorded as done), then as its
+    frame is lost (recorded pending, nothing printed): one deposit each, made or
+    recognised by the restarted agent's background retry."""
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+
+    def kill_as_printed(_sim: Any) -> None:
+        agent.kill_from_thread()
+        killed.set()
+
+    def kill_and_lose_the_frame(_sim: Any) -> str:
+        agent.kill_from_thread()
+        killed.set()
+        return "drop"
+
+    async def open_killed(float_: int, hook: Any) -> Any:
+        killed.clear()
+        # 0x46 frames of an opening: #1 reads the cash sum before, #2 is the deposit
+        sim.at_command(CMD_CASH_IN_OUT, hook, nth=2)
+        async with httpx.AsyncClient(timeout=30) as client:
+            try:
+                await client.post(
+                    f"{url}/api/v1/shifts", json={"opening_float": float_}, headers=T1
+                )
+            except httpx.HTTPError:
+                pass
+        assert killed.is_set()
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(100):  # the background retry settles it
+                shift = (await client.get(f"{url}/api/v1/shifts/current", headers=T1)).json()
+                if shift["float_deposit"] == "done":
+                    return shift
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"float still {shift['float_deposit']}")
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        first = await open_killed(20000, kill_as_printed)
+        assert sim.cash_moves == [(0, Decimal("200.00"))]
+        assert sim.cash == Decimal(first["expected_cash"]) / 100
+        async with httpx.AsyncClient(timeout=30) as client:
+            closed = await client.post(f"{url}/api/v1/shifts/current/close", json={}, headers=T1)
+            assert closed.status_code == 200, closed.text
+        second = await open_killed(15000, kill_and_lose_the_frame)
+        assert sim.cash_moves == [(0, Decimal("200.00")), (0, Decimal("150.00"))]
+        assert second["expected_cash"] == 15000
+    finally:
+        agent.stop()
+    # the second float on top of what the first shift left in the drawer
+    assert sim.cash == Decimal("350.00")
