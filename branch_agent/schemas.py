@@ -170,7 +170,8 @@ class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True):
     # Empty: the agent names it "<till>-<n>".
     shift_id: Code64 = ""
     cashier: Text64 = ""
-    opening_float: NonNegativeInt64 = 0
+    # Left out: 0 for a new shift, and not compared with an open one's.
+    opening_float: NonNegativeInt64 | None = None
 
 
 class ShiftOut(msgspec.Struct, kw_only=True):

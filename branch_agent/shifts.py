@@ -128,21 +128,26 @@ class ShiftService:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 current = await self._current(session, till)
                 if current is not None:
-                    if data.shift_id in ("", current.shift_id):
-                        return await self._summary(session, current), False
-                    raise Conflict(
-                        f"shift {current.shift_id} is still open at till {till}", field="shift_id"
-                    )
+                    if data.shift_id not in ("", current.shift_id):
+                        raise Conflict(
+                            f"shift {current.shift_id} is still open at till {till}",
+                            field="shift_id",
+                        )
+                    # The same request again gets the open shift; one for another
+                    # cashier or float is another shift, which cannot open now.
+                    _same_shift(current, data)
+                    return await self._summary(session, current), False
                 shift_id = data.shift_id or f"{till}-{await next_counter(session, f'shift:{till}')}"
                 if await session.get(Shift, shift_id) is not None:
                     raise Conflict(f"shift {shift_id} was already used", field="shift_id")
+                opening_float = data.opening_float or 0
                 shift = Shift(
                     shift_id=shift_id,
                     till=till,
                     cashier=data.cashier,
-                    opening_float=data.opening_float,
+                    opening_float=opening_float,
                     # 0 would only ask the printer's cash sum: nothing to deposit
-                    float_status="pending" if fiscal and data.opening_float > 0 else None,
+                    float_status="pending" if fiscal and opening_float > 0 else None,
                 )
                 session.add(shift)
                 await append_event(
@@ -153,7 +158,7 @@ class ShiftService:
                         till=till,
                         shift_id=shift_id,
                         cashier=data.cashier,
-                        opening_float=data.opening_float,
+                        opening_float=opening_float,
                     ),
                 )
                 await session.flush()
@@ -540,6 +545,20 @@ class ShiftService:
             except DeviceError:
                 pass  # reported in the device state; the move is recorded
         return _cash_out(row), True
+
+
+def _same_shift(current: Shift, data: ShiftOpenIn) -> None:
+    """Refuse an opening that names another cashier or float than the open shift's
+    (a field left out is not compared)."""
+    opened = (
+        f"shift {current.shift_id} is open at till {current.till} for"
+        f" {current.cashier or 'no cashier'} with a float of {_money(current.opening_float)}:"
+        " close it first"
+    )
+    if data.cashier and data.cashier != current.cashier:
+        raise Conflict(opened, field="cashier")
+    if data.opening_float is not None and data.opening_float != current.opening_float:
+        raise Conflict(opened, field="opening_float")
 
 
 async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:

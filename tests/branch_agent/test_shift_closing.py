@@ -142,3 +142,33 @@ async def test_a_float_deposit_whose_answer_was_lost_is_not_deposited_twice(
     assert x.json()["shift"]["float_deposit"] == "done"
     assert sim.cash_moves == [(0, Decimal("100.00"))]
     assert sim.cash == Decimal("100.00")
+
+
+async def test_opening_another_cashiers_shift_while_one_is_open_is_a_conflict(
+    store: Store,
+) -> None:
+    opened = await store.client.post(
+        "/api/v1/shifts", json={"cashier": "anna", "opening_float": 5000}, headers=TILL
+    )
+    assert opened.status_code == 201, opened.text
+    shift_id = opened.json()["shift_id"]
+    for body, field in (
+        ({"cashier": "bob", "opening_float": 777}, "cashier"),
+        ({"cashier": "bob"}, "cashier"),
+        ({"cashier": "anna", "opening_float": 777}, "opening_float"),
+        ({"shift_id": shift_id, "opening_float": 0}, "opening_float"),
+    ):
+        refused = await store.client.post("/api/v1/shifts", json=body, headers=TILL)
+        assert refused.status_code == 409, (body, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["errors"][0]["field"] == field
+        assert f"shift {shift_id} is open at till T1 for anna" in refused.json()["detail"]
+    # The same request again (a retry), or one naming nothing to differ: the open shift.
+    for body in ({"cashier": "anna", "opening_float": 5000}, {}, {"shift_id": shift_id}):
+        again = await store.client.post("/api/v1/shifts", json=body, headers=TILL)
+        assert again.status_code == 200, (body, again.text)
+        assert (again.json()["shift_id"], again.json()["cashier"]) == (shift_id, "anna")
+        assert again.json()["opening_float"] == 5000
+    assert [e.body.shift_id for e in await store.events("shift_opened")] == [shift_id]
+    assert store.fiscal.sim.cash_moves == [(0, Decimal("50.00"))]
+
