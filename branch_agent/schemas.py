@@ -206,8 +206,10 @@ class ShiftCloseOut(msgspec.Struct, kw_only=True):
     z_report_number: int | None
     z_turnover_by_vat_group: dict[str, int]
     z_storno_by_vat_group: dict[str, int]
-    # The agent's own turnover per VAT group beside the printer's, and whether they agree.
+    # The agent's own turnover and returns per VAT group beside the printer's turnover
+    # and storno totals, and whether they all agree.
     agent_turnover_by_vat_group: dict[str, int]
+    agent_storno_by_vat_group: dict[str, int]
     matches_fiscal: bool | None
 
 

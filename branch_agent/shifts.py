@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
 from branch_agent.fiscal import CashIntents
@@ -213,10 +215,34 @@ class ShiftService:
             ):
                 by_group[job_line["vat_group"]] += line.line_total
         refunds: dict[str, int] = defaultdict(int)
+        storno_by_group: dict[str, int] = defaultdict(int)
+        originals = await self._original_groups(session, returns)
+        unplaced: list[tuple[str, int]] = []
         for ret in returns:
             body = msgspec.convert(ret.body, CustomerReturnRecorded)
             for refund in body.refunds:
                 refunds[refund.type] += refund.amount
+            # Every return against the Z's storno totals, as central's reconciliation
+            # counts them: one printed without storno shows as a difference there too.
+            job_groups = [line["vat_group"] for line in (ret.print_job or {}).get("lines", [])]
+            sold_groups = originals.get(ret.original_sale_id, [])
+            for index, line in enumerate(body.lines):
+                if index < len(job_groups):
+                    group = job_groups[index]
+                elif line.line_no <= len(sold_groups):
+                    group = sold_groups[line.line_no - 1]
+                else:
+                    unplaced.append((line.sku, line.line_total))
+                    continue
+                storno_by_group[group] += line.line_total
+        if unplaced:
+            # sold at a till without a fiscal printer: the product's group now
+            listed = await find_products(
+                session, [sku for sku, _ in unplaced], at=datetime.now(UTC), priced=False
+            )
+            for sku, amount in unplaced:
+                item = listed.get(sku)
+                storno_by_group[item.vat_group if item else "A"] += amount
         return {
             "receipts_count": len(sales),
             "sales_total": sum(s.total for s in sales),
@@ -226,7 +252,23 @@ class ShiftService:
             "cash_out": cash_moves.get("out", 0),
             "cash_refunds": refunds.get("cash", 0),
             "by_group": dict(by_group),
+            "storno_by_group": dict(storno_by_group),
             "pending": sum(1 for s in sales if s.status == "pending_fiscal") + pending_returns,
+        }
+
+    async def _original_groups(
+        self, session: AsyncSession, returns: Sequence[CustomerReturn]
+    ) -> dict[str, list[str]]:
+        """VAT group of each line of the receipts returned without a storno job."""
+        wanted = {r.original_sale_id for r in returns if not r.print_job}
+        if not wanted:
+            return {}
+        rows = await session.execute(
+            select(Sale.sale_id, Sale.print_job).where(Sale.sale_id.in_(wanted))
+        )
+        return {
+            sale_id: [line["vat_group"] for line in (job or {}).get("lines", [])]
+            for sale_id, job in rows
         }
 
     async def _summary(self, session: AsyncSession, shift: Shift) -> ShiftOut:
@@ -341,13 +383,21 @@ class ShiftService:
             )
             out = self._out(row, totals)
         agent_groups = {k: v for k, v in totals["by_group"].items() if v}
+        agent_storno = {k: v for k, v in totals["storno_by_group"].items() if v}
         return ShiftCloseOut(
             shift=out,
             z_report_number=z.report_number if z else None,
             z_turnover_by_vat_group=dict(z.turnover_by_vat_group) if z else {},
             z_storno_by_vat_group=dict(z.storno_by_vat_group) if z else {},
             agent_turnover_by_vat_group=agent_groups,
-            matches_fiscal=(dict(z.turnover_by_vat_group) == agent_groups) if z else None,
+            agent_storno_by_vat_group=agent_storno,
+            # every figure the Z carries that the agent records
+            matches_fiscal=(
+                dict(z.turnover_by_vat_group) == agent_groups
+                and dict(z.storno_by_vat_group) == agent_storno
+            )
+            if z
+            else None,
         )
 
     async def _z_report(self, devices: TillDeviceSet, shift_id: str) -> ReportResult:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from branch_agent.models import CashMove, CustomerReturn, Sale
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT, CMD_SALE
-from tests.branch_agent.conftest import TILL, Store
+from tests.branch_agent.conftest import TILL, TILL2, Store
 from tests.branch_agent.test_sales_and_fiscal import basket
 from tests.branch_agent.test_storno_cash_z import power_cut
 
@@ -172,3 +172,45 @@ async def test_opening_another_cashiers_shift_while_one_is_open_is_a_conflict(
     assert [e.body.shift_id for e in await store.events("shift_opened")] == [shift_id]
     assert store.fiscal.sim.cash_moves == [(0, Decimal("50.00"))]
 
+
+async def test_matches_fiscal_compares_the_z_storno_with_the_returns_too(store: Store) -> None:
+    await store.open_shift(cashier="anna")
+    sold = await store.sale(basket("m-1"))
+    assert sold.json()["status"] == "fiscalized"
+    # A storno of a T1 receipt: printed, counted in the Z's storno totals.
+    storno = await store.client.post(
+        "/api/v1/returns",
+        json={
+            "return_id": "m-r1",
+            "original_sale_id": "m-1",
+            "lines": [{"line_no": 1, "quantity": "1"}],
+        },
+        headers=TILL,
+    )
+    assert storno.json()["status"] == "fiscalized", storno.text
+    closed = (await store.client.post("/api/v1/shifts/current/close", headers=TILL)).json()
+    assert closed["z_storno_by_vat_group"] == {"B": storno.json()["total"]}
+    assert closed["agent_storno_by_vat_group"] == closed["z_storno_by_vat_group"]
+    assert closed["matches_fiscal"] is True
+
+    # A receipt of T2 (no fiscal printer) returned at T1: recorded, no storno printed,
+    # so T1's Z does not count it while its sales turnover still agrees.
+    await store.sale(basket("m-2"), headers=TILL2)
+    await store.open_shift(cashier="anna")
+    await store.sale(basket("m-3"))
+    unprinted = await store.client.post(
+        "/api/v1/returns",
+        json={
+            "return_id": "m-r2",
+            "original_sale_id": "m-2",
+            "original_till": "T2",
+            "lines": [{"line_no": 1, "quantity": "1"}],
+        },
+        headers=TILL,
+    )
+    assert unprinted.json()["status"] == "recorded", unprinted.text
+    second = (await store.client.post("/api/v1/shifts/current/close", headers=TILL)).json()
+    assert second["z_turnover_by_vat_group"] == second["agent_turnover_by_vat_group"]
+    assert second["z_storno_by_vat_group"] == {}
+    assert second["agent_storno_by_vat_group"] == {"B": unprinted.json()["total"]}
+    assert second["matches_fiscal"] is False
