@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, NotFound
-from branch_agent.models import CashMove, CustomerReturn, Sale
+from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
 from branch_agent.outbox import append_event
 from branch_agent.settings import AgentSettings
 from devices.errors import Condition, DeviceError
@@ -155,6 +155,74 @@ class CashIntents:
             ).all()
         for move in pending:
             await self.settle(devices, move)
+        await self.deposit_floats(devices)
+
+    async def deposit_floats(self, devices: TillDeviceSet) -> None:
+        """Deposit the opening float of the till's shifts that still wait for it (cash
+        in on the printer), exactly once: a deposit sent before is compared with the
+        printer first. Raises ``DeviceError`` when it cannot be done now."""
+        async with self._sessionmaker() as session:
+            waiting = (
+                await session.scalars(
+                    select(Shift)
+                    .where(Shift.till == devices.till.id, Shift.float_status == "pending")
+                    .order_by(Shift.opened_at)
+                )
+            ).all()
+        for shift in waiting:
+            await self._deposit(devices, shift)
+
+    async def _deposit(self, devices: TillDeviceSet, shift: Shift) -> None:
+        amount = shift.opening_float
+        document_before, cash_before = shift.float_document_before, shift.float_cash_before
+        if await self._deposited(devices, document_before, cash_before, amount):
+            await self._float_done(shift.shift_id)
+            return
+        # Not printed (never sent, or sent and not executed): read the state, record it,
+        # then send; the same comparison settles a crash or a lost answer after this.
+        document = await devices.fiscal_last_document()
+        cash = _minor((await devices.fiscal_cash_state()).cash)
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(Shift, shift.shift_id)
+            assert row is not None
+            row.float_document_before, row.float_cash_before = document, cash
+        try:
+            await devices.fiscal_cash(Decimal(amount) / 100, out=False)
+        except DeviceError:
+            if not await self._deposited(devices, document, cash, amount):
+                raise
+        await self._float_done(shift.shift_id)
+
+    async def _deposited(
+        self,
+        devices: TillDeviceSet,
+        document_before: int | None,
+        cash_before: int | None,
+        amount: int,
+    ) -> bool:
+        """Whether a deposit sent after reading (document_before, cash_before) was
+        printed (None: never sent); ``DeviceError`` when the printer's state explains
+        neither."""
+        if document_before is None or cash_before is None:
+            return False
+        document = await devices.fiscal_last_document()
+        cash = _minor((await devices.fiscal_cash_state()).cash)
+        if document == document_before and cash == cash_before:
+            return False
+        if document == document_before + 1 and cash - cash_before == amount:
+            return True
+        raise DeviceError(
+            Condition.UNKNOWN_STATE,
+            f"opening float: printer at document {document} with {cash} in the drawer,"
+            f" expected {document_before} or {document_before + 1} and {cash_before} or"
+            f" {cash_before + amount}; a person must check the journal",
+        )
+
+    async def _float_done(self, shift_id: str) -> None:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(Shift, shift_id)
+            assert row is not None
+            row.float_status = "done"
 
     async def settle(self, devices: TillDeviceSet, move: CashMove) -> str:
         """Compare the printer with what was read before printing: ``done`` or ``failed``;
@@ -310,6 +378,13 @@ class Fiscalizer:
                 (
                     await session.scalars(
                         select(CashMove.till).where(CashMove.status == "pending").distinct()
+                    )
+                ).all()
+            )
+            tills.update(
+                (
+                    await session.scalars(
+                        select(Shift.till).where(Shift.float_status == "pending").distinct()
                     )
                 ).all()
             )

@@ -203,6 +203,13 @@ class Shift(AgentBase):
     # it with the printer's instead of printing a second (zero) Z report.
     z_status: Mapped[str | None] = mapped_column(String(16), default=None)
     z_before_number: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The opening float's deposit (cash in, 0x46) on the fiscal printer, recorded with the
+    # shift: "pending" until printed, "done" after; the printer's document number and
+    # cash sum are read just before it is sent, so a retry after a crash or a lost answer
+    # compares instead of depositing twice. NULL: no float, or no fiscal printer.
+    float_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    float_document_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    float_cash_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class CashMove(AgentBase):

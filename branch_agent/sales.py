@@ -105,7 +105,7 @@ _INSERT_SALE = DirectStatement(
     insert(table_of(Sale)).values({c: bindparam(c) for c in _SALE_COLUMNS}), table_of(Sale)
 )
 _OPEN_SHIFT_OF_TILL = DirectStatement(
-    select(Shift.shift_id, Shift.cashier)
+    select(Shift.shift_id, Shift.cashier, Shift.z_status)
     .where(Shift.till == bindparam("till"), Shift.closed_at.is_(None))
     .order_by(Shift.opened_at.desc())
     .limit(1)
@@ -262,6 +262,14 @@ class SaleService:
         if given and given != shift_id:
             raise Conflict(
                 f"shift {given!r} is not the open shift of till {till} ({shift_id})",
+                field="shift_id",
+            )
+        if found[0][2] is not None:
+            # Its Z report is printing (or was, before a crash): a receipt now would be
+            # printed after the Z that closes the shift it is recorded in.
+            raise Conflict(
+                f"shift {shift_id} of till {till} is being closed (Z report): sell in the"
+                " next shift",
                 field="shift_id",
             )
         return shift_id, cashier

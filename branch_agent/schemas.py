@@ -186,7 +186,8 @@ class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True):
     # Empty: the agent names it "<till>-<n>".
     shift_id: Code64 = ""
     cashier: Text64 = ""
-    opening_float: NonNegativeInt64 = 0
+    # Left out: 0 for a new shift, and not compared with an open one's.
+    opening_float: NonNegativeInt64 | None = None
 
 
 class ShiftOut(msgspec.Struct, kw_only=True):
@@ -204,6 +205,9 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     cash_out: int
     # Cash that should be in the drawer: float + cash taken - change - refunds +/- moves.
     expected_cash: int
+    # The opening float's deposit on the fiscal printer: "done", "pending" (the printer
+    # was away: it goes before the till's next print), None (no float or no printer).
+    float_deposit: str | None = None
 
 
 class XReportOut(msgspec.Struct, kw_only=True):
@@ -218,8 +222,10 @@ class ShiftCloseOut(msgspec.Struct, kw_only=True):
     z_report_number: int | None
     z_turnover_by_vat_group: dict[str, int]
     z_storno_by_vat_group: dict[str, int]
-    # The agent's own turnover per VAT group beside the printer's, and whether they agree.
+    # The agent's own turnover and returns per VAT group beside the printer's turnover
+    # and storno totals, and whether they all agree.
     agent_turnover_by_vat_group: dict[str, int]
+    agent_storno_by_vat_group: dict[str, int]
     matches_fiscal: bool | None
 
 

@@ -17,7 +17,9 @@ lost is read back from fiscal memory (0x40).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
 from branch_agent.fiscal import CashIntents
@@ -55,6 +58,8 @@ from protocol.events import (
 )
 
 __all__ = ["ShiftService"]
+
+log = logging.getLogger(__name__)
 
 VAT_LETTERS = "ABCDEFGH"
 
@@ -99,23 +104,52 @@ class ShiftService:
         return result
 
     async def open_shift(self, till: str, data: ShiftOpenIn) -> tuple[ShiftOut, bool]:
+        """Record the shift, then deposit its float on the fiscal printer (cash in): the
+        printer's cash count is what a cash-out is checked against and what its Z report
+        says. The deposit is recorded pending with the shift, so a printer that is away,
+        or a crash before it, leaves it to the next print on the till (it goes first)
+        or the background retry; never twice (:meth:`CashIntents.deposit_floats`)."""
+        out, created = await self._record_shift(till, data)
+        if out.float_deposit == "pending":
+            devices = self._devices.tills[till]
+            try:
+                async with devices.fiscal_queue:
+                    await self._cash.settle_till(devices)
+            except DeviceError as exc:
+                log.warning("till %s: opening float not deposited yet: %s", till, exc)
+            async with self._sessionmaker() as session:
+                shift = await session.get(Shift, out.shift_id)
+                assert shift is not None
+                out = await self._summary(session, shift)
+        return out, created
+
+    async def _record_shift(self, till: str, data: ShiftOpenIn) -> tuple[ShiftOut, bool]:
+        devices = self._devices.tills.get(till)
+        fiscal = devices is not None and devices.has_fiscal
         try:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 current = await self._current(session, till)
                 if current is not None:
-                    if data.shift_id in ("", current.shift_id):
-                        return await self._summary(session, current), False
-                    raise Conflict(
-                        f"shift {current.shift_id} is still open at till {till}", field="shift_id"
-                    )
+                    if data.shift_id not in ("", current.shift_id):
+                        raise Conflict(
+                            f"shift {current.shift_id} is still open at till {till}",
+                            field="shift_id",
+                        )
+                    # The same request again gets the open shift; one for another
+                    # cashier or float is another shift, which cannot open now.
+                    _same_shift(current, data)
+                    return await self._summary(session, current), False
                 shift_id = data.shift_id or f"{till}-{await next_counter(session, f'shift:{till}')}"
                 if await session.get(Shift, shift_id) is not None:
                     raise Conflict(f"shift {shift_id} was already used", field="shift_id")
+                opening_float = data.opening_float or 0
                 shift = Shift(
                     shift_id=shift_id,
                     till=till,
                     cashier=data.cashier,
-                    opening_float=data.opening_float,
+                    opening_float=opening_float,
+                    # 0 would only ask the printer's cash sum: nothing to deposit
+                    float_status="pending" if fiscal and opening_float > 0 else None,
                 )
                 session.add(shift)
                 await append_event(
@@ -126,7 +160,7 @@ class ShiftService:
                         till=till,
                         shift_id=shift_id,
                         cashier=data.cashier,
-                        opening_float=data.opening_float,
+                        opening_float=opening_float,
                     ),
                 )
                 await session.flush()
@@ -181,10 +215,34 @@ class ShiftService:
             ):
                 by_group[job_line["vat_group"]] += line.line_total
         refunds: dict[str, int] = defaultdict(int)
+        storno_by_group: dict[str, int] = defaultdict(int)
+        originals = await self._original_groups(session, returns)
+        unplaced: list[tuple[str, int]] = []
         for ret in returns:
             body = msgspec.convert(ret.body, CustomerReturnRecorded)
             for refund in body.refunds:
                 refunds[refund.type] += refund.amount
+            # Every return against the Z's storno totals, as central's reconciliation
+            # counts them: one printed without storno shows as a difference there too.
+            job_groups = [line["vat_group"] for line in (ret.print_job or {}).get("lines", [])]
+            sold_groups = originals.get(ret.original_sale_id, [])
+            for index, line in enumerate(body.lines):
+                if index < len(job_groups):
+                    group = job_groups[index]
+                elif line.line_no <= len(sold_groups):
+                    group = sold_groups[line.line_no - 1]
+                else:
+                    unplaced.append((line.sku, line.line_total))
+                    continue
+                storno_by_group[group] += line.line_total
+        if unplaced:
+            # sold at a till without a fiscal printer: the product's group now
+            listed = await find_products(
+                session, [sku for sku, _ in unplaced], at=datetime.now(UTC), priced=False
+            )
+            for sku, amount in unplaced:
+                item = listed.get(sku)
+                storno_by_group[item.vat_group if item else "A"] += amount
         return {
             "receipts_count": len(sales),
             "sales_total": sum(s.total for s in sales),
@@ -194,7 +252,23 @@ class ShiftService:
             "cash_out": cash_moves.get("out", 0),
             "cash_refunds": refunds.get("cash", 0),
             "by_group": dict(by_group),
+            "storno_by_group": dict(storno_by_group),
             "pending": sum(1 for s in sales if s.status == "pending_fiscal") + pending_returns,
+        }
+
+    async def _original_groups(
+        self, session: AsyncSession, returns: Sequence[CustomerReturn]
+    ) -> dict[str, list[str]]:
+        """VAT group of each line of the receipts returned without a storno job."""
+        wanted = {r.original_sale_id for r in returns if not r.print_job}
+        if not wanted:
+            return {}
+        rows = await session.execute(
+            select(Sale.sale_id, Sale.print_job).where(Sale.sale_id.in_(wanted))
+        )
+        return {
+            sale_id: [line["vat_group"] for line in (job or {}).get("lines", [])]
+            for sale_id, job in rows
         }
 
     async def _summary(self, session: AsyncSession, shift: Shift) -> ShiftOut:
@@ -226,6 +300,7 @@ class ShiftService:
             cash_in=t["cash_in"],
             cash_out=t["cash_out"],
             expected_cash=expected,
+            float_deposit=shift.float_status,
         )
 
     async def x_report(self, till: str) -> XReportOut:
@@ -245,7 +320,7 @@ class ShiftService:
                 condition=exc.condition,
             ) from exc
         return XReportOut(
-            shift=summary,
+            shift=await self.current(till),  # as of now: a float may have just gone in
             fiscal_turnover_by_vat_group=_by_group(report.totals),
             fiscal_report_number=report.report_number,
         )
@@ -308,13 +383,21 @@ class ShiftService:
             )
             out = self._out(row, totals)
         agent_groups = {k: v for k, v in totals["by_group"].items() if v}
+        agent_storno = {k: v for k, v in totals["storno_by_group"].items() if v}
         return ShiftCloseOut(
             shift=out,
             z_report_number=z.report_number if z else None,
             z_turnover_by_vat_group=dict(z.turnover_by_vat_group) if z else {},
             z_storno_by_vat_group=dict(z.storno_by_vat_group) if z else {},
             agent_turnover_by_vat_group=agent_groups,
-            matches_fiscal=(dict(z.turnover_by_vat_group) == agent_groups) if z else None,
+            agent_storno_by_vat_group=agent_storno,
+            # every figure the Z carries that the agent records
+            matches_fiscal=(
+                dict(z.turnover_by_vat_group) == agent_groups
+                and dict(z.storno_by_vat_group) == agent_storno
+            )
+            if z
+            else None,
         )
 
     async def _z_report(self, devices: TillDeviceSet, shift_id: str) -> ReportResult:
@@ -338,6 +421,16 @@ class ShiftService:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 row = await session.get(Shift, shift_id)
                 assert row is not None
+                # Sales commit under the same write lock and are refused once the
+                # intent is on the shift; one recorded since the caller's check still
+                # waits for this queue and would print after the Z: not this time.
+                waiting = await _waiting_for_printer(session, row)
+                if waiting:
+                    raise Conflict(
+                        f"{waiting} sale(s) or return(s) of this shift still wait for the"
+                        " fiscal printer",
+                        field="shift",
+                    )
                 row.z_status, row.z_before_number = "pending", before
         try:
             report = await devices.fiscal_report("z")
@@ -381,6 +474,13 @@ class ShiftService:
                 # failed: known not printed; the till asks again with the same id
             elif shift is None:
                 raise Conflict("open a shift before moving cash", field="shift")
+            elif shift.z_status is not None:
+                # its Z report is printing: the move would come after the Z counted it
+                raise Conflict(
+                    f"shift {shift.shift_id} is being closed (Z report): move cash in the"
+                    " next shift",
+                    field="shift",
+                )
             try:
                 document = await devices.fiscal_last_document()
                 cash = _minor((await devices.fiscal_cash_state()).cash)
@@ -495,6 +595,39 @@ class ShiftService:
             except DeviceError:
                 pass  # reported in the device state; the move is recorded
         return _cash_out(row), True
+
+
+def _same_shift(current: Shift, data: ShiftOpenIn) -> None:
+    """Refuse an opening that names another cashier or float than the open shift's
+    (a field left out is not compared)."""
+    opened = (
+        f"shift {current.shift_id} is open at till {current.till} for"
+        f" {current.cashier or 'no cashier'} with a float of {_money(current.opening_float)}:"
+        " close it first"
+    )
+    if data.cashier and data.cashier != current.cashier:
+        raise Conflict(opened, field="cashier")
+    if data.opening_float is not None and data.opening_float != current.opening_float:
+        raise Conflict(opened, field="opening_float")
+
+
+async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:
+    """How many sales and returns of the shift are still to be printed."""
+    count = 0
+    for model in (Sale, CustomerReturn):
+        count += int(
+            await session.scalar(
+                select(func.count())
+                .select_from(model)
+                .where(
+                    model.till == shift.till,
+                    model.shift_id == shift.shift_id,
+                    model.status == "pending_fiscal",
+                )
+            )
+            or 0
+        )
+    return count
 
 
 def _cash_out(row: CashMove) -> CashMoveOut:

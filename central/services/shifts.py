@@ -55,7 +55,8 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     # What central holds for the shift (late sales included).
     recorded: ShiftTotals
     late_receipts: int
-    # Recorded sales equal the Z turnover and the Z receipt count (None: no Z yet).
+    # Recorded sales equal the Z turnover and the Z receipt count, recorded returns the
+    # Z storno total (None: no Z yet).
     z_matches: bool | None
 
 
@@ -147,11 +148,14 @@ async def list_shifts(
         count, sales_total, late = sales.get(key, (0, 0, 0))
         cash_in, cash_out = cash.get(key, (0, 0))
         z_total = sum(s.z_turnover_by_vat_group.values()) if s.z_report_number is not None else None
+        # Every figure of the Z that central records, as the shift reconciliation report
+        # compares them: sales turnover, receipts, and storno (returns) total.
         z_matches = (
             None
             if z_total is None
             else z_total == sales_total
             and (s.z_receipts_count is None or s.z_receipts_count == count)
+            and sum(s.z_storno_by_vat_group.values()) == returns.get(key, 0)
         )
         if s.closed_at is None:
             status = "open"

@@ -59,11 +59,13 @@ async def test_a_shift_from_open_to_z_report(store: Store) -> None:
         headers=TILL,
     )
     assert repeat.status_code == 200
-    assert store.fiscal.sim.cash_moves == [(0, Decimal("50.00"))]
+    # the opening float went in first, then the move
+    assert store.fiscal.sim.cash_moves == [(0, Decimal("100.00")), (0, Decimal("50.00"))]
     x = await store.client.post("/api/v1/shifts/current/x-report", headers=TILL)
     assert x.status_code == 200, x.text
     assert x.json()["fiscal_turnover_by_vat_group"] == {"A": 1398, "B": 476}
     assert x.json()["shift"]["expected_cash"] == 10000 + 937 + 5000
+    assert store.fiscal.sim.cash == Decimal("159.37")  # the printer counts as the agent
     closed = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
     assert closed.status_code == 200, closed.text
     body = closed.json()

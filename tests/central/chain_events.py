@@ -187,8 +187,11 @@ class BranchBooks:
             CashMoved(till="T1", shift_id="S1", direction=direction, amount=amount)  # type: ignore[arg-type]
         )
 
-    def close_shift(self, shift: str = "S1", *, z_total: int | None = None) -> EventEnvelope:
+    def close_shift(
+        self, shift: str = "S1", *, z_total: int | None = None, z_storno: int | None = None
+    ) -> EventEnvelope:
         total = self.sales_total if z_total is None else z_total
+        storno = self.returns_total if z_storno is None else z_storno
         return self._add(
             ShiftClosed(
                 till="T1",
@@ -200,6 +203,7 @@ class BranchBooks:
                 z_report=ZReportTotals(
                     report_number=1,
                     turnover_by_vat_group={"B": total},
+                    storno_by_vat_group={"B": storno} if storno else {},
                     receipts_count=self.receipts,
                 ),
             )

@@ -30,7 +30,7 @@ from central.models import (
     StockBalance,
     StockMovement,
 )
-from central.reports.service import sync_health
+from central.reports.service import shift_reconciliation, sync_health
 from central.services.branches import add_branch
 from central.services.dead_letters import replay_dead_letter
 from central.services.documents import get_document
@@ -141,6 +141,31 @@ async def test_stock_ledger_costs_flags_and_rebuild(
     async with sessionmaker() as session, session.begin():
         assert (await rebuild_balances(session, verify_only=True)).agree
     assert (await _totals(sessionmaker))["balances"] == totals["balances"]
+
+
+@pytest.mark.parametrize(("z_storno", "matches"), [(None, True), (100, False)])
+async def test_z_matches_compares_the_z_storno_with_the_recorded_returns(
+    sessionmaker: async_sessionmaker[AsyncSession], z_storno: int | None, matches: bool
+) -> None:
+    books = BranchBooks("B1")
+    books.document("goods_receipt", [("MILK", 10_000, 100)])
+    books.open_shift()
+    sold = books.sale([("MILK", 2_000, 199)])
+    books.customer_return("MILK", 1_000, 199, original=sold.body.sale_id)  # type: ignore[union-attr]
+    # The Z's turnover and receipts agree; its storno is the returns (199) or not (100).
+    books.close_shift(z_storno=z_storno)
+    await IngestWorker(sessionmaker).process([message(e) for e in books.events])
+    async with sessionmaker() as session:
+        page = await list_shifts(
+            session, branch="B1", till=None, date_from=None, date_to=None, limit=10, offset=0
+        )
+        day = page.items[0].local_date
+        (row,) = (await shift_reconciliation(session, date_from=day, date_to=day, branch="B1")).rows
+    (shift,) = page.items
+    assert shift.z_turnover_total == shift.recorded.sales_total
+    assert shift.z_matches is matches
+    # The same verdict as the reconciliation report's.
+    assert (row.differences == []) is matches
 
 
 async def test_late_sales_are_stored_flagged_and_counted_in_their_shift(

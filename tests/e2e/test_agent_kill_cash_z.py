@@ -142,3 +142,129 @@ async def test_sigkill_around_cash_moves_and_the_z_report_prints_each_once(
     assert closing.z_report.report_number == 1
     assert closing.z_report.turnover_by_vat_group == {"A": 2097}
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_shift_killed_mid_close_still_refuses_sales_after_the_restart(
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+
+    def kill_and_lose_the_frame(_sim: Any) -> str:
+        agent.kill_from_thread()
+        killed.set()
+        return "drop"
+
+    def sale(sale_id: str) -> dict[str, Any]:
+        return {
+            "sale_id": sale_id,
+            "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
+            "payments": [{"type": "cash", "amount": 1000}],
+        }
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
+            first = await client.post(f"{url}/api/v1/sales", json=sale("zk0"), headers=T1)
+            assert first.json()["status"] == "fiscalized"
+            # Killed as the Z frame goes out, and the frame is lost: the intent is
+            # recorded, nothing printed.
+            sim.at_command(CMD_REPORT, kill_and_lose_the_frame, nth=1)
+            try:
+                await client.post(f"{url}/api/v1/shifts/current/close", json={}, headers=T1)
+            except httpx.HTTPError:
+                pass
+        assert killed.is_set()
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            refused = await client.post(f"{url}/api/v1/sales", json=sale("zk1"), headers=T1)
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["errors"][0]["field"] == "shift_id"
+            closed = await client.post(f"{url}/api/v1/shifts/current/close", json={}, headers=T1)
+            assert closed.status_code == 200, closed.text
+            assert closed.json()["matches_fiscal"] is True
+            assert closed.json()["shift"]["receipts_count"] == 1
+            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
+            later = await client.post(f"{url}/api/v1/sales", json=sale("zk1"), headers=T1)
+            assert later.status_code == 201, later.text
+            assert later.json()["shift_id"] != closed.json()["shift"]["shift_id"]
+    finally:
+        agent.stop()
+    assert sim.reports == [("Z", 1)]
+    assert len(sim.receipts) == 2
+    (z_number, turnover, _storno, _date) = sim.fiscal_memory[0]
+    assert z_number == 1
+    assert sum(turnover) == Decimal(first.json()["total"]) / 100
+
+
+async def test_sigkill_around_the_opening_float_deposits_it_once(
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Killed as the printer takes the float (printed, not recorded as done), then as its
+    frame is lost (recorded pending, nothing printed): one deposit each, made or
+    recognised by the restarted agent's background retry."""
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+
+    def kill_as_printed(_sim: Any) -> None:
+        agent.kill_from_thread()
+        killed.set()
+
+    def kill_and_lose_the_frame(_sim: Any) -> str:
+        agent.kill_from_thread()
+        killed.set()
+        return "drop"
+
+    async def open_killed(float_: int, hook: Any) -> Any:
+        killed.clear()
+        # 0x46 frames of an opening: #1 reads the cash sum before, #2 is the deposit
+        sim.at_command(CMD_CASH_IN_OUT, hook, nth=2)
+        async with httpx.AsyncClient(timeout=30) as client:
+            try:
+                await client.post(
+                    f"{url}/api/v1/shifts", json={"opening_float": float_}, headers=T1
+                )
+            except httpx.HTTPError:
+                pass
+        assert killed.is_set()
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(100):  # the background retry settles it
+                shift = (await client.get(f"{url}/api/v1/shifts/current", headers=T1)).json()
+                if shift["float_deposit"] == "done":
+                    return shift
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"float still {shift['float_deposit']}")
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        first = await open_killed(20000, kill_as_printed)
+        assert sim.cash_moves == [(0, Decimal("200.00"))]
+        assert sim.cash == Decimal(first["expected_cash"]) / 100
+        async with httpx.AsyncClient(timeout=30) as client:
+            closed = await client.post(f"{url}/api/v1/shifts/current/close", json={}, headers=T1)
+            assert closed.status_code == 200, closed.text
+        second = await open_killed(15000, kill_and_lose_the_frame)
+        assert sim.cash_moves == [(0, Decimal("200.00")), (0, Decimal("150.00"))]
+        assert second["expected_cash"] == 15000
+    finally:
+        agent.stop()
+    # the second float on top of what the first shift left in the drawer
+    assert sim.cash == Decimal("350.00")
