@@ -165,6 +165,9 @@ class CustomerReturn(AgentBase):
     till: Mapped[str] = mapped_column(String(32))
     return_id: Mapped[str] = mapped_column(String(64))
     original_sale_id: Mapped[str] = mapped_column(String(64), index=True)
+    # The till of the original sale: sale ids are the till's, two tills may share one.
+    # None only for returns recorded before it was kept whose sale is gone (a1803).
+    original_till: Mapped[str | None] = mapped_column(String(32), default=None)
     shift_id: Mapped[str] = mapped_column(String(64))
     return_number: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[int] = mapped_column(BigInteger)

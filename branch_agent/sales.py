@@ -461,17 +461,7 @@ class SaleService:
             if existing is not None:
                 return return_out(existing), False
             shift_id, shift_cashier = await self._open_shift(session, till, data.shift_id)
-            original = await session.scalar(
-                select(Sale).where(
-                    Sale.sale_id == data.original_sale_id,
-                    *((Sale.till == data.original_till,) if data.original_till else ()),
-                )
-            )
-            if original is None:
-                raise Rejected(
-                    f"no receipt {data.original_sale_id!r} at this branch",
-                    field="original_sale_id",
-                )
+            original = await self._original_sale(session, till, data)
             if original.status == "pending_fiscal":
                 raise Conflict(
                     "the original receipt is not fiscalized yet", field="original_sale_id"
@@ -489,7 +479,7 @@ class SaleService:
                 line["vat_group"] for line in (original.print_job or {}).get("lines", [])
             ]
             job_lines: list[dict[str, Any]] = []
-            already = await self._returned(session, original.sale_id)
+            already = await self._returned(session, original.till, original.sale_id)
             by_no = {line.line_no: line for line in sold.lines}
             # Whether a line is weighed, from the catalog (priced or not); a product no
             # longer listed is taken as weighed only if it was sold in a fraction.
@@ -602,6 +592,7 @@ class SaleService:
                 return_id=data.return_id,
                 original_sale_id=original.sale_id,
                 original_receipt_number=original.receipt_number,
+                original_till=original.till,
                 cashier=data.cashier or shift_cashier,
                 lines=tuple(lines),
                 refunds=refunds,
@@ -613,6 +604,7 @@ class SaleService:
                 till=till,
                 return_id=data.return_id,
                 original_sale_id=original.sale_id,
+                original_till=original.till,
                 shift_id=shift_id,
                 return_number=body.return_number,
                 total=total,
@@ -653,11 +645,53 @@ class SaleService:
                 raise NotFound(f"no return {return_id} at till {till}")
             return return_out(row)
 
-    async def _returned(self, session: AsyncSession, sale_id: str) -> dict[int, tuple[int, int]]:
-        """Per original line number: the quantity already returned and the amount refunded."""
+    async def _original_sale(self, session: AsyncSession, till: str, data: ReturnIn) -> Sale:
+        """The sale a return is against. A sale id is the till's: two tills may use the
+        same one, so the till named, else the returning till's own sale, else the one
+        other till's; several other tills' sales under the id: the till must say which."""
+        if data.original_till:
+            found = await session.scalar(
+                select(Sale).where(
+                    Sale.till == data.original_till, Sale.sale_id == data.original_sale_id
+                )
+            )
+            if found is None:
+                raise Rejected(
+                    f"no receipt {data.original_sale_id!r} at till {data.original_till}",
+                    field="original_sale_id",
+                )
+            return found
+        candidates = list(
+            await session.scalars(
+                select(Sale).where(Sale.sale_id == data.original_sale_id).order_by(Sale.id)
+            )
+        )
+        own = [s for s in candidates if s.till == till]
+        if own:
+            return own[0]
+        if not candidates:
+            raise Rejected(
+                f"no receipt {data.original_sale_id!r} at this branch", field="original_sale_id"
+            )
+        if len(candidates) > 1:
+            tills = ", ".join(sorted(s.till for s in candidates))
+            raise Conflict(
+                f"receipt {data.original_sale_id!r} is at several tills ({tills}): "
+                "name the one in original_till",
+                field="original_till",
+            )
+        return candidates[0]
+
+    async def _returned(
+        self, session: AsyncSession, till: str, sale_id: str
+    ) -> dict[int, tuple[int, int]]:
+        """Per original line number: the quantity already returned and the amount refunded
+        (of that till's sale: another till's sale of the same id is another receipt)."""
         done: dict[int, tuple[int, int]] = {}
         rows = await session.scalars(
-            select(CustomerReturn.body).where(CustomerReturn.original_sale_id == sale_id)
+            select(CustomerReturn.body).where(
+                CustomerReturn.original_till == till, CustomerReturn.original_sale_id == sale_id
+            )
         )
         for body in rows:
             for line in msgspec.convert(body, CustomerReturnRecorded).lines:
@@ -709,6 +743,7 @@ def return_out(row: CustomerReturn) -> ReturnOut:
         return_id=row.return_id,
         till=row.till,
         original_sale_id=row.original_sale_id,
+        original_till=row.original_till,
         return_number=row.return_number,
         total=row.total,
         lines=[
