@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from sqlalchemy import func, select
 
 from branch_agent.agent import Agent
 from branch_agent.models import CashMove, CustomerReturn, OutboxEvent, Sale
 from branch_agent.settings import AgentSettings, TillConfig
+from protocol.codec import decode_envelope
+from tests.branch_agent.conftest import Store
 from tests.conftest import asgi_client
 
 T1 = {"Authorization": "Bearer till-1-secret"}
@@ -159,19 +162,12 @@ async def test_a_return_of_a_sale_id_several_other_tills_used_must_name_the_till
 
 async def outbox(agent: Agent) -> list[dict[str, Any]]:
     """The bodies of the outbox's events, in sequence order, with their kind."""
-    from protocol.codec import decode_envelope
-
     async with agent.sessionmaker() as session:
         payloads = await session.scalars(select(OutboxEvent.payload).order_by(OutboxEvent.seq))
-        import msgspec
-
         return [
             {"kind": e.body.__struct_config__.tag} | msgspec.to_builtins(e.body)
             for e in map(decode_envelope, payloads)
         ]
-
-
-__all__ = ["CashMove", "Sale"]
 
 
 def _migrate(path: Path, revision: str, *, down: bool = False) -> None:
@@ -191,7 +187,8 @@ async def test_returns_recorded_before_the_upgrade_find_the_till_of_their_sale(
     tills: tuple[Agent, httpx.AsyncClient],
 ) -> None:
     """Returns recorded by the release before (no original_till) get the till whose
-    sale holds their products: T1's return of T2's coffee is T2's, not T1's bread."""
+    sale holds their products: T1's return of T2's coffee is T2's, not T1's bread; a
+    sale of then (no manual discount amounts) is still told from other content."""
     agent, client = tills
     await two_u4_sales(client)
     for till, return_id, original in ((T1, "r1", "T2"), (T2, "r2", "T2"), (T1, "r3", "T1")):
@@ -199,6 +196,12 @@ async def test_returns_recorded_before_the_upgrade_find_the_till_of_their_sale(
             "/api/v1/returns", json=ret(return_id, "1", original_till=original), headers=till
         )
         assert done.status_code == 201, done.text
+    discounted = {
+        "sale_id": "u8",
+        "lines": [{"barcode": BREAD, "quantity": "2", "manual_discount": 50}],
+        "payments": [{"type": "cash", "amount": 1000}],
+    }
+    assert (await client.post("/api/v1/sales", json=discounted, headers=T3)).status_code == 201
     path = agent.settings.database_path
     await agent.stop()
     await asyncio.to_thread(_migrate, path, "a1802", down=True)
@@ -221,5 +224,156 @@ async def test_returns_recorded_before_the_upgrade_find_the_till_of_their_sale(
             assert last.status_code == 201, last.text
             none = await again.post("/api/v1/returns", json=ret("r5", "1"), headers=T1)
             assert none.status_code == 422, none.text
+            # A sale recorded before the upgrade kept no discount amounts: its retry
+            # is taken, one without the discount is other content.
+            retry = await again.post("/api/v1/sales", json=discounted, headers=T3)
+            assert retry.status_code == 200, retry.text
+            undiscounted = {**discounted, "lines": [{"barcode": BREAD, "quantity": "2"}]}
+            other = await again.post("/api/v1/sales", json=undiscounted, headers=T3)
+            assert (other.status_code, problem_field(other)) == (409, "sale_id")
     finally:
         await restarted.stop()
+
+
+# The same id with other content ----------------------------------------------------
+
+
+async def counts(agent: Agent) -> tuple[int, int, int, int]:
+    """Sales, returns, cash moves and outbox events recorded."""
+    async with agent.sessionmaker() as session:
+        return (
+            await session.scalar(select(func.count(Sale.id))) or 0,
+            await session.scalar(select(func.count(CustomerReturn.id))) or 0,
+            await session.scalar(select(func.count(CashMove.id))) or 0,
+            await session.scalar(select(func.count()).select_from(OutboxEvent)) or 0,
+        )
+
+
+def problem_field(response: httpx.Response) -> str:
+    return str(response.json()["errors"][0]["field"])
+
+
+async def test_a_sale_id_posted_again_with_another_basket_is_refused(
+    tills: tuple[Agent, httpx.AsyncClient],
+) -> None:
+    agent, client = tills
+    body = {
+        "sale_id": "u5",
+        "cashier": "anna",
+        "lines": [
+            {"barcode": BREAD, "quantity": "2", "manual_discount": 50},
+            {"sku": "COFFEE-250"},
+        ],
+        "payments": [{"type": "cash", "amount": 2000}],
+    }
+    first = await client.post("/api/v1/sales", json=body, headers=T1)
+    assert first.status_code == 201, first.text
+    recorded = await counts(agent)
+    # The till's answer was lost to a timeout: it sends the same sale again, spelling
+    # the quantities its own way. The original comes back; nothing is recorded twice.
+    retry = body | {
+        "lines": [
+            {"barcode": BREAD, "quantity": "2.000", "manual_discount": 50},
+            {"sku": "COFFEE-250", "quantity": "1"},
+        ]
+    }
+    again = await client.post("/api/v1/sales", json=retry, headers=T1)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json() | {"event_seq": None}
+    assert await counts(agent) == recorded
+    others = {
+        "another quantity": body
+        | {"lines": [{"barcode": BREAD, "quantity": "3", "manual_discount": 50}, body["lines"][1]]},
+        "another product": body | {"lines": [body["lines"][0], {"sku": "MILK-1L"}]},
+        "a line less": body | {"lines": body["lines"][:1]},
+        "another manual discount": body
+        | {"lines": [{"barcode": BREAD, "quantity": "2", "manual_discount": 60}, body["lines"][1]]},
+        "other payments": body | {"payments": [{"type": "credit_card", "amount": 1000}]},
+        "another cashier": body | {"cashier": "bob"},
+    }
+    for what, other in others.items():
+        refused = await client.post("/api/v1/sales", json=other, headers=T1)
+        assert refused.status_code == 409, (what, refused.text)
+        assert problem_field(refused) == "sale_id", what
+        assert "other content" in refused.json()["detail"], what
+    assert await counts(agent) == recorded
+    # The same id at another till is that till's own sale.
+    other_till = await client.post("/api/v1/sales", json=others["another quantity"], headers=T2)
+    assert other_till.status_code == 201, other_till.text
+
+
+async def test_a_return_id_posted_again_with_other_lines_is_refused(
+    tills: tuple[Agent, httpx.AsyncClient],
+) -> None:
+    agent, client = tills
+    await two_u4_sales(client)
+    first = await client.post("/api/v1/returns", json=ret("r1", "2", reason="broken"), headers=T2)
+    assert first.status_code == 201, first.text
+    recorded = await counts(agent)
+    retry = await client.post(
+        "/api/v1/returns", json=ret("r1", "2.000", reason="broken", original_till="T2"), headers=T2
+    )
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == first.json()
+    for what, other in {
+        "another quantity": ret("r1", "1", reason="broken"),
+        "another reason": ret("r1", "2", reason="wrong size"),
+        "another sale": ret("r1", "2", reason="broken") | {"original_sale_id": "u5"},
+        "another refund": ret("r1", "2", reason="broken", refund_type="cash"),
+    }.items():
+        refused = await client.post("/api/v1/returns", json=other, headers=T2)
+        assert refused.status_code == 409, (what, refused.text)
+        assert problem_field(refused) == "return_id", what
+    assert await counts(agent) == recorded
+
+
+async def test_a_move_id_posted_again_with_another_amount_is_refused(
+    tills: tuple[Agent, httpx.AsyncClient],
+) -> None:
+    agent, client = tills
+    move = {"move_id": "m1", "direction": "in", "amount": 500, "reason": "float"}
+    first = await client.post("/api/v1/cash-moves", json=move, headers=T1)
+    assert first.status_code == 201, first.text
+    recorded = await counts(agent)
+    again = await client.post("/api/v1/cash-moves", json=move, headers=T1)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    for other in (move | {"direction": "out"}, move | {"amount": 600}, move | {"reason": "x"}):
+        refused = await client.post("/api/v1/cash-moves", json=other, headers=T1)
+        assert refused.status_code == 409, refused.text
+        assert problem_field(refused) == "move_id"
+    assert await counts(agent) == recorded
+    shift = (await client.get("/api/v1/shifts/current", headers=T1)).json()
+    assert (shift["cash_in"], shift["cash_out"]) == (500, 0)
+
+
+async def test_a_fiscal_cash_move_retried_after_a_lost_answer_must_be_the_same(
+    store: Store,
+) -> None:
+    """On a till with a fiscal printer: the answer of a cash-out is lost (the printer
+    went deaf after printing it); a post of its id with another amount is refused and
+    prints nothing, the same move again is settled from the printer: 200, printed once."""
+    from decimal import Decimal
+
+    from devices.fiscal_datecs import CMD_CASH_IN_OUT
+    from tests.branch_agent.conftest import TILL
+    from tests.branch_agent.test_sales_and_fiscal import basket
+
+    def power_cut(sim: Any) -> None:
+        sim.power_loss(30.0)
+
+    sim = store.fiscal.sim
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    await store.sale(basket("s-cash"))
+    post = {"move_id": "out-1", "direction": "out", "amount": 300}
+    lost = await store.client.post("/api/v1/cash-moves", json=post, headers=TILL)
+    assert lost.status_code == 503, lost.text
+    sim.deaf_until = 0.0
+    other = await store.client.post("/api/v1/cash-moves", json=post | {"amount": 200}, headers=TILL)
+    assert other.status_code == 409, other.text
+    assert problem_field(other) == "move_id"
+    assert sim.cash_moves == [(1, Decimal("3.00"))]
+    again = await store.client.post("/api/v1/cash-moves", json=post, headers=TILL)
+    assert again.status_code == 200, again.text
+    assert again.json()["amount"] == 300
+    assert sim.cash_moves == [(1, Decimal("3.00"))]

@@ -8,6 +8,9 @@ number), then the receipt number the return recorded, then the returning till's 
 then the earliest; no sale of that id (not possible without editing the database):
 NULL, counted against no sale.
 
+sales.manual_discounts: the manual discount the till sent on each line (a sale id
+posted again is compared with what the till sent); NULL on sales recorded before.
+
 Revision ID: a1803
 Revises: a1802
 Create Date: 2026-12-03 10:00:00
@@ -28,6 +31,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("customer_returns") as batch:
         batch.add_column(sa.Column("original_till", sa.String(length=32), nullable=True))
+    with op.batch_alter_table("sales") as batch:
+        batch.add_column(sa.Column("manual_discounts", sa.JSON(), nullable=True))
     bind = op.get_bind()
     sales: dict[str, list[tuple[int, str, int, dict[int, str]]]] = {}
     for sale_id, sale_row, till, number, receipt in bind.execute(
@@ -62,5 +67,7 @@ def _fit(
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sales") as batch:
+        batch.drop_column("manual_discounts")
     with op.batch_alter_table("customer_returns") as batch:
         batch.drop_column("original_till")
