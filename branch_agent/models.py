@@ -125,6 +125,10 @@ class Sale(AgentBase):
     fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
     # The priced receipt (protocol ReceiptRecorded, as JSON) returned to a retrying till.
     receipt: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The manual discount the till sent per line (None: none on any line), so a retry
+    # is told from other content under the same sale id (the receipt holds only their
+    # sum with the promotions'). None on sales recorded before it was kept (a1803).
+    manual_discounts: Mapped[list[int] | None] = mapped_column(JSON, default=None)
     event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     # The exact job for the fiscal printer, so every retry sends the identical receipt.
     print_job: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -165,6 +169,9 @@ class CustomerReturn(AgentBase):
     till: Mapped[str] = mapped_column(String(32))
     return_id: Mapped[str] = mapped_column(String(64))
     original_sale_id: Mapped[str] = mapped_column(String(64), index=True)
+    # The till of the original sale: sale ids are the till's, two tills may share one.
+    # None only for returns recorded before it was kept whose sale is gone (a1803).
+    original_till: Mapped[str | None] = mapped_column(String(32), default=None)
     shift_id: Mapped[str] = mapped_column(String(64))
     return_number: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[int] = mapped_column(BigInteger)

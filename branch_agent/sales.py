@@ -98,6 +98,7 @@ _SALE_COLUMNS = (
     "change",
     "status",
     "receipt",
+    "manual_discounts",
     "print_job",
     "event_id",
 )
@@ -175,6 +176,13 @@ class SaleService:
                     return await self._commit_sale(session, db, till, sale, fiscal=fiscal), True
             existing = await session.scalar(_SALE_BY_ID, key)
             assert existing is not None
+            difference = _sale_difference(existing, sale)
+            if difference is not None:
+                raise Conflict(
+                    f"sale {sale.sale_id} was recorded with other content ({difference}):"
+                    " a different sale needs its own id",
+                    field="sale_id",
+                )
             return sale_out(existing), False
 
     async def _commit_sale(
@@ -193,6 +201,11 @@ class SaleService:
             "change": receipt.change,
             "status": "pending_fiscal" if fiscal else "recorded",
             "receipt": msgspec.to_builtins(receipt),
+            "manual_discounts": (
+                [line.manual_discount for line in sale.lines]
+                if any(line.manual_discount for line in sale.lines)
+                else None
+            ),
             "print_job": job if fiscal else None,
             "event_id": None,
         }
@@ -467,19 +480,16 @@ class SaleService:
                 )
             )
             if existing is not None:
+                difference = _return_difference(existing, data)
+                if difference is not None:
+                    raise Conflict(
+                        f"return {data.return_id} was recorded with other content"
+                        f" ({difference}): a different return needs its own id",
+                        field="return_id",
+                    )
                 return return_out(existing), False
             shift_id, shift_cashier = await self._open_shift(session, till, data.shift_id)
-            original = await session.scalar(
-                select(Sale).where(
-                    Sale.sale_id == data.original_sale_id,
-                    *((Sale.till == data.original_till,) if data.original_till else ()),
-                )
-            )
-            if original is None:
-                raise Rejected(
-                    f"no receipt {data.original_sale_id!r} at this branch",
-                    field="original_sale_id",
-                )
+            original = await self._original_sale(session, till, data)
             if original.status == "pending_fiscal":
                 raise Conflict(
                     "the original receipt is not fiscalized yet", field="original_sale_id"
@@ -497,7 +507,7 @@ class SaleService:
                 line["vat_group"] for line in (original.print_job or {}).get("lines", [])
             ]
             job_lines: list[dict[str, Any]] = []
-            already = await self._returned(session, original.sale_id)
+            already = await self._returned(session, original.till, original.sale_id)
             by_no = {line.line_no: line for line in sold.lines}
             # Whether a line is weighed, from the catalog (priced or not); a product no
             # longer listed is taken as weighed only if it was sold in a fraction.
@@ -610,6 +620,7 @@ class SaleService:
                 return_id=data.return_id,
                 original_sale_id=original.sale_id,
                 original_receipt_number=original.receipt_number,
+                original_till=original.till,
                 cashier=data.cashier or shift_cashier,
                 lines=tuple(lines),
                 refunds=refunds,
@@ -621,6 +632,7 @@ class SaleService:
                 till=till,
                 return_id=data.return_id,
                 original_sale_id=original.sale_id,
+                original_till=original.till,
                 shift_id=shift_id,
                 return_number=body.return_number,
                 total=total,
@@ -661,17 +673,137 @@ class SaleService:
                 raise NotFound(f"no return {return_id} at till {till}")
             return return_out(row)
 
-    async def _returned(self, session: AsyncSession, sale_id: str) -> dict[int, tuple[int, int]]:
-        """Per original line number: the quantity already returned and the amount refunded."""
+    async def _original_sale(self, session: AsyncSession, till: str, data: ReturnIn) -> Sale:
+        """The sale a return is against. A sale id is the till's: two tills may use the
+        same one, so the till named, else the returning till's own sale, else the one
+        other till's; several other tills' sales under the id: the till must say which."""
+        if data.original_till:
+            found = await session.scalar(
+                select(Sale).where(
+                    Sale.till == data.original_till, Sale.sale_id == data.original_sale_id
+                )
+            )
+            if found is None:
+                raise Rejected(
+                    f"no receipt {data.original_sale_id!r} at till {data.original_till}",
+                    field="original_sale_id",
+                )
+            return found
+        candidates = list(
+            await session.scalars(
+                select(Sale).where(Sale.sale_id == data.original_sale_id).order_by(Sale.id)
+            )
+        )
+        own = [s for s in candidates if s.till == till]
+        if own:
+            return own[0]
+        if not candidates:
+            raise Rejected(
+                f"no receipt {data.original_sale_id!r} at this branch", field="original_sale_id"
+            )
+        if len(candidates) > 1:
+            tills = ", ".join(sorted(s.till for s in candidates))
+            raise Conflict(
+                f"receipt {data.original_sale_id!r} is at several tills ({tills}): "
+                "name the one in original_till",
+                field="original_till",
+            )
+        return candidates[0]
+
+    async def _returned(
+        self, session: AsyncSession, till: str, sale_id: str
+    ) -> dict[int, tuple[int, int]]:
+        """Per original line number: the quantity already returned and the amount refunded
+        (of that till's sale: another till's sale of the same id is another receipt)."""
         done: dict[int, tuple[int, int]] = {}
         rows = await session.scalars(
-            select(CustomerReturn.body).where(CustomerReturn.original_sale_id == sale_id)
+            select(CustomerReturn.body).where(
+                CustomerReturn.original_till == till, CustomerReturn.original_sale_id == sale_id
+            )
         )
         for body in rows:
             for line in msgspec.convert(body, CustomerReturnRecorded).lines:
                 qty, amount = done.get(line.line_no, (0, 0))
                 done[line.line_no] = (qty + line.quantity_milli, amount + line.line_total)
         return done
+
+
+def _milli(text: str) -> int | None:
+    try:
+        return parse_milli(text)
+    except ValueError:
+        return None
+
+
+def _sale_difference(row: Sale, sale: SaleIn) -> str | None:
+    """What differs between a recorded sale and a new post of its id (None: a retry).
+
+    Compared with what the till sent, not with the agent's pricing (prices and
+    promotions may have changed since): the lines' products, quantities (``"2"`` and
+    ``"2.000"`` alike; none is one piece or the label's weight) and manual discounts,
+    the payments, and the cashier and expected total when the till names them. Not the
+    shift: the agent chose it, and a retry naming a shift since closed is still one.
+    """
+    recorded = msgspec.convert(row.receipt, ReceiptRecorded)
+    if sale.cashier and sale.cashier != recorded.cashier:
+        return f"cashier {recorded.cashier!r}, now {sale.cashier!r}"
+    if sale.expected_total is not None and sale.expected_total != recorded.total:
+        return f"total {recorded.total}, now {sale.expected_total}"
+    if sale.voided_lines != recorded.voided_lines:
+        return f"voided_lines {recorded.voided_lines}, now {sale.voided_lines}"
+    paid = [(p.type, p.amount) for p in recorded.payments]
+    if [(p.type, p.amount) for p in sale.payments] != paid:
+        return "the payments"
+    if len(sale.lines) != len(recorded.lines):
+        return f"{len(recorded.lines)} lines, now {len(sale.lines)}"
+    manual = row.manual_discounts
+    for index, (line_in, line) in enumerate(zip(sale.lines, recorded.lines, strict=True)):
+        where = f"lines[{index}]"
+        if line_in.barcode != line.barcode or (line_in.sku and line_in.sku != line.sku):
+            return f"{where} is {line.sku}"
+        if line_in.quantity is None:
+            # One piece, or the weight a scanned label carries (the same code again).
+            if line_in.barcode is None and line.quantity_milli != 1000:
+                return f"{where}.quantity {format_milli(line.quantity_milli)}"
+        elif _milli(line_in.quantity) != line.quantity_milli:
+            return f"{where}.quantity {format_milli(line.quantity_milli)}, now {line_in.quantity}"
+        if manual is not None or not line.manual_discount:
+            sent = manual[index] if manual is not None else 0
+            if line_in.manual_discount != sent:
+                return f"{where}.manual_discount {sent}, now {line_in.manual_discount}"
+        elif line_in.manual_discount == 0 or line_in.manual_discount > line.discount:
+            # Recorded before the amounts were kept: only that there was one, and at
+            # most the line's whole discount.
+            return f"{where}.manual_discount"
+    return None
+
+
+def _return_difference(row: CustomerReturn, data: ReturnIn) -> str | None:
+    """What differs between a recorded return and a new post of its id (None: a retry):
+    the original sale, the lines and quantities (in any order), and the original's
+    till, cashier, reason and refund type when the till names them (not the shift, as
+    for a sale)."""
+    recorded = msgspec.convert(row.body, CustomerReturnRecorded)
+    if data.original_sale_id != row.original_sale_id:
+        return f"original_sale_id {row.original_sale_id!r}, now {data.original_sale_id!r}"
+    if data.original_till and row.original_till and data.original_till != row.original_till:
+        return f"original_till {row.original_till!r}, now {data.original_till!r}"
+    if data.cashier and data.cashier != recorded.cashier:
+        return f"cashier {recorded.cashier!r}, now {data.cashier!r}"
+    # A reason left out of a retry is not another one, as a cash move's.
+    if data.reason and data.reason != recorded.reason:
+        return "the reason"
+    refunded = {p.type for p in recorded.refunds}
+    if data.refund_type and refunded and refunded != {data.refund_type}:
+        return f"refund_type {sorted(refunded)[0]!r}, now {data.refund_type!r}"
+    sent: dict[int, int | None] = {}
+    for line in data.lines:
+        if line.line_no in sent:
+            return f"line {line.line_no} twice"
+        sent[line.line_no] = _milli(line.quantity)
+    if sent != {line.line_no: line.quantity_milli for line in recorded.lines}:
+        return "the lines"
+    return None
 
 
 def _proportional(amount: int, part: int, whole: int) -> int:
@@ -717,6 +849,7 @@ def return_out(row: CustomerReturn) -> ReturnOut:
         return_id=row.return_id,
         till=row.till,
         original_sale_id=row.original_sale_id,
+        original_till=row.original_till,
         return_number=row.return_number,
         total=row.total,
         lines=[

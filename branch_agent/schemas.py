@@ -133,7 +133,8 @@ class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True):
 class ReturnIn(msgspec.Struct, frozen=True, kw_only=True):
     return_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
-    # The till the original sale was made at (sale ids are unique per till).
+    # The till the original sale was made at (sale ids are unique per till). Omitted:
+    # this till's sale, else the one other till's with that id (several: refused).
     original_till: Code32 | None = None
     # As in a sale: empty is the till's open shift, another id is refused.
     shift_id: Code64 = ""
@@ -149,6 +150,8 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     return_id: str
     till: str
     original_sale_id: str
+    # The till of the original sale.
+    original_till: str | None = None
     return_number: int
     total: int
     lines: list[SaleLineOut]

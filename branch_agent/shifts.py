@@ -456,6 +456,8 @@ class ShiftService:
                     select(CashMove).where(CashMove.till == till, CashMove.move_id == data.move_id)
                 )
                 shift = await self._current(session, till)
+            if existing is not None:
+                _check_same_move(existing, data)
             try:
                 # older pending moves first: the printer's counters must be explained
                 # in order before anything else is printed
@@ -560,6 +562,7 @@ class ShiftService:
                 select(CashMove).where(CashMove.till == till, CashMove.move_id == data.move_id)
             )
             if existing is not None:
+                _check_same_move(existing, data)
                 return _cash_out(existing), False
             shift = await self._current(session, till)
             if shift is None:
@@ -639,3 +642,26 @@ def _cash_out(row: CashMove) -> CashMoveOut:
         amount=row.amount,
         reason=row.reason,
     )
+
+
+def _check_same_move(row: CashMove, data: CashMoveIn) -> None:
+    """A move_id posted again must be the same move (a retry): another direction,
+    amount, reason or cashier under it is a 409, never answered with the first."""
+    differences = [
+        name
+        for name, before, now in (
+            ("direction", row.direction, data.direction),
+            ("amount", row.amount, data.amount),
+            # Left out of a retry, a reason or cashier is not another one (without a
+            # cashier the shift's was recorded): only one named otherwise differs.
+            ("reason", row.reason, data.reason or row.reason),
+            ("cashier", row.cashier, data.cashier or row.cashier),
+        )
+        if before != now
+    ]
+    if differences:
+        raise Conflict(
+            f"cash move {data.move_id} was recorded with other content"
+            f" ({', '.join(differences)}): a different move needs its own id",
+            field="move_id",
+        )

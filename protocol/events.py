@@ -121,6 +121,9 @@ class CustomerReturnRecorded(
     return_id: Code64
     original_sale_id: Code64
     original_receipt_number: NonNegativeInt64 | None = None
+    # The till of the original sale: a sale id is the till's, two tills may use the
+    # same one. None from agents before it was sent: the branch's only sale of that id.
+    original_till: Code32 | None = None
     cashier: Text64 = ""
     lines: tuple[ReceiptLine, ...]
     refunds: tuple[Payment, ...]

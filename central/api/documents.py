@@ -82,6 +82,7 @@ class CustomerReturnController(Controller):
         date_from: Annotated[date | None, QueryParameter(name="date_from")] = None,
         date_to: Annotated[date | None, QueryParameter(name="date_to")] = None,
         original_sale_id: Annotated[str | None, QueryParameter(name="original_sale_id")] = None,
+        original_till: Annotated[str | None, QueryParameter(name="original_till")] = None,
     ) -> Page[CustomerReturnOut]:
         return await list_customer_returns(
             db_session,
@@ -89,6 +90,7 @@ class CustomerReturnController(Controller):
             date_from=date_from,
             date_to=date_to,
             original_sale_id=original_sale_id,
+            original_till=original_till,
             limit=limit,
             offset=offset,
         )

@@ -226,6 +226,7 @@ async def store_customer_returns(
                 "return_number": body.return_number,
                 "return_id": body.return_id,
                 "original_sale_id": body.original_sale_id,
+                "original_till": body.original_till,
                 "cashier": body.cashier,
                 "occurred_at": env.occurred_at,
                 "utc_offset_min": env.utc_offset_min,

@@ -68,7 +68,8 @@ class StockDocumentLineRow(Base):
 class CustomerReturn(Base):
     __tablename__ = "customer_returns"
     __table_args__ = (
-        UniqueConstraint("branch", "return_id"),
+        # A return id is the till's, as a sale id is (the agent's key).
+        UniqueConstraint("branch", "till", "return_id"),
         Index("ix_customer_returns_branch_local_date", "branch", "local_date"),
         Index("ix_customer_returns_original_sale_id", "original_sale_id"),
     )
@@ -80,6 +81,9 @@ class CustomerReturn(Base):
     return_number: Mapped[int] = mapped_column(BigInteger)
     return_id: Mapped[str] = mapped_column(String(64))
     original_sale_id: Mapped[str] = mapped_column(String(64))
+    # The till of the original sale (sale ids are per till). None: not known (sent by
+    # an agent before this field, and no single receipt of the branch under that id).
+    original_till: Mapped[str | None] = mapped_column(String(32), default=None)
     cashier: Mapped[str] = mapped_column(String(64), default="")
     occurred_at: Mapped[datetime] = mapped_column()
     utc_offset_min: Mapped[int] = mapped_column(default=0)

@@ -16,7 +16,8 @@ __all__ = ["Receipt", "ReceiptLineRow", "ReceiptPaymentRow"]
 class Receipt(Base):
     __tablename__ = "receipts"
     __table_args__ = (
-        UniqueConstraint("branch", "sale_id"),
+        # A sale id is the till's (the agent's key): two tills may use the same one.
+        UniqueConstraint("branch", "till", "sale_id"),
         # The receipt list's order (local day, time, id) after its date range, with or
         # without a branch: one index range gives a page.
         Index(

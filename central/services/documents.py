@@ -99,6 +99,8 @@ class CustomerReturnOut(msgspec.Struct, kw_only=True):
     return_number: int
     return_id: str
     original_sale_id: str
+    # The original sale's till (sale ids are per till); None: not known.
+    original_till: str | None
     cashier: str
     occurred_at: datetime
     local_date: date
@@ -256,6 +258,7 @@ async def list_customer_returns(
     date_to: date | None,
     original_sale_id: str | None,
     limit: int,
+    original_till: str | None = None,
     offset: int,
 ) -> Page[CustomerReturnOut]:
     await check_branch(session, branch)
@@ -270,6 +273,8 @@ async def list_customer_returns(
         conditions.append(r.local_date <= date_to)
     if original_sale_id:
         conditions.append(r.original_sale_id == original_sale_id)
+    if original_till:
+        conditions.append(r.original_till == original_till)
     rows = (
         await session.scalars(
             select(r)
@@ -310,6 +315,7 @@ async def list_customer_returns(
                 return_number=x.return_number,
                 return_id=x.return_id,
                 original_sale_id=x.original_sale_id,
+                original_till=x.original_till,
                 cashier=x.cashier,
                 occurred_at=x.occurred_at,
                 local_date=x.local_date,

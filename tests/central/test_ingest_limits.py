@@ -273,6 +273,7 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (CustomerReturnRecorded, "return_number"): ("customer_returns.return_number",),
     (CustomerReturnRecorded, "return_id"): ("customer_returns.return_id", "stock_ledger.doc_ref"),
     (CustomerReturnRecorded, "original_sale_id"): ("customer_returns.original_sale_id",),
+    (CustomerReturnRecorded, "original_till"): ("customer_returns.original_till",),
     (CustomerReturnRecorded, "cashier"): (
         "customer_returns.cashier",
         "rpt_sales_cashier_daily.cashier",
