@@ -481,7 +481,8 @@ class SaleService:
             # is a fiscal receipt; otherwise the return is recorded as before.
             storno = (
                 self._has_fiscal(till)
-                and original.status == _FISCALIZED
+                # a sale completed unfiscal that the printer had printed after all too
+                and (original.status == _FISCALIZED or original.unfiscal_check == "printed")
                 and bool(original.fiscal_number)
                 and (original.fiscal_number or "").isdigit()
             )
@@ -700,6 +701,7 @@ def sale_out(row: Sale) -> SaleOut:
         ],
         payments=[PaymentIn(type=p.type, amount=p.amount) for p in receipt.payments],
         event_seq=None,
+        unfiscal_check=row.unfiscal_check,
     )
 
 
@@ -729,4 +731,5 @@ def return_out(row: CustomerReturn) -> ReturnOut:
         status=row.status,
         fiscal_number=row.fiscal_number,
         fiscal_error=row.fiscal_error,
+        unfiscal_check=row.unfiscal_check,
     )

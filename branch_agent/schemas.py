@@ -106,6 +106,9 @@ class SaleOut(msgspec.Struct, kw_only=True):
     payments: list[PaymentIn]
     event_seq: int | None
     fiscal_error: str | None = None
+    # completed_unfiscal only: pending (to compare with the printer when it answers),
+    # not_printed, printed (it was printed after all: fiscal_number), unknown.
+    unfiscal_check: str | None = None
 
 
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +145,8 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     status: str = "recorded"
     fiscal_number: str | None = None
     fiscal_error: str | None = None
+    # as a sale's
+    unfiscal_check: str | None = None
 
 
 class ProductOut(msgspec.Struct, kw_only=True):
