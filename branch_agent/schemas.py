@@ -20,7 +20,7 @@ from protocol.limits import (
     NonNegativeInt32,
     NonNegativeInt64,
     PositiveInt32,
-    PositiveInt64,
+    TenderAmount,
     Text64,
 )
 
@@ -61,7 +61,8 @@ class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
 
 class PaymentIn(msgspec.Struct, frozen=True, kw_only=True):
     type: PaymentType
-    amount: PositiveInt64
+    # at most 9,999,999.99: what a fiscal printer takes in a payment
+    amount: TenderAmount
 
 
 class SaleIn(msgspec.Struct, frozen=True, kw_only=True):
