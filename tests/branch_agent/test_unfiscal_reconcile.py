@@ -198,3 +198,21 @@ async def test_a_storno_completed_unfiscal_that_the_printer_had_printed_gets_its
     assert s2["fiscal_number"] == str(storno.number + 1)
     assert len(sim.storno_receipts) == 1
     assert len(sim.receipts) == 2
+
+
+async def test_complete_unfiscal_without_a_reason_names_reason_and_changes_nothing(
+    store: Store,
+) -> None:
+    store.fiscal.stop()  # the printer is dead
+    assert (await store.sale(basket("nb"))).json()["status"] == "pending_fiscal"
+    for url in (UNFISCAL.format("nb"), RETURN_UNFISCAL.format("nb")):
+        for body in ({}, {"content": b""}, {"json": {}}):
+            response = await store.client.post(url, headers=MANAGER, **body)
+            assert response.status_code == 422, response.text
+            problem = response.json()
+            assert problem["errors"][0]["field"] == "reason", problem
+            assert "reason" in problem["errors"][0]["message"]
+            assert "'data'" not in response.text
+    nb = (await store.client.get("/api/v1/sales/nb", headers=TILL)).json()
+    assert nb["status"] == "pending_fiscal"
+    assert await store.events("receipt_recorded") == []
