@@ -203,7 +203,9 @@ async def test_a_storno_completed_unfiscal_that_the_printer_had_printed_gets_its
 async def test_complete_unfiscal_without_a_reason_names_reason_and_changes_nothing(
     store: Store,
 ) -> None:
-    store.fiscal.stop()  # the printer is dead
+    # the printer is dead (deaf, not stopped: a stopped pty's path may be reused by another
+    # process's simulator, which the driver would then reopen and print on)
+    store.fiscal.sim.go_deaf(3600.0)
     assert (await store.sale(basket("nb"))).json()["status"] == "pending_fiscal"
     for url in (UNFISCAL.format("nb"), RETURN_UNFISCAL.format("nb")):
         for body in ({}, {"content": b""}, {"json": {}}):
