@@ -489,8 +489,12 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
     errors: tuple[FieldError, ...] = ()
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        # The same fields at fault as central's API names.
-        errors = validation_errors(exc.extra, str(exc.detail))
+        # The same fields at fault as central's API names; a missing body is named by
+        # the fields the route's body needs.
+        body = request.route_handler.parsed_fn_signature.parameters.get("data")
+        errors = validation_errors(
+            exc.extra, str(exc.detail), body.annotation if body is not None else None
+        )
         status = 422 if errors else 400
     return _problem(status, problem_title(status), exc.detail, request.url.path, errors)
 

@@ -52,7 +52,13 @@ from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
 from branch_agent.outbox import append_event
 from branch_agent.settings import AgentSettings
 from devices.errors import Condition, DeviceError
-from devices.fiscal_datecs import FiscalReceipt, SaleLine, StornoReason, StornoReference
+from devices.fiscal_datecs import (
+    FiscalReceipt,
+    SaleLine,
+    StornoReason,
+    StornoReference,
+    replace_hint,
+)
 from devices.fiscal_datecs import Payment as FiscalPayment
 from protocol.events import CashMoved, CustomerReturnRecorded, ReceiptRecorded
 from protocol.units import format_minor
@@ -63,6 +69,8 @@ log = logging.getLogger(__name__)
 
 _CENT = Decimal("0.01")
 _MILLI = Decimal("0.001")
+# The printer cannot be asked at all (as opposed to answering with a refusal).
+_UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_frame"})
 
 
 def _job_lines(job: dict[str, Any]) -> tuple[SaleLine, ...]:
@@ -316,25 +324,140 @@ class Fiscalizer:
         devices = self._devices.tills.get(till)
         if devices is None or not devices.has_fiscal:
             return 0
-        done = 0
         async with devices.fiscal_queue:
-            try:
-                await self.cash.settle_till(devices)
-            except DeviceError as exc:
-                log.warning("till %s: pending cash move not settled: %s", till, exc)
-                self._failed_at[till] = time.monotonic()
+            return await self._process_locked(devices)
+
+    async def _process_locked(self, devices: TillDeviceSet) -> int:
+        """``process_till`` for a caller holding the till's ``fiscal_queue``."""
+        till = devices.till.id
+        done = 0
+        try:
+            await self.cash.settle_till(devices)
+        except DeviceError as exc:
+            log.warning("till %s: pending cash move not settled: %s", till, exc)
+            self._failed_at[till] = time.monotonic()
+            return done
+        try:
+            # Before anything else prints: a later receipt would hide whether the
+            # printer had printed a document completed without it.
+            await self._check_unfiscal(devices)
+        except DeviceError as exc:
+            log.warning("till %s: unfiscal documents not checked: %s", till, exc)
+            self._failed_at[till] = time.monotonic()
+            return done
+        while True:
+            document = await self._next_pending(till)
+            if document is None:
                 return done
-            while True:
-                document = await self._next_pending(till)
-                if document is None:
-                    return done
-                if not await self._fiscalize(devices, document):
-                    self._failed_at[till] = time.monotonic()
-                    # a receipt left open with money paid: status says blocked, and why
-                    await devices.fiscal_mark_blocked()
-                    return done
-                self._failed_at.pop(till, None)
-                done += 1
+            if not await self._fiscalize(devices, document):
+                self._failed_at[till] = time.monotonic()
+                # a receipt left open with money paid: status says blocked, and why
+                await devices.fiscal_mark_blocked()
+                return done
+            self._failed_at.pop(till, None)
+            done += 1
+
+    async def _check_unfiscal(self, devices: TillDeviceSet) -> None:
+        """Compare each document completed unfiscal while the printer was away (its hint
+        stored: the printer may have printed it) with what the printer says now."""
+        till = devices.till.id
+        async with self._sessionmaker() as session:
+            documents: list[Sale | CustomerReturn] = [
+                *(
+                    await session.scalars(
+                        select(Sale).where(Sale.till == till, Sale.unfiscal_check == "pending")
+                    )
+                ).all(),
+                *(
+                    await session.scalars(
+                        select(CustomerReturn).where(
+                            CustomerReturn.till == till, CustomerReturn.unfiscal_check == "pending"
+                        )
+                    )
+                ).all(),
+            ]
+        # The queue prints in order and stops at the first failure, so at most one of
+        # them was in the printer; oldest first all the same.
+        for document in sorted(documents, key=lambda d: d.created_at):
+            verdict, number = await self._printed_after_all(devices, document)
+            await self._record_check(document, verdict, number, await self._fm_number(devices))
+
+    async def _printed_after_all(
+        self, devices: TillDeviceSet, document: Sale | CustomerReturn
+    ) -> tuple[str, int | None]:
+        """The driver's reconciliation rules (DEVICES.md: read 0x4C against the hint),
+        except that a document not printed is never printed now: the manager closed it."""
+        hint = document.fiscal_hint
+        if hint is None:
+            return "not_printed", None
+        job = self._job(devices, document, await self._fm_number(devices) or "")
+        total = job.total()
+        ts = await devices.fiscal_transaction_status()
+        if ts.is_open:
+            if ts.is_open == job.open_state and ts.number == hint + 1:
+                if ts.paid == 0:
+                    # left open, nothing paid: cancelling it leaves nothing fiscalized
+                    await devices.fiscal_cancel_open()
+                    return "not_printed", None
+                if ts.amount == total:
+                    # paid: the printer refuses to cancel it; closing it is the only way
+                    # on, and it is this document's receipt (the driver finishes it)
+                    result = await devices.print_fiscal(replace_hint(job, hint))
+                    return "printed", result.slip_number
+            return "unknown", None
+        if ts.number == hint:
+            return "not_printed", None
+        if ts.number > hint and ts.paid > 0 and ts.amount == total:
+            return "printed", ts.number
+        if ts.number > hint and ts.paid == 0:
+            return "not_printed", None  # its receipt was cancelled
+        return "unknown", None
+
+    def _job(
+        self, devices: TillDeviceSet, document: Sale | CustomerReturn, fm_number: str
+    ) -> FiscalReceipt:
+        if isinstance(document, Sale):
+            return fiscal_receipt(document, devices.till.printer_till_number)
+        return storno_receipt(document, devices.till.printer_till_number, self._zone, fm_number)
+
+    async def _record_check(
+        self,
+        document: Sale | CustomerReturn,
+        verdict: str,
+        number: int | None,
+        fm_number: str | None,
+    ) -> None:
+        name = document.sale_id if isinstance(document, Sale) else document.return_id
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row: Sale | CustomerReturn | None = await session.get(type(document), document.id)
+            assert row is not None
+            if row.unfiscal_check != "pending":
+                return
+            row.unfiscal_check = verdict
+            if verdict == "printed":
+                log.error(
+                    "%s/%s was completed without printer but the printer had printed it as"
+                    " %s: recorded with that fiscal number",
+                    row.till,
+                    name,
+                    number,
+                )
+                row.fiscal_number = str(number)
+                row.fiscalized_at = datetime.now(UTC)
+                row.fiscal_error = f"printed as {number} after all (completed without printer)"
+                if isinstance(row, Sale) and fm_number:
+                    row.fiscal_memory_number = fm_number
+            elif verdict == "unknown":
+                log.error(
+                    "%s/%s: the printer's state does not tell whether it printed it (hint %s)",
+                    row.till,
+                    name,
+                    row.fiscal_hint,
+                )
+                row.fiscal_error = (
+                    f"completed without printer; whether receipt {row.fiscal_hint} + 1 is "
+                    "it cannot be told: check the printer's journal"
+                )[:200]
 
     async def _next_pending(self, till: str) -> Sale | CustomerReturn | None:
         """The oldest pending document of the till (sale or storno)."""
@@ -388,6 +511,15 @@ class Fiscalizer:
                     )
                 ).all()
             )
+            for model in (Sale, CustomerReturn):
+                # completed unfiscal, still to compare with their printer
+                tills.update(
+                    (
+                        await session.scalars(
+                            select(model.till).where(model.unfiscal_check == "pending").distinct()
+                        )
+                    ).all()
+                )
         for till in sorted(tills):
             done += await self.process_till(till)
         return done
@@ -477,25 +609,78 @@ class Fiscalizer:
 
     async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> None:
         """A manager's decision for a pending return whose printer is gone for good."""
+        await self._complete_unfiscal(CustomerReturn, till, return_id, reason)
+
+    async def _printer_answers(self, devices: TillDeviceSet | None) -> bool:
+        if devices is None or not devices.has_fiscal:
+            return False
+        try:
+            await devices.fiscal_transaction_status()
+        except DeviceError as exc:
+            # a refusal is an answer too (paper out, cover open): the printer is there
+            return exc.condition not in _UNREACHABLE
+        return True
+
+    async def _complete_unfiscal(
+        self, model: type[Sale] | type[CustomerReturn], till: str, doc_id: str, reason: str
+    ) -> Sale | CustomerReturn:
+        """A manager's decision: the printer is gone; the document goes up unfiscalized.
+        Refused while the printer answers: then it is asked instead (it may have printed
+        the document, whose fiscal number must not be lost)."""
+        kind = "sale" if model is Sale else "return"
         devices = self._devices.tills.get(till)
         lock = devices.fiscal_queue if devices is not None else asyncio.Lock()
         async with lock:
-            async with self._sessionmaker() as session:
-                row = await session.scalar(
-                    select(CustomerReturn).where(
-                        CustomerReturn.till == till, CustomerReturn.return_id == return_id
-                    )
-                )
+            row = await self._document(model, till, doc_id)
             if row is None:
-                raise NotFound(f"no return {return_id} at till {till}")
+                raise NotFound(f"no {kind} {doc_id} at till {till}")
             if row.status != "pending_fiscal":
-                raise Conflict(f"return {return_id} is {row.status}, not pending")
+                raise Conflict(f"{kind} {doc_id} is {row.status}, not pending")
+            if devices is not None and await self._printer_answers(devices):
+                await self._process_locked(devices)
+                row = await self._document(model, till, doc_id)
+                assert row is not None
+                if row.status == "fiscalized":
+                    raise Conflict(
+                        f"the fiscal printer of till {till} answers: {kind} {doc_id} was "
+                        f"reconciled with it and is fiscalized (fiscal number "
+                        f"{row.fiscal_number}); nothing to complete"
+                    )
+                raise Conflict(
+                    f"the fiscal printer of till {till} answers, so {kind} {doc_id} stays "
+                    f"pending and is printed (exactly once) as soon as the printer can: "
+                    f"{row.fiscal_error or 'an earlier document of the till is not printed'}"
+                    "; fix the printer (paper, cover) instead. complete-unfiscal is for a "
+                    "printer that cannot be reached"
+                )
             await self._update(
                 row.id,
-                model=CustomerReturn,
+                model=model,
                 fiscal_error=f"completed without printer: {reason}"[:200],
+                # it may have reached the printer: compare when the printer answers again
+                unfiscal_check="pending" if row.fiscal_hint is not None else None,
             )
-            await self._complete_return(row.id, None, "completed_unfiscal")
+            if isinstance(row, Sale):
+                await self._complete(row.id, None, "completed_unfiscal")
+            else:
+                await self._complete_return(row.id, None, "completed_unfiscal")
+            done = await self._document(model, till, doc_id)
+            assert done is not None
+            return done
+
+    async def _document(
+        self, model: type[Sale] | type[CustomerReturn], till: str, doc_id: str
+    ) -> Sale | CustomerReturn | None:
+        async with self._sessionmaker() as session:
+            if model is Sale:
+                return await session.scalar(
+                    select(Sale).where(Sale.till == till, Sale.sale_id == doc_id)
+                )
+            return await session.scalar(
+                select(CustomerReturn).where(
+                    CustomerReturn.till == till, CustomerReturn.return_id == doc_id
+                )
+            )
 
     async def _complete(
         self,
@@ -568,23 +753,9 @@ class Fiscalizer:
 
     async def complete_unfiscal(self, till: str, sale_id: str, reason: str) -> Sale:
         """A manager's decision: the printer is gone; the sale goes up unfiscalized."""
-        devices = self._devices.tills.get(till)
-        lock = devices.fiscal_queue if devices is not None else asyncio.Lock()
-        async with lock:
-            async with self._sessionmaker() as session:
-                row = await session.scalar(
-                    select(Sale).where(Sale.till == till, Sale.sale_id == sale_id)
-                )
-            if row is None:
-                raise NotFound(f"no sale {sale_id} at till {till}")
-            if row.status != "pending_fiscal":
-                raise Conflict(f"sale {sale_id} is {row.status}, not pending")
-            await self._update(row.id, fiscal_error=f"completed without printer: {reason}"[:200])
-            await self._complete(row.id, None, "completed_unfiscal")
-        async with self._sessionmaker() as session:
-            done = await session.get(Sale, row.id)
-            assert done is not None
-            return done
+        done = await self._complete_unfiscal(Sale, till, sale_id, reason)
+        assert isinstance(done, Sale)
+        return done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile pending sales at start, then retry them while the printer is away."""

@@ -141,6 +141,11 @@ class Sale(AgentBase):
     # The fiscal memory number of the printer that fiscalized it: a storno receipt for a
     # return names the original document by number, time and this.
     fiscal_memory_number: Mapped[str | None] = mapped_column(String(16), default=None)
+    # Completed unfiscal after the printer may have started it (``fiscal_hint`` set):
+    # pending (to compare with the printer when it answers again) -> not_printed |
+    # printed (it had printed it after all: fiscal_number set, status kept) | unknown
+    # (the printer's state does not tell: a person checks the journal). NULL: no check.
+    unfiscal_check: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class OutboxEvent(AgentBase):
@@ -190,6 +195,8 @@ class CustomerReturn(AgentBase):
     fiscal_attempts: Mapped[int] = mapped_column(Integer, default=0)
     fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
     event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    # As a sale's: the storno of a return completed unfiscal may have been printed.
+    unfiscal_check: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class Shift(AgentBase):

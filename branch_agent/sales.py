@@ -48,6 +48,7 @@ from branch_agent.schemas import (
 from branch_agent.settings import AgentSettings
 from branch_agent.stock import apply_moves
 from protocol.events import CustomerReturnRecorded, Payment, ReceiptLine, ReceiptRecorded
+from protocol.limits import FISCAL_AMOUNT_MAX
 from protocol.units import format_milli, line_amount, parse_milli
 
 # Statuses of a sale that carry a fiscal number a storno receipt can refer to.
@@ -306,6 +307,20 @@ class SaleService:
             quantity = self._quantity(item, line_in.quantity, embedded, field)
             price_version = max(price_version, item.price_version)
             gross = line_amount(item.price, quantity)
+            if item.price > FISCAL_AMOUNT_MAX:
+                raise Rejected(
+                    f"{item.sku} is priced {item.price}, above {FISCAL_AMOUNT_MAX} "
+                    "(9,999,999.99), the most a fiscal printer takes",
+                    field=field,
+                )
+            if gross > FISCAL_AMOUNT_MAX:
+                # the printer takes Price x Quantity up to 9,999,999.99 (and the sale is
+                # the same everywhere: a till without printer keeps the bound too)
+                raise Rejected(
+                    f"the line comes to {gross}, above {FISCAL_AMOUNT_MAX} (9,999,999.99), "
+                    "the most a fiscal receipt line takes",
+                    field=f"{field}.quantity",
+                )
             if line_in.manual_discount > gross:
                 raise Rejected("discount exceeds the line amount", field=f"{field}.manual_discount")
             priced.append((item, quantity, line_in.barcode, line_in.manual_discount))
@@ -359,6 +374,12 @@ class SaleService:
             )
         if total <= 0:
             raise Rejected("a sale's total must be positive", field="lines")
+        if total > FISCAL_AMOUNT_MAX:
+            raise Rejected(
+                f"the sale comes to {total}, above {FISCAL_AMOUNT_MAX} (9,999,999.99), the "
+                "most a fiscal receipt takes: split it",
+                field="lines",
+            )
         paid = sum(p.amount for p in sale.payments)
         if paid < total:
             raise Rejected(f"payments {paid} are short of the total {total}", field="payments")
@@ -499,7 +520,8 @@ class SaleService:
             # is a fiscal receipt; otherwise the return is recorded as before.
             storno = (
                 self._has_fiscal(till)
-                and original.status == _FISCALIZED
+                # a sale completed unfiscal that the printer had printed after all too
+                and (original.status == _FISCALIZED or original.unfiscal_check == "printed")
                 and bool(original.fiscal_number)
                 and (original.fiscal_number or "").isdigit()
             )
@@ -840,6 +862,7 @@ def sale_out(row: Sale) -> SaleOut:
         ],
         payments=[PaymentIn(type=p.type, amount=p.amount) for p in receipt.payments],
         event_seq=None,
+        unfiscal_check=row.unfiscal_check,
     )
 
 
@@ -870,4 +893,5 @@ def return_out(row: CustomerReturn) -> ReturnOut:
         status=row.status,
         fiscal_number=row.fiscal_number,
         fiscal_error=row.fiscal_error,
+        unfiscal_check=row.unfiscal_check,
     )

@@ -20,7 +20,7 @@ from protocol.limits import (
     NonNegativeInt32,
     NonNegativeInt64,
     PositiveInt32,
-    PositiveInt64,
+    TenderAmount,
     Text64,
 )
 
@@ -62,7 +62,8 @@ class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
 
 class PaymentIn(msgspec.Struct, frozen=True, kw_only=True):
     type: PaymentType
-    amount: PositiveInt64
+    # at most 9,999,999.99: what a fiscal printer takes in a payment
+    amount: TenderAmount
 
 
 class SaleIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +123,9 @@ class SaleOut(msgspec.Struct, kw_only=True):
     payments: list[PaymentIn]
     event_seq: int | None
     fiscal_error: str | None = None
+    # completed_unfiscal only: pending (to compare with the printer when it answers),
+    # not_printed, printed (it was printed after all: fiscal_number), unknown.
+    unfiscal_check: str | None = None
 
 
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,6 +165,8 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     status: str = "recorded"
     fiscal_number: str | None = None
     fiscal_error: str | None = None
+    # as a sale's
+    unfiscal_check: str | None = None
 
 
 class ProductOut(msgspec.Struct, kw_only=True):

@@ -55,6 +55,12 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     clock_offset_ms: int | None = None
     # Why central does not confirm the numbering yet ("": it has, or has not said).
     numbering_refused: str = ""
+    # Documents completed unfiscal that the printer had printed after all ("T1 sale u3:
+    # fiscal number 18"), that the printer's state could not settle (a person checks
+    # the journal), and how many still wait for their printer to answer.
+    unfiscal_printed: list[str] = []
+    unfiscal_unknown: list[str] = []
+    unfiscal_to_check: int = 0
     devices: list[DeviceStateOut]
 
 
@@ -70,6 +76,24 @@ async def build_status(agent: Agent) -> AgentStatus:
             .select_from(CustomerReturn)
             .where(CustomerReturn.status == "pending_fiscal")
         )
+        checked: dict[str, list[str]] = {"printed": [], "unknown": []}
+        to_check = 0
+        for kind, model, name in (
+            ("sale", Sale, Sale.sale_id),
+            ("return", CustomerReturn, CustomerReturn.return_id),
+        ):
+            rows = await session.execute(
+                select(model.till, name, model.fiscal_number, model.unfiscal_check)
+                .where(model.unfiscal_check.in_(("pending", "printed", "unknown")))
+                .order_by(model.id)
+            )
+            for till, doc_id, number, check in rows:
+                if check == "pending":
+                    to_check += 1
+                elif check == "printed":
+                    checked["printed"].append(f"{till} {kind} {doc_id}: fiscal number {number}")
+                else:
+                    checked["unknown"].append(f"{till} {kind} {doc_id}")
     connected = agent.nc is not None and agent.nc.is_connected
     return AgentStatus(
         branch=agent.settings.branch,
@@ -87,6 +111,9 @@ async def build_status(agent: Agent) -> AgentStatus:
         first_event_seq=agent.numbering.start,
         clock_offset_ms=agent.clock_offset_ms(),
         numbering_refused=agent.numbering.refused,
+        unfiscal_printed=checked["printed"],
+        unfiscal_unknown=checked["unknown"],
+        unfiscal_to_check=to_check,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -150,8 +177,18 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         f"master data      version {status.applied_version}",
         f"pending fiscal   {status.pending_fiscal} sale(s) and "
         f"{status.pending_fiscal_returns} return(s) waiting for a fiscal printer",
-        "devices:",
     ]
+    if status.unfiscal_to_check:
+        lines.append(
+            f"unfiscal         {status.unfiscal_to_check} completed without printer, to "
+            "compare with the printer when it answers"
+        )
+    lines += [f"printed after all  {d} (recorded unfiscal)" for d in status.unfiscal_printed]
+    lines += [
+        f"check journal    {d}: completed unfiscal, printer unclear"
+        for d in status.unfiscal_unknown
+    ]
+    lines.append("devices:")
     if not status.devices:
         lines.append("  (none configured)")
     for device in status.devices:

@@ -68,7 +68,9 @@ __all__ = [
     "CMD_TRANSACTION_STATUS",
     "DATA_END",
     "ETX",
+    "MAX_AMOUNT",
     "MAX_DATA",
+    "MAX_QUANTITY",
     "NAK",
     "PAYMENT_MODES",
     "PREAMBLE",
@@ -173,6 +175,10 @@ CODEPAGE = "cp1251"
 PLU_NAME_MAX = 72  # PluName of 0x31
 CENT = Decimal("0.01")
 MILLI = Decimal("0.001")
+# Field ranges of the vendor's manual: Price, Price x Quantity, a discount sum, a
+# payment and a cash move at most 9999999.99; a quantity at most 999999.999.
+MAX_AMOUNT = Decimal("9999999.99")
+MAX_QUANTITY = Decimal("999999.999")
 
 
 # ---------------------------------------------------------------------------------------
@@ -708,6 +714,13 @@ class FiscalReceipt:
                 raise ValueError("a line needs a name")
             if line.quantity <= 0:
                 raise ValueError(f"line {line.name!r}: quantity must be positive")
+            if (
+                line.quantity > MAX_QUANTITY
+                or abs(line.price) > MAX_AMOUNT
+                or (line.price * line.quantity).quantize(CENT, ROUND_HALF_UP) > MAX_AMOUNT
+            ):
+                # the printer refuses the field; refused here before anything is sent
+                raise ValueError(f"line {line.name!r}: beyond the printer's 9999999.99")
             if not 0 <= line.department <= 99:
                 raise ValueError(f"line {line.name!r}: department must be 0..99")
             line.discount()
@@ -716,6 +729,8 @@ class FiscalReceipt:
                 raise ValueError(f"payment type must be one of {sorted(PAYMENT_MODES)}")
             if payment.amount <= 0:
                 raise ValueError("payment amounts must be positive")
+            if payment.amount > MAX_AMOUNT:
+                raise ValueError(f"payment {payment.amount}: beyond the printer's 9999999.99")
         total = self.total()
         if total <= 0:
             raise ValueError("receipt total must be positive")

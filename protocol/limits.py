@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "CASH_MOVE_MAX",
+    "FISCAL_AMOUNT_MAX",
     "INT32_MAX",
     "INT64_MAX",
     "INT64_MIN",
@@ -34,6 +35,7 @@ __all__ = [
     "NonNegativeInt64",
     "PositiveInt32",
     "PositiveInt64",
+    "TenderAmount",
     "Text",
     "Text64",
     "Text200",
@@ -87,3 +89,11 @@ PositiveInt64 = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
 # (CashMoved.amount) keeps its BIGINT limit, so events already recorded still go up.
 CASH_MOVE_MAX = 10**9
 CashMoveAmount = Annotated[int, msgspec.Meta(ge=1, le=CASH_MOVE_MAX)]
+
+# The largest amount a Datecs "X" fiscal printer takes in a field (vendor manual: Price,
+# Price x Quantity, a payment's Amount, the subtotal are 0.00..9999999.99): 9,999,999.99
+# in minor units. A sale beyond it would be committed and then refused by the printer
+# on every retry, holding the till's queue; the till API refuses it before recording.
+FISCAL_AMOUNT_MAX = 999_999_999
+# One payment a till posts (a cash tender included; the change is what is over).
+TenderAmount = Annotated[int, msgspec.Meta(ge=1, le=FISCAL_AMOUNT_MAX)]

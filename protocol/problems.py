@@ -29,15 +29,27 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 _MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
 _UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_MISSING_FIELD = re.compile(r"missing required field `(?P<name>[^`]+)`")
 # What the web framework calls the body itself when the fault is at its top level.
 _WHOLE_BODY = frozenset({"data", "body"})
 
 
-def validation_errors(extra: Any, detail: str) -> tuple[FieldError, ...]:
+def _required_fields(body_type: Any) -> list[str]:
+    """The fields a body Struct cannot do without (no default)."""
+    if not isinstance(body_type, type) or not issubclass(body_type, msgspec.Struct):
+        return []
+    info = msgspec.inspect.type_info(body_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return [f.encode_name for f in info.fields if f.required]
+
+
+def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[FieldError, ...]:
     """The fields at fault of a request the web framework refused: its ``extra`` list
-    (``key`` or ``source``, ``message``), with an unknown field named by itself (not by
-    the object holding it, "data" at the top level), and a missing parameter, which the
-    framework names only in ``detail``."""
+    (``key`` or ``source``, ``message``), with an unknown or missing field named by
+    itself (not by the object holding it, "data" at the top level), a missing body (the
+    framework says only ``'data'``, its KeyError) as each required field of
+    ``body_type`` (the route's body Struct), or ``body``, and a missing parameter,
+    which the framework names only in ``detail``."""
     errors: list[FieldError] = []
     if isinstance(extra, list):
         for item in extra:
@@ -45,9 +57,17 @@ def validation_errors(extra: Any, detail: str) -> tuple[FieldError, ...]:
                 continue
             key = str(item.get("key") or item.get("source") or "body")
             message = str(item.get("message", ""))
-            unknown = _UNKNOWN_FIELD.search(message)
-            if unknown is not None:
-                name = unknown["name"]
+            if key in _WHOLE_BODY and message == f"'{key}'":
+                required = _required_fields(body_type)
+                names = ", ".join(f"`{name}`" for name in required)
+                errors += [
+                    FieldError(field=name, message=f"required: send a JSON body with {names}")
+                    for name in required
+                ] or [FieldError(field="body", message="required: send a JSON object body")]
+                continue
+            named = _UNKNOWN_FIELD.search(message) or _MISSING_FIELD.search(message)
+            if named is not None:
+                name = named["name"]
                 key = name if key in _WHOLE_BODY else f"{key}.{name}"
             errors.append(FieldError(field=key, message=message))
     missing = _MISSING_PARAMETER.match(detail)

@@ -35,7 +35,11 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     errors: tuple[FieldError, ...] = ()
     detail = exc.detail
     if isinstance(exc, ValidationException):
-        errors = validation_errors(exc.extra, str(exc.detail))
+        # a missing body is named by the fields the route's body needs, as at the agent
+        body = request.route_handler.parsed_fn_signature.parameters.get("data")
+        errors = validation_errors(
+            exc.extra, str(exc.detail), body.annotation if body is not None else None
+        )
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
         # A field at fault is 422 (unprocessable), like every other invalid field.
         status = 400 if not errors else 422

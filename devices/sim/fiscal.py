@@ -16,6 +16,8 @@ Fault injection (all thread-safe):
 - :meth:`power_loss` (deaf for some seconds; the open receipt survives, the SEQ memory
   does not)
 - :attr:`paid_modes` (the PaidModes programmed; a payment in another is refused)
+- amounts beyond the manual's field ranges (9999999.99; quantities 999999.999) are
+  refused with the syntax error bit, the state unchanged
 - :meth:`at_command` (a callback when the n-th frame of a command arrives, e.g. to
   drop the TCP link; return ``"drop"`` to ignore that frame entirely)
 
@@ -160,12 +162,19 @@ class _Refused(Exception):
         self.bit = bit
 
 
-def _money(text: str) -> Decimal:
+# Field ranges of the vendor's manual (0x31 Price, DiscountValue as a sum, Price x
+# Quantity; 0x35 Amount; 0x46 Amount): 9999999.99; 0x31 Quantity: 999999.999.
+MAX_AMOUNT = Decimal("9999999.99")
+MAX_QUANTITY = Decimal("999999.999")
+
+
+def _money(text: str, limit: Decimal = MAX_AMOUNT) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation as exc:
         raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR) from exc
-    if not value.is_finite():
+    if not value.is_finite() or abs(value) > limit:
+        # out of the field's range: refused like a malformed field, nothing changes
         raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
     return value
 
@@ -298,6 +307,9 @@ class FiscalSimulator(DeviceSimulator):
         return out
 
     def _frame(self, frame: bytes) -> list[Emit]:
+        if time.monotonic() < self.deaf_until:
+            # a hook pulled the cable while this chunk was read: the rest never arrives
+            return []
         try:
             request = parse_request(frame)
         except ValueError:
@@ -409,8 +421,10 @@ class FiscalSimulator(DeviceSimulator):
         if not 0 <= int(dept or "0") <= 99:
             raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
         price = _money(price_s)
-        quantity = _money(qty_s or "1.000")
+        quantity = _money(qty_s or "1.000", MAX_QUANTITY)
         amount = (price * quantity).quantize(CENT, ROUND_HALF_UP)
+        if abs(amount) > MAX_AMOUNT:
+            raise _Refused(ERR_SYNTAX, StatusBit.SYNTAX_ERROR)
         if dtype in ("1", "2", "3", "4"):
             value = _money(dvalue)
             if dtype in ("1", "2"):

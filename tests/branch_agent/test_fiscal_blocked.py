@@ -92,20 +92,23 @@ async def test_a_receipt_left_open_after_a_refused_payment_is_finished_by_the_ma
     assert x.status_code == 200, x.text
 
 
-async def test_after_complete_unfiscal_the_open_receipt_can_still_be_finished(
+async def test_complete_unfiscal_is_refused_while_the_printer_holds_the_receipt(
     store: Store,
 ) -> None:
+    """The printer answers (it holds the receipt open): completing the sale without it
+    is a 409, nothing recorded; finishing the receipt fiscalizes the sale."""
     await _stuck(store)
     url = "/api/v1/manager/sales/T1/s-stuck/complete-unfiscal"
-    assert (
-        await store.client.post(url, json={"reason": "stuck"}, headers=MANAGER)
-    ).status_code == 200
-    # still blocked: the printer holds the receipt whatever the agent recorded
-    assert (await store.client.post("/api/v1/sales/fiscalize", headers=TILL)).json() != []
+    refused = await store.client.post(url, json={"reason": "stuck"}, headers=MANAGER)
+    assert refused.status_code == 409, refused.text
+    assert (await _sale(store, "s-stuck"))["status"] == "pending_fiscal"
     assert (await _fiscal_state(store))["state"] == "blocked"
     done = await store.client.post(FINISH, json={"reason": "stuck receipt"}, headers=MANAGER)
     assert done.json()[0]["action"] == "closed"
     assert done.json()[0]["document"] == "sale s-stuck"  # recorded for the back office
+    assert (await _sale(store, "s-stuck"))["fiscal_number"] == str(
+        store.fiscal.sim.receipts[0].number
+    )
     assert (await _sale(store, "s-after"))["status"] == "fiscalized"
     close = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
     assert close.status_code == 200, close.text

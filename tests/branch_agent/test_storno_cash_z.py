@@ -240,6 +240,10 @@ async def test_a_manager_completes_a_stuck_return_without_its_printer(store: Sto
     assert (await store.client.post(url, json=body, headers=TILL)).status_code == 403
     missing = "/api/v1/manager/returns/T1/nope/complete-unfiscal"
     assert (await store.client.post(missing, json=body, headers=MANAGER)).status_code == 404
+    # While the printer answers (out of paper) it is refused: the return waits for it.
+    refused = await store.client.post(url, json=body, headers=MANAGER)
+    assert refused.status_code == 409, refused.text
+    store.fiscal.sim.go_deaf(3600.0)  # the printer is taken away
     done = await store.client.post(url, json=body, headers=MANAGER)
     assert done.status_code == 200, done.text
     assert done.json()["status"] == "completed_unfiscal"
@@ -247,9 +251,12 @@ async def test_a_manager_completes_a_stuck_return_without_its_printer(store: Sto
     (event,) = await store.events("customer_return_recorded")
     assert isinstance(event.body, CustomerReturnRecorded)
     assert event.body.fiscal_number is None
+    store.fiscal.sim.go_deaf(0)
     store.fiscal.sim.paper_end = False
     await store.agent.fiscal.process_all()
     assert store.fiscal.sim.storno_receipts == []
+    # compared with the printer once back: not printed
+    assert (await store.client.get("/health/status")).json()["unfiscal_to_check"] == 0
     again = await store.client.post(url, json=body, headers=MANAGER)
     assert again.status_code == 409
     assert (await store.client.get("/health/status")).json()["pending_fiscal_returns"] == 0

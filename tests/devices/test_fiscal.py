@@ -18,6 +18,7 @@ import pytest
 
 from devices.errors import FiscalError
 from devices.fiscal_datecs import (
+    CMD_CASH_IN_OUT,
     CMD_CLOSE_RECEIPT,
     CMD_OPEN_RECEIPT,
     CMD_PAYMENT,
@@ -388,3 +389,46 @@ def test_invalid_receipt_rejected_before_printing() -> None:
         FiscalReceipt(
             lines=(SaleLine("x", "Z", Decimal("1")),), payments=(Payment("cash", Decimal(1)),)
         ).validate()
+
+
+def test_amounts_beyond_the_printers_field_ranges_are_refused_and_change_nothing() -> None:
+    """Vendor manual: Price, Price x Quantity, a payment and a cash move up to
+    9999999.99, a quantity up to 999999.999; the simulator refuses beyond them."""
+    sim = FiscalSimulator()
+    seq = iter(range(0x21, 0xFF))
+
+    def send(cmd: int, *params: str) -> list[str]:
+        emits = sim.receive(build_request(next(seq), cmd, encode_params(list(params))))
+        return parse_answer(emits[-1][1]).params
+
+    assert send(CMD_OPEN_RECEIPT, "1", "1", "1", "") == ["0", "1"]
+    line = ["Milk", "1"]
+    assert int(send(CMD_SALE, *line, "10000000.00", "1.000", "", "", "0")[0]) < 0
+    assert int(send(CMD_SALE, *line, "1.00", "1000000.000", "", "", "0")[0]) < 0
+    assert int(send(CMD_SALE, *line, "9999999.99", "1.001", "", "", "0")[0]) < 0  # product
+    assert int(send(CMD_SALE, *line, "10.00", "1.000", "4", "10000000.00", "0")[0]) < 0
+    assert sim.open_receipt is not None
+    assert sim.open_receipt.lines == []
+    assert send(CMD_SALE, *line, "9999999.99", "1.000", "", "", "0")[0] == "0"
+    assert int(send(CMD_PAYMENT, "0", "10000000.00", "")[0]) < 0
+    assert sim.open_receipt.payments == []
+    assert send(CMD_PAYMENT, "0", "9999999.99", "")[:2] == ["0", "R"]
+    assert send(CMD_CLOSE_RECEIPT)[0] == "0"
+    assert int(send(CMD_CASH_IN_OUT, "0", "10000000.00")[0]) < 0
+    assert sim.cash_moves == []
+    assert sim.cash == Decimal("9999999.99")
+
+
+def test_the_driver_refuses_a_receipt_beyond_the_printers_ranges_before_sending(
+    fiscal: Any,
+) -> None:
+    _, sim, printer = fiscal
+    big_tender = dataclasses.replace(RECEIPT, payments=(Payment("cash", Decimal("10000000.00")),))
+    with pytest.raises(ValueError, match=r"9999999\.99"):
+        printer.print_receipt(big_tender)
+    big_line = dataclasses.replace(
+        RECEIPT, lines=(SaleLine("Gold", "A", Decimal("5000000.00"), Decimal("2.000")),)
+    )
+    with pytest.raises(ValueError, match=r"9999999\.99"):
+        printer.print_receipt(big_line)
+    assert sim.executed == []

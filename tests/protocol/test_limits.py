@@ -12,7 +12,7 @@ from protocol import limits
 from protocol.codec import WireDecodeError, check, decode_envelope, decode_envelope_seq, encode
 from protocol.events import CashMoved, EventEnvelope, StockDocumentPosted
 from protocol.ids import new_event_id
-from protocol.limits import CASH_MOVE_MAX, INT32_MAX, INT64_MAX, INT64_MIN
+from protocol.limits import CASH_MOVE_MAX, FISCAL_AMOUNT_MAX, INT32_MAX, INT64_MAX, INT64_MIN
 
 TEXTS = [
     ("Code32", 32),
@@ -29,6 +29,7 @@ INTEGERS = [
     ("NonNegativeInt64", 0, INT64_MAX),
     ("PositiveInt64", 1, INT64_MAX),
     ("CashMoveAmount", 1, CASH_MOVE_MAX),
+    ("TenderAmount", 1, FISCAL_AMOUNT_MAX),
 ]
 
 

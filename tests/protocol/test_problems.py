@@ -29,3 +29,24 @@ def test_a_missing_parameter_is_named_from_the_detail() -> None:
         FieldError(field="q", message="missing required query parameter"),
     )
     assert validation_errors([], "Validation failed") == ()
+
+
+def test_a_missing_body_is_named_by_the_fields_it_needs() -> None:
+    import msgspec
+
+    class Body(msgspec.Struct):
+        reason: str
+        note: str = ""
+
+    # what the framework says for a request without body: its KeyError's text
+    extra = [{"key": "data", "message": "'data'"}]
+    assert validation_errors(extra, "Validation failed for POST /x", Body) == (
+        FieldError(field="reason", message="required: send a JSON body with `reason`"),
+    )
+    assert validation_errors(extra, "Validation failed for POST /x") == (
+        FieldError(field="body", message="required: send a JSON object body"),
+    )
+    missing = [{"key": "data", "message": "Object missing required field `reason`"}]
+    assert validation_errors(missing, "Validation failed for POST /x", Body) == (
+        FieldError(field="reason", message="Object missing required field `reason`"),
+    )

@@ -1,0 +1,114 @@
+"""SIGKILL of the agent process as the printer closes a receipt whose answers are then
+lost for good: after a restart the sale is pending, the manager completes it unfiscal
+while the printer is silent, and when the printer answers again the agent finds the
+receipt it had printed and records its number; nothing printed twice, one event.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from branch_agent.db import create_engine, create_sessionmaker
+from branch_agent.models import OutboxEvent
+from devices.fiscal_datecs import CMD_CLOSE_RECEIPT
+from devices.sim import SimulatorHandle
+from protocol.codec import decode_envelope
+from protocol.events import ReceiptRecorded
+from tests.conftest import wait_until
+from tests.e2e.test_agent_kill import (
+    AgentProcess,
+    fiscal_printer,  # noqa: F401
+    free_port,
+    wait_healthy,
+    write_config,
+)
+
+T1 = {"Authorization": "Bearer t1"}
+BOSS = {"Authorization": "Bearer boss"}
+
+
+async def test_sigkill_as_the_receipt_closes_then_unfiscal_then_the_number_is_found(
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+
+    def kill_as_closed(s: Any) -> None:
+        # the close is executed (fiscalized), the agent dies, no answer ever comes back
+        s.lose_answers(None, 10**6)
+        agent.kill_from_thread()
+        killed.set()
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=60) as client:
+            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
+            sim.at_command(CMD_CLOSE_RECEIPT, kill_as_closed)
+            sale = {
+                "sale_id": "k1",
+                "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
+                "payments": [{"type": "cash", "amount": 1000}],
+            }
+            try:
+                await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)
+            except httpx.HTTPError:
+                pass  # the agent died under the request
+        assert killed.is_set()
+        (printed,) = sim.receipts
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=60) as client:
+            k1 = (await client.get(f"{url}/api/v1/sales/k1", headers=T1)).json()
+            assert k1["status"] == "pending_fiscal"
+            done = await client.post(
+                f"{url}/api/v1/manager/sales/T1/k1/complete-unfiscal",
+                json={"reason": "printer dead"},
+                headers=BOSS,
+            )
+            assert done.status_code == 200, done.text
+            assert done.json()["unfiscal_check"] == "pending"
+
+            sim.lose_answers(None, 0)  # the printer answers again: the retry loop checks
+
+            async def found() -> bool:
+                got = (await client.get(f"{url}/api/v1/sales/k1", headers=T1)).json()
+                return bool(got["unfiscal_check"] == "printed")
+
+            await wait_until(found, timeout=30, interval=0.2)
+            k1 = (await client.get(f"{url}/api/v1/sales/k1", headers=T1)).json()
+            assert (k1["status"], k1["fiscal_number"]) == (
+                "completed_unfiscal",
+                str(printed.number),
+            )
+            status = (await client.get(f"{url}/health/status")).json()
+            assert status["unfiscal_printed"] == [f"T1 sale k1: fiscal number {printed.number}"]
+        assert len(sim.receipts) == 1  # nothing printed twice
+    finally:
+        agent.stop()
+
+    engine = create_engine(tmp_path / "agent" / "agent.db")
+    try:
+        async with create_sessionmaker(engine)() as session:
+            events = [
+                decode_envelope(p)
+                for p in await session.scalars(
+                    select(OutboxEvent.payload).where(OutboxEvent.kind == "receipt_recorded")
+                )
+            ]
+    finally:
+        await engine.dispose()
+    (event,) = events
+    assert isinstance(event.body, ReceiptRecorded)
+    assert (event.body.sale_id, event.body.fiscal_number) == ("k1", None)
