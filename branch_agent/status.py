@@ -55,6 +55,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     clock_offset_ms: int | None = None
     # Why central does not confirm the numbering yet ("": it has, or has not said).
     numbering_refused: str = ""
+    # The NATS client's last error while the link is down ("": none since connected).
+    nats_error: str = ""
     devices: list[DeviceStateOut]
 
 
@@ -87,6 +89,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         first_event_seq=agent.numbering.start,
         clock_offset_ms=agent.clock_offset_ms(),
         numbering_refused=agent.numbering.refused,
+        nats_error="" if connected else agent.nats_error,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -131,7 +134,8 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
     lines = [
         f"branch           {status.branch}",
         f"link to central  {status.link}"
-        + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else ""),
+        + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else "")
+        + (f"  (NATS: {status.nats_error})" if status.nats_error else ""),
         f"outbox backlog   {status.outbox_backlog} event(s) not yet acknowledged"
         + (
             f"; held, too big for the NATS server: seq {', '.join(map(str, status.outbox_held))}"

@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from branch_agent.settings import load_settings
+from branch_agent.status import format_status
 from protocol.config import SettingsError
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = '[agent]\nbranch = "B1"\ndata_dir = "{data}"\nhttp_port = 1\n'
@@ -86,3 +89,17 @@ def test_the_known_protocols_and_zones_load(tmp_path: Path) -> None:
     settings = load_settings(config, env={})
     assert settings.timezone == "Europe/Berlin"
     assert settings.tills[0].display is not None
+
+
+async def test_status_shows_why_nats_does_not_connect(make_agent: Any) -> None:
+    # A port nothing listens on: the link stays down and status says why.
+    agent = await make_agent("B1", "nats://127.0.0.1:1")
+
+    async def said() -> bool:
+        return bool((await agent.status()).nats_error)
+
+    await wait_until(said)
+    status = await agent.status()
+    assert status.link == "disconnected"
+    assert "NATS: " in format_status(status)
+    assert status.nats_error in format_status(status)
