@@ -29,15 +29,19 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 _MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
 _UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
+# msgspec names the missing field in its message and the object holding it in the path.
+_MISSING_FIELD = re.compile(
+    r"missing required field `(?P<name>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?"
+)
 # What the web framework calls the body itself when the fault is at its top level.
 _WHOLE_BODY = frozenset({"data", "body"})
 
 
 def validation_errors(extra: Any, detail: str) -> tuple[FieldError, ...]:
     """The fields at fault of a request the web framework refused: its ``extra`` list
-    (``key`` or ``source``, ``message``), with an unknown field named by itself (not by
-    the object holding it, "data" at the top level), and a missing parameter, which the
-    framework names only in ``detail``."""
+    (``key`` or ``source``, ``message``), with an unknown or missing field named by
+    itself (not by the object holding it, "data" at the top level), and a missing
+    parameter, which the framework names only in ``detail``."""
     errors: list[FieldError] = []
     if isinstance(extra, list):
         for item in extra:
@@ -46,9 +50,16 @@ def validation_errors(extra: Any, detail: str) -> tuple[FieldError, ...]:
             key = str(item.get("key") or item.get("source") or "body")
             message = str(item.get("message", ""))
             unknown = _UNKNOWN_FIELD.search(message)
+            missing_field = _MISSING_FIELD.search(message)
             if unknown is not None:
                 name = unknown["name"]
                 key = name if key in _WHOLE_BODY else f"{key}.{name}"
+            elif missing_field is not None:
+                # Named by its path ("lines[0].sku"), not by the object holding it (the
+                # framework's key, or msgspec's "at" when the message keeps it).
+                at = missing_field["at"] or ("" if key in _WHOLE_BODY else key)
+                name = missing_field["name"]
+                key = f"{at}.{name}" if at else name
             errors.append(FieldError(field=key, message=message))
     missing = _MISSING_PARAMETER.match(detail)
     if missing is not None and not errors:
