@@ -166,7 +166,8 @@ async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> 
 
 
 def _branch_nats_url(settings: CentralSettings) -> str:
-    return settings.nats_public_url or settings.nats_url or "nats://127.0.0.1:4222"
+    embedded = f"nats://127.0.0.1:{settings.nats_server_port}"
+    return settings.nats_public_url or settings.nats_url or embedded
 
 
 async def _branches_revoke(settings: CentralSettings, args: argparse.Namespace) -> int:
@@ -396,8 +397,20 @@ async def _database_fault(url: str, *, need_schema: bool) -> str | None:
 
 
 # BACKROOM_* variables that are not central's settings: the agent's, the config file's,
-# the tests'.
-_OTHER_ENV_PREFIXES = ("BACKROOM_AGENT_", "BACKROOM_CENTRAL_CONFIG", "BACKROOM_TEST_")
+# the tests', the demo's ports.
+_OTHER_ENV_PREFIXES = (
+    "BACKROOM_AGENT_",
+    "BACKROOM_CENTRAL_CONFIG",
+    "BACKROOM_TEST_",
+    "BACKROOM_DEMO_",
+)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,7 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole chain on embedded defaults (make run)")
     demo.add_argument("--data-dir", default="var/demo")
-    demo.add_argument("--port", type=int, default=8000)
+    # Defaults from BACKROOM_DEMO_* (make run passes the environment through), so two
+    # demos, or a demo beside something on 8000/4222, can run on one machine.
+    for flag, env, default, what in (
+        ("--port", "BACKROOM_DEMO_PORT", 8000, "central's API"),
+        ("--nats-port", "BACKROOM_DEMO_NATS_PORT", 4222, "the NATS server"),
+        ("--agent-base-port", "BACKROOM_DEMO_AGENT_BASE_PORT", 8101, "B001's till API, B002 +1"),
+        (
+            "--device-base-port",
+            "BACKROOM_DEMO_DEVICE_BASE_PORT",
+            21010,
+            "B001's device simulators (4 ports), B002 +10",
+        ),
+    ):
+        # A string default goes through type= too, only when `demo` is the command.
+        demo.add_argument(
+            flag,
+            type=_port,
+            default=os.environ.get(env) or str(default),
+            help=f"port of {what} (default {default}, or ${env})",
+        )
     seed = sub.add_parser(
         "seed-demo",
         help="give central the demo catalog: products, format demo, chain prices (make run)",
@@ -519,7 +551,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "demo":
         from central.demo import run_demo
 
-        sys.exit(run_demo(Path(args.data_dir), http_port=args.port))
+        sys.exit(
+            run_demo(
+                Path(args.data_dir),
+                http_port=args.port,
+                nats_port=args.nats_port,
+                agent_base_port=args.agent_base_port,
+                device_base_port=args.device_base_port,
+            )
+        )
     config = args.config
     if (
         config is None

@@ -19,8 +19,9 @@ __all__ = ["CentralSettings", "load_settings"]
 class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///var/central/central.db"
-    # Empty: start an embedded nats-server (data in data_dir/nats).
+    # Empty: start an embedded nats-server (data in data_dir/nats) on nats_server_port.
     nats_url: str = ""
+    nats_server_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4222
     nats_creds: str = ""
     data_dir: str = "var/central"
     http_host: str = "127.0.0.1"
