@@ -103,3 +103,19 @@ async def test_status_shows_why_nats_does_not_connect(make_agent: Any) -> None:
     assert status.link == "disconnected"
     assert "NATS: " in format_status(status)
     assert status.nats_error in format_status(status)
+
+
+def test_an_unknown_agent_variable_is_warned_about(tmp_path: Path) -> None:
+    config = _write(tmp_path, "")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env.update({"PYTHONPATH": str(ROOT), "BACKROOM_AGENT_NATS_CRED": "x.creds"})
+    out = subprocess.run(
+        [sys.executable, "-m", "branch_agent", "--config", str(config), "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert "BACKROOM_AGENT_NATS_CRED is no setting" in out.stderr, out.stderr
