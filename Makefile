@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# e.g. make run DEMO_ARGS="--port 8080 --nats-port 4333 --agent-base-port 8201 --device-base-port 22010"
+# (or BACKROOM_DEMO_PORT, _NATS_PORT, _AGENT_BASE_PORT, _DEVICE_BASE_PORT in the environment)
+DEMO_ARGS ?=
 
 .PHONY: run test lint typecheck pytest bench clean venv
 
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m central demo --data-dir var/demo
+	$(BIN)/python -m central demo --data-dir var/demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check central branch_agent protocol devices migrations bench tests

@@ -97,6 +97,9 @@ class Agent:
             self.downstream.on_release = self.masterdata.requester.hold_ended
         self.resends = 0
         self.nc: Client | None = None
+        # The NATS client's last error while not connected (refused, Authorization
+        # Violation, TLS...), for status: otherwise only in the log. "": connected.
+        self.nats_error = ""
         self.js: JetStreamContext | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -215,6 +218,7 @@ class Agent:
 
     async def _sync(self) -> None:
         self.nc = await nats.connect(**self._nats_options())
+        self.nats_error = ""
         self.js = self.nc.jetstream()
         self._tasks.append(asyncio.create_task(self._heartbeats()))
         self._tasks.append(asyncio.create_task(self.downstream.run(self.js, self._stop)))
@@ -225,8 +229,10 @@ class Agent:
     def _nats_options(self) -> dict[str, Any]:
         async def on_error(exc: Exception) -> None:
             log.warning("nats: %s", exc)
+            self.nats_error = f"{type(exc).__name__}: {exc}"[:300]
 
         async def on_reconnected() -> None:
+            self.nats_error = ""
             self.sender.wake()
 
         options: dict[str, Any] = {

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from branch_agent.settings import AgentSettings, load_settings
-from protocol.config import SettingsError
+from protocol.config import SettingsError, unknown_env_settings
 
 __all__ = ["main"]
 
@@ -342,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"settings: {exc} (a --config FILE, or BACKROOM_AGENT_* variables)", file=sys.stderr)
         sys.exit(2)
+    for name in unknown_env_settings(
+        AgentSettings, os.environ, "BACKROOM_AGENT_", other_prefixes=("BACKROOM_AGENT_CONFIG",)
+    ):
+        # Warned, not refused: a typo would otherwise be ignored without a word.
+        print(f"settings: warning: {name} is no setting, ignored", file=sys.stderr)
     if args.command == "run":
         from branch_agent.agent import Agent
 

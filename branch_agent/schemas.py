@@ -51,7 +51,9 @@ QuantityText = Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")]
 ReasonText = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)]
 
 
-class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
+# Request bodies refuse unknown fields (422 naming it): a misspelt optional field
+# ("refund_typ") would otherwise be dropped and its default used.
+class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: Code64 | None = None
     barcode: Code64 | None = None
     # Decimal text in the product's unit: "2" pieces, "0.754" kg. Omitted: 1 piece, or
@@ -60,13 +62,13 @@ class SaleLineIn(msgspec.Struct, frozen=True, kw_only=True):
     manual_discount: NonNegativeInt64 = 0
 
 
-class PaymentIn(msgspec.Struct, frozen=True, kw_only=True):
+class PaymentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     type: PaymentType
     # at most 9,999,999.99: what a fiscal printer takes in a payment
     amount: TenderAmount
 
 
-class SaleIn(msgspec.Struct, frozen=True, kw_only=True):
+class SaleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The till's own id of this sale: posting it again returns the original receipt.
     sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     # Empty: the till's open shift; another id (closed, another till's) is refused.
@@ -128,13 +130,13 @@ class SaleOut(msgspec.Struct, kw_only=True):
     unfiscal_check: str | None = None
 
 
-class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True):
+class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The line number on the original receipt.
     line_no: PositiveInt32
     quantity: QuantityText
 
 
-class ReturnIn(msgspec.Struct, frozen=True, kw_only=True):
+class ReturnIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     return_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     # The till the original sale was made at (sale ids are unique per till). Omitted:
@@ -191,7 +193,7 @@ class WeightOut(msgspec.Struct, kw_only=True):
     net: bool
 
 
-class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True):
+class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Empty: the agent names it "<till>-<n>".
     shift_id: Code64 = ""
     cashier: Text64 = ""
@@ -238,7 +240,7 @@ class ShiftCloseOut(msgspec.Struct, kw_only=True):
     matches_fiscal: bool | None
 
 
-class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True):
+class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     move_id: Annotated[Code64, msgspec.Meta(min_length=1)]
     direction: Literal["in", "out"]
     # At most 10,000,000.00: a shift's moves add up without overflowing 64 bits.

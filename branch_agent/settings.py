@@ -6,16 +6,27 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from protocol.config import load_settings_struct
+from protocol.config import load_settings_struct, read_settings_file
 from protocol.limits import Code32, CurrencyCode
 
-__all__ = ["AgentSettings", "DeviceConfig", "TillConfig", "load_settings"]
+__all__ = ["DEVICE_PROTOCOLS", "AgentSettings", "DeviceConfig", "TillConfig", "load_settings"]
+
+# The one protocol each device of a till speaks (empty: that one), checked when the
+# settings are read so a typo is refused at once, not at the first sale.
+DEVICE_PROTOCOLS = {
+    "fiscal_printer": "datecs-x",
+    "receipt_printer": "escpos",
+    "scale": "toledo-8217",
+    "display": "epson-display",
+    "scanner": "serial",
+}
 
 
-class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
+class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # pyserial URL: /dev/ttyUSB0, socket://127.0.0.1:7001, rfc2217://..., loop://
     port: str
     # datecs-x (fiscal), escpos (receipt printer + drawer), toledo-8217 (scale),
@@ -25,7 +36,7 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 1.0
 
 
-class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
+class TillConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Goes up in every event of the till (central stores 32 characters).
     id: Code32
     # The till's credential for the till API (sent as a bearer token).
@@ -50,6 +61,14 @@ class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
         {0, 1, 2, 3, 4, 5}
     )
 
+    def __post_init__(self) -> None:
+        for role, known in DEVICE_PROTOCOLS.items():
+            device = getattr(self, role)
+            if device is not None and device.protocol not in ("", known):
+                raise ValueError(
+                    f"{role}: unsupported protocol {device.protocol!r}; known: {known!r}"
+                )
+
     def fiscal_payment_type(self, payment_type: str) -> str | None:
         """The fiscal driver's payment type for a till payment type (None: refused)."""
         mode = {"cash": 0, "credit_card": 1, "debit_card": 2}.get(payment_type)
@@ -69,7 +88,7 @@ class TillConfig(msgspec.Struct, frozen=True, kw_only=True):
         return int(digits[-5:]) if digits and int(digits[-5:]) > 0 else 1
 
 
-class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     branch: str
     name: str = ""
     # IANA zone of the store: local days, shift dates, times printed for people.
@@ -109,6 +128,13 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     server_id: str = ""
     tills: tuple[TillConfig, ...] = ()
 
+    def __post_init__(self) -> None:
+        # An unknown zone would only fail when the agent first needs local time.
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from exc
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
@@ -127,7 +153,7 @@ def load_settings(
 ) -> AgentSettings:
     env = os.environ if env is None else env
     path = config_file or env.get("BACKROOM_AGENT_CONFIG")
-    text = Path(path).read_text() if path else None
+    text = read_settings_file(path) if path else None
     return load_settings_struct(
         AgentSettings, toml_text=text, env=env, env_prefix="BACKROOM_AGENT_", section="agent"
     )

@@ -61,6 +61,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     unfiscal_printed: list[str] = []
     unfiscal_unknown: list[str] = []
     unfiscal_to_check: int = 0
+    # The NATS client's last error while the link is down ("": none since connected).
+    nats_error: str = ""
     devices: list[DeviceStateOut]
 
 
@@ -114,6 +116,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         unfiscal_printed=checked["printed"],
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
+        nats_error="" if connected else agent.nats_error,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -158,7 +161,8 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
     lines = [
         f"branch           {status.branch}",
         f"link to central  {status.link}"
-        + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else ""),
+        + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else "")
+        + (f"  (NATS: {status.nats_error})" if status.nats_error else ""),
         f"outbox backlog   {status.outbox_backlog} event(s) not yet acknowledged"
         + (
             f"; held, too big for the NATS server: seq {', '.join(map(str, status.outbox_held))}"

@@ -83,7 +83,7 @@ _PREFIX = {
 Quantity = Annotated[str, msgspec.Meta(pattern=r"^\d{1,7}(\.\d{1,3})?$")]
 
 
-class StockLineIn(msgspec.Struct, frozen=True, kw_only=True):
+class StockLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: Code64
     # Decimal text in the product's unit, always positive: the document type gives the sign.
     quantity: Quantity
@@ -91,7 +91,7 @@ class StockLineIn(msgspec.Struct, frozen=True, kw_only=True):
     unit_cost: NonNegativeInt64 | None = None
 
 
-class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
+class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The caller's id of the document: posting it again returns the original.
     document_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
     doc_type: DocType
@@ -103,12 +103,12 @@ class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
     author: Text64 = ""
 
 
-class CountLineIn(msgspec.Struct, frozen=True, kw_only=True):
+class CountLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: Code64
     counted: Quantity
 
 
-class CountSheetIn(msgspec.Struct, frozen=True, kw_only=True):
+class CountSheetIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sheet: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     lines: Annotated[list[CountLineIn], msgspec.Meta(min_length=1, max_length=5000)]
 

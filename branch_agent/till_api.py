@@ -33,13 +33,13 @@ if TYPE_CHECKING:
 __all__ = ["StocktakeOpenIn", "TillApi", "UnfiscalIn"]
 
 
-class StocktakeOpenIn(msgspec.Struct, frozen=True, kw_only=True):
+class StocktakeOpenIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     document_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
     author: Text64 = ""
     reason: ReasonText | None = None
 
 
-class UnfiscalIn(msgspec.Struct, frozen=True, kw_only=True):
+class UnfiscalIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Why the printer cannot fiscalize it any more (kept with the sale, shown centrally).
     reason: Annotated[str, msgspec.Meta(min_length=3, max_length=150, pattern=NO_NUL)]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from central.settings import CentralSettings, load_settings
-from protocol.config import SettingsError
+from protocol.config import SettingsError, unknown_env_settings
 
 __all__ = ["main"]
 
@@ -24,22 +24,42 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, default=str))
 
 
-async def _db_upgrade(settings: CentralSettings, revision: str) -> None:
-    from central.db import upgrade
+async def _db_upgrade(settings: CentralSettings, revision: str) -> int:
+    from alembic.util import CommandError
 
-    await upgrade(settings.database_url, revision)
-    _print({"database": settings.database_url.split("@")[-1], "upgraded_to": revision})
-
-
-async def _db_downgrade(settings: CentralSettings, revision: str) -> int:
-    from central.db import downgrade
+    from central.db import MigrationRefused, current_revisions, upgrade
 
     try:
-        await downgrade(settings.database_url, revision)
+        await upgrade(settings.database_url, revision)
+    except (MigrationRefused, CommandError) as exc:
+        print(f"db upgrade: {exc}", file=sys.stderr)
+        return 2
+    # What the database is at now, not the name asked for ("heads", a revision passed).
+    at = await current_revisions(settings.database_url)
+    _print({"database": settings.database_url.split("@")[-1], "upgraded_to": ",".join(at)})
+    return 0
+
+
+async def _db_downgrade(settings: CentralSettings, revision: str, drop_records: bool) -> int:
+    from alembic.util import CommandError
+
+    from central.db import MigrationRefused, current_revisions, downgrade
+
+    try:
+        await downgrade(settings.database_url, revision, drop_records=drop_records)
+    except (MigrationRefused, CommandError) as exc:
+        print(f"db downgrade: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as refused:  # a migration that would lose records says why
         _print({"error": str(refused)})
         return 1
-    _print({"database": settings.database_url.split("@")[-1], "downgraded_to": revision})
+    at = await current_revisions(settings.database_url)
+    _print(
+        {
+            "database": settings.database_url.split("@")[-1],
+            "downgraded_to": ",".join(at) or "base",
+        }
+    )
     return 0
 
 
@@ -146,7 +166,8 @@ async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> 
 
 
 def _branch_nats_url(settings: CentralSettings) -> str:
-    return settings.nats_public_url or settings.nats_url or "nats://127.0.0.1:4222"
+    embedded = f"nats://127.0.0.1:{settings.nats_server_port}"
+    return settings.nats_public_url or settings.nats_url or embedded
 
 
 async def _branches_revoke(settings: CentralSettings, args: argparse.Namespace) -> int:
@@ -350,6 +371,48 @@ async def _dead_letters(settings: CentralSettings, args: argparse.Namespace) -> 
         await engine.dispose()
 
 
+async def _database_fault(url: str, *, need_schema: bool) -> str | None:
+    """Why the database cannot be used (one line naming it), or None: checked once
+    before a command, so a server that is down (or a database never migrated, for a
+    command that does not migrate it) is not a traceback from deep inside."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from central.db import create_engine, current_revisions
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (OSError, DBAPIError, TimeoutError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return f"database {shown}: cannot connect: {reason or type(exc).__name__}"
+    finally:
+        await engine.dispose()
+    if need_schema and not await current_revisions(url):
+        return f"database {shown} has no schema: run `python -m central db upgrade` first"
+    return None
+
+
+# BACKROOM_* variables that are not central's settings: the agent's, the config file's,
+# the tests', the demo's ports.
+_OTHER_ENV_PREFIXES = (
+    "BACKROOM_AGENT_",
+    "BACKROOM_CENTRAL_CONFIG",
+    "BACKROOM_TEST_",
+    "BACKROOM_DEMO_",
+)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(text)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m central", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (section [central])")
@@ -363,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
         "downgrade", help="migrate back to an older schema (rolling a release back)"
     )
     down.add_argument("revision", help="the older release's revision, e.g. 1601")
+    down.add_argument(
+        "--drop-records",
+        action="store_true",
+        help="allow going below the first releases' schema (drops every record)",
+    )
     parts = db_sub.add_parser(
         "partitions", help="create monthly partitions ahead, report rows in DEFAULT (PostgreSQL)"
     )
@@ -380,7 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole chain on embedded defaults (make run)")
     demo.add_argument("--data-dir", default="var/demo")
-    demo.add_argument("--port", type=int, default=8000)
+    # Defaults from BACKROOM_DEMO_* (make run passes the environment through), so two
+    # demos, or a demo beside something on 8000/4222, can run on one machine.
+    for flag, env, default, what in (
+        ("--port", "BACKROOM_DEMO_PORT", 8000, "central's API"),
+        ("--nats-port", "BACKROOM_DEMO_NATS_PORT", 4222, "the NATS server"),
+        ("--agent-base-port", "BACKROOM_DEMO_AGENT_BASE_PORT", 8101, "B001's till API, B002 +1"),
+        (
+            "--device-base-port",
+            "BACKROOM_DEMO_DEVICE_BASE_PORT",
+            21010,
+            "B001's device simulators (4 ports), B002 +10",
+        ),
+    ):
+        # A string default goes through type= too, only when `demo` is the command.
+        demo.add_argument(
+            flag,
+            type=_port,
+            default=os.environ.get(env) or str(default),
+            help=f"port of {what} (default {default}, or ${env})",
+        )
     seed = sub.add_parser(
         "seed-demo",
         help="give central the demo catalog: products, format demo, chain prices (make run)",
@@ -464,7 +551,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "demo":
         from central.demo import run_demo
 
-        sys.exit(run_demo(Path(args.data_dir), http_port=args.port))
+        sys.exit(
+            run_demo(
+                Path(args.data_dir),
+                http_port=args.port,
+                nats_port=args.nats_port,
+                agent_base_port=args.agent_base_port,
+                device_base_port=args.device_base_port,
+            )
+        )
     config = args.config
     if (
         config is None
@@ -479,13 +574,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"settings: {exc} (a --config FILE, or BACKROOM_* variables)", file=sys.stderr)
         sys.exit(2)
+    for name in unknown_env_settings(
+        CentralSettings, os.environ, "BACKROOM_", other_prefixes=_OTHER_ENV_PREFIXES
+    ):
+        # Warned, not refused: the environment is shared with other programs.
+        print(f"settings: warning: {name} is no setting, ignored", file=sys.stderr)
+    if args.command != "nats":
+        # serve migrates the database itself; ingest may start beside a serve doing so.
+        need_schema = args.command not in ("db", "serve", "ingest")
+        fault = asyncio.run(_database_fault(settings.database_url, need_schema=need_schema))
+        if fault is not None:
+            print(fault, file=sys.stderr)
+            sys.exit(2)
     code = 0
     if args.command == "db" and args.db_command == "partitions":
         code = asyncio.run(_db_partitions(settings, args))
     elif args.command == "db" and args.db_command == "downgrade":
-        code = asyncio.run(_db_downgrade(settings, args.revision))
+        code = asyncio.run(_db_downgrade(settings, args.revision, args.drop_records))
     elif args.command == "db":
-        asyncio.run(_db_upgrade(settings, args.revision))
+        code = asyncio.run(_db_upgrade(settings, args.revision))
     elif args.command == "serve":
         _serve(settings)
     elif args.command == "ingest":

@@ -9,6 +9,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -23,9 +27,12 @@ import migrations
 
 __all__ = [
     "QUERY_CANCELED",
+    "RECORD_TABLE_REVISIONS",
+    "MigrationRefused",
     "alembic_config",
     "create_engine",
     "create_sessionmaker",
+    "current_revisions",
     "downgrade",
     "error_chain",
     "is_interrupted",
@@ -155,12 +162,83 @@ def _upgrade_sync(url: str, revision: str) -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+# Undoing one of these drops tables of records (receipts, stock, catalog and prices,
+# users and the audit log): the schema of no release that could run on the records.
+RECORD_TABLE_REVISIONS = frozenset({"0001", "0101", "0201", "0301"})
+
+
+class MigrationRefused(Exception):
+    """A migration command that would do the wrong thing (the text says why); nothing done."""
+
+
+async def current_revisions(url: str) -> tuple[str, ...]:
+    """The revisions the database is at (empty: no schema yet)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            heads = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_heads()
+            )
+    finally:
+        await engine.dispose()
+    return tuple(sorted(heads))
+
+
+def _ancestry(script: ScriptDirectory, heads: tuple[str, ...]) -> set[str]:
+    """The revisions applied when the database is at ``heads`` (they included)."""
+    applied: set[str] = set()
+    for head in heads:
+        applied.update(r.revision for r in script.iterate_revisions(head, "base"))
+    return applied
+
+
 async def upgrade(url: str, revision: str = "heads") -> None:
-    """Migrate the database to ``revision``; alembic's env runs its own event loop."""
+    """Migrate the database to ``revision``; alembic's env runs its own event loop.
+
+    A ``revision`` the database is already past is refused (MigrationRefused): alembic
+    would do nothing and say nothing, and going back is ``downgrade``."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    current = await current_revisions(url) if revision not in ("head", "heads") else ()
+    if current:
+        try:
+            target = script.get_revision(revision)
+        except (CommandError, RevisionError) as exc:
+            raise MigrationRefused(str(exc)) from exc
+        if (
+            target is not None
+            and target.revision not in current
+            and target.revision in _ancestry(script, current)
+        ):
+            raise MigrationRefused(
+                f"the database is at {', '.join(current)}, past {target.revision}: "
+                "to go back, use `db downgrade`"
+            )
     await asyncio.to_thread(_upgrade_sync, url, revision)
 
 
-async def downgrade(url: str, revision: str) -> None:
+async def downgrade(url: str, revision: str, *, drop_records: bool = False) -> None:
     """Migrate the database back to ``revision`` (rolling a release back: run the
-    older release's processes only after this)."""
-    await asyncio.to_thread(command.downgrade, alembic_config(url), revision)
+    older release's processes only after this).
+
+    Going below a revision of ``RECORD_TABLE_REVISIONS`` drops tables of records: refused
+    (MigrationRefused, nothing done) unless ``drop_records``."""
+    config = alembic_config(url)
+    if not drop_records:
+        script = ScriptDirectory.from_config(config)
+        undone: set[str] = set()
+        try:
+            for head in await current_revisions(url):
+                undone.update(
+                    r.revision
+                    for r in script.iterate_revisions(head, revision, select_for_downgrade=True)
+                )
+        except (CommandError, RevisionError) as exc:
+            raise MigrationRefused(str(exc)) from exc
+        dropping = sorted(undone & RECORD_TABLE_REVISIONS)
+        if dropping:
+            raise MigrationRefused(
+                f"downgrading to {revision} undoes {', '.join(dropping)} and drops the "
+                "tables of records (receipts, stock, catalog, users): give --drop-records "
+                "if that is meant"
+            )
+    await asyncio.to_thread(command.downgrade, config, revision)

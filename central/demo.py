@@ -24,8 +24,8 @@ from central.sync.nats_auth import NatsIssuer
 __all__ = ["run_demo"]
 
 DEMO_BRANCHES = (
-    ("B001", "Downtown", "Europe/Berlin", 8101),
-    ("B002", "Riverside", "Europe/Berlin", 8102),
+    ("B001", "Downtown", "Europe/Berlin"),
+    ("B002", "Riverside", "Europe/Berlin"),
 )
 
 
@@ -80,7 +80,17 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) -> int:
+def run_demo(
+    data_dir: Path,
+    *,
+    http_port: int = 8000,
+    nats_port: int = 4222,
+    agent_base_port: int = 8101,
+    device_base_port: int = 21010,
+) -> int:
+    """The chain on one machine. Ports: central ``http_port``, NATS ``nats_port``, the
+    n-th branch's till API ``agent_base_port + n`` and its four device simulators
+    ``device_base_port + 10 n`` onwards (defaults: 8000, 4222, 8101, 21010)."""
     # Ctrl-C, and also SIGTERM (a service manager, `kill`), or SIGINT even when the
     # shell started us with it ignored: every child is stopped in the finally below.
     signal.signal(signal.SIGINT, _interrupt)
@@ -89,6 +99,7 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
     data_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     processes: list[subprocess.Popen[bytes]] = []
+    agent_ports = {code: agent_base_port + n for n, (code, *_) in enumerate(DEMO_BRANCHES)}
     # NATS runs with central's JWT auth: each agent gets only its own branch's creds.
     issuer = NatsIssuer.load_or_create(data_dir / "central" / "nats-issuer")
     nats = EmbeddedNats(
@@ -151,7 +162,7 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
             )
             return 1
         creds: dict[str, str] = {}
-        for code, name, tz, _port in DEMO_BRANCHES:
+        for code, name, tz in DEMO_BRANCHES:
             out = subprocess.run(
                 [
                     python,
@@ -180,11 +191,12 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
         admin = _admin_token(python, central_run)
         spawn("central", ["-m", "central", "serve"], central_env)
         _wait_http(f"http://127.0.0.1:{http_port}/health")
-        for code, name, tz, port in DEMO_BRANCHES:
+        for n, (code, name, tz) in enumerate(DEMO_BRANCHES):
+            port = agent_ports[code]
             # Till T1's devices: simulators over TCP, as a serial-over-TCP bridge would be.
             devices = {}
             for offset, kind in enumerate(("fiscal", "printer", "display", "scale")):
-                device_port = 20000 + (port % 1000) * 10 + offset
+                device_port = device_base_port + 10 * n + offset
                 spawn(
                     f"device-{code}-{kind}",
                     ["-m", "devices", "simulate", kind, "--listen", f"127.0.0.1:{device_port}"],
@@ -205,7 +217,7 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                 f'scale = {{ port = "{devices["scale"]}", protocol = "toledo-8217" }}\n'
             )
             spawn(f"agent-{code}", ["-m", "branch_agent", "--config", str(config), "run"])
-        for code, _name, _tz, port in DEMO_BRANCHES:
+        for code, port in agent_ports.items():
             _wait_http(f"http://127.0.0.1:{port}/health")
             spawn(
                 f"till-{code}",
@@ -229,7 +241,7 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     "receipts": f"http://127.0.0.1:{http_port}/api/v1/receipts",
                     "nats": nats.url,
                     "agents": {
-                        code: f"http://127.0.0.1:{port}" for code, _n, _t, port in DEMO_BRANCHES
+                        code: f"http://127.0.0.1:{port}" for code, port in agent_ports.items()
                     },
                     "data_dir": str(data_dir),
                     "admin_token": admin,
@@ -238,7 +250,7 @@ def run_demo(data_dir: Path, *, http_port: int = 8000, nats_port: int = 4222) ->
                     # The demo agents' till API tokens (also in agent-<code>.toml).
                     "agent_tokens": {
                         code: {"till_T1": _till_token(code), "manager": _manager_token(code)}
-                        for code, _n, _t, _p in DEMO_BRANCHES
+                        for code, _n, _t in DEMO_BRANCHES
                     },
                     "settings_file": str(data_dir / "central.toml"),
                     "logs": str(logs),

@@ -76,7 +76,7 @@ class CentralRuntime:
 
             # The embedded server runs with central's issuer auth on, never open.
             self.embedded_nats, creds = embedded_nats_server(
-                self.settings, self.settings.data_path / "nats", port=4222
+                self.settings, self.settings.data_path / "nats", port=self.settings.nats_server_port
             )
             self._nats_creds = str(creds)
             await asyncio.to_thread(self.embedded_nats.start)

@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Annotated
 
 import msgspec
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from protocol.config import load_settings_struct
+from protocol.config import load_settings_struct, read_settings_file
 
 __all__ = ["CentralSettings", "load_settings"]
 
 
-class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
+class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///var/central/central.db"
-    # Empty: start an embedded nats-server (data in data_dir/nats).
+    # Empty: start an embedded nats-server (data in data_dir/nats) on nats_server_port.
     nats_url: str = ""
+    nats_server_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4222
     nats_creds: str = ""
     data_dir: str = "var/central"
     http_host: str = "127.0.0.1"
@@ -81,9 +84,27 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Expiry of API tokens issued without an explicit one (0: no expiry).
     api_token_ttl_days: int = 365
 
+    def __post_init__(self) -> None:
+        _check_database_url(self.database_url)
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+
+def _check_database_url(url: str) -> None:
+    """Refuse a URL no command could use, at load, instead of a traceback from the
+    first command that connects (a missing driver module, a blocking driver)."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ValueError(f"database_url: not a usable database URL ({exc})") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql") or not dialect.is_async:
+        raise ValueError(
+            f"database_url: {parsed.drivername!r} is not supported; use "
+            "sqlite+aiosqlite:///path or postgresql+asyncpg://user:pw@host/db"
+        )
 
 
 def load_settings(
@@ -92,7 +113,7 @@ def load_settings(
 ) -> CentralSettings:
     env = os.environ if env is None else env
     path = config_file or env.get("BACKROOM_CENTRAL_CONFIG")
-    text = Path(path).read_text() if path else None
+    text = read_settings_file(path) if path else None
     return load_settings_struct(
         CentralSettings, toml_text=text, env=env, env_prefix="BACKROOM_", section="central"
     )

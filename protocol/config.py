@@ -1,24 +1,62 @@
 """Reading settings into frozen Structs: TOML text first, then environment overrides.
 
-Pure: the caller reads the file and passes the environment mapping, so tests can
-give both explicitly and nothing is read at import time.
+The loader is pure: the caller reads the file (``read_settings_file``) and passes the
+environment mapping, so tests can give both explicitly and nothing is read at import
+time.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-__all__ = ["SettingsError", "load_settings_struct"]
+__all__ = ["SettingsError", "load_settings_struct", "read_settings_file", "unknown_env_settings"]
 
 S = TypeVar("S", bound=msgspec.Struct)
 
 
 class SettingsError(ValueError):
     """Settings that cannot be used; the text names the setting."""
+
+
+# msgspec's words for a key the Struct does not have (forbid_unknown_fields), and where.
+_UNKNOWN_FIELD = re.compile(
+    r"^Object contains unknown field `(?P<name>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?$"
+)
+
+
+def read_settings_file(path: str | os.PathLike[str]) -> str:
+    """The text of a settings file; one that cannot be read is a SettingsError naming it."""
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(f"settings file {str(path)!r}: {reason}") from exc
+
+
+def unknown_env_settings(
+    cls: type[msgspec.Struct],
+    env: Mapping[str, str],
+    env_prefix: str,
+    *,
+    other_prefixes: Iterable[str] = (),
+) -> list[str]:
+    """``PREFIX_*`` variables that name no field of ``cls`` (nor start with one of
+    ``other_prefixes``, variables of other programs sharing the prefix): a typo there is
+    ignored by the loader, so the caller warns about them."""
+    names = {f"{env_prefix}{f.name.upper()}" for f in msgspec.structs.fields(cls)}
+    others = tuple(other_prefixes)
+    return sorted(
+        key
+        for key in env
+        if key.startswith(env_prefix) and key not in names and not key.startswith(others)
+    )
 
 
 def load_settings_struct(
@@ -32,7 +70,9 @@ def load_settings_struct(
     """Build ``cls`` from TOML (optionally one ``[section]`` of it) and ``PREFIX_FIELD`` vars.
 
     Environment values are strings; msgspec converts them (``strict=False``) to the
-    field's type, so ``BACKROOM_HTTP_PORT=8001`` becomes an int.
+    field's type, so ``BACKROOM_HTTP_PORT=8001`` becomes an int. A key of the file the
+    Struct does not know is refused (the Structs forbid unknown fields): a misspelt
+    ``nats_cred`` would otherwise be ignored and the default used.
     """
     data: dict[str, Any] = {}
     if toml_text:
@@ -40,7 +80,10 @@ def load_settings_struct(
             parsed = tomllib.loads(toml_text)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings file is not valid TOML: {exc}") from exc
-        data.update(parsed.get(section, {}) if section else parsed)
+        chosen = parsed.get(section, {}) if section else parsed
+        if not isinstance(chosen, dict):
+            raise SettingsError(f"settings file: [{section}] is not a table")
+        data.update(chosen)
     for field in msgspec.structs.fields(cls):
         key = f"{env_prefix}{field.name.upper()}"
         if env is not None and key in env:
@@ -48,4 +91,9 @@ def load_settings_struct(
     try:
         return msgspec.convert(data, cls, strict=False)
     except msgspec.ValidationError as exc:
+        unknown = _UNKNOWN_FIELD.match(str(exc))
+        if unknown is not None:
+            at = unknown["at"]
+            name = f"{at}.{unknown['name']}" if at else unknown["name"]
+            raise SettingsError(f"unknown setting {name!r}") from exc
         raise SettingsError(f"bad setting: {exc}") from exc

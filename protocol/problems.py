@@ -29,7 +29,10 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 _MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
 _UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
-_MISSING_FIELD = re.compile(r"missing required field `(?P<name>[^`]+)`")
+# msgspec names the missing field in its message and the object holding it in the path.
+_MISSING_FIELD = re.compile(
+    r"missing required field `(?P<name>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?"
+)
 # What the web framework calls the body itself when the fault is at its top level.
 _WHOLE_BODY = frozenset({"data", "body"})
 
@@ -46,10 +49,10 @@ def _required_fields(body_type: Any) -> list[str]:
 def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[FieldError, ...]:
     """The fields at fault of a request the web framework refused: its ``extra`` list
     (``key`` or ``source``, ``message``), with an unknown or missing field named by
-    itself (not by the object holding it, "data" at the top level), a missing body (the
-    framework says only ``'data'``, its KeyError) as each required field of
-    ``body_type`` (the route's body Struct), or ``body``, and a missing parameter,
-    which the framework names only in ``detail``."""
+    itself (not by the object holding it, "data" at the top level; a missing one by its
+    path), a missing body (the framework says only ``'data'``, its KeyError) as each
+    required field of ``body_type`` (the route's body Struct), or ``body``, and a
+    missing parameter, which the framework names only in ``detail``."""
     errors: list[FieldError] = []
     if isinstance(extra, list):
         for item in extra:
@@ -65,10 +68,17 @@ def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[F
                     for name in required
                 ] or [FieldError(field="body", message="required: send a JSON object body")]
                 continue
-            named = _UNKNOWN_FIELD.search(message) or _MISSING_FIELD.search(message)
-            if named is not None:
-                name = named["name"]
+            unknown = _UNKNOWN_FIELD.search(message)
+            missing_field = _MISSING_FIELD.search(message)
+            if unknown is not None:
+                name = unknown["name"]
                 key = name if key in _WHOLE_BODY else f"{key}.{name}"
+            elif missing_field is not None:
+                # Named by its path ("lines[0].sku"), not by the object holding it (the
+                # framework's key, or msgspec's "at" when the message keeps it).
+                at = missing_field["at"] or ("" if key in _WHOLE_BODY else key)
+                name = missing_field["name"]
+                key = f"{at}.{name}" if at else name
             errors.append(FieldError(field=key, message=message))
     missing = _MISSING_PARAMETER.match(detail)
     if missing is not None and not errors:

@@ -38,15 +38,17 @@ def test_environment_overrides_the_file() -> None:
     assert settings.http_port == 9100
 
 
-def test_an_unknown_device_protocol_is_refused_at_start() -> None:
-    settings = AgentSettings(
-        branch="B1",
-        tills=(
-            TillConfig(id="T1", fiscal_printer=DeviceConfig(port="loop://", protocol="epson-fp81")),
-        ),
-    )
+def test_an_unknown_device_protocol_is_refused_with_the_settings() -> None:
+    # Refused when the settings are made (read), not at the agent's start.
     with pytest.raises(ValueError, match="unsupported protocol 'epson-fp81'"):
-        TillDevices(settings)
+        AgentSettings(
+            branch="B1",
+            tills=(
+                TillConfig(
+                    id="T1", fiscal_printer=DeviceConfig(port="loop://", protocol="epson-fp81")
+                ),
+            ),
+        )
 
 
 def test_the_fiscal_till_number_defaults_to_the_digits_of_the_id() -> None:

@@ -112,3 +112,9 @@ async def test_an_unknown_field_is_named_by_itself(central: Any, central_client:
     r = await central_client.get("/api/v1/branches")
     assert r.status_code == 200, r.text
     assert [b["code"] for b in r.json()["items"]] == []
+
+
+async def test_a_missing_body_field_is_named(central: Any, central_client: Any) -> None:
+    # Named by itself, not "data" (the framework's name for the whole body).
+    r = await central_client.post("/api/v1/prices", json={"price": 129})
+    assert _fields(r, 422) == ["sku"]

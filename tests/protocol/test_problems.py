@@ -50,3 +50,17 @@ def test_a_missing_body_is_named_by_the_fields_it_needs() -> None:
     assert validation_errors(missing, "Validation failed for POST /x", Body) == (
         FieldError(field="reason", message="Object missing required field `reason`"),
     )
+
+
+def test_a_missing_field_is_named_by_its_path() -> None:
+    extra = [
+        {"key": "data", "message": "Object missing required field `sku`"},
+        {"key": "lines", "message": "Object missing required field `sku` - at `$.lines[0]`"},
+        # The web framework moves the path into the key.
+        {"key": "lines[1]", "message": "Object missing required field `quantity`"},
+    ]
+    assert [e.field for e in validation_errors(extra, "Validation failed for POST /x")] == [
+        "sku",
+        "lines[0].sku",
+        "lines[1].quantity",
+    ]

@@ -1,0 +1,121 @@
+"""Bad agent configuration: refused when the settings are read, by name, exit 2, for
+every command (never a traceback at ``run``, never a ``status`` saying all is well)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from branch_agent.settings import load_settings
+from branch_agent.status import format_status
+from protocol.config import SettingsError
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = '[agent]\nbranch = "B1"\ndata_dir = "{data}"\nhttp_port = 1\n'
+
+
+def _agent(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "branch_agent", "--config", config, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def _write(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(GOOD.format(data=tmp_path / "data") + extra)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ('nats_cred = "B1.creds"\n', "unknown setting 'nats_cred'"),
+        ("bogus_field = 1\n", "unknown setting 'bogus_field'"),
+        ('timezone = "Mars/Olympus"\n', "timezone: unknown time zone 'Mars/Olympus'"),
+        (
+            '[[agent.tills]]\nid = "T1"\n'
+            'fiscal_printer = { port = "loop://", protocol = "nope" }\n',
+            "fiscal_printer: unsupported protocol 'nope'",
+        ),
+        (
+            '[[agent.tills]]\nid = "T1"\nscale = { port = "loop://", baud = 9600 }\n',
+            "unknown setting 'tills[0].scale.baud'",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "run"])
+def test_bad_settings_are_refused_by_name(
+    tmp_path: Path, extra: str, named: str, command: str
+) -> None:
+    config = _write(tmp_path, extra)
+    with pytest.raises(SettingsError) as refused:
+        load_settings(config, env={})
+    assert named in str(refused.value)
+    out = _agent(tmp_path, str(config), command)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert named in out.stderr
+    assert not (tmp_path / "data").exists()  # nothing started, nothing created
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    out = _agent(tmp_path, "/nonexistent.toml", "status")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "'/nonexistent.toml': No such file" in out.stderr
+
+
+def test_the_known_protocols_and_zones_load(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path,
+        'timezone = "Europe/Berlin"\n[[agent.tills]]\nid = "T1"\n'
+        'fiscal_printer = { port = "loop://", protocol = "datecs-x" }\n'
+        'display = { port = "loop://" }\n',
+    )
+    settings = load_settings(config, env={})
+    assert settings.timezone == "Europe/Berlin"
+    assert settings.tills[0].display is not None
+
+
+async def test_status_shows_why_nats_does_not_connect(make_agent: Any) -> None:
+    # A port nothing listens on: the link stays down and status says why.
+    agent = await make_agent("B1", "nats://127.0.0.1:1")
+
+    async def said() -> bool:
+        return bool((await agent.status()).nats_error)
+
+    await wait_until(said)
+    status = await agent.status()
+    assert status.link == "disconnected"
+    assert "NATS: " in format_status(status)
+    assert status.nats_error in format_status(status)
+
+
+def test_an_unknown_agent_variable_is_warned_about(tmp_path: Path) -> None:
+    config = _write(tmp_path, "")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env.update({"PYTHONPATH": str(ROOT), "BACKROOM_AGENT_NATS_CRED": "x.creds"})
+    out = subprocess.run(
+        [sys.executable, "-m", "branch_agent", "--config", str(config), "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert "BACKROOM_AGENT_NATS_CRED is no setting" in out.stderr, out.stderr
