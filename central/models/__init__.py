@@ -40,7 +40,7 @@ from central.models.reports import (
     SummaryBacklog,
     SummaryRejected,
 )
-from central.models.shifts import CashMovement, ClosedDay, Shift
+from central.models.shifts import CashMovement, ClosedDay, Shift, ShiftIdConflict
 from central.models.stock import (
     StockBalance,
     StockMovement,
@@ -90,6 +90,7 @@ __all__ = [
     "SalesProductDaily",
     "SalesProductDailyChain",
     "Shift",
+    "ShiftIdConflict",
     "ShiftPaymentTotals",
     "ShiftTotals",
     "StockBalance",
