@@ -87,6 +87,7 @@ class Agent:
             server=server_id(settings.server_id),
         )
         self.sender.numbering = self.numbering
+        self.shifts.numbering = self.numbering
         if self.masterdata.requester is not None:
             self.masterdata.requester.numbering = self.numbering
             # While central numbers another database of the branch (the old server

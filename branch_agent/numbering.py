@@ -21,6 +21,15 @@ heartbeat lists them (``skipped_seqs``), so central, if it ever lacks them (its 
 database restored to before then), gives them up instead of asking for a resend that
 could only bring the events after them, again and again.
 
+Shift ids (``<till>-<n>``) stand on the same answer: a shift central files keeps
+its id, and a restored or new database counting its tills' shifts from its own
+counters would give a number central holds from another shift (and central merged
+them). A shift's number is never above its opening event's, so once central has
+answered with a start past the numbers this database had (new, or gone back in
+time), every till's shift numbers go on from ``start`` (``SHIFT_FLOOR``): past every
+shift central can know of. A shift opened before the answer cannot know that floor;
+its id carries a random tag (``T2-5-k7qz2``, see :mod:`branch_agent.shifts`).
+
 Each report and heartbeat also names the server the agent runs on (``server_id``):
 a copy of the database running on a second server at once (a cloned disk) has the
 same id, and only the server tells them apart. A restart on the same server is not
@@ -47,6 +56,7 @@ __all__ = [
     "AGENT_INSTANCE",
     "EVENT_SEQ_CHECKED",
     "EVENT_SEQ_SETTLED",
+    "SHIFT_FLOOR",
     "EventNumbering",
     "renumber_outbox",
     "server_id",
@@ -61,6 +71,10 @@ EVENT_SEQ_SETTLED = "event_seq_settled"
 # The highest number a numbered database had given when it started, until central has
 # answered for it (then removed).
 EVENT_SEQ_CHECKED = "event_seq_checked"
+
+# Shift numbers of every till go on above this one (central's start, less one, after
+# the database was new or went back in time).
+SHIFT_FLOOR = "shift_floor"
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -110,6 +124,14 @@ async def renumber_outbox(session: AsyncSession, start: int, *, after: int = 0) 
     else:
         counter.value += offset
     return len(rows)
+
+
+async def _raise_shift_floor(session: AsyncSession, floor: int) -> None:
+    row = await session.get(Counter, SHIFT_FLOOR)
+    if row is None:
+        session.add(Counter(name=SHIFT_FLOOR, value=floor))
+    elif row.value < floor:
+        row.value = floor
 
 
 # Each run of numbers missing between two outbox events (from the database's first).
@@ -219,6 +241,8 @@ class EventNumbering:
                 await session.execute(delete(Counter).where(Counter.name == EVENT_SEQ_CHECKED))
             else:
                 session.add(Counter(name=EVENT_SEQ_SETTLED, value=start))
+            if not self.start or start > self.checked + 1:
+                await _raise_shift_floor(session, start - 1)
             await session.flush()
             self.skipped = await skipped_ranges(session, self.start or start)
         if not self.start:

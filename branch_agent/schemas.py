@@ -194,7 +194,8 @@ class WeightOut(msgspec.Struct, kw_only=True):
 
 
 class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    # Empty: the agent names it "<till>-<n>".
+    # Empty: the agent names it "<till>-<n>" (n past every shift central knows of; with a
+    # random tag, "<till>-<n>-k7qz2", when opened before central answered this run).
     shift_id: Code64 = ""
     cashier: Text64 = ""
     # Left out: 0 for a new shift, and not compared with an open one's.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -34,8 +35,9 @@ from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
 from branch_agent.fiscal import CashIntents
-from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
-from branch_agent.outbox import append_event, next_counter
+from branch_agent.models import CashMove, Counter, CustomerReturn, Sale, Shift
+from branch_agent.numbering import SHIFT_FLOOR, EventNumbering
+from branch_agent.outbox import append_event
 from branch_agent.sales import is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
@@ -62,6 +64,8 @@ __all__ = ["ShiftService"]
 log = logging.getLogger(__name__)
 
 VAT_LETTERS = "ABCDEFGH"
+# Letters and digits staff do not mistake for one another (no 0/o, 1/l/i).
+_TAG_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 
 
 def _minor(value: Decimal) -> int:
@@ -93,6 +97,8 @@ class ShiftService:
         self._devices = devices
         self._zone = ZoneInfo(settings.timezone)
         self._cash = CashIntents(settings, sessionmaker, write_lock)
+        # Set by the agent: whether central has answered for this run's numbers.
+        self.numbering: EventNumbering | None = None
 
     async def _current(self, session: AsyncSession, till: str) -> Shift | None:
         result: Shift | None = await session.scalar(
@@ -139,7 +145,7 @@ class ShiftService:
                     # cashier or float is another shift, which cannot open now.
                     _same_shift(current, data)
                     return await self._summary(session, current), False
-                shift_id = data.shift_id or f"{till}-{await next_counter(session, f'shift:{till}')}"
+                shift_id = data.shift_id or await self._new_shift_id(session, till)
                 if await session.get(Shift, shift_id) is not None:
                     raise Conflict(f"shift {shift_id} was already used", field="shift_id")
                 opening_float = data.opening_float or 0
@@ -169,6 +175,24 @@ class ShiftService:
             if is_storage_full(exc):
                 raise StorageFull("the agent's storage is full") from exc
             raise
+
+    async def _new_shift_id(self, session: AsyncSession, till: str) -> str:
+        """``<till>-<n>``: the till's next number, above the floor central's numbering
+        answer set (see :mod:`branch_agent.numbering`), so unique at central whatever
+        happened to this database. Before that answer (offline at start) the floor may
+        be behind central's shifts: a random tag (~28 million values) keeps the id apart
+        from any other shift's, e.g. ``T2-5-k7qz2``."""
+        floor = await session.get(Counter, SHIFT_FLOOR)
+        counter = await session.get(Counter, f"shift:{till}")
+        n = max(counter.value if counter else 0, floor.value if floor else 0) + 1
+        if counter is None:
+            session.add(Counter(name=f"shift:{till}", value=n))
+        else:
+            counter.value = n
+        if self.numbering is None or self.numbering.settled:
+            return f"{till}-{n}"
+        tag = "".join(secrets.choice(_TAG_ALPHABET) for _ in range(5))
+        return f"{till}-{n}-{tag}"
 
     async def current(self, till: str) -> ShiftOut:
         async with self._sessionmaker() as session:

@@ -1,7 +1,11 @@
 """Shifts (opened, closed with the Z report) and cash moves.
 
 Opened and closed may arrive in either order and at different workers: each is an
-atomic upsert of its own half of the shift row.
+atomic upsert of its own half of the shift row, made only while that half is empty
+or already this event's. An opening (closing) for a shift that holds another one is
+never merged into it: it is kept whole in ``shift_id_conflicts`` beside the shift
+(an agent from before unique shift ids, restored from a backup or replaced, gave the
+id again; or a restored database closed the same shift a second time).
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+from sqlalchemy import or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.ingest.bulk import dialect_insert, insert_rows, table_of
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
-from central.models import CashMovement, Shift
+from central.models import CashMovement, Shift, ShiftIdConflict
 from protocol.events import CashMoved, ShiftClosed, ShiftOpened
 
 __all__ = ["store_cash_moves", "store_shifts"]
@@ -71,11 +77,34 @@ async def store_shifts(
         update = {name: stmt.excluded[name] for name in half}
         if isinstance(body, ShiftOpened) and body.cashier:
             update["cashier"] = stmt.excluded["cashier"]
-        await session.execute(
-            stmt.values(**values).on_conflict_do_update(
-                index_elements=["branch", "shift_id"], set_=update
+        own = "open_event_id" if isinstance(body, ShiftOpened) else "close_event_id"
+        # The WHERE is checked on the locked row: two workers cannot both take the half.
+        filed = await session.execute(
+            stmt.values(**values)
+            .on_conflict_do_update(
+                index_elements=["branch", "shift_id"],
+                set_=update,
+                where=or_(table.c[own].is_(None), table.c[own] == stmt.excluded[own]),
             )
+            .returning(table.c.shift_id)
         )
+        if filed.first() is None:
+            conflict = dialect_insert(session, table_of(ShiftIdConflict))
+            await session.execute(
+                conflict.values(
+                    event_id=env.event_id,
+                    branch=env.branch,
+                    shift_id=body.shift_id,
+                    seq=env.seq,
+                    kind="opened" if isinstance(body, ShiftOpened) else "closed",
+                    till=body.till,
+                    cashier=body.cashier,
+                    occurred_at=env.occurred_at,
+                    local_date=ctx.local_date,
+                    body=msgspec.to_builtins(body),
+                    received_at=batch.received_at,
+                ).on_conflict_do_nothing(index_elements=["event_id"])
+            )
 
 
 @register_batch_handler(CashMoved, stage=40)

@@ -41,7 +41,7 @@ from central.models.reports import (
     SummaryBacklog,
     SummaryRejected,
 )
-from central.models.shifts import CashMovement, ClosedDay, Shift
+from central.models.shifts import CashMovement, ClosedDay, Shift, ShiftIdConflict
 from central.models.stock import (
     StockBalance,
     StockMovement,
@@ -92,6 +92,7 @@ __all__ = [
     "SalesProductDaily",
     "SalesProductDailyChain",
     "Shift",
+    "ShiftIdConflict",
     "ShiftPaymentTotals",
     "ShiftTotals",
     "StockBalance",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from central.models.base import Base, utcnow
 
-__all__ = ["CashMovement", "ClosedDay", "Shift"]
+__all__ = ["CashMovement", "ClosedDay", "Shift", "ShiftIdConflict"]
 
 
 class Shift(Base):
@@ -45,6 +46,30 @@ class Shift(Base):
     z_receipts_count: Mapped[int | None] = mapped_column(default=None)
     open_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     close_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+
+
+class ShiftIdConflict(Base):
+    """An opening or closing central did not file into the shift of its id: the shift
+    already has another opening (another shift under the same id: an agent database
+    restored or replaced before shift ids were made unique), or another closing (the
+    same shift closed a second time, by a restored database). Kept whole, beside the
+    shift, instead of overwriting it."""
+
+    __tablename__ = "shift_id_conflicts"
+    __table_args__ = (Index("ix_shift_id_conflicts_branch_shift_id", "branch", "shift_id"),)
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    branch: Mapped[str] = mapped_column(String(32))
+    shift_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(6))  # opened, closed
+    till: Mapped[str] = mapped_column(String(32))
+    cashier: Mapped[str] = mapped_column(String(64), default="")
+    occurred_at: Mapped[datetime] = mapped_column()
+    local_date: Mapped[date] = mapped_column()
+    # The event's body as the agent sent it (float, or the closing counts and Z).
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class CashMovement(Base):

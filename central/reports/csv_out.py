@@ -33,6 +33,7 @@ COUNT_FIELDS = frozenset(
         "reported_receipts",
         "z_receipts",
         "z_report_number",
+        "id_conflicts",
         "contiguous_seq",
         "max_seq",
         "seq_lag",

@@ -57,6 +57,7 @@ from central.models import (
     PriceEntryRow,
     Product,
     Shift,
+    ShiftIdConflict,
     StockBalance,
 )
 from central.models.reports import (
@@ -1611,6 +1612,14 @@ async def shift_reconciliation(
     for p in await session.execute(pay_stmt):
         # The till reports payments net of change, refunds apart.
         payments.setdefault((p.branch, p.shift_id), {})[p.payment_type] = _int(p.amount)
+    conflicts: dict[tuple[str, str], int] = {}
+    conflict_stmt = (
+        select(ShiftIdConflict.branch, ShiftIdConflict.shift_id, func.count())
+        .where(tuple_(ShiftIdConflict.branch, ShiftIdConflict.shift_id).in_(shift_keys))
+        .group_by(ShiftIdConflict.branch, ShiftIdConflict.shift_id)
+    )
+    for c in await session.execute(conflict_stmt):
+        conflicts[(c[0], c[1])] = int(c[2])
     rows: list[ShiftRow] = []
     for key in keys:
         shift = shifts.get(key)
@@ -1650,6 +1659,9 @@ async def shift_reconciliation(
                         int(reported_payments.get(payment_type, 0)),
                     )
                 )
+        # Another shift's opening or closing under this id: the figures above may mix
+        # two shifts' receipts (an agent from before unique shift ids), say so.
+        diffs.append(_difference("id_conflicts", "central", 0, conflicts.get(key)))
         differences = [d for d in diffs if d is not None]
         if only_differences and not differences:
             continue
@@ -1675,6 +1687,7 @@ async def shift_reconciliation(
                 z_turnover=z_turnover,
                 z_storno=z_storno,
                 differences=differences,
+                id_conflicts=conflicts.get(key, 0),
             )
         )
     return ShiftReconciliationReport(

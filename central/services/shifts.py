@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
@@ -12,12 +13,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.api.schemas import Page
 from central.auth.context import current_request_audit
 from central.errors import ConflictError, NotFoundError, ValidationFailed
-from central.models import Branch, CashMovement, ClosedDay, CustomerReturn, Receipt, Shift
+from central.models import (
+    Branch,
+    CashMovement,
+    ClosedDay,
+    CustomerReturn,
+    Receipt,
+    Shift,
+    ShiftIdConflict,
+)
 from central.services.audit import cli_actor, record_change
 from central.services.paging import check_branch, paged
 
 __all__ = [
     "ClosedDayOut",
+    "ShiftIdConflictOut",
     "ShiftOut",
     "ShiftTotals",
     "close_day",
@@ -32,6 +42,27 @@ class ShiftTotals(msgspec.Struct, kw_only=True):
     returns_total: int | None
     cash_in: int | None
     cash_out: int | None
+
+
+class ShiftIdConflictOut(msgspec.Struct, kw_only=True):
+    """An opening or closing sent under this shift's id that central did not file into
+    it: another shift's (the id given again by an old agent restored or replaced) or a
+    second closing of this one. The shift's own figures are left as they were."""
+
+    kind: str  # opened, closed
+    event_id: uuid.UUID
+    seq: int
+    till: str
+    cashier: str
+    occurred_at: datetime
+    local_date: date
+    # Of an opening:
+    opening_float: int | None
+    # Of a closing: the agent's counts and the Z report's number.
+    receipts_count: int | None
+    sales_total: int | None
+    z_report_number: int | None
+    received_at: datetime
 
 
 class ShiftOut(msgspec.Struct, kw_only=True):
@@ -58,6 +89,8 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     # Recorded sales equal the Z turnover and the Z receipt count, recorded returns the
     # Z storno total (None: no Z yet).
     z_matches: bool | None
+    # Openings and closings under this id not filed into it (see ShiftIdConflictOut).
+    id_conflicts: list[ShiftIdConflictOut] = msgspec.field(default_factory=list)
 
 
 class ClosedDayOut(msgspec.Struct, kw_only=True):
@@ -65,6 +98,30 @@ class ClosedDayOut(msgspec.Struct, kw_only=True):
     local_date: date
     closed_at: datetime
     closed_by: str
+
+
+def _conflict_out(c: ShiftIdConflict) -> ShiftIdConflictOut:
+    body = c.body
+    z = body.get("z_report") or {}
+
+    def number(name: str) -> int | None:
+        value = body.get(name)
+        return value if isinstance(value, int) else None
+
+    return ShiftIdConflictOut(
+        kind=c.kind,
+        event_id=c.event_id,
+        seq=c.seq,
+        till=c.till,
+        cashier=c.cashier,
+        occurred_at=c.occurred_at,
+        local_date=c.local_date,
+        opening_float=number("opening_float") if c.kind == "opened" else None,
+        receipts_count=number("receipts_count"),
+        sales_total=number("sales_total"),
+        z_report_number=z.get("report_number") if isinstance(z, dict) else None,
+        received_at=c.received_at,
+    )
 
 
 async def list_shifts(
@@ -102,7 +159,14 @@ async def list_shifts(
     sales: dict[tuple[str, str], tuple[int, int, int]] = {}
     returns: dict[tuple[str, str], int] = {}
     cash: dict[tuple[str, str], tuple[int, int]] = {}
+    conflicts: dict[tuple[str, str], list[ShiftIdConflictOut]] = {}
     if keys:
+        for c in await session.scalars(
+            select(ShiftIdConflict)
+            .where(tuple_(ShiftIdConflict.branch, ShiftIdConflict.shift_id).in_(keys))
+            .order_by(ShiftIdConflict.seq)
+        ):
+            conflicts.setdefault((c.branch, c.shift_id), []).append(_conflict_out(c))
         for r in await session.execute(
             select(
                 Receipt.branch,
@@ -195,6 +259,7 @@ async def list_shifts(
                 ),
                 late_receipts=late,
                 z_matches=z_matches,
+                id_conflicts=conflicts.get(key, []),
             )
         )
     return await paged(
