@@ -443,7 +443,9 @@ class Fiscalizer:
                     number,
                 )
                 row.fiscal_number = str(number)
-                row.fiscalized_at = datetime.now(UTC)
+                # Printed when it was sent, not when this check found it (possibly days
+                # later): a later storno quotes the original's date and time.
+                row.fiscalized_at = row.created_at
                 row.fiscal_error = f"printed as {number} after all (completed without printer)"
                 if isinstance(row, Sale) and fm_number:
                     row.fiscal_memory_number = fm_number

@@ -19,6 +19,7 @@ from protocol.limits import (
     Code64,
     NonNegativeInt32,
     NonNegativeInt64,
+    OpeningFloat,
     PositiveInt32,
     TenderAmount,
     Text64,
@@ -199,7 +200,7 @@ class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     shift_id: Code64 = ""
     cashier: Text64 = ""
     # Left out: 0 for a new shift, and not compared with an open one's.
-    opening_float: NonNegativeInt64 | None = None
+    opening_float: OpeningFloat | None = None
 
 
 class ShiftOut(msgspec.Struct, kw_only=True):

@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -249,7 +249,7 @@ class ShiftService:
             # Every return against the Z's storno totals, as central's reconciliation
             # counts them: one printed without storno shows as a difference there too.
             job_groups = [line["vat_group"] for line in (ret.print_job or {}).get("lines", [])]
-            sold_groups = originals.get(ret.original_sale_id, [])
+            sold_groups = originals.get((ret.original_till or ret.till, ret.original_sale_id), [])
             for index, line in enumerate(body.lines):
                 if index < len(job_groups):
                     group = job_groups[index]
@@ -282,17 +282,22 @@ class ShiftService:
 
     async def _original_groups(
         self, session: AsyncSession, returns: Sequence[CustomerReturn]
-    ) -> dict[str, list[str]]:
-        """VAT group of each line of the receipts returned without a storno job."""
-        wanted = {r.original_sale_id for r in returns if not r.print_job}
+    ) -> dict[tuple[str, str], list[str]]:
+        """VAT group of each line of the receipts returned without a storno job, by
+        (till, sale_id): sale ids are the till's, two tills may use the same one."""
+        wanted = {
+            (r.original_till or r.till, r.original_sale_id) for r in returns if not r.print_job
+        }
         if not wanted:
             return {}
         rows = await session.execute(
-            select(Sale.sale_id, Sale.print_job).where(Sale.sale_id.in_(wanted))
+            select(Sale.till, Sale.sale_id, Sale.print_job).where(
+                tuple_(Sale.till, Sale.sale_id).in_(sorted(wanted))
+            )
         )
         return {
-            sale_id: [line["vat_group"] for line in (job or {}).get("lines", [])]
-            for sale_id, job in rows
+            (till, sale_id): [line["vat_group"] for line in (job or {}).get("lines", [])]
+            for till, sale_id, job in rows
         }
 
     async def _summary(self, session: AsyncSession, shift: Shift) -> ShiftOut:

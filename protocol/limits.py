@@ -33,6 +33,7 @@ __all__ = [
     "Int64",
     "NonNegativeInt32",
     "NonNegativeInt64",
+    "OpeningFloat",
     "PositiveInt32",
     "PositiveInt64",
     "TenderAmount",
@@ -82,14 +83,6 @@ Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 NonNegativeInt64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 PositiveInt64 = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
 
-# One cash move typed at a till (minor units: 10,000,000.00). A shift's moves are
-# summed in 64-bit integers (SQLite's SUM, the shift's totals, the fiscal printer's
-# cash counters read back): at INT64_MAX per move the second one overflowed. At this
-# bound it takes over 9 billion moves. Only the till API takes it: the wire field
-# (CashMoved.amount) keeps its BIGINT limit, so events already recorded still go up.
-CASH_MOVE_MAX = 10**9
-CashMoveAmount = Annotated[int, msgspec.Meta(ge=1, le=CASH_MOVE_MAX)]
-
 # The largest amount a Datecs "X" fiscal printer takes in a field (vendor manual: Price,
 # Price x Quantity, a payment's Amount, the subtotal are 0.00..9999999.99): 9,999,999.99
 # in minor units. A sale beyond it would be committed and then refused by the printer
@@ -97,3 +90,13 @@ CashMoveAmount = Annotated[int, msgspec.Meta(ge=1, le=CASH_MOVE_MAX)]
 FISCAL_AMOUNT_MAX = 999_999_999
 # One payment a till posts (a cash tender included; the change is what is over).
 TenderAmount = Annotated[int, msgspec.Meta(ge=1, le=FISCAL_AMOUNT_MAX)]
+
+# One cash move typed at a till, or a shift's opening float (deposited on the fiscal
+# printer as a cash in): what the printer takes in one field. A shift's moves are summed
+# in 64-bit integers, so at this bound it takes billions of moves to overflow. Only the
+# till API takes it: the wire field (CashMoved.amount) keeps its BIGINT limit, so events
+# already recorded still go up. (It was 10**9, a cent more than the printer takes, and
+# the float had no bound: a float the printer refuses would wait before every receipt.)
+CASH_MOVE_MAX = FISCAL_AMOUNT_MAX
+CashMoveAmount = Annotated[int, msgspec.Meta(ge=1, le=CASH_MOVE_MAX)]
+OpeningFloat = Annotated[int, msgspec.Meta(ge=0, le=CASH_MOVE_MAX)]

@@ -561,9 +561,10 @@ async def _revalue_lines(
     session: AsyncSession, early: dict[str, _EarlyReceipt], revalued: Sequence[Movement]
 ) -> None:
     """The transfers' received values follow their receipts' revaluation."""
-    ref_of = {receipt.document_id: ref for ref, receipt in early.items()}
+    # Document ids are the branch's own: two receivers may use the same one.
+    ref_of = {(receipt.branch, receipt.document_id): ref for ref, receipt in early.items()}
     rows = [
-        {"k_ref": ref_of[m.doc_ref], "k_sku": m.sku, "v_difference": m.value}
+        {"k_ref": ref_of[(m.branch, m.doc_ref)], "k_sku": m.sku, "v_difference": m.value}
         for m in revalued
         if m.doc_type == "transfer_in"
     ]

@@ -102,13 +102,16 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
     ("/api/v1/returns", TILL, _return(shift_id="s" * 65), "shift_id"),
     ("/api/v1/shifts", TILL2, {"cashier": "c" * 65}, "cashier"),
     ("/api/v1/shifts", TILL2, {"opening_float": INT64_MAX + 1}, "opening_float"),
+    # Deposited on the fiscal printer, which takes 9,999,999.99 at most in one field: a
+    # float beyond it would wait before every receipt of the till.
+    ("/api/v1/shifts", TILL2, {"opening_float": CASH_MOVE_MAX + 1}, "opening_float"),
     (
         "/api/v1/cash-moves",
         TILL2,
         {"move_id": "m1", "direction": "in", "amount": INT64_MAX + 1},
         "amount",
     ),
-    # A shift's moves add up in 64 bits: one move is at most 10,000,000.00.
+    # What the fiscal printer takes in one field: one move is at most 9,999,999.99.
     (
         "/api/v1/cash-moves",
         TILL2,

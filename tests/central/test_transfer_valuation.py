@@ -237,3 +237,36 @@ async def test_in_before_out_is_revalued_when_the_out_arrives(
     milk = margin.rows[0].figures
     # The milk sold cost 0.80: what it left at plus the correction.
     assert (milk.cost_of_goods_sold, milk.cost_corrections) == (80, difference - kept)
+
+
+async def test_two_early_receipts_under_one_document_id_are_each_revalued(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Document ids are each branch's own: B2 and B3 both number their receipt "TI-1"
+    (of two transfers), both before the outs reach central; one batch then brings both
+    outs. Each transfer's received value follows its own receipt."""
+    b1, b2, b3 = BranchBooks("B1"), BranchBooks("B2"), BranchBooks("B3")
+    b1.document("goods_receipt", [("TEA", 4_000, 100), ("SOAP", 2_000, 300)])
+    b1.document("transfer_out", [("TEA", -4_000, None)], counterpart="B2", document_id="X")
+    b1.document("transfer_out", [("SOAP", -2_000, None)], counterpart="B3", document_id="Y")
+    b2.document(
+        "transfer_in",
+        [("TEA", 4_000, None)],
+        counterpart="B1",
+        transfer_ref="X",
+        document_id="TI-1",
+    )
+    b3.document(
+        "transfer_in",
+        [("SOAP", 2_000, None)],
+        counterpart="B1",
+        transfer_ref="Y",
+        document_id="TI-1",
+    )
+    worker = IngestWorker(sessionmaker)
+    await worker.process([message(e) for e in [*b2.events, *b3.events]])
+    await worker.process([message(e) for e in b1.events])
+    assert await _received(sessionmaker, "X") == [(400, 400)]
+    assert await _received(sessionmaker, "Y") == [(600, 600)]
+    assert await _balance(sessionmaker, "B2", "TEA") == [4_000, 400, 100]
+    assert await _balance(sessionmaker, "B3", "SOAP") == [2_000, 600, 300]

@@ -30,6 +30,7 @@ INTEGERS = [
     ("PositiveInt64", 1, INT64_MAX),
     ("CashMoveAmount", 1, CASH_MOVE_MAX),
     ("TenderAmount", 1, FISCAL_AMOUNT_MAX),
+    ("OpeningFloat", 0, CASH_MOVE_MAX),
 ]
 
 

@@ -36,7 +36,12 @@ def upgrade() -> None:
     bind = op.get_bind()
     sales: dict[str, list[tuple[int, str, int, dict[int, str]]]] = {}
     for sale_id, sale_row, till, number, receipt in bind.execute(
-        sa.text("SELECT sale_id, id, till, receipt_number, receipt FROM sales ORDER BY id")
+        # Only sales some return is against: a store's years of sales would not fit in
+        # the agent's memory at start-up.
+        sa.text(
+            "SELECT sale_id, id, till, receipt_number, receipt FROM sales WHERE sale_id IN "
+            "(SELECT original_sale_id FROM customer_returns) ORDER BY id"
+        )
     ):
         lines = json.loads(receipt)["lines"] if isinstance(receipt, str) else receipt["lines"]
         skus = {int(line["line_no"]): str(line["sku"]) for line in lines}
