@@ -214,3 +214,35 @@ async def test_matches_fiscal_compares_the_z_storno_with_the_returns_too(store: 
     assert second["z_storno_by_vat_group"] == {}
     assert second["agent_storno_by_vat_group"] == {"B": unprinted.json()["total"]}
     assert second["matches_fiscal"] is False
+
+
+async def test_a_return_without_storno_is_grouped_by_its_own_tills_sale(store: Store) -> None:
+    """Sale ids are the till's: T2 (no printer) and T1 both have a sale "g-1", milk (VAT
+    group B) at T2, coffee (A) at T1. T2's returned at T1 (no storno: its sale was not
+    fiscal) counts in the agent's storno totals under B, its own sale's group."""
+    await store.open_shift(cashier="anna")
+    milk = {
+        "sale_id": "g-1",
+        "lines": [{"sku": "MILK-1L"}],
+        "payments": [{"type": "cash", "amount": 500}],
+    }
+    coffee = {
+        "sale_id": "g-1",
+        "lines": [{"sku": "COFFEE-250"}],
+        "payments": [{"type": "cash", "amount": 1000}],
+    }
+    assert (await store.sale(milk, headers=TILL2)).status_code == 201
+    assert (await store.sale(coffee)).status_code == 201
+    unprinted = await store.client.post(
+        "/api/v1/returns",
+        json={
+            "return_id": "g-r1",
+            "original_sale_id": "g-1",
+            "original_till": "T2",
+            "lines": [{"line_no": 1, "quantity": "1"}],
+        },
+        headers=TILL,
+    )
+    assert unprinted.json()["status"] == "recorded", unprinted.text
+    closed = (await store.client.post("/api/v1/shifts/current/close", headers=TILL)).json()
+    assert closed["agent_storno_by_vat_group"] == {"B": unprinted.json()["total"]}
