@@ -71,6 +71,10 @@ _CENT = Decimal("0.01")
 _MILLI = Decimal("0.001")
 # The printer cannot be asked at all (as opposed to answering with a refusal).
 _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_frame"})
+# The printer answers but will not print again without a service technician (fiscal
+# memory full or damaged, electronic journal full, a failed mechanism): a manager may
+# complete its documents without it, as for a printer that cannot be reached.
+_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure"})
 
 
 def _job_lines(job: dict[str, Any]) -> tuple[SaleLine, ...]:
@@ -648,13 +652,15 @@ class Fiscalizer:
                         f"reconciled with it and is fiscalized (fiscal number "
                         f"{row.fiscal_number}); nothing to complete"
                     )
-                raise Conflict(
-                    f"the fiscal printer of till {till} answers, so {kind} {doc_id} stays "
-                    f"pending and is printed (exactly once) as soon as the printer can: "
-                    f"{row.fiscal_error or 'an earlier document of the till is not printed'}"
-                    "; fix the printer (paper, cover) instead. complete-unfiscal is for a "
-                    "printer that cannot be reached"
-                )
+                if (row.fiscal_error or "").split(":", 1)[0] not in _CANNOT_PRINT:
+                    raise Conflict(
+                        f"the fiscal printer of till {till} answers, so {kind} {doc_id} "
+                        f"stays pending and is printed (exactly once) as soon as the printer "
+                        f"can: {row.fiscal_error or 'an earlier document of the till is not printed'}"
+                        "; fix the printer (paper, cover) instead. complete-unfiscal is for a "
+                        "printer that cannot be reached or cannot print again (fiscal memory "
+                        "or journal full, a failed mechanism)"
+                    )
             await self._update(
                 row.id,
                 model=model,

@@ -78,6 +78,9 @@ ERR_PAPER_END = -112001
 ERR_COVER_OPEN = -112002
 ERR_OVERFLOW = -111018
 ERR_PAID_MODE = -111021
+# Not in DEVICES.md (it names the status bit only): the simulator's code for a fiscal
+# document refused because the fiscal memory is full.
+ERR_FISCAL_MEMORY_FULL = -111030
 
 SYN_INTERVAL = 0.06
 CENT = Decimal("0.01")
@@ -103,6 +106,7 @@ FISCAL_FAULTS = (
     "cover_open",
     "lose_answer",
     "power_loss",
+    "fiscal_memory_full",
 )
 _ERROR_BITS = frozenset(
     {
@@ -212,6 +216,8 @@ class FiscalSimulator(DeviceSimulator):
         self.paper_end = False
         self.paper_near_end = False
         self.cover_open = False
+        # Status 4.4: no fiscal document can be opened any more (a service job).
+        self.fiscal_memory_full = False
         self._transient: set[StatusBit] = set()
         self._naks = 0
         self._slow: dict[int, float] = {}
@@ -255,7 +261,7 @@ class FiscalSimulator(DeviceSimulator):
     def set_fault(self, fault: str, on: bool = True) -> None:
         """Simple switches for the CLI: paper_end, paper_near_end, cover_open."""
         with self.lock:
-            if fault in ("paper_end", "paper_near_end", "cover_open"):
+            if fault in ("paper_end", "paper_near_end", "cover_open", "fiscal_memory_full"):
                 setattr(self, fault, on)
             elif fault == "nak":
                 self._naks = 1 if on else 0
@@ -278,6 +284,8 @@ class FiscalSimulator(DeviceSimulator):
             flags.add(StatusBit.PAPER_END)
         if self.paper_near_end:
             flags.add(StatusBit.PAPER_NEAR_END)
+        if self.fiscal_memory_full:
+            flags.add(StatusBit.FISCAL_MEMORY_FULL)
         if self.open_receipt is not None:
             flags.add(StatusBit.FISCAL_RECEIPT_OPEN)
         if flags & _ERROR_BITS:
@@ -368,6 +376,8 @@ class FiscalSimulator(DeviceSimulator):
                 raise _Refused(ERR_COVER_OPEN, StatusBit.COVER_OPEN)
             if self.paper_end:
                 raise _Refused(ERR_PAPER_END, StatusBit.PAPER_END)
+        if self.fiscal_memory_full and cmd in (CMD_OPEN_RECEIPT, CMD_OPEN_STORNO):
+            raise _Refused(ERR_FISCAL_MEMORY_FULL, StatusBit.FISCAL_MEMORY_FULL)
         handler = {
             CMD_OPEN_RECEIPT: self._open,
             CMD_OPEN_STORNO: self._open_storno,

@@ -171,6 +171,27 @@ async def test_complete_unfiscal_is_refused_for_a_printer_out_of_paper(store: St
     assert [str(r.number) for r in sim.receipts] == [pe1["fiscal_number"]]
 
 
+async def test_complete_unfiscal_goes_ahead_for_a_printer_that_cannot_print_again(
+    store: Store,
+) -> None:
+    """Fiscal memory full: the printer answers but refuses every fiscal document until a
+    technician comes. The manager's complete-unfiscal is not refused then (the sales
+    would never reach central), and nothing was printed."""
+    sim = store.fiscal.sim
+    sim.set_fault("fiscal_memory_full")
+    assert (await store.sale(basket("fm1"))).json()["status"] == "pending_fiscal"
+    fm1 = (await store.client.get("/api/v1/sales/fm1", headers=TILL)).json()
+    assert fm1["fiscal_error"].startswith("fiscal_memory"), fm1
+    done = await store.client.post(
+        UNFISCAL.format("fm1"), json={"reason": "fiscal memory full"}, headers=MANAGER
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "completed_unfiscal"
+    (event,) = await store.events("receipt_recorded")
+    assert event.body.fiscal_number is None  # type: ignore[union-attr]
+    assert sim.receipts == []
+
+
 async def test_a_storno_completed_unfiscal_that_the_printer_had_printed_gets_its_number(
     store: Store,
 ) -> None:
