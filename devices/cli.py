@@ -7,7 +7,7 @@ non-zero with ``{"error": "<condition>", "message": "..."}`` where the condition
 
     python -m devices list
     python -m devices probe --port URL
-    python -m devices scale read --protocol toledo8217 --port URL
+    python -m devices scale read --protocol toledo-8217 --port URL
     python -m devices scale probe --port URL
     python -m devices fiscal status|transaction|last-document --protocol datecs-x --port URL
     python -m devices fiscal receipt --protocol datecs-x --port URL < receipt.json
@@ -40,7 +40,8 @@ from devices.scanner import SerialScanner, parse_barcode
 
 __all__ = ["main", "receipt_from_json", "run"]
 
-SCALE_PROTOCOLS = ("toledo8217",)
+# The agent's spelling (its TOML takes what probe prints); the old one still accepted.
+SCALE_PROTOCOLS = ("toledo-8217", "toledo8217")
 FISCAL_PROTOCOLS = ("datecs-x",)
 
 
@@ -128,7 +129,7 @@ def _scale(args: argparse.Namespace) -> dict[str, Any]:
         if args.action == "probe":
             if not scale.probe():
                 raise DeviceError("no_answer", "no echo from a Toledo 8217 scale")
-            return {"ok": True, "protocol": "toledo8217"}
+            return {"ok": True, "protocol": "toledo-8217"}
         if args.action == "zero":
             scale.zero()
             return {"ok": True}
@@ -279,7 +280,7 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
             elif protocol == "escpos":
                 with EscPosPrinter(args.port, timeout=args.timeout) as printer:
                     printer.status()  # four well-shaped real-time status bytes
-            elif protocol == "toledo8217":
+            elif protocol in SCALE_PROTOCOLS:
                 with ToledoScale(args.port, timeout=args.timeout) as scale:
                     if not scale.probe():
                         raise DeviceError("no_answer", "no echo")
@@ -331,7 +332,7 @@ def _parser() -> _Parser:
 
     scale = sub.add_parser("scale")
     scale.add_argument("action", choices=["read", "probe", "zero", "tare", "clear-tare"])
-    scale.add_argument("--protocol", choices=SCALE_PROTOCOLS, default="toledo8217")
+    scale.add_argument("--protocol", choices=SCALE_PROTOCOLS, default="toledo-8217")
     port_args(scale)
     scale.set_defaults(func=_scale)
 
@@ -385,7 +386,7 @@ def _parser() -> _Parser:
     lister.set_defaults(func=_list)
 
     probe = sub.add_parser("probe")
-    probe.add_argument("--protocols", default="datecs-x,escpos,toledo8217")
+    probe.add_argument("--protocols", default="datecs-x,escpos,toledo-8217")
     port_args(probe, 0.5)
     probe.set_defaults(func=_probe)
 

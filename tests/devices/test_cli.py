@@ -69,10 +69,12 @@ def inproc(
     return run_cli
 
 
-def test_scale_read(start_sim: StartSim) -> None:
+@pytest.mark.parametrize("protocol", ["toledo-8217", "toledo8217"])
+def test_scale_read(start_sim: StartSim, protocol: str) -> None:
+    """The agent's spelling (what probe prints, for the agent's TOML) and the old one."""
     handle = start_sim("scale")
     handle.sim.set_weight("1.234")
-    code, out = cli("scale", "read", "--protocol", "toledo8217", "--port", handle.url)
+    code, out = cli("scale", "read", "--protocol", protocol, "--port", handle.url)
     assert code == 0
     assert out["weight_kg"] == "1.234"
     assert out["stable"] is True
@@ -193,7 +195,7 @@ def test_printer_drawer_display(
 def test_probe_and_list(
     inproc: Callable[..., tuple[int, dict[str, Any]]], start_sim: StartSim
 ) -> None:
-    for kind, protocol in (("fiscal", "datecs-x"), ("printer", "escpos"), ("scale", "toledo8217")):
+    for kind, protocol in (("fiscal", "datecs-x"), ("printer", "escpos"), ("scale", "toledo-8217")):
         handle = start_sim(kind)
         code, out = inproc("probe", "--port", handle.url, "--timeout", "0.2")
         assert code == 0, out
