@@ -138,6 +138,24 @@ def _minor(value: Decimal) -> int:
     return int((value * 100).to_integral_value())
 
 
+def printer_took(what: str, before: tuple[int, int], now: tuple[int, int], cash_delta: int) -> bool:
+    """Whether one cash in/out of ``cash_delta`` sent after reading the printer's
+    (last document, cash) ``before`` was printed, given its state ``now``: it was when
+    exactly one document more and the drawer moved by the amount, it was not when
+    nothing moved. Anything else (another document printed, a different amount)
+    cannot be told apart safely, so a person must look: ``DeviceError``."""
+    if now == before:
+        return False
+    if now == (before[0] + 1, before[1] + cash_delta):
+        return True
+    raise DeviceError(
+        Condition.UNKNOWN_STATE,
+        f"{what}: printer at document {now[0]} with {now[1]} in the drawer, expected"
+        f" {before[0]} or {before[0] + 1} and {before[1]} or {before[1] + cash_delta};"
+        " a person must check the journal",
+    )
+
+
 class CashIntents:
     """Settles cash moves left pending on a till (see the module docstring). Callers
     hold the till's ``fiscal_queue``."""
@@ -219,15 +237,8 @@ class CashIntents:
             return False
         document = await devices.fiscal_last_document()
         cash = _minor((await devices.fiscal_cash_state()).cash)
-        if document == document_before and cash == cash_before:
-            return False
-        if document == document_before + 1 and cash - cash_before == amount:
-            return True
-        raise DeviceError(
-            Condition.UNKNOWN_STATE,
-            f"opening float: printer at document {document} with {cash} in the drawer,"
-            f" expected {document_before} or {document_before + 1} and {cash_before} or"
-            f" {cash_before + amount}; a person must check the journal",
+        return printer_took(
+            "opening float", (document_before, cash_before), (document, cash), amount
         )
 
     async def _float_done(self, shift_id: str) -> None:
@@ -248,18 +259,14 @@ class CashIntents:
             await self.fail(move.id, "not printed")
             return "failed"
         delta = move.amount if move.direction == "in" else -move.amount
-        if document == before_document and cash == before_cash:
-            await self.fail(move.id, "not printed")
-            return "failed"
-        if document == before_document + 1 and cash - before_cash == delta:
+        took = printer_took(
+            f"cash move {move.move_id}", (before_document, before_cash), (document, cash), delta
+        )
+        if took:
             await self.complete(move.id)
             return "done"
-        raise DeviceError(
-            Condition.UNKNOWN_STATE,
-            f"cash move {move.move_id}: printer at document {document} with {cash} in the "
-            f"drawer, expected {before_document} or {before_document + 1} and "
-            f"{before_cash} or {before_cash + delta}; a person must check the journal",
-        )
+        await self.fail(move.id, "not printed")
+        return "failed"
 
     async def complete(self, move_pk: int) -> CashMove:
         async with self._write_lock, self._sessionmaker() as session, session.begin():
