@@ -94,6 +94,11 @@ class StockOnHandRow(msgspec.Struct, kw_only=True):
     # branch's last selling price (head office has none); mixed: both, over the rows
     # summed here; None: no price known.
     retail_price_source: str | None = None
+    # Of qty_milli and value_at_cost, what has no retail price at all (neither head
+    # office's nor a last sale's): counted at 0 in value_at_retail, so a person can tell
+    # "worth nothing at retail" from "not priced".
+    unpriced_qty_milli: int = 0
+    unpriced_value_at_cost: int = 0
 
 
 class StockOnHandReport(msgspec.Struct, kw_only=True):

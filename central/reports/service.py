@@ -671,7 +671,8 @@ async def stock_on_hand(
     per_row = set(groups) == {"branch", "product"}
     branch_first = groups[0] == "branch"
     narrower = _stock_narrower(groups, branch, sku)
-    # key -> [qty, value at cost, value at retail]; unit price and its source
+    # key -> [qty, value at cost, value at retail, unpriced qty, its value at cost];
+    # unit price and its source
     per_key: dict[tuple[Any, ...], list[int]] = {}
     prices: dict[tuple[Any, ...], int | None] = {}
     sources: dict[tuple[Any, ...], str | None] = {}
@@ -698,23 +699,25 @@ async def stock_on_hand(
                 price = None if last_price is None else int(last_price)
                 source = None if price is None else RETAIL_LAST_SALE
             retail = rounded_div(qty * (price or 0), 1000)
+            figures = [qty, int(cost_value), retail]
+            # unpriced quantity and its value at cost
+            figures += [qty, int(cost_value)] if price is None else [0, 0]
             if per_row:
                 key: tuple[Any, ...] = (
                     (row_branch, row_sku) if branch_first else (row_sku, row_branch)
                 )
-                per_key[key] = [qty, int(cost_value), retail]
+                per_key[key] = figures
                 prices[key] = price
                 sources[key] = source
                 continue
             key = (row_branch,) if groups[0] == "branch" else (row_sku,)
             acc = per_key.get(key)
             if acc is None:
-                per_key[key] = [qty, int(cost_value), retail]
+                per_key[key] = figures
                 sources[key] = source
             else:
-                acc[0] += qty
-                acc[1] += int(cost_value)
-                acc[2] += retail
+                for i, figure in enumerate(figures):
+                    acc[i] += figure
                 if sources[key] != source:
                     sources[key] = RETAIL_MIXED
         if len(per_key) > max_rows:
@@ -722,7 +725,15 @@ async def stock_on_hand(
         if len(page) <= max_rows:
             break
         after = (balances[-1][0], balances[-1][1])
-    columns = (*names, "qty_milli", "value_at_cost", "value_at_retail", "unit_price")
+    columns = (
+        *names,
+        "qty_milli",
+        "value_at_cost",
+        "value_at_retail",
+        "unpriced_qty_milli",
+        "unpriced_value_at_cost",
+        "unit_price",
+    )
     rows = msgspec.convert(
         [
             {
@@ -741,6 +752,8 @@ async def stock_on_hand(
             qty_milli=sum(r.qty_milli for r in rows),
             value_at_cost=sum(r.value_at_cost for r in rows),
             value_at_retail=sum(r.value_at_retail for r in rows),
+            unpriced_qty_milli=sum(r.unpriced_qty_milli for r in rows),
+            unpriced_value_at_cost=sum(r.unpriced_value_at_cost for r in rows),
         ),
     )
 

@@ -22,10 +22,18 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.embedded_nats import EmbeddedNats
+from central.ingest.worker import IngestWorker
 from central.reports import service
 from central.reports.backlog import apply_summary_backlog
 from central.reports.service import ReportTooLarge
-from tests.central.test_reports_coverage import PERIOD, STOCK_PERIOD, load
+from tests.central.reports_history import doc
+from tests.central.test_reports_coverage import (
+    PERIOD,
+    STOCK_PERIOD,
+    extended_history,
+    load,
+    moved,
+)
 from tests.conftest import asgi_client, central_settings, create_api_token, running_central
 
 D2, D3, D4, D5, D6 = (date(2026, 11, day) for day in (2, 3, 4, 5, 6))
@@ -402,3 +410,36 @@ async def test_the_setting_reaches_abc_and_loss_prevention(
                 under = await client.get(f"/api/v1/reports/{path}?{PERIOD}&branch=B2")
                 assert under.status_code == 200, (path, under.text)
                 assert len(under.json()["rows"]) == 1
+
+
+async def test_stock_on_hand_tells_unpriced_stock_apart(
+    chain: async_sessionmaker[AsyncSession],
+) -> None:
+    """Stock with no retail price (no head-office price, never sold at the branch) adds
+    0 at retail: the report says how much of the quantity and of the value at cost that
+    is, per row and summed, so "worth nothing" is not read as "not priced"."""
+    # B2 receives B, which it never sold and head office has no price for.
+    history = extended_history()
+    received = history.add(
+        "B2", "2026-11-06T12:00:00", doc("G9", "goods_receipt", (moved("B", 3000, 200),))
+    )
+    stats = await IngestWorker(chain).process(history.messages([received]))
+    assert (stats.dead_letters, stats.stored) == (0, 1)
+    async with chain() as s:
+        by_row = await service.stock_on_hand(s)
+        by_branch = await service.stock_on_hand(s, group_by="branch")
+    rows = {(r.branch, r.sku): r for r in by_row.rows}
+    unpriced = {k for k, r in rows.items() if r.retail_price_source is None}
+    assert unpriced == {("B2", "B")}
+    b2 = rows[("B2", "B")]
+    assert (b2.qty_milli, b2.value_at_cost, b2.value_at_retail) == (3000, 600, 0)
+    assert (b2.unpriced_qty_milli, b2.unpriced_value_at_cost) == (b2.qty_milli, b2.value_at_cost)
+    for key, row in rows.items():
+        if key not in unpriced:
+            assert (row.unpriced_qty_milli, row.unpriced_value_at_cost) == (0, 0), key
+    branches = {r.branch: r for r in by_branch.rows}
+    assert (branches["B1"].unpriced_qty_milli, branches["B1"].unpriced_value_at_cost) == (0, 0)
+    assert branches["B2"].unpriced_qty_milli == b2.qty_milli
+    assert branches["B2"].unpriced_value_at_cost == b2.value_at_cost
+    assert by_row.totals.unpriced_qty_milli == b2.qty_milli
+    assert by_branch.totals.unpriced_value_at_cost == b2.value_at_cost
