@@ -4,12 +4,12 @@ repricing documents, and what each branch should sell at (``protocol.pricing``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from sqlalchemy import ColumnElement, func, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed, check_aware
@@ -17,6 +17,7 @@ from central.models import (
     Branch,
     BranchScopeHistory,
     BranchStatus,
+    LastSellingPrice,
     PriceEntryRow,
     PriceZone,
     Product,
@@ -28,6 +29,7 @@ from central.models import (
     StockBalance,
     StoreFormat,
 )
+from central.reports.backlog import summaries_current
 from central.services.assortment import branch_carries
 from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import CODE_RE, unit_of_work
@@ -614,30 +616,82 @@ async def expected_prices(
     """What the branch's tills must charge at ``at``: the shared resolution rules, over
     the entries in force then (withdrawn later or not at all) at the scopes the branch
     had then."""
-    format_code, price_zone = (await scopes_at(session, [branch], at))[branch.code]
-    scopes = branch_scopes(branch.code, format_code, price_zone)
+    return await expected_prices_each(session, branch, dict.fromkeys(skus, at))
+
+
+async def expected_prices_each(
+    session: AsyncSession, branch: Branch, moments: Mapping[str, datetime]
+) -> dict[str, PriceCandidate]:
+    """``expected_prices`` with a moment of its own per product: the same rules over the
+    entries in force at that moment (withdrawn later or not at all) and the scopes the
+    branch had then, read once for all the products (per 2,000 of them)."""
+    history = (
+        await session.execute(
+            select(
+                BranchScopeHistory.valid_from,
+                BranchScopeHistory.format_code,
+                BranchScopeHistory.price_zone,
+            )
+            .where(BranchScopeHistory.branch == branch.code)
+            .order_by(BranchScopeHistory.valid_from, BranchScopeHistory.id)
+        )
+    ).all()
+
+    def scopes_then(at: datetime) -> list[tuple[str, str | None]]:
+        # As scopes_at: the latest row from before ``at``, else the first, else current.
+        then = [(f, z) for valid_from, f, z in history if valid_from <= at]
+        if then:
+            return branch_scopes(branch.code, *then[-1])
+        if history:
+            return branch_scopes(branch.code, history[0][1], history[0][2])
+        return branch_scopes(branch.code, branch.format_code, branch.price_zone)
+
+    ever = {
+        scope
+        for at in (*(row[0] for row in history), datetime.min.replace(tzinfo=UTC))
+        for scope in scopes_then(at)
+    }
+    scope_match = or_(
+        *(
+            and_(PriceEntryRow.scope == scope, PriceEntryRow.scope_id == (scope_id or ""))
+            for scope, scope_id in sorted(ever, key=str)
+        )
+    )
+    scopes_of: dict[datetime, list[tuple[str, str | None]]] = {}
+    entry = PriceEntryRow
+    skus = sorted(moments)
     candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
     for start in range(0, len(skus), 2000):
         rows = await session.execute(
-            select(PriceEntryRow).where(
-                PriceEntryRow.sku.in_(skus[start : start + 2000]),
-                not_withdrawn_at(at),
-            )
+            select(
+                entry.sku,
+                entry.scope,
+                entry.scope_id,
+                entry.price,
+                entry.effective_at,
+                entry.effective_local,
+                entry.version,
+                entry.withdrawn,
+                entry.withdrawn_at,
+            ).where(entry.sku.in_(skus[start : start + 2000]), scope_match)
         )
-        for (row,) in rows:
-            if (row.scope, row.scope_id or None) not in scopes:
+        for sku, scope, scope_id, price, effective_at, local, version, gone, gone_at in rows:
+            at = moments[sku]
+            # not_withdrawn_at(at), in Python: each product has its own moment
+            if gone and (gone_at is None or gone_at <= at):
                 continue
-            candidates[row.sku].append(
+            if at not in scopes_of:
+                scopes_of[at] = scopes_then(at)
+            if (scope, scope_id or None) not in scopes_of[at]:
+                continue
+            candidates[sku].append(
                 PriceCandidate(
-                    row.scope,
-                    row.price,
-                    entry_moment(row.effective_at, row.effective_local, branch.timezone),
-                    row.version,
+                    scope, price, entry_moment(effective_at, local, branch.timezone), version
                 )
             )
     out: dict[str, PriceCandidate] = {}
     for sku, entries in candidates.items():
-        got = resolve_price(entries, at)
+        got = resolve_price(entries, moments[sku])
         if got is not None:
             out[sku] = got
     return out
@@ -1121,48 +1175,56 @@ async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
 async def price_mismatches(
     session: AsyncSession, branch_code: str, *, limit: int = 100
 ) -> list[PriceMismatchOut]:
-    """Products whose latest till price at this branch (from its receipts) differs from
-    the price head office's rules give for that branch at that moment."""
+    """Products whose latest till price at this branch differs from the price head
+    office's rules give for that branch at that moment.
+
+    The latest till prices come from the report summary kept at ingestion (one row per
+    product), the expected prices from one read of the products' entries per 2,000: a
+    branch selling a 20,000-product catalog is checked in a few queries, not one per
+    product over every receipt line."""
     branch = await _branch(session, branch_code)
-    latest = (
-        select(
-            ReceiptLineRow.sku.label("sku"),
-            func.max(Receipt.occurred_at).label("sold_at"),
-        )
-        .join(Receipt, Receipt.id == ReceiptLineRow.receipt_id)
-        .where(Receipt.branch == branch_code)
-        .group_by(ReceiptLineRow.sku)
-        .subquery()
-    )
-    rows = (
+    await summaries_current(session)
+    last = LastSellingPrice
+    sold = (
         await session.execute(
-            select(ReceiptLineRow.sku, ReceiptLineRow.unit_price, Receipt.occurred_at, Receipt.id)
-            .join(Receipt, Receipt.id == ReceiptLineRow.receipt_id)
-            .join(
-                latest,
-                (latest.c.sku == ReceiptLineRow.sku) & (latest.c.sold_at == Receipt.occurred_at),
-            )
-            .where(Receipt.branch == branch_code)
-            .order_by(ReceiptLineRow.sku)
+            select(last.sku, last.unit_price, last.sold_at)
+            .where(last.branch == branch_code)
+            .order_by(last.sku)
         )
     ).all()
+    expected = await expected_prices_each(session, branch, {sku: at for sku, _, at in sold})
     out: list[PriceMismatchOut] = []
-    seen: set[str] = set()
-    for sku, unit_price, sold_at, receipt_id in rows:
-        if sku in seen:
-            continue
-        seen.add(sku)
-        expected = (await expected_prices(session, branch, [sku], sold_at)).get(sku)
-        if expected is None or expected.price != unit_price:
+    for sku, till_price, sold_at in sold:
+        want = expected.get(sku)
+        if want is None or want.price != till_price:
             out.append(
                 PriceMismatchOut(
                     sku=sku,
-                    till_price=unit_price,
-                    expected_price=expected.price if expected else None,
+                    till_price=till_price,
+                    expected_price=want.price if want else None,
                     sold_at=sold_at,
-                    receipt_id=receipt_id,
+                    receipt_id=await _receipt_of(session, branch_code, sku, till_price, sold_at),
                 )
             )
             if len(out) >= limit:
                 break
     return out
+
+
+async def _receipt_of(
+    session: AsyncSession, branch_code: str, sku: str, unit_price: int, sold_at: datetime
+) -> int:
+    """The receipt that sold ``sku`` at ``unit_price`` at ``sold_at`` (the first if two
+    did): only looked up for the mismatches shown."""
+    receipt_id = await session.scalar(
+        select(func.min(Receipt.id))
+        .join(ReceiptLineRow, ReceiptLineRow.receipt_id == Receipt.id)
+        .where(
+            Receipt.branch == branch_code,
+            Receipt.occurred_at == sold_at,
+            ReceiptLineRow.sku == sku,
+            ReceiptLineRow.unit_price == unit_price,
+        )
+    )
+    assert receipt_id is not None, (branch_code, sku, sold_at)
+    return int(receipt_id)

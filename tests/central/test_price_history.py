@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import event
+
 from central.ingest.worker import IngestWorker
-from central.models import Branch
+from central.models import Branch, Receipt
 from central.reports.service import head_office_prices
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import register_branch
@@ -150,3 +152,46 @@ async def test_a_branch_moved_to_another_zone_keeps_its_old_zones_past(
         now = await head_office_prices(session, [branch], None, datetime.now(UTC))
     assert then == {("B2", "MILK"): 90, ("B2", "BREAD"): 250}
     assert now == {("B2", "MILK"): 80, ("B2", "BREAD"): 200}
+
+
+async def test_mismatches_of_many_products_in_a_few_queries(
+    central: Any, central_client: Any
+) -> None:
+    """The latest till price of each product against head office's: the answer names
+    exactly the products whose last sale was off, and asking costs the same few
+    statements whatever the number of products (it ran one per product)."""
+    client = central_client
+    tills = _Tills(central)
+    await register_branch(central, "B1")
+    skus = [f"P{n:02}" for n in range(30)]
+    for sku in skus:
+        await _product(client, sku, 100)
+    # P00 was once sold too cheap, then right: its latest sale is what counts.
+    await tills.sell("B1", "P00", 90)
+    for sku in skus:
+        await tills.sell("B1", sku, 90 if sku in ("P07", "P19", "P28") else 100)
+
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = central.sessionmaker.kw["bind"].sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        mismatches = await _mismatches(client, "B1")
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [(m["sku"], m["till_price"], m["expected_price"]) for m in mismatches] == [
+        ("P07", 90, 100),
+        ("P19", 90, 100),
+        ("P28", 90, 100),
+    ]
+    # each names the receipt of that last sale
+    async with central.sessionmaker() as session:
+        for m in mismatches:
+            receipt = await session.get(Receipt, m["receipt_id"])
+            assert receipt is not None
+            assert receipt.occurred_at == datetime.fromisoformat(m["sold_at"])
+    # branch, summaries, scope history, entries, one receipt per mismatch (+ auth)
+    assert len(statements) <= 12, statements
