@@ -348,3 +348,24 @@ def central_cli(db_url: str, tmp_path: Path, *args: str, exit_code: int = 0) -> 
     )
     assert out.returncode == exit_code, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@asynccontextmanager
+async def counted_statements(db_url: str) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A sessionmaker on an engine of its own for ``db_url`` and the list of statements
+    it runs: what one call costs, without what the process does meanwhile."""
+    from sqlalchemy import event
+
+    from central.db import create_engine, create_sessionmaker
+
+    engine = create_engine(db_url)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield create_sessionmaker(engine), statements
+    finally:
+        await engine.dispose()

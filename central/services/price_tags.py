@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.errors import NotFoundError, ValidationFailed, check_aware
 from central.models import Branch, PriceEntryRow, Product, ProductBarcode
 from central.services.assortment import branch_assortment
-from central.services.pricing import expected_prices
+from central.services.pricing import expected_prices_each
 from protocol.pricing import branch_scopes, entry_moment
 from protocol.units import format_minor
 
@@ -135,28 +135,42 @@ async def price_tag_items(
         moment = entry_moment(effective_at, local, branch.timezone)
         if since <= moment <= until:
             changed[sku] = max(changed.get(sku, moment), moment)
-    items: list[dict[str, object]] = []
-    for sku in sorted(changed):
-        at = max(changed[sku], now)
-        price = (await expected_prices(session, branch, [sku], at)).get(sku)
-        product = await session.get(Product, sku)
-        if price is None or product is None or not product.active:
-            continue
-        code = await session.scalar(
-            select(ProductBarcode.barcode)
-            .where(ProductBarcode.sku == sku)
-            .order_by(ProductBarcode.kind != "ean13", ProductBarcode.barcode)
-            .limit(1)
+    moments = {sku: max(moment, now) for sku, moment in changed.items()}
+    prices = await expected_prices_each(session, branch, moments)
+    # Products and barcodes read per 2,000 too: a new price list changes every tag.
+    skus = sorted(prices)
+    products: dict[str, Product] = {}
+    barcodes: dict[str, str] = {}
+    for start in range(0, len(skus), 2000):
+        chunk = skus[start : start + 2000]
+        products.update(
+            (p.sku, p) for p in await session.scalars(select(Product).where(Product.sku.in_(chunk)))
         )
+        # The first EAN-13 by code, else the first barcode of any kind.
+        for sku, barcode, _ in sorted(
+            await session.execute(
+                select(ProductBarcode.sku, ProductBarcode.barcode, ProductBarcode.kind).where(
+                    ProductBarcode.sku.in_(chunk)
+                )
+            ),
+            key=lambda row: (row[0], row[2] != "ean13", row[1]),
+        ):
+            barcodes.setdefault(sku, barcode)
+    items: list[dict[str, object]] = []
+    for sku in skus:
+        product = products.get(sku)
+        if product is None or not product.active:
+            continue
+        at = moments[sku]
         items.append(
             {
                 "sku": sku,
                 "name": product.name,
-                "price": price.price,
+                "price": prices[sku].price,
                 "unit": product.unit,
                 # The shelf shows the branch's wall clock (with its zone), not UTC.
                 "valid_from": at.astimezone(zone),
-                "barcode": code,
+                "barcode": barcodes.get(sku),
             }
         )
     return items

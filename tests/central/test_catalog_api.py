@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from central.models import MasterDataOutbox, PriceEntryRow, Product
-from tests.conftest import register_branch
+from central.services.price_tags import price_tag_items
+from tests.conftest import counted_statements, register_branch
 
 
 async def _setup(client: Any) -> None:
@@ -342,3 +343,44 @@ async def test_master_data_beyond_its_columns_is_refused(
     assert await _counts(central) == before
     listed = await central_client.get(path.replace("/repricing", "/prices"))
     assert body.get("code", body.get("sku", "?")) not in listed.text
+
+
+async def test_price_tags_of_a_whole_price_list_in_a_few_queries(
+    central: Any, central_client: Any, db_url: str
+) -> None:
+    """A new price list changes every tag: each active product of the branch gets its
+    tag (price, EAN-13 preferred over other codes), an archived one none, and the
+    statements do not grow with the number of products (they were three per tag)."""
+    client = central_client
+    await client.post("/api/v1/formats", json={"code": "mini", "name": "Minimarket"})
+    await register_branch(central, "B1", format_code="mini")
+    skus = [f"P{n:02}" for n in range(25)]
+    ean13 = {sku: _ean13(f"{400638133000 + n:012}") for n, sku in enumerate(skus)}
+    for n, sku in enumerate(skus):
+        # An EAN-8 and an internal code listed first: the tag still shows the EAN-13.
+        barcodes = [{"code": f"INT-{n}", "kind": "internal"}] if n < 3 else []
+        barcodes += [{"code": "96385074"}] if n == 3 else []
+        barcodes.append({"code": ean13[sku]})
+        body = {"sku": sku, "name": f"Item {n}", "vat_rate_bp": 1000, "barcodes": barcodes}
+        r = await client.post("/api/v1/products", json=body)
+        assert r.status_code == 201, r.text
+        r = await client.post("/api/v1/prices", json={"sku": sku, "price": 100 + n})
+        assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/formats/mini/products", json={"add": skus})
+    assert r.status_code == 200, r.text
+    r = await client.post("/api/v1/products/P05/archive")
+    assert r.status_code == 200, r.text
+
+    async with counted_statements(db_url) as (sessionmaker, statements), sessionmaker() as s:
+        tags = await price_tag_items(s, "B1")
+    assert [(t["sku"], t["price"], t["barcode"]) for t in tags] == [
+        (sku, 100 + n, ean13[sku]) for n, sku in enumerate(skus) if sku != "P05"
+    ]
+    # branch, assortment (format, exceptions, active products), changed entries, scope
+    # history, entries, products, barcodes
+    assert len(statements) <= 10, statements
+
+
+def _ean13(first12: str) -> str:
+    odd, even = sum(map(int, first12[0::2])), sum(map(int, first12[1::2]))
+    return first12 + str((10 - (odd + 3 * even) % 10) % 10)
