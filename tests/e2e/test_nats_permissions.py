@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -17,6 +18,7 @@ from nats.js.api import StreamConfig
 from sqlalchemy import func, select
 
 from branch_agent.downstream import DownMessage
+from branch_agent.status import AgentStatus, format_status
 from central.embedded_nats import EmbeddedNats
 from central.models import AuditEntry, Branch, BranchStatus, DeadLetter, Receipt
 from central.runtime import CentralRuntime
@@ -29,7 +31,8 @@ from central.services.nats_auth import (
 from central.sync.nats_auth import NatsIssuer
 from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
 from protocol.subjects import DOWN_STREAM, down_subject, up_subject
-from tests.conftest import central_settings, running_central, wait_until
+from tests.conftest import asgi_client, central_settings, running_central, wait_until
+from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 
 @pytest.fixture
@@ -404,3 +407,61 @@ async def test_a_revocation_outlives_a_restore_of_centrals_database(
             )
         assert branch is not None
         assert (branch.active, branch.revoked_at is not None, audited) == (False, True, 1)
+
+
+async def test_agent_with_another_branchs_credentials_shows_the_denial_and_keeps_its_sales(
+    secure_central: CentralRuntime,
+    secure_nats: EmbeddedNats,
+    issuer: NatsIssuer,
+    make_agent: Any,
+    tmp_path: Path,
+) -> None:
+    """Branch BA's agent given BB's credentials (a copied creds file): it connects, so the
+    link looked fine while every operation was denied. Its status says degraded, with the
+    server's permissions violation; its sales wait in the outbox; with its own
+    credentials they all reach central, once."""
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    creds_b = await add_branch_with_creds(secure_central, issuer, "BB")
+    await branch_consumers_ready(secure_central, "BA", "BB")
+    data_dir = str(tmp_path / "agent-BA")
+    wrong = await make_agent("BA", secure_nats.url, nats_creds=str(creds_b), data_dir=data_dir)
+    for n in range(3):
+        assert (await post_sale(wrong, sale(f"ba-{n}"), "BA-till-1")).status_code == 201
+
+    async def degraded() -> bool:
+        return (await wrong.status()).link == "degraded"
+
+    await wait_until(degraded, timeout=30)
+    async with asgi_client(wrong.app) as client:
+        shown = (await client.get("/health/status")).json()
+        health = (await client.get("/health")).json()
+    assert shown["link"] == "degraded"
+    assert "permissions violation for" in shown["nats_error"]
+    assert ".ba" in shown["nats_error"]  # the subject of branch BA it was denied
+    assert shown["nats_error"] in shown["nats_denied"]
+    assert shown["outbox_backlog"] == 3
+    assert health["nats"] == "degraded"
+    text = format_status(msgspec.convert(shown, AgentStatus))
+    assert "link to central  degraded" in text
+    assert "permissions violation" in text
+    assert "not this branch's" in text
+    await wrong.stop()
+    assert await receipts_at_central(secure_central) == []
+
+    # Its own credentials (the technician put the right file in place and restarted it).
+    right = await make_agent("BA", secure_nats.url, nats_creds=str(creds_a), data_dir=data_dir)
+
+    async def arrived() -> bool:
+        return len(await receipts_at_central(secure_central)) == 3
+
+    await wait_until(arrived, timeout=30)
+    status = await right.status()
+    assert (status.link, status.nats_error, status.nats_denied) == ("connected", "", [])
+    assert status.outbox_backlog == 0
+    assert sorted(s for _, s in await receipts_at_central(secure_central)) == [
+        "ba-0",
+        "ba-1",
+        "ba-2",
+    ]
+    async with secure_central.sessionmaker() as session:
+        assert (await session.scalars(select(DeadLetter))).all() == []
