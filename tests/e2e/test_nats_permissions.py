@@ -4,11 +4,13 @@ nats-server running with operator/JWT auth, and revocation without a server rest
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import nats
 import pytest
@@ -32,6 +34,8 @@ from central.sync.nats_auth import NatsIssuer
 from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
 from protocol.subjects import DOWN_STREAM, down_subject, up_subject
 from tests.conftest import asgi_client, central_settings, running_central, wait_until
+from tests.e2e.test_agent_cli import cli
+from tests.e2e.test_agent_kill import AgentProcess, free_port, wait_healthy
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 
@@ -462,6 +466,76 @@ async def test_agent_with_another_branchs_credentials_shows_the_denial_and_keeps
         "ba-0",
         "ba-1",
         "ba-2",
+    ]
+    async with secure_central.sessionmaker() as session:
+        assert (await session.scalars(select(DeadLetter))).all() == []
+
+
+async def test_agent_process_killed_while_denied_then_given_its_credentials_loses_nothing(
+    secure_central: CentralRuntime, secure_nats: EmbeddedNats, issuer: NatsIssuer, tmp_path: Path
+) -> None:
+    """The same as a technician meets it: ``status`` of a running agent process says
+    degraded and why; the process is SIGKILLed while its operations are being denied,
+    its credentials file replaced by the right one, and it is started again: every sale
+    reaches central exactly once."""
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    creds_b = await add_branch_with_creds(secure_central, issuer, "BB")
+    await branch_consumers_ready(secure_central, "BA", "BB")
+    creds = tmp_path / "branch.creds"
+    creds.write_bytes(creds_b.read_bytes())  # another branch's file copied by mistake
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "BA"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'nats_url = "{secure_nats.url}"\nnats_creds = "{creds}"\nhttp_port = {port}\n'
+        'demo_catalog = true\nmanager_token = "boss"\nheartbeat_interval_s = 0.5\n'
+        '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    url = f"http://127.0.0.1:{port}"
+    till = {"Authorization": "Bearer t1"}
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            opened = await client.post("/api/v1/shifts", json={"shift_id": "S1"}, headers=till)
+            assert opened.status_code == 201, opened.text
+            for n in range(4):
+                posted = await client.post("/api/v1/sales", json=sale(f"ba-{n}"), headers=till)
+                assert posted.status_code == 201, posted.text
+
+        async def degraded() -> bool:
+            return "link to central  degraded" in cli(config, "status").stdout
+
+        await wait_until(degraded, timeout=40, interval=0.5)
+        shown = cli(config, "status").stdout
+        assert 'permissions violation for publish to "' in shown
+        assert "its credentials are not this branch's (BA)" in shown
+        as_json = json.loads(cli(config, "status", "--json").stdout)
+        assert as_json["link"] == "degraded"
+        assert as_json["nats_denied"]
+        assert as_json["outbox_backlog"] == 5  # the shift and the four sales
+        agent.kill()
+        assert await receipts_at_central(secure_central) == []
+
+        creds.write_bytes(creds_a.read_bytes())
+        agent.start()
+        await wait_healthy(url)
+
+        async def arrived() -> bool:
+            return len(await receipts_at_central(secure_central)) == 4
+
+        await wait_until(arrived, timeout=40)
+
+        async def connected() -> bool:
+            answer = json.loads(cli(config, "status", "--json").stdout)
+            return answer["link"] == "connected" and answer["outbox_backlog"] == 0
+
+        await wait_until(connected, timeout=20, interval=0.5)
+    finally:
+        agent.stop()
+    assert sorted(s for _, s in await receipts_at_central(secure_central)) == [
+        f"ba-{n}" for n in range(4)
     ]
     async with secure_central.sessionmaker() as session:
         assert (await session.scalars(select(DeadLetter))).all() == []
