@@ -248,7 +248,8 @@ class Agent:
             text = str(exc)[:300]
             if is_permission_violation(text):
                 # Repeated on every retry: logged once until it stops.
-                log.log(logging.WARNING if self.denials.record(text) else logging.DEBUG, text)
+                level = logging.WARNING if self.denials.record(text) else logging.DEBUG
+                log.log(level, "%s", text)
                 return
             log.warning("nats: %s", exc)
             self.nats_error = f"{type(exc).__name__}: {exc}"[:300]
