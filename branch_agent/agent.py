@@ -25,6 +25,7 @@ from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.fiscal import Fiscalizer
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
+from branch_agent.nats_denials import NatsDenials, is_permission_violation
 from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.sales import SaleService
@@ -36,7 +37,13 @@ from branch_agent.status import AgentStatus, build_status
 from branch_agent.stock import StockService
 from protocol.codec import decode_resend, encode
 from protocol.messages import BranchHeartbeat
-from protocol.subjects import COMMAND_KIND, HEARTBEAT_KIND, up_subject
+from protocol.subjects import (
+    COMMAND_KIND,
+    DOWN_STREAM,
+    HEARTBEAT_KIND,
+    down_consumer_name,
+    up_subject,
+)
 
 __all__ = ["Agent"]
 
@@ -101,6 +108,15 @@ class Agent:
         # The NATS client's last error while not connected (refused, Authorization
         # Violation, TLS...), for status: otherwise only in the log. "": connected.
         self.nats_error = ""
+        # What the server refuses on a live connection (another branch's credentials):
+        # the link is up, nothing gets through.
+        self.denials = NatsDenials()
+        self.sender.on_acked = self.denials.succeeded
+        self.downstream.on_fetched = lambda: self.denials.succeeded(
+            [f"$JS.API.CONSUMER.MSG.NEXT.{DOWN_STREAM}.{down_consumer_name(settings.branch)}"]
+        )
+        if self.masterdata.requester is not None:
+            self.masterdata.requester.on_answered = self.denials.succeeded
         self.js: JetStreamContext | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -229,11 +245,18 @@ class Agent:
 
     def _nats_options(self) -> dict[str, Any]:
         async def on_error(exc: Exception) -> None:
+            text = str(exc)[:300]
+            if is_permission_violation(text):
+                # Repeated on every retry: logged once until it stops.
+                level = logging.WARNING if self.denials.record(text) else logging.DEBUG
+                log.log(level, "%s", text)
+                return
             log.warning("nats: %s", exc)
             self.nats_error = f"{type(exc).__name__}: {exc}"[:300]
 
         async def on_reconnected() -> None:
             self.nats_error = ""
+            self.denials.clear()
             self.sender.wake()
 
         options: dict[str, Any] = {
@@ -306,20 +329,26 @@ class Agent:
             # Its sequence numbers would not be central's yet.
             return
         beat = await self.heartbeat(stopping=stopping)
-        await self.js.publish(
-            up_subject(self.settings.branch, HEARTBEAT_KIND), encode(beat), timeout=2.0
-        )
+        subject = up_subject(self.settings.branch, HEARTBEAT_KIND)
+        await self.js.publish(subject, encode(beat), timeout=2.0)
+        self.denials.succeeded([subject])
 
     async def health(self) -> AgentHealth:
         async with self.sessionmaker() as session:
             pending = await backlog(session)
-        connected = self.nc is not None and self.nc.is_connected
         return AgentHealth(
             status="ok",
             branch=self.settings.branch,
-            nats="connected" if connected else "disconnected",
+            nats=self.link_state(),
             outbox_backlog=pending,
         )
+
+    def link_state(self) -> str:
+        """connected, degraded (connected, but the server denies operations: see
+        ``denials``) or disconnected."""
+        if self.nc is None or not self.nc.is_connected:
+            return "disconnected"
+        return "degraded" if self.denials.current() else "connected"
 
     async def stop(self) -> None:
         self._stop.set()

@@ -75,6 +75,8 @@ class DownstreamReader:
         # the first fetch (until central has seen the branch's position).
         self.on_position: Callable[[int], Awaitable[None]] | None = None
         self.on_fetch_error: Callable[[BaseException], None] | None = None
+        # Called when a fetch delivered messages (the consumer is readable).
+        self.on_fetched: Callable[[], None] | None = None
         self.before_first_fetch: Callable[[], Awaitable[None]] | None = None
         # Why this database must not read now ("": it may), and what to do once it may
         # again: another database of the branch runs and reads the same durable
@@ -176,6 +178,8 @@ class DownstreamReader:
                     self.on_fetch_error(exc)
                 await _pause(stop, 1.0)
                 continue
+            if msgs and self.on_fetched is not None:
+                self.on_fetched()
             groups = self._groups(msgs)
             for index, group in enumerate(groups):
                 try:

@@ -97,6 +97,8 @@ class SnapshotRequester:
         self._lost_snapshot = 0
         # Set by the agent: a new database asks where its event numbers start.
         self.numbering: EventNumbering | None = None
+        # Told the subject of each answered report (the agent clears its denials).
+        self.on_answered: Callable[[list[str]], None] | None = None
         # This clock against central's, from the latest answer (None: not measured).
         self.clock: Callable[[], datetime] = _utc_now
         self.clock_offset_ms: int | None = None
@@ -162,12 +164,11 @@ class SnapshotRequester:
         request = self._request()
         self.requests += 1
         sent = self.clock()
-        msg = await nc.request(
-            snapshot_request_subject(self.branch),
-            encode_snapshot_rpc(request),
-            timeout=self.timeout_s,
-        )
+        subject = snapshot_request_subject(self.branch)
+        msg = await nc.request(subject, encode_snapshot_rpc(request), timeout=self.timeout_s)
         received = self.clock()
+        if self.on_answered is not None:
+            self.on_answered([subject])
         reply = decode_snapshot_reply(msg.data)
         if reply.central_time is not None:
             self._clock_measured(clock_offset_ms(sent, received, reply.central_time))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -76,6 +77,8 @@ class OutboxSender:
         self._wake = asyncio.Event()
         # Set by the agent: nothing goes out before central has numbered a new database.
         self.numbering: EventNumbering | None = None
+        # Told the subjects of each acked batch (the agent clears their denials).
+        self.on_acked: Callable[[list[str]], None] | None = None
 
     def wake(self) -> None:
         """A new event was committed: send without waiting for the poll interval."""
@@ -176,6 +179,8 @@ class OutboxSender:
             self.state.published += len(acked)
             self.state.last_acked_seq = max(self.state.last_acked_seq, max(acked))
             self.state.last_sent_at = now
+            if self.on_acked is not None:
+                self.on_acked(sorted({row.subject for row in sendable if row.seq in acked}))
         if first_error is not None:
             raise ConnectionError(
                 f"{len(sendable) - len(acked)} publishes not acked: {first_error}"

@@ -30,7 +30,8 @@ class DeviceStateOut(msgspec.Struct, kw_only=True):
 
 class AgentStatus(msgspec.Struct, kw_only=True):
     branch: str
-    # connected | disconnected
+    # connected | degraded (connected, but the NATS server denies the agent's operations:
+    # see nats_denied) | disconnected
     link: str
     outbox_backlog: int
     last_recorded_seq: int
@@ -61,8 +62,12 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     unfiscal_printed: list[str] = []
     unfiscal_unknown: list[str] = []
     unfiscal_to_check: int = 0
-    # The NATS client's last error while the link is down ("": none since connected).
+    # While the link is down, the NATS client's last error; while it is degraded, the
+    # latest permissions violation ("": none).
     nats_error: str = ""
+    # Every operation the NATS server denies now (permissions violations, the latest
+    # first), each until it succeeds again: wrong-branch or too narrow credentials.
+    nats_denied: list[str] = []
     devices: list[DeviceStateOut]
 
 
@@ -96,10 +101,11 @@ async def build_status(agent: Agent) -> AgentStatus:
                     checked["printed"].append(f"{till} {kind} {doc_id}: fiscal number {number}")
                 else:
                     checked["unknown"].append(f"{till} {kind} {doc_id}")
-    connected = agent.nc is not None and agent.nc.is_connected
+    link = agent.link_state()
+    denied = agent.denials.current() if link == "degraded" else []
     return AgentStatus(
         branch=agent.settings.branch,
-        link="connected" if connected else "disconnected",
+        link=link,
         outbox_backlog=pending,
         last_recorded_seq=await agent.last_recorded_seq(),
         last_acked_seq=await agent.last_acked_seq(),
@@ -116,7 +122,8 @@ async def build_status(agent: Agent) -> AgentStatus:
         unfiscal_printed=checked["printed"],
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
-        nats_error="" if connected else agent.nats_error,
+        nats_error=agent.nats_error if link == "disconnected" else (denied or [""])[0],
+        nats_denied=denied,
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -163,6 +170,16 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         f"link to central  {status.link}"
         + (f"  (last error: {status.last_sync_error})" if status.last_sync_error else "")
         + (f"  (NATS: {status.nats_error})" if status.nats_error else ""),
+        *(
+            [
+                f"                 the NATS server denies {len(status.nats_denied)} "
+                "operation(s): its credentials are not this branch's "
+                f"({status.branch}), or their permissions lack its subjects; nothing "
+                "reaches central meanwhile (sales wait in the outbox)"
+            ]
+            if status.nats_denied
+            else []
+        ),
         f"outbox backlog   {status.outbox_backlog} event(s) not yet acknowledged"
         + (
             f"; held, too big for the NATS server: seq {', '.join(map(str, status.outbox_held))}"

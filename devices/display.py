@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from devices.errors import DeviceError
 from devices.ports import Port, SerialSettings
+from devices.translit import transliterate
 
 __all__ = [
     "CLEAR",
+    "CODEPAGE",
     "COLUMNS",
     "HOME",
     "ROWS",
@@ -30,6 +32,8 @@ CLEAR = b"\x0c"
 HOME = b"\x0b"
 COLUMNS = 20
 ROWS = 2
+# The pole displays' default character table (PC437), as the ESC/POS printers'.
+CODEPAGE = "cp437"
 
 
 def cursor_to(column: int, row: int) -> bytes:
@@ -43,12 +47,14 @@ def cursor_visible(on: bool) -> bytes:
     return bytes((0x1F, 0x43, 1 if on else 0))
 
 
-def render_lines(line1: str, line2: str = "", codepage: str = "cp437") -> bytes:
-    """Clear, then each line at column 1 of its row, cut/padded to 20 characters."""
+def render_lines(line1: str, line2: str = "", codepage: str = CODEPAGE) -> bytes:
+    """Clear, then each line at column 1 of its row, cut/padded to 20 characters.
+    Transliterated first ("Щи" -> "Shchi"), so the cut counts what is shown; a control
+    character becomes a space (it would move the cursor or clear the screen)."""
     out = bytearray(CLEAR + cursor_visible(False))
     for row, text in enumerate((line1, line2), start=1):
         out += cursor_to(1, row)
-        out += text[:COLUMNS].ljust(COLUMNS).encode(codepage, errors="replace")
+        out += transliterate(text, codepage)[:COLUMNS].ljust(COLUMNS).encode(codepage)
     return bytes(out)
 
 
@@ -59,7 +65,7 @@ class CustomerDisplay:
         *,
         baudrate: int = 9600,
         timeout: float = 1.0,
-        codepage: str = "cp437",
+        codepage: str = CODEPAGE,
     ) -> None:
         self.port = (
             port_url

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from devices.errors import Condition, DeviceError, PrinterError
 from devices.ports import Port, SerialSettings
+from devices.translit import transliterate
 
 __all__ = [
+    "CODEPAGE",
     "CUT_FULL",
     "CUT_PARTIAL",
     "FEED_AND_CUT",
@@ -32,6 +34,7 @@ __all__ = [
     "drawer_kick",
     "parse_status",
     "realtime_status_request",
+    "text_job",
     "valid_status_byte",
 ]
 
@@ -39,6 +42,20 @@ INIT = b"\x1b\x40"
 CUT_FULL = b"\x1d\x56\x00"
 CUT_PARTIAL = b"\x1d\x56\x01"
 FEED_AND_CUT = b"\x1d\x56\x42\x00"
+# Character code table 0 (PC437), what an ESC/POS printer prints after ESC @.
+CODEPAGE = "cp437"
+
+
+def text_job(text: str, *, cut: bool = True, codepage: str = CODEPAGE) -> bytes:
+    """Initialise, ``text`` (newline-terminated lines), feed and cut. What the code page
+    lacks is transliterated ("Łódź" -> "Lodz"); line feeds and tabs stay (LF prints the
+    line, HT moves to the next tab stop), other control characters become spaces (an
+    ESC in a product name would be a command)."""
+    body = text.replace("\r\n", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    printable = transliterate(body, codepage, keep="\n\t")
+    return INIT + printable.encode(codepage) + (FEED_AND_CUT if cut else b"")
 
 
 def align(mode: int) -> bytes:
@@ -132,7 +149,7 @@ class EscPosPrinter:
         baudrate: int = 9600,
         dsrdtr: bool = True,
         timeout: float = 1.0,
-        codepage: str = "cp437",
+        codepage: str = CODEPAGE,
     ) -> None:
         self.port = (
             port_url
@@ -191,11 +208,7 @@ class EscPosPrinter:
 
     def print_text(self, text: str, *, cut: bool = True) -> PrinterStatus:
         """Initialise, print ``text`` (newline-terminated lines), feed and cut."""
-        body = text.replace("\r\n", "\n")
-        if not body.endswith("\n"):
-            body += "\n"
-        data = INIT + body.encode(self.codepage, errors="replace") + (FEED_AND_CUT if cut else b"")
-        return self.print_job(data)
+        return self.print_job(text_job(text, cut=cut, codepage=self.codepage))
 
     def cut(self, partial: bool = False) -> PrinterStatus:
         return self.print_job(CUT_PARTIAL if partial else CUT_FULL)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +46,7 @@ from enum import Enum, IntEnum
 
 from devices.errors import Condition, DeviceError, FiscalError
 from devices.ports import Port, SerialSettings
+from devices.translit import transliterate
 
 __all__ = [
     "ACK_BYTES",
@@ -226,67 +226,14 @@ def unescape(raw: bytes) -> bytes:
     return bytes(out)
 
 
-# Letters NFKD does not take apart (not a base letter plus a mark), spelt as people do.
-_TRANSLITERATION = {
-    "ß": "ss",
-    "ẞ": "SS",
-    "æ": "ae",
-    "Æ": "AE",
-    "œ": "oe",
-    "Œ": "OE",
-    "ø": "o",
-    "Ø": "O",
-    "ł": "l",
-    "Ł": "L",
-    "đ": "d",
-    "Đ": "D",
-    "ð": "d",
-    "Ð": "D",
-    "þ": "th",
-    "Þ": "Th",
-    "ħ": "h",
-    "Ħ": "H",
-    "ı": "i",
-}
-
-
-def _encodable(text: str, codepage: str) -> bool:
-    try:
-        text.encode(codepage)
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable_char(char: str, codepage: str) -> str:
-    if char < " " or char == "\x7f" or unicodedata.category(char) in ("Zl", "Zp"):
-        return " "  # a line break or control byte would break the printed line
-    if unicodedata.category(char) == "Cf":
-        return ""  # invisible (zero-width joiners, direction marks)
-    if _encodable(char, codepage):
-        return char
-    known = _TRANSLITERATION.get(char)
-    if known is not None and _encodable(known, codepage):
-        return known
-    out = []
-    for part in unicodedata.normalize("NFKD", char):
-        if unicodedata.combining(part) or unicodedata.category(part) == "Mn":
-            continue  # "ä" is "a" plus a diaeresis: the letter stays, the mark goes
-        if _encodable(part, codepage):
-            out.append(part)
-        else:
-            out.append(_TRANSLITERATION.get(part, "?"))
-    return "".join(out) if any(p != "?" for p in out) else "?"
-
-
 def printable_text(text: str, limit: int | None = None, codepage: str = CODEPAGE) -> str:
     """``text`` as the printer can print it, never failing: characters of its code page
     stay, others are transliterated ("Käse" -> "Kase", "ß" -> "ss", "ﬁ" -> "fi"), what
     has no spelling in it becomes "?", control characters become spaces; then cut to
-    ``limit`` characters (the code pages of these printers have one byte a character)."""
-    result = "".join(_printable_char(char, codepage) for char in text)
-    if not _encodable(result, codepage):  # a transliteration the code page lacks
-        result = result.encode(codepage, errors="replace").decode(codepage)
+    ``limit`` characters (the code pages of these printers have one byte a character).
+    The transliteration is :func:`devices.translit.transliterate`, the receipt printer's
+    and the customer display's too."""
+    result = transliterate(text, codepage)
     return result if limit is None else result[:limit]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from devices.display import CODEPAGE
 from devices.sim.base import DeviceSimulator, Emit
 
 __all__ = ["DisplaySimulator"]
@@ -19,6 +20,8 @@ class DisplaySimulator(DeviceSimulator):
         self.col = 0
         self.cursor_on = True
         self._buf = bytearray()
+        # The display's character table, as the driver's default.
+        self.codepage = CODEPAGE
 
     @property
     def lines(self) -> tuple[str, str]:
@@ -47,7 +50,7 @@ class DisplaySimulator(DeviceSimulator):
                 elif buf[1] == 0x43:
                     self.cursor_on = bool(buf[2])
             elif b >= 0x20 and self.col < COLUMNS:
-                self.screen[self.row][self.col] = bytes([b]).decode("cp437")
+                self.screen[self.row][self.col] = bytes([b]).decode(self.codepage)
                 self.col += 1
             del buf[:need]
         return []

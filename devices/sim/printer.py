@@ -9,6 +9,7 @@ always answered.
 
 from __future__ import annotations
 
+from devices.escpos import CODEPAGE
 from devices.sim.base import DeviceSimulator, Emit
 
 __all__ = ["PRINTER_FAULTS", "PrinterSimulator"]
@@ -31,6 +32,8 @@ class PrinterSimulator(DeviceSimulator):
         self.kicks: list[tuple[int, int, int]] = []
         self.cuts = 0
         self._buf = bytearray()
+        # The printer's character table, as the driver's default: jobs read as printed.
+        self.codepage = CODEPAGE
 
     def set_fault(self, fault: str, on: bool = True) -> None:
         if fault not in PRINTER_FAULTS:
@@ -88,7 +91,7 @@ class PrinterSimulator(DeviceSimulator):
                     break
                 if buf[1] == 0x56 and not self.is_offline():
                     self.cuts += 1
-                    self.jobs.append(self.current.decode("cp437"))
+                    self.jobs.append(self.current.decode(self.codepage))
                     self.current.clear()
             elif not self.is_offline():
                 self.current.append(b)

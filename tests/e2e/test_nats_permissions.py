@@ -4,11 +4,14 @@ nats-server running with operator/JWT auth, and revocation without a server rest
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -17,6 +20,7 @@ from nats.js.api import StreamConfig
 from sqlalchemy import func, select
 
 from branch_agent.downstream import DownMessage
+from branch_agent.status import AgentStatus, format_status
 from central.embedded_nats import EmbeddedNats
 from central.models import AuditEntry, Branch, BranchStatus, DeadLetter, Receipt
 from central.runtime import CentralRuntime
@@ -29,7 +33,10 @@ from central.services.nats_auth import (
 from central.sync.nats_auth import NatsIssuer
 from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
 from protocol.subjects import DOWN_STREAM, down_subject, up_subject
-from tests.conftest import central_settings, running_central, wait_until
+from tests.conftest import asgi_client, central_settings, running_central, wait_until
+from tests.e2e.test_agent_cli import cli
+from tests.e2e.test_agent_kill import AgentProcess, free_port, wait_healthy
+from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 
 @pytest.fixture
@@ -404,3 +411,131 @@ async def test_a_revocation_outlives_a_restore_of_centrals_database(
             )
         assert branch is not None
         assert (branch.active, branch.revoked_at is not None, audited) == (False, True, 1)
+
+
+async def test_agent_with_another_branchs_credentials_shows_the_denial_and_keeps_its_sales(
+    secure_central: CentralRuntime,
+    secure_nats: EmbeddedNats,
+    issuer: NatsIssuer,
+    make_agent: Any,
+    tmp_path: Path,
+) -> None:
+    """Branch BA's agent given BB's credentials (a copied creds file): it connects, so the
+    link looked fine while every operation was denied. Its status says degraded, with the
+    server's permissions violation; its sales wait in the outbox; with its own
+    credentials they all reach central, once."""
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    creds_b = await add_branch_with_creds(secure_central, issuer, "BB")
+    await branch_consumers_ready(secure_central, "BA", "BB")
+    data_dir = str(tmp_path / "agent-BA")
+    wrong = await make_agent("BA", secure_nats.url, nats_creds=str(creds_b), data_dir=data_dir)
+    for n in range(3):
+        assert (await post_sale(wrong, sale(f"ba-{n}"), "BA-till-1")).status_code == 201
+
+    async def degraded() -> bool:
+        return (await wrong.status()).link == "degraded"
+
+    await wait_until(degraded, timeout=30)
+    async with asgi_client(wrong.app) as client:
+        shown = (await client.get("/health/status")).json()
+        health = (await client.get("/health")).json()
+    assert shown["link"] == "degraded"
+    assert "permissions violation for" in shown["nats_error"]
+    assert ".ba" in shown["nats_error"]  # the subject of branch BA it was denied
+    assert shown["nats_error"] in shown["nats_denied"]
+    assert shown["outbox_backlog"] == 3
+    assert health["nats"] == "degraded"
+    text = format_status(msgspec.convert(shown, AgentStatus))
+    assert "link to central  degraded" in text
+    assert "permissions violation" in text
+    assert "not this branch's" in text
+    await wrong.stop()
+    assert await receipts_at_central(secure_central) == []
+
+    # Its own credentials (the technician put the right file in place and restarted it).
+    right = await make_agent("BA", secure_nats.url, nats_creds=str(creds_a), data_dir=data_dir)
+
+    async def arrived() -> bool:
+        return len(await receipts_at_central(secure_central)) == 3
+
+    await wait_until(arrived, timeout=30)
+    status = await right.status()
+    assert (status.link, status.nats_error, status.nats_denied) == ("connected", "", [])
+    assert status.outbox_backlog == 0
+    assert sorted(s for _, s in await receipts_at_central(secure_central)) == [
+        "ba-0",
+        "ba-1",
+        "ba-2",
+    ]
+    async with secure_central.sessionmaker() as session:
+        assert (await session.scalars(select(DeadLetter))).all() == []
+
+
+async def test_agent_process_killed_while_denied_then_given_its_credentials_loses_nothing(
+    secure_central: CentralRuntime, secure_nats: EmbeddedNats, issuer: NatsIssuer, tmp_path: Path
+) -> None:
+    """The same as a technician meets it: ``status`` of a running agent process says
+    degraded and why; the process is SIGKILLed while its operations are being denied,
+    its credentials file replaced by the right one, and it is started again: every sale
+    reaches central exactly once."""
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    creds_b = await add_branch_with_creds(secure_central, issuer, "BB")
+    await branch_consumers_ready(secure_central, "BA", "BB")
+    creds = tmp_path / "branch.creds"
+    creds.write_bytes(creds_b.read_bytes())  # another branch's file copied by mistake
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "BA"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'nats_url = "{secure_nats.url}"\nnats_creds = "{creds}"\nhttp_port = {port}\n'
+        'demo_catalog = true\nmanager_token = "boss"\nheartbeat_interval_s = 0.5\n'
+        '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    url = f"http://127.0.0.1:{port}"
+    till = {"Authorization": "Bearer t1"}
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            opened = await client.post("/api/v1/shifts", json={"shift_id": "S1"}, headers=till)
+            assert opened.status_code == 201, opened.text
+            for n in range(4):
+                posted = await client.post("/api/v1/sales", json=sale(f"ba-{n}"), headers=till)
+                assert posted.status_code == 201, posted.text
+
+        async def degraded() -> bool:
+            return "link to central  degraded" in cli(config, "status").stdout
+
+        await wait_until(degraded, timeout=40, interval=0.5)
+        shown = cli(config, "status").stdout
+        assert 'permissions violation for publish to "' in shown
+        assert "its credentials are not this branch's (BA)" in shown
+        as_json = json.loads(cli(config, "status", "--json").stdout)
+        assert as_json["link"] == "degraded"
+        assert as_json["nats_denied"]
+        assert as_json["outbox_backlog"] == 5  # the shift and the four sales
+        agent.kill()
+        assert await receipts_at_central(secure_central) == []
+
+        creds.write_bytes(creds_a.read_bytes())
+        agent.start()
+        await wait_healthy(url)
+
+        async def arrived() -> bool:
+            return len(await receipts_at_central(secure_central)) == 4
+
+        await wait_until(arrived, timeout=40)
+
+        async def connected() -> bool:
+            answer = json.loads(cli(config, "status", "--json").stdout)
+            return answer["link"] == "connected" and answer["outbox_backlog"] == 0
+
+        await wait_until(connected, timeout=20, interval=0.5)
+    finally:
+        agent.stop()
+    assert sorted(s for _, s in await receipts_at_central(secure_central)) == [
+        f"ba-{n}" for n in range(4)
+    ]
+    async with secure_central.sessionmaker() as session:
+        assert (await session.scalars(select(DeadLetter))).all() == []
