@@ -65,6 +65,27 @@ def test_an_unknown_setting_in_the_file_is_refused(tmp_path: Path) -> None:
     _refused(_central(tmp_path, "--config", str(config), "users", "list"), "'nats_cred'")
 
 
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        # Beside [central]: ignored before, so the NATS link stayed the default one.
+        ('[central]\nhttp_port = 8001\n[nat]\nurl = "nats://hq:4222"\n', "[nat]"),
+        # A misspelt [central]: every setting was left at its default.
+        ("[centrl]\nhttp_port = 8001\n", "[centrl]"),
+        # A key before any section heading.
+        ("http_port = 8001\n[central]\n", "'http_port'"),
+    ],
+)
+def test_a_section_or_key_outside_central_is_refused(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=r"outside \[central\]|unknown section"):
+        load_settings(config, env={})
+    out = _central(tmp_path, "--config", str(config), "db", "upgrade")
+    _refused(out, named, "[central]")
+    assert not (tmp_path / "c.db").exists()  # nothing done
+
+
 def test_a_database_never_migrated_is_named(tmp_path: Path) -> None:
     _refused(_central(tmp_path, "users", "list"), "no schema", "db upgrade")
 
