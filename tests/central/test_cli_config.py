@@ -147,8 +147,49 @@ async def test_a_downgrade_dropping_the_records_needs_drop_records(tmp_path: Pat
             assert (await connection.execute(text("SELECT code FROM branches"))).all() == [("B1",)]
     finally:
         await engine.dispose()
-    # A release rollback (records kept) needs no flag; the records' end does.
+    # A release rollback that drops no records needs no flag; the records' end does.
+    out = _central(tmp_path, "db", "downgrade", "1709", "--drop-records")
+    assert json.loads(out.stdout)["downgraded_to"] == "1709"
     out = _central(tmp_path, "db", "downgrade", "1601")
     assert json.loads(out.stdout)["downgraded_to"] == "1601"
     out = _central(tmp_path, "db", "downgrade", "base", "--drop-records")
     assert json.loads(out.stdout)["downgraded_to"] == "base"
+
+
+async def _columns(tmp_path: Path, table: str) -> set[str]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text(f"PRAGMA table_info({table})"))).all()
+    finally:
+        await engine.dispose()
+    return {row[1] for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("target", "undone"),
+    [
+        # Each of these downgrades drops recorded columns or tables (and nothing more
+        # below it): shift id conflicts, a return's original till, a repricing's
+        # per-branch lines, late documents, price history, transfer discrepancies,
+        # receipts' voided lines and discounts. They went ahead without the flag.
+        ("1712", ["1716"]),
+        ("1715", ["1712", "1716"]),
+        ("1717", ["1712", "1715", "1716"]),
+        ("1711", ["1712", "1715", "1716", "1717"]),
+        ("1709", ["1710", "1711", "1712", "1715", "1716", "1717"]),
+        ("1101", ["1102", "1710", "1711", "1712", "1715", "1716", "1717"]),
+    ],
+)
+async def test_a_downgrade_dropping_recorded_columns_needs_drop_records(
+    tmp_path: Path, target: str, undone: list[str]
+) -> None:
+    assert _central(tmp_path, "db", "upgrade").returncode == 0
+    head = await _revision(tmp_path)
+    out = _central(tmp_path, "db", "downgrade", target)
+    _refused(out, "--drop-records", *undone)
+    assert await _revision(tmp_path) == head
+    assert {"voided_lines"} <= await _columns(tmp_path, "receipts")
+    assert {"original_till"} <= await _columns(tmp_path, "customer_returns")
+    out = _central(tmp_path, "db", "downgrade", target, "--drop-records")
+    assert json.loads(out.stdout)["downgraded_to"] == target
