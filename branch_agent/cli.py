@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     count = take_sub.add_parser("count", help="record a count sheet")
     count.add_argument("document_id")
     count.add_argument("sheet")
-    count.add_argument("lines", nargs="+", help="SKU=COUNTED")
+    count.add_argument("lines", nargs="+", help="SKU=COUNTED (no cost: a count takes none)")
     posted = take_sub.add_parser("post")
     posted.add_argument("document_id")
     bal = stock_sub.add_parser("balances", help="stock on hand")
@@ -92,15 +92,29 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _lines(specs: list[str], key: str) -> list[dict[str, Any]]:
+def _lines(specs: list[str], key: str, *, costs: bool = True) -> list[dict[str, Any]]:
+    """``SKU=QUANTITY[@UNIT_COST]`` (``SKU=COUNTED`` without ``costs``) as the agent's
+    lines; a line it would refuse is a usage error here, before anything is sent."""
+    import re
+
+    from branch_agent.stock import QUANTITY_PATTERN
+
+    form = "SKU=QUANTITY[@UNIT_COST]" if costs else "SKU=COUNTED"
     lines = []
     for spec in specs:
         sku, sep, rest = spec.partition("=")
         if not sep or not sku or not rest:
-            _usage_error(f"bad line {spec!r}: SKU=QUANTITY[@UNIT_COST]")
-        quantity, _, cost = rest.partition("@")
+            _usage_error(f"bad line {spec!r}: {form}")
+        quantity, at, cost = rest.partition("@")
+        if at and not costs:
+            _usage_error(f"bad line {spec!r}: a count takes no cost, {form}")
+        if not re.fullmatch(QUANTITY_PATTERN, quantity):
+            _usage_error(
+                f"bad quantity {quantity!r} in {spec!r}: decimal text with a dot and up to "
+                "3 decimals, e.g. 5 or 0.754"
+            )
         line: dict[str, Any] = {"sku": sku, key: quantity}
-        if cost:
+        if at:
             # Whole cents, as the API takes it. "0.33" is refused rather than read as
             # euros: "@70" is 70 cents, and "@70.00" meaning 100 times more is a trap.
             if not cost.isascii() or not cost.isdigit():
@@ -159,7 +173,7 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
             )
         elif args.stocktake_command == "count":
             path = f"/api/v1/stock/stocktakes/{args.document_id}/sheets"
-            body = {"sheet": args.sheet, "lines": _lines(args.lines, "counted")}
+            body = {"sheet": args.sheet, "lines": _lines(args.lines, "counted", costs=False)}
         else:
             path = f"/api/v1/stock/stocktakes/{args.document_id}/post"
     else:

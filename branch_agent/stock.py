@@ -80,7 +80,9 @@ _PREFIX = {
     "supplier_return": "SR",
     "stocktake": "ST",
 }
-Quantity = Annotated[str, msgspec.Meta(pattern=r"^\d{1,7}(\.\d{1,3})?$")]
+# Decimal text, up to 3 decimals (thousandths); the CLI checks its lines with it too.
+QUANTITY_PATTERN = r"^\d{1,7}(\.\d{1,3})?$"
+Quantity = Annotated[str, msgspec.Meta(pattern=QUANTITY_PATTERN)]
 
 
 class StockLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

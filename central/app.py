@@ -25,6 +25,7 @@ from central.api.receipts import ReceiptController
 from central.api.reports import ReportController
 from central.api.shifts import ShiftController
 from central.api.stock import StockController
+from central.api.strict_schema import StrictStructSchemaPlugin
 from central.api.users import UserController
 from central.auth import ApiAuthMiddleware, authorize
 from central.auth.limits import bounded_path_ints, text_without_nul
@@ -78,6 +79,8 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
         # With a runtime given (tests, embedding) the app works without its lifespan too.
         state=State({"runtime": runtime}) if runtime is not None else None,
         exception_handlers=exception_handlers,
+        # Before Litestar's own Struct plugin: bodies that refuse unknown fields say so.
+        plugins=[StrictStructSchemaPlugin()],
         request_max_body_size=settings.max_request_body,
         openapi_config=OpenAPIConfig(
             title="Backroom head office API",

@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument(
         "--drop-records",
         action="store_true",
-        help="allow going below the first releases' schema (drops every record)",
+        help="allow undoing a revision that drops recorded data (README: db downgrade)",
     )
     parts = db_sub.add_parser(
         "partitions", help="create monthly partitions ahead, report rows in DEFAULT (PostgreSQL)"

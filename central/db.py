@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import migrations
 
 __all__ = [
     "QUERY_CANCELED",
-    "RECORD_TABLE_REVISIONS",
+    "RECORD_REVISIONS",
     "MigrationRefused",
     "alembic_config",
     "create_engine",
@@ -162,9 +163,24 @@ def _upgrade_sync(url: str, revision: str) -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-# Undoing one of these drops tables of records (receipts, stock, catalog and prices,
-# users and the audit log): the schema of no release that could run on the records.
-RECORD_TABLE_REVISIONS = frozenset({"0001", "0101", "0201", "0301"})
+# Undoing one of these drops recorded data: no upgrade brings it back. The first
+# releases' tables (the schema of no release that could run on the records), then
+# columns and tables of records added since. Not here: report summaries (rebuilt from
+# the records), derived or merged columns (1302, 1701), the branches' status (sent
+# again with their next heartbeat), dead_letters.seq (the raw message is kept).
+RECORD_REVISIONS: Mapping[str, str] = {
+    "0001": "branches, receipts, dead letters",
+    "0101": "stock ledger and documents, shifts, returns, cash moves",
+    "0201": "catalog, prices, promotions",
+    "0301": "users, tokens, audit log",
+    "1102": "receipts' voided lines, promotions and manual discounts",
+    "1710": "transfer discrepancies and the transfers' parts",
+    "1711": "price history (withdrawn_at, branch scope history)",
+    "1712": "returns' original till",
+    "1715": "repricing documents' per-branch lines",
+    "1716": "shift id conflicts",
+    "1717": "late stock documents' flag",
+}
 
 
 class MigrationRefused(Exception):
@@ -220,7 +236,7 @@ async def downgrade(url: str, revision: str, *, drop_records: bool = False) -> N
     """Migrate the database back to ``revision`` (rolling a release back: run the
     older release's processes only after this).
 
-    Going below a revision of ``RECORD_TABLE_REVISIONS`` drops tables of records: refused
+    Undoing a revision of ``RECORD_REVISIONS`` drops recorded data: refused
     (MigrationRefused, nothing done) unless ``drop_records``."""
     config = alembic_config(url)
     if not drop_records:
@@ -234,11 +250,11 @@ async def downgrade(url: str, revision: str, *, drop_records: bool = False) -> N
                 )
         except (CommandError, RevisionError) as exc:
             raise MigrationRefused(str(exc)) from exc
-        dropping = sorted(undone & RECORD_TABLE_REVISIONS)
+        dropping = sorted(undone & RECORD_REVISIONS.keys())
         if dropping:
+            what = "; ".join(f"{r}: {RECORD_REVISIONS[r]}" for r in dropping)
             raise MigrationRefused(
-                f"downgrading to {revision} undoes {', '.join(dropping)} and drops the "
-                "tables of records (receipts, stock, catalog, users): give --drop-records "
-                "if that is meant"
+                f"downgrading to {revision} drops recorded data ({what}): give "
+                "--drop-records if that is meant"
             )
     await asyncio.to_thread(command.downgrade, config, revision)

@@ -59,6 +59,20 @@ def unknown_env_settings(
     )
 
 
+def _check_only_section(parsed: Mapping[str, Any], section: str) -> None:
+    """The file holds ``[section]`` alone: another table (``[nat]``, a misspelt
+    ``[centrl]``) or a key above the heading would otherwise be ignored, and the
+    settings it meant left at their defaults."""
+    for key, value in parsed.items():
+        if key == section:
+            continue
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        ):
+            raise SettingsError(f"unknown section [{key}]: the settings go in [{section}]")
+        raise SettingsError(f"{key!r} is outside [{section}]: the settings go in [{section}]")
+
+
 def load_settings_struct(
     cls: type[S],
     *,
@@ -72,7 +86,8 @@ def load_settings_struct(
     Environment values are strings; msgspec converts them (``strict=False``) to the
     field's type, so ``BACKROOM_HTTP_PORT=8001`` becomes an int. A key of the file the
     Struct does not know is refused (the Structs forbid unknown fields): a misspelt
-    ``nats_cred`` would otherwise be ignored and the default used.
+    ``nats_cred`` would otherwise be ignored and the default used; so is, with a
+    ``section``, any other table or key of the file.
     """
     data: dict[str, Any] = {}
     if toml_text:
@@ -80,6 +95,8 @@ def load_settings_struct(
             parsed = tomllib.loads(toml_text)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings file is not valid TOML: {exc}") from exc
+        if section:
+            _check_only_section(parsed, section)
         chosen = parsed.get(section, {}) if section else parsed
         if not isinstance(chosen, dict):
             raise SettingsError(f"settings file: [{section}] is not a table")

@@ -26,7 +26,7 @@ from protocol.limits import Text64
 __all__ = ["CloseDayIn", "ShiftController"]
 
 
-class CloseDayIn(msgspec.Struct, kw_only=True):
+class CloseDayIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     branch: str
     local_date: date
     # Who closed it; absent: the user of the request.

@@ -35,18 +35,18 @@ __all__ = [
 ]
 
 
-class FormatIn(msgspec.Struct, frozen=True, kw_only=True):
+class FormatIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Longer than their columns: a 500 on PostgreSQL before.
     code: Code32
     name: Text200
 
 
-class AssortmentChange(msgspec.Struct, frozen=True, kw_only=True):
+class AssortmentChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     add: list[str] = msgspec.field(default_factory=list)
     remove: list[str] = msgspec.field(default_factory=list)
 
 
-class AssortmentExceptionIn(msgspec.Struct, frozen=True, kw_only=True):
+class AssortmentExceptionIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: str
     # true: the branch sells it although its format does not; false: it does not sell it.
     include: bool

@@ -65,13 +65,13 @@ async def unit_of_work(session: AsyncSession) -> AsyncIterator[None]:
         yield
 
 
-class BarcodeIn(msgspec.Struct, frozen=True, kw_only=True):
+class BarcodeIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     code: str
     # ean13 | ean8 | upca | internal; empty: detected from the code.
     kind: str | None = None
 
 
-class ProductIn(msgspec.Struct, frozen=True, kw_only=True):
+class ProductIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: str
     name: str
     unit: str = "pcs"
@@ -83,7 +83,7 @@ class ProductIn(msgspec.Struct, frozen=True, kw_only=True):
     vat_group: str = "A"
 
 
-class ProductPatch(msgspec.Struct, frozen=True, kw_only=True):
+class ProductPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Fields to change; absent fields stay as they are."""
 
     name: str | msgspec.UnsetType = msgspec.UNSET
@@ -118,7 +118,7 @@ class ProductPage(msgspec.Struct, kw_only=True):
     offset: int
 
 
-class CategoryIn(msgspec.Struct, frozen=True, kw_only=True):
+class CategoryIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     code: Code32
     name: Text200
     parent: Code32 | None = None

@@ -83,7 +83,7 @@ MAX_PRICE = 10**12
 SCOPES = ("all", "format", "zone", "branch")
 
 
-class PriceChangeIn(msgspec.Struct, frozen=True, kw_only=True):
+class PriceChangeIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: str
     price: int
     scope: str = "all"
@@ -123,13 +123,13 @@ class ExpectedPrice(msgspec.Struct, kw_only=True):
     in_assortment: bool
 
 
-class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True):
+class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     code: Code32
     name: Text200
     timezone: Code64 = "UTC"
 
 
-class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True):
+class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: str
     new_price: int
     # Stock on hand to revalue (thousandths); when absent, central's stock balances in
@@ -137,7 +137,7 @@ class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True):
     stock_milli: int | None = None
 
 
-class RepricingDocumentIn(msgspec.Struct, frozen=True, kw_only=True):
+class RepricingDocumentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     scope: str = "all"
     scope_id: str | None = None
     effective_at: datetime | None = None

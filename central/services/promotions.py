@@ -40,7 +40,7 @@ __all__ = [
 TYPES = ("percent", "amount", "n_for_m")
 
 
-class PromotionIn(msgspec.Struct, frozen=True, kw_only=True):
+class PromotionIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The wire limits of the agents' promotions (and of central's columns).
     promotion_id: Code64
     name: Text200 = ""

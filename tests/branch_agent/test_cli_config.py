@@ -55,6 +55,11 @@ def _write(tmp_path: Path, extra: str) -> Path:
             '[[agent.tills]]\nid = "T1"\nscale = { port = "loop://", baud = 9600 }\n',
             "unknown setting 'tills[0].scale.baud'",
         ),
+        # Sections beside [agent] were ignored: the tills' devices, the link's settings
+        # under a heading of their own, a misspelt [agent], all left at their defaults.
+        ('[device]\nport = "loop://"\n', "unknown section [device]"),
+        ('[nats]\nurl = "nats://hq:4222"\n', "unknown section [nats]"),
+        ('[agnet.tills]\nid = "T1"\n', "unknown section [agnet]"),
     ],
 )
 @pytest.mark.parametrize("command", ["status", "run"])
@@ -69,6 +74,7 @@ def test_bad_settings_are_refused_by_name(
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert named in out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
     assert not (tmp_path / "data").exists()  # nothing started, nothing created
 
 

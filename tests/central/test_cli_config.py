@@ -65,6 +65,27 @@ def test_an_unknown_setting_in_the_file_is_refused(tmp_path: Path) -> None:
     _refused(_central(tmp_path, "--config", str(config), "users", "list"), "'nats_cred'")
 
 
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        # Beside [central]: ignored before, so the NATS link stayed the default one.
+        ('[central]\nhttp_port = 8001\n[nat]\nurl = "nats://hq:4222"\n', "[nat]"),
+        # A misspelt [central]: every setting was left at its default.
+        ("[centrl]\nhttp_port = 8001\n", "[centrl]"),
+        # A key before any section heading.
+        ("http_port = 8001\n[central]\n", "'http_port'"),
+    ],
+)
+def test_a_section_or_key_outside_central_is_refused(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=r"outside \[central\]|unknown section"):
+        load_settings(config, env={})
+    out = _central(tmp_path, "--config", str(config), "db", "upgrade")
+    _refused(out, named, "[central]")
+    assert not (tmp_path / "c.db").exists()  # nothing done
+
+
 def test_a_database_never_migrated_is_named(tmp_path: Path) -> None:
     _refused(_central(tmp_path, "users", "list"), "no schema", "db upgrade")
 
@@ -126,8 +147,49 @@ async def test_a_downgrade_dropping_the_records_needs_drop_records(tmp_path: Pat
             assert (await connection.execute(text("SELECT code FROM branches"))).all() == [("B1",)]
     finally:
         await engine.dispose()
-    # A release rollback (records kept) needs no flag; the records' end does.
+    # A release rollback that drops no records needs no flag; the records' end does.
+    out = _central(tmp_path, "db", "downgrade", "1709", "--drop-records")
+    assert json.loads(out.stdout)["downgraded_to"] == "1709"
     out = _central(tmp_path, "db", "downgrade", "1601")
     assert json.loads(out.stdout)["downgraded_to"] == "1601"
     out = _central(tmp_path, "db", "downgrade", "base", "--drop-records")
     assert json.loads(out.stdout)["downgraded_to"] == "base"
+
+
+async def _columns(tmp_path: Path, table: str) -> set[str]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text(f"PRAGMA table_info({table})"))).all()
+    finally:
+        await engine.dispose()
+    return {row[1] for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("target", "undone"),
+    [
+        # Each of these downgrades drops recorded columns or tables (and nothing more
+        # below it): shift id conflicts, a return's original till, a repricing's
+        # per-branch lines, late documents, price history, transfer discrepancies,
+        # receipts' voided lines and discounts. They went ahead without the flag.
+        ("1712", ["1716"]),
+        ("1715", ["1712", "1716"]),
+        ("1717", ["1712", "1715", "1716"]),
+        ("1711", ["1712", "1715", "1716", "1717"]),
+        ("1709", ["1710", "1711", "1712", "1715", "1716", "1717"]),
+        ("1101", ["1102", "1710", "1711", "1712", "1715", "1716", "1717"]),
+    ],
+)
+async def test_a_downgrade_dropping_recorded_columns_needs_drop_records(
+    tmp_path: Path, target: str, undone: list[str]
+) -> None:
+    assert _central(tmp_path, "db", "upgrade").returncode == 0
+    head = await _revision(tmp_path)
+    out = _central(tmp_path, "db", "downgrade", target)
+    _refused(out, "--drop-records", *undone)
+    assert await _revision(tmp_path) == head
+    assert {"voided_lines"} <= await _columns(tmp_path, "receipts")
+    assert {"original_till"} <= await _columns(tmp_path, "customer_returns")
+    out = _central(tmp_path, "db", "downgrade", target, "--drop-records")
+    assert json.loads(out.stdout)["downgraded_to"] == target

@@ -15,23 +15,11 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import given as hypothesis_given
-from sqlalchemy import func, select
 
 from central.app import create_app
-from central.models import Base
-from tests.conftest import asgi_client, create_api_token
+from tests.conftest import asgi_client, create_api_token, table_row_counts
 
 EXAMPLES_PER_OPERATION = 8
-
-
-async def _row_counts(runtime: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    async with runtime.sessionmaker() as session:
-        for table in Base.metadata.sorted_tables:
-            counts[table.name] = int(
-                await session.scalar(select(func.count()).select_from(table)) or 0
-            )
-    return counts
 
 
 async def test_api_fuzzed_from_its_openapi_schema(central: Any) -> None:
@@ -45,7 +33,7 @@ async def test_api_fuzzed_from_its_openapi_schema(central: Any) -> None:
         calls = 0
 
         async def call(case: Any) -> tuple[int, bool, str]:
-            before = await _row_counts(central)
+            before = await table_row_counts(central)
             kwargs: dict[str, Any] = {"params": case.query or None}
             headers = {k: str(v) for k, v in (case.headers or {}).items()}
             headers.pop("Authorization", None)
@@ -55,7 +43,7 @@ async def test_api_fuzzed_from_its_openapi_schema(central: Any) -> None:
             response = await client.request(
                 case.method, case.formatted_path, headers=headers, **kwargs
             )
-            unchanged = response.status_code < 400 or before == await _row_counts(central)
+            unchanged = response.status_code < 400 or before == await table_row_counts(central)
             return response.status_code, unchanged, response.text[:300]
 
         def fuzz_operation(operation: Any) -> None:

@@ -78,7 +78,7 @@ async def test_rolling_parts_back_keeps_each_document_whole(db_url: str) -> None
             before = await get_document(session, "B1", "B1-doc-2")
         assert (before.parts, before.parts_received, len(before.lines)) == (2, 2, 3)
         await engine.dispose()
-        await downgrade(db_url, "1601")
+        await downgrade(db_url, "1601", drop_records=True)
         async with engine.connect() as connection:
             documents = (
                 await connection.execute(
@@ -167,7 +167,7 @@ async def test_transfers_before_1710_get_their_documents_and_differences(db_url:
             ("TO-2", "in_transit", None, [None]),
         ]
         await engine.dispose()
-        await downgrade(db_url, "1709")
+        await downgrade(db_url, "1709", drop_records=True)
         await upgrade(db_url)
         assert await listed() == before
     finally:
@@ -191,10 +191,13 @@ async def test_rolling_the_backlog_back_waits_until_it_is_applied(
     assert stats.dead_letters == 0
     url = pg_engine.url.render_as_string(hide_password=False)
     await pg_engine.dispose()
-    refused = central_cli(url, tmp_path, "db", "downgrade", "1503", exit_code=1)
+    refused = central_cli(url, tmp_path, "db", "downgrade", "1503", "--drop-records", exit_code=1)
     assert "apply-backlog" in refused["error"]
     assert central_cli(url, tmp_path, "reports", "apply-backlog")["applied"] == 2
-    assert central_cli(url, tmp_path, "db", "downgrade", "1503")["downgraded_to"] == "1503"
+    assert (
+        central_cli(url, tmp_path, "db", "downgrade", "1503", "--drop-records")["downgraded_to"]
+        == "1503"
+    )
     async with pg_engine.connect() as connection:
         sold = await connection.scalar(text("SELECT sum(qty_milli) FROM rpt_sales_product_daily"))
     assert sold == 1_000
@@ -206,7 +209,7 @@ async def test_1711_backfills_withdrawal_moments_and_branch_scopes(db_url: str) 
     counts at no moment as before); each branch its current scopes from registration."""
     engine = create_engine(db_url)
     try:
-        await downgrade(db_url, "1709")
+        await downgrade(db_url, "1709", drop_records=True)
         created = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
         withdrawn = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
         async with engine.begin() as connection:
@@ -265,7 +268,7 @@ async def test_1715_counts_the_stock_of_approved_repricing_lines_as_revalued(
     revalued (its figures kept); a draft's line waits for its approval."""
     engine = create_engine(db_url)
     try:
-        await downgrade(db_url, "1711")
+        await downgrade(db_url, "1711", drop_records=True)
         at = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
         async with engine.begin() as connection:
             for doc_id, status in ((1, "approved"), (2, "draft")):
