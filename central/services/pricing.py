@@ -698,11 +698,23 @@ async def expected_prices_each(
 
 
 async def lowest_prices_in_force(
-    session: AsyncSession, skus: Sequence[str], at: datetime
+    session: AsyncSession,
+    skus: Sequence[str],
+    at: datetime,
+    branches: Sequence[Branch] | None = None,
 ) -> dict[str, int]:
     """Per SKU, the lowest price in force at ``at`` at any scope (the chain's, and each
-    format's, zone's and branch's own): what some branch may be selling it at. SKUs
-    without a price in force are left out."""
+    format's, zone's and branch's own): what some branch may be selling it at. With
+    ``branches``, only at the scopes that reach one of them (their own, their formats'
+    and zones', the chain's): never above what any of them charges. SKUs without a
+    price in force are left out."""
+    reaching: set[tuple[str, str]] | None = None
+    if branches is not None:
+        reaching = {
+            (scope, scope_id or "")
+            for b in branches
+            for scope, scope_id in branch_scopes(b.code, b.format_code, b.price_zone)
+        }
     latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
     for start in range(0, len(skus), 2000):
         rows = await session.execute(
@@ -720,6 +732,8 @@ async def lowest_prices_in_force(
             )
         )
         for sku, scope, scope_id, effective_at, version, price in rows:
+            if reaching is not None and (scope, scope_id or "") not in reaching:
+                continue
             key = (sku, scope, scope_id)
             if key not in latest or (effective_at, version) > latest[key][:2]:
                 latest[key] = (effective_at, version, price)

@@ -138,7 +138,8 @@ async def _check_references(session: AsyncSession, data: PromotionIn) -> None:
 async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime) -> None:
     """An amount off must be below the price of every product it reaches, or the till
     gives the product away: the lowest price in force now at any scope (chain, format,
-    zone, branch), for the products it names and for every active product of its
+    zone, branch) reaching the promotion's branches (any branch for a chain-wide one),
+    for the products it names and for every active product of its
     categories' subtrees (a category promotion reaches them all). A product without a
     price in force cannot be sold and is not checked; a price lowered later, or a
     product moved into the category later, is not checked either: the till never
@@ -161,7 +162,14 @@ async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime)
             ).all()
             if sku not in skus
         ]
-    prices = await lowest_prices_in_force(session, skus, now)
+    # A promotion of some branches is checked against what they charge; one of the
+    # whole chain (no branches) against the lowest price anywhere.
+    branches = None
+    if data.branches:
+        branches = list(
+            await session.scalars(select(Branch).where(Branch.code.in_(data.branches)))
+        )
+    prices = await lowest_prices_in_force(session, skus, now, branches)
     for sku in skus:
         price = prices.get(sku)
         if price is not None and data.amount >= price:

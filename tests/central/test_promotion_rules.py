@@ -122,3 +122,36 @@ async def test_withdrawing_a_withdrawn_promotion_changes_nothing(
     assert latest["action"] == "promotion.withdraw"
     assert latest["before"] == latest["after"]
     assert (await client.post("/api/v1/promotions/NOPE/withdraw")).status_code == 404
+
+
+async def test_an_amount_off_for_some_branches_is_checked_against_their_prices(
+    central: Any, central_client: Any
+) -> None:
+    """Zone north sells MILK at 0.99: 0.99 off MILK in B2 (chain price 1.29, not in the
+    zone) is fine; in B1 (north), or in both, it would give the milk away."""
+    client = central_client
+    await _setup(central, client)
+    await register_branch(central, "B2")
+    r = await client.post(
+        "/api/v1/promotions", json=_promo("B2-ONLY", amount=99, skus=["MILK"], branches=["B2"])
+    )
+    assert r.status_code == 201, r.text
+    later = {
+        "starts_at": (START + timedelta(days=8)).isoformat(),
+        "ends_at": (START + timedelta(days=9)).isoformat(),
+    }
+    for branches in (["B1"], ["B1", "B2"]):
+        body = _promo("NORTH", amount=99, skus=["MILK"], branches=branches) | later
+        r = await client.post("/api/v1/promotions", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "amount"
+        assert "(0.99)" in r.json()["detail"]
+    # A branch's own override counts for it alone.
+    r = await client.post(
+        "/api/v1/prices", json={"sku": "BREAD", "price": 150, "scope": "branch", "scope_id": "B2"}
+    )
+    assert r.status_code == 201, r.text
+    body = _promo("BREAD-B1", amount=200, skus=["BREAD"], branches=["B1"]) | later
+    assert (await client.post("/api/v1/promotions", json=body)).status_code == 201
+    body = _promo("BREAD-B2", amount=200, skus=["BREAD"], branches=["B2"]) | later
+    assert (await client.post("/api/v1/promotions", json=body)).status_code == 422
