@@ -166,9 +166,7 @@ async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime)
     # whole chain (no branches) against the lowest price anywhere.
     branches = None
     if data.branches:
-        branches = list(
-            await session.scalars(select(Branch).where(Branch.code.in_(data.branches)))
-        )
+        branches = list(await session.scalars(select(Branch).where(Branch.code.in_(data.branches))))
     prices = await lowest_prices_in_force(session, skus, now, branches)
     for sku in skus:
         price = prices.get(sku)
