@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -26,6 +28,8 @@ from central.errors import ValidationFailed
 from central.ingest.documents import is_whole
 from central.ingest.stock import div_half_up
 from central.models import (
+    CustomerReturn,
+    Receipt,
     StockBalance,
     StockMovement,
     StockTransfer,
@@ -77,6 +81,9 @@ class StockMovementOut(msgspec.Struct, kw_only=True):
     avg_cost_after: int
     occurred_at: datetime
     local_date: date
+    # The till of a sale or customer return: doc_ref is the till's own id, which two
+    # tills of a branch may share. None for stock documents.
+    till: str | None = None
 
 
 class TransferLineOut(msgspec.Struct, kw_only=True):
@@ -177,6 +184,23 @@ async def list_balances(
     )
 
 
+async def _tills_of(
+    session: AsyncSession, rows: Sequence[StockMovement]
+) -> dict[uuid.UUID, str]:
+    """Event id -> till, for the page's sales and customer returns (one query each)."""
+    out: dict[uuid.UUID, str] = {}
+    for model, doc_type in ((Receipt, "sale"), (CustomerReturn, "customer_return")):
+        ids = sorted({m.event_id for m in rows if m.doc_type == doc_type})
+        if ids:
+            out.update(
+                (event_id, till)
+                for event_id, till in await session.execute(
+                    select(model.event_id, model.till).where(model.event_id.in_(ids))
+                )
+            )
+    return out
+
+
 async def list_ledger(
     session: AsyncSession,
     *,
@@ -204,6 +228,7 @@ async def list_ledger(
             .offset(offset)
         )
     ).all()
+    till_of = await _tills_of(session, rows)
     return await paged(
         session,
         [
@@ -224,6 +249,7 @@ async def list_ledger(
                 avg_cost_after=m.avg_cost_after,
                 occurred_at=m.occurred_at,
                 local_date=m.local_date,
+                till=till_of.get(m.event_id),
             )
             for m in rows
         ],

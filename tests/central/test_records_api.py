@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import msgspec
+
 from central.ingest.worker import IngestWorker, MessageIn
+from protocol.events import ReceiptRecorded
 from tests.central.chain_events import BranchBooks, message
 from tests.conftest import register_branch
 
@@ -28,9 +31,11 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
     ledger = (
         await central_client.get("/api/v1/stock/ledger", params={"branch": "A1", "sku": "MILK"})
     ).json()
-    assert [(m["doc_type"], m["quantity_milli"], m["value"]) for m in ledger["items"]] == [
-        ("goods_receipt", 10_000, 1000),
-        ("sale", -2_000, -200),
+    assert [
+        (m["doc_type"], m["quantity_milli"], m["value"], m["till"]) for m in ledger["items"]
+    ] == [
+        ("goods_receipt", 10_000, 1000, None),
+        ("sale", -2_000, -200, "T1"),
     ]
     missing = await central_client.get("/api/v1/stock/ledger", params={"branch": "A1"})
     assert missing.status_code == 422
@@ -80,3 +85,33 @@ async def test_records_routes(central: Any, central_client: Any) -> None:
     elsewhere = await central_client.get("/api/v1/shifts/closed-days", params={"branch": "B9"})
     assert elsewhere.status_code == 404  # an unknown branch, named
     assert elsewhere.json()["errors"][0]["field"] == "branch"
+
+
+async def test_the_ledger_names_the_till_of_a_sale(central: Any, central_client: Any) -> None:
+    """Sale ids are the till's own: two tills of a branch may both have sale 7. The
+    ledger's doc_ref alone cannot tell their rows apart; its till can."""
+    await register_branch(central, "A1")
+    books = BranchBooks("A1")
+    books.document("goods_receipt", [("MILK", 10_000, 100)], document_id="GR-1")
+    books.open_shift()
+    first = books.sale([("MILK", 1_000, 199)])
+    assert isinstance(first.body, ReceiptRecorded)
+    books.events.append(
+        msgspec.structs.replace(
+            books.sale([("MILK", 3_000, 199)]),
+            body=msgspec.structs.replace(
+                books.events[-1].body, till="T2", shift_id="S2", sale_id=first.body.sale_id
+            ),
+        )
+    )
+    del books.events[-2]
+    stats = await IngestWorker(central.sessionmaker).process([message(e) for e in books.events])
+    assert stats.dead_letters == 0
+    ledger = (
+        await central_client.get("/api/v1/stock/ledger", params={"branch": "A1", "sku": "MILK"})
+    ).json()
+    assert [(m["doc_ref"], m["till"], m["quantity_milli"]) for m in ledger["items"]] == [
+        ("GR-1", None, 10_000),
+        (first.body.sale_id, "T1", -1_000),
+        (first.body.sale_id, "T2", -3_000),
+    ]
