@@ -184,9 +184,7 @@ async def list_balances(
     )
 
 
-async def _tills_of(
-    session: AsyncSession, rows: Sequence[StockMovement]
-) -> dict[uuid.UUID, str]:
+async def _tills_of(session: AsyncSession, rows: Sequence[StockMovement]) -> dict[uuid.UUID, str]:
     """Event id -> till, for the page's sales and customer returns (one query each)."""
     out: dict[uuid.UUID, str] = {}
     for model, doc_type in ((Receipt, "sale"), (CustomerReturn, "customer_return")):
