@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, NotFound
-from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
+from branch_agent.models import CashMove, CustomerReturn, OutboxEvent, Sale, Shift
 from branch_agent.outbox import append_event
 from branch_agent.settings import AgentSettings
 from devices.errors import Condition, DeviceError
@@ -60,7 +60,13 @@ from devices.fiscal_datecs import (
     replace_hint,
 )
 from devices.fiscal_datecs import Payment as FiscalPayment
-from protocol.events import CashMoved, CustomerReturnRecorded, ReceiptRecorded
+from protocol.events import (
+    CashMoved,
+    CustomerReturnRecorded,
+    FiscalInterventionRecorded,
+    LateFiscalNumber,
+    ReceiptRecorded,
+)
 from protocol.units import format_minor
 
 __all__ = ["CashIntents", "Fiscalizer", "fiscal_receipt", "storno_receipt"]
@@ -417,6 +423,40 @@ class Fiscalizer:
             return "not_printed", None  # its receipt was cancelled
         return "unknown", None
 
+    async def _late_fiscal_number(
+        self,
+        session: AsyncSession,
+        row: Sale | CustomerReturn,
+        number: str,
+        fm_number: str | None,
+    ) -> None:
+        """The ``late_fiscal_number`` event of a document completed unfiscal that the
+        printer had printed, in the caller's transaction (the one recording the number)."""
+        assert row.fiscalized_at is not None
+        seq = (
+            await session.scalar(
+                select(OutboxEvent.seq).where(OutboxEvent.event_id == row.event_id)
+            )
+            if row.event_id is not None
+            else None
+        )
+        await append_event(
+            session,
+            branch=self._settings.branch,
+            timezone=self._settings.timezone,
+            body=LateFiscalNumber(
+                document="sale" if isinstance(row, Sale) else "return",
+                till=row.till,
+                document_id=row.sale_id if isinstance(row, Sale) else row.return_id,
+                document_event_id=row.event_id,
+                document_seq=seq,
+                fiscal_number=number,
+                fiscalized_at=row.fiscalized_at,
+                fiscal_memory_number=fm_number or None,
+            ),
+        )
+        self._on_event()
+
     def _job(
         self, devices: TillDeviceSet, document: Sale | CustomerReturn, fm_number: str
     ) -> FiscalReceipt:
@@ -453,6 +493,8 @@ class Fiscalizer:
                 row.fiscal_error = f"printed as {number} after all (completed without printer)"
                 if isinstance(row, Sale) and fm_number:
                     row.fiscal_memory_number = fm_number
+                # Central holds it without a number: it learns it with this, exactly once.
+                await self._late_fiscal_number(session, row, str(number), fm_number)
             elif verdict == "unknown":
                 log.error(
                     "%s/%s: the printer's state does not tell whether it printed it (hint %s)",
@@ -608,9 +650,22 @@ class Fiscalizer:
             for key, value in values.items():
                 setattr(row, key, value)
 
-    async def _complete_return(self, pk: int, fiscal_number: str | None, status: str) -> None:
+    async def _complete_return(
+        self,
+        pk: int,
+        fiscal_number: str | None,
+        status: str,
+        *,
+        intervention: FiscalInterventionRecorded | None = None,
+    ) -> None:
         await self._finish(
-            CustomerReturn, pk, "body", CustomerReturnRecorded, fiscal_number, status
+            CustomerReturn,
+            pk,
+            "body",
+            CustomerReturnRecorded,
+            fiscal_number,
+            status,
+            intervention=intervention,
         )
 
     async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> None:
@@ -668,10 +723,20 @@ class Fiscalizer:
                 # it may have reached the printer: compare when the printer answers again
                 unfiscal_check="pending" if row.fiscal_hint is not None else None,
             )
+            # Head office sees the manager's decision beside the receipt without number.
+            intervention = FiscalInterventionRecorded(
+                till=till,
+                action="completed_unfiscal",
+                amount=row.total,
+                document=f"{kind} {doc_id}",
+                reason=reason[:200],
+            )
             if isinstance(row, Sale):
-                await self._complete(row.id, None, "completed_unfiscal")
+                await self._complete(row.id, None, "completed_unfiscal", intervention=intervention)
             else:
-                await self._complete_return(row.id, None, "completed_unfiscal")
+                await self._complete_return(
+                    row.id, None, "completed_unfiscal", intervention=intervention
+                )
             done = await self._document(model, till, doc_id)
             assert done is not None
             return done
@@ -696,6 +761,8 @@ class Fiscalizer:
         fiscal_number: str | None,
         status: str,
         fiscal_memory_number: str | None = None,
+        *,
+        intervention: FiscalInterventionRecorded | None = None,
     ) -> None:
         await self._finish(
             Sale,
@@ -704,6 +771,7 @@ class Fiscalizer:
             ReceiptRecorded,
             fiscal_number,
             status,
+            intervention=intervention,
             fiscal_memory_number=fiscal_memory_number,
         )
 
@@ -715,10 +783,13 @@ class Fiscalizer:
         event_type: type[ReceiptRecorded] | type[CustomerReturnRecorded],
         fiscal_number: str | None,
         status: str,
+        *,
+        intervention: FiscalInterventionRecorded | None = None,
         **columns: Any,
     ) -> None:
         """A pending sale or return is done: its event (with the fiscal number, if any)
-        goes into the outbox in the same transaction as the new status."""
+        goes into the outbox in the same transaction as the new status, and so does the
+        manager's ``intervention`` that completed it, if any."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row: Sale | CustomerReturn | None = await session.get(model, pk)
             assert row is not None
@@ -734,6 +805,14 @@ class Fiscalizer:
                 # It happened when it was recorded, not when the printer caught up.
                 occurred_at=row.created_at,
             )
+            if intervention is not None:
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    # the document's own shift
+                    body=msgspec.structs.replace(intervention, shift_id=row.shift_id),
+                )
             setattr(row, payload, msgspec.to_builtins(body))
             row.status = status
             row.fiscal_number = fiscal_number
