@@ -318,8 +318,10 @@ class Fiscalizer:
         # wait for another attempt; the background retry takes it.
         self._failed_at: dict[str, float] = {}
         self._zone = ZoneInfo(settings.timezone)
-        # Fiscal memory number per till's printer, read once (0x5A).
+        # Fiscal memory number and serial number per till's printer, read once (0x5A)
+        # and again when documents completed unfiscal are checked (a swapped printer).
         self._fm_numbers: dict[str, str] = {}
+        self._serials: dict[str, str] = {}
         self.cash = CashIntents(settings, sessionmaker, write_lock, on_event)
 
     def recently_failed(self, till: str) -> bool:
@@ -386,9 +388,29 @@ class Fiscalizer:
                     )
                 ).all(),
             ]
+        if not documents:
+            return
+        # Read again, not from the cache: the printer may have been swapped since.
+        await self._read_identity(devices)
+        serial = self._serials.get(till) or None
         # The queue prints in order and stops at the first failure, so at most one of
         # them was in the printer; oldest first all the same.
         for document in sorted(documents, key=lambda d: d.created_at):
+            if document.hint_printer and serial and document.hint_printer != serial:
+                # Another printer's numbers say nothing of this document: nothing is
+                # cancelled or printed on it; a person checks the old one's journal.
+                await self._record_check(
+                    document,
+                    "unknown",
+                    None,
+                    None,
+                    error=(
+                        f"completed without printer; the printer was replaced (serial "
+                        f"{serial}, the hint was read from {document.hint_printer}): check "
+                        "the old printer's journal"
+                    ),
+                )
+                continue
             verdict, number = await self._printed_after_all(devices, document)
             await self._record_check(document, verdict, number, await self._fm_number(devices))
 
@@ -455,7 +477,6 @@ class Fiscalizer:
                 fiscal_memory_number=fm_number or None,
             ),
         )
-        self._on_event()
 
     def _job(
         self, devices: TillDeviceSet, document: Sale | CustomerReturn, fm_number: str
@@ -470,6 +491,8 @@ class Fiscalizer:
         verdict: str,
         number: int | None,
         fm_number: str | None,
+        *,
+        error: str | None = None,
     ) -> None:
         name = document.sale_id if isinstance(document, Sale) else document.return_id
         async with self._write_lock, self._sessionmaker() as session, session.begin():
@@ -503,9 +526,12 @@ class Fiscalizer:
                     row.fiscal_hint,
                 )
                 row.fiscal_error = (
-                    f"completed without printer; whether receipt {row.fiscal_hint} + 1 is "
+                    error
+                    or f"completed without printer; whether receipt {row.fiscal_hint} + 1 is "
                     "it cannot be told: check the printer's journal"
                 )[:200]
+        if verdict == "printed":
+            self._on_event()  # the late_fiscal_number event, committed: send it
 
     async def _next_pending(self, till: str) -> Sale | CustomerReturn | None:
         """The oldest pending document of the till (sale or storno)."""
@@ -578,7 +604,14 @@ class Fiscalizer:
             fm_number = await self._fm_number(devices)
             if document.fiscal_hint is None:
                 document.fiscal_hint = await self._hint(devices)
-                await self._update(document.id, model=model, fiscal_hint=document.fiscal_hint)
+                # Whose numbers the hint is: a printer swapped later has others.
+                document.hint_printer = await self._serial(devices)
+                await self._update(
+                    document.id,
+                    model=model,
+                    fiscal_hint=document.fiscal_hint,
+                    hint_printer=document.hint_printer,
+                )
             if isinstance(document, Sale):
                 job = fiscal_receipt(document, devices.till.printer_till_number)
             else:
@@ -617,15 +650,27 @@ class Fiscalizer:
         a printer that cannot tell it does not stop sales."""
         till = devices.till.id
         if till not in self._fm_numbers:
-            try:
-                info = await devices.fiscal_diagnostic()
-            except DeviceError as exc:
-                if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
-                    raise
-                self._fm_numbers[till] = ""  # this printer does not tell: do not ask again
-                return None
-            self._fm_numbers[till] = info.fiscal_memory_number
+            await self._read_identity(devices)
         return self._fm_numbers[till] or None
+
+    async def _read_identity(self, devices: TillDeviceSet) -> None:
+        """Read the printer's fiscal memory and serial numbers (0x5A) into the caches
+        ("" when this printer does not tell: not asked again until the next check)."""
+        till = devices.till.id
+        try:
+            info = await devices.fiscal_diagnostic()
+        except DeviceError as exc:
+            if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
+                raise
+            self._fm_numbers[till] = self._serials[till] = ""
+            return
+        self._fm_numbers[till] = info.fiscal_memory_number
+        self._serials[till] = info.serial_number
+
+    async def _serial(self, devices: TillDeviceSet) -> str | None:
+        """The printer's serial number, read with its fiscal memory number."""
+        await self._fm_number(devices)
+        return self._serials.get(devices.till.id) or None
 
     async def _hint(self, devices: TillDeviceSet) -> int:
         """The printer's last receipt number, with no receipt left open before ours."""

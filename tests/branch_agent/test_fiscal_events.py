@@ -121,3 +121,39 @@ async def test_an_intervention_settled_after_a_lost_link_goes_up_once(store: Sto
     assert done.status_code == 200, done.text
     (event,) = await store.events("fiscal_intervention")
     assert (event.body.action, event.body.cash_added) == ("closed", 263)  # type: ignore[union-attr]
+
+
+async def test_a_swapped_printer_is_not_asked_about_the_old_ones_receipt(store: Store) -> None:
+    """The hint was read from one printer; the till got another (a new serial number)
+    before the check: its numbers say nothing of the document, so nothing is taken from
+    them (no number, no event, nothing cancelled), a person checks the old journal."""
+    sim = store.fiscal.sim
+    sim.at_command(CMD_CLOSE_RECEIPT, printer_goes_silent)
+    assert (await store.sale(basket("w1"))).json()["status"] == "pending_fiscal"
+    done = await store.client.post(
+        UNFISCAL.format("w1"), json={"reason": "printer replaced"}, headers=MANAGER
+    )
+    assert done.json()["unfiscal_check"] == "pending"
+    sim.serial_number = "DT999999"  # the replacement (same simulator, other identity)
+    sim.lose_answers(None, 0)
+    await store.client.post("/api/v1/sales/fiscalize", headers=TILL)
+    w1 = (await store.client.get("/api/v1/sales/w1", headers=TILL)).json()
+    assert (w1["status"], w1["unfiscal_check"], w1["fiscal_number"]) == (
+        "completed_unfiscal",
+        "unknown",
+        None,
+    )
+    assert (
+        "printer was replaced (serial DT999999, the hint was read from DT123456)"
+        in (w1["fiscal_error"])
+    )
+    assert await store.events("late_fiscal_number") == []
+    assert sim.cancelled == []
+    status = (await store.client.get("/health/status")).json()
+    assert status["unfiscal_unknown"] != []
+    assert status["unfiscal_to_check"] == 0
+    # The new printer prints the till's next sale as usual.
+    assert (await store.sale(basket("w2", cash=500))).status_code == 201
+    await store.client.post("/api/v1/sales/fiscalize", headers=TILL)
+    w2 = (await store.client.get("/api/v1/sales/w2", headers=TILL)).json()
+    assert w2["status"] == "fiscalized", w2
