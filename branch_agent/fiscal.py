@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, NotFound
-from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
+from branch_agent.models import CashMove, CustomerReturn, OutboxEvent, Sale, Shift
 from branch_agent.outbox import append_event
 from branch_agent.settings import AgentSettings
 from devices.errors import Condition, DeviceError
@@ -60,7 +60,13 @@ from devices.fiscal_datecs import (
     replace_hint,
 )
 from devices.fiscal_datecs import Payment as FiscalPayment
-from protocol.events import CashMoved, CustomerReturnRecorded, ReceiptRecorded
+from protocol.events import (
+    CashMoved,
+    CustomerReturnRecorded,
+    FiscalInterventionRecorded,
+    LateFiscalNumber,
+    ReceiptRecorded,
+)
 from protocol.units import format_minor
 
 __all__ = ["CashIntents", "Fiscalizer", "fiscal_receipt", "storno_receipt"]
@@ -319,8 +325,10 @@ class Fiscalizer:
         # wait for another attempt; the background retry takes it.
         self._failed_at: dict[str, float] = {}
         self._zone = ZoneInfo(settings.timezone)
-        # Fiscal memory number per till's printer, read once (0x5A).
+        # Fiscal memory number and serial number per till's printer, read once (0x5A)
+        # and again when documents completed unfiscal are checked (a swapped printer).
         self._fm_numbers: dict[str, str] = {}
+        self._serials: dict[str, str] = {}
         self.cash = CashIntents(settings, sessionmaker, write_lock, on_event)
 
     def recently_failed(self, till: str) -> bool:
@@ -387,9 +395,29 @@ class Fiscalizer:
                     )
                 ).all(),
             ]
+        if not documents:
+            return
+        # Read again, not from the cache: the printer may have been swapped since.
+        await self._read_identity(devices)
+        serial = self._serials.get(till) or None
         # The queue prints in order and stops at the first failure, so at most one of
         # them was in the printer; oldest first all the same.
         for document in sorted(documents, key=lambda d: d.created_at):
+            if document.hint_printer and serial and document.hint_printer != serial:
+                # Another printer's numbers say nothing of this document: nothing is
+                # cancelled or printed on it; a person checks the old one's journal.
+                await self._record_check(
+                    document,
+                    "unknown",
+                    None,
+                    None,
+                    error=(
+                        f"completed without printer; the printer was replaced (serial "
+                        f"{serial}, the hint was read from {document.hint_printer}): check "
+                        "the old printer's journal"
+                    ),
+                )
+                continue
             verdict, number = await self._printed_after_all(devices, document)
             await self._record_check(document, verdict, number, await self._fm_number(devices))
 
@@ -424,6 +452,39 @@ class Fiscalizer:
             return "not_printed", None  # its receipt was cancelled
         return "unknown", None
 
+    async def _late_fiscal_number(
+        self,
+        session: AsyncSession,
+        row: Sale | CustomerReturn,
+        number: str,
+        fm_number: str | None,
+    ) -> None:
+        """The ``late_fiscal_number`` event of a document completed unfiscal that the
+        printer had printed, in the caller's transaction (the one recording the number)."""
+        assert row.fiscalized_at is not None
+        seq = (
+            await session.scalar(
+                select(OutboxEvent.seq).where(OutboxEvent.event_id == row.event_id)
+            )
+            if row.event_id is not None
+            else None
+        )
+        await append_event(
+            session,
+            branch=self._settings.branch,
+            timezone=self._settings.timezone,
+            body=LateFiscalNumber(
+                document="sale" if isinstance(row, Sale) else "return",
+                till=row.till,
+                document_id=row.sale_id if isinstance(row, Sale) else row.return_id,
+                document_event_id=row.event_id,
+                document_seq=seq,
+                fiscal_number=number,
+                fiscalized_at=row.fiscalized_at,
+                fiscal_memory_number=fm_number or None,
+            ),
+        )
+
     def _job(
         self, devices: TillDeviceSet, document: Sale | CustomerReturn, fm_number: str
     ) -> FiscalReceipt:
@@ -437,6 +498,8 @@ class Fiscalizer:
         verdict: str,
         number: int | None,
         fm_number: str | None,
+        *,
+        error: str | None = None,
     ) -> None:
         name = document.sale_id if isinstance(document, Sale) else document.return_id
         async with self._write_lock, self._sessionmaker() as session, session.begin():
@@ -460,6 +523,8 @@ class Fiscalizer:
                 row.fiscal_error = f"printed as {number} after all (completed without printer)"
                 if isinstance(row, Sale) and fm_number:
                     row.fiscal_memory_number = fm_number
+                # Central holds it without a number: it learns it with this, exactly once.
+                await self._late_fiscal_number(session, row, str(number), fm_number)
             elif verdict == "unknown":
                 log.error(
                     "%s/%s: the printer's state does not tell whether it printed it (hint %s)",
@@ -468,9 +533,12 @@ class Fiscalizer:
                     row.fiscal_hint,
                 )
                 row.fiscal_error = (
-                    f"completed without printer; whether receipt {row.fiscal_hint} + 1 is "
+                    error
+                    or f"completed without printer; whether receipt {row.fiscal_hint} + 1 is "
                     "it cannot be told: check the printer's journal"
                 )[:200]
+        if verdict == "printed":
+            self._on_event()  # the late_fiscal_number event, committed: send it
 
     async def _next_pending(self, till: str) -> Sale | CustomerReturn | None:
         """The oldest pending document of the till (sale or storno)."""
@@ -543,7 +611,14 @@ class Fiscalizer:
             fm_number = await self._fm_number(devices)
             if document.fiscal_hint is None:
                 document.fiscal_hint = await self._hint(devices)
-                await self._update(document.id, model=model, fiscal_hint=document.fiscal_hint)
+                # Whose numbers the hint is: a printer swapped later has others.
+                document.hint_printer = await self._serial(devices)
+                await self._update(
+                    document.id,
+                    model=model,
+                    fiscal_hint=document.fiscal_hint,
+                    hint_printer=document.hint_printer,
+                )
             if isinstance(document, Sale):
                 job = fiscal_receipt(document, devices.till.printer_till_number)
             else:
@@ -582,15 +657,27 @@ class Fiscalizer:
         a printer that cannot tell it does not stop sales."""
         till = devices.till.id
         if till not in self._fm_numbers:
-            try:
-                info = await devices.fiscal_diagnostic()
-            except DeviceError as exc:
-                if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
-                    raise
-                self._fm_numbers[till] = ""  # this printer does not tell: do not ask again
-                return None
-            self._fm_numbers[till] = info.fiscal_memory_number
+            await self._read_identity(devices)
         return self._fm_numbers[till] or None
+
+    async def _read_identity(self, devices: TillDeviceSet) -> None:
+        """Read the printer's fiscal memory and serial numbers (0x5A) into the caches
+        ("" when this printer does not tell: not asked again until the next check)."""
+        till = devices.till.id
+        try:
+            info = await devices.fiscal_diagnostic()
+        except DeviceError as exc:
+            if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
+                raise
+            self._fm_numbers[till] = self._serials[till] = ""
+            return
+        self._fm_numbers[till] = info.fiscal_memory_number
+        self._serials[till] = info.serial_number
+
+    async def _serial(self, devices: TillDeviceSet) -> str | None:
+        """The printer's serial number, read with its fiscal memory number."""
+        await self._fm_number(devices)
+        return self._serials.get(devices.till.id) or None
 
     async def _hint(self, devices: TillDeviceSet) -> int:
         """The printer's last receipt number, with no receipt left open before ours."""
@@ -615,9 +702,22 @@ class Fiscalizer:
             for key, value in values.items():
                 setattr(row, key, value)
 
-    async def _complete_return(self, pk: int, fiscal_number: str | None, status: str) -> None:
+    async def _complete_return(
+        self,
+        pk: int,
+        fiscal_number: str | None,
+        status: str,
+        *,
+        intervention: FiscalInterventionRecorded | None = None,
+    ) -> None:
         await self._finish(
-            CustomerReturn, pk, "body", CustomerReturnRecorded, fiscal_number, status
+            CustomerReturn,
+            pk,
+            "body",
+            CustomerReturnRecorded,
+            fiscal_number,
+            status,
+            intervention=intervention,
         )
 
     async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> None:
@@ -675,10 +775,20 @@ class Fiscalizer:
                 # it may have reached the printer: compare when the printer answers again
                 unfiscal_check="pending" if row.fiscal_hint is not None else None,
             )
+            # Head office sees the manager's decision beside the receipt without number.
+            intervention = FiscalInterventionRecorded(
+                till=till,
+                action="completed_unfiscal",
+                amount=row.total,
+                document=f"{kind} {doc_id}",
+                reason=reason[:200],
+            )
             if isinstance(row, Sale):
-                await self._complete(row.id, None, "completed_unfiscal")
+                await self._complete(row.id, None, "completed_unfiscal", intervention=intervention)
             else:
-                await self._complete_return(row.id, None, "completed_unfiscal")
+                await self._complete_return(
+                    row.id, None, "completed_unfiscal", intervention=intervention
+                )
             done = await self._document(model, till, doc_id)
             assert done is not None
             return done
@@ -703,6 +813,8 @@ class Fiscalizer:
         fiscal_number: str | None,
         status: str,
         fiscal_memory_number: str | None = None,
+        *,
+        intervention: FiscalInterventionRecorded | None = None,
     ) -> None:
         await self._finish(
             Sale,
@@ -711,6 +823,7 @@ class Fiscalizer:
             ReceiptRecorded,
             fiscal_number,
             status,
+            intervention=intervention,
             fiscal_memory_number=fiscal_memory_number,
         )
 
@@ -722,10 +835,13 @@ class Fiscalizer:
         event_type: type[ReceiptRecorded] | type[CustomerReturnRecorded],
         fiscal_number: str | None,
         status: str,
+        *,
+        intervention: FiscalInterventionRecorded | None = None,
         **columns: Any,
     ) -> None:
         """A pending sale or return is done: its event (with the fiscal number, if any)
-        goes into the outbox in the same transaction as the new status."""
+        goes into the outbox in the same transaction as the new status, and so does the
+        manager's ``intervention`` that completed it, if any."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row: Sale | CustomerReturn | None = await session.get(model, pk)
             assert row is not None
@@ -741,6 +857,14 @@ class Fiscalizer:
                 # It happened when it was recorded, not when the printer caught up.
                 occurred_at=row.created_at,
             )
+            if intervention is not None:
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    # the document's own shift
+                    body=msgspec.structs.replace(intervention, shift_id=row.shift_id),
+                )
             setattr(row, payload, msgspec.to_builtins(body))
             row.status = status
             row.fiscal_number = fiscal_number

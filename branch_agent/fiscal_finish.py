@@ -14,22 +14,29 @@ finished, one that is not open any more ended the only way its payments allowed
 (paid: closed, the rest in cash; not paid: cancelled). The till's queue is then
 printed again: a pending sale whose receipt this was is reconciled as fiscalized (its
 number closed with its total), or printed anew if it was cancelled.
+
+The completed row's ``fiscal_intervention`` event goes into the outbox in the
+transaction that completes it: head office sees every intervention, exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.devices import TillDeviceSet
-from branch_agent.models import CustomerReturn, FiscalIntervention, Sale
+from branch_agent.models import CustomerReturn, FiscalIntervention, Sale, Shift
+from branch_agent.outbox import append_event
+from branch_agent.settings import AgentSettings
 from devices.fiscal_datecs import TransactionStatus
+from protocol.events import FiscalInterventionRecorded
 
-__all__ = ["finish_open_receipt"]
+__all__ = ["finish_open_receipt", "open_shift_of"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +61,24 @@ async def _document_of(session: AsyncSession, till: str, receipt_number: int) ->
     return f"return {ret}" if ret is not None else ""
 
 
+async def open_shift_of(session: AsyncSession, till: str) -> str | None:
+    """The till's shift open now (None: none is)."""
+    return await session.scalar(
+        select(Shift.shift_id)
+        .where(Shift.till == till, Shift.closed_at.is_(None))
+        .order_by(Shift.opened_at.desc())
+        .limit(1)
+    )
+
+
 async def finish_open_receipt(
     sessionmaker: async_sessionmaker[AsyncSession],
     write_lock: asyncio.Lock,
     devices: TillDeviceSet,
     reason: str,
+    *,
+    settings: AgentSettings,
+    on_event: Callable[[], None] = lambda: None,
 ) -> list[FiscalIntervention]:
     """Finish the receipt open on the till's printer; the rows recorded (settled ones
     of earlier calls first). Raises ``DeviceError`` when the printer cannot be asked."""
@@ -83,11 +103,13 @@ async def finish_open_receipt(
                 await _settle(
                     sessionmaker,
                     write_lock,
+                    settings,
                     row.id,
                     "closed" if closed else "cancelled",
                     (row.amount - row.paid_before) if closed else 0,
                 )
             )
+            on_event()
         if not ts.is_open:
             return done
         row_id = await _intent(sessionmaker, write_lock, till, ts, reason)
@@ -96,7 +118,8 @@ async def finish_open_receipt(
             action, cash = ("closed", 0) if ts.paid > 0 else ("cancelled", 0)
         else:
             action, cash = finished.action, _cents(finished.cash_added)
-        row = await _settle(sessionmaker, write_lock, row_id, action, cash)
+        row = await _settle(sessionmaker, write_lock, settings, row_id, action, cash)
+        on_event()
         log.warning(
             "till %s: receipt %s on the fiscal printer %s by a manager (%s paid, %s added"
             " in cash): %s",
@@ -146,6 +169,7 @@ async def _intent(
 async def _settle(
     sessionmaker: async_sessionmaker[AsyncSession],
     write_lock: asyncio.Lock,
+    settings: AgentSettings,
     row_id: int,
     action: str,
     cash_added: int,
@@ -153,6 +177,26 @@ async def _settle(
     async with write_lock, sessionmaker() as session, session.begin():
         row = await session.get(FiscalIntervention, row_id)
         assert row is not None
+        if row.action != "pending":  # settled already (a concurrent call)
+            return row
         row.action = action
         row.cash_added = cash_added
+        # With the row: head office learns of it exactly once.
+        await append_event(
+            session,
+            branch=settings.branch,
+            timezone=settings.timezone,
+            body=FiscalInterventionRecorded(
+                till=row.till,
+                shift_id=await open_shift_of(session, row.till),
+                action=action,
+                receipt_number=row.receipt_number,
+                amount=row.amount,
+                paid_before=row.paid_before,
+                cash_added=cash_added,
+                document=row.document,
+                reason=row.reason,
+            ),
+            occurred_at=row.at,
+        )
     return row

@@ -135,6 +135,9 @@ class Sale(AgentBase):
     # The printer's last receipt number before this sale was first sent to it (the
     # idempotence hint: a retry reconciles against it instead of printing again).
     fiscal_hint: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The serial number of the printer the hint was read from (a1806): the unfiscal
+    # check compares it with the printer's now. None: not told, or hint taken before.
+    hint_printer: Mapped[str | None] = mapped_column(String(32), default=None)
     fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
     fiscal_attempts: Mapped[int] = mapped_column(Integer, default=0)
     fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -191,6 +194,8 @@ class CustomerReturn(AgentBase):
     # The storno job for the fiscal printer (lines, refunds, the original's reference).
     print_job: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     fiscal_hint: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # As a sale's: the serial number of the printer the hint was read from.
+    hint_printer: Mapped[str | None] = mapped_column(String(32), default=None)
     fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
     fiscal_attempts: Mapped[int] = mapped_column(Integer, default=0)
     fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -139,7 +139,12 @@ class TillApi:
             raise NotFound(f"till {till} has no fiscal printer")
         try:
             rows = await finish_open_receipt(
-                self.agent.sessionmaker, self.agent.write_lock, devices, reason
+                self.agent.sessionmaker,
+                self.agent.write_lock,
+                devices,
+                reason,
+                settings=self.agent.settings,
+                on_event=self.agent.sender.wake,
             )
         except DeviceError as exc:
             raise DeviceFailed(

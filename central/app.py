@@ -18,6 +18,7 @@ from central.api.branches import BranchController
 from central.api.branches_sync import BranchSyncController
 from central.api.dead_letters import DeadLetterController
 from central.api.documents import CustomerReturnController, DocumentController
+from central.api.fiscal import FiscalInterventionController
 from central.api.health import HealthController
 from central.api.masterdata import MASTER_DATA_CONTROLLERS
 from central.api.problems import exception_handlers
@@ -65,6 +66,7 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
             DocumentController,
             CustomerReturnController,
             ShiftController,
+            FiscalInterventionController,
             BranchSyncController,
         ],
         # Every route: a bearer token (401), then the role its group requires (403);

@@ -45,6 +45,8 @@ __all__ = [
     "CashMoved",
     "CustomerReturnRecorded",
     "EventEnvelope",
+    "FiscalInterventionRecorded",
+    "LateFiscalNumber",
     "Payment",
     "PaymentType",
     "ReceiptLine",
@@ -226,6 +228,50 @@ class StockDocumentPosted(
             raise ValueError(f"lines from {self.first_line_no}: line numbers beyond {INT32_MAX}")
 
 
+class LateFiscalNumber(
+    _Wire, frozen=True, kw_only=True, tag_field="kind", tag="late_fiscal_number"
+):
+    """A sale (or return) sent up without a fiscal number, completed unfiscal by a
+    manager, that the till's fiscal printer had printed after all: the number the agent
+    found when the printer answered again. Central sets it on its receipt once."""
+
+    # sale: ``document_id`` is the till's sale id; return: its return id (storno).
+    document: Literal["sale", "return"] = "sale"
+    till: Code32
+    document_id: Code64
+    # The event that carried the document up, and its sequence number: an event that
+    # arrives before its document is kept until the document does (None: not known).
+    document_event_id: uuid.UUID | None = None
+    document_seq: PositiveInt64 | None = None
+    fiscal_number: Code64
+    # When it was printed (when it was sent to the printer, not when this was found).
+    fiscalized_at: UtcDateTime
+    fiscal_memory_number: Code32 | None = None
+
+
+class FiscalInterventionRecorded(
+    _Wire, frozen=True, kw_only=True, tag_field="kind", tag="fiscal_intervention"
+):
+    """A manager's intervention on a till's fiscal printer, for head office: a receipt
+    left open finished (``cancelled``: nothing was paid; ``closed``: the rest paid in
+    cash and fiscalized) or a document completed without the printer
+    (``completed_unfiscal``)."""
+
+    till: Code32
+    # The till's shift open at the time (None: none was open).
+    shift_id: Code64 | None = None
+    # A Code32 rather than a Literal: a newer agent's new action still reaches central.
+    action: Code32
+    # The printer's receipt number (None for completed_unfiscal: none was printed).
+    receipt_number: NonNegativeInt64 | None = None
+    amount: NonNegativeInt64 = 0
+    paid_before: NonNegativeInt64 = 0
+    cash_added: NonNegativeInt64 = 0
+    # The till's document: "sale <id>", "return <id>", or "" when not the agent's.
+    document: Text200 = ""
+    reason: Text200 = ""
+
+
 BranchEvent = (
     ReceiptRecorded
     | CustomerReturnRecorded
@@ -233,6 +279,8 @@ BranchEvent = (
     | ShiftClosed
     | CashMoved
     | StockDocumentPosted
+    | LateFiscalNumber
+    | FiscalInterventionRecorded
 )
 
 

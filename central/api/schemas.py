@@ -85,6 +85,9 @@ class ReceiptOut(msgspec.Struct, kw_only=True):
     negative_stock: bool
     lines: list[ReceiptLineOut]
     payments: list[PaymentOut]
+    # Set only when the fiscal number came late (completed without the printer, which
+    # had printed it after all): when the printer printed it.
+    fiscalized_at: datetime | None = None
 
 
 class DeadLetterOut(msgspec.Struct, kw_only=True):

@@ -12,6 +12,7 @@ See :mod:`central.ingest.registry` for the two handler kinds.
 from __future__ import annotations
 
 import central.ingest.documents
+import central.ingest.fiscal
 import central.ingest.ordering
 import central.ingest.sales
 import central.ingest.shifts

@@ -30,7 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.ingest.bulk import is_postgresql
 from central.ingest.registry import EventContext, IngestBatch, register_batch_handler
 from central.models import BranchSyncState
-from protocol.events import CustomerReturnRecorded, ReceiptRecorded, StockDocumentPosted
+from protocol.events import (
+    CustomerReturnRecorded,
+    LateFiscalNumber,
+    ReceiptRecorded,
+    StockDocumentPosted,
+)
 
 __all__ = ["ORDER_STAGE", "TICKET_NOTE", "hold_ticket", "ticket_keys"]
 
@@ -91,8 +96,13 @@ _IN_FLIGHT = text(
 )
 
 
+# A late fiscal number waits too: its receipt may be in an earlier batch in flight.
 @register_batch_handler(
-    ReceiptRecorded, CustomerReturnRecorded, StockDocumentPosted, stage=ORDER_STAGE
+    ReceiptRecorded,
+    CustomerReturnRecorded,
+    StockDocumentPosted,
+    LateFiscalNumber,
+    stage=ORDER_STAGE,
 )
 async def wait_for_earlier_batches(
     session: AsyncSession, batch: IngestBatch, contexts: Sequence[EventContext]

@@ -26,6 +26,7 @@ from central.models.documents import (
     StockDocumentLineRow,
 )
 from central.models.events import DeadLetter, IngestedEvent
+from central.models.fiscal import FiscalInterventionRow, LateFiscalNumberRow
 from central.models.receipts import Receipt, ReceiptLineRow, ReceiptPaymentRow
 from central.models.reports import (
     LastSellingPrice,
@@ -69,9 +70,11 @@ __all__ = [
     "CustomerReturn",
     "CustomerReturnLineRow",
     "DeadLetter",
+    "FiscalInterventionRow",
     "FormatProduct",
     "IngestedEvent",
     "LastSellingPrice",
+    "LateFiscalNumberRow",
     "MasterDataCounter",
     "MasterDataOutbox",
     "PaymentsDaily",

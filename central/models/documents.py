@@ -91,6 +91,8 @@ class CustomerReturn(Base):
     total: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
     fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    # As a receipt's: set only with a fiscal number that came late.
+    fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
     reason: Mapped[str] = mapped_column(Text, default="")
     refunds: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     late: Mapped[bool] = mapped_column(default=False)

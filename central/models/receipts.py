@@ -48,6 +48,9 @@ class Receipt(Base):
     change: Mapped[int] = mapped_column(BigInteger, default=0)
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
     fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Set only with a fiscal number that came late (``late_fiscal_number``: completed
+    # without the printer, printed after all): when the printer printed it.
+    fiscalized_at: Mapped[datetime | None] = mapped_column(default=None)
     # Flags for the back office: accepted, never refused (a sale that happened).
     late: Mapped[bool] = mapped_column(default=False)
     negative_stock: Mapped[bool] = mapped_column(default=False)

@@ -111,6 +111,8 @@ class CustomerReturnOut(msgspec.Struct, kw_only=True):
     refunds: list[dict[str, Any]]
     late: bool
     lines: list[ReturnLineOut]
+    # As a receipt's: set only when the fiscal number came late.
+    fiscalized_at: datetime | None = None
 
 
 def _dates(date_from: date | None, date_to: date | None) -> None:
@@ -326,6 +328,7 @@ async def list_customer_returns(
                 refunds=list(x.refunds),
                 late=x.late,
                 lines=lines.get(x.event_id, []),
+                fiscalized_at=x.fiscalized_at,
             )
             for x in rows
         ],

@@ -108,6 +108,7 @@ def receipt_out(receipt: Receipt) -> ReceiptOut:
             for line in receipt.lines
         ],
         payments=[PaymentOut(type=p.type, amount=p.amount) for p in receipt.payments],
+        fiscalized_at=receipt.fiscalized_at,
     )
 
 

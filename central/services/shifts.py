@@ -23,6 +23,7 @@ from central.models import (
     ShiftIdConflict,
 )
 from central.services.audit import cli_actor, record_change
+from central.services.fiscal import FiscalInterventionOut, interventions_of_shifts
 from central.services.paging import check_branch, paged
 
 __all__ = [
@@ -91,6 +92,11 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     z_matches: bool | None
     # Openings and closings under this id not filed into it (see ShiftIdConflictOut).
     id_conflicts: list[ShiftIdConflictOut] = msgspec.field(default_factory=list)
+    # Recorded receipts without a fiscal number (completed without the printer, or a
+    # till without one); one whose number came late counts as fiscal.
+    unfiscal_receipts: int = 0
+    # Managers' interventions on the till's fiscal printer during the shift.
+    fiscal_interventions: list[FiscalInterventionOut] = msgspec.field(default_factory=list)
 
 
 class ClosedDayOut(msgspec.Struct, kw_only=True):
@@ -156,7 +162,7 @@ async def list_shifts(
         )
     ).all()
     keys = [(s.branch, s.shift_id) for s in shifts]
-    sales: dict[tuple[str, str], tuple[int, int, int]] = {}
+    sales: dict[tuple[str, str], tuple[int, int, int, int]] = {}
     returns: dict[tuple[str, str], int] = {}
     cash: dict[tuple[str, str], tuple[int, int]] = {}
     conflicts: dict[tuple[str, str], list[ShiftIdConflictOut]] = {}
@@ -174,11 +180,12 @@ async def list_shifts(
                 func.count(Receipt.id),
                 func.coalesce(func.sum(Receipt.total), 0),
                 func.coalesce(func.sum(case((Receipt.late, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((Receipt.fiscal_number.is_(None), 1), else_=0)), 0),
             )
             .where(tuple_(Receipt.branch, Receipt.shift_id).in_(keys))
             .group_by(Receipt.branch, Receipt.shift_id)
         ):
-            sales[(r[0], r[1])] = (int(r[2]), int(r[3]), int(r[4]))
+            sales[(r[0], r[1])] = (int(r[2]), int(r[3]), int(r[4]), int(r[5]))
         for r in await session.execute(
             select(
                 CustomerReturn.branch,
@@ -206,10 +213,11 @@ async def list_shifts(
             .group_by(CashMovement.branch, CashMovement.shift_id)
         ):
             cash[(r[0], r[1])] = (int(r[2]), int(r[3]))
+    interventions = await interventions_of_shifts(session, keys)
     items = []
     for s in shifts:
         key = (s.branch, s.shift_id)
-        count, sales_total, late = sales.get(key, (0, 0, 0))
+        count, sales_total, late, unfiscal = sales.get(key, (0, 0, 0, 0))
         cash_in, cash_out = cash.get(key, (0, 0))
         z_total = sum(s.z_turnover_by_vat_group.values()) if s.z_report_number is not None else None
         # Every figure of the Z that central records, as the shift reconciliation report
@@ -260,6 +268,8 @@ async def list_shifts(
                 late_receipts=late,
                 z_matches=z_matches,
                 id_conflicts=conflicts.get(key, []),
+                unfiscal_receipts=unfiscal,
+                fiscal_interventions=interventions.get(key, []),
             )
         )
     return await paged(

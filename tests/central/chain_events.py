@@ -10,6 +10,8 @@ from protocol import (
     CashMoved,
     CustomerReturnRecorded,
     EventEnvelope,
+    FiscalInterventionRecorded,
+    LateFiscalNumber,
     Payment,
     ReceiptLine,
     ReceiptRecorded,
@@ -63,8 +65,11 @@ class BranchBooks:
     def open_shift(self, shift: str = "S1") -> EventEnvelope:
         return self._add(ShiftOpened(till="T1", shift_id=shift, cashier="anna", opening_float=5000))
 
-    def sale(self, items: list[tuple[str, int, int]], shift: str = "S1") -> EventEnvelope:
-        """items: (sku, quantity_milli, unit_price)."""
+    def sale(
+        self, items: list[tuple[str, int, int]], shift: str = "S1", *, unfiscal: bool = False
+    ) -> EventEnvelope:
+        """items: (sku, quantity_milli, unit_price); ``unfiscal``: completed without the
+        fiscal printer (no fiscal number)."""
         lines = []
         for n, (sku, qty, price) in enumerate(items, start=1):
             total = price * qty // 1000
@@ -92,7 +97,39 @@ class BranchBooks:
                 lines=tuple(lines),
                 payments=(Payment(type="cash", amount=total),),
                 total=total,
-                fiscal_number=f"F{len(self.events) + 1}",
+                fiscal_number=None if unfiscal else f"F{len(self.events) + 1}",
+            )
+        )
+
+    def late_fiscal_number(self, receipt: EventEnvelope, number: str) -> EventEnvelope:
+        """The agent found that the printer had printed ``receipt`` (sent unfiscal)."""
+        body = receipt.body
+        assert isinstance(body, ReceiptRecorded)
+        return self._add(
+            LateFiscalNumber(
+                till=body.till,
+                document_id=body.sale_id,
+                document_event_id=receipt.event_id,
+                document_seq=receipt.seq,
+                fiscal_number=number,
+                fiscalized_at=receipt.occurred_at,
+            )
+        )
+
+    def intervention(
+        self, action: str, *, receipt_number: int | None = None, document: str = ""
+    ) -> EventEnvelope:
+        return self._add(
+            FiscalInterventionRecorded(
+                till="T1",
+                shift_id="S1",
+                action=action,
+                receipt_number=receipt_number,
+                amount=1000,
+                paid_before=400 if action == "closed" else 0,
+                cash_added=600 if action == "closed" else 0,
+                document=document,
+                reason="payment refused",
             )
         )
 

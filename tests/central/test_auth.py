@@ -48,6 +48,7 @@ ROUTE_TABLE: list[tuple[str, str, str, Any, set[str]]] = [
     ("GET", "/api/v1/customer-returns", "/api/v1/customer-returns", None, EVERYONE),
     ("GET", "/api/v1/shifts", "/api/v1/shifts", None, EVERYONE),
     ("GET", "/api/v1/shifts/closed-days", "/api/v1/shifts/closed-days", None, EVERYONE),
+    ("GET", "/api/v1/fiscal-interventions", "/api/v1/fiscal-interventions", None, EVERYONE),
     ("GET", "/api/v1/sync/branches", "/api/v1/sync/branches", None, EVERYONE),
     ("GET", "/api/v1/sync/branches/{branch:str}", "/api/v1/sync/branches/NOPE", None, EVERYONE),
     ("GET", "/api/v1/dead-letters", "/api/v1/dead-letters", None, EVERYONE),

@@ -6,20 +6,25 @@ receipt it had printed and records its number; nothing printed twice, one event.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from branch_agent.db import create_engine, create_sessionmaker
 from branch_agent.models import OutboxEvent
+from central.embedded_nats import EmbeddedNats
+from central.models import DeadLetter, LateFiscalNumberRow, Receipt
+from central.services.receipts import ReceiptQuery, list_receipts
+from central.services.shifts import list_shifts
 from devices.fiscal_datecs import CMD_CLOSE_RECEIPT
 from devices.sim import SimulatorHandle
 from protocol.codec import decode_envelope
 from protocol.events import ReceiptRecorded
-from tests.conftest import wait_until
+from tests.conftest import register_branch, wait_until
 from tests.e2e.test_agent_kill import (
     AgentProcess,
     fiscal_printer,  # noqa: F401
@@ -112,3 +117,90 @@ async def test_sigkill_as_the_receipt_closes_then_unfiscal_then_the_number_is_fo
     (event,) = events
     assert isinstance(event.body, ReceiptRecorded)
     assert (event.body.sale_id, event.body.fiscal_number) == ("k1", None)
+
+
+async def test_the_number_found_late_reaches_central_once_across_kills(
+    central: Any,
+    nats_server: EmbeddedNats,
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The same story with central and NATS: the agent is SIGKILLed as the receipt
+    closes, and again right after it records the number it found (the event committed,
+    perhaps not yet sent). Central ends with the receipt under that number (found by
+    it), the manager's complete-unfiscal listed on the shift, each exactly once."""
+    await register_branch(central, "B1")
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, nats_server.url, port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+
+    def kill_as_closed(s: Any) -> None:
+        s.lose_answers(None, 10**6)
+        agent.kill_from_thread()
+        killed.set()
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=60) as client:
+            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
+            sim.at_command(CMD_CLOSE_RECEIPT, kill_as_closed)
+            sale = {
+                "sale_id": "k1",
+                "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
+                "payments": [{"type": "cash", "amount": 1000}],
+            }
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)
+        assert killed.is_set()
+        (printed,) = sim.receipts
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=60) as client:
+            done = await client.post(
+                f"{url}/api/v1/manager/sales/T1/k1/complete-unfiscal",
+                json={"reason": "printer dead"},
+                headers=BOSS,
+            )
+            assert done.status_code == 200, done.text
+            sim.lose_answers(None, 0)
+
+            async def found() -> bool:
+                got = (await client.get(f"{url}/api/v1/sales/k1", headers=T1)).json()
+                return bool(got["unfiscal_check"] == "printed")
+
+            await wait_until(found, timeout=30, interval=0.05)
+        agent.kill()  # right after the number and its event were committed
+        agent.start()
+        await wait_healthy(url)
+
+        async def at_central() -> bool:
+            async with central.sessionmaker() as session:
+                n = await session.scalar(select(func.count()).select_from(LateFiscalNumberRow))
+            return n == 1
+
+        await wait_until(at_central, timeout=60)
+    finally:
+        agent.stop()
+    async with central.sessionmaker() as session:
+        page = await list_receipts(
+            session, ReceiptQuery(fiscal_number=str(printed.number), limit=10, offset=0)
+        )
+        shifts = await list_shifts(
+            session, branch="B1", till="T1", date_from=None, date_to=None, limit=10, offset=0
+        )
+        receipts = await session.scalar(select(func.count(Receipt.id)))
+        letters = await session.scalar(select(func.count()).select_from(DeadLetter))
+    assert [(r.sale_id, r.fiscal_number) for r in page.items] == [("k1", str(printed.number))]
+    assert page.items[0].fiscalized_at is not None
+    assert (receipts, letters) == (1, 0)
+    (shift,) = shifts.items
+    assert shift.unfiscal_receipts == 0
+    assert [(i.action, i.document, i.reason) for i in shift.fiscal_interventions] == [
+        ("completed_unfiscal", "sale k1", "printer dead")
+    ]
+    assert len(sim.receipts) == 1

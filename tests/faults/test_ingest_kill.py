@@ -13,7 +13,10 @@ from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.ingest.stock import COST_CORRECTION
 from central.models import (
+    DeadLetter,
+    FiscalInterventionRow,
     IngestedEvent,
+    LateFiscalNumberRow,
     Receipt,
     StockBalance,
     StockMovement,
@@ -254,4 +257,61 @@ async def test_crash_after_commit_of_an_out_that_revalues_an_earlier_in(
     # hand, the one sold charged 3.00 more.
     assert [tuple(r) for r in revaluations] == [("transfer_in", 1_200), (COST_CORRECTION, -300)]
     assert (k2.quantity_milli, k2.value, k2.avg_cost) == (3_000, 900, 300)
+    await engine.dispose()
+
+
+async def test_crash_after_commit_with_late_fiscal_numbers_and_interventions(
+    db_url: str, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Late fiscal numbers and fiscal interventions in the batch committed and never
+    acked: redelivered, none is applied or stored twice, none becomes a dead letter,
+    and every receipt ends with its number."""
+    engine = create_engine(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await add_branch(session, code="K1", name="K1")
+    books = BranchBooks("K1")
+    books.document("goods_receipt", [("MILK", 100_000, 100)])
+    books.open_shift()
+    for n in range(6):
+        receipt = books.sale([("MILK", 1_000, 199)], unfiscal=True)
+        books.intervention("completed_unfiscal", document=f"sale {n}")
+        books.late_fiscal_number(receipt, f"L{n}")
+    books.close_shift()
+    await publish_books(nats_server.url, books)
+    env = ingest_env(db_url, nats_server.url, str(tmp_path), BACKROOM_INGEST_BATCH="7")
+    log = (tmp_path / "worker.log").open("wb")
+    try:
+        # The first batch (goods receipt, shift, two sales with their intervention and
+        # late number... ) commits, then the crash before the ack.
+        await ingest_until_crash(env, "BACKROOM_FAULT_CRASH_AFTER_COMMIT", log)
+        async with sessionmaker() as session:
+            committed = await session.scalar(select(func.count()).select_from(LateFiscalNumberRow))
+        assert committed is not None
+        assert committed >= 1  # a late number in the batch committed, never acked
+        async with running_ingest(env, log):
+
+            async def drained() -> bool:
+                async with sessionmaker() as session:
+                    n = await session.scalar(select(func.count()).select_from(IngestedEvent))
+                return n == len(books.events)
+
+            await wait_until(drained, timeout=60)
+            await asyncio.sleep(3)  # past the ack wait: the redelivery has come and gone
+    finally:
+        log.close()
+    async with sessionmaker() as session:
+        numbers = sorted(
+            await session.scalars(select(Receipt.fiscal_number).where(Receipt.branch == "K1"))
+        )
+        late = (await session.scalars(select(LateFiscalNumberRow.status))).all()
+        interventions = await session.scalar(
+            select(func.count()).select_from(FiscalInterventionRow)
+        )
+        letters = await session.scalar(select(func.count()).select_from(DeadLetter))
+        total = await session.scalar(select(func.sum(Receipt.total)))
+    assert numbers == [f"L{n}" for n in range(6)]
+    assert sorted(late) == ["applied"] * 6
+    assert (interventions, letters) == (6, 0)
+    assert total == books.sales_total
     await engine.dispose()
