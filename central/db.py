@@ -180,6 +180,7 @@ RECORD_REVISIONS: Mapping[str, str] = {
     "1715": "repricing documents' per-branch lines",
     "1716": "shift id conflicts",
     "1717": "late stock documents' flag",
+    "1801": "fiscal interventions, late fiscal numbers, receipts' fiscalized_at",
 }
 
 
