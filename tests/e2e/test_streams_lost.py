@@ -6,6 +6,7 @@ kept in their outboxes until a publish is acknowledged, then reach central."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,11 @@ async def test_health_is_degraded_while_the_streams_cannot_be_set_up(
         await runtime.stop()
 
 
-async def _expected_replica(central: Any) -> tuple[dict[str, int | None], set[str]]:
-    """Central's prices for B1 (None: not sold) and the products of its format."""
+async def assert_tills_sell_as_central(
+    central: Any, sessionmaker: Any, skus: Sequence[str]
+) -> set[str]:
+    """Each of ``skus`` sells at central's price for B1 in the agent database of
+    ``sessionmaker`` (none: not sold); returns the active products of B1's format."""
     now = datetime.now(UTC)
     async with central.sessionmaker() as s:
         branch = await s.get(Branch, "B1")
@@ -100,26 +104,24 @@ async def _expected_replica(central: Any) -> tuple[dict[str, int | None], set[st
                 )
             ).all()
         )
-        skus = sorted(set(SKUS) | {"SKU030"})
-        expected = await expected_prices(s, branch, skus, now)
-    return {
-        sku: (expected[sku].price if sku in listed and sku in expected else None) for sku in skus
-    }, listed
+        expected = await expected_prices(s, branch, sorted(listed), now)
+    async with sessionmaker() as s:
+        for sku in skus:
+            item = await find_product(s, sku=sku, at=now)
+            want = expected[sku].price if sku in listed and sku in expected else None
+            assert (item.price if item else None) == want, sku
+    return listed
 
 
 async def _assert_replica_is_centrals(central: Any, agent: Any) -> None:
-    prices, listed = await _expected_replica(central)
-    now = datetime.now(UTC)
-    async with agent.sessionmaker() as s:
-        for sku, want in prices.items():
-            item = await find_product(s, sku=sku, at=now)
-            assert (item.price if item else None) == want, sku
+    skus = sorted(set(SKUS) | {"SKU030"})
+    listed = await assert_tills_sell_as_central(central, agent.sessionmaker, skus)
     async with agent.engine.connect() as conn:
-        skus = {r[0] for r in await conn.exec_driver_sql("SELECT sku FROM md_products")}
+        held = {r[0] for r in await conn.exec_driver_sql("SELECT sku FROM md_products")}
         promos = {
             r[0] for r in await conn.exec_driver_sql("SELECT promotion_id FROM md_promotions")
         }
-    assert skus == listed
+    assert held == listed
     assert promos == {"KEEP"}
 
 
@@ -134,13 +136,22 @@ async def _all_published(central: Any) -> None:
     await wait_until(published, timeout=30)
 
 
-def _restart_nats(nats_server: EmbeddedNats, store: Path | None) -> None:
-    """Restart the server; with ``store``, on that copy of its JetStream store."""
+async def restore_store(central: Any, nats_server: EmbeddedNats, copy: Path, *, below: int) -> None:
+    """Restart the server on ``copy`` of its JetStream store; wait until central sees its
+    down stream again, numbered below ``below``."""
     nats_server.stop()
-    if store is not None:
-        shutil.rmtree(nats_server.store_dir / "jetstream")
-        shutil.copytree(store, nats_server.store_dir / "jetstream")
+    shutil.rmtree(nats_server.store_dir / "jetstream")
+    shutil.copytree(copy, nats_server.store_dir / "jetstream")
     nats_server.start()
+
+    async def restored() -> bool:
+        try:
+            info = await central.js.stream_info(DOWN_STREAM)
+        except Exception:
+            return False
+        return bool(info.state.last_seq < below)
+
+    await wait_until(restored, timeout=30)
 
 
 async def _offline_changes(central: Any, *withdrawn: str) -> None:
@@ -268,16 +279,7 @@ async def test_branch_converges_when_the_stream_comes_back_numbered_below_its_po
     # Offline while changes reach the stream; then the store goes back to the copy.
     await agent.stop()
     await _offline_changes(central, "GONE", "LATE")
-    _restart_nats(nats_server, backup)
-
-    async def restored() -> bool:
-        try:
-            info = await central.js.stream_info(DOWN_STREAM)
-        except Exception:
-            return False
-        return bool(info.state.last_seq < position)
-
-    await wait_until(restored, timeout=30)
+    await restore_store(central, nats_server, backup, below=position)
     again = await make_agent("B1", nats_server.url, demo_catalog=False)
     await _converges_after_changes(central, again)
     # The position is the stream's own numbers again.
