@@ -44,6 +44,8 @@ class DownMessage:
     key: str
     data: bytes
     stream_seq: int
+    # How many times the stream handed it out (1: never before).
+    delivered: int = 1
 
 
 DownHandler = Callable[[DownMessage], Awaitable[None]]
@@ -221,7 +223,10 @@ class DownstreamReader:
             down: DownMessage | None
             try:
                 scope, scope_id, kind, key = parse_down_subject(msg.subject)
-                down = DownMessage(msg.subject, scope, scope_id, kind, key, msg.data, seq)
+                delivered = msg.metadata.num_delivered if msg.metadata else None
+                down = DownMessage(
+                    msg.subject, scope, scope_id, kind, key, msg.data, seq, delivered or 1
+                )
             except ValueError:
                 down = None
             handler = self.state.batch_handlers.get(down.kind) if down else None

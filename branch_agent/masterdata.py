@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -116,6 +117,10 @@ class SnapshotState:
     # The last snapshot that ended with parts missing, and the last one complete.
     incomplete: int = 0
     completed: int = 0
+    # The snapshot being received began at or below the position: the stream numbers
+    # below it (created again after the NATS server lost it), and the position moves
+    # to the new numbers at the snapshot's end.
+    rebase: bool = False
 
 
 _SNAPSHOT_FIELDS = (
@@ -126,6 +131,7 @@ _SNAPSHOT_FIELDS = (
     ("snapshot_broken", "broken"),
     (SNAPSHOT_INCOMPLETE, "incomplete"),
     ("snapshot_completed", "completed"),
+    ("snapshot_rebase", "rebase"),
 )
 
 
@@ -145,6 +151,8 @@ class MasterDataApplier:
         self.snapshot = SnapshotState()
         self.requester: SnapshotRequester | None = None
         self._on_snapshot_end: Callable[[], None] | None = None
+        # When messages numbered below the position last made us report (monotonic).
+        self._below_reported_at: float | None = None
         set_local_timezone(timezone)
 
     def register(self, reader: DownstreamReader) -> None:
@@ -173,7 +181,7 @@ class MasterDataApplier:
         snap = SnapshotState(last_stream_seq=int(values.get(LAST_STREAM_SEQ) or 0))
         for name, attr in _SNAPSHOT_FIELDS:
             value = int(values.get(name) or 0)
-            setattr(snap, attr, bool(value) if attr == "broken" else value)
+            setattr(snap, attr, bool(value) if attr in ("broken", "rebase") else value)
         self.snapshot = snap
         return self.applied_version
 
@@ -218,11 +226,13 @@ class MasterDataApplier:
             decoded_messages.append((message, decoded))
         # Every message of the run is acked after it: the position covers them all.
         last_seq = max((m.stream_seq for m in messages), default=0)
+        self._check_numbering(messages)
         engine = self._sessionmaker.kw["bind"]
         snap = replace(self.snapshot)
         applied_version = self.applied_version
         applied = stale = 0
         finished: list[str] = []
+        rebased = False
         # Core statements on one connection: a bucket is thousands of rows, no ORM needed;
         # one commit (one fsync) for the whole run instead of one per message.
         async with self._write_lock, engine.begin() as conn:
@@ -255,6 +265,8 @@ class MasterDataApplier:
                     if decoded.phase == "begin":
                         snap.current, snap.begin_seq = decoded.snapshot_id, message.stream_seq
                         snap.next_part, snap.broken = 1, False
+                        snap.rebase = message.stream_seq <= snap.last_stream_seq
+                        await _forget_refreshes_from(conn, message.stream_seq)
                     else:
                         await _replace_price_buckets(conn, prices.take(), prices)
                         await _write_applied_keys(conn, written)
@@ -262,6 +274,8 @@ class MasterDataApplier:
                         outcome = await self._end_snapshot(conn, snap, decoded)
                         if outcome == "complete":
                             applied_version = max(applied_version, decoded.version)
+                            rebased |= snap.rebase
+                            snap.rebase = False
                         finished.append(outcome)
                     applied += 1
                     continue
@@ -300,7 +314,13 @@ class MasterDataApplier:
                 applied += 1
             await _replace_price_buckets(conn, prices.take(), prices)
             await _write_applied_keys(conn, written)
-            if last_seq:
+            if rebased and last_seq:
+                # The replica is the new stream's snapshot now: its numbers are the
+                # position (the old, higher ones would hide what the branch misses).
+                await _set_state(conn, LAST_STREAM_SEQ, last_seq, keep_max=False)
+                snap.last_stream_seq = last_seq
+                log.warning("master-data position moved to the new stream's numbers: %d", last_seq)
+            elif last_seq:
                 await _set_state(conn, LAST_STREAM_SEQ, last_seq, keep_max=True)
                 snap.last_stream_seq = max(snap.last_stream_seq, last_seq)
             if snap != self.snapshot:
@@ -317,6 +337,35 @@ class MasterDataApplier:
             self.stats.snapshots_incomplete += outcome == "incomplete"
         if finished and self._on_snapshot_end is not None:
             self._on_snapshot_end()
+
+    def _check_numbering(self, messages: list[DownMessage]) -> None:
+        """Messages handed out for the first time at or below the position: the stream
+        may have been created again below it (the NATS server lost it, and central could
+        not number the new one above every branch). Their changes are applied all the
+        same (the version guard goes by versions, not numbers), but the branch may have
+        missed what the old stream held, and its position would hide from central
+        whatever it misses later: report it now, and central decides on a snapshot (a
+        consumer created again on the same stream also replays old numbers: then none)."""
+        if self.snapshot.pending or self.requester is None:
+            return
+        below = [
+            m.stream_seq
+            for m in messages
+            if m.delivered == 1 and m.stream_seq <= self.snapshot.last_stream_seq
+        ]
+        now = time.monotonic()
+        if not below or (
+            self._below_reported_at is not None and now - self._below_reported_at < 30.0
+        ):
+            return
+        self._below_reported_at = now
+        log.warning(
+            "down-stream message %d handed out first at or below the position %d: "
+            "reporting the position to central",
+            min(below),
+            self.snapshot.last_stream_seq,
+        )
+        self.requester.poke()
 
     async def _end_snapshot(
         self, conn: AsyncConnection, snap: SnapshotState, mark: SnapshotMark
@@ -391,6 +440,17 @@ async def _write_applied_keys(conn: AsyncConnection, written: dict[str, tuple[in
             "stream_seq = excluded.stream_seq",
             [(subject, v, seq) for subject, (v, seq) in written.items()],
         )
+
+
+async def _forget_refreshes_from(conn: AsyncConnection, begin_seq: int) -> None:
+    """A snapshot begins at ``begin_seq``: keys recorded at or above it were not refreshed
+    by it. Normally there are none; after the stream was created again below the
+    branch's position every key holds an old, higher number, and its end would keep
+    them all (see ``_drop_unrefreshed``). Its parts record them again."""
+    await conn.exec_driver_sql(
+        "UPDATE md_applied_keys SET stream_seq = 0 WHERE stream_seq >= ? AND subject != ?",
+        (begin_seq, _VERSION_SUBJECT),
+    )
 
 
 async def _write_snapshot_state(conn: AsyncConnection, snap: SnapshotState) -> None:

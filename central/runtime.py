@@ -17,13 +17,20 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from central.auth.context import RequestAudit
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
-from central.models import Branch
+from central.models import Branch, MasterDataOutbox
 from central.reports.backlog import SummaryApplier
-from central.services.masterdata_publisher import MasterDataPublisher
+from central.services.audit import record_change
+from central.services.masterdata_publisher import (
+    MasterDataPublisher,
+    down_seq_high,
+    enqueue_snapshots_of_all_branches,
+    note_down_seq,
+)
 from central.services.masterdata_snapshot import SnapshotService
 from central.settings import CentralSettings
 from central.sync.jetstream import (
@@ -37,6 +44,10 @@ from protocol.subjects import DOWN_STREAM, INGEST_DURABLE, UP_STREAM
 __all__ = ["CentralRuntime"]
 
 log = logging.getLogger(__name__)
+
+# Room above the highest down-stream sequence central recorded for what was published
+# after its last record (the keeper records every 2 s, the publisher at each pass).
+DOWN_SEQ_MARGIN = 1_000_000
 
 
 class CentralRuntime:
@@ -62,6 +73,10 @@ class CentralRuntime:
         # while setting them up fails (shown by /health).
         self.jetstream = "connecting"
         self._nats_creds = settings.nats_creds
+        # The down stream's last sequence this process recorded, and whether it recorded
+        # the stream's loss (once per loss, not at every set-up retry).
+        self._down_seq_noted = 0
+        self._down_loss_recorded = False
 
     @property
     def nats_url(self) -> str:
@@ -142,6 +157,7 @@ class CentralRuntime:
                 replicas=self.settings.up_stream_replicas,
                 max_age_days=self.settings.up_stream_max_age_days,
                 dedup_window_s=self.settings.dedup_window_s,
+                down_first_seq=await self._down_stream_lost(),
             )
             await ensure_ingest_consumer(self.js, ack_wait_s=self.settings.ingest_ack_wait_s)
         except Exception as exc:
@@ -151,18 +167,82 @@ class CentralRuntime:
         self.jetstream = "ready"
         return True
 
+    async def _down_stream_lost(self) -> int | None:
+        """The first sequence of a down stream about to be created, when central had one
+        before (None: it exists, or a new deployment's numbers from 1).
+
+        The NATS server lost it (a wiped store): the branches' positions are numbers of
+        the old stream, so the new one numbers on above the highest central recorded,
+        with room for what it published since its last record; otherwise a branch's
+        position would lie above everything new, and central could not tell what it
+        missed. The old stream's history is gone, and what it held undelivered with it:
+        every active branch gets a whole snapshot, queued before the stream exists so
+        a failure between the two cannot lose it (idempotent: one queued per branch)."""
+        assert self.js is not None
+        try:
+            await self.js.stream_info(DOWN_STREAM)
+        except NotFoundError:
+            pass
+        else:
+            self._down_loss_recorded = False
+            return None
+        async with self.sessionmaker() as session, session.begin():
+            high = await down_seq_high(session)
+            published = await session.scalar(
+                select(MasterDataOutbox.id)
+                .where(MasterDataOutbox.published_at.is_not(None))
+                .limit(1)
+            )
+            if not high and published is None:
+                return None  # nothing was ever published: a new deployment
+            first_seq = high + DOWN_SEQ_MARGIN
+            branches = await enqueue_snapshots_of_all_branches(session)
+            if not self._down_loss_recorded:
+                await record_change(
+                    session,
+                    action="masterdata.down_stream_recreated",
+                    target="masterdata",
+                    before={"down_stream_seq": high},
+                    after={"first_seq": first_seq, "snapshots": branches},
+                    actor=RequestAudit(actor="central", actor_role="system", method="NATS"),
+                )
+        if not self._down_loss_recorded:
+            log.error(
+                "the master-data down stream is gone: created again numbering from %d "
+                "(above the %d central recorded); %d branches get a snapshot",
+                first_seq,
+                high,
+                len(branches),
+            )
+        self._down_loss_recorded = True
+        self.publisher.wake()
+        return first_seq
+
+    async def _note_down_seq(self, last_seq: int) -> None:
+        """Record the down stream's last sequence when it grew (see _down_stream_lost)."""
+        if last_seq <= self._down_seq_noted:
+            return
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                await note_down_seq(session, last_seq)
+        except Exception as exc:
+            log.warning("down-stream position not recorded (retried): %s", exc)
+            return
+        self._down_seq_noted = last_seq
+
     async def _streams_gone(self) -> bool:
         """A stream or the ingest consumer is missing (the NATS server lost its store,
         or someone deleted them): nothing would flow until they exist again."""
         assert self.js is not None
         try:
             await self.js.stream_info(UP_STREAM)
-            await self.js.stream_info(DOWN_STREAM)
+            down = await self.js.stream_info(DOWN_STREAM)
             await self.js.consumer_info(UP_STREAM, INGEST_DURABLE)
         except NotFoundError:
             return True
         except Exception:
             return False  # not connected: the link's state says so, nothing is gone
+        await self._note_down_seq(down.state.last_seq or 0)
         return False
 
     async def _refresh_account_jwt(self) -> None:

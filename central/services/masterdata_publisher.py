@@ -29,6 +29,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.types import NullType
 
 from central.auth.context import RequestAudit
+from central.ingest.bulk import dialect_insert, table_of
 from central.models import (
     AssortmentException,
     Branch,
@@ -79,8 +80,11 @@ __all__ = [
     "build_snapshot",
     "category_paths",
     "current_version",
+    "down_seq_high",
     "enqueue",
     "enqueue_snapshot",
+    "enqueue_snapshots_of_all_branches",
+    "note_down_seq",
     "pending_snapshot",
     "product_targets",
     "published_version",
@@ -94,6 +98,10 @@ _CHUNK = 2000
 _PRUNE_MARGIN = timedelta(days=2)
 # The outbox key of a branch's snapshot: (KIND_SNAPSHOT, "branch", code, SNAPSHOT_KEY).
 SNAPSHOT_KEY = "full"
+# The masterdata_counter row holding the highest down-stream sequence central has seen
+# (acknowledged to its publications, or the stream's last): a down stream created again
+# after the NATS server lost it numbers on above it (see central.runtime).
+DOWN_SEQ = "down_stream_seq"
 
 
 async def allocate_versions(session: AsyncSession, count: int = 1) -> int:
@@ -116,6 +124,32 @@ async def current_version(session: AsyncSession) -> int:
         select(MasterDataCounter.value).where(MasterDataCounter.name == "version")
     )
     return int(value or 0)
+
+
+async def down_seq_high(session: AsyncSession) -> int:
+    """The highest down-stream sequence central recorded (0: none yet)."""
+    value = await session.scalar(
+        select(MasterDataCounter.value).where(MasterDataCounter.name == DOWN_SEQ)
+    )
+    return int(value or 0)
+
+
+async def note_down_seq(session: AsyncSession, seq: int) -> None:
+    """Raise the recorded highest down-stream sequence to ``seq`` (never lowers it; no
+    write when it is there already), in the caller's transaction."""
+    if seq <= await down_seq_high(session):
+        return
+    await session.execute(
+        dialect_insert(session, table_of(MasterDataCounter))
+        .values(name=DOWN_SEQ, value=0)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    # A guarded raise: two processes noting at once keep the higher.
+    await session.execute(
+        update(MasterDataCounter)
+        .where(MasterDataCounter.name == DOWN_SEQ, MasterDataCounter.value < seq)
+        .values(value=seq)
+    )
 
 
 async def published_version(session: AsyncSession) -> int:
@@ -160,6 +194,17 @@ async def enqueue_snapshot(session: AsyncSession, branch: str) -> int:
     version = await allocate_versions(session)
     await enqueue(session, version, [(KIND_SNAPSHOT, "branch", branch, SNAPSHOT_KEY)])
     return version
+
+
+async def enqueue_snapshots_of_all_branches(session: AsyncSession) -> list[str]:
+    """Queue a snapshot for every active branch (see ``enqueue_snapshot``); returns
+    their codes."""
+    branches = list(
+        await session.scalars(select(Branch.code).where(Branch.active).order_by(Branch.code))
+    )
+    for code in branches:
+        await enqueue_snapshot(session, code)
+    return branches
 
 
 async def product_targets(session: AsyncSession, skus: Sequence[str]) -> set[DownKey]:
@@ -631,13 +676,7 @@ class MasterDataPublisher:
                 .where(MasterDataOutbox.published_at.is_(None))
                 .values(version=version)
             )
-            branches = list(
-                await session.scalars(
-                    select(Branch.code).where(Branch.active).order_by(Branch.code)
-                )
-            )
-            for code in branches:
-                await enqueue_snapshot(session, code)
+            branches = await enqueue_snapshots_of_all_branches(session)
             await record_change(
                 session,
                 action="masterdata.database_behind_stream",
@@ -719,7 +758,7 @@ class MasterDataPublisher:
             for branch in snapshots:
                 # One snapshot per branch in the stream: the parts of an older one go.
                 await js.purge_stream(DOWN_STREAM, subject=snapshot_subject(branch, ">"))
-            await self._publish(js, messages)
+            mark_seq = await self._publish(js, messages)
             ids = [r.id for r in rows]
             for start in range(0, len(ids), _CHUNK):
                 await session.execute(
@@ -727,6 +766,7 @@ class MasterDataPublisher:
                     .where(MasterDataOutbox.id.in_(ids[start : start + _CHUNK]))
                     .values(published_at=now)
                 )
+            await note_down_seq(session, mark_seq)
             await session.commit()
         self.published_messages += len(messages)
         self.last_version = version
@@ -751,11 +791,13 @@ class MasterDataPublisher:
             await js.purge_stream(DOWN_STREAM, subject=snapshot_subject(branch, ">"))
             return True
 
-    async def _publish(self, js: JetStreamContext, messages: list[tuple[str, bytes]]) -> None:
-        """Publish in windows; the version mark (last) only after all others are acked."""
+    async def _publish(self, js: JetStreamContext, messages: list[tuple[str, bytes]]) -> int:
+        """Publish in windows; the version mark (last) only after all others are acked.
+        Returns the mark's stream sequence (the pass's highest)."""
         body, mark = messages[:-1], messages[-1]
         for start in range(0, len(body), self.window):
             futures = [await js.publish_async(s, d) for s, d in body[start : start + self.window]]
             # publish_async can hang forever on a server error (NATS.md): bounded wait.
             await asyncio.wait_for(asyncio.gather(*futures), self.ack_timeout_s)
-        await js.publish(mark[0], mark[1], timeout=self.ack_timeout_s)
+        ack = await js.publish(mark[0], mark[1], timeout=self.ack_timeout_s)
+        return int(ack.seq or 0)

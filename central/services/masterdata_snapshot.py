@@ -11,7 +11,10 @@ judge it, with the stream and the branch's durable consumer in view:
 - history aged out: on a stream that drops messages by age, count or size, the
   branch's position lies below the stream's first sequence (without such limits the
   stream keeps the latest value of every key forever, and nothing can be lost);
-- the branch's last snapshot ended with parts missing.
+- the branch's last snapshot ended with parts missing;
+- the stream numbers below the branch's position: it was created again (the NATS
+  server lost its store) from a number central could not set above every branch's
+  (see ``central.runtime``), and the old stream's undelivered messages are gone.
 
 Then a snapshot is queued in the master-data outbox (``enqueue_snapshot``), so the
 publisher builds it from the database and publishes it in order with every other
@@ -77,12 +80,23 @@ class PositionFacts:
     # The stream's first sequence, and whether it drops messages by age/count/size.
     first_seq: int
     lossy: bool
+    # The stream's last sequence (None: not known).
+    last_seq: int | None = None
 
 
 def snapshot_reason(request: SnapshotRequest, facts: PositionFacts) -> str | None:
     """Why the branch needs a snapshot, or None when its position is usable."""
     if request.incomplete_snapshot:
         return "the last snapshot ended with parts missing"
+    if (
+        facts.last_seq is not None
+        and request.last_stream_seq > facts.last_seq
+        and not request.pending_snapshot
+    ):
+        # A stream never numbers backwards: it was created again (the NATS server lost
+        # it) below the branch's position, and what the old one held is gone. (With a
+        # snapshot on its way the branch's position follows the new numbers at its end.)
+        return "the down stream was created again, numbered below the branch's position"
     if facts.first_missing is not None and facts.first_missing <= facts.ack_floor:
         return "the replica lacks messages its consumer acknowledged (database lost or restored)"
     if facts.lossy and request.last_stream_seq + 1 < facts.first_seq:
@@ -291,4 +305,5 @@ class SnapshotService:
             first_missing=first_missing,
             first_seq=stream.state.first_seq,
             lossy=_lossy(stream.config),
+            last_seq=stream.state.last_seq or 0,
         )

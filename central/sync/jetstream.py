@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import nats
@@ -52,10 +53,15 @@ async def connect(url: str, *, creds: str = "", name: str = "central", **kwargs:
     return await nats.connect(**options)
 
 
-async def _add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def _add_or_update_stream(
+    js: JetStreamContext, config: StreamConfig, *, first_seq: int | None = None
+) -> None:
     try:
         await js.stream_info(config.name or "")
     except NotFoundError:
+        # Only a new stream takes a first sequence (an existing one keeps its numbers).
+        if first_seq is not None:
+            config = replace(config, first_seq=first_seq)
         await js.add_stream(config)
         return
     await js.update_stream(config)
@@ -67,7 +73,10 @@ async def ensure_streams(
     replicas: int = 1,
     max_age_days: int = 30,
     dedup_window_s: int = 24 * 3600,
+    down_first_seq: int | None = None,
 ) -> None:
+    """Create or update both streams; a down stream created now numbers its messages
+    from ``down_first_seq`` (None: from 1)."""
     await _add_or_update_stream(
         js,
         StreamConfig(
@@ -93,6 +102,7 @@ async def ensure_streams(
             max_msgs_per_subject=1,
             duplicate_window=120.0,
         ),
+        first_seq=down_first_seq,
     )
 
 

@@ -4,6 +4,7 @@ redelivery after a lost ack, and reports a missing part instead of dropping data
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -154,5 +155,62 @@ async def test_a_snapshot_with_a_missing_part_is_reported_and_drops_nothing(
         prices, promos = await _state(path)
         assert (2, "B", 200) in prices
         assert promos == ["KEEP"]
+    finally:
+        await engine.dispose()  # type: ignore[attr-defined]
+
+
+class _Requester:
+    """Counts the reports the applier asks for (a unit test's stand-in)."""
+
+    def __init__(self) -> None:
+        self.pokes = 0
+
+    def poke(self) -> None:
+        self.pokes += 1
+
+
+async def test_a_stream_numbered_below_the_position_is_reported_and_its_snapshot_rebases(
+    tmp_path: Path,
+) -> None:
+    """The down stream came back with lower numbers than the replica's (created again,
+    or restored from an older copy): the branch reports at once, the snapshot that
+    follows leaves exactly its content, and the position takes the new numbers."""
+    path = tmp_path / "agent.db"
+    applier, engine = await _applier(path)
+    requester = _Requester()
+    applier.requester = requester  # type: ignore[assignment]
+    try:
+        await applier.handle_batch(
+            [
+                _msg("down.all.price.b001", 1001, _prices(1, 4, 100, "A")),
+                _msg("down.all.price.b002", 1002, _prices(2, 4, 200, "B")),
+                _msg("down.all.promo.KEEP", 1003, PromotionRecord(promotion_id="KEEP", version=3)),
+                _msg("down.all.promo.GONE", 1004, PromotionRecord(promotion_id="GONE", version=4)),
+                _msg("down.all.version.current", 1005, VersionMark(version=5, published_at=T0)),
+            ]
+        )
+        assert (applier.snapshot.last_stream_seq, requester.pokes) == (1005, 0)
+        # Handed out again after a lost ack: nothing to report.
+        again = _msg("down.all.price.b001", 1001, _prices(1, 4, 100, "A"))
+        await applier.handle_batch([replace(again, delivered=2)])
+        assert requester.pokes == 0
+        # A new change first handed out at a number below the position: applied (its
+        # version is newer) and reported.
+        await applier.handle_batch([_msg("down.all.price.b001", 3, _prices(1, 6, 120, "A"))])
+        assert requester.pokes == 1
+        assert (1, "A", 120) in (await _state(path))[0]
+
+        await applier.set_pending_snapshot(9)
+        await applier.handle_batch(_snapshot(9, 10))
+        assert applier.stats.snapshots_completed == 1
+        # Bucket 2 and GONE (recorded at the old, higher numbers) were not in it: gone.
+        assert await _state(path) == ([(1, "A", 150)], ["KEEP"])
+        assert applier.snapshot.last_stream_seq == 13
+        # Later changes go on from the new numbers; the state survives a restart.
+        await applier.handle_batch([_msg("down.all.price.b001", 14, _prices(1, 10, 160, "A"))])
+        restarted = MasterDataApplier(applier._sessionmaker, asyncio.Lock())
+        await restarted.load()
+        assert (restarted.snapshot.last_stream_seq, restarted.snapshot.rebase) == (14, False)
+        assert await _state(path) == ([(1, "A", 160)], ["KEEP"])
     finally:
         await engine.dispose()  # type: ignore[attr-defined]

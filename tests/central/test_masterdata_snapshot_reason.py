@@ -41,3 +41,15 @@ def test_lost_database_history_aged_out_and_incomplete_snapshot_need_one() -> No
     assert snapshot_reason(old, _facts(ack_floor=40, first_seq=41, lossy=True)) is None
     broken = SnapshotRequest(branch="B1", last_stream_seq=100, incomplete_snapshot=5)
     assert "missing" in (snapshot_reason(broken, _facts()) or "")
+
+
+def test_a_stream_numbered_below_the_branchs_position_needs_one() -> None:
+    """Created again (the NATS server lost it) from a number below the branch's."""
+    ahead = SnapshotRequest(branch="B1", last_stream_seq=500)
+    reason = snapshot_reason(ahead, _facts(ack_floor=0, last_seq=40))
+    assert "below the branch's position" in (reason or "")
+    # At or below the stream's last sequence the position is the stream's own.
+    assert snapshot_reason(ahead, _facts(ack_floor=500, last_seq=500)) is None
+    # With a snapshot on its way, none more: its end moves the position to the new numbers.
+    promised = SnapshotRequest(branch="B1", last_stream_seq=500, pending_snapshot=7)
+    assert snapshot_reason(promised, _facts(ack_floor=0, last_seq=40)) is None

@@ -46,6 +46,36 @@ async def sqlite_central(tmp_path: Path, nats_server: EmbeddedNats) -> AsyncIter
         yield runtime
 
 
+async def bulk_catalog(central: Any, skus: list[str]) -> None:
+    """The format "mini" listing ``skus`` (imported), each priced 100 chain-wide."""
+    async with central.sessionmaker() as s:
+        await create_format(s, FormatIn(code="mini", name="Minimarket"))
+        await s.commit()
+    csv_text = "sku,name,vat_rate_bp\n" + "".join(f"{s},Product {s},2000\n" for s in skus)
+    async with central.sessionmaker() as s:
+        await import_products(s, io.StringIO(csv_text), dry_run=False)
+    async with central.sessionmaker() as s:
+        await change_format_products(s, "mini", AssortmentChange(add=skus))
+        await set_prices_bulk(s, [(sku, 100) for sku in skus])
+        await s.commit()
+
+
+def agent_toml(tmp_path: Path, nats_url: str) -> Path:
+    """The configuration of branch B1's agent process, data in ``tmp_path / "agent"``."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+[agent]
+branch = "B1"
+data_dir = "{tmp_path / "agent"}"
+nats_url = "{nats_url}"
+http_port = {free_port()}
+heartbeat_interval_s = 0.5
+"""
+    )
+    return config
+
+
 class _Replica:
     """The agent's SQLite file, read-only from the test."""
 
@@ -114,28 +144,9 @@ async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
 ) -> None:
     central = sqlite_central
     rng = random.Random(11)
-    async with central.sessionmaker() as s:
-        await create_format(s, FormatIn(code="mini", name="Minimarket"))
-        await s.commit()
-    csv_text = "sku,name,vat_rate_bp\n" + "".join(f"{s},Product {s},2000\n" for s in SKUS)
-    async with central.sessionmaker() as s:
-        await import_products(s, io.StringIO(csv_text), dry_run=False)
-    async with central.sessionmaker() as s:
-        await change_format_products(s, "mini", AssortmentChange(add=SKUS))
-        await set_prices_bulk(s, [(sku, 100) for sku in SKUS])
-        await s.commit()
+    await bulk_catalog(central, SKUS)
     await register_branch(central, "B1", format_code="mini")
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f"""
-[agent]
-branch = "B1"
-data_dir = "{tmp_path / "agent"}"
-nats_url = "{nats_server.url}"
-http_port = {free_port()}
-heartbeat_interval_s = 0.5
-"""
-    )
+    config = agent_toml(tmp_path, nats_server.url)
     replica = _Replica(tmp_path / "agent" / "agent.db")
     agent = AgentProcess(config, tmp_path / "agent.log")
     agent.start()
