@@ -59,7 +59,7 @@ class _Msg:
     def __init__(self, subject: str, seq: int) -> None:
         self.subject = subject
         self.data = b""
-        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq))
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq), num_delivered=1)
         self.outcome = ""
 
     async def ack(self) -> None:
