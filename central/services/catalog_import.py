@@ -22,7 +22,9 @@ Prices CSV::
     MILK-1L,1.19,all,,,
     MILK-1L,1.09,zone,north,2026-12-01T05:00:00+00:00,
 
-``price`` is decimal text in the currency unit (at most two decimals). A row's moment
+``price`` is decimal text in the currency unit (at most two decimals: ``2.59``, not
+the API's ``259`` cents); a price more than 10x above or below the one in force at its
+scope (else the chain's) refuses the file unless ``allow_large_changes``. A row's moment
 (``effective_at`` with its UTC offset, or ``effective_local`` in the reached branches'
 local time, not both) is checked as ``POST /api/v1/prices`` checks it, so the dry run
 refuses every row the apply would (e.g. a local time already past in some branch).
@@ -54,7 +56,13 @@ from central.models import (
 from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
-from central.services.pricing import check_price, effective_moment, set_prices_bulk
+from central.services.pricing import (
+    check_price,
+    effective_moment,
+    large_change_text,
+    large_changes,
+    set_prices_bulk,
+)
 from central.services.promotions import check_category_change, promoted_skus
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
@@ -449,6 +457,7 @@ async def import_prices(
     *,
     dry_run: bool,
     progress: Progress | None = None,
+    allow_large_changes: bool = False,
 ) -> ImportReport:
     report = ImportReport(kind="prices", dry_run=dry_run, rows=0)
     active = set((await session.scalars(select(Product.sku).where(Product.active))).all())
@@ -459,7 +468,10 @@ async def import_prices(
     }
     now = datetime.now(UTC)
     groups: dict[tuple[str, str, datetime | None, str | None], dict[str, int]] = defaultdict(dict)
-    moments: dict[tuple[str, str, str, str], DomainError | None] = {}
+    moments: dict[tuple[str, str, str, str], DomainError | datetime] = {}
+    # Per group, its resolved moment and each row's line (for the large-change guard).
+    resolved: dict[tuple[str, str, datetime | None, str | None], datetime] = {}
+    lines: dict[tuple[str, str, datetime | None, str | None], dict[str, int]] = defaultdict(dict)
     for line, row in _rows(text, ("sku", "price")):
         report.rows += 1
         try:
@@ -492,19 +504,42 @@ async def import_prices(
             key = (scope, scope_id, row.get("effective_at", ""), local or "")
             if key not in moments:
                 try:
-                    await effective_moment(session, scope, scope_id, moment, local, now)
-                    moments[key] = None
+                    moments[key] = (
+                        await effective_moment(session, scope, scope_id, moment, local, now)
+                    )[0]
                 except DomainError as exc:
                     moments[key] = exc
             refused = moments[key]
-            if refused is not None:
+            if isinstance(refused, DomainError):
                 raise DomainError(refused.detail, field=refused.field)
-            group = groups[(scope, scope_id, moment, local)]
+            group_key = (scope, scope_id, moment, local)
+            group = groups[group_key]
             if sku in group:
                 raise DomainError("same product, scope and moment twice", field="sku")
             group[sku] = price
+            resolved[group_key] = refused
+            lines[group_key][sku] = line
         except DomainError as exc:
             _add_error(report, line, exc.field or "row", exc.detail)
+    if not allow_large_changes:
+        # Euros typed as cents (or the reverse): refused unless the operator says so.
+        for group_key, prices in groups.items():
+            scope, scope_id = group_key[0], group_key[1]
+            for large in await large_changes(
+                session,
+                list(prices.items()),
+                scope=scope,
+                scope_id=scope_id,
+                moment=resolved[group_key],
+            ):
+                _add_error(
+                    report,
+                    lines[group_key][large.sku],
+                    "price",
+                    f"{large_change_text(large)} ({scope}{' ' + scope_id if scope_id else ''});"
+                    " import with --allow-large-changes if this is meant",
+                )
+        report.errors.sort(key=lambda e: e.line)
     report.prices = report.rows - report.error_count
     if dry_run or report.error_count:
         return report
