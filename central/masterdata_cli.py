@@ -1,4 +1,5 @@
-"""``python -m central import products|prices FILE [--dry-run]`` and ``export products|prices``."""
+"""``python -m central import products|prices FILE [--dry-run] [--allow-large-changes]``
+and ``export products|prices [FILE] [--history]``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ def add_masterdata_commands(sub: Any) -> None:
     exp = sub.add_parser("export", help="export products or prices as CSV")
     exp.add_argument("what", choices=("products", "prices"))
     exp.add_argument("file", nargs="?", default="-", help="output file; - for stdout")
+    exp.add_argument(
+        "--history",
+        action="store_true",
+        help="prices: every entry with its moment (default: the prices in force now)",
+    )
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -54,7 +60,7 @@ async def _run(settings: CentralSettings, args: argparse.Namespace) -> int:
                 text = await (
                     export_products_csv(session)
                     if args.what == "products"
-                    else export_prices_csv(session)
+                    else export_prices_csv(session, history=args.history)
                 )
                 if args.file == "-":
                     sys.stdout.write(text)

@@ -28,6 +28,8 @@ scope (else the chain's) refuses the file unless ``allow_large_changes``. A row'
 (``effective_at`` with its UTC offset, or ``effective_local`` in the reached branches'
 local time, not both) is checked as ``POST /api/v1/prices`` checks it, so the dry run
 refuses every row the apply would (e.g. a local time already past in some branch).
+The prices export writes the prices in force now in these columns (no moments), so
+export, edit and import back works; with ``history`` every entry and its moment.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from central.services.masterdata_publisher import allocate_versions, enqueue, pr
 from central.services.pricing import (
     check_price,
     effective_moment,
+    entries_in_force,
     large_change_text,
     large_changes,
     set_prices_bulk,
@@ -606,11 +609,20 @@ async def export_products_csv(session: AsyncSession) -> str:
     return out.getvalue()
 
 
-async def export_prices_csv(session: AsyncSession) -> str:
-    """Every price entry not withdrawn (history included), in the import format."""
+async def export_prices_csv(session: AsyncSession, *, history: bool = False) -> str:
+    """The prices in force now, one row per product and scope, without moments: a
+    price list to edit and import back. ``history``: every entry not withdrawn (past,
+    superseded and scheduled ones, with their moments), which the import refuses."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(PRICE_COLUMNS)
+    if not history:
+        in_force = await entries_in_force(session, datetime.now(UTC))
+        order = {scope: i for i, scope in enumerate(("all", "format", "zone", "branch"))}
+        for sku, scope, scope_id in sorted(in_force, key=lambda k: (k[0], order[k[1]], k[2])):
+            price = in_force[(sku, scope, scope_id)][2]
+            writer.writerow([sku, format_minor(price), scope, scope_id, "", ""])
+        return out.getvalue()
     rows = await session.scalars(
         select(PriceEntryRow)
         .where(PriceEntryRow.withdrawn.is_(False))

@@ -65,6 +65,7 @@ __all__ = [
     "create_price_zone",
     "create_repricing",
     "effective_moment",
+    "entries_in_force",
     "expected_price",
     "expected_prices",
     "get_repricing",
@@ -717,6 +718,31 @@ async def expected_prices_each(
     return out
 
 
+async def entries_in_force(
+    session: AsyncSession, at: datetime, skus: Sequence[str] | None = None
+) -> dict[tuple[str, str, str], tuple[datetime, int, int]]:
+    """Per (sku, scope, scope_id), the entry in force at ``at`` at that scope: (its
+    moment, version, price); of the given SKUs (read per 2,000), or of all."""
+    latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
+    chunks = [None] if skus is None else [skus[i : i + 2000] for i in range(0, len(skus), 2000)]
+    for chunk in chunks:
+        query = select(
+            PriceEntryRow.sku,
+            PriceEntryRow.scope,
+            PriceEntryRow.scope_id,
+            PriceEntryRow.effective_at,
+            PriceEntryRow.version,
+            PriceEntryRow.price,
+        ).where(PriceEntryRow.effective_at <= at, not_withdrawn_at(at))
+        if chunk is not None:
+            query = query.where(PriceEntryRow.sku.in_(chunk))
+        for sku, scope, scope_id, effective_at, version, price in await session.execute(query):
+            key = (sku, scope, scope_id)
+            if key not in latest or (effective_at, version) > latest[key][:2]:
+                latest[key] = (effective_at, version, price)
+    return latest
+
+
 async def lowest_prices_in_force(
     session: AsyncSession,
     skus: Sequence[str],
@@ -735,28 +761,9 @@ async def lowest_prices_in_force(
             for b in branches
             for scope, scope_id in branch_scopes(b.code, b.format_code, b.price_zone)
         }
-    latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
-    for start in range(0, len(skus), 2000):
-        rows = await session.execute(
-            select(
-                PriceEntryRow.sku,
-                PriceEntryRow.scope,
-                PriceEntryRow.scope_id,
-                PriceEntryRow.effective_at,
-                PriceEntryRow.version,
-                PriceEntryRow.price,
-            ).where(
-                PriceEntryRow.sku.in_(skus[start : start + 2000]),
-                PriceEntryRow.effective_at <= at,
-                not_withdrawn_at(at),
-            )
-        )
-        for sku, scope, scope_id, effective_at, version, price in rows:
-            if reaching is not None and (scope, scope_id or "") not in reaching:
-                continue
-            key = (sku, scope, scope_id)
-            if key not in latest or (effective_at, version) > latest[key][:2]:
-                latest[key] = (effective_at, version, price)
+    latest = await entries_in_force(session, at, skus)
+    if reaching is not None:
+        latest = {k: v for k, v in latest.items() if (k[1], k[2] or "") in reaching}
     out: dict[str, int] = {}
     for (sku, _scope, _sid), (_at, _version, price) in latest.items():
         out[sku] = min(out.get(sku, price), price)

@@ -27,7 +27,7 @@ async def _central_state(central: Any) -> tuple[object, ...]:
     async with central.sessionmaker() as s:
         return (
             await export_products_csv(s),
-            await export_prices_csv(s),
+            await export_prices_csv(s, history=True),
             await current_version(s),
             await s.scalar(select(func.count()).select_from(MasterDataOutbox)),
             await s.scalar(select(func.count()).select_from(AuditEntry)),
