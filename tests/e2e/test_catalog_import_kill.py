@@ -26,7 +26,8 @@ from central.services.assortment import (
 from central.services.catalog_import import import_products
 from central.services.masterdata_publisher import current_version
 from central.services.pricing import set_prices_bulk
-from tests.conftest import asgi_client, central_cli, register_branch, wait_until
+from tests.conftest import central_cli, register_branch, wait_until
+from tests.e2e.test_demo_seed import till_lookup
 
 N = 15000  # three apply chunks of 5,000: the kill lands after the first
 SKUS = [f"K{i:05d}" for i in range(N)]
@@ -34,15 +35,8 @@ SAMPLES = (0, 7, N // 2, N - 1)
 
 
 async def _till_name(agent: Any, code: str) -> str | None:
-    async with asgi_client(
-        agent.app, headers={"Authorization": f"Bearer {agent.settings.tills[0].token}"}
-    ) as client:
-        response = await client.get(f"/api/v1/products/by-barcode/{code}")
-    if response.status_code == 404:
-        return None
-    assert response.status_code == 200, response.text
-    name: str = response.json()["name"]
-    return name
+    found = await till_lookup(agent, code)
+    return str(found["name"]) if found is not None else None
 
 
 async def _kill_while_applying(db_url: str, tmp_path: Path, csv_path: Path) -> int:
