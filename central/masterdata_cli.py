@@ -1,4 +1,5 @@
-"""``python -m central import products|prices FILE [--dry-run]`` and ``export products|prices``."""
+"""``python -m central import products|prices FILE [--dry-run] [--allow-large-changes]``
+and ``export products|prices [FILE] [--history]``."""
 
 from __future__ import annotations
 
@@ -21,9 +22,19 @@ def add_masterdata_commands(sub: Any) -> None:
     imp.add_argument("what", choices=("products", "prices"))
     imp.add_argument("file", help="CSV file (UTF-8, header row); - for stdin")
     imp.add_argument("--dry-run", action="store_true", help="validate and report, change nothing")
+    imp.add_argument(
+        "--allow-large-changes",
+        action="store_true",
+        help="prices: accept prices more than 10x above or below the price in force",
+    )
     exp = sub.add_parser("export", help="export products or prices as CSV")
     exp.add_argument("what", choices=("products", "prices"))
     exp.add_argument("file", nargs="?", default="-", help="output file; - for stdout")
+    exp.add_argument(
+        "--history",
+        action="store_true",
+        help="prices: every entry with its moment (default: the prices in force now)",
+    )
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -49,7 +60,7 @@ async def _run(settings: CentralSettings, args: argparse.Namespace) -> int:
                 text = await (
                     export_products_csv(session)
                     if args.what == "products"
-                    else export_prices_csv(session)
+                    else export_prices_csv(session, history=args.history)
                 )
                 if args.file == "-":
                     sys.stdout.write(text)
@@ -62,8 +73,18 @@ async def _run(settings: CentralSettings, args: argparse.Namespace) -> int:
                 sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", newline="")  # noqa: SIM115, ASYNC230
             )
             try:
-                run = import_products if args.what == "products" else import_prices
-                report = await run(session, handle, dry_run=args.dry_run, progress=_progress)
+                if args.what == "products":
+                    report = await import_products(
+                        session, handle, dry_run=args.dry_run, progress=_progress
+                    )
+                else:
+                    report = await import_prices(
+                        session,
+                        handle,
+                        dry_run=args.dry_run,
+                        progress=_progress,
+                        allow_large_changes=args.allow_large_changes,
+                    )
             except DomainError as exc:
                 print(json.dumps({"error": exc.detail, "field": exc.field}))
                 return 1

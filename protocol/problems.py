@@ -46,6 +46,30 @@ def _required_fields(body_type: Any) -> list[str]:
     return [f.encode_name for f in info.fields if f.required]
 
 
+def _field_hint(body_type: Any, path: str) -> str | None:
+    """The ``hint`` a body field's ``msgspec.Meta(extra=...)`` carries (e.g.
+    ``protocol.units.MinorUnits``), found by the error's path ("lines[0].price")."""
+    if body_type is None:
+        return None
+    try:
+        info: Any = msgspec.inspect.type_info(body_type)
+    except (TypeError, ValueError):
+        return None
+    for name in re.sub(r"\[\d+\]", "", path).split("."):
+        while isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.Metadata)):
+            info = info.type if isinstance(info, msgspec.inspect.Metadata) else info.item_type
+        if not isinstance(info, msgspec.inspect.StructType):
+            return None
+        field = next((f for f in info.fields if f.encode_name == name), None)
+        if field is None:
+            return None
+        info = field.type
+    if isinstance(info, msgspec.inspect.Metadata) and info.extra:
+        hint = info.extra.get("hint")
+        return str(hint) if hint else None
+    return None
+
+
 def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[FieldError, ...]:
     """The fields at fault of a request the web framework refused: its ``extra`` list
     (``key`` or ``source``, ``message``), with an unknown or missing field named by
@@ -79,6 +103,9 @@ def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[F
                 at = missing_field["at"] or ("" if key in _WHOLE_BODY else key)
                 name = missing_field["name"]
                 key = f"{at}.{name}" if at else name
+            elif message.startswith("Expected"):
+                hint = _field_hint(body_type, key)
+                message = f"{message}: {hint}" if hint else message
             errors.append(FieldError(field=key, message=message))
     missing = _MISSING_PARAMETER.match(detail)
     if missing is not None and not errors:

@@ -7,14 +7,28 @@ commercial rule), never binary floating point.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Annotated
+
+import msgspec
 
 __all__ = [
+    "MinorUnits",
     "format_milli",
     "format_minor",
     "line_amount",
     "parse_milli",
     "parse_minor",
     "percent_of",
+]
+
+# Money in a body: integer minor units. A web API refusing a float (1.29) appends the
+# hint to msgspec's "Expected `int`, got `float`" (protocol.problems.validation_errors).
+MinorUnits = Annotated[
+    int,
+    msgspec.Meta(
+        description="integer minor units (cents): 1.29 is 129",
+        extra={"hint": "money is in integer minor units (cents): 1.29 is 129"},
+    ),
 ]
 
 

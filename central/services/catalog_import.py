@@ -10,7 +10,11 @@ Products CSV (header required, column order free)::
     sku,name,unit,weighed,scale_plu,barcodes,category,vat_rate_bp,vat_group,active
     MILK-1L,Milk 1L,pcs,false,,4006381333931|INT-7,dairy,1000,B,true
 
-``barcodes`` are separated by ``|``; ``active`` false archives the product.
+``barcodes`` are separated by ``|``; ``active`` false archives the product. Only
+``sku`` is required: a column absent from the header, or an empty cell, leaves that
+field of an existing product as it is (a new product gets the defaults, and needs
+``name`` and ``vat_rate_bp``); ``-`` clears ``barcodes``, ``category`` or
+``scale_plu``. The report counts per field the existing products changed and cleared.
 
 Prices CSV::
 
@@ -18,10 +22,14 @@ Prices CSV::
     MILK-1L,1.19,all,,,
     MILK-1L,1.09,zone,north,2026-12-01T05:00:00+00:00,
 
-``price`` is decimal text in the currency unit (at most two decimals). A row's moment
+``price`` is decimal text in the currency unit (at most two decimals: ``2.59``, not
+the API's ``259`` cents); a price more than 10x above or below the one in force at its
+scope (else the chain's) refuses the file unless ``allow_large_changes``. A row's moment
 (``effective_at`` with its UTC offset, or ``effective_local`` in the reached branches'
 local time, not both) is checked as ``POST /api/v1/prices`` checks it, so the dry run
 refuses every row the apply would (e.g. a local time already past in some branch).
+The prices export writes the prices in force now in these columns (no moments), so
+export, edit and import back works; with ``history`` every entry and its moment.
 """
 
 from __future__ import annotations
@@ -50,7 +58,14 @@ from central.models import (
 from central.services.audit import SUMMARY_KEYS, bulk_summary, record_change
 from central.services.catalog import BarcodeIn, price_targets, unit_of_work, validate_product_fields
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
-from central.services.pricing import check_price, effective_moment, set_prices_bulk
+from central.services.pricing import (
+    check_price,
+    effective_moment,
+    entries_in_force,
+    large_change_text,
+    large_changes,
+    set_prices_bulk,
+)
 from central.services.promotions import check_category_change, promoted_skus
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
@@ -79,6 +94,21 @@ PRODUCT_COLUMNS = (
     "active",
 )
 PRICE_COLUMNS = ("sku", "price", "scope", "scope_id", "effective_at", "effective_local")
+# The cell that clears a field (an empty cell leaves it as it is).
+CLEAR = "-"
+_CLEARABLE = ("scale_plu", "barcodes", "category")
+# Product's columns the import reads back to keep what a file does not give.
+_PRODUCT_FIELDS = (
+    "sku",
+    "name",
+    "unit",
+    "weighed",
+    "scale_plu",
+    "category_code",
+    "vat_rate_bp",
+    "vat_group",
+    "active",
+)
 _CHUNK = 5000
 MAX_REPORTED_ERRORS = 10000
 
@@ -102,16 +132,33 @@ class ImportReport(msgspec.Struct, kw_only=True):
     applied: bool = False
     errors: list[RowError] = msgspec.field(default_factory=list)
     error_count: int = 0
+    # Products import: per field, how many existing products the file changes, and
+    # how many lose a value to a '-' cell (each also a line in ``warnings``).
+    changed: dict[str, int] = msgspec.field(default_factory=dict)
+    cleared: dict[str, int] = msgspec.field(default_factory=dict)
+    warnings: list[str] = msgspec.field(default_factory=list)
+
+
+def _read(
+    text: Iterable[str], required: tuple[str, ...]
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """(header, rows): each row's physical line and its cells by column, stripped."""
+    reader = csv.DictReader(text)
+    header = list(reader.fieldnames or [])
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DomainError(f"CSV header lacks column(s): {', '.join(missing)}", field="header")
+
+    def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        for row in reader:
+            # line_num is the physical line of the row's end (quoted newlines count).
+            yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
+
+    return header, rows()
 
 
 def _rows(text: Iterable[str], required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.DictReader(text)
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DomainError(f"CSV header lacks column(s): {', '.join(missing)}", field="header")
-    for row in reader:
-        # line_num is the physical line of the row's end (quoted newlines count).
-        yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
+    return _read(text, required)[1]
 
 
 def _bool(text: str, default: bool) -> bool:
@@ -131,6 +178,91 @@ def _add_error(report: ImportReport, line: int, field: str, message: str) -> Non
         report.errors.append(RowError(line=line, field=field, message=message))
 
 
+def _merge_product(
+    row: dict[str, str], before: dict[str, object] | None, categories: set[str]
+) -> tuple[dict[str, object], list[BarcodeIn] | None]:
+    """A row's product: the cells it gives over what the product has (a new product:
+    over the defaults), and its barcodes when the row gives them (None: unchanged)."""
+    for column, cell in row.items():
+        if cell == CLEAR and column in PRODUCT_COLUMNS and column not in _CLEARABLE:
+            raise DomainError(
+                f"'-' clears only {', '.join(_CLEARABLE)}; leave the cell empty to keep it",
+                field=column,
+            )
+    item: dict[str, object] = (
+        dict(before)
+        if before is not None
+        else {
+            "name": "",
+            "unit": "pcs",
+            "weighed": False,
+            "scale_plu": None,
+            "category_code": None,
+            "vat_rate_bp": None,
+            "vat_group": "A",
+            "active": True,
+        }
+    )
+    item.pop("sku", None)
+    given = {c: v for c, v in row.items() if v != ""}
+    if "name" in given:
+        item["name"] = given["name"]
+    elif before is None:
+        raise DomainError("a new product needs a name", field="name")
+    if "unit" in given:
+        item["unit"] = given["unit"]
+    for column in ("weighed", "active"):
+        if column in given:
+            try:
+                item[column] = _bool(given[column], False)
+            except ValueError as exc:
+                raise DomainError(str(exc), field=column) from exc
+    if "scale_plu" in given:
+        try:
+            item["scale_plu"] = None if given["scale_plu"] == CLEAR else int(given["scale_plu"])
+        except ValueError as exc:
+            raise DomainError("scale_plu must be a whole number", field="scale_plu") from exc
+    if "vat_rate_bp" in given:
+        try:
+            item["vat_rate_bp"] = int(given["vat_rate_bp"])
+        except ValueError as exc:
+            raise DomainError("vat_rate_bp must be a whole number", field="vat_rate_bp") from exc
+    elif before is None:
+        raise DomainError("a new product needs vat_rate_bp", field="vat_rate_bp")
+    if "vat_group" in given:
+        item["vat_group"] = given["vat_group"]
+    if "category" in given:
+        category = None if given["category"] == CLEAR else given["category"]
+        if category is not None and category not in categories:
+            raise DomainError(f"unknown category {category!r}", field="category")
+        item["category_code"] = category
+    codes: list[BarcodeIn] | None = None
+    if "barcodes" in given:
+        cell = given["barcodes"]
+        codes = [] if cell == CLEAR else [BarcodeIn(code=c) for c in cell.split("|") if c]
+    return item, codes
+
+
+def _count_changes(
+    before: dict[str, object],
+    item: dict[str, object],
+    codes_before: list[str],
+    codes: list[BarcodeIn] | None,
+    changed: dict[str, int],
+    cleared: dict[str, int],
+) -> None:
+    for column in _PRODUCT_FIELDS[1:]:
+        if item[column] != before[column]:
+            field = "category" if column == "category_code" else column
+            changed[field] += 1
+            if item[column] is None:
+                cleared[field] += 1
+    if codes is not None and sorted(c.code for c in codes) != sorted(codes_before):
+        changed["barcodes"] += 1
+        if not codes:
+            cleared["barcodes"] += 1
+
+
 async def import_products(
     session: AsyncSession,
     text: Iterable[str],
@@ -140,99 +272,87 @@ async def import_products(
 ) -> ImportReport:
     report = ImportReport(kind="products", dry_run=dry_run, rows=0)
     categories = set((await session.scalars(select(Category.code))).all())
+    # What each existing product has now: a column absent from the file, or an empty
+    # cell, keeps it (an ERP export of a few columns must not wipe the rest).
+    current: dict[str, dict[str, object]] = {
+        row.sku: dict(row._mapping)
+        for row in await session.execute(select(*(getattr(Product, c) for c in _PRODUCT_FIELDS)))
+    }
+    current_codes: dict[str, list[str]] = defaultdict(list)
+    existing_codes: dict[str, str] = {}
+    for code, code_sku in await session.execute(
+        select(ProductBarcode.barcode, ProductBarcode.sku).order_by(ProductBarcode.barcode)
+    ):
+        existing_codes[code] = code_sku
+        current_codes[code_sku].append(code)
     parsed: list[dict[str, object]] = []
     barcodes_of: dict[str, list[tuple[str, str]]] = {}
     seen_sku: dict[str, int] = {}
     seen_code: dict[str, tuple[str, int]] = {}
     seen_plu: dict[int, tuple[str, int]] = {}
-    for line, row in _rows(text, ("sku", "name", "vat_rate_bp")):
+    changed: dict[str, int] = defaultdict(int)
+    cleared: dict[str, int] = defaultdict(int)
+    header, rows = _read(text, ("sku",))
+    ignored = [c for c in header if c not in PRODUCT_COLUMNS]
+    if ignored:
+        report.warnings.append(f"column(s) not imported: {', '.join(ignored)}")
+    for line, row in rows:
         report.rows += 1
         sku = row.get("sku", "")
         try:
-            try:
-                weighed = _bool(row.get("weighed", ""), False)
-            except ValueError as exc:
-                raise DomainError(str(exc), field="weighed") from exc
-            try:
-                active = _bool(row.get("active", ""), True)
-            except ValueError as exc:
-                raise DomainError(str(exc), field="active") from exc
-            try:
-                plu = int(row["scale_plu"]) if row.get("scale_plu") else None
-            except ValueError as exc:
-                raise DomainError("scale_plu must be a whole number", field="scale_plu") from exc
-            try:
-                vat = int(row["vat_rate_bp"])
-            except ValueError as exc:
-                raise DomainError(
-                    "vat_rate_bp must be a whole number", field="vat_rate_bp"
-                ) from exc
-            codes_in = [BarcodeIn(code=c) for c in row.get("barcodes", "").split("|") if c]
-            codes = validate_product_fields(
+            item, codes = _merge_product(row, current.get(sku), categories)
+            validated = validate_product_fields(
                 sku=sku,
-                name=row.get("name", ""),
-                unit=row.get("unit") or "pcs",
-                weighed=weighed,
-                scale_plu=plu,
-                vat_rate_bp=vat,
-                vat_group=row.get("vat_group") or "A",
-                barcodes=codes_in,
+                name=str(item["name"]),
+                unit=str(item["unit"]),
+                weighed=bool(item["weighed"]),
+                scale_plu=item["scale_plu"],  # type: ignore[arg-type]
+                vat_rate_bp=int(item["vat_rate_bp"]),  # type: ignore[call-overload]
+                vat_group=str(item["vat_group"]),
+                barcodes=codes or [],
             )
-            category = row.get("category") or None
-            if category is not None and category not in categories:
-                raise DomainError(f"unknown category {category!r}", field="category")
+            plu = item["scale_plu"]
+            active = bool(item["active"])
             if sku in seen_sku:
                 raise DomainError(f"SKU repeated (first on line {seen_sku[sku]})", field="sku")
-            for code, _ in codes:
+            for code, _ in validated:
                 if code in seen_code:
                     raise DomainError(
                         f"barcode {code} also on line {seen_code[code][1]}", field="barcodes"
                     )
-            if plu is not None and active and plu in seen_plu:
+            if isinstance(plu, int) and active and plu in seen_plu:
                 raise DomainError(f"scale PLU also on line {seen_plu[plu][1]}", field="scale_plu")
         except DomainError as exc:
             _add_error(report, line, (exc.field or "row").split("[")[0], exc.detail)
             continue
         seen_sku[sku] = line
-        for code, _ in codes:
+        for code, _ in validated:
             seen_code[code] = (sku, line)
-        if plu is not None and active:
+        if isinstance(plu, int) and active:
             seen_plu[plu] = (sku, line)
-        barcodes_of[sku] = codes
-        parsed.append(
-            {
-                "sku": sku,
-                "name": row["name"].strip(),
-                "unit": row.get("unit") or "pcs",
-                "weighed": weighed,
-                "scale_plu": plu,
-                "category_code": category,
-                "vat_rate_bp": vat,
-                "vat_group": row.get("vat_group") or "A",
-                "active": active,
-                "bucket": bucket_of(sku),
-                "_line": line,
-            }
-        )
+        if codes is not None:
+            barcodes_of[sku] = validated
+        before = current.get(sku)
+        if before is not None:
+            _count_changes(before, item, current_codes[sku], codes, changed, cleared)
+        parsed.append(item | {"sku": sku, "bucket": bucket_of(sku), "_line": line})
         if progress and report.rows % 20000 == 0:
             progress("validated", report.rows, 0)
+    report.changed = dict(sorted(changed.items()))
+    report.cleared = dict(sorted(cleared.items()))
+    for field, count in report.cleared.items():
+        report.warnings.append(f"{field} cleared on {count} existing product(s) (a '-' cell)")
     # Barcodes and PLUs already owned by products that are not in this file.
-    existing_codes = dict(
-        (await session.execute(select(ProductBarcode.barcode, ProductBarcode.sku))).all()
-    )
     for code, (sku, line) in seen_code.items():
         owner = existing_codes.get(code)
-        if owner is not None and owner != sku and owner not in seen_sku:
+        # An owner whose barcodes this file replaces gives it up.
+        if owner is not None and owner != sku and owner not in barcodes_of:
             _add_error(report, line, "barcodes", f"barcode {code} belongs to product {owner}")
-    plu_owners = dict(
-        (
-            await session.execute(
-                select(Product.scale_plu, Product.sku).where(
-                    Product.scale_plu.is_not(None), Product.active
-                )
-            )
-        ).all()
-    )
+    plu_owners = {
+        p["scale_plu"]: plu_sku
+        for plu_sku, p in current.items()
+        if p["scale_plu"] is not None and p["active"]
+    }
     for plu, (sku, line) in seen_plu.items():
         owner = plu_owners.get(plu)
         if owner is not None and owner != sku and owner not in seen_sku:
@@ -242,27 +362,18 @@ async def import_products(
     promoted = await promoted_skus(session)
     if promoted:
         moving = [p for p in parsed if p["sku"] in promoted]
-        current = dict(
-            (
-                await session.execute(
-                    select(Product.sku, Product.category_code).where(
-                        Product.sku.in_([str(p["sku"]) for p in moving])
-                    )
-                )
-            ).all()
-        )
         for item in moving:
             moved, new_category, at_line = item["sku"], item["category_code"], item["_line"]
             assert isinstance(moved, str)
             assert isinstance(at_line, int)
             assert new_category is None or isinstance(new_category, str)
-            if new_category != current.get(moved):
+            if new_category != current.get(moved, {}).get("category_code"):
                 try:
                     await check_category_change(session, moved, new_category)
                 except DomainError as exc:
                     _add_error(report, at_line, "category", exc.detail)
     report.errors.sort(key=lambda e: e.line)
-    existing = set((await session.scalars(select(Product.sku))).all())
+    existing = set(current)
     report.created = sum(1 for p in parsed if p["sku"] not in existing)
     report.updated = len(parsed) - report.created
     report.archived = sum(1 for p in parsed if not p["active"])
@@ -301,22 +412,12 @@ async def _apply_products(
                 index_elements=[Product.sku],
                 set_={
                     c: getattr(stmt.excluded, c)
-                    for c in (
-                        "name",
-                        "unit",
-                        "weighed",
-                        "scale_plu",
-                        "category_code",
-                        "vat_rate_bp",
-                        "vat_group",
-                        "active",
-                        "version",
-                        "updated_at",
-                    )
+                    for c in (*_PRODUCT_FIELDS[1:], "version", "updated_at")
                 },
             )
             await session.execute(stmt, rows)
-            chunk_skus = [str(p["sku"]) for p in chunk]
+            # Only the products whose barcodes the file gives (or clears) lose theirs.
+            chunk_skus = [str(p["sku"]) for p in chunk if p["sku"] in barcodes_of]
             await session.execute(delete(ProductBarcode).where(ProductBarcode.sku.in_(chunk_skus)))
             codes = [
                 {"barcode": code, "sku": sku, "kind": kind}
@@ -359,6 +460,7 @@ async def import_prices(
     *,
     dry_run: bool,
     progress: Progress | None = None,
+    allow_large_changes: bool = False,
 ) -> ImportReport:
     report = ImportReport(kind="prices", dry_run=dry_run, rows=0)
     active = set((await session.scalars(select(Product.sku).where(Product.active))).all())
@@ -369,7 +471,10 @@ async def import_prices(
     }
     now = datetime.now(UTC)
     groups: dict[tuple[str, str, datetime | None, str | None], dict[str, int]] = defaultdict(dict)
-    moments: dict[tuple[str, str, str, str], DomainError | None] = {}
+    moments: dict[tuple[str, str, str, str], DomainError | datetime] = {}
+    # Per group, its resolved moment and each row's line (for the large-change guard).
+    resolved: dict[tuple[str, str, datetime | None, str | None], datetime] = {}
+    lines: dict[tuple[str, str, datetime | None, str | None], dict[str, int]] = defaultdict(dict)
     for line, row in _rows(text, ("sku", "price")):
         report.rows += 1
         try:
@@ -402,19 +507,42 @@ async def import_prices(
             key = (scope, scope_id, row.get("effective_at", ""), local or "")
             if key not in moments:
                 try:
-                    await effective_moment(session, scope, scope_id, moment, local, now)
-                    moments[key] = None
+                    moments[key] = (
+                        await effective_moment(session, scope, scope_id, moment, local, now)
+                    )[0]
                 except DomainError as exc:
                     moments[key] = exc
             refused = moments[key]
-            if refused is not None:
+            if isinstance(refused, DomainError):
                 raise DomainError(refused.detail, field=refused.field)
-            group = groups[(scope, scope_id, moment, local)]
+            group_key = (scope, scope_id, moment, local)
+            group = groups[group_key]
             if sku in group:
                 raise DomainError("same product, scope and moment twice", field="sku")
             group[sku] = price
+            resolved[group_key] = refused
+            lines[group_key][sku] = line
         except DomainError as exc:
             _add_error(report, line, exc.field or "row", exc.detail)
+    if not allow_large_changes:
+        # Euros typed as cents (or the reverse): refused unless the operator says so.
+        for group_key, prices in groups.items():
+            scope, scope_id = group_key[0], group_key[1]
+            for large in await large_changes(
+                session,
+                list(prices.items()),
+                scope=scope,
+                scope_id=scope_id,
+                moment=resolved[group_key],
+            ):
+                _add_error(
+                    report,
+                    lines[group_key][large.sku],
+                    "price",
+                    f"{large_change_text(large)} ({scope}{' ' + scope_id if scope_id else ''});"
+                    " import with --allow-large-changes if this is meant",
+                )
+        report.errors.sort(key=lambda e: e.line)
     report.prices = report.rows - report.error_count
     if dry_run or report.error_count:
         return report
@@ -481,11 +609,20 @@ async def export_products_csv(session: AsyncSession) -> str:
     return out.getvalue()
 
 
-async def export_prices_csv(session: AsyncSession) -> str:
-    """Every price entry not withdrawn (history included), in the import format."""
+async def export_prices_csv(session: AsyncSession, *, history: bool = False) -> str:
+    """The prices in force now, one row per product and scope, without moments: a
+    price list to edit and import back. ``history``: every entry not withdrawn (past,
+    superseded and scheduled ones, with their moments), which the import refuses."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(PRICE_COLUMNS)
+    if not history:
+        in_force = await entries_in_force(session, datetime.now(UTC))
+        order = {scope: i for i, scope in enumerate(("all", "format", "zone", "branch"))}
+        for sku, scope, scope_id in sorted(in_force, key=lambda k: (k[0], order[k[1]], k[2])):
+            price = in_force[(sku, scope, scope_id)][2]
+            writer.writerow([sku, format_minor(price), scope, scope_id, "", ""])
+        return out.getvalue()
     rows = await session.scalars(
         select(PriceEntryRow)
         .where(PriceEntryRow.withdrawn.is_(False))

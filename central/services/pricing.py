@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
@@ -42,12 +42,14 @@ from central.services.masterdata_publisher import (
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
-from protocol.units import line_amount
+from protocol.units import MinorUnits, format_minor, line_amount
 
 __all__ = [
+    "LARGE_CHANGE_FACTOR",
     "PAST_GRACE",
     "BranchSyncOut",
     "ExpectedPrice",
+    "LargeChange",
     "PriceChangeIn",
     "PriceEntryOut",
     "PriceMismatchOut",
@@ -63,9 +65,12 @@ __all__ = [
     "create_price_zone",
     "create_repricing",
     "effective_moment",
+    "entries_in_force",
     "expected_price",
     "expected_prices",
     "get_repricing",
+    "large_change_text",
+    "large_changes",
     "list_price_zones",
     "list_prices",
     "lowest_prices_in_force",
@@ -85,13 +90,16 @@ SCOPES = ("all", "format", "zone", "branch")
 
 class PriceChangeIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: str
-    price: int
+    price: MinorUnits
     scope: str = "all"
     scope_id: str | None = None
     # When it takes effect: a UTC moment, or a wall-clock time in the branches'
     # local time ("2026-12-01T06:00:00"); neither: now.
     effective_at: datetime | None = None
     effective_local: str | None = None
+    # A price more than 10x above or below the one in force is refused (422 naming
+    # price) unless the caller confirms it was meant.
+    confirm_large_change: bool = False
 
 
 class PriceEntryOut(msgspec.Struct, kw_only=True):
@@ -131,7 +139,7 @@ class PriceZoneIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class RepricingLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: str
-    new_price: int
+    new_price: MinorUnits
     # Stock on hand to revalue (thousandths); when absent, central's stock balances in
     # the branches the document's scope reaches, when the draft is created.
     stock_milli: int | None = None
@@ -165,7 +173,7 @@ class RepricingBranchOut(msgspec.Struct, kw_only=True):
 
 class RepricingLineOut(msgspec.Struct, kw_only=True):
     sku: str
-    new_price: int
+    new_price: MinorUnits
     # The scope's own price before (its entries, else the chain's; a branch: its own).
     old_price: int | None
     # All the stock the line covers = revalued + unaffected + unpriced (once approved).
@@ -321,6 +329,19 @@ async def set_price(session: AsyncSession, data: PriceChangeIn) -> PriceEntryOut
         moment, local = await effective_moment(
             session, data.scope, scope_id, data.effective_at, data.effective_local, now
         )
+        if not data.confirm_large_change:
+            for large in await large_changes(
+                session,
+                [(data.sku, data.price)],
+                scope=data.scope,
+                scope_id=scope_id,
+                moment=moment,
+            ):
+                raise ValidationFailed(
+                    f"{large_change_text(large)}; prices are integer minor units (cents): "
+                    'send "confirm_large_change": true if this is meant',
+                    field="price",
+                )
         # Before: the entry in force at this scope at the new price's moment (if any).
         previous = await session.scalar(
             select(PriceEntryRow)
@@ -697,6 +718,31 @@ async def expected_prices_each(
     return out
 
 
+async def entries_in_force(
+    session: AsyncSession, at: datetime, skus: Sequence[str] | None = None
+) -> dict[tuple[str, str, str], tuple[datetime, int, int]]:
+    """Per (sku, scope, scope_id), the entry in force at ``at`` at that scope: (its
+    moment, version, price); of the given SKUs (read per 2,000), or of all."""
+    latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
+    chunks = [None] if skus is None else [skus[i : i + 2000] for i in range(0, len(skus), 2000)]
+    for chunk in chunks:
+        query = select(
+            PriceEntryRow.sku,
+            PriceEntryRow.scope,
+            PriceEntryRow.scope_id,
+            PriceEntryRow.effective_at,
+            PriceEntryRow.version,
+            PriceEntryRow.price,
+        ).where(PriceEntryRow.effective_at <= at, not_withdrawn_at(at))
+        if chunk is not None:
+            query = query.where(PriceEntryRow.sku.in_(chunk))
+        for sku, scope, scope_id, effective_at, version, price in await session.execute(query):
+            key = (sku, scope, scope_id)
+            if key not in latest or (effective_at, version) > latest[key][:2]:
+                latest[key] = (effective_at, version, price)
+    return latest
+
+
 async def lowest_prices_in_force(
     session: AsyncSession,
     skus: Sequence[str],
@@ -715,28 +761,9 @@ async def lowest_prices_in_force(
             for b in branches
             for scope, scope_id in branch_scopes(b.code, b.format_code, b.price_zone)
         }
-    latest: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
-    for start in range(0, len(skus), 2000):
-        rows = await session.execute(
-            select(
-                PriceEntryRow.sku,
-                PriceEntryRow.scope,
-                PriceEntryRow.scope_id,
-                PriceEntryRow.effective_at,
-                PriceEntryRow.version,
-                PriceEntryRow.price,
-            ).where(
-                PriceEntryRow.sku.in_(skus[start : start + 2000]),
-                PriceEntryRow.effective_at <= at,
-                not_withdrawn_at(at),
-            )
-        )
-        for sku, scope, scope_id, effective_at, version, price in rows:
-            if reaching is not None and (scope, scope_id or "") not in reaching:
-                continue
-            key = (sku, scope, scope_id)
-            if key not in latest or (effective_at, version) > latest[key][:2]:
-                latest[key] = (effective_at, version, price)
+    latest = await entries_in_force(session, at, skus)
+    if reaching is not None:
+        latest = {k: v for k, v in latest.items() if (k[1], k[2] or "") in reaching}
     out: dict[str, int] = {}
     for (sku, _scope, _sid), (_at, _version, price) in latest.items():
         out[sku] = min(out.get(sku, price), price)
@@ -974,26 +1001,77 @@ async def _scope_price_before(
     session: AsyncSession, scope: str, scope_id: str, skus: Sequence[str], before: datetime
 ) -> dict[str, int]:
     """The price in force just before ``before`` at this scope (the scope's own
-    entries, falling back to the chain price), per SKU."""
-    rows = await session.execute(
-        select(PriceEntryRow).where(
-            PriceEntryRow.sku.in_(skus),
-            PriceEntryRow.withdrawn.is_(False),
-            PriceEntryRow.effective_at < before,
-        )
-    )
+    entries, falling back to the chain price), per SKU (read per 2,000 of them)."""
     candidates: dict[str, list[PriceCandidate]] = defaultdict(list)
-    for (row,) in rows:
-        if (row.scope, row.scope_id) in ((scope, scope_id), ("all", "")):
-            candidates[row.sku].append(
-                PriceCandidate(row.scope, row.price, row.effective_at, row.version)
+    own = [("all", "")] if scope == "all" else [(scope, scope_id), ("all", "")]
+    for start in range(0, len(skus), 2000):
+        rows = await session.execute(
+            select(
+                PriceEntryRow.sku,
+                PriceEntryRow.scope,
+                PriceEntryRow.price,
+                PriceEntryRow.effective_at,
+                PriceEntryRow.version,
+            ).where(
+                PriceEntryRow.sku.in_(skus[start : start + 2000]),
+                PriceEntryRow.withdrawn.is_(False),
+                PriceEntryRow.effective_at < before,
+                or_(
+                    *(
+                        and_(PriceEntryRow.scope == sc, PriceEntryRow.scope_id == sid)
+                        for sc, sid in own
+                    )
+                ),
             )
+        )
+        for sku, row_scope, price, effective_at, version in rows:
+            candidates[sku].append(PriceCandidate(row_scope, price, effective_at, version))
     out: dict[str, int] = {}
     for sku, entries in candidates.items():
         got = resolve_price(entries, before - timedelta(microseconds=1))
         if got is not None:
             out[sku] = got.price
     return out
+
+
+# A new price this many times above or below the one in force is refused unless
+# confirmed: a price typed in cents where euros were meant (259 for 2.59) or the
+# reverse reaches every till within seconds.
+LARGE_CHANGE_FACTOR = 10
+
+
+class LargeChange(NamedTuple):
+    sku: str
+    old: int
+    new: int
+
+
+async def large_changes(
+    session: AsyncSession,
+    changes: Sequence[tuple[str, int]],
+    *,
+    scope: str,
+    scope_id: str,
+    moment: datetime,
+) -> list[LargeChange]:
+    """The changes whose new price is more than ``LARGE_CHANGE_FACTOR`` times above or
+    below the price in force at the scope (else the chain's) just before ``moment``; a
+    product without a price there is not checked."""
+    old = await _scope_price_before(session, scope, scope_id, [sku for sku, _ in changes], moment)
+    return [
+        LargeChange(sku, old[sku], new)
+        for sku, new in changes
+        if sku in old
+        and (new > old[sku] * LARGE_CHANGE_FACTOR or new * LARGE_CHANGE_FACTOR < old[sku])
+    ]
+
+
+def large_change_text(change: LargeChange) -> str:
+    return (
+        f"{change.sku}: new price {format_minor(change.new)} is more than "
+        f"{LARGE_CHANGE_FACTOR}x {'above' if change.new > change.old else 'below'} "
+        f"the price in force {format_minor(change.old)}"
+    )
 
 
 # Outranks every stored version: the document's entry, written on approval, is head

@@ -27,14 +27,15 @@ async def _central_state(central: Any) -> tuple[object, ...]:
     async with central.sessionmaker() as s:
         return (
             await export_products_csv(s),
-            await export_prices_csv(s),
+            await export_prices_csv(s, history=True),
             await current_version(s),
             await s.scalar(select(func.count()).select_from(MasterDataOutbox)),
             await s.scalar(select(func.count()).select_from(AuditEntry)),
         )
 
 
-async def _till_lookup(agent: Any, code: str) -> dict[str, Any] | None:
+async def till_lookup(agent: Any, code: str) -> dict[str, Any] | None:
+    """What a till of the agent gets for a barcode (None: unknown barcode)."""
     async with asgi_client(
         agent.app, headers={"Authorization": f"Bearer {agent.settings.tills[0].token}"}
     ) as client:
@@ -133,11 +134,11 @@ async def test_seeded_central_feeds_the_demo_tills_and_a_price_change_reaches_th
             p.scale_plu,
             p.category,
         )
-        found = await _till_lookup(agent, p.barcode)
+        found = await till_lookup(agent, p.barcode)
         assert found is not None
         assert (found["sku"], found["price"]) == (p.sku, p.price)
     # A label scale's code for 754 g of apples: PLU 101, the weight and its amount.
-    label = await _till_lookup(agent, "2000101007548")
+    label = await till_lookup(agent, "2000101007548")
     assert label is not None
     assert (label["sku"], label["quantity"], label["amount"]) == ("APPLE-KG", "0.754", 225)
 
@@ -146,7 +147,7 @@ async def test_seeded_central_feeds_the_demo_tills_and_a_price_change_reaches_th
     assert response.status_code == 201, response.text
 
     async def milk_at_129() -> bool:
-        found = await _till_lookup(agent, "4006381333931")
+        found = await till_lookup(agent, "4006381333931")
         return found is not None and found["price"] == 129
 
     await wait_until(milk_at_129, timeout=30)
