@@ -84,6 +84,7 @@ __all__ = [
     "enqueue",
     "enqueue_snapshot",
     "enqueue_snapshots_of_all_branches",
+    "excluded_skus",
     "note_down_seq",
     "pending_snapshot",
     "product_targets",
@@ -239,6 +240,23 @@ async def product_targets(session: AsyncSession, skus: Sequence[str]) -> set[Dow
         )
         keys.update((KIND_PRODUCT, "branch", br, bucket_key(b)) for br, b in mates)
     return keys
+
+
+async def excluded_skus(
+    session: AsyncSession, *, format_code: str | None = None, branch: str | None = None
+) -> list[str]:
+    """The SKUs some branch of ``format_code`` excludes, or ``branch`` excludes: the
+    products published per branch to their format mates (see ``product_targets``)."""
+    query = select(AssortmentException.sku).where(AssortmentException.include.is_(False))
+    if branch is not None:
+        query = query.where(AssortmentException.branch == branch)
+    if format_code is not None:
+        query = query.join(Branch, Branch.code == AssortmentException.branch).where(
+            Branch.format_code == format_code
+        )
+    elif branch is None:
+        return []
+    return list(await session.scalars(query.distinct().order_by(AssortmentException.sku)))
 
 
 async def category_paths(session: AsyncSession) -> dict[str, tuple[str, ...]]:
