@@ -90,6 +90,7 @@ __all__ = [
     "pending_snapshot",
     "product_targets",
     "published_version",
+    "up_to_date",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,12 @@ async def marked_version(session: AsyncSession) -> int:
         select(func.max(MasterDataOutbox.version)).where(MasterDataOutbox.published_at.is_not(None))
     )
     return int(value or 0)
+
+
+def up_to_date(applied: int | None, published: int) -> bool:
+    """A branch applied every published change: its applied version (from its heartbeat;
+    None: none yet) against ``marked_version``, read once for all branches."""
+    return (applied or 0) >= published
 
 
 async def published_version(session: AsyncSession) -> int:

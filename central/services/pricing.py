@@ -38,6 +38,7 @@ from central.services.masterdata_publisher import (
     current_version,
     enqueue,
     marked_version,
+    up_to_date,
 )
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
@@ -1181,7 +1182,7 @@ async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
             applied_version=int(applied or 0),
             central_version=central,
             published_version=published,
-            up_to_date=int(applied or 0) >= published,
+            up_to_date=up_to_date(applied, published),
             last_heartbeat_at=received,
         )
         for code, applied, received in rows

@@ -83,3 +83,34 @@ async def test_a_product_in_no_assortment_leaves_the_branches_up_to_date(
         )
 
     await wait_until(applied_again, timeout=30)
+
+
+async def test_the_sync_views_show_the_published_version_and_whether_it_was_applied(
+    central: Any, nats_server: EmbeddedNats, make_agent: Any, central_client: Any
+) -> None:
+    client = central_client
+    await _synced_branch(client, central, make_agent, nats_server.url)
+    # B2 has no agent: it applied nothing of what was published.
+    await _ok(await client.post("/api/v1/branches", json={"code": "B2", "format_code": "mini"}))
+
+    async def published() -> bool:
+        return await _pending(central) == 0
+
+    await wait_until(published, timeout=30)
+    prices = {r["branch"]: r for r in (await client.get("/api/v1/prices/branches")).json()}
+    page = (await client.get("/api/v1/sync/branches")).json()
+    sync = {r["branch"]: r for r in page["items"]}
+    health_rows = (await client.get("/api/v1/reports/sync-health")).json()["rows"]
+    health = {r["branch"]: r for r in health_rows}
+    one = (await client.get("/api/v1/sync/branches/B1")).json()
+    target = prices["B1"]["published_version"]
+    assert target > 0
+    for view in (sync, health, {"B1": one}):
+        row = view["B1"]
+        assert (row["published_version"], row["up_to_date"]) == (target, True), row
+        assert row["applied_version"] == prices["B1"]["applied_version"] >= target
+    for view in (sync, health):
+        row = view["B2"]
+        assert (row["applied_version"], row["published_version"]) == (None, target), row
+        assert row["up_to_date"] is False
+    assert prices["B2"]["up_to_date"] is False
