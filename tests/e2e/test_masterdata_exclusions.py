@@ -98,3 +98,30 @@ async def test_the_mates_of_a_branch_that_left_the_format_follow_its_assortment(
     assert carried["in_assortment"] is False
     await wait_until(lambda: sells("A", None), timeout=15)
     assert await _till_price(mate, "B") == 200
+
+
+async def test_removing_the_last_exclusion_of_a_product_keeps_the_mates_in_step(
+    central: Any, nats_server: EmbeddedNats, make_agent: Any, central_client: Any
+) -> None:
+    client = central_client
+    await _format_with_exclusion(client)
+    excluding = await make_agent("B1", nats_server.url, demo_catalog=False)
+    mate = await make_agent("B2", nats_server.url, demo_catalog=False)
+
+    async def sells(target: Any, sku: str, price: int | None) -> bool:
+        return await _till_price(target, sku) == price
+
+    await wait_until(lambda: sells(mate, "A", 100), timeout=30)
+    await wait_until(lambda: sells(excluding, "B", 200), timeout=30)
+    assert await _till_price(excluding, "A") is None
+    # B1's exclusion, the only one of A, goes: A is back in the format's bucket for both.
+    r = await client.delete("/api/v1/assortment/branches/B1/exceptions/A")
+    assert r.status_code == 204, r.text
+    await wait_until(lambda: sells(excluding, "A", 100), timeout=15)
+    # Then A leaves the format: no branch keeps a stale copy of it at its own scope.
+    await _ok(
+        await client.post("/api/v1/formats/mini/products", json={"remove": ["A"]}), status=200
+    )
+    await wait_until(lambda: sells(mate, "A", None), timeout=15)
+    await wait_until(lambda: sells(excluding, "A", None), timeout=15)
+    assert await _till_price(mate, "B") == 200
