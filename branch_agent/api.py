@@ -493,7 +493,10 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
         # the fields the route's body needs.
         body = request.route_handler.parsed_fn_signature.parameters.get("data")
         errors = validation_errors(
-            exc.extra, str(exc.detail), body.annotation if body is not None else None
+            exc.extra,
+            str(exc.detail),
+            body.annotation if body is not None else None,
+            exc.__cause__,
         )
         status = 422 if errors else 400
     return _problem(status, problem_title(status), exc.detail, request.url.path, errors)

@@ -35,6 +35,10 @@ _MISSING_FIELD = re.compile(
 )
 # What the web framework calls the body itself when the fault is at its top level.
 _WHOLE_BODY = frozenset({"data", "body"})
+# msgspec's path of a fault inside a list body ("$.data[3].include" in the framework's
+# signature model, "$[3].include" alone): the framework keeps only object paths ("$.sku")
+# and names the rest "data".
+_LIST_PATH = re.compile(r" - at `\$(?:\.data)?(?P<path>\[[^`]*)`$")
 
 
 def _required_fields(body_type: Any) -> list[str]:
@@ -70,13 +74,21 @@ def _field_hint(body_type: Any, path: str) -> str | None:
     return None
 
 
-def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[FieldError, ...]:
+def validation_errors(
+    extra: Any, detail: str, body_type: Any = None, cause: BaseException | None = None
+) -> tuple[FieldError, ...]:
     """The fields at fault of a request the web framework refused: its ``extra`` list
     (``key`` or ``source``, ``message``), with an unknown or missing field named by
     itself (not by the object holding it, "data" at the top level; a missing one by its
     path), a missing body (the framework says only ``'data'``, its KeyError) as each
     required field of ``body_type`` (the route's body Struct), or ``body``, and a
-    missing parameter, which the framework names only in ``detail``."""
+    missing parameter, which the framework names only in ``detail``. A fault inside a
+    list body is named by its path (``[3].include``) from ``cause``, msgspec's error;
+    one of the body as a whole (a list where an object is expected) is ``body``."""
+    list_path = (
+        _LIST_PATH.search(str(cause)) if isinstance(cause, msgspec.ValidationError) else None
+    )
+    body_path = list_path["path"] if list_path is not None else ""
     errors: list[FieldError] = []
     if isinstance(extra, list):
         for item in extra:
@@ -96,13 +108,16 @@ def validation_errors(extra: Any, detail: str, body_type: Any = None) -> tuple[F
             missing_field = _MISSING_FIELD.search(message)
             if unknown is not None:
                 name = unknown["name"]
-                key = name if key in _WHOLE_BODY else f"{key}.{name}"
+                at = body_path if key in _WHOLE_BODY else key
+                key = f"{at}.{name}" if at else name
             elif missing_field is not None:
                 # Named by its path ("lines[0].sku"), not by the object holding it (the
                 # framework's key, or msgspec's "at" when the message keeps it).
-                at = missing_field["at"] or ("" if key in _WHOLE_BODY else key)
+                at = missing_field["at"] or (body_path if key in _WHOLE_BODY else key)
                 name = missing_field["name"]
                 key = f"{at}.{name}" if at else name
+            elif key in _WHOLE_BODY:
+                key = body_path or "body"
             elif message.startswith("Expected"):
                 hint = _field_hint(body_type, key)
                 message = f"{message}: {hint}" if hint else message

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.services.assortment import (
     AssortmentChange,
     AssortmentExceptionIn,
+    AssortmentExceptionList,
     FormatIn,
     branch_assortment,
     change_format_products,
@@ -19,6 +20,7 @@ from central.services.assortment import (
     list_formats,
     remove_exception,
     set_exception,
+    set_exceptions,
 )
 
 __all__ = ["AssortmentController", "FormatController"]
@@ -73,14 +75,20 @@ class AssortmentController(Controller):
         "/{branch:str}/exceptions",
         operation_id="setAssortmentException",
         summary="A branch sells a product its format does not, or does not sell one it does",
+        description=(
+            'One exception `{"sku": ..., "include": true|false}`, or a list of them '
+            "(all or nothing: one version, one publication); the body comes back."
+        ),
     )
-    async def set_one(
+    async def set_some(
         self,
         db_session: NamedDependency[AsyncSession],
         branch: BranchCode,
-        data: JSONBody[AssortmentExceptionIn],
-    ) -> AssortmentExceptionIn:
-        return await set_exception(db_session, branch, data)
+        data: JSONBody[AssortmentExceptionIn | AssortmentExceptionList],
+    ) -> AssortmentExceptionIn | list[AssortmentExceptionIn]:
+        if isinstance(data, AssortmentExceptionIn):
+            return await set_exception(db_session, branch, data)
+        return await set_exceptions(db_session, branch, data)
 
     @delete(
         "/{branch:str}/exceptions/{sku:str}",

@@ -38,7 +38,10 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         # a missing body is named by the fields the route's body needs, as at the agent
         body = request.route_handler.parsed_fn_signature.parameters.get("data")
         errors = validation_errors(
-            exc.extra, str(exc.detail), body.annotation if body is not None else None
+            exc.extra,
+            str(exc.detail),
+            body.annotation if body is not None else None,
+            exc.__cause__,
         )
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or exc.detail
         # A field at fault is 422 (unprocessable), like every other invalid field.

@@ -351,6 +351,10 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     # then (within the last two minutes: it still waits, sending nothing); two servers
     # of one store running at once.
     agent_conflict_at: datetime | None = None
+    # The version of central's last master-data publication, and whether the branch
+    # applied every published change (applied_version >= published_version).
+    published_version: int = 0
+    up_to_date: bool = False
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

@@ -9,9 +9,10 @@ instead of once for the format (``masterdata_publisher.product_targets``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import msgspec
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
@@ -24,6 +25,7 @@ from protocol.limits import Code32, Text200
 __all__ = [
     "AssortmentChange",
     "AssortmentExceptionIn",
+    "AssortmentExceptionList",
     "FormatIn",
     "branch_assortment",
     "branch_carries",
@@ -32,6 +34,7 @@ __all__ = [
     "list_formats",
     "remove_exception",
     "set_exception",
+    "set_exceptions",
 ]
 
 
@@ -50,6 +53,13 @@ class AssortmentExceptionIn(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     sku: str
     # true: the branch sells it although its format does not; false: it does not sell it.
     include: bool
+
+
+# A bulk form of the exceptions' PUT: at least one, at most a whole catalog.
+MAX_EXCEPTIONS = 50_000
+AssortmentExceptionList = Annotated[
+    list[AssortmentExceptionIn], msgspec.Meta(min_length=1, max_length=MAX_EXCEPTIONS)
+]
 
 
 async def create_format(session: AsyncSession, data: FormatIn) -> FormatIn:
@@ -71,7 +81,9 @@ async def list_formats(session: AsyncSession) -> list[FormatIn]:
     return [FormatIn(code=f.code, name=f.name) for f in rows]
 
 
-async def _known_skus(session: AsyncSession, skus: Sequence[str], field: str) -> None:
+async def _known_skus(
+    session: AsyncSession, skus: Sequence[str], field: str, suffix: str = ""
+) -> None:
     found: set[str] = set()
     for start in range(0, len(skus), 2000):
         found.update(
@@ -83,7 +95,7 @@ async def _known_skus(session: AsyncSession, skus: Sequence[str], field: str) ->
         )
     for i, sku in enumerate(skus):
         if sku not in found:
-            raise ValidationFailed(f"unknown product {sku!r}", field=f"{field}[{i}]")
+            raise ValidationFailed(f"unknown product {sku!r}", field=f"{field}[{i}]{suffix}")
 
 
 async def change_format_products(
@@ -164,32 +176,104 @@ async def _branch(session: AsyncSession, code: str) -> Branch:
     return branch
 
 
+async def _apply_exceptions(
+    session: AsyncSession, branch_code: str, items: Sequence[AssortmentExceptionIn], field: str
+) -> dict[str, bool]:
+    """Validate every item, then set them all with one version and one outbox batch;
+    returns the include flag each SKU had before (absent: no exception). An item at
+    fault is a 422 naming ``{field}[i].sku`` before anything is written."""
+    await _branch(session, branch_code)
+    skus = [item.sku for item in items]
+    seen: dict[str, int] = {}
+    for i, sku in enumerate(skus):
+        if sku in seen:
+            raise ValidationFailed(
+                f"{sku!r} is given twice (first at [{seen[sku]}])", field=f"{field}[{i}].sku"
+            )
+        seen[sku] = i
+    await _known_skus(session, skus, field, ".sku")
+    before = await product_targets(session, skus)
+    previous: dict[str, bool] = {}
+    for start in range(0, len(skus), 2000):
+        rows = await session.execute(
+            select(AssortmentException.sku, AssortmentException.include).where(
+                AssortmentException.branch == branch_code,
+                AssortmentException.sku.in_(skus[start : start + 2000]),
+            )
+        )
+        previous.update((sku, bool(include)) for sku, include in rows)
+    new = [
+        {"branch": branch_code, "sku": item.sku, "include": item.include}
+        for item in items
+        if item.sku not in previous
+    ]
+    for start in range(0, len(new), 5000):
+        await session.execute(insert(AssortmentException), new[start : start + 5000])
+    for include in (True, False):
+        changed = [
+            i.sku
+            for i in items
+            if i.include is include and i.sku in previous and previous[i.sku] is not include
+        ]
+        for start in range(0, len(changed), 2000):
+            await session.execute(
+                update(AssortmentException)
+                .where(
+                    AssortmentException.branch == branch_code,
+                    AssortmentException.sku.in_(changed[start : start + 2000]),
+                )
+                .values(include=include)
+            )
+    await session.flush()
+    after = await product_targets(session, skus)
+    version = await allocate_versions(session)
+    await enqueue(session, version, sorted(before | after))
+    return previous
+
+
 async def set_exception(
     session: AsyncSession, branch_code: str, data: AssortmentExceptionIn
 ) -> AssortmentExceptionIn:
     async with unit_of_work(session):
-        await _branch(session, branch_code)
         if await session.get(Product, data.sku) is None:
+            await _branch(session, branch_code)  # an unknown branch is a 404 first
             raise ValidationFailed(f"unknown product {data.sku!r}", field="sku")
-        before = await product_targets(session, [data.sku])
-        row = await session.get(AssortmentException, (branch_code, data.sku))
-        previous = None if row is None else {"sku": row.sku, "include": row.include}
-        if row is None:
-            session.add(AssortmentException(branch=branch_code, sku=data.sku, include=data.include))
-        else:
-            row.include = data.include
-        await session.flush()
-        after = await product_targets(session, [data.sku])
-        version = await allocate_versions(session)
-        await enqueue(session, version, sorted(before | after))
+        previous = await _apply_exceptions(session, branch_code, [data], "")
+        include = previous.get(data.sku)
         await record_change(
             session,
             action="assortment.set_exception",
             target=f"assortment:{branch_code}:{data.sku}",
-            before=previous,
+            before=None if include is None else {"sku": data.sku, "include": include},
             after=data,
         )
         return data
+
+
+async def set_exceptions(
+    session: AsyncSession, branch_code: str, items: Sequence[AssortmentExceptionIn]
+) -> list[AssortmentExceptionIn]:
+    """Many exceptions of one branch at once, all or nothing: one version, one
+    publication of the buckets they touch, one audit record (counts and first SKUs)."""
+    if not items:
+        # The framework does not apply the list's length bounds inside the body's union.
+        raise ValidationFailed("an empty list: send at least one exception", field="body")
+    if len(items) > MAX_EXCEPTIONS:
+        raise ValidationFailed(f"more than {MAX_EXCEPTIONS} exceptions at once", field="body")
+    async with unit_of_work(session):
+        previous = await _apply_exceptions(session, branch_code, items, "")
+        await record_change(
+            session,
+            action="assortment.set_exceptions",
+            target=f"assortment:{branch_code}",
+            before={"existing": len(previous)},
+            after={
+                "included": bulk_summary(i.sku for i in items if i.include),
+                "excluded": bulk_summary(i.sku for i in items if not i.include),
+                "new": len(items) - len(previous),
+            },
+        )
+        return list(items)
 
 
 async def remove_exception(session: AsyncSession, branch_code: str, sku: str) -> None:

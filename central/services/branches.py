@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Branch, BranchScopeHistory, PriceZone, StoreFormat
 from central.services.audit import record_change
-from central.services.masterdata_publisher import enqueue_snapshot
+from central.services.masterdata_publisher import (
+    DownKey,
+    allocate_versions,
+    enqueue,
+    enqueue_snapshot,
+    excluded_skus,
+    product_targets,
+)
 from central.sync.jetstream import ensure_branch_consumer
 from protocol.subjects import validate_branch_code
 
@@ -79,7 +86,19 @@ async def add_branch(
     await session.flush()
     _record_scopes(session, branch, branch.created_at)
     await session.flush()
+    if format_code is not None:
+        # A product a format mate excludes reaches the format's branches at branch scope,
+        # published only when it changes: the new branch's own buckets must go out now,
+        # or its agent never gets those products (nothing else of the format changes).
+        skus = await excluded_skus(session, format_code=format_code)
+        keys = {k for k in await product_targets(session, skus) if k[1:3] == ("branch", code)}
+        await _enqueue_keys(session, keys)
     return branch
+
+
+async def _enqueue_keys(session: AsyncSession, keys: set[DownKey]) -> None:
+    if keys:
+        await enqueue(session, await allocate_versions(session), sorted(keys))
 
 
 def _record_scopes(session: AsyncSession, branch: Branch, valid_from: datetime) -> None:
@@ -150,11 +169,16 @@ async def update_branch(session: AsyncSession, code: str, patch: BranchPatch) ->
         branch.name = patch.name
     if patch.timezone is not msgspec.UNSET:
         branch.timezone = patch.timezone
+    # The branch's exclusions decide what its old and new format mates get at branch
+    # scope and what stays in each format's buckets: both sides are republished.
+    moved = await excluded_skus(session, branch=code) if format_code != previous_scopes[0] else []
+    mates_before = await product_targets(session, moved)
     branch.format_code = format_code
     branch.price_zone = price_zone
     if scopes_changed:
         _record_scopes(session, branch, datetime.now(UTC))
     await session.flush()
+    await _enqueue_keys(session, mates_before | await product_targets(session, moved))
     snapshot = None
     if scopes_changed and branch.active:
         snapshot = await enqueue_snapshot(session, code)

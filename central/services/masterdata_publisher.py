@@ -84,10 +84,13 @@ __all__ = [
     "enqueue",
     "enqueue_snapshot",
     "enqueue_snapshots_of_all_branches",
+    "excluded_skus",
+    "marked_version",
     "note_down_seq",
     "pending_snapshot",
     "product_targets",
     "published_version",
+    "up_to_date",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,8 @@ SNAPSHOT_KEY = "full"
 # (acknowledged to its publications, or the stream's last): a down stream created again
 # after the NATS server lost it numbers on above it (see central.runtime).
 DOWN_SEQ = "down_stream_seq"
+# The masterdata_counter row holding the version of the last version mark published.
+MARKED = "marked_version"
 
 
 async def allocate_versions(session: AsyncSession, count: int = 1) -> int:
@@ -134,26 +139,54 @@ async def down_seq_high(session: AsyncSession) -> int:
     return int(value or 0)
 
 
+async def _raise_counter(session: AsyncSession, name: str, value: int) -> None:
+    """Raise counter ``name`` to ``value`` (created at 0 when missing; never lowered), in
+    the caller's transaction. A guarded raise: two processes noting at once keep the higher."""
+    await session.execute(
+        dialect_insert(session, table_of(MasterDataCounter))
+        .values(name=name, value=0)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    await session.execute(
+        update(MasterDataCounter)
+        .where(MasterDataCounter.name == name, MasterDataCounter.value < value)
+        .values(value=value)
+    )
+
+
 async def note_down_seq(session: AsyncSession, seq: int) -> None:
     """Raise the recorded highest down-stream sequence to ``seq`` (never lowers it; no
     write when it is there already), in the caller's transaction."""
     if seq <= await down_seq_high(session):
         return
-    await session.execute(
-        dialect_insert(session, table_of(MasterDataCounter))
-        .values(name=DOWN_SEQ, value=0)
-        .on_conflict_do_nothing(index_elements=["name"])
+    await _raise_counter(session, DOWN_SEQ, seq)
+
+
+async def marked_version(session: AsyncSession) -> int:
+    """The version of central's last publication (its ``VersionMark``): the highest a
+    branch can have applied. A version whose change queued nothing (a product in no
+    assortment) is never marked on its own, and no branch misses anything of it."""
+    value = await session.scalar(
+        select(MasterDataCounter.value).where(MasterDataCounter.name == MARKED)
     )
-    # A guarded raise: two processes noting at once keep the higher.
-    await session.execute(
-        update(MasterDataCounter)
-        .where(MasterDataCounter.name == DOWN_SEQ, MasterDataCounter.value < seq)
-        .values(value=seq)
+    if value is not None:
+        return int(value)
+    # A database from before the counter: its last pass published its highest version.
+    value = await session.scalar(
+        select(func.max(MasterDataOutbox.version)).where(MasterDataOutbox.published_at.is_not(None))
     )
+    return int(value or 0)
+
+
+def up_to_date(applied: int | None, published: int) -> bool:
+    """A branch applied every published change: its applied version (from its heartbeat;
+    None: none yet) against ``marked_version``, read once for all branches."""
+    return (applied or 0) >= published
 
 
 async def published_version(session: AsyncSession) -> int:
-    """The highest version whose changes all reached the stream."""
+    """The highest version whose changes all reached the stream (a version that queued
+    nothing counts as reached: see ``marked_version`` for what branches can apply)."""
     pending = await session.scalar(
         select(func.min(MasterDataOutbox.version)).where(MasterDataOutbox.published_at.is_(None))
     )
@@ -239,6 +272,23 @@ async def product_targets(session: AsyncSession, skus: Sequence[str]) -> set[Dow
         )
         keys.update((KIND_PRODUCT, "branch", br, bucket_key(b)) for br, b in mates)
     return keys
+
+
+async def excluded_skus(
+    session: AsyncSession, *, format_code: str | None = None, branch: str | None = None
+) -> list[str]:
+    """The SKUs some branch of ``format_code`` excludes, or ``branch`` excludes: the
+    products published per branch to their format mates (see ``product_targets``)."""
+    query = select(AssortmentException.sku).where(AssortmentException.include.is_(False))
+    if branch is not None:
+        query = query.where(AssortmentException.branch == branch)
+    if format_code is not None:
+        query = query.join(Branch, Branch.code == AssortmentException.branch).where(
+            Branch.format_code == format_code
+        )
+    elif branch is None:
+        return []
+    return list(await session.scalars(query.distinct().order_by(AssortmentException.sku)))
 
 
 async def category_paths(session: AsyncSession) -> dict[str, tuple[str, ...]]:
@@ -767,6 +817,7 @@ class MasterDataPublisher:
                     .values(published_at=now)
                 )
             await note_down_seq(session, mark_seq)
+            await _raise_counter(session, MARKED, version)
             await session.commit()
         self.published_messages += len(messages)
         self.last_version = version

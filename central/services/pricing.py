@@ -37,7 +37,8 @@ from central.services.masterdata_publisher import (
     allocate_versions,
     current_version,
     enqueue,
-    published_version,
+    marked_version,
+    up_to_date,
 )
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
@@ -1244,7 +1245,9 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
 
 async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
     central = await current_version(session)
-    published = await published_version(session)
+    # What a branch can have applied: the last version mark, not the counter (a product
+    # in no assortment bumps it and publishes nothing).
+    published = await marked_version(session)
     rows = await session.execute(
         select(Branch.code, BranchStatus.applied_version, BranchStatus.received_at)
         .outerjoin(BranchStatus, BranchStatus.branch == Branch.code)
@@ -1257,7 +1260,7 @@ async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
             applied_version=int(applied or 0),
             central_version=central,
             published_version=published,
-            up_to_date=int(applied or 0) >= published,
+            up_to_date=up_to_date(applied, published),
             last_heartbeat_at=received,
         )
         for code, applied, received in rows

@@ -15,6 +15,7 @@ from central.errors import NotFoundError
 from central.ingest.bulk import dialect_insert, table_of
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from central.services.audit import record_change
+from central.services.masterdata_publisher import marked_version, up_to_date
 
 __all__ = [
     "NEW_DATABASE",
@@ -70,6 +71,11 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     lost_from_seq: int | None = None
     lost_to_seq: int | None = None
     lost_events: int = 0
+    # Master data: the version the branch applied (from its heartbeat), the version of
+    # central's last publication, and whether it applied every published change.
+    applied_version: int | None = None
+    published_version: int = 0
+    up_to_date: bool = False
 
 
 async def list_branch_sync(
@@ -122,6 +128,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
         )
     )
     lost = await lost_events(session, list(states.values()))
+    published = await marked_version(session)
     out = []
     for code in branches:
         state = states.get(code)
@@ -154,6 +161,9 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 lost_from_seq=state.lost_from_seq if state else None,
                 lost_to_seq=state.lost_to_seq if state else None,
                 lost_events=lost.get(code, 0),
+                applied_version=status.applied_version if status else None,
+                published_version=published,
+                up_to_date=up_to_date(status.applied_version if status else None, published),
             )
         )
     return out

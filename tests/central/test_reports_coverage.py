@@ -37,6 +37,7 @@ from central.models import BranchStatus
 from central.reports import service
 from central.reports.schemas import SalesFigures
 from central.services.branches import add_branch
+from central.services.masterdata_publisher import marked_version
 from protocol import HEARTBEAT_KIND, BranchHeartbeat, Payment, encode, up_subject
 from protocol.events import (
     CustomerReturnRecorded,
@@ -344,6 +345,7 @@ async def test_sync_health_every_field(chain: async_sessionmaker[AsyncSession]) 
         report = await service.sync_health(s, now=now)
         status = await s.get(BranchStatus, "B1")
         assert status is not None
+        published = await marked_version(s)
     assert report.generated_at == now
     rows = {r.branch: r for r in report.rows}
     b1, b2 = rows["B1"], rows["B2"]
@@ -359,6 +361,9 @@ async def test_sync_health_every_field(chain: async_sessionmaker[AsyncSession]) 
     assert b1.open_dead_letters == 2
     assert b1.outbox_held == [20, 21]
     assert (b1.clock_offset_ms, b1.clock_off) == (-95_000, True)
+    assert published < 42
+    assert (b1.published_version, b1.up_to_date) == (published, True)
+    assert (b2.published_version, b2.up_to_date) == (published, published == 0)
     assert (b2.name, b2.contiguous_seq, b2.max_seq) == ("Station", 4, 4)
     assert b2.last_event_at == at("2026-11-06T10:00:00")
     # No heartbeat from B2: what only a heartbeat tells is unknown, not zero.
@@ -547,7 +552,8 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,name,active,last_event_at,last_received_at,receive_age_s,contiguous_seq,"
         "max_seq,seq_lag,heartbeat_at,heartbeat_age_s,outbox_backlog,applied_version,"
-        "agent_version,open_dead_letters,outbox_held,lost_events,clock_offset_ms,clock_off"
+        "agent_version,open_dead_letters,outbox_held,lost_events,clock_offset_ms,clock_off,"
+        "published_version,up_to_date"
     )
     b1, b2 = rows
     assert (b1["branch"], b1["name"], b1["active"]) == ("B1", "Harbour", "true")
