@@ -267,6 +267,10 @@ def run_demo(
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C or SIGTERM (a service manager, an impatient person) must not
+        # cut the clean-up short and leave processes running.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         for process in reversed(processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)

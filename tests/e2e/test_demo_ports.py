@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from central.runtime import CentralRuntime
 from tests.conftest import central_settings
@@ -58,10 +59,11 @@ async def test_serve_starts_its_embedded_nats_on_the_configured_port(
         await runtime.stop()
 
 
-def test_the_demo_runs_on_the_ports_given(tmp_path: Path) -> None:
-    central, nats = _free_block((0,)), _free_block((0,))
-    agents = _free_block((0, 1))
-    devices = _free_block((0, 1, 2, 3, 10, 11, 12, 13))
+def _start_demo(
+    tmp_path: Path, central: int, nats: int, agents: int, devices: int
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``python -m central demo`` on those ports, in a session of its own; its answer
+    once it says it is running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
     env.update(
         {
@@ -93,7 +95,54 @@ def test_the_demo_runs_on_the_ports_given(tmp_path: Path) -> None:
             assert demo.poll() is None, out
             with contextlib.suppress(queue.Empty):
                 out += lines.get(timeout=1)
-        shown = json.loads(out[: out.index("Backroom is running")])
+        shown: dict[str, Any] = json.loads(out[: out.index("Backroom is running")])
+    except BaseException:
+        _stop(demo)
+        raise
+    return demo, shown
+
+
+def _stop(demo: subprocess.Popen[str]) -> None:
+    os.killpg(demo.pid, signal.SIGTERM)
+    demo.wait(60)
+    for stream in (demo.stdout, demo.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` now (from /proc: parent of each)."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parent_of[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in parent_of.items():
+            if parent == current and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def test_the_demo_runs_on_the_ports_given(tmp_path: Path) -> None:
+    central, nats = _free_block((0,)), _free_block((0,))
+    agents = _free_block((0, 1))
+    devices = _free_block((0, 1, 2, 3, 10, 11, 12, 13))
+    demo, shown = _start_demo(tmp_path, central, nats, agents, devices)
+    try:
         assert shown["central_api"] == f"http://127.0.0.1:{central}"
         assert shown["nats"].endswith(f":{nats}")
         assert shown["agents"] == {
@@ -106,8 +155,39 @@ def test_the_demo_runs_on_the_ports_given(tmp_path: Path) -> None:
         config = (tmp_path / "demo" / "agent-B002.toml").read_text()
         assert f"socket://127.0.0.1:{devices + 10}" in config
     finally:
-        os.killpg(demo.pid, signal.SIGTERM)
-        demo.wait(60)
+        _stop(demo)
+
+
+def test_a_second_signal_while_stopping_still_stops_every_process(tmp_path: Path) -> None:
+    """A service manager or an impatient person signals twice: the demo, stopping its
+    processes on the first, still stops them all (it left central and an agent
+    running when the second came during its clean-up)."""
+    demo, _shown = _start_demo(
+        tmp_path,
+        _free_block((0,)),
+        _free_block((0,)),
+        _free_block((0, 1)),
+        _free_block((0, 1, 2, 3, 10, 11, 12, 13)),
+    )
+    started = _descendants(demo.pid)
+    try:
+        assert len(started) >= 4  # NATS, central, two agents (and their simulators)
+        os.kill(demo.pid, signal.SIGTERM)
+        time.sleep(0.3)  # into the clean-up, stopping the agents
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(demo.pid, signal.SIGTERM)
+        demo.wait(90)
+        deadline = time.monotonic() + 30
+        while (left := {p for p in started if _alive(p)}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+    finally:
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(60)
         for stream in (demo.stdout, demo.stderr):
             if stream is not None:
                 stream.close()
