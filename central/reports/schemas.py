@@ -351,6 +351,11 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     # then (within the last two minutes: it still waits, sending nothing); two servers
     # of one store running at once.
     agent_conflict_at: datetime | None = None
+    # Central's record of the branch's time zone, the one its agent reported (None: not
+    # said), and whether they differ (local-time prices and local days shifted).
+    timezone: str = "UTC"
+    agent_timezone: str | None = None
+    timezone_mismatch: bool = False
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

@@ -105,7 +105,7 @@ from central.reports.schemas import (
     WriteOffRow,
 )
 from central.services.pricing import not_withdrawn_at, scopes_at
-from central.services.sync_state import LIVE_AGENT, lost_events
+from central.services.sync_state import LIVE_AGENT, lost_events, timezone_mismatch
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
@@ -1895,6 +1895,9 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                     and status.clock_offset_ms is not None
                     and abs(status.clock_offset_ms) > CLOCK_OFF_MS
                 ),
+                timezone=b.timezone,
+                agent_timezone=status.agent_timezone if status else None,
+                timezone_mismatch=timezone_mismatch(b.timezone, status),
             )
         )
     backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))
