@@ -52,6 +52,7 @@ from central.services.catalog import BarcodeIn, price_targets, unit_of_work, val
 from central.services.masterdata_publisher import allocate_versions, enqueue, product_targets
 from central.services.pricing import check_price, effective_moment, set_prices_bulk
 from central.services.promotions import check_category_change, promoted_skus
+from central.services.vat_groups import load_vat_groups, resolve_vat_group
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
 
@@ -140,6 +141,7 @@ async def import_products(
 ) -> ImportReport:
     report = ImportReport(kind="products", dry_run=dry_run, rows=0)
     categories = set((await session.scalars(select(Category.code))).all())
+    vat_groups = await load_vat_groups(session)
     parsed: list[dict[str, object]] = []
     barcodes_of: dict[str, list[tuple[str, str]]] = {}
     seen_sku: dict[str, int] = {}
@@ -175,9 +177,9 @@ async def import_products(
                 weighed=weighed,
                 scale_plu=plu,
                 vat_rate_bp=vat,
-                vat_group=row.get("vat_group") or "A",
                 barcodes=codes_in,
             )
+            vat_group = resolve_vat_group(vat_groups, vat, row.get("vat_group") or None)
             category = row.get("category") or None
             if category is not None and category not in categories:
                 raise DomainError(f"unknown category {category!r}", field="category")
@@ -208,7 +210,7 @@ async def import_products(
                 "scale_plu": plu,
                 "category_code": category,
                 "vat_rate_bp": vat,
-                "vat_group": row.get("vat_group") or "A",
+                "vat_group": vat_group,
                 "active": active,
                 "bucket": bucket_of(sku),
                 "_line": line,
