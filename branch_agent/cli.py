@@ -287,7 +287,7 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
     if not path.exists():
         print(f"no database at {path}", file=sys.stderr)
         return 2
-    status = offline_status(path, settings.branch)
+    status = offline_status(path, settings.branch, settings.timezone)
     if as_json:
         print(msgspec.json.encode(status).decode())
     else:

@@ -90,6 +90,10 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     devices: list[DeviceStateOut]
     # When master data from central was last applied (None: never).
     masterdata_applied_at: str | None = None
+    # The agent's time zone (its timezone setting), and central's record of the
+    # branch's, from its last answer to the position report ("": not known).
+    timezone: str = "UTC"
+    central_timezone: str = ""
 
 
 # ``link`` of the status ``python -m branch_agent status`` reads from the database
@@ -142,6 +146,10 @@ async def build_status(agent: Agent) -> AgentStatus:
         last_acked_seq=await agent.last_acked_seq(),
         last_sync_at=_latest(last_sent, agent.masterdata.applied_at),
         masterdata_applied_at=_iso(agent.masterdata.applied_at),
+        timezone=agent.settings.timezone,
+        central_timezone=(
+            agent.masterdata.requester.central_timezone if agent.masterdata.requester else ""
+        ),
         last_sync_error=agent.sender.state.last_error,
         applied_version=agent.applied_version(),
         pending_fiscal=pending_fiscal or 0,
@@ -175,7 +183,7 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def offline_status(path: Path, branch: str) -> AgentStatus:
+def offline_status(path: Path, branch: str, timezone: str = "UTC") -> AgentStatus:
     """What the database of an agent that is not running says, read-only, as the
     running agent would say it: the same fields, the same meanings (its devices and
     its link are unknown; its event numbering is confirmed by central again at each
@@ -215,6 +223,7 @@ def offline_status(path: Path, branch: str) -> AgentStatus:
             numbering_settled=AGENT_INSTANCE not in counters,
             first_event_seq=counters.get(EVENT_SEQ_SETTLED, 0),
             masterdata_applied_at=_iso(applied_at),
+            timezone=timezone,
             devices=[],
         )
     return status
@@ -282,6 +291,14 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         ),
         f"last sync        {local_time(status.last_sync_at, timezone)}",
         f"clock            {_clock_text(status.clock_offset_ms)}",
+        f"time zone        {status.timezone}"
+        + (
+            f"  CENTRAL HAS THE BRANCH AT {status.central_timezone}: local-time prices "
+            "switch and local days end at other moments than central expects; correct "
+            "this agent's timezone setting or the branch's record at central"
+            if status.central_timezone and status.central_timezone != status.timezone
+            else ""
+        ),
         f"master data      version {status.applied_version}"
         + (
             f", last applied {local_time(status.masterdata_applied_at, timezone)}"

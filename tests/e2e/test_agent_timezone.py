@@ -3,7 +3,8 @@ typo at registration, or in the agent's TOML): every local-time price would swit
 every local day close at another moment than central expects. The heartbeat carries
 the agent's zone over NATS; central shows both zones and flags the branch in
 /sync/branches and sync health, warns once in its log, and the flag goes once the
-record is put right."""
+record is put right. The agent learns central's zone from its position report's
+answer and shows both in its status."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from branch_agent.status import format_status
 from central.embedded_nats import EmbeddedNats
 from central.models import BranchStatus
 from tests.conftest import register_branch, wait_until
@@ -28,7 +30,7 @@ async def test_an_agent_in_another_time_zone_is_flagged_until_put_right(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="central.ingest.worker")
     await register_branch(central, "B006", timezone="Europe/London")
-    await make_agent("B006", nats_server.url, timezone="Europe/Berlin")
+    agent = await make_agent("B006", nats_server.url, timezone="Europe/Berlin")
 
     async def reported() -> bool:
         async with central.sessionmaker() as session:
@@ -49,6 +51,15 @@ async def test_an_agent_in_another_time_zone_is_flagged_until_put_right(
         True,
     )
 
+    # The agent learns central's zone from its answer to the position report and says
+    # so in its status.
+    async def agent_knows() -> bool:
+        return (await agent.status()).central_timezone == "Europe/London"
+
+    await wait_until(agent_knows)
+    page = format_status(await agent.status(), "Europe/Berlin")
+    assert "time zone        Europe/Berlin  CENTRAL HAS THE BRANCH AT Europe/London" in page
+
     # Several heartbeats later (one every 0.5 s): one warning, naming both zones.
     async def sent_at() -> datetime:
         async with central.sessionmaker() as session:
@@ -58,7 +69,11 @@ async def test_an_agent_in_another_time_zone_is_flagged_until_put_right(
 
     first = await sent_at()
     await wait_until(lambda: _after(sent_at, first + timedelta(seconds=2)))
-    warnings = [r.getMessage() for r in caplog.records if "time zone" in r.getMessage()]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "central.ingest.worker" and "time zone" in r.getMessage()
+    ]
     assert len(warnings) == 1
     assert "Europe/Berlin" in warnings[0]
     assert "Europe/London" in warnings[0]
