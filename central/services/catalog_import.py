@@ -10,7 +10,9 @@ Products CSV (header required, column order free)::
     sku,name,unit,weighed,scale_plu,barcodes,category,vat_rate_bp,vat_group,active
     MILK-1L,Milk 1L,pcs,false,,4006381333931|INT-7,dairy,1000,B,true
 
-``barcodes`` are separated by ``|``; ``active`` false archives the product.
+``barcodes`` are separated by ``|``; ``active`` false archives the product. An empty
+``vat_group`` is the chain's group of ``vat_rate_bp``; one carrying another rate is a
+bad row (``central.services.vat_groups``).
 
 Prices CSV::
 
