@@ -315,6 +315,7 @@ class Agent:
             agent_server=self.numbering.server,
             first_seq=self.numbering.start,
             skipped_seqs=self.numbering.skipped[-100:],
+            timezone=self.settings.timezone,
         )
 
     def clock_offset_ms(self) -> int | None:

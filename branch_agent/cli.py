@@ -264,7 +264,10 @@ def _status(settings: AgentSettings, as_json: bool) -> int:
         )
         response.raise_for_status()
     except httpx.HTTPError as exc:
+        # Its own line, before the page (stdout may be buffered behind it in a pipe).
+        sys.stdout.flush()
         print(f"the agent at {_agent_url(settings)} does not answer: {exc}", file=sys.stderr)
+        sys.stderr.flush()
         return _offline_status(settings, as_json)
     if as_json:
         print(response.text)
@@ -275,42 +278,20 @@ def _status(settings: AgentSettings, as_json: bool) -> int:
 
 
 def _offline_status(settings: AgentSettings, as_json: bool) -> int:
-    """The agent is not running: what its database says."""
-    import sqlite3
+    """The agent is not running: what its database says, as the running agent says it."""
+    import msgspec
+
+    from branch_agent.status import format_status, offline_status
 
     path = settings.database_path
     if not path.exists():
         print(f"no database at {path}", file=sys.stderr)
         return 2
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        backlog = db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
-        last_sync = db.execute("SELECT max(sent_at) FROM outbox").fetchone()[0]
-        pending = db.execute(
-            "SELECT count(*) FROM sales WHERE status = 'pending_fiscal'"
-        ).fetchone()[0]
-        pending_returns = db.execute(
-            "SELECT count(*) FROM customer_returns WHERE status = 'pending_fiscal'"
-        ).fetchone()[0]
-        # A new database waits for central to number its events (branch_agent.numbering).
-        settled = db.execute(
-            "SELECT count(*) FROM counters WHERE name = 'event_seq_settled'"
-        ).fetchone()[0]
-    info = {
-        "branch": settings.branch,
-        "link": "agent not running",
-        "outbox_backlog": backlog,
-        "last_sync_at": last_sync,
-        "pending_fiscal": pending,
-        "pending_fiscal_returns": pending_returns,
-        "numbering_settled": bool(settled),
-    }
+    status = offline_status(path, settings.branch, settings.timezone)
     if as_json:
-        print(json.dumps(info))
+        print(msgspec.json.encode(status).decode())
     else:
-        from branch_agent.status import local_time
-
-        info["last_sync_at"] = local_time(last_sync, settings.timezone)
-        print("\n".join(f"{k:<16} {v}" for k, v in info.items()))
+        print(format_status(status, settings.timezone))
     return 1
 
 

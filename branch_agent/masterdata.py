@@ -80,11 +80,22 @@ if TYPE_CHECKING:
 
     from branch_agent.masterdata_snapshot import SnapshotRequester
 
-__all__ = ["MasterDataApplier", "MasterDataStats", "SnapshotState"]
+__all__ = [
+    "APPLIED_AT_MS",
+    "APPLIED_VERSION",
+    "LAST_STREAM_SEQ",
+    "MasterDataApplier",
+    "MasterDataStats",
+    "SnapshotState",
+    "from_epoch_ms",
+]
 
 log = logging.getLogger(__name__)
 
 APPLIED_VERSION = "applied_version"
+# When the agent last applied anything from the down-stream (UTC, epoch ms): its
+# "last sync" from central, shown by ``status`` running or not.
+APPLIED_AT_MS = "applied_at_ms"
 LAST_STREAM_SEQ = "last_stream_seq"
 SNAPSHOT_PENDING = "snapshot_pending"
 SNAPSHOT_INCOMPLETE = "snapshot_incomplete"
@@ -147,6 +158,7 @@ class MasterDataApplier:
         self._write_lock = write_lock
         self.timezone = timezone
         self.applied_version = 0
+        self.applied_at: datetime | None = None
         self.stats = MasterDataStats()
         self.snapshot = SnapshotState()
         self.requester: SnapshotRequester | None = None
@@ -178,6 +190,7 @@ class MasterDataApplier:
         async with self._sessionmaker() as session:
             values = dict((await session.execute(select(MdState.name, MdState.value))).all())
         self.applied_version = int(values.get(APPLIED_VERSION) or 0)
+        self.applied_at = from_epoch_ms(values.get(APPLIED_AT_MS))
         snap = SnapshotState(last_stream_seq=int(values.get(LAST_STREAM_SEQ) or 0))
         for name, attr in _SNAPSHOT_FIELDS:
             value = int(values.get(name) or 0)
@@ -233,6 +246,7 @@ class MasterDataApplier:
         applied = stale = 0
         finished: list[str] = []
         rebased = False
+        applied_at = self.applied_at
         # Core statements on one connection: a bucket is thousands of rows, no ORM needed;
         # one commit (one fsync) for the whole run instead of one per message.
         async with self._write_lock, engine.begin() as conn:
@@ -314,6 +328,11 @@ class MasterDataApplier:
                 applied += 1
             await _replace_price_buckets(conn, prices.take(), prices)
             await _write_applied_keys(conn, written)
+            if applied:
+                # Kept in ms, shown as kept: the running and the stopped view agree.
+                now_ms = int(datetime.now(UTC).timestamp() * 1000)
+                await _set_state(conn, APPLIED_AT_MS, now_ms, keep_max=True)
+                applied_at = from_epoch_ms(now_ms)
             if rebased and last_seq:
                 # The replica is the new stream's snapshot now: its numbers are the
                 # position (the old, higher ones would hide what the branch misses).
@@ -330,6 +349,7 @@ class MasterDataApplier:
             await conn.exec_driver_sql("PRAGMA cache_size=-2000")
         self.snapshot = snap
         self.applied_version = applied_version
+        self.applied_at = applied_at
         self.stats.applied += applied
         self.stats.stale_skipped += stale
         for outcome in finished:
@@ -517,6 +537,11 @@ async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
         "DELETE FROM md_applied_keys WHERE stream_seq < ? AND subject != ?",
         (begin_seq, _VERSION_SUBJECT),
     )
+
+
+def from_epoch_ms(value: int | None) -> datetime | None:
+    """An ``md_state`` moment (UTC epoch ms; None or 0: never)."""
+    return datetime.fromtimestamp(value / 1000, UTC) if value else None
 
 
 async def _set_state(conn: AsyncConnection, name: str, value: int, *, keep_max: bool) -> None:

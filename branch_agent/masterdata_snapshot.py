@@ -102,6 +102,8 @@ class SnapshotRequester:
         # This clock against central's, from the latest answer (None: not measured).
         self.clock: Callable[[], datetime] = _utc_now
         self.clock_offset_ms: int | None = None
+        # Central's record of the branch's time zone, from its last answer ("": not said).
+        self.central_timezone = ""
 
     def poke(self) -> None:
         """Report soon (a snapshot ended, the consumer is gone)."""
@@ -172,6 +174,8 @@ class SnapshotRequester:
         reply = decode_snapshot_reply(msg.data)
         if reply.central_time is not None:
             self._clock_measured(clock_offset_ms(sent, received, reply.central_time))
+        if reply.branch_timezone:
+            self._central_timezone(reply.branch_timezone)
         if reply.error:
             raise RuntimeError(f"central refused the position report: {reply.error}")
         self._reported_completed = max(self._reported_completed, request.completed_snapshot)
@@ -202,6 +206,20 @@ class SnapshotRequester:
             else:  # a new database and a central from before numbering
                 log.warning("central did not number this new database's events: they wait")
         return reply
+
+    def _central_timezone(self, zone: str) -> None:
+        """Warn (once per zone central says) when central has the branch in another
+        time zone than this agent's: local-time prices and local days would differ."""
+        if zone != self.central_timezone and zone != self.applier.timezone:
+            log.warning(
+                "central has branch %s in time zone %s, this agent runs in %s: local-time "
+                "prices switch and local days end at other moments than central expects; "
+                "correct the agent's timezone setting or the branch's record at central",
+                self.branch,
+                zone,
+                self.applier.timezone,
+            )
+        self.central_timezone = zone
 
     def _clock_measured(self, offset_ms: int) -> None:
         off = abs(offset_ms) > CLOCK_WARN_S * 1000

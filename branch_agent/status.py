@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import func, select
 
+from branch_agent.masterdata import (
+    APPLIED_AT_MS,
+    APPLIED_VERSION,
+    LAST_STREAM_SEQ,
+    from_epoch_ms,
+)
 from branch_agent.masterdata_snapshot import CLOCK_WARN_S
 from branch_agent.models import CustomerReturn, OutboxEvent, Sale
-from branch_agent.outbox import backlog
+from branch_agent.numbering import AGENT_INSTANCE, EVENT_SEQ_SETTLED
+from branch_agent.outbox import EVENT_SEQ, backlog
 
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
 
-__all__ = ["AgentStatus", "DeviceStateOut", "build_status", "format_status", "local_time"]
+__all__ = [
+    "NOT_RUNNING",
+    "AgentStatus",
+    "DeviceStateOut",
+    "build_status",
+    "format_status",
+    "local_time",
+    "offline_status",
+]
 
 
 class DeviceStateOut(msgspec.Struct, kw_only=True):
@@ -36,7 +54,8 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     outbox_backlog: int
     last_recorded_seq: int
     last_acked_seq: int
-    # When the sender last had an ack (this run), and when the newest acked event was sent.
+    # The last exchange with central either way: the newest event central acknowledged,
+    # or the last master data applied from it (the same running or not).
     last_sync_at: str | None
     last_sync_error: str
     applied_version: int
@@ -69,6 +88,22 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # first), each until it succeeds again: wrong-branch or too narrow credentials.
     nats_denied: list[str] = []
     devices: list[DeviceStateOut]
+    # When master data from central was last applied (None: never).
+    masterdata_applied_at: str | None = None
+    # The agent's time zone (its timezone setting), and central's record of the
+    # branch's, from its last answer to the position report ("": not known).
+    timezone: str = "UTC"
+    central_timezone: str = ""
+
+
+# ``link`` of the status ``python -m branch_agent status`` reads from the database
+# when the agent does not answer.
+NOT_RUNNING = "agent not running"
+
+
+def _latest(*moments: datetime | None) -> str | None:
+    known = [m if m.tzinfo else m.replace(tzinfo=UTC) for m in moments if m is not None]
+    return max(known).isoformat() if known else None
 
 
 async def build_status(agent: Agent) -> AgentStatus:
@@ -109,7 +144,12 @@ async def build_status(agent: Agent) -> AgentStatus:
         outbox_backlog=pending,
         last_recorded_seq=await agent.last_recorded_seq(),
         last_acked_seq=await agent.last_acked_seq(),
-        last_sync_at=last_sent.isoformat() if last_sent else None,
+        last_sync_at=_latest(last_sent, agent.masterdata.applied_at),
+        masterdata_applied_at=_iso(agent.masterdata.applied_at),
+        timezone=agent.settings.timezone,
+        central_timezone=(
+            agent.masterdata.requester.central_timezone if agent.masterdata.requester else ""
+        ),
         last_sync_error=agent.sender.state.last_error,
         applied_version=agent.applied_version(),
         pending_fiscal=pending_fiscal or 0,
@@ -137,6 +177,56 @@ async def build_status(agent: Agent) -> AgentStatus:
             for state in agent.devices.states()
         ],
     )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def offline_status(path: Path, branch: str, timezone: str = "UTC") -> AgentStatus:
+    """What the database of an agent that is not running says, read-only, as the
+    running agent would say it: the same fields, the same meanings (its devices and
+    its link are unknown; its event numbering is confirmed by central again at each
+    start, so it is not settled until then)."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+
+        def one(sql: str, *params: object) -> Any:
+            return db.execute(sql, params).fetchone()[0]
+
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        md_state = dict(db.execute("SELECT name, value FROM md_state").fetchall())
+        first_unsent = one("SELECT min(seq) FROM outbox WHERE sent_at IS NULL")
+        last_sent = one("SELECT max(sent_at) FROM outbox")
+        applied_at = from_epoch_ms(md_state.get(APPLIED_AT_MS))
+        status = AgentStatus(
+            branch=branch,
+            link=NOT_RUNNING,
+            outbox_backlog=one("SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
+            last_recorded_seq=counters.get(EVENT_SEQ, 0),
+            last_acked_seq=(
+                first_unsent - 1
+                if first_unsent is not None
+                else one("SELECT coalesce(max(seq), 0) FROM outbox")
+            ),
+            last_sync_at=_latest(
+                datetime.fromisoformat(last_sent) if last_sent else None, applied_at
+            ),
+            last_sync_error="",
+            applied_version=md_state.get(APPLIED_VERSION, 0),
+            pending_fiscal=one("SELECT count(*) FROM sales WHERE status = 'pending_fiscal'"),
+            pending_fiscal_returns=one(
+                "SELECT count(*) FROM customer_returns WHERE status = 'pending_fiscal'"
+            ),
+            downstream_last_seq=md_state.get(LAST_STREAM_SEQ, 0),
+            # As EventNumbering.settled right after a start: only a database without an
+            # id has nothing to ask central.
+            numbering_settled=AGENT_INSTANCE not in counters,
+            first_event_seq=counters.get(EVENT_SEQ_SETTLED, 0),
+            masterdata_applied_at=_iso(applied_at),
+            timezone=timezone,
+            devices=[],
+        )
+    return status
 
 
 def _clock_text(offset_ms: int | None) -> str:
@@ -190,12 +280,31 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         + (
             ""
             if status.numbering_settled
-            else "; waiting for central to confirm the event numbering (new events not sent yet)"
+            else (
+                "; central confirms the event numbering when the agent starts (events "
+                "recorded from then on wait for it)"
+                if status.link == NOT_RUNNING
+                else "; waiting for central to confirm the event numbering (new events not "
+                "sent yet)"
+            )
             + (f": {status.numbering_refused}" if status.numbering_refused else "")
         ),
         f"last sync        {local_time(status.last_sync_at, timezone)}",
         f"clock            {_clock_text(status.clock_offset_ms)}",
-        f"master data      version {status.applied_version}",
+        f"time zone        {status.timezone}"
+        + (
+            f"  CENTRAL HAS THE BRANCH AT {status.central_timezone}: local-time prices "
+            "switch and local days end at other moments than central expects; correct "
+            "this agent's timezone setting or the branch's record at central"
+            if status.central_timezone and status.central_timezone != status.timezone
+            else ""
+        ),
+        f"master data      version {status.applied_version}"
+        + (
+            f", last applied {local_time(status.masterdata_applied_at, timezone)}"
+            if status.masterdata_applied_at
+            else ""
+        ),
         f"pending fiscal   {status.pending_fiscal} sale(s) and "
         f"{status.pending_fiscal_returns} return(s) waiting for a fiscal printer",
     ]
@@ -210,7 +319,9 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         for d in status.unfiscal_unknown
     ]
     lines.append("devices:")
-    if not status.devices:
+    if status.link == NOT_RUNNING:
+        lines.append("  (not known: the agent is not running)")
+    elif not status.devices:
         lines.append("  (none configured)")
     for device in status.devices:
         detail = f" - {device.detail}" if device.detail else ""

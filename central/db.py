@@ -181,6 +181,7 @@ RECORD_REVISIONS: Mapping[str, str] = {
     "1716": "shift id conflicts",
     "1717": "late stock documents' flag",
     "1801": "fiscal interventions, late fiscal numbers, receipts' fiscalized_at",
+    "1806": "the chain's VAT groups",
 }
 
 

@@ -2,7 +2,8 @@
 
 Central gets the demo catalog the demo agents start with (``protocol.demo_catalog``,
 the one list both sides read): its categories, its products with their barcodes,
-scale PLUs and VAT, a store format ``demo`` whose assortment is those products, and
+scale PLUs and VAT, the chain's VAT groups (when none are set: A 20 %, B 10 %, as
+the demo fiscal printers have them), a store format ``demo`` whose assortment is those products, and
 their prices at chain scope. The demo branches are registered in that format
 (``branches add --format demo``; a branch registered before without a format is moved
 into it here), so the publisher sends each demo agent the whole catalog with its
@@ -36,12 +37,15 @@ from central.services.catalog import (
     list_categories,
 )
 from central.services.pricing import PriceChangeIn, set_price
+from central.services.vat_groups import VatGroupsIn, load_vat_groups, set_vat_groups
 from protocol.demo_catalog import DEMO_CATEGORIES, DEMO_PRODUCTS
 
-__all__ = ["DEMO_FORMAT", "DEMO_FORMAT_NAME", "DemoSeedReport", "seed_demo"]
+__all__ = ["DEMO_FORMAT", "DEMO_FORMAT_NAME", "DEMO_VAT_GROUPS", "DemoSeedReport", "seed_demo"]
 
 DEMO_FORMAT = "demo"
 DEMO_FORMAT_NAME = "Demo store"
+# The rates the demo fiscal printers are programmed with, per VAT group.
+DEMO_VAT_GROUPS = {"A": 2000, "B": 1000}
 
 
 class DemoSeedReport(msgspec.Struct, kw_only=True):
@@ -55,6 +59,8 @@ class DemoSeedReport(msgspec.Struct, kw_only=True):
     prices: list[str] = msgspec.field(default_factory=list)
     # Branches moved into the demo format.
     branches: list[str] = msgspec.field(default_factory=list)
+    # The chain's VAT groups set to the demo printers' (none were set).
+    vat_groups: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -65,6 +71,7 @@ class DemoSeedReport(msgspec.Struct, kw_only=True):
             or self.assortment_added
             or self.prices
             or self.branches
+            or self.vat_groups
         )
 
 
@@ -74,6 +81,9 @@ async def seed_demo(session: AsyncSession, *, branches: Sequence[str] = ()) -> D
     ``branches add --format demo``). One transaction: all of it or nothing."""
     report = DemoSeedReport()
     async with session.begin():
+        if not await load_vat_groups(session):
+            await set_vat_groups(session, VatGroupsIn(groups=DEMO_VAT_GROUPS))
+            report.vat_groups = dict(DEMO_VAT_GROUPS)
         known = {c.code for c in await list_categories(session)}
         for code, name in DEMO_CATEGORIES:
             if code not in known:

@@ -340,6 +340,9 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     # database of the branch, or a copy of this one on another server, is running
     # (their events would collide). The database waits, sending nothing, and asks again.
     numbering_refused: str = ""
+    # Central's record of the branch's time zone (IANA name; "": a central from
+    # before): the agent shows it beside its own when they differ.
+    branch_timezone: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 _request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)

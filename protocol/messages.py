@@ -60,6 +60,9 @@ class BranchHeartbeat(
     skipped_seqs: Annotated[
         tuple[tuple[PositiveInt64, PositiveInt64], ...], msgspec.Meta(max_length=100)
     ] = ()
+    # The IANA zone the agent is configured with (its local days, local-time prices):
+    # central flags one that differs from its record of the branch ("": not said).
+    timezone: Code64 = ""
 
 
 class ResendRequested(

@@ -9,6 +9,7 @@ from central.api.catalog import CategoryController, ProductController
 from central.api.price_tags import PriceTagController
 from central.api.prices import PriceController, PriceZoneController, RepricingController
 from central.api.promotions import PromotionController
+from central.api.vat_groups import VatGroupController
 
 __all__ = ["MASTER_DATA_CONTROLLERS"]
 
@@ -22,4 +23,5 @@ MASTER_DATA_CONTROLLERS: list[ControllerRouterHandler] = [
     RepricingController,
     PromotionController,
     PriceTagController,
+    VatGroupController,
 ]

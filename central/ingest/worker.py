@@ -403,6 +403,8 @@ class IngestWorker:
         table = table_of(BranchStatus)
         stmt = dialect_insert(session, table)
         now = datetime.now(UTC)
+        if heartbeat.timezone:
+            await self._check_timezone(session, heartbeat)
         values = {
             "branch": heartbeat.branch,
             "sent_at": heartbeat.sent_at,
@@ -420,6 +422,7 @@ class IngestWorker:
             "agent_server": heartbeat.agent_server or None,
             "first_seq": heartbeat.first_seq,
             "skipped_seqs": [list(r) for r in heartbeat.skipped_seqs],
+            "agent_timezone": heartbeat.timezone or None,
         }
         await session.execute(
             stmt.values(**values).on_conflict_do_update(
@@ -431,6 +434,28 @@ class IngestWorker:
                 ),
             )
         )
+
+    async def _check_timezone(self, session: AsyncSession, heartbeat: BranchHeartbeat) -> None:
+        """Warn when the agent's zone is not central's record of the branch: every
+        local-time price and local day would be shifted. Once per zone the agent
+        reports (the previous heartbeat's is in branch_status), not every few seconds."""
+        row = (
+            await session.execute(
+                select(Branch.timezone, BranchStatus.agent_timezone)
+                .outerjoin(BranchStatus, BranchStatus.branch == Branch.code)
+                .where(Branch.code == heartbeat.branch)
+            )
+        ).first()
+        if row is None or row.timezone == heartbeat.timezone:
+            return
+        if row.agent_timezone != heartbeat.timezone:
+            log.warning(
+                "branch %s: its agent runs in time zone %s, central has the branch at %s; "
+                "local-time prices and local days differ until one is corrected",
+                heartbeat.branch,
+                heartbeat.timezone,
+                row.timezone,
+            )
 
     async def _store(
         self,

@@ -18,6 +18,7 @@ from central.models.catalog import (
     RepricingLine,
     RepricingLineBranch,
     StoreFormat,
+    VatGroup,
 )
 from central.models.documents import (
     CustomerReturn,
@@ -110,5 +111,6 @@ __all__ = [
     "SummaryBacklog",
     "SummaryRejected",
     "UTCDateTime",
+    "VatGroup",
     "utcnow",
 ]

@@ -106,3 +106,6 @@ class BranchStatus(Base):
     # Numbers that database skipped (restored from a backup), [first, last] pairs: a
     # resend cannot bring them either.
     skipped_seqs: Mapped[list[list[int]]] = mapped_column(JSON, default=list, server_default="[]")
+    # The time zone the branch's agent is configured with (None: not said, an agent
+    # from before); one other than ``Branch.timezone`` is flagged in sync health.
+    agent_timezone: Mapped[str | None] = mapped_column(String(64), default=None)

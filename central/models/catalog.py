@@ -25,6 +25,7 @@ __all__ = [
     "RepricingLine",
     "RepricingLineBranch",
     "StoreFormat",
+    "VatGroup",
 ]
 
 
@@ -246,3 +247,15 @@ class MasterDataOutbox(Base):
     key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class VatGroup(Base):
+    """The chain's VAT groups: the rate each group (A..H, the fiscal printers' tax codes
+    1..8) is programmed with at the printers. A product's group must carry its rate,
+    or the fiscal record and the books disagree on its VAT. No rows: not checked."""
+
+    __tablename__ = "vat_groups"
+
+    code: Mapped[str] = mapped_column(String(1), primary_key=True)
+    rate_bp: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

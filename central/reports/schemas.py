@@ -355,6 +355,11 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     # applied every published change (applied_version >= published_version).
     published_version: int = 0
     up_to_date: bool = False
+    # Central's record of the branch's time zone, the one its agent reported (None: not
+    # said), and whether they differ (local-time prices and local days shifted).
+    timezone: str = "UTC"
+    agent_timezone: str | None = None
+    timezone_mismatch: bool = False
 
 
 class SyncHealthReport(msgspec.Struct, kw_only=True):

@@ -106,7 +106,7 @@ from central.reports.schemas import (
 )
 from central.services.masterdata_publisher import marked_version, up_to_date
 from central.services.pricing import not_withdrawn_at, scopes_at
-from central.services.sync_state import LIVE_AGENT, lost_events
+from central.services.sync_state import LIVE_AGENT, lost_events, timezone_mismatch
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
@@ -1899,6 +1899,9 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                 ),
                 published_version=published,
                 up_to_date=up_to_date(status.applied_version if status else None, published),
+                timezone=b.timezone,
+                agent_timezone=status.agent_timezone if status else None,
+                timezone_mismatch=timezone_mismatch(b.timezone, status),
             )
         )
     backlog = await session.scalar(select(func.count()).select_from(SummaryBacklog))

@@ -25,6 +25,7 @@ from central.services.masterdata_publisher import (
     enqueue,
     product_targets,
 )
+from central.services.vat_groups import load_vat_groups, resolve_vat_group
 from protocol.limits import MAX_SCALE_PLU, Code32, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of, validate_barcode
 
@@ -52,7 +53,6 @@ __all__ = [
 UNITS = ("pcs", "kg", "g", "l", "ml", "m", "m2", "pack")
 SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
 CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-VAT_GROUPS = "ABCDEFGH"
 
 
 @asynccontextmanager
@@ -80,7 +80,8 @@ class ProductIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     barcodes: list[BarcodeIn] = msgspec.field(default_factory=list)
     category: str | None = None
     vat_rate_bp: int
-    vat_group: str = "A"
+    # The fiscal printers' tax group (A..H); None: the chain's group of vat_rate_bp.
+    vat_group: str | None = None
 
 
 class ProductPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -138,10 +139,10 @@ def validate_product_fields(
     weighed: bool,
     scale_plu: int | None,
     vat_rate_bp: int,
-    vat_group: str,
     barcodes: Sequence[BarcodeIn],
 ) -> list[tuple[str, str]]:
-    """Field-level checks that need no database: (code, kind) of each barcode."""
+    """Field-level checks that need no database: (code, kind) of each barcode. The
+    VAT group is checked against the chain's groups (``resolve_vat_group``)."""
     if not SKU_RE.fullmatch(sku):
         raise ValidationFailed(
             "SKU: 1-64 letters, digits, '_', '-', '.', '/', starting with a letter or digit",
@@ -162,8 +163,6 @@ def validate_product_fields(
         raise ValidationFailed("only weighed products have a scale PLU", field="scale_plu")
     if not 0 <= vat_rate_bp <= 10000:
         raise ValidationFailed("VAT rate is 0..10000 basis points", field="vat_rate_bp")
-    if len(vat_group) != 1 or vat_group not in VAT_GROUPS:
-        raise ValidationFailed("VAT group is one letter A..H", field="vat_group")
     codes: list[tuple[str, str]] = []
     for i, barcode in enumerate(barcodes):
         try:
@@ -266,8 +265,10 @@ async def create_product(session: AsyncSession, data: ProductIn) -> ProductOut:
             weighed=data.weighed,
             scale_plu=data.scale_plu,
             vat_rate_bp=data.vat_rate_bp,
-            vat_group=data.vat_group,
             barcodes=data.barcodes,
+        )
+        vat_group = resolve_vat_group(
+            await load_vat_groups(session), data.vat_rate_bp, data.vat_group
         )
         if await session.get(Product, data.sku) is not None:
             raise ConflictError(f"product {data.sku} already exists", field="sku")
@@ -280,7 +281,7 @@ async def create_product(session: AsyncSession, data: ProductIn) -> ProductOut:
             scale_plu=data.scale_plu,
             category_code=data.category,
             vat_rate_bp=data.vat_rate_bp,
-            vat_group=data.vat_group,
+            vat_group=vat_group,
             active=True,
             bucket=bucket_of(data.sku),
             version=0,
@@ -321,7 +322,10 @@ async def update_product(session: AsyncSession, sku: str, patch: ProductPatch) -
         scale_plu = pick(patch.scale_plu, product.scale_plu)
         category = pick(patch.category, product.category_code)
         vat_rate_bp = pick(patch.vat_rate_bp, product.vat_rate_bp)
-        vat_group = str(pick(patch.vat_group, product.vat_group))
+        # A new rate without a group: the group of that rate (with the chain's groups set).
+        group_in = patch.vat_group if patch.vat_group is not msgspec.UNSET else None
+        if group_in is None and patch.vat_rate_bp is msgspec.UNSET:
+            group_in = product.vat_group
         barcodes = current.barcodes if patch.barcodes is msgspec.UNSET else patch.barcodes
         assert scale_plu is None or isinstance(scale_plu, int)
         assert category is None or isinstance(category, str)
@@ -333,9 +337,12 @@ async def update_product(session: AsyncSession, sku: str, patch: ProductPatch) -
             weighed=weighed,
             scale_plu=scale_plu,
             vat_rate_bp=vat_rate_bp,
-            vat_group=vat_group,
             barcodes=barcodes,
         )
+        groups = await load_vat_groups(session)
+        if not groups and group_in is None:
+            group_in = product.vat_group  # nothing to derive it from: kept, as before
+        vat_group = resolve_vat_group(groups, vat_rate_bp, group_in)
         await _check_references(session, sku, category, codes, scale_plu)
         if category != product.category_code:
             from central.services.promotions import check_category_change  # imports this

@@ -14,7 +14,9 @@ Products CSV (header required, column order free)::
 ``sku`` is required: a column absent from the header, or an empty cell, leaves that
 field of an existing product as it is (a new product gets the defaults, and needs
 ``name`` and ``vat_rate_bp``); ``-`` clears ``barcodes``, ``category`` or
-``scale_plu``. The report counts per field the existing products changed and cleared.
+``scale_plu``. The report counts per field the existing products changed and cleared. An empty
+``vat_group`` of a new product, or of a row giving ``vat_rate_bp``, is the chain's
+group of that rate; one carrying another rate is a bad row (``central.services.vat_groups``).
 
 Prices CSV::
 
@@ -67,6 +69,7 @@ from central.services.pricing import (
     set_prices_bulk,
 )
 from central.services.promotions import check_category_change, promoted_skus
+from central.services.vat_groups import load_vat_groups, resolve_vat_group
 from protocol.masterdata import bucket_of
 from protocol.units import format_minor, parse_minor
 
@@ -285,6 +288,7 @@ async def import_products(
     ):
         existing_codes[code] = code_sku
         current_codes[code_sku].append(code)
+    vat_groups = await load_vat_groups(session)
     parsed: list[dict[str, object]] = []
     barcodes_of: dict[str, list[tuple[str, str]]] = {}
     seen_sku: dict[str, int] = {}
@@ -301,6 +305,17 @@ async def import_products(
         sku = row.get("sku", "")
         try:
             item, codes = _merge_product(row, current.get(sku), categories)
+            # The chain's group of the rate when the row sets the rate (and the chain has
+            # groups: else nothing tells the group) or makes the product without a
+            # group; a group given is checked against its rate.
+            group_given = row.get("vat_group") or None
+            rate_set = bool(vat_groups) and bool(row.get("vat_rate_bp"))
+            if group_given is not None or rate_set or sku not in current:
+                item["vat_group"] = resolve_vat_group(
+                    vat_groups,
+                    int(item["vat_rate_bp"]),  # type: ignore[call-overload]
+                    group_given,
+                )
             validated = validate_product_fields(
                 sku=sku,
                 name=str(item["name"]),
@@ -308,7 +323,6 @@ async def import_products(
                 weighed=bool(item["weighed"]),
                 scale_plu=item["scale_plu"],  # type: ignore[arg-type]
                 vat_rate_bp=int(item["vat_rate_bp"]),  # type: ignore[call-overload]
-                vat_group=str(item["vat_group"]),
                 barcodes=codes or [],
             )
             plu = item["scale_plu"]

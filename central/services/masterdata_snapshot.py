@@ -264,22 +264,28 @@ class SnapshotService:
         if branch is None or not branch.active:
             self.refused += 1
             return SnapshotReply(action="none", error=f"unknown or revoked branch {branch_code!r}")
+        # Central's record of the branch's zone: the agent compares it with its own.
+        zone = branch.timezone
         if request.completed_snapshot:
             await self._publisher.drop_snapshot(js, branch_code, request.completed_snapshot)
         if not position:
-            return SnapshotReply(action="none")
+            return SnapshotReply(action="none", branch_timezone=zone)
         if queued is not None:
-            return SnapshotReply(action="snapshot", snapshot_id=queued, reason="queued")
+            return SnapshotReply(
+                action="snapshot", snapshot_id=queued, reason="queued", branch_timezone=zone
+            )
         facts = await self._facts(js, branch, request.last_stream_seq)
         reason = snapshot_reason(request, facts)
         if reason is None:
-            return SnapshotReply(action="none")
+            return SnapshotReply(action="none", branch_timezone=zone)
         async with self._sessionmaker() as session, session.begin():
             snapshot_id = await enqueue_snapshot(session, branch_code)
         self._publisher.wake()
         self.snapshots += 1
         log.warning("master-data snapshot %s for %s: %s", snapshot_id, branch_code, reason)
-        return SnapshotReply(action="snapshot", snapshot_id=snapshot_id, reason=reason)
+        return SnapshotReply(
+            action="snapshot", snapshot_id=snapshot_id, reason=reason, branch_timezone=zone
+        )
 
     async def _facts(self, js: JetStreamContext, branch: Branch, position: int) -> PositionFacts:
         durable = down_consumer_name(branch.code)

@@ -28,6 +28,7 @@ __all__ = [
     "list_branch_sync",
     "lost_events",
     "other_running_agent",
+    "timezone_mismatch",
 ]
 
 
@@ -76,6 +77,12 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     applied_version: int | None = None
     published_version: int = 0
     up_to_date: bool = False
+    # Central's record of the branch's time zone, the one its agent reported in its
+    # latest heartbeat (None: not said), and whether they differ: the tills would
+    # switch local-time prices and close local days at other moments than central.
+    timezone: str = "UTC"
+    agent_timezone: str | None = None
+    timezone_mismatch: bool = False
 
 
 async def list_branch_sync(
@@ -111,6 +118,12 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             select(BranchStatus).where(BranchStatus.branch.in_(branches))
         )
     }
+    zones = dict(
+        (r[0], r[1])
+        for r in await session.execute(
+            select(Branch.code, Branch.timezone).where(Branch.code.in_(branches))
+        )
+    )
     letters = dict(
         (r[0], int(r[1]))
         for r in await session.execute(
@@ -164,9 +177,18 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 applied_version=status.applied_version if status else None,
                 published_version=published,
                 up_to_date=up_to_date(status.applied_version if status else None, published),
+                timezone=zones[code],
+                agent_timezone=status.agent_timezone if status else None,
+                timezone_mismatch=timezone_mismatch(zones[code], status),
             )
         )
     return out
+
+
+def timezone_mismatch(timezone: str, status: BranchStatus | None) -> bool:
+    """The branch's agent reported a time zone other than central's record of it."""
+    reported = status.agent_timezone if status is not None else None
+    return reported is not None and reported != timezone
 
 
 async def lost_events(session: AsyncSession, states: list[BranchSyncState]) -> dict[str, int]:

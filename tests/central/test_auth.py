@@ -138,6 +138,9 @@ ROUTE_TABLE: list[tuple[str, str, str, Any, set[str]]] = [
         {"code": "bad code!", "name": "x"},
         WRITERS,
     ),
+    ("GET", "/api/v1/vat-groups", "/api/v1/vat-groups", None, EVERYONE),
+    # The VAT groups are tax configuration: admin only.
+    ("PUT", "/api/v1/vat-groups", "/api/v1/vat-groups", {"groups": {"Z": 0}}, ADMIN),
     ("GET", "/api/v1/formats", "/api/v1/formats", None, EVERYONE),
     ("POST", "/api/v1/formats", "/api/v1/formats", {"code": "bad code!", "name": "x"}, WRITERS),
     (

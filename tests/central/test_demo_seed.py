@@ -91,6 +91,8 @@ async def test_a_refused_product_leaves_nothing_behind(db: AsyncEngine) -> None:
                 name="Oat drink",
                 barcodes=[BarcodeIn(code="4006381333931")],
                 vat_rate_bp=1000,
+                # The demo printers' 10 % group (the seed sets the chain's groups).
+                vat_group="B",
             ),
         )
     async with _session(db) as s:

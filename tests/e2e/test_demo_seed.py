@@ -65,6 +65,7 @@ async def test_seeded_central_feeds_the_demo_tills_and_a_price_change_reaches_th
     assert first["categories"] == [code for code, _ in DEMO_CATEGORIES]
     assert first["format_created"] is True
     assert first["branches"] == ["B2"]
+    assert first["vat_groups"] == {"A": 2000, "B": 1000}
     # B1 is new: registered in the demo format, as `make run` does.
     added = central_cli(
         db_url, tmp_path, "branches", "add", "B1", "--name", "Downtown", "--format", "demo"
@@ -109,6 +110,7 @@ async def test_seeded_central_feeds_the_demo_tills_and_a_price_change_reaches_th
         "assortment_added": [],
         "prices": [],
         "branches": [],
+        "vat_groups": {},
         "changed": False,
     }
     assert await _central_state(central) == before

@@ -10,6 +10,7 @@ import io
 import json
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
 
         await wait_until(caught_up, timeout=60, interval=0.05)
         partial_kills = 0
+        partial = False
         for round_ in range(1, 4):
             async with central.sessionmaker() as s:
                 await set_prices_bulk(
@@ -172,8 +174,10 @@ async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
             else:
                 # Wait until some of the bulk's buckets are committed but not all (the
                 # acks of the last run may be lost too): the worst moment for a bulk.
-                partial_kills += await _until_partly_applied(replica, version)
+                partial = await _until_partly_applied(replica, version)
+                partial_kills += partial
             agent.kill()
+            last_kill_ms = int(time.time() * 1000)
             agent.start()
         assert partial_kills >= 1
         await wait_until(caught_up, timeout=90, interval=0.05)
@@ -194,5 +198,12 @@ async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
         assert sorted((sku, price, version) for _, sku, price, version in rows) == expected
         assert len(expected) == 4 * len(SKUS)
         assert replica.applied_version() == await _published(central)
+        # The moment of the last apply (status's last sync) is committed with the
+        # applies: a kill half-way through the last round, and it is after the kill.
+        (applied_at_ms,) = replica._read("SELECT value FROM md_state WHERE name = 'applied_at_ms'")[
+            0
+        ]
+        # (A kill after the whole round leaves nothing to apply after it.)
+        assert applied_at_ms >= last_kill_ms if partial else applied_at_ms > 0
     finally:
         agent.stop()
