@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
@@ -41,7 +42,13 @@ from central.services.masterdata_publisher import (
 )
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
-from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
+from protocol.pricing import (
+    PriceCandidate,
+    branch_scopes,
+    entry_moment,
+    local_to_utc,
+    resolve_price,
+)
 from protocol.units import line_amount
 
 __all__ = [
@@ -57,6 +64,7 @@ __all__ = [
     "RepricingDocumentOut",
     "RepricingLineIn",
     "RepricingLineOut",
+    "RepricingMomentOut",
     "approve_repricing",
     "branch_sync_status",
     "check_price",
@@ -182,13 +190,27 @@ class RepricingLineOut(msgspec.Struct, kw_only=True):
     branches: list[RepricingBranchOut]
 
 
+class RepricingMomentOut(msgspec.Struct, kw_only=True):
+    """When the document takes effect in the branches of one time zone: planned (a
+    draft), or the moment used (approved: never before the approval)."""
+
+    timezone: str
+    effective_at: datetime
+    # The same moment on the branches' wall clock.
+    local: str
+
+
 class RepricingDocumentOut(msgspec.Struct, kw_only=True):
     id: int
     status: str
     scope: str
     scope_id: str | None
+    # A draft: the planned moment (the earliest zone's for effective_local); approved:
+    # the moment used, never before approved_at.
     effective_at: datetime
     effective_local: str | None
+    # Per time zone of the branches the scope reaches (one for effective_at).
+    moments: list[RepricingMomentOut]
     note: str
     created_at: datetime
     approved_at: datetime | None
@@ -259,8 +281,10 @@ async def effective_moment(
     field_prefix: str = "",
 ) -> tuple[datetime, str | None]:
     """(earliest UTC moment, normalized local text); refuses a moment in the past (a
-    local time: in any branch the scope reaches), or both ways of giving it. The CSV
-    import checks its rows with it too, so its dry run refuses what the apply would."""
+    local time: in any branch the scope reaches), or both ways of giving it. The moment
+    is never before ``now``: a local time a few seconds past (within ``PAST_GRACE``)
+    takes effect now, not backdated. The CSV import checks its rows with it too, so its
+    dry run refuses what the apply would."""
     if effective_at is not None and effective_local is not None:
         raise ValidationFailed(
             "give effective_at or effective_local, not both", field=f"{field_prefix}effective_local"
@@ -280,14 +304,15 @@ async def effective_moment(
             )
         text = local.replace(microsecond=0).isoformat()
         moments = [
-            entry_moment(now, text, tz) for tz in await _reached_timezones(session, scope, scope_id)
+            local_to_utc(local, tz) for tz in await _reached_timezones(session, scope, scope_id)
         ]
         if min(moments) < now - PAST_GRACE:
             raise ValidationFailed(
                 "a price change cannot take effect in the past (in some branch's local time)",
                 field=f"{field_prefix}effective_local",
             )
-        return min(moments), text
+        # The floor of every branch's moment (protocol.pricing.entry_moment).
+        return max(min(moments), now), text
     if effective_at is None:
         return now, None
     check_aware(effective_at, f"{field_prefix}effective_at")
@@ -371,15 +396,21 @@ async def set_prices_bulk(
     effective_at: datetime | None = None,
     effective_local: str | None = None,
     document_id: int | None = None,
+    not_before: datetime | None = None,
 ) -> int:
     """Many prices at one scope and moment (import, repricing): one version each, one
-    outbox row per touched bucket. The caller has validated SKUs and prices."""
+    outbox row per touched bucket. The caller has validated SKUs and prices.
+    ``not_before``: the stored moment as the caller computed it (a repricing approved
+    late: no branch before approval, ``effective_local`` where it is still ahead)."""
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, scope, scope_id)
-        moment, local = await effective_moment(
-            session, scope, sid, effective_at, effective_local, now
-        )
+        if not_before is not None:
+            moment, local = not_before, effective_local
+        else:
+            moment, local = await effective_moment(
+                session, scope, sid, effective_at, effective_local, now
+            )
         if not changes:
             return 0
         last = await allocate_versions(session, len(changes))
@@ -947,6 +978,12 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
         )
         for ln in lines
     ]
+    zones = await _reached_timezones(session, doc.scope, doc.scope_id)
+    moments = []
+    for tz in sorted(zones) if doc.effective_local else ["UTC"]:
+        at = entry_moment(doc.effective_at, doc.effective_local, tz)
+        local = at.astimezone(ZoneInfo(tz)).replace(tzinfo=None, microsecond=0)
+        moments.append(RepricingMomentOut(timezone=tz, effective_at=at, local=local.isoformat()))
     return RepricingDocumentOut(
         id=doc.id,
         status=status,
@@ -954,6 +991,7 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
         scope_id=doc.scope_id or None,
         effective_at=doc.effective_at,
         effective_local=doc.effective_local,
+        moments=moments,
         note=doc.note,
         created_at=doc.created_at,
         approved_at=doc.approved_at,
@@ -1104,18 +1142,15 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
         if doc.status != "draft":
             raise ConflictError(f"document is {doc.status}, not draft", field="status")
         now = datetime.now(UTC)
-        if doc.effective_at < now - PAST_GRACE:
-            raise ValidationFailed(
-                "the document's effective moment has passed; create a new one",
-                field="effective_at",
-            )
+        # Approved late (its moment, or some zone's local moment, has passed): the
+        # prices take effect at approval there, never before; the draft's stock stays.
+        moment = max(doc.effective_at, now)
         lines = (
             await session.scalars(select(RepricingLine).where(RepricingLine.document_id == doc.id))
         ).all()
         before = _repricing_summary(await _repricing_out(session, doc))
         # Prices as they stand at approval, for the moment the document takes effect
         # (changes made after the draft count; changes after approval do not revise it).
-        moment = max(doc.effective_at, now)
         by_line: dict[int, list[RepricingLineBranch]] = defaultdict(list)
         for b in await session.scalars(
             select(RepricingLineBranch)
@@ -1143,10 +1178,12 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
             [(ln.sku, ln.new_price) for ln in lines],
             scope=doc.scope,
             scope_id=doc.scope_id or None,
-            effective_at=None if doc.effective_local else max(doc.effective_at, now),
             effective_local=doc.effective_local,
             document_id=doc.id,
+            not_before=moment,
         )
+        # The document shows the moment used, not the one planned.
+        doc.effective_at = moment
         doc.status = "approved"
         doc.approved_at = now
         await session.flush()
