@@ -65,6 +65,7 @@ __all__ = [
     "RepricingLineIn",
     "RepricingLineOut",
     "RepricingMomentOut",
+    "RepricingPreviewOut",
     "approve_repricing",
     "branch_sync_status",
     "check_price",
@@ -186,8 +187,21 @@ class RepricingLineOut(msgspec.Struct, kw_only=True):
     unaffected_stock_milli: int
     unpriced_stock_milli: int
     unpriced_value: int
+    # Branches whose balance is negative (their sum, below 0): listed in ``branches``
+    # as ``negative_stock``, outside ``stock_milli`` and never revalued.
+    negative_stock_milli: int
     # Empty when the stock was given on the line for a scope of several branches.
     branches: list[RepricingBranchOut]
+
+
+class RepricingPreviewOut(msgspec.Struct, kw_only=True):
+    """A draft's figures as approving it at ``computed_at`` would record them (prices as
+    they stand then); not stored: approval computes them again."""
+
+    computed_at: datetime
+    lines: list[RepricingLineOut]
+    total_revaluation: int
+    total_unpriced_value: int
 
 
 class RepricingMomentOut(msgspec.Struct, kw_only=True):
@@ -217,6 +231,8 @@ class RepricingDocumentOut(msgspec.Struct, kw_only=True):
     lines: list[RepricingLineOut]
     total_revaluation: int
     total_unpriced_value: int
+    # A draft only: what approving it now would give (read time, not stored).
+    preview: RepricingPreviewOut | None = None
 
 
 class BranchSyncOut(msgspec.Struct, kw_only=True):
@@ -820,12 +836,12 @@ async def list_price_zones(session: AsyncSession) -> list[PriceZoneIn]:
 async def _stock_in_scope(
     session: AsyncSession, scope: str, scope_id: str, skus: Sequence[str]
 ) -> dict[str, dict[str, int]]:
-    """Central's stock on hand per SKU and branch, in the active branches the scope
-    reaches (a branch's negative balance holds nothing to revalue, so it is left out)."""
+    """Central's stock balance per SKU and branch, in the active branches the scope
+    reaches (a negative balance too: it is listed apart, never revalued)."""
     query = (
         select(StockBalance.sku, StockBalance.branch, StockBalance.quantity_milli)
         .join(Branch, Branch.code == StockBalance.branch)
-        .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli > 0)
+        .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli != 0)
         .order_by(StockBalance.sku, StockBalance.branch)
     )
     out: dict[str, dict[str, int]] = defaultdict(dict)
@@ -893,14 +909,21 @@ async def create_repricing(
                 sku=line.sku,
                 new_price=line.new_price,
                 stock_milli=(
-                    sum(per_branch.values()) if line.stock_milli is None else line.stock_milli
+                    sum(q for q in per_branch.values() if q > 0)
+                    if line.stock_milli is None
+                    else line.stock_milli
                 ),
             )
             rows.append((row, per_branch))
         session.add_all(row for row, _ in rows)
         await session.flush()
         session.add_all(
-            RepricingLineBranch(line_id=row.id, branch=code, stock_milli=qty, status="draft")
+            RepricingLineBranch(
+                line_id=row.id,
+                branch=code,
+                stock_milli=qty,
+                status="draft" if qty > 0 else "negative_stock",
+            )
             for row, per_branch in rows
             for code, qty in sorted(per_branch.items())
         )
@@ -920,6 +943,8 @@ def _repricing_summary(doc: RepricingDocumentOut) -> dict[str, object]:
     (without their branches: a chain's document would list every branch per line)."""
     header = msgspec.to_builtins(doc)
     header.pop("lines")
+    # The preview's figures are not the document's (it is recomputed on approval).
+    header.pop("preview", None)
     first = [msgspec.to_builtins(line) for line in doc.lines[:SUMMARY_KEYS]]
     for line in first:
         line.pop("branches")
@@ -930,7 +955,10 @@ def _repricing_summary(doc: RepricingDocumentOut) -> dict[str, object]:
     }
 
 
-async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> RepricingDocumentOut:
+async def _document_rows(
+    session: AsyncSession, doc: RepricingDocument
+) -> tuple[Sequence[RepricingLine], dict[int, list[RepricingLineBranch]]]:
+    """A document's lines, and each line's branch rows (by branch)."""
     lines = (
         await session.scalars(
             select(RepricingLine)
@@ -938,46 +966,91 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
             .order_by(RepricingLine.id)
         )
     ).all()
-    per_line: dict[int, list[RepricingBranchOut]] = defaultdict(list)
-    branch_rows = await session.scalars(
+    by_line: dict[int, list[RepricingLineBranch]] = defaultdict(list)
+    for b in await session.scalars(
         select(RepricingLineBranch)
         .join(RepricingLine, RepricingLine.id == RepricingLineBranch.line_id)
         .where(RepricingLine.document_id == doc.id)
         .order_by(RepricingLineBranch.line_id, RepricingLineBranch.branch)
-    )
-    for b in branch_rows:
-        per_line[b.line_id].append(
-            RepricingBranchOut(
-                branch=b.branch,
-                stock_milli=b.stock_milli,
-                status=b.status,
-                old_price=b.old_price,
-                new_price=b.new_price,
-                old_value=b.old_value,
-                new_value=b.new_value,
-                revaluation=b.new_value - b.old_value if b.status == "revalued" else 0,
+    ):
+        by_line[b.line_id].append(b)
+    return lines, by_line
+
+
+def _lines_out(
+    lines: Sequence[RepricingLine], by_line: Mapping[int, Sequence[RepricingLineBranch]]
+) -> list[RepricingLineOut]:
+    out: list[RepricingLineOut] = []
+    for ln in lines:
+        rows = by_line.get(ln.id, ())
+        out.append(
+            RepricingLineOut(
+                sku=ln.sku,
+                new_price=ln.new_price,
+                old_price=ln.old_price,
+                stock_milli=ln.stock_milli,
+                revalued_stock_milli=ln.revalued_stock_milli,
+                old_value=ln.old_value,
+                new_value=ln.new_value,
+                revaluation=ln.new_value - ln.old_value,
+                unaffected_stock_milli=ln.unaffected_stock_milli,
+                unpriced_stock_milli=ln.unpriced_stock_milli,
+                unpriced_value=ln.unpriced_value,
+                negative_stock_milli=sum(b.stock_milli for b in rows if b.stock_milli < 0),
+                branches=[
+                    RepricingBranchOut(
+                        branch=b.branch,
+                        stock_milli=b.stock_milli,
+                        status=b.status,
+                        old_price=b.old_price,
+                        new_price=b.new_price,
+                        old_value=b.old_value,
+                        new_value=b.new_value,
+                        revaluation=b.new_value - b.old_value if b.status == "revalued" else 0,
+                    )
+                    for b in rows
+                ],
             )
         )
+    return out
+
+
+async def _preview(
+    session: AsyncSession,
+    doc: RepricingDocument,
+    lines: Sequence[RepricingLine],
+    by_line: Mapping[int, Sequence[RepricingLineBranch]],
+) -> RepricingPreviewOut:
+    """What approving the draft now would record, on copies (nothing is written)."""
+    now = datetime.now(UTC)
+    copies = [
+        RepricingLine(id=ln.id, sku=ln.sku, new_price=ln.new_price, stock_milli=ln.stock_milli)
+        for ln in lines
+    ]
+    rows = {
+        line_id: [
+            RepricingLineBranch(line_id=line_id, branch=b.branch, stock_milli=b.stock_milli)
+            for b in branch_rows
+        ]
+        for line_id, branch_rows in by_line.items()
+    }
+    await _revalue(session, doc, copies, rows, max(doc.effective_at, now))
+    out = _lines_out(copies, rows)
+    return RepricingPreviewOut(
+        computed_at=now,
+        lines=out,
+        total_revaluation=sum(ln.revaluation for ln in out),
+        total_unpriced_value=sum(ln.unpriced_value for ln in out),
+    )
+
+
+async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> RepricingDocumentOut:
+    lines, by_line = await _document_rows(session, doc)
     status = doc.status
     if status == "approved" and doc.effective_at <= datetime.now(UTC):
         status = "effective"
-    out_lines = [
-        RepricingLineOut(
-            sku=ln.sku,
-            new_price=ln.new_price,
-            old_price=ln.old_price,
-            stock_milli=ln.stock_milli,
-            revalued_stock_milli=ln.revalued_stock_milli,
-            old_value=ln.old_value,
-            new_value=ln.new_value,
-            revaluation=ln.new_value - ln.old_value,
-            unaffected_stock_milli=ln.unaffected_stock_milli,
-            unpriced_stock_milli=ln.unpriced_stock_milli,
-            unpriced_value=ln.unpriced_value,
-            branches=per_line.get(ln.id, []),
-        )
-        for ln in lines
-    ]
+    out_lines = _lines_out(lines, by_line)
+    preview = await _preview(session, doc, lines, by_line) if doc.status == "draft" else None
     zones = await _reached_timezones(session, doc.scope, doc.scope_id)
     moments = []
     for tz in sorted(zones) if doc.effective_local else ["UTC"]:
@@ -998,6 +1071,7 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
         lines=out_lines,
         total_revaluation=sum(ln.revaluation for ln in out_lines),
         total_unpriced_value=sum(ln.unpriced_value for ln in out_lines),
+        preview=preview,
     )
 
 
@@ -1116,7 +1190,11 @@ def _revalue_line(
     for b in rows:
         b.old_price, b.new_price, applies = prices.get((ln.sku, b.branch), (None, None, False))
         b.old_value = b.new_value = 0
-        if not applies:
+        if b.stock_milli < 0:
+            # Sold ahead of its receipt: nothing on hand to revalue (the goods that
+            # come in are valued at the price then); listed apart with its quantity.
+            b.status = "negative_stock"
+        elif not applies:
             b.status = "unaffected"
             ln.unaffected_stock_milli += b.stock_milli
         elif b.old_price is None:
@@ -1133,6 +1211,33 @@ def _revalue_line(
             ln.new_value += b.new_value
 
 
+async def _revalue(
+    session: AsyncSession,
+    doc: RepricingDocument,
+    lines: Sequence[RepricingLine],
+    by_line: Mapping[int, Sequence[RepricingLineBranch]],
+    moment: datetime,
+) -> None:
+    """Fill the lines and their branch rows for the document taking effect at ``moment``
+    (each branch: at its own moment from then on), with the prices as they stand now
+    (changes made after the draft count; changes after approval do not revise it)."""
+    codes = {b.branch for rows in by_line.values() for b in rows}
+    if doc.scope == "branch":
+        codes.add(doc.scope_id)
+    prices = await _prices_at_branches(
+        session, doc, {ln.sku: ln.new_price for ln in lines}, sorted(codes), moment
+    )
+    old = await _scope_price_before(
+        session, doc.scope, doc.scope_id, [ln.sku for ln in lines], moment
+    )
+    for ln in lines:
+        if doc.scope == "branch":
+            ln.old_price = prices.get((ln.sku, doc.scope_id), (None, None, False))[0]
+        else:
+            ln.old_price = old.get(ln.sku)
+        _revalue_line(ln, by_line.get(ln.id, []), prices)
+
+
 async def approve_repricing(session: AsyncSession, document_id: int) -> RepricingDocumentOut:
     """Draft -> approved: the new prices are scheduled and the stock revaluation recorded."""
     async with unit_of_work(session):
@@ -1145,34 +1250,9 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
         # Approved late (its moment, or some zone's local moment, has passed): the
         # prices take effect at approval there, never before; the draft's stock stays.
         moment = max(doc.effective_at, now)
-        lines = (
-            await session.scalars(select(RepricingLine).where(RepricingLine.document_id == doc.id))
-        ).all()
+        lines, by_line = await _document_rows(session, doc)
         before = _repricing_summary(await _repricing_out(session, doc))
-        # Prices as they stand at approval, for the moment the document takes effect
-        # (changes made after the draft count; changes after approval do not revise it).
-        by_line: dict[int, list[RepricingLineBranch]] = defaultdict(list)
-        for b in await session.scalars(
-            select(RepricingLineBranch)
-            .where(RepricingLineBranch.line_id.in_([ln.id for ln in lines]))
-            .order_by(RepricingLineBranch.id)
-        ):
-            by_line[b.line_id].append(b)
-        codes = {b.branch for rows in by_line.values() for b in rows}
-        if doc.scope == "branch":
-            codes.add(doc.scope_id)
-        prices = await _prices_at_branches(
-            session, doc, {ln.sku: ln.new_price for ln in lines}, sorted(codes), moment
-        )
-        old = await _scope_price_before(
-            session, doc.scope, doc.scope_id, [ln.sku for ln in lines], moment
-        )
-        for ln in lines:
-            if doc.scope == "branch":
-                ln.old_price = prices.get((ln.sku, doc.scope_id), (None, None, False))[0]
-            else:
-                ln.old_price = old.get(ln.sku)
-            _revalue_line(ln, by_line.get(ln.id, []), prices)
+        await _revalue(session, doc, lines, by_line, moment)
         await set_prices_bulk(
             session,
             [(ln.sku, ln.new_price) for ln in lines],
