@@ -161,7 +161,9 @@ async def price_tag_items(
         product = products.get(sku)
         if product is None or not product.active:
             continue
-        at = moments[sku]
+        # The moment the price on the tag took effect at this branch (a price already
+        # in force: when it started, not when the tag is printed).
+        at = prices[sku].effective_at
         items.append(
             {
                 "sku": sku,
