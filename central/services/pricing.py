@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -66,6 +66,7 @@ __all__ = [
     "RepricingLineOut",
     "RepricingMomentOut",
     "RepricingPreviewOut",
+    "ScopedPrice",
     "approve_repricing",
     "branch_sync_status",
     "check_price",
@@ -244,6 +245,18 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     last_heartbeat_at: datetime | None
 
 
+class ScopedPrice(NamedTuple):
+    """A price and the scope it is set at (``scope_id`` None for the chain)."""
+
+    price: int
+    scope: str
+    scope_id: str | None
+
+    def describe(self) -> str:
+        """The scope in words, for messages: "the chain's", "zone north's"."""
+        return "the chain's" if self.scope == "all" else f"{self.scope} {self.scope_id}'s"
+
+
 class PriceMismatchOut(msgspec.Struct, kw_only=True):
     sku: str
     till_price: int
@@ -278,13 +291,25 @@ def _reached_by(scope: str, scope_id: str) -> ColumnElement[bool]:
     return true()
 
 
-async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
-    query = select(Branch.timezone).where(Branch.active, _reached_by(scope, scope_id)).distinct()
-    zones = list((await session.scalars(query)).all())
+async def _reached_zone_branches(
+    session: AsyncSession, scope: str, scope_id: str
+) -> dict[str, str | None]:
+    """Per time zone of the active branches the scope reaches, the first branch code
+    there (None: no branch, the price zone's own time zone or UTC)."""
+    query = (
+        select(Branch.timezone, func.min(Branch.code))
+        .where(Branch.active, _reached_by(scope, scope_id))
+        .group_by(Branch.timezone)
+    )
+    zones: dict[str, str | None] = {tz: code for tz, code in await session.execute(query)}
     if not zones and scope == "zone":
         zone = await session.get(PriceZone, scope_id)
-        zones = [zone.timezone] if zone else []
-    return zones or ["UTC"]
+        zones = {zone.timezone: None} if zone else {}
+    return zones or {"UTC": None}
+
+
+async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
+    return list(await _reached_zone_branches(session, scope, scope_id))
 
 
 async def effective_moment(
@@ -319,22 +344,31 @@ async def effective_moment(
                 field=f"{field_prefix}effective_local",
             )
         text = local.replace(microsecond=0).isoformat()
-        moments = [
-            local_to_utc(local, tz) for tz in await _reached_timezones(session, scope, scope_id)
-        ]
-        if min(moments) < now - PAST_GRACE:
+        zones = await _reached_zone_branches(session, scope, scope_id)
+        moments = {tz: local_to_utc(local, tz) for tz in zones}
+        tz = min(moments, key=lambda z: (moments[z], z))
+        if moments[tz] < now - PAST_GRACE:
+            # Name where: the earliest zone's branch, its zone and that moment in UTC.
+            where = (
+                f"branch {zones[tz]}"
+                if zones[tz]
+                else ("the chain" if scope == "all" else f"{scope} {scope_id}")
+            )
             raise ValidationFailed(
-                "a price change cannot take effect in the past (in some branch's local time)",
+                f"a price change cannot take effect in the past: {text} local time in "
+                f"{where} ({tz}) was {moments[tz]:%Y-%m-%d %H:%M:%S}Z",
                 field=f"{field_prefix}effective_local",
             )
         # The floor of every branch's moment (protocol.pricing.entry_moment).
-        return max(min(moments), now), text
+        return max(moments[tz], now), text
     if effective_at is None:
         return now, None
     check_aware(effective_at, f"{field_prefix}effective_at")
     if effective_at < now - PAST_GRACE:
         raise ValidationFailed(
-            "a price change cannot take effect in the past", field=f"{field_prefix}effective_at"
+            f"a price change cannot take effect in the past: "
+            f"{effective_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z is before now",
+            field=f"{field_prefix}effective_at",
         )
     return max(effective_at.astimezone(UTC), now), None
 
@@ -749,12 +783,13 @@ async def lowest_prices_in_force(
     skus: Sequence[str],
     at: datetime,
     branches: Sequence[Branch] | None = None,
-) -> dict[str, int]:
+) -> dict[str, ScopedPrice]:
     """Per SKU, the lowest price in force at ``at`` at any scope (the chain's, and each
     format's, zone's and branch's own): what some branch may be selling it at. With
     ``branches``, only at the scopes that reach one of them (their own, their formats'
     and zones', the chain's): never above what any of them charges. SKUs without a
-    price in force are left out."""
+    price in force are left out. Each price comes with the scope it is set at (the
+    lowest's, the first by scope rank and id of equal ones), for the caller to name it."""
     reaching: set[tuple[str, str]] | None = None
     if branches is not None:
         reaching = {
@@ -784,9 +819,12 @@ async def lowest_prices_in_force(
             key = (sku, scope, scope_id)
             if key not in latest or (effective_at, version) > latest[key][:2]:
                 latest[key] = (effective_at, version, price)
-    out: dict[str, int] = {}
-    for (sku, _scope, _sid), (_at, _version, price) in latest.items():
-        out[sku] = min(out.get(sku, price), price)
+    out: dict[str, ScopedPrice] = {}
+    for (sku, scope, sid), (_at, _version, price) in sorted(
+        latest.items(), key=lambda item: (item[0][0], SCOPES.index(item[0][1]), item[0][2])
+    ):
+        if sku not in out or price < out[sku].price:
+            out[sku] = ScopedPrice(price, scope, sid or None)
     return out
 
 
