@@ -12,20 +12,30 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 
+from central.ingest.worker import IngestWorker
 from central.models import RepricingDocument
+from tests.central.chain_events import BranchBooks, message
 from tests.central.test_catalog_api import _setup
-from tests.central.test_repricing_per_branch import _post, _stock
+from tests.central.test_price_history import _mismatches, _Tills
+from tests.central.test_repricing_per_branch import _post
 from tests.conftest import register_branch
 
 ZONES = {"BNY": "America/New_York", "BBER": "Europe/Berlin", "BTOK": "Asia/Tokyo"}
 
 
-async def _chain(central: Any, client: Any) -> None:
+async def _chain(central: Any, client: Any) -> _Tills:
+    """Three branches in three zones holding 10 MILK-1L at 779; their tills."""
     await _setup(client)
     for code, tz in ZONES.items():
         await register_branch(central, code, timezone=tz)
     await _post(client, "/api/v1/prices", {"sku": "MILK-1L", "price": 779})
-    await _stock(central, {code: [("MILK-1L", 10_000)] for code in ZONES})
+    tills = _Tills(central)
+    events = []
+    for code in ZONES:
+        books = tills.books[code] = BranchBooks(code)
+        events.append(books.document("goods_receipt", [("MILK-1L", 10_000, 500)]))
+    await IngestWorker(central.sessionmaker).process([message(e) for e in events])
+    return tills
 
 
 async def _price(client: Any, branch: str, at: datetime) -> int:
@@ -45,7 +55,7 @@ async def test_a_local_time_document_approved_late_is_not_backdated(
     central: Any, central_client: Any
 ) -> None:
     client = central_client
-    await _chain(central, client)
+    tills = await _chain(central, client)
     planned = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
     draft = await _post(
         client,
@@ -57,13 +67,15 @@ async def test_a_local_time_document_approved_late_is_not_backdated(
             "lines": [{"sku": "MILK-1L", "new_price": 789}],
         },
     )
-    await asyncio.sleep((planned - datetime.now(UTC)).total_seconds() + 2)
+    await asyncio.sleep((planned - datetime.now(UTC)).total_seconds() + 1)
     # A till selling between the planned moment and the approval charged 779: right.
-    sold_at = planned + timedelta(seconds=1)
+    sold_at = await tills.sell("BNY", "MILK-1L", 779)
+    assert sold_at > planned
     doc = await _post(client, f"/api/v1/repricing/{draft['id']}/approve", {}, status=200)
     approved = datetime.fromisoformat(doc["approved_at"])
     assert approved > sold_at
     assert await _price(client, "BNY", sold_at) == 779
+    assert await _mismatches(client, "BNY") == []
     assert await _price(client, "BNY", approved) == 789
     entries = (await client.get("/api/v1/prices", params={"sku": "MILK-1L"})).json()["items"]
     mine = [e for e in entries if e["document_id"] == doc["id"]]
