@@ -12,7 +12,7 @@ price zone and a single branch. Each price entry applies from its
    later decision of head office).
 
 A moment head office gives in a branch's local time is turned into UTC with
-``local_to_utc``: an ambiguous time (clocks going back) is its first occurrence,
+``local_to_utc`` (and never before the entry's ``effective_at``, ``entry_moment``): an ambiguous time (clocks going back) is its first occurrence,
 a time inside a gap (clocks going forward) lands the same distance after the gap
 (PEP 495, ``fold=0``).
 """
