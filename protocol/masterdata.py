@@ -200,7 +200,8 @@ class PriceEntry(_Wire, frozen=True, kw_only=True):
     version: NonNegative = 0
     # Set when head office gave a wall-clock time ("06:00 in every store"): each
     # branch takes it in its own time zone (protocol.pricing.entry_moment);
-    # effective_at is then the earliest such moment among the branches reached.
+    # effective_at is then the earliest such moment among the branches reached, or
+    # the moment head office decided it if later: no branch takes it before.
     effective_local: _LocalTime | None = None
 
 

@@ -12,7 +12,7 @@ price zone and a single branch. Each price entry applies from its
    later decision of head office).
 
 A moment head office gives in a branch's local time is turned into UTC with
-``local_to_utc``: an ambiguous time (clocks going back) is its first occurrence,
+``local_to_utc`` (and never before the entry's ``effective_at``, ``entry_moment``): an ambiguous time (clocks going back) is its first occurrence,
 a time inside a gap (clocks going forward) lands the same distance after the gap
 (PEP 495, ``fold=0``).
 """
@@ -111,7 +111,9 @@ def local_to_utc(local: datetime, timezone: str) -> datetime:
 
 def entry_moment(effective_at: datetime, effective_local: str | None, timezone: str) -> datetime:
     """When an entry takes effect at a branch in ``timezone``: its local wall-clock time
-    there if it was given as one, else its UTC moment."""
+    there if it was given as one, but never before its UTC moment (central stores the
+    moment it was decided, or approved, if that is later: a late decision never
+    backdates a price); else its UTC moment."""
     if effective_local:
-        return local_to_utc(datetime.fromisoformat(effective_local), timezone)
+        return max(local_to_utc(datetime.fromisoformat(effective_local), timezone), effective_at)
     return effective_at

@@ -89,6 +89,7 @@ __all__ = [
     "note_down_seq",
     "pending_snapshot",
     "product_targets",
+    "promotion_record",
     "published_version",
     "up_to_date",
 ]
@@ -506,7 +507,7 @@ async def _price_bucket(
     return (await _price_buckets(session, scope, scope_id, (bucket,), version, now))[bucket]
 
 
-def _promotion_record(promo: Promotion) -> PromotionRecord:
+def promotion_record(promo: Promotion) -> PromotionRecord:
     return PromotionRecord(
         promotion_id=promo.promotion_id,
         version=promo.version,
@@ -532,7 +533,7 @@ async def _promotion(
         reaches = (not promo.branches) if scope == "all" else scope_id in promo.branches
     if promo is None or not reaches:
         return PromotionRecord(promotion_id=promotion_id, version=version, deleted=True)
-    return _promotion_record(promo)
+    return promotion_record(promo)
 
 
 async def build_message(
@@ -589,7 +590,7 @@ async def build_snapshot(
             continue
         # At the snapshot's version, not the row's: a branch may hold a later change
         # central lost (its database restored from a backup); the snapshot replaces it.
-        record = _promotion_record(promo)
+        record = promotion_record(promo)
         values.append(
             (subject, msgspec.structs.replace(record, version=max(promo.version, version)))
         )

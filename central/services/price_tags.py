@@ -3,8 +3,9 @@
 One label per product of the branch's assortment whose price for that branch
 changes in the window (by default: changed during the last day, or changing
 within the next day, so the night shift can print tomorrow's labels). Each label
-shows the name, the price that applies from the change, the unit price, and the
-barcode as an SVG (EAN-13 and EAN-8 drawn here; other codes as text).
+shows the name, the price that applies from the change, the unit price, the
+promotion in force then (the till's price under it and its end), and the barcode as
+an SVG (EAN-13 and EAN-8 drawn here; other codes as text).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import NotFoundError, ValidationFailed, check_aware
-from central.models import Branch, PriceEntryRow, Product, ProductBarcode
+from central.models import Branch, PriceEntryRow, Product, ProductBarcode, Promotion
 from central.services.assortment import branch_assortment
+from central.services.masterdata_publisher import category_paths, promotion_record
 from central.services.pricing import expected_prices_each
+from protocol.masterdata import PromotionRecord
 from protocol.pricing import branch_scopes, entry_moment
+from protocol.promotions import PromoLine, evaluate_promotions
 from protocol.units import format_minor
 
 __all__ = ["ean_svg", "price_tag_items", "render_price_tags"]
@@ -156,12 +160,16 @@ async def price_tag_items(
             key=lambda row: (row[0], row[2] != "ean13", row[1]),
         ):
             barcodes.setdefault(sku, barcode)
+    promotions = await _branch_promotions(session, branch_code, min(moments.values(), default=now))
+    paths = await category_paths(session) if promotions else {}
     items: list[dict[str, object]] = []
     for sku in skus:
         product = products.get(sku)
         if product is None or not product.active:
             continue
-        at = moments[sku]
+        # The moment the price on the tag took effect at this branch (a price already
+        # in force: when it started, not when the tag is printed).
+        at = prices[sku].effective_at
         items.append(
             {
                 "sku": sku,
@@ -171,9 +179,46 @@ async def price_tag_items(
                 # The shelf shows the branch's wall clock (with its zone), not UTC.
                 "valid_from": at.astimezone(zone),
                 "barcode": barcodes.get(sku),
+                **_promotion_on_tag(
+                    promotions,
+                    sku,
+                    prices[sku].price,
+                    paths.get(product.category_code or "", ()),
+                    moments[sku],
+                    zone,
+                ),
             }
         )
     return items
+
+
+async def _branch_promotions(
+    session: AsyncSession, branch_code: str, since: datetime
+) -> list[PromotionRecord]:
+    """The branch's promotions (its own and the chain's) not over by ``since``."""
+    rows = await session.scalars(
+        select(Promotion).where(Promotion.active, Promotion.ends_at > since)
+    )
+    return [promotion_record(p) for p in rows if not p.branches or branch_code in p.branches]
+
+
+def _promotion_on_tag(
+    promotions: list[PromotionRecord],
+    sku: str,
+    price: int,
+    category_path: tuple[str, ...],
+    at: datetime,
+    zone: ZoneInfo,
+) -> dict[str, object]:
+    """The till's price of one unit (a piece, a kg or a litre) under the promotion in
+    force at ``at`` (the tills' own rules, ``protocol.promotions``), and its end."""
+    line = PromoLine(sku, 1000, price, price, category_path)
+    (result,) = evaluate_promotions(promotions, [line], at)
+    if not result.amount:
+        return {"promo_price": None, "promo_until": None}
+    (promo,) = [p for p in promotions if p.promotion_id == result.promotion_id]
+    assert promo.ends_at is not None
+    return {"promo_price": price - result.amount, "promo_until": promo.ends_at.astimezone(zone)}
 
 
 _CSS = """
@@ -185,10 +230,22 @@ body{font-family:sans-serif;margin:8mm}
 .price{font-size:22pt;font-weight:bold;text-align:right}
 .unit{font-size:8pt}
 .code{font-family:monospace;font-size:9pt}
+.promo{font-size:11pt;font-weight:bold;color:#b00}
 @media print{body{margin:0}}
 """
 
 _UNIT_LABEL = {"kg": "per kg", "g": "per g", "l": "per litre", "ml": "per ml", "m": "per metre"}
+
+
+def _promotion_html(item: dict[str, object]) -> str:
+    promo_price, until = item["promo_price"], item["promo_until"]
+    if promo_price is None:
+        return ""
+    assert isinstance(until, datetime)
+    return (
+        f'<div class="promo">promotion: {format_minor(int(str(promo_price)))}'
+        f" until {until:%Y-%m-%d %H:%M %Z}</div>"
+    )
 
 
 async def render_price_tags(
@@ -211,6 +268,7 @@ async def render_price_tags(
             f'<div class="price">{price}</div>'
             f'<div class="unit">unit price: {html.escape(unit_text)} · SKU {html.escape(str(item["sku"]))}'
             f" · from {valid_from:%Y-%m-%d %H:%M %Z}</div>"
+            + _promotion_html(item)
             + (ean_svg(str(item["barcode"])) if item["barcode"] else "")
             + "</div>"
         )

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, NamedTuple
+from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
@@ -42,7 +43,13 @@ from central.services.masterdata_publisher import (
 )
 from protocol.limits import Code32, Code64, Text200
 from protocol.masterdata import KIND_PRICE, bucket_key, bucket_of
-from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
+from protocol.pricing import (
+    PriceCandidate,
+    branch_scopes,
+    entry_moment,
+    local_to_utc,
+    resolve_price,
+)
 from protocol.units import MinorUnits, format_minor, line_amount
 
 __all__ = [
@@ -60,6 +67,9 @@ __all__ = [
     "RepricingDocumentOut",
     "RepricingLineIn",
     "RepricingLineOut",
+    "RepricingMomentOut",
+    "RepricingPreviewOut",
+    "ScopedPrice",
     "approve_repricing",
     "branch_sync_status",
     "check_price",
@@ -187,8 +197,31 @@ class RepricingLineOut(msgspec.Struct, kw_only=True):
     unaffected_stock_milli: int
     unpriced_stock_milli: int
     unpriced_value: int
+    # Branches whose balance is negative (their sum, below 0): listed in ``branches``
+    # as ``negative_stock``, outside ``stock_milli`` and never revalued.
+    negative_stock_milli: int
     # Empty when the stock was given on the line for a scope of several branches.
     branches: list[RepricingBranchOut]
+
+
+class RepricingPreviewOut(msgspec.Struct, kw_only=True):
+    """A draft's figures as approving it at ``computed_at`` would record them (prices as
+    they stand then); not stored: approval computes them again."""
+
+    computed_at: datetime
+    lines: list[RepricingLineOut]
+    total_revaluation: int
+    total_unpriced_value: int
+
+
+class RepricingMomentOut(msgspec.Struct, kw_only=True):
+    """When the document takes effect in the branches of one time zone: planned (a
+    draft), or the moment used (approved: never before the approval)."""
+
+    timezone: str
+    effective_at: datetime
+    # The same moment on the branches' wall clock.
+    local: str
 
 
 class RepricingDocumentOut(msgspec.Struct, kw_only=True):
@@ -196,14 +229,20 @@ class RepricingDocumentOut(msgspec.Struct, kw_only=True):
     status: str
     scope: str
     scope_id: str | None
+    # A draft: the planned moment (the earliest zone's for effective_local); approved:
+    # the moment used, never before approved_at.
     effective_at: datetime
     effective_local: str | None
+    # Per time zone of the branches the scope reaches (one for effective_at).
+    moments: list[RepricingMomentOut]
     note: str
     created_at: datetime
     approved_at: datetime | None
     lines: list[RepricingLineOut]
     total_revaluation: int
     total_unpriced_value: int
+    # A draft only: what approving it now would give (read time, not stored).
+    preview: RepricingPreviewOut | None = None
 
 
 class BranchSyncOut(msgspec.Struct, kw_only=True):
@@ -213,6 +252,18 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     published_version: int
     up_to_date: bool
     last_heartbeat_at: datetime | None
+
+
+class ScopedPrice(NamedTuple):
+    """A price and the scope it is set at (``scope_id`` None for the chain)."""
+
+    price: int
+    scope: str
+    scope_id: str | None
+
+    def describe(self) -> str:
+        """The scope in words, for messages: "the chain's", "zone north's"."""
+        return "the chain's" if self.scope == "all" else f"{self.scope} {self.scope_id}'s"
 
 
 class PriceMismatchOut(msgspec.Struct, kw_only=True):
@@ -249,13 +300,25 @@ def _reached_by(scope: str, scope_id: str) -> ColumnElement[bool]:
     return true()
 
 
-async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
-    query = select(Branch.timezone).where(Branch.active, _reached_by(scope, scope_id)).distinct()
-    zones = list((await session.scalars(query)).all())
+async def _reached_zone_branches(
+    session: AsyncSession, scope: str, scope_id: str
+) -> dict[str, str | None]:
+    """Per time zone of the active branches the scope reaches, the first branch code
+    there (None: no branch, the price zone's own time zone or UTC)."""
+    query = (
+        select(Branch.timezone, func.min(Branch.code))
+        .where(Branch.active, _reached_by(scope, scope_id))
+        .group_by(Branch.timezone)
+    )
+    zones: dict[str, str | None] = {tz: code for tz, code in await session.execute(query)}
     if not zones and scope == "zone":
         zone = await session.get(PriceZone, scope_id)
-        zones = [zone.timezone] if zone else []
-    return zones or ["UTC"]
+        zones = {zone.timezone: None} if zone else {}
+    return zones or {"UTC": None}
+
+
+async def _reached_timezones(session: AsyncSession, scope: str, scope_id: str) -> list[str]:
+    return list(await _reached_zone_branches(session, scope, scope_id))
 
 
 async def effective_moment(
@@ -268,8 +331,10 @@ async def effective_moment(
     field_prefix: str = "",
 ) -> tuple[datetime, str | None]:
     """(earliest UTC moment, normalized local text); refuses a moment in the past (a
-    local time: in any branch the scope reaches), or both ways of giving it. The CSV
-    import checks its rows with it too, so its dry run refuses what the apply would."""
+    local time: in any branch the scope reaches), or both ways of giving it. The moment
+    is never before ``now``: a local time a few seconds past (within ``PAST_GRACE``)
+    takes effect now, not backdated. The CSV import checks its rows with it too, so its
+    dry run refuses what the apply would."""
     if effective_at is not None and effective_local is not None:
         raise ValidationFailed(
             "give effective_at or effective_local, not both", field=f"{field_prefix}effective_local"
@@ -288,21 +353,31 @@ async def effective_moment(
                 field=f"{field_prefix}effective_local",
             )
         text = local.replace(microsecond=0).isoformat()
-        moments = [
-            entry_moment(now, text, tz) for tz in await _reached_timezones(session, scope, scope_id)
-        ]
-        if min(moments) < now - PAST_GRACE:
+        zones = await _reached_zone_branches(session, scope, scope_id)
+        moments = {tz: local_to_utc(local, tz) for tz in zones}
+        tz = min(moments, key=lambda z: (moments[z], z))
+        if moments[tz] < now - PAST_GRACE:
+            # Name where: the earliest zone's branch, its zone and that moment in UTC.
+            where = (
+                f"branch {zones[tz]}"
+                if zones[tz]
+                else ("the chain" if scope == "all" else f"{scope} {scope_id}")
+            )
             raise ValidationFailed(
-                "a price change cannot take effect in the past (in some branch's local time)",
+                f"a price change cannot take effect in the past: {text} local time in "
+                f"{where} ({tz}) was {moments[tz]:%Y-%m-%d %H:%M:%S}Z",
                 field=f"{field_prefix}effective_local",
             )
-        return min(moments), text
+        # The floor of every branch's moment (protocol.pricing.entry_moment).
+        return max(moments[tz], now), text
     if effective_at is None:
         return now, None
     check_aware(effective_at, f"{field_prefix}effective_at")
     if effective_at < now - PAST_GRACE:
         raise ValidationFailed(
-            "a price change cannot take effect in the past", field=f"{field_prefix}effective_at"
+            f"a price change cannot take effect in the past: "
+            f"{effective_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z is before now",
+            field=f"{field_prefix}effective_at",
         )
     return max(effective_at.astimezone(UTC), now), None
 
@@ -393,15 +468,21 @@ async def set_prices_bulk(
     effective_at: datetime | None = None,
     effective_local: str | None = None,
     document_id: int | None = None,
+    not_before: datetime | None = None,
 ) -> int:
     """Many prices at one scope and moment (import, repricing): one version each, one
-    outbox row per touched bucket. The caller has validated SKUs and prices."""
+    outbox row per touched bucket. The caller has validated SKUs and prices.
+    ``not_before``: the stored moment as the caller computed it (a repricing approved
+    late: no branch before approval, ``effective_local`` where it is still ahead)."""
     async with unit_of_work(session):
         now = datetime.now(UTC)
         sid = await _check_scope(session, scope, scope_id)
-        moment, local = await effective_moment(
-            session, scope, sid, effective_at, effective_local, now
-        )
+        if not_before is not None:
+            moment, local = not_before, effective_local
+        else:
+            moment, local = await effective_moment(
+                session, scope, sid, effective_at, effective_local, now
+            )
         if not changes:
             return 0
         last = await allocate_versions(session, len(changes))
@@ -749,12 +830,13 @@ async def lowest_prices_in_force(
     skus: Sequence[str],
     at: datetime,
     branches: Sequence[Branch] | None = None,
-) -> dict[str, int]:
+) -> dict[str, ScopedPrice]:
     """Per SKU, the lowest price in force at ``at`` at any scope (the chain's, and each
     format's, zone's and branch's own): what some branch may be selling it at. With
     ``branches``, only at the scopes that reach one of them (their own, their formats'
     and zones', the chain's): never above what any of them charges. SKUs without a
-    price in force are left out."""
+    price in force are left out. Each price comes with the scope it is set at (the
+    lowest's, the first by scope rank and id of equal ones), for the caller to name it."""
     reaching: set[tuple[str, str]] | None = None
     if branches is not None:
         reaching = {
@@ -765,9 +847,12 @@ async def lowest_prices_in_force(
     latest = await entries_in_force(session, at, skus)
     if reaching is not None:
         latest = {k: v for k, v in latest.items() if (k[1], k[2] or "") in reaching}
-    out: dict[str, int] = {}
-    for (sku, _scope, _sid), (_at, _version, price) in latest.items():
-        out[sku] = min(out.get(sku, price), price)
+    out: dict[str, ScopedPrice] = {}
+    for (sku, scope, sid), (_at, _version, price) in sorted(
+        latest.items(), key=lambda item: (item[0][0], SCOPES.index(item[0][1]), item[0][2])
+    ):
+        if sku not in out or price < out[sku].price:
+            out[sku] = ScopedPrice(price, scope, sid or None)
     return out
 
 
@@ -817,12 +902,12 @@ async def list_price_zones(session: AsyncSession) -> list[PriceZoneIn]:
 async def _stock_in_scope(
     session: AsyncSession, scope: str, scope_id: str, skus: Sequence[str]
 ) -> dict[str, dict[str, int]]:
-    """Central's stock on hand per SKU and branch, in the active branches the scope
-    reaches (a branch's negative balance holds nothing to revalue, so it is left out)."""
+    """Central's stock balance per SKU and branch, in the active branches the scope
+    reaches (a negative balance too: it is listed apart, never revalued)."""
     query = (
         select(StockBalance.sku, StockBalance.branch, StockBalance.quantity_milli)
         .join(Branch, Branch.code == StockBalance.branch)
-        .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli > 0)
+        .where(Branch.active, StockBalance.sku.in_(skus), StockBalance.quantity_milli != 0)
         .order_by(StockBalance.sku, StockBalance.branch)
     )
     out: dict[str, dict[str, int]] = defaultdict(dict)
@@ -890,14 +975,21 @@ async def create_repricing(
                 sku=line.sku,
                 new_price=line.new_price,
                 stock_milli=(
-                    sum(per_branch.values()) if line.stock_milli is None else line.stock_milli
+                    sum(q for q in per_branch.values() if q > 0)
+                    if line.stock_milli is None
+                    else line.stock_milli
                 ),
             )
             rows.append((row, per_branch))
         session.add_all(row for row, _ in rows)
         await session.flush()
         session.add_all(
-            RepricingLineBranch(line_id=row.id, branch=code, stock_milli=qty, status="draft")
+            RepricingLineBranch(
+                line_id=row.id,
+                branch=code,
+                stock_milli=qty,
+                status="draft" if qty > 0 else "negative_stock",
+            )
             for row, per_branch in rows
             for code, qty in sorted(per_branch.items())
         )
@@ -917,6 +1009,8 @@ def _repricing_summary(doc: RepricingDocumentOut) -> dict[str, object]:
     (without their branches: a chain's document would list every branch per line)."""
     header = msgspec.to_builtins(doc)
     header.pop("lines")
+    # The preview's figures are not the document's (it is recomputed on approval).
+    header.pop("preview", None)
     first = [msgspec.to_builtins(line) for line in doc.lines[:SUMMARY_KEYS]]
     for line in first:
         line.pop("branches")
@@ -927,7 +1021,10 @@ def _repricing_summary(doc: RepricingDocumentOut) -> dict[str, object]:
     }
 
 
-async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> RepricingDocumentOut:
+async def _document_rows(
+    session: AsyncSession, doc: RepricingDocument
+) -> tuple[Sequence[RepricingLine], dict[int, list[RepricingLineBranch]]]:
+    """A document's lines, and each line's branch rows (by branch)."""
     lines = (
         await session.scalars(
             select(RepricingLine)
@@ -935,46 +1032,97 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
             .order_by(RepricingLine.id)
         )
     ).all()
-    per_line: dict[int, list[RepricingBranchOut]] = defaultdict(list)
-    branch_rows = await session.scalars(
+    by_line: dict[int, list[RepricingLineBranch]] = defaultdict(list)
+    for b in await session.scalars(
         select(RepricingLineBranch)
         .join(RepricingLine, RepricingLine.id == RepricingLineBranch.line_id)
         .where(RepricingLine.document_id == doc.id)
         .order_by(RepricingLineBranch.line_id, RepricingLineBranch.branch)
-    )
-    for b in branch_rows:
-        per_line[b.line_id].append(
-            RepricingBranchOut(
-                branch=b.branch,
-                stock_milli=b.stock_milli,
-                status=b.status,
-                old_price=b.old_price,
-                new_price=b.new_price,
-                old_value=b.old_value,
-                new_value=b.new_value,
-                revaluation=b.new_value - b.old_value if b.status == "revalued" else 0,
+    ):
+        by_line[b.line_id].append(b)
+    return lines, by_line
+
+
+def _lines_out(
+    lines: Sequence[RepricingLine], by_line: Mapping[int, Sequence[RepricingLineBranch]]
+) -> list[RepricingLineOut]:
+    out: list[RepricingLineOut] = []
+    for ln in lines:
+        rows = by_line.get(ln.id, ())
+        out.append(
+            RepricingLineOut(
+                sku=ln.sku,
+                new_price=ln.new_price,
+                old_price=ln.old_price,
+                stock_milli=ln.stock_milli,
+                revalued_stock_milli=ln.revalued_stock_milli,
+                old_value=ln.old_value,
+                new_value=ln.new_value,
+                revaluation=ln.new_value - ln.old_value,
+                unaffected_stock_milli=ln.unaffected_stock_milli,
+                unpriced_stock_milli=ln.unpriced_stock_milli,
+                unpriced_value=ln.unpriced_value,
+                negative_stock_milli=sum(b.stock_milli for b in rows if b.stock_milli < 0),
+                branches=[
+                    RepricingBranchOut(
+                        branch=b.branch,
+                        stock_milli=b.stock_milli,
+                        status=b.status,
+                        old_price=b.old_price,
+                        new_price=b.new_price,
+                        old_value=b.old_value,
+                        new_value=b.new_value,
+                        revaluation=b.new_value - b.old_value if b.status == "revalued" else 0,
+                    )
+                    for b in rows
+                ],
             )
         )
+    return out
+
+
+async def _preview(
+    session: AsyncSession,
+    doc: RepricingDocument,
+    lines: Sequence[RepricingLine],
+    by_line: Mapping[int, Sequence[RepricingLineBranch]],
+) -> RepricingPreviewOut:
+    """What approving the draft now would record, on copies (nothing is written)."""
+    now = datetime.now(UTC)
+    copies = [
+        RepricingLine(id=ln.id, sku=ln.sku, new_price=ln.new_price, stock_milli=ln.stock_milli)
+        for ln in lines
+    ]
+    rows = {
+        line_id: [
+            RepricingLineBranch(line_id=line_id, branch=b.branch, stock_milli=b.stock_milli)
+            for b in branch_rows
+        ]
+        for line_id, branch_rows in by_line.items()
+    }
+    await _revalue(session, doc, copies, rows, max(doc.effective_at, now))
+    out = _lines_out(copies, rows)
+    return RepricingPreviewOut(
+        computed_at=now,
+        lines=out,
+        total_revaluation=sum(ln.revaluation for ln in out),
+        total_unpriced_value=sum(ln.unpriced_value for ln in out),
+    )
+
+
+async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> RepricingDocumentOut:
+    lines, by_line = await _document_rows(session, doc)
     status = doc.status
     if status == "approved" and doc.effective_at <= datetime.now(UTC):
         status = "effective"
-    out_lines = [
-        RepricingLineOut(
-            sku=ln.sku,
-            new_price=ln.new_price,
-            old_price=ln.old_price,
-            stock_milli=ln.stock_milli,
-            revalued_stock_milli=ln.revalued_stock_milli,
-            old_value=ln.old_value,
-            new_value=ln.new_value,
-            revaluation=ln.new_value - ln.old_value,
-            unaffected_stock_milli=ln.unaffected_stock_milli,
-            unpriced_stock_milli=ln.unpriced_stock_milli,
-            unpriced_value=ln.unpriced_value,
-            branches=per_line.get(ln.id, []),
-        )
-        for ln in lines
-    ]
+    out_lines = _lines_out(lines, by_line)
+    preview = await _preview(session, doc, lines, by_line) if doc.status == "draft" else None
+    zones = await _reached_timezones(session, doc.scope, doc.scope_id)
+    moments = []
+    for tz in sorted(zones) if doc.effective_local else ["UTC"]:
+        at = entry_moment(doc.effective_at, doc.effective_local, tz)
+        local = at.astimezone(ZoneInfo(tz)).replace(tzinfo=None, microsecond=0)
+        moments.append(RepricingMomentOut(timezone=tz, effective_at=at, local=local.isoformat()))
     return RepricingDocumentOut(
         id=doc.id,
         status=status,
@@ -982,12 +1130,14 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
         scope_id=doc.scope_id or None,
         effective_at=doc.effective_at,
         effective_local=doc.effective_local,
+        moments=moments,
         note=doc.note,
         created_at=doc.created_at,
         approved_at=doc.approved_at,
         lines=out_lines,
         total_revaluation=sum(ln.revaluation for ln in out_lines),
         total_unpriced_value=sum(ln.unpriced_value for ln in out_lines),
+        preview=preview,
     )
 
 
@@ -1157,7 +1307,11 @@ def _revalue_line(
     for b in rows:
         b.old_price, b.new_price, applies = prices.get((ln.sku, b.branch), (None, None, False))
         b.old_value = b.new_value = 0
-        if not applies:
+        if b.stock_milli < 0:
+            # Sold ahead of its receipt: nothing on hand to revalue (the goods that
+            # come in are valued at the price then); listed apart with its quantity.
+            b.status = "negative_stock"
+        elif not applies:
             b.status = "unaffected"
             ln.unaffected_stock_milli += b.stock_milli
         elif b.old_price is None:
@@ -1174,6 +1328,33 @@ def _revalue_line(
             ln.new_value += b.new_value
 
 
+async def _revalue(
+    session: AsyncSession,
+    doc: RepricingDocument,
+    lines: Sequence[RepricingLine],
+    by_line: Mapping[int, Sequence[RepricingLineBranch]],
+    moment: datetime,
+) -> None:
+    """Fill the lines and their branch rows for the document taking effect at ``moment``
+    (each branch: at its own moment from then on), with the prices as they stand now
+    (changes made after the draft count; changes after approval do not revise it)."""
+    codes = {b.branch for rows in by_line.values() for b in rows}
+    if doc.scope == "branch":
+        codes.add(doc.scope_id)
+    prices = await _prices_at_branches(
+        session, doc, {ln.sku: ln.new_price for ln in lines}, sorted(codes), moment
+    )
+    old = await _scope_price_before(
+        session, doc.scope, doc.scope_id, [ln.sku for ln in lines], moment
+    )
+    for ln in lines:
+        if doc.scope == "branch":
+            ln.old_price = prices.get((ln.sku, doc.scope_id), (None, None, False))[0]
+        else:
+            ln.old_price = old.get(ln.sku)
+        _revalue_line(ln, by_line.get(ln.id, []), prices)
+
+
 async def approve_repricing(session: AsyncSession, document_id: int) -> RepricingDocumentOut:
     """Draft -> approved: the new prices are scheduled and the stock revaluation recorded."""
     async with unit_of_work(session):
@@ -1183,49 +1364,23 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
         if doc.status != "draft":
             raise ConflictError(f"document is {doc.status}, not draft", field="status")
         now = datetime.now(UTC)
-        if doc.effective_at < now - PAST_GRACE:
-            raise ValidationFailed(
-                "the document's effective moment has passed; create a new one",
-                field="effective_at",
-            )
-        lines = (
-            await session.scalars(select(RepricingLine).where(RepricingLine.document_id == doc.id))
-        ).all()
-        before = _repricing_summary(await _repricing_out(session, doc))
-        # Prices as they stand at approval, for the moment the document takes effect
-        # (changes made after the draft count; changes after approval do not revise it).
+        # Approved late (its moment, or some zone's local moment, has passed): the
+        # prices take effect at approval there, never before; the draft's stock stays.
         moment = max(doc.effective_at, now)
-        by_line: dict[int, list[RepricingLineBranch]] = defaultdict(list)
-        for b in await session.scalars(
-            select(RepricingLineBranch)
-            .where(RepricingLineBranch.line_id.in_([ln.id for ln in lines]))
-            .order_by(RepricingLineBranch.id)
-        ):
-            by_line[b.line_id].append(b)
-        codes = {b.branch for rows in by_line.values() for b in rows}
-        if doc.scope == "branch":
-            codes.add(doc.scope_id)
-        prices = await _prices_at_branches(
-            session, doc, {ln.sku: ln.new_price for ln in lines}, sorted(codes), moment
-        )
-        old = await _scope_price_before(
-            session, doc.scope, doc.scope_id, [ln.sku for ln in lines], moment
-        )
-        for ln in lines:
-            if doc.scope == "branch":
-                ln.old_price = prices.get((ln.sku, doc.scope_id), (None, None, False))[0]
-            else:
-                ln.old_price = old.get(ln.sku)
-            _revalue_line(ln, by_line.get(ln.id, []), prices)
+        lines, by_line = await _document_rows(session, doc)
+        before = _repricing_summary(await _repricing_out(session, doc))
+        await _revalue(session, doc, lines, by_line, moment)
         await set_prices_bulk(
             session,
             [(ln.sku, ln.new_price) for ln in lines],
             scope=doc.scope,
             scope_id=doc.scope_id or None,
-            effective_at=None if doc.effective_local else max(doc.effective_at, now),
             effective_local=doc.effective_local,
             document_id=doc.id,
+            not_before=moment,
         )
+        # The document shows the moment used, not the one planned.
+        doc.effective_at = moment
         doc.status = "approved"
         doc.approved_at = now
         await session.flush()

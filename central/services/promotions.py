@@ -169,11 +169,12 @@ async def _check_amount(session: AsyncSession, data: PromotionIn, now: datetime)
         branches = list(await session.scalars(select(Branch).where(Branch.code.in_(data.branches))))
     prices = await lowest_prices_in_force(session, skus, now, branches)
     for sku in skus:
-        price = prices.get(sku)
-        if price is not None and data.amount >= price:
+        got = prices.get(sku)
+        if got is not None and data.amount >= got.price:
+            # Name the scope: the price to look at may be a zone's or a branch's.
             raise ValidationFailed(
                 f"amount off {format_minor(data.amount)} is not below the price of {sku} "
-                f"in force now ({format_minor(price)})",
+                f"in force now ({format_minor(got.price)}, {got.describe()} price)",
                 field="amount",
             )
 

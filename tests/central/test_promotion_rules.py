@@ -145,7 +145,7 @@ async def test_an_amount_off_for_some_branches_is_checked_against_their_prices(
         r = await client.post("/api/v1/promotions", json=body)
         assert r.status_code == 422, r.text
         assert r.json()["errors"][0]["field"] == "amount"
-        assert "(0.99)" in r.json()["detail"]
+        assert "(0.99, zone north's price)" in r.json()["detail"]
     # A branch's own override counts for it alone.
     r = await client.post(
         "/api/v1/prices", json={"sku": "BREAD", "price": 150, "scope": "branch", "scope_id": "B2"}

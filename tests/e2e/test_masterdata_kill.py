@@ -11,7 +11,7 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,16 @@ async def _published(central: Any) -> int:
         return await published_version(s)
 
 
+def replica_caught_up(central: Any, replica: _Replica) -> Callable[[], Awaitable[bool]]:
+    """A check for wait_until: the agent applied every version central published."""
+
+    async def check() -> bool:
+        target = await _published(central)
+        return target > 0 and replica.applied_version() >= target
+
+    return check
+
+
 @pytest.mark.slow
 async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
     sqlite_central: Any, nats_server: EmbeddedNats, tmp_path: Path
@@ -152,11 +162,7 @@ async def test_sigkill_while_applying_bulk_prices_loses_and_doubles_nothing(
     agent = AgentProcess(config, tmp_path / "agent.log")
     agent.start()
     try:
-
-        async def caught_up() -> bool:
-            target = await _published(central)
-            return target > 0 and replica.applied_version() >= target
-
+        caught_up = replica_caught_up(central, replica)
         await wait_until(caught_up, timeout=60, interval=0.05)
         partial_kills = 0
         partial = False

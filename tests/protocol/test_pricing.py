@@ -23,6 +23,7 @@ from protocol.masterdata import (
 from protocol.pricing import (
     PriceCandidate,
     branch_scopes,
+    entry_moment,
     local_to_utc,
     prune_schedule,
     resolve_price,
@@ -260,3 +261,14 @@ def test_discount_never_exceeds_gross(
     for ln, r in zip(lines, results, strict=True):
         assert 0 <= r.amount <= ln.gross
         assert (r.amount == 0) == (r.promotion_id is None) or r.amount == 0
+
+
+def test_a_wall_clock_entry_never_takes_effect_before_its_utc_moment() -> None:
+    """A local-time entry approved after some zones' local moment: those zones take it
+    at approval (its effective_at), the others at their own local time."""
+    approved = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)  # 09:00 in Tokyo, 01:00 in Berlin
+    assert entry_moment(approved, "2026-12-01T06:00:00", "Asia/Tokyo") == approved
+    assert entry_moment(approved, "2026-12-01T06:00:00", "Europe/Berlin") == datetime(
+        2026, 12, 1, 5, 0, tzinfo=UTC
+    )
+    assert entry_moment(approved, None, "Asia/Tokyo") == approved
