@@ -91,9 +91,12 @@ def _serve(settings: CentralSettings) -> None:
     import uvicorn
 
     from central.app import create_app
-    from central.db import upgrade
+    from central.db import is_sqlite, upgrade
 
-    asyncio.run(upgrade(settings.database_url))
+    if is_sqlite(settings.database_url):
+        # The embedded single-machine setup (`make run`, a first try) migrates its own
+        # file; a PostgreSQL schema is migrated only by `db upgrade` (checked in main).
+        asyncio.run(upgrade(settings.database_url))
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,
@@ -371,15 +374,17 @@ async def _dead_letters(settings: CentralSettings, args: argparse.Namespace) -> 
         await engine.dispose()
 
 
-async def _database_fault(url: str, *, need_schema: bool) -> str | None:
+async def _database_fault(url: str, *, need_schema: bool, need_current: bool = False) -> str | None:
     """Why the database cannot be used (one line naming it), or None: checked once
     before a command, so a server that is down (or a database never migrated, for a
-    command that does not migrate it) is not a traceback from deep inside."""
+    command that does not migrate it) is not a traceback from deep inside.
+    ``need_current``: also refuse a schema behind this release's (a newer one is
+    fine: an older release's process runs on it during a rolling update)."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    from central.db import create_engine, current_revisions
+    from central.db import create_engine, current_revisions, schema_behind
 
     shown = make_url(url).render_as_string(hide_password=True)
     engine = create_engine(url)
@@ -391,8 +396,16 @@ async def _database_fault(url: str, *, need_schema: bool) -> str | None:
         return f"database {shown}: cannot connect: {reason or type(exc).__name__}"
     finally:
         await engine.dispose()
-    if need_schema and not await current_revisions(url):
+    if not need_schema:
+        return None
+    at = await current_revisions(url)
+    if not at:
         return f"database {shown} has no schema: run `python -m central db upgrade` first"
+    if need_current and schema_behind(url, at):
+        return (
+            f"database {shown} schema is behind this release (at {', '.join(at)}): "
+            "run `python -m central db upgrade` first"
+        )
     return None
 
 
@@ -580,9 +593,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Warned, not refused: the environment is shared with other programs.
         print(f"settings: warning: {name} is no setting, ignored", file=sys.stderr)
     if args.command != "nats":
-        # serve migrates the database itself; ingest may start beside a serve doing so.
-        need_schema = args.command not in ("db", "serve", "ingest")
-        fault = asyncio.run(_database_fault(settings.database_url, need_schema=need_schema))
+        from central.db import is_sqlite
+
+        # Only `db` and serve on the embedded SQLite migrate; serve and ingest need
+        # this release's schema (a worker on an older one fails every batch).
+        runs = args.command in ("serve", "ingest")
+        need_schema = args.command != "db" and not (
+            args.command == "serve" and is_sqlite(settings.database_url)
+        )
+        fault = asyncio.run(
+            _database_fault(settings.database_url, need_schema=need_schema, need_current=runs)
+        )
         if fault is not None:
             print(fault, file=sys.stderr)
             sys.exit(2)

@@ -39,6 +39,7 @@ __all__ = [
     "is_interrupted",
     "is_sqlite",
     "limit_statement_time",
+    "schema_behind",
     "sqlstate_of",
     "upgrade",
 ]
@@ -207,6 +208,17 @@ def _ancestry(script: ScriptDirectory, heads: tuple[str, ...]) -> set[str]:
     for head in heads:
         applied.update(r.revision for r in script.iterate_revisions(head, "base"))
     return applied
+
+
+def schema_behind(url: str, current: tuple[str, ...]) -> bool:
+    """Whether a database at ``current`` lacks revisions of this release. A revision
+    this release does not know is a newer release's: not behind."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    try:
+        applied = _ancestry(script, current)
+    except (CommandError, RevisionError):
+        return False
+    return any(head not in applied for head in script.get_heads())
 
 
 async def upgrade(url: str, revision: str = "heads") -> None:
