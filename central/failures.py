@@ -8,7 +8,7 @@ import time
 
 from central.db import database_unavailable
 
-__all__ = ["FailureLog", "one_line"]
+__all__ = ["FailureLog", "nats_reason", "one_line"]
 
 
 def one_line(exc: BaseException) -> str:
@@ -16,6 +16,27 @@ def one_line(exc: BaseException) -> str:
     nats-py's errors left out)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def nats_reason(exc: BaseException) -> str:
+    """A NATS failure in words: nats-py's JetStream errors often carry no text at all
+    (``code=None err_code=None description='None'``)."""
+    from nats.errors import NoRespondersError
+    from nats.js.errors import APIError, ServiceUnavailableError
+
+    if isinstance(exc, ServiceUnavailableError) and not exc.description:
+        return (
+            "JetStream unavailable (503: no leader for the stream or consumer; "
+            "a NATS node lost or restarting, or no JetStream quorum)"
+        )
+    if isinstance(exc, NoRespondersError):
+        return "no JetStream server answered (JetStream down or not enabled)"
+    if isinstance(exc, APIError) and exc.description:
+        return f"JetStream error {exc.err_code or exc.code}: {exc.description}"
+    text = str(exc).removeprefix("nats: ").strip()
+    if "authorization violation" in text.lower():
+        return f"{text}: the server refused central's credentials (nats_creds missing or wrong?)"
+    return text if text else type(exc).__name__
 
 
 class FailureLog:
@@ -27,13 +48,16 @@ class FailureLog:
         self.reason: str | None = None
         self.failures = 0
         self._since = 0.0
+        self._seen: set[str] = set()
 
     def failed(self, reason: str, *, retry: str, exc: BaseException | None = None) -> None:
-        """Another failure: logged when it is the first or its reason changed. ``exc``:
-        its traceback with that line (an unexpected error, not an outage)."""
-        if reason != self.reason:
-            if self.reason is None:
-                self._since = time.monotonic()
+        """Another failure: logged when it starts the failure or its reason is new in
+        it (reasons that alternate, a refusal then the reset that follows it, are logged
+        once each). ``exc``: its traceback with that line (a bug, not an outage)."""
+        if self.reason is None:
+            self._since = time.monotonic()
+        if reason not in self._seen:
+            self._seen.add(reason)
             self.logger.warning(
                 "%s failing: %s; %s (logged again when this changes)",
                 self.what,
@@ -67,3 +91,4 @@ class FailureLog:
         )
         self.reason = None
         self.failures = 0
+        self._seen.clear()
