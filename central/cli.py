@@ -19,6 +19,8 @@ from protocol.config import SettingsError, unknown_env_settings
 
 __all__ = ["main"]
 
+log = logging.getLogger("central.cli")
+
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, default=str))
@@ -112,7 +114,10 @@ def _serve(settings: CentralSettings) -> None:
 
 
 async def _ingest(settings: CentralSettings, workers: int) -> None:
+    from sqlalchemy.engine import make_url
+
     from central.runtime import CentralRuntime
+    from protocol.subjects import INGEST_DURABLE, UP_STREAM
 
     # A batch allocates hundreds of thousands of short-lived objects (messages, events,
     # rows): with the default thresholds the cyclic collector ran every 700 of them and
@@ -124,11 +129,24 @@ async def _ingest(settings: CentralSettings, workers: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runtime.request_stop)
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    nats_at = settings.nats_url or f"embedded nats-server on port {settings.nats_server_port}"
+    # One line at start and at stop: what a process supervisor's log shows of it.
+    log.info(
+        "ingest: %d worker(s), database %s, NATS %s, consumer %s/%s",
+        workers,
+        shown,
+        nats_at,
+        UP_STREAM,
+        INGEST_DURABLE,
+    )
     await runtime.start(ingest_workers=workers)
     try:
         await runtime.wait_stopped()
     finally:
         await runtime.stop()
+        stored = sum(w.stats.stored for w in runtime.workers)
+        log.info("ingest: stopped (%d event(s) stored by this process)", stored)
 
 
 async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> int:

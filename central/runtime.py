@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -70,6 +71,8 @@ class CentralRuntime:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.nats_ready = asyncio.Event()
+        # When this process started (monotonic): /health gives NATS a grace after it.
+        self.started_at = time.monotonic()
         # The streams and consumers central owns: "connecting", "ready", or "error: ..."
         # while setting them up fails (shown by /health).
         self.jetstream = "connecting"
