@@ -19,6 +19,8 @@ from protocol.config import SettingsError, unknown_env_settings
 
 __all__ = ["main"]
 
+log = logging.getLogger("central.cli")
+
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, default=str))
@@ -91,9 +93,12 @@ def _serve(settings: CentralSettings) -> None:
     import uvicorn
 
     from central.app import create_app
-    from central.db import upgrade
+    from central.db import is_sqlite, upgrade
 
-    asyncio.run(upgrade(settings.database_url))
+    if is_sqlite(settings.database_url):
+        # The embedded single-machine setup (`make run`, a first try) migrates its own
+        # file; a PostgreSQL schema is migrated only by `db upgrade` (checked in main).
+        asyncio.run(upgrade(settings.database_url))
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,
@@ -109,7 +114,10 @@ def _serve(settings: CentralSettings) -> None:
 
 
 async def _ingest(settings: CentralSettings, workers: int) -> None:
+    from sqlalchemy.engine import make_url
+
     from central.runtime import CentralRuntime
+    from protocol.subjects import INGEST_DURABLE, UP_STREAM
 
     # A batch allocates hundreds of thousands of short-lived objects (messages, events,
     # rows): with the default thresholds the cyclic collector ran every 700 of them and
@@ -121,11 +129,24 @@ async def _ingest(settings: CentralSettings, workers: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runtime.request_stop)
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    nats_at = settings.nats_url or f"embedded nats-server on port {settings.nats_server_port}"
+    # One line at start and at stop: what a process supervisor's log shows of it.
+    log.info(
+        "ingest: %d worker(s), database %s, NATS %s, consumer %s/%s",
+        workers,
+        shown,
+        nats_at,
+        UP_STREAM,
+        INGEST_DURABLE,
+    )
     await runtime.start(ingest_workers=workers)
     try:
         await runtime.wait_stopped()
     finally:
         await runtime.stop()
+        stored = sum(w.stats.stored for w in runtime.workers)
+        log.info("ingest: stopped (%d event(s) stored by this process)", stored)
 
 
 async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> int:
@@ -371,15 +392,17 @@ async def _dead_letters(settings: CentralSettings, args: argparse.Namespace) -> 
         await engine.dispose()
 
 
-async def _database_fault(url: str, *, need_schema: bool) -> str | None:
+async def _database_fault(url: str, *, need_schema: bool, need_current: bool = False) -> str | None:
     """Why the database cannot be used (one line naming it), or None: checked once
     before a command, so a server that is down (or a database never migrated, for a
-    command that does not migrate it) is not a traceback from deep inside."""
+    command that does not migrate it) is not a traceback from deep inside.
+    ``need_current``: also refuse a schema behind this release's (a newer one is
+    fine: an older release's process runs on it during a rolling update)."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    from central.db import create_engine, current_revisions
+    from central.db import create_engine, current_revisions, schema_behind
 
     shown = make_url(url).render_as_string(hide_password=True)
     engine = create_engine(url)
@@ -391,8 +414,16 @@ async def _database_fault(url: str, *, need_schema: bool) -> str | None:
         return f"database {shown}: cannot connect: {reason or type(exc).__name__}"
     finally:
         await engine.dispose()
-    if need_schema and not await current_revisions(url):
+    if not need_schema:
+        return None
+    at = await current_revisions(url)
+    if not at:
         return f"database {shown} has no schema: run `python -m central db upgrade` first"
+    if need_current and schema_behind(url, at):
+        return (
+            f"database {shown} schema is behind this release (at {', '.join(at)}): "
+            "run `python -m central db upgrade` first"
+        )
     return None
 
 
@@ -580,9 +611,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Warned, not refused: the environment is shared with other programs.
         print(f"settings: warning: {name} is no setting, ignored", file=sys.stderr)
     if args.command != "nats":
-        # serve migrates the database itself; ingest may start beside a serve doing so.
-        need_schema = args.command not in ("db", "serve", "ingest")
-        fault = asyncio.run(_database_fault(settings.database_url, need_schema=need_schema))
+        from central.db import is_sqlite
+
+        # Only `db` and serve on the embedded SQLite migrate; serve and ingest need
+        # this release's schema (a worker on an older one fails every batch).
+        runs = args.command in ("serve", "ingest")
+        need_schema = args.command != "db" and not (
+            args.command == "serve" and is_sqlite(settings.database_url)
+        )
+        fault = asyncio.run(
+            _database_fault(settings.database_url, need_schema=need_schema, need_current=runs)
+        )
         if fault is not None:
             print(fault, file=sys.stderr)
             sys.exit(2)

@@ -34,11 +34,13 @@ __all__ = [
     "create_engine",
     "create_sessionmaker",
     "current_revisions",
+    "database_unavailable",
     "downgrade",
     "error_chain",
     "is_interrupted",
     "is_sqlite",
     "limit_statement_time",
+    "schema_behind",
     "sqlstate_of",
     "upgrade",
 ]
@@ -138,6 +140,33 @@ def error_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+# SQLSTATEs of a database that is not there: connection exceptions (class 08) and a
+# server shutting down, restarting or not accepting connections yet (57P01-57P03).
+_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03")
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """One line saying why the database cannot be reached, when ``exc`` says it (server
+    down, refusing, shutting down, a connection lost); None for any other error."""
+    for e in error_chain(exc):
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _UNAVAILABLE_STATES):
+            return _first_line(e)
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return _first_line(e.orig if e.orig is not None else e)
+        if isinstance(e, OSError) or (
+            type(e).__name__ in ("ConnectionDoesNotExistError", "InterfaceError")
+            and "connection" in str(e).lower()
+        ):
+            return _first_line(e)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def sqlstate_of(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error (from the driver's exception in the chain)."""
     for e in error_chain(exc):
@@ -208,6 +237,17 @@ def _ancestry(script: ScriptDirectory, heads: tuple[str, ...]) -> set[str]:
     for head in heads:
         applied.update(r.revision for r in script.iterate_revisions(head, "base"))
     return applied
+
+
+def schema_behind(url: str, current: tuple[str, ...]) -> bool:
+    """Whether a database at ``current`` lacks revisions of this release. A revision
+    this release does not know is a newer release's: not behind."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    try:
+        applied = _ancestry(script, current)
+    except (CommandError, RevisionError):
+        return False
+    return any(head not in applied for head in script.get_heads())
 
 
 async def upgrade(url: str, revision: str = "heads") -> None:

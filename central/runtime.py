@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from central.auth.context import RequestAudit
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
+from central.failures import FailureLog, one_line
 from central.ingest.gaps import GapMonitor
 from central.ingest.worker import IngestWorker
 from central.models import Branch, MasterDataOutbox
@@ -69,6 +71,8 @@ class CentralRuntime:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.nats_ready = asyncio.Event()
+        # When this process started (monotonic): /health gives NATS a grace after it.
+        self.started_at = time.monotonic()
         # The streams and consumers central owns: "connecting", "ready", or "error: ..."
         # while setting them up fails (shown by /health).
         self.jetstream = "connecting"
@@ -286,6 +290,7 @@ class CentralRuntime:
         """The streams, the ingest consumer and every registered branch's durable
         down-stream consumer exist (idempotent; created again when they are gone)."""
         known: set[tuple[str, str | None, str | None]] = set()
+        consumer_failures = FailureLog(log, "branch consumers set-up")
         while not self._stop.is_set():
             if self.js is not None and (self.jetstream != "ready" or await self._streams_gone()):
                 if self.jetstream == "ready":
@@ -306,7 +311,9 @@ class CentralRuntime:
                         )
                         known.add(key)
             except Exception as exc:
-                log.warning("branch consumers not ensured yet: %s", exc)
+                consumer_failures.failed(one_line(exc), retry="retried every 2 s")
+            else:
+                consumer_failures.ok()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 2.0)
 

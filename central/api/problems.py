@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError
 
-from central.db import QUERY_CANCELED, is_interrupted, sqlstate_of
+from central.db import QUERY_CANCELED, database_unavailable, is_interrupted, sqlstate_of
 from central.errors import DomainError, ReportTooSlow
 from protocol.problems import FieldError, Problem, problem_title, validation_errors
 
@@ -68,7 +68,41 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return problem_response(problem)
 
 
+# How long a client or load balancer is asked to wait before trying again when the
+# database cannot be reached (a restart or fail-over takes seconds).
+DATABASE_RETRY_AFTER_S = 5
+
+
+def _raised_by_database_driver(exc: BaseException) -> bool:
+    """A connection error (refused, reset) raised inside the database layer, not by
+    another link (NATS): asyncpg lets them out unwrapped when it connects."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(("sqlalchemy.", "asyncpg", "aiosqlite")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _database_unavailable(request: Request[Any, Any, Any], reason: str) -> Response[bytes]:
+    """503 with Retry-After: the request changed nothing, the same request may succeed
+    once the database is back. One line logged, no traceback (an outage is not a bug)."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    problem = Problem(
+        title="Database unavailable",
+        status=503,
+        detail=f"the database is unavailable ({reason}); try again in a few seconds",
+        instance=request.url.path,
+    )
+    return problem_response(problem, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, OSError) and _raised_by_database_driver(exc):
+        reason = database_unavailable(exc)
+        if reason is not None:
+            return _database_unavailable(request, reason)
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     problem = Problem(
         title="Internal server error",
@@ -96,7 +130,11 @@ def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Respo
 
 def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
     """A report the database cancelled at its statement timeout is the caller's to
-    narrow (503, nothing changed: reports only read); any other database error is a 500."""
+    narrow (503, nothing changed: reports only read); a database that cannot be reached
+    is a 503 to retry; any other database error is a 500."""
+    reason = database_unavailable(exc)
+    if reason is not None:
+        return _database_unavailable(request, reason)
     stopped = sqlstate_of(exc) == QUERY_CANCELED or is_interrupted(exc)
     if stopped and request.url.path.startswith("/api/v1/reports"):
         limit = request.app.state.runtime.settings.report_statement_timeout_s

@@ -36,14 +36,23 @@ class Page(msgspec.Struct, Generic[T], kw_only=True):
 
 
 class Health(msgspec.Struct, kw_only=True):
-    # "ok", or "degraded" when the database does not answer or central's streams
-    # cannot be set up (nothing flows between branches and central then).
+    # "ok", or "degraded" when the database does not answer, central's streams cannot
+    # be set up, NATS is not connected or JetStream not ready (past a grace at start),
+    # or ingestion is stalled (nothing flows between branches and central then).
     status: str
     database: str
     nats: str
     # "ready", "connecting" (NATS not reached yet), or "error: ..." (set-up failing).
     jetstream: str
     ingest_workers: int
+    # The shared ingest consumer's backlog (every ingest process's): messages not yet
+    # delivered + delivered and not acked; None while its info cannot be read.
+    ingest_pending: int | None = None
+    # Seconds since an ingest worker (any process) last acknowledged a message (since
+    # the consumer was created when none ever did); None as above.
+    ingest_last_ack_age_s: float | None = None
+    # "ok", "stalled" (a backlog and no acknowledgement for INGEST_STALL_S) or "unknown".
+    ingest: str = "unknown"
 
 
 class ReceiptLineOut(msgspec.Struct, kw_only=True):

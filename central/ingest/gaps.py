@@ -35,6 +35,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.auth.context import RequestAudit
+from central.failures import FailureLog, one_line
 from central.ingest.bulk import dialect_insert, table_of
 from central.ingest.worker import contiguous_from
 from central.models import BranchStatus, BranchSyncState, DeadLetter
@@ -73,13 +74,16 @@ class GapMonitor:
         # Branches whose gap is an event the branch holds, too big for its NATS server
         # (from its heartbeat): a resend would bring only the events after it, again.
         self.held_at_branch: set[str] = set()
+        self.failures = FailureLog(log, "gap check")
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.check()
             except Exception as exc:  # database or NATS away: try again next round
-                log.warning("gap check failed: %s", exc)
+                self.failures.failed(one_line(exc), retry="tried again next round")
+            else:
+                self.failures.ok()
             try:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
             except TimeoutError:

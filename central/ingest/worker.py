@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, or_, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from central.failures import FailureLog, nats_reason
 from central.ingest.bulk import (
     dialect_insert,
     insert_rows,
@@ -165,6 +166,8 @@ class IngestWorker:
         self._branches: dict[str, bool] = {}
         self._branches_loaded = -1e9
         self.stats = IngestStats()
+        self.batch_failures = FailureLog(log, "ingest batch")
+        self.fetch_failures = FailureLog(log, "ingest fetch")
         # Messages pulled beyond the batch size, first in the next batch.
         self._overflow: list[Any] = []
 
@@ -177,13 +180,15 @@ class IngestWorker:
                 try:
                     msgs = await self._fetch(sub)
                 except (NatsTimeoutError, TimeoutError):  # nothing to fetch
+                    self.fetch_failures.ok()
                     if self.on_caught_up is not None:
                         self.on_caught_up()
                     continue
                 except Exception as exc:  # link down, server restarting: keep trying
-                    log.warning("ingest fetch failed: %s", exc)
+                    self.fetch_failures.failed(nats_reason(exc), retry="retried every 0.5 s")
                     await asyncio.sleep(0.5)
                     continue
+                self.fetch_failures.ok()
                 batch = [
                     MessageIn(
                         subject=m.subject,
@@ -195,11 +200,15 @@ class IngestWorker:
                 ]
                 try:
                     await self.process(batch)
-                except Exception:
-                    # Database unavailable: leave unacked, JetStream redelivers.
-                    log.exception("ingest batch failed; it will be redelivered")
+                except Exception as exc:
+                    # Database unavailable: leave unacked, JetStream redelivers. One line
+                    # per outage (its reason), a traceback only for what is no outage.
+                    self.batch_failures.failed_on_database(
+                        exc, retry="the batch is left unacked and retried every second"
+                    )
                     await asyncio.sleep(1.0)
                     continue
+                self.batch_failures.ok()
                 if self.crash_after_commit:
                     log.error("fault injection: exiting after commit, before ack")
                     os._exit(CRASH_EXIT_CODE)

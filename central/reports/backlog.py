@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from central.errors import SummariesBehind
+from central.failures import FailureLog
 from central.models.reports import SummaryBacklog
 from central.reports.projections import BacklogBusy, apply_backlog, set_aside_first
 
@@ -171,6 +172,7 @@ class SummaryApplier:
         self.crash_before_commit = crash_before_commit
         self.applied = 0
         self._woken = asyncio.Event()
+        self.failures = FailureLog(log, "summary backlog applier")
 
     def wake(self) -> None:
         self._woken.set()
@@ -188,5 +190,7 @@ class SummaryApplier:
                 self.applied += await apply_summary_backlog(
                     self.engine, crash_before_commit=self.crash_before_commit
                 )
-            except Exception:  # database unavailable: the rows wait, try again
-                log.exception("applying the summary backlog failed; will retry")
+            except Exception as exc:  # database unavailable: the rows wait, try again
+                self.failures.failed_on_database(exc, retry="the rows wait and it is tried again")
+            else:
+                self.failures.ok()

@@ -29,6 +29,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.types import NullType
 
 from central.auth.context import RequestAudit
+from central.failures import FailureLog, one_line
 from central.ingest.bulk import dialect_insert, table_of
 from central.models import (
     AssortmentException,
@@ -666,6 +667,7 @@ class MasterDataPublisher:
         poll_interval_s: float = 0.05,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self.failures = FailureLog(log, "master-data publication")
         self.batch = batch
         self.window = window
         self.ack_timeout_s = ack_timeout_s
@@ -754,9 +756,11 @@ class MasterDataPublisher:
                 sent = await self.publish_pending(js)
             except Exception as exc:
                 # NATS or database unavailable: the rows stay pending.
-                log.warning("master-data publication failed, retrying: %s", exc)
+                self.failures.failed(one_line(exc), retry="the rows stay pending, retried")
                 sent = 0
                 await asyncio.sleep(1.0)
+            else:
+                self.failures.ok()
             if sent:
                 continue
             self._wake.clear()

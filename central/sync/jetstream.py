@@ -20,6 +20,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from central.failures import FailureLog, nats_reason
 from protocol.subjects import DOWN_STREAM, INGEST_DURABLE, UP_STREAM, down_consumer_name
 
 __all__ = [
@@ -33,24 +34,33 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-async def _error_cb(exc: Exception) -> None:
-    # Without an error callback nats-py logs a traceback per failed reconnect.
-    log.warning("nats: %s", exc)
-
-
 async def connect(url: str, *, creds: str = "", name: str = "central", **kwargs: Any) -> Client:
-    """A connection that reconnects forever instead of closing after 60 attempts."""
+    """A connection that reconnects forever instead of closing after 60 attempts. Its
+    errors (a refused authorization at every attempt, servers down) are logged once
+    per change, and once when the link is back: not at every reconnect attempt."""
+    failures = FailureLog(log, f"nats link ({name})")
+
+    async def error_cb(exc: Exception) -> None:
+        # Without an error callback nats-py logs a traceback per failed reconnect.
+        failures.failed(nats_reason(exc), retry="reconnecting")
+
+    async def reconnected_cb() -> None:
+        failures.ok()
+
     options: dict[str, Any] = {
         "servers": [u.strip() for u in url.split(",")],
         "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
-        "error_cb": _error_cb,
+        "error_cb": error_cb,
+        "reconnected_cb": reconnected_cb,
         **kwargs,
     }
     if creds:
         options["user_credentials"] = creds
-    return await nats.connect(**options)
+    nc = await nats.connect(**options)
+    failures.ok()
+    return nc
 
 
 async def _add_or_update_stream(

@@ -9,12 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import text
 
-from central.db import create_engine
+from central.db import create_engine, current_revisions, upgrade
+from central.embedded_nats import EmbeddedNats
 from central.settings import load_settings
 from protocol.config import SettingsError
+from protocol.subjects import INGEST_DURABLE, UP_STREAM
+from tests.conftest import PG_URL_ENV, empty_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,12 +35,13 @@ def _central(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProc
         }
     )
     base.update(env)
+    brief = base.pop("_BRIEF", None) is not None
     return subprocess.run(
         [sys.executable, "-m", "central", *args],
         env=base,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=15 if brief else 60,
         check=False,
         cwd=tmp_path,
     )
@@ -193,3 +199,46 @@ async def test_a_downgrade_dropping_recorded_columns_needs_drop_records(
     assert {"original_till"} <= await _columns(tmp_path, "customer_returns")
     out = _central(tmp_path, "db", "downgrade", target, "--drop-records")
     assert json.loads(out.stdout)["downgraded_to"] == target
+
+
+def _run_briefly(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``_central`` for a command that runs until stopped when it is not refused: still
+    running after a few seconds is a failure (the process is killed), not a hang."""
+    try:
+        return _central(tmp_path, *args, **{**env, "_BRIEF": "1"})
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"`{' '.join(args)}` ran instead of being refused") from exc
+
+
+async def test_ingest_on_a_database_never_migrated_is_refused_and_consumes_nothing(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    # Before: it ran, pulled the shared consumer's batches and failed each with a traceback.
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=UP_STREAM, subjects=["up.>"])
+        await js.add_consumer(
+            UP_STREAM, ConsumerConfig(durable_name=INGEST_DURABLE, ack_policy=AckPolicy.EXPLICIT)
+        )
+        await js.publish("up.B001.sale", b"{}")
+        out = _run_briefly(tmp_path, "ingest", BACKROOM_NATS_URL=nats_server.url)
+        _refused(out, "no schema", "db upgrade")
+        info = await js.consumer_info(UP_STREAM, INGEST_DURABLE)
+        assert (info.num_pending, info.num_ack_pending, info.delivered.stream_seq) == (1, 0, 0)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.postgres
+async def test_serve_on_postgresql_does_not_migrate_it(tmp_path: Path) -> None:
+    # Before: serve upgraded the schema itself, under the running workers of a release.
+    if not os.environ.get(PG_URL_ENV):
+        pytest.skip("needs BACKROOM_TEST_PG_URL")  # PostgreSQL leg of .ci/run
+    async with empty_database("postgresql", tmp_path) as url:
+        out = _run_briefly(tmp_path, "serve", BACKROOM_DATABASE_URL=url, BACKROOM_HTTP_PORT="1")
+        _refused(out, "no schema", "db upgrade")
+        await upgrade(url, "1401")
+        out = _run_briefly(tmp_path, "serve", BACKROOM_DATABASE_URL=url, BACKROOM_HTTP_PORT="1")
+        _refused(out, "behind", "at 1401", "python -m central db upgrade")
+        assert await current_revisions(url) == ("1401",)
