@@ -16,6 +16,7 @@ handlers, in bulk), advance each branch's sequence state, commit, then ack.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -119,6 +120,23 @@ class _Decoded:
     envelope: EventEnvelope
 
 
+async def _nak_all(msgs: Sequence[Any], *, delay: float | None) -> None:
+    """Hand messages back to the consumer (redelivered after ``delay``, to any worker).
+    Shielded: a cancelled worker still hands its batch back."""
+
+    async def nak() -> None:
+        for m in msgs:
+            try:
+                await m.nak(delay=delay)
+            except Exception as exc:  # not handed back: redelivered after the ack wait
+                log.warning("nak failed: %s", exc)
+                return
+
+    if msgs:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(nak())
+
+
 def local_date_of(envelope: EventEnvelope) -> date:
     return (envelope.occurred_at + timedelta(minutes=envelope.utc_offset_min)).date()
 
@@ -151,6 +169,9 @@ class IngestWorker:
         crash_after_commit: bool = False,
         branch_cache_s: float = 5.0,
         on_caught_up: Callable[[], None] | None = None,
+        retry_delay_s: float = 1.0,
+        fault_hold_batch_s: float = 0.0,
+        fault_fail_batches: int = 0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.batch_size = batch_size
@@ -158,6 +179,12 @@ class IngestWorker:
         # Fault injection for the kill test: exit between the commit and the ack.
         self.crash_after_commit = crash_after_commit
         self.branch_cache_s = branch_cache_s
+        # A batch that failed (database away) comes back after this long.
+        self.retry_delay_s = retry_delay_s
+        # Fault injection for the SIGTERM and database-error tests: wait this long
+        # before storing each batch; fail this many batches as if the database were away.
+        self.fault_hold_batch_s = fault_hold_batch_s
+        self.fault_fail_batches = fault_fail_batches
         # Called when a fetch found nothing: the up stream is drained (a time to apply
         # the summary backlog). Not after each short batch: while ingestion keeps pace
         # with a busy stream every batch is short, and so would every chunk be.
@@ -172,6 +199,10 @@ class IngestWorker:
 
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         sub = await js.pull_subscribe_bind(INGEST_DURABLE, stream=UP_STREAM)
+        # Delivered to this worker and neither acked nor handed back yet: on a stop or
+        # a cancel (SIGTERM) they are nak'd, so another worker gets them at once rather
+        # than after the consumer's ack wait (by then the branch was asked to resend).
+        in_hand: list[Any] = []
         try:
             while not stop.is_set():
                 try:
@@ -184,6 +215,7 @@ class IngestWorker:
                     log.warning("ingest fetch failed: %s", exc)
                     await asyncio.sleep(0.5)
                     continue
+                in_hand = msgs
                 batch = [
                     MessageIn(
                         subject=m.subject,
@@ -194,22 +226,36 @@ class IngestWorker:
                     for m in msgs
                 ]
                 try:
+                    if self.fault_hold_batch_s:
+                        await asyncio.sleep(self.fault_hold_batch_s)
+                    if self.fault_fail_batches > 0:
+                        self.fault_fail_batches -= 1
+                        raise ConnectionError("fault injection: the database is unavailable")
                     await self.process(batch)
                 except Exception:
-                    # Database unavailable: leave unacked, JetStream redelivers.
-                    log.exception("ingest batch failed; it will be redelivered")
-                    await asyncio.sleep(1.0)
+                    # Database unavailable: handed back, to come again shortly (to any
+                    # worker), not after the ack wait; nothing of it was committed.
+                    log.exception("ingest batch failed; handed back for redelivery")
+                    in_hand = []
+                    await _nak_all(msgs, delay=self.retry_delay_s)
+                    await asyncio.sleep(self.retry_delay_s)
                     continue
                 if self.crash_after_commit:
                     log.error("fault injection: exiting after commit, before ack")
                     os._exit(CRASH_EXIT_CODE)
+                in_hand = []
                 for m in msgs:
                     try:
                         await m.ack()
                     except Exception as exc:  # an unacked message is redelivered: harmless
                         log.warning("ack failed: %s", exc)
         finally:
-            await sub.unsubscribe()
+            # A batch cut short by the stop (maybe committed: its redelivery is skipped
+            # as duplicates) and what was pulled for the next one.
+            handed_back, self._overflow = [*in_hand, *self._overflow], []
+            await _nak_all(handed_back, delay=None)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _fetch(self, sub: Any) -> list[Any]:
         """Wait for the first message, then take what is there already.
