@@ -224,7 +224,7 @@ async def _branches_credentials(settings: CentralSettings, args: argparse.Namesp
         issue_branch_credentials,
         issuer_for,
         list_branch_credentials,
-        push_account_jwt,
+        settle_issued,
         write_branch_creds,
     )
 
@@ -240,14 +240,9 @@ async def _branches_credentials(settings: CentralSettings, args: argparse.Namesp
                 session, issuer, args.code, retire_previous=args.retire_previous
             )
         creds_file = write_branch_creds(issuer, args.code, issued.user)
-        pushed = None
-        if issued.account_jwt is not None:
-            pushed = await push_account_jwt(
-                issuer,
-                _branch_nats_url(settings),
-                issued.account_jwt,
-                **client_tls_options(settings),
-            )
+        pushed = await settle_issued(
+            issuer, issued, _branch_nats_url(settings), **client_tls_options(settings)
+        )
         return {
             "branch": args.code,
             "nats_user": issued.user.public_key,
@@ -262,13 +257,20 @@ async def _branches_credentials(settings: CentralSettings, args: argparse.Namesp
 async def _branches_reinstate(settings: CentralSettings, args: argparse.Namespace) -> int:
     """Lift a revocation: new credentials file, the branch's dead letters replayed."""
     from central.services.dead_letters import replay_all
-    from central.services.nats_auth import issuer_for, reinstate_branch, write_branch_creds
+    from central.services.nats_auth import (
+        issuer_for,
+        reinstate_branch,
+        settle_issued,
+        write_branch_creds,
+    )
 
     issuer = issuer_for(settings)
 
     async def act(sessionmaker: Any) -> dict[str, Any]:
         async with sessionmaker() as session, session.begin():
-            user = await reinstate_branch(session, issuer, args.code)
+            issued = await reinstate_branch(session, issuer, args.code)
+        await settle_issued(issuer, issued, _branch_nats_url(settings))
+        user = issued.user
         creds_file = write_branch_creds(issuer, args.code, user)
         replayed = await replay_all(sessionmaker, branch=args.code)
         return {

@@ -31,6 +31,7 @@ from central.services.nats_auth import (
     register_branch,
     reinstate_branch,
     revoke_branch,
+    settle_issued,
 )
 
 __all__ = ["BranchController"]
@@ -197,11 +198,9 @@ class BranchController(Controller):
             issued = await issue_branch_credentials(
                 db_session, issuer, code, retire_previous=retire_previous
             )
-        pushed = None
-        if issued.account_jwt is not None:
-            pushed = await push_account_jwt(
-                issuer, runtime.nats_url, issued.account_jwt, **client_tls_options(runtime.settings)
-            )
+        pushed = await settle_issued(
+            issuer, issued, runtime.nats_url, **client_tls_options(runtime.settings)
+        )
         out = BranchCredentialsOut(
             branch=code,
             nats_url=_nats_url(runtime),
@@ -242,7 +241,9 @@ class BranchController(Controller):
     ) -> Response[BranchReinstatedOut]:
         issuer = issuer_for(runtime.settings)
         async with db_session.begin():
-            user = await reinstate_branch(db_session, issuer, code)
+            issued = await reinstate_branch(db_session, issuer, code)
+        await settle_issued(issuer, issued, runtime.nats_url)
+        user = issued.user
         replayed = await replay_all(runtime.sessionmaker, branch=code)
         out = BranchReinstatedOut(
             branch=code,

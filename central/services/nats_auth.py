@@ -50,6 +50,7 @@ __all__ = [
     "register_branch",
     "reinstate_branch",
     "revoke_branch",
+    "settle_issued",
     "write_branch_creds",
 ]
 
@@ -114,7 +115,8 @@ def branch_snapshot(branch: Branch) -> dict[str, object]:
 class IssuedCredentials:
     user: IssuedUser
     # Public keys of the earlier credentials retired with this issue (NATS refuses
-    # them once ``account_jwt`` is pushed); empty when they were kept.
+    # them once ``account_jwt`` is pushed; empty when they were kept), or revoked
+    # before a reinstatement.
     retired: list[str]
     # The account JWT to push (None: nothing was retired, nothing to push).
     account_jwt: str | None
@@ -143,9 +145,6 @@ async def issue_branch_credentials(
         ):
             credential.revoked_at = now
             retired.append(credential.public_key)
-        # The branch keeps running: a restored database that forgot this retirement
-        # must not take it for a revocation of the branch (carry_back_revocations).
-        note_retired_keys(issuer, retired)
     user = issuer.branch_user(code)
     session.add(BranchCredential(branch=code, public_key=user.public_key))
     await session.flush()
@@ -198,7 +197,9 @@ def retired_keys(issuer: NatsIssuer) -> set[str]:
     return {str(k) for k in json.loads(path.read_text() or "[]")}
 
 
-async def reinstate_branch(session: AsyncSession, issuer: NatsIssuer, code: str) -> IssuedUser:
+async def reinstate_branch(
+    session: AsyncSession, issuer: NatsIssuer, code: str
+) -> IssuedCredentials:
     """Lift a branch's revocation (a mistaken or finished one): central takes its events
     again, and it gets new NATS credentials. The revoked ones stay revoked (the account
     JWT never un-revokes a key: a leaked file stays useless). Audited."""
@@ -213,7 +214,6 @@ async def reinstate_branch(session: AsyncSession, issuer: NatsIssuer, code: str)
             select(BranchCredential.public_key).where(BranchCredential.branch == code)
         )
     )
-    note_retired_keys(issuer, revoked_keys)
     branch.active = True
     branch.revoked_at = None
     await session.flush()
@@ -225,7 +225,22 @@ async def reinstate_branch(session: AsyncSession, issuer: NatsIssuer, code: str)
         after=branch_snapshot(branch),
     )
     issued = await issue_branch_credentials(session, issuer, code)
-    return issued.user
+    # Its revoked keys now belong to a running branch, like rotated-away ones.
+    return IssuedCredentials(user=issued.user, retired=revoked_keys, account_jwt=None)
+
+
+async def settle_issued(
+    issuer: NatsIssuer, issued: IssuedCredentials, nats_url: str, **tls: Any
+) -> bool | None:
+    """After the commit of an issue or a reinstatement: remember the keys retired while
+    their branch runs on (a restored database that forgot the retirement must not take
+    it for a revocation of the branch: ``carry_back_revocations``; written after the
+    commit, so a failed one leaves no mark that could shield a later revocation), and
+    push the account JWT if any. Whether the servers took it (None: nothing to push)."""
+    note_retired_keys(issuer, issued.retired)
+    if issued.account_jwt is None:
+        return None
+    return await push_account_jwt(issuer, nats_url, issued.account_jwt, **tls)
 
 
 async def register_branch(

@@ -189,7 +189,7 @@ async def test_a_rotation_is_not_taken_for_a_revocation_after_a_database_restore
 ) -> None:
     """Central's database restored from before a rotation still lists the retired key
     as valid: at start central marks it retired, and the branch stays active."""
-    from central.services.nats_auth import issue_branch_credentials, push_account_jwt
+    from central.services.nats_auth import issue_branch_credentials, settle_issued
     from tests.conftest import running_central
     from tests.e2e.test_central_restored import backup_of
     from tests.e2e.test_nats_permissions import secure_settings
@@ -201,8 +201,7 @@ async def test_a_rotation_is_not_taken_for_a_revocation_after_a_database_restore
     async with running_central(settings) as central:
         async with central.sessionmaker() as session, session.begin():
             issued = await issue_branch_credentials(session, issuer, "BA", retire_previous=True)
-        assert issued.account_jwt is not None
-        assert await push_account_jwt(issuer, secure_nats.url, issued.account_jwt)
+        assert await settle_issued(issuer, issued, secure_nats.url)
     await restore()
     async with running_central(settings) as central:
         async with central.sessionmaker() as session:
