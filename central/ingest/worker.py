@@ -243,12 +243,15 @@ class IngestWorker:
                 if self.crash_after_commit:
                     log.error("fault injection: exiting after commit, before ack")
                     os._exit(CRASH_EXIT_CODE)
-                in_hand = []
-                for m in msgs:
+                for i, m in enumerate(msgs):
+                    # Cancelled between acks: the rest is handed back (a nak of an
+                    # acked message is ignored; the redelivery of a stored one skipped).
+                    in_hand = msgs[i:]
                     try:
                         await m.ack()
                     except Exception as exc:  # an unacked message is redelivered: harmless
                         log.warning("ack failed: %s", exc)
+                in_hand = []
         finally:
             # A batch cut short by the stop (maybe committed: its redelivery is skipped
             # as duplicates) and what was pulled for the next one.
