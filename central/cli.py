@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,94 @@ async def _branches_revoke(settings: CentralSettings, args: argparse.Namespace) 
         return 1
     finally:
         await engine.dispose()
+
+
+async def _branch_admin(
+    settings: CentralSettings, act: Callable[[Any], Awaitable[dict[str, Any]]]
+) -> int:
+    """Run ``act(sessionmaker)`` and print its answer, or the refusal (exit status 1)."""
+    from central.db import create_engine, create_sessionmaker
+    from central.errors import DomainError
+
+    engine = create_engine(settings.database_url)
+    try:
+        _print(await act(create_sessionmaker(engine)))
+        return 0
+    except DomainError as exc:
+        _print({"error": exc.detail, "field": exc.field})
+        return 1
+    finally:
+        await engine.dispose()
+
+
+async def _branches_credentials(settings: CentralSettings, args: argparse.Namespace) -> int:
+    """New credentials (written to ``<issuer dir>/branches/<code>.creds``), or the list."""
+    from msgspec import to_builtins
+
+    from central.services.nats_auth import (
+        client_tls_options,
+        issue_branch_credentials,
+        issuer_for,
+        list_branch_credentials,
+        settle_issued,
+        write_branch_creds,
+    )
+
+    issuer = issuer_for(settings)
+
+    async def act(sessionmaker: Any) -> dict[str, Any]:
+        if args.list:
+            async with sessionmaker() as session:
+                listed = await list_branch_credentials(session, args.code)
+            return {"branch": args.code, "credentials": to_builtins(listed)}
+        async with sessionmaker() as session, session.begin():
+            issued = await issue_branch_credentials(
+                session, issuer, args.code, retire_previous=args.retire_previous
+            )
+        creds_file = write_branch_creds(issuer, args.code, issued.user)
+        pushed = await settle_issued(
+            issuer, issued, _branch_nats_url(settings), **client_tls_options(settings)
+        )
+        return {
+            "branch": args.code,
+            "nats_user": issued.user.public_key,
+            "creds_file": str(creds_file.resolve()),
+            "retired": issued.retired,
+            "pushed_to_nats": pushed,
+        }
+
+    return await _branch_admin(settings, act)
+
+
+async def _branches_reinstate(settings: CentralSettings, args: argparse.Namespace) -> int:
+    """Lift a revocation: new credentials file, the branch's dead letters replayed."""
+    from central.services.dead_letters import replay_all
+    from central.services.nats_auth import (
+        issuer_for,
+        reinstate_branch,
+        settle_issued,
+        write_branch_creds,
+    )
+
+    issuer = issuer_for(settings)
+
+    async def act(sessionmaker: Any) -> dict[str, Any]:
+        async with sessionmaker() as session, session.begin():
+            issued = await reinstate_branch(session, issuer, args.code)
+        await settle_issued(issuer, issued, _branch_nats_url(settings))
+        user = issued.user
+        creds_file = write_branch_creds(issuer, args.code, user)
+        replayed = await replay_all(sessionmaker, branch=args.code)
+        return {
+            "branch": args.code,
+            "reinstated": True,
+            "nats_user": user.public_key,
+            "creds_file": str(creds_file.resolve()),
+            "replayed": sum(1 for r in replayed if r.status == "replayed"),
+            "still_open": sum(1 for r in replayed if r.status == "open"),
+        }
+
+    return await _branch_admin(settings, act)
 
 
 async def _users(settings: CentralSettings, args: argparse.Namespace) -> int:
@@ -520,6 +608,21 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--zone", default=None, help="price zone")
     revoke = br_sub.add_parser("revoke", help="revoke a branch (NATS and central refuse it)")
     revoke.add_argument("code")
+    creds = br_sub.add_parser(
+        "credentials", help="issue new NATS credentials of a branch (or --list them)"
+    )
+    creds.add_argument("code")
+    creds.add_argument(
+        "--retire-previous",
+        action="store_true",
+        help="NATS refuses the branch's earlier credentials from now on (rotation)",
+    )
+    creds.add_argument("--list", action="store_true", help="list the issued credentials only")
+    reinstate = br_sub.add_parser(
+        "reinstate",
+        help="lift a branch's revocation: new credentials, its dead letters replayed",
+    )
+    reinstate.add_argument("code")
 
     users = sub.add_parser("users", help="API users and tokens")
     us_sub = users.add_subparsers(dest="users_command", required=True)
@@ -638,6 +741,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(_ingest(settings, args.workers))
     elif args.command == "branches" and args.branches_command == "revoke":
         code = asyncio.run(_branches_revoke(settings, args))
+    elif args.command == "branches" and args.branches_command == "credentials":
+        code = asyncio.run(_branches_credentials(settings, args))
+    elif args.command == "branches" and args.branches_command == "reinstate":
+        code = asyncio.run(_branches_reinstate(settings, args))
     elif args.command == "branches":
         code = asyncio.run(_branches_add(settings, args))
     elif args.command == "seed-demo":

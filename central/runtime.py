@@ -46,6 +46,8 @@ from protocol.subjects import DOWN_STREAM, INGEST_DURABLE, UP_STREAM
 __all__ = ["CentralRuntime"]
 
 log = logging.getLogger(__name__)
+# How long a stopping ingest worker may take to finish its batch before it is cancelled.
+_WORKER_STOP_GRACE_S = 5.0
 
 # Room above the highest down-stream sequence central recorded for what was published
 # after its last record (the keeper records every 2 s, the publisher at each pass).
@@ -70,6 +72,7 @@ class CentralRuntime:
         self.snapshots = SnapshotService(self.sessionmaker, self.publisher)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
         self.nats_ready = asyncio.Event()
         # When this process started (monotonic): /health gives NATS a grace after it.
         self.started_at = time.monotonic()
@@ -140,17 +143,29 @@ class CentralRuntime:
                 crash_after_commit=self.settings.fault_crash_after_commit,
                 # The stream drained: a good moment to apply the summary backlog.
                 on_caught_up=self.summary_applier.wake if self.summary_applier else None,
+                fault_hold_batch_s=self.settings.fault_hold_batch_s,
+                fault_fail_batches=self.settings.fault_fail_batches,
             )
             self.workers.append(worker)
-            self._tasks.append(asyncio.create_task(worker.run(self.js, self._stop)))
+            task = asyncio.create_task(worker.run(self.js, self._stop))
+            self._worker_tasks.append(task)
+            self._tasks.append(task)
         if ingest_workers:
             self.gap_monitor = GapMonitor(
                 self.sessionmaker,
                 self._publish_down,
                 gap_after_s=self.settings.resend_gap_after_s,
                 retry_s=self.settings.resend_retry_s,
+                consumer_state=self._ingest_consumer_state,
             )
             self._tasks.append(asyncio.create_task(self.gap_monitor.run(self._stop)))
+
+    async def _ingest_consumer_state(self) -> tuple[int, float]:
+        """(messages the ingest consumer has not delivered or not had acked, ack wait)."""
+        assert self.js is not None
+        info = await self.js.consumer_info(UP_STREAM, INGEST_DURABLE)
+        pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return pending, float(info.config.ack_wait or self.settings.ingest_ack_wait_s)
 
     async def _set_up_streams(self) -> bool:
         """Create or update the streams and the ingest consumer; False on failure."""
@@ -338,6 +353,13 @@ class CentralRuntime:
 
     async def stop(self) -> None:
         self._stop.set()
+        # Workers finish the batch in hand (stored and acked) and hand back what they
+        # pulled beyond it; one still busy after the grace is cancelled and hands its
+        # batch back too (nak): either way another worker has it at once, not after the
+        # ack wait.
+        if self._worker_tasks:
+            await asyncio.wait(self._worker_tasks, timeout=_WORKER_STOP_GRACE_S)
+            self._worker_tasks.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

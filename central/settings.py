@@ -45,6 +45,11 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # FAULT INJECTION, tests only: an ingest worker exits right after its first
     # committed batch, before acking it (BACKROOM_FAULT_CRASH_AFTER_COMMIT=1).
     fault_crash_after_commit: bool = False
+    # FAULT INJECTION, tests only: an ingest worker waits this long before storing each
+    # batch (a slow database; BACKROOM_FAULT_HOLD_BATCH_S), and fails its first this
+    # many batches as if the database were away (BACKROOM_FAULT_FAIL_BATCHES).
+    fault_hold_batch_s: float = 0.0
+    fault_fail_batches: int = 0
     # PostgreSQL: how often an ingest process adds the summary backlog (per-product
     # report rows stored by ingestion) to the report tables; also whenever the up
     # stream is drained, and reports apply it before reading. Longer: bigger, cheaper

@@ -282,16 +282,23 @@ async def create_api_token(runtime: Any, role: str, name: str | None = None) -> 
     return issued.token
 
 
+@asynccontextmanager
+async def admin_client(runtime: Any) -> AsyncIterator[Any]:
+    """An HTTP client of the head-office API of ``runtime``, authenticated as an admin."""
+    from central.app import create_app
+
+    token = await create_api_token(runtime, "admin")
+    async with asgi_client(
+        create_app(runtime.settings, runtime=runtime),
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        yield client
+
+
 @pytest.fixture
 async def central_client(central: Any) -> AsyncIterator[Any]:
     """An HTTP client of the head-office API of ``central``, authenticated as an admin."""
-    from central.app import create_app
-
-    token = await create_api_token(central, "admin")
-    async with asgi_client(
-        create_app(central.settings, runtime=central),
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with admin_client(central) as client:
         yield client
 
 

@@ -1,5 +1,5 @@
-"""Branches: list (every role), register, change and revoke (admin); credentials are
-shown once."""
+"""Branches: list (every role), register, change, revoke and reinstate, issue and list
+NATS credentials (admin); credentials are shown once."""
 
 from __future__ import annotations
 
@@ -10,22 +10,28 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
+from central.auth.roles import Role, allow
 from central.models import Branch
 from central.runtime import CentralRuntime
 from central.services.branches import BranchPatch, change_branch
+from central.services.dead_letters import replay_all
 from central.services.nats_auth import (
+    CredentialOut,
     client_tls_options,
     issue_branch_credentials,
     issuer_for,
+    list_branch_credentials,
     push_account_jwt,
     register_branch,
+    reinstate_branch,
     revoke_branch,
+    settle_issued,
 )
 
 __all__ = ["BranchController"]
@@ -58,6 +64,21 @@ class BranchCredentialsOut(msgspec.Struct, kw_only=True):
     # The NATS .creds file of the branch's agent: shown only here.
     creds: str
     nats_user: str
+    # Keys of the earlier credentials retired (retire_previous=true).
+    retired: list[str] = []
+    # Whether the running NATS servers took the retirement now (None: nothing retired).
+    pushed_to_nats: bool | None = None
+
+
+class BranchReinstatedOut(msgspec.Struct, kw_only=True):
+    branch: str
+    nats_url: str
+    # The NATS .creds file of the branch's agent: shown only here.
+    creds: str
+    nats_user: str
+    # The branch's dead letters replayed now (stored), and those still failing.
+    replayed: int
+    still_open: int
 
 
 class BranchRevokedOut(msgspec.Struct, kw_only=True):
@@ -159,18 +180,78 @@ class BranchController(Controller):
         "/{code:str}/credentials",
         operation_id="issueBranchCredentials",
         summary="New NATS credentials of a branch (shown once)",
+        description=(
+            "The earlier credentials stay valid, unless `retire_previous=true`: then NATS "
+            "refuses them (cut at once, pushed like a revocation) and only the new ones "
+            "connect. `GET` lists the branch's credentials."
+        ),
     )
     async def issue_credentials(
         self,
         db_session: NamedDependency[AsyncSession],
         runtime: NamedDependency[CentralRuntime],
         code: BranchCode,
+        retire_previous: Annotated[bool, QueryParameter(name="retire_previous")] = False,
     ) -> Response[BranchCredentialsOut]:
         issuer = issuer_for(runtime.settings)
         async with db_session.begin():
-            user = await issue_branch_credentials(db_session, issuer, code)
+            issued = await issue_branch_credentials(
+                db_session, issuer, code, retire_previous=retire_previous
+            )
+        pushed = await settle_issued(
+            issuer, issued, runtime.nats_url, **client_tls_options(runtime.settings)
+        )
         out = BranchCredentialsOut(
-            branch=code, nats_url=_nats_url(runtime), creds=user.creds, nats_user=user.public_key
+            branch=code,
+            nats_url=_nats_url(runtime),
+            creds=issued.user.creds,
+            nats_user=issued.user.public_key,
+            retired=issued.retired,
+            pushed_to_nats=pushed,
+        )
+        return Response(out, status_code=201)
+
+    @get(
+        "/{code:str}/credentials",
+        operation_id="listBranchCredentials",
+        summary="A branch's issued NATS credentials (keys, issued and retired when)",
+        # Who holds which key is the admins' business, like issuing them.
+        opt=allow(Role.ADMIN),
+    )
+    async def list_credentials(
+        self, db_session: NamedDependency[AsyncSession], code: BranchCode
+    ) -> list[CredentialOut]:
+        return await list_branch_credentials(db_session, code)
+
+    @post(
+        "/{code:str}/reinstate",
+        operation_id="reinstateBranch",
+        summary="Lift a branch's revocation; returns its new NATS credentials once",
+        description=(
+            "Central takes the branch's events again and replays its open dead letters "
+            "(those refused while it was revoked). Its revoked credentials stay refused: "
+            "its agent needs the new ones."
+        ),
+    )
+    async def reinstate(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        runtime: NamedDependency[CentralRuntime],
+        code: BranchCode,
+    ) -> Response[BranchReinstatedOut]:
+        issuer = issuer_for(runtime.settings)
+        async with db_session.begin():
+            issued = await reinstate_branch(db_session, issuer, code)
+        await settle_issued(issuer, issued, runtime.nats_url)
+        user = issued.user
+        replayed = await replay_all(runtime.sessionmaker, branch=code)
+        out = BranchReinstatedOut(
+            branch=code,
+            nats_url=_nats_url(runtime),
+            creds=user.creds,
+            nats_user=user.public_key,
+            replayed=sum(1 for r in replayed if r.status == "replayed"),
+            still_open=sum(1 for r in replayed if r.status == "open"),
         )
         return Response(out, status_code=201)
 

@@ -49,6 +49,9 @@ __all__ = ["GapMonitor", "Publish"]
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
+# The ingest consumer's state: (messages not yet delivered + delivered and unacked,
+# its ack wait in seconds).
+ConsumerState = Callable[[], Awaitable[tuple[int, float]]]
 
 
 class GapMonitor:
@@ -60,9 +63,11 @@ class GapMonitor:
         gap_after_s: float = 5.0,
         retry_s: float = 60.0,
         interval_s: float = 1.0,
+        consumer_state: ConsumerState | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._publish = publish
+        self._consumer_state = consumer_state
         self.gap_after_s = gap_after_s
         self.retry_s = retry_s
         self.interval_s = interval_s
@@ -168,6 +173,7 @@ class GapMonitor:
             if branch not in gaps:
                 del self._seen[branch]
         sent: list[ResendRequested] = []
+        outstanding: tuple[int, float] | None = None
         for branch, contiguous in sorted(gaps.items()):
             first = self._seen.get(branch)
             if first is None or first[0] != contiguous:
@@ -175,6 +181,17 @@ class GapMonitor:
                 continue
             if now - first[1] < self.gap_after_s:
                 continue
+            if self._consumer_state is not None:
+                # While the ingest consumer still holds messages (undelivered, or out
+                # with a worker that failed, stopped or died), the missing events may
+                # be among them: a dead worker's batch comes back after the ack wait,
+                # so only a gap older than that is asked for. None outstanding: it is
+                # not in the stream, asked for now.
+                if outstanding is None:
+                    outstanding = await self._consumer_state()
+                pending, ack_wait_s = outstanding
+                if pending and now - first[1] < ack_wait_s + self.gap_after_s:
+                    continue
             request = await self._claim(branch, contiguous + 1)
             if request is not None:
                 await self._publish(

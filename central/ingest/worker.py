@@ -16,6 +16,7 @@ handlers, in bulk), advance each branch's sequence state, commit, then ack.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -120,6 +121,23 @@ class _Decoded:
     envelope: EventEnvelope
 
 
+async def _nak_all(msgs: Sequence[Any], *, delay: float | None) -> None:
+    """Hand messages back to the consumer (redelivered after ``delay``, to any worker).
+    Shielded: a cancelled worker still hands its batch back."""
+
+    async def nak() -> None:
+        for m in msgs:
+            try:
+                await m.nak(delay=delay)
+            except Exception as exc:  # not handed back: redelivered after the ack wait
+                log.warning("nak failed: %s", exc)
+                return
+
+    if msgs:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(nak())
+
+
 def local_date_of(envelope: EventEnvelope) -> date:
     return (envelope.occurred_at + timedelta(minutes=envelope.utc_offset_min)).date()
 
@@ -152,6 +170,9 @@ class IngestWorker:
         crash_after_commit: bool = False,
         branch_cache_s: float = 5.0,
         on_caught_up: Callable[[], None] | None = None,
+        retry_delay_s: float = 1.0,
+        fault_hold_batch_s: float = 0.0,
+        fault_fail_batches: int = 0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.batch_size = batch_size
@@ -159,6 +180,12 @@ class IngestWorker:
         # Fault injection for the kill test: exit between the commit and the ack.
         self.crash_after_commit = crash_after_commit
         self.branch_cache_s = branch_cache_s
+        # A batch that failed (database away) comes back after this long.
+        self.retry_delay_s = retry_delay_s
+        # Fault injection for the SIGTERM and database-error tests: wait this long
+        # before storing each batch; fail this many batches as if the database were away.
+        self.fault_hold_batch_s = fault_hold_batch_s
+        self.fault_fail_batches = fault_fail_batches
         # Called when a fetch found nothing: the up stream is drained (a time to apply
         # the summary backlog). Not after each short batch: while ingestion keeps pace
         # with a busy stream every batch is short, and so would every chunk be.
@@ -175,6 +202,10 @@ class IngestWorker:
 
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         sub = await js.pull_subscribe_bind(INGEST_DURABLE, stream=UP_STREAM)
+        # Delivered to this worker and neither acked nor handed back yet: on a stop or
+        # a cancel (SIGTERM) they are nak'd, so another worker gets them at once rather
+        # than after the consumer's ack wait (by then the branch was asked to resend).
+        in_hand: list[Any] = []
         try:
             while not stop.is_set():
                 try:
@@ -189,6 +220,7 @@ class IngestWorker:
                     await asyncio.sleep(0.5)
                     continue
                 self.fetch_failures.ok()
+                in_hand = msgs
                 batch = [
                     MessageIn(
                         subject=m.subject,
@@ -199,26 +231,43 @@ class IngestWorker:
                     for m in msgs
                 ]
                 try:
+                    if self.fault_hold_batch_s:
+                        await asyncio.sleep(self.fault_hold_batch_s)
+                    if self.fault_fail_batches > 0:
+                        self.fault_fail_batches -= 1
+                        raise ConnectionError("fault injection: the database is unavailable")
                     await self.process(batch)
                 except Exception as exc:
-                    # Database unavailable: leave unacked, JetStream redelivers. One line
-                    # per outage (its reason), a traceback only for what is no outage.
+                    # Database unavailable: handed back, to come again shortly (to any
+                    # worker), not after the ack wait; nothing of it was committed. One
+                    # line per outage (its reason), a traceback only for what is no outage.
                     self.batch_failures.failed_on_database(
-                        exc, retry="the batch is left unacked and retried every second"
+                        exc, retry="the batch is handed back and retried shortly"
                     )
-                    await asyncio.sleep(1.0)
+                    in_hand = []
+                    await _nak_all(msgs, delay=self.retry_delay_s)
+                    await asyncio.sleep(self.retry_delay_s)
                     continue
                 self.batch_failures.ok()
                 if self.crash_after_commit:
                     log.error("fault injection: exiting after commit, before ack")
                     os._exit(CRASH_EXIT_CODE)
-                for m in msgs:
+                for i, m in enumerate(msgs):
+                    # Cancelled between acks: the rest is handed back (a nak of an
+                    # acked message is ignored; the redelivery of a stored one skipped).
+                    in_hand = msgs[i:]
                     try:
                         await m.ack()
                     except Exception as exc:  # an unacked message is redelivered: harmless
                         log.warning("ack failed: %s", exc)
+                in_hand = []
         finally:
-            await sub.unsubscribe()
+            # A batch cut short by the stop (maybe committed: its redelivery is skipped
+            # as duplicates) and what was pulled for the next one.
+            handed_back, self._overflow = [*in_hand, *self._overflow], []
+            await _nak_all(handed_back, delay=None)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _fetch(self, sub: Any) -> list[Any]:
         """Wait for the first message, then take what is there already.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,10 +44,13 @@ __all__ = [
     "embedded_nats_server",
     "issue_branch_credentials",
     "issuer_for",
+    "list_branch_credentials",
     "push_account_jwt",
     "refresh_account_jwt",
     "register_branch",
+    "reinstate_branch",
     "revoke_branch",
+    "settle_issued",
     "write_branch_creds",
 ]
 
@@ -106,25 +111,136 @@ def branch_snapshot(branch: Branch) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedCredentials:
+    user: IssuedUser
+    # Public keys of the earlier credentials retired with this issue (NATS refuses
+    # them once ``account_jwt`` is pushed; empty when they were kept), or revoked
+    # before a reinstatement.
+    retired: list[str]
+    # The account JWT to push (None: nothing was retired, nothing to push).
+    account_jwt: str | None
+
+
 async def issue_branch_credentials(
-    session: AsyncSession, issuer: NatsIssuer, code: str
-) -> IssuedUser:
-    """New NATS credentials of an active branch (earlier ones stay valid until revoked)."""
+    session: AsyncSession, issuer: NatsIssuer, code: str, *, retire_previous: bool = False
+) -> IssuedCredentials:
+    """New NATS credentials of an active branch. The earlier ones stay valid, unless
+    ``retire_previous``: then they are revoked on NATS (the account JWT lists their
+    keys: push it), a rotation after a leaked or lost credentials file."""
     branch = await session.get(Branch, code)
     if branch is None:
         raise NotFoundError(f"no branch {code!r}", field="code")
     if not branch.active:
-        raise ConflictError(f"branch {code!r} is revoked", field="code")
+        raise ConflictError(
+            f"branch {code!r} is revoked (reinstate it to issue credentials)", field="code"
+        )
+    retired: list[str] = []
+    if retire_previous:
+        now = datetime.now(UTC)
+        for credential in await session.scalars(
+            select(BranchCredential).where(
+                BranchCredential.branch == code, BranchCredential.revoked_at.is_(None)
+            )
+        ):
+            credential.revoked_at = now
+            retired.append(credential.public_key)
     user = issuer.branch_user(code)
     session.add(BranchCredential(branch=code, public_key=user.public_key))
     await session.flush()
+    after: dict[str, object] = {"nats_user": user.public_key}
+    if retire_previous:
+        after["retired"] = retired
+    await record_change(session, action="branch.credentials", target=f"branch:{code}", after=after)
+    account_jwt = await account_jwt_from_db(session, issuer) if retired else None
+    return IssuedCredentials(user=user, retired=retired, account_jwt=account_jwt)
+
+
+class CredentialOut(msgspec.Struct, kw_only=True):
+    public_key: str
+    issued_at: datetime
+    # When NATS stopped taking it (retired by a rotation, or the branch revoked).
+    retired_at: datetime | None
+
+
+async def list_branch_credentials(session: AsyncSession, code: str) -> list[CredentialOut]:
+    """Every NATS credential issued to a branch, oldest first (keys only, no secrets)."""
+    if await session.get(Branch, code) is None:
+        raise NotFoundError(f"no branch {code!r}", field="code")
+    rows = await session.scalars(
+        select(BranchCredential)
+        .where(BranchCredential.branch == code)
+        .order_by(BranchCredential.id)
+    )
+    return [
+        CredentialOut(public_key=c.public_key, issued_at=c.issued_at, retired_at=c.revoked_at)
+        for c in rows
+    ]
+
+
+_RETIRED_FILE = "retired-keys.json"
+
+
+def note_retired_keys(issuer: NatsIssuer, keys: list[str]) -> None:
+    """Remember, beside the account JWT, keys revoked while their branch stays active
+    (a rotation, a reinstatement): their revocation is not the branch's."""
+    if not keys:
+        return
+    known = retired_keys(issuer)
+    issuer.write_secret(_RETIRED_FILE, json.dumps(sorted(known | set(keys))))
+
+
+def retired_keys(issuer: NatsIssuer) -> set[str]:
+    path = issuer.directory / _RETIRED_FILE
+    if not path.exists():
+        return set()
+    return {str(k) for k in json.loads(path.read_text() or "[]")}
+
+
+async def reinstate_branch(
+    session: AsyncSession, issuer: NatsIssuer, code: str
+) -> IssuedCredentials:
+    """Lift a branch's revocation (a mistaken or finished one): central takes its events
+    again, and it gets new NATS credentials. The revoked ones stay revoked (the account
+    JWT never un-revokes a key: a leaked file stays useless). Audited."""
+    branch = await session.get(Branch, code)
+    if branch is None:
+        raise NotFoundError(f"no branch {code!r}", field="code")
+    if branch.active:
+        raise ConflictError(f"branch {code!r} is not revoked", field="code")
+    before = branch_snapshot(branch)
+    revoked_keys = list(
+        await session.scalars(
+            select(BranchCredential.public_key).where(BranchCredential.branch == code)
+        )
+    )
+    branch.active = True
+    branch.revoked_at = None
+    await session.flush()
     await record_change(
         session,
-        action="branch.credentials",
+        action="branch.reinstate",
         target=f"branch:{code}",
-        after={"nats_user": user.public_key},
+        before=before,
+        after=branch_snapshot(branch),
     )
-    return user
+    issued = await issue_branch_credentials(session, issuer, code)
+    # Its revoked keys now belong to a running branch, like rotated-away ones.
+    return IssuedCredentials(user=issued.user, retired=revoked_keys, account_jwt=None)
+
+
+async def settle_issued(
+    issuer: NatsIssuer, issued: IssuedCredentials, nats_url: str, **tls: Any
+) -> bool | None:
+    """After the commit of an issue or a reinstatement: remember the keys retired while
+    their branch runs on (a restored database that forgot the retirement must not take
+    it for a revocation of the branch: ``carry_back_revocations``; written after the
+    commit, so a failed one leaves no mark that could shield a later revocation), and
+    push the account JWT if any. Whether the servers took it (None: nothing to push)."""
+    note_retired_keys(issuer, issued.retired)
+    if issued.account_jwt is None:
+        return None
+    return await push_account_jwt(issuer, nats_url, issued.account_jwt, **tls)
 
 
 async def register_branch(
@@ -149,8 +265,8 @@ async def register_branch(
     await record_change(
         session, action="branch.add", target=f"branch:{code}", after=branch_snapshot(branch)
     )
-    user = await issue_branch_credentials(session, issuer, code)
-    return BranchRegistration(branch=branch, user=user)
+    issued = await issue_branch_credentials(session, issuer, code)
+    return BranchRegistration(branch=branch, user=issued.user)
 
 
 def stored_revocations(issuer: NatsIssuer) -> dict[str, int]:
@@ -194,8 +310,11 @@ async def carry_back_revocations(session: AsyncSession, issuer: NatsIssuer) -> l
         )
     ).all()
     codes: list[str] = []
+    retired = retired_keys(issuer)
     for credential in creds:
         credential.revoked_at = datetime.fromtimestamp(revoked[credential.public_key], UTC)
+        if credential.public_key in retired:
+            continue  # rotated away, or revoked before a reinstatement: the branch runs
         branch = await session.get(Branch, credential.branch)
         if branch is None or not branch.active:
             continue

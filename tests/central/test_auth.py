@@ -111,6 +111,20 @@ ROUTE_TABLE: list[tuple[str, str, str, Any, set[str]]] = [
         None,
         ADMIN,
     ),
+    (
+        "GET",
+        "/api/v1/branches/{code:str}/credentials",
+        "/api/v1/branches/NOPE/credentials",
+        None,
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/api/v1/branches/{code:str}/reinstate",
+        "/api/v1/branches/NOPE/reinstate",
+        None,
+        ADMIN,
+    ),
     # users and the audit log: admin only, reads included
     ("GET", "/api/v1/users", "/api/v1/users", None, ADMIN),
     ("POST", "/api/v1/users", "/api/v1/users", {"name": "x", "role": "boss"}, ADMIN),

@@ -24,12 +24,23 @@ async def ingest_until_crash(env: dict[str, str], fault: str, log: IO[bytes]) ->
     assert await asyncio.wait_for(crashing.wait(), 60) == CRASH_EXIT_CODE
 
 
+async def start_ingest(env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
+    """An ingest process; the caller stops it (``stop_ingest``)."""
+    return await asyncio.create_subprocess_exec(*INGEST, env=env, stdout=DEVNULL, stderr=log)
+
+
+async def stop_ingest(process: asyncio.subprocess.Process) -> int:
+    """SIGTERM (a no-op if it is gone already) and its exit status."""
+    if process.returncode is None:
+        process.terminate()
+    return await asyncio.wait_for(process.wait(), 20)
+
+
 @asynccontextmanager
 async def running_ingest(env: dict[str, str], log: IO[bytes]) -> AsyncIterator[None]:
     """An ingest process for the block, terminated at its end."""
-    process = await asyncio.create_subprocess_exec(*INGEST, env=env, stdout=DEVNULL, stderr=log)
+    process = await start_ingest(env, log)
     try:
         yield
     finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 20)
+        await stop_ingest(process)
