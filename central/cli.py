@@ -132,12 +132,12 @@ async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> 
     """Register a branch and print its NATS credentials (a .creds file) as JSON."""
     from central.db import create_engine, create_sessionmaker
     from central.errors import DomainError
-    from central.services.nats_auth import issuer_for, register_branch, write_branch_creds
+    from central.services.nats_auth import chain_issuer, register_branch, write_branch_creds
 
-    issuer = issuer_for(settings)
     engine = create_engine(settings.database_url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
             reg = await register_branch(
                 session,
                 issuer,
@@ -174,16 +174,16 @@ async def _branches_revoke(settings: CentralSettings, args: argparse.Namespace) 
     from central.db import create_engine, create_sessionmaker
     from central.errors import DomainError
     from central.services.nats_auth import (
+        chain_issuer,
         client_tls_options,
-        issuer_for,
         push_account_jwt,
         revoke_branch,
     )
 
-    issuer = issuer_for(settings)
     engine = create_engine(settings.database_url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
             account_jwt = await revoke_branch(session, issuer, args.code)
         pushed = await push_account_jwt(
             issuer, _branch_nats_url(settings), account_jwt, **client_tls_options(settings)

@@ -20,9 +20,9 @@ from central.models import Branch
 from central.runtime import CentralRuntime
 from central.services.branches import BranchPatch, change_branch
 from central.services.nats_auth import (
+    chain_issuer,
     client_tls_options,
     issue_branch_credentials,
-    issuer_for,
     push_account_jwt,
     register_branch,
     revoke_branch,
@@ -114,8 +114,8 @@ class BranchController(Controller):
         runtime: NamedDependency[CentralRuntime],
         data: JSONBody[BranchIn],
     ) -> Response[BranchCredentialsOut]:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             reg = await register_branch(
                 db_session,
                 issuer,
@@ -166,8 +166,8 @@ class BranchController(Controller):
         runtime: NamedDependency[CentralRuntime],
         code: BranchCode,
     ) -> Response[BranchCredentialsOut]:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             user = await issue_branch_credentials(db_session, issuer, code)
         out = BranchCredentialsOut(
             branch=code, nats_url=_nats_url(runtime), creds=user.creds, nats_user=user.public_key
@@ -186,8 +186,8 @@ class BranchController(Controller):
         runtime: NamedDependency[CentralRuntime],
         code: BranchCode,
     ) -> BranchRevokedOut:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             account_jwt = await revoke_branch(db_session, issuer, code)
             branch = await db_session.get(Branch, code)
         pushed = await push_account_jwt(

@@ -44,6 +44,9 @@ class Health(msgspec.Struct, kw_only=True):
     # "ready", "connecting" (NATS not reached yet), or "error: ..." (set-up failing).
     jetstream: str
     ingest_workers: int
+    # "ok", "none" (no NATS issuer yet), or "error: ..." when this host's issuer is not
+    # the chain's (it refuses to issue or revoke branch credentials).
+    nats_issuer: str = "ok"
 
 
 class ReceiptLineOut(msgspec.Struct, kw_only=True):

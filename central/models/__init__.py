@@ -50,7 +50,7 @@ from central.models.stock import (
     StockTransferDiscrepancy,
     StockTransferLine,
 )
-from central.models.users import ApiToken, ApiUser, BranchCredential
+from central.models.users import ApiToken, ApiUser, BranchCredential, NatsIssuerIdentity
 
 __all__ = [
     "ApiToken",
@@ -77,6 +77,7 @@ __all__ = [
     "LateFiscalNumberRow",
     "MasterDataCounter",
     "MasterDataOutbox",
+    "NatsIssuerIdentity",
     "PaymentsDaily",
     "PriceEntryRow",
     "PriceZone",

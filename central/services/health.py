@@ -19,10 +19,13 @@ async def health_of(runtime: CentralRuntime) -> Health:
         database = f"error: {type(exc).__name__}"
     nats = "connected" if runtime.nc is not None and runtime.nc.is_connected else "disconnected"
     jetstream = runtime.jetstream
+    issuer = runtime.nats_issuer
+    healthy = database == "ok" and not jetstream.startswith("error")
     return Health(
-        status="ok" if database == "ok" and not jetstream.startswith("error") else "degraded",
+        status="ok" if healthy and not issuer.startswith("error") else "degraded",
         database=database,
         nats=nats,
         jetstream=jetstream,
         ingest_workers=len(runtime.workers),
+        nats_issuer=issuer,
     )
