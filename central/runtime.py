@@ -64,7 +64,10 @@ class CentralRuntime:
         self.gap_monitor: GapMonitor | None = None
         self.summary_applier: SummaryApplier | None = None
         # Publishes committed master-data changes to the down stream (outbox-driven).
-        self.publisher = MasterDataPublisher(self.sessionmaker)
+        self.publisher = MasterDataPublisher(
+            self.sessionmaker,
+            crash_after_catch_up=settings.fault_crash_after_masterdata_catch_up,
+        )
         self.snapshots = SnapshotService(self.sessionmaker, self.publisher)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from sqlalchemy.types import NullType
 
 from central.auth.context import RequestAudit
 from central.ingest.bulk import dialect_insert, table_of
+from central.ingest.worker import CRASH_EXIT_CODE
 from central.models import (
     AssortmentException,
     Branch,
@@ -630,8 +632,11 @@ class MasterDataPublisher:
         window: int = 256,
         ack_timeout_s: float = 10.0,
         poll_interval_s: float = 0.05,
+        crash_after_catch_up: bool = False,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # Fault injection for the kill test: exit once a pass moved past the stream.
+        self.crash_after_catch_up = crash_after_catch_up
         self.batch = batch
         self.window = window
         self.ack_timeout_s = ack_timeout_s
@@ -760,6 +765,9 @@ class MasterDataPublisher:
                     await session.rollback()  # SQLite: write on a fresh snapshot
                 await self._catch_up_with_stream(session, js)
                 await session.commit()
+                if self.crash_after_catch_up:
+                    log.error("fault injection: exiting after the catch-up, before publishing")
+                    os._exit(CRASH_EXIT_CODE)
                 self._wake.set()  # publish what waits at its new versions right away
                 return 0
             version = max(r.version for r in rows)
