@@ -44,6 +44,7 @@ __all__ = [
     "chain_issuer",
     "check_chain_issuer",
     "client_tls_options",
+    "connects_with_issuer",
     "embedded_nats_server",
     "issue_branch_credentials",
     "issuer_for",
@@ -140,15 +141,28 @@ async def chain_issuer(session: AsyncSession, settings: CentralSettings) -> Nats
     return issuer
 
 
+def connects_with_issuer(settings: CentralSettings) -> bool:
+    """This process's own NATS link runs on the issuer's auth (the embedded server, or
+    ``nats_creds`` from the issuer directory): its issuer is the servers' one."""
+    if not settings.nats_url:
+        return True
+    creds = Path(settings.nats_creds) if settings.nats_creds else None
+    return creds is not None and creds.resolve().parent == issuer_dir(settings).resolve()
+
+
 async def check_chain_issuer(session: AsyncSession, settings: CentralSettings) -> str:
-    """At start: "ok" (this host's issuer is the chain's; recorded when none was),
-    "none" (no issuer here nor in the database: created on first use), or "error: ..."."""
+    """At start: "ok" (this host's issuer is the chain's, or none is recorded yet),
+    "none" (no issuer here nor in the database: created on first use), or "error: ...".
+    It records this host's issuer only when its own NATS link runs on it; otherwise the
+    first credential operation does."""
     directory = issuer_dir(settings)
+    recorded = await _recorded_identity(session)
     if not (directory / ISSUER_FILE).exists():
-        recorded = await _recorded_identity(session)
         issued = await session.scalar(select(BranchCredential.id).limit(1))
         if recorded is None and issued is None:
             return "none"
+    elif recorded is None and not connects_with_issuer(settings):
+        return "ok"
     try:
         await chain_issuer(session, settings)
     except IssuerNotTheChains as exc:

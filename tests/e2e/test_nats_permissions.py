@@ -606,6 +606,10 @@ async def test_a_second_host_without_the_chains_issuer_refuses_credential_operat
     if host_b_issuer == "another":
         NatsIssuer.create(data_b / "nats-issuer")
     async with running_central(secure_settings(db_url, secure_nats, issuer)) as host_a:
+        # Host A connects with the issuer's credentials: its start recorded the issuer.
+        assert host_a.nats_issuer == "ok"
+        async with host_a.sessionmaker() as s:
+            assert await s.get(NatsIssuerIdentity, 1) is not None
         # Host A registers a branch: the chain's issuer is recorded, the creds connect.
         async with api(host_a) as client_a:
             r = await client_a.post("/api/v1/branches", json={"code": "B001"})
