@@ -153,12 +153,12 @@ async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> 
     """Register a branch and print its NATS credentials (a .creds file) as JSON."""
     from central.db import create_engine, create_sessionmaker
     from central.errors import DomainError
-    from central.services.nats_auth import issuer_for, register_branch, write_branch_creds
+    from central.services.nats_auth import chain_issuer, register_branch, write_branch_creds
 
-    issuer = issuer_for(settings)
     engine = create_engine(settings.database_url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
             reg = await register_branch(
                 session,
                 issuer,
@@ -195,16 +195,16 @@ async def _branches_revoke(settings: CentralSettings, args: argparse.Namespace) 
     from central.db import create_engine, create_sessionmaker
     from central.errors import DomainError
     from central.services.nats_auth import (
+        chain_issuer,
         client_tls_options,
-        issuer_for,
         push_account_jwt,
         revoke_branch,
     )
 
-    issuer = issuer_for(settings)
     engine = create_engine(settings.database_url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
             account_jwt = await revoke_branch(session, issuer, args.code)
         pushed = await push_account_jwt(
             issuer, _branch_nats_url(settings), account_jwt, **client_tls_options(settings)
@@ -241,15 +241,13 @@ async def _branches_credentials(settings: CentralSettings, args: argparse.Namesp
     from msgspec import to_builtins
 
     from central.services.nats_auth import (
+        chain_issuer,
         client_tls_options,
         issue_branch_credentials,
-        issuer_for,
         list_branch_credentials,
         settle_issued,
         write_branch_creds,
     )
-
-    issuer = issuer_for(settings)
 
     async def act(sessionmaker: Any) -> dict[str, Any]:
         if args.list:
@@ -257,6 +255,7 @@ async def _branches_credentials(settings: CentralSettings, args: argparse.Namesp
                 listed = await list_branch_credentials(session, args.code)
             return {"branch": args.code, "credentials": to_builtins(listed)}
         async with sessionmaker() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
             issued = await issue_branch_credentials(
                 session, issuer, args.code, retire_previous=args.retire_previous
             )
@@ -279,18 +278,20 @@ async def _branches_reinstate(settings: CentralSettings, args: argparse.Namespac
     """Lift a revocation: new credentials file, the branch's dead letters replayed."""
     from central.services.dead_letters import replay_all
     from central.services.nats_auth import (
-        issuer_for,
+        chain_issuer,
+        client_tls_options,
         reinstate_branch,
         settle_issued,
         write_branch_creds,
     )
 
-    issuer = issuer_for(settings)
-
     async def act(sessionmaker: Any) -> dict[str, Any]:
         async with sessionmaker() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
             issued = await reinstate_branch(session, issuer, args.code)
-        await settle_issued(issuer, issued, _branch_nats_url(settings))
+        await settle_issued(
+            issuer, issued, _branch_nats_url(settings), **client_tls_options(settings)
+        )
         user = issued.user
         creds_file = write_branch_creds(issuer, args.code, user)
         replayed = await replay_all(sessionmaker, branch=args.code)

@@ -68,7 +68,10 @@ class CentralRuntime:
         self.gap_monitor: GapMonitor | None = None
         self.summary_applier: SummaryApplier | None = None
         # Publishes committed master-data changes to the down stream (outbox-driven).
-        self.publisher = MasterDataPublisher(self.sessionmaker)
+        self.publisher = MasterDataPublisher(
+            self.sessionmaker,
+            crash_after_catch_up=settings.fault_crash_after_masterdata_catch_up,
+        )
         self.snapshots = SnapshotService(self.sessionmaker, self.publisher)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +87,9 @@ class CentralRuntime:
         # the stream's loss (once per loss, not at every set-up retry).
         self._down_seq_noted = 0
         self._down_loss_recorded = False
+        # Whether this host's NATS issuer is the chain's (shown by /health): "ok", "none"
+        # (created on first use) or "error: ..." (credential operations refused).
+        self.nats_issuer = "unchecked"
 
     @property
     def nats_url(self) -> str:
@@ -93,6 +99,7 @@ class CentralRuntime:
         return self.embedded_nats.url
 
     async def start(self, *, ingest_workers: int) -> None:
+        await self.check_nats_issuer()
         if not self.settings.nats_url:
             from central.services.nats_auth import embedded_nats_server
 
@@ -264,6 +271,21 @@ class CentralRuntime:
         await self._note_down_seq(down.state.last_seq or 0)
         return False
 
+    async def check_nats_issuer(self) -> str:
+        """Say at start when this host's NATS issuer is not the chain's (a second API
+        host without the shared nats_issuer_dir): its credentials would not connect."""
+        from central.services.nats_auth import check_chain_issuer
+
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                self.nats_issuer = await check_chain_issuer(session, self.settings)
+        except Exception as exc:
+            # The database is not there yet: credential operations check again.
+            self.nats_issuer = f"unchecked: {type(exc).__name__}"
+        if self.nats_issuer.startswith("error"):
+            log.error("%s", self.nats_issuer)
+        return self.nats_issuer
+
     async def _refresh_account_jwt(self) -> None:
         """Servers running with an older account JWT (an upgrade changed what a branch
         may do) get the current one; a failure only logs (branches keep what they had)."""
@@ -278,6 +300,8 @@ class CentralRuntime:
         directory = Path(self.settings.nats_issuer_dir or self.settings.data_path / "nats-issuer")
         if not (directory / ISSUER_FILE).exists():
             return  # central does not issue this deployment's NATS credentials
+        if self.nats_issuer.startswith("error"):
+            return  # not the chain's issuer: the servers would not take its JWT
         try:
             issuer = issuer_for(self.settings)
             async with self.sessionmaker() as session, session.begin():

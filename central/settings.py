@@ -58,6 +58,10 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # FAULT INJECTION, tests only: exit with a backlog chunk applied but uncommitted
     # (BACKROOM_FAULT_CRASH_IN_SUMMARY_APPLY=1).
     fault_crash_in_summary_apply: bool = False
+    # FAULT INJECTION, tests only: the master-data publisher exits right after it moved
+    # its counter past the stream's mark before a pass, before publishing
+    # (BACKROOM_FAULT_CRASH_AFTER_MASTERDATA_CATCH_UP=1).
+    fault_crash_after_masterdata_catch_up: bool = False
     max_request_body: int = 10 * 1024 * 1024
     # Longest period (days) a report may cover in one request.
     report_max_span_days: Annotated[int, msgspec.Meta(ge=1)] = 366

@@ -23,9 +23,9 @@ from central.services.branches import BranchPatch, change_branch
 from central.services.dead_letters import replay_all
 from central.services.nats_auth import (
     CredentialOut,
+    chain_issuer,
     client_tls_options,
     issue_branch_credentials,
-    issuer_for,
     list_branch_credentials,
     push_account_jwt,
     register_branch,
@@ -135,8 +135,8 @@ class BranchController(Controller):
         runtime: NamedDependency[CentralRuntime],
         data: JSONBody[BranchIn],
     ) -> Response[BranchCredentialsOut]:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             reg = await register_branch(
                 db_session,
                 issuer,
@@ -193,8 +193,8 @@ class BranchController(Controller):
         code: BranchCode,
         retire_previous: Annotated[bool, QueryParameter(name="retire_previous")] = False,
     ) -> Response[BranchCredentialsOut]:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             issued = await issue_branch_credentials(
                 db_session, issuer, code, retire_previous=retire_previous
             )
@@ -239,10 +239,12 @@ class BranchController(Controller):
         runtime: NamedDependency[CentralRuntime],
         code: BranchCode,
     ) -> Response[BranchReinstatedOut]:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             issued = await reinstate_branch(db_session, issuer, code)
-        await settle_issued(issuer, issued, runtime.nats_url)
+        await settle_issued(
+            issuer, issued, runtime.nats_url, **client_tls_options(runtime.settings)
+        )
         user = issued.user
         replayed = await replay_all(runtime.sessionmaker, branch=code)
         out = BranchReinstatedOut(
@@ -267,8 +269,8 @@ class BranchController(Controller):
         runtime: NamedDependency[CentralRuntime],
         code: BranchCode,
     ) -> BranchRevokedOut:
-        issuer = issuer_for(runtime.settings)
         async with db_session.begin():
+            issuer = await chain_issuer(db_session, runtime.settings)
             account_jwt = await revoke_branch(db_session, issuer, code)
             branch = await db_session.get(Branch, code)
         pushed = await push_account_jwt(

@@ -53,6 +53,9 @@ class Health(msgspec.Struct, kw_only=True):
     ingest_last_ack_age_s: float | None = None
     # "ok", "stalled" (a backlog and no acknowledgement for INGEST_STALL_S) or "unknown".
     ingest: str = "unknown"
+    # "ok", "none" (no NATS issuer yet), or "error: ..." when this host's issuer is not
+    # the chain's (it refuses to issue or revoke branch credentials).
+    nats_issuer: str = "ok"
 
 
 class ReceiptLineOut(msgspec.Struct, kw_only=True):

@@ -51,7 +51,7 @@ from central.models.stock import (
     StockTransferDiscrepancy,
     StockTransferLine,
 )
-from central.models.users import ApiToken, ApiUser, BranchCredential
+from central.models.users import ApiToken, ApiUser, BranchCredential, NatsIssuerIdentity
 
 __all__ = [
     "ApiToken",
@@ -78,6 +78,7 @@ __all__ = [
     "LateFiscalNumberRow",
     "MasterDataCounter",
     "MasterDataOutbox",
+    "NatsIssuerIdentity",
     "PaymentsDaily",
     "PriceEntryRow",
     "PriceZone",

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from central.models.base import Base, BigIntPK, utcnow
 
-__all__ = ["ApiToken", "ApiUser", "BranchCredential"]
+__all__ = ["ApiToken", "ApiUser", "BranchCredential", "NatsIssuerIdentity"]
 
 
 class ApiUser(Base):
@@ -51,3 +51,16 @@ class BranchCredential(Base):
     public_key: Mapped[str] = mapped_column(String(64), unique=True)
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class NatsIssuerIdentity(Base):
+    """The public keys of the chain's one NATS issuer, recorded by the first central
+    process that used it: a host with another issuer (or none) must not mint or revoke
+    credentials, since the servers trust only this operator (one row, id 1)."""
+
+    __tablename__ = "nats_issuer_identity"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    operator_public_key: Mapped[str] = mapped_column(String(64))
+    account_public_key: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -43,6 +43,7 @@ async def health_of(runtime: CentralRuntime) -> Health:
         and not jetstream.startswith("error")
         and (not started or (connected and jetstream == "ready"))
         and ingest != "stalled"
+        and not runtime.nats_issuer.startswith("error")
     )
     return Health(
         status="ok" if healthy else "degraded",
@@ -53,6 +54,7 @@ async def health_of(runtime: CentralRuntime) -> Health:
         ingest_pending=pending,
         ingest_last_ack_age_s=ack_age,
         ingest=ingest,
+        nats_issuer=runtime.nats_issuer,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from sqlalchemy.types import NullType
 from central.auth.context import RequestAudit
 from central.failures import FailureLog, one_line
 from central.ingest.bulk import dialect_insert, table_of
+from central.ingest.worker import CRASH_EXIT_CODE
 from central.models import (
     AssortmentException,
     Branch,
@@ -652,6 +654,23 @@ async def build_messages(
     return out
 
 
+async def _stream_mark(js: JetStreamContext) -> VersionMark | None:
+    """The down stream's last version mark (None: none, or one that does not decode)."""
+    try:
+        last = await js.get_last_msg(
+            DOWN_STREAM, down_subject("all", None, KIND_VERSION, VERSION_KEY)
+        )
+    except NotFoundError:
+        return None
+    try:
+        mark = decode_masterdata(last.data or b"")
+    except ValueError as exc:
+        # Not ours to judge by (only central publishes there): publishing goes on.
+        log.warning("the stream's last version mark does not decode: %s", exc)
+        return None
+    return mark if isinstance(mark, VersionMark) else None
+
+
 class MasterDataPublisher:
     """Publishes pending outbox rows; one per process (an asyncio lock), and on
     PostgreSQL one per database (an advisory lock), so no stale value overtakes a newer."""
@@ -665,9 +684,12 @@ class MasterDataPublisher:
         window: int = 256,
         ack_timeout_s: float = 10.0,
         poll_interval_s: float = 0.05,
+        crash_after_catch_up: bool = False,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.failures = FailureLog(log, "master-data publication")
+        # Fault injection for the kill test: exit once a pass moved past the stream.
+        self.crash_after_catch_up = crash_after_catch_up
         self.batch = batch
         self.window = window
         self.ack_timeout_s = ack_timeout_s
@@ -686,61 +708,57 @@ class MasterDataPublisher:
 
     async def check_stream_version(self, js: JetStreamContext) -> int:
         """Compare the database's master-data version with the last one published to
-        the stream (its version mark); once per process, before the first pass.
+        the stream (its version mark); before the first pass, and before every pass
+        that publishes (``publish_pending``).
 
-        The stream holds a higher one only when the database went back in time: restored
-        from a backup, losing changes that branches already applied. Versions would then
-        be given again, lower than the branches hold, and their version guard would skip
-        every later change of those buckets (stale prices at the tills). So the counter
-        jumps past the stream's, what waits in the outbox takes a version above it, and
-        every active branch gets a snapshot of central's state, which replaces whatever
-        the lost changes left at the branch. Returns the stream's version when it did
+        The stream holds a higher one only when the database went back in time (restored
+        from a backup, losing changes that branches already applied) or when another
+        database published into this chain's stream (a process started on a stale copy
+        with production's NATS settings). Versions would then be given again, at or below
+        what the branches hold, and their version guard would skip every later change
+        of those buckets (stale prices at the tills). So the counter jumps past the
+        stream's, what waits in the outbox takes a version above it, and every active
+        branch gets a snapshot of central's state, which replaces whatever the lost (or
+        foreign) changes left at the branch. Returns the stream's version when it did
         that, else 0. Idempotent: a second check finds the counter caught up."""
         async with self._lock, self._sessionmaker() as session, session.begin():
             if session.get_bind().dialect.name == "postgresql":
                 got = await session.scalar(select(func.pg_try_advisory_xact_lock(0x6D64_7075_626C)))
                 if not got:
                     return 0  # another process publishes: it checks
-            try:
-                last = await js.get_last_msg(
-                    DOWN_STREAM, down_subject("all", None, KIND_VERSION, VERSION_KEY)
-                )
-            except NotFoundError:
-                self._stream_checked = True
-                return 0
-            try:
-                mark = decode_masterdata(last.data or b"")
-            except ValueError as exc:
-                # Not ours to judge by (only central publishes there): publishing goes on.
-                log.warning("the stream's last version mark does not decode: %s", exc)
-                mark = None
-            ours = await current_version(session)
-            if not isinstance(mark, VersionMark) or mark.version <= ours:
-                self._stream_checked = True
-                return 0
-            await session.execute(
-                update(MasterDataCounter)
-                .where(MasterDataCounter.name == "version")
-                .values(value=mark.version)
-            )
-            version = await allocate_versions(session)
-            await session.execute(
-                update(MasterDataOutbox)
-                .where(MasterDataOutbox.published_at.is_(None))
-                .values(version=version)
-            )
-            branches = await enqueue_snapshots_of_all_branches(session)
-            await record_change(
-                session,
-                action="masterdata.database_behind_stream",
-                target="masterdata",
-                before={"version": ours},
-                after={"version": version, "stream_version": mark.version, "snapshots": branches},
-                actor=RequestAudit(actor="central", actor_role="system", method="NATS"),
-            )
+            return await self._catch_up_with_stream(session, js)
+
+    async def _catch_up_with_stream(self, session: AsyncSession, js: JetStreamContext) -> int:
+        """``check_stream_version`` in the caller's transaction (the publication lock held)."""
+        mark = await _stream_mark(js)
+        ours = await current_version(session)
+        if mark is None or mark.version <= ours:
+            self._stream_checked = True
+            return 0
+        await session.execute(
+            update(MasterDataCounter)
+            .where(MasterDataCounter.name == "version")
+            .values(value=mark.version)
+        )
+        version = await allocate_versions(session)
+        await session.execute(
+            update(MasterDataOutbox)
+            .where(MasterDataOutbox.published_at.is_(None))
+            .values(version=version)
+        )
+        branches = await enqueue_snapshots_of_all_branches(session)
+        await record_change(
+            session,
+            action="masterdata.database_behind_stream",
+            target="masterdata",
+            before={"version": ours},
+            after={"version": version, "stream_version": mark.version, "snapshots": branches},
+            actor=RequestAudit(actor="central", actor_role="system", method="NATS"),
+        )
         log.error(
             "the database's master-data version (%d) is behind the stream's (%d): restored "
-            "from a backup? versions go on from %d and %d branches get a snapshot",
+            "from a backup, or another database published into this stream? versions go "
+            "on from %d and %d branches get a snapshot",
             ours,
             mark.version,
             version,
@@ -793,6 +811,19 @@ class MasterDataPublisher:
                 )
             ).all()
             if not rows:
+                return 0
+            # Never publish a version the stream already carries (another database
+            # published since the last check): one last-message lookup per pass.
+            mark = await _stream_mark(js)
+            if mark is not None and mark.version > await current_version(session):
+                if not postgres:
+                    await session.rollback()  # SQLite: write on a fresh snapshot
+                await self._catch_up_with_stream(session, js)
+                await session.commit()
+                if self.crash_after_catch_up:
+                    log.error("fault injection: exiting after the catch-up, before publishing")
+                    os._exit(CRASH_EXIT_CODE)
+                self._wake.set()  # publish what waits at its new versions right away
                 return 0
             version = max(r.version for r in rows)
             now = datetime.now(UTC)

@@ -25,12 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.auth.context import RequestAudit
 from central.embedded_nats import EmbeddedNats
-from central.errors import ConflictError, NotFoundError
-from central.models import Branch, BranchCredential
+from central.errors import ConflictError, DomainError, NotFoundError
+from central.ingest.bulk import dialect_insert, table_of
+from central.models import Branch, BranchCredential, NatsIssuerIdentity
 from central.services.audit import record_change
 from central.services.branches import add_branch
 from central.settings import CentralSettings
 from central.sync.nats_auth import (
+    ISSUER_FILE,
     IssuedUser,
     NatsIssuer,
     account_claims_update,
@@ -39,8 +41,12 @@ from central.sync.nats_auth import (
 
 __all__ = [
     "BranchRegistration",
+    "IssuerNotTheChains",
     "account_jwt_from_db",
+    "chain_issuer",
+    "check_chain_issuer",
     "client_tls_options",
+    "connects_with_issuer",
     "embedded_nats_server",
     "issue_branch_credentials",
     "issuer_for",
@@ -58,8 +64,115 @@ log = logging.getLogger(__name__)
 
 
 def issuer_for(settings: CentralSettings) -> NatsIssuer:
-    directory = Path(settings.nats_issuer_dir or settings.data_path / "nats-issuer")
-    return NatsIssuer.load_or_create(directory)
+    """This host's issuer, created when it has none (single machine, embedded NATS).
+    Credential operations go through ``chain_issuer``, which checks it is the chain's."""
+    return NatsIssuer.load_or_create(issuer_dir(settings))
+
+
+def issuer_dir(settings: CentralSettings) -> Path:
+    return Path(settings.nats_issuer_dir or settings.data_path / "nats-issuer")
+
+
+class IssuerNotTheChains(DomainError):
+    """This host's NATS issuer is missing or another than the one the chain's database
+    recorded: credentials it signed would be refused by the servers, and its account
+    updates (revocations) ignored."""
+
+    status = 503
+    title = "NATS issuer not the chain's"
+
+
+def _not_the_chains(directory: Path, why: str) -> IssuerNotTheChains:
+    return IssuerNotTheChains(
+        f"this host's NATS issuer is not the chain's ({why}): share nats_issuer_dir "
+        f"(now {directory}) between all central hosts, as the README's 'Running at "
+        "scale' says; no credentials were issued or revoked",
+        field="nats_issuer_dir",
+    )
+
+
+async def _recorded_identity(session: AsyncSession) -> NatsIssuerIdentity | None:
+    return await session.get(NatsIssuerIdentity, 1, populate_existing=True)
+
+
+async def _record_identity(session: AsyncSession, issuer: NatsIssuer) -> NatsIssuerIdentity:
+    """Record ``issuer`` as the chain's unless another was recorded first (two hosts
+    at once: one wins); returns what the database holds."""
+    await session.execute(
+        dialect_insert(session, table_of(NatsIssuerIdentity))
+        .values(
+            id=1,
+            operator_public_key=issuer.operator_public_key,
+            account_public_key=issuer.account_public_key,
+            recorded_at=datetime.now(UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    recorded = await _recorded_identity(session)
+    assert recorded is not None
+    return recorded
+
+
+def _same(issuer: NatsIssuer, recorded: NatsIssuerIdentity) -> bool:
+    return (issuer.operator_public_key, issuer.account_public_key) == (
+        recorded.operator_public_key,
+        recorded.account_public_key,
+    )
+
+
+async def chain_issuer(session: AsyncSession, settings: CentralSettings) -> NatsIssuer:
+    """The chain's NATS issuer, in the caller's transaction: this host's, when it is the
+    one the database recorded (recorded now when none was). A host without an issuer
+    creates one only for a chain that has none yet (no recorded issuer, no credentials
+    ever issued); otherwise, or when its issuer is another, ``IssuerNotTheChains``."""
+    directory = issuer_dir(settings)
+    recorded = await _recorded_identity(session)
+    if (directory / ISSUER_FILE).exists():
+        issuer = NatsIssuer.load(directory)
+    else:
+        issued = await session.scalar(select(BranchCredential.id).limit(1))
+        if recorded is not None or issued is not None:
+            # Never a second operator: the servers trust only the first one.
+            raise _not_the_chains(directory, f"no {ISSUER_FILE} on this host")
+        issuer = NatsIssuer.create(directory)
+    if recorded is None:
+        recorded = await _record_identity(session, issuer)
+    if not _same(issuer, recorded):
+        raise _not_the_chains(
+            directory,
+            f"its operator is {issuer.operator_public_key}, the chain's "
+            f"{recorded.operator_public_key}",
+        )
+    return issuer
+
+
+def connects_with_issuer(settings: CentralSettings) -> bool:
+    """This process's own NATS link runs on the issuer's auth (the embedded server, or
+    ``nats_creds`` from the issuer directory): its issuer is the servers' one."""
+    if not settings.nats_url:
+        return True
+    creds = Path(settings.nats_creds) if settings.nats_creds else None
+    return creds is not None and creds.resolve().parent == issuer_dir(settings).resolve()
+
+
+async def check_chain_issuer(session: AsyncSession, settings: CentralSettings) -> str:
+    """At start: "ok" (this host's issuer is the chain's, or none is recorded yet),
+    "none" (no issuer here nor in the database: created on first use), or "error: ...".
+    It records this host's issuer only when its own NATS link runs on it; otherwise the
+    first credential operation does."""
+    directory = issuer_dir(settings)
+    recorded = await _recorded_identity(session)
+    if not (directory / ISSUER_FILE).exists():
+        issued = await session.scalar(select(BranchCredential.id).limit(1))
+        if recorded is None and issued is None:
+            return "none"
+    elif recorded is None and not connects_with_issuer(settings):
+        return "ok"
+    try:
+        await chain_issuer(session, settings)
+    except IssuerNotTheChains as exc:
+        return f"error: {exc.detail}"
+    return "ok"
 
 
 def client_tls_options(settings: CentralSettings) -> dict[str, Any]:

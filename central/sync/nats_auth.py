@@ -15,7 +15,8 @@ disconnects the branch at once and refuses it from then on, without a restart or
 reload. Central also refuses events of a revoked branch (``Branch.active``).
 
 The issuer's seeds live in one directory (``issuer.json``, mode 0600): whoever holds
-it can mint credentials, so it belongs to central's host only.
+it can mint credentials, so it belongs to central's hosts only (shared by all of them:
+the database records its public keys, see ``central.services.nats_auth.chain_issuer``).
 """
 
 from __future__ import annotations

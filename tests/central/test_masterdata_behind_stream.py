@@ -22,8 +22,14 @@ from central.services.masterdata_publisher import (
     pending_snapshot,
 )
 from central.sync.jetstream import ensure_streams
-from protocol.masterdata import KIND_VERSION, VERSION_KEY, VersionMark, encode_masterdata
-from protocol.subjects import down_subject
+from protocol.masterdata import (
+    KIND_VERSION,
+    VERSION_KEY,
+    VersionMark,
+    decode_masterdata,
+    encode_masterdata,
+)
+from protocol.subjects import DOWN_STREAM, down_subject
 from tests.conftest import engine_with_branch
 
 MARK_SUBJECT = down_subject("all", None, KIND_VERSION, VERSION_KEY)
@@ -90,6 +96,57 @@ async def test_a_counter_behind_the_streams_mark_jumps_past_it_and_snapshots_the
         # Checked again (another process, a restart): caught up, nothing more.
         assert await MasterDataPublisher(sessionmaker).check_stream_version(js) == 0
         assert (await _state(sessionmaker))[0] == ahead + 3
+    finally:
+        await nc.close()
+        await engine.dispose()
+
+
+async def test_a_mark_ahead_published_after_the_first_check_is_caught_before_publishing(
+    db_url: str, nats_server: EmbeddedNats
+) -> None:
+    """Another database's process published into the stream after this publisher's
+    first check: its next pass with something to publish moves past the stream's
+    mark first, never publishing a version the stream already carries."""
+    engine = await engine_with_branch(db_url)  # B1
+    sessionmaker = create_sessionmaker(engine)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        publisher = MasterDataPublisher(sessionmaker)
+        assert await publisher.check_stream_version(js) == 0
+        before, *_ = await _state(sessionmaker)
+        ahead = before + 50
+        await js.publish(
+            MARK_SUBJECT,
+            encode_masterdata(VersionMark(version=ahead, published_at=datetime.now(UTC))),
+        )
+        # Nothing to publish: no lookup, nothing changes.
+        assert await publisher.publish_pending(js) == 0
+        assert await _state(sessionmaker) == (before, None, None, 0, [])
+
+        async with sessionmaker() as s, s.begin():
+            s.add(
+                MasterDataOutbox(
+                    version=before + 1, kind="price", scope="all", scope_id="", key="b007"
+                )
+            )
+        # The pass finds the stream ahead: catches up instead of publishing before + 1.
+        assert await publisher.publish_pending(js) == 0
+        assert await _state(sessionmaker) == (
+            ahead + 2,
+            ahead + 2,
+            None,
+            1,
+            [ahead + 1, ahead + 2],
+        )
+        # The next pass publishes above the stream's mark.
+        assert await publisher.publish_pending(js) == 2
+        assert publisher.last_version == ahead + 2
+        last = await js.get_last_msg(DOWN_STREAM, MARK_SUBJECT)
+        mark = decode_masterdata(last.data or b"")
+        assert isinstance(mark, VersionMark)
+        assert mark.version == ahead + 2
     finally:
         await nc.close()
         await engine.dispose()

@@ -30,7 +30,7 @@ from central.embedded_nats import EmbeddedNats
 from central.models import AuditEntry, Branch, DeadLetter, IngestedEvent
 from central.reports.service import sync_health
 from central.services.masterdata_publisher import current_version
-from central.services.pricing import expected_prices
+from central.services.pricing import branch_sync_status, expected_prices
 from central.services.sync_state import get_branch_sync
 from tests.conftest import (
     central_settings,
@@ -39,7 +39,15 @@ from tests.conftest import (
     running_central,
     wait_until,
 )
-from tests.e2e.test_masterdata_snapshot import SKUS, _offline_changes, _price, _setup, _synced
+from tests.e2e.test_masterdata_snapshot import (
+    SKUS,
+    _assert_exactly_central,
+    _offline_changes,
+    _price,
+    _setup,
+    _synced,
+    till_price,
+)
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 TOKEN = "B1-till-1"
@@ -236,3 +244,84 @@ async def test_a_store_restored_from_its_backup_then_central_from_its_own(
             "before-1",
             "restored-0",
         ]
+
+
+async def _stale_copy(db_url: str, tmp_path: Path) -> str:
+    """A copy of central's (stopped) database under another name: its URL."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        copy = tmp_path / "central-stale-copy.db"
+        with sqlite3.connect(str(url.database)) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        return url.set(database=str(copy)).render_as_string(hide_password=False)
+    copy_name = f"{url.database}_stale"
+    await _pg(db_url, f'CREATE DATABASE "{copy_name}" TEMPLATE "{url.database}"')
+    return url.set(database=copy_name).render_as_string(hide_password=False)
+
+
+async def test_a_process_on_a_stale_copy_does_not_hide_productions_later_prices(
+    db_url: str, nats_server: EmbeddedNats, make_agent: Any, tmp_path: Path
+) -> None:
+    """A central process started on a stale copy of the database with production's NATS
+    settings publishes the copy's state (versions above the stream's) into production's
+    stream. Production's next price change must still reach the till: its publisher
+    finds the stream's version mark above its counter before publishing, moves past it
+    and snapshots the branches, instead of publishing a version the till already holds
+    (its version guard would skip it, and central would report the branch up to date)."""
+    settings = central_settings(db_url, nats_server.url)
+    async with running_central(settings) as central:
+        await _setup(central)
+        agent = await make_agent("B1", nats_server.url, demo_catalog=False)
+        await _synced(central, agent)
+    stale_url = await _stale_copy(db_url, tmp_path)
+    try:
+        async with running_central(settings) as central:
+            await _offline_changes(central)  # production moves on after the copy
+            await _synced(central, agent)
+
+            # The stale copy's process, beside production: behind the stream, it jumps
+            # past it and sends the branch the copy's (old) state.
+            stale_settings = central_settings(stale_url, nats_server.url)
+            async with running_central(stale_settings) as stale:
+                await wait_until(lambda: _restored(stale), timeout=30)
+                stale_version = await _synced(stale, agent)
+            assert await till_price(agent, "SKU000") == 100  # the copy's; production's: 500
+            async with central.sessionmaker() as s:
+                assert await current_version(s) < stale_version
+
+            # The branch's heartbeat says it applied a version above production's
+            # counter: not reported up to date.
+            async def up_to_date(expected: bool) -> bool:
+                async with central.sessionmaker() as s:
+                    rows = await branch_sync_status(s)
+                return [(r.applied_version == stale_version, r.up_to_date) for r in rows] == [
+                    (not expected, expected)
+                ]
+
+            await wait_until(lambda: up_to_date(False), timeout=30)
+            # Production's next price change reaches the till (versions above the
+            # stale process's), with a snapshot that replaces the copy's state.
+            await _price(central, "SKU000", 333)
+
+            async def sells_at_333() -> bool:
+                return await till_price(agent, "SKU000") == 333
+
+            await wait_until(sells_at_333, timeout=30)
+            assert await _synced(central, agent) > stale_version
+            await _assert_exactly_central(central, agent)
+            await wait_until(lambda: up_to_date(True), timeout=30)
+            assert central.publisher.restored_from == stale_version
+            async with central.sessionmaker() as s:
+                audited = await s.scalar(
+                    select(func.count()).where(
+                        AuditEntry.action == "masterdata.database_behind_stream"
+                    )
+                )
+            assert audited == 1
+    finally:
+        if make_url(db_url).get_backend_name() != "sqlite":
+            await _pg(db_url, f'DROP DATABASE "{make_url(stale_url).database}" WITH (FORCE)')
+
+
+async def _restored(central: Any) -> bool:
+    return bool(central.publisher.restored_from)

@@ -81,6 +81,13 @@ async def _published(central: Any) -> int:
         return await published_version(s)
 
 
+async def till_price(agent: Any, sku: str) -> int | None:
+    """What the agent's tills sell ``sku`` at now (None: not sold)."""
+    async with agent.sessionmaker() as s:
+        item = await find_product(s, sku=sku, at=datetime.now(UTC))
+    return item.price if item is not None else None
+
+
 async def _synced(central: Any, agent: Any) -> int:
     """Wait until central published everything committed and the agent applied it."""
     async with central.sessionmaker() as s:
@@ -210,9 +217,7 @@ async def test_deleted_consumer_is_recreated_and_the_branch_goes_on(
     await _price(central, "SKU001", 4321)
 
     async def repriced() -> bool:
-        async with agent.sessionmaker() as s:
-            item = await find_product(s, sku="SKU001", at=datetime.now(UTC))
-        return item is not None and item.price == 4321
+        return await till_price(agent, "SKU001") == 4321
 
     await wait_until(repriced, timeout=30)
     await central.js.consumer_info(DOWN_STREAM, down_consumer_name("B1"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,17 @@ from sqlalchemy import func, select
 
 from branch_agent.downstream import DownMessage
 from branch_agent.status import AgentStatus, format_status
+from central.app import create_app
 from central.embedded_nats import EmbeddedNats
-from central.models import AuditEntry, Branch, BranchStatus, DeadLetter, Receipt
+from central.models import (
+    AuditEntry,
+    Branch,
+    BranchCredential,
+    BranchStatus,
+    DeadLetter,
+    NatsIssuerIdentity,
+    Receipt,
+)
 from central.runtime import CentralRuntime
 from central.services.nats_auth import (
     push_account_jwt,
@@ -33,7 +43,14 @@ from central.services.nats_auth import (
 from central.sync.nats_auth import NatsIssuer
 from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
 from protocol.subjects import DOWN_STREAM, down_subject, up_subject
-from tests.conftest import asgi_client, central_settings, running_central, wait_until
+from tests.conftest import (
+    asgi_client,
+    central_settings,
+    create_api_token,
+    running_central,
+    table_row_counts,
+    wait_until,
+)
 from tests.e2e.test_agent_cli import cli
 from tests.e2e.test_agent_kill import AgentProcess, free_port, wait_healthy
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
@@ -539,3 +556,131 @@ async def test_agent_process_killed_while_denied_then_given_its_credentials_lose
     ]
     async with secure_central.sessionmaker() as session:
         assert (await session.scalars(select(DeadLetter))).all() == []
+
+
+# A chain has one NATS issuer whatever central host answers: a second API host without
+# the shared nats_issuer_dir (or with another issuer) refuses to issue or revoke branch
+# credentials with a 503 problem and says so at start (/health), instead of minting
+# credentials the servers refuse and revocations they ignore.
+
+
+@asynccontextmanager
+async def api(runtime: CentralRuntime) -> AsyncIterator[httpx.AsyncClient]:
+    token = await create_api_token(runtime, "admin")
+    app = create_app(runtime.settings, runtime=runtime)
+    async with asgi_client(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
+
+
+def host_b_settings(db_url: str, server: EmbeddedNats, issuer: NatsIssuer, data: Path) -> Any:
+    """A second API host: the same database and NATS (with central's NATS credentials),
+    its own data directory, so its own (absent) nats-issuer."""
+    return central_settings(
+        db_url, server.url, nats_creds=str(issuer.central_creds_file()), data_dir=str(data)
+    )
+
+
+async def _creds_file(tmp_path: Path, name: str, creds: str) -> Path:
+    path = tmp_path / f"{name}.creds"
+    path.write_text(creds)
+    return path
+
+
+def _assert_issuer_problem(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert "not the chain's" in problem["detail"]
+    assert "nats_issuer_dir" in problem["detail"]
+
+
+@pytest.mark.parametrize("host_b_issuer", ["missing", "another"])
+async def test_a_second_host_without_the_chains_issuer_refuses_credential_operations(
+    db_url: str,
+    tmp_path: Path,
+    issuer: NatsIssuer,
+    secure_nats: EmbeddedNats,
+    host_b_issuer: str,
+) -> None:
+    data_b = tmp_path / "host-b"
+    if host_b_issuer == "another":
+        NatsIssuer.create(data_b / "nats-issuer")
+    async with running_central(secure_settings(db_url, secure_nats, issuer)) as host_a:
+        # Host A connects with the issuer's credentials: its start recorded the issuer.
+        assert host_a.nats_issuer == "ok"
+        async with host_a.sessionmaker() as s:
+            assert await s.get(NatsIssuerIdentity, 1) is not None
+        # Host A registers a branch: the chain's issuer is recorded, the creds connect.
+        async with api(host_a) as client_a:
+            r = await client_a.post("/api/v1/branches", json={"code": "B001"})
+            assert r.status_code == 201, r.text
+            creds_b001 = await _creds_file(tmp_path, "B001", r.json()["creds"])
+        branch = await Client().connect(secure_nats.url, creds_b001, "B001")
+        await branch.close()
+        async with host_a.sessionmaker() as s:
+            recorded = await s.get(NatsIssuerIdentity, 1)
+        assert recorded is not None
+        assert recorded.operator_public_key == issuer.operator_public_key
+
+        settings_b = host_b_settings(db_url, secure_nats, issuer, data_b)
+        async with running_central(settings_b) as host_b, api(host_b) as client_b:
+            # It says so at start.
+            health = (await client_b.get("/health")).json()
+            assert health["nats_issuer"].startswith("error: this host's NATS issuer is not")
+            assert health["status"] == "degraded"
+            before = await table_row_counts(host_b)
+            audit_before = before[AuditEntry.__tablename__]
+
+            _assert_issuer_problem(await client_b.post("/api/v1/branches", json={"code": "B005"}))
+            _assert_issuer_problem(await client_b.post("/api/v1/branches/B001/credentials"))
+            _assert_issuer_problem(await client_b.post("/api/v1/branches/B001/revoke"))
+
+            # Nothing changed (the tokens made for the test aside), no second operator.
+            after = await table_row_counts(host_b)
+            assert after[AuditEntry.__tablename__] == audit_before
+            assert after == before
+            async with host_b.sessionmaker() as s:
+                assert await s.get(Branch, "B005") is None
+                assert (await s.get(Branch, "B001")).active  # type: ignore[union-attr]
+                assert len((await s.scalars(select(BranchCredential))).all()) == 1
+            if host_b_issuer == "missing":
+                assert not (data_b / "nats-issuer" / "issuer.json").exists()
+
+        # B001 still connects (not revoked); host A's operations still work.
+        branch = await Client().connect(secure_nats.url, creds_b001, "B001")
+        await branch.close()
+        async with api(host_a) as client_a:
+            r = await client_a.post("/api/v1/branches/B001/revoke")
+            assert r.status_code == 200, r.text
+            assert r.json()["pushed_to_nats"] is True
+        refused = Client()
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await refused.connect(secure_nats.url, creds_b001, "B001")
+        await refused.close()
+
+
+async def test_a_host_sharing_the_issuer_dir_issues_credentials_that_connect(
+    db_url: str, tmp_path: Path, issuer: NatsIssuer, secure_nats: EmbeddedNats
+) -> None:
+    """The documented way: every API host runs with the same nats_issuer_dir."""
+    async with (
+        running_central(secure_settings(db_url, secure_nats, issuer)) as host_a,
+        running_central(
+            central_settings(
+                db_url,
+                secure_nats.url,
+                nats_creds=str(issuer.central_creds_file()),
+                nats_issuer_dir=str(issuer.directory),
+                data_dir=str(tmp_path / "host-b"),
+            )
+        ) as host_b,
+    ):
+        assert host_a.nats_issuer == "ok"
+        assert host_b.nats_issuer == "ok"
+        async with api(host_b) as client_b:
+            r = await client_b.post("/api/v1/branches", json={"code": "B007"})
+            assert r.status_code == 201, r.text
+            creds = await _creds_file(tmp_path, "B007", r.json()["creds"])
+            assert json.dumps((await client_b.get("/health")).json()).count("error") == 0
+        branch = await Client().connect(secure_nats.url, creds, "B007")
+        await branch.close()
