@@ -2,7 +2,7 @@
 host with another issuer (or none) refuses credential operations.
 
 Revision ID: 1807
-Revises: 1801
+Revises: 1806
 Create Date: 2026-11-29 11:00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import central.models.base
 
 revision: str = "1807"
-down_revision: str | Sequence[str] | None = "1801"
+down_revision: str | Sequence[str] | None = "1806"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
