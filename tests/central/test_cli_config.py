@@ -15,6 +15,7 @@ from sqlalchemy import text
 from central.db import create_engine
 from central.settings import load_settings
 from protocol.config import SettingsError
+from tests.conftest import run_into_closed_pipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,3 +194,21 @@ async def test_a_downgrade_dropping_recorded_columns_needs_drop_records(
     assert {"original_till"} <= await _columns(tmp_path, "customer_returns")
     out = _central(tmp_path, "db", "downgrade", target, "--drop-records")
     assert json.loads(out.stdout)["downgraded_to"] == target
+
+
+@pytest.mark.parametrize("args", [("db", "upgrade"), ("--help",)])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``python -m central db upgrade | head``: no BrokenPipeError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env.update(
+        {
+            "BACKROOM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'c.db'}",
+            "BACKROOM_DATA_DIR": str(tmp_path / "central"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    out = run_into_closed_pipe([sys.executable, "-m", "central", *args], env=env, cwd=tmp_path)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "BrokenPipeError" not in out.stderr, out.stderr
+    # argparse itself ignores a failed write of its help.
+    assert out.returncode == (0 if args == ("--help",) else 1)
