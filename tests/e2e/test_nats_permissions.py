@@ -44,6 +44,7 @@ from central.sync.nats_auth import NatsIssuer
 from protocol import EventEnvelope, Payment, ReceiptLine, ReceiptRecorded, encode, new_event_id
 from protocol.subjects import DOWN_STREAM, down_subject, up_subject
 from tests.conftest import asgi_client, central_settings, running_central, wait_until
+from tests.conftest import register_branch as register_plain_branch
 from tests.e2e.test_agent_cli import cli
 from tests.e2e.test_agent_kill import AgentProcess, free_port, wait_healthy
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
@@ -711,3 +712,26 @@ async def test_agent_whose_client_the_server_closes_connects_again_and_loses_not
     assert got == sorted(f"ba-{n}" for n in range(total))
     async with secure_central.sessionmaker() as session:
         assert (await session.scalars(select(DeadLetter))).all() == []
+
+
+async def test_agent_whose_nats_client_is_closed_connects_again_with_a_new_one(
+    central: CentralRuntime, nats_server: EmbeddedNats, make_agent: Any
+) -> None:
+    """Any close of the NATS client (nats-py never reconnects a closed one): the agent
+    makes a new client, and the sales recorded meanwhile reach central once."""
+    await register_plain_branch(central, "B1")
+    agent = await make_agent("B1", nats_server.url)
+    assert (await post_sale(agent, sale("b1-0"), "B1-till-1")).status_code == 201
+
+    async def arrived(count: int) -> bool:
+        return len(await receipts_at_central(central)) == count
+
+    await wait_until(lambda: arrived(1), timeout=30)
+    first_client = agent.nc
+    await first_client.close()
+    for n in range(1, 4):
+        assert (await post_sale(agent, sale(f"b1-{n}"), "B1-till-1")).status_code == 201
+    await wait_until(lambda: arrived(4), timeout=30)
+    assert agent.nc is not first_client
+    assert agent.link_state() == "connected"
+    assert sorted(s for _, s in await receipts_at_central(central)) == [f"b1-{n}" for n in range(4)]
