@@ -311,8 +311,10 @@ class Agent:
         finally:
             link_stop.set()
             # Each loop ends at its next check of link_stop; one waiting longer (a
-            # request to a closed client) is cancelled.
-            _, pending = await asyncio.wait(tasks, timeout=_LINK_STOP_S)
+            # request to a closed client) is cancelled; all at once when the agent
+            # stops (as before: stopping is not held up).
+            wait_s = 0 if self._stop.is_set() else _LINK_STOP_S
+            _, pending = await asyncio.wait(tasks, timeout=wait_s)
             for task in pending:
                 task.cancel()
             for task in tasks:
