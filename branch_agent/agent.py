@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 from litestar import Litestar
 from nats.aio.client import Client
+from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 from sqlalchemy import func, select
 
@@ -48,6 +48,14 @@ from protocol.subjects import (
 __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
+
+# A new NATS client after the server closed the last one: waits from 0.5 s up to 30 s.
+_RECONNECT_MIN_S = 0.5
+_RECONNECT_MAX_S = 30.0
+# A connection that lasted this long was not refused at once: backoff starts again.
+_LINK_LASTED_S = 30.0
+# How long the link's loops get to end by themselves once the client is gone.
+_LINK_STOP_S = 5.0
 
 
 def _agent_version() -> str:
@@ -118,6 +126,12 @@ class Agent:
         if self.masterdata.requester is not None:
             self.masterdata.requester.on_answered = self.denials.succeeded
         self.js: JetStreamContext | None = None
+        # Why the NATS server refuses or closed the agent's client (revoked
+        # credentials, a protocol error): /health says degraded. "": it does not.
+        self.link_refused = ""
+        self._logged_problem = ""
+        self._refusals = 0
+        self._link_lasted = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._app: Litestar | None = None
@@ -234,16 +248,102 @@ class Agent:
         return await build_status(self)
 
     async def _sync(self) -> None:
-        self.nc = await nats.connect(**self._nats_options())
-        self.nats_error = ""
-        self.js = self.nc.jetstream()
-        self._tasks.append(asyncio.create_task(self._heartbeats()))
-        self._tasks.append(asyncio.create_task(self.downstream.run(self.js, self._stop)))
-        # Reports the master-data position to central (a snapshot when it is not usable).
-        self._tasks.append(asyncio.create_task(self.masterdata.keep_position(self.nc, self._stop)))
-        await self.sender.run(self.nc, self.js, self._stop)
+        """Keep a NATS client: connect, run the link's loops until the client is closed
+        for good, then connect again with a new one.
 
-    def _nats_options(self) -> dict[str, Any]:
+        nats-py reconnects by itself after a lost connection, but a server ``-ERR``
+        (Authorization Violation when the credentials are revoked, or any other
+        protocol error) closes the client for good: without a new client the store
+        would stop syncing until the agent is restarted."""
+        backoff = _RECONNECT_MIN_S
+        while not self._stop.is_set():
+            closed = asyncio.Event()
+            nc = Client()
+            # Status and stop() see the client while it is connecting.
+            self.nc = nc
+            try:
+                await nc.connect(**self._nats_options(nc, closed))
+            except asyncio.CancelledError:
+                # The agent stops while connecting: nothing of the client may linger.
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                raise
+            except Exception as exc:
+                # Connecting retries by itself; what raises is the options' (a creds
+                # file that cannot be read...): try again later, it may be fixed.
+                self._link_failed(nats_problem(exc))
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                await _wait_stop(self._stop, backoff)
+                backoff = min(backoff * 2, _RECONNECT_MAX_S)
+                continue
+            self.js = nc.jetstream()
+            self._link_up()
+            await self._run_link(nc, self.js, closed)
+            if self._stop.is_set():
+                return
+            self._link_failed(
+                f"the NATS server closed the connection: {nats_problem(nc.last_error)}"
+                if nc.last_error is not None
+                else "the NATS connection was closed"
+            )
+            # A quick connection that is closed again at once (a server that keeps
+            # refusing) backs off; one that lasted starts again from the minimum.
+            await _wait_stop(self._stop, backoff)
+            backoff = min(backoff * 2, _RECONNECT_MAX_S)
+            if self._link_lasted:
+                backoff = _RECONNECT_MIN_S
+
+    async def _run_link(self, nc: Client, js: JetStreamContext, closed: asyncio.Event) -> None:
+        """Everything that uses the client, until it is closed or the agent stops."""
+        link_stop = asyncio.Event()
+        started = asyncio.get_running_loop().time()
+        tasks = [
+            asyncio.create_task(self._heartbeats(link_stop)),
+            asyncio.create_task(self.downstream.run(js, link_stop)),
+            # Reports the master-data position to central (a snapshot when it is not
+            # usable).
+            asyncio.create_task(self.masterdata.keep_position(nc, link_stop)),
+            asyncio.create_task(self.sender.run(nc, js, link_stop)),
+        ]
+        try:
+            await _wait_any(closed, self._stop)
+        finally:
+            link_stop.set()
+            # Each loop ends at its next check of link_stop; one waiting longer (a
+            # request to a closed client) is cancelled; all at once when the agent
+            # stops (as before: stopping is not held up).
+            wait_s = 0 if self._stop.is_set() else _LINK_STOP_S
+            _, pending = await asyncio.wait(tasks, timeout=wait_s)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._link_lasted = asyncio.get_running_loop().time() - started > _LINK_LASTED_S
+            if not nc.is_closed and not self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    await nc.close()
+
+    def _link_up(self) -> None:
+        if self.link_refused or self.nats_error:
+            log.warning("connected to NATS again")
+        self.nats_error = ""
+        self.link_refused = ""
+        self._logged_problem = ""
+        self._refusals = 0
+        self.denials.clear()
+        self.sender.wake()
+
+    def _link_failed(self, problem: str) -> None:
+        """The client is gone: shown in status, logged once while it stays the same."""
+        self.nats_error = problem[:300]
+        self.link_refused = problem[:300]
+        if problem != self._logged_problem:
+            self._logged_problem = problem
+            log.error("NATS: %s; connecting again with a new client", problem)
+
+    def _nats_options(self, nc: Client, closed: asyncio.Event) -> dict[str, Any]:
         async def on_error(exc: Exception) -> None:
             text = str(exc)[:300]
             if is_permission_violation(text):
@@ -251,13 +351,26 @@ class Agent:
                 level = logging.WARNING if self.denials.record(text) else logging.DEBUG
                 log.log(level, "%s", text)
                 return
-            log.warning("nats: %s", exc)
-            self.nats_error = f"{type(exc).__name__}: {exc}"[:300]
+            problem = nats_problem(exc)
+            # Every failed attempt reports again: logged once until it changes.
+            if problem != self._logged_problem:
+                self._logged_problem = problem
+                log.warning("nats: %s", problem)
+            self.nats_error = problem[:300]
+            if is_authorization_error(exc) and not nc.is_connected:
+                self.link_refused = self.nats_error
+                # Awaited between connection attempts: a server that refuses the
+                # credentials is asked again with backoff, not twice a second.
+                self._refusals += 1
+                await asyncio.sleep(
+                    min(_RECONNECT_MIN_S * 2 ** min(self._refusals, 8), _RECONNECT_MAX_S)
+                )
 
         async def on_reconnected() -> None:
-            self.nats_error = ""
-            self.denials.clear()
-            self.sender.wake()
+            self._link_up()
+
+        async def on_closed() -> None:
+            closed.set()
 
         options: dict[str, Any] = {
             "servers": [u.strip() for u in self.settings.nats_url.split(",")],
@@ -266,6 +379,7 @@ class Agent:
             "reconnect_time_wait": 0.5,
             "error_cb": on_error,
             "reconnected_cb": on_reconnected,
+            "closed_cb": on_closed,
             # Confined to its own inbox prefix so no other branch's replies are readable.
             "inbox_prefix": f"_INBOX.{self.settings.branch}".encode(),
         }
@@ -285,14 +399,13 @@ class Agent:
             options["password"] = self.settings.nats_password
         return options
 
-    async def _heartbeats(self) -> None:
-        while not self._stop.is_set():
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             try:
                 await self.publish_heartbeat()
             except Exception as exc:
                 log.debug("heartbeat not sent: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval_s)
+            await _wait_stop(stop, self.settings.heartbeat_interval_s)
 
     async def heartbeat(self, *, stopping: bool = False) -> BranchHeartbeat:
         async with self.sessionmaker() as session:
@@ -338,7 +451,7 @@ class Agent:
         async with self.sessionmaker() as session:
             pending = await backlog(session)
         return AgentHealth(
-            status="ok",
+            status="degraded" if self.link_refused or self.link_state() == "degraded" else "ok",
             branch=self.settings.branch,
             nats=self.link_state(),
             outbox_backlog=pending,
@@ -404,3 +517,34 @@ class Agent:
             await server.serve()
         finally:
             await self.stop()
+
+
+# How the server words refused credentials: at connect, and on a live connection whose
+# user was revoked (account JWT update) or whose credentials expired.
+_REFUSED = ("authorization violation", "authentication revoked", "authentication expired")
+
+
+def is_authorization_error(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, AuthorizationError) or any(r in text for r in _REFUSED)
+
+
+def nats_problem(exc: BaseException | None) -> str:
+    """The NATS client's error as a technician should read it."""
+    if is_authorization_error(exc):
+        return "authorization violation: credentials revoked or not valid for this branch"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _wait_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

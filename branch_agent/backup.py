@@ -70,11 +70,15 @@ def backup_database(database: Path, dest: Path) -> dict[str, Any]:
             closing(sqlite3.connect(partial)) as copy,
         ):
             source.backup(copy)
+            # The copy takes the agent's WAL mode; a backup is one self-contained file
+            # (no -wal/-shm beside it that a clean-up by name would leave behind).
+            copy.execute("PRAGMA journal_mode=DELETE")
         facts = _facts(partial)
         # Only a complete, checked copy gets the name asked for.
         os.replace(partial, dest)
     finally:
-        partial.unlink(missing_ok=True)
+        for suffix in ("", *_SIDECARS):
+            Path(f"{partial}{suffix}").unlink(missing_ok=True)
     return {"backup": str(dest), "bytes": dest.stat().st_size, **facts}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from branch_agent.settings import AgentSettings, load_settings
+from protocol.cli import run_cli
 from protocol.config import SettingsError, unknown_env_settings
 
 __all__ = ["main"]
@@ -316,6 +317,10 @@ def _backup(settings: AgentSettings, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

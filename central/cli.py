@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from central.settings import CentralSettings, load_settings
+from protocol.cli import run_cli
 from protocol.config import SettingsError, unknown_env_settings
 
 __all__ = ["main"]
@@ -678,6 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -391,3 +391,24 @@ async def counted_statements(db_url: str) -> AsyncIterator[tuple[Any, list[str]]
         yield create_sessionmaker(engine), statements
     finally:
         await engine.dispose()
+
+
+def run_into_closed_pipe(args: list[str], **kwargs: Any) -> Any:
+    """Run a command whose stdout reader has gone before it writes (``... | head``
+    having read enough): what it says on stderr, and its exit code."""
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            args,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+            **kwargs,
+        )
+    finally:
+        os.close(write)

@@ -14,7 +14,7 @@ import pytest
 from branch_agent.settings import load_settings
 from branch_agent.status import format_status
 from protocol.config import SettingsError
-from tests.conftest import wait_until
+from tests.conftest import run_into_closed_pipe, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = '[agent]\nbranch = "B1"\ndata_dir = "{data}"\nhttp_port = 1\n'
@@ -125,3 +125,26 @@ def test_an_unknown_agent_variable_is_warned_about(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "BACKROOM_AGENT_NATS_CRED is no setting" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("--help",)])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``status | head``: the reader gone, no BrokenPipeError traceback."""
+    import asyncio
+
+    from branch_agent.db import upgrade
+
+    config = _write(tmp_path, "")
+    (tmp_path / "data").mkdir()
+    asyncio.run(upgrade(load_settings(config).database_path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = run_into_closed_pipe(
+        [sys.executable, "-m", "branch_agent", "--config", str(config), *args],
+        env=env,
+        cwd=tmp_path,
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "BrokenPipeError" not in out.stderr, out.stderr
+    # argparse itself ignores a failed write of its help.
+    assert out.returncode == (0 if args == ("--help",) else 1)

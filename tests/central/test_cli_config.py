@@ -19,7 +19,7 @@ from central.embedded_nats import EmbeddedNats
 from central.settings import load_settings
 from protocol.config import SettingsError
 from protocol.subjects import INGEST_DURABLE, UP_STREAM
-from tests.conftest import PG_URL_ENV, empty_database
+from tests.conftest import PG_URL_ENV, empty_database, run_into_closed_pipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,3 +242,21 @@ async def test_serve_on_postgresql_does_not_migrate_it(tmp_path: Path) -> None:
         out = _run_briefly(tmp_path, "serve", BACKROOM_DATABASE_URL=url, BACKROOM_HTTP_PORT="1")
         _refused(out, "behind", "at 1401", "python -m central db upgrade")
         assert await current_revisions(url) == ("1401",)
+
+
+@pytest.mark.parametrize("args", [("db", "upgrade"), ("--help",)])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``python -m central db upgrade | head``: no BrokenPipeError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env.update(
+        {
+            "BACKROOM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'c.db'}",
+            "BACKROOM_DATA_DIR": str(tmp_path / "central"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    out = run_into_closed_pipe([sys.executable, "-m", "central", *args], env=env, cwd=tmp_path)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "BrokenPipeError" not in out.stderr, out.stderr
+    # argparse itself ignores a failed write of its help.
+    assert out.returncode == (0 if args == ("--help",) else 1)

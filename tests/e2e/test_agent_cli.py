@@ -112,6 +112,12 @@ async def test_backup_while_running_and_restore_when_stopped(
         assert taken.returncode == 0, taken.stdout + taken.stderr
         assert json.loads(taken.stdout)["last_event_seq"] == 1
         assert json.loads(taken.stdout)["branch"] == "B7"
+        # One self-contained file: no -wal/-shm beside it (a cron deleting old
+        # backups by name would leave those behind), not in WAL mode.
+        assert [n for n in os.listdir(tmp_path) if n.startswith("nightly")] == ["nightly.db"]
+        with closing(sqlite3.connect(f"file:{backup}?mode=ro", uri=True)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [n for n in os.listdir(tmp_path) if n.startswith("nightly")] == ["nightly.db"]
         again = cli(config, "backup", str(backup))
         assert again.returncode == 1
         assert "exists already" in json.loads(again.stdout)["error"]

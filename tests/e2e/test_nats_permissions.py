@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from central.models import (
 )
 from central.runtime import CentralRuntime
 from central.services.nats_auth import (
+    account_jwt_from_db,
+    issue_branch_credentials,
     push_account_jwt,
     register_branch,
     revoke_branch,
@@ -51,6 +54,7 @@ from tests.conftest import (
     table_row_counts,
     wait_until,
 )
+from tests.conftest import register_branch as register_plain_branch
 from tests.e2e.test_agent_cli import cli
 from tests.e2e.test_agent_kill import AgentProcess, free_port, wait_healthy
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
@@ -488,6 +492,38 @@ async def test_agent_with_another_branchs_credentials_shows_the_denial_and_keeps
         assert (await session.scalars(select(DeadLetter))).all() == []
 
 
+def start_agent_process(
+    tmp_path: Path, server: EmbeddedNats, creds: Path
+) -> tuple[AgentProcess, Path, str]:
+    """Branch BA's agent as a process using the credentials file ``creds`` (till T1,
+    token t1); the process, its config and its till API's URL."""
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "BA"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'nats_url = "{server.url}"\nnats_creds = "{creds}"\nhttp_port = {port}\n'
+        'demo_catalog = true\nmanager_token = "boss"\nheartbeat_interval_s = 0.5\n'
+        '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    return agent, config, f"http://127.0.0.1:{port}"
+
+
+async def sell(client: httpx.AsyncClient, numbers: range, *, open_shift: bool = False) -> None:
+    """Sales ba-N at till T1 of the agent process, into its shift S1 (opened first)."""
+    if open_shift:
+        opened = await client.post(
+            "/api/v1/shifts", json={"shift_id": "S1"}, headers={"Authorization": "Bearer t1"}
+        )
+        assert opened.status_code == 201, opened.text
+    for n in numbers:
+        posted = await client.post(
+            "/api/v1/sales", json=sale(f"ba-{n}"), headers={"Authorization": "Bearer t1"}
+        )
+        assert posted.status_code == 201, posted.text
+
+
 async def test_agent_process_killed_while_denied_then_given_its_credentials_loses_nothing(
     secure_central: CentralRuntime, secure_nats: EmbeddedNats, issuer: NatsIssuer, tmp_path: Path
 ) -> None:
@@ -500,26 +536,11 @@ async def test_agent_process_killed_while_denied_then_given_its_credentials_lose
     await branch_consumers_ready(secure_central, "BA", "BB")
     creds = tmp_path / "branch.creds"
     creds.write_bytes(creds_b.read_bytes())  # another branch's file copied by mistake
-    port = free_port()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[agent]\nbranch = "BA"\ndata_dir = "{tmp_path / "agent"}"\n'
-        f'nats_url = "{secure_nats.url}"\nnats_creds = "{creds}"\nhttp_port = {port}\n'
-        'demo_catalog = true\nmanager_token = "boss"\nheartbeat_interval_s = 0.5\n'
-        '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
-    )
-    agent = AgentProcess(config, tmp_path / "agent.log")
-    agent.start()
-    url = f"http://127.0.0.1:{port}"
-    till = {"Authorization": "Bearer t1"}
+    agent, config, url = start_agent_process(tmp_path, secure_nats, creds)
     try:
         await wait_healthy(url)
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            opened = await client.post("/api/v1/shifts", json={"shift_id": "S1"}, headers=till)
-            assert opened.status_code == 201, opened.text
-            for n in range(4):
-                posted = await client.post("/api/v1/sales", json=sale(f"ba-{n}"), headers=till)
-                assert posted.status_code == 201, posted.text
+            await sell(client, range(4), open_shift=True)
 
         async def degraded() -> bool:
             return "link to central  degraded" in cli(config, "status").stdout
@@ -684,3 +705,171 @@ async def test_a_host_sharing_the_issuer_dir_issues_credentials_that_connect(
             assert json.dumps((await client_b.get("/health")).json()).count("error") == 0
         branch = await Client().connect(secure_nats.url, creds, "B007")
         await branch.close()
+
+
+async def revoke_credentials(
+    runtime: CentralRuntime, issuer: NatsIssuer, server: EmbeddedNats, public_key: str
+) -> None:
+    """Revoke one credentials key of a branch (rotated credentials: the branch stays),
+    pushed to the running server: it cuts the connections using the key with an
+    ``-ERR 'Authorization Violation'``, which closes nats-py's client for good."""
+    async with runtime.sessionmaker() as session, session.begin():
+        credential = await session.scalar(
+            select(BranchCredential).where(BranchCredential.public_key == public_key)
+        )
+        assert credential is not None
+        credential.revoked_at = datetime.now(UTC)
+        await session.flush()
+        account_jwt = await account_jwt_from_db(session, issuer)
+    assert await push_account_jwt(issuer, server.url, account_jwt)
+
+
+async def test_revoked_agent_says_so_keeps_its_sales_and_does_not_flood_the_log(
+    secure_central: CentralRuntime,
+    secure_nats: EmbeddedNats,
+    issuer: NatsIssuer,
+    make_agent: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The branch is revoked while its agent is connected: the server's -ERR closes the
+    NATS client. The agent's status names the reason, /health is degraded, the sales
+    wait in the outbox, and the log says it once (not every second) while the agent
+    keeps asking the server, with backoff, for a new connection."""
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    await branch_consumers_ready(secure_central, "BA")
+    agent = await make_agent("BA", secure_nats.url, nats_creds=str(creds_a))
+    assert (await post_sale(agent, sale("ba-0"), "BA-till-1")).status_code == 201
+
+    async def arrived() -> bool:
+        return len(await receipts_at_central(secure_central)) == 1
+
+    await wait_until(arrived, timeout=30)
+    first_client = agent.nc
+    async with secure_central.sessionmaker() as session, session.begin():
+        account_jwt = await revoke_branch(session, issuer, "BA")
+    assert await push_account_jwt(issuer, secure_nats.url, account_jwt)
+
+    async def refused() -> bool:
+        return "authorization violation" in (await agent.status()).nats_error
+
+    await wait_until(refused, timeout=20)
+    caplog.clear()
+    for n in range(1, 4):
+        assert (await post_sale(agent, sale(f"ba-{n}"), "BA-till-1")).status_code == 201
+    await asyncio.sleep(6)
+    async with asgi_client(agent.app) as client:
+        shown = (await client.get("/health/status")).json()
+        health = (await client.get("/health")).json()
+    assert shown["link"] == "disconnected"
+    assert shown["nats_error"] == (
+        "authorization violation: credentials revoked or not valid for this branch"
+    )
+    assert shown["outbox_backlog"] == 3
+    assert (health["status"], health["nats"]) == ("degraded", "disconnected")
+    assert "credentials revoked" in format_status(msgspec.convert(shown, AgentStatus))
+    # The closed client was replaced (the agent keeps trying), quietly.
+    assert agent.nc is not first_client
+    noisy = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(noisy) <= 3, [r.getMessage() for r in noisy]
+    assert await receipts_at_central(secure_central) == [("BA", "ba-0")]
+
+
+async def test_agent_whose_client_the_server_closes_connects_again_and_loses_nothing(
+    secure_central: CentralRuntime,
+    secure_nats: EmbeddedNats,
+    issuer: NatsIssuer,
+    tmp_path: Path,
+) -> None:
+    """Credentials rotated under a running agent process: its old key is revoked, the
+    server's -ERR closes its NATS client for good. With the new file in place the agent
+    connects again by itself (no restart), and is SIGKILLed right then, while its
+    outbox drains; started again, every sale reaches central exactly once."""
+    creds_a = await add_branch_with_creds(secure_central, issuer, "BA")
+    await branch_consumers_ready(secure_central, "BA")
+    creds = tmp_path / "branch.creds"
+    creds.write_bytes(creds_a.read_bytes())  # the branch's file is written anew below
+    async with secure_central.sessionmaker() as session, session.begin():
+        new_user = (await issue_branch_credentials(session, issuer, "BA")).user
+        old_key = await session.scalar(
+            select(BranchCredential.public_key).where(
+                BranchCredential.branch == "BA",
+                BranchCredential.public_key != new_user.public_key,
+            )
+        )
+    assert old_key is not None
+    creds_new = write_branch_creds(issuer, "BA", new_user)
+    agent, config, url = start_agent_process(tmp_path, secure_nats, creds)
+    total = 40
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            await sell(client, range(4), open_shift=True)
+
+            async def first_arrived() -> bool:
+                return len(await receipts_at_central(secure_central)) == 4
+
+            await wait_until(first_arrived, timeout=40)
+            await revoke_credentials(secure_central, issuer, secure_nats, old_key)
+
+            async def refused() -> bool:
+                answer = json.loads(cli(config, "status", "--json").stdout)
+                return "authorization violation" in answer["nats_error"]
+
+            await wait_until(refused, timeout=30, interval=0.5)
+            health = (await client.get("/health")).json()
+            assert health["status"] == "degraded"
+            await sell(client, range(4, total))
+        assert len(await receipts_at_central(secure_central)) == 4
+
+        # The new file in place: the agent's next client reads it.
+        creds.write_bytes(creds_new.read_bytes())
+
+        async def draining() -> bool:
+            return len(await receipts_at_central(secure_central)) > 4
+
+        await wait_until(draining, timeout=60, interval=0.05)
+        agent.kill()  # reconnected by itself, killed while its outbox drains
+        agent.start()
+        await wait_healthy(url)
+
+        async def all_arrived() -> bool:
+            return len(await receipts_at_central(secure_central)) >= total
+
+        await wait_until(all_arrived, timeout=60)
+
+        async def connected() -> bool:
+            answer = json.loads(cli(config, "status", "--json").stdout)
+            return answer["link"] == "connected" and answer["outbox_backlog"] == 0
+
+        await wait_until(connected, timeout=30, interval=0.5)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/health")).json()["status"] == "ok"
+    finally:
+        agent.stop()
+    got = sorted(s for _, s in await receipts_at_central(secure_central))
+    assert got == sorted(f"ba-{n}" for n in range(total))
+    async with secure_central.sessionmaker() as session:
+        assert (await session.scalars(select(DeadLetter))).all() == []
+
+
+async def test_agent_whose_nats_client_is_closed_connects_again_with_a_new_one(
+    central: CentralRuntime, nats_server: EmbeddedNats, make_agent: Any
+) -> None:
+    """Any close of the NATS client (nats-py never reconnects a closed one): the agent
+    makes a new client, and the sales recorded meanwhile reach central once."""
+    await register_plain_branch(central, "B1")
+    agent = await make_agent("B1", nats_server.url)
+    assert (await post_sale(agent, sale("b1-0"), "B1-till-1")).status_code == 201
+
+    async def arrived(count: int) -> bool:
+        return len(await receipts_at_central(central)) == count
+
+    await wait_until(lambda: arrived(1), timeout=30)
+    first_client = agent.nc
+    await first_client.close()
+    for n in range(1, 4):
+        assert (await post_sale(agent, sale(f"b1-{n}"), "B1-till-1")).status_code == 201
+    await wait_until(lambda: arrived(4), timeout=30)
+    assert agent.nc is not first_client
+    assert agent.link_state() == "connected"
+    assert sorted(s for _, s in await receipts_at_central(central)) == [f"b1-{n}" for n in range(4)]
