@@ -346,6 +346,7 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (BranchHeartbeat, "first_seq"): ("branch_status.first_seq",),
     (BranchHeartbeat, "applied_version"): ("branch_status.applied_version",),
     (BranchHeartbeat, "agent_version"): ("branch_status.agent_version",),
+    (BranchHeartbeat, "timezone"): ("branch_status.agent_timezone",),
 }
 
 
