@@ -15,10 +15,10 @@ sends the receipt's sequence number, so central knows it is still to come.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from central.ingest.bulk import insert_rows, table_of
@@ -37,7 +37,7 @@ from protocol.events import (
     ReceiptRecorded,
 )
 
-__all__ = ["LATE_FISCAL_STAGE", "LateFiscalNumberRefused"]
+__all__ = ["LATE_FISCAL_STAGE", "LateFiscalNumberRefused", "sweep_waiting_fiscal_numbers"]
 
 # After the ordering stage (9): a batch holding a gap waited for earlier batches, whose
 # receipts are then visible. Touches only receipts of the branch, no shared rows.
@@ -194,6 +194,45 @@ async def apply_waiting_fiscal_numbers(
             continue
         row.status = outcome if outcome in ("applied", "already") else "conflict"
         row.applied_at = batch.received_at
+
+
+async def sweep_waiting_fiscal_numbers(
+    sessionmaker: async_sessionmaker[AsyncSession], *, older_than_s: float = 10.0
+) -> int:
+    """Late numbers still waiting for a document central now holds: applied. With
+    several workers the receipt's batch can commit beside the number's without either
+    seeing the other (the receipt looked for waiting numbers before the number's row
+    was committed, the number for the receipt before it was): nothing else would
+    retry it. Run every few seconds by the gap monitor; returns how many it settled."""
+    t = LateFiscalNumberRow
+    now = datetime.now(UTC)
+    settled = 0
+    async with sessionmaker() as session, session.begin():
+        waiting = (
+            await session.scalars(
+                select(t)
+                .where(t.status == "waiting", t.received_at < now - timedelta(seconds=older_than_s))
+                .order_by(t.received_at)
+                .limit(500)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for row in waiting:
+            outcome = await _set_number(
+                session,
+                row.branch,
+                "sale" if row.document == "sale" else "return",
+                row.till,
+                row.document_id,
+                row.fiscal_number,
+                row.fiscalized_at,
+            )
+            if outcome is None:  # still to come
+                continue
+            row.status = outcome if outcome in ("applied", "already") else "conflict"
+            row.applied_at = now
+            settled += 1
+    return settled
 
 
 @register_batch_handler(FiscalInterventionRecorded, stage=EARLY_STAGE)

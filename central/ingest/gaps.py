@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from central.auth.context import RequestAudit
 from central.failures import FailureLog, one_line
 from central.ingest.bulk import dialect_insert, table_of
+from central.ingest.fiscal import sweep_waiting_fiscal_numbers
 from central.ingest.worker import contiguous_from
 from central.models import BranchStatus, BranchSyncState, DeadLetter
 from central.services.audit import record_change
@@ -85,6 +86,8 @@ class GapMonitor:
         while not stop.is_set():
             try:
                 await self.check()
+                # Late fiscal numbers a concurrent batch left waiting (see the sweep).
+                await sweep_waiting_fiscal_numbers(self._sessionmaker)
             except Exception as exc:  # database or NATS away: try again next round
                 self.failures.failed(one_line(exc), retry="tried again next round")
             else:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.db import create_engine, create_sessionmaker
+from central.ingest.fiscal import sweep_waiting_fiscal_numbers
 from central.ingest.worker import IngestWorker
 from central.models import DeadLetter, LateFiscalNumberRow, Receipt
 from central.services.branches import add_branch
@@ -229,3 +230,38 @@ async def test_fiscal_interventions_are_stored_and_listed(
             offset=0,
         )
     assert (len(page.items), page.total) == (2, 3)
+
+
+async def test_a_number_left_waiting_beside_its_receipt_is_applied_by_the_sweep(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Two workers on PostgreSQL: the receipt's batch looked for waiting numbers before
+    the number's batch committed its waiting row, the number's batch looked for the
+    receipt before the receipt's committed. Both commit; the number waits beside a
+    receipt that has none. The gap monitor's sweep settles it (nothing else would)."""
+    books = BranchBooks("B1")
+    books.open_shift()
+    unfiscal = books.sale([("MILK", 1_000, 199)], unfiscal=True)
+    late = books.late_fiscal_number(unfiscal, "601")
+    worker = IngestWorker(sessionmaker)
+    # The number first (it waits), then the receipt's batch made as if it had not seen
+    # the waiting row: the waiting row is put back to waiting and the number taken off.
+    await worker.process([message(books.events[0]), message(late)])
+    await worker.process([message(unfiscal)])
+    async with sessionmaker() as session, session.begin():
+        row = await session.get(LateFiscalNumberRow, late.event_id)
+        assert row is not None
+        row.status, row.applied_at = "waiting", None
+        row.received_at = row.received_at.replace(year=row.received_at.year - 1)
+        receipt = await session.scalar(select(Receipt).where(Receipt.sale_id == _sale_id(unfiscal)))
+        assert receipt is not None
+        receipt.fiscal_number, receipt.fiscalized_at = None, None
+    assert await sweep_waiting_fiscal_numbers(sessionmaker) == 1
+    receipt = await _receipt(sessionmaker, _sale_id(unfiscal))
+    assert (receipt.fiscal_number, receipt.fiscalized_at) == ("601", unfiscal.occurred_at)
+    async with sessionmaker() as session:
+        settled = await session.get(LateFiscalNumberRow, late.event_id)
+        assert settled is not None
+        assert settled.status == "applied"
+    # Once settled, a second sweep finds nothing to do.
+    assert await sweep_waiting_fiscal_numbers(sessionmaker) == 0
