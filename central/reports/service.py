@@ -104,7 +104,7 @@ from central.reports.schemas import (
     WriteOffReport,
     WriteOffRow,
 )
-from central.services.masterdata_publisher import marked_version, up_to_date
+from central.services.masterdata_publisher import current_version, marked_version, up_to_date
 from central.services.pricing import not_withdrawn_at, scopes_at
 from central.services.sync_state import LIVE_AGENT, lost_events, timezone_mismatch
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
@@ -1849,6 +1849,7 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
 
     lost = await lost_events(session, list(states.values()))
     published = await marked_version(session)
+    central = await current_version(session)
 
     def age(at: datetime | None) -> int | None:
         return None if at is None else max(0, int((now - at).total_seconds()))
@@ -1898,7 +1899,9 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                     and abs(status.clock_offset_ms) > CLOCK_OFF_MS
                 ),
                 published_version=published,
-                up_to_date=up_to_date(status.applied_version if status else None, published),
+                up_to_date=up_to_date(
+                    status.applied_version if status else None, published, central
+                ),
                 timezone=b.timezone,
                 agent_timezone=status.agent_timezone if status else None,
                 timezone_mismatch=timezone_mismatch(b.timezone, status),

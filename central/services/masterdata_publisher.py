@@ -182,10 +182,12 @@ async def marked_version(session: AsyncSession) -> int:
     return int(value or 0)
 
 
-def up_to_date(applied: int | None, published: int) -> bool:
+def up_to_date(applied: int | None, published: int, central: int) -> bool:
     """A branch applied every published change: its applied version (from its heartbeat;
-    None: none yet) against ``marked_version``, read once for all branches."""
-    return (applied or 0) >= published
+    None: none yet) against ``marked_version``, read once for all branches, and not
+    above central's counter (``current_version``): versions this database never gave
+    came from a stale or foreign database publishing into the stream."""
+    return published <= (applied or 0) <= central
 
 
 async def published_version(session: AsyncSession) -> int:

@@ -1415,9 +1415,7 @@ async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
             applied_version=int(applied or 0),
             central_version=central,
             published_version=published,
-            # Above central's counter: versions this database never gave (a stale or
-            # foreign database published into the stream): not up to date.
-            up_to_date=up_to_date(applied, published) and int(applied or 0) <= central,
+            up_to_date=up_to_date(applied, published, central),
             last_heartbeat_at=received,
         )
         for code, applied, received in rows

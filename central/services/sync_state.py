@@ -15,7 +15,7 @@ from central.errors import NotFoundError
 from central.ingest.bulk import dialect_insert, table_of
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from central.services.audit import record_change
-from central.services.masterdata_publisher import marked_version, up_to_date
+from central.services.masterdata_publisher import current_version, marked_version, up_to_date
 
 __all__ = [
     "NEW_DATABASE",
@@ -142,6 +142,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
     )
     lost = await lost_events(session, list(states.values()))
     published = await marked_version(session)
+    central = await current_version(session)
     out = []
     for code in branches:
         state = states.get(code)
@@ -176,7 +177,9 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 lost_events=lost.get(code, 0),
                 applied_version=status.applied_version if status else None,
                 published_version=published,
-                up_to_date=up_to_date(status.applied_version if status else None, published),
+                up_to_date=up_to_date(
+                    status.applied_version if status else None, published, central
+                ),
                 timezone=zones[code],
                 agent_timezone=status.agent_timezone if status else None,
                 timezone_mismatch=timezone_mismatch(zones[code], status),
