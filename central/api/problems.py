@@ -92,7 +92,10 @@ def _database_unavailable(request: Request[Any, Any, Any], reason: str) -> Respo
     problem = Problem(
         title="Database unavailable",
         status=503,
-        detail=f"the database is unavailable ({reason}); try again in a few seconds",
+        detail=(
+            f"the database is unavailable ({reason}); try again in a few seconds (a "
+            "change whose connection was lost while committing may have been applied)"
+        ),
         instance=request.url.path,
     )
     return problem_response(problem, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
