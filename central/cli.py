@@ -372,13 +372,29 @@ async def _seed_demo(settings: CentralSettings, branches: Sequence[str]) -> int:
         await engine.dispose()
 
 
-def _nats_server_config(settings: CentralSettings, resolver_dir: str) -> None:
-    """The operator/resolver block to put into the config of production nats-servers."""
-    from central.services.nats_auth import issuer_for
+async def _nats_server_config(settings: CentralSettings, resolver_dir: str) -> int:
+    """The operator/resolver block to put into the config of production nats-servers:
+    of the chain's issuer when the database knows one (a host without the shared
+    nats_issuer_dir refuses, instead of printing a config for a new operator that the
+    rest of the chain does not use); of a new chain's first issuer otherwise (the
+    bootstrap, also before the database exists)."""
+    from central.db import create_engine, create_sessionmaker
+    from central.services.nats_auth import IssuerNotTheChains, chain_issuer, issuer_for
 
-    issuer = issuer_for(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            issuer = await chain_issuer(session, settings)
+    except IssuerNotTheChains as exc:
+        print(f"refused: {exc.detail}", file=sys.stderr)
+        return 2
+    except Exception:  # no database or no schema yet: a new chain's first issuer
+        issuer = issuer_for(settings)
+    finally:
+        await engine.dispose()
     print(issuer.server_config(Path(resolver_dir)))
     print(f"# central's credentials: {issuer.central_creds_file().resolve()}", file=sys.stderr)
+    return 0
 
 
 # Written by `make run` (central demo); the admin commands use it when no config is given.
@@ -762,7 +778,7 @@ def _main(argv: Sequence[str] | None) -> None:
     elif args.command == "users":
         code = asyncio.run(_users(settings, args))
     elif args.command == "nats":
-        _nats_server_config(settings, args.resolver_dir)
+        code = asyncio.run(_nats_server_config(settings, args.resolver_dir))
     elif args.command == "reports":
         code = asyncio.run(_reports(settings, args.reports_command))
     elif args.command == "stock":

@@ -260,3 +260,23 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str,
     assert "BrokenPipeError" not in out.stderr, out.stderr
     # argparse itself ignores a failed write of its help.
     assert out.returncode == (0 if args == ("--help",) else 1)
+
+
+def test_nats_server_config_on_a_host_without_the_chains_issuer_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`nats server-config` on a second host without the shared nats_issuer_dir printed
+    a config for a new operator of its own: servers configured from it would trust none
+    of the chain's credentials. With the database knowing the chain's issuer it is
+    refused; on the host that has it, it prints the config."""
+    host_a = {"BACKROOM_DATA_DIR": str(tmp_path / "host-a")}
+    host_b = {"BACKROOM_DATA_DIR": str(tmp_path / "host-b")}
+    assert _central(tmp_path, "db", "upgrade", **host_a).returncode == 0
+    added = _central(tmp_path, "branches", "add", "B1", "--name", "Harbour", **host_a)
+    assert added.returncode == 0, added.stderr
+    out = _central(tmp_path, "nats", "server-config", "--resolver-dir", "r", **host_b)
+    _refused(out, "not the chain's", "nats_issuer_dir")
+    assert not (tmp_path / "host-b" / "nats-issuer" / "issuer.json").exists()
+    out = _central(tmp_path, "nats", "server-config", "--resolver-dir", "r", **host_a)
+    assert out.returncode == 0, out.stderr
+    assert "operator" in out.stdout
