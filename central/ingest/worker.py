@@ -180,6 +180,8 @@ class IngestWorker:
         # Fault injection for the kill test: exit between the commit and the ack.
         self.crash_after_commit = crash_after_commit
         self.branch_cache_s = branch_cache_s
+        # branch -> (the agent's zone last checked against central's, monotonic time)
+        self._zone_checked: dict[str, tuple[str, float]] = {}
         # A batch that failed (database away) comes back after this long.
         self.retry_delay_s = retry_delay_s
         # Fault injection for the SIGTERM and database-error tests: wait this long
@@ -461,8 +463,13 @@ class IngestWorker:
         table = table_of(BranchStatus)
         stmt = dialect_insert(session, table)
         now = datetime.now(UTC)
-        if heartbeat.timezone:
+        # Checked at most once a minute per branch and zone: a heartbeat comes every
+        # few seconds from every branch, and the answer changes only with a zone.
+        last = self._zone_checked.get(heartbeat.branch)
+        stale = last is None or last[0] != heartbeat.timezone or time.monotonic() - last[1] >= 60
+        if heartbeat.timezone and stale:
             await self._check_timezone(session, heartbeat)
+            self._zone_checked[heartbeat.branch] = (heartbeat.timezone, time.monotonic())
         values = {
             "branch": heartbeat.branch,
             "sent_at": heartbeat.sent_at,

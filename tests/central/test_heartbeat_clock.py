@@ -11,7 +11,7 @@ from central.ingest.worker import IngestWorker, MessageIn
 from central.models import BranchStatus
 from protocol import BranchHeartbeat, encode, up_subject
 from protocol.subjects import HEARTBEAT_KIND
-from tests.conftest import engine_with_branch
+from tests.conftest import counted_statements, engine_with_branch
 
 
 def _beat(sent_at: datetime, recorded: int, offset_ms: int | None) -> MessageIn:
@@ -50,3 +50,30 @@ async def test_a_heartbeat_from_a_clock_put_right_replaces_one_sent_in_the_futur
         assert await kept() == (7, -15)
     finally:
         await engine.dispose()
+
+
+async def test_the_agents_time_zone_is_checked_once_a_minute_not_per_heartbeat(
+    db_url: str,
+) -> None:
+    """Every branch heartbeats every few seconds: its zone is compared with central's
+    record once, then again only when it changes (or a minute later)."""
+    engine = await engine_with_branch(db_url)
+    await engine.dispose()
+    now = datetime.now(UTC)
+    async with counted_statements(db_url) as (sessionmaker, statements):
+        worker = IngestWorker(sessionmaker)
+
+        def beat(n: int, zone: str) -> MessageIn:
+            heartbeat = BranchHeartbeat(
+                branch="B1", sent_at=now + timedelta(seconds=n), last_recorded_seq=n, timezone=zone
+            )
+            return MessageIn(subject=up_subject("B1", HEARTBEAT_KIND), data=encode(heartbeat))
+
+        def zone_checks() -> int:
+            return sum("branch_status.agent_timezone" in s and "JOIN" in s for s in statements)
+
+        for n in range(1, 5):
+            assert (await worker.process([beat(n, "Europe/Berlin")])).heartbeats == 1
+        assert zone_checks() == 1
+        await worker.process([beat(5, "Europe/London")])
+        assert zone_checks() == 2
