@@ -124,6 +124,8 @@ class CentralRuntime:
             **client_tls_options(self.settings),
         )
         self.js = self.nc.jetstream()
+        # The servers accepted this host's link: its issuer may be recorded as the chain's.
+        await self.check_nats_issuer(link_up=True)
         if self._nats_creds:
             await self._refresh_account_jwt()
         while not self._stop.is_set():
@@ -271,14 +273,15 @@ class CentralRuntime:
         await self._note_down_seq(down.state.last_seq or 0)
         return False
 
-    async def check_nats_issuer(self) -> str:
+    async def check_nats_issuer(self, *, link_up: bool = False) -> str:
         """Say at start when this host's NATS issuer is not the chain's (a second API
-        host without the shared nats_issuer_dir): its credentials would not connect."""
+        host without the shared nats_issuer_dir): its credentials would not connect.
+        Checked again once the link is up (then it may record the issuer)."""
         from central.services.nats_auth import check_chain_issuer
 
         try:
             async with self.sessionmaker() as session, session.begin():
-                self.nats_issuer = await check_chain_issuer(session, self.settings)
+                self.nats_issuer = await check_chain_issuer(session, self.settings, link_up=link_up)
         except Exception as exc:
             # The database is not there yet: credential operations check again.
             self.nats_issuer = f"unchecked: {type(exc).__name__}"

@@ -155,18 +155,21 @@ def connects_with_issuer(settings: CentralSettings) -> bool:
     return creds is not None and creds.resolve().parent == issuer_dir(settings).resolve()
 
 
-async def check_chain_issuer(session: AsyncSession, settings: CentralSettings) -> str:
+async def check_chain_issuer(
+    session: AsyncSession, settings: CentralSettings, *, link_up: bool = False
+) -> str:
     """At start: "ok" (this host's issuer is the chain's, or none is recorded yet),
     "none" (no issuer here nor in the database: created on first use), or "error: ...".
-    It records this host's issuer only when its own NATS link runs on it; otherwise the
-    first credential operation does."""
+    It records this host's issuer only once its own NATS link runs on it and is up
+    (``link_up``: the servers accepted it; a stray issuer's link is refused, and must
+    not claim the chain); otherwise the first credential operation does."""
     directory = issuer_dir(settings)
     recorded = await _recorded_identity(session)
     if not (directory / ISSUER_FILE).exists():
         issued = await session.scalar(select(BranchCredential.id).limit(1))
         if recorded is None and issued is None:
             return "none"
-    elif recorded is None and not connects_with_issuer(settings):
+    elif recorded is None and not (link_up and connects_with_issuer(settings)):
         return "ok"
     try:
         await chain_issuer(session, settings)

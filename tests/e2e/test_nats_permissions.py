@@ -873,3 +873,40 @@ async def test_agent_whose_nats_client_is_closed_connects_again_with_a_new_one(
     assert agent.nc is not first_client
     assert agent.link_state() == "connected"
     assert sorted(s for _, s in await receipts_at_central(central)) == [f"b1-{n}" for n in range(4)]
+
+
+async def test_a_stray_issuer_whose_link_is_refused_does_not_claim_the_chain(
+    db_url: str, tmp_path: Path, issuer: NatsIssuer, secure_nats: EmbeddedNats
+) -> None:
+    """Upgrading a chain that recorded no issuer yet: a host with a stray issuer of its
+    own (its central.creds as nats_creds) starts first. The servers trust the chain's
+    operator and refuse its link; it must not record its issuer as the chain's (the
+    right hosts would then refuse every credential operation)."""
+    stray = NatsIssuer.create(tmp_path / "stray" / "nats-issuer")
+    settings = central_settings(
+        db_url,
+        secure_nats.url,
+        nats_creds=str(stray.central_creds_file()),
+        nats_issuer_dir=str(stray.directory),
+    )
+    runtime = CentralRuntime(settings)
+    await runtime.start(ingest_workers=0)
+    try:
+        await asyncio.sleep(3.0)  # its link tries and is refused meanwhile
+        assert runtime.js is None or runtime.nats_ready.is_set() is False
+        async with runtime.sessionmaker() as s:
+            assert await s.get(NatsIssuerIdentity, 1) is None
+    finally:
+        await runtime.stop()
+    # The chain's own host then records its issuer once its link is up.
+    async with running_central(secure_settings(db_url, secure_nats, issuer)) as host_a:
+
+        async def recorded_now() -> bool:
+            async with host_a.sessionmaker() as s:
+                return await s.get(NatsIssuerIdentity, 1) is not None
+
+        await wait_until(recorded_now, timeout=10)
+        async with host_a.sessionmaker() as s:
+            recorded = await s.get(NatsIssuerIdentity, 1)
+        assert recorded is not None
+        assert recorded.operator_public_key == issuer.operator_public_key
