@@ -45,7 +45,15 @@ from branch_agent.till_api import (
     TillApi,
     UnfiscalIn,
 )
-from protocol.problems import FieldError, Problem, problem_title, validation_errors
+from protocol.problems import (
+    NOT_UTF8_DETAIL,
+    FieldError,
+    Problem,
+    is_not_utf8,
+    not_utf8_problem,
+    problem_title,
+    validation_errors,
+)
 
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
@@ -488,6 +496,8 @@ def _problem(
 def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     errors: tuple[FieldError, ...] = ()
     status = exc.status_code
+    if status == 400 and is_not_utf8(exc):  # msgspec 0.23's words for it
+        return _on_not_utf8(request, exc)
     if isinstance(exc, ValidationException):
         # The same fields at fault as central's API names; a missing body is named by
         # the fields the route's body needs.
@@ -507,17 +517,13 @@ def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Respons
     return _problem(exc.status, exc.title, exc.detail, request.url.path, errors)
 
 
-def _on_not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[bytes]:
-    # msgspec raises UnicodeDecodeError (not its DecodeError, which Litestar makes a 400)
-    # for a JSON string holding bytes that are not UTF-8: the till's fault, nothing parsed
-    # and so nothing recorded; no route decodes other bytes as UTF-8 strictly.
-    return _problem(
-        400,
-        "Bad request",
-        "request body is not valid UTF-8 JSON",
-        request.url.path,
-        (FieldError(field="body", message="not valid UTF-8"),),
-    )
+def _on_not_utf8(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # A JSON string holding bytes that are not UTF-8 (msgspec before 0.23 raised
+    # UnicodeDecodeError, not its DecodeError; 0.23 a DecodeError Litestar makes a 400):
+    # the till's fault, nothing parsed and so nothing recorded; no route decodes other
+    # bytes as UTF-8 strictly.
+    problem = not_utf8_problem(request.url.path)
+    return _problem(400, problem.title, NOT_UTF8_DETAIL, request.url.path, problem.errors)
 
 
 def _on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -7,7 +7,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["FieldError", "Problem", "problem_title", "validation_errors"]
+__all__ = [
+    "NOT_UTF8_DETAIL",
+    "FieldError",
+    "Problem",
+    "is_not_utf8",
+    "not_utf8_problem",
+    "problem_title",
+    "validation_errors",
+]
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,6 +33,32 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     instance: str | None = None
     errors: tuple[FieldError, ...] = ()
     extra: dict[str, Any] | None = None
+
+
+NOT_UTF8_DETAIL = "request body is not valid UTF-8 JSON"
+# msgspec 0.23 reports a JSON string holding bytes that are not UTF-8 as a DecodeError
+# with this text (which the web framework makes a 400 of its own); earlier releases
+# raised UnicodeDecodeError. Both are the one refusal below.
+_MSGSPEC_NOT_UTF8 = "Invalid UTF-8 encoded string"
+
+
+def is_not_utf8(exc: BaseException) -> bool:
+    """A request refused because its JSON body is not UTF-8, as any msgspec says it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
+    texts = (str(getattr(exc, "detail", "")), str(exc.__cause__ or ""))
+    return any(_MSGSPEC_NOT_UTF8 in text for text in texts)
+
+
+def not_utf8_problem(instance: str) -> Problem:
+    """Nothing was parsed, hence nothing recorded: the client's error, a 400."""
+    return Problem(
+        title="Bad request",
+        status=400,
+        detail=NOT_UTF8_DETAIL,
+        instance=instance,
+        errors=(FieldError(field="body", message="not valid UTF-8"),),
+    )
 
 
 _MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")

@@ -14,7 +14,14 @@ from sqlalchemy.exc import DBAPIError
 
 from central.db import QUERY_CANCELED, database_unavailable, is_interrupted, sqlstate_of
 from central.errors import DomainError, ReportTooSlow
-from protocol.problems import FieldError, Problem, problem_title, validation_errors
+from protocol.problems import (
+    FieldError,
+    Problem,
+    is_not_utf8,
+    not_utf8_problem,
+    problem_title,
+    validation_errors,
+)
 
 __all__ = ["exception_handlers", "problem_response"]
 
@@ -32,6 +39,8 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
 
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
+    if status == 400 and is_not_utf8(exc):  # msgspec 0.23's words for it
+        return problem_response(not_utf8_problem(request.url.path))
     errors: tuple[FieldError, ...] = ()
     detail = exc.detail
     if isinstance(exc, ValidationException):
@@ -117,18 +126,11 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 
 def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[bytes]:
-    """msgspec raises UnicodeDecodeError (not its DecodeError, which Litestar turns into
-    a 400) for a JSON string holding bytes that are not UTF-8, so such a body escaped as a
-    500. No route decodes other bytes as UTF-8 strictly, so the error is the client's:
-    nothing was parsed, hence nothing recorded."""
-    problem = Problem(
-        title=problem_title(400),
-        status=400,
-        detail="request body is not valid UTF-8 JSON",
-        instance=request.url.path,
-        errors=(FieldError(field="body", message="not valid UTF-8"),),
-    )
-    return problem_response(problem)
+    """msgspec before 0.23 raises UnicodeDecodeError (not its DecodeError, which Litestar
+    turns into a 400) for a JSON string holding bytes that are not UTF-8, so such a body
+    escaped as a 500. No route decodes other bytes as UTF-8 strictly, so the error is the
+    client's: nothing was parsed, hence nothing recorded."""
+    return problem_response(not_utf8_problem(request.url.path))
 
 
 def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
