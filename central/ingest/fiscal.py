@@ -180,20 +180,27 @@ async def apply_waiting_fiscal_numbers(
         )
     ).all()
     for row in waiting:
-        body_kind = "sale" if row.document == "sale" else "return"
-        outcome = await _set_number(
-            session,
-            row.branch,
-            body_kind,
-            row.till,
-            row.document_id,
-            row.fiscal_number,
-            row.fiscalized_at,
-        )
-        if outcome is None:  # a document of the other kind under this id
-            continue
-        row.status = outcome if outcome in ("applied", "already") else "conflict"
-        row.applied_at = batch.received_at
+        # (keeps waiting when the id is a document of the other kind)
+        await _settle_waiting(session, row, batch.received_at)
+
+
+async def _settle_waiting(session: AsyncSession, row: LateFiscalNumberRow, at: datetime) -> bool:
+    """Set a waiting number on its document if central holds it now: the row's status
+    becomes applied, already or conflict (True), or it keeps waiting (False)."""
+    outcome = await _set_number(
+        session,
+        row.branch,
+        "sale" if row.document == "sale" else "return",
+        row.till,
+        row.document_id,
+        row.fiscal_number,
+        row.fiscalized_at,
+    )
+    if outcome is None:
+        return False
+    row.status = outcome if outcome in ("applied", "already") else "conflict"
+    row.applied_at = at
+    return True
 
 
 async def sweep_waiting_fiscal_numbers(
@@ -218,20 +225,7 @@ async def sweep_waiting_fiscal_numbers(
             )
         ).all()
         for row in waiting:
-            outcome = await _set_number(
-                session,
-                row.branch,
-                "sale" if row.document == "sale" else "return",
-                row.till,
-                row.document_id,
-                row.fiscal_number,
-                row.fiscalized_at,
-            )
-            if outcome is None:  # still to come
-                continue
-            row.status = outcome if outcome in ("applied", "already") else "conflict"
-            row.applied_at = now
-            settled += 1
+            settled += await _settle_waiting(session, row, now)
     return settled
 
 
