@@ -37,6 +37,37 @@ T1 = {"Authorization": "Bearer t1"}
 BOSS = {"Authorization": "Bearer boss"}
 
 
+async def _killed_as_k1_closes(sim: Any, agent: AgentProcess, url: str) -> Any:
+    """With the agent started: opens a shift and rings up sale k1; the printer executes
+    the close and the agent dies before any answer comes back. Started again and
+    healthy; returns the receipt the printer printed."""
+    killed = threading.Event()
+
+    def kill_as_closed(s: Any) -> None:
+        # the close is executed (fiscalized), the agent dies, no answer ever comes back
+        s.lose_answers(None, 10**6)
+        agent.kill_from_thread()
+        killed.set()
+
+    await wait_healthy(url)
+    async with httpx.AsyncClient(timeout=60) as client:
+        assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
+        sim.at_command(CMD_CLOSE_RECEIPT, kill_as_closed)
+        sale = {
+            "sale_id": "k1",
+            "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
+            "payments": [{"type": "cash", "amount": 1000}],
+        }
+        with contextlib.suppress(httpx.HTTPError):  # the agent died under the request
+            await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)
+    assert killed.is_set()
+    (printed,) = sim.receipts
+    agent.reap()
+    agent.start()
+    await wait_healthy(url)
+    return printed
+
+
 async def test_sigkill_as_the_receipt_closes_then_unfiscal_then_the_number_is_found(
     fiscal_printer: SimulatorHandle,  # noqa: F811
     tmp_path: Path,
@@ -46,34 +77,9 @@ async def test_sigkill_as_the_receipt_closes_then_unfiscal_then_the_number_is_fo
     url = f"http://127.0.0.1:{port}"
     config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
     agent = AgentProcess(config, tmp_path / "agent.log")
-    killed = threading.Event()
-
-    def kill_as_closed(s: Any) -> None:
-        # the close is executed (fiscalized), the agent dies, no answer ever comes back
-        s.lose_answers(None, 10**6)
-        agent.kill_from_thread()
-        killed.set()
-
     agent.start()
     try:
-        await wait_healthy(url)
-        async with httpx.AsyncClient(timeout=60) as client:
-            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
-            sim.at_command(CMD_CLOSE_RECEIPT, kill_as_closed)
-            sale = {
-                "sale_id": "k1",
-                "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
-                "payments": [{"type": "cash", "amount": 1000}],
-            }
-            try:
-                await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)
-            except httpx.HTTPError:
-                pass  # the agent died under the request
-        assert killed.is_set()
-        (printed,) = sim.receipts
-        agent.reap()
-        agent.start()
-        await wait_healthy(url)
+        printed = await _killed_as_k1_closes(sim, agent, url)
         async with httpx.AsyncClient(timeout=60) as client:
             k1 = (await client.get(f"{url}/api/v1/sales/k1", headers=T1)).json()
             assert k1["status"] == "pending_fiscal"
@@ -135,31 +141,9 @@ async def test_the_number_found_late_reaches_central_once_across_kills(
     url = f"http://127.0.0.1:{port}"
     config = write_config(tmp_path, nats_server.url, port, fiscal_printer.url)
     agent = AgentProcess(config, tmp_path / "agent.log")
-    killed = threading.Event()
-
-    def kill_as_closed(s: Any) -> None:
-        s.lose_answers(None, 10**6)
-        agent.kill_from_thread()
-        killed.set()
-
     agent.start()
     try:
-        await wait_healthy(url)
-        async with httpx.AsyncClient(timeout=60) as client:
-            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=T1)).is_success
-            sim.at_command(CMD_CLOSE_RECEIPT, kill_as_closed)
-            sale = {
-                "sale_id": "k1",
-                "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
-                "payments": [{"type": "cash", "amount": 1000}],
-            }
-            with contextlib.suppress(httpx.HTTPError):
-                await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)
-        assert killed.is_set()
-        (printed,) = sim.receipts
-        agent.reap()
-        agent.start()
-        await wait_healthy(url)
+        printed = await _killed_as_k1_closes(sim, agent, url)
         async with httpx.AsyncClient(timeout=60) as client:
             done = await client.post(
                 f"{url}/api/v1/manager/sales/T1/k1/complete-unfiscal",
