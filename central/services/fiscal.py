@@ -41,22 +41,8 @@ class FiscalInterventionOut(msgspec.Struct, kw_only=True):
 
 
 def intervention_out(row: FiscalInterventionRow) -> FiscalInterventionOut:
-    return FiscalInterventionOut(
-        event_id=row.event_id,
-        branch=row.branch,
-        till=row.till,
-        shift_id=row.shift_id,
-        action=row.action,
-        receipt_number=row.receipt_number,
-        amount=row.amount,
-        paid_before=row.paid_before,
-        cash_added=row.cash_added,
-        document=row.document,
-        reason=row.reason,
-        occurred_at=row.occurred_at,
-        local_date=row.local_date,
-        received_at=row.received_at,
-    )
+    # The answer has the row's own fields, read by name.
+    return msgspec.convert(row, FiscalInterventionOut, from_attributes=True)
 
 
 async def interventions_of_shifts(
