@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -58,7 +59,16 @@ async def connect(url: str, *, creds: str = "", name: str = "central", **kwargs:
     }
     if creds:
         options["user_credentials"] = creds
-    nc = await nats.connect(**options)
+    nc = Client()
+    try:
+        await nc.connect(**options)
+    except BaseException:
+        # Cancelled while retrying (a host stopping whose link is refused): the
+        # client's half-open socket would otherwise outlive it. Bounded: nats-py's
+        # close can hang after a failed first connect.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5.0)
+        raise
     failures.ok()
     return nc
 
