@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from central.db import limit_statement_time
 from central.errors import ValidationFailed
 from central.reports import service
-from central.reports.csv_out import report_csv
+from central.reports.csv_out import report_csv, report_filename
 from central.reports.schemas import (
     AbcReport,
     LossPreventionReport,
@@ -55,17 +55,15 @@ def _wants_csv(request: Request[Any, Any, Any], fmt: str | None) -> bool:
     return "text/csv" in request.headers.get("accept", "")
 
 
-def _respond(
-    request: Request[Any, Any, Any], fmt: str | None, report: Any, rows: list[Any], name: str
-) -> Any:
+def _respond(request: Request[Any, Any, Any], fmt: str | None, report: Any, name: str) -> Any:
     """The report itself (JSON), or its rows as a CSV download."""
     if not _wants_csv(request, fmt):
         return report
     return Response(
-        content=report_csv(rows),
+        content=report_csv(report),
         # Litestar adds "; charset=utf-8" to a text/* type itself (twice if named here).
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{report_filename(report, name)}"'},
     )
 
 
@@ -132,7 +130,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: SalesReport = _respond(request, fmt, report, report.rows, "sales")
+        result: SalesReport = _respond(request, fmt, report, "sales")
         return result
 
     @get(
@@ -158,7 +156,7 @@ class ReportController(Controller):
         report = await service.stock_on_hand(
             db_session, branch=branch, group_by=group_by, sku=sku, max_rows=_max_rows(request)
         )
-        result: StockOnHandReport = _respond(request, fmt, report, report.rows, "stock-on-hand")
+        result: StockOnHandReport = _respond(request, fmt, report, "stock-on-hand")
         return result
 
     @get(
@@ -193,7 +191,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: StockMovementReport = _respond(request, fmt, report, report.rows, "stock-movement")
+        result: StockMovementReport = _respond(request, fmt, report, "stock-movement")
         return result
 
     @get(
@@ -223,7 +221,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: MarginReport = _respond(request, fmt, report, report.rows, "gross-margin")
+        result: MarginReport = _respond(request, fmt, report, "gross-margin")
         return result
 
     @get(
@@ -258,7 +256,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: AbcReport = _respond(request, fmt, report, report.rows, "abc")
+        result: AbcReport = _respond(request, fmt, report, "abc")
         return result
 
     @get("/write-offs", operation_id="writeOffReport", summary="Write-offs by reason")
@@ -284,7 +282,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: WriteOffReport = _respond(request, fmt, report, report.rows, "write-offs")
+        result: WriteOffReport = _respond(request, fmt, report, "write-offs")
         return result
 
     @get("/shrinkage", operation_id="shrinkageReport", summary="Stocktake differences")
@@ -309,7 +307,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: ShrinkageReport = _respond(request, fmt, report, report.rows, "shrinkage")
+        result: ShrinkageReport = _respond(request, fmt, report, "shrinkage")
         return result
 
     @get(
@@ -338,7 +336,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: ShiftReconciliationReport = _respond(request, fmt, report, report.rows, "shifts")
+        result: ShiftReconciliationReport = _respond(request, fmt, report, "shifts")
         return result
 
     @get(
@@ -371,9 +369,7 @@ class ReportController(Controller):
             max_span_days=_max_span(request),
             max_rows=_max_rows(request),
         )
-        result: LossPreventionReport = _respond(
-            request, fmt, report, report.rows, "loss-prevention"
-        )
+        result: LossPreventionReport = _respond(request, fmt, report, "loss-prevention")
         return result
 
     @get(
@@ -389,5 +385,5 @@ class ReportController(Controller):
     ) -> SyncHealthReport:
         # One row per branch: not capped (see service.sync_health).
         report = await service.sync_health(db_session)
-        result: SyncHealthReport = _respond(request, fmt, report, report.rows, "sync-health")
+        result: SyncHealthReport = _respond(request, fmt, report, "sync-health")
         return result

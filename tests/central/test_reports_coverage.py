@@ -556,8 +556,9 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,name,active,last_event_at,last_received_at,receive_age_s,contiguous_seq,"
         "max_seq,seq_lag,heartbeat_at,heartbeat_age_s,outbox_backlog,applied_version,"
-        "agent_version,open_dead_letters,outbox_held,lost_events,clock_offset_ms,clock_off,"
-        "published_version,up_to_date,timezone,timezone_mismatch"
+        "agent_version,open_dead_letters,outbox_held,agent_replaced_at,lost_events,"
+        "agent_restart_reason,clock_offset_ms,clock_off,agent_conflict_at,"
+        "published_version,up_to_date,timezone,agent_timezone,timezone_mismatch"
     )
     b1, b2 = rows
     assert (b1["branch"], b1["name"], b1["active"]) == ("B1", "Harbour", "true")
@@ -572,11 +573,15 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert (b1["outbox_held"], b2["outbox_held"]) == ("20; 21", "")
     assert (b1["clock_offset_ms"], b1["clock_off"]) == ("-95000", "true")
     assert (b2["clock_offset_ms"], b2["clock_off"]) == ("", "false")
-    # Central's record of each branch's zone; no agent said its own (agent_timezone, empty
-    # everywhere, is left out).
-    assert (b1["timezone"], b1["timezone_mismatch"]) == ("Europe/Berlin", "false")
-    # No agent database replaced (its time column, empty everywhere, is left out).
-    assert (b1["lost_events"], b2["lost_events"]) == ("0", "0")
+    # Central's record of each branch's zone; no agent said its own (agent_timezone empty).
+    assert (b1["timezone"], b1["agent_timezone"], b1["timezone_mismatch"]) == (
+        "Europe/Berlin",
+        "",
+        "false",
+    )
+    # No agent database replaced: its columns are there, empty.
+    assert (b1["agent_replaced_at"], b1["lost_events"]) == ("", "0")
+    assert (b1["published_version"], b2["published_version"]) == ("0", "0")  # a count
     assert b1["receive_age_s"].isdigit()
     assert b1["heartbeat_age_s"].isdigit()
     assert [b2[k] for k in ("branch", "seq_lag", "outbox_backlog", "open_dead_letters")] == [
