@@ -8,6 +8,7 @@ carry the ``postgres`` marker so ``pytest -m postgres`` selects exactly them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +31,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if os.environ.get(PG_URL_ENV):
             params.append(pytest.param("postgresql", marks=pytest.mark.postgres))
         metafunc.parametrize("db_kind", params, indirect=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Collect garbage after each test that runs whole processes and links: an
+    unclosed socket is then reported at the test that leaked it, every run, instead of
+    failing whichever later test the garbage collector happens to run in."""
+    if {"e2e", "faults"} & set(item.path.parts):
+        gc.collect()
 
 
 @pytest.fixture
