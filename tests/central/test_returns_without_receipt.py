@@ -21,6 +21,7 @@ from central.reports import service
 from central.reports.backlog import apply_summary_backlog
 from central.reports.money import vat_of
 from central.services.documents import list_customer_returns
+from central.services.shifts import list_shifts
 from central.services.stock import list_ledger
 from protocol.events import CustomerReturnRecorded
 from tests.central.chain_events import BranchBooks, message
@@ -99,6 +100,12 @@ async def test_a_return_without_receipt_is_stored_and_reported_to_the_cent(
         assert row.z_storno == 0
         # the agent's returns agree, and the printer is not expected to have a storno
         assert row.differences == [], row.differences
+        (listed,) = (
+            await list_shifts(
+                session, branch="B1", till=None, date_from=DAY, date_to=DAY, limit=10, offset=0
+            )
+        ).items
+        assert (listed.recorded.returns_total, listed.z_matches) == (199, True)
 
         lp = await service.loss_prevention(session, date_from=DAY, date_to=DAY)
         (anna,) = lp.rows
@@ -117,6 +124,12 @@ async def test_a_storno_missing_for_a_return_with_receipt_is_still_a_difference(
     await ingest(sessionmaker, day_with_a_return_without_receipt(also_with_receipt=True))
     async with sessionmaker() as session:
         shifts = await service.shift_reconciliation(session, date_from=DAY, date_to=DAY)
+        (listed,) = (
+            await list_shifts(
+                session, branch="B1", till=None, date_from=DAY, date_to=DAY, limit=10, offset=0
+            )
+        ).items
+    assert listed.z_matches is False
     (row,) = shifts.rows
     # 3.98 returned, as the till counted; of it 1.99 with receipt, missing on the Z
     assert [(d.field, d.source, d.recorded, d.reported) for d in row.differences] == [
