@@ -20,7 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.types import ExceptionHandlersMap
 
-from branch_agent.errors import AgentError
+from branch_agent.errors import AgentError, Forbidden
 from branch_agent.sales import is_storage_failure, is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
@@ -143,6 +143,27 @@ def _manager(
     _forbidden(request, found[0], "manager")
 
 
+def _manager_approval(agent: Agent, token: str | None) -> None:
+    """A return without receipt is approved by the store manager at the till: the till
+    sends the manager's token (the one the manager routes take) in X-Manager-Token.
+    Missing or not the manager's: 403 naming the header, nothing recorded."""
+    expected = agent.settings.manager_token
+    if not expected:
+        raise Forbidden(
+            "a return without receipt needs a manager's approval, and this agent has no"
+            " manager token configured",
+            field="X-Manager-Token",
+        )
+    if not token:
+        raise Forbidden(
+            "a return without receipt needs a manager's approval: the manager's token in"
+            " X-Manager-Token",
+            field="X-Manager-Token",
+        )
+    if not hmac.compare_digest(expected.encode(), token.strip().encode()):
+        raise Forbidden("X-Manager-Token is not the store manager's token", field="X-Manager-Token")
+
+
 def _api(state: State) -> TillApi:
     return TillApi(_agent(state))
 
@@ -202,11 +223,24 @@ class ReturnController(Controller):
     @post(
         "/",
         operation_id="recordReturn",
-        summary="A customer return against a receipt (idempotent on return_id)",
+        summary="A customer return against a receipt, or without one approved by the manager (idempotent on return_id)",
     )
     async def record_return(
-        self, state: State, till: NamedDependency[TillConfig], data: JSONBody[ReturnIn]
+        self,
+        state: State,
+        till: NamedDependency[TillConfig],
+        data: JSONBody[ReturnIn],
+        manager_token: Annotated[
+            str | None,
+            HeaderParameter(
+                name="X-Manager-Token",
+                required=False,
+                description="the store manager's token: approves a return without receipt",
+            ),
+        ] = None,
     ) -> Response[ReturnOut]:
+        if data.without_receipt:
+            _manager_approval(_agent(state), manager_token)
         ret, created = await _agent(state).record_return(till.id, data)
         _agent(state).sender.wake()
         return Response(ret, status_code=201 if created else 200)

@@ -6,6 +6,7 @@ __all__ = [
     "AgentError",
     "Conflict",
     "DeviceFailed",
+    "Forbidden",
     "NotFound",
     "Rejected",
     "StorageFull",
@@ -25,6 +26,11 @@ class AgentError(Exception):
 class Rejected(AgentError):
     status = 422
     title = "Invalid input"
+
+
+class Forbidden(AgentError):
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(AgentError):

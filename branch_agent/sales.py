@@ -35,7 +35,7 @@ from branch_agent.db import create_sessionmaker, table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, direct_unit, run
 from branch_agent.errors import Conflict, NotFound, Rejected, StorageFull
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
-from branch_agent.models import CustomerReturn, Sale, Shift, utcnow
+from branch_agent.models import CashMove, CustomerReturn, Sale, Shift, utcnow
 from branch_agent.outbox import append_event, check_event, next_counter
 from branch_agent.schemas import (
     PaymentIn,
@@ -509,7 +509,13 @@ class SaleService:
                         field="return_id",
                     )
                 return return_out(existing), False
+            _check_return_shape(data)
             shift_id, shift_cashier = await self._open_shift(session, till, data.shift_id)
+            if data.without_receipt:
+                out = await self._commit_return_without_receipt(
+                    session, till, data, shift_id, shift_cashier
+                )
+                return out, True
             original = await self._original_sale(session, till, data)
             if original.status == "pending_fiscal":
                 raise Conflict(
@@ -540,6 +546,7 @@ class SaleService:
             seen: set[int] = set()
             for index, line_in in enumerate(data.lines):
                 field = f"lines[{index}]"
+                assert line_in.line_no is not None  # _check_return_shape
                 if line_in.line_no in seen:
                     raise Rejected("each receipt line once per return", field=f"{field}.line_no")
                 seen.add(line_in.line_no)
@@ -684,6 +691,146 @@ class SaleService:
             await session.flush()
             return return_out(row), True
 
+    async def _commit_return_without_receipt(
+        self,
+        session: AsyncSession,
+        till: str,
+        data: ReturnIn,
+        shift_id: str,
+        shift_cashier: str,
+    ) -> ReturnOut:
+        """A return without the original receipt, approved by a manager (checked by the
+        API): each line at the till's price now, or lower at the price the manager
+        typed (the difference is the line's manual discount). No storno: Datecs 0x2B
+        needs the original document's number, time and fiscal memory number, which a
+        receipt-less return does not have. So it is recorded and its event written in
+        one transaction, as at a till without a printer; a cash refund must be in the
+        drawer by the shift's records."""
+        now = datetime.now(UTC)
+        lines: list[ReceiptLine] = []
+        for index, line_in in enumerate(data.lines):
+            field = f"lines[{index}]"
+            item, embedded = await self._product(session, line_in.sku, line_in.barcode, field, now)
+            quantity = self._quantity(item, line_in.quantity, embedded, field)
+            gross = line_amount(item.price, quantity)
+            if gross > FISCAL_AMOUNT_MAX:
+                raise Rejected(
+                    f"the line comes to {gross}, above {FISCAL_AMOUNT_MAX} (9,999,999.99)",
+                    field=f"{field}.quantity",
+                )
+            paid = gross
+            if line_in.unit_price is not None:
+                if line_in.unit_price > item.price:
+                    raise Rejected(
+                        f"{item.sku} sells at {item.price} now: a return without receipt is"
+                        f" refunded at most that, not {line_in.unit_price}",
+                        field=f"{field}.unit_price",
+                    )
+                paid = line_amount(line_in.unit_price, quantity)
+            lines.append(
+                ReceiptLine(
+                    line_no=index + 1,
+                    sku=item.sku,
+                    name=item.name,
+                    barcode=line_in.barcode,
+                    quantity_milli=quantity,
+                    unit_price=item.price,
+                    discount=gross - paid,
+                    manual_discount=gross > paid,
+                    vat_rate_bp=item.vat_rate_bp,
+                    line_total=paid,
+                )
+            )
+        total = sum(line.line_total for line in lines)
+        if total <= 0:
+            raise Rejected("a return without receipt must refund something", field="lines")
+        if total > FISCAL_AMOUNT_MAX:
+            raise Rejected(
+                f"the return comes to {total}, above {FISCAL_AMOUNT_MAX} (9,999,999.99): split it",
+                field="lines",
+            )
+        refund_type = data.refund_type or "cash"
+        if refund_type == "cash":
+            in_drawer = await self._drawer_cash(session, till, shift_id)
+            if total > in_drawer:
+                raise Conflict(
+                    f"not enough cash in the drawer: {in_drawer} by the shift's records,"
+                    f" {total} to refund (refund another way, or put cash in first)",
+                    field="refund_type",
+                )
+        body = CustomerReturnRecorded(
+            till=till,
+            shift_id=shift_id,
+            return_number=await next_counter(session, f"return_number:{till}"),
+            return_id=data.return_id,
+            original_sale_id=None,
+            cashier=data.cashier or shift_cashier,
+            lines=tuple(lines),
+            refunds=(Payment(type=refund_type, amount=total),),
+            total=total,
+            currency=self._settings.currency,
+            reason=data.reason,
+            without_receipt=True,
+            approved_by=data.approved_by,
+        )
+        row = CustomerReturn(
+            till=till,
+            return_id=data.return_id,
+            # the local column is not nullable: "" is no till's sale id
+            original_sale_id="",
+            original_till=None,
+            shift_id=shift_id,
+            return_number=body.return_number,
+            total=total,
+            body=msgspec.to_builtins(body),
+            status="recorded",
+            print_job=None,
+        )
+        envelope = await append_event(
+            session, branch=self._settings.branch, timezone=self._settings.timezone, body=body
+        )
+        row.event_id = envelope.event_id
+        session.add(row)
+        await apply_moves(
+            session,
+            ((line.sku, line.quantity_milli, None) for line in lines),
+            source="customer_return",
+            source_id=f"{till}/{data.return_id}",
+        )
+        await session.flush()
+        return return_out(row)
+
+    async def _drawer_cash(self, session: AsyncSession, till: str, shift_id: str) -> int:
+        """The cash the shift's records put in the till's drawer: opening float, cash
+        taken net of change, less cash refunds, plus cash in, less cash out (a cash-out
+        still waiting for the printer counts as out)."""
+        shift = await session.scalar(
+            select(Shift).where(Shift.till == till, Shift.shift_id == shift_id)
+        )
+        cash = shift.opening_float if shift is not None else 0
+        for receipt in await session.scalars(
+            select(Sale.receipt).where(Sale.till == till, Sale.shift_id == shift_id)
+        ):
+            sold = msgspec.convert(receipt, ReceiptRecorded)
+            cash += sum(p.amount for p in sold.payments if p.type == "cash") - sold.change
+        for body in await session.scalars(
+            select(CustomerReturn.body).where(
+                CustomerReturn.till == till, CustomerReturn.shift_id == shift_id
+            )
+        ):
+            returned = msgspec.convert(body, CustomerReturnRecorded)
+            cash -= sum(p.amount for p in returned.refunds if p.type == "cash")
+        for direction, status, amount in await session.execute(
+            select(CashMove.direction, CashMove.status, CashMove.amount).where(
+                CashMove.till == till, CashMove.shift_id == shift_id
+            )
+        ):
+            if direction == "in" and status == "done":
+                cash += amount
+            elif direction == "out" and status in ("done", "pending"):
+                cash -= amount
+        return cash
+
     async def get_return(self, till: str, return_id: str) -> ReturnOut:
         async with self._sessionmaker() as session:
             row = await session.scalar(
@@ -800,12 +947,59 @@ def _sale_difference(row: Sale, sale: SaleIn) -> str | None:
     return None
 
 
+def _check_return_shape(data: ReturnIn) -> None:
+    """A return against a receipt names it and its lines by line number; one without
+    receipt names neither, but its products, who approved it and why."""
+    if data.without_receipt:
+        if data.original_sale_id is not None or data.original_till is not None:
+            field = "original_sale_id" if data.original_sale_id is not None else "original_till"
+            raise Rejected(f"a return without receipt names no {field}", field=field)
+        if not data.approved_by.strip():
+            raise Rejected(
+                "a return without receipt needs the approving manager's name",
+                field="approved_by",
+            )
+        if not data.reason.strip():
+            raise Rejected("a return without receipt needs a reason", field="reason")
+        for index, line in enumerate(data.lines):
+            if line.line_no is not None:
+                raise Rejected(
+                    "a return without receipt has no receipt lines: name the product"
+                    " (sku or barcode)",
+                    field=f"lines[{index}].line_no",
+                )
+        return
+    if data.original_sale_id is None:
+        raise Rejected(
+            "a return names its original_sale_id (one without the receipt says"
+            " without_receipt: true, with a manager's approval)",
+            field="original_sale_id",
+        )
+    if data.approved_by:
+        raise Rejected("approved_by belongs to a return without receipt", field="approved_by")
+    for index, line in enumerate(data.lines):
+        if line.line_no is None:
+            raise Rejected("a receipt line number is required", field=f"lines[{index}].line_no")
+        for name in ("sku", "barcode", "unit_price"):
+            if getattr(line, name) is not None:
+                raise Rejected(
+                    "a return against a receipt takes the product and price from its line",
+                    field=f"lines[{index}].{name}",
+                )
+
+
 def _return_difference(row: CustomerReturn, data: ReturnIn) -> str | None:
     """What differs between a recorded return and a new post of its id (None: a retry):
     the original sale, the lines and quantities (in any order), and the original's
     till, cashier, reason and refund type when the till names them (not the shift, as
-    for a sale)."""
+    for a sale). Without receipt: also who approved it, and each line's product,
+    quantity and the manager's price when given (not the till's price, which may have
+    changed since)."""
     recorded = msgspec.convert(row.body, CustomerReturnRecorded)
+    if data.without_receipt != recorded.without_receipt:
+        return f"without_receipt {recorded.without_receipt}, now {data.without_receipt}"
+    if recorded.without_receipt:
+        return _no_receipt_difference(recorded, data)
     if data.original_sale_id != row.original_sale_id:
         return f"original_sale_id {row.original_sale_id!r}, now {data.original_sale_id!r}"
     if data.original_till and row.original_till and data.original_till != row.original_till:
@@ -818,13 +1012,37 @@ def _return_difference(row: CustomerReturn, data: ReturnIn) -> str | None:
     refunded = {p.type for p in recorded.refunds}
     if data.refund_type and refunded and refunded != {data.refund_type}:
         return f"refund_type {sorted(refunded)[0]!r}, now {data.refund_type!r}"
-    sent: dict[int, int | None] = {}
+    sent: dict[int | None, int | None] = {}
     for line in data.lines:
         if line.line_no in sent:
             return f"line {line.line_no} twice"
         sent[line.line_no] = _milli(line.quantity)
     if sent != {line.line_no: line.quantity_milli for line in recorded.lines}:
         return "the lines"
+    return None
+
+
+def _no_receipt_difference(recorded: CustomerReturnRecorded, data: ReturnIn) -> str | None:
+    if data.approved_by != recorded.approved_by:
+        return f"approved_by {recorded.approved_by!r}, now {data.approved_by!r}"
+    if data.cashier and data.cashier != recorded.cashier:
+        return f"cashier {recorded.cashier!r}, now {data.cashier!r}"
+    if data.reason != recorded.reason:
+        return "the reason"
+    if data.refund_type and data.refund_type != recorded.refunds[0].type:
+        return f"refund_type {recorded.refunds[0].type!r}, now {data.refund_type!r}"
+    if len(data.lines) != len(recorded.lines):
+        return f"{len(recorded.lines)} lines, now {len(data.lines)}"
+    for index, (line_in, line) in enumerate(zip(data.lines, recorded.lines, strict=True)):
+        where = f"lines[{index}]"
+        if line_in.barcode != line.barcode or (line_in.sku and line_in.sku != line.sku):
+            return f"{where} is {line.sku}"
+        if _milli(line_in.quantity) != line.quantity_milli:
+            return f"{where}.quantity {format_milli(line.quantity_milli)}, now {line_in.quantity}"
+        if line_in.unit_price is not None and (
+            line_amount(line_in.unit_price, line.quantity_milli) != line.line_total
+        ):
+            return f"{where}.unit_price"
     return None
 
 
@@ -871,7 +1089,7 @@ def return_out(row: CustomerReturn) -> ReturnOut:
     return ReturnOut(
         return_id=row.return_id,
         till=row.till,
-        original_sale_id=row.original_sale_id,
+        original_sale_id=body.original_sale_id,
         original_till=row.original_till,
         return_number=row.return_number,
         total=row.total,
@@ -894,4 +1112,6 @@ def return_out(row: CustomerReturn) -> ReturnOut:
         fiscal_number=row.fiscal_number,
         fiscal_error=row.fiscal_error,
         unfiscal_check=row.unfiscal_check,
+        without_receipt=body.without_receipt,
+        approved_by=body.approved_by,
     )

@@ -13,6 +13,7 @@ import msgspec
 
 from protocol.events import PaymentType
 from protocol.limits import (
+    FISCAL_AMOUNT_MAX,
     NO_NUL,
     CashMoveAmount,
     Code32,
@@ -132,14 +133,24 @@ class SaleOut(msgspec.Struct, kw_only=True):
 
 
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    # The line number on the original receipt.
-    line_no: PositiveInt32
+    # The line number on the original receipt (a return against a receipt only).
+    line_no: PositiveInt32 | None = None
     quantity: QuantityText
+    # A return without receipt names the product (as a sale line does) and may carry
+    # the price the manager typed, in cents: at most the till's price now.
+    sku: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
+    barcode: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
+    unit_price: Annotated[int, msgspec.Meta(ge=0, le=FISCAL_AMOUNT_MAX)] | None = None
 
 
 class ReturnIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     return_id: Annotated[Code64, msgspec.Meta(min_length=1)]
-    original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
+    # Required unless without_receipt (then refused).
+    original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
+    # No receipt: lines by product at the till's price now (or lower), a manager's
+    # approval (the X-Manager-Token header and approved_by), a reason, no storno.
+    without_receipt: bool = False
+    approved_by: Text64 = ""
     # The till the original sale was made at (sale ids are unique per till). Omitted:
     # this till's sale, else the one other till's with that id (several: refused).
     original_till: Code32 | None = None
@@ -156,7 +167,8 @@ class ReturnIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class ReturnOut(msgspec.Struct, kw_only=True):
     return_id: str
     till: str
-    original_sale_id: str
+    # None: a return without receipt.
+    original_sale_id: str | None
     # The till of the original sale.
     original_till: str | None = None
     return_number: int
@@ -170,6 +182,8 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     fiscal_error: str | None = None
     # as a sale's
     unfiscal_check: str | None = None
+    without_receipt: bool = False
+    approved_by: str = ""
 
 
 class ProductOut(msgspec.Struct, kw_only=True):

@@ -246,6 +246,10 @@ class ShiftService:
             body = msgspec.convert(ret.body, CustomerReturnRecorded)
             for refund in body.refunds:
                 refunds[refund.type] += refund.amount
+            if body.without_receipt:
+                # Never a storno (0x2B needs the original document): not on the Z's
+                # storno totals, and not a difference either.
+                continue
             # Every return against the Z's storno totals, as central's reconciliation
             # counts them: one printed without storno shows as a difference there too.
             job_groups = [line["vat_group"] for line in (ret.print_job or {}).get("lines", [])]
@@ -286,7 +290,9 @@ class ShiftService:
         """VAT group of each line of the receipts returned without a storno job, by
         (till, sale_id): sale ids are the till's, two tills may use the same one."""
         wanted = {
-            (r.original_till or r.till, r.original_sale_id) for r in returns if not r.print_job
+            (r.original_till or r.till, r.original_sale_id)
+            for r in returns
+            if not r.print_job and r.original_sale_id
         }
         if not wanted:
             return {}

@@ -211,6 +211,7 @@ RECORD_REVISIONS: Mapping[str, str] = {
     "1717": "late stock documents' flag",
     "1801": "fiscal interventions, late fiscal numbers, receipts' fiscalized_at",
     "1806": "the chain's VAT groups",
+    "1901": "customer returns without receipt (and who approved them)",
 }
 
 

@@ -115,13 +115,20 @@ class ReceiptRecorded(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="r
 class CustomerReturnRecorded(
     _Wire, frozen=True, kw_only=True, tag_field="kind", tag="customer_return_recorded"
 ):
-    """Goods brought back by a customer, referencing the original sale."""
+    """Goods brought back by a customer, referencing the original sale, or, with
+    ``without_receipt``, without one (a manager approved it: ``approved_by``).
+
+    ``original_sale_id`` is None exactly when ``without_receipt`` is true. A central
+    from before these fields refuses such an event at decoding (a dead letter, to be
+    replayed once central is upgraded) instead of storing it as a return of sale "".
+    """
 
     till: Code32
     shift_id: Code64
     return_number: NonNegativeInt64
     return_id: Code64
-    original_sale_id: Code64
+    # None: a return without the receipt (``without_receipt``); always set otherwise.
+    original_sale_id: Code64 | None = None
     original_receipt_number: NonNegativeInt64 | None = None
     # The till of the original sale: a sale id is the till's, two tills may use the
     # same one. None from agents before it was sent: the branch's only sale of that id.
@@ -134,6 +141,20 @@ class CustomerReturnRecorded(
     fiscal_number: Code64 | None = None
     # Stored as unbounded text.
     reason: Text = ""
+    # No original receipt: lines at the till's price of the moment (or lower, typed by
+    # the manager), no storno on the fiscal printer (it needs the original document).
+    without_receipt: bool = False
+    # The store manager who approved a return without receipt (who the till names).
+    approved_by: Text64 = ""
+
+    def __post_init__(self) -> None:
+        if self.without_receipt:
+            if self.original_sale_id is not None:
+                raise ValueError("a return without receipt names no original_sale_id")
+            if not self.approved_by.strip():
+                raise ValueError("a return without receipt needs approved_by")
+        elif self.original_sale_id is None:
+            raise ValueError("a customer return needs its original_sale_id")
 
 
 class ShiftOpened(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift_opened"):

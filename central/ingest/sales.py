@@ -235,6 +235,8 @@ async def store_customer_returns(
                 "currency": body.currency,
                 "fiscal_number": body.fiscal_number,
                 "reason": body.reason,
+                "without_receipt": body.without_receipt,
+                "approved_by": body.approved_by,
                 "refunds": msgspec.to_builtins(body.refunds),
                 "late": env.event_id in late,
             }

@@ -80,10 +80,14 @@ class CustomerReturn(Base):
     shift_id: Mapped[str] = mapped_column(String(64))
     return_number: Mapped[int] = mapped_column(BigInteger)
     return_id: Mapped[str] = mapped_column(String(64))
-    original_sale_id: Mapped[str] = mapped_column(String(64))
+    # None: a return without receipt (``without_receipt``, migration 1901).
+    original_sale_id: Mapped[str | None] = mapped_column(String(64), default=None)
     # The till of the original sale (sale ids are per till). None: not known (sent by
     # an agent before this field, and no single receipt of the branch under that id).
     original_till: Mapped[str | None] = mapped_column(String(32), default=None)
+    # No original receipt, approved at the store by the manager named in approved_by.
+    without_receipt: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    approved_by: Mapped[str] = mapped_column(String(64), default="", server_default="")
     cashier: Mapped[str] = mapped_column(String(64), default="")
     occurred_at: Mapped[datetime] = mapped_column()
     utc_offset_min: Mapped[int] = mapped_column(default=0)

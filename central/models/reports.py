@@ -113,6 +113,8 @@ class SalesCashierDaily(_SalesMeasures, Base):
     voided_lines: Mapped[int] = _count()
     manual_discount_lines: Mapped[int] = _count()
     manual_discount_amount: Mapped[int] = _amount()
+    # Customer returns without receipt (also in ``returns``), migration 1901.
+    no_receipt_returns: Mapped[int] = _count()
 
 
 class SalesProductDaily(_SalesMeasures, Base):
@@ -240,6 +242,8 @@ class ShiftTotals(Base):
     sales: Mapped[int] = _amount()
     returns: Mapped[int] = _count()
     returns_total: Mapped[int] = _amount()
+    # Of returns_total, the returns without receipt: never a storno on the printer.
+    no_receipt_returns_total: Mapped[int] = _amount()
 
 
 class ShiftPaymentTotals(Base):

@@ -37,6 +37,7 @@ COUNT_FIELDS = frozenset(
         "hour",
         "voided_lines",
         "manual_discount_lines",
+        "no_receipt_returns",
         "recorded_receipts",
         "reported_receipts",
         "z_receipts",

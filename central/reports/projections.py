@@ -256,7 +256,12 @@ class SummaryDelta:
         }
         self.bump(_t(SalesBranchDaily), (branch, local_date), **totals)
         self.bump(_t(SalesHourly), (branch, local_date, hour), **totals)
-        self.bump(_t(SalesCashierDaily), (branch, local_date, body.cashier), **totals)
+        self.bump(
+            _t(SalesCashierDaily),
+            (branch, local_date, body.cashier),
+            **totals,
+            no_receipt_returns=int(body.without_receipt),
+        )
         if self.staged:
             self.sku_lines[event_id] = _staged_lines(body, per_sku)
         else:
@@ -284,6 +289,7 @@ class SummaryDelta:
             (branch, body.shift_id),
             returns=1,
             returns_total=totals["returns_amount"],
+            no_receipt_returns_total=totals["returns_amount"] if body.without_receipt else 0,
         )
         self._shift_seen(branch, body.shift_id, body.till, local_date)
         self.sale_events[event_id] = _SaleKeys(True, branch, local_date, hour, body.cashier)
@@ -869,7 +875,7 @@ def _write_shifts(
             }
             for k in shift_keys
         ],
-        additive=("receipts", "sales", "returns", "returns_total"),
+        additive=("receipts", "sales", "returns", "returns_total", "no_receipt_returns_total"),
         merge=_merge_shift,
     )
 

@@ -110,7 +110,12 @@ SUMMARY_TABLES: tuple[Table, ...] = tuple(
 )
 _NAMES = list(SALES_MEASURES)
 # Loss-prevention counters of the cashier table, from the raw receipts and lines.
-_COUNTERS = ("voided_lines", "manual_discount_lines", "manual_discount_amount")
+_COUNTERS = (
+    "voided_lines",
+    "manual_discount_lines",
+    "manual_discount_amount",
+    "no_receipt_returns",
+)
 
 
 def local_hour_sql(dialect: str, occurred_at: Any, utc_offset_min: Any) -> ColumnElement[int]:
@@ -148,6 +153,8 @@ def _documents_table() -> Table:
         *[Column(n, BigInteger) for n in _COUNTERS],
         # 1: a receipt stored before central kept its loss-prevention fields.
         Column("legacy", Integer),
+        # A return without receipt: its amount (the shift's, never a storno).
+        Column("no_receipt_total", BigInteger),
         prefixes=["TEMPORARY"],
     )
 
@@ -209,7 +216,9 @@ def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
         func.coalesce(r.voided_lines, 0),
         func.coalesce(sums.c.manual_lines, 0),
         func.coalesce(sums.c.manual_amount, 0),
+        _zero("no_receipt_returns"),
         case((r.voided_lines.is_(None), 1), else_=0),
+        _zero("no_receipt_total"),
     ).select_from(
         _t(r)
         .outerjoin(sums, sums.c.receipt_id == r.id)
@@ -239,8 +248,12 @@ def _fill_documents(session: Session, dialect: str, docs: Table) -> None:
         func.coalesce(returned.c.amount, 0),
         func.coalesce(returned.c.vat, 0),
         func.coalesce(values.c.value, 0),
-        *[_zero(n) for n in _COUNTERS],
+        *[_zero(n) for n in _COUNTERS[:3]],
+        case((cr.without_receipt, 1), else_=0).label("no_receipt_returns"),
         literal(0, Integer).label("legacy"),
+        case((cr.without_receipt, func.coalesce(returned.c.amount, 0)), else_=0).label(
+            "no_receipt_total"
+        ),
     ).select_from(
         _t(cr)
         .outerjoin(returned, returned.c.event_id == cr.event_id)
@@ -284,6 +297,7 @@ def _rebuild_from_documents(session: Session, dialect: str) -> None:
             cast(func.sum(docs.c.revenue), shifts.c.sales.type),
             cast(func.sum(docs.c.returns), shifts.c.returns.type),
             cast(func.sum(docs.c.returns_amount), shifts.c.returns_total.type),
+            cast(func.sum(docs.c.no_receipt_total), shifts.c.no_receipt_returns_total.type),
         ).group_by(docs.c.branch, docs.c.shift_id)
         session.execute(
             shifts.insert().from_select(
@@ -296,6 +310,7 @@ def _rebuild_from_documents(session: Session, dialect: str) -> None:
                     "sales",
                     "returns",
                     "returns_total",
+                    "no_receipt_returns_total",
                 ],
                 stmt,
             )

@@ -275,6 +275,9 @@ class ShiftRow(msgspec.Struct, kw_only=True):
     # Openings and closings under this id not filed into the shift (another shift's, a
     # second closing): GET /api/v1/shifts lists them.
     id_conflicts: int = 0
+    # Of recorded_returns_total, the returns without receipt: the printer prints no storno
+    # for them, so the fiscal printer's storno is compared with the rest.
+    recorded_no_receipt_returns_total: int = 0
 
 
 class ShiftReconciliationReport(msgspec.Struct, kw_only=True):
@@ -299,8 +302,12 @@ class LossPreventionRow(msgspec.Struct, kw_only=True):
     voided_lines_rate: str | None
     returns_rate: str | None
     manual_discounts_rate: str | None
-    # voided_lines, returns, manual_discounts: the rates at least factor x the median.
+    # voided_lines, returns, manual_discounts, no_receipt_returns: the rates at least
+    # factor x the median.
     flags: list[str]
+    # Returns without receipt (counted in returns too): the classic fraud path.
+    no_receipt_returns: int = 0
+    no_receipt_returns_rate: str | None = None
 
 
 class LossPreventionReport(msgspec.Struct, kw_only=True):
@@ -313,6 +320,7 @@ class LossPreventionReport(msgspec.Struct, kw_only=True):
     median_returns_rate: str | None
     median_manual_discounts_rate: str | None
     rows: list[LossPreventionRow]
+    median_no_receipt_returns_rate: str | None = None
 
 
 class SyncHealthRow(msgspec.Struct, kw_only=True):

@@ -1641,6 +1641,8 @@ async def shift_reconciliation(
         rec_receipts = _int(rec.receipts) if rec is not None else 0
         rec_sales = _int(rec.sales) if rec is not None else 0
         rec_returns = _int(rec.returns_total) if rec is not None else 0
+        # never a storno on the printer (0x2B needs the original document)
+        rec_no_receipt = _int(rec.no_receipt_returns_total) if rec is not None else 0
         closed = shift is not None and shift.closed_at is not None
         z_turnover = (
             sum(shift.z_turnover_by_vat_group.values())
@@ -1660,7 +1662,7 @@ async def shift_reconciliation(
                 _difference("returns", "agent", rec_returns, shift.returns_total),
                 _difference("receipts", "fiscal_printer", rec_receipts, shift.z_receipts_count),
                 _difference("sales", "fiscal_printer", rec_sales, z_turnover),
-                _difference("returns", "fiscal_printer", rec_returns, z_storno),
+                _difference("returns", "fiscal_printer", rec_returns - rec_no_receipt, z_storno),
             ]
             recorded_payments = payments.get(key, {})
             reported_payments = shift.payments_by_type or {}
@@ -1702,6 +1704,7 @@ async def shift_reconciliation(
                 z_storno=z_storno,
                 differences=differences,
                 id_conflicts=conflicts.get(key, 0),
+                recorded_no_receipt_returns_total=rec_no_receipt,
             )
         )
     return ShiftReconciliationReport(
@@ -1759,6 +1762,7 @@ async def loss_prevention(
             func.sum(c.returns_amount).label("returns_amount"),
             func.sum(c.manual_discount_lines).label("manual_discount_lines"),
             func.sum(c.manual_discount_amount).label("manual_discount_amount"),
+            func.sum(c.no_receipt_returns).label("no_receipt_returns"),
         )
         .where(_in_period(c.local_date, period))
         .group_by(c.branch, c.cashier)
@@ -1775,6 +1779,7 @@ async def loss_prevention(
         ("voided_lines", "voided_lines"),
         ("returns", "returns"),
         ("manual_discounts", "manual_discount_lines"),
+        ("no_receipt_returns", "no_receipt_returns"),
     )
     medians = {
         name: _median_rate([(_int(getattr(r, col)), _int(r.receipts)) for r in data])
@@ -1805,6 +1810,8 @@ async def loss_prevention(
                 returns_rate=ratio_text(_int(r.returns) * 100, receipts),
                 manual_discounts_rate=ratio_text(_int(r.manual_discount_lines) * 100, receipts),
                 flags=flags,
+                no_receipt_returns=_int(r.no_receipt_returns),
+                no_receipt_returns_rate=ratio_text(_int(r.no_receipt_returns) * 100, receipts),
             )
         )
 
@@ -1821,6 +1828,7 @@ async def loss_prevention(
         median_voided_lines_rate=median_text("voided_lines"),
         median_returns_rate=median_text("returns"),
         median_manual_discounts_rate=median_text("manual_discounts"),
+        median_no_receipt_returns_rate=median_text("no_receipt_returns"),
         rows=rows,
     )
 

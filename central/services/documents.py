@@ -98,7 +98,8 @@ class CustomerReturnOut(msgspec.Struct, kw_only=True):
     shift_id: str
     return_number: int
     return_id: str
-    original_sale_id: str
+    # None: a return without receipt.
+    original_sale_id: str | None
     # The original sale's till (sale ids are per till); None: not known.
     original_till: str | None
     cashier: str
@@ -113,6 +114,9 @@ class CustomerReturnOut(msgspec.Struct, kw_only=True):
     lines: list[ReturnLineOut]
     # As a receipt's: set only when the fiscal number came late.
     fiscalized_at: datetime | None = None
+    # No original receipt: approved at the store by approved_by (the manager).
+    without_receipt: bool = False
+    approved_by: str = ""
 
 
 def _dates(date_from: date | None, date_to: date | None) -> None:
@@ -318,6 +322,8 @@ async def list_customer_returns(
                 return_id=x.return_id,
                 original_sale_id=x.original_sale_id,
                 original_till=x.original_till,
+                without_receipt=x.without_receipt,
+                approved_by=x.approved_by,
                 cashier=x.cashier,
                 occurred_at=x.occurred_at,
                 local_date=x.local_date,

@@ -164,6 +164,8 @@ async def list_shifts(
     keys = [(s.branch, s.shift_id) for s in shifts]
     sales: dict[tuple[str, str], tuple[int, int, int, int]] = {}
     returns: dict[tuple[str, str], int] = {}
+    # of returns: those without receipt, never a storno on the printer
+    no_receipt: dict[tuple[str, str], int] = {}
     cash: dict[tuple[str, str], tuple[int, int]] = {}
     conflicts: dict[tuple[str, str], list[ShiftIdConflictOut]] = {}
     if keys:
@@ -191,11 +193,16 @@ async def list_shifts(
                 CustomerReturn.branch,
                 CustomerReturn.shift_id,
                 func.coalesce(func.sum(CustomerReturn.total), 0),
+                func.coalesce(
+                    func.sum(case((CustomerReturn.without_receipt, CustomerReturn.total), else_=0)),
+                    0,
+                ),
             )
             .where(tuple_(CustomerReturn.branch, CustomerReturn.shift_id).in_(keys))
             .group_by(CustomerReturn.branch, CustomerReturn.shift_id)
         ):
             returns[(r[0], r[1])] = int(r[2])
+            no_receipt[(r[0], r[1])] = int(r[3])
         for r in await session.execute(
             select(
                 CashMovement.branch,
@@ -221,13 +228,15 @@ async def list_shifts(
         cash_in, cash_out = cash.get(key, (0, 0))
         z_total = sum(s.z_turnover_by_vat_group.values()) if s.z_report_number is not None else None
         # Every figure of the Z that central records, as the shift reconciliation report
-        # compares them: sales turnover, receipts, and storno (returns) total.
+        # compares them: sales turnover, receipts, and storno (returns) total; returns
+        # without receipt have no storno (0x2B needs the original document).
         z_matches = (
             None
             if z_total is None
             else z_total == sales_total
             and (s.z_receipts_count is None or s.z_receipts_count == count)
-            and sum(s.z_storno_by_vat_group.values()) == returns.get(key, 0)
+            and sum(s.z_storno_by_vat_group.values())
+            == returns.get(key, 0) - no_receipt.get(key, 0)
         )
         if s.closed_at is None:
             status = "open"

@@ -133,7 +133,10 @@ class BranchBooks:
             )
         )
 
-    def customer_return(self, sku: str, qty: int, price: int, original: str) -> EventEnvelope:
+    def customer_return(
+        self, sku: str, qty: int, price: int, original: str | None, *, approved_by: str = ""
+    ) -> EventEnvelope:
+        """``original`` None: a return without receipt (approved by ``approved_by``)."""
         total = price * qty // 1000
         self.returns_total += total
         self._move(sku, qty)
@@ -156,6 +159,8 @@ class BranchBooks:
                 ),
                 refunds=(Payment(type="cash", amount=total),),
                 total=total,
+                without_receipt=original is None,
+                approved_by=approved_by or ("maria" if original is None else ""),
             )
         )
 

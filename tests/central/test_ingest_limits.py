@@ -282,6 +282,7 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (CustomerReturnRecorded, "currency"): ("customer_returns.currency",),
     (CustomerReturnRecorded, "fiscal_number"): ("customer_returns.fiscal_number",),
     (CustomerReturnRecorded, "reason"): ("customer_returns.reason",),
+    (CustomerReturnRecorded, "approved_by"): ("customer_returns.approved_by",),
     (ShiftOpened, "till"): ("shifts.till",),
     (ShiftOpened, "shift_id"): ("shifts.shift_id",),
     (ShiftOpened, "cashier"): ("shifts.cashier",),

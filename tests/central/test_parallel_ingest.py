@@ -43,6 +43,8 @@ def branch_day(books: BranchBooks, rng: random.Random, other: str) -> None:
         books.sale([("MILK", rng.choice((1_000, 2_000)), 199), ("BREAD", 1_000, 129)])
     first_sale = books.events[2]
     books.customer_return("MILK", 1_000, 199, original=first_sale.body.sale_id)  # type: ignore[union-attr]
+    # and one without receipt, approved by the manager: summaries and rebuild alike
+    books.customer_return("BREAD", 1_000, 129, original=None)
     books.cash("out", 2_000)
     books.document("transfer_out", [("BREAD", -2_000, None)], counterpart=other)
     books.document("write_off", [("MILK", -500, None)])

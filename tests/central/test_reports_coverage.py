@@ -533,23 +533,27 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,shift_id,till,cashier,local_date,closed,z_report_number,recorded_receipts,"
         "recorded_sales,recorded_returns_total,reported_receipts,reported_sales,"
-        "reported_returns_total,z_receipts,z_turnover,z_storno,differences,id_conflicts"
+        "reported_returns_total,z_receipts,z_turnover,z_storno,differences,id_conflicts,"
+        "recorded_no_receipt_returns_total"
     )
     (s5,) = rows
     # Counts stay integers; money (sales, returns, turnover, storno) is decimal text.
     assert [v for k, v in s5.items() if k != "differences"] == split(
-        "B1,S5,T1,ann,2026-11-05,true,9,2,13.68,4.50,3,13.68,0.00,2,13.68,4.00,0"
+        "B1,S5,T1,ann,2026-11-05,true,9,2,13.68,4.50,3,13.68,0.00,2,13.68,4.00,0,0.00"
     )
 
     header, rows = await _csv(client, f"loss-prevention?{PERIOD}&branch=B1&factor=2&min_count=1")
     ann = {r["cashier"]: r for r in rows}["ann"]
     assert header == split(
         "branch,cashier,receipts,voided_lines,returns,returns_amount,manual_discount_lines,"
-        "manual_discount_amount,voided_lines_rate,returns_rate,manual_discounts_rate,flags"
+        "manual_discount_amount,voided_lines_rate,returns_rate,manual_discounts_rate,flags,"
+        "no_receipt_returns,no_receipt_returns_rate"
     )
     assert list(ann.values()) == [
         *split("B1,ann,1,1,1,4.50,1,0.60,100.00,100.00,100.00"),
         "voided_lines; returns; manual_discounts",
+        "0",
+        "0.00",
     ]
 
     header, rows = await _csv(client, "sync-health?")

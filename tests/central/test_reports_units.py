@@ -282,6 +282,7 @@ MONEY_FIELDS = {
     "z_turnover",
     "z_storno",
     "manual_discount_amount",
+    "recorded_no_receipt_returns_total",
 }
 
 
