@@ -92,6 +92,11 @@ class EmbeddedNats:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def exit_status(self) -> int | None:
+        """How the process started last ended (a negative number: the signal that
+        killed it); None while it runs or when it was never started or was stopped."""
+        return None if self._process is None else self._process.poll()
+
     def write_config(self) -> Path:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         jetstream = [f'  store_dir: "{self.store_dir / "jetstream"}"']
