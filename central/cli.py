@@ -32,14 +32,23 @@ async def _db_upgrade(settings: CentralSettings, revision: str) -> int:
 
     from central.db import MigrationRefused, current_revisions, upgrade
 
+    before = await current_revisions(settings.database_url)
     try:
         await upgrade(settings.database_url, revision)
     except (MigrationRefused, CommandError) as exc:
         print(f"db upgrade: {exc}", file=sys.stderr)
         return 2
-    # What the database is at now, not the name asked for ("heads", a revision passed).
+    # What the database is at now, not the name asked for ("heads", a revision passed);
+    # "upgraded": false when it was there already (nothing was done).
     at = await current_revisions(settings.database_url)
-    _print({"database": settings.database_url.split("@")[-1], "upgraded_to": ",".join(at)})
+    _print(
+        {
+            "database": settings.database_url.split("@")[-1],
+            "upgraded": at != before,
+            "from": ",".join(before) or "base",
+            "upgraded_to": ",".join(at),
+        }
+    )
     return 0
 
 
