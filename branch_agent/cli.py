@@ -355,8 +355,15 @@ def _main(argv: Sequence[str] | None) -> None:
     elif args.command == "db-upgrade":
         from branch_agent.db import upgrade
 
-        asyncio.run(upgrade(settings.database_path))
-        print(json.dumps({"database": str(settings.database_path), "upgraded": True}))
+        before, after = asyncio.run(upgrade(settings.database_path))
+        # "upgraded": false when the database was current already (nothing done).
+        shown = {
+            "database": str(settings.database_path),
+            "upgraded": after != before,
+            "from": ",".join(before) or "base",
+            "upgraded_to": ",".join(after),
+        }
+        print(json.dumps(shown))
     elif args.command == "status":
         sys.exit(_status(settings, args.json))
     elif args.command == "stock":

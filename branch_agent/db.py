@@ -123,16 +123,32 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def _upgrade_sync(path: Path) -> None:
+def revisions_of(path: Path) -> tuple[str, ...]:
+    """The migrations the local database is at (empty: none yet, or no file)."""
+    if not path.exists():
+        return ()
+    with sqlite3.connect(path) as connection:
+        try:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        except sqlite3.OperationalError:
+            return ()  # no alembic_version table: never migrated
+    return tuple(sorted(str(r[0]) for r in rows))
+
+
+def _upgrade_sync(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     path.parent.mkdir(parents=True, exist_ok=True)
+    before = revisions_of(path)
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent / "agent"))
     config.set_main_option("sqlalchemy.url", database_url(path))
     command.upgrade(config, "heads")
+    return before, revisions_of(path)
 
 
-async def upgrade(path: Path) -> None:
-    await asyncio.to_thread(_upgrade_sync, path)
+async def upgrade(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Migrate the local database to the newest schema; the revisions it was at and is
+    at now (equal: it was current, nothing done)."""
+    return await asyncio.to_thread(_upgrade_sync, path)
 
 
 def table_of(model: Any) -> Table:

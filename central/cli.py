@@ -32,14 +32,23 @@ async def _db_upgrade(settings: CentralSettings, revision: str) -> int:
 
     from central.db import MigrationRefused, current_revisions, upgrade
 
+    before = await current_revisions(settings.database_url)
     try:
         await upgrade(settings.database_url, revision)
     except (MigrationRefused, CommandError) as exc:
         print(f"db upgrade: {exc}", file=sys.stderr)
         return 2
-    # What the database is at now, not the name asked for ("heads", a revision passed).
+    # What the database is at now, not the name asked for ("heads", a revision passed);
+    # "upgraded": false when it was there already (nothing was done).
     at = await current_revisions(settings.database_url)
-    _print({"database": settings.database_url.split("@")[-1], "upgraded_to": ",".join(at)})
+    _print(
+        {
+            "database": settings.database_url.split("@")[-1],
+            "upgraded": at != before,
+            "from": ",".join(before) or "base",
+            "upgraded_to": ",".join(at),
+        }
+    )
     return 0
 
 
@@ -183,6 +192,35 @@ async def _branches_add(settings: CentralSettings, args: argparse.Namespace) -> 
     except DomainError as exc:
         _print({"error": exc.detail, "field": exc.field})
         return 1
+    finally:
+        await engine.dispose()
+
+
+async def _branches_list(settings: CentralSettings) -> int:
+    """Every registered branch, one JSON object a line in code order (as ``users list``)."""
+    from sqlalchemy import select
+
+    from central.db import create_engine, create_sessionmaker
+    from central.models import Branch
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            branches = (await session.scalars(select(Branch).order_by(Branch.code))).all()
+        for b in branches:
+            _print(
+                {
+                    "branch": b.code,
+                    "name": b.name,
+                    "timezone": b.timezone,
+                    "format": b.format_code,
+                    "zone": b.price_zone,
+                    "active": b.active,
+                    "created_at": b.created_at,
+                    "revoked_at": b.revoked_at,
+                }
+            )
+        return 0
     finally:
         await engine.dispose()
 
@@ -624,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--timezone", default="UTC")
     add.add_argument("--format", default=None, help="store format, e.g. minimarket")
     add.add_argument("--zone", default=None, help="price zone")
+    br_sub.add_parser("list", help="list the registered branches (one JSON line each)")
     revoke = br_sub.add_parser("revoke", help="revoke a branch (NATS and central refuse it)")
     revoke.add_argument("code")
     creds = br_sub.add_parser(
@@ -761,6 +800,8 @@ def _main(argv: Sequence[str] | None) -> None:
         _serve(settings)
     elif args.command == "ingest":
         asyncio.run(_ingest(settings, args.workers))
+    elif args.command == "branches" and args.branches_command == "list":
+        code = asyncio.run(_branches_list(settings))
     elif args.command == "branches" and args.branches_command == "revoke":
         code = asyncio.run(_branches_revoke(settings, args))
     elif args.command == "branches" and args.branches_command == "credentials":

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from central.demo_seed import DEMO_FORMAT
-from central.embedded_nats import EmbeddedNats
+from central.embedded_nats import EmbeddedNats, NatsKeeper
 from central.sync.nats_auth import NatsIssuer
 
 __all__ = ["run_demo"]
@@ -259,7 +259,16 @@ def run_demo(
             )
         )
         print("Backroom is running. Ctrl-C stops every process it started.", flush=True)
+
+        def refresh(server: EmbeddedNats) -> None:
+            # Revocations made meanwhile: the newest account JWT preloaded.
+            server.extra_config = issuer.server_config(data_dir / "nats" / "resolver")
+
+        # The nats-server is this process's own: started again when it dies (killed,
+        # crashed), on its port and store; the agents and central reconnect by themselves.
+        keeper = NatsKeeper(nats, lambda line: print(line, file=sys.stderr, flush=True), refresh)
         while all(p.poll() is None for p in processes):
+            keeper.check()
             time.sleep(0.5)
         failed = [p.args for p in processes if p.poll() is not None]
         print(f"a process stopped: {failed}; see {logs}", file=sys.stderr)

@@ -16,10 +16,11 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["EmbeddedNats", "find_nats_server_binary", "free_port"]
+__all__ = ["EmbeddedNats", "NatsKeeper", "find_nats_server_binary", "free_port"]
 
 
 def find_nats_server_binary() -> str:
@@ -91,6 +92,11 @@ class EmbeddedNats:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def exit_status(self) -> int | None:
+        """How the process started last ended (a negative number: the signal that
+        killed it); None while it runs or when it was never started or was stopped."""
+        return None if self._process is None else self._process.poll()
 
     def write_config(self) -> Path:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -175,3 +181,59 @@ class EmbeddedNats:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class NatsKeeper:
+    """Starts an :class:`EmbeddedNats` again when it died, for a process that owns one
+    and polls (``python -m central demo``); central's own embedded server is kept by its
+    runtime. Backoff from 0.5 s to 30 s while starting fails; ``say`` gets one line when
+    it dies, one when it is back, and a failing attempt's reason when it changes.
+    ``refresh`` is called before each start (the newest account JWT into the config)."""
+
+    def __init__(
+        self,
+        server: EmbeddedNats,
+        say: Callable[[str], None],
+        refresh: Callable[[EmbeddedNats], None] | None = None,
+    ) -> None:
+        self.server = server
+        self.say = say
+        self.refresh = refresh
+        self.restarts = 0
+        self._died_at: float | None = None
+        self._next_try = 0.0
+        self._backoff = 0.5
+        self._last_error = ""
+
+    def check(self) -> None:
+        server = self.server
+        if server.is_running():
+            return
+        now = time.monotonic()
+        if self._died_at is None:
+            self._died_at = now
+            self.say(
+                f"nats-server (pid {server.pid}) died (exit status {server.exit_status()}): "
+                f"starting it again on 127.0.0.1:{server.port} with store {server.store_dir}"
+            )
+        if now < self._next_try:
+            return
+        try:
+            if self.refresh is not None:
+                self.refresh(server)
+            server.start()
+        except Exception as exc:
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                self.say(f"nats-server not started again: {exc}; retried with backoff")
+            self._next_try = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 30.0)
+            return
+        self.restarts += 1
+        self.say(
+            f"nats-server running again (pid {server.pid}) after "
+            f"{time.monotonic() - self._died_at:.1f} s"
+        )
+        self._died_at = None
+        self._backoff = 0.5
+        self._last_error = ""

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 # How long a stopping ingest worker may take to finish its batch before it is cancelled.
 _WORKER_STOP_GRACE_S = 5.0
 
+# The embedded nats-server is looked at this often, and started again after a death
+# with this backoff (doubling from the first, at most the second).
+_EMBEDDED_NATS_CHECK_S = 0.5
+_EMBEDDED_NATS_BACKOFF_S = (0.5, 30.0)
+
 # Room above the highest down-stream sequence central recorded for what was published
 # after its last record (the keeper records every 2 s, the publisher at each pass).
 DOWN_SEQ_MARGIN = 1_000_000
@@ -90,6 +95,11 @@ class CentralRuntime:
         # Whether this host's NATS issuer is the chain's (shown by /health): "ok", "none"
         # (created on first use) or "error: ..." (credential operations refused).
         self.nats_issuer = "unchecked"
+        # A start of the embedded nats-server under way in a thread (stop waits for it,
+        # so it cannot leave a server running behind a stopped central).
+        self._embedded_start: asyncio.Future[None] | None = None
+        # How often the embedded nats-server was started again after it died.
+        self.embedded_nats_restarts = 0
 
     @property
     def nats_url(self) -> str:
@@ -109,10 +119,75 @@ class CentralRuntime:
             )
             self._nats_creds = str(creds)
             await asyncio.to_thread(self.embedded_nats.start)
+            self._tasks.append(asyncio.create_task(self._keep_embedded_nats()))
         # Connecting blocks until a server answers: never on the request path.
         self._tasks.append(asyncio.create_task(self._connect_and_ingest(ingest_workers)))
         if ingest_workers:
             self._tasks.append(asyncio.create_task(self._keep_partitions()))
+
+    async def _keep_embedded_nats(self) -> None:
+        """The embedded nats-server runs as long as central does. One that died (killed,
+        crashed, out of memory) is started again on the same store, port and config
+        (the account JWT preloaded is the newest, as at a start of central), with
+        backoff while that fails; the NATS link reconnects by itself and the branches
+        with it. Logged once when it dies and once when it is back, attempts that fail
+        once per reason."""
+        server = self.embedded_nats
+        assert server is not None
+        failures = FailureLog(log, "embedded nats-server restart")
+        backoff = _EMBEDDED_NATS_BACKOFF_S[0]
+        died_at: float | None = None
+        attempts = 0
+        while not self._stop.is_set():
+            if server.is_running():
+                if died_at is not None:
+                    log.warning(
+                        "embedded nats-server running again (pid %s) after %d attempt(s) in %.1f s",
+                        server.pid,
+                        attempts,
+                        time.monotonic() - died_at,
+                    )
+                    # Its recovery is the line above, not a second one.
+                    failures = FailureLog(log, "embedded nats-server restart")
+                    died_at, attempts, backoff = None, 0, _EMBEDDED_NATS_BACKOFF_S[0]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), _EMBEDDED_NATS_CHECK_S)
+                continue
+            if died_at is None:
+                died_at = time.monotonic()
+                log.error(
+                    "embedded nats-server (pid %s) died (exit status %s): starting it "
+                    "again on 127.0.0.1:%d with store %s",
+                    server.pid,
+                    server.exit_status(),
+                    server.port,
+                    server.store_dir,
+                )
+            attempts += 1
+            self._embedded_start = asyncio.ensure_future(
+                asyncio.to_thread(self._restart_embedded_nats, server)
+            )
+            try:
+                await asyncio.shield(self._embedded_start)
+            except Exception as exc:
+                failures.failed(one_line(exc), retry=f"retried with backoff up to {backoff:g} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, _EMBEDDED_NATS_BACKOFF_S[1])
+            else:
+                self.embedded_nats_restarts += 1
+
+    def _restart_embedded_nats(self, server: EmbeddedNats) -> None:
+        """Start the embedded server again (in a thread: it waits until it listens)."""
+        from central.services.nats_auth import embedded_nats_server
+
+        try:
+            # Revocations pushed while it was down are in the newest account JWT.
+            fresh, _creds = embedded_nats_server(self.settings, server.store_dir, port=server.port)
+            server.extra_config = fresh.extra_config
+        except Exception as exc:
+            log.warning("embedded nats-server config not refreshed (the last one is used): %s", exc)
+        server.start()
 
     async def _connect_and_ingest(self, ingest_workers: int) -> None:
         from central.services.nats_auth import client_tls_options
@@ -397,6 +472,10 @@ class CentralRuntime:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
             self.nc = None
+        if self._embedded_start is not None:
+            # A restart under way finishes (or fails) before the server is stopped.
+            with contextlib.suppress(Exception):
+                await self._embedded_start
         if self.embedded_nats is not None:
             await asyncio.to_thread(self.embedded_nats.stop)
         await self.engine.dispose()

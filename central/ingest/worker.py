@@ -42,6 +42,7 @@ from central.ingest.bulk import (
     is_retryable,
     table_of,
 )
+from central.ingest.conflicts import conflict_in_words
 from central.ingest.handlers import EventContext, IngestBatch, apply_handlers
 from central.ingest.ordering import TICKET_NOTE, hold_ticket
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
@@ -143,18 +144,39 @@ def local_date_of(envelope: EventEnvelope) -> date:
 
 
 async def contiguous_from(session: AsyncSession, branch: str, contiguous: int) -> int:
-    """The highest n with 1..n all stored, scanning only forward from the known run."""
+    """The highest n with 1..n all settled, scanning only forward from the known run:
+    stored, or held by a dead letter a person discarded (the event reached central and
+    was decided not to be stored: nothing to wait for or to ask again)."""
+    discarded = set(
+        await session.scalars(
+            select(DeadLetter.seq).where(
+                DeadLetter.branch == branch,
+                DeadLetter.seq > contiguous,
+                DeadLetter.status == "discarded",
+            )
+        )
+    )
+
+    def past_discarded(seq: int) -> int:
+        while seq + 1 in discarded:
+            seq += 1
+        return seq
+
     while True:
-        advanced = contiguous
+        advanced = past_discarded(contiguous)
         for seq in await session.scalars(
             select(IngestedEvent.seq)
-            .where(IngestedEvent.branch == branch, IngestedEvent.seq > contiguous)
+            .where(IngestedEvent.branch == branch, IngestedEvent.seq > advanced)
             .order_by(IngestedEvent.seq)
             .limit(5000)
         ):
+            advanced = past_discarded(advanced)
+            if seq <= advanced:
+                continue  # stored after all (its letter discarded before)
             if seq != advanced + 1:
                 return advanced
             advanced = seq
+        advanced = past_discarded(advanced)
         if advanced == contiguous:
             return contiguous
         contiguous = advanced
@@ -375,13 +397,17 @@ class IngestWorker:
     async def _reject_alone(self, message: MessageIn, exc: Exception) -> IngestStats:
         """A dead letter for a message that failed on its own, in a transaction of its
         own (if the database is down after all, this raises and nothing is lost)."""
-        if isinstance(exc, IntegrityError):
-            reason = f"conflicts with a stored record: {exc.orig or exc}"
-        else:
-            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-            reason = f"could not be stored: {type(cause).__name__}: {cause}"
         stats = IngestStats()
         async with self._sessionmaker() as session, session.begin():
+            if isinstance(exc, IntegrityError):
+                # In words when it records again what central holds (a sale id taken).
+                reason = (
+                    await conflict_in_words(session, message.data)
+                    or f"conflicts with a stored record: {exc.orig or exc}"
+                )
+            else:
+                cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+                reason = f"could not be stored: {type(cause).__name__}: {cause}"
             await self._dead_letter(session, message, reason[:2000])
         stats.dead_letters = 1
         return stats

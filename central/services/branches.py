@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from nats.js import JetStreamContext
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.errors import ConflictError, NotFoundError, ValidationFailed
@@ -74,6 +75,18 @@ async def add_branch(
     await check_branch_scopes(session, format_code=format_code, price_zone=price_zone)
     if await session.get(Branch, code) is not None:
         raise ConflictError(f"branch {code!r} already exists", field="code")
+    # Codes are kept as given and compared exactly (they are NATS subject tokens and
+    # the agents' settings), but two that differ only by letter case are one store
+    # typed twice: refused, naming the one that exists.
+    twin = await session.scalar(
+        select(Branch.code).where(func.lower(Branch.code) == code.lower()).limit(1)
+    )
+    if twin is not None:
+        raise ConflictError(
+            f"branch {twin!r} already exists: {code!r} differs from it only by letter case "
+            "(branch codes are case-sensitive; use the existing code, or another)",
+            field="code",
+        )
     branch = Branch(
         code=code,
         name=name or code,

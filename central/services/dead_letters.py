@@ -12,8 +12,8 @@ from sqlalchemy.orm import defer
 
 from central.api.schemas import DeadLetterOut, Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
-from central.ingest.worker import IngestWorker, MessageIn
-from central.models import DeadLetter
+from central.ingest.worker import IngestWorker, MessageIn, contiguous_from
+from central.models import BranchSyncState, DeadLetter
 from central.services.audit import bulk_summary, record_change
 from central.services.paging import paged
 
@@ -208,12 +208,36 @@ async def discard_dead_letter(session: AsyncSession, dead_letter_id: int) -> Dea
         raise ConflictError(f"dead letter {dead_letter_id} is {row.status}, not open", field="id")
     row = await session.get(DeadLetter, dead_letter_id, populate_existing=True)
     assert row is not None
+    settled = await _settle_sequence(session, row)
     await record_change(
         session,
         action="dead_letter.discard",
         target=f"dead_letter:{dead_letter_id}",
         before=before,
-        after=_state(row),
+        after={**_state(row), **settled},
     )
     await session.commit()
     return await get_dead_letter(session, dead_letter_id)
+
+
+async def _settle_sequence(session: AsyncSession, letter: DeadLetter) -> dict[str, object]:
+    """A discarded letter's branch sequence number is settled: the event reached central
+    and a person decided not to store it, so the branch's contiguous run goes past it
+    now (before: it stayed a gap, ``missing`` in sync, until some later renumbering),
+    and no resend is asked for it. What the audit entry adds (nothing without a seq)."""
+    if letter.branch is None or letter.seq is None:
+        return {}
+    state = (
+        await session.execute(
+            select(BranchSyncState).where(BranchSyncState.branch == letter.branch).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if state is None:
+        return {}
+    before = state.contiguous_seq
+    state.contiguous_seq = await contiguous_from(session, letter.branch, before)
+    state.max_seq = max(state.max_seq, letter.seq)
+    if state.contiguous_seq != before:
+        state.resend_requested_from = state.resend_requested_at = None
+    await session.flush()
+    return {"seq": letter.seq, "contiguous_seq": [before, state.contiguous_seq]}

@@ -31,7 +31,11 @@ async def health_of(runtime: CentralRuntime) -> Health:
         database = f"error: {type(exc).__name__}"
     connected = runtime.nc is not None and runtime.nc.is_connected
     nats = "connected" if connected else "disconnected"
+    # The streams were set up over a link that is gone: not "ready" until it is back
+    # (a reason why setting them up failed stays shown).
     jetstream = runtime.jetstream
+    if not connected and jetstream == "ready":
+        jetstream = "connecting"
     pending, ack_age = await _ingest_backlog(runtime) if connected else (None, None)
     if pending is None or ack_age is None:
         ingest = "unknown"

@@ -140,6 +140,25 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             .group_by(IngestedEvent.branch)
         )
     )
+    # Numbers held by letters a person discarded are settled, not missing (an event
+    # stored later anyway counts once).
+    stored = (
+        select(IngestedEvent.seq)
+        .where(IngestedEvent.branch == DeadLetter.branch, IngestedEvent.seq == DeadLetter.seq)
+        .exists()
+    )
+    for branch_code, settled in await session.execute(
+        select(DeadLetter.branch, func.count(func.distinct(DeadLetter.seq)))
+        .where(
+            DeadLetter.branch.in_(branches),
+            DeadLetter.status == "discarded",
+            DeadLetter.seq.is_not(None),
+            ~stored,
+        )
+        .group_by(DeadLetter.branch)
+    ):
+        if branch_code is not None:
+            counts[branch_code] = counts.get(branch_code, 0) + int(settled)
     lost = await lost_events(session, list(states.values()))
     published = await marked_version(session)
     central = await current_version(session)

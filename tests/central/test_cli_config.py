@@ -129,10 +129,16 @@ async def test_upgrade_prints_the_revision_reached_and_refuses_going_back(
     tmp_path: Path,
 ) -> None:
     out = _central(tmp_path, "db", "upgrade", "1401")
-    assert json.loads(out.stdout)["upgraded_to"] == "1401"
+    shown = json.loads(out.stdout)
+    assert (shown["upgraded"], shown["from"], shown["upgraded_to"]) == (True, "base", "1401")
     out = _central(tmp_path, "db", "upgrade")
     head = await _revision(tmp_path)
-    assert json.loads(out.stdout)["upgraded_to"] == head != "1401"
+    shown = json.loads(out.stdout)
+    assert (shown["upgraded"], shown["from"], shown["upgraded_to"]) == (True, "1401", head)
+    assert head != "1401"
+    # Already at the newest: said so, not "upgraded" (before: the same answer as above).
+    again = json.loads(_central(tmp_path, "db", "upgrade").stdout)
+    assert (again["upgraded"], again["from"], again["upgraded_to"]) == (False, head, head)
     _refused(_central(tmp_path, "db", "upgrade", "1401"), "use `db downgrade`")
     assert await _revision(tmp_path) == head
     _refused(_central(tmp_path, "db", "upgrade", "9999"), "9999")

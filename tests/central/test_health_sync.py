@@ -42,6 +42,8 @@ async def test_health_is_degraded_when_the_nats_server_is_gone(
     health = await health_of(central)
     # Before: "ok" with "nats": "disconnected" for as long as it lasted.
     assert health.status == "degraded"
+    # Before: "jetstream": "ready" over a link that was gone.
+    assert health.jetstream == "connecting"
     assert health.ingest == "unknown"
 
 

@@ -1,0 +1,131 @@
+"""A branch event that records again what central holds under another event (a sale or
+customer return whose till id is taken, a stock document part): the dead letter says
+so in words, with the stored record beside the new one, the likely cause and how to
+settle it, instead of the database's unique-constraint message."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from central.models import BranchSyncState, CustomerReturn, IngestedEvent, Receipt, StockDocument
+from protocol.codec import WireDecodeError, decode_envelope
+from protocol.events import (
+    CustomerReturnRecorded,
+    EventEnvelope,
+    ReceiptRecorded,
+    StockDocumentPosted,
+)
+
+__all__ = ["conflict_in_words"]
+
+_SETTLE = (
+    "The record central holds stays. Replaying this letter fails the same way: discard it "
+    "(`python -m central dead-letters discard ID`, or POST /api/v1/dead-letters/ID/discard); "
+    "its sequence number then counts as settled (README: Dead letters)."
+)
+
+
+def _moment(at: datetime) -> str:
+    return at.isoformat(timespec="seconds")
+
+
+async def _seq_of(session: AsyncSession, event_id: object) -> int | None:
+    seq: int | None = await session.scalar(
+        select(IngestedEvent.seq).where(IngestedEvent.event_id == event_id)
+    )
+    return seq
+
+
+async def _cause(
+    session: AsyncSession, envelope: EventEnvelope, stored_seq: int | None, what: str
+) -> str:
+    """Why the branch recorded it again: a restore of its agent database after the
+    stored event was numbered and before this one, or else a till reusing its ids."""
+    state = await session.get(BranchSyncState, envelope.branch)
+    restarted = state.restarted_at_seq if state is not None else None
+    if (
+        state is not None
+        and state.restart_reason == "restored_database"
+        and restarted is not None
+        and (stored_seq or 0) < restarted <= envelope.seq
+    ):
+        at = f" at {_moment(state.restarted_at)}" if state.restarted_at else ""
+        return (
+            f"the agent database was restored from a backup{at} (numbered again from "
+            f"{restarted}) that did not hold it, and recorded the till's retry of the {what} "
+            f"as a new one: if the till's fiscal printer printed it again, correct the "
+            f"second fiscal receipt at the store (a return against it)"
+        )
+    return (
+        f"the branch recorded one {what} id twice (a till reusing its ids, or an agent "
+        f"database put back in service)"
+    )
+
+
+async def conflict_in_words(session: AsyncSession, data: bytes) -> str | None:
+    """The reason for a dead letter of an event refused by a unique key of the record it
+    carries; None when it is none of those (the database's message is used then)."""
+    try:
+        envelope = decode_envelope(data)
+    except WireDecodeError:
+        return None
+    body = envelope.body
+    branch = envelope.branch
+    if isinstance(body, ReceiptRecorded):
+        receipt = await session.scalar(
+            select(Receipt).where(
+                Receipt.branch == branch, Receipt.till == body.till, Receipt.sale_id == body.sale_id
+            )
+        )
+        if receipt is None or receipt.event_id == envelope.event_id:
+            return None
+        seq = await _seq_of(session, receipt.event_id)
+        cause = await _cause(session, envelope, seq, "sale")
+        return (
+            f"sale {body.till}/{body.sale_id} of branch {branch} is already recorded at "
+            f"central (event {seq}, receipt {receipt.receipt_number} of shift "
+            f"{receipt.shift_id}, total {receipt.total}, fiscal number "
+            f"{receipt.fiscal_number or '-'}, {_moment(receipt.occurred_at)}); this event "
+            f"{envelope.seq} records it again (receipt {body.receipt_number} of shift "
+            f"{body.shift_id}, total {body.total}, fiscal number {body.fiscal_number or '-'}, "
+            f"{_moment(envelope.occurred_at)}): {cause}. {_SETTLE}"
+        )
+    if isinstance(body, CustomerReturnRecorded):
+        stored = await session.scalar(
+            select(CustomerReturn).where(
+                CustomerReturn.branch == branch,
+                CustomerReturn.till == body.till,
+                CustomerReturn.return_id == body.return_id,
+            )
+        )
+        if stored is None or stored.event_id == envelope.event_id:
+            return None
+        seq = await _seq_of(session, stored.event_id)
+        cause = await _cause(session, envelope, seq, "return")
+        return (
+            f"customer return {body.till}/{body.return_id} of branch {branch} is already "
+            f"recorded at central (event {seq}, total {stored.total}, "
+            f"{_moment(stored.occurred_at)}); this event {envelope.seq} records it again "
+            f"(total {body.total}, {_moment(envelope.occurred_at)}): {cause}. {_SETTLE}"
+        )
+    if isinstance(body, StockDocumentPosted):
+        document = await session.scalar(
+            select(StockDocument).where(
+                StockDocument.branch == branch,
+                StockDocument.document_id == body.document_id,
+                StockDocument.part == body.part,
+            )
+        )
+        if document is None or document.event_id == envelope.event_id:
+            return None
+        seq = await _seq_of(session, document.event_id)
+        cause = await _cause(session, envelope, seq, "stock document")
+        return (
+            f"stock document {body.document_id} (part {body.part}) of branch {branch} is "
+            f"already recorded at central (event {seq}); this event {envelope.seq} records "
+            f"it again: {cause}. {_SETTLE}"
+        )
+    return None
