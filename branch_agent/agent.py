@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,11 +24,13 @@ from branch_agent.demo_catalog import seed_demo_catalog
 from branch_agent.devices import TillDevices
 from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.fiscal import Fiscalizer
+from branch_agent.instance import InstanceLock
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.nats_denials import NatsDenials, is_permission_violation
 from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
+from branch_agent.preflight import check_before_start, creds_problem
 from branch_agent.sales import SaleService
 from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
 from branch_agent.sender import OutboxSender
@@ -56,6 +59,9 @@ _RECONNECT_MAX_S = 30.0
 _LINK_LASTED_S = 30.0
 # How long the link's loops get to end by themselves once the client is gone.
 _LINK_STOP_S = 5.0
+# A link that has not come up this long after the start makes /health degraded (a
+# wrong nats_url or port would otherwise look healthy for as long as it lasts).
+NATS_GRACE_S = 15.0
 
 
 def _agent_version() -> str:
@@ -135,6 +141,14 @@ class Agent:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._app: Litestar | None = None
+        # One agent per data directory (see branch_agent.instance), held from start()
+        # to stop().
+        self.instance = InstanceLock(
+            settings.data_path, command="run", http_port=settings.http_port
+        )
+        # When start() ran, and whether the link has been up since (for /health).
+        self.started_at: float | None = None
+        self.ever_connected = False
 
     def _down_stream_hold(self) -> str:
         refused = self.numbering.refused
@@ -147,7 +161,17 @@ class Agent:
         return self._app
 
     async def start(self) -> None:
-        await upgrade(self.settings.database_path)
+        """Take the data directory, check what cannot work (``StartRefused``: nothing
+        opened, nothing changed), then migrate and start the loops."""
+        # Waits up to a second for a status only looking at the lock: not in the loop.
+        await asyncio.to_thread(self.instance.acquire)
+        try:
+            await asyncio.to_thread(check_before_start, self.settings)
+            await upgrade(self.settings.database_path)
+        except BaseException:
+            self.instance.release()
+            raise
+        self.started_at = asyncio.get_running_loop().time()
         await self.numbering.load()
         await self.masterdata.load()
         if self.settings.demo_catalog:
@@ -257,6 +281,14 @@ class Agent:
         would stop syncing until the agent is restarted."""
         backoff = _RECONNECT_MIN_S
         while not self._stop.is_set():
+            # The credentials file is read again at each connection (rotated ones are
+            # taken up): one made unusable meanwhile is named, not a parser's error.
+            unusable = creds_problem(self.settings.nats_creds) if self.settings.nats_creds else None
+            if unusable is not None:
+                self._link_failed(unusable)
+                await _wait_stop(self._stop, backoff)
+                backoff = min(backoff * 2, _RECONNECT_MAX_S)
+                continue
             closed = asyncio.Event()
             nc = Client()
             # Status and stop() see the client while it is connecting.
@@ -271,7 +303,7 @@ class Agent:
             except Exception as exc:
                 # Connecting retries by itself; what raises is the options' (a creds
                 # file that cannot be read...): try again later, it may be fixed.
-                self._link_failed(nats_problem(exc))
+                self._link_failed(self._problem(exc))
                 with contextlib.suppress(Exception):
                     await nc.close()
                 await _wait_stop(self._stop, backoff)
@@ -283,7 +315,7 @@ class Agent:
             if self._stop.is_set():
                 return
             self._link_failed(
-                f"the NATS server closed the connection: {nats_problem(nc.last_error)}"
+                f"the NATS server closed the connection: {self._problem(nc.last_error)}"
                 if nc.last_error is not None
                 else "the NATS connection was closed"
             )
@@ -325,7 +357,13 @@ class Agent:
                 with contextlib.suppress(Exception):
                     await nc.close()
 
+    def _problem(self, exc: BaseException | None) -> str:
+        return nats_problem(
+            exc, credentials=bool(self.settings.nats_creds or self.settings.nats_user)
+        )
+
     def _link_up(self) -> None:
+        self.ever_connected = True
         if self.link_refused or self.nats_error:
             log.warning("connected to NATS again")
         self.nats_error = ""
@@ -351,7 +389,7 @@ class Agent:
                 level = logging.WARNING if self.denials.record(text) else logging.DEBUG
                 log.log(level, "%s", text)
                 return
-            problem = nats_problem(exc)
+            problem = self._problem(exc)
             # Every failed attempt reports again: logged once until it changes.
             if problem != self._logged_problem:
                 self._logged_problem = problem
@@ -450,12 +488,31 @@ class Agent:
     async def health(self) -> AgentHealth:
         async with self.sessionmaker() as session:
             pending = await backlog(session)
+        link = self.link_state()
+        detail = ""
+        if self.link_refused:
+            detail = self.link_refused
+        elif link == "degraded":
+            detail = "the NATS server denies: " + ", ".join(self.denials.current()[:3])
+        elif self.never_connected():
+            # A wrong nats_url, a port nothing listens on, a firewall: the store trades,
+            # but it has never reached central since it started.
+            detail = "not connected to NATS since the start" + (
+                f": {self.nats_error}" if self.nats_error else ""
+            )
         return AgentHealth(
-            status="degraded" if self.link_refused or self.link_state() == "degraded" else "ok",
+            status="degraded" if detail else "ok",
             branch=self.settings.branch,
-            nats=self.link_state(),
+            nats=link,
             outbox_backlog=pending,
+            detail=detail,
         )
+
+    def never_connected(self) -> bool:
+        """The link has not come up once since the start, NATS_GRACE_S ago or more."""
+        if self.ever_connected or self.started_at is None:
+            return False
+        return asyncio.get_running_loop().time() - self.started_at >= NATS_GRACE_S
 
     def link_state(self) -> str:
         """connected, degraded (connected, but the server denies operations: see
@@ -483,12 +540,20 @@ class Agent:
         await asyncio.to_thread(self.devices.close)
         await self.sale_engine.dispose()
         await self.engine.dispose()
+        self.instance.release()
 
     async def serve(self) -> None:
         """Run until SIGINT/SIGTERM: the till API on the store LAN and the sync loops."""
         import uvicorn
 
         class _Server(uvicorn.Server):
+            on_started: Callable[[], None] | None = None
+
+            async def startup(self, sockets: list[Any] | None = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started and self.on_started is not None:
+                    self.on_started()
+
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 # uvicorn raises the captured SIGTERM/SIGINT again once it stops
@@ -513,10 +578,25 @@ class Agent:
                 ssl_keyfile=self.settings.http_tls_key or None,
             )
         )
+        server.on_started = self._announce
         try:
             await server.serve()
         finally:
             await self.stop()
+            log.info("agent of branch %s stopped", self.settings.branch)
+
+    def _announce(self) -> None:
+        """One line once the till API listens (uvicorn itself logs warnings only)."""
+        scheme = "https" if self.settings.http_tls_cert else "http"
+        log.info(
+            "agent of branch %s (pid %d, data_dir %s): till API listening on %s://%s:%d",
+            self.settings.branch,
+            os.getpid(),
+            self.settings.data_dir,
+            scheme,
+            self.settings.http_host,
+            self.settings.http_port,
+        )
 
 
 # How the server words refused credentials: at connect, and on a live connection whose
@@ -529,9 +609,15 @@ def is_authorization_error(exc: BaseException | None) -> bool:
     return isinstance(exc, AuthorizationError) or any(r in text for r in _REFUSED)
 
 
-def nats_problem(exc: BaseException | None) -> str:
-    """The NATS client's error as a technician should read it."""
+def nats_problem(exc: BaseException | None, *, credentials: bool = True) -> str:
+    """The NATS client's error as a technician should read it (``credentials``: whether
+    the agent has any configured, nats_creds or nats_user)."""
     if is_authorization_error(exc):
+        if not credentials:
+            return (
+                "authorization violation: the NATS server wants credentials and none are "
+                "configured (set nats_creds to this branch's .creds file)"
+            )
         return "authorization violation: credentials revoked or not valid for this branch"
     return f"{type(exc).__name__}: {exc}"
 

@@ -64,10 +64,14 @@ log = logging.getLogger(__name__)
 
 
 class AgentHealth(msgspec.Struct, kw_only=True):
+    # ok | degraded (the NATS server refuses or denies the agent, or the link has not
+    # come up once since the start, after a grace of 15 s: see detail)
     status: str
     branch: str
     nats: str
     outbox_backlog: int
+    # Why degraded ("": ok).
+    detail: str = ""
 
 
 def _agent(state: State) -> Agent:

@@ -20,7 +20,7 @@ from typing import Any
 
 from protocol.codec import decode_envelope_seq
 
-__all__ = ["BackupError", "backup_database", "restore_database"]
+__all__ = ["BackupError", "backup_database", "foreign_branch", "restore_database"]
 
 _SIDECARS = ("-wal", "-shm")
 
@@ -51,6 +51,40 @@ def _facts(path: Path) -> dict[str, Any]:
         "last_event_seq": int(counters.get("event_seq", 0)),
         "revision": revision[0] if revision else None,
     }
+
+
+def foreign_branch(db: sqlite3.Connection, branch: str) -> str | None:
+    """Another branch code the events of an agent database were recorded for, or None.
+
+    An event's branch is fixed when it is recorded (its envelope and its subject
+    ``up.<branch>.<kind>``): a database made under a misspelt ``branch`` keeps sending
+    to that branch's subjects, which the right credentials may not publish on. The
+    newest event's envelope says whose the database is; an event of another branch
+    anywhere (a database already used under two codes) is found by its subject."""
+    row = db.execute("SELECT payload FROM outbox ORDER BY seq DESC LIMIT 1").fetchone()
+    head = decode_envelope_seq(row[0]) if row else None
+    if head is not None and head[0] != branch:
+        return str(head[0])
+    other = db.execute(
+        "SELECT subject FROM outbox WHERE substr(subject, 1, ?) != ? LIMIT 1",
+        (len(branch) + 4, f"up.{branch}."),
+    ).fetchone()
+    if other is None:
+        return None
+    parts = str(other[0]).split(".")
+    return parts[1] if len(parts) == 3 else str(other[0])
+
+
+def database_branch(database: Path, branch: str) -> str | None:
+    """``foreign_branch`` of the database at ``database`` (None when there is none yet,
+    or no outbox: nothing recorded)."""
+    if not database.exists():
+        return None
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        if "outbox" not in tables:
+            return None
+        return foreign_branch(db, branch)
 
 
 def backup_database(database: Path, dest: Path) -> dict[str, Any]:
@@ -89,8 +123,9 @@ def restore_database(backup: Path, database: Path, *, branch: str) -> dict[str, 
     if not backup.exists():
         raise BackupError(f"no backup at {backup}")
     facts = _facts(backup)
-    if facts["branch"] not in (None, branch):
-        raise BackupError(f"{backup} is a backup of branch {facts['branch']!r}, not {branch!r}")
+    other = database_branch(backup, branch)
+    if other is not None:
+        raise BackupError(f"{backup} is a backup of branch {other!r}, not {branch!r}")
     kept = None
     if database.exists():
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -282,13 +282,22 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
     """The agent is not running: what its database says, as the running agent says it."""
     import msgspec
 
+    from branch_agent.instance import describe_holder, lock_holder
     from branch_agent.status import format_status, offline_status
 
     path = settings.database_path
+    holder = lock_holder(settings.data_path)
+    if holder is not None:
+        # Running, but not where this config says (another http_port, a hung process).
+        print(
+            f"an agent process holds {settings.data_path} ({describe_holder(holder)}) but "
+            f"does not answer at {_agent_url(settings)}: what its database says follows",
+            file=sys.stderr,
+        )
     if not path.exists():
         print(f"no database at {path}", file=sys.stderr)
         return 2
-    status = offline_status(path, settings.branch, settings.timezone)
+    status = offline_status(path, settings.branch, settings.timezone, running=holder is not None)
     if as_json:
         print(msgspec.json.encode(status).decode())
     else:
@@ -297,18 +306,30 @@ def _offline_status(settings: AgentSettings, as_json: bool) -> int:
 
 
 def _backup(settings: AgentSettings, args: argparse.Namespace) -> int:
-    """``backup`` and ``restore``: one JSON line, exit 1 with the reason when refused."""
+    """``backup`` and ``restore``: one JSON line, exit 1 with the reason when refused
+    (exit 2 when another process holds the data directory: restore only, a backup
+    reads)."""
     from branch_agent.backup import BackupError, backup_database, restore_database
+    from branch_agent.instance import InstanceLock, InstanceLocked
 
     try:
         if args.command == "backup":
             done = backup_database(settings.database_path, args.dest)
         else:
-            # Anything answering on its port counts as running (an HTTPS port answers
-            # plain HTTP with an error, which once read as "not running").
-            if _agent_listening(settings):
-                raise BackupError(f"the agent at {_agent_url(settings)} is running: stop it first")
-            done = restore_database(args.backup, settings.database_path, branch=settings.branch)
+            # The data directory's lock: a running agent holds it, whatever port it
+            # listens on (a config with another http_port once let a restore through).
+            with InstanceLock(settings.data_path, command="restore"):
+                # Anything answering on its port counts as running too (an agent of a
+                # version before the lock; an HTTPS port answers plain HTTP with an
+                # error, which once read as "not running").
+                if _agent_listening(settings):
+                    raise BackupError(
+                        f"the agent at {_agent_url(settings)} is running: stop it first"
+                    )
+                done = restore_database(args.backup, settings.database_path, branch=settings.branch)
+    except InstanceLocked as exc:
+        print(json.dumps({"error": str(exc), "holder": exc.holder}))
+        return 2
     except BackupError as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
@@ -348,14 +369,25 @@ def _main(argv: Sequence[str] | None) -> None:
     ):
         # Warned, not refused: a typo would otherwise be ignored without a word.
         print(f"settings: warning: {name} is no setting, ignored", file=sys.stderr)
+    from branch_agent.instance import InstanceLock, StartRefused
+
     if args.command == "run":
         from branch_agent.agent import Agent
 
-        asyncio.run(Agent(settings).serve())
+        try:
+            asyncio.run(Agent(settings).serve())
+        except StartRefused as exc:
+            print(f"run: refused: {exc}", file=sys.stderr)
+            sys.exit(2)
     elif args.command == "db-upgrade":
         from branch_agent.db import upgrade
 
-        before, after = asyncio.run(upgrade(settings.database_path))
+        try:
+            with InstanceLock(settings.data_path, command="db-upgrade"):
+                before, after = asyncio.run(upgrade(settings.database_path))
+        except StartRefused as exc:
+            print(f"db-upgrade: refused: {exc}", file=sys.stderr)
+            sys.exit(2)
         # "upgraded": false when the database was current already (nothing done).
         shown = {
             "database": str(settings.database_path),

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
 from devices.display import CustomerDisplay
 from devices.errors import DeviceError
-from devices.escpos import EscPosPrinter
+from devices.escpos import EscPosPrinter, PrinterStatus
 from devices.fiscal_datecs import (
     CashState,
     DatecsFiscalPrinter,
@@ -99,7 +99,17 @@ class _Device:
         self.lock = asyncio.Lock()
         self.state = DeviceState(till=till, role=role, port=config.port)
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        check: Callable[[T], tuple[str, str] | None] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run a driver call in a worker thread; the device's state becomes ``ok``, or
+        the condition it raised. ``check`` reads a result that is no exception but
+        no good either (a probe answered False, a printer status naming paper end):
+        it returns (condition, detail), which becomes the state and is raised."""
         async with self.lock:
             try:
                 result = await asyncio.to_thread(fn, *args, **kwargs)
@@ -115,6 +125,10 @@ class _Device:
                 # an odd port): still a device failure for the caller, never a crash.
                 self.state.set("port_unavailable", f"{type(exc).__name__}: {exc}"[:200])
                 raise DeviceError("port_unavailable", str(exc)) from exc
+            problem = check(result) if check is not None else None
+            if problem is not None:
+                self.state.set(problem[0], problem[1][:200])
+                raise DeviceError(problem[0], problem[1])
             self.state.set("ok")
             return result
 
@@ -136,6 +150,17 @@ def _build(role: str, config: DeviceConfig) -> Any:
     if role == "display":
         return CustomerDisplay(config.port, timeout=config.timeout_s, **kwargs)
     return SerialScanner(config.port, **kwargs)
+
+
+def _echo_problem(echoed: bool) -> tuple[str, str] | None:
+    if echoed:
+        return None
+    return "no_answer", "no echo to the probe (E + text): no Toledo 8217 scale answers there"
+
+
+def _printer_problem(status: PrinterStatus) -> tuple[str, str] | None:
+    problem = status.problem
+    return None if problem is None else (str(problem), "")
 
 
 class TillDeviceSet:
@@ -260,7 +285,13 @@ class TillDeviceSet:
         return await device.call(scale.read_weight)
 
     async def probe(self) -> None:
-        """Ask each device how it is (display: nothing to ask, it is write-only)."""
+        """Ask each device how it is. A device is ``ok`` only on a good answer: a scale
+        that does not echo the probe is ``no_answer`` (a silent device, or another
+        device on that port). The display is write-only (DEVICES.md §4: the only
+        faults a host can see are a port that is gone or a write that times out): its
+        port is opened and checked without writing to the screen, so ``ok`` there
+        means the port is present, not that a display answered. The scanner's reader
+        thread keeps its own state."""
         for role, device in self.devices.items():
             with contextlib.suppress(DeviceError, DeviceUnavailable):
                 if role == "fiscal":
@@ -270,11 +301,11 @@ class TillDeviceSet:
                     if status is not None and StatusBit.FISCAL_RECEIPT_OPEN in status:
                         await self.fiscal_mark_blocked()
                 elif role == "printer":
-                    status = await device.call(device.driver.status)
-                    if status.problem is not None:
-                        device.state.set(str(status.problem))
+                    await device.call(device.driver.status, check=_printer_problem)
                 elif role == "scale":
-                    await device.call(device.driver.probe)
+                    await device.call(device.driver.probe, check=_echo_problem)
+                elif role == "display":
+                    await device.call(device.driver.check)
 
     async def _fiscal_paper_state(self, device: _Device) -> None:
         status = device.driver.last_status

@@ -97,6 +97,10 @@ class OutboxSender:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             backoff = 0.2
+            if not self.state.held:
+                # Sending works again: an earlier failure is no longer the link's state
+                # (a held event's reason stays while it is held).
+                self.state.last_error = ""
             if sent == 0:
                 self._wake.clear()
                 await _wait_any(self._wake, stop, seconds=1.0)

@@ -155,5 +155,10 @@ def load_settings(
     path = config_file or env.get("BACKROOM_AGENT_CONFIG")
     text = read_settings_file(path) if path else None
     return load_settings_struct(
-        AgentSettings, toml_text=text, env=env, env_prefix="BACKROOM_AGENT_", section="agent"
+        AgentSettings,
+        toml_text=text,
+        env=env,
+        env_prefix="BACKROOM_AGENT_",
+        section="agent",
+        source=str(path) if path else None,
     )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from branch_agent.agent import Agent
 
 __all__ = [
+    "NOT_ANSWERING",
     "NOT_RUNNING",
     "AgentStatus",
     "DeviceStateOut",
@@ -87,6 +88,9 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # Every operation the NATS server denies now (permissions violations, the latest
     # first), each until it succeeds again: wrong-branch or too narrow credentials.
     nats_denied: list[str] = []
+    # Whether the agent has NATS credentials configured (nats_creds or nats_user): a
+    # denial is then not "another branch's credentials".
+    nats_credentials: bool = True
     devices: list[DeviceStateOut]
     # When master data from central was last applied (None: never).
     masterdata_applied_at: str | None = None
@@ -99,6 +103,10 @@ class AgentStatus(msgspec.Struct, kw_only=True):
 # ``link`` of the status ``python -m branch_agent status`` reads from the database
 # when the agent does not answer.
 NOT_RUNNING = "agent not running"
+# ... when a process holds the agent's data directory but does not answer where the
+# config says (another http_port, or hung).
+NOT_ANSWERING = "agent running, not answering"
+_OFFLINE = (NOT_RUNNING, NOT_ANSWERING)
 
 
 def _latest(*moments: datetime | None) -> str | None:
@@ -164,6 +172,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         unfiscal_to_check=to_check,
         nats_error=agent.nats_error if link == "disconnected" else (denied or [""])[0],
         nats_denied=denied,
+        nats_credentials=bool(agent.settings.nats_creds or agent.settings.nats_user),
         downstream_last_seq=agent.downstream.state.last_stream_seq,
         devices=[
             DeviceStateOut(
@@ -183,7 +192,9 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def offline_status(path: Path, branch: str, timezone: str = "UTC") -> AgentStatus:
+def offline_status(
+    path: Path, branch: str, timezone: str = "UTC", *, running: bool = False
+) -> AgentStatus:
     """What the database of an agent that is not running says, read-only, as the
     running agent would say it: the same fields, the same meanings (its devices and
     its link are unknown; its event numbering is confirmed by central again at each
@@ -200,7 +211,7 @@ def offline_status(path: Path, branch: str, timezone: str = "UTC") -> AgentStatu
         applied_at = from_epoch_ms(md_state.get(APPLIED_AT_MS))
         status = AgentStatus(
             branch=branch,
-            link=NOT_RUNNING,
+            link=NOT_ANSWERING if running else NOT_RUNNING,
             outbox_backlog=one("SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
             last_recorded_seq=counters.get(EVENT_SEQ, 0),
             last_acked_seq=(
@@ -263,9 +274,15 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         *(
             [
                 f"                 the NATS server denies {len(status.nats_denied)} "
-                "operation(s): its credentials are not this branch's "
-                f"({status.branch}), or their permissions lack its subjects; nothing "
-                "reaches central meanwhile (sales wait in the outbox)"
+                + (
+                    "operation(s): its credentials are not this branch's "
+                    f"({status.branch}), or their permissions lack its subjects; "
+                    if status.nats_credentials
+                    else "operation(s): the agent has no NATS credentials configured "
+                    "(nats_creds) and the server's default user may not use this "
+                    f"branch's ({status.branch}) subjects; "
+                )
+                + "nothing reaches central meanwhile (sales wait in the outbox)"
             ]
             if status.nats_denied
             else []
@@ -283,7 +300,7 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
             else (
                 "; central confirms the event numbering when the agent starts (events "
                 "recorded from then on wait for it)"
-                if status.link == NOT_RUNNING
+                if status.link in _OFFLINE
                 else "; waiting for central to confirm the event numbering (new events not "
                 "sent yet)"
             )
@@ -319,8 +336,12 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         for d in status.unfiscal_unknown
     ]
     lines.append("devices:")
-    if status.link == NOT_RUNNING:
-        lines.append("  (not known: the agent is not running)")
+    if status.link in _OFFLINE:
+        lines.append(
+            "  (not known: the agent is not running)"
+            if status.link == NOT_RUNNING
+            else "  (not known: the agent does not answer)"
+        )
     elif not status.devices:
         lines.append("  (none configured)")
     for device in status.devices:

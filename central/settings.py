@@ -124,5 +124,10 @@ def load_settings(
     path = config_file or env.get("BACKROOM_CENTRAL_CONFIG")
     text = read_settings_file(path) if path else None
     return load_settings_struct(
-        CentralSettings, toml_text=text, env=env, env_prefix="BACKROOM_", section="central"
+        CentralSettings,
+        toml_text=text,
+        env=env,
+        env_prefix="BACKROOM_",
+        section="central",
+        source=str(path) if path else None,
     )

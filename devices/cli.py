@@ -24,6 +24,7 @@ non-zero with ``{"error": "<condition>", "message": "..."}`` where the condition
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -272,6 +273,7 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
     """Positive probes only: an identity/status frame or an echo, never a mere silence."""
     found: list[str] = []
     tried: dict[str, str] = {}
+    unavailable: DeviceError | None = None
     for protocol in args.protocols.split(","):
         try:
             if protocol == "datecs-x":
@@ -288,9 +290,17 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
                 raise ValueError(f"unknown protocol {protocol!r}")
         except DeviceError as exc:
             tried[protocol] = exc.condition
+            if exc.condition == "port_unavailable":
+                unavailable = unavailable or exc
             continue
         found.append(protocol)
         break
+    if not found and unavailable is not None and set(tried.values()) == {"port_unavailable"}:
+        # Nothing was asked: the port itself could not be opened (missing, or locked by
+        # the running agent); "no answer" would send the technician to the device.
+        raise DeviceError(
+            "port_unavailable", unavailable.message, tried=tried, **unavailable.details
+        )
     if not found:
         raise DeviceError("no_answer", "no known protocol answered", tried=tried)
     return {"port": args.port, "protocol": found[0], "tried": tried}
@@ -303,7 +313,15 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         handle = start_simulator(args.kind, pty=True, link_path=args.link)
     else:
         host, _, port = args.listen.rpartition(":")
-        handle = start_simulator(args.kind, (host or "127.0.0.1", int(port)))
+        try:
+            handle = start_simulator(args.kind, (host or "127.0.0.1", int(port)))
+        except OSError as exc:
+            raise DeviceError(
+                "port_unavailable",
+                f"cannot listen on {args.listen}: {exc.strerror or exc}"
+                + (" (another program listens there)" if exc.errno == errno.EADDRINUSE else ""),
+                listen=args.listen,
+            ) from exc
     sim = handle.sim
     for fault in args.fault or []:
         sim.set_fault(fault)

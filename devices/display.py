@@ -92,6 +92,18 @@ class CustomerDisplay:
                 self.port.reopen()
                 self.port.write(data)
 
+    def check(self) -> None:
+        """Whether the display's port is there, without touching the screen: open it
+        (if closed) and read what waits on it (a display sends nothing; a port that is
+        gone raises). A link lost since the last use is reopened once, as a write
+        would. Raises ``DeviceError`` (``port_unavailable``, ``link_lost``)."""
+        with self.port.lock:
+            try:
+                self.port.drain_input()
+            except DeviceError:
+                self.port.reopen()
+                self.port.drain_input()
+
     def show(self, line1: str, line2: str = "") -> None:
         self._write(render_lines(line1, line2, self.codepage))
 

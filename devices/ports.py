@@ -13,6 +13,7 @@ process, so two drivers on one wire never interleave their bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover - not POSIX
     _IO_ERRORS = (serial.SerialException, OSError)
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_IO_ERRORS, ValueError)
 
-__all__ = ["Port", "SerialSettings", "is_device_path", "port_lock"]
+__all__ = ["Port", "SerialSettings", "is_device_path", "lock_holder_text", "port_lock"]
 
 _POLL = 0.02  # seconds one low-level read may block
 _LOCKS: dict[str, threading.RLock] = {}
@@ -53,6 +54,31 @@ def port_lock(url: str) -> threading.RLock:
 def is_device_path(url: str) -> bool:
     """True for a local device path (line settings apply), False for a ``scheme://`` URL."""
     return "://" not in url
+
+
+def lock_holder_text(path: str) -> str:
+    """`` (pid N: its command line)`` of the process holding the exclusive lock on the
+    device at ``path``, read from ``/proc/locks`` (Linux); ``""`` when not found."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as locks:
+            rows = locks.read().splitlines()
+    except OSError:
+        return ""
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for row in rows:
+        fields = row.split()
+        # "1: FLOCK  ADVISORY  WRITE 12345 00:1a:7 0 EOF" (a blocked waiter has "->")
+        if "->" in fields or len(fields) < 6 or fields[5] != wanted:
+            continue
+        pid = fields[4]
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            command = ""
+        return f" (pid {pid}: {command[:200]})" if command else f" (pid {pid})"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +143,16 @@ class Port:
             try:
                 self._serial = serial.serial_for_url(self.url, **kwargs)
             except _OPEN_ERRORS as exc:
+                if getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    # Another program has it open with its exclusive lock.
+                    raise DeviceError(
+                        Condition.PORT_UNAVAILABLE,
+                        f"cannot open {self.url}: in use by another program"
+                        f"{lock_holder_text(self.url)}; a port the branch agent holds is "
+                        "used through the agent (its till API and status), or stop the "
+                        "agent first",
+                        port=self.url,
+                    ) from exc
                 raise DeviceError(
                     Condition.PORT_UNAVAILABLE, f"cannot open {self.url}: {exc}", port=self.url
                 ) from exc

@@ -80,6 +80,7 @@ def load_settings_struct(
     env: Mapping[str, str] | None = None,
     env_prefix: str,
     section: str | None = None,
+    source: str | None = None,
 ) -> S:
     """Build ``cls`` from TOML (optionally one ``[section]`` of it) and ``PREFIX_FIELD`` vars.
 
@@ -87,14 +88,16 @@ def load_settings_struct(
     field's type, so ``BACKROOM_HTTP_PORT=8001`` becomes an int. A key of the file the
     Struct does not know is refused (the Structs forbid unknown fields): a misspelt
     ``nats_cred`` would otherwise be ignored and the default used; so is, with a
-    ``section``, any other table or key of the file.
+    ``section``, any other table or key of the file. ``source`` (the file's name) is
+    named in the error about text that is not TOML.
     """
     data: dict[str, Any] = {}
     if toml_text:
         try:
             parsed = tomllib.loads(toml_text)
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"settings file is not valid TOML: {exc}") from exc
+            named = f" {source!r}" if source else ""
+            raise SettingsError(f"settings file{named} is not valid TOML: {exc}") from exc
         if section:
             _check_only_section(parsed, section)
         chosen = parsed.get(section, {}) if section else parsed

@@ -85,6 +85,15 @@ def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     assert "'/nonexistent.toml': No such file" in out.stderr
 
 
+def test_a_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\nbranch = "B1"\nhttp_port = \n')
+    out = _agent(tmp_path, str(config), "status")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"settings file '{config}' is not valid TOML" in out.stderr
+
+
 def test_the_known_protocols_and_zones_load(tmp_path: Path) -> None:
     config = _write(
         tmp_path,

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from devices.cli import run
+from devices.ports import Port
 from tests.devices.conftest import StartSim, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,6 +208,45 @@ def test_probe_and_list(
     code, out = inproc("list")
     assert code == 0
     assert isinstance(out["ports"], list)
+
+
+def test_probe_of_a_port_another_program_holds_says_so(start_sim: StartSim) -> None:
+    """A device path the running agent has open (its exclusive lock) was reported as
+    "no known protocol answered"; the port was never asked anything."""
+    handle = start_sim("fiscal", pty=True)
+    with Port(handle.url) as held:
+        held.open()  # this process holds it, as the agent would
+        code, out = cli("probe", "--port", handle.url, "--timeout", "0.2")
+    assert code == 1
+    assert out["error"] == "port_unavailable"
+    assert "in use by another program" in out["message"]
+    assert f"(pid {os.getpid()}: " in out["message"]
+    assert "Errno" not in out["message"]
+    assert set(out["tried"].values()) == {"port_unavailable"}
+    # A port that does not exist is port_unavailable too, not no_answer.
+    code, out = cli("probe", "--port", "/dev/nonexistent-tty", "--timeout", "0.2")
+    assert (code, out["error"]) == (1, "port_unavailable")
+
+
+def test_simulate_on_a_busy_port_answers_json_not_a_traceback() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "devices", "simulate", "scale", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["error"] == "port_unavailable"
+    assert f"cannot listen on 127.0.0.1:{port}" in out["message"]
+    assert "another program listens there" in out["message"]
 
 
 def test_usage_error_is_json(inproc: Callable[..., tuple[int, dict[str, Any]]]) -> None:

@@ -123,7 +123,8 @@ async def test_backup_while_running_and_restore_when_stopped(
         assert "exists already" in json.loads(again.stdout)["error"]
         cli(config, "stock", "goods-receipt", "MILK-1L=6@70", "--supplier", "DAIRY")
         running = cli(config, "restore", str(backup))
-        assert running.returncode == 1
+        # The data directory's lock refuses it (exit 2), naming the running agent.
+        assert running.returncode == 2
         assert "stop it first" in json.loads(running.stdout)["error"]
     finally:
         agent.stop()
@@ -173,7 +174,7 @@ async def test_an_agent_serving_https_is_seen_running_by_the_cli(
         assert status.returncode == 0, status.stdout + status.stderr
         assert cli(config, "backup", str(backup)).returncode == 0
         running = cli(config, "restore", str(backup))
-        assert running.returncode == 1, running.stdout
+        assert running.returncode == 2, running.stdout
         assert "stop it first" in json.loads(running.stdout)["error"]
     finally:
         agent.stop()
