@@ -16,13 +16,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.catalog import CatalogItem, find_product, sku_for_scale_plu
 from devices.errors import DeviceError
-from devices.scanner import WeightLayout, decode_weight_embedded
+from devices.scanner import WeightLayout, decode_weight_embedded, validate_ean
 
-__all__ = ["BadCode", "ScannedItem", "normalized_embedded_code", "resolve_code", "weight_layout"]
+__all__ = [
+    "BadCode",
+    "ScannedItem",
+    "check_digit_wrong",
+    "normalized_embedded_code",
+    "resolve_code",
+    "weight_layout",
+]
 
 
 class BadCode(ValueError):
     """A code that cannot be taken as data (bad check digit)."""
+
+
+def check_digit_wrong(code: str) -> str:
+    """The refusal of an EAN-13, EAN-8 or UPC-A code whose check digit is wrong."""
+    return f"barcode {code!r}: check digit wrong: rescan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +59,15 @@ async def resolve_code(
 ) -> ScannedItem | None:
     item = await find_product(session, barcode=code, at=at)
     if item is not None:
+        # (a numeric code head office declared internal is sold as it is listed)
         return ScannedItem(item)
+    if code.isascii() and code.isdigit() and len(code) in (8, 12, 13) and not validate_ean(code):
+        # A misread, not a product the store lacks: the cashier scans it again.
+        raise BadCode(check_digit_wrong(code))
     try:
         embedded = decode_weight_embedded(code, layout)
     except DeviceError as exc:
-        raise BadCode(exc.message) from exc
+        raise BadCode(check_digit_wrong(code)) from exc
     if embedded is None or embedded.grams is None:
         return None
     item = await find_product(session, barcode=normalized_embedded_code(code, layout), at=at)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -13,7 +14,14 @@ import msgspec
 from protocol.config import load_settings_struct, read_settings_file
 from protocol.limits import Code32, CurrencyCode
 
-__all__ = ["DEVICE_PROTOCOLS", "AgentSettings", "DeviceConfig", "TillConfig", "load_settings"]
+__all__ = [
+    "DEVICE_PROTOCOLS",
+    "AgentSettings",
+    "DeviceConfig",
+    "TillConfig",
+    "load_settings",
+    "port_key",
+]
 
 # The one protocol each device of a till speaks (empty: that one), checked when the
 # settings are read so a typo is refused at once, not at the first sale.
@@ -134,6 +142,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from exc
+        _check_ports_apart(self.tills)
 
     @property
     def data_path(self) -> Path:
@@ -145,6 +154,43 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     def till(self, till_id: str) -> TillConfig | None:
         return next((t for t in self.tills if t.id == till_id), None)
+
+
+def port_key(port: str) -> str | None:
+    """What tells a device's port from another's: a device path with its links resolved
+    (``/dev/serial/by-id/...`` is ``/dev/ttyUSB0``), a ``scheme://host:port`` URL in lower
+    case without its options (``?logging=debug``); None for ``loop://``, a loopback of its
+    own on every open, shared by nobody."""
+    port = port.strip()
+    if "://" not in port:
+        return os.path.realpath(port)
+    parts = urlsplit(port)
+    scheme = parts.scheme.lower()
+    if scheme == "loop":
+        return None
+    return f"{scheme}://{parts.netloc.lower()}{parts.path}"
+
+
+def _check_ports_apart(tills: tuple[TillConfig, ...]) -> None:
+    """Two devices on one port (any roles, any tills) talk over each other: each driver
+    reads the other's answers as garbage or as its own, and a device path opens for one
+    of them only. Refused when the settings are read, naming both."""
+    seen: dict[str, str] = {}
+    for index, till in enumerate(tills):
+        for role in DEVICE_PROTOCOLS:
+            device: DeviceConfig | None = getattr(till, role)
+            if device is None:
+                continue
+            key = port_key(device.port)
+            if key is None:
+                continue
+            name = f"tills[{index}].{role} (till {till.id})"
+            if key in seen:
+                raise ValueError(
+                    f"{seen[key]} and {name} are both on port {device.port!r}: each device"
+                    " needs a port of its own"
+                )
+            seen[key] = name
 
 
 def load_settings(

@@ -602,6 +602,17 @@ class ShiftService:
             shift = await self._current(session, till)
             if shift is None:
                 raise Conflict("open a shift before moving cash", field="shift")
+            if data.direction == "out":
+                # No printer keeps a cash count here: the agent's own is the check. Read
+                # and recorded under the write lock, so two cash-outs at once cannot both
+                # take the same cash.
+                cash = self._out(shift, await self._totals(session, shift)).expected_cash
+                if data.amount > cash:
+                    raise Conflict(
+                        f"not enough cash in the drawer: {_money(cash)} by the till's count,"
+                        f" {_money(data.amount)} asked",
+                        field="amount",
+                    )
             row = CashMove(
                 till=till,
                 move_id=data.move_id,

@@ -55,6 +55,13 @@ def _write(tmp_path: Path, extra: str) -> Path:
             '[[agent.tills]]\nid = "T1"\nscale = { port = "loop://", baud = 9600 }\n',
             "unknown setting 'tills[0].scale.baud'",
         ),
+        # Two devices on one port talk over each other (another till's scale too).
+        (
+            '[[agent.tills]]\nid = "T1"\nscale = { port = "socket://127.0.0.1:21013" }\n'
+            '[[agent.tills]]\nid = "T2"\nscale = { port = "socket://127.0.0.1:21013" }\n',
+            "tills[0].scale (till T1) and tills[1].scale (till T2) are both on port"
+            " 'socket://127.0.0.1:21013': each device needs a port of its own",
+        ),
         # Sections beside [agent] were ignored: the tills' devices, the link's settings
         # under a heading of their own, a misspelt [agent], all left at their defaults.
         ('[device]\nport = "loop://"\n', "unknown section [device]"),
