@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import replace
@@ -64,13 +63,22 @@ async def connect(url: str, *, creds: str = "", name: str = "central", **kwargs:
         await nc.connect(**options)
     except BaseException:
         # Cancelled while retrying (a host stopping whose link is refused): the
-        # client's half-open socket would otherwise outlive it. Bounded: nats-py's
-        # close can hang after a failed first connect.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), 5.0)
+        # client's half-open socket would otherwise outlive it. Closed directly, not
+        # by nats-py's close, which can wait for ever on a client that never connected
+        # (and swallows the cancellation a timeout would send it).
+        close_unconnected(nc)
         raise
     failures.ok()
     return nc
+
+
+def close_unconnected(nc: Client) -> None:
+    """Close the socket of a client whose first connect did not finish (no reading or
+    flushing task runs yet: the socket is all it holds)."""
+    transport = getattr(nc, "_transport", None)
+    with contextlib.suppress(Exception):
+        if transport is not None:
+            transport.close()
 
 
 async def _add_or_update_stream(
