@@ -40,6 +40,7 @@ from branch_agent.status import AgentStatus, build_status
 from branch_agent.stock import StockService
 from protocol.codec import decode_resend, encode
 from protocol.messages import BranchHeartbeat
+from protocol.nats_link import close_unconnected, connect_cancellably
 from protocol.subjects import (
     COMMAND_KIND,
     DOWN_STREAM,
@@ -294,18 +295,16 @@ class Agent:
             # Status and stop() see the client while it is connecting.
             self.nc = nc
             try:
-                await nc.connect(**self._nats_options(nc, closed))
+                await connect_cancellably(nc, **self._nats_options(nc, closed))
             except asyncio.CancelledError:
                 # The agent stops while connecting: nothing of the client may linger.
-                with contextlib.suppress(Exception):
-                    await nc.close()
+                close_unconnected(nc)
                 raise
             except Exception as exc:
                 # Connecting retries by itself; what raises is the options' (a creds
                 # file that cannot be read...): try again later, it may be fixed.
                 self._link_failed(self._problem(exc))
-                with contextlib.suppress(Exception):
-                    await nc.close()
+                close_unconnected(nc)
                 await _wait_stop(self._stop, backoff)
                 backoff = min(backoff * 2, _RECONNECT_MAX_S)
                 continue

@@ -9,7 +9,6 @@ to the servers is derived from it, so any central process can rebuild it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -38,6 +37,7 @@ from central.sync.nats_auth import (
     account_claims_update,
     decode_jwt_claims,
 )
+from protocol.nats_link import close_unconnected, connect_cancellably
 
 __all__ = [
     "BranchRegistration",
@@ -495,7 +495,8 @@ async def push_account_jwt(
     try:
         # nats-py retries a refused first connect regardless of allow_reconnect: bound it.
         await asyncio.wait_for(
-            nc.connect(
+            connect_cancellably(
+                nc,
                 servers=[u.strip() for u in nats_url.split(",")],
                 user_credentials=str(issuer.system_creds_file()),
                 name="central-issuer",
@@ -509,9 +510,7 @@ async def push_account_jwt(
         )
     except Exception as exc:
         log.warning("account update not pushed to %s: %s", nats_url, exc)
-        # nats-py's close can hang after a failed first connect: bounded.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), timeout)
+        close_unconnected(nc)
         return False
     try:
         reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=timeout)

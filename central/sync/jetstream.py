@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import replace
 from typing import Any
@@ -21,6 +20,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from central.failures import FailureLog, nats_reason
+from protocol.nats_link import close_unconnected, connect_cancellably
 from protocol.subjects import DOWN_STREAM, INGEST_DURABLE, UP_STREAM, down_consumer_name
 
 __all__ = [
@@ -60,25 +60,14 @@ async def connect(url: str, *, creds: str = "", name: str = "central", **kwargs:
         options["user_credentials"] = creds
     nc = Client()
     try:
-        await nc.connect(**options)
+        await connect_cancellably(nc, **options)
     except BaseException:
         # Cancelled while retrying (a host stopping whose link is refused): the
-        # client's half-open socket would otherwise outlive it. Closed directly, not
-        # by nats-py's close, which can wait for ever on a client that never connected
-        # (and swallows the cancellation a timeout would send it).
+        # client's half-open socket would otherwise outlive it.
         close_unconnected(nc)
         raise
     failures.ok()
     return nc
-
-
-def close_unconnected(nc: Client) -> None:
-    """Close the socket of a client whose first connect did not finish (no reading or
-    flushing task runs yet: the socket is all it holds)."""
-    transport = getattr(nc, "_transport", None)
-    with contextlib.suppress(Exception):
-        if transport is not None:
-            transport.close()
 
 
 async def _add_or_update_stream(
