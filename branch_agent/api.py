@@ -175,6 +175,7 @@ def _api(state: State) -> TillApi:
 TillId = Annotated[str, PathParameter(description="the till")]
 SaleId = Annotated[str, PathParameter(description="the till's sale id")]
 DocumentId = Annotated[str, PathParameter(description="stock document id")]
+ShiftId = Annotated[str, PathParameter(description="the shift's id")]
 
 
 class SaleController(Controller):
@@ -321,6 +322,16 @@ class ShiftController(Controller):
     async def current(self, state: State, till: NamedDependency[TillConfig]) -> ShiftOut:
         return await _agent(state).shifts.current(till.id)
 
+    @get(
+        "/{shift_id:str}",
+        operation_id="getShift",
+        summary="A shift of this till, open or closed, with its totals and Z report figures",
+    )
+    async def get_shift(
+        self, state: State, till: NamedDependency[TillConfig], shift_id: ShiftId
+    ) -> ShiftCloseOut:
+        return await _agent(state).shifts.get_shift(till.id, shift_id)
+
     @post(
         "/current/x-report",
         operation_id="xReport",
@@ -333,7 +344,8 @@ class ShiftController(Controller):
     @post(
         "/current/close",
         operation_id="closeShift",
-        summary="Close the shift with the fiscal printer's Z report",
+        summary="Close the shift with the fiscal printer's Z report (repeated after it "
+        "succeeded: the same answer)",
         status_code=200,
     )
     async def close(self, state: State, till: NamedDependency[TillConfig]) -> ShiftCloseOut:
