@@ -45,6 +45,7 @@ from branch_agent.till_api import (
     TillApi,
     UnfiscalIn,
 )
+from protocol.http_query import QueryParameterRule, QueryRefused
 from protocol.problems import (
     NOT_UTF8_DETAIL,
     FieldError,
@@ -175,6 +176,7 @@ def _api(state: State) -> TillApi:
 TillId = Annotated[str, PathParameter(description="the till")]
 SaleId = Annotated[str, PathParameter(description="the till's sale id")]
 DocumentId = Annotated[str, PathParameter(description="stock document id")]
+ShiftId = Annotated[str, PathParameter(description="the shift's id")]
 
 
 class SaleController(Controller):
@@ -321,6 +323,16 @@ class ShiftController(Controller):
     async def current(self, state: State, till: NamedDependency[TillConfig]) -> ShiftOut:
         return await _agent(state).shifts.current(till.id)
 
+    @get(
+        "/{shift_id:str}",
+        operation_id="getShift",
+        summary="A shift of this till, open or closed, with its totals and Z report figures",
+    )
+    async def get_shift(
+        self, state: State, till: NamedDependency[TillConfig], shift_id: ShiftId
+    ) -> ShiftCloseOut:
+        return await _agent(state).shifts.get_shift(till.id, shift_id)
+
     @post(
         "/current/x-report",
         operation_id="xReport",
@@ -333,7 +345,8 @@ class ShiftController(Controller):
     @post(
         "/current/close",
         operation_id="closeShift",
-        summary="Close the shift with the fiscal printer's Z report",
+        summary="Close the shift with the fiscal printer's Z report (repeated after it "
+        "succeeded: the same answer)",
         status_code=200,
     )
     async def close(self, state: State, till: NamedDependency[TillConfig]) -> ShiftCloseOut:
@@ -550,6 +563,12 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
     return _problem(status, problem_title(status), exc.detail, request.url.path, errors)
 
 
+def _on_query_refused(request: Request[Any, Any, Any], exc: QueryRefused) -> Response[bytes]:
+    # An undeclared or repeated query parameter (protocol.http_query): 400 naming it.
+    status = exc.status_code
+    return _problem(status, problem_title(status), exc.detail, request.url.path, exc.errors)
+
+
 def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Response[bytes]:
     errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
     return _problem(exc.status, exc.title, exc.detail, request.url.path, errors)
@@ -594,6 +613,7 @@ def _on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes
 
 _handlers: ExceptionHandlersMap = {
     HTTPException: _on_http,
+    QueryRefused: _on_query_refused,
     AgentError: _on_agent_error,
     UnicodeDecodeError: _on_not_utf8,
     Exception: _on_crash,
@@ -617,6 +637,9 @@ def create_till_app(agent: Agent) -> Litestar:
         ],
         state=State({"agent": agent}),
         exception_handlers=_handlers,
+        # A query parameter the route does not declare, or a single-valued one given
+        # twice, is a 400 problem naming it, as at central.
+        plugins=[QueryParameterRule()],
         request_max_body_size=1024 * 1024,
         openapi_config=OpenAPIConfig(
             title=f"Backroom till API ({agent.settings.branch})", version="1.0.0", path="/docs"

@@ -228,6 +228,12 @@ class TillDeviceSet:
             device.state.set("ok")
         return reason
 
+    def keep_fiscal_fault(self, exc: DeviceError) -> None:
+        """Show ``exc`` as the printer's state again: a question asked after the failure
+        (fiscal memory read back, status) answered, and set it ``ok``, while the job
+        itself did not print. The next job or probe that succeeds clears it."""
+        self._device("fiscal").state.set(exc.condition, exc.message[:200])
+
     async def print_fiscal(self, receipt: FiscalReceipt) -> FiscalResult:
         device = self._device("fiscal")
         printer: DatecsFiscalPrinter = device.driver

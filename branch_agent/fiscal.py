@@ -69,7 +69,17 @@ from protocol.events import (
 )
 from protocol.units import format_minor
 
-__all__ = ["CashIntents", "Fiscalizer", "fiscal_receipt", "storno_receipt"]
+__all__ = [
+    "CLOSE_ROUTE",
+    "CashIntents",
+    "Fiscalizer",
+    "close_failed_detail",
+    "closing_shift_detail",
+    "fiscal_fault",
+    "fiscal_receipt",
+    "fiscal_remedy",
+    "storno_receipt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +91,71 @@ _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_fra
 # memory full or damaged, electronic journal full, a failed mechanism): a manager may
 # complete its documents without it, as for a printer that cannot be reached.
 _CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure"})
+
+
+# What a person does about the fiscal printer's condition (see fiscal_remedy).
+_REMEDIES = {
+    "paper_end": "load paper",
+    "cover_open": "close the printer's cover",
+    "no_answer": "check that the fiscal printer is on and its cable plugged in",
+    "link_lost": "check that the fiscal printer is on and its cable plugged in",
+    "port_unavailable": "check that the fiscal printer is on and its cable plugged in",
+    "bad_frame": "check the fiscal printer's cable and port settings",
+    "fiscal_memory": "call the printer's service technician (fiscal memory)",
+    "journal_full": "call the printer's service technician (electronic journal full)",
+    "mechanism_failure": "call the printer's service technician (print mechanism)",
+}
+
+
+def fiscal_fault(exc: DeviceError) -> str:
+    """The printer's condition as a pending sale's ``fiscal_error`` says it (``paper_end:
+    paper end``), with the driver's words when they add to it (the command refused)."""
+    words = exc.condition.replace("_", " ")
+    if exc.message and exc.message != words:
+        return f"{exc.condition}: {words} ({exc.message})"
+    return f"{exc.condition}: {words}"
+
+
+def fiscal_remedy(condition: str, till: str) -> str:
+    """What to do about ``condition`` before a fiscal document can print again."""
+    if condition in ("receipt_open", "blocked", "not_permitted"):
+        return (
+            "finish the receipt left open on the printer"
+            f" (POST /api/v1/manager/tills/{till}/fiscal/finish-open-receipt)"
+        )
+    return _REMEDIES.get(condition, "see to the fiscal printer (its state is in `status`)")
+
+
+# How a till finishes a close (said in every refusal a close under way causes).
+CLOSE_ROUTE = "POST /api/v1/shifts/current/close"
+
+
+def closing_shift_detail(shift_id: str, till: str, z_error: str | None, then: str) -> str:
+    """A 409 for what a shift being closed refuses (its Z report's intent is recorded):
+    what to do instead, how to finish the close, and why it failed when it did."""
+    detail = (
+        f"shift {shift_id} of till {till} is being closed (Z report): {then}. Finish the"
+        f" close first: {CLOSE_ROUTE} (repeat it after a failure), then open the next"
+        " shift: POST /api/v1/shifts"
+    )
+    if z_error:
+        detail += f". The last close failed: {z_error}"
+    return detail
+
+
+def close_failed_detail(shift_id: str, z_error: str, *, closing: bool) -> str:
+    """Why a close did not finish (``z_error``: the printer's condition; what to do about
+    it) and how to finish it: the 503 of the close and ``close_error`` of the shift."""
+    detail = (
+        f"the fiscal printer did not print the Z report of shift {shift_id}: {z_error} and"
+        f" repeat the close: {CLOSE_ROUTE}"
+    )
+    if closing:
+        detail += (
+            " (the shift is being closed: no sales, returns or cash moves at this till"
+            " until the close is done)"
+        )
+    return detail
 
 
 def _job_lines(job: dict[str, Any]) -> tuple[SaleLine, ...]:

@@ -222,6 +222,12 @@ class Shift(AgentBase):
     # it with the printer's instead of printing a second (zero) Z report.
     z_status: Mapped[str | None] = mapped_column(String(16), default=None)
     z_before_number: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Why the last close failed (the printer's condition and what to do), shown with the
+    # open shift until a close succeeds; NULL once closed or never failed.
+    z_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    # The close's answer (ShiftCloseOut as JSON), given again to a close repeated after
+    # it succeeded and by GET /api/v1/shifts/{id}. NULL: open, or closed before a1903.
+    close_answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # The opening float's deposit (cash in, 0x46) on the fiscal printer, recorded with the
     # shift: "pending" until printed, "done" after; the printer's document number and
     # cash sum are read just before it is sent, so a retry after a crash or a lost answer

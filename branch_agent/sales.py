@@ -34,6 +34,7 @@ from branch_agent.catalog import (
 from branch_agent.db import create_sessionmaker, table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, direct_unit, run
 from branch_agent.errors import Conflict, NotFound, Rejected, StorageFull
+from branch_agent.fiscal import closing_shift_detail
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift, utcnow
 from branch_agent.outbox import append_event, check_event, next_counter
@@ -107,7 +108,7 @@ _INSERT_SALE = DirectStatement(
     insert(table_of(Sale)).values({c: bindparam(c) for c in _SALE_COLUMNS}), table_of(Sale)
 )
 _OPEN_SHIFT_OF_TILL = DirectStatement(
-    select(Shift.shift_id, Shift.cashier, Shift.z_status)
+    select(Shift.shift_id, Shift.cashier, Shift.z_status, Shift.z_error)
     .where(Shift.till == bindparam("till"), Shift.closed_at.is_(None))
     .order_by(Shift.opened_at.desc())
     .limit(1)
@@ -282,8 +283,7 @@ class SaleService:
             # Its Z report is printing (or was, before a crash): a receipt now would be
             # printed after the Z that closes the shift it is recorded in.
             raise Conflict(
-                f"shift {shift_id} of till {till} is being closed (Z report): sell in the"
-                " next shift",
+                closing_shift_detail(shift_id, till, found[0][3], "sell in the next shift"),
                 field="shift_id",
             )
         return shift_id, cashier

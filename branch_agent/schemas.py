@@ -235,6 +235,12 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     # The opening float's deposit on the fiscal printer: "done", "pending" (the printer
     # was away: it goes before the till's next print), None (no float or no printer).
     float_deposit: str | None = None
+    # A close under way, or one that failed: the Z report's intent is recorded, so the
+    # till sells nothing (no returns, no cash moves) until the close is repeated and done.
+    closing: bool = False
+    # What the last close that failed said (the printer's condition, what to do), until a
+    # close succeeds; None when no close failed.
+    close_error: str | None = None
 
 
 class XReportOut(msgspec.Struct, kw_only=True):
@@ -245,6 +251,8 @@ class XReportOut(msgspec.Struct, kw_only=True):
 
 
 class ShiftCloseOut(msgspec.Struct, kw_only=True):
+    """A close's answer, also GET /api/v1/shifts/{id} (an open shift: no Z figures yet)."""
+
     shift: ShiftOut
     z_report_number: int | None
     z_turnover_by_vat_group: dict[str, int]

@@ -34,7 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
-from branch_agent.fiscal import CashIntents
+from branch_agent.fiscal import (
+    CashIntents,
+    close_failed_detail,
+    closing_shift_detail,
+    fiscal_fault,
+    fiscal_remedy,
+)
 from branch_agent.models import CashMove, Counter, CustomerReturn, Sale, Shift
 from branch_agent.numbering import SHIFT_FLOOR, EventNumbering
 from branch_agent.outbox import append_event
@@ -136,6 +142,18 @@ class ShiftService:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 current = await self._current(session, till)
                 if current is not None:
+                    if current.z_status is not None:
+                        # Its close began (and is under way, or failed): no opening is a
+                        # retry of this one now, each is for the next shift.
+                        raise Conflict(
+                            closing_shift_detail(
+                                current.shift_id,
+                                till,
+                                current.z_error,
+                                "the next shift opens once it is closed",
+                            ),
+                            field="shift",
+                        )
                     if data.shift_id not in ("", current.shift_id):
                         raise Conflict(
                             f"shift {current.shift_id} is still open at till {till}",
@@ -336,6 +354,12 @@ class ShiftService:
             cash_out=t["cash_out"],
             expected_cash=expected,
             float_deposit=shift.float_status,
+            closing=shift.closed_at is None and shift.z_status == "pending",
+            close_error=close_failed_detail(
+                shift.shift_id, shift.z_error, closing=shift.z_status == "pending"
+            )
+            if shift.z_error and shift.closed_at is None
+            else None,
         )
 
     async def x_report(self, till: str) -> XReportOut:
@@ -361,11 +385,19 @@ class ShiftService:
         )
 
     async def close_shift(self, till: str, shift_id: str | None = None) -> ShiftCloseOut:
-        """Z report first (the printer's day closes), then the shift with both totals."""
+        """Z report first (the printer's day closes), then the shift with both totals.
+
+        Idempotent: a close repeated after it succeeded (its answer lost), with no shift
+        opened since, gets the same answer again, never a second Z report. A close whose
+        Z report did not print leaves the shift closing, with why and what to do kept on
+        it (``close_error``), until it is repeated."""
         devices = self._devices.tills.get(till)
         async with self._sessionmaker() as session:
             shift = await self._current(session, till)
             if shift is None or (shift_id and shift.shift_id != shift_id):
+                done = await self._closed_shift(session, till, shift_id)
+                if done is not None:
+                    return await self._report(session, done)
                 raise NotFound(f"no open shift {shift_id or ''} at till {till}".replace("  ", " "))
             totals = await self._totals(session, shift)
         if totals["pending"]:
@@ -379,11 +411,13 @@ class ShiftService:
             async with devices.fiscal_queue:
                 try:
                     report = await self._z_report(devices, shift.shift_id)
+                except _ClosedMeanwhile:
+                    return await self.get_shift(till, shift.shift_id)
                 except DeviceError as exc:
-                    raise DeviceFailed(
-                        f"the fiscal printer did not print the Z report: {exc.message}",
-                        condition=exc.condition,
-                    ) from exc
+                    # The questions asked after the failure (fiscal memory) answered: the
+                    # printer's state must still say why the Z did not print.
+                    devices.keep_fiscal_fault(exc)
+                    raise await self._close_failed(till, shift.shift_id, exc) from exc
         z = None
         if report is not None:
             z = ZReportTotals(
@@ -394,6 +428,9 @@ class ShiftService:
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row = await session.get(Shift, shift.shift_id)
             assert row is not None
+            if row.closed_at is not None:
+                # a second close of the same shift raced this one (no fiscal printer)
+                return await self._report(session, row)
             totals = await self._totals(session, row)
             closed = ShiftClosed(
                 till=till,
@@ -407,16 +444,73 @@ class ShiftService:
                 cash_out=totals["cash_out"],
                 z_report=z,
             )
-            if row.closed_at is not None:
-                raise NotFound(f"shift {row.shift_id} is already closed")
             row.closed_at = datetime.now(UTC)
             row.closing = msgspec.to_builtins(closed)
+            row.z_error = None
             if row.z_status is not None:
                 row.z_status = "done"
             await append_event(
                 session, branch=self._settings.branch, timezone=self._settings.timezone, body=closed
             )
-            out = self._out(row, totals)
+            answer = self._close_out(self._out(row, totals), totals, z)
+            # given again to a close repeated after this one, and by GET /shifts/{id}
+            row.close_answer = msgspec.to_builtins(answer)
+        return answer
+
+    async def _closed_shift(
+        self, session: AsyncSession, till: str, shift_id: str | None
+    ) -> Shift | None:
+        """The closed shift a repeated close is about: the one named, or else the till's
+        latest (no shift is open at the till, so nothing was opened after it)."""
+        if shift_id:
+            shift = await session.get(Shift, shift_id)
+        else:
+            shift = await session.scalar(
+                select(Shift)
+                .where(Shift.till == till)
+                .order_by(Shift.opened_at.desc(), Shift.shift_id.desc())
+                .limit(1)
+            )
+        if shift is None or shift.till != till or shift.closed_at is None:
+            return None
+        return shift
+
+    async def _close_failed(self, till: str, shift_id: str, exc: DeviceError) -> DeviceFailed:
+        """Say why the Z report did not print and what to do, and keep it on the shift
+        (``close_error`` of GET /api/v1/shifts/current) until a close succeeds."""
+        # the printer's condition as a sale's fiscal_error says it, and what to do
+        z_error = f"{fiscal_fault(exc)}; {fiscal_remedy(exc.condition, till)}"[:500]
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(Shift, shift_id)
+            assert row is not None
+            if row.closed_at is None:
+                row.z_error = z_error
+            closing = row.z_status == "pending"
+        return DeviceFailed(
+            close_failed_detail(shift_id, z_error, closing=closing), condition=exc.condition
+        )
+
+    async def get_shift(self, till: str, shift_id: str) -> ShiftCloseOut:
+        """A shift of this till, open or closed: the agent's totals, and once closed its
+        Z report's figures as the close answered them."""
+        async with self._sessionmaker() as session:
+            shift = await session.get(Shift, shift_id)
+            if shift is None or shift.till != till:
+                raise NotFound(f"no shift {shift_id} at till {till}")
+            return await self._report(session, shift)
+
+    async def _report(self, session: AsyncSession, shift: Shift) -> ShiftCloseOut:
+        if shift.close_answer is not None:
+            return msgspec.convert(shift.close_answer, ShiftCloseOut)
+        # open, or closed before the answer was kept (agent a1903): made from the records
+        totals = await self._totals(session, shift)
+        z_report = (shift.closing or {}).get("z_report")
+        z = msgspec.convert(z_report, ZReportTotals) if z_report else None
+        return self._close_out(self._out(shift, totals), totals, z)
+
+    def _close_out(
+        self, out: ShiftOut, totals: dict[str, Any], z: ZReportTotals | None
+    ) -> ShiftCloseOut:
         agent_groups = {k: v for k, v in totals["by_group"].items() if v}
         agent_storno = {k: v for k, v in totals["storno_by_group"].items() if v}
         return ShiftCloseOut(
@@ -445,7 +539,7 @@ class ShiftService:
             assert shift is not None
             if shift.closed_at is not None:
                 # a second close of the same shift raced the first: never a second Z
-                raise NotFound(f"shift {shift_id} is already closed")
+                raise _ClosedMeanwhile(shift_id)
             pending, before = shift.z_status == "pending", shift.z_before_number
         if pending and before is not None:
             last = await devices.fiscal_last_z()
@@ -514,8 +608,9 @@ class ShiftService:
             elif shift.z_status is not None:
                 # its Z report is printing: the move would come after the Z counted it
                 raise Conflict(
-                    f"shift {shift.shift_id} is being closed (Z report): move cash in the"
-                    " next shift",
+                    closing_shift_detail(
+                        shift.shift_id, till, shift.z_error, "move cash in the next shift"
+                    ),
                     field="shift",
                 )
             try:
@@ -644,6 +739,11 @@ class ShiftService:
             except DeviceError:
                 pass  # reported in the device state; the move is recorded
         return _cash_out(row), True
+
+
+class _ClosedMeanwhile(Exception):
+    """The shift a close waited to print the Z of was closed meanwhile (a repeated close
+    that raced the first): its answer is the first close's."""
 
 
 def _same_shift(current: Shift, data: ShiftOpenIn) -> None:

@@ -32,6 +32,7 @@ from central.auth import ApiAuthMiddleware, authorize
 from central.auth.limits import bounded_path_ints, text_without_nul
 from central.runtime import CentralRuntime
 from central.settings import CentralSettings
+from protocol.http_query import QueryParameterRule
 
 __all__ = ["create_app"]
 
@@ -82,7 +83,9 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
         state=State({"runtime": runtime}) if runtime is not None else None,
         exception_handlers=exception_handlers,
         # Before Litestar's own Struct plugin: bodies that refuse unknown fields say so.
-        plugins=[StrictStructSchemaPlugin()],
+        # QueryParameterRule: a query parameter the route does not declare, or a
+        # single-valued one given twice, is a 400 problem naming it (after the guards).
+        plugins=[StrictStructSchemaPlugin(), QueryParameterRule()],
         request_max_body_size=settings.max_request_body,
         openapi_config=OpenAPIConfig(
             title="Backroom head office API",

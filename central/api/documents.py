@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.api.pagination import Limit, Offset
+from central.api.pagination import Late, Limit, Offset
 from central.api.schemas import Page
 from central.services.documents import (
     CustomerReturnOut,
@@ -42,6 +42,7 @@ class DocumentController(Controller):
         date_from: Annotated[date | None, QueryParameter(name="date_from")] = None,
         date_to: Annotated[date | None, QueryParameter(name="date_to")] = None,
         sku: Annotated[str | None, QueryParameter(name="sku")] = None,
+        late: Late = None,
     ) -> Page[StockDocumentOut]:
         return await list_documents(
             db_session,
@@ -50,6 +51,7 @@ class DocumentController(Controller):
             date_from=date_from,
             date_to=date_to,
             sku=sku,
+            late=late,
             limit=limit,
             offset=offset,
         )
@@ -83,6 +85,7 @@ class CustomerReturnController(Controller):
         date_to: Annotated[date | None, QueryParameter(name="date_to")] = None,
         original_sale_id: Annotated[str | None, QueryParameter(name="original_sale_id")] = None,
         original_till: Annotated[str | None, QueryParameter(name="original_till")] = None,
+        late: Late = None,
     ) -> Page[CustomerReturnOut]:
         return await list_customer_returns(
             db_session,
@@ -91,6 +94,7 @@ class CustomerReturnController(Controller):
             date_to=date_to,
             original_sale_id=original_sale_id,
             original_till=original_till,
+            late=late,
             limit=limit,
             offset=offset,
         )

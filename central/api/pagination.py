@@ -1,4 +1,5 @@
-"""Page parameters shared by every list route; the maximum bounds what one request costs."""
+"""Page parameters shared by every list route (the maximum bounds what one request
+costs), and the ``late`` filter of the records lists that carry the flag."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated
 
 from litestar.params import QueryParameter
 
-__all__ = ["MAX_OFFSET", "MAX_PAGE_SIZE", "Limit", "Offset"]
+__all__ = ["MAX_OFFSET", "MAX_PAGE_SIZE", "Late", "Limit", "Offset"]
 
 MAX_PAGE_SIZE = 1000
 # Larger offsets overflow the databases' 64-bit integers (a 500 found by fuzzing).
@@ -17,4 +18,14 @@ Limit = Annotated[
 ]
 Offset = Annotated[
     int, QueryParameter(name="offset", ge=0, le=MAX_OFFSET, description="Rows to skip")
+]
+# Receipts, customer returns and stock documents filed into a shift or local day that
+# was already closed at central are stored with ``late=true`` (README "Never refused").
+Late = Annotated[
+    bool | None,
+    QueryParameter(
+        name="late",
+        description="true: only the records filed into a closed shift or day after it "
+        "closed (late); false: only the others; absent: both",
+    ),
 ]

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from central.db import QUERY_CANCELED, database_unavailable, is_interrupted, sqlstate_of
 from central.errors import DomainError, ReportTooSlow
+from protocol.http_query import QueryRefused
 from protocol.problems import (
     FieldError,
     Problem,
@@ -63,6 +64,11 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         errors=errors,
     )
     return problem_response(problem, headers=exc.headers)
+
+
+def _query_refused(request: Request[Any, Any, Any], exc: QueryRefused) -> Response[bytes]:
+    """An undeclared or repeated query parameter (``protocol.http_query``): 400 naming it."""
+    return problem_response(exc.problem(request.url.path))
 
 
 def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
@@ -156,6 +162,7 @@ def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Respons
 
 exception_handlers: ExceptionHandlersMap = {
     HTTPException: _http_exception,
+    QueryRefused: _query_refused,
     DomainError: _domain_error,
     UnicodeDecodeError: _not_utf8,
     DBAPIError: _database_error,

@@ -8,7 +8,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from central.api.pagination import Limit, Offset
+from central.api.pagination import Late, Limit, Offset
 from central.api.schemas import Page, ReceiptOut
 from central.services.receipts import ReceiptQuery, list_receipts
 
@@ -22,7 +22,8 @@ class ReceiptController(Controller):
     @get(
         "/",
         operation_id="listReceipts",
-        summary="Receipts of the chain, filtered by branch, till, local date range, fiscal number or product",
+        summary="Receipts of the chain, filtered by branch, till, local date range, fiscal number, "
+        "product or late flag",
     )
     async def list_receipts(
         self,
@@ -43,6 +44,7 @@ class ReceiptController(Controller):
         sku: Annotated[
             str | None, QueryParameter(name="sku", description="Only receipts with this product")
         ] = None,
+        late: Late = None,
     ) -> Page[ReceiptOut]:
         return await list_receipts(
             db_session,
@@ -53,6 +55,7 @@ class ReceiptController(Controller):
                 date_to=date_to,
                 fiscal_number=fiscal_number,
                 sku=sku,
+                late=late,
                 limit=limit,
                 offset=offset,
             ),

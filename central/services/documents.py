@@ -134,6 +134,7 @@ async def list_documents(
     sku: str | None,
     limit: int,
     offset: int,
+    late: bool | None = None,
 ) -> Page[StockDocumentOut]:
     await check_branch(session, branch)
     _dates(date_from, date_to)
@@ -151,6 +152,8 @@ async def list_documents(
         conditions.append(d.local_date >= date_from)
     if date_to:
         conditions.append(d.local_date <= date_to)
+    if late is not None:
+        conditions.append(d.late == late)
     if sku:
         conditions.append(
             d.event_id.in_(
@@ -266,6 +269,7 @@ async def list_customer_returns(
     limit: int,
     original_till: str | None = None,
     offset: int,
+    late: bool | None = None,
 ) -> Page[CustomerReturnOut]:
     await check_branch(session, branch)
     _dates(date_from, date_to)
@@ -281,6 +285,8 @@ async def list_customer_returns(
         conditions.append(r.original_sale_id == original_sale_id)
     if original_till:
         conditions.append(r.original_till == original_till)
+    if late is not None:
+        conditions.append(r.late == late)
     rows = (
         await session.scalars(
             select(r)

@@ -35,6 +35,7 @@ class ReceiptQuery:
         date_to: date | None = None,
         fiscal_number: str | None = None,
         sku: str | None = None,
+        late: bool | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> None:
@@ -46,6 +47,7 @@ class ReceiptQuery:
         self.date_to = date_to
         self.fiscal_number = fiscal_number
         self.sku = sku
+        self.late = late
         self.limit = limit
         self.offset = offset
 
@@ -60,6 +62,8 @@ class ReceiptQuery:
             stmt = stmt.where(Receipt.local_date <= self.date_to)
         if self.fiscal_number:
             stmt = stmt.where(Receipt.fiscal_number == self.fiscal_number)
+        if self.late is not None:
+            stmt = stmt.where(Receipt.late == self.late)
         if self.sku:
             lines = select(ReceiptLineRow.receipt_id).where(ReceiptLineRow.sku == self.sku)
             # Lines carry their receipt's local day: only the months in range are read

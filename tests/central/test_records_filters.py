@@ -263,6 +263,62 @@ async def test_documents_filters(central: Any, central_client: Any) -> None:
     assert [d["document_id"] for d in last["items"]] == ["WO-1"]
 
 
+async def test_late_records_are_listed_by_the_late_filter(
+    central: Any, central_client: Any
+) -> None:
+    """After head office closed a day, the sales, customer returns and stock documents
+    filed into it later are listed by ``late=true``, the others by ``late=false``."""
+    await register_branch(central, "A1")
+    a1 = BranchBooks("A1")
+    a1.document("goods_receipt", [("MILK", 10_000, 100)], document_id="GR-1")
+    on_time = a1.sale([("MILK", 1_000, 199)])
+    returned = a1.customer_return("MILK", 1_000, 199, on_time.body.sale_id)  # type: ignore[union-attr]
+    await ingest(central, a1)
+    closed = await central_client.post(
+        "/api/v1/shifts/closed-days", json={"branch": "A1", "local_date": NOV27}
+    )
+    assert closed.status_code == 201, closed.text
+    # Held up in the outbox: filed into the closed 27th, they arrive afterwards.
+    late_sale = a1.sale([("MILK", 2_000, 199)])
+    late_return = a1.customer_return("MILK", 500, 199, late_sale.body.sale_id)  # type: ignore[union-attr]
+    a1.document("write_off", [("MILK", -1_000, None)], document_id="WO-LATE")
+    # The next day is open: not late.
+    next_day = amend(a1, a1.sale([("MILK", 1_000, 199)]), at(28, 10))
+    await ingest(central, a1)
+
+    async def listed(route: str, key: str, **params: Any) -> list[tuple[str, bool]]:
+        body = await page(central_client, route, **params)
+        assert body["total"] == len(body["items"])
+        return [(item[key], item["late"]) for item in body["items"]]
+
+    sale_ids = [e.body.sale_id for e in (on_time, late_sale, next_day)]  # type: ignore[union-attr]
+    assert await listed("/api/v1/receipts", "sale_id", late="true") == [(sale_ids[1], True)]
+    assert await listed("/api/v1/receipts", "sale_id", late="false") == [
+        (sale_ids[0], False),
+        (sale_ids[2], False),
+    ]
+    assert len(await listed("/api/v1/receipts", "sale_id")) == 3
+    assert await listed("/api/v1/receipts", "sale_id", late="true", date_from=NOV28) == []
+    assert await listed("/api/v1/receipts", "sale_id", late="true", branch="A1", sku="MILK") == [
+        (sale_ids[1], True)
+    ]
+
+    return_ids = [e.body.return_id for e in (returned, late_return)]  # type: ignore[union-attr]
+    route = "/api/v1/customer-returns"
+    assert await listed(route, "return_id", late="true") == [(return_ids[1], True)]
+    assert await listed(route, "return_id", late="false") == [(return_ids[0], False)]
+    assert len(await listed(route, "return_id")) == 2
+
+    route = "/api/v1/documents"
+    assert await listed(route, "document_id", late="true") == [("WO-LATE", True)]
+    assert await listed(route, "document_id", late="false") == [("GR-1", False)]
+    assert await listed(route, "document_id", late="true", doc_type="goods_receipt") == []
+
+    for route in ("/api/v1/receipts", "/api/v1/customer-returns", "/api/v1/documents"):
+        bad = problem(await central_client.get(route, params={"late": "maybe"}), 422)
+        assert [e["field"] for e in bad["errors"]] == ["late"]
+
+
 async def test_dead_letter_replay_stores_the_event_once_the_branch_exists(
     central: Any, central_client: Any
 ) -> None:

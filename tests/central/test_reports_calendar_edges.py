@@ -32,6 +32,9 @@ ROUTES: dict[str, list[str]] = {
     "sync-health": [""],
 }
 
+# Reports of now take no period (one given to them is refused, a 400): asked once each.
+NOW = ("stock-on-hand", "sync-health")
+
 PERIODS = [
     ("0001-01-01", "0001-01-01"),
     ("0001-01-01", "0001-01-31"),
@@ -51,13 +54,11 @@ async def test_every_report_answers_the_first_and_last_days_of_the_calendar(
     client = await client_as("analyst")
     failures = []
     for route, variants in ROUTES.items():
+        periods = [""] if route in NOW else [f"date_from={f}&date_to={t}" for f, t in PERIODS]
         for extra in variants:
-            for date_from, date_to in PERIODS:
+            for period in periods:
                 for fmt in ("", "&format=csv"):
-                    url = (
-                        f"/api/v1/reports/{route}?date_from={date_from}&date_to={date_to}"
-                        f"{extra}{fmt}"
-                    )
+                    url = f"/api/v1/reports/{route}?{period}{extra}{fmt}".replace("?&", "?")
                     response = await client.get(url)
                     if response.status_code != 200:
                         failures.append((url, response.status_code, response.text[:300]))

@@ -8,6 +8,7 @@ report, and the agent's records and events agree with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -268,3 +269,102 @@ async def test_sigkill_around_the_opening_float_deposits_it_once(
         agent.stop()
     # the second float on top of what the first shift left in the drawer
     assert sim.cash == Decimal("350.00")
+
+
+async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one_z(
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The paper runs out at the Z: the close says so and how to finish, the printer's
+    state and the shift show it. Paper loaded, the close is repeated and the agent is
+    SIGKILLed as the printer prints that Z. After the restart the till repeats the close
+    (the Z is read back from fiscal memory), then once more as if that answer had been
+    lost too: one Z, the shift closed once with the right totals, the same answer."""
+    sim = fiscal_printer.sim
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    killed = threading.Event()
+    close = f"{url}/api/v1/shifts/current/close"
+
+    def kill_as_printed(_sim: Any) -> None:
+        agent.kill_from_thread()
+        killed.set()
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            opened = await client.post(
+                f"{url}/api/v1/shifts", json={"opening_float": 10000}, headers=T1
+            )
+            assert opened.status_code == 201, opened.text
+            shift_id = opened.json()["shift_id"]
+            sale = {
+                "sale_id": "zp-1",
+                "lines": [{"sku": "COFFEE-250", "quantity": "2"}],
+                "payments": [{"type": "cash", "amount": 2000}],
+            }
+            sold = await client.post(f"{url}/api/v1/sales", json=sale, headers=T1)
+            assert sold.json()["status"] == "fiscalized", sold.text
+
+            sim.paper_end = True
+            failed = await client.post(close, json={}, headers=T1)
+            assert failed.status_code == 503, failed.text
+            assert "paper_end: paper end" in failed.json()["detail"]
+            assert "load paper and repeat the close" in failed.json()["detail"]
+            status = (await client.get(f"{url}/health/status")).json()
+            (fiscal,) = [d for d in status["devices"] if d["device"] == "fiscal"]
+            assert fiscal["state"] == "paper_end"
+            shown = (await client.get(f"{url}/api/v1/shifts/current", headers=T1)).json()
+            assert shown["closing"] is True
+            assert shown["close_error"] == failed.json()["detail"]
+            assert sim.reports == []
+
+            sim.paper_end = False
+            sim.at_command(CMD_REPORT, kill_as_printed, nth=1)
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(close, json={}, headers=T1)
+        assert killed.is_set()
+        agent.reap()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            closed = await post_until_answered(client, close, {})
+            assert closed.status_code == 200, closed.text
+            # its answer lost too: asked again, the same answer
+            again = await client.post(close, json={}, headers=T1)
+            assert again.status_code == 200, again.text
+            assert again.json() == closed.json()
+            read = await client.get(f"{url}/api/v1/shifts/{shift_id}", headers=T1)
+            assert read.json() == closed.json()
+    finally:
+        agent.stop()
+    assert sim.reports == [("Z", 1)]
+    z = closed.json()
+    assert z["z_report_number"] == 1
+    assert z["matches_fiscal"] is True
+    assert z["z_turnover_by_vat_group"] == {"A": sold.json()["total"]}
+    assert z["shift"]["shift_id"] == shift_id
+    assert z["shift"]["receipts_count"] == 1
+    assert z["shift"]["expected_cash"] == 10000 + sold.json()["total"]
+    assert (z["shift"]["closing"], z["shift"]["close_error"]) == (False, None)
+
+    engine = create_engine(tmp_path / "agent" / "agent.db")
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        async with sessionmaker() as session:
+            (shift,) = list(await session.scalars(select(Shift)))
+            events = [
+                decode_envelope(e.payload)
+                for e in await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq))
+            ]
+    finally:
+        await engine.dispose()
+    assert shift.closed_at is not None
+    assert (shift.z_status, shift.z_error) == ("done", None)
+    closings = [e.body for e in events if isinstance(e.body, ShiftClosed)]
+    assert len(closings) == 1
+    assert closings[0].z_report is not None
+    assert closings[0].z_report.report_number == 1
