@@ -513,7 +513,10 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
 
 
 def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Response[bytes]:
-    errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
+    if exc.fields:
+        errors = tuple(FieldError(field=name, message=text) for name, text in exc.fields)
+    else:
+        errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
     return _problem(exc.status, exc.title, exc.detail, request.url.path, errors)
 
 
