@@ -25,6 +25,7 @@ from branch_agent.catalog import find_former_products, find_products
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.errors import Conflict, NotFound, Rejected
+from branch_agent.masterdata import known_branches
 from branch_agent.models import (
     StockBalance,
     StockDocument,
@@ -501,6 +502,15 @@ class StockService:
                 raise Rejected(str(exc), field="counterpart_branch") from exc
             if doc.counterpart_branch == self._settings.branch:
                 raise Rejected("a transfer goes to another branch", field="counterpart_branch")
+            codes, listed_at = await known_branches(session)
+            if codes and doc.counterpart_branch not in codes:
+                when = f" of {listed_at:%Y-%m-%d %H:%M} UTC" if listed_at is not None else ""
+                raise Rejected(
+                    f"{doc.counterpart_branch} is not a branch of the chain (central's list"
+                    f"{when} has {len(codes)} branches): check the code; a branch registered"
+                    " at central since reaches this store with its next report to central",
+                    field="counterpart_branch",
+                )
         if doc.doc_type == "transfer_in" and doc.transfer_ref is None:
             raise Rejected(
                 "a transfer in names the sending branch's transfer out", field="transfer_ref"

@@ -1,17 +1,23 @@
 """What a store's stock documents are checked against before they are posted: a repeat
 of a document posted without an id, a transfer taken in twice, more stock leaving than
-the store has, blank texts, a stocktake posted again. Each refusal names what to do to
-post it anyway; sales are never refused for stock."""
+the store has, a transfer to a branch the chain does not have, blank texts, a stocktake
+posted again. Each refusal names what to do to post it anyway; sales are never refused
+for stock."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from branch_agent.masterdata import MasterDataApplier
+from branch_agent.masterdata_snapshot import SnapshotRequester
 from branch_agent.models import StockDocument
+from protocol import masterdata as md
 from tests.branch_agent.conftest import MANAGER, Store
 from tests.branch_agent.test_stock_documents import (
     balances_of,
@@ -238,6 +244,100 @@ async def test_two_write_offs_at_once_cannot_both_take_the_last_stock(store: Sto
     assert wrote_off.status_code in (201, 409), wrote_off.text
     expected = 0 if wrote_off.status_code == 409 else -2_000
     assert (await balances_of(store))["COFFEE-250"] == expected
+
+
+async def test_a_transfer_names_a_branch_of_the_chain(store: Store) -> None:
+    transfer = {
+        "doc_type": "transfer_out",
+        "lines": [{"sku": "MILK-1L", "quantity": "1"}],
+        "allow_negative": True,
+    }
+    # Central has not listed the chain's branches yet: not checked (central flags it).
+    assert (await post_doc(store, transfer | {"counterpart_branch": "B998"})).status_code == 201
+    applier = store.agent.masterdata
+    await applier.set_branches(("B1", "B2", "B3"))
+    before = await counts(store)
+    for body in (
+        transfer | {"counterpart_branch": "B999", "document_id": "TO-X"},
+        {
+            "doc_type": "transfer_in",
+            "counterpart_branch": "B999",
+            "transfer_ref": "TO-7",
+            "lines": [{"sku": "MILK-1L", "quantity": "1"}],
+        },
+    ):
+        detail = refused(await post_doc(store, body), 422, "counterpart_branch")
+        assert "B999 is not a branch of the chain" in detail, detail
+        assert "has 3 branches" in detail
+    assert await counts(store) == before
+    assert (await post_doc(store, transfer | {"counterpart_branch": "B2"})).status_code == 201
+
+    # Kept in the database (a restart with the link down still knows it), and reported
+    # to central by its digest, so central sends the list again only when it changed.
+    with closing(sqlite3.connect(store.agent.settings.database_path)) as db:
+        assert db.execute("SELECT code FROM md_branches ORDER BY code").fetchall() == [
+            ("B1",),
+            ("B2",),
+            ("B3",),
+        ]
+    reloaded = MasterDataApplier(store.agent.sessionmaker, asyncio.Lock())
+    await reloaded.load()
+    assert reloaded.branches_digest == md.branch_list_digest(["B3", "B2", "B1"])
+    assert applier.requester is not None
+    assert applier.requester._request().branches_digest == reloaded.branches_digest
+
+
+class _Answer:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _Central:
+    """A NATS client whose position reports central answers with ``reply``."""
+
+    def __init__(self, reply: md.SnapshotReply) -> None:
+        self.reply = reply
+        self.reports: list[Any] = []
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> _Answer:
+        self.reports.append(md.decode_snapshot_request(data))
+        return _Answer(md.encode_snapshot_rpc(self.reply))
+
+
+async def test_the_branch_list_comes_with_the_answer_to_the_position_report(
+    store: Store,
+) -> None:
+    applier = store.agent.masterdata
+    requester = SnapshotRequester("B1", applier)
+    central = _Central(md.SnapshotReply(action="none", branches=("B2", "B1")))
+    await requester.check(central)  # type: ignore[arg-type]
+    assert central.reports[-1].branches_digest == ""
+    assert applier.branches_digest == md.branch_list_digest(["B1", "B2"])
+    # Unchanged (central sends none): kept as it is.
+    central.reply = md.SnapshotReply(action="none")
+    await requester.check(central)  # type: ignore[arg-type]
+    assert central.reports[-1].branches_digest == md.branch_list_digest(["B1", "B2"])
+    refused(
+        await post_doc(
+            store,
+            {
+                "doc_type": "transfer_in",
+                "counterpart_branch": "B5",
+                "transfer_ref": "TO-1",
+                "lines": [{"sku": "MILK-1L", "quantity": "1"}],
+            },
+        ),
+        422,
+        "counterpart_branch",
+    )
+    # A new list replaces it whole.
+    central.reply = md.SnapshotReply(action="none", branches=("B1", "B5"))
+    await requester.check(central)  # type: ignore[arg-type]
+    with closing(sqlite3.connect(store.agent.settings.database_path)) as db:
+        assert db.execute("SELECT code FROM md_branches ORDER BY code").fetchall() == [
+            ("B1",),
+            ("B5",),
+        ]
 
 
 async def test_blank_texts_are_refused_naming_the_field(store: Store) -> None:

@@ -1,6 +1,8 @@
 """Stock document checks: ``stock_documents.auto_id`` (posted without an id of the
 caller's: a repeat of one within minutes is refused), indexes on ``transfer_ref`` (a
-second receipt of a transfer is refused) and ``posted_at``.
+second receipt of a transfer is refused) and ``posted_at``; ``md_branches``, the
+chain's branch codes as central last listed them (a transfer to a code that is none of
+them is refused).
 
 Documents posted before this release count as posted with an id (``auto_id`` false):
 a repeat of one of them is not recognised.
@@ -28,9 +30,15 @@ def upgrade() -> None:
         )
         batch.create_index(op.f("ix_stock_documents_transfer_ref"), ["transfer_ref"])
         batch.create_index(op.f("ix_stock_documents_posted_at"), ["posted_at"])
+    op.create_table(
+        "md_branches",
+        sa.Column("code", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("code", name=op.f("pk_md_branches")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("md_branches")
     with op.batch_alter_table("stock_documents") as batch:
         batch.drop_index(op.f("ix_stock_documents_posted_at"))
         batch.drop_index(op.f("ix_stock_documents_transfer_ref"))
