@@ -570,7 +570,10 @@ def _on_query_refused(request: Request[Any, Any, Any], exc: QueryRefused) -> Res
 
 
 def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Response[bytes]:
-    errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
+    if exc.fields:
+        errors = tuple(FieldError(field=name, message=text) for name, text in exc.fields)
+    else:
+        errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
     return _problem(exc.status, exc.title, exc.detail, request.url.path, errors)
 
 

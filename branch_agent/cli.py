@@ -19,6 +19,7 @@ from protocol.config import SettingsError, unknown_env_settings
 __all__ = ["main"]
 
 _DOC_TYPES = ("goods_receipt", "write_off", "transfer_out", "transfer_in", "supplier_return")
+_TAKES_OUT = ("write_off", "transfer_out", "supplier_return")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,12 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument(
             "lines", nargs="+", help="SKU=QUANTITY or SKU=QUANTITY@UNIT_COST (cost in cents)"
         )
-        one.add_argument("--id", dest="document_id", default=None, help="document id (idempotent)")
+        one.add_argument(
+            "--id",
+            dest="document_id",
+            default=None,
+            help="document id, e.g. the delivery note's number: running the command again"
+            " (a retry) gives the original",
+        )
         one.add_argument("--supplier")
         one.add_argument("--branch", dest="counterpart_branch", help="the other branch")
         one.add_argument("--ref", dest="transfer_ref", help="the sending branch's transfer out")
         one.add_argument("--reason")
         one.add_argument("--author", default="")
+        one.add_argument(
+            "--again",
+            action="store_true",
+            help="post it although it repeats a document posted minutes ago without --id"
+            + (", or a transfer already taken in" if doc_type == "transfer_in" else ""),
+        )
+        if doc_type in _TAKES_OUT:
+            one.add_argument(
+                "--allow-negative",
+                action="store_true",
+                help="take out more than the stock on hand (the books are wrong)",
+            )
     take = stock_sub.add_parser("stocktake", help="open, count, post a stocktake")
     take_sub = take.add_subparsers(dest="stocktake_command", required=True)
     opened = take_sub.add_parser("open")
@@ -184,9 +203,12 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
             "lines": _lines(args.lines, "quantity"),
         }
         for key in ("document_id", "supplier", "counterpart_branch", "transfer_ref", "reason"):
-            if getattr(args, key):
+            if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
         body["author"] = args.author
+        for flag in ("again", "allow_negative"):
+            if getattr(args, flag, False):
+                body[flag] = True
     params: list[tuple[str, str | int | float | bool | None]] = [
         ("sku", s) for s in getattr(args, "sku", [])
     ]

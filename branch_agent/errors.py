@@ -17,10 +17,18 @@ class AgentError(Exception):
     status = 400
     title = "Bad request"
 
-    def __init__(self, detail: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        fields: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        # Several fields at fault, each with its own message (``field`` is the first).
+        self.fields = fields
 
 
 class Rejected(AgentError):

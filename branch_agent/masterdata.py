@@ -50,6 +50,7 @@ from branch_agent.downstream import DownMessage, DownstreamReader
 from branch_agent.masterdata_models import (
     FormerProduct,
     MdBarcode,
+    MdBranch,
     MdProduct,
     MdPromotion,
     MdState,
@@ -69,6 +70,7 @@ from protocol.masterdata import (
     SnapshotMark,
     SnapshotPart,
     VersionMark,
+    branch_list_digest,
     bucket_key,
     decode_masterdata,
     encode_masterdata,
@@ -83,11 +85,13 @@ if TYPE_CHECKING:
 __all__ = [
     "APPLIED_AT_MS",
     "APPLIED_VERSION",
+    "BRANCHES_AT_MS",
     "LAST_STREAM_SEQ",
     "MasterDataApplier",
     "MasterDataStats",
     "SnapshotState",
     "from_epoch_ms",
+    "known_branches",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,8 @@ APPLIED_VERSION = "applied_version"
 # "last sync" from central, shown by ``status`` running or not.
 APPLIED_AT_MS = "applied_at_ms"
 LAST_STREAM_SEQ = "last_stream_seq"
+# When central last sent the chain's branch list (``md_branches``; UTC, epoch ms).
+BRANCHES_AT_MS = "branches_at_ms"
 SNAPSHOT_PENDING = "snapshot_pending"
 SNAPSHOT_INCOMPLETE = "snapshot_incomplete"
 _VERSION_SUBJECT = down_subject("all", None, KIND_VERSION, VERSION_KEY)
@@ -165,6 +171,8 @@ class MasterDataApplier:
         self._on_snapshot_end: Callable[[], None] | None = None
         # When messages numbered below the position last made us report (monotonic).
         self._below_reported_at: float | None = None
+        # branch_list_digest of md_branches ("": no list yet), reported to central.
+        self.branches_digest = ""
         set_local_timezone(timezone)
 
     def register(self, reader: DownstreamReader) -> None:
@@ -189,6 +197,8 @@ class MasterDataApplier:
         """The applied version and snapshot state kept in the database (after a restart)."""
         async with self._sessionmaker() as session:
             values = dict((await session.execute(select(MdState.name, MdState.value))).all())
+            codes = list(await session.scalars(select(MdBranch.code)))
+        self.branches_digest = branch_list_digest(codes) if codes else ""
         self.applied_version = int(values.get(APPLIED_VERSION) or 0)
         self.applied_at = from_epoch_ms(values.get(APPLIED_AT_MS))
         snap = SnapshotState(last_stream_seq=int(values.get(LAST_STREAM_SEQ) or 0))
@@ -210,6 +220,18 @@ class MasterDataApplier:
         async with self._write_lock, engine.begin() as conn:
             await _set_state(conn, LAST_STREAM_SEQ, stream_seq, keep_max=True)
         self.snapshot.last_stream_seq = max(self.snapshot.last_stream_seq, stream_seq)
+
+    async def set_branches(self, codes: tuple[str, ...]) -> None:
+        """Central's list of the chain's branch codes (its answer to the position
+        report): kept whole in ``md_branches``, replacing the one before."""
+        engine = self._sessionmaker.kw["bind"]
+        async with self._write_lock, engine.begin() as conn:
+            await conn.execute(delete(MdBranch))
+            if codes:
+                await conn.execute(insert(MdBranch), [{"code": code} for code in set(codes)])
+            await _set_state(conn, BRANCHES_AT_MS, int(time.time() * 1000), keep_max=False)
+        self.branches_digest = branch_list_digest(codes) if codes else ""
+        log.info("central listed %d branches of the chain", len(set(codes)))
 
     async def set_pending_snapshot(self, snapshot_id: int) -> None:
         """Central promised snapshot ``snapshot_id``: the applied version is held until
@@ -537,6 +559,15 @@ async def _drop_unrefreshed(conn: AsyncConnection, begin_seq: int) -> None:
         "DELETE FROM md_applied_keys WHERE stream_seq < ? AND subject != ?",
         (begin_seq, _VERSION_SUBJECT),
     )
+
+
+async def known_branches(session: AsyncSession) -> tuple[set[str], datetime | None]:
+    """The chain's branch codes as central last listed them, and when it did (an empty
+    set: no list yet, e.g. a new database before central answered, or a central from
+    before the list)."""
+    codes = set(await session.scalars(select(MdBranch.code)))
+    at = await session.scalar(select(MdState.value).where(MdState.name == BRANCHES_AT_MS))
+    return codes, from_epoch_ms(at)
 
 
 def from_epoch_ms(value: int | None) -> datetime | None:

@@ -19,6 +19,7 @@ __all__ = [
     "FormerProduct",
     "MdAppliedKey",
     "MdBarcode",
+    "MdBranch",
     "MdPrice",
     "MdPriceBucket",
     "MdProduct",
@@ -133,6 +134,18 @@ class MdState(AgentBase):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MdBranch(AgentBase):
+    """The code of every branch central has registered, as its last answer to the
+    position report listed them (``SnapshotReply.branches``; replaced whole each time
+    central sends it). Empty until central has sent a list: a transfer's other branch is
+    then not checked. A transfer naming a code not in it is refused at the store, as
+    central would flag it ``unknown_branch``."""
+
+    __tablename__ = "md_branches"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
 class FormerProduct(AgentBase):

@@ -12,7 +12,9 @@ down-stream reader fetches anything, so a lost database never reports a version 
 does not hold. Requests are idempotent: asking again while a snapshot is queued or
 still being delivered returns the same one.
 
-Each answer also carries central's clock: the agent measures its own against it (the
+Each answer also carries, when it changed, the list of the chain's branch codes (kept
+in ``md_branches``: the stock documents refuse a transfer to any other code), and
+central's clock: the agent measures its own against it (the
 middle of the round trip against the middle of central's handling, as NTP does,
 within half the round trip) and warns when the store server's clock is off by more
 than ``CLOCK_WARN_S``: sales are dated, and put in days, by it.
@@ -158,6 +160,7 @@ class SnapshotRequester:
             pending_snapshot=snap.pending,
             incomplete_snapshot=incomplete,
             completed_snapshot=snap.completed if snap.completed > self._reported_completed else 0,
+            branches_digest=self.applier.branches_digest,
             **(self.numbering.report() if self.numbering is not None else {}),
         )
 
@@ -178,6 +181,10 @@ class SnapshotRequester:
             self._central_timezone(reply.branch_timezone)
         if reply.error:
             raise RuntimeError(f"central refused the position report: {reply.error}")
+        if reply.branches is not None:
+            # The chain's branches (changed since the list the agent reported, or its
+            # first): a transfer to a code that is none of them is refused at the store.
+            await self.applier.set_branches(reply.branches)
         self._reported_completed = max(self._reported_completed, request.completed_snapshot)
         if request.incomplete_snapshot == self._lost_snapshot:
             self._lost_snapshot = 0

@@ -293,11 +293,16 @@ class StockDocument(AgentBase):
     status: Mapped[str] = mapped_column(String(16), default="posted")
     supplier: Mapped[str | None] = mapped_column(String(64), default=None)
     counterpart_branch: Mapped[str | None] = mapped_column(String(32), default=None)
-    transfer_ref: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Indexed: a transfer in looks for an earlier receipt of the same transfer.
+    transfer_ref: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     reason: Mapped[str | None] = mapped_column(String(200), default=None)
     author: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    posted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Indexed: a document posted without an id is compared with those of the last minutes.
+    posted_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # Posted without an id of the caller's: the agent made ``document_id`` up (a uuid).
+    # False for documents posted before agent migration a1902.
+    auto_id: Mapped[bool] = mapped_column(default=False)
     # protocol StockDocumentLine list as JSON, once posted
     lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 

@@ -10,9 +10,10 @@ goes up to central as one ``StockDocumentPosted`` event in that transaction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
@@ -24,6 +25,7 @@ from branch_agent.catalog import find_former_products, find_products
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.errors import Conflict, NotFound, Rejected
+from branch_agent.masterdata import known_branches
 from branch_agent.models import (
     StockBalance,
     StockDocument,
@@ -46,6 +48,7 @@ from protocol.subjects import validate_branch_code
 from protocol.units import format_milli, parse_milli
 
 __all__ = [
+    "REPEAT_WINDOW",
     "CountSheetIn",
     "StockDocumentIn",
     "StockDocumentOut",
@@ -54,6 +57,8 @@ __all__ = [
     "balances",
     "rebuild_balances",
 ]
+
+log = logging.getLogger(__name__)
 
 DocType = Literal["goods_receipt", "write_off", "transfer_out", "transfer_in", "supplier_return"]
 # Which way each document moves stock (stocktakes are signed per line).
@@ -72,6 +77,18 @@ _NO_UNIT_COST = {
     "transfer_out": "central values a transfer out at the moving average cost",
     "transfer_in": "central values a transfer in at the cost the sending branch sent it at",
 }
+# How a document type is named to people.
+_WORDS = {
+    "goods_receipt": "goods receipt",
+    "write_off": "write-off",
+    "transfer_out": "transfer out",
+    "transfer_in": "transfer in",
+    "supplier_return": "supplier return",
+}
+# A document posted without an id that has the content of one posted without an id
+# this recently is taken for a repeat of it (a command run again after a timeout) and
+# refused, unless posted with ``again``.
+REPEAT_WINDOW = timedelta(minutes=10)
 _PREFIX = {
     "goods_receipt": "GR",
     "write_off": "WO",
@@ -94,15 +111,25 @@ class StockLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class StockDocumentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    # The caller's id of the document: posting it again returns the original.
+    # The caller's id of the document: posting it again returns the original. Without
+    # one the agent makes one up, and a repeat of the content within REPEAT_WINDOW is
+    # refused (409) unless ``again``.
     document_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
     doc_type: DocType
     lines: Annotated[list[StockLineIn], msgspec.Meta(min_length=1, max_length=2000)]
+    # Texts are taken stripped of surrounding blanks; one of blanks only is none.
     supplier: Text200 | None = None
     counterpart_branch: Code32 | None = None
     transfer_ref: Code64 | None = None
     reason: ReasonText | None = None
     author: Text64 = ""
+    # Post it although it looks like one posted before: the same content as a document
+    # posted without an id minutes ago, or a transfer in of a transfer this branch has
+    # taken in already. Not part of the document (a retry with or without it is one).
+    again: bool = False
+    # Take out more than the branch's stock on hand of a product (a write-off, supplier
+    # return or transfer out; the books are wrong). Not part of the document either.
+    allow_negative: bool = False
 
 
 class CountLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -291,19 +318,43 @@ async def _weighed(
     return found
 
 
-def _difference(existing: StockDocument, doc: StockDocumentIn, reason: str | None) -> str | None:
-    """What differs between a posted document and a new post of its id (None: a retry)."""
+def _text(value: str | None) -> str | None:
+    """A text as the agent keeps it: stripped of surrounding blanks, None when nothing
+    is left (stored before texts were stripped, a stored one is compared so too)."""
+    return (value or "").strip() or None
+
+
+def _normalized(doc: StockDocumentIn) -> StockDocumentIn:
+    """The document with its texts stripped: " DAIRY " is DAIRY, blanks are none (a
+    required one is then refused, naming it). Ids are taken as given."""
+    if doc.document_id is not None and not doc.document_id.strip():
+        raise Rejected("a document id of blanks only", field="document_id")
+    return msgspec.structs.replace(
+        doc,
+        supplier=_text(doc.supplier),
+        counterpart_branch=_text(doc.counterpart_branch),
+        transfer_ref=_text(doc.transfer_ref),
+        reason=_text(doc.reason),
+        author=_text(doc.author) or "",
+    )
+
+
+def _difference(
+    existing: StockDocument, doc: StockDocumentIn, *, author: bool = True
+) -> str | None:
+    """What differs between a posted document and a post of the (normalized) document
+    ``doc`` (None: the same document); ``author=False`` leaves who posted it out."""
     transfer_ref = doc.transfer_ref
     if doc.doc_type == "transfer_out" and transfer_ref is None:
         transfer_ref = existing.document_id
-    header = (
-        ("supplier", existing.supplier, doc.supplier),
-        ("counterpart_branch", existing.counterpart_branch, doc.counterpart_branch),
-        ("transfer_ref", existing.transfer_ref, transfer_ref),
-        # Stored before blanks were stripped, a reason is compared stripped too.
-        ("reason", (existing.reason or "").strip() or None, reason),
-        ("author", existing.author, doc.author),
-    )
+    header = [
+        ("supplier", _text(existing.supplier), doc.supplier),
+        ("counterpart_branch", _text(existing.counterpart_branch), doc.counterpart_branch),
+        ("transfer_ref", _text(existing.transfer_ref), transfer_ref),
+        ("reason", _text(existing.reason), doc.reason),
+    ]
+    if author:
+        header.append(("author", _text(existing.author) or "", doc.author))
     for name, before, now in header:
         if before != now:
             return f"{name} {before!r}, now {now!r}"
@@ -319,6 +370,24 @@ def _difference(existing: StockDocument, doc: StockDocumentIn, reason: str | Non
     if stored != posted:
         return "the lines"
     return None
+
+
+def _amount(quantity_milli: int) -> str:
+    """A quantity as people write it: 6, 0.5, -44."""
+    text = format_milli(quantity_milli)
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _ago(then: datetime | None, now: datetime) -> str:
+    if then is None:
+        return "earlier"
+    seconds = max(0, round((now - then).total_seconds()))
+    return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
+
+
+def _named(row: StockDocument) -> str:
+    """An earlier document as a refusal names it: its number and its id."""
+    return f"{row.number} (document_id {row.document_id})"
 
 
 class StockService:
@@ -337,18 +406,28 @@ class StockService:
 
         A ``document_id`` posted before gets the original back when the content is the
         same (a retry), and a 409 naming ``document_id`` when it is not: a second,
-        different document under the same id is never taken for the first."""
+        different document under the same id is never taken for the first.
+
+        Refused with a 409, nothing recorded, unless the document says to post it
+        anyway: a document without an id whose content is that of one posted without an
+        id within ``REPEAT_WINDOW`` (``again``), a transfer in of a transfer this branch
+        has taken in already (``again``), and a write-off, supplier return or transfer
+        out of more than the stock on hand of a product (``allow_negative``). Checked
+        under the agent's write lock, in the transaction that posts the document: two
+        documents at once see each other (sales too, which are never refused).
+        """
+        doc = _normalized(doc)
+        given = doc.document_id is not None
         document_id = doc.document_id or str(uuid.uuid4())
-        reason = (doc.reason or "").strip() or None
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            existing = await session.get(StockDocument, document_id)
+            existing = await session.get(StockDocument, document_id) if given else None
             if existing is not None:
                 if existing.doc_type != doc.doc_type:
                     raise Conflict(
                         f"document {document_id} exists as a {existing.doc_type}",
                         field="document_id",
                     )
-                difference = _difference(existing, doc, reason)
+                difference = _difference(existing, doc)
                 if difference is not None:
                     raise Conflict(
                         f"document {document_id} was posted with other content ({difference}):"
@@ -356,8 +435,14 @@ class StockService:
                         field="document_id",
                     )
                 return _out(existing), False
-            self._check_header(doc, reason)
+            await self._check_header(session, doc)
             sign = _DIRECTION[doc.doc_type]
+            if doc.allow_negative and sign > 0:
+                raise Rejected(
+                    f"a {_WORDS[doc.doc_type]} brings stock in: allow_negative is for a "
+                    "write-off, supplier return or transfer out",
+                    field="allow_negative",
+                )
             lines: list[StockDocumentLine] = []
             seen: set[str] = set()
             now = datetime.now(UTC)
@@ -384,14 +469,32 @@ class StockService:
                         sku=line.sku, quantity_milli=sign * quantity, unit_cost=line.unit_cost
                     )
                 )
-            row = await self._post(session, document_id, doc.doc_type, doc, lines, now, reason)
+            if doc.doc_type == "transfer_in" and not doc.again:
+                await self._check_not_received(session, doc)
+            if not given and not doc.again:
+                await self._check_not_repeated(session, doc, now)
+            if sign < 0 and not doc.allow_negative:
+                await self._check_on_hand(session, doc, lines)
+            if doc.again or doc.allow_negative:
+                log.warning(
+                    "%s %s posted with%s%s by %r",
+                    _WORDS[doc.doc_type],
+                    document_id,
+                    " again" if doc.again else "",
+                    " allow_negative" if doc.allow_negative else "",
+                    doc.author,
+                )
+            row = await self._post(
+                session, document_id, doc.doc_type, doc, lines, now, auto_id=not given
+            )
             return _out(row), True
 
-    def _check_header(self, doc: StockDocumentIn, reason: str | None) -> None:
-        if doc.doc_type in ("goods_receipt", "supplier_return") and not doc.supplier:
-            raise Rejected(f"a {doc.doc_type} needs the supplier", field="supplier")
+    async def _check_header(self, session: AsyncSession, doc: StockDocumentIn) -> None:
+        words = _WORDS[doc.doc_type]
+        if doc.doc_type in ("goods_receipt", "supplier_return") and doc.supplier is None:
+            raise Rejected(f"a {words} needs the supplier", field="supplier")
         if doc.doc_type in ("transfer_out", "transfer_in"):
-            if not doc.counterpart_branch:
+            if doc.counterpart_branch is None:
                 raise Rejected("a transfer needs the other branch", field="counterpart_branch")
             try:
                 validate_branch_code(doc.counterpart_branch)
@@ -399,12 +502,98 @@ class StockService:
                 raise Rejected(str(exc), field="counterpart_branch") from exc
             if doc.counterpart_branch == self._settings.branch:
                 raise Rejected("a transfer goes to another branch", field="counterpart_branch")
-        if doc.doc_type == "transfer_in" and not doc.transfer_ref:
+            codes, listed_at = await known_branches(session)
+            if codes and doc.counterpart_branch not in codes:
+                when = f" of {listed_at:%Y-%m-%d %H:%M} UTC" if listed_at is not None else ""
+                raise Rejected(
+                    f"{doc.counterpart_branch} is not a branch of the chain (central's list"
+                    f"{when} has {len(codes)} branches): check the code; a branch registered"
+                    " at central since reaches this store with its next report to central",
+                    field="counterpart_branch",
+                )
+        if doc.doc_type == "transfer_in" and doc.transfer_ref is None:
             raise Rejected(
                 "a transfer in names the sending branch's transfer out", field="transfer_ref"
             )
-        if doc.doc_type == "write_off" and reason is None:
+        if doc.doc_type == "write_off" and doc.reason is None:
             raise Rejected("a write-off needs a reason", field="reason")
+
+    async def _check_not_received(self, session: AsyncSession, doc: StockDocumentIn) -> None:
+        """A transfer is taken in once: a second transfer in of the same transfer (the
+        sending branch and its transfer out) is a 409 naming the first."""
+        earlier = await session.scalar(
+            select(StockDocument)
+            .where(
+                StockDocument.transfer_ref == doc.transfer_ref,
+                StockDocument.doc_type == "transfer_in",
+                StockDocument.counterpart_branch == doc.counterpart_branch,
+            )
+            .order_by(StockDocument.posted_at)
+            .limit(1)
+        )
+        if earlier is None:
+            return
+        raise Conflict(
+            f"transfer {doc.transfer_ref} from {doc.counterpart_branch} was taken in already"
+            f" by {_named(earlier)}: nothing recorded (posting that document again under"
+            " its own id gives it back). If more goods of this transfer arrived later, post"
+            " them with again: true (CLI --again): central keeps the first receipt as the"
+            " transfer's and lists this one as received_twice, its stock counted",
+            field="transfer_ref",
+        )
+
+    async def _check_not_repeated(
+        self, session: AsyncSession, doc: StockDocumentIn, now: datetime
+    ) -> None:
+        """A document without an id with the content (type, lines, supplier, other
+        branch, transfer reference, reason; not the author) of one posted without an id
+        within REPEAT_WINDOW is taken for a repeat of it: a 409 naming it."""
+        recent = await session.scalars(
+            select(StockDocument)
+            .where(
+                StockDocument.posted_at >= now - REPEAT_WINDOW,
+                StockDocument.doc_type == doc.doc_type,
+                StockDocument.auto_id.is_(True),
+            )
+            .order_by(StockDocument.posted_at.desc())
+        )
+        for row in recent:
+            if _difference(row, doc, author=False) is None:
+                raise Conflict(
+                    f"the same {_WORDS[doc.doc_type]} was posted {_ago(row.posted_at, now)}"
+                    f" without an id: {_named(row)}, recorded, its stock moved. Nothing was"
+                    " recorded now. If this is another one, not a repeat, post it with its"
+                    " own document_id (CLI --id, e.g. the delivery note's number) or with"
+                    " again: true (CLI --again)",
+                    field="document_id",
+                )
+
+    async def _check_on_hand(
+        self, session: AsyncSession, doc: StockDocumentIn, lines: list[StockDocumentLine]
+    ) -> None:
+        """No more may leave than the branch has on hand of each product: a 409 naming
+        each line that asks for more."""
+        on_hand = await balances(session, [line.sku for line in lines])
+        short = [
+            (
+                f"lines[{index}].quantity",
+                f"{line.sku}: {_amount(on_hand.get(line.sku, 0))} on hand, "
+                f"{_amount(-line.quantity_milli)} to take out",
+            )
+            for index, line in enumerate(lines)
+            if -line.quantity_milli > on_hand.get(line.sku, 0)
+        ]
+        if not short:
+            return
+        raise Conflict(
+            f"more than the stock on hand in this {_WORDS[doc.doc_type]}: "
+            + "; ".join(text for _, text in short)
+            + ". Nothing was recorded. If the books are wrong (the goods are there), post it"
+            " with allow_negative: true (CLI --allow-negative), or count the product in a"
+            " stocktake first",
+            field=short[0][0],
+            fields=tuple(short),
+        )
 
     @staticmethod
     def _quantity(weighed: dict[str, bool | str], sku: str, text: str, field: str) -> int:
@@ -430,7 +619,8 @@ class StockService:
         doc: StockDocumentIn | None,
         lines: list[StockDocumentLine],
         now: datetime,
-        reason: str | None = None,
+        *,
+        auto_id: bool = False,
         row: StockDocument | None = None,
     ) -> StockDocument:
         if row is None:
@@ -445,9 +635,10 @@ class StockService:
                 # An outbound transfer is its own reference: the receiving branch quotes it.
                 transfer_ref=doc.transfer_ref
                 or (document_id if doc_type == "transfer_out" else None),
-                reason=reason,
+                reason=doc.reason,
                 author=doc.author,
                 created_at=now,
+                auto_id=auto_id,
             )
             session.add(row)
         row.status = "posted"
@@ -491,6 +682,9 @@ class StockService:
     async def open_stocktake(
         self, document_id: str | None, author: str, reason: str | None
     ) -> StockDocumentOut:
+        if document_id is not None and not document_id.strip():
+            raise Rejected("a document id of blanks only", field="document_id")
+        author, reason = _text(author) or "", _text(reason)
         document_id = document_id or str(uuid.uuid4())
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             existing = await session.get(StockDocument, document_id)
@@ -513,12 +707,10 @@ class StockService:
             await session.flush()
             return _out(row)
 
-    async def _draft(self, session: AsyncSession, document_id: str) -> StockDocument:
+    async def _stocktake(self, session: AsyncSession, document_id: str) -> StockDocument:
         row = await session.get(StockDocument, document_id)
         if row is None or row.doc_type != "stocktake":
             raise NotFound(f"no stocktake {document_id}")
-        if row.status != "draft":
-            raise Conflict(f"stocktake {document_id} is already posted")
         return row
 
     async def add_count_sheet(self, document_id: str, sheet: CountSheetIn) -> int:
@@ -527,8 +719,12 @@ class StockService:
         Each line keeps the product's book quantity of this moment, read in the same
         transaction under the write lock: what the count is compared with at posting.
         """
+        if not sheet.sheet.strip():
+            raise Rejected("a count sheet name of blanks only", field="sheet")
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            await self._draft(session, document_id)
+            row = await self._stocktake(session, document_id)
+            if row.status != "draft":
+                return await self._posted_sheet(session, row, sheet)
             now = datetime.now(UTC)
             counts: dict[str, int] = {}
             weighed = await _weighed(
@@ -572,6 +768,32 @@ class StockService:
             )
             return len(counts)
 
+    async def _posted_sheet(
+        self, session: AsyncSession, row: StockDocument, sheet: CountSheetIn
+    ) -> int:
+        """A count sheet sent to a posted stocktake: the sheet it recorded sent again
+        (a retry) is answered as then, nothing changed; any other is a 409."""
+        recorded = dict(
+            (
+                await session.execute(
+                    select(StocktakeCount.sku, StocktakeCount.counted_milli).where(
+                        StocktakeCount.document_id == row.document_id,
+                        StocktakeCount.sheet == sheet.sheet,
+                    )
+                )
+            ).all()
+        )
+        sent: dict[str, int] = {}
+        for line in sheet.lines:
+            sent[line.sku] = sent.get(line.sku, 0) + parse_milli(line.counted)
+        if recorded and sent == recorded:
+            return len(recorded)
+        raise Conflict(
+            f"stocktake {row.document_id} is already posted ({row.number}): its count sheets"
+            " cannot change; count again in a new stocktake",
+            field="sheet",
+        )
+
     async def post_stocktake(self, document_id: str) -> StockDocumentOut:
         """Book the differences between counted and booked stock, as of counting.
 
@@ -588,9 +810,15 @@ class StockService:
         Products on no sheet are not part of the stocktake: their stock is kept as it
         is (a partial stocktake counts what it counts; count a product as 0 to book it
         empty).
+
+        A stocktake posted before is answered as it was posted, nothing booked again
+        (a retry whose first answer was lost).
         """
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            row = await self._draft(session, document_id)
+            row = await self._stocktake(session, document_id)
+            if row.status != "draft":
+                # Posted before (its answer lost?): the posted stocktake, nothing booked.
+                return _out(row)
             count_rows = await session.execute(
                 select(StocktakeCount.sku, StocktakeCount.counted_milli, StocktakeCount.book_milli)
                 .where(StocktakeCount.document_id == document_id)

@@ -1,4 +1,5 @@
-"""What crosses the wire between branch agents and central. Pure: no I/O."""
+"""What crosses the wire between branch agents and central. Pure: no I/O, but for
+``protocol.nats_link`` (the NATS connect both sides share)."""
 
 from protocol.codec import (
     WireDecodeError,

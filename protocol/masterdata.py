@@ -36,7 +36,9 @@ does not decode, and the agent counts it as rejected instead of applying it.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
@@ -74,6 +76,7 @@ __all__ = [
     "SnapshotValue",
     "VersionMark",
     "barcode_kind",
+    "branch_list_digest",
     "bucket_key",
     "bucket_of",
     "decode_masterdata",
@@ -321,6 +324,9 @@ class SnapshotRequest(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="s
     # The server the agent runs on (host name and boot id), with either question: the
     # same database running on two servers at once (a cloned disk) is refused.
     agent_server: Code64 = ""
+    # ``branch_list_digest`` of the chain's branch codes the agent holds ("": none):
+    # central sends the list in its answer only when its own differs.
+    branches_digest: Code64 = ""
 
 
 class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="snapshot_reply"):
@@ -344,6 +350,17 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     # Central's record of the branch's time zone (IANA name; "": a central from
     # before): the agent shows it beside its own when they differ.
     branch_timezone: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    # Every branch code central has registered (the counterparts a transfer may name
+    # without central flagging ``unknown_branch``), sorted; sent when the report's
+    # ``branches_digest`` is not this list's. None: unchanged, or a central from before.
+    branches: tuple[Code32, ...] | None = None
+
+
+def branch_list_digest(codes: Iterable[str]) -> str:
+    """A short fingerprint of a set of branch codes (order and repeats do not matter):
+    what an agent reports so that central sends the chain's list only when it changed."""
+    joined = "\n".join(sorted(set(codes)))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
 _request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)

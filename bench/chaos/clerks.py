@@ -79,6 +79,7 @@ class Clerk:
             while not stop.is_set():
                 way = self.rng.random()
                 doc_id = f"{self.branch}-{uuid.uuid4().hex[:20]}"
+                body: dict[str, Any]
                 if way < 0.4:
                     body = {
                         "document_id": doc_id,
@@ -95,18 +96,22 @@ class Clerk:
                         "reason": self.rng.choice(["damaged", "expired", "theft"]),
                         "lines": self._lines(cost=False),
                         "author": "clerk",
+                        # Random quantities, not the store's stock: the agent would
+                        # refuse one beyond the stock on hand (409) without the flag.
+                        "allow_negative": True,
                     }
                     await self._post(client, self.branch, body, hard_stop)
                 else:
                     peer = self.rng.choice(sorted(self.peers))
                     lines = self._lines(cost=False)
-                    out = {
+                    out: dict[str, Any] = {
                         "document_id": doc_id,
                         "doc_type": "transfer_out",
                         "counterpart_branch": peer,
                         "transfer_ref": doc_id,
                         "lines": lines,
                         "author": "clerk",
+                        "allow_negative": True,
                     }
                     if await self._post(client, self.branch, out, hard_stop):
                         incoming = {

@@ -21,6 +21,10 @@ publisher builds it from the database and publishes it in order with every other
 change: the branch's consumer delivers it after what it already had pending, and
 every change after it follows it, so nothing made during the snapshot is missed.
 
+Every answer that is not an error also carries the codes of the chain's branches when
+the agent's copy differs from them (``branches``, sent against the report's
+``branches_digest``): the agent refuses a transfer to a code that is none of them.
+
 The same report carries the agent database's numbering question (a new database:
 where its event numbers start; a numbered one, at each start: whether it went back in
 time): ``central.services.sync_state`` answers it, in ``event_seq_start``.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +43,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.models import Branch
@@ -58,6 +64,7 @@ from protocol.masterdata import (
     SNAPSHOT_REQUEST_SUBJECTS,
     SnapshotReply,
     SnapshotRequest,
+    branch_list_digest,
     decode_snapshot_request,
     encode_snapshot_rpc,
     parse_snapshot_request_subject,
@@ -145,6 +152,10 @@ class SnapshotService:
     """Answers branches' position reports; one subscription per central process (a
     queue group, so several central processes share the reports)."""
 
+    # How long the chain's branch list read for the answers is used (a branch registered
+    # meanwhile reaches the agents with their next report after it).
+    BRANCH_LIST_CACHE_S = 10.0
+
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
@@ -155,6 +166,10 @@ class SnapshotService:
         self.requests = 0
         self.snapshots = 0
         self.refused = 0
+        # The chain's branch codes and their digest, read at most every
+        # BRANCH_LIST_CACHE_S (every branch reports every few minutes).
+        self._branches: tuple[tuple[str, ...], str] | None = None
+        self._branches_read = 0.0
 
     async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event) -> None:
         async def on_request(msg: Any) -> None:
@@ -201,10 +216,25 @@ class SnapshotService:
                 reply = msgspec.structs.replace(
                     reply, event_seq_start=start, numbering_refused=refused
                 )
+            if not reply.error:
+                codes, digest = await self._branch_list()
+                if digest != request.branches_digest:
+                    reply = msgspec.structs.replace(reply, branches=codes)
             return reply
         except Exception as exc:
             log.warning("position report of %s not answered: %s", branch_code, exc)
             return SnapshotReply(action="none", error=f"central could not decide: {exc}")
+
+    async def _branch_list(self) -> tuple[tuple[str, ...], str]:
+        """Every registered branch code (revoked ones too: central files a transfer
+        naming one without ``unknown_branch``), sorted, and its digest."""
+        now = time.monotonic()
+        if self._branches is None or now - self._branches_read > self.BRANCH_LIST_CACHE_S:
+            async with self._sessionmaker() as session:
+                codes = tuple(await session.scalars(select(Branch.code).order_by(Branch.code)))
+            self._branches = (codes, branch_list_digest(codes))
+            self._branches_read = now
+        return self._branches
 
     async def _held(self, branch_code: str, request: SnapshotRequest) -> str:
         """Why the reporting database is not numbered now ("": nothing against it);

@@ -14,6 +14,7 @@ from branch_agent.masterdata_snapshot import SnapshotRequester
 class _Applier:
     snapshot: SnapshotState = field(default_factory=SnapshotState)
     applied_version: int = 0
+    branches_digest: str = ""
 
 
 def _requester(applier: _Applier) -> SnapshotRequester:

@@ -38,9 +38,33 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
     agent.start()
     try:
         await wait_healthy(f"http://127.0.0.1:{port}")
-        received = cli(config, "stock", "goods-receipt", "MILK-1L=24@70", "--supplier", "DAIRY")
+        receipt = ("stock", "goods-receipt", "MILK-1L=24@70", "--supplier", "DAIRY")
+        received = cli(config, *receipt)
         assert received.returncode == 0, received.stdout + received.stderr
         assert json.loads(received.stdout)["lines"][0]["quantity_milli"] == 24000
+        # Run again without --id (after a timeout, say): refused, naming the first; the
+        # stock is not doubled.
+        repeated = cli(config, *receipt)
+        assert repeated.returncode == 1, repeated.stdout + repeated.stderr
+        assert json.loads(repeated.stdout)["errors"][0]["field"] == "document_id"
+        first_number = json.loads(received.stdout)["number"]
+        assert "refused: 409 Conflict: the same goods receipt was posted" in repeated.stderr
+        assert first_number in repeated.stderr
+        assert "--again" in repeated.stderr
+        # A second delivery indeed: --again posts it.
+        coffee = ("stock", "goods-receipt", "COFFEE-250=5@400", "--supplier", "ACME")
+        assert cli(config, *coffee).returncode == 0
+        assert cli(config, *coffee).returncode == 1
+        again = cli(config, *coffee, "--again")
+        assert again.returncode == 0, again.stdout + again.stderr
+        # No more leaves than is on hand, unless the manager says the books are wrong.
+        theft = ("stock", "write-off", "COFFEE-250=50", "--reason", "theft", "--id", "WO-3")
+        short = cli(config, *theft)
+        assert short.returncode == 1, short.stdout + short.stderr
+        assert "COFFEE-250: 10 on hand, 50 to take out" in short.stderr
+        assert "[lines[0].quantity]" in short.stderr
+        forced = cli(config, *theft, "--allow-negative")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
         refused = cli(config, "stock", "write-off", "MILK-1L=2")  # no reason given
         assert refused.returncode == 1
         assert json.loads(refused.stdout)["errors"][0]["field"] == "reason"
@@ -68,6 +92,10 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
         # 24 received, 1 written off: 23 booked.
         posted = cli(config, "stock", "stocktake", "post", "ST-1")
         assert json.loads(posted.stdout)["lines"][0]["quantity_milli"] == -3000
+        # Posted again (the first answer lost): the posted stocktake, exit 0.
+        reposted = cli(config, "stock", "stocktake", "post", "ST-1")
+        assert reposted.returncode == 0, reposted.stdout + reposted.stderr
+        assert json.loads(reposted.stdout) == json.loads(posted.stdout)
         stock = cli(config, "stock", "balances", "MILK-1L")
         assert json.loads(stock.stdout) == [
             {"sku": "MILK-1L", "quantity": "20.000", "quantity_milli": 20000}
@@ -80,7 +108,7 @@ async def test_stock_and_status_commands(nats_server: EmbeddedNats, tmp_path: Pa
         # No central on this NATS: the new database's events wait to be numbered.
         assert "waiting for central to confirm the event numbering" in status.stdout
         as_json = json.loads(cli(config, "status", "--json").stdout)
-        assert (as_json["last_recorded_seq"], as_json["numbering_settled"]) == (3, False)
+        assert (as_json["last_recorded_seq"], as_json["numbering_settled"]) == (6, False)
     finally:
         agent.stop()
     offline = cli(config, "status", "--json")

@@ -124,7 +124,13 @@ async def test_a_day_offline_then_central_has_exactly_the_branch_books(
             {
                 "doc_type": "goods_receipt",
                 "supplier": "DAIRY",
-                "lines": [{"sku": "MILK-1L", "quantity": "48", "unit_cost": 70}],
+                "lines": [
+                    {"sku": "MILK-1L", "quantity": "48", "unit_cost": 70},
+                    # Enough for what the tills sold and what leaves below: a write-off
+                    # or transfer out beyond the stock on hand is refused (409).
+                    {"sku": "CHEESE-KG", "quantity": "200", "unit_cost": 800},
+                    {"sku": "WATER-15", "quantity": "200", "unit_cost": 40},
+                ],
             },
             {
                 "doc_type": "write_off",

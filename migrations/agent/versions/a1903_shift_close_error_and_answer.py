@@ -6,7 +6,7 @@ Shifts closed before this release have no stored answer: it is made again from t
 records (the agent's totals and the Z report kept in ``closing``).
 
 Revision ID: a1903
-Revises: a1806
+Revises: a1902
 Create Date: 2026-12-05 10:00:00
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a1903"
-down_revision: str | Sequence[str] | None = "a1806"
+down_revision: str | Sequence[str] | None = "a1902"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
