@@ -671,24 +671,7 @@ class SaleService:
                 status="pending_fiscal" if job is not None else "recorded",
                 print_job=job,
             )
-            if job is None:
-                envelope = await append_event(
-                    session,
-                    branch=self._settings.branch,
-                    timezone=self._settings.timezone,
-                    body=body,
-                )
-                row.event_id = envelope.event_id
-            else:
-                check_event(body)
-            session.add(row)
-            await apply_moves(
-                session,
-                ((line.sku, line.quantity_milli, None) for line in lines),
-                source="customer_return",
-                source_id=f"{till}/{data.return_id}",
-            )
-            await session.flush()
+            await self._store_return(session, row, body)
             return return_out(row), True
 
     async def _commit_return_without_receipt(
@@ -786,19 +769,29 @@ class SaleService:
             status="recorded",
             print_job=None,
         )
-        envelope = await append_event(
-            session, branch=self._settings.branch, timezone=self._settings.timezone, body=body
-        )
-        row.event_id = envelope.event_id
+        await self._store_return(session, row, body)
+        return return_out(row)
+
+    async def _store_return(
+        self, session: AsyncSession, row: CustomerReturn, body: CustomerReturnRecorded
+    ) -> None:
+        """Store a customer return and its goods coming back into stock. Its event now,
+        unless a storno is to be printed (the event goes up with its fiscal number)."""
+        if row.print_job is None:
+            envelope = await append_event(
+                session, branch=self._settings.branch, timezone=self._settings.timezone, body=body
+            )
+            row.event_id = envelope.event_id
+        else:
+            check_event(body)
         session.add(row)
         await apply_moves(
             session,
-            ((line.sku, line.quantity_milli, None) for line in lines),
+            ((line.sku, line.quantity_milli, None) for line in body.lines),
             source="customer_return",
-            source_id=f"{till}/{data.return_id}",
+            source_id=f"{row.till}/{row.return_id}",
         )
         await session.flush()
-        return return_out(row)
 
     async def _drawer_cash(self, session: AsyncSession, till: str, shift_id: str) -> int:
         """The cash the shift's records put in the till's drawer: opening float, cash

@@ -6,6 +6,7 @@ settle it, instead of the database's unique-constraint message."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,6 +66,16 @@ async def _cause(
     )
 
 
+class _Stored(NamedTuple):
+    """The record central holds under the key an event records again, in words."""
+
+    event_id: object
+    what: str  # for the cause: "the till's retry of the {what}"
+    name: str  # "sale 1/42"
+    then: str  # the stored record's details, after its event number
+    now: str  # the new event's details
+
+
 async def conflict_in_words(session: AsyncSession, data: bytes) -> str | None:
     """The reason for a dead letter of an event refused by a unique key of the record it
     carries; None when it is none of those (the database's message is used then)."""
@@ -72,6 +83,19 @@ async def conflict_in_words(session: AsyncSession, data: bytes) -> str | None:
         envelope = decode_envelope(data)
     except WireDecodeError:
         return None
+    stored = await _stored_under_key(session, envelope)
+    if stored is None or stored.event_id == envelope.event_id:
+        return None
+    seq = await _seq_of(session, stored.event_id)
+    cause = await _cause(session, envelope, seq, stored.what)
+    return (
+        f"{stored.name} of branch {envelope.branch} is already recorded at central "
+        f"(event {seq}{stored.then}); this event {envelope.seq} records it again"
+        f"{stored.now}: {cause}. {_SETTLE}"
+    )
+
+
+async def _stored_under_key(session: AsyncSession, envelope: EventEnvelope) -> _Stored | None:
     body = envelope.body
     branch = envelope.branch
     if isinstance(body, ReceiptRecorded):
@@ -80,36 +104,34 @@ async def conflict_in_words(session: AsyncSession, data: bytes) -> str | None:
                 Receipt.branch == branch, Receipt.till == body.till, Receipt.sale_id == body.sale_id
             )
         )
-        if receipt is None or receipt.event_id == envelope.event_id:
+        if receipt is None:
             return None
-        seq = await _seq_of(session, receipt.event_id)
-        cause = await _cause(session, envelope, seq, "sale")
-        return (
-            f"sale {body.till}/{body.sale_id} of branch {branch} is already recorded at "
-            f"central (event {seq}, receipt {receipt.receipt_number} of shift "
-            f"{receipt.shift_id}, total {receipt.total}, fiscal number "
-            f"{receipt.fiscal_number or '-'}, {_moment(receipt.occurred_at)}); this event "
-            f"{envelope.seq} records it again (receipt {body.receipt_number} of shift "
-            f"{body.shift_id}, total {body.total}, fiscal number {body.fiscal_number or '-'}, "
-            f"{_moment(envelope.occurred_at)}): {cause}. {_SETTLE}"
+        return _Stored(
+            receipt.event_id,
+            "sale",
+            f"sale {body.till}/{body.sale_id}",
+            f", receipt {receipt.receipt_number} of shift {receipt.shift_id}, total "
+            f"{receipt.total}, fiscal number {receipt.fiscal_number or '-'}, "
+            f"{_moment(receipt.occurred_at)}",
+            f" (receipt {body.receipt_number} of shift {body.shift_id}, total {body.total}, "
+            f"fiscal number {body.fiscal_number or '-'}, {_moment(envelope.occurred_at)})",
         )
     if isinstance(body, CustomerReturnRecorded):
-        stored = await session.scalar(
+        customer_return = await session.scalar(
             select(CustomerReturn).where(
                 CustomerReturn.branch == branch,
                 CustomerReturn.till == body.till,
                 CustomerReturn.return_id == body.return_id,
             )
         )
-        if stored is None or stored.event_id == envelope.event_id:
+        if customer_return is None:
             return None
-        seq = await _seq_of(session, stored.event_id)
-        cause = await _cause(session, envelope, seq, "return")
-        return (
-            f"customer return {body.till}/{body.return_id} of branch {branch} is already "
-            f"recorded at central (event {seq}, total {stored.total}, "
-            f"{_moment(stored.occurred_at)}); this event {envelope.seq} records it again "
-            f"(total {body.total}, {_moment(envelope.occurred_at)}): {cause}. {_SETTLE}"
+        return _Stored(
+            customer_return.event_id,
+            "return",
+            f"customer return {body.till}/{body.return_id}",
+            f", total {customer_return.total}, {_moment(customer_return.occurred_at)}",
+            f" (total {body.total}, {_moment(envelope.occurred_at)})",
         )
     if isinstance(body, StockDocumentPosted):
         document = await session.scalar(
@@ -119,13 +141,13 @@ async def conflict_in_words(session: AsyncSession, data: bytes) -> str | None:
                 StockDocument.part == body.part,
             )
         )
-        if document is None or document.event_id == envelope.event_id:
+        if document is None:
             return None
-        seq = await _seq_of(session, document.event_id)
-        cause = await _cause(session, envelope, seq, "stock document")
-        return (
-            f"stock document {body.document_id} (part {body.part}) of branch {branch} is "
-            f"already recorded at central (event {seq}); this event {envelope.seq} records "
-            f"it again: {cause}. {_SETTLE}"
+        return _Stored(
+            document.event_id,
+            "stock document",
+            f"stock document {body.document_id} (part {body.part})",
+            "",
+            "",
         )
     return None

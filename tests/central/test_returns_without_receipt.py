@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from central.api.schemas import Page
 from central.db import create_sessionmaker
 from central.ingest.worker import IngestWorker
 from central.models.events import DeadLetter
 from central.reports import service
 from central.reports.backlog import apply_summary_backlog
 from central.reports.money import vat_of
-from central.services.documents import list_customer_returns
+from central.services.documents import CustomerReturnOut, list_customer_returns
 from central.services.shifts import list_shifts
 from central.services.stock import list_ledger
 from protocol.events import CustomerReturnRecorded
@@ -61,20 +62,24 @@ async def ingest(
     await apply_summary_backlog(sessionmaker.kw["bind"])
 
 
+async def returns_of_b1(session: AsyncSession) -> Page[CustomerReturnOut]:
+    return await list_customer_returns(
+        session,
+        branch="B1",
+        date_from=None,
+        date_to=None,
+        original_sale_id=None,
+        limit=10,
+        offset=0,
+    )
+
+
 async def test_a_return_without_receipt_is_stored_and_reported_to_the_cent(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     await ingest(sessionmaker, day_with_a_return_without_receipt())
     async with sessionmaker() as session:
-        page = await list_customer_returns(
-            session,
-            branch="B1",
-            date_from=None,
-            date_to=None,
-            original_sale_id=None,
-            limit=10,
-            offset=0,
-        )
+        page = await returns_of_b1(session)
         (ret,) = page.items
         assert (ret.original_sale_id, ret.original_till) == (None, None)
         assert (ret.without_receipt, ret.approved_by, ret.total) == (True, "maria", 199)
@@ -154,13 +159,5 @@ async def test_a_return_naming_no_original_without_saying_so_is_a_dead_letter(
     async with sessionmaker() as session:
         (letter,) = (await session.scalars(select(DeadLetter))).all()
         assert "original_sale_id" in letter.reason
-        page = await list_customer_returns(
-            session,
-            branch="B1",
-            date_from=None,
-            date_to=None,
-            original_sale_id=None,
-            limit=10,
-            offset=0,
-        )
+        page = await returns_of_b1(session)
     assert page.items == []
