@@ -1250,10 +1250,14 @@ async def write_offs(
     await _check_branch(session, branch)
     await summaries_current(session)
     t = _t(StockMovementDaily)
-    column_of = {"reason": t.c.reason, "branch": t.c.branch, "product": t.c.sku}
+    # Reasons typed differing only in letter case or surrounding blanks ("Damaged",
+    # "damaged ") are one reason: one row, shown in its alphabetically first spelling.
+    reason = func.lower(func.trim(t.c.reason))
+    column_of = {"reason": reason, "branch": t.c.branch, "product": t.c.sku}
     keys = [column_of[g] for g in groups]
+    shown = [func.min(func.trim(t.c.reason)) if g == "reason" else column_of[g] for g in groups]
     stmt = (
-        select(*keys, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
+        select(*shown, func.sum(t.c.qty_milli), func.sum(t.c.cost_value))
         .where(t.c.movement == "write_off", _in_period(t.c.local_date, period))
         .group_by(*keys)
         .order_by(*keys)

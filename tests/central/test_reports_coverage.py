@@ -17,7 +17,8 @@ B1 (UTC+1), stock after 11-03: A 1 @ 1.20, B 1 @ 3.00, W 1.246 kg worth 5.61.
   11-06 ST2 stocktake: A +0.5 (gain at average 1.44: 0.72), W -0.246 (3.81 x 246/846
         = 1.1079 -> 1.11), B -0.5 (8.00 x 0.5/2.5 = 1.60).
 B2 (UTC): A 1 @ 1.20 after 11-03.
-  11-05 WO3 written off "damaged": A 1 (all of it: 1.20).
+  11-05 WO3 written off "Damaged " (typed otherwise: the same reason): A 1 (all of
+        it: 1.20).
   11-06 ST3 stocktake: A +1 (gain at the last average 1.20).
 Then a heartbeat of B1 and three undecodable messages (two on B1's subject).
 """
@@ -144,7 +145,7 @@ def extended_history() -> History:
                 (counted("A", 2000, 2500), counted("W", 846, 600), counted("B", 2500, 2000)),
             ),
         ),
-        ("B2", "05T10:00", doc("WO3", "write_off", (moved("A", -1000),), reason="damaged")),
+        ("B2", "05T10:00", doc("WO3", "write_off", (moved("A", -1000),), reason="Damaged ")),
         ("B2", "06T10:00", doc("ST3", "stocktake", (counted("A", 0, 1000),))),
     ]
     for branch, when, body in events:
@@ -414,7 +415,8 @@ async def test_write_offs_by_product_and_by_branch_and_product(
         )
         by_reason = await service.write_offs(s, date_from=D2, date_to=D6)
         b2 = await service.write_offs(s, date_from=D2, date_to=D6, branch="B2", group_by="product")
-    # WO1 B1 A 1 @ 1.20 (damaged); WO2 B1 A 1 @ 1.44, B 0.5 for 1.60 (expired); WO3 B2 A 1.20.
+    # WO1 B1 A 1 @ 1.20 (damaged); WO2 B1 A 1 @ 1.44, B 0.5 for 1.60 (expired); WO3 B2 A 1.20
+    # ("Damaged ": one reason with "damaged", shown in its first spelling).
     assert [(r.sku, r.qty_milli, r.value) for r in by_product.rows] == [
         ("A", 3000, 384),
         ("B", 500, 160),
@@ -425,7 +427,7 @@ async def test_write_offs_by_product_and_by_branch_and_product(
         ("B2", "A", 1000, 120),
     ]
     assert [(r.reason, r.qty_milli, r.value) for r in by_reason.rows] == [
-        ("damaged", 2000, 240),
+        ("Damaged", 2000, 240),
         ("expired", 1500, 304),
     ]
     for report in (by_product, by_branch_product, by_reason):
