@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from devices.scanner import WeightLayout
 from protocol.config import load_settings_struct, read_settings_file
 from protocol.limits import Code32, CurrencyCode
 from protocol.zones import zone_problem
@@ -162,6 +163,11 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         problem = zone_problem(self.timezone)
         if problem is not None:
             raise ValueError(f"timezone: {problem}")
+        # Else refused only by Agent(settings), as a traceback after data_dir was made.
+        try:
+            WeightLayout(self.weight_barcode_layout)
+        except ValueError as exc:
+            raise ValueError(f"weight_barcode_layout: {exc}") from exc
         _check_ports_apart(self.tills)
         _check_tills_apart(self.tills, self.manager_token)
 

@@ -90,6 +90,8 @@ def _write(tmp_path: Path, extra: str) -> Path:
             "drawer_pin: 3 is no cash drawer pin",
         ),
         ('timezone = "EST"\n', "use a zone named by place, such as America/New_York"),
+        # Was a traceback at run, after data_dir was made.
+        ('weight_barcode_layout = "2XPPP"\n', "weight_barcode_layout: layout is 13 characters"),
     ],
 )
 @pytest.mark.parametrize("command", ["status", "run"])
