@@ -163,6 +163,13 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         problem = zone_problem(self.timezone)
         if problem is not None:
             raise ValueError(f"timezone: {problem}")
+        # A key without its certificate served plain HTTP: the tills' tokens in clear
+        # text on the store LAN, while the technician meant HTTPS.
+        if self.http_tls_key and not self.http_tls_cert:
+            raise ValueError(
+                "http_tls_key is set without http_tls_cert: the till API would be served"
+                " over plain HTTP; set both (or neither)"
+            )
         # Else refused only by Agent(settings), as a traceback after data_dir was made.
         try:
             WeightLayout(self.weight_barcode_layout)

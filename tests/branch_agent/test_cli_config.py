@@ -90,6 +90,7 @@ def _write(tmp_path: Path, extra: str) -> Path:
             "drawer_pin: 3 is no cash drawer pin",
         ),
         ('timezone = "EST"\n', "use a zone named by place, such as America/New_York"),
+        ('http_tls_key = "/etc/agent.key"\n', "http_tls_key is set without http_tls_cert"),
         # Was a traceback at run, after data_dir was made.
         ('weight_barcode_layout = "2XPPP"\n', "weight_barcode_layout: layout is 13 characters"),
     ],
