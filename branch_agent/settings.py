@@ -7,15 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from devices.scanner import WeightLayout
 from protocol.config import load_settings_struct, read_settings_file
 from protocol.limits import Code32, CurrencyCode
+from protocol.zones import zone_problem
 
 __all__ = [
     "DEVICE_PROTOCOLS",
+    "DRAWER_PINS",
     "AgentSettings",
     "DeviceConfig",
     "TillConfig",
@@ -32,6 +34,11 @@ DEVICE_PROTOCOLS = {
     "display": "epson-display",
     "scanner": "serial",
 }
+# The receipt printer's cash drawer connector pins (DEVICES.md, ESC/POS drawer kick
+# ``1B 70 m``: m=0 pin 2, m=1 pin 5); the driver refuses any other at the first sale.
+DRAWER_PINS = (2, 5)
+# What the fiscal printer takes as TillNmb in "open fiscal receipt" (0x30).
+FISCAL_TILL_NUMBERS = range(1, 100_000)
 
 
 class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -76,6 +83,20 @@ class TillConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 raise ValueError(
                     f"{role}: unsupported protocol {device.protocol!r}; known: {known!r}"
                 )
+        # Checked here, not only by the driver: the first sale's drawer kick or receipt
+        # would be the first to fail, with the customer at the till.
+        if self.drawer_pin not in DRAWER_PINS:
+            raise ValueError(
+                f"drawer_pin: {self.drawer_pin} is no cash drawer pin: the receipt printer"
+                " opens the drawer on pin 2 or 5"
+            )
+        if self.fiscal_till_number is not None and (
+            self.fiscal_till_number not in FISCAL_TILL_NUMBERS
+        ):
+            raise ValueError(
+                f"fiscal_till_number: {self.fiscal_till_number} is out of the fiscal"
+                " printer's range 1..99999"
+            )
 
     def fiscal_payment_type(self, payment_type: str) -> str | None:
         """The fiscal driver's payment type for a till payment type (None: refused)."""
@@ -137,12 +158,25 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     tills: tuple[TillConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        # An unknown zone would only fail when the agent first needs local time.
+        # An unknown zone would only fail when the agent first needs local time; one
+        # not named by place (EST) puts local days an hour off half the year.
+        problem = zone_problem(self.timezone)
+        if problem is not None:
+            raise ValueError(f"timezone: {problem}")
+        # A key without its certificate served plain HTTP: the tills' tokens in clear
+        # text on the store LAN, while the technician meant HTTPS.
+        if self.http_tls_key and not self.http_tls_cert:
+            raise ValueError(
+                "http_tls_key is set without http_tls_cert: the till API would be served"
+                " over plain HTTP; set both (or neither)"
+            )
+        # Else refused only by Agent(settings), as a traceback after data_dir was made.
         try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from exc
+            WeightLayout(self.weight_barcode_layout)
+        except ValueError as exc:
+            raise ValueError(f"weight_barcode_layout: {exc}") from exc
         _check_ports_apart(self.tills)
+        _check_tills_apart(self.tills, self.manager_token)
 
     @property
     def data_path(self) -> Path:
@@ -191,6 +225,60 @@ def _check_ports_apart(tills: tuple[TillConfig, ...]) -> None:
                     " needs a port of its own"
                 )
             seen[key] = name
+
+
+def _token_problem(token: str) -> str | None:
+    """Why a configured token could never be presented (None: it can): the till sends it
+    in an HTTP header, which carries visible ASCII, and the agent strips the blanks
+    around what it receives, so a token with blanks or other characters never matches."""
+    if not token:
+        return "is empty"
+    if not all("!" <= c <= "~" for c in token):
+        return "has blanks or characters other than visible ASCII (an HTTP header cannot carry it)"
+    return None
+
+
+def _check_tills_apart(tills: tuple[TillConfig, ...], manager_token: str) -> None:
+    """Each till is told apart by its id (in every event) and by its token (who is
+    selling): two tills sharing one record each other's sales, a till holding the
+    manager's token has the manager's rights (stock documents, complete-unfiscal,
+    approving returns without receipt). Refused when the settings are read, naming the
+    tills; the tokens themselves are never named."""
+    if manager_token:
+        problem = _token_problem(manager_token)
+        if problem is not None:
+            raise ValueError(f"manager_token {problem}")
+    ids: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for index, till in enumerate(tills):
+        name = f"tills[{index}] (till {till.id})"
+        if not till.id.strip():
+            raise ValueError(f"tills[{index}].id is empty: every till needs an id of its own")
+        if till.id in ids:
+            raise ValueError(
+                f"{ids[till.id]} and tills[{index}] have the same id {till.id!r}: every till"
+                " needs an id of its own (its sales and shifts are recorded under it)"
+            )
+        ids[till.id] = name
+        problem = _token_problem(till.token)
+        if problem is not None:
+            raise ValueError(
+                f"tills[{index}].token (till {till.id}) {problem}: the till could not sign in"
+                " to the till API"
+            )
+        if till.token in tokens:
+            raise ValueError(
+                f"{tokens[till.token]} and {name} have the same token: every till needs a"
+                " token of its own (the agent knows the till by it, and would record one"
+                " till's sales as the other's)"
+            )
+        tokens[till.token] = name
+        if manager_token and till.token == manager_token:
+            raise ValueError(
+                f"tills[{index}].token (till {till.id}) is the manager_token: the till"
+                " would have the store manager's rights (stock documents, completing"
+                " unfiscal sales, approving returns without receipt); give each its own"
+            )
 
 
 def load_settings(

@@ -89,8 +89,11 @@ def load_settings_struct(
     Struct does not know is refused (the Structs forbid unknown fields): a misspelt
     ``nats_cred`` would otherwise be ignored and the default used; so is, with a
     ``section``, any other table or key of the file. ``source`` (the file's name) is
-    named in the error about text that is not TOML.
+    named in every error about the settings.
     """
+    # The file is named in every error, as for text that is not TOML: a technician may
+    # have several.
+    where = f"settings file {source!r}: " if source else ""
     data: dict[str, Any] = {}
     if toml_text:
         try:
@@ -99,10 +102,13 @@ def load_settings_struct(
             named = f" {source!r}" if source else ""
             raise SettingsError(f"settings file{named} is not valid TOML: {exc}") from exc
         if section:
-            _check_only_section(parsed, section)
+            try:
+                _check_only_section(parsed, section)
+            except SettingsError as exc:
+                raise SettingsError(f"{where}{exc}") from exc
         chosen = parsed.get(section, {}) if section else parsed
         if not isinstance(chosen, dict):
-            raise SettingsError(f"settings file: [{section}] is not a table")
+            raise SettingsError(f"{where or 'settings file: '}[{section}] is not a table")
         data.update(chosen)
     for field in msgspec.structs.fields(cls):
         key = f"{env_prefix}{field.name.upper()}"
@@ -115,5 +121,5 @@ def load_settings_struct(
         if unknown is not None:
             at = unknown["at"]
             name = f"{at}.{unknown['name']}" if at else unknown["name"]
-            raise SettingsError(f"unknown setting {name!r}") from exc
-        raise SettingsError(f"bad setting: {exc}") from exc
+            raise SettingsError(f"{where}unknown setting {name!r}") from exc
+        raise SettingsError(f"{where}bad setting: {exc}") from exc

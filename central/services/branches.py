@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from nats.js import JetStreamContext
@@ -28,6 +27,7 @@ from central.services.masterdata_publisher import (
 )
 from central.sync.jetstream import ensure_branch_consumer
 from protocol.subjects import validate_branch_code
+from protocol.zones import zone_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ async def check_branch_scopes(
 
 
 def check_timezone(name: str, field: str = "timezone") -> None:
-    """An IANA time zone this machine knows, or a 422 naming ``field``."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValidationFailed(f"unknown time zone {name!r}", field=field) from exc
+    """An IANA time zone this machine knows, named by place (as the agent's own setting
+    must be: the two are compared), or a 422 naming ``field``."""
+    problem = zone_problem(name)
+    if problem is not None:
+        raise ValidationFailed(problem, field=field)
 
 
 async def add_branch(

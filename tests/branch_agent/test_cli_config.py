@@ -57,8 +57,10 @@ def _write(tmp_path: Path, extra: str) -> Path:
         ),
         # Two devices on one port talk over each other (another till's scale too).
         (
-            '[[agent.tills]]\nid = "T1"\nscale = { port = "socket://127.0.0.1:21013" }\n'
-            '[[agent.tills]]\nid = "T2"\nscale = { port = "socket://127.0.0.1:21013" }\n',
+            '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+            'scale = { port = "socket://127.0.0.1:21013" }\n'
+            '[[agent.tills]]\nid = "T2"\ntoken = "t2"\n'
+            'scale = { port = "socket://127.0.0.1:21013" }\n',
             "tills[0].scale (till T1) and tills[1].scale (till T2) are both on port"
             " 'socket://127.0.0.1:21013': each device needs a port of its own",
         ),
@@ -67,6 +69,30 @@ def _write(tmp_path: Path, extra: str) -> Path:
         ('[device]\nport = "loop://"\n', "unknown section [device]"),
         ('[nats]\nurl = "nats://hq:4222"\n', "unknown section [nats]"),
         ('[agnet.tills]\nid = "T1"\n', "unknown section [agnet]"),
+        # What would record one till's sales as another's, give a till the manager's
+        # rights, or fail only at the first sale (tests/branch_agent/test_settings.py).
+        (
+            '[[agent.tills]]\nid = "T1"\ntoken = "same-secret"\n'
+            '[[agent.tills]]\nid = "T2"\ntoken = "same-secret"\n',
+            "tills[0] (till T1) and tills[1] (till T2) have the same token",
+        ),
+        (
+            'manager_token = "boss-secret"\n[[agent.tills]]\nid = "T1"\ntoken = "boss-secret"\n',
+            "tills[0].token (till T1) is the manager_token",
+        ),
+        (
+            '[[agent.tills]]\nid = "T1"\ntoken = "t1"\n[[agent.tills]]\nid = "T1"\ntoken = "t2"\n',
+            "tills[0] (till T1) and tills[1] have the same id 'T1'",
+        ),
+        ('[[agent.tills]]\nid = "T1"\n', "tills[0].token (till T1) is empty"),
+        (
+            '[[agent.tills]]\nid = "T1"\ntoken = "t1"\ndrawer_pin = 3\n',
+            "drawer_pin: 3 is no cash drawer pin",
+        ),
+        ('timezone = "EST"\n', "use a zone named by place, such as America/New_York"),
+        ('http_tls_key = "/etc/agent.key"\n', "http_tls_key is set without http_tls_cert"),
+        # Was a traceback at run, after data_dir was made.
+        ('weight_barcode_layout = "2XPPP"\n', "weight_barcode_layout: layout is 13 characters"),
     ],
 )
 @pytest.mark.parametrize("command", ["status", "run"])
@@ -82,6 +108,8 @@ def test_bad_settings_are_refused_by_name(
     assert "Traceback" not in out.stderr
     assert named in out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
+    assert "secret" not in out.stderr  # tills are named, tokens never
+    assert f"settings file {str(config)!r}: " in out.stderr
     assert not (tmp_path / "data").exists()  # nothing started, nothing created
 
 
@@ -104,7 +132,7 @@ def test_a_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
 def test_the_known_protocols_and_zones_load(tmp_path: Path) -> None:
     config = _write(
         tmp_path,
-        'timezone = "Europe/Berlin"\n[[agent.tills]]\nid = "T1"\n'
+        'timezone = "Europe/Berlin"\n[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
         'fiscal_printer = { port = "loop://", protocol = "datecs-x" }\n'
         'display = { port = "loop://" }\n',
     )

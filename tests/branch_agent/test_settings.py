@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from branch_agent.devices import TillDevices
 from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig, load_settings
+from protocol.config import SettingsError, load_settings_struct
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "agent.example.toml"
 
@@ -53,10 +55,15 @@ def test_an_unknown_device_protocol_is_refused_with_the_settings() -> None:
 
 def _two(first: DeviceConfig, second: DeviceConfig, *, same_till: bool = False) -> AgentSettings:
     if same_till:
-        return AgentSettings(branch="B1", tills=(TillConfig(id="T1", scale=first, scanner=second),))
+        return AgentSettings(
+            branch="B1", tills=(TillConfig(id="T1", token="t1", scale=first, scanner=second),)
+        )
     return AgentSettings(
         branch="B1",
-        tills=(TillConfig(id="T1", scale=first), TillConfig(id="T2", receipt_printer=second)),
+        tills=(
+            TillConfig(id="T1", token="t1", scale=first),
+            TillConfig(id="T2", token="t2", receipt_printer=second),
+        ),
     )
 
 
@@ -104,3 +111,94 @@ def test_the_fiscal_till_number_defaults_to_the_digits_of_the_id() -> None:
     assert TillConfig(id="T12").printer_till_number == 12
     assert TillConfig(id="front").printer_till_number == 1
     assert TillConfig(id="T1", fiscal_till_number=7).printer_till_number == 7
+
+
+def _tills(*tills: TillConfig, manager_token: str = "") -> AgentSettings:
+    return AgentSettings(branch="B1", manager_token=manager_token, tills=tills)
+
+
+@pytest.mark.parametrize(
+    ("tills", "manager_token", "named"),
+    [
+        # One till's sales would be recorded as the other's.
+        (
+            (TillConfig(id="T1", token="same-secret"), TillConfig(id="T2", token="same-secret")),
+            "",
+            "tills[0] (till T1) and tills[1] (till T2) have the same token",
+        ),
+        # The cashier's till would have the manager's rights, the manager a till's.
+        (
+            (TillConfig(id="T1", token="t1-secret"), TillConfig(id="T2", token="boss-secret")),
+            "boss-secret",
+            "tills[1].token (till T2) is the manager_token",
+        ),
+        (
+            (TillConfig(id="T1", token="t1-secret"), TillConfig(id="T1", token="t2-secret")),
+            "",
+            "tills[0] (till T1) and tills[1] have the same id 'T1'",
+        ),
+        ((TillConfig(id=" ", token="t1-secret"),), "", "tills[0].id is empty"),
+        # A till without a token could never sign in; one with blanks neither (the agent
+        # strips what the till sends).
+        ((TillConfig(id="T1"),), "", "tills[0].token (till T1) is empty"),
+        (
+            (TillConfig(id="T1", token="t1-secret "),),
+            "",
+            "tills[0].token (till T1) has blanks or characters other than visible ASCII",
+        ),
+        (
+            (TillConfig(id="T1", token="t1-secret"),),
+            "boss secret",
+            "manager_token has blanks or characters other than visible ASCII",
+        ),
+    ],
+)
+def test_tills_that_cannot_be_told_apart_are_refused_naming_them(
+    tills: tuple[TillConfig, ...], manager_token: str, named: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)) as refused:
+        _tills(*tills, manager_token=manager_token)
+    assert "secret" not in str(refused.value)  # tills are named, tokens never
+
+
+@pytest.mark.parametrize(
+    ("till", "named"),
+    [
+        ({"drawer_pin": 3}, "drawer_pin: 3 is no cash drawer pin"),
+        ({"drawer_pin": 0}, "drawer_pin: 0 is no cash drawer pin"),
+        ({"fiscal_till_number": 0}, "fiscal_till_number: 0 is out of"),
+        ({"fiscal_till_number": 100_000}, "fiscal_till_number: 100000 is out of"),
+    ],
+)
+def test_device_values_the_printer_would_refuse_are_refused_now(
+    till: dict[str, int], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        TillConfig(id="T1", token="t1", **till)
+    # as read from a file too, named with the till's place
+    text = '[agent]\nbranch = "B1"\n[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+    text += "".join(f"{k} = {v}\n" for k, v in till.items())
+    with pytest.raises(SettingsError, match=f"{named}.*tills\\[0\\]"):
+        load_settings_struct(AgentSettings, toml_text=text, env_prefix="X_", section="agent")
+
+
+@pytest.mark.parametrize("zone", ["EST", "MST", "HST", "EST5EDT", "Etc/GMT+5", "US/Eastern", "GMT"])
+def test_a_zone_not_named_by_place_is_refused(zone: str) -> None:
+    with pytest.raises(ValueError, match="use a zone named by place, such as America/New_York"):
+        AgentSettings(branch="B1", timezone=zone)
+
+
+def test_a_good_configuration_loads() -> None:
+    for zone in ("UTC", "Etc/UTC", "America/New_York", "America/Argentina/Buenos_Aires"):
+        settings = AgentSettings(
+            branch="B1",
+            timezone=zone,
+            manager_token="boss",
+            tills=(
+                TillConfig(id="T1", token="t1", drawer_pin=5, fiscal_till_number=99999),
+                TillConfig(id="T2", token="t2", fiscal_till_number=1),
+            ),
+        )
+        assert [t.id for t in settings.tills] == ["T1", "T2"]
+    # no tills, no manager: nothing to tell apart
+    assert AgentSettings(branch="B1").tills == ()

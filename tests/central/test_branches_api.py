@@ -34,6 +34,9 @@ async def _scopes(client: Any) -> None:
         ({"code": "B1", "format_code": "NOPEFMT"}, "format_code"),
         ({"code": "B1", "format_code": "mini", "price_zone": "NOPE"}, "price_zone"),
         ({"code": "B1", "format_code": "", "price_zone": "north"}, "format_code"),
+        # A valid IANA name, but no place: the branch's days an hour off half the year.
+        ({"code": "B1", "timezone": "EST"}, "timezone"),
+        ({"code": "B1", "timezone": "EST5EDT"}, "timezone"),
     ],
 )
 async def test_registration_refuses_an_unknown_format_or_price_zone(
@@ -63,6 +66,7 @@ async def test_registration_with_existing_scopes(central: Any, central_client: A
         ({"price_zone": "NOPE"}, "price_zone"),
         ({"format_code": "NOPEFMT"}, "format_code"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "MST"}, "timezone"),
         ({"name": "Harbour", "format_code": "mini", "price_zone": "NOPE"}, "price_zone"),
     ],
 )
@@ -178,3 +182,28 @@ async def test_a_failed_commit_puts_the_branch_consumer_back(
         branch = await session.get(Branch, "B1")
     assert branch is not None
     assert branch.price_zone == "NORTH"
+
+
+@pytest.mark.parametrize("zone", ["EST", "HST", "Etc/GMT+5"])
+async def test_a_zone_not_named_by_place_is_refused_for_branches_and_price_zones(
+    central: Any, central_client: Any, zone: str
+) -> None:
+    # The same check as the agent's timezone setting (protocol.zones): central compares
+    # the two, and plans local prices and days in the branch's zone.
+    r = await central_client.post("/api/v1/branches", json={"code": "B1", "timezone": zone})
+    assert r.status_code == 422, r.text
+    assert _problem_field(r) == "timezone"
+    assert "such as America/New_York" in r.text
+    r = await central_client.post(
+        "/api/v1/zones", json={"code": "east", "name": "East", "timezone": zone}
+    )
+    assert r.status_code == 422, r.text
+    assert _problem_field(r) == "timezone"
+    async with central.sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(Branch)) == 0
+        assert await s.get(PriceZone, "east") is None
+    for good in ("UTC", "America/New_York"):
+        r = await central_client.post(
+            "/api/v1/zones", json={"code": good.replace("/", "-"), "name": "Z", "timezone": good}
+        )
+        assert r.status_code == 201, r.text
