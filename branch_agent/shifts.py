@@ -395,9 +395,10 @@ class ShiftService:
         opened since, gets the same answer again, never a second Z report; one with
         another ``counted_cash`` than the close recorded is a 409 (a left-out count is not
         compared). A close whose Z report did not print leaves the shift closing, with
-        why and what to do kept on it (``close_error``), until it is repeated; the count
-        it was given is kept with the Z report's intent, and a repeat may give another
-        (a recount while the printer is put right): nothing has left the till yet."""
+        why and what to do kept on it (``close_error``), until it is repeated. The count is
+        kept with the Z report's intent (from then on nothing changes the shift's cash),
+        and a repeat may give another (a recount while the printer is put right): nothing
+        has left the till yet. A close refused before its intent records no count."""
         devices = self._devices.tills.get(till)
         async with self._sessionmaker() as session:
             shift = await self._current(session, till)
@@ -425,7 +426,7 @@ class ShiftService:
                     # The questions asked after the failure (fiscal memory) answered: the
                     # printer's state must still say why the Z did not print.
                     devices.keep_fiscal_fault(exc)
-                    raise await self._close_failed(till, shift.shift_id, exc, counted_cash) from exc
+                    raise await self._close_failed(till, shift.shift_id, exc) from exc
         z = None
         if report is not None:
             z = ZReportTotals(
@@ -489,12 +490,9 @@ class ShiftService:
             return None
         return shift
 
-    async def _close_failed(
-        self, till: str, shift_id: str, exc: DeviceError, counted_cash: int | None
-    ) -> DeviceFailed:
+    async def _close_failed(self, till: str, shift_id: str, exc: DeviceError) -> DeviceFailed:
         """Say why the Z report did not print and what to do, and keep it on the shift
-        (``close_error`` of GET /api/v1/shifts/current) until a close succeeds; the count
-        too, if given (the printer may have failed before the Z's intent was recorded)."""
+        (``close_error`` of GET /api/v1/shifts/current) until a close succeeds."""
         # the printer's condition as a sale's fiscal_error says it, and what to do
         z_error = f"{fiscal_fault(exc)}; {fiscal_remedy(exc.condition, till)}"[:500]
         async with self._write_lock, self._sessionmaker() as session, session.begin():
@@ -502,8 +500,6 @@ class ShiftService:
             assert row is not None
             if row.closed_at is None:
                 row.z_error = z_error
-                if counted_cash is not None:
-                    row.counted_cash = counted_cash
             closing = row.z_status == "pending"
         return DeviceFailed(
             close_failed_detail(shift_id, z_error, closing=closing), condition=exc.condition
