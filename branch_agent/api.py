@@ -31,6 +31,7 @@ from branch_agent.schemas import (
     ReturnOut,
     SaleIn,
     SaleOut,
+    ShiftCloseIn,
     ShiftCloseOut,
     ShiftOpenIn,
     ShiftOut,
@@ -349,8 +350,15 @@ class ShiftController(Controller):
         "succeeded: the same answer)",
         status_code=200,
     )
-    async def close(self, state: State, till: NamedDependency[TillConfig]) -> ShiftCloseOut:
-        closed = await _agent(state).shifts.close_shift(till.id)
+    async def close(
+        self,
+        state: State,
+        till: NamedDependency[TillConfig],
+        data: JSONBody[ShiftCloseIn | None] = None,
+    ) -> ShiftCloseOut:
+        # No body (as before counted cash): the close as ever, nothing counted.
+        counted = data.counted_cash if data is not None else None
+        closed = await _agent(state).shifts.close_shift(till.id, counted_cash=counted)
         _agent(state).sender.wake()
         return closed
 

@@ -228,6 +228,9 @@ class Shift(AgentBase):
     # The close's answer (ShiftCloseOut as JSON), given again to a close repeated after
     # it succeeded and by GET /api/v1/shifts/{id}. NULL: open, or closed before a1903.
     close_answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # What the cashier counted in the drawer (cents), taken with the close; kept from a
+    # close that failed so a repeat that leaves it out keeps it. NULL: not counted.
+    counted_cash: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # The opening float's deposit (cash in, 0x46) on the fiscal printer, recorded with the
     # shift: "pending" until printed, "done" after; the printer's document number and
     # cash sum are read just before it is sent, so a retry after a crash or a lost answer

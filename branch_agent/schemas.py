@@ -18,6 +18,7 @@ from protocol.limits import (
     CashMoveAmount,
     Code32,
     Code64,
+    CountedCash,
     NonNegativeInt32,
     NonNegativeInt64,
     OpeningFloat,
@@ -40,6 +41,7 @@ __all__ = [
     "SaleLineIn",
     "SaleLineOut",
     "SaleOut",
+    "ShiftCloseIn",
     "ShiftCloseOut",
     "ShiftOpenIn",
     "ShiftOut",
@@ -241,6 +243,15 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     # What the last close that failed said (the printer's condition, what to do), until a
     # close succeeds; None when no close failed.
     close_error: str | None = None
+    # What the cashier counted in the drawer at the close (None: not counted), and
+    # counted - expected_cash: over (positive) or short (negative); None when not counted.
+    counted_cash: int | None = None
+    cash_difference: int | None = None
+
+
+class ShiftCloseIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Cents the cashier counted in the drawer; left out (or no body): not counted.
+    counted_cash: CountedCash | None = None
 
 
 class XReportOut(msgspec.Struct, kw_only=True):

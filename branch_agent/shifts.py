@@ -360,6 +360,8 @@ class ShiftService:
             )
             if shift.z_error and shift.closed_at is None
             else None,
+            counted_cash=shift.counted_cash,
+            cash_difference=None if shift.counted_cash is None else shift.counted_cash - expected,
         )
 
     async def x_report(self, till: str) -> XReportOut:
@@ -384,19 +386,26 @@ class ShiftService:
             fiscal_report_number=report.report_number,
         )
 
-    async def close_shift(self, till: str, shift_id: str | None = None) -> ShiftCloseOut:
+    async def close_shift(
+        self, till: str, shift_id: str | None = None, counted_cash: int | None = None
+    ) -> ShiftCloseOut:
         """Z report first (the printer's day closes), then the shift with both totals.
 
         Idempotent: a close repeated after it succeeded (its answer lost), with no shift
-        opened since, gets the same answer again, never a second Z report. A close whose
-        Z report did not print leaves the shift closing, with why and what to do kept on
-        it (``close_error``), until it is repeated."""
+        opened since, gets the same answer again, never a second Z report; one with
+        another ``counted_cash`` than the close recorded is a 409 (a left-out count is not
+        compared). A close whose Z report did not print leaves the shift closing, with
+        why and what to do kept on it (``close_error``), until it is repeated. The count is
+        kept with the Z report's intent (from then on nothing changes the shift's cash),
+        and a repeat may give another (a recount while the printer is put right): nothing
+        has left the till yet. A close refused before its intent records no count."""
         devices = self._devices.tills.get(till)
         async with self._sessionmaker() as session:
             shift = await self._current(session, till)
             if shift is None or (shift_id and shift.shift_id != shift_id):
                 done = await self._closed_shift(session, till, shift_id)
                 if done is not None:
+                    _same_count(done, counted_cash)
                     return await self._report(session, done)
                 raise NotFound(f"no open shift {shift_id or ''} at till {till}".replace("  ", " "))
             totals = await self._totals(session, shift)
@@ -410,9 +419,9 @@ class ShiftService:
         if devices is not None and devices.has_fiscal:
             async with devices.fiscal_queue:
                 try:
-                    report = await self._z_report(devices, shift.shift_id)
+                    report = await self._z_report(devices, shift.shift_id, counted_cash)
                 except _ClosedMeanwhile:
-                    return await self.get_shift(till, shift.shift_id)
+                    return await self._closed_answer(till, shift.shift_id, counted_cash)
                 except DeviceError as exc:
                     # The questions asked after the failure (fiscal memory) answered: the
                     # printer's state must still say why the Z did not print.
@@ -430,8 +439,13 @@ class ShiftService:
             assert row is not None
             if row.closed_at is not None:
                 # a second close of the same shift raced this one (no fiscal printer)
+                _same_count(row, counted_cash)
                 return await self._report(session, row)
+            if counted_cash is not None:
+                row.counted_cash = counted_cash  # else the count kept from a failed close
             totals = await self._totals(session, row)
+            row.closed_at = datetime.now(UTC)
+            out = self._out(row, totals)
             closed = ShiftClosed(
                 till=till,
                 shift_id=row.shift_id,
@@ -443,8 +457,9 @@ class ShiftService:
                 cash_in=totals["cash_in"],
                 cash_out=totals["cash_out"],
                 z_report=z,
+                counted_cash=row.counted_cash,
+                expected_cash=out.expected_cash,
             )
-            row.closed_at = datetime.now(UTC)
             row.closing = msgspec.to_builtins(closed)
             row.z_error = None
             if row.z_status is not None:
@@ -452,7 +467,7 @@ class ShiftService:
             await append_event(
                 session, branch=self._settings.branch, timezone=self._settings.timezone, body=closed
             )
-            answer = self._close_out(self._out(row, totals), totals, z)
+            answer = self._close_out(out, totals, z)
             # given again to a close repeated after this one, and by GET /shifts/{id}
             row.close_answer = msgspec.to_builtins(answer)
         return answer
@@ -489,6 +504,16 @@ class ShiftService:
         return DeviceFailed(
             close_failed_detail(shift_id, z_error, closing=closing), condition=exc.condition
         )
+
+    async def _closed_answer(
+        self, till: str, shift_id: str, counted_cash: int | None
+    ) -> ShiftCloseOut:
+        """The answer of a close that another close of the same shift finished first."""
+        async with self._sessionmaker() as session:
+            shift = await session.get(Shift, shift_id)
+            assert shift is not None
+            _same_count(shift, counted_cash)
+            return await self._report(session, shift)
 
     async def get_shift(self, till: str, shift_id: str) -> ShiftCloseOut:
         """A shift of this till, open or closed: the agent's totals, and once closed its
@@ -529,10 +554,14 @@ class ShiftService:
             else None,
         )
 
-    async def _z_report(self, devices: TillDeviceSet, shift_id: str) -> ReportResult:
+    async def _z_report(
+        self, devices: TillDeviceSet, shift_id: str, counted_cash: int | None
+    ) -> ReportResult:
         """Print the Z report once for this shift: intent first, then the report; a
         pending intent (crash, lost answer, retry) is settled with the printer's fiscal
-        memory. Called with the till's fiscal queue held."""
+        memory. The count is recorded with the intent (or by a repeat that gives one), so
+        a close killed or failed after it keeps it. Called with the till's fiscal queue
+        held."""
         await self._cash.settle_till(devices)
         async with self._sessionmaker() as session:
             shift = await session.get(Shift, shift_id)
@@ -541,6 +570,12 @@ class ShiftService:
                 # a second close of the same shift raced the first: never a second Z
                 raise _ClosedMeanwhile(shift_id)
             pending, before = shift.z_status == "pending", shift.z_before_number
+            recount = counted_cash is not None and counted_cash != shift.counted_cash
+        if pending and recount:
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                row = await session.get(Shift, shift_id)
+                assert row is not None
+                row.counted_cash = counted_cash
         if pending and before is not None:
             last = await devices.fiscal_last_z()
             if last.report_number > before:
@@ -561,6 +596,8 @@ class ShiftService:
                         field="shift",
                     )
                 row.z_status, row.z_before_number = "pending", before
+                if counted_cash is not None:
+                    row.counted_cash = counted_cash
         try:
             report = await devices.fiscal_report("z")
         except DeviceError:
@@ -758,6 +795,19 @@ def _same_shift(current: Shift, data: ShiftOpenIn) -> None:
         raise Conflict(opened, field="cashier")
     if data.opening_float is not None and data.opening_float != current.opening_float:
         raise Conflict(opened, field="opening_float")
+
+
+def _same_count(shift: Shift, counted_cash: int | None) -> None:
+    """A close repeated after the shift closed: another count than the one recorded
+    (sent to head office with the closing) is a 409; a left-out count is not compared."""
+    if counted_cash is None or counted_cash == shift.counted_cash:
+        return
+    recorded = "no count" if shift.counted_cash is None else _money(shift.counted_cash)
+    raise Conflict(
+        f"shift {shift.shift_id} was closed with {recorded} counted in the drawer, not"
+        f" {_money(counted_cash)}: a closed shift's count is not changed",
+        field="counted_cash",
+    )
 
 
 async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:

@@ -212,6 +212,7 @@ RECORD_REVISIONS: Mapping[str, str] = {
     "1801": "fiscal interventions, late fiscal numbers, receipts' fiscalized_at",
     "1806": "the chain's VAT groups",
     "1901": "customer returns without receipt (and who approved them)",
+    "1902": "shifts' counted and expected cash at the close",
 }
 
 

@@ -186,6 +186,12 @@ class ShiftClosed(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift
     cash_in: NonNegativeInt64 = 0
     cash_out: NonNegativeInt64 = 0
     z_report: ZReportTotals | None = None
+    # What the cashier counted in the drawer at the close, and what the till's records
+    # say should be there (opening float + cash net of change - cash refunds + cash in -
+    # cash out): central shows counted - expected as the shift's cash over/short. None:
+    # not counted (or an agent from before counted cash sent neither).
+    counted_cash: NonNegativeInt64 | None = None
+    expected_cash: Int64 | None = None
 
 
 class CashMoved(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="cash_moved"):

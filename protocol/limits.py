@@ -29,6 +29,7 @@ __all__ = [
     "CashMoveAmount",
     "Code32",
     "Code64",
+    "CountedCash",
     "CurrencyCode",
     "Int64",
     "NonNegativeInt32",
@@ -100,3 +101,5 @@ TenderAmount = Annotated[int, msgspec.Meta(ge=1, le=FISCAL_AMOUNT_MAX)]
 CASH_MOVE_MAX = FISCAL_AMOUNT_MAX
 CashMoveAmount = Annotated[int, msgspec.Meta(ge=1, le=CASH_MOVE_MAX)]
 OpeningFloat = Annotated[int, msgspec.Meta(ge=0, le=CASH_MOVE_MAX)]
+# The cash a cashier counted in the drawer at a shift's close: as large as one float.
+CountedCash = OpeningFloat

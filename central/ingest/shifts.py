@@ -60,6 +60,8 @@ async def store_shifts(
                 "z_turnover_by_vat_group": dict(z.turnover_by_vat_group) if z else {},
                 "z_storno_by_vat_group": dict(z.storno_by_vat_group) if z else {},
                 "z_receipts_count": z.receipts_count if z else None,
+                "counted_cash": body.counted_cash,
+                "expected_cash": body.expected_cash,
             }
         stmt = dialect_insert(session, table)
         values: dict[str, Any] = {

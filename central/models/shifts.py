@@ -44,8 +44,19 @@ class Shift(Base):
     z_turnover_by_vat_group: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     z_storno_by_vat_group: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     z_receipts_count: Mapped[int | None] = mapped_column(default=None)
+    # What the cashier counted in the drawer at the close and what the till's records
+    # said should be there (None: not counted, or an agent from before counted cash).
+    counted_cash: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    expected_cash: Mapped[int | None] = mapped_column(BigInteger, default=None)
     open_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     close_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+
+    @property
+    def cash_difference(self) -> int | None:
+        """Counted - expected cash: over (> 0) or short (< 0); None when not counted."""
+        if self.counted_cash is None or self.expected_cash is None:
+            return None
+        return self.counted_cash - self.expected_cash
 
 
 class ShiftIdConflict(Base):

@@ -278,6 +278,11 @@ class ShiftRow(msgspec.Struct, kw_only=True):
     # Of recorded_returns_total, the returns without receipt: the printer prints no storno
     # for them, so the fiscal printer's storno is compared with the rest.
     recorded_no_receipt_returns_total: int = 0
+    # The drawer at the close: the till's expected cash, the cashier's count, and counted
+    # - expected (cash over > 0, short < 0); None when not counted.
+    expected_cash: int | None = None
+    counted_cash: int | None = None
+    cash_difference: int | None = None
 
 
 class ShiftReconciliationReport(msgspec.Struct, kw_only=True):
@@ -287,6 +292,10 @@ class ShiftReconciliationReport(msgspec.Struct, kw_only=True):
     shifts: int
     shifts_with_differences: int
     rows: list[ShiftRow]
+    # Of the rows, the shifts whose cash was counted, and their cash over (> 0) or
+    # short (< 0) summed: what the drawers held beyond what the tills expected.
+    counted_shifts: int = 0
+    cash_difference_total: int = 0
 
 
 class LossPreventionRow(msgspec.Struct, kw_only=True):

@@ -1709,8 +1709,12 @@ async def shift_reconciliation(
                 differences=differences,
                 id_conflicts=conflicts.get(key, 0),
                 recorded_no_receipt_returns_total=rec_no_receipt,
+                expected_cash=shift.expected_cash if shift is not None else None,
+                counted_cash=shift.counted_cash if shift is not None else None,
+                cash_difference=shift.cash_difference if shift is not None else None,
             )
         )
+    counted = [r.cash_difference for r in rows if r.cash_difference is not None]
     return ShiftReconciliationReport(
         date_from=period.date_from,
         date_to=period.date_to,
@@ -1718,6 +1722,8 @@ async def shift_reconciliation(
         shifts=len(rows),
         shifts_with_differences=sum(1 for r in rows if r.differences),
         rows=rows,
+        counted_shifts=len(counted),
+        cash_difference_total=sum(counted),
     )
 
 

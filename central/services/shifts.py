@@ -90,6 +90,11 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     # Recorded sales equal the Z turnover and the Z receipt count, recorded returns the
     # Z storno total (None: no Z yet).
     z_matches: bool | None
+    # The drawer at the close: the till's expected cash, what the cashier counted, and
+    # counted - expected (over > 0, short < 0); None when not counted.
+    expected_cash: int | None = None
+    counted_cash: int | None = None
+    cash_difference: int | None = None
     # Openings and closings under this id not filed into it (see ShiftIdConflictOut).
     id_conflicts: list[ShiftIdConflictOut] = msgspec.field(default_factory=list)
     # Recorded receipts without a fiscal number (completed without the printer, or a
@@ -276,6 +281,9 @@ async def list_shifts(
                 ),
                 late_receipts=late,
                 z_matches=z_matches,
+                expected_cash=s.expected_cash,
+                counted_cash=s.counted_cash,
+                cash_difference=s.cash_difference,
                 id_conflicts=conflicts.get(key, []),
                 unfiscal_receipts=unfiscal,
                 fiscal_interventions=interventions.get(key, []),

@@ -230,7 +230,12 @@ class BranchBooks:
         )
 
     def close_shift(
-        self, shift: str = "S1", *, z_total: int | None = None, z_storno: int | None = None
+        self,
+        shift: str = "S1",
+        *,
+        z_total: int | None = None,
+        z_storno: int | None = None,
+        counted_cash: int | None = None,
     ) -> EventEnvelope:
         total = self.sales_total if z_total is None else z_total
         storno = self.returns_total if z_storno is None else z_storno
@@ -248,6 +253,9 @@ class BranchBooks:
                     storno_by_vat_group={"B": storno} if storno else {},
                     receipts_count=self.receipts,
                 ),
+                # the float (open_shift) and the sales, paid in cash
+                counted_cash=counted_cash,
+                expected_cash=5000 + self.sales_total,
             )
         )
 

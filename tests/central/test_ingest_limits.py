@@ -295,6 +295,8 @@ STORED_IN: dict[tuple[type[msgspec.Struct], str], tuple[str, ...]] = {
     (ShiftClosed, "returns_total"): ("shifts.returns_total",),
     (ShiftClosed, "cash_in"): ("shifts.cash_in",),
     (ShiftClosed, "cash_out"): ("shifts.cash_out",),
+    (ShiftClosed, "counted_cash"): ("shifts.counted_cash",),
+    (ShiftClosed, "expected_cash"): ("shifts.expected_cash",),
     (ZReportTotals, "report_number"): ("shifts.z_report_number",),
     (ZReportTotals, "receipts_count"): ("shifts.z_receipts_count",),
     (CashMoved, "till"): ("cash_movements.till",),

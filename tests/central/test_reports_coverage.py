@@ -13,7 +13,8 @@ B1 (UTC+1), stock after 11-03: A 1 @ 1.20, B 1 @ 3.00, W 1.246 kg worth 5.61.
   11-05 r7 (S5, ann, T1): W 0.4 kg @ 12.99 = 5.20 (VAT 0.47), credit card. Cost 1.80.
   11-05 cr2 (S5, ann): B x1 back, 4.50 (VAT 0.41), refunded cash; in at average 3.20.
   11-05 S5 closed: the till says 3 receipts, 13.68 sales, no returns, card 5.00; the
-        Z says 2 receipts, turnover 13.68, storno 4.00.
+        Z says 2 receipts, turnover 13.68, storno 4.00; cash expected 3.98 (8.48 less the
+        4.50 refunded), counted 3.90: 0.08 short.
   11-06 ST2 stocktake: A +0.5 (gain at average 1.44: 0.72), W -0.246 (3.81 x 246/846
         = 1.1079 -> 1.11), B -0.5 (8.00 x 0.5/2.5 = 1.60).
 B2 (UTC): A 1 @ 1.20 after 11-03.
@@ -134,6 +135,8 @@ def extended_history() -> History:
                 returns_total=0,
                 payments_by_type={"cash": 848, "credit_card": 500},
                 z_report=z,
+                counted_cash=390,
+                expected_cash=398,
             ),
         ),
         (
@@ -388,6 +391,7 @@ async def test_closed_shift_with_returns_and_a_differing_z(
             s, date_from=D2, date_to=D6, branch="B1", only_differences=True
         )
     assert (report.shifts, report.shifts_with_differences) == (1, 1)
+    assert (report.counted_shifts, report.cash_difference_total) == (1, -8)
     (s5,) = report.rows
     assert (s5.branch, s5.shift_id, s5.till, s5.cashier) == ("B1", "S5", "T1", "ann")
     assert (s5.local_date, s5.closed) == (D5, True)
@@ -536,12 +540,13 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
         "branch,shift_id,till,cashier,local_date,closed,z_report_number,recorded_receipts,"
         "recorded_sales,recorded_returns_total,reported_receipts,reported_sales,"
         "reported_returns_total,z_receipts,z_turnover,z_storno,differences,id_conflicts,"
-        "recorded_no_receipt_returns_total"
+        "recorded_no_receipt_returns_total,expected_cash,counted_cash,cash_difference"
     )
     (s5,) = rows
     # Counts stay integers; money (sales, returns, turnover, storno) is decimal text.
     assert [v for k, v in s5.items() if k != "differences"] == split(
-        "B1,S5,T1,ann,2026-11-05,true,9,2,13.68,4.50,3,13.68,0.00,2,13.68,4.00,0,0.00"
+        "B1,S5,T1,ann,2026-11-05,true,9,2,13.68,4.50,3,13.68,0.00,2,13.68,4.00,0,0.00,"
+        "3.98,3.90,-0.08"
     )
 
     header, rows = await _csv(client, f"loss-prevention?{PERIOD}&branch=B1&factor=2&min_count=1")

@@ -283,6 +283,9 @@ MONEY_FIELDS = {
     "z_storno",
     "manual_discount_amount",
     "recorded_no_receipt_returns_total",
+    "expected_cash",
+    "counted_cash",
+    "cash_difference",
 }
 
 

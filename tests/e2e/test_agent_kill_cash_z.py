@@ -19,10 +19,14 @@ from sqlalchemy import select
 
 from branch_agent.db import create_engine, create_sessionmaker
 from branch_agent.models import CashMove, OutboxEvent, Shift
+from central.embedded_nats import EmbeddedNats
+from central.models import IngestedEvent, ShiftIdConflict
+from central.models import Shift as CentralShift
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
 from devices.sim import SimulatorHandle
 from protocol.codec import decode_envelope
 from protocol.events import ShiftClosed
+from tests.conftest import register_branch, wait_until
 from tests.e2e.test_agent_kill import (
     AgentProcess,
     fiscal_printer,  # noqa: F401
@@ -32,6 +36,8 @@ from tests.e2e.test_agent_kill import (
 )
 
 T1 = {"Authorization": "Bearer t1"}
+# What the cashier counts in the drawer: the float and the sale's cash are 113.98, short 9.98.
+COUNTED = 10400
 
 
 async def post_until_answered(client: httpx.AsyncClient, url: str, body: Any) -> httpx.Response:
@@ -272,18 +278,24 @@ async def test_sigkill_around_the_opening_float_deposits_it_once(
 
 
 async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one_z(
+    central: Any,
+    nats_server: EmbeddedNats,
     fiscal_printer: SimulatorHandle,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """The paper runs out at the Z: the close says so and how to finish, the printer's
-    state and the shift show it. Paper loaded, the close is repeated and the agent is
-    SIGKILLed as the printer prints that Z. After the restart the till repeats the close
-    (the Z is read back from fiscal memory), then once more as if that answer had been
-    lost too: one Z, the shift closed once with the right totals, the same answer."""
+    state and the shift show it; the cashier's count goes with it. Paper loaded, the close
+    is repeated and the agent is SIGKILLed as the printer prints that Z. After the restart
+    the till repeats the close without the count (the Z is read back from fiscal memory,
+    the count kept from the first attempt), and the agent is SIGKILLed again as it answers
+    (its closing event in flight to NATS), then the close once more as if that answer had
+    been lost too: one Z, the shift closed once with the right totals and count, the same
+    answer; central holds the closing exactly once, with the count."""
     sim = fiscal_printer.sim
+    await register_branch(central, "B1")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
+    config = write_config(tmp_path, nats_server.url, port, fiscal_printer.url)
     agent = AgentProcess(config, tmp_path / "agent.log")
     killed = threading.Event()
     close = f"{url}/api/v1/shifts/current/close"
@@ -310,7 +322,7 @@ async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one
             assert sold.json()["status"] == "fiscalized", sold.text
 
             sim.paper_end = True
-            failed = await client.post(close, json={}, headers=T1)
+            failed = await client.post(close, json={"counted_cash": COUNTED}, headers=T1)
             assert failed.status_code == 503, failed.text
             assert "paper_end: paper end" in failed.json()["detail"]
             assert "load paper and repeat the close" in failed.json()["detail"]
@@ -320,12 +332,13 @@ async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one
             shown = (await client.get(f"{url}/api/v1/shifts/current", headers=T1)).json()
             assert shown["closing"] is True
             assert shown["close_error"] == failed.json()["detail"]
+            assert shown["counted_cash"] == COUNTED
             assert sim.reports == []
 
             sim.paper_end = False
             sim.at_command(CMD_REPORT, kill_as_printed, nth=1)
             with contextlib.suppress(httpx.HTTPError):
-                await client.post(close, json={}, headers=T1)
+                await client.post(close, json={"counted_cash": COUNTED}, headers=T1)
         assert killed.is_set()
         agent.reap()
         agent.start()
@@ -333,10 +346,18 @@ async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one
         async with httpx.AsyncClient(timeout=30) as client:
             closed = await post_until_answered(client, close, {})
             assert closed.status_code == 200, closed.text
-            # its answer lost too: asked again, the same answer
-            again = await client.post(close, json={}, headers=T1)
+        # killed as it answered: the closing event may be on its way to NATS
+        agent.kill()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            # its answer lost too: asked again, the same answer (the same count too)
+            again = await client.post(close, json={"counted_cash": COUNTED}, headers=T1)
             assert again.status_code == 200, again.text
             assert again.json() == closed.json()
+            recount = await client.post(close, json={"counted_cash": COUNTED + 1}, headers=T1)
+            assert recount.status_code == 409, recount.text
+            assert recount.json()["errors"][0]["field"] == "counted_cash"
             read = await client.get(f"{url}/api/v1/shifts/{shift_id}", headers=T1)
             assert read.json() == closed.json()
     finally:
@@ -349,6 +370,8 @@ async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one
     assert z["shift"]["shift_id"] == shift_id
     assert z["shift"]["receipts_count"] == 1
     assert z["shift"]["expected_cash"] == 10000 + sold.json()["total"]
+    assert z["shift"]["counted_cash"] == COUNTED
+    assert z["shift"]["cash_difference"] == COUNTED - z["shift"]["expected_cash"] == -998
     assert (z["shift"]["closing"], z["shift"]["close_error"]) == (False, None)
 
     engine = create_engine(tmp_path / "agent" / "agent.db")
@@ -368,3 +391,28 @@ async def test_paper_out_at_the_z_then_killed_as_the_repeated_z_prints_gives_one
     assert len(closings) == 1
     assert closings[0].z_report is not None
     assert closings[0].z_report.report_number == 1
+    assert closings[0].counted_cash == COUNTED
+
+    # Central: every event once, the closing once, with the count.
+    async def central_has_all() -> bool:
+        async with central.sessionmaker() as session:
+            seqs = (
+                await session.scalars(select(IngestedEvent.seq).where(IngestedEvent.branch == "B1"))
+            ).all()
+        return sorted(seqs) == [e.seq for e in events]
+
+    await wait_until(central_has_all, timeout=60)
+    async with central.sessionmaker() as session:
+        kinds = (
+            await session.scalars(select(IngestedEvent.kind).where(IngestedEvent.branch == "B1"))
+        ).all()
+        at_central = await session.get(CentralShift, ("B1", shift_id))
+        conflicts = (await session.scalars(select(ShiftIdConflict))).all()
+    assert kinds.count("shift_closed") == 1
+    assert conflicts == []
+    assert at_central is not None
+    assert (at_central.counted_cash, at_central.expected_cash) == (
+        COUNTED,
+        z["shift"]["expected_cash"],
+    )
+    assert at_central.cash_difference == z["shift"]["cash_difference"]

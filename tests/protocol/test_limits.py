@@ -31,6 +31,7 @@ INTEGERS = [
     ("CashMoveAmount", 1, CASH_MOVE_MAX),
     ("TenderAmount", 1, FISCAL_AMOUNT_MAX),
     ("OpeningFloat", 0, CASH_MOVE_MAX),
+    ("CountedCash", 0, CASH_MOVE_MAX),
 ]
 
 
