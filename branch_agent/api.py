@@ -46,6 +46,7 @@ from branch_agent.till_api import (
     TillApi,
     UnfiscalIn,
 )
+from protocol.http_body import StrictBodyRule
 from protocol.http_query import QueryParameterRule, QueryRefused
 from protocol.problems import (
     NOT_UTF8_DETAIL,
@@ -650,7 +651,7 @@ def create_till_app(agent: Agent) -> Litestar:
         exception_handlers=_handlers,
         # A query parameter the route does not declare, or a single-valued one given
         # twice, is a 400 problem naming it, as at central.
-        plugins=[QueryParameterRule()],
+        plugins=[QueryParameterRule(), StrictBodyRule()],
         request_max_body_size=1024 * 1024,
         openapi_config=OpenAPIConfig(
             title=f"Backroom till API ({agent.settings.branch})", version="1.0.0", path="/docs"

@@ -32,6 +32,7 @@ from central.auth import ApiAuthMiddleware, authorize
 from central.auth.limits import bounded_path_ints, text_without_nul
 from central.runtime import CentralRuntime
 from central.settings import CentralSettings
+from protocol.http_body import StrictBodyRule
 from protocol.http_query import QueryParameterRule
 
 __all__ = ["create_app"]
@@ -85,7 +86,8 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
         # Before Litestar's own Struct plugin: bodies that refuse unknown fields say so.
         # QueryParameterRule: a query parameter the route does not declare, or a
         # single-valued one given twice, is a 400 problem naming it (after the guards).
-        plugins=[StrictStructSchemaPlugin(), QueryParameterRule()],
+        # StrictBodyRule: a number or boolean sent as text is a 422 naming it.
+        plugins=[StrictStructSchemaPlugin(), QueryParameterRule(), StrictBodyRule()],
         request_max_body_size=settings.max_request_body,
         openapi_config=OpenAPIConfig(
             title="Backroom head office API",

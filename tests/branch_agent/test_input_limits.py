@@ -286,3 +286,58 @@ async def test_an_event_bigger_than_one_message_is_refused_and_nothing_is_writte
         async with store.agent.sessionmaker() as session, session.begin():
             await append_event(session, branch="B1", timezone="UTC", body=body)
     assert await _counts(store) == before
+
+
+# (route, credentials, body, the field sent as text)
+TEXT_CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
+    # "100.00" meaning 100 euros was taken as 100 cents.
+    ("/api/v1/shifts", TILL2, {"opening_float": "100.00"}, "opening_float"),
+    ("/api/v1/cash-moves", TILL2, {"move_id": "m1", "direction": "in", "amount": "1e2"}, "amount"),
+    (
+        "/api/v1/sales",
+        TILL2,
+        _sale("s1", payments=[{"type": "cash", "amount": "200"}]),
+        "payments[0].amount",
+    ),
+    (
+        "/api/v1/stock/documents",
+        MANAGER,
+        _RECEIPT | {"lines": [{"sku": "MILK-1L", "quantity": "2", "unit_cost": "70"}]},
+        "lines[0].unit_cost",
+    ),
+    ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"allow_negative": "true"}, "allow_negative"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "headers", "body", "field"),
+    TEXT_CASES,
+    ids=[f"{r}:{f}" for r, _, _, f in TEXT_CASES],
+)
+async def test_a_number_or_boolean_sent_as_text_is_refused_and_nothing_is_recorded(
+    store: Store, route: str, headers: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    if route in ("/api/v1/sales", "/api/v1/cash-moves"):
+        opened = await store.client.post("/api/v1/shifts", json={}, headers=headers)
+        assert opened.status_code == 201, opened.text
+    before = await _counts(store)
+    response = await store.client.post(route, json=body, headers=headers)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert "not as text" in problem["errors"][0]["message"]
+    assert await _counts(store) == before
+
+
+async def test_a_body_refused_for_other_reasons_keeps_the_frameworks_words(store: Store) -> None:
+    # Text where a number is wanted and no number in it: refused by the lenient
+    # conversion as well, in its words (no "as text" advice for what is no number).
+    response = await store.client.post(
+        "/api/v1/shifts", json={"opening_float": "lots"}, headers=TILL2
+    )
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["field"] == "opening_float"
+    assert "not as text" not in error["message"]
+    opened = await store.client.post("/api/v1/shifts", json={"opening_float": 100}, headers=TILL2)
+    assert opened.status_code == 201, opened.text

@@ -120,3 +120,22 @@ async def test_a_missing_body_field_is_named(central: Any, central_client: Any) 
     # Named by itself, not "data" (the framework's name for the whole body).
     r = await central_client.post("/api/v1/prices", json={"price": 129})
     assert _fields(r, 422) == ["sku"]
+
+
+async def test_a_number_or_boolean_sent_as_text_is_refused(
+    central: Any, central_client: Any
+) -> None:
+    """A price sent as "129.00" (meant as euros) was taken as 129 cents: text is never a
+    number here (nor "true" a boolean); the field is named, nothing is recorded."""
+    await _setup(central_client)
+    r = await central_client.post("/api/v1/prices", json={"sku": "MILK-1L", "price": "129.00"})
+    assert _fields(r, 422) == ["price"]
+    assert "not as text" in r.json()["errors"][0]["message"]
+    body = _promotion(datetime.now(UTC)) | {"percent_bp": "1000"}
+    r = await central_client.post("/api/v1/promotions", json=body)
+    assert _fields(r, 422) == ["percent_bp"]
+    r = await central_client.get("/api/v1/prices", params={"sku": "MILK-1L"})
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == []
+    r = await central_client.post("/api/v1/prices", json={"sku": "MILK-1L", "price": 129})
+    assert r.status_code == 201, r.text
