@@ -30,6 +30,11 @@ time), every till's shift numbers go on from ``start`` (``SHIFT_FLOOR``): past e
 shift central can know of. A shift opened before the answer cannot know that floor;
 its id carries a random tag (``T2-5-k7qz2``, see :mod:`branch_agent.shifts`).
 
+An answer that moves a database's events on also says how many sales and returns
+central holds in the numbers it lost (``held_records``): they are fetched and kept
+(``keep_held``, :mod:`branch_agent.restored`) before the answer is taken, so a till's
+retry of one is refused, not printed again, and receipt numbers go on past them.
+
 Each report and heartbeat also names the server the agent runs on (``server_id``):
 a copy of the database running on a second server at once (a cloned disk) has the
 same id, and only the server tells them apart. A restart on the same server is not
@@ -50,7 +55,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.outbox import EVENT_SEQ
+from branch_agent.restored import keep_held_records
 from protocol.codec import decode_envelope, encode
+from protocol.masterdata import HeldRecordsReply
 
 __all__ = [
     "AGENT_INSTANCE",
@@ -230,6 +237,11 @@ class EventNumbering:
             "settled_last_seq": self.checked,
             "agent_server": self.server,
         }
+
+    async def keep_held(self, page: HeldRecordsReply) -> None:
+        """Keep a page of the records this database lost (see branch_agent.restored)."""
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            await keep_held_records(session, page)
 
     async def settle(self, start: int) -> None:
         """Central's answer: renumber what waits from ``start``, then let it go."""
