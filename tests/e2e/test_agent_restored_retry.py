@@ -76,15 +76,17 @@ async def test_a_retry_after_a_restore_is_not_recorded_or_printed_again(
         assert len(fiscal.sim.receipts) == 7
         await wait_until(lambda: at_central(7), timeout=30)
 
-        async def caught_up() -> bool:
-            async with central.sessionmaker() as session:
-                sync = await get_branch_sync(session, "B1")
-            return sync.contiguous_seq == sync.max_seq and sync.missing == 0
-
-        await wait_until(caught_up, timeout=30)
+        await wait_until(lambda: caught_up(central), timeout=30)
         async with central.sessionmaker() as session:
             assert (await session.scalars(select(DeadLetter))).all() == []
         receipts = await receipts_at_central(central)
         assert sorted(sale_id for _, sale_id in receipts) == [f"s{n}" for n in range(1, 8)]
     finally:
         fiscal.stop()
+
+
+async def caught_up(central: Any) -> bool:
+    """Central holds every number of B1 up to its highest: nothing missing."""
+    async with central.sessionmaker() as session:
+        sync = await get_branch_sync(session, "B1")
+    return sync.contiguous_seq == sync.max_seq and sync.missing == 0

@@ -18,18 +18,13 @@ from sqlalchemy import func, select
 from branch_agent.backup import backup_database, restore_database
 from central.embedded_nats import EmbeddedNats
 from central.models import CustomerReturn, DeadLetter, Receipt
-from central.services.sync_state import get_branch_sync
 from devices.sim import SimulatorHandle
 from tests.conftest import register_branch, wait_until
-from tests.e2e.test_agent_kill import (
-    AgentProcess,
-    fiscal_printer,
-    free_port,
-    wait_healthy,
-    write_config,
-)
+from tests.e2e import test_agent_kill as kill
+from tests.e2e.test_agent_kill import fiscal_printer
+from tests.e2e.test_agent_restored_retry import caught_up
 
-__all__ = ["fiscal_printer"]  # the fixture, used by name
+__all__ = ["fiscal_printer"]  # the fixture of test_agent_kill, used by name
 
 T1 = {"Authorization": "Bearer t1"}
 
@@ -72,15 +67,16 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
     central: Any, nats_server: EmbeddedNats, fiscal_printer: SimulatorHandle, tmp_path: Path
 ) -> None:
     await register_branch(central, "B1")
-    port = free_port()
+    port = kill.free_port()
     url = f"http://127.0.0.1:{port}"
     database = tmp_path / "agent" / "agent.db"
-    agent = AgentProcess(
-        write_config(tmp_path, nats_server.url, port, fiscal_printer.url), tmp_path / "agent.log"
+    agent = kill.AgentProcess(
+        kill.write_config(tmp_path, nats_server.url, port, fiscal_printer.url),
+        tmp_path / "agent.log",
     )
     agent.start()
     try:
-        await wait_healthy(url)
+        await kill.wait_healthy(url)
         async with httpx.AsyncClient(base_url=url, headers=T1, timeout=20) as till:
             assert (await till.post("/api/v1/shifts", json={"cashier": "anna"})).status_code in (
                 200,
@@ -118,7 +114,7 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
             except httpx.HTTPError:
                 pass  # killed before it answered: the till retries
             agent.start()
-            await wait_healthy(url)
+            await kill.wait_healthy(url)
             again = await till.post("/api/v1/sales", json=_sale("s5"))
             assert again.status_code == 409, again.text
             assert again.json()["errors"][0]["field"] == "sale_id"
@@ -131,12 +127,7 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
         assert (len(fiscal_printer.sim.receipts), len(fiscal_printer.sim.storno_receipts)) == (7, 1)
         await wait_until(lambda: _is(central, (7, 1, 0)), timeout=30)
 
-        async def caught_up() -> bool:
-            async with central.sessionmaker() as session:
-                sync = await get_branch_sync(session, "B1")
-            return sync.contiguous_seq == sync.max_seq and sync.missing == 0
-
-        await wait_until(caught_up, timeout=30)
+        await wait_until(lambda: caught_up(central), timeout=30)
         async with central.sessionmaker() as session:
             ids = sorted(await session.scalars(select(Receipt.sale_id)))
         assert ids == [f"s{n}" for n in range(1, 8)]
