@@ -44,16 +44,14 @@ async def count_held_records(session: AsyncSession, branch: str, after: int, thr
     return total
 
 
-_COLUMNS = ("seq", "till", "key", "number", "shift_id", "total", "fiscal_number")
-
-
 async def _held(
     session: AsyncSession,
     record: type[Receipt] | type[CustomerReturn],
     columns: tuple[Any, Any],
     where: tuple[str, int, int, int],
 ) -> list[dict[str, Any]]:
-    """Up to ``limit`` rows of ``record`` (keyed by ``columns``: its id and number)."""
+    """Up to ``limit`` rows of ``record`` with ``columns`` (its id and number, labelled
+    with the wire's names), as the wire Struct's fields."""
     branch, after, through, limit = where
     query = select(
         IngestedEvent.seq,
@@ -64,7 +62,7 @@ async def _held(
         record.fiscal_number,
     ).join(IngestedEvent, IngestedEvent.event_id == record.event_id)
     query = _in_range(query, branch, after, through).order_by(IngestedEvent.seq).limit(limit)
-    return [dict(zip(_COLUMNS, row, strict=True)) for row in await session.execute(query)]
+    return [dict(row._mapping) for row in await session.execute(query)]
 
 
 async def held_records_page(
@@ -84,16 +82,8 @@ async def held_records_page(
     seqs = sorted(row["seq"] for row in sale_rows + return_rows)
     last = seqs[limit - 1] if len(seqs) > limit else (seqs[-1] if seqs else after)
     return HeldRecordsReply(
-        sales=tuple(
-            HeldSale(**(r | {"sale_id": r.pop("key"), "receipt_number": r.pop("number")}))
-            for r in sale_rows
-            if r["seq"] <= last
-        ),
-        returns=tuple(
-            HeldReturn(**(r | {"return_id": r.pop("key"), "return_number": r.pop("number")}))
-            for r in return_rows
-            if r["seq"] <= last
-        ),
+        sales=tuple(HeldSale(**r) for r in sale_rows if r["seq"] <= last),
+        returns=tuple(HeldReturn(**r) for r in return_rows if r["seq"] <= last),
         next_after_seq=last,
         done=len(seqs) <= limit and len(sale_rows) < limit and len(return_rows) < limit,
     )
