@@ -4,9 +4,17 @@ recorded or printed; the receipt and return numbers go on past central's."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import asyncio
+import time
+from collections.abc import Callable
 
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from branch_agent.backup import RESTORED_UNANSWERED
+from branch_agent.db import create_sessionmaker
 from branch_agent.models import Sale
+from branch_agent.numbering import EventNumbering
 from protocol.masterdata import HeldRecordsReply, HeldReturn, HeldSale
 from tests.branch_agent.conftest import Store
 from tests.branch_agent.test_sales_and_fiscal import basket
@@ -73,3 +81,50 @@ async def test_a_retry_of_a_sale_or_return_central_holds_is_refused_and_numbers_
     assert ret.status_code == 201, ret.text
     assert ret.json()["return_number"] == 5
     assert len(store.fiscal.sim.receipts) == printed + 1
+
+
+async def test_sales_at_a_restored_database_wait_for_centrals_answer_a_bounded_time(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
+    first = EventNumbering(create_sessionmaker(engine), asyncio.Lock(), lambda: None)
+    await first.load()
+    await first.settle(1)  # a numbered database, as a backup of one is
+    async with engine.begin() as connection:
+        # What branch_agent.backup.restore_database leaves in the database it restored.
+        await connection.execute(
+            text("INSERT INTO counters (name, value) VALUES (:name, 1)"),
+            {"name": RESTORED_UNANSWERED},
+        )
+
+    def restored(hold_s: float) -> EventNumbering:
+        sessions = create_sessionmaker(engine)
+        return EventNumbering(sessions, asyncio.Lock(), lambda: None, restore_hold_s=hold_s)
+
+    # Central answers within the hold: the sale goes on at the answer.
+    numbering = restored(10.0)
+    await numbering.load()
+    assert numbering.restored
+    waiting = asyncio.create_task(numbering.hold_after_restore())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await numbering.settle(5)
+    await asyncio.wait_for(waiting, 1)
+    # Answered: the mark is gone, a restart does not wait.
+    again = restored(10.0)
+    await again.load()
+    assert not again.restored
+    await asyncio.wait_for(again.hold_after_restore(), 0.1)
+
+    # No answer (the link down): the store trades on once the hold is over.
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO counters (name, value) VALUES (:name, 1)"),
+            {"name": RESTORED_UNANSWERED},
+        )
+    offline = restored(0.3)
+    await offline.load()
+    started = time.monotonic()
+    await offline.hold_after_restore()
+    assert 0.2 < time.monotonic() - started < 2
+    await asyncio.wait_for(offline.hold_after_restore(), 0.05)  # once, not per sale

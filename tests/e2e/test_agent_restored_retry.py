@@ -3,7 +3,8 @@ before the sale: central lists what it holds past the restored database's number
 it answers the numbering question, so the retry is answered with a 409 naming
 ``sale_id`` (the original's receipt number, shift, total and fiscal number), nothing
 recorded, nothing printed a second time; the receipt numbers of the shift open in the
-backup go on past central's; central holds every sale once, with no dead letter, and
+backup go on past central's (a retry sent at once waits for central's answer, the
+restore hold); central holds every sale once, with no dead letter, and
 the branch's sequence runs on."""
 
 from __future__ import annotations
@@ -57,12 +58,10 @@ async def test_a_retry_after_a_restore_is_not_recorded_or_printed_again(
         restore_database(backup, store / "agent.db", branch="B1")
         restored = await make_agent("B1", nats_server.url, data_dir=str(store), tills=tills)
 
-        async def settled() -> bool:
-            return bool((await restored.status()).numbering_settled)
-
-        await wait_until(settled, timeout=30)
-        # The till heard nothing back for s5 before the restore and sends it again.
+        # The till heard nothing back for s5 before the restore and sends it again at
+        # once: it waits for central's answer (the restore hold), then is refused.
         again = await post_sale(restored, sale("s5"), TOKEN)
+        assert (await restored.status()).numbering_settled
         assert again.status_code == 409, again.text
         problem = again.json()
         assert problem["errors"][0]["field"] == "sale_id"
