@@ -107,6 +107,7 @@ class Agent:
             self.write_lock,
             self.sender.wake,
             server=server_id(settings.server_id),
+            restore_hold_s=settings.restore_hold_s,
         )
         self.sender.numbering = self.numbering
         self.shifts.numbering = self.numbering
@@ -188,6 +189,7 @@ class Agent:
 
     async def record_sale(self, till: str, data: SaleIn) -> tuple[SaleOut, bool]:
         """Commit, fiscalize (when the till has a fiscal printer), show, open the drawer."""
+        await self.numbering.hold_after_restore()
         out, created = await self.sales.record_sale(till, data)
         # Right after a printer failure the till is answered at once (pending); the
         # background retry prints it when the printer is back.
@@ -209,6 +211,7 @@ class Agent:
 
     async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
         """Commit a customer return, then print its storno receipt (fiscal tills)."""
+        await self.numbering.hold_after_restore()
         out, created = await self.sales.record_return(till, data)
         if out.status == "pending_fiscal" and not self.fiscal.recently_failed(till):
             try:

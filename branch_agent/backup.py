@@ -6,7 +6,9 @@ restore refuses a file that is not a sound agent database of this branch, and mo
 the database it replaces aside (with its WAL) instead of deleting it. The restored
 database asks central where its numbering stands at its next start
 (``branch_agent.numbering``): sales it numbers after the backup's do not reuse numbers
-central holds.
+central holds. The restored database is marked (``RESTORED_UNANSWERED``) until central
+has answered: with the answer it learns the sales and returns it lost
+(``branch_agent.restored``), and its sales wait a little for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from typing import Any
 
 from protocol.codec import decode_envelope_seq
 
-__all__ = ["BackupError", "backup_database", "foreign_branch", "restore_database"]
+__all__ = [
+    "RESTORED_UNANSWERED",
+    "BackupError",
+    "backup_database",
+    "foreign_branch",
+    "restore_database",
+]
+
+# Set in a database this module restored, until central has answered its numbering
+# question (``branch_agent.numbering``): its sales wait a little for that answer.
+RESTORED_UNANSWERED = "restored_unanswered"
 
 _SIDECARS = ("-wal", "-shm")
 
@@ -145,6 +157,11 @@ def restore_database(backup: Path, database: Path, *, branch: str) -> dict[str, 
         closing(sqlite3.connect(partial)) as copy,
     ):
         source.backup(copy)
+        with copy:
+            copy.execute(
+                "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                (RESTORED_UNANSWERED, int(datetime.now(UTC).timestamp())),
+            )
     os.replace(partial, database)
     return {
         "restored": str(database),

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
+from branch_agent.restored import fetch_held_records
 from protocol.masterdata import (
     SnapshotReply,
     SnapshotRequest,
@@ -206,6 +207,22 @@ class SnapshotRequester:
                     )
                 self.numbering.refused = reply.numbering_refused
             elif reply.event_seq_start:
+                if reply.held_records and request.settled_instance:
+                    # Gone back in time: first what central holds that this database
+                    # lost, so a till's retry of it is refused, not printed again.
+                    kept = await fetch_held_records(
+                        nc,
+                        self.branch,
+                        request.settled_last_seq,
+                        reply.event_seq_start - 1,
+                        self.numbering.keep_held,
+                        timeout_s=self.timeout_s,
+                    )
+                    log.warning(
+                        "%d sales and returns recorded after this database's backup are "
+                        "central's: a till's retry of one is refused, not printed again",
+                        kept,
+                    )
                 await self.numbering.settle(reply.event_seq_start)
             elif request.settled_instance:
                 # A central from before this check: it cannot tell, the numbers go on.

@@ -29,6 +29,7 @@ __all__ = [
     "OutboxEvent",
     "Product",
     "ProductBarcode",
+    "RestoredRecord",
     "Sale",
     "Shift",
     "StockBalance",
@@ -360,3 +361,22 @@ class StockBalance(AgentBase):
 
 # The master-data replica tables share this metadata (migrations and their checks see them).
 import branch_agent.masterdata_models  # noqa: E402, F401
+
+
+class RestoredRecord(AgentBase):
+    """A sale or customer return central holds that this database lost by going back in
+    time (restored from a backup): a till's retry of it is refused, never recorded or
+    printed again (``branch_agent.restored``)."""
+
+    __tablename__ = "restored_records"
+
+    # "sale" (record_id: the till's sale_id) or "return" (its return_id).
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    till: Mapped[str] = mapped_column(String(32), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Central's event number of it, its receipt (or return) number, shift and total.
+    seq: Mapped[int] = mapped_column(BigInteger)
+    number: Mapped[int] = mapped_column(BigInteger)
+    shift_id: Mapped[str] = mapped_column(String(64))
+    total: Mapped[int] = mapped_column(BigInteger)
+    fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)

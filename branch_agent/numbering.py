@@ -30,6 +30,11 @@ time), every till's shift numbers go on from ``start`` (``SHIFT_FLOOR``): past e
 shift central can know of. A shift opened before the answer cannot know that floor;
 its id carries a random tag (``T2-5-k7qz2``, see :mod:`branch_agent.shifts`).
 
+An answer that moves a database's events on also says how many sales and returns
+central holds in the numbers it lost (``held_records``): they are fetched and kept
+(``keep_held``, :mod:`branch_agent.restored`) before the answer is taken, so a till's
+retry of one is refused, not printed again, and receipt numbers go on past them.
+
 Each report and heartbeat also names the server the agent runs on (``server_id``):
 a copy of the database running on a second server at once (a cloned disk) has the
 same id, and only the server tells them apart. A restart on the same server is not
@@ -39,8 +44,10 @@ a second one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,9 +55,12 @@ import msgspec
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from branch_agent.backup import RESTORED_UNANSWERED
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.outbox import EVENT_SEQ
+from branch_agent.restored import keep_held_records
 from protocol.codec import decode_envelope, encode
+from protocol.masterdata import HeldRecordsReply
 
 __all__ = [
     "AGENT_INSTANCE",
@@ -172,6 +182,7 @@ class EventNumbering:
         write_lock: asyncio.Lock,
         on_settled: Callable[[], None],
         server: str = "",
+        restore_hold_s: float = 0.0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._write_lock = write_lock
@@ -189,6 +200,12 @@ class EventNumbering:
         self.refused = ""
         # Numbers this database skipped (see skipped_ranges), for the heartbeat.
         self.skipped: tuple[tuple[int, int], ...] = ()
+        # Restored from a backup (branch_agent.backup) and not answered yet: sales wait
+        # for the answer until ``_hold_until`` (monotonic), see hold_after_restore.
+        self.restored = False
+        self._restore_hold_s = restore_hold_s
+        self._hold_until = 0.0
+        self._answered = asyncio.Event()
 
     @property
     def settled(self) -> bool:
@@ -208,6 +225,8 @@ class EventNumbering:
             self.instance = f"{instance.value:016x}" if instance is not None else ""
             self.start = settled.value if settled is not None else 0
             self.confirmed = False
+            self.restored = await session.get(Counter, RESTORED_UNANSWERED) is not None
+            self._hold_until = time.monotonic() + self._restore_hold_s
             self.skipped = await skipped_ranges(session, self.start)
             if not self.instance or not self.start:
                 self.checked = 0
@@ -231,12 +250,30 @@ class EventNumbering:
             "agent_server": self.server,
         }
 
+    async def hold_after_restore(self) -> None:
+        """A sale or return at a database restored from a backup waits for central's
+        answer (the sales the restore lost), up to the restore hold from the start: a
+        till's retry of a lost sale right after the restore is refused, not printed
+        twice. Then, or with the link down, the store trades on unchecked."""
+        if not self.restored or self.settled:
+            return
+        left = self._hold_until - time.monotonic()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), left)
+
+    async def keep_held(self, page: HeldRecordsReply) -> None:
+        """Keep a page of the records this database lost (see branch_agent.restored)."""
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            await keep_held_records(session, page)
+
     async def settle(self, start: int) -> None:
         """Central's answer: renumber what waits from ``start``, then let it go."""
         if self.settled:
             return
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             moved = await renumber_outbox(session, start, after=self.checked)
+            await session.execute(delete(Counter).where(Counter.name == RESTORED_UNANSWERED))
             if self.start:
                 await session.execute(delete(Counter).where(Counter.name == EVENT_SEQ_CHECKED))
             else:
@@ -265,4 +302,6 @@ class EventNumbering:
             )
         self.confirmed = True
         self.refused = ""
+        self.restored = False
+        self._answered.set()
         self._on_settled()

@@ -38,6 +38,7 @@ from branch_agent.fiscal import closing_shift_detail
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift, utcnow
 from branch_agent.outbox import append_event, check_event, next_counter
+from branch_agent.restored import RETURN, SALE, refuse_if_restored
 from branch_agent.schemas import (
     PaymentIn,
     ReturnIn,
@@ -175,6 +176,8 @@ class SaleService:
             async with direct_unit(self._engine) as db:
                 exists = bool(db.execute(_SALE_EXISTS, key))
                 if not exists:
+                    # A retry of a sale this database lost to a restore: never again.
+                    await refuse_if_restored(db, SALE, till, sale.sale_id)
                     return await self._commit_sale(session, db, till, sale, fiscal=fiscal), True
             existing = await session.scalar(_SALE_BY_ID, key)
             assert existing is not None
@@ -509,6 +512,7 @@ class SaleService:
                         field="return_id",
                     )
                 return return_out(existing), False
+            await refuse_if_restored(session, RETURN, till, data.return_id)
             _check_return_shape(data)
             shift_id, shift_cashier = await self._open_shift(session, till, data.shift_id)
             if data.without_receipt:

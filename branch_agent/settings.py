@@ -149,6 +149,11 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # How often pending fiscal receipts are retried and devices are probed.
     fiscal_retry_interval_s: float = 5.0
     device_poll_interval_s: float = 15.0
+    # A database restored from a backup: a sale or return waits at most this long (from
+    # the agent's start, once) for central's answer, which says which sales the restore
+    # lost (a till's retry of one is refused then, not printed again); then the store
+    # trades on unchecked (its link is down). 0: never wait.
+    restore_hold_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 15.0
     # Seed a small demo catalog on an empty database (make run).
     demo_catalog: bool = False
     # This server as central tells agents apart (empty: host name and boot id). Two

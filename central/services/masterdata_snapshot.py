@@ -47,6 +47,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.models import Branch
+from central.services.held_records import count_held_records, held_records_page
 from central.services.masterdata_publisher import (
     MasterDataPublisher,
     enqueue_snapshot,
@@ -62,9 +63,12 @@ from central.sync.jetstream import down_filter_subjects, ensure_branch_consumer
 from protocol.codec import WireDecodeError
 from protocol.masterdata import (
     SNAPSHOT_REQUEST_SUBJECTS,
+    HeldRecordsReply,
+    HeldRecordsRequest,
     SnapshotReply,
     SnapshotRequest,
     branch_list_digest,
+    decode_branch_rpc,
     decode_snapshot_request,
     encode_snapshot_rpc,
     parse_snapshot_request_subject,
@@ -141,6 +145,16 @@ def _refusal(branch: str, instance: str, server: str, running: RunningAgent) -> 
     )
 
 
+def _held_records_request(data: bytes) -> HeldRecordsRequest | None:
+    """The question is a page of held records (else a position report, or garbage the
+    report's path answers with its error)."""
+    try:
+        request = decode_branch_rpc(data)
+    except WireDecodeError:
+        return None
+    return request if isinstance(request, HeldRecordsRequest) else None
+
+
 def _lossy(config: Any) -> bool:
     # max_msgs_per_subject only replaces a key's value by a newer one: not a loss.
     return bool(
@@ -173,6 +187,12 @@ class SnapshotService:
 
     async def run(self, nc: Client, js: JetStreamContext, stop: asyncio.Event) -> None:
         async def on_request(msg: Any) -> None:
+            held = _held_records_request(msg.data)
+            if held is not None:
+                page = await self.held_records(msg.subject, held)
+                if msg.reply:
+                    await msg.respond(encode_snapshot_rpc(page))
+                return
             received = datetime.now(UTC)
             reply = await self.answer(js, msg.subject, msg.data)
             # The middle of its stay here: the branch takes the middle of its round trip
@@ -214,7 +234,10 @@ class SnapshotService:
             if numbered and not reply.error:
                 start, refused = (0, held) if held else await self._number(branch_code, request)
                 reply = msgspec.structs.replace(
-                    reply, event_seq_start=start, numbering_refused=refused
+                    reply,
+                    event_seq_start=start,
+                    numbering_refused=refused,
+                    held_records=await self._held_count(branch_code, request, start),
                 )
             if not reply.error:
                 codes, digest = await self._branch_list()
@@ -224,6 +247,38 @@ class SnapshotService:
         except Exception as exc:
             log.warning("position report of %s not answered: %s", branch_code, exc)
             return SnapshotReply(action="none", error=f"central could not decide: {exc}")
+
+    async def _held_count(self, branch_code: str, request: SnapshotRequest, start: int) -> int:
+        """Sales and returns the database lost by going back in time (see
+        ``central.services.held_records``); 0 when it did not."""
+        if not request.settled_instance or start <= request.settled_last_seq + 1:
+            return 0
+        async with self._sessionmaker() as session:
+            return await count_held_records(
+                session, branch_code, request.settled_last_seq, start - 1
+            )
+
+    async def held_records(self, subject: str, request: HeldRecordsRequest) -> HeldRecordsReply:
+        """One page of those records, for the branch the subject names."""
+        try:
+            branch_code = parse_snapshot_request_subject(subject)
+        except ValueError as exc:
+            return HeldRecordsReply(error=f"bad request: {exc}")
+        if request.branch != branch_code:
+            return HeldRecordsReply(
+                error=f"request names {request.branch!r} on {branch_code!r}'s subject"
+            )
+        try:
+            async with self._sessionmaker() as session:
+                branch = await session.get(Branch, branch_code)
+                if branch is None or not branch.active:
+                    return HeldRecordsReply(error=f"unknown or revoked branch {branch_code!r}")
+                return await held_records_page(
+                    session, branch_code, request.after_seq, request.through_seq
+                )
+        except Exception as exc:
+            log.warning("held records of %s not answered: %s", branch_code, exc)
+            return HeldRecordsReply(error=f"central could not answer: {exc}")
 
     async def _branch_list(self) -> tuple[tuple[str, ...], str]:
         """Every registered branch code (revoked ones too: central files a transfer

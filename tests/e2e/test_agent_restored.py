@@ -50,7 +50,8 @@ async def test_a_database_restored_from_a_backup_sells_on_after_centrals_numbers
     await link.start()
     try:
         await link.cut("reset")
-        restored = await make_agent("B1", link.url, data_dir=str(store))
+        # Its first sale waits the restore hold for central's answer, then goes on.
+        restored = await make_agent("B1", link.url, data_dir=str(store), restore_hold_s=1.0)
         for n in range(2):
             assert (await post_sale(restored, sale(f"restored-{n}"), TOKEN)).status_code == 201
         # Numbered after the backup's 3 for now; not sent while central has not answered.

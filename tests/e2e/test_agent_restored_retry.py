@@ -1,9 +1,11 @@
 """A till's retry of a sale after its agent database was restored from a backup taken
-before the sale: the restored database does not hold it and records it again. Central
-already holds it: the second record is a dead letter that says so in words (the sale,
-both records, the restore, how to settle it), and discarding it settles its number at
-once: the branch's sequence runs on, nothing is missing, no resend is asked, and every
-sale is at central once."""
+before the sale: central lists what it holds past the restored database's numbers when
+it answers the numbering question, so the retry is answered with a 409 naming
+``sale_id`` (the original's receipt number, shift, total and fiscal number), nothing
+recorded, nothing printed a second time; the receipt numbers of the shift open in the
+backup go on past central's (a retry sent at once waits for central's answer, the
+restore hold); central holds every sale once, with no dead letter, and
+the branch's sequence runs on."""
 
 from __future__ import annotations
 
@@ -13,85 +15,77 @@ from typing import Any
 from sqlalchemy import select
 
 from branch_agent.backup import backup_database, restore_database
+from branch_agent.settings import DeviceConfig, TillConfig
 from central.embedded_nats import EmbeddedNats
 from central.models import DeadLetter
-from central.reports.service import sync_health
-from central.services.dead_letters import discard_dead_letter, replay_dead_letter
 from central.services.sync_state import get_branch_sync
+from devices.sim import start_simulator_pty
 from tests.conftest import register_branch, wait_until
 from tests.e2e.test_skeleton import post_sale, receipts_at_central, sale
 
 TOKEN = "B1-till-1"
 
 
-async def test_a_sale_recorded_again_after_a_restore_is_named_and_settled_by_discard(
+async def test_a_retry_after_a_restore_is_not_recorded_or_printed_again(
     central: Any, nats_server: EmbeddedNats, make_agent: Any, tmp_path: Path
 ) -> None:
     await register_branch(central, "B1")
-    store = tmp_path / "store"
-    agent = await make_agent("B1", nats_server.url, data_dir=str(store))
+    fiscal = start_simulator_pty("fiscal")
+    try:
+        tills = (
+            TillConfig(
+                id="T1",
+                token=TOKEN,
+                fiscal_printer=DeviceConfig(port=fiscal.url, protocol="datecs-x"),
+            ),
+        )
+        store = tmp_path / "store"
+        agent = await make_agent("B1", nats_server.url, data_dir=str(store), tills=tills)
 
-    async def at_central(count: int) -> bool:
-        return len(await receipts_at_central(central)) == count
+        async def at_central(count: int) -> bool:
+            return len(await receipts_at_central(central)) == count
 
-    for n in range(1, 5):
-        assert (await post_sale(agent, sale(f"s{n}"), TOKEN)).status_code == 201
-    await wait_until(lambda: at_central(4))
-    backup = tmp_path / "backup1.db"
-    assert backup_database(store / "agent.db", backup)["last_event_seq"] == 4
-    for n in (5, 6):
-        assert (await post_sale(agent, sale(f"s{n}"), TOKEN)).status_code == 201
-    await wait_until(lambda: at_central(6))
-    await agent.stop()
-    restore_database(backup, store / "agent.db", branch="B1")
-    restored = await make_agent("B1", nats_server.url, data_dir=str(store))
+        for n in range(1, 5):
+            assert (await post_sale(agent, sale(f"s{n}"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(4))
+        backup = tmp_path / "backup1.db"
+        assert backup_database(store / "agent.db", backup)["last_event_seq"] > 0
+        s5 = (await post_sale(agent, sale("s5"), TOKEN)).json()
+        assert (await post_sale(agent, sale("s6"), TOKEN)).status_code == 201
+        await wait_until(lambda: at_central(6))
+        assert len(fiscal.sim.receipts) == 6
+        await agent.stop()
+        restore_database(backup, store / "agent.db", branch="B1")
+        restored = await make_agent("B1", nats_server.url, data_dir=str(store), tills=tills)
 
-    async def settled() -> bool:
-        return bool((await restored.status()).numbering_settled)
+        # The till heard nothing back for s5 before the restore and sends it again at
+        # once: it waits for central's answer (the restore hold), then is refused.
+        again = await post_sale(restored, sale("s5"), TOKEN)
+        assert (await restored.status()).numbering_settled
+        assert again.status_code == 409, again.text
+        problem = again.json()
+        assert problem["errors"][0]["field"] == "sale_id"
+        assert f"number {s5['receipt_number']} of shift {s5['shift_id']}" in problem["detail"]
+        assert f"fiscal number {s5['fiscal_number']}" in problem["detail"]
+        assert len(fiscal.sim.receipts) == 6  # not printed again
+        s7 = await post_sale(restored, sale("s7"), TOKEN)
+        assert s7.status_code == 201, s7.text
+        # The shift open in the backup numbers on past central's receipts.
+        assert s7.json()["receipt_number"] == s5["receipt_number"] + 2
+        assert len(fiscal.sim.receipts) == 7
+        await wait_until(lambda: at_central(7), timeout=30)
 
-    await wait_until(settled, timeout=30)
-    # The till heard nothing back for s5 before the restore and sends it again: the
-    # restored database does not know it (the limitation README's restore section names).
-    assert (await post_sale(restored, sale("s5"), TOKEN)).status_code == 201
-    assert (await post_sale(restored, sale("s7"), TOKEN)).status_code == 201
-
-    async def lettered() -> bool:
+        await wait_until(lambda: caught_up(central), timeout=30)
         async with central.sessionmaker() as session:
-            return bool((await session.scalars(select(DeadLetter))).all())
+            assert (await session.scalars(select(DeadLetter))).all() == []
+        receipts = await receipts_at_central(central)
+        assert sorted(sale_id for _, sale_id in receipts) == [f"s{n}" for n in range(1, 8)]
+    finally:
+        fiscal.stop()
 
-    await wait_until(lettered, timeout=30)
-    await wait_until(lambda: at_central(7), timeout=30)
-    async with central.sessionmaker() as session:
-        (letter,) = (await session.scalars(select(DeadLetter))).all()
-        sync = await get_branch_sync(session, "B1")
-    # Before: "conflicts with a stored record: UNIQUE constraint failed: receipts.branch, ..."
-    assert "UNIQUE" not in letter.reason
-    assert letter.reason.startswith("sale T1/s5 of branch B1 is already recorded at central")
-    assert "(event 5, receipt" in letter.reason
-    assert "this event 7 records it again" in letter.reason
-    assert "agent database was restored from a backup" in letter.reason
-    assert "numbered again from 7" in letter.reason
-    assert "dead-letters discard" in letter.reason
-    assert letter.seq == 7
-    # The letter holds the branch's run at 6 (s7, event 8, is stored).
-    assert (sync.contiguous_seq, sync.max_seq, sync.open_dead_letters) == (6, 8, 1)
-    again = await replay_dead_letter(central.sessionmaker, letter.id)
-    assert again.status == "open"
-    assert again.reason.startswith("sale T1/s5 of branch B1 is already recorded")
 
-    async with central.sessionmaker() as session:
-        await discard_dead_letter(session, letter.id)
+async def caught_up(central: Any) -> bool:
+    """Central holds every number of B1 up to its highest: nothing missing."""
     async with central.sessionmaker() as session:
         sync = await get_branch_sync(session, "B1")
-        (row,) = (await sync_health(session)).rows
-    # At once, not after minutes: the discarded number is settled.
-    assert (sync.contiguous_seq, sync.max_seq, sync.missing, sync.open_dead_letters) == (
-        8,
-        8,
-        0,
-        0,
-    )
-    assert sync.resend_requested_from is None
-    assert row.seq_lag == 0
-    receipts = await receipts_at_central(central)
-    assert sorted(sale_id for _, sale_id in receipts) == [f"s{n}" for n in range(1, 8)]
+    return sync.contiguous_seq == sync.max_seq and sync.missing == 0

@@ -1,0 +1,130 @@
+"""A database restored from a backup, once central has listed the sales and returns it
+holds that the database lost: a till's retry of one is a 409 naming its id, nothing
+recorded or printed; the receipt and return numbers go on past central's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from branch_agent.backup import RESTORED_UNANSWERED
+from branch_agent.db import create_sessionmaker
+from branch_agent.models import Sale
+from branch_agent.numbering import EventNumbering
+from protocol.masterdata import HeldRecordsReply, HeldReturn, HeldSale
+from tests.branch_agent.conftest import Store
+from tests.branch_agent.test_sales_and_fiscal import basket
+from tests.branch_agent.test_storno_cash_z import post_return, return_body
+
+
+async def _held(store: Store, page: HeldRecordsReply) -> None:
+    numbering = store.agent.numbering
+    await numbering.keep_held(page)
+
+
+async def test_a_retry_of_a_sale_or_return_central_holds_is_refused_and_numbers_go_on(
+    store: Store,
+) -> None:
+    first = (await store.sale(basket("s-1"))).json()
+    assert first["receipt_number"] == 1
+    shift = first["shift_id"]
+    page = HeldRecordsReply(
+        sales=(
+            HeldSale(
+                seq=7,
+                till="T1",
+                sale_id="s-2",
+                receipt_number=2,
+                shift_id=shift,
+                total=463,
+                fiscal_number="1002",
+            ),
+            HeldSale(seq=8, till="T1", sale_id="s-3", receipt_number=3, shift_id=shift, total=5),
+        ),
+        returns=(
+            HeldReturn(
+                seq=9, till="T1", return_id="r-1", return_number=4, shift_id=shift, total=100
+            ),
+        ),
+    )
+    await _held(store, page)
+    await _held(store, page)  # a crash before the answer was taken: fetched again
+    printed = len(store.fiscal.sim.receipts)
+
+    again = await store.sale(basket("s-2"))
+    assert again.status_code == 409
+    problem = again.json()
+    assert problem["errors"][0]["field"] == "sale_id"
+    assert "recorded before this agent's database was restored" in problem["detail"]
+    assert "number 2 of shift" in problem["detail"]
+    assert "total 4.63, fiscal number 1002" in problem["detail"]
+    assert "not recorded or printed again" in problem["detail"]
+    assert len(store.fiscal.sim.receipts) == printed
+    async with store.agent.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Sale)) == 1
+
+    refused = await post_return(store, return_body("r-1", "s-1", (1, "1")))
+    assert refused.status_code == 409
+    assert refused.json()["errors"][0]["field"] == "return_id"
+    assert not store.fiscal.sim.storno_receipts
+    assert len(await store.events("customer_return_recorded")) == 0
+
+    # Other ids are new sales and returns, numbered past central's.
+    new = await store.sale(basket("s-4"))
+    assert new.status_code == 201
+    assert new.json()["receipt_number"] == 4
+    ret = await post_return(store, return_body("r-2", "s-1", (1, "1")))
+    assert ret.status_code == 201, ret.text
+    assert ret.json()["return_number"] == 5
+    assert len(store.fiscal.sim.receipts) == printed + 1
+
+
+async def test_sales_at_a_restored_database_wait_for_centrals_answer_a_bounded_time(
+    agent_engine: Callable[..., AsyncEngine],
+) -> None:
+    engine = agent_engine()
+    first = EventNumbering(create_sessionmaker(engine), asyncio.Lock(), lambda: None)
+    await first.load()
+    await first.settle(1)  # a numbered database, as a backup of one is
+    async with engine.begin() as connection:
+        # What branch_agent.backup.restore_database leaves in the database it restored.
+        await connection.execute(
+            text("INSERT INTO counters (name, value) VALUES (:name, 1)"),
+            {"name": RESTORED_UNANSWERED},
+        )
+
+    def restored(hold_s: float) -> EventNumbering:
+        sessions = create_sessionmaker(engine)
+        return EventNumbering(sessions, asyncio.Lock(), lambda: None, restore_hold_s=hold_s)
+
+    # Central answers within the hold: the sale goes on at the answer.
+    numbering = restored(10.0)
+    await numbering.load()
+    assert numbering.restored
+    waiting = asyncio.create_task(numbering.hold_after_restore())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await numbering.settle(5)
+    await asyncio.wait_for(waiting, 1)
+    # Answered: the mark is gone, a restart does not wait.
+    again = restored(10.0)
+    await again.load()
+    assert not again.restored
+    await asyncio.wait_for(again.hold_after_restore(), 0.1)
+
+    # No answer (the link down): the store trades on once the hold is over.
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO counters (name, value) VALUES (:name, 1)"),
+            {"name": RESTORED_UNANSWERED},
+        )
+    offline = restored(0.3)
+    await offline.load()
+    started = time.monotonic()
+    await offline.hold_after_restore()
+    assert 0.2 < time.monotonic() - started < 2
+    await asyncio.wait_for(offline.hold_after_restore(), 0.05)  # once, not per sale
