@@ -428,7 +428,9 @@ def branch_list_digest(codes: Iterable[str]) -> str:
 _T = TypeVar("_T")
 _request_decoder = msgspec.msgpack.Decoder(SnapshotRequest)
 _reply_decoder = msgspec.msgpack.Decoder(SnapshotReply)
-_rpc_decoder = msgspec.msgpack.Decoder(SnapshotRequest | HeldRecordsRequest)
+_rpc_decoder: msgspec.msgpack.Decoder[SnapshotRequest | HeldRecordsRequest] = (
+    msgspec.msgpack.Decoder(SnapshotRequest | HeldRecordsRequest)
+)
 _held_reply_decoder = msgspec.msgpack.Decoder(HeldRecordsReply)
 
 

@@ -2,7 +2,7 @@
 restored from a backup lost; a till's retry of one is refused, not printed again
 
 Revision ID: a1905
-Revises: a1903 (chain after a1904 when both land)
+Revises: a1904
 Create Date: 2026-12-07 10:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a1905"
-down_revision: str | Sequence[str] | None = "a1903"
+down_revision: str | Sequence[str] | None = "a1904"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
