@@ -47,8 +47,9 @@ class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # datecs-x (fiscal), escpos (receipt printer + drawer), toledo-8217 (scale),
     # epson-display (2x20 pole display), serial (scanner); empty: the default per role.
     protocol: str = ""
-    baudrate: int | None = None
-    timeout_s: float = 1.0
+    baudrate: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    # 0 would make every read return at once: each answer read as missing.
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
 
 
 class TillConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,10 +137,11 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     http_tls_cert: str = ""
     http_tls_key: str = ""
     http_host: str = "127.0.0.1"
-    http_port: int = 8100
-    outbox_batch: int = 500
-    outbox_publish_timeout_s: float = 5.0
-    heartbeat_interval_s: float = 5.0
+    http_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8100
+    # 0 or less sent nothing, for ever, without a word: the bounds keep sync moving.
+    outbox_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    outbox_publish_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     # ISO 4217, in every receipt and return.
     currency: CurrencyCode = "EUR"
     # Bearer token of the store manager: stock documents, completing stuck sales.
@@ -147,8 +149,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # Layout of weight-embedded EAN-13 codes from label scales (devices.scanner.WeightLayout).
     weight_barcode_layout: str = "2XPPPPPWWWWWC"
     # How often pending fiscal receipts are retried and devices are probed.
-    fiscal_retry_interval_s: float = 5.0
-    device_poll_interval_s: float = 15.0
+    fiscal_retry_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    device_poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
     # A database restored from a backup: a sale or return waits at most this long (from
     # the agent's start, once) for central's answer, which says which sales the restore
     # lost (a till's retry of one is refused then, not printed again); then the store

@@ -182,6 +182,43 @@ def test_device_values_the_printer_would_refuse_are_refused_now(
         load_settings_struct(AgentSettings, toml_text=text, env_prefix="X_", section="agent")
 
 
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        # Sent nothing, for ever, without a word.
+        ("outbox_batch = 0", "Expected `int` >= 1 - at `$.outbox_batch`"),
+        ("heartbeat_interval_s = 0", "Expected `float` > 0.0 - at `$.heartbeat_interval_s`"),
+        ("fiscal_retry_interval_s = -1", "> 0.0 - at `$.fiscal_retry_interval_s`"),
+        ("device_poll_interval_s = 0", "> 0.0 - at `$.device_poll_interval_s`"),
+        ("outbox_publish_timeout_s = 0", "> 0.0 - at `$.outbox_publish_timeout_s`"),
+        ("http_port = 70000", "Expected `int` <= 65535 - at `$.http_port`"),
+        ("http_port = 0", "Expected `int` >= 1 - at `$.http_port`"),
+    ],
+)
+def test_a_setting_that_would_stall_the_agent_is_refused_from_the_file(
+    setting: str, named: str
+) -> None:
+    text = f'[agent]\nbranch = "B1"\n{setting}\n'
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        load_settings_struct(AgentSettings, toml_text=text, env_prefix="X_", section="agent")
+
+
+@pytest.mark.parametrize(
+    ("device", "named"),
+    [
+        ("timeout_s = 0", "> 0.0 - at `$.tills[0].fiscal_printer.timeout_s`"),
+        ("baudrate = 0", ">= 1 - at `$.tills[0].fiscal_printer.baudrate`"),
+    ],
+)
+def test_a_device_setting_no_port_can_take_is_refused_from_the_file(
+    device: str, named: str
+) -> None:
+    text = '[agent]\nbranch = "B1"\n[[agent.tills]]\nid = "T1"\ntoken = "t1"\n'
+    text += f'[agent.tills.fiscal_printer]\nport = "loop://"\n{device}\n'
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        load_settings_struct(AgentSettings, toml_text=text, env_prefix="X_", section="agent")
+
+
 @pytest.mark.parametrize("zone", ["EST", "MST", "HST", "EST5EDT", "Etc/GMT+5", "US/Eastern", "GMT"])
 def test_a_zone_not_named_by_place_is_refused(zone: str) -> None:
     with pytest.raises(ValueError, match="use a zone named by place, such as America/New_York"):
