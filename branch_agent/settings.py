@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from devices.scanner import WeightLayout
-from protocol.config import load_settings_struct, read_settings_file
+from protocol.config import load_settings_file_or_env
 from protocol.limits import Code32, CurrencyCode
 from protocol.zones import zone_problem
 
@@ -292,14 +292,11 @@ def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> AgentSettings:
-    env = os.environ if env is None else env
-    path = config_file or env.get("BACKROOM_AGENT_CONFIG")
-    text = read_settings_file(path) if path else None
-    return load_settings_struct(
+    return load_settings_file_or_env(
         AgentSettings,
-        toml_text=text,
-        env=env,
+        config_file,
+        env,
+        config_env="BACKROOM_AGENT_CONFIG",
         env_prefix="BACKROOM_AGENT_",
         section="agent",
-        source=str(path) if path else None,
     )

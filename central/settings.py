@@ -11,7 +11,7 @@ import msgspec
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from protocol.config import load_settings_struct, read_settings_file
+from protocol.config import load_settings_file_or_env
 
 __all__ = ["CentralSettings", "load_settings"]
 
@@ -120,14 +120,11 @@ def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> CentralSettings:
-    env = os.environ if env is None else env
-    path = config_file or env.get("BACKROOM_CENTRAL_CONFIG")
-    text = read_settings_file(path) if path else None
-    return load_settings_struct(
+    return load_settings_file_or_env(
         CentralSettings,
-        toml_text=text,
-        env=env,
+        config_file,
+        env,
+        config_env="BACKROOM_CENTRAL_CONFIG",
         env_prefix="BACKROOM_",
         section="central",
-        source=str(path) if path else None,
     )

@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 import msgspec
 
-__all__ = ["SettingsError", "load_settings_struct", "read_settings_file", "unknown_env_settings"]
+__all__ = [
+    "SettingsError",
+    "load_settings_file_or_env",
+    "load_settings_struct",
+    "read_settings_file",
+    "unknown_env_settings",
+]
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -123,3 +129,27 @@ def load_settings_struct(
             name = f"{at}.{unknown['name']}" if at else unknown["name"]
             raise SettingsError(f"{where}unknown setting {name!r}") from exc
         raise SettingsError(f"{where}bad setting: {exc}") from exc
+
+
+def load_settings_file_or_env(
+    cls: type[S],
+    config_file: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    *,
+    config_env: str,
+    env_prefix: str,
+    section: str,
+) -> S:
+    """A process's settings: the TOML file given (else the one the ``config_env``
+    variable names, if any) under ``[section]``, overridden by ``env_prefix`` variables
+    of ``env`` (the process environment when None)."""
+    env = os.environ if env is None else env
+    path = config_file or env.get(config_env)
+    return load_settings_struct(
+        cls,
+        toml_text=read_settings_file(path) if path else None,
+        env=env,
+        env_prefix=env_prefix,
+        section=section,
+        source=str(path) if path else None,
+    )
