@@ -5,12 +5,12 @@ permissions violation). A failed check is ``StartRefused``: one line, exit 2."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from branch_agent.backup import database_branch
 from branch_agent.instance import StartRefused
 from branch_agent.settings import AgentSettings
+from protocol.tls_files import ca_problem, certificate_problem
 
 __all__ = ["check_before_start", "creds_problem"]
 
@@ -50,24 +50,19 @@ def creds_problem(path: str) -> str | None:
     return None
 
 
-def _file_problem(setting: str, path: str) -> str | None:
-    if not path:
-        return None
-    if not os.path.isfile(path):
-        return f"{setting} file {path!r} does not exist"
-    if not os.access(path, os.R_OK):
-        return f"{setting} file {path!r} cannot be read (permissions)"
-    return None
-
-
 def check_before_start(settings: AgentSettings) -> None:
     """Refuse to start on what cannot work: unusable credentials or TLS files, a
     database whose events belong to another branch code."""
     problems = [creds_problem(settings.nats_creds)] if settings.nats_creds else []
     problems += [
-        _file_problem("nats_tls_ca", settings.nats_tls_ca),
-        _file_problem("nats_tls_cert", settings.nats_tls_cert),
-        _file_problem("nats_tls_key", settings.nats_tls_key),
+        ca_problem("nats_tls_ca", settings.nats_tls_ca),
+        certificate_problem(
+            "nats_tls_cert", settings.nats_tls_cert, "nats_tls_key", settings.nats_tls_key
+        ),
+        # Else uvicorn fails on them only after the devices and the NATS link are up.
+        certificate_problem(
+            "http_tls_cert", settings.http_tls_cert, "http_tls_key", settings.http_tls_key
+        ),
     ]
     found = [p for p in problems if p]
     if found:

@@ -733,6 +733,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls_problem(settings: CentralSettings, *, serve: bool) -> str | None:
+    """The first TLS file a long-running process cannot use, before it starts (else a
+    traceback once uvicorn, the embedded nats-server or the NATS link loads it)."""
+    from protocol.tls_files import ca_problem, certificate_problem
+
+    s = settings
+    problems = [
+        ca_problem("nats_tls_ca", s.nats_tls_ca),
+        certificate_problem("nats_tls_cert", s.nats_tls_cert, "nats_tls_key", s.nats_tls_key),
+    ]
+    if serve:
+        problems.append(
+            certificate_problem("http_tls_cert", s.http_tls_cert, "http_tls_key", s.http_tls_key)
+        )
+    if serve and not s.nats_url and s.nats_server_tls_cert and not s.nats_server_tls_key:
+        # nats-server reads the key from its own file only.
+        problems.append("nats_server_tls_cert is set without nats_server_tls_key: set both")
+    if serve and not s.nats_url:  # the embedded nats-server's own certificate
+        problems.append(
+            certificate_problem(
+                "nats_server_tls_cert",
+                s.nats_server_tls_cert,
+                "nats_server_tls_key",
+                s.nats_server_tls_key,
+            )
+        )
+    return next((p for p in problems if p is not None), None)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     run_cli(_main, argv)
 
@@ -774,6 +803,11 @@ def _main(argv: Sequence[str] | None) -> None:
     ):
         # Warned, not refused: the environment is shared with other programs.
         print(f"settings: warning: {name} is no setting, ignored", file=sys.stderr)
+    if args.command in ("serve", "ingest"):
+        problem = _tls_problem(settings, serve=args.command == "serve")
+        if problem is not None:
+            print(f"settings: {problem}", file=sys.stderr)
+            sys.exit(2)
     if args.command != "nats":
         from central.db import is_sqlite
 

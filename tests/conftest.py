@@ -422,3 +422,20 @@ def run_into_closed_pipe(args: list[str], **kwargs: Any) -> Any:
         )
     finally:
         os.close(write)
+
+
+def self_signed(tmp_path: Path, name: str = "") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its unencrypted key (openssl)."""
+    import subprocess
+
+    cert, key = tmp_path / f"{name}cert.pem", tmp_path / f"{name}key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -25,7 +25,7 @@ from central.embedded_nats import EmbeddedNats
 from central.sync.nats_auth import format_creds
 from protocol.codec import decode_envelope, encode
 from protocol.ids import new_event_id
-from tests.conftest import asgi_client, wait_until
+from tests.conftest import asgi_client, self_signed, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 T1 = {"Authorization": "Bearer t1"}
@@ -181,6 +181,31 @@ def test_run_refuses_credentials_it_cannot_use_naming_the_file(
     assert named.format(path=path) in out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
     # Refused before the database: nothing made.
+    assert not (tmp_path / "agent" / "agent.db").exists()
+
+
+@pytest.mark.parametrize("fault", ["missing", "other key"])
+def test_run_refuses_a_till_api_certificate_it_cannot_serve_before_opening_anything(
+    tmp_path: Path, fault: str
+) -> None:
+    cert, key = self_signed(tmp_path)
+    if fault == "missing":
+        cert = tmp_path / "missing.pem"
+        named = f"http_tls_cert file '{cert}' does not exist"
+    else:
+        _, key = self_signed(tmp_path, "other-")
+        named = f"http_tls_key file '{key}' is not the private key of http_tls_cert '{cert}'"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nbranch = "B1"\ndata_dir = "{tmp_path / "agent"}"\n'
+        f'http_tls_cert = "{cert}"\nhttp_tls_key = "{key}"\n'
+    )
+    out = _run(tmp_path, config)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert named in out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    # Refused before the database (and the devices, the NATS link): nothing made.
     assert not (tmp_path / "agent" / "agent.db").exists()
 
 

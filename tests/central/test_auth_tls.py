@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,7 @@ from central.embedded_nats import EmbeddedNats
 from central.services.nats_auth import client_tls_options
 from central.settings import CentralSettings
 from central.sync.nats_auth import NatsIssuer
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+from tests.conftest import self_signed
 
 
 async def test_central_talks_tls_to_nats_and_plain_text_is_refused(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from central.embedded_nats import EmbeddedNats
 from central.settings import load_settings
 from protocol.config import SettingsError
 from protocol.subjects import INGEST_DURABLE, UP_STREAM
-from tests.conftest import PG_URL_ENV, empty_database, run_into_closed_pipe
+from tests.conftest import PG_URL_ENV, empty_database, run_into_closed_pipe, self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,6 +90,26 @@ def test_a_section_or_key_outside_central_is_refused(tmp_path: Path, text: str, 
     out = _central(tmp_path, "--config", str(config), "db", "upgrade")
     _refused(out, named, "[central]")
     assert not (tmp_path / "c.db").exists()  # nothing done
+
+
+@pytest.mark.parametrize("command", ["serve", "ingest"])
+def test_a_tls_file_the_process_cannot_use_is_named_before_it_starts(
+    tmp_path: Path, command: str
+) -> None:
+    cert, _ = self_signed(tmp_path)
+    _, other_key = self_signed(tmp_path, "other-")
+    # The API's certificate is read by serve only; the NATS client's by both.
+    _refused(
+        _central(tmp_path, command, BACKROOM_NATS_TLS_CA=str(tmp_path / "ca.pem")),
+        f"nats_tls_ca file '{tmp_path / 'ca.pem'}' does not exist",
+    )
+    wrong_pair = {"BACKROOM_HTTP_TLS_CERT": str(cert), "BACKROOM_HTTP_TLS_KEY": str(other_key)}
+    if command == "serve":
+        _refused(
+            _central(tmp_path, command, **wrong_pair),
+            f"http_tls_key file '{other_key}' is not the private key of http_tls_cert",
+        )
+    assert not (tmp_path / "c.db").exists()
 
 
 def test_a_database_never_migrated_is_named(tmp_path: Path) -> None:
