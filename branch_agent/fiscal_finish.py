@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.devices import TillDeviceSet
@@ -61,14 +62,16 @@ async def _document_of(session: AsyncSession, till: str, receipt_number: int) ->
     return f"return {ret}" if ret is not None else ""
 
 
-async def open_shift_of(session: AsyncSession, till: str) -> str | None:
-    """The till's shift open now (None: none is)."""
-    return await session.scalar(
-        select(Shift.shift_id)
-        .where(Shift.till == till, Shift.closed_at.is_(None))
-        .order_by(Shift.opened_at.desc())
-        .limit(1)
-    )
+async def open_shift_of(session: AsyncSession, till: str, at: datetime | None = None) -> str | None:
+    """The till's shift open now, or at ``at`` (None: none was)."""
+    stmt = select(Shift.shift_id).where(Shift.till == till)
+    if at is None:
+        stmt = stmt.where(Shift.closed_at.is_(None))
+    else:
+        stmt = stmt.where(
+            Shift.opened_at <= at, or_(Shift.closed_at.is_(None), Shift.closed_at > at)
+        )
+    return await session.scalar(stmt.order_by(Shift.opened_at.desc()).limit(1))
 
 
 async def finish_open_receipt(
@@ -188,7 +191,9 @@ async def _settle(
             timezone=settings.timezone,
             body=FiscalInterventionRecorded(
                 till=row.till,
-                shift_id=await open_shift_of(session, row.till),
+                # The shift the manager intervened in, also when a crash or a lost
+                # answer left the row pending until after that shift was closed.
+                shift_id=await open_shift_of(session, row.till, row.at),
                 action=action,
                 receipt_number=row.receipt_number,
                 amount=row.amount,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from branch_agent.models import Shift
 from devices.fiscal_datecs import CMD_CLOSE_RECEIPT
 from protocol.events import FiscalInterventionRecorded, LateFiscalNumber, ReceiptRecorded
 from tests.branch_agent.conftest import MANAGER, TILL, Store
@@ -121,6 +123,36 @@ async def test_an_intervention_settled_after_a_lost_link_goes_up_once(store: Sto
     assert done.status_code == 200, done.text
     (event,) = await store.events("fiscal_intervention")
     assert (event.body.action, event.body.cash_added) == ("closed", 263)  # type: ignore[union-attr]
+
+
+async def test_an_intervention_settled_after_its_shift_closed_is_filed_under_that_shift(
+    store: Store,
+) -> None:
+    """Left pending by a lost answer, settled only once the till had moved on to another
+    shift: it goes up under the shift it happened in, not the one open at settling."""
+    await _stuck(store)
+    stuck_shift = (await store.client.get("/api/v1/shifts/current", headers=TILL)).json()[
+        "shift_id"
+    ]
+
+    def deaf_after_close(sim: Any) -> None:
+        sim.go_deaf(5.0)
+
+    store.fiscal.sim.at_command(CMD_CLOSE_RECEIPT, deaf_after_close)
+    lost = await store.client.post(FINISH, json={"reason": "voucher"}, headers=MANAGER)
+    assert lost.status_code == 503, lost.text
+    # Meanwhile the shift was closed and the next one opened (written as the close and
+    # the open would: the close itself waits for the printer, deaf here).
+    async with store.agent.sessionmaker() as session, session.begin():
+        shift = await session.get(Shift, stuck_shift)
+        assert shift is not None
+        shift.closed_at = datetime.now(UTC)
+        session.add(Shift(shift_id="next-shift", till="T1", opened_at=datetime.now(UTC)))
+    await asyncio.sleep(max(0.0, store.fiscal.sim.deaf_until - time.monotonic()) + 0.1)
+    done = await store.client.post(FINISH, json={"reason": "voucher"}, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    (event,) = await store.events("fiscal_intervention")
+    assert event.body.shift_id == stuck_shift  # type: ignore[union-attr]
 
 
 async def test_a_swapped_printer_is_not_asked_about_the_old_ones_receipt(store: Store) -> None:
