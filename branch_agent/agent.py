@@ -206,7 +206,9 @@ class Agent:
         if created:
             self.sender.wake()
             cash = any(p.type == "cash" for p in out.payments)
-            await self.fiscal.present(till, out.total, out.change, cash)
+            out.drawer, out.drawer_error = await self.fiscal.present(
+                till, out.total, out.change, cash
+            )
         return out, created
 
     async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
@@ -219,6 +221,9 @@ class Agent:
             except Exception:
                 log.exception("storno for %s/%s failed", till, data.return_id)
             out = await self.sales.get_return(till, data.return_id)
+        if created and any(r.type == "cash" and r.amount > 0 for r in out.refunds):
+            # The customer's cash comes out of the drawer.
+            out.drawer, out.drawer_error = await self.fiscal.open_drawer_for_cash(till)
         return out, created
 
     async def _on_command(self, message: DownMessage) -> None:

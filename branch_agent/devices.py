@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
 from devices.display import CustomerDisplay
@@ -279,6 +279,25 @@ class TillDeviceSet:
         device = self._device("printer")
         printer: EscPosPrinter = device.driver
         await device.call(printer.kick_drawer, self.till.drawer_pin)
+
+    async def open_drawer_for_cash(
+        self,
+    ) -> tuple[Literal["opened", "not_opened"] | None, str | None]:
+        """Open the drawer for cash taken or paid out, and say how it went, for the
+        till's answer: a receipt printer out of paper, open or offline ignores the kick
+        (DEVICES.md §3), and the cashier, told nothing, stood before a shut drawer.
+        (None, None) when the till has no receipt printer; its failure is also the
+        device's state."""
+        if "printer" not in self.devices:
+            return None, None
+        try:
+            await self.open_drawer()
+        except DeviceError as exc:
+            return "not_opened", (
+                f"the cash drawer did not open (receipt printer: {exc.message});"
+                " open it with its key"
+            )
+        return "opened", None
 
     async def show(self, line1: str, line2: str = "") -> None:
         device = self._device("display")

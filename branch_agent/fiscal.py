@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -950,20 +950,29 @@ class Fiscalizer:
                 setattr(row, name, value)
         self._on_event()
 
-    async def present(self, till: str, total: int, change: int, cash: bool) -> None:
+    async def present(
+        self, till: str, total: int, change: int, cash: bool
+    ) -> tuple[Literal["opened", "not_opened"] | None, str | None]:
         """Customer display and cash drawer after a sale: best effort, their state is
-        reported (the drawer opens for cash even while the fiscal printer is away)."""
+        reported (the drawer opens for cash even while the fiscal printer is away);
+        returns how the drawer went (``TillDeviceSet.open_drawer_for_cash``)."""
         devices = self._devices.tills.get(till)
         if devices is None:
-            return
+            return None, None
         if "display" in devices.devices:
             with contextlib.suppress(DeviceError):
                 await devices.show(
                     f"TOTAL {format_minor(total):>14}", f"CHANGE {format_minor(change):>13}"
                 )
-        if cash and "printer" in devices.devices:
-            with contextlib.suppress(DeviceError):
-                await devices.open_drawer()
+        return await self.open_drawer_for_cash(till) if cash else (None, None)
+
+    async def open_drawer_for_cash(
+        self, till: str
+    ) -> tuple[Literal["opened", "not_opened"] | None, str | None]:
+        devices = self._devices.tills.get(till)
+        if devices is None:
+            return None, None
+        return await devices.open_drawer_for_cash()
 
     async def complete_unfiscal(self, till: str, sale_id: str, reason: str) -> Sale:
         """A manager's decision: the printer is gone; the sale goes up unfiscalized."""

@@ -132,6 +132,12 @@ class SaleOut(msgspec.Struct, kw_only=True):
     # completed_unfiscal only: pending (to compare with the printer when it answers),
     # not_printed, printed (it was printed after all: fiscal_number), unknown.
     unfiscal_check: str | None = None
+    # The cash drawer, for this request only (a repeat does not open it again):
+    # "opened" (the receipt printer took the kick), "not_opened" (it could not:
+    # drawer_error says why; open the drawer with its key), None (no cash moved, or
+    # the till has no receipt printer).
+    drawer: Literal["opened", "not_opened"] | None = None
+    drawer_error: str | None = None
 
 
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -186,6 +192,9 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     unfiscal_check: str | None = None
     without_receipt: bool = False
     approved_by: str = ""
+    # As a sale's: opened for a refund in cash.
+    drawer: Literal["opened", "not_opened"] | None = None
+    drawer_error: str | None = None
 
 
 class ProductOut(msgspec.Struct, kw_only=True):
@@ -292,3 +301,6 @@ class CashMoveOut(msgspec.Struct, kw_only=True):
     direction: str
     amount: int
     reason: str
+    # As a sale's: the drawer opens for every cash move.
+    drawer: Literal["opened", "not_opened"] | None = None
+    drawer_error: str | None = None

@@ -683,12 +683,10 @@ class ShiftService:
                         condition=exc.condition,
                     ) from exc
             row = await self._cash.complete(move_pk)
-        if "printer" in devices.devices:
-            try:
-                await devices.open_drawer()
-            except DeviceError:
-                pass  # reported in the device state; the move is recorded
-        return _cash_out(row), existing is None
+        out = _cash_out(row)
+        # Printed by this request (a repeat of a done move was answered above).
+        out.drawer, out.drawer_error = await devices.open_drawer_for_cash()
+        return out, existing is None
 
     async def _cash_intent(
         self,
@@ -769,13 +767,11 @@ class ShiftService:
                     cashier=row.cashier,
                 ),
             )
+        out = _cash_out(row)
         devices = self._devices.tills.get(till)
-        if devices is not None and "printer" in devices.devices:
-            try:
-                await devices.open_drawer()
-            except DeviceError:
-                pass  # reported in the device state; the move is recorded
-        return _cash_out(row), True
+        if devices is not None:
+            out.drawer, out.drawer_error = await devices.open_drawer_for_cash()
+        return out, True
 
 
 class _ClosedMeanwhile(Exception):
