@@ -34,15 +34,17 @@ never holds.
 
 The rule. Each round first reads the up stream's last sequence L and then the ingest
 consumer (ack floor F: every message at or below it acked; messages not yet delivered
-or not acked), and only then reads the gaps from the database. Once a gap is
+or not acked), and only then reads the gaps from the database; the request is claimed
+later still, by an UPDATE that holds only while the gap is there. Once a gap is
 ``gap_after_s`` old it gets a mark: the L of that round. It is asked for when, in that
 round or a later one, F >= mark, or nothing is outstanding. Why that is safe:
 
 - A worker acks only after its transaction committed (a dead letter commits too). So
   F >= mark, read before the database, means every message the stream held at the
-  mark was committed before the gaps were read. Had the missing event been in the
-  stream then, it would have been stored (no gap) or held by a dead letter (no resend
-  asked, see below). So it was not in the stream ``gap_after_s`` after the gap was
+  mark was committed before the gaps were read (and before the claim, which checks
+  again that the gap is there, so a commit between the two asks nothing either). Had
+  the missing event been in the stream then, it would have been stored (no gap) or
+  held by a dead letter (no resend asked, see below). So it was not in the stream ``gap_after_s`` after the gap was
   first seen: it is lost, or the agent publishes it later than that, as with nothing
   outstanding before. "Nothing outstanding" read before the database is the same
   statement for all of the stream at that moment.
@@ -90,7 +92,7 @@ from protocol.codec import encode
 from protocol.messages import ResendRequested
 from protocol.subjects import down_branch_subject
 
-__all__ = ["ConsumerPosition", "GapMonitor", "Publish", "gap_ripe"]
+__all__ = ["ConsumerPosition", "GapMonitor", "Publish", "SeenGap", "gap_ripe"]
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ ConsumerState = Callable[[], Awaitable[ConsumerPosition]]
 
 
 @dataclass(slots=True)
-class _Gap:
+class SeenGap:
     contiguous: int
     # monotonic time the gap was first seen
     since: float
@@ -122,7 +124,9 @@ class _Gap:
     mark: int | None = None
 
 
-def gap_ripe(gap: _Gap, position: ConsumerPosition | None, now: float, gap_after_s: float) -> bool:
+def gap_ripe(
+    gap: SeenGap, position: ConsumerPosition | None, now: float, gap_after_s: float
+) -> bool:
     """Whether the gap may be asked for now (the rule in the module doc). ``position``
     is read after ``now`` and before the database; None: no consumer to consult."""
     age = now - gap.since
@@ -156,7 +160,7 @@ class GapMonitor:
         self.retry_s = retry_s
         self.interval_s = interval_s
         # branch -> its gap (contiguous seq when first seen, since when, mark)
-        self._seen: dict[str, _Gap] = {}
+        self._seen: dict[str, SeenGap] = {}
         self.requested = 0
         # Branches whose gap is an open dead letter (no resend asked).
         self.held_by_dead_letter: set[str] = set()
@@ -267,7 +271,7 @@ class GapMonitor:
         for branch, contiguous in sorted(gaps.items()):
             gap = self._seen.get(branch)
             if gap is None or gap.contiguous != contiguous:
-                self._seen[branch] = _Gap(contiguous, now)
+                self._seen[branch] = SeenGap(contiguous, now)
                 continue
             if self._consumer_state is not None and position is None:
                 continue  # not read this round (cannot happen: the gap was seen before)
