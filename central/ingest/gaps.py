@@ -62,6 +62,9 @@ round or a later one, F >= mark, or nothing is outstanding. Why that is safe:
 - The tail gap from heartbeats: the same rule; an event the heartbeat counts as acked
   by JetStream was stored in the stream before the heartbeat was sent, so if the
   stream still holds it, it lies below the mark.
+- An up stream made anew (its data lost on the NATS server) numbers from 1 again:
+  a last sequence below the mark takes its place, as the old stream's messages are
+  gone with it.
 - Never missing a real gap: under traffic F passes the mark within a batch or two.
   F can stay below it only while some message is never acked (a batch the database
   refuses again and again); then a gap older than the ack wait plus ``gap_after_s``
@@ -134,7 +137,8 @@ def gap_ripe(
         return False
     if position is None:
         return True
-    if gap.mark is None:
+    if gap.mark is None or position.last_seq < gap.mark:
+        # (A stream that went back was made anew: what the mark counted is gone.)
         gap.mark = position.last_seq
     if position.outstanding == 0 or position.ack_floor >= gap.mark:
         return True

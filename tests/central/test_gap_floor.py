@@ -49,6 +49,15 @@ def test_a_gap_waits_for_the_floor_to_reach_the_mark_taken_once() -> None:
     assert gap_ripe(gap, _at(last_seq=140, ack_floor=80), 107.0, 5.0)
 
 
+def test_a_stream_made_anew_takes_the_place_of_the_mark() -> None:
+    gap = SeenGap(contiguous=4, since=100.0)
+    assert not gap_ripe(gap, _at(last_seq=800, ack_floor=700), 105.0, 5.0)
+    # The stream's data was lost and it was made again: it numbers from 1.
+    assert not gap_ripe(gap, _at(last_seq=30, ack_floor=20), 106.0, 5.0)
+    assert gap.mark == 30
+    assert gap_ripe(gap, _at(last_seq=60, ack_floor=30), 107.0, 5.0)
+
+
 def test_nothing_outstanding_is_ripe_at_once() -> None:
     gap = SeenGap(contiguous=4, since=100.0)
     assert gap_ripe(gap, _at(last_seq=80, ack_floor=70, outstanding=0), 105.0, 5.0)
