@@ -65,11 +65,15 @@ round or a later one, F >= mark, or nothing is outstanding. Why that is safe:
 - An up stream made anew (its data lost on the NATS server) numbers from 1 again:
   a last sequence below the mark takes its place, as the old stream's messages are
   gone with it.
-- Never missing a real gap: under traffic F passes the mark within a batch or two.
-  F can stay below it only while some message is never acked (a batch the database
-  refuses again and again); then a gap older than the ack wait plus ``gap_after_s``
-  is asked for anyway, as before this rule (a resend doubles nothing: central skips
-  what it holds).
+- Never missing a real gap: under traffic F passes the mark within a batch or two;
+  with a backlog (central catching up after an outage) once the backlog up to the
+  mark is stored, and not before: the missing event may be in it (the rule before
+  this one asked after the ack wait plus ``gap_after_s``, needlessly then). F stays
+  below the mark for good only when a message is never acked (a batch the database
+  refuses again and again): a floor that has not risen for the ack wait plus
+  ``gap_after_s`` (longer than a dead worker's batch takes to come back, it was
+  delivered before the gap was seen) gets the gap asked for anyway (a resend doubles
+  nothing: central skips what it holds).
 """
 
 from __future__ import annotations
@@ -125,6 +129,9 @@ class SeenGap:
     since: float
     # The stream's last sequence once the gap was gap_after_s old (see the module doc).
     mark: int | None = None
+    # The highest ack floor seen since, and when it last rose (monotonic time).
+    floor: int = -1
+    floor_rose_at: float = 0.0
 
 
 def gap_ripe(
@@ -132,18 +139,21 @@ def gap_ripe(
 ) -> bool:
     """Whether the gap may be asked for now (the rule in the module doc). ``position``
     is read after ``now`` and before the database; None: no consumer to consult."""
-    age = now - gap.since
-    if age < gap_after_s:
+    if now - gap.since < gap_after_s:
         return False
     if position is None:
         return True
     if gap.mark is None or position.last_seq < gap.mark:
         # (A stream that went back was made anew: what the mark counted is gone.)
-        gap.mark = position.last_seq
+        gap.mark, gap.floor = position.last_seq, -1
+    if position.ack_floor > gap.floor:
+        gap.floor, gap.floor_rose_at = position.ack_floor, now
     if position.outstanding == 0 or position.ack_floor >= gap.mark:
         return True
-    # A message never acked keeps the floor down: asked for as before the floor rule.
-    return age >= position.ack_wait_s + gap_after_s
+    # A floor that does not rise for longer than a redelivery takes is held by a
+    # message never acked: asked for anyway. (One that rises, a backlog being worked
+    # through, reaches the mark.)
+    return now - gap.floor_rose_at >= position.ack_wait_s + gap_after_s
 
 
 class GapMonitor:
