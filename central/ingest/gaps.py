@@ -44,9 +44,9 @@ round or a later one, F >= mark, or nothing is outstanding. Why that is safe:
   mark was committed before the gaps were read (and before the claim, which checks
   again that the gap is there, so a commit between the two asks nothing either). Had
   the missing event been in the stream then, it would have been stored (no gap) or
-  held by a dead letter (no resend asked, see below). So it was not in the stream ``gap_after_s`` after the gap was
-  first seen: it is lost, or the agent publishes it later than that, as with nothing
-  outstanding before. "Nothing outstanding" read before the database is the same
+  held by a dead letter (no resend asked, see below). So it was not in the stream
+  ``gap_after_s`` after the gap was first seen: it is lost, or the agent publishes it
+  later than that, as with nothing outstanding before. "Nothing outstanding" read before the database is the same
   statement for all of the stream at that moment.
 - The rule relies on nothing of the order in which the agent publishes: a publish
   that timed out and is retried after later events were acked, or that the NATS
@@ -173,7 +173,7 @@ class GapMonitor:
         self.gap_after_s = gap_after_s
         self.retry_s = retry_s
         self.interval_s = interval_s
-        # branch -> its gap (contiguous seq when first seen, since when, mark)
+        # branch -> its gap (contiguous seq when first seen, since when, mark, floor)
         self._seen: dict[str, SeenGap] = {}
         self.requested = 0
         # Branches whose gap is an open dead letter (no resend asked).
