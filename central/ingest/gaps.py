@@ -46,8 +46,8 @@ round or a later one, F >= mark, or nothing is outstanding. Why that is safe:
   the missing event been in the stream then, it would have been stored (no gap) or
   held by a dead letter (no resend asked, see below). So it was not in the stream
   ``gap_after_s`` after the gap was first seen: it is lost, or the agent publishes it
-  later than that, as with nothing outstanding before. "Nothing outstanding" read before the database is the same
-  statement for all of the stream at that moment.
+  later than that, as with nothing outstanding before. "Nothing outstanding" read
+  before the database is the same statement for all of the stream at that moment.
 - The rule relies on nothing of the order in which the agent publishes: a publish
   that timed out and is retried after later events were acked, or that the NATS
   client stored only after a reconnect, lands after them in the stream. (Using the
