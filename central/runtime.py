@@ -22,7 +22,7 @@ from central.auth.context import RequestAudit
 from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.failures import FailureLog, one_line
-from central.ingest.gaps import GapMonitor
+from central.ingest.gaps import ConsumerPosition, GapMonitor
 from central.ingest.worker import IngestWorker
 from central.models import Branch, MasterDataOutbox
 from central.reports.backlog import SummaryApplier
@@ -244,12 +244,18 @@ class CentralRuntime:
             )
             self._tasks.append(asyncio.create_task(self.gap_monitor.run(self._stop)))
 
-    async def _ingest_consumer_state(self) -> tuple[int, float]:
-        """(messages the ingest consumer has not delivered or not had acked, ack wait)."""
+    async def _ingest_consumer_state(self) -> ConsumerPosition:
+        """The up stream's last sequence, then the ingest consumer's ack floor and what
+        it has out (in that order: see central.ingest.gaps)."""
         assert self.js is not None
+        stream = await self.js.stream_info(UP_STREAM)
         info = await self.js.consumer_info(UP_STREAM, INGEST_DURABLE)
-        pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
-        return pending, float(info.config.ack_wait or self.settings.ingest_ack_wait_s)
+        return ConsumerPosition(
+            last_seq=stream.state.last_seq,
+            ack_floor=info.ack_floor.stream_seq if info.ack_floor is not None else 0,
+            outstanding=(info.num_pending or 0) + (info.num_ack_pending or 0),
+            ack_wait_s=float(info.config.ack_wait or self.settings.ingest_ack_wait_s),
+        )
 
     async def _set_up_streams(self) -> bool:
         """Create or update the streams and the ingest consumer; False on failure."""

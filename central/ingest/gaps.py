@@ -21,6 +21,59 @@ lost (the range ``lost_from_seq``..``lost_to_seq``), instead of asking forever. 
 a gap in numbers that database skipped (``skipped_seqs``: restored from a backup, it
 continued after central's numbers); the resend would bring only the events after
 them, every ``retry_s``.
+
+In flight or lost: the consumer's ack floor
+-------------------------------------------
+A gap may be events that are only in flight at central: in the up stream, not yet
+delivered, or delivered to a worker that has not committed them (a worker that died
+holding its batch gives it back only after the consumer's ack wait). Asking for those
+would be needless. A lost event (never stored by JetStream, or lost with the stream or
+with central's database) must be asked for in seconds, also while the stream is busy:
+under constant traffic the consumer always has messages out, so "nothing outstanding"
+never holds.
+
+The rule. Each round first reads the up stream's last sequence L and then the ingest
+consumer (ack floor F: every message at or below it acked; messages not yet delivered
+or not acked), and only then reads the gaps from the database; the request is claimed
+later still, by an UPDATE that holds only while the gap is there. Once a gap is
+``gap_after_s`` old it gets a mark: the L of that round. It is asked for when, in that
+round or a later one, F >= mark, or nothing is outstanding. Why that is safe:
+
+- A worker acks only after its transaction committed (a dead letter commits too). So
+  F >= mark, read before the database, means every message the stream held at the
+  mark was committed before the gaps were read (and before the claim, which checks
+  again that the gap is there, so a commit between the two asks nothing either). Had
+  the missing event been in the stream then, it would have been stored (no gap) or
+  held by a dead letter (no resend asked, see below). So it was not in the stream
+  ``gap_after_s`` after the gap was first seen: it is lost, or the agent publishes it
+  later than that, as with nothing outstanding before. "Nothing outstanding" read
+  before the database is the same statement for all of the stream at that moment.
+- The rule relies on nothing of the order in which the agent publishes: a publish
+  that timed out and is retried after later events were acked, or that the NATS
+  client stored only after a reconnect, lands after them in the stream. (Using the
+  stream sequence of the event after the gap as the mark would rely on that order,
+  and ask for such an event while a worker still held it.)
+- A worker that dies holding the missing events: they stay unacked, F stays below
+  them until they are redelivered after the ack wait and stored; then the gap is
+  closed, nothing is asked. Several workers (processes) share one consumer, so one
+  F covers them all; each process's monitor reads it for itself and the conditional
+  UPDATE in ``_claim`` still lets one of them ask.
+- A handed-back batch (nak on SIGTERM or a database failure) stays unacked as well.
+- The tail gap from heartbeats: the same rule; an event the heartbeat counts as acked
+  by JetStream was stored in the stream before the heartbeat was sent, so if the
+  stream still holds it, it lies below the mark.
+- An up stream made anew (its data lost on the NATS server) numbers from 1 again:
+  a last sequence below the mark takes its place, as the old stream's messages are
+  gone with it.
+- Never missing a real gap: under traffic F passes the mark within a batch or two;
+  with a backlog (central catching up after an outage) once the backlog up to the
+  mark is stored, and not before: the missing event may be in it (the rule before
+  this one asked after the ack wait plus ``gap_after_s``, needlessly then). F stays
+  below the mark for good only when a message is never acked (a batch the database
+  refuses again and again): a floor that has not risen for the ack wait plus
+  ``gap_after_s`` (longer than a dead worker's batch takes to come back, it was
+  delivered before the gap was seen) gets the gap asked for anyway (a resend doubles
+  nothing: central skips what it holds).
 """
 
 from __future__ import annotations
@@ -29,6 +82,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
@@ -45,14 +99,61 @@ from protocol.codec import encode
 from protocol.messages import ResendRequested
 from protocol.subjects import down_branch_subject
 
-__all__ = ["GapMonitor", "Publish"]
+__all__ = ["ConsumerPosition", "GapMonitor", "Publish", "SeenGap", "gap_ripe"]
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
-# The ingest consumer's state: (messages not yet delivered + delivered and unacked,
-# its ack wait in seconds).
-ConsumerState = Callable[[], Awaitable[tuple[int, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPosition:
+    """Where the ingest consumer stands in the up stream (read in this order)."""
+
+    # The stream's last sequence, read before the consumer.
+    last_seq: int
+    # Every message at or below this stream sequence is acked (committed).
+    ack_floor: int
+    # Messages not yet delivered + delivered and not acked.
+    outstanding: int
+    ack_wait_s: float
+
+
+ConsumerState = Callable[[], Awaitable[ConsumerPosition]]
+
+
+@dataclass(slots=True)
+class SeenGap:
+    contiguous: int
+    # monotonic time the gap was first seen
+    since: float
+    # The stream's last sequence once the gap was gap_after_s old (see the module doc).
+    mark: int | None = None
+    # The highest ack floor seen since, and when it last rose (monotonic time).
+    floor: int = -1
+    floor_rose_at: float = 0.0
+
+
+def gap_ripe(
+    gap: SeenGap, position: ConsumerPosition | None, now: float, gap_after_s: float
+) -> bool:
+    """Whether the gap may be asked for now (the rule in the module doc). ``position``
+    is read after ``now`` and before the database; None: no consumer to consult."""
+    if now - gap.since < gap_after_s:
+        return False
+    if position is None:
+        return True
+    if gap.mark is None or position.last_seq < gap.mark:
+        # (A stream that went back was made anew: what the mark counted is gone.)
+        gap.mark, gap.floor = position.last_seq, -1
+    if position.ack_floor > gap.floor:
+        gap.floor, gap.floor_rose_at = position.ack_floor, now
+    if position.outstanding == 0 or position.ack_floor >= gap.mark:
+        return True
+    # A floor that does not rise for longer than a redelivery takes is held by a
+    # message never acked: asked for anyway. (One that rises, a backlog being worked
+    # through, reaches the mark.)
+    return now - gap.floor_rose_at >= position.ack_wait_s + gap_after_s
 
 
 class GapMonitor:
@@ -72,8 +173,8 @@ class GapMonitor:
         self.gap_after_s = gap_after_s
         self.retry_s = retry_s
         self.interval_s = interval_s
-        # branch -> (contiguous seq when the gap was first seen, monotonic time)
-        self._seen: dict[str, tuple[int, float]] = {}
+        # branch -> its gap (contiguous seq when first seen, since when, mark, floor)
+        self._seen: dict[str, SeenGap] = {}
         self.requested = 0
         # Branches whose gap is an open dead letter (no resend asked).
         self.held_by_dead_letter: set[str] = set()
@@ -100,6 +201,11 @@ class GapMonitor:
     async def check(self) -> list[ResendRequested]:
         """One round: request resends for gaps that persisted; returns what was sent."""
         now = time.monotonic()
+        # Read before the gaps (the order makes the floor rule sound, see the module
+        # doc); only a gap seen in an earlier round can be asked for, so only then.
+        position: ConsumerPosition | None = None
+        if self._consumer_state is not None and self._seen:
+            position = await self._consumer_state()
         await self._track_heard_of()
         async with self._sessionmaker() as session:
             rows = (
@@ -176,25 +282,15 @@ class GapMonitor:
             if branch not in gaps:
                 del self._seen[branch]
         sent: list[ResendRequested] = []
-        outstanding: tuple[int, float] | None = None
         for branch, contiguous in sorted(gaps.items()):
-            first = self._seen.get(branch)
-            if first is None or first[0] != contiguous:
-                self._seen[branch] = (contiguous, now)
+            gap = self._seen.get(branch)
+            if gap is None or gap.contiguous != contiguous:
+                self._seen[branch] = SeenGap(contiguous, now)
                 continue
-            if now - first[1] < self.gap_after_s:
+            if self._consumer_state is not None and position is None:
+                continue  # not read this round (cannot happen: the gap was seen before)
+            if not gap_ripe(gap, position, now, self.gap_after_s):
                 continue
-            if self._consumer_state is not None:
-                # While the ingest consumer still holds messages (undelivered, or out
-                # with a worker that failed, stopped or died), the missing events may
-                # be among them: a dead worker's batch comes back after the ack wait,
-                # so only a gap older than that is asked for. None outstanding: it is
-                # not in the stream, asked for now.
-                if outstanding is None:
-                    outstanding = await self._consumer_state()
-                pending, ack_wait_s = outstanding
-                if pending and now - first[1] < ack_wait_s + self.gap_after_s:
-                    continue
             request = await self._claim(branch, contiguous + 1)
             if request is not None:
                 await self._publish(

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from typing import IO
 
 from central.ingest.worker import CRASH_EXIT_CODE
+from central.sync.jetstream import connect
+from protocol.subjects import INGEST_DURABLE, UP_STREAM
 
 INGEST = (sys.executable, "-m", "central", "ingest")
 
@@ -44,3 +46,13 @@ async def running_ingest(env: dict[str, str], log: IO[bytes]) -> AsyncIterator[N
         yield
     finally:
         await stop_ingest(process)
+
+
+async def ack_pending(nats_url: str) -> int:
+    """Messages the ingest consumer has delivered and not had acked."""
+    nc = await connect(nats_url, name="test-probe")
+    try:
+        info = await nc.jetstream().consumer_info(UP_STREAM, INGEST_DURABLE)
+        return info.num_ack_pending or 0
+    finally:
+        await nc.drain()

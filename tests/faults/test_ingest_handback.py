@@ -18,11 +18,9 @@ from central.db import create_engine, create_sessionmaker
 from central.embedded_nats import EmbeddedNats
 from central.models import BranchSyncState, IngestedEvent, Receipt
 from central.services.branches import add_branch
-from central.sync.jetstream import connect
-from protocol.subjects import INGEST_DURABLE, UP_STREAM
 from tests.central.chain_events import BranchBooks, ingest_env, publish_books
 from tests.conftest import wait_until
-from tests.faults.ingest_process import start_ingest, stop_ingest
+from tests.faults.ingest_process import ack_pending, start_ingest, stop_ingest
 
 SALES = 60
 BATCH = 10
@@ -54,15 +52,6 @@ async def _chain(
         yield sessionmaker, await _published(nats_server.url)
     finally:
         await engine.dispose()
-
-
-async def _ack_pending(nats_url: str) -> int:
-    nc = await connect(nats_url, name="test-probe")
-    try:
-        info = await nc.jetstream().consumer_info(UP_STREAM, INGEST_DURABLE)
-        return info.num_ack_pending or 0
-    finally:
-        await nc.drain()
 
 
 async def _assert_books(sessionmaker: async_sessionmaker[AsyncSession], books: BranchBooks) -> None:
@@ -111,10 +100,10 @@ async def _one_holds_a_batch_other_stores_the_rest(
         try:
 
             async def holds_a_batch() -> bool:
-                return await _ack_pending(nats_server.url) >= BATCH
+                return await ack_pending(nats_server.url) >= BATCH
 
             await wait_until(holds_a_batch, timeout=30, interval=0.2)
-            held = await _ack_pending(nats_server.url)
+            held = await ack_pending(nats_server.url)
             other_env = _env(db_url, nats_server, tmp_path, BACKROOM_INGEST_ACK_WAIT_S=wait)
             other = await start_ingest(other_env, log)
 
