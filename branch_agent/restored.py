@@ -88,7 +88,7 @@ async def _restored(
     known: dict[str, object] = {
         field: key,
         "till": till,
-        f"{what}_number": number,
+        ("receipt_number" if kind == SALE else "return_number"): number,
         "shift_id": shift_id,
         "total": total,
         "fiscal_number": fiscal_number,
