@@ -292,6 +292,14 @@ class SnapshotRequester:
                 self._first_check.set()
             unsettled = self.numbering is not None and not self.numbering.settled
             delay = min(self.interval_s, 30.0) if unsettled else self.interval_s
-            if unsettled and self.numbering is not None and self.numbering.waiting:
-                # Central is reading what the branch sent: the answer is seconds away.
+            if (
+                unsettled
+                and self.numbering is not None
+                and self.numbering.waiting
+                and self.numbering.restore_hold() == "holding"
+            ):
+                # Central is reading what the branch sent, sales wait for its answer:
+                # ask again within seconds. Once the hold has ended (sales go on
+                # unchecked) every 30 s is enough, and spares a central whose ingest
+                # queue is long.
                 delay = self.retry_s
