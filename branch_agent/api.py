@@ -545,9 +545,16 @@ class HealthController(Controller):
 
 
 def _problem(
-    status: int, title: str, detail: str, path: str, errors: tuple[FieldError, ...] = ()
+    status: int,
+    title: str,
+    detail: str,
+    path: str,
+    errors: tuple[FieldError, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Response[bytes]:
-    body = Problem(title=title, status=status, detail=detail, instance=path, errors=errors)
+    body = Problem(
+        title=title, status=status, detail=detail, instance=path, errors=errors, extra=extra
+    )
     return Response(
         msgspec.json.encode(body), status_code=status, media_type="application/problem+json"
     )
@@ -583,7 +590,7 @@ def _on_agent_error(request: Request[Any, Any, Any], exc: AgentError) -> Respons
         errors = tuple(FieldError(field=name, message=text) for name, text in exc.fields)
     else:
         errors = (FieldError(field=exc.field, message=exc.detail),) if exc.field else ()
-    return _problem(exc.status, exc.title, exc.detail, request.url.path, errors)
+    return _problem(exc.status, exc.title, exc.detail, request.url.path, errors, exc.extra)
 
 
 def _on_not_utf8(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -7,6 +7,7 @@ __all__ = [
     "Conflict",
     "DeviceFailed",
     "Forbidden",
+    "Gone",
     "NotFound",
     "Rejected",
     "StorageFull",
@@ -23,12 +24,15 @@ class AgentError(Exception):
         *,
         field: str | None = None,
         fields: tuple[tuple[str, str], ...] = (),
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
         # Several fields at fault, each with its own message (``field`` is the first).
         self.fields = fields
+        # What the problem's reader can use beside the words (the problem's ``extra``).
+        self.extra = extra
 
 
 class Rejected(AgentError):
@@ -49,6 +53,13 @@ class NotFound(AgentError):
 class Conflict(AgentError):
     status = 409
     title = "Conflict"
+
+
+class Gone(AgentError):
+    """What was asked for existed here once and no longer does (and will not again)."""
+
+    status = 410
+    title = "Gone"
 
 
 class StorageFull(AgentError):

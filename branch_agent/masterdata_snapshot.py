@@ -206,6 +206,7 @@ class SnapshotRequester:
                         reply.numbering_refused,
                     )
                 self.numbering.refused = reply.numbering_refused
+                self.numbering.waiting = reply.numbering_wait
             elif reply.event_seq_start:
                 if reply.held_records and request.settled_instance:
                     # Gone back in time: first what central holds that this database
@@ -220,10 +221,19 @@ class SnapshotRequester:
                     )
                     log.warning(
                         "%d sales and returns recorded after this database's backup are "
-                        "central's: a till's retry of one is refused, not printed again",
+                        "central's (%d of them not stored there yet): a till's retry of "
+                        "one is refused, not printed again",
                         kept,
+                        reply.held_in_flight,
                     )
-                await self.numbering.settle(reply.event_seq_start)
+                if reply.held_unknown:
+                    log.warning(
+                        "%d events this database gave numbers to after its backup never "
+                        "reached central: a till's retry of a sale among them cannot be "
+                        "recognised (it is recorded and printed again)",
+                        reply.held_unknown,
+                    )
+                await self.numbering.settle(reply.event_seq_start, unknown=reply.held_unknown)
             elif request.settled_instance:
                 # A central from before this check: it cannot tell, the numbers go on.
                 await self.numbering.settle(request.settled_last_seq + 1)
@@ -282,3 +292,14 @@ class SnapshotRequester:
                 self._first_check.set()
             unsettled = self.numbering is not None and not self.numbering.settled
             delay = min(self.interval_s, 30.0) if unsettled else self.interval_s
+            if (
+                unsettled
+                and self.numbering is not None
+                and self.numbering.waiting
+                and self.numbering.restore_hold() == "holding"
+            ):
+                # Central is reading what the branch sent, sales wait for its answer:
+                # ask again within seconds. Once the hold has ended (sales go on
+                # unchecked) every 30 s is enough, and spares a central whose ingest
+                # queue is long.
+                delay = self.retry_s

@@ -34,6 +34,12 @@ An answer that moves a database's events on also says how many sales and returns
 central holds in the numbers it lost (``held_records``): they are fetched and kept
 (``keep_held``, :mod:`branch_agent.restored`) before the answer is taken, so a till's
 retry of one is refused, not printed again, and receipt numbers go on past them.
+Central lists those the old database sent that it has not stored yet too (read from
+its ingest queue); until it could read them all it does not answer
+(``numbering_wait``): the agent asks again every few seconds and keeps the restore
+hold meanwhile, up to ``restore_hold_s`` from its start. The numbers central said it
+will never receive (``held_unknown``) are kept (``RESTORE_UNKNOWN``) for the status:
+a till's retry of a sale among them could not be checked.
 
 Each report and heartbeat also names the server the agent runs on (``server_id``):
 a copy of the database running on a second server at once (a cloned disk) has the
@@ -66,6 +72,7 @@ __all__ = [
     "AGENT_INSTANCE",
     "EVENT_SEQ_CHECKED",
     "EVENT_SEQ_SETTLED",
+    "RESTORE_UNKNOWN",
     "SHIFT_FLOOR",
     "EventNumbering",
     "renumber_outbox",
@@ -81,6 +88,10 @@ EVENT_SEQ_SETTLED = "event_seq_settled"
 # The highest number a numbered database had given when it started, until central has
 # answered for it (then removed).
 EVENT_SEQ_CHECKED = "event_seq_checked"
+
+# How many of the numbers a restore skipped central said it neither holds nor will
+# receive (a retry of a sale among them cannot be recognised), for the status.
+RESTORE_UNKNOWN = "restore_unknown"
 
 # Shift numbers of every till go on above this one (central's start, less one, after
 # the database was new or went back in time).
@@ -196,8 +207,10 @@ class EventNumbering:
         # those above it wait for the answer (a new database: all of them).
         self.checked = 0
         self.confirmed = False
-        # Why central does not answer yet (another agent database of the branch runs).
+        # Why central does not answer yet (another agent database of the branch runs,
+        # or it is still reading what the branch sent: ``waiting``, asked again soon).
         self.refused = ""
+        self.waiting = False
         # Numbers this database skipped (see skipped_ranges), for the heartbeat.
         self.skipped: tuple[tuple[int, int], ...] = ()
         # Restored from a backup (branch_agent.backup) and not answered yet: sales wait
@@ -206,6 +219,7 @@ class EventNumbering:
         self._restore_hold_s = restore_hold_s
         self._hold_until = 0.0
         self._answered = asyncio.Event()
+        self._hold_expired_logged = False
 
     @property
     def settled(self) -> bool:
@@ -261,19 +275,38 @@ class EventNumbering:
         if left > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answered.wait(), left)
+        if not self.settled and not self._hold_expired_logged:
+            self._hold_expired_logged = True
+            log.error(
+                "the restore hold ended before central listed the sales this database "
+                "lost (%s): sales and returns are taken unchecked now; a till's retry "
+                "of a lost sale is recorded and printed again",
+                self.refused or "central did not answer",
+            )
+
+    def restore_hold(self) -> str:
+        """The restore hold for the status: "" (no restore waits for central),
+        "holding" (sales wait for central's list), "expired" (they no longer wait:
+        taken unchecked until central answers)."""
+        if not self.restored or self.settled:
+            return ""
+        return "holding" if time.monotonic() < self._hold_until else "expired"
 
     async def keep_held(self, page: HeldRecordsReply) -> None:
         """Keep a page of the records this database lost (see branch_agent.restored)."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             await keep_held_records(session, page)
 
-    async def settle(self, start: int) -> None:
-        """Central's answer: renumber what waits from ``start``, then let it go."""
+    async def settle(self, start: int, *, unknown: int = 0) -> None:
+        """Central's answer: renumber what waits from ``start``, then let it go;
+        ``unknown``: numbers skipped that central will never receive (kept for the status)."""
         if self.settled:
             return
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             moved = await renumber_outbox(session, start, after=self.checked)
             await session.execute(delete(Counter).where(Counter.name == RESTORED_UNANSWERED))
+            if unknown:
+                await session.merge(Counter(name=RESTORE_UNKNOWN, value=unknown))
             if self.start:
                 await session.execute(delete(Counter).where(Counter.name == EVENT_SEQ_CHECKED))
             else:
@@ -302,6 +335,7 @@ class EventNumbering:
             )
         self.confirmed = True
         self.refused = ""
+        self.waiting = False
         self.restored = False
         self._answered.set()
         self._on_settled()

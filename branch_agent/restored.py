@@ -17,6 +17,9 @@ idempotent). Then:
 - every till's receipt and return numbers go on past the highest central holds, so a
   shift open in the backup does not give a number twice.
 
+- ``GET`` of such a sale (return) is a 410 naming it with the same words: this agent
+  no longer has it, central does.
+
 Until central has answered (the store offline after the restore) this cannot be
 checked: see the README's restore section.
 """
@@ -32,13 +35,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
-from branch_agent.errors import Conflict
+from branch_agent.errors import Conflict, Gone
 from branch_agent.models import Counter, RestoredRecord
 from protocol import masterdata as md
 from protocol.masterdata import HeldRecordsReply, HeldReturn, HeldSale
 from protocol.units import format_minor
 
-__all__ = ["RETURN", "SALE", "fetch_held_records", "keep_held_records", "refuse_if_restored"]
+__all__ = [
+    "RETURN",
+    "SALE",
+    "fetch_held_records",
+    "gone_if_restored",
+    "keep_held_records",
+    "refuse_if_restored",
+]
 
 SALE = "sale"
 RETURN = "return"
@@ -59,21 +69,57 @@ _FIND = DirectStatement(
 )
 
 
-async def refuse_if_restored(db: AsyncSession | DirectUnit, kind: str, till: str, key: str) -> None:
-    """Raise the 409 for a sale (``kind`` "sale") or return central holds from before
-    this database was restored; in the caller's transaction, before anything is written."""
+async def _restored(
+    db: AsyncSession | DirectUnit, kind: str, till: str, key: str
+) -> tuple[str, str, dict[str, object]] | None:
+    """(field, the words, what is known) of a sale (``kind`` "sale") or return central
+    holds from before this database was restored; None for any other."""
     rows = await run(db, _FIND, {"kind": kind, "till": till, "record_id": key})
     if not rows:
-        return
+        return None
     number, shift_id, total, fiscal_number = rows[0]
     field, what = ("sale_id", "sale") if kind == SALE else ("return_id", "return")
     fiscal = f", fiscal number {fiscal_number}" if fiscal_number else ", not fiscalized"
-    raise Conflict(
+    words = (
         f"{what} {key} was recorded before this agent's database was restored from a backup"
         f" ({what} number {number} of shift {shift_id}, total {format_minor(total)}{fiscal}):"
-        " central holds it; it is not recorded or printed again, do not charge it again",
-        field=field,
+        " central holds it"
     )
+    known: dict[str, object] = {
+        field: key,
+        "till": till,
+        ("receipt_number" if kind == SALE else "return_number"): number,
+        "shift_id": shift_id,
+        "total": total,
+        "fiscal_number": fiscal_number,
+    }
+    return field, words, known
+
+
+async def refuse_if_restored(db: AsyncSession | DirectUnit, kind: str, till: str, key: str) -> None:
+    """Raise the 409 for a sale (``kind`` "sale") or return central holds from before
+    this database was restored; in the caller's transaction, before anything is written."""
+    found = await _restored(db, kind, till, key)
+    if found is not None:
+        field, words, known = found
+        raise Conflict(
+            f"{words}; it is not recorded or printed again, do not charge it again",
+            field=field,
+            extra={"recorded_before_restore": known},
+        )
+
+
+async def gone_if_restored(db: AsyncSession, kind: str, till: str, key: str) -> None:
+    """Raise the 410 for a look-up of such a record: the till learns it was recorded
+    (and what is known of it) instead of a plain 404 that reads as never recorded."""
+    found = await _restored(db, kind, till, key)
+    if found is not None:
+        field, words, known = found
+        raise Gone(
+            f"{words}; this agent no longer has its lines and payments",
+            field=field,
+            extra={"recorded_before_restore": known},
+        )
 
 
 def _rows(page: HeldRecordsReply) -> Iterable[dict[str, object]]:

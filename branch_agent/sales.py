@@ -38,7 +38,7 @@ from branch_agent.fiscal import closing_shift_detail
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift, utcnow
 from branch_agent.outbox import append_event, check_event, next_counter
-from branch_agent.restored import RETURN, SALE, refuse_if_restored
+from branch_agent.restored import RETURN, SALE, gone_if_restored, refuse_if_restored
 from branch_agent.schemas import (
     PaymentIn,
     ReturnIn,
@@ -242,6 +242,7 @@ class SaleService:
                 select(Sale).where(Sale.till == till, Sale.sale_id == sale_id)
             )
             if row is None:
+                await gone_if_restored(session, SALE, till, sale_id)
                 raise NotFound(f"no sale {sale_id} at till {till}")
             return sale_out(row)
 
@@ -836,6 +837,7 @@ class SaleService:
                 )
             )
             if row is None:
+                await gone_if_restored(session, RETURN, till, return_id)
                 raise NotFound(f"no return {return_id} at till {till}")
             return return_out(row)
 

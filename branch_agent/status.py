@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from sqlalchemy import func, select
 
+from branch_agent.backup import RESTORED_UNANSWERED
 from branch_agent.masterdata import (
     APPLIED_AT_MS,
     APPLIED_VERSION,
@@ -19,8 +20,8 @@ from branch_agent.masterdata import (
     from_epoch_ms,
 )
 from branch_agent.masterdata_snapshot import CLOCK_WARN_S
-from branch_agent.models import CustomerReturn, OutboxEvent, Sale
-from branch_agent.numbering import AGENT_INSTANCE, EVENT_SEQ_SETTLED
+from branch_agent.models import Counter, CustomerReturn, OutboxEvent, RestoredRecord, Sale
+from branch_agent.numbering import AGENT_INSTANCE, EVENT_SEQ_SETTLED, RESTORE_UNKNOWN
 from branch_agent.outbox import EVENT_SEQ, backlog
 
 if TYPE_CHECKING:
@@ -98,6 +99,16 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # branch's, from its last answer to the position report ("": not known).
     timezone: str = "UTC"
     central_timezone: str = ""
+    # A database put back by ``restore``, until central has listed the sales and
+    # returns it lost: "holding" (sales and returns wait for that list, up to
+    # restore_hold_s from the start), "expired" (they no longer wait: taken unchecked
+    # until central answers), "" (nothing waits: answered, or not restored).
+    restore_hold: str = ""
+    # The sales and returns central listed (a till's retry of one is refused), and the
+    # numbers of events after the backup central said it will never receive (a retry
+    # of a sale among them could not be recognised).
+    restored_records: int = 0
+    restore_unknown: int = 0
 
 
 # ``link`` of the status ``python -m branch_agent status`` reads from the database
@@ -144,6 +155,8 @@ async def build_status(agent: Agent) -> AgentStatus:
                     checked["printed"].append(f"{till} {kind} {doc_id}: fiscal number {number}")
                 else:
                     checked["unknown"].append(f"{till} {kind} {doc_id}")
+        restored = await session.scalar(select(func.count()).select_from(RestoredRecord))
+        unknown = await session.get(Counter, RESTORE_UNKNOWN)
     link = agent.link_state()
     denied = agent.denials.current() if link == "degraded" else []
     return AgentStatus(
@@ -167,6 +180,9 @@ async def build_status(agent: Agent) -> AgentStatus:
         first_event_seq=agent.numbering.start,
         clock_offset_ms=agent.clock_offset_ms(),
         numbering_refused=agent.numbering.refused,
+        restore_hold=agent.numbering.restore_hold(),
+        restored_records=restored or 0,
+        restore_unknown=unknown.value if unknown is not None else 0,
         unfiscal_printed=checked["printed"],
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
@@ -233,11 +249,49 @@ def offline_status(
             # id has nothing to ask central.
             numbering_settled=AGENT_INSTANCE not in counters,
             first_event_seq=counters.get(EVENT_SEQ_SETTLED, 0),
+            # Restored and not answered: the next start holds sales for central's list.
+            restore_hold="holding" if RESTORED_UNANSWERED in counters else "",
+            restored_records=_restored_count(db),
+            restore_unknown=counters.get(RESTORE_UNKNOWN, 0),
             masterdata_applied_at=_iso(applied_at),
             timezone=timezone,
             devices=[],
         )
     return status
+
+
+def _restored_count(db: sqlite3.Connection) -> int:
+    try:
+        return int(db.execute("SELECT count(*) FROM restored_records").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # a database from before the table (upgraded at the agent's start)
+
+
+def _restore_lines(status: AgentStatus) -> list[str]:
+    """The restore hold and what central listed, when there is anything to say."""
+    lines = []
+    if status.restore_hold == "holding":
+        lines.append(
+            "restore          database restored from a backup: sales and returns wait "
+            "for central's list of those the restore lost (restore_hold_s)"
+        )
+    elif status.restore_hold == "expired":
+        lines.append(
+            "restore          CENTRAL HAS NOT LISTED what the restore lost: sales and "
+            "returns are taken unchecked (a till's retry of a lost sale is printed again)"
+        )
+    if status.restored_records or status.restore_unknown:
+        lines.append(
+            f"restored records {status.restored_records} sale(s)/return(s) central holds "
+            "from after the backup: a till's retry of one is refused"
+            + (
+                f"; {status.restore_unknown} event(s) after the backup never reached "
+                "central: a retry of a sale among them could not be recognised"
+                if status.restore_unknown
+                else ""
+            )
+        )
+    return lines
 
 
 def _clock_text(offset_ms: int | None) -> str:
@@ -306,6 +360,7 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
             )
             + (f": {status.numbering_refused}" if status.numbering_refused else "")
         ),
+        *_restore_lines(status),
         f"last sync        {local_time(status.last_sync_at, timezone)}",
         f"clock            {_clock_text(status.clock_offset_ms)}",
         f"time zone        {status.timezone}"

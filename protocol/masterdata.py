@@ -368,6 +368,18 @@ class SnapshotReply(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="sna
     # (``HeldRecordsRequest``) before it takes the answer, so a till's retry of one of
     # them is not recorded and printed again. 0: none, or a central from before.
     held_records: NonNegative = 0
+    # Of ``held_records``, how many central read from its ingest queue (the up stream):
+    # sent by the database before it was restored, not stored at central yet.
+    held_in_flight: NonNegative = 0
+    # Numbers in that range central neither holds nor sees on their way (never sent
+    # before the disk was lost, or gone from the stream): a till's retry of a sale among
+    # them cannot be recognised, it is recorded and printed again.
+    held_unknown: NonNegative = 0
+    # With ``numbering_refused``: the refusal only lasts until central has read what
+    # the branch's earlier database sent that its ingestion has not stored yet (too
+    # much to read at once, or JetStream did not answer): ask again within seconds. An
+    # older agent reads the refusal alone, and asks again within 30 s.
+    numbering_wait: bool = False
 
 
 # A held record is at most ~230 bytes of MessagePack; 1,000 to a page stays far below

@@ -221,12 +221,13 @@ def central_settings(db_url: str, nats_url: str, **overrides: Any) -> Any:
 
 
 @asynccontextmanager
-async def running_central(settings: Any) -> AsyncIterator[Any]:
-    """A started CentralRuntime with one in-process ingest worker, connected to NATS."""
+async def running_central(settings: Any, *, ingest_workers: int = 1) -> AsyncIterator[Any]:
+    """A started CentralRuntime with one in-process ingest worker (or ``ingest_workers``:
+    0 for a test that runs ingestion as processes of its own), connected to NATS."""
     from central.runtime import CentralRuntime
 
     runtime = CentralRuntime(settings)
-    await runtime.start(ingest_workers=1)
+    await runtime.start(ingest_workers=ingest_workers)
     try:
         await asyncio.wait_for(runtime.nats_ready.wait(), 20)
         yield runtime

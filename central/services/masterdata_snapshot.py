@@ -27,7 +27,12 @@ the agent's copy differs from them (``branches``, sent against the report's
 
 The same report carries the agent database's numbering question (a new database:
 where its event numbers start; a numbered one, at each start: whether it went back in
-time): ``central.services.sync_state`` answers it, in ``event_seq_start``.
+time): ``central.services.sync_state`` answers it, in ``event_seq_start``. What the
+branch sent that ingestion has not stored yet counts too (``central.sync.in_flight``):
+those numbers are taken, and the sales among them are listed to a restored database.
+Until that has been read (a backlog too long to read at once, JetStream not
+answering) the question is not answered: ``numbering_refused`` with
+``numbering_wait``, and the branch asks again.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.models import Branch
-from central.services.held_records import count_held_records, held_records_page
+from central.services.held_records import HeldCount, count_held_records, held_records_page
 from central.services.masterdata_publisher import (
     MasterDataPublisher,
     enqueue_snapshot,
@@ -59,6 +64,7 @@ from central.services.sync_state import (
     confirm_event_sequence,
     other_running_agent,
 )
+from central.sync.in_flight import InFlight, read_in_flight
 from central.sync.jetstream import down_filter_subjects, ensure_branch_consumer
 from protocol.codec import WireDecodeError
 from protocol.masterdata import (
@@ -189,7 +195,7 @@ class SnapshotService:
         async def on_request(msg: Any) -> None:
             held = _held_records_request(msg.data)
             if held is not None:
-                page = await self.held_records(msg.subject, held)
+                page = await self.held_records(js, msg.subject, held)
                 if msg.reply:
                     await msg.respond(encode_snapshot_rpc(page))
                 return
@@ -232,13 +238,7 @@ class SnapshotService:
             held = await self._held(branch_code, request) if numbered else ""
             reply = await self._decide(js, branch_code, request, position=not held)
             if numbered and not reply.error:
-                start, refused = (0, held) if held else await self._number(branch_code, request)
-                reply = msgspec.structs.replace(
-                    reply,
-                    event_seq_start=start,
-                    numbering_refused=refused,
-                    held_records=await self._held_count(branch_code, request, start),
-                )
+                reply = await self._numbered(js, branch_code, request, reply, held)
             if not reply.error:
                 codes, digest = await self._branch_list()
                 if digest != request.branches_digest:
@@ -248,17 +248,61 @@ class SnapshotService:
             log.warning("position report of %s not answered: %s", branch_code, exc)
             return SnapshotReply(action="none", error=f"central could not decide: {exc}")
 
-    async def _held_count(self, branch_code: str, request: SnapshotRequest, start: int) -> int:
-        """Sales and returns the database lost by going back in time (see
-        ``central.services.held_records``); 0 when it did not."""
-        if not request.settled_instance or start <= request.settled_last_seq + 1:
-            return 0
-        async with self._sessionmaker() as session:
-            return await count_held_records(
-                session, branch_code, request.settled_last_seq, start - 1
+    async def _numbered(
+        self,
+        js: JetStreamContext,
+        branch_code: str,
+        request: SnapshotRequest,
+        reply: SnapshotReply,
+        held: str,
+    ) -> SnapshotReply:
+        """``reply`` with the answer to the numbering question: the start, or why not
+        now (another database runs: ``held``; what the branch sent is not all read)."""
+        if held:
+            return msgspec.structs.replace(reply, numbering_refused=held)
+        flight = await read_in_flight(js, branch_code, after=request.settled_last_seq)
+        if flight.unread:
+            log.warning("numbering of branch %s waits: %s", branch_code, flight.unread)
+            return msgspec.structs.replace(
+                reply, numbering_refused=flight.unread, numbering_wait=True
             )
+        start, refused = await self._number(branch_code, request, flight.high)
+        count = await self._held_count(branch_code, request, start, flight)
+        return msgspec.structs.replace(
+            reply,
+            event_seq_start=start,
+            numbering_refused=refused,
+            held_records=count.records,
+            held_in_flight=count.in_flight,
+            held_unknown=count.unknown,
+        )
 
-    async def held_records(self, subject: str, request: HeldRecordsRequest) -> HeldRecordsReply:
+    async def _held_count(
+        self, branch_code: str, request: SnapshotRequest, start: int, flight: InFlight
+    ) -> HeldCount:
+        """Sales and returns the database lost by going back in time (see
+        ``central.services.held_records``); none when it did not."""
+        if not request.settled_instance or start <= request.settled_last_seq + 1:
+            return HeldCount(records=0, in_flight=0, unknown=0)
+        async with self._sessionmaker() as session:
+            count = await count_held_records(
+                session, branch_code, request.settled_last_seq, start - 1, flight
+            )
+        if count.unknown:
+            log.warning(
+                "branch %s: %d of the events numbered %d..%d that its restored agent "
+                "database lost never reached central (nor are they on their way): a "
+                "till's retry of a sale among them cannot be recognised",
+                branch_code,
+                count.unknown,
+                request.settled_last_seq + 1,
+                start - 1,
+            )
+        return count
+
+    async def held_records(
+        self, js: JetStreamContext, subject: str, request: HeldRecordsRequest
+    ) -> HeldRecordsReply:
         """One page of those records, for the branch the subject names."""
         try:
             branch_code = parse_snapshot_request_subject(subject)
@@ -273,8 +317,13 @@ class SnapshotService:
                 branch = await session.get(Branch, branch_code)
                 if branch is None or not branch.active:
                     return HeldRecordsReply(error=f"unknown or revoked branch {branch_code!r}")
+            # The stream before the database (see central.sync.in_flight).
+            flight = await read_in_flight(js, branch_code, after=request.after_seq)
+            if flight.unread:
+                return HeldRecordsReply(error=flight.unread)
+            async with self._sessionmaker() as session:
                 return await held_records_page(
-                    session, branch_code, request.after_seq, request.through_seq
+                    session, branch_code, request.after_seq, request.through_seq, flight=flight
                 )
         except Exception as exc:
             log.warning("held records of %s not answered: %s", branch_code, exc)
@@ -301,9 +350,12 @@ class SnapshotService:
             )
         return _refusal(branch_code, instance, request.agent_server, other) if other else ""
 
-    async def _number(self, branch_code: str, request: SnapshotRequest) -> tuple[int, str]:
+    async def _number(
+        self, branch_code: str, request: SnapshotRequest, in_stream: int
+    ) -> tuple[int, str]:
         """Where the reporting agent database's events (go on to) be numbered, or why
-        not now: (start, "") or (0, the reason)."""
+        not now: (start, "") or (0, the reason); ``in_stream``: the highest number the
+        branch sent that central has not stored yet."""
         instance = request.anchor_instance or request.settled_instance
         server = request.agent_server
         async with self._sessionmaker() as session, session.begin():
@@ -312,7 +364,11 @@ class SnapshotService:
                 return 0, _refusal(branch_code, instance, server, other)
             if request.anchor_instance:
                 start = await anchor_event_sequence(
-                    session, branch_code, request.anchor_instance, server=server
+                    session,
+                    branch_code,
+                    request.anchor_instance,
+                    server=server,
+                    in_stream=in_stream,
                 )
                 if start > 1:
                     log.warning(
@@ -328,6 +384,7 @@ class SnapshotService:
                 request.settled_instance,
                 request.settled_last_seq,
                 server=server,
+                in_stream=in_stream,
             )
         if start > request.settled_last_seq + 1:
             log.warning(

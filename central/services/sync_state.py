@@ -244,11 +244,12 @@ async def _locked_state(session: AsyncSession, branch: str) -> BranchSyncState:
     ).scalar_one()
 
 
-async def _highest_known(session: AsyncSession, state: BranchSyncState) -> int:
-    """The highest event number of the branch central knows of: stored, or recorded by
-    the branch's latest heartbeat."""
+async def _highest_known(session: AsyncSession, state: BranchSyncState, in_stream: int) -> int:
+    """The highest event number of the branch central knows of: stored, recorded by
+    the branch's latest heartbeat, or ``in_stream`` (sent, not stored yet: see
+    ``central.sync.in_flight``)."""
     status = await session.get(BranchStatus, state.branch)
-    return max(state.max_seq, status.last_recorded_seq if status else 0)
+    return max(state.max_seq, status.last_recorded_seq if status else 0, in_stream)
 
 
 def _answered(state: BranchSyncState, instance: str, server: str) -> None:
@@ -357,7 +358,7 @@ _RESTART_ACTIONS = {
 
 
 async def anchor_event_sequence(
-    session: AsyncSession, branch: str, instance: str, *, server: str = ""
+    session: AsyncSession, branch: str, instance: str, *, server: str = "", in_stream: int = 0
 ) -> int:
     """The number of the first event of agent database ``instance`` of ``branch``, in
     the caller's transaction: the same answer whenever the same database asks.
@@ -368,9 +369,10 @@ async def anchor_event_sequence(
     latest heartbeat). The earlier database's numbers central never received are given
     up as lost with it. (The same database asking after central received numbers from
     it: a copy of it from before its first answer, restored from a backup.)
+    ``in_stream``: the highest number the branch sent that central has not stored yet.
     """
     state = await _locked_state(session, branch)
-    high = await _highest_known(session, state)
+    high = await _highest_known(session, state, in_stream)
     same = state.agent_instance == instance and state.restarted_at_seq is not None
     if same and state.restarted_at_seq is not None and high < state.restarted_at_seq:
         _answered(state, instance, server)
@@ -381,7 +383,13 @@ async def anchor_event_sequence(
 
 
 async def confirm_event_sequence(
-    session: AsyncSession, branch: str, instance: str, last_seq: int, *, server: str = ""
+    session: AsyncSession,
+    branch: str,
+    instance: str,
+    last_seq: int,
+    *,
+    server: str = "",
+    in_stream: int = 0,
 ) -> int:
     """The number of the next event of numbered agent database ``instance`` of
     ``branch``, which had numbered its events up to ``last_seq`` when it started; in
@@ -393,9 +401,11 @@ async def confirm_event_sequence(
     already, with other sales; its events continue after the highest instead, and the
     numbers up to it that central never received are given up as lost, as for a new
     database. Asked again before anything arrived since, the same answer.
+    ``in_stream``: the highest number the branch sent that central has not stored yet
+    (its events still in the up stream count as held: they will be).
     """
     state = await _locked_state(session, branch)
-    high = await _highest_known(session, state)
+    high = await _highest_known(session, state, in_stream)
     if last_seq >= high:
         state.agent_instance = instance
         _answered(state, instance, server)

@@ -1,22 +1,35 @@
 """A database restored from a backup, once central has listed the sales and returns it
 holds that the database lost: a till's retry of one is a 409 naming its id, nothing
-recorded or printed; the receipt and return numbers go on past central's."""
+recorded or printed, and a look-up of one a 410 saying what is known of it; the
+receipt and return numbers go on past central's. Until central has read what the
+branch sent (``numbering_wait``) the agent asks again within seconds, the restore
+hold kept, and the status says where the hold stands."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from branch_agent.backup import RESTORED_UNANSWERED
 from branch_agent.db import create_sessionmaker
+from branch_agent.masterdata_snapshot import SnapshotRequester
 from branch_agent.models import Sale
-from branch_agent.numbering import EventNumbering
-from protocol.masterdata import HeldRecordsReply, HeldReturn, HeldSale
-from tests.branch_agent.conftest import Store
+from branch_agent.numbering import RESTORE_UNKNOWN, EventNumbering
+from branch_agent.status import format_status
+from protocol.masterdata import (
+    HeldRecordsReply,
+    HeldReturn,
+    HeldSale,
+    SnapshotReply,
+    encode_snapshot_rpc,
+)
+from tests.branch_agent.conftest import TILL, Store
 from tests.branch_agent.test_sales_and_fiscal import basket
 from tests.branch_agent.test_storno_cash_z import post_return, return_body
 
@@ -66,6 +79,22 @@ async def test_a_retry_of_a_sale_or_return_central_holds_is_refused_and_numbers_
     assert len(store.fiscal.sim.receipts) == printed
     async with store.agent.sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(Sale)) == 1
+    # The till looks it up (its answer was lost): not a plain 404, what is known of it.
+    looked_up = await store.client.get("/api/v1/sales/s-2", headers=TILL)
+    assert looked_up.status_code == 410, looked_up.text
+    gone = looked_up.json()
+    assert gone["errors"][0]["field"] == "sale_id"
+    assert "recorded before this agent's database was restored" in gone["detail"]
+    assert gone["extra"]["recorded_before_restore"] == {
+        "sale_id": "s-2",
+        "till": "T1",
+        "receipt_number": 2,
+        "shift_id": shift,
+        "total": 463,
+        "fiscal_number": "1002",
+    }
+    assert (await store.client.get("/api/v1/sales/s-9", headers=TILL)).status_code == 404
+    assert (await store.agent.status()).restored_records == 3
 
     refused = await post_return(store, return_body("r-1", "s-1", (1, "1")))
     assert refused.status_code == 409
@@ -105,11 +134,18 @@ async def test_sales_at_a_restored_database_wait_for_centrals_answer_a_bounded_t
     numbering = restored(10.0)
     await numbering.load()
     assert numbering.restored
+    assert numbering.restore_hold() == "holding"
     waiting = asyncio.create_task(numbering.hold_after_restore())
     await asyncio.sleep(0.1)
     assert not waiting.done()
-    await numbering.settle(5)
+    await numbering.settle(5, unknown=2)
     await asyncio.wait_for(waiting, 1)
+    assert numbering.restore_hold() == ""
+    async with engine.connect() as connection:
+        kept = await connection.scalar(
+            text("SELECT value FROM counters WHERE name = :name"), {"name": RESTORE_UNKNOWN}
+        )
+    assert kept == 2  # the status shows the numbers central will never receive
     # Answered: the mark is gone, a restart does not wait.
     again = restored(10.0)
     await again.load()
@@ -128,3 +164,52 @@ async def test_sales_at_a_restored_database_wait_for_centrals_answer_a_bounded_t
     await offline.hold_after_restore()
     assert 0.2 < time.monotonic() - started < 2
     await asyncio.wait_for(offline.hold_after_restore(), 0.05)  # once, not per sale
+    assert offline.restore_hold() == "expired"  # the status: sales taken unchecked
+
+
+class _Central:
+    """A NATS client whose position reports central answers with ``reply``."""
+
+    def __init__(self, reply: SnapshotReply) -> None:
+        self.reply = reply
+        self.reports = 0
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> Any:
+        self.reports += 1
+        return SimpleNamespace(data=encode_snapshot_rpc(self.reply))
+
+
+async def test_while_central_reads_what_was_sent_the_agent_asks_again_soon_and_holds(
+    store: Store,
+) -> None:
+    agent = store.agent
+    numbering = agent.numbering
+    # A restored database asking central, which still reads what the branch sent.
+    numbering.confirmed, numbering.restored = False, True
+    numbering.start, numbering.checked = 1, 4
+    numbering._hold_until = time.monotonic() + 30
+    requester = SnapshotRequester("B1", agent.masterdata, retry_s=0.05, interval_s=300)
+    requester.numbering = numbering
+    reason = "central's ingest queue holds more of branch B1's messages than it reads at once"
+    central = _Central(SnapshotReply(action="none", numbering_refused=reason, numbering_wait=True))
+    stop = asyncio.Event()
+    task = asyncio.create_task(requester.run(central, stop))  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.5)
+        # Asked again every retry_s (not every 30 s), nothing settled, sales held.
+        assert central.reports >= 4
+        assert not numbering.settled
+        assert numbering.waiting
+        status = await agent.status()
+        assert (status.numbering_refused, status.restore_hold) == (reason, "holding")
+        assert "sales and returns wait" in format_status(status)
+        # Read: the answer is taken, the hold ends.
+        central.reply = SnapshotReply(action="none", event_seq_start=5)
+        await asyncio.wait_for(numbering._answered.wait(), 2)
+        assert numbering.settled
+        assert not numbering.waiting
+        assert (await agent.status()).restore_hold == ""
+    finally:
+        stop.set()
+        requester.poke()
+        await asyncio.wait_for(task, 2)

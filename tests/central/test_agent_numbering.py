@@ -170,6 +170,40 @@ async def test_a_database_gone_back_in_time_continues_after_central_and_asking_a
         await engine.dispose()
 
 
+async def test_numbers_still_in_the_ingest_queue_count_as_the_branchs(db_url: str) -> None:
+    """1..4 stored, 5 and 6 sent and still in the up stream (ingestion stalled): a
+    database restored to 4 continues after 6, not at 5 (which would collide with the
+    sale on its way); asked again once they are stored, the same answer, none lost. A
+    new database is numbered past them the same way."""
+    engine = await engine_with_branch(db_url)
+    sessionmaker = create_sessionmaker(engine)
+    worker = IngestWorker(sessionmaker)
+    books = _sold(6)
+    try:
+        assert (await worker.process([message(e) for e in books.events[:4]])).stored == 4
+        await _heard_of(sessionmaker, 4)
+
+        async def confirm(in_stream: int) -> int:
+            async with sessionmaker() as session, session.begin():
+                return await confirm_event_sequence(session, "B1", "db1", 4, in_stream=in_stream)
+
+        assert await confirm(6) == 7
+        assert (await worker.process([message(e) for e in books.events[4:]])).stored == 2
+        assert await confirm(0) == 7
+        async with sessionmaker() as session:
+            sync = await get_branch_sync(session, "B1")
+        assert (sync.restart_reason, sync.lost_from_seq, sync.lost_to_seq) == (
+            "restored_database",
+            5,
+            6,
+        )
+        assert sync.lost_events == 0  # both arrived
+        async with sessionmaker() as session, session.begin():
+            assert await anchor_event_sequence(session, "B1", "db2", in_stream=9) == 10
+    finally:
+        await engine.dispose()
+
+
 async def test_a_new_database_restored_from_before_its_first_answer_starts_after_its_own_events(
     db_url: str,
 ) -> None:

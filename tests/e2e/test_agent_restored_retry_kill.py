@@ -16,6 +16,7 @@ import httpx
 from sqlalchemy import func, select
 
 from branch_agent.backup import backup_database, restore_database
+from branch_agent.status import offline_status
 from central.embedded_nats import EmbeddedNats
 from central.models import CustomerReturn, DeadLetter, Receipt
 from devices.sim import SimulatorHandle
@@ -97,6 +98,9 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
             )
             agent.stop()
             restore_database(tmp_path / "backup.db", database, branch="B1")
+            # The status of the stopped agent: its next start holds sales for the list.
+            offline = offline_status(database, "B1")
+            assert (offline.restore_hold, offline.restored_records) == ("holding", 0)
 
             # The restored agent starts, asks central, keeps its list: killed at once, with
             # the till's retry of s5 in flight.
@@ -124,6 +128,8 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
             s7 = await till.post("/api/v1/sales", json=_sale("s7"))
             assert s7.status_code == 201, s7.text
             assert s7.json()["receipt_number"] == s5["receipt_number"] + 2
+            status = (await till.get("/health/status")).json()
+            assert (status["restore_hold"], status["restored_records"]) == ("", 3)
         assert (len(fiscal_printer.sim.receipts), len(fiscal_printer.sim.storno_receipts)) == (7, 1)
         await wait_until(lambda: _is(central, (7, 1, 0)), timeout=30)
 

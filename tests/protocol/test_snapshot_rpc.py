@@ -77,3 +77,27 @@ def test_held_records_travel_on_the_report_subject_and_older_peers_ignore_them()
         pass
     else:
         raise AssertionError("an older central cannot read a page question")
+
+
+def test_an_answer_about_records_on_their_way_reads_across_releases() -> None:
+    reply = SnapshotReply(
+        action="none",
+        event_seq_start=10,
+        held_records=3,
+        held_in_flight=2,
+        held_unknown=1,
+    )
+    assert decode_snapshot_reply(encode_snapshot_rpc(reply)) == reply
+    wait = SnapshotReply(action="none", numbering_refused="reading", numbering_wait=True)
+    assert decode_snapshot_reply(encode_snapshot_rpc(wait)).numbering_wait
+    # An older central's answer: nothing on its way, nothing unknown, no wait.
+    old = msgspec.msgpack.encode(
+        {"kind": "snapshot_reply", "action": "none", "event_seq_start": 10, "held_records": 3}
+    )
+    decoded = decode_snapshot_reply(old)
+    assert (decoded.held_in_flight, decoded.held_unknown, decoded.numbering_wait) == (0, 0, False)
+    # An older agent reads the wait as a refusal (it asks again within 30 s), and the
+    # numbers it cannot read are ignored.
+    older = msgspec.msgpack.Decoder(dict).decode(encode_snapshot_rpc(wait))
+    assert older["numbering_refused"] == "reading"
+    assert older.get("event_seq_start", 0) == 0
