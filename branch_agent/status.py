@@ -22,6 +22,7 @@ from branch_agent.masterdata_snapshot import CLOCK_WARN_S
 from branch_agent.models import CustomerReturn, OutboxEvent, Sale
 from branch_agent.numbering import AGENT_INSTANCE, EVENT_SEQ_SETTLED
 from branch_agent.outbox import EVENT_SEQ, backlog
+from protocol.units import format_minor
 
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
@@ -82,6 +83,10 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     unfiscal_printed: list[str] = []
     unfiscal_unknown: list[str] = []
     unfiscal_to_check: int = 0
+    # Cash refunds without receipt not paid out on their till's fiscal printer (failed,
+    # or pending: not known yet), "T1 return nr-1: 2.38 failed: ...": the printer's cash
+    # count stays above the drawer by them until the till posts the return again.
+    payouts_not_printed: list[str] = []
     # While the link is down, the NATS client's last error; while it is degraded, the
     # latest permissions violation ("": none).
     nats_error: str = ""
@@ -144,6 +149,21 @@ async def build_status(agent: Agent) -> AgentStatus:
                     checked["printed"].append(f"{till} {kind} {doc_id}: fiscal number {number}")
                 else:
                     checked["unknown"].append(f"{till} {kind} {doc_id}")
+        payouts = [
+            f"{till} return {return_id}: {format_minor(total)} {state}"
+            + (f": {error}" if error else "")
+            for till, return_id, total, state, error in await session.execute(
+                select(
+                    CustomerReturn.till,
+                    CustomerReturn.return_id,
+                    CustomerReturn.total,
+                    CustomerReturn.payout_status,
+                    CustomerReturn.payout_error,
+                )
+                .where(CustomerReturn.payout_status.in_(("pending", "failed")))
+                .order_by(CustomerReturn.id)
+            )
+        ]
     link = agent.link_state()
     denied = agent.denials.current() if link == "degraded" else []
     return AgentStatus(
@@ -170,6 +190,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         unfiscal_printed=checked["printed"],
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
+        payouts_not_printed=payouts,
         nats_error=agent.nats_error if link == "disconnected" else (denied or [""])[0],
         nats_denied=denied,
         nats_credentials=bool(agent.settings.nats_creds or agent.settings.nats_user),
@@ -335,6 +356,7 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         f"check journal    {d}: completed unfiscal, printer unclear"
         for d in status.unfiscal_unknown
     ]
+    lines += [f"not paid out     {d}" for d in status.payouts_not_printed]
     lines.append("devices:")
     if status.link in _OFFLINE:
         lines.append(

@@ -135,14 +135,18 @@ async def test_a_pay_out_the_printer_refuses_is_failed_and_paid_by_the_tills_rep
     assert "same return" in ret["payout_error"]
     assert sim.cash == Decimal("50.00")
     assert len(await returns_recorded(store)) == 1
-    # a till without printer at the moment is not blocked by it: the shift stays usable
     shift = (await store.client.get("/api/v1/shifts/current", headers=TILL)).json()
     assert shift["expected_cash"] == 5000 - REFUND
+    # the technician's status lists it until it is paid out
+    status = (await store.client.get("/health/status")).json()
+    (listed,) = status["payouts_not_printed"]
+    assert listed.startswith("T1 return nr-1: 2.38 failed: not paid out"), listed
     sim.set_fault("paper_end", on=False)
     again = await post(store, no_receipt("nr-1"))
     assert again.status_code == 200, again.text
     assert again.json()["payout"] == "printed", again.text
     assert again.json()["payout_error"] is None
+    assert (await store.client.get("/health/status")).json()["payouts_not_printed"] == []
     assert sim.cash_moves == [(0, Decimal("50.00")), (1, Decimal("2.38"))]
     # once printed, a repeat prints nothing
     assert (await post(store, no_receipt("nr-1"))).json()["payout"] == "printed"
@@ -160,3 +164,20 @@ async def test_a_printer_that_does_not_answer_leaves_the_pay_out_failed(store: S
     assert first.json()["payout"] == "failed", first.text
     assert "no_answer" in first.json()["payout_error"] or "link" in first.json()["payout_error"]
     assert sim.cash_moves == [(0, Decimal("50.00"))]
+
+
+async def test_a_pay_out_whose_frame_or_answer_is_lost_is_paid_out_once(store: Store) -> None:
+    sim = store.fiscal.sim
+    await opened(store, 5000)
+    # 0x46 frames of a pay-out: #1 reads the cash sum before, #2 is the pay-out
+    sim.at_command(CMD_CASH_IN_OUT, lambda _sim: "drop", nth=2)
+    first = await post(store, no_receipt("nr-1"))
+    assert first.json()["payout"] == "printed", first.text
+    sim.lose_answers(CMD_CASH_IN_OUT, count=2)
+    second = await post(store, no_receipt("nr-2", {"barcode": MILK, "quantity": "1"}))
+    assert second.json()["payout"] == "printed", second.text
+    assert sim.cash_moves == [
+        (0, Decimal("50.00")),
+        (1, Decimal("2.38")),
+        (1, Decimal("1.19")),
+    ]
