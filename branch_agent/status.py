@@ -150,9 +150,8 @@ async def build_status(agent: Agent) -> AgentStatus:
                 else:
                     checked["unknown"].append(f"{till} {kind} {doc_id}")
         payouts = [
-            f"{till} return {return_id}: {format_minor(total)} {state}"
-            + (f": {error}" if error else "")
-            for till, return_id, total, state, error in await session.execute(
+            _payout_line(*row)
+            for row in await session.execute(
                 select(
                     CustomerReturn.till,
                     CustomerReturn.return_id,
@@ -209,6 +208,15 @@ async def build_status(agent: Agent) -> AgentStatus:
     )
 
 
+def _payout_line(
+    till: str, return_id: str, total: int, state: str | None, error: str | None
+) -> str:
+    """A pay-out not printed as status lists it: ``T1 return nr-1: 2.38 failed: ...``."""
+    return f"{till} return {return_id}: {format_minor(total)} {state}" + (
+        f": {error}" if error else ""
+    )
+
+
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -230,6 +238,20 @@ def offline_status(
         first_unsent = one("SELECT min(seq) FROM outbox WHERE sent_at IS NULL")
         last_sent = one("SELECT max(sent_at) FROM outbox")
         applied_at = from_epoch_ms(md_state.get(APPLIED_AT_MS))
+        returns_columns = {r[1] for r in db.execute("PRAGMA table_info(customer_returns)")}
+        payouts = (
+            [
+                _payout_line(*row)
+                for row in db.execute(
+                    "SELECT till, return_id, total, payout_status, payout_error"
+                    " FROM customer_returns WHERE payout_status IN ('pending', 'failed')"
+                    " ORDER BY id"
+                )
+            ]
+            # a database not upgraded to a1907 yet has none
+            if "payout_status" in returns_columns
+            else []
+        )
         status = AgentStatus(
             branch=branch,
             link=NOT_ANSWERING if running else NOT_RUNNING,
@@ -256,6 +278,7 @@ def offline_status(
             first_event_seq=counters.get(EVENT_SEQ_SETTLED, 0),
             masterdata_applied_at=_iso(applied_at),
             timezone=timezone,
+            payouts_not_printed=payouts,
             devices=[],
         )
     return status

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from branch_agent.status import format_status, offline_status
 from devices.fiscal_datecs import CMD_CASH_IN_OUT
 from tests.branch_agent.conftest import TILL, TILL2, Store
 from tests.branch_agent.test_return_without_receipt import (
@@ -141,6 +142,10 @@ async def test_a_pay_out_the_printer_refuses_is_failed_and_paid_by_the_tills_rep
     status = (await store.client.get("/health/status")).json()
     (listed,) = status["payouts_not_printed"]
     assert listed.startswith("T1 return nr-1: 2.38 failed: not paid out"), listed
+    # ... and so does the page read from the database of an agent not running
+    offline = offline_status(store.agent.settings.database_path, "B1")
+    assert offline.payouts_not_printed == [listed]
+    assert f"not paid out     {listed}" in format_status(offline).splitlines()
     sim.set_fault("paper_end", on=False)
     again = await post(store, no_receipt("nr-1"))
     assert again.status_code == 200, again.text
