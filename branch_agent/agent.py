@@ -241,6 +241,10 @@ class Agent:
         again after a failed pay-out pays it out then (as a cash move posted again)."""
         till = devices.till.id
         cash = self.fiscal.cash
+        if await self.sales.payout_status(till, data.return_id) == "printed":
+            # A repeat of one paid out: answered without asking the printer. (A pending
+            # one goes through the queue below: settled with the printer first.)
+            return await self.sales.record_return(till, data)
         async with devices.fiscal_queue:
             state: tuple[int, int] | None = None
             try:

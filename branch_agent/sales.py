@@ -890,6 +890,16 @@ class SaleService:
                 raise NotFound(f"no return {return_id} at till {till}")
             return return_out(row)
 
+    async def payout_status(self, till: str, return_id: str) -> str | None:
+        """The pay-out status of the till's return (None: no such return, or none)."""
+        async with self._sessionmaker() as session:
+            status: str | None = await session.scalar(
+                select(CustomerReturn.payout_status).where(
+                    CustomerReturn.till == till, CustomerReturn.return_id == return_id
+                )
+            )
+        return status
+
     async def return_pk(self, till: str, return_id: str) -> int:
         async with self._sessionmaker() as session:
             pk = await session.scalar(
