@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 from branch_agent.api import AgentHealth, create_till_app
 from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.demo_catalog import seed_demo_catalog
-from branch_agent.devices import TillDevices
+from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.downstream import DownMessage, DownstreamReader
-from branch_agent.fiscal import Fiscalizer
+from branch_agent.fiscal import Fiscalizer, fiscal_fault, fiscal_remedy
 from branch_agent.instance import InstanceLock
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
@@ -31,13 +31,14 @@ from branch_agent.nats_denials import NatsDenials, is_permission_violation
 from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.preflight import check_before_start, creds_problem
-from branch_agent.sales import SaleService
+from branch_agent.sales import PayoutFrom, SaleService
 from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
 from branch_agent.sender import OutboxSender
 from branch_agent.settings import AgentSettings
 from branch_agent.shifts import ShiftService
 from branch_agent.status import AgentStatus, build_status
 from branch_agent.stock import StockService
+from devices.errors import DeviceError
 from protocol.codec import decode_resend, encode
 from protocol.messages import BranchHeartbeat
 from protocol.nats_link import close_unconnected, connect_cancellably
@@ -212,18 +213,58 @@ class Agent:
         return out, created
 
     async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
-        """Commit a customer return, then print its storno receipt (fiscal tills)."""
+        """Commit a customer return, then print its storno receipt (fiscal tills), or pay
+        out its cash refund when it is without receipt."""
         await self.numbering.hold_after_restore()
-        out, created = await self.sales.record_return(till, data)
-        if out.status == "pending_fiscal" and not self.fiscal.recently_failed(till):
-            try:
-                await self.fiscal.process_till(till)
-            except Exception:
-                log.exception("storno for %s/%s failed", till, data.return_id)
-            out = await self.sales.get_return(till, data.return_id)
+        devices = self.devices.tills.get(till)
+        if (
+            data.without_receipt
+            and (data.refund_type or "cash") == "cash"
+            and devices is not None
+            and devices.has_fiscal
+        ):
+            out, created = await self._return_paid_out(devices, data)
+        else:
+            out, created = await self.sales.record_return(till, data)
+            if out.status == "pending_fiscal" and not self.fiscal.recently_failed(till):
+                try:
+                    await self.fiscal.process_till(till)
+                except Exception:
+                    log.exception("storno for %s/%s failed", till, data.return_id)
+                out = await self.sales.get_return(till, data.return_id)
         if created and any(r.type == "cash" and r.amount > 0 for r in out.refunds):
             # The customer's cash comes out of the drawer.
             out.drawer, out.drawer_error = await self.fiscal.open_drawer_for_cash(till)
+        return out, created
+
+    async def _return_paid_out(
+        self, devices: TillDeviceSet, data: ReturnIn
+    ) -> tuple[ReturnOut, bool]:
+        """A cash refund without receipt at a till with a fiscal printer: the printer's
+        cash count is read (older cash intents settled first, under the till's fiscal
+        queue, so nothing prints in between), the return is recorded with its pay-out's
+        intent, then the pay-out is printed (cash out). A till posting the same return
+        again after a failed pay-out pays it out then (as a cash move posted again)."""
+        till = devices.till.id
+        cash = self.fiscal.cash
+        if await self.sales.payout_status(till, data.return_id) == "printed":
+            # A repeat of one paid out: answered without asking the printer. (A pending
+            # one goes through the queue below: settled with the printer first.)
+            return await self.sales.record_return(till, data)
+        async with devices.fiscal_queue:
+            state: tuple[int, int] | None = None
+            try:
+                await cash.settle_till(devices)
+                state = await cash.printer_cash(devices)
+                payout = PayoutFrom(document=state[0], cash=state[1])
+            except DeviceError as exc:
+                why = f"{fiscal_fault(exc)}; {fiscal_remedy(exc.condition, till)}"
+                payout = PayoutFrom(problem=why)
+            out, created = await self.sales.record_return(till, data, payout)
+            if out.payout == "pending" or (out.payout == "failed" and not created):
+                pk = await self.sales.return_pk(till, data.return_id)
+                await cash.pay_out(devices, pk, state)
+                out = await self.sales.get_return(till, data.return_id)
         return out, created
 
     async def _on_command(self, message: DownMessage) -> None:

@@ -28,6 +28,13 @@ is settled before anything else is printed on that till, by comparing the printe
 document number and cash sum with the recorded ones: printed -> done, not printed ->
 failed (the till may post the same move again), anything else -> left pending and
 reported. The background loop only settles; it never prints a cash move by itself.
+
+A cash refund made without receipt is paid out on the printer (cash out) the same way:
+its intent is committed with the return (``payout_status`` ``pending``, the printer's
+document number and cash sum read just before), printed, then ``printed``; a pending
+pay-out is settled by the same comparison (printed, or ``failed``: the till posts the
+same return again to pay it out). It is no cash move of the shift: the shift already
+counts the refund, and no ``CashMoved`` event is written for it.
 """
 
 from __future__ import annotations
@@ -92,6 +99,13 @@ _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_fra
 # complete its documents without it, as for a printer that cannot be reached.
 _CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure"})
 
+
+# A pending pay-out the printer shows no trace of (the agent stopped before it was sent,
+# or the printer did not take it).
+_NOT_SENT = (
+    "not paid out on the fiscal printer (it was not sent, or the printer did not take it):"
+    " post the same return again (same return_id) to pay it out"
+)
 
 # What a person does about the fiscal printer's condition (see fiscal_remedy).
 _REMEDIES = {
@@ -253,9 +267,16 @@ class CashIntents:
         self._write_lock = write_lock
         self._on_event = on_event
 
+    async def printer_cash(self, devices: TillDeviceSet) -> tuple[int, int]:
+        """The printer's last document number and cash sum (cents): what a cash document
+        is compared against after it was sent."""
+        document = await devices.fiscal_last_document()
+        return document, _minor((await devices.fiscal_cash_state()).cash)
+
     async def settle_till(self, devices: TillDeviceSet) -> None:
-        """Settle every pending move of the till, oldest first; raises ``DeviceError``
-        when one cannot be settled now (then nothing else may print on this till)."""
+        """Settle every pending move and pay-out of the till, oldest first; raises
+        ``DeviceError`` when one cannot be settled now (then nothing else may print on
+        this till)."""
         async with self._sessionmaker() as session:
             pending = (
                 await session.scalars(
@@ -266,7 +287,97 @@ class CashIntents:
             ).all()
         for move in pending:
             await self.settle(devices, move)
+        async with self._sessionmaker() as session:
+            payouts = (
+                await session.scalars(
+                    select(CustomerReturn)
+                    .where(
+                        CustomerReturn.till == devices.till.id,
+                        CustomerReturn.payout_status == "pending",
+                    )
+                    .order_by(CustomerReturn.id)
+                )
+            ).all()
+        for ret in payouts:
+            await self.settle_payout(devices, ret)
         await self.deposit_floats(devices)
+
+    async def settle_payout(self, devices: TillDeviceSet, ret: CustomerReturn) -> str:
+        """Compare the printer with what was read before the pay-out was sent: ``printed``
+        or ``failed``; ``DeviceError`` when the printer cannot be asked or its state
+        explains neither."""
+        before = ret.payout_document_before, ret.payout_cash_before
+        if before[0] is None or before[1] is None:
+            await self._payout(ret.id, "failed", _NOT_SENT)
+            return "failed"
+        took = printer_took(
+            f"pay-out of return {ret.return_id}",
+            (before[0], before[1]),
+            await self.printer_cash(devices),
+            -ret.total,
+        )
+        await self._payout(ret.id, *(("printed", None) if took else ("failed", _NOT_SENT)))
+        return "printed" if took else "failed"
+
+    async def pay_out(
+        self, devices: TillDeviceSet, return_pk: int, state: tuple[int, int] | None
+    ) -> None:
+        """Pay out a return's cash refund on the printer (cash out), exactly once: a
+        ``pending`` pay-out is sent; a ``failed`` one (known not printed: a till posting
+        the same return again) is recorded pending again with the printer's ``state``
+        read just before (None: the printer could not be asked, it stays failed), then
+        sent. After a failure the printer is compared, never sent to blind. Called with
+        the till's fiscal queue held, older intents settled."""
+        async with self._sessionmaker() as session:
+            ret = await session.get(CustomerReturn, return_pk)
+        assert ret is not None
+        if ret.payout_status == "failed" and state is not None:
+            if ret.total > state[1]:
+                await self._payout(
+                    ret.id,
+                    "failed",
+                    f"not paid out on the fiscal printer: its cash count is"
+                    f" {format_minor(state[1])}, the refund {format_minor(ret.total)}; post"
+                    " the same return again once the printer has the cash (a sale or the"
+                    " float it has not registered yet)",
+                )
+                return
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                row = await session.get(CustomerReturn, return_pk)
+                assert row is not None
+                row.payout_status = "pending"
+                row.payout_document_before, row.payout_cash_before = state
+                row.payout_error = None
+                await session.flush()
+            ret = row
+        if ret.payout_status != "pending":
+            return
+        try:
+            await devices.fiscal_cash(Decimal(ret.total) / 100, out=True)
+        except DeviceError as exc:
+            why = f"{fiscal_fault(exc)}; {fiscal_remedy(exc.condition, ret.till)}"
+            try:
+                outcome = await self.settle_payout(devices, ret)
+            except DeviceError:
+                # Not known whether it printed: settled before anything else prints.
+                await self._payout(ret.id, "pending", f"not known yet: {why}")
+                return
+            if outcome == "failed":
+                await self._payout(
+                    ret.id,
+                    "failed",
+                    f"not paid out on the fiscal printer: {why}; then post the same return"
+                    " again (same return_id)",
+                )
+            return
+        await self._payout(ret.id, "printed", None)
+
+    async def _payout(self, return_pk: int, status: str, error: str | None) -> None:
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            row = await session.get(CustomerReturn, return_pk)
+            assert row is not None
+            row.payout_status = status
+            row.payout_error = error[:300] if error else None
 
     async def deposit_floats(self, devices: TillDeviceSet) -> None:
         """Deposit the opening float of the till's shifts that still wait for it (cash
@@ -291,8 +402,7 @@ class CashIntents:
             return
         # Not printed (never sent, or sent and not executed): read the state, record it,
         # then send; the same comparison settles a crash or a lost answer after this.
-        document = await devices.fiscal_last_document()
-        cash = _minor((await devices.fiscal_cash_state()).cash)
+        document, cash = await self.printer_cash(devices)
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row = await session.get(Shift, shift.shift_id)
             assert row is not None
@@ -316,10 +426,11 @@ class CashIntents:
         neither."""
         if document_before is None or cash_before is None:
             return False
-        document = await devices.fiscal_last_document()
-        cash = _minor((await devices.fiscal_cash_state()).cash)
         return printer_took(
-            "opening float", (document_before, cash_before), (document, cash), amount
+            "opening float",
+            (document_before, cash_before),
+            await self.printer_cash(devices),
+            amount,
         )
 
     async def _float_done(self, shift_id: str) -> None:
@@ -331,8 +442,7 @@ class CashIntents:
     async def settle(self, devices: TillDeviceSet, move: CashMove) -> str:
         """Compare the printer with what was read before printing: ``done`` or ``failed``;
         ``DeviceError`` when the printer cannot be asked or its state explains neither."""
-        document = await devices.fiscal_last_document()
-        cash = _minor((await devices.fiscal_cash_state()).cash)
+        document, cash = await self.printer_cash(devices)
         before_document = move.printer_document_before
         before_cash = move.printer_cash_before
         if before_document is None or before_cash is None:
@@ -664,6 +774,15 @@ class Fiscalizer:
                 (
                     await session.scalars(
                         select(Shift.till).where(Shift.float_status == "pending").distinct()
+                    )
+                ).all()
+            )
+            tills.update(
+                (
+                    await session.scalars(
+                        select(CustomerReturn.till)
+                        .where(CustomerReturn.payout_status == "pending")
+                        .distinct()
                     )
                 ).all()
             )

@@ -203,6 +203,15 @@ class CustomerReturn(AgentBase):
     event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     # As a sale's: the storno of a return completed unfiscal may have been printed.
     unfiscal_check: Mapped[str | None] = mapped_column(String(16), default=None)
+    # A cash refund without receipt at a till with a fiscal printer is paid out there
+    # (0x46 cash out), so the printer's cash count follows the drawer (a1907): pending
+    # (committed with the printer's last document number and cash sum read just before
+    # it is sent) -> printed | failed (known not printed: the till posts the same return
+    # again to pay it out). NULL: no pay-out (another refund type, no printer, a storno).
+    payout_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    payout_document_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    payout_cash_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    payout_error: Mapped[str | None] = mapped_column(String(300), default=None)
 
 
 class Shift(AgentBase):

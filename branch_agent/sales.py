@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -51,13 +52,14 @@ from branch_agent.settings import AgentSettings
 from branch_agent.stock import apply_moves
 from protocol.events import CustomerReturnRecorded, Payment, ReceiptLine, ReceiptRecorded
 from protocol.limits import FISCAL_AMOUNT_MAX
-from protocol.units import format_milli, line_amount, parse_milli
+from protocol.units import format_milli, format_minor, line_amount, parse_milli
 
 # Statuses of a sale that carry a fiscal number a storno receipt can refer to.
 _FISCALIZED = "fiscalized"
 
 __all__ = [
     "FISCAL_PAYMENT_TYPES",
+    "PayoutFrom",
     "SaleService",
     "is_storage_failure",
     "is_storage_full",
@@ -139,6 +141,17 @@ async def _when_unlocked(unit_of_work: Callable[[], Awaitable[T]], *, full: str)
                 raise
         await asyncio.sleep(delay)
         delay *= 2
+
+
+@dataclass(frozen=True)
+class PayoutFrom:
+    """The till's fiscal printer just before a cash refund without receipt is recorded
+    (read under the till's fiscal queue, older cash intents settled): its last document
+    number and cash sum, or why it could not be asked (``problem``)."""
+
+    document: int | None = None
+    cash: int | None = None
+    problem: str | None = None
 
 
 class SaleService:
@@ -492,12 +505,18 @@ class SaleService:
         return item, None
 
     # customer returns --------------------------------------------------------------------
-    async def record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
+    async def record_return(
+        self, till: str, data: ReturnIn, payout: PayoutFrom | None = None
+    ) -> tuple[ReturnOut, bool]:
+        """``payout``: given for a till with a fiscal printer, where a cash refund
+        without receipt is paid out (see ``_commit_return_without_receipt``)."""
         return await _when_unlocked(
-            lambda: self._record_return(till, data), full="the agent's storage is full"
+            lambda: self._record_return(till, data, payout), full="the agent's storage is full"
         )
 
-    async def _record_return(self, till: str, data: ReturnIn) -> tuple[ReturnOut, bool]:
+    async def _record_return(
+        self, till: str, data: ReturnIn, payout: PayoutFrom | None
+    ) -> tuple[ReturnOut, bool]:
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             existing = await session.scalar(
                 select(CustomerReturn).where(
@@ -518,7 +537,7 @@ class SaleService:
             shift_id, shift_cashier = await self._open_shift(session, till, data.shift_id)
             if data.without_receipt:
                 out = await self._commit_return_without_receipt(
-                    session, till, data, shift_id, shift_cashier
+                    session, till, data, shift_id, shift_cashier, payout
                 )
                 return out, True
             original = await self._original_sale(session, till, data)
@@ -686,6 +705,7 @@ class SaleService:
         data: ReturnIn,
         shift_id: str,
         shift_cashier: str,
+        payout: PayoutFrom | None,
     ) -> ReturnOut:
         """A return without the original receipt, approved by a manager (checked by the
         API): each line at the till's price now, or lower at the price the manager
@@ -693,7 +713,16 @@ class SaleService:
         needs the original document's number, time and fiscal memory number, which a
         receipt-less return does not have. So it is recorded and its event written in
         one transaction, as at a till without a printer; a cash refund must be in the
-        drawer by the shift's records."""
+        drawer by the shift's records.
+
+        At a till with a fiscal printer (``payout`` given) a cash refund is paid out on
+        it (cash out, 0x46), or the printer's cash count would stay above the drawer by
+        it: the pay-out's intent (``pending``, with the printer's document number and
+        cash sum read just before) is committed with the return, and printed after it
+        (``branch_agent.fiscal.CashIntents.pay_out``). A refund above the printer's cash
+        count is refused as a cash-out above it is (the printer would refuse the
+        pay-out); a printer that could not be asked leaves the pay-out ``failed``, the
+        return recorded: the till posts it again to pay it out."""
         now = datetime.now(UTC)
         lines: list[ReceiptLine] = []
         for index, line_in in enumerate(data.lines):
@@ -746,6 +775,24 @@ class SaleService:
                     f" {total} to refund (refund another way, or put cash in first)",
                     field="refund_type",
                 )
+        payout_status: str | None = None
+        payout_error: str | None = None
+        if refund_type == "cash" and payout is not None:
+            if payout.cash is None:
+                payout_status = "failed"
+                payout_error = (
+                    f"not paid out on the fiscal printer: {payout.problem}; post the same"
+                    " return again (same return_id) once the printer answers"
+                )[:300]
+            elif total > payout.cash:
+                raise Conflict(
+                    f"not enough cash in the drawer: {format_minor(payout.cash)} by the fiscal"
+                    f" printer's count, {format_minor(total)} to refund (refund another way,"
+                    " or put cash in first)",
+                    field="refund_type",
+                )
+            else:
+                payout_status = "pending"
         body = CustomerReturnRecorded(
             till=till,
             shift_id=shift_id,
@@ -773,6 +820,10 @@ class SaleService:
             body=msgspec.to_builtins(body),
             status="recorded",
             print_job=None,
+            payout_status=payout_status,
+            payout_error=payout_error,
+            payout_document_before=payout.document if payout and payout_status else None,
+            payout_cash_before=payout.cash if payout and payout_status else None,
         )
         await self._store_return(session, row, body)
         return return_out(row)
@@ -840,6 +891,26 @@ class SaleService:
                 await gone_if_restored(session, RETURN, till, return_id)
                 raise NotFound(f"no return {return_id} at till {till}")
             return return_out(row)
+
+    async def payout_status(self, till: str, return_id: str) -> str | None:
+        """The pay-out status of the till's return (None: no such return, or none)."""
+        async with self._sessionmaker() as session:
+            status: str | None = await session.scalar(
+                select(CustomerReturn.payout_status).where(
+                    CustomerReturn.till == till, CustomerReturn.return_id == return_id
+                )
+            )
+        return status
+
+    async def return_pk(self, till: str, return_id: str) -> int:
+        async with self._sessionmaker() as session:
+            pk = await session.scalar(
+                select(CustomerReturn.id).where(
+                    CustomerReturn.till == till, CustomerReturn.return_id == return_id
+                )
+            )
+        assert pk is not None
+        return int(pk)
 
     async def _original_sale(self, session: AsyncSession, till: str, data: ReturnIn) -> Sale:
         """The sale a return is against. A sale id is the till's: two tills may use the
@@ -1113,4 +1184,6 @@ def return_out(row: CustomerReturn) -> ReturnOut:
         unfiscal_check=row.unfiscal_check,
         without_receipt=body.without_receipt,
         approved_by=body.approved_by,
+        payout=row.payout_status,
+        payout_error=row.payout_error,
     )

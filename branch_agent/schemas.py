@@ -195,6 +195,13 @@ class ReturnOut(msgspec.Struct, kw_only=True):
     # As a sale's: opened for a refund in cash.
     drawer: Literal["opened", "not_opened"] | None = None
     drawer_error: str | None = None
+    # A cash refund without receipt at a till with a fiscal printer is paid out there
+    # (cash out, 0x46): pending (sent, or its outcome not known yet), printed, or failed
+    # (not on the printer: ``payout_error`` says why and what to do; the same return
+    # posted again pays it out). None: no pay-out on a printer (another refund type, a
+    # till without printer, a return against a receipt, whose storno pays it).
+    payout: str | None = None
+    payout_error: str | None = None
 
 
 class ProductOut(msgspec.Struct, kw_only=True):

@@ -23,6 +23,7 @@ from branch_agent.masterdata_snapshot import CLOCK_WARN_S
 from branch_agent.models import Counter, CustomerReturn, OutboxEvent, RestoredRecord, Sale
 from branch_agent.numbering import AGENT_INSTANCE, EVENT_SEQ_SETTLED, RESTORE_UNKNOWN
 from branch_agent.outbox import EVENT_SEQ, backlog
+from protocol.units import format_minor
 
 if TYPE_CHECKING:
     from branch_agent.agent import Agent
@@ -83,6 +84,10 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     unfiscal_printed: list[str] = []
     unfiscal_unknown: list[str] = []
     unfiscal_to_check: int = 0
+    # Cash refunds without receipt not paid out on their till's fiscal printer (failed,
+    # or pending: not known yet), "T1 return nr-1: 2.38 failed: ...": the printer's cash
+    # count stays above the drawer by them until the till posts the return again.
+    payouts_not_printed: list[str] = []
     # While the link is down, the NATS client's last error; while it is degraded, the
     # latest permissions violation ("": none).
     nats_error: str = ""
@@ -157,6 +162,20 @@ async def build_status(agent: Agent) -> AgentStatus:
                     checked["unknown"].append(f"{till} {kind} {doc_id}")
         restored = await session.scalar(select(func.count()).select_from(RestoredRecord))
         unknown = await session.get(Counter, RESTORE_UNKNOWN)
+        payouts = [
+            _payout_line(*row)
+            for row in await session.execute(
+                select(
+                    CustomerReturn.till,
+                    CustomerReturn.return_id,
+                    CustomerReturn.total,
+                    CustomerReturn.payout_status,
+                    CustomerReturn.payout_error,
+                )
+                .where(CustomerReturn.payout_status.in_(("pending", "failed")))
+                .order_by(CustomerReturn.id)
+            )
+        ]
     link = agent.link_state()
     denied = agent.denials.current() if link == "degraded" else []
     return AgentStatus(
@@ -186,6 +205,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         unfiscal_printed=checked["printed"],
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
+        payouts_not_printed=payouts,
         nats_error=agent.nats_error if link == "disconnected" else (denied or [""])[0],
         nats_denied=denied,
         nats_credentials=bool(agent.settings.nats_creds or agent.settings.nats_user),
@@ -201,6 +221,15 @@ async def build_status(agent: Agent) -> AgentStatus:
             )
             for state in agent.devices.states()
         ],
+    )
+
+
+def _payout_line(
+    till: str, return_id: str, total: int, state: str | None, error: str | None
+) -> str:
+    """A pay-out not printed as status lists it: ``T1 return nr-1: 2.38 failed: ...``."""
+    return f"{till} return {return_id}: {format_minor(total)} {state}" + (
+        f": {error}" if error else ""
     )
 
 
@@ -225,6 +254,20 @@ def offline_status(
         first_unsent = one("SELECT min(seq) FROM outbox WHERE sent_at IS NULL")
         last_sent = one("SELECT max(sent_at) FROM outbox")
         applied_at = from_epoch_ms(md_state.get(APPLIED_AT_MS))
+        returns_columns = {r[1] for r in db.execute("PRAGMA table_info(customer_returns)")}
+        payouts = (
+            [
+                _payout_line(*row)
+                for row in db.execute(
+                    "SELECT till, return_id, total, payout_status, payout_error"
+                    " FROM customer_returns WHERE payout_status IN ('pending', 'failed')"
+                    " ORDER BY id"
+                )
+            ]
+            # a database not upgraded to a1907 yet has none
+            if "payout_status" in returns_columns
+            else []
+        )
         status = AgentStatus(
             branch=branch,
             link=NOT_ANSWERING if running else NOT_RUNNING,
@@ -255,6 +298,7 @@ def offline_status(
             restore_unknown=counters.get(RESTORE_UNKNOWN, 0),
             masterdata_applied_at=_iso(applied_at),
             timezone=timezone,
+            payouts_not_printed=payouts,
             devices=[],
         )
     return status
@@ -390,6 +434,7 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         f"check journal    {d}: completed unfiscal, printer unclear"
         for d in status.unfiscal_unknown
     ]
+    lines += [f"not paid out     {d}" for d in status.payouts_not_printed]
     lines.append("devices:")
     if status.link in _OFFLINE:
         lines.append(

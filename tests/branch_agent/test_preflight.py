@@ -19,10 +19,11 @@ import branch_agent.agent as agent_module
 from branch_agent.agent import Agent
 from branch_agent.instance import InstanceLocked, StartRefused
 from branch_agent.preflight import creds_problem
-from branch_agent.settings import AgentSettings, TillConfig
+from branch_agent.settings import AgentSettings, DeviceConfig, TillConfig
 from branch_agent.status import format_status
 from central.embedded_nats import EmbeddedNats
 from central.sync.nats_auth import format_creds
+from devices.sim import start_simulator_pty
 from protocol.codec import decode_envelope, encode
 from protocol.ids import new_event_id
 from tests.conftest import asgi_client, self_signed, wait_until
@@ -286,3 +287,92 @@ def test_denials_without_credentials_do_not_blame_the_credentials(tmp_path: Path
     assert "credentials are not this branch's" not in text
     status.nats_credentials = True
     assert "credentials are not this branch's (B1)" in format_status(status)
+
+
+async def test_run_refuses_a_till_removed_with_fiscal_work_pending(tmp_path: Path) -> None:
+    """A till whose block is removed (or renamed, or left without its fiscal printer)
+    while its printer still has work of it pending: refused, naming the till, what is
+    pending and what to do; the block put back, the work is done, then it may go."""
+    handle = start_simulator_pty("fiscal", link_path=str(tmp_path / "fiscal.tty"))
+    printer = DeviceConfig(port=handle.url, protocol="datecs-x")
+    t1 = TillConfig(id="T1", token="t1", fiscal_printer=printer)
+    t2 = TillConfig(id="T2", token="t2")
+    sale = {
+        "sale_id": "s-1",
+        "lines": [{"sku": "COFFEE-250", "quantity": "1"}],
+        "payments": [{"type": "cash", "amount": 1000}],
+    }
+    try:
+        handle.sim.set_fault("paper_end")
+        agent = Agent(_settings(tmp_path, "B1", demo_catalog=True, tills=(t1, t2)))
+        await agent.start()
+        try:
+            async with asgi_client(agent.app) as client:
+                opened = await client.post(
+                    "/api/v1/shifts", json={"opening_float": 2000}, headers=T1
+                )
+                assert opened.json()["float_deposit"] == "pending", opened.text
+                sold = await client.post("/api/v1/sales", json=sale, headers=T1)
+                assert sold.json()["status"] == "pending_fiscal", sold.text
+        finally:
+            await agent.stop()
+        before = _outbox(tmp_path)
+
+        for tills, said in (
+            # renamed (T1 -> T1a), or removed
+            (
+                (TillConfig(id="T1a", token="t1", fiscal_printer=printer), t2),
+                "till T1 is not in the config",
+            ),
+            ((t2,), "till T1 is not in the config"),
+            # kept, its fiscal printer taken out
+            (
+                (TillConfig(id="T1", token="t1"), t2),
+                "till T1's block in the config has no fiscal_printer",
+            ),
+        ):
+            refused_start = Agent(_settings(tmp_path, "B1", demo_catalog=True, tills=tills))
+            with pytest.raises(StartRefused) as refused:
+                await refused_start.start()
+            message = str(refused.value)
+            assert message.startswith(said), message
+            assert "2 record(s) waiting for its fiscal printer" in message, message
+            assert "1 sale(s) waiting to be printed" in message
+            assert "1 opening float(s) not deposited" in message
+            assert "Keep (or put back) its block, id 'T1' with its fiscal_printer" in message
+            assert "/api/v1/manager/sales/T1/{sale_id}/complete-unfiscal" in message
+            assert "T2" not in message
+            assert not refused_start.instance.held
+            assert _outbox(tmp_path) == before
+
+        # The command: one line naming the till, exit 2, nothing changed.
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nbranch = "B1"\ndata_dir = "{tmp_path / "agent"}"\n'
+            '[[agent.tills]]\nid = "T2"\ntoken = "t2"\n'
+        )
+        out = _run(tmp_path, config)
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr
+        assert "run: refused: till T1 is not in the config" in out.stderr
+        assert _outbox(tmp_path) == before
+
+        # The block kept until its printer has done the work: then it may go.
+        handle.sim.set_fault("paper_end", on=False)
+        agent = Agent(_settings(tmp_path, "B1", demo_catalog=True, tills=(t1, t2)))
+        await agent.start()
+        try:
+
+            async def printed() -> bool:
+                await agent.fiscal.process_till("T1")
+                return not await agent.sales.pending_sales() and len(handle.sim.cash_moves) == 1
+
+            await wait_until(printed, timeout=20)
+        finally:
+            await agent.stop()
+        removed = Agent(_settings(tmp_path, "B1", demo_catalog=True, tills=(t2,)))
+        await removed.start()
+        await removed.stop()
+    finally:
+        handle.stop()

@@ -128,6 +128,79 @@ token = "t2"
     return config
 
 
+class KillAtFrame:
+    """Hooks for the fiscal simulator's ``at_command``: SIGKILL the agent as the printer
+    executes a frame (done, never recorded as done), or as the frame is lost on the
+    wire (recorded as about to be sent, nothing done). ``killed`` says it happened."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        self.agent = agent
+        self.killed = threading.Event()
+
+    def as_executed(self, _sim: Any) -> None:
+        self.agent.kill_from_thread()
+        self.killed.set()
+
+    def and_drop(self, _sim: Any) -> str:
+        self.agent.kill_from_thread()
+        self.killed.set()
+        return "drop"
+
+    async def during(
+        self,
+        sim: Any,
+        request: tuple[str, Any, dict[str, str]],
+        cmd: int,
+        hook: Any,
+        nth: int,
+    ) -> None:
+        """POST ``request`` (url, body, headers) with ``hook`` set on the ``nth`` new frame
+        of ``cmd``; the agent dies under it, then is started again and healthy."""
+        self.killed.clear()
+        sim.at_command(cmd, hook, nth=nth)
+        url, body, headers = request
+        async with httpx.AsyncClient(timeout=30) as client:
+            try:
+                await client.post(url, json=body, headers=headers)
+            except httpx.HTTPError:
+                pass  # the agent died under the request
+        assert self.killed.is_set()
+        self.agent.reap()
+        self.agent.start()
+        await wait_healthy(url.split("/api/", 1)[0])
+
+
+async def agent_events_once_sent(database: Path) -> list[OutboxEvent]:
+    """The agent database's outbox, once every event in it is acknowledged by NATS."""
+    engine = create_engine(database)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+
+        async def sent() -> bool:
+            async with sessionmaker() as session:
+                unsent = await session.scalar(
+                    select(OutboxEvent.seq).where(OutboxEvent.sent_at.is_(None)).limit(1)
+                )
+            return unsent is None
+
+        await wait_until(sent, timeout=60)
+        async with sessionmaker() as session:
+            return list(await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)))
+    finally:
+        await engine.dispose()
+
+
+async def wait_central_holds(central: Any, count: int) -> None:
+    """Until central has ingested ``count`` events."""
+
+    async def holds() -> bool:
+        async with central.sessionmaker() as session:
+            stored = len((await session.scalars(select(IngestedEvent.seq))).all())
+        return stored == count
+
+    await wait_until(holds, timeout=60)
+
+
 async def wait_healthy(url: str, timeout: float = 30, *, verify: bool = True) -> None:
     async with httpx.AsyncClient(timeout=2, verify=verify) as client:
 
@@ -256,12 +329,7 @@ async def test_sigkill_during_sales_printing_and_sync_loses_and_doubles_nothing(
         kinds = Counter(e.kind for e in events)
         assert kinds["receipt_recorded"] == len(sales)
 
-        async def central_has_all() -> bool:
-            async with central.sessionmaker() as session:
-                count = len((await session.scalars(select(IngestedEvent.seq))).all())
-            return count == len(events)
-
-        await wait_until(central_has_all, timeout=60)
+        await wait_central_holds(central, len(events))
         async with central.sessionmaker() as session:
             seqs = sorted(
                 await session.scalars(select(IngestedEvent.seq).where(IngestedEvent.branch == "B1"))

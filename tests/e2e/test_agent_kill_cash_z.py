@@ -29,6 +29,7 @@ from protocol.events import ShiftClosed
 from tests.conftest import register_branch, wait_until
 from tests.e2e.test_agent_kill import (
     AgentProcess,
+    KillAtFrame,
     fiscal_printer,  # noqa: F401
     free_port,
     wait_healthy,
@@ -59,29 +60,11 @@ async def test_sigkill_around_cash_moves_and_the_z_report_prints_each_once(
     # No NATS: the store trades offline; what matters here is the printer and the records.
     config = write_config(tmp_path, "nats://127.0.0.1:9", port, fiscal_printer.url)
     agent = AgentProcess(config, tmp_path / "agent.log")
-    killed = threading.Event()
-
-    def kill_as_printed(_sim: Any) -> None:
-        agent.kill_from_thread()
-        killed.set()
-
-    def kill_and_lose_the_frame(_sim: Any) -> str:
-        agent.kill_from_thread()
-        killed.set()
-        return "drop"
+    kill = KillAtFrame(agent)
+    kill_as_printed, kill_and_lose_the_frame = kill.as_executed, kill.and_drop
 
     async def crash_during(path: str, body: Any, cmd: int, hook: Any, nth: int) -> None:
-        killed.clear()
-        sim.at_command(cmd, hook, nth=nth)
-        async with httpx.AsyncClient(timeout=30) as client:
-            try:
-                await client.post(f"{url}{path}", json=body, headers=T1)
-            except httpx.HTTPError:
-                pass  # the agent died under the request
-        assert killed.is_set()
-        agent.reap()
-        agent.start()
-        await wait_healthy(url)
+        await kill.during(sim, (f"{url}{path}", body, T1), cmd, hook, nth)
 
     agent.start()
     try:

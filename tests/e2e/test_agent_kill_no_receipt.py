@@ -3,12 +3,16 @@ was recorded and before its event was published (the link to NATS down), and onc
 the middle of the till's request (the till hears nothing and posts it again). After
 restarts central holds each return exactly once, with who approved it, its cash refund,
 and the goods back in stock at the branch's moving average; the fiscal printer printed
-no storno. Real agent process, real nats-server, central on a real database."""
+no storno, and paid each cash refund out once (0x46 cash out). Then SIGKILL at the
+worst moments of the pay-out: as the printer executes it (paid out, not recorded as
+printed) and as its frame is lost (intent recorded, nothing paid out). Real agent
+process, real nats-server, central on a real database."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +20,23 @@ import httpx
 from sqlalchemy import select
 
 from branch_agent.db import create_engine, create_sessionmaker
-from branch_agent.models import OutboxEvent
+from branch_agent.models import CustomerReturn as AgentReturn
 from branch_agent.stock import balances
 from central.embedded_nats import EmbeddedNats
-from central.models import IngestedEvent, StockBalance
+from central.models import StockBalance
 from central.models.documents import CustomerReturn
+from central.models.shifts import CashMovement, Shift
 from central.models.stock import StockMovement
-from devices.fiscal_datecs import CMD_OPEN_STORNO
+from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_OPEN_STORNO
 from devices.sim import SimulatorHandle
-from tests.conftest import register_branch, wait_until
+from tests.conftest import register_branch
 from tests.e2e.test_agent_kill import (
     AgentProcess,
+    KillAtFrame,
+    agent_events_once_sent,
     fiscal_printer,  # noqa: F401 (fixture)
     free_port,
+    wait_central_holds,
     wait_healthy,
     write_config,
 )
@@ -126,33 +134,23 @@ async def test_sigkill_around_a_return_without_receipt_stores_it_once(
         assert again.json() == first.json() | {"drawer": None}
         assert fiscal_printer.sim.storno_receipts == []
         assert CMD_OPEN_STORNO not in fiscal_printer.sim.executed
+        # the float in, each refund out once: the printer's count is the drawer's
+        assert fiscal_printer.sim.cash_moves == [
+            (0, Decimal("50.00")),
+            (1, Decimal("2.38")),
+            (1, Decimal("1.19")),
+        ]
 
         nats_server.start()
+        events = await agent_events_once_sent(tmp_path / "agent" / "agent.db")
         engine = create_engine(tmp_path / "agent" / "agent.db")
-        sessionmaker = create_sessionmaker(engine)
         try:
-
-            async def sent() -> bool:
-                async with sessionmaker() as session:
-                    unsent = await session.scalar(
-                        select(OutboxEvent.seq).where(OutboxEvent.sent_at.is_(None)).limit(1)
-                    )
-                return unsent is None
-
-            await wait_until(sent, timeout=60)
-            async with sessionmaker() as session:
-                events = list(await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)))
+            async with create_sessionmaker(engine)() as session:
                 stock = {k: v for k, v in (await balances(session)).items() if v}
         finally:
             await engine.dispose()
         assert [e.kind for e in events].count("customer_return_recorded") == 2
-
-        async def central_has_all() -> bool:
-            async with central.sessionmaker() as session:
-                count = len((await session.scalars(select(IngestedEvent.seq))).all())
-            return count == len(events)
-
-        await wait_until(central_has_all, timeout=60)
+        await wait_central_holds(central, len(events))
         async with central.sessionmaker() as session:
             returns = list(
                 await session.scalars(select(CustomerReturn).where(CustomerReturn.branch == "B1"))
@@ -182,5 +180,100 @@ async def test_sigkill_around_a_return_without_receipt_stores_it_once(
         # back into stock at the moving average of the goods received (0.70)
         assert ledger == {"nr-1": (2_000, 140), "nr-2": (1_000, 70)}
         assert central_stock == stock == {"MILK-1L": 27_000}
+    finally:
+        agent.stop()
+
+
+async def test_sigkill_at_the_pay_out_pays_each_refund_out_once(
+    central: Any,
+    nats_server: EmbeddedNats,
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sim = fiscal_printer.sim
+    await register_branch(central, "B1")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    agent = AgentProcess(
+        write_config(tmp_path, nats_server.url, port, fiscal_printer.url), tmp_path / "agent.log"
+    )
+    kill = KillAtFrame(agent)
+
+    async def crash_during(body: dict[str, Any], hook: Any) -> None:
+        # 0x46 frames of a pay-out: #1 reads the cash sum before, #2 is the pay-out.
+        await kill.during(sim, (f"{url}/api/v1/returns", body, APPROVED), CMD_CASH_IN_OUT, hook, 2)
+
+    agent.start()
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=10) as client:
+            opened = await client.post(
+                f"{url}/api/v1/shifts",
+                json={"cashier": "anna", "opening_float": 5000},
+                headers=TILL,
+            )
+            assert opened.status_code == 201, opened.text
+        await crash_during(no_receipt("nr-k1", "2"), kill.as_executed)
+        await crash_during(no_receipt("nr-k2", "1"), kill.and_drop)
+        # The till heard nothing of either and posts each again.
+        first = await post_until_answered(url, no_receipt("nr-k1", "2"))
+        second = await post_until_answered(url, no_receipt("nr-k2", "1"))
+        assert first.status_code == 200, first.text
+        assert second.status_code == 200, second.text
+        assert first.json()["payout"] == "printed", first.text
+        assert second.json()["payout"] == "printed", second.text
+        assert sim.cash_moves == [
+            (0, Decimal("50.00")),
+            (1, Decimal("2.38")),
+            (1, Decimal("1.19")),
+        ]
+        async with httpx.AsyncClient(timeout=30) as client:
+            closed = await client.post(
+                f"{url}/api/v1/shifts/current/close", json={"counted_cash": 4643}, headers=TILL
+            )
+        assert closed.status_code == 200, closed.text
+        shift = closed.json()["shift"]
+        # printer, agent and drawer agree: 50.00 - 2.38 - 1.19
+        assert shift["expected_cash"] == 4643
+        assert shift["cash_difference"] == 0
+        assert shift["cash_out"] == 0
+        assert sim.cash == Decimal("46.43")
+        assert closed.json()["matches_fiscal"] is True
+
+        events = await agent_events_once_sent(tmp_path / "agent" / "agent.db")
+        engine = create_engine(tmp_path / "agent" / "agent.db")
+        try:
+            async with create_sessionmaker(engine)() as session:
+                payouts = {
+                    r.return_id: r.payout_status for r in await session.scalars(select(AgentReturn))
+                }
+        finally:
+            await engine.dispose()
+        assert payouts == {"nr-k1": "printed", "nr-k2": "printed"}
+        kinds = [e.kind for e in events]
+        assert kinds.count("customer_return_recorded") == 2
+        assert "cash_moved" not in kinds
+        await wait_central_holds(central, len(events))
+        async with central.sessionmaker() as session:
+            returns = sorted(
+                (r.return_id, r.refunds)
+                for r in await session.scalars(
+                    select(CustomerReturn).where(CustomerReturn.branch == "B1")
+                )
+            )
+            moves = list(
+                await session.scalars(select(CashMovement).where(CashMovement.branch == "B1"))
+            )
+            (central_shift,) = list(
+                await session.scalars(select(Shift).where(Shift.branch == "B1"))
+            )
+        # central counts each refund once, as a refund: no cash movement beside it
+        assert returns == [
+            ("nr-k1", [{"type": "cash", "amount": 238}]),
+            ("nr-k2", [{"type": "cash", "amount": 119}]),
+        ]
+        assert moves == []
+        assert central_shift.cash_out == 0
+        assert central_shift.expected_cash == central_shift.counted_cash == 4643
     finally:
         agent.stop()
