@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,18 @@ async def _refusal_of(url: str, sql: str, **params: Any) -> BaseException:
         return exc
     finally:
         await engine.dispose()
+        await _aiosqlite_threads_ended()
     raise AssertionError(f"{sql} did not fail")
+
+
+async def _aiosqlite_threads_ended() -> None:
+    """aiosqlite stops the worker thread of a connection that failed to open without
+    waiting for it, and the thread then posts its answer to this test's event loop:
+    closed by then, that was an unhandled thread exception failing a later test."""
+    for _ in range(200):
+        if not any("_connection_worker_thread" in t.name for t in threading.enumerate()):
+            return
+        await asyncio.sleep(0.01)
 
 
 def _closed_port() -> int:
