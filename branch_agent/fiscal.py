@@ -78,8 +78,10 @@ from protocol.units import format_minor
 
 __all__ = [
     "CLOSE_ROUTE",
+    "PERSON_DECIDES",
     "CashIntents",
     "Fiscalizer",
+    "cash_moved_event",
     "close_failed_detail",
     "closing_shift_detail",
     "fiscal_fault",
@@ -98,6 +100,10 @@ _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_fra
 # memory full or damaged, electronic journal full, a failed mechanism): a manager may
 # complete its documents without it, as for a printer that cannot be reached.
 _CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure"})
+# When a manager decides what became of fiscal cash work (a cash move, float deposit,
+# pay-out or Z report) left pending: the printer cannot be asked, cannot print again,
+# or its state explains neither outcome (another document since, another printer).
+PERSON_DECIDES = _UNREACHABLE | _CANNOT_PRINT | {Condition.UNKNOWN_STATE.value}
 
 
 # A pending pay-out the printer shows no trace of (the agent stopped before it was sent,
@@ -248,6 +254,18 @@ def printer_took(what: str, before: tuple[int, int], now: tuple[int, int], cash_
         f"{what}: printer at document {now[0]} with {now[1]} in the drawer, expected"
         f" {before[0]} or {before[0] + 1} and {before[1]} or {before[1] + cash_delta};"
         " a person must check the journal",
+    )
+
+
+def cash_moved_event(row: CashMove) -> CashMoved:
+    """The ``cash_moved`` event of a cash move printed (or known printed)."""
+    return CashMoved(
+        till=row.till,
+        shift_id=row.shift_id,
+        direction="in" if row.direction == "in" else "out",
+        amount=row.amount,
+        reason=row.reason,
+        cashier=row.cashier,
     )
 
 
@@ -470,14 +488,7 @@ class CashIntents:
                     session,
                     branch=self._settings.branch,
                     timezone=self._settings.timezone,
-                    body=CashMoved(
-                        till=row.till,
-                        shift_id=row.shift_id,
-                        direction="in" if row.direction == "in" else "out",
-                        amount=row.amount,
-                        reason=row.reason,
-                        cashier=row.cashier,
-                    ),
+                    body=cash_moved_event(row),
                     occurred_at=row.created_at,
                 )
         self._on_event()

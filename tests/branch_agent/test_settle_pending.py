@@ -1,0 +1,203 @@
+"""A manager's way out for fiscal cash work stuck on a printer that cannot answer for it:
+a cash move, an opening float's deposit, a refund's pay-out or a Z report left
+``pending`` when the printer died (or another one was put in its place) is settled as
+printed or not printed, recorded once with a ``fiscal_intervention`` event; refused while
+the printer can settle it itself. The agent in process, the fiscal printer a simulator
+over a pty, real SQLite."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from branch_agent.models import CashMove, CustomerReturn, Shift
+from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
+from protocol.events import CashMoved, FiscalInterventionRecorded, ShiftClosed
+from tests.branch_agent.conftest import MANAGER, TILL, Store
+from tests.branch_agent.test_return_without_receipt import MILK_PRICE, no_receipt, opened, post
+from tests.branch_agent.test_sales_and_fiscal import basket
+from tests.branch_agent.test_stock_documents import refused
+from tests.branch_agent.test_storno_cash_z import cash_move, power_cut
+
+SETTLE = "/api/v1/manager/tills/T1/fiscal/settle-pending"
+
+
+def decision(intent: str, id_: str, outcome: str, reason: str = "printer dead") -> dict[str, str]:
+    return {"intent": intent, "id": id_, "outcome": outcome, "reason": reason}
+
+
+async def settle(store: Store, body: dict[str, Any], headers: dict[str, str] = MANAGER) -> Any:
+    return await store.client.post(SETTLE, json=body, headers=headers)
+
+
+async def interventions(store: Store) -> list[FiscalInterventionRecorded]:
+    found = []
+    for env in await store.events("fiscal_intervention"):
+        assert isinstance(env.body, FiscalInterventionRecorded)
+        found.append(env.body)
+    return found
+
+
+def swap_printer(sim: Any) -> None:
+    """Another unit on the same port: its own identity, counters and cash count."""
+    sim.serial_number = "DT999999"
+    sim.fiscal_memory_number = "09999999"
+    sim.receipt_number = sim.document_number = 700
+    sim.cash = Decimal("0.00")
+
+
+async def test_a_cash_move_on_a_dead_printer_is_settled_printed_once(store: Store) -> None:
+    await store.open_shift()
+    sim = store.fiscal.sim
+    await store.sale(basket("s-cash"))  # 4.63 cash in the drawer
+    # 0x46 #1 reads the cash sum before; #2 is the cash out: executed, answer lost
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    first = await cash_move(store, "out-1", "out", 300)
+    assert first.status_code == 503, first.text
+    sim.go_deaf(3600.0)  # ... and the printer never comes back
+    # Only the manager decides; a reason is required; bad input changes nothing.
+    assert (await settle(store, decision("cash_move", "out-1", "printed"), TILL)).status_code == 403
+    refused(await settle(store, decision("cash_move", "out-1", "printed", "")), 422, "reason")
+    refused(await settle(store, decision("cash", "out-1", "printed")), 422, "intent")
+    refused(await settle(store, decision("cash_move", "out-1", "maybe")), 422, "outcome")
+    refused(await settle(store, decision("cash_move", "nope", "printed")), 404, "id")
+    async with store.agent.sessionmaker() as session:
+        (row,) = (await session.scalars(select(CashMove))).all()
+    assert row.status == "pending"
+    assert await interventions(store) == []
+    # The journal shows it printed: it is a cash move of the shift, counted once.
+    done = await settle(store, decision("cash_move", "out-1", "printed", "journal shows it"))
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["action"], body["status"]) == ("cash_move_printed", "done")
+    assert body["shift"]["cash_out"] == 300
+    assert body["shift"]["expected_cash"] == 463 - 300
+    (moved,) = await store.events("cash_moved")
+    assert isinstance(moved.body, CashMoved)
+    assert (moved.body.direction, moved.body.amount) == ("out", 300)
+    (record,) = await interventions(store)
+    assert (record.action, record.amount, record.document) == (
+        "cash_move_printed",
+        300,
+        "cash move out-1",
+    )
+    assert (record.shift_id, record.reason) == (body["shift"]["shift_id"], "journal shows it")
+    # A repeat (the answer lost) decides nothing again.
+    again = await settle(store, decision("cash_move", "out-1", "printed"))
+    refused(again, 409, "id")
+    assert "not pending (done)" in again.json()["detail"]
+    assert len(await store.events("cash_moved")) == 1
+    assert len(await interventions(store)) == 1
+    # Nothing else is stuck behind it: the till's printer work goes on once it is back.
+    sim.go_deaf(0)
+    sim.deaf_until = 0.0
+    assert (await store.sale(basket("s-after"))).json()["status"] == "fiscalized"
+
+
+async def test_refused_while_the_printer_answers_which_settles_it_itself(store: Store) -> None:
+    await store.open_shift()
+    sim = store.fiscal.sim
+    await store.sale(basket("s-cash"))
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    assert (await cash_move(store, "out-1", "out", 300)).status_code == 503
+    sim.deaf_until = 0.0  # the printer is back: it tells what it did
+    answer = await settle(store, decision("cash_move", "out-1", "not_printed"))
+    refused(answer, 409, "id")
+    assert "the printer settled it: done" in answer.json()["detail"]
+    assert len(sim.cash_moves) == 1
+    assert len(await store.events("cash_moved")) == 1  # the printer's word, not the manager's
+    assert await interventions(store) == []
+
+
+async def test_a_float_deposit_whose_printer_was_swapped_is_settled_by_the_manager(
+    store: Store,
+) -> None:
+    sim = store.fiscal.sim
+    # #1 reads the cash sum before the deposit, #2 the deposit: executed, answer lost
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    shift = await store.open_shift(opening_float=5000)
+    assert shift["float_deposit"] == "pending"
+    # The dead printer is replaced by another unit: its counters explain nothing.
+    sim.deaf_until = 0.0
+    swap_printer(sim)
+    stuck = await store.client.post("/api/v1/shifts/current/x-report", headers=TILL)
+    assert stuck.status_code == 503, stuck.text  # nothing prints until it is explained
+    done = await settle(
+        store, decision("float", shift["shift_id"], "printed", "old journal shows 50.00 in")
+    )
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["action"], body["status"]) == ("float_printed", "done")
+    # The float is the shift's either way: not a cash move, the drawer holds it.
+    assert body["shift"]["float_deposit"] == "done"
+    assert (body["shift"]["cash_in"], body["shift"]["expected_cash"]) == (0, 5000)
+    assert await store.events("cash_moved") == []
+    (record,) = await interventions(store)
+    assert (record.action, record.amount) == ("float_printed", 5000)
+    # The new printer prints again.
+    assert (await store.sale(basket("s-new"))).json()["status"] == "fiscalized"
+
+
+async def test_a_pay_out_on_a_dead_printer_is_settled_not_printed(store: Store) -> None:
+    sim = store.fiscal.sim
+    await opened(store, 5000)
+    # #1 reads the cash sum before the pay-out, #2 is the pay-out: answer lost
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    ret = (await post(store, no_receipt("nr-1"))).json()
+    assert ret["payout"] == "pending", ret
+    sim.go_deaf(3600.0)
+    done = await settle(store, decision("payout", "nr-1", "not_printed", "printer gone"))
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["action"], body["status"]) == ("payout_not_printed", "failed")
+    # The customer has the cash: the refund stays counted once, as a refund.
+    assert (body["shift"]["cash_out"], body["shift"]["expected_cash"]) == (
+        0,
+        5000 - 2 * MILK_PRICE,
+    )
+    async with store.agent.sessionmaker() as session:
+        row = await session.scalar(select(CustomerReturn))
+    assert row is not None
+    assert row.payout_status == "failed"
+    assert "settled by a manager as not printed: printer gone" in (row.payout_error or "")
+    (record,) = await interventions(store)
+    assert (record.action, record.amount, record.document) == (
+        "payout_not_printed",
+        2 * MILK_PRICE,
+        "the pay-out of return nr-1",
+    )
+    assert await store.events("cash_moved") == []
+
+
+async def test_a_z_report_on_a_dead_printer_closes_the_shift_without_z(store: Store) -> None:
+    await store.open_shift()
+    sim = store.fiscal.sim
+    await store.sale(basket("s-z"))
+    sim.at_command(CMD_REPORT, power_cut, nth=1)
+    first = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
+    assert first.status_code == 503, first.text
+    async with store.agent.sessionmaker() as session:
+        (shift,) = (await session.scalars(select(Shift))).all()
+    # While the printer answers, the repeated close reads its fiscal memory instead.
+    sim.deaf_until = 0.0
+    answers = await settle(store, decision("z_report", shift.shift_id, "not_printed"))
+    refused(answers, 409, "intent")
+    assert "repeat the close" in answers.json()["detail"]
+    sim.go_deaf(3600.0)
+    done = await settle(store, decision("z_report", shift.shift_id, "printed", "Z 1 in journal"))
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["action"], body["status"]) == ("z_report_printed", "closed")
+    assert body["shift"]["closed_at"] is not None
+    (closed,) = await store.events("shift_closed")
+    assert isinstance(closed.body, ShiftClosed)
+    assert closed.body.z_report is None  # its figures are on the old printer's paper
+    assert closed.body.receipts_count == 1
+    (record,) = await interventions(store)
+    assert (record.action, record.shift_id) == ("z_report_printed", shift.shift_id)
+    refused(await settle(store, decision("z_report", shift.shift_id, "printed")), 409, "id")
+    assert len(await store.events("shift_closed")) == 1
+    # The till goes on: the next shift opens.
+    assert (await store.open_shift())["closed_at"] is None
