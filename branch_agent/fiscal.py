@@ -99,7 +99,11 @@ _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_fra
 # The printer answers but will not print again without a service technician (fiscal
 # memory full or damaged, electronic journal full, a failed mechanism): a manager may
 # complete its documents without it, as for a printer that cannot be reached.
-_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure"})
+# A pending document whose hint was read from another printer (the till's was swapped)
+# cannot be printed on this one either: whether the old one printed it, only its
+# journal tells.
+_REPLACED = "printer_replaced"
+_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure", _REPLACED})
 # When a manager decides what became of fiscal cash work (a cash move, float deposit,
 # pay-out or Z report) left pending: the printer cannot be asked, cannot print again,
 # or its state explains neither outcome (another document since, another printer).
@@ -525,6 +529,9 @@ class Fiscalizer:
         # and again when documents completed unfiscal are checked (a swapped printer).
         self._fm_numbers: dict[str, str] = {}
         self._serials: dict[str, str] = {}
+        # The printer's outage count when they were read: after an outage (a swap
+        # unplugs the old printer) they are read again before the next print.
+        self._identity_at: dict[str, int] = {}
         self.cash = CashIntents(settings, sessionmaker, write_lock, on_event)
 
     def recently_failed(self, till: str) -> bool:
@@ -814,6 +821,21 @@ class Fiscalizer:
         model = type(document)
         try:
             fm_number = await self._fm_number(devices)
+            serial = self._serials.get(devices.till.id) or None
+            if document.hint_printer and serial and document.hint_printer != serial:
+                # Another printer's numbers say nothing of this document: the old one
+                # may have printed it, so it is neither reconciled nor printed here.
+                await self._update(
+                    document.id,
+                    model=model,
+                    fiscal_error=(
+                        f"{_REPLACED}: printer replaced (serial {serial}, the hint was read"
+                        f" from {document.hint_printer}); the old one may have printed it:"
+                        " complete-unfiscal, then check its journal"
+                    )[:200],
+                    fiscal_attempts=document.fiscal_attempts + 1,
+                )
+                return False
             if document.fiscal_hint is None:
                 document.fiscal_hint = await self._hint(devices)
                 # Whose numbers the hint is: a printer swapped later has others.
@@ -861,7 +883,7 @@ class Fiscalizer:
         """The printer's fiscal memory number (recorded with each sale for later stornos);
         a printer that cannot tell it does not stop sales."""
         till = devices.till.id
-        if till not in self._fm_numbers:
+        if till not in self._fm_numbers or self._identity_at.get(till) != devices.fiscal_outages:
             await self._read_identity(devices)
         return self._fm_numbers[till] or None
 
@@ -869,15 +891,18 @@ class Fiscalizer:
         """Read the printer's fiscal memory and serial numbers (0x5A) into the caches
         ("" when this printer does not tell: not asked again until the next check)."""
         till = devices.till.id
+        outages = devices.fiscal_outages
         try:
             info = await devices.fiscal_diagnostic()
         except DeviceError as exc:
             if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
                 raise
             self._fm_numbers[till] = self._serials[till] = ""
+            self._identity_at[till] = outages
             return
         self._fm_numbers[till] = info.fiscal_memory_number
         self._serials[till] = info.serial_number
+        self._identity_at[till] = outages
 
     async def _serial(self, devices: TillDeviceSet) -> str | None:
         """The printer's serial number, read with its fiscal memory number."""

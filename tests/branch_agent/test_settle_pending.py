@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from branch_agent.models import CashMove, CustomerReturn, Shift
+from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
 from protocol.events import CashMoved, FiscalInterventionRecorded, ShiftClosed
 from tests.branch_agent.conftest import MANAGER, TILL, Store
@@ -201,3 +201,47 @@ async def test_a_z_report_on_a_dead_printer_closes_the_shift_without_z(store: St
     assert len(await store.events("shift_closed")) == 1
     # The till goes on: the next shift opens.
     assert (await store.open_shift())["closed_at"] is None
+
+
+async def test_a_sale_pending_when_the_printer_was_swapped_is_not_printed_on_the_new_one(
+    store: Store,
+) -> None:
+    """Its hint is the old printer's receipt number: the new printer's numbers say
+    nothing of it (the driver took one of them for "ours, cancelled" and printed it
+    again). It waits for the manager, who completes it without printer although the
+    new printer answers; a person checks the old printer's journal."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    sim.paper_end = True
+    stuck = (await store.sale(basket("s-2"))).json()
+    assert stuck["status"] == "pending_fiscal"  # its hint (the old printer's) is stored
+    # The technician unplugs the old printer (the agent's probe finds no answer) ...
+    sim.go_deaf(3600.0)
+    await store.agent.devices.probe_all()
+    # ... and plugs in another unit.
+    sim.go_deaf(0)
+    sim.deaf_until = 0.0
+    sim.paper_end = False
+    swap_printer(sim)
+    await store.agent.fiscal.process_all()
+    s2 = (await store.client.get("/api/v1/sales/s-2", headers=TILL)).json()
+    assert s2["status"] == "pending_fiscal"
+    assert s2["fiscal_error"].startswith("printer_replaced: printer replaced (serial DT999999")
+    assert len(sim.receipts) == 1  # nothing printed on the new printer for it
+    done = await store.client.post(
+        "/api/v1/manager/sales/T1/s-2/complete-unfiscal",
+        json={"reason": "old printer dead"},
+        headers=MANAGER,
+    )
+    assert done.status_code == 200, done.text
+    await store.agent.fiscal.process_all()
+    s2 = (await store.client.get("/api/v1/sales/s-2", headers=TILL)).json()
+    assert (s2["status"], s2["unfiscal_check"]) == ("completed_unfiscal", "unknown")
+    # The new printer prints the till's next sale, with its own fiscal memory number.
+    assert (await store.sale(basket("s-3"))).status_code == 201
+    await store.client.post("/api/v1/sales/fiscalize", headers=TILL)
+    async with store.agent.sessionmaker() as session:
+        s3 = await session.scalar(select(Sale).where(Sale.sale_id == "s-3"))
+    assert s3 is not None
+    assert (s3.status, s3.fiscal_memory_number) == ("fiscalized", "09999999")
