@@ -79,6 +79,7 @@ from protocol.units import format_minor
 __all__ = [
     "CLOSE_ROUTE",
     "PERSON_DECIDES",
+    "REPLACED",
     "CashIntents",
     "Fiscalizer",
     "cash_moved_event",
@@ -87,6 +88,7 @@ __all__ = [
     "fiscal_fault",
     "fiscal_receipt",
     "fiscal_remedy",
+    "printer_serial",
     "storno_receipt",
 ]
 
@@ -102,12 +104,24 @@ _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_fra
 # A pending document whose hint was read from another printer (the till's was swapped)
 # cannot be printed on this one either: whether the old one printed it, only its
 # journal tells.
-_REPLACED = "printer_replaced"
-_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure", _REPLACED})
+REPLACED = "printer_replaced"
+_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure", REPLACED})
 # When a manager decides what became of fiscal cash work (a cash move, float deposit,
 # pay-out or Z report) left pending: the printer cannot be asked, cannot print again,
 # or its state explains neither outcome (another document since, another printer).
 PERSON_DECIDES = _UNREACHABLE | _CANNOT_PRINT | {Condition.UNKNOWN_STATE.value}
+
+
+async def printer_serial(devices: TillDeviceSet) -> str | None:
+    """The till's fiscal printer's serial number, read now (0x5A); None when it does not
+    tell. Raises ``DeviceError`` when the printer cannot be reached."""
+    try:
+        info = await devices.fiscal_diagnostic()
+    except DeviceError as exc:
+        if exc.condition in _UNREACHABLE:
+            raise
+        return None
+    return info.serial_number or None
 
 
 # A pending pay-out the printer shows no trace of (the agent stopped before it was sent,
@@ -142,6 +156,11 @@ def fiscal_fault(exc: DeviceError) -> str:
 
 def fiscal_remedy(condition: str, till: str) -> str:
     """What to do about ``condition`` before a fiscal document can print again."""
+    if condition == REPLACED:
+        return (
+            "a manager settles what the old printer left pending"
+            f" (POST /api/v1/manager/tills/{till}/fiscal/settle-pending)"
+        )
     if condition in ("receipt_open", "blocked", "not_permitted"):
         return (
             "finish the receipt left open on the printer"
@@ -829,7 +848,7 @@ class Fiscalizer:
                     document.id,
                     model=model,
                     fiscal_error=(
-                        f"{_REPLACED}: printer replaced (serial {serial}, the hint was read"
+                        f"{REPLACED}: printer replaced (serial {serial}, the hint was read"
                         f" from {document.hint_printer}); the old one may have printed it:"
                         " complete-unfiscal, then check its journal"
                     )[:200],

@@ -37,12 +37,14 @@ from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
 from branch_agent.fiscal import (
     CLOSE_ROUTE,
     PERSON_DECIDES,
+    REPLACED,
     CashIntents,
     cash_moved_event,
     close_failed_detail,
     closing_shift_detail,
     fiscal_fault,
     fiscal_remedy,
+    printer_serial,
 )
 from branch_agent.models import CashMove, Counter, CustomerReturn, Sale, Shift
 from branch_agent.numbering import SHIFT_FLOOR, EventNumbering
@@ -602,6 +604,7 @@ class ShiftService:
                 # a second close of the same shift raced the first: never a second Z
                 raise _ClosedMeanwhile(shift_id)
             pending, before = shift.z_status == "pending", shift.z_before_number
+            z_printer = shift.z_printer
             recount = counted_cash is not None and counted_cash != shift.counted_cash
         if pending and recount:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
@@ -609,11 +612,13 @@ class ShiftService:
                 assert row is not None
                 row.counted_cash = counted_cash
         if pending and before is not None:
+            await _same_z_printer(devices, z_printer)
             last = await devices.fiscal_last_z()
             if last.report_number > before:
                 return last  # printed before the crash or the lost answer: read back
         else:
             before = (await devices.fiscal_last_z()).report_number
+            z_printer = await printer_serial(devices)
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 row = await session.get(Shift, shift_id)
                 assert row is not None
@@ -628,6 +633,7 @@ class ShiftService:
                         field="shift",
                     )
                 row.z_status, row.z_before_number = "pending", before
+                row.z_printer = z_printer
                 if counted_cash is not None:
                     row.counted_cash = counted_cash
         try:
@@ -660,8 +666,13 @@ class ShiftService:
             try:
                 if data.intent == "z_report":
                     # The repeated close compares the printer's fiscal memory with the
-                    # intent; only a printer that cannot tell leaves it to a person.
+                    # intent; only a printer that cannot tell (gone, broken, another
+                    # one) leaves it to a person.
                     await devices.fiscal_last_z()
+                    async with self._sessionmaker() as session:
+                        shift = await session.get(Shift, shift_id)
+                        assert shift is not None
+                    await _same_z_printer(devices, shift.z_printer)
                 else:
                     await self._cash.settle_till(devices)
             except DeviceError as exc:
@@ -1005,6 +1016,19 @@ def _same_count(shift: Shift, counted_cash: int | None) -> None:
         f" {_money(counted_cash)}: a closed shift's count is not changed",
         field="counted_cash",
     )
+
+
+async def _same_z_printer(devices: TillDeviceSet, recorded: str | None) -> None:
+    """Raise ``DeviceError`` (printer_replaced) when the till's printer is not the one the
+    Z report's intent was read from: another printer's fiscal memory says nothing of this
+    shift's Z (its last Z may well be numbered above the one read before)."""
+    serial = await printer_serial(devices) if recorded else None
+    if serial and serial != recorded:
+        raise DeviceError(
+            REPLACED,
+            f"the printer was replaced (serial {serial}; the Z report's intent was read from"
+            f" {recorded}): whether the old one printed the Z, its journal tells",
+        )
 
 
 async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:

@@ -245,3 +245,39 @@ async def test_a_sale_pending_when_the_printer_was_swapped_is_not_printed_on_the
         s3 = await session.scalar(select(Sale).where(Sale.sale_id == "s-3"))
     assert s3 is not None
     assert (s3.status, s3.fiscal_memory_number) == ("fiscalized", "09999999")
+
+
+async def test_a_close_repeated_on_a_swapped_printer_does_not_take_its_z_for_the_shifts(
+    store: Store,
+) -> None:
+    """The Z printed as the old printer died (its answer lost); the replacement has Z
+    reports of its own, numbered above the one read before the intent: the repeated
+    close used to take the new printer's last Z for this shift's. Now it says the printer
+    was replaced, and the manager decides although the new printer answers."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    await store.sale(basket("s-z"))
+    sim.at_command(CMD_REPORT, power_cut, nth=1)
+    first = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
+    assert first.status_code == 503, first.text
+    assert sim.reports == [("Z", 1)]
+    sim.deaf_until = 0.0
+    swap_printer(sim)
+    sim.z_number = 40
+    zeros = [Decimal("0.00")] * 8
+    sim.fiscal_memory = [(40, zeros, zeros, "01-11-26")]
+    again = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
+    assert again.status_code == 503, again.text
+    detail = again.json()["detail"]
+    assert "printer_replaced" in detail
+    assert "fiscal/settle-pending" in detail
+    assert await store.events("shift_closed") == []
+    async with store.agent.sessionmaker() as session:
+        (shift,) = (await session.scalars(select(Shift))).all()
+    assert (shift.z_status, shift.z_printer) == ("pending", "DT123456")
+    done = await settle(store, decision("z_report", shift.shift_id, "printed", "Z 1 on paper"))
+    assert done.status_code == 200, done.text
+    (closed,) = await store.events("shift_closed")
+    assert isinstance(closed.body, ShiftClosed)
+    assert closed.body.z_report is None
+    assert sim.reports == [("Z", 1)]  # nothing printed on the new printer for it
