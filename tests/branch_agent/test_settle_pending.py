@@ -48,6 +48,18 @@ def swap_printer(sim: Any) -> None:
     sim.cash = Decimal("0.00")
 
 
+async def z_printed_as_the_printer_dies(store: Store) -> Any:
+    """A shift with a sale whose close's Z printed as the printer lost power: its answer
+    never came, the shift stays closing (the Z intent pending). The simulator."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    await store.sale(basket("s-z"))
+    sim.at_command(CMD_REPORT, power_cut, nth=1)
+    first = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
+    assert first.status_code == 503, first.text
+    return sim
+
+
 async def test_a_cash_move_on_a_dead_printer_is_settled_printed_once(store: Store) -> None:
     await store.open_shift()
     sim = store.fiscal.sim
@@ -172,12 +184,7 @@ async def test_a_pay_out_on_a_dead_printer_is_settled_not_printed(store: Store) 
 
 
 async def test_a_z_report_on_a_dead_printer_closes_the_shift_without_z(store: Store) -> None:
-    await store.open_shift()
-    sim = store.fiscal.sim
-    await store.sale(basket("s-z"))
-    sim.at_command(CMD_REPORT, power_cut, nth=1)
-    first = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
-    assert first.status_code == 503, first.text
+    sim = await z_printed_as_the_printer_dies(store)
     async with store.agent.sessionmaker() as session:
         (shift,) = (await session.scalars(select(Shift))).all()
     # While the printer answers, the repeated close reads its fiscal memory instead.
@@ -254,12 +261,7 @@ async def test_a_close_repeated_on_a_swapped_printer_does_not_take_its_z_for_the
     reports of its own, numbered above the one read before the intent: the repeated
     close used to take the new printer's last Z for this shift's. Now it says the printer
     was replaced, and the manager decides although the new printer answers."""
-    await store.open_shift()
-    sim = store.fiscal.sim
-    await store.sale(basket("s-z"))
-    sim.at_command(CMD_REPORT, power_cut, nth=1)
-    first = await store.client.post("/api/v1/shifts/current/close", headers=TILL)
-    assert first.status_code == 503, first.text
+    sim = await z_printed_as_the_printer_dies(store)
     assert sim.reports == [("Z", 1)]
     sim.deaf_until = 0.0
     swap_printer(sim)
