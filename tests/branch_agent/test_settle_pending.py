@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
+from branch_agent.status import format_status, offline_status
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
 from protocol.events import CashMoved, FiscalInterventionRecorded, ShiftClosed
 from tests.branch_agent.conftest import MANAGER, TILL, Store
@@ -79,6 +80,11 @@ async def test_a_cash_move_on_a_dead_printer_is_settled_printed_once(store: Stor
         (row,) = (await session.scalars(select(CashMove))).all()
     assert row.status == "pending"
     assert await interventions(store) == []
+    # status lists what waits (the running agent's and the database's read offline)
+    listed = "T1 cash move out-1: 3.00 out"
+    assert (await store.client.get("/health/status")).json()["cash_not_settled"] == [listed]
+    offline = offline_status(store.agent.settings.database_path, "B1")
+    assert f"not settled      {listed} (with the fiscal printer)" in format_status(offline)
     # The journal shows it printed: it is a cash move of the shift, counted once.
     done = await settle(store, decision("cash_move", "out-1", "printed", "journal shows it"))
     assert done.status_code == 200, done.text
@@ -102,6 +108,7 @@ async def test_a_cash_move_on_a_dead_printer_is_settled_printed_once(store: Stor
     assert "not pending (done)" in again.json()["detail"]
     assert len(await store.events("cash_moved")) == 1
     assert len(await interventions(store)) == 1
+    assert (await store.client.get("/health/status")).json()["cash_not_settled"] == []
     # Nothing else is stuck behind it: the till's printer work goes on once it is back.
     sim.go_deaf(0)
     sim.deaf_until = 0.0
@@ -136,6 +143,9 @@ async def test_a_float_deposit_whose_printer_was_swapped_is_settled_by_the_manag
     swap_printer(sim)
     stuck = await store.client.post("/api/v1/shifts/current/x-report", headers=TILL)
     assert stuck.status_code == 503, stuck.text  # nothing prints until it is explained
+    assert (await store.client.get("/health/status")).json()["cash_not_settled"] == [
+        f"T1 float of shift {shift['shift_id']}: 50.00"
+    ]
     done = await settle(
         store, decision("float", shift["shift_id"], "printed", "old journal shows 50.00 in")
     )
@@ -187,6 +197,9 @@ async def test_a_z_report_on_a_dead_printer_closes_the_shift_without_z(store: St
     sim = await z_printed_as_the_printer_dies(store)
     async with store.agent.sessionmaker() as session:
         (shift,) = (await session.scalars(select(Shift))).all()
+    assert (await store.client.get("/health/status")).json()["cash_not_settled"] == [
+        f"T1 Z report of shift {shift.shift_id}"
+    ]
     # While the printer answers, the repeated close reads its fiscal memory instead.
     sim.deaf_until = 0.0
     answers = await settle(store, decision("z_report", shift.shift_id, "not_printed"))
