@@ -31,6 +31,8 @@ from branch_agent.schemas import (
     ReturnOut,
     SaleIn,
     SaleOut,
+    SettleIn,
+    SettleOut,
     ShiftCloseIn,
     ShiftCloseOut,
     ShiftOpenIn,
@@ -495,6 +497,22 @@ class ManagerTillsController(Controller):
         data: JSONBody[UnfiscalIn],
     ) -> list[FiscalInterventionOut]:
         return await _api(state).finish_open_receipt(till_id, data.reason)
+
+    @post(
+        "/{till_id:str}/fiscal/settle-pending",
+        operation_id="settlePendingFiscalCash",
+        summary="Settle a cash move, float deposit, refund pay-out or Z report left pending "
+        "on a fiscal printer that cannot answer for it (printed / not printed)",
+        status_code=200,
+    )
+    async def settle_pending(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        till_id: TillId,
+        data: JSONBody[SettleIn],
+    ) -> SettleOut:
+        return await _api(state).settle_pending(till_id, data)
 
 
 class ManagerReturnsController(Controller):

@@ -69,6 +69,10 @@ _PROTOCOLS = {
 }
 
 
+# A device that cannot be reached at all (unplugged, off, its port gone).
+_OUT_OF_REACH = frozenset({"no_answer", "link_lost", "port_unavailable"})
+
+
 class DeviceUnavailable(Exception):
     """The till has no such device configured."""
 
@@ -98,6 +102,9 @@ class _Device:
         self.driver = driver
         self.lock = asyncio.Lock()
         self.state = DeviceState(till=till, role=role, port=config.port)
+        # How many calls found the device unreachable: a printer swapped for another is
+        # unplugged first, so what was read of its identity is read again after one.
+        self.outages = 0
 
     async def call(
         self,
@@ -115,6 +122,8 @@ class _Device:
                 result = await asyncio.to_thread(fn, *args, **kwargs)
             except DeviceError as exc:
                 self.state.set(exc.condition, exc.message[:200])
+                if exc.condition in _OUT_OF_REACH:
+                    self.outages += 1
                 raise
             except ValueError as exc:
                 # The driver refused the job itself (e.g. a receipt it cannot print).
@@ -124,6 +133,7 @@ class _Device:
                 # A driver bug or an OS error the driver did not wrap (termios.error on
                 # an odd port): still a device failure for the caller, never a crash.
                 self.state.set("port_unavailable", f"{type(exc).__name__}: {exc}"[:200])
+                self.outages += 1
                 raise DeviceError("port_unavailable", str(exc)) from exc
             problem = check(result) if check is not None else None
             if problem is not None:
@@ -185,6 +195,11 @@ class TillDeviceSet:
     @property
     def has_fiscal(self) -> bool:
         return "fiscal" in self.devices
+
+    @property
+    def fiscal_outages(self) -> int:
+        """How often the fiscal printer was found unreachable since the agent started."""
+        return self._device("fiscal").outages
 
     def _device(self, role: str) -> _Device:
         device = self.devices.get(role)

@@ -78,13 +78,17 @@ from protocol.units import format_minor
 
 __all__ = [
     "CLOSE_ROUTE",
+    "PERSON_DECIDES",
+    "REPLACED",
     "CashIntents",
     "Fiscalizer",
+    "cash_moved_event",
     "close_failed_detail",
     "closing_shift_detail",
     "fiscal_fault",
     "fiscal_receipt",
     "fiscal_remedy",
+    "printer_serial",
     "storno_receipt",
 ]
 
@@ -97,7 +101,27 @@ _UNREACHABLE = frozenset({"no_answer", "link_lost", "port_unavailable", "bad_fra
 # The printer answers but will not print again without a service technician (fiscal
 # memory full or damaged, electronic journal full, a failed mechanism): a manager may
 # complete its documents without it, as for a printer that cannot be reached.
-_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure"})
+# A pending document whose hint was read from another printer (the till's was swapped)
+# cannot be printed on this one either: whether the old one printed it, only its
+# journal tells.
+REPLACED = "printer_replaced"
+_CANNOT_PRINT = frozenset({"fiscal_memory", "journal_full", "mechanism_failure", REPLACED})
+# When a manager decides what became of fiscal cash work (a cash move, float deposit,
+# pay-out or Z report) left pending: the printer cannot be asked, cannot print again,
+# or its state explains neither outcome (another document since, another printer).
+PERSON_DECIDES = _UNREACHABLE | _CANNOT_PRINT | {Condition.UNKNOWN_STATE.value}
+
+
+async def printer_serial(devices: TillDeviceSet) -> str | None:
+    """The till's fiscal printer's serial number, read now (0x5A); None when it does not
+    tell. Raises ``DeviceError`` when the printer cannot be reached."""
+    try:
+        info = await devices.fiscal_diagnostic()
+    except DeviceError as exc:
+        if exc.condition in _UNREACHABLE:
+            raise
+        return None
+    return info.serial_number or None
 
 
 # A pending pay-out the printer shows no trace of (the agent stopped before it was sent,
@@ -132,6 +156,11 @@ def fiscal_fault(exc: DeviceError) -> str:
 
 def fiscal_remedy(condition: str, till: str) -> str:
     """What to do about ``condition`` before a fiscal document can print again."""
+    if condition == REPLACED:
+        return (
+            "a manager settles what the old printer left pending"
+            f" (POST /api/v1/manager/tills/{till}/fiscal/settle-pending)"
+        )
     if condition in ("receipt_open", "blocked", "not_permitted"):
         return (
             "finish the receipt left open on the printer"
@@ -248,6 +277,18 @@ def printer_took(what: str, before: tuple[int, int], now: tuple[int, int], cash_
         f"{what}: printer at document {now[0]} with {now[1]} in the drawer, expected"
         f" {before[0]} or {before[0] + 1} and {before[1]} or {before[1] + cash_delta};"
         " a person must check the journal",
+    )
+
+
+def cash_moved_event(row: CashMove) -> CashMoved:
+    """The ``cash_moved`` event of a cash move printed (or known printed)."""
+    return CashMoved(
+        till=row.till,
+        shift_id=row.shift_id,
+        direction="in" if row.direction == "in" else "out",
+        amount=row.amount,
+        reason=row.reason,
+        cashier=row.cashier,
     )
 
 
@@ -470,14 +511,7 @@ class CashIntents:
                     session,
                     branch=self._settings.branch,
                     timezone=self._settings.timezone,
-                    body=CashMoved(
-                        till=row.till,
-                        shift_id=row.shift_id,
-                        direction="in" if row.direction == "in" else "out",
-                        amount=row.amount,
-                        reason=row.reason,
-                        cashier=row.cashier,
-                    ),
+                    body=cash_moved_event(row),
                     occurred_at=row.created_at,
                 )
         self._on_event()
@@ -514,6 +548,9 @@ class Fiscalizer:
         # and again when documents completed unfiscal are checked (a swapped printer).
         self._fm_numbers: dict[str, str] = {}
         self._serials: dict[str, str] = {}
+        # The printer's outage count when they were read: after an outage (a swap
+        # unplugs the old printer) they are read again before the next print.
+        self._identity_at: dict[str, int] = {}
         self.cash = CashIntents(settings, sessionmaker, write_lock, on_event)
 
     def recently_failed(self, till: str) -> bool:
@@ -803,6 +840,21 @@ class Fiscalizer:
         model = type(document)
         try:
             fm_number = await self._fm_number(devices)
+            serial = self._serials.get(devices.till.id) or None
+            if document.hint_printer and serial and document.hint_printer != serial:
+                # Another printer's numbers say nothing of this document: the old one
+                # may have printed it, so it is neither reconciled nor printed here.
+                await self._update(
+                    document.id,
+                    model=model,
+                    fiscal_error=(
+                        f"{REPLACED}: printer replaced (serial {serial}, the hint was read"
+                        f" from {document.hint_printer}); the old one may have printed it:"
+                        " complete-unfiscal, then check its journal"
+                    )[:200],
+                    fiscal_attempts=document.fiscal_attempts + 1,
+                )
+                return False
             if document.fiscal_hint is None:
                 document.fiscal_hint = await self._hint(devices)
                 # Whose numbers the hint is: a printer swapped later has others.
@@ -850,7 +902,7 @@ class Fiscalizer:
         """The printer's fiscal memory number (recorded with each sale for later stornos);
         a printer that cannot tell it does not stop sales."""
         till = devices.till.id
-        if till not in self._fm_numbers:
+        if till not in self._fm_numbers or self._identity_at.get(till) != devices.fiscal_outages:
             await self._read_identity(devices)
         return self._fm_numbers[till] or None
 
@@ -858,15 +910,18 @@ class Fiscalizer:
         """Read the printer's fiscal memory and serial numbers (0x5A) into the caches
         ("" when this printer does not tell: not asked again until the next check)."""
         till = devices.till.id
+        outages = devices.fiscal_outages
         try:
             info = await devices.fiscal_diagnostic()
         except DeviceError as exc:
             if exc.condition in ("no_answer", "link_lost", "port_unavailable"):
                 raise
             self._fm_numbers[till] = self._serials[till] = ""
+            self._identity_at[till] = outages
             return
         self._fm_numbers[till] = info.fiscal_memory_number
         self._serials[till] = info.serial_number
+        self._identity_at[till] = outages
 
     async def _serial(self, devices: TillDeviceSet) -> str | None:
         """The printer's serial number, read with its fiscal memory number."""

@@ -232,6 +232,9 @@ class Shift(AgentBase):
     # it with the printer's instead of printing a second (zero) Z report.
     z_status: Mapped[str | None] = mapped_column(String(16), default=None)
     z_before_number: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The serial number of the printer that number was read from (a1908): another
+    # printer's fiscal memory says nothing of this shift's Z. NULL: not told, or before.
+    z_printer: Mapped[str | None] = mapped_column(String(32), default=None)
     # Why the last close failed (the printer's condition and what to do), shown with the
     # open shift until a close succeeds; NULL once closed or never failed.
     z_error: Mapped[str | None] = mapped_column(String(500), default=None)

@@ -140,7 +140,9 @@ def orphaned_printer_work(settings: AgentSettings) -> str | None:
             " /api/v1/manager/returns/pending list the sales and returns); if the printer is"
             " gone for good, complete its sales and returns with POST"
             f" /api/v1/manager/sales/{till}/{{sale_id}}/complete-unfiscal (returns: /api/v1/"
-            f"manager/returns/{till}/{{return_id}}/complete-unfiscal); then remove the block"
+            f"manager/returns/{till}/{{return_id}}/complete-unfiscal) and settle its cash"
+            " moves, pay-outs, floats and Z report with POST"
+            f" /api/v1/manager/tills/{till}/fiscal/settle-pending; then remove the block"
         )
     return "; ".join(problems)
 

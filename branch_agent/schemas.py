@@ -41,6 +41,8 @@ __all__ = [
     "SaleLineIn",
     "SaleLineOut",
     "SaleOut",
+    "SettleIn",
+    "SettleOut",
     "ShiftCloseIn",
     "ShiftCloseOut",
     "ShiftOpenIn",
@@ -311,3 +313,31 @@ class CashMoveOut(msgspec.Struct, kw_only=True):
     # As a sale's: the drawer opens for every cash move.
     drawer: Literal["opened", "not_opened"] | None = None
     drawer_error: str | None = None
+
+
+class SettleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A manager's decision on fiscal cash work left pending on a printer that is gone:
+    what was sent (a cash move, an opening float's deposit, a refund's pay-out, a Z
+    report) and what the old printer's journal shows (``printed``) or that it did not
+    print it, or cannot be read any more (``not_printed``)."""
+
+    intent: Literal["cash_move", "float", "payout", "z_report"]
+    # move_id (cash_move), shift_id (float, z_report), return_id (payout)
+    id: Annotated[Code64, msgspec.Meta(min_length=1)]
+    outcome: Literal["printed", "not_printed"]
+    # Why (kept with the fiscal intervention head office sees).
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=150, pattern=NO_NUL)]
+
+
+class SettleOut(msgspec.Struct, kw_only=True):
+    till: str
+    intent: str
+    id: str
+    outcome: str
+    # The fiscal intervention recorded (and sent up): cash_move_printed, float_not_printed...
+    action: str
+    # What the intent is now: cash move done | failed; float done | not_deposited;
+    # payout printed | failed; z_report closed (the shift closed without Z figures).
+    status: str
+    # The intent's shift as it stands now (its cash figures, float, closing).
+    shift: ShiftOut

@@ -35,11 +35,16 @@ from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
 from branch_agent.fiscal import (
+    CLOSE_ROUTE,
+    PERSON_DECIDES,
+    REPLACED,
     CashIntents,
+    cash_moved_event,
     close_failed_detail,
     closing_shift_detail,
     fiscal_fault,
     fiscal_remedy,
+    printer_serial,
 )
 from branch_agent.models import CashMove, Counter, CustomerReturn, Sale, Shift
 from branch_agent.numbering import SHIFT_FLOOR, EventNumbering
@@ -48,6 +53,8 @@ from branch_agent.sales import is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
     CashMoveOut,
+    SettleIn,
+    SettleOut,
     ShiftCloseOut,
     ShiftOpenIn,
     ShiftOut,
@@ -59,6 +66,7 @@ from devices.fiscal_datecs import ReportResult
 from protocol.events import (
     CashMoved,
     CustomerReturnRecorded,
+    FiscalInterventionRecorded,
     ReceiptRecorded,
     ShiftClosed,
     ShiftOpened,
@@ -70,6 +78,13 @@ __all__ = ["ShiftService"]
 log = logging.getLogger(__name__)
 
 VAT_LETTERS = "ABCDEFGH"
+# What a manager's decision is about (SettleIn.intent), as the answers name it.
+_INTENT_NAMES = {
+    "cash_move": "cash move {id}",
+    "float": "the opening float of shift {id}",
+    "payout": "the pay-out of return {id}",
+    "z_report": "the Z report of shift {id}",
+}
 # Letters and digits staff do not mistake for one another (no 0/o, 1/l/i).
 _TAG_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 
@@ -434,8 +449,20 @@ class ShiftService:
                 turnover_by_vat_group=_by_group(report.totals),
                 storno_by_vat_group=_by_group(report.storno_totals),
             )
+        return await self._record_close(till, shift.shift_id, counted_cash, z)
+
+    async def _record_close(
+        self,
+        till: str,
+        shift_id: str,
+        counted_cash: int | None,
+        z: ZReportTotals | None,
+        intervention: FiscalInterventionRecorded | None = None,
+    ) -> ShiftCloseOut:
+        """Close the shift with its closing event (and a manager's ``intervention`` that
+        closed it without a Z report, in the same transaction: sent up exactly once)."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
-            row = await session.get(Shift, shift.shift_id)
+            row = await session.get(Shift, shift_id)
             assert row is not None
             if row.closed_at is not None:
                 # a second close of the same shift raced this one (no fiscal printer)
@@ -467,6 +494,13 @@ class ShiftService:
             await append_event(
                 session, branch=self._settings.branch, timezone=self._settings.timezone, body=closed
             )
+            if intervention is not None:
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=intervention,
+                )
             answer = self._close_out(out, totals, z)
             # given again to a close repeated after this one, and by GET /shifts/{id}
             row.close_answer = msgspec.to_builtins(answer)
@@ -570,6 +604,7 @@ class ShiftService:
                 # a second close of the same shift raced the first: never a second Z
                 raise _ClosedMeanwhile(shift_id)
             pending, before = shift.z_status == "pending", shift.z_before_number
+            z_printer = shift.z_printer
             recount = counted_cash is not None and counted_cash != shift.counted_cash
         if pending and recount:
             async with self._write_lock, self._sessionmaker() as session, session.begin():
@@ -577,11 +612,13 @@ class ShiftService:
                 assert row is not None
                 row.counted_cash = counted_cash
         if pending and before is not None:
+            await _same_z_printer(devices, z_printer)
             last = await devices.fiscal_last_z()
             if last.report_number > before:
                 return last  # printed before the crash or the lost answer: read back
         else:
             before = (await devices.fiscal_last_z()).report_number
+            z_printer = await printer_serial(devices)
             async with self._write_lock, self._sessionmaker() as session, session.begin():
                 row = await session.get(Shift, shift_id)
                 assert row is not None
@@ -596,6 +633,7 @@ class ShiftService:
                         field="shift",
                     )
                 row.z_status, row.z_before_number = "pending", before
+                row.z_printer = z_printer
                 if counted_cash is not None:
                     row.counted_cash = counted_cash
         try:
@@ -609,6 +647,180 @@ class ShiftService:
         if report.report_number <= before:
             raise DeviceError("unknown_state", f"Z report {report.report_number} after {before}")
         return report
+
+    async def settle_pending(self, till: str, data: SettleIn) -> SettleOut:
+        """A manager's decision on a cash move, opening float deposit, refund pay-out or Z
+        report left pending on a printer that cannot answer for it (gone, unable to print
+        again, or one whose state explains neither outcome: another printer put in its
+        place). Refused while the printer can settle it: the agent asks it first, under
+        the till's fiscal queue, exactly as it would before its next print. The decision
+        and the ``fiscal_intervention`` event are committed in one transaction (with the
+        cash move's ``CashMoved`` when it was printed; with the closing when a Z is
+        decided): a repeat after a crash finds nothing pending, nothing counted twice."""
+        devices = self._devices.tills.get(till)
+        if devices is None or not devices.has_fiscal:
+            raise NotFound(f"till {till} has no fiscal printer")
+        what = _INTENT_NAMES[data.intent].format(id=data.id)
+        async with devices.fiscal_queue:
+            shift_id = await self._pending_intent(till, data, what)
+            try:
+                if data.intent == "z_report":
+                    # The repeated close compares the printer's fiscal memory with the
+                    # intent; only a printer that cannot tell (gone, broken, another
+                    # one) leaves it to a person.
+                    await devices.fiscal_last_z()
+                    async with self._sessionmaker() as session:
+                        shift = await session.get(Shift, shift_id)
+                        assert shift is not None
+                    await _same_z_printer(devices, shift.z_printer)
+                else:
+                    await self._cash.settle_till(devices)
+            except DeviceError as exc:
+                if exc.condition not in PERSON_DECIDES:
+                    raise Conflict(
+                        f"the fiscal printer of till {till} answers ({fiscal_fault(exc)}):"
+                        f" {fiscal_remedy(exc.condition, till)}, and the agent settles {what}"
+                        " with it; a manager settles it only when the printer cannot be"
+                        " reached, cannot print again, or its state explains neither outcome",
+                        field="intent",
+                    ) from exc
+            else:
+                if data.intent == "z_report":
+                    raise Conflict(
+                        f"the fiscal printer of till {till} answers: repeat the close"
+                        f" ({CLOSE_ROUTE}); it compares the printer's fiscal memory with the"
+                        f" Z report's intent and prints the Z only if it was not printed",
+                        field="intent",
+                    )
+            if data.intent != "z_report":
+                # the printer may have settled it just now, or another intent before it
+                await self._pending_intent(till, data, what, settled_by_printer=True)
+            action = f"{data.intent}_{data.outcome}"
+            intervention = FiscalInterventionRecorded(
+                till=till,
+                shift_id=shift_id,
+                action=action,
+                document=what,
+                reason=data.reason,
+            )
+            if data.intent == "z_report":
+                await self._record_close(till, shift_id, None, None, intervention)
+                status = "closed"
+            else:
+                status = await self._decide_cash(till, data, intervention)
+        log.warning(
+            "till %s: %s settled by a manager as %s: %s", till, what, data.outcome, data.reason
+        )
+        async with self._sessionmaker() as session:
+            shift = await session.get(Shift, shift_id)
+            assert shift is not None
+            out = await self._summary(session, shift)
+        return SettleOut(
+            till=till,
+            intent=data.intent,
+            id=data.id,
+            outcome=data.outcome,
+            action=action,
+            status=status,
+            shift=out,
+        )
+
+    async def _pending_intent(
+        self, till: str, data: SettleIn, what: str, *, settled_by_printer: bool = False
+    ) -> str:
+        """The shift of the pending intent ``data`` names; 404 when there is none, 409
+        when it is not pending (settled, by the printer or by an earlier decision)."""
+        async with self._sessionmaker() as session:
+            status: str | None
+            if data.intent == "cash_move":
+                move = await session.scalar(
+                    select(CashMove).where(CashMove.till == till, CashMove.move_id == data.id)
+                )
+                found, status = (move.shift_id, move.status) if move else (None, None)
+            elif data.intent == "payout":
+                ret = await session.scalar(
+                    select(CustomerReturn).where(
+                        CustomerReturn.till == till, CustomerReturn.return_id == data.id
+                    )
+                )
+                found, status = (ret.shift_id, ret.payout_status) if ret else (None, None)
+            else:
+                shift = await session.get(Shift, data.id)
+                found = shift.shift_id if shift and shift.till == till else None
+                if shift is None or found is None:
+                    status = None
+                elif data.intent == "float":
+                    status = shift.float_status
+                else:
+                    status = "closed" if shift.closed_at else shift.z_status
+        if found is None:
+            raise NotFound(f"no {what} at till {till}", field="id")
+        if status != "pending":
+            by = "the printer settled it: " if settled_by_printer else ""
+            raise Conflict(
+                f"{what} at till {till} is not pending ({by}{status or 'nothing was sent'});"
+                " nothing to decide",
+                field="id",
+            )
+        return found
+
+    async def _decide_cash(
+        self, till: str, data: SettleIn, intervention: FiscalInterventionRecorded
+    ) -> str:
+        """The manager's outcome on the intent, its event and the intervention in one
+        transaction. Printed: as if the printer had answered (a cash move is done and
+        counted in the shift with its ``CashMoved``; a float or pay-out is printed);
+        not printed: known not printed (a cash move or pay-out ``failed``, which the till
+        may post again on the till's printer; a float ``not_deposited``). Neither changes
+        what the drawer holds by the shift's records except a printed cash move."""
+        printed = data.outcome == "printed"
+        note = f"settled by a manager as {data.outcome.replace('_', ' ')}: {data.reason}"
+        async with self._write_lock, self._sessionmaker() as session, session.begin():
+            amount = 0
+            if data.intent == "cash_move":
+                move = await session.scalar(
+                    select(CashMove).where(CashMove.till == till, CashMove.move_id == data.id)
+                )
+                assert move is not None
+                assert move.status == "pending"
+                amount = move.amount
+                move.status = "done" if printed else "failed"
+                move.fiscal_error = None if printed else note[:200]
+                if printed:
+                    await append_event(
+                        session,
+                        branch=self._settings.branch,
+                        timezone=self._settings.timezone,
+                        body=cash_moved_event(move),
+                        occurred_at=move.created_at,
+                    )
+                status = move.status
+            elif data.intent == "payout":
+                ret = await session.scalar(
+                    select(CustomerReturn).where(
+                        CustomerReturn.till == till, CustomerReturn.return_id == data.id
+                    )
+                )
+                assert ret is not None
+                assert ret.payout_status == "pending"
+                amount = ret.total
+                ret.payout_status = "printed" if printed else "failed"
+                ret.payout_error = None if printed else note[:300]
+                status = ret.payout_status
+            else:
+                shift = await session.get(Shift, data.id)
+                assert shift is not None
+                assert shift.float_status == "pending"
+                amount = shift.opening_float
+                shift.float_status = "done" if printed else "not_deposited"
+                status = shift.float_status
+            await append_event(
+                session,
+                branch=self._settings.branch,
+                timezone=self._settings.timezone,
+                body=msgspec.structs.replace(intervention, amount=amount),
+            )
+        return status
 
     async def move_cash(self, till: str, data: CashMoveIn) -> tuple[CashMoveOut, bool]:
         """Cash in / out, idempotent on ``move_id``. On a till with a fiscal printer the
@@ -804,6 +1016,19 @@ def _same_count(shift: Shift, counted_cash: int | None) -> None:
         f" {_money(counted_cash)}: a closed shift's count is not changed",
         field="counted_cash",
     )
+
+
+async def _same_z_printer(devices: TillDeviceSet, recorded: str | None) -> None:
+    """Raise ``DeviceError`` (printer_replaced) when the till's printer is not the one the
+    Z report's intent was read from: another printer's fiscal memory says nothing of this
+    shift's Z (its last Z may well be numbered above the one read before)."""
+    serial = await printer_serial(devices) if recorded else None
+    if serial and serial != recorded:
+        raise DeviceError(
+            REPLACED,
+            f"the printer was replaced (serial {serial}; the Z report's intent was read from"
+            f" {recorded}): whether the old one printed the Z, its journal tells",
+        )
 
 
 async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from branch_agent.backup import RESTORED_UNANSWERED
 from branch_agent.masterdata import (
@@ -88,6 +88,11 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # or pending: not known yet), "T1 return nr-1: 2.38 failed: ...": the printer's cash
     # count stays above the drawer by them until the till posts the return again.
     payouts_not_printed: list[str] = []
+    # Cash moves, opening float deposits and Z reports sent to a fiscal printer and not
+    # settled with it yet ("T1 cash move out-1: 10.00 out", "T1 float of shift T1-3:
+    # 50.00", "T1 Z report of shift T1-3"): nothing else prints on that till until the
+    # printer answers for them, or a manager settles them (settle-pending).
+    cash_not_settled: list[str] = []
     # While the link is down, the NATS client's last error; while it is degraded, the
     # latest permissions violation ("": none).
     nats_error: str = ""
@@ -176,6 +181,9 @@ async def build_status(agent: Agent) -> AgentStatus:
                 .order_by(CustomerReturn.id)
             )
         ]
+        cash_rows: list[Any] = []
+        for sql in _CASH_NOT_SETTLED:
+            cash_rows += (await session.execute(text(sql))).all()
     link = agent.link_state()
     denied = agent.denials.current() if link == "degraded" else []
     return AgentStatus(
@@ -206,6 +214,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
         payouts_not_printed=payouts,
+        cash_not_settled=_cash_lines(cash_rows),
         nats_error=agent.nats_error if link == "disconnected" else (denied or [""])[0],
         nats_denied=denied,
         nats_credentials=bool(agent.settings.nats_creds or agent.settings.nats_user),
@@ -231,6 +240,37 @@ def _payout_line(
     return f"{till} return {return_id}: {format_minor(total)} {state}" + (
         f": {error}" if error else ""
     )
+
+
+# What waits to be settled with a till's fiscal printer (besides pay-outs, listed on
+# their own): one query per kind, the same on the running agent's engine and offline.
+_CASH_NOT_SETTLED = (
+    "SELECT till, 'cash move ' || move_id, amount, direction FROM cash_moves"
+    " WHERE status = 'pending'",
+    "SELECT till, 'float of shift ' || shift_id, opening_float, '' FROM shifts"
+    " WHERE float_status = 'pending'",
+    "SELECT till, 'Z report of shift ' || shift_id, NULL, '' FROM shifts"
+    " WHERE z_status = 'pending' AND closed_at IS NULL",
+)
+
+
+def _offline_rows(db: sqlite3.Connection, queries: tuple[str, ...]) -> list[Any]:
+    rows: list[Any] = []
+    for sql in queries:
+        try:
+            rows += db.execute(sql).fetchall()
+        except sqlite3.OperationalError:
+            continue  # a database not upgraded yet has no such column: none of them
+    return rows
+
+
+def _cash_lines(rows: list[Any]) -> list[str]:
+    """``T1 cash move out-1: 10.00 out``, ``T1 Z report of shift T1-3``."""
+    lines = []
+    for till, what, amount, direction in rows:
+        money = "" if amount is None else f": {format_minor(amount)}"
+        lines.append(f"{till} {what}{money}{f' {direction}' if direction else ''}")
+    return lines
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -299,6 +339,7 @@ def offline_status(
             masterdata_applied_at=_iso(applied_at),
             timezone=timezone,
             payouts_not_printed=payouts,
+            cash_not_settled=_cash_lines(_offline_rows(db, _CASH_NOT_SETTLED)),
             devices=[],
         )
     return status
@@ -435,6 +476,7 @@ def format_status(status: AgentStatus, timezone: str = "UTC") -> str:
         for d in status.unfiscal_unknown
     ]
     lines += [f"not paid out     {d}" for d in status.payouts_not_printed]
+    lines += [f"not settled      {d} (with the fiscal printer)" for d in status.cash_not_settled]
     lines.append("devices:")
     if status.link in _OFFLINE:
         lines.append(

@@ -21,6 +21,8 @@ from branch_agent.schemas import (
     ReasonText,
     ReturnOut,
     SaleOut,
+    SettleIn,
+    SettleOut,
     WeightOut,
 )
 from devices.errors import DeviceError
@@ -165,6 +167,11 @@ class TillApi:
             )
             for row in rows
         ]
+
+    async def settle_pending(self, till: str, data: SettleIn) -> SettleOut:
+        out = await self.agent.shifts.settle_pending(till, data)
+        self.agent.sender.wake()  # the intervention (with a cash_moved or closing) goes up
+        return out
 
     async def complete_return_unfiscal(self, till: str, return_id: str, reason: str) -> ReturnOut:
         await self.agent.fiscal.complete_return_unfiscal(till, return_id, reason)

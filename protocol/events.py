@@ -281,8 +281,10 @@ class FiscalInterventionRecorded(
 ):
     """A manager's intervention on a till's fiscal printer, for head office: a receipt
     left open finished (``cancelled``: nothing was paid; ``closed``: the rest paid in
-    cash and fiscalized) or a document completed without the printer
-    (``completed_unfiscal``)."""
+    cash and fiscalized), a document completed without the printer
+    (``completed_unfiscal``), or fiscal cash work left pending on a printer that is gone,
+    settled by the manager (``<intent>_<outcome>``: ``cash_move_printed``,
+    ``float_not_printed``, ``payout_printed``, ``z_report_not_printed``...)."""
 
     till: Code32
     # The till's shift open at the time (None: none was open).

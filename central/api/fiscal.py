@@ -38,7 +38,11 @@ class FiscalInterventionController(Controller):
         till: Annotated[str | None, QueryParameter(name="till")] = None,
         action: Annotated[
             str | None,
-            QueryParameter(name="action", description="cancelled, closed or completed_unfiscal"),
+            QueryParameter(
+                name="action",
+                description="cancelled, closed, completed_unfiscal, or a settle-pending"
+                " decision (cash_move_printed, ..., z_report_not_printed)",
+            ),
         ] = None,
         date_from: Annotated[
             date | None, QueryParameter(name="date_from", description="First local day, inclusive")

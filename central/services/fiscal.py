@@ -25,7 +25,8 @@ class FiscalInterventionOut(msgspec.Struct, kw_only=True):
     # The till's shift at the time (None: none was open).
     shift_id: str | None
     # cancelled, closed (a receipt left open on the printer, finished by a manager),
-    # completed_unfiscal (a document sent up without the printer)
+    # completed_unfiscal (a document sent up without the printer), or a manager's
+    # settle-pending decision, <intent>_<outcome> (cash_move_printed, ...)
     action: str
     # The printer's receipt number (None for completed_unfiscal).
     receipt_number: int | None

@@ -341,6 +341,8 @@ async def test_run_refuses_a_till_removed_with_fiscal_work_pending(tmp_path: Pat
             assert "1 opening float(s) not deposited" in message
             assert "Keep (or put back) its block, id 'T1' with its fiscal_printer" in message
             assert "/api/v1/manager/sales/T1/{sale_id}/complete-unfiscal" in message
+            # the float is settled by the manager when the printer is gone for good
+            assert "/api/v1/manager/tills/T1/fiscal/settle-pending" in message
             assert "T2" not in message
             assert not refused_start.instance.held
             assert _outbox(tmp_path) == before

@@ -265,3 +265,32 @@ async def test_a_number_left_waiting_beside_its_receipt_is_applied_by_the_sweep(
         assert settled.status == "applied"
     # Once settled, a second sweep finds nothing to do.
     assert await sweep_waiting_fiscal_numbers(sessionmaker) == 0
+
+
+async def test_a_settle_pending_decision_is_stored_under_its_new_action(
+    central: Any, central_client: Any
+) -> None:
+    """The agent's settle-pending decisions carry action values central's code never
+    names (``cash_move_printed``, ``z_report_not_printed``...): ``action`` is free text
+    on the wire, so they are stored and listed as they come, no dead letter."""
+    await register_branch(central, "A1")
+    books = BranchBooks("A1")
+    books.open_shift()
+    books.intervention("cash_move_printed", document="cash move out-1")
+    books.intervention("z_report_not_printed", document="the Z report of shift S1")
+    await IngestWorker(central.sessionmaker).process([message(e) for e in books.events])
+    listed = (
+        await central_client.get(
+            "/api/v1/fiscal-interventions", params={"action": "cash_move_printed"}
+        )
+    ).json()
+    assert [(i["action"], i["document"], i["amount"]) for i in listed["items"]] == [
+        ("cash_move_printed", "cash move out-1", 1000)
+    ]
+    (shift,) = (await central_client.get("/api/v1/shifts", params={"branch": "A1"})).json()["items"]
+    assert [i["action"] for i in shift["fiscal_interventions"]] == [
+        "cash_move_printed",
+        "z_report_not_printed",
+    ]
+    async with central.sessionmaker() as session:
+        assert (await session.scalars(select(DeadLetter))).all() == []
