@@ -77,6 +77,7 @@ from branch_agent.outbox import EVENT_SEQ
 from branch_agent.restored import (
     flag_recorded_again,
     keep_held_records,
+    recorded_again,
     recorded_again_line,
     unchecked_since,
 )
@@ -262,6 +263,14 @@ class EventNumbering:
             self.restored = await session.get(Counter, RESTORED_UNANSWERED) is not None
             self._hold_until = time.monotonic() + self._restore_hold_s
             self.skipped = await skipped_ranges(session, self.start)
+            # Said again at every start: a crash right after the answer's commit would
+            # have lost the only log line, and the second charge is still to refund.
+            for record in await recorded_again(session):
+                log.error(
+                    "found %s after the restore from a backup: %s",
+                    record.found_at.isoformat(timespec="seconds"),
+                    recorded_again_line(record),
+                )
             if not self.instance or not self.start:
                 self.checked = 0
                 return
