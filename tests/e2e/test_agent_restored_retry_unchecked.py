@@ -5,7 +5,9 @@ and the agent takes central's answer with the list of what the restore lost, it 
 s5 (its database, ``status``, the manager's route, the log); central holds s5 once and
 dead-letters the second record naming the case. The agent process is SIGKILLed right
 after it kept central's list (before or while it took the answer) and again right after
-the flag was committed: after each restart the flag is there exactly once."""
+the flag was committed: after each restart the flag is there exactly once. The manager
+refunds the second charge with a return against the sale: its storno is printed, and
+central records the return."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from bench.chaos.proxy import LinkProxy
 from branch_agent.backup import backup_database, restore_database
 from central.embedded_nats import EmbeddedNats
 from central.ingest.conflicts import RECORDED_AGAIN
-from central.models import DeadLetter, Receipt
+from central.models import CustomerReturn, DeadLetter, Receipt
 from central.services.dead_letters import discard_dead_letter
 from central.services.sync_state import get_branch_sync
 from devices.sim import SimulatorHandle
@@ -72,6 +74,11 @@ def _flags(database: Path) -> list[tuple[Any, ...]]:
 async def _sale_ids(central: Any) -> list[str]:
     async with central.sessionmaker() as session:
         return sorted(await session.scalars(select(Receipt.sale_id)))
+
+
+async def _returns_at_central(central: Any, count: int) -> bool:
+    async with central.sessionmaker() as session:
+        return len((await session.scalars(select(CustomerReturn))).all()) == count
 
 
 async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_sigkills(
@@ -179,7 +186,21 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             # The retry of the second record now gets it back (the agent holds it).
             repeat = await till.post("/api/v1/sales", json=_sale("s5"))
             assert repeat.status_code == 200, repeat.text
+            # The manager refunds the second charge: a return against s5 (the agent's
+            # s5 is the second record), its storno against the second fiscal receipt.
+            refund = await till.post(
+                "/api/v1/returns",
+                json={
+                    "return_id": "refund-s5",
+                    "original_sale_id": "s5",
+                    "lines": [{"line_no": 1, "quantity": "2"}],
+                    "reason": "charged twice after the restore",
+                },
+            )
+            assert refund.status_code == 201, refund.text
+            assert refund.json()["total"] == second["total"]
         assert len(fiscal_printer.sim.receipts) == 8
+        assert len(fiscal_printer.sim.storno_receipts) == 1
 
         # Central holds s5 once (the original) and the second record as a dead letter
         # that names the case; every other sale once.
@@ -202,6 +223,7 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
         assert f"fiscal number {second['fiscal_number']}" in letter.reason
         assert fiscal == s5["fiscal_number"]
         assert (sync.open_dead_letters, sync.recorded_again_open) == (1, 1)
+        await wait_until(lambda: _returns_at_central(central, 1), timeout=30)
         # In the log as an error: when found (unless killed right after that commit) and
         # again at each start while it stands.
         log = (tmp_path / "agent.log").read_text()
