@@ -33,20 +33,12 @@ from tests.e2e import test_agent_kill as kill
 from tests.e2e.test_agent_cli import cli
 from tests.e2e.test_agent_kill import fiscal_printer
 from tests.e2e.test_agent_restored_retry import caught_up
+from tests.e2e.test_agent_restored_retry_kill import kept_records, sale_body
 
 __all__ = ["fiscal_printer"]  # the fixture of test_agent_kill, used by name
 
 T1 = {"Authorization": "Bearer t1"}
 MANAGER = {"Authorization": "Bearer boss"}
-
-
-def _sale(sale_id: str) -> dict[str, Any]:
-    return {
-        "sale_id": sale_id,
-        "cashier": "anna",
-        "lines": [{"barcode": "4006381333931", "quantity": "2"}],
-        "payments": [{"type": "cash", "amount": 1000}],
-    }
 
 
 def _rows(database: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -56,11 +48,6 @@ def _rows(database: Path, sql: str) -> list[tuple[Any, ...]]:
             return list(db.execute(sql).fetchall())
     except sqlite3.Error:
         return []
-
-
-def _kept(database: Path) -> int:
-    rows = _rows(database, "SELECT count(*) FROM restored_records")
-    return int(rows[0][0]) if rows else 0
 
 
 def _flags(database: Path) -> list[tuple[Any, ...]]:
@@ -102,15 +89,17 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             opened = await till.post("/api/v1/shifts", json={"cashier": "anna"})
             assert opened.status_code == 201, opened.text
             for n in range(1, 5):
-                assert (await till.post("/api/v1/sales", json=_sale(f"s{n}"))).status_code == 201
+                assert (
+                    await till.post("/api/v1/sales", json=sale_body(f"s{n}"))
+                ).status_code == 201
 
             async def at_central(ids: list[str]) -> bool:
                 return await _sale_ids(central) == ids
 
             await wait_until(lambda: at_central([f"s{n}" for n in range(1, 5)]), timeout=30)
             backup_database(database, tmp_path / "backup.db")
-            s5 = (await till.post("/api/v1/sales", json=_sale("s5"))).json()
-            assert (await till.post("/api/v1/sales", json=_sale("s6"))).status_code == 201
+            s5 = (await till.post("/api/v1/sales", json=sale_body("s5"))).json()
+            assert (await till.post("/api/v1/sales", json=sale_body("s6"))).status_code == 201
             await wait_until(lambda: at_central([f"s{n}" for n in range(1, 7)]), timeout=30)
             assert len(fiscal_printer.sim.receipts) == 6
             agent.stop()
@@ -122,11 +111,11 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             await link.cut("reset")
             agent.start()
             await kill.wait_healthy(url)
-            retried = await till.post("/api/v1/sales", json=_sale("s5"))
+            retried = await till.post("/api/v1/sales", json=sale_body("s5"))
             assert retried.status_code == 201, retried.text
             second = retried.json()
             assert second["fiscal_number"] != s5["fiscal_number"]
-            assert (await till.post("/api/v1/sales", json=_sale("s7"))).status_code == 201
+            assert (await till.post("/api/v1/sales", json=sale_body("s7"))).status_code == 201
             assert len(fiscal_printer.sim.receipts) == 8
             unchecked = (await till.get("/health/status")).json()
             assert (unchecked["restore_hold"], unchecked["recorded_again"]) == ("expired", [])
@@ -136,7 +125,7 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             await link.restore()
 
             async def kept() -> bool:
-                return _kept(database) == 2  # s5 and s6
+                return kept_records(database) == 2  # s5 and s6
 
             await wait_until(kept, timeout=30, interval=0.005)
             agent.kill()
@@ -184,7 +173,7 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             )
             assert json.loads(cli(config, "status", "--json").stdout)["recorded_again"] == [line]
             # The retry of the second record now gets it back (the agent holds it).
-            repeat = await till.post("/api/v1/sales", json=_sale("s5"))
+            repeat = await till.post("/api/v1/sales", json=sale_body("s5"))
             assert repeat.status_code == 200, repeat.text
             # The manager refunds the second charge: a return against s5 (the agent's
             # s5 is the second record), its storno against the second fiscal receipt.
