@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -86,6 +87,8 @@ from protocol.masterdata import HeldRecordsReply
 
 __all__ = [
     "AGENT_INSTANCE",
+    "CRASH_EXIT_CODE",
+    "CRASH_WHILE_FLAGGING",
     "EVENT_SEQ_CHECKED",
     "EVENT_SEQ_SETTLED",
     "RESTORE_UNCHECKED",
@@ -119,6 +122,11 @@ RESTORE_UNCHECKED = "restore_unchecked"
 SHIFT_FLOOR = "shift_floor"
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+# Fault injection (tests only): exit (status CRASH_EXIT_CODE) inside the transaction
+# that takes central's answer, once records recorded again are flagged there.
+CRASH_WHILE_FLAGGING = "BACKROOM_FAULT_CRASH_WHILE_FLAGGING"
+CRASH_EXIT_CODE = 86
 
 
 def server_id(configured: str = "") -> str:
@@ -335,6 +343,10 @@ class EventNumbering:
             moved = await renumber_outbox(session, start, after=self.checked)
             # What was recorded again before this answer: flagged with it, once.
             again = await flag_recorded_again(session)
+            if again and os.environ.get(CRASH_WHILE_FLAGGING) == "1":
+                # Tests only: the process dies with the flags written, not committed.
+                log.error("fault injection: exiting while flagging, before the commit")
+                os._exit(CRASH_EXIT_CODE)
             marker = await session.get(Counter, RESTORED_UNANSWERED)
             if unknown:
                 await session.merge(Counter(name=RESTORE_UNKNOWN, value=unknown))

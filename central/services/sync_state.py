@@ -29,6 +29,7 @@ __all__ = [
     "list_branch_sync",
     "lost_events",
     "other_running_agent",
+    "recorded_again_open",
     "timezone_mismatch",
 ]
 
@@ -90,6 +91,21 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     timezone_mismatch: bool = False
 
 
+async def recorded_again_open(
+    session: AsyncSession, branches: list[str] | None = None
+) -> dict[str, int]:
+    """Per branch (of ``branches``; None: every one), its open dead letters of a till's
+    retry recorded again by a restored agent database (``RECORDED_AGAIN``)."""
+    query = select(DeadLetter.branch, func.count(DeadLetter.id)).where(
+        DeadLetter.status == "open",
+        DeadLetter.reason.startswith(RECORDED_AGAIN, autoescape=True),
+    )
+    if branches is not None:
+        query = query.where(DeadLetter.branch.in_(branches))
+    rows = await session.execute(query.group_by(DeadLetter.branch))
+    return {branch: int(count) for branch, count in rows if branch is not None}
+
+
 async def list_branch_sync(
     session: AsyncSession, *, limit: int, offset: int
 ) -> Page[BranchSyncOut]:
@@ -137,18 +153,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             .group_by(DeadLetter.branch)
         )
     )
-    again = dict(
-        (r[0], int(r[1]))
-        for r in await session.execute(
-            select(DeadLetter.branch, func.count(DeadLetter.id))
-            .where(
-                DeadLetter.branch.in_(branches),
-                DeadLetter.status == "open",
-                DeadLetter.reason.startswith(RECORDED_AGAIN, autoescape=True),
-            )
-            .group_by(DeadLetter.branch)
-        )
-    )
+    again = await recorded_again_open(session, branches)
     counts = dict(
         (r[0], int(r[1]))
         for r in await session.execute(

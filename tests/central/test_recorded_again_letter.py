@@ -2,7 +2,8 @@
 before central could list what the restore lost): central keeps the first record and
 dead-letters the second with a reason that names the case first ("a retry recorded
 again by a restored agent database: the customer may have been charged twice"), and
-``GET /api/v1/sync/branches`` counts such open letters (``recorded_again_open``). The
+``GET /api/v1/sync/branches`` and the sync health report count such open letters
+(``recorded_again_open``). The
 same id recorded twice with no restore in between stays a plain conflict."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from central.db import create_engine, create_sessionmaker
 from central.ingest.conflicts import RECORDED_AGAIN
 from central.ingest.worker import IngestWorker
 from central.models import BranchSyncState, DeadLetter, Receipt
+from central.reports.service import sync_health
 from central.services.branches import add_branch
 from central.services.dead_letters import discard_dead_letter
 from central.services.sync_state import get_branch_sync
@@ -91,8 +93,10 @@ async def test_a_retry_recorded_again_after_a_restore_names_the_double_charge(
     assert "GET /api/v1/manager/sales/recorded-again" in letter.reason
     async with sessionmaker() as session:
         sync = await get_branch_sync(session, "B1")
+        (health,) = (await sync_health(session)).rows
         receipts = (await session.scalars(select(Receipt.fiscal_number))).all()
     assert (sync.open_dead_letters, sync.recorded_again_open) == (1, 1)
+    assert (health.open_dead_letters, health.recorded_again_open) == (1, 1)
     assert sorted(n or "" for n in receipts) == ["F1", "F2"]  # the original stays, once
 
     async with sessionmaker() as session, session.begin():
@@ -115,4 +119,6 @@ async def test_one_id_recorded_twice_without_a_restore_stays_a_plain_conflict(
     assert "recorded one sale id twice" in letter.reason
     async with sessionmaker() as session:
         sync = await get_branch_sync(session, "B1")
+        (health,) = (await sync_health(session)).rows
     assert (sync.open_dead_letters, sync.recorded_again_open) == (1, 0)
+    assert (health.open_dead_letters, health.recorded_again_open) == (1, 0)

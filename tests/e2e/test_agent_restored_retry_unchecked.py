@@ -3,15 +3,18 @@ restored from a backup with the store's link down, the restore hold expired, and
 till's retry of s5 was recorded and printed a second time. When the link comes back
 and the agent takes central's answer with the list of what the restore lost, it flags
 s5 (its database, ``status``, the manager's route, the log); central holds s5 once and
-dead-letters the second record naming the case. The agent process is SIGKILLed right
-after it kept central's list (before or while it took the answer) and again right after
-the flag was committed: after each restart the flag is there exactly once. The manager
+dead-letters the second record naming the case. The agent process dies while it flags
+(``BACKROOM_FAULT_CRASH_WHILE_FLAGGING``: the flag written, not committed with the
+answer) and is SIGKILLed right after the flag was committed: after each restart the
+flag is there exactly once. The manager
 refunds the second charge with a return against the sale: its storno is printed, and
 central records the return."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -21,7 +24,8 @@ import httpx
 from sqlalchemy import select
 
 from bench.chaos.proxy import LinkProxy
-from branch_agent.backup import backup_database, restore_database
+from branch_agent.backup import RESTORED_UNANSWERED, backup_database, restore_database
+from branch_agent.numbering import CRASH_EXIT_CODE, CRASH_WHILE_FLAGGING
 from central.embedded_nats import EmbeddedNats
 from central.ingest.conflicts import RECORDED_AGAIN
 from central.models import CustomerReturn, DeadLetter, Receipt
@@ -120,16 +124,22 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             unchecked = (await till.get("/health/status")).json()
             assert (unchecked["restore_hold"], unchecked["recorded_again"]) == ("expired", [])
 
-            # The link comes back: killed as soon as central's list is kept (before,
-            # or while, the answer with its flag is taken) ...
+            # The link comes back: the agent dies while it flags (the flag written, not
+            # committed, with the answer) ...
+            agent.stop()
+            os.environ[CRASH_WHILE_FLAGGING] = "1"
+            try:
+                agent.start()
+            finally:
+                del os.environ[CRASH_WHILE_FLAGGING]
             await link.restore()
-
-            async def kept() -> bool:
-                return kept_records(database) == 2  # s5 and s6
-
-            await wait_until(kept, timeout=30, interval=0.005)
-            agent.kill()
-            # ... and right after the flag is committed.
+            assert agent.proc is not None
+            assert await asyncio.to_thread(agent.proc.wait, 30) == CRASH_EXIT_CODE
+            agent.reap()
+            assert (kept_records(database), _flags(database)) == (2, [])  # s5, s6
+            assert _rows(database, f"SELECT 1 FROM counters WHERE name = '{RESTORED_UNANSWERED}'")
+            # Started again: it asks central again, keeps the same list, flags s5 with the
+            # answer, and is SIGKILLed right after that commit.
             agent.start()
 
             async def flagged() -> bool:
