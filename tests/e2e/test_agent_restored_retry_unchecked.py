@@ -30,6 +30,7 @@ from central.embedded_nats import EmbeddedNats
 from central.ingest.conflicts import RECORDED_AGAIN
 from central.models import CustomerReturn, DeadLetter, Receipt
 from central.services.dead_letters import discard_dead_letter
+from central.services.shifts import ShiftOut, list_shifts
 from central.services.sync_state import get_branch_sync
 from devices.sim import SimulatorHandle
 from tests.conftest import register_branch, wait_until
@@ -65,6 +66,16 @@ def _flags(database: Path) -> list[tuple[Any, ...]]:
 async def _sale_ids(central: Any) -> list[str]:
     async with central.sessionmaker() as session:
         return sorted(await session.scalars(select(Receipt.sale_id)))
+
+
+async def _shift(central: Any) -> ShiftOut:
+    async with central.sessionmaker() as session:
+        (shift,) = (
+            await list_shifts(
+                session, branch="B1", till="T1", date_from=None, date_to=None, limit=10, offset=0
+            )
+        ).items
+    return shift
 
 
 async def _returns_at_central(central: Any, count: int) -> bool:
@@ -198,6 +209,8 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
             )
             assert refund.status_code == 201, refund.text
             assert refund.json()["total"] == second["total"]
+            closed = await till.post("/api/v1/shifts/current/close", json={})
+            assert closed.status_code == 200, closed.text
         assert len(fiscal_printer.sim.receipts) == 8
         assert len(fiscal_printer.sim.storno_receipts) == 1
 
@@ -223,6 +236,20 @@ async def test_a_retry_taken_unchecked_after_a_restore_is_flagged_once_through_s
         assert fiscal == s5["fiscal_number"]
         assert (sync.open_dead_letters, sync.recorded_again_open) == (1, 1)
         await wait_until(lambda: _returns_at_central(central, 1), timeout=30)
+
+        # The shift's Z report counts the second receipt, central does not: z_matches is
+        # false, the Z's turnover above central's sales by exactly that receipt (how the
+        # accountant finds it); the refund is a storno on both sides.
+        async def shift_closed() -> bool:
+            return (await _shift(central)).z_matches is not None
+
+        await wait_until(shift_closed, timeout=30)
+        shift = await _shift(central)
+        assert shift.z_matches is False
+        assert shift.z_turnover_total is not None
+        assert shift.recorded.sales_total is not None
+        assert shift.z_turnover_total - shift.recorded.sales_total == second["total"]
+        assert sum(shift.z_storno_by_vat_group.values()) == shift.recorded.returns_total
         # In the log as an error: when found (unless killed right after that commit) and
         # again at each start while it stands.
         log = (tmp_path / "agent.log").read_text()
