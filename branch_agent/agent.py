@@ -31,6 +31,7 @@ from branch_agent.nats_denials import NatsDenials, is_permission_violation
 from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.preflight import check_before_start, creds_problem
+from branch_agent.restored import RecordedAgainOut, recorded_again
 from branch_agent.sales import PayoutFrom, SaleService
 from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
 from branch_agent.sender import OutboxSender
@@ -320,6 +321,11 @@ class Agent:
 
     async def status(self) -> AgentStatus:
         return await build_status(self)
+
+    async def recorded_again(self) -> list[RecordedAgainOut]:
+        """Sales and returns central holds that this restored database recorded again."""
+        async with self.sessionmaker() as session:
+            return await recorded_again(session)
 
     async def _sync(self) -> None:
         """Keep a NATS client: connect, run the link's loops until the client is closed

@@ -21,6 +21,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.types import ExceptionHandlersMap
 
 from branch_agent.errors import AgentError, Forbidden
+from branch_agent.restored import RecordedAgainOut
 from branch_agent.sales import is_storage_failure, is_storage_full
 from branch_agent.schemas import (
     CashMoveIn,
@@ -459,6 +460,18 @@ class ManagerSalesController(Controller):
     )
     async def pending(self, state: State, manager: NamedDependency[str]) -> list[SaleOut]:
         return await _agent(state).sales.pending_sales()
+
+    @get(
+        "/recorded-again",
+        operation_id="salesRecordedAgain",
+        summary="Sales and returns central holds that this agent's restored database "
+        "recorded and printed again (a till's retry taken before central's list came): "
+        "refund the second charge",
+    )
+    async def recorded_again(
+        self, state: State, manager: NamedDependency[str]
+    ) -> list[RecordedAgainOut]:
+        return await _agent(state).recorded_again()
 
     @post(
         "/{till_id:str}/{sale_id:str}/complete-unfiscal",

@@ -392,3 +392,13 @@ class RestoredRecord(AgentBase):
     shift_id: Mapped[str] = mapped_column(String(64))
     total: Mapped[int] = mapped_column(BigInteger)
     fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Recorded here again before central's list came (a till's retry taken unchecked:
+    # the restore hold expired with the link down): when the agent found it, and the
+    # second record's receipt (return) number, shift, total, fiscal number and event
+    # number. Set once, in the transaction that takes central's answer.
+    again_at: Mapped[datetime | None] = mapped_column(default=None)
+    again_number: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    again_shift_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    again_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    again_fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    again_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -41,6 +41,15 @@ hold meanwhile, up to ``restore_hold_s`` from its start. The numbers central sai
 will never receive (``held_unknown``) are kept (``RESTORE_UNKNOWN``) for the status:
 a till's retry of a sale among them could not be checked.
 
+With the link down after a restore, the hold expires and the store trades on
+unchecked: a till's retry of a lost sale is recorded and printed again. The answer's
+transaction compares central's list with what this database holds
+(``flag_recorded_again``): each match is flagged there, once (a crash before that
+commit asks central again and flags then), logged as an error and shown by the status
+and the manager's route. With ``held_unknown`` it also counts the sales and returns
+recorded since the restore that central did not list (``RESTORE_UNCHECKED``): a retry
+of a sale central never received could be among them, and nothing here tells which.
+
 Each report and heartbeat also names the server the agent runs on (``server_id``):
 a copy of the database running on a second server at once (a cloned disk) has the
 same id, and only the server tells them apart. A restart on the same server is not
@@ -52,9 +61,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -64,14 +75,23 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from branch_agent.backup import RESTORED_UNANSWERED
 from branch_agent.models import Counter, OutboxEvent
 from branch_agent.outbox import EVENT_SEQ
-from branch_agent.restored import keep_held_records
+from branch_agent.restored import (
+    flag_recorded_again,
+    keep_held_records,
+    recorded_again,
+    recorded_again_line,
+    unchecked_since,
+)
 from protocol.codec import decode_envelope, encode
 from protocol.masterdata import HeldRecordsReply
 
 __all__ = [
     "AGENT_INSTANCE",
+    "CRASH_EXIT_CODE",
+    "CRASH_WHILE_FLAGGING",
     "EVENT_SEQ_CHECKED",
     "EVENT_SEQ_SETTLED",
+    "RESTORE_UNCHECKED",
     "RESTORE_UNKNOWN",
     "SHIFT_FLOOR",
     "EventNumbering",
@@ -92,12 +112,21 @@ EVENT_SEQ_CHECKED = "event_seq_checked"
 # How many of the numbers a restore skipped central said it neither holds nor will
 # receive (a retry of a sale among them cannot be recognised), for the status.
 RESTORE_UNKNOWN = "restore_unknown"
+# With those: how many sales and returns were recorded since the restore, before the
+# answer, that central did not list (a retry of one it never received may be among
+# them), for the status.
+RESTORE_UNCHECKED = "restore_unchecked"
 
 # Shift numbers of every till go on above this one (central's start, less one, after
 # the database was new or went back in time).
 SHIFT_FLOOR = "shift_floor"
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+# Fault injection (tests only): exit (status CRASH_EXIT_CODE) inside the transaction
+# that takes central's answer, once records recorded again are flagged there.
+CRASH_WHILE_FLAGGING = "BACKROOM_FAULT_CRASH_WHILE_FLAGGING"
+CRASH_EXIT_CODE = 86
 
 
 def server_id(configured: str = "") -> str:
@@ -242,6 +271,14 @@ class EventNumbering:
             self.restored = await session.get(Counter, RESTORED_UNANSWERED) is not None
             self._hold_until = time.monotonic() + self._restore_hold_s
             self.skipped = await skipped_ranges(session, self.start)
+            # Said again at every start: a crash right after the answer's commit would
+            # have lost the only log line, and the second charge is still to refund.
+            for record in await recorded_again(session):
+                log.error(
+                    "found %s after the restore from a backup: %s",
+                    record.found_at.isoformat(timespec="seconds"),
+                    recorded_again_line(record),
+                )
             if not self.instance or not self.start:
                 self.checked = 0
                 return
@@ -304,9 +341,20 @@ class EventNumbering:
             return
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             moved = await renumber_outbox(session, start, after=self.checked)
-            await session.execute(delete(Counter).where(Counter.name == RESTORED_UNANSWERED))
+            # What was recorded again before this answer: flagged with it, once.
+            again = await flag_recorded_again(session)
+            if again and os.environ.get(CRASH_WHILE_FLAGGING) == "1":
+                # Tests only: the process dies with the flags written, not committed.
+                log.error("fault injection: exiting while flagging, before the commit")
+                os._exit(CRASH_EXIT_CODE)
+            marker = await session.get(Counter, RESTORED_UNANSWERED)
             if unknown:
                 await session.merge(Counter(name=RESTORE_UNKNOWN, value=unknown))
+                if marker is not None:
+                    since = datetime.fromtimestamp(marker.value, UTC)
+                    unchecked = await unchecked_since(session, since)
+                    await session.merge(Counter(name=RESTORE_UNCHECKED, value=unchecked))
+            await session.execute(delete(Counter).where(Counter.name == RESTORED_UNANSWERED))
             if self.start:
                 await session.execute(delete(Counter).where(Counter.name == EVENT_SEQ_CHECKED))
             else:
@@ -332,6 +380,12 @@ class EventNumbering:
                 self.checked,
                 start,
                 moved,
+            )
+        for record in again:
+            log.error(
+                "a till's retry was recorded and printed again before central listed what "
+                "the restore lost: %s (README: A till's retry of a sale the restore lost)",
+                recorded_again_line(record),
             )
         self.confirmed = True
         self.refused = ""

@@ -20,23 +20,38 @@ idempotent). Then:
 - ``GET`` of such a sale (return) is a 410 naming it with the same words: this agent
   no longer has it, central does.
 
-Until central has answered (the store offline after the restore) this cannot be
-checked: see the README's restore section.
+Until central has answered (the store offline after the restore, the restore hold
+expired) this cannot be checked: a till's retry is then recorded and printed again.
+So in the transaction that takes central's answer the agent compares the list with
+what it holds (``flag_recorded_again``): each sale or return central listed that this
+database recorded again (same till and ``sale_id`` / ``return_id``) is flagged on its
+row, once, with the second record beside it: the store manager refunds the second
+charge (see the README's restore section). Central dead-letters the second record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 
+import msgspec
 from nats.aio.client import Client
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
 from branch_agent.errors import Conflict, Gone
-from branch_agent.models import Counter, RestoredRecord
+from branch_agent.models import (
+    Counter,
+    CustomerReturn,
+    OutboxEvent,
+    RestoredRecord,
+    Sale,
+    utcnow,
+)
 from protocol import masterdata as md
 from protocol.masterdata import HeldRecordsReply, HeldReturn, HeldSale
 from protocol.units import format_minor
@@ -44,10 +59,15 @@ from protocol.units import format_minor
 __all__ = [
     "RETURN",
     "SALE",
+    "RecordedAgainOut",
     "fetch_held_records",
+    "flag_recorded_again",
     "gone_if_restored",
     "keep_held_records",
+    "recorded_again",
+    "recorded_again_line",
     "refuse_if_restored",
+    "unchecked_since",
 ]
 
 SALE = "sale"
@@ -189,3 +209,144 @@ async def fetch_held_records(
         if page.done or page.next_after_seq <= after:
             return count
         after = page.next_after_seq
+
+
+class RecordedAgainOut(msgspec.Struct, kw_only=True):
+    """A sale (``kind`` "sale", ``record_id`` its ``sale_id``) or customer return
+    ("return", its ``return_id``) central holds from before this database was restored
+    and that this database recorded again, unchecked: the customer may have been
+    charged (refunded) twice. ``number`` is the receipt (return) number."""
+
+    kind: str
+    till: str
+    record_id: str
+    # The original, as central holds it (its event number there).
+    number: int
+    shift_id: str
+    total: int
+    fiscal_number: str | None
+    seq: int
+    # The second record, as this agent holds it (event_seq: None until numbered).
+    again_number: int
+    again_shift_id: str
+    again_total: int
+    again_fiscal_number: str | None
+    again_seq: int | None
+    found_at: datetime
+
+
+def recorded_again_line(r: RecordedAgainOut) -> str:
+    """One flagged record in words, for the status and the log."""
+    what = "receipt" if r.kind == SALE else "return"
+
+    def fiscal(number: str | None) -> str:
+        return f"fiscal number {number}" if number else "not fiscalized"
+
+    return (
+        f"{r.till} {r.kind} {r.record_id}: recorded again as {what} {r.again_number} of "
+        f"shift {r.again_shift_id}, total {format_minor(r.again_total)}, "
+        f"{fiscal(r.again_fiscal_number)}; central holds {what} {r.number} of shift "
+        f"{r.shift_id}, total {format_minor(r.total)}, {fiscal(r.fiscal_number)}: "
+        + (
+            "the customer may have been charged twice, refund the second receipt"
+            if r.kind == SALE
+            else "the customer may have been refunded twice"
+        )
+    )
+
+
+def _second_records() -> Iterable[
+    tuple[
+        str,
+        type[Sale] | type[CustomerReturn],
+        InstrumentedAttribute[str],
+        InstrumentedAttribute[int],
+    ]
+]:
+    """Where a record central listed could be held here too: (kind, table, its id, its
+    number)."""
+    yield SALE, Sale, Sale.sale_id, Sale.receipt_number
+    yield RETURN, CustomerReturn, CustomerReturn.return_id, CustomerReturn.return_number
+
+
+async def flag_recorded_again(session: AsyncSession) -> list[RecordedAgainOut]:
+    """Flag each record central listed that this database holds a record of too (the
+    same till and id: a till's retry taken before the list came); those flagged now.
+    In the caller's transaction (the one that takes central's answer), so a crash
+    before its commit asks central again and flags then: each is flagged once."""
+    now = utcnow()
+    found: list[RecordedAgainOut] = []
+    for kind, model, key, number in _second_records():
+        rows = await session.execute(
+            select(RestoredRecord, number, model.shift_id, model.total, model.fiscal_number)
+            .add_columns(OutboxEvent.seq)
+            .join(model, (model.till == RestoredRecord.till) & (key == RestoredRecord.record_id))
+            .outerjoin(OutboxEvent, OutboxEvent.event_id == model.event_id)
+            .where(RestoredRecord.kind == kind, RestoredRecord.again_at.is_(None))
+            .order_by(model.id)
+        )
+        for record, again_number, shift_id, total, fiscal_number, seq in rows:
+            record.again_at = now
+            record.again_number = again_number
+            record.again_shift_id = shift_id
+            record.again_total = total
+            record.again_fiscal_number = fiscal_number
+            record.again_seq = seq
+            found.append(_out(record))
+    return found
+
+
+def _out(record: RestoredRecord) -> RecordedAgainOut:
+    assert record.again_at is not None
+    return RecordedAgainOut(
+        kind=record.kind,
+        till=record.till,
+        record_id=record.record_id,
+        number=record.number,
+        shift_id=record.shift_id,
+        total=record.total,
+        fiscal_number=record.fiscal_number,
+        seq=record.seq,
+        again_number=record.again_number or 0,
+        again_shift_id=record.again_shift_id or "",
+        again_total=record.again_total or 0,
+        again_fiscal_number=record.again_fiscal_number,
+        again_seq=record.again_seq,
+        found_at=record.again_at,
+    )
+
+
+async def recorded_again(session: AsyncSession) -> list[RecordedAgainOut]:
+    """Every record flagged by ``flag_recorded_again``, in the order found (then
+    recorded)."""
+    rows = await session.scalars(
+        select(RestoredRecord)
+        .where(RestoredRecord.again_at.is_not(None))
+        .order_by(
+            RestoredRecord.again_at,
+            RestoredRecord.again_seq,
+            RestoredRecord.till,
+            RestoredRecord.record_id,
+        )
+    )
+    return [_out(r) for r in rows]
+
+
+async def unchecked_since(session: AsyncSession, since: datetime) -> int:
+    """How many sales and returns this database recorded since ``since`` (the restore)
+    that central did not list: taken unchecked, any of them may be a till's retry of
+    a sale central never received (``held_unknown``): the agent cannot tell."""
+    count = 0
+    for kind, model, key, _ in _second_records():
+        listed = exists().where(
+            RestoredRecord.kind == kind,
+            RestoredRecord.till == model.till,
+            RestoredRecord.record_id == key,
+        )
+        count += (
+            await session.scalar(
+                select(func.count()).select_from(model).where(model.created_at >= since, ~listed)
+            )
+            or 0
+        )
+    return count

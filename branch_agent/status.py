@@ -21,8 +21,14 @@ from branch_agent.masterdata import (
 )
 from branch_agent.masterdata_snapshot import CLOCK_WARN_S
 from branch_agent.models import Counter, CustomerReturn, OutboxEvent, RestoredRecord, Sale
-from branch_agent.numbering import AGENT_INSTANCE, EVENT_SEQ_SETTLED, RESTORE_UNKNOWN
+from branch_agent.numbering import (
+    AGENT_INSTANCE,
+    EVENT_SEQ_SETTLED,
+    RESTORE_UNCHECKED,
+    RESTORE_UNKNOWN,
+)
 from branch_agent.outbox import EVENT_SEQ, backlog
+from branch_agent.restored import RecordedAgainOut, recorded_again, recorded_again_line
 from protocol.units import format_minor
 
 if TYPE_CHECKING:
@@ -119,6 +125,15 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     # of a sale among them could not be recognised).
     restored_records: int = 0
     restore_unknown: int = 0
+    # Those of central's list this database recorded again before the list came (a
+    # till's retry taken unchecked, printed again: the customer may have been charged
+    # twice), each in words with the original beside it; the manager's route
+    # GET /api/v1/manager/sales/recorded-again has them in fields.
+    recorded_again: list[str] = []
+    # With restore_unknown: the sales and returns recorded since the restore, before
+    # central's answer, that central did not list (a retry of a sale central never
+    # received may be among them; nothing tells which).
+    restore_unchecked: int = 0
 
 
 # ``link`` of the status ``python -m branch_agent status`` reads from the database
@@ -167,6 +182,8 @@ async def build_status(agent: Agent) -> AgentStatus:
                     checked["unknown"].append(f"{till} {kind} {doc_id}")
         restored = await session.scalar(select(func.count()).select_from(RestoredRecord))
         unknown = await session.get(Counter, RESTORE_UNKNOWN)
+        unchecked = await session.get(Counter, RESTORE_UNCHECKED)
+        again = await recorded_again(session)
         payouts = [
             _payout_line(*row)
             for row in await session.execute(
@@ -210,6 +227,8 @@ async def build_status(agent: Agent) -> AgentStatus:
         restore_hold=agent.numbering.restore_hold(),
         restored_records=restored or 0,
         restore_unknown=unknown.value if unknown is not None else 0,
+        recorded_again=[recorded_again_line(r) for r in again],
+        restore_unchecked=unchecked.value if unchecked is not None else 0,
         unfiscal_printed=checked["printed"],
         unfiscal_unknown=checked["unknown"],
         unfiscal_to_check=to_check,
@@ -336,6 +355,8 @@ def offline_status(
             restore_hold="holding" if RESTORED_UNANSWERED in counters else "",
             restored_records=_restored_count(db),
             restore_unknown=counters.get(RESTORE_UNKNOWN, 0),
+            recorded_again=[recorded_again_line(r) for r in _recorded_again(db)],
+            restore_unchecked=counters.get(RESTORE_UNCHECKED, 0),
             masterdata_applied_at=_iso(applied_at),
             timezone=timezone,
             payouts_not_printed=payouts,
@@ -350,6 +371,32 @@ def _restored_count(db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT count(*) FROM restored_records").fetchone()[0])
     except sqlite3.OperationalError:
         return 0  # a database from before the table (upgraded at the agent's start)
+
+
+_AGAIN_COLUMNS = (
+    "kind, till, record_id, number, shift_id, total, fiscal_number, seq, again_number,"
+    " again_shift_id, again_total, again_fiscal_number, again_seq, again_at"
+)
+
+
+def _recorded_again(db: sqlite3.Connection) -> list[RecordedAgainOut]:
+    try:
+        rows = db.execute(
+            f"SELECT {_AGAIN_COLUMNS} FROM restored_records WHERE again_at IS NOT NULL"
+            " ORDER BY again_at, again_seq, till, record_id"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a database from before a1909 (upgraded at the agent's start)
+    names = [name.strip() for name in _AGAIN_COLUMNS.split(",")]
+    return [
+        RecordedAgainOut(
+            **{
+                **dict(zip(names[:-1], row[:-1], strict=True)),
+                "found_at": datetime.fromisoformat(row[-1]).replace(tzinfo=UTC),
+            }
+        )
+        for row in rows
+    ]
 
 
 def _restore_lines(status: AgentStatus) -> list[str]:
@@ -376,6 +423,14 @@ def _restore_lines(status: AgentStatus) -> list[str]:
                 else ""
             )
         )
+    if status.restore_unchecked:
+        lines.append(
+            f"restore          {status.restore_unchecked} sale(s)/return(s) taken unchecked "
+            "after the restore are not in central's list: a retry of a sale central never "
+            "received may be among them (compare with the fiscal printer's journal)"
+        )
+    for line in status.recorded_again:
+        lines.append(f"RECORDED AGAIN   {line}")
     return lines
 
 

@@ -19,8 +19,14 @@ from protocol.events import (
     ReceiptRecorded,
     StockDocumentPosted,
 )
+from protocol.units import format_minor
 
-__all__ = ["conflict_in_words"]
+__all__ = ["RECORDED_AGAIN", "conflict_in_words"]
+
+# How the letter of a till's retry recorded again by a restored agent database begins
+# (``GET /api/v1/sync/branches`` counts the open ones, ``recorded_again_open``): the
+# customer may have been charged twice, which a generic conflict would not say.
+RECORDED_AGAIN = "a retry recorded again by a restored agent database"
 
 _SETTLE = (
     "The record central holds stays. Replaying this letter fails the same way: discard it "
@@ -40,11 +46,11 @@ async def _seq_of(session: AsyncSession, event_id: object) -> int | None:
     return seq
 
 
-async def _cause(
-    session: AsyncSession, envelope: EventEnvelope, stored_seq: int | None, what: str
-) -> str:
-    """Why the branch recorded it again: a restore of its agent database after the
-    stored event was numbered and before this one, or else a till reusing its ids."""
+async def _restored_between(
+    session: AsyncSession, envelope: EventEnvelope, stored_seq: int | None
+) -> BranchSyncState | None:
+    """The branch's state when its agent database was restored from a backup after
+    the stored event was numbered and before this one (else None)."""
     state = await session.get(BranchSyncState, envelope.branch)
     restarted = state.restarted_at_seq if state is not None else None
     if (
@@ -53,17 +59,39 @@ async def _cause(
         and restarted is not None
         and (stored_seq or 0) < restarted <= envelope.seq
     ):
-        at = f" at {_moment(state.restarted_at)}" if state.restarted_at else ""
-        return (
-            f"the agent database was restored from a backup{at} (numbered again from "
-            f"{restarted}) that did not hold it, and recorded the till's retry of the {what} "
-            f"as a new one: if the till's fiscal printer printed it again, correct the "
-            f"second fiscal receipt at the store (a return against it)"
-        )
-    return (
-        f"the branch recorded one {what} id twice (a till reusing its ids, or an agent "
-        f"database put back in service)"
+        return state
+    return None
+
+
+# What the second record may have done, by what it records.
+_TWICE = {
+    "sale": "the customer may have been charged twice",
+    "return": "the customer may have been refunded twice",
+    "stock document": "the stock may have been booked twice",
+}
+
+
+def _restore_cause(state: BranchSyncState, what: str) -> str:
+    at = f" at {_moment(state.restarted_at)}" if state.restarted_at else ""
+    second = {"sale": "receipt", "return": "refund"}.get(what, "")
+    correct = (
+        f"if the till's fiscal printer printed it again, correct the second fiscal {second} "
+        "at the store (the agent lists it: GET /api/v1/manager/sales/recorded-again)"
+        if second
+        else "correct the stock at the store"
     )
+    return (
+        f"the agent database was restored from a backup{at} (numbered again from "
+        f"{state.restarted_at_seq}) that did not hold it, and recorded the till's retry of "
+        f"the {what} as a new one before central could list what the restore lost (the "
+        f"store's link was down): {correct}"
+    )
+
+
+_OTHER_CAUSE = (
+    "the branch recorded one {what} id twice (a till reusing its ids, or an agent "
+    "database put back in service)"
+)
 
 
 class _Stored(NamedTuple):
@@ -87,11 +115,16 @@ async def conflict_in_words(session: AsyncSession, data: bytes) -> str | None:
     if stored is None or stored.event_id == envelope.event_id:
         return None
     seq = await _seq_of(session, stored.event_id)
-    cause = await _cause(session, envelope, seq, stored.what)
-    return (
+    facts = (
         f"{stored.name} of branch {envelope.branch} is already recorded at central "
-        f"(event {seq}{stored.then}); this event {envelope.seq} records it again"
-        f"{stored.now}: {cause}. {_SETTLE}"
+        f"(event {seq}{stored.then}); this event {envelope.seq} records it again{stored.now}"
+    )
+    restored = await _restored_between(session, envelope, seq)
+    if restored is None:
+        return f"{facts}: {_OTHER_CAUSE.format(what=stored.what)}. {_SETTLE}"
+    return (
+        f"{RECORDED_AGAIN}: {_TWICE.get(stored.what, _TWICE['sale'])}. {facts}: "
+        f"{_restore_cause(restored, stored.what)}. {_SETTLE}"
     )
 
 
@@ -111,9 +144,9 @@ async def _stored_under_key(session: AsyncSession, envelope: EventEnvelope) -> _
             "sale",
             f"sale {body.till}/{body.sale_id}",
             f", receipt {receipt.receipt_number} of shift {receipt.shift_id}, total "
-            f"{receipt.total}, fiscal number {receipt.fiscal_number or '-'}, "
+            f"{format_minor(receipt.total)}, fiscal number {receipt.fiscal_number or '-'}, "
             f"{_moment(receipt.occurred_at)}",
-            f" (receipt {body.receipt_number} of shift {body.shift_id}, total {body.total}, "
+            f" (receipt {body.receipt_number} of shift {body.shift_id}, total {format_minor(body.total)}, "
             f"fiscal number {body.fiscal_number or '-'}, {_moment(envelope.occurred_at)})",
         )
     if isinstance(body, CustomerReturnRecorded):
@@ -130,8 +163,8 @@ async def _stored_under_key(session: AsyncSession, envelope: EventEnvelope) -> _
             customer_return.event_id,
             "return",
             f"customer return {body.till}/{body.return_id}",
-            f", total {customer_return.total}, {_moment(customer_return.occurred_at)}",
-            f" (total {body.total}, {_moment(envelope.occurred_at)})",
+            f", total {format_minor(customer_return.total)}, {_moment(customer_return.occurred_at)}",
+            f" (total {format_minor(body.total)}, {_moment(envelope.occurred_at)})",
         )
     if isinstance(body, StockDocumentPosted):
         document = await session.scalar(

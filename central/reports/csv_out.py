@@ -50,6 +50,7 @@ COUNT_FIELDS = frozenset(
         "applied_version",
         "published_version",
         "open_dead_letters",
+        "recorded_again_open",
         "receive_age_s",
         "heartbeat_age_s",
         "lost_events",

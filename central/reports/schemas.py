@@ -350,6 +350,10 @@ class SyncHealthRow(msgspec.Struct, kw_only=True):
     applied_version: int | None
     agent_version: str | None
     open_dead_letters: int
+    # Of those, a till's retry recorded again by a restored agent database: the
+    # customer may have been charged twice (README: A till's retry of a sale the
+    # restore lost).
+    recorded_again_open: int = 0
     # Events the branch holds because they are bigger than its NATS server's
     # max_payload (sequence numbers, from the heartbeat): raise the server's limit.
     outbox_held: list[int] = []

@@ -106,7 +106,12 @@ from central.reports.schemas import (
 )
 from central.services.masterdata_publisher import current_version, marked_version, up_to_date
 from central.services.pricing import not_withdrawn_at, scopes_at
-from central.services.sync_state import LIVE_AGENT, lost_events, timezone_mismatch
+from central.services.sync_state import (
+    LIVE_AGENT,
+    lost_events,
+    recorded_again_open,
+    timezone_mismatch,
+)
 from protocol.pricing import PriceCandidate, branch_scopes, entry_moment, resolve_price
 
 __all__ = [
@@ -1865,6 +1870,7 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
         )
     }
 
+    again = await recorded_again_open(session)
     lost = await lost_events(session, list(states.values()))
     published = await marked_version(session)
     central = await current_version(session)
@@ -1896,6 +1902,7 @@ async def sync_health(session: AsyncSession, *, now: datetime | None = None) -> 
                 applied_version=status.applied_version if status else None,
                 agent_version=status.agent_version if status else None,
                 open_dead_letters=letters.get(b.code, 0),
+                recorded_again_open=again.get(b.code, 0),
                 outbox_held=list(status.outbox_held) if status else [],
                 # Only a replacement of a database that had numbered events (start > 1).
                 agent_replaced_at=(

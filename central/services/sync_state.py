@@ -13,6 +13,7 @@ from central.api.schemas import Page
 from central.auth.context import RequestAudit
 from central.errors import NotFoundError
 from central.ingest.bulk import dialect_insert, table_of
+from central.ingest.conflicts import RECORDED_AGAIN
 from central.models import Branch, BranchStatus, BranchSyncState, DeadLetter, IngestedEvent
 from central.services.audit import record_change
 from central.services.masterdata_publisher import current_version, marked_version, up_to_date
@@ -28,6 +29,7 @@ __all__ = [
     "list_branch_sync",
     "lost_events",
     "other_running_agent",
+    "recorded_again_open",
     "timezone_mismatch",
 ]
 
@@ -43,6 +45,10 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     resend_requested_from: int | None
     resend_requested_at: datetime | None
     open_dead_letters: int
+    # Of those, a till's retry recorded again by a restored agent database before
+    # central could list what the restore lost: the customer may have been charged
+    # twice (README: A till's retry of a sale the restore lost).
+    recorded_again_open: int = 0
     # From the latest heartbeat.
     heartbeat_sent_at: datetime | None
     last_recorded_seq: int | None
@@ -83,6 +89,21 @@ class BranchSyncOut(msgspec.Struct, kw_only=True):
     timezone: str = "UTC"
     agent_timezone: str | None = None
     timezone_mismatch: bool = False
+
+
+async def recorded_again_open(
+    session: AsyncSession, branches: list[str] | None = None
+) -> dict[str, int]:
+    """Per branch (of ``branches``; None: every one), its open dead letters of a till's
+    retry recorded again by a restored agent database (``RECORDED_AGAIN``)."""
+    query = select(DeadLetter.branch, func.count(DeadLetter.id)).where(
+        DeadLetter.status == "open",
+        DeadLetter.reason.startswith(RECORDED_AGAIN, autoescape=True),
+    )
+    if branches is not None:
+        query = query.where(DeadLetter.branch.in_(branches))
+    rows = await session.execute(query.group_by(DeadLetter.branch))
+    return {branch: int(count) for branch, count in rows if branch is not None}
 
 
 async def list_branch_sync(
@@ -132,6 +153,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
             .group_by(DeadLetter.branch)
         )
     )
+    again = await recorded_again_open(session, branches)
     counts = dict(
         (r[0], int(r[1]))
         for r in await session.execute(
@@ -178,6 +200,7 @@ async def _sync_of(session: AsyncSession, branches: list[str]) -> list[BranchSyn
                 resend_requested_from=state.resend_requested_from if state else None,
                 resend_requested_at=state.resend_requested_at if state else None,
                 open_dead_letters=letters.get(code, 0),
+                recorded_again_open=again.get(code, 0),
                 heartbeat_sent_at=status.sent_at if status else None,
                 last_recorded_seq=status.last_recorded_seq if status else None,
                 outbox_backlog=status.outbox_backlog if status else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +22,8 @@ from branch_agent.db import create_sessionmaker
 from branch_agent.masterdata_snapshot import SnapshotRequester
 from branch_agent.models import Sale
 from branch_agent.numbering import RESTORE_UNKNOWN, EventNumbering
-from branch_agent.status import format_status
+from branch_agent.restored import flag_recorded_again
+from branch_agent.status import format_status, offline_status
 from protocol.masterdata import (
     HeldRecordsReply,
     HeldReturn,
@@ -29,7 +31,7 @@ from protocol.masterdata import (
     SnapshotReply,
     encode_snapshot_rpc,
 )
-from tests.branch_agent.conftest import TILL, Store
+from tests.branch_agent.conftest import MANAGER, TILL, Store
 from tests.branch_agent.test_sales_and_fiscal import basket
 from tests.branch_agent.test_storno_cash_z import post_return, return_body
 
@@ -213,3 +215,105 @@ async def test_while_central_reads_what_was_sent_the_agent_asks_again_soon_and_h
         stop.set()
         requester.poke()
         await asyncio.wait_for(task, 2)
+
+
+async def test_a_retry_taken_unchecked_before_centrals_list_is_flagged_once(
+    store: Store, caplog: Any
+) -> None:
+    """The restore hold expired (the link down): a till's retries of a sale and a return
+    central holds were recorded and printed again. Central's answer comes: each is
+    flagged with the original beside it (database, status, manager's route, log), once;
+    a sale that is no retry is not, and is counted as unchecked when central says some
+    numbers after the backup never reached it."""
+    agent = store.agent
+    numbering = agent.numbering
+    before = (await store.sale(basket("s-1"))).json()  # in the backup
+    shift = before["shift_id"]
+    async with agent.sessionmaker() as session, session.begin():
+        # Recorded before the restore (the marker's moment, as restore_database sets it).
+        await session.execute(text("UPDATE sales SET created_at = '2026-01-01 00:00:00'"))
+        await session.execute(
+            text("INSERT INTO counters (name, value) VALUES (:name, :at)"),
+            {"name": RESTORED_UNANSWERED, "at": int(time.time()) - 5},
+        )
+    numbering.confirmed, numbering.restored = False, True
+    numbering.start, numbering.checked = 1, len(await store.events())
+    numbering._hold_until = time.monotonic()  # expired: taken unchecked
+    printed = len(store.fiscal.sim.receipts)
+    again = await store.sale(basket("s-2"))  # the till's retry of central's s-2
+    assert again.status_code == 201, again.text
+    second = again.json()
+    assert (await store.sale(basket("s-3"))).status_code == 201  # a new sale
+    returned = await post_return(store, return_body("r-1", "s-1", (1, "1")))
+    assert returned.status_code == 201, returned.text
+    assert len(store.fiscal.sim.receipts) == printed + 2  # printed again, unchecked
+    page = HeldRecordsReply(
+        sales=(
+            HeldSale(
+                seq=7,
+                till="T1",
+                sale_id="s-2",
+                receipt_number=2,
+                shift_id=shift,
+                total=second["total"],
+                fiscal_number="1002",
+            ),
+        ),
+        returns=(
+            HeldReturn(
+                seq=8, till="T1", return_id="r-1", return_number=3, shift_id=shift, total=100
+            ),
+        ),
+    )
+    await _held(store, page)
+    caplog.set_level("ERROR", logger="branch_agent.numbering")
+    await numbering.settle(9, unknown=1)
+
+    listed = (
+        await store.client.get("/api/v1/manager/sales/recorded-again", headers=MANAGER)
+    ).json()
+    assert [(r["kind"], r["till"], r["record_id"]) for r in listed] == [
+        ("sale", "T1", "s-2"),
+        ("return", "T1", "r-1"),
+    ]
+    sale = listed[0]
+    assert (sale["number"], sale["fiscal_number"], sale["seq"]) == (2, "1002", 7)
+    assert (sale["again_number"], sale["again_total"]) == (
+        second["receipt_number"],
+        second["total"],
+    )
+    assert sale["again_fiscal_number"] == second["fiscal_number"]
+    assert sale["again_seq"] is not None
+    assert sale["again_seq"] >= 9
+    assert listed[1]["again_total"] == returned.json()["total"]
+    tills = await store.client.get("/api/v1/manager/sales/recorded-again", headers=TILL)
+    assert tills.status_code == 403
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    flagged = [m for m in errors if "recorded and printed again before central listed" in m]
+    assert len(flagged) == 2
+    assert "T1 sale s-2" in flagged[0]
+    assert "charged twice" in flagged[0]
+    assert "T1 return r-1" in flagged[1]
+    assert "refunded twice" in flagged[1]
+
+    status = await agent.status()
+    assert len(status.recorded_again) == 2
+    assert status.recorded_again[0].startswith(
+        f"T1 sale s-2: recorded again as receipt {second['receipt_number']} of shift {shift}"
+    )
+    assert "central holds receipt 2" in status.recorded_again[0]
+    assert status.restore_unchecked == 1  # s-3: no retry central holds, none it knows
+    text_page = format_status(status)
+    assert "RECORDED AGAIN   T1 sale s-2" in text_page
+    assert "1 sale(s)/return(s) taken unchecked" in text_page
+    # The stopped agent's page says the same, from its database.
+    offline = offline_status(Path(agent.settings.data_dir) / "agent.db", "B1")
+    assert (offline.recorded_again, offline.restore_unchecked) == (status.recorded_again, 1)
+
+    # Flagged once: the same list again (a crash before the answer was taken) flags
+    # nothing new, and the found moment stays.
+    async with agent.sessionmaker() as session, session.begin():
+        assert await flag_recorded_again(session) == []
+    assert (
+        await store.client.get("/api/v1/manager/sales/recorded-again", headers=MANAGER)
+    ).json() == listed

@@ -567,7 +567,7 @@ async def test_csv_downloads_to_the_cent(central: Any, client_as: Client) -> Non
     assert header == split(
         "branch,name,active,last_event_at,last_received_at,receive_age_s,contiguous_seq,"
         "max_seq,seq_lag,heartbeat_at,heartbeat_age_s,outbox_backlog,applied_version,"
-        "agent_version,open_dead_letters,outbox_held,agent_replaced_at,lost_events,"
+        "agent_version,open_dead_letters,recorded_again_open,outbox_held,agent_replaced_at,lost_events,"
         "agent_restart_reason,clock_offset_ms,clock_off,agent_conflict_at,"
         "published_version,up_to_date,timezone,agent_timezone,timezone_mismatch"
     )

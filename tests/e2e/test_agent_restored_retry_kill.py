@@ -30,7 +30,7 @@ __all__ = ["fiscal_printer"]  # the fixture of test_agent_kill, used by name
 T1 = {"Authorization": "Bearer t1"}
 
 
-def _sale(sale_id: str) -> dict[str, Any]:
+def sale_body(sale_id: str) -> dict[str, Any]:
     return {
         "sale_id": sale_id,
         "cashier": "anna",
@@ -47,7 +47,7 @@ RETURN = {
 }
 
 
-def _kept(database: Path) -> int:
+def kept_records(database: Path) -> int:
     """How many records of central's list the agent database holds (0: none yet)."""
     try:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.2)) as db:
@@ -84,11 +84,13 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
                 201,
             )
             for n in range(1, 5):
-                assert (await till.post("/api/v1/sales", json=_sale(f"s{n}"))).status_code == 201
+                assert (
+                    await till.post("/api/v1/sales", json=sale_body(f"s{n}"))
+                ).status_code == 201
             await wait_until(lambda: _is(central, (4, 0, 0)), timeout=30)
             backup_database(database, tmp_path / "backup.db")
-            s5 = (await till.post("/api/v1/sales", json=_sale("s5"))).json()
-            assert (await till.post("/api/v1/sales", json=_sale("s6"))).status_code == 201
+            s5 = (await till.post("/api/v1/sales", json=sale_body("s5"))).json()
+            assert (await till.post("/api/v1/sales", json=sale_body("s6"))).status_code == 201
             returned = await till.post("/api/v1/returns", json=RETURN)
             assert returned.status_code == 201, returned.text
             await wait_until(lambda: _is(central, (6, 1, 0)), timeout=30)
@@ -107,10 +109,10 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
             agent.start()
 
             async def kept() -> bool:
-                return _kept(database) == 3
+                return kept_records(database) == 3
 
             await wait_until(kept, timeout=30, interval=0.005)
-            retry = asyncio.create_task(till.post("/api/v1/sales", json=_sale("s5")))
+            retry = asyncio.create_task(till.post("/api/v1/sales", json=sale_body("s5")))
             agent.kill()
             try:
                 answered = await retry
@@ -119,13 +121,13 @@ async def test_sigkill_after_keeping_centrals_list_doubles_and_loses_nothing(
                 pass  # killed before it answered: the till retries
             agent.start()
             await kill.wait_healthy(url)
-            again = await till.post("/api/v1/sales", json=_sale("s5"))
+            again = await till.post("/api/v1/sales", json=sale_body("s5"))
             assert again.status_code == 409, again.text
             assert again.json()["errors"][0]["field"] == "sale_id"
             refused = await till.post("/api/v1/returns", json=RETURN)
             assert refused.status_code == 409, refused.text
             assert refused.json()["errors"][0]["field"] == "return_id"
-            s7 = await till.post("/api/v1/sales", json=_sale("s7"))
+            s7 = await till.post("/api/v1/sales", json=sale_body("s7"))
             assert s7.status_code == 201, s7.text
             assert s7.json()["receipt_number"] == s5["receipt_number"] + 2
             status = (await till.get("/health/status")).json()
