@@ -5,7 +5,7 @@ total, fiscal number and event number. NULL on every row before it, and on those
 recorded again.
 
 Revision ID: a1909
-Revises: a1907
+Revises: a1908
 Create Date: 2026-12-09 10:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a1909"
-down_revision: str | Sequence[str] | None = "a1907"
+down_revision: str | Sequence[str] | None = "a1908"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
