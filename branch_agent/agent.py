@@ -31,9 +31,9 @@ from branch_agent.nats_denials import NatsDenials, is_permission_violation
 from branch_agent.numbering import EventNumbering, server_id
 from branch_agent.outbox import EVENT_SEQ, backlog, mark_unsent_from, utc_offset_min
 from branch_agent.preflight import check_before_start, creds_problem
-from branch_agent.restored import RecordedAgainOut, recorded_again
+from branch_agent.restored import RecordedAgainOut, recorded_again, settle_recorded_again
 from branch_agent.sales import PayoutFrom, SaleService
-from branch_agent.schemas import ReturnIn, ReturnOut, SaleIn, SaleOut
+from branch_agent.schemas import RecordedAgainSettleIn, ReturnIn, ReturnOut, SaleIn, SaleOut
 from branch_agent.sender import OutboxSender
 from branch_agent.settings import AgentSettings
 from branch_agent.shifts import ShiftService
@@ -326,6 +326,15 @@ class Agent:
         """Sales and returns central holds that this restored database recorded again."""
         async with self.sessionmaker() as session:
             return await recorded_again(session)
+
+    async def settle_recorded_again(
+        self, kind: str, till: str, record_id: str, data: RecordedAgainSettleIn
+    ) -> RecordedAgainOut:
+        """The store manager settles a record flagged as recorded again."""
+        async with self.write_lock, self.sessionmaker() as session, session.begin():
+            return await settle_recorded_again(
+                session, kind, till, record_id, data.settled_by, data.note
+            )
 
     async def _sync(self) -> None:
         """Keep a NATS client: connect, run the link's loops until the client is closed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import msgspec
 from litestar import Controller, Litestar, Request, Response, get, post
@@ -28,6 +28,7 @@ from branch_agent.schemas import (
     CashMoveOut,
     FiscalInterventionOut,
     ProductOut,
+    RecordedAgainSettleIn,
     ReturnIn,
     ReturnOut,
     SaleIn,
@@ -472,6 +473,24 @@ class ManagerSalesController(Controller):
         self, state: State, manager: NamedDependency[str]
     ) -> list[RecordedAgainOut]:
         return await _agent(state).recorded_again()
+
+    @post(
+        "/recorded-again/{kind:str}/{till_id:str}/{record_id:str}/settle",
+        operation_id="settleRecordedAgain",
+        summary="Settle a sale or return recorded again after a restore (the second charge "
+        "refunded, or none): it leaves the status, stays listed with who settled it",
+        status_code=200,
+    )
+    async def settle_recorded_again(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        kind: Annotated[Literal["sale", "return"], PathParameter(description="sale or return")],
+        till_id: TillId,
+        record_id: Annotated[str, PathParameter(description="its sale_id or return_id")],
+        data: JSONBody[RecordedAgainSettleIn],
+    ) -> RecordedAgainOut:
+        return await _agent(state).settle_recorded_again(kind, till_id, record_id, data)
 
     @post(
         "/{till_id:str}/{sale_id:str}/complete-unfiscal",

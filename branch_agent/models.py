@@ -402,3 +402,8 @@ class RestoredRecord(AgentBase):
     again_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
     again_fiscal_number: Mapped[str | None] = mapped_column(String(64), default=None)
     again_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Settled by the store manager (the second charge refunded, or none after all):
+    # when, by whom, the note. NULL while open (listed by the status).
+    settled_at: Mapped[datetime | None] = mapped_column(default=None)
+    settled_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    settled_note: Mapped[str | None] = mapped_column(String(200), default=None)

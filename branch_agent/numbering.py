@@ -273,7 +273,7 @@ class EventNumbering:
             self.skipped = await skipped_ranges(session, self.start)
             # Said again at every start: a crash right after the answer's commit would
             # have lost the only log line, and the second charge is still to refund.
-            for record in await recorded_again(session):
+            for record in await recorded_again(session, open_only=True):
                 log.error(
                     "found %s after the restore from a backup: %s",
                     record.found_at.isoformat(timespec="seconds"),

@@ -43,7 +43,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from branch_agent.db import table_of
 from branch_agent.direct_sql import DirectStatement, DirectUnit, run
-from branch_agent.errors import Conflict, Gone
+from branch_agent.errors import Conflict, Gone, NotFound, Rejected
 from branch_agent.models import (
     Counter,
     CustomerReturn,
@@ -67,6 +67,7 @@ __all__ = [
     "recorded_again",
     "recorded_again_line",
     "refuse_if_restored",
+    "settle_recorded_again",
     "unchecked_since",
 ]
 
@@ -233,6 +234,10 @@ class RecordedAgainOut(msgspec.Struct, kw_only=True):
     again_fiscal_number: str | None
     again_seq: int | None
     found_at: datetime
+    # Settled by the store manager (``settle_recorded_again``); None while open.
+    settled_at: datetime | None = None
+    settled_by: str = ""
+    settled_note: str = ""
 
 
 def recorded_again_line(r: RecordedAgainOut) -> str:
@@ -313,16 +318,22 @@ def _out(record: RestoredRecord) -> RecordedAgainOut:
         again_fiscal_number=record.again_fiscal_number,
         again_seq=record.again_seq,
         found_at=record.again_at,
+        settled_at=record.settled_at,
+        settled_by=record.settled_by or "",
+        settled_note=record.settled_note or "",
     )
 
 
-async def recorded_again(session: AsyncSession) -> list[RecordedAgainOut]:
-    """Every record flagged by ``flag_recorded_again``, in the order found (then
-    recorded)."""
+async def recorded_again(
+    session: AsyncSession, *, open_only: bool = False
+) -> list[RecordedAgainOut]:
+    """Every record flagged by ``flag_recorded_again`` (``open_only``: those the manager
+    has not settled), in the order found (then recorded)."""
+    stmt = select(RestoredRecord).where(RestoredRecord.again_at.is_not(None))
+    if open_only:
+        stmt = stmt.where(RestoredRecord.settled_at.is_(None))
     rows = await session.scalars(
-        select(RestoredRecord)
-        .where(RestoredRecord.again_at.is_not(None))
-        .order_by(
+        stmt.order_by(
             RestoredRecord.again_at,
             RestoredRecord.again_seq,
             RestoredRecord.till,
@@ -330,6 +341,38 @@ async def recorded_again(session: AsyncSession) -> list[RecordedAgainOut]:
         )
     )
     return [_out(r) for r in rows]
+
+
+async def settle_recorded_again(
+    session: AsyncSession, kind: str, till: str, record_id: str, settled_by: str, note: str
+) -> RecordedAgainOut:
+    """The store manager settles a flagged record (the second charge refunded, or found
+    to be none): it leaves the status and the start's log, and stays listed with who
+    settled it, when and why. The same settlement again is answered as it is; another
+    one of a settled record is a 409, nothing changed."""
+    settled_by, note = settled_by.strip(), note.strip()
+    blank = [
+        (name, f"{name} must not be blank")
+        for name, v in (("settled_by", settled_by), ("note", note))
+        if not v
+    ]
+    if blank:
+        raise Rejected(blank[0][1], field=blank[0][0], fields=tuple(blank))
+    record = await session.get(RestoredRecord, (kind, till, record_id))
+    if record is None or record.again_at is None:
+        raise NotFound(
+            f"no {kind} {record_id} of till {till} was recorded again after a restore",
+            field="record_id",
+        )
+    if record.settled_at is None:
+        record.settled_at, record.settled_by, record.settled_note = utcnow(), settled_by, note
+    elif (record.settled_by, record.settled_note) != (settled_by, note):
+        raise Conflict(
+            f"{kind} {record_id} of till {till} was settled by {record.settled_by} at"
+            f" {record.settled_at.isoformat(timespec='seconds')}: {record.settled_note}",
+            field="record_id",
+        )
+    return _out(record)
 
 
 async def unchecked_since(session: AsyncSession, since: datetime) -> int:

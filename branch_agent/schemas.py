@@ -329,6 +329,14 @@ class SettleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     reason: Annotated[str, msgspec.Meta(min_length=3, max_length=150, pattern=NO_NUL)]
 
 
+class RecordedAgainSettleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The store manager settles a sale (return) recorded again after a restore: who,
+    and what was done (the second charge refunded, with which return; or none)."""
+
+    settled_by: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
+    note: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
 class SettleOut(msgspec.Struct, kw_only=True):
     till: str
     intent: str

@@ -183,7 +183,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         restored = await session.scalar(select(func.count()).select_from(RestoredRecord))
         unknown = await session.get(Counter, RESTORE_UNKNOWN)
         unchecked = await session.get(Counter, RESTORE_UNCHECKED)
-        again = await recorded_again(session)
+        again = await recorded_again(session, open_only=True)
         payouts = [
             _payout_line(*row)
             for row in await session.execute(
@@ -379,11 +379,18 @@ _AGAIN_COLUMNS = (
 )
 
 
+def _open_only(db: sqlite3.Connection) -> str:
+    """The condition leaving out records the manager settled (none before a1911)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(restored_records)")}
+    return " AND settled_at IS NULL" if "settled_at" in columns else ""
+
+
 def _recorded_again(db: sqlite3.Connection) -> list[RecordedAgainOut]:
     try:
         rows = db.execute(
             f"SELECT {_AGAIN_COLUMNS} FROM restored_records WHERE again_at IS NOT NULL"
-            " ORDER BY again_at, again_seq, till, record_id"
+            + _open_only(db)
+            + " ORDER BY again_at, again_seq, till, record_id"
         ).fetchall()
     except sqlite3.OperationalError:
         return []  # a database from before a1909 (upgraded at the agent's start)

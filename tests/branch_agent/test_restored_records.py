@@ -317,3 +317,39 @@ async def test_a_retry_taken_unchecked_before_centrals_list_is_flagged_once(
     assert (
         await store.client.get("/api/v1/manager/sales/recorded-again", headers=MANAGER)
     ).json() == listed
+
+    # The manager refunded the second charge: settled, it leaves the status and the
+    # start's log, and stays listed with who settled it and why.
+    url = "/api/v1/manager/sales/recorded-again/sale/T1/s-2/settle"
+    body = {"settled_by": "maria", "note": "second receipt refunded, return r-9"}
+    assert (await store.client.post(url, json=body, headers=TILL)).status_code == 403
+    for bad, field in (
+        ({"settled_by": " ", "note": "x"}, "settled_by"),  # blank
+        ({"note": "x"}, "settled_by"),  # missing
+        ({"settled_by": "maria", "note": "  "}, "note"),
+    ):
+        refused = await store.client.post(url, json=bad, headers=MANAGER)
+        assert refused.status_code in (400, 422), refused.text
+        assert refused.json()["errors"][0]["field"] == field, refused.text
+    unknown = await store.client.post(
+        "/api/v1/manager/sales/recorded-again/sale/T1/s-3/settle", json=body, headers=MANAGER
+    )
+    assert unknown.status_code == 404, unknown.text  # s-3 was no retry: nothing to settle
+    done = await store.client.post(url, json=body, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    settled = done.json()
+    assert (settled["settled_by"], settled["settled_note"]) == (body["settled_by"], body["note"])
+    assert settled["settled_at"] is not None
+    again = await store.client.post(url, json=body, headers=MANAGER)  # a retry: the same
+    assert (again.status_code, again.json()) == (200, settled)
+    other = await store.client.post(url, json=body | {"note": "other"}, headers=MANAGER)
+    assert other.status_code == 409, other.text
+    assert "settled by maria" in other.json()["detail"]
+    status = await agent.status()
+    assert [line.split(":")[0] for line in status.recorded_again] == ["T1 return r-1"]
+    offline = offline_status(Path(agent.settings.data_dir) / "agent.db", "B1")
+    assert offline.recorded_again == status.recorded_again
+    listed = (
+        await store.client.get("/api/v1/manager/sales/recorded-again", headers=MANAGER)
+    ).json()
+    assert [(r["record_id"], r["settled_by"]) for r in listed] == [("s-2", "maria"), ("r-1", "")]
