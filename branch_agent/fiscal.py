@@ -1042,6 +1042,84 @@ class Fiscalizer:
             assert done is not None
             return done
 
+    async def print_on_new_printer(
+        self, model: type[Sale] | type[CustomerReturn], till: str, doc_id: str, reason: str
+    ) -> Sale | CustomerReturn:
+        """A manager's decision on a document held back as ``printer_replaced``: the old
+        printer's journal shows it was not printed, so it is printed on the printer now
+        there. Its old hint is dropped and the ``fiscal_intervention`` event written in
+        one transaction; then it takes the normal exactly-once path (a new hint read from
+        the new printer, stored before the receipt is sent). Refused while the printer
+        the hint was read from is the one that answers: then the agent decides itself."""
+        kind = "sale" if model is Sale else "return"
+        field = f"{kind}_id"
+        devices = self._devices.tills.get(till)
+        if devices is None or not devices.has_fiscal:
+            raise NotFound(f"till {till} has no fiscal printer", field="till")
+        async with devices.fiscal_queue:
+            row = await self._document(model, till, doc_id)
+            if row is None:
+                raise NotFound(f"no {kind} {doc_id} at till {till}", field=field)
+            if row.status != "pending_fiscal":
+                raise Conflict(f"{kind} {doc_id} is {row.status}, not pending", field=field)
+            try:
+                # Read again, not from the cache: the swap is what is being checked.
+                await self._read_identity(devices)
+            except DeviceError as exc:
+                raise Conflict(
+                    f"the fiscal printer of till {till} cannot be reached ({exc.condition}):"
+                    f" plug in the new printer to print {kind} {doc_id} on it, or"
+                    " complete-unfiscal",
+                    field=field,
+                ) from exc
+            serial = self._serials.get(till) or None
+            old = row.hint_printer
+            if old is None or serial is None or serial == old:
+                # The hint's own printer answers (or none was read, or the printer does
+                # not tell its serial): it alone tells whether it printed the document.
+                raise Conflict(
+                    f"{kind} {doc_id} was not sent to another printer than the one that "
+                    f"answers now (serial {serial or 'not told'}): the agent prints or "
+                    "reconciles it itself, exactly once",
+                    field=field,
+                )
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                locked: Sale | CustomerReturn | None = await session.get(model, row.id)
+                assert locked is not None
+                # Under the fiscal queue nothing else changes it; checked all the same.
+                if locked.status != "pending_fiscal" or locked.hint_printer != old:
+                    raise Conflict(f"{kind} {doc_id} changed meanwhile: ask again", field=field)
+                locked.fiscal_hint = None
+                locked.hint_printer = None
+                locked.fiscal_error = f"to be printed on the new printer: {reason}"[:200]
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=FiscalInterventionRecorded(
+                        till=till,
+                        shift_id=locked.shift_id,
+                        action="printed_on_new_printer",
+                        amount=locked.total,
+                        document=f"{kind} {doc_id}",
+                        reason=reason[:200],
+                    ),
+                )
+            self._on_event()
+            log.warning(
+                "%s %s/%s: the manager says printer %s did not print it (%s): printing it on %s",
+                kind,
+                till,
+                doc_id,
+                old,
+                reason,
+                serial,
+            )
+            await self._process_locked(devices)
+            done = await self._document(model, till, doc_id)
+            assert done is not None
+            return done
+
     async def _document(
         self, model: type[Sale] | type[CustomerReturn], till: str, doc_id: str
     ) -> Sale | CustomerReturn | None:

@@ -282,7 +282,8 @@ class FiscalInterventionRecorded(
     """A manager's intervention on a till's fiscal printer, for head office: a receipt
     left open finished (``cancelled``: nothing was paid; ``closed``: the rest paid in
     cash and fiscalized), a document completed without the printer
-    (``completed_unfiscal``), or fiscal cash work left pending on a printer that is gone,
+    (``completed_unfiscal``), a document held back when the printer was swapped printed
+    on the new one (``printed_on_new_printer``), or fiscal cash work left pending on a printer that is gone,
     settled by the manager (``<intent>_<outcome>``: ``cash_move_printed``,
     ``float_not_printed``, ``payout_printed``, ``z_report_not_printed``...)."""
 

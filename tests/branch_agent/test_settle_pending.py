@@ -15,7 +15,7 @@ from sqlalchemy import select
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
 from branch_agent.status import format_status, offline_status
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
-from protocol.events import CashMoved, FiscalInterventionRecorded, ShiftClosed
+from protocol.events import CashMoved, FiscalInterventionRecorded, ReceiptRecorded, ShiftClosed
 from tests.branch_agent.conftest import MANAGER, TILL, Store
 from tests.branch_agent.test_return_without_receipt import MILK_PRICE, no_receipt, opened, post
 from tests.branch_agent.test_sales_and_fiscal import basket
@@ -46,6 +46,7 @@ def swap_printer(sim: Any) -> None:
     sim.serial_number = "DT999999"
     sim.fiscal_memory_number = "09999999"
     sim.receipt_number = sim.document_number = 700
+    sim.last_receipt = None  # it has printed none of ours
     sim.cash = Decimal("0.00")
 
 
@@ -223,6 +224,26 @@ async def test_a_z_report_on_a_dead_printer_closes_the_shift_without_z(store: St
     assert (await store.open_shift())["closed_at"] is None
 
 
+async def swapped_with_a_sale_held_back(store: Store) -> Any:
+    """s-1 printed on the old printer; s-2 sent to it (hint stored) as it ran out of
+    paper, then the printer swapped: s-2 is held back as printer_replaced."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    sim.paper_end = True
+    assert (await store.sale(basket("s-2"))).json()["status"] == "pending_fiscal"
+    sim.go_deaf(3600.0)
+    await store.agent.devices.probe_all()
+    sim.go_deaf(0)
+    sim.deaf_until = 0.0
+    sim.paper_end = False
+    swap_printer(sim)
+    await store.agent.fiscal.process_all()
+    s2 = (await store.client.get("/api/v1/sales/s-2", headers=TILL)).json()
+    assert s2["fiscal_error"].startswith("printer_replaced")
+    return sim
+
+
 async def test_a_sale_pending_when_the_printer_was_swapped_is_not_printed_on_the_new_one(
     store: Store,
 ) -> None:
@@ -230,21 +251,7 @@ async def test_a_sale_pending_when_the_printer_was_swapped_is_not_printed_on_the
     nothing of it (the driver took one of them for "ours, cancelled" and printed it
     again). It waits for the manager, who completes it without printer although the
     new printer answers; a person checks the old printer's journal."""
-    await store.open_shift()
-    sim = store.fiscal.sim
-    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
-    sim.paper_end = True
-    stuck = (await store.sale(basket("s-2"))).json()
-    assert stuck["status"] == "pending_fiscal"  # its hint (the old printer's) is stored
-    # The technician unplugs the old printer (the agent's probe finds no answer) ...
-    sim.go_deaf(3600.0)
-    await store.agent.devices.probe_all()
-    # ... and plugs in another unit.
-    sim.go_deaf(0)
-    sim.deaf_until = 0.0
-    sim.paper_end = False
-    swap_printer(sim)
-    await store.agent.fiscal.process_all()
+    sim = await swapped_with_a_sale_held_back(store)
     s2 = (await store.client.get("/api/v1/sales/s-2", headers=TILL)).json()
     assert s2["status"] == "pending_fiscal"
     assert s2["fiscal_error"].startswith("printer_replaced: printer replaced (serial DT999999")
@@ -296,3 +303,69 @@ async def test_a_close_repeated_on_a_swapped_printer_does_not_take_its_z_for_the
     assert isinstance(closed.body, ShiftClosed)
     assert closed.body.z_report is None
     assert sim.reports == [("Z", 1)]  # nothing printed on the new printer for it
+
+
+NEW_PRINTER = "/api/v1/manager/sales/T1/{}/print-on-new-printer"
+
+
+async def test_a_sale_held_back_at_a_swap_is_printed_on_the_new_printer_by_the_manager(
+    store: Store,
+) -> None:
+    """The old printer's journal shows s-2 was not printed: the manager has it printed on
+    the new printer, once, with the new printer's number; the decision goes up once."""
+    sim = await swapped_with_a_sale_held_back(store)
+    url = NEW_PRINTER.format("s-2")
+    assert (
+        await store.client.post(url, json={"reason": "not in journal"}, headers=TILL)
+    ).status_code == 403
+    refused(await store.client.post(url, json={"reason": ""}, headers=MANAGER), 422, "reason")
+    missing = await store.client.post(
+        NEW_PRINTER.format("nope"), json={"reason": "not in journal"}, headers=MANAGER
+    )
+    assert missing.status_code == 404, missing.text
+    assert len(sim.receipts) == 1
+    assert await interventions(store) == []
+    done = await store.client.post(url, json={"reason": "not in old journal"}, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "fiscalized"
+    assert len(sim.receipts) == 2  # printed once, on the new printer
+    async with store.agent.sessionmaker() as session:
+        s2 = await session.scalar(select(Sale).where(Sale.sale_id == "s-2"))
+    assert s2 is not None
+    assert (s2.fiscal_number, s2.fiscal_memory_number) == ("701", "09999999")
+    assert (s2.hint_printer, s2.fiscal_hint) == ("DT999999", 700)  # read from the new one
+    recorded = [e.body for e in await store.events("receipt_recorded")]
+    assert [(r.sale_id, r.fiscal_number) for r in recorded if isinstance(r, ReceiptRecorded)] == [
+        ("s-1", "1"),
+        ("s-2", "701"),
+    ]  # s-2 once, with the new printer's number
+    (decided,) = await interventions(store)
+    assert (decided.action, decided.document, decided.reason) == (
+        "printed_on_new_printer",
+        "sale s-2",
+        "not in old journal",
+    )
+    assert (decided.amount, decided.shift_id) == (s2.total, s2.shift_id)
+    # A repeat (the answer lost) changes nothing.
+    again = await store.client.post(url, json={"reason": "not in old journal"}, headers=MANAGER)
+    refused(again, 409, "sale_id")
+    assert len(sim.receipts) == 2
+    assert len(await interventions(store)) == 1
+
+
+async def test_print_on_new_printer_is_refused_while_the_hints_printer_answers(
+    store: Store,
+) -> None:
+    """Not swapped, only out of paper: the printer the hint was read from answers, so
+    the agent reconciles the sale itself; the manager's decision is refused."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    sim.paper_end = True
+    assert (await store.sale(basket("s-1"))).json()["status"] == "pending_fiscal"
+    answer = await store.client.post(
+        NEW_PRINTER.format("s-1"), json={"reason": "not in journal"}, headers=MANAGER
+    )
+    refused(answer, 409, "sale_id")
+    assert "agent prints or reconciles it itself" in answer.json()["detail"]
+    assert sim.receipts == []
+    assert await interventions(store) == []
