@@ -37,7 +37,6 @@ from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
 from branch_agent.fiscal import (
     CLOSE_ROUTE,
     PERSON_DECIDES,
-    REPLACED,
     CashIntents,
     cash_moved_event,
     close_failed_detail,
@@ -45,6 +44,7 @@ from branch_agent.fiscal import (
     fiscal_fault,
     fiscal_remedy,
     printer_serial,
+    same_printer,
 )
 from branch_agent.models import CashMove, Counter, CustomerReturn, Sale, Shift
 from branch_agent.numbering import SHIFT_FLOOR, EventNumbering
@@ -612,7 +612,7 @@ class ShiftService:
                 assert row is not None
                 row.counted_cash = counted_cash
         if pending and before is not None:
-            await _same_z_printer(devices, z_printer)
+            await same_printer(devices, z_printer, "the Z report")
             last = await devices.fiscal_last_z()
             if last.report_number > before:
                 return last  # printed before the crash or the lost answer: read back
@@ -672,7 +672,7 @@ class ShiftService:
                     async with self._sessionmaker() as session:
                         shift = await session.get(Shift, shift_id)
                         assert shift is not None
-                    await _same_z_printer(devices, shift.z_printer)
+                    await same_printer(devices, shift.z_printer, "the Z report")
                 else:
                     await self._cash.settle_till(devices)
             except DeviceError as exc:
@@ -863,8 +863,9 @@ class ShiftService:
                     field="shift",
                 )
             try:
-                document = await devices.fiscal_last_document()
-                cash = _minor((await devices.fiscal_cash_state()).cash)
+                document, cash = await self._cash.printer_cash(devices)
+                # whose numbers they are: a swapped printer's never settle this move
+                serial = await printer_serial(devices)
             except DeviceError as exc:
                 raise DeviceFailed(
                     f"the fiscal printer did not answer: {exc.message}", condition=exc.condition
@@ -877,7 +878,7 @@ class ShiftService:
                     f" count, {_money(data.amount)} asked",
                     field="amount",
                 )
-            move_pk = await self._cash_intent(till, data, existing, shift, document, cash)
+            move_pk = await self._cash_intent(till, data, existing, shift, (document, cash, serial))
             try:
                 await devices.fiscal_cash(Decimal(data.amount) / 100, out=data.direction == "out")
             except DeviceError as exc:
@@ -906,10 +907,10 @@ class ShiftService:
         data: CashMoveIn,
         existing: CashMove | None,
         shift: Shift | None,
-        document: int,
-        cash: int,
+        state: tuple[int, int, str | None],
     ) -> int:
-        """Commit the intent (or re-arm a failed one) with the printer's state before."""
+        """Commit the intent (or re-arm a failed one) with the printer's state before:
+        its last document number, cash sum and serial number."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             if existing is not None:
                 row = await session.get(CashMove, existing.id)
@@ -927,8 +928,7 @@ class ShiftService:
                 )
                 session.add(row)
             row.status = "pending"
-            row.printer_document_before = document
-            row.printer_cash_before = cash
+            row.printer_document_before, row.printer_cash_before, row.printer_serial = state
             row.fiscal_error = None
             await session.flush()
             return row.id
@@ -1016,19 +1016,6 @@ def _same_count(shift: Shift, counted_cash: int | None) -> None:
         f" {_money(counted_cash)}: a closed shift's count is not changed",
         field="counted_cash",
     )
-
-
-async def _same_z_printer(devices: TillDeviceSet, recorded: str | None) -> None:
-    """Raise ``DeviceError`` (printer_replaced) when the till's printer is not the one the
-    Z report's intent was read from: another printer's fiscal memory says nothing of this
-    shift's Z (its last Z may well be numbered above the one read before)."""
-    serial = await printer_serial(devices) if recorded else None
-    if serial and serial != recorded:
-        raise DeviceError(
-            REPLACED,
-            f"the printer was replaced (serial {serial}; the Z report's intent was read from"
-            f" {recorded}): whether the old one printed the Z, its journal tells",
-        )
 
 
 async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:
