@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
-from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
+from branch_agent.errors import Conflict, DeviceFailed, NotFound, Rejected, StorageFull
 from branch_agent.fiscal import (
     CLOSE_ROUTE,
     PERSON_DECIDES,
@@ -458,6 +458,7 @@ class ShiftService:
         counted_cash: int | None,
         z: ZReportTotals | None,
         intervention: FiscalInterventionRecorded | None = None,
+        z_printed: bool | None = None,
     ) -> ShiftCloseOut:
         """Close the shift with its closing event (and a manager's ``intervention`` that
         closed it without a Z report, in the same transaction: sent up exactly once)."""
@@ -486,6 +487,7 @@ class ShiftService:
                 z_report=z,
                 counted_cash=row.counted_cash,
                 expected_cash=out.expected_cash,
+                z_printed=z_printed,
             )
             row.closing = msgspec.to_builtins(closed)
             row.z_error = None
@@ -660,9 +662,14 @@ class ShiftService:
         devices = self._devices.tills.get(till)
         if devices is None or not devices.has_fiscal:
             raise NotFound(f"till {till} has no fiscal printer")
+        if data.counted_cash is not None and data.intent != "z_report":
+            raise Rejected("counted_cash goes with a z_report decision only", field="counted_cash")
         what = _INTENT_NAMES[data.intent].format(id=data.id)
         async with devices.fiscal_queue:
-            shift_id = await self._pending_intent(till, data, what)
+            # A shift whose printer died before its close was started has no Z intent:
+            # the manager may close it without Z (checked below: the printer is gone).
+            not_started = data.intent == "z_report" and await self._z_not_started(till, data)
+            shift_id = data.id if not_started else await self._pending_intent(till, data, what)
             try:
                 if data.intent == "z_report":
                     # The repeated close compares the printer's fiscal memory with the
@@ -672,7 +679,8 @@ class ShiftService:
                     async with self._sessionmaker() as session:
                         shift = await session.get(Shift, shift_id)
                         assert shift is not None
-                    await same_printer(devices, shift.z_printer, "the Z report")
+                    if not not_started:
+                        await same_printer(devices, shift.z_printer, "the Z report")
                 else:
                     await self._cash.settle_till(devices)
             except DeviceError as exc:
@@ -685,6 +693,15 @@ class ShiftService:
                         field="intent",
                     ) from exc
             else:
+                if not_started:
+                    # Another unit swapped in answers too: its Z is the till's fiscal day
+                    # (what it printed of this shift), printed by the ordinary close.
+                    raise Conflict(
+                        f"the fiscal printer of till {till} answers: close the shift as usual"
+                        f" ({CLOSE_ROUTE}); it prints the Z report (on a printer swapped in,"
+                        " the new one's)",
+                        field="intent",
+                    )
                 if data.intent == "z_report":
                     raise Conflict(
                         f"the fiscal printer of till {till} answers: repeat the close"
@@ -695,7 +712,7 @@ class ShiftService:
             if data.intent != "z_report":
                 # the printer may have settled it just now, or another intent before it
                 await self._pending_intent(till, data, what, settled_by_printer=True)
-            action = f"{data.intent}_{data.outcome}"
+            action = "closed_without_z" if not_started else f"{data.intent}_{data.outcome}"
             intervention = FiscalInterventionRecorded(
                 till=till,
                 shift_id=shift_id,
@@ -704,7 +721,14 @@ class ShiftService:
                 reason=data.reason,
             )
             if data.intent == "z_report":
-                await self._record_close(till, shift_id, None, None, intervention)
+                await self._record_close(
+                    till,
+                    shift_id,
+                    data.counted_cash,
+                    None,
+                    intervention,
+                    z_printed=data.outcome == "printed",
+                )
                 status = "closed"
             else:
                 status = await self._decide_cash(till, data, intervention)
@@ -724,6 +748,61 @@ class ShiftService:
             status=status,
             shift=out,
         )
+
+    async def _z_not_started(self, till: str, data: SettleIn) -> bool:
+        """Whether ``data`` names the till's open shift whose close never reached the
+        printer (no Z intent); then nothing may be left of it for a printer: its sales and
+        returns completed or printed, its cash intents settled (409s naming ``id``), and
+        only ``not_printed`` is possible (no Z was sent: 409 naming ``outcome``)."""
+        async with self._sessionmaker() as session:
+            shift = await session.get(Shift, data.id)
+            if (
+                shift is None
+                or shift.till != till
+                or shift.closed_at is not None
+                or shift.z_status is not None
+            ):
+                return False
+            totals = await self._totals(session, shift)
+            cash = int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(CashMove)
+                    .where(CashMove.shift_id == shift.shift_id, CashMove.status == "pending")
+                )
+                or 0
+            ) + int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(CustomerReturn)
+                    .where(
+                        CustomerReturn.shift_id == shift.shift_id,
+                        CustomerReturn.payout_status == "pending",
+                    )
+                )
+                or 0
+            )
+            if shift.float_status == "pending":
+                cash += 1
+        if data.outcome != "not_printed":
+            raise Conflict(
+                f"the close of shift {data.id} never reached the printer: no Z report was"
+                " sent, so it cannot have been printed (outcome not_printed)",
+                field="outcome",
+            )
+        if totals["pending"]:
+            raise Conflict(
+                f"{totals['pending']} sale(s) or return(s) of shift {data.id} still wait for"
+                " the fiscal printer: complete-unfiscal or print-on-new-printer each first",
+                field="id",
+            )
+        if cash:
+            raise Conflict(
+                f"{cash} cash move(s), pay-out(s) or float deposit(s) of shift {data.id}"
+                " still wait for the fiscal printer: settle-pending each first",
+                field="id",
+            )
+        return True
 
     async def _pending_intent(
         self, till: str, data: SettleIn, what: str, *, settled_by_printer: bool = False

@@ -192,6 +192,11 @@ class ShiftClosed(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift
     # not counted (or an agent from before counted cash sent neither).
     counted_cash: NonNegativeInt64 | None = None
     expected_cash: Int64 | None = None
+    # A close without Z figures at a till with a fiscal printer, decided by a manager:
+    # whether a Z report was printed (True: the old printer printed it, its figures were
+    # never read; False: none was). None: the close carries the Z's figures, the till has
+    # no fiscal printer, or an agent from before sent neither.
+    z_printed: bool | None = None
 
 
 class CashMoved(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="cash_moved"):

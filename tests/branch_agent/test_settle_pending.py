@@ -403,3 +403,63 @@ async def test_a_swapped_printer_whose_numbers_match_by_chance_never_settles_a_c
     assert await store.events("cash_moved") == []
     (record,) = await interventions(store)
     assert record.action == "cash_move_not_printed"
+
+
+async def test_a_shift_whose_printer_died_before_its_close_is_closed_without_z(
+    store: Store,
+) -> None:
+    """No close was started (no Z intent): the manager closes the shift without Z, with
+    the drawer's count, once the printer is found gone; the closing says no Z was
+    printed, and the next shift opens."""
+    shift = await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    sim.paper_end = True
+    assert (await store.sale(basket("s-2"))).json()["status"] == "pending_fiscal"
+    sid = shift["shift_id"]
+    body = {**decision("z_report", sid, "not_printed", "printer dead"), "counted_cash": 926}
+    # A sale of the shift still waits for the printer: completed first.
+    detail = refused(await settle(store, body), 409, "id")
+    assert "complete-unfiscal or print-on-new-printer" in detail
+    sim.go_deaf(3600.0)
+    done = await store.client.post(
+        "/api/v1/manager/sales/T1/s-2/complete-unfiscal",
+        json={"reason": "printer dead"},
+        headers=MANAGER,
+    )
+    assert done.status_code == 200, done.text
+    closing = await store.client.post(
+        "/api/v1/shifts/current/close", json={"counted_cash": 926}, headers=TILL
+    )
+    assert closing.status_code == 503, closing.text  # no Z intent: nothing was sent
+    # No Z was sent, so none can have been printed; counted_cash is for a Z decision.
+    refused(await settle(store, {**body, "outcome": "printed"}), 409, "outcome")
+    refused(
+        await settle(store, {**decision("float", sid, "printed"), "counted_cash": 1}),
+        422,
+        "counted_cash",
+    )
+    # While the printer answers (out of paper) the close is the way: it prints the Z.
+    sim.deaf_until = 0.0
+    refused(await settle(store, body), 409, "intent")
+    sim.go_deaf(3600.0)
+    assert await store.events("shift_closed") == []
+    closed = await settle(store, body)
+    assert closed.status_code == 200, closed.text
+    answer = closed.json()
+    assert (answer["action"], answer["status"]) == ("closed_without_z", "closed")
+    assert (answer["shift"]["counted_cash"], answer["shift"]["cash_difference"]) == (926, 0)
+    (event,) = await store.events("shift_closed")
+    assert isinstance(event.body, ShiftClosed)
+    assert (event.body.z_report, event.body.z_printed, event.body.counted_cash) == (
+        None,
+        False,
+        926,
+    )
+    (record,) = [r for r in await interventions(store) if r.action == "closed_without_z"]
+    assert (record.shift_id, record.reason, record.amount) == (sid, "printer dead", 0)
+    # A repeat (the answer lost) closes nothing again.
+    refused(await settle(store, body), 409, "id")
+    assert len(await store.events("shift_closed")) == 1
+    assert sim.reports == []
+    assert (await store.open_shift())["closed_at"] is None
