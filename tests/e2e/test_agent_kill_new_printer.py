@@ -4,7 +4,10 @@ a sale held back when the till's printer was swapped (POST
 was not printed. The agent dies as the new printer closes the receipt (printed, never
 recorded as printed); at its next start it reconciles with the hint it read from the
 new printer. The new printer prints the sale once, central holds the sale once with the
-new printer's fiscal number and the manager's intervention once. Real agent process,
+new printer's fiscal number and the manager's intervention once. Then the new printer
+dies before the shift's close was started: the manager closes the shift without Z with
+NATS down, the agent is killed right after, the decision repeated (409): central holds
+the shift closed once, without Z, ``z_printed`` false, and that intervention once. Real agent process,
 real nats-server, central on a real database, the printer a simulator over a pty."""
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from branch_agent.db import create_engine, create_sessionmaker
 from branch_agent.models import Sale
 from central.embedded_nats import EmbeddedNats
 from central.models import FiscalInterventionRow, Receipt
+from central.models.shifts import Shift
 from devices.fiscal_datecs import CMD_CLOSE_RECEIPT
 from devices.sim import SimulatorHandle
 from tests.conftest import register_branch
@@ -38,6 +42,7 @@ from tests.e2e.test_agent_kill import (
 TILL = {"Authorization": "Bearer t1"}
 BOSS = {"Authorization": "Bearer boss"}
 DECIDE = "/api/v1/manager/sales/T1/s-2/print-on-new-printer"
+SETTLE = "/api/v1/manager/tills/T1/fiscal/settle-pending"
 REASON = {"reason": "old printer's journal ends at receipt 1"}
 
 
@@ -126,10 +131,33 @@ async def test_sigkill_as_the_new_printer_prints_the_managers_sale_prints_it_onc
             # The manager heard nothing and decides again: nothing is pending any more.
             again = await client.post(f"{url}{DECIDE}", json=REASON, headers=BOSS)
             assert again.status_code == 409, again.text
+            shift_id = s2["shift_id"]
+        # The new printer dies before the shift's close was started: the manager closes
+        # it without Z, with the link to NATS down; the agent is killed right after.
+        sim.go_deaf(3600.0)
+        nats_server.stop()
+        without_z = {
+            "intent": "z_report",
+            "id": shift_id,
+            "outcome": "not_printed",
+            "reason": "printer dead before the close",
+            "counted_cash": 10000,
+        }
+        async with httpx.AsyncClient(timeout=30) as client:
+            closed = await client.post(f"{url}{SETTLE}", json=without_z, headers=BOSS)
+        assert closed.status_code == 200, closed.text
+        agent.kill()
+        nats_server.start()
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            again = await client.post(f"{url}{SETTLE}", json=without_z, headers=BOSS)
+            assert again.status_code == 409, again.text
         events = await agent_events_once_sent(database)
         kinds = [e.kind for e in events]
         assert kinds.count("receipt_recorded") == 2
-        assert kinds.count("fiscal_intervention") == 1
+        assert kinds.count("fiscal_intervention") == 2
+        assert kinds.count("shift_closed") == 1
         await wait_central_holds(central, len(events))
         async with central.sessionmaker() as session:
             receipts = sorted(
@@ -138,10 +166,19 @@ async def test_sigkill_as_the_new_printer_prints_the_managers_sale_prints_it_onc
             )
             interventions = [
                 (row.action, row.document, row.reason)
-                for row in await session.scalars(select(FiscalInterventionRow))
+                for row in await session.scalars(
+                    select(FiscalInterventionRow).order_by(FiscalInterventionRow.seq)
+                )
             ]
+            (shift,) = list(await session.scalars(select(Shift).where(Shift.branch == "B1")))
     finally:
         agent.stop()
     assert len(sim.receipts) == 2  # s-1 on the old printer, s-2 once on the new one
     assert receipts == [("s-1", "1"), ("s-2", "701")]
-    assert interventions == [("printed_on_new_printer", "sale s-2", REASON["reason"])]
+    assert interventions == [
+        ("printed_on_new_printer", "sale s-2", REASON["reason"]),
+        ("closed_without_z", f"the Z report of shift {shift_id}", without_z["reason"]),
+    ]
+    assert (shift.z_report_number, shift.z_printed, shift.counted_cash) == (None, False, 10000)
+    assert shift.closed_at is not None
+    assert sim.reports == []
