@@ -463,3 +463,44 @@ async def test_a_shift_whose_printer_died_before_its_close_is_closed_without_z(
     assert len(await store.events("shift_closed")) == 1
     assert sim.reports == []
     assert (await store.open_shift())["closed_at"] is None
+
+
+async def test_a_storno_held_back_at_a_swap_is_printed_on_the_new_printer(store: Store) -> None:
+    """As for a sale: the return's storno, sent to the old printer as it ran out of
+    paper, is printed on the new one by the manager's decision, once, naming the
+    original receipt of the old printer (its fiscal memory number)."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    old_fm = sim.fiscal_memory_number
+    sim.paper_end = True
+    body = {
+        "return_id": "r-1",
+        "original_sale_id": "s-1",
+        "lines": [{"line_no": 1, "quantity": "1"}],
+        "reason": "damaged",
+    }
+    created = await store.client.post("/api/v1/returns", json=body, headers=TILL)
+    assert created.json()["status"] == "pending_fiscal", created.text
+    sim.go_deaf(3600.0)
+    await store.agent.devices.probe_all()
+    sim.go_deaf(0)
+    sim.deaf_until = 0.0
+    sim.paper_end = False
+    swap_printer(sim)
+    await store.agent.fiscal.process_all()
+    assert sim.storno_receipts == []
+    url = "/api/v1/manager/returns/T1/r-1/print-on-new-printer"
+    done = await store.client.post(url, json={"reason": "not in old journal"}, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["fiscal_number"]) == ("fiscalized", "701")
+    (storno,) = sim.storno_receipts
+    assert storno.storno is not None
+    assert storno.storno.fiscal_memory_number == old_fm
+    (decided,) = await interventions(store)
+    assert (decided.action, decided.document) == ("printed_on_new_printer", "return r-1")
+    refused(
+        await store.client.post(url, json={"reason": "again"}, headers=MANAGER), 409, "return_id"
+    )
+    assert len(sim.storno_receipts) == 1
+    assert len(await store.events("customer_return_recorded")) == 1
