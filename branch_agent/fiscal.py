@@ -880,7 +880,7 @@ class Fiscalizer:
                     fiscal_error=(
                         f"{REPLACED}: printer replaced (serial {serial}, the hint was read"
                         f" from {document.hint_printer}); the old one may have printed it:"
-                        " complete-unfiscal, then check its journal"
+                        " check its journal, then complete-unfiscal or print-on-new-printer"
                     )[:200],
                     fiscal_attempts=document.fiscal_attempts + 1,
                 )
