@@ -21,11 +21,11 @@ import httpx
 from sqlalchemy import select
 
 from branch_agent.db import create_engine, create_sessionmaker
-from branch_agent.models import Sale
+from branch_agent.models import CashMove, Sale
 from central.embedded_nats import EmbeddedNats
 from central.models import FiscalInterventionRow, Receipt
-from central.models.shifts import Shift
-from devices.fiscal_datecs import CMD_CLOSE_RECEIPT
+from central.models.shifts import CashMovement, Shift
+from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_CLOSE_RECEIPT
 from devices.sim import SimulatorHandle
 from tests.conftest import register_branch
 from tests.e2e.test_agent_kill import (
@@ -65,6 +65,31 @@ async def agent_sale(database: Path, sale_id: str) -> Sale:
     return row
 
 
+async def start_agent(
+    central: Any, nats_server: EmbeddedNats, printer: SimulatorHandle, tmp_path: Path
+) -> tuple[AgentProcess, KillAtFrame, str, Path]:
+    """Branch B1 registered, its agent process started on the printer: the agent, its
+    kill hooks, its URL and its database."""
+    await register_branch(central, "B1")
+    port = free_port()
+    agent = AgentProcess(
+        write_config(tmp_path, nats_server.url, port, printer.url), tmp_path / "agent.log"
+    )
+    agent.start()
+    return agent, KillAtFrame(agent), f"http://127.0.0.1:{port}", tmp_path / "agent" / "agent.db"
+
+
+async def agent_move(database: Path) -> CashMove:
+    engine = create_engine(database)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            row = await session.scalar(select(CashMove).where(CashMove.move_id == "out-1"))
+    finally:
+        await engine.dispose()
+    assert row is not None
+    return row
+
+
 async def test_sigkill_as_the_new_printer_prints_the_managers_sale_prints_it_once(
     central: Any,
     nats_server: EmbeddedNats,
@@ -72,15 +97,7 @@ async def test_sigkill_as_the_new_printer_prints_the_managers_sale_prints_it_onc
     tmp_path: Path,
 ) -> None:
     sim = fiscal_printer.sim
-    await register_branch(central, "B1")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    database = tmp_path / "agent" / "agent.db"
-    agent = AgentProcess(
-        write_config(tmp_path, nats_server.url, port, fiscal_printer.url), tmp_path / "agent.log"
-    )
-    kill = KillAtFrame(agent)
-    agent.start()
+    agent, kill, url, database = await start_agent(central, nats_server, fiscal_printer, tmp_path)
     try:
         await wait_healthy(url)
         async with httpx.AsyncClient(timeout=30) as client:
@@ -182,3 +199,75 @@ async def test_sigkill_as_the_new_printer_prints_the_managers_sale_prints_it_onc
     assert (shift.z_report_number, shift.z_printed, shift.counted_cash) == (None, False, 10000)
     assert shift.closed_at is not None
     assert sim.reports == []
+
+
+async def test_sigkill_at_a_cash_out_then_a_swap_whose_numbers_match_settles_nothing(
+    central: Any,
+    nats_server: EmbeddedNats,
+    fiscal_printer: SimulatorHandle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The agent dies as the old printer executes a cash-out; the printer is swapped for
+    one that stands, by chance, one document on and 10.00 lower: the restarted agent
+    does not take that for the cash-out (the intent names the old printer's serial); the
+    manager decides, once. Central holds no cash movement, the intervention once."""
+    sim = fiscal_printer.sim
+    agent, kill, url, database = await start_agent(central, nats_server, fiscal_printer, tmp_path)
+    try:
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.post(f"{url}/api/v1/shifts", json={}, headers=TILL)).is_success
+            three = {**sale("s-1"), "lines": [{"sku": "COFFEE-250", "quantity": "3"}]}
+            sold = await client.post(f"{url}/api/v1/sales", json=three, headers=TILL)
+            assert sold.json()["status"] == "fiscalized", sold.text
+            # 0x46 #1 reads the cash sum before, #2 is the cash-out: executed as the
+            # agent dies.
+            sim.at_command(CMD_CASH_IN_OUT, kill.as_executed, nth=2)
+            out = {"move_id": "out-1", "direction": "out", "amount": 1000}
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(f"{url}/api/v1/cash-moves", json=out, headers=TILL)
+        assert kill.killed.is_set()
+        agent.reap()
+        move = await agent_move(database)
+        assert (move.status, move.printer_serial) == ("pending", sim.serial_number)
+        assert move.printer_document_before is not None
+        assert move.printer_cash_before is not None
+        # Swapped, with the agent stopped, for a unit whose numbers match by chance.
+        sim.serial_number = "DT999999"
+        sim.fiscal_memory_number = "09999999"
+        sim.receipt_number = 700
+        sim.last_receipt = None
+        sim.document_number = move.printer_document_before + 1
+        sim.cash = Decimal(move.printer_cash_before - 1000) / 100
+        agent.start()
+        await wait_healthy(url)
+        async with httpx.AsyncClient(timeout=30) as client:
+            await client.post(f"{url}/api/v1/sales/fiscalize", headers=TILL)
+            assert (await agent_move(database)).status == "pending"
+            decided = await client.post(
+                f"{url}{SETTLE}",
+                json={
+                    "intent": "cash_move",
+                    "id": "out-1",
+                    "outcome": "not_printed",
+                    "reason": "old journal shows no cash-out",
+                },
+                headers=BOSS,
+            )
+            assert decided.status_code == 200, decided.text
+            assert decided.json()["status"] == "failed"
+        events = await agent_events_once_sent(database)
+        kinds = [e.kind for e in events]
+        assert "cash_moved" not in kinds
+        assert kinds.count("fiscal_intervention") == 1
+        await wait_central_holds(central, len(events))
+        async with central.sessionmaker() as session:
+            moves = list(
+                await session.scalars(select(CashMovement).where(CashMovement.branch == "B1"))
+            )
+            actions = [row.action for row in await session.scalars(select(FiscalInterventionRow))]
+    finally:
+        agent.stop()
+    assert moves == []
+    assert actions == ["cash_move_not_printed"]
+    assert len(sim.cash_moves) == 1  # the old printer's, nothing sent to the new one
