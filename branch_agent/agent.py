@@ -23,7 +23,7 @@ from branch_agent.db import create_engine, create_sessionmaker, upgrade
 from branch_agent.demo_catalog import seed_demo_catalog
 from branch_agent.devices import TillDevices, TillDeviceSet
 from branch_agent.downstream import DownMessage, DownstreamReader
-from branch_agent.fiscal import Fiscalizer, fiscal_fault, fiscal_remedy
+from branch_agent.fiscal import Fiscalizer, fiscal_fault, fiscal_remedy, printer_serial
 from branch_agent.instance import InstanceLock
 from branch_agent.masterdata import MasterDataApplier
 from branch_agent.models import Counter, OutboxEvent
@@ -254,17 +254,21 @@ class Agent:
             return await self.sales.record_return(till, data)
         async with devices.fiscal_queue:
             state: tuple[int, int] | None = None
+            serial: str | None = None
             try:
                 await cash.settle_till(devices)
-                state = await cash.printer_cash(devices)
-                payout = PayoutFrom(document=state[0], cash=state[1])
+                read = await cash.printer_cash(devices)
+                # whose numbers they are: a swapped printer's never settle this pay-out
+                serial = await printer_serial(devices)
+                state = read
+                payout = PayoutFrom(document=state[0], cash=state[1], printer=serial)
             except DeviceError as exc:
                 why = f"{fiscal_fault(exc)}; {fiscal_remedy(exc.condition, till)}"
                 payout = PayoutFrom(problem=why)
             out, created = await self.sales.record_return(till, data, payout)
             if out.payout == "pending" or (out.payout == "failed" and not created):
                 pk = await self.sales.return_pk(till, data.return_id)
-                await cash.pay_out(devices, pk, state)
+                await cash.pay_out(devices, pk, state, serial)
                 out = await self.sales.get_return(till, data.return_id)
         return out, created
 

@@ -508,6 +508,23 @@ class ManagerSalesController(Controller):
     ) -> SaleOut:
         return await _api(state).complete_unfiscal(till_id, sale_id, data.reason)
 
+    @post(
+        "/{till_id:str}/{sale_id:str}/print-on-new-printer",
+        operation_id="printOnNewPrinter",
+        summary="The till's printer was swapped and the old one's journal shows the sale "
+        "was not printed: print it on the new printer (exactly once)",
+        status_code=200,
+    )
+    async def print_on_new_printer(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        till_id: TillId,
+        sale_id: SaleId,
+        data: JSONBody[UnfiscalIn],
+    ) -> SaleOut:
+        return await _api(state).print_on_new_printer(till_id, sale_id, data.reason)
+
 
 class ManagerTillsController(Controller):
     path = "/api/v1/manager/tills"
@@ -575,6 +592,23 @@ class ManagerReturnsController(Controller):
         data: JSONBody[UnfiscalIn],
     ) -> ReturnOut:
         return await _api(state).complete_return_unfiscal(till_id, return_id, data.reason)
+
+    @post(
+        "/{till_id:str}/{return_id:str}/print-on-new-printer",
+        operation_id="printReturnOnNewPrinter",
+        summary="The till's printer was swapped and the old one's journal shows the storno "
+        "was not printed: print it on the new printer (exactly once)",
+        status_code=200,
+    )
+    async def print_on_new_printer(
+        self,
+        state: State,
+        manager: NamedDependency[str],
+        till_id: TillId,
+        return_id: Annotated[str, PathParameter(description="the till's return id")],
+        data: JSONBody[UnfiscalIn],
+    ) -> ReturnOut:
+        return await _api(state).print_return_on_new_printer(till_id, return_id, data.reason)
 
 
 class HealthController(Controller):

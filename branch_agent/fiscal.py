@@ -89,6 +89,7 @@ __all__ = [
     "fiscal_receipt",
     "fiscal_remedy",
     "printer_serial",
+    "same_printer",
     "storno_receipt",
 ]
 
@@ -122,6 +123,20 @@ async def printer_serial(devices: TillDeviceSet) -> str | None:
             raise
         return None
     return info.serial_number or None
+
+
+async def same_printer(devices: TillDeviceSet, recorded: str | None, what: str) -> None:
+    """Raise ``DeviceError`` (printer_replaced) when the till's printer is not the one
+    ``what``'s intent was read from (its ``recorded`` serial): another printer's numbers
+    say nothing of it, even when they happen to match. Not told (NULL, or a printer that
+    does not tell its serial): compared as before."""
+    serial = await printer_serial(devices) if recorded else None
+    if serial and serial != recorded:
+        raise DeviceError(
+            REPLACED,
+            f"the printer was replaced (serial {serial}; {what}'s intent was read from"
+            f" {recorded}): whether the old one printed it, its journal tells",
+        )
 
 
 # A pending pay-out the printer shows no trace of (the agent stopped before it was sent,
@@ -351,6 +366,7 @@ class CashIntents:
         if before[0] is None or before[1] is None:
             await self._payout(ret.id, "failed", _NOT_SENT)
             return "failed"
+        await same_printer(devices, ret.payout_printer, f"the pay-out of return {ret.return_id}")
         took = printer_took(
             f"pay-out of return {ret.return_id}",
             (before[0], before[1]),
@@ -361,12 +377,17 @@ class CashIntents:
         return "printed" if took else "failed"
 
     async def pay_out(
-        self, devices: TillDeviceSet, return_pk: int, state: tuple[int, int] | None
+        self,
+        devices: TillDeviceSet,
+        return_pk: int,
+        state: tuple[int, int] | None,
+        serial: str | None = None,
     ) -> None:
         """Pay out a return's cash refund on the printer (cash out), exactly once: a
         ``pending`` pay-out is sent; a ``failed`` one (known not printed: a till posting
         the same return again) is recorded pending again with the printer's ``state``
-        read just before (None: the printer could not be asked, it stays failed), then
+        read just before (None: the printer could not be asked, it stays failed) and the
+        ``serial`` of the printer it was read from, then
         sent. After a failure the printer is compared, never sent to blind. Called with
         the till's fiscal queue held, older intents settled."""
         async with self._sessionmaker() as session:
@@ -388,6 +409,7 @@ class CashIntents:
                 assert row is not None
                 row.payout_status = "pending"
                 row.payout_document_before, row.payout_cash_before = state
+                row.payout_printer = serial
                 row.payout_error = None
                 await session.flush()
             ret = row
@@ -438,20 +460,24 @@ class CashIntents:
     async def _deposit(self, devices: TillDeviceSet, shift: Shift) -> None:
         amount = shift.opening_float
         document_before, cash_before = shift.float_document_before, shift.float_cash_before
-        if await self._deposited(devices, document_before, cash_before, amount):
+        if await self._deposited(
+            devices, document_before, cash_before, amount, shift.float_printer
+        ):
             await self._float_done(shift.shift_id)
             return
         # Not printed (never sent, or sent and not executed): read the state, record it,
         # then send; the same comparison settles a crash or a lost answer after this.
         document, cash = await self.printer_cash(devices)
+        serial = await printer_serial(devices)
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             row = await session.get(Shift, shift.shift_id)
             assert row is not None
             row.float_document_before, row.float_cash_before = document, cash
+            row.float_printer = serial
         try:
             await devices.fiscal_cash(Decimal(amount) / 100, out=False)
         except DeviceError:
-            if not await self._deposited(devices, document, cash, amount):
+            if not await self._deposited(devices, document, cash, amount, serial):
                 raise
         await self._float_done(shift.shift_id)
 
@@ -461,12 +487,14 @@ class CashIntents:
         document_before: int | None,
         cash_before: int | None,
         amount: int,
+        printer: str | None,
     ) -> bool:
-        """Whether a deposit sent after reading (document_before, cash_before) was
-        printed (None: never sent); ``DeviceError`` when the printer's state explains
-        neither."""
+        """Whether a deposit sent after reading (document_before, cash_before) from the
+        ``printer`` was printed (None: never sent); ``DeviceError`` when the printer's
+        state explains neither, or it is another printer."""
         if document_before is None or cash_before is None:
             return False
+        await same_printer(devices, printer, "the opening float")
         return printer_took(
             "opening float",
             (document_before, cash_before),
@@ -482,7 +510,8 @@ class CashIntents:
 
     async def settle(self, devices: TillDeviceSet, move: CashMove) -> str:
         """Compare the printer with what was read before printing: ``done`` or ``failed``;
-        ``DeviceError`` when the printer cannot be asked or its state explains neither."""
+        ``DeviceError`` when the printer cannot be asked, its state explains neither, or
+        it is not the printer the state was read from."""
         document, cash = await self.printer_cash(devices)
         before_document = move.printer_document_before
         before_cash = move.printer_cash_before
@@ -490,6 +519,7 @@ class CashIntents:
             # the intent was committed but never printed (no state was read): not printed
             await self.fail(move.id, "not printed")
             return "failed"
+        await same_printer(devices, move.printer_serial, f"cash move {move.move_id}")
         delta = move.amount if move.direction == "in" else -move.amount
         took = printer_took(
             f"cash move {move.move_id}", (before_document, before_cash), (document, cash), delta
@@ -850,7 +880,7 @@ class Fiscalizer:
                     fiscal_error=(
                         f"{REPLACED}: printer replaced (serial {serial}, the hint was read"
                         f" from {document.hint_printer}); the old one may have printed it:"
-                        " complete-unfiscal, then check its journal"
+                        " check its journal, then complete-unfiscal or print-on-new-printer"
                     )[:200],
                     fiscal_attempts=document.fiscal_attempts + 1,
                 )
@@ -1038,6 +1068,84 @@ class Fiscalizer:
                 await self._complete_return(
                     row.id, None, "completed_unfiscal", intervention=intervention
                 )
+            done = await self._document(model, till, doc_id)
+            assert done is not None
+            return done
+
+    async def print_on_new_printer(
+        self, model: type[Sale] | type[CustomerReturn], till: str, doc_id: str, reason: str
+    ) -> Sale | CustomerReturn:
+        """A manager's decision on a document held back as ``printer_replaced``: the old
+        printer's journal shows it was not printed, so it is printed on the printer now
+        there. Its old hint is dropped and the ``fiscal_intervention`` event written in
+        one transaction; then it takes the normal exactly-once path (a new hint read from
+        the new printer, stored before the receipt is sent). Refused while the printer
+        the hint was read from is the one that answers: then the agent decides itself."""
+        kind = "sale" if model is Sale else "return"
+        field = f"{kind}_id"
+        devices = self._devices.tills.get(till)
+        if devices is None or not devices.has_fiscal:
+            raise NotFound(f"till {till} has no fiscal printer", field="till")
+        async with devices.fiscal_queue:
+            row = await self._document(model, till, doc_id)
+            if row is None:
+                raise NotFound(f"no {kind} {doc_id} at till {till}", field=field)
+            if row.status != "pending_fiscal":
+                raise Conflict(f"{kind} {doc_id} is {row.status}, not pending", field=field)
+            try:
+                # Read again, not from the cache: the swap is what is being checked.
+                await self._read_identity(devices)
+            except DeviceError as exc:
+                raise Conflict(
+                    f"the fiscal printer of till {till} cannot be reached ({exc.condition}):"
+                    f" plug in the new printer to print {kind} {doc_id} on it, or"
+                    " complete-unfiscal",
+                    field=field,
+                ) from exc
+            serial = self._serials.get(till) or None
+            old = row.hint_printer
+            if old is None or serial is None or serial == old:
+                # The hint's own printer answers (or none was read, or the printer does
+                # not tell its serial): it alone tells whether it printed the document.
+                raise Conflict(
+                    f"{kind} {doc_id} was not sent to another printer than the one that "
+                    f"answers now (serial {serial or 'not told'}): the agent prints or "
+                    "reconciles it itself, exactly once",
+                    field=field,
+                )
+            async with self._write_lock, self._sessionmaker() as session, session.begin():
+                locked: Sale | CustomerReturn | None = await session.get(model, row.id)
+                assert locked is not None
+                # Under the fiscal queue nothing else changes it; checked all the same.
+                if locked.status != "pending_fiscal" or locked.hint_printer != old:
+                    raise Conflict(f"{kind} {doc_id} changed meanwhile: ask again", field=field)
+                locked.fiscal_hint = None
+                locked.hint_printer = None
+                locked.fiscal_error = f"to be printed on the new printer: {reason}"[:200]
+                await append_event(
+                    session,
+                    branch=self._settings.branch,
+                    timezone=self._settings.timezone,
+                    body=FiscalInterventionRecorded(
+                        till=till,
+                        shift_id=locked.shift_id,
+                        action="printed_on_new_printer",
+                        amount=locked.total,
+                        document=f"{kind} {doc_id}",
+                        reason=reason[:200],
+                    ),
+                )
+            self._on_event()
+            log.warning(
+                "%s %s/%s: the manager says printer %s did not print it (%s): printing it on %s",
+                kind,
+                till,
+                doc_id,
+                old,
+                reason,
+                serial,
+            )
+            await self._process_locked(devices)
             done = await self._document(model, till, doc_id)
             assert done is not None
             return done

@@ -211,6 +211,9 @@ class CustomerReturn(AgentBase):
     payout_status: Mapped[str | None] = mapped_column(String(16), default=None)
     payout_document_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
     payout_cash_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The serial number of the printer they were read from (a1910): another printer's
+    # document number and cash sum say nothing of this pay-out. NULL: not told, before.
+    payout_printer: Mapped[str | None] = mapped_column(String(32), default=None)
     payout_error: Mapped[str | None] = mapped_column(String(300), default=None)
 
 
@@ -251,6 +254,8 @@ class Shift(AgentBase):
     float_status: Mapped[str | None] = mapped_column(String(16), default=None)
     float_document_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
     float_cash_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The serial number of the printer they were read from (a1910), as ``z_printer``.
+    float_printer: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class CashMove(AgentBase):
@@ -273,6 +278,9 @@ class CashMove(AgentBase):
     status: Mapped[str] = mapped_column(String(16), default="done")
     printer_document_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
     printer_cash_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The serial number of the printer they were read from (a1910): a swapped printer's
+    # numbers matching by chance never settle the move. NULL: not told, or before a1910.
+    printer_serial: Mapped[str | None] = mapped_column(String(32), default=None)
     fiscal_error: Mapped[str | None] = mapped_column(String(200), default=None)
 
 

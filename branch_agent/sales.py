@@ -151,6 +151,8 @@ class PayoutFrom:
 
     document: int | None = None
     cash: int | None = None
+    # the serial number of the printer they were read from (None: it does not tell)
+    printer: str | None = None
     problem: str | None = None
 
 
@@ -824,6 +826,7 @@ class SaleService:
             payout_error=payout_error,
             payout_document_before=payout.document if payout and payout_status else None,
             payout_cash_before=payout.cash if payout and payout_status else None,
+            payout_printer=payout.printer if payout and payout_status else None,
         )
         await self._store_return(session, row, body)
         return return_out(row)

@@ -327,6 +327,9 @@ class SettleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     outcome: Literal["printed", "not_printed"]
     # Why (kept with the fiscal intervention head office sees).
     reason: Annotated[str, msgspec.Meta(min_length=3, max_length=150, pattern=NO_NUL)]
+    # z_report only: what the cashier counted in the drawer (cents), for a shift closed
+    # by this decision; None keeps the count of a close that failed (or none).
+    counted_cash: NonNegativeInt64 | None = None
 
 
 class RecordedAgainSettleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

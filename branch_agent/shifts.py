@@ -33,11 +33,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from branch_agent.catalog import find_products
 from branch_agent.devices import TillDevices, TillDeviceSet
-from branch_agent.errors import Conflict, DeviceFailed, NotFound, StorageFull
+from branch_agent.errors import Conflict, DeviceFailed, NotFound, Rejected, StorageFull
 from branch_agent.fiscal import (
     CLOSE_ROUTE,
     PERSON_DECIDES,
-    REPLACED,
     CashIntents,
     cash_moved_event,
     close_failed_detail,
@@ -45,6 +44,7 @@ from branch_agent.fiscal import (
     fiscal_fault,
     fiscal_remedy,
     printer_serial,
+    same_printer,
 )
 from branch_agent.models import CashMove, Counter, CustomerReturn, Sale, Shift
 from branch_agent.numbering import SHIFT_FLOOR, EventNumbering
@@ -458,6 +458,7 @@ class ShiftService:
         counted_cash: int | None,
         z: ZReportTotals | None,
         intervention: FiscalInterventionRecorded | None = None,
+        z_printed: bool | None = None,
     ) -> ShiftCloseOut:
         """Close the shift with its closing event (and a manager's ``intervention`` that
         closed it without a Z report, in the same transaction: sent up exactly once)."""
@@ -486,6 +487,7 @@ class ShiftService:
                 z_report=z,
                 counted_cash=row.counted_cash,
                 expected_cash=out.expected_cash,
+                z_printed=z_printed,
             )
             row.closing = msgspec.to_builtins(closed)
             row.z_error = None
@@ -612,7 +614,7 @@ class ShiftService:
                 assert row is not None
                 row.counted_cash = counted_cash
         if pending and before is not None:
-            await _same_z_printer(devices, z_printer)
+            await same_printer(devices, z_printer, "the Z report")
             last = await devices.fiscal_last_z()
             if last.report_number > before:
                 return last  # printed before the crash or the lost answer: read back
@@ -660,9 +662,14 @@ class ShiftService:
         devices = self._devices.tills.get(till)
         if devices is None or not devices.has_fiscal:
             raise NotFound(f"till {till} has no fiscal printer")
+        if data.counted_cash is not None and data.intent != "z_report":
+            raise Rejected("counted_cash goes with a z_report decision only", field="counted_cash")
         what = _INTENT_NAMES[data.intent].format(id=data.id)
         async with devices.fiscal_queue:
-            shift_id = await self._pending_intent(till, data, what)
+            # A shift whose printer died before its close was started has no Z intent:
+            # the manager may close it without Z (checked below: the printer is gone).
+            not_started = data.intent == "z_report" and await self._z_not_started(till, data)
+            shift_id = data.id if not_started else await self._pending_intent(till, data, what)
             try:
                 if data.intent == "z_report":
                     # The repeated close compares the printer's fiscal memory with the
@@ -672,7 +679,8 @@ class ShiftService:
                     async with self._sessionmaker() as session:
                         shift = await session.get(Shift, shift_id)
                         assert shift is not None
-                    await _same_z_printer(devices, shift.z_printer)
+                    if not not_started:
+                        await same_printer(devices, shift.z_printer, "the Z report")
                 else:
                     await self._cash.settle_till(devices)
             except DeviceError as exc:
@@ -685,6 +693,15 @@ class ShiftService:
                         field="intent",
                     ) from exc
             else:
+                if not_started:
+                    # Another unit swapped in answers too: its Z is the till's fiscal day
+                    # (what it printed of this shift), printed by the ordinary close.
+                    raise Conflict(
+                        f"the fiscal printer of till {till} answers: close the shift as usual"
+                        f" ({CLOSE_ROUTE}); it prints the Z report (on a printer swapped in,"
+                        " the new one's)",
+                        field="intent",
+                    )
                 if data.intent == "z_report":
                     raise Conflict(
                         f"the fiscal printer of till {till} answers: repeat the close"
@@ -695,7 +712,7 @@ class ShiftService:
             if data.intent != "z_report":
                 # the printer may have settled it just now, or another intent before it
                 await self._pending_intent(till, data, what, settled_by_printer=True)
-            action = f"{data.intent}_{data.outcome}"
+            action = "closed_without_z" if not_started else f"{data.intent}_{data.outcome}"
             intervention = FiscalInterventionRecorded(
                 till=till,
                 shift_id=shift_id,
@@ -704,7 +721,14 @@ class ShiftService:
                 reason=data.reason,
             )
             if data.intent == "z_report":
-                await self._record_close(till, shift_id, None, None, intervention)
+                await self._record_close(
+                    till,
+                    shift_id,
+                    data.counted_cash,
+                    None,
+                    intervention,
+                    z_printed=data.outcome == "printed",
+                )
                 status = "closed"
             else:
                 status = await self._decide_cash(till, data, intervention)
@@ -724,6 +748,61 @@ class ShiftService:
             status=status,
             shift=out,
         )
+
+    async def _z_not_started(self, till: str, data: SettleIn) -> bool:
+        """Whether ``data`` names the till's open shift whose close never reached the
+        printer (no Z intent); then nothing may be left of it for a printer: its sales and
+        returns completed or printed, its cash intents settled (409s naming ``id``), and
+        only ``not_printed`` is possible (no Z was sent: 409 naming ``outcome``)."""
+        async with self._sessionmaker() as session:
+            shift = await session.get(Shift, data.id)
+            if (
+                shift is None
+                or shift.till != till
+                or shift.closed_at is not None
+                or shift.z_status is not None
+            ):
+                return False
+            totals = await self._totals(session, shift)
+            cash = int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(CashMove)
+                    .where(CashMove.shift_id == shift.shift_id, CashMove.status == "pending")
+                )
+                or 0
+            ) + int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(CustomerReturn)
+                    .where(
+                        CustomerReturn.shift_id == shift.shift_id,
+                        CustomerReturn.payout_status == "pending",
+                    )
+                )
+                or 0
+            )
+            if shift.float_status == "pending":
+                cash += 1
+        if data.outcome != "not_printed":
+            raise Conflict(
+                f"the close of shift {data.id} never reached the printer: no Z report was"
+                " sent, so it cannot have been printed (outcome not_printed)",
+                field="outcome",
+            )
+        if totals["pending"]:
+            raise Conflict(
+                f"{totals['pending']} sale(s) or return(s) of shift {data.id} still wait for"
+                " the fiscal printer: complete-unfiscal or print-on-new-printer each first",
+                field="id",
+            )
+        if cash:
+            raise Conflict(
+                f"{cash} cash move(s), pay-out(s) or float deposit(s) of shift {data.id}"
+                " still wait for the fiscal printer: settle-pending each first",
+                field="id",
+            )
+        return True
 
     async def _pending_intent(
         self, till: str, data: SettleIn, what: str, *, settled_by_printer: bool = False
@@ -863,8 +942,9 @@ class ShiftService:
                     field="shift",
                 )
             try:
-                document = await devices.fiscal_last_document()
-                cash = _minor((await devices.fiscal_cash_state()).cash)
+                document, cash = await self._cash.printer_cash(devices)
+                # whose numbers they are: a swapped printer's never settle this move
+                serial = await printer_serial(devices)
             except DeviceError as exc:
                 raise DeviceFailed(
                     f"the fiscal printer did not answer: {exc.message}", condition=exc.condition
@@ -877,7 +957,7 @@ class ShiftService:
                     f" count, {_money(data.amount)} asked",
                     field="amount",
                 )
-            move_pk = await self._cash_intent(till, data, existing, shift, document, cash)
+            move_pk = await self._cash_intent(till, data, existing, shift, (document, cash, serial))
             try:
                 await devices.fiscal_cash(Decimal(data.amount) / 100, out=data.direction == "out")
             except DeviceError as exc:
@@ -906,10 +986,10 @@ class ShiftService:
         data: CashMoveIn,
         existing: CashMove | None,
         shift: Shift | None,
-        document: int,
-        cash: int,
+        state: tuple[int, int, str | None],
     ) -> int:
-        """Commit the intent (or re-arm a failed one) with the printer's state before."""
+        """Commit the intent (or re-arm a failed one) with the printer's state before:
+        its last document number, cash sum and serial number."""
         async with self._write_lock, self._sessionmaker() as session, session.begin():
             if existing is not None:
                 row = await session.get(CashMove, existing.id)
@@ -927,8 +1007,7 @@ class ShiftService:
                 )
                 session.add(row)
             row.status = "pending"
-            row.printer_document_before = document
-            row.printer_cash_before = cash
+            row.printer_document_before, row.printer_cash_before, row.printer_serial = state
             row.fiscal_error = None
             await session.flush()
             return row.id
@@ -1016,19 +1095,6 @@ def _same_count(shift: Shift, counted_cash: int | None) -> None:
         f" {_money(counted_cash)}: a closed shift's count is not changed",
         field="counted_cash",
     )
-
-
-async def _same_z_printer(devices: TillDeviceSet, recorded: str | None) -> None:
-    """Raise ``DeviceError`` (printer_replaced) when the till's printer is not the one the
-    Z report's intent was read from: another printer's fiscal memory says nothing of this
-    shift's Z (its last Z may well be numbered above the one read before)."""
-    serial = await printer_serial(devices) if recorded else None
-    if serial and serial != recorded:
-        raise DeviceError(
-            REPLACED,
-            f"the printer was replaced (serial {serial}; the Z report's intent was read from"
-            f" {recorded}): whether the old one printed the Z, its journal tells",
-        )
 
 
 async def _waiting_for_printer(session: AsyncSession, shift: Shift) -> int:

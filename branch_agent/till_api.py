@@ -14,6 +14,7 @@ from branch_agent.devices import DeviceUnavailable
 from branch_agent.errors import DeviceFailed, NotFound, Rejected
 from branch_agent.fiscal_finish import finish_open_receipt
 from branch_agent.lookup import BadCode, resolve_code, weight_layout
+from branch_agent.models import CustomerReturn, Sale
 from branch_agent.sales import sale_out
 from branch_agent.schemas import (
     FiscalInterventionOut,
@@ -133,6 +134,19 @@ class TillApi:
     async def complete_unfiscal(self, till: str, sale_id: str, reason: str) -> SaleOut:
         row = await self.agent.fiscal.complete_unfiscal(till, sale_id, reason)
         return sale_out(row)
+
+    async def print_on_new_printer(self, till: str, sale_id: str, reason: str) -> SaleOut:
+        row = await self.agent.fiscal.print_on_new_printer(Sale, till, sale_id, reason)
+        assert isinstance(row, Sale)
+        self.agent.sender.wake()
+        return sale_out(row)
+
+    async def print_return_on_new_printer(
+        self, till: str, return_id: str, reason: str
+    ) -> ReturnOut:
+        await self.agent.fiscal.print_on_new_printer(CustomerReturn, till, return_id, reason)
+        self.agent.sender.wake()
+        return await self.agent.sales.get_return(till, return_id)
 
     async def finish_open_receipt(self, till: str, reason: str) -> list[FiscalInterventionOut]:
         """Finish what the till's printer holds open, then print the till's queue."""

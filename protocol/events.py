@@ -192,6 +192,11 @@ class ShiftClosed(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="shift
     # not counted (or an agent from before counted cash sent neither).
     counted_cash: NonNegativeInt64 | None = None
     expected_cash: Int64 | None = None
+    # A close without Z figures at a till with a fiscal printer, decided by a manager:
+    # whether a Z report was printed (True: the old printer printed it, its figures were
+    # never read; False: none was). None: the close carries the Z's figures, the till has
+    # no fiscal printer, or an agent from before sent neither.
+    z_printed: bool | None = None
 
 
 class CashMoved(_Wire, frozen=True, kw_only=True, tag_field="kind", tag="cash_moved"):
@@ -282,7 +287,8 @@ class FiscalInterventionRecorded(
     """A manager's intervention on a till's fiscal printer, for head office: a receipt
     left open finished (``cancelled``: nothing was paid; ``closed``: the rest paid in
     cash and fiscalized), a document completed without the printer
-    (``completed_unfiscal``), or fiscal cash work left pending on a printer that is gone,
+    (``completed_unfiscal``), a document held back when the printer was swapped printed
+    on the new one (``printed_on_new_printer``), or fiscal cash work left pending on a printer that is gone,
     settled by the manager (``<intent>_<outcome>``: ``cash_move_printed``,
     ``float_not_printed``, ``payout_printed``, ``z_report_not_printed``...)."""
 

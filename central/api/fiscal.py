@@ -40,8 +40,8 @@ class FiscalInterventionController(Controller):
             str | None,
             QueryParameter(
                 name="action",
-                description="cancelled, closed, completed_unfiscal, or a settle-pending"
-                " decision (cash_move_printed, ..., z_report_not_printed)",
+                description="cancelled, closed, completed_unfiscal, printed_on_new_printer, or a"
+                " settle-pending decision (cash_move_printed, ..., z_report_not_printed)",
             ),
         ] = None,
         date_from: Annotated[

@@ -62,6 +62,7 @@ async def store_shifts(
                 "z_receipts_count": z.receipts_count if z else None,
                 "counted_cash": body.counted_cash,
                 "expected_cash": body.expected_cash,
+                "z_printed": body.z_printed,
             }
         stmt = dialect_insert(session, table)
         values: dict[str, Any] = {

@@ -55,8 +55,8 @@ class FiscalInterventionRow(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     till: Mapped[str] = mapped_column(String(32))
     shift_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    # cancelled | closed (finish-open-receipt) | completed_unfiscal | a settle-pending
-    # decision, <intent>_<outcome> (cash_move_printed, z_report_not_printed, ...)
+    # cancelled | closed (finish-open-receipt) | completed_unfiscal |
+    # printed_on_new_printer (a swap's held-back document) | a settle-pending decision, <intent>_<outcome> (cash_move_printed, z_report_not_printed, ...)
     action: Mapped[str] = mapped_column(String(32))
     receipt_number: Mapped[int | None] = mapped_column(BigInteger, default=None)
     amount: Mapped[int] = mapped_column(BigInteger, default=0)

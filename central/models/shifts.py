@@ -48,6 +48,10 @@ class Shift(Base):
     # said should be there (None: not counted, or an agent from before counted cash).
     counted_cash: Mapped[int | None] = mapped_column(BigInteger, default=None)
     expected_cash: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # A close without Z figures decided by the store's manager: whether a Z report was
+    # printed at all (ShiftClosed.z_printed). None: it carries the Z, no fiscal printer,
+    # or an agent from before.
+    z_printed: Mapped[bool | None] = mapped_column(default=None)
     open_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     close_event_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
 

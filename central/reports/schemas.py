@@ -283,6 +283,10 @@ class ShiftRow(msgspec.Struct, kw_only=True):
     expected_cash: int | None = None
     counted_cash: int | None = None
     cash_difference: int | None = None
+    # Closed without Z figures by the store manager's decision: whether a Z report was
+    # printed at all (False: none; True: on the old printer, figures unread). None: the
+    # close carries the Z, no fiscal printer, or an agent from before.
+    z_printed: bool | None = None
 
 
 class ShiftReconciliationReport(msgspec.Struct, kw_only=True):

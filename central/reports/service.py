@@ -1717,6 +1717,7 @@ async def shift_reconciliation(
                 expected_cash=shift.expected_cash if shift is not None else None,
                 counted_cash=shift.counted_cash if shift is not None else None,
                 cash_difference=shift.cash_difference if shift is not None else None,
+                z_printed=shift.z_printed if shift is not None else None,
             )
         )
     counted = [r.cash_difference for r in rows if r.cash_difference is not None]

@@ -90,6 +90,11 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     # Recorded sales equal the Z turnover and the Z receipt count, recorded returns the
     # Z storno total (None: no Z yet).
     z_matches: bool | None
+    # Closed without Z figures by the store manager's decision: whether a Z report was
+    # printed at all (False: none, the printer was gone before the close; True: the old
+    # printer printed it, its figures unread). None: the close carries the Z (or there
+    # is no fiscal printer, or an agent from before).
+    z_printed: bool | None = None
     # The drawer at the close: the till's expected cash, what the cashier counted, and
     # counted - expected (over > 0, short < 0); None when not counted.
     expected_cash: int | None = None
@@ -281,6 +286,7 @@ async def list_shifts(
                 ),
                 late_receipts=late,
                 z_matches=z_matches,
+                z_printed=s.z_printed,
                 expected_cash=s.expected_cash,
                 counted_cash=s.counted_cash,
                 cash_difference=s.cash_difference,

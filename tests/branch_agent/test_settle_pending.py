@@ -15,7 +15,7 @@ from sqlalchemy import select
 from branch_agent.models import CashMove, CustomerReturn, Sale, Shift
 from branch_agent.status import format_status, offline_status
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_REPORT
-from protocol.events import CashMoved, FiscalInterventionRecorded, ShiftClosed
+from protocol.events import CashMoved, FiscalInterventionRecorded, ReceiptRecorded, ShiftClosed
 from tests.branch_agent.conftest import MANAGER, TILL, Store
 from tests.branch_agent.test_return_without_receipt import MILK_PRICE, no_receipt, opened, post
 from tests.branch_agent.test_sales_and_fiscal import basket
@@ -46,6 +46,7 @@ def swap_printer(sim: Any) -> None:
     sim.serial_number = "DT999999"
     sim.fiscal_memory_number = "09999999"
     sim.receipt_number = sim.document_number = 700
+    sim.last_receipt = None  # it has printed none of ours
     sim.cash = Decimal("0.00")
 
 
@@ -223,6 +224,26 @@ async def test_a_z_report_on_a_dead_printer_closes_the_shift_without_z(store: St
     assert (await store.open_shift())["closed_at"] is None
 
 
+async def swapped_with_a_sale_held_back(store: Store) -> Any:
+    """s-1 printed on the old printer; s-2 sent to it (hint stored) as it ran out of
+    paper, then the printer swapped: s-2 is held back as printer_replaced."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    sim.paper_end = True
+    assert (await store.sale(basket("s-2"))).json()["status"] == "pending_fiscal"
+    sim.go_deaf(3600.0)
+    await store.agent.devices.probe_all()
+    sim.go_deaf(0)
+    sim.deaf_until = 0.0
+    sim.paper_end = False
+    swap_printer(sim)
+    await store.agent.fiscal.process_all()
+    s2 = (await store.client.get("/api/v1/sales/s-2", headers=TILL)).json()
+    assert s2["fiscal_error"].startswith("printer_replaced")
+    return sim
+
+
 async def test_a_sale_pending_when_the_printer_was_swapped_is_not_printed_on_the_new_one(
     store: Store,
 ) -> None:
@@ -230,21 +251,7 @@ async def test_a_sale_pending_when_the_printer_was_swapped_is_not_printed_on_the
     nothing of it (the driver took one of them for "ours, cancelled" and printed it
     again). It waits for the manager, who completes it without printer although the
     new printer answers; a person checks the old printer's journal."""
-    await store.open_shift()
-    sim = store.fiscal.sim
-    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
-    sim.paper_end = True
-    stuck = (await store.sale(basket("s-2"))).json()
-    assert stuck["status"] == "pending_fiscal"  # its hint (the old printer's) is stored
-    # The technician unplugs the old printer (the agent's probe finds no answer) ...
-    sim.go_deaf(3600.0)
-    await store.agent.devices.probe_all()
-    # ... and plugs in another unit.
-    sim.go_deaf(0)
-    sim.deaf_until = 0.0
-    sim.paper_end = False
-    swap_printer(sim)
-    await store.agent.fiscal.process_all()
+    sim = await swapped_with_a_sale_held_back(store)
     s2 = (await store.client.get("/api/v1/sales/s-2", headers=TILL)).json()
     assert s2["status"] == "pending_fiscal"
     assert s2["fiscal_error"].startswith("printer_replaced: printer replaced (serial DT999999")
@@ -296,3 +303,204 @@ async def test_a_close_repeated_on_a_swapped_printer_does_not_take_its_z_for_the
     assert isinstance(closed.body, ShiftClosed)
     assert closed.body.z_report is None
     assert sim.reports == [("Z", 1)]  # nothing printed on the new printer for it
+
+
+NEW_PRINTER = "/api/v1/manager/sales/T1/{}/print-on-new-printer"
+
+
+async def test_a_sale_held_back_at_a_swap_is_printed_on_the_new_printer_by_the_manager(
+    store: Store,
+) -> None:
+    """The old printer's journal shows s-2 was not printed: the manager has it printed on
+    the new printer, once, with the new printer's number; the decision goes up once."""
+    sim = await swapped_with_a_sale_held_back(store)
+    url = NEW_PRINTER.format("s-2")
+    assert (
+        await store.client.post(url, json={"reason": "not in journal"}, headers=TILL)
+    ).status_code == 403
+    refused(await store.client.post(url, json={"reason": ""}, headers=MANAGER), 422, "reason")
+    missing = await store.client.post(
+        NEW_PRINTER.format("nope"), json={"reason": "not in journal"}, headers=MANAGER
+    )
+    assert missing.status_code == 404, missing.text
+    assert len(sim.receipts) == 1
+    assert await interventions(store) == []
+    done = await store.client.post(url, json={"reason": "not in old journal"}, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "fiscalized"
+    assert len(sim.receipts) == 2  # printed once, on the new printer
+    async with store.agent.sessionmaker() as session:
+        s2 = await session.scalar(select(Sale).where(Sale.sale_id == "s-2"))
+    assert s2 is not None
+    assert (s2.fiscal_number, s2.fiscal_memory_number) == ("701", "09999999")
+    assert (s2.hint_printer, s2.fiscal_hint) == ("DT999999", 700)  # read from the new one
+    recorded = [e.body for e in await store.events("receipt_recorded")]
+    assert [(r.sale_id, r.fiscal_number) for r in recorded if isinstance(r, ReceiptRecorded)] == [
+        ("s-1", "1"),
+        ("s-2", "701"),
+    ]  # s-2 once, with the new printer's number
+    (decided,) = await interventions(store)
+    assert (decided.action, decided.document, decided.reason) == (
+        "printed_on_new_printer",
+        "sale s-2",
+        "not in old journal",
+    )
+    assert (decided.amount, decided.shift_id) == (s2.total, s2.shift_id)
+    # A repeat (the answer lost) changes nothing.
+    again = await store.client.post(url, json={"reason": "not in old journal"}, headers=MANAGER)
+    refused(again, 409, "sale_id")
+    assert len(sim.receipts) == 2
+    assert len(await interventions(store)) == 1
+
+
+async def test_print_on_new_printer_is_refused_while_the_hints_printer_answers(
+    store: Store,
+) -> None:
+    """Not swapped, only out of paper: the printer the hint was read from answers, so
+    the agent reconciles the sale itself; the manager's decision is refused."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    sim.paper_end = True
+    assert (await store.sale(basket("s-1"))).json()["status"] == "pending_fiscal"
+    answer = await store.client.post(
+        NEW_PRINTER.format("s-1"), json={"reason": "not in journal"}, headers=MANAGER
+    )
+    refused(answer, 409, "sale_id")
+    assert "agent prints or reconciles it itself" in answer.json()["detail"]
+    assert sim.receipts == []
+    assert await interventions(store) == []
+
+
+async def test_a_swapped_printer_whose_numbers_match_by_chance_never_settles_a_cash_move(
+    store: Store,
+) -> None:
+    """The cash-out was sent to the old printer (answer lost) and the old printer
+    taken away; the new unit happens to stand one document further on with the cash
+    sum 3.00 lower, which used to read as "printed". The intent keeps the serial it was
+    read from (a1910): another printer never settles it; the manager does."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    await store.sale(basket("s-cash"))
+    sim.at_command(CMD_CASH_IN_OUT, power_cut, nth=2)
+    assert (await cash_move(store, "out-1", "out", 300)).status_code == 503
+    async with store.agent.sessionmaker() as session:
+        (row,) = (await session.scalars(select(CashMove))).all()
+    assert (row.status, row.printer_serial) == ("pending", "DT123456")
+    assert row.printer_document_before is not None
+    assert row.printer_cash_before is not None
+    sim.deaf_until = 0.0
+    swap_printer(sim)
+    sim.document_number = row.printer_document_before + 1
+    sim.cash = Decimal(row.printer_cash_before - 300) / 100
+    await store.agent.fiscal.process_all()
+    async with store.agent.sessionmaker() as session:
+        (row,) = (await session.scalars(select(CashMove))).all()
+    assert row.status == "pending"  # not taken for printed on the new printer
+    assert await store.events("cash_moved") == []
+    done = await settle(store, decision("cash_move", "out-1", "not_printed", "old journal: no"))
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["shift"]["cash_out"]) == ("failed", 0)
+    assert await store.events("cash_moved") == []
+    (record,) = await interventions(store)
+    assert record.action == "cash_move_not_printed"
+
+
+async def test_a_shift_whose_printer_died_before_its_close_is_closed_without_z(
+    store: Store,
+) -> None:
+    """No close was started (no Z intent): the manager closes the shift without Z, with
+    the drawer's count, once the printer is found gone; the closing says no Z was
+    printed, and the next shift opens."""
+    shift = await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    sim.paper_end = True
+    assert (await store.sale(basket("s-2"))).json()["status"] == "pending_fiscal"
+    sid = shift["shift_id"]
+    body = {**decision("z_report", sid, "not_printed", "printer dead"), "counted_cash": 926}
+    # A sale of the shift still waits for the printer: completed first.
+    detail = refused(await settle(store, body), 409, "id")
+    assert "complete-unfiscal or print-on-new-printer" in detail
+    sim.go_deaf(3600.0)
+    done = await store.client.post(
+        "/api/v1/manager/sales/T1/s-2/complete-unfiscal",
+        json={"reason": "printer dead"},
+        headers=MANAGER,
+    )
+    assert done.status_code == 200, done.text
+    closing = await store.client.post(
+        "/api/v1/shifts/current/close", json={"counted_cash": 926}, headers=TILL
+    )
+    assert closing.status_code == 503, closing.text  # no Z intent: nothing was sent
+    # No Z was sent, so none can have been printed; counted_cash is for a Z decision.
+    refused(await settle(store, {**body, "outcome": "printed"}), 409, "outcome")
+    refused(
+        await settle(store, {**decision("float", sid, "printed"), "counted_cash": 1}),
+        422,
+        "counted_cash",
+    )
+    # While the printer answers (out of paper) the close is the way: it prints the Z.
+    sim.deaf_until = 0.0
+    refused(await settle(store, body), 409, "intent")
+    sim.go_deaf(3600.0)
+    assert await store.events("shift_closed") == []
+    closed = await settle(store, body)
+    assert closed.status_code == 200, closed.text
+    answer = closed.json()
+    assert (answer["action"], answer["status"]) == ("closed_without_z", "closed")
+    assert (answer["shift"]["counted_cash"], answer["shift"]["cash_difference"]) == (926, 0)
+    (event,) = await store.events("shift_closed")
+    assert isinstance(event.body, ShiftClosed)
+    assert (event.body.z_report, event.body.z_printed, event.body.counted_cash) == (
+        None,
+        False,
+        926,
+    )
+    (record,) = [r for r in await interventions(store) if r.action == "closed_without_z"]
+    assert (record.shift_id, record.reason, record.amount) == (sid, "printer dead", 0)
+    # A repeat (the answer lost) closes nothing again.
+    refused(await settle(store, body), 409, "id")
+    assert len(await store.events("shift_closed")) == 1
+    assert sim.reports == []
+    assert (await store.open_shift())["closed_at"] is None
+
+
+async def test_a_storno_held_back_at_a_swap_is_printed_on_the_new_printer(store: Store) -> None:
+    """As for a sale: the return's storno, sent to the old printer as it ran out of
+    paper, is printed on the new one by the manager's decision, once, naming the
+    original receipt of the old printer (its fiscal memory number)."""
+    await store.open_shift()
+    sim = store.fiscal.sim
+    assert (await store.sale(basket("s-1"))).json()["status"] == "fiscalized"
+    old_fm = sim.fiscal_memory_number
+    sim.paper_end = True
+    body = {
+        "return_id": "r-1",
+        "original_sale_id": "s-1",
+        "lines": [{"line_no": 1, "quantity": "1"}],
+        "reason": "damaged",
+    }
+    created = await store.client.post("/api/v1/returns", json=body, headers=TILL)
+    assert created.json()["status"] == "pending_fiscal", created.text
+    sim.go_deaf(3600.0)
+    await store.agent.devices.probe_all()
+    sim.go_deaf(0)
+    sim.deaf_until = 0.0
+    sim.paper_end = False
+    swap_printer(sim)
+    await store.agent.fiscal.process_all()
+    assert sim.storno_receipts == []
+    url = "/api/v1/manager/returns/T1/r-1/print-on-new-printer"
+    done = await store.client.post(url, json={"reason": "not in old journal"}, headers=MANAGER)
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["fiscal_number"]) == ("fiscalized", "701")
+    (storno,) = sim.storno_receipts
+    assert storno.storno is not None
+    assert storno.storno.fiscal_memory_number == old_fm
+    (decided,) = await interventions(store)
+    assert (decided.action, decided.document) == ("printed_on_new_printer", "return r-1")
+    refused(
+        await store.client.post(url, json={"reason": "again"}, headers=MANAGER), 409, "return_id"
+    )
+    assert len(sim.storno_receipts) == 1
+    assert len(await store.events("customer_return_recorded")) == 1

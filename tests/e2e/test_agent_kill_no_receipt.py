@@ -29,7 +29,7 @@ from central.models.shifts import CashMovement, Shift
 from central.models.stock import StockMovement
 from devices.fiscal_datecs import CMD_CASH_IN_OUT, CMD_OPEN_STORNO
 from devices.sim import SimulatorHandle
-from tests.conftest import register_branch
+from tests.conftest import register_branch, wait_until
 from tests.e2e.test_agent_kill import (
     AgentProcess,
     KillAtFrame,
@@ -184,6 +184,18 @@ async def test_sigkill_around_a_return_without_receipt_stores_it_once(
         agent.stop()
 
 
+async def payout_settled(database: Path, return_id: str) -> bool:
+    engine = create_engine(database)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            status = await session.scalar(
+                select(AgentReturn.payout_status).where(AgentReturn.return_id == return_id)
+            )
+    finally:
+        await engine.dispose()
+    return status != "pending"
+
+
 async def test_sigkill_at_the_pay_out_pays_each_refund_out_once(
     central: Any,
     nats_server: EmbeddedNats,
@@ -214,6 +226,9 @@ async def test_sigkill_at_the_pay_out_pays_each_refund_out_once(
             )
             assert opened.status_code == 201, opened.text
         await crash_during(no_receipt("nr-k1", "2"), kill.as_executed)
+        # The restarted agent settles nr-k1's pay-out in the background (its own 0x46
+        # read): only then is the next request's pay-out the 2nd new 0x46 frame.
+        await wait_until(lambda: payout_settled(tmp_path / "agent" / "agent.db", "nr-k1"))
         await crash_during(no_receipt("nr-k2", "1"), kill.and_drop)
         # The till heard nothing of either and posts each again.
         first = await post_until_answered(url, no_receipt("nr-k1", "2"))
