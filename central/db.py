@@ -213,6 +213,7 @@ RECORD_REVISIONS: Mapping[str, str] = {
     "1806": "the chain's VAT groups",
     "1901": "customer returns without receipt (and who approved them)",
     "1902": "shifts' counted and expected cash at the close",
+    "1906": "whether a Z report was printed for shifts closed without its figures",
 }
 
 

@@ -3,7 +3,7 @@ manager (the second charge refunded, or found to be none): when, by whom, the no
 NULL while open, and on every row before it.
 
 Revision ID: a1911
-Revises: a1909
+Revises: a1910
 Create Date: 2026-11-29 20:40:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a1911"
-down_revision: str | Sequence[str] | None = "a1909"
+down_revision: str | Sequence[str] | None = "a1910"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
