@@ -117,30 +117,34 @@ async def _restored(
     return field, words, known
 
 
-async def refuse_if_restored(db: AsyncSession | DirectUnit, kind: str, till: str, key: str) -> None:
-    """Raise the 409 for a sale (``kind`` "sale") or return central holds from before
-    this database was restored; in the caller's transaction, before anything is written."""
+async def _raise_if_restored(
+    db: AsyncSession | DirectUnit,
+    kind: str,
+    till: str,
+    key: str,
+    error: type[Conflict | Gone],
+    then: str,
+) -> None:
     found = await _restored(db, kind, till, key)
     if found is not None:
         field, words, known = found
-        raise Conflict(
-            f"{words}; it is not recorded or printed again, do not charge it again",
-            field=field,
-            extra={"recorded_before_restore": known},
-        )
+        raise error(f"{words}; {then}", field=field, extra={"recorded_before_restore": known})
+
+
+async def refuse_if_restored(db: AsyncSession | DirectUnit, kind: str, till: str, key: str) -> None:
+    """Raise the 409 for a sale (``kind`` "sale") or return central holds from before
+    this database was restored; in the caller's transaction, before anything is written."""
+    await _raise_if_restored(
+        db, kind, till, key, Conflict, "it is not recorded or printed again, do not charge it again"
+    )
 
 
 async def gone_if_restored(db: AsyncSession, kind: str, till: str, key: str) -> None:
     """Raise the 410 for a look-up of such a record: the till learns it was recorded
     (and what is known of it) instead of a plain 404 that reads as never recorded."""
-    found = await _restored(db, kind, till, key)
-    if found is not None:
-        field, words, known = found
-        raise Gone(
-            f"{words}; this agent no longer has its lines and payments",
-            field=field,
-            extra={"recorded_before_restore": known},
-        )
+    await _raise_if_restored(
+        db, kind, till, key, Gone, "this agent no longer has its lines and payments"
+    )
 
 
 def _rows(page: HeldRecordsReply) -> Iterable[dict[str, object]]:

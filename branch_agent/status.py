@@ -184,20 +184,7 @@ async def build_status(agent: Agent) -> AgentStatus:
         unknown = await session.get(Counter, RESTORE_UNKNOWN)
         unchecked = await session.get(Counter, RESTORE_UNCHECKED)
         again = await recorded_again(session, open_only=True)
-        payouts = [
-            _payout_line(*row)
-            for row in await session.execute(
-                select(
-                    CustomerReturn.till,
-                    CustomerReturn.return_id,
-                    CustomerReturn.total,
-                    CustomerReturn.payout_status,
-                    CustomerReturn.payout_error,
-                )
-                .where(CustomerReturn.payout_status.in_(("pending", "failed")))
-                .order_by(CustomerReturn.id)
-            )
-        ]
+        payouts = [_payout_line(*row) for row in await session.execute(text(_PAYOUTS))]
         cash_rows: list[Any] = []
         for sql in _CASH_NOT_SETTLED:
             cash_rows += (await session.execute(text(sql))).all()
@@ -261,6 +248,13 @@ def _payout_line(
     )
 
 
+# Pay-outs not printed, the same on the running agent's engine and offline.
+_PAYOUTS = (
+    "SELECT till, return_id, total, payout_status, payout_error FROM customer_returns"
+    " WHERE payout_status IN ('pending', 'failed') ORDER BY id"
+)
+
+
 # What waits to be settled with a till's fiscal printer (besides pay-outs, listed on
 # their own): one query per kind, the same on the running agent's engine and offline.
 _CASH_NOT_SETTLED = (
@@ -313,20 +307,7 @@ def offline_status(
         first_unsent = one("SELECT min(seq) FROM outbox WHERE sent_at IS NULL")
         last_sent = one("SELECT max(sent_at) FROM outbox")
         applied_at = from_epoch_ms(md_state.get(APPLIED_AT_MS))
-        returns_columns = {r[1] for r in db.execute("PRAGMA table_info(customer_returns)")}
-        payouts = (
-            [
-                _payout_line(*row)
-                for row in db.execute(
-                    "SELECT till, return_id, total, payout_status, payout_error"
-                    " FROM customer_returns WHERE payout_status IN ('pending', 'failed')"
-                    " ORDER BY id"
-                )
-            ]
-            # a database not upgraded to a1907 yet has none
-            if "payout_status" in returns_columns
-            else []
-        )
+        payouts = [_payout_line(*row) for row in _offline_rows(db, (_PAYOUTS,))]
         status = AgentStatus(
             branch=branch,
             link=NOT_ANSWERING if running else NOT_RUNNING,
