@@ -22,9 +22,10 @@ branch's backlog too long to read during one request): then the answer says so a
 branch asks again, while ingestion shortens the backlog.
 
 Measured (``python -m bench.in_flight``, 2-core machine shared with other work, 100,000
-receipts of one branch interleaved with as many of three others): about 24,000
-messages/s decoded, 100,000 in 4.1 s; the former one-lookup-a-message read did 2,600/s
-(10,000 in 4 s), and a plain ordered consumer of the whole stream counts 52,000/s.
+receipts of one branch interleaved with as many of three others): 22,000-24,000
+messages/s decoded, 100,000 in 4.1-4.5 s; the former one-lookup-a-message read did
+2,300-2,600/s (10,000 in 4 s), and a plain ordered consumer of the whole stream counts
+44,000-52,000/s.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from protocol.subjects import HEARTBEAT_KIND, INGEST_DURABLE, UP_STREAM, parse_u
 
 __all__ = ["IN_FLIGHT_BUDGET_S", "IN_FLIGHT_MAX_MESSAGES", "InFlight", "read_in_flight"]
 
-# About 24,000 messages a second (see above): 100,000 within 6 s, leaving 4 s of the
+# 22,000-24,000 messages a second (see above): 100,000 within 6 s, leaving 4 s of the
 # branch's 10 s request timeout to the database's part. The count bounds the memory.
 IN_FLIGHT_MAX_MESSAGES = 150_000
 IN_FLIGHT_BUDGET_S = 6.0
