@@ -227,63 +227,65 @@ async def read_in_flight(
     the sales and returns among them numbered above ``after``. Never raises for
     JetStream: what could not be read is ``unread``."""
     found = InFlight()
+    # The connection under the context: its deliveries go to a plain subscription
+    # (nats-py's fetch waits with a timer per message, a third of the rate).
     nc: Client = js._nc
     name = f"in-flight-{branch}-{secrets.token_hex(6)}"
     created = False
     sub = None
-    budget = asyncio.timeout(budget_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
     try:
-        async with budget:
-            floor = await _ack_floor(js)
-            # Up to the end of the stream as it was when the read began: a branch
-            # sending on would otherwise keep it reading.
-            end = (await js.stream_info(UP_STREAM)).state.last_seq or 0
-            if end <= floor:
-                return found
-            read = _Read(nc, found, branch, after, end, max_messages)
-            sub = await nc.subscribe(
-                read.inbox,
-                cb=read.delivered,
-                pending_msgs_limit=4 * IN_FLIGHT_BATCH,
-                pending_bytes_limit=256 * 1024 * 1024,
-            )
-            # Deleted afterwards even if the answer to its creation never comes.
-            created = True
-            info = await js.add_consumer(
-                UP_STREAM,
-                ConsumerConfig(
-                    name=name,
-                    filter_subject=f"up.{branch}.>",
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=floor + 1,
-                    ack_policy=AckPolicy.NONE,
-                    # The server deletes it after that if central dies mid-read.
-                    inactive_threshold=IN_FLIGHT_CONSUMER_IDLE_S,
-                    mem_storage=True,
-                    num_replicas=1,
-                ),
-            )
-            if not info.num_pending:
-                return found
-            read.next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{UP_STREAM}.{name}"
-            await read.ask()
-            if await read.done:
-                return found
-        found.unread = _too_many(branch, found)
-    except TimeoutError as exc:
-        found.unread = _too_many(branch, found) if budget.expired() else _failed(branch, exc)
+        # Not cut by the budget: a consumer created after a request given up could not
+        # be deleted (its creation unknown); JetStream's own request timeouts bound it.
+        floor = await _ack_floor(js)
+        # Up to the end of the stream as it was when the read began: a branch sending
+        # on would otherwise keep it reading.
+        end = (await js.stream_info(UP_STREAM)).state.last_seq or 0
+        if end <= floor:
+            return found
+        read = _Read(nc, found, branch, after, end, max_messages)
+        sub = await nc.subscribe(
+            read.inbox,
+            cb=read.delivered,
+            pending_msgs_limit=4 * IN_FLIGHT_BATCH,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+        # Deleted afterwards even if the answer to its creation never comes.
+        created = True
+        info = await js.add_consumer(
+            UP_STREAM,
+            ConsumerConfig(
+                name=name,
+                filter_subject=f"up.{branch}.>",
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1,
+                ack_policy=AckPolicy.NONE,
+                # The server deletes it after that if central dies mid-read.
+                inactive_threshold=IN_FLIGHT_CONSUMER_IDLE_S,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        if not info.num_pending:
+            return found
+        # The context's API prefix ($JS.API, or a domain's).
+        read.next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{UP_STREAM}.{name}"
+        await read.ask()
+        try:
+            complete = await asyncio.wait_for(read.done, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            complete = False  # out of time
+        if not complete:
+            found.unread = _too_many(branch, found)
     except Exception as exc:
-        found.unread = _failed(branch, exc)
+        found.unread = (
+            f"central could not read its ingest queue for branch {branch}'s messages not "
+            f"stored yet ({type(exc).__name__}: {exc})"
+        )
     finally:
         await _remove(js, sub, name if created else "")
     return found
-
-
-def _failed(branch: str, exc: Exception) -> str:
-    return (
-        f"central could not read its ingest queue for branch {branch}'s messages not "
-        f"stored yet ({type(exc).__name__}: {exc})"
-    )
 
 
 def _too_many(branch: str, found: InFlight) -> str:

@@ -6,6 +6,7 @@ the up stream whatever way the read ends."""
 from __future__ import annotations
 
 import asyncio
+import time
 from itertools import chain, zip_longest
 
 import pytest
@@ -139,15 +140,21 @@ async def test_a_read_cut_short_says_so_and_leaves_no_consumer(
     cut = await read_in_flight(js, "B1", max_messages=7_000)
     assert "more of branch B1's messages than it reads at once (7000 read" in cut.unread
     assert await _consumers(js) == [INGEST_DURABLE]
-    # Out of time in the middle.
-    late = await read_in_flight(js, "B1", budget_s=0.3)
+    take = in_flight._take
+
+    # Out of time in the middle (each message made slow: 12,000 take 6 s).
+    def slow(*args: object) -> None:
+        time.sleep(0.0005)
+        take(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(in_flight, "_take", slow)
+    late = await read_in_flight(js, "B1", budget_s=1.0)
     assert "more of branch B1's messages than it reads at once" in late.unread
     assert 0 < late.messages < BACKLOG
     assert await _consumers(js) == [INGEST_DURABLE]
 
     # An error in the middle of the read.
     taken = 0
-    take = in_flight._take
 
     def failing(*args: object) -> None:
         nonlocal taken
