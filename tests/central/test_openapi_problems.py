@@ -1,0 +1,101 @@
+"""The OpenAPI document lists the errors each operation really answers: every
+operation was documented with its success and a 400 only, while central answers 401
+without a token, 403 to a role it does not allow, 404 for an unknown branch or record,
+422 for a malformed parameter or body and 503 when the database is away; and the
+reports, documented as JSON only, answer CSV too. Each documented status here is
+checked against a real answer, operation by operation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import register_branch, table_row_counts
+
+PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+# A value no typed query parameter (integer, boolean, date, date-time) takes.
+MALFORMED = {"integer", "boolean", "date", "date-time"}
+
+
+def _url(path: str, operation: dict[str, Any]) -> str:
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "path":
+            integer = "integer" in str(parameter["schema"])
+            path = path.replace(f"{{{parameter['name']}}}", "987654" if integer else "ZZ9")
+    return path
+
+
+def _typed_query(operation: dict[str, Any]) -> str | None:
+    """A query parameter of a type a word is not (its malformed value is a 422)."""
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "query" and MALFORMED & set(str(parameter["schema"]).split("'")):
+            return str(parameter["name"])
+    return None
+
+
+async def test_each_operation_documents_the_problems_it_answers(
+    central: Any, central_client: Any, client_as: Any
+) -> None:
+    await register_branch(central, "B001")
+    schema = (await central_client.get("/docs/openapi.json")).json()
+    anonymous = await client_as(None)
+    analyst = await client_as("analyst")
+    before = await table_row_counts(central)
+    checked: dict[int, int] = {401: 0, 403: 0, 404: 0, 422: 0}
+    for path, items in schema["paths"].items():
+        for method, operation in items.items():
+            responses = operation["responses"]
+            url = _url(path, operation)
+            for status in responses.keys() - {"200", "201", "204"}:
+                assert responses[status]["content"] == PROBLEM, (method, path, status)
+            if path == "/health":
+                assert responses.keys() == {"200", "400"}
+                continue
+            assert "503" in responses, (method, path)
+            r = await anonymous.request(method, url)
+            assert r.status_code == 401, (method, path, r.text)
+            assert "401" in responses, (method, path)
+            checked[401] += 1
+            r = await analyst.request(method, url)
+            assert (r.status_code == 403) == ("403" in responses), (method, path, r.text)
+            checked[403] += r.status_code == 403
+            if method != "get":
+                continue  # the admin's requests below change nothing only when they read
+            names = {p["name"] for p in operation.get("parameters", [])}
+            if "branch" in names and "{branch}" not in path:
+                # the other required parameters given, so that only the branch is at fault
+                query = {"branch": "ZZ9", "sku": "X", "date_from": "2026-11-01"}
+                query["date_to"] = "2026-11-02"
+                params = {k: v for k, v in query.items() if k in names}
+                r = await central_client.get(url, params=params)
+                assert (r.status_code == 404) == ("404" in responses), (path, r.text)
+                checked[404] += r.status_code == 404
+            elif "{" in path:
+                r = await central_client.get(url)
+                assert r.status_code == 404, (path, r.text)
+                assert "404" in responses, path
+                checked[404] += 1
+            typed = _typed_query(operation)
+            if typed is not None:
+                r = await central_client.get(url, params={typed: "not-a-value"})
+                assert r.status_code == 422, (path, typed, r.text)
+                assert "422" in responses, (path, typed)
+                checked[422] += 1
+    assert min(checked[401] // 3, checked[403], checked[404], checked[422]) >= 20, checked
+    assert await table_row_counts(central) == before
+
+
+async def test_the_reports_document_their_csv(central: Any, central_client: Any) -> None:
+    await register_branch(central, "B001")
+    schema = (await central_client.get("/docs/openapi.json")).json()
+    reports = {p: items["get"] for p, items in schema["paths"].items() if "/reports/" in p}
+    assert len(reports) == 10
+    for path, operation in reports.items():
+        content = operation["responses"]["200"]["content"]
+        assert set(content) == {"application/json", "text/csv"}, path
+        assert content["text/csv"]["schema"]["type"] == "string"
+        params = {"format": "csv"}
+        if any(p["name"] == "date_from" for p in operation["parameters"]):
+            params |= {"date_from": "2026-11-01", "date_to": "2026-11-02"}
+        r = await central_client.get(path, params=params)
+        assert r.status_code == 200, (path, r.text)
+        assert r.headers["content-type"].startswith("text/csv"), path
