@@ -367,6 +367,10 @@ async def test_dead_letter_replay_stores_the_event_once_the_branch_exists(
         ("/api/v1/receipts", {"date_from": NOV29, "date_to": NOV28}, "date_from"),
         ("/api/v1/customer-returns", {"date_from": NOV29, "date_to": NOV28}, "date_from"),
         ("/api/v1/documents", {"date_from": NOV29, "date_to": NOV28}, "date_from"),
+        # every records list with a period refuses it reversed (closed days listed none)
+        ("/api/v1/shifts", {"date_from": NOV29, "date_to": NOV28}, "date_from"),
+        ("/api/v1/shifts/closed-days", {"date_from": NOV29, "date_to": NOV28}, "date_from"),
+        ("/api/v1/fiscal-interventions", {"date_from": NOV29, "date_to": NOV28}, "date_from"),
         ("/api/v1/documents", {"doc_type": "gift"}, "doc_type"),
         ("/api/v1/dead-letters", {"status": "lost"}, "status"),
         ("/api/v1/receipts", {"date_from": "2026-13-01"}, "date_from"),
