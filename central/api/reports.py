@@ -49,12 +49,26 @@ FormatParam = Annotated[
 ]
 
 
+# The units of every report, which no field of the schema could say.
+UNITS = (
+    "Money in integer minor units (cents: 129 is 1.29); quantities in integer thousandths "
+    "of each product's own unit (`*_milli`: 7754 is 7.754; a quantity summed over several "
+    "products adds pieces, kilograms and litres alike); percentages as decimal text with "
+    "two places. Periods are the branches' local days, both ends inclusive. The CSV "
+    "(`format=csv` or `Accept: text/csv`) has the rows only, money and quantities as "
+    "exact decimal text, a `*_milli` field in a column named without the suffix, `_qty` "
+    "added where the name has none (`qty_milli`: `qty`, `opening_milli`: `opening_qty`)."
+)
+
+
 @dataclass
 class _JsonOrCsv(Operation):
     """A report's operation: its 200 is the JSON report or, with ``format=csv`` or
-    ``Accept: text/csv``, the rows as a CSV download; the document said JSON only."""
+    ``Accept: text/csv``, the rows as a CSV download; the document said JSON only, and
+    named no unit."""
 
     def __post_init__(self) -> None:
+        self.description = f"{self.description}\n\n{UNITS}" if self.description else UNITS
         ok = (self.responses or {}).get("200")
         if isinstance(ok, OpenAPIResponse):
             ok.content = {

@@ -2,7 +2,7 @@
 operation was documented with its success and a 400 only, while central answers 401
 without a token, 403 to a role it does not allow, 404 for an unknown branch or record,
 422 for a malformed parameter or body and 503 when the database is away; and the
-reports, documented as JSON only, answer CSV too. Each documented status here is
+reports, documented as JSON only and without units, answer CSV too. Each documented status here is
 checked against a real answer, operation by operation."""
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ async def test_the_reports_document_their_csv(central: Any, central_client: Any)
         content = operation["responses"]["200"]["content"]
         assert set(content) == {"application/json", "text/csv"}, path
         assert content["text/csv"]["schema"]["type"] == "string"
+        # the units, which no field says: cents, thousandths, the CSV's decimal text
+        assert "minor units (cents" in operation["description"], path
+        assert "`qty_milli`: `qty`" in operation["description"], path
         params = {"format": "csv"}
         if any(p["name"] == "date_from" for p in operation["parameters"]):
             params |= {"date_from": "2026-11-01", "date_to": "2026-11-02"}
