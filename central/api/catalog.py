@@ -10,12 +10,12 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.pagination import Limit, Offset
+from central.api.schemas import Page
 from central.services.catalog import (
     CategoryIn,
     CategoryOut,
     ProductIn,
     ProductOut,
-    ProductPage,
     ProductPatch,
     archive_product,
     create_category,
@@ -60,7 +60,7 @@ class ProductController(Controller):
         barcode: Annotated[str | None, QueryParameter(name="barcode")] = None,
         category: Annotated[str | None, QueryParameter(name="category")] = None,
         active: Annotated[bool | None, QueryParameter(name="active")] = None,
-    ) -> ProductPage:
+    ) -> Page[ProductOut]:
         return await list_products(
             db_session,
             q=q,

@@ -102,3 +102,22 @@ async def test_the_reports_document_their_csv(central: Any, central_client: Any)
         r = await central_client.get(path, params=params)
         assert r.status_code == 200, (path, r.text)
         assert r.headers["content-type"].startswith("text/csv"), path
+
+
+async def test_every_paged_list_answers_the_same_page(central: Any, central_client: Any) -> None:
+    """README: every list answers {"items", "total", "limit", "offset", "total_exact"};
+    the products list answered without total_exact."""
+    schema = (await central_client.get("/docs/openapi.json")).json()
+    components = schema["components"]["schemas"]
+    pages = []
+    for path, items in schema["paths"].items():
+        ok = items.get("get", {}).get("responses", {}).get("200", {})
+        ref = ok.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+        properties = components[ref.rsplit("/", 1)[1]]["properties"] if ref else {}
+        if "items" in properties and "total" in properties:
+            assert set(properties) == {"items", "total", "limit", "offset", "total_exact"}, path
+            pages.append(path)
+    assert "/api/v1/products" in pages
+    assert len(pages) >= 15
+    body = (await central_client.get("/api/v1/products")).json()
+    assert body["total_exact"] is True
