@@ -73,6 +73,11 @@ async def test_each_operation_documents_the_problems_it_answers(
                 r = await central_client.get(url)
                 assert r.status_code == 404, (path, r.text)
                 assert "404" in responses, path
+                # the problem names the path parameter at fault, as the document calls it
+                path_names = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+                named = {e["field"] for e in r.json()["errors"]}
+                assert named, (path, r.text)
+                assert named <= path_names, (path, named)
                 checked[404] += 1
             typed = _typed_query(operation)
             if typed is not None:

@@ -345,7 +345,7 @@ async def test_dead_letter_replay_stores_the_event_once_the_branch_exists(
     assert await sales(c, branch="B9") == [b9.events[0].body.sale_id]  # type: ignore[union-attr]
     assert (await page(c, f"/api/v1/dead-letters/{letter}"))["status"] == "replayed"
     again = problem(await c.post(f"/api/v1/dead-letters/{letter}/replay"), 409)
-    assert again["errors"] == [{"field": "id", "message": again["detail"]}]
+    assert again["errors"] == [{"field": "dead_letter_id", "message": again["detail"]}]
 
     # Replaying every open letter of one branch leaves the other branches' letters open.
     await register_branch(central, "B8")
