@@ -22,7 +22,7 @@ from protocol.problems import Problem
 if TYPE_CHECKING:
     from litestar.routes import BaseRoute
 
-__all__ = ["PROBLEM_DESCRIPTIONS", "ProblemResponses"]
+__all__ = ["CONFLICT", "PROBLEM_DESCRIPTIONS", "ProblemResponses"]
 
 PROBLEM_DESCRIPTIONS: dict[int, str] = {
     401: "Missing, malformed, unknown, expired or revoked bearer token "
@@ -33,6 +33,8 @@ PROBLEM_DESCRIPTIONS: dict[int, str] = {
     422: "Invalid input: a missing, malformed or invalid parameter or body field, named "
     "in errors[].field (a report: reversed dates, a period too long, an unknown grouping, "
     "more rows than report_max_rows)",
+    409: "Conflict with what central holds (the record exists already, or its state or "
+    "another record refuses the change), named in errors[].field; nothing changed",
     503: "The database is unavailable (Retry-After: 5), or a report took longer than "
     "report_statement_timeout_s",
 }
@@ -49,6 +51,10 @@ def _problem(status: int) -> ResponseSpec:
         media_type="application/problem+json",
         generate_examples=False,
     )
+
+
+# Declared by the routes that can answer it (``responses=CONFLICT``): no rule tells them.
+CONFLICT: dict[int, ResponseSpec] = {409: _problem(409)}
 
 
 class ProblemResponses(ReceiveRoutePlugin):

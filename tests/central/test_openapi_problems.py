@@ -126,3 +126,40 @@ async def test_every_paged_list_answers_the_same_page(central: Any, central_clie
     assert len(pages) >= 15
     body = (await central_client.get("/api/v1/products")).json()
     assert body["total_exact"] is True
+
+
+async def test_the_conflicts_answered_are_documented(central: Any, central_client: Any) -> None:
+    """A 409 (a record that exists already, a day closed twice, overlapping promotions)
+    is in the operation's OpenAPI entry."""
+    schema = (await central_client.get("/docs/openapi.json")).json()
+    c = central_client
+    product = {"sku": "P1", "name": "Milk", "vat_rate_bp": 1000}
+    promotion = {
+        "promotion_id": "PR1",
+        "type": "percent",
+        "percent_bp": 1000,
+        "skus": ["P1"],
+        "starts_at": "2030-01-01T00:00:00Z",
+        "ends_at": "2030-01-31T00:00:00Z",
+    }
+    twice = [
+        ("/api/v1/branches", {"code": "B1"}),
+        ("/api/v1/shifts/closed-days", {"branch": "B1", "local_date": "2026-11-01"}),
+        ("/api/v1/categories", {"code": "dairy", "name": "Dairy"}),
+        ("/api/v1/zones", {"code": "north", "name": "North"}),
+        ("/api/v1/formats", {"code": "mini", "name": "Mini"}),
+        ("/api/v1/products", product),
+        ("/api/v1/promotions", promotion),
+        ("/api/v1/promotions", {**promotion, "promotion_id": "PR2"}),
+        ("/api/v1/users", {"name": "ana", "role": "analyst"}),
+    ]
+    conflicts = 0
+    for path, body in twice:
+        first = await c.post(path, json=body)
+        if first.status_code != 409:
+            assert first.status_code in (200, 201), (path, first.text)
+            first = await c.post(path, json=body)
+        assert first.status_code == 409, (path, first.text)
+        assert "409" in schema["paths"][path]["post"]["responses"], path
+        conflicts += 1
+    assert conflicts == len(twice)
