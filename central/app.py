@@ -21,6 +21,7 @@ from central.api.documents import CustomerReturnController, DocumentController
 from central.api.fiscal import FiscalInterventionController
 from central.api.health import HealthController
 from central.api.masterdata import MASTER_DATA_CONTROLLERS
+from central.api.openapi_problems import ProblemResponses
 from central.api.problems import exception_handlers
 from central.api.receipts import ReceiptController
 from central.api.reports import ReportController
@@ -87,7 +88,13 @@ def create_app(settings: CentralSettings, *, runtime: CentralRuntime | None = No
         # QueryParameterRule: a query parameter the route does not declare, or a
         # single-valued one given twice, is a 400 problem naming it (after the guards).
         # StrictBodyRule: a number or boolean sent as text is a 422 naming it.
-        plugins=[StrictStructSchemaPlugin(), QueryParameterRule(), StrictBodyRule()],
+        # ProblemResponses: each operation's OpenAPI entry lists the problems it answers.
+        plugins=[
+            StrictStructSchemaPlugin(),
+            QueryParameterRule(),
+            StrictBodyRule(),
+            ProblemResponses(),
+        ],
         request_max_body_size=settings.max_request_body,
         openapi_config=OpenAPIConfig(
             title="Backroom head office API",

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.services.assortment import (
     AssortmentChange,
     AssortmentExceptionIn,
@@ -32,7 +33,12 @@ class FormatController(Controller):
     path = "/api/v1/formats"
     tags = ["assortment"]
 
-    @post("/", operation_id="createFormat", summary="A store format (cluster of branches)")
+    @post(
+        "/",
+        operation_id="createFormat",
+        responses=CONFLICT,
+        summary="A store format (cluster of branches)",
+    )
     async def create(
         self, db_session: NamedDependency[AsyncSession], data: JSONBody[FormatIn]
     ) -> FormatIn:

@@ -14,6 +14,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.auth.roles import Role, allow
@@ -127,6 +128,7 @@ class BranchController(Controller):
     @post(
         "/",
         operation_id="addBranch",
+        responses=CONFLICT,
         summary="Register a branch; returns its NATS credentials once",
     )
     async def add_branch(
@@ -179,6 +181,7 @@ class BranchController(Controller):
     @post(
         "/{code:str}/credentials",
         operation_id="issueBranchCredentials",
+        responses=CONFLICT,
         summary="New NATS credentials of a branch (shown once)",
         description=(
             "The earlier credentials stay valid, unless `retire_previous=true`: then NATS "
@@ -226,6 +229,7 @@ class BranchController(Controller):
     @post(
         "/{code:str}/reinstate",
         operation_id="reinstateBranch",
+        responses=CONFLICT,
         summary="Lift a branch's revocation; returns its new NATS credentials once",
         description=(
             "Central takes the branch's events again and replays its open dead letters "

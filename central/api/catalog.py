@@ -9,13 +9,14 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
+from central.api.schemas import Page
 from central.services.catalog import (
     CategoryIn,
     CategoryOut,
     ProductIn,
     ProductOut,
-    ProductPage,
     ProductPatch,
     archive_product,
     create_category,
@@ -36,7 +37,12 @@ class ProductController(Controller):
     path = "/api/v1/products"
     tags = ["catalog"]
 
-    @post("/", operation_id="createProduct", summary="Create a product with its barcodes")
+    @post(
+        "/",
+        operation_id="createProduct",
+        responses=CONFLICT,
+        summary="Create a product with its barcodes",
+    )
     async def create(
         self, db_session: NamedDependency[AsyncSession], data: JSONBody[ProductIn]
     ) -> ProductOut:
@@ -60,7 +66,7 @@ class ProductController(Controller):
         barcode: Annotated[str | None, QueryParameter(name="barcode")] = None,
         category: Annotated[str | None, QueryParameter(name="category")] = None,
         active: Annotated[bool | None, QueryParameter(name="active")] = None,
-    ) -> ProductPage:
+    ) -> Page[ProductOut]:
         return await list_products(
             db_session,
             q=q,
@@ -85,7 +91,12 @@ class ProductController(Controller):
     async def get_one(self, db_session: NamedDependency[AsyncSession], sku: Sku) -> ProductOut:
         return await get_product(db_session, sku)
 
-    @patch("/{sku:str}", operation_id="updateProduct", summary="Change fields of a product")
+    @patch(
+        "/{sku:str}",
+        operation_id="updateProduct",
+        responses=CONFLICT,
+        summary="Change fields of a product",
+    )
     async def update(
         self,
         db_session: NamedDependency[AsyncSession],
@@ -108,7 +119,12 @@ class CategoryController(Controller):
     path = "/api/v1/categories"
     tags = ["catalog"]
 
-    @post("/", operation_id="createCategory", summary="Add a category under a parent (or a root)")
+    @post(
+        "/",
+        operation_id="createCategory",
+        responses=CONFLICT,
+        summary="Add a category under a parent (or a root)",
+    )
     async def create(
         self, db_session: NamedDependency[AsyncSession], data: JSONBody[CategoryIn]
     ) -> CategoryOut:

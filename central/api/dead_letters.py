@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import DeadLetterOut, Page
 from central.auth.roles import Role, allow
@@ -55,6 +56,7 @@ class DeadLetterController(Controller):
     @post(
         "/{dead_letter_id:int}/replay",
         operation_id="replayDeadLetter",
+        responses=CONFLICT,
         summary="Process the stored message again (after a fix); it stays open if it fails again",
         status_code=200,
         # Operations on the sync pipeline: admins only (analysts read dead letters).
@@ -83,6 +85,7 @@ class DeadLetterController(Controller):
     @post(
         "/{dead_letter_id:int}/discard",
         operation_id="discardDeadLetter",
+        responses=CONFLICT,
         summary="Decide not to store the message (kept for the record)",
         status_code=200,
         opt=allow(Role.ADMIN),

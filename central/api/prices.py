@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.services.pricing import (
@@ -134,7 +135,12 @@ class PriceZoneController(Controller):
     path = "/api/v1/zones"
     tags = ["prices"]
 
-    @post("/", operation_id="createPriceZone", summary="A price zone (branches join by price_zone)")
+    @post(
+        "/",
+        operation_id="createPriceZone",
+        responses=CONFLICT,
+        summary="A price zone (branches join by price_zone)",
+    )
     async def create(
         self, db_session: NamedDependency[AsyncSession], data: JSONBody[PriceZoneIn]
     ) -> PriceZoneIn:
@@ -166,6 +172,7 @@ class RepricingController(Controller):
     @post(
         "/{document_id:int}/approve",
         operation_id="approveRepricing",
+        responses=CONFLICT,
         summary="Approve: schedule the new prices and record the stock revaluation",
         status_code=200,
     )

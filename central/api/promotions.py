@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.services.promotions import (
@@ -29,7 +30,12 @@ class PromotionController(Controller):
     path = "/api/v1/promotions"
     tags = ["promotions"]
 
-    @post("/", operation_id="createPromotion", summary="A promotion for branches and a time window")
+    @post(
+        "/",
+        operation_id="createPromotion",
+        responses=CONFLICT,
+        summary="A promotion for branches and a time window",
+    )
     async def create(
         self, db_session: NamedDependency[AsyncSession], data: JSONBody[PromotionIn]
     ) -> PromotionOut:

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,7 +35,7 @@ from central.settings import CentralSettings
 
 __all__ = ["ReportController"]
 
-# Required: the schema says so, and a missing one is a 400 naming it.
+# Required: the schema says so, and a missing one is a 422 naming it.
 DateFrom = Annotated[
     date, QueryParameter(name="date_from", description="First local day, inclusive")
 ]
@@ -45,6 +47,40 @@ FormatParam = Annotated[
     str | None,
     QueryParameter(name="format", description="json (default) or csv; Accept: text/csv works too"),
 ]
+
+
+# The units of every report, which no field of the schema could say.
+UNITS = (
+    "Money in integer minor units (cents: 129 is 1.29); quantities in integer thousandths "
+    "of each product's own unit (`*_milli`: 7754 is 7.754; a quantity summed over several "
+    "products adds pieces, kilograms and litres alike); percentages as decimal text with "
+    "two places. Periods are the branches' local days, both ends inclusive. The CSV "
+    "(`format=csv` or `Accept: text/csv`) has the rows only, money and quantities as "
+    "exact decimal text, a `*_milli` field in a column named without the suffix, `_qty` "
+    "added where the name has none (`qty_milli`: `qty`, `opening_milli`: `opening_qty`)."
+)
+
+
+@dataclass
+class _JsonOrCsv(Operation):
+    """A report's operation: its 200 is the JSON report or, with ``format=csv`` or
+    ``Accept: text/csv``, the rows as a CSV download; the document said JSON only, and
+    named no unit."""
+
+    def __post_init__(self) -> None:
+        self.description = f"{self.description}\n\n{UNITS}" if self.description else UNITS
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                **(ok.content or {}),
+                "text/csv": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        description="The rows, one line each, with a header line; money "
+                        "and quantities as exact decimal text (30.65, 7.754)",
+                    )
+                ),
+            }
 
 
 def _wants_csv(request: Request[Any, Any, Any], fmt: str | None) -> bool:
@@ -97,6 +133,7 @@ class ReportController(Controller):
 
     @get(
         "/sales",
+        operation_class=_JsonOrCsv,
         operation_id="salesReport",
         summary="Sales by branch, day, hour, cashier, product, category or payment type",
     )
@@ -135,6 +172,7 @@ class ReportController(Controller):
 
     @get(
         "/stock-on-hand",
+        operation_class=_JsonOrCsv,
         operation_id="stockOnHandReport",
         summary="Stock on hand by branch and product, at cost and at retail (head office's "
         "price in force, else the last selling price)",
@@ -161,6 +199,7 @@ class ReportController(Controller):
 
     @get(
         "/stock-movement",
+        operation_class=_JsonOrCsv,
         operation_id="stockMovementReport",
         summary="Opening, receipts, transfers, sales, returns, write-offs, stocktakes, closing",
     )
@@ -196,6 +235,7 @@ class ReportController(Controller):
 
     @get(
         "/gross-margin",
+        operation_class=_JsonOrCsv,
         operation_id="grossMarginReport",
         summary="Net sales minus cost of goods sold (moving average) by branch, category, product",
     )
@@ -226,6 +266,7 @@ class ReportController(Controller):
 
     @get(
         "/abc",
+        operation_class=_JsonOrCsv,
         operation_id="abcReport",
         summary="ABC analysis of products by revenue or margin, per branch or chain",
     )
@@ -259,7 +300,12 @@ class ReportController(Controller):
         result: AbcReport = _respond(request, fmt, report, "abc")
         return result
 
-    @get("/write-offs", operation_id="writeOffReport", summary="Write-offs by reason")
+    @get(
+        "/write-offs",
+        operation_class=_JsonOrCsv,
+        operation_id="writeOffReport",
+        summary="Write-offs by reason",
+    )
     async def write_offs(
         self,
         request: Request[Any, Any, Any],
@@ -285,7 +331,12 @@ class ReportController(Controller):
         result: WriteOffReport = _respond(request, fmt, report, "write-offs")
         return result
 
-    @get("/shrinkage", operation_id="shrinkageReport", summary="Stocktake differences")
+    @get(
+        "/shrinkage",
+        operation_class=_JsonOrCsv,
+        operation_id="shrinkageReport",
+        summary="Stocktake differences",
+    )
     async def shrinkage(
         self,
         request: Request[Any, Any, Any],
@@ -312,6 +363,7 @@ class ReportController(Controller):
 
     @get(
         "/shifts",
+        operation_class=_JsonOrCsv,
         operation_id="shiftReconciliationReport",
         summary="Per shift: Z totals and the till's closing beside the recorded receipts",
     )
@@ -341,6 +393,7 @@ class ReportController(Controller):
 
     @get(
         "/loss-prevention",
+        operation_class=_JsonOrCsv,
         operation_id="lossPreventionReport",
         summary="Cashiers with unusual rates of voids, returns or manual discounts",
     )
@@ -374,6 +427,7 @@ class ReportController(Controller):
 
     @get(
         "/sync-health",
+        operation_class=_JsonOrCsv,
         operation_id="syncHealthReport",
         summary="Per branch: last event, lag, outbox backlog, applied version, dead letters",
     )

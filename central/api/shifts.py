@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.auth.roles import Role, allow
@@ -88,6 +89,7 @@ class ShiftController(Controller):
     @post(
         "/closed-days",
         operation_id="closeDay",
+        responses=CONFLICT,
         summary="Close a branch's local day: sales filed into it later are flagged late",
         # Closing a day changes how later sales are filed: admins only.
         opt=allow(Role.ADMIN),

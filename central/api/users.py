@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.auth.roles import Role, allow
@@ -74,7 +75,12 @@ class UserController(Controller):
         users, total = await list_users(db_session, limit=limit, offset=offset)
         return Page(items=[_out(u) for u in users], total=total, limit=limit, offset=offset)
 
-    @post("/", operation_id="createUser", summary="Create a user; its token is shown once")
+    @post(
+        "/",
+        operation_id="createUser",
+        responses=CONFLICT,
+        summary="Create a user; its token is shown once",
+    )
     async def create_user(
         self,
         db_session: NamedDependency[AsyncSession],
@@ -99,6 +105,7 @@ class UserController(Controller):
     @post(
         "/{name:str}/tokens",
         operation_id="issueUserToken",
+        responses=CONFLICT,
         summary="Another token for a user (shown once)",
     )
     async def issue_token(

@@ -89,6 +89,8 @@ class StockOnHandRow(msgspec.Struct, kw_only=True):
     value_at_cost: int
     # qty x the retail unit price, half-up per branch and product.
     value_at_retail: int
+    # The retail unit price of a row holding one balance (one product at one branch,
+    # whatever the grouping); None on a row summing several, and without a price.
     unit_price: int | None = None
     # head_office: head office's selling price in force for the branch; last_sale: the
     # branch's last selling price (head office has none); mixed: both, over the rows

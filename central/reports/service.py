@@ -721,11 +721,15 @@ async def stock_on_hand(
             if acc is None:
                 per_key[key] = figures
                 sources[key] = source
+                # A row holding one balance (one branch's product: by product with a
+                # branch, by branch with a sku) has its price; a sum of several has none.
+                prices[key] = price
             else:
                 for i, figure in enumerate(figures):
                     acc[i] += figure
                 if sources[key] != source:
                     sources[key] = RETAIL_MIXED
+                prices[key] = None
         if len(per_key) > max_rows:
             raise _too_large(max_rows, "group_by", *narrower)
         if len(page) <= max_rows:

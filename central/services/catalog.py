@@ -16,6 +16,7 @@ import msgspec
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from central.api.schemas import Page
 from central.errors import ConflictError, NotFoundError, ValidationFailed
 from central.models import Category, PriceEntryRow, Product, ProductBarcode
 from central.services.audit import record_change
@@ -36,7 +37,6 @@ __all__ = [
     "CategoryOut",
     "ProductIn",
     "ProductOut",
-    "ProductPage",
     "ProductPatch",
     "archive_product",
     "create_category",
@@ -110,13 +110,6 @@ class ProductOut(msgspec.Struct, kw_only=True):
     active: bool
     version: int
     updated_at: datetime
-
-
-class ProductPage(msgspec.Struct, kw_only=True):
-    items: list[ProductOut]
-    total: int
-    limit: int
-    offset: int
 
 
 class CategoryIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -392,7 +385,7 @@ async def list_products(
     active: bool | None = None,
     limit: int = 100,
     offset: int = 0,
-) -> ProductPage:
+) -> Page[ProductOut]:
     query = select(Product)
     if q:
         # The user's text is matched literally: its own % and _ are not wildcards.
@@ -419,7 +412,8 @@ async def list_products(
     products = (
         await session.scalars(query.order_by(Product.sku).limit(limit).offset(offset))
     ).all()
-    return ProductPage(
+    # The page every list answers (total_exact included: the catalog is counted whole).
+    return Page(
         items=[await _out(session, p) for p in products],
         total=int(total or 0),
         limit=limit,

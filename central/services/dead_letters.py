@@ -108,7 +108,7 @@ async def list_dead_letters(
 async def get_dead_letter(session: AsyncSession, dead_letter_id: int) -> DeadLetterOut:
     row = await session.get(DeadLetter, dead_letter_id)
     if row is None:
-        raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
+        raise NotFoundError(f"dead letter {dead_letter_id} not found", field="dead_letter_id")
     return dead_letter_out(row)
 
 
@@ -123,10 +123,10 @@ async def replay_dead_letter(
     async with sessionmaker() as session:
         row = await session.get(DeadLetter, dead_letter_id)
         if row is None:
-            raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
+            raise NotFoundError(f"dead letter {dead_letter_id} not found", field="dead_letter_id")
         if row.status != "open":
             raise ConflictError(
-                f"dead letter {dead_letter_id} is {row.status}, not open", field="id"
+                f"dead letter {dead_letter_id} is {row.status}, not open", field="dead_letter_id"
             )
         before = _state(row)
         message = MessageIn(
@@ -204,8 +204,10 @@ async def discard_dead_letter(session: AsyncSession, dead_letter_id: int) -> Dea
     if getattr(result, "rowcount", 0) != 1:
         row = await session.get(DeadLetter, dead_letter_id)
         if row is None:
-            raise NotFoundError(f"dead letter {dead_letter_id} not found", field="id")
-        raise ConflictError(f"dead letter {dead_letter_id} is {row.status}, not open", field="id")
+            raise NotFoundError(f"dead letter {dead_letter_id} not found", field="dead_letter_id")
+        raise ConflictError(
+            f"dead letter {dead_letter_id} is {row.status}, not open", field="dead_letter_id"
+        )
     row = await session.get(DeadLetter, dead_letter_id, populate_existing=True)
     assert row is not None
     settled = await _settle_sequence(session, row)

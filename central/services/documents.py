@@ -18,7 +18,7 @@ from central.models import (
     StockDocument,
     StockDocumentLineRow,
 )
-from central.services.paging import check_branch, paged
+from central.services.paging import check_branch, check_period, paged
 from protocol.units import format_milli
 
 __all__ = [
@@ -119,11 +119,6 @@ class CustomerReturnOut(msgspec.Struct, kw_only=True):
     approved_by: str = ""
 
 
-def _dates(date_from: date | None, date_to: date | None) -> None:
-    if date_from and date_to and date_from > date_to:
-        raise ValidationFailed("date_from is after date_to", field="date_from")
-
-
 async def list_documents(
     session: AsyncSession,
     *,
@@ -137,7 +132,7 @@ async def list_documents(
     late: bool | None = None,
 ) -> Page[StockDocumentOut]:
     await check_branch(session, branch)
-    _dates(date_from, date_to)
+    check_period(date_from, date_to)
     if doc_type and doc_type not in DOCUMENT_TYPES:
         raise ValidationFailed(
             f"doc_type must be one of {', '.join(DOCUMENT_TYPES)}", field="doc_type"
@@ -272,7 +267,7 @@ async def list_customer_returns(
     late: bool | None = None,
 ) -> Page[CustomerReturnOut]:
     await check_branch(session, branch)
-    _dates(date_from, date_to)
+    check_period(date_from, date_to)
     r = CustomerReturn
     conditions: list[Any] = []
     if branch:

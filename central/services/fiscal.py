@@ -11,9 +11,8 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
-from central.errors import ValidationFailed
 from central.models import FiscalInterventionRow
-from central.services.paging import check_branch, paged
+from central.services.paging import check_branch, check_period, paged
 
 __all__ = ["FiscalInterventionOut", "interventions_of_shifts", "list_fiscal_interventions"]
 
@@ -75,8 +74,7 @@ async def list_fiscal_interventions(
     offset: int,
 ) -> Page[FiscalInterventionOut]:
     await check_branch(session, branch)
-    if date_from and date_to and date_from > date_to:
-        raise ValidationFailed("date_from is after date_to", field="date_from")
+    check_period(date_from, date_to)
     t = FiscalInterventionRow
     conditions = []
     if branch:

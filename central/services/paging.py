@@ -3,16 +3,24 @@ receipts or ledger costs seconds, a page milliseconds."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from central.api.schemas import Page
-from central.errors import NotFoundError
+from central.errors import NotFoundError, ValidationFailed
 from central.models import Branch
 
-__all__ = ["COUNT_AHEAD", "PageTotal", "check_branch", "page_total", "paged"]
+__all__ = [
+    "COUNT_AHEAD",
+    "PageTotal",
+    "check_branch",
+    "check_period",
+    "page_total",
+    "paged",
+]
 
 T = TypeVar("T")
 
@@ -57,3 +65,10 @@ async def check_branch(session: AsyncSession, branch: str | None) -> None:
     ``branch`` (as the reports answer), not an empty page that reads "no records"."""
     if branch and await session.get(Branch, branch) is None:
         raise NotFoundError(f"unknown branch {branch!r}", field="branch")
+
+
+def check_period(date_from: date | None, date_to: date | None) -> None:
+    """A records list's period with its ends reversed is a 422 naming ``date_from`` (as
+    the reports answer), not an empty page that reads "nothing in that period"."""
+    if date_from and date_to and date_from > date_to:
+        raise ValidationFailed("date_from is after date_to", field="date_from")

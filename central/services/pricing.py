@@ -1144,7 +1144,7 @@ async def _repricing_out(session: AsyncSession, doc: RepricingDocument) -> Repri
 async def get_repricing(session: AsyncSession, document_id: int) -> RepricingDocumentOut:
     doc = await session.get(RepricingDocument, document_id)
     if doc is None:
-        raise NotFoundError(f"no repricing document {document_id}", field="id")
+        raise NotFoundError(f"no repricing document {document_id}", field="document_id")
     return await _repricing_out(session, doc)
 
 
@@ -1360,7 +1360,7 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
     async with unit_of_work(session):
         doc = await session.get(RepricingDocument, document_id, with_for_update=True)
         if doc is None:
-            raise NotFoundError(f"no repricing document {document_id}", field="id")
+            raise NotFoundError(f"no repricing document {document_id}", field="document_id")
         if doc.status != "draft":
             raise ConflictError(f"document is {doc.status}, not draft", field="status")
         now = datetime.now(UTC)

@@ -15,9 +15,8 @@ from central.api.schemas import (
     ReceiptLineOut,
     ReceiptOut,
 )
-from central.errors import ValidationFailed
 from central.models import Receipt, ReceiptLineRow
-from central.services.paging import check_branch, paged
+from central.services.paging import check_branch, check_period, paged
 from protocol.units import format_milli
 
 __all__ = ["ReceiptQuery", "list_receipts", "receipt_out"]
@@ -39,8 +38,7 @@ class ReceiptQuery:
         limit: int = 100,
         offset: int = 0,
     ) -> None:
-        if date_from and date_to and date_from > date_to:
-            raise ValidationFailed("date_from is after date_to", field="date_from")
+        check_period(date_from, date_to)
         self.branch = branch
         self.till = till
         self.date_from = date_from

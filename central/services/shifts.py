@@ -24,7 +24,7 @@ from central.models import (
 )
 from central.services.audit import cli_actor, record_change
 from central.services.fiscal import FiscalInterventionOut, interventions_of_shifts
-from central.services.paging import check_branch, paged
+from central.services.paging import check_branch, check_period, paged
 
 __all__ = [
     "ClosedDayOut",
@@ -151,8 +151,7 @@ async def list_shifts(
     offset: int,
 ) -> Page[ShiftOut]:
     await check_branch(session, branch)
-    if date_from and date_to and date_from > date_to:
-        raise ValidationFailed("date_from is after date_to", field="date_from")
+    check_period(date_from, date_to)
     conditions = []
     if branch:
         conditions.append(Shift.branch == branch)
@@ -315,6 +314,7 @@ async def list_closed_days(
 ) -> Page[ClosedDayOut]:
     """The days head office closed, latest first."""
     await check_branch(session, branch)
+    check_period(date_from, date_to)
     conditions = []
     if branch is not None:
         conditions.append(ClosedDay.branch == branch)

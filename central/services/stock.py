@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from central.api.schemas import Page
-from central.errors import ValidationFailed
 from central.ingest.documents import is_whole
 from central.ingest.stock import div_half_up
 from central.models import (
@@ -36,7 +35,7 @@ from central.models import (
     StockTransferDiscrepancy,
     StockTransferLine,
 )
-from central.services.paging import check_branch, paged
+from central.services.paging import check_branch, check_period, paged
 from protocol.units import format_milli
 
 __all__ = [
@@ -210,8 +209,7 @@ async def list_ledger(
     offset: int,
 ) -> Page[StockMovementOut]:
     await check_branch(session, branch)
-    if date_from and date_to and date_from > date_to:
-        raise ValidationFailed("date_from is after date_to", field="date_from")
+    check_period(date_from, date_to)
     conditions = [StockMovement.branch == branch, StockMovement.sku == sku]
     if date_from:
         conditions.append(StockMovement.local_date >= date_from)

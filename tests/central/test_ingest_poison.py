@@ -292,7 +292,7 @@ async def test_the_cli_lists_replays_and_discards_dead_letters(
     again = await asyncio.to_thread(
         central_cli, db_url, tmp_path, "dead-letters", "discard", str(b8), exit_code=1
     )
-    assert again["field"] == "id"
+    assert again["field"] == "dead_letter_id"
     still_open = await asyncio.to_thread(central_cli, db_url, tmp_path, "dead-letters", "list")
     assert still_open["total"] == 0
     async with sessionmaker() as session:

@@ -795,6 +795,7 @@ async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[Asy
         today = await service.stock_on_hand(s, branch="B1")
         by_branch = await service.stock_on_hand(s, group_by="branch", at=at)
         by_product = await service.stock_on_hand(s, group_by="product", at=at)
+        one_branch = await service.stock_on_hand(s, branch="B1", group_by="product")
     rows = {(r.branch, r.sku): r for r in later.rows}
     assert {
         k: (r.qty_milli, r.unit_price, r.value_at_retail, r.retail_price_source)
@@ -826,3 +827,10 @@ async def test_stock_on_hand_at_head_office_prices(chain: async_sessionmaker[Asy
         "B": (450, "last_sale"),
         "W": (1681, "head_office"),
     }
+    # A row holding one balance has its unit price whatever the grouping (one branch's
+    # products: the prices of the rows by branch and product); a sum of several has none.
+    assert [(r.sku, r.unit_price) for r in one_branch.rows] == [
+        (r.sku, r.unit_price) for r in today.rows
+    ]
+    assert {r.branch: r.unit_price for r in by_branch.rows} == {"B1": None, "B2": 249}
+    assert {r.sku: r.unit_price for r in by_product.rows} == {"A": None, "B": 450, "W": 1349}
