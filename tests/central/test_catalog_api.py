@@ -381,6 +381,43 @@ async def test_price_tags_of_a_whole_price_list_in_a_few_queries(
     assert len(statements) <= 10, statements
 
 
+async def test_a_page_of_products_answers_each_ones_barcodes_in_a_few_queries(
+    central: Any, central_client: Any, db_url: str
+) -> None:
+    """Each product of a page carries its own barcodes, ordered, and a page of many
+    products costs the statements of one (its barcodes were a query per product)."""
+    from central.services.catalog import list_products
+
+    client = central_client
+    for n in range(30):
+        codes = [_ean13(f"{400638134000 + n:012}")] + (
+            [{"code": f"INT-{n}", "kind": "internal"}] if n % 3 == 0 else []
+        )
+        barcodes = [c if isinstance(c, dict) else {"code": c} for c in codes]
+        body = {"sku": f"Q{n:02}", "name": f"Item {n}", "vat_rate_bp": 1000, "barcodes": barcodes}
+        r = await client.post("/api/v1/products", json=body)
+        assert r.status_code == 201, r.text
+    await client.post("/api/v1/products", json={"sku": "Q99", "name": "No code", "vat_rate_bp": 0})
+
+    async with counted_statements(db_url) as (sessionmaker, statements), sessionmaker() as s:
+        page = await list_products(s, limit=1000)
+    assert page.total == 31
+    for n in range(30):
+        item = page.items[n]
+        assert item.sku == f"Q{n:02}"
+        expected = sorted(
+            [_ean13(f"{400638134000 + n:012}")] + ([f"INT-{n}"] if n % 3 == 0 else [])
+        )
+        assert [b.code for b in item.barcodes] == expected
+    assert page.items[30].sku == "Q99"
+    assert page.items[30].barcodes == []
+    # count, page, barcodes
+    assert len(statements) <= 4, statements
+
+    r = await client.get("/api/v1/products", params={"limit": 2, "offset": 29})
+    assert [(p["sku"], len(p["barcodes"])) for p in r.json()["items"]] == [("Q29", 1), ("Q99", 0)]
+
+
 def _ean13(first12: str) -> str:
     odd, even = sum(map(int, first12[0::2])), sum(map(int, first12[1::2]))
     return first12 + str((10 - (odd + 3 * even) % 10) % 10)
