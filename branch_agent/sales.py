@@ -395,8 +395,8 @@ class SaleService:
             raise Rejected("a sale's total must be positive", field="lines")
         if total > FISCAL_AMOUNT_MAX:
             raise Rejected(
-                f"the sale comes to {total}, above {FISCAL_AMOUNT_MAX} (9,999,999.99), the "
-                "most a fiscal receipt takes: split it",
+                f"the sale comes to {format_minor(total)}, above"
+                f" {format_minor(FISCAL_AMOUNT_MAX)}, the most a fiscal receipt takes: split it",
                 field="lines",
             )
         paid = sum(p.amount for p in sale.payments)
@@ -765,7 +765,8 @@ class SaleService:
             raise Rejected("a return without receipt must refund something", field="lines")
         if total > FISCAL_AMOUNT_MAX:
             raise Rejected(
-                f"the return comes to {total}, above {FISCAL_AMOUNT_MAX} (9,999,999.99): split it",
+                f"the return comes to {format_minor(total)}, above"
+                f" {format_minor(FISCAL_AMOUNT_MAX)}: split it",
                 field="lines",
             )
         refund_type = data.refund_type or "cash"
@@ -773,8 +774,9 @@ class SaleService:
             in_drawer = await self._drawer_cash(session, till, shift_id)
             if total > in_drawer:
                 raise Conflict(
-                    f"not enough cash in the drawer: {in_drawer} by the shift's records,"
-                    f" {total} to refund (refund another way, or put cash in first)",
+                    f"not enough cash in the drawer: {format_minor(in_drawer)} by the shift's"
+                    f" records, {format_minor(total)} to refund (refund another way, or put"
+                    " cash in first)",
                     field="refund_type",
                 )
         payout_status: str | None = None
