@@ -24,6 +24,7 @@ from protocol.limits import (
     OpeningFloat,
     PositiveInt32,
     RecordId,
+    RecordIdOrEmpty,
     TenderAmount,
     Text64,
 )
@@ -239,7 +240,7 @@ class WeightOut(msgspec.Struct, kw_only=True):
 class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Empty: the agent names it "<till>-<n>" (n past every shift central knows of; with a
     # random tag, "<till>-<n>-k7qz2", when opened before central answered this run).
-    shift_id: Code64 = ""
+    shift_id: RecordIdOrEmpty = ""
     cashier: Text64 = ""
     # Left out: 0 for a new shift, and not compared with an open one's.
     opening_float: OpeningFloat | None = None

@@ -81,6 +81,15 @@ RecordId = Annotated[
         extra={"hint": "an id of up to 64 characters, not empty or blanks only"},
     ),
 ]
+# The same where empty means "let the agent name it" (a shift's id).
+RecordIdOrEmpty = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=64,
+        pattern=f"^$|{NOT_BLANK}",
+        extra={"hint": "an id of up to 64 characters, or empty; not blanks only"},
+    ),
+]
 # Text for people: cashier and author names, product names, suppliers.
 Text64 = Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL)]
 Text200 = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]

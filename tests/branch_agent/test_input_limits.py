@@ -157,6 +157,7 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
     # An id of blanks only reads as none, yet a second record under it was a retry.
     ("/api/v1/sales", TILL, _sale("   "), "sale_id"),
     ("/api/v1/returns", TILL, _return(return_id=" \t"), "return_id"),
+    ("/api/v1/shifts", TILL2, {"shift_id": "  ", "cashier": "anna"}, "shift_id"),
     (
         "/api/v1/cash-moves",
         TILL2,
