@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "BEARER_CHALLENGE",
     "NOT_UTF8_DETAIL",
     "FieldError",
     "Problem",
@@ -34,6 +35,9 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     errors: tuple[FieldError, ...] = ()
     extra: dict[str, Any] | None = None
 
+
+# A 401 of either API says how to authenticate (RFC 9110 11.6.1).
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="backroom"'}
 
 NOT_UTF8_DETAIL = "request body is not valid UTF-8 JSON"
 # msgspec 0.23 reports a JSON string holding bytes that are not UTF-8 as a DecodeError

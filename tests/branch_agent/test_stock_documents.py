@@ -397,6 +397,14 @@ async def test_a_till_token_on_a_manager_route_is_forbidden(store: Store) -> Non
         assert nobody.status_code == 401, (url, nobody.text)
         none = await store.client.request(method, url, json=json)
         assert none.status_code == 401
+        # Each 401 says how to authenticate, as central's do.
+        for refused_401 in (nobody, none):
+            assert refused_401.headers["www-authenticate"] == 'Bearer realm="backroom"'
+            assert refused_401.headers["content-type"].startswith("application/problem+json")
+    # A till route without a token likewise.
+    no_till = await store.client.get("/api/v1/sales/pending")
+    assert no_till.status_code == 401
+    assert no_till.headers["www-authenticate"] == 'Bearer realm="backroom"'
     # And the manager's token is not a till's.
     sale = await store.client.get("/api/v1/sales/pending", headers=MANAGER)
     assert sale.status_code == 403, sale.text
