@@ -579,6 +579,7 @@ class SaleService:
                 line = by_no.get(line_in.line_no)
                 if line is None:
                     raise Rejected(f"the receipt has no line {line_in.line_no}", field=field)
+                assert line_in.quantity is not None  # _check_return_shape
                 try:
                     quantity = parse_milli(line_in.quantity)
                 except ValueError as exc:
@@ -972,7 +973,9 @@ class SaleService:
         return done
 
 
-def _milli(text: str) -> int | None:
+def _milli(text: str | None) -> int | None:
+    if text is None:
+        return None
     try:
         return parse_milli(text)
     except ValueError:
@@ -1005,12 +1008,9 @@ def _sale_difference(row: Sale, sale: SaleIn) -> str | None:
         where = f"lines[{index}]"
         if line_in.barcode != line.barcode or (line_in.sku and line_in.sku != line.sku):
             return f"{where} is {line.sku}"
-        if line_in.quantity is None:
-            # One piece, or the weight a scanned label carries (the same code again).
-            if line_in.barcode is None and line.quantity_milli != 1000:
-                return f"{where}.quantity {format_milli(line.quantity_milli)}"
-        elif _milli(line_in.quantity) != line.quantity_milli:
-            return f"{where}.quantity {format_milli(line.quantity_milli)}, now {line_in.quantity}"
+        difference = _quantity_difference(line_in.quantity, line_in.barcode, line.quantity_milli)
+        if difference is not None:
+            return f"{where}.quantity {difference}"
         if manual is not None or not line.manual_discount:
             sent = manual[index] if manual is not None else 0
             if line_in.manual_discount != sent:
@@ -1019,6 +1019,18 @@ def _sale_difference(row: Sale, sale: SaleIn) -> str | None:
             # Recorded before the amounts were kept: only that there was one, and at
             # most the line's whole discount.
             return f"{where}.manual_discount"
+    return None
+
+
+def _quantity_difference(sent: str | None, barcode: str | None, recorded: int) -> str | None:
+    """How a retried line's quantity differs from the recorded one (None: the same).
+    None sent is one piece, or the weight a scanned label carries (the same code again)."""
+    if sent is None:
+        if barcode is None and recorded != 1000:
+            return format_milli(recorded)
+        return None
+    if _milli(sent) != recorded:
+        return f"{format_milli(recorded)}, now {sent}"
     return None
 
 
@@ -1055,6 +1067,11 @@ def _check_return_shape(data: ReturnIn) -> None:
     for index, line in enumerate(data.lines):
         if line.line_no is None:
             raise Rejected("a receipt line number is required", field=f"lines[{index}].line_no")
+        if line.quantity is None:
+            raise Rejected(
+                f"the quantity returned of receipt line {line.line_no} is required",
+                field=f"lines[{index}].quantity",
+            )
         for name in ("sku", "barcode", "unit_price"):
             if getattr(line, name) is not None:
                 raise Rejected(
@@ -1112,8 +1129,9 @@ def _no_receipt_difference(recorded: CustomerReturnRecorded, data: ReturnIn) -> 
         where = f"lines[{index}]"
         if line_in.barcode != line.barcode or (line_in.sku and line_in.sku != line.sku):
             return f"{where} is {line.sku}"
-        if _milli(line_in.quantity) != line.quantity_milli:
-            return f"{where}.quantity {format_milli(line.quantity_milli)}, now {line_in.quantity}"
+        difference = _quantity_difference(line_in.quantity, line_in.barcode, line.quantity_milli)
+        if difference is not None:
+            return f"{where}.quantity {difference}"
         if line_in.unit_price is not None and (
             line_amount(line_in.unit_price, line.quantity_milli) != line.line_total
         ):

@@ -154,7 +154,9 @@ class SaleOut(msgspec.Struct, kw_only=True):
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The line number on the original receipt (a return against a receipt only).
     line_no: PositiveInt32 | None = None
-    quantity: QuantityText
+    # Required on a receipt's line. Without receipt, as on a sale line: none is one
+    # piece, or the weight of the scanned label (a weighed product needs one or the other).
+    quantity: QuantityText | None = None
     # A return without receipt names the product (as a sale line does) and may carry
     # the price the manager typed, in cents: at most the till's price now.
     sku: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
