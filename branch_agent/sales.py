@@ -468,7 +468,7 @@ class SaleService:
                     field=f"{field}.quantity",
                 )
         if quantity <= 0:
-            raise Rejected("quantity must be positive in a sale", field=f"{field}.quantity")
+            raise Rejected("quantity must be positive", field=f"{field}.quantity")
         if not item.weighed and quantity % 1000:
             raise Rejected(
                 f"{item.sku} is sold by the piece: whole quantities only",

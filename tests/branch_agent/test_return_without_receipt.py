@@ -159,6 +159,9 @@ async def test_a_line_without_quantity_is_one_piece_or_its_labels_weight(store: 
     await opened(store)
     before = await balances_of(store)
     label = embedded_code(101, 754)  # apples, 0.754 kg at 2.99
+    # (shared with the sale's lines, it said "in a sale")
+    nothing = await post(store, no_receipt("nr-10", {"sku": "COFFEE-250", "quantity": "0"}))
+    assert refused(nothing, 422, "lines[0].quantity") == "quantity must be positive"
     weighed = await post(store, no_receipt("nr-10", {"sku": "APPLE-KG"}))
     assert "is weighed" in refused(weighed, 422, "lines[0].quantity")
     contradicted = await post(store, no_receipt("nr-10", {"barcode": label, "quantity": "0.5"}))
