@@ -328,16 +328,16 @@ class SaleService:
             gross = line_amount(item.price, quantity)
             if item.price > FISCAL_AMOUNT_MAX:
                 raise Rejected(
-                    f"{item.sku} is priced {item.price}, above {FISCAL_AMOUNT_MAX} "
-                    "(9,999,999.99), the most a fiscal printer takes",
+                    f"{item.sku} is priced {format_minor(item.price)}, above"
+                    f" {format_minor(FISCAL_AMOUNT_MAX)}, the most a fiscal printer takes",
                     field=field,
                 )
             if gross > FISCAL_AMOUNT_MAX:
                 # the printer takes Price x Quantity up to 9,999,999.99 (and the sale is
                 # the same everywhere: a till without printer keeps the bound too)
                 raise Rejected(
-                    f"the line comes to {gross}, above {FISCAL_AMOUNT_MAX} (9,999,999.99), "
-                    "the most a fiscal receipt line takes",
+                    f"the line comes to {format_minor(gross)}, above"
+                    f" {format_minor(FISCAL_AMOUNT_MAX)}, the most a fiscal receipt line takes",
                     field=f"{field}.quantity",
                 )
             if line_in.manual_discount > gross:
@@ -735,7 +735,8 @@ class SaleService:
             gross = line_amount(item.price, quantity)
             if gross > FISCAL_AMOUNT_MAX:
                 raise Rejected(
-                    f"the line comes to {gross}, above {FISCAL_AMOUNT_MAX} (9,999,999.99)",
+                    f"the line comes to {format_minor(gross)}, above"
+                    f" {format_minor(FISCAL_AMOUNT_MAX)}",
                     field=f"{field}.quantity",
                 )
             paid = gross
