@@ -597,7 +597,10 @@ class SaleService:
                 left = line.quantity_milli - done_qty
                 if quantity > left:
                     raise Rejected(
-                        f"only {format_milli(left)} of line {line.line_no} can still be returned",
+                        f"line {line.line_no} ({line.sku}) was returned in full already"
+                        if left <= 0
+                        else f"only {format_milli(left)} of line {line.line_no} can still be"
+                        " returned",
                         field=f"{field}.quantity",
                     )
                 # The refund is the paid line total in proportion, cumulatively: what
