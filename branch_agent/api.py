@@ -53,6 +53,7 @@ from branch_agent.till_api import (
 from protocol.http_body import StrictBodyRule
 from protocol.http_query import QueryParameterRule, QueryRefused
 from protocol.problems import (
+    BEARER_CHALLENGE,
     NOT_UTF8_DETAIL,
     FieldError,
     Problem,
@@ -122,10 +123,12 @@ def _authenticated_till(
     agent = _agent(state)
     token = _bearer_token(authorization)
     if token is None:
-        raise NotAuthorizedException("a till token is required: Authorization: Bearer <token>")
+        raise NotAuthorizedException(
+            "a till token is required: Authorization: Bearer <token>", headers=BEARER_CHALLENGE
+        )
     found = _role_of(agent, token)
     if found is None:
-        raise NotAuthorizedException("unknown token")
+        raise NotAuthorizedException("unknown token", headers=BEARER_CHALLENGE)
     role, till = found
     if till is None:
         _forbidden(request, role, "till")
@@ -145,12 +148,14 @@ def _manager(
     token = _bearer_token(authorization)
     expected = agent.settings.manager_token
     if token is None:
-        raise NotAuthorizedException("the store manager's token is required")
+        raise NotAuthorizedException(
+            "the store manager's token is required", headers=BEARER_CHALLENGE
+        )
     if expected and hmac.compare_digest(expected.encode(), token.encode()):
         return "manager"
     found = _role_of(agent, token)
     if found is None:
-        raise NotAuthorizedException("unknown token")
+        raise NotAuthorizedException("unknown token", headers=BEARER_CHALLENGE)
     _forbidden(request, found[0], "manager")
 
 
@@ -635,12 +640,16 @@ def _problem(
     path: str,
     errors: tuple[FieldError, ...] = (),
     extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
     body = Problem(
         title=title, status=status, detail=detail, instance=path, errors=errors, extra=extra
     )
     return Response(
-        msgspec.json.encode(body), status_code=status, media_type="application/problem+json"
+        msgspec.json.encode(body),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
     )
 
 
@@ -660,7 +669,10 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
             exc.__cause__,
         )
         status = 422 if errors else 400
-    return _problem(status, problem_title(status), exc.detail, request.url.path, errors)
+    # The exception's headers go with it: a 401's challenge, a 405's Allow.
+    return _problem(
+        status, problem_title(status), exc.detail, request.url.path, errors, headers=exc.headers
+    )
 
 
 def _on_query_refused(request: Request[Any, Any, Any], exc: QueryRefused) -> Response[bytes]:

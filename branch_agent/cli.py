@@ -146,6 +146,25 @@ def _lines(specs: list[str], key: str, *, costs: bool = True) -> list[dict[str, 
     return lines
 
 
+def _document_file(name: str) -> dict[str, Any]:
+    """The JSON object of ``stock post FILE`` ('-': stdin); a file that cannot be read
+    or holds no JSON object is a usage error, before anything is sent (it was a
+    traceback)."""
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _usage_error(f"cannot read {name!r}: {exc}")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _usage_error(f"{name!r} is not JSON: {exc}")
+    if not isinstance(body, dict):
+        _usage_error(
+            f'{name!r} holds no JSON object: a document is {{"doc_type": ..., "lines": [...]}}'
+        )
+    return body
+
+
 def _agent_host(settings: AgentSettings) -> str:
     return "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
 
@@ -178,8 +197,7 @@ def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
         return 2
     method, path, body = "POST", "", None
     if args.stock_command == "post":
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-        path, body = "/api/v1/stock/documents", json.loads(text)
+        path, body = "/api/v1/stock/documents", _document_file(args.file)
     elif args.stock_command == "balances":
         method, path = "GET", "/api/v1/stock/balances"
     elif args.stock_command == "stocktake":

@@ -328,16 +328,16 @@ class SaleService:
             gross = line_amount(item.price, quantity)
             if item.price > FISCAL_AMOUNT_MAX:
                 raise Rejected(
-                    f"{item.sku} is priced {item.price}, above {FISCAL_AMOUNT_MAX} "
-                    "(9,999,999.99), the most a fiscal printer takes",
+                    f"{item.sku} is priced {format_minor(item.price)}, above"
+                    f" {format_minor(FISCAL_AMOUNT_MAX)}, the most a fiscal printer takes",
                     field=field,
                 )
             if gross > FISCAL_AMOUNT_MAX:
                 # the printer takes Price x Quantity up to 9,999,999.99 (and the sale is
                 # the same everywhere: a till without printer keeps the bound too)
                 raise Rejected(
-                    f"the line comes to {gross}, above {FISCAL_AMOUNT_MAX} (9,999,999.99), "
-                    "the most a fiscal receipt line takes",
+                    f"the line comes to {format_minor(gross)}, above"
+                    f" {format_minor(FISCAL_AMOUNT_MAX)}, the most a fiscal receipt line takes",
                     field=f"{field}.quantity",
                 )
             if line_in.manual_discount > gross:
@@ -395,8 +395,8 @@ class SaleService:
             raise Rejected("a sale's total must be positive", field="lines")
         if total > FISCAL_AMOUNT_MAX:
             raise Rejected(
-                f"the sale comes to {total}, above {FISCAL_AMOUNT_MAX} (9,999,999.99), the "
-                "most a fiscal receipt takes: split it",
+                f"the sale comes to {format_minor(total)}, above"
+                f" {format_minor(FISCAL_AMOUNT_MAX)}, the most a fiscal receipt takes: split it",
                 field="lines",
             )
         paid = sum(p.amount for p in sale.payments)
@@ -468,7 +468,7 @@ class SaleService:
                     field=f"{field}.quantity",
                 )
         if quantity <= 0:
-            raise Rejected("quantity must be positive in a sale", field=f"{field}.quantity")
+            raise Rejected("quantity must be positive", field=f"{field}.quantity")
         if not item.weighed and quantity % 1000:
             raise Rejected(
                 f"{item.sku} is sold by the piece: whole quantities only",
@@ -579,6 +579,7 @@ class SaleService:
                 line = by_no.get(line_in.line_no)
                 if line is None:
                     raise Rejected(f"the receipt has no line {line_in.line_no}", field=field)
+                assert line_in.quantity is not None  # _check_return_shape
                 try:
                     quantity = parse_milli(line_in.quantity)
                 except ValueError as exc:
@@ -596,7 +597,10 @@ class SaleService:
                 left = line.quantity_milli - done_qty
                 if quantity > left:
                     raise Rejected(
-                        f"only {format_milli(left)} of line {line.line_no} can still be returned",
+                        f"line {line.line_no} ({line.sku}) was returned in full already"
+                        if left <= 0
+                        else f"only {format_milli(left)} of line {line.line_no} can still be"
+                        " returned",
                         field=f"{field}.quantity",
                     )
                 # The refund is the paid line total in proportion, cumulatively: what
@@ -734,7 +738,8 @@ class SaleService:
             gross = line_amount(item.price, quantity)
             if gross > FISCAL_AMOUNT_MAX:
                 raise Rejected(
-                    f"the line comes to {gross}, above {FISCAL_AMOUNT_MAX} (9,999,999.99)",
+                    f"the line comes to {format_minor(gross)}, above"
+                    f" {format_minor(FISCAL_AMOUNT_MAX)}",
                     field=f"{field}.quantity",
                 )
             paid = gross
@@ -765,7 +770,8 @@ class SaleService:
             raise Rejected("a return without receipt must refund something", field="lines")
         if total > FISCAL_AMOUNT_MAX:
             raise Rejected(
-                f"the return comes to {total}, above {FISCAL_AMOUNT_MAX} (9,999,999.99): split it",
+                f"the return comes to {format_minor(total)}, above"
+                f" {format_minor(FISCAL_AMOUNT_MAX)}: split it",
                 field="lines",
             )
         refund_type = data.refund_type or "cash"
@@ -773,8 +779,9 @@ class SaleService:
             in_drawer = await self._drawer_cash(session, till, shift_id)
             if total > in_drawer:
                 raise Conflict(
-                    f"not enough cash in the drawer: {in_drawer} by the shift's records,"
-                    f" {total} to refund (refund another way, or put cash in first)",
+                    f"not enough cash in the drawer: {format_minor(in_drawer)} by the shift's"
+                    f" records, {format_minor(total)} to refund (refund another way, or put"
+                    " cash in first)",
                     field="refund_type",
                 )
         payout_status: str | None = None
@@ -970,7 +977,9 @@ class SaleService:
         return done
 
 
-def _milli(text: str) -> int | None:
+def _milli(text: str | None) -> int | None:
+    if text is None:
+        return None
     try:
         return parse_milli(text)
     except ValueError:
@@ -1003,12 +1012,9 @@ def _sale_difference(row: Sale, sale: SaleIn) -> str | None:
         where = f"lines[{index}]"
         if line_in.barcode != line.barcode or (line_in.sku and line_in.sku != line.sku):
             return f"{where} is {line.sku}"
-        if line_in.quantity is None:
-            # One piece, or the weight a scanned label carries (the same code again).
-            if line_in.barcode is None and line.quantity_milli != 1000:
-                return f"{where}.quantity {format_milli(line.quantity_milli)}"
-        elif _milli(line_in.quantity) != line.quantity_milli:
-            return f"{where}.quantity {format_milli(line.quantity_milli)}, now {line_in.quantity}"
+        difference = _quantity_difference(line_in.quantity, line_in.barcode, line.quantity_milli)
+        if difference is not None:
+            return f"{where}.quantity {difference}"
         if manual is not None or not line.manual_discount:
             sent = manual[index] if manual is not None else 0
             if line_in.manual_discount != sent:
@@ -1017,6 +1023,18 @@ def _sale_difference(row: Sale, sale: SaleIn) -> str | None:
             # Recorded before the amounts were kept: only that there was one, and at
             # most the line's whole discount.
             return f"{where}.manual_discount"
+    return None
+
+
+def _quantity_difference(sent: str | None, barcode: str | None, recorded: int) -> str | None:
+    """How a retried line's quantity differs from the recorded one (None: the same).
+    None sent is one piece, or the weight a scanned label carries (the same code again)."""
+    if sent is None:
+        if barcode is None and recorded != 1000:
+            return format_milli(recorded)
+        return None
+    if _milli(sent) != recorded:
+        return f"{format_milli(recorded)}, now {sent}"
     return None
 
 
@@ -1053,6 +1071,11 @@ def _check_return_shape(data: ReturnIn) -> None:
     for index, line in enumerate(data.lines):
         if line.line_no is None:
             raise Rejected("a receipt line number is required", field=f"lines[{index}].line_no")
+        if line.quantity is None:
+            raise Rejected(
+                f"the quantity returned of receipt line {line.line_no} is required",
+                field=f"lines[{index}].quantity",
+            )
         for name in ("sku", "barcode", "unit_price"):
             if getattr(line, name) is not None:
                 raise Rejected(
@@ -1110,8 +1133,9 @@ def _no_receipt_difference(recorded: CustomerReturnRecorded, data: ReturnIn) -> 
         where = f"lines[{index}]"
         if line_in.barcode != line.barcode or (line_in.sku and line_in.sku != line.sku):
             return f"{where} is {line.sku}"
-        if _milli(line_in.quantity) != line.quantity_milli:
-            return f"{where}.quantity {format_milli(line.quantity_milli)}, now {line_in.quantity}"
+        difference = _quantity_difference(line_in.quantity, line_in.barcode, line.quantity_milli)
+        if difference is not None:
+            return f"{where}.quantity {difference}"
         if line_in.unit_price is not None and (
             line_amount(line_in.unit_price, line.quantity_milli) != line.line_total
         ):

@@ -23,9 +23,12 @@ from protocol.limits import (
     NonNegativeInt64,
     OpeningFloat,
     PositiveInt32,
+    RecordId,
+    RecordIdOrEmpty,
     TenderAmount,
     Text64,
 )
+from protocol.units import QUANTITY_HINT
 
 __all__ = [
     "CashMoveIn",
@@ -51,7 +54,13 @@ __all__ = [
     "XReportOut",
 ]
 
-QuantityText = Annotated[str, msgspec.Meta(pattern=r"^-?\d{1,6}(\.\d{1,3})?$")]
+QuantityText = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^-?\d{1,6}(\.\d{1,3})?$",
+        extra={"hint": QUANTITY_HINT},
+    ),
+]
 # Why a return, cash move or write-off happened, as a person typed it. Central keeps it
 # whole; the bound keeps every event well inside one NATS message.
 ReasonText = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)]
@@ -76,7 +85,7 @@ class PaymentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 class SaleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The till's own id of this sale: posting it again returns the original receipt.
-    sale_id: Annotated[Code64, msgspec.Meta(min_length=1)]
+    sale_id: RecordId
     # Empty: the till's open shift; another id (closed, another till's) is refused.
     shift_id: Code64 = ""
     # Empty: the open shift's cashier.
@@ -145,7 +154,9 @@ class SaleOut(msgspec.Struct, kw_only=True):
 class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The line number on the original receipt (a return against a receipt only).
     line_no: PositiveInt32 | None = None
-    quantity: QuantityText
+    # Required on a receipt's line. Without receipt, as on a sale line: none is one
+    # piece, or the weight of the scanned label (a weighed product needs one or the other).
+    quantity: QuantityText | None = None
     # A return without receipt names the product (as a sale line does) and may carry
     # the price the manager typed, in cents: at most the till's price now.
     sku: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
@@ -154,7 +165,7 @@ class ReturnLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class ReturnIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    return_id: Annotated[Code64, msgspec.Meta(min_length=1)]
+    return_id: RecordId
     # Required unless without_receipt (then refused).
     original_sale_id: Annotated[Code64, msgspec.Meta(min_length=1)] | None = None
     # No receipt: lines by product at the till's price now (or lower), a manager's
@@ -231,7 +242,7 @@ class WeightOut(msgspec.Struct, kw_only=True):
 class ShiftOpenIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Empty: the agent names it "<till>-<n>" (n past every shift central knows of; with a
     # random tag, "<till>-<n>-k7qz2", when opened before central answered this run).
-    shift_id: Code64 = ""
+    shift_id: RecordIdOrEmpty = ""
     cashier: Text64 = ""
     # Left out: 0 for a new shift, and not compared with an open one's.
     opening_float: OpeningFloat | None = None
@@ -294,7 +305,7 @@ class ShiftCloseOut(msgspec.Struct, kw_only=True):
 
 
 class CashMoveIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    move_id: Annotated[Code64, msgspec.Meta(min_length=1)]
+    move_id: RecordId
     direction: Literal["in", "out"]
     # At most 10,000,000.00: a shift's moves add up without overflowing 64 bits.
     amount: CashMoveAmount

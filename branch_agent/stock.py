@@ -45,7 +45,7 @@ from protocol.limits import (
     Text200,
 )
 from protocol.subjects import validate_branch_code
-from protocol.units import format_milli, parse_milli
+from protocol.units import QUANTITY_HINT, format_milli, parse_milli
 
 __all__ = [
     "REPEAT_WINDOW",
@@ -99,7 +99,13 @@ _PREFIX = {
 }
 # Decimal text, up to 3 decimals (thousandths); the CLI checks its lines with it too.
 QUANTITY_PATTERN = r"^\d{1,7}(\.\d{1,3})?$"
-Quantity = Annotated[str, msgspec.Meta(pattern=QUANTITY_PATTERN)]
+Quantity = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=QUANTITY_PATTERN,
+        extra={"hint": QUANTITY_HINT},
+    ),
+]
 
 
 class StockLineIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -461,7 +467,7 @@ class StockService:
                     )
                 if doc.doc_type in _NO_UNIT_COST and line.unit_cost is not None:
                     raise Rejected(
-                        f"a {doc.doc_type} takes no unit cost: {_NO_UNIT_COST[doc.doc_type]}",
+                        f"a {_WORDS[doc.doc_type]} takes no unit cost: {_NO_UNIT_COST[doc.doc_type]}",
                         field=f"{field}.unit_cost",
                     )
                 lines.append(

@@ -68,6 +68,28 @@ NO_NUL = r"^[^\x00]*$"
 # Identifiers and codes: till ids, SKUs, barcodes, sale and document ids.
 Code32 = Annotated[str, msgspec.Meta(max_length=32, pattern=NO_NUL)]
 Code64 = Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL)]
+# An id a client gives its record (sale, return, cash move): something that is not a
+# blank. Blanks only ("  ") looked like no id to the person reading it, yet a second
+# record under it was a retry of the first.
+NOT_BLANK = r"^[^\x00]*[^\x00\s][^\x00]*$"
+RecordId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=NOT_BLANK,
+        extra={"hint": "an id of up to 64 characters, not empty or blanks only"},
+    ),
+]
+# The same where empty means "let the agent name it" (a shift's id).
+RecordIdOrEmpty = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=64,
+        pattern=f"^$|{NOT_BLANK}",
+        extra={"hint": "an id of up to 64 characters, or empty; not blanks only"},
+    ),
+]
 # Text for people: cashier and author names, product names, suppliers.
 Text64 = Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL)]
 Text200 = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "BEARER_CHALLENGE",
     "NOT_UTF8_DETAIL",
     "FieldError",
     "Problem",
@@ -34,6 +35,9 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     errors: tuple[FieldError, ...] = ()
     extra: dict[str, Any] | None = None
 
+
+# A 401 of either API says how to authenticate (RFC 9110 11.6.1).
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="backroom"'}
 
 NOT_UTF8_DETAIL = "request body is not valid UTF-8 JSON"
 # msgspec 0.23 reports a JSON string holding bytes that are not UTF-8 as a DecodeError
@@ -84,6 +88,27 @@ def _required_fields(body_type: Any) -> list[str]:
     return [f.encode_name for f in info.fields if f.required]
 
 
+def _optional(info: Any) -> Any:
+    """``T | None`` as ``T`` (an optional field's hint is its type's)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        types = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(types) == 1:
+            return types[0]
+    return info
+
+
+def _unwrapped(info: Any) -> Any:
+    """The Struct a field holds, through lists, metadata and ``| None``."""
+    while True:
+        info = _optional(info)
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        elif isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        else:
+            return info
+
+
 def _field_hint(body_type: Any, path: str) -> str | None:
     """The ``hint`` a body field's ``msgspec.Meta(extra=...)`` carries (e.g.
     ``protocol.units.MinorUnits``), found by the error's path ("lines[0].price")."""
@@ -94,14 +119,13 @@ def _field_hint(body_type: Any, path: str) -> str | None:
     except (TypeError, ValueError):
         return None
     for name in re.sub(r"\[\d+\]", "", path).split("."):
-        while isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.Metadata)):
-            info = info.type if isinstance(info, msgspec.inspect.Metadata) else info.item_type
+        info = _unwrapped(info)
         if not isinstance(info, msgspec.inspect.StructType):
             return None
         field = next((f for f in info.fields if f.encode_name == name), None)
         if field is None:
             return None
-        info = field.type
+        info = _optional(field.type)
     if isinstance(info, msgspec.inspect.Metadata) and info.extra:
         hint = info.extra.get("hint")
         return str(hint) if hint else None

@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
+    "QUANTITY_HINT",
     "MinorUnits",
     "format_milli",
     "format_minor",
@@ -30,6 +31,10 @@ MinorUnits = Annotated[
         extra={"hint": "money is in integer minor units (cents): 1.29 is 129"},
     ),
 ]
+
+# Appended to msgspec's "Expected `str` matching regex ..." for a quantity in a body:
+# the regex alone does not tell a cashier's app what to send.
+QUANTITY_HINT = 'a quantity is decimal text with a dot and up to 3 decimals, e.g. "2" or "0.754"'
 
 
 def format_milli(quantity_milli: int) -> str:

@@ -31,6 +31,7 @@ from central.auth.roles import (
     is_public_path,
     required_roles,
 )
+from protocol.problems import BEARER_CHALLENGE
 
 __all__ = ["ApiAuthMiddleware", "authorize"]
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # Generic audit entries keep at most this much of a request body.
 AUDIT_BODY_LIMIT = 64 * 1024
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="backroom"'}
 
 
 def _public_scope(scope: Scope) -> bool:
@@ -53,7 +53,7 @@ def _bearer(scope: Scope) -> str:
                 return token.strip()
             break
     raise NotAuthorizedException(
-        "credentials are required: Authorization: Bearer <token>", headers=_CHALLENGE
+        "credentials are required: Authorization: Bearer <token>", headers=BEARER_CHALLENGE
     )
 
 
@@ -74,7 +74,7 @@ class ApiAuthMiddleware(ASGIMiddleware):
             principal = await authenticate_token(session, token)
         if principal is None:
             raise NotAuthorizedException(
-                "the token is unknown, expired or revoked", headers=_CHALLENGE
+                "the token is unknown, expired or revoked", headers=BEARER_CHALLENGE
             )
         scope["user"] = principal
         scope["auth"] = principal.token_id
@@ -132,7 +132,7 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
         return
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal):
-        raise NotAuthorizedException("credentials are required", headers=_CHALLENGE)
+        raise NotAuthorizedException("credentials are required", headers=BEARER_CHALLENGE)
     method = str(connection.scope.get("method", "GET"))
     allowed = required_roles(method, path, handler.opt)
     if Role(principal.role) not in allowed:

@@ -66,11 +66,17 @@ def _run_against_listener(
         # An "@" with nothing after it was sent without a cost.
         (("goods-receipt", "MILK=5@"), "bad unit cost '' in 'MILK=5@'"),
         (("goods-receipt", "MILK=5@0.70"), "whole number of cents"),
+        # stock post FILE: a file it cannot read or that holds no document was a traceback.
+        (("post", "missing.json"), "cannot read 'missing.json': [Errno 2]"),
+        (("post", "text.json"), "'text.json' is not JSON: Expecting value"),
+        (("post", "list.json"), "'list.json' holds no JSON object"),
     ],
 )
 def test_a_bad_stock_line_is_refused_before_anything_is_sent(
     tmp_path: Path, args: tuple[str, ...], named: str
 ) -> None:
+    (tmp_path / "text.json").write_text("goods_receipt MILK=5@70\n")
+    (tmp_path / "list.json").write_text('[{"sku": "MILK", "quantity": "5"}]')
     out, connections = _run_against_listener(tmp_path, "stock", *args)
     assert out.returncode == 2, out.stderr
     assert named in out.stderr, out.stderr

@@ -34,11 +34,20 @@ async def test_amounts_beyond_the_printer_are_refused_naming_the_field(store: St
         # each line fits, the receipt does not: 2 x 6,450,000.00
         (TILL, cheese("b5", "500000", "500000"), "lines"),
     ]
+    details: dict[str, str] = {}
     for headers, body, field in cases:
         response = await store.client.post("/api/v1/sales", json=body, headers=headers)
         assert response.status_code == 422, (field, response.text)
         problem = response.json()
         assert [e["field"] for e in problem["errors"]] == [field], problem
+        details[field] = problem["detail"]
+    # In money, as a person reads it (they said "12899999999 above 999999999").
+    assert details["lines[0].quantity"] == (
+        "the line comes to 12899999.99, above 9999999.99, the most a fiscal receipt line takes"
+    )
+    assert details["lines"] == (
+        "the sale comes to 12900000.00, above 9999999.99, the most a fiscal receipt takes: split it"
+    )
     # nothing recorded, nothing printed, no stock taken
     assert await store.events("receipt_recorded") == []
     assert store.fiscal.sim.receipts == []

@@ -154,6 +154,16 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
     ("/api/v1/returns", TILL, _return(reason="wrong size\x00"), "reason"),
     ("/api/v1/stock/documents", MANAGER, _RECEIPT | {"reason": "\x00"}, "reason"),
     ("/api/v1/stock/stocktakes", MANAGER, {"reason": "r" * 1001}, "reason"),
+    # An id of blanks only reads as none, yet a second record under it was a retry.
+    ("/api/v1/sales", TILL, _sale("   "), "sale_id"),
+    ("/api/v1/returns", TILL, _return(return_id=" \t"), "return_id"),
+    ("/api/v1/shifts", TILL2, {"shift_id": "  ", "cashier": "anna"}, "shift_id"),
+    (
+        "/api/v1/cash-moves",
+        TILL2,
+        {"move_id": "  ", "direction": "in", "amount": 100, "reason": "float"},
+        "move_id",
+    ),
 ]
 
 
@@ -341,3 +351,46 @@ async def test_a_body_refused_for_other_reasons_keeps_the_frameworks_words(store
     assert "not as text" not in error["message"]
     opened = await store.client.post("/api/v1/shifts", json={"opening_float": 100}, headers=TILL2)
     assert opened.status_code == 201, opened.text
+
+
+# (route, credentials, body, the field at fault, the words its message ends in)
+HINT_CASES: list[tuple[str, dict[str, str], dict[str, Any], str, str]] = [
+    ("/api/v1/sales", TILL, _sale("h1"), "sale_id", "not empty or blanks only"),
+    (
+        "/api/v1/sales",
+        TILL,
+        _sale("h2", lines=[{"sku": "CHEESE-KG", "quantity": "0,754"}]),
+        "lines[0].quantity",
+        'e.g. "2" or "0.754"',
+    ),
+    (
+        "/api/v1/stock/documents",
+        MANAGER,
+        _RECEIPT | {"lines": [{"sku": "MILK-1L", "quantity": "-2", "unit_cost": 70}]},
+        "lines[0].quantity",
+        'e.g. "2" or "0.754"',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "headers", "body", "field", "hint"),
+    HINT_CASES,
+    ids=[f"{r}:{f}" for r, _, _, f, _ in HINT_CASES],
+)
+async def test_a_malformed_id_or_quantity_is_refused_saying_what_to_send(
+    store: Store, route: str, headers: dict[str, str], body: dict[str, Any], field: str, hint: str
+) -> None:
+    """msgspec's "Expected `str` matching regex '^...$'" alone does not tell the till's
+    or the manager's app what to send: the problem adds it, nothing recorded."""
+    if route == "/api/v1/sales":
+        opened = await store.client.post("/api/v1/shifts", json={}, headers=headers)
+        assert opened.status_code == 201, opened.text
+        body = body | {"sale_id": "\u00a0 "} if field == "sale_id" else body
+    before = await _counts(store)
+    response = await store.client.post(route, json=body, headers=headers)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["field"] == field
+    assert error["message"].endswith(hint), error
+    assert await _counts(store) == before

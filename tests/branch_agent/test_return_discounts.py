@@ -132,6 +132,8 @@ async def test_a_discounted_line_returned_in_two_parts_adds_up_to_the_original(
     more = await post_return(store, return_body("r-2c", "s-2", (1, "1")))
     assert more.status_code == 422
     assert more.json()["errors"][0]["field"] == "lines[0].quantity"
+    # Said so, not "only 0.000 of line 1 can still be returned".
+    assert more.json()["detail"] == "line 1 (MILK-1L) was returned in full already"
 
 
 async def test_a_weighed_discounted_line_returned_in_part(store: Store) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from devices.fiscal_datecs import CMD_OPEN_STORNO
 from protocol.events import CustomerReturnRecorded
-from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store
+from tests.branch_agent.conftest import MANAGER, TILL, TILL2, Store, embedded_code
 from tests.branch_agent.test_stock_documents import balances_of, refused
 
 APPROVAL = {**TILL, "X-Manager-Token": "manager-secret"}
@@ -152,6 +152,54 @@ async def test_bad_shapes_are_refused_and_change_nothing(store: Store) -> None:
     assert await balances_of(store) == before
 
 
+async def test_a_line_without_quantity_is_one_piece_or_its_labels_weight(store: Store) -> None:
+    """Lines name the product as a sale line does: a scanned label carries its weight,
+    a piece without quantity is one; a weighed product needs one or the other. (The
+    quantity was required: a label scanned at the till was refused.)"""
+    await opened(store)
+    before = await balances_of(store)
+    label = embedded_code(101, 754)  # apples, 0.754 kg at 2.99
+    # (shared with the sale's lines, it said "in a sale")
+    nothing = await post(store, no_receipt("nr-10", {"sku": "COFFEE-250", "quantity": "0"}))
+    assert refused(nothing, 422, "lines[0].quantity") == "quantity must be positive"
+    weighed = await post(store, no_receipt("nr-10", {"sku": "APPLE-KG"}))
+    assert "is weighed" in refused(weighed, 422, "lines[0].quantity")
+    contradicted = await post(store, no_receipt("nr-10", {"barcode": label, "quantity": "0.5"}))
+    assert "the label says 0.754" in refused(contradicted, 422, "lines[0].quantity")
+    # A return against a receipt says how much of the line comes back.
+    unsaid = await post(
+        store, {"return_id": "r-10", "original_sale_id": "s-1", "lines": [{"line_no": 1}]}
+    )
+    assert "line 1 is required" in refused(unsaid, 422, "lines[0].quantity")
+    assert await returns_recorded(store) == []
+    assert await balances_of(store) == before
+    body = no_receipt("nr-10", {"barcode": label}, {"sku": "COFFEE-250"}, refund_type="voucher")
+    first = await post(store, body)
+    assert first.status_code == 201, first.text
+    assert [
+        (line["sku"], line["quantity"], line["line_total"]) for line in first.json()["lines"]
+    ] == [
+        ("APPLE-KG", "0.754", 225),
+        ("COFFEE-250", "1.000", COFFEE_PRICE),
+    ]
+    after = await balances_of(store)
+    assert after.get("APPLE-KG", 0) - before.get("APPLE-KG", 0) == 754
+    # The same again is a retry, with or without the quantities it stood for.
+    assert (await post(store, body)).status_code == 200
+    said = no_receipt(
+        "nr-10",
+        {"barcode": label, "quantity": "0.754"},
+        {"sku": "COFFEE-250", "quantity": "1"},
+        refund_type="voucher",
+    )
+    assert (await post(store, said)).status_code == 200
+    two = no_receipt(
+        "nr-10", {"barcode": label}, {"sku": "COFFEE-250", "quantity": "2"}, refund_type="voucher"
+    )
+    refused(await post(store, two), 409, "return_id")
+    assert len(await returns_recorded(store)) == 1
+
+
 async def test_a_retry_gets_the_original_other_content_is_a_conflict(store: Store) -> None:
     await opened(store)
     body = no_receipt(
@@ -184,7 +232,11 @@ async def test_a_cash_refund_must_be_in_the_drawer(store: Store) -> None:
     too_much = await post(
         store, no_receipt("nr-7", {"sku": "COFFEE-250", "quantity": "1"}), approval2
     )
-    assert "not enough cash" in refused(too_much, 409, "refund_type")
+    # In money as the cashier counts it, as the printer's count is worded (not 500, 699)
+    assert refused(too_much, 409, "refund_type") == (
+        "not enough cash in the drawer: 5.00 by the shift's records, 6.99 to refund"
+        " (refund another way, or put cash in first)"
+    )
     assert await returns_recorded(store) == []
     assert await balances_of(store) == before
     # as a voucher (store credit) it needs no cash

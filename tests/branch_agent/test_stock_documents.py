@@ -346,7 +346,9 @@ async def test_unit_cost_only_where_the_document_sets_it(store: Store) -> None:
     for header in documents:
         body = header | {"lines": [{"sku": "CHEESE-KG", "quantity": "1"}, line]}
         detail = refused(await post_doc(store, body), 422, "lines[1].unit_cost")
-        assert "no unit cost" in detail
+        # Named as people name it ("a write-off"), not by its doc_type ("a write_off").
+        words = header["doc_type"].replace("_off", "-off").replace("_", " ")
+        assert detail.startswith(f"a {words} takes no unit cost: central values"), detail
         # A unit cost of 0 is a unit cost too.
         zero = header | {"lines": [line | {"unit_cost": 0}]}
         refused(await post_doc(store, zero), 422, "lines[0].unit_cost")
@@ -395,6 +397,14 @@ async def test_a_till_token_on_a_manager_route_is_forbidden(store: Store) -> Non
         assert nobody.status_code == 401, (url, nobody.text)
         none = await store.client.request(method, url, json=json)
         assert none.status_code == 401
+        # Each 401 says how to authenticate, as central's do.
+        for refused_401 in (nobody, none):
+            assert refused_401.headers["www-authenticate"] == 'Bearer realm="backroom"'
+            assert refused_401.headers["content-type"].startswith("application/problem+json")
+    # A till route without a token likewise.
+    no_till = await store.client.get("/api/v1/sales/pending")
+    assert no_till.status_code == 401
+    assert no_till.headers["www-authenticate"] == 'Bearer realm="backroom"'
     # And the manager's token is not a till's.
     sale = await store.client.get("/api/v1/sales/pending", headers=MANAGER)
     assert sale.status_code == 403, sale.text

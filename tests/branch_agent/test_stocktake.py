@@ -165,6 +165,24 @@ async def test_a_product_on_two_sheets_with_a_sale_between_them(store: Store) ->
     assert await stock(store.client) == {MILK: 23000}
 
 
+async def test_a_product_twice_on_one_sheet_adds_up(store: Store) -> None:
+    """Two places on one shelf, two lines of one sheet: counted once, as their sum."""
+    await receive(store, MILK, "24")
+    await open_take(store.client, "st-9")
+    sheet = {
+        "sheet": "shelf",
+        "lines": [{"sku": MILK, "counted": "10"}, {"sku": MILK, "counted": "4"}],
+    }
+    counted = await store.client.post(
+        "/api/v1/stock/stocktakes/st-9/sheets", json=sheet, headers=MANAGER
+    )
+    assert counted.status_code == 200, counted.text
+    assert counted.json() == {"products": 1}
+    posted = await post_take(store.client, "st-9")
+    assert line_figures(posted.json()["lines"]) == {MILK: (24000, 14000, -10000)}
+    assert await stock(store.client) == {MILK: 14000}
+
+
 async def test_a_sheet_sent_again_counts_from_its_new_moment(store: Store) -> None:
     """Recounting a sheet replaces it: its lines take the book of the recount, and the
     product's first sheet is then the earliest one still recorded."""

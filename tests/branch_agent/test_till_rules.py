@@ -261,3 +261,26 @@ def test_the_demo_catalogs_barcodes_are_valid_ean13() -> None:
     for code in codes:
         assert len(code) == 13, code
         assert ean_check_digit(code[:12]) == int(code[12]), code
+
+
+async def test_the_till_simulator_opens_the_next_shift_after_someone_closed_its_own(
+    store: Store,
+) -> None:
+    """`make run`'s simulated till sold into a closed shift for ever once a person
+    closed it (the README's close at the till): every sale a 409, logged every 3 s.
+    It now opens the next shift, as a cashier would, and the sale goes into it."""
+    from branch_agent.till_sim import TillSimulator
+
+    sim = TillSimulator("http://testserver", "till-2-secret", seed=7, return_rate=0)
+    await sim.open_shift(store.client)
+    first = await sim.post_sale(store.client)
+    assert first is not None
+    closed = await store.client.post("/api/v1/shifts/current/close", headers=TILL2)
+    assert closed.status_code == 200, closed.text
+    second = await sim.post_sale(store.client)
+    assert second is not None, sim.log.refused
+    assert second["shift_id"] != first["shift_id"]
+    assert sim.log.refused == 0
+    current = await store.client.get("/api/v1/shifts/current", headers=TILL2)
+    assert current.json()["shift_id"] == second["shift_id"]
+    assert current.json()["receipts_count"] == 1
