@@ -40,6 +40,26 @@ def test_environment_overrides_the_file() -> None:
     assert settings.http_port == 9100
 
 
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"BACKROOM_AGENT_HTTP_PORT": "abc"}, ("BACKROOM_AGENT_HTTP_PORT", "http_port")),
+        ({"BACKROOM_AGENT_TIMEZONE": "EST"}, ("BACKROOM_AGENT_TIMEZONE", "not named by place")),
+        ({"BACKROOM_AGENT_TILLS": "[]"}, ("BACKROOM_AGENT_TILLS", "settings file only")),
+    ],
+)
+def test_a_bad_environment_value_is_named_by_its_variable_not_by_the_file(
+    env: dict[str, str], words: tuple[str, ...]
+) -> None:
+    # The file is right; blaming it sent the technician looking where the value is not.
+    with pytest.raises(SettingsError) as refused:
+        load_settings(EXAMPLE, env=env)
+    message = str(refused.value)
+    for word in words:
+        assert word in message
+    assert "agent.example.toml" not in message
+
+
 def test_an_unknown_device_protocol_is_refused_with_the_settings() -> None:
     # Refused when the settings are made (read), not at the agent's start.
     with pytest.raises(ValueError, match="unsupported protocol 'epson-fp81'"):

@@ -123,6 +123,34 @@ def test_an_unknown_backroom_variable_is_warned_about(tmp_path: Path) -> None:
     assert "BACKROOM_HTTP_PROT is no setting" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BACKROOM_HTTP_PORT", "70000"),  # was a traceback from uvicorn at `serve`
+        ("BACKROOM_INGEST_BATCH", "0"),
+        ("BACKROOM_INGEST_ACK_WAIT_S", "0"),
+        ("BACKROOM_DB_POOL_SIZE", "0"),
+        ("BACKROOM_UP_STREAM_REPLICAS", "7"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_refused_naming_the_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text("[central]\n")
+    out = _central(tmp_path, "--config", str(config), "db", "upgrade", **{name: value})
+    _refused(out, name, name.removeprefix("BACKROOM_").lower())
+    assert "central.toml" not in out.stderr  # the value is not the file's
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_a_setting_out_of_its_range_in_the_file_is_named_with_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text("[central]\nhttp_port = 0\n")
+    with pytest.raises(SettingsError, match=r"central.toml.*http_port"):
+        load_settings(config, env={})
+
+
 @pytest.mark.parametrize("url", ["mysql://x", "postgresql://u@h/db", "not a url"])
 def test_a_database_url_no_command_could_use_is_refused(tmp_path: Path, url: str) -> None:
     _refused(_central(tmp_path, "db", "upgrade", BACKROOM_DATABASE_URL=url), "database_url")
