@@ -588,6 +588,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    """A count of at least 1: ``ingest --workers 0`` ran for ever and stored nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m central", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (section [central])")
@@ -619,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the web API (and an ingest worker if configured)")
     ingest = sub.add_parser("ingest", help="run ingest workers (no web API)")
-    ingest.add_argument("--workers", type=int, default=1)
+    ingest.add_argument("--workers", type=_positive, default=1, help="worker tasks (default 1)")
 
     demo = sub.add_parser("demo", help="run the whole chain on embedded defaults (make run)")
     demo.add_argument("--data-dir", default="var/demo")
@@ -720,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = dl_sub.add_parser("list", help="the dead letters, oldest first (no raw bytes)")
     listing.add_argument("--status", default="open", help="open (default), replayed, discarded")
     listing.add_argument("--branch")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive, default=100)
     replay = dl_sub.add_parser("replay", help="process stored dead letters again after a fix")
     replay.add_argument("id", type=int, nargs="?")
     replay.add_argument("--all", action="store_true", help="every open dead letter")

@@ -334,3 +334,19 @@ def test_nats_server_config_on_a_host_without_the_chains_issuer_is_refused(
     out = _central(tmp_path, "nats", "server-config", "--resolver-dir", "r", **host_a)
     assert out.returncode == 0, out.stderr
     assert "operator" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ingest", "--workers", "0"),
+        ("ingest", "--workers", "-2"),
+        ("dead-letters", "list", "--limit", "-1"),
+    ],
+)
+def test_a_count_below_one_is_a_usage_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # `ingest --workers 0` ran for ever storing nothing; `--limit -1` listed everything.
+    out = _central(tmp_path, *args, _BRIEF="1")
+    assert out.returncode == 2, out.stderr
+    assert "is not at least 1" in out.stderr
+    assert "Traceback" not in out.stderr
