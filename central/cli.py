@@ -680,12 +680,14 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials", help="issue new NATS credentials of a branch (or --list them)"
     )
     creds.add_argument("code")
-    creds.add_argument(
+    # Both given, --list won and the rotation asked for silently did not happen.
+    creds_mode = creds.add_mutually_exclusive_group()
+    creds_mode.add_argument(
         "--retire-previous",
         action="store_true",
         help="NATS refuses the branch's earlier credentials from now on (rotation)",
     )
-    creds.add_argument("--list", action="store_true", help="list the issued credentials only")
+    creds_mode.add_argument("--list", action="store_true", help="list the issued credentials only")
     reinstate = br_sub.add_parser(
         "reinstate",
         help="lift a branch's revocation: new credentials, its dead letters replayed",

@@ -350,3 +350,12 @@ def test_a_count_below_one_is_a_usage_error(tmp_path: Path, args: tuple[str, ...
     assert out.returncode == 2, out.stderr
     assert "is not at least 1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_credentials_list_and_rotation_together_are_a_usage_error(tmp_path: Path) -> None:
+    # --list won and the rotation asked for silently did not happen.
+    out = _central(
+        tmp_path, "branches", "credentials", "B1", "--list", "--retire-previous", _BRIEF="1"
+    )
+    assert out.returncode == 2, out.stderr
+    assert "not allowed with" in out.stderr
