@@ -24,7 +24,18 @@ log = logging.getLogger("central.cli")
 
 
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, default=str))
+    print(json.dumps(obj, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    """Times as the API writes them (ISO 8601, ``2026-11-29T22:54:56.165235Z``), not
+    ``str()``'s ``2026-11-29 22:54:56.165235+00:00`` beside them in other commands."""
+    import msgspec
+
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError:
+        return str(value)
 
 
 async def _db_upgrade(settings: CentralSettings, revision: str) -> int:

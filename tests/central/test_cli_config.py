@@ -359,3 +359,13 @@ def test_credentials_list_and_rotation_together_are_a_usage_error(tmp_path: Path
     )
     assert out.returncode == 2, out.stderr
     assert "not allowed with" in out.stderr
+
+
+def test_cli_times_are_iso_8601_as_in_the_api(tmp_path: Path) -> None:
+    assert _central(tmp_path, "db", "upgrade").returncode == 0
+    out = _central(tmp_path, "users", "add", "ana", "--role", "analyst")
+    assert out.returncode == 0, out.stderr
+    expires_at = json.loads(out.stdout)["expires_at"]
+    # str() of a datetime wrote "2027-11-29 22:54:56.165235+00:00" here.
+    assert "T" in expires_at, expires_at
+    assert expires_at.endswith("Z"), expires_at
