@@ -845,6 +845,15 @@ def _main(argv: Sequence[str] | None) -> None:
             _database_fault(settings.database_url, need_schema=need_schema, need_current=runs)
         )
         if fault is not None:
+            if (
+                config is None
+                and "BACKROOM_CENTRAL_CONFIG" not in os.environ
+                and "BACKROOM_DATABASE_URL" not in os.environ
+                and DEMO_SETTINGS.exists()
+            ):
+                # `dead-letters list` beside `make run` read the default database, and
+                # the advice to `db upgrade` it made a second, empty chain.
+                fault += f" (make run's chain is in var/demo: --config {DEMO_SETTINGS})"
             print(fault, file=sys.stderr)
             sys.exit(2)
     code = 0

@@ -369,3 +369,36 @@ def test_cli_times_are_iso_8601_as_in_the_api(tmp_path: Path) -> None:
     # str() of a datetime wrote "2027-11-29 22:54:56.165235+00:00" here.
     assert "T" in expires_at, expires_at
     assert expires_at.endswith("Z"), expires_at
+
+
+def test_beside_make_run_a_command_on_the_default_database_points_to_the_demo(
+    tmp_path: Path,
+) -> None:
+    # Only branches, users and nats take var/demo/central.toml by themselves; the
+    # others read the default database, and "run db upgrade" made a second chain.
+    (tmp_path / "var" / "demo").mkdir(parents=True)
+    (tmp_path / "var" / "demo" / "central.toml").write_text("[central]\n")
+    _refused(_bare_central(tmp_path, "dead-letters", "list"), "--config var/demo/central.toml")
+
+
+def _bare_central(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m central ARGS`` in tmp_path with no BACKROOM_* variable at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "central", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def test_demo_ports_that_clash_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    args = ("demo", "--data-dir", str(tmp_path / "demo"), "--nats-port", "21022")
+    out = _bare_central(tmp_path, *args)
+    _refused(out, "port 21022 is both NATS (--nats-port) and B002's display")
+    assert out.stdout == ""
+    assert not (tmp_path / "demo").exists()
