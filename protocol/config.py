@@ -140,8 +140,10 @@ def load_settings_struct(
         # technician would look for it in the file, where it is not.
         key = from_env.get(_field_at_fault(str(exc)), "")
         if key:
-            # Its value is not repeated: it may be a password or a URL holding one.
-            raise SettingsError(f"bad setting: environment variable {key}: {exc}") from exc
+            # Its value is not repeated: it may be a password or a URL holding one. Every
+            # variable is text: "got `str`" said nothing.
+            reason = re.sub(r"^Expected `(\w+)`, got `str`", r"not a valid `\1`", str(exc))
+            raise SettingsError(f"bad setting: environment variable {key}: {reason}") from exc
         raise SettingsError(f"{where}bad setting: {exc}") from exc
 
 
