@@ -193,7 +193,10 @@ def _agent_listening(settings: AgentSettings) -> bool:
 
 def _stock(settings: AgentSettings, args: argparse.Namespace) -> int:
     if not settings.manager_token:
-        print("stock commands need the agent's manager_token (the manager API is off)")
+        print(
+            "stock commands need the agent's manager_token (the manager API is off)",
+            file=sys.stderr,
+        )
         return 2
     method, path, body = "POST", "", None
     if args.stock_command == "post":
@@ -244,7 +247,10 @@ def _fiscal(settings: AgentSettings, args: argparse.Namespace) -> int:
     """``fiscal finish-open TILL --reason TEXT``: the manager route, through the agent
     (it holds the printer's port and records what was done)."""
     if not settings.manager_token:
-        print("fiscal commands need the agent's manager_token (the manager API is off)")
+        print(
+            "fiscal commands need the agent's manager_token (the manager API is off)",
+            file=sys.stderr,
+        )
         return 2
     path = f"/api/v1/manager/tills/{args.till}/fiscal/finish-open-receipt"
     code, _response = _call_agent(settings, "POST", path, {"reason": args.reason}, [])
@@ -389,7 +395,7 @@ def _main(argv: Sequence[str] | None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if args.command == "till-sim":
-        from branch_agent.till_sim import TillSimulator
+        from branch_agent.till_sim import TillRefused, TillSimulator
 
         stop = asyncio.Event()
         try:
@@ -398,6 +404,9 @@ def _main(argv: Sequence[str] | None) -> None:
             )
         except KeyboardInterrupt:
             pass
+        except TillRefused as exc:
+            print(f"till-sim: {exc}", file=sys.stderr)
+            sys.exit(2)
         sys.exit(0)
     try:
         settings = load_settings(args.config)

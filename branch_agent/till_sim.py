@@ -23,9 +23,35 @@ import httpx
 from devices.scanner import ean_check_digit
 from protocol.units import line_amount, parse_milli
 
-__all__ = ["DEMO_ITEMS", "SimItem", "TillSimulator", "embedded_barcode", "random_basket"]
+__all__ = [
+    "DEMO_ITEMS",
+    "SimItem",
+    "TillRefused",
+    "TillSimulator",
+    "embedded_barcode",
+    "random_basket",
+]
 
 log = logging.getLogger(__name__)
+
+
+class TillRefused(Exception):
+    """The agent refuses the till's token (401, 403): no sale could ever be posted."""
+
+
+def _refused(response: httpx.Response) -> None:
+    # Else every lookup's 401 read as "not sold here": a simulator posting nothing,
+    # for ever, without a word.
+    if response.status_code in (401, 403):
+        try:
+            detail = response.json().get("detail", "")
+        except ValueError:
+            detail = response.text
+        raise TillRefused(
+            f"the agent at {response.request.url.scheme}://{response.request.url.netloc.decode()}"
+            f" refuses this till's token: {response.status_code} {detail} (--token: the"
+            " till's token from the agent's [[agent.tills]] block)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +142,7 @@ class TillSimulator:
         self.cashiers = cashiers
         self.log = TillLog()
         self._in_shift = 0
+        self._said_nothing_sold = False
 
     @property
     def posted(self) -> int:
@@ -149,6 +176,7 @@ class TillSimulator:
                 f"{self.base_url}/api/v1/products/by-barcode/{line['barcode']}",
                 headers=self.headers,
             )
+            _refused(found)
             if found.status_code != 200:
                 continue  # not sold here: the cashier puts it aside
             product = found.json()
@@ -181,11 +209,13 @@ class TillSimulator:
         return None
 
     async def open_shift(self, client: httpx.AsyncClient) -> None:
-        await self._post(
+        response = await self._post(
             client,
             "/api/v1/shifts",
             {"cashier": self.rng.choice(self.cashiers), "opening_float": 10000},
         )
+        if response is not None:
+            _refused(response)
         self._in_shift = 0
 
     async def close_shift(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
@@ -198,7 +228,15 @@ class TillSimulator:
     async def post_sale(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
         lines, total = await self._basket(client)
         if not lines:
+            if not self._said_nothing_sold:
+                self._said_nothing_sold = True
+                log.warning(
+                    "none of the scanned products is sold at this agent (its catalog has"
+                    " none of the demo barcodes yet): no sale posted; the simulator sells"
+                    " the demo catalog (central: seed-demo --branch CODE)"
+                )
             return None
+        self._said_nothing_sold = False
         body: dict[str, Any] = {
             "sale_id": str(uuid.uuid4()),
             "cashier": self.rng.choice(self.cashiers),

@@ -24,7 +24,18 @@ log = logging.getLogger("central.cli")
 
 
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, default=str))
+    print(json.dumps(obj, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    """Times as the API writes them (ISO 8601, ``2026-11-29T22:54:56.165235Z``), not
+    ``str()``'s ``2026-11-29 22:54:56.165235+00:00`` beside them in other commands."""
+    import msgspec
+
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError:
+        return str(value)
 
 
 async def _db_upgrade(settings: CentralSettings, revision: str) -> int:
@@ -588,6 +599,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    """A count of at least 1: ``ingest --workers 0`` ran for ever and stored nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m central", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (section [central])")
@@ -619,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the web API (and an ingest worker if configured)")
     ingest = sub.add_parser("ingest", help="run ingest workers (no web API)")
-    ingest.add_argument("--workers", type=int, default=1)
+    ingest.add_argument("--workers", type=_positive, default=1, help="worker tasks (default 1)")
 
     demo = sub.add_parser("demo", help="run the whole chain on embedded defaults (make run)")
     demo.add_argument("--data-dir", default="var/demo")
@@ -669,12 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials", help="issue new NATS credentials of a branch (or --list them)"
     )
     creds.add_argument("code")
-    creds.add_argument(
+    # Both given, --list won and the rotation asked for silently did not happen.
+    creds_mode = creds.add_mutually_exclusive_group()
+    creds_mode.add_argument(
         "--retire-previous",
         action="store_true",
         help="NATS refuses the branch's earlier credentials from now on (rotation)",
     )
-    creds.add_argument("--list", action="store_true", help="list the issued credentials only")
+    creds_mode.add_argument("--list", action="store_true", help="list the issued credentials only")
     reinstate = br_sub.add_parser(
         "reinstate",
         help="lift a branch's revocation: new credentials, its dead letters replayed",
@@ -720,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = dl_sub.add_parser("list", help="the dead letters, oldest first (no raw bytes)")
     listing.add_argument("--status", default="open", help="open (default), replayed, discarded")
     listing.add_argument("--branch")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive, default=100)
     replay = dl_sub.add_parser("replay", help="process stored dead letters again after a fix")
     replay.add_argument("id", type=int, nargs="?")
     replay.add_argument("--all", action="store_true", help="every open dead letter")
@@ -821,6 +845,15 @@ def _main(argv: Sequence[str] | None) -> None:
             _database_fault(settings.database_url, need_schema=need_schema, need_current=runs)
         )
         if fault is not None:
+            if (
+                config is None
+                and "BACKROOM_CENTRAL_CONFIG" not in os.environ
+                and "BACKROOM_DATABASE_URL" not in os.environ
+                and DEMO_SETTINGS.exists()
+            ):
+                # `dead-letters list` beside `make run` read the default database, and
+                # the advice to `db upgrade` it made a second, empty chain.
+                fault += f" (make run's chain is in var/demo: --config {DEMO_SETTINGS})"
             print(fault, file=sys.stderr)
             sys.exit(2)
     code = 0

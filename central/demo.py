@@ -29,6 +29,38 @@ DEMO_BRANCHES = (
 )
 
 
+DEVICE_KINDS = ("fiscal", "printer", "display", "scale")
+
+
+def demo_ports(
+    http_port: int, nats_port: int, agent_base_port: int, device_base_port: int
+) -> dict[int, str]:
+    """Every port the demo listens on, with what listens there; a ValueError naming both
+    when two fall on one port (``--device-base-port 28510`` puts B002's display on
+    28522: with ``--nats-port 28522`` the demo started, then stopped as a whole at the
+    display) or one is above 65535."""
+    wanted = [(http_port, "central's API (--port)"), (nats_port, "NATS (--nats-port)")]
+    for n, (code, *_) in enumerate(DEMO_BRANCHES):
+        wanted.append((agent_base_port + n, f"{code}'s till API (--agent-base-port + {n})"))
+        for offset, kind in enumerate(DEVICE_KINDS):
+            plus = 10 * n + offset
+            wanted.append(
+                (device_base_port + plus, f"{code}'s {kind} (--device-base-port + {plus})")
+            )
+    ports: dict[int, str] = {}
+    for port, what in wanted:
+        if port > 65535:
+            raise ValueError(f"port {port} of {what} is above 65535: choose lower ports")
+        if port in ports:
+            raise ValueError(
+                f"port {port} is both {ports[port]} and {what}: choose ports apart"
+                " (each branch's device simulators take 4 ports, the next branch's"
+                " 10 higher)"
+            )
+        ports[port] = what
+    return ports
+
+
 def _wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,6 +123,11 @@ def run_demo(
     """The chain on one machine. Ports: central ``http_port``, NATS ``nats_port``, the
     n-th branch's till API ``agent_base_port + n`` and its four device simulators
     ``device_base_port + 10 n`` onwards (defaults: 8000, 4222, 8101, 21010)."""
+    try:
+        demo_ports(http_port, nats_port, agent_base_port, device_base_port)
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     # Ctrl-C, and also SIGTERM (a service manager, `kill`), or SIGINT even when the
     # shell started us with it ignored: every child is stopped in the finally below.
     signal.signal(signal.SIGINT, _interrupt)
@@ -195,7 +232,7 @@ def run_demo(
             port = agent_ports[code]
             # Till T1's devices: simulators over TCP, as a serial-over-TCP bridge would be.
             devices = {}
-            for offset, kind in enumerate(("fiscal", "printer", "display", "scale")):
+            for offset, kind in enumerate(DEVICE_KINDS):
                 device_port = device_base_port + 10 * n + offset
                 spawn(
                     f"device-{code}-{kind}",

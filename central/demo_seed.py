@@ -59,6 +59,9 @@ class DemoSeedReport(msgspec.Struct, kw_only=True):
     prices: list[str] = msgspec.field(default_factory=list)
     # Branches moved into the demo format.
     branches: list[str] = msgspec.field(default_factory=list)
+    # Branches asked for and not moved, with why: a typo, or a branch in another format,
+    # was passed over without a word.
+    branches_left: dict[str, str] = msgspec.field(default_factory=dict)
     # The chain's VAT groups set to the demo printers' (none were set).
     vat_groups: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -146,4 +149,12 @@ async def seed_demo(session: AsyncSession, *, branches: Sequence[str] = ()) -> D
                 # A new scope: a snapshot of the branch is queued with the change.
                 await update_branch(session, code, BranchPatch(format_code=DEMO_FORMAT))
                 report.branches.append(code)
+            elif branch is None:
+                report.branches_left[code] = (
+                    f"not registered: branches add {code} --format {DEMO_FORMAT}"
+                )
+            elif not branch.active:
+                report.branches_left[code] = "revoked"
+            elif branch.format_code != DEMO_FORMAT:
+                report.branches_left[code] = f"in format {branch.format_code!r}, kept"
     return report

@@ -17,6 +17,9 @@ __all__ = ["CentralSettings", "load_settings"]
 
 
 class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # The bounds refuse, when the settings are read, values that failed only later: a
+    # port above 65535 as a traceback from uvicorn, a batch, wait or pool of 0 as an
+    # ingest or a database pool that never works.
     # SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///var/central/central.db"
     # Empty: start an embedded nats-server (data in data_dir/nats) on nats_server_port.
@@ -25,23 +28,24 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     nats_creds: str = ""
     data_dir: str = "var/central"
     http_host: str = "127.0.0.1"
-    http_port: int = 8000
+    http_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     # Run an ingest worker inside the API process (embedded set-up); production runs
     # ``python -m central ingest`` processes beside the API instead.
     ingest_in_process: bool = True
     # Bigger batches amortise the per-statement cost of the summary upserts (2,000
     # ingest about a third faster than 500 on PostgreSQL); a batch takes ~1-2 s.
-    ingest_batch: int = 2000
-    ingest_fetch_timeout_s: float = 1.0
+    ingest_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
+    ingest_fetch_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     # Redelivery of an unacked message (a crashed worker's batch) after this long.
-    ingest_ack_wait_s: float = 30.0
-    up_stream_replicas: int = 1
-    up_stream_max_age_days: int = 30
-    dedup_window_s: int = 24 * 3600
+    ingest_ack_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # JetStream keeps at most 5 replicas of a stream.
+    up_stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    up_stream_max_age_days: Annotated[int, msgspec.Meta(ge=1)] = 30
+    dedup_window_s: Annotated[int, msgspec.Meta(ge=1)] = 24 * 3600
     # A sequence gap that persists this long makes central ask the branch to resend.
-    resend_gap_after_s: float = 5.0
+    resend_gap_after_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # ... and ask again for the same gap only after this long.
-    resend_retry_s: float = 60.0
+    resend_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # FAULT INJECTION, tests only: an ingest worker exits right after its first
     # committed batch, before acking it (BACKROOM_FAULT_CRASH_AFTER_COMMIT=1).
     fault_crash_after_commit: bool = False
@@ -62,7 +66,7 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # its counter past the stream's mark before a pass, before publishing
     # (BACKROOM_FAULT_CRASH_AFTER_MASTERDATA_CATCH_UP=1).
     fault_crash_after_masterdata_catch_up: bool = False
-    max_request_body: int = 10 * 1024 * 1024
+    max_request_body: Annotated[int, msgspec.Meta(ge=1)] = 10 * 1024 * 1024
     # Longest period (days) a report may cover in one request.
     report_max_span_days: Annotated[int, msgspec.Meta(ge=1)] = 366
     # Most rows one report may have; a bigger one is a 422 problem asking for a shorter
@@ -71,7 +75,7 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # PostgreSQL: longest a report's statement may run (waiting for locks included)
     # before the database cancels it and the API answers 503; 0: no limit.
     report_statement_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
-    db_pool_size: int = 10
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
     sql_echo: bool = False
     # --- security (README "Security") ---
     # Operator/account keys that sign NATS credentials; empty: <data_dir>/nats-issuer.
@@ -85,13 +89,13 @@ class CentralSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # TLS of the embedded nats-server (when nats_url is empty).
     nats_server_tls_cert: str = ""
     nats_server_tls_key: str = ""
-    nats_max_payload: int = 1024 * 1024
+    nats_max_payload: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
     # HTTPS of the API (uvicorn); both or neither.
     http_tls_cert: str = ""
     http_tls_key: str = ""
-    http_timeout_keep_alive_s: int = 15
+    http_timeout_keep_alive_s: Annotated[int, msgspec.Meta(ge=1)] = 15
     # Expiry of API tokens issued without an explicit one (0: no expiry).
-    api_token_ttl_days: int = 365
+    api_token_ttl_days: Annotated[int, msgspec.Meta(ge=0)] = 365
 
     def __post_init__(self) -> None:
         _check_database_url(self.database_url)

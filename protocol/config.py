@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 __all__ = [
     "SettingsError",
@@ -116,10 +117,17 @@ def load_settings_struct(
         if not isinstance(chosen, dict):
             raise SettingsError(f"{where or 'settings file: '}[{section}] is not a table")
         data.update(chosen)
+    from_env: dict[str, str] = {}
     for field in msgspec.structs.fields(cls):
         key = f"{env_prefix}{field.name.upper()}"
         if env is not None and key in env:
+            if isinstance(msgspec.inspect.type_info(field.type), _TABLES):
+                # Text cannot hold a table (the agent's tills): else a conversion error.
+                raise SettingsError(
+                    f"environment variable {key}: {field.name} is set in the settings file only"
+                )
             data[field.name] = env[key]
+            from_env[field.name] = key
     try:
         return msgspec.convert(data, cls, strict=False)
     except msgspec.ValidationError as exc:
@@ -128,7 +136,32 @@ def load_settings_struct(
             at = unknown["at"]
             name = f"{at}.{unknown['name']}" if at else unknown["name"]
             raise SettingsError(f"{where}unknown setting {name!r}") from exc
+        # A value from the environment is named by its variable, not by the file: the
+        # technician would look for it in the file, where it is not.
+        key = from_env.get(_field_at_fault(str(exc)), "")
+        if key:
+            # Its value is not repeated: it may be a password or a URL holding one. Every
+            # variable is text: "got `str`" said nothing.
+            reason = re.sub(r"^Expected `(\w+)`, got `str`", r"not a valid `\1`", str(exc))
+            raise SettingsError(f"bad setting: environment variable {key}: {reason}") from exc
         raise SettingsError(f"{where}bad setting: {exc}") from exc
+
+
+_TABLES = (
+    msgspec.inspect.CollectionType,
+    msgspec.inspect.TupleType,
+    msgspec.inspect.DictType,
+    msgspec.inspect.StructType,
+)
+# Where msgspec puts the field of a failed conversion (`- at `$.http_port``), or the
+# ``name:`` our __post_init__ checks start their message with.
+_AT_FIELD = re.compile(r" - at `\$\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
+_LEADING_FIELD = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*):")
+
+
+def _field_at_fault(message: str) -> str:
+    found = _AT_FIELD.search(message) or _LEADING_FIELD.match(message)
+    return found["name"] if found else ""
 
 
 def load_settings_file_or_env(

@@ -192,3 +192,16 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str,
     assert "BrokenPipeError" not in out.stderr, out.stderr
     # argparse itself ignores a failed write of its help.
     assert out.returncode == (0 if args == ("--help",) else 1)
+
+
+@pytest.mark.parametrize(
+    "args", [("stock", "balances"), ("fiscal", "finish-open", "T1", "--reason", "x")]
+)
+def test_manager_commands_without_a_manager_token_say_so_on_stderr(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # On stdout the line read as the command's answer (a script parsing its JSON).
+    out = _agent(tmp_path, str(_write(tmp_path, "")), *args)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert "need the agent's manager_token" in out.stderr

@@ -123,6 +123,34 @@ def test_an_unknown_backroom_variable_is_warned_about(tmp_path: Path) -> None:
     assert "BACKROOM_HTTP_PROT is no setting" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BACKROOM_HTTP_PORT", "70000"),  # was a traceback from uvicorn at `serve`
+        ("BACKROOM_INGEST_BATCH", "0"),
+        ("BACKROOM_INGEST_ACK_WAIT_S", "0"),
+        ("BACKROOM_DB_POOL_SIZE", "0"),
+        ("BACKROOM_UP_STREAM_REPLICAS", "7"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_refused_naming_the_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text("[central]\n")
+    out = _central(tmp_path, "--config", str(config), "db", "upgrade", **{name: value})
+    _refused(out, name, name.removeprefix("BACKROOM_").lower())
+    assert "central.toml" not in out.stderr  # the value is not the file's
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_a_setting_out_of_its_range_in_the_file_is_named_with_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "central.toml"
+    config.write_text("[central]\nhttp_port = 0\n")
+    with pytest.raises(SettingsError, match=r"central.toml.*http_port"):
+        load_settings(config, env={})
+
+
 @pytest.mark.parametrize("url", ["mysql://x", "postgresql://u@h/db", "not a url"])
 def test_a_database_url_no_command_could_use_is_refused(tmp_path: Path, url: str) -> None:
     _refused(_central(tmp_path, "db", "upgrade", BACKROOM_DATABASE_URL=url), "database_url")
@@ -306,3 +334,71 @@ def test_nats_server_config_on_a_host_without_the_chains_issuer_is_refused(
     out = _central(tmp_path, "nats", "server-config", "--resolver-dir", "r", **host_a)
     assert out.returncode == 0, out.stderr
     assert "operator" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ingest", "--workers", "0"),
+        ("ingest", "--workers", "-2"),
+        ("dead-letters", "list", "--limit", "-1"),
+    ],
+)
+def test_a_count_below_one_is_a_usage_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # `ingest --workers 0` ran for ever storing nothing; `--limit -1` listed everything.
+    out = _central(tmp_path, *args, _BRIEF="1")
+    assert out.returncode == 2, out.stderr
+    assert "is not at least 1" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_credentials_list_and_rotation_together_are_a_usage_error(tmp_path: Path) -> None:
+    # --list won and the rotation asked for silently did not happen.
+    out = _central(
+        tmp_path, "branches", "credentials", "B1", "--list", "--retire-previous", _BRIEF="1"
+    )
+    assert out.returncode == 2, out.stderr
+    assert "not allowed with" in out.stderr
+
+
+def test_cli_times_are_iso_8601_as_in_the_api(tmp_path: Path) -> None:
+    assert _central(tmp_path, "db", "upgrade").returncode == 0
+    out = _central(tmp_path, "users", "add", "ana", "--role", "analyst")
+    assert out.returncode == 0, out.stderr
+    expires_at = json.loads(out.stdout)["expires_at"]
+    # str() of a datetime wrote "2027-11-29 22:54:56.165235+00:00" here.
+    assert "T" in expires_at, expires_at
+    assert expires_at.endswith("Z"), expires_at
+
+
+def test_beside_make_run_a_command_on_the_default_database_points_to_the_demo(
+    tmp_path: Path,
+) -> None:
+    # Only branches, users and nats take var/demo/central.toml by themselves; the
+    # others read the default database, and "run db upgrade" made a second chain.
+    (tmp_path / "var" / "demo").mkdir(parents=True)
+    (tmp_path / "var" / "demo" / "central.toml").write_text("[central]\n")
+    _refused(_bare_central(tmp_path, "dead-letters", "list"), "--config var/demo/central.toml")
+
+
+def _bare_central(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m central ARGS`` in tmp_path with no BACKROOM_* variable at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "central", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def test_demo_ports_that_clash_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    args = ("demo", "--data-dir", str(tmp_path / "demo"), "--nats-port", "21022")
+    out = _bare_central(tmp_path, *args)
+    _refused(out, "port 21022 is both NATS (--nats-port) and B002's display")
+    assert out.stdout == ""
+    assert not (tmp_path / "demo").exists()

@@ -51,6 +51,7 @@ async def test_a_second_run_keeps_head_office_changes(db: AsyncEngine) -> None:
         first = await seed_demo(s, branches=["B001", "B002"])
     assert first.changed
     assert first.branches == ["B001"]  # B002 is not registered: left to `branches add`
+    assert first.branches_left == {"B002": "not registered: branches add B002 --format demo"}
     # Head office renames a product, takes one out of the format, changes a price.
     async with _session(db) as s:
         await patch_product(s, "MILK-1L", ProductPatch(name="Whole milk 1L"))
@@ -62,6 +63,8 @@ async def test_a_second_run_keeps_head_office_changes(db: AsyncEngine) -> None:
     async with _session(db) as s:
         again = await seed_demo(s, branches=["B001", "B002"])
     assert not again.changed
+    assert again.branches == []
+    assert list(again.branches_left) == ["B002"]  # B001 is in format demo already
     async with _session(db) as s:
         milk = await s.get(Product, "MILK-1L")
         assert milk is not None

@@ -110,6 +110,7 @@ async def test_seeded_central_feeds_the_demo_tills_and_a_price_change_reaches_th
         "assortment_added": [],
         "prices": [],
         "branches": [],
+        "branches_left": {},  # both in format demo already
         "vat_groups": {},
         "changed": False,
     }
