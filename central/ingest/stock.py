@@ -18,7 +18,11 @@ Goods with a cost arriving on a negative balance first revalue the units they co
 incoming cost: a ``cost_correction`` ledger row of quantity 0 whose value is the
 difference, charged to the cost of goods sold (the gross margin report adds it). So
 the goods received stay at their invoice value and the stock after them is at their
-cost, not blended with the units that left at the old average.
+cost, not blended with the units that left at the old average. Goods without a cost
+of their own (a stocktake surplus, a customer return) covering negative units do the
+same at the average: units sold at 0 before the first receipt, left uncovered by it,
+would otherwise blend with the surplus (2 coffees at an average of 18.00 where they
+cost 4.50). With no average yet (never received) there is nothing to revalue at.
 """
 
 from __future__ import annotations
@@ -157,20 +161,27 @@ def apply_movement(
 
 
 def cover_correction(
-    quantity: int, value: int, delta_milli: int, unit_cost: int | None, in_value: int | None
+    quantity: int,
+    value: int,
+    delta_milli: int,
+    unit_cost: int | None,
+    in_value: int | None,
+    avg_cost: int = 0,
 ) -> int:
-    """The revaluation of the units incoming goods with a cost cover on a negative
-    balance: their share of the balance's value brought to the incoming cost.
+    """The revaluation of the units incoming goods cover on a negative balance: their
+    share of the balance's value brought to the incoming cost (``unit_cost``, or the
+    average ``avg_cost`` for goods without a cost of their own).
 
     Added to the balance before the incoming movement (same arguments as
     :func:`apply_movement`), it leaves the stock after that movement at the incoming
     cost when all the negative units are covered, and the rest of a negative balance at
     its own cost per unit when not. 0 when there is nothing to revalue.
     """
-    if delta_milli <= 0 or quantity >= 0 or unit_cost is None:
+    cost = avg_cost if unit_cost is None else unit_cost
+    if delta_milli <= 0 or quantity >= 0 or (unit_cost is None and avg_cost <= 0):
         return 0
     covered = min(delta_milli, -quantity)
-    incoming = div_half_up(delta_milli * unit_cost, 1000) if in_value is None else in_value
+    incoming = div_half_up(delta_milli * cost, 1000) if in_value is None else in_value
     covered_in = (
         incoming if covered == delta_milli else div_half_up(incoming * covered, delta_milli)
     )
@@ -345,14 +356,15 @@ async def post_movements(
         corrected: Valued | None = None
         # Checked inline first: most movements are sales (outgoing), 16,000 a batch.
         correction = (
-            cover_correction(bal[0], bal[1], m.quantity_milli, m.unit_cost, m.value)
+            cover_correction(bal[0], bal[1], m.quantity_milli, m.unit_cost, m.value, bal[2])
             if m.quantity_milli > 0 and bal[0] < 0
             else 0
         )
         if correction:
             bal[1] += correction
             bal[3] += 1
-            corrected = Valued(m.unit_cost or 0, correction, bal[0], bal[1], bal[2])
+            cost = bal[2] if m.unit_cost is None else m.unit_cost
+            corrected = Valued(cost, correction, bal[0], bal[1], bal[2])
             ledger.append(
                 (
                     m.branch,

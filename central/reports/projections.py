@@ -40,7 +40,7 @@ from central.ingest.registry import (
     IngestBatch,
     register_batch_handler,
 )
-from central.ingest.stock import LEDGER_SUMS, LedgerSums
+from central.ingest.stock import COST_CORRECTION, LEDGER_SUMS, LedgerSums
 from central.models.reports import (
     LastSellingPrice,
     PaymentsDaily,
@@ -325,7 +325,9 @@ class SummaryDelta:
             _add_to(monthly, month_key, "qty_milli", qty)
             _add_to(monthly, month_key, "cost_value", value)
             keys = self.sale_events.get(event_id)
-            if keys is None:
+            if keys is None or doc_type == COST_CORRECTION:
+                # A customer return's correction (it covered units sold below zero) is
+                # cost of goods sold of its own, not the return's cost.
                 continue
             # Outgoing sale value is negative in the ledger; cost of goods sold is positive.
             column = "returns_cost" if keys.returned else "cost"
@@ -575,6 +577,8 @@ async def _flush_staged(session: AsyncSession, delta: SummaryDelta, sums: Ledger
         if month is None:
             month = months[local_date] = month_of(local_date)
         keys = sale_events.get(event_id)
+        if keys is not None and doc_type == COST_CORRECTION:
+            keys = None  # a customer return's correction: no line of the return
         if keys is None:
             kind, lines, sold_at, cost = _KIND_DOCUMENT, no_lines, None, 0
         else:

@@ -5,6 +5,7 @@ after the receipt is at the receipt's cost, not blended with what left at cost 0
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -48,6 +49,15 @@ def test_cover_correction_arithmetic() -> None:
     assert cover_correction(5_000, 165, 10_000, 40, None) == 0
     assert cover_correction(-5_000, -165, -1_000, None, None) == 0
     assert cover_correction(-5_000, -165, 10_000, None, None) == 0
+    # At the average (a stocktake surplus, a customer return): units left at 0 before
+    # the first receipt are brought to it, so the surplus does not blend with them
+    # (without it: 2 coffees worth 36.00, an average of 18.00 for a 4.50 coffee).
+    correction = cover_correction(-6_000, 0, 8_000, None, None, 450)
+    after = apply_movement(-6_000, correction, 450, 8_000, None)
+    assert (correction, after.value_after, after.avg_cost_after) == (-2700, 900, 450)
+    # Negative units already at the average: nothing to correct; no average yet: none.
+    assert cover_correction(-5_000, -165, 10_000, None, None, 33) == 0
+    assert cover_correction(-5_000, 0, 10_000, None, None, 0) == 0
     # A transfer received at the sender's value as a whole (in_value): its share.
     assert cover_correction(-1_000, 0, 3_000, 33, 100) == -33
 
@@ -62,6 +72,22 @@ async def _balance(maker: async_sessionmaker[AsyncSession], sku: str) -> tuple[i
         b = await session.get(StockBalance, ("B1", sku))
         assert b is not None
         return b.quantity_milli, b.value, b.avg_cost
+
+
+async def _checked_reports(maker: async_sessionmaker[AsyncSession]) -> tuple[Any, Any]:
+    """The day's stock movement and gross margin by product of B1, once the balances
+    agree with the ledger and the kept summaries with their rebuild."""
+    async with maker() as session, session.begin():
+        assert (await rebuild_balances(session, verify_only=True)).agree
+    await assert_kept_equals_rebuilt(maker)
+    async with maker() as session:
+        movement = await service.stock_movement(
+            session, date_from=DAY, date_to=DAY, branch="B1", group_by="product"
+        )
+        margin = await service.gross_margin(
+            session, date_from=DAY, date_to=DAY, branch="B1", group_by="product"
+        )
+    return movement, margin
 
 
 async def test_receipt_on_negative_stock_is_corrected_and_reported(
@@ -120,17 +146,8 @@ async def test_receipt_on_negative_stock_is_corrected_and_reported(
             select(StockMovement.value).where(StockMovement.event_id == sold.event_id)
         )
         assert sale_cost == 0
-    async with sessionmaker() as session, session.begin():
-        assert (await rebuild_balances(session, verify_only=True)).agree
-    await assert_kept_equals_rebuilt(sessionmaker)
-
+    movement, margin = await _checked_reports(sessionmaker)
     async with sessionmaker() as session:
-        movement = await service.stock_movement(
-            session, date_from=DAY, date_to=DAY, branch="B1", group_by="product"
-        )
-        margin = await service.gross_margin(
-            session, date_from=DAY, date_to=DAY, branch="B1", group_by="product"
-        )
         abc = await service.abc_analysis(session, date_from=DAY, date_to=DAY, measure="margin")
     water = next(r for r in movement.rows if r.sku == "WATER")
     assert (water.goods_received_value, water.sales_value, water.cost_corrections_value) == (
@@ -152,3 +169,59 @@ async def test_receipt_on_negative_stock_is_corrected_and_reported(
     values = {r.sku: r.value for r in abc.rows}
     assert values["WATER"] == figures["WATER"].margin
     assert values["SODA"] == figures["SODA"].margin
+
+
+async def test_surplus_and_return_on_negative_stock_are_corrected_at_the_average(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A stocktake surplus or a customer return covering units sold below zero brings
+    them to the average: the stock after it is at the average, not blended with units
+    that left at 0 before the first receipt."""
+    books = BranchBooks("B1")
+    books.open_shift()
+    # COFFEE: 16 sold before any receipt (at 0), 10 received at 4.50 (cover 10 of 16),
+    # then a count finds 2 on the shelf: a surplus of 8 at the average 4.50.
+    books.sale([("COFFEE", 16_000, 899)])
+    books.document("goods_receipt", [("COFFEE", 10_000, 450)])
+    counted = books.document("stocktake", [("COFFEE", 8_000, None)])
+    # TEA: 4 sold at 0, 2 received at 1.00, then a customer brings 3 back.
+    sold = books.sale([("TEA", 4_000, 250)])
+    books.document("goods_receipt", [("TEA", 2_000, 100)])
+    returned = books.customer_return("TEA", 3_000, 250, sold.body.sale_id)  # type: ignore[union-attr]
+    worker = IngestWorker(sessionmaker)
+    msgs = [message(e) for e in books.events]
+    await worker.process(msgs[:4])
+    await worker.process(msgs[4:])
+    assert (await worker.process(msgs)).stored == 0  # redelivered: no second correction
+    await apply_summary_backlog(engine)
+
+    assert await _balance(sessionmaker, "COFFEE") == (2_000, 900, 450)
+    assert await _balance(sessionmaker, "TEA") == (1_000, 100, 100)
+    async with sessionmaker() as session:
+        rows = {
+            e: [
+                tuple(r)
+                for r in await session.execute(
+                    select(
+                        StockMovement.doc_type, StockMovement.quantity_milli, StockMovement.value
+                    )
+                    .where(StockMovement.event_id == e)
+                    .order_by(StockMovement.id)
+                )
+            ]
+            for e in (counted.event_id, returned.event_id)
+        }
+    # The 6 coffees sold at 0 cost 27.00; the surplus keeps its value at the average.
+    assert rows[counted.event_id] == [(COST_CORRECTION, 0, -2700), ("stocktake", 8_000, 3600)]
+    assert rows[returned.event_id] == [(COST_CORRECTION, 0, -200), ("customer_return", 3_000, 300)]
+    movement, margin = await _checked_reports(sessionmaker)
+    coffee = next(r for r in movement.rows if r.sku == "COFFEE")
+    # 10 of the 16 corrected by the receipt (-45.00), the other 6 by the count (-27.00).
+    assert (coffee.cost_corrections_value, coffee.stocktake_difference_value) == (-7200, 3600)
+    assert coffee.closing_value == 900
+    figures = {r.sku: r.figures for r in margin.rows}
+    # Every coffee sold now costs 4.50: 16 x 4.50.
+    assert figures["COFFEE"].cost_of_goods_sold == 7200
+    # TEA: 4 sold, 3 back: 1 sold net at 1.00, after corrections of 2.00 + 2.00.
+    assert figures["TEA"].cost_corrections == 400
+    assert figures["TEA"].cost_of_goods_sold == 100

@@ -46,6 +46,15 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
             # WATER sold before it was ever received, then received in the same batch:
             # the receipt's cost correction must not be posted again on redelivery.
             books.sale([("WATER", 10_000, 99)])
+        if n == 4:
+            # TEA sold before it was ever received, 2 received at 1.00 (covering 2 of
+            # the 4), then 3 brought back by a customer: the return covers the other 2
+            # at the average; neither correction posted again on redelivery.
+            tea_sale = books.sale([("TEA", 4_000, 250)])
+        if n == 6:
+            books.document("goods_receipt", [("TEA", 2_000, 100)])
+        if n == 8:
+            books.customer_return("TEA", 3_000, 250, tea_sale.body.sale_id)  # type: ignore[union-attr]
         if n == 5:
             # Transfers in the batch committed and redelivered: a receipt in two parts
             # (before K2's out reaches central) and an out K2 receives in two parts
@@ -62,7 +71,7 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
             out_ref = books.events[-1].body.document_id  # type: ignore[union-attr]
         if n == 10:
             books.document("goods_receipt", [("WATER", 20_000, 33)])
-        if n == 17:
+        if n == 14:
             # A stocktake too big for one message, its parts at the end of the first
             # batch of 25 (committed, never acked) and the start of the next.
             stocktake: list[tuple[str, int, int | None]] = [
@@ -110,7 +119,7 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
         receipts = await session.scalar(select(func.count(Receipt.id)))
         sales = await session.scalar(select(func.sum(Receipt.total)))
         milk = await session.get(StockBalance, ("K1", "MILK"))
-    assert receipts == before == 61
+    assert receipts == before == 62
     assert sales == books.sales_total
     assert milk is not None
     assert milk.quantity_milli == books.stock_milli["MILK"]
@@ -119,9 +128,13 @@ async def test_crash_after_commit_before_ack_doubles_nothing(
         corrections = await session.scalar(
             select(func.count()).where(StockMovement.doc_type == COST_CORRECTION)
         )
-    # 20 received at 0.33 cover 10 sold at 0: the 10 left are worth 3.30, once.
+        tea = await session.get(StockBalance, ("K1", "TEA"))
+    # 20 received at 0.33 cover 10 sold at 0: the 10 left are worth 3.30, once; TEA's
+    # receipt and return each corrected once: the 1 left is worth 1.00.
     assert water is not None
-    assert (water.quantity_milli, water.value, water.avg_cost, corrections) == (10_000, 330, 33, 1)
+    assert tea is not None
+    assert (water.quantity_milli, water.value, water.avg_cost, corrections) == (10_000, 330, 33, 3)
+    assert (tea.quantity_milli, tea.value, tea.avg_cost) == (1_000, 100, 100)
     async with sessionmaker() as session:
         document = await get_document(session, "K1", stocktake_id)
         stock = {
