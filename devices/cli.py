@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import signal
 import sys
 import threading
@@ -48,6 +49,10 @@ FISCAL_PROTOCOLS = ("datecs-x",)
 
 class _Usage(Exception):
     pass
+
+
+_SERIAL = re.compile(r"[A-Z]{2}[0-9]{6}")
+_FISCAL_MEMORY = re.compile(r"[0-9]{8}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,6 +191,15 @@ def _fiscal(args: argparse.Namespace) -> dict[str, Any]:
                     "cash_added": str(finished.cash_added),
                 }
             }
+        if args.action == "info":
+            # Which unit is on the port: after a swap, the serial tells the new printer.
+            info = printer.diagnostic()
+            return {
+                "name": info.name,
+                "firmware": info.firmware,
+                "serial_number": info.serial_number,
+                "fiscal_memory_number": info.fiscal_memory_number,
+            }
         if args.action == "last-document":
             return {"number": printer.last_document_number()}
         if args.action == "report":
@@ -309,6 +323,14 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
 def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     from devices.sim import start_simulator
 
+    identity = {"serial": args.serial, "fiscal_memory": args.fiscal_memory}
+    if args.kind != "fiscal" and any(identity.values()):
+        raise _Usage("--serial and --fiscal-memory are a fiscal printer's")
+    # A second unit to rehearse a printer swap: another identity than the default one.
+    if args.serial is not None and not _SERIAL.fullmatch(args.serial):
+        raise _Usage(f"--serial {args.serial!r}: two capital letters and six digits (DT123456)")
+    if args.fiscal_memory is not None and not _FISCAL_MEMORY.fullmatch(args.fiscal_memory):
+        raise _Usage(f"--fiscal-memory {args.fiscal_memory!r}: eight digits (02345678)")
     if args.pty:
         handle = start_simulator(args.kind, pty=True, link_path=args.link)
     else:
@@ -327,6 +349,10 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         sim.set_fault(fault)
     if args.weight is not None and args.kind == "scale":
         sim.set_weight(args.weight)
+    if args.serial is not None:
+        sim.serial_number = args.serial
+    if args.fiscal_memory is not None:
+        sim.fiscal_memory_number = args.fiscal_memory
     _emit({"kind": args.kind, "url": handle.url, "faults": args.fault or []})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -359,6 +385,7 @@ def _parser() -> _Parser:
         "action",
         choices=[
             "status",
+            "info",
             "transaction",
             "last-document",
             "receipt",
@@ -416,6 +443,12 @@ def _parser() -> _Parser:
     simulate.add_argument("--link", help="with --pty: symlink to the slave")
     simulate.add_argument("--fault", action="append", help="fault to switch on (repeatable)")
     simulate.add_argument("--weight", help="scale: weight in kg")
+    simulate.add_argument(
+        "--serial", help="fiscal: the unit's serial number (two letters, six digits)"
+    )
+    simulate.add_argument(
+        "--fiscal-memory", help="fiscal: the unit's fiscal memory number (eight digits)"
+    )
     simulate.set_defaults(func=_simulate)
     return parser
 

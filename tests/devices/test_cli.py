@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -254,46 +255,71 @@ def test_usage_error_is_json(inproc: Callable[..., tuple[int, dict[str, Any]]]) 
     assert (code, out["error"]) == (2, "usage")
 
 
-def test_simulate_subprocess() -> None:
+@contextlib.contextmanager
+def simulating(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """``python -m devices simulate ARGS`` running, with what it printed first; stopped
+    by SIGTERM afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devices", "simulate", "scale", "--listen", "127.0.0.1:0",
-         "--weight", "0.750"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        assert info["url"].startswith("socket://127.0.0.1:")
-        code, out = cli("scale", "read", "--port", info["url"])
-        assert (code, out["weight_kg"]) == (0, "0.750")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert proc.returncode == 0
-
-
-def test_simulate_pty_subprocess() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devices", "simulate", "fiscal", "--pty"],
+        [sys.executable, "-m", "devices", "simulate", *args],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
     try:
         assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        assert os.path.exists(info["url"])
-        code, out = cli("fiscal", "status", "--port", info["url"])
-        assert code == 0, out
+        yield proc, json.loads(proc.stdout.readline())
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_simulate_subprocess() -> None:
+    with simulating("scale", "--listen", "127.0.0.1:0", "--weight", "0.750") as (proc, info):
+        assert info["url"].startswith("socket://127.0.0.1:")
+        code, out = cli("scale", "read", "--port", info["url"])
+        assert (code, out["weight_kg"]) == (0, "0.750")
+    assert proc.returncode == 0
+
+
+def test_simulate_a_second_fiscal_unit_and_read_which_is_on_the_port() -> None:
+    """A swap rehearsed: a simulator with another serial and fiscal memory number, and
+    ``fiscal info`` (0x5A) telling which unit answers on the port."""
+    args = ("--serial", "DT999999", "--fiscal-memory", "02999999")
+    with simulating("fiscal", "--listen", "127.0.0.1:0", *args) as (_, info):
+        code, out = cli("fiscal", "info", "--port", info["url"])
+    assert code == 0, out
+    assert (out["serial_number"], out["fiscal_memory_number"]) == ("DT999999", "02999999")
+    assert out["name"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("fiscal", "--serial", "dt1234"),
+        ("fiscal", "--fiscal-memory", "123"),
+        ("scale", "--serial", "DT999999"),
+    ],
+)
+def test_simulate_refuses_a_bad_identity(args: tuple[str, ...]) -> None:
+    kind, *rest = args
+    code, out = cli("simulate", kind, "--listen", "127.0.0.1:0", *rest)
+    assert (code, out["error"]) == (2, "usage")
+
+
+def test_fiscal_info_of_the_default_unit(start_sim: StartSim) -> None:
+    handle = start_sim("fiscal")
+    code, out = cli("fiscal", "info", "--port", handle.url)
+    assert code == 0, out
+    assert (out["serial_number"], out["fiscal_memory_number"]) == ("DT123456", "02345678")
+
+
+def test_simulate_pty_subprocess() -> None:
+    with simulating("fiscal", "--pty") as (_, info):
+        assert os.path.exists(info["url"])
+        code, out = cli("fiscal", "status", "--port", info["url"])
+        assert code == 0, out
 
 
 def test_fiscal_finish_open(
