@@ -19,6 +19,7 @@ from central.models import (
     StockDocumentLineRow,
 )
 from central.services.paging import check_branch, check_period, paged
+from central.services.receipts import branch_local_time
 from protocol.units import format_milli
 
 __all__ = [
@@ -64,6 +65,8 @@ class StockDocumentOut(msgspec.Struct, kw_only=True):
     reason: str | None
     author: str
     occurred_at: datetime
+    # The branch's local time, for people reading it.
+    occurred_at_local: str
     local_date: date
     value: int
     negative_stock: bool
@@ -104,6 +107,8 @@ class CustomerReturnOut(msgspec.Struct, kw_only=True):
     original_till: str | None
     cashier: str
     occurred_at: datetime
+    # The branch's local time, for people reading it.
+    occurred_at_local: str
     local_date: date
     total: int
     currency: str
@@ -241,6 +246,7 @@ async def _with_lines(session: AsyncSession, docs: list[StockDocument]) -> list[
             reason=x.reason,
             author=x.author,
             occurred_at=x.occurred_at,
+            occurred_at_local=branch_local_time(x.occurred_at, x.utc_offset_min),
             local_date=x.local_date,
             value=x.value,
             negative_stock=x.negative_stock,
@@ -327,6 +333,7 @@ async def list_customer_returns(
                 approved_by=x.approved_by,
                 cashier=x.cashier,
                 occurred_at=x.occurred_at,
+                occurred_at_local=branch_local_time(x.occurred_at, x.utc_offset_min),
                 local_date=x.local_date,
                 total=x.total,
                 currency=x.currency,

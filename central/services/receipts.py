@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import TypeVar
 
 from sqlalchemy import Select, select
@@ -19,7 +19,7 @@ from central.models import Receipt, ReceiptLineRow
 from central.services.paging import check_branch, check_period, paged
 from protocol.units import format_milli
 
-__all__ = ["ReceiptQuery", "list_receipts", "receipt_out"]
+__all__ = ["ReceiptQuery", "branch_local_time", "list_receipts", "receipt_out"]
 
 T = TypeVar("T")
 
@@ -74,8 +74,13 @@ class ReceiptQuery:
         return stmt
 
 
+def branch_local_time(at: datetime, utc_offset_min: int) -> str:
+    """``at`` on the branch's clock as it was then (the offset its event carried), ISO
+    8601 with the offset: for people reading it beside the UTC moment."""
+    return at.astimezone(timezone(timedelta(minutes=utc_offset_min))).isoformat()
+
+
 def receipt_out(receipt: Receipt) -> ReceiptOut:
-    local = receipt.occurred_at.astimezone(timezone(timedelta(minutes=receipt.utc_offset_min)))
     return ReceiptOut(
         id=receipt.id,
         event_id=str(receipt.event_id),
@@ -86,7 +91,7 @@ def receipt_out(receipt: Receipt) -> ReceiptOut:
         sale_id=receipt.sale_id,
         cashier=receipt.cashier,
         occurred_at=receipt.occurred_at,
-        occurred_at_local=local.isoformat(),
+        occurred_at_local=branch_local_time(receipt.occurred_at, receipt.utc_offset_min),
         local_date=receipt.local_date,
         total=receipt.total,
         change=receipt.change,

@@ -172,6 +172,7 @@ async def test_customer_returns_filters(central: Any, central_client: Any) -> No
     assert await returns(branch="A1", date_from=NOV29) == []
     listed = (await page(central_client, "/api/v1/customer-returns", branch="A1"))["items"][0]
     assert (listed["original_sale_id"], listed["total"]) == (ids["r1"], 199)
+    assert listed["occurred_at_local"] == "2026-11-28T11:00:00+01:00"
     assert [(line["sku"], line["quantity_milli"]) for line in listed["lines"]] == [("MILK", 1_000)]
 
 
@@ -261,6 +262,12 @@ async def test_documents_filters(central: Any, central_client: Any) -> None:
     assert (paged["total"], [d["document_id"] for d in paged["items"]]) == (3, ["GR-1"])
     last = await page(central_client, "/api/v1/documents", branch="A1", sku="MILK", offset=3)
     assert [d["document_id"] for d in last["items"]] == ["WO-1"]
+    # The branch's local time beside the UTC moment, as a receipt's.
+    (wo,) = last["items"]
+    assert (wo["occurred_at"][:16], wo["occurred_at_local"]) == (
+        "2026-11-28T23:10",
+        "2026-11-29T00:10:00+01:00",
+    )
 
 
 async def test_late_records_are_listed_by_the_late_filter(
