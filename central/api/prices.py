@@ -15,7 +15,7 @@ from central.api.openapi_problems import CONFLICT
 from central.api.pagination import Limit, Offset
 from central.api.schemas import Page
 from central.services.pricing import (
-    BranchSyncOut,
+    BranchPricesAppliedOut,
     ExpectedPrice,
     PriceChangeIn,
     PriceEntryOut,
@@ -94,7 +94,7 @@ class PriceController(Controller):
         operation_id="listBranchPriceSync",
         summary="Per branch: the master-data version it has applied versus central's",
     )
-    async def sync(self, db_session: NamedDependency[AsyncSession]) -> list[BranchSyncOut]:
+    async def sync(self, db_session: NamedDependency[AsyncSession]) -> list[BranchPricesAppliedOut]:
         return await branch_sync_status(db_session)
 
     @get(

@@ -55,7 +55,7 @@ from protocol.units import MinorUnits, format_minor, line_amount
 __all__ = [
     "LARGE_CHANGE_FACTOR",
     "PAST_GRACE",
-    "BranchSyncOut",
+    "BranchPricesAppliedOut",
     "ExpectedPrice",
     "LargeChange",
     "PriceChangeIn",
@@ -245,7 +245,7 @@ class RepricingDocumentOut(msgspec.Struct, kw_only=True):
     preview: RepricingPreviewOut | None = None
 
 
-class BranchSyncOut(msgspec.Struct, kw_only=True):
+class BranchPricesAppliedOut(msgspec.Struct, kw_only=True):
     branch: str
     applied_version: int
     central_version: int
@@ -1398,7 +1398,7 @@ async def approve_repricing(session: AsyncSession, document_id: int) -> Repricin
 # --- what the branches have applied ------------------------------------------------
 
 
-async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
+async def branch_sync_status(session: AsyncSession) -> list[BranchPricesAppliedOut]:
     central = await current_version(session)
     # What a branch can have applied: the last version mark, not the counter (a product
     # in no assortment bumps it and publishes nothing).
@@ -1410,7 +1410,7 @@ async def branch_sync_status(session: AsyncSession) -> list[BranchSyncOut]:
         .order_by(Branch.code)
     )
     return [
-        BranchSyncOut(
+        BranchPricesAppliedOut(
             branch=code,
             applied_version=int(applied or 0),
             central_version=central,
