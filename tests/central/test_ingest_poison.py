@@ -147,7 +147,8 @@ async def test_a_link_dropped_mid_batch_dead_letters_nothing_and_redelivery_stor
         await blocker.execute(text("LOCK TABLE stock_balances IN EXCLUSIVE MODE"))
         processing = asyncio.create_task(worker.process(batch))
         async with pg_engine.connect() as watcher:
-            for _ in range(200):
+            # Up to a minute: beside other test workers, 10 s was not always enough.
+            for _ in range(1200):
                 pids = (
                     (
                         await watcher.execute(

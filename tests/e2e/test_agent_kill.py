@@ -247,7 +247,22 @@ async def test_sigkill_during_sales_printing_and_sync_loses_and_doubles_nothing(
             agent.kill_from_thread()
             killed_by_printer.set()
 
+        def acknowledged() -> int:
+            return sum(len(t.log.sales) for t in tills)
+
+        async def sold(more: int) -> None:
+            """Until the tills were told of ``more`` sales beyond those so far: each kill
+            hits an agent under traffic however slow the machine (fixed sleeps alone let
+            a loaded machine, e.g. beside other test workers, sell too few)."""
+            goal = acknowledged() + more
+
+            async def reached() -> bool:
+                return acknowledged() >= goal
+
+            await wait_until(reached, timeout=60)
+
         for n, point in enumerate(("random", CMD_SALE, "random", CMD_CLOSE_RECEIPT)):
+            await sold(8)
             await asyncio.sleep(rng.uniform(0.3, 1.0))
             if point == "random":
                 agent.kill()
@@ -263,6 +278,7 @@ async def test_sigkill_during_sales_printing_and_sync_loses_and_doubles_nothing(
         # Build a backlog with the link down, then kill while it drains.
         nats_server.stop()
         await asyncio.sleep(2.0)
+        await sold(9)
         nats_server.start()
         for _ in range(2):
             await asyncio.sleep(rng.uniform(0.1, 0.6))

@@ -197,7 +197,10 @@ async def test_a_batch_out_with_a_killed_worker_under_traffic_is_not_asked_for(
     follows while events keep flowing. The held events are in the stream, unacked: the
     consumer's ack floor stays below them, so the gap they leave is not asked for; they
     are stored when redelivered after the ack wait."""
-    ack_wait_s = 8.0
+    # Longer than what runs from the pull to the kill (a second worker's start, the gap
+    # growing, 3 s): with 8 s a loaded machine (beside other test workers) killed the
+    # holder after its batch had already been redelivered.
+    ack_wait_s = 20.0
     branch = _Branch()
     env = _env(db_url, nats_server.url, tmp_path, BACKROOM_INGEST_ACK_WAIT_S=str(ack_wait_s))
     with (tmp_path / "ingest.log").open("wb") as log:
@@ -211,6 +214,7 @@ async def test_a_batch_out_with_a_killed_worker_under_traffic_is_not_asked_for(
                         return await ack_pending(nats_server.url) >= 10
 
                     await wait_until(holds_a_batch, timeout=30, interval=0.1)
+                    pulled_at = time.monotonic()
                     other = await start_ingest(env, log)
 
                     async def gap_behind_the_held_batch() -> bool:
@@ -223,6 +227,7 @@ async def test_a_batch_out_with_a_killed_worker_under_traffic_is_not_asked_for(
                     holding.kill()
                     await holding.wait()
                     killed_at = time.monotonic()
+                    assert killed_at - pulled_at < ack_wait_s - 2, "killed after the ack wait"
                     held_from = await _contiguous(sessionmaker) + 1
 
                     async def redelivered() -> bool:
