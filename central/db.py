@@ -214,6 +214,7 @@ RECORD_REVISIONS: Mapping[str, str] = {
     "1901": "customer returns without receipt (and who approved them)",
     "1902": "shifts' counted and expected cash at the close",
     "1906": "whether a Z report was printed for shifts closed without its figures",
+    "1907": "the branch's UTC offset at shifts' close",
 }
 
 

@@ -48,6 +48,7 @@ async def store_shifts(
             z = body.z_report
             half = {
                 "closed_at": env.occurred_at,
+                "close_utc_offset_min": env.utc_offset_min,
                 "close_received_at": batch.received_at,
                 "close_event_id": env.event_id,
                 "receipts_count": body.receipts_count,

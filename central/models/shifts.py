@@ -30,6 +30,9 @@ class Shift(Base):
     opened_at: Mapped[datetime | None] = mapped_column(default=None)
     opening_float: Mapped[int] = mapped_column(BigInteger, default=0)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The branch's UTC offset at the close (``utc_offset_min`` is the opening's: a shift
+    # across a daylight-saving change closes at another one). None: closings from before.
+    close_utc_offset_min: Mapped[int | None] = mapped_column(default=None)
     # When central learned of the close: sales stored after it are late.
     close_received_at: Mapped[datetime | None] = mapped_column(default=None)
     # What the agent counted at close.

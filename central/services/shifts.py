@@ -25,6 +25,7 @@ from central.models import (
 from central.services.audit import cli_actor, record_change
 from central.services.fiscal import FiscalInterventionOut, interventions_of_shifts
 from central.services.paging import check_branch, check_period, paged
+from central.services.receipts import branch_local_time
 
 __all__ = [
     "ClosedDayOut",
@@ -74,7 +75,13 @@ class ShiftOut(msgspec.Struct, kw_only=True):
     local_date: date
     opened_at: datetime | None
     closed_at: datetime | None
-    status: str  # open, closed, closed_unopened (the close arrived, the opening not yet)
+    status: str
+    # Both on the branch's clock as it was then, for people reading them (ISO 8601 with
+    # the offset; None as the moment).
+    opened_at_local: str | None = None
+    closed_at_local: str | None = (
+        None  # open, closed, closed_unopened (the close arrived, the opening not yet)
+    )
     opening_float: int
     # What the agent counted at close.
     reported: ShiftTotals
@@ -263,6 +270,21 @@ async def list_shifts(
                 opened_at=s.opened_at,
                 closed_at=s.closed_at,
                 status=status,
+                opened_at_local=(
+                    None
+                    if s.opened_at is None
+                    else branch_local_time(s.opened_at, s.utc_offset_min)
+                ),
+                closed_at_local=(
+                    None
+                    if s.closed_at is None
+                    else branch_local_time(
+                        s.closed_at,
+                        s.utc_offset_min
+                        if s.close_utc_offset_min is None
+                        else s.close_utc_offset_min,
+                    )
+                ),
                 opening_float=s.opening_float,
                 reported=ShiftTotals(
                     receipts_count=s.receipts_count,

@@ -403,3 +403,30 @@ async def test_replay_needs_an_admin(central: Any, client_as: Any) -> None:
     problem(await admin.post("/api/v1/dead-letters/999/replay"), 404)
     zero = problem(await admin.post("/api/v1/dead-letters/0/replay"), 422)
     assert zero["errors"][0]["field"] == "dead_letter_id"
+
+
+async def test_a_shift_shows_its_opening_and_close_on_the_branch_clock(
+    central: Any, central_client: Any
+) -> None:
+    """Opened before the spring daylight-saving change, closed after it: each moment at
+    the offset its own event carried, beside UTC."""
+    await register_branch(central, "A1")
+    books = BranchBooks("A1")
+    opened = books.open_shift()
+    closed = books.close_shift()
+    books.events[0] = msgspec.structs.replace(
+        opened, occurred_at=datetime(2026, 3, 29, 0, 30, tzinfo=UTC), utc_offset_min=60
+    )
+    books.events[1] = msgspec.structs.replace(
+        closed, occurred_at=datetime(2026, 3, 29, 2, 0, tzinfo=UTC), utc_offset_min=120
+    )
+    await ingest(central, books)
+    (shift,) = (await page(central_client, "/api/v1/shifts", branch="A1"))["items"]
+    assert (shift["opened_at_local"], shift["closed_at_local"]) == (
+        "2026-03-29T01:30:00+01:00",
+        "2026-03-29T04:00:00+02:00",
+    )
+    assert (shift["opened_at"][:16], shift["closed_at"][:16]) == (
+        "2026-03-29T00:30",
+        "2026-03-29T02:00",
+    )
