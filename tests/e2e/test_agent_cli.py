@@ -223,7 +223,7 @@ def test_the_technicians_mistakes_get_a_reason_not_a_traceback(tmp_path: Path) -
     assert missing_dir.returncode == 1
     assert "create it first" in json.loads(missing_dir.stdout)["error"]
     off = cli(no_manager, "stock", "balances")
-    assert (off.returncode, "manager_token" in off.stdout) == (2, True)
+    assert (off.returncode, "manager_token" in off.stderr) == (2, True)
     stopped = cli(config, "stock", "balances")
     assert stopped.returncode == 1
     assert "does not answer" in stopped.stderr
