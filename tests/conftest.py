@@ -357,6 +357,26 @@ def asgi_client(app: Any, **kwargs: Any) -> Any:
     )
 
 
+def run_bare(module: str, cwd: Path, *args: str, **env_set: str) -> Any:
+    """``python -m MODULE ARGS`` in ``cwd`` with no BACKROOM_* variable but ``env_set``
+    (the project importable from anywhere): what a technician's shell would run."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.update(env_set)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
 def central_cli(db_url: str, tmp_path: Path, *args: str, exit_code: int = 0) -> Any:
     """Run ``python -m central ARGS`` against a database; its last output line as JSON."""
     import json

@@ -14,24 +14,17 @@ import pytest
 from branch_agent.settings import load_settings
 from branch_agent.status import format_status
 from protocol.config import SettingsError
-from tests.conftest import run_into_closed_pipe, wait_until
+from tests.conftest import run_bare, run_into_closed_pipe, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = '[agent]\nbranch = "B1"\ndata_dir = "{data}"\nhttp_port = 1\n'
 
 
 def _agent(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "branch_agent", "--config", config, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
+    result: subprocess.CompletedProcess[str] = run_bare(
+        "branch_agent", tmp_path, "--config", config, *args
     )
+    return result
 
 
 def _write(tmp_path: Path, extra: str) -> Path:

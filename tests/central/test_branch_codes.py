@@ -6,15 +6,12 @@ same store typed twice and is refused, by the API and the command line alike.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from central.models import Branch
-from tests.central.test_cli_config import ROOT
-from tests.conftest import table_row_counts
+from tests.conftest import run_bare, table_row_counts
 
 
 async def test_the_api_refuses_a_code_differing_only_by_case(
@@ -41,24 +38,15 @@ async def test_the_api_refuses_a_code_differing_only_by_case(
 
 
 def _cli(db_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
-    env.update(
-        {
-            "BACKROOM_DATABASE_URL": db_url,
-            "BACKROOM_DATA_DIR": str(tmp_path / "central"),
-            "BACKROOM_NATS_URL": "nats://127.0.0.1:1",
-            "PYTHONPATH": str(ROOT),
-        }
+    result: subprocess.CompletedProcess[str] = run_bare(
+        "central",
+        tmp_path,
+        *args,
+        BACKROOM_DATABASE_URL=db_url,
+        BACKROOM_DATA_DIR=str(tmp_path / "central"),
+        BACKROOM_NATS_URL="nats://127.0.0.1:1",
     )
-    return subprocess.run(
-        [sys.executable, "-m", "central", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    return result
 
 
 def test_branches_list_and_add_on_the_command_line(db_url: str, tmp_path: Path) -> None:

@@ -19,7 +19,13 @@ from central.embedded_nats import EmbeddedNats
 from central.settings import load_settings
 from protocol.config import SettingsError
 from protocol.subjects import INGEST_DURABLE, UP_STREAM
-from tests.conftest import PG_URL_ENV, empty_database, run_into_closed_pipe, self_signed
+from tests.conftest import (
+    PG_URL_ENV,
+    empty_database,
+    run_bare,
+    run_into_closed_pipe,
+    self_signed,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -383,17 +389,8 @@ def test_beside_make_run_a_command_on_the_default_database_points_to_the_demo(
 
 def _bare_central(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m central ARGS`` in tmp_path with no BACKROOM_* variable at all."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKROOM_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "central", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    result: subprocess.CompletedProcess[str] = run_bare("central", tmp_path, *args)
+    return result
 
 
 def test_demo_ports_that_clash_are_refused_before_anything_starts(tmp_path: Path) -> None:
